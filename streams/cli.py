@@ -1,0 +1,133 @@
+"""The `leadstream` command: one entry point, one subcommand per job.
+
+Each subcommand's work lives in the module named after it; this file only parses arguments,
+so importing it stays cheap (heavy imports such as Faust happen inside the handlers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from scoring.errors import LeadstreamError
+from streams.settings import Settings, describe
+
+Handler = Callable[[argparse.Namespace, Settings], int]
+
+
+def _services(args: argparse.Namespace, settings: Settings) -> int:
+    from streams import services
+
+    return services.main(args.action, settings)
+
+
+def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.worker import run_worker
+
+    return run_worker(settings)
+
+
+def _send(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.send import send_file
+
+    return send_file(args.file, settings, topic=args.topic, events_per_message=args.events_per_message)
+
+
+def _topics(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.topics import ensure_topics
+
+    for line in ensure_topics(settings):
+        print(line)
+    return 0
+
+
+def _score(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.offline import score_file
+
+    return score_file(args.models or settings.models_dir, args.events, table=args.table, out=sys.stdout)
+
+
+def _bench(args: argparse.Namespace, settings: Settings) -> int:
+    if args.what == "engine":
+        from streams.bench.engine import main as bench_engine
+
+        return bench_engine(args, settings)
+    raise LeadstreamError(f"unknown benchmark {args.what!r}")
+
+
+def _demo(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.demo import run_demo
+
+    return run_demo(settings)
+
+
+def _settings(args: argparse.Namespace, settings: Settings) -> int:
+    for env, default, doc in describe():
+        print(f"{env}={default}\n    {doc}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="leadstream",
+        description="Real-time lead scoring on Kafka. Settings come from LEADSTREAM_* environment "
+        "variables (`leadstream settings` lists them).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(handler=handler)
+        return p
+
+    p = add("services", _services, "Start, stop or inspect the local Kafka broker and Redis server.")
+    p.add_argument("action", choices=["up", "down", "status"], help="up: start (idempotent); down: stop what up started; status: report each")
+
+    add("worker", _worker, "Run the Faust scoring worker: raw events in, scores and threshold crossings out.")
+
+    p = add("send", _send, "Produce a JSON-lines file of events to the raw events topic, keyed by lead id.")
+    p.add_argument("file", type=Path, help="JSON-lines file, one event object per line ('-' for stdin)")
+    p.add_argument("--topic", help="topic to write to (default: LEADSTREAM_TOPIC_EVENTS)")
+    p.add_argument(
+        "--events-per-message",
+        type=int,
+        default=1,
+        help="pack up to N events of the same partition into one Kafka message (JSON array envelope)",
+    )
+
+    add("topics", _topics, "Create leadstream's topics (idempotent) with their partitions and cleanup policies.")
+
+    p = add("score", _score, "Score a JSON-lines file of events offline with the engine alone (no services).")
+    p.add_argument("--models", type=Path, help="directory of model files (default: LEADSTREAM_MODELS_DIR)")
+    p.add_argument("--events", type=Path, required=True, help="JSON-lines file of events")
+    p.add_argument("--table", action="store_true", help="print a table instead of JSON lines")
+
+    p = add("bench", _bench, "Run a benchmark and print its figures.")
+    p.add_argument("what", choices=["engine"], help="engine: the pure scoring engine against an orjson parse loop")
+    p.add_argument("--events", type=int, default=1_000_000, help="number of generated events")
+    p.add_argument("--leads", type=int, default=100_000, help="number of distinct leads")
+    p.add_argument("--seed", type=int, default=7, help="seed of the generated workload")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    add("demo", _demo, "Start everything, stream sample events and show the hottest leads.")
+    add("settings", _settings, "List every LEADSTREAM_* environment variable with its default.")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env()
+        return int(args.handler(args, settings))
+    except LeadstreamError as exc:
+        print(f"leadstream {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""Every knob of leadstream, read from environment variables, with defaults that work locally.
+
+Each setting is declared once here: its type, its environment variable, its default and what it
+does. The README's configuration table lists the same variables (a test keeps the two in step).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+from streams.errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+#: The Apache Kafka version `leadstream services up` runs (infra/kafka/pom.xml pins the same one,
+#: and docker-compose.yml uses the apache/kafka image of this version).
+KAFKA_VERSION = "3.9.1"
+
+
+def _setting(env: str, default: Any, doc: str) -> Any:
+    return field(default=default, metadata={"env": env, "doc": doc})
+
+
+@dataclass(frozen=True)
+class Settings:
+    kafka_bootstrap: str = _setting(
+        "LEADSTREAM_KAFKA_BOOTSTRAP", "127.0.0.1:9092", "Kafka bootstrap servers (host:port, comma separated)."
+    )
+    redis_url: str = _setting("LEADSTREAM_REDIS_URL", "redis://127.0.0.1:6379/0", "Redis used by the sinks and the read model.")
+    app_id: str = _setting(
+        "LEADSTREAM_APP_ID", "leadstream", "Faust application id: names the consumer group and the changelog topics."
+    )
+    topic_events: str = _setting("LEADSTREAM_TOPIC_EVENTS", "leadstream-events", "Raw behavioural events, keyed by lead id.")
+    topic_profiles: str = _setting(
+        "LEADSTREAM_TOPIC_PROFILES", "leadstream-profiles", "Lead trait (profile) updates, keyed by lead id."
+    )
+    topic_crossings: str = _setting(
+        "LEADSTREAM_TOPIC_CROSSINGS", "leadstream-crossings", "Sink topic: threshold crossings, keyed by lead id."
+    )
+    topic_scores: str = _setting(
+        "LEADSTREAM_TOPIC_SCORES", "leadstream-scores", "Score changes for read models (compacted), keyed by model and lead."
+    )
+    topic_accounts: str = _setting(
+        "LEADSTREAM_TOPIC_ACCOUNTS", "leadstream-accounts", "Member score updates re-keyed by account for roll-ups."
+    )
+    topic_deadletter: str = _setting(
+        "LEADSTREAM_TOPIC_DEADLETTER", "leadstream-deadletter", "Rejected input: original bytes, reason, source offset."
+    )
+    partitions: int = _setting("LEADSTREAM_PARTITIONS", 4, "Partitions of every topic leadstream creates.")
+    models_dir: Path = _setting(
+        "LEADSTREAM_MODELS_DIR", PROJECT_ROOT / "scoring" / "models", "Directory of scoring model files (*.toml)."
+    )
+    state_dir: Path = _setting(
+        "LEADSTREAM_STATE_DIR", PROJECT_ROOT / ".services" / "worker", "Local state of the Faust worker (table stores)."
+    )
+    services_dir: Path = _setting(
+        "LEADSTREAM_SERVICES_DIR",
+        PROJECT_ROOT / ".services",
+        "Where `leadstream services` keeps the broker jars, data, logs and pid files.",
+    )
+    kafka_heap: str = _setting("LEADSTREAM_KAFKA_HEAP", "1g", "Maximum Java heap of the local Kafka broker.")
+    worker_port: int = _setting("LEADSTREAM_WORKER_PORT", 6066, "HTTP port of the worker's web views (scores, health).")
+    collector_port: int = _setting("LEADSTREAM_COLLECTOR_PORT", 8088, "HTTP port of the Segment-compatible collector.")
+    metrics_port: int = _setting("LEADSTREAM_METRICS_PORT", 9464, "Port of /metrics on sink processes.")
+    log_level: str = _setting("LEADSTREAM_LOG_LEVEL", "info", "Log level: debug, info, warning or error.")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = environ.get(f.metadata["env"])
+            if raw is None or raw == "":
+                continue
+            values[f.name] = _parse(f.metadata["env"], raw, type(f.default))
+        return cls(**values)
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+    def as_env(self) -> dict[str, str]:
+        """The environment variables that reproduce these settings in a child process."""
+        return {f.metadata["env"]: str(getattr(self, f.name)) for f in fields(self)}
+
+
+def describe() -> list[tuple[str, str, str]]:
+    """(variable, default, description) for every setting, in declaration order."""
+    return [(f.metadata["env"], str(f.default), f.metadata["doc"]) for f in fields(Settings)]
+
+
+def _parse(env: str, raw: str, kind: type) -> Any:
+    if kind is int:
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigError(f"{env}={raw!r} is not an integer") from None
+    if issubclass(kind, Path):
+        return Path(raw).expanduser()
+    return raw
