@@ -65,6 +65,21 @@ class Settings:
     worker_port: int = _setting("LEADSTREAM_WORKER_PORT", 6066, "HTTP port of the worker's web views (scores, health).")
     collector_port: int = _setting("LEADSTREAM_COLLECTOR_PORT", 8088, "HTTP port of the Segment-compatible collector.")
     metrics_port: int = _setting("LEADSTREAM_METRICS_PORT", 9464, "Port of /metrics on sink processes.")
+    store: str = _setting(
+        "LEADSTREAM_STORE", "memory://", "Faust table store: memory:// (replays the changelog on start) or rocksdb://."
+    )
+    batch_max_messages: int = _setting(
+        "LEADSTREAM_BATCH_MAX_MESSAGES", 500, "Most Kafka messages the worker scores in one batch."
+    )
+    batch_within_ms: int = _setting(
+        "LEADSTREAM_BATCH_WITHIN_MS", 20, "Longest the worker waits to fill a batch before scoring it."
+    )
+    decay_interval_s: int = _setting(
+        "LEADSTREAM_DECAY_INTERVAL_S", 5, "How often the worker applies the decay steps that are due."
+    )
+    clock_offset_ms: int = _setting(
+        "LEADSTREAM_CLOCK_OFFSET_MS", 0, "Added to the wall clock for decay (tests and replays of old data)."
+    )
     log_level: str = _setting("LEADSTREAM_LOG_LEVEL", "info", "Log level: debug, info, warning or error.")
 
     @classmethod

@@ -1,0 +1,160 @@
+"""The Faust application: topics, tables, agents, timers and web views around the scorer.
+
+Two stages, each a Faust agent with a table whose changelog makes it durable:
+- `score`: raw events (keyed by lead) -> lead table -> crossings, score changes, account updates;
+- `rollup`: account updates (re-keyed by account through Kafka) -> account table -> account crossings.
+Both take batches of messages (`take_events`), so Faust's per-message cost is paid once per
+message and the state is written once per changed lead per batch, straight to the changelog
+through the producer rather than through `Table.__setitem__` (which costs a codec round and a
+future per write, see ../shared/PERF.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Awaitable, Iterable
+
+import faust
+import orjson
+from faust.web import Request, Response, View
+
+from scoring import AccountState, Engine, LeadState, MemberScore
+from streams import lead_states
+from streams.scorer import Consumed, Scorer
+from streams.settings import Settings
+
+log = logging.getLogger("leadstream.worker")
+
+
+class TableStore:
+    """A Faust table used as the lead store: local reads, writes that also go to its changelog."""
+
+    def __init__(self, app: faust.App, table: faust.Table) -> None:
+        self.app = app
+        self.table = table
+
+    def get(self, key: str) -> bytes | None:
+        return self.table.data.get(key.encode())
+
+    async def put(self, key: str, partition: int, value: bytes) -> Awaitable[object]:
+        raw_key = key.encode()
+        self.table.data[raw_key] = value
+        return await self.app.producer.send(self.table.changelog_topic.get_topic_name(), raw_key, value, partition, None, None)
+
+    def items(self) -> Iterable[tuple[str, bytes]]:
+        return ((key.decode(), value) for key, value in self.table.data.items())
+
+
+def create_app(settings: Settings, engine: Engine) -> faust.App:
+    app = faust.App(
+        settings.app_id,
+        broker=f"kafka://{settings.kafka_bootstrap}",
+        store=settings.store,
+        datadir=str(settings.state_dir),
+        topic_partitions=settings.partitions,
+        topic_replication_factor=1,
+        topic_disable_leader=True,
+        consumer_auto_offset_reset="earliest",
+        processing_guarantee="at_least_once",
+        # A killed worker's partitions move after the session timeout: keep it short.
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=1.0,
+        broker_commit_interval=1.0,
+        producer_acks=-1,
+        producer_linger_ms=2,
+        producer_max_batch_size=512 * 1024,
+        web_host="127.0.0.1",
+        web_port=settings.worker_port,
+        web_in_thread=False,
+    )
+    raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+    events_topic = app.topic(settings.topic_events, **raw)
+    accounts_topic = app.topic(settings.topic_accounts, **raw)
+    leads = app.Table("leads", partitions=settings.partitions, **raw)
+    accounts = app.Table("accounts", partitions=settings.partitions, **raw)
+
+    async def send(topic: str, key: bytes | None, value: bytes, partition: int | None) -> Awaitable[object]:
+        return await app.producer.send(topic, key, value, partition, None, None)
+
+    scorer = Scorer(engine, settings, TableStore(app, leads), send, settings.partitions)
+    account_store = TableStore(app, accounts)
+    app.leadstream_scorer = scorer  # type: ignore[attr-defined]
+    within_s = settings.batch_within_ms / 1000
+
+    def now_ms() -> int:
+        return int(time.time() * 1000) + settings.clock_offset_ms
+
+    @app.agent(events_topic)
+    async def score(stream: faust.StreamT[bytes]) -> None:
+        async for batch in stream.take_events(settings.batch_max_messages, within=within_s):
+            await scorer.process([_consumed(event) for event in batch])
+
+    @app.agent(accounts_topic)
+    async def rollup(stream: faust.StreamT[bytes]) -> None:
+        async for batch in stream.take_events(settings.batch_max_messages, within=within_s):
+            for event in batch:
+                await _apply_account(engine, settings, account_store, send, event)
+
+    @app.timer(interval=settings.decay_interval_s)
+    async def decay() -> None:
+        # Every worker runs this timer; the index only holds leads of partitions it owns.
+        await scorer.decay_due(now_ms())
+
+    @leads.on_recover
+    async def index_decay() -> None:
+        owned = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == settings.topic_events}
+        scorer.rebuild_decay_index(owned)
+        log.info("lead table recovered: %d leads, %d decay steps indexed", len(leads.data), len(scorer.decay_index))
+
+    @app.page("/leads/{lead_id}/")
+    class LeadView(View):
+        @app.table_route(table=leads, match_info="lead_id")
+        async def get(self, request: Request, lead_id: str) -> Response:
+            value = leads.data.get(lead_id.encode())
+            if value is None:
+                return self.json({"error": f"no state for lead {lead_id!r} on this worker"}, status=404)
+            at = now_ms()
+            explained = {
+                model: engine.explain(model, lead_id, LeadState.from_bytes(raw), at)
+                for model, raw in lead_states.decode(value).items()
+            }
+            return self.bytes(orjson.dumps({"lead_id": lead_id, "models": explained}), content_type="application/json")
+
+    @app.page("/healthz")
+    class Health(View):
+        async def get(self, request: Request) -> Response:
+            return self.json({"status": "alive"})
+
+    @app.page("/readyz")
+    class Ready(View):
+        async def get(self, request: Request) -> Response:
+            ready = app.rebalancing is False and app.tables.recovery.completed.is_set()
+            return self.json({"ready": ready}, status=200 if ready else 503)
+
+    return app
+
+
+async def _apply_account(engine: Engine, settings: Settings, store: TableStore, send: Any, event: Any) -> None:
+    try:
+        record = orjson.loads(event.value)
+        update = MemberScore(record["model"], record["account_id"], record["lead_id"], record["score"], record["time"])
+    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        log.warning("skipping malformed account update at %s[%d]@%d: %r", event.message.topic, event.message.partition, event.message.offset, exc)
+        return
+    value = store.get(update.account_id)
+    states = lead_states.decode(value) if value else {}
+    raw = states.get(update.model)
+    state, transitions = engine.apply_account(update.model, update.account_id, None if raw is None else AccountState.from_bytes(raw), update)
+    futures = [
+        await send(settings.topic_crossings, update.account_id.encode(), orjson.dumps(t.to_dict()), None) for t in transitions
+    ]
+    for future in futures:
+        await future
+    states[update.model] = state.to_bytes()
+    await (await store.put(update.account_id, event.message.partition, lead_states.encode(states)))
+
+
+def _consumed(event: Any) -> Consumed:
+    message = event.message
+    return Consumed(message.topic, message.partition, message.offset, message.key, message.value)

@@ -1,0 +1,43 @@
+"""The wire format of the raw events topic.
+
+A Kafka message value is either one event (a JSON object) or an envelope of several events (a
+JSON array of event objects), all of leads that live on the message's partition. Producers we
+write (`leadstream send --events-per-message`, the collector) pack envelopes because Faust pays
+~100 us per consumed message, whatever its size; single-event messages from other producers keep
+working.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Iterator
+
+import orjson
+
+MAX_MESSAGE_BYTES = 1_000_000  # the broker's default message.max.bytes is 1 MB
+
+
+def pack(events: Iterable[bytes], max_events: int, max_bytes: int = MAX_MESSAGE_BYTES) -> Iterator[bytes]:
+    """Pack serialized events into envelopes of at most `max_events` events and `max_bytes` bytes."""
+    chunk: list[bytes] = []
+    size = 2
+    for event in events:
+        if chunk and (len(chunk) >= max_events or size + len(event) + 1 > max_bytes):
+            yield _envelope(chunk)
+            chunk, size = [], 2
+        chunk.append(event)
+        size += len(event) + 1
+    if chunk:
+        yield _envelope(chunk)
+
+
+def _envelope(chunk: list[bytes]) -> bytes:
+    return chunk[0] if len(chunk) == 1 else b"[" + b",".join(chunk) + b"]"
+
+
+def unpack(value: bytes) -> list[object]:
+    """The events of one message, as parsed JSON values (objects expected; the engine checks).
+
+    Raises orjson.JSONDecodeError when the message is not JSON at all.
+    """
+    parsed = orjson.loads(value)
+    return parsed if isinstance(parsed, list) else [parsed]

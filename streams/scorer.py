@@ -1,0 +1,252 @@
+"""The scoring stage: batches of raw Kafka messages in, durable lead states and crossings out.
+
+This is the adapter between Kafka and the pure engine. It knows nothing of Faust: the Faust app
+(streams/app.py) hands it batches of consumed messages and gives it a `LeadStore` (the lead
+table) and a `send` function (the producer).
+
+Delivery guarantee: at-least-once input with idempotent state. For each batch, crossings are
+sent and acknowledged by Kafka first, then the changed states (changelog), score changes and
+dead letters; the batch's offsets are committed only after all of that. After a crash the
+worker re-reads uncommitted messages against the recovered state: events already in the state
+are dropped by the engine's event-id de-duplication, and a crossing whose state write was lost
+is produced again with the same deterministic id, which consumers drop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable, Iterable, Protocol, Sequence
+
+import orjson
+
+from scoring import Engine, LeadState
+from streams import lead_states
+from streams.deadletter import DeadLetter
+from streams.envelope import unpack
+from streams.partitioning import partition_for
+from streams.settings import Settings
+
+MAX_MESSAGE_BYTES = 256 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Consumed:
+    """One consumed Kafka message."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+
+
+Send = Callable[[str, bytes | None, bytes, int | None], Awaitable[Awaitable[object]]]
+
+
+class LeadStore(Protocol):
+    """The durable per-lead state: a local read, and a write that also goes to the changelog."""
+
+    def get(self, lead_id: str) -> bytes | None: ...
+
+    async def put(self, lead_id: str, partition: int, value: bytes) -> Awaitable[object]: ...
+
+    def items(self) -> Iterable[tuple[str, bytes]]: ...
+
+
+@dataclass(slots=True)
+class BatchStats:
+    messages: int = 0
+    events: int = 0
+    scored: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    late: int = 0
+    crossings: int = 0
+    states_written: int = 0
+
+
+class DecayIndex:
+    """When each lead's next decay step is due, per owned partition: a sweep costs what is due."""
+
+    def __init__(self) -> None:
+        self._heaps: dict[int, list[tuple[int, str, str]]] = {}
+
+    def schedule(self, partition: int, due_ms: int, lead_id: str, model: str) -> None:
+        heapq.heappush(self._heaps.setdefault(partition, []), (due_ms, lead_id, model))
+
+    def pop_due(self, now_ms: int) -> list[tuple[int, str, str]]:
+        """(partition, lead, model) whose step was due at or before now; entries may be stale."""
+        due = []
+        for partition, heap in self._heaps.items():
+            while heap and heap[0][0] <= now_ms:
+                _, lead_id, model = heapq.heappop(heap)
+                due.append((partition, lead_id, model))
+        return due
+
+    def keep_only(self, partitions: set[int]) -> None:
+        for partition in list(self._heaps):
+            if partition not in partitions:
+                del self._heaps[partition]
+
+    def __len__(self) -> int:
+        return sum(len(heap) for heap in self._heaps.values())
+
+
+class Scorer:
+    def __init__(self, engine: Engine, settings: Settings, store: LeadStore, send: Send, partitions: int) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.store = store
+        self.send = send
+        self.partitions = partitions
+        self.decay_index = DecayIndex()
+
+    async def process(self, batch: Sequence[Consumed]) -> BatchStats:
+        stats = BatchStats(messages=len(batch))
+        dead: list[DeadLetter] = []
+        events = []
+        partition_of: dict[str, int] = {}
+        for message in batch:
+            for event in self._decode(message, dead, stats):
+                events.append(event)
+                partition_of[event.lead_id] = message.partition
+
+        cache: dict[str, dict[str, bytes]] = {}
+        result = self.engine.apply_batch(events, self._reader(cache))
+        stats.scored = len(events) - len(result.rejected) - len(result.late)
+        stats.late = len(result.late)
+        for rejection in result.rejected:
+            dead.append(DeadLetter(rejection.reason, rejection.detail, orjson.dumps(rejection.raw)))
+
+        # Crossings first: once a state is durable its crossing must already be in Kafka.
+        await self._deliver([await self._send_transition(t) for t in result.transitions])
+        stats.crossings = len(result.transitions)
+
+        futures = []
+        now_ms = max((e.time_ms for e in events), default=0)
+        by_lead: dict[str, list[tuple[str, LeadState]]] = {}
+        for (model, lead_id), state in result.states.items():
+            by_lead.setdefault(lead_id, []).append((model, state))
+        for lead_id, changed in by_lead.items():
+            partition = partition_of[lead_id]
+            states = cache.get(lead_id, {})
+            for model, state in changed:
+                states[model] = state.to_bytes()
+                due = self.engine.next_due_ms(model, state)
+                if due is not None:
+                    self.decay_index.schedule(partition, due, lead_id, model)
+                summary = self.engine.summary(model, lead_id, state, now_ms)
+                futures.append(await self.send(self.settings.topic_scores, f"{model}/{lead_id}".encode(), orjson.dumps(summary), partition))
+            futures.append(await self.store.put(lead_id, partition, lead_states.encode(states)))
+        stats.states_written = len(by_lead)
+        for update in result.account_updates:
+            futures.append(
+                await self.send(
+                    self.settings.topic_accounts,
+                    update.account_id.encode(),
+                    orjson.dumps(
+                        {"model": update.model, "account_id": update.account_id, "lead_id": update.lead_id,
+                         "score": update.score, "time": update.time_ms}
+                    ),
+                    None,
+                )
+            )
+        for letter in dead:
+            stats.rejected[letter.reason] = stats.rejected.get(letter.reason, 0) + 1
+            futures.append(await self.send(self.settings.topic_deadletter, letter.key, letter.to_bytes(), None))
+        await self._deliver(futures)
+        return stats
+
+    async def decay_due(self, now_ms: int) -> int:
+        """Apply every decay step due by now on the owned partitions; returns the steps applied."""
+        applied = 0
+        futures = []
+        crossings = []
+        for partition, lead_id, model in self.decay_index.pop_due(now_ms):
+            value = self.store.get(lead_id)
+            states = lead_states.decode(value) if value else {}
+            if model not in states:
+                continue
+            state = LeadState.from_bytes(states[model])
+            due = self.engine.next_due_ms(model, state)
+            if due is None or due > now_ms:  # stale entry: activity moved the step later
+                if due is not None:
+                    self.decay_index.schedule(partition, due, lead_id, model)
+                continue
+            state, transitions = self.engine.decay(model, lead_id, state, now_ms)
+            applied += 1
+            crossings.extend(transitions)
+            states[model] = state.to_bytes()
+            following = self.engine.next_due_ms(model, state)
+            if following is not None:
+                self.decay_index.schedule(partition, following, lead_id, model)
+            summary = self.engine.summary(model, lead_id, state, now_ms)
+            futures.append(await self.send(self.settings.topic_scores, f"{model}/{lead_id}".encode(), orjson.dumps(summary), partition))
+            futures.append(await self.store.put(lead_id, partition, lead_states.encode(states)))
+        await self._deliver([await self._send_transition(t) for t in crossings])
+        await self._deliver(futures)
+        return applied
+
+    def rebuild_decay_index(self, owned: set[int]) -> None:
+        """After recovery or a rebalance: index the due steps of the leads on owned partitions."""
+        self.decay_index = DecayIndex()
+        for lead_id, value in self.store.items():
+            partition = partition_for(lead_id, self.partitions)
+            if partition not in owned:
+                continue
+            for model, raw in lead_states.decode(value).items():
+                due = self.engine.next_due_ms(model, LeadState.from_bytes(raw))
+                if due is not None:
+                    self.decay_index.schedule(partition, due, lead_id, model)
+
+    def _decode(self, message: Consumed, dead: list[DeadLetter], stats: BatchStats) -> list:
+        def reject(reason: str, detail: str, original: bytes) -> None:
+            dead.append(DeadLetter(reason, detail, original, message.topic, message.partition, message.offset, message.key))
+
+        if len(message.value) > MAX_MESSAGE_BYTES:
+            reject("too_large", f"message of {len(message.value)} bytes exceeds {MAX_MESSAGE_BYTES}", message.value)
+            return []
+        try:
+            items = unpack(message.value)
+        except orjson.JSONDecodeError as exc:
+            reject("bad_json", f"message is not JSON: {exc}", message.value)
+            return []
+        events = []
+        for item in items:
+            stats.events += 1
+            parsed = self.engine.parse(item)
+            if not hasattr(parsed, "lead_id"):
+                reject(parsed.reason, parsed.detail, orjson.dumps(item))
+                continue
+            if partition_for(parsed.lead_id, self.partitions) != message.partition:
+                reject(
+                    "wrong_partition",
+                    f"lead {parsed.lead_id!r} belongs on partition {partition_for(parsed.lead_id, self.partitions)}, "
+                    f"not {message.partition}: key single events by lead id, or pack only one partition's leads",
+                    orjson.dumps(item),
+                )
+                continue
+            events.append(parsed)
+        return events
+
+    def _reader(self, cache: dict[str, dict[str, bytes]]) -> Callable[[str, str], LeadState | None]:
+        def get_state(model: str, lead_id: str) -> LeadState | None:
+            states = cache.get(lead_id)
+            if states is None:
+                value = self.store.get(lead_id)
+                states = cache[lead_id] = lead_states.decode(value) if value else {}
+            raw = states.get(model)
+            return None if raw is None else LeadState.from_bytes(raw)
+
+        return get_state
+
+    async def _send_transition(self, transition) -> Awaitable[object]:
+        record = transition.to_dict()
+        key = (record.get("lead_id") or record.get("account_id") or "").encode()
+        return await self.send(self.settings.topic_crossings, key, orjson.dumps(record), None)
+
+    @staticmethod
+    async def _deliver(futures: list[Awaitable[object]]) -> None:
+        if futures:
+            await asyncio.gather(*futures)

@@ -1,0 +1,94 @@
+"""`leadstream send FILE`: produce a JSON-lines file of events to the raw events topic.
+
+Each event is keyed by its lead id and goes to that lead's partition. With
+`--events-per-message N`, events of the same partition are packed into envelopes (see
+streams/envelope.py). Lines that are not JSON objects with a lead id are reported by line
+number and skipped; the rest is sent.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import IO, Iterator
+
+import orjson
+
+from streams.envelope import pack
+from streams.errors import InputError, ServiceError
+from streams.partitioning import partition_for
+from streams.settings import Settings
+
+
+def read_events(lines: IO[bytes], bad: list[str]) -> Iterator[tuple[str, bytes]]:
+    """(lead id, event bytes) for each valid line; a message appended to `bad` for each bad one."""
+    for number, line in enumerate(lines, start=1):
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            event = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            bad.append(f"line {number}: not JSON ({exc}); skipped")
+            continue
+        lead = event.get("lead_id") if isinstance(event, dict) else None
+        if not isinstance(lead, str) or not lead:
+            bad.append(f"line {number}: no string `lead_id`, so no partition; skipped")
+            continue
+        yield lead, line
+
+
+def send_file(path: Path, settings: Settings, topic: str | None = None, events_per_message: int = 1) -> int:
+    from kafka import KafkaProducer
+    from kafka.errors import KafkaError
+
+    if events_per_message < 1:
+        raise InputError("--events-per-message must be at least 1")
+    topic = topic or settings.topic_events
+    try:
+        producer = KafkaProducer(
+            bootstrap_servers=settings.kafka_bootstrap,
+            acks="all",
+            linger_ms=5,
+            batch_size=256 * 1024,
+            compression_type=None,
+            client_id="leadstream-send",
+        )
+    except KafkaError as exc:
+        raise ServiceError(f"cannot reach Kafka at {settings.kafka_bootstrap} ({exc}); run `leadstream services up`") from exc
+    partitions = len(producer.partitions_for(topic) or ())
+    if partitions == 0:
+        producer.close()
+        raise ServiceError(f"topic {topic!r} does not exist; run `leadstream topics`")
+    bad: list[str] = []
+    try:
+        stream = sys.stdin.buffer if str(path) == "-" else open(path, "rb")
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror}") from exc
+    sent_events = sent_messages = 0
+    try:
+        with stream:
+            if events_per_message == 1:
+                for lead, event in read_events(stream, bad):
+                    producer.send(topic, key=lead.encode(), value=event)
+                    sent_events += 1
+                sent_messages = sent_events
+            else:
+                by_partition: dict[int, list[bytes]] = defaultdict(list)
+                for lead, event in read_events(stream, bad):
+                    by_partition[partition_for(lead, partitions)].append(event)
+                    sent_events += 1
+                for partition, events in by_partition.items():
+                    for message in pack(events, events_per_message):
+                        producer.send(topic, value=message, partition=partition)
+                        sent_messages += 1
+        producer.flush()
+    finally:
+        producer.close()
+    for line in bad:
+        print(line, file=sys.stderr)
+    skipped = f"; {len(bad)} bad lines skipped" if bad else ""
+    print(f"sent {sent_events} events in {sent_messages} messages to {topic}{skipped}")
+    return 1 if bad else 0
+

@@ -1,0 +1,399 @@
+"""The local services leadstream runs on: one Apache Kafka broker (KRaft) and one redis-server.
+
+`up` is idempotent: it fetches the broker's jars from Maven Central once (infra/kafka/pom.xml),
+formats the KRaft storage on first start, starts both processes in the background and waits
+until they really answer (a Kafka metadata request, a Redis PING). `down` stops exactly the
+processes `up` started (their pid files), `status` reports each. Everything lives under
+LEADSTREAM_SERVICES_DIR, which is git-ignored.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+from streams.errors import ServiceError
+from streams.settings import KAFKA_VERSION, PROJECT_ROOT, Settings
+
+POM = PROJECT_ROOT / "infra" / "kafka" / "pom.xml"
+READY_TIMEOUT_S = 90.0
+# Below this much free disk Kafka fails in confusing ways; say so up front.
+MIN_FREE_DISK_BYTES = 512 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+class Service:
+    """One background process with a pid file and a log file."""
+
+    name: str
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.home = settings.services_dir / self.name
+        self.pid_file = self.home / f"{self.name}.pid"
+        self.log_file = self.home / "logs" / f"{self.name}.out"
+
+    @property
+    def endpoint(self) -> Endpoint:
+        raise NotImplementedError
+
+    def pid(self) -> int | None:
+        """The pid `up` recorded, if that process is still alive."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        return pid
+
+    def answers(self) -> bool:
+        raise NotImplementedError
+
+    def prepare(self) -> None:
+        """Everything before the first start (install, fetch, format); idempotent."""
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def up(self) -> str:
+        if self.pid() is not None:
+            self.wait_ready()
+            return f"{self.name}: already running (pid {self.pid()}) on {self.endpoint}"
+        if _port_in_use(self.endpoint):
+            raise ServiceError(
+                f"{self.name}: port {self.endpoint} is taken by another process (not one `leadstream services up` "
+                f"started); stop it or point leadstream elsewhere"
+            )
+        self.prepare()
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_file, "ab") as log:
+            proc = subprocess.Popen(
+                self.command(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.home,
+                start_new_session=True,  # survives the CLI and is not hit by its Ctrl-C
+            )
+        self.pid_file.write_text(str(proc.pid))
+        self.wait_ready(proc)
+        return f"{self.name}: started (pid {proc.pid}) on {self.endpoint}; log: {self.log_file}"
+
+    def wait_ready(self, proc: subprocess.Popen[bytes] | None = None) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if proc is not None and proc.poll() is not None:
+                self.pid_file.unlink(missing_ok=True)
+                raise ServiceError(
+                    f"{self.name}: exited with code {proc.returncode} while starting: {self.last_log_line()} "
+                    f"(log: {self.log_file})"
+                )
+            if self.answers():
+                return
+            time.sleep(0.25)
+        raise ServiceError(f"{self.name}: did not answer on {self.endpoint} within {READY_TIMEOUT_S:.0f} s (log: {self.log_file})")
+
+    def down(self) -> str:
+        pid = self.pid()
+        if pid is None:
+            self.pid_file.unlink(missing_ok=True)
+            return f"{self.name}: not running"
+        os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and self.pid() is not None:
+            time.sleep(0.2)
+        if self.pid() is not None:
+            os.killpg(pid, signal.SIGKILL)
+        self.pid_file.unlink(missing_ok=True)
+        return f"{self.name}: stopped (pid {pid})"
+
+    def status(self) -> str:
+        pid = self.pid()
+        if pid is None:
+            return f"{self.name}: not running"
+        state = "ready" if self.answers() else "NOT answering"
+        return f"{self.name}: running (pid {pid}) on {self.endpoint}, {state}; log: {self.log_file}"
+
+    def last_log_line(self) -> str:
+        try:
+            lines = [ln for ln in self.log_file.read_text(errors="replace").splitlines() if ln.strip()]
+        except FileNotFoundError:
+            return "no log written"
+        errors = [ln for ln in lines if "ERROR" in ln or "Exception" in ln or "FATAL" in ln or "#" in ln[:2]]
+        return (errors or lines or ["empty log"])[-1].strip()[:300]
+
+
+class Kafka(Service):
+    name = "kafka"
+
+    @property
+    def endpoint(self) -> Endpoint:
+        host, _, port = self.settings.kafka_bootstrap.split(",")[0].rpartition(":")
+        return Endpoint(host or "127.0.0.1", int(port))
+
+    @property
+    def libs(self) -> Path:
+        return self.home / "libs"
+
+    @property
+    def config_file(self) -> Path:
+        return self.home / "config" / "server.properties"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    def prepare(self) -> None:
+        if shutil.which("java") is None:
+            raise ServiceError("kafka: Java is missing; install a JDK 17 (Debian: apt-get install openjdk-17-jre-headless)")
+        _check_disk(self.settings.services_dir)
+        self.fetch_jars()
+        self.write_config()
+        if not (self.data_dir / "meta.properties").exists():
+            self.format_storage()
+
+    def fetch_jars(self) -> None:
+        marker = self.libs / f"kafka_2.13-{KAFKA_VERSION}.jar"
+        if marker.exists():
+            return
+        if shutil.which("mvn") is None:
+            raise ServiceError("kafka: Maven (mvn) is missing; it fetches the broker's jars (Debian: apt-get install maven)")
+        self.libs.mkdir(parents=True, exist_ok=True)
+        log = self.home / "logs" / "maven.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "wb") as out:
+            result = subprocess.run(
+                ["mvn", "-B", "-q", "-f", str(POM), "dependency:copy-dependencies",
+                 f"-DoutputDirectory={self.libs}", "-DincludeScope=runtime"],
+                stdout=out, stderr=subprocess.STDOUT, check=False,
+            )
+        if result.returncode != 0 or not marker.exists():
+            text = log.read_text(errors="replace")
+            cause = "Maven Central unreachable" if ("resolve" in text or "transfer" in text.lower()) else "Maven failed"
+            raise ServiceError(f"kafka: could not fetch the broker's jars ({cause}); log: {log}")
+
+    def write_config(self) -> None:
+        ep = self.endpoint
+        controller = Endpoint(ep.host, ep.port + 1)
+        self.config_file.parent.mkdir(parents=True, exist_ok=True)
+        (self.home / "logs").mkdir(parents=True, exist_ok=True)
+        self.config_file.write_text(
+            "\n".join([
+                "process.roles=broker,controller",
+                "node.id=1",
+                f"controller.quorum.voters=1@{controller}",
+                f"listeners=PLAINTEXT://{ep},CONTROLLER://{controller}",
+                f"advertised.listeners=PLAINTEXT://{ep}",
+                "controller.listener.names=CONTROLLER",
+                "inter.broker.listener.name=PLAINTEXT",
+                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                f"log.dirs={self.data_dir}",
+                f"num.partitions={self.settings.partitions}",
+                # One broker: every internal topic has one replica, and transactions work.
+                "offsets.topic.replication.factor=1",
+                "transaction.state.log.replication.factor=1",
+                "transaction.state.log.min.isr=1",
+                "default.replication.factor=1",
+                "min.insync.replicas=1",
+                # Consumers join at once instead of waiting 3 s for more members.
+                "group.initial.rebalance.delay.ms=0",
+                # Topics come from `leadstream topics` (and Faust for its changelogs), never by accident.
+                "auto.create.topics.enable=false",
+                "log.retention.hours=168",
+                "log.segment.bytes=67108864",
+                "log.cleaner.dedupe.buffer.size=33554432",
+                "",
+            ])
+        )
+        (self.home / "config" / "log4j.properties").write_text(
+            "\n".join([
+                "log4j.rootLogger=INFO, file",
+                "log4j.appender.file=org.apache.log4j.RollingFileAppender",
+                f"log4j.appender.file.File={self.home / 'logs' / 'server.log'}",
+                "log4j.appender.file.MaxFileSize=20MB",
+                "log4j.appender.file.MaxBackupIndex=3",
+                "log4j.appender.file.layout=org.apache.log4j.PatternLayout",
+                "log4j.appender.file.layout.ConversionPattern=[%d] %p %m (%c)%n",
+                "log4j.logger.kafka=INFO",
+                "log4j.logger.org.apache.kafka=INFO",
+                "",
+            ])
+        )
+
+    def java(self, main_class: str, *args: str) -> list[str]:
+        return [
+            "java",
+            f"-Xmx{self.settings.kafka_heap}",
+            "-Xms256m",
+            "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20",
+            "-XX:+ExitOnOutOfMemoryError",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j.configuration=file:{self.home / 'config' / 'log4j.properties'}",
+            "-cp",
+            str(self.libs / "*"),
+            main_class,
+            *args,
+        ]
+
+    def format_storage(self) -> None:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        result = subprocess.run(
+            self.java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.config_file)),
+            capture_output=True, text=True, check=False,
+        )
+        if result.returncode != 0:
+            lines = (result.stderr or result.stdout).strip().splitlines() or ["no output"]
+            raise ServiceError(f"kafka: formatting the storage in {self.data_dir} failed: {lines[-1]}")
+
+    def command(self) -> list[str]:
+        return self.java("kafka.Kafka", str(self.config_file))
+
+    def answers(self) -> bool:
+        from kafka import KafkaAdminClient
+        from kafka.errors import KafkaError
+
+        if not _port_in_use(self.endpoint):
+            return False
+        try:
+            admin = KafkaAdminClient(bootstrap_servers=str(self.endpoint), request_timeout_ms=3000, client_id="leadstream-services")
+        except (KafkaError, OSError, ValueError):
+            return False
+        try:
+            return bool(admin.describe_cluster().get("brokers"))
+        except (KafkaError, OSError, ValueError):
+            return False
+        finally:
+            admin.close()
+
+    def last_log_line(self) -> str:
+        line = super().last_log_line()
+        if "Address already in use" in line:
+            return f"port taken ({line})"
+        return line
+
+
+class Redis(Service):
+    name = "redis"
+
+    @property
+    def endpoint(self) -> Endpoint:
+        url = urlparse(self.settings.redis_url)
+        return Endpoint(url.hostname or "127.0.0.1", url.port or 6379)
+
+    def prepare(self) -> None:
+        _check_disk(self.settings.services_dir)
+        (self.home / "data").mkdir(parents=True, exist_ok=True)
+        if shutil.which("redis-server"):
+            return
+        if os.geteuid() != 0:
+            raise ServiceError("redis: redis-server is missing; install it (Debian: sudo apt-get install redis-server)")
+        log = self.home / "logs" / "apt.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        with open(log, "wb") as out:
+            for cmd in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "redis-server"]):
+                if subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, check=False).returncode != 0:
+                    raise ServiceError(f"redis: `{' '.join(cmd)}` failed; log: {log}")
+        if shutil.which("redis-server") is None:
+            raise ServiceError(f"redis: apt-get installed no redis-server binary; log: {log}")
+
+    def command(self) -> list[str]:
+        ep = self.endpoint
+        return [
+            "redis-server",
+            "--bind", ep.host,
+            "--port", str(ep.port),
+            "--dir", str(self.home / "data"),
+            "--daemonize", "no",
+            "--save", "60 1000",
+            "--appendonly", "no",
+            "--protected-mode", "yes",
+        ]
+
+    def answers(self) -> bool:
+        import redis
+
+        try:
+            client = redis.Redis(host=self.endpoint.host, port=self.endpoint.port, socket_timeout=1, socket_connect_timeout=1)
+            try:
+                return bool(client.ping())
+            finally:
+                client.close()
+        except (redis.RedisError, OSError):
+            return False
+
+
+def all_services(settings: Settings) -> list[Service]:
+    return [Kafka(settings), Redis(settings)]
+
+
+def up(settings: Settings) -> list[str]:
+    return [service.up() for service in all_services(settings)]
+
+
+def down(settings: Settings) -> list[str]:
+    from streams.processes import stop_all
+
+    lines = stop_all(settings)
+    return lines + [service.down() for service in reversed(all_services(settings))]
+
+
+def status(settings: Settings) -> list[str]:
+    from streams.processes import status_all
+
+    return [service.status() for service in all_services(settings)] + status_all(settings)
+
+
+def main(action: str, settings: Settings) -> int:
+    if action == "up":
+        started = time.monotonic()
+        for line in up(settings):
+            print(line)
+        from streams.topics import ensure_topics
+
+        for line in ensure_topics(settings):
+            print(line)
+        print(f"services ready in {time.monotonic() - started:.1f} s")
+    elif action == "down":
+        for line in down(settings):
+            print(line)
+    else:
+        for line in status(settings):
+            print(line)
+    return 0
+
+
+def _port_in_use(ep: Endpoint) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((ep.host, ep.port)) == 0
+
+
+def _check_disk(path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(path).free
+    if free < MIN_FREE_DISK_BYTES:
+        raise ServiceError(f"disk full: only {free // (1024 * 1024)} MiB free under {path}; free some space")

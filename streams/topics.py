@@ -1,0 +1,70 @@
+"""The topics leadstream owns, with their partition counts and cleanup policies.
+
+Created explicitly with the admin client (the broker has auto-creation off), idempotently. Faust
+creates its own changelog topics (compacted) when the worker starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from streams.errors import ServiceError
+from streams.settings import Settings
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    config: dict[str, str] = field(default_factory=dict)
+
+
+COMPACTED = {"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1", "segment.ms": "600000"}
+
+
+def topic_specs(settings: Settings) -> list[TopicSpec]:
+    n = settings.partitions
+    return [
+        TopicSpec(settings.topic_events, n),
+        # Latest traits per lead are what matters, so old profile versions may be compacted away.
+        TopicSpec(settings.topic_profiles, n, COMPACTED),
+        TopicSpec(settings.topic_crossings, n),
+        # A read model only needs each lead's latest score.
+        TopicSpec(settings.topic_scores, n, COMPACTED),
+        TopicSpec(settings.topic_accounts, n),
+        TopicSpec(settings.topic_deadletter, n, {"retention.ms": str(30 * 24 * 3600 * 1000)}),
+    ]
+
+
+def ensure_topics(settings: Settings, specs: list[TopicSpec] | None = None) -> list[str]:
+    """Create the missing topics; report each one. Existing topics are left as they are."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+    from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+    specs = topic_specs(settings) if specs is None else specs
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id="leadstream-topics")
+    except KafkaError as exc:
+        raise ServiceError(
+            f"cannot reach Kafka at {settings.kafka_bootstrap} ({exc}); run `leadstream services up`"
+        ) from exc
+    try:
+        existing = set(admin.list_topics())
+        lines = []
+        for spec in specs:
+            if spec.name in existing:
+                lines.append(f"topic {spec.name}: exists")
+                continue
+            try:
+                admin.create_topics(
+                    [NewTopic(spec.name, num_partitions=spec.partitions, replication_factor=1, topic_configs=spec.config)]
+                )
+            except TopicAlreadyExistsError:
+                lines.append(f"topic {spec.name}: exists")
+                continue
+            policy = spec.config.get("cleanup.policy", "delete")
+            lines.append(f"topic {spec.name}: created ({spec.partitions} partitions, cleanup.policy={policy})")
+        return lines
+    finally:
+        admin.close()
