@@ -1,0 +1,67 @@
+"""Fixtures shared by the whole suite.
+
+Integration tests run against the real local Kafka broker and redis-server, which the suite
+starts itself (`leadstream services up` is idempotent) and never skips when they are absent.
+Each test gets its own topics, consumer group, state directory and ports, so tests are
+independent of one another and of earlier runs.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from streams import services
+from streams.settings import Settings
+from streams.topics import ensure_topics
+from tests.infra import free_port
+
+
+@pytest.fixture(scope="session")
+def local_services() -> Settings:
+    """The real Kafka and Redis, started if they are not running yet."""
+    base = Settings.from_env()
+    services.up(base)
+    return base
+
+
+@pytest.fixture
+def isolated(local_services: Settings, tmp_path: Path) -> Settings:
+    """Settings with this test's own topics, app id (consumer group), state directory and ports."""
+    tag = uuid.uuid4().hex[:10]
+    settings = local_services.with_overrides(
+        app_id=f"test-{tag}",
+        topic_events=f"t-{tag}-events",
+        topic_profiles=f"t-{tag}-profiles",
+        topic_crossings=f"t-{tag}-crossings",
+        topic_scores=f"t-{tag}-scores",
+        topic_accounts=f"t-{tag}-accounts",
+        topic_deadletter=f"t-{tag}-deadletter",
+        state_dir=tmp_path / "worker-state",
+        worker_port=free_port(),
+        collector_port=free_port(),
+        metrics_port=free_port(),
+    )
+    ensure_topics(settings)
+    return settings
+
+
+@pytest.fixture
+def worker(isolated: Settings) -> Iterator["tests.infra.WorkerProcess"]:  # noqa: F821
+    """A factory of real `leadstream worker` processes for this test; all are stopped afterwards."""
+    from tests.infra import WorkerProcess
+
+    started: list[WorkerProcess] = []
+
+    def start(settings: Settings | None = None) -> WorkerProcess:
+        proc = WorkerProcess(settings or isolated)
+        started.append(proc)
+        proc.start()
+        return proc
+
+    yield start  # type: ignore[misc]
+    for proc in started:
+        proc.stop()

@@ -1,0 +1,59 @@
+"""`leadstream services` against real processes on their own ports and folder."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from streams import services
+from streams.errors import ServiceError
+from streams.settings import Settings
+from tests.infra import free_port
+
+
+def own_services(tmp_path: Path, kafka_port: int, redis_port: int) -> Settings:
+    return Settings().with_overrides(
+        services_dir=tmp_path / "services",
+        kafka_bootstrap=f"127.0.0.1:{kafka_port}",
+        redis_url=f"redis://127.0.0.1:{redis_port}/0",
+    )
+
+
+def controller_free_pair() -> int:
+    """A free port whose successor (the KRaft controller port) is free too."""
+    while True:
+        port = free_port()
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port + 1)) != 0:
+                return port
+
+
+def test_up_is_idempotent_and_down_stops_exactly_what_up_started(tmp_path: Path, local_services: Settings) -> None:
+    settings = own_services(tmp_path, controller_free_pair(), free_port())
+    try:
+        first = services.up(settings)
+        assert [line.split(":")[1].split()[0] for line in first] == ["started", "started"]
+        second = services.up(settings)
+        assert all("already running" in line for line in second)
+        status = services.status(settings)
+        assert all(", ready;" in line for line in status), status
+        assert (settings.services_dir / "kafka" / "data" / "meta.properties").exists()
+        assert (settings.services_dir / "kafka" / "logs" / "kafka.out").exists()
+    finally:
+        stopped = services.down(settings)
+    assert [line.split(":")[1].split()[0] for line in stopped] == ["stopped", "stopped"]
+    assert services.status(settings) == ["kafka: not running", "redis: not running"]
+    # The suite's own services were not touched.
+    assert all(", ready;" in line for line in services.status(local_services))
+
+
+def test_a_taken_port_is_named_in_one_line(tmp_path: Path) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        settings = own_services(tmp_path, free_port(), port)
+        with pytest.raises(ServiceError, match=rf"redis: port 127.0.0.1:{port} is taken by another process"):
+            services.Redis(settings).up()
