@@ -37,7 +37,8 @@ def start_background(name: str, args: list[str], settings: Settings) -> tuple[in
     return proc.pid, log
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether a process runs; a zombie child of ours (exited, not yet reaped) counts as gone."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -45,7 +46,6 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     try:
-        # A zombie child of ours counts as gone.
         return os.waitpid(pid, os.WNOHANG) == (0, 0)
     except ChildProcessError:
         return True
@@ -63,7 +63,7 @@ def _tracked(settings: Settings) -> list[tuple[str, int, Path]]:
 
 def running(name: str, settings: Settings) -> int | None:
     for proc_name, pid, _ in _tracked(settings):
-        if proc_name == name and _alive(pid):
+        if proc_name == name and alive(pid):
             return pid
     return None
 
@@ -71,12 +71,12 @@ def running(name: str, settings: Settings) -> int | None:
 def stop_all(settings: Settings) -> list[str]:
     lines = []
     for name, pid, pid_file in _tracked(settings):
-        if _alive(pid):
+        if alive(pid):
             os.killpg(pid, signal.SIGTERM)
             deadline = time.monotonic() + 20
-            while time.monotonic() < deadline and _alive(pid):
+            while time.monotonic() < deadline and alive(pid):
                 time.sleep(0.2)
-            if _alive(pid):
+            if alive(pid):
                 os.killpg(pid, signal.SIGKILL)
             lines.append(f"{name}: stopped (pid {pid})")
         pid_file.unlink(missing_ok=True)
@@ -85,6 +85,6 @@ def stop_all(settings: Settings) -> list[str]:
 
 def status_all(settings: Settings) -> list[str]:
     return [
-        f"{name}: {'running' if _alive(pid) else 'not running'} (pid {pid}); log: {_dir(settings) / (name + '.log')}"
+        f"{name}: {'running' if alive(pid) else 'not running'} (pid {pid}); log: {_dir(settings) / (name + '.log')}"
         for name, pid, _ in _tracked(settings)
     ]

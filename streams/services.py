@@ -22,6 +22,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from streams.errors import ServiceError
+from streams.processes import alive, status_all, stop_all
 from streams.settings import KAFKA_VERSION, PROJECT_ROOT, Settings
 
 POM = PROJECT_ROOT / "infra" / "kafka" / "pom.xml"
@@ -60,13 +61,7 @@ class Service:
             pid = int(self.pid_file.read_text().strip())
         except (FileNotFoundError, ValueError):
             return None
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            pass
-        return pid
+        return pid if alive(pid) else None
 
     def answers(self) -> bool:
         raise NotImplementedError
@@ -355,15 +350,11 @@ def up(settings: Settings) -> list[str]:
 
 
 def down(settings: Settings) -> list[str]:
-    from streams.processes import stop_all
-
     lines = stop_all(settings)
     return lines + [service.down() for service in reversed(all_services(settings))]
 
 
 def status(settings: Settings) -> list[str]:
-    from streams.processes import status_all
-
     return [service.status() for service in all_services(settings)] + status_all(settings)
 
 
