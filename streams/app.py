@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Awaitable, Iterable
+from typing import Any, Iterable
 
 import faust
+import mode
 import orjson
 from faust.web import Request, Response, View
 
 from scoring import AccountState, Engine, LeadState, MemberScore
 from streams import lead_states
+from streams.outbox import Outbox
 from streams.scorer import Consumed, Scorer
 from streams.settings import Settings
 
@@ -30,17 +32,17 @@ log = logging.getLogger("leadstream.worker")
 class TableStore:
     """A Faust table used as the lead store: local reads, writes that also go to its changelog."""
 
-    def __init__(self, app: faust.App, table: faust.Table) -> None:
-        self.app = app
+    def __init__(self, table: faust.Table) -> None:
         self.table = table
+        self.changelog = table.changelog_topic.get_topic_name()
 
     def get(self, key: str) -> bytes | None:
         return self.table.data.get(key.encode())
 
-    async def put(self, key: str, partition: int, value: bytes) -> Awaitable[object]:
+    def put(self, key: str, partition: int, value: bytes, outbox: Outbox) -> None:
         raw_key = key.encode()
         self.table.data[raw_key] = value
-        return await self.app.producer.send(self.table.changelog_topic.get_topic_name(), raw_key, value, partition, None, None)
+        outbox.add(self.changelog, raw_key, value, partition)
 
     def items(self) -> Iterable[tuple[str, bytes]]:
         return ((key.decode(), value) for key, value in self.table.data.items())
@@ -74,11 +76,14 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
     leads = app.Table("leads", partitions=settings.partitions, **raw)
     accounts = app.Table("accounts", partitions=settings.partitions, **raw)
 
-    async def send(topic: str, key: bytes | None, value: bytes, partition: int | None) -> Awaitable[object]:
-        return await app.producer.send(topic, key, value, partition, None, None)
+    outbox = Outbox(settings.kafka_bootstrap, settings.partitions)
+    scorer = Scorer(engine, settings, TableStore(leads), outbox, settings.partitions)
+    account_store = TableStore(accounts)
 
-    scorer = Scorer(engine, settings, TableStore(app, leads), send, settings.partitions)
-    account_store = TableStore(app, accounts)
+    @app.service
+    class OutboxLifecycle(mode.Service):
+        async def on_stop(self) -> None:
+            await outbox.stop()
     app.leadstream_scorer = scorer  # type: ignore[attr-defined]
     within_s = settings.batch_within_ms / 1000
 
@@ -94,7 +99,7 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
     async def rollup(stream: faust.StreamT[bytes]) -> None:
         async for batch in stream.take_events(settings.batch_max_messages, within=within_s):
             for event in batch:
-                await _apply_account(engine, settings, account_store, send, event)
+                await _apply_account(engine, settings, account_store, outbox, event)
 
     @app.timer(interval=settings.decay_interval_s)
     async def decay() -> None:
@@ -135,7 +140,7 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
     return app
 
 
-async def _apply_account(engine: Engine, settings: Settings, store: TableStore, send: Any, event: Any) -> None:
+async def _apply_account(engine: Engine, settings: Settings, store: TableStore, outbox: Outbox, event: Any) -> None:
     try:
         record = orjson.loads(event.value)
         update = MemberScore(record["model"], record["account_id"], record["lead_id"], record["score"], record["time"])
@@ -146,13 +151,12 @@ async def _apply_account(engine: Engine, settings: Settings, store: TableStore, 
     states = lead_states.decode(value) if value else {}
     raw = states.get(update.model)
     state, transitions = engine.apply_account(update.model, update.account_id, None if raw is None else AccountState.from_bytes(raw), update)
-    futures = [
-        await send(settings.topic_crossings, update.account_id.encode(), orjson.dumps(t.to_dict()), None) for t in transitions
-    ]
-    for future in futures:
-        await future
+    for transition in transitions:
+        outbox.add(settings.topic_crossings, update.account_id.encode(), orjson.dumps(transition.to_dict()))
+    await outbox.flush()  # crossings before the state that records them, as in the scorer
     states[update.model] = state.to_bytes()
-    await (await store.put(update.account_id, event.message.partition, lead_states.encode(states)))
+    store.put(update.account_id, event.message.partition, lead_states.encode(states), outbox)
+    await outbox.flush()
 
 
 def _consumed(event: Any) -> Consumed:

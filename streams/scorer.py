@@ -14,17 +14,17 @@ is produced again with the same deterministic id, which consumers drop.
 
 from __future__ import annotations
 
-import asyncio
 import heapq
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Iterable, Protocol, Sequence
+from typing import Callable, Iterable, Protocol, Sequence
 
 import orjson
 
-from scoring import Engine, LeadState
+from scoring import Engine, LeadState, Rejection, Transition
 from streams import lead_states
 from streams.deadletter import DeadLetter
 from streams.envelope import unpack
+from streams.outbox import Outbox
 from streams.partitioning import partition_for
 from streams.settings import Settings
 
@@ -42,15 +42,12 @@ class Consumed:
     value: bytes
 
 
-Send = Callable[[str, bytes | None, bytes, int | None], Awaitable[Awaitable[object]]]
-
-
 class LeadStore(Protocol):
     """The durable per-lead state: a local read, and a write that also goes to the changelog."""
 
     def get(self, lead_id: str) -> bytes | None: ...
 
-    async def put(self, lead_id: str, partition: int, value: bytes) -> Awaitable[object]: ...
+    def put(self, lead_id: str, partition: int, value: bytes, outbox: Outbox) -> None: ...
 
     def items(self) -> Iterable[tuple[str, bytes]]: ...
 
@@ -94,11 +91,11 @@ class DecayIndex:
 
 
 class Scorer:
-    def __init__(self, engine: Engine, settings: Settings, store: LeadStore, send: Send, partitions: int) -> None:
+    def __init__(self, engine: Engine, settings: Settings, store: LeadStore, outbox: Outbox, partitions: int) -> None:
         self.engine = engine
         self.settings = settings
         self.store = store
-        self.send = send
+        self.outbox = outbox
         self.partitions = partitions
         self.decay_index = DecayIndex()
 
@@ -120,10 +117,10 @@ class Scorer:
             dead.append(DeadLetter(rejection.reason, rejection.detail, orjson.dumps(rejection.raw)))
 
         # Crossings first: once a state is durable its crossing must already be in Kafka.
-        await self._deliver([await self._send_transition(t) for t in result.transitions])
+        await self._publish(result.transitions)
         stats.crossings = len(result.transitions)
 
-        futures = []
+        outbox = self.outbox
         now_ms = max((e.time_ms for e in events), default=0)
         by_lead: dict[str, list[tuple[str, LeadState]]] = {}
         for (model, lead_id), state in result.states.items():
@@ -136,33 +133,24 @@ class Scorer:
                 due = self.engine.next_due_ms(model, state)
                 if due is not None:
                     self.decay_index.schedule(partition, due, lead_id, model)
-                summary = self.engine.summary(model, lead_id, state, now_ms)
-                futures.append(await self.send(self.settings.topic_scores, f"{model}/{lead_id}".encode(), orjson.dumps(summary), partition))
-            futures.append(await self.store.put(lead_id, partition, lead_states.encode(states)))
+                self._add_summary(model, lead_id, state, now_ms, partition)
+            self.store.put(lead_id, partition, lead_states.encode(states), outbox)
         stats.states_written = len(by_lead)
         for update in result.account_updates:
-            futures.append(
-                await self.send(
-                    self.settings.topic_accounts,
-                    update.account_id.encode(),
-                    orjson.dumps(
-                        {"model": update.model, "account_id": update.account_id, "lead_id": update.lead_id,
-                         "score": update.score, "time": update.time_ms}
-                    ),
-                    None,
-                )
-            )
+            record = {"model": update.model, "account_id": update.account_id, "lead_id": update.lead_id,
+                      "score": update.score, "time": update.time_ms}
+            outbox.add(self.settings.topic_accounts, update.account_id.encode(), orjson.dumps(record))
         for letter in dead:
             stats.rejected[letter.reason] = stats.rejected.get(letter.reason, 0) + 1
-            futures.append(await self.send(self.settings.topic_deadletter, letter.key, letter.to_bytes(), None))
-        await self._deliver(futures)
+            outbox.add(self.settings.topic_deadletter, letter.key, letter.to_bytes(), letter.partition)
+        await outbox.flush()
         return stats
 
     async def decay_due(self, now_ms: int) -> int:
         """Apply every decay step due by now on the owned partitions; returns the steps applied."""
         applied = 0
-        futures = []
-        crossings = []
+        crossings: list[Transition] = []
+        writes: list[tuple[str, int, bytes]] = []
         for partition, lead_id, model in self.decay_index.pop_due(now_ms):
             value = self.store.get(lead_id)
             states = lead_states.decode(value) if value else {}
@@ -181,11 +169,12 @@ class Scorer:
             following = self.engine.next_due_ms(model, state)
             if following is not None:
                 self.decay_index.schedule(partition, following, lead_id, model)
-            summary = self.engine.summary(model, lead_id, state, now_ms)
-            futures.append(await self.send(self.settings.topic_scores, f"{model}/{lead_id}".encode(), orjson.dumps(summary), partition))
-            futures.append(await self.store.put(lead_id, partition, lead_states.encode(states)))
-        await self._deliver([await self._send_transition(t) for t in crossings])
-        await self._deliver(futures)
+            self._add_summary(model, lead_id, state, now_ms, partition)
+            writes.append((lead_id, partition, lead_states.encode(states)))
+        await self._publish(crossings)
+        for lead_id, partition, value in writes:
+            self.store.put(lead_id, partition, value, self.outbox)
+        await self.outbox.flush()
         return applied
 
     def rebuild_decay_index(self, owned: set[int]) -> None:
@@ -216,7 +205,7 @@ class Scorer:
         for item in items:
             stats.events += 1
             parsed = self.engine.parse(item)
-            if not hasattr(parsed, "lead_id"):
+            if isinstance(parsed, Rejection):
                 reject(parsed.reason, parsed.detail, orjson.dumps(item))
                 continue
             if partition_for(parsed.lead_id, self.partitions) != message.partition:
@@ -241,12 +230,14 @@ class Scorer:
 
         return get_state
 
-    async def _send_transition(self, transition) -> Awaitable[object]:
-        record = transition.to_dict()
-        key = (record.get("lead_id") or record.get("account_id") or "").encode()
-        return await self.send(self.settings.topic_crossings, key, orjson.dumps(record), None)
+    def _add_summary(self, model: str, lead_id: str, state: LeadState, now_ms: int, partition: int) -> None:
+        summary = self.engine.summary(model, lead_id, state, now_ms)
+        self.outbox.add(self.settings.topic_scores, f"{model}/{lead_id}".encode(), orjson.dumps(summary), partition)
 
-    @staticmethod
-    async def _deliver(futures: list[Awaitable[object]]) -> None:
-        if futures:
-            await asyncio.gather(*futures)
+    async def _publish(self, transitions: list[Transition]) -> None:
+        """Send crossings and wait for Kafka's acknowledgement."""
+        for transition in transitions:
+            record = transition.to_dict()
+            key = record["lead_id"] if record.get("kind") == "lead" else record["account_id"]
+            self.outbox.add(self.settings.topic_crossings, str(key).encode(), orjson.dumps(record))
+        await self.outbox.flush()

@@ -64,6 +64,30 @@ class Settings:
     kafka_heap: str = _setting("LEADSTREAM_KAFKA_HEAP", "1g", "Maximum Java heap of the local Kafka broker.")
     worker_port: int = _setting("LEADSTREAM_WORKER_PORT", 6066, "HTTP port of the worker's web views (scores, health).")
     collector_port: int = _setting("LEADSTREAM_COLLECTOR_PORT", 8088, "HTTP port of the Segment-compatible collector.")
+    collector_host: str = _setting(
+        "LEADSTREAM_COLLECTOR_HOST", "127.0.0.1", "Address the collector listens on (0.0.0.0 to serve other machines)."
+    )
+    collector_write_keys: str = _setting(
+        "LEADSTREAM_COLLECTOR_WRITE_KEYS",
+        "",
+        "The collector's write keys: a path to a *.toml file of sources, or inline `key=source,key2=source2`.",
+    )
+    collector_event_names: str = _setting(
+        "LEADSTREAM_COLLECTOR_EVENT_NAMES",
+        "snake_case",
+        "How the collector names track events: snake_case (\"Pricing Viewed\" -> pricing_viewed) or verbatim.",
+    )
+    collector_ack_timeout_ms: int = _setting(
+        "LEADSTREAM_COLLECTOR_ACK_TIMEOUT_MS", 5000, "Longest the collector waits for Kafka's ack before answering 503."
+    )
+    collector_max_in_flight_bytes: int = _setting(
+        "LEADSTREAM_COLLECTOR_MAX_IN_FLIGHT_BYTES",
+        64 * 1024 * 1024,
+        "Bytes of events awaiting Kafka's ack beyond which the collector answers 503 instead of buffering.",
+    )
+    collector_body_timeout_ms: int = _setting(
+        "LEADSTREAM_COLLECTOR_BODY_TIMEOUT_MS", 10000, "Longest a client may take to send a request body (then 408)."
+    )
     metrics_port: int = _setting("LEADSTREAM_METRICS_PORT", 9464, "Port of /metrics on sink processes.")
     store: str = _setting(
         "LEADSTREAM_STORE", "memory://", "Faust table store: memory:// (replays the changelog on start) or rocksdb://."
@@ -79,6 +103,60 @@ class Settings:
     )
     clock_offset_ms: int = _setting(
         "LEADSTREAM_CLOCK_OFFSET_MS", 0, "Added to the wall clock for decay (tests and replays of old data)."
+    )
+    redis_prefix: str = _setting(
+        "LEADSTREAM_REDIS_PREFIX", "leadstream", "Prefix of every Redis key leadstream writes (read model, delivered ids)."
+    )
+    sink_mapping_dir: Path = _setting(
+        "LEADSTREAM_SINK_MAPPING_DIR",
+        PROJECT_ROOT / "sinks" / "mappings",
+        "Directory of the CRM field-mapping files (hubspot.toml, salesforce.toml).",
+    )
+    sink_concurrency: int = _setting(
+        "LEADSTREAM_SINK_CONCURRENCY", 8, "Deliveries a sink runs at once (per-lead order is kept); hides API latency."
+    )
+    sink_max_attempts: int = _setting(
+        "LEADSTREAM_SINK_MAX_ATTEMPTS", 8, "Tries per message before a retryable failure is dead-lettered."
+    )
+    sink_backoff_base_ms: int = _setting(
+        "LEADSTREAM_SINK_BACKOFF_BASE_MS", 250, "First retry delay of a sink; doubles per attempt, with jitter."
+    )
+    sink_backoff_max_ms: int = _setting("LEADSTREAM_SINK_BACKOFF_MAX_MS", 60_000, "Longest retry delay of a sink.")
+    sink_timeout_s: int = _setting("LEADSTREAM_SINK_TIMEOUT_S", 10, "Timeout of one HTTP request to a CRM or webhook.")
+    sink_delivered_ttl_s: int = _setting(
+        "LEADSTREAM_SINK_DELIVERED_TTL_S",
+        14 * 24 * 3600,
+        "How long a sink remembers a delivered crossing id (must exceed any redelivery or replay delay).",
+    )
+    hubspot_access_token: str = _setting(
+        "LEADSTREAM_HUBSPOT_ACCESS_TOKEN", "", "HubSpot private-app access token (scopes: crm.objects.contacts/deals.write)."
+    )
+    hubspot_base_url: str = _setting("LEADSTREAM_HUBSPOT_BASE_URL", "https://api.hubapi.com", "HubSpot API base URL.")
+    hubspot_rate_limit: str = _setting(
+        "LEADSTREAM_HUBSPOT_RATE_LIMIT", "100/10s", "HubSpot requests per window (private app, Free/Starter quota)."
+    )
+    salesforce_instance_url: str = _setting(
+        "LEADSTREAM_SALESFORCE_INSTANCE_URL", "", "Salesforce instance URL (https://MyDomain.my.salesforce.com)."
+    )
+    salesforce_access_token: str = _setting(
+        "LEADSTREAM_SALESFORCE_ACCESS_TOKEN", "", "Salesforce OAuth access token (with the instance URL), or use a username."
+    )
+    salesforce_username: str = _setting("LEADSTREAM_SALESFORCE_USERNAME", "", "Salesforce API user (password login).")
+    salesforce_password: str = _setting("LEADSTREAM_SALESFORCE_PASSWORD", "", "Password of the Salesforce API user.")
+    salesforce_security_token: str = _setting(
+        "LEADSTREAM_SALESFORCE_SECURITY_TOKEN", "", "Security token of the Salesforce API user."
+    )
+    salesforce_domain: str = _setting(
+        "LEADSTREAM_SALESFORCE_DOMAIN", "login", "Salesforce login domain: login, test (sandbox) or a My Domain."
+    )
+    salesforce_api_version: str = _setting("LEADSTREAM_SALESFORCE_API_VERSION", "59.0", "Salesforce REST API version.")
+    salesforce_rate_limit: str = _setting(
+        "LEADSTREAM_SALESFORCE_RATE_LIMIT", "100000/86400s", "Salesforce requests per window (Enterprise daily allocation)."
+    )
+    webhook_url: str = _setting("LEADSTREAM_WEBHOOK_URL", "", "URL the webhook sink POSTs each crossing to.")
+    webhook_secret: str = _setting("LEADSTREAM_WEBHOOK_SECRET", "", "Shared secret of the webhook's HMAC-SHA256 signature.")
+    webhook_rate_limit: str = _setting(
+        "LEADSTREAM_WEBHOOK_RATE_LIMIT", "unlimited", "Webhook requests per window (e.g. 20000/300s), or unlimited."
     )
     log_level: str = _setting("LEADSTREAM_LOG_LEVEL", "info", "Log level: debug, info, warning or error.")
 

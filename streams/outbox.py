@@ -1,0 +1,72 @@
+"""Records leaving the worker, sent in per-partition batches.
+
+aiokafka's `send()` costs ~10 us of Python per record; appending to a record batch and sending
+whole batches costs ~2.5 us (measured here: 68k vs 396k records/s on the local broker). The
+worker writes one state record and one score change per changed lead per batch, so this is its
+main output path. Every record gets an explicit partition: the key's partition by Kafka's
+default partitioner, so consumers see what a keyed `send()` would have produced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+
+from aiokafka import AIOKafkaProducer
+
+from streams.partitioning import partition_for
+
+
+class Outbox:
+    def __init__(self, bootstrap_servers: str, partitions: int) -> None:
+        self.bootstrap_servers = bootstrap_servers
+        self.partitions = partitions
+        self._producer: AIOKafkaProducer | None = None
+        self._pending: dict[tuple[str, int], list[tuple[bytes | None, bytes]]] = defaultdict(list)
+
+    async def _started(self) -> AIOKafkaProducer:
+        # Started on first use, inside the worker's event loop.
+        if self._producer is None:
+            producer = AIOKafkaProducer(
+                bootstrap_servers=self.bootstrap_servers,
+                acks="all",
+                enable_idempotence=True,
+                linger_ms=2,
+                max_batch_size=512 * 1024,
+                client_id="leadstream-worker",
+            )
+            await producer.start()
+            self._producer = producer
+        return self._producer
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    def add(self, topic: str, key: bytes | None, value: bytes, partition: int | None = None) -> None:
+        if partition is None:
+            partition = partition_for(key.decode(), self.partitions) if key else 0
+        self._pending[(topic, partition)].append((key, value))
+
+    def __len__(self) -> int:
+        return sum(len(records) for records in self._pending.values())
+
+    async def flush(self) -> None:
+        """Send everything added so far and wait until Kafka acknowledged all of it."""
+        pending, self._pending = self._pending, defaultdict(list)
+        if not pending:
+            return
+        producer = await self._started()
+        deliveries = []
+        for (topic, partition), records in pending.items():
+            batch = producer.create_batch()
+            for key, value in records:
+                if batch.append(key=key, value=value, timestamp=None) is None:
+                    deliveries.append(await producer.send_batch(batch, topic, partition=partition))
+                    batch = producer.create_batch()
+                    if batch.append(key=key, value=value, timestamp=None) is None:
+                        raise ValueError(f"a record of {len(value)} bytes for {topic} exceeds the producer's batch size")
+            if batch.record_count():
+                deliveries.append(await producer.send_batch(batch, topic, partition=partition))
+        await asyncio.gather(*deliveries)
