@@ -11,6 +11,7 @@ future per write, see ../shared/PERF.md).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any, Iterable
@@ -19,9 +20,11 @@ import faust
 import mode
 import orjson
 from faust.web import Request, Response, View
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from scoring import AccountState, Engine, LeadState, MemberScore
-from streams import lead_states
+from streams import lead_states, metrics
+from streams.lag import LagProbe
 from streams.outbox import Outbox
 from streams.scorer import Consumed, Scorer
 from streams.settings import Settings
@@ -84,6 +87,35 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
     class OutboxLifecycle(mode.Service):
         async def on_stop(self) -> None:
             await outbox.stop()
+
+    if settings.faust_sensors:
+        from faust.sensors.prometheus import setup_prometheus_sensors
+
+        setup_prometheus_sensors(app, pattern="/metrics", name_prefix="leadstream_faust")
+    else:
+
+        @app.page("/metrics")
+        async def metrics_page(self: View, request: Request) -> Response:
+            return self.bytes(generate_latest(REGISTRY), content_type=CONTENT_TYPE_LATEST.split(";")[0])
+
+    async def on_rebalance(sender: Any, **kwargs: Any) -> None:
+        metrics.REBALANCES.inc()
+        metrics.READY.set(0)
+
+    app.on_partitions_revoked.connect(on_rebalance)
+    lag_probe: list[LagProbe] = []
+
+    @app.timer(interval=5.0)
+    async def observe() -> None:
+        """Readiness, recovery progress and consumer lag, as gauges."""
+        metrics.RECOVERY_REMAINING.set(app.tables.recovery.active_remaining_total())
+        metrics.READY.set(1 if _ready(app) else 0)
+        if not lag_probe:
+            lag_probe.append(await asyncio.to_thread(LagProbe, settings.kafka_bootstrap))
+        for topic in (settings.topic_events, settings.topic_accounts):
+            lags = await asyncio.to_thread(lag_probe[0].lag, settings.app_id, topic)
+            for partition, lag in lags.items():
+                metrics.CONSUMER_LAG.labels(topic, str(partition)).set(lag)
     app.leadstream_scorer = scorer  # type: ignore[attr-defined]
     within_s = settings.batch_within_ms / 1000
 
@@ -134,7 +166,8 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
     @app.page("/readyz")
     class Ready(View):
         async def get(self, request: Request) -> Response:
-            ready = app.rebalancing is False and app.tables.recovery.completed.is_set()
+            ready = _ready(app)
+            metrics.READY.set(1 if ready else 0)
             return self.json({"ready": ready}, status=200 if ready else 503)
 
     return app
@@ -157,6 +190,10 @@ async def _apply_account(engine: Engine, settings: Settings, store: TableStore, 
     states[update.model] = state.to_bytes()
     store.put(update.account_id, event.message.partition, lead_states.encode(states), outbox)
     await outbox.flush()
+
+
+def _ready(app: faust.App) -> bool:
+    return not app.rebalancing and app.tables.recovery.completed.is_set()
 
 
 def _consumed(event: Any) -> Consumed:

@@ -15,13 +15,14 @@ is produced again with the same deterministic id, which consumers drop.
 from __future__ import annotations
 
 import heapq
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Protocol, Sequence
 
 import orjson
 
 from scoring import Engine, LeadState, Rejection, Transition
-from streams import lead_states
+from streams import lead_states, metrics
 from streams.deadletter import DeadLetter
 from streams.envelope import unpack
 from streams.outbox import Outbox
@@ -54,13 +55,30 @@ class LeadStore(Protocol):
 
 @dataclass(slots=True)
 class BatchStats:
+    """What one batch did; recorded into the metrics once per batch."""
+
     messages: int = 0
     events: int = 0
     scored: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
     late: int = 0
-    crossings: int = 0
+    crossings: list[Transition] = field(default_factory=list)
     states_written: int = 0
+    new_leads: dict[str, int] = field(default_factory=dict)
+    newest_event_ms: int = 0
+
+    def record(self) -> None:
+        metrics.EVENTS_CONSUMED.inc(self.events)
+        metrics.EVENTS_SCORED.inc(self.scored)
+        metrics.EVENTS_LATE.inc(self.late)
+        metrics.BATCH_EVENTS.observe(self.events)
+        for reason, count in self.rejected.items():
+            metrics.EVENTS_REJECTED.labels(reason).inc(count)
+        for model, count in self.new_leads.items():
+            metrics.LEADS_IN_STATE.labels(model).inc(count)
+        metrics.count_crossings(self.crossings)
+        if self.newest_event_ms:
+            metrics.EVENT_TIME_LAG.set(max(0.0, time.time() - self.newest_event_ms / 1000))
 
 
 class DecayIndex:
@@ -100,6 +118,12 @@ class Scorer:
         self.decay_index = DecayIndex()
 
     async def process(self, batch: Sequence[Consumed]) -> BatchStats:
+        with metrics.BATCH_SECONDS.time():
+            stats = await self._process(batch)
+        stats.record()
+        return stats
+
+    async def _process(self, batch: Sequence[Consumed]) -> BatchStats:
         stats = BatchStats(messages=len(batch))
         dead: list[DeadLetter] = []
         events = []
@@ -118,10 +142,10 @@ class Scorer:
 
         # Crossings first: once a state is durable its crossing must already be in Kafka.
         await self._publish(result.transitions)
-        stats.crossings = len(result.transitions)
+        stats.crossings = result.transitions
 
         outbox = self.outbox
-        now_ms = max((e.time_ms for e in events), default=0)
+        now_ms = stats.newest_event_ms = max((e.time_ms for e in events), default=0)
         by_lead: dict[str, list[tuple[str, LeadState]]] = {}
         for (model, lead_id), state in result.states.items():
             by_lead.setdefault(lead_id, []).append((model, state))
@@ -129,6 +153,8 @@ class Scorer:
             partition = partition_of[lead_id]
             states = cache.get(lead_id, {})
             for model, state in changed:
+                if model not in states:
+                    stats.new_leads[model] = stats.new_leads.get(model, 0) + 1
                 states[model] = state.to_bytes()
                 due = self.engine.next_due_ms(model, state)
                 if due is not None:
@@ -164,6 +190,7 @@ class Scorer:
                 continue
             state, transitions = self.engine.decay(model, lead_id, state, now_ms)
             applied += 1
+            metrics.count_crossings(transitions)
             crossings.extend(transitions)
             states[model] = state.to_bytes()
             following = self.engine.next_due_ms(model, state)
@@ -175,19 +202,27 @@ class Scorer:
         for lead_id, partition, value in writes:
             self.store.put(lead_id, partition, value, self.outbox)
         await self.outbox.flush()
+        metrics.DECAY_STEPS.inc(applied)
+        metrics.DECAY_DUE.set(len(self.decay_index))
         return applied
 
     def rebuild_decay_index(self, owned: set[int]) -> None:
         """After recovery or a rebalance: index the due steps of the leads on owned partitions."""
         self.decay_index = DecayIndex()
+        leads: dict[str, int] = {}
         for lead_id, value in self.store.items():
             partition = partition_for(lead_id, self.partitions)
             if partition not in owned:
                 continue
             for model, raw in lead_states.decode(value).items():
+                leads[model] = leads.get(model, 0) + 1
                 due = self.engine.next_due_ms(model, LeadState.from_bytes(raw))
                 if due is not None:
                     self.decay_index.schedule(partition, due, lead_id, model)
+        metrics.LEADS_IN_STATE.clear()
+        for model, count in leads.items():
+            metrics.LEADS_IN_STATE.labels(model).set(count)
+        metrics.DECAY_DUE.set(len(self.decay_index))
 
     def _decode(self, message: Consumed, dead: list[DeadLetter], stats: BatchStats) -> list:
         def reject(reason: str, detail: str, original: bytes) -> None:

@@ -158,6 +158,9 @@ class Settings:
     webhook_rate_limit: str = _setting(
         "LEADSTREAM_WEBHOOK_RATE_LIMIT", "unlimited", "Webhook requests per window (e.g. 20000/300s), or unlimited."
     )
+    faust_sensors: int = _setting(
+        "LEADSTREAM_FAUST_SENSORS", 1, "1: export Faust's own Prometheus sensors beside leadstream's metrics; 0: ours only."
+    )
     log_level: str = _setting("LEADSTREAM_LOG_LEVEL", "info", "Log level: debug, info, warning or error.")
 
     @classmethod

@@ -1,0 +1,35 @@
+"""Consumer lag as Kafka sees it: end offset minus the group's committed offset, per partition.
+
+Faust exports no lag metric, and its own view of offsets lives in the consumer's memory; asking
+the broker measures what an operator means by lag (what a restart would have to re-read).
+"""
+
+from __future__ import annotations
+
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+
+
+class LagProbe:
+    """Blocking (kafka-python); call it from a thread in async code."""
+
+    def __init__(self, bootstrap_servers: str) -> None:
+        self.admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="leadstream-lag")
+        self.offsets = KafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=None, client_id="leadstream-lag")
+
+    def lag(self, group_id: str, topic: str) -> dict[int, int]:
+        partitions = self.offsets.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        if not tps:
+            return {}
+        ends = self.offsets.end_offsets(tps)
+        committed = self.admin.list_consumer_group_offsets(group_id, partitions=tps)
+        result = {}
+        for tp in tps:
+            meta = committed.get(tp)
+            done = meta.offset if meta is not None and meta.offset >= 0 else 0
+            result[tp.partition] = max(0, ends[tp] - done)
+        return result
+
+    def close(self) -> None:
+        self.admin.close()
+        self.offsets.close()
