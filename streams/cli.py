@@ -35,6 +35,12 @@ def _send(args: argparse.Namespace, settings: Settings) -> int:
     return send_file(args.file, settings, topic=args.topic, events_per_message=args.events_per_message)
 
 
+def _collector(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.collector import run_collector
+
+    return run_collector(settings)
+
+
 def _topics(args: argparse.Namespace, settings: Settings) -> int:
     from streams.topics import ensure_topics
 
@@ -54,6 +60,10 @@ def _bench(args: argparse.Namespace, settings: Settings) -> int:
         from streams.bench.engine import main as bench_engine
 
         return bench_engine(args, settings)
+    if args.what == "collector":
+        from streams.bench.collector import main as bench_collector
+
+        return bench_collector(args, settings)
     raise LeadstreamError(f"unknown benchmark {args.what!r}")
 
 
@@ -97,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="pack up to N events of the same partition into one Kafka message (JSON array envelope)",
     )
 
+    add(
+        "collector",
+        _collector,
+        "Run the Segment-compatible HTTP collector: track, page, identify, group, alias and batch calls into Kafka.",
+    )
+
     add("topics", _topics, "Create leadstream's topics (idempotent) with their partitions and cleanup policies.")
 
     p = add("score", _score, "Score a JSON-lines file of events offline with the engine alone (no services).")
@@ -105,11 +121,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--table", action="store_true", help="print a table instead of JSON lines")
 
     p = add("bench", _bench, "Run a benchmark and print its figures.")
-    p.add_argument("what", choices=["engine"], help="engine: the pure scoring engine against an orjson parse loop")
+    p.add_argument(
+        "what",
+        choices=["engine", "collector"],
+        help="engine: the pure scoring engine against an orjson parse loop; "
+        "collector: batch calls through a collector against `leadstream send`",
+    )
     p.add_argument("--events", type=int, default=1_000_000, help="number of generated events")
     p.add_argument("--leads", type=int, default=100_000, help="number of distinct leads")
     p.add_argument("--seed", type=int, default=7, help="seed of the generated workload")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--seconds", type=float, default=8.0, help="collector: how long each load phase runs")
 
     add("demo", _demo, "Start everything, stream sample events and show the hottest leads.")
     add("settings", _settings, "List every LEADSTREAM_* environment variable with its default.")

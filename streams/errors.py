@@ -19,3 +19,23 @@ class ServiceError(LeadstreamError):
 
 class InputError(LeadstreamError):
     """A file or message given to a command is not what it expects."""
+
+
+class RequestRejected(LeadstreamError):
+    """The collector refuses a request (bad body, unknown write key): the client must change it.
+
+    `code` is the machine-readable reason sent back in the response; the message says what to fix.
+    """
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+class Unavailable(ServiceError):
+    """Kafka did not take the collector's events in time: the client should retry after `retry_after_s`."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

@@ -1,0 +1,494 @@
+"""`leadstream collector`: a Segment-compatible HTTP collector in front of Kafka.
+
+Apps point their Segment or RudderStack library at it (a host change): `POST /v1/track`,
+`/v1/page`, `/v1/screen`, `/v1/identify`, `/v1/group`, `/v1/alias` and `/v1/batch`, authenticated
+by a write key (the HTTP Basic user name, or `writeKey` in the body, which is how the browser
+snippet it serves at `/v1/leadstream.js` sends it). streams/segment.py maps the calls.
+
+Contract:
+- 200 only once Kafka has acknowledged every accepted event (acks=all, idempotent producer), so
+  a collector killed mid-request loses nothing it answered 200 for; the client retries the rest,
+  and its messageIds make the retries the same events.
+- 400 with a reason code and a sentence for a bad request: too large (32 KB a call, 500 KB a
+  batch, after gzip), bad gzip, malformed JSON, wrong content type. A bad call in a batch is
+  reported in the 200 response and dead-lettered while the good ones are accepted; a bad single
+  call is dead-lettered and answered 400. 401 for an unknown key, with nothing written.
+- 503 with Retry-After when Kafka is unreachable, slow to acknowledge, or already holds
+  LEADSTREAM_COLLECTOR_MAX_IN_FLIGHT_BYTES unacknowledged: the collector never buffers without
+  bound, the client keeps the events and retries.
+
+Events are grouped by the partition of their lead and packed into envelopes (streams/envelope.py),
+because the worker pays per Kafka message, not per event (../shared/PERF.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+import signal
+import time
+import tomllib
+import zlib
+from collections import defaultdict
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import orjson
+from aiohttp import web
+from aiohttp.client_exceptions import ClientPayloadError
+
+from streams.deadletter import DeadLetter
+from streams.envelope import pack
+from streams.errors import ConfigError, RequestRejected, Unavailable
+from streams.partitioning import partition_for
+from streams.segment import Mapped, Mapper, Source, rejected
+from streams.settings import Settings
+
+log = logging.getLogger("leadstream.collector")
+
+CALL_LIMIT_BYTES = 32 * 1024  # Segment's limit for one call, and for each call of a batch
+BATCH_LIMIT_BYTES = 500 * 1024  # Segment's limit for a batch request
+# A gzip stream of incompressible bytes is a little larger than its content: allow for that
+# before decompressing, then apply the limit to what the body really holds.
+GZIP_OVERHEAD_BYTES = 1024
+EVENTS_PER_MESSAGE = 500  # amortises the worker's per-message cost; a batch holds ~1,500 at most
+RETRY_AFTER_S = 2
+CONNECT_RETRY_S = 1.0
+CALLS = ("track", "page", "screen", "identify", "group", "alias")
+CONTENT_TYPES = ("application/json", "text/plain")  # text/plain: what navigator.sendBeacon sends
+SNIPPET = Path(__file__).with_name("leadstream.js")
+
+Clock = Callable[[], float]
+
+
+def load_sources(spec: str) -> dict[str, Source]:
+    """Write key -> source, from LEADSTREAM_COLLECTOR_WRITE_KEYS (a *.toml path, or inline pairs).
+
+    The file holds one table per source: `[sources.website]` with `write_keys = ["..."]` and an
+    optional `product = "..."`. Inline: `key=source,key2=source2`.
+    """
+    spec = spec.strip()
+    if not spec:
+        raise ConfigError(
+            "the collector has no write keys: set LEADSTREAM_COLLECTOR_WRITE_KEYS to a sources file "
+            "(*.toml) or to inline pairs such as `wk_site=website`"
+        )
+    if spec.endswith(".toml"):
+        return _sources_from_file(Path(spec).expanduser())
+    keys: dict[str, Source] = {}
+    for pair in spec.split(","):
+        key, _, name = (part.strip() for part in pair.partition("="))
+        if not key or not name:
+            raise ConfigError(f"LEADSTREAM_COLLECTOR_WRITE_KEYS: {pair.strip()!r} is not `key=source`")
+        _add_key(keys, key, Source(name), "LEADSTREAM_COLLECTOR_WRITE_KEYS")
+    return keys
+
+
+def _sources_from_file(path: Path) -> dict[str, Source]:
+    try:
+        document = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read the collector's sources file {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+    sources = document.get("sources")
+    if not isinstance(sources, dict) or not sources:
+        raise ConfigError(f"{path} has no [sources.NAME] tables")
+    keys: dict[str, Source] = {}
+    for name, table in sources.items():
+        where = f"{path} [sources.{name}]"
+        write_keys = table.get("write_keys") if isinstance(table, dict) else None
+        product = table.get("product") if isinstance(table, dict) else None
+        if not isinstance(write_keys, list) or not write_keys or not all(isinstance(k, str) and k for k in write_keys):
+            raise ConfigError(f"{where}: `write_keys` must be a non-empty list of strings")
+        if product is not None and not isinstance(product, str):
+            raise ConfigError(f"{where}: `product` must be a string")
+        for key in write_keys:
+            _add_key(keys, key, Source(name, product), where)
+    return keys
+
+
+def _add_key(keys: dict[str, Source], key: str, source: Source, where: str) -> None:
+    if key in keys:
+        raise ConfigError(f"{where}: a write key is given twice (sources {keys[key].name} and {source.name})")
+    keys[key] = source
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One Kafka message to produce."""
+
+    topic: str
+    partition: int | None
+    key: bytes | None
+    value: bytes
+
+
+class KafkaWriter:
+    """The collector's producer: writes a request's messages and waits for Kafka's acknowledgement.
+
+    It connects in the background, so the collector answers (503) while Kafka is down rather
+    than failing to start, and bounds the bytes awaiting acknowledgement.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.partitions: dict[str, int] = {}
+        self._producer: Any = None
+        self._in_flight_bytes = 0
+        self._ack_timeout_s = settings.collector_ack_timeout_ms / 1000
+
+    @property
+    def ready(self) -> bool:
+        return self._producer is not None
+
+    def producer(self) -> Any:
+        """The started producer; Unavailable until the first connection succeeded."""
+        if self._producer is None:
+            raise Unavailable(f"not connected to Kafka at {self.settings.kafka_bootstrap} yet", RETRY_AFTER_S)
+        return self._producer
+
+    def partition_count(self, topic: str) -> int:
+        self.producer()  # known once connected
+        return self.partitions[topic]
+
+    async def connect(self) -> None:
+        """Start the producer, retrying until Kafka answers and the topics exist."""
+        from aiokafka import AIOKafkaProducer
+
+        topics = (self.settings.topic_events, self.settings.topic_profiles, self.settings.topic_deadletter)
+        while True:
+            producer = AIOKafkaProducer(
+                bootstrap_servers=self.settings.kafka_bootstrap,
+                client_id="leadstream-collector",
+                acks="all",
+                enable_idempotence=True,
+                linger_ms=2,
+                max_batch_size=1024 * 1024,
+                request_timeout_ms=max(self.settings.collector_ack_timeout_ms, 5000),
+            )
+            try:
+                await producer.start()
+                partitions = {topic: len(await producer.partitions_for(topic)) for topic in topics}
+            except Exception as exc:  # noqa: BLE001 - any failure to connect means: retry later
+                await producer.stop()
+                log.warning(
+                    "cannot use Kafka at %s (%r); answering 503 and retrying. Is it running (`leadstream services up`) "
+                    "and do the topics exist (`leadstream topics`)?",
+                    self.settings.kafka_bootstrap,
+                    exc,
+                )
+                await asyncio.sleep(CONNECT_RETRY_S)
+                continue
+            self.partitions = partitions
+            self._producer = producer
+            log.info("connected to Kafka at %s; partitions %s", self.settings.kafka_bootstrap, partitions)
+            return
+
+    async def write(self, messages: Sequence[Outgoing]) -> None:
+        """Produce the messages; return once Kafka acknowledged all of them, else raise Unavailable."""
+        from aiokafka.errors import KafkaError
+
+        producer = self.producer()
+        size = sum(len(m.value) for m in messages)
+        if self._in_flight_bytes + size > self.settings.collector_max_in_flight_bytes:
+            raise Unavailable(
+                f"{self._in_flight_bytes} bytes already await Kafka's acknowledgement "
+                "(LEADSTREAM_COLLECTOR_MAX_IN_FLIGHT_BYTES)",
+                RETRY_AFTER_S,
+            )
+        self._in_flight_bytes += size
+        try:
+            async with asyncio.timeout(self._ack_timeout_s):
+                acks = [await producer.send(m.topic, m.value, key=m.key, partition=m.partition) for m in messages]
+                await asyncio.gather(*acks)
+        except TimeoutError:
+            raise Unavailable(
+                f"Kafka did not acknowledge within {self.settings.collector_ack_timeout_ms} ms "
+                "(LEADSTREAM_COLLECTOR_ACK_TIMEOUT_MS)",
+                RETRY_AFTER_S,
+            ) from None
+        except KafkaError as exc:
+            raise Unavailable(f"Kafka did not take the events: {exc!r}", RETRY_AFTER_S) from exc
+        finally:
+            self._in_flight_bytes -= size
+
+    async def close(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What became of a request's calls."""
+
+    accepted: int
+    rejected: list[dict[str, object]]
+
+
+class Collector:
+    def __init__(self, settings: Settings, sources: dict[str, Source], writer: KafkaWriter, clock: Clock = time.time) -> None:
+        self.settings = settings
+        self.sources = sources
+        self.mapper = Mapper(settings.collector_event_names)
+        self.writer = writer
+        self.clock = clock
+        self._body_timeout_s = settings.collector_body_timeout_ms / 1000
+        # murmur2 in Python costs ~4 us a key, and the same leads come back request after request.
+        self._partition = lru_cache(maxsize=1 << 16)(partition_for)
+
+    async def ingest(self, request: web.Request, call: str) -> Outcome:
+        source = self._source_from_header(request)
+        body = _parse(await self._read_body(request, BATCH_LIMIT_BYTES if call == "batch" else CALL_LIMIT_BYTES))
+        if source is None:
+            source = self._source_from_body(body)
+        received_at_ms = int(self.clock() * 1000)
+        if call == "batch":
+            items = body.get("batch")
+            if not isinstance(items, list):
+                raise rejected("bad_batch", "a batch request needs `batch`, a JSON array of calls")
+            call_type = None
+        else:
+            items, call_type = [body], call
+        mapped: list[Mapped] = []
+        dead: list[DeadLetter] = []
+        outcome = Outcome(0, [])
+        for index, item in enumerate(items):
+            try:
+                if call_type is None and len(orjson.dumps(item)) > CALL_LIMIT_BYTES:
+                    raise rejected("too_large", f"a call may hold at most {CALL_LIMIT_BYTES} bytes of JSON")
+                mapped.append(self.mapper.map(item, call_type, source, received_at_ms, body.get("sentAt")))
+            except RequestRejected as exc:
+                outcome.rejected.append(_rejection(index, item, exc))
+                dead.append(_dead_letter(source, call, index, item, exc))
+        await self.writer.write(self._messages(mapped, dead))
+        outcome.accepted = len(mapped)
+        if call_type is not None and outcome.rejected:
+            only = outcome.rejected[0]
+            raise RequestRejected(400, str(only["code"]), str(only["message"]))
+        return outcome
+
+    def _source_from_header(self, request: web.Request) -> Source | None:
+        header = request.headers.get("Authorization")
+        if header is None:
+            return None
+        scheme, _, credentials = header.partition(" ")
+        if scheme.lower() != "basic":
+            raise RequestRejected(401, "unauthorized", "use HTTP Basic authentication with the write key as user name")
+        try:
+            key = base64.b64decode(credentials.strip(), validate=True).decode("utf-8").partition(":")[0]
+        except (binascii.Error, UnicodeDecodeError):
+            raise RequestRejected(401, "unauthorized", "the Authorization header is not valid HTTP Basic credentials") from None
+        return self._source(key)
+
+    def _source_from_body(self, body: dict[str, Any]) -> Source:
+        key = body.get("writeKey")
+        if not isinstance(key, str) or not key:
+            raise RequestRejected(
+                401, "unauthorized", "no write key: send it as the HTTP Basic user name or as `writeKey` in the body"
+            )
+        return self._source(key)
+
+    def _source(self, key: str) -> Source:
+        source = self.sources.get(key)
+        if source is None:
+            raise RequestRejected(401, "unauthorized", "unknown write key: use a key listed in LEADSTREAM_COLLECTOR_WRITE_KEYS")
+        return source
+
+    async def _read_body(self, request: web.Request, limit: int) -> bytes:
+        if request.content_type not in CONTENT_TYPES:
+            raise rejected("bad_content_type", f"Content-Type is {request.content_type!r}; send application/json")
+        encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding not in ("identity", "gzip", "x-gzip", "deflate"):
+            raise rejected("bad_encoding", f"Content-Encoding {encoding!r} is not supported; send gzip or no encoding")
+        raw_limit = limit if encoding == "identity" else limit + GZIP_OVERHEAD_BYTES
+        if request.content_length is not None and request.content_length > raw_limit:
+            raise _too_large(limit)
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async with asyncio.timeout(self._body_timeout_s):
+                while chunk := await request.content.readany():
+                    size += len(chunk)
+                    if size > raw_limit:
+                        raise _too_large(limit)
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise RequestRejected(
+                408, "body_timeout", f"the body did not arrive within {self.settings.collector_body_timeout_ms} ms"
+            ) from None
+        except (ClientPayloadError, ConnectionError):
+            raise rejected("truncated_body", "the connection ended before the whole body arrived") from None
+        raw = b"".join(chunks)
+        return raw if encoding == "identity" else _inflate(raw, limit)
+
+    def _messages(self, mapped: list[Mapped], dead: list[DeadLetter]) -> list[Outgoing]:
+        """Envelopes of the events by partition; profile updates by lead; one message per dead letter.
+
+        An envelope is keyed by its lead when it holds one lead's events (so a single call's
+        message is keyed like any producer's); a several-lead envelope has no key, and its
+        partition says where it belongs. The profiles topic is compacted, so each of its
+        messages holds one lead's updates and is keyed by that lead.
+        """
+        settings = self.settings
+        event_partitions = self.writer.partition_count(settings.topic_events)
+        profile_partitions = self.writer.partition_count(settings.topic_profiles)
+        events: dict[int, list[Mapped]] = defaultdict(list)
+        profiles: dict[str, list[bytes]] = defaultdict(list)
+        for m in mapped:
+            if m.profile:
+                profiles[m.lead_id].append(m.value)
+            else:
+                events[self._partition(m.lead_id, event_partitions)].append(m)
+        out: list[Outgoing] = []
+        for partition, group in events.items():
+            leads = {m.lead_id for m in group}
+            key = next(iter(leads)).encode() if len(leads) == 1 else None
+            for value in pack((m.value for m in group), EVENTS_PER_MESSAGE):
+                out.append(Outgoing(settings.topic_events, partition, key, value))
+        for lead_id, values in profiles.items():
+            partition = self._partition(lead_id, profile_partitions)
+            for value in pack(values, EVENTS_PER_MESSAGE):
+                out.append(Outgoing(settings.topic_profiles, partition, lead_id.encode(), value))
+        out.extend(Outgoing(settings.topic_deadletter, None, None, letter.to_bytes()) for letter in dead)
+        return out
+
+
+def _parse(body: bytes) -> dict[str, Any]:
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise rejected("bad_json", f"the body is not JSON: {exc}") from None
+    if not isinstance(parsed, dict):
+        raise rejected("bad_json", "the body must be a JSON object")
+    return parsed
+
+
+def _inflate(raw: bytes, limit: int) -> bytes:
+    """A gzip (or zlib) body, decompressed; never more than `limit` bytes of it (no zip bombs)."""
+    inflater = zlib.decompressobj(wbits=32 + zlib.MAX_WBITS)  # 32: accept a gzip or a zlib header
+    try:
+        body = inflater.decompress(raw, limit + 1)
+    except zlib.error as exc:
+        raise rejected("bad_gzip", f"the body is not valid gzip: {exc}") from None
+    if len(body) > limit:
+        raise _too_large(limit)
+    if not inflater.eof:
+        raise rejected("bad_gzip", "the gzip body is truncated")
+    return body
+
+
+def _too_large(limit: int) -> RequestRejected:
+    return rejected("too_large", f"the body exceeds {limit} bytes (after decompression); send smaller batches")
+
+
+def _rejection(index: int, item: object, exc: RequestRejected) -> dict[str, object]:
+    message_id = item.get("messageId") if isinstance(item, dict) else None
+    return {"index": index, "messageId": message_id, "code": exc.code, "message": str(exc)}
+
+
+def _dead_letter(source: Source, call: str, index: int, item: object, exc: RequestRejected) -> DeadLetter:
+    if isinstance(item, dict):
+        item = {k: v for k, v in item.items() if k != "writeKey"}
+    return DeadLetter(exc.code, f"source {source.name}, /v1/{call} call {index}: {exc}", orjson.dumps(item))
+
+
+def _json(status: int, payload: dict[str, object], headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=orjson.dumps(payload), status=status, content_type="application/json", headers=headers)
+
+
+def create_app(collector: Collector) -> web.Application:
+    snippet = SNIPPET.read_bytes()
+
+    async def ingest(request: web.Request) -> web.Response:
+        try:
+            outcome = await collector.ingest(request, request.match_info["call"])
+        except RequestRejected as exc:
+            return _json(exc.status, {"success": False, "code": exc.code, "message": str(exc)})
+        except Unavailable as exc:
+            log.warning("answering 503: %s", exc)
+            headers = {"Retry-After": str(exc.retry_after_s)}
+            return _json(503, {"success": False, "code": "unavailable", "message": str(exc)}, headers)
+        payload: dict[str, object] = {"success": True, "accepted": outcome.accepted}
+        if outcome.rejected:
+            payload["rejected"] = outcome.rejected
+        return _json(200, payload)
+
+    async def preflight(request: web.Request) -> web.Response:
+        return web.Response(
+            status=204,
+            headers={
+                "Access-Control-Allow-Methods": "POST, OPTIONS",
+                "Access-Control-Allow-Headers": "Authorization, Content-Type, Content-Encoding",
+                "Access-Control-Max-Age": "86400",
+            },
+        )
+
+    async def javascript(request: web.Request) -> web.Response:
+        return web.Response(
+            body=snippet, content_type="application/javascript", charset="utf-8", headers={"Cache-Control": "public, max-age=300"}
+        )
+
+    async def healthz(request: web.Request) -> web.Response:
+        return _json(200, {"status": "alive"})
+
+    async def readyz(request: web.Request) -> web.Response:
+        ready = collector.writer.ready
+        return _json(200 if ready else 503, {"ready": ready})
+
+    @web.middleware
+    async def cross_origin(request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
+        # Browsers on the sites that embed the snippet post from another origin.
+        response = await handler(request)
+        response.headers["Access-Control-Allow-Origin"] = "*"
+        return response
+
+    app = web.Application(middlewares=[cross_origin])
+    calls = "|".join((*CALLS, "batch"))
+    app.router.add_post(f"/v1/{{call:{calls}}}", ingest)
+    app.router.add_route("OPTIONS", f"/v1/{{call:{calls}}}", preflight)
+    app.router.add_get("/v1/leadstream.js", javascript)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    return app
+
+
+async def serve(settings: Settings, sources: dict[str, Source], stop: asyncio.Event) -> None:
+    """Serve until `stop` is set, then finish the requests under way and flush the producer."""
+    writer = KafkaWriter(settings)
+    collector = Collector(settings, sources, writer)
+    connecting = asyncio.create_task(writer.connect())
+    # Our own decompression applies the size limit to the decompressed body and tells a
+    # truncated gzip stream apart; access logs would cost more than the request itself.
+    runner = web.AppRunner(create_app(collector), auto_decompress=False, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.collector_host, settings.collector_port, backlog=1024, shutdown_timeout=10.0)
+    await site.start()
+    log.info("collector listening on http://%s:%d", settings.collector_host, settings.collector_port)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+        connecting.cancel()
+        await writer.close()
+
+
+def run_collector(settings: Settings) -> int:
+    sources = load_sources(settings.collector_write_keys)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiokafka").setLevel(logging.ERROR)  # its connection retries are reported by ours
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(settings, sources, stop)
+
+    asyncio.run(main())
+    return 0

@@ -1,0 +1,121 @@
+/* leadstream.js: page views (with time on page), identify and track for a leadstream collector.
+ *
+ * Served by the collector at /v1/leadstream.js; embed it on every page of the site:
+ *   <script async src="https://COLLECTOR/v1/leadstream.js" data-write-key="WRITE_KEY"></script>
+ * Calls made before it loads can be queued: window.leadstream = window.leadstream || [];
+ *   leadstream.push(["identify", "user-42", {email: "ada@example.com"}]);
+ *
+ * It sends the same calls as Segment's libraries, to the collector that served it, with the
+ * write key in the body (navigator.sendBeacon cannot set an Authorization header). The visitor's
+ * anonymousId lives in the first-party cookie ls_aid, the userId given to identify in ls_uid.
+ * A page view is sent when the visitor leaves the page (or hides it: mobile browsers may never
+ * fire pagehide), with time_on_page_ms; leadstream.page() ends the current page view and starts
+ * the next one, for single-page apps.
+ */
+(function (window, document) {
+  "use strict";
+  var script = document.currentScript;
+  if (!script || (window.leadstream && window.leadstream.version)) return;
+  var VERSION = "1";
+  var YEAR_S = 31536000;
+  var collector = new URL(script.src).origin;
+  var writeKey = script.getAttribute("data-write-key");
+  var queued = Array.isArray(window.leadstream) ? window.leadstream : [];
+
+  function readCookie(name) {
+    var found = document.cookie.match(new RegExp("(?:^|; )" + name + "=([^;]*)"));
+    return found ? decodeURIComponent(found[1]) : null;
+  }
+
+  function writeCookie(name, value) {
+    document.cookie = name + "=" + encodeURIComponent(value) + "; Max-Age=" + YEAR_S + "; Path=/; SameSite=Lax" +
+      (location.protocol === "https:" ? "; Secure" : "");
+  }
+
+  function uuid() {
+    if (window.crypto && crypto.randomUUID) return crypto.randomUUID();
+    // randomUUID needs a secure context: build a version-4 UUID from random bytes elsewhere.
+    var bytes = crypto.getRandomValues(new Uint8Array(16));
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    var hex = Array.prototype.map.call(bytes, function (b) { return (b + 256).toString(16).slice(1); }).join("");
+    return [hex.slice(0, 8), hex.slice(8, 12), hex.slice(12, 16), hex.slice(16, 20), hex.slice(20)].join("-");
+  }
+
+  var anonymousId = readCookie("ls_aid") || uuid();
+  writeCookie("ls_aid", anonymousId);  // renews the cookie's year on every visit
+  var userId = readCookie("ls_uid");
+
+  function send(kind, call, happenedAt) {
+    call.messageId = uuid();
+    call.anonymousId = anonymousId;
+    if (userId) call.userId = userId;
+    // The collector corrects the visitor's clock skew with sentAt (Segment's rule).
+    call.originalTimestamp = new Date(happenedAt || Date.now()).toISOString();
+    call.sentAt = new Date().toISOString();
+    call.writeKey = writeKey;
+    call.context = {
+      library: { name: "leadstream.js", version: VERSION },
+      userAgent: navigator.userAgent,
+      locale: navigator.language
+    };
+    var url = collector + "/v1/" + kind;
+    var body = JSON.stringify(call);
+    // A string body goes as text/plain: no CORS preflight, and the beacon outlives the page.
+    if (!(navigator.sendBeacon && navigator.sendBeacon(url, body))) {
+      fetch(url, { method: "POST", body: body, keepalive: true, headers: { "Content-Type": "text/plain" } })
+        .catch(function () {});
+    }
+  }
+
+  var page = null;
+
+  function startPage(referrer) {
+    page = {
+      startedAt: Date.now(),
+      properties: {
+        url: location.href, path: location.pathname, search: location.search,
+        title: document.title, referrer: referrer
+      }
+    };
+  }
+
+  function endPage() {
+    if (!page) return;
+    var ended = page;
+    page = null;
+    ended.properties.time_on_page_ms = Date.now() - ended.startedAt;
+    send("page", { properties: ended.properties }, ended.startedAt);
+  }
+
+  var api = {
+    version: VERSION,
+    identify: function (id, traits) {
+      if (id) {
+        userId = String(id);
+        writeCookie("ls_uid", userId);
+      }
+      send("identify", { traits: traits || {} });
+    },
+    track: function (name, properties) {
+      send("track", { event: name, properties: properties || {} });
+    },
+    page: function () {
+      var previous = page ? page.properties.url : document.referrer;
+      endPage();
+      startPage(previous);
+    },
+    anonymousId: function () { return anonymousId; }
+  };
+
+  window.leadstream = api;
+  startPage(document.referrer);
+  window.addEventListener("pagehide", endPage);
+  window.addEventListener("pageshow", function (event) {
+    if (event.persisted) startPage(document.referrer);  // back in view from the back-forward cache
+  });
+  document.addEventListener("visibilitychange", function () {
+    if (document.visibilityState === "hidden") endPage();
+  });
+  queued.forEach(function (args) { api[args[0]].apply(api, args.slice(1)); });
+})(window, document);

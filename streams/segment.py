@@ -1,0 +1,279 @@
+"""Segment-spec calls (track, page, screen, identify, group, alias) mapped onto leadstream's events.
+
+Pure functions of the call, its source and the arrival time: no I/O, no clock. A call that cannot
+be mapped raises `RequestRejected` (status 400) with a reason code and a sentence saying what to
+fix; the collector reports it to the client and dead-letters it.
+
+Every call becomes one leadstream event:
+- `event_id` is the call's `messageId`, so a client's retry of the same call is the same event
+  and never scores twice (a call without one gets a hash of its content instead);
+- `lead_id` is the `userId`, else `anon:` + the `anonymousId`;
+- `time` is the call's `timestamp`; without one, its `originalTimestamp` corrected for the
+  client's clock skew by `sentAt` (as Segment does); without either, the arrival time, which is
+  kept beside it as `received_at`;
+- track -> the event name, normalised (`Pricing Viewed` -> `pricing_viewed`), with its
+  properties; page -> `page_view` with url, path, title, referrer, search and `time_on_page_ms`
+  (from the properties or `context.page`); screen -> `screen_view`;
+- identify -> `identify` with the traits, group -> `group` with the account id and its traits,
+  alias -> `alias` with `previous_id`: these three go to the profiles topic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from functools import lru_cache
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+import orjson
+
+from streams.errors import ConfigError, RequestRejected
+
+ANONYMOUS_PREFIX = "anon:"
+CALL_TYPES = ("track", "page", "screen", "identify", "group", "alias")
+PROFILE_TYPES = frozenset({"identify", "group", "alias"})
+EVENT_NAME_STYLES = ("snake_case", "verbatim")
+PAGE_FIELDS = ("url", "path", "title", "referrer", "search")
+# Fields a client sets anew on every attempt: left out of the content hash of a call without
+# messageId, so that a retry still hashes to the same event id.
+_PER_ATTEMPT_FIELDS = frozenset({"sentAt", "writeKey"})
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_ONE_MS = timedelta(milliseconds=1)
+_CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+_SEPARATORS = re.compile(r"[\W_]+")
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """What a write key stands for: the source's name and, optionally, the product it tracks."""
+
+    name: str
+    product: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Mapped:
+    """One call as a leadstream event, serialized, with where it goes."""
+
+    lead_id: str
+    profile: bool  # True: the profiles topic (identify, group, alias); False: the events topic
+    value: bytes
+
+
+def rejected(code: str, message: str) -> RequestRejected:
+    return RequestRejected(400, code, message)
+
+
+@lru_cache(maxsize=4096)  # a site has few distinct event names; the regexes cost ~2 us each
+def snake_case(name: str) -> str:
+    """`Pricing Viewed`, `PricingViewed` and `pricing-viewed` all become `pricing_viewed`."""
+    return _SEPARATORS.sub("_", _CAMEL_BOUNDARY.sub("_", name)).strip("_").lower()
+
+
+def _verbatim(name: str) -> str:
+    return name
+
+
+class Mapper:
+    def __init__(self, event_names: str) -> None:
+        if event_names not in EVENT_NAME_STYLES:
+            raise ConfigError(
+                f"LEADSTREAM_COLLECTOR_EVENT_NAMES={event_names!r} is not one of {', '.join(EVENT_NAME_STYLES)}"
+            )
+        self._name: Callable[[str], str] = snake_case if event_names == "snake_case" else _verbatim
+        self._by_type: dict[str, Callable[[dict[str, Any], dict[str, Any], dict[str, Any]], None]] = {
+            "track": self._track,
+            "page": _page,
+            "screen": _screen,
+            "identify": _identify,
+            "group": _group,
+            "alias": _alias,
+        }
+
+    def map(self, call: object, call_type: str | None, source: Source, received_at_ms: int, sent_at: object = None) -> Mapped:
+        """The leadstream event of one call.
+
+        `call_type` is given by a single-call endpoint (/v1/track...); for batch items it is None
+        and the call's own `type` decides. `sent_at` is the batch's `sentAt`, used when the call
+        has none of its own.
+        """
+        if not isinstance(call, dict):
+            raise rejected("bad_call", "each call must be a JSON object")
+        kind = call_type or call.get("type")
+        if kind not in CALL_TYPES:
+            raise rejected("bad_type", f"`type` is {kind!r}; it must be one of {', '.join(CALL_TYPES)}")
+        user_id = _identifier(call, "userId")
+        anonymous_id = _identifier(call, "anonymousId")
+        if user_id is None and anonymous_id is None:
+            raise rejected("missing_identity", f"a {kind} call needs a `userId` or an `anonymousId`")
+        context = _object(call, "context")
+        event: dict[str, Any] = {
+            "event_id": _event_id(call),
+            "lead_id": user_id if user_id is not None else ANONYMOUS_PREFIX + str(anonymous_id),
+            "type": kind,
+            "time": event_time_ms(call, received_at_ms, sent_at),
+            "received_at": received_at_ms,
+            "properties": {},
+        }
+        context_traits = _object(context, "traits")
+        if context_traits:
+            event["traits"] = canonical_traits(context_traits)
+        group_id = _identifier(context, "groupId")
+        if group_id is not None:
+            event["account_id"] = group_id
+        self._by_type[kind](call, context, event)
+        app = context.get("app")
+        product = source.product or (app.get("name") if isinstance(app, dict) else None)
+        if isinstance(product, str) and product:
+            event["product"] = product
+        if anonymous_id is not None:
+            event["anonymous_id"] = anonymous_id
+        event["source"] = source.name
+        return Mapped(event["lead_id"], kind in PROFILE_TYPES, orjson.dumps(event))
+
+    def _track(self, call: dict[str, Any], context: dict[str, Any], event: dict[str, Any]) -> None:
+        name = call.get("event")
+        if not isinstance(name, str) or not name.strip():
+            raise rejected("missing_event", "a track call needs `event`, the name of the action (e.g. \"Pricing Viewed\")")
+        normalised = self._name(name)
+        if not normalised:
+            raise rejected("bad_event", f"event name {name!r} has no letters or digits to name an event type by")
+        event["type"] = normalised
+        event["properties"] = _object(call, "properties")
+
+
+def _page(call: dict[str, Any], context: dict[str, Any], event: dict[str, Any]) -> None:
+    properties = dict(_object(call, "properties"))
+    # analytics.js sends the page's fields in context.page as well; the call's own ones win.
+    page = _object(context, "page")
+    for name in PAGE_FIELDS:
+        if name not in properties and name in page:
+            properties[name] = page[name]
+    url = properties.get("url")
+    if "path" not in properties and isinstance(url, str):
+        properties["path"] = urlsplit(url).path or "/"
+    for name in ("name", "category"):
+        value = call.get(name)
+        if isinstance(value, str) and name not in properties:
+            properties[name] = value
+    spent = properties.get("time_on_page_ms")
+    if spent is not None and (isinstance(spent, bool) or not isinstance(spent, (int, float)) or not 0 <= spent < 2**53):
+        raise rejected("bad_field", f"`properties.time_on_page_ms` must be a number of milliseconds >= 0, not {spent!r}")
+    event["type"] = "page_view"
+    event["properties"] = properties
+
+
+def _screen(call: dict[str, Any], context: dict[str, Any], event: dict[str, Any]) -> None:
+    properties = dict(_object(call, "properties"))
+    name = call.get("name")
+    if isinstance(name, str) and "name" not in properties:
+        properties["name"] = name
+    event["type"] = "screen_view"
+    event["properties"] = properties
+
+
+def _identify(call: dict[str, Any], context: dict[str, Any], event: dict[str, Any]) -> None:
+    event["traits"] = canonical_traits(_object(call, "traits"))
+
+
+def _group(call: dict[str, Any], context: dict[str, Any], event: dict[str, Any]) -> None:
+    group_id = _identifier(call, "groupId")
+    if group_id is None:
+        raise rejected("missing_group_id", "a group call needs `groupId`, the id of the lead's account")
+    event["account_id"] = group_id
+    event["traits"] = canonical_traits(_object(call, "traits"))
+
+
+def _alias(call: dict[str, Any], context: dict[str, Any], event: dict[str, Any]) -> None:
+    previous_id = _identifier(call, "previousId")
+    if previous_id is None:
+        raise rejected("missing_previous_id", "an alias call needs `previousId`, the id the lead had before")
+    if _identifier(call, "userId") is None:
+        raise rejected("missing_user_id", "an alias call needs `userId`, the lead's new id")
+    event["previous_id"] = previous_id
+
+
+def canonical_traits(traits: dict[str, Any]) -> dict[str, Any]:
+    """The traits as sent, plus those fit scoring reads under one flat name each.
+
+    Segment's reserved traits nest some of them (`company.employee_count`, `address.country`) or
+    name them differently for groups (`employees`); a flat name already sent is kept as it is.
+    """
+    company = traits.get("company")
+    company = company if isinstance(company, dict) else {}
+    address = traits.get("address")
+    address = address if isinstance(address, dict) else {}
+    lifted = {
+        "company_size": (traits.get("employees"), company.get("employee_count")),
+        "industry": (company.get("industry"),),
+        "country": (address.get("country"),),
+    }
+    out = dict(traits)
+    for name, candidates in lifted.items():
+        if out.get(name) is None:
+            value = next((c for c in candidates if c is not None), None)
+            if value is not None:
+                out[name] = value
+    return out
+
+
+def event_time_ms(call: dict[str, Any], received_at_ms: int, sent_at: object = None) -> int:
+    """When the call happened, in epoch ms, by Segment's rules."""
+    timestamp = iso_ms(call.get("timestamp"), "timestamp")
+    if timestamp is not None:
+        return timestamp
+    original = iso_ms(call.get("originalTimestamp"), "originalTimestamp")
+    if original is None:
+        return received_at_ms
+    sent = iso_ms(call.get("sentAt", sent_at), "sentAt")
+    if sent is None:
+        return original
+    # The client's clock may be off: shift by how far ahead it was when it sent the call.
+    return received_at_ms - (sent - original)
+
+
+def iso_ms(value: object, name: str) -> int | None:
+    """An ISO-8601 date-time as epoch ms (UTC when it has no offset); None when absent."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise rejected("bad_field", f"`{name}` must be an ISO-8601 date-time string, not {value!r}")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise rejected("bad_field", f"`{name}` is not an ISO-8601 date-time: {value[:64]!r}") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return (parsed - _EPOCH) // _ONE_MS
+
+
+def _identifier(call: dict[str, Any], name: str) -> str | None:
+    """An id field as a string (Segment allows numbers); None when absent or empty."""
+    value = call.get(name)
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise rejected("bad_field", f"`{name}` must be a string, not {value!r}")
+
+
+def _object(call: dict[str, Any], name: str) -> dict[str, Any]:
+    value = call.get(name)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise rejected("bad_field", f"`{name}` must be a JSON object, not {type(value).__name__}")
+    return value
+
+
+def _event_id(call: dict[str, Any]) -> str:
+    message_id = _identifier(call, "messageId")
+    if message_id is not None:
+        return message_id
+    content = {k: v for k, v in call.items() if k not in _PER_ATTEMPT_FIELDS}
+    return "sha256:" + hashlib.sha256(orjson.dumps(content, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
