@@ -7,6 +7,7 @@ so importing it stays cheap (heavy imports such as Faust happen inside the handl
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -55,16 +56,16 @@ def _score(args: argparse.Namespace, settings: Settings) -> int:
     return score_file(args.models or settings.models_dir, args.events, table=args.table, out=sys.stdout)
 
 
+#: benchmark name -> module whose `main(args, settings)` runs it
+BENCHMARKS = {
+    "engine": "streams.bench.engine",
+    "pipeline": "streams.bench.pipeline",
+    "collector": "streams.bench.collector",
+}
+
+
 def _bench(args: argparse.Namespace, settings: Settings) -> int:
-    if args.what == "engine":
-        from streams.bench.engine import main as bench_engine
-
-        return bench_engine(args, settings)
-    if args.what == "collector":
-        from streams.bench.collector import main as bench_collector
-
-        return bench_collector(args, settings)
-    raise LeadstreamError(f"unknown benchmark {args.what!r}")
+    return int(importlib.import_module(BENCHMARKS[args.what]).main(args, settings))
 
 
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
@@ -123,8 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("bench", _bench, "Run a benchmark and print its figures.")
     p.add_argument(
         "what",
-        choices=["engine", "collector"],
+        choices=list(BENCHMARKS),
         help="engine: the pure scoring engine against an orjson parse loop; "
+        "pipeline: one worker on the real broker against a raw aiokafka loop; "
         "collector: batch calls through a collector against `leadstream send`",
     )
     p.add_argument("--events", type=int, default=1_000_000, help="number of generated events")
@@ -132,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=7, help="seed of the generated workload")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--seconds", type=float, default=8.0, help="collector: how long each load phase runs")
+    p.add_argument("--events-per-message", type=int, default=200, help="pipeline: events per Kafka message (envelope)")
+    p.add_argument("--no-metrics", action="store_true", help="pipeline: run the worker without Faust's sensors")
 
     add("demo", _demo, "Start everything, stream sample events and show the hottest leads.")
     add("settings", _settings, "List every LEADSTREAM_* environment variable with its default.")

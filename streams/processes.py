@@ -10,8 +10,11 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
+from streams.errors import ServiceError
 from streams.settings import Settings
 
 
@@ -88,3 +91,68 @@ def status_all(settings: Settings) -> list[str]:
         f"{name}: {'running' if alive(pid) else 'not running'} (pid {pid}); log: {_dir(settings) / (name + '.log')}"
         for name, pid, _ in _tracked(settings)
     ]
+
+
+class WorkerProcess:
+    """A `leadstream worker` child process (tests, benchmarks): started, probed over HTTP, stopped or killed."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.log = settings.state_dir.parent / f"worker-{settings.worker_port}-{time.monotonic_ns()}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, ready_timeout_s: float = 90.0) -> None:
+        self.settings.state_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "streams.cli", "worker"],
+                env={**os.environ, **self.settings.as_env()},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + ready_timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise ServiceError(f"worker exited with {self.proc.returncode}:\n{self.tail()}")
+            if self.get("/readyz")[0] == 200:
+                return
+            time.sleep(0.3)
+        raise ServiceError(f"worker not ready within {ready_timeout_s} s:\n{self.tail()}")
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.settings.worker_port}{path}", timeout=5) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return 0, b""
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no LeaveGroup, no final commit."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def peak_rss_mb(self) -> float:
+        """The child's peak resident memory so far (VmHWM)."""
+        assert self.proc is not None
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    def tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from collections import defaultdict
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Iterable, Iterator
 
 import orjson
 
@@ -39,51 +39,59 @@ def read_events(lines: IO[bytes], bad: list[str]) -> Iterator[tuple[str, bytes]]
         yield lead, line
 
 
-def send_file(path: Path, settings: Settings, topic: str | None = None, events_per_message: int = 1) -> int:
+def open_producer(settings: Settings):  # -> kafka.KafkaProducer
     from kafka import KafkaProducer
     from kafka.errors import KafkaError
 
-    if events_per_message < 1:
-        raise InputError("--events-per-message must be at least 1")
-    topic = topic or settings.topic_events
     try:
-        producer = KafkaProducer(
+        return KafkaProducer(
             bootstrap_servers=settings.kafka_bootstrap,
             acks="all",
             linger_ms=5,
             batch_size=256 * 1024,
-            compression_type=None,
             client_id="leadstream-send",
         )
     except KafkaError as exc:
         raise ServiceError(f"cannot reach Kafka at {settings.kafka_bootstrap} ({exc}); run `leadstream services up`") from exc
+
+
+def produce(producer, topic: str, events: Iterable[tuple[str, bytes]], events_per_message: int) -> tuple[int, int]:
+    """Send (lead id, event bytes) pairs, keyed by lead or packed per partition; (events, messages) sent."""
+    if events_per_message < 1:
+        raise InputError("--events-per-message must be at least 1")
     partitions = len(producer.partitions_for(topic) or ())
     if partitions == 0:
-        producer.close()
         raise ServiceError(f"topic {topic!r} does not exist; run `leadstream topics`")
+    sent_events = sent_messages = 0
+    if events_per_message == 1:
+        for lead, event in events:
+            producer.send(topic, key=lead.encode(), value=event)
+            sent_events += 1
+        sent_messages = sent_events
+    else:
+        by_partition: dict[int, list[bytes]] = defaultdict(list)
+        for lead, event in events:
+            by_partition[partition_for(lead, partitions)].append(event)
+            sent_events += 1
+        for partition, chunk in by_partition.items():
+            for message in pack(chunk, events_per_message):
+                producer.send(topic, value=message, partition=partition)
+                sent_messages += 1
+    producer.flush()
+    return sent_events, sent_messages
+
+
+def send_file(path: Path, settings: Settings, topic: str | None = None, events_per_message: int = 1) -> int:
+    topic = topic or settings.topic_events
     bad: list[str] = []
     try:
         stream = sys.stdin.buffer if str(path) == "-" else open(path, "rb")
     except OSError as exc:
         raise InputError(f"cannot read {path}: {exc.strerror}") from exc
-    sent_events = sent_messages = 0
+    producer = open_producer(settings)
     try:
         with stream:
-            if events_per_message == 1:
-                for lead, event in read_events(stream, bad):
-                    producer.send(topic, key=lead.encode(), value=event)
-                    sent_events += 1
-                sent_messages = sent_events
-            else:
-                by_partition: dict[int, list[bytes]] = defaultdict(list)
-                for lead, event in read_events(stream, bad):
-                    by_partition[partition_for(lead, partitions)].append(event)
-                    sent_events += 1
-                for partition, events in by_partition.items():
-                    for message in pack(events, events_per_message):
-                        producer.send(topic, value=message, partition=partition)
-                        sent_messages += 1
-        producer.flush()
+            sent_events, sent_messages = produce(producer, topic, read_events(stream, bad), events_per_message)
     finally:
         producer.close()
     for line in bad:
@@ -91,4 +99,3 @@ def send_file(path: Path, settings: Settings, topic: str | None = None, events_p
     skipped = f"; {len(bad)} bad lines skipped" if bad else ""
     print(f"sent {sent_events} events in {sent_messages} messages to {topic}{skipped}")
     return 1 if bad else 0
-

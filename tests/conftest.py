@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 
 from streams import services
+from streams.processes import WorkerProcess
 from streams.settings import Settings
 from streams.topics import ensure_topics
 from tests.infra import free_port
@@ -50,10 +51,8 @@ def isolated(local_services: Settings, tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-def worker(isolated: Settings) -> Iterator["tests.infra.WorkerProcess"]:  # noqa: F821
+def worker(isolated: Settings) -> Iterator[Callable[..., WorkerProcess]]:
     """A factory of real `leadstream worker` processes for this test; all are stopped afterwards."""
-    from tests.infra import WorkerProcess
-
     started: list[WorkerProcess] = []
 
     def start(settings: Settings | None = None) -> WorkerProcess:
@@ -62,6 +61,6 @@ def worker(isolated: Settings) -> Iterator["tests.infra.WorkerProcess"]:  # noqa
         proc.start()
         return proc
 
-    yield start  # type: ignore[misc]
+    yield start
     for proc in started:
         proc.stop()

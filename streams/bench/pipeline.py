@@ -1,0 +1,210 @@
+"""`leadstream bench pipeline`: the whole worker on the real broker, against the raw ceiling.
+
+In one run, on topics of its own:
+1. produce a reproducible workload (Zipf-skewed leads, the B2B example model) in envelopes;
+2. (a) the raw ceiling: a plain aiokafka consumer loop parsing the same topic;
+3. (b) one `leadstream worker` scoring it from its first to its last message, state durable
+   (lead table changelog acknowledged before offsets are committed);
+4. crossing latency: events produced at a fixed offered rate, from produce time (which is the
+   event time) to the crossing being readable on the sink topic;
+5. recovery: a fresh worker restoring the table from the changelog until it is ready.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import statistics
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import orjson
+
+from streams.bench import workload
+from streams.lag import LagProbe
+from streams.processes import WorkerProcess
+from streams.send import open_producer, produce
+from streams.settings import Settings
+from streams.topics import ensure_topics
+
+DAY_MS = 86_400_000
+
+
+def bench_settings(settings: Settings, state_dir: Path, metrics: bool) -> Settings:
+    tag = f"bench-{uuid.uuid4().hex[:8]}"
+    return settings.with_overrides(
+        app_id=tag,
+        topic_events=f"{tag}-events",
+        topic_profiles=f"{tag}-profiles",
+        topic_crossings=f"{tag}-crossings",
+        topic_scores=f"{tag}-scores",
+        topic_accounts=f"{tag}-accounts",
+        topic_deadletter=f"{tag}-deadletter",
+        state_dir=state_dir,
+        faust_sensors=1 if metrics else 0,
+        log_level="warning",
+    )
+
+
+async def raw_ceiling(settings: Settings, expected_events: int) -> float:
+    """events/s of aiokafka getmany + orjson parse + a dict count per lead: Python's ceiling here."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(
+        settings.topic_events,
+        bootstrap_servers=settings.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+        max_partition_fetch_bytes=8 * 1024 * 1024,
+        fetch_max_bytes=32 * 1024 * 1024,
+    )
+    await consumer.start()
+    counts: dict[str, int] = {}
+    seen = 0
+    try:
+        started = time.perf_counter()
+        while seen < expected_events:
+            batches = await consumer.getmany(timeout_ms=1000, max_records=10_000)
+            for messages in batches.values():
+                for message in messages:
+                    parsed = orjson.loads(message.value)
+                    for event in parsed if isinstance(parsed, list) else (parsed,):
+                        lead = event["lead_id"]
+                        counts[lead] = counts.get(lead, 0) + 1
+                        seen += 1
+        return seen / (time.perf_counter() - started)
+    finally:
+        await consumer.stop()
+
+
+def wait_caught_up(probe: LagProbe, settings: Settings, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        lags = probe.lag(settings.app_id, settings.topic_events)
+        if lags and not any(lags.values()) and not any(probe.lag(settings.app_id, settings.topic_accounts).values()):
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"the worker did not catch up within {timeout_s:.0f} s")
+
+
+def crossing_latencies(settings: Settings, rate_per_s: int, seconds: float, leads: int, seed: int) -> list[float]:
+    """Offer `rate_per_s` events for `seconds` (event time = produce time) and time their crossings."""
+    from kafka import KafkaConsumer
+
+    latencies: list[float] = []
+    stop = threading.Event()
+    started_ms = int(time.time() * 1000)
+
+    def listen() -> None:
+        consumer = KafkaConsumer(settings.topic_crossings, bootstrap_servers=settings.kafka_bootstrap,
+                                 auto_offset_reset="latest", group_id=None, fetch_max_wait_ms=5)
+        consumer.poll(timeout_ms=500)  # join: position at the end before producing
+        ready.set()
+        while not stop.is_set():
+            for messages in consumer.poll(timeout_ms=50).values():
+                now_ms = time.time() * 1000
+                for message in messages:
+                    crossing = orjson.loads(message.value)
+                    if crossing.get("kind") == "lead" and crossing["time"] >= started_ms:
+                        latencies.append(now_ms - crossing["time"])
+        consumer.close()
+
+    ready = threading.Event()
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    ready.wait(30)
+    producer = open_producer(settings)
+    tick_s = 0.02
+    per_tick = max(1, int(rate_per_s * tick_s))
+    generator = workload.generate(int(rate_per_s * seconds), leads, seed, 0, 1)
+    deadline = time.monotonic()
+    try:
+        for _ in range(int(seconds / tick_s)):
+            now_ms = int(time.time() * 1000)
+            chunk = []
+            for _ in range(per_tick):
+                event = next(generator)
+                event["time"] = now_ms
+                event["lead_id"] = "live-" + event["lead_id"]
+                chunk.append((event["lead_id"], orjson.dumps(event)))
+            produce(producer, settings.topic_events, chunk, events_per_message=per_tick)
+            deadline += tick_s
+            time.sleep(max(0.0, deadline - time.monotonic()))
+    finally:
+        producer.close()
+    time.sleep(2.0)
+    stop.set()
+    listener.join(10)
+    return latencies
+
+
+def run(settings: Settings, events: int, leads: int, seed: int, events_per_message: int, metrics: bool) -> dict:
+    state_dir = Path(tempfile.mkdtemp(prefix="leadstream-bench-"))
+    settings = bench_settings(settings, state_dir, metrics)
+    ensure_topics(settings)
+    now_ms = int(time.time() * 1000)
+    data = workload.serialized(events, leads, seed, now_ms - 30 * DAY_MS, 30 * DAY_MS)
+    producer = open_producer(settings)
+    try:
+        produce(producer, settings.topic_events, ((orjson.loads(e)["lead_id"], e) for e in data), events_per_message)
+    finally:
+        producer.close()
+    del data
+
+    raw_events_per_s = asyncio.run(raw_ceiling(settings, events))
+
+    probe = LagProbe(settings.kafka_bootstrap)
+    worker = WorkerProcess(settings)
+    try:
+        worker.start()
+        started = time.perf_counter()
+        wait_caught_up(probe, settings, timeout_s=1800)
+        elapsed = time.perf_counter() - started
+        latencies = crossing_latencies(settings, rate_per_s=5000, seconds=10, leads=5000, seed=seed + 1)
+        _, body = worker.get("/metrics")
+        state_leads = sum(
+            float(line.split()[-1]) for line in body.decode().splitlines() if line.startswith("leadstream_leads_in_state{")
+        )
+        rss = worker.peak_rss_mb()
+    finally:
+        worker.stop()
+    recovering = WorkerProcess(settings)
+    try:
+        began = time.perf_counter()
+        recovering.start(ready_timeout_s=1800)
+        recovery_s = time.perf_counter() - began
+    finally:
+        recovering.stop()
+        probe.close()
+        shutil.rmtree(state_dir, ignore_errors=True)
+    ordered = sorted(latencies)
+    return {
+        "events": events,
+        "leads": leads,
+        "events_per_message": events_per_message,
+        "metrics": metrics,
+        "raw_events_per_s": round(raw_events_per_s),
+        "pipeline_events_per_s": round(events / elapsed),
+        "ratio": round(events / elapsed / raw_events_per_s, 3),
+        "crossing_latency_ms_p50": round(statistics.median(ordered), 1) if ordered else None,
+        "crossing_latency_ms_p99": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 1) if ordered else None,
+        "latency_crossings": len(ordered),
+        "state_leads": int(state_leads),
+        "worker_peak_rss_mb": round(rss, 1),
+        "recovery_s": round(recovery_s, 2),
+    }
+
+
+def main(args: argparse.Namespace, settings: Settings) -> int:
+    result = run(settings, args.events, args.leads, args.seed, args.events_per_message, metrics=not args.no_metrics)
+    if args.json:
+        print(orjson.dumps(result).decode())
+    else:
+        for key, value in result.items():
+            print(f"{key:>26}: {value}")
+    return 0
