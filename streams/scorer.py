@@ -29,7 +29,9 @@ from streams.outbox import Outbox
 from streams.partitioning import partition_for
 from streams.settings import Settings
 
-MAX_MESSAGE_BYTES = 256 * 1024
+#: An event larger than this is rejected (`too_large`): no behavioural event needs it, and one
+#: would bloat the lead's state and every batch it rides in.
+MAX_EVENT_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,17 +230,19 @@ class Scorer:
         def reject(reason: str, detail: str, original: bytes) -> None:
             dead.append(DeadLetter(reason, detail, original, message.topic, message.partition, message.offset, message.key))
 
-        if len(message.value) > MAX_MESSAGE_BYTES:
-            reject("too_large", f"message of {len(message.value)} bytes exceeds {MAX_MESSAGE_BYTES}", message.value)
-            return []
         try:
             items = unpack(message.value)
         except orjson.JSONDecodeError as exc:
             reject("bad_json", f"message is not JSON: {exc}", message.value)
             return []
         events = []
+        # Only a big message can hold a too-large event, so small ones skip re-serialising.
+        check_sizes = len(message.value) > MAX_EVENT_BYTES
         for item in items:
             stats.events += 1
+            if check_sizes and len(raw := orjson.dumps(item)) > MAX_EVENT_BYTES:
+                reject("too_large", f"event of {len(raw)} bytes exceeds the limit of {MAX_EVENT_BYTES} bytes", raw)
+                continue
             parsed = self.engine.parse(item)
             if isinstance(parsed, Rejection):
                 reject(parsed.reason, parsed.detail, orjson.dumps(item))

@@ -1,0 +1,102 @@
+"""The scoring worker end to end on the real broker: events in with `leadstream send`, crossings out."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+import orjson
+from kafka import KafkaProducer
+
+from streams.partitioning import partition_for
+from streams.processes import WorkerProcess
+from streams.settings import Settings
+from tests.infra import leadstream, read_topic, write_jsonl
+
+HOUR_MS = 3_600_000
+
+
+def saas(lead: str, kinds: list[str], start_ms: int, prefix: str = "") -> list[dict]:
+    return [
+        {"event_id": f"{prefix}{lead}-{i}", "lead_id": lead, "type": kind, "product": "saas", "time": start_ms + i * HOUR_MS}
+        for i, kind in enumerate(kinds)
+    ]
+
+
+def latest_scores(settings: Settings, expect: int | None = None) -> dict[str, dict]:
+    return {key.decode(): value for key, value in read_topic(settings, settings.topic_scores, expect=expect, idle_s=2)}
+
+
+def test_threshold_event_arrives_exactly_once_with_lead_and_score(
+    isolated: Settings, worker: Callable[..., WorkerProcess], tmp_path: Path
+) -> None:
+    start = int(time.time() * 1000) - 48 * HOUR_MS
+    events = (
+        saas("ada", ["signup", "created_task", "created_project", "created_task", "created_project"], start)
+        + saas("bob", ["signup", "created_task"], start)
+    )
+    sent = leadstream(isolated, "send", str(write_jsonl(tmp_path / "events.jsonl", events)))
+    assert "sent 7 events in 7 messages" in sent.stdout
+
+    worker()
+
+    crossings = read_topic(isolated, isolated.topic_crossings, expect=1)
+    assert len(crossings) == 1
+    key, crossing = crossings[0]
+    assert key == b"ada"
+    assert (crossing["lead_id"], crossing["direction"], crossing["from_level"]) == ("ada", "up", "nurture")
+    assert crossing["to_level"] == "mql"
+    assert crossing["score"] == 20  # the fourth +5 event reached the MQL line at 20
+    scores = latest_scores(isolated, expect=2)
+    assert scores["saas_start_small/ada"]["score"] == 25
+    assert scores["saas_start_small/bob"]["score"] == 10
+
+
+def test_envelopes_score_like_single_event_messages(isolated: Settings, worker: Callable[..., WorkerProcess], tmp_path: Path) -> None:
+    start = int(time.time() * 1000) - 48 * HOUR_MS
+    events = [e for n in range(30) for e in saas(f"lead-{n}", ["signup", "created_task", "created_project", "created_task"][: 1 + n % 4], start)]
+    sent = leadstream(isolated, "send", "--events-per-message", "50", str(write_jsonl(tmp_path / "events.jsonl", events)))
+    assert f"sent {len(events)} events in " in sent.stdout and "in 75 messages" not in sent.stdout
+
+    worker()
+
+    crossings = read_topic(isolated, isolated.topic_crossings, expect=7)
+    assert sorted(c["lead_id"] for _, c in crossings) == sorted(f"lead-{n}" for n in range(30) if n % 4 == 3)
+    scores = latest_scores(isolated, expect=30)
+    assert {k: v["score"] for k, v in scores.items()} == {f"saas_start_small/lead-{n}": 5 * (1 + n % 4) for n in range(30)}
+
+
+def test_bad_input_goes_to_the_dead_letter_topic_and_the_rest_is_scored(
+    isolated: Settings, worker: Callable[..., WorkerProcess]
+) -> None:
+    start = int(time.time() * 1000) - 48 * HOUR_MS
+    good = saas("carol", ["signup", "created_task", "created_project", "created_task"], start)
+    wrong_home = next(f"x{n}" for n in range(100) if partition_for(f"x{n}", 4) != partition_for("carol", 4))
+    producer = KafkaProducer(bootstrap_servers=isolated.kafka_bootstrap)
+    topic = isolated.topic_events
+    producer.send(topic, key=b"carol", value=orjson.dumps(good[0]))
+    producer.send(topic, key=b"carol", value=b"{not json")
+    producer.send(topic, key=b"carol", value=orjson.dumps({"lead_id": "carol", "time": start}))  # no type
+    producer.send(topic, key=b"carol", value=orjson.dumps({**good[1], "time": "yesterday-ish"}))  # wrong time
+    envelope = [good[1], {**good[2], "lead_id": wrong_home}, good[2], good[3]]
+    producer.send(topic, partition=partition_for("carol", 4), value=orjson.dumps(envelope))
+    producer.send(topic, key=b"carol", value=orjson.dumps({**good[3], "event_id": "huge", "properties": {"blob": "x" * 100_000}}))
+    producer.flush()
+    producer.close()
+
+    proc = worker()
+
+    dead = read_topic(isolated, isolated.topic_deadletter, expect=5)
+    reasons = sorted(letter["reason"] for _, letter in dead)
+    assert len(dead) == 5, reasons
+    assert "bad_json" in reasons and "wrong_partition" in reasons and "too_large" in reasons
+    for _, letter in dead:
+        assert letter["detail"] and letter["source"]["topic"] in (topic, None)
+    bad_json = next(letter for _, letter in dead if letter["reason"] == "bad_json")
+    assert bad_json["original"] == "{not json" and bad_json["source"]["partition"] == partition_for("carol", 4)
+    crossings = read_topic(isolated, isolated.topic_crossings, expect=1)
+    assert [(c["lead_id"], c["to_level"], c["score"]) for _, c in crossings] == [("carol", "mql", 20)]
+    status, body = proc.get("/metrics")
+    assert status == 200
+    assert b'leadstream_events_rejected_total{reason="bad_json"} 1.0' in body
