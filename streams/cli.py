@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from scoring.errors import LeadstreamError
+from sinks.connectors import NAMES as SINK_NAMES
 from streams.settings import Settings, describe
 
 Handler = Callable[[argparse.Namespace, Settings], int]
@@ -61,11 +62,28 @@ BENCHMARKS = {
     "engine": "streams.bench.engine",
     "pipeline": "streams.bench.pipeline",
     "collector": "streams.bench.collector",
+    "sinks": "sinks.bench",
 }
 
 
 def _bench(args: argparse.Namespace, settings: Settings) -> int:
     return int(importlib.import_module(BENCHMARKS[args.what]).main(args, settings))
+
+
+def _sink(args: argparse.Namespace, settings: Settings) -> int:
+    from sinks import connectors, runner
+
+    if args.connector == "replay-dlq":
+        if args.target is None:
+            raise LeadstreamError(f"replay-dlq needs the connector whose dead letters to replay: {', '.join(connectors.NAMES)}")
+        return runner.replay(connectors.build(args.target, settings), settings)
+    return runner.run_sink(connectors.build(args.connector, settings), settings)
+
+
+def _top(args: argparse.Namespace, settings: Settings) -> int:
+    from sinks.redis_model import print_top
+
+    return print_top(settings, args.model, args.limit)
 
 
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
@@ -127,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=list(BENCHMARKS),
         help="engine: the pure scoring engine against an orjson parse loop; "
         "pipeline: one worker on the real broker against a raw aiokafka loop; "
-        "collector: batch calls through a collector against `leadstream send`",
+        "collector: batch calls through a collector against `leadstream send`; "
+        "sinks: deliveries/s per connector against local CRM stand-ins, with 0 and 50 ms latency",
     )
     p.add_argument("--events", type=int, default=1_000_000, help="number of generated events")
     p.add_argument("--leads", type=int, default=100_000, help="number of distinct leads")
@@ -136,6 +155,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=8.0, help="collector: how long each load phase runs")
     p.add_argument("--events-per-message", type=int, default=200, help="pipeline: events per Kafka message (envelope)")
     p.add_argument("--no-metrics", action="store_true", help="pipeline: run the worker without Faust's sensors")
+
+    p = add("sink", _sink, "Run a connector: threshold crossings to a CRM or webhook, score changes to Redis.")
+    p.add_argument("connector", choices=[*SINK_NAMES, "replay-dlq"], help="the connector, or replay-dlq CONNECTOR "
+                   "to re-drive that connector's dead letters once their cause is fixed")
+    p.add_argument("target", nargs="?", choices=SINK_NAMES, help="replay-dlq: the connector")
+
+    p = add("top", _top, "Print the hottest leads of a model from the Redis read model.")
+    p.add_argument("--model", required=True, help="scoring model name")
+    p.add_argument("--limit", type=int, default=20, help="how many leads (default 20)")
 
     add("demo", _demo, "Start everything, stream sample events and show the hottest leads.")
     add("settings", _settings, "List every LEADSTREAM_* environment variable with its default.")

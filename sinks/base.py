@@ -1,0 +1,176 @@
+"""The contract between the delivery runner and a connector, and the crossing record they share.
+
+A connector is small: it parses a message's value and performs one delivery, raising
+`RetryableError` or `PermanentError` (sinks.errors) when it cannot. Everything else (consumer
+group, ordering, concurrency, rate limit, retries, idempotency, dead letters, offset commits)
+is the runner's.
+
+Guarantee: effectively once per crossing. The runner skips crossings it has delivered (by id,
+in Redis) and commits offsets only after delivery, so redelivery after a crash or rebalance
+never repeats a finished delivery; a step that creates a CRM record runs through `Steps.once`,
+which finds the record instead of creating it again when a crash hit between the CRM's answer
+and its bookkeeping. Updates of existing records are idempotent and simply run again.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Generic, Protocol, TypeVar
+
+import orjson
+
+from sinks.errors import PermanentError
+from sinks.ratelimit import Limiter, Unlimited
+from streams.settings import Settings
+
+T = TypeVar("T")
+
+
+class Steps(Protocol):
+    def once(self, step: str, perform: Callable[[], str], find: Callable[[], str | None]) -> str:
+        """Run `perform` (which creates something and returns its id) at most once per delivery.
+
+        After a crash between `perform` and the bookkeeping, `find` looks the record up (by the
+        crossing id it carries) instead; it returns None when the record was never created.
+        """
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    rule: str
+    points: float
+
+
+@dataclass(frozen=True, slots=True)
+class Crossing:
+    """One threshold crossing, as the worker writes it to the sink topic."""
+
+    id: str
+    kind: str
+    lead_id: str
+    account_id: str | None
+    model: str
+    from_level: str
+    to_level: str
+    direction: str
+    score: float
+    normalized: int
+    grade: str
+    engagement: int
+    cell: str
+    temperature: str
+    time_ms: int
+    reasons: tuple[Reason, ...] = ()
+    traits: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, value: bytes | None) -> Crossing:
+        try:
+            raw = orjson.loads(value or b"")
+        except orjson.JSONDecodeError as exc:
+            raise PermanentError(f"not a crossing: the value is not JSON ({exc})") from None
+        if not isinstance(raw, dict):
+            raise PermanentError("not a crossing: the value is not a JSON object")
+        try:
+            direction = str(raw["direction"])
+            if direction not in ("up", "down"):
+                raise ValueError(f"direction must be 'up' or 'down', not {direction!r}")
+            kind = str(raw.get("kind") or "lead")
+            if kind not in ("lead", "account"):
+                raise ValueError(f"kind must be 'lead' or 'account', not {kind!r}")
+            return cls(
+                id=_text(raw["id"]),
+                kind=kind,
+                # An account crossing is about the account as a whole: it may name no lead.
+                lead_id=_text(raw["lead_id"]) if kind == "lead" else str(raw.get("lead_id") or ""),
+                account_id=raw.get("account_id"),
+                model=_text(raw["model"]),
+                from_level=str(raw.get("from_level") or ""),
+                to_level=_text(raw["to_level"]),
+                direction=direction,
+                score=float(raw["score"]),
+                normalized=int(raw.get("normalized") or 0),
+                grade=str(raw.get("grade") or ""),
+                engagement=int(raw.get("engagement") or 0),
+                cell=str(raw.get("cell") or ""),
+                temperature=str(raw.get("temperature") or ""),
+                time_ms=int(raw["time"]),
+                reasons=tuple(Reason(str(r["rule"]), float(r["points"])) for r in raw.get("reasons") or ()),
+                traits={str(k): str(v) for k, v in (raw.get("traits") or {}).items() if v is not None},
+            )
+        except KeyError as exc:
+            raise PermanentError(f"not a crossing: field {exc.args[0]!r} is missing") from None
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise PermanentError(f"not a crossing: {exc}") from None
+
+    @property
+    def email(self) -> str:
+        return self.traits.get("email", "")
+
+    def reasons_text(self) -> str:
+        """'pricing_page +30, webinar +10': what made the lead cross, for a CRM note."""
+        return ", ".join(f"{r.rule} {r.points:+g}" for r in self.reasons)
+
+    def template_fields(self) -> dict[str, Any]:
+        """The names a mapping's text templates may use (see sinks/mappings/*.toml)."""
+        return {
+            "id": self.id,
+            "lead_id": self.lead_id,
+            "account_id": self.account_id or "",
+            "email": self.email,
+            "model": self.model,
+            "from_level": self.from_level,
+            "level": self.to_level,
+            "direction": self.direction,
+            "score": self.score,
+            "normalized": self.normalized,
+            "grade": self.grade,
+            "engagement": self.engagement,
+            "cell": self.cell,
+            "temperature": self.temperature,
+            "reasons": self.reasons_text(),
+        }
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"expected a non-empty string, got {value!r}")
+    return value
+
+
+class Sink(ABC, Generic[T]):
+    """What the runner drives: parse one message, deliver it."""
+
+    name: ClassVar[str]
+    #: The connector's API quota; the runner pauses it on 429 with Retry-After.
+    limiter: Limiter = Unlimited()
+
+    def source_topic(self, settings: Settings) -> str:
+        return settings.topic_crossings
+
+    @abstractmethod
+    def parse(self, key: bytes | None, value: bytes | None) -> T:
+        """The message as the connector's record; PermanentError when it is not one."""
+
+    @abstractmethod
+    def delivery_id(self, item: T) -> str | None:
+        """The id the runner remembers delivered items by; None when delivering twice is harmless."""
+
+    @abstractmethod
+    def deliver(self, item: T, steps: Steps) -> None:
+        """Perform the action; raise RetryableError or PermanentError when it fails."""
+
+    def close(self) -> None:
+        """Release connections (called once when the runner stops)."""
+
+
+class CrossingSink(Sink[Crossing]):
+    """A connector fed by the sink topic's threshold crossings."""
+
+    def parse(self, key: bytes | None, value: bytes | None) -> Crossing:
+        return Crossing.from_json(value)
+
+    def delivery_id(self, item: Crossing) -> str:
+        return item.id

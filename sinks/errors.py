@@ -1,0 +1,60 @@
+"""Errors of the sinks: one family, split by what the runner does next.
+
+A connector raises `RetryableError` when trying again later can succeed (429, 5xx, timeouts,
+connection errors, malformed answers) and `PermanentError` when it cannot (4xx other than 429, a
+contact that does not exist, a record that is not a crossing): the runner retries the first with
+backoff and dead-letters the second. `MappingError` is raised on start, before anything is read.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+from scoring.errors import LeadstreamError
+
+
+class SinkError(LeadstreamError):
+    """Root of the sinks' errors."""
+
+
+class RetryableError(SinkError):
+    """The action failed for now; `retry_after_s` is the server's own wait (Retry-After), if it gave one."""
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class PermanentError(SinkError):
+    """The action cannot succeed as it is: the message goes to the connector's dead-letter topic."""
+
+
+class MappingError(SinkError):
+    """A connector's field-mapping file is invalid: the message names the file and the field."""
+
+
+def retry_after_s(headers: Mapping[str, str] | None) -> float | None:
+    """Seconds from a Retry-After header given as delta-seconds (what HubSpot and most hooks send)."""
+    if not headers:
+        return None
+    for name, value in headers.items():
+        if name.lower() == "retry-after":
+            try:
+                return max(0.0, float(value))
+            except ValueError:
+                return None  # an HTTP date: rare for APIs; our own backoff applies instead
+    return None
+
+
+def for_status(status: int, what: str, detail: str, headers: Mapping[str, str] | None = None) -> SinkError:
+    """The error for an HTTP answer that is not a success, by the usual API conventions.
+
+    408, 425, 429 and 5xx are worth retrying; other 4xx are not (the request itself is wrong, or
+    the credentials are: retrying only burns the API quota).
+    """
+    message = f"{what}: HTTP {status}: {detail[:500]}"
+    if status in (408, 425, 429) or status >= 500:
+        return RetryableError(message, retry_after_s(headers))
+    if status in (401, 403):
+        return PermanentError(f"{message} (check the connector's credentials and their scopes)")
+    return PermanentError(message)

@@ -1,0 +1,184 @@
+"""HubSpot connector, with the official `hubspot-api-client` (CRM v3 objects API).
+
+Per lead crossing:
+1. Update the contact (found by the `hubspot_id` trait, else by `email` with idProperty=email)
+   with the mapped properties and what the level sets (e.g. lifecyclestage). HubSpot refuses
+   to move a lifecycle stage backwards unless it is cleared first, so a down-crossing that
+   sets one clears it in a first update.
+2. On an up-crossing to a `[deal]` level: create a deal in the configured pipeline and stage,
+   owned by the task owner and associated with the contact.
+3. On an up-crossing to a `[task]` level: create a follow-up task for the owner (the mapping's,
+   else the contact's `hubspot_owner_id`), associated with the contact and the new deal.
+Down-crossings only update the contact: deals are sales' to close, not ours to churn.
+
+Deals and tasks carry the crossing id in a custom property, so a creation interrupted by a
+crash is found with the search API instead of being made twice. Account crossings are not
+delivered to HubSpot (no contact to update); they are acknowledged.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable, TypeVar
+
+import urllib3
+from hubspot import Client
+from hubspot.crm.contacts import ApiException as ContactsApiException
+from hubspot.crm.deals import ApiException as DealsApiException
+from hubspot.crm.objects.tasks import ApiException as TasksApiException
+
+from sinks.base import Crossing, CrossingSink, Steps
+from sinks.errors import PermanentError, RetryableError, for_status
+from sinks.mapping import Mapping, load_mapping
+from sinks.ratelimit import limiter_for
+from streams.errors import ConfigError
+from streams.settings import Settings
+
+R = TypeVar("R")
+
+# HubSpot-defined association type ids (CRM associations v4 reference).
+DEAL_TO_CONTACT = 3
+TASK_TO_CONTACT = 204
+TASK_TO_DEAL = 216
+_API_ERRORS = (ContactsApiException, DealsApiException, TasksApiException)
+
+
+class HubSpotSink(CrossingSink):
+    name = "hubspot"
+
+    def __init__(self, settings: Settings, mapping: Mapping | None = None) -> None:
+        if not settings.hubspot_access_token:
+            raise ConfigError(
+                "LEADSTREAM_HUBSPOT_ACCESS_TOKEN is empty: create a HubSpot private app with the "
+                "crm.objects.contacts.write and crm.objects.deals.write scopes and set its access token"
+            )
+        self.mapping = mapping or load_mapping(settings.sink_mapping_dir / "hubspot.toml", with_deals=True)
+        self.limiter = limiter_for("LEADSTREAM_HUBSPOT_RATE_LIMIT", settings.hubspot_rate_limit)
+        self.timeout_s = settings.sink_timeout_s
+        client = Client.create(
+            access_token=settings.hubspot_access_token,
+            host=settings.hubspot_base_url.rstrip("/"),
+            retry=False,  # retries are the runner's: with backoff, Retry-After and the shared rate limit
+            connection_pool_maxsize=settings.sink_concurrency,
+        )
+        # Each attribute access builds a new API client (and connection pool): keep one of each.
+        self.contacts = client.crm.contacts.basic_api
+        self.deals = client.crm.deals.basic_api
+        self.deal_search = client.crm.deals.search_api
+        self.tasks = client.crm.objects.tasks.basic_api
+        self.task_search = client.crm.objects.tasks.search_api
+
+    def deliver(self, item: Crossing, steps: Steps) -> None:
+        if item.kind != "lead":
+            return
+        properties = {name: _text(value) for name, value in self.mapping.record_values(item).items()}
+        contact_id = self._update_contact(item, properties)
+        if item.direction != "up":
+            return
+        deal, task = self.mapping.deal, self.mapping.task
+        wants_deal = deal is not None and item.to_level in deal.levels
+        wants_task = task is not None and item.to_level in task.levels
+        if not (wants_deal or wants_task):
+            return
+        owner = (task.owner if task else "") or self._contact_owner(contact_id)
+        deal_id = None
+        if deal is not None and wants_deal:
+            deal_id = steps.once(
+                "deal",
+                lambda: self._create("deals", self.deals.create, {
+                    "properties": {
+                        "dealname": deal.name.format(**item.template_fields()),
+                        "pipeline": deal.pipeline,
+                        "dealstage": deal.stage,
+                        "hubspot_owner_id": owner,
+                        deal.crossing_id_property: item.id,
+                    },
+                    "associations": [_association(contact_id, DEAL_TO_CONTACT)],
+                }),
+                lambda: self._find("deals", self.deal_search.do_search, deal.crossing_id_property, item.id),
+            )
+        if task is not None and wants_task:
+            due = datetime.fromtimestamp(item.time_ms / 1000, timezone.utc) + timedelta(hours=task.due_in_hours)
+            associations = [_association(contact_id, TASK_TO_CONTACT)]
+            if deal_id is not None:
+                associations.append(_association(deal_id, TASK_TO_DEAL))
+            steps.once(
+                "task",
+                lambda: self._create("tasks", self.tasks.create, {
+                    "properties": {
+                        "hs_timestamp": due.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+                        "hs_task_subject": task.subject.format(**item.template_fields()),
+                        "hs_task_body": task.body.format(**item.template_fields()),
+                        "hs_task_status": "NOT_STARTED",
+                        "hs_task_priority": task.priority,
+                        "hubspot_owner_id": owner,
+                        task.crossing_id_property: item.id,
+                    },
+                    "associations": associations,
+                }),
+                lambda: self._find("tasks", self.task_search.do_search, task.crossing_id_property, item.id),
+            )
+
+    def _update_contact(self, crossing: Crossing, properties: dict[str, str]) -> str:
+        if hubspot_id := crossing.traits.get("hubspot_id"):
+            ref, id_property = hubspot_id, None
+        elif crossing.email:
+            ref, id_property = crossing.email, "email"
+        else:
+            raise PermanentError(f"lead {crossing.lead_id} has neither a hubspot_id nor an email trait: "
+                                 "no way to find its HubSpot contact")
+        what = f"contact {ref}"
+        if crossing.direction == "down" and properties.get("lifecyclestage"):
+            self._call(what, self.contacts.update, ref, {"properties": {"lifecyclestage": ""}}, id_property=id_property)
+        result = self._call(what, self.contacts.update, ref, {"properties": properties}, id_property=id_property)
+        return str(result.id)
+
+    def _contact_owner(self, contact_id: str) -> str:
+        result = self._call(f"contact {contact_id}", self.contacts.get_by_id, contact_id, properties=["hubspot_owner_id"])
+        return str((result.properties or {}).get("hubspot_owner_id") or "")
+
+    def _create(self, what: str, create: Callable[..., Any], body: dict[str, Any]) -> str:
+        return str(self._call(f"create {what}", create, body).id)
+
+    def _find(self, what: str, search: Callable[..., Any], prop: str, crossing_id: str) -> str | None:
+        body = {
+            "filterGroups": [{"filters": [{"propertyName": prop, "operator": "EQ", "value": crossing_id}]}],
+            "properties": [prop],
+            "limit": 1,
+        }
+        results = self._call(f"search {what}", search, body).results or []
+        return str(results[0].id) if results else None
+
+    def _call(self, what: str, fn: Callable[..., R], *args: Any, **kwargs: Any) -> R:
+        """One API request: within the rate limit, with a timeout, its failures as sink errors."""
+        self.limiter.acquire()
+        try:
+            return fn(*args, _request_timeout=self.timeout_s, **{k: v for k, v in kwargs.items() if v is not None})
+        except _API_ERRORS as exc:
+            status = int(exc.status or 0)
+            if status == 404:
+                raise PermanentError(f"HubSpot {what}: not found (404): {_body(exc)}") from None
+            if status == 0:  # the client's wrapper of a TLS or protocol failure
+                raise RetryableError(f"HubSpot {what}: {exc.reason}") from None
+            raise for_status(status, f"HubSpot {what}", _body(exc), dict(exc.headers or {})) from None
+        except urllib3.exceptions.HTTPError as exc:
+            raise RetryableError(f"HubSpot {what}: no answer ({type(exc).__name__}: {exc})") from None
+        except ValueError as exc:
+            # The generated client rejects an answer that is not the documented JSON this way.
+            raise RetryableError(f"HubSpot {what}: malformed answer ({exc})") from None
+
+
+def _association(to_id: str, type_id: int) -> dict[str, Any]:
+    return {"to": {"id": to_id}, "types": [{"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": type_id}]}
+
+
+def _text(value: Any) -> str:
+    """HubSpot property values are strings; whole numbers without a trailing .0."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _body(exc: Exception) -> str:
+    body = getattr(exc, "body", None) or getattr(exc, "reason", "") or ""
+    return body.decode(errors="replace") if isinstance(body, bytes) else str(body)

@@ -1,0 +1,185 @@
+"""Field mappings: what a CRM connector writes where, read from one TOML file per connector.
+
+The file says which crossing field goes into which CRM field (and how values translate), what
+each level sets (a lifecycle stage, a lead status), which levels create a deal or a follow-up
+task and with what owner, pipeline, stage and texts. It is validated when the connector starts:
+an error names the file and the field, so nothing half-configured reaches a CRM. The shipped
+examples (sinks/mappings/*.toml) document every key.
+"""
+
+from __future__ import annotations
+
+import string
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sinks.base import Crossing, Reason
+from sinks.errors import MappingError
+
+#: Crossing fields a mapping can send to the CRM (`level` is the level reached).
+SOURCE_FIELDS = ("score", "normalized", "grade", "engagement", "cell", "temperature", "level", "model", "reasons")
+
+_SAMPLE = Crossing(
+    id="sample", kind="lead", lead_id="lead-1", account_id="acme", model="b2b", from_level="nurture",
+    to_level="mql", direction="up", score=47.0, normalized=61, grade="A", engagement=2, cell="A2",
+    temperature="warm", time_ms=0, reasons=(Reason("pricing_page", 30),), traits={"email": "jane@acme.io"},
+)
+
+
+@dataclass(frozen=True)
+class DealMapping:
+    levels: frozenset[str]
+    pipeline: str
+    stage: str
+    name: str
+    crossing_id_property: str
+
+
+@dataclass(frozen=True)
+class TaskMapping:
+    levels: frozenset[str]
+    owner: str
+    subject: str
+    body: str
+    due_in_hours: int
+    priority: str
+    crossing_id_property: str
+
+
+@dataclass(frozen=True)
+class Mapping:
+    path: Path
+    fields: dict[str, str]
+    values: dict[str, dict[str, str]]
+    levels: dict[str, dict[str, str]]
+    deal: DealMapping | None
+    task: TaskMapping | None
+
+    def record_values(self, crossing: Crossing) -> dict[str, Any]:
+        """CRM field -> value for a crossing: the mapped fields, then what its level sets."""
+        source = crossing.template_fields()
+        out: dict[str, Any] = {}
+        for name, target in self.fields.items():
+            value = source[name]
+            out[target] = self.values.get(name, {}).get(str(value), value)
+        out.update(self.levels.get(crossing.to_level, {}))
+        return out
+
+
+class _Table:
+    """One TOML table being validated; errors say `file: [table].key: problem`."""
+
+    def __init__(self, path: Path, where: str, data: object) -> None:
+        self.path, self.where = path, where
+        if not isinstance(data, dict):
+            raise self.error("", "must be a table")
+        self.data: dict[str, Any] = data
+
+    def error(self, key: str, problem: str) -> MappingError:
+        place = f"[{self.where}]" if self.where else "top level"
+        return MappingError(f"{self.path}: {place}{'.' + key if key else ''}: {problem}")
+
+    def only(self, *allowed: str) -> None:
+        unknown = sorted(set(self.data) - set(allowed))
+        if unknown:
+            raise self.error(unknown[0], f"unknown key (allowed: {', '.join(allowed)})")
+
+    def text(self, key: str, default: str | None = None) -> str:
+        value = self.data.get(key, default)
+        if value is None:
+            raise self.error(key, "is required")
+        if not isinstance(value, str):
+            raise self.error(key, f"must be a string, not {value!r}")
+        return value
+
+    def template(self, key: str, default: str | None = None) -> str:
+        text = self.text(key, default)
+        try:
+            names = {name for _, name, _, _ in string.Formatter().parse(text) if name is not None}
+        except ValueError as exc:
+            raise self.error(key, f"is not a valid template ({exc})") from None
+        allowed = _SAMPLE.template_fields()
+        unknown = sorted(names - set(allowed))
+        if unknown:
+            raise self.error(key, f"uses {{{unknown[0]}}}; templates may use {', '.join('{%s}' % n for n in allowed)}")
+        return text
+
+    def positive_int(self, key: str, default: int) -> int:
+        value = self.data.get(key, default)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise self.error(key, f"must be a positive integer, not {value!r}")
+        return value
+
+    def levels(self, key: str = "levels") -> frozenset[str]:
+        value = self.data.get(key)
+        if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+            raise self.error(key, 'must be a non-empty list of level names, e.g. ["mql", "sql"]')
+        return frozenset(value)
+
+    def strings(self, key: str) -> dict[str, str]:
+        table = _Table(self.path, f"{self.where}.{key}" if self.where else key, self.data.get(key, {}))
+        for name, value in table.data.items():
+            if not isinstance(value, str):
+                raise table.error(name, f"must be a string, not {value!r}")
+        return dict(table.data)
+
+    def tables_of_strings(self, key: str) -> dict[str, dict[str, str]]:
+        table = _Table(self.path, key, self.data.get(key, {}))
+        return {name: table.strings(name) for name in table.data}
+
+
+def load_mapping(path: Path, *, with_deals: bool) -> Mapping:
+    """Read and validate a mapping file; `with_deals` for CRMs that have deals (HubSpot)."""
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise MappingError(f"{path}: no such mapping file; copy the example from sinks/mappings/ "
+                           "or set LEADSTREAM_SINK_MAPPING_DIR") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise MappingError(f"{path}: not valid TOML ({exc})") from None
+    top = _Table(path, "", raw)
+    top.only("fields", "values", "levels", "task", *(("deal",) if with_deals else ()))
+    fields = top.strings("fields")
+    if not fields:
+        raise top.error("fields", "is required: map at least one crossing field to a CRM field")
+    for name in fields:
+        if name not in SOURCE_FIELDS:
+            raise _Table(path, "fields", fields).error(name, f"is not a crossing field (one of {', '.join(SOURCE_FIELDS)})")
+    values = top.tables_of_strings("values")
+    for name in values:
+        if name not in fields:
+            raise _Table(path, "values", values).error(name, "translates a field that [fields] does not map")
+    return Mapping(
+        path=path,
+        fields=fields,
+        values=values,
+        levels=top.tables_of_strings("levels"),
+        deal=_deal(_Table(path, "deal", raw["deal"])) if "deal" in raw else None,
+        task=_task(_Table(path, "task", raw["task"])) if "task" in raw else None,
+    )
+
+
+def _deal(table: _Table) -> DealMapping:
+    table.only("levels", "pipeline", "stage", "name", "crossing_id_property")
+    return DealMapping(
+        levels=table.levels(),
+        pipeline=table.text("pipeline", "default"),
+        stage=table.text("stage"),
+        name=table.template("name", "{email} reached {level}"),
+        crossing_id_property=table.text("crossing_id_property"),
+    )
+
+
+def _task(table: _Table) -> TaskMapping:
+    table.only("levels", "owner", "subject", "body", "due_in_hours", "priority", "crossing_id_property")
+    return TaskMapping(
+        levels=table.levels(),
+        owner=table.text("owner", ""),
+        subject=table.template("subject", "Follow up: {email} reached {level}"),
+        body=table.template("body", "Score {score} (grade {grade}, {temperature}). Why: {reasons}"),
+        due_in_hours=table.positive_int("due_in_hours", 24),
+        priority=table.text("priority"),
+        crossing_id_property=table.text("crossing_id_property"),
+    )

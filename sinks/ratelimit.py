@@ -1,0 +1,95 @@
+"""Per-connector API quotas as token buckets, shared by all of a connector's concurrent deliveries.
+
+CRMs state quotas as "N requests per W seconds" (HubSpot private apps: 100 per 10 s on
+Free/Starter; Salesforce Enterprise: 100,000 per 24 h). A token bucket of capacity `b` refilled
+at `r` per second lets through at most `b + r*W` requests in any window of `W` seconds, so the
+bucket holds a tenth of the quota and refills at 85% of it: that stays 5% under the quota, which
+absorbs the jitter between when a request is allowed and when it reaches the server.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from streams.errors import ConfigError
+
+_QUOTA = re.compile(r"^\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)\s*s\s*$")
+
+
+@dataclass(frozen=True)
+class Quota:
+    requests: int
+    window_s: float
+
+    @classmethod
+    def parse(cls, env: str, text: str) -> Quota | None:
+        """'100/10s' is a quota; 'unlimited' is none."""
+        if text.strip().lower() == "unlimited":
+            return None
+        match = _QUOTA.match(text)
+        if not match or int(match[1]) < 1 or float(match[2]) <= 0:
+            raise ConfigError(f"{env}={text!r} is not a rate limit: write REQUESTS/SECONDSs (e.g. 100/10s) or unlimited")
+        return cls(int(match[1]), float(match[2]))
+
+
+class TokenBucket:
+    """Blocks each caller until its request fits the quota; thread-safe.
+
+    Callers reserve a slot under the lock and sleep outside it, so concurrent callers queue up
+    in order without holding each other. `pause_until` makes everyone wait for a server's
+    Retry-After, since a 429 means the whole connector, not one delivery, is over quota.
+    """
+
+    def __init__(
+        self,
+        quota: Quota,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.capacity = max(1.0, quota.requests / 10)
+        self.rate_per_s = quota.requests * 0.85 / quota.window_s
+        self._clock = clock
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._tokens = self.capacity
+        self._updated = clock()
+        self._paused_until = 0.0
+
+    def acquire(self) -> None:
+        with self._lock:
+            now = self._clock()
+            # Time spent paused earns no tokens: after a 429 the quota is spent, not saved.
+            earning_since = max(self._updated, min(now, self._paused_until))
+            self._tokens = min(self.capacity, self._tokens + (now - earning_since) * self.rate_per_s)
+            self._updated = now
+            self._tokens -= 1
+            # A slot reserved during a pause starts earning only when the pause ends.
+            wait_s = max(0.0, self._paused_until - now) + max(0.0, -self._tokens) / self.rate_per_s
+        if wait_s > 0:
+            self._sleep(wait_s)
+
+    def pause_until(self, deadline: float) -> None:
+        with self._lock:
+            self._paused_until = max(self._paused_until, deadline)
+
+
+class Unlimited:
+    """No quota (a webhook you run yourself, or Redis): never waits."""
+
+    def acquire(self) -> None:
+        pass
+
+    def pause_until(self, deadline: float) -> None:
+        pass
+
+
+Limiter = TokenBucket | Unlimited
+
+
+def limiter_for(env: str, text: str) -> Limiter:
+    quota = Quota.parse(env, text)
+    return Unlimited() if quota is None else TokenBucket(quota)

@@ -1,0 +1,286 @@
+"""The delivery machinery every connector shares: consume, deliver, retry, dead-letter, commit.
+
+Each connector is its own consumer group (`leadstream-sink-<name>`), so connectors fail, lag
+and scale independently. A polled batch is split into `LEADSTREAM_SINK_CONCURRENCY` lanes by
+message key: a lead's crossings stay in order within their lane, while the lanes' requests
+overlap so that API latency is hidden, all within the connector's shared rate limit. Offsets
+are committed only when every message of the batch was delivered, skipped as already
+delivered, or dead-lettered; a crash before that re-delivers the batch and the ledger
+(sinks.ledger) turns what was done into skips.
+
+A message that fails with `PermanentError`, or still fails after LEADSTREAM_SINK_MAX_ATTEMPTS
+tries, goes to the connector's dead-letter topic `<source topic>-dlq-<connector>` with the
+reason; `replay_dead_letters` re-drives them once the cause is fixed.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import random
+import signal
+import threading
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Generic, Iterable, TypeVar
+
+import orjson
+from redis import Redis, RedisError
+
+from sinks.base import Sink
+from sinks.errors import PermanentError, RetryableError
+from sinks.ledger import Ledger, NoSteps
+from streams.deadletter import DeadLetter
+from streams.settings import Settings
+from streams.topics import TopicSpec, ensure_topics
+
+T = TypeVar("T")
+log = logging.getLogger("leadstream.sinks")
+
+MAX_POLL_RECORDS = 200
+# A batch may wait out long Retry-After pauses; the group must not evict the member meanwhile
+# (heartbeats run in the background, only this bound applies to slow batches).
+MAX_POLL_INTERVAL_MS = 30 * 60 * 1000
+DLQ_RETENTION_MS = 30 * 24 * 3600 * 1000
+
+
+def group_id(connector: str) -> str:
+    return f"leadstream-sink-{connector}"
+
+
+def dlq_topic(source_topic: str, connector: str) -> str:
+    return f"{source_topic}-dlq-{connector}"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int
+    base_ms: int
+    max_ms: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RetryPolicy:
+        return cls(settings.sink_max_attempts, settings.sink_backoff_base_ms, settings.sink_backoff_max_ms)
+
+    def delay_s(self, attempt: int, jitter: float, retry_after_s: float | None = None) -> float:
+        """Exponential backoff with equal jitter (`jitter` in [0, 1)), never under the server's Retry-After.
+
+        Jitter spreads the retries of many stalled deliveries so they do not hit a recovering
+        API all at once.
+        """
+        cap_ms = min(self.max_ms, self.base_ms * 2 ** (attempt - 1))
+        backoff_s = (cap_ms / 2 + jitter * cap_ms / 2) / 1000
+        return max(backoff_s, retry_after_s or 0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """A message to deliver, with where it came from (kept through dead-lettering and replay)."""
+
+    key: bytes | None
+    value: bytes | None
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass
+class Stats:
+    delivered: int = 0
+    skipped: int = 0
+    dead_lettered: int = 0
+    retries: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, outcome: str) -> None:
+        with self._lock:
+            setattr(self, outcome, getattr(self, outcome) + 1)
+
+    def as_dict(self) -> dict[str, int]:
+        return {"delivered": self.delivered, "skipped": self.skipped, "dead_lettered": self.dead_lettered, "retries": self.retries}
+
+
+class _Stopped(Exception):
+    """The runner was asked to stop while a delivery waited: leave the batch uncommitted."""
+
+
+class SinkRunner(Generic[T]):
+    def __init__(self, sink: Sink[T], settings: Settings, *, stop: threading.Event | None = None) -> None:
+        self.sink = sink
+        self.settings = settings
+        self.source_topic = sink.source_topic(settings)
+        self.dlq_topic = dlq_topic(self.source_topic, sink.name)
+        self.policy = RetryPolicy.from_settings(settings)
+        self.stop = stop or threading.Event()
+        self.stats = Stats()
+        self.ledger = Ledger(Redis.from_url(settings.redis_url), settings.redis_prefix, sink.name, settings.sink_delivered_ttl_s)
+        self._producer = None
+
+    # -- running -------------------------------------------------------------------------
+
+    def run(self, *, stop_at_end: bool = False) -> Stats:
+        """Deliver the source topic until stopped (or, with `stop_at_end`, until it is caught up)."""
+        return self._consume(self.source_topic, group_id(self.sink.name), self._as_envelope, stop_at_end)
+
+    def replay_dead_letters(self) -> Stats:
+        """Re-drive every dead letter present now; those that fail again are dead-lettered anew."""
+        return self._consume(self.dlq_topic, group_id(self.sink.name) + "-replay", self._from_dead_letter, True)
+
+    def _consume(self, topic: str, group: str, to_envelope: Callable[[object], Envelope], stop_at_end: bool) -> Stats:
+        from kafka import KafkaConsumer, KafkaProducer
+        from kafka.errors import CommitFailedError
+        from kafka.structs import OffsetAndMetadata
+
+        ensure_topics(self.settings, [TopicSpec(self.dlq_topic, self.settings.partitions, {"retention.ms": str(DLQ_RETENTION_MS)})])
+        consumer = KafkaConsumer(
+            topic,
+            bootstrap_servers=self.settings.kafka_bootstrap,
+            group_id=group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=MAX_POLL_RECORDS,
+            max_poll_interval_ms=MAX_POLL_INTERVAL_MS,
+        )
+        self._producer = KafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap, acks="all", linger_ms=5)
+        end: dict | None = None
+        pool = ThreadPoolExecutor(max_workers=self.settings.sink_concurrency, thread_name_prefix=f"sink-{self.sink.name}")
+        log.info("sink %s: consuming %s as group %s; dead letters to %s", self.sink.name, topic, group, self.dlq_topic)
+        try:
+            while not self.stop.is_set():
+                batch = consumer.poll(timeout_ms=300)
+                if stop_at_end and end is None and consumer.assignment():
+                    # Replay only what is there now: what gets dead-lettered again during the
+                    # replay lands after this end and waits for the next replay.
+                    end = consumer.end_offsets(list(consumer.assignment()))
+                messages = [m for records in batch.values() for m in records]
+                if end is not None:
+                    messages = [m for m in messages if m.offset < end.get(_tp(m), 0)]
+                if messages:
+                    self._deliver_batch(pool, [to_envelope(m) for m in messages])
+                    commits = {}
+                    for m in messages:
+                        commits[_tp(m)] = OffsetAndMetadata(m.offset + 1, "", -1)
+                    try:
+                        consumer.commit(commits)
+                    except CommitFailedError as exc:
+                        # The partitions moved to another member, which gets these messages
+                        # again; the ledger makes its deliveries skips.
+                        log.warning("sink %s: offsets not committed (%s); the new owner re-reads them", self.sink.name, exc)
+                if end is not None and all(consumer.position(tp) >= offset for tp, offset in end.items()):
+                    break
+        except _Stopped:
+            log.info("sink %s: stopped; the unfinished batch is re-read on the next start", self.sink.name)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+            self._producer.flush()
+            self._producer.close()
+            consumer.close(autocommit=False)
+            self.sink.close()
+        return self.stats
+
+    def _deliver_batch(self, pool: ThreadPoolExecutor, envelopes: list[Envelope]) -> None:
+        lanes: dict[int, list[Envelope]] = {}
+        for env in envelopes:
+            lane = zlib.crc32(env.key) if env.key is not None else env.partition
+            lanes.setdefault(lane % self.settings.sink_concurrency, []).append(env)
+        futures = [pool.submit(self._deliver_lane, lane) for lane in lanes.values()]
+        for future in futures:
+            future.result()  # re-raises _Stopped, so nothing is committed
+        if self.stop.is_set():
+            raise _Stopped()
+
+    def _deliver_lane(self, envelopes: Iterable[Envelope]) -> None:
+        for env in envelopes:
+            if self.stop.is_set():
+                raise _Stopped()
+            self.stats.add(self._deliver(env))
+
+    # -- one message ---------------------------------------------------------------------
+
+    def _deliver(self, env: Envelope) -> str:
+        try:
+            item = self.sink.parse(env.key, env.value)
+        except PermanentError as exc:
+            return self._dead_letter(env, "malformed", f"{exc}")
+        delivery_id = self.sink.delivery_id(item)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                if delivery_id is not None and self.ledger.delivered(delivery_id):
+                    return "skipped"
+                steps = self.ledger.steps(delivery_id) if delivery_id is not None else NoSteps()
+                self.sink.deliver(item, steps)
+                if delivery_id is not None:
+                    self.ledger.mark_delivered(delivery_id)
+                return "delivered"
+            except PermanentError as exc:
+                return self._dead_letter(env, "permanent", f"{exc}")
+            except (RetryableError, RedisError) as exc:
+                error: Exception = exc
+            except Exception as exc:  # noqa: BLE001 - a client raised something unforeseen
+                # Retried, then dead-lettered like any failure, so one odd answer cannot stop
+                # the connector; the traceback is logged for the bug report.
+                log.exception("sink %s: unexpected error delivering %s", self.sink.name, delivery_id)
+                error = exc
+            if attempt >= self.policy.max_attempts:
+                return self._dead_letter(env, "retries_exhausted", f"after {attempt} attempts: {error}")
+            retry_after_s = getattr(error, "retry_after_s", None)
+            if retry_after_s is not None:
+                self.sink.limiter.pause_until(time.monotonic() + retry_after_s)
+            delay_s = self.policy.delay_s(attempt, random.random(), retry_after_s)
+            log.warning("sink %s: attempt %d for %s failed, retrying in %.2f s: %s",
+                        self.sink.name, attempt, delivery_id or f"offset {env.offset}", delay_s, error)
+            self.stats.add("retries")
+            if self.stop.wait(delay_s):
+                raise _Stopped()
+
+    def _dead_letter(self, env: Envelope, reason: str, detail: str) -> str:
+        letter = DeadLetter(reason=reason, detail=f"{self.sink.name}: {detail}", original=env.value or b"",
+                            topic=env.topic, partition=env.partition, offset=env.offset, key=env.key)
+        assert self._producer is not None
+        # Waited for: the offset commit that follows must never outrun the dead letter.
+        self._producer.send(self.dlq_topic, key=env.key, value=letter.to_bytes()).get(timeout=60)
+        log.warning("sink %s: dead-lettered %s/%d@%d to %s (%s): %s",
+                    self.sink.name, env.topic, env.partition, env.offset, self.dlq_topic, reason, detail)
+        return "dead_lettered"
+
+    @staticmethod
+    def _as_envelope(message: object) -> Envelope:
+        return Envelope(message.key, message.value, message.topic, message.partition, message.offset)  # type: ignore[attr-defined]
+
+    @staticmethod
+    def _from_dead_letter(message: object) -> Envelope:
+        record = orjson.loads(message.value)  # type: ignore[attr-defined]
+        original = record["original"].encode() if "original" in record else base64.b64decode(record["original_base64"])
+        source = record["source"]
+        return Envelope(message.key, original, source["topic"], source["partition"], source["offset"])  # type: ignore[attr-defined]
+
+
+def _tp(message: object):  # type: ignore[no-untyped-def]
+    from kafka.structs import TopicPartition
+
+    return TopicPartition(message.topic, message.partition)  # type: ignore[attr-defined]
+
+
+def run_sink(sink: Sink[T], settings: Settings) -> int:
+    """`leadstream sink NAME`: deliver until SIGTERM or Ctrl-C."""
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    runner = SinkRunner(sink, settings)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: runner.stop.set())
+    stats = runner.run()
+    log.info("sink %s: stopped after %s", sink.name, stats.as_dict())
+    return 0
+
+
+def replay(sink: Sink[T], settings: Settings) -> int:
+    """`leadstream sink replay-dlq NAME`: re-drive the dead letters present now, then exit."""
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    runner = SinkRunner(sink, settings)
+    stats = runner.replay_dead_letters()
+    print(f"replayed {runner.dlq_topic}: {stats.delivered} delivered, {stats.skipped} already delivered, "
+          f"{stats.dead_lettered} dead-lettered again")
+    return 0 if stats.dead_lettered == 0 else 1

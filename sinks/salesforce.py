@@ -1,0 +1,130 @@
+"""Salesforce connector, with `simple-salesforce` (REST API).
+
+Per lead crossing: update the Lead (found by the `salesforce_id` trait, else the newest
+unconverted Lead with the `email` trait) with the mapped fields and what the level sets (e.g.
+Status); on an up-crossing to a `[task]` level, also create a Task on the Lead for its owner
+(or the mapping's). Down-crossings only update the Lead.
+
+The Task carries the crossing id in a custom field, so a creation interrupted by a crash is
+found with a SOQL query instead of being made twice. Account crossings are acknowledged
+without a Salesforce action (no Lead to update).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable, TypeVar
+
+import requests
+from simple_salesforce import Salesforce, format_soql
+from simple_salesforce.exceptions import SalesforceError
+
+from sinks.base import Crossing, CrossingSink, Steps
+from sinks.errors import PermanentError, RetryableError, for_status
+from sinks.http import TimeoutSession, transport_error
+from sinks.mapping import Mapping, load_mapping
+from sinks.ratelimit import limiter_for
+from streams.errors import ConfigError
+from streams.settings import Settings
+
+R = TypeVar("R")
+
+# Salesforce's documented answers for "over the org's API allocation / too busy": worth waiting.
+_RETRYABLE_CODES = {"REQUEST_LIMIT_EXCEEDED", "SERVER_UNAVAILABLE", "UNABLE_TO_LOCK_ROW"}
+
+
+class SalesforceSink(CrossingSink):
+    name = "salesforce"
+
+    def __init__(self, settings: Settings, mapping: Mapping | None = None) -> None:
+        self.mapping = mapping or load_mapping(settings.sink_mapping_dir / "salesforce.toml", with_deals=False)
+        self.limiter = limiter_for("LEADSTREAM_SALESFORCE_RATE_LIMIT", settings.salesforce_rate_limit)
+        self.session = TimeoutSession(settings.sink_timeout_s, settings.sink_concurrency)
+        self.sf = self._connect(settings)
+
+    def _connect(self, settings: Settings) -> Salesforce:
+        version = settings.salesforce_api_version
+        if settings.salesforce_instance_url and settings.salesforce_access_token:
+            return Salesforce(instance_url=settings.salesforce_instance_url, session_id=settings.salesforce_access_token,
+                              version=version, session=self.session)
+        if settings.salesforce_username:
+            # Password login: simple-salesforce logs in again by itself when the session expires.
+            try:
+                return Salesforce(username=settings.salesforce_username, password=settings.salesforce_password,
+                                  security_token=settings.salesforce_security_token, domain=settings.salesforce_domain,
+                                  version=version, session=self.session)
+            except SalesforceError as exc:
+                raise ConfigError(f"Salesforce login as {settings.salesforce_username} failed: {exc}; check "
+                                  "LEADSTREAM_SALESFORCE_PASSWORD, _SECURITY_TOKEN and _DOMAIN") from None
+        raise ConfigError(
+            "Salesforce credentials are missing: set LEADSTREAM_SALESFORCE_INSTANCE_URL and "
+            "LEADSTREAM_SALESFORCE_ACCESS_TOKEN, or LEADSTREAM_SALESFORCE_USERNAME, _PASSWORD and _SECURITY_TOKEN"
+        )
+
+    def deliver(self, item: Crossing, steps: Steps) -> None:
+        if item.kind != "lead":
+            return
+        lead_id = item.traits.get("salesforce_id") or self._find_lead(item)
+        values = self.mapping.record_values(item)
+        self._call(f"Lead {lead_id}", lambda: self.sf.Lead.update(lead_id, values))
+        task = self.mapping.task
+        if item.direction != "up" or task is None or item.to_level not in task.levels:
+            return
+        due = datetime.fromtimestamp(item.time_ms / 1000, timezone.utc) + timedelta(hours=task.due_in_hours)
+        fields = item.template_fields()
+
+        def create() -> str:
+            owner = task.owner or self._call(f"Lead {lead_id}", lambda: str(self.sf.Lead.get(lead_id)["OwnerId"]))
+            body = {
+                "WhoId": lead_id,
+                "OwnerId": owner,
+                "Subject": task.subject.format(**fields),
+                "Description": task.body.format(**fields),
+                "ActivityDate": due.date().isoformat(),
+                "Status": "Not Started",
+                "Priority": task.priority,
+                task.crossing_id_property: item.id,
+            }
+            return self._call("create Task", lambda: str(self.sf.Task.create(body)["id"]))
+
+        def find() -> str | None:
+            soql = format_soql("SELECT Id FROM Task WHERE {:literal} = {} LIMIT 1", task.crossing_id_property, item.id)
+            return self._call("find Task", lambda: _first_id(self.sf.query(soql)))
+
+        steps.once("task", create, find)
+
+    def _find_lead(self, crossing: Crossing) -> str:
+        if not crossing.email:
+            raise PermanentError(f"lead {crossing.lead_id} has neither a salesforce_id nor an email trait: "
+                                 "no way to find its Salesforce Lead")
+        soql = format_soql("SELECT Id FROM Lead WHERE Email = {} AND IsConverted = false "
+                           "ORDER BY CreatedDate DESC LIMIT 1", crossing.email)
+        lead_id = self._call("find Lead", lambda: _first_id(self.sf.query(soql)))
+        if lead_id is None:
+            raise PermanentError(f"no unconverted Salesforce Lead has the email {crossing.email} "
+                                 f"(lead {crossing.lead_id}): create it, or add its salesforce_id trait")
+        return lead_id
+
+    def _call(self, what: str, request: Callable[[], R]) -> R:
+        """One API request (and reading its answer): within the rate limit, failures as sink errors."""
+        self.limiter.acquire()
+        try:
+            return request()
+        except (ValueError, KeyError, TypeError) as exc:  # before RequestException: requests' JSON error is both
+            raise RetryableError(f"Salesforce {what}: malformed answer ({type(exc).__name__}: {exc})") from None
+        except SalesforceError as exc:
+            content = exc.content
+            codes = {e.get("errorCode") for e in content if isinstance(e, dict)} if isinstance(content, list) else set()
+            if codes & _RETRYABLE_CODES:
+                raise RetryableError(f"Salesforce {what}: {', '.join(sorted(c for c in codes if c))}: {content}") from None
+            raise for_status(int(exc.status), f"Salesforce {what}", str(content)) from None
+        except requests.RequestException as exc:
+            raise transport_error(f"Salesforce {what}", exc) from None
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def _first_id(result: dict[str, Any]) -> str | None:
+    records = result["records"]
+    return str(records[0]["Id"]) if records else None

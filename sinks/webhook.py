@@ -1,0 +1,108 @@
+"""Webhook connector: POST each crossing as JSON, signed, to any other CRM or automation hook.
+
+The body is the crossing exactly as the sink topic holds it. Headers:
+
+- `X-Leadstream-Id`: the crossing id; the same on every retry and replay, so a receiver that
+  keeps the ids it has handled (for a day or more) never acts twice.
+- `X-Leadstream-Timestamp`: Unix seconds when this attempt was signed.
+- `X-Leadstream-Signature`: `v1=` + hex HMAC-SHA256, keyed with LEADSTREAM_WEBHOOK_SECRET, of
+  the timestamp, a dot and the raw body (`f"{timestamp}.".encode() + body`).
+
+Verifying, in any language (`verify_signature` below does it in Python):
+1. Read the raw body bytes before parsing them.
+2. Compute `hex(HMAC_SHA256(secret, timestamp + "." + body))` and compare it with the part of
+   the signature header after `v1=`, in constant time.
+3. Reject a timestamp more than 5 minutes from your clock: a captured request cannot be replayed.
+
+Any 2xx acknowledges; 408, 425, 429 (with Retry-After honoured) and 5xx are retried; a redirect
+or another 4xx dead-letters the crossing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import requests
+
+from sinks.base import Crossing, Sink, Steps
+from sinks.errors import PermanentError, for_status
+from sinks.http import TimeoutSession, transport_error
+from sinks.ratelimit import limiter_for
+from streams.errors import ConfigError
+from streams.settings import Settings
+
+SIGNATURE_VERSION = "v1"
+TOLERANCE_S = 300
+
+
+def sign(secret: str, timestamp: int, body: bytes) -> str:
+    digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"{SIGNATURE_VERSION}={digest}"
+
+
+def verify_signature(secret: str, timestamp: str, body: bytes, signature: str, now_s: float,
+                     tolerance_s: int = TOLERANCE_S) -> bool:
+    """The receiver's check: signature matches and the timestamp is recent."""
+    try:
+        signed_at = int(timestamp)
+    except ValueError:
+        return False
+    if abs(now_s - signed_at) > tolerance_s:
+        return False
+    return hmac.compare_digest(sign(secret, signed_at, body), signature)
+
+
+@dataclass(frozen=True)
+class Post:
+    crossing_id: str
+    body: bytes
+
+
+class WebhookSink(Sink[Post]):
+    name = "webhook"
+
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.time) -> None:
+        if not settings.webhook_url:
+            raise ConfigError("LEADSTREAM_WEBHOOK_URL is empty: set the URL to POST crossings to")
+        if not settings.webhook_secret:
+            raise ConfigError("LEADSTREAM_WEBHOOK_SECRET is empty: set a long random secret (e.g. `openssl rand "
+                              "-hex 32`) and give the same one to the receiver to verify signatures")
+        self.url = settings.webhook_url
+        self.secret = settings.webhook_secret
+        self.clock = clock
+        self.limiter = limiter_for("LEADSTREAM_WEBHOOK_RATE_LIMIT", settings.webhook_rate_limit)
+        self.session = TimeoutSession(settings.sink_timeout_s, settings.sink_concurrency)
+
+    def parse(self, key: bytes | None, value: bytes | None) -> Post:
+        crossing = Crossing.from_json(value)  # only valid crossings leave; the body stays as it came
+        return Post(crossing.id, value or b"")
+
+    def delivery_id(self, item: Post) -> str:
+        return item.crossing_id
+
+    def deliver(self, item: Post, steps: Steps) -> None:
+        timestamp = int(self.clock())
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": "leadstream-webhook/1",
+            "X-Leadstream-Id": item.crossing_id,
+            "X-Leadstream-Timestamp": str(timestamp),
+            "X-Leadstream-Signature": sign(self.secret, timestamp, item.body),
+        }
+        self.limiter.acquire()
+        try:
+            response = self.session.post(self.url, data=item.body, headers=headers, allow_redirects=False)
+        except requests.RequestException as exc:
+            raise transport_error(f"webhook {self.url}", exc) from None
+        if 300 <= response.status_code < 400:
+            raise PermanentError(f"webhook {self.url}: redirected (HTTP {response.status_code}) to "
+                                 f"{response.headers.get('Location')}: set LEADSTREAM_WEBHOOK_URL to the final URL")
+        if response.status_code >= 400:
+            raise for_status(response.status_code, f"webhook {self.url}", response.text, response.headers)
+
+    def close(self) -> None:
+        self.session.close()
