@@ -1,0 +1,382 @@
+"""The collector's HTTP contract against the real broker: mapping into Kafka, envelopes, every rejection."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import gzip
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from typing import Any, Iterator
+
+import orjson
+import pytest
+import requests
+
+from streams.collector import BATCH_LIMIT_BYTES, CALL_LIMIT_BYTES, KafkaWriter, Outgoing
+from streams.errors import Unavailable
+from streams.partitioning import partition_for
+from streams.settings import PROJECT_ROOT, Settings
+from tests.infra import free_port
+from tests.streams.collector_support import SOURCES, WRITE_KEY, ThreadedCollector, all_events, read_messages
+
+
+@pytest.fixture
+def settings(isolated: Settings) -> Settings:
+    return isolated.with_overrides(collector_write_keys=SOURCES, collector_body_timeout_ms=1000)
+
+
+@pytest.fixture
+def collector(settings: Settings) -> Iterator[ThreadedCollector]:
+    with ThreadedCollector(settings) as running:
+        yield running
+
+
+def track(lead: str, **extra: Any) -> dict[str, Any]:
+    return {"type": "track", "userId": lead, "event": "Pricing Viewed", "messageId": uuid.uuid4().hex, **extra}
+
+
+def test_each_single_call_lands_keyed_by_its_lead_on_the_leads_partition(collector: ThreadedCollector, settings: Settings) -> None:
+    calls = {
+        "track": {"userId": "u-1", "event": "Demo Requested", "properties": {"size": 3}, "timestamp": "2026-01-01T10:00:00Z"},
+        "page": {"anonymousId": "a-1", "properties": {"url": "https://acme.test/pricing"}, "timestamp": "2026-01-01T10:00:01Z"},
+        "screen": {"userId": "u-2", "name": "Billing", "timestamp": "2026-01-01T10:00:02Z"},
+        "identify": {"userId": "u-1", "traits": {"email": "ada@acme.test"}, "timestamp": "2026-01-01T10:00:03Z"},
+        "group": {"userId": "u-1", "groupId": "acme", "traits": {"employees": 50}, "timestamp": "2026-01-01T10:00:04Z"},
+        "alias": {"userId": "u-1", "previousId": "a-1", "timestamp": "2026-01-01T10:00:05Z"},
+    }
+    for kind, call in calls.items():
+        response = collector.post(f"/v1/{kind}", {**call, "messageId": f"m-{kind}"})
+        assert (response.status_code, response.json()) == (200, {"success": True, "accepted": 1}), kind
+
+    partitions = settings.partitions
+    events = read_messages(settings, settings.topic_events, events=3)
+    profiles = read_messages(settings, settings.topic_profiles, events=3)
+    got = {m.events[0]["event_id"]: (m.key, m.partition, m.events[0]) for m in events + profiles}
+    assert sorted(got) == sorted(f"m-{kind}" for kind in calls)
+    for event_id, (key, partition, event) in got.items():
+        assert key == event["lead_id"].encode()
+        assert partition == partition_for(event["lead_id"], partitions)
+        assert event["source"] == "website"
+    assert {e["type"] for m in events for e in m.events} == {"demo_requested", "page_view", "screen_view"}
+    assert {e["type"] for m in profiles for e in m.events} == {"identify", "group", "alias"}
+    assert got["m-page"][2]["lead_id"] == "anon:a-1"
+    assert got["m-page"][2]["properties"]["path"] == "/pricing"
+    assert got["m-group"][2]["account_id"] == "acme"
+    assert got["m-alias"][2]["previous_id"] == "a-1"
+    assert got["m-track"][2]["time"] == 1_767_261_600_000  # 2026-01-01T10:00:00Z
+
+
+def test_a_batch_is_written_as_one_envelope_per_partition(collector: ThreadedCollector, settings: Settings) -> None:
+    leads = [f"lead-{i}" for i in range(40)]
+    batch = [track(leads[i % 40]) for i in range(200)]
+    batch += [{"type": "identify", "userId": lead, "traits": {"n": n}, "messageId": uuid.uuid4().hex} for lead in leads[:3] for n in (1, 2)]
+    response = collector.post("/v1/batch", {"batch": batch, "sentAt": "2026-01-01T00:00:00Z"})
+    assert (response.status_code, response.json()) == (200, {"success": True, "accepted": 206})
+
+    events = read_messages(settings, settings.topic_events, events=200)
+    assert len(events) == settings.partitions  # 40 leads cover every partition
+    for message in events:
+        assert message.key is None  # several leads share each envelope
+        assert {partition_for(e["lead_id"], settings.partitions) for e in message.events} == {message.partition}
+    ids = [e["event_id"] for e in all_events(events)]
+    assert sorted(ids) == sorted(call["messageId"] for call in batch[:200])
+    # The compacted profiles topic gets one keyed message per lead, holding that lead's updates in order.
+    profiles = read_messages(settings, settings.topic_profiles, events=6)
+    assert sorted((m.key, [e["traits"]["n"] for e in m.events]) for m in profiles) == [
+        (lead.encode(), [1, 2]) for lead in sorted(leads[:3])
+    ]
+
+
+def test_bad_calls_of_a_batch_are_reported_and_dead_lettered_and_the_good_ones_kept(
+    collector: ThreadedCollector, settings: Settings
+) -> None:
+    good = [track("u-1"), track("u-2")]
+    bad = [
+        {"type": "track", "userId": "u-3", "messageId": "no-event"},
+        {"type": "track", "event": "A", "messageId": "nobody"},
+        {"type": "login", "userId": "u-4", "messageId": "bad-type"},
+        "not a call",
+        {"type": "track", "userId": "u-5", "event": "Big", "messageId": "too-big", "properties": {"x": "y" * CALL_LIMIT_BYTES}},
+    ]
+    response = collector.post("/v1/batch", {"batch": [good[0], *bad, good[1]], "writeKey": "ignored with a header"})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["accepted"] == 2
+    assert [(r["index"], r["messageId"], r["code"]) for r in body["rejected"]] == [
+        (1, "no-event", "missing_event"),
+        (2, "nobody", "missing_identity"),
+        (3, "bad-type", "bad_type"),
+        (4, None, "bad_call"),
+        (5, "too-big", "too_large"),
+    ]
+    assert all(r["message"] for r in body["rejected"])
+    assert sorted(e["event_id"] for e in all_events(read_messages(settings, settings.topic_events, events=2))) == sorted(
+        call["messageId"] for call in good
+    )
+    letters = all_events(read_messages(settings, settings.topic_deadletter, events=5))
+    assert sorted(letter["reason"] for letter in letters) == sorted(r["code"] for r in body["rejected"])
+    no_event = next(letter for letter in letters if letter["reason"] == "missing_event")
+    assert orjson.loads(no_event["original"]) == bad[0]
+    assert no_event["detail"].startswith("source website, /v1/batch call 1: ")
+
+
+def test_a_bad_single_call_is_answered_400_and_dead_lettered(collector: ThreadedCollector, settings: Settings) -> None:
+    response = collector.post("/v1/track", {"userId": "u-1", "messageId": "m-1", "writeKey": WRITE_KEY}, key=None)
+    assert response.status_code == 400
+    assert response.json()["code"] == "missing_event"
+    [letter] = all_events(read_messages(settings, settings.topic_deadletter, events=1))
+    assert letter["reason"] == "missing_event"
+    assert "writeKey" not in orjson.loads(letter["original"])  # the key is not copied into the dead letters
+
+
+def gzipped(body: Any) -> bytes:
+    return gzip.compress(orjson.dumps(body))
+
+
+def padded_batch(size: int) -> dict[str, Any]:
+    """A batch of valid calls holding about `size` bytes of JSON."""
+    per_call = 30_000
+    return {"batch": [track("u-1", properties={"pad": "x" * per_call}) for _ in range(size // per_call + 1)]}
+
+
+GZIP = {"Content-Encoding": "gzip"}
+REJECTIONS = [
+    ("/v1/track", orjson.dumps(track("u")), {"Content-Type": "application/xml"}, "bad_content_type"),
+    ("/v1/track", b'{"userId": "u", "event": "A"', {}, "bad_json"),
+    ("/v1/track", b"[1, 2]", {}, "bad_json"),
+    ("/v1/batch", b'{"batch": {"type": "track"}}', {}, "bad_batch"),
+    ("/v1/batch", b"{}", {}, "bad_batch"),
+    ("/v1/track", orjson.dumps(track("u")), {"Content-Encoding": "br"}, "bad_encoding"),
+    ("/v1/track", b"this is not gzip", GZIP, "bad_gzip"),
+    ("/v1/track", gzipped(track("u"))[:-12], GZIP, "bad_gzip"),
+    ("/v1/track", orjson.dumps(track("u", properties={"pad": "x" * CALL_LIMIT_BYTES})), {}, "too_large"),
+    ("/v1/batch", orjson.dumps(padded_batch(BATCH_LIMIT_BYTES)), {}, "too_large"),
+    ("/v1/batch", gzipped(padded_batch(BATCH_LIMIT_BYTES)), GZIP, "too_large"),
+    ("/v1/batch", gzip.compress(b" " * 50_000_000), GZIP, "too_large"),  # a gzip bomb: 50 MB from 50 KB
+]
+
+
+def test_bad_requests_get_400_with_the_reason_and_nothing_is_written(collector: ThreadedCollector, settings: Settings) -> None:
+    for path, body, headers, code in REJECTIONS:
+        response = collector.post(path, body, headers=headers)
+        assert (response.status_code, response.json()["code"]) == (400, code), (path, headers, body[:60])
+        assert response.json()["message"]
+    for topic in (settings.topic_events, settings.topic_deadletter):
+        assert read_messages(settings, topic, events=0, settle_s=0.5) == []
+
+
+def test_bodies_just_within_the_limits_after_gzip_are_accepted(collector: ThreadedCollector, settings: Settings) -> None:
+    batch = padded_batch(BATCH_LIMIT_BYTES - 40_000)
+    assert BATCH_LIMIT_BYTES - 40_000 < len(orjson.dumps(batch)) <= BATCH_LIMIT_BYTES
+    assert collector.post("/v1/batch", gzipped(batch), headers=GZIP).json() == {"success": True, "accepted": len(batch["batch"])}
+    call = track("u", properties={"pad": "x" * (CALL_LIMIT_BYTES - 200)})
+    assert collector.post("/v1/track", gzipped(call), headers=GZIP).json()["accepted"] == 1
+
+
+@pytest.mark.parametrize(
+    ("auth", "body_key"),
+    [
+        (("wk-unknown", ""), None),  # HTTP Basic, unknown key
+        (None, "wk-unknown"),  # in the body, unknown key
+        (None, None),  # no key at all
+        ("Bearer " + WRITE_KEY, None),  # not Basic
+        ("Basic !!notbase64", None),
+    ],
+)
+def test_a_wrong_write_key_gets_401_and_nothing_is_written(
+    collector: ThreadedCollector, settings: Settings, auth: Any, body_key: str | None
+) -> None:
+    body: dict[str, Any] = {"batch": [track("u-1")]}
+    if body_key:
+        body["writeKey"] = body_key
+    headers = {"Content-Type": "application/json"}
+    if isinstance(auth, str):
+        headers["Authorization"] = auth
+    response = requests.post(f"{collector.url}/v1/batch", data=orjson.dumps(body), auth=auth if isinstance(auth, tuple) else None,
+                             headers=headers, timeout=10)
+    assert (response.status_code, response.json()["code"]) == (401, "unauthorized")
+    for topic in (settings.topic_events, settings.topic_deadletter):
+        assert read_messages(settings, topic, events=0, settle_s=0.5) == []
+
+
+def test_a_beacon_with_the_key_in_a_text_plain_body_is_accepted(collector: ThreadedCollector, settings: Settings) -> None:
+    response = requests.post(
+        f"{collector.url}/v1/page",
+        data=orjson.dumps({"writeKey": WRITE_KEY, "anonymousId": "a-7", "properties": {"path": "/"}}),
+        headers={"Content-Type": "text/plain;charset=UTF-8", "Origin": "https://acme.test"},
+        timeout=10,
+    )
+    assert response.status_code == 200
+    assert response.headers["Access-Control-Allow-Origin"] == "*"
+    [event] = all_events(read_messages(settings, settings.topic_events, events=1))
+    assert (event["lead_id"], event["type"]) == ("anon:a-7", "page_view")
+
+
+def test_the_snippet_and_cors_preflight_are_served(collector: ThreadedCollector) -> None:
+    script = requests.get(f"{collector.url}/v1/leadstream.js", timeout=10)
+    assert script.status_code == 200
+    assert script.headers["Content-Type"].startswith("application/javascript")
+    assert "sendBeacon" in script.text
+    preflight = requests.options(f"{collector.url}/v1/batch", headers={"Origin": "https://acme.test"}, timeout=10)
+    assert preflight.status_code == 204
+    assert "Authorization" in preflight.headers["Access-Control-Allow-Headers"]
+
+
+def raw_request(port: int, head: bytes) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(head)
+    return sock
+
+
+def read_status(sock: socket.socket) -> tuple[int, bytes]:
+    response = b""
+    while b"\r\n\r\n" not in response or not response.rstrip().endswith(b"}"):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        response += chunk
+    return int(response.split(b" ", 2)[1]), response.partition(b"\r\n\r\n")[2]
+
+
+def headers_for(length: int) -> bytes:
+    return (
+        f"POST /v1/track HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n"
+        f"Authorization: Basic {base64.b64encode(f'{WRITE_KEY}:'.encode()).decode()}\r\n\r\n"
+    ).encode()
+
+
+def test_a_client_sending_its_body_slowly_is_cut_off_by_the_timeout(collector: ThreadedCollector) -> None:
+    body = orjson.dumps(track("u-slow"))
+    sock = raw_request(collector.settings.collector_port, headers_for(len(body)) + body[:10])
+    started = time.monotonic()
+    try:
+        # Meanwhile other clients are served.
+        assert collector.post("/v1/track", track("u-fast")).status_code == 200
+        for byte in body[10:20]:
+            sock.sendall(bytes([byte]))
+            time.sleep(0.15)
+        status, payload = read_status(sock)
+    finally:
+        sock.close()
+    assert (status, orjson.loads(payload)["code"]) == (408, "body_timeout")
+    assert 0.9 < time.monotonic() - started < 5
+
+
+def test_a_body_cut_short_by_the_client_is_dropped_without_an_error(
+    collector: ThreadedCollector, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    body = orjson.dumps(track("u-1"))
+    sock = raw_request(collector.settings.collector_port, headers_for(len(body)) + body[: len(body) // 2])
+    try:
+        sock.shutdown(socket.SHUT_WR)  # the client gives up half-way: there is nobody left to answer
+        assert sock.recv(1024) == b""
+    finally:
+        sock.close()
+    assert collector.post("/v1/track", track("u-2")).status_code == 200
+    [event] = all_events(read_messages(settings, settings.topic_events, events=1))
+    assert event["lead_id"] == "u-2"
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+
+
+def test_kafka_down_gives_503_with_retry_after(settings: Settings) -> None:
+    down = settings.with_overrides(kafka_bootstrap=f"127.0.0.1:{free_port()}")
+    with ThreadedCollector(down, wait_ready=False) as collector:
+        assert requests.get(f"{collector.url}/readyz", timeout=5).status_code == 503
+        response = collector.post("/v1/batch", {"batch": [track("u-1")]})
+        assert response.status_code == 503
+        assert int(response.headers["Retry-After"]) > 0
+        assert response.json()["code"] == "unavailable"
+        # Still a 401 for a wrong key, and a 400 for a bad body: those never depend on Kafka.
+        assert collector.post("/v1/batch", {"batch": []}, key="wk-unknown").status_code == 401
+        assert collector.post("/v1/batch", b"{", headers={}).status_code == 400
+
+
+def test_more_unacknowledged_bytes_than_allowed_gives_503(settings: Settings) -> None:
+    with ThreadedCollector(settings.with_overrides(collector_max_in_flight_bytes=2000)) as collector:
+        assert collector.post("/v1/batch", {"batch": [track("u-1")]}).status_code == 200
+        response = collector.post("/v1/batch", {"batch": [track(f"u-{i}") for i in range(20)]})
+        assert response.status_code == 503
+        assert "LEADSTREAM_COLLECTOR_MAX_IN_FLIGHT_BYTES" in response.json()["message"]
+
+
+class NeverAcknowledges:
+    """A producer whose sends are queued and never acknowledged: a broker that stopped answering."""
+
+    def __init__(self) -> None:
+        self.pending: list[asyncio.Future[None]] = []
+
+    async def send(self, topic: str, value: bytes, key: bytes | None = None, partition: int | None = None) -> asyncio.Future[None]:
+        self.pending.append(asyncio.get_running_loop().create_future())
+        return self.pending[-1]
+
+
+def test_a_kafka_that_does_not_acknowledge_in_time_gives_unavailable(settings: Settings) -> None:
+    writer = KafkaWriter(settings.with_overrides(collector_ack_timeout_ms=200))
+    writer._producer = NeverAcknowledges()
+
+    async def attempt() -> float:
+        started = time.monotonic()
+        with pytest.raises(Unavailable, match="LEADSTREAM_COLLECTOR_ACK_TIMEOUT_MS") as caught:
+            await writer.write([Outgoing(settings.topic_events, 0, b"u", b"{}")])
+        assert caught.value.retry_after_s > 0
+        return time.monotonic() - started
+
+    assert 0.2 <= asyncio.run(attempt()) < 1.0
+    assert writer._in_flight_bytes == 0  # the bound is released for later requests
+
+
+def test_a_collector_killed_mid_request_lost_nothing_it_acknowledged(settings: Settings) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streams.cli", "collector"],
+        env={**os.environ, **settings.as_env()},
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{settings.collector_port}"
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        acknowledged: list[str] = []
+        stop = threading.Event()
+
+        def client(n: int) -> None:
+            with requests.Session() as session:
+                while not stop.is_set():
+                    batch = [track(f"u-{n}-{i % 7}") for i in range(50)]
+                    try:
+                        response = session.post(f"{url}/v1/batch", data=orjson.dumps({"batch": batch}), auth=(WRITE_KEY, ""),
+                                                headers={"Content-Type": "application/json"}, timeout=10)
+                    except requests.ConnectionError:
+                        return
+                    if response.status_code == 200:
+                        acknowledged.extend(call["messageId"] for call in batch)
+
+        clients = [threading.Thread(target=client, args=(n,)) for n in range(4)]
+        for thread in clients:
+            thread.start()
+        time.sleep(1.5)
+        os.killpg(proc.pid, signal.SIGKILL)
+        stop.set()
+        for thread in clients:
+            thread.join(timeout=15)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert len(acknowledged) >= 500
+    written = {e["event_id"] for e in all_events(read_messages(settings, settings.topic_events, events=len(acknowledged)))}
+    assert set(acknowledged) <= written

@@ -1,0 +1,231 @@
+"""The Segment-spec mapping (streams/segment.py) and the collector's configuration, without a broker."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from streams.collector import load_sources
+from streams.errors import ConfigError, RequestRejected
+from streams.segment import Mapper, Source, canonical_traits, event_time_ms, snake_case
+
+RECEIVED = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+SITE = Source("website")
+
+
+def mapped(call: dict[str, Any], call_type: str | None = None, source: Source = SITE, sent_at: object = None) -> tuple[bool, dict[str, Any]]:
+    result = Mapper("snake_case").map(call, call_type, source, RECEIVED, sent_at)
+    event = orjson.loads(result.value)
+    assert result.lead_id == event["lead_id"]
+    return result.profile, event
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("Pricing Viewed", "pricing_viewed"),
+        ("PricingViewed", "pricing_viewed"),
+        ("pricing-viewed", "pricing_viewed"),
+        ("  Signed Up!  ", "signed_up"),
+        ("URLClicked", "url_clicked"),
+        ("Demo Requested (v2)", "demo_requested_v2"),
+        ("Präsentation Angesehen", "präsentation_angesehen"),
+        ("already_snake", "already_snake"),
+    ],
+)
+def test_event_names_are_normalised_to_snake_case(name: str, expected: str) -> None:
+    assert snake_case(name) == expected
+
+
+def test_verbatim_event_names_are_kept_as_sent() -> None:
+    call = {"userId": "u1", "event": "Pricing Viewed", "messageId": "m"}
+    assert orjson.loads(Mapper("verbatim").map(call, "track", SITE, RECEIVED).value)["type"] == "Pricing Viewed"
+
+
+def test_an_unknown_naming_style_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="LEADSTREAM_COLLECTOR_EVENT_NAMES"):
+        Mapper("camelCase")
+
+
+def test_track_maps_to_the_normalised_event_with_its_properties() -> None:
+    profile, event = mapped(
+        {
+            "type": "track",
+            "userId": "u-1",
+            "anonymousId": "a-1",
+            "event": "Pricing Viewed",
+            "properties": {"plan": "pro"},
+            "timestamp": "2026-01-01T00:00:00.500+01:00",
+            "messageId": "m-1",
+            "context": {"groupId": "acme", "traits": {"email": "ada@example.com"}, "app": {"name": "console"}},
+        }
+    )
+    assert not profile
+    assert event == {
+        "event_id": "m-1",
+        "lead_id": "u-1",
+        "type": "pricing_viewed",
+        "time": RECEIVED - 3600_000 + 500,
+        "received_at": RECEIVED,
+        "properties": {"plan": "pro"},
+        "traits": {"email": "ada@example.com"},
+        "account_id": "acme",
+        "product": "console",
+        "anonymous_id": "a-1",
+        "source": "website",
+    }
+
+
+def test_page_maps_to_a_page_view_with_fields_from_context_and_time_on_page() -> None:
+    profile, event = mapped(
+        {
+            "anonymousId": "a-2",
+            "name": "Pricing",
+            "properties": {"title": "Pricing - Acme", "time_on_page_ms": 4200},
+            "context": {"page": {"url": "https://acme.test/pricing?x=1", "referrer": "https://google.com/", "title": "ignored"}},
+            "messageId": "m-2",
+        },
+        "page",
+        source=Source("website", product="marketing"),
+    )
+    assert not profile
+    assert event["lead_id"] == "anon:a-2"
+    assert event["type"] == "page_view"
+    assert event["time"] == RECEIVED  # no timestamp at all: the arrival time
+    assert event["product"] == "marketing"
+    assert event["properties"] == {
+        "title": "Pricing - Acme",
+        "time_on_page_ms": 4200,
+        "url": "https://acme.test/pricing?x=1",
+        "referrer": "https://google.com/",
+        "path": "/pricing",
+        "name": "Pricing",
+    }
+
+
+def test_identify_is_a_profile_update_with_the_fit_traits_flattened() -> None:
+    profile, event = mapped(
+        {
+            "type": "identify",
+            "userId": 42,
+            "traits": {"email": "ada@acme.test", "title": "CTO", "company": {"name": "Acme", "employee_count": 250, "industry": "Software"},
+                       "address": {"country": "DE"}},
+            "messageId": "m-3",
+            "timestamp": "2026-01-01T00:00:00Z",
+        }
+    )
+    assert profile
+    assert event["lead_id"] == "42"
+    assert event["type"] == "identify"
+    assert event["traits"]["email"] == "ada@acme.test"
+    assert (event["traits"]["company_size"], event["traits"]["industry"], event["traits"]["country"]) == (250, "Software", "DE")
+
+
+def test_group_gives_the_account_id_and_account_traits() -> None:
+    profile, event = mapped(
+        {"type": "group", "userId": "u-1", "groupId": "acme", "traits": {"name": "Acme", "employees": 80, "industry": "Retail"}, "messageId": "m"}
+    )
+    assert profile
+    assert (event["type"], event["account_id"]) == ("group", "acme")
+    assert event["traits"] == {"name": "Acme", "employees": 80, "industry": "Retail", "company_size": 80}
+
+
+def test_alias_keeps_the_previous_id_for_stitching() -> None:
+    profile, event = mapped({"type": "alias", "userId": "u-9", "previousId": "a-9", "messageId": "m"})
+    assert profile
+    assert (event["lead_id"], event["type"], event["previous_id"]) == ("u-9", "alias", "a-9")
+
+
+def test_flat_traits_already_sent_win_over_nested_ones() -> None:
+    assert canonical_traits({"industry": "Banking", "company": {"industry": "Software"}})["industry"] == "Banking"
+
+
+@pytest.mark.parametrize(
+    ("call", "sent_at", "expected"),
+    [
+        ({"timestamp": "2026-01-01T00:00:01Z", "originalTimestamp": "2020-01-01T00:00:00Z"}, None, RECEIVED + 1000),
+        # The client's clock runs 1 h ahead; it sent the call 5 s after it happened.
+        ({"originalTimestamp": "2026-01-01T00:59:55Z", "sentAt": "2026-01-01T01:00:00Z"}, None, RECEIVED - 5000),
+        ({"originalTimestamp": "2026-01-01T00:59:55Z"}, "2026-01-01T01:00:00Z", RECEIVED - 5000),
+        ({"originalTimestamp": "2026-01-01T00:00:02"}, None, RECEIVED + 2000),  # no offset: UTC
+        ({}, "2026-01-01T01:00:00Z", RECEIVED),
+    ],
+)
+def test_event_time_follows_segments_rules(call: dict[str, Any], sent_at: object, expected: int) -> None:
+    assert event_time_ms(call, RECEIVED, sent_at) == expected
+
+
+def test_a_call_without_message_id_gets_a_content_hash_that_ignores_sent_at() -> None:
+    call = {"userId": "u", "event": "A", "timestamp": "2026-01-01T00:00:00Z"}
+    first = mapped({**call, "sentAt": "2026-01-01T00:00:01Z"}, "track")[1]
+    retry = mapped({**call, "sentAt": "2026-01-01T00:00:09Z"}, "track")[1]
+    other = mapped({**call, "event": "B"}, "track")[1]
+    assert first["event_id"] == retry["event_id"] != other["event_id"]
+    assert first["event_id"].startswith("sha256:")
+
+
+@pytest.mark.parametrize(
+    ("call", "call_type", "code"),
+    [
+        ([1, 2], None, "bad_call"),
+        ({"userId": "u"}, None, "bad_type"),
+        ({"type": "purchase", "userId": "u"}, None, "bad_type"),
+        ({"type": "track", "event": "A"}, None, "missing_identity"),
+        ({"userId": "", "anonymousId": "", "event": "A"}, "track", "missing_identity"),
+        ({"userId": "u"}, "track", "missing_event"),
+        ({"userId": "u", "event": "  "}, "track", "missing_event"),
+        ({"userId": "u", "event": "!!!"}, "track", "bad_event"),
+        ({"userId": "u", "groupId": ""}, "group", "missing_group_id"),
+        ({"userId": "u"}, "alias", "missing_previous_id"),
+        ({"anonymousId": "a", "previousId": "p"}, "alias", "missing_user_id"),
+        ({"userId": True, "event": "A"}, "track", "bad_field"),
+        ({"userId": "u", "event": "A", "properties": [1]}, "track", "bad_field"),
+        ({"userId": "u", "event": "A", "context": "web"}, "track", "bad_field"),
+        ({"userId": "u", "event": "A", "timestamp": "yesterday"}, "track", "bad_field"),
+        ({"userId": "u", "event": "A", "timestamp": 1767225600000}, "track", "bad_field"),
+        ({"userId": "u", "traits": "x"}, "identify", "bad_field"),
+        ({"userId": "u", "properties": {"time_on_page_ms": -1}}, "page", "bad_field"),
+        ({"userId": "u", "properties": {"time_on_page_ms": "10s"}}, "page", "bad_field"),
+        ({"userId": "u", "event": "A", "messageId": {"id": 1}}, "track", "bad_field"),
+    ],
+)
+def test_calls_that_cannot_be_mapped_are_rejected_with_a_reason(call: Any, call_type: str | None, code: str) -> None:
+    with pytest.raises(RequestRejected) as caught:
+        Mapper("snake_case").map(call, call_type, SITE, RECEIVED)
+    assert (caught.value.status, caught.value.code) == (400, code)
+    assert str(caught.value)
+
+
+def test_write_keys_from_inline_pairs() -> None:
+    assert load_sources(" k1=website , k2=backend") == {"k1": Source("website"), "k2": Source("backend")}
+
+
+def test_write_keys_from_a_sources_file(tmp_path: Path) -> None:
+    path = tmp_path / "sources.toml"
+    path.write_text('[sources.website]\nwrite_keys = ["k1", "k2"]\n\n[sources.app]\nwrite_keys = ["k3"]\nproduct = "console"\n')
+    assert load_sources(str(path)) == {"k1": Source("website"), "k2": Source("website"), "k3": Source("app", "console")}
+
+
+@pytest.mark.parametrize(
+    ("spec", "file_text", "message"),
+    [
+        ("", None, "no write keys"),
+        ("k1", None, "is not `key=source`"),
+        ("k1=a,k1=b", None, "given twice"),
+        ("missing.toml", None, "cannot read"),
+        ("sources.toml", "[sources", "not valid TOML"),
+        ("sources.toml", "[other]\n", "no \\[sources.NAME\\] tables"),
+        ("sources.toml", "[sources.web]\nwrite_keys = []\n", "non-empty list of strings"),
+        ("sources.toml", '[sources.web]\nwrite_keys = ["k"]\nproduct = 3\n', "`product` must be a string"),
+    ],
+)
+def test_bad_write_key_configuration_says_what_to_fix(tmp_path: Path, spec: str, file_text: str | None, message: str) -> None:
+    if file_text is not None:
+        (tmp_path / spec).write_text(file_text)
+    if spec.endswith(".toml"):
+        spec = str(tmp_path / spec)
+    with pytest.raises(ConfigError, match=message):
+        load_sources(spec)
