@@ -9,3 +9,7 @@ class LeadstreamError(Exception):
 
 class ModelError(LeadstreamError):
     """A scoring model file is invalid: the message names the file, the rule and the field."""
+
+
+class StateError(LeadstreamError):
+    """Stored state bytes cannot be read: written by an incompatible version, or corrupt."""

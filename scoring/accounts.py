@@ -1,0 +1,159 @@
+"""Account roll-up: member (lead) scores combined into an account score with its own ladder.
+
+The stream worker re-keys member score updates by account id, so one account's updates meet in
+one place; `AccountState` keeps each member's latest score (by the member's event time, so a
+stale update arriving late is ignored) and the account's level.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from scoring.config import Table
+from scoring.errors import StateError
+from scoring.scales import Scale, parse_scale
+from scoring.thresholds import Ladder, Transition, parse_ladder
+
+if TYPE_CHECKING:
+    from scoring.engine import ModelRuntime
+
+COMBINE = ("sum", "max", "top_k")
+
+_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class AccountRollup:
+    """How member scores combine (`sum`, `max`, or the sum of the `top_k` best) and the
+    account's ladder and 0-100 scale."""
+
+    combine: str
+    top_k: int
+    ladder: Ladder
+    scale: Scale
+
+    def score(self, members: dict[str, list[Any]]) -> float:
+        scores = [member[0] for member in members.values()]
+        if not scores:
+            return 0
+        if self.combine == "max":
+            return max(scores)
+        if self.combine == "top_k":
+            return sum(heapq.nlargest(self.top_k, scores))
+        return sum(scores)
+
+
+@dataclass(frozen=True, slots=True)
+class MemberScore:
+    """A lead's score in a model as of its newest event, for its account's roll-up."""
+
+    model: str
+    account_id: str
+    lead_id: str
+    score: float
+    time_ms: int
+
+
+class AccountState:
+    """Members' latest scores (lead id -> [score, time_ms]), the level and crossing count."""
+
+    __slots__ = ("members", "level", "crossings")
+
+    def __init__(self, members: dict[str, list[Any]], level: str, crossings: int) -> None:
+        self.members = members
+        self.level = level
+        self.crossings = crossings
+
+    def update(self, member: MemberScore) -> bool:
+        """Takes a member's score unless an update of a later time is already known."""
+        known = self.members.get(member.lead_id)
+        if known is not None and (known[1] > member.time_ms or known == [member.score, member.time_ms]):
+            return False
+        self.members[member.lead_id] = [member.score, member.time_ms]
+        return True
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps((_VERSION, self.members, self.level, self.crossings))
+
+    @classmethod
+    def from_bytes(cls, data: bytes | bytearray | memoryview) -> AccountState:
+        try:
+            values = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise StateError(f"account state is not valid JSON: {exc}") from None
+        if values.__class__ is not list or len(values) != 4 or values[0] != _VERSION:
+            raise StateError(f"account state of an unknown layout (expected version {_VERSION} with 4 values)")
+        return cls(values[1], values[2], values[3])
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, AccountState) and self.to_bytes() == other.to_bytes()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"AccountState({self.to_bytes().decode()})"
+
+
+def parse_accounts(table: Table | None, default_scale: Scale) -> AccountRollup | None:
+    if table is None:
+        return None
+    table.check_keys(("combine", "top_k", "base", "hysteresis", "ladder", "zero_at", "hundred_at"))
+    combine = table.string("combine", "sum")
+    if combine not in COMBINE:
+        raise table.error("combine", f"one of {', '.join(COMBINE)}", combine)
+    if combine == "top_k":
+        top_k = table.integer("top_k", minimum=1)
+    elif table.has("top_k"):
+        raise table.error("top_k", "no top_k unless combine = \"top_k\"", table.raw("top_k"))
+    else:
+        top_k = 0
+    ladder = parse_ladder(table)
+    if table.has("zero_at") or table.has("hundred_at"):
+        scale = parse_scale(Table(table.file, table.where, {k: table.data[k] for k in ("zero_at", "hundred_at") if k in table.data}), 0)
+    else:
+        scale = default_scale
+    return AccountRollup(combine, top_k, ladder, scale)
+
+
+def roll_up(runtime: ModelRuntime, account_id: str, state: AccountState | None, update: MemberScore) -> tuple[AccountState, list[Transition]]:
+    """Takes one member's score into the account; a crossing of the account ladder is returned
+    as an account transition (its reasons are the members with the most points)."""
+    rollup = runtime.model.accounts
+    base = rollup.ladder.names[0] if rollup is not None else ""
+    state = AccountState({}, base, 0) if state is None else state
+    if not state.update(update) or rollup is None:
+        return state, []
+    score = rollup.score(state.members)
+    before = rollup.ladder.index.get(state.level, 0)
+    after = rollup.ladder.level_after(before, score)
+    state.level = rollup.ladder.names[after]
+    if after == before:
+        return state, []
+    state.crossings += 1
+    normalized = rollup.scale.normalize(score)
+    temperature = runtime.model.temperature
+    top = heapq.nlargest(5, state.members.items(), key=lambda item: item[1][0])
+    transition = Transition(
+        kind="account",
+        model=runtime.name,
+        lead_id=update.lead_id,
+        account_id=account_id,
+        sequence=state.crossings,
+        from_level=rollup.ladder.names[before],
+        to_level=rollup.ladder.names[after],
+        direction="up" if after > before else "down",
+        score=round(score, 2),
+        normalized=normalized,
+        grade=None,
+        engagement=None,
+        cell=None,
+        temperature=temperature.label(normalized) if temperature is not None else None,
+        time_ms=update.time_ms,
+        reasons=tuple({"rule": "member", "lead_id": lead, "points": member[0]} for lead, member in top),
+        traits={},
+    )
+    return state, [transition]

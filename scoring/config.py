@@ -1,0 +1,137 @@
+"""Typed reading of a model file's TOML tables, with errors that name file, place and field.
+
+Every value a model file holds is read through a `Table`, so every mistake a marketing-ops
+person can make is reported the same way: `b2b.toml: rule 'pricing page', field 'cap.window':
+expected a positive duration such as '7d', '12h' or '30m', got '-1d'`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Iterable
+
+from scoring.errors import ModelError
+
+_REQUIRED: Any = object()
+
+_DURATION = re.compile(r"(\d+)(ms|s|m|h|d|w)")
+_UNIT_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
+DURATION_HINT = "a positive duration such as '7d', '12h' or '30m' (units: ms, s, m, h, d, w)"
+
+
+def parse_duration_ms(text: str) -> int | None:
+    """Milliseconds of a duration like '7d'; None when the text is not a positive duration."""
+    match = _DURATION.fullmatch(text.strip())
+    if match is None or int(match.group(1)) == 0:
+        return None
+    return int(match.group(1)) * _UNIT_MS[match.group(2)]
+
+
+def is_number(value: object) -> bool:
+    # bool is an int subclass, but `points = true` is a mistake, not 1 point.
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+class Table:
+    """One TOML table of a model file, knowing where it sits for error messages.
+
+    `where` names the place ("rule 'pricing page'", "[decay]"); `prefix` is prepended to field
+    names of nested tables ("cap." for the `cap` table of a rule).
+    """
+
+    __slots__ = ("file", "where", "data", "prefix")
+
+    def __init__(self, file: str, where: str, data: dict[str, Any], prefix: str = "") -> None:
+        self.file = file
+        self.where = where
+        self.data = data
+        self.prefix = prefix
+
+    def error(self, key: str, expected: str, got: Any = _REQUIRED) -> ModelError:
+        found = "" if got is _REQUIRED else f", got {got!r}"
+        return ModelError(f"{self.file}: {self.where}, field '{self.prefix}{key}': expected {expected}{found}")
+
+    def check_keys(self, allowed: Iterable[str]) -> None:
+        """Unknown keys are errors: a misspelt option must not be silently ignored."""
+        allowed = tuple(allowed)
+        for key in self.data:
+            if key not in allowed:
+                raise ModelError(
+                    f"{self.file}: {self.where}, field '{self.prefix}{key}': unknown field "
+                    f"(expected one of: {', '.join(allowed)})"
+                )
+
+    def has(self, key: str) -> bool:
+        return key in self.data
+
+    def raw(self, key: str, default: Any = _REQUIRED) -> Any:
+        if key in self.data:
+            return self.data[key]
+        if default is _REQUIRED:
+            raise self.error(key, "a value (this field is required)")
+        return default
+
+    def string(self, key: str, default: Any = _REQUIRED) -> Any:
+        value = self.raw(key, default)
+        if value is not default and (not isinstance(value, str) or not value.strip() or not value.isprintable()):
+            raise self.error(key, "a non-empty text on one line", value)
+        return value
+
+    def number(self, key: str, default: Any = _REQUIRED, minimum: float | None = None) -> Any:
+        value = self.raw(key, default)
+        if value is default:
+            return value
+        if not is_number(value):
+            raise self.error(key, "a number", value)
+        if minimum is not None and value < minimum:
+            raise self.error(key, f"a number of at least {minimum}", value)
+        return value
+
+    def integer(self, key: str, default: Any = _REQUIRED, minimum: int = 0) -> Any:
+        value = self.raw(key, default)
+        if value is not default and (not isinstance(value, int) or isinstance(value, bool) or value < minimum):
+            raise self.error(key, f"a whole number of at least {minimum}", value)
+        return value
+
+    def boolean(self, key: str, default: Any = _REQUIRED) -> Any:
+        value = self.raw(key, default)
+        if value is not default and not isinstance(value, bool):
+            raise self.error(key, "true or false", value)
+        return value
+
+    def duration_ms(self, key: str, default: Any = _REQUIRED) -> Any:
+        value = self.raw(key, default)
+        if value is default:
+            return value
+        duration = parse_duration_ms(value) if isinstance(value, str) else None
+        if duration is None:
+            raise self.error(key, DURATION_HINT, value)
+        return duration
+
+    def strings(self, key: str, default: Any = _REQUIRED) -> Any:
+        """A text or a list of texts, as a tuple (one text is a list of one)."""
+        value = self.raw(key, default)
+        if value is default:
+            return value
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list) or not items or not all(isinstance(v, str) and v.strip() for v in items):
+            raise self.error(key, "a text or a non-empty list of texts", value)
+        return tuple(items)
+
+    def table(self, key: str, where: str | None = None) -> Table | None:
+        """A nested table, or None when absent; `where` starts a new place (a section)."""
+        value = self.raw(key, None)
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            raise self.error(key, "a table", value)
+        if where is not None:
+            return Table(self.file, where, value)
+        return Table(self.file, self.where, value, f"{self.prefix}{key}.")
+
+    def tables(self, key: str) -> list[dict[str, Any]]:
+        """An array of tables (`[[rules]]`), as plain dicts for the caller to name."""
+        value = self.raw(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            raise self.error(key, "an array of tables ([[" + key + "]] sections)", value)
+        return value

@@ -1,0 +1,114 @@
+"""Decay of behaviour points: inactivity steps, or a half-life.
+
+Decay is a function of timestamps, never of when it is evaluated:
+
+- Steps (`30d idle: -15, 60d: -30, 90d: -50`): step k is due at last activity + its idle time
+  and takes its points once per idle period (the floor may let it take less). Bringing a lead
+  to a time applies the steps due by then that are not taken yet; an activity that turns out
+  to precede a step already taken (it arrived late) gives that step's points back, since the
+  lead was not idle that long. So evaluating at day 31, 45 and 95 or only at day 95 is the same.
+- Half-life: behaviour points are valued at `as_of_ms` and multiplied by 2^(-elapsed/half-life)
+  when brought forward; a late event's points are discounted by the time they are behind, so
+  the value at any time is the exact sum of each event's decayed points (up to float rounding).
+
+"Activity" is an event that matched at least one rule with positive points.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterator
+
+from scoring.config import Table
+from scoring.state import LeadState
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    idle_ms: int
+    points: float
+
+
+@dataclass(frozen=True, slots=True)
+class StepDecay:
+    steps: tuple[Step, ...]
+
+    def due_ms(self, state: LeadState) -> int | None:
+        """When the next step not yet taken is due; None without activity or steps left."""
+        taken = len(state.steps_taken)
+        if state.last_activity_ms == 0 or taken >= len(self.steps):
+            return None
+        return state.last_activity_ms + self.steps[taken].idle_ms
+
+    def take(self, state: LeadState, until_ms: int, floor: float) -> Iterator[tuple[int, float]]:
+        """Takes each step due by `until_ms`; yields (due time, points taken) after each."""
+        while True:
+            due = self.due_ms(state)
+            if due is None or due > until_ms:
+                return
+            step = self.steps[len(state.steps_taken)]
+            points = max(step.points, floor - state.behaviour) if state.behaviour > floor else 0
+            points = min(points, 0)
+            state.behaviour += points
+            state.steps_taken.append(points)
+            yield due, points
+
+    def give_back(self, state: LeadState, activity_ms: int) -> Iterator[float]:
+        """Returns the points of steps taken that were due after `activity_ms`, newest first."""
+        while state.steps_taken and state.last_activity_ms + self.steps[len(state.steps_taken) - 1].idle_ms > activity_ms:
+            points = state.steps_taken.pop()
+            state.behaviour -= points
+            yield -points
+
+
+@dataclass(frozen=True, slots=True)
+class HalfLifeDecay:
+    half_life_ms: int
+
+    def factor(self, elapsed_ms: int) -> float:
+        return 2.0 ** (-elapsed_ms / self.half_life_ms)
+
+    def bring_to(self, state: LeadState, time_ms: int) -> float:
+        """Values behaviour points at `time_ms` if later than now; returns the points lost."""
+        if time_ms <= state.as_of_ms:
+            return 0
+        before = state.behaviour
+        if before:
+            state.behaviour = before * self.factor(time_ms - state.as_of_ms)
+        state.as_of_ms = time_ms
+        return state.behaviour - before
+
+    def crossing_ms(self, state: LeadState, points: float) -> int | None:
+        """When behaviour points will have decayed to `points` (None if never: they only
+        approach zero, and rise when negative)."""
+        if not 0 < points < state.behaviour:
+            return None
+        return state.as_of_ms + math.ceil(self.half_life_ms * math.log2(state.behaviour / points))
+
+
+Decay = StepDecay | HalfLifeDecay
+
+
+def parse_decay(table: Table | None) -> Decay | None:
+    if table is None:
+        return None
+    table.check_keys(("steps", "half_life"))
+    if table.has("steps") and table.has("half_life"):
+        raise table.error("half_life", "either 'steps' or 'half_life', not both")
+    if table.has("half_life"):
+        return HalfLifeDecay(table.duration_ms("half_life"))
+    raw = table.raw("steps")
+    if not isinstance(raw, list) or not raw or not all(isinstance(s, dict) for s in raw):
+        raise table.error("steps", "a list such as [{ idle = \"30d\", points = -15 }, ...]", raw)
+    steps = []
+    for number, spec in enumerate(raw, 1):
+        step = Table(table.file, table.where, spec, f"steps[{number}].")
+        step.check_keys(("idle", "points"))
+        idle_ms, points = step.duration_ms("idle"), step.number("points")
+        if points > 0:
+            raise step.error("points", "a negative number (decay takes points away)", points)
+        if steps and idle_ms <= steps[-1].idle_ms:
+            raise step.error("idle", "a longer idle time than the step before (steps in order)", spec["idle"])
+        steps.append(Step(idle_ms, points))
+    return StepDecay(tuple(steps))

@@ -1,0 +1,435 @@
+"""The engine: events in, lead states, transitions and account updates out. Pure: no I/O, no
+clock (every time is passed in), no Kafka.
+
+`Engine.apply_batch` takes the events of many leads and models (a Kafka batch) and a function
+to read stored states; it returns only the states it changed, so the worker writes each changed
+state once per batch. Results do not depend on how events are cut into batches, and an event
+applied twice (same event id, within the bounds documented in scoring/state.py) changes nothing:
+the worker relies on both for at-least-once redelivery.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from scoring import explain as explaining
+from scoring.accounts import AccountState, MemberScore, roll_up
+from scoring.decay import HalfLifeDecay, StepDecay
+from scoring.errors import ModelError
+from scoring.events import IDENTIFY, Event, Rejection, parse_event, parse_message
+from scoring.model import Model, load_directory
+from scoring.repeat import Window, drop_closed, limited_points
+from scoring.rules import Matcher, compile_matcher
+from scoring.state import LeadState
+from scoring.thresholds import Transition
+
+GetState = Callable[[str, str], "LeadState | None"]
+
+# Outcomes of applying one event to one state.
+_APPLIED, _DUPLICATE, _LATE = 0, 1, 2
+
+_NO_PROPERTIES: dict[str, Any] = {}
+
+
+@dataclass(slots=True)
+class BatchResult:
+    """What one batch changed. `states` holds only changed states, keyed (model, lead id)."""
+
+    states: dict[tuple[str, str], LeadState] = field(default_factory=dict)
+    #: Threshold crossings in the order they happened within each lead's event sequence.
+    transitions: list[Transition] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)
+    #: Events beyond the allowed lateness of a model they were routed to: counted, not scored.
+    late: list[Event] = field(default_factory=list)
+    #: Changed scores of leads that belong to an account, one per (model, lead).
+    account_updates: list[MemberScore] = field(default_factory=list)
+    #: Events no model's filter took (their product matches no model).
+    unrouted: int = 0
+
+
+class ModelRuntime:
+    """One model built for scoring: rules compiled per event type, limits precomputed.
+
+    Methods update the `LeadState` they are given in place and append the transitions they
+    cause to `out`.
+    """
+
+    __slots__ = (
+        "model", "name", "matchers", "fit_match", "ladder", "lateness_ms", "floor", "ceiling",
+        "remember", "history", "keep_traits", "steps", "half_life", "windows",
+    )  # fmt: skip
+
+    def __init__(self, model: Model) -> None:
+        self.model = model
+        self.name = model.name
+        classify = model.domains.classify
+        by_type: dict[str, list[Any]] = {}
+        for rule in model.rules:
+            by_type.setdefault(rule.event, []).append((rule, rule.conditions))
+        self.matchers: dict[str, Matcher] = {kind: compile_matcher(pairs, classify) for kind, pairs in by_type.items()}
+        self.fit_match: Matcher | None = (
+            compile_matcher(((r, r.conditions) for r in model.fit_rules), classify) if model.fit_rules else None
+        )
+        self.ladder = model.ladder
+        self.lateness_ms = model.lateness_ms
+        self.floor = model.floor
+        self.ceiling = float("inf") if model.max_points is None else model.max_points
+        self.remember = model.remember_events
+        self.history = model.history
+        self.keep_traits = model.keep_traits
+        self.steps = model.decay if isinstance(model.decay, StepDecay) else None
+        self.half_life = model.decay if isinstance(model.decay, HalfLifeDecay) else None
+        windows: dict[str, Window] = {}
+        for rule in model.rules:
+            if rule.cap is not None:
+                windows[rule.cap_key] = rule.cap.window
+            if rule.bonus is not None:
+                windows[rule.bonus_key] = rule.bonus.window
+        self.windows = windows
+
+    # -- one lead --------------------------------------------------------------------------
+
+    def new_state(self) -> LeadState:
+        state = LeadState.new(self.ladder.names[0], self.fit_points({}))
+        state.level = self.ladder.names[self.ladder.level_after(0, self.score(state))]
+        return state
+
+    def score(self, state: LeadState) -> float:
+        score = state.behaviour + state.fit
+        return score if score > self.floor else self.floor
+
+    def fit_points(self, traits: dict[str, Any]) -> float:
+        if self.fit_match is None:
+            return 0
+        return sum(rule.points for rule in self.fit_match(_NO_PROPERTIES, traits))
+
+    def apply(self, state: LeadState, event: Event, out: list[Transition]) -> int:
+        """Applies one event; returns _APPLIED, _DUPLICATE or _LATE (the last two change nothing)."""
+        time_ms = event.time_ms
+        if time_ms < state.watermark_ms - self.lateness_ms:
+            return _LATE
+        if state.seen_event(event.event_id):
+            return _DUPLICATE
+        state.remember_event(event.event_id, time_ms, self.remember)
+        if time_ms > state.watermark_ms:
+            state.watermark_ms = time_ms
+        if event.account_id is not None:
+            state.account_id = event.account_id
+        ladder = self.ladder
+        level = ladder.level_of(state.level)
+
+        traits_changed = self._merge_traits(state, event.traits) if event.traits else False
+        matcher = self.matchers.get(event.type)
+        matched = matcher(event.properties, state.traits) if matcher is not None else ()
+        active = False
+        for rule in matched:
+            if rule.points > 0:
+                active = True
+                break
+
+        weight = 1.0
+        if self.steps is not None:
+            if time_ms >= state.last_activity_ms:
+                level = self._step_decay(state, time_ms, active, level, event.lead_id, out)
+        elif self.half_life is not None:
+            if time_ms < state.as_of_ms:
+                weight = self.half_life.factor(state.as_of_ms - time_ms)
+            else:
+                self.half_life.bring_to(state, time_ms)
+        if active and time_ms > state.last_activity_ms:
+            state.last_activity_ms = time_ms
+            if state.steps_taken:
+                state.steps_taken = []
+
+        if traits_changed:
+            fit = self.fit_points(state.traits)
+            if fit != state.fit:
+                state.record(time_ms, fit - state.fit, "fit", self.history)
+                state.fit = fit
+        ledger = state.ledger
+        for rule in matched:
+            entry = ledger.get(rule.name)
+            if entry is None:
+                entry = ledger[rule.name] = [0, 0, 0, 0]
+            entry[1] += 1
+            points = rule.points if rule.plain else limited_points(rule, state, event.properties, time_ms, entry)
+            if points:
+                before = state.behaviour
+                after = before + points * weight
+                if after > self.ceiling:
+                    after = self.ceiling if before < self.ceiling else before
+                elif after < self.floor:
+                    after = self.floor if before > self.floor else before
+                if after != before + points * weight:
+                    points = (after - before) / weight
+                    entry[2] += 1
+                state.behaviour = after
+                entry[0] += points
+                state.record(time_ms, points, rule.name, self.history)
+
+        score = state.behaviour + state.fit
+        if score < self.floor:
+            score = self.floor
+        if score >= ladder.up[level] or score < ladder.down[level]:
+            self._cross(state, level, ladder.level_after(level, score), event.lead_id, time_ms, out)
+        elif ladder.names[level] != state.level:
+            state.level = ladder.names[level]
+        return _APPLIED
+
+    def _step_decay(self, state: LeadState, time_ms: int, active: bool, level: int, lead_id: str, out: list[Transition]) -> int:
+        """Brings step decay to `time_ms` before an event at that time; returns the level."""
+        steps = self.steps
+        assert steps is not None
+        if active and state.steps_taken:
+            given = sum(steps.give_back(state, time_ms))
+            if given:
+                state.record(time_ms, given, "decay given back (activity arrived late)", self.history)
+                level = self._settle(state, level, lead_id, time_ms, out)
+        due = steps.due_ms(state)
+        if due is not None and due <= time_ms:
+            for due_ms, points in steps.take(state, time_ms, self.floor):
+                state.record(due_ms, points, "decay", self.history)
+                level = self._settle(state, level, lead_id, due_ms, out)
+        return level
+
+    def decay(self, state: LeadState, lead_id: str, now_ms: int, out: list[Transition]) -> None:
+        """Brings decay to `now_ms` (never backwards); idempotent for the same `now_ms`."""
+        level = self.ladder.level_of(state.level)
+        if self.steps is not None:
+            for due_ms, points in self.steps.take(state, now_ms, self.floor):
+                state.record(due_ms, points, "decay", self.history)
+                level = self._settle(state, level, lead_id, due_ms, out)
+        elif self.half_life is not None:
+            self.half_life.bring_to(state, now_ms)
+            self._settle(state, level, lead_id, now_ms, out)
+
+    def next_due_ms(self, state: LeadState) -> int | None:
+        """When decay next changes what the worker must publish: the next step, or (half-life)
+        the time the score falls through the current level's lower line."""
+        if self.steps is not None:
+            return self.steps.due_ms(state)
+        if self.half_life is None:
+            return None
+        level = self.ladder.level_of(state.level)
+        down = self.ladder.down[level]
+        if down <= self.floor:
+            return None
+        crossing = self.half_life.crossing_ms(state, down - state.fit)
+        return None if crossing is None else crossing + 1
+
+    def _settle(self, state: LeadState, level: int, lead_id: str, time_ms: int, out: list[Transition]) -> int:
+        """Moves the level to where the score now is, recording a transition if it changed."""
+        after = self.ladder.level_after(level, self.score(state))
+        if after != level:
+            self._cross(state, level, after, lead_id, time_ms, out)
+        return after
+
+    def _cross(self, state: LeadState, before: int, after: int, lead_id: str, time_ms: int, out: list[Transition]) -> None:
+        names = self.ladder.names
+        state.level = names[after]
+        if after == before:
+            return
+        state.crossings += 1
+        labels = explaining.labels(self, state)
+        out.append(
+            Transition(
+                kind="lead",
+                model=self.name,
+                lead_id=lead_id,
+                account_id=state.account_id,
+                sequence=state.crossings,
+                from_level=names[before],
+                to_level=names[after],
+                direction="up" if after > before else "down",
+                score=labels["score"],
+                normalized=labels["normalized"],
+                grade=labels["grade"],
+                engagement=labels["engagement"],
+                cell=labels["cell"],
+                temperature=labels["temperature"],
+                time_ms=time_ms,
+                reasons=tuple(explaining.reasons(self, state)),
+                traits=dict(state.traits),
+            )
+        )
+
+    def _merge_traits(self, state: LeadState, traits: dict[str, Any]) -> bool:
+        """Keeps the traits the model uses; a null value forgets a trait. True if any changed."""
+        kept = state.traits
+        keep = self.keep_traits
+        changed = False
+        for key, value in traits.items():
+            if key in keep:
+                if value is None:
+                    if kept.pop(key, None) is not None:
+                        changed = True
+                elif kept.get(key) != value:
+                    kept[key] = value
+                    changed = True
+        return changed
+
+    def compact(self, state: LeadState) -> None:
+        """Forgets what no future event can need: ids and windows beyond the lateness."""
+        cutoff = state.watermark_ms - self.lateness_ms
+        state.forget_events_before(cutoff)
+        windows = state.windows
+        for key in [k for k in windows]:
+            window = self.windows.get(key)
+            if window is None:  # the rule left the model
+                del windows[key]
+                continue
+            first_open = window.index(cutoff)
+            counts = windows[key]
+            if min(counts[0::2]) < first_open:
+                counts = drop_closed(counts, first_open)
+                if counts:
+                    windows[key] = counts
+                else:
+                    del windows[key]
+
+    def member_score(self, lead_id: str, state: LeadState, time_ms: int) -> MemberScore | None:
+        if state.account_id is None:
+            return None
+        return MemberScore(self.name, state.account_id, lead_id, round(self.score(state), 2), time_ms)
+
+
+class Engine:
+    """All models of a directory, routing each event to the models whose filter takes it."""
+
+    def __init__(self, models: Iterable[Model]) -> None:
+        self.models: tuple[Model, ...] = tuple(models)
+        self._runtimes = {model.name: ModelRuntime(model) for model in self.models}
+        if len(self._runtimes) != len(self.models):
+            raise ModelError("two models share a name: each model needs its own [model] name")
+        self._everywhere = tuple(self._runtimes.values())
+        self._routes: dict[str | None, tuple[ModelRuntime, ...]] = {}
+
+    @classmethod
+    def from_directory(cls, path: Path | str) -> Engine:
+        """Loads and validates every *.toml of the directory; ModelError on any problem."""
+        return cls(load_directory(Path(path)))
+
+    def runtime(self, model_name: str) -> ModelRuntime:
+        try:
+            return self._runtimes[model_name]
+        except KeyError:
+            raise ModelError(f"no model named {model_name!r} (models: {', '.join(self._runtimes)})") from None
+
+    # -- input -----------------------------------------------------------------------------
+
+    @staticmethod
+    def parse(raw: bytes | bytearray | memoryview | str | dict[str, Any] | Any) -> Event | Rejection:
+        """One event from JSON bytes or a parsed JSON value; never raises for bad input."""
+        return parse_event(raw)
+
+    @staticmethod
+    def parse_message(raw: bytes | bytearray | memoryview | str) -> list[Event | Rejection]:
+        """The events of one wire message: one JSON object or an array of them."""
+        return parse_message(raw)
+
+    def route(self, event: Event) -> tuple[ModelRuntime, ...]:
+        """The models an event goes to: those whose product filter takes the event's product,
+        and those without a filter. An identify without product goes to every model (traits
+        describe the person, whatever the product)."""
+        if event.product is None and event.type == IDENTIFY:
+            return self._everywhere
+        routes = self._routes.get(event.product)
+        if routes is None:
+            routes = self._routes[event.product] = tuple(
+                rt for rt in self._everywhere if rt.model.products is None or event.product in rt.model.products
+            )
+        return routes
+
+    # -- scoring ---------------------------------------------------------------------------
+
+    def apply_batch(self, events: Iterable[Event | Rejection], get_state: GetState) -> BatchResult:
+        """Applies a batch of events of any leads and models.
+
+        `get_state(model, lead_id)` is asked once per (model, lead) of the batch, in first-event
+        order; None means a new lead. States it returns are updated in place and the changed
+        ones are returned in `states`. Rejections passed in (from `parse`) are collected in
+        `rejected`, so parse results can be handed over as they are. Never raises for an event.
+        """
+        result = BatchResult()
+        states: dict[tuple[str, str], LeadState] = {}
+        scores_before: dict[tuple[str, str], float] = {}
+        changed: dict[tuple[str, str], ModelRuntime] = {}
+        transitions = result.transitions
+        routes = self._routes
+        for event in events:
+            if event.__class__ is not Event:
+                result.rejected.append(
+                    event if isinstance(event, Rejection) else Rejection("wrong_type", "not a parsed event", event)
+                )
+                continue
+            targets = routes.get(event.product)
+            if targets is None or (event.product is None and event.type == IDENTIFY):
+                targets = self.route(event)
+            if not targets:
+                result.unrouted += 1
+                continue
+            late = False
+            for runtime in targets:
+                key = (runtime.name, event.lead_id)
+                state = states.get(key)
+                if state is None:
+                    state = get_state(runtime.name, event.lead_id)
+                    if state is None:
+                        state = runtime.new_state()
+                    states[key] = state
+                    scores_before[key] = runtime.score(state)
+                outcome = runtime.apply(state, event, transitions)
+                if outcome == _APPLIED:
+                    changed[key] = runtime
+                elif outcome == _LATE:
+                    late = True
+            if late:
+                result.late.append(event)
+        for key, runtime in changed.items():
+            state = states[key]
+            runtime.compact(state)
+            result.states[key] = state
+            if state.account_id is not None and runtime.score(state) != scores_before[key]:
+                update = runtime.member_score(key[1], state, state.watermark_ms)
+                if update is not None:
+                    result.account_updates.append(update)
+        return result
+
+    def new_state(self, model_name: str) -> LeadState:
+        return self.runtime(model_name).new_state()
+
+    def decay(self, model_name: str, lead_id: str, state: LeadState, now_ms: int) -> tuple[LeadState, list[Transition]]:
+        """The state with decay brought to `now_ms` (a new object; the argument is unchanged)
+        and the crossings that decay caused. Evaluating twice at the same time changes nothing."""
+        runtime = self.runtime(model_name)
+        decayed = state.copy()
+        out: list[Transition] = []
+        runtime.decay(decayed, lead_id, now_ms, out)
+        return decayed, out
+
+    def next_due_ms(self, model_name: str, state: LeadState) -> int | None:
+        """When to call `decay` next for this lead (None: nothing is due without new events)."""
+        return self.runtime(model_name).next_due_ms(state)
+
+    def member_score(self, model_name: str, lead_id: str, state: LeadState, time_ms: int) -> MemberScore | None:
+        """The lead's score for its account's roll-up (None when it has no account)."""
+        return self.runtime(model_name).member_score(lead_id, state, time_ms)
+
+    def apply_account(
+        self, model_name: str, account_id: str, state: AccountState | None, update: MemberScore
+    ) -> tuple[AccountState, list[Transition]]:
+        """The account state with one member's score taken in, and its crossings (if any).
+        A model without `[accounts]` keeps member scores but has no levels to cross."""
+        return roll_up(self.runtime(model_name), account_id, state, update)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def explain(self, model_name: str, lead_id: str, state: LeadState, now_ms: int) -> dict[str, Any]:
+        """Why the lead has its score at `now_ms`: points by rule, fit, decay, recent history."""
+        return explaining.explain(self.runtime(model_name), lead_id, state, now_ms)
+
+    def summary(self, model_name: str, lead_id: str, state: LeadState, now_ms: int) -> dict[str, Any]:
+        """The lead's score on every scale at `now_ms`, with its top reasons."""
+        return explaining.summary(self.runtime(model_name), lead_id, state, now_ms)

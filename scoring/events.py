@@ -1,0 +1,196 @@
+"""The event contract, and turning raw input into an `Event` or a `Rejection` without raising.
+
+An event is one JSON object (see scoring/MODELS.md, "Events"). Parsing checks what the engine
+relies on and nothing more: unknown top-level fields are ignored, so payloads of other tools
+(Segment's `context`, `anonymousId`) pass through. A bad event is never an exception: it is a
+`Rejection` with a short `reason` code a dead-letter consumer can count and a `detail` sentence
+naming the field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import orjson
+
+#: Largest single event accepted, in bytes of JSON.
+MAX_EVENT_BYTES = 64 * 1024
+#: Most properties plus traits one event may carry.
+MAX_FIELDS = 256
+#: Longest lead id, event id, account id or event type.
+MAX_ID_CHARS = 256
+#: Event times outside [2000-01-01, 2100-01-01) are refused: almost always seconds sent as ms.
+MIN_TIME_MS = 946_684_800_000
+MAX_TIME_MS = 4_102_444_800_000
+
+IDENTIFY = "identify"
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_ONE_MS = timedelta(milliseconds=1)
+
+# Shared by every event without properties or traits; the engine never mutates event maps.
+_EMPTY: dict[str, Any] = {}
+
+
+@dataclass(slots=True)
+class Event:
+    """One validated event. `time_ms` is event time (epoch ms); maps are never mutated."""
+
+    event_id: str
+    lead_id: str
+    type: str
+    time_ms: int
+    properties: dict[str, Any]
+    traits: dict[str, Any]
+    account_id: str | None
+    product: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Why an input was refused. `reason` is a short code, `detail` names the field.
+
+    Codes: bad_json, wrong_type, missing_field, bad_value, too_large. `raw` is the input as
+    received (bytes, or the parsed JSON value) for the dead-letter record.
+    """
+
+    reason: str
+    detail: str
+    raw: Any = None
+
+
+def parse_event(raw: bytes | bytearray | memoryview | str | dict[str, Any] | Any) -> Event | Rejection:
+    """One event from JSON bytes/text or an already-parsed JSON value; never raises."""
+    if raw.__class__ is dict:
+        return _from_dict(raw)
+    if not isinstance(raw, (bytes, bytearray, memoryview, str)):
+        return Rejection("wrong_type", f"an event must be a JSON object, got {_json_kind(raw)}", raw)
+    if len(raw) > MAX_EVENT_BYTES:
+        return Rejection("too_large", f"event is {len(raw)} bytes, at most {MAX_EVENT_BYTES} are accepted", raw)
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return Rejection("bad_json", f"not valid JSON: {exc}", raw)
+    if value.__class__ is not dict:
+        return Rejection("wrong_type", f"an event must be a JSON object, got {_json_kind(value)}", raw)
+    return _from_dict(value)
+
+
+def parse_message(raw: bytes | bytearray | memoryview | str) -> list[Event | Rejection]:
+    """The events of one wire message: a JSON object, or a JSON array of objects (an envelope)."""
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return [Rejection("bad_json", f"not valid JSON: {exc}", raw)]
+    if value.__class__ is list:
+        return [parse_event(item) for item in value]
+    if value.__class__ is dict:
+        if len(raw) > MAX_EVENT_BYTES:
+            return [Rejection("too_large", f"event is {len(raw)} bytes, at most {MAX_EVENT_BYTES} are accepted", raw)]
+        return [_from_dict(value)]
+    return [Rejection("wrong_type", f"an event must be a JSON object, got {_json_kind(value)}", raw)]
+
+
+def parse_time_ms(value: Any) -> int | str:
+    """Epoch ms from an int of ms or an ISO-8601 text with a time zone; a problem text otherwise."""
+    if value.__class__ is int:
+        ms = value
+    elif isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            return f"field 'time' is not an ISO-8601 time: {value!r}"
+        if moment.tzinfo is None:
+            return f"field 'time' has no time zone: {value!r} (add 'Z' or an offset such as '+01:00')"
+        ms = (moment - _EPOCH) // _ONE_MS
+    else:
+        return f"field 'time' must be epoch milliseconds or an ISO-8601 text, got {_json_kind(value)}"
+    if not MIN_TIME_MS <= ms < MAX_TIME_MS:
+        return f"field 'time' is {ms}, outside years 2000-2099 in epoch milliseconds (seconds sent as ms?)"
+    return ms
+
+
+def _from_dict(d: dict[str, Any]) -> Event | Rejection:
+    lead_id = _identifier(d, "lead_id", required=True)
+    if lead_id.__class__ is Rejection:
+        return lead_id
+    kind = d.get("type")
+    if kind.__class__ is not str or not kind or len(kind) > MAX_ID_CHARS:
+        return _bad(d, "type", kind, "a non-empty text")
+    time_ms = d.get("time")
+    if time_ms.__class__ is not int or not MIN_TIME_MS <= time_ms < MAX_TIME_MS:
+        if time_ms is None:
+            return Rejection("missing_field", "field 'time' is missing", d)
+        time_ms = parse_time_ms(time_ms)
+        if time_ms.__class__ is str:
+            reason = "bad_value" if isinstance(d["time"], (int, str)) and not isinstance(d["time"], bool) else "wrong_type"
+            return Rejection(reason, time_ms, d)
+    event_id = _identifier(d, "event_id", required=kind != IDENTIFY)
+    if event_id.__class__ is Rejection:
+        return event_id
+    if event_id is None:
+        # An identify without id is told apart by its time: replaying it is then a no-op too.
+        event_id = f"{IDENTIFY}@{time_ms}"
+    elif not event_id.isprintable():
+        return Rejection("bad_value", f"field 'event_id' contains a control character: {event_id!r}", d)
+    properties = d.get("properties")
+    if properties is None:
+        properties = _EMPTY
+    elif properties.__class__ is not dict:
+        return _bad(d, "properties", properties, "an object")
+    traits = d.get("traits")
+    if traits is None:
+        traits = _EMPTY
+    elif traits.__class__ is not dict:
+        return _bad(d, "traits", traits, "an object")
+    if len(properties) + len(traits) > MAX_FIELDS:
+        return Rejection(
+            "too_large", f"{len(properties)} properties and {len(traits)} traits, at most {MAX_FIELDS} in all", d
+        )
+    account_id = _identifier(d, "account_id", required=False)
+    if account_id.__class__ is Rejection:
+        return account_id
+    product = d.get("product")
+    if product is not None and product.__class__ is not str:
+        return _bad(d, "product", product, "a text")
+    return Event(event_id, lead_id, kind, time_ms, properties, traits, account_id, product)
+
+
+def _identifier(d: dict[str, Any], key: str, required: bool) -> Any:
+    """A text id (numbers are accepted as their decimal text); None when absent and optional."""
+    value = d.get(key)
+    if value.__class__ is str:
+        if value and len(value) <= MAX_ID_CHARS:
+            return value
+        return Rejection("bad_value", f"field '{key}' must be 1 to {MAX_ID_CHARS} characters, got {len(value)}", d)
+    if value is None:
+        return Rejection("missing_field", f"field '{key}' is missing", d) if required else None
+    if value.__class__ is int:
+        return str(value)
+    return _bad(d, key, value, "a text")
+
+
+def _bad(d: dict[str, Any], key: str, value: Any, expected: str) -> Rejection:
+    if value is None:
+        return Rejection("missing_field", f"field '{key}' is missing", d)
+    if value.__class__ is str and expected == "a non-empty text":
+        return Rejection("bad_value", f"field '{key}' must be a non-empty text of at most {MAX_ID_CHARS} characters", d)
+    return Rejection("wrong_type", f"field '{key}' must be {expected}, got {_json_kind(value)}", d)
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a text"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    if value is None:
+        return "null"
+    return type(value).__name__

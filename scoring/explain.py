@@ -1,0 +1,129 @@
+"""Reading a lead's state: its labels on every scale, the reasons for its score, and the full
+explanation a salesperson sees ("why does this lead have 47 points?").
+
+Decay is evaluated at the time asked for, on a copy: reading never changes a state. The decayed
+amount is exact in total (behaviour points now minus the points rules earned); shown per rule
+it is attributed to the rules with positive points in proportion to their points.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from scoring.state import LeadState
+
+if TYPE_CHECKING:
+    from scoring.engine import ModelRuntime
+
+#: Reasons carried by transitions and summaries.
+TOP_REASONS = 5
+
+
+def labels(runtime: ModelRuntime, state: LeadState) -> dict[str, Any]:
+    """Score, 0-100, fit grade, engagement level, grid cell, temperature and level."""
+    model = runtime.model
+    score = runtime.score(state)
+    normalized = model.scale.normalize(score)
+    grade = model.grades.label(state.fit) if model.grades is not None else None
+    engagement = int(model.engagement.label(state.behaviour)) if model.engagement is not None else None
+    return {
+        "score": round(score, 2),
+        "normalized": normalized,
+        "grade": grade,
+        "engagement": engagement,
+        "cell": f"{grade}{engagement}" if grade is not None and engagement is not None else None,
+        "temperature": model.temperature.label(normalized) if model.temperature is not None else None,
+        "level": state.level,
+    }
+
+
+def decayed_points(state: LeadState) -> float:
+    """Points decay has taken in all (behaviour points now minus what the rules earned)."""
+    return state.behaviour - sum(entry[0] for entry in state.ledger.values())
+
+
+def rule_rows(runtime: ModelRuntime, state: LeadState) -> list[dict[str, Any]]:
+    """One row per rule that ever matched, most points first."""
+    decayed = decayed_points(state)
+    positive = sum(entry[0] for entry in state.ledger.values() if entry[0] > 0)
+    known = {rule.name for rule in runtime.model.rules}
+    rows = []
+    for name, (points, occurrences, capped, bonuses) in state.ledger.items():
+        share = decayed * points / positive if points > 0 and positive else 0
+        rows.append(
+            {
+                "rule": name,
+                "points": round(points, 2),
+                "occurrences": occurrences,
+                "capped": capped,
+                "bonuses": bonuses,
+                "decayed": round(share, 2),
+                "in_model": name in known,
+            }
+        )
+    rows.sort(key=lambda row: (-abs(row["points"]), row["rule"]))
+    return rows
+
+
+def fit_rows(runtime: ModelRuntime, state: LeadState) -> list[dict[str, Any]]:
+    if runtime.fit_match is None:
+        return []
+    return [{"rule": rule.name, "points": rule.points} for rule in runtime.fit_match({}, state.traits)]
+
+
+def reasons(runtime: ModelRuntime, state: LeadState, limit: int = TOP_REASONS) -> list[dict[str, Any]]:
+    """The largest contributions, either sign: behaviour rules, fit rules and decay."""
+    items = [{"rule": row["rule"], "points": row["points"]} for row in rule_rows(runtime, state)]
+    items += fit_rows(runtime, state)
+    decayed = round(decayed_points(state), 2)
+    if decayed:
+        items.append({"rule": "decay", "points": decayed})
+    items = [item for item in items if item["points"]]
+    items.sort(key=lambda item: -abs(item["points"]))
+    return items[:limit]
+
+
+def at_time(runtime: ModelRuntime, lead_id: str, state: LeadState, now_ms: int) -> LeadState:
+    """The state with decay brought to `now_ms`: the state itself when decay has nothing to do
+    by then, else a decayed copy."""
+    if runtime.steps is not None:
+        due = runtime.steps.due_ms(state)
+        if due is None or due > now_ms:
+            return state
+    elif runtime.half_life is None or now_ms <= state.as_of_ms:
+        return state
+    current = state.copy()
+    runtime.decay(current, lead_id, now_ms, [])
+    return current
+
+
+def summary(runtime: ModelRuntime, lead_id: str, state: LeadState, now_ms: int) -> dict[str, Any]:
+    current = at_time(runtime, lead_id, state, now_ms)
+    out: dict[str, Any] = {"lead_id": lead_id, "model": runtime.name, "time": now_ms}
+    out.update(labels(runtime, current))
+    out["last_activity_ms"] = current.last_activity_ms or None
+    out["account_id"] = current.account_id
+    out["top_reasons"] = reasons(runtime, current)
+    return out
+
+
+def explain(runtime: ModelRuntime, lead_id: str, state: LeadState, now_ms: int) -> dict[str, Any]:
+    current = at_time(runtime, lead_id, state, now_ms)
+    out = summary(runtime, lead_id, current, now_ms)
+    del out["top_reasons"]
+    out.update(
+        {
+            "behaviour_points": round(current.behaviour, 2),
+            "fit_points": round(current.fit, 2),
+            "decayed": round(decayed_points(current), 2),
+            "rules": rule_rows(runtime, current),
+            "fit": fit_rows(runtime, current),
+            "history": [
+                {"time": time_ms, "rule": label, "points": points}
+                for time_ms, points, label in reversed(current.changes(runtime.history))
+            ],
+            "next_decay_ms": runtime.next_due_ms(current),
+            "traits": dict(current.traits),
+        }
+    )
+    return out

@@ -1,0 +1,96 @@
+"""Fit (explicit) scoring: points from what is known about the person and company.
+
+Fit rules test traits only (title keywords, company size, industry, country, e-mail domain
+class) and are re-evaluated whenever a trait changes; fit points never decay. E-mail domains
+are classed as competitor, disposable, free or business (in that order of precedence) from
+lists shipped in scoring/data, which a model can replace or extend in its `[domains]` table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from scoring.config import Table
+from scoring.rules import Condition, parse_conditions
+
+_LIST_FILES = {
+    "free": "free_email_domains.txt",
+    "disposable": "disposable_email_domains.txt",
+    "competitor": "competitor_domains.txt",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class FitRule:
+    """`points` while the lead's traits meet every condition."""
+
+    name: str
+    points: float
+    conditions: tuple[Condition, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DomainLists:
+    free: frozenset[str]
+    disposable: frozenset[str]
+    competitor: frozenset[str]
+
+    def classify(self, email: Any) -> str | None:
+        """'competitor', 'disposable', 'free' or 'business' for an e-mail address; None when
+        the value is not an address. Subdomains belong to their domain (eu.rival.io is rival.io)."""
+        if email.__class__ is not str or "@" not in email:
+            return None
+        domain = email.rpartition("@")[2].strip().lower().rstrip(".")
+        if not domain:
+            return None
+        for name, listed in (("competitor", self.competitor), ("disposable", self.disposable), ("free", self.free)):
+            if _listed(domain, listed):
+                return name
+        return "business"
+
+
+def _listed(domain: str, listed: frozenset[str]) -> bool:
+    while True:
+        if domain in listed:
+            return True
+        dot = domain.find(".")
+        if dot < 0:
+            return False
+        domain = domain[dot + 1 :]
+
+
+def shipped_list(kind: str) -> frozenset[str]:
+    """One of the shipped domain lists: one domain a line, `#` starts a comment."""
+    text = resources.files("scoring").joinpath("data", _LIST_FILES[kind]).read_text(encoding="utf-8")
+    return frozenset(line.split("#", 1)[0].strip().lower() for line in text.splitlines() if line.split("#", 1)[0].strip())
+
+
+def parse_domains(table: Table | None) -> DomainLists:
+    """The shipped lists, each replaced (`replace = [...]`) or extended (`add = [...]`)."""
+    if table is not None:
+        table.check_keys(_LIST_FILES)
+    lists = {}
+    for kind in _LIST_FILES:
+        override = None if table is None else table.table(kind)
+        domains = shipped_list(kind)
+        if override is not None:
+            override.check_keys(("replace", "add"))
+            replaced = override.strings("replace", None)
+            if replaced is not None:
+                domains = frozenset(d.lower() for d in replaced)
+            domains |= frozenset(d.lower() for d in override.strings("add", ()))
+        lists[kind] = domains
+    return DomainLists(**lists)
+
+
+def parse_fit_rule(file: str, data: dict[str, Any], number: int) -> FitRule:
+    table = Table(file, f"fit rule #{number}", data)
+    name = table.string("name")
+    table.where = f"fit rule '{name}'"
+    table.check_keys(("name", "points", "traits"))
+    conditions = parse_conditions(table, ("traits",))
+    if not conditions:
+        raise table.error("traits", "at least one trait condition, such as traits.title = { words = [\"vp\"] }")
+    return FitRule(name, table.number("points"), conditions)

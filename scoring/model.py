@@ -1,0 +1,148 @@
+"""Scoring models: the files marketing-ops edit, loaded into validated, immutable config.
+
+One TOML file is one model; a directory holds one model per product or business line. Loading
+validates everything and raises `ModelError` naming the file, the rule and the field and saying
+what is expected (an event type no event carries yet is allowed: it simply never matches).
+The file format is documented in scoring/MODELS.md and in the header of every example model.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from scoring.accounts import AccountRollup, parse_accounts
+from scoring.config import Table
+from scoring.decay import Decay, parse_decay
+from scoring.errors import ModelError
+from scoring.fit import DomainLists, FitRule, parse_domains, parse_fit_rule
+from scoring.rules import Rule, parse_rule
+from scoring.scales import Bands, Scale, parse_bands, parse_scale
+from scoring.thresholds import Ladder, parse_ladder
+
+_SECTIONS = (
+    "model", "filter", "rules", "fit", "domains", "decay", "thresholds",
+    "grades", "engagement", "scale", "temperature", "accounts",
+)  # fmt: skip
+
+GRADES = ("A", "B", "C", "D")
+ENGAGEMENT_LEVELS = ("1", "2", "3", "4")
+DEFAULT_KEEP_TRAITS = ("email", "first_name", "last_name", "name", "company", "title")
+
+
+@dataclass(frozen=True, slots=True)
+class Model:
+    """One validated scoring model. Times are in ms, points in the model's own units."""
+
+    name: str
+    file: str
+    description: str
+    #: Events whose `product` is one of these are routed here; None routes every event.
+    products: frozenset[str] | None
+    lateness_ms: int
+    floor: float
+    #: Ceiling on behaviour points (None: no ceiling).
+    max_points: float | None
+    remember_events: int
+    history: int
+    #: Traits kept in the state: these plus every trait a condition tests.
+    keep_traits: frozenset[str]
+    rules: tuple[Rule, ...]
+    fit_rules: tuple[FitRule, ...]
+    domains: DomainLists
+    decay: Decay | None
+    ladder: Ladder
+    grades: Bands | None
+    engagement: Bands | None
+    scale: Scale
+    temperature: Bands | None
+    accounts: AccountRollup | None
+
+
+def load_model(path: Path) -> Model:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{path.name}: cannot read the model file: {exc}") from None
+    return parse_model(text, path.name)
+
+
+def load_directory(path: Path) -> tuple[Model, ...]:
+    """Every `*.toml` model of a directory, in file name order; names must be unique."""
+    if not path.is_dir():
+        raise ModelError(f"{path}: not a directory of model files (set LEADSTREAM_MODELS_DIR or --models)")
+    models = tuple(load_model(file) for file in sorted(path.glob("*.toml")))
+    if not models:
+        raise ModelError(f"{path}: no model files (*.toml) in this directory")
+    seen: dict[str, str] = {}
+    for model in models:
+        if model.name in seen:
+            raise ModelError(f"{model.file}: [model], field 'name': expected a name no other model uses, got {model.name!r} (also in {seen[model.name]})")
+        seen[model.name] = model.file
+    return models
+
+
+def parse_model(text: str, file: str) -> Model:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ModelError(f"{file}: not valid TOML: {exc}") from None
+    top = Table(file, "top level", data)
+    top.check_keys(_SECTIONS)
+
+    head = top.table("model", "[model]")
+    if head is None:
+        raise top.error("model", "a [model] table with at least a name")
+    head.check_keys(("name", "description", "lateness", "floor", "max_points", "remember_events", "history", "keep_traits"))
+    floor = head.number("floor", 0)
+    max_points = head.number("max_points", None)
+    if max_points is not None and max_points <= max(floor, 0):
+        raise head.error("max_points", f"a number above the floor ({floor}) and zero", max_points)
+
+    rules = tuple(parse_rule(file, spec, number) for number, spec in enumerate(top.tables("rules"), 1))
+    fit_rules = tuple(parse_fit_rule(file, spec, number) for number, spec in enumerate(top.tables("fit"), 1))
+    names: set[str] = set()
+    for rule in (*rules, *fit_rules):
+        if rule.name in names:
+            raise ModelError(f"{file}: rule '{rule.name}', field 'name': expected a name no other rule of this model uses")
+        names.add(rule.name)
+
+    thresholds = top.table("thresholds", "[thresholds]")
+    if thresholds is None:
+        raise top.error("thresholds", "a [thresholds] table: base level and ladder, e.g. ladder = [{ level = \"mql\", at = 20 }]")
+    thresholds.check_keys(("base", "hysteresis", "ladder"))
+    ladder = parse_ladder(thresholds)
+    scale = parse_scale(top.table("scale", "[scale]"), ladder.at[-1] if ladder.at[-1] > 0 else 100)
+
+    tested = {c.key for rule in (*rules, *fit_rules) for c in rule.conditions if c.source == "traits"}
+    tested |= {r.once_per.key for r in rules if r.once_per is not None and r.once_per.source == "traits"}
+    return Model(
+        name=head.string("name"),
+        file=file,
+        description=head.string("description", ""),
+        products=_products(top.table("filter", "[filter]")),
+        lateness_ms=head.duration_ms("lateness", 86_400_000),
+        floor=floor,
+        max_points=max_points,
+        remember_events=head.integer("remember_events", 128, minimum=1),
+        history=head.integer("history", 10, minimum=1),
+        keep_traits=frozenset(head.strings("keep_traits", DEFAULT_KEEP_TRAITS)) | tested,
+        rules=rules,
+        fit_rules=fit_rules,
+        domains=parse_domains(top.table("domains", "[domains]")),
+        decay=parse_decay(top.table("decay", "[decay]")),
+        ladder=ladder,
+        grades=parse_bands(top.table("grades", "[grades]"), GRADES),
+        engagement=parse_bands(top.table("engagement", "[engagement]"), ENGAGEMENT_LEVELS),
+        scale=scale,
+        temperature=parse_bands(top.table("temperature", "[temperature]")),
+        accounts=parse_accounts(top.table("accounts", "[accounts]"), scale),
+    )
+
+
+def _products(table: Table | None) -> frozenset[str] | None:
+    if table is None:
+        return None
+    table.check_keys(("product",))
+    return frozenset(table.strings("product"))
+

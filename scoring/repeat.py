@@ -1,0 +1,167 @@
+"""Repeat behaviour: frequency bonuses, per-window caps, once-per-key de-duplication, ceilings.
+
+Windows are tumbling and calendar aligned in UTC: a "1d" window is a UTC day, a whole number of
+weeks starts on Monday 00:00 UTC, other lengths count from the epoch. Aligned windows make every
+count a function of the set of events, not of their arrival order, so late events within the
+allowed lateness land in the right window and batch boundaries change nothing.
+
+A lead's counters live in `LeadState.windows`: key -> flat list [window index, count, ...] of
+the windows still open to events (older ones are dropped once they are beyond the lateness).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from scoring.config import Table
+from scoring.state import SEPARATOR, LeadState
+
+if TYPE_CHECKING:
+    from scoring.rules import Rule
+
+_DAY_MS = 86_400_000
+_WEEK_MS = 7 * _DAY_MS
+# 1970-01-01 was a Thursday: shifting by 3 days makes week windows start on Mondays.
+_MONDAY_SHIFT_MS = 3 * _DAY_MS
+
+#: How many distinct `once_per` keys a rule remembers per lead (at least this many, at most twice).
+ONCE_PER_MEMORY = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """A tumbling window length and its calendar alignment (build with `Window.of`)."""
+
+    length_ms: int
+    shift_ms: int
+
+    @classmethod
+    def of(cls, length_ms: int) -> Window:
+        return cls(length_ms, _MONDAY_SHIFT_MS if length_ms % _WEEK_MS == 0 else 0)
+
+    def index(self, time_ms: int) -> int:
+        return (time_ms + self.shift_ms) // self.length_ms
+
+
+@dataclass(frozen=True, slots=True)
+class Cap:
+    """At most `max_scored` scored occurrences per window; the rest count as capped."""
+
+    max_scored: int
+    window: Window
+
+
+@dataclass(frozen=True, slots=True)
+class Bonus:
+    """`points` once per window in which the rule's occurrences reach `count`."""
+
+    count: int
+    window: Window
+    points: float
+
+
+@dataclass(frozen=True, slots=True)
+class OncePer:
+    """Only the first occurrence per value of a field scores (e.g. one open per e-mail id)."""
+
+    source: str  # "properties" or "traits"
+    key: str
+
+
+def parse_cap(table: Table) -> Cap | None:
+    cap = table.table("cap")
+    if cap is None:
+        return None
+    cap.check_keys(("max", "window"))
+    return Cap(cap.integer("max", minimum=1), Window.of(cap.duration_ms("window")))
+
+
+def parse_bonus(table: Table) -> Bonus | None:
+    bonus = table.table("bonus")
+    if bonus is None:
+        return None
+    bonus.check_keys(("count", "window", "points"))
+    return Bonus(bonus.integer("count", minimum=2), Window.of(bonus.duration_ms("window")), bonus.number("points"))
+
+
+def parse_once_per(table: Table) -> OncePer | None:
+    field = table.string("once_per", None)
+    if field is None:
+        return None
+    source, _, key = field.partition(".")
+    if source not in ("properties", "traits") or not key:
+        raise table.error("once_per", "a field such as 'properties.email_id' or 'traits.email'", field)
+    return OncePer(source, key)
+
+
+def bump(windows: dict[str, list[int]], key: str, index: int, limit: int) -> int:
+    """Adds one to the count of window `index` unless it has reached `limit`; returns the count
+    before the increment (so `limit` or more means the occurrence was refused)."""
+    counts = windows.get(key)
+    if counts is None:
+        windows[key] = [index, 1]
+        return 0
+    for pos in range(0, len(counts), 2):
+        if counts[pos] == index:
+            before = counts[pos + 1]
+            if before < limit:
+                counts[pos + 1] = before + 1
+            return before
+    counts.append(index)
+    counts.append(1)
+    return 0
+
+
+def drop_closed(counts: list[int], first_open: int) -> list[int]:
+    """The counts of windows from `first_open` on (earlier ones can no longer receive events)."""
+    return [v for pos in range(0, len(counts), 2) if counts[pos] >= first_open for v in counts[pos : pos + 2]]
+
+
+def seen_before(state: LeadState, rule_name: str, value: Any) -> bool:
+    """Records `value` for the rule; True when it had been recorded already (a repeat)."""
+    key = str(value).replace(SEPARATOR, " ")
+    log = state.seen.get(rule_name)
+    if log is None:
+        state.seen[rule_name] = f"{SEPARATOR}{key}{SEPARATOR}"
+        return False
+    if f"{SEPARATOR}{key}{SEPARATOR}" in log:
+        return True
+    log += key + SEPARATOR
+    keys = log.count(SEPARATOR) - 1
+    if keys > 2 * ONCE_PER_MEMORY:
+        # Forget the oldest half at once, so trimming costs once per ONCE_PER_MEMORY new keys.
+        log = SEPARATOR + log.split(SEPARATOR, keys - ONCE_PER_MEMORY + 1)[-1]
+    state.seen[rule_name] = log
+    return False
+
+
+def limited_points(rule: Rule, state: LeadState, properties: dict[str, Any], time_ms: int, entry: list[Any]) -> float:
+    """Points one occurrence of a rule with limits earns, bonus included.
+
+    `entry` is the rule's ledger entry [points, occurrences, capped, bonuses]; refused
+    occurrences are counted as capped there. Order of checks: a repeated `once_per` value is
+    not a new occurrence at all (no points, no bonus count); every other occurrence counts
+    towards the bonus, then the cap decides whether it scores, then the rule's ceiling clips.
+    """
+    once_per = rule.once_per
+    if once_per is not None:
+        value = (properties if once_per.source == "properties" else state.traits).get(once_per.key)
+        if value is not None and seen_before(state, rule.name, value):
+            entry[2] += 1
+            return 0
+    points = rule.points
+    cap = rule.cap
+    if cap is not None and bump(state.windows, rule.cap_key, cap.window.index(time_ms), cap.max_scored) >= cap.max_scored:
+        entry[2] += 1
+        points = 0
+    bonus = rule.bonus
+    if bonus is not None and bump(state.windows, rule.bonus_key, bonus.window.index(time_ms), bonus.count) == bonus.count - 1:
+        entry[3] += 1
+        points += bonus.points
+    if rule.max_points is not None:
+        room = rule.max_points - abs(entry[0])
+        if abs(points) > room:
+            points = max(room, 0) * (1 if points > 0 else -1)
+            entry[2] += 1
+    return points

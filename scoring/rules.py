@@ -1,0 +1,242 @@
+"""Rules and their conditions, compiled into one fast matching function per event type.
+
+A condition tests one field of the event's `properties` or of the lead's `traits`:
+
+    properties.url = { glob = "*/pricing*" }        properties.form = "demo"   (equals)
+    properties.time_on_page_s = { gte = 120 }       traits.country = ["DE", "AT"]   (in)
+
+Matching is the per-event hot path, so the conditions of all rules of one event type are
+compiled into a single generated Python function (the technique `dataclasses` uses for
+`__init__`): each field is fetched and lower-cased once, each condition is an inline expression,
+and no per-rule call is made. Every value from the model file reaches the generated code as a
+named constant in its namespace, never as source text.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Sequence
+
+from scoring.config import Table, is_number
+from scoring.repeat import Bonus, Cap, OncePer, parse_bonus, parse_cap, parse_once_per
+
+#: Classes of e-mail domains the `domain` operator tests (see scoring.fit).
+DOMAIN_CLASSES = ("free", "disposable", "competitor", "business")
+
+OPERATORS = (
+    "eq", "ne", "in", "not_in", "prefix", "glob", "contains", "words",
+    "gt", "gte", "lt", "lte", "exists", "domain",
+)  # fmt: skip
+
+_SCALAR_TYPES = frozenset({str, int, float, bool})
+_NUMBER_TYPES = frozenset({int, float})
+
+Matcher = Callable[[dict[str, Any], dict[str, Any]], Sequence[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    """`source`.`key` `op` `operand`; operands are normalised (texts lower-cased where the
+    operator ignores case, lists turned into frozensets or tuples)."""
+
+    source: str
+    key: str
+    op: str
+    operand: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """A behavioural rule: `points` for each occurrence of `event` meeting every condition."""
+
+    name: str
+    event: str
+    points: float
+    conditions: tuple[Condition, ...] = ()
+    cap: Cap | None = None
+    once_per: OncePer | None = None
+    max_points: float | None = None
+    bonus: Bonus | None = None
+    #: No limit applies: the engine adds `points` without looking further.
+    plain: bool = field(init=False)
+    cap_key: str = field(init=False)
+    bonus_key: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        plain = self.cap is None and self.once_per is None and self.max_points is None and self.bonus is None
+        object.__setattr__(self, "plain", plain)
+        object.__setattr__(self, "cap_key", "cap:" + self.name)
+        object.__setattr__(self, "bonus_key", "bonus:" + self.name)
+
+
+_RULE_KEYS = ("name", "event", "points", "properties", "traits", "cap", "once_per", "max_points", "bonus")
+
+
+def parse_rule(file: str, data: dict[str, Any], number: int) -> Rule:
+    """One `[[rules]]` table; `number` (1-based) names it in errors until its name is known."""
+    table = Table(file, f"rule #{number}", data)
+    name = table.string("name")
+    table.where = f"rule '{name}'"
+    table.check_keys(_RULE_KEYS)
+    points = table.number("points")
+    max_points = table.number("max_points", None)
+    if max_points is not None and max_points <= 0:
+        raise table.error("max_points", "a positive number (a ceiling on the rule's points, either sign)", max_points)
+    bonus = parse_bonus(table)
+    if bonus is not None and points * bonus.points < 0:
+        raise table.error("bonus.points", "points of the same sign as the rule's points", bonus.points)
+    return Rule(
+        name=name,
+        event=table.string("event"),
+        points=points,
+        conditions=parse_conditions(table, ("properties", "traits")),
+        cap=parse_cap(table),
+        once_per=parse_once_per(table),
+        max_points=max_points,
+        bonus=bonus,
+    )
+
+
+def parse_conditions(table: Table, sources: tuple[str, ...]) -> tuple[Condition, ...]:
+    conditions = []
+    for source in sources:
+        fields = table.table(source)
+        if fields is None:
+            continue
+        for key, spec in fields.data.items():
+            conditions.extend(_parse_field(fields, source, key, spec))
+    return tuple(conditions)
+
+
+def _parse_field(table: Table, source: str, key: str, spec: Any) -> list[Condition]:
+    if isinstance(spec, dict):
+        ops = Table(table.file, table.where, spec, f"{table.prefix}{key}.")
+        ops.check_keys(OPERATORS)
+        return [Condition(source, key, op, _operand(ops, op, value)) for op, value in spec.items()]
+    shorthand = "in" if isinstance(spec, list) else "eq"
+    return [Condition(source, key, shorthand, _operand(Table(table.file, table.where, {key: spec}, table.prefix), shorthand, spec, key))]
+
+
+def _operand(table: Table, op: str, value: Any, key: str | None = None) -> Any:
+    """The normalised operand of `op`; `key` is the field name the errors use (op by default)."""
+    key = op if key is None else key
+    if op in ("eq", "ne"):
+        if type(value) not in _SCALAR_TYPES:
+            raise table.error(key, "a text, number or boolean", value)
+        return value
+    if op in ("in", "not_in"):
+        if not isinstance(value, list) or not value or not all(type(v) in _SCALAR_TYPES for v in value):
+            raise table.error(key, "a non-empty list of texts, numbers or booleans", value)
+        return frozenset(value)
+    if op in ("gt", "gte", "lt", "lte"):
+        if not is_number(value):
+            raise table.error(key, "a number", value)
+        return value
+    if op == "exists":
+        if not isinstance(value, bool):
+            raise table.error(key, "true or false", value)
+        return value
+    texts = table.strings(key)
+    if op == "domain":
+        unknown = [t for t in texts if t not in DOMAIN_CLASSES]
+        if unknown:
+            raise table.error(key, f"domain classes among {', '.join(DOMAIN_CLASSES)}", value)
+        return frozenset(texts)
+    lowered = tuple(t.lower() for t in texts)
+    if op == "words":
+        return re.compile(r"\b(?:" + "|".join(re.escape(w) for w in lowered) + r")\b")
+    return lowered  # prefix, glob, contains
+
+
+def compile_matcher(pairs: Iterable[tuple[Any, Sequence[Condition]]], classify_domain: Callable[[Any], str | None]) -> Matcher:
+    """One function `match(properties, traits) -> [payload, ...]` for (payload, conditions) pairs.
+
+    The payloads of the pairs whose conditions all hold are returned in the given order.
+    """
+    items = list(pairs)
+    namespace: dict[str, Any] = {"_SCALARS": _SCALAR_TYPES, "_NUMBERS": _NUMBER_TYPES, "_domain": classify_domain}
+    fetch: list[str] = []
+    fields: dict[tuple[str, str], str] = {}
+    lowered: set[str] = set()
+    body: list[str] = []
+    payloads: list[Any] = []
+
+    def constant(value: Any) -> str:
+        name = f"C{len(namespace)}"
+        namespace[name] = value
+        return name
+
+    def variable(source: str, key: str) -> str:
+        var = fields.get((source, key))
+        if var is None:
+            var = fields[(source, key)] = f"v{len(fields)}"
+            fetch.append(f"    {var} = {'p' if source == 'properties' else 't'}.get({constant(key)})")
+        return var
+
+    for payload, conditions in items:
+        payloads.append(payload)
+        tests = []
+        for cond in conditions:
+            var = variable(cond.source, cond.key)
+            if cond.op in ("prefix", "glob", "contains", "words") and var not in lowered:
+                lowered.add(var)
+                fetch.append(f"    l{var} = {var}.lower() if {var}.__class__ is str else None")
+            tests.append(_expression(cond, var, constant))
+        target = constant(payload)
+        if tests:
+            body.append(f"    if {' and '.join(tests)}:\n        m.append({target})")
+        else:
+            body.append(f"    m.append({target})")
+    if all(not conditions for _, conditions in items):
+        everything = tuple(payloads)
+        return lambda properties, traits: everything
+    source = "def match(p, t):\n" + "\n".join(fetch) + "\n    m = []\n" + "\n".join(body) + "\n    return m\n"
+    exec(compile(source, "<scoring rules>", "exec"), namespace)  # noqa: S102 - constants only, see module doc
+    match: Matcher = namespace["match"]
+    match.source = source  # type: ignore[attr-defined]  # for debugging: the generated code
+    return match
+
+
+def _expression(cond: Condition, var: str, constant: Callable[[Any], str]) -> str:
+    op, operand = cond.op, cond.operand
+    low = f"l{var}"
+    if op == "eq":
+        return f"{var} == {constant(operand)}"
+    if op == "ne":
+        return f"{var} != {constant(operand)}"
+    if op == "in":
+        return f"({var}.__class__ in _SCALARS and {var} in {constant(operand)})"
+    if op == "not_in":
+        return f"not ({var}.__class__ in _SCALARS and {var} in {constant(operand)})"
+    if op in ("gt", "gte", "lt", "lte"):
+        symbol = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}[op]
+        return f"({var}.__class__ in _NUMBERS and {var} {symbol} {constant(operand)})"
+    if op == "exists":
+        return f"{var} is {'not ' if operand else ''}None"
+    if op == "domain":
+        return f"_domain({var}) in {constant(operand)}"
+    if op == "prefix":
+        return f"({low} is not None and {low}.startswith({constant(operand)}))"
+    if op == "contains":
+        return f"({low} is not None and ({' or '.join(f'{constant(t)} in {low}' for t in operand)}))"
+    if op == "words":
+        return f"({low} is not None and {constant(operand)}.search({low}) is not None)"
+    return f"({low} is not None and ({' or '.join(_glob(pattern, low, constant) for pattern in operand)}))"
+
+
+def _glob(pattern: str, low: str, constant: Callable[[Any], str]) -> str:
+    """A glob as the cheapest test that means the same: equality, substring, prefix or suffix
+    when the only wildcards are leading or trailing `*`, a compiled regex otherwise."""
+    core = pattern.strip("*")
+    if not any(c in core for c in "*?["):
+        starts, ends = pattern.startswith("*"), pattern.endswith("*")
+        if starts and ends:
+            return f"{constant(core)} in {low}"
+        if ends:
+            return f"{low}.startswith({constant(core)})"
+        if starts:
+            return f"{low}.endswith({constant(core)})"
+        return f"{low} == {constant(core)}"
+    return f"{constant(re.compile(fnmatch.translate(pattern)))}.match({low}) is not None"

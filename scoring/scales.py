@@ -1,0 +1,85 @@
+"""Scales: 0-100 normalisation, and bands that label a number (fit grade, engagement,
+temperature).
+
+Bands are written as `A = { min = 40 }`, `B = { min = 20, below = 40 }`, ..., and must tile the
+number line: exactly one band without `min` (the lowest), one without `below` (the highest),
+and each band's `below` equal to the next band's `min`. An overlap or a gap is an error, so
+every score has exactly one label.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from scoring.config import Table
+
+
+@dataclass(frozen=True, slots=True)
+class Bands:
+    """Labels from lowest to highest; `starts[i]` is where label i begins (starts[0] is -inf)."""
+
+    labels: tuple[str, ...]
+    starts: tuple[float, ...]
+
+    def label(self, value: float) -> str:
+        starts = self.starts
+        i = len(starts) - 1
+        while value < starts[i]:
+            i -= 1
+        return self.labels[i]
+
+
+@dataclass(frozen=True, slots=True)
+class Scale:
+    """Maps raw points linearly to 0-100: `zero_at` points is 0, `hundred_at` is 100, clipped."""
+
+    zero_at: float
+    hundred_at: float
+
+    def normalize(self, points: float) -> float:
+        ratio = (points - self.zero_at) / (self.hundred_at - self.zero_at)
+        return round(100 * min(max(ratio, 0.0), 1.0), 1)
+
+
+def parse_scale(table: Table | None, default_hundred_at: float) -> Scale:
+    if table is None:
+        return Scale(0, default_hundred_at)
+    table.check_keys(("zero_at", "hundred_at"))
+    zero_at = table.number("zero_at", 0)
+    hundred_at = table.number("hundred_at")
+    if hundred_at <= zero_at:
+        raise table.error("hundred_at", f"a number above zero_at ({zero_at})", hundred_at)
+    return Scale(zero_at, hundred_at)
+
+
+def parse_bands(table: Table | None, required_labels: tuple[str, ...] | None = None) -> Bands | None:
+    """Bands from a table of `label = { min = .., below = .. }`; `required_labels`, when given,
+    is the exact set of labels allowed, best first (e.g. A, B, C, D)."""
+    if table is None:
+        return None
+    if required_labels is not None:
+        table.check_keys(required_labels)
+        missing = [label for label in required_labels if label not in table.data]
+        if missing:
+            raise table.error(missing[0], f"a band for every one of {', '.join(required_labels)}")
+    bands = []
+    for label in table.data:
+        band = table.table(label)
+        if band is None:
+            raise table.error(label, "a band such as { min = 20, below = 40 }")
+        band.check_keys(("min", "below"))
+        bands.append((band.number("min", float("-inf")), band.number("below", float("inf")), label, band))
+    bands.sort(key=lambda b: (b[0], b[1]))
+    for (low, high, label, band), (next_low, _, next_label, _) in zip(bands, bands[1:]):
+        if high > next_low:
+            raise band.error("below", f"at most {next_label}.min ({next_low:g}): bands {label} and {next_label} overlap", high)
+        if high < next_low:
+            raise band.error("below", f"{next_label}.min ({next_low:g}): there is a gap between {label} and {next_label}", high)
+    if bands[0][0] != float("-inf"):
+        raise bands[0][3].error("min", "no min on the lowest band, so every score has a label", bands[0][0])
+    if bands[-1][1] != float("inf"):
+        raise bands[-1][3].error("below", "no below on the highest band, so every score has a label", bands[-1][1])
+    labels = tuple(b[2] for b in bands)
+    if required_labels is not None and labels != tuple(reversed(required_labels)):
+        raise table.error(labels[-1], f"bands ordered best first as {', '.join(required_labels)}")
+    return Bands(labels, tuple(b[0] for b in bands))

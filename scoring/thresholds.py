@@ -1,0 +1,126 @@
+"""Threshold ladders with hysteresis, and the transition record a crossing produces.
+
+A ladder is a base level and ordered lines, e.g. nurture < MQL at 20 < SQL at 60. A lead moves
+up a line when its score reaches `at`, and back down only when the score falls below
+`at - hysteresis`, so a score wobbling around a line does not flap. Each change of level (one
+or several lines at once) is one `Transition`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from scoring.config import Table
+
+
+@dataclass(frozen=True, slots=True)
+class Ladder:
+    """`names[0]` is the base level; level i >= 1 is reached at `at[i]` and left below `down[i]`."""
+
+    names: tuple[str, ...]
+    at: tuple[float, ...]
+    hysteresis: tuple[float, ...]
+    #: Score at which level i moves up (infinite for the top level).
+    up: tuple[float, ...] = field(init=False)
+    #: Score below which level i moves down (minus infinity for the base level).
+    down: tuple[float, ...] = field(init=False)
+    index: dict[str, int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "up", self.at[1:] + (float("inf"),))
+        object.__setattr__(self, "down", (float("-inf"),) + tuple(a - h for a, h in zip(self.at[1:], self.hysteresis[1:])))
+        object.__setattr__(self, "index", {name: i for i, name in enumerate(self.names)})
+
+    def level_after(self, level: int, score: float) -> int:
+        """The level a lead at `level` is at once its score is `score`."""
+        while score >= self.up[level]:
+            level += 1
+        while score < self.down[level]:
+            level -= 1
+        return level
+
+    def level_of(self, name: str) -> int:
+        """Index of a stored level name; an unknown one (the model changed) counts as the base."""
+        return self.index.get(name, 0)
+
+
+def parse_ladder(table: Table) -> Ladder:
+    """`base`, `hysteresis` (default 0) and `ladder = [{ level = "mql", at = 20 }, ...]`."""
+    base = table.string("base")
+    default_hysteresis = table.number("hysteresis", 0, minimum=0)
+    raw = table.raw("ladder")
+    if not isinstance(raw, list) or not raw or not all(isinstance(line, dict) for line in raw):
+        raise table.error("ladder", "a list such as [{ level = \"mql\", at = 20 }, ...]", raw)
+    names, at, hysteresis = [base], [float("-inf")], [0.0]
+    for number, spec in enumerate(raw, 1):
+        line = Table(table.file, table.where, spec, f"ladder[{number}].")
+        line.check_keys(("level", "at", "hysteresis"))
+        name, line_at = line.string("level"), line.number("at")
+        line_hysteresis = line.number("hysteresis", default_hysteresis, minimum=0)
+        if name in names:
+            raise line.error("level", "a level name used once in the ladder", name)
+        if line_at <= at[-1]:
+            raise line.error("at", f"a score above the level below ({at[-1]:g}): the ladder goes from low to high", line_at)
+        if number > 1 and line_at - line_hysteresis < at[-1]:
+            raise line.error(
+                "hysteresis",
+                f"at most {line_at - at[-1]:g}, the gap to the line below (else a lead could skip it going down)",
+                line_hysteresis,
+            )
+        names.append(name)
+        at.append(line_at)
+        hysteresis.append(line_hysteresis)
+    return Ladder(tuple(names), tuple(at), tuple(hysteresis))
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """One threshold crossing of a lead (kind "lead") or of an account (kind "account")."""
+
+    kind: str
+    model: str
+    lead_id: str | None
+    account_id: str | None
+    sequence: int
+    from_level: str
+    to_level: str
+    direction: str
+    score: float
+    normalized: float
+    grade: str | None
+    engagement: int | None
+    cell: str | None
+    temperature: str | None
+    time_ms: int
+    reasons: tuple[dict[str, Any], ...]
+    traits: dict[str, Any]
+
+    @property
+    def id(self) -> str:
+        """Deterministic: replaying the same events yields the same id, so consumers can drop
+        a transition produced again after a crash."""
+        subject = self.lead_id if self.kind == "lead" else self.account_id
+        return hashlib.sha1(f"{self.kind}|{self.model}|{subject}|{self.sequence}".encode()).hexdigest()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "model": self.model,
+            "lead_id": self.lead_id,
+            "account_id": self.account_id,
+            "from_level": self.from_level,
+            "to_level": self.to_level,
+            "direction": self.direction,
+            "score": self.score,
+            "normalized": self.normalized,
+            "grade": self.grade,
+            "engagement": self.engagement,
+            "cell": self.cell,
+            "temperature": self.temperature,
+            "time": self.time_ms,
+            "reasons": list(self.reasons),
+            "traits": self.traits,
+        }
