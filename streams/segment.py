@@ -176,7 +176,8 @@ def _screen(call: dict[str, Any], context: dict[str, Any], event: dict[str, Any]
 
 
 def _identify(call: dict[str, Any], context: dict[str, Any], event: dict[str, Any]) -> None:
-    event["traits"] = canonical_traits(_object(call, "traits"))
+    # RudderStack's libraries send an identify's traits in context.traits only.
+    event["traits"] = canonical_traits({**_object(context, "traits"), **_object(call, "traits")})
 
 
 def _group(call: dict[str, Any], context: dict[str, Any], event: dict[str, Any]) -> None:
