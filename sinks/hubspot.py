@@ -130,15 +130,14 @@ class HubSpotSink(CrossingSink):
         what = f"contact {ref}"
         if crossing.direction == "down" and properties.get("lifecyclestage"):
             self._call(what, self.contacts.update, ref, {"properties": {"lifecyclestage": ""}}, id_property=id_property)
-        result = self._call(what, self.contacts.update, ref, {"properties": properties}, id_property=id_property)
-        return str(result.id)
+        return _id(what, self._call(what, self.contacts.update, ref, {"properties": properties}, id_property=id_property))
 
     def _contact_owner(self, contact_id: str) -> str:
         result = self._call(f"contact {contact_id}", self.contacts.get_by_id, contact_id, properties=["hubspot_owner_id"])
         return str((result.properties or {}).get("hubspot_owner_id") or "")
 
     def _create(self, what: str, create: Callable[..., Any], body: dict[str, Any]) -> str:
-        return str(self._call(f"create {what}", create, body).id)
+        return _id(f"create {what}", self._call(f"create {what}", create, body))
 
     def _find(self, what: str, search: Callable[..., Any], prop: str, crossing_id: str) -> str | None:
         body = {
@@ -147,7 +146,7 @@ class HubSpotSink(CrossingSink):
             "limit": 1,
         }
         results = self._call(f"search {what}", search, body).results or []
-        return str(results[0].id) if results else None
+        return _id(f"search {what}", results[0]) if results else None
 
     def _call(self, what: str, fn: Callable[..., R], *args: Any, **kwargs: Any) -> R:
         """One API request: within the rate limit, with a timeout, its failures as sink errors."""
@@ -170,6 +169,14 @@ class HubSpotSink(CrossingSink):
 
 def _association(to_id: str, type_id: int) -> dict[str, Any]:
     return {"to": {"id": to_id}, "types": [{"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": type_id}]}
+
+
+def _id(what: str, result: Any) -> str:
+    """The record id of an answer; the generated client turns a non-JSON body into an empty model."""
+    record_id = getattr(result, "id", None)
+    if not isinstance(record_id, str) or not record_id:
+        raise RetryableError(f"HubSpot {what}: malformed answer (no record id in {str(result)[:200]!r})")
+    return record_id
 
 
 def _text(value: Any) -> str:

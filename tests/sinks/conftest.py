@@ -1,0 +1,176 @@
+"""Fixtures of the sinks suite: CRM stand-ins, fast retry settings, crossings on the real broker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import orjson
+import pytest
+import trustme
+from redis import Redis
+
+from sinks.base import Sink
+from sinks.runner import SinkRunner, Stats
+from streams.settings import PROJECT_ROOT, Settings
+from tests.sinks.fake_http import WebhookReceiver
+from tests.sinks.fake_hubspot import TOKEN, FakeHubSpot
+from tests.sinks.fake_salesforce import SESSION_ID, FakeSalesforce
+
+WEBHOOK_SECRET = "whsec-test-0123456789"
+
+
+@pytest.fixture(scope="session")
+def tls_ca(tmp_path_factory: pytest.TempPathFactory) -> tuple[trustme.CA, Path]:
+    """A throwaway CA; the Salesforce stand-in's certificate is signed by it (requests trusts it via
+    REQUESTS_CA_BUNDLE, the variable operators use for a corporate CA too)."""
+    ca = trustme.CA()
+    bundle = tmp_path_factory.mktemp("ca") / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    return ca, bundle
+
+
+@pytest.fixture
+def hubspot() -> Iterator[FakeHubSpot]:
+    server = FakeHubSpot().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def salesforce(tls_ca: tuple[trustme.CA, Path], monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeSalesforce]:
+    ca, bundle = tls_ca
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bundle))
+    server = FakeSalesforce(context).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def webhook() -> Iterator[WebhookReceiver]:
+    server = WebhookReceiver().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def sink_settings(isolated: Settings, tmp_path: Path) -> Iterator[Settings]:
+    """This test's topics and Redis prefix, with retries fast enough for a test and a 1 s timeout."""
+    prefix = f"t-{uuid.uuid4().hex[:10]}"
+    settings = isolated.with_overrides(
+        redis_prefix=prefix,
+        sink_concurrency=4,
+        sink_max_attempts=4,
+        sink_backoff_base_ms=50,
+        sink_backoff_max_ms=400,
+        sink_timeout_s=1,
+        hubspot_access_token=TOKEN,
+        hubspot_rate_limit="unlimited",
+        salesforce_access_token=SESSION_ID,
+        salesforce_rate_limit="unlimited",
+        webhook_secret=WEBHOOK_SECRET,
+    )
+    yield settings
+    redis = Redis.from_url(settings.redis_url)
+    keys = list(redis.scan_iter(f"{prefix}:*", count=1000))
+    if keys:
+        redis.delete(*keys)
+    redis.close()
+
+
+def crossing(n: int, to_level: str = "sql", direction: str = "up", *, email: str | None = None,
+             from_level: str | None = None, **extra: Any) -> dict[str, Any]:
+    """A crossing record as the worker writes it; the id is deterministic in (lead, level, direction, n)."""
+    lead = f"lead-{n}"
+    record = {
+        "id": f"{lead}/b2b/{direction}/{to_level}/{extra.pop('seq', 1)}",
+        "kind": "lead", "lead_id": lead, "account_id": "acme", "model": "b2b",
+        "from_level": from_level or ("mql" if direction == "up" else "sql"), "to_level": to_level,
+        "direction": direction, "score": 47.0, "normalized": 61, "grade": "A", "engagement": 2, "cell": "A2",
+        "temperature": "warm", "time": 1763884800000,
+        "reasons": [{"rule": "pricing_page", "points": 30}, {"rule": "webinar", "points": 10}],
+        "traits": {"email": email or f"{lead}@acme.io"},
+    }
+    record.update(extra)
+    return record
+
+
+def produce(settings: Settings, records: list[dict[str, Any]], topic: str | None = None) -> None:
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=5)
+    for record in records:
+        producer.send(topic or settings.topic_crossings, key=record["lead_id"].encode(), value=orjson.dumps(record))
+    producer.flush()
+    producer.close()
+
+
+def drain(sink: Sink[Any], settings: Settings) -> Stats:
+    """Run a connector in-process until it has handled everything in its source topic."""
+    return SinkRunner(sink, settings).run(stop_at_end=True)
+
+
+class SinkProcess:
+    """A real `leadstream sink NAME` subprocess."""
+
+    def __init__(self, settings: Settings, *args: str, log: Path) -> None:
+        self.settings, self.args, self.log = settings, args, log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> SinkProcess:
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "streams.cli", "sink", *self.args],
+                env={**os.environ, **self.settings.as_env()}, cwd=PROJECT_ROOT,
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no offset commit."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def tail(self) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-40:])
+
+
+@pytest.fixture
+def sink_process(tmp_path: Path) -> Iterator[Any]:
+    started: list[SinkProcess] = []
+
+    def start(settings: Settings, *args: str) -> SinkProcess:
+        proc = SinkProcess(settings, *args, log=tmp_path / f"sink-{len(started)}.log").start()
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()
+
+
+def wait_for(condition: Any, timeout_s: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")

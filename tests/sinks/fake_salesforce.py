@@ -1,0 +1,110 @@
+"""A local stand-in for the Salesforce REST API (over TLS), as far as the Salesforce sink uses it.
+
+Endpoints (paths, status codes and error bodies as Salesforce documents them):
+- GET   /services/data/vXX.X/query/?q=SOQL          200 {"totalSize","done","records"} | 400 MALFORMED_QUERY
+- GET   /services/data/vXX.X/sobjects/Lead/{id}     200 | 404 NOT_FOUND
+- PATCH /services/data/vXX.X/sobjects/Lead/{id}     204 | 400 INVALID_FIELD | 404 NOT_FOUND
+- POST  /services/data/vXX.X/sobjects/Task/         201 {"id","success","errors"} | 400 INVALID_FIELD
+Errors are JSON lists of {"message", "errorCode"}; every call needs `Authorization: Bearer
+<session id>` (401 INVALID_SESSION_ID otherwise). The SOQL understood is the sink's: one
+equality filter, optionally `AND IsConverted = false`, ORDER BY and LIMIT.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import ssl
+from typing import Any
+
+from tests.sinks.fake_http import FakeServer, Request, Response
+
+SESSION_ID = "00Dxx0000000001!test-session"
+_SOBJECT = re.compile(r"^/services/data/v[\d.]+/sobjects/(Lead|Task)/([^/]*)$")
+_QUERY = re.compile(r"^/services/data/v[\d.]+/query/?$")
+_SOQL = re.compile(
+    r"^SELECT\s+([\w, ]+)\s+FROM\s+(Lead|Task)\s+WHERE\s+(\w+)\s*=\s*'((?:[^'\\]|\\.)*)'"
+    r"(\s+AND\s+IsConverted\s*=\s*false)?(?:\s+ORDER\s+BY\s+\w+(?:\s+(?:ASC|DESC))?)?(?:\s+LIMIT\s+(\d+))?$",
+    re.IGNORECASE,
+)
+
+
+class FakeSalesforce(FakeServer):
+    def __init__(self, tls: ssl.SSLContext) -> None:
+        super().__init__(tls)
+        self.records: dict[str, dict[str, dict[str, Any]]] = {"Lead": {}, "Task": {}}
+        self.fields: dict[str, set[str]] = {
+            "Lead": {"Id", "Email", "LastName", "Company", "Status", "Rating", "OwnerId", "IsConverted", "CreatedDate",
+                     "Leadstream_Score__c", "Leadstream_Grade__c", "Leadstream_Reasons__c"},
+            "Task": {"Id", "WhoId", "OwnerId", "Subject", "Description", "ActivityDate", "Status", "Priority",
+                     "Leadstream_Crossing_Id__c"},
+        }
+        self._ids = itertools.count(1)
+
+    def add_lead(self, email: str, owner_id: str = "005000000000001AAA") -> str:
+        lead_id = self._new_id("00Q")
+        self.records["Lead"][lead_id] = {"Id": lead_id, "Email": email, "LastName": "Doe", "Company": "Acme",
+                                         "Status": "Open - Not Contacted", "OwnerId": owner_id, "IsConverted": False,
+                                         "CreatedDate": f"2025-01-01T00:00:{len(self.records['Lead']):02d}.000+0000"}
+        return lead_id
+
+    def _new_id(self, prefix: str) -> str:
+        return f"{prefix}{next(self._ids):012d}AAA"
+
+    def error(self, status: int, **detail: Any) -> Response:
+        code = detail.get("code") or {400: "MALFORMED_QUERY", 401: "INVALID_SESSION_ID", 404: "NOT_FOUND",
+                                      503: "SERVER_UNAVAILABLE"}.get(status, "UNKNOWN_EXCEPTION")
+        return Response(status, [{"message": detail.get("message", code), "errorCode": code}])
+
+    def handle(self, request: Request) -> Response:
+        if request.headers.get("Authorization") != f"Bearer {SESSION_ID}":
+            return self.error(401, message="Session expired or invalid")
+        if _QUERY.match(request.path) and request.method == "GET":
+            return self._query(request.query.get("q", [""])[0])
+        m = _SOBJECT.match(request.path)
+        if m is None:
+            return self.error(404, message=f"The requested resource does not exist: {request.path}")
+        sobject, record_id = m[1], m[2]
+        if request.method == "POST" and not record_id:
+            return self._create(sobject, request.json())
+        record = self.records[sobject].get(record_id)
+        if record is None:
+            return self.error(404, message="The requested resource does not exist")
+        if request.method == "GET":
+            return Response(200, {"attributes": {"type": sobject, "url": request.path}, **record})
+        if request.method == "PATCH":
+            fields = request.json()
+            if (invalid := self._invalid(sobject, fields)) is not None:
+                return invalid
+            record.update(fields)
+            return Response(204)
+        return self.error(405, code="METHOD_NOT_ALLOWED")
+
+    def _invalid(self, sobject: str, fields: dict[str, Any]) -> Response | None:
+        unknown = sorted(set(fields) - self.fields[sobject])
+        if not unknown:
+            return None
+        return self.error(400, code="INVALID_FIELD", message=f"No such column '{unknown[0]}' on sobject of type {sobject}")
+
+    def _create(self, sobject: str, fields: dict[str, Any]) -> Response:
+        if (invalid := self._invalid(sobject, fields)) is not None:
+            return invalid
+        if sobject == "Task" and fields.get("WhoId") not in self.records["Lead"]:
+            return self.error(400, code="INVALID_CROSS_REFERENCE_KEY", message="invalid cross reference id")
+        record_id = self._new_id("00T" if sobject == "Task" else "00Q")
+        self.records[sobject][record_id] = {"Id": record_id, **fields}
+        return Response(201, {"id": record_id, "success": True, "errors": []})
+
+    def _query(self, soql: str) -> Response:
+        m = _SOQL.match(soql.strip())
+        if m is None or m[3] not in self.fields[m[2]]:
+            return self.error(400, message=f"unexpected SOQL for this stand-in: {soql}")
+        columns = [c.strip() for c in m[1].split(",")]
+        value = m[4].replace("\\'", "'").replace("\\\\", "\\")
+        found = [r for r in self.records[m[2]].values()
+                 if r.get(m[3]) == value and not (m[5] and r.get("IsConverted"))]
+        if m[2] == "Lead":
+            found.sort(key=lambda r: r["CreatedDate"], reverse=True)
+        found = found[: int(m[6])] if m[6] else found
+        records = [{"attributes": {"type": m[2]}, **{c: r.get(c) for c in columns}} for r in found]
+        return Response(200, {"totalSize": len(records), "done": True, "records": records})

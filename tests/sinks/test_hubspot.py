@@ -1,0 +1,112 @@
+"""The HubSpot connector through the real runner, Kafka and Redis, against the HubSpot stand-in."""
+
+from __future__ import annotations
+
+from sinks.hubspot import DEAL_TO_CONTACT, TASK_TO_CONTACT, TASK_TO_DEAL, HubSpotSink
+from streams.settings import Settings
+from tests.infra import read_topic
+from tests.sinks.conftest import crossing, drain, produce
+from tests.sinks.fake_hubspot import FakeHubSpot
+
+
+def hubspot_settings(settings: Settings, server: FakeHubSpot) -> Settings:
+    return settings.with_overrides(hubspot_base_url=server.url)
+
+
+def test_up_to_sql_updates_the_contact_and_creates_one_deal_and_one_task_for_the_owner(
+    sink_settings: Settings, hubspot: FakeHubSpot
+) -> None:
+    settings = hubspot_settings(sink_settings, hubspot)
+    contact = hubspot.add_contact("lead-1@acme.io", owner_id="4242")
+    produce(settings, [crossing(1, "sql")])
+
+    stats = drain(HubSpotSink(settings), settings)
+
+    assert stats.delivered == 1 and stats.dead_lettered == 0
+    props = hubspot.objects["contacts"][contact]["properties"]
+    assert props["leadstream_score"] == "61" and props["leadstream_grade"] == "A"
+    assert props["leadstream_temperature"] == "Warm" and props["lifecyclestage"] == "salesqualifiedlead"
+    assert props["leadstream_reasons"] == "pricing_page +30, webinar +10"
+    [deal] = hubspot.objects["deals"].values()
+    assert deal["properties"]["dealstage"] == "appointmentscheduled" and deal["properties"]["hubspot_owner_id"] == "4242"
+    assert deal["properties"]["leadstream_crossing_id"] == "lead-1/b2b/up/sql/1"
+    assert deal["associations"][0]["to"]["id"] == contact
+    assert deal["associations"][0]["types"][0]["associationTypeId"] == DEAL_TO_CONTACT
+    [task] = hubspot.objects["tasks"].values()
+    assert task["properties"]["hubspot_owner_id"] == "4242" and task["properties"]["hs_task_status"] == "NOT_STARTED"
+    assert task["properties"]["hs_timestamp"] == "2025-11-24T08:00:00.000Z"  # crossing time + 24 h
+    assert "pricing_page +30" in task["properties"]["hs_task_body"]
+    assert {(a["to"]["id"], a["types"][0]["associationTypeId"]) for a in task["associations"]} == {
+        (contact, TASK_TO_CONTACT), (deal["id"], TASK_TO_DEAL)}
+
+
+def test_down_crossing_moves_the_lifecycle_stage_back_and_creates_nothing(
+    sink_settings: Settings, hubspot: FakeHubSpot
+) -> None:
+    settings = hubspot_settings(sink_settings, hubspot)
+    contact = hubspot.add_contact("lead-2@acme.io")
+    produce(settings, [crossing(2, "mql"), crossing(2, "nurture", "down", from_level="mql")])
+
+    stats = drain(HubSpotSink(settings), settings)
+
+    assert stats.delivered == 2
+    assert hubspot.objects["contacts"][contact]["properties"]["lifecyclestage"] == "lead"
+    assert hubspot.objects["deals"] == {}  # mql makes a task only; the down-crossing makes nothing
+    assert len(hubspot.objects["tasks"]) == 1
+
+
+def test_429_with_retry_after_5xx_timeouts_and_malformed_answers_end_in_exactly_one_deal_and_task(
+    sink_settings: Settings, hubspot: FakeHubSpot
+) -> None:
+    settings = hubspot_settings(sink_settings, hubspot).with_overrides(sink_max_attempts=5)
+    contact = hubspot.add_contact("lead-3@acme.io")
+    hubspot.inject("status", method="PATCH", path="/contacts/", status=429, headers={"Retry-After": "1"},
+                   body={"status": "error", "message": "You have reached your ten_secondly_rolling limit.",
+                         "errorType": "RATE_LIMIT", "policyName": "TEN_SECONDLY_ROLLING"})
+    hubspot.inject("status", method="POST", path="/deals$", status=502)
+    # The deal is created but its answer is garbage: the retry must find it, not make another.
+    hubspot.inject("malformed", method="POST", path="/deals$")
+    hubspot.inject("timeout", method="POST", path="/tasks$", delay_s=1.5)
+    produce(settings, [crossing(3, "sql")])
+
+    stats = drain(HubSpotSink(settings), settings)
+
+    assert (stats.delivered, stats.dead_lettered, stats.retries) == (1, 0, 4)
+    assert len(hubspot.objects["deals"]) == 1 and len(hubspot.objects["tasks"]) == 1
+    # Each retry of a step that may have reached HubSpot looks for its record first.
+    assert len(hubspot.requests_to("POST", "/deals/search$")) == 2
+    assert len(hubspot.requests_to("POST", "/tasks/search$")) == 1
+    patches = hubspot.requests_to("PATCH", "/contacts/lead-3@acme.io$")
+    assert patches[1].at - patches[0].at >= 1.0, "the retry came before the server's Retry-After"
+    assert hubspot.objects["contacts"][contact]["properties"]["lifecyclestage"] == "salesqualifiedlead"
+
+
+def test_a_crm_outage_delays_deliveries_and_loses_none(sink_settings: Settings, hubspot: FakeHubSpot) -> None:
+    settings = hubspot_settings(sink_settings, hubspot).with_overrides(
+        sink_max_attempts=10, sink_backoff_base_ms=200, sink_backoff_max_ms=1500)
+    contacts = [hubspot.add_contact(f"lead-{n}@acme.io") for n in range(30)]
+    produce(settings, [crossing(n, "nurture", "down") for n in range(30)])
+    hubspot.outage(3.0)
+
+    stats = drain(HubSpotSink(settings), settings)
+
+    assert stats.delivered == 30 and stats.dead_lettered == 0 and stats.retries >= 4
+    assert all(hubspot.objects["contacts"][c]["properties"].get("leadstream_level") == "nurture" for c in contacts)
+    assert read_topic(settings, f"{settings.topic_crossings}-dlq-hubspot", idle_s=1.0) == []
+
+
+def test_rate_limit_holds_under_a_burst_of_1000_crossings(sink_settings: Settings, hubspot: FakeHubSpot) -> None:
+    settings = hubspot_settings(sink_settings, hubspot).with_overrides(hubspot_rate_limit="200/1s", sink_concurrency=8)
+    for n in range(1000):
+        hubspot.add_contact(f"lead-{n}@acme.io")
+    # A level the mapping sets nothing for: one PATCH per crossing.
+    produce(settings, [crossing(n, "engaged", "down") for n in range(1000)])
+
+    stats = drain(HubSpotSink(settings), settings)
+
+    assert stats.delivered == 1000
+    times = sorted(r.at for r in hubspot.requests_to("PATCH", "/contacts/"))
+    assert len(times) == 1000
+    busiest = max(sum(1 for t in times[i:i + 201] if t - start < 1.0) for i, start in enumerate(times))
+    assert busiest <= 200, f"{busiest} requests in one second against a quota of 200/1s"
+    assert times[-1] - times[0] >= (1000 - 200) / 200, "finished faster than the quota allows"
