@@ -18,6 +18,7 @@ from typing import Any, Iterable
 
 import faust
 import mode
+from kafka.errors import KafkaError
 import orjson
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
@@ -76,8 +77,9 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
     raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
     events_topic = app.topic(settings.topic_events, **raw)
     accounts_topic = app.topic(settings.topic_accounts, **raw)
-    leads = app.Table("leads", partitions=settings.partitions, **raw)
-    accounts = app.Table("accounts", partitions=settings.partitions, **raw)
+    # bytes keys and values: Faust's "raw" codec, so recovery decodes nothing it need not.
+    leads = app.Table("leads", partitions=settings.partitions, key_type=bytes, value_type=bytes)
+    accounts = app.Table("accounts", partitions=settings.partitions, key_type=bytes, value_type=bytes)
 
     outbox = Outbox(settings.kafka_bootstrap, settings.partitions)
     scorer = Scorer(engine, settings, TableStore(leads), outbox, settings.partitions)
@@ -98,7 +100,7 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
         async def metrics_page(self: View, request: Request) -> Response:
             return self.bytes(generate_latest(REGISTRY), content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
-    async def on_rebalance(sender: Any, **kwargs: Any) -> None:
+    async def on_rebalance(sender: Any, *args: Any, **kwargs: Any) -> None:
         metrics.REBALANCES.inc()
         metrics.READY.set(0)
 
@@ -110,12 +112,16 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
         """Readiness, recovery progress and consumer lag, as gauges."""
         metrics.RECOVERY_REMAINING.set(app.tables.recovery.active_remaining_total())
         metrics.READY.set(1 if _ready(app) else 0)
-        if not lag_probe:
-            lag_probe.append(await asyncio.to_thread(LagProbe, settings.kafka_bootstrap))
-        for topic in (settings.topic_events, settings.topic_accounts):
-            lags = await asyncio.to_thread(lag_probe[0].lag, settings.app_id, topic)
-            for partition, lag in lags.items():
-                metrics.CONSUMER_LAG.labels(topic, str(partition)).set(lag)
+        try:
+            if not lag_probe:
+                lag_probe.append(await asyncio.to_thread(LagProbe, settings.kafka_bootstrap))
+            for topic in (settings.topic_events, settings.topic_accounts):
+                lags = await asyncio.to_thread(lag_probe[0].lag, settings.app_id, topic)
+                for partition, lag in lags.items():
+                    metrics.CONSUMER_LAG.labels(topic, str(partition)).set(lag)
+        except (KafkaError, OSError) as exc:
+            # A metric must never take the worker down; the next round tries again.
+            log.warning("consumer lag not measured: %r", exc)
     app.leadstream_scorer = scorer  # type: ignore[attr-defined]
     within_s = settings.batch_within_ms / 1000
 

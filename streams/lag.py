@@ -22,7 +22,7 @@ class LagProbe:
         if not tps:
             return {}
         ends = self.offsets.end_offsets(tps)
-        committed = self.admin.list_consumer_group_offsets(group_id, partitions=tps)
+        committed = self.admin.list_group_offsets({group_id: tps}).get(group_id, {})
         result = {}
         for tp in tps:
             meta = committed.get(tp)

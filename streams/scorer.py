@@ -139,8 +139,6 @@ class Scorer:
         result = self.engine.apply_batch(events, self._reader(cache))
         stats.scored = len(events) - len(result.rejected) - len(result.late)
         stats.late = len(result.late)
-        for rejection in result.rejected:
-            dead.append(DeadLetter(rejection.reason, rejection.detail, orjson.dumps(rejection.raw)))
 
         # Crossings first: once a state is durable its crossing must already be in Kafka.
         await self._publish(result.transitions)

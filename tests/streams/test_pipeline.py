@@ -45,7 +45,7 @@ def test_threshold_event_arrives_exactly_once_with_lead_and_score(
     assert len(crossings) == 1
     key, crossing = crossings[0]
     assert key == b"ada"
-    assert (crossing["lead_id"], crossing["direction"], crossing["from_level"]) == ("ada", "up", "nurture")
+    assert (crossing["lead_id"], crossing["direction"], crossing["from_level"]) == ("ada", "up", "lead")
     assert crossing["to_level"] == "mql"
     assert crossing["score"] == 20  # the fourth +5 event reached the MQL line at 20
     scores = latest_scores(isolated, expect=2)
