@@ -80,12 +80,12 @@ class Message:
     events: list[dict[str, Any]]
 
 
-def read_messages(settings: Settings, topic: str, *, events: int, timeout_s: float = 30.0, settle_s: float = 1.0) -> list[Message]:
-    """Messages of a topic from the beginning, until they hold `events` events (then `settle_s` more, to see extras)."""
+def read_messages(settings: Settings, *topics: str, events: int, timeout_s: float = 30.0, settle_s: float = 1.0) -> list[Message]:
+    """Messages of the topics from the beginning, until they hold `events` events (then `settle_s` more, to see extras)."""
     from kafka import KafkaConsumer
 
     consumer = KafkaConsumer(
-        topic, bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest", enable_auto_commit=False, group_id=None
+        *topics, bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest", enable_auto_commit=False, group_id=None
     )
     found: list[Message] = []
     count = 0
