@@ -1,6 +1,6 @@
 """The delivery machinery every connector shares: consume, deliver, retry, dead-letter, commit.
 
-Each connector is its own consumer group (`leadstream-sink-<name>`), so connectors fail, lag
+Each connector is its own consumer group (`leadstream-sink-<name>`, after LEADSTREAM_APP_ID), so connectors fail, lag
 and scale independently. A polled batch is split into `LEADSTREAM_SINK_CONCURRENCY` lanes by
 message key: a lead's crossings stay in order within their lane, while the lanes' requests
 overlap so that API latency is hidden, all within the connector's shared rate limit. Offsets
@@ -46,8 +46,9 @@ MAX_POLL_INTERVAL_MS = 30 * 60 * 1000
 DLQ_RETENTION_MS = 30 * 24 * 3600 * 1000
 
 
-def group_id(connector: str) -> str:
-    return f"leadstream-sink-{connector}"
+def group_id(settings: Settings, connector: str) -> str:
+    """`leadstream-sink-<connector>` with the default app id; tests and side-by-side deployments differ."""
+    return f"{settings.app_id}-sink-{connector}"
 
 
 def dlq_topic(source_topic: str, connector: str) -> str:
@@ -122,11 +123,11 @@ class SinkRunner(Generic[T]):
 
     def run(self, *, stop_at_end: bool = False) -> Stats:
         """Deliver the source topic until stopped (or, with `stop_at_end`, until it is caught up)."""
-        return self._consume(self.source_topic, group_id(self.sink.name), self._as_envelope, stop_at_end)
+        return self._consume(self.source_topic, group_id(self.settings, self.sink.name), self._as_envelope, stop_at_end)
 
     def replay_dead_letters(self) -> Stats:
         """Re-drive every dead letter present now; those that fail again are dead-lettered anew."""
-        return self._consume(self.dlq_topic, group_id(self.sink.name) + "-replay", self._from_dead_letter, True)
+        return self._consume(self.dlq_topic, group_id(self.settings, self.sink.name) + "-replay", self._from_dead_letter, True)
 
     def _consume(self, topic: str, group: str, to_envelope: Callable[[object], Envelope], stop_at_end: bool) -> Stats:
         from kafka import KafkaConsumer, KafkaProducer
@@ -142,6 +143,10 @@ class SinkRunner(Generic[T]):
             auto_offset_reset="earliest",
             max_poll_records=MAX_POLL_RECORDS,
             max_poll_interval_ms=MAX_POLL_INTERVAL_MS,
+            # A crashed sink's partitions move to a live member after 6 s (the broker's minimum)
+            # rather than kafka-python's 45 s: deliveries stall no longer than that.
+            session_timeout_ms=6000,
+            heartbeat_interval_ms=2000,
         )
         self._producer = KafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap, acks="all", linger_ms=5)
         end: dict | None = None

@@ -1,0 +1,151 @@
+"""The runner's guarantees with real `leadstream sink` processes: no duplicates under redelivery, dead
+letters with their reason, and replay."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+from kafka import KafkaAdminClient, KafkaProducer
+
+from sinks.hubspot import HubSpotSink
+from sinks.runner import group_id
+from streams.settings import Settings
+from tests.infra import leadstream, read_topic
+from tests.sinks.conftest import crossing, drain, produce, wait_for
+from tests.sinks.fake_hubspot import FakeHubSpot
+from tests.sinks.fake_salesforce import FakeSalesforce
+
+
+def committed_everything(settings: Settings, connector: str) -> bool:
+    from kafka import KafkaConsumer
+    from kafka.structs import TopicPartition
+
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
+    try:
+        committed = admin.list_group_offsets({group_id(settings, connector): None})[group_id(settings, connector)]
+        parts = [TopicPartition(settings.topic_crossings, p) for p in range(settings.partitions)]
+        ends = consumer.end_offsets(parts)
+        return all((committed[tp].offset if tp in committed else 0) == ends[tp] for tp in parts)
+    finally:
+        admin.close()
+        consumer.close()
+
+
+def test_hubspot_killed_between_the_crm_action_and_the_commit_makes_no_duplicate(
+    sink_settings: Settings, hubspot: FakeHubSpot, sink_process: Any
+) -> None:
+    settings = sink_settings.with_overrides(hubspot_base_url=hubspot.url)
+    for n in range(6):
+        hubspot.add_contact(f"lead-{n}@acme.io")
+    # HubSpot creates the first deal, then the answer is held back: the kill lands after the
+    # CRM acted and before the connector knew (the hardest spot), while other lanes finish
+    # deliveries whose offsets are not committed yet.
+    hubspot.inject("hold", method="POST", path="/deals$", delay_s=30)
+    produce(settings, [crossing(n, "sql") for n in range(6)])
+
+    first = sink_process(settings, "hubspot")
+    wait_for(lambda: len(hubspot.objects["deals"]) >= 1, 60, "the first deal")
+    time.sleep(1.0)  # the other lanes deliver meanwhile
+    first.kill()
+    assert not committed_everything(settings, "hubspot")
+
+    second = sink_process(settings, "hubspot")
+    wait_for(lambda: committed_everything(settings, "hubspot"), 60, "the restarted connector to catch up")
+    second.stop()
+
+    deals = [d["properties"]["leadstream_crossing_id"] for d in hubspot.objects["deals"].values()]
+    tasks = [t["properties"]["leadstream_crossing_id"] for t in hubspot.objects["tasks"].values()]
+    expected = sorted(crossing(n, "sql")["id"] for n in range(6))
+    assert sorted(deals) == expected, f"deals: {sorted(deals)}\n{second.tail()}"
+    assert sorted(tasks) == expected
+    assert hubspot.requests_to("POST", "/deals/search$"), "the held deal was not looked up after the restart"
+
+
+def test_salesforce_killed_between_the_crm_action_and_the_commit_makes_no_duplicate(
+    sink_settings: Settings, salesforce: FakeSalesforce, sink_process: Any, tls_ca: Any
+) -> None:
+    settings = sink_settings.with_overrides(salesforce_instance_url=salesforce.url)
+    for n in range(4):
+        salesforce.add_lead(f"lead-{n}@acme.io")
+    salesforce.inject("hold", method="POST", path="/sobjects/Task/$", delay_s=30)
+    produce(settings, [crossing(n, "mql") for n in range(4)])
+
+    first = sink_process(settings, "salesforce")
+    wait_for(lambda: len(salesforce.records["Task"]) >= 1, 60, "the first Task")
+    first.kill()
+
+    second = sink_process(settings, "salesforce")
+    wait_for(lambda: committed_everything(settings, "salesforce"), 60, "the restarted connector to catch up")
+    second.stop()
+
+    tasks = sorted(t["Leadstream_Crossing_Id__c"] for t in salesforce.records["Task"].values())
+    assert tasks == sorted(crossing(n, "mql")["id"] for n in range(4)), second.tail()
+
+
+def test_redelivery_of_delivered_crossings_is_skipped(sink_settings: Settings, hubspot: FakeHubSpot) -> None:
+    settings = sink_settings.with_overrides(hubspot_base_url=hubspot.url)
+    for n in range(5):
+        hubspot.add_contact(f"lead-{n}@acme.io")
+    produce(settings, [crossing(n, "sql") for n in range(5)])
+    assert drain(HubSpotSink(settings), settings).delivered == 5
+    requests_before = len(hubspot.requests)
+
+    # Forget the group's offsets: Kafka hands every crossing out again, as after a lost commit.
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin.delete_groups([group_id(settings, "hubspot")])
+    admin.close()
+    again = drain(HubSpotSink(settings), settings)
+
+    assert (again.delivered, again.skipped) == (0, 5)
+    assert len(hubspot.requests) == requests_before
+    assert len(hubspot.objects["deals"]) == 5
+
+
+def test_permanent_errors_are_dead_lettered_with_the_reason_and_replay_redrives_them(
+    sink_settings: Settings, hubspot: FakeHubSpot
+) -> None:
+    settings = sink_settings.with_overrides(hubspot_base_url=hubspot.url)
+    hubspot.add_contact("lead-1@acme.io")
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    producer.send(settings.topic_crossings, key=b"lead-x", value=b"{not json")
+    producer.flush()
+    producer.close()
+    produce(settings, [crossing(1, "sql"), crossing(2, "sql")])  # lead-2 has no HubSpot contact yet
+
+    stats = drain(HubSpotSink(settings), settings)
+
+    assert (stats.delivered, stats.dead_lettered) == (1, 2)
+    dlq = f"{settings.topic_crossings}-dlq-hubspot"
+    letters = {key: value for key, value in read_topic(settings, dlq, expect=2, idle_s=0.5)}
+    assert letters[b"lead-x"]["reason"] == "malformed" and "not JSON" in letters[b"lead-x"]["detail"]
+    missing = letters[b"lead-2"]
+    assert missing["reason"] == "permanent"
+    assert "contact lead-2@acme.io: not found (404)" in missing["detail"]
+    assert missing["source"]["topic"] == settings.topic_crossings and orjson.loads(missing["original"])["lead_id"] == "lead-2"
+
+    hubspot.add_contact("lead-2@acme.io")  # the cause is fixed
+    result = leadstream(settings, "sink", "replay-dlq", "hubspot", check=False)
+
+    assert "1 delivered, 0 already delivered, 1 dead-lettered again" in result.stdout, result.stderr
+    assert result.returncode == 1  # the malformed record cannot be fixed by replaying
+    assert [d["properties"]["leadstream_crossing_id"] for d in hubspot.objects["deals"].values()] == [
+        crossing(1, "sql")["id"], crossing(2, "sql")["id"]]
+    # Replay consumed the letters it had: a second one has only the re-dead-lettered record.
+    again = leadstream(settings, "sink", "replay-dlq", "hubspot", check=False)
+    assert "0 delivered, 0 already delivered, 1 dead-lettered again" in again.stdout, again.stderr
+    assert len(hubspot.objects["deals"]) == 2
+
+
+def test_a_connector_with_a_broken_mapping_refuses_to_start_and_names_file_and_field(
+    sink_settings: Settings, tmp_path: Any
+) -> None:
+    (tmp_path / "hubspot.toml").write_text('[fields]\nscore = "leadstream_score"\n[task]\nlevels = "mql"\n')
+    settings = sink_settings.with_overrides(sink_mapping_dir=tmp_path)
+
+    result = leadstream(settings, "sink", "hubspot", check=False, timeout=60)
+
+    assert result.returncode == 1
+    assert f"{tmp_path / 'hubspot.toml'}: [task].levels: must be a non-empty list of level names" in result.stderr
