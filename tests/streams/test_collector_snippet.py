@@ -1,0 +1,179 @@
+"""The page-tracking snippet (/v1/leadstream.js) in a real headless Chromium, driven over CDP."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+from websockets.sync.client import ClientConnection, connect
+
+from streams.settings import Settings
+from tests.streams.collector_support import SOURCES, WRITE_KEY, ThreadedCollector, all_events, read_messages
+
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--remote-debugging-port=0",
+]
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's chromium, installed with apt-get when missing (the suite runs as root on CI)."""
+    found = shutil.which("chromium")
+    if found:
+        return found
+    if os.geteuid() != 0:
+        pytest.fail("chromium is missing and only root can install it: run `apt-get install -y chromium`")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, capture_output=True, timeout=300)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], check=True, env=env, capture_output=True, timeout=600)
+    found = shutil.which("chromium")
+    assert found, "apt-get installed chromium but it is not on PATH"
+    return found
+
+
+class Browser:
+    """One headless Chromium page, spoken to over the Chrome DevTools Protocol."""
+
+    def __init__(self, executable: str, profile: Path) -> None:
+        self.proc = subprocess.Popen(
+            [executable, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "about:blank"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        port_file = profile / "DevToolsActivePort"
+        deadline = time.monotonic() + 30
+        while not (port_file.exists() and port_file.read_text().strip()):
+            assert time.monotonic() < deadline and self.proc.poll() is None, "chromium did not open its DevTools port"
+            time.sleep(0.1)
+        port = port_file.read_text().split()[0]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as response:
+            page = next(t for t in json.load(response) if t["type"] == "page")
+        self.ws: ClientConnection = connect(page["webSocketDebuggerUrl"], max_size=None)
+        self._ids = itertools.count(1)
+
+    def call(self, method: str, **params: Any) -> dict[str, Any]:
+        message_id = next(self._ids)
+        self.ws.send(json.dumps({"id": message_id, "method": method, "params": params}))
+        while True:  # events arrive in between; only the answer matters here
+            reply = json.loads(self.ws.recv(timeout=30))
+            if reply.get("id") == message_id:
+                assert "error" not in reply, reply
+                return reply["result"]
+
+    def evaluate(self, expression: str) -> Any:
+        result = self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
+        assert "exceptionDetails" not in result, result
+        return result["result"].get("value")
+
+    def wait_for(self, expression: str, timeout_s: float = 15.0) -> Any:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                value = self.evaluate(expression)
+            except AssertionError:  # the page is between documents
+                value = None
+            if value:
+                return value
+            time.sleep(0.05)
+        raise AssertionError(f"{expression} stayed false for {timeout_s} s")
+
+    def close(self) -> None:
+        self.ws.close()
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+PAGE = """<!doctype html><html><head><title>{title}</title>
+<script async src="{collector}/v1/leadstream.js" data-write-key="{key}"></script></head>
+<body><h1>{title}</h1><a id="next" href="/pricing.html">Pricing</a></body></html>"""
+
+
+@pytest.fixture
+def site(collector: ThreadedCollector) -> Iterator[str]:
+    """A marketing site on another origin than the collector, whose pages embed the snippet."""
+    pages = {path: PAGE.format(title=title, collector=collector.url, key=WRITE_KEY).encode()
+             for path, title in (("/index.html", "Home"), ("/pricing.html", "Pricing"))}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = pages.get(self.path)
+            self.send_response(200 if body else 404)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.end_headers()
+            self.wfile.write(body or b"")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+@pytest.fixture
+def collector(isolated: Settings) -> Iterator[ThreadedCollector]:
+    with ThreadedCollector(isolated.with_overrides(collector_write_keys=SOURCES)) as running:
+        yield running
+
+
+@pytest.fixture
+def browser(chromium: str, tmp_path: Path) -> Iterator[Browser]:
+    running = Browser(chromium, tmp_path / "chromium-profile")
+    yield running
+    running.close()
+
+
+def test_a_visitor_browses_anonymously_then_identifies_and_every_call_reaches_kafka(
+    browser: Browser, site: str, collector: ThreadedCollector
+) -> None:
+    settings = collector.settings
+    browser.call("Page.navigate", url=f"{site}/index.html")
+    anonymous_id = browser.wait_for("window.leadstream && window.leadstream.version && leadstream.anonymousId()")
+    assert f"ls_aid={anonymous_id}" in browser.evaluate("document.cookie")
+    time.sleep(0.5)  # time on the home page
+    browser.evaluate("document.getElementById('next').click()")
+    browser.wait_for("location.pathname === '/pricing.html' && window.leadstream && window.leadstream.version")
+    assert browser.evaluate("leadstream.anonymousId()") == anonymous_id  # kept in the cookie across pages
+    browser.evaluate("leadstream.identify('user-7', {email: 'ada@acme.test', title: 'CTO'});"
+                     "leadstream.track('Pricing Viewed', {plan: 'pro'})")
+    time.sleep(0.2)
+    browser.call("Page.navigate", url="about:blank")  # leaving the pricing page sends its page view
+
+    events = {(e["type"], e["properties"].get("path")): e
+              for e in all_events(read_messages(settings, settings.topic_events, events=3))}
+    assert sorted(events) == [("page_view", "/index.html"), ("page_view", "/pricing.html"), ("pricing_viewed", None)]
+    home = events[("page_view", "/index.html")]
+    assert (home["lead_id"], home["anonymous_id"], home["source"]) == (f"anon:{anonymous_id}", anonymous_id, "website")
+    assert (home["properties"]["title"], home["properties"]["url"]) == ("Home", f"{site}/index.html")
+    spent = home["properties"]["time_on_page_ms"]
+    assert 500 <= spent < 15_000
+    # The event time is when the page was viewed, not when the beacon left: the arrival minus the time on page.
+    assert abs(home["received_at"] - spent - home["time"]) < 1000
+    pricing = events[("page_view", "/pricing.html")]
+    assert (pricing["lead_id"], pricing["anonymous_id"]) == ("user-7", anonymous_id)
+    assert pricing["properties"]["referrer"] == f"{site}/index.html"
+    assert pricing["properties"]["time_on_page_ms"] >= 200
+    track = events[("pricing_viewed", None)]
+    assert (track["lead_id"], track["properties"], track["anonymous_id"]) == ("user-7", {"plan": "pro"}, anonymous_id)
+
+    [identify] = all_events(read_messages(settings, settings.topic_profiles, events=1))
+    assert (identify["type"], identify["lead_id"], identify["anonymous_id"]) == ("identify", "user-7", anonymous_id)
+    assert identify["traits"] == {"email": "ada@acme.test", "title": "CTO"}
+    assert len({e["event_id"] for e in [*events.values(), identify]}) == 4
