@@ -96,16 +96,23 @@ def status_all(settings: Settings) -> list[str]:
 class WorkerProcess:
     """A `leadstream worker` child process (tests, benchmarks): started, probed over HTTP, stopped or killed."""
 
+    command = "worker"
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.log = settings.state_dir.parent / f"worker-{settings.worker_port}-{time.monotonic_ns()}.log"
+        self.log = settings.state_dir.parent / f"{self.command}-{self.port}-{time.monotonic_ns()}.log"
         self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def port(self) -> int:
+        """Where its /readyz answers."""
+        return self.settings.worker_port
 
     def start(self, ready_timeout_s: float = 90.0) -> None:
         self.settings.state_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "streams.cli", "worker"],
+                [sys.executable, "-m", "streams.cli", self.command],
                 env={**os.environ, **self.settings.as_env()},
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -114,15 +121,15 @@ class WorkerProcess:
         deadline = time.monotonic() + ready_timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise ServiceError(f"worker exited with {self.proc.returncode}:\n{self.tail()}")
+                raise ServiceError(f"{self.command} exited with {self.proc.returncode}:\n{self.tail()}")
             if self.get("/readyz")[0] == 200:
                 return
             time.sleep(0.3)
-        raise ServiceError(f"worker not ready within {ready_timeout_s} s:\n{self.tail()}")
+        raise ServiceError(f"{self.command} not ready within {ready_timeout_s} s:\n{self.tail()}")
 
     def get(self, path: str) -> tuple[int, bytes]:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.settings.worker_port}{path}", timeout=5) as response:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as response:
                 return response.status, response.read()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read()
@@ -156,3 +163,13 @@ class WorkerProcess:
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
         except FileNotFoundError:
             return "(no log)"
+
+
+class CollectorProcess(WorkerProcess):
+    """A `leadstream collector` child process; ready once it is connected to Kafka."""
+
+    command = "collector"
+
+    @property
+    def port(self) -> int:
+        return self.settings.collector_port
