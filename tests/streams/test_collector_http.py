@@ -5,11 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import gzip
-import os
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -22,7 +18,8 @@ import requests
 from streams.collector import BATCH_LIMIT_BYTES, CALL_LIMIT_BYTES, KafkaWriter, Outgoing
 from streams.errors import Unavailable
 from streams.partitioning import partition_for
-from streams.settings import PROJECT_ROOT, Settings
+from streams.processes import CollectorProcess
+from streams.settings import Settings
 from tests.infra import free_port
 from tests.streams.collector_support import SOURCES, WRITE_KEY, ThreadedCollector, all_events, read_messages
 
@@ -333,50 +330,34 @@ def test_a_kafka_that_does_not_acknowledge_in_time_gives_unavailable(settings: S
 
 
 def test_a_collector_killed_mid_request_lost_nothing_it_acknowledged(settings: Settings) -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streams.cli", "collector"],
-        env={**os.environ, **settings.as_env()},
-        cwd=PROJECT_ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    collector = CollectorProcess(settings)
+    collector.start(ready_timeout_s=30)
     url = f"http://127.0.0.1:{settings.collector_port}"
+    acknowledged: list[str] = []
+    stop = threading.Event()
+
+    def client(n: int) -> None:
+        with requests.Session() as session:
+            while not stop.is_set():
+                batch = [track(f"u-{n}-{i % 7}") for i in range(50)]
+                try:
+                    response = session.post(f"{url}/v1/batch", data=orjson.dumps({"batch": batch}), auth=(WRITE_KEY, ""),
+                                            headers={"Content-Type": "application/json"}, timeout=10)
+                except requests.ConnectionError:
+                    return
+                if response.status_code == 200:
+                    acknowledged.extend(call["messageId"] for call in batch)
+
+    clients = [threading.Thread(target=client, args=(n,)) for n in range(4)]
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                time.sleep(0.1)
-        acknowledged: list[str] = []
-        stop = threading.Event()
-
-        def client(n: int) -> None:
-            with requests.Session() as session:
-                while not stop.is_set():
-                    batch = [track(f"u-{n}-{i % 7}") for i in range(50)]
-                    try:
-                        response = session.post(f"{url}/v1/batch", data=orjson.dumps({"batch": batch}), auth=(WRITE_KEY, ""),
-                                                headers={"Content-Type": "application/json"}, timeout=10)
-                    except requests.ConnectionError:
-                        return
-                    if response.status_code == 200:
-                        acknowledged.extend(call["messageId"] for call in batch)
-
-        clients = [threading.Thread(target=client, args=(n,)) for n in range(4)]
         for thread in clients:
             thread.start()
         time.sleep(1.5)
-        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        collector.kill()  # SIGKILL while requests are in flight
         stop.set()
         for thread in clients:
             thread.join(timeout=15)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
     assert len(acknowledged) >= 500
     written = {e["event_id"] for e in all_events(read_messages(settings, settings.topic_events, events=len(acknowledged)))}
     assert set(acknowledged) <= written
