@@ -1,0 +1,71 @@
+"""The Redis read model from the score-changes topic, and `leadstream top`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from kafka import KafkaProducer
+from redis import Redis
+
+from sinks.redis_model import RedisModelSink, lead_key, leaderboard_key
+from streams.settings import Settings
+from tests.infra import leadstream
+from tests.sinks.conftest import drain
+
+
+def score_change(lead: str, score: float, **fields: Any) -> dict[str, Any]:
+    return {
+        "lead_id": lead, "model": "b2b", "score": score, "normalized": int(score), "grade": "A", "engagement": 2,
+        "cell": "A2", "temperature": "hot" if score > 60 else "warm", "level": "sql" if score > 60 else "mql",
+        "last_activity_ms": 1763884800000,
+        "top_reasons": [{"rule": "pricing_page", "points": 30}, {"rule": "demo_request", "points": 25}],
+        **fields,
+    }
+
+
+def publish(settings: Settings, changes: list[tuple[str, dict[str, Any] | None]]) -> None:
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    for key, value in changes:
+        producer.send(settings.topic_scores, key=key.encode(), value=None if value is None else orjson.dumps(value))
+    producer.flush()
+    producer.close()
+
+
+def test_score_changes_keep_the_leaderboard_and_lead_hashes_current(sink_settings: Settings) -> None:
+    publish(sink_settings, [
+        ("b2b/lead-1", score_change("lead-1", 40)),
+        ("b2b/lead-2", score_change("lead-2", 75)),
+        ("b2b/lead-3", score_change("lead-3", 55)),
+        ("b2b/lead-1", score_change("lead-1", 90)),  # newer state of lead-1 wins
+        ("b2b/lead-3", None),  # tombstone: lead-3 left the model
+        ("trial/lead-1", score_change("lead-1", 12, model="trial")),
+    ])
+
+    stats = drain(RedisModelSink(sink_settings), sink_settings)
+
+    assert stats.delivered == 6
+    redis, prefix = Redis.from_url(sink_settings.redis_url, decode_responses=True), sink_settings.redis_prefix
+    assert redis.zrevrange(leaderboard_key(prefix, "b2b"), 0, -1, withscores=True) == [("lead-1", 90.0), ("lead-2", 75.0)]
+    assert redis.zrange(leaderboard_key(prefix, "trial"), 0, -1) == ["lead-1"]
+    lead = redis.hgetall(lead_key(prefix, "b2b", "lead-1"))
+    assert (lead["score"], lead["grade"], lead["temperature"], lead["level"]) == ("90", "A", "hot", "sql")
+    assert lead["last_activity_ms"] == "1763884800000"
+    assert orjson.loads(lead["top_reasons"])[0] == {"rule": "pricing_page", "points": 30}
+    assert not redis.exists(lead_key(prefix, "b2b", "lead-3"))
+
+
+def test_leadstream_top_prints_the_hottest_leads_as_a_table(sink_settings: Settings) -> None:
+    publish(sink_settings, [(f"b2b/lead-{n}", score_change(f"lead-{n}", 10 + n * 7)) for n in range(8)])
+    drain(RedisModelSink(sink_settings), sink_settings)
+
+    result = leadstream(sink_settings, "top", "--model", "b2b", "--limit", "3")
+
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["#", "lead", "score", "norm", "grade", "cell", "temp", "level", "last", "activity",
+                                "(UTC)", "top", "reasons"]
+    assert [line.split()[:3] for line in lines[1:]] == [["1", "lead-7", "59"], ["2", "lead-6", "52"], ["3", "lead-5", "45"]]
+    assert lines[1].split()[3:] == ["59", "A", "A2", "warm", "mql", "2025-11-23", "08:00", "pricing_page", "+30,",
+                                    "demo_request", "+25"]
+    empty = leadstream(sink_settings, "top", "--model", "nosuch")
+    assert "no leads for model 'nosuch'" in empty.stdout

@@ -1,0 +1,64 @@
+"""The Salesforce connector with simple-salesforce, over TLS, against the Salesforce stand-in."""
+
+from __future__ import annotations
+
+from sinks.runner import SinkRunner
+from sinks.salesforce import SalesforceSink
+from streams.settings import Settings
+from tests.infra import read_topic
+from tests.sinks.conftest import crossing, drain, produce
+from tests.sinks.fake_salesforce import FakeSalesforce
+
+
+def salesforce_settings(settings: Settings, server: FakeSalesforce) -> Settings:
+    return settings.with_overrides(salesforce_instance_url=server.url)
+
+
+def test_up_to_mql_updates_the_lead_and_creates_a_task_for_its_owner_and_down_updates_only(
+    sink_settings: Settings, salesforce: FakeSalesforce
+) -> None:
+    settings = salesforce_settings(sink_settings, salesforce)
+    by_email = salesforce.add_lead("lead-1@acme.io", owner_id="005000000000042AAA")
+    by_id = salesforce.add_lead("someone-else@acme.io")
+    produce(settings, [
+        crossing(1, "mql"),
+        crossing(1, "nurture", "down", from_level="mql", temperature="cold"),
+        crossing(2, "sql", traits={"salesforce_id": by_id}),
+    ])
+
+    stats = drain(SalesforceSink(settings), settings)
+
+    assert (stats.delivered, stats.dead_lettered) == (3, 0)
+    lead = salesforce.records["Lead"][by_email]
+    assert (lead["Status"], lead["Rating"], lead["Leadstream_Score__c"]) == ("Open - Not Contacted", "Cold", 61)
+    assert lead["Leadstream_Reasons__c"] == "pricing_page +30, webinar +10"
+    assert salesforce.records["Lead"][by_id]["Status"] == "Working - Contacted"
+    tasks = sorted(salesforce.records["Task"].values(), key=lambda t: t["WhoId"])
+    assert [(t["WhoId"], t["OwnerId"]) for t in tasks] == sorted(
+        [(by_email, "005000000000042AAA"), (by_id, "005000000000001AAA")])
+    assert tasks[0]["ActivityDate"] == "2025-11-24" and tasks[0]["Priority"] == "High"
+    assert tasks[0]["Subject"] in ("Follow up: lead-1@acme.io is now mql", "Follow up: lead-2@acme.io is now sql")
+
+
+def test_request_limit_exceeded_is_retried_and_an_unknown_field_is_dead_lettered_then_replayed(
+    sink_settings: Settings, salesforce: FakeSalesforce
+) -> None:
+    settings = salesforce_settings(sink_settings, salesforce)
+    salesforce.add_lead("lead-1@acme.io")
+    salesforce.inject("status", method="GET", path="/query", status=403,
+                      body=[{"message": "TotalRequests Limit exceeded.", "errorCode": "REQUEST_LIMIT_EXCEEDED"}])
+    salesforce.fields["Lead"].discard("Leadstream_Grade__c")  # the org lacks a mapped field
+    produce(settings, [crossing(1, "engaged", "down")])
+
+    stats = drain(SalesforceSink(settings), settings)
+
+    assert (stats.retries, stats.dead_lettered) == (1, 1)
+    [(_, letter)] = read_topic(settings, f"{settings.topic_crossings}-dlq-salesforce", expect=1, idle_s=0.5)
+    assert letter["reason"] == "permanent"
+    assert "HTTP 400" in letter["detail"] and "INVALID_FIELD" in letter["detail"] and "Leadstream_Grade__c" in letter["detail"]
+
+    salesforce.fields["Lead"].add("Leadstream_Grade__c")  # the admin creates the field
+    replayed = SinkRunner(SalesforceSink(settings), settings).replay_dead_letters()
+
+    assert (replayed.delivered, replayed.dead_lettered) == (1, 0)
+    assert [lead["Leadstream_Grade__c"] for lead in salesforce.records["Lead"].values()] == ["A"]

@@ -1,0 +1,79 @@
+"""The webhook connector: signed POSTs a receiver can verify with the documented recipe."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+
+import orjson
+import pytest
+
+from sinks.webhook import WebhookSink, sign, verify_signature
+from streams.settings import Settings
+from tests.infra import read_topic
+from tests.sinks.conftest import WEBHOOK_SECRET, crossing, drain, produce
+from tests.sinks.fake_http import WebhookReceiver
+
+
+def recipe_accepts(secret: str, headers: dict[str, str], body: bytes, now_s: float) -> bool:
+    """The README's verification recipe, written from its text alone (not from sinks.webhook)."""
+    timestamp = headers["X-Leadstream-Timestamp"]
+    expected = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    given = headers["X-Leadstream-Signature"].removeprefix("v1=")
+    return hmac.compare_digest(expected, given) and abs(now_s - int(timestamp)) <= 300
+
+
+def test_each_crossing_is_posted_once_as_sent_and_signed_verifiably(
+    sink_settings: Settings, webhook: WebhookReceiver
+) -> None:
+    settings = sink_settings.with_overrides(webhook_url=f"{webhook.url}/hooks/leads")
+    records = [crossing(n, "mql") for n in range(3)]
+    produce(settings, records)
+
+    stats = drain(WebhookSink(settings), settings)
+
+    assert stats.delivered == 3
+    posts = webhook.requests_to("POST", "^/hooks/leads$")
+    assert sorted(orjson.loads(p.body)["id"] for p in posts) == sorted(r["id"] for r in records)
+    for post in posts:
+        assert post.body == orjson.dumps(next(r for r in records if r["id"] == post.json()["id"]))
+        assert post.headers["X-Leadstream-Id"] == post.json()["id"]
+        assert recipe_accepts(WEBHOOK_SECRET, post.headers, post.body, time.time())
+        assert not recipe_accepts("another-secret", post.headers, post.body, time.time())
+        assert not recipe_accepts(WEBHOOK_SECRET, post.headers, post.body + b" ", time.time())
+
+
+@pytest.mark.parametrize(
+    ("signed_at_offset_s", "tampered", "accepted"),
+    [(0, False, True), (-299, False, True), (-301, False, False), (301, False, False), (0, True, False)],
+)
+def test_verify_signature_checks_the_mac_and_the_age(signed_at_offset_s: int, tampered: bool, accepted: bool) -> None:
+    body = b'{"id":"x"}'
+    now = 1_763_884_800
+    signature = sign("s3cret", now + signed_at_offset_s, body)
+    assert verify_signature("s3cret", str(now + signed_at_offset_s), body + (b"!" if tampered else b""),
+                            signature, now_s=now) is accepted
+
+
+def test_429_is_retried_after_its_retry_after_and_4xx_or_redirects_are_dead_lettered(
+    sink_settings: Settings, webhook: WebhookReceiver
+) -> None:
+    settings = sink_settings.with_overrides(webhook_url=webhook.url + "/hook")
+    webhook.inject("status", status=429, headers={"Retry-After": "1"}, body={"error": "slow down"})
+    produce(settings, [crossing(1, "mql")])
+    first = drain(WebhookSink(settings), settings)
+    webhook.inject("status", status=410, body={"error": "hook deleted"})
+    webhook.inject("status", status=301, headers={"Location": "https://hooks.example/new"})
+    produce(settings, [crossing(2, "mql"), crossing(3, "mql")])
+    second = drain(WebhookSink(settings), settings)
+
+    assert (first.delivered, first.retries) == (1, 1)
+    posts = webhook.requests_to("POST", "/hook")
+    assert posts[1].at - posts[0].at >= 1.0
+    assert posts[1].headers["X-Leadstream-Timestamp"] >= posts[0].headers["X-Leadstream-Timestamp"]
+    assert (second.delivered, second.dead_lettered) == (0, 2)
+    letters = [v for _, v in read_topic(settings, f"{settings.topic_crossings}-dlq-webhook", expect=2, idle_s=0.5)]
+    details = sorted(letter["detail"] for letter in letters)
+    assert "HTTP 410" in details[0] or "HTTP 410" in details[1]
+    assert any("redirected (HTTP 301) to https://hooks.example/new" in d for d in details)
