@@ -78,8 +78,9 @@ class _Table:
         self.data: dict[str, Any] = data
 
     def error(self, key: str, problem: str) -> MappingError:
-        place = f"[{self.where}]" if self.where else "top level"
-        return MappingError(f"{self.path}: {place}{'.' + key if key else ''}: {problem}")
+        if not self.where:
+            return MappingError(f"{self.path}: {key or 'top level'}: {problem}")
+        return MappingError(f"{self.path}: [{self.where}]{'.' + key if key else ''}: {problem}")
 
     def only(self, *allowed: str) -> None:
         unknown = sorted(set(self.data) - set(allowed))

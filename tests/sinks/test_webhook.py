@@ -77,3 +77,23 @@ def test_429_is_retried_after_its_retry_after_and_4xx_or_redirects_are_dead_lett
     details = sorted(letter["detail"] for letter in letters)
     assert "HTTP 410" in details[0] or "HTTP 410" in details[1]
     assert any("redirected (HTTP 301) to https://hooks.example/new" in d for d in details)
+
+
+def test_a_leads_crossings_arrive_in_order_while_leads_are_delivered_concurrently(
+    sink_settings: Settings, webhook: WebhookReceiver
+) -> None:
+    settings = sink_settings.with_overrides(webhook_url=webhook.url, sink_concurrency=4)
+    webhook.latency_s = 0.01
+    levels = [("mql", "up"), ("nurture", "down")] * 3
+    produce(settings, [crossing(n, level, direction, seq=i) for i, (level, direction) in enumerate(levels)
+                       for n in range(8)])
+
+    drain(WebhookSink(settings), settings)
+
+    posts = sorted(webhook.requests_to("POST", "/"), key=lambda p: p.at)
+    received = [orjson.loads(p.body) for p in posts]
+    assert len(received) == 48
+    for n in range(8):
+        assert [r["id"].rsplit("/", 1)[1] for r in received if r["lead_id"] == f"lead-{n}"] == [str(i) for i in range(6)]
+    # One lane at a time would space requests by the 10 ms the receiver takes to answer.
+    assert min(b.at - a.at for a, b in zip(posts, posts[1:])) < 0.005, "leads were not delivered concurrently"

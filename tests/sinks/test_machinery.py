@@ -1,0 +1,154 @@
+"""The delivery machinery's pure parts, table-driven, with a fake clock."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+
+from sinks.base import Crossing
+from sinks.errors import MappingError, PermanentError, RetryableError, for_status
+from sinks.mapping import load_mapping
+from sinks.ratelimit import Quota, TokenBucket
+from sinks.runner import RetryPolicy
+from streams.errors import ConfigError
+from streams.settings import PROJECT_ROOT
+from tests.sinks.conftest import crossing
+
+
+@pytest.mark.parametrize(
+    ("attempt", "jitter", "retry_after_s", "expected_s"),
+    [
+        (1, 0.0, None, 0.125),  # half the 250 ms cap
+        (1, 1.0, None, 0.25),
+        (3, 0.5, None, 0.75),  # cap 1 s: 0.5 + 0.25
+        (10, 1.0, None, 60.0),  # capped by max_ms
+        (1, 0.0, 5.0, 5.0),  # never earlier than Retry-After
+        (9, 1.0, 5.0, 60.0),  # backoff longer than Retry-After wins
+    ],
+)
+def test_backoff_is_exponential_with_equal_jitter_and_honours_retry_after(
+    attempt: int, jitter: float, retry_after_s: float | None, expected_s: float
+) -> None:
+    assert RetryPolicy(max_attempts=8, base_ms=250, max_ms=60_000).delay_s(attempt, jitter, retry_after_s) == expected_s
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_token_bucket_keeps_every_window_under_the_quota_and_pauses_for_retry_after() -> None:
+    clock = FakeClock()
+    bucket = TokenBucket(Quota(100, 10.0), clock=clock, sleep=clock.sleep)
+    times = []
+    for _ in range(500):
+        bucket.acquire()
+        times.append(clock.now)
+    busiest = max(sum(1 for t in times if start <= t < start + 10.0) for start in times)
+    assert busiest <= 100
+    assert times[9] == 100.0 and times[10] > 100.0  # a burst of a tenth of the quota, then the refill rate
+    assert times[-1] - times[0] == pytest.approx(490 / 8.5)
+
+    bucket.pause_until(clock.now + 30)
+    before = clock.now
+    bucket.acquire()
+    assert clock.now >= before + 30
+
+
+@pytest.mark.parametrize("text", ["100", "100/0s", "0/10s", "lots/10s", "100/10m"])
+def test_quota_errors_name_the_variable(text: str) -> None:
+    with pytest.raises(ConfigError, match=r"LEADSTREAM_HUBSPOT_RATE_LIMIT=.* is not a rate limit"):
+        Quota.parse("LEADSTREAM_HUBSPOT_RATE_LIMIT", text)
+
+
+def test_quota_parses_requests_per_window_and_unlimited() -> None:
+    assert Quota.parse("X", "100000/86400s") == Quota(100_000, 86_400.0)
+    assert Quota.parse("X", " unlimited ") is None
+
+
+@pytest.mark.parametrize(
+    ("status", "kind"),
+    [(400, PermanentError), (401, PermanentError), (404, PermanentError), (408, RetryableError),
+     (409, PermanentError), (429, RetryableError), (500, RetryableError), (503, RetryableError)],
+)
+def test_http_statuses_split_into_retryable_and_permanent(status: int, kind: type) -> None:
+    assert type(for_status(status, "thing", "body")) is kind
+
+
+def test_retry_after_comes_from_the_header_in_seconds() -> None:
+    error = for_status(429, "thing", "slow down", {"retry-after": "7"})
+    assert isinstance(error, RetryableError) and error.retry_after_s == 7.0
+    assert for_status(503, "thing", "", {"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}).retry_after_s is None  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (b"{", "the value is not JSON"),
+        (b"[1]", "not a JSON object"),
+        (orjson.dumps({**crossing(1), "direction": "sideways"}), "direction must be 'up' or 'down'"),
+        (orjson.dumps({k: v for k, v in crossing(1).items() if k != "to_level"}), "field 'to_level' is missing"),
+        (orjson.dumps({**crossing(1), "score": "high"}), "could not convert string to float"),
+        (orjson.dumps({**crossing(1), "lead_id": None}), "expected a non-empty string"),
+    ],
+)
+def test_a_message_that_is_not_a_crossing_is_a_permanent_error(value: bytes, message: str) -> None:
+    with pytest.raises(PermanentError, match=message):
+        Crossing.from_json(value)
+
+
+def test_an_account_crossing_needs_no_lead() -> None:
+    parsed = Crossing.from_json(orjson.dumps({**crossing(1), "kind": "account", "lead_id": None}))
+    assert (parsed.kind, parsed.lead_id, parsed.account_id) == ("account", "", "acme")
+
+
+def test_the_shipped_mappings_are_valid() -> None:
+    hubspot = load_mapping(PROJECT_ROOT / "sinks" / "mappings" / "hubspot.toml", with_deals=True)
+    salesforce = load_mapping(PROJECT_ROOT / "sinks" / "mappings" / "salesforce.toml", with_deals=False)
+    assert hubspot.deal is not None and hubspot.task is not None and salesforce.task is not None
+    values = salesforce.record_values(Crossing.from_json(orjson.dumps(crossing(1, "mql", temperature="hot"))))
+    assert values == {"Leadstream_Score__c": 61, "Leadstream_Grade__c": "A", "Rating": "Hot",
+                      "Leadstream_Reasons__c": "pricing_page +30, webinar +10", "Status": "Working - Contacted"}
+
+
+@pytest.mark.parametrize(
+    ("toml", "with_deals", "error"),
+    [
+        ("fields = 3", False, "[fields]: must be a table"),
+        ("[fields]\n", False, ": fields: is required"),
+        ('[fields]\nscroe = "x"', False, "[fields].scroe: is not a crossing field"),
+        ('[fields]\nscore = 1', False, "[fields].score: must be a string"),
+        ('[fields]\nscore = "x"\n[values.grade]\nA = "a"', False, "[values].grade: translates a field that [fields] does not map"),
+        ('[fields]\nscore = "x"\n[levels.mql]\nStatus = 3', False, "[levels.mql].Status: must be a string"),
+        ('[fields]\nscore = "x"\n[deal]\nlevels = ["sql"]', False, ": deal: unknown key"),
+        ('[fields]\nscore = "x"\n[deal]\nlevels = ["sql"]\ncrossing_id_property = "c"', True, "[deal].stage: is required"),
+        ('[fields]\nscore = "x"\n[task]\nlevels = []\npriority = "HIGH"\ncrossing_id_property = "c"', False,
+         "[task].levels: must be a non-empty list"),
+        ('[fields]\nscore = "x"\n[task]\nlevels = ["mql"]\npriority = "HIGH"\ncrossing_id_property = "c"\n'
+         'subject = "hi {firstname}"', False, "[task].subject: uses {firstname}"),
+        ('[fields]\nscore = "x"\n[task]\nlevels = ["mql"]\npriority = "HIGH"\ncrossing_id_property = "c"\n'
+         "due_in_hours = 0", False, "[task].due_in_hours: must be a positive integer"),
+        ('[fields]\nscore = "x"\n[task]\nlevels = ["mql"]\npriority = "HIGH"', False,
+         "[task].crossing_id_property: is required"),
+        ("[fields\n", False, "not valid TOML"),
+    ],
+)
+def test_mapping_errors_name_the_file_and_the_field(tmp_path: Path, toml: str, with_deals: bool, error: str) -> None:
+    path = tmp_path / "crm.toml"
+    path.write_text(toml)
+    with pytest.raises(MappingError) as raised:
+        load_mapping(path, with_deals=with_deals)
+    assert str(raised.value).startswith(f"{path}: ") and error in str(raised.value)
+
+
+def test_a_missing_mapping_file_says_where_the_examples_are(tmp_path: Path) -> None:
+    with pytest.raises(MappingError, match="no such mapping file; copy the example from sinks/mappings/"):
+        load_mapping(tmp_path / "hubspot.toml", with_deals=True)
