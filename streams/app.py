@@ -75,7 +75,9 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
         web_in_thread=False,
     )
     raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
-    events_topic = app.topic(settings.topic_events, **raw)
+    # Profile (trait) updates are identify events keyed by lead, co-partitioned with the raw
+    # events, so one agent keeps each lead's events and traits in order on one partition.
+    events_topic = app.topic(settings.topic_events, settings.topic_profiles, **raw)
     accounts_topic = app.topic(settings.topic_accounts, **raw)
     # bytes keys and values: Faust's "raw" codec, so recovery decodes nothing it need not.
     leads = app.Table("leads", partitions=settings.partitions, key_type=bytes, value_type=bytes)

@@ -93,14 +93,15 @@ def run_demo(settings: Settings) -> int:
     print(f"{'lead':<16} {'model':<18} {'score':>7} {'0-100':>6} {'cell':>5} {'temperature':<12} {'level':<10} top reasons")
     for s in hottest:
         reasons = ", ".join(f"{r['rule']} {r['points']:+g}" for r in s.get("top_reasons", [])[:3])
-        print(f"{s['lead_id']:<16} {s['model']:<18} {s['score']:>7.1f} {s['normalized']:>6} {s['cell']:>5} "
+        print(f"{s['lead_id']:<16} {s['model']:<18} {s['score']:>7.1f} {s['normalized']:>6} {s['cell'] or '-':>5} "
               f"{s['temperature']:<12} {s['level']:<10} {reasons}")
     crossings = [value for _, value in read_all(settings, settings.topic_crossings)]
     ups = [c for c in crossings if c["direction"] == "up"]
     print(f"\nThreshold crossings fired: {len(crossings)} ({len(ups)} up, {len(crossings) - len(ups)} down); the latest:")
     for c in sorted(crossings, key=lambda c: c["time"])[-10:]:
-        print(f"  {c['kind']:<7} {c.get('lead_id') or c.get('account_id'):<16} {c['model']:<18} "
-              f"{c['from_level']} -> {c['to_level']} at score {c['score']:.1f} ({c['cell']})")
+        subject = c["lead_id"] if c["kind"] == "lead" else c["account_id"]
+        print(f"  {c['kind']:<7} {subject:<16} {c['model']:<18} "
+              f"{c['from_level']} -> {c['to_level']} at score {c['score']:.1f} ({c['cell'] or 'no grid'})")
     print(
         f"\nExplore: curl http://127.0.0.1:{settings.worker_port}/leads/{hottest[0]['lead_id'] if hottest else 'LEAD'}/"
         f"  (the explanation of a lead's score)"

@@ -1,0 +1,148 @@
+"""The worker's durable per-lead state on the real broker: caps, profiles, decay timers,
+account roll-ups, and the kill-and-restart guarantee checked against the offline scorer."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import orjson
+
+from scoring import Engine
+from streams.bench import workload
+from streams.processes import WorkerProcess
+from streams.send import open_producer, produce
+from streams.settings import Settings
+from tests.infra import leadstream, read_topic, write_jsonl
+
+MINUTE_MS = 60_000
+DAY_MS = 86_400_000
+
+
+def b2b(lead: str, n: int, kind: str, at_ms: int, **fields: object) -> dict:
+    return {"event_id": f"{lead}-{n}", "lead_id": lead, "type": kind, "product": "b2b", "time": at_ms, **fields}
+
+
+def page(lead: str, n: int, url: str, at_ms: int) -> dict:
+    return b2b(lead, n, "page_view", at_ms, properties={"url": url, "time_on_page_s": 20})
+
+
+def scores_by_key(settings: Settings, expect: int | None = None) -> dict[str, dict]:
+    return {key.decode(): value for key, value in read_topic(settings, settings.topic_scores, expect=expect, idle_s=2)}
+
+
+def send(settings: Settings, events: list[dict], topic: str | None = None) -> None:
+    producer = open_producer(settings)
+    try:
+        produce(producer, topic or settings.topic_events, ((e["lead_id"], orjson.dumps(e)) for e in events), 1)
+    finally:
+        producer.close()
+
+
+def test_caps_bonuses_and_a_profile_update_crossing(isolated: Settings, worker: Callable[..., WorkerProcess]) -> None:
+    now = int(time.time() * 1000) - 60 * MINUTE_MS
+    opens = [b2b("olga", n, "email_open", now + n * MINUTE_MS, properties={"email_id": "spring-launch"}) for n in range(6)]
+    pricing = [page("pete", n, "https://acme.io/pricing", now + n * MINUTE_MS) for n in range(5)]
+    fit_lead = [page("fay", 0, "https://acme.io/pricing", now), page("fay", 1, "https://acme.io/case-studies/globex", now + MINUTE_MS)]
+    send(isolated, opens + pricing + fit_lead)
+    profile = b2b("fay", 2, "identify", now + 2 * MINUTE_MS,
+                  traits={"email": "fay@initech.io", "title": "VP Marketing", "company_size": 250})
+    send(isolated, [profile], topic=isolated.topic_profiles)
+
+    worker()
+
+    scores = scores_by_key(isolated, expect=3)
+    # Six opens of one e-mail on one day: one counts (cap 1/day, once per e-mail id).
+    assert scores["b2b/olga"]["score"] == 1
+    # Five pricing visits within a week: 5 x 10, plus the +20 frequency bonus once.
+    assert scores["b2b/pete"]["score"] == 70
+    # Behaviour 14 (pricing 10, customer story 4) + fit 14 (senior title 8, company size 5, business e-mail 1).
+    assert scores["b2b/fay"]["score"] == 28
+    crossings = {c["lead_id"]: c for _, c in read_topic(isolated, isolated.topic_crossings, expect=2)}
+    assert (crossings["fay"]["from_level"], crossings["fay"]["to_level"], crossings["fay"]["cell"]) == ("nurture", "mql", "B3")
+    assert crossings["fay"]["traits"]["email"] == "fay@initech.io"
+    assert crossings["pete"]["to_level"] == "sql" and crossings["pete"]["score"] == 70
+    assert "olga" not in crossings
+
+
+def test_decay_timer_moves_an_idle_lead_back_to_nurture(isolated: Settings, worker: Callable[..., WorkerProcess]) -> None:
+    now = int(time.time() * 1000) - 10 * MINUTE_MS
+    events = [b2b("dora", 0, "form_submit", now, properties={"form": "demo_request"})]
+    send(isolated, events)
+    offset_ms = 100 * DAY_MS  # the worker's clock runs 100 days ahead: the lead has been idle that long
+    proc = worker(isolated.with_overrides(clock_offset_ms=offset_ms, decay_interval_s=1))
+
+    crossings = [c for _, c in read_topic(isolated, isolated.topic_crossings, expect=2, timeout_s=60)]
+    assert [(c["from_level"], c["to_level"], c["direction"]) for c in crossings] == [("nurture", "mql", "up"), ("mql", "nurture", "down")]
+    engine = Engine.from_directory(isolated.models_dir)
+    result = engine.apply_batch([engine.parse(e) for e in events], lambda model, lead: None)
+    expected, _ = engine.decay("b2b", "dora", result.states[("b2b", "dora")], now + offset_ms)
+    assert crossings[1]["score"] == engine.summary("b2b", "dora", expected, now + offset_ms)["score"]
+    _, body = proc.get("/metrics")
+    assert b"leadstream_decay_steps_total 1.0" in body
+
+
+def test_account_roll_up_crosses_through_the_rekeyed_stage(isolated: Settings, worker: Callable[..., WorkerProcess]) -> None:
+    now = int(time.time() * 1000) - 60 * MINUTE_MS
+    events = []
+    for n, lead in enumerate(("ann", "ben", "cid")):
+        events.append(b2b(lead, 0, "form_submit", now + n * MINUTE_MS, account_id="acme", properties={"form": "demo_request"}))
+        events.append(b2b(lead, 1, "meeting_booked", now + n * MINUTE_MS + 1, account_id="acme"))
+    send(isolated, events)
+
+    worker()
+
+    crossings = [c for _, c in read_topic(isolated, isolated.topic_crossings, expect=7)]
+    account = [c for c in crossings if c["kind"] == "account"]
+    assert account, crossings
+    assert {c["account_id"] for c in account} == {"acme"}
+    # Members 55 each, top-3 combined 165: past "engaged" (60) and "buying" (150).
+    assert account[-1]["to_level"] == "buying" and account[-1]["direction"] == "up"
+    assert sorted(c["lead_id"] for c in crossings if c["kind"] == "lead" and c["to_level"] == "mql") == ["ann", "ben", "cid"]
+
+
+def test_sigkill_mid_stream_loses_and_duplicates_nothing(
+    isolated: Settings, worker: Callable[..., WorkerProcess], tmp_path: Path
+) -> None:
+    now = int(time.time() * 1000)
+    events = list(workload.generate(30_000, 1_500, seed=11, start_ms=now - 6 * 3_600_000, span_ms=6 * 3_600_000))
+    path = write_jsonl(tmp_path / "events.jsonl", events)
+    offline = [orjson.loads(line) for line in leadstream(isolated, "score", "--events", str(path)).stdout.splitlines()]
+    expected_scores = {f"{r['model']}/{r['lead_id']}": r["score"] for r in offline if r["record"] == "lead"}
+    expected_crossings = {r["id"]: r for r in offline if r["record"] == "transition" and r["kind"] == "lead"}
+    assert len(expected_crossings) > 100
+
+    # Produce over ~8 s in small envelopes while the worker scores, and kill it half-way.
+    def feed() -> None:
+        producer = open_producer(isolated)
+        try:
+            for start in range(0, len(events), 500):
+                chunk = events[start : start + 500]
+                produce(producer, isolated.topic_events, ((e["lead_id"], orjson.dumps(e)) for e in chunk), 20)
+                time.sleep(0.13)
+        finally:
+            producer.close()
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    first = worker()
+    time.sleep(4.0)
+    first.kill()
+    assert first.proc is not None and first.proc.returncode == -9
+    feeder.join()
+    worker()
+
+    crossings = [c for _, c in read_topic(isolated, isolated.topic_crossings, expect=len(expected_crossings), timeout_s=180)]
+    lead_crossings = [c for c in crossings if c["kind"] == "lead"]
+    by_id = {c["id"]: c for c in lead_crossings}
+    assert set(by_id) == set(expected_crossings), "a crossing is missing or unexpected"
+    for crossing_id, crossing in by_id.items():
+        assert (crossing["lead_id"], crossing["to_level"], crossing["score"]) == (
+            expected_crossings[crossing_id]["lead_id"], expected_crossings[crossing_id]["to_level"], expected_crossings[crossing_id]["score"],
+        )
+    # A crossing produced twice (state write lost in the kill) carries the same id: consumers drop it.
+    assert len(lead_crossings) >= len(by_id)
+    scores = scores_by_key(isolated, expect=len(expected_scores))
+    assert {k: v["score"] for k, v in scores.items()} == expected_scores
