@@ -15,6 +15,7 @@ import orjson
 
 from scoring.config import Table
 from scoring.errors import StateError
+from scoring.state import right_sized
 from scoring.scales import Scale, parse_scale
 from scoring.thresholds import Ladder, Transition, parse_ladder
 
@@ -77,7 +78,7 @@ class AccountState:
         return True
 
     def to_bytes(self) -> bytes:
-        return orjson.dumps((_VERSION, self.members, self.level, self.crossings))
+        return right_sized(orjson.dumps((_VERSION, self.members, self.level, self.crossings)))
 
     @classmethod
     def from_bytes(cls, data: bytes | bytearray | memoryview) -> AccountState:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 from scoring import explain as explaining
 from scoring.accounts import AccountState, MemberScore, roll_up
@@ -21,8 +21,8 @@ from scoring.errors import ModelError
 from scoring.events import IDENTIFY, Event, Rejection, parse_event, parse_message
 from scoring.model import Model, load_directory
 from scoring.repeat import Window, drop_closed, limited_points
-from scoring.rules import Matcher, compile_matcher
-from scoring.state import LeadState
+from scoring.rules import Matcher, Rule, compile_matcher
+from scoring.state import SEPARATOR, LeadState
 from scoring.thresholds import Transition
 
 GetState = Callable[[str, str], "LeadState | None"]
@@ -58,7 +58,8 @@ class ModelRuntime:
 
     __slots__ = (
         "model", "name", "matchers", "fit_match", "ladder", "lateness_ms", "floor", "ceiling",
-        "remember", "history", "keep_traits", "steps", "half_life", "windows",
+        "remember", "history", "keep_traits", "steps", "half_life", "windows", "level_index", "up", "down",
+        "empty_fit", "first_level", "first_idle_ms",
     )  # fmt: skip
 
     def __init__(self, model: Model) -> None:
@@ -73,13 +74,19 @@ class ModelRuntime:
             compile_matcher(((r, r.conditions) for r in model.fit_rules), classify) if model.fit_rules else None
         )
         self.ladder = model.ladder
+        self.level_index = model.ladder.index
+        self.up = model.ladder.up
+        self.down = model.ladder.down
         self.lateness_ms = model.lateness_ms
         self.floor = model.floor
+        self.empty_fit = self.fit_points({})
+        self.first_level = self.ladder.names[self.ladder.level_after(0, max(self.empty_fit, self.floor))]
         self.ceiling = float("inf") if model.max_points is None else model.max_points
         self.remember = model.remember_events
         self.history = model.history
         self.keep_traits = model.keep_traits
         self.steps = model.decay if isinstance(model.decay, StepDecay) else None
+        self.first_idle_ms = self.steps.steps[0].idle_ms if self.steps is not None else 0
         self.half_life = model.decay if isinstance(model.decay, HalfLifeDecay) else None
         windows: dict[str, Window] = {}
         for rule in model.rules:
@@ -92,9 +99,7 @@ class ModelRuntime:
     # -- one lead --------------------------------------------------------------------------
 
     def new_state(self) -> LeadState:
-        state = LeadState.new(self.ladder.names[0], self.fit_points({}))
-        state.level = self.ladder.names[self.ladder.level_after(0, self.score(state))]
-        return state
+        return LeadState.new(self.first_level, self.empty_fit)
 
     def score(self, state: LeadState) -> float:
         score = state.behaviour + state.fit
@@ -106,48 +111,54 @@ class ModelRuntime:
         return sum(rule.points for rule in self.fit_match(_NO_PROPERTIES, traits))
 
     def apply(self, state: LeadState, event: Event, out: list[Transition]) -> int:
-        """Applies one event; returns _APPLIED, _DUPLICATE or _LATE (the last two change nothing)."""
+        """Applies one event; returns _APPLIED, _DUPLICATE or _LATE (the last two change nothing).
+
+        This is the per-event hot path, written for speed: attribute lookups are hoisted and
+        the common case (a plain rule, no decay due, no crossing) calls as little as possible.
+        """
         time_ms = event.time_ms
         if time_ms < state.watermark_ms - self.lateness_ms:
             return _LATE
-        if state.seen_event(event.event_id):
+        needle = f"{SEPARATOR}{event.event_id}{SEPARATOR}"
+        ids = state.ids
+        if needle in ids or needle in state.old_ids:
             return _DUPLICATE
-        state.remember_event(event.event_id, time_ms, self.remember)
+        if ids and state.ids_count < self.remember:  # inlined LeadState.remember_event
+            state.ids = f"{ids}{event.event_id}{SEPARATOR}"
+            state.ids_count += 1
+            if time_ms > state.ids_max_ms:
+                state.ids_max_ms = time_ms
+        else:
+            state.remember_event(event.event_id, time_ms, self.remember)
         if time_ms > state.watermark_ms:
             state.watermark_ms = time_ms
         if event.account_id is not None:
             state.account_id = event.account_id
-        ladder = self.ladder
-        level = ladder.level_of(state.level)
+        level = self.level_index.get(state.level, 0)
 
         traits_changed = self._merge_traits(state, event.traits) if event.traits else False
         matcher = self.matchers.get(event.type)
         matched = matcher(event.properties, state.traits) if matcher is not None else ()
-        active = False
-        for rule in matched:
-            if rule.points > 0:
-                active = True
-                break
 
         weight = 1.0
         if self.steps is not None:
-            if time_ms >= state.last_activity_ms:
-                level = self._step_decay(state, time_ms, active, level, event.lead_id, out)
+            # Nothing to do unless a step was taken or the first one is due by now.
+            if time_ms >= state.last_activity_ms and (
+                state.steps_taken or (state.last_activity_ms and time_ms >= state.last_activity_ms + self.first_idle_ms)
+            ):
+                level = self._step_decay(state, time_ms, matched, level, event.lead_id, out)
         elif self.half_life is not None:
             if time_ms < state.as_of_ms:
                 weight = self.half_life.factor(state.as_of_ms - time_ms)
             else:
                 self.half_life.bring_to(state, time_ms)
-        if active and time_ms > state.last_activity_ms:
-            state.last_activity_ms = time_ms
-            if state.steps_taken:
-                state.steps_taken = []
-
         if traits_changed:
             fit = self.fit_points(state.traits)
             if fit != state.fit:
                 state.record(time_ms, fit - state.fit, "fit", self.history)
                 state.fit = fit
+
+        active = False
         ledger = state.ledger
         for rule in matched:
             entry = ledger.get(rule.name)
@@ -155,34 +166,41 @@ class ModelRuntime:
                 entry = ledger[rule.name] = [0, 0, 0, 0]
             entry[1] += 1
             points = rule.points if rule.plain else limited_points(rule, state, event.properties, time_ms, entry)
+            if rule.points > 0:
+                active = True
             if points:
                 before = state.behaviour
-                after = before + points * weight
+                wanted = before + points * weight
+                after = wanted
                 if after > self.ceiling:
                     after = self.ceiling if before < self.ceiling else before
                 elif after < self.floor:
                     after = self.floor if before > self.floor else before
-                if after != before + points * weight:
+                if after != wanted:  # the model's ceiling or floor clipped the points
                     points = (after - before) / weight
                     entry[2] += 1
                 state.behaviour = after
                 entry[0] += points
                 state.record(time_ms, points, rule.name, self.history)
+        if active and time_ms > state.last_activity_ms:
+            state.last_activity_ms = time_ms
+            if state.steps_taken:
+                state.steps_taken = []
 
         score = state.behaviour + state.fit
         if score < self.floor:
             score = self.floor
-        if score >= ladder.up[level] or score < ladder.down[level]:
-            self._cross(state, level, ladder.level_after(level, score), event.lead_id, time_ms, out)
-        elif ladder.names[level] != state.level:
-            state.level = ladder.names[level]
+        if score >= self.up[level] or score < self.down[level]:
+            self._cross(state, level, self.ladder.level_after(level, score), event.lead_id, time_ms, out)
+        elif self.ladder.names[level] != state.level:  # a level the model no longer has
+            state.level = self.ladder.names[level]
         return _APPLIED
 
-    def _step_decay(self, state: LeadState, time_ms: int, active: bool, level: int, lead_id: str, out: list[Transition]) -> int:
+    def _step_decay(self, state: LeadState, time_ms: int, matched: Sequence[Rule], level: int, lead_id: str, out: list[Transition]) -> int:
         """Brings step decay to `time_ms` before an event at that time; returns the level."""
         steps = self.steps
         assert steps is not None
-        if active and state.steps_taken:
+        if state.steps_taken and any(rule.points > 0 for rule in matched):
             given = sum(steps.give_back(state, time_ms))
             if given:
                 state.record(time_ms, given, "decay given back (activity arrived late)", self.history)
@@ -273,16 +291,18 @@ class ModelRuntime:
     def compact(self, state: LeadState) -> None:
         """Forgets what no future event can need: ids and windows beyond the lateness."""
         cutoff = state.watermark_ms - self.lateness_ms
-        state.forget_events_before(cutoff)
+        if state.ids_max_ms < cutoff or (state.old_ids and state.old_ids_max_ms < cutoff):
+            state.forget_events_before(cutoff)
         windows = state.windows
-        for key in [k for k in windows]:
+        if not windows:
+            return
+        for key, counts in list(windows.items()):
             window = self.windows.get(key)
             if window is None:  # the rule left the model
                 del windows[key]
                 continue
             first_open = window.index(cutoff)
-            counts = windows[key]
-            if min(counts[0::2]) < first_open:
+            if any(counts[pos] < first_open for pos in range(0, len(counts), 2)):
                 counts = drop_closed(counts, first_open)
                 if counts:
                     windows[key] = counts
@@ -379,7 +399,8 @@ class Engine:
                     if state is None:
                         state = runtime.new_state()
                     states[key] = state
-                    scores_before[key] = runtime.score(state)
+                    if state.account_id is not None:
+                        scores_before[key] = runtime.score(state)
                 outcome = runtime.apply(state, event, transitions)
                 if outcome == _APPLIED:
                     changed[key] = runtime
@@ -391,7 +412,7 @@ class Engine:
             state = states[key]
             runtime.compact(state)
             result.states[key] = state
-            if state.account_id is not None and runtime.score(state) != scores_before[key]:
+            if state.account_id is not None and runtime.score(state) != scores_before.get(key):
                 update = runtime.member_score(key[1], state, state.watermark_ms)
                 if update is not None:
                     result.account_updates.append(update)

@@ -113,6 +113,34 @@ def parse_time_ms(value: Any) -> int | str:
 
 
 def _from_dict(d: dict[str, Any]) -> Event | Rejection:
+    # The per-event hot path: one pass of cheap checks for the well-formed case; anything
+    # unusual (a missing or numeric id, an ISO time, a null map) takes the careful path below.
+    get = d.get
+    lead_id, kind, time_ms, event_id = get("lead_id"), get("type"), get("time"), get("event_id")
+    properties, traits = get("properties", _EMPTY), get("traits", _EMPTY)
+    account_id, product = get("account_id"), get("product")
+    if (
+        lead_id.__class__ is str
+        and kind.__class__ is str
+        and time_ms.__class__ is int
+        and event_id.__class__ is str
+        and properties.__class__ is dict
+        and traits.__class__ is dict
+        and (account_id is None or (account_id.__class__ is str and 0 < len(account_id) <= MAX_ID_CHARS))
+        and (product is None or product.__class__ is str)
+        and MIN_TIME_MS <= time_ms < MAX_TIME_MS
+        and 0 < len(lead_id) <= MAX_ID_CHARS
+        and 0 < len(kind) <= MAX_ID_CHARS
+        and 0 < len(event_id) <= MAX_ID_CHARS
+        and event_id.isprintable()
+        and len(properties) + len(traits) <= MAX_FIELDS
+    ):
+        return Event(event_id, lead_id, kind, time_ms, properties, traits, account_id, product)
+    return _checked(d)
+
+
+def _checked(d: dict[str, Any]) -> Event | Rejection:
+    """Every check one by one, so the rejection names the first field that is wrong."""
     lead_id = _identifier(d, "lead_id", required=True)
     if lead_id.__class__ is Rejection:
         return lead_id

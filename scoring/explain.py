@@ -73,14 +73,14 @@ def fit_rows(runtime: ModelRuntime, state: LeadState) -> list[dict[str, Any]]:
 
 def reasons(runtime: ModelRuntime, state: LeadState, limit: int = TOP_REASONS) -> list[dict[str, Any]]:
     """The largest contributions, either sign: behaviour rules, fit rules and decay."""
-    items = [{"rule": row["rule"], "points": row["points"]} for row in rule_rows(runtime, state)]
-    items += fit_rows(runtime, state)
-    decayed = round(decayed_points(state), 2)
+    items = [(name, entry[0]) for name, entry in state.ledger.items() if entry[0]]
+    if runtime.fit_match is not None:
+        items += [(rule.name, rule.points) for rule in runtime.fit_match({}, state.traits) if rule.points]
+    decayed = decayed_points(state)
     if decayed:
-        items.append({"rule": "decay", "points": decayed})
-    items = [item for item in items if item["points"]]
-    items.sort(key=lambda item: -abs(item["points"]))
-    return items[:limit]
+        items.append(("decay", decayed))
+    items.sort(key=lambda item: -abs(item[1]))
+    return [{"rule": name, "points": round(points, 2)} for name, points in items[:limit]]
 
 
 def at_time(runtime: ModelRuntime, lead_id: str, state: LeadState, now_ms: int) -> LeadState:

@@ -31,34 +31,35 @@ class FitRule:
     conditions: tuple[Condition, ...]
 
 
-@dataclass(frozen=True, slots=True)
 class DomainLists:
-    free: frozenset[str]
-    disposable: frozenset[str]
-    competitor: frozenset[str]
+    """E-mail domain -> class, precedence resolved once: competitor, disposable, free."""
+
+    __slots__ = ("classes",)
+
+    def __init__(self, free: frozenset[str], disposable: frozenset[str], competitor: frozenset[str]) -> None:
+        classes = dict.fromkeys(free, "free")
+        classes.update(dict.fromkeys(disposable, "disposable"))
+        classes.update(dict.fromkeys(competitor, "competitor"))
+        self.classes = classes
 
     def classify(self, email: Any) -> str | None:
         """'competitor', 'disposable', 'free' or 'business' for an e-mail address; None when
         the value is not an address. Subdomains belong to their domain (eu.rival.io is rival.io)."""
-        if email.__class__ is not str or "@" not in email:
+        if email.__class__ is not str:
             return None
-        domain = email.rpartition("@")[2].strip().lower().rstrip(".")
-        if not domain:
+        domain = email.rpartition("@")[2]
+        if not domain or len(domain) == len(email):
             return None
-        for name, listed in (("competitor", self.competitor), ("disposable", self.disposable), ("free", self.free)):
-            if _listed(domain, listed):
-                return name
-        return "business"
-
-
-def _listed(domain: str, listed: frozenset[str]) -> bool:
-    while True:
-        if domain in listed:
-            return True
-        dot = domain.find(".")
-        if dot < 0:
-            return False
-        domain = domain[dot + 1 :]
+        domain = domain.strip().lower()
+        classes = self.classes
+        while True:
+            found = classes.get(domain)
+            if found is not None:
+                return found
+            dot = domain.find(".")
+            if dot < 0:
+                return "business"
+            domain = domain[dot + 1 :]
 
 
 def shipped_list(kind: str) -> frozenset[str]:

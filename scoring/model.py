@@ -124,7 +124,7 @@ def parse_model(text: str, file: str) -> Model:
         lateness_ms=head.duration_ms("lateness", 86_400_000),
         floor=floor,
         max_points=max_points,
-        remember_events=head.integer("remember_events", 128, minimum=1),
+        remember_events=head.integer("remember_events", 64, minimum=1),
         history=head.integer("history", 10, minimum=1),
         keep_traits=frozenset(head.strings("keep_traits", DEFAULT_KEEP_TRAITS)) | tested,
         rules=rules,

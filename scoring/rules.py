@@ -159,7 +159,7 @@ def compile_matcher(pairs: Iterable[tuple[Any, Sequence[Condition]]], classify_d
     namespace: dict[str, Any] = {"_SCALARS": _SCALAR_TYPES, "_NUMBERS": _NUMBER_TYPES, "_domain": classify_domain}
     fetch: list[str] = []
     fields: dict[tuple[str, str], str] = {}
-    lowered: set[str] = set()
+    derived: set[str] = set()
     body: list[str] = []
     payloads: list[Any] = []
 
@@ -180,9 +180,13 @@ def compile_matcher(pairs: Iterable[tuple[Any, Sequence[Condition]]], classify_d
         tests = []
         for cond in conditions:
             var = variable(cond.source, cond.key)
-            if cond.op in ("prefix", "glob", "contains", "words") and var not in lowered:
-                lowered.add(var)
+            # Derived values are computed once per field, however many conditions use them.
+            if cond.op in ("prefix", "glob", "contains", "words") and f"l{var}" not in derived:
+                derived.add(f"l{var}")
                 fetch.append(f"    l{var} = {var}.lower() if {var}.__class__ is str else None")
+            if cond.op == "domain" and f"d{var}" not in derived:
+                derived.add(f"d{var}")
+                fetch.append(f"    d{var} = _domain({var})")
             tests.append(_expression(cond, var, constant))
         target = constant(payload)
         if tests:
@@ -216,7 +220,7 @@ def _expression(cond: Condition, var: str, constant: Callable[[Any], str]) -> st
     if op == "exists":
         return f"{var} is {'not ' if operand else ''}None"
     if op == "domain":
-        return f"_domain({var}) in {constant(operand)}"
+        return f"d{var} in {constant(operand)}"
     if op == "prefix":
         return f"({low} is not None and {low}.startswith({constant(operand)}))"
     if op == "contains":

@@ -13,7 +13,7 @@ Bounds (what keeps a state small however active the lead):
   the newer one fills up. So at least the last `remember_events` ids, and every id younger than
   the lateness up to that count, are recognised as duplicates.
 - `once_per` keys: at least the last 100 per rule (repeat.ONCE_PER_MEMORY).
-- history: the last `history` changes (model setting), stored up to twice that, trimmed in halves.
+- history: the last `history` changes (model setting), in at most about 64 characters a change.
 - window counters: only windows that can still receive an event within the lateness.
 """
 
@@ -29,6 +29,17 @@ from scoring.errors import StateError
 SEPARATOR = "\x7f"
 
 _VERSION = 1
+
+#: The history log is trimmed back to its last `history` changes beyond this many characters
+#: a change (a change takes about 30).
+HISTORY_CHARS_PER_CHANGE = 64
+
+
+def right_sized(data: bytes) -> bytes:
+    """A copy of orjson output that holds only its length: orjson >= 3.12 returns bytes whose
+    allocation is at least 4 KiB and never shrinks it, which a table of millions of states kept
+    in memory cannot afford (ijl/orjson#483; Home Assistant trims the same way)."""
+    return bytes(memoryview(data))
 
 
 class LeadState:
@@ -101,13 +112,15 @@ class LeadState:
         return state
 
     def to_bytes(self) -> bytes:
-        return orjson.dumps(
-            (
-                _VERSION, self.behaviour, self.fit, self.as_of_ms, self.last_activity_ms, self.steps_taken,
-                self.watermark_ms, self.level, self.crossings, self.traits, self.account_id, self.ledger,
-                self.windows, self.seen, self.ids, self.ids_count, self.ids_max_ms, self.old_ids,
-                self.old_ids_max_ms, self.history,
-            )  # fmt: skip
+        return right_sized(
+            orjson.dumps(
+                (
+                    _VERSION, self.behaviour, self.fit, self.as_of_ms, self.last_activity_ms, self.steps_taken,
+                    self.watermark_ms, self.level, self.crossings, self.traits, self.account_id, self.ledger,
+                    self.windows, self.seen, self.ids, self.ids_count, self.ids_max_ms, self.old_ids,
+                    self.old_ids_max_ms, self.history,
+                )  # fmt: skip
+            )
         )
 
     @classmethod
@@ -140,10 +153,6 @@ class LeadState:
 
     # -- recent event ids ------------------------------------------------------------------
 
-    def seen_event(self, event_id: str) -> bool:
-        needle = f"{SEPARATOR}{event_id}{SEPARATOR}"
-        return needle in self.ids or needle in self.old_ids
-
     def remember_event(self, event_id: str, time_ms: int, per_generation: int) -> None:
         if self.ids_count >= per_generation:
             self.old_ids, self.old_ids_max_ms = self.ids, self.ids_max_ms
@@ -163,11 +172,16 @@ class LeadState:
     # -- history ---------------------------------------------------------------------------
 
     def record(self, time_ms: int, points: float, label: str, keep: int) -> None:
-        """Appends a change; holds between `keep` and 2 x `keep` records (trimmed in halves)."""
-        log = f"{self.history or SEPARATOR}{time_ms} {round(points, 2)!r} {label}{SEPARATOR}"
-        records = log.count(SEPARATOR) - 1
-        if records > 2 * keep:
-            log = SEPARATOR + log.split(SEPARATOR, records - keep + 1)[-1]
+        """Appends a change. The last `keep` changes are always kept; once the log is longer
+        than HISTORY_CHARS_PER_CHANGE x `keep` characters it is trimmed back to them (trimming
+        by length spares counting records on every change)."""
+        if points.__class__ is float:
+            points = round(points, 2)
+        log = f"{self.history or SEPARATOR}{time_ms} {points} {label}{SEPARATOR}"
+        if len(log) > HISTORY_CHARS_PER_CHANGE * keep:
+            records = log.count(SEPARATOR) - 1
+            if records > keep:
+                log = SEPARATOR + log.split(SEPARATOR, records - keep + 1)[-1]
         self.history = log
 
     def changes(self, keep: int) -> list[tuple[int, float, str]]:

@@ -1,0 +1,173 @@
+"""`leadstream score`: the engine alone over a JSON-lines file, no services at all.
+
+It is how users try a model and how tests pin the semantics end to end. Events are applied in
+file order (event time decides scoring, as in the stream); a bad line is reported on stderr
+with its line number and skipped. At the end, decay is evaluated at the newest event time seen
+in the file (the file's "now": the output does not depend on when it is run), then the output
+is, as JSON lines (or a table with --table):
+
+1. every transition, in order: {"record": "transition", ...Transition.to_dict()}
+2. every lead's summary, by model then lead id: {"record": "lead", ...Engine.summary()}
+3. every account's roll-up, by model then account id: {"record": "account", ...}
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TextIO
+
+import orjson
+
+from scoring import AccountState, Engine, Event, LeadState, MemberScore, Rejection, Transition
+from streams.errors import InputError
+
+BATCH_EVENTS = 1000
+
+
+class _OfflineRun:
+    """States held in memory (as objects: no changelog to write) and everything produced."""
+
+    def __init__(self, engine: Engine, err: TextIO, source: str) -> None:
+        self.engine = engine
+        self.err = err
+        self.source = source
+        self.leads: dict[tuple[str, str], LeadState] = {}
+        self.accounts: dict[tuple[str, str], AccountState] = {}
+        self.transitions: list[Transition] = []
+        self.newest_ms = 0
+
+    def apply(self, batch: list[tuple[int, Event]]) -> None:
+        line_of = {id(event): number for number, event in batch}
+        result = self.engine.apply_batch((event for _, event in batch), lambda model, lead: self.leads.get((model, lead)))
+        self.leads.update(result.states)
+        self.transitions.extend(result.transitions)
+        for event in result.late:
+            self.warn(line_of[id(event)], "late", f"event {event.event_id!r} of lead {event.lead_id!r} is beyond the allowed lateness: counted, not scored")
+        for update in result.account_updates:
+            self.roll_up(update)
+        self.newest_ms = max([self.newest_ms] + [event.time_ms for _, event in batch])
+
+    def roll_up(self, update: MemberScore) -> None:
+        key = (update.model, update.account_id)
+        state, transitions = self.engine.apply_account(update.model, update.account_id, self.accounts.get(key), update)
+        self.accounts[key] = state
+        self.transitions.extend(transitions)
+
+    def finish(self) -> None:
+        """Evaluates decay at the newest event time for every lead."""
+        for (model, lead_id), state in sorted(self.leads.items()):
+            before = self.engine.member_score(model, lead_id, state, state.watermark_ms)
+            decayed, transitions = self.engine.decay(model, lead_id, state, self.newest_ms)
+            self.leads[(model, lead_id)] = decayed
+            self.transitions.extend(transitions)
+            after = self.engine.member_score(model, lead_id, decayed, self.newest_ms)
+            if after is not None and before is not None and after.score != before.score:
+                self.roll_up(after)
+
+    def warn(self, line: int, reason: str, detail: str) -> None:
+        print(f"{self.source} line {line}: {reason}: {detail}", file=self.err)
+
+    def records(self) -> list[dict[str, Any]]:
+        out = [{"record": "transition", **t.to_dict()} for t in self.transitions]
+        for (model, lead_id), state in sorted(self.leads.items()):
+            out.append({"record": "lead", **self.engine.summary(model, lead_id, state, self.newest_ms)})
+        for (model, account_id), account in sorted(self.accounts.items()):
+            rollup = self.engine.runtime(model).model.accounts
+            score = rollup.score(account.members) if rollup is not None else None
+            out.append(
+                {
+                    "record": "account",
+                    "model": model,
+                    "account_id": account_id,
+                    "score": None if score is None else round(score, 2),
+                    "level": account.level or None,
+                    "members": len(account.members),
+                }
+            )
+        return out
+
+
+def score_file(models_dir: Path, events_path: Path, table: bool, out: TextIO, err: TextIO = sys.stderr) -> int:
+    """Scores a JSON-lines file of events; returns the exit status (0: scored, even with bad
+    lines, which are reported on `err`)."""
+    engine = Engine.from_directory(models_dir)
+    try:
+        handle = sys.stdin.buffer if str(events_path) == "-" else events_path.open("rb")
+    except OSError as exc:
+        raise InputError(f"cannot read events file {events_path}: {exc.strerror}") from None
+    run = _OfflineRun(engine, err, events_path.name)
+    batch: list[tuple[int, Event]] = []
+    with handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            for item in engine.parse_message(line):
+                if isinstance(item, Rejection):
+                    run.warn(number, item.reason, item.detail)
+                else:
+                    batch.append((number, item))
+            if len(batch) >= BATCH_EVENTS:
+                run.apply(batch)
+                batch = []
+    if batch:
+        run.apply(batch)
+    run.finish()
+    records = run.records()
+    if table:
+        out.write(_table(records))
+    else:
+        for record in records:
+            out.write(orjson.dumps(record).decode() + "\n")
+    return 0
+
+
+def _table(records: list[dict[str, Any]]) -> str:
+    sections = []
+    crossings = [r for r in records if r["record"] == "transition"]
+    if crossings:
+        sections.append(
+            _columns(
+                ("TIME", "MODEL", "KIND", "WHO", "FROM", "TO", "SCORE"),
+                [
+                    (_iso(r["time"]), r["model"], r["kind"], r["lead_id"] if r["kind"] == "lead" else r["account_id"],
+                     r["from_level"], r["to_level"], f"{r['score']:g}")
+                    for r in crossings
+                ],  # fmt: skip
+            )
+        )
+    leads = [r for r in records if r["record"] == "lead"]
+    sections.append(
+        _columns(
+            ("MODEL", "LEAD", "SCORE", "0-100", "LEVEL", "CELL", "TEMP", "TOP REASON"),
+            [
+                (r["model"], r["lead_id"], f"{r['score']:g}", f"{r['normalized']:g}", r["level"], r["cell"] or "-",
+                 r["temperature"] or "-", _reason(r["top_reasons"]))
+                for r in leads
+            ],  # fmt: skip
+        )
+    )
+    accounts = [r for r in records if r["record"] == "account"]
+    if accounts:
+        sections.append(
+            _columns(
+                ("MODEL", "ACCOUNT", "SCORE", "LEVEL", "MEMBERS"),
+                [(r["model"], r["account_id"], "-" if r["score"] is None else f"{r['score']:g}", r["level"] or "-", str(r["members"])) for r in accounts],
+            )
+        )
+    return "\n".join(sections)
+
+
+def _columns(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
+    lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip() for row in (header, *rows)]
+    return "\n".join(lines) + "\n"
+
+
+def _reason(reasons: list[dict[str, Any]]) -> str:
+    return f"{reasons[0]['rule']} ({reasons[0]['points']:+g})" if reasons else "-"
+
+
+def _iso(time_ms: int) -> str:
+    return datetime.fromtimestamp(time_ms / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
