@@ -40,6 +40,7 @@ from typing import Any, Callable, Sequence
 import orjson
 from aiohttp import web
 from aiohttp.client_exceptions import ClientPayloadError
+from aiohttp.typedefs import Handler
 
 from streams.deadletter import DeadLetter
 from streams.envelope import pack
@@ -244,7 +245,8 @@ class Collector:
 
     async def ingest(self, request: web.Request, call: str) -> Outcome:
         source = self._source_from_header(request)
-        body = _parse(await self._read_body(request, BATCH_LIMIT_BYTES if call == "batch" else CALL_LIMIT_BYTES))
+        raw = await self._read_body(request, BATCH_LIMIT_BYTES if call == "batch" else CALL_LIMIT_BYTES)
+        body = _parse(raw)
         if source is None:
             source = self._source_from_body(body)
         received_at_ms = int(self.clock() * 1000)
@@ -255,12 +257,14 @@ class Collector:
             call_type = None
         else:
             items, call_type = [body], call
+        # No call of a batch can exceed the limit of one when the whole batch does not.
+        measure_calls = call_type is None and len(raw) > CALL_LIMIT_BYTES
         mapped: list[Mapped] = []
         dead: list[DeadLetter] = []
         outcome = Outcome(0, [])
         for index, item in enumerate(items):
             try:
-                if call_type is None and len(orjson.dumps(item)) > CALL_LIMIT_BYTES:
+                if measure_calls and len(orjson.dumps(item)) > CALL_LIMIT_BYTES:
                     raise rejected("too_large", f"a call may hold at most {CALL_LIMIT_BYTES} bytes of JSON")
                 mapped.append(self.mapper.map(item, call_type, source, received_at_ms, body.get("sentAt")))
             except RequestRejected as exc:
@@ -442,7 +446,7 @@ def create_app(collector: Collector) -> web.Application:
         return _json(200 if ready else 503, {"ready": ready})
 
     @web.middleware
-    async def cross_origin(request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
+    async def cross_origin(request: web.Request, handler: Handler) -> web.StreamResponse:
         # Browsers on the sites that embed the snippet post from another origin.
         response = await handler(request)
         response.headers["Access-Control-Allow-Origin"] = "*"

@@ -14,8 +14,10 @@ Every call becomes one leadstream event:
 - track -> the event name, normalised (`Pricing Viewed` -> `pricing_viewed`), with its
   properties; page -> `page_view` with url, path, title, referrer, search and `time_on_page_ms`
   (from the properties or `context.page`); screen -> `screen_view`;
-- identify -> `identify` with the traits, group -> `group` with the account id and its traits,
-  alias -> `alias` with `previous_id`: these three go to the profiles topic.
+- identify -> `identify` with the traits (the call's, over `context.traits` where RudderStack
+  puts them), group -> `group` with the account id and its traits, alias -> `alias` with
+  `previous_id`: these three go to the profiles topic. The traits fit scoring reads get one flat
+  name each (`company_size`, `industry`, `country`) beside Segment's nested ones.
 """
 
 from __future__ import annotations

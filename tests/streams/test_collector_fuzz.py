@@ -23,7 +23,7 @@ CALL_REASONS = {"bad_call", "bad_type", "missing_identity", "missing_event", "ba
                 "missing_previous_id", "missing_user_id", "bad_field"}
 ENDPOINTS = (*CALL_TYPES, "batch")
 
-text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=12)
+text = st.text(alphabet=st.characters(blacklist_categories=["Cs"]), max_size=12)
 scalars = st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False, allow_infinity=False) | text
 json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(text, inner, max_size=4), max_leaves=6)
 timestamps = st.datetimes(timezones=st.just(timezone.utc)).map(lambda d: d.isoformat())

@@ -40,7 +40,7 @@ def track(lead: str, **extra: Any) -> dict[str, Any]:
 
 
 def test_each_single_call_lands_keyed_by_its_lead_on_the_leads_partition(collector: ThreadedCollector, settings: Settings) -> None:
-    calls = {
+    calls: dict[str, dict[str, Any]] = {
         "track": {"userId": "u-1", "event": "Demo Requested", "properties": {"size": 3}, "timestamp": "2026-01-01T10:00:00Z"},
         "page": {"anonymousId": "a-1", "properties": {"url": "https://acme.test/pricing"}, "timestamp": "2026-01-01T10:00:01Z"},
         "screen": {"userId": "u-2", "name": "Billing", "timestamp": "2026-01-01T10:00:02Z"},
