@@ -1,0 +1,115 @@
+"""Semantic 5: inactivity steps and half-life decay, exact whenever evaluated, with a floor,
+and the time the next step is due."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.scoring.support import DAY, HOUR, T0, Run, engine, ev
+
+STEPS = (
+    '[[rules]]\nname = "visit"\nevent = "visit"\npoints = 40\n'
+    '[[rules]]\nname = "small"\nevent = "small"\npoints = 1\n'
+    '[[rules]]\nname = "spam"\nevent = "spam"\npoints = -5\n'
+    '[decay]\nsteps = [{ idle = "30d", points = -15 }, { idle = "60d", points = -30 }, { idle = "90d", points = -50 }]\n'
+)
+
+
+def decayed(run: Run, day: float, lead: str = "L1") -> float:
+    state, _ = run.engine.decay("m", lead, run.state(lead), T0 + int(day * DAY))
+    return run.engine.summary("m", lead, state, T0 + int(day * DAY))["score"]
+
+
+@pytest.mark.parametrize(("day", "score"), [(0, 80), (29.9, 80), (30, 65), (59, 65), (60, 35), (90, 0), (400, 0)])
+def test_steps_relative_to_last_activity(day: float, score: float) -> None:
+    run = Run(engine(STEPS)).apply(ev("visit"), ev("visit", at=1))
+    assert decayed(run, day + 1 / DAY) == score
+
+
+def test_steps_are_never_applied_twice_whenever_evaluated() -> None:
+    run = Run(engine(STEPS)).apply(ev("visit"), ev("visit"))
+    state = run.state()
+    for day in (31, 31, 45, 61, 61, 95):
+        state, _ = run.engine.decay("m", "L1", state, T0 + day * DAY)
+    once, _ = run.engine.decay("m", "L1", run.state(), T0 + 95 * DAY)
+    assert state == once
+    assert state.behaviour == 0 and state.steps_taken == [-15, -30, -35]
+
+
+def test_activity_restarts_the_idle_clock() -> None:
+    run = Run(engine(STEPS)).apply(ev("visit"), ev("visit", at=1))
+    run.apply(ev("small", at=40 * DAY))  # one step taken (day 30) before this activity
+    assert run.score() == 66
+    assert decayed(run, 69) == 66  # 29 days after the new activity
+    assert decayed(run, 70) == 51
+
+
+def test_negative_events_are_not_activity() -> None:
+    run = Run(engine(STEPS)).apply(ev("visit"), ev("visit", at=1), ev("spam", at=20 * DAY))
+    assert decayed(run, 31) == 75 - 15
+
+
+def test_activity_that_arrives_after_a_step_it_precedes_gives_the_step_back() -> None:
+    run = Run(engine(STEPS)).apply(ev("visit"), ev("visit"))
+    state, transitions = run.engine.decay("m", "L1", run.state(), T0 + 60 * DAY + HOUR)
+    assert (state.behaviour, [t.to_level for t in transitions]) == (35, ["mql"])
+    run.store[("m", "L1")] = state.to_bytes()
+    run.apply(ev("small", at=60 * DAY - HOUR))  # happened an hour before the second step was due
+    assert run.score() == 80 - 15 + 1
+    assert run.levels()[-1] == ("mql", "sql")
+
+
+def test_floor_is_zero_unless_the_model_allows_less() -> None:
+    run = Run(engine(STEPS)).apply(ev("small"))
+    assert decayed(run, 100) == 0
+    negative = Run(engine(STEPS, settings="floor = -100")).apply(ev("small"))
+    assert decayed(negative, 100) == 1 - 95
+
+
+@pytest.mark.parametrize(
+    ("events_days", "decay_days", "due_day"),
+    [([], [], None), ([0], [], 30), ([0], [31], 60), ([0], [31, 61, 91], None), ([0, 10], [], 40)],
+)
+def test_next_due(events_days: list[int], decay_days: list[int], due_day: int | None) -> None:
+    run = Run(engine(STEPS)).apply(ev("identify"), *(ev("visit", at=d * DAY) for d in events_days))
+    state = run.state()
+    for day in decay_days:
+        state, _ = run.engine.decay("m", "L1", state, T0 + day * DAY)
+    assert run.engine.next_due_ms("m", state) == (None if due_day is None else T0 + due_day * DAY)
+
+
+def test_decay_never_changes_the_state_it_is_given() -> None:
+    run = Run(engine(STEPS)).apply(ev("visit"))
+    before = run.state().to_bytes()
+    state = run.state()
+    run.engine.decay("m", "L1", state, T0 + 100 * DAY)
+    assert state.to_bytes() == before
+
+
+HALF_LIFE = '[[rules]]\nname = "visit"\nevent = "visit"\npoints = 40\n[decay]\nhalf_life = "10d"\n'
+
+
+@pytest.mark.parametrize(("day", "score"), [(0, 80), (10, 40), (20, 20), (30, 10)])
+def test_half_life(day: int, score: float) -> None:
+    run = Run(engine(HALF_LIFE)).apply(ev("visit"), ev("visit"))
+    assert decayed(run, day) == pytest.approx(score, abs=0.01)
+
+
+def test_half_life_is_exact_whenever_evaluated_and_discounts_late_events() -> None:
+    run = Run(engine(HALF_LIFE, lateness="30d")).apply(ev("visit"))
+    state = run.state()
+    for day in (3, 7, 10):
+        state, _ = run.engine.decay("m", "L1", state, T0 + day * DAY)
+    run.store[("m", "L1")] = state.to_bytes()
+    run.apply(ev("visit", at=10 * DAY), ev("visit", at=0))  # the second happened 10 days earlier
+    assert run.state().behaviour == pytest.approx(20 + 40 + 20)
+
+
+def test_half_life_next_due_is_when_the_score_falls_through_the_level() -> None:
+    run = Run(engine(HALF_LIFE)).apply(ev("visit"), ev("visit"))  # 80: sql (at 60)
+    due = run.engine.next_due_ms("m", run.state())
+    assert due == pytest.approx(T0 + 10 * DAY * 0.415, abs=DAY // 100)  # 80 * 2^(-t/10d) = 60
+    after, transitions = run.engine.decay("m", "L1", run.state(), due)
+    assert [t.to_level for t in transitions] == ["mql"]
+    before, none = run.engine.decay("m", "L1", run.state(), due - 2)
+    assert none == [] and before.level == "sql"

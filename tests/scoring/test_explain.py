@@ -1,0 +1,63 @@
+"""Semantic 9: the score broken down by rule (points, occurrences, capped, decayed) and the
+recent history of changes."""
+
+from __future__ import annotations
+
+from scoring import Engine
+from tests.scoring.support import DAY, T0, Run, ev, shipped
+
+B2B = Engine([shipped("b2b")])
+
+
+def b2b_lead() -> Run:
+    return Run(B2B).apply(
+        ev("identify", product="b2b", traits={"title": "VP Sales", "email": "vp@globex.com"}),
+        *(ev("page_view", at=i, product="b2b", properties={"url": "https://acme.io/pricing"}) for i in range(1, 4)),
+        *(ev("email_open", at=i, product="b2b", properties={"email_id": "m1"}) for i in range(4, 7)),
+        ev("form_submit", at=7, product="b2b", properties={"form": "demo_request"}),
+    )
+
+
+def test_explain_breaks_the_score_down_by_rule() -> None:
+    run = b2b_lead()
+    explained = B2B.explain("b2b", "L1", run.state("L1", "b2b"), T0 + 40 * DAY)
+    assert explained["score"] == 8 + 1 + 30 + 30 + 1 - 15
+    assert (explained["behaviour_points"], explained["fit_points"], explained["decayed"]) == (46, 9, -15)
+    assert explained["rules"] == [
+        {"rule": "demo request", "points": 30, "occurrences": 1, "capped": 0, "bonuses": 0, "decayed": -7.38, "in_model": True},
+        {"rule": "pricing page", "points": 30, "occurrences": 3, "capped": 0, "bonuses": 0, "decayed": -7.38, "in_model": True},
+        {"rule": "e-mail open", "points": 1, "occurrences": 3, "capped": 2, "bonuses": 0, "decayed": -0.25, "in_model": True},
+    ]
+    assert explained["fit"] == [{"rule": "senior title", "points": 8}, {"rule": "business e-mail", "points": 1}]
+    assert (explained["level"], explained["cell"], explained["next_decay_ms"]) == ("sql", "B2", T0 + 7 + 60 * DAY)  # 55: above 60 - 10
+
+
+def test_history_lists_the_recent_changes_newest_first() -> None:
+    run = b2b_lead()
+    history = B2B.explain("b2b", "L1", run.state("L1", "b2b"), T0 + 40 * DAY)["history"]
+    assert history[:3] == [
+        {"time": T0 + 7 + 30 * DAY, "rule": "decay", "points": -15},
+        {"time": T0 + 7, "rule": "demo request", "points": 30},
+        {"time": T0 + 4, "rule": "e-mail open", "points": 1},
+    ]
+    assert history[-1] == {"time": T0, "rule": "fit", "points": 9}
+
+
+def test_history_keeps_the_configured_number_of_changes() -> None:
+    run = Run(B2B).apply(*(ev("webinar_attended", at=i, product="b2b") for i in range(40)))
+    state = run.state("L1", "b2b")
+    assert len(B2B.explain("b2b", "L1", state, T0 + 40)["history"]) == 10
+    assert len(state.history) < 64 * 10 + 40
+
+
+def test_summary_has_top_reasons() -> None:
+    run = b2b_lead()
+    summary = B2B.summary("b2b", "L1", run.state("L1", "b2b"), T0 + 8)
+    assert summary["top_reasons"] == [
+        {"rule": "demo request", "points": 30},
+        {"rule": "pricing page", "points": 30},
+        {"rule": "senior title", "points": 8},
+        {"rule": "business e-mail", "points": 1},
+        {"rule": "e-mail open", "points": 1},
+    ]
+    assert set(summary) >= {"lead_id", "model", "score", "normalized", "grade", "engagement", "cell", "temperature", "level", "last_activity_ms"}

@@ -1,0 +1,100 @@
+"""Semantic 4: fit points from traits give a grade A-D, behaviour gives engagement 1-4, and
+together the grid cell A1..D4 (A1 best)."""
+
+from __future__ import annotations
+
+import pytest
+
+from scoring import Engine
+from scoring.fit import parse_domains, shipped_list
+from tests.scoring.support import Run, engine, ev, shipped
+
+B2B = Engine([shipped("b2b")])
+
+
+@pytest.mark.parametrize(
+    ("traits", "fit_points", "grade"),
+    [
+        ({}, 0, "C"),
+        ({"title": "VP Sales"}, 8, "B"),
+        ({"title": "Head of Marketing", "company_size": 250, "industry": "software", "country": "DE", "email": "a@globex.com"}, 19, "A"),
+        ({"title": "Marketing Manager", "company_size": 250}, 8, "B"),
+        ({"title": "Working Student"}, -30, "D"),
+        ({"title": "Marketing Intern", "company_size": 250, "industry": "software"}, -22, "D"),
+        ({"company_size": 5}, -5, "D"),
+        ({"company_size": 20000}, 0, "C"),
+        ({"email": "jane@gmail.com"}, -10, "D"),
+        ({"email": "jane@mailinator.com"}, -25, "D"),
+        ({"email": "spy@hubspot.com"}, -50, "D"),
+        ({"email": "spy@eu.rivalscore.io"}, -50, "D"),  # model's own addition, subdomain too
+        ({"email": "jane@globex.com", "country": "US"}, 3, "C"),
+    ],
+)
+def test_fit_points_and_grade(traits: dict, fit_points: int, grade: str) -> None:
+    run = Run(B2B).apply(ev("identify", product="b2b", traits=traits))
+    state = run.state("L1", "b2b")
+    assert state.fit == fit_points
+    assert B2B.summary("b2b", "L1", state, state.watermark_ms)["grade"] == grade
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "engagement"),
+    [(0, 4), (9, 4), (10, 3), (29, 3), (30, 2), (59, 2), (60, 1), (150, 1)],
+)
+def test_engagement_level_from_behaviour_points(behaviour: int, engagement: int) -> None:
+    state = B2B.new_state("b2b")
+    state.behaviour = behaviour
+    assert B2B.summary("b2b", "L1", state, 0)["engagement"] == engagement
+
+
+def test_grid_cell_combines_grade_and_engagement() -> None:
+    run = Run(B2B).apply(
+        ev("identify", product="b2b", traits={"title": "CTO", "company_size": 400, "email": "cto@globex.com", "country": "DE"}),
+        ev("form_submit", at=1, product="b2b", properties={"form": "demo_request"}),
+        ev("meeting_booked", at=2, product="b2b"),
+        ev("webinar_attended", at=3, product="b2b"),
+    )
+    summary = run.engine.summary("b2b", "L1", run.state("L1", "b2b"), run.state("L1", "b2b").watermark_ms)
+    assert (summary["grade"], summary["engagement"], summary["cell"]) == ("A", 1, "A1")
+
+
+def test_traits_update_fit_and_a_null_forgets_one() -> None:
+    run = Run(B2B).apply(ev("identify", product="b2b", traits={"title": "Student"}))
+    assert run.state("L1", "b2b").fit == -30
+    run.apply(ev("identify", at=1, product="b2b", traits={"title": None}))
+    assert run.state("L1", "b2b").fit == 0
+    assert "title" not in run.state("L1", "b2b").traits
+
+
+def test_traits_on_any_event_update_fit() -> None:
+    run = Run(B2B).apply(ev("page_view", product="b2b", properties={"url": "https://acme.io/"}, traits={"email": "x@gmail.com"}))
+    assert run.state("L1", "b2b").fit == -10
+
+
+def test_only_traits_the_model_uses_or_keeps_are_stored() -> None:
+    run = Run(B2B).apply(ev("identify", product="b2b", traits={"email": "a@globex.com", "shoe_size": 44}))
+    assert run.state("L1", "b2b").traits == {"email": "a@globex.com"}
+
+
+def test_shipped_domain_lists_are_real_and_replaceable() -> None:
+    assert {"gmail.com", "outlook.com"} <= shipped_list("free")
+    assert "mailinator.com" in shipped_list("disposable")
+    assert "marketo.com" in shipped_list("competitor")
+    run = Run(
+        engine(
+            '[[fit]]\nname = "free"\npoints = -10\ntraits.email = { domain = "free" }\n'
+            '[domains]\nfree = { replace = ["example.org"] }\n'
+        )
+    )
+    run.apply(ev("identify", traits={"email": "a@gmail.com"}), ev("identify", lead="L2", traits={"email": "a@example.org"}))
+    assert run.state("L1").fit == 0
+    assert run.state("L2").fit == -10
+
+
+def test_domain_class_precedence() -> None:
+    lists = parse_domains(None)
+    assert lists.classify("a@GMAIL.com") == "free"
+    assert lists.classify("a@mail.hubspot.com") == "competitor"
+    assert lists.classify("a@globex.com") == "business"
+    assert lists.classify("no-at-sign") is None
+    assert lists.classify(42) is None

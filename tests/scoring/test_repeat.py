@@ -1,0 +1,89 @@
+"""Semantics 2 and 3: repeats score by default; frequency bonuses; per-window caps;
+once-per-key de-duplication; ceilings per rule and per model; duplicate events never rescore."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.scoring.support import DAY, HOUR, MINUTE, Run, engine, ev
+
+PRICING = '[[rules]]\nname = "pricing"\nevent = "page_view"\npoints = 10\n'
+
+
+def test_every_occurrence_scores_by_default() -> None:
+    run = Run(engine(PRICING)).apply(*(ev(at=i * MINUTE) for i in range(4)))
+    assert run.score() == 40
+
+
+@pytest.mark.parametrize(
+    ("visits_at", "bonuses"),
+    [
+        ([0, 1, 2, 3], 0),  # four visits: no bonus
+        ([0, 1, 2, 3, 4], 1),  # five in one week: one bonus
+        ([0, 1, 2, 3, 4, 5, 6], 1),  # more in the same week: still one
+        ([0, 1, 2, 3, 4, 7, 8, 9, 10, 11], 2),  # five in each of two weeks (Monday to Sunday)
+        ([3, 4, 5, 6, 7], 0),  # Thursday to Monday: split across two calendar weeks
+    ],
+)
+def test_frequency_bonus_once_per_window(visits_at: list[int], bonuses: int) -> None:
+    run = Run(engine(PRICING + 'bonus = { count = 5, window = "1w", points = 25 }\n'))
+    run.apply(*(ev(at=day * DAY) for day in visits_at))
+    assert run.score() == min(10 * len(visits_at) + 25 * bonuses, 1000)
+    assert run.state().ledger["pricing"][3] == bonuses
+
+
+@pytest.mark.parametrize(
+    ("opens", "scored"),
+    [
+        ([(0, "m1")], 1),
+        ([(0, "m1"), (1, "m2")], 1),  # second open the same day: capped
+        ([(0, "m1"), (DAY, "m2")], 2),  # next day: scores
+        ([(0, "m1"), (DAY, "m1")], 1),  # same e-mail again next day: once per e-mail id
+        ([(0, "m1"), (HOUR, "m2"), (DAY, "m2")], 1),  # m2 was seen (capped) on day one
+        ([(23 * HOUR, "m1"), (25 * HOUR, "m2")], 2),  # calendar days in UTC, not 24 h spans
+    ],
+)
+def test_email_open_cap_one_per_day_and_once_per_email(opens: list[tuple[int, str]], scored: int) -> None:
+    rule = (
+        '[[rules]]\nname = "open"\nevent = "email_open"\npoints = 1\n'
+        'cap = { max = 1, window = "1d" }\nonce_per = "properties.email_id"\n'
+    )
+    run = Run(engine(rule)).apply(*(ev("email_open", at=at, properties={"email_id": mail}) for at, mail in opens))
+    assert run.score() == scored
+    points, occurrences, capped, _ = run.state().ledger["open"]
+    assert (points, occurrences, capped) == (scored, len(opens), len(opens) - scored)
+
+
+def test_cap_of_several_per_window() -> None:
+    run = Run(engine('[[rules]]\nname = "click"\nevent = "click"\npoints = 3\ncap = { max = 2, window = "1h" }\n'))
+    run.apply(*(ev("click", at=i * MINUTE) for i in range(5)), ev("click", at=HOUR))
+    assert run.score() == 3 * 3
+
+
+def test_rule_ceiling() -> None:
+    run = Run(engine('[[rules]]\nname = "click"\nevent = "click"\npoints = 4\nmax_points = 10\n'))
+    run.apply(*(ev("click", at=i) for i in range(5)))
+    assert run.score() == 10
+    assert run.state().ledger["click"] == [10, 5, 3, 0]
+
+
+def test_negative_rule_ceiling_limits_the_penalty() -> None:
+    body = '[[rules]]\nname = "visit"\nevent = "v"\npoints = 50\n[[rules]]\nname = "careers"\nevent = "c"\npoints = -8\nmax_points = 20\n'
+    run = Run(engine(body)).apply(ev("v"), *(ev("c", at=i + 1) for i in range(5)))
+    assert run.score() == 30
+
+
+def test_model_ceiling_on_behaviour_points() -> None:
+    run = Run(engine(PRICING, settings="max_points = 25"))
+    run.apply(*(ev(at=i) for i in range(4)))
+    assert run.score() == 25
+    assert run.state().ledger["pricing"] == [25, 4, 2, 0]  # the third visit clipped, the fourth refused
+
+
+def test_duplicate_event_ids_never_score_twice() -> None:
+    run = Run(engine(PRICING))
+    first = ev(event_id="same")
+    run.apply(first, first)
+    run.apply(first)
+    run.apply(ev(event_id="same", at=5 * MINUTE))  # same id, other content: still the same event
+    assert run.score() == 10

@@ -1,0 +1,87 @@
+"""Semantic 6: an ordered ladder with hysteresis; each crossing, up or down, is one transition
+record carrying lead, model, levels, score, grade, time and the top reasons."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.scoring.support import T0, Run, engine, ev
+
+RULES = (
+    '[[rules]]\nname = "up"\nevent = "up"\npoints = 1\n'
+    '[[rules]]\nname = "down"\nevent = "down"\npoints = -1\n'
+    '[[rules]]\nname = "jump"\nevent = "jump"\npoints = 70\n'
+)
+LADDER = '[thresholds]\nbase = "nurture"\nhysteresis = 5\nladder = [{ level = "mql", at = 20 }, { level = "sql", at = 60, hysteresis = 10 }]\n'
+
+
+def ladder_engine():
+    return engine('[model]\nname = "m"\n' + RULES + LADDER, header=False)
+
+
+def walk(steps: str) -> Run:
+    """Events from a string: '+' one point up, '-' one point down, 'J' seventy up."""
+    kinds = {"+": "up", "-": "down", "J": "jump"}
+    return Run(ladder_engine()).apply(*(ev(kinds[c], at=i) for i, c in enumerate(steps)))
+
+
+@pytest.mark.parametrize(
+    ("steps", "crossings"),
+    [
+        ("+" * 19, []),
+        ("+" * 20, [("nurture", "mql")]),
+        ("+" * 20 + "-+-+-+", [("nurture", "mql")]),  # wobbling at the line: no flapping
+        ("+" * 20 + "-" * 5, [("nurture", "mql")]),  # 15: not below 20 - 5
+        ("+" * 20 + "-" * 6, [("nurture", "mql"), ("mql", "nurture")]),  # 14
+        ("+" * 20 + "-" * 6 + "+" * 5, [("nurture", "mql"), ("mql", "nurture")]),  # back at 19
+        ("+" * 20 + "-" * 6 + "+" * 6, [("nurture", "mql"), ("mql", "nurture"), ("nurture", "mql")]),
+        ("J", [("nurture", "sql")]),  # two lines at once: one transition
+        ("J" + "-" * 20, [("nurture", "sql")]),  # 50: not below 60 - 10
+        ("J" + "-" * 21, [("nurture", "sql"), ("sql", "mql")]),
+        ("J" + "-" * 56, [("nurture", "sql"), ("sql", "mql"), ("mql", "nurture")]),
+    ],
+)
+def test_ladder_with_hysteresis(steps: str, crossings: list[tuple[str, str]]) -> None:
+    assert walk(steps).levels() == crossings
+
+
+def test_transition_record() -> None:
+    run = Run(ladder_engine()).apply(
+        ev("identify", traits={"email": "jane@globex.com"}, account_id="globex"),
+        *(ev("up", at=i + 1) for i in range(19)),
+        ev("jump", at=100),
+    )
+    (record,) = [t.to_dict() for t in run.transitions]
+    assert record == {
+        "id": record["id"],
+        "kind": "lead",
+        "model": "m",
+        "lead_id": "L1",
+        "account_id": "globex",
+        "from_level": "nurture",
+        "to_level": "sql",
+        "direction": "up",
+        "score": 89,
+        "normalized": 100.0,
+        "grade": None,
+        "engagement": None,
+        "cell": None,
+        "temperature": None,
+        "time": T0 + 100,
+        "reasons": [{"rule": "jump", "points": 70}, {"rule": "up", "points": 19}],
+        "traits": {"email": "jane@globex.com"},
+    }
+    assert len(record["id"]) == 40
+
+
+def test_transition_ids_are_deterministic_and_distinct() -> None:
+    first = walk("+" * 20 + "-" * 6 + "+" * 6)
+    again = walk("+" * 20 + "-" * 6 + "+" * 6)
+    ids = [t.id for t in first.transitions]
+    assert ids == [t.id for t in again.transitions]
+    assert len(set(ids)) == 3
+
+
+def test_direction_down() -> None:
+    (_, down) = walk("+" * 20 + "-" * 6).transitions
+    assert (down.direction, down.score, down.to_level) == ("down", 14, "nurture")
