@@ -29,7 +29,7 @@ from typing import Any, Iterator
 
 import orjson
 
-from streams.bench import workload
+from streams.bench import print_figures, workload
 from streams.bench.pipeline import DAY_MS, bench_settings
 from streams.processes import CollectorProcess
 from streams.send import send_file
@@ -183,9 +183,5 @@ def _free_port() -> int:
 
 def main(args: argparse.Namespace, settings: Settings) -> int:
     figures = run(settings, args.seconds, args.leads, args.seed)
-    if args.json:
-        print(orjson.dumps(figures).decode())
-    else:
-        for key, value in figures.items():
-            print(f"{key:28} {value}")
+    print_figures(figures, args.json)
     return 0

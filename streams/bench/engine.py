@@ -27,6 +27,7 @@ import orjson
 
 from scoring import Engine, LeadState
 from scoring.state import right_sized
+from streams.bench import print_figures
 from streams.settings import Settings
 
 BATCH_EVENTS = 1000
@@ -155,11 +156,7 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
     data = generate(args.events, args.leads, args.seed)
     figures = {"seed": args.seed, "leads": args.leads, "generate_s": round(time.perf_counter() - started, 1)}
     figures.update(run(data, engine))
-    if args.json:
-        print(orjson.dumps(figures).decode())
-    else:
-        for key, value in figures.items():
-            print(f"{key:28} {value}")
+    print_figures(figures, args.json)
     return 0
 
 

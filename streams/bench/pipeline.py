@@ -24,7 +24,7 @@ from pathlib import Path
 
 import orjson
 
-from streams.bench import workload
+from streams.bench import print_figures, workload
 from streams.lag import LagProbe
 from streams.processes import WorkerProcess
 from streams.send import open_producer, produce
@@ -202,9 +202,5 @@ def run(settings: Settings, events: int, leads: int, seed: int, events_per_messa
 
 def main(args: argparse.Namespace, settings: Settings) -> int:
     result = run(settings, args.events, args.leads, args.seed, args.events_per_message, metrics=not args.no_metrics)
-    if args.json:
-        print(orjson.dumps(result).decode())
-    else:
-        for key, value in result.items():
-            print(f"{key:>26}: {value}")
+    print_figures(result, args.json)
     return 0
