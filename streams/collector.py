@@ -59,6 +59,7 @@ GZIP_OVERHEAD_BYTES = 1024
 EVENTS_PER_MESSAGE = 500  # amortises the worker's per-message cost; a batch holds ~1,500 at most
 RETRY_AFTER_S = 2
 CONNECT_RETRY_S = 1.0
+UNAVAILABLE_LOG_INTERVAL_S = 10.0
 CALLS = ("track", "page", "screen", "identify", "group", "alias")
 CONTENT_TYPES = ("application/json", "text/plain")  # text/plain: what navigator.sendBeacon sends
 SNIPPET = Path(__file__).with_name("leadstream.js")
@@ -242,6 +243,17 @@ class Collector:
         self._body_timeout_s = settings.collector_body_timeout_ms / 1000
         # murmur2 in Python costs ~4 us a key, and the same leads come back request after request.
         self._partition = lru_cache(maxsize=1 << 16)(partition_for)
+        self._refused = 0
+        self._warned_at_s = float("-inf")
+
+    def note_unavailable(self, exc: Unavailable) -> None:
+        """Log refusals at most every UNAVAILABLE_LOG_INTERVAL_S: an outage must not flood the log."""
+        self._refused += 1
+        now_s = time.monotonic()
+        if now_s - self._warned_at_s >= UNAVAILABLE_LOG_INTERVAL_S:
+            log.warning("answered 503 to %d requests since the last report; latest reason: %s", self._refused, exc)
+            self._refused = 0
+            self._warned_at_s = now_s
 
     async def ingest(self, request: web.Request, call: str) -> Outcome:
         source = self._source_from_header(request)
@@ -415,7 +427,7 @@ def create_app(collector: Collector) -> web.Application:
         except RequestRejected as exc:
             return _json(exc.status, {"success": False, "code": exc.code, "message": str(exc)})
         except Unavailable as exc:
-            log.warning("answering 503: %s", exc)
+            collector.note_unavailable(exc)
             headers = {"Retry-After": str(exc.retry_after_s)}
             return _json(503, {"success": False, "code": "unavailable", "message": str(exc)}, headers)
         payload: dict[str, object] = {"success": True, "accepted": outcome.accepted}
