@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from scoring.events import Rejection, parse_event
 from streams.errors import ConfigError, RequestRejected
 
 ANONYMOUS_PREFIX = "anon:"
@@ -134,6 +135,11 @@ class Mapper:
         if anonymous_id is not None:
             event["anonymous_id"] = anonymous_id
         event["source"] = source.name
+        # Refuse here, where the client hears why, what the worker would only dead-letter
+        # (an id over 256 characters, a time outside 2000-2099, too many properties).
+        checked = parse_event(event)
+        if isinstance(checked, Rejection):
+            raise rejected("bad_field", f"the scoring engine would refuse this call's event: {checked.detail}")
         return Mapped(event["lead_id"], kind in PROFILE_TYPES, orjson.dumps(event))
 
     def _track(self, call: dict[str, Any], context: dict[str, Any], event: dict[str, Any]) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gzip
 import uuid
-from datetime import timezone
+from datetime import datetime, timezone
 from typing import Any
 
 import orjson
@@ -27,6 +27,8 @@ text = st.text(alphabet=st.characters(blacklist_categories=["Cs"]), max_size=12)
 scalars = st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False, allow_infinity=False) | text
 json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(text, inner, max_size=4), max_leaves=6)
 timestamps = st.datetimes(timezones=st.just(timezone.utc)).map(lambda d: d.isoformat())
+# The times the scoring engine accepts (years 2000-2099).
+event_times = st.datetimes(datetime(2000, 1, 1), datetime(2099, 12, 31), timezones=st.just(timezone.utc)).map(lambda d: d.isoformat())
 ids = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9@._-]{0,15}", fullmatch=True)
 event_names = st.from_regex(r"[A-Za-z][A-Za-z0-9 _-]{0,20}", fullmatch=True)
 
@@ -67,9 +69,9 @@ def good_calls(draw: st.DrawFn) -> dict[str, Any]:
         call["previousId"] = draw(ids)
     call["properties" if kind not in ("identify", "group") else "traits"] = draw(st.dictionaries(text, json_values, max_size=4))
     if draw(st.booleans()):
-        call["timestamp"] = draw(timestamps)
+        call["timestamp"] = draw(event_times)
     else:
-        call["originalTimestamp"] = draw(timestamps)
+        call["originalTimestamp"] = draw(event_times)
     return call
 
 

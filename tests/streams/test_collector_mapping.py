@@ -190,6 +190,10 @@ def test_a_call_without_message_id_gets_a_content_hash_that_ignores_sent_at() ->
         ({"userId": "u", "properties": {"time_on_page_ms": -1}}, "page", "bad_field"),
         ({"userId": "u", "properties": {"time_on_page_ms": "10s"}}, "page", "bad_field"),
         ({"userId": "u", "event": "A", "messageId": {"id": 1}}, "track", "bad_field"),
+        # What the scoring engine would refuse is refused at the door.
+        ({"userId": "u" * 257, "event": "A"}, "track", "bad_field"),
+        ({"userId": "u", "event": "A", "timestamp": "1999-12-31T23:59:59Z"}, "track", "bad_field"),
+        ({"userId": "u", "event": "A", "properties": {str(i): i for i in range(300)}}, "track", "bad_field"),
     ],
 )
 def test_calls_that_cannot_be_mapped_are_rejected_with_a_reason(call: Any, call_type: str | None, code: str) -> None:
