@@ -9,7 +9,7 @@
  * write key in the body (navigator.sendBeacon cannot set an Authorization header). The visitor's
  * anonymousId lives in the first-party cookie ls_aid, the userId given to identify in ls_uid.
  * A page view is sent when the visitor leaves the page (or hides it: mobile browsers may never
- * fire pagehide), with time_on_page_ms; leadstream.page() ends the current page view and starts
+ * fire pagehide), with time_on_page_s; leadstream.page() ends the current page view and starts
  * the next one, for single-page apps.
  */
 (function (window, document) {
@@ -84,7 +84,7 @@
     if (!page) return;
     var ended = page;
     page = null;
-    ended.properties.time_on_page_ms = Date.now() - ended.startedAt;
+    ended.properties.time_on_page_s = Math.round((Date.now() - ended.startedAt) / 100) / 10;
     send("page", { properties: ended.properties }, ended.startedAt);
   }
 

@@ -12,7 +12,7 @@ Every call becomes one leadstream event:
   client's clock skew by `sentAt` (as Segment does); without either, the arrival time, which is
   kept beside it as `received_at`;
 - track -> the event name, normalised (`Pricing Viewed` -> `pricing_viewed`), with its
-  properties; page -> `page_view` with url, path, title, referrer, search and `time_on_page_ms`
+  properties; page -> `page_view` with url, path, title, referrer, search and `time_on_page_s`
   (from the properties or `context.page`); screen -> `screen_view`;
 - identify -> `identify` with the traits (the call's, over `context.traits` where RudderStack
   puts them), group -> `group` with the account id and its traits, alias -> `alias` with
@@ -167,9 +167,9 @@ def _page(call: dict[str, Any], context: dict[str, Any], event: dict[str, Any]) 
         value = call.get(name)
         if isinstance(value, str) and name not in properties:
             properties[name] = value
-    spent = properties.get("time_on_page_ms")
+    spent = properties.get("time_on_page_s")  # what scoring rules compare (`time_on_page_s >= 120`)
     if spent is not None and (isinstance(spent, bool) or not isinstance(spent, (int, float)) or not 0 <= spent < 2**53):
-        raise rejected("bad_field", f"`properties.time_on_page_ms` must be a number of milliseconds >= 0, not {spent!r}")
+        raise rejected("bad_field", f"`properties.time_on_page_s` must be a number of seconds >= 0, not {spent!r}")
     event["type"] = "page_view"
     event["properties"] = properties
 

@@ -84,7 +84,7 @@ def test_page_maps_to_a_page_view_with_fields_from_context_and_time_on_page() ->
         {
             "anonymousId": "a-2",
             "name": "Pricing",
-            "properties": {"title": "Pricing - Acme", "time_on_page_ms": 4200},
+            "properties": {"title": "Pricing - Acme", "time_on_page_s": 4.2},
             "context": {"page": {"url": "https://acme.test/pricing?x=1", "referrer": "https://google.com/", "title": "ignored"}},
             "messageId": "m-2",
         },
@@ -98,7 +98,7 @@ def test_page_maps_to_a_page_view_with_fields_from_context_and_time_on_page() ->
     assert event["product"] == "marketing"
     assert event["properties"] == {
         "title": "Pricing - Acme",
-        "time_on_page_ms": 4200,
+        "time_on_page_s": 4.2,
         "url": "https://acme.test/pricing?x=1",
         "referrer": "https://google.com/",
         "path": "/pricing",
@@ -187,8 +187,8 @@ def test_a_call_without_message_id_gets_a_content_hash_that_ignores_sent_at() ->
         ({"userId": "u", "event": "A", "timestamp": "yesterday"}, "track", "bad_field"),
         ({"userId": "u", "event": "A", "timestamp": 1767225600000}, "track", "bad_field"),
         ({"userId": "u", "traits": "x"}, "identify", "bad_field"),
-        ({"userId": "u", "properties": {"time_on_page_ms": -1}}, "page", "bad_field"),
-        ({"userId": "u", "properties": {"time_on_page_ms": "10s"}}, "page", "bad_field"),
+        ({"userId": "u", "properties": {"time_on_page_s": -1}}, "page", "bad_field"),
+        ({"userId": "u", "properties": {"time_on_page_s": "10s"}}, "page", "bad_field"),
         ({"userId": "u", "event": "A", "messageId": {"id": 1}}, "track", "bad_field"),
         # What the scoring engine would refuse is refused at the door.
         ({"userId": "u" * 257, "event": "A"}, "track", "bad_field"),
