@@ -177,7 +177,7 @@ class ModelRuntime:
                 elif after < self.floor:
                     after = self.floor if before > self.floor else before
                 if after != wanted:  # the model's ceiling or floor clipped the points
-                    points = (after - before) / weight
+                    points = after - before if weight == 1.0 else (after - before) / weight
                     entry[2] += 1
                 state.behaviour = after
                 entry[0] += points

@@ -79,7 +79,7 @@ def reasons(runtime: ModelRuntime, state: LeadState, limit: int = TOP_REASONS) -
     decayed = decayed_points(state)
     if decayed:
         items.append(("decay", decayed))
-    items.sort(key=lambda item: -abs(item[1]))
+    items.sort(key=lambda item: (-abs(item[1]), item[0]))
     return [{"rule": name, "points": round(points, 2)} for name, points in items[:limit]]
 
 

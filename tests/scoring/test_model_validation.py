@@ -1,0 +1,97 @@
+"""Model files are validated on load; every error names the file, the rule (or section) and
+the field, and says what is expected."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from scoring import Engine, ModelError
+from scoring.model import load_directory
+from tests.scoring.support import MODELS_DIR, model
+
+BASE = '[model]\nname = "b2b"\n[thresholds]\nbase = "cold"\nladder = [{ level = "mql", at = 20 }]\n'
+RULE = '[[rules]]\nname = "pricing"\nevent = "page_view"\npoints = 10\n'
+GRADES = '[grades]\nA = { min = 30 }\nB = { min = 10, below = 30 }\nC = { min = 0, below = 10 }\nD = { below = 0 }\n'
+
+
+def load(text: str) -> None:
+    model(text, name="b2b", header=False)
+
+
+CASES = [
+    # (model text, fragments the message must contain)
+    (BASE + RULE + "pointz = 3\n", ["b2b.toml", "rule 'pricing'", "field 'pointz'", "unknown field", "points"]),
+    (BASE + RULE.replace("points = 10", 'points = "ten"'), ["b2b.toml", "rule 'pricing'", "field 'points'", "expected a number", "'ten'"]),
+    (BASE + RULE.replace("points = 10", "points = true"), ["rule 'pricing'", "field 'points'", "a number"]),
+    (BASE + RULE + 'cap = { max = 1, window = "-1d" }\n', ["b2b.toml", "rule 'pricing'", "field 'cap.window'", "positive duration", "'-1d'"]),
+    (BASE + RULE + 'cap = { max = 1, window = "0d" }\n', ["rule 'pricing'", "field 'cap.window'", "positive duration"]),
+    (BASE + RULE + "cap = { max = 0, window = \"1d\" }\n", ["rule 'pricing'", "field 'cap.max'", "at least 1"]),
+    (BASE + RULE + 'bonus = { count = 5, window = "7 days", points = 20 }\n', ["rule 'pricing'", "field 'bonus.window'", "'7 days'"]),
+    (BASE + RULE + 'bonus = { count = 5, window = "7d", points = -20 }\n', ["rule 'pricing'", "field 'bonus.points'", "same sign"]),
+    (BASE + RULE + "max_points = -5\n", ["rule 'pricing'", "field 'max_points'", "positive"]),
+    (BASE + RULE + 'once_per = "email_id"\n', ["rule 'pricing'", "field 'once_per'", "properties.email_id"]),
+    (BASE + RULE + 'properties.url = { like = "x" }\n', ["rule 'pricing'", "field 'properties.url.like'", "unknown field", "glob"]),
+    (BASE + RULE + 'properties.url = { glob = 3 }\n', ["rule 'pricing'", "field 'properties.url.glob'", "a text"]),
+    (BASE + RULE + "properties.seats = { gte = \"5\" }\n", ["rule 'pricing'", "field 'properties.seats.gte'", "a number"]),
+    (BASE + RULE + "properties.form = []\n", ["rule 'pricing'", "field 'properties.form'", "non-empty list"]),
+    (BASE + RULE + 'traits.email = { domain = "gmail" }\n', ["rule 'pricing'", "field 'traits.email.domain'", "free, disposable, competitor, business"]),
+    (BASE + RULE + RULE, ["rule 'pricing'", "field 'name'", "no other rule"]),
+    (BASE + '[[rules]]\nevent = "x"\npoints = 1\n', ["b2b.toml", "rule #1", "field 'name'", "required"]),
+    (BASE + '[[fit]]\nname = "vp"\npoints = 5\nproperties.url = "x"\n', ["fit rule 'vp'", "field 'properties'", "unknown field"]),
+    (BASE + '[[fit]]\nname = "vp"\npoints = 5\n', ["fit rule 'vp'", "field 'traits'", "at least one trait condition"]),
+    (BASE + "[decay]\nsteps = [{ idle = \"60d\", points = -30 }, { idle = \"30d\", points = -15 }]\n", ["[decay]", "field 'steps[2].idle'", "longer idle time"]),
+    (BASE + "[decay]\nsteps = [{ idle = \"30d\", points = 15 }]\n", ["[decay]", "field 'steps[1].points'", "negative"]),
+    (BASE + "[decay]\nsteps = [{ idle = \"-30d\", points = -15 }]\n", ["[decay]", "field 'steps[1].idle'", "positive duration"]),
+    (BASE + '[decay]\nhalf_life = "14d"\nsteps = []\n', ["[decay]", "field 'half_life'", "not both"]),
+    (BASE + GRADES.replace("B = { min = 10, below = 30 }", "B = { min = 10, below = 35 }"), ["[grades]", "field 'B.below'", "overlap"]),
+    (BASE + GRADES.replace("C = { min = 0, below = 10 }", "C = { min = 0, below = 5 }"), ["[grades]", "field 'C.below'", "gap"]),
+    (BASE + GRADES.replace("D = { below = 0 }\n", ""), ["[grades]", "field 'D'", "A, B, C, D"]),
+    (BASE + GRADES + "E = { below = -10 }\n", ["[grades]", "field 'E'", "unknown field"]),
+    (BASE + GRADES.replace("A = { min = 30 }", "A = { min = 30, below = 100 }"), ["[grades]", "field 'A.below'", "highest band"]),
+    (BASE.replace("ladder = [{ level = \"mql\", at = 20 }]", "ladder = [{ level = \"sql\", at = 60 }, { level = \"mql\", at = 20 }]"),
+     ["[thresholds]", "field 'ladder[2].at'", "low to high"]),
+    (BASE.replace("ladder = [{ level = \"mql\", at = 20 }]", "ladder = [{ level = \"mql\", at = 20 }, { level = \"sql\", at = 30, hysteresis = 15 }]"),
+     ["[thresholds]", "field 'ladder[2].hysteresis'", "at most 10"]),
+    (BASE.replace("ladder = [{ level = \"mql\", at = 20 }]", "ladder = [{ level = \"mql\", at = 20 }, { level = \"mql\", at = 30 }]"),
+     ["[thresholds]", "field 'ladder[2].level'", "used once"]),
+    (BASE.replace('base = "cold"\n', 'base = "cold"\nhysteresis = -1\n'), ["[thresholds]", "field 'hysteresis'", "at least 0"]),
+    ('[model]\nname = "b2b"\n', ["b2b.toml", "top level", "field 'thresholds'"]),
+    (BASE.replace('name = "b2b"', 'name = "b2b"\nlateness = 3600'), ["[model]", "field 'lateness'", "duration"]),
+    (BASE.replace('name = "b2b"', 'name = "b2b"\nmax_points = 0'), ["[model]", "field 'max_points'", "above"]),
+    (BASE + "[scoring]\n", ["b2b.toml", "top level", "field 'scoring'", "unknown field"]),
+    (BASE + '[filter]\nproducts = "b2b"\n', ["[filter]", "field 'products'", "unknown field", "product"]),
+    (BASE + '[accounts]\ncombine = "avg"\nbase = "q"\nladder = [{ level = "hot", at = 10 }]\n', ["[accounts]", "field 'combine'", "sum, max, top_k"]),
+    (BASE + '[accounts]\ncombine = "top_k"\nbase = "q"\nladder = [{ level = "hot", at = 10 }]\n', ["[accounts]", "field 'top_k'", "required"]),
+    (BASE + "[scale]\nzero_at = 50\nhundred_at = 10\n", ["[scale]", "field 'hundred_at'", "above zero_at"]),
+    (BASE + "[[rules]\n", ["b2b.toml", "not valid TOML"]),
+]
+
+
+@pytest.mark.parametrize(("text", "fragments"), CASES)
+def test_errors_name_file_rule_and_field(text: str, fragments: list[str]) -> None:
+    with pytest.raises(ModelError) as caught:
+        load(text)
+    for fragment in fragments:
+        assert fragment in str(caught.value)
+
+
+def test_an_unknown_event_type_is_allowed() -> None:
+    load(BASE + RULE.replace("page_view", "an_event_nobody_sends_yet"))
+
+
+def test_every_shipped_model_loads() -> None:
+    names = {m.name for m in Engine.from_directory(MODELS_DIR).models}
+    assert names == {"saas_start_small", "b2b", "analytics_addon"}
+
+
+def test_directory_errors(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="no model files"):
+        load_directory(tmp_path)
+    with pytest.raises(ModelError, match="not a directory"):
+        load_directory(tmp_path / "missing")
+    (tmp_path / "a.toml").write_text(BASE)
+    (tmp_path / "b.toml").write_text(BASE)
+    with pytest.raises(ModelError, match=r"b\.toml: \[model\], field 'name'.*also in a\.toml"):
+        load_directory(tmp_path)

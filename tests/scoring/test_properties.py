@@ -1,0 +1,162 @@
+"""Properties the stream worker relies on, checked on generated event sequences:
+
+- scores do not depend on where batches are cut;
+- a duplicate (same event id) never changes the result;
+- decay evaluated twice at the same time, or at intermediate times, changes nothing;
+- exactly one transition per crossing, and hysteresis prevents flapping.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from scoring import Engine
+from tests.scoring.support import DAY, HOUR, Run, engine, ev, shipped
+
+B2B = Engine([shipped("b2b")])
+HALF_LIFE = Engine([shipped("analytics_addon")])
+FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+_B2B_EVENTS = [
+    ("page_view", {"url": "https://acme.io/pricing"}),
+    ("page_view", {"url": "https://acme.io/blog/x", "time_on_page_s": 200}),
+    ("page_view", {"url": "https://acme.io/careers"}),
+    ("email_open", {"email_id": "m1"}),
+    ("email_open", {"email_id": "m2"}),
+    ("email_click", {}),
+    ("form_submit", {"form": "demo_request"}),
+    ("unsubscribe", {}),
+    ("meeting_cancelled", {}),
+    ("identify", {}),
+]
+_ADDON_EVENTS = ["trial_started", "dashboard_created", "query_run", "teammate_invited", "data_source_connected"]
+
+
+@st.composite
+def b2b_events(draw: Any, max_size: int = 40) -> list[dict[str, Any]]:
+    """Events of two leads over ~100 days, mostly in order, some up to a day out of order."""
+    count = draw(st.integers(min_value=1, max_value=max_size))
+    events, clock = [], 0
+    for i in range(count):
+        clock += draw(st.sampled_from([0, 1, HOUR, DAY, 20 * DAY, 35 * DAY]))
+        kind, properties = draw(st.sampled_from(_B2B_EVENTS))
+        lead = draw(st.sampled_from(["L1", "L2"]))
+        at = clock - draw(st.sampled_from([0, 0, 0, HOUR, 2 * DAY]))  # 2 days behind is late
+        traits = {"title": draw(st.sampled_from(["VP Sales", "Student", "Engineer"])), "email": "a@gmail.com"} if kind == "identify" else {}
+        events.append(ev(kind, at=at, lead=lead, event_id=f"e{i}", product="b2b", properties=properties, traits=traits, account_id="acme"))
+    return events
+
+
+def outcome(run: Run) -> tuple[dict[Any, Any], list[dict[str, Any]], list[str]]:
+    """States (decoded: the order of keys in a map is no difference), transitions, late events."""
+    states = {key: orjson.loads(raw) for key, raw in run.store.items()}
+    return states, [t.to_dict() for t in run.transitions], [e.event_id for e in run.late]
+
+
+@FAST
+@given(b2b_events(), st.lists(st.integers(min_value=1, max_value=40), min_size=1, max_size=8))
+def test_results_do_not_depend_on_batch_boundaries(events: list[dict[str, Any]], cuts: list[int]) -> None:
+    whole = Run(B2B).apply(*events)
+    pieces = Run(B2B)
+    start = 0
+    for size in cuts + [len(events)]:
+        pieces.apply(*events[start : start + size])
+        start += size
+    assert outcome(pieces) == outcome(whole)
+    # Updates are sent when a batch changes a score, so their times depend on the batches;
+    # the latest score of each member does not.
+    assert {u.lead_id: u.score for u in pieces.account_updates} == {u.lead_id: u.score for u in whole.account_updates}
+
+
+@FAST
+@given(st.lists(st.tuples(st.sampled_from(_ADDON_EVENTS), st.integers(0, 30 * DAY)), min_size=1, max_size=30), st.integers(1, 7))
+def test_half_life_results_do_not_depend_on_batch_boundaries(raw: list[tuple[str, int]], size: int) -> None:
+    events = [ev(kind, at=at, event_id=f"e{i}", product="analytics", properties={"source": "pg"}) for i, (kind, at) in enumerate(raw)]
+    assert outcome(Run(HALF_LIFE).apply(*events, batch=size)) == outcome(Run(HALF_LIFE).apply(*events))
+
+
+@FAST
+@given(b2b_events(max_size=30), st.data())
+def test_duplicates_never_change_the_result(events: list[dict[str, Any]], data: st.DataObject) -> None:
+    replayed = list(events)
+    for _ in range(data.draw(st.integers(1, 10))):
+        original = events[data.draw(st.integers(0, len(events) - 1))]
+        position = data.draw(st.integers(replayed.index(original) + 1, len(replayed)))
+        replayed.insert(position, original)  # redelivered some time after the original
+    once = Run(B2B).apply(*events, batch=7)
+    twice = Run(B2B).apply(*replayed, batch=5)
+    assert outcome(twice)[:2] == outcome(once)[:2]
+
+
+@FAST
+@given(b2b_events(), st.lists(st.integers(0, 200), min_size=1, max_size=5))
+def test_decay_is_idempotent_and_exact_whenever_evaluated(events: list[dict[str, Any]], days: list[int]) -> None:
+    run = Run(B2B).apply(*events)
+    for key, raw in run.store.items():
+        lead = key[1]
+        state = run.get("b2b", lead)
+        assert state is not None
+        end = state.watermark_ms + max(days) * DAY
+        stepwise, crossings = state, []
+        for day in sorted(days):
+            stepwise, out = B2B.decay("b2b", lead, stepwise, state.watermark_ms + day * DAY)
+            crossings += out
+        again, none = B2B.decay("b2b", lead, stepwise, end)
+        direct, direct_crossings = B2B.decay("b2b", lead, state, end)
+        assert again == stepwise and none == []
+        assert direct == stepwise
+        assert [t.to_dict() for t in direct_crossings] == [t.to_dict() for t in crossings]
+
+
+LADDER = engine('[[rules]]\nname = "up"\nevent = "up"\npoints = 3\n[[rules]]\nname = "down"\nevent = "down"\npoints = -2\n')
+
+
+def reference_levels(scores: list[float]) -> list[tuple[str, str]]:
+    """The ladder of the test model (cold < mql 20 < sql 60, no hysteresis) walked by hand."""
+    crossings, level = [], "cold"
+    for score in scores:
+        now = "sql" if score >= 60 else "mql" if score >= 20 else "cold"
+        if now != level:
+            crossings.append((level, now))
+            level = now
+    return crossings
+
+
+@FAST
+@given(st.lists(st.sampled_from(["up", "down"]), min_size=1, max_size=80), st.integers(1, 9))
+def test_one_transition_per_crossing(kinds: list[str], size: int) -> None:
+    events = [ev(kind, at=i) for i, kind in enumerate(kinds)]
+    run = Run(LADDER)
+    scores = []
+    for start in range(0, len(events), size):
+        for event in events[start : start + size]:
+            run.apply(event)
+            scores.append(run.score())
+    assert run.levels() == reference_levels(scores)
+    levels = run.levels()
+    assert all(a[1] == b[0] for a, b in zip(levels, levels[1:]))
+
+
+HYSTERESIS = engine(
+    '[model]\nname = "m"\n[[rules]]\nname = "up"\nevent = "up"\npoints = 1\n[[rules]]\nname = "down"\nevent = "down"\npoints = -1\n'
+    '[thresholds]\nbase = "cold"\nhysteresis = 4\nladder = [{ level = "mql", at = 20 }]\n',
+    header=False,
+)
+
+
+@FAST
+@given(st.lists(st.sampled_from(["up", "down"]), max_size=60))
+def test_hysteresis_prevents_flapping(wobble: list[str]) -> None:
+    """Once at the line, any wobble that stays within the hysteresis band crosses nothing."""
+    events = [ev("up", at=i) for i in range(20)]
+    score = 20
+    for kind in wobble:
+        step = 1 if kind == "up" else -1
+        if 16 <= score + step:  # never below 20 - 4
+            score += step
+            events.append(ev(kind, at=len(events)))
+    assert Run(HYSTERESIS).apply(*events, batch=6).levels() == [("cold", "mql")]

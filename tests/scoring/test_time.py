@@ -1,0 +1,49 @@
+"""Semantic 10: event time, not arrival time; out-of-order events within the allowed lateness
+score as if in order; later ones are counted and reported, not scored."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from tests.scoring.support import DAY, HOUR, Run, engine, ev
+
+MODEL = (
+    '[[rules]]\nname = "visit"\nevent = "visit"\npoints = 10\nbonus = { count = 3, window = "1d", points = 5 }\n'
+    '[[rules]]\nname = "open"\nevent = "open"\npoints = 1\ncap = { max = 1, window = "1d" }\n'
+    '[decay]\nsteps = [{ idle = "30d", points = -15 }]\n'
+)
+
+
+def events() -> list[dict]:
+    return [ev("visit", at=h * HOUR) for h in (1, 2, 3, 30)] + [ev("open", at=h * HOUR) for h in (1, 5, 26, 27)]
+
+
+def test_out_of_order_within_lateness_scores_as_in_order() -> None:
+    ordered = Run(engine(MODEL, lateness="2d")).apply(*sorted(events(), key=lambda e: e["time"]))
+    shuffled_events = events()
+    random.Random(3).shuffle(shuffled_events)
+    shuffled = Run(engine(MODEL, lateness="2d")).apply(*shuffled_events, batch=3)
+    assert ordered.score() == shuffled.score() == 40 + 5 + 2
+    assert ordered.state().ledger == shuffled.state().ledger
+
+
+@pytest.mark.parametrize(("behind", "late"), [(0, False), (DAY - 1, False), (DAY, False), (DAY + 1, True), (40 * DAY, True)])
+def test_lateness_boundary(behind: int, late: bool) -> None:
+    run = Run(engine(MODEL, lateness="1d")).apply(ev("visit", at=40 * DAY))
+    before = run.store[("m", "L1")]
+    straggler = ev("visit", at=40 * DAY - behind)
+    run.apply(straggler)
+    assert [e.event_id for e in run.late] == ([straggler["event_id"]] if late else [])
+    assert (run.store[("m", "L1")] == before) is late
+
+
+def test_lateness_is_relative_to_the_lead_not_to_other_leads() -> None:
+    run = Run(engine(MODEL, lateness="1h")).apply(ev("visit", lead="busy", at=10 * DAY), ev("visit", lead="quiet", at=0))
+    assert run.late == [] and run.score("quiet") == 10
+
+
+def test_windows_follow_event_time_not_arrival() -> None:
+    run = Run(engine(MODEL, lateness="3d")).apply(ev("open", at=2 * DAY), ev("open", at=DAY), ev("open", at=DAY + HOUR))
+    assert run.score() == 2  # one per calendar day of the events
