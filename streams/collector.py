@@ -12,7 +12,8 @@ Contract:
 - 400 with a reason code and a sentence for a bad request: too large (32 KB a call, 500 KB a
   batch, after gzip), bad gzip, malformed JSON, wrong content type. A bad call in a batch is
   reported in the 200 response and dead-lettered while the good ones are accepted; a bad single
-  call is dead-lettered and answered 400. 401 for an unknown key, with nothing written.
+  call is dead-lettered and answered 400. 401 for an unknown key, with nothing written. 408 when
+  the body takes longer than LEADSTREAM_COLLECTOR_BODY_TIMEOUT_MS to arrive.
 - 503 with Retry-After when Kafka is unreachable, slow to acknowledge, or already holds
   LEADSTREAM_COLLECTOR_MAX_IN_FLIGHT_BYTES unacknowledged: the collector never buffers without
   bound, the client keeps the events and retries.
@@ -46,7 +47,7 @@ from streams.deadletter import DeadLetter
 from streams.envelope import pack
 from streams.errors import ConfigError, RequestRejected, Unavailable
 from streams.partitioning import partition_for
-from streams.segment import Mapped, Mapper, Source, rejected
+from streams.segment import CALL_TYPES, Mapped, Mapper, Source, rejected
 from streams.settings import Settings
 
 log = logging.getLogger("leadstream.collector")
@@ -60,7 +61,6 @@ EVENTS_PER_MESSAGE = 500  # amortises the worker's per-message cost; a batch hol
 RETRY_AFTER_S = 2
 CONNECT_RETRY_S = 1.0
 UNAVAILABLE_LOG_INTERVAL_S = 10.0
-CALLS = ("track", "page", "screen", "identify", "group", "alias")
 CONTENT_TYPES = ("application/json", "text/plain")  # text/plain: what navigator.sendBeacon sends
 SNIPPET = Path(__file__).with_name("leadstream.js")
 
@@ -234,6 +234,8 @@ class Outcome:
 
 
 class Collector:
+    """The requests' logic: authenticate, read and check the body, map the calls, write, report."""
+
     def __init__(self, settings: Settings, sources: dict[str, Source], writer: KafkaWriter, clock: Clock = time.time) -> None:
         self.settings = settings
         self.sources = sources
@@ -256,6 +258,7 @@ class Collector:
             self._warned_at_s = now_s
 
     async def ingest(self, request: web.Request, call: str) -> Outcome:
+        """Take one request to /v1/CALL; RequestRejected or Unavailable when it cannot be taken whole."""
         source = self._source_from_header(request)
         raw = await self._read_body(request, BATCH_LIMIT_BYTES if call == "batch" else CALL_LIMIT_BYTES)
         body = _parse(raw)
@@ -465,7 +468,7 @@ def create_app(collector: Collector) -> web.Application:
         return response
 
     app = web.Application(middlewares=[cross_origin])
-    calls = "|".join((*CALLS, "batch"))
+    calls = "|".join((*CALL_TYPES, "batch"))
     app.router.add_post(f"/v1/{{call:{calls}}}", ingest)
     app.router.add_route("OPTIONS", f"/v1/{{call:{calls}}}", preflight)
     app.router.add_get("/v1/leadstream.js", javascript)
