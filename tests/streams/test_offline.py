@@ -1,0 +1,92 @@
+"""`leadstream score`: the engine alone over a JSON-lines file, pinned end to end."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import orjson
+
+from streams.cli import main
+from streams.offline import score_file
+from tests.scoring.support import DAY, T0, MODELS_DIR
+
+SAAS_EVENTS = [
+    {"event_id": "1", "lead_id": "ana", "type": "signup", "time": T0, "product": "saas", "traits": {"email": "ana@globex.com"}},
+    {"event_id": "2", "lead_id": "ana", "type": "created_task", "time": T0 + 60_000, "product": "saas"},
+    {"event_id": "3", "lead_id": "ana", "type": "created_project", "time": "2025-11-03T00:02:00Z", "product": "saas"},
+    {"event_id": "4", "lead_id": "ben", "type": "signup", "time": T0 + DAY, "product": "saas"},
+    {"event_id": "5", "lead_id": "ana", "type": "created_task", "time": T0 + 3 * 60_000, "product": "saas"},
+    {"event_id": "5", "lead_id": "ana", "type": "created_task", "time": T0 + 3 * 60_000, "product": "saas"},
+]
+
+
+def write(path: Path, lines: list[object]) -> Path:
+    path.write_bytes(b"".join((line if isinstance(line, bytes) else orjson.dumps(line)) + b"\n" for line in lines))
+    return path
+
+
+def test_json_lines_output_is_exact(tmp_path: Path) -> None:
+    events = write(tmp_path / "events.jsonl", [*SAAS_EVENTS[:3], b"{broken", b"", *SAAS_EVENTS[3:], {"lead_id": "x"}])
+    out, err = io.StringIO(), io.StringIO()
+    assert score_file(MODELS_DIR, events, table=False, out=out, err=err) == 0
+    records = [orjson.loads(line) for line in out.getvalue().splitlines()]
+    transition, ana, ben = records
+    assert {k: transition[k] for k in ("record", "kind", "model", "lead_id", "from_level", "to_level", "direction", "score", "time")} == {
+        "record": "transition", "kind": "lead", "model": "saas_start_small", "lead_id": "ana",
+        "from_level": "lead", "to_level": "mql", "direction": "up", "score": 20, "time": T0 + 3 * 60_000,
+    }  # fmt: skip
+    assert transition["reasons"] == [
+        {"rule": "created a task", "points": 10},
+        {"rule": "created a project", "points": 5},
+        {"rule": "signed up", "points": 5},
+    ]
+    assert transition["traits"] == {"email": "ana@globex.com"}
+    assert ana == {
+        "record": "lead", "lead_id": "ana", "model": "saas_start_small", "time": T0 + DAY, "score": 20,
+        "normalized": 100.0, "grade": None, "engagement": None, "cell": None, "temperature": None, "level": "mql",
+        "last_activity_ms": T0 + 3 * 60_000, "account_id": None, "top_reasons": transition["reasons"],
+    }  # fmt: skip
+    assert (ben["lead_id"], ben["score"], ben["level"]) == ("ben", 5, "lead")
+    assert err.getvalue().splitlines() == [
+        "events.jsonl line 4: bad_json: not valid JSON: unexpected character, expected a string key: line 1 column 2 (char 1)",
+        "events.jsonl line 9: missing_field: field 'type' is missing",
+    ]
+
+
+def test_decay_is_evaluated_at_the_newest_event_time(tmp_path: Path) -> None:
+    b2b = [
+        {"event_id": "a", "lead_id": "old", "type": "form_submit", "time": T0, "product": "b2b", "properties": {"form": "demo_request"}, "account_id": "acme"},
+        {"event_id": "b", "lead_id": "new", "type": "webinar_attended", "time": T0 + 65 * DAY, "product": "b2b", "account_id": "acme"},
+    ]
+    out = io.StringIO()
+    score_file(MODELS_DIR, write(tmp_path / "b2b.jsonl", b2b), table=False, out=out, err=io.StringIO())
+    records = [orjson.loads(line) for line in out.getvalue().splitlines()]
+    crossings = [(r["lead_id"], r["to_level"], r["time"]) for r in records if r["record"] == "transition"]
+    assert crossings == [("old", "mql", T0), ("old", "nurture", T0 + 60 * DAY)]  # 30 - 15 at day 30, - 30 at 60
+    leads = {r["lead_id"]: (r["score"], r["level"]) for r in records if r["record"] == "lead"}
+    assert leads == {"new": (10, "nurture"), "old": (0, "nurture")}
+    assert [r for r in records if r["record"] == "account"] == [
+        {"record": "account", "model": "b2b", "account_id": "acme", "score": 10, "level": "unaware", "members": 2}
+    ]
+
+
+def test_table_output(tmp_path: Path, capsys) -> None:
+    events = write(tmp_path / "events.jsonl", SAAS_EVENTS)
+    assert main(["score", "--models", str(MODELS_DIR), "--events", str(events), "--table"]) == 0
+    assert capsys.readouterr().out == (
+        "TIME                  MODEL             KIND  WHO  FROM  TO   SCORE\n"
+        "2025-11-03T00:03:00Z  saas_start_small  lead  ana  lead  mql  20\n"
+        "\n"
+        "MODEL             LEAD  SCORE  0-100  LEVEL  CELL  TEMP  TOP REASON\n"
+        "saas_start_small  ana   20     100    mql    -     -     created a task (+10)\n"
+        "saas_start_small  ben   5      25     lead   -     -     signed up (+5)\n"
+    )
+
+
+def test_missing_file_and_bad_models_are_clear_errors(tmp_path: Path, capsys) -> None:
+    assert main(["score", "--models", str(MODELS_DIR), "--events", str(tmp_path / "none.jsonl")]) == 1
+    assert "cannot read events file" in capsys.readouterr().err
+    (tmp_path / "bad.toml").write_text('[model]\nname = "x"\n')
+    assert main(["score", "--models", str(tmp_path), "--events", str(tmp_path / "none.jsonl")]) == 1
+    assert "bad.toml: top level, field 'thresholds'" in capsys.readouterr().err
