@@ -11,11 +11,8 @@ import heapq
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
 from scoring.config import Table
-from scoring.errors import StateError
-from scoring.state import right_sized
+from scoring.state import decode, encode
 from scoring.scales import Scale, parse_scale
 from scoring.thresholds import Ladder, Transition, parse_ladder
 
@@ -23,8 +20,6 @@ if TYPE_CHECKING:
     from scoring.engine import ModelRuntime
 
 COMBINE = ("sum", "max", "top_k")
-
-_VERSION = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,17 +73,12 @@ class AccountState:
         return True
 
     def to_bytes(self) -> bytes:
-        return right_sized(orjson.dumps((_VERSION, self.members, self.level, self.crossings)))
+        return encode((self.members, self.level, self.crossings))
 
     @classmethod
     def from_bytes(cls, data: bytes | bytearray | memoryview) -> AccountState:
-        try:
-            values = orjson.loads(data)
-        except orjson.JSONDecodeError as exc:
-            raise StateError(f"account state is not valid JSON: {exc}") from None
-        if values.__class__ is not list or len(values) != 4 or values[0] != _VERSION:
-            raise StateError(f"account state of an unknown layout (expected version {_VERSION} with 4 values)")
-        return cls(values[1], values[2], values[3])
+        _, members, level, crossings = decode(data, "account", 4)
+        return cls(members, level, crossings)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, AccountState) and self.to_bytes() == other.to_bytes()

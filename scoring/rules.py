@@ -203,31 +203,32 @@ def compile_matcher(pairs: Iterable[tuple[Any, Sequence[Condition]]], classify_d
     return match
 
 
+# Conditions as Python expressions: {v} is the field's value, {low} its lower-cased text (None
+# when not a text), {dom} its e-mail domain class, {c} the operand constant.
+_TEMPLATES = {
+    "eq": "{v} == {c}",
+    "ne": "{v} != {c}",
+    "in": "({v}.__class__ in _SCALARS and {v} in {c})",
+    "not_in": "not ({v}.__class__ in _SCALARS and {v} in {c})",
+    "gt": "({v}.__class__ in _NUMBERS and {v} > {c})",
+    "gte": "({v}.__class__ in _NUMBERS and {v} >= {c})",
+    "lt": "({v}.__class__ in _NUMBERS and {v} < {c})",
+    "lte": "({v}.__class__ in _NUMBERS and {v} <= {c})",
+    "domain": "{dom} in {c}",
+    "prefix": "({low} is not None and {low}.startswith({c}))",
+    "words": "({low} is not None and {c}.search({low}) is not None)",
+}
+
+
 def _expression(cond: Condition, var: str, constant: Callable[[Any], str]) -> str:
-    op, operand = cond.op, cond.operand
-    low = f"l{var}"
-    if op == "eq":
-        return f"{var} == {constant(operand)}"
-    if op == "ne":
-        return f"{var} != {constant(operand)}"
-    if op == "in":
-        return f"({var}.__class__ in _SCALARS and {var} in {constant(operand)})"
-    if op == "not_in":
-        return f"not ({var}.__class__ in _SCALARS and {var} in {constant(operand)})"
-    if op in ("gt", "gte", "lt", "lte"):
-        symbol = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}[op]
-        return f"({var}.__class__ in _NUMBERS and {var} {symbol} {constant(operand)})"
+    op, operand, low = cond.op, cond.operand, f"l{var}"
     if op == "exists":
         return f"{var} is {'not ' if operand else ''}None"
-    if op == "domain":
-        return f"d{var} in {constant(operand)}"
-    if op == "prefix":
-        return f"({low} is not None and {low}.startswith({constant(operand)}))"
     if op == "contains":
         return f"({low} is not None and ({' or '.join(f'{constant(t)} in {low}' for t in operand)}))"
-    if op == "words":
-        return f"({low} is not None and {constant(operand)}.search({low}) is not None)"
-    return f"({low} is not None and ({' or '.join(_glob(pattern, low, constant) for pattern in operand)}))"
+    if op == "glob":
+        return f"({low} is not None and ({' or '.join(_glob(pattern, low, constant) for pattern in operand)}))"
+    return _TEMPLATES[op].format(v=var, low=low, dom=f"d{var}", c=constant(operand))
 
 
 def _glob(pattern: str, low: str, constant: Callable[[Any], str]) -> str:

@@ -35,6 +35,22 @@ _VERSION = 1
 HISTORY_CHARS_PER_CHANGE = 64
 
 
+def encode(values: tuple[Any, ...]) -> bytes:
+    """State bytes: the layout version, then the values, as one orjson array."""
+    return right_sized(orjson.dumps((_VERSION, *values)))
+
+
+def decode(data: bytes | bytearray | memoryview, kind: str, length: int) -> list[Any]:
+    """The values of state bytes (the version first), checking the layout has `length` values."""
+    try:
+        values = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise StateError(f"{kind} state is not valid JSON: {exc}") from None
+    if values.__class__ is not list or len(values) != length or values[0] != _VERSION:
+        raise StateError(f"{kind} state of an unknown layout (expected version {_VERSION} with {length} values)")
+    return values
+
+
 def right_sized(data: bytes) -> bytes:
     """A copy of orjson output that holds only its length: orjson >= 3.12 returns bytes whose
     allocation is at least 4 KiB and never shrinks it, which a table of millions of states kept
@@ -112,25 +128,18 @@ class LeadState:
         return state
 
     def to_bytes(self) -> bytes:
-        return right_sized(
-            orjson.dumps(
-                (
-                    _VERSION, self.behaviour, self.fit, self.as_of_ms, self.last_activity_ms, self.steps_taken,
-                    self.watermark_ms, self.level, self.crossings, self.traits, self.account_id, self.ledger,
-                    self.windows, self.seen, self.ids, self.ids_count, self.ids_max_ms, self.old_ids,
-                    self.old_ids_max_ms, self.history,
-                )  # fmt: skip
-            )
+        return encode(
+            (
+                self.behaviour, self.fit, self.as_of_ms, self.last_activity_ms, self.steps_taken,
+                self.watermark_ms, self.level, self.crossings, self.traits, self.account_id, self.ledger,
+                self.windows, self.seen, self.ids, self.ids_count, self.ids_max_ms, self.old_ids,
+                self.old_ids_max_ms, self.history,
+            )  # fmt: skip
         )
 
     @classmethod
     def from_bytes(cls, data: bytes | bytearray | memoryview) -> LeadState:
-        try:
-            values = orjson.loads(data)
-        except orjson.JSONDecodeError as exc:
-            raise StateError(f"lead state is not valid JSON: {exc}") from None
-        if values.__class__ is not list or len(values) != 20 or values[0] != _VERSION:
-            raise StateError(f"lead state of an unknown layout (expected version {_VERSION} with 20 values)")
+        values = decode(data, "lead", 20)
         state = cls.__new__(cls)
         (
             _, state.behaviour, state.fit, state.as_of_ms, state.last_activity_ms, state.steps_taken,
