@@ -71,6 +71,7 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
         producer_linger_ms=2,
         producer_max_batch_size=512 * 1024,
         web_host="127.0.0.1",
+        web_bind="127.0.0.1",
         web_port=settings.worker_port,
         web_in_thread=False,
     )

@@ -18,7 +18,7 @@ from streams import services
 from streams.processes import WorkerProcess
 from streams.settings import Settings
 from streams.topics import ensure_topics
-from tests.infra import free_port
+from streams.processes import free_port
 
 
 @pytest.fixture(scope="session")

@@ -26,7 +26,7 @@ import orjson
 
 from streams.bench import print_figures, workload
 from streams.lag import LagProbe
-from streams.processes import WorkerProcess
+from streams.processes import WorkerProcess, free_port
 from streams.send import open_producer, produce
 from streams.settings import Settings
 from streams.topics import ensure_topics
@@ -45,6 +45,7 @@ def bench_settings(settings: Settings, state_dir: Path, metrics: bool) -> Settin
         topic_accounts=f"{tag}-accounts",
         topic_deadletter=f"{tag}-deadletter",
         state_dir=state_dir,
+        worker_port=free_port(),
         faust_sensors=1 if metrics else 0,
         log_level="warning",
     )

@@ -15,7 +15,7 @@ import segment.analytics as segment
 
 from streams.partitioning import partition_for
 from streams.settings import Settings
-from tests.infra import free_port
+from streams.processes import free_port
 from tests.streams.collector_support import SOURCES, WRITE_KEY, Message, ThreadedCollector, all_events, read_messages
 
 T0 = datetime(2026, 3, 1, 9, 30, tzinfo=timezone.utc)

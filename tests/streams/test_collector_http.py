@@ -20,7 +20,7 @@ from streams.errors import Unavailable
 from streams.partitioning import partition_for
 from streams.processes import CollectorProcess
 from streams.settings import Settings
-from tests.infra import free_port
+from streams.processes import free_port
 from tests.streams.collector_support import SOURCES, WRITE_KEY, ThreadedCollector, all_events, read_messages
 
 

@@ -10,7 +10,7 @@ import pytest
 from streams import services
 from streams.errors import ServiceError
 from streams.settings import Settings
-from tests.infra import free_port
+from streams.processes import free_port
 
 
 def own_services(tmp_path: Path, kafka_port: int, redis_port: int) -> Settings:
