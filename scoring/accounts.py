@@ -32,8 +32,8 @@ class AccountRollup:
     ladder: Ladder
     scale: Scale
 
-    def score(self, members: dict[str, list[Any]]) -> float:
-        scores = [member[0] for member in members.values()]
+    def score(self, members: dict[str, list[float]]) -> float:
+        scores: list[float] = [member[0] for member in members.values()]
         if not scores:
             return 0
         if self.combine == "max":
@@ -59,7 +59,7 @@ class AccountState:
 
     __slots__ = ("members", "level", "crossings")
 
-    def __init__(self, members: dict[str, list[Any]], level: str, crossings: int) -> None:
+    def __init__(self, members: dict[str, list[float]], level: str, crossings: int) -> None:
         self.members = members
         self.level = level
         self.crossings = crossings

@@ -67,7 +67,7 @@ class HalfLifeDecay:
     half_life_ms: int
 
     def factor(self, elapsed_ms: int) -> float:
-        return 2.0 ** (-elapsed_ms / self.half_life_ms)
+        return float(2.0 ** (-elapsed_ms / self.half_life_ms))
 
     def bring_to(self, state: LeadState, time_ms: int) -> float:
         """Values behaviour points at `time_ms` if later than now; returns the points lost."""
@@ -101,7 +101,7 @@ def parse_decay(table: Table | None) -> Decay | None:
     raw = table.raw("steps")
     if not isinstance(raw, list) or not raw or not all(isinstance(s, dict) for s in raw):
         raise table.error("steps", "a list such as [{ idle = \"30d\", points = -15 }, ...]", raw)
-    steps = []
+    steps: list[Step] = []
     for number, spec in enumerate(raw, 1):
         step = Table(table.file, table.where, spec, f"steps[{number}].")
         step.check_keys(("idle", "points"))

@@ -19,6 +19,7 @@ from scoring.accounts import AccountState, MemberScore, roll_up
 from scoring.decay import HalfLifeDecay, StepDecay
 from scoring.errors import ModelError
 from scoring.events import IDENTIFY, Event, Rejection, parse_event, parse_message
+from scoring.fit import FitRule
 from scoring.model import Model, load_directory
 from scoring.repeat import Window, drop_closed, limited_points
 from scoring.rules import Matcher, Rule, compile_matcher
@@ -108,7 +109,8 @@ class ModelRuntime:
     def fit_points(self, traits: dict[str, Any]) -> float:
         if self.fit_match is None:
             return 0
-        return sum(rule.points for rule in self.fit_match(_NO_PROPERTIES, traits))
+        matched: Sequence[FitRule] = self.fit_match(_NO_PROPERTIES, traits)
+        return sum(rule.points for rule in matched)
 
     def apply(self, state: LeadState, event: Event, out: list[Transition]) -> int:
         """Applies one event; returns _APPLIED, _DUPLICATE or _LATE (the last two change nothing).
@@ -302,7 +304,10 @@ class ModelRuntime:
                 del windows[key]
                 continue
             first_open = window.index(cutoff)
-            if any(counts[pos] < first_open for pos in range(0, len(counts), 2)):
+            if len(counts) == 2:  # one open window: the common case
+                if counts[0] < first_open:
+                    del windows[key]
+            elif min(counts[0::2]) < first_open:
                 counts = drop_closed(counts, first_open)
                 if counts:
                     windows[key] = counts

@@ -47,7 +47,7 @@ def rule_rows(runtime: ModelRuntime, state: LeadState) -> list[dict[str, Any]]:
     decayed = decayed_points(state)
     positive = sum(entry[0] for entry in state.ledger.values() if entry[0] > 0)
     known = {rule.name for rule in runtime.model.rules}
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, (points, occurrences, capped, bonuses) in state.ledger.items():
         share = decayed * points / positive if points > 0 and positive else 0
         rows.append(

@@ -102,10 +102,10 @@ def parse_model(text: str, file: str) -> Model:
     rules = tuple(parse_rule(file, spec, number) for number, spec in enumerate(top.tables("rules"), 1))
     fit_rules = tuple(parse_fit_rule(file, spec, number) for number, spec in enumerate(top.tables("fit"), 1))
     names: set[str] = set()
-    for rule in (*rules, *fit_rules):
-        if rule.name in names:
-            raise ModelError(f"{file}: rule '{rule.name}', field 'name': expected a name no other rule of this model uses")
-        names.add(rule.name)
+    for name in [r.name for r in rules] + [r.name for r in fit_rules]:
+        if name in names:
+            raise ModelError(f"{file}: rule '{name}', field 'name': expected a name no other rule of this model uses")
+        names.add(name)
 
     thresholds = top.table("thresholds", "[thresholds]")
     if thresholds is None:
@@ -114,7 +114,8 @@ def parse_model(text: str, file: str) -> Model:
     ladder = parse_ladder(thresholds)
     scale = parse_scale(top.table("scale", "[scale]"), ladder.at[-1] if ladder.at[-1] > 0 else 100)
 
-    tested = {c.key for rule in (*rules, *fit_rules) for c in rule.conditions if c.source == "traits"}
+    conditions = [c for r in rules for c in r.conditions] + [c for r in fit_rules for c in r.conditions]
+    tested = {c.key for c in conditions if c.source == "traits"}
     tested |= {r.once_per.key for r in rules if r.once_per is not None and r.once_per.source == "traits"}
     return Model(
         name=head.string("name"),

@@ -103,7 +103,7 @@ class LeadState:
     traits: dict[str, Any]
     account_id: str | None
     #: rule name -> [points, occurrences, capped, bonuses]
-    ledger: dict[str, list[Any]]
+    ledger: dict[str, list[float]]
     #: window counters, see scoring.repeat
     windows: dict[str, list[int]]
     #: rule name -> log of `once_per` values already seen
