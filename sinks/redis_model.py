@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from redis import Redis
@@ -81,7 +81,7 @@ class RedisModelSink(Sink[ScoreChange]):
         else:
             pipe.zadd(board, {item.lead_id: item.score})
             pipe.delete(lead)  # a field the producer dropped must not linger
-            pipe.hset(lead, mapping=item.fields)
+            pipe.hset(lead, mapping=item.fields)  # type: ignore[arg-type]  # redis-py's Mapping is invariant
         pipe.execute()
 
     def close(self) -> None:
@@ -90,13 +90,13 @@ class RedisModelSink(Sink[ScoreChange]):
 
 def top_leads(redis: Redis, prefix: str, model: str, limit: int) -> list[dict[str, Any]]:
     """The `limit` highest-scored leads of a model, best first, each with its hash."""
-    entries = redis.zrevrange(leaderboard_key(prefix, model), 0, limit - 1, withscores=True)
+    entries = cast(list[tuple[bytes, float]], redis.zrevrange(leaderboard_key(prefix, model), 0, limit - 1, withscores=True))
     pipe = redis.pipeline(transaction=False)
     for member, _ in entries:
         pipe.hgetall(lead_key(prefix, model, member.decode()))
     rows = []
     for (member, score), stored in zip(entries, pipe.execute()):
-        row = {k.decode(): v.decode() for k, v in stored.items()}
+        row: dict[str, Any] = {k.decode(): v.decode() for k, v in stored.items()}
         row.update(lead_id=member.decode(), score=score)
         rows.append(row)
     return rows

@@ -1,9 +1,11 @@
 """The delivery machinery every connector shares: consume, deliver, retry, dead-letter, commit.
 
 Each connector is its own consumer group (`leadstream-sink-<name>`, after LEADSTREAM_APP_ID), so connectors fail, lag
-and scale independently. A polled batch is split into `LEADSTREAM_SINK_CONCURRENCY` lanes by
-message key: a lead's crossings stay in order within their lane, while the lanes' requests
-overlap so that API latency is hidden, all within the connector's shared rate limit. Offsets
+and scale independently. A polled batch is split by message key into one queue per lead (or
+account): a lead's crossings are delivered in order, one after the other, while up to
+LEADSTREAM_SINK_CONCURRENCY leads are delivered at once so that API latency is hidden, all
+within the connector's shared rate limit. Leads, not fixed lanes, are the unit of work, so one
+slow lead does not hold back the others that a hash would have put in its lane. Offsets
 are committed only when every message of the batch was delivered, skipped as already
 delivered, or dead-lettered; a crash before that re-delivers the batch and the ledger
 (sinks.ledger) turns what was done into skips.
@@ -21,10 +23,9 @@ import random
 import signal
 import threading
 import time
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Generic, Iterable, TypeVar
+from typing import Any, Callable, Generic, Iterable, TypeVar
 
 import orjson
 from redis import Redis, RedisError
@@ -117,7 +118,7 @@ class SinkRunner(Generic[T]):
         self.stop = stop or threading.Event()
         self.stats = Stats()
         self.ledger = Ledger(Redis.from_url(settings.redis_url), settings.redis_prefix, sink.name, settings.sink_delivered_ttl_s)
-        self._producer = None
+        self._producer: Any = None  # set while consuming; dead letters go through it
 
     # -- running -------------------------------------------------------------------------
 
@@ -148,7 +149,7 @@ class SinkRunner(Generic[T]):
             session_timeout_ms=6000,
             heartbeat_interval_ms=2000,
         )
-        self._producer = KafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap, acks="all", linger_ms=5)
+        producer = self._producer = KafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap, acks="all", linger_ms=5)
         end: dict | None = None
         pool = ThreadPoolExecutor(max_workers=self.settings.sink_concurrency, thread_name_prefix=f"sink-{self.sink.name}")
         log.info("sink %s: consuming %s as group %s; dead letters to %s", self.sink.name, topic, group, self.dlq_topic)
@@ -179,24 +180,24 @@ class SinkRunner(Generic[T]):
             log.info("sink %s: stopped; the unfinished batch is re-read on the next start", self.sink.name)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
-            self._producer.flush()
-            self._producer.close()
+            producer.flush()
+            producer.close()
             consumer.close(autocommit=False)
             self.sink.close()
         return self.stats
 
     def _deliver_batch(self, pool: ThreadPoolExecutor, envelopes: list[Envelope]) -> None:
-        lanes: dict[int, list[Envelope]] = {}
+        by_key: dict[bytes | int, list[Envelope]] = {}
         for env in envelopes:
-            lane = zlib.crc32(env.key) if env.key is not None else env.partition
-            lanes.setdefault(lane % self.settings.sink_concurrency, []).append(env)
-        futures = [pool.submit(self._deliver_lane, lane) for lane in lanes.values()]
+            # A keyless message keeps its partition's order.
+            by_key.setdefault(env.key if env.key is not None else env.partition, []).append(env)
+        futures = [pool.submit(self._deliver_in_order, queue) for queue in by_key.values()]
         for future in futures:
             future.result()  # re-raises _Stopped, so nothing is committed
         if self.stop.is_set():
             raise _Stopped()
 
-    def _deliver_lane(self, envelopes: Iterable[Envelope]) -> None:
+    def _deliver_in_order(self, envelopes: Iterable[Envelope]) -> None:
         for env in envelopes:
             if self.stop.is_set():
                 raise _Stopped()

@@ -13,10 +13,10 @@ without a Salesforce action (no Lead to update).
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, TypeVar, cast
 
 import requests
-from simple_salesforce import Salesforce, format_soql
+from simple_salesforce import Salesforce, SFType, format_soql
 from simple_salesforce.exceptions import SalesforceError
 
 from sinks.base import Crossing, CrossingSink, Steps
@@ -40,7 +40,10 @@ class SalesforceSink(CrossingSink):
         self.mapping = mapping or load_mapping(settings.sink_mapping_dir / "salesforce.toml", with_deals=False)
         self.limiter = limiter_for("LEADSTREAM_SALESFORCE_RATE_LIMIT", settings.salesforce_rate_limit)
         self.session = TimeoutSession(settings.sink_timeout_s, settings.sink_concurrency)
-        self.sf = self._connect(settings)
+        sf = self._connect(settings)
+        # SFType handles built once (each attribute access builds a new one).
+        self.leads, self.tasks = cast(SFType, sf.Lead), cast(SFType, sf.Task)
+        self.sf = sf
 
     def _connect(self, settings: Settings) -> Salesforce:
         version = settings.salesforce_api_version
@@ -66,7 +69,7 @@ class SalesforceSink(CrossingSink):
             return
         lead_id = item.traits.get("salesforce_id") or self._find_lead(item)
         values = self.mapping.record_values(item)
-        self._call(f"Lead {lead_id}", lambda: self.sf.Lead.update(lead_id, values))
+        self._call(f"Lead {lead_id}", lambda: self.leads.update(lead_id, values))
         task = self.mapping.task
         if item.direction != "up" or task is None or item.to_level not in task.levels:
             return
@@ -74,7 +77,7 @@ class SalesforceSink(CrossingSink):
         fields = item.template_fields()
 
         def create() -> str:
-            owner = task.owner or self._call(f"Lead {lead_id}", lambda: str(self.sf.Lead.get(lead_id)["OwnerId"]))
+            owner = task.owner or self._call(f"Lead {lead_id}", lambda: str(self.leads.get(lead_id)["OwnerId"]))
             body = {
                 "WhoId": lead_id,
                 "OwnerId": owner,
@@ -85,7 +88,7 @@ class SalesforceSink(CrossingSink):
                 "Priority": task.priority,
                 task.crossing_id_property: item.id,
             }
-            return self._call("create Task", lambda: str(self.sf.Task.create(body)["id"]))
+            return self._call("create Task", lambda: str(self.tasks.create(body)["id"]))
 
         def find() -> str | None:
             soql = format_soql("SELECT Id FROM Task WHERE {:literal} = {} LIMIT 1", task.crossing_id_property, item.id)
@@ -114,9 +117,9 @@ class SalesforceSink(CrossingSink):
             raise RetryableError(f"Salesforce {what}: malformed answer ({type(exc).__name__}: {exc})") from None
         except SalesforceError as exc:
             content = exc.content
-            codes = {e.get("errorCode") for e in content if isinstance(e, dict)} if isinstance(content, list) else set()
+            codes: set[str] = {str(e.get("errorCode")) for e in content if isinstance(e, dict)} if isinstance(content, list) else set()
             if codes & _RETRYABLE_CODES:
-                raise RetryableError(f"Salesforce {what}: {', '.join(sorted(c for c in codes if c))}: {content}") from None
+                raise RetryableError(f"Salesforce {what}: {', '.join(sorted(codes))}: {str(content)}") from None
             raise for_status(int(exc.status), f"Salesforce {what}", str(content)) from None
         except requests.RequestException as exc:
             raise transport_error(f"Salesforce {what}", exc) from None
