@@ -56,7 +56,7 @@ class Crossing:
     to_level: str
     direction: str
     score: float
-    normalized: int
+    normalized: float
     grade: str
     engagement: int
     cell: str
@@ -91,7 +91,7 @@ class Crossing:
                 to_level=_text(raw["to_level"]),
                 direction=direction,
                 score=float(raw["score"]),
-                normalized=int(raw.get("normalized") or 0),
+                normalized=float(raw.get("normalized") or 0),
                 grade=str(raw.get("grade") or ""),
                 engagement=int(raw.get("engagement") or 0),
                 cell=str(raw.get("cell") or ""),
@@ -124,14 +124,19 @@ class Crossing:
             "from_level": self.from_level,
             "level": self.to_level,
             "direction": self.direction,
-            "score": self.score,
-            "normalized": self.normalized,
+            "score": _number(self.score),
+            "normalized": _number(self.normalized),
             "grade": self.grade,
             "engagement": self.engagement,
             "cell": self.cell,
             "temperature": self.temperature,
             "reasons": self.reasons_text(),
         }
+
+
+def _number(value: float) -> float | int:
+    """61.0 as 61, so CRM fields and texts read like the score, not like a float."""
+    return int(value) if float(value).is_integer() else round(value, 2)
 
 
 def _text(value: object) -> str:

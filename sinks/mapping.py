@@ -23,7 +23,7 @@ SOURCE_FIELDS = ("score", "normalized", "grade", "engagement", "cell", "temperat
 
 _SAMPLE = Crossing(
     id="sample", kind="lead", lead_id="lead-1", account_id="acme", model="b2b", from_level="nurture",
-    to_level="mql", direction="up", score=47.0, normalized=61, grade="A", engagement=2, cell="A2",
+    to_level="mql", direction="up", score=47.0, normalized=61.0, grade="A", engagement=2, cell="A2",
     temperature="warm", time_ms=0, reasons=(Reason("pricing_page", 30),), traits={"email": "jane@acme.io"},
 )
 

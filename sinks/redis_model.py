@@ -63,7 +63,8 @@ class RedisModelSink(Sink[ScoreChange]):
         try:
             raw = orjson.loads(value)
             score = float(raw["score"])
-            fields = {name: str(raw.get(name, "")) for name in HASH_FIELDS}
+            # The worker writes null for what a lead does not have yet (no activity, no grade).
+            fields = {name: "" if raw.get(name) is None else str(raw[name]) for name in HASH_FIELDS}
             fields["top_reasons"] = orjson.dumps(raw.get("top_reasons") or []).decode()
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise PermanentError(f"score change {model}/{lead_id} is not the documented JSON: {exc!r}") from None

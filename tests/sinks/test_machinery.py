@@ -152,3 +152,19 @@ def test_mapping_errors_name_the_file_and_the_field(tmp_path: Path, toml: str, w
 def test_a_missing_mapping_file_says_where_the_examples_are(tmp_path: Path) -> None:
     with pytest.raises(MappingError, match="no such mapping file; copy the example from sinks/mappings/"):
         load_mapping(tmp_path / "hubspot.toml", with_deals=True)
+
+
+def test_the_workers_crossing_records_parse() -> None:
+    """Contract with the producer: what scoring.thresholds.Transition writes is a Crossing."""
+    from scoring.thresholds import Transition
+
+    written = Transition(
+        kind="lead", model="b2b", lead_id="lead-42", account_id=None, sequence=3, from_level="nurture",
+        to_level="mql", direction="up", score=47.0, normalized=61.5, grade=None, engagement=None, cell=None,
+        temperature="warm", time_ms=1763884800000, reasons=({"rule": "pricing_page", "points": 30},),
+        traits={"email": "jane@acme.io", "employees": 250},
+    )
+    parsed = Crossing.from_json(orjson.dumps(written.to_dict()))
+    assert (parsed.id, parsed.lead_id, parsed.to_level, parsed.grade) == (written.id, "lead-42", "mql", "")
+    assert parsed.template_fields()["normalized"] == 61.5 and parsed.template_fields()["score"] == 47
+    assert parsed.traits == {"email": "jane@acme.io", "employees": "250"} and parsed.reasons_text() == "pricing_page +30"

@@ -39,7 +39,7 @@ def test_score_changes_keep_the_leaderboard_and_lead_hashes_current(sink_setting
         ("b2b/lead-3", score_change("lead-3", 55)),
         ("b2b/lead-1", score_change("lead-1", 90)),  # newer state of lead-1 wins
         ("b2b/lead-3", None),  # tombstone: lead-3 left the model
-        ("trial/lead-1", score_change("lead-1", 12, model="trial")),
+        ("trial/lead-1", score_change("lead-1", 12, model="trial", last_activity_ms=None, grade=None)),
     ])
 
     stats = drain(RedisModelSink(sink_settings), sink_settings)
@@ -53,6 +53,8 @@ def test_score_changes_keep_the_leaderboard_and_lead_hashes_current(sink_setting
     assert lead["last_activity_ms"] == "1763884800000"
     assert orjson.loads(lead["top_reasons"])[0] == {"rule": "pricing_page", "points": 30}
     assert not redis.exists(lead_key(prefix, "b2b", "lead-3"))
+    trial = redis.hgetall(lead_key(prefix, "trial", "lead-1"))
+    assert (trial["last_activity_ms"], trial["grade"]) == ("", "")  # null in the topic: empty, not "None"
 
 
 def test_leadstream_top_prints_the_hottest_leads_as_a_table(sink_settings: Settings) -> None:

@@ -22,7 +22,7 @@ def test_up_to_mql_updates_the_lead_and_creates_a_task_for_its_owner_and_down_up
     by_id = salesforce.add_lead("someone-else@acme.io")
     produce(settings, [
         crossing(1, "mql"),
-        crossing(1, "nurture", "down", from_level="mql", temperature="cold"),
+        crossing(1, "nurture", "down", from_level="mql", temperature="cold", normalized=33.5),
         crossing(2, "sql", traits={"salesforce_id": by_id}),
     ])
 
@@ -30,7 +30,7 @@ def test_up_to_mql_updates_the_lead_and_creates_a_task_for_its_owner_and_down_up
 
     assert (stats.delivered, stats.dead_lettered) == (3, 0)
     lead = salesforce.records["Lead"][by_email]
-    assert (lead["Status"], lead["Rating"], lead["Leadstream_Score__c"]) == ("Open - Not Contacted", "Cold", 61)
+    assert (lead["Status"], lead["Rating"], lead["Leadstream_Score__c"]) == ("Open - Not Contacted", "Cold", 33.5)
     assert lead["Leadstream_Reasons__c"] == "pricing_page +30, webinar +10"
     assert salesforce.records["Lead"][by_id]["Status"] == "Working - Contacted"
     tasks = sorted(salesforce.records["Task"].values(), key=lambda t: t["WhoId"])
