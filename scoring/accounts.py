@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, NamedTuple
 
 from scoring.config import Table
 from scoring.state import decode, encode
@@ -43,9 +43,9 @@ class AccountRollup:
         return sum(scores)
 
 
-@dataclass(frozen=True, slots=True)
-class MemberScore:
-    """A lead's score in a model as of its newest event, for its account's roll-up."""
+class MemberScore(NamedTuple):
+    """A lead's score in a model as of its newest event, for its account's roll-up (a named
+    tuple: one is made per changed lead of an account per batch, so it must be cheap)."""
 
     model: str
     account_id: str

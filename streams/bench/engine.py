@@ -9,9 +9,10 @@ late events. Both loops run over the same bytes in the same process:
 - parse only: `orjson.loads` of every event;
 - engine: `engine.parse` (orjson + validation) and `apply_batch` in batches of 1000 events
   against a dict of state bytes, decoding each state on first use in a batch and writing each
-  changed state back with `to_bytes()` once per batch, as the stream worker does;
-- engine with cached states: the same with states kept decoded between batches (only the
-  `to_bytes()` for the changelog is paid), what a worker with an object cache would do.
+  changed state back with `to_bytes()` once per batch, as the stream worker does.
+
+Where the time goes: `py-spy record -f raw -o profile.txt -- leadstream bench engine` (py-spy is
+in the dev extra).
 """
 
 from __future__ import annotations
@@ -75,21 +76,6 @@ def run(data: list[bytes], engine: Engine) -> dict[str, Any]:
             counts["states_written"] += len(result.states)
 
     engine_s = _timed(engine_loop)
-
-    # The same, with states kept decoded between batches (an object cache in front of the
-    # table): only the encoding for the changelog is paid per batch.
-    decoded: dict[tuple[str, str], LeadState] = {}
-
-    def cached_loop() -> None:
-        parse = engine.parse
-        get = decoded.get
-        for start in range(0, len(data), BATCH_EVENTS):
-            result = engine.apply_batch([parse(raw) for raw in data[start : start + BATCH_EVENTS]], lambda m, l: get((m, l)))
-            for key, state in result.states.items():
-                decoded[key] = state
-                state.to_bytes()
-
-    cached_s = _timed(cached_loop)
     sizes = sorted(len(raw) for raw in store.values())
     parse_rate = len(data) / parse_s
     engine_rate = len(data) / engine_s
@@ -100,7 +86,6 @@ def run(data: list[bytes], engine: Engine) -> dict[str, Any]:
         "parse_only_events_per_s": round(parse_rate),
         "ratio": round(engine_rate / parse_rate, 3),
         "us_per_event": round(1e6 / engine_rate, 2),
-        "engine_cached_states_events_per_s": round(len(data) / cached_s),
         "bytes_per_lead_state": round(sum(sizes) / len(sizes), 1),
         "bytes_per_lead_state_p99": sizes[int(len(sizes) * 0.99)],
         "bytes_per_lead_state_max": sizes[-1],
