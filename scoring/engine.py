@@ -172,7 +172,8 @@ class ModelRuntime:
                 active = True
             if points:
                 before = state.behaviour
-                wanted = before + points * weight
+                # Integer points stay integers unless a late event is discounted (half-life).
+                wanted = before + points if weight == 1.0 else before + points * weight
                 after = wanted
                 if after > self.ceiling:
                     after = self.ceiling if before < self.ceiling else before

@@ -13,7 +13,7 @@ Bounds (what keeps a state small however active the lead):
   the newer one fills up. So at least the last `remember_events` ids, and every id younger than
   the lateness up to that count, are recognised as duplicates.
 - `once_per` keys: at least the last 100 per rule (repeat.ONCE_PER_MEMORY).
-- history: the last `history` changes (model setting), in at most about 64 characters a change.
+- history: the last `history` changes (model setting), in at most about 48 characters a change.
 - window counters: only windows that can still receive an event within the lateness.
 """
 
@@ -32,7 +32,7 @@ _VERSION = 1
 
 #: The history log is trimmed back to its last `history` changes beyond this many characters
 #: a change (a change takes about 30).
-HISTORY_CHARS_PER_CHANGE = 64
+HISTORY_CHARS_PER_CHANGE = 48
 
 
 def encode(values: tuple[Any, ...]) -> bytes:

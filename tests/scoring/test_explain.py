@@ -4,6 +4,7 @@ recent history of changes."""
 from __future__ import annotations
 
 from scoring import Engine
+from scoring.state import HISTORY_CHARS_PER_CHANGE
 from tests.scoring.support import DAY, T0, Run, ev, shipped
 
 B2B = Engine([shipped("b2b")])
@@ -46,8 +47,8 @@ def test_history_lists_the_recent_changes_newest_first() -> None:
 def test_history_keeps_the_configured_number_of_changes() -> None:
     run = Run(B2B).apply(*(ev("webinar_attended", at=i, product="b2b") for i in range(40)))
     state = run.state("L1", "b2b")
-    assert len(B2B.explain("b2b", "L1", state, T0 + 40)["history"]) == 10
-    assert len(state.history) < 64 * 10 + 40
+    assert len(B2B.explain("b2b", "L1", state, T0 + 40)["history"]) == 8
+    assert len(state.history) <= HISTORY_CHARS_PER_CHANGE * 8 + 40
 
 
 def test_summary_has_top_reasons() -> None:
