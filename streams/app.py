@@ -18,17 +18,19 @@ from typing import Any, Iterable
 
 import faust
 import mode
-from kafka.errors import KafkaError
 import orjson
 from faust.web import Request, Response, View
+from kafka.errors import KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from scoring import AccountState, Engine, LeadState, MemberScore
+from scoring import Engine, LeadState
 from streams import lead_states, metrics
 from streams.lag import LagProbe
 from streams.outbox import Outbox
-from streams.scorer import Consumed, Scorer
+from streams.rollup import Rollup
+from streams.scorer import Scorer
 from streams.settings import Settings
+from streams.stage import Consumed
 
 log = logging.getLogger("leadstream.worker")
 
@@ -86,7 +88,7 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
 
     outbox = Outbox(settings.kafka_bootstrap, settings.partitions)
     scorer = Scorer(engine, settings, TableStore(leads), outbox, settings.partitions)
-    account_store = TableStore(accounts)
+    rollup_stage = Rollup(engine, settings, TableStore(accounts), outbox)
 
     @app.service
     class OutboxLifecycle(mode.Service):
@@ -139,8 +141,7 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
     @app.agent(accounts_topic)
     async def rollup(stream: faust.StreamT[bytes]) -> None:
         async for batch in stream.take_events(settings.batch_max_messages, within=within_s):
-            for event in batch:
-                await _apply_account(engine, settings, account_store, outbox, event)
+            await rollup_stage.process([_consumed(event) for event in batch])
 
     @app.timer(interval=settings.decay_interval_s)
     async def decay() -> None:
@@ -180,25 +181,6 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
             return self.json({"ready": ready}, status=200 if ready else 503)
 
     return app
-
-
-async def _apply_account(engine: Engine, settings: Settings, store: TableStore, outbox: Outbox, event: Any) -> None:
-    try:
-        record = orjson.loads(event.value)
-        update = MemberScore(record["model"], record["account_id"], record["lead_id"], record["score"], record["time"])
-    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
-        log.warning("skipping malformed account update at %s[%d]@%d: %r", event.message.topic, event.message.partition, event.message.offset, exc)
-        return
-    value = store.get(update.account_id)
-    states = lead_states.decode(value) if value else {}
-    raw = states.get(update.model)
-    state, transitions = engine.apply_account(update.model, update.account_id, None if raw is None else AccountState.from_bytes(raw), update)
-    for transition in transitions:
-        outbox.add(settings.topic_crossings, update.account_id.encode(), orjson.dumps(transition.to_dict()))
-    await outbox.flush()  # crossings before the state that records them, as in the scorer
-    states[update.model] = state.to_bytes()
-    store.put(update.account_id, event.message.partition, lead_states.encode(states), outbox)
-    await outbox.flush()
 
 
 def _ready(app: faust.App) -> bool:

@@ -1,7 +1,7 @@
 """The scoring stage: batches of raw Kafka messages in, durable lead states and crossings out.
 
 This is the adapter between Kafka and the pure engine. It knows nothing of Faust: the Faust app
-(streams/app.py) hands it batches of consumed messages and gives it a `LeadStore` (the lead
+(streams/app.py) hands it batches of consumed messages and gives it a `StateStore` (the lead
 table) and a `send` function (the producer).
 
 Delivery guarantee: at-least-once input with idempotent state. For each batch, crossings are
@@ -17,7 +17,7 @@ from __future__ import annotations
 import heapq
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Protocol, Sequence
+from typing import Callable, Sequence
 
 import orjson
 
@@ -27,32 +27,13 @@ from streams.deadletter import DeadLetter
 from streams.envelope import unpack
 from streams.outbox import Outbox
 from streams.partitioning import partition_for
+from streams.rollup import publish_updates
 from streams.settings import Settings
+from streams.stage import Consumed, StateStore
 
 #: An event larger than this is rejected (`too_large`): no behavioural event needs it, and one
 #: would bloat the lead's state and every batch it rides in.
 MAX_EVENT_BYTES = 64 * 1024
-
-
-@dataclass(frozen=True, slots=True)
-class Consumed:
-    """One consumed Kafka message."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes
-
-
-class LeadStore(Protocol):
-    """The durable per-lead state: a local read, and a write that also goes to the changelog."""
-
-    def get(self, lead_id: str) -> bytes | None: ...
-
-    def put(self, lead_id: str, partition: int, value: bytes, outbox: Outbox) -> None: ...
-
-    def items(self) -> Iterable[tuple[str, bytes]]: ...
 
 
 @dataclass(slots=True)
@@ -111,7 +92,7 @@ class DecayIndex:
 
 
 class Scorer:
-    def __init__(self, engine: Engine, settings: Settings, store: LeadStore, outbox: Outbox, partitions: int) -> None:
+    def __init__(self, engine: Engine, settings: Settings, store: StateStore, outbox: Outbox, partitions: int) -> None:
         self.engine = engine
         self.settings = settings
         self.store = store
@@ -162,10 +143,7 @@ class Scorer:
                 self._add_summary(model, lead_id, state, now_ms, partition)
             self.store.put(lead_id, partition, lead_states.encode(states), outbox)
         stats.states_written = len(by_lead)
-        for update in result.account_updates:
-            record = {"model": update.model, "account_id": update.account_id, "lead_id": update.lead_id,
-                      "score": update.score, "time": update.time_ms}
-            outbox.add(self.settings.topic_accounts, update.account_id.encode(), orjson.dumps(record))
+        publish_updates(outbox, self.settings, result.account_updates, self.partitions)
         for letter in dead:
             stats.rejected[letter.reason] = stats.rejected.get(letter.reason, 0) + 1
             outbox.add(self.settings.topic_deadletter, letter.key, letter.to_bytes(), letter.partition)
