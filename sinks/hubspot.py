@@ -53,7 +53,7 @@ class HubSpotSink(CrossingSink):
                 "crm.objects.contacts.write and crm.objects.deals.write scopes and set its access token"
             )
         self.mapping = mapping or load_mapping(settings.sink_mapping_dir / "hubspot.toml", with_deals=True)
-        self.limiter = limiter_for("LEADSTREAM_HUBSPOT_RATE_LIMIT", settings.hubspot_rate_limit)
+        self.limiter = limiter_for("LEADSTREAM_HUBSPOT_RATE_LIMIT", settings.hubspot_rate_limit, "hubspot")
         self.timeout_s = settings.sink_timeout_s
         client = Client.create(
             access_token=settings.hubspot_access_token,

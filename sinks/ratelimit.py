@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from sinks.metrics import RATE_LIMIT_WAIT_SECONDS
 from streams.errors import ConfigError
 
 _QUOTA = re.compile(r"^\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)\s*s\s*$")
@@ -49,7 +50,9 @@ class TokenBucket:
         quota: Quota,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        connector: str = "",
     ) -> None:
+        self.connector = connector
         self.capacity = max(1.0, quota.requests / 10)
         self.rate_per_s = quota.requests * 0.85 / quota.window_s
         self._clock = clock
@@ -70,6 +73,7 @@ class TokenBucket:
             # A slot reserved during a pause starts earning only when the pause ends.
             wait_s = max(0.0, self._paused_until - now) + max(0.0, -self._tokens) / self.rate_per_s
         if wait_s > 0:
+            RATE_LIMIT_WAIT_SECONDS.labels(self.connector).inc(wait_s)
             self._sleep(wait_s)
 
     def pause_until(self, deadline: float) -> None:
@@ -90,6 +94,6 @@ class Unlimited:
 Limiter = TokenBucket | Unlimited
 
 
-def limiter_for(env: str, text: str) -> Limiter:
+def limiter_for(env: str, text: str, connector: str) -> Limiter:
     quota = Quota.parse(env, text)
-    return Unlimited() if quota is None else TokenBucket(quota)
+    return Unlimited() if quota is None else TokenBucket(quota, connector=connector)

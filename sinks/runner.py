@@ -30,6 +30,7 @@ from typing import Any, Callable, Generic, Iterable, TypeVar
 import orjson
 from redis import Redis, RedisError
 
+from sinks import metrics, probes
 from sinks.base import Sink
 from sinks.errors import PermanentError, RetryableError
 from sinks.ledger import Ledger, NoSteps
@@ -96,9 +97,10 @@ class Stats:
     retries: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def add(self, outcome: str) -> None:
+    def add(self, outcome: str, connector: str) -> None:
         with self._lock:
             setattr(self, outcome, getattr(self, outcome) + 1)
+        metrics.DELIVERIES.labels(connector, "retried" if outcome == "retries" else outcome).inc()
 
     def as_dict(self) -> dict[str, int]:
         return {"delivered": self.delivered, "skipped": self.skipped, "dead_lettered": self.dead_lettered, "retries": self.retries}
@@ -119,6 +121,7 @@ class SinkRunner(Generic[T]):
         self.stats = Stats()
         self.ledger = Ledger(Redis.from_url(settings.redis_url), settings.redis_prefix, sink.name, settings.sink_delivered_ttl_s)
         self._producer: Any = None  # set while consuming; dead letters go through it
+        self.assigned = threading.Event()  # the consumer holds partitions: readiness
 
     # -- running -------------------------------------------------------------------------
 
@@ -156,6 +159,8 @@ class SinkRunner(Generic[T]):
         try:
             while not self.stop.is_set():
                 batch = consumer.poll(timeout_ms=300)
+                if consumer.assignment():
+                    self.assigned.set()
                 if stop_at_end and end is None and consumer.assignment():
                     # Replay only what is there now: what gets dead-lettered again during the
                     # replay lands after this end and waits for the next replay.
@@ -201,7 +206,39 @@ class SinkRunner(Generic[T]):
         for env in envelopes:
             if self.stop.is_set():
                 raise _Stopped()
-            self.stats.add(self._deliver(env))
+            self.stats.add(self._deliver(env), self.sink.name)
+
+    # -- operations ----------------------------------------------------------------------
+
+    def ready(self) -> bool:
+        """Holding partitions and reaching Redis (the ledger): deliveries can happen."""
+        try:
+            ok = self.assigned.is_set() and bool(self.ledger.redis.ping())
+        except RedisError:
+            ok = False
+        metrics.READY.labels(self.sink.name).set(1 if ok else 0)
+        return ok
+
+    def watch(self, interval_s: float = 5.0) -> None:
+        """Consumer lag and dead-letter depth, as the broker sees them, every few seconds."""
+        from kafka.errors import KafkaError
+
+        from streams.lag import LagProbe
+
+        probe: LagProbe | None = None
+        group = group_id(self.settings, self.sink.name)
+        while not self.stop.wait(interval_s):
+            try:
+                probe = probe or LagProbe(self.settings.kafka_bootstrap)
+                for partition, lag in probe.lag(group, self.source_topic).items():
+                    metrics.CONSUMER_LAG.labels(self.sink.name, str(partition)).set(lag)
+                # Dead letters a replay has not yet consumed.
+                metrics.DLQ_DEPTH.labels(self.sink.name).set(sum(probe.lag(group + "-replay", self.dlq_topic).values()))
+                self.ready()
+            except (KafkaError, OSError) as exc:
+                log.warning("sink %s: lag not measured: %r", self.sink.name, exc)
+        if probe is not None:
+            probe.close()
 
     # -- one message ---------------------------------------------------------------------
 
@@ -221,6 +258,10 @@ class SinkRunner(Generic[T]):
                 self.sink.deliver(item, steps)
                 if delivery_id is not None:
                     self.ledger.mark_delivered(delivery_id)
+                crossing_ms = getattr(item, "time_ms", None)
+                if crossing_ms is not None:
+                    metrics.DELIVERY_LATENCY.labels(self.sink.name).observe(max(0.0, time.time() - crossing_ms / 1000))
+                log.info("sink %s: delivered %s", self.sink.name, delivery_id or f"{env.topic}/{env.partition}@{env.offset}")
                 return "delivered"
             except PermanentError as exc:
                 return self._dead_letter(env, "permanent", f"{exc}")
@@ -239,7 +280,8 @@ class SinkRunner(Generic[T]):
             delay_s = self.policy.delay_s(attempt, random.random(), retry_after_s)
             log.warning("sink %s: attempt %d for %s failed, retrying in %.2f s: %s",
                         self.sink.name, attempt, delivery_id or f"offset {env.offset}", delay_s, error)
-            self.stats.add("retries")
+            self.stats.add("retries", self.sink.name)
+            metrics.BACKOFF_SECONDS.labels(self.sink.name).inc(delay_s)
             if self.stop.wait(delay_s):
                 raise _Stopped()
 
@@ -272,12 +314,19 @@ def _tp(message: object):  # type: ignore[no-untyped-def]
 
 
 def run_sink(sink: Sink[T], settings: Settings) -> int:
-    """`leadstream sink NAME`: deliver until SIGTERM or Ctrl-C."""
+    """`leadstream sink NAME`: deliver until SIGTERM or Ctrl-C, with /metrics, /healthz, /readyz."""
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     runner = SinkRunner(sink, settings)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: runner.stop.set())
-    stats = runner.run()
+    server = probes.serve(settings.metrics_port, runner.ready)
+    watcher = threading.Thread(target=runner.watch, name="sink-watch", daemon=True)
+    watcher.start()
+    log.info("sink %s: starting; /metrics, /healthz and /readyz on 127.0.0.1:%d", sink.name, settings.metrics_port)
+    try:
+        stats = runner.run()
+    finally:
+        server.shutdown()
     log.info("sink %s: stopped after %s", sink.name, stats.as_dict())
     return 0
 

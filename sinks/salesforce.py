@@ -38,7 +38,7 @@ class SalesforceSink(CrossingSink):
 
     def __init__(self, settings: Settings, mapping: Mapping | None = None) -> None:
         self.mapping = mapping or load_mapping(settings.sink_mapping_dir / "salesforce.toml", with_deals=False)
-        self.limiter = limiter_for("LEADSTREAM_SALESFORCE_RATE_LIMIT", settings.salesforce_rate_limit)
+        self.limiter = limiter_for("LEADSTREAM_SALESFORCE_RATE_LIMIT", settings.salesforce_rate_limit, "salesforce")
         self.session = TimeoutSession(settings.sink_timeout_s, settings.sink_concurrency)
         sf = self._connect(settings)
         # SFType handles built once (each attribute access builds a new one).

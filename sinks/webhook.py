@@ -74,7 +74,7 @@ class WebhookSink(Sink[Post]):
         self.url = settings.webhook_url
         self.secret = settings.webhook_secret
         self.clock = clock
-        self.limiter = limiter_for("LEADSTREAM_WEBHOOK_RATE_LIMIT", settings.webhook_rate_limit)
+        self.limiter = limiter_for("LEADSTREAM_WEBHOOK_RATE_LIMIT", settings.webhook_rate_limit, "webhook")
         self.session = TimeoutSession(settings.sink_timeout_s, settings.sink_concurrency)
 
     def parse(self, key: bytes | None, value: bytes | None) -> Post:

@@ -1,0 +1,28 @@
+"""What an on-call engineer watches of a connector: outcomes, latency, retries, quota waits, DLQ.
+
+Served with /healthz and /readyz on LEADSTREAM_METRICS_PORT by `sinks.probes`.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+DELIVERIES = Counter(
+    "leadstream_sink_deliveries",
+    "Messages a connector finished, by outcome: delivered, skipped (already delivered), dead_lettered; "
+    "retried counts each failed attempt that was retried.",
+    ["connector", "outcome"],
+)
+DELIVERY_LATENCY = Histogram(
+    "leadstream_sink_delivery_latency_seconds",
+    "From the crossing's time to the CRM's acknowledgement.",
+    ["connector"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800),
+)
+BACKOFF_SECONDS = Counter("leadstream_sink_backoff_seconds", "Time spent waiting between retries.", ["connector"])
+RATE_LIMIT_WAIT_SECONDS = Counter(
+    "leadstream_sink_rate_limit_wait_seconds", "Time deliveries waited for the connector's API quota.", ["connector"]
+)
+DLQ_DEPTH = Gauge("leadstream_sink_dlq_depth", "Dead letters not yet replayed, per connector.", ["connector"])
+CONSUMER_LAG = Gauge("leadstream_sink_consumer_lag", "Messages of the source topic not yet committed.", ["connector", "partition"])
+READY = Gauge("leadstream_sink_ready", "1 when the connector has partitions and Redis answers, else 0.", ["connector"])

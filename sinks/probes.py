@@ -1,0 +1,43 @@
+"""The HTTP face of a connector process: /metrics, /healthz (alive) and /readyz (working).
+
+A plain threaded HTTP server: connectors are synchronous (kafka-python), so a thread serves
+probes without touching the delivery loop.
+"""
+
+from __future__ import annotations
+
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
+
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+
+def serve(port: int, ready: Callable[[], bool], host: str = "127.0.0.1") -> ThreadingHTTPServer:
+    """Start serving in a daemon thread; `ready()` answers /readyz."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the http.server API
+            if self.path == "/metrics":
+                self._answer(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
+            elif self.path == "/healthz":
+                self._answer(200, b'{"status":"alive"}', "application/json")
+            elif self.path == "/readyz":
+                ok = ready()
+                self._answer(200 if ok else 503, b'{"ready":%s}' % (b"true" if ok else b"false"), "application/json")
+            else:
+                self._answer(404, b'{"error":"not found"}', "application/json")
+
+        def _answer(self, status: int, body: bytes, content_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:  # scrapes every few seconds: no log line each
+            pass
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    threading.Thread(target=server.serve_forever, name="probes", daemon=True).start()
+    return server
