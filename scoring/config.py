@@ -93,12 +93,6 @@ class Table:
             raise self.error(key, f"a whole number of at least {minimum}", value)
         return value
 
-    def boolean(self, key: str, default: Any = _REQUIRED) -> Any:
-        value = self.raw(key, default)
-        if value is not default and not isinstance(value, bool):
-            raise self.error(key, "true or false", value)
-        return value
-
     def duration_ms(self, key: str, default: Any = _REQUIRED) -> Any:
         value = self.raw(key, default)
         if value is default:
