@@ -13,7 +13,7 @@ from typing import Callable
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 
-def serve(port: int, ready: Callable[[], bool], host: str = "127.0.0.1") -> ThreadingHTTPServer:
+def serve(port: int, ready: Callable[[], bool], host: str) -> ThreadingHTTPServer:
     """Start serving in a daemon thread; `ready()` answers /readyz."""
 
     class Handler(BaseHTTPRequestHandler):

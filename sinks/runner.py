@@ -319,10 +319,10 @@ def run_sink(sink: Sink[T], settings: Settings) -> int:
     runner = SinkRunner(sink, settings)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: runner.stop.set())
-    server = probes.serve(settings.metrics_port, runner.ready)
+    server = probes.serve(settings.metrics_port, runner.ready, settings.bind_host)
     watcher = threading.Thread(target=runner.watch, name="sink-watch", daemon=True)
     watcher.start()
-    log.info("sink %s: starting; /metrics, /healthz and /readyz on 127.0.0.1:%d", sink.name, settings.metrics_port)
+    log.info("sink %s: starting; /metrics, /healthz and /readyz on %s:%d", sink.name, settings.bind_host, settings.metrics_port)
     try:
         stats = runner.run()
     finally:

@@ -72,8 +72,8 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
         producer_acks=-1,
         producer_linger_ms=2,
         producer_max_batch_size=512 * 1024,
-        web_host="127.0.0.1",
-        web_bind="127.0.0.1",
+        web_host=settings.bind_host,
+        web_bind=settings.bind_host,
         web_port=settings.worker_port,
         web_in_thread=False,
     )
@@ -165,6 +165,7 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
             explained = {
                 model: engine.explain(model, lead_id, LeadState.from_bytes(raw), at)
                 for model, raw in lead_states.decode(value).items()
+                if model in scorer.models
             }
             return self.bytes(orjson.dumps({"lead_id": lead_id, "models": explained}), content_type="application/json")
 

@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 
 from scoring.errors import LeadstreamError
 from sinks.connectors import NAMES as SINK_NAMES
-from streams.settings import Settings, describe
+from streams.settings import PROJECT_ROOT, Settings, describe
 
 Handler = Callable[[argparse.Namespace, Settings], int]
 
@@ -93,8 +93,13 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _settings(args: argparse.Namespace, settings: Settings) -> int:
+    if args.markdown:
+        print("| variable | default | what it does |\n|---|---|---|")
     for env, default, doc in describe():
-        print(f"{env}={default}\n    {doc}")
+        if args.markdown:
+            print(f"| `{env}` | `{default.replace(str(PROJECT_ROOT) + '/', '<project>/')}` | {doc} |")
+        else:
+            print(f"{env}={default}\n    {doc}")
     return 0
 
 
@@ -166,7 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=20, help="how many leads (default 20)")
 
     add("demo", _demo, "Start everything, stream sample events and show the hottest leads.")
-    add("settings", _settings, "List every LEADSTREAM_* environment variable with its default.")
+    p = add("settings", _settings, "List every LEADSTREAM_* environment variable with its default.")
+    p.add_argument("--markdown", action="store_true", help="as the README's table")
     return parser
 
 

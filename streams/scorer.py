@@ -99,6 +99,7 @@ class Scorer:
         self.outbox = outbox
         self.partitions = partitions
         self.decay_index = DecayIndex()
+        self.models = {model.name for model in engine.models}
 
     async def process(self, batch: Sequence[Consumed]) -> BatchStats:
         with metrics.BATCH_SECONDS.time():
@@ -158,7 +159,7 @@ class Scorer:
         for partition, lead_id, model in self.decay_index.pop_due(now_ms):
             value = self.store.get(lead_id)
             states = lead_states.decode(value) if value else {}
-            if model not in states:
+            if model not in states or model not in self.models:
                 continue
             state = LeadState.from_bytes(states[model])
             due = self.engine.next_due_ms(model, state)
@@ -193,6 +194,8 @@ class Scorer:
             if partition not in owned:
                 continue
             for model, raw in lead_states.decode(value).items():
+                if model not in self.models:  # a model removed from the directory: its states rest
+                    continue
                 leads[model] = leads.get(model, 0) + 1
                 due = self.engine.next_due_ms(model, LeadState.from_bytes(raw))
                 if due is not None:

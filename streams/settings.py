@@ -62,6 +62,9 @@ class Settings:
         "Where `leadstream services` keeps the broker jars, data, logs and pid files.",
     )
     kafka_heap: str = _setting("LEADSTREAM_KAFKA_HEAP", "1g", "Maximum Java heap of the local Kafka broker.")
+    bind_host: str = _setting(
+        "LEADSTREAM_BIND_HOST", "127.0.0.1", "Address the worker's web views and the sinks' probes listen on (0.0.0.0 in containers)."
+    )
     worker_port: int = _setting("LEADSTREAM_WORKER_PORT", 6066, "HTTP port of the worker's web views (scores, health).")
     collector_port: int = _setting("LEADSTREAM_COLLECTOR_PORT", 8088, "HTTP port of the Segment-compatible collector.")
     collector_host: str = _setting(

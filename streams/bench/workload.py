@@ -13,6 +13,8 @@ from typing import Iterator
 
 import orjson
 
+from scoring.state import right_sized
+
 PAGES = (
     ("https://acme.io/pricing", 0.16),
     ("https://acme.io/about", 0.08),
@@ -86,4 +88,5 @@ def generate(events: int, leads: int, seed: int, start_ms: int, span_ms: int, pr
 
 
 def serialized(events: int, leads: int, seed: int, start_ms: int, span_ms: int, product: str = "b2b") -> list[bytes]:
-    return [orjson.dumps(e) for e in generate(events, leads, seed, start_ms, span_ms, product)]
+    # right_sized: each orjson result otherwise pins 4 KiB, 1.2 GB for 300k events.
+    return [right_sized(orjson.dumps(e)) for e in generate(events, leads, seed, start_ms, span_ms, product)]

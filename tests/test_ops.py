@@ -1,0 +1,70 @@
+"""The dashboard and the alert rules only query metrics the code exports (no dead panels)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import yaml
+from prometheus_client import REGISTRY
+
+import sinks.metrics  # noqa: F401  (registers the connectors' metrics)
+import streams.metrics  # noqa: F401  (registers the worker's metrics)
+from streams.settings import PROJECT_ROOT
+
+METRIC = re.compile(r"\bleadstream_[a-z0-9_]+")
+SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+
+
+def exported() -> set[str]:
+    names = set()
+    for family in REGISTRY.collect():
+        if family.name.startswith("leadstream_"):
+            names.update(family.name + suffix for suffix in SUFFIXES[family.type])
+    return names
+
+
+def dashboard_queries() -> list[str]:
+    dashboard = json.loads((PROJECT_ROOT / "infra" / "grafana" / "dashboards" / "leadstream.json").read_text())
+    return [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+
+
+def alert_queries() -> list[str]:
+    rules = yaml.safe_load((PROJECT_ROOT / "infra" / "prometheus" / "alerts.yml").read_text())
+    return [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
+
+
+def test_every_dashboard_panel_queries_exported_metrics() -> None:
+    queries = dashboard_queries()
+    assert len(queries) >= 20
+    for query in queries:
+        used = set(METRIC.findall(query))
+        assert used, f"panel query names no leadstream metric: {query}"
+        assert used <= exported(), f"{sorted(used - exported())} are not exported (query: {query})"
+
+
+def test_every_alert_rule_queries_exported_metrics() -> None:
+    queries = alert_queries()
+    assert len(queries) >= 5
+    for query in queries:
+        used = set(METRIC.findall(query))
+        assert used and used <= exported(), f"{sorted(used - exported())} are not exported (rule: {query})"
+
+
+def test_the_dashboard_covers_what_on_call_needs() -> None:
+    text = " ".join(dashboard_queries())
+    for needed in ("leadstream_events_scored_total", "leadstream_consumer_lag", "leadstream_crossings_total",
+                   "leadstream_sink_deliveries_total", "leadstream_sink_delivery_latency_seconds_bucket",
+                   "leadstream_sink_dlq_depth", "leadstream_leads_in_state"):
+        assert needed in text
+
+
+def test_prometheus_scrapes_the_worker_and_every_sink_of_the_compose_file() -> None:
+    scrape = yaml.safe_load((PROJECT_ROOT / "infra" / "prometheus" / "prometheus.yml").read_text())
+    targets = {t for job in scrape["scrape_configs"] for c in job["static_configs"] for t in c["targets"]}
+    services = yaml.safe_load((PROJECT_ROOT / "docker-compose.yml").read_text())["services"]
+    for name, service in services.items():
+        if name == "worker":
+            assert f"worker:{service['environment']['LEADSTREAM_WORKER_PORT']}" in targets
+        elif name.startswith("sink-"):
+            assert f"{name}:{service['environment']['LEADSTREAM_METRICS_PORT']}" in targets
