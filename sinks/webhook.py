@@ -60,6 +60,7 @@ def verify_signature(secret: str, timestamp: str, body: bytes, signature: str, n
 class Post:
     crossing_id: str
     body: bytes
+    time_ms: int  # the crossing's time, for the delivery-latency metric
 
 
 class WebhookSink(Sink[Post]):
@@ -79,7 +80,7 @@ class WebhookSink(Sink[Post]):
 
     def parse(self, key: bytes | None, value: bytes | None) -> Post:
         crossing = Crossing.from_json(value)  # only valid crossings leave; the body stays as it came
-        return Post(crossing.id, value or b"")
+        return Post(crossing.id, value or b"", crossing.time_ms)
 
     def delivery_id(self, item: Post) -> str:
         return item.crossing_id

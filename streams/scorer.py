@@ -212,6 +212,7 @@ class Scorer:
         try:
             items = unpack(message.value)
         except orjson.JSONDecodeError as exc:
+            stats.events += 1  # how many events it held is unknowable: it counts as one
             reject("bad_json", f"message is not JSON: {exc}", message.value)
             return []
         events = []

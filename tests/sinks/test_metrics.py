@@ -1,0 +1,57 @@
+"""A real `leadstream sink` process serves /metrics, /healthz and /readyz with exact counts."""
+
+from __future__ import annotations
+
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+from streams.processes import free_port
+from streams.settings import Settings
+from tests.sinks.conftest import crossing, produce, wait_for
+from tests.sinks.fake_http import WebhookReceiver
+
+
+def get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except (urllib.error.URLError, ConnectionError):
+        return 0, ""
+
+
+def sample(metrics: str, line_start: str) -> float:
+    values = [float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line.startswith(line_start + " ")]
+    assert len(values) == 1, f"{line_start} not exported exactly once"
+    return values[0]
+
+
+def test_connector_metrics_count_every_outcome_exactly(
+    sink_settings: Settings, webhook: WebhookReceiver, sink_process: Any
+) -> None:
+    port = free_port()
+    settings = sink_settings.with_overrides(webhook_url=f"{webhook.url}/hook", metrics_port=port)
+    now_ms = int(time.time() * 1000)
+    first, second = crossing(1, "mql", time=now_ms), crossing(2, "sql", time=now_ms)
+    produce(settings, [first, second, first])  # the third is a redelivered duplicate
+
+    proc = sink_process(settings, "webhook")
+    wait_for(lambda: get(port, "/healthz")[0] == 200, what="/healthz")
+    wait_for(lambda: get(port, "/readyz")[0] == 200, what="/readyz")
+    wait_for(lambda: len(webhook.requests_to("POST", "^/hook$")) == 2, what="two posts")
+
+    def counted() -> bool:
+        text = get(port, "/metrics")[1]
+        return 'outcome="skipped"' in text and 'outcome="delivered"' in text
+
+    wait_for(counted, what="the outcome counters")
+    text = get(port, "/metrics")[1]
+    assert sample(text, 'leadstream_sink_deliveries_total{connector="webhook",outcome="delivered"}') == 2
+    assert sample(text, 'leadstream_sink_deliveries_total{connector="webhook",outcome="skipped"}') == 1
+    assert sample(text, 'leadstream_sink_delivery_latency_seconds_count{connector="webhook"}') == 2
+    assert 'outcome="dead_lettered"' not in text
+    assert sample(text, 'leadstream_sink_ready{connector="webhook"}') == 1
+    assert len(webhook.requests_to("POST", "^/hook$")) == 2, proc.tail()

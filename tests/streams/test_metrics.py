@@ -1,0 +1,61 @@
+"""A real worker's /metrics after a known stream: exact counts of what it did."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import orjson
+from kafka import KafkaProducer
+
+from streams.processes import WorkerProcess
+from streams.settings import Settings
+from tests.infra import read_topic
+
+HOUR_MS = 3_600_000
+
+
+def sample(metrics: str, line_start: str) -> float:
+    values = [float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line.startswith(line_start + " ")]
+    assert len(values) == 1, f"{line_start} not exported exactly once"
+    return values[0]
+
+
+def test_worker_metrics_count_a_known_stream_exactly(isolated: Settings, worker: Callable[..., WorkerProcess]) -> None:
+    start = int(time.time() * 1000) - 2 * HOUR_MS
+    good = [
+        {"event_id": f"{lead}-{i}", "lead_id": lead, "type": kind, "product": "saas", "time": start + i * 60_000}
+        for lead, kinds in (("ada", ["signup", "created_task", "created_project", "created_task"]), ("bob", ["signup", "created_task"]))
+        for i, kind in enumerate(kinds)
+    ]
+    producer = KafkaProducer(bootstrap_servers=isolated.kafka_bootstrap)
+    for event in good:
+        producer.send(isolated.topic_events, key=event["lead_id"].encode(), value=orjson.dumps(event))
+    producer.send(isolated.topic_events, key=b"ada", value=b"{oops")
+    producer.send(isolated.topic_events, key=b"ada", value=orjson.dumps({"lead_id": "ada", "time": start}))
+    producer.send(isolated.topic_events, key=b"ada", value=orjson.dumps({**good[0], "event_id": "dup-of-nothing", "type": "signup"}))
+    producer.send(isolated.topic_events, key=b"ada", value=orjson.dumps(good[1]))  # a redelivery: same event id
+    producer.flush()
+    producer.close()
+
+    proc = worker()
+    read_topic(isolated, isolated.topic_crossings, expect=1)
+    read_topic(isolated, isolated.topic_deadletter, expect=2)
+
+    def metrics() -> str:
+        return proc.get("/metrics")[1].decode()
+
+    deadline = time.monotonic() + 30
+    while sample(metrics(), "leadstream_events_consumed_total") < 10 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    text = metrics()
+    assert sample(text, "leadstream_events_consumed_total") == 10
+    # 6 good events and one more signup apply; the redelivered event changes nothing but is consumed.
+    assert sample(text, "leadstream_events_scored_total") == 8
+    assert sample(text, 'leadstream_events_rejected_total{reason="bad_json"}') == 1
+    assert sample(text, 'leadstream_events_rejected_total{reason="missing_field"}') == 1
+    assert sample(text, 'leadstream_crossings_total{direction="up",kind="lead",level="mql",model="saas_start_small"}') == 1
+    assert sample(text, 'leadstream_leads_in_state{model="saas_start_small"}') == 2
+    assert sample(text, "leadstream_worker_ready") == 1
+    assert sample(text, "leadstream_events_late_total") == 0
+    assert "leadstream_faust_" in text  # Faust's own sensors beside ours
