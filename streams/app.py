@@ -105,11 +105,17 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
         async def metrics_page(self: View, request: Request) -> Response:
             return self.bytes(generate_latest(REGISTRY), content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
-    async def on_rebalance(sender: Any, *args: Any, **kwargs: Any) -> None:
+    async def on_revoked(sender: Any, revoked: Any = (), **kwargs: Any) -> None:
         metrics.REBALANCES.inc()
         metrics.READY.set(0)
+        log.info("rebalance: partitions revoked count=%d", len(revoked))
 
-    app.on_partitions_revoked.connect(on_rebalance)
+    async def on_assigned(sender: Any, assigned: Any = (), **kwargs: Any) -> None:
+        owned = sorted(tp.partition for tp in assigned if tp.topic == settings.topic_events)
+        log.info("rebalance: partitions assigned events_partitions=%s", owned)
+
+    app.on_partitions_revoked.connect(on_revoked)
+    app.on_partitions_assigned.connect(on_assigned)
     lag_probe: list[LagProbe] = []
 
     @app.timer(interval=5.0)
@@ -126,7 +132,7 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
                     metrics.CONSUMER_LAG.labels(topic, str(partition)).set(lag)
         except (KafkaError, OSError) as exc:
             # A metric must never take the worker down; the next round tries again.
-            log.warning("consumer lag not measured: %r", exc)
+            log.warning("consumer lag not measured: cause=%r", exc)
     app.leadstream_scorer = scorer  # type: ignore[attr-defined]
     within_s = settings.batch_within_ms / 1000
 
@@ -152,7 +158,8 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
     async def index_decay() -> None:
         owned = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == settings.topic_events}
         scorer.rebuild_decay_index(owned)
-        log.info("lead table recovered: %d leads, %d decay steps indexed", len(leads.data), len(scorer.decay_index))
+        log.info("recovery done: lead table ready leads=%d decay_steps_indexed=%d owned_partitions=%s",
+                 len(leads.data), len(scorer.decay_index), sorted(owned))
 
     @app.page("/leads/{lead_id}/")
     class LeadView(View):
