@@ -37,7 +37,9 @@ def committed_everything(settings: Settings, connector: str) -> bool:
 def test_hubspot_killed_between_the_crm_action_and_the_commit_makes_no_duplicate(
     sink_settings: Settings, hubspot: FakeHubSpot, sink_process: Any
 ) -> None:
-    settings = sink_settings.with_overrides(hubspot_base_url=hubspot.url)
+    # The held answer must outlast the kill: a request timeout shorter than the hold would let
+    # the connector retry, find the deal and commit before the kill lands.
+    settings = sink_settings.with_overrides(hubspot_base_url=hubspot.url, sink_timeout_s=60)
     for n in range(6):
         hubspot.add_contact(f"lead-{n}@acme.io")
     # HubSpot creates the first deal, then the answer is held back: the kill lands after the
@@ -67,7 +69,7 @@ def test_hubspot_killed_between_the_crm_action_and_the_commit_makes_no_duplicate
 def test_salesforce_killed_between_the_crm_action_and_the_commit_makes_no_duplicate(
     sink_settings: Settings, salesforce: FakeSalesforce, sink_process: Any, tls_ca: Any
 ) -> None:
-    settings = sink_settings.with_overrides(salesforce_instance_url=salesforce.url)
+    settings = sink_settings.with_overrides(salesforce_instance_url=salesforce.url, sink_timeout_s=60)
     for n in range(4):
         salesforce.add_lead(f"lead-{n}@acme.io")
     salesforce.inject("hold", method="POST", path="/sobjects/Task/$", delay_s=30)
