@@ -78,9 +78,10 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
         web_in_thread=False,
     )
     raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
-    # Profile (trait) updates are identify events keyed by lead, co-partitioned with the raw
-    # events, so one agent keeps each lead's events and traits in order on one partition.
-    events_topic = app.topic(settings.topic_events, settings.topic_profiles, **raw)
+    # Profile (trait) updates are identify events keyed by lead, and identity links and merges
+    # are keyed by the id they concern, all co-partitioned with the raw events: one agent keeps
+    # each lead's events, traits and stitching in order on one partition, beside its state.
+    events_topic = app.topic(settings.topic_events, settings.topic_profiles, settings.topic_identity, **raw)
     accounts_topic = app.topic(settings.topic_accounts, **raw)
     # bytes keys and values: Faust's "raw" codec, so recovery decodes nothing it need not.
     leads = app.Table("leads", partitions=settings.partitions, key_type=bytes, value_type=bytes)

@@ -21,8 +21,8 @@ from typing import Callable, Sequence
 
 import orjson
 
-from scoring import Engine, LeadState, Rejection, Transition
-from streams import lead_states, metrics
+from scoring import Engine, Event, LeadState, Rejection, Transition, identity
+from streams import lead_states, metrics, stitching
 from streams.deadletter import DeadLetter
 from streams.envelope import unpack
 from streams.outbox import Outbox
@@ -34,6 +34,8 @@ from streams.stage import Consumed, StateStore
 #: An event larger than this is rejected (`too_large`): no behavioural event needs it, and one
 #: would bloat the lead's state and every batch it rides in.
 MAX_EVENT_BYTES = 64 * 1024
+#: Event types that may stitch an old id to a lead (see streams/stitching.py).
+LINKING_TYPES = frozenset(("identify", "alias"))
 
 
 @dataclass(slots=True)
@@ -110,23 +112,37 @@ class Scorer:
     async def _process(self, batch: Sequence[Consumed]) -> BatchStats:
         stats = BatchStats(messages=len(batch))
         dead: list[DeadLetter] = []
+        cache: dict[str, dict[str, bytes]] = {}
+        # Identity links and merges first, so the events of this batch see who is merged.
+        identity = [m for m in batch if m.topic == self.settings.topic_identity]
+        if identity:
+            await self._stitch(identity, cache, dead)
         events = []
+        links: list[tuple[str, str, int]] = []
         partition_of: dict[str, int] = {}
         for message in batch:
-            for event in self._decode(message, dead, stats):
+            if message.topic == self.settings.topic_identity:
+                continue
+            for item, event in self._decode(message, dead, stats):
+                target = stitching.merged_into(self._states(event.lead_id, cache))
+                if target is not None:
+                    self._forward(item, target, message, dead)
+                    continue
                 events.append(event)
                 partition_of[event.lead_id] = message.partition
+                if event.type in LINKING_TYPES:
+                    links.extend((source, target, event.time_ms) for source, target in stitching.links_from(item))
 
-        cache: dict[str, dict[str, bytes]] = {}
         result = self.engine.apply_batch(events, self._reader(cache))
         stats.scored = len(events) - len(result.rejected) - len(result.late)
         stats.late = len(result.late)
 
         # Crossings first: once a state is durable its crossing must already be in Kafka.
-        await self._publish(result.transitions)
-        stats.crossings = result.transitions
+        stats.crossings = await self._publish(result.transitions)
 
         outbox = self.outbox
+        for source, target, time_ms in links:
+            outbox.add(self.settings.topic_identity, source.encode(), stitching.link_record(source, target, time_ms))
         now_ms = stats.newest_event_ms = max((e.time_ms for e in events), default=0)
         by_lead: dict[str, list[tuple[str, LeadState]]] = {}
         for (model, lead_id), state in result.states.items():
@@ -169,7 +185,6 @@ class Scorer:
                 continue
             state, transitions = self.engine.decay(model, lead_id, state, now_ms)
             applied += 1
-            metrics.count_crossings(transitions)
             crossings.extend(transitions)
             states[model] = state.to_bytes()
             following = self.engine.next_due_ms(model, state)
@@ -177,7 +192,7 @@ class Scorer:
                 self.decay_index.schedule(partition, following, lead_id, model)
             self._add_summary(model, lead_id, state, now_ms, partition)
             writes.append((lead_id, partition, lead_states.encode(states)))
-        await self._publish(crossings)
+        metrics.count_crossings(await self._publish(crossings))
         for lead_id, partition, value in writes:
             self.store.put(lead_id, partition, value, self.outbox)
         await self.outbox.flush()
@@ -205,7 +220,70 @@ class Scorer:
             metrics.LEADS_IN_STATE.labels(model).set(count)
         metrics.DECAY_DUE.set(len(self.decay_index))
 
-    def _decode(self, message: Consumed, dead: list[DeadLetter], stats: BatchStats) -> list:
+    async def _stitch(self, messages: list[Consumed], cache: dict[str, dict[str, bytes]], dead: list[DeadLetter]) -> None:
+        """Links move a merged id's states on as a merge; merges fold them into the target."""
+        markers: list[tuple[str, str, int]] = []
+        crossings: list[Transition] = []
+        merged: dict[str, int] = {}
+        for message in messages:
+            try:
+                record = orjson.loads(message.value)
+                kind, source, target, time_ms = record["kind"], record["source"], record["target"], int(record["time"])
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                dead.append(DeadLetter("bad_identity_record", f"identity record unreadable: {exc!r}", message.value,
+                                       message.topic, message.partition, message.offset, message.key))
+                continue
+            if kind == "link":
+                states = self._states(source, cache)
+                if stitching.merged_into(states) is not None or any(m == source for m, _, _ in markers):
+                    continue  # merged before: merging twice adds nothing
+                if states:
+                    self.outbox.add(self.settings.topic_identity, target.encode(),
+                                    stitching.merge_record(source, target, time_ms, states))
+                markers.append((source, target, message.partition))
+            elif kind == "merge":
+                states = self._states(target, cache)
+                onward = stitching.merged_into(states)
+                if onward is not None:  # the target was itself merged since: follow the chain
+                    self.outbox.add(self.settings.topic_identity, onward.encode(),
+                                    orjson.dumps({**record, "target": onward}))
+                    continue
+                for model, raw in stitching.merged_states(record).items():
+                    if model not in self.models:
+                        continue
+                    existing = states.get(model)
+                    state, crossed = identity.merge(self.engine, model, target, None if existing is None else LeadState.from_bytes(existing),
+                                                    LeadState.from_bytes(raw), source, time_ms)
+                    states[model] = state.to_bytes()
+                    crossings.extend(crossed)
+                    self._add_summary(model, target, state, time_ms, message.partition)
+                merged[target] = message.partition
+        # Also makes the merges durable before the markers below.
+        metrics.count_crossings(await self._publish(crossings))
+        for source, target, partition in markers:
+            cache[source] = stitching.marker(target)
+            self.store.put(source, partition, lead_states.encode(cache[source]), self.outbox)
+        for target, partition in merged.items():
+            self.store.put(target, partition, lead_states.encode(cache[target]), self.outbox)
+        await self.outbox.flush()
+
+    def _forward(self, item: dict, target: str, message: Consumed, dead: list[DeadLetter]) -> None:
+        onward = stitching.forwarded(item, target)
+        if onward is None:
+            dead.append(DeadLetter("alias_loop", f"lead {item['lead_id']!r} was re-keyed {stitching.MAX_HOPS} times: an alias loop",
+                                   orjson.dumps(item), message.topic, message.partition, message.offset, message.key))
+            return
+        self.outbox.add(self.settings.topic_events, target.encode(), orjson.dumps(onward))
+
+    def _states(self, lead_id: str, cache: dict[str, dict[str, bytes]]) -> dict[str, bytes]:
+        """The lead's stored states by model (decoded once per batch)."""
+        states = cache.get(lead_id)
+        if states is None:
+            value = self.store.get(lead_id)
+            states = cache[lead_id] = lead_states.decode(value) if value else {}
+        return states
+
+    def _decode(self, message: Consumed, dead: list[DeadLetter], stats: BatchStats) -> list[tuple[dict, Event]]:
         def reject(reason: str, detail: str, original: bytes) -> None:
             dead.append(DeadLetter(reason, detail, original, message.topic, message.partition, message.offset, message.key))
 
@@ -235,16 +313,12 @@ class Scorer:
                     orjson.dumps(item),
                 )
                 continue
-            events.append(parsed)
+            events.append((item, parsed))
         return events
 
     def _reader(self, cache: dict[str, dict[str, bytes]]) -> Callable[[str, str], LeadState | None]:
         def get_state(model: str, lead_id: str) -> LeadState | None:
-            states = cache.get(lead_id)
-            if states is None:
-                value = self.store.get(lead_id)
-                states = cache[lead_id] = lead_states.decode(value) if value else {}
-            raw = states.get(model)
+            raw = self._states(lead_id, cache).get(model)
             return None if raw is None else LeadState.from_bytes(raw)
 
         return get_state
@@ -253,10 +327,16 @@ class Scorer:
         summary = self.engine.summary(model, lead_id, state, now_ms)
         self.outbox.add(self.settings.topic_scores, f"{model}/{lead_id}".encode(), orjson.dumps(summary), partition)
 
-    async def _publish(self, transitions: list[Transition]) -> None:
-        """Send crossings and wait for Kafka's acknowledgement."""
+    async def _publish(self, transitions: list[Transition]) -> list[Transition]:
+        """Send crossings and wait for Kafka's acknowledgement (anonymous visitors' are kept back:
+        no CRM can act on them; the known lead crosses when a merge lifts it). Returns those sent."""
+        published: list[Transition] = []
         for transition in transitions:
+            if transition.kind == "lead" and stitching.is_anonymous(transition.lead_id):
+                continue
             record = transition.to_dict()
             key = record["lead_id"] if record.get("kind") == "lead" else record["account_id"]
             self.outbox.add(self.settings.topic_crossings, str(key).encode(), orjson.dumps(record))
+            published.append(transition)
         await self.outbox.flush()
+        return published

@@ -46,6 +46,9 @@ class Settings:
     topic_accounts: str = _setting(
         "LEADSTREAM_TOPIC_ACCOUNTS", "leadstream-accounts", "Member score updates re-keyed by account for roll-ups."
     )
+    topic_identity: str = _setting(
+        "LEADSTREAM_TOPIC_IDENTITY", "leadstream-identity", "Identity links and merges (stitching), keyed by the id re-keyed from or into."
+    )
     topic_deadletter: str = _setting(
         "LEADSTREAM_TOPIC_DEADLETTER", "leadstream-deadletter", "Rejected input: original bytes, reason, source offset."
     )

@@ -32,6 +32,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         # A read model only needs each lead's latest score.
         TopicSpec(settings.topic_scores, n, COMPACTED),
         TopicSpec(settings.topic_accounts, n),
+        TopicSpec(settings.topic_identity, n),
         TopicSpec(settings.topic_deadletter, n, {"retention.ms": str(30 * 24 * 3600 * 1000)}),
     ]
 

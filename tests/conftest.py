@@ -41,6 +41,7 @@ def isolated(local_services: Settings, tmp_path: Path) -> Settings:
         topic_scores=f"t-{tag}-scores",
         topic_accounts=f"t-{tag}-accounts",
         topic_deadletter=f"t-{tag}-deadletter",
+        topic_identity=f"t-{tag}-identity",
         state_dir=tmp_path / "worker-state",
         worker_port=free_port(),
         collector_port=free_port(),

@@ -44,6 +44,7 @@ def bench_settings(settings: Settings, state_dir: Path, metrics: bool) -> Settin
         topic_scores=f"{tag}-scores",
         topic_accounts=f"{tag}-accounts",
         topic_deadletter=f"{tag}-deadletter",
+        topic_identity=f"{tag}-identity",
         state_dir=state_dir,
         worker_port=free_port(),
         faust_sensors=1 if metrics else 0,

@@ -1,0 +1,84 @@
+"""Identity stitching: an anonymous visitor's state merged into the known lead it turned out to be.
+
+A merge is an event of its own, with the id `merge:<source lead id>`, so the target's event-id
+memory drops a redelivered merge like any duplicate (within the same bound, see scoring/state.py).
+The source's remembered event ids join the target's, so an event already scored on the
+anonymous profile and delivered again under the known lead never scores twice.
+
+What is combined: behaviour points (then clamped to the model's floor and ceiling, at the merge
+time for half-life models), per-rule ledgers, `once_per` logs, event ids, traits (the known
+lead's win, the visitor's fill gaps; fit is recomputed from them), the account, the latest
+activity and watermark. Window counters (caps and bonuses) the target already has are kept and
+the visitor's others are added; for a window both have, the target's counts stand (a cap may
+then allow one more occurrence than a single profile would have: the visitor's history is never
+double-counted, at worst under-limited once).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from scoring.state import SEPARATOR, LeadState
+from scoring.thresholds import Transition
+
+if TYPE_CHECKING:
+    from scoring.engine import Engine
+
+
+def merge_id(source_lead_id: str) -> str:
+    return f"merge:{source_lead_id}"
+
+
+def _knows(state: LeadState, event_id: str) -> bool:
+    needle = f"{SEPARATOR}{event_id}{SEPARATOR}"
+    return needle in state.ids or needle in state.old_ids
+
+
+def merge(
+    engine: Engine, model_name: str, lead_id: str, target: LeadState | None, source: LeadState, source_lead_id: str, time_ms: int
+) -> tuple[LeadState, list[Transition]]:
+    """The target lead's state with `source` merged in (once), and the crossings it caused."""
+    runtime = engine.runtime(model_name)
+    state = runtime.new_state() if target is None else target
+    out: list[Transition] = []
+    marker = merge_id(source_lead_id)
+    if _knows(state, marker):
+        return state, out
+    level = runtime.ladder.level_of(state.level)
+    state.remember_event(marker, time_ms, runtime.remember)
+    for log in (source.old_ids, source.ids):
+        for event_id in log.split(SEPARATOR):
+            if event_id and not _knows(state, event_id):
+                state.remember_event(event_id, source.watermark_ms, runtime.remember)
+
+    if runtime.half_life is not None:
+        runtime.half_life.bring_to(state, time_ms)
+        source = source.copy()
+        runtime.half_life.bring_to(source, time_ms)
+    behaviour_before = state.behaviour
+    state.behaviour = max(runtime.floor, min(runtime.ceiling, state.behaviour + source.behaviour))
+    state.record(time_ms, state.behaviour - behaviour_before, f"merged from anonymous visitor {source_lead_id}", runtime.history)
+
+    for rule, entry in source.ledger.items():
+        mine = state.ledger.get(rule)
+        state.ledger[rule] = list(entry) if mine is None else [a + b for a, b in zip(mine, entry)]
+    for rule, log in source.seen.items():
+        state.seen[rule] = state.seen.get(rule, "") + log
+    for key, counters in source.windows.items():
+        state.windows.setdefault(key, list(counters))
+
+    for name, value in source.traits.items():
+        state.traits.setdefault(name, value)
+    fit = runtime.fit_points(state.traits)
+    if fit != state.fit:
+        state.record(time_ms, fit - state.fit, "fit", runtime.history)
+        state.fit = fit
+    if state.account_id is None:
+        state.account_id = source.account_id
+    if source.last_activity_ms > state.last_activity_ms:
+        state.last_activity_ms = source.last_activity_ms
+        state.steps_taken = list(source.steps_taken)
+    state.watermark_ms = max(state.watermark_ms, source.watermark_ms)
+
+    runtime._settle(state, level, lead_id, time_ms, out)
+    return state, out

@@ -1,0 +1,86 @@
+"""Identity stitching through Kafka: anonymous visitors merged into the leads they become.
+
+The collector keys an anonymous visitor's events by `anon:<anonymousId>`. When an `identify`
+(userId + anonymousId) or an `alias` (userId + previousId) arrives, the scorer sends a *link*
+on the identity topic, keyed by the old id so it lands on the partition holding its state:
+
+1. link `{"kind": "link", "source": S, "target": U, "time": t}` (partition of S): S's states are
+   sent on as a *merge* keyed by U, and once Kafka has it, S's table entry becomes a marker
+   "merged into U". A link to an id already merged is ignored: merging twice adds nothing.
+2. merge `{"kind": "merge", "source": S, "target": U, "time": t, "states": {model: base64}}`
+   (partition of U): each state is merged into U's by `scoring.identity.merge`, which records it
+   as an event `merge:S`, so a redelivered merge is a duplicate; crossings follow as usual.
+3. Events that reach a merged id later are re-keyed to its target and produced again on the
+   events topic (with `stitched_from`), where the target's event-id memory drops any that the
+   visitor's profile had already scored. An alias chain (S -> U -> W) is followed hop by hop, at
+   most MAX_HOPS; a longer chain is a loop and goes to the dead-letter topic.
+
+Both tables (marker and states) are the lead table, so a restarted worker recovers them like
+any lead state. Anonymous profiles are scored but never publish crossings: no CRM can act on
+them; the known lead crosses when the merge lifts it.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import orjson
+
+from streams.segment import ANONYMOUS_PREFIX
+
+#: The lead-table entry of an id merged into another: {MERGED_INTO: target id}.
+MERGED_INTO = "\x00merged_into"
+MAX_HOPS = 8
+
+
+def merged_into(states: dict[str, bytes]) -> str | None:
+    target = states.get(MERGED_INTO)
+    return None if target is None else target.decode()
+
+
+def marker(target: str) -> dict[str, bytes]:
+    return {MERGED_INTO: target.encode()}
+
+
+def is_anonymous(lead_id: str | None) -> bool:
+    return lead_id is not None and lead_id.startswith(ANONYMOUS_PREFIX)
+
+
+def links_from(item: dict[str, Any]) -> list[tuple[str, str]]:
+    """(old id, new id) pairs an identify or alias event asks to stitch."""
+    kind, target = item.get("type"), item.get("lead_id")
+    if not isinstance(target, str) or is_anonymous(target):
+        return []
+    if kind == "identify":
+        anonymous_id = item.get("anonymous_id")
+        return [(ANONYMOUS_PREFIX + anonymous_id, target)] if isinstance(anonymous_id, str) and anonymous_id else []
+    if kind == "alias":
+        previous = item.get("previous_id")
+        if not isinstance(previous, str) or not previous:
+            return []
+        # Segment's previousId is an anonymousId or an earlier userId: stitch whichever exists.
+        sources = [previous] if is_anonymous(previous) else [ANONYMOUS_PREFIX + previous, previous]
+        return [(source, target) for source in sources if source != target]
+    return []
+
+
+def link_record(source: str, target: str, time_ms: int) -> bytes:
+    return orjson.dumps({"kind": "link", "source": source, "target": target, "time": time_ms})
+
+
+def merge_record(source: str, target: str, time_ms: int, states: dict[str, bytes]) -> bytes:
+    encoded = {model: base64.b64encode(raw).decode("ascii") for model, raw in states.items()}
+    return orjson.dumps({"kind": "merge", "source": source, "target": target, "time": time_ms, "states": encoded})
+
+
+def merged_states(record: dict[str, Any]) -> dict[str, bytes]:
+    return {model: base64.b64decode(raw) for model, raw in record["states"].items()}
+
+
+def forwarded(item: dict[str, Any], target: str) -> dict[str, Any] | None:
+    """The event re-keyed to the lead its id was merged into; None past MAX_HOPS (a loop)."""
+    trail = list(item.get("stitched_from") or ())
+    if len(trail) >= MAX_HOPS:
+        return None
+    return {**item, "lead_id": target, "stitched_from": [*trail, item["lead_id"]]}

@@ -1,0 +1,64 @@
+"""Merging an anonymous visitor's state into a known lead: once, with its history and ids."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from scoring import Engine, LeadState
+from scoring.identity import merge
+from streams.settings import PROJECT_ROOT
+
+T = 1_763_884_800_000
+ENGINE = Engine.from_directory(PROJECT_ROOT / "scoring" / "models")
+
+
+def page(lead: str, n: int, url: str, **extra: Any) -> dict:
+    return {"event_id": f"{lead}-{n}", "lead_id": lead, "type": "page_view", "product": "b2b", "time": T + n * 1000,
+            "properties": {"url": url, "time_on_page_s": 30}, **extra}
+
+
+def scored(*events: dict) -> dict[str, LeadState]:
+    result = ENGINE.apply_batch([ENGINE.parse(e) for e in events], lambda model, lead: None)
+    return {lead: state for (model, lead), state in result.states.items() if model == "b2b"}
+
+
+def score(lead: str, state: LeadState) -> float:
+    return ENGINE.summary("b2b", lead, state, T + 60_000)["score"]
+
+
+def test_a_merge_adds_the_visitors_points_and_crosses_once() -> None:
+    states = scored(page("anon:a", 1, "https://acme.io/pricing"), page("anon:a", 2, "https://acme.io/pricing"),
+                    page("u", 3, "https://acme.io/about"))
+    merged, crossings = merge(ENGINE, "b2b", "u", states["u"], states["anon:a"], "anon:a", T + 10_000)
+    assert score("u", merged) == 21
+    assert [(c.lead_id, c.from_level, c.to_level) for c in crossings] == [("u", "nurture", "mql")]
+    history = ENGINE.explain("b2b", "u", merged, T + 10_000)["history"]
+    assert {"time": T + 10_000, "rule": "merged from anonymous visitor anon:a", "points": 20} in history
+
+    again, more = merge(ENGINE, "b2b", "u", merged, states["anon:a"], "anon:a", T + 20_000)
+    assert (score("u", again), more) == (21, [])
+
+
+def test_events_the_visitor_already_scored_never_score_again_on_the_lead() -> None:
+    visit = page("anon:a", 1, "https://acme.io/pricing")
+    states = scored(visit)
+    merged, _ = merge(ENGINE, "b2b", "u", None, states["anon:a"], "anon:a", T + 5_000)
+    replay = ENGINE.apply_batch([ENGINE.parse({**visit, "lead_id": "u"})], lambda model, lead: merged)
+    assert replay.states == {} and score("u", merged) == 10
+
+
+def test_the_known_leads_traits_win_and_the_visitors_fill_gaps() -> None:
+    states = scored(
+        {"event_id": "i1", "lead_id": "anon:a", "type": "identify", "product": "b2b", "time": T,
+         "traits": {"title": "VP Marketing", "email": "x@gmail.com"}},
+        {"event_id": "i2", "lead_id": "u", "type": "identify", "product": "b2b", "time": T, "traits": {"email": "ada@initech.io"}},
+    )
+    merged, _ = merge(ENGINE, "b2b", "u", states["u"], states["anon:a"], "anon:a", T + 1_000)
+    assert merged.traits["email"] == "ada@initech.io" and merged.traits["title"] == "VP Marketing"
+    assert merged.fit == 9  # senior title 8 + business e-mail 1 (the visitor's free address lost)
+
+
+def test_merging_into_a_new_lead_starts_from_the_visitors_state() -> None:
+    states = scored(page("anon:a", 1, "https://acme.io/case-studies/x"))
+    merged, crossings = merge(ENGINE, "b2b", "u", None, states["anon:a"], "anon:a", T + 1_000)
+    assert score("u", merged) == 4 and crossings == []
