@@ -7,6 +7,9 @@ send`, the topics), and says how to stop it all.
 from __future__ import annotations
 
 import time
+import urllib.error
+import urllib.request
+from typing import Callable
 
 import orjson
 
@@ -35,20 +38,34 @@ def saas_story(now_ms: int) -> list[dict]:
     return events
 
 
-def start_worker(settings: Settings) -> None:
-    if processes.running("worker", settings):
-        print("worker: already running")
+def start(name: str, args: list[str], settings: Settings, ready: Callable[[], bool]) -> None:
+    """Start `leadstream ARGS` in the background unless it runs already; wait until ready."""
+    if processes.running(name, settings):
+        print(f"{name}: already running")
         return
-    pid, log = processes.start_background("worker", ["worker"], settings)
-    probe = processes.WorkerProcess(settings)
+    pid, log = processes.start_background(name, args, settings)
     deadline = time.monotonic() + 120
-    while probe.get("/readyz")[0] != 200:
+    while not ready():
         if not processes.alive(pid):
-            raise ServiceError(f"the worker exited while starting; see {log}")
+            raise ServiceError(f"{name} exited while starting; see {log}")
         if time.monotonic() > deadline:
-            raise ServiceError(f"the worker was not ready within 120 s; see {log}")
+            raise ServiceError(f"{name} was not ready within 120 s; see {log}")
         time.sleep(0.5)
-    print(f"worker: started (pid {pid}); log: {log}")
+    print(f"{name}: started (pid {pid}); log: {log}")
+
+
+def answers(port: int, path: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return False
+
+
+def wait_caught_up(probe: LagProbe, group: str, topic: str, timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    while any(probe.lag(group, topic).values()) and time.monotonic() < deadline:
+        time.sleep(0.5)
 
 
 def read_all(settings: Settings, topic: str) -> list[tuple[bytes | None, dict]]:
@@ -63,10 +80,14 @@ def read_all(settings: Settings, topic: str) -> list[tuple[bytes | None, dict]]:
 
 
 def run_demo(settings: Settings) -> int:
+    from sinks.redis_model import print_top
+    from sinks.runner import group_id
+
     for line in services.up(settings):
         print(line)
     ensure_topics(settings)
-    start_worker(settings)
+    start("worker", ["worker"], settings, lambda: answers(settings.worker_port, "/readyz"))
+    start("sink-redis", ["sink", "redis"], settings, lambda: answers(settings.metrics_port, "/readyz"))
 
     now_ms = int(time.time() * 1000)
     events = list(workload.generate(DEMO_EVENTS, DEMO_LEADS, seed=2026, start_ms=now_ms - 30 * DAY_MS, span_ms=30 * DAY_MS))
@@ -80,21 +101,14 @@ def run_demo(settings: Settings) -> int:
 
     probe = LagProbe(settings.kafka_bootstrap)
     try:
-        deadline = time.monotonic() + 300
-        while any(probe.lag(settings.app_id, settings.topic_events).values()) and time.monotonic() < deadline:
-            time.sleep(0.5)
+        wait_caught_up(probe, settings.app_id, settings.topic_events)
+        wait_caught_up(probe, group_id(settings, "redis"), settings.topic_scores)
     finally:
         probe.close()
-    time.sleep(1.0)
 
-    scores = list({key: value for key, value in read_all(settings, settings.topic_scores)}.values())
-    hottest = sorted(scores, key=lambda s: (-s["score"], s["lead_id"]))[:15]
-    print("\nHottest leads")
-    print(f"{'lead':<16} {'model':<18} {'score':>7} {'0-100':>6} {'cell':>5} {'temperature':<12} {'level':<10} top reasons")
-    for s in hottest:
-        reasons = ", ".join(f"{r['rule']} {r['points']:+g}" for r in s.get("top_reasons", [])[:3])
-        print(f"{s['lead_id']:<16} {s['model']:<18} {s['score']:>7.1f} {s['normalized']:>6} {s['cell'] or '-':>5} "
-              f"{s['temperature']:<12} {s['level']:<10} {reasons}")
+    for model in ("b2b", "saas_start_small"):
+        print(f"\nHottest leads of model {model} (leadstream top --model {model} --limit 10, from Redis)")
+        print_top(settings, model, 10)
     crossings = [value for _, value in read_all(settings, settings.topic_crossings)]
     ups = [c for c in crossings if c["direction"] == "up"]
     print(f"\nThreshold crossings fired: {len(crossings)} ({len(ups)} up, {len(crossings) - len(ups)} down); the latest:")
@@ -103,8 +117,8 @@ def run_demo(settings: Settings) -> int:
         print(f"  {c['kind']:<7} {subject:<16} {c['model']:<18} "
               f"{c['from_level']} -> {c['to_level']} at score {c['score']:.1f} ({c['cell'] or 'no grid'})")
     print(
-        f"\nExplore: curl http://127.0.0.1:{settings.worker_port}/leads/{hottest[0]['lead_id'] if hottest else 'LEAD'}/"
-        f"  (the explanation of a lead's score)"
+        f"\nExplore: curl http://127.0.0.1:{settings.worker_port}/leads/LEAD_ID/  (why a lead has its score)"
+        f"\n         curl http://127.0.0.1:{settings.worker_port}/metrics"
         "\nStop everything: .venv/bin/leadstream services down"
     )
     return 0
