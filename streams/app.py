@@ -28,7 +28,7 @@ from streams import lead_states, metrics
 from streams.lag import LagProbe
 from streams.outbox import Outbox
 from streams.rollup import Rollup
-from streams.scorer import Scorer
+from streams.scorer import DECAY_CHUNK, Scorer
 from streams.settings import Settings
 from streams.stage import Consumed
 
@@ -153,7 +153,9 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
     @app.timer(interval=settings.decay_interval_s)
     async def decay() -> None:
         # Every worker runs this timer; the index only holds leads of partitions it owns.
-        await scorer.decay_due(now_ms())
+        now = now_ms()
+        while await scorer.decay_due(now) == DECAY_CHUNK:
+            await asyncio.sleep(0)
 
     @leads.on_recover
     async def index_decay() -> None:

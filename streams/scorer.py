@@ -36,6 +36,9 @@ from streams.stage import Consumed, StateStore
 MAX_EVENT_BYTES = 64 * 1024
 #: Event types that may stitch an old id to a lead (see streams/stitching.py).
 LINKING_TYPES = frozenset(("identify", "alias"))
+#: Decay steps applied between two yields to the event loop (a sweep of many idle leads must
+#: not hold up the scoring of arriving events).
+DECAY_CHUNK = 1000
 
 
 @dataclass(slots=True)
@@ -75,19 +78,14 @@ class DecayIndex:
     def schedule(self, partition: int, due_ms: int, lead_id: str, model: str) -> None:
         heapq.heappush(self._heaps.setdefault(partition, []), (due_ms, lead_id, model))
 
-    def pop_due(self, now_ms: int) -> list[tuple[int, str, str]]:
-        """(partition, lead, model) whose step was due at or before now; entries may be stale."""
-        due = []
+    def pop_due(self, now_ms: int, limit: int) -> list[tuple[int, str, str]]:
+        """Up to `limit` (partition, lead, model) whose step was due by now; entries may be stale."""
+        due: list[tuple[int, str, str]] = []
         for partition, heap in self._heaps.items():
-            while heap and heap[0][0] <= now_ms:
+            while heap and heap[0][0] <= now_ms and len(due) < limit:
                 _, lead_id, model = heapq.heappop(heap)
                 due.append((partition, lead_id, model))
         return due
-
-    def keep_only(self, partitions: set[int]) -> None:
-        for partition in list(self._heaps):
-            if partition not in partitions:
-                del self._heaps[partition]
 
     def __len__(self) -> int:
         return sum(len(heap) for heap in self._heaps.values())
@@ -167,12 +165,15 @@ class Scorer:
         await outbox.flush()
         return stats
 
-    async def decay_due(self, now_ms: int) -> int:
-        """Apply every decay step due by now on the owned partitions; returns the steps applied."""
+    async def decay_due(self, now_ms: int, limit: int = DECAY_CHUNK) -> int:
+        """Apply up to `limit` decay steps due by now on the owned partitions (the caller repeats
+        while a full chunk came back, yielding between chunks so scoring is never held up for
+        long); returns how many index entries were taken."""
         applied = 0
         crossings: list[Transition] = []
         writes: list[tuple[str, int, bytes]] = []
-        for partition, lead_id, model in self.decay_index.pop_due(now_ms):
+        due_entries = self.decay_index.pop_due(now_ms, limit)
+        for partition, lead_id, model in due_entries:
             value = self.store.get(lead_id)
             states = lead_states.decode(value) if value else {}
             if model not in states or model not in self.models:
@@ -198,7 +199,7 @@ class Scorer:
         await self.outbox.flush()
         metrics.DECAY_STEPS.inc(applied)
         metrics.DECAY_DUE.set(len(self.decay_index))
-        return applied
+        return len(due_entries)
 
     def rebuild_decay_index(self, owned: set[int]) -> None:
         """After recovery or a rebalance: index the due steps of the leads on owned partitions."""
