@@ -33,15 +33,8 @@ def local_services() -> Settings:
 def isolated(local_services: Settings, tmp_path: Path) -> Settings:
     """Settings with this test's own topics, app id (consumer group), state directory and ports."""
     tag = uuid.uuid4().hex[:10]
-    settings = local_services.with_overrides(
-        app_id=f"test-{tag}",
-        topic_events=f"t-{tag}-events",
-        topic_profiles=f"t-{tag}-profiles",
-        topic_crossings=f"t-{tag}-crossings",
-        topic_scores=f"t-{tag}-scores",
-        topic_accounts=f"t-{tag}-accounts",
-        topic_deadletter=f"t-{tag}-deadletter",
-        topic_identity=f"t-{tag}-identity",
+    settings = local_services.namespaced(
+        f"test-{tag}",
         state_dir=tmp_path / "worker-state",
         worker_port=free_port(),
         collector_port=free_port(),

@@ -36,15 +36,8 @@ DAY_MS = 86_400_000
 
 def bench_settings(settings: Settings, state_dir: Path, metrics: bool) -> Settings:
     tag = f"bench-{uuid.uuid4().hex[:8]}"
-    return settings.with_overrides(
-        app_id=tag,
-        topic_events=f"{tag}-events",
-        topic_profiles=f"{tag}-profiles",
-        topic_crossings=f"{tag}-crossings",
-        topic_scores=f"{tag}-scores",
-        topic_accounts=f"{tag}-accounts",
-        topic_deadletter=f"{tag}-deadletter",
-        topic_identity=f"{tag}-identity",
+    return settings.namespaced(
+        tag,
         state_dir=state_dir,
         worker_port=free_port(),
         faust_sensors=1 if metrics else 0,
