@@ -58,7 +58,11 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
     app = faust.App(
         settings.app_id,
         broker=f"kafka://{settings.kafka_bootstrap}",
-        store=settings.store,
+        # In memory: a new or restarted worker rebuilds its tables from the changelogs (see
+        # `recovery_s` of `leadstream bench pipeline`). The lead store reads and writes the
+        # store's data directly (streams/app.py TableStore), which Faust's RocksDB store, keyed
+        # by partition, would not support as it is.
+        store="memory://",
         datadir=str(settings.state_dir),
         topic_partitions=settings.partitions,
         topic_replication_factor=1,

@@ -95,9 +95,6 @@ class Settings:
         "LEADSTREAM_COLLECTOR_BODY_TIMEOUT_MS", 10000, "Longest a client may take to send a request body (then 408)."
     )
     metrics_port: int = _setting("LEADSTREAM_METRICS_PORT", 9464, "Port of /metrics on sink processes.")
-    store: str = _setting(
-        "LEADSTREAM_STORE", "memory://", "Faust table store: memory:// (replays the changelog on start) or rocksdb://."
-    )
     batch_max_messages: int = _setting(
         "LEADSTREAM_BATCH_MAX_MESSAGES", 500, "Most Kafka messages the worker scores in one batch."
     )

@@ -22,8 +22,8 @@ def run_worker(settings: Settings) -> int:
     # Faust's own debug records cost ~17% of the hot path when built and discarded (PERF.md).
     logging.getLogger("faust").setLevel(max(logging.INFO, logging.getLevelName(settings.log_level.upper())))
     logging.getLogger("leadstream.worker").info(
-        "worker starting app_id=%s models=%s events_topic=%s store=%s web=%s:%d",
-        settings.app_id, [m.name for m in engine.models], settings.topic_events, settings.store,
+        "worker starting app_id=%s models=%s events_topic=%s web=%s:%d",
+        settings.app_id, [m.name for m in engine.models], settings.topic_events,
         settings.bind_host, settings.worker_port,
     )
     worker.execute_from_commandline()
