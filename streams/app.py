@@ -28,7 +28,7 @@ from streams import lead_states, metrics
 from streams.lag import LagProbe
 from streams.outbox import Outbox
 from streams.rollup import Rollup
-from streams.scorer import DECAY_CHUNK, Scorer
+from streams.scorer import DECAY_CHUNK, DECAY_PAUSE_S, Scorer
 from streams.settings import Settings
 from streams.stage import Consumed
 
@@ -159,7 +159,7 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
         # Every worker runs this timer; the index only holds leads of partitions it owns.
         now = now_ms()
         while await scorer.decay_due(now) == DECAY_CHUNK:
-            await asyncio.sleep(0)
+            await asyncio.sleep(DECAY_PAUSE_S)
 
     @leads.on_recover
     async def index_decay() -> None:

@@ -36,9 +36,11 @@ from streams.stage import Consumed, StateStore
 MAX_EVENT_BYTES = 64 * 1024
 #: Event types that may stitch an old id to a lead (see streams/stitching.py).
 LINKING_TYPES = frozenset(("identify", "alias"))
-#: Decay steps applied between two yields to the event loop (a sweep of many idle leads must
-#: not hold up the scoring of arriving events).
-DECAY_CHUNK = 1000
+#: Decay steps applied between two pauses of the sweep: a wave of idle leads coming due (after
+#: a replay, or a downtime) must not hold up the scoring of arriving events, whose latency
+#: matters; a decay applied a few seconds late changes nothing anyone can see.
+DECAY_CHUNK = 250
+DECAY_PAUSE_S = 0.02
 
 
 @dataclass(slots=True)
