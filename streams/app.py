@@ -138,7 +138,6 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
         except (KafkaError, OSError) as exc:
             # A metric must never take the worker down; the next round tries again.
             log.warning("consumer lag not measured: cause=%r", exc)
-    app.leadstream_scorer = scorer  # type: ignore[attr-defined]
     within_s = settings.batch_within_ms / 1000
 
     def now_ms() -> int:

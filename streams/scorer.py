@@ -53,7 +53,6 @@ class BatchStats:
     rejected: dict[str, int] = field(default_factory=dict)
     late: int = 0
     crossings: list[Transition] = field(default_factory=list)
-    states_written: int = 0
     new_leads: dict[str, int] = field(default_factory=dict)
     newest_event_ms: int = 0
 
@@ -159,7 +158,6 @@ class Scorer:
                     self.decay_index.schedule(partition, due, lead_id, model)
                 self._add_summary(model, lead_id, state, now_ms, partition)
             self.store.put(lead_id, partition, lead_states.encode(states), outbox)
-        stats.states_written = len(by_lead)
         publish_updates(outbox, self.settings, result.account_updates, self.partitions)
         for letter in dead:
             stats.rejected[letter.reason] = stats.rejected.get(letter.reason, 0) + 1
