@@ -23,15 +23,19 @@ from scoring.fit import FitRule
 from scoring.model import Model, load_directory
 from scoring.repeat import Window, drop_closed, limited_points
 from scoring.rules import Matcher, Rule, compile_matcher
-from scoring.state import SEPARATOR, LeadState
+from scoring.state import HISTORY_CHARS_PER_CHANGE, SEPARATOR, LeadState
+
 from scoring.thresholds import Transition
 
 GetState = Callable[[str, str], "LeadState | None"]
 
-# Outcomes of applying one event to one state.
-_APPLIED, _DUPLICATE, _LATE = 0, 1, 2
+# Outcomes of applying one event to one state (_TRAITS: applied, and the traits changed).
+_APPLIED, _DUPLICATE, _LATE, _TRAITS = 0, 1, 2, 3
 
 _NO_PROPERTIES: dict[str, Any] = {}
+
+#: Sets of trait values whose fit rules a model remembers (then it starts over).
+_FIT_MEMO = 4096
 
 
 @dataclass(slots=True)
@@ -48,6 +52,12 @@ class BatchResult:
     account_updates: list[MemberScore] = field(default_factory=list)
     #: Events no model's filter took (their product matches no model).
     unrouted: int = 0
+    #: The keys of `states` whose summary (`Engine.summary`: score and scales, level, top
+    #: reasons, last activity, account) the batch's events changed; the other changed states
+    #: differ only in what a summary does not show (remembered event ids, window counters,
+    #: occurrence counts), so a caller publishing summaries can skip them. Decay between
+    #: events is not a change here: `Engine.next_due_ms` says when to evaluate it.
+    score_changed: set[tuple[str, str]] = field(default_factory=set)
 
 
 class ModelRuntime:
@@ -60,7 +70,7 @@ class ModelRuntime:
     __slots__ = (
         "model", "name", "matchers", "fit_match", "ladder", "lateness_ms", "floor", "ceiling",
         "remember", "history", "keep_traits", "steps", "half_life", "windows", "level_index", "up", "down",
-        "empty_fit", "first_level", "first_idle_ms",
+        "empty_fit", "first_level", "first_idle_ms", "history_chars", "level_names", "fit_keys", "_fit_memo",
     )  # fmt: skip
 
     def __init__(self, model: Model) -> None:
@@ -70,12 +80,20 @@ class ModelRuntime:
         by_type: dict[str, list[Any]] = {}
         for rule in model.rules:
             by_type.setdefault(rule.event, []).append((rule, rule.conditions))
-        self.matchers: dict[str, Matcher] = {kind: compile_matcher(pairs, classify) for kind, pairs in by_type.items()}
+        #: event type -> (matcher, whether a rule tests traits)
+        self.matchers: dict[str, tuple[Matcher, bool]] = {
+            kind: (compile_matcher(pairs, classify), any(c.source == "traits" for _, conditions in pairs for c in conditions))
+            for kind, pairs in by_type.items()
+        }
         self.fit_match: Matcher | None = (
             compile_matcher(((r, r.conditions) for r in model.fit_rules), classify) if model.fit_rules else None
         )
+        #: The traits fit rules read: their values decide which fit rules hold.
+        self.fit_keys = tuple(sorted({c.key for rule in model.fit_rules for c in rule.conditions}))
+        self._fit_memo: dict[tuple[Any, ...], tuple[tuple[FitRule, ...], float]] = {}
         self.ladder = model.ladder
         self.level_index = model.ladder.index
+        self.level_names = model.ladder.names
         self.up = model.ladder.up
         self.down = model.ladder.down
         self.lateness_ms = model.lateness_ms
@@ -85,6 +103,7 @@ class ModelRuntime:
         self.ceiling = float("inf") if model.max_points is None else model.max_points
         self.remember = model.remember_events
         self.history = model.history
+        self.history_chars = HISTORY_CHARS_PER_CHANGE * model.history
         self.keep_traits = model.keep_traits
         self.steps = model.decay if isinstance(model.decay, StepDecay) else None
         self.first_idle_ms = self.steps.steps[0].idle_ms if self.steps is not None else 0
@@ -107,32 +126,56 @@ class ModelRuntime:
         return score if score > self.floor else self.floor
 
     def fit_points(self, traits: dict[str, Any]) -> float:
+        return self._fit(traits)[1]
+
+    def fit_rules(self, traits: dict[str, Any]) -> tuple[FitRule, ...]:
+        """The fit rules the traits meet, in model order."""
+        return self._fit(traits)[0]
+
+    def _fit(self, traits: dict[str, Any]) -> tuple[tuple[FitRule, ...], float]:
+        """Fit rules met and their points, remembered by the values of the traits they read
+        (with their types: True, 1 and 1.0 are told apart); at most _FIT_MEMO sets of values."""
         if self.fit_match is None:
-            return 0
-        matched: Sequence[FitRule] = self.fit_match(_NO_PROPERTIES, traits)
-        return sum(rule.points for rule in matched)
+            return (), 0
+        values = tuple(map(traits.get, self.fit_keys))
+        key: tuple[Any, ...] | None = values + tuple(map(type, values))
+        try:
+            found = self._fit_memo.get(key)  # type: ignore[arg-type]
+        except TypeError:  # a list or map trait value: not hashable
+            key, found = None, None
+        if found is None:
+            matched: tuple[FitRule, ...] = tuple(self.fit_match(_NO_PROPERTIES, traits))
+            found = (matched, sum(rule.points for rule in matched))
+            if key is not None:
+                if len(self._fit_memo) >= _FIT_MEMO:
+                    self._fit_memo.clear()
+                self._fit_memo[key] = found
+        return found
 
     def apply(self, state: LeadState, event: Event, out: list[Transition]) -> int:
-        """Applies one event; returns _APPLIED, _DUPLICATE or _LATE (the last two change nothing).
+        """Applies one event; returns _APPLIED (_TRAITS if the lead's traits changed too),
+        _DUPLICATE or _LATE (the last two change nothing).
 
         This is the per-event hot path, written for speed: attribute lookups are hoisted and
         the common case (a plain rule, no decay due, no crossing) calls as little as possible.
         """
         time_ms = event.time_ms
-        if time_ms < state.watermark_ms - self.lateness_ms:
+        watermark_ms = state.watermark_ms
+        if time_ms < watermark_ms - self.lateness_ms:
             return _LATE
-        needle = f"{SEPARATOR}{event.event_id}{SEPARATOR}"
+        event_id = event.event_id
+        needle = f"\x7f{event_id}\x7f"  # SEPARATOR
         ids = state.ids
         if needle in ids or needle in state.old_ids:
             return _DUPLICATE
         if ids and state.ids_count < self.remember:  # inlined LeadState.remember_event
-            state.ids = f"{ids}{event.event_id}{SEPARATOR}"
+            state.ids = f"{ids}{event_id}\x7f"
             state.ids_count += 1
             if time_ms > state.ids_max_ms:
                 state.ids_max_ms = time_ms
         else:
-            state.remember_event(event.event_id, time_ms, self.remember)
-        if time_ms > state.watermark_ms:
+            state.remember_event(event_id, time_ms, self.remember)
+        if time_ms > watermark_ms:
             state.watermark_ms = time_ms
         if event.account_id is not None:
             state.account_id = event.account_id
@@ -140,13 +183,18 @@ class ModelRuntime:
 
         traits_changed = self._merge_traits(state, event.traits) if event.traits else False
         matcher = self.matchers.get(event.type)
-        matched = matcher(event.properties, state.traits) if matcher is not None else ()
+        if matcher is None:
+            matched: Sequence[Rule] = ()
+        else:
+            # Only rules that test traits make the traits be decoded.
+            matched = matcher[0](event.properties, state.traits if matcher[1] else _NO_PROPERTIES)
 
         weight = 1.0
         if self.steps is not None:
             # Nothing to do unless a step was taken or the first one is due by now.
-            if time_ms >= state.last_activity_ms and (
-                state.steps_taken or (state.last_activity_ms and time_ms >= state.last_activity_ms + self.first_idle_ms)
+            last_activity_ms = state.last_activity_ms
+            if time_ms >= last_activity_ms and (
+                state.steps_taken or (last_activity_ms and time_ms >= last_activity_ms + self.first_idle_ms)
             ):
                 level = self._step_decay(state, time_ms, matched, level, event.lead_id, out)
         elif self.half_life is not None:
@@ -160,44 +208,53 @@ class ModelRuntime:
                 state.record(time_ms, fit - state.fit, "fit", self.history)
                 state.fit = fit
 
-        active = False
-        ledger = state.ledger
-        for rule in matched:
-            entry = ledger.get(rule.name)
-            if entry is None:
-                entry = ledger[rule.name] = [0, 0, 0, 0]
-            entry[1] += 1
-            points = rule.points if rule.plain else limited_points(rule, state, event.properties, time_ms, entry)
-            if rule.points > 0:
-                active = True
-            if points:
-                before = state.behaviour
-                # Integer points stay integers unless a late event is discounted (half-life).
-                wanted = before + points if weight == 1.0 else before + points * weight
-                after = wanted
-                if after > self.ceiling:
-                    after = self.ceiling if before < self.ceiling else before
-                elif after < self.floor:
-                    after = self.floor if before > self.floor else before
-                if after != wanted:  # the model's ceiling or floor clipped the points
-                    points = after - before if weight == 1.0 else (after - before) / weight
-                    entry[2] += 1
-                state.behaviour = after
-                entry[0] += points
-                state.record(time_ms, points, rule.name, self.history)
-        if active and time_ms > state.last_activity_ms:
-            state.last_activity_ms = time_ms
-            if state.steps_taken:
-                state.steps_taken = []
+        if matched:
+            active = False
+            ledger = state.ledger
+            for rule in matched:
+                name = rule.name
+                entry = ledger.get(name)
+                if entry is None:
+                    entry = ledger[name] = [0, 0, 0, 0]
+                entry[1] += 1
+                if rule.plain:
+                    points = rule.points
+                else:
+                    points = limited_points(rule, state, event.properties, time_ms, entry)
+                if rule.positive:
+                    active = True
+                if points:
+                    before = state.behaviour
+                    # Integer points stay integers unless a late event is discounted (half-life).
+                    after = wanted = before + points if weight == 1.0 else before + points * weight
+                    if after > self.ceiling:
+                        after = self.ceiling if before < self.ceiling else before
+                    elif after < self.floor:
+                        after = self.floor if before > self.floor else before
+                    if after != wanted:  # the model's ceiling or floor clipped the points
+                        points = after - before if weight == 1.0 else (after - before) / weight
+                        entry[2] += 1
+                    state.behaviour = after
+                    entry[0] += points
+                    # LeadState.record inlined, trimming only when the log is long.
+                    log = f"{state.history or SEPARATOR}{time_ms} {round(points, 2) if points.__class__ is float else points} {name}\x7f"
+                    if len(log) > self.history_chars:
+                        state.record(time_ms, points, name, self.history)
+                    else:
+                        state.history = log
+            if active and time_ms > state.last_activity_ms:
+                state.last_activity_ms = time_ms
+                if state.steps_taken:
+                    state.steps_taken = []
 
         score = state.behaviour + state.fit
         if score < self.floor:
             score = self.floor
         if score >= self.up[level] or score < self.down[level]:
             self._cross(state, level, self.ladder.level_after(level, score), event.lead_id, time_ms, out)
-        elif self.ladder.names[level] != state.level:  # a level the model no longer has
-            state.level = self.ladder.names[level]
-        return _APPLIED
+        elif self.level_names[level] != state.level:  # a level the model no longer has
+            state.level = self.level_names[level]
+        return _TRAITS if traits_changed else _APPLIED
 
     def _step_decay(self, state: LeadState, time_ms: int, matched: Sequence[Rule], level: int, lead_id: str, out: list[Transition]) -> int:
         """Brings step decay to `time_ms` before an event at that time; returns the level."""
@@ -294,11 +351,16 @@ class ModelRuntime:
     def compact(self, state: LeadState) -> None:
         """Forgets what no future event can need: ids and windows beyond the lateness."""
         cutoff = state.watermark_ms - self.lateness_ms
-        if state.ids_max_ms < cutoff or (state.old_ids and state.old_ids_max_ms < cutoff):
+        if (state.ids and state.ids_max_ms < cutoff) or (state.old_ids and state.old_ids_max_ms < cutoff):
             state.forget_events_before(cutoff)
-        windows = state.windows
-        if not windows:
+        drop_ms = state.windows_drop_ms
+        if drop_ms:
+            if cutoff < drop_ms:  # no counter's window has closed yet
+                return
+        elif not state.windows:
             return
+        windows = state.windows
+        drop_ms = 0
         for key, counts in list(windows.items()):
             window = self.windows.get(key)
             if window is None:  # the rule left the model
@@ -308,12 +370,21 @@ class ModelRuntime:
             if len(counts) == 2:  # one open window: the common case
                 if counts[0] < first_open:
                     del windows[key]
-            elif min(counts[0::2]) < first_open:
-                counts = drop_closed(counts, first_open)
-                if counts:
+                    continue
+                oldest = counts[0]
+            else:
+                oldest = min(counts[0::2])
+                if oldest < first_open:
+                    counts = drop_closed(counts, first_open)
+                    if not counts:
+                        del windows[key]
+                        continue
                     windows[key] = counts
-                else:
-                    del windows[key]
+                    oldest = min(counts[0::2])
+            end_ms = window.end_ms(oldest)
+            if not drop_ms or end_ms < drop_ms:
+                drop_ms = end_ms
+        state.windows_drop_ms = drop_ms
 
     def member_score(self, lead_id: str, state: LeadState, time_ms: int) -> MemberScore | None:
         if state.account_id is None:
@@ -380,8 +451,11 @@ class Engine:
         """
         result = BatchResult()
         states: dict[tuple[str, str], LeadState] = {}
+        # What a summary shows, as loaded: the history changes with every change of points.
+        shown: dict[tuple[str, str], tuple[str, str, int, str | None]] = {}
         scores_before: dict[tuple[str, str], float] = {}
         changed: dict[tuple[str, str], ModelRuntime] = {}
+        score_changed = result.score_changed
         transitions = result.transitions
         routes = self._routes
         for event in events:
@@ -390,38 +464,50 @@ class Engine:
                     event if isinstance(event, Rejection) else Rejection("wrong_type", "not a parsed event", event)
                 )
                 continue
-            targets = routes.get(event.product)
-            if targets is None or (event.product is None and event.type == IDENTIFY):
+            product = event.product
+            targets = routes.get(product)
+            if targets is None or (product is None and event.type == IDENTIFY):
                 targets = self.route(event)
             if not targets:
                 result.unrouted += 1
                 continue
+            lead_id = event.lead_id
             late = False
             for runtime in targets:
-                key = (runtime.name, event.lead_id)
+                key = (runtime.name, lead_id)
                 state = states.get(key)
                 if state is None:
-                    state = get_state(runtime.name, event.lead_id)
+                    state = get_state(runtime.name, lead_id)
                     if state is None:
                         state = runtime.new_state()
                     states[key] = state
+                    shown[key] = (state.history, state.level, state.last_activity_ms, state.account_id)
                     if state.account_id is not None:
                         scores_before[key] = runtime.score(state)
                 outcome = runtime.apply(state, event, transitions)
                 if outcome == _APPLIED:
                     changed[key] = runtime
+                elif outcome == _TRAITS:  # which fit rules hold may change with equal points
+                    changed[key] = runtime
+                    score_changed.add(key)
                 elif outcome == _LATE:
                     late = True
             if late:
                 result.late.append(event)
+        changed_states = result.states
+        account_updates = result.account_updates
         for key, runtime in changed.items():
             state = states[key]
             runtime.compact(state)
-            result.states[key] = state
-            if state.account_id is not None and runtime.score(state) != scores_before.get(key):
-                update = runtime.member_score(key[1], state, state.watermark_ms)
-                if update is not None:
-                    result.account_updates.append(update)
+            changed_states[key] = state
+            if (state.history, state.level, state.last_activity_ms, state.account_id) != shown[key]:
+                score_changed.add(key)
+            if state.account_id is not None:
+                score = state.behaviour + state.fit
+                if score < runtime.floor:
+                    score = runtime.floor
+                if score != scores_before.get(key):
+                    account_updates.append(MemberScore(runtime.name, state.account_id, key[1], round(score, 2), state.watermark_ms))
         return result
 
     def new_state(self, model_name: str) -> LeadState:

@@ -22,7 +22,9 @@ TOP_REASONS = 5
 def labels(runtime: ModelRuntime, state: LeadState) -> dict[str, Any]:
     """Score, 0-100, fit grade, engagement level, grid cell, temperature and level."""
     model = runtime.model
-    score = runtime.score(state)
+    score = state.behaviour + state.fit
+    if score < runtime.floor:
+        score = runtime.floor
     normalized = model.scale.normalize(score)
     grade = model.grades.label(state.fit) if model.grades is not None else None
     engagement = int(model.engagement.label(state.behaviour)) if model.engagement is not None else None
@@ -66,21 +68,26 @@ def rule_rows(runtime: ModelRuntime, state: LeadState) -> list[dict[str, Any]]:
 
 
 def fit_rows(runtime: ModelRuntime, state: LeadState) -> list[dict[str, Any]]:
-    if runtime.fit_match is None:
-        return []
-    return [{"rule": rule.name, "points": rule.points} for rule in runtime.fit_match({}, state.traits)]
+    return [{"rule": rule.name, "points": rule.points} for rule in runtime.fit_rules(state.traits)]
 
 
 def reasons(runtime: ModelRuntime, state: LeadState, limit: int = TOP_REASONS) -> list[dict[str, Any]]:
     """The largest contributions, either sign: behaviour rules, fit rules and decay."""
-    items = [(name, entry[0]) for name, entry in state.ledger.items() if entry[0]]
+    # (-|points|, name, points): sorted as tuples, largest first, then by name.
+    items = []
+    earned: float = 0
+    for name, entry in state.ledger.items():
+        points = entry[0]
+        if points:
+            earned += points
+            items.append((-abs(points), name, points))
     if runtime.fit_match is not None:
-        items += [(rule.name, rule.points) for rule in runtime.fit_match({}, state.traits) if rule.points]
-    decayed = decayed_points(state)
+        items += [(-abs(rule.points), rule.name, rule.points) for rule in runtime.fit_rules(state.traits) if rule.points]
+    decayed = state.behaviour - earned
     if decayed:
-        items.append(("decay", decayed))
-    items.sort(key=lambda item: (-abs(item[1]), item[0]))
-    return [{"rule": name, "points": round(points, 2)} for name, points in items[:limit]]
+        items.append((-abs(decayed), "decay", decayed))
+    items.sort()
+    return [{"rule": name, "points": round(points, 2)} for _, name, points in items[:limit]]
 
 
 def at_time(runtime: ModelRuntime, lead_id: str, state: LeadState, now_ms: int) -> LeadState:

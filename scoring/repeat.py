@@ -43,6 +43,10 @@ class Window:
     def index(self, time_ms: int) -> int:
         return (time_ms + self.shift_ms) // self.length_ms
 
+    def end_ms(self, index: int) -> int:
+        """When window `index` ends: the first time whose index is higher."""
+        return (index + 1) * self.length_ms - self.shift_ms
+
 
 @dataclass(frozen=True, slots=True)
 class Cap:
@@ -95,21 +99,35 @@ def parse_once_per(table: Table) -> OncePer | None:
     return OncePer(source, key)
 
 
-def bump(windows: dict[str, list[int]], key: str, index: int, limit: int) -> int:
-    """Adds one to the count of window `index` unless it has reached `limit`; returns the count
-    before the increment (so `limit` or more means the occurrence was refused)."""
+def bump(state: LeadState, key: str, window: Window, time_ms: int, limit: int) -> int:
+    """Adds one to the lead's count of the window of `time_ms` unless it has reached `limit`;
+    returns the count before the increment (so `limit` or more means the occurrence was refused).
+    A new window lowers `windows_drop_ms` when it ends first (compaction then looks at it)."""
+    index = (time_ms + window.shift_ms) // window.length_ms
+    windows = state.windows
     counts = windows.get(key)
     if counts is None:
         windows[key] = [index, 1]
-        return 0
-    for pos in range(0, len(counts), 2):
-        if counts[pos] == index:
-            before = counts[pos + 1]
+    else:
+        if counts[0] == index:  # the common case: one open window
+            before = counts[1]
             if before < limit:
-                counts[pos + 1] = before + 1
+                counts[1] = before + 1
             return before
-    counts.append(index)
-    counts.append(1)
+        for pos in range(2, len(counts), 2):
+            if counts[pos] == index:
+                before = counts[pos + 1]
+                if before < limit:
+                    counts[pos + 1] = before + 1
+                return before
+        counts.append(index)
+        counts.append(1)
+    # Keep the bound exact when known; 0 (unknown) stays so until compaction recomputes it.
+    drop_ms = state.windows_drop_ms
+    if drop_ms:
+        end_ms = (index + 1) * window.length_ms - window.shift_ms
+        if end_ms < drop_ms:
+            state.windows_drop_ms = end_ms
     return 0
 
 
@@ -152,11 +170,11 @@ def limited_points(rule: Rule, state: LeadState, properties: dict[str, Any], tim
             return 0
     points = rule.points
     cap = rule.cap
-    if cap is not None and bump(state.windows, rule.cap_key, cap.window.index(time_ms), cap.max_scored) >= cap.max_scored:
+    if cap is not None and bump(state, rule.cap_key, cap.window, time_ms, cap.max_scored) >= cap.max_scored:
         entry[2] += 1
         points = 0
     bonus = rule.bonus
-    if bonus is not None and bump(state.windows, rule.bonus_key, bonus.window.index(time_ms), bonus.count) == bonus.count - 1:
+    if bonus is not None and bump(state, rule.bonus_key, bonus.window, time_ms, bonus.count) == bonus.count - 1:
         entry[3] += 1
         points += bonus.points
     if rule.max_points is not None:

@@ -61,12 +61,15 @@ class Rule:
     bonus: Bonus | None = None
     #: No limit applies: the engine adds `points` without looking further.
     plain: bool = field(init=False)
+    #: Positive points: an occurrence is activity (it restarts the decay clock).
+    positive: bool = field(init=False)
     cap_key: str = field(init=False)
     bonus_key: str = field(init=False)
 
     def __post_init__(self) -> None:
         plain = self.cap is None and self.once_per is None and self.max_points is None and self.bonus is None
         object.__setattr__(self, "plain", plain)
+        object.__setattr__(self, "positive", self.points > 0)
         object.__setattr__(self, "cap_key", "cap:" + self.name)
         object.__setattr__(self, "bonus_key", "bonus:" + self.name)
 

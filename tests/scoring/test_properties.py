@@ -10,11 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from scoring import Engine
+from scoring import Engine, LeadState
 from tests.scoring.support import DAY, HOUR, Run, engine, ev, shipped
 
 B2B = Engine([shipped("b2b")])
@@ -53,7 +52,7 @@ def b2b_events(draw: Any, max_size: int = 40) -> list[dict[str, Any]]:
 
 def outcome(run: Run) -> tuple[dict[Any, Any], list[dict[str, Any]], list[str]]:
     """States (decoded: the order of keys in a map is no difference), transitions, late events."""
-    states = {key: orjson.loads(raw) for key, raw in run.store.items()}
+    states = {key: LeadState.from_bytes(raw).as_dict() for key, raw in run.store.items()}
     return states, [t.to_dict() for t in run.transitions], [e.event_id for e in run.late]
 
 
