@@ -8,6 +8,7 @@ See scoring/MODELS.md for the model file format and the event schema.
 """
 
 from scoring.accounts import AccountRollup, AccountState, MemberScore
+from scoring.cache import StateCache
 from scoring.engine import BatchResult, Engine, ModelRuntime
 from scoring.errors import LeadstreamError, ModelError, StateError
 from scoring.events import Event, Rejection
@@ -28,6 +29,7 @@ __all__ = [
     "ModelError",
     "ModelRuntime",
     "Rejection",
+    "StateCache",
     "StateError",
     "Transition",
     "load_directory",
