@@ -9,7 +9,13 @@ late events. Both loops run over the same bytes in the same process:
 - parse only: `orjson.loads` of every event;
 - engine: `engine.parse` (orjson + validation) and `apply_batch` in batches of 1000 events
   against a dict of state bytes, decoding each state on first use in a batch and writing each
-  changed state back with `to_bytes()` once per batch, as the stream worker does.
+  changed state back with `to_bytes()` once per batch, as the stream worker does;
+- engine with cached states: the same with a `scoring.StateCache` in front of the bytes (states
+  kept decoded between batches; each changed state is still encoded once per batch for the
+  changelog), what a worker opting into the cache does.
+
+`summaries_skippable_share` is the share of changed states whose summary the batch did not
+change (`BatchResult.score_changed`): summaries a worker need not publish.
 
 Where the time goes: `py-spy record -f raw -o profile.txt -- leadstream bench engine` (py-spy is
 in the dev extra).
@@ -27,7 +33,7 @@ from typing import Any, Callable
 
 import orjson
 
-from scoring import Engine, LeadState, load_model
+from scoring import Engine, LeadState, StateCache, load_model
 from scoring.state import right_sized
 from streams.bench import print_figures, workload
 from streams.settings import Settings
@@ -58,7 +64,7 @@ def run(data: list[bytes], engine: Engine) -> dict[str, Any]:
     """Times both loops over `data`; returns the figures."""
     parse_s = min(_timed(lambda: _parse_only(data)) for _ in range(2))
     store: dict[tuple[str, str], bytes] = {}
-    counts = {"transitions": 0, "late": 0, "rejected": 0, "states_written": 0}
+    counts = {"transitions": 0, "late": 0, "rejected": 0, "states_written": 0, "score_changed": 0}
 
     def get_state(model: str, lead_id: str) -> LeadState | None:
         raw = store.get((model, lead_id))
@@ -74,8 +80,28 @@ def run(data: list[bytes], engine: Engine) -> dict[str, Any]:
             counts["late"] += len(result.late)
             counts["rejected"] += len(result.rejected)
             counts["states_written"] += len(result.states)
+            counts["score_changed"] += len(result.score_changed)
 
     engine_s = _timed(engine_loop)
+
+    cached_store: dict[tuple[str, str], bytes] = {}
+    cache = StateCache(max_states=max(1, len(store)))
+
+    def read_cached_store(model: str, lead_id: str) -> LeadState | None:
+        raw = cached_store.get((model, lead_id))
+        return None if raw is None else LeadState.from_bytes(raw)
+
+    def cached_loop() -> None:
+        parse = engine.parse
+        reader = cache.reader(read_cached_store)
+        for start in range(0, len(data), BATCH_EVENTS):
+            result = engine.apply_batch([parse(raw) for raw in data[start : start + BATCH_EVENTS]], reader)
+            for key, state in result.states.items():
+                cached_store[key] = state.to_bytes()
+            cache.commit(result)
+
+    cached_s = _timed(cached_loop)
+    assert cached_store == store, "cached states must give the same bytes"
     sizes = sorted(len(raw) for raw in store.values())
     parse_rate = len(data) / parse_s
     engine_rate = len(data) / engine_s
@@ -86,10 +112,13 @@ def run(data: list[bytes], engine: Engine) -> dict[str, Any]:
         "parse_only_events_per_s": round(parse_rate),
         "ratio": round(engine_rate / parse_rate, 3),
         "us_per_event": round(1e6 / engine_rate, 2),
+        "engine_cached_states_events_per_s": round(len(data) / cached_s),
+        "ratio_cached_states": round(len(data) / cached_s / parse_rate, 3),
         "bytes_per_lead_state": round(sum(sizes) / len(sizes), 1),
         "bytes_per_lead_state_p99": sizes[int(len(sizes) * 0.99)],
         "bytes_per_lead_state_max": sizes[-1],
         "states_written_per_batch": round(counts["states_written"] * BATCH_EVENTS / len(data), 1),
+        "summaries_skippable_share": round(1 - counts["score_changed"] / max(1, counts["states_written"]), 3),
         "transitions": counts["transitions"],
         "late": counts["late"],
         "rejected": counts["rejected"],
