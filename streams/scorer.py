@@ -2,14 +2,16 @@
 
 This is the adapter between Kafka and the pure engine. It knows nothing of Faust: the Faust app
 (streams/app.py) hands it batches of consumed messages and gives it a `StateStore` (the lead
-table) and a `send` function (the producer).
+table) and an `Outbox` (the producer).
 
-Delivery guarantee: at-least-once input with idempotent state. For each batch, crossings are
-sent and acknowledged by Kafka first, then the changed states (changelog), score changes and
-dead letters; the batch's offsets are committed only after all of that. After a crash the
-worker re-reads uncommitted messages against the recovered state: events already in the state
-are dropped by the engine's event-id de-duplication, and a crossing whose state write was lost
-is produced again with the same deterministic id, which consumers drop.
+Delivery guarantee: at-least-once input with idempotent state. For each batch, everything it
+produces (crossings, score changes, account updates, identity links, dead letters) is sent and
+acknowledged by Kafka first, then the changed states (changelog); the batch's offsets are
+committed only after both. After a crash the worker re-reads uncommitted messages against the
+recovered state: events already in the state are dropped by the engine's event-id
+de-duplication (so a durable state implies its outputs are durable too), and outputs whose
+state write was lost are produced again, crossings with the same deterministic id, which
+consumers drop.
 """
 
 from __future__ import annotations
@@ -136,14 +138,16 @@ class Scorer:
         stats.scored = len(events) - len(result.rejected) - len(result.late)
         stats.late = len(result.late)
 
-        # Crossings first: once a state is durable its crossing must already be in Kafka.
-        stats.crossings = await self._publish(result.transitions)
-
+        # Everything the batch produces goes first (crossings, score changes, account updates,
+        # links, dead letters), the states that record it last: once a state is durable, what
+        # it caused is in Kafka too, because a replay against that state changes nothing.
+        stats.crossings = self._queue_crossings(result.transitions)
         outbox = self.outbox
         for source, target, time_ms in links:
             outbox.add(self.settings.topic_identity, source.encode(), stitching.link_record(source, target, time_ms))
         now_ms = stats.newest_event_ms = max((e.time_ms for e in events), default=0)
         by_lead: dict[str, list[tuple[str, LeadState]]] = {}
+        writes: list[tuple[str, int, bytes]] = []
         for (model, lead_id), state in result.states.items():
             by_lead.setdefault(lead_id, []).append((model, state))
         for lead_id, changed in by_lead.items():
@@ -157,11 +161,14 @@ class Scorer:
                 if due is not None:
                     self.decay_index.schedule(partition, due, lead_id, model)
                 self._add_summary(model, lead_id, state, now_ms, partition)
-            self.store.put(lead_id, partition, lead_states.encode(states), outbox)
+            writes.append((lead_id, partition, lead_states.encode(states)))
         publish_updates(outbox, self.settings, result.account_updates, self.partitions)
         for letter in dead:
             stats.rejected[letter.reason] = stats.rejected.get(letter.reason, 0) + 1
             outbox.add(self.settings.topic_deadletter, letter.key, letter.to_bytes(), letter.partition)
+        await outbox.flush()
+        for lead_id, partition, value in writes:
+            self.store.put(lead_id, partition, value, outbox)
         await outbox.flush()
         return stats
 
@@ -193,7 +200,8 @@ class Scorer:
                 self.decay_index.schedule(partition, following, lead_id, model)
             self._add_summary(model, lead_id, state, now_ms, partition)
             writes.append((lead_id, partition, lead_states.encode(states)))
-        metrics.count_crossings(await self._publish(crossings))
+        metrics.count_crossings(self._queue_crossings(crossings))
+        await self.outbox.flush()  # crossings and score changes before the states below
         for lead_id, partition, value in writes:
             self.store.put(lead_id, partition, value, self.outbox)
         await self.outbox.flush()
@@ -259,8 +267,8 @@ class Scorer:
                     crossings.extend(crossed)
                     self._add_summary(model, target, state, time_ms, message.partition)
                 merged[target] = message.partition
-        # Also makes the merges durable before the markers below.
-        metrics.count_crossings(await self._publish(crossings))
+        metrics.count_crossings(self._queue_crossings(crossings))
+        await self.outbox.flush()  # the merges, crossings and score changes before the states below
         for source, target, partition in markers:
             cache[source] = stitching.marker(target)
             self.store.put(source, partition, lead_states.encode(cache[source]), self.outbox)
@@ -328,9 +336,9 @@ class Scorer:
         summary = self.engine.summary(model, lead_id, state, now_ms)
         self.outbox.add(self.settings.topic_scores, f"{model}/{lead_id}".encode(), orjson.dumps(summary), partition)
 
-    async def _publish(self, transitions: list[Transition]) -> list[Transition]:
-        """Send crossings and wait for Kafka's acknowledgement (anonymous visitors' are kept back:
-        no CRM can act on them; the known lead crosses when a merge lifts it). Returns those sent."""
+    def _queue_crossings(self, transitions: list[Transition]) -> list[Transition]:
+        """Queue crossings in the outbox (anonymous visitors' are kept back: no CRM can act on
+        them; the known lead crosses when a merge lifts it). Returns those queued."""
         published: list[Transition] = []
         for transition in transitions:
             if transition.kind == "lead" and stitching.is_anonymous(transition.lead_id):
@@ -339,5 +347,4 @@ class Scorer:
             key = record["lead_id"] if record.get("kind") == "lead" else record["account_id"]
             self.outbox.add(self.settings.topic_crossings, str(key).encode(), orjson.dumps(record))
             published.append(transition)
-        await self.outbox.flush()
         return published
