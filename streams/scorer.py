@@ -156,11 +156,7 @@ class Scorer:
             for model, state in changed:
                 if model not in states:
                     stats.new_leads[model] = stats.new_leads.get(model, 0) + 1
-                states[model] = state.to_bytes()
-                due = self.engine.next_due_ms(model, state)
-                if due is not None:
-                    self.decay_index.schedule(partition, due, lead_id, model)
-                self._add_summary(model, lead_id, state, now_ms, partition)
+                self._changed(states, model, lead_id, state, now_ms, partition)
             writes.append((lead_id, partition, lead_states.encode(states)))
         publish_updates(outbox, self.settings, result.account_updates, self.partitions)
         for letter in dead:
@@ -194,11 +190,7 @@ class Scorer:
             state, transitions = self.engine.decay(model, lead_id, state, now_ms)
             applied += 1
             crossings.extend(transitions)
-            states[model] = state.to_bytes()
-            following = self.engine.next_due_ms(model, state)
-            if following is not None:
-                self.decay_index.schedule(partition, following, lead_id, model)
-            self._add_summary(model, lead_id, state, now_ms, partition)
+            self._changed(states, model, lead_id, state, now_ms, partition)
             writes.append((lead_id, partition, lead_states.encode(states)))
         metrics.count_crossings(self._queue_crossings(crossings))
         await self.outbox.flush()  # crossings and score changes before the states below
@@ -263,9 +255,8 @@ class Scorer:
                     existing = states.get(model)
                     state, crossed = identity.merge(self.engine, model, target, None if existing is None else LeadState.from_bytes(existing),
                                                     LeadState.from_bytes(raw), source, time_ms)
-                    states[model] = state.to_bytes()
                     crossings.extend(crossed)
-                    self._add_summary(model, target, state, time_ms, message.partition)
+                    self._changed(states, model, target, state, time_ms, message.partition)
                 merged[target] = message.partition
         metrics.count_crossings(self._queue_crossings(crossings))
         await self.outbox.flush()  # the merges, crossings and score changes before the states below
@@ -331,6 +322,15 @@ class Scorer:
             return None if raw is None else LeadState.from_bytes(raw)
 
         return get_state
+
+    def _changed(self, states: dict[str, bytes], model: str, lead_id: str, state: LeadState, now_ms: int, partition: int) -> None:
+        """A lead's state changed: encode it among its models, schedule its next decay step,
+        queue its score change."""
+        states[model] = state.to_bytes()
+        due = self.engine.next_due_ms(model, state)
+        if due is not None:
+            self.decay_index.schedule(partition, due, lead_id, model)
+        self._add_summary(model, lead_id, state, now_ms, partition)
 
     def _add_summary(self, model: str, lead_id: str, state: LeadState, now_ms: int, partition: int) -> None:
         summary = self.engine.summary(model, lead_id, state, now_ms)
