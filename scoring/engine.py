@@ -35,7 +35,7 @@ _APPLIED, _DUPLICATE, _LATE, _TRAITS = 0, 1, 2, 3
 _NO_PROPERTIES: dict[str, Any] = {}
 
 #: Sets of trait values whose fit rules a model remembers (then it starts over).
-_FIT_MEMO = 4096
+_FIT_MEMO = 16384
 
 
 @dataclass(slots=True)
@@ -70,7 +70,7 @@ class ModelRuntime:
     __slots__ = (
         "model", "name", "matchers", "fit_match", "ladder", "lateness_ms", "floor", "ceiling",
         "remember", "history", "keep_traits", "steps", "half_life", "windows", "level_index", "up", "down",
-        "empty_fit", "first_level", "first_idle_ms", "history_chars", "level_names", "fit_keys", "_fit_memo",
+        "empty_fit", "first_level", "first_idle_ms", "history_chars", "level_names", "fit_keys", "fit_domain_keys", "classify", "_fit_memo",
     )  # fmt: skip
 
     def __init__(self, model: Model) -> None:
@@ -88,9 +88,16 @@ class ModelRuntime:
         self.fit_match: Matcher | None = (
             compile_matcher(((r, r.conditions) for r in model.fit_rules), classify) if model.fit_rules else None
         )
-        #: The traits fit rules read: their values decide which fit rules hold.
-        self.fit_keys = tuple(sorted({c.key for rule in model.fit_rules for c in rule.conditions}))
-        self._fit_memo: dict[tuple[Any, ...], tuple[tuple[FitRule, ...], float]] = {}
+        # Which fit rules hold depends only on the traits they read: on the value (and type)
+        # of most, on the domain class alone of those only tested with `domain` (an e-mail
+        # address is unique per lead, its class is one of four).
+        read = {c.key for rule in model.fit_rules for c in rule.conditions}
+        by_domain = {c.key for rule in model.fit_rules for c in rule.conditions if c.op == "domain"}
+        by_domain -= {c.key for rule in model.fit_rules for c in rule.conditions if c.op != "domain"}
+        self.fit_keys = tuple(sorted(read - by_domain))
+        self.fit_domain_keys = tuple(sorted(by_domain))
+        self.classify = classify
+        self._fit_memo: dict[tuple[Any, ...], tuple[tuple[FitRule, ...], float, list[tuple[float, str, float]]]] = {}
         self.ladder = model.ladder
         self.level_index = model.ladder.index
         self.level_names = model.ladder.names
@@ -132,20 +139,28 @@ class ModelRuntime:
         """The fit rules the traits meet, in model order."""
         return self._fit(traits)[0]
 
-    def _fit(self, traits: dict[str, Any]) -> tuple[tuple[FitRule, ...], float]:
-        """Fit rules met and their points, remembered by the values of the traits they read
-        (with their types: True, 1 and 1.0 are told apart); at most _FIT_MEMO sets of values."""
+    def fit_reasons(self, traits: dict[str, Any]) -> list[tuple[float, str, float]]:
+        """(-|points|, name, points) of the fit rules met with points: reasons' sort items."""
+        return self._fit(traits)[2]
+
+    def _fit(self, traits: dict[str, Any]) -> tuple[tuple[FitRule, ...], float, list[tuple[float, str, float]]]:
+        """Fit rules met and their points, remembered by what they read of the traits: values
+        with their types (True, 1 and 1.0 are told apart), and domain classes of the traits
+        only `domain` tests; at most _FIT_MEMO such keys."""
         if self.fit_match is None:
-            return (), 0
+            return (), 0, []
         values = tuple(map(traits.get, self.fit_keys))
-        key: tuple[Any, ...] | None = values + tuple(map(type, values))
+        key: tuple[Any, ...] | None = (
+            values + tuple(map(type, values)) + tuple(map(self.classify, map(traits.get, self.fit_domain_keys)))
+        )
         try:
             found = self._fit_memo.get(key)  # type: ignore[arg-type]
         except TypeError:  # a list or map trait value: not hashable
             key, found = None, None
         if found is None:
             matched: tuple[FitRule, ...] = tuple(self.fit_match(_NO_PROPERTIES, traits))
-            found = (matched, sum(rule.points for rule in matched))
+            items = [(-abs(rule.points), rule.name, rule.points) for rule in matched if rule.points]
+            found = (matched, sum(rule.points for rule in matched), items)
             if key is not None:
                 if len(self._fit_memo) >= _FIT_MEMO:
                     self._fit_memo.clear()

@@ -81,8 +81,7 @@ def reasons(runtime: ModelRuntime, state: LeadState, limit: int = TOP_REASONS) -
         if points:
             earned += points
             items.append((-abs(points), name, points))
-    if runtime.fit_match is not None:
-        items += [(-abs(rule.points), rule.name, rule.points) for rule in runtime.fit_rules(state.traits) if rule.points]
+    items += runtime.fit_reasons(state.traits)
     decayed = state.behaviour - earned
     if decayed:
         items.append((-abs(decayed), "decay", decayed))

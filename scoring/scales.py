@@ -9,6 +9,7 @@ every score has exactly one label.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import dataclass
 
 from scoring.config import Table
@@ -22,11 +23,8 @@ class Bands:
     starts: tuple[float, ...]
 
     def label(self, value: float) -> str:
-        starts = self.starts
-        i = len(starts) - 1
-        while value < starts[i]:
-            i -= 1
-        return self.labels[i]
+        # The last band starting at or below the value (starts[0] is -inf, so there is one).
+        return self.labels[bisect_right(self.starts, value) - 1]
 
 
 @dataclass(frozen=True, slots=True)

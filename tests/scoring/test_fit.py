@@ -4,6 +4,8 @@ together the grid cell A1..D4 (A1 best)."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from scoring import Engine
 from scoring.fit import parse_domains, shipped_list
@@ -98,3 +100,23 @@ def test_domain_class_precedence() -> None:
     assert lists.classify("a@globex.com") == "business"
     assert lists.classify("no-at-sign") is None
     assert lists.classify(42) is None
+
+
+_TRAIT_VALUES = st.one_of(
+    st.none(), st.booleans(), st.sampled_from([0, 1, 1.0, 9, 10, 200, 250.0, 5000, 8000]),
+    st.sampled_from(["VP Sales", "Student", "engineer", "Head of Growth", "DE", "US", "software", "retail"]),
+    st.sampled_from(["a@gmail.com", "b@GMAIL.com", "c@mailinator.com", "d@rivalscore.io", "e@acme.io", "f@eu.acme.io", "nope"]),
+    st.lists(st.integers(), max_size=2),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.dictionaries(st.sampled_from(["title", "company_size", "industry", "country", "email", "x"]), _TRAIT_VALUES), min_size=1, max_size=6))
+def test_remembered_fit_rules_are_the_rules_that_hold(traits_seen: list[dict]) -> None:
+    """Fit rules are remembered by what they read of the traits (values with their types, and
+    the domain class of an e-mail only tested by `domain`): never another lead's answer."""
+    runtime = Engine([shipped("b2b")]).runtime("b2b")
+    for traits in traits_seen + traits_seen:  # the second round answers from memory
+        expected = tuple(runtime.fit_match({}, traits)) if runtime.fit_match else ()
+        assert runtime.fit_rules(traits) == expected
+        assert runtime.fit_points(traits) == sum(rule.points for rule in expected)
