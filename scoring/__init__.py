@@ -4,7 +4,8 @@
     engine = Engine.from_directory("scoring/models")
     result = engine.apply_batch([engine.parse(raw) for raw in messages], get_state)
 
-See scoring/MODELS.md for the model file format and the event schema.
+See scoring/MODELS.md for the model file format and the event schema. A caller that keeps
+decoded states between batches uses `StateCache` (scoring/cache.py says when that is safe).
 """
 
 from scoring.accounts import AccountRollup, AccountState, MemberScore

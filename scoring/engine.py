@@ -24,7 +24,6 @@ from scoring.model import Model, load_directory
 from scoring.repeat import Window, drop_closed, limited_points
 from scoring.rules import Matcher, Rule, compile_matcher
 from scoring.state import HISTORY_CHARS_PER_CHANGE, SEPARATOR, LeadState
-
 from scoring.thresholds import Transition
 
 GetState = Callable[[str, str], "LeadState | None"]
