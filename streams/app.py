@@ -24,7 +24,7 @@ from kafka.errors import KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from scoring import Engine, LeadState
-from streams import lead_states, metrics
+from streams import lead_states, metrics, seek_first
 from streams.lag import LagProbe
 from streams.outbox import Outbox
 from streams.rollup import Rollup
@@ -113,9 +113,11 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
     async def on_revoked(sender: Any, revoked: Any = (), **kwargs: Any) -> None:
         metrics.REBALANCES.inc()
         metrics.READY.set(0)
+        scorer.sequence.reset()
         log.info("rebalance: partitions revoked count=%d", len(revoked))
 
     async def on_assigned(sender: Any, assigned: Any = (), **kwargs: Any) -> None:
+        seek_first.install(app.consumer)
         owned = sorted(tp.partition for tp in assigned if tp.topic == settings.topic_events)
         log.info("rebalance: partitions assigned events_partitions=%s", owned)
 

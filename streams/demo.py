@@ -62,12 +62,6 @@ def answers(port: int, path: str) -> bool:
         return False
 
 
-def wait_caught_up(probe: LagProbe, group: str, topic: str, timeout_s: float = 300) -> None:
-    deadline = time.monotonic() + timeout_s
-    while any(probe.lag(group, topic).values()) and time.monotonic() < deadline:
-        time.sleep(0.5)
-
-
 def read_all(settings: Settings, topic: str) -> list[tuple[bytes | None, dict]]:
     """Every record of a topic so far, as (key, parsed value)."""
     from kafka import KafkaConsumer
@@ -101,8 +95,8 @@ def run_demo(settings: Settings) -> int:
 
     probe = LagProbe(settings.kafka_bootstrap)
     try:
-        wait_caught_up(probe, settings.app_id, settings.topic_events)
-        wait_caught_up(probe, group_id(settings, "redis"), settings.topic_scores)
+        probe.wait_caught_up(settings.app_id, [settings.topic_events], timeout_s=300, poll_s=0.5)
+        probe.wait_caught_up(group_id(settings, "redis"), [settings.topic_scores], timeout_s=300, poll_s=0.5)
     finally:
         probe.close()
 

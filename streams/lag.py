@@ -6,6 +6,8 @@ the broker measures what an operator means by lag (what a restart would have to 
 
 from __future__ import annotations
 
+import time
+
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
 
@@ -29,6 +31,17 @@ class LagProbe:
             done = meta.offset if meta is not None and meta.offset >= 0 else 0
             result[tp.partition] = max(0, ends[tp] - done)
         return result
+
+    def wait_caught_up(self, group_id: str, topics: list[str], timeout_s: float, poll_s: float = 0.1) -> None:
+        """Until the group has committed everything in `topics` (it commits only what it has
+        processed, so its outputs are in Kafka too); TimeoutError after `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            lags = [self.lag(group_id, topic) for topic in topics]
+            if all(lag and not any(lag.values()) for lag in lags):
+                return
+            time.sleep(poll_s)
+        raise TimeoutError(f"group {group_id} did not catch up on {', '.join(topics)} within {timeout_s:.0f} s")
 
     def close(self) -> None:
         self.admin.close()

@@ -31,6 +31,12 @@ DECAY_STEPS = Counter("leadstream_decay_steps", "Decay steps applied by the time
 DECAY_DUE = Gauge("leadstream_decay_index_size", "Scheduled decay steps of the leads on owned partitions.")
 LEADS_IN_STATE = Gauge("leadstream_leads_in_state", "Leads with state on this worker, by model.", ["model"])
 RECOVERY_REMAINING = Gauge("leadstream_table_recovery_remaining", "Changelog records left to replay before the tables are ready.")
+OFFSET_ANOMALIES = Counter(
+    "leadstream_offset_anomalies",
+    "Messages of the raw or identity topic delivered out of sequence within one assignment: "
+    "`gap` (offsets skipped: events this worker never saw) or `repeat` (an offset delivered again).",
+    ["kind"],
+)
 REBALANCES = Counter("leadstream_rebalances", "Consumer group rebalances this worker went through.")
 READY = Gauge("leadstream_worker_ready", "1 when tables are recovered and the worker is scoring, else 0.")
 

@@ -17,6 +17,7 @@ consumers drop.
 from __future__ import annotations
 
 import heapq
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -32,6 +33,8 @@ from streams.partitioning import partition_for
 from streams.rollup import publish_updates
 from streams.settings import Settings
 from streams.stage import Consumed, StateStore
+
+log = logging.getLogger("leadstream.worker")
 
 #: An event larger than this is rejected (`too_large`): no behavioural event needs it, and one
 #: would bloat the lead's state and every batch it rides in.
@@ -94,6 +97,37 @@ class DecayIndex:
         return sum(len(heap) for heap in self._heaps.values())
 
 
+class OffsetSequence:
+    """Checks that each partition's messages arrive in sequence, once: a skipped offset is an
+    event this worker never scored, which no later check would notice (streams/seek_first.py
+    closes the one way Faust was seen to do it). Only topics without compaction or
+    transactions are checked: their offsets have no legitimate holes."""
+
+    def __init__(self, topics: set[str]) -> None:
+        self.topics = topics
+        self._next: dict[tuple[str, int], int] = {}
+
+    def observe(self, batch: Sequence[Consumed]) -> None:
+        following = self._next
+        for message in batch:
+            if message.topic not in self.topics:
+                continue
+            key = (message.topic, message.partition)
+            expected = following.get(key)
+            if expected is not None and message.offset != expected:
+                if message.offset > expected:
+                    metrics.OFFSET_ANOMALIES.labels("gap").inc(message.offset - expected)
+                    log.warning("offsets skipped: topic=%s partition=%d missing=%d..%d",
+                                message.topic, message.partition, expected, message.offset - 1)
+                else:
+                    metrics.OFFSET_ANOMALIES.labels("repeat").inc()
+            following[key] = max(message.offset + 1, expected or 0)
+
+    def reset(self) -> None:
+        """After a rebalance: a partition may come back from another worker further on."""
+        self._next.clear()
+
+
 class Scorer:
     def __init__(self, engine: Engine, settings: Settings, store: StateStore, outbox: Outbox, partitions: int) -> None:
         self.engine = engine
@@ -103,8 +137,10 @@ class Scorer:
         self.partitions = partitions
         self.decay_index = DecayIndex()
         self.models = {model.name for model in engine.models}
+        self.sequence = OffsetSequence({settings.topic_events, settings.topic_identity})
 
     async def process(self, batch: Sequence[Consumed]) -> BatchStats:
+        self.sequence.observe(batch)
         with metrics.BATCH_SECONDS.time():
             stats = await self._process(batch)
         stats.record()

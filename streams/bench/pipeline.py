@@ -29,7 +29,7 @@ from streams.lag import LagProbe
 from streams.processes import WorkerProcess, free_port
 from streams.send import open_producer, produce
 from streams.settings import Settings
-from streams.topics import ensure_topics
+from streams.topics import delete_topics, ensure_topics
 
 DAY_MS = 86_400_000
 LIVE_PREFIX = "live-"
@@ -76,16 +76,6 @@ async def raw_ceiling(settings: Settings, expected_events: int) -> float:
         return seen / (time.perf_counter() - started)
     finally:
         await consumer.stop()
-
-
-def wait_caught_up(probe: LagProbe, settings: Settings, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        lags = probe.lag(settings.app_id, settings.topic_events)
-        if lags and not any(lags.values()) and not any(probe.lag(settings.app_id, settings.topic_accounts).values()):
-            return
-        time.sleep(0.1)
-    raise TimeoutError(f"the worker did not catch up within {timeout_s:.0f} s")
 
 
 def crossing_latencies(settings: Settings, rate_per_s: int, seconds: float, leads: int, seed: int) -> list[float]:
@@ -160,7 +150,7 @@ def run(settings: Settings, events: int, leads: int, seed: int, events_per_messa
     try:
         worker.start()
         started = time.perf_counter()
-        wait_caught_up(probe, settings, timeout_s=1800)
+        probe.wait_caught_up(settings.app_id, [settings.topic_events, settings.topic_accounts], timeout_s=1800)
         elapsed = time.perf_counter() - started
         latencies = crossing_latencies(settings, rate_per_s=5000, seconds=10, leads=5000, seed=seed + 1)
         _, body = worker.get("/metrics")
@@ -179,6 +169,7 @@ def run(settings: Settings, events: int, leads: int, seed: int, events_per_messa
         recovering.stop()
         probe.close()
         shutil.rmtree(state_dir, ignore_errors=True)
+        delete_topics(settings, settings.app_id)
     ordered = sorted(latencies)
     return {
         "events": events,

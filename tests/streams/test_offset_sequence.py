@@ -1,0 +1,41 @@
+"""The worker's check that each partition's messages arrive in sequence (streams/scorer.py)."""
+
+from __future__ import annotations
+
+from prometheus_client import REGISTRY
+
+from streams.scorer import OffsetSequence
+from streams.stage import Consumed
+
+
+def counted(kind: str) -> float:
+    return REGISTRY.get_sample_value("leadstream_offset_anomalies_total", {"kind": kind}) or 0.0
+
+
+def messages(topic: str, partition: int, *offsets: int) -> list[Consumed]:
+    return [Consumed(topic, partition, offset, b"k", b"{}") for offset in offsets]
+
+
+def test_gaps_and_repeats_are_counted_per_partition() -> None:
+    sequence = OffsetSequence({"events"})
+    gaps, repeats = counted("gap"), counted("repeat")
+    sequence.observe(messages("events", 0, 10, 11, 12) + messages("events", 1, 40, 41))
+    sequence.observe(messages("events", 0, 13, 14) + messages("events", 1, 42))
+    assert (counted("gap"), counted("repeat")) == (gaps, repeats)  # the first offset seen starts a partition
+
+    sequence.observe(messages("events", 0, 18, 19))  # 15, 16 and 17 never came
+    assert counted("gap") == gaps + 3
+    sequence.observe(messages("events", 1, 42, 43))  # 42 again
+    assert counted("repeat") == repeats + 1
+    sequence.observe(messages("events", 1, 44))  # in sequence after the repeat
+    assert (counted("gap"), counted("repeat")) == (gaps + 3, repeats + 1)
+
+
+def test_unchecked_topics_and_a_rebalance_start_over() -> None:
+    sequence = OffsetSequence({"events"})
+    gaps = counted("gap")
+    sequence.observe(messages("profiles", 0, 1, 5, 9))  # compacted: holes are normal
+    sequence.observe(messages("events", 2, 100))
+    sequence.reset()  # partition 2 went to another worker and came back further on
+    sequence.observe(messages("events", 2, 250, 251))
+    assert counted("gap") == gaps
