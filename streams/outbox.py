@@ -23,21 +23,22 @@ class Outbox:
         self.partitions = partitions
         self._producer: AIOKafkaProducer | None = None
         self._pending: dict[tuple[str, int], list[tuple[bytes | None, bytes]]] = defaultdict(list)
+        # The agents and the decay timer share the outbox: flushes take turns, so a flush never
+        # returns while records added before it are still in flight under another one (and two
+        # first flushes do not start two producers).
+        self._flushing: asyncio.Lock | None = None
 
-    async def _started(self) -> AIOKafkaProducer:
-        # Started on first use, inside the worker's event loop.
-        if self._producer is None:
-            producer = AIOKafkaProducer(
-                bootstrap_servers=self.bootstrap_servers,
-                acks="all",
-                enable_idempotence=True,
-                linger_ms=2,
-                max_batch_size=512 * 1024,
-                client_id="leadstream-worker",
-            )
-            await producer.start()
-            self._producer = producer
-        return self._producer
+    async def _start(self) -> AIOKafkaProducer:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap_servers,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=2,
+            max_batch_size=512 * 1024,
+            client_id="leadstream-worker",
+        )
+        await producer.start()
+        return producer
 
     async def stop(self) -> None:
         if self._producer is not None:
@@ -54,10 +55,16 @@ class Outbox:
 
     async def flush(self) -> None:
         """Send everything added so far and wait until Kafka acknowledged all of it."""
-        pending, self._pending = self._pending, defaultdict(list)
-        if not pending:
-            return
-        producer = await self._started()
+        if self._flushing is None:  # created inside the worker's event loop
+            self._flushing = asyncio.Lock()
+        async with self._flushing:
+            pending, self._pending = self._pending, defaultdict(list)
+            if pending:
+                if self._producer is None:
+                    self._producer = await self._start()
+                await self._send(self._producer, pending)
+
+    async def _send(self, producer: AIOKafkaProducer, pending: dict[tuple[str, int], list[tuple[bytes | None, bytes]]]) -> None:
         deliveries = []
         for (topic, partition), records in pending.items():
             batch = producer.create_batch()
