@@ -31,7 +31,7 @@ from sinks.errors import SinkError
 from sinks.runner import SinkRunner
 from streams import services
 from streams.settings import PROJECT_ROOT, Settings
-from streams.topics import TopicSpec, ensure_topics
+from streams.topics import TopicSpec, delete_topics, ensure_topics
 
 LATENCIES_MS = (0, 50)
 CONCURRENCIES = (1, 16)
@@ -101,7 +101,7 @@ def _run(base: Settings, connector: str, latency_ms: int, concurrency: int, coun
         wall_s = time.monotonic() - started
         stamps = sorted(times()) or [started, started + wall_s]
     span_s = max(stamps[-1] - stamps[0], 1e-6)
-    _cleanup(settings, [topic, f"{topic}-dlq-{connector}"])
+    _cleanup(settings, topic)
     return Run(round((len(stamps) - 1) / span_s, 1), round(wall_s, 2), stats.delivered)
 
 
@@ -208,13 +208,10 @@ def _produce(settings: Settings, topic: str, connector: str, count: int) -> None
     producer.close()
 
 
-def _cleanup(settings: Settings, topics: list[str]) -> None:
-    from kafka import KafkaAdminClient
+def _cleanup(settings: Settings, topic: str) -> None:
     from redis import Redis
 
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    admin.delete_topics(topics)
-    admin.close()
+    delete_topics(settings, topic)  # the topic and its dead-letter topics
     redis = Redis.from_url(settings.redis_url)
     keys = list(redis.scan_iter(f"{settings.redis_prefix}:*", count=5000))
     for start in range(0, len(keys), 1000):

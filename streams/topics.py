@@ -69,3 +69,19 @@ def ensure_topics(settings: Settings, specs: list[TopicSpec] | None = None) -> l
         return lines
     finally:
         admin.close()
+
+
+def delete_topics(settings: Settings, prefix: str) -> list[str]:
+    """Delete every topic whose name starts with `prefix` (a test's or a benchmark's own
+    pipeline, Faust's changelog topics included), so runs do not pile partitions onto the broker
+    (thousands of them make its start take minutes). Returns the names deleted."""
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id="leadstream-topics")
+    try:
+        doomed = sorted(name for name in admin.list_topics() if name.startswith(prefix))
+        if doomed:
+            admin.delete_topics(doomed)
+        return doomed
+    finally:
+        admin.close()

@@ -17,7 +17,7 @@ import pytest
 from streams import services
 from streams.processes import WorkerProcess
 from streams.settings import Settings
-from streams.topics import ensure_topics
+from streams.topics import delete_topics, ensure_topics
 from streams.processes import free_port
 
 
@@ -30,7 +30,7 @@ def local_services() -> Settings:
 
 
 @pytest.fixture
-def isolated(local_services: Settings, tmp_path: Path) -> Settings:
+def isolated(local_services: Settings, tmp_path: Path) -> Iterator[Settings]:
     """Settings with this test's own topics, app id (consumer group), state directory and ports."""
     tag = uuid.uuid4().hex[:10]
     settings = local_services.namespaced(
@@ -41,7 +41,8 @@ def isolated(local_services: Settings, tmp_path: Path) -> Settings:
         metrics_port=free_port(),
     )
     ensure_topics(settings)
-    return settings
+    yield settings
+    delete_topics(settings, settings.app_id)
 
 
 @pytest.fixture
