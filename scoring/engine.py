@@ -33,6 +33,9 @@ _APPLIED, _DUPLICATE, _LATE, _TRAITS = 0, 1, 2, 3
 
 _NO_PROPERTIES: dict[str, Any] = {}
 
+# What no summary ever showed (a lead new to the batch): unequal to any state's.
+_NOT_SHOWN: tuple[Any, ...] = (None, None, None, None)
+
 #: Sets of trait values whose fit rules a model remembers (then it starts over).
 _FIT_MEMO = 16384
 
@@ -52,7 +55,8 @@ class BatchResult:
     #: Events no model's filter took (their product matches no model).
     unrouted: int = 0
     #: The keys of `states` whose summary (`Engine.summary`: score and scales, level, top
-    #: reasons, last activity, account) the batch's events changed; the other changed states
+    #: reasons, last activity, account) the batch's events changed, and leads new to the
+    #: table (their first summary); the other changed states
     #: differ only in what a summary does not show (remembered event ids, window counters,
     #: occurrence counts), so a caller publishing summaries can skip them. Decay between
     #: events is not a change here: `Engine.next_due_ms` says when to evaluate it.
@@ -466,7 +470,7 @@ class Engine:
         result = BatchResult()
         states: dict[tuple[str, str], LeadState] = {}
         # What a summary shows, as loaded: the history changes with every change of points.
-        shown: dict[tuple[str, str], tuple[str, str, int, str | None]] = {}
+        shown: dict[tuple[str, str], tuple[Any, ...]] = {}
         scores_before: dict[tuple[str, str], float] = {}
         changed: dict[tuple[str, str], ModelRuntime] = {}
         score_changed = result.score_changed
@@ -492,10 +496,12 @@ class Engine:
                 state = states.get(key)
                 if state is None:
                     state = get_state(runtime.name, lead_id)
-                    if state is None:
+                    if state is None:  # a new lead: its first summary is news
                         state = runtime.new_state()
+                        shown[key] = _NOT_SHOWN
+                    else:
+                        shown[key] = (state.history, state.level, state.last_activity_ms, state.account_id)
                     states[key] = state
-                    shown[key] = (state.history, state.level, state.last_activity_ms, state.account_id)
                     if state.account_id is not None:
                         scores_before[key] = runtime.score(state)
                 outcome = runtime.apply(state, event, transitions)

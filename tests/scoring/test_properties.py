@@ -159,3 +159,20 @@ def test_hysteresis_prevents_flapping(wobble: list[str]) -> None:
             score += step
             events.append(ev(kind, at=len(events)))
     assert Run(HYSTERESIS).apply(*events, batch=6).levels() == [("cold", "mql")]
+
+
+@FAST
+@given(b2b_events(), st.integers(min_value=1, max_value=39))
+def test_summaries_outside_score_changed_are_unchanged(events: list[dict[str, Any]], cut: int) -> None:
+    """BatchResult.score_changed names every changed state whose summary the batch changed, and
+    every lead new to the table: the summary of any other changed state is the same before and
+    after the batch (at one time)."""
+    run = Run(B2B).apply(*events[:cut])
+    now = max(e["time"] for e in events)
+    before = {key: B2B.summary(key[0], key[1], LeadState.from_bytes(raw), now) for key, raw in run.store.items()}
+    result = B2B.apply_batch([B2B.parse(e) for e in events[cut:]], run.get)
+    assert result.score_changed <= set(result.states)
+    assert set(result.states) - set(before) <= result.score_changed  # new leads
+    for key, state in result.states.items():
+        if key not in result.score_changed:
+            assert B2B.summary(key[0], key[1], state, now) == before[key]
