@@ -186,13 +186,16 @@ class Scorer:
         writes: list[tuple[str, int, bytes]] = []
         for (model, lead_id), state in result.states.items():
             by_lead.setdefault(lead_id, []).append((model, state))
+        score_changed = result.score_changed
         for lead_id, changed in by_lead.items():
             partition = partition_of[lead_id]
             states = cache.get(lead_id, {})
             for model, state in changed:
                 if model not in states:
                     stats.new_leads[model] = stats.new_leads.get(model, 0) + 1
-                self._changed(states, model, lead_id, state, now_ms, partition)
+                # A state whose summary the batch left as it was (a duplicate, a capped open,
+                # a counter moved) is written, but its score change would repeat the last one.
+                self._changed(states, model, lead_id, state, now_ms, partition, (model, lead_id) in score_changed)
             writes.append((lead_id, partition, lead_states.encode(states)))
         publish_updates(outbox, self.settings, result.account_updates, self.partitions)
         for letter in dead:
@@ -359,14 +362,16 @@ class Scorer:
 
         return get_state
 
-    def _changed(self, states: dict[str, bytes], model: str, lead_id: str, state: LeadState, now_ms: int, partition: int) -> None:
+    def _changed(self, states: dict[str, bytes], model: str, lead_id: str, state: LeadState, now_ms: int, partition: int,
+                 publish: bool = True) -> None:
         """A lead's state changed: encode it among its models, schedule its next decay step,
-        queue its score change."""
+        queue its score change (unless `publish` is false: the summary is the same as before)."""
         states[model] = state.to_bytes()
         due = self.engine.next_due_ms(model, state)
         if due is not None:
             self.decay_index.schedule(partition, due, lead_id, model)
-        self._add_summary(model, lead_id, state, now_ms, partition)
+        if publish:
+            self._add_summary(model, lead_id, state, now_ms, partition)
 
     def _add_summary(self, model: str, lead_id: str, state: LeadState, now_ms: int, partition: int) -> None:
         summary = self.engine.summary(model, lead_id, state, now_ms)
