@@ -101,6 +101,10 @@ class Settings:
     batch_within_ms: int = _setting(
         "LEADSTREAM_BATCH_WITHIN_MS", 20, "Longest the worker waits to fill a batch before scoring it."
     )
+    gc_young_threshold: int = _setting(
+        "LEADSTREAM_GC_YOUNG_THRESHOLD", 50000,
+        "Allocations between the worker's young garbage collections (0: Python's default, 700).",
+    )
     decay_interval_s: int = _setting(
         "LEADSTREAM_DECAY_INTERVAL_S", 5, "How often the worker applies the decay steps that are due."
     )

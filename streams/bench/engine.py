@@ -14,8 +14,8 @@ late events. Both loops run over the same bytes in the same process:
   kept decoded between batches; each changed state is still encoded once per batch for the
   changelog), what a worker opting into the cache does.
 
-- engine with a tuned collector: the first loop again after `gc.freeze()` and
-  `gc.set_threshold(50_000, 20, 100)`, what a long-running worker may set at start-up; the
+- engine with a tuned collector: the first loop again with the collector tuned as the worker
+  tunes it at start-up (streams/worker.py `tune_collector`, LEADSTREAM_GC_YOUNG_THRESHOLD); the
   collector takes a quarter to a third of the first loop's time on this workload.
 
 `summaries_skippable_share` is the share of changed states whose summary the batch did not
@@ -42,6 +42,7 @@ from scoring import Engine, LeadState, StateCache, load_model
 from scoring.state import right_sized
 from streams.bench import print_figures, workload
 from streams.settings import Settings
+from streams.worker import tune_collector
 
 BATCH_EVENTS = 1000
 START_MS = 1_761_955_200_000  # 2025-11-01T00:00:00Z
@@ -127,9 +128,7 @@ def run(data: list[bytes], engine: Engine) -> dict[str, Any]:
                 tuned_store[key] = state.to_bytes()
 
     thresholds = gc.get_threshold()
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
+    tune_collector(Settings.gc_young_threshold)
     try:
         tuned_s = _timed(tuned_loop)
     finally:
