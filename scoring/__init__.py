@@ -4,12 +4,10 @@
     engine = Engine.from_directory("scoring/models")
     result = engine.apply_batch([engine.parse(raw) for raw in messages], get_state)
 
-See scoring/MODELS.md for the model file format and the event schema. A caller that keeps
-decoded states between batches uses `StateCache` (scoring/cache.py says when that is safe).
+See scoring/MODELS.md for the model file format and the event schema.
 """
 
 from scoring.accounts import AccountRollup, AccountState, MemberScore
-from scoring.cache import StateCache
 from scoring.engine import BatchResult, Engine, ModelRuntime
 from scoring.errors import LeadstreamError, ModelError, StateError
 from scoring.events import Event, Rejection
@@ -30,7 +28,6 @@ __all__ = [
     "ModelError",
     "ModelRuntime",
     "Rejection",
-    "StateCache",
     "StateError",
     "Transition",
     "load_directory",

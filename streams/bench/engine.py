@@ -4,22 +4,18 @@ The workload is generated before any timing, from a seed, so runs are reproducib
 B2B workload of streams/bench/workload.py (half the events on leads drawn uniformly, half
 Zipf-skewed; e-mail opens and clicks, page views with URLs, form fills, profile updates,
 negative events) scored by the example B2B model, with 1% redelivered duplicates and a few
-late events. Both loops run over the same bytes in the same process:
+late events. The loops run over the same bytes in the same process:
 
 - parse only: `orjson.loads` of every event;
 - engine: `engine.parse` (orjson + validation) and `apply_batch` in batches of 1000 events
   against a dict of state bytes, decoding each state on first use in a batch and writing each
   changed state back with `to_bytes()` once per batch, as the stream worker does;
-- engine with cached states: the same with a `scoring.StateCache` in front of the bytes (states
-  kept decoded between batches; each changed state is still encoded once per batch for the
-  changelog), what a worker opting into the cache does.
-
 - engine with a tuned collector: the first loop again with the collector tuned as the worker
   tunes it at start-up (streams/worker.py `tune_collector`, LEADSTREAM_GC_YOUNG_THRESHOLD); the
   collector takes a quarter to a third of the first loop's time on this workload.
 
 `summaries_skippable_share` is the share of changed states whose summary the batch did not
-change (`BatchResult.score_changed`): summaries a worker need not publish.
+change (`BatchResult.score_changed`): score changes the worker does not publish.
 
 Where the time goes: `py-spy record -f raw -o profile.txt -- leadstream bench engine` (py-spy is
 in the dev extra).
@@ -38,7 +34,7 @@ from typing import Any, Callable
 
 import orjson
 
-from scoring import Engine, LeadState, StateCache, load_model
+from scoring import Engine, LeadState, load_model
 from scoring.state import right_sized
 from streams.bench import print_figures, workload
 from streams.settings import Settings
@@ -67,70 +63,19 @@ def generate(events: int, leads: int, seed: int) -> list[bytes]:
 
 
 def run(data: list[bytes], engine: Engine) -> dict[str, Any]:
-    """Times both loops over `data`; returns the figures."""
+    """Times the loops over `data`; returns the figures."""
     parse_s = min(_timed(lambda: _parse_only(data)) for _ in range(2))
-    store: dict[tuple[str, str], bytes] = {}
     counts = {"transitions": 0, "late": 0, "rejected": 0, "states_written": 0, "score_changed": 0}
+    store: dict[tuple[str, str], bytes] = {}
+    engine_s = _timed(lambda: _score(data, engine, store, counts))
 
-    def get_state(model: str, lead_id: str) -> LeadState | None:
-        raw = store.get((model, lead_id))
-        return None if raw is None else LeadState.from_bytes(raw)
-
-    def engine_loop() -> None:
-        parse = engine.parse
-        for start in range(0, len(data), BATCH_EVENTS):
-            result = engine.apply_batch([parse(raw) for raw in data[start : start + BATCH_EVENTS]], get_state)
-            for key, state in result.states.items():
-                store[key] = state.to_bytes()
-            counts["transitions"] += len(result.transitions)
-            counts["late"] += len(result.late)
-            counts["rejected"] += len(result.rejected)
-            counts["states_written"] += len(result.states)
-            counts["score_changed"] += len(result.score_changed)
-
-    engine_s = _timed(engine_loop)
-
-    cached_store: dict[tuple[str, str], bytes] = {}
-    cache = StateCache(max_states=max(1, len(store)))
-
-    def read_cached_store(model: str, lead_id: str) -> LeadState | None:
-        raw = cached_store.get((model, lead_id))
-        return None if raw is None else LeadState.from_bytes(raw)
-
-    def cached_loop() -> None:
-        parse = engine.parse
-        reader = cache.reader(read_cached_store)
-        for start in range(0, len(data), BATCH_EVENTS):
-            result = engine.apply_batch([parse(raw) for raw in data[start : start + BATCH_EVENTS]], reader)
-            for key, state in result.states.items():
-                cached_store[key] = state.to_bytes()
-            cache.commit(result)
-
-    cached_s = _timed(cached_loop)
-    assert cached_store == store, "cached states must give the same bytes"
-    del cached_store, cache
-
-    # The first loop again with the collector tuned as a long-running worker may tune it: what
-    # exists at start-up frozen out of collections, and young collections every 50,000
-    # allocations instead of 700 (a batch's live events and states are then not scanned and
-    # promoted several times over before the batch ends).
+    # The same loop with the collector tuned as the worker tunes it at start-up: a batch's live
+    # events and states are then not scanned and promoted several times over before it ends.
     tuned_store: dict[tuple[str, str], bytes] = {}
-
-    def read_tuned_store(model: str, lead_id: str) -> LeadState | None:
-        raw = tuned_store.get((model, lead_id))
-        return None if raw is None else LeadState.from_bytes(raw)
-
-    def tuned_loop() -> None:
-        parse = engine.parse
-        for start in range(0, len(data), BATCH_EVENTS):
-            result = engine.apply_batch([parse(raw) for raw in data[start : start + BATCH_EVENTS]], read_tuned_store)
-            for key, state in result.states.items():
-                tuned_store[key] = state.to_bytes()
-
     thresholds = gc.get_threshold()
     tune_collector(Settings.gc_young_threshold)
     try:
-        tuned_s = _timed(tuned_loop)
+        tuned_s = _timed(lambda: _score(data, engine, tuned_store, None))
     finally:
         gc.set_threshold(*thresholds)
         gc.unfreeze()
@@ -148,8 +93,6 @@ def run(data: list[bytes], engine: Engine) -> dict[str, Any]:
         "us_per_event": round(1e6 / engine_rate, 2),
         "engine_gc_tuned_events_per_s": round(len(data) / tuned_s),
         "ratio_gc_tuned": round(len(data) / tuned_s / parse_rate, 3),
-        "engine_cached_states_events_per_s": round(len(data) / cached_s),
-        "ratio_cached_states": round(len(data) / cached_s / parse_rate, 3),
         "bytes_per_lead_state": round(sum(sizes) / len(sizes), 1),
         "bytes_per_lead_state_p99": sizes[int(len(sizes) * 0.99)],
         "bytes_per_lead_state_max": sizes[-1],
@@ -161,6 +104,27 @@ def run(data: list[bytes], engine: Engine) -> dict[str, Any]:
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "python": sys.version.split()[0],
     }
+
+
+def _score(data: list[bytes], engine: Engine, store: dict[tuple[str, str], bytes], counts: dict[str, int] | None) -> None:
+    """The engine as the worker drives it: batches of parsed events against a table of state
+    bytes, each state decoded on first use in a batch and written back once per batch."""
+
+    def get_state(model: str, lead_id: str) -> LeadState | None:
+        raw = store.get((model, lead_id))
+        return None if raw is None else LeadState.from_bytes(raw)
+
+    parse = engine.parse
+    for start in range(0, len(data), BATCH_EVENTS):
+        result = engine.apply_batch([parse(raw) for raw in data[start : start + BATCH_EVENTS]], get_state)
+        for key, state in result.states.items():
+            store[key] = state.to_bytes()
+        if counts is not None:
+            counts["transitions"] += len(result.transitions)
+            counts["late"] += len(result.late)
+            counts["rejected"] += len(result.rejected)
+            counts["states_written"] += len(result.states)
+            counts["score_changed"] += len(result.score_changed)
 
 
 def _parse_only(data: list[bytes]) -> None:
