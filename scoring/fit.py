@@ -21,6 +21,9 @@ _LIST_FILES = {
     "competitor": "competitor_domains.txt",
 }
 
+#: Distinct e-mail domains `DomainLists.classify` remembers.
+_SEEN_DOMAINS = 16384
+
 
 @dataclass(frozen=True, slots=True)
 class FitRule:
@@ -34,23 +37,35 @@ class FitRule:
 class DomainLists:
     """E-mail domain -> class, precedence resolved once: competitor, disposable, free."""
 
-    __slots__ = ("classes",)
+    __slots__ = ("classes", "_seen")
 
     def __init__(self, free: frozenset[str], disposable: frozenset[str], competitor: frozenset[str]) -> None:
         classes = dict.fromkeys(free, "free")
         classes.update(dict.fromkeys(disposable, "disposable"))
         classes.update(dict.fromkeys(competitor, "competitor"))
         self.classes = classes
+        #: Domains as written -> class. Fit scoring classifies the lead's address for every
+        #: identify and every crossing or summary, and few domains recur across leads
+        #: (gmail.com, the customers' companies); at most _SEEN_DOMAINS, then it starts over.
+        self._seen: dict[str, str] = {}
 
     def classify(self, email: Any) -> str | None:
         """'competitor', 'disposable', 'free' or 'business' for an e-mail address; None when
         the value is not an address. Subdomains belong to their domain (eu.rival.io is rival.io)."""
         if email.__class__ is not str:
             return None
-        domain = email.rpartition("@")[2]
-        if not domain or len(domain) == len(email):
+        written = email.rpartition("@")[2]
+        if not written or len(written) == len(email):
             return None
-        domain = domain.strip().lower()
+        found = self._seen.get(written)
+        if found is None:
+            found = self._lookup(written.strip().lower())
+            if len(self._seen) >= _SEEN_DOMAINS:
+                self._seen.clear()
+            self._seen[written] = found
+        return found
+
+    def _lookup(self, domain: str) -> str:
         classes = self.classes
         while True:
             found = classes.get(domain)
