@@ -165,6 +165,8 @@ class SinkRunner(Generic[T]):
                     # Replay only what is there now: what gets dead-lettered again during the
                     # replay lands after this end and waits for the next replay.
                     end = consumer.end_offsets(list(consumer.assignment()))
+                    log.info("sink %s: replaying %s up to offsets %s", self.sink.name, topic,
+                             {tp.partition: offset for tp, offset in end.items() if offset})
                 messages = [m for records in batch.values() for m in records]
                 if end is not None:
                     messages = [m for m in messages if m.offset < end.get(_tp(m), 0)]

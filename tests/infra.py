@@ -19,16 +19,21 @@ def write_jsonl(path: Path, records: list[dict]) -> Path:
 
 
 def leadstream(settings: Settings, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """Run the real `leadstream` CLI with these settings, as a user would."""
-    return subprocess.run(
-        [sys.executable, "-m", "streams.cli", *args],
-        env={**os.environ, **settings.as_env()},
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=check,
-    )
+    """Run the real `leadstream` CLI with these settings, as a user would. A run that outlives
+    `timeout` fails with the tail of what it logged, to show where it was waiting."""
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "streams.cli", *args],
+            env={**os.environ, **settings.as_env()},
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=check,
+        )
+    except subprocess.TimeoutExpired as exc:
+        logged = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else exc.stderr or ""
+        raise AssertionError(f"leadstream {' '.join(args)} still running after {timeout:.0f} s; its log ends:\n{logged[-4000:]}") from None
 
 
 def read_topic(settings: Settings, topic: str, *, expect: int | None = None, timeout_s: float = 60.0, idle_s: float = 3.0) -> list[tuple[bytes | None, dict]]:
