@@ -5,14 +5,22 @@ relies on and nothing more: unknown top-level fields are ignored, so payloads of
 (Segment's `context`, `anonymousId`) pass through. A bad event is never an exception: it is a
 `Rejection` with a short `reason` code a dead-letter consumer can count and a `detail` sentence
 naming the field.
+
+Two paths, one contract. Well-formed JSON bytes are decoded straight into an `Event` by msgspec,
+which checks types and bounds in C while it parses (about 0.6 us an event here, against 2.2 us
+for orjson and the same checks in Python). Anything that path refuses, and every parsed value
+handed in, takes the careful path: orjson, then each check in turn, so a rejection names the
+first field that is wrong, and the forms only it accepts (numeric ids, ISO-8601 times, null
+maps, an identify without event id) still pass.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Annotated, Any
 
+import msgspec
 import orjson
 
 #: Largest single event accepted, in bytes of JSON.
@@ -28,24 +36,34 @@ MAX_TIME_MS = 4_102_444_800_000
 IDENTIFY = "identify"
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+# Integers orjson writes: signed and unsigned 64-bit.
+_MIN_INT, _MAX_INT = -(2**63), 2**64 - 1
 _ONE_MS = timedelta(milliseconds=1)
 
 # Shared by every event without properties or traits; the engine never mutates event maps.
 _EMPTY: dict[str, Any] = {}
 
 
-@dataclass(slots=True)
-class Event:
-    """One validated event. `time_ms` is event time (epoch ms); maps are never mutated."""
+_Id = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_CHARS)]
+_TimeMs = Annotated[int, msgspec.Meta(ge=MIN_TIME_MS, lt=MAX_TIME_MS)]
 
-    event_id: str
-    lead_id: str
-    type: str
-    time_ms: int
-    properties: dict[str, Any]
-    traits: dict[str, Any]
-    account_id: str | None
-    product: str | None
+
+class Event(msgspec.Struct, gc=False):
+    """One validated event. `time_ms` is event time (epoch ms, the JSON field `time`); maps are
+    never mutated. (Not tracked by the collector: an event refers to nothing that refers back.)"""
+
+    event_id: _Id
+    lead_id: _Id
+    type: _Id
+    time_ms: _TimeMs = msgspec.field(name="time")
+    properties: dict[str, Any] = {}
+    traits: dict[str, Any] = {}
+    account_id: _Id | None = None
+    product: str | None = None
+
+
+_decode_event = msgspec.json.Decoder(Event).decode
+_decode_message = msgspec.json.Decoder(Event | list[Event]).decode
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +88,12 @@ def parse_event(raw: bytes | bytearray | memoryview | str | dict[str, Any] | Any
     if len(raw) > MAX_EVENT_BYTES:
         return Rejection("too_large", f"event is {len(raw)} bytes, at most {MAX_EVENT_BYTES} are accepted", raw)
     try:
+        event = _decode_event(raw)
+    except msgspec.DecodeError:
+        event = None
+    if event is not None and _sound(event):
+        return event
+    try:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         return Rejection("bad_json", f"not valid JSON: {exc}", raw)
@@ -80,6 +104,9 @@ def parse_event(raw: bytes | bytearray | memoryview | str | dict[str, Any] | Any
 
 def parse_message(raw: bytes | bytearray | memoryview | str) -> list[Event | Rejection]:
     """The events of one wire message: a JSON object, or a JSON array of objects (an envelope)."""
+    events = decode_message(raw)
+    if events is not None:
+        return events  # type: ignore[return-value]  # list is invariant; every item is an Event
     try:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -91,6 +118,33 @@ def parse_message(raw: bytes | bytearray | memoryview | str) -> list[Event | Rej
             return [Rejection("too_large", f"event is {len(raw)} bytes, at most {MAX_EVENT_BYTES} are accepted", raw)]
         return [_from_dict(value)]
     return [Rejection("wrong_type", f"an event must be a JSON object, got {_json_kind(value)}", raw)]
+
+
+def decode_message(raw: bytes | bytearray | memoryview | str) -> list[Event] | None:
+    """The events of a message in which every event is well formed, decoded in one pass; None
+    when any is not (or the message is not JSON): `parse_message` then finds which and why."""
+    try:
+        decoded = _decode_message(raw)
+    except msgspec.DecodeError:
+        return None
+    if decoded.__class__ is Event:
+        return [decoded] if len(raw) <= MAX_EVENT_BYTES and _sound(decoded) else None  # type: ignore[arg-type]
+    for event in decoded:  # type: ignore[union-attr]
+        if not _sound(event):
+            return None
+    return decoded  # type: ignore[return-value]
+
+
+def _sound(event: Event) -> bool:
+    """The checks a msgspec schema cannot say: no control character in the event id (it would
+    break the state's log of ids), a bounded number of fields, and integers orjson can write
+    back (msgspec reads integers beyond 64 bits, which a stored trait would make unwritable)."""
+    if not event.event_id.isprintable() or len(event.properties) + len(event.traits) > MAX_FIELDS:
+        return False
+    for value in event.traits.values():
+        if value.__class__ is int and not _MIN_INT <= value <= _MAX_INT:
+            return False
+    return True
 
 
 def parse_time_ms(value: Any) -> int | str:

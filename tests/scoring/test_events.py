@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from scoring import Event, Rejection
-from scoring.events import MAX_EVENT_BYTES, parse_event, parse_message
+from scoring.events import MAX_EVENT_BYTES, MAX_TIME_MS, MIN_TIME_MS, decode_message, parse_event, parse_message
 from tests.scoring.support import T0, Run, engine, ev
 
 GOOD = {"event_id": "e-1", "lead_id": "L1", "type": "page_view", "time": T0}
@@ -98,3 +100,49 @@ def test_a_batch_with_bad_events_scores_the_good_ones() -> None:
 def test_anything_else_in_a_batch_is_rejected_not_raised() -> None:
     result = engine('[[rules]]\nname = "v"\nevent = "v"\npoints = 5\n').apply_batch([{"lead_id": "L1"}], lambda m, l: None)  # type: ignore[list-item]
     assert [r.reason for r in result.rejected] == ["wrong_type"] and not result.states
+
+
+# The two parsing paths: JSON bytes are decoded by msgspec straight into an Event, parsed
+# values (and whatever msgspec refuses) go through orjson and the checks one by one. Whatever
+# the input, both must reach the same verdict.
+_ids = st.one_of(st.text(max_size=4), st.integers(-5, 5), st.none(), st.just("x" * 300), st.just("a\x7fb"), st.lists(st.just("L"), max_size=1))
+_times = st.one_of(st.integers(MIN_TIME_MS - 2, MIN_TIME_MS + 2), st.integers(MAX_TIME_MS - 2, MAX_TIME_MS + 2), st.just(T0),
+                   st.booleans(), st.floats(allow_nan=False, allow_infinity=False), st.just("2025-11-03T00:00:00Z"), st.none())
+_values = st.one_of(st.text(max_size=3), st.integers(-(2**70), 2**70), st.floats(allow_nan=False, allow_infinity=False), st.booleans(), st.none())
+_maps = st.one_of(st.dictionaries(st.text(max_size=3), _values, max_size=3), st.none(), st.lists(_values, max_size=2), st.text(max_size=2))
+
+
+@st.composite
+def _events(draw: st.DrawFn) -> dict:
+    fields = {"event_id": _ids, "lead_id": _ids, "type": _ids, "time": _times, "properties": _maps, "traits": _maps,
+              "account_id": _ids, "product": st.one_of(st.text(max_size=3), st.none(), st.integers(0, 2))}
+    return {key: draw(strategy) for key, strategy in fields.items() if draw(st.booleans()) or key in ("lead_id", "type", "time")}
+
+
+@given(_events())
+@settings(max_examples=400, deadline=None)
+def test_bytes_and_parsed_values_reach_the_same_verdict(value: dict) -> None:
+    raw = orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+    from_bytes, from_value = parse_event(raw), parse_event(orjson.loads(raw))
+    if isinstance(from_value, Event):
+        assert from_bytes == from_value
+    else:
+        assert isinstance(from_bytes, Rejection) and (from_bytes.reason, from_bytes.detail) == (from_value.reason, from_value.detail)
+    if isinstance(from_bytes, Event):
+        assert parse_message(b"[" + raw + b"," + raw + b"]") == [from_bytes, from_bytes]
+
+
+def test_an_envelope_of_good_events_is_decoded_in_one_pass() -> None:
+    raw = orjson.dumps([GOOD, {**GOOD, "event_id": "e-2", "properties": {"url": "/pricing"}}])
+    assert decode_message(raw) == parse_message(raw) == [
+        Event("e-1", "L1", "page_view", T0), Event("e-2", "L1", "page_view", T0, {"url": "/pricing"})]
+    assert decode_message(orjson.dumps([GOOD, {"lead_id": "L2"}])) is None  # one bad event: the careful path says which
+
+
+def test_a_trait_integer_beyond_64_bits_is_read_as_orjson_reads_it_so_the_state_stays_writable() -> None:
+    raw = orjson.dumps({**GOOD, "type": "identify"})[:-1] + b',"traits":{"employees":123456789012345678901234567890}}'
+    event = parse_event(raw)
+    assert isinstance(event, Event) and event.traits == {"employees": 1.2345678901234568e29}
+    run = Run(engine('[[rules]]\nname = "v"\nevent = "page_view"\npoints = 5\n', settings='keep_traits = ["employees"]'))
+    run.apply(event)
+    assert run.state().traits == {"employees": 1.2345678901234568e29}
