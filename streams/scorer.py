@@ -25,6 +25,7 @@ from typing import Callable, Sequence
 import orjson
 
 from scoring import Engine, Event, LeadState, Rejection, Transition, identity
+from scoring.events import decode_message
 from streams import lead_states, metrics, stitching
 from streams.deadletter import DeadLetter
 from streams.envelope import unpack
@@ -160,14 +161,15 @@ class Scorer:
         for message in batch:
             if message.topic == self.settings.topic_identity:
                 continue
-            for item, event in self._decode(message, dead, stats):
+            for position, (item, event) in enumerate(self._decode(message, dead, stats)):
                 target = stitching.merged_into(self._states(event.lead_id, cache))
                 if target is not None:
-                    self._forward(item, target, message, dead)
+                    # Decoded in one pass (no item): forwarding, which is rare, needs the whole object.
+                    self._forward(item if item is not None else unpack(message.value)[position], target, message, dead)
                     continue
                 events.append(event)
                 partition_of[event.lead_id] = message.partition
-                if event.type in LINKING_TYPES:
+                if item is not None and event.type in LINKING_TYPES:
                     links.extend((source, target, event.time_ms) for source, target in stitching.links_from(item))
 
         result = self.engine.apply_batch(events, self._reader(cache))
@@ -322,7 +324,32 @@ class Scorer:
             states = cache[lead_id] = lead_states.decode(value) if value else {}
         return states
 
-    def _decode(self, message: Consumed, dead: list[DeadLetter], stats: BatchStats) -> list[tuple[dict, Event]]:
+    def _decode(self, message: Consumed, dead: list[DeadLetter], stats: BatchStats) -> list[tuple[dict | None, Event]]:
+        """The message's events, each with its JSON object when it was parsed on the careful
+        path (None when the whole message was decoded in one pass: see `_decode_at_once`)."""
+        at_once = self._decode_at_once(message.value, message.partition)
+        if at_once is not None:
+            stats.events += len(at_once)
+            return [(None, event) for event in at_once]
+        return self._decode_carefully(message, dead, stats)
+
+    def _decode_at_once(self, value: bytes, partition: int) -> list[Event] | None:
+        """Every event of a message decoded by msgspec in one pass, or None for the careful path:
+        when any event is bad or on the wrong partition (its dead letter needs its object), or
+        when the message may hold a stitching link, which needs the event's object too (a
+        `\\u` escape could spell a field name, so it takes the careful path as well)."""
+        if len(value) > MAX_EVENT_BYTES or b"anonymous_id" in value or b"previous_id" in value or b"\\u" in value:
+            return None
+        events = decode_message(value)
+        if events is None:
+            return None
+        partitions = self.partitions
+        for event in events:
+            if partition_for(event.lead_id, partitions) != partition:
+                return None
+        return events
+
+    def _decode_carefully(self, message: Consumed, dead: list[DeadLetter], stats: BatchStats) -> list[tuple[dict | None, Event]]:
         def reject(reason: str, detail: str, original: bytes) -> None:
             dead.append(DeadLetter(reason, detail, original, message.topic, message.partition, message.offset, message.key))
 
