@@ -108,7 +108,8 @@ def test_anything_else_in_a_batch_is_rejected_not_raised() -> None:
 _ids = st.one_of(st.text(max_size=4), st.integers(-5, 5), st.none(), st.just("x" * 300), st.just("a\x7fb"), st.lists(st.just("L"), max_size=1))
 _times = st.one_of(st.integers(MIN_TIME_MS - 2, MIN_TIME_MS + 2), st.integers(MAX_TIME_MS - 2, MAX_TIME_MS + 2), st.just(T0),
                    st.booleans(), st.floats(allow_nan=False, allow_infinity=False), st.just("2025-11-03T00:00:00Z"), st.none())
-_values = st.one_of(st.text(max_size=3), st.integers(-(2**70), 2**70), st.floats(allow_nan=False, allow_infinity=False), st.booleans(), st.none())
+_values = st.one_of(st.text(max_size=3), st.integers(-(2**63), 2**64 - 1),  # what orjson writes; beyond: the test below
+                    st.floats(allow_nan=False, allow_infinity=False), st.booleans(), st.none())
 _maps = st.one_of(st.dictionaries(st.text(max_size=3), _values, max_size=3), st.none(), st.lists(_values, max_size=2), st.text(max_size=2))
 
 
