@@ -50,7 +50,8 @@ _TimeMs = Annotated[int, msgspec.Meta(ge=MIN_TIME_MS, lt=MAX_TIME_MS)]
 
 class Event(msgspec.Struct, gc=False):
     """One validated event. `time_ms` is event time (epoch ms, the JSON field `time`); maps are
-    never mutated. (Not tracked by the collector: an event refers to nothing that refers back.)"""
+    never mutated. (Not tracked by the garbage collector: an event refers to nothing that
+    refers back.)"""
 
     event_id: _Id
     lead_id: _Id

@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 import orjson
 
 from scoring import Engine, Event, LeadState, Rejection, Transition, identity
-from scoring.events import decode_message
+from scoring.events import MAX_EVENT_BYTES, decode_message
 from streams import lead_states, metrics, stitching
 from streams.deadletter import DeadLetter
 from streams.envelope import unpack
@@ -37,9 +37,6 @@ from streams.stage import Consumed, StateStore
 
 log = logging.getLogger("leadstream.worker")
 
-#: An event larger than this is rejected (`too_large`): no behavioural event needs it, and one
-#: would bloat the lead's state and every batch it rides in.
-MAX_EVENT_BYTES = 64 * 1024
 #: Event types that may stitch an old id to a lead (see streams/stitching.py).
 LINKING_TYPES = frozenset(("identify", "alias"))
 #: Decay steps applied between two pauses of the sweep: a wave of idle leads coming due (after
@@ -161,16 +158,18 @@ class Scorer:
         for message in batch:
             if message.topic == self.settings.topic_identity:
                 continue
-            for position, (item, event) in enumerate(self._decode(message, dead, stats)):
+            items, decoded = self._decode(message, dead, stats)
+            for position, event in enumerate(decoded):
                 target = stitching.merged_into(self._states(event.lead_id, cache))
                 if target is not None:
-                    # Decoded in one pass (no item): forwarding, which is rare, needs the whole object.
-                    self._forward(item if item is not None else unpack(message.value)[position], target, message, dead)
+                    if items is None:  # decoded in one pass: forwarding, which is rare, needs the objects
+                        items = unpack(message.value)
+                    self._forward(items[position], target, message, dead)
                     continue
                 events.append(event)
                 partition_of[event.lead_id] = message.partition
-                if item is not None and event.type in LINKING_TYPES:
-                    links.extend((source, target, event.time_ms) for source, target in stitching.links_from(item))
+                if items is not None and event.type in LINKING_TYPES:
+                    links.extend((source, target, event.time_ms) for source, target in stitching.links_from(items[position]))
 
         result = self.engine.apply_batch(events, self._reader(cache))
         stats.scored = len(events) - len(result.rejected) - len(result.late)
@@ -324,13 +323,14 @@ class Scorer:
             states = cache[lead_id] = lead_states.decode(value) if value else {}
         return states
 
-    def _decode(self, message: Consumed, dead: list[DeadLetter], stats: BatchStats) -> list[tuple[dict | None, Event]]:
-        """The message's events, each with its JSON object when it was parsed on the careful
-        path (None when the whole message was decoded in one pass: see `_decode_at_once`)."""
+    def _decode(self, message: Consumed, dead: list[DeadLetter], stats: BatchStats) -> tuple[list[dict] | None, list[Event]]:
+        """The message's accepted events, with their JSON objects in the same order when they
+        were parsed on the careful path (None when the whole message was decoded in one pass:
+        its objects are then `unpack(message.value)`, see `_decode_at_once`)."""
         at_once = self._decode_at_once(message.value, message.partition)
         if at_once is not None:
             stats.events += len(at_once)
-            return [(None, event) for event in at_once]
+            return None, at_once
         return self._decode_carefully(message, dead, stats)
 
     def _decode_at_once(self, value: bytes, partition: int) -> list[Event] | None:
@@ -349,7 +349,7 @@ class Scorer:
                 return None
         return events
 
-    def _decode_carefully(self, message: Consumed, dead: list[DeadLetter], stats: BatchStats) -> list[tuple[dict | None, Event]]:
+    def _decode_carefully(self, message: Consumed, dead: list[DeadLetter], stats: BatchStats) -> tuple[list[dict], list[Event]]:
         def reject(reason: str, detail: str, original: bytes) -> None:
             dead.append(DeadLetter(reason, detail, original, message.topic, message.partition, message.offset, message.key))
 
@@ -358,8 +358,9 @@ class Scorer:
         except orjson.JSONDecodeError as exc:
             stats.events += 1  # how many events it held is unknowable: it counts as one
             reject("bad_json", f"message is not JSON: {exc}", message.value)
-            return []
-        events = []
+            return [], []
+        accepted: list[dict] = []
+        events: list[Event] = []
         # Only a big message can hold a too-large event, so small ones skip re-serialising.
         check_sizes = len(message.value) > MAX_EVENT_BYTES
         for item in items:
@@ -379,8 +380,9 @@ class Scorer:
                     orjson.dumps(item),
                 )
                 continue
-            events.append((item, parsed))
-        return events
+            accepted.append(item)  # type: ignore[arg-type]  # parse accepted it: a JSON object
+            events.append(parsed)
+        return accepted, events
 
     def _reader(self, cache: dict[str, dict[str, bytes]]) -> Callable[[str, str], LeadState | None]:
         def get_state(model: str, lead_id: str) -> LeadState | None:

@@ -36,7 +36,7 @@ def tune_collector(young_threshold: int) -> None:
     """Scoring allocates many short-lived objects per batch (events, decoded states); with
     Python's default of a young collection every 700 allocations, a batch's live objects are
     scanned and promoted over and over, a quarter to a third of the engine's time
-    (`leadstream bench engine`, engine_tuned_gc). What exists at start-up (modules, models,
+    (`leadstream bench engine`, engine_gc_tuned_events_per_s). What exists at start-up (modules, models,
     Faust) is frozen out of collections, and the older generations are collected less often
     in step."""
     if young_threshold <= 0:

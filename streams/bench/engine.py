@@ -7,7 +7,7 @@ negative events) scored by the example B2B model, with 1% redelivered duplicates
 late events. The loops run over the same bytes in the same process:
 
 - parse only: `orjson.loads` of every event;
-- engine: `engine.parse` (orjson + validation) and `apply_batch` in batches of 1000 events
+- engine: `engine.parse` (msgspec decoding into checked events) and `apply_batch` in batches of 1000 events
   against a dict of state bytes, decoding each state on first use in a batch and writing each
   changed state back with `to_bytes()` once per batch, as the stream worker does;
 - engine with a tuned collector: the first loop again with the collector tuned as the worker
