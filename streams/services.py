@@ -254,9 +254,8 @@ class Kafka(Service):
         ]
 
     def format_storage(self) -> None:
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         result = subprocess.run(
-            self.java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.config_file)),
+            self.java("kafka.tools.StorageTool", "format", "-t", new_cluster_id(), "-c", str(self.config_file)),
             capture_output=True, text=True, check=False,
         )
         if result.returncode != 0:
@@ -339,6 +338,16 @@ class Redis(Service):
                 client.close()
         except (redis.RedisError, OSError):
             return False
+
+
+def new_cluster_id() -> str:
+    """A random KRaft cluster id (base64 of a UUID) that does not start with '-': the storage
+    tool would read such an id as an option and refuse to format (Kafka's own
+    Uuid.randomUuid() draws again for the same reason); one id in 64 did that here."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def all_services(settings: Settings) -> list[Service]:

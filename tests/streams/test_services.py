@@ -57,3 +57,9 @@ def test_a_taken_port_is_named_in_one_line(tmp_path: Path) -> None:
         settings = own_services(tmp_path, free_port(), port)
         with pytest.raises(ServiceError, match=rf"redis: port 127.0.0.1:{port} is taken by another process"):
             services.Redis(settings).up()
+
+
+def test_cluster_ids_never_start_with_a_dash_which_the_storage_tool_reads_as_an_option() -> None:
+    ids = [services.new_cluster_id() for _ in range(2000)]  # about 31 would start with '-'
+    assert not [cluster_id for cluster_id in ids if cluster_id.startswith("-")]
+    assert all(len(cluster_id) == 22 for cluster_id in ids)
