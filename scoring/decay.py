@@ -51,13 +51,14 @@ class StepDecay:
             points = max(step.points, floor - state.behaviour) if state.behaviour > floor else 0
             points = min(points, 0)
             state.behaviour += points
-            state.steps_taken.append(points)
+            state.steps_taken += (points,)
             yield due, points
 
     def give_back(self, state: LeadState, activity_ms: int) -> Iterator[float]:
         """Returns the points of steps taken that were due after `activity_ms`, newest first."""
         while state.steps_taken and state.last_activity_ms + self.steps[len(state.steps_taken) - 1].idle_ms > activity_ms:
-            points = state.steps_taken.pop()
+            points = state.steps_taken[-1]
+            state.steps_taken = state.steps_taken[:-1]
             state.behaviour -= points
             yield -points
 

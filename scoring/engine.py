@@ -23,18 +23,15 @@ from scoring.fit import FitRule
 from scoring.model import Model, load_directory
 from scoring.repeat import Window, drop_closed, limited_points
 from scoring.rules import Matcher, Rule, compile_matcher
-from scoring.state import HISTORY_CHARS_PER_CHANGE, SEPARATOR, LeadState
+from scoring.state import LeadState
 from scoring.thresholds import Transition
 
 GetState = Callable[[str, str], "LeadState | None"]
 
-# Outcomes of applying one event to one state (_TRAITS: applied, and the traits changed).
-_APPLIED, _DUPLICATE, _LATE, _TRAITS = 0, 1, 2, 3
+# Outcomes of applying one event to one state, see ModelRuntime.apply.
+_DUPLICATE, _LATE, _COUNTED, _CHANGED = 0, 1, 2, 3
 
 _NO_PROPERTIES: dict[str, Any] = {}
-
-# What no summary ever showed (a lead new to the batch): unequal to any state's.
-_NOT_SHOWN: tuple[Any, ...] = (None, None, None, None)
 
 #: Sets of trait values whose fit rules a model remembers (then it starts over).
 _FIT_MEMO = 16384
@@ -73,7 +70,7 @@ class ModelRuntime:
     __slots__ = (
         "model", "name", "matchers", "fit_match", "ladder", "lateness_ms", "floor", "ceiling",
         "remember", "history", "keep_traits", "steps", "half_life", "windows", "level_index", "up", "down",
-        "empty_fit", "first_level", "first_idle_ms", "history_chars", "level_names", "fit_keys", "fit_domain_keys", "classify", "_fit_memo",
+        "empty_fit", "first_level", "first_idle_ms", "history_keep", "history_trim", "level_names", "fit_keys", "fit_domain_keys", "classify", "_fit_memo",
     )  # fmt: skip
 
     def __init__(self, model: Model) -> None:
@@ -113,7 +110,10 @@ class ModelRuntime:
         self.ceiling = float("inf") if model.max_points is None else model.max_points
         self.remember = model.remember_events
         self.history = model.history
-        self.history_chars = HISTORY_CHARS_PER_CHANGE * model.history
+        # The flat history list (LeadState.history) is trimmed to its last `history` changes
+        # once it holds twice as many.
+        self.history_keep = 3 * model.history
+        self.history_trim = 6 * model.history
         self.keep_traits = model.keep_traits
         self.steps = model.decay if isinstance(model.decay, StepDecay) else None
         self.first_idle_ms = self.steps.steps[0].idle_ms if self.steps is not None else 0
@@ -171,8 +171,10 @@ class ModelRuntime:
         return found
 
     def apply(self, state: LeadState, event: Event, out: list[Transition]) -> int:
-        """Applies one event; returns _APPLIED (_TRAITS if the lead's traits changed too),
-        _DUPLICATE or _LATE (the last two change nothing).
+        """Applies one event; returns _CHANGED (what a summary shows may have changed: points,
+        level, activity, traits or account), _COUNTED (only what a summary does not show:
+        remembered ids, occurrence counts, window counters), _DUPLICATE or _LATE (the last two
+        change nothing).
 
         This is the per-event hot path, written for speed: attribute lookups are hoisted and
         the common case (a plain rule, no decay due, no crossing) calls as little as possible.
@@ -182,21 +184,22 @@ class ModelRuntime:
         if time_ms < watermark_ms - self.lateness_ms:
             return _LATE
         event_id = event.event_id
-        needle = f"\x7f{event_id}\x7f"  # SEPARATOR
         ids = state.ids
-        if needle in ids or needle in state.old_ids:
+        if event_id in ids or event_id in state.old_ids:
             return _DUPLICATE
-        if ids and state.ids_count < self.remember:  # inlined LeadState.remember_event
-            state.ids = f"{ids}{event_id}\x7f"
-            state.ids_count += 1
+        if len(ids) < self.remember:  # inlined LeadState.remember_event
+            ids.add(event_id)
             if time_ms > state.ids_max_ms:
                 state.ids_max_ms = time_ms
         else:
             state.remember_event(event_id, time_ms, self.remember)
         if time_ms > watermark_ms:
             state.watermark_ms = time_ms
-        if event.account_id is not None:
-            state.account_id = event.account_id
+        outcome = _COUNTED
+        account_id = event.account_id
+        if account_id is not None and account_id != state.account_id:
+            state.account_id = account_id
+            outcome = _CHANGED
         level = self.level_index.get(state.level, 0)
 
         traits_changed = self._merge_traits(state, event.traits) if event.traits else False
@@ -215,12 +218,14 @@ class ModelRuntime:
                 state.steps_taken or (last_activity_ms and time_ms >= last_activity_ms + self.first_idle_ms)
             ):
                 level = self._step_decay(state, time_ms, matched, level, event.lead_id, out)
+                outcome = _CHANGED
         elif self.half_life is not None:
             if time_ms < state.as_of_ms:
                 weight = self.half_life.factor(state.as_of_ms - time_ms)
             else:
                 self.half_life.bring_to(state, time_ms)
         if traits_changed:
+            outcome = _CHANGED
             fit = self.fit_points(state.traits)
             if fit != state.fit:
                 state.record(time_ms, fit - state.fit, "fit", self.history)
@@ -229,6 +234,7 @@ class ModelRuntime:
         if matched:
             active = False
             ledger = state.ledger
+            behaviour = state.behaviour
             for rule in matched:
                 name = rule.name
                 entry = ledger.get(name)
@@ -242,37 +248,40 @@ class ModelRuntime:
                 if rule.positive:
                     active = True
                 if points:
-                    before = state.behaviour
                     # Integer points stay integers unless a late event is discounted (half-life).
-                    after = wanted = before + points if weight == 1.0 else before + points * weight
+                    after = wanted = behaviour + points if weight == 1.0 else behaviour + points * weight
                     if after > self.ceiling:
-                        after = self.ceiling if before < self.ceiling else before
+                        after = self.ceiling if behaviour < self.ceiling else behaviour
                     elif after < self.floor:
-                        after = self.floor if before > self.floor else before
+                        after = self.floor if behaviour > self.floor else behaviour
                     if after != wanted:  # the model's ceiling or floor clipped the points
-                        points = after - before if weight == 1.0 else (after - before) / weight
+                        points = after - behaviour if weight == 1.0 else (after - behaviour) / weight
                         entry[2] += 1
-                    state.behaviour = after
+                    behaviour = after
                     entry[0] += points
-                    # LeadState.record inlined, trimming only when the log is long.
-                    log = f"{state.history or SEPARATOR}{time_ms} {round(points, 2) if points.__class__ is float else points} {name}\x7f"
-                    if len(log) > self.history_chars:
-                        state.record(time_ms, points, name, self.history)
-                    else:
-                        state.history = log
+                    # LeadState.record inlined.
+                    history = state.history
+                    history += (time_ms, round(points, 2) if points.__class__ is float else points, name)
+                    if len(history) > self.history_trim:
+                        del history[: -self.history_keep]
+                    outcome = _CHANGED
+            state.behaviour = behaviour
             if active and time_ms > state.last_activity_ms:
                 state.last_activity_ms = time_ms
+                outcome = _CHANGED
                 if state.steps_taken:
-                    state.steps_taken = []
+                    state.steps_taken = ()
 
         score = state.behaviour + state.fit
         if score < self.floor:
             score = self.floor
         if score >= self.up[level] or score < self.down[level]:
             self._cross(state, level, self.ladder.level_after(level, score), event.lead_id, time_ms, out)
-        elif self.level_names[level] != state.level:  # a level the model no longer has
+            return _CHANGED
+        if self.level_names[level] != state.level:  # a level the model no longer has
             state.level = self.level_names[level]
-        return _TRAITS if traits_changed else _APPLIED
+            return _CHANGED
+        return outcome
 
     def _step_decay(self, state: LeadState, time_ms: int, matched: Sequence[Rule], level: int, lead_id: str, out: list[Transition]) -> int:
         """Brings step decay to `time_ms` before an event at that time; returns the level."""
@@ -469,8 +478,6 @@ class Engine:
         """
         result = BatchResult()
         states: dict[tuple[str, str], LeadState] = {}
-        # What a summary shows, as loaded: the history changes with every change of points.
-        shown: dict[tuple[str, str], tuple[Any, ...]] = {}
         scores_before: dict[tuple[str, str], float] = {}
         changed: dict[tuple[str, str], ModelRuntime] = {}
         score_changed = result.score_changed
@@ -498,18 +505,16 @@ class Engine:
                     state = get_state(runtime.name, lead_id)
                     if state is None:  # a new lead: its first summary is news
                         state = runtime.new_state()
-                        shown[key] = _NOT_SHOWN
-                    else:
-                        shown[key] = (state.history, state.level, state.last_activity_ms, state.account_id)
-                    states[key] = state
-                    if state.account_id is not None:
+                        score_changed.add(key)
+                    elif state.account_id is not None:
                         scores_before[key] = runtime.score(state)
+                    states[key] = state
                 outcome = runtime.apply(state, event, transitions)
-                if outcome == _APPLIED:
-                    changed[key] = runtime
-                elif outcome == _TRAITS:  # which fit rules hold may change with equal points
+                if outcome == _CHANGED:
                     changed[key] = runtime
                     score_changed.add(key)
+                elif outcome == _COUNTED:
+                    changed[key] = runtime
                 elif outcome == _LATE:
                     late = True
             if late:
@@ -520,8 +525,6 @@ class Engine:
             state = states[key]
             runtime.compact(state)
             changed_states[key] = state
-            if (state.history, state.level, state.last_activity_ms, state.account_id) != shown[key]:
-                score_changed.add(key)
             if state.account_id is not None:
                 score = state.behaviour + state.fit
                 if score < runtime.floor:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from scoring.state import SEPARATOR, LeadState
+from scoring.state import LeadState
 from scoring.thresholds import Transition
 
 if TYPE_CHECKING:
@@ -29,11 +29,6 @@ def merge_id(source_lead_id: str) -> str:
     return f"merge:{source_lead_id}"
 
 
-def _knows(state: LeadState, event_id: str) -> bool:
-    needle = f"{SEPARATOR}{event_id}{SEPARATOR}"
-    return needle in state.ids or needle in state.old_ids
-
-
 def merge(
     engine: Engine, model_name: str, lead_id: str, target: LeadState | None, source: LeadState, source_lead_id: str, time_ms: int
 ) -> tuple[LeadState, list[Transition]]:
@@ -42,13 +37,13 @@ def merge(
     state = runtime.new_state() if target is None else target
     out: list[Transition] = []
     marker = merge_id(source_lead_id)
-    if _knows(state, marker):
+    if state.knows_event(marker):
         return state, out
     level = runtime.ladder.level_of(state.level)
     state.remember_event(marker, time_ms, runtime.remember)
-    for log in (source.old_ids, source.ids):
-        for event_id in log.split(SEPARATOR):
-            if event_id and not _knows(state, event_id):
+    for generation in (source.old_ids, source.ids):
+        for event_id in sorted(generation):  # sorted: the same merge makes the same state
+            if not state.knows_event(event_id):
                 state.remember_event(event_id, source.watermark_ms, runtime.remember)
 
     if runtime.half_life is not None:
@@ -62,8 +57,8 @@ def merge(
     for rule, entry in source.ledger.items():
         mine = state.ledger.get(rule)
         state.ledger[rule] = list(entry) if mine is None else [a + b for a, b in zip(mine, entry)]
-    for rule, log in source.seen.items():
-        state.seen[rule] = state.seen.get(rule, "") + log
+    for rule, values in source.seen.items():
+        state.seen[rule] = {**state.seen.get(rule, {}), **values}
     for key, counters in source.windows.items():
         state.windows.setdefault(key, list(counters))
 
@@ -77,7 +72,7 @@ def merge(
         state.account_id = source.account_id
     if source.last_activity_ms > state.last_activity_ms:
         state.last_activity_ms = source.last_activity_ms
-        state.steps_taken = list(source.steps_taken)
+        state.steps_taken = source.steps_taken
     state.watermark_ms = max(state.watermark_ms, source.watermark_ms)
 
     runtime._settle(state, level, lead_id, time_ms, out)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from scoring.config import Table
-from scoring.state import SEPARATOR, LeadState
+from scoring.state import LeadState
 
 if TYPE_CHECKING:
     from scoring.rules import Rule
@@ -138,19 +138,17 @@ def drop_closed(counts: list[int], first_open: int) -> list[int]:
 
 def seen_before(state: LeadState, rule_name: str, value: Any) -> bool:
     """Records `value` for the rule; True when it had been recorded already (a repeat)."""
-    key = str(value).replace(SEPARATOR, " ")
-    log = state.seen.get(rule_name)
-    if log is None:
-        state.seen[rule_name] = f"{SEPARATOR}{key}{SEPARATOR}"
+    key = value if value.__class__ is str else str(value)
+    seen = state.seen.get(rule_name)
+    if seen is None:
+        state.seen[rule_name] = {key: None}
         return False
-    if f"{SEPARATOR}{key}{SEPARATOR}" in log:
+    if key in seen:
         return True
-    log += key + SEPARATOR
-    keys = log.count(SEPARATOR) - 1
-    if keys > 2 * ONCE_PER_MEMORY:
+    seen[key] = None
+    if len(seen) > 2 * ONCE_PER_MEMORY:
         # Forget the oldest half at once, so trimming costs once per ONCE_PER_MEMORY new keys.
-        log = SEPARATOR + log.split(SEPARATOR, keys - ONCE_PER_MEMORY + 1)[-1]
-    state.seen[rule_name] = log
+        state.seen[rule_name] = dict.fromkeys(list(seen)[ONCE_PER_MEMORY:])
     return False
 
 

@@ -1,15 +1,13 @@
 """Per (model, lead) state: what the engine remembers about a lead, and its compact bytes.
 
-The stream worker keeps millions of these in Faust tables and reads, updates and writes back
-each changed one once per batch, so decoding and encoding cost as much as scoring. The bytes are
-one orjson array of plain values, decoded by one call into the slots of a `LeadState` and
-encoded by one call from them; the bounded logs (recent event ids, `once_per` keys, history) are
-single strings of records separated by U+007F rather than JSON lists, because one string
-decodes about five times faster than a list of the same items.
-
-A layout of raw parts sliced by offsets, with the maps decoded only when an event touches them,
-was measured and did not pay in CPython 3.11: the slicing, offsets and lazy accessors cost more
-bytecode per state than orjson spends decoding the maps it skips (5-10% slower end to end).
+The stream worker keeps a lead's state as this object between batches and writes its bytes to
+the changelog once per batch in which it changed; bytes are read back only when a worker
+recovers. So the layout is chosen for the per-event work first: recent event ids and `once_per`
+values are hash sets (a membership test costs the same however many are remembered, where a
+substring search of a log grew with it), and the history is one flat list of
+(time, points, label) triples, appended without formatting. Bytes are MessagePack (msgspec):
+one C call encodes the fields as one array, sets as arrays, and decoding checks every field's
+type, so a corrupt or foreign value is a `StateError`, never a half-read state.
 
 Bounds (what keeps a state small however active the lead):
 - recent event ids: two generations of at most `remember_events` ids each; a generation is
@@ -17,37 +15,52 @@ Bounds (what keeps a state small however active the lead):
   lateness (a replay of such an event is late anyway), and the older generation is dropped when
   the newer one fills up. So at least the last `remember_events` ids, and every id younger than
   the lateness up to that count, are recognised as duplicates.
-- `once_per` keys: at least the last 100 per rule (repeat.ONCE_PER_MEMORY).
-- history: the last `history` changes (model setting), in at most about 48 characters a change.
+- `once_per` values: at least the last 100 per rule (repeat.ONCE_PER_MEMORY).
+- history: the last `history` changes (model setting), at most twice that between trims.
 - window counters: only windows that can still receive an event within the lateness.
+
+States written by earlier versions (JSON arrays, layouts 1 and 2) are still read.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Union
 
+import msgspec
 import orjson
 
 from scoring.errors import StateError
 
-#: Separates records in the string logs; event ids containing it are rejected by the parser.
+#: Separated records in the logs of the JSON layouts (1 and 2) that earlier versions wrote.
 SEPARATOR = "\x7f"
 
-_VERSION = 1  # accounts; lead states written before layout 2
-_LEAD_VERSION = 2  # layout 1 plus `windows_drop_ms`
+_VERSION = 1  # accounts
+_LEAD_VERSION = 3  # MessagePack; 1 and 2 were JSON arrays
 
-#: The history log is trimmed back to its last `history` changes beyond this many characters
-#: a change (a change takes about 30).
-HISTORY_CHARS_PER_CHANGE = 48
+_Number = Union[int, float]
+#: The fields of a lead state as stored, in order, after the layout version.
+_Layout = tuple[
+    int,  # layout version
+    _Number, _Number, int, int, tuple[_Number, ...],  # behaviour, fit, as_of_ms, last_activity_ms, steps_taken
+    int, str, int, dict[str, Any], Union[str, None],  # watermark_ms, level, crossings, traits, account_id
+    dict[str, list[_Number]], dict[str, list[int]], dict[str, list[str]],  # ledger, windows, seen
+    set[str], int, set[str], int,  # ids, ids_max_ms, old_ids, old_ids_max_ms
+    list[Union[int, float, str]], int,  # history, windows_drop_ms
+]  # fmt: skip
+_encode = msgspec.msgpack.Encoder().encode
+_decode_layout = msgspec.msgpack.Decoder(_Layout).decode
+
+#: The old-generation id set of a state that has none (never mutated: generations are swapped).
+NO_IDS: frozenset[str] = frozenset()
 
 
 def encode(values: tuple[Any, ...]) -> bytes:
-    """State bytes: the layout version, then the values, as one orjson array."""
+    """Account state bytes: the layout version, then the values, as one orjson array."""
     return right_sized(orjson.dumps((_VERSION, *values)))
 
 
 def decode(data: bytes | bytearray | memoryview, kind: str, length: int) -> list[Any]:
-    """The values of state bytes (the version first), checking the layout has `length` values."""
+    """The values of account state bytes (the version first), checking there are `length`."""
     try:
         values = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
@@ -55,10 +68,6 @@ def decode(data: bytes | bytearray | memoryview, kind: str, length: int) -> list
     if values.__class__ is not list or len(values) != length or values[0] != _VERSION:
         raise StateError(f"{kind} state of an unknown layout (expected version {_VERSION} with {length} values)")
     return values
-
-
-_dumps = orjson.dumps
-_loads = orjson.loads
 
 
 def right_sized(data: bytes) -> bytes:
@@ -90,7 +99,6 @@ class LeadState:
         "windows",
         "seen",
         "ids",
-        "ids_count",
         "ids_max_ms",
         "old_ids",
         "old_ids_max_ms",
@@ -105,7 +113,7 @@ class LeadState:
     #: Time of the newest event that matched a positive rule; 0 before any.
     last_activity_ms: int
     #: Step decay: points taken by each step since the last activity, in step order.
-    steps_taken: list[float]
+    steps_taken: tuple[float, ...]
     #: Newest event time seen; events older than this minus the lateness are late.
     watermark_ms: int
     level: str
@@ -117,15 +125,16 @@ class LeadState:
     ledger: dict[str, list[float]]
     #: window counters, see scoring.repeat
     windows: dict[str, list[int]]
-    #: rule name -> log of `once_per` values already seen
-    seen: dict[str, str]
-    ids: str
-    ids_count: int
+    #: rule name -> `once_per` values already seen, oldest first (a dict used as an ordered set)
+    seen: dict[str, dict[str, None]]
+    #: the newer generation of remembered event ids, and its newest event time
+    ids: set[str]
     ids_max_ms: int
-    old_ids: str
+    #: the older generation (NO_IDS when there is none)
+    old_ids: set[str] | frozenset[str]
     old_ids_max_ms: int
-    #: log of "time_ms points label" records, oldest first
-    history: str
+    #: recent changes, oldest first, flat: time_ms, points, label, time_ms, points, label, ...
+    history: list[Any]
     #: The earliest compaction cutoff (newest event time minus lateness) at which a window
     #: counter's window has closed, so compaction skips the counters before; 0: not known.
     #: The engine keeps it exact (scoring.repeat.bump, ModelRuntime.compact); code that adds
@@ -138,54 +147,50 @@ class LeadState:
         (
             state.behaviour, state.fit, state.as_of_ms, state.last_activity_ms, state.steps_taken,
             state.watermark_ms, state.level, state.crossings, state.traits, state.account_id,
-            state.ledger, state.windows, state.seen, state.ids, state.ids_count, state.ids_max_ms,
+            state.ledger, state.windows, state.seen, state.ids, state.ids_max_ms,
             state.old_ids, state.old_ids_max_ms, state.history, state.windows_drop_ms,
-        ) = (0, fit, 0, 0, [], 0, level, 0, {}, None, {}, {}, {}, "", 0, 0, "", 0, "", 0)  # fmt: skip
+        ) = (0, fit, 0, 0, (), 0, level, 0, {}, None, {}, {}, {}, set(), 0, NO_IDS, 0, [], 0)  # fmt: skip
         return state
 
     def to_bytes(self) -> bytes:
-        return right_sized(
-            _dumps(
-                (
-                    _LEAD_VERSION, self.behaviour, self.fit, self.as_of_ms, self.last_activity_ms, self.steps_taken,
-                    self.watermark_ms, self.level, self.crossings, self.traits, self.account_id, self.ledger,
-                    self.windows, self.seen, self.ids, self.ids_count, self.ids_max_ms, self.old_ids,
-                    self.old_ids_max_ms, self.history, self.windows_drop_ms,
-                )
+        seen = self.seen
+        return _encode(
+            (
+                _LEAD_VERSION, self.behaviour, self.fit, self.as_of_ms, self.last_activity_ms, self.steps_taken,
+                self.watermark_ms, self.level, self.crossings, self.traits, self.account_id, self.ledger,
+                self.windows, {rule: list(values) for rule, values in seen.items()} if seen else seen,
+                self.ids, self.ids_max_ms, self.old_ids, self.old_ids_max_ms, self.history, self.windows_drop_ms,
             )
         )  # fmt: skip
 
     @classmethod
     def from_bytes(cls, data: bytes | bytearray | memoryview) -> LeadState:
+        if data[:1] == b"[":  # a JSON layout of an earlier version
+            return _from_json_layout(data)
         try:
-            values = _loads(data)
-        except orjson.JSONDecodeError as exc:
-            raise StateError(f"lead state is not valid JSON: {exc}") from None
+            values = _decode_layout(data)
+        except msgspec.ValidationError as exc:
+            raise StateError(f"lead state of an unknown layout (expected version {_LEAD_VERSION}): {exc}") from None
+        except msgspec.DecodeError as exc:
+            raise StateError(f"lead state is not readable MessagePack: {exc}") from None
+        if values[0] != _LEAD_VERSION:
+            raise StateError(f"lead state of an unknown layout version {values[0]} (expected {_LEAD_VERSION})")
         state = cls.__new__(cls)
-        if values.__class__ is list and len(values) == 21 and values[0] == _LEAD_VERSION:
-            (
-                _, state.behaviour, state.fit, state.as_of_ms, state.last_activity_ms, state.steps_taken,
-                state.watermark_ms, state.level, state.crossings, state.traits, state.account_id, state.ledger,
-                state.windows, state.seen, state.ids, state.ids_count, state.ids_max_ms, state.old_ids,
-                state.old_ids_max_ms, state.history, state.windows_drop_ms,
-            ) = values  # fmt: skip
-            return state
-        if values.__class__ is list and len(values) == 20 and values[0] == _VERSION:  # layout 1
-            (
-                _, state.behaviour, state.fit, state.as_of_ms, state.last_activity_ms, state.steps_taken,
-                state.watermark_ms, state.level, state.crossings, state.traits, state.account_id, state.ledger,
-                state.windows, state.seen, state.ids, state.ids_count, state.ids_max_ms, state.old_ids,
-                state.old_ids_max_ms, state.history,
-            ) = values  # fmt: skip
-            state.windows_drop_ms = 0
-            return state
-        raise StateError(f"lead state of an unknown layout (expected version {_LEAD_VERSION} with 21 values)")
+        (
+            _, state.behaviour, state.fit, state.as_of_ms, state.last_activity_ms, state.steps_taken,
+            state.watermark_ms, state.level, state.crossings, state.traits, state.account_id, state.ledger,
+            state.windows, seen, state.ids, state.ids_max_ms, old_ids, state.old_ids_max_ms,
+            state.history, state.windows_drop_ms,
+        ) = values  # fmt: skip
+        state.seen = {rule: dict.fromkeys(keys) for rule, keys in seen.items()}
+        state.old_ids = old_ids or NO_IDS
+        return state
 
     def copy(self) -> LeadState:
         return LeadState.from_bytes(self.to_bytes())
 
     def as_dict(self) -> dict[str, Any]:
-        """Every field as plain values (copies): for tests and debugging."""
+        """Every field as plain values (copies; sets sorted): for tests and debugging."""
         return {
             "behaviour": self.behaviour,
             "fit": self.fit,
@@ -199,13 +204,12 @@ class LeadState:
             "account_id": self.account_id,
             "ledger": {name: list(entry) for name, entry in self.ledger.items()},
             "windows": {key: list(counts) for key, counts in self.windows.items()},
-            "seen": dict(self.seen),
-            "ids": self.ids,
-            "ids_count": self.ids_count,
+            "seen": {rule: list(values) for rule, values in self.seen.items()},
+            "ids": sorted(self.ids),
             "ids_max_ms": self.ids_max_ms,
-            "old_ids": self.old_ids,
+            "old_ids": sorted(self.old_ids),
             "old_ids_max_ms": self.old_ids_max_ms,
-            "history": self.history,
+            "history": list(self.history),
         }
 
     def __eq__(self, other: object) -> bool:
@@ -215,51 +219,74 @@ class LeadState:
     __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
-        return f"LeadState({self.to_bytes().decode()})"
+        return f"LeadState({self.as_dict()!r})"
 
     # -- recent event ids ------------------------------------------------------------------
 
     def knows_event(self, event_id: str) -> bool:
         """Whether the event id is among the remembered ones."""
-        needle = f"{SEPARATOR}{event_id}{SEPARATOR}"
-        return needle in self.ids or needle in self.old_ids
+        return event_id in self.ids or event_id in self.old_ids
 
     def remember_event(self, event_id: str, time_ms: int, per_generation: int) -> None:
-        if self.ids_count >= per_generation:
-            self.old_ids, self.old_ids_max_ms = self.ids, self.ids_max_ms
-            self.ids, self.ids_count, self.ids_max_ms = "", 0, 0
-        self.ids = f"{self.ids or SEPARATOR}{event_id}{SEPARATOR}"
-        self.ids_count += 1
+        ids = self.ids
+        if len(ids) >= per_generation:
+            self.old_ids, self.old_ids_max_ms = ids, self.ids_max_ms
+            ids = self.ids = set()
+            self.ids_max_ms = 0
+        ids.add(event_id)
         if time_ms > self.ids_max_ms:
             self.ids_max_ms = time_ms
 
     def forget_events_before(self, time_ms: int) -> None:
         """Drops generations whose every event is older than `time_ms` (they would be late)."""
         if self.old_ids and self.old_ids_max_ms < time_ms:
-            self.old_ids, self.old_ids_max_ms = "", 0
+            self.old_ids, self.old_ids_max_ms = NO_IDS, 0
         if self.ids and self.ids_max_ms < time_ms:
-            self.ids, self.ids_count, self.ids_max_ms = "", 0, 0
+            self.ids, self.ids_max_ms = set(), 0
 
     # -- history ---------------------------------------------------------------------------
 
     def record(self, time_ms: int, points: float, label: str, keep: int) -> None:
-        """Appends a change. The last `keep` changes are always kept; once the log is longer
-        than HISTORY_CHARS_PER_CHANGE x `keep` characters it is trimmed back to them (trimming
-        by length spares counting records on every change)."""
-        if points.__class__ is float:
-            points = round(points, 2)
-        log = f"{self.history or SEPARATOR}{time_ms} {points} {label}{SEPARATOR}"
-        if len(log) > HISTORY_CHARS_PER_CHANGE * keep:
-            records = log.count(SEPARATOR) - 1
-            if records > keep:
-                log = SEPARATOR + log.split(SEPARATOR, records - keep + 1)[-1]
-        self.history = log
+        """Appends a change. The last `keep` changes are always kept; the list is trimmed back
+        to them once it holds twice as many (trimming on every change would cost more)."""
+        history = self.history
+        history += (time_ms, round(points, 2) if points.__class__ is float else points, label)
+        if len(history) > 6 * keep:
+            del history[: -3 * keep]
 
     def changes(self, keep: int) -> list[tuple[int, float, str]]:
         """The last `keep` recorded changes, oldest first, as (time_ms, points, label)."""
-        out = []
-        for record in self.history.split(SEPARATOR)[-keep - 1 :]:
+        history = self.history[-3 * keep :]
+        return list(zip(history[0::3], history[1::3], history[2::3]))
+
+
+def _from_json_layout(data: bytes | bytearray | memoryview) -> LeadState:
+    """A state of JSON layout 1 or 2 (versions before MessagePack), converted."""
+    try:
+        values = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise StateError(f"lead state is not valid JSON: {exc}") from None
+    if values.__class__ is not list or (len(values), values[0]) not in ((21, 2), (20, 1)):
+        raise StateError(f"lead state of an unknown layout (expected version {_LEAD_VERSION})")
+    try:
+        (
+            _, behaviour, fit, as_of_ms, last_activity_ms, steps_taken, watermark_ms, level, crossings, traits,
+            account_id, ledger, windows, seen, ids, _, ids_max_ms, old_ids, old_ids_max_ms, history,
+        ) = values[:20]  # fmt: skip
+        state = LeadState.new(level, fit)
+        state.behaviour, state.as_of_ms, state.last_activity_ms = behaviour, as_of_ms, last_activity_ms
+        state.steps_taken, state.watermark_ms, state.crossings = tuple(steps_taken), watermark_ms, crossings
+        state.traits, state.account_id, state.ledger, state.windows = traits, account_id, ledger, windows
+        state.seen = {rule: dict.fromkeys(key for key in log.split(SEPARATOR) if key) for rule, log in seen.items()}
+        state.ids = {key for key in ids.split(SEPARATOR) if key}
+        state.ids_max_ms = ids_max_ms
+        state.old_ids = frozenset(key for key in old_ids.split(SEPARATOR) if key) or NO_IDS
+        state.old_ids_max_ms = old_ids_max_ms
+        for record in history.split(SEPARATOR):
             if record:
                 time_ms, points, label = record.split(" ", 2)
-                out.append((int(time_ms), float(points) if "." in points or "e" in points else int(points), label))
-        return out
+                state.history += (int(time_ms), float(points) if "." in points or "e" in points else int(points), label)
+        state.windows_drop_ms = values[20] if len(values) == 21 else 0
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise StateError(f"lead state of JSON layout {values[0]} has a field of the wrong type: {exc}") from None
+    return state

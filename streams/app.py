@@ -23,9 +23,10 @@ from faust.web import Request, Response, View
 from kafka.errors import KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from scoring import Engine, LeadState
-from streams import lead_states, metrics, seek_first
+from scoring import Engine
+from streams import metrics, seek_first
 from streams.lag import LagProbe
+from streams.lead_states import LeadStore
 from streams.outbox import Outbox
 from streams.rollup import Rollup
 from streams.scorer import DECAY_CHUNK, DECAY_PAUSE_S, Scorer
@@ -36,7 +37,8 @@ log = logging.getLogger("leadstream.worker")
 
 
 class TableStore:
-    """A Faust table used as the lead store: local reads, writes that also go to its changelog."""
+    """A Faust table of bytes used as a state store: local reads, writes that also go to its
+    changelog (the account table; the lead table is a `LeadStore`, which keeps states live)."""
 
     def __init__(self, table: faust.Table) -> None:
         self.table = table
@@ -92,7 +94,9 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
     accounts = app.Table("accounts", partitions=settings.partitions, key_type=bytes, value_type=bytes)
 
     outbox = Outbox(settings.kafka_bootstrap, settings.partitions)
-    scorer = Scorer(engine, settings, TableStore(leads), outbox, settings.partitions)
+    # The memory store's own dict, which recovery fills with changelog bytes.
+    lead_store = LeadStore(leads.data.data, leads.changelog_topic.get_topic_name(), settings.partitions)
+    scorer = Scorer(engine, settings, lead_store, outbox, settings.partitions)
     rollup_stage = Rollup(engine, settings, TableStore(accounts), outbox)
 
     @app.service
@@ -113,6 +117,10 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
     async def on_revoked(sender: Any, revoked: Any = (), **kwargs: Any) -> None:
         metrics.REBALANCES.inc()
         metrics.READY.set(0)
+        # The batch in flight ends (its states acknowledged) before the revoked partitions'
+        # live states are dropped and any recovery reads the changelog's end.
+        await scorer.settle()
+        lead_store.forget({tp.partition for tp in revoked if tp.topic == settings.topic_events})
         scorer.sequence.reset()
         log.info("rebalance: partitions revoked count=%d", len(revoked))
 
@@ -157,7 +165,10 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
 
     @app.timer(interval=settings.decay_interval_s)
     async def decay() -> None:
-        # Every worker runs this timer; the index only holds leads of partitions it owns.
+        # Every worker runs this timer; the index only holds leads of partitions it owns, and
+        # is rebuilt once a rebalance's recovery is done.
+        if not _ready(app):
+            return
         now = now_ms()
         while await scorer.decay_due(now) == DECAY_CHUNK:
             await asyncio.sleep(DECAY_PAUSE_S)
@@ -167,19 +178,19 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
         owned = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == settings.topic_events}
         scorer.rebuild_decay_index(owned)
         log.info("recovery done: lead table ready leads=%d decay_steps_indexed=%d owned_partitions=%s",
-                 len(leads.data), len(scorer.decay_index), sorted(owned))
+                 len(lead_store), len(scorer.decay_index), sorted(owned))
 
     @app.page("/leads/{lead_id}/")
     class LeadView(View):
         @app.table_route(table=leads, match_info="lead_id")
         async def get(self, request: Request, lead_id: str) -> Response:
-            value = leads.data.get(lead_id.encode())
-            if value is None:
+            states = lead_store.states(lead_id)
+            if not states:
                 return self.json({"error": f"no state for lead {lead_id!r} on this worker"}, status=404)
             at = now_ms()
             explained = {
-                model: engine.explain(model, lead_id, LeadState.from_bytes(raw), at)
-                for model, raw in lead_states.decode(value).items()
+                model: engine.explain(model, lead_id, state, at)  # type: ignore[arg-type]
+                for model, state in states.items()
                 if model in scorer.models
             }
             return self.bytes(orjson.dumps({"lead_id": lead_id, "models": explained}), content_type="application/json")

@@ -14,13 +14,13 @@ from typing import Sequence
 import orjson
 
 from scoring import AccountState, Engine, MemberScore, Transition
-from streams import lead_states, metrics
+from streams import metrics
 from streams.deadletter import DeadLetter
 from streams.envelope import unpack
 from streams.outbox import Outbox
 from streams.partitioning import partition_for
 from streams.settings import Settings
-from streams.stage import Consumed, StateStore
+from streams.stage import Consumed, StateStore, frame, unframe
 
 
 def publish_updates(outbox: Outbox, settings: Settings, updates: Sequence[MemberScore], partitions: int) -> None:
@@ -49,7 +49,7 @@ class Rollup:
                 key = (update.model, update.account_id)
                 state = states.get(key)
                 if state is None:
-                    raw = lead_states.decode(self.store.get(update.account_id) or b"").get(update.model)
+                    raw = unframe(self.store.get(update.account_id) or b"").get(update.model)
                     state = None if raw is None else AccountState.from_bytes(raw)
                 state, crossed = self.engine.apply_account(update.model, update.account_id, state, update)
                 states[key] = state
@@ -62,10 +62,10 @@ class Rollup:
         by_account: dict[str, dict[str, bytes]] = {}
         for (model, account_id), state in states.items():
             if account_id not in by_account:
-                by_account[account_id] = lead_states.decode(self.store.get(account_id) or b"")
+                by_account[account_id] = unframe(self.store.get(account_id) or b"")
             by_account[account_id][model] = state.to_bytes()
         for account_id, encoded in by_account.items():
-            self.store.put(account_id, partition_of[account_id], lead_states.encode(encoded), self.outbox)
+            self.store.put(account_id, partition_of[account_id], frame(encoded), self.outbox)
         await self.outbox.flush()
 
     def _decode(self, message: Consumed) -> list[MemberScore]:

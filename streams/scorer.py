@@ -1,8 +1,8 @@
 """The scoring stage: batches of raw Kafka messages in, durable lead states and crossings out.
 
 This is the adapter between Kafka and the pure engine. It knows nothing of Faust: the Faust app
-(streams/app.py) hands it batches of consumed messages and gives it a `StateStore` (the lead
-table) and an `Outbox` (the producer).
+(streams/app.py) hands it batches of consumed messages and gives it a `LeadStore` (the lead
+table, states kept live) and an `Outbox` (the producer).
 
 Delivery guarantee: at-least-once input with idempotent state. For each batch, everything it
 produces (crossings, score changes, account updates, identity links, dead letters) is sent and
@@ -16,24 +16,26 @@ consumers drop.
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Sequence
 
 import orjson
 
 from scoring import Engine, Event, LeadState, Rejection, Transition, identity
 from scoring.events import MAX_EVENT_BYTES, decode_message
-from streams import lead_states, metrics, stitching
+from streams import metrics, stitching
 from streams.deadletter import DeadLetter
 from streams.envelope import unpack
 from streams.outbox import Outbox
 from streams.partitioning import partition_for
 from streams.rollup import publish_updates
 from streams.settings import Settings
-from streams.stage import Consumed, StateStore
+from streams.lead_states import LeadStore, States
+from streams.stage import Consumed
 
 log = logging.getLogger("leadstream.worker")
 
@@ -127,7 +129,7 @@ class OffsetSequence:
 
 
 class Scorer:
-    def __init__(self, engine: Engine, settings: Settings, store: StateStore, outbox: Outbox, partitions: int) -> None:
+    def __init__(self, engine: Engine, settings: Settings, store: LeadStore, outbox: Outbox, partitions: int) -> None:
         self.engine = engine
         self.settings = settings
         self.store = store
@@ -136,31 +138,46 @@ class Scorer:
         self.decay_index = DecayIndex()
         self.models = {model.name for model in engine.models}
         self.sequence = OffsetSequence({settings.topic_events, settings.topic_identity})
+        # A batch and a decay sweep update the same live states in place, and each writes them
+        # to the changelog only after the crossings they caused are acknowledged: they take
+        # turns, so neither writes a state carrying the other's changes before those are.
+        self._turns: asyncio.Lock | None = None
+
+    def _turn(self) -> asyncio.Lock:
+        if self._turns is None:  # created inside the worker's event loop
+            self._turns = asyncio.Lock()
+        return self._turns
+
+    async def settle(self) -> None:
+        """Returns once the batch or decay sweep in flight (if any) has written its states."""
+        async with self._turn():
+            pass
 
     async def process(self, batch: Sequence[Consumed]) -> BatchStats:
         self.sequence.observe(batch)
-        with metrics.BATCH_SECONDS.time():
-            stats = await self._process(batch)
+        async with self._turn():
+            with metrics.BATCH_SECONDS.time():
+                stats = await self._process(batch)
         stats.record()
         return stats
 
     async def _process(self, batch: Sequence[Consumed]) -> BatchStats:
         stats = BatchStats(messages=len(batch))
         dead: list[DeadLetter] = []
-        cache: dict[str, dict[str, bytes]] = {}
         # Identity links and merges first, so the events of this batch see who is merged.
         identity = [m for m in batch if m.topic == self.settings.topic_identity]
         if identity:
-            await self._stitch(identity, cache, dead)
+            await self._stitch(identity, dead)
         events = []
         links: list[tuple[str, str, int]] = []
         partition_of: dict[str, int] = {}
+        states_of = self.store.states
         for message in batch:
             if message.topic == self.settings.topic_identity:
                 continue
             items, decoded = self._decode(message, dead, stats)
             for position, event in enumerate(decoded):
-                target = stitching.merged_into(self._states(event.lead_id, cache))
+                target = stitching.merged_into(states_of(event.lead_id))
                 if target is not None:
                     if items is None:  # decoded in one pass: forwarding, which is rare, needs the objects
                         items = unpack(message.value)
@@ -171,7 +188,7 @@ class Scorer:
                 if items is not None and event.type in LINKING_TYPES:
                     links.extend((source, target, event.time_ms) for source, target in stitching.links_from(items[position]))
 
-        result = self.engine.apply_batch(events, self._reader(cache))
+        result = self.engine.apply_batch(events, lambda model, lead_id: states_of(lead_id).get(model))  # type: ignore[arg-type, return-value]
         stats.scored = len(events) - len(result.rejected) - len(result.late)
         stats.late = len(result.late)
 
@@ -183,28 +200,27 @@ class Scorer:
         for source, target, time_ms in links:
             outbox.add(self.settings.topic_identity, source.encode(), stitching.link_record(source, target, time_ms))
         now_ms = stats.newest_event_ms = max((e.time_ms for e in events), default=0)
-        by_lead: dict[str, list[tuple[str, LeadState]]] = {}
-        writes: list[tuple[str, int, bytes]] = []
-        for (model, lead_id), state in result.states.items():
-            by_lead.setdefault(lead_id, []).append((model, state))
+        writes: dict[str, States] = {}
         score_changed = result.score_changed
-        for lead_id, changed in by_lead.items():
-            partition = partition_of[lead_id]
-            states = cache.get(lead_id, {})
-            for model, state in changed:
-                if model not in states:
-                    stats.new_leads[model] = stats.new_leads.get(model, 0) + 1
-                # A state whose summary the batch left as it was (a duplicate, a capped open,
-                # a counter moved) is written, but its score change would repeat the last one.
-                self._changed(states, model, lead_id, state, now_ms, partition, (model, lead_id) in score_changed)
-            writes.append((lead_id, partition, lead_states.encode(states)))
+        for key, state in result.states.items():
+            model, lead_id = key
+            states = writes.get(lead_id)
+            if states is None:
+                states = writes[lead_id] = states_of(lead_id)
+            if model not in states:
+                stats.new_leads[model] = stats.new_leads.get(model, 0) + 1
+                states[model] = state
+            # A state whose summary the batch left as it was (a duplicate, a capped open,
+            # a counter moved) is written, but its score change would repeat the last one.
+            self._changed(model, lead_id, state, now_ms, partition_of[lead_id], key in score_changed)
         publish_updates(outbox, self.settings, result.account_updates, self.partitions)
         for letter in dead:
             stats.rejected[letter.reason] = stats.rejected.get(letter.reason, 0) + 1
             outbox.add(self.settings.topic_deadletter, letter.key, letter.to_bytes(), letter.partition)
         await outbox.flush()
-        for lead_id, partition, value in writes:
-            self.store.put(lead_id, partition, value, outbox)
+        put = self.store.put
+        for lead_id, states in writes.items():
+            put(lead_id, partition_of[lead_id], states, outbox)
         await outbox.flush()
         return stats
 
@@ -212,48 +228,53 @@ class Scorer:
         """Apply up to `limit` decay steps due by now on the owned partitions (the caller repeats
         while a full chunk came back, yielding between chunks so scoring is never held up for
         long); returns how many index entries were taken."""
+        async with self._turn():
+            return await self._decay_due(now_ms, limit)
+
+    async def _decay_due(self, now_ms: int, limit: int) -> int:
         applied = 0
         crossings: list[Transition] = []
-        writes: list[tuple[str, int, bytes]] = []
+        writes: dict[str, tuple[int, States]] = {}
         due_entries = self.decay_index.pop_due(now_ms, limit)
+        taken = len(due_entries)
         for partition, lead_id, model in due_entries:
-            value = self.store.get(lead_id)
-            states = lead_states.decode(value) if value else {}
-            if model not in states or model not in self.models:
+            states = self.store.states(lead_id)
+            state = states.get(model)
+            if state is None or model not in self.models:
                 continue
-            state = LeadState.from_bytes(states[model])
-            due = self.engine.next_due_ms(model, state)
+            runtime = self.engine.runtime(model)
+            due = runtime.next_due_ms(state)  # type: ignore[arg-type]
             if due is None or due > now_ms:  # stale entry: activity moved the step later
                 if due is not None:
                     self.decay_index.schedule(partition, due, lead_id, model)
                 continue
-            state, transitions = self.engine.decay(model, lead_id, state, now_ms)
+            # In place, like a batch's events: the state is written after the crossings.
+            runtime.decay(state, lead_id, now_ms, crossings)  # type: ignore[arg-type]
             applied += 1
-            crossings.extend(transitions)
-            self._changed(states, model, lead_id, state, now_ms, partition)
-            writes.append((lead_id, partition, lead_states.encode(states)))
+            self._changed(model, lead_id, state, now_ms, partition)  # type: ignore[arg-type]
+            writes[lead_id] = (partition, states)
         metrics.count_crossings(self._queue_crossings(crossings))
         await self.outbox.flush()  # crossings and score changes before the states below
-        for lead_id, partition, value in writes:
-            self.store.put(lead_id, partition, value, self.outbox)
+        for lead_id, (partition, states) in writes.items():
+            self.store.put(lead_id, partition, states, self.outbox)
         await self.outbox.flush()
         metrics.DECAY_STEPS.inc(applied)
         metrics.DECAY_DUE.set(len(self.decay_index))
-        return len(due_entries)
+        return taken
 
     def rebuild_decay_index(self, owned: set[int]) -> None:
         """After recovery or a rebalance: index the due steps of the leads on owned partitions."""
         self.decay_index = DecayIndex()
         leads: dict[str, int] = {}
-        for lead_id, value in self.store.items():
+        for lead_id, states in self.store.items():
             partition = partition_for(lead_id, self.partitions)
             if partition not in owned:
                 continue
-            for model, raw in lead_states.decode(value).items():
-                if model not in self.models:  # a model removed from the directory: its states rest
+            for model, state in states.items():
+                if model not in self.models:  # a model removed from the directory (or a marker): its states rest
                     continue
                 leads[model] = leads.get(model, 0) + 1
-                due = self.engine.next_due_ms(model, LeadState.from_bytes(raw))
+                due = self.engine.next_due_ms(model, state)  # type: ignore[arg-type]
                 if due is not None:
                     self.decay_index.schedule(partition, due, lead_id, model)
         metrics.LEADS_IN_STATE.clear()
@@ -261,11 +282,11 @@ class Scorer:
             metrics.LEADS_IN_STATE.labels(model).set(count)
         metrics.DECAY_DUE.set(len(self.decay_index))
 
-    async def _stitch(self, messages: list[Consumed], cache: dict[str, dict[str, bytes]], dead: list[DeadLetter]) -> None:
+    async def _stitch(self, messages: list[Consumed], dead: list[DeadLetter]) -> None:
         """Links move a merged id's states on as a merge; merges fold them into the target."""
         markers: list[tuple[str, str, int]] = []
         crossings: list[Transition] = []
-        merged: dict[str, int] = {}
+        merged: dict[str, tuple[int, States]] = {}
         for message in messages:
             try:
                 record = orjson.loads(message.value)
@@ -275,7 +296,7 @@ class Scorer:
                                        message.topic, message.partition, message.offset, message.key))
                 continue
             if kind == "link":
-                states = self._states(source, cache)
+                states = self.store.states(source)
                 if stitching.merged_into(states) is not None or any(m == source for m, _, _ in markers):
                     continue  # merged before: merging twice adds nothing
                 if states:
@@ -283,28 +304,29 @@ class Scorer:
                                     stitching.merge_record(source, target, time_ms, states))
                 markers.append((source, target, message.partition))
             elif kind == "merge":
-                states = self._states(target, cache)
+                states = merged[target][1] if target in merged else self.store.states(target)
                 onward = stitching.merged_into(states)
                 if onward is not None:  # the target was itself merged since: follow the chain
                     self.outbox.add(self.settings.topic_identity, onward.encode(),
                                     orjson.dumps({**record, "target": onward}))
                     continue
+                states = dict(states)
                 for model, raw in stitching.merged_states(record).items():
                     if model not in self.models:
                         continue
                     existing = states.get(model)
-                    state, crossed = identity.merge(self.engine, model, target, None if existing is None else LeadState.from_bytes(existing),
+                    state, crossed = identity.merge(self.engine, model, target, None if existing is None else existing.copy(),  # type: ignore[union-attr]
                                                     LeadState.from_bytes(raw), source, time_ms)
                     crossings.extend(crossed)
-                    self._changed(states, model, target, state, time_ms, message.partition)
-                merged[target] = message.partition
+                    states[model] = state
+                    self._changed(model, target, state, time_ms, message.partition)
+                merged[target] = (message.partition, states)
         metrics.count_crossings(self._queue_crossings(crossings))
         await self.outbox.flush()  # the merges, crossings and score changes before the states below
         for source, target, partition in markers:
-            cache[source] = stitching.marker(target)
-            self.store.put(source, partition, lead_states.encode(cache[source]), self.outbox)
-        for target, partition in merged.items():
-            self.store.put(target, partition, lead_states.encode(cache[target]), self.outbox)
+            self.store.put(source, partition, stitching.marker(target), self.outbox)
+        for target, (partition, states) in merged.items():
+            self.store.put(target, partition, states, self.outbox)
         await self.outbox.flush()
 
     def _forward(self, item: dict, target: str, message: Consumed, dead: list[DeadLetter]) -> None:
@@ -314,14 +336,6 @@ class Scorer:
                                    orjson.dumps(item), message.topic, message.partition, message.offset, message.key))
             return
         self.outbox.add(self.settings.topic_events, target.encode(), orjson.dumps(onward))
-
-    def _states(self, lead_id: str, cache: dict[str, dict[str, bytes]]) -> dict[str, bytes]:
-        """The lead's stored states by model (decoded once per batch)."""
-        states = cache.get(lead_id)
-        if states is None:
-            value = self.store.get(lead_id)
-            states = cache[lead_id] = lead_states.decode(value) if value else {}
-        return states
 
     def _decode(self, message: Consumed, dead: list[DeadLetter], stats: BatchStats) -> tuple[list[dict] | None, list[Event]]:
         """The message's accepted events, with their JSON objects in the same order when they
@@ -384,18 +398,9 @@ class Scorer:
             events.append(parsed)
         return accepted, events
 
-    def _reader(self, cache: dict[str, dict[str, bytes]]) -> Callable[[str, str], LeadState | None]:
-        def get_state(model: str, lead_id: str) -> LeadState | None:
-            raw = self._states(lead_id, cache).get(model)
-            return None if raw is None else LeadState.from_bytes(raw)
-
-        return get_state
-
-    def _changed(self, states: dict[str, bytes], model: str, lead_id: str, state: LeadState, now_ms: int, partition: int,
-                 publish: bool = True) -> None:
-        """A lead's state changed: encode it among its models, schedule its next decay step,
-        queue its score change (unless `publish` is false: the summary is the same as before)."""
-        states[model] = state.to_bytes()
+    def _changed(self, model: str, lead_id: str, state: LeadState, now_ms: int, partition: int, publish: bool = True) -> None:
+        """A lead's state changed: schedule its next decay step and queue its score change
+        (unless `publish` is false: the summary is the same as before)."""
         due = self.engine.next_due_ms(model, state)
         if due is not None:
             self.decay_index.schedule(partition, due, lead_id, model)

@@ -23,24 +23,26 @@ them; the known lead crosses when the merge lifts it.
 from __future__ import annotations
 
 import base64
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from streams.segment import ANONYMOUS_PREFIX
+
+if TYPE_CHECKING:
+    from streams.lead_states import States
 
 #: The lead-table entry of an id merged into another: {MERGED_INTO: target id}.
 MERGED_INTO = "\x00merged_into"
 MAX_HOPS = 8
 
 
-def merged_into(states: dict[str, bytes]) -> str | None:
-    target = states.get(MERGED_INTO)
-    return None if target is None else target.decode()
+def merged_into(states: States) -> str | None:
+    return states.get(MERGED_INTO)  # type: ignore[return-value]  # the marker's value is the target id
 
 
-def marker(target: str) -> dict[str, bytes]:
-    return {MERGED_INTO: target.encode()}
+def marker(target: str) -> States:
+    return {MERGED_INTO: target}
 
 
 def is_anonymous(lead_id: str | None) -> bool:
@@ -69,8 +71,8 @@ def link_record(source: str, target: str, time_ms: int) -> bytes:
     return orjson.dumps({"kind": "link", "source": source, "target": target, "time": time_ms})
 
 
-def merge_record(source: str, target: str, time_ms: int, states: dict[str, bytes]) -> bytes:
-    encoded = {model: base64.b64encode(raw).decode("ascii") for model, raw in states.items()}
+def merge_record(source: str, target: str, time_ms: int, states: States) -> bytes:
+    encoded = {model: base64.b64encode(state.to_bytes()).decode("ascii") for model, state in states.items()}  # type: ignore[union-attr]
     return orjson.dumps({"kind": "merge", "source": source, "target": target, "time": time_ms, "states": encoded})
 
 

@@ -33,7 +33,7 @@ def test_steps_are_never_applied_twice_whenever_evaluated() -> None:
         state, _ = run.engine.decay("m", "L1", state, T0 + day * DAY)
     once, _ = run.engine.decay("m", "L1", run.state(), T0 + 95 * DAY)
     assert state == once
-    assert state.behaviour == 0 and state.steps_taken == [-15, -30, -35]
+    assert state.behaviour == 0 and state.steps_taken == (-15, -30, -35)
 
 
 def test_activity_restarts_the_idle_clock() -> None:

@@ -4,7 +4,6 @@ recent history of changes."""
 from __future__ import annotations
 
 from scoring import Engine
-from scoring.state import HISTORY_CHARS_PER_CHANGE
 from tests.scoring.support import DAY, T0, Run, ev, shipped
 
 B2B = Engine([shipped("b2b")])
@@ -48,7 +47,7 @@ def test_history_keeps_the_configured_number_of_changes() -> None:
     run = Run(B2B).apply(*(ev("webinar_attended", at=i, product="b2b") for i in range(40)))
     state = run.state("L1", "b2b")
     assert len(B2B.explain("b2b", "L1", state, T0 + 40)["history"]) == 8
-    assert len(state.history) <= HISTORY_CHARS_PER_CHANGE * 8 + 40
+    assert len(state.history) <= 3 * 2 * 8  # (time, points, label) triples, trimmed at twice the setting
 
 
 def test_summary_has_top_reasons() -> None:

@@ -16,7 +16,7 @@ from streams.lag import LagProbe
 from streams.processes import WorkerProcess
 from streams.send import open_producer, produce
 from streams.settings import Settings
-from tests.infra import leadstream, read_topic, write_jsonl
+from tests.infra import leadstream, read_to_end, read_topic, write_jsonl
 
 MINUTE_MS = 60_000
 DAY_MS = 86_400_000
@@ -151,7 +151,7 @@ def test_sigkill_mid_stream_loses_and_duplicates_nothing(
         )
     # A crossing produced twice (state write lost in the kill) carries the same id: consumers drop it.
     assert len(lead_crossings) >= len(by_id)
-    scores = scores_by_key(isolated, expect=len(expected_scores))
+    scores = {key.decode(): value for key, value in read_to_end(isolated, isolated.topic_scores)}
     assert {k: v["score"] for k, v in scores.items()} == expected_scores
     # The restarted worker was handed every message from its committed offsets on, in sequence.
     _, body = second.get("/metrics")
