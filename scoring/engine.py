@@ -70,7 +70,7 @@ class ModelRuntime:
     __slots__ = (
         "model", "name", "matchers", "fit_match", "ladder", "lateness_ms", "floor", "ceiling",
         "remember", "history", "keep_traits", "steps", "half_life", "windows", "level_index", "up", "down",
-        "empty_fit", "first_level", "first_idle_ms", "history_keep", "history_trim", "level_names", "fit_keys", "fit_domain_keys", "classify", "_fit_memo",
+        "empty_fit", "first_level", "first_idle_ms", "history_keep", "history_trim", "level_names", "fit_keys", "fit_domain_keys", "classify", "_fit_memo", "labels_memo",
     )  # fmt: skip
 
     def __init__(self, model: Model) -> None:
@@ -98,6 +98,8 @@ class ModelRuntime:
         self.fit_domain_keys = tuple(sorted(by_domain))
         self.classify = classify
         self._fit_memo: dict[tuple[Any, ...], tuple[tuple[FitRule, ...], float, list[tuple[float, str, float]]]] = {}
+        #: (fit, behaviour, their types) -> labels, see scoring.explain
+        self.labels_memo: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         self.ladder = model.ladder
         self.level_index = model.ladder.index
         self.level_names = model.ladder.names
@@ -105,7 +107,7 @@ class ModelRuntime:
         self.down = model.ladder.down
         self.lateness_ms = model.lateness_ms
         self.floor = model.floor
-        self.empty_fit = self.fit_points({})
+        self.empty_fit = self._fit({})[1]
         self.first_level = self.ladder.names[self.ladder.level_after(0, max(self.empty_fit, self.floor))]
         self.ceiling = float("inf") if model.max_points is None else model.max_points
         self.remember = model.remember_events
@@ -135,16 +137,14 @@ class ModelRuntime:
         score = state.behaviour + state.fit
         return score if score > self.floor else self.floor
 
-    def fit_points(self, traits: dict[str, Any]) -> float:
-        return self._fit(traits)[1]
-
-    def fit_rules(self, traits: dict[str, Any]) -> tuple[FitRule, ...]:
-        """The fit rules the traits meet, in model order."""
-        return self._fit(traits)[0]
-
-    def fit_reasons(self, traits: dict[str, Any]) -> list[tuple[float, str, float]]:
-        """(-|points|, name, points) of the fit rules met with points: reasons' sort items."""
-        return self._fit(traits)[2]
+    def fit_of(self, state: LeadState) -> tuple[tuple[FitRule, ...], float, list[tuple[float, str, float]]]:
+        """The fit rules the lead's traits meet (in model order), their points, and the
+        (-|points|, name, points) sort items of those with points (for reasons); remembered in
+        the state until its traits change."""
+        found = state.fit_found
+        if found is None:
+            found = state.fit_found = self._fit(state.traits)
+        return found
 
     def _fit(self, traits: dict[str, Any]) -> tuple[tuple[FitRule, ...], float, list[tuple[float, str, float]]]:
         """Fit rules met and their points, remembered by what they read of the traits: values
@@ -226,7 +226,7 @@ class ModelRuntime:
                 self.half_life.bring_to(state, time_ms)
         if traits_changed:
             outcome = _CHANGED
-            fit = self.fit_points(state.traits)
+            fit = self.fit_of(state)[1]
             if fit != state.fit:
                 state.record(time_ms, fit - state.fit, "fit", self.history)
                 state.fit = fit
@@ -373,6 +373,8 @@ class ModelRuntime:
                 elif kept.get(key) != value:
                     kept[key] = value
                     changed = True
+        if changed:
+            state.fit_found = None
         return changed
 
     def compact(self, state: LeadState) -> None:

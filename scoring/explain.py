@@ -21,22 +21,42 @@ TOP_REASONS = 5
 
 def labels(runtime: ModelRuntime, state: LeadState) -> dict[str, Any]:
     """Score, 0-100, fit grade, engagement level, grid cell, temperature and level."""
+    out: dict[str, Any] = {}
+    _put_labels(out, runtime, state)
+    return out
+
+
+#: (fit, behaviour) pairs whose labels a model remembers (then it starts over).
+_LABELS_MEMO = 16384
+
+
+def _put_labels(out: dict[str, Any], runtime: ModelRuntime, state: LeadState) -> None:
+    # A summary is made for every changed lead of every batch, and a lead's labels depend on
+    # its fit and behaviour points alone, which take few distinct values: they are remembered.
+    fit, behaviour = state.fit, state.behaviour
+    memo = runtime.labels_memo
+    key = (fit, behaviour, fit.__class__, behaviour.__class__)  # 1 and 1.0 print differently
+    found = memo.get(key)
+    if found is None:
+        if len(memo) >= _LABELS_MEMO:
+            memo.clear()
+        found = memo[key] = _labels_of(runtime, fit, behaviour)
+    out["score"], out["normalized"], out["grade"], out["engagement"], out["cell"], out["temperature"] = found
+    out["level"] = state.level
+
+
+def _labels_of(runtime: ModelRuntime, fit: float, behaviour: float) -> tuple[Any, ...]:
+    """Score, 0-100, grade, engagement, cell and temperature of these points."""
     model = runtime.model
-    score = state.behaviour + state.fit
+    score = behaviour + fit
     if score < runtime.floor:
         score = runtime.floor
     normalized = model.scale.normalize(score)
-    grade = model.grades.label(state.fit) if model.grades is not None else None
-    engagement = int(model.engagement.label(state.behaviour)) if model.engagement is not None else None
-    return {
-        "score": round(score, 2),
-        "normalized": normalized,
-        "grade": grade,
-        "engagement": engagement,
-        "cell": f"{grade}{engagement}" if grade is not None and engagement is not None else None,
-        "temperature": model.temperature.label(normalized) if model.temperature is not None else None,
-        "level": state.level,
-    }
+    grade = model.grades.label(fit) if model.grades is not None else None
+    engagement = int(model.engagement.label(behaviour)) if model.engagement is not None else None
+    cell = f"{grade}{engagement}" if grade is not None and engagement is not None else None
+    temperature = model.temperature.label(normalized) if model.temperature is not None else None
+    return round(score, 2), normalized, grade, engagement, cell, temperature
 
 
 def decayed_points(state: LeadState) -> float:
@@ -68,25 +88,19 @@ def rule_rows(runtime: ModelRuntime, state: LeadState) -> list[dict[str, Any]]:
 
 
 def fit_rows(runtime: ModelRuntime, state: LeadState) -> list[dict[str, Any]]:
-    return [{"rule": rule.name, "points": rule.points} for rule in runtime.fit_rules(state.traits)]
+    return [{"rule": rule.name, "points": rule.points} for rule in runtime.fit_of(state)[0]]
 
 
 def reasons(runtime: ModelRuntime, state: LeadState, limit: int = TOP_REASONS) -> list[dict[str, Any]]:
     """The largest contributions, either sign: behaviour rules, fit rules and decay."""
     # (-|points|, name, points): sorted as tuples, largest first, then by name.
-    items = []
-    earned: float = 0
-    for name, entry in state.ledger.items():
-        points = entry[0]
-        if points:
-            earned += points
-            items.append((-abs(points), name, points))
-    items += runtime.fit_reasons(state.traits)
-    decayed = state.behaviour - earned
+    items = [(-abs(entry[0]), name, entry[0]) for name, entry in state.ledger.items() if entry[0]]
+    decayed = state.behaviour - sum([item[2] for item in items])
+    items += runtime.fit_of(state)[2]
     if decayed:
         items.append((-abs(decayed), "decay", decayed))
     items.sort()
-    return [{"rule": name, "points": round(points, 2)} for _, name, points in items[:limit]]
+    return [{"rule": name, "points": points if points.__class__ is int else round(points, 2)} for _, name, points in items[:limit]]
 
 
 def at_time(runtime: ModelRuntime, lead_id: str, state: LeadState, now_ms: int) -> LeadState:
@@ -106,7 +120,7 @@ def at_time(runtime: ModelRuntime, lead_id: str, state: LeadState, now_ms: int) 
 def summary(runtime: ModelRuntime, lead_id: str, state: LeadState, now_ms: int) -> dict[str, Any]:
     current = at_time(runtime, lead_id, state, now_ms)
     out: dict[str, Any] = {"lead_id": lead_id, "model": runtime.name, "time": now_ms}
-    out.update(labels(runtime, current))
+    _put_labels(out, runtime, current)
     out["last_activity_ms"] = current.last_activity_ms or None
     out["account_id"] = current.account_id
     out["top_reasons"] = reasons(runtime, current)

@@ -64,7 +64,8 @@ def merge(
 
     for name, value in source.traits.items():
         state.traits.setdefault(name, value)
-    fit = runtime.fit_points(state.traits)
+    state.fit_found = None
+    fit = runtime.fit_of(state)[1]
     if fit != state.fit:
         state.record(time_ms, fit - state.fit, "fit", runtime.history)
         state.fit = fit

@@ -104,6 +104,7 @@ class LeadState:
         "old_ids_max_ms",
         "history",
         "windows_drop_ms",
+        "fit_found",
     )
 
     behaviour: float
@@ -140,6 +141,9 @@ class LeadState:
     #: The engine keeps it exact (scoring.repeat.bump, ModelRuntime.compact); code that adds
     #: counters otherwise may leave it late, which only keeps closed counters a little longer.
     windows_drop_ms: int
+    #: Derived, not stored: the fit rules the traits meet, their points and reason items, as
+    #: `ModelRuntime.fit_of` found them; None until asked. Code that changes `traits` resets it.
+    fit_found: tuple[Any, ...] | None
 
     @classmethod
     def new(cls, level: str, fit: float) -> LeadState:
@@ -148,8 +152,8 @@ class LeadState:
             state.behaviour, state.fit, state.as_of_ms, state.last_activity_ms, state.steps_taken,
             state.watermark_ms, state.level, state.crossings, state.traits, state.account_id,
             state.ledger, state.windows, state.seen, state.ids, state.ids_max_ms,
-            state.old_ids, state.old_ids_max_ms, state.history, state.windows_drop_ms,
-        ) = (0, fit, 0, 0, (), 0, level, 0, {}, None, {}, {}, {}, set(), 0, NO_IDS, 0, [], 0)  # fmt: skip
+            state.old_ids, state.old_ids_max_ms, state.history, state.windows_drop_ms, state.fit_found,
+        ) = (0, fit, 0, 0, (), 0, level, 0, {}, None, {}, {}, {}, set(), 0, NO_IDS, 0, [], 0, None)  # fmt: skip
         return state
 
     def to_bytes(self) -> bytes:
@@ -184,6 +188,7 @@ class LeadState:
         ) = values  # fmt: skip
         state.seen = {rule: dict.fromkeys(keys) for rule, keys in seen.items()}
         state.old_ids = old_ids or NO_IDS
+        state.fit_found = None
         return state
 
     def copy(self) -> LeadState:

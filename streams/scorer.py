@@ -76,20 +76,34 @@ class BatchStats:
 
 
 class DecayIndex:
-    """When each lead's next decay step is due, per owned partition: a sweep costs what is due."""
+    """When each lead's next decay step is due, per owned partition: a sweep costs what is due.
+
+    A lead's due time moves with every batch that changes it, mostly later (new activity), so
+    an entry is added only when it is due before the lead's earliest entry: that one fires
+    first, and the sweep finds the step not yet due and schedules it again. So the index holds
+    about one entry per lead, however often leads change."""
 
     def __init__(self) -> None:
         self._heaps: dict[int, list[tuple[int, str, str]]] = {}
+        self._earliest: dict[tuple[str, str], int] = {}
 
     def schedule(self, partition: int, due_ms: int, lead_id: str, model: str) -> None:
+        key = (lead_id, model)
+        earliest = self._earliest.get(key)
+        if earliest is not None and earliest <= due_ms:
+            return
+        self._earliest[key] = due_ms
         heapq.heappush(self._heaps.setdefault(partition, []), (due_ms, lead_id, model))
 
     def pop_due(self, now_ms: int, limit: int) -> list[tuple[int, str, str]]:
         """Up to `limit` (partition, lead, model) whose step was due by now; entries may be stale."""
         due: list[tuple[int, str, str]] = []
+        earliest = self._earliest
         for partition, heap in self._heaps.items():
             while heap and heap[0][0] <= now_ms and len(due) < limit:
-                _, lead_id, model = heapq.heappop(heap)
+                due_ms, lead_id, model = heapq.heappop(heap)
+                if earliest.get((lead_id, model)) == due_ms:
+                    del earliest[(lead_id, model)]
                 due.append((partition, lead_id, model))
         return due
 

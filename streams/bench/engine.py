@@ -7,9 +7,11 @@ negative events) scored by the example B2B model, with 1% redelivered duplicates
 late events. The loops run over the same bytes in the same process:
 
 - parse only: `orjson.loads` of every event;
-- engine: `engine.parse` (msgspec decoding into checked events) and `apply_batch` in batches of 1000 events
-  against a dict of state bytes, decoding each state on first use in a batch and writing each
-  changed state back with `to_bytes()` once per batch, as the stream worker does;
+- engine: `engine.parse` (msgspec decoding into checked events) and `apply_batch` in batches of
+  1000 events against a dict of live states, encoding each changed state with `to_bytes()` once
+  per batch (its changelog record), as the stream worker does (streams/lead_states.py: states
+  stay live between batches; bytes are decoded only after a recovery, which
+  `decode_us_per_state` measures);
 - engine with a tuned collector: the first loop again with the collector tuned as the worker
   tunes it at start-up (streams/worker.py `tune_collector`, LEADSTREAM_GC_YOUNG_THRESHOLD); the
   collector takes a quarter to a third of the first loop's time on this workload.
@@ -66,22 +68,26 @@ def run(data: list[bytes], engine: Engine) -> dict[str, Any]:
     """Times the loops over `data`; returns the figures."""
     parse_s = min(_timed(lambda: _parse_only(data)) for _ in range(2))
     counts = {"transitions": 0, "late": 0, "rejected": 0, "states_written": 0, "score_changed": 0}
-    store: dict[tuple[str, str], bytes] = {}
-    engine_s = _timed(lambda: _score(data, engine, store, counts))
+    store: dict[tuple[str, str], LeadState] = {}
+    written: dict[tuple[str, str], bytes] = {}
+    engine_s = _timed(lambda: _score(data, engine, store, written, counts))
 
     # The same loop with the collector tuned as the worker tunes it at start-up: a batch's live
     # events and states are then not scanned and promoted several times over before it ends.
-    tuned_store: dict[tuple[str, str], bytes] = {}
+    tuned_store: dict[tuple[str, str], LeadState] = {}
     thresholds = gc.get_threshold()
     tune_collector(Settings.gc_young_threshold)
     try:
-        tuned_s = _timed(lambda: _score(data, engine, tuned_store, None))
+        tuned_s = _timed(lambda: _score(data, engine, tuned_store, {}, None))
     finally:
         gc.set_threshold(*thresholds)
         gc.unfreeze()
     assert tuned_store == store
     del tuned_store
-    sizes = sorted(len(raw) for raw in store.values())
+    raw = list(written.values())
+    decode_s = _timed(lambda: [LeadState.from_bytes(value) for value in raw])
+    encode_s = _timed(lambda: [state.to_bytes() for state in store.values()])
+    sizes = sorted(map(len, raw))
     parse_rate = len(data) / parse_s
     engine_rate = len(data) / engine_s
     return {
@@ -96,6 +102,8 @@ def run(data: list[bytes], engine: Engine) -> dict[str, Any]:
         "bytes_per_lead_state": round(sum(sizes) / len(sizes), 1),
         "bytes_per_lead_state_p99": sizes[int(len(sizes) * 0.99)],
         "bytes_per_lead_state_max": sizes[-1],
+        "encode_us_per_state": round(encode_s / len(raw) * 1e6, 2),
+        "decode_us_per_state": round(decode_s / len(raw) * 1e6, 2),
         "states_written_per_batch": round(counts["states_written"] * BATCH_EVENTS / len(data), 1),
         "summaries_skippable_share": round(1 - counts["score_changed"] / max(1, counts["states_written"]), 3),
         "transitions": counts["transitions"],
@@ -106,19 +114,19 @@ def run(data: list[bytes], engine: Engine) -> dict[str, Any]:
     }
 
 
-def _score(data: list[bytes], engine: Engine, store: dict[tuple[str, str], bytes], counts: dict[str, int] | None) -> None:
-    """The engine as the worker drives it: batches of parsed events against a table of state
-    bytes, each state decoded on first use in a batch and written back once per batch."""
-
-    def get_state(model: str, lead_id: str) -> LeadState | None:
-        raw = store.get((model, lead_id))
-        return None if raw is None else LeadState.from_bytes(raw)
-
+def _score(
+    data: list[bytes], engine: Engine, store: dict[tuple[str, str], LeadState], written: dict[tuple[str, str], bytes],
+    counts: dict[str, int] | None,
+) -> None:
+    """The engine as the worker drives it: batches of parsed events against live states, each
+    changed state encoded once per batch (`written` keeps the last bytes of each)."""
     parse = engine.parse
+    get = store.get
     for start in range(0, len(data), BATCH_EVENTS):
-        result = engine.apply_batch([parse(raw) for raw in data[start : start + BATCH_EVENTS]], get_state)
+        result = engine.apply_batch([parse(raw) for raw in data[start : start + BATCH_EVENTS]], lambda model, lead: get((model, lead)))
         for key, state in result.states.items():
-            store[key] = state.to_bytes()
+            store[key] = state
+            written[key] = state.to_bytes()
         if counts is not None:
             counts["transitions"] += len(result.transitions)
             counts["late"] += len(result.late)

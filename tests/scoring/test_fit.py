@@ -118,5 +118,8 @@ def test_remembered_fit_rules_are_the_rules_that_hold(traits_seen: list[dict]) -
     runtime = Engine([shipped("b2b")]).runtime("b2b")
     for traits in traits_seen + traits_seen:  # the second round answers from memory
         expected = tuple(runtime.fit_match({}, traits)) if runtime.fit_match else ()
-        assert runtime.fit_rules(traits) == expected
-        assert runtime.fit_points(traits) == sum(rule.points for rule in expected)
+        state = runtime.new_state()
+        state.traits = traits
+        rules, points, _ = runtime.fit_of(state)
+        assert rules == expected
+        assert points == sum(rule.points for rule in expected)
