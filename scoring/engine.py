@@ -21,15 +21,17 @@ from scoring.errors import ModelError
 from scoring.events import IDENTIFY, Event, Rejection, parse_event, parse_message
 from scoring.fit import FitRule
 from scoring.model import Model, load_directory
-from scoring.repeat import Window, drop_closed, limited_points
-from scoring.rules import Matcher, Rule, compile_matcher
+from scoring.compiler import CHANGED as _CHANGED
+from scoring.compiler import COUNTED as _COUNTED
+from scoring.compiler import DUPLICATE as _DUPLICATE
+from scoring.compiler import LATE as _LATE
+from scoring.compiler import compile_appliers
+from scoring.repeat import Window, drop_closed
+from scoring.rules import Matcher, compile_matcher
 from scoring.state import LeadState
 from scoring.thresholds import Transition
 
 GetState = Callable[[str, str], "LeadState | None"]
-
-# Outcomes of applying one event to one state, see ModelRuntime.apply.
-_DUPLICATE, _LATE, _COUNTED, _CHANGED = 0, 1, 2, 3
 
 _NO_PROPERTIES: dict[str, Any] = {}
 
@@ -68,7 +70,7 @@ class ModelRuntime:
     """
 
     __slots__ = (
-        "model", "name", "matchers", "fit_match", "ladder", "lateness_ms", "floor", "ceiling",
+        "model", "name", "appliers", "apply_other", "fit_match", "ladder", "lateness_ms", "floor", "ceiling",
         "remember", "history", "keep_traits", "steps", "half_life", "windows", "level_index", "up", "down",
         "empty_fit", "first_level", "first_idle_ms", "history_keep", "history_trim", "level_names", "fit_keys", "fit_domain_keys", "classify", "_fit_memo", "labels_memo",
     )  # fmt: skip
@@ -77,14 +79,6 @@ class ModelRuntime:
         self.model = model
         self.name = model.name
         classify = model.domains.classify
-        by_type: dict[str, list[Any]] = {}
-        for rule in model.rules:
-            by_type.setdefault(rule.event, []).append((rule, rule.conditions))
-        #: event type -> (matcher, whether a rule tests traits)
-        self.matchers: dict[str, tuple[Matcher, bool]] = {
-            kind: (compile_matcher(pairs, classify), any(c.source == "traits" for _, conditions in pairs for c in conditions))
-            for kind, pairs in by_type.items()
-        }
         self.fit_match: Matcher | None = (
             compile_matcher(((r, r.conditions) for r in model.fit_rules), classify) if model.fit_rules else None
         )
@@ -127,6 +121,8 @@ class ModelRuntime:
             if rule.bonus is not None:
                 windows[rule.bonus_key] = rule.bonus.window
         self.windows = windows
+        #: event type -> its compiled apply function, and the one for types no rule scores
+        self.appliers, self.apply_other = compile_appliers(self)
 
     # -- one lead --------------------------------------------------------------------------
 
@@ -174,120 +170,18 @@ class ModelRuntime:
         """Applies one event; returns _CHANGED (what a summary shows may have changed: points,
         level, activity, traits or account), _COUNTED (only what a summary does not show:
         remembered ids, occurrence counts, window counters), _DUPLICATE or _LATE (the last two
-        change nothing).
+        change nothing). Transitions it causes are appended to `out`.
 
-        This is the per-event hot path, written for speed: attribute lookups are hoisted and
-        the common case (a plain rule, no decay due, no crossing) calls as little as possible.
+        The work is done by the function compiled for the event's type (scoring/compiler.py).
         """
-        time_ms = event.time_ms
-        watermark_ms = state.watermark_ms
-        if time_ms < watermark_ms - self.lateness_ms:
-            return _LATE
-        event_id = event.event_id
-        ids = state.ids
-        if event_id in ids or event_id in state.old_ids:
-            return _DUPLICATE
-        if len(ids) < self.remember:  # inlined LeadState.remember_event
-            ids.add(event_id)
-            if time_ms > state.ids_max_ms:
-                state.ids_max_ms = time_ms
-        else:
-            state.remember_event(event_id, time_ms, self.remember)
-        if time_ms > watermark_ms:
-            state.watermark_ms = time_ms
-        outcome = _COUNTED
-        account_id = event.account_id
-        if account_id is not None and account_id != state.account_id:
-            state.account_id = account_id
-            outcome = _CHANGED
-        level = self.level_index.get(state.level, 0)
+        return (self.appliers.get(event.type) or self.apply_other)(state, event, out)
 
-        traits_changed = self._merge_traits(state, event.traits) if event.traits else False
-        matcher = self.matchers.get(event.type)
-        if matcher is None:
-            matched: Sequence[Rule] = ()
-        else:
-            # Only rules that test traits make the traits be decoded.
-            matched = matcher[0](event.properties, state.traits if matcher[1] else _NO_PROPERTIES)
-
-        weight = 1.0
-        if self.steps is not None:
-            # Nothing to do unless a step was taken or the first one is due by now.
-            last_activity_ms = state.last_activity_ms
-            if time_ms >= last_activity_ms and (
-                state.steps_taken or (last_activity_ms and time_ms >= last_activity_ms + self.first_idle_ms)
-            ):
-                level = self._step_decay(state, time_ms, matched, level, event.lead_id, out)
-                outcome = _CHANGED
-        elif self.half_life is not None:
-            if time_ms < state.as_of_ms:
-                weight = self.half_life.factor(state.as_of_ms - time_ms)
-            else:
-                self.half_life.bring_to(state, time_ms)
-        if traits_changed:
-            outcome = _CHANGED
-            fit = self.fit_of(state)[1]
-            if fit != state.fit:
-                state.record(time_ms, fit - state.fit, "fit", self.history)
-                state.fit = fit
-
-        if matched:
-            active = False
-            ledger = state.ledger
-            behaviour = state.behaviour
-            for rule in matched:
-                name = rule.name
-                entry = ledger.get(name)
-                if entry is None:
-                    entry = ledger[name] = [0, 0, 0, 0]
-                entry[1] += 1
-                if rule.plain:
-                    points = rule.points
-                else:
-                    points = limited_points(rule, state, event.properties, time_ms, entry)
-                if rule.positive:
-                    active = True
-                if points:
-                    # Integer points stay integers unless a late event is discounted (half-life).
-                    after = wanted = behaviour + points if weight == 1.0 else behaviour + points * weight
-                    if after > self.ceiling:
-                        after = self.ceiling if behaviour < self.ceiling else behaviour
-                    elif after < self.floor:
-                        after = self.floor if behaviour > self.floor else behaviour
-                    if after != wanted:  # the model's ceiling or floor clipped the points
-                        points = after - behaviour if weight == 1.0 else (after - behaviour) / weight
-                        entry[2] += 1
-                    behaviour = after
-                    entry[0] += points
-                    # LeadState.record inlined.
-                    history = state.history
-                    history += (time_ms, round(points, 2) if points.__class__ is float else points, name)
-                    if len(history) > self.history_trim:
-                        del history[: -self.history_keep]
-                    outcome = _CHANGED
-            state.behaviour = behaviour
-            if active and time_ms > state.last_activity_ms:
-                state.last_activity_ms = time_ms
-                outcome = _CHANGED
-                if state.steps_taken:
-                    state.steps_taken = ()
-
-        score = state.behaviour + state.fit
-        if score < self.floor:
-            score = self.floor
-        if score >= self.up[level] or score < self.down[level]:
-            self._cross(state, level, self.ladder.level_after(level, score), event.lead_id, time_ms, out)
-            return _CHANGED
-        if self.level_names[level] != state.level:  # a level the model no longer has
-            state.level = self.level_names[level]
-            return _CHANGED
-        return outcome
-
-    def _step_decay(self, state: LeadState, time_ms: int, matched: Sequence[Rule], level: int, lead_id: str, out: list[Transition]) -> int:
-        """Brings step decay to `time_ms` before an event at that time; returns the level."""
+    def _step_decay(self, state: LeadState, time_ms: int, activity: bool, level: int, lead_id: str, out: list[Transition]) -> int:
+        """Brings step decay to `time_ms` before an event at that time (`activity`: it matched
+        a rule with positive points); returns the level."""
         steps = self.steps
         assert steps is not None
-        if state.steps_taken and any(rule.points > 0 for rule in matched):
+        if state.steps_taken and activity:
             given = sum(steps.give_back(state, time_ms))
             if given:
                 state.record(time_ms, given, "decay given back (activity arrived late)", self.history)
@@ -479,10 +373,8 @@ class Engine:
         `rejected`, so parse results can be handed over as they are. Never raises for an event.
         """
         result = BatchResult()
-        states: dict[tuple[str, str], LeadState] = {}
-        scores_before: dict[tuple[str, str], float] = {}
-        changed: dict[tuple[str, str], ModelRuntime] = {}
-        score_changed = result.score_changed
+        # (model, lead id) -> [state, runtime, outcome so far, score before (accounts only)]
+        touched: dict[tuple[str, str], list[Any]] = {}
         transitions = result.transitions
         routes = self._routes
         for event in events:
@@ -502,36 +394,36 @@ class Engine:
             late = False
             for runtime in targets:
                 key = (runtime.name, lead_id)
-                state = states.get(key)
-                if state is None:
+                slot = touched.get(key)
+                if slot is None:
                     state = get_state(runtime.name, lead_id)
                     if state is None:  # a new lead: its first summary is news
-                        state = runtime.new_state()
-                        score_changed.add(key)
-                    elif state.account_id is not None:
-                        scores_before[key] = runtime.score(state)
-                    states[key] = state
-                outcome = runtime.apply(state, event, transitions)
-                if outcome == _CHANGED:
-                    changed[key] = runtime
-                    score_changed.add(key)
-                elif outcome == _COUNTED:
-                    changed[key] = runtime
-                elif outcome == _LATE:
+                        slot = touched[key] = [runtime.new_state(), runtime, _CHANGED, None]
+                    else:
+                        before = runtime.score(state) if state.account_id is not None else None
+                        slot = touched[key] = [state, runtime, _DUPLICATE, before]
+                outcome = (runtime.appliers.get(event.type) or runtime.apply_other)(slot[0], event, transitions)
+                if outcome == _LATE:
                     late = True
+                elif outcome > slot[2]:
+                    slot[2] = outcome
             if late:
                 result.late.append(event)
         changed_states = result.states
+        score_changed = result.score_changed
         account_updates = result.account_updates
-        for key, runtime in changed.items():
-            state = states[key]
+        for key, (state, runtime, outcome, before) in touched.items():
+            if outcome < _COUNTED:  # duplicates and late events only
+                continue
             runtime.compact(state)
             changed_states[key] = state
+            if outcome == _CHANGED:
+                score_changed.add(key)
             if state.account_id is not None:
                 score = state.behaviour + state.fit
                 if score < runtime.floor:
                     score = runtime.floor
-                if score != scores_before.get(key):
+                if score != before:
                     account_updates.append(MemberScore(runtime.name, state.account_id, key[1], round(score, 2), state.watermark_ms))
         return result
 

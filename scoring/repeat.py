@@ -150,34 +150,3 @@ def seen_before(state: LeadState, rule_name: str, value: Any) -> bool:
         # Forget the oldest half at once, so trimming costs once per ONCE_PER_MEMORY new keys.
         state.seen[rule_name] = dict.fromkeys(list(seen)[ONCE_PER_MEMORY:])
     return False
-
-
-def limited_points(rule: Rule, state: LeadState, properties: dict[str, Any], time_ms: int, entry: list[Any]) -> float:
-    """Points one occurrence of a rule with limits earns, bonus included.
-
-    `entry` is the rule's ledger entry [points, occurrences, capped, bonuses]; refused
-    occurrences are counted as capped there. Order of checks: a repeated `once_per` value is
-    not a new occurrence at all (no points, no bonus count); every other occurrence counts
-    towards the bonus, then the cap decides whether it scores, then the rule's ceiling clips.
-    """
-    once_per = rule.once_per
-    if once_per is not None:
-        value = (properties if once_per.source == "properties" else state.traits).get(once_per.key)
-        if value is not None and seen_before(state, rule.name, value):
-            entry[2] += 1
-            return 0
-    points = rule.points
-    cap = rule.cap
-    if cap is not None and bump(state, rule.cap_key, cap.window, time_ms, cap.max_scored) >= cap.max_scored:
-        entry[2] += 1
-        points = 0
-    bonus = rule.bonus
-    if bonus is not None and bump(state, rule.bonus_key, bonus.window, time_ms, bonus.count) == bonus.count - 1:
-        entry[3] += 1
-        points += bonus.points
-    if rule.max_points is not None:
-        room = rule.max_points - abs(entry[0])
-        if abs(points) > room:
-            points = max(room, 0) * (1 if points > 0 else -1)
-            entry[2] += 1
-    return points

@@ -153,53 +153,56 @@ def _operand(table: Table, op: str, value: Any, key: str | None = None) -> Any:
     return lowered  # prefix, glob, contains
 
 
+class ConditionCode:
+    """Conditions as inline Python expressions, for generated functions whose locals `p` and
+    `t` are the event's properties and the lead's traits: each field is fetched (and
+    lower-cased, or classed as an e-mail domain) once however many conditions read it, and
+    every value from the model file is a named constant of `namespace`, never source text."""
+
+    def __init__(self, namespace: dict[str, Any], classify_domain: Callable[[Any], str | None]) -> None:
+        self.namespace = namespace
+        namespace.update({"_SCALARS": _SCALAR_TYPES, "_NUMBERS": _NUMBER_TYPES, "_domain": classify_domain})
+        #: Statements that fetch the fields the expressions so far read.
+        self.fetch: list[str] = []
+        self._fields: dict[tuple[str, str], str] = {}
+        self._derived: set[str] = set()
+
+    def constant(self, value: Any) -> str:
+        name = f"C{len(self.namespace)}"
+        self.namespace[name] = value
+        return name
+
+    def test(self, conditions: Sequence[Condition]) -> str:
+        """One expression true when every condition holds ("True" for none)."""
+        return " and ".join(self._expression(cond) for cond in conditions) or "True"
+
+    def _expression(self, cond: Condition) -> str:
+        var = self._fields.get((cond.source, cond.key))
+        if var is None:
+            var = self._fields[(cond.source, cond.key)] = f"v{len(self._fields)}"
+            self.fetch.append(f"{var} = {'p' if cond.source == 'properties' else 't'}.get({self.constant(cond.key)})")
+        if cond.op in ("prefix", "glob", "contains", "words") and f"l{var}" not in self._derived:
+            self._derived.add(f"l{var}")
+            self.fetch.append(f"l{var} = {var}.lower() if {var}.__class__ is str else None")
+        if cond.op == "domain" and f"d{var}" not in self._derived:
+            self._derived.add(f"d{var}")
+            self.fetch.append(f"d{var} = _domain({var})")
+        return _expression(cond, var, self.constant)
+
+
 def compile_matcher(pairs: Iterable[tuple[Any, Sequence[Condition]]], classify_domain: Callable[[Any], str | None]) -> Matcher:
     """One function `match(properties, traits) -> [payload, ...]` for (payload, conditions) pairs.
 
     The payloads of the pairs whose conditions all hold are returned in the given order.
     """
     items = list(pairs)
-    namespace: dict[str, Any] = {"_SCALARS": _SCALAR_TYPES, "_NUMBERS": _NUMBER_TYPES, "_domain": classify_domain}
-    fetch: list[str] = []
-    fields: dict[tuple[str, str], str] = {}
-    derived: set[str] = set()
-    body: list[str] = []
-    payloads: list[Any] = []
-
-    def constant(value: Any) -> str:
-        name = f"C{len(namespace)}"
-        namespace[name] = value
-        return name
-
-    def variable(source: str, key: str) -> str:
-        var = fields.get((source, key))
-        if var is None:
-            var = fields[(source, key)] = f"v{len(fields)}"
-            fetch.append(f"    {var} = {'p' if source == 'properties' else 't'}.get({constant(key)})")
-        return var
-
-    for payload, conditions in items:
-        payloads.append(payload)
-        tests = []
-        for cond in conditions:
-            var = variable(cond.source, cond.key)
-            # Derived values are computed once per field, however many conditions use them.
-            if cond.op in ("prefix", "glob", "contains", "words") and f"l{var}" not in derived:
-                derived.add(f"l{var}")
-                fetch.append(f"    l{var} = {var}.lower() if {var}.__class__ is str else None")
-            if cond.op == "domain" and f"d{var}" not in derived:
-                derived.add(f"d{var}")
-                fetch.append(f"    d{var} = _domain({var})")
-            tests.append(_expression(cond, var, constant))
-        target = constant(payload)
-        if tests:
-            body.append(f"    if {' and '.join(tests)}:\n        m.append({target})")
-        else:
-            body.append(f"    m.append({target})")
     if all(not conditions for _, conditions in items):
-        everything = tuple(payloads)
+        everything = tuple(payload for payload, _ in items)
         return lambda properties, traits: everything
-    source = "def match(p, t):\n" + "\n".join(fetch) + "\n    m = []\n" + "\n".join(body) + "\n    return m\n"
+    namespace: dict[str, Any] = {}
+    code = ConditionCode(namespace, classify_domain)
+    body = [f"    if {code.test(conditions)}:\n        m.append({code.constant(payload)})" for payload, conditions in items]
+    source = "def match(p, t):\n" + "".join(f"    {line}\n" for line in code.fetch) + "    m = []\n" + "\n".join(body) + "\n    return m\n"
     exec(compile(source, "<scoring rules>", "exec"), namespace)  # noqa: S102 - constants only, see module doc
     match: Matcher = namespace["match"]
     match.source = source  # type: ignore[attr-defined]  # for debugging: the generated code

@@ -1,0 +1,290 @@
+"""A model compiled into one apply function per event type: the engine's per-event hot path.
+
+`ModelRuntime` would otherwise interpret the model for every event: loop over the matched
+rules, ask each whether it has limits, look up its window, call a function per limit. A
+function generated for one event type of one model does only what that type's rules need,
+with every condition and limit written inline and every number of the model file a constant,
+which roughly halves the cost of an event (dataclasses generates `__init__` the same way). The
+rare paths (decay steps, crossings, fit, trimming) stay methods of the runtime, called from
+the generated code.
+
+The generated code is `apply(state, event, out) -> outcome` exactly as documented on
+`ModelRuntime.apply`; `function.source` holds it for reading and debugging. Values from model
+files reach it only as named constants (`ConditionCode`), never as source text.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any, Callable
+
+from scoring.repeat import bump, seen_before
+from scoring.rules import ConditionCode, Rule
+
+if TYPE_CHECKING:
+    from scoring.engine import ModelRuntime
+
+Apply = Callable[..., int]
+
+# Outcomes of applying one event to one state, see ModelRuntime.apply.
+DUPLICATE, LATE, COUNTED, CHANGED = 0, 1, 2, 3
+
+
+def compile_appliers(runtime: ModelRuntime) -> tuple[dict[str, Apply], Apply]:
+    """The apply function of each event type the model's rules score, and the one for every
+    other type (no rule matches it, but it counts as seen and may carry traits)."""
+    by_type: dict[str, list[Rule]] = {}
+    for rule in runtime.model.rules:
+        by_type.setdefault(rule.event, []).append(rule)
+    appliers = {kind: _Function(runtime, kind, rules).build() for kind, rules in by_type.items()}
+    return appliers, _Function(runtime, "other", []).build()
+
+
+class _Function:
+    """The source of one generated apply function, built statement by statement."""
+
+    def __init__(self, runtime: ModelRuntime, kind: str, rules: list[Rule]) -> None:
+        self.runtime = runtime
+        self.kind = kind
+        self.rules = rules
+        self.namespace: dict[str, Any] = {
+            "rt": runtime, "bump": bump, "seen_before": seen_before,
+            "DUPLICATE": DUPLICATE, "LATE": LATE, "COUNTED": COUNTED, "CHANGED": CHANGED,
+        }  # fmt: skip
+        self.code = ConditionCode(self.namespace, runtime.classify)
+        self.lines: list[str] = []
+        self.half_life = runtime.half_life is not None
+
+    def const(self, value: Any) -> str:
+        return self.code.constant(value)
+
+    def emit(self, depth: int, *lines: str) -> None:
+        self.lines.extend("    " * depth + line for line in lines)
+
+    def build(self) -> Apply:
+        rt = self.runtime
+        self._prologue()
+        # Conditions are tested once, before decay, as the rules' order of effects needs.
+        tests = [self.code.test(rule.conditions) for rule in self.rules]
+        matching = ["p = event.properties"]
+        if any(c.source == "traits" for rule in self.rules for c in rule.conditions):
+            matching.append("t = state.traits")
+        matching += self.code.fetch
+        matching += [f"m{i} = {test}" for i, test in enumerate(tests) if test != "True"]
+        self.emit(1, *(matching if self.rules else []))
+        matched = [f"m{i}" if test != "True" else "True" for i, test in enumerate(tests)]
+        positive = [m for m, rule in zip(matched, self.rules) if rule.points > 0]
+        if rt.steps is not None:
+            self.emit(
+                1,
+                "last_activity_ms = state.last_activity_ms",
+                "if time_ms >= last_activity_ms and (state.steps_taken or (last_activity_ms and "
+                f"time_ms >= last_activity_ms + {self.const(rt.first_idle_ms)})):",
+                f"    level = rt._step_decay(state, time_ms, {' or '.join(positive) or 'False'}, level, event.lead_id, out)",
+                "    outcome = CHANGED",
+            )
+        elif self.half_life:
+            self.emit(
+                1,
+                "weight = 1.0",
+                "if time_ms < state.as_of_ms:",
+                f"    weight = {self.const(rt.half_life)}.factor(state.as_of_ms - time_ms)",
+                "else:",
+                f"    {self.const(rt.half_life)}.bring_to(state, time_ms)",
+            )
+        self.emit(
+            1,
+            "if traits_changed:",
+            "    outcome = CHANGED",
+            "    fit = rt.fit_of(state)[1]",
+            "    if fit != state.fit:",
+            f"        state.record(time_ms, fit - state.fit, 'fit', {rt.history})",
+            "        state.fit = fit",
+        )
+        if self.rules:
+            self._rules(matched)
+        self._epilogue()
+        source = "def apply(state, event, out):\n" + "\n".join(self.lines) + "\n"
+        exec(compile(source, f"<model {rt.name!r}, event type {self.kind!r}>", "exec"), self.namespace)  # noqa: S102 - constants only
+        function: Apply = self.namespace["apply"]
+        function.source = source  # type: ignore[attr-defined]
+        return function
+
+    def _prologue(self) -> None:
+        """Lateness, duplicates, the newest time, the account, the traits."""
+        rt = self.runtime
+        remember = self.const(rt.remember)
+        self.emit(
+            1,
+            "time_ms = event.time_ms",
+            "watermark_ms = state.watermark_ms",
+            f"if time_ms < watermark_ms - {self.const(rt.lateness_ms)}:",
+            "    return LATE",
+            "event_id = event.event_id",
+            "ids = state.ids",
+            "if event_id in ids or event_id in state.old_ids:",
+            "    return DUPLICATE",
+            f"if len(ids) < {remember}:",
+            "    ids.add(event_id)",
+            "    if time_ms > state.ids_max_ms:",
+            "        state.ids_max_ms = time_ms",
+            "else:",
+            f"    state.remember_event(event_id, time_ms, {remember})",
+            "if time_ms > watermark_ms:",
+            "    state.watermark_ms = time_ms",
+            "outcome = COUNTED",
+            "account_id = event.account_id",
+            "if account_id is not None and account_id != state.account_id:",
+            "    state.account_id = account_id",
+            "    outcome = CHANGED",
+            f"level = {self.const(rt.level_index)}.get(state.level, 0)",
+            "traits_changed = rt._merge_traits(state, event.traits) if event.traits else False",
+        )
+
+    def _rules(self, matched: list[str]) -> None:
+        """Each matched rule's points, occurrences and limits, in model order."""
+        depth = 1
+        if "True" not in matched:  # a rule without conditions matches every event of the type
+            self.emit(depth, f"if {' or '.join(matched)}:")
+            depth += 1
+        self.emit(depth, "ledger = state.ledger", "behaviour = state.behaviour", "active = False")
+        if any(rule.cap is not None or rule.bonus is not None for rule in self.rules):
+            self.emit(depth, "windows = state.windows")
+        for m, rule in zip(matched, self.rules):
+            self._rule(depth, m, rule)
+        self.emit(
+            depth,
+            "state.behaviour = behaviour",
+            "if active and time_ms > state.last_activity_ms:",
+            "    state.last_activity_ms = time_ms",
+            "    outcome = CHANGED",
+            "    if state.steps_taken:",
+            "        state.steps_taken = ()",
+        )
+
+    def _rule(self, depth: int, m: str, rule: Rule) -> None:
+        name = self.const(rule.name)
+        if m != "True":
+            self.emit(depth, f"if {m}:")
+            depth += 1
+        self.emit(
+            depth,
+            f"entry = ledger.get({name})",
+            "if entry is None:",
+            f"    entry = ledger[{name}] = [0, 0, 0, 0]",
+            "entry[1] += 1",
+            f"points = {self.const(rule.points)}",
+        )
+        if rule.positive:
+            self.emit(depth, "active = True")
+        self._limits(depth, rule)
+        if rule.plain and rule.points:
+            self._score(depth, name)
+        else:
+            self.emit(depth, "if points:")
+            self._score(depth + 1, name)
+
+    def _limits(self, depth: int, rule: Rule) -> None:
+        """A rule's limits, in the order scoring/repeat.py documents: a repeated `once_per`
+        value is no new occurrence at all; every other counts towards the bonus, the cap
+        decides whether it scores, the rule's ceiling clips."""
+        name = self.const(rule.name)
+        if rule.once_per is not None:
+            source = "p" if rule.once_per.source == "properties" else "state.traits"
+            self.emit(
+                depth,
+                f"value = {source}.get({self.const(rule.once_per.key)})",
+                f"if value is not None and seen_before(state, {name}, value):",
+                "    entry[2] += 1",
+                "    points = 0",
+                "else:",
+            )
+            depth += 1
+            if rule.cap is None and rule.bonus is None and rule.max_points is None:
+                self.emit(depth, "pass")
+        if rule.cap is not None:
+            self._bump(depth, rule.cap_key, rule.cap.window, rule.cap.max_scored)
+            self.emit(depth, f"if before >= {self.const(rule.cap.max_scored)}:", "    entry[2] += 1", "    points = 0")
+        if rule.bonus is not None:
+            self._bump(depth, rule.bonus_key, rule.bonus.window, rule.bonus.count)
+            self.emit(
+                depth,
+                f"if before == {self.const(rule.bonus.count - 1)}:",
+                "    entry[3] += 1",
+                f"    points += {self.const(rule.bonus.points)}",
+            )
+        if rule.max_points is not None:
+            self.emit(
+                depth,
+                f"room = {self.const(rule.max_points)} - abs(entry[0])",
+                "if abs(points) > room:",
+                "    points = max(room, 0) * (1 if points > 0 else -1)",
+                "    entry[2] += 1",
+            )
+
+    def _bump(self, depth: int, key: str, window: Any, limit: int) -> None:
+        """`before` = the window's count before this occurrence (scoring.repeat.bump, with
+        the common case of one open window inline)."""
+        key_c, limit_c = self.const(key), self.const(limit)
+        self.emit(
+            depth,
+            f"counts = windows.get({key_c})",
+            f"if counts is not None and counts[0] == (time_ms + {self.const(window.shift_ms)}) // {self.const(window.length_ms)}:",
+            "    before = counts[1]",
+            f"    if before < {limit_c}:",
+            "        counts[1] = before + 1",
+            "else:",
+            f"    before = bump(state, {key_c}, {self.const(window)}, time_ms, {limit_c})",
+        )
+
+    def _score(self, depth: int, name: str) -> None:
+        """Adds `points` to behaviour within the model's floor and ceiling, and records it."""
+        rt = self.runtime
+        floor = self.const(rt.floor)
+        if self.half_life:  # a late event's points are discounted by the time they are behind
+            self.emit(depth, "after = wanted = behaviour + points if weight == 1.0 else behaviour + points * weight")
+        else:
+            self.emit(depth, "after = wanted = behaviour + points")
+        if math.isfinite(rt.ceiling):
+            ceiling = self.const(rt.ceiling)
+            self.emit(
+                depth,
+                f"if after > {ceiling}:",
+                f"    after = {ceiling} if behaviour < {ceiling} else behaviour",
+                f"elif after < {floor}:",
+            )
+        else:
+            self.emit(depth, f"if after < {floor}:")
+        self.emit(
+            depth,
+            f"    after = {floor} if behaviour > {floor} else behaviour",
+            "if after != wanted:  # the model's ceiling or floor clipped the points",
+            "    points = after - behaviour" + (" if weight == 1.0 else (after - behaviour) / weight" if self.half_life else ""),
+            "    entry[2] += 1",
+            "behaviour = after",
+            "entry[0] += points",
+            "history = state.history",
+            f"history += (time_ms, round(points, 2) if points.__class__ is float else points, {name})",
+            f"if len(history) > {rt.history_trim}:",
+            f"    del history[:-{rt.history_keep}]",
+            "outcome = CHANGED",
+        )
+
+    def _epilogue(self) -> None:
+        """The threshold ladder: a crossing, or a level the model no longer has."""
+        rt = self.runtime
+        floor = self.const(rt.floor)
+        self.emit(
+            1,
+            "score = state.behaviour + state.fit",
+            f"if score < {floor}:",
+            f"    score = {floor}",
+            f"if score >= {self.const(rt.up)}[level] or score < {self.const(rt.down)}[level]:",
+            f"    rt._cross(state, level, {self.const(rt.ladder)}.level_after(level, score), event.lead_id, time_ms, out)",
+            "    return CHANGED",
+            f"if {self.const(rt.level_names)}[level] != state.level:  # a level the model no longer has",
+            f"    state.level = {self.const(rt.level_names)}[level]",
+            "    return CHANGED",
+            "return outcome",
+        )
+
