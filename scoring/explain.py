@@ -94,13 +94,22 @@ def fit_rows(runtime: ModelRuntime, state: LeadState) -> list[dict[str, Any]]:
 def reasons(runtime: ModelRuntime, state: LeadState, limit: int = TOP_REASONS) -> list[dict[str, Any]]:
     """The largest contributions, either sign: behaviour rules, fit rules and decay."""
     # (-|points|, name, points): sorted as tuples, largest first, then by name.
-    items = [(-abs(entry[0]), name, entry[0]) for name, entry in state.ledger.items() if entry[0]]
-    decayed = state.behaviour - sum([item[2] for item in items])
+    items = []
+    earned: float = 0
+    for name, entry in state.ledger.items():
+        points = entry[0]
+        if points:
+            earned += points
+            items.append((-abs(points), name, points))
     items += runtime.fit_of(state)[2]
+    decayed = state.behaviour - earned
     if decayed:
         items.append((-abs(decayed), "decay", decayed))
     items.sort()
-    return [{"rule": name, "points": points if points.__class__ is int else round(points, 2)} for _, name, points in items[:limit]]
+    top = []
+    for _, name, points in items[:limit]:
+        top.append({"rule": name, "points": points if points.__class__ is int else round(points, 2)})
+    return top
 
 
 def at_time(runtime: ModelRuntime, lead_id: str, state: LeadState, now_ms: int) -> LeadState:

@@ -63,9 +63,10 @@ class LeadStore:
             states = self.live[lead_id] = decode(value)
         return states
 
-    def put(self, lead_id: str, partition: int, states: States, outbox: Outbox) -> None:
+    def put(self, lead_id: str, partition: int, states: States, value: bytes, outbox: Outbox) -> None:
+        """Keeps `states` as the lead's, and sends `value` (their `encode`) to the changelog."""
         self.live[lead_id] = states
-        outbox.add(self.changelog, lead_id.encode(), encode(states), partition)
+        outbox.add(self.changelog, lead_id.encode(), value, partition)
 
     def forget(self, partitions: set[int]) -> None:
         """Drops the live states of leads on these partitions (revoked from this worker)."""

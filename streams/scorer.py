@@ -35,6 +35,7 @@ from streams.partitioning import partition_for
 from streams.rollup import publish_updates
 from streams.settings import Settings
 from streams.lead_states import LeadStore, States
+from streams.lead_states import encode as encode_states
 from streams.stage import Consumed
 
 log = logging.getLogger("leadstream.worker")
@@ -185,24 +186,30 @@ class Scorer:
         events = []
         links: list[tuple[str, str, int]] = []
         partition_of: dict[str, int] = {}
+        # Each lead's live states, looked up once per batch.
+        known: dict[str, States] = {}
         states_of = self.store.states
         for message in batch:
             if message.topic == self.settings.topic_identity:
                 continue
             items, decoded = self._decode(message, dead, stats)
             for position, event in enumerate(decoded):
-                target = stitching.merged_into(states_of(event.lead_id))
+                lead_id = event.lead_id
+                states = known.get(lead_id)
+                if states is None:
+                    states = known[lead_id] = states_of(lead_id)
+                target = stitching.merged_into(states)
                 if target is not None:
                     if items is None:  # decoded in one pass: forwarding, which is rare, needs the objects
                         items = unpack(message.value)
                     self._forward(items[position], target, message, dead)
                     continue
                 events.append(event)
-                partition_of[event.lead_id] = message.partition
+                partition_of[lead_id] = message.partition
                 if items is not None and event.type in LINKING_TYPES:
                     links.extend((source, target, event.time_ms) for source, target in stitching.links_from(items[position]))
 
-        result = self.engine.apply_batch(events, lambda model, lead_id: states_of(lead_id).get(model))  # type: ignore[arg-type, return-value]
+        result = self.engine.apply_batch(events, lambda model, lead_id: known[lead_id].get(model))  # type: ignore[arg-type, return-value]
         stats.scored = len(events) - len(result.rejected) - len(result.late)
         stats.late = len(result.late)
 
@@ -214,27 +221,29 @@ class Scorer:
         for source, target, time_ms in links:
             outbox.add(self.settings.topic_identity, source.encode(), stitching.link_record(source, target, time_ms))
         now_ms = stats.newest_event_ms = max((e.time_ms for e in events), default=0)
-        writes: dict[str, States] = {}
+        writes: dict[str, tuple[int, States, bytes]] = {}
         score_changed = result.score_changed
+        new_leads = stats.new_leads
         for key, state in result.states.items():
             model, lead_id = key
-            states = writes.get(lead_id)
-            if states is None:
-                states = writes[lead_id] = states_of(lead_id)
+            states = known[lead_id]
             if model not in states:
-                stats.new_leads[model] = stats.new_leads.get(model, 0) + 1
+                new_leads[model] = new_leads.get(model, 0) + 1
                 states[model] = state
+            partition = partition_of[lead_id]
             # A state whose summary the batch left as it was (a duplicate, a capped open,
             # a counter moved) is written, but its score change would repeat the last one.
-            self._changed(model, lead_id, state, now_ms, partition_of[lead_id], key in score_changed)
+            self._changed(model, lead_id, state, now_ms, partition, key in score_changed)
+            # Encoded now, while the state is in the CPU's caches; sent after the flush below.
+            writes[lead_id] = (partition, states, encode_states(states))
         publish_updates(outbox, self.settings, result.account_updates, self.partitions)
         for letter in dead:
             stats.rejected[letter.reason] = stats.rejected.get(letter.reason, 0) + 1
             outbox.add(self.settings.topic_deadletter, letter.key, letter.to_bytes(), letter.partition)
         await outbox.flush()
         put = self.store.put
-        for lead_id, states in writes.items():
-            put(lead_id, partition_of[lead_id], states, outbox)
+        for lead_id, (partition, states, value) in writes.items():
+            put(lead_id, partition, states, value, outbox)
         await outbox.flush()
         return stats
 
@@ -270,7 +279,7 @@ class Scorer:
         metrics.count_crossings(self._queue_crossings(crossings))
         await self.outbox.flush()  # crossings and score changes before the states below
         for lead_id, (partition, states) in writes.items():
-            self.store.put(lead_id, partition, states, self.outbox)
+            self.store.put(lead_id, partition, states, encode_states(states), self.outbox)
         await self.outbox.flush()
         metrics.DECAY_STEPS.inc(applied)
         metrics.DECAY_DUE.set(len(self.decay_index))
@@ -338,9 +347,10 @@ class Scorer:
         metrics.count_crossings(self._queue_crossings(crossings))
         await self.outbox.flush()  # the merges, crossings and score changes before the states below
         for source, target, partition in markers:
-            self.store.put(source, partition, stitching.marker(target), self.outbox)
+            marker = stitching.marker(target)
+            self.store.put(source, partition, marker, encode_states(marker), self.outbox)
         for target, (partition, states) in merged.items():
-            self.store.put(target, partition, states, self.outbox)
+            self.store.put(target, partition, states, encode_states(states), self.outbox)
         await self.outbox.flush()
 
     def _forward(self, item: dict, target: str, message: Consumed, dead: list[DeadLetter]) -> None:
