@@ -24,7 +24,7 @@ from kafka.errors import KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from scoring import Engine
-from streams import metrics, seek_first
+from streams import bulk_store, metrics, seek_first
 from streams.lag import LagProbe
 from streams.lead_states import LeadStore
 from streams.outbox import Outbox
@@ -89,9 +89,11 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
     # each lead's events, traits and stitching in order on one partition, beside its state.
     events_topic = app.topic(settings.topic_events, settings.topic_profiles, settings.topic_identity, **raw)
     accounts_topic = app.topic(settings.topic_accounts, **raw)
-    # bytes keys and values: Faust's "raw" codec, so recovery decodes nothing it need not.
-    leads = app.Table("leads", partitions=settings.partitions, key_type=bytes, value_type=bytes)
-    accounts = app.Table("accounts", partitions=settings.partitions, key_type=bytes, value_type=bytes)
+    # bytes keys and values (Faust's "raw" codec), in memory stores that restore their changelog
+    # partitions in bulk: Faust's own recovery takes them record by record through its stream
+    # path, 3,500-7,000 records/s here (streams/bulk_store.py).
+    leads = bulk_store.raw_table(app, "leads", settings.partitions)
+    accounts = bulk_store.raw_table(app, "accounts", settings.partitions)
 
     outbox = Outbox(settings.kafka_bootstrap, settings.partitions)
     # The memory store's own dict, which recovery fills with changelog bytes.
