@@ -43,7 +43,7 @@ _Layout = tuple[
     int,  # layout version
     _Number, _Number, int, int, tuple[_Number, ...],  # behaviour, fit, as_of_ms, last_activity_ms, steps_taken
     int, str, int, dict[str, Any], Union[str, None],  # watermark_ms, level, crossings, traits, account_id
-    dict[str, list[_Number]], dict[str, list[int]], dict[str, list[str]],  # ledger, windows, seen
+    dict[str, list[_Number]], dict[str, list[int]], dict[str, dict[str, None]],  # ledger, windows, seen
     set[str], int, set[str], int,  # ids, ids_max_ms, old_ids, old_ids_max_ms
     list[Union[int, float, str]], int,  # history, windows_drop_ms
 ]  # fmt: skip
@@ -157,13 +157,12 @@ class LeadState:
         return state
 
     def to_bytes(self) -> bytes:
-        seen = self.seen
         return _encode(
             (
                 _LEAD_VERSION, self.behaviour, self.fit, self.as_of_ms, self.last_activity_ms, self.steps_taken,
                 self.watermark_ms, self.level, self.crossings, self.traits, self.account_id, self.ledger,
-                self.windows, {rule: list(values) for rule, values in seen.items()} if seen else seen,
-                self.ids, self.ids_max_ms, self.old_ids, self.old_ids_max_ms, self.history, self.windows_drop_ms,
+                self.windows, self.seen, self.ids, self.ids_max_ms, self.old_ids, self.old_ids_max_ms,
+                self.history, self.windows_drop_ms,
             )
         )  # fmt: skip
 
@@ -183,10 +182,9 @@ class LeadState:
         (
             _, state.behaviour, state.fit, state.as_of_ms, state.last_activity_ms, state.steps_taken,
             state.watermark_ms, state.level, state.crossings, state.traits, state.account_id, state.ledger,
-            state.windows, seen, state.ids, state.ids_max_ms, old_ids, state.old_ids_max_ms,
+            state.windows, state.seen, state.ids, state.ids_max_ms, old_ids, state.old_ids_max_ms,
             state.history, state.windows_drop_ms,
         ) = values  # fmt: skip
-        state.seen = {rule: dict.fromkeys(keys) for rule, keys in seen.items()}
         state.old_ids = old_ids or NO_IDS
         state.fit_found = None
         return state
