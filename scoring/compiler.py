@@ -185,9 +185,7 @@ class _Function:
             self._score(depth + 1, name)
 
     def _limits(self, depth: int, rule: Rule) -> None:
-        """A rule's limits, in the order scoring/repeat.py documents: a repeated `once_per`
-        value is no new occurrence at all; every other counts towards the bonus, the cap
-        decides whether it scores, the rule's ceiling clips."""
+        """A rule's limits, in the order scoring/repeat.py documents."""
         name = self.const(rule.name)
         if rule.once_per is not None:
             source = "p" if rule.once_per.source == "properties" else "state.traits"

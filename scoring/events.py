@@ -137,9 +137,10 @@ def decode_message(raw: bytes | bytearray | memoryview | str) -> list[Event] | N
 
 
 def _sound(event: Event) -> bool:
-    """The checks a msgspec schema cannot say: no control character in the event id (it would
-    break the state's log of ids), a bounded number of fields, and integers orjson can write
-    back (msgspec reads integers beyond 64 bits, which a stored trait would make unwritable)."""
+    """The checks a msgspec schema cannot say: no control character in the event id (the
+    contract, scoring/MODELS.md: ids are echoed in logs, dead letters and headers), a bounded
+    number of fields, and integers the state codecs can write back (msgspec reads integers
+    beyond 64 bits, which a stored trait would make unwritable)."""
     if not event.event_id.isprintable() or len(event.properties) + len(event.traits) > MAX_FIELDS:
         return False
     for value in event.traits.values():

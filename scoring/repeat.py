@@ -7,18 +7,20 @@ allowed lateness land in the right window and batch boundaries change nothing.
 
 A lead's counters live in `LeadState.windows`: key -> flat list [window index, count, ...] of
 the windows still open to events (older ones are dropped once they are beyond the lateness).
+
+How one occurrence of a rule with limits scores (written inline for each rule by
+scoring/compiler.py): a repeated `once_per` value is not a new occurrence at all (no points, no
+bonus count); every other occurrence counts towards the bonus, then the cap decides whether it
+scores, then the rule's ceiling (`max_points`) clips. Refused occurrences count as capped.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from scoring.config import Table
 from scoring.state import LeadState
-
-if TYPE_CHECKING:
-    from scoring.rules import Rule
 
 _DAY_MS = 86_400_000
 _WEEK_MS = 7 * _DAY_MS
