@@ -97,7 +97,7 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
 
     outbox = Outbox(settings.kafka_bootstrap, settings.partitions)
     # The memory store's own dict, which recovery fills with changelog bytes.
-    lead_store = LeadStore(leads.data.data, leads.changelog_topic.get_topic_name(), settings.partitions)
+    lead_store = LeadStore(leads.data.data, leads.changelog_topic.get_topic_name(), settings.partitions, settings.live_leads)
     scorer = Scorer(engine, settings, lead_store, outbox, settings.partitions)
     rollup_stage = Rollup(engine, settings, TableStore(accounts), outbox)
 

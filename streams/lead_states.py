@@ -6,14 +6,14 @@ of each model the lead was scored by (and, for an id merged into another lead, t
 `stitching.MERGED_INTO` -> target id).
 
 A changelog value is each model state's engine bytes, framed (streams/stage.py). In memory,
-a lead this worker has read since it recovered is kept as live `LeadState` objects, so a batch
-neither decodes nor re-creates the states it reads: recovery fills the table with bytes, and
-`LeadStore.states` decodes a lead's bytes the first time it is needed and keeps the objects.
+the leads this worker has used lately are also kept as live `LeadState` objects, so a batch
+neither decodes nor re-creates the states it reads (`LeadStore`).
 """
 
 from __future__ import annotations
 
-from typing import Iterator, Mapping, Union
+from collections import OrderedDict
+from typing import Iterator, MutableMapping, Union
 
 from scoring import LeadState
 from streams.outbox import Outbox
@@ -39,18 +39,22 @@ class LeadStore:
     that also goes to the changelog through the outbox (so it is sent after what the outbox
     already holds).
 
-    `recovered` is the table's own mapping (Faust's memory store), which Faust's recovery fills
-    with changelog bytes; the live states of the leads read since are kept apart from it, so a
-    recovery that reads the changelog up to an older end offset can never replace a newer
-    state. The live states of partitions taken away are dropped (`forget`): another worker may
-    change them before they come back, through the changelog.
+    `recovered` is the table's own mapping (Faust's memory store), which recovery fills with
+    changelog bytes and `put` keeps current with the bytes it sends, so every lead's latest
+    bytes are there. The states of the `max_live` leads most recently read or written are also
+    kept as objects (a few kilobytes each, where the bytes take a few hundred), so a batch
+    decodes only the leads it has not seen lately. A read prefers the live states, so a
+    recovery that stops at an older end offset cannot replace a newer state; the live states of
+    partitions taken away are dropped (`forget`), since another worker may change them before
+    they come back.
     """
 
-    def __init__(self, recovered: Mapping[bytes, bytes], changelog: str, partitions: int) -> None:
+    def __init__(self, recovered: MutableMapping[bytes, bytes], changelog: str, partitions: int, max_live: int) -> None:
         self.recovered = recovered
         self.changelog = changelog
         self.partitions = partitions
-        self.live: dict[str, States] = {}
+        self.max_live = max_live
+        self.live: OrderedDict[str, States] = OrderedDict()
 
     def states(self, lead_id: str) -> States:
         """The lead's states by model, live: changes to them are the store's (written by
@@ -60,26 +64,37 @@ class LeadStore:
             value = self.recovered.get(lead_id.encode())
             if value is None:
                 return {}
-            states = self.live[lead_id] = decode(value)
+            states = decode(value)
+            self._keep(lead_id, states)
+        else:
+            self.live.move_to_end(lead_id)
         return states
 
     def put(self, lead_id: str, partition: int, states: States, value: bytes, outbox: Outbox) -> None:
         """Keeps `states` as the lead's, and sends `value` (their `encode`) to the changelog."""
-        self.live[lead_id] = states
-        outbox.add(self.changelog, lead_id.encode(), value, partition)
+        key = lead_id.encode()
+        self.recovered[key] = value
+        self._keep(lead_id, states)
+        outbox.add(self.changelog, key, value, partition)
+
+    def _keep(self, lead_id: str, states: States) -> None:
+        live = self.live
+        live[lead_id] = states
+        live.move_to_end(lead_id)
+        if len(live) > self.max_live:
+            live.popitem(last=False)  # the least recently used: its bytes are in `recovered`
 
     def forget(self, partitions: set[int]) -> None:
         """Drops the live states of leads on these partitions (revoked from this worker)."""
         for lead_id in [lead for lead in self.live if partition_for(lead, self.partitions) in partitions]:
             del self.live[lead_id]
 
-    def items(self) -> Iterator[tuple[str, States]]:
-        """Every lead's states (decoding, and keeping live, those recovered as bytes)."""
+    def items(self, partitions: set[int]) -> Iterator[tuple[str, States]]:
+        """The states of every lead on these partitions (decoded, not kept live)."""
         for key in list(self.recovered):
             lead_id = key.decode()
-            if lead_id not in self.live:
-                yield lead_id, self.states(lead_id)
-        yield from list(self.live.items())
+            if partition_for(lead_id, self.partitions) in partitions:
+                yield lead_id, self.live.get(lead_id) or decode(self.recovered[key])
 
     def __len__(self) -> int:
-        return len(self.live) + sum(1 for key in self.recovered if key.decode() not in self.live)
+        return len(self.recovered)

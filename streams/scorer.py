@@ -289,10 +289,8 @@ class Scorer:
         """After recovery or a rebalance: index the due steps of the leads on owned partitions."""
         self.decay_index = DecayIndex()
         leads: dict[str, int] = {}
-        for lead_id, states in self.store.items():
+        for lead_id, states in self.store.items(owned):
             partition = partition_for(lead_id, self.partitions)
-            if partition not in owned:
-                continue
             for model, state in states.items():
                 if model not in self.models:  # a model removed from the directory (or a marker): its states rest
                     continue

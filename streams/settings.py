@@ -101,6 +101,10 @@ class Settings:
     batch_within_ms: int = _setting(
         "LEADSTREAM_BATCH_WITHIN_MS", 20, "Longest the worker waits to fill a batch before scoring it."
     )
+    live_leads: int = _setting(
+        "LEADSTREAM_LIVE_LEADS", 200000,
+        "Most leads whose states the worker keeps as objects between batches, the most recently used (a few KB each); the others stay as bytes, decoded when read.",
+    )
     gc_young_threshold: int = _setting(
         "LEADSTREAM_GC_YOUNG_THRESHOLD", 50000,
         "Allocations between the worker's young garbage collections (0: Python's default, 700).",

@@ -1,0 +1,48 @@
+"""The worker's lead store: live states for the leads used lately, every lead's latest bytes
+kept, live states preferred over what a recovery restores, revoked partitions forgotten."""
+
+from __future__ import annotations
+
+from scoring import Engine
+from streams.lead_states import LeadStore, decode, encode
+from streams.outbox import Outbox
+from streams.partitioning import partition_for
+from tests.scoring.support import ev, shipped
+
+ENGINE = Engine([shipped("b2b")])
+
+
+def scored(lead: str, points_events: int) -> dict:
+    """A lead's states after some pricing page views."""
+    events = [ENGINE.parse(ev("page_view", at=i, lead=lead, product="b2b", properties={"url": "https://acme.io/pricing"}))
+              for i in range(points_events)]
+    result = ENGINE.apply_batch(events, lambda model, lead_id: None)
+    return {"b2b": result.states[("b2b", lead)]}
+
+
+def test_keeps_the_most_recently_used_leads_live_and_every_leads_bytes() -> None:
+    recovered: dict[bytes, bytes] = {}
+    outbox = Outbox("127.0.0.1:1", 4)  # never flushed: records only queue
+    store = LeadStore(recovered, "changelog", 4, max_live=2)
+    for lead, views in (("a", 1), ("b", 2), ("c", 3)):
+        states = scored(lead, views)
+        store.put(lead, partition_for(lead, 4), states, encode(states), outbox)
+    assert list(store.live) == ["b", "c"]
+    assert set(recovered) == {b"a", b"b", b"c"} and len(outbox) == 3
+    again = store.states("a")  # read back from its bytes, and live again
+    assert again == decode(recovered[b"a"]) and again["b2b"].behaviour == 10
+    assert list(store.live) == ["c", "a"]
+    assert store.states("nobody") == {} and "nobody" not in store.live
+
+
+def test_live_states_win_over_restored_bytes_and_revoked_partitions_are_forgotten() -> None:
+    recovered: dict[bytes, bytes] = {}
+    store = LeadStore(recovered, "changelog", 4, max_live=10)
+    newer = scored("a", 3)
+    store.put("a", partition_for("a", 4), newer, encode(newer), Outbox("127.0.0.1:1", 4))
+    recovered[b"a"] = encode(scored("a", 1))  # a recovery that stopped at an older offset
+    assert store.states("a")["b2b"].behaviour == 30
+    store.forget({partition_for("a", 4)})
+    assert store.states("a")["b2b"].behaviour == 10  # from the table, as the changelog says
+    assert [lead for lead, _ in store.items({partition_for("a", 4)})] == ["a"]
+    assert list(store.items({p for p in range(4) if p != partition_for("a", 4)})) == []
