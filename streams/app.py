@@ -49,7 +49,7 @@ class TableStore:
 
     def put(self, key: str, partition: int, value: bytes, outbox: Outbox) -> None:
         raw_key = key.encode()
-        self.table.data[raw_key] = value
+        self.table.data.write(raw_key, value, partition)
         outbox.add(self.changelog, raw_key, value, partition)
 
     def items(self) -> Iterable[tuple[str, bytes]]:
@@ -96,8 +96,7 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
     accounts = bulk_store.raw_table(app, "accounts", settings.partitions)
 
     outbox = Outbox(settings.kafka_bootstrap, settings.partitions)
-    # The memory store's own dict, which recovery fills with changelog bytes.
-    lead_store = LeadStore(leads.data.data, leads.changelog_topic.get_topic_name(), settings.partitions, settings.live_leads)
+    lead_store = LeadStore(leads.data, leads.changelog_topic.get_topic_name(), settings.partitions, settings.live_leads)
     scorer = Scorer(engine, settings, lead_store, outbox, settings.partitions)
     rollup_stage = Rollup(engine, settings, TableStore(accounts), outbox)
 

@@ -62,6 +62,12 @@ class BulkRestoreStore(memory.Store):
     def persisted_offset(self, tp: TP) -> Optional[int]:
         return self._claimed.get(tp)
 
+    def write(self, key: bytes, value: bytes, partition: int) -> None:
+        """A value its owner has sent to the changelog, kept as a recovery would have kept it
+        (so it is dropped with its partition when the partition goes to another worker)."""
+        self.data[key] = value
+        self._key_partition[key] = partition
+
     async def on_rebalance(
         self, assigned: set[TP], revoked: set[TP], newly_assigned: set[TP], generation_id: int = 0
     ) -> None:

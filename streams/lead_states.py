@@ -13,7 +13,7 @@ neither decodes nor re-creates the states it reads (`LeadStore`).
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Iterator, MutableMapping, Union
+from typing import Iterator, MutableMapping, Protocol, Union
 
 from scoring import LeadState
 from streams.outbox import Outbox
@@ -34,12 +34,20 @@ def decode(value: bytes) -> States:
     return {model: raw.decode() if model == MERGED_INTO else LeadState.from_bytes(raw) for model, raw in unframe(value).items()}
 
 
+class TableData(Protocol):
+    """A table's local store: the bytes recovery restored, and a write of a sent value."""
+
+    data: MutableMapping[bytes, bytes]
+
+    def write(self, key: bytes, value: bytes, partition: int) -> None: ...
+
+
 class LeadStore:
     """The lead table as the scorer uses it: a local read of a lead's live states, and a write
     that also goes to the changelog through the outbox (so it is sent after what the outbox
     already holds).
 
-    `recovered` is the table's own mapping (Faust's memory store), which recovery fills with
+    `table` is the lead table's store (streams/bulk_store.py), whose `data` recovery fills with
     changelog bytes and `put` keeps current with the bytes it sends, so every lead's latest
     bytes are there. The states of the `max_live` leads most recently read or written are also
     kept as objects (a few kilobytes each, where the bytes take a few hundred), so a batch
@@ -49,8 +57,9 @@ class LeadStore:
     they come back.
     """
 
-    def __init__(self, recovered: MutableMapping[bytes, bytes], changelog: str, partitions: int, max_live: int) -> None:
-        self.recovered = recovered
+    def __init__(self, table: TableData, changelog: str, partitions: int, max_live: int) -> None:
+        self.table = table
+        self.recovered = table.data
         self.changelog = changelog
         self.partitions = partitions
         self.max_live = max_live
@@ -73,7 +82,7 @@ class LeadStore:
     def put(self, lead_id: str, partition: int, states: States, value: bytes, outbox: Outbox) -> None:
         """Keeps `states` as the lead's, and sends `value` (their `encode`) to the changelog."""
         key = lead_id.encode()
-        self.recovered[key] = value
+        self.table.write(key, value, partition)
         self._keep(lead_id, states)
         outbox.add(self.changelog, key, value, partition)
 

@@ -64,6 +64,10 @@ def test_restores_latest_values_and_tombstones_and_follows_the_assignment(isolat
             assert dict(store.data) == expected
             assert store._applied[TP(topic, 1)] == len([r for r in records if r[0] == 1])
 
+            # A value its owner sends is kept with its partition (and dropped with it below).
+            store.write(b"k9", b"sent", 1)
+            assert store.data[b"k9"] == b"sent"
+
             # Partitions no longer active are dropped, then read anew when they come back.
             await store.on_recovery_completed({TP(topic, 0)}, set())
             assert dict(store.data) == {k: v for k, v in expected.items() if int(k[1:]) % PARTITIONS == 0}

@@ -12,6 +12,18 @@ from tests.scoring.support import ev, shipped
 ENGINE = Engine([shipped("b2b")])
 
 
+class Table:
+    """The lead table's store as LeadStore uses it (streams/bulk_store.py on the real broker)."""
+
+    def __init__(self) -> None:
+        self.data: dict[bytes, bytes] = {}
+        self.partition_of: dict[bytes, int] = {}
+
+    def write(self, key: bytes, value: bytes, partition: int) -> None:
+        self.data[key] = value
+        self.partition_of[key] = partition
+
+
 def scored(lead: str, points_events: int) -> dict:
     """A lead's states after some pricing page views."""
     events = [ENGINE.parse(ev("page_view", at=i, lead=lead, product="b2b", properties={"url": "https://acme.io/pricing"}))
@@ -21,14 +33,16 @@ def scored(lead: str, points_events: int) -> dict:
 
 
 def test_keeps_the_most_recently_used_leads_live_and_every_leads_bytes() -> None:
-    recovered: dict[bytes, bytes] = {}
+    table = Table()
+    recovered = table.data
     outbox = Outbox("127.0.0.1:1", 4)  # never flushed: records only queue
-    store = LeadStore(recovered, "changelog", 4, max_live=2)
+    store = LeadStore(table, "changelog", 4, max_live=2)
     for lead, views in (("a", 1), ("b", 2), ("c", 3)):
         states = scored(lead, views)
         store.put(lead, partition_for(lead, 4), states, encode(states), outbox)
     assert list(store.live) == ["b", "c"]
     assert set(recovered) == {b"a", b"b", b"c"} and len(outbox) == 3
+    assert table.partition_of == {lead.encode(): partition_for(lead, 4) for lead in "abc"}
     again = store.states("a")  # read back from its bytes, and live again
     assert again == decode(recovered[b"a"]) and again["b2b"].behaviour == 10
     assert list(store.live) == ["c", "a"]
@@ -36,8 +50,9 @@ def test_keeps_the_most_recently_used_leads_live_and_every_leads_bytes() -> None
 
 
 def test_live_states_win_over_restored_bytes_and_revoked_partitions_are_forgotten() -> None:
-    recovered: dict[bytes, bytes] = {}
-    store = LeadStore(recovered, "changelog", 4, max_live=10)
+    table = Table()
+    recovered = table.data
+    store = LeadStore(table, "changelog", 4, max_live=10)
     newer = scored("a", 3)
     store.put("a", partition_for("a", 4), newer, encode(newer), Outbox("127.0.0.1:1", 4))
     recovered[b"a"] = encode(scored("a", 1))  # a recovery that stopped at an older offset
