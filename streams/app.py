@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Iterable
+from typing import Any
 
 import faust
 import mode
@@ -24,46 +24,25 @@ from kafka.errors import KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from scoring import Engine
-from streams import bulk_store, metrics, seek_first
+from streams import bulk_store, lead_states, metrics, seek_first
 from streams.lag import LagProbe
-from streams.lead_states import LeadStore
 from streams.outbox import Outbox
-from streams.rollup import Rollup
+from streams.rollup import Rollup, decode_accounts
 from streams.scorer import DECAY_CHUNK, DECAY_PAUSE_S, Scorer
 from streams.settings import Settings
-from streams.stage import Consumed
+from streams.stage import Consumed, LiveTable
 
 log = logging.getLogger("leadstream.worker")
-
-
-class TableStore:
-    """A Faust table of bytes used as a state store: local reads, writes that also go to its
-    changelog (the account table; the lead table is a `LeadStore`, which keeps states live)."""
-
-    def __init__(self, table: faust.Table) -> None:
-        self.table = table
-        self.changelog = table.changelog_topic.get_topic_name()
-
-    def get(self, key: str) -> bytes | None:
-        return self.table.data.get(key.encode())
-
-    def put(self, key: str, partition: int, value: bytes, outbox: Outbox) -> None:
-        raw_key = key.encode()
-        self.table.data.write(raw_key, value, partition)
-        outbox.add(self.changelog, raw_key, value, partition)
-
-    def items(self) -> Iterable[tuple[str, bytes]]:
-        return ((key.decode(), value) for key, value in self.table.data.items())
 
 
 def create_app(settings: Settings, engine: Engine) -> faust.App:
     app = faust.App(
         settings.app_id,
         broker=f"kafka://{settings.kafka_bootstrap}",
-        # In memory: a new or restarted worker rebuilds its tables from the changelogs (see
-        # `recovery_s` of `leadstream bench pipeline`). The lead store reads and writes the
-        # store's data directly (streams/app.py TableStore), which Faust's RocksDB store, keyed
-        # by partition, would not support as it is.
+        # In memory: a new or restarted worker rebuilds its tables from the changelogs, in bulk
+        # (streams/bulk_store.py; `recovery_s` of `leadstream bench pipeline`). The stages read
+        # and write the store's data directly (streams/stage.py LiveTable), which Faust's
+        # RocksDB store, keyed by partition, would not support as it is.
         store="memory://",
         datadir=str(settings.state_dir),
         topic_partitions=settings.partitions,
@@ -96,9 +75,12 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
     accounts = bulk_store.raw_table(app, "accounts", settings.partitions)
 
     outbox = Outbox(settings.kafka_bootstrap, settings.partitions)
-    lead_store = LeadStore(leads.data, leads.changelog_topic.get_topic_name(), settings.partitions, settings.live_leads)
+    lead_store = LiveTable(leads.data, leads.changelog_topic.get_topic_name(), settings.partitions, settings.live_leads,
+                           lead_states.decode)
+    account_store = LiveTable(accounts.data, accounts.changelog_topic.get_topic_name(), settings.partitions,
+                              settings.live_leads, decode_accounts)
     scorer = Scorer(engine, settings, lead_store, outbox, settings.partitions)
-    rollup_stage = Rollup(engine, settings, TableStore(accounts), outbox)
+    rollup_stage = Rollup(engine, settings, account_store, outbox)
 
     @app.service
     class OutboxLifecycle(mode.Service):
@@ -122,6 +104,7 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
         # live states are dropped and any recovery reads the changelog's end.
         await scorer.settle()
         lead_store.forget({tp.partition for tp in revoked if tp.topic == settings.topic_events})
+        account_store.forget({tp.partition for tp in revoked if tp.topic == settings.topic_accounts})
         scorer.sequence.reset()
         log.info("rebalance: partitions revoked count=%d", len(revoked))
 

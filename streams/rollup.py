@@ -20,7 +20,7 @@ from streams.envelope import unpack
 from streams.outbox import Outbox
 from streams.partitioning import partition_for
 from streams.settings import Settings
-from streams.stage import Consumed, StateStore, frame, unframe
+from streams.stage import Consumed, LiveTable, frame, unframe
 
 
 def publish_updates(outbox: Outbox, settings: Settings, updates: Sequence[MemberScore], partitions: int) -> None:
@@ -33,39 +33,39 @@ def publish_updates(outbox: Outbox, settings: Settings, updates: Sequence[Member
         outbox.add(settings.topic_accounts, None, b"[" + b",".join(records) + b"]", partition)
 
 
+def encode_accounts(states: dict[str, AccountState]) -> bytes:
+    """An account's table value: its state in every model."""
+    return frame({model: state.to_bytes() for model, state in states.items()})
+
+
+def decode_accounts(value: bytes) -> dict[str, AccountState]:
+    return {model: AccountState.from_bytes(raw) for model, raw in unframe(value).items()}
+
+
 class Rollup:
-    def __init__(self, engine: Engine, settings: Settings, store: StateStore, outbox: Outbox) -> None:
+    def __init__(self, engine: Engine, settings: Settings, store: LiveTable[AccountState], outbox: Outbox) -> None:
         self.engine = engine
         self.settings = settings
         self.store = store
         self.outbox = outbox
 
     async def process(self, batch: Sequence[Consumed]) -> None:
-        states: dict[tuple[str, str], AccountState] = {}
-        partition_of: dict[str, int] = {}
+        changed: dict[str, tuple[int, dict[str, AccountState]]] = {}
         transitions: list[Transition] = []
         for message in batch:
             for update in self._decode(message):
-                key = (update.model, update.account_id)
-                state = states.get(key)
-                if state is None:
-                    raw = unframe(self.store.get(update.account_id) or b"").get(update.model)
-                    state = None if raw is None else AccountState.from_bytes(raw)
-                state, crossed = self.engine.apply_account(update.model, update.account_id, state, update)
-                states[key] = state
-                partition_of[update.account_id] = message.partition
+                account_id = update.account_id
+                states = changed[account_id][1] if account_id in changed else self.store.states(account_id)
+                state, crossed = self.engine.apply_account(update.model, account_id, states.get(update.model), update)
+                states[update.model] = state
+                changed[account_id] = (message.partition, states)
                 transitions.extend(crossed)
         for transition in transitions:
             self.outbox.add(self.settings.topic_crossings, str(transition.account_id).encode(), orjson.dumps(transition.to_dict()))
         await self.outbox.flush()  # crossings before the states that record them
         metrics.count_crossings(transitions)
-        by_account: dict[str, dict[str, bytes]] = {}
-        for (model, account_id), state in states.items():
-            if account_id not in by_account:
-                by_account[account_id] = unframe(self.store.get(account_id) or b"")
-            by_account[account_id][model] = state.to_bytes()
-        for account_id, encoded in by_account.items():
-            self.store.put(account_id, partition_of[account_id], frame(encoded), self.outbox)
+        for account_id, (partition, states) in changed.items():
+            self.store.put(account_id, partition, states, encode_accounts(states), self.outbox)
         await self.outbox.flush()
 
     def _decode(self, message: Consumed) -> list[MemberScore]:

@@ -1,8 +1,8 @@
 """The scoring stage: batches of raw Kafka messages in, durable lead states and crossings out.
 
 This is the adapter between Kafka and the pure engine. It knows nothing of Faust: the Faust app
-(streams/app.py) hands it batches of consumed messages and gives it a `LeadStore` (the lead
-table, states kept live) and an `Outbox` (the producer).
+(streams/app.py) hands it batches of consumed messages and gives it the lead table (a
+`LiveTable`: states kept live) and an `Outbox` (the producer).
 
 Delivery guarantee: at-least-once input with idempotent state. For each batch, everything it
 produces (crossings, score changes, account updates, identity links, dead letters) is sent and
@@ -34,9 +34,9 @@ from streams.outbox import Outbox
 from streams.partitioning import partition_for
 from streams.rollup import publish_updates
 from streams.settings import Settings
-from streams.lead_states import LeadStore, States
+from streams.lead_states import States
 from streams.lead_states import encode as encode_states
-from streams.stage import Consumed
+from streams.stage import Consumed, LiveTable
 
 log = logging.getLogger("leadstream.worker")
 
@@ -144,7 +144,7 @@ class OffsetSequence:
 
 
 class Scorer:
-    def __init__(self, engine: Engine, settings: Settings, store: LeadStore, outbox: Outbox, partitions: int) -> None:
+    def __init__(self, engine: Engine, settings: Settings, store: LiveTable[LeadState | str], outbox: Outbox, partitions: int) -> None:
         self.engine = engine
         self.settings = settings
         self.store = store

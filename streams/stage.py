@@ -1,16 +1,21 @@
 """What the worker's stages share: a consumed message, and the durable keyed state they keep.
 
 Both tables (leads, accounts) are keyed by the id their events are keyed by and hold one state
-per model in one value, framed as repeated [u8 name length][name][u32 length][bytes].
+per model in one value, framed as repeated [u8 name length][name][u32 length][bytes], each
+model's state in the engine's own bytes.
 """
 
 from __future__ import annotations
 
 import struct
+from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Iterable, Protocol
+from typing import Callable, Generic, Iterator, MutableMapping, Protocol, TypeVar
 
 from streams.outbox import Outbox
+from streams.partitioning import partition_for
+
+S = TypeVar("S")
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,12 +56,79 @@ def unframe(value: bytes) -> dict[str, bytes]:
     return values
 
 
-class StateStore(Protocol):
-    """Durable state by key (lead or account id): a local read, and a write that also goes to
-    the changelog through the outbox (so it is sent after what the outbox already holds)."""
+class TableData(Protocol):
+    """A table's local store (streams/bulk_store.py): the bytes recovery restored, and a
+    write of a value sent to the changelog."""
 
-    def get(self, key: str) -> bytes | None: ...
+    data: MutableMapping[bytes, bytes]
 
-    def put(self, key: str, partition: int, value: bytes, outbox: Outbox) -> None: ...
+    def write(self, key: bytes, value: bytes, partition: int) -> None: ...
 
-    def items(self) -> Iterable[tuple[str, bytes]]: ...
+
+class LiveTable(Generic[S]):
+    """A table as a stage uses it: a local read of a key's states by model, live, and a write
+    that also goes to the changelog through the outbox (so it is sent after what the outbox
+    already holds).
+
+    The table's `data` holds every key's latest bytes: recovery fills it from the changelog and
+    `put` keeps it current with what it sends. The states of the `max_live` keys most recently
+    read or written are also kept as objects (a lead's take a few kilobytes, its bytes a few
+    hundred), so a batch decodes only the keys it has not seen lately and re-creates nothing.
+    A read prefers the live states, so a recovery that stops at an older end offset cannot
+    replace a newer state; the live states of partitions taken away are dropped (`forget`),
+    since another worker may change them before they come back.
+    """
+
+    def __init__(
+        self, table: TableData, changelog: str, partitions: int, max_live: int, decode: Callable[[bytes], dict[str, S]]
+    ) -> None:
+        self.table = table
+        self.recovered = table.data
+        self.changelog = changelog
+        self.partitions = partitions
+        self.max_live = max_live
+        self.decode = decode
+        self.live: OrderedDict[str, dict[str, S]] = OrderedDict()
+
+    def states(self, key: str) -> dict[str, S]:
+        """The key's states by model, live: changes to them are the table's (written by
+        `put`); an empty dict, not kept, for a key without state."""
+        states = self.live.get(key)
+        if states is None:
+            value = self.recovered.get(key.encode())
+            if value is None:
+                return {}
+            states = self.decode(value)
+            self._keep(key, states)
+        else:
+            self.live.move_to_end(key)
+        return states
+
+    def put(self, key: str, partition: int, states: dict[str, S], value: bytes, outbox: Outbox) -> None:
+        """Keeps `states` as the key's, and sends `value` (their bytes) to the changelog."""
+        raw_key = key.encode()
+        self.table.write(raw_key, value, partition)
+        self._keep(key, states)
+        outbox.add(self.changelog, raw_key, value, partition)
+
+    def _keep(self, key: str, states: dict[str, S]) -> None:
+        live = self.live
+        live[key] = states
+        live.move_to_end(key)
+        if len(live) > self.max_live:
+            live.popitem(last=False)  # the least recently used: its bytes are in `recovered`
+
+    def forget(self, partitions: set[int]) -> None:
+        """Drops the live states of keys on these partitions (revoked from this worker)."""
+        for key in [key for key in self.live if partition_for(key, self.partitions) in partitions]:
+            del self.live[key]
+
+    def items(self, partitions: set[int]) -> Iterator[tuple[str, dict[str, S]]]:
+        """The states of every key on these partitions (decoded, not kept live)."""
+        for raw_key in list(self.recovered):
+            key = raw_key.decode()
+            if partition_for(key, self.partitions) in partitions:
+                yield key, self.live.get(key) or self.decode(self.recovered[raw_key])
+
+    def __len__(self) -> int:
+        return len(self.recovered)

@@ -1,19 +1,21 @@
-"""The worker's lead store: live states for the leads used lately, every lead's latest bytes
-kept, live states preferred over what a recovery restores, revoked partitions forgotten."""
+"""The worker's tables (streams/stage.py LiveTable), with lead states: live states for the
+leads used lately, every lead's latest bytes kept, live states preferred over what a recovery
+restores, revoked partitions forgotten."""
 
 from __future__ import annotations
 
 from scoring import Engine
-from streams.lead_states import LeadStore, decode, encode
+from streams.lead_states import decode, encode
 from streams.outbox import Outbox
 from streams.partitioning import partition_for
+from streams.stage import LiveTable
 from tests.scoring.support import ev, shipped
 
 ENGINE = Engine([shipped("b2b")])
 
 
 class Table:
-    """The lead table's store as LeadStore uses it (streams/bulk_store.py on the real broker)."""
+    """A table's store as LiveTable uses it (streams/bulk_store.py on the real broker)."""
 
     def __init__(self) -> None:
         self.data: dict[bytes, bytes] = {}
@@ -36,7 +38,7 @@ def test_keeps_the_most_recently_used_leads_live_and_every_leads_bytes() -> None
     table = Table()
     recovered = table.data
     outbox = Outbox("127.0.0.1:1", 4)  # never flushed: records only queue
-    store = LeadStore(table, "changelog", 4, max_live=2)
+    store = LiveTable(table, "changelog", 4, 2, decode)
     for lead, views in (("a", 1), ("b", 2), ("c", 3)):
         states = scored(lead, views)
         store.put(lead, partition_for(lead, 4), states, encode(states), outbox)
@@ -52,7 +54,7 @@ def test_keeps_the_most_recently_used_leads_live_and_every_leads_bytes() -> None
 def test_live_states_win_over_restored_bytes_and_revoked_partitions_are_forgotten() -> None:
     table = Table()
     recovered = table.data
-    store = LeadStore(table, "changelog", 4, max_live=10)
+    store = LiveTable(table, "changelog", 4, 10, decode)
     newer = scored("a", 3)
     store.put("a", partition_for("a", 4), newer, encode(newer), Outbox("127.0.0.1:1", 4))
     recovered[b"a"] = encode(scored("a", 1))  # a recovery that stopped at an older offset
