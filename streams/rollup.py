@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import msgspec
 import orjson
 
 from scoring import AccountState, Engine, MemberScore, Transition
@@ -23,14 +24,17 @@ from streams.settings import Settings
 from streams.stage import Consumed, LiveTable, frame, unframe
 
 
+_encode_updates = msgspec.json.Encoder().encode
+_decode_updates = msgspec.json.Decoder(list[MemberScore]).decode
+
+
 def publish_updates(outbox: Outbox, settings: Settings, updates: Sequence[MemberScore], partitions: int) -> None:
     """Queue member updates on their accounts' partitions, one envelope per partition."""
-    by_partition: dict[int, list[bytes]] = {}
-    for u in updates:
-        record = {"model": u.model, "account_id": u.account_id, "lead_id": u.lead_id, "score": u.score, "time": u.time_ms}
-        by_partition.setdefault(partition_for(u.account_id, partitions), []).append(orjson.dumps(record))
-    for partition, records in by_partition.items():
-        outbox.add(settings.topic_accounts, None, b"[" + b",".join(records) + b"]", partition)
+    by_partition: dict[int, list[MemberScore]] = {}
+    for update in updates:
+        by_partition.setdefault(partition_for(update.account_id, partitions), []).append(update)
+    for partition, members in by_partition.items():
+        outbox.add(settings.topic_accounts, None, _encode_updates(members), partition)
 
 
 def encode_accounts(states: dict[str, AccountState]) -> bytes:
@@ -69,6 +73,10 @@ class Rollup:
         await self.outbox.flush()
 
     def _decode(self, message: Consumed) -> list[MemberScore]:
+        try:  # an envelope of well-formed updates, decoded and checked in one pass
+            return _decode_updates(message.value)
+        except msgspec.DecodeError:
+            pass  # the careful path finds which record is bad, and why
         updates = []
         try:
             records = unpack(message.value)

@@ -1,0 +1,55 @@
+"""The account stage's wire format: member updates packed per account partition, decoded in one
+pass when well formed, a bad record dead-lettered alone with its reason."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from scoring import Engine, MemberScore
+from streams.rollup import Rollup, publish_updates
+from streams.settings import Settings
+from streams.stage import Consumed
+from tests.scoring.support import shipped
+
+
+class Collected:
+    """Records an outbox would send."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[str, bytes | None, bytes, int | None]] = []
+
+    def add(self, topic: str, key: bytes | None, value: bytes, partition: int | None = None) -> None:
+        self.records.append((topic, key, value, partition))
+
+
+def test_updates_cross_kafka_as_documented_and_decode_back() -> None:
+    settings = Settings()
+    updates = [MemberScore("b2b", "acme", "L1", 20, 1_762_128_000_000), MemberScore("b2b", "acme", "L2", 35.5, 1_762_128_000_001)]
+    outbox = Collected()
+    publish_updates(outbox, settings, updates, 4)  # type: ignore[arg-type]
+    [(topic, key, value, partition)] = outbox.records
+    assert topic == settings.topic_accounts and key is None
+    assert orjson.loads(value) == [
+        {"model": "b2b", "account_id": "acme", "lead_id": "L1", "score": 20, "time": 1_762_128_000_000},
+        {"model": "b2b", "account_id": "acme", "lead_id": "L2", "score": 35.5, "time": 1_762_128_000_001},
+    ]
+    stage = Rollup(Engine([shipped("b2b")]), settings, None, Collected())  # type: ignore[arg-type]
+    assert stage._decode(Consumed(topic, partition or 0, 7, None, value)) == [
+        MemberScore("b2b", "acme", "L1", 20.0, 1_762_128_000_000), MemberScore("b2b", "acme", "L2", 35.5, 1_762_128_000_001),
+    ]
+
+
+def test_a_bad_update_is_dead_lettered_and_the_others_kept() -> None:
+    settings = Settings()
+    dead = Collected()
+    stage = Rollup(Engine([shipped("b2b")]), settings, None, dead)  # type: ignore[arg-type]
+    good: dict[str, Any] = {"model": "b2b", "account_id": "acme", "lead_id": "L1", "score": 20, "time": 5}
+    bad = {**good, "lead_id": "L2", "score": "lots"}
+    decoded = stage._decode(Consumed(settings.topic_accounts, 1, 9, None, orjson.dumps([good, bad])))
+    assert decoded == [MemberScore("b2b", "acme", "L1", 20.0, 5)]
+    [(topic, _, letter, partition)] = dead.records
+    assert topic == settings.topic_deadletter and partition == 1
+    assert orjson.loads(letter)["reason"] == "bad_account_update"
+    assert orjson.loads(letter)["source"] == {"topic": settings.topic_accounts, "partition": 1, "offset": 9}
