@@ -8,9 +8,12 @@ which roughly halves the cost of an event (dataclasses generates `__init__` the 
 rare paths (decay steps, crossings, fit, trimming) stay methods of the runtime, called from
 the generated code.
 
-The generated code is `apply(state, event, out) -> outcome` exactly as documented on
-`ModelRuntime.apply`; `function.source` holds it for reading and debugging. Values from model
-files reach it only as named constants (`ConditionCode`), never as source text.
+A generated function is `apply(state, event, out) -> outcome`: it applies one event to the
+state in place, appends the transitions it causes to `out`, and returns CHANGED (what a summary
+shows may have changed: points, level, activity, traits or account), COUNTED (only what a
+summary does not show: remembered ids, occurrence counts, window counters), DUPLICATE or LATE
+(the last two change nothing). `function.source` holds the code for reading and debugging.
+Values from model files reach it only as named constants (`ConditionCode`), never as source text.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ if TYPE_CHECKING:
 
 Apply = Callable[..., int]
 
-# Outcomes of applying one event to one state, see ModelRuntime.apply.
+# Outcomes of applying one event to one state (see the module doc).
 DUPLICATE, LATE, COUNTED, CHANGED = 0, 1, 2, 3
 
 

@@ -166,16 +166,6 @@ class ModelRuntime:
                 self._fit_memo[key] = found
         return found
 
-    def apply(self, state: LeadState, event: Event, out: list[Transition]) -> int:
-        """Applies one event; returns _CHANGED (what a summary shows may have changed: points,
-        level, activity, traits or account), _COUNTED (only what a summary does not show:
-        remembered ids, occurrence counts, window counters), _DUPLICATE or _LATE (the last two
-        change nothing). Transitions it causes are appended to `out`.
-
-        The work is done by the function compiled for the event's type (scoring/compiler.py).
-        """
-        return (self.appliers.get(event.type) or self.apply_other)(state, event, out)
-
     def _step_decay(self, state: LeadState, time_ms: int, activity: bool, level: int, lead_id: str, out: list[Transition]) -> int:
         """Brings step decay to `time_ms` before an event at that time (`activity`: it matched
         a rule with positive points); returns the level."""
