@@ -141,11 +141,13 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
     async def score(stream: faust.StreamT[bytes]) -> None:
         async for batch in stream.take_events(settings.batch_max_messages, within=within_s):
             await scorer.process([_consumed(event) for event in batch])
+            metrics.BATCH_DONE.labels("score").set_to_current_time()
 
     @app.agent(accounts_topic)
     async def rollup(stream: faust.StreamT[bytes]) -> None:
         async for batch in stream.take_events(settings.batch_max_messages, within=within_s):
             await rollup_stage.process([_consumed(event) for event in batch])
+            metrics.BATCH_DONE.labels("rollup").set_to_current_time()
 
     @app.timer(interval=settings.decay_interval_s)
     async def decay() -> None:

@@ -24,6 +24,11 @@ BATCH_SECONDS = Histogram(
 BATCH_EVENTS = Histogram(
     "leadstream_batch_events", "Events in one scored batch.", buckets=(1, 10, 100, 1_000, 5_000, 10_000, 50_000, 100_000)
 )
+BATCH_DONE = Gauge(
+    "leadstream_batch_done_timestamp_seconds",
+    "When each stage last finished a batch, its outputs and states acknowledged by Kafka (Unix time).",
+    ["stage"],
+)
 EVENT_TIME_LAG = Gauge("leadstream_event_time_lag_seconds", "Now minus the event time of the newest scored event.")
 CONSUMER_LAG = Gauge("leadstream_consumer_lag", "End offset minus committed offset of the worker's group.", ["topic", "partition"])
 CROSSINGS = Counter("leadstream_crossings", "Threshold crossings emitted.", ["model", "level", "direction", "kind"])

@@ -116,7 +116,7 @@ class WorkerProcess:
         """Where its /readyz answers."""
         return self.settings.worker_port
 
-    def start(self, ready_timeout_s: float = 90.0) -> None:
+    def start(self, ready_timeout_s: float = 90.0, poll_s: float = 0.3) -> None:
         self.settings.state_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
@@ -132,7 +132,7 @@ class WorkerProcess:
                 raise ServiceError(f"{self.command} exited with {self.proc.returncode}:\n{self.tail()}")
             if self.get("/readyz")[0] == 200:
                 return
-            time.sleep(0.3)
+            time.sleep(poll_s)
         raise ServiceError(f"{self.command} not ready within {ready_timeout_s} s:\n{self.tail()}")
 
     def get(self, path: str) -> tuple[int, bytes]:

@@ -3,8 +3,8 @@
 In one run, on topics of its own:
 1. produce a reproducible workload (Zipf-skewed leads, the B2B example model) in envelopes;
 2. (a) the raw ceiling: a plain aiokafka consumer loop parsing the same topic;
-3. (b) one `leadstream worker` scoring it from its first to its last message, state durable
-   (lead table changelog acknowledged before offsets are committed);
+3. (b) one `leadstream worker` scoring it from its start to its last batch done, state durable
+   (the batch's crossings, score changes and changelog records acknowledged by Kafka);
 4. crossing latency: events produced at a fixed offered rate, from produce time (which is the
    event time) to the crossing being readable on the sink topic;
 5. recovery: a fresh worker restoring the table from the changelog until it is ready.
@@ -148,15 +148,18 @@ def run(settings: Settings, events: int, leads: int, seed: int, events_per_messa
     probe = LagProbe(settings.kafka_bootstrap)
     worker = WorkerProcess(settings)
     try:
-        worker.start()
-        started = time.perf_counter()
+        worker.start(poll_s=0.02)
+        started = time.time()
         probe.wait_caught_up(settings.app_id, [settings.topic_events, settings.topic_accounts], timeout_s=1800)
-        elapsed = time.perf_counter() - started
+        committed_s = time.time() - started
+        # The end is the last batch of either stage done, its outputs and states acknowledged:
+        # the group's committed offsets, which told that it was over, trail it by up to the
+        # worker's commit interval (1 s).
+        _, body = worker.get("/metrics")
+        elapsed = max(_samples(body, "leadstream_batch_done_timestamp_seconds")) - started
         latencies = crossing_latencies(settings, rate_per_s=5000, seconds=10, leads=5000, seed=seed + 1)
         _, body = worker.get("/metrics")
-        state_leads = sum(
-            float(line.split()[-1]) for line in body.decode().splitlines() if line.startswith("leadstream_leads_in_state{")
-        )
+        state_leads = sum(_samples(body, "leadstream_leads_in_state"))
         rss = worker.peak_rss_mb()
     finally:
         worker.stop()
@@ -179,6 +182,8 @@ def run(settings: Settings, events: int, leads: int, seed: int, events_per_messa
         "raw_events_per_s": round(raw_events_per_s),
         "pipeline_events_per_s": round(events / elapsed),
         "ratio": round(events / elapsed / raw_events_per_s, 3),
+        "pipeline_s": round(elapsed, 2),
+        "offsets_committed_s": round(committed_s, 2),
         "crossing_latency_ms_p50": round(statistics.median(ordered), 1) if ordered else None,
         "crossing_latency_ms_p99": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 1) if ordered else None,
         "latency_crossings": len(ordered),
@@ -186,6 +191,12 @@ def run(settings: Settings, events: int, leads: int, seed: int, events_per_messa
         "worker_peak_rss_mb": round(rss, 1),
         "recovery_s": round(recovery_s, 2),
     }
+
+
+def _samples(metrics_body: bytes, name: str) -> list[float]:
+    """The values of a metric's samples in a Prometheus text exposition."""
+    return [float(line.split()[-1]) for line in metrics_body.decode().splitlines()
+            if line.startswith((name + "{", name + " "))]
 
 
 def main(args: argparse.Namespace, settings: Settings) -> int:

@@ -38,6 +38,7 @@ def test_worker_metrics_count_a_known_stream_exactly(isolated: Settings, worker:
     producer.flush()
     producer.close()
 
+    began = time.time()
     proc = worker()
     read_topic(isolated, isolated.topic_crossings, expect=1)
     read_topic(isolated, isolated.topic_deadletter, expect=2)
@@ -58,4 +59,6 @@ def test_worker_metrics_count_a_known_stream_exactly(isolated: Settings, worker:
     assert sample(text, 'leadstream_leads_in_state{model="saas_start_small"}') == 2
     assert sample(text, "leadstream_worker_ready") == 1
     assert sample(text, "leadstream_events_late_total") == 0
+    # The scoring stage's last batch ended after the worker started and before this read.
+    assert began < sample(text, 'leadstream_batch_done_timestamp_seconds{stage="score"}') <= time.time()
     assert "leadstream_faust_" in text  # Faust's own sensors beside ours
