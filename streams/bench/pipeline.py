@@ -149,9 +149,9 @@ def run(settings: Settings, events: int, leads: int, seed: int, events_per_messa
     worker = WorkerProcess(settings)
     try:
         worker.start(poll_s=0.02)
-        started = time.time()
+        started, cpu_before = time.time(), worker.cpu_s()
         probe.wait_caught_up(settings.app_id, [settings.topic_events, settings.topic_accounts], timeout_s=1800)
-        committed_s = time.time() - started
+        committed_s, cpu_s = time.time() - started, worker.cpu_s() - cpu_before
         # The end is the last batch of either stage done, its outputs and states acknowledged:
         # the group's committed offsets, which told that it was over, trail it by up to the
         # worker's commit interval (1 s).
@@ -184,6 +184,8 @@ def run(settings: Settings, events: int, leads: int, seed: int, events_per_messa
         "ratio": round(events / elapsed / raw_events_per_s, 3),
         "pipeline_s": round(elapsed, 2),
         "offsets_committed_s": round(committed_s, 2),
+        # Steadier than wall time on a shared machine: CPU stolen by neighbours is not counted.
+        "worker_cpu_us_per_event": round(cpu_s / events * 1e6, 1),
         "crossing_latency_ms_p50": round(statistics.median(ordered), 1) if ordered else None,
         "crossing_latency_ms_p99": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 1) if ordered else None,
         "latency_crossings": len(ordered),
