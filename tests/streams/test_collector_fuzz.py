@@ -133,7 +133,9 @@ def test_random_bodies_never_get_a_500_and_every_accepted_event_is_in_kafka(coll
 
         one_request()
 
-    assert statuses == {200, 400} and accepted > 100
+    # Enough accepted events that Kafka's side is tested too: the draw is random (no example
+    # database), and one run here accepted as few as 92, so the bound leaves room below that.
+    assert statuses == {200, 400} and accepted >= 25
     settings = collector.settings
     written = read_messages(settings, settings.topic_events, settings.topic_profiles, events=accepted)
     assert len(all_events(written)) == accepted
