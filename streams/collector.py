@@ -484,9 +484,10 @@ async def serve(settings: Settings, sources: dict[str, Source], stop: asyncio.Ev
     connecting = asyncio.create_task(writer.connect())
     # Our own decompression applies the size limit to the decompressed body and tells a
     # truncated gzip stream apart; access logs would cost more than the request itself.
-    runner = web.AppRunner(create_app(collector), auto_decompress=False, access_log=None, handle_signals=False)
+    runner = web.AppRunner(create_app(collector), auto_decompress=False, access_log=None, handle_signals=False,
+                           shutdown_timeout=10.0)
     await runner.setup()
-    site = web.TCPSite(runner, settings.collector_host, settings.collector_port, backlog=1024, shutdown_timeout=10.0)
+    site = web.TCPSite(runner, settings.collector_host, settings.collector_port, backlog=1024)
     await site.start()
     log.info("collector listening on http://%s:%d", settings.collector_host, settings.collector_port)
     try:
