@@ -160,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=8.0, help="collector: how long each load phase runs")
     p.add_argument("--events-per-message", type=int, default=200, help="pipeline: events per Kafka message (envelope)")
     p.add_argument("--no-metrics", action="store_true", help="pipeline: run the worker without Faust's sensors")
+    p.add_argument("--workers", type=int, default=1, help="pipeline: worker processes sharing the partitions, one consumer group (default 1)")
 
     p = add("sink", _sink, "Run a connector: threshold crossings to a CRM or webhook, score changes to Redis.")
     p.add_argument("connector", choices=[*SINK_NAMES, "replay-dlq"], help="the connector, or replay-dlq CONNECTOR "

@@ -117,6 +117,11 @@ class WorkerProcess:
         return self.settings.worker_port
 
     def start(self, ready_timeout_s: float = 90.0, poll_s: float = 0.3) -> None:
+        self.spawn()
+        self.wait_ready(ready_timeout_s, poll_s)
+
+    def spawn(self) -> None:
+        """Start the process without waiting for it (see `wait_ready`)."""
         self.settings.state_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
@@ -126,14 +131,21 @@ class WorkerProcess:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+
+    def wait_ready(self, ready_timeout_s: float = 90.0, poll_s: float = 0.3) -> None:
         deadline = time.monotonic() + ready_timeout_s
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise ServiceError(f"{self.command} exited with {self.proc.returncode}:\n{self.tail()}")
-            if self.get("/readyz")[0] == 200:
+            if self.ready():
                 return
             time.sleep(poll_s)
         raise ServiceError(f"{self.command} not ready within {ready_timeout_s} s:\n{self.tail()}")
+
+    def ready(self) -> bool:
+        """Whether /readyz answers 200; ServiceError when the process has exited."""
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise ServiceError(f"{self.command} exited with {self.proc.returncode}:\n{self.tail()}")
+        return self.get("/readyz")[0] == 200
 
     def get(self, path: str) -> tuple[int, bytes]:
         try:

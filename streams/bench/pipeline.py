@@ -20,6 +20,7 @@ import tempfile
 import threading
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import orjson
@@ -130,7 +131,7 @@ def crossing_latencies(settings: Settings, rate_per_s: int, seconds: float, lead
     return latencies
 
 
-def run(settings: Settings, events: int, leads: int, seed: int, events_per_message: int, metrics: bool) -> dict:
+def run(settings: Settings, events: int, leads: int, seed: int, events_per_message: int, metrics: bool, workers: int = 1) -> dict:
     state_dir = Path(tempfile.mkdtemp(prefix="leadstream-bench-"))
     settings = bench_settings(settings, state_dir, metrics)
     ensure_topics(settings)
@@ -146,23 +147,31 @@ def run(settings: Settings, events: int, leads: int, seed: int, events_per_messa
     raw_events_per_s = asyncio.run(raw_ceiling(settings, events))
 
     probe = LagProbe(settings.kafka_bootstrap)
-    worker = WorkerProcess(settings)
+    # Several workers share the partitions as a deployment would run them: each its own
+    # process, web port and data directory, one consumer group.
+    fleet = [
+        WorkerProcess(replace(settings, worker_port=free_port() if i else settings.worker_port, state_dir=state_dir / f"w{i}"))
+        for i in range(workers)
+    ]
     try:
-        worker.start(poll_s=0.02)
-        started, cpu_before = time.time(), worker.cpu_s()
+        for worker in fleet:
+            worker.spawn()
+        # The clock starts when the first worker is ready: it scores while the others join.
+        _first_ready(fleet)
+        started, cpu_before = time.time(), [worker.cpu_s() for worker in fleet]
         probe.wait_caught_up(settings.app_id, [settings.topic_events, settings.topic_accounts], timeout_s=1800)
-        committed_s, cpu_s = time.time() - started, worker.cpu_s() - cpu_before
+        committed_s = time.time() - started
+        cpu_s = sum(worker.cpu_s() - before for worker, before in zip(fleet, cpu_before))
         # The end is the last batch of either stage done, its outputs and states acknowledged:
         # the group's committed offsets, which told that it was over, trail it by up to the
         # worker's commit interval (1 s).
-        _, body = worker.get("/metrics")
-        elapsed = max(_samples(body, "leadstream_batch_done_timestamp_seconds")) - started
+        elapsed = max(value for worker in fleet for value in _samples(worker.get("/metrics")[1], "leadstream_batch_done_timestamp_seconds")) - started
         latencies = crossing_latencies(settings, rate_per_s=5000, seconds=10, leads=5000, seed=seed + 1)
-        _, body = worker.get("/metrics")
-        state_leads = sum(_samples(body, "leadstream_leads_in_state"))
-        rss = worker.peak_rss_mb()
+        state_leads = sum(sum(_samples(worker.get("/metrics")[1], "leadstream_leads_in_state")) for worker in fleet)
+        rss = sum(worker.peak_rss_mb() for worker in fleet)
     finally:
-        worker.stop()
+        for worker in fleet:
+            worker.stop()
     recovering = WorkerProcess(settings)
     try:
         began = time.perf_counter()
@@ -179,12 +188,14 @@ def run(settings: Settings, events: int, leads: int, seed: int, events_per_messa
         "leads": leads,
         "events_per_message": events_per_message,
         "metrics": metrics,
+        "workers": workers,
         "raw_events_per_s": round(raw_events_per_s),
         "pipeline_events_per_s": round(events / elapsed),
         "ratio": round(events / elapsed / raw_events_per_s, 3),
         "pipeline_s": round(elapsed, 2),
         "offsets_committed_s": round(committed_s, 2),
         # Steadier than wall time on a shared machine: CPU stolen by neighbours is not counted.
+        # All workers together, as is the peak memory.
         "worker_cpu_us_per_event": round(cpu_s / events * 1e6, 1),
         "crossing_latency_ms_p50": round(statistics.median(ordered), 1) if ordered else None,
         "crossing_latency_ms_p99": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 1) if ordered else None,
@@ -195,6 +206,15 @@ def run(settings: Settings, events: int, leads: int, seed: int, events_per_messa
     }
 
 
+def _first_ready(fleet: list[WorkerProcess], timeout_s: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if any(worker.ready() for worker in fleet):
+            return
+        time.sleep(0.02)
+    raise TimeoutError(f"no worker ready within {timeout_s:.0f} s:\n{fleet[0].tail()}")
+
+
 def _samples(metrics_body: bytes, name: str) -> list[float]:
     """The values of a metric's samples in a Prometheus text exposition."""
     return [float(line.split()[-1]) for line in metrics_body.decode().splitlines()
@@ -202,6 +222,9 @@ def _samples(metrics_body: bytes, name: str) -> list[float]:
 
 
 def main(args: argparse.Namespace, settings: Settings) -> int:
-    result = run(settings, args.events, args.leads, args.seed, args.events_per_message, metrics=not args.no_metrics)
+    if not 1 <= args.workers <= settings.partitions:
+        raise SystemExit(f"--workers must be between 1 and the partition count ({settings.partitions}), got {args.workers}")
+    result = run(settings, args.events, args.leads, args.seed, args.events_per_message, metrics=not args.no_metrics,
+                 workers=args.workers)
     print_figures(result, args.json)
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -13,7 +14,7 @@ import orjson
 from scoring import Engine
 from streams.bench import workload
 from streams.lag import LagProbe
-from streams.processes import WorkerProcess
+from streams.processes import WorkerProcess, free_port
 from streams.send import open_producer, produce
 from streams.settings import Settings
 from tests.infra import leadstream, read_to_end, read_topic, write_jsonl
@@ -157,3 +158,46 @@ def test_sigkill_mid_stream_loses_and_duplicates_nothing(
     _, body = second.get("/metrics")
     assert b"# HELP leadstream_offset_anomalies_total" in body
     assert b'leadstream_offset_anomalies_total{kind="gap"}' not in body
+
+
+def test_two_workers_share_the_partitions_and_score_as_one(
+    isolated: Settings, worker: Callable[..., WorkerProcess], tmp_path: Path
+) -> None:
+    now = int(time.time() * 1000)
+    events = list(workload.generate(6_000, 400, seed=5, start_ms=now - 6 * 3_600_000, span_ms=6 * 3_600_000))
+    offline = [orjson.loads(line) for line in
+               leadstream(isolated, "score", "--events", str(write_jsonl(tmp_path / "events.jsonl", events))).stdout.splitlines()]
+    expected = {f"{r['model']}/{r['lead_id']}": r["score"] for r in offline if r["record"] == "lead"}
+    producer = open_producer(isolated)
+    try:
+        produce(producer, isolated.topic_events, ((e["lead_id"], orjson.dumps(e)) for e in events), 20)
+    finally:
+        producer.close()
+
+    first = worker()
+    second = worker(replace(isolated, worker_port=free_port(), state_dir=isolated.state_dir / "second"))
+    probe = LagProbe(isolated.kafka_bootstrap)
+    try:
+        probe.wait_caught_up(isolated.app_id, [isolated.topic_events, isolated.topic_accounts], timeout_s=180)
+    finally:
+        probe.close()
+
+    scores = {key.decode(): value for key, value in read_to_end(isolated, isolated.topic_scores)}
+    assert {k: v["score"] for k, v in scores.items()} == expected
+    # Each counts the leads of the partitions it owns, once the first, which may have scored
+    # everything alone, has handed the second its share.
+    def held() -> list[float]:
+        return [sum(float(line.split()[-1]) for line in w.get("/metrics")[1].decode().splitlines()
+                    if line.startswith("leadstream_leads_in_state{")) for w in (first, second)]
+
+    deadline = time.monotonic() + 60
+    while not (first.ready() and second.ready() and all(held()) and sum(held()) == len(expected)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    counts = held()
+    assert all(counts) and sum(counts) == len(expected), counts
+    # Either worker answers for any lead: the one that does not own it asks the owner.
+    for key in list(expected)[:20]:
+        model, lead_id = key.split("/", 1)
+        answers = [w.get(f"/leads/{lead_id}/") for w in (first, second)]
+        assert [status for status, _ in answers] == [200, 200], (lead_id, answers)
+        assert {orjson.loads(body)["models"][model]["score"] for _, body in answers} == {expected[key]}
