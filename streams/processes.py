@@ -156,6 +156,13 @@ class WorkerProcess:
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             return 0, b""
 
+    def metric(self, name: str) -> list[float]:
+        """The values of a metric's samples (one per label set) on its /metrics."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = self.get("/metrics")[1].decode()
+        return [sample.value for family in text_string_to_metric_families(text) for sample in family.samples if sample.name == name]
+
     def kill(self) -> None:
         """SIGKILL: no shutdown, no LeaveGroup, no final commit."""
         if self.proc and self.proc.poll() is None:

@@ -165,9 +165,9 @@ def run(settings: Settings, events: int, leads: int, seed: int, events_per_messa
         # The end is the last batch of either stage done, its outputs and states acknowledged:
         # the group's committed offsets, which told that it was over, trail it by up to the
         # worker's commit interval (1 s).
-        elapsed = max(value for worker in fleet for value in _samples(worker.get("/metrics")[1], "leadstream_batch_done_timestamp_seconds")) - started
+        elapsed = max(value for worker in fleet for value in worker.metric("leadstream_batch_done_timestamp_seconds")) - started
         latencies = crossing_latencies(settings, rate_per_s=5000, seconds=10, leads=5000, seed=seed + 1)
-        state_leads = sum(sum(_samples(worker.get("/metrics")[1], "leadstream_leads_in_state")) for worker in fleet)
+        state_leads = sum(sum(worker.metric("leadstream_leads_in_state")) for worker in fleet)
         rss = sum(worker.peak_rss_mb() for worker in fleet)
     finally:
         for worker in fleet:
@@ -213,12 +213,6 @@ def _first_ready(fleet: list[WorkerProcess], timeout_s: float = 90.0) -> None:
             return
         time.sleep(0.02)
     raise TimeoutError(f"no worker ready within {timeout_s:.0f} s:\n{fleet[0].tail()}")
-
-
-def _samples(metrics_body: bytes, name: str) -> list[float]:
-    """The values of a metric's samples in a Prometheus text exposition."""
-    return [float(line.split()[-1]) for line in metrics_body.decode().splitlines()
-            if line.startswith((name + "{", name + " "))]
 
 
 def main(args: argparse.Namespace, settings: Settings) -> int:

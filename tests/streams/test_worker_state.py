@@ -187,8 +187,7 @@ def test_two_workers_share_the_partitions_and_score_as_one(
     # Each counts the leads of the partitions it owns, once the first, which may have scored
     # everything alone, has handed the second its share.
     def held() -> list[float]:
-        return [sum(float(line.split()[-1]) for line in w.get("/metrics")[1].decode().splitlines()
-                    if line.startswith("leadstream_leads_in_state{")) for w in (first, second)]
+        return [sum(w.metric("leadstream_leads_in_state")) for w in (first, second)]
 
     deadline = time.monotonic() + 60
     while not (first.ready() and second.ready() and all(held()) and sum(held()) == len(expected)) and time.monotonic() < deadline:
