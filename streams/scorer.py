@@ -221,7 +221,7 @@ class Scorer:
         for source, target, time_ms in links:
             outbox.add(self.settings.topic_identity, source.encode(), stitching.link_record(source, target, time_ms))
         now_ms = stats.newest_event_ms = max((e.time_ms for e in events), default=0)
-        writes: dict[str, tuple[int, States, bytes]] = {}
+        writes: dict[str, tuple[int, States, bytes | None]] = {}
         score_changed = result.score_changed
         new_leads = stats.new_leads
         for key, state in result.states.items():
@@ -234,8 +234,9 @@ class Scorer:
             # A state whose summary the batch left as it was (a duplicate, a capped open,
             # a counter moved) is written, but its score change would repeat the last one.
             self._changed(model, lead_id, state, now_ms, partition, key in score_changed)
-            # Encoded now, while the state is in the CPU's caches; sent after the flush below.
-            writes[lead_id] = (partition, states, encode_states(states))
+            # Encoded now, while the state is in the CPU's caches, and sent after the flush below;
+            # a lead with states of several models is encoded there, once, after all of them.
+            writes[lead_id] = (partition, states, encode_states(states) if len(states) == 1 else None)
         publish_updates(outbox, self.settings, result.account_updates, self.partitions)
         for letter in dead:
             stats.rejected[letter.reason] = stats.rejected.get(letter.reason, 0) + 1
@@ -243,7 +244,7 @@ class Scorer:
         await outbox.flush()
         put = self.store.put
         for lead_id, (partition, states, value) in writes.items():
-            put(lead_id, partition, states, value, outbox)
+            put(lead_id, partition, states, encode_states(states) if value is None else value, outbox)
         await outbox.flush()
         return stats
 

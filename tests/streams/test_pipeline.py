@@ -100,3 +100,30 @@ def test_bad_input_goes_to_the_dead_letter_topic_and_the_rest_is_scored(
     status, body = proc.get("/metrics")
     assert status == 200
     assert b'leadstream_events_rejected_total{reason="bad_json"} 1.0' in body
+
+
+def test_a_lead_of_several_models_keeps_each_models_state_through_a_restart(
+    isolated: Settings, worker: Callable[..., WorkerProcess], tmp_path: Path
+) -> None:
+    start = int(time.time() * 1000) - 48 * HOUR_MS
+    events = saas("ada", ["signup", "created_task"], start) + [
+        {"event_id": f"ada-a{i}", "lead_id": "ada", "type": kind, "product": "analytics", "time": start + (i + 3) * HOUR_MS}
+        for i, kind in enumerate(["trial_started", "data_source_connected"])
+    ]
+    path = write_jsonl(tmp_path / "events.jsonl", events)
+    offline = [orjson.loads(line) for line in leadstream(isolated, "score", "--events", str(path)).stdout.splitlines()]
+    expected = {r["model"]: r["score"] for r in offline if r["record"] == "lead"}
+    assert set(expected) == {"saas_start_small", "analytics_addon"}
+    leadstream(isolated, "send", "--events-per-message", "10", str(path))  # one message: one batch
+
+    first = worker()
+    assert {k: v["score"] for k, v in latest_scores(isolated, expect=2).items()} == {f"{m}/ada": s for m, s in expected.items()}
+    first.stop()
+    # A fresh worker has only the changelog: the lead's one record holds both models' states.
+    second = worker()
+    status, body = second.get("/leads/ada/")
+    assert status == 200, body
+    # (Scores are read at the current time, and the add-on model decays: compare what each counted.)
+    models = orjson.loads(body)["models"]
+    assert {model: sum(row["occurrences"] for row in view["rules"]) for model, view in models.items()} == {
+        "saas_start_small": 2, "analytics_addon": 2}
