@@ -25,6 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from scoring import Engine
 from streams import bulk_store, lead_states, metrics, seek_first
+from streams.collection import BatchPause
 from streams.lag import LagProbe
 from streams.outbox import Outbox
 from streams.rollup import Rollup, decode_accounts
@@ -86,6 +87,9 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
                               settings.live_leads, decode_accounts)
     scorer = Scorer(engine, settings, lead_store, outbox, settings.partitions)
     rollup_stage = Rollup(engine, settings, account_store, outbox)
+    # No garbage collection while a batch is scored: it would only scan the batch's own
+    # objects, alive until the batch ends (streams/collection.py).
+    batch_pause = BatchPause(settings.gc_young_threshold > 0)
 
     @app.service
     class OutboxLifecycle(mode.Service):
@@ -145,13 +149,15 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
     @app.agent(events_topic)
     async def score(stream: faust.StreamT[bytes]) -> None:
         async for batch in stream.take_events(settings.batch_max_messages, within=within_s):
-            await scorer.process([_consumed(event) for event in batch])
+            with batch_pause:
+                await scorer.process([_consumed(event) for event in batch])
             metrics.BATCH_DONE.labels("score").set_to_current_time()
 
     @app.agent(accounts_topic)
     async def rollup(stream: faust.StreamT[bytes]) -> None:
         async for batch in stream.take_events(settings.batch_max_messages, within=within_s):
-            await rollup_stage.process([_consumed(event) for event in batch])
+            with batch_pause:
+                await rollup_stage.process([_consumed(event) for event in batch])
             metrics.BATCH_DONE.labels("rollup").set_to_current_time()
 
     @app.timer(interval=settings.decay_interval_s)

@@ -107,7 +107,7 @@ class Settings:
     )
     gc_young_threshold: int = _setting(
         "LEADSTREAM_GC_YOUNG_THRESHOLD", 50000,
-        "Allocations between the worker's young garbage collections (0: Python's default, 700).",
+        "Allocations between the worker's young garbage collections, none during a batch (0: Python's default, 700, batches too).",
     )
     decay_interval_s: int = _setting(
         "LEADSTREAM_DECAY_INTERVAL_S", 5, "How often the worker applies the decay steps that are due."

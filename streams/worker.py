@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 
 from scoring import Engine
+from streams.collection import tune_collector
 from streams.settings import Settings
 from streams.topics import ensure_topics
 
@@ -30,17 +30,3 @@ def run_worker(settings: Settings) -> int:
     )
     worker.execute_from_commandline()
     return 0
-
-
-def tune_collector(young_threshold: int) -> None:
-    """Scoring allocates many short-lived objects per batch (events, decoded states); with
-    Python's default of a young collection every 700 allocations, a batch's live objects are
-    scanned and promoted over and over, a quarter to a third of the engine's time
-    (`leadstream bench engine`, engine_gc_tuned_events_per_s). What exists at start-up (modules, models,
-    Faust) is frozen out of collections, and the older generations are collected less often
-    in step."""
-    if young_threshold <= 0:
-        return
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(young_threshold, 20, 100)

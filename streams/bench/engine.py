@@ -12,9 +12,10 @@ late events. The loops run over the same bytes in the same process:
   per batch (its changelog record), as the stream worker does (streams/lead_states.py: states
   stay live between batches; bytes are decoded only after a recovery, which
   `decode_us_per_state` measures);
-- engine with a tuned collector: the first loop again with the collector tuned as the worker
-  tunes it at start-up (streams/worker.py `tune_collector`, LEADSTREAM_GC_YOUNG_THRESHOLD); the
-  collector takes a quarter to a third of the first loop's time on this workload.
+- engine with a tuned collector: the first loop again with the collector used as the worker
+  uses it (streams/collection.py: tuned at start-up, LEADSTREAM_GC_YOUNG_THRESHOLD, and paused
+  during each batch); the collector takes a quarter to a third of the first loop's time on
+  this workload.
 
 `summaries_skippable_share` is the share of changed states whose summary the batch did not
 change (`BatchResult.score_changed`): score changes the worker does not publish.
@@ -41,7 +42,7 @@ from scoring import Engine, LeadState, load_model
 from scoring.state import right_sized
 from streams.bench import print_figures, workload
 from streams.settings import Settings
-from streams.worker import tune_collector
+from streams.collection import BatchPause, tune_collector
 
 BATCH_EVENTS = 1000
 START_MS = 1_761_955_200_000  # 2025-11-01T00:00:00Z
@@ -71,7 +72,7 @@ def run(data: list[bytes], engine: Engine) -> dict[str, Any]:
     counts = {"transitions": 0, "late": 0, "rejected": 0, "states_written": 0, "score_changed": 0}
     store: dict[tuple[str, str], LeadState] = {}
     written: dict[tuple[str, str], bytes] = {}
-    engine_s = _timed(lambda: _score(data, engine, store, written, counts))
+    engine_s = _timed(lambda: _score(data, engine, store, written, counts, BatchPause(False)))
     leads_scored, outcome = len(store), _fingerprint(store)
     raw = list(written.values())
     del store, written  # the next loop starts from nothing, as this one did
@@ -82,7 +83,7 @@ def run(data: list[bytes], engine: Engine) -> dict[str, Any]:
     thresholds = gc.get_threshold()
     tune_collector(Settings.gc_young_threshold)
     try:
-        tuned_s = _timed(lambda: _score(data, engine, tuned_store, {}, None))
+        tuned_s = _timed(lambda: _score(data, engine, tuned_store, {}, None, BatchPause(True)))
         # The codec as the worker uses it, collector tuned: encoding a changed state for its
         # changelog record, and decoding one a recovery restored.
         encode_s = _timed(lambda: [state.to_bytes() for state in tuned_store.values()])
@@ -121,17 +122,18 @@ def run(data: list[bytes], engine: Engine) -> dict[str, Any]:
 
 def _score(
     data: list[bytes], engine: Engine, store: dict[tuple[str, str], LeadState], written: dict[tuple[str, str], bytes],
-    counts: dict[str, int] | None,
+    counts: dict[str, int] | None, pause: BatchPause,
 ) -> None:
     """The engine as the worker drives it: batches of parsed events against live states, each
     changed state encoded once per batch (`written` keeps the last bytes of each)."""
     parse = engine.parse
     get = store.get
     for start in range(0, len(data), BATCH_EVENTS):
-        result = engine.apply_batch([parse(raw) for raw in data[start : start + BATCH_EVENTS]], lambda model, lead: get((model, lead)))
-        for key, state in result.states.items():
-            store[key] = state
-            written[key] = state.to_bytes()
+        with pause:
+            result = engine.apply_batch([parse(raw) for raw in data[start : start + BATCH_EVENTS]], lambda model, lead: get((model, lead)))
+            for key, state in result.states.items():
+                store[key] = state
+                written[key] = state.to_bytes()
         if counts is not None:
             counts["transitions"] += len(result.transitions)
             counts["late"] += len(result.late)
