@@ -72,7 +72,7 @@ class ModelRuntime:
     __slots__ = (
         "model", "name", "appliers", "apply_other", "fit_match", "ladder", "lateness_ms", "floor", "ceiling",
         "remember", "history", "keep_traits", "steps", "half_life", "windows", "level_index", "up", "down",
-        "empty_fit", "first_level", "first_idle_ms", "history_keep", "history_trim", "level_names", "fit_keys", "fit_domain_keys", "classify", "_fit_memo", "labels_memo",
+        "empty_fit", "empty_found", "first_level", "first_idle_ms", "history_keep", "history_trim", "level_names", "fit_keys", "fit_domain_keys", "classify", "_fit_memo", "labels_memo",
     )  # fmt: skip
 
     def __init__(self, model: Model) -> None:
@@ -101,7 +101,9 @@ class ModelRuntime:
         self.down = model.ladder.down
         self.lateness_ms = model.lateness_ms
         self.floor = model.floor
-        self.empty_fit = self._fit({})[1]
+        #: What a lead without traits meets (a new state's, until traits arrive).
+        self.empty_found = self._fit({})
+        self.empty_fit = self.empty_found[1]
         self.first_level = self.ladder.names[self.ladder.level_after(0, max(self.empty_fit, self.floor))]
         self.ceiling = float("inf") if model.max_points is None else model.max_points
         self.remember = model.remember_events
@@ -127,7 +129,9 @@ class ModelRuntime:
     # -- one lead --------------------------------------------------------------------------
 
     def new_state(self) -> LeadState:
-        return LeadState.new(self.first_level, self.empty_fit)
+        state = LeadState.new(self.first_level, self.empty_fit)
+        state.fit_found = self.empty_found
+        return state
 
     def score(self, state: LeadState) -> float:
         score = state.behaviour + state.fit

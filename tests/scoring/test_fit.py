@@ -120,6 +120,7 @@ def test_remembered_fit_rules_are_the_rules_that_hold(traits_seen: list[dict]) -
         expected = tuple(runtime.fit_match({}, traits)) if runtime.fit_match else ()
         state = runtime.new_state()
         state.traits = traits
+        state.fit_found = None  # what changes traits resets what was derived from them
         rules, points, _ = runtime.fit_of(state)
         assert rules == expected
         assert points == sum(rule.points for rule in expected)
