@@ -51,8 +51,8 @@ class BatchResult:
     late: list[Event] = field(default_factory=list)
     #: Changed scores of leads that belong to an account, one per (model, lead).
     account_updates: list[MemberScore] = field(default_factory=list)
-    #: Events no model's filter took (their product matches no model).
-    unrouted: int = 0
+    #: Events no model's filter took (their product matches no model): read, not scored.
+    unrouted: list[Event] = field(default_factory=list)
     #: The keys of `states` whose summary (`Engine.summary`: score and scales, level, top
     #: reasons, last activity, account) the batch's events changed, and leads new to the
     #: table (their first summary); the other changed states
@@ -382,7 +382,7 @@ class Engine:
             if targets is None or (product is None and event.type == IDENTIFY):
                 targets = self.route(event)
             if not targets:
-                result.unrouted += 1
+                result.unrouted.append(event)
                 continue
             lead_id = event.lead_id
             late = False

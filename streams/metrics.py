@@ -16,6 +16,9 @@ EVENTS_CONSUMED = Counter("leadstream_events_consumed", "Events read from the ra
 EVENTS_SCORED = Counter("leadstream_events_scored", "Events applied to lead states.")
 EVENTS_REJECTED = Counter("leadstream_events_rejected", "Events sent to the dead-letter topic, by reason.", ["reason"])
 EVENTS_LATE = Counter("leadstream_events_late", "Events older than the model's allowed lateness: counted, not scored.")
+EVENTS_UNROUTED = Counter(
+    "leadstream_events_unrouted", "Events whose product no model's filter takes: counted, not scored (check the product names)."
+)
 BATCH_SECONDS = Histogram(
     "leadstream_batch_seconds",
     "Time to score one batch of messages and write its results.",

@@ -37,6 +37,7 @@ class _OfflineRun:
         self.accounts: dict[tuple[str, str], AccountState] = {}
         self.transitions: list[Transition] = []
         self.newest_ms = 0
+        self.products = ", ".join(sorted({product for model in engine.models for product in model.products or ()}))
 
     def apply(self, batch: list[tuple[int, Event]]) -> None:
         line_of = {id(event): number for number, event in batch}
@@ -45,6 +46,12 @@ class _OfflineRun:
         self.transitions.extend(result.transitions)
         for event in result.late:
             self.warn(line_of[id(event)], "late", f"event {event.event_id!r} of lead {event.lead_id!r} is beyond the allowed lateness: counted, not scored")
+        for event in result.unrouted:
+            self.warn(
+                line_of[id(event)], "unrouted",
+                f"event {event.event_id!r} of lead {event.lead_id!r} has product {event.product!r}, which no model's "
+                f"[filter] takes (they take: {self.products}): not scored",
+            )  # fmt: skip
         for update in result.account_updates:
             self.roll_up(update)
         self.newest_ms = max([self.newest_ms] + [event.time_ms for _, event in batch])

@@ -58,6 +58,7 @@ class BatchStats:
     scored: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
     late: int = 0
+    unrouted: int = 0
     crossings: list[Transition] = field(default_factory=list)
     new_leads: dict[str, int] = field(default_factory=dict)
     newest_event_ms: int = 0
@@ -66,6 +67,7 @@ class BatchStats:
         metrics.EVENTS_CONSUMED.inc(self.events)
         metrics.EVENTS_SCORED.inc(self.scored)
         metrics.EVENTS_LATE.inc(self.late)
+        metrics.EVENTS_UNROUTED.inc(self.unrouted)
         metrics.BATCH_EVENTS.observe(self.events)
         for reason, count in self.rejected.items():
             metrics.EVENTS_REJECTED.labels(reason).inc(count)
@@ -210,8 +212,9 @@ class Scorer:
                     links.extend((source, target, event.time_ms) for source, target in stitching.links_from(items[position]))
 
         result = self.engine.apply_batch(events, lambda model, lead_id: known[lead_id].get(model))  # type: ignore[arg-type, return-value]
-        stats.scored = len(events) - len(result.rejected) - len(result.late)
         stats.late = len(result.late)
+        stats.unrouted = len(result.unrouted)
+        stats.scored = len(events) - len(result.rejected) - stats.late - stats.unrouted
 
         # Everything the batch produces goes first (crossings, score changes, account updates,
         # links, dead letters), the states that record it last: once a state is durable, what

@@ -62,5 +62,5 @@ def test_routing_by_product() -> None:
     assert sorted(run.store) == [
         ("analytics_addon", "D"), ("b2b", "B"), ("b2b", "D"), ("saas_start_small", "A"), ("saas_start_small", "D"),
     ]  # fmt: skip
-    unrouted = ALL.apply_batch([ALL.parse(ev("signup", product="unknown"))], lambda m, l: None).unrouted
-    assert unrouted == 1
+    unknown = ALL.parse(ev("signup", product="unknown"))
+    assert ALL.apply_batch([unknown], lambda m, l: None).unrouted == [unknown]

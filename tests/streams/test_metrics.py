@@ -35,6 +35,7 @@ def test_worker_metrics_count_a_known_stream_exactly(isolated: Settings, worker:
     producer.send(isolated.topic_events, key=b"ada", value=orjson.dumps({"lead_id": "ada", "time": start}))
     producer.send(isolated.topic_events, key=b"ada", value=orjson.dumps({**good[0], "event_id": "dup-of-nothing", "type": "signup"}))
     producer.send(isolated.topic_events, key=b"ada", value=orjson.dumps(good[1]))  # a redelivery: same event id
+    producer.send(isolated.topic_events, key=b"ada", value=orjson.dumps({**good[0], "event_id": "typo", "product": "sass"}))
     producer.flush()
     producer.close()
 
@@ -47,12 +48,14 @@ def test_worker_metrics_count_a_known_stream_exactly(isolated: Settings, worker:
         return proc.get("/metrics")[1].decode()
 
     deadline = time.monotonic() + 30
-    while sample(metrics(), "leadstream_events_consumed_total") < 10 and time.monotonic() < deadline:
+    while sample(metrics(), "leadstream_events_consumed_total") < 11 and time.monotonic() < deadline:
         time.sleep(0.2)
     text = metrics()
-    assert sample(text, "leadstream_events_consumed_total") == 10
-    # 6 good events and one more signup apply; the redelivered event changes nothing but is consumed.
+    assert sample(text, "leadstream_events_consumed_total") == 11
+    # 6 good events and one more signup apply; the redelivered event changes nothing but is
+    # consumed; no model takes the product "sass".
     assert sample(text, "leadstream_events_scored_total") == 8
+    assert sample(text, "leadstream_events_unrouted_total") == 1
     assert sample(text, 'leadstream_events_rejected_total{reason="bad_json"}') == 1
     assert sample(text, 'leadstream_events_rejected_total{reason="missing_field"}') == 1
     assert sample(text, 'leadstream_crossings_total{direction="up",kind="lead",level="mql",model="saas_start_small"}') == 1

@@ -90,3 +90,14 @@ def test_missing_file_and_bad_models_are_clear_errors(tmp_path: Path, capsys) ->
     (tmp_path / "bad.toml").write_text('[model]\nname = "x"\n')
     assert main(["score", "--models", str(tmp_path), "--events", str(tmp_path / "none.jsonl")]) == 1
     assert "bad.toml: top level, field 'thresholds'" in capsys.readouterr().err
+
+
+def test_an_event_no_model_takes_is_reported_not_scored(tmp_path: Path) -> None:
+    typo = {"event_id": "t", "lead_id": "cy", "type": "signup", "time": T0, "product": "sass"}
+    out, err = io.StringIO(), io.StringIO()
+    assert score_file(MODELS_DIR, write(tmp_path / "events.jsonl", [SAAS_EVENTS[0], typo]), table=False, out=out, err=err) == 0
+    assert [(r["record"], r["lead_id"]) for r in map(orjson.loads, out.getvalue().splitlines())] == [("lead", "ana")]
+    assert err.getvalue().splitlines() == [
+        "events.jsonl line 2: unrouted: event 't' of lead 'cy' has product 'sass', which no model's [filter] takes "
+        "(they take: analytics, analytics_addon, b2b, saas): not scored"
+    ]
