@@ -19,6 +19,7 @@ from streams.envelope import pack
 from streams.errors import InputError, ServiceError
 from streams.partitioning import partition_for
 from streams.settings import Settings
+from streams.topics import partition_count
 
 
 def read_events(lines: IO[bytes], bad: list[str]) -> Iterator[tuple[str, bytes]]:
@@ -59,9 +60,7 @@ def produce(producer, topic: str, events: Iterable[tuple[str, bytes]], events_pe
     """Send (lead id, event bytes) pairs, keyed by lead or packed per partition; (events, messages) sent."""
     if events_per_message < 1:
         raise InputError("--events-per-message must be at least 1")
-    partitions = len(producer.partitions_for(topic) or ())
-    if partitions == 0:
-        raise ServiceError(f"topic {topic!r} does not exist; run `leadstream topics`")
+    partitions = len(producer.partitions_for(topic))
     sent_events = sent_messages = 0
     if events_per_message == 1:
         for lead, event in events:
@@ -84,6 +83,8 @@ def produce(producer, topic: str, events: Iterable[tuple[str, bytes]], events_pe
 def send_file(path: Path, settings: Settings, topic: str | None = None, events_per_message: int = 1) -> int:
     topic = topic or settings.topic_events
     bad: list[str] = []
+    if partition_count(settings, topic) == 0:
+        raise ServiceError(f"topic {topic!r} does not exist; run `leadstream topics` (or check --topic)")
     try:
         stream = sys.stdin.buffer if str(path) == "-" else open(path, "rb")
     except OSError as exc:

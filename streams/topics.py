@@ -71,6 +71,22 @@ def ensure_topics(settings: Settings, specs: list[TopicSpec] | None = None) -> l
         admin.close()
 
 
+def partition_count(settings: Settings, topic: str) -> int:
+    """How many partitions `topic` has; 0 when it does not exist. Asked of the broker's metadata
+    at once (a producer would wait a minute for a topic that never appears)."""
+    from kafka import KafkaConsumer
+    from kafka.errors import KafkaError
+
+    try:
+        consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, client_id="leadstream-topics")
+    except KafkaError as exc:
+        raise ServiceError(f"cannot reach Kafka at {settings.kafka_bootstrap} ({exc}); run `leadstream services up`") from exc
+    try:
+        return len(consumer.partitions_for_topic(topic) or ())
+    finally:
+        consumer.close()
+
+
 def delete_topics(settings: Settings, prefix: str) -> list[str]:
     """Delete every topic whose name starts with `prefix` (a test's or a benchmark's own
     pipeline, Faust's changelog topics included), so runs do not pile partitions onto the broker

@@ -53,6 +53,14 @@ def test_threshold_event_arrives_exactly_once_with_lead_and_score(
     assert scores["saas_start_small/bob"]["score"] == 10
 
 
+def test_send_to_a_topic_that_does_not_exist_says_so(isolated: Settings, tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "events.jsonl", saas("ada", ["signup"], int(time.time() * 1000)))
+    missing = f"{isolated.topic_events}-nowhere"
+    sent = leadstream(isolated, "send", "--topic", missing, str(path), check=False, timeout=20)
+    assert sent.returncode == 1
+    assert sent.stderr.strip() == f"leadstream send: topic {missing!r} does not exist; run `leadstream topics` (or check --topic)"
+
+
 def test_envelopes_score_like_single_event_messages(isolated: Settings, worker: Callable[..., WorkerProcess], tmp_path: Path) -> None:
     start = int(time.time() * 1000) - 48 * HOUR_MS
     events = [e for n in range(30) for e in saas(f"lead-{n}", ["signup", "created_task", "created_project", "created_task"][: 1 + n % 4], start)]
