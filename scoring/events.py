@@ -205,7 +205,7 @@ def _checked(d: dict[str, Any]) -> Event | Rejection:
         return _bad(d, "type", kind, "a non-empty text")
     raw_time = d.get("time")
     if raw_time is None:
-        return Rejection("missing_field", "field 'time' is missing", d)
+        return _missing(d, "time")
     time_ms = parse_time_ms(raw_time)
     if isinstance(time_ms, str):
         reason = "bad_value" if isinstance(raw_time, (int, str)) and not isinstance(raw_time, bool) else "wrong_type"
@@ -249,15 +249,20 @@ def _identifier(d: dict[str, Any], key: str, required: bool) -> Any:
             return value
         return Rejection("bad_value", f"field '{key}' must be 1 to {MAX_ID_CHARS} characters, got {len(value)}", d)
     if value is None:
-        return Rejection("missing_field", f"field '{key}' is missing", d) if required else None
+        return _missing(d, key) if required else None
     if value.__class__ is int:
         return str(value)
     return _bad(d, key, value, "a text")
 
 
+def _missing(d: dict[str, Any], key: str) -> Rejection:
+    # A producer that sends null needs a different fix than one that never sets the field.
+    return Rejection("missing_field", f"field '{key}' is {'null' if key in d else 'missing'}", d)
+
+
 def _bad(d: dict[str, Any], key: str, value: Any, expected: str) -> Rejection:
     if value is None:
-        return Rejection("missing_field", f"field '{key}' is missing", d)
+        return _missing(d, key)
     if value.__class__ is str and expected == "a non-empty text":
         return Rejection("bad_value", f"field '{key}' must be a non-empty text of at most {MAX_ID_CHARS} characters", d)
     return Rejection("wrong_type", f"field '{key}' must be {expected}, got {_json_kind(value)}", d)
