@@ -7,6 +7,7 @@ expected a positive duration such as '7d', '12h' or '30m', got '-1d'`.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, Iterable
 
@@ -28,8 +29,9 @@ def parse_duration_ms(text: str) -> int | None:
 
 
 def is_number(value: object) -> bool:
-    # bool is an int subclass, but `points = true` is a mistake, not 1 point.
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    # bool is an int subclass, but `points = true` is a mistake, not 1 point. TOML also reads
+    # `inf`, `nan` and 1e400 (infinite) as floats: no score, line or bound can be one of those.
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class Table:
@@ -82,7 +84,7 @@ class Table:
         if value is default:
             return value
         if not is_number(value):
-            raise self.error(key, "a number", value)
+            raise self.error(key, "a finite number", value)
         if minimum is not None and value < minimum:
             raise self.error(key, f"a number of at least {minimum}", value)
         return value

@@ -135,7 +135,7 @@ def _operand(table: Table, op: str, value: Any, key: str | None = None) -> Any:
         return frozenset(value)
     if op in ("gt", "gte", "lt", "lte"):
         if not is_number(value):
-            raise table.error(key, "a number", value)
+            raise table.error(key, "a finite number", value)
         return value
     if op == "exists":
         if not isinstance(value, bool):

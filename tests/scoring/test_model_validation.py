@@ -23,8 +23,12 @@ def load(text: str) -> None:
 CASES = [
     # (model text, fragments the message must contain)
     (BASE + RULE + "pointz = 3\n", ["b2b.toml", "rule 'pricing'", "field 'pointz'", "unknown field", "points"]),
-    (BASE + RULE.replace("points = 10", 'points = "ten"'), ["b2b.toml", "rule 'pricing'", "field 'points'", "expected a number", "'ten'"]),
-    (BASE + RULE.replace("points = 10", "points = true"), ["rule 'pricing'", "field 'points'", "a number"]),
+    (BASE + RULE.replace("points = 10", 'points = "ten"'), ["b2b.toml", "rule 'pricing'", "field 'points'", "expected a finite number", "'ten'"]),
+    (BASE + RULE.replace("points = 10", "points = inf"), ["rule 'pricing'", "field 'points'", "a finite number", "inf"]),
+    (BASE + RULE.replace("points = 10", "points = 1e400"), ["rule 'pricing'", "field 'points'", "a finite number", "inf"]),
+    (BASE + RULE + "properties.seconds = { gte = nan }\n", ["rule 'pricing'", "field 'properties.seconds.gte'", "a finite number", "nan"]),
+    (BASE.replace("at = 20", "at = -inf"), ["[thresholds]", "field 'ladder[1].at'", "a finite number"]),
+    (BASE + RULE.replace("points = 10", "points = true"), ["rule 'pricing'", "field 'points'", "a finite number"]),
     (BASE + RULE + 'cap = { max = 1, window = "-1d" }\n', ["b2b.toml", "rule 'pricing'", "field 'cap.window'", "positive duration", "'-1d'"]),
     (BASE + RULE + 'cap = { max = 1, window = "0d" }\n', ["rule 'pricing'", "field 'cap.window'", "positive duration"]),
     (BASE + RULE + "cap = { max = 0, window = \"1d\" }\n", ["rule 'pricing'", "field 'cap.max'", "at least 1"]),
@@ -34,7 +38,7 @@ CASES = [
     (BASE + RULE + 'once_per = "email_id"\n', ["rule 'pricing'", "field 'once_per'", "properties.email_id"]),
     (BASE + RULE + 'properties.url = { like = "x" }\n', ["rule 'pricing'", "field 'properties.url.like'", "unknown field", "glob"]),
     (BASE + RULE + 'properties.url = { glob = 3 }\n', ["rule 'pricing'", "field 'properties.url.glob'", "a text"]),
-    (BASE + RULE + "properties.seats = { gte = \"5\" }\n", ["rule 'pricing'", "field 'properties.seats.gte'", "a number"]),
+    (BASE + RULE + "properties.seats = { gte = \"5\" }\n", ["rule 'pricing'", "field 'properties.seats.gte'", "a finite number"]),
     (BASE + RULE + "properties.form = []\n", ["rule 'pricing'", "field 'properties.form'", "non-empty list"]),
     (BASE + RULE + 'traits.email = { domain = "gmail" }\n', ["rule 'pricing'", "field 'traits.email.domain'", "free, disposable, competitor, business"]),
     (BASE + RULE + RULE, ["rule 'pricing'", "field 'name'", "no other rule"]),
