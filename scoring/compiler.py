@@ -97,12 +97,12 @@ class _Function:
             )
         self.emit(
             1,
-            "if traits_changed:",
-            "    outcome = CHANGED",
-            "    fit = rt.fit_of(state)[1]",
-            "    if fit != state.fit:",
-            f"        state.record(time_ms, fit - state.fit, 'fit', {rt.history})",
-            "        state.fit = fit",
+            # Traits changed, or the state was read back from bytes (the model may have changed).
+            "if state.fit_found is None:",
+            "    fit = state.fit",
+            "    rt.fit_of(state, time_ms)",
+            "    if traits_changed or fit != state.fit:",
+            "        outcome = CHANGED",
         )
         if self.rules:
             self._rules(matched)

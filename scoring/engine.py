@@ -137,13 +137,21 @@ class ModelRuntime:
         score = state.behaviour + state.fit
         return score if score > self.floor else self.floor
 
-    def fit_of(self, state: LeadState) -> tuple[tuple[FitRule, ...], float, list[tuple[float, str, float]]]:
+    def fit_of(self, state: LeadState, time_ms: int | None = None) -> tuple[tuple[FitRule, ...], float, list[tuple[float, str, float]]]:
         """The fit rules the lead's traits meet (in model order), their points, and the
         (-|points|, name, points) sort items of those with points (for reasons); remembered in
-        the state until its traits change."""
+        the state until its traits change.
+
+        Worked out again, they also bring the state's fit points to theirs, recording the change
+        at `time_ms` (default: the lead's newest event time). Traits change them, and so does an
+        edit of the model's [[fit]] rules: a state written before the edit is read back with
+        `fit_found` unset, and its first use under the new model revises it."""
         found = state.fit_found
         if found is None:
             found = state.fit_found = self._fit(state.traits)
+            if found[1] != state.fit:
+                state.record(state.watermark_ms if time_ms is None else time_ms, found[1] - state.fit, "fit", self.history)
+                state.fit = found[1]
         return found
 
     def _fit(self, traits: dict[str, Any]) -> tuple[tuple[FitRule, ...], float, list[tuple[float, str, float]]]:
@@ -189,6 +197,7 @@ class ModelRuntime:
 
     def decay(self, state: LeadState, lead_id: str, now_ms: int, out: list[Transition]) -> None:
         """Brings decay to `now_ms` (never backwards); idempotent for the same `now_ms`."""
+        self.fit_of(state)  # the score settled below is the current model's
         level = self.ladder.level_of(state.level)
         if self.steps is not None:
             for due_ms, points in self.steps.take(state, now_ms, self.floor):
@@ -209,6 +218,7 @@ class ModelRuntime:
         down = self.ladder.down[level]
         if down <= self.floor:
             return None
+        self.fit_of(state)
         crossing = self.half_life.crossing_ms(state, down - state.fit)
         return None if crossing is None else crossing + 1
 

@@ -114,7 +114,9 @@ def reasons(runtime: ModelRuntime, state: LeadState, limit: int = TOP_REASONS) -
 
 def at_time(runtime: ModelRuntime, lead_id: str, state: LeadState, now_ms: int) -> LeadState:
     """The state with decay brought to `now_ms`: the state itself when decay has nothing to do
-    by then, else a decayed copy."""
+    by then, else a decayed copy. (Its fit points are revised in place if the model's [[fit]]
+    rules changed since it was written: they are derived from its traits, see `fit_of`.)"""
+    runtime.fit_of(state)
     if runtime.steps is not None:
         due = runtime.steps.due_ms(state)
         if due is None or due > now_ms:

@@ -65,10 +65,7 @@ def merge(
     for name, value in source.traits.items():
         state.traits.setdefault(name, value)
     state.fit_found = None
-    fit = runtime.fit_of(state)[1]
-    if fit != state.fit:
-        state.record(time_ms, fit - state.fit, "fit", runtime.history)
-        state.fit = fit
+    runtime.fit_of(state, time_ms)
     if state.account_id is None:
         state.account_id = source.account_id
     if source.last_activity_ms > state.last_activity_ms:

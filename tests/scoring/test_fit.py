@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from scoring import Engine
 from scoring.fit import parse_domains, shipped_list
-from tests.scoring.support import Run, engine, ev, shipped
+from tests.scoring.support import DAY, T0, Run, engine, ev, shipped
 
 B2B = Engine([shipped("b2b")])
 
@@ -124,3 +124,46 @@ def test_remembered_fit_rules_are_the_rules_that_hold(traits_seen: list[dict]) -
         rules, points, _ = runtime.fit_of(state)
         assert rules == expected
         assert points == sum(rule.points for rule in expected)
+
+
+def _edited(vp_points: int) -> Engine:
+    return engine(
+        '[[rules]]\nname = "signed up"\nevent = "signup"\npoints = 5\n'
+        f'[[fit]]\nname = "vp"\npoints = {vp_points}\ntraits.title = {{ glob = "*VP*" }}\n'
+        '[decay]\nsteps = [{ idle = "30d", points = -1 }]\n'
+    )
+
+
+def test_an_edited_fit_rule_revises_stored_states_at_their_first_use() -> None:
+    """Marketing refines the model and restarts the worker: states written under the old [[fit]]
+    rules are read back, and their fit points, score, reasons and crossings follow the new ones."""
+    before = Run(_edited(30)).apply(ev("identify", traits={"title": "VP Sales"}), ev("signup", at=60_000))
+    assert (before.score(), before.levels()) == (35, [("cold", "mql")])
+
+    after = Run(_edited(5), store=dict(before.store))
+    summary = after.engine.summary("m", "L1", after.state(), after.state().watermark_ms)
+    assert summary["score"] == 10 and {"rule": "vp", "points": 5} in summary["top_reasons"]
+
+    after.apply(ev("signup", at=120_000))
+    state = after.state()
+    assert (state.fit, after.score()) == (5, 15)
+    assert after.levels() == [("mql", "cold")]  # 15 is below the MQL line the old fit put it over
+    explained = after.engine.explain("m", "L1", state, state.watermark_ms)
+    assert explained["fit"] == [{"rule": "vp", "points": 5}]
+    assert {"time": ev("signup", at=120_000)["time"], "rule": "fit", "points": -25} in explained["history"]
+
+
+def test_decay_of_a_stored_state_settles_on_the_edited_fit() -> None:
+    before = Run(_edited(30)).apply(ev("signup", traits={"title": "VP Sales"}))
+    assert (before.score(), before.levels()) == (35, [("cold", "mql")])
+    decayed, crossings = _edited(5).decay("m", "L1", before.state(), T0 + 31 * DAY)
+    assert (decayed.fit, decayed.behaviour) == (5, 4)
+    assert [(t.from_level, t.to_level, t.score, t.time_ms) for t in crossings] == [("mql", "cold", 9, T0 + 30 * DAY)]
+
+
+def test_an_unchanged_model_reads_its_states_back_unchanged() -> None:
+    run = Run(B2B).apply(ev("identify", product="b2b", traits={"title": "VP Sales", "email": "a@gmail.com"}))
+    stored = run.state("L1", "b2b")
+    history = list(stored.history)
+    B2B.summary("b2b", "L1", stored, stored.watermark_ms)
+    assert (stored.fit, stored.history) == (-2, history)
