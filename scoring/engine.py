@@ -218,8 +218,10 @@ class ModelRuntime:
         down = self.ladder.down[level]
         if down <= self.floor:
             return None
-        self.fit_of(state)
-        crossing = self.half_life.crossing_ms(state, down - state.fit)
+        # The fit points the model's rules give now (the state's own until its first use, if
+        # the rules were edited since it was written); asking changes nothing.
+        fit = state.fit if state.fit_found is not None else self._fit(state.traits)[1]
+        crossing = self.half_life.crossing_ms(state, down - fit)
         return None if crossing is None else crossing + 1
 
     def _settle(self, state: LeadState, level: int, lead_id: str, time_ms: int, out: list[Transition]) -> int:

@@ -1,9 +1,10 @@
 """Reading a lead's state: its labels on every scale, the reasons for its score, and the full
 explanation a salesperson sees ("why does this lead have 47 points?").
 
-Decay is evaluated at the time asked for, on a copy: reading never changes a state. The decayed
-amount is exact in total (behaviour points now minus the points rules earned); shown per rule
-it is attributed to the rules with positive points in proportion to their points.
+Decay is evaluated at the time asked for, and fit points are revised after an edit of the
+model's [[fit]] rules, on a copy: reading never changes a state. The decayed amount is exact in
+total (behaviour points now minus the points rules earned); shown per rule it is attributed to
+the rules with positive points in proportion to their points.
 """
 
 from __future__ import annotations
@@ -113,17 +114,22 @@ def reasons(runtime: ModelRuntime, state: LeadState, limit: int = TOP_REASONS) -
 
 
 def at_time(runtime: ModelRuntime, lead_id: str, state: LeadState, now_ms: int) -> LeadState:
-    """The state with decay brought to `now_ms`: the state itself when decay has nothing to do
-    by then, else a decayed copy. (Its fit points are revised in place if the model's [[fit]]
-    rules changed since it was written: they are derived from its traits, see `fit_of`.)"""
-    runtime.fit_of(state)
+    """The state as the model sees it at `now_ms`: decay brought to then, and fit points as the
+    model's [[fit]] rules give them (a state written before they were edited has others, see
+    `ModelRuntime.fit_of`). The state itself when that changes nothing, else a copy."""
+    current = state
+    if state.fit_found is None:  # read back from bytes and not used since
+        current = state.copy()
+        if runtime.fit_of(current)[1] == state.fit:
+            current = state
     if runtime.steps is not None:
-        due = runtime.steps.due_ms(state)
+        due = runtime.steps.due_ms(current)
         if due is None or due > now_ms:
-            return state
-    elif runtime.half_life is None or now_ms <= state.as_of_ms:
-        return state
-    current = state.copy()
+            return current
+    elif runtime.half_life is None or now_ms <= current.as_of_ms:
+        return current
+    if current is state:
+        current = state.copy()
     runtime.decay(current, lead_id, now_ms, [])
     return current
 

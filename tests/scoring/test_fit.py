@@ -167,3 +167,21 @@ def test_an_unchanged_model_reads_its_states_back_unchanged() -> None:
     history = list(stored.history)
     B2B.summary("b2b", "L1", stored, stored.watermark_ms)
     assert (stored.fit, stored.history) == (-2, history)
+
+
+def test_half_life_due_time_of_a_stored_state_uses_the_edited_fit() -> None:
+    def half_life(vp_points: int) -> Engine:
+        return engine(
+            '[[rules]]\nname = "signed up"\nevent = "signup"\npoints = 40\n'
+            f'[[fit]]\nname = "vp"\npoints = {vp_points}\ntraits.title = {{ glob = "*VP*" }}\n'
+            '[decay]\nhalf_life = "7d"\n'
+        )
+
+    stored = Run(half_life(10)).apply(ev("signup", traits={"title": "VP Sales"})).state()
+    edited = half_life(0)
+    revised = stored.copy()
+    edited.runtime("m").fit_of(revised)
+    assert (stored.fit, revised.fit) == (10, 0)
+    # 40 behaviour points fall below the MQL line (20) in 7 days with fit 0, in 14 with fit 10.
+    assert edited.next_due_ms("m", stored) == edited.next_due_ms("m", revised) == T0 + 7 * DAY + 1
+    assert stored.fit == 10  # asking changed nothing
