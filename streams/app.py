@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Any
 
 import faust
@@ -143,8 +142,7 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
             log.warning("consumer lag not measured: cause=%r", exc)
     within_s = settings.batch_within_ms / 1000
 
-    def now_ms() -> int:
-        return int(time.time() * 1000) + settings.clock_offset_ms
+    now_ms = scorer.now_ms
 
     @app.agent(events_topic)
     async def score(stream: faust.StreamT[bytes]) -> None:

@@ -21,6 +21,7 @@ import heapq
 import logging
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Sequence
 
 import orjson
@@ -165,6 +166,10 @@ class Scorer:
             self._turns = asyncio.Lock()
         return self._turns
 
+    def now_ms(self) -> int:
+        """The worker's clock: the wall clock plus LEADSTREAM_CLOCK_OFFSET_MS."""
+        return int(time.time() * 1000) + self.settings.clock_offset_ms
+
     async def settle(self) -> None:
         """Returns once the batch or decay sweep in flight (if any) has written its states."""
         async with self._turn():
@@ -191,11 +196,18 @@ class Scorer:
         # Each lead's live states, looked up once per batch.
         known: dict[str, States] = {}
         states_of = self.store.states
+        max_future_ms = self.settings.max_future_ms
+        horizon_ms = self.now_ms() + max_future_ms if max_future_ms > 0 else None
         for message in batch:
             if message.topic == self.settings.topic_identity:
                 continue
             items, decoded = self._decode(message, dead, stats)
             for position, event in enumerate(decoded):
+                if horizon_ms is not None and event.time_ms > horizon_ms:
+                    if items is None:  # decoded in one pass: the dead letter needs the object
+                        items = unpack(message.value)
+                    dead.append(self._from_the_future(event, items[position], horizon_ms - max_future_ms, message))
+                    continue
                 lead_id = event.lead_id
                 states = known.get(lead_id)
                 if states is None:
@@ -423,6 +435,15 @@ class Scorer:
             accepted.append(item)  # type: ignore[arg-type]  # parse accepted it: a JSON object
             events.append(parsed)
         return accepted, events
+
+    def _from_the_future(self, event: Event, item: dict, now_ms: int, message: Consumed) -> DeadLetter:
+        # Scored, it would move the lead's watermark ahead, and its real events would all be late.
+        at = datetime.fromtimestamp(event.time_ms / 1000, timezone.utc).isoformat(timespec="seconds")
+        detail = (
+            f"event {event.event_id!r} of lead {event.lead_id!r} is timed {at}, {(event.time_ms - now_ms) / 3_600_000:.1f} h ahead "
+            f"of the worker's clock (LEADSTREAM_MAX_FUTURE_MS allows {self.settings.max_future_ms / 3_600_000:g} h): fix the sender's clock"
+        )
+        return DeadLetter("future_time", detail, orjson.dumps(item), message.topic, message.partition, message.offset, message.key)
 
     def _changed(self, model: str, lead_id: str, state: LeadState, now_ms: int, partition: int, publish: bool = True) -> None:
         """A lead's state changed: schedule its next decay step and queue its score change

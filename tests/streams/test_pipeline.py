@@ -84,6 +84,10 @@ def test_bad_input_goes_to_the_dead_letter_topic_and_the_rest_is_scored(
     producer = KafkaProducer(bootstrap_servers=isolated.kafka_bootstrap)
     topic = isolated.topic_events
     producer.send(topic, key=b"carol", value=orjson.dumps(good[0]))
+    # A client clock decades ahead, in an envelope decoded in one pass: scored, it would make
+    # every later event of carol late.
+    future = {**good[3], "event_id": "from-2099", "time": "2099-01-01T00:00:00Z"}
+    producer.send(topic, partition=partition_for("carol", 4), value=orjson.dumps([future]))
     producer.send(topic, key=b"carol", value=b"{not json")
     producer.send(topic, key=b"carol", value=orjson.dumps({"lead_id": "carol", "time": start}))  # no type
     producer.send(topic, key=b"carol", value=orjson.dumps({**good[1], "time": "yesterday-ish"}))  # wrong time
@@ -95,10 +99,13 @@ def test_bad_input_goes_to_the_dead_letter_topic_and_the_rest_is_scored(
 
     proc = worker()
 
-    dead = read_topic(isolated, isolated.topic_deadletter, expect=5)
+    dead = read_topic(isolated, isolated.topic_deadletter, expect=6)
     reasons = sorted(letter["reason"] for _, letter in dead)
-    assert len(dead) == 5, reasons
+    assert len(dead) == 6, reasons
     assert "bad_json" in reasons and "wrong_partition" in reasons and "too_large" in reasons
+    from_the_future = next(letter for _, letter in dead if letter["reason"] == "future_time")
+    assert orjson.loads(from_the_future["original"]) == future
+    assert "timed 2099-01-01T00:00:00+00:00" in from_the_future["detail"] and "LEADSTREAM_MAX_FUTURE_MS" in from_the_future["detail"]
     for _, letter in dead:
         assert letter["detail"] and letter["source"]["topic"] in (topic, None)
     bad_json = next(letter for _, letter in dead if letter["reason"] == "bad_json")
