@@ -8,6 +8,7 @@ The file format is documented in scoring/MODELS.md and in the header of every ex
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ _SECTIONS = (
 
 GRADES = ("A", "B", "C", "D")
 ENGAGEMENT_LEVELS = ("1", "2", "3", "4")
+_MODEL_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 DEFAULT_KEEP_TRAITS = ("email", "first_name", "last_name", "name", "company", "title")
 
 
@@ -94,6 +96,10 @@ def parse_model(text: str, file: str) -> Model:
     if head is None:
         raise top.error("model", "a [model] table with at least a name")
     head.check_keys(("name", "description", "lateness", "floor", "max_points", "remember_events", "history", "keep_traits"))
+    model_name = head.string("name")
+    if not _MODEL_NAME.fullmatch(model_name):
+        # It keys score changes (`model/lead`), table records, metric labels and Redis keys.
+        raise head.error("name", "letters, digits, '_', '-' or '.' only (at most 64), such as \"b2b_eu\"", model_name)
     floor = head.number("floor", 0)
     max_points = head.number("max_points", None)
     if max_points is not None and max_points <= max(floor, 0):
@@ -118,7 +124,7 @@ def parse_model(text: str, file: str) -> Model:
     tested = {c.key for c in conditions if c.source == "traits"}
     tested |= {r.once_per.key for r in rules if r.once_per is not None and r.once_per.source == "traits"}
     return Model(
-        name=head.string("name"),
+        name=model_name,
         file=file,
         description=head.string("description", ""),
         products=_products(top.table("filter", "[filter]")),

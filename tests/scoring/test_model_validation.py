@@ -62,6 +62,8 @@ CASES = [
      ["[thresholds]", "field 'ladder[2].level'", "used once"]),
     (BASE.replace('base = "cold"\n', 'base = "cold"\nhysteresis = -1\n'), ["[thresholds]", "field 'hysteresis'", "at least 0"]),
     ('[model]\nname = "b2b"\n', ["b2b.toml", "top level", "field 'thresholds'"]),
+    (BASE.replace('name = "b2b"', 'name = "b2b/eu"'), ["b2b.toml", "[model]", "field 'name'", "letters, digits", "'b2b/eu'"]),
+    (BASE.replace('name = "b2b"', 'name = "B2B Europe"'), ["[model]", "field 'name'", "'B2B Europe'"]),
     (BASE.replace('name = "b2b"', 'name = "b2b"\nlateness = 3600'), ["[model]", "field 'lateness'", "duration"]),
     (BASE.replace('name = "b2b"', 'name = "b2b"\nmax_points = 0'), ["[model]", "field 'max_points'", "above"]),
     (BASE + "[scoring]\n", ["b2b.toml", "top level", "field 'scoring'", "unknown field"]),
