@@ -89,10 +89,13 @@ class Table:
             raise self.error(key, f"a number of at least {minimum}", value)
         return value
 
-    def integer(self, key: str, default: Any = _REQUIRED, minimum: int = 0) -> Any:
+    def integer(self, key: str, default: Any = _REQUIRED, minimum: int = 0, maximum: int | None = None) -> Any:
         value = self.raw(key, default)
-        if value is not default and (not isinstance(value, int) or isinstance(value, bool) or value < minimum):
-            raise self.error(key, f"a whole number of at least {minimum}", value)
+        if value is default:
+            return value
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum or (maximum is not None and value > maximum):
+            expected = f"a whole number of at least {minimum}" if maximum is None else f"a whole number from {minimum} to {maximum}"
+            raise self.error(key, expected, value)
         return value
 
     def duration_ms(self, key: str, default: Any = _REQUIRED) -> Any:

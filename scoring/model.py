@@ -131,8 +131,9 @@ def parse_model(text: str, file: str) -> Model:
         lateness_ms=head.duration_ms("lateness", 86_400_000),
         floor=floor,
         max_points=max_points,
-        remember_events=head.integer("remember_events", 64, minimum=1),
-        history=head.integer("history", 10, minimum=1),
+        # Both bound every state the worker writes to its changelog (a Kafka record, 1 MB at most).
+        remember_events=head.integer("remember_events", 64, minimum=1, maximum=1024),
+        history=head.integer("history", 10, minimum=1, maximum=100),
         keep_traits=frozenset(head.strings("keep_traits", DEFAULT_KEEP_TRAITS)) | tested,
         rules=rules,
         fit_rules=fit_rules,

@@ -64,6 +64,8 @@ CASES = [
     ('[model]\nname = "b2b"\n', ["b2b.toml", "top level", "field 'thresholds'"]),
     (BASE.replace('name = "b2b"', 'name = "b2b/eu"'), ["b2b.toml", "[model]", "field 'name'", "letters, digits", "'b2b/eu'"]),
     (BASE.replace('name = "b2b"', 'name = "B2B Europe"'), ["[model]", "field 'name'", "'B2B Europe'"]),
+    (BASE.replace('name = "b2b"', 'name = "b2b"\nremember_events = 100000'), ["[model]", "field 'remember_events'", "from 1 to 1024", "100000"]),
+    (BASE.replace('name = "b2b"', 'name = "b2b"\nhistory = 101'), ["[model]", "field 'history'", "from 1 to 100", "101"]),
     (BASE.replace('name = "b2b"', 'name = "b2b"\nlateness = 3600'), ["[model]", "field 'lateness'", "duration"]),
     (BASE.replace('name = "b2b"', 'name = "b2b"\nmax_points = 0'), ["[model]", "field 'max_points'", "above"]),
     (BASE + "[scoring]\n", ["b2b.toml", "top level", "field 'scoring'", "unknown field"]),
