@@ -34,8 +34,10 @@ def read_events(lines: IO[bytes], bad: list[str]) -> Iterator[tuple[str, bytes]]
             bad.append(f"line {number}: not JSON ({exc}); skipped")
             continue
         lead = event.get("lead_id") if isinstance(event, dict) else None
+        if lead.__class__ is int:  # the engine reads a number id as its decimal text; so is it keyed
+            lead = str(lead)
         if not isinstance(lead, str) or not lead:
-            bad.append(f"line {number}: no string `lead_id`, so no partition; skipped")
+            bad.append(f"line {number}: no `lead_id` (a text or a whole number), so no partition; skipped")
             continue
         yield lead, line
 

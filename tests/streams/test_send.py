@@ -1,0 +1,25 @@
+"""`leadstream send` reads a JSON-lines file: each event keyed by its lead id, as the worker
+will read that id, and every line it cannot key reported by number."""
+
+from __future__ import annotations
+
+import io
+
+from streams.send import read_events
+
+
+def test_lines_are_keyed_by_lead_id_and_bad_ones_reported() -> None:
+    lines = io.BytesIO(
+        b'{"lead_id": "ada", "type": "signup"}\n'
+        b"\n"
+        b'{"lead_id": 42, "type": "signup"}\n'  # a number id is its decimal text, as in the engine
+        b"{broken\n"
+        b'{"lead_id": true}\n'
+        b'{"lead_id": 4.2}\n'
+        b'{"type": "signup"}\n'
+        b"[1, 2]\n"
+    )
+    bad: list[str] = []
+    assert [lead for lead, _ in read_events(lines, bad)] == ["ada", "42"]
+    assert [line.split(":")[0] for line in bad] == ["line 4", "line 5", "line 6", "line 7", "line 8"]
+    assert "no `lead_id` (a text or a whole number)" in bad[1]
