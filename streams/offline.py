@@ -22,6 +22,7 @@ import orjson
 
 from scoring import AccountState, Engine, Event, LeadState, MemberScore, Rejection, Transition
 from streams.errors import InputError
+from streams.jsonlines import numbered_lines
 
 BATCH_EVENTS = 1000
 
@@ -107,9 +108,7 @@ def score_file(models_dir: Path, events_path: Path, table: bool, out: TextIO, er
     run = _OfflineRun(engine, err, events_path.name)
     batch: list[tuple[int, Event]] = []
     with handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
+        for number, line in numbered_lines(handle):
             for item in engine.parse_message(line):
                 if isinstance(item, Rejection):
                     run.warn(number, item.reason, item.detail)

@@ -16,6 +16,7 @@ from typing import IO, Iterable, Iterator
 import orjson
 
 from streams.envelope import pack
+from streams.jsonlines import numbered_lines
 from streams.errors import InputError, ServiceError
 from streams.partitioning import partition_for
 from streams.settings import Settings
@@ -24,10 +25,7 @@ from streams.topics import partition_count
 
 def read_events(lines: IO[bytes], bad: list[str]) -> Iterator[tuple[str, bytes]]:
     """(lead id, event bytes) for each valid line; a message appended to `bad` for each bad one."""
-    for number, line in enumerate(lines, start=1):
-        line = line.strip()
-        if not line:
-            continue
+    for number, line in numbered_lines(lines):
         try:
             event = orjson.loads(line)
         except orjson.JSONDecodeError as exc:

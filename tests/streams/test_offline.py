@@ -101,3 +101,12 @@ def test_an_event_no_model_takes_is_reported_not_scored(tmp_path: Path) -> None:
         "events.jsonl line 2: unrouted: event 't' of lead 'cy' has product 'sass', which no model's [filter] takes "
         "(they take: analytics, analytics_addon, b2b, saas): not scored"
     ]
+
+
+def test_a_file_saved_with_a_byte_order_mark_is_scored(tmp_path: Path) -> None:
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(b"\xef\xbb\xbf" + b"\r\n".join(orjson.dumps(e) for e in SAAS_EVENTS[:3]) + b"\r\n")
+    out, err = io.StringIO(), io.StringIO()
+    assert score_file(MODELS_DIR, events, table=False, out=out, err=err) == 0
+    assert err.getvalue() == ""
+    assert [(r["record"], r.get("score")) for r in map(orjson.loads, out.getvalue().splitlines())][-1] == ("lead", 15)

@@ -23,3 +23,10 @@ def test_lines_are_keyed_by_lead_id_and_bad_ones_reported() -> None:
     assert [lead for lead, _ in read_events(lines, bad)] == ["ada", "42"]
     assert [line.split(":")[0] for line in bad] == ["line 4", "line 5", "line 6", "line 7", "line 8"]
     assert "no `lead_id` (a text or a whole number)" in bad[1]
+
+
+def test_a_byte_order_mark_and_windows_line_ends_are_read() -> None:
+    lines = io.BytesIO(b'\xef\xbb\xbf{"lead_id": "ada"}\r\n{"lead_id": "bob"}\r\n')
+    bad: list[str] = []
+    assert [(lead, event) for lead, event in read_events(lines, bad)] == [("ada", b'{"lead_id": "ada"}'), ("bob", b'{"lead_id": "bob"}')]
+    assert bad == []
