@@ -154,6 +154,11 @@ class ModelRuntime:
                 state.fit = found[1]
         return found
 
+    def current_fit(self, state: LeadState) -> float:
+        """The fit points the model's [[fit]] rules give the state now, without changing it: its
+        own, unless it was written before the rules were edited and not used since."""
+        return state.fit if state.fit_found is not None else self._fit(state.traits)[1]
+
     def _fit(self, traits: dict[str, Any]) -> tuple[tuple[FitRule, ...], float, list[tuple[float, str, float]]]:
         """Fit rules met and their points, remembered by what they read of the traits: values
         with their types (True, 1 and 1.0 are told apart), and domain classes of the traits
@@ -218,10 +223,7 @@ class ModelRuntime:
         down = self.ladder.down[level]
         if down <= self.floor:
             return None
-        # The fit points the model's rules give now (the state's own until its first use, if
-        # the rules were edited since it was written); asking changes nothing.
-        fit = state.fit if state.fit_found is not None else self._fit(state.traits)[1]
-        crossing = self.half_life.crossing_ms(state, down - fit)
+        crossing = self.half_life.crossing_ms(state, down - self.current_fit(state))
         return None if crossing is None else crossing + 1
 
     def _settle(self, state: LeadState, level: int, lead_id: str, time_ms: int, out: list[Transition]) -> int:

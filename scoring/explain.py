@@ -118,10 +118,9 @@ def at_time(runtime: ModelRuntime, lead_id: str, state: LeadState, now_ms: int) 
     model's [[fit]] rules give them (a state written before they were edited has others, see
     `ModelRuntime.fit_of`). The state itself when that changes nothing, else a copy."""
     current = state
-    if state.fit_found is None:  # read back from bytes and not used since
+    if runtime.current_fit(state) != state.fit:
         current = state.copy()
-        if runtime.fit_of(current)[1] == state.fit:
-            current = state
+        runtime.fit_of(current)
     if runtime.steps is not None:
         due = runtime.steps.due_ms(current)
         if due is None or due > now_ms:

@@ -142,8 +142,6 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
             log.warning("consumer lag not measured: cause=%r", exc)
     within_s = settings.batch_within_ms / 1000
 
-    now_ms = scorer.now_ms
-
     @app.agent(events_topic)
     async def score(stream: faust.StreamT[bytes]) -> None:
         async for batch in stream.take_events(settings.batch_max_messages, within=within_s):
@@ -164,7 +162,7 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
         # is rebuilt once a rebalance's recovery is done.
         if not _ready(app):
             return
-        now = now_ms()
+        now = scorer.now_ms()
         while await scorer.decay_due(now) == DECAY_CHUNK:
             await asyncio.sleep(DECAY_PAUSE_S)
 
@@ -182,7 +180,7 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
             states = lead_store.states(lead_id)
             if not states:
                 return self.json({"error": f"no state for lead {lead_id!r} on this worker"}, status=404)
-            at = now_ms()
+            at = scorer.now_ms()
             explained = {
                 model: engine.explain(model, lead_id, state, at)  # type: ignore[arg-type]
                 for model, state in states.items()

@@ -17,6 +17,11 @@ class ServiceError(LeadstreamError):
     """A local service (Kafka, Redis) could not be installed, started, reached or stopped."""
 
 
+def kafka_unreachable(bootstrap: str, cause: Exception) -> ServiceError:
+    """What a command says when the broker does not answer."""
+    return ServiceError(f"cannot reach Kafka at {bootstrap} ({cause}); run `leadstream services up`")
+
+
 class InputError(LeadstreamError):
     """A file or message given to a command is not what it expects."""
 

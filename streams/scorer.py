@@ -197,13 +197,13 @@ class Scorer:
         known: dict[str, States] = {}
         states_of = self.store.states
         max_future_ms = self.settings.max_future_ms
-        horizon_ms = self.now_ms() + max_future_ms if max_future_ms > 0 else None
+        horizon_ms = self.now_ms() + max_future_ms if max_future_ms > 0 else float("inf")
         for message in batch:
             if message.topic == self.settings.topic_identity:
                 continue
             items, decoded = self._decode(message, dead, stats)
             for position, event in enumerate(decoded):
-                if horizon_ms is not None and event.time_ms > horizon_ms:
+                if event.time_ms > horizon_ms:
                     if items is None:  # decoded in one pass: the dead letter needs the object
                         items = unpack(message.value)
                     dead.append(self._from_the_future(event, items[position], horizon_ms - max_future_ms, message))

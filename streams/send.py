@@ -16,8 +16,8 @@ from typing import IO, Iterable, Iterator
 import orjson
 
 from streams.envelope import pack
+from streams.errors import InputError, ServiceError, kafka_unreachable
 from streams.jsonlines import numbered_lines
-from streams.errors import InputError, ServiceError
 from streams.partitioning import partition_for
 from streams.settings import Settings
 from streams.topics import partition_count
@@ -53,7 +53,7 @@ def open_producer(settings: Settings):  # -> kafka.KafkaProducer
             client_id="leadstream-send",
         )
     except KafkaError as exc:
-        raise ServiceError(f"cannot reach Kafka at {settings.kafka_bootstrap} ({exc}); run `leadstream services up`") from exc
+        raise kafka_unreachable(settings.kafka_bootstrap, exc) from exc
 
 
 def produce(producer, topic: str, events: Iterable[tuple[str, bytes]], events_per_message: int) -> tuple[int, int]:

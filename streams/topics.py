@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from streams.errors import ServiceError
+from streams.errors import kafka_unreachable
 from streams.settings import Settings
 
 
@@ -47,9 +47,7 @@ def ensure_topics(settings: Settings, specs: list[TopicSpec] | None = None) -> l
     try:
         admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id="leadstream-topics")
     except KafkaError as exc:
-        raise ServiceError(
-            f"cannot reach Kafka at {settings.kafka_bootstrap} ({exc}); run `leadstream services up`"
-        ) from exc
+        raise kafka_unreachable(settings.kafka_bootstrap, exc) from exc
     try:
         existing = set(admin.list_topics())
         lines = []
@@ -80,7 +78,7 @@ def partition_count(settings: Settings, topic: str) -> int:
     try:
         consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, client_id="leadstream-topics")
     except KafkaError as exc:
-        raise ServiceError(f"cannot reach Kafka at {settings.kafka_bootstrap} ({exc}); run `leadstream services up`") from exc
+        raise kafka_unreachable(settings.kafka_bootstrap, exc) from exc
     try:
         return len(consumer.partitions_for_topic(topic) or ())
     finally:
