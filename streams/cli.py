@@ -57,6 +57,15 @@ def _score(args: argparse.Namespace, settings: Settings) -> int:
     return score_file(args.models or settings.models_dir, args.events, table=args.table, out=sys.stdout)
 
 
+def _review(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.review import review_files
+
+    converted = frozenset(value.strip() for value in args.converted.split(",") if value.strip())
+    return review_files(
+        args.models or settings.models_dir, args.events, args.outcomes, converted, args.min_leads, table=args.table, out=sys.stdout
+    )
+
+
 #: benchmark name -> module whose `main(args, settings)` runs it
 BENCHMARKS = {
     "engine": "streams.bench.engine",
@@ -103,6 +112,16 @@ def _settings(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected 1 or more, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="leadstream",
@@ -143,6 +162,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", type=Path, help="directory of model files (default: LEADSTREAM_MODELS_DIR)")
     p.add_argument("--events", type=Path, required=True, help="JSON-lines file of events")
     p.add_argument("--table", action="store_true", help="print a table instead of JSON lines")
+
+    p = add("review", _review, "Review each model against real outcomes: how well its scores, levels and rules predicted conversions.")
+    p.add_argument("--models", type=Path, help="directory of model files (default: LEADSTREAM_MODELS_DIR)")
+    p.add_argument("--events", type=Path, required=True, help="JSON-lines file of events (the history to score)")
+    p.add_argument("--outcomes", type=Path, required=True, help="JSON lines, or CSV with a header row: lead_id, outcome, time (optional)")
+    p.add_argument("--converted", default="won", help="comma-separated outcome values that count as converted (default: won)")
+    p.add_argument("--min-leads", type=_positive, default=20, help="leads a figure needs before a finding is drawn from it (default 20)")
+    p.add_argument("--table", action="store_true", help="print tables instead of one JSON object per model")
 
     p = add("bench", _bench, "Run a benchmark and print its figures.")
     p.add_argument(

@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Callable, TextIO
 
 import orjson
 
@@ -27,7 +27,7 @@ from streams.jsonlines import numbered_lines
 BATCH_EVENTS = 1000
 
 
-class _OfflineRun:
+class OfflineRun:
     """States held in memory (as objects: no changelog to write) and everything produced."""
 
     def __init__(self, engine: Engine, err: TextIO, source: str) -> None:
@@ -100,25 +100,7 @@ class _OfflineRun:
 def score_file(models_dir: Path, events_path: Path, table: bool, out: TextIO, err: TextIO = sys.stderr) -> int:
     """Scores a JSON-lines file of events; returns the exit status (0: scored, even with bad
     lines, which are reported on `err`)."""
-    engine = Engine.from_directory(models_dir)
-    try:
-        handle = sys.stdin.buffer if str(events_path) == "-" else events_path.open("rb")
-    except OSError as exc:
-        raise InputError(f"cannot read events file {events_path}: {exc.strerror}") from None
-    run = _OfflineRun(engine, err, events_path.name)
-    batch: list[tuple[int, Event]] = []
-    with handle:
-        for number, line in numbered_lines(handle):
-            for item in engine.parse_message(line):
-                if isinstance(item, Rejection):
-                    run.warn(number, item.reason, item.detail)
-                else:
-                    batch.append((number, item))
-            if len(batch) >= BATCH_EVENTS:
-                run.apply(batch)
-                batch = []
-    if batch:
-        run.apply(batch)
+    run = apply_file(Engine.from_directory(models_dir), events_path, err)
     run.finish()
     records = run.records()
     if table:
@@ -129,12 +111,36 @@ def score_file(models_dir: Path, events_path: Path, table: bool, out: TextIO, er
     return 0
 
 
+def apply_file(engine: Engine, events_path: Path, err: TextIO, keep: Callable[[Event], bool] | None = None) -> OfflineRun:
+    """A run that has applied every event of the file (those `keep` accepts, when given), in
+    batches; bad lines are reported on `err` and skipped. Decay is not brought to any time yet."""
+    try:
+        handle = sys.stdin.buffer if str(events_path) == "-" else events_path.open("rb")
+    except OSError as exc:
+        raise InputError(f"cannot read events file {events_path}: {exc.strerror}") from None
+    run = OfflineRun(engine, err, events_path.name)
+    batch: list[tuple[int, Event]] = []
+    with handle:
+        for number, line in numbered_lines(handle):
+            for item in engine.parse_message(line):
+                if isinstance(item, Rejection):
+                    run.warn(number, item.reason, item.detail)
+                elif keep is None or keep(item):
+                    batch.append((number, item))
+            if len(batch) >= BATCH_EVENTS:
+                run.apply(batch)
+                batch = []
+    if batch:
+        run.apply(batch)
+    return run
+
+
 def _table(records: list[dict[str, Any]]) -> str:
     sections = []
     crossings = [r for r in records if r["record"] == "transition"]
     if crossings:
         sections.append(
-            _columns(
+            columns(
                 ("TIME", "MODEL", "KIND", "WHO", "FROM", "TO", "SCORE"),
                 [
                     (_iso(r["time"]), r["model"], r["kind"], r["lead_id"] if r["kind"] == "lead" else r["account_id"],
@@ -145,7 +151,7 @@ def _table(records: list[dict[str, Any]]) -> str:
         )
     leads = [r for r in records if r["record"] == "lead"]
     sections.append(
-        _columns(
+        columns(
             ("MODEL", "LEAD", "SCORE", "0-100", "LEVEL", "CELL", "TEMP", "TOP REASON"),
             [
                 (r["model"], r["lead_id"], f"{r['score']:g}", f"{r['normalized']:g}", r["level"], r["cell"] or "-",
@@ -157,7 +163,7 @@ def _table(records: list[dict[str, Any]]) -> str:
     accounts = [r for r in records if r["record"] == "account"]
     if accounts:
         sections.append(
-            _columns(
+            columns(
                 ("MODEL", "ACCOUNT", "SCORE", "LEVEL", "MEMBERS"),
                 [(r["model"], r["account_id"], "-" if r["score"] is None else f"{r['score']:g}", r["level"] or "-", str(r["members"])) for r in accounts],
             )
@@ -165,7 +171,7 @@ def _table(records: list[dict[str, Any]]) -> str:
     return "\n".join(sections)
 
 
-def _columns(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+def columns(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
     widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
     lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip() for row in (header, *rows)]
     return "\n".join(lines) + "\n"

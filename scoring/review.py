@@ -1,0 +1,214 @@
+"""Reviewing a model against real outcomes: did its scores, levels and grades pick the leads that
+went on to convert, and which rules give points that conversions do not bear out?
+
+The input is one `Reviewed` per lead whose outcome is known, as the model saw that lead just
+before the outcome (the caller scores only the events before it, so a lead is never judged on
+what it did after it was won or lost). Everything here is counting:
+
+- `auc`: the chance that a lead picked at random from those that converted scored higher than
+  one picked at random from those that did not (ties count half): 0.5 is a coin toss, 1.0 a
+  perfect ranking. It is one figure to compare two versions of a model on the same history.
+- per level of the ladder, per fit grade, engagement level, grid cell and temperature: leads,
+  conversions and the conversion rate; per level also the precision and recall of treating
+  every lead at or above it as sales-ready.
+- per rule: the leads it gave points (or, for a fit rule, whose traits meet it), their conversion
+  rate against that of the other leads, its lift (rate over the overall rate) and `z`, the
+  two-proportion z statistic of the difference.
+
+Findings are drawn only from differences that are unlikely to be chance (|z| >= 1.96, 95%) and
+backed by at least `min_leads` leads on each side: a rule whose leads convert less than the
+others though it gives points (or more though it takes points), and a level of the ladder that
+converts less than the level below it. A rule no reviewed lead triggered is named too: its event
+type or conditions may not match what the events carry.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+from scoring.model import GRADES, Model
+
+
+@dataclass(frozen=True, slots=True)
+class Reviewed:
+    """One lead with a known outcome, labelled by the model at the time of that outcome."""
+
+    lead_id: str
+    converted: bool
+    score: float
+    level: str
+    grade: str | None
+    engagement: int | None
+    cell: str | None
+    temperature: str | None
+    #: Names of the behaviour rules that gave it points (or took some) and of the fit rules
+    #: its traits meet.
+    rules: frozenset[str]
+
+
+def review(model: Model, leads: Sequence[Reviewed], min_leads: int = 20) -> dict[str, Any]:
+    """The review of `model` on these leads: figures, then findings (sentences) to act on."""
+    converted = sum(lead.converted for lead in leads)
+    levels = _levels(model, leads, converted)
+    rules = _rules(model, leads, converted)
+    return {
+        "model": model.name,
+        "leads": len(leads),
+        "converted": converted,
+        "conversion_rate": _rate(converted, len(leads)),
+        "auc": auc([lead.score for lead in leads], [lead.converted for lead in leads]),
+        "levels": levels,
+        "grades": _groups(((lead.grade, lead.converted) for lead in leads), GRADES if model.grades else ()),
+        "engagement": _groups(((lead.engagement, lead.converted) for lead in leads), range(1, 5) if model.engagement else ()),
+        "cells": _groups(((lead.cell, lead.converted) for lead in leads), _cells(model)),
+        "temperature": _groups(((lead.temperature, lead.converted) for lead in leads), model.temperature.labels if model.temperature else ()),
+        "rules": rules,
+        "findings": _findings(levels, rules, len(leads), min_leads),
+    }
+
+
+def auc(scores: Sequence[float], converted: Sequence[bool]) -> float | None:
+    """Area under the ROC curve of `scores` as a predictor of `converted`; None unless there are
+    leads of both kinds. Computed from ranks (Mann-Whitney U), ties sharing their mean rank."""
+    positives = sum(converted)
+    negatives = len(converted) - positives
+    if positives == 0 or negatives == 0:
+        return None
+    order = sorted(range(len(scores)), key=scores.__getitem__)
+    rank_sum = 0.0
+    start = 0
+    while start < len(order):
+        end = start
+        while end + 1 < len(order) and scores[order[end + 1]] == scores[order[start]]:
+            end += 1
+        mean_rank = (start + end) / 2 + 1  # ranks are 1-based
+        rank_sum += mean_rank * sum(converted[i] for i in order[start : end + 1])
+        start = end + 1
+    u = rank_sum - positives * (positives + 1) / 2
+    return round(u / (positives * negatives), 4)
+
+
+def _rate(part: int, whole: int) -> float | None:
+    return round(part / whole, 4) if whole else None
+
+
+def _tally(outcomes: Iterable[tuple[Any, bool]], keys: Iterable[Any]) -> dict[Any, list[int]]:
+    """key -> [leads, conversions] from (key, converted) pairs, for the given keys only, in
+    their order (a pair of another key, such as a rule an earlier model version had, is left out)."""
+    counts = {key: [0, 0] for key in keys}
+    for key, converted in outcomes:
+        entry = counts.get(key)
+        if entry is not None:
+            entry[0] += 1
+            entry[1] += converted
+    return counts
+
+
+def _levels(model: Model, leads: Sequence[Reviewed], converted: int) -> list[dict[str, Any]]:
+    ladder = model.ladder
+    counts = _tally(((ladder.level_of(lead.level), lead.converted) for lead in leads), range(len(ladder.names)))
+    rows = []
+    above_leads = above_converted = 0
+    for index in reversed(range(len(ladder.names))):  # top down, to sum "at or above"
+        n, c = counts[index]
+        above_leads += n
+        above_converted += c
+        rows.append(
+            {
+                "level": ladder.names[index],
+                "at": ladder.at[index] if index else None,
+                "leads": n,
+                "converted": c,
+                "rate": _rate(c, n),
+                "precision_at_or_above": _rate(above_converted, above_leads),
+                "recall_at_or_above": _rate(above_converted, converted),
+            }
+        )
+    rows.reverse()
+    return rows
+
+
+def _groups(outcomes: Iterable[tuple[Any, bool]], labels: Iterable[Any]) -> list[dict[str, Any]]:
+    """Leads, conversions and rate per label (best first for grades, engagement and cells);
+    empty for a model without that scale."""
+    counts = _tally(outcomes, labels)
+    return [{"label": label, "leads": n, "converted": c, "rate": _rate(c, n)} for label, (n, c) in counts.items()]
+
+
+def _cells(model: Model) -> tuple[str, ...]:
+    if model.grades is None or model.engagement is None:
+        return ()
+    return tuple(f"{grade}{engagement}" for grade in GRADES for engagement in range(1, 5))
+
+
+#: |z| beyond which a difference in conversion rates is taken as real (two-sided 95%).
+SIGNIFICANT_Z = 1.96
+
+
+def z_statistic(leads_a: int, converted_a: int, leads_b: int, converted_b: int) -> float | None:
+    """Two-proportion z statistic of rate a minus rate b (pooled); None when either side is
+    empty or every lead converted alike (no spread to measure against)."""
+    if leads_a == 0 or leads_b == 0:
+        return None
+    pooled = (converted_a + converted_b) / (leads_a + leads_b)
+    spread = pooled * (1 - pooled) * (1 / leads_a + 1 / leads_b)
+    if spread <= 0:
+        return None
+    return round((converted_a / leads_a - converted_b / leads_b) / math.sqrt(spread), 2)
+
+
+def _rules(model: Model, leads: Sequence[Reviewed], converted: int) -> list[dict[str, Any]]:
+    rules = [(rule.name, "behaviour", rule.points, rule.bonus.points if rule.bonus else None) for rule in model.rules]
+    rules += [(rule.name, "fit", rule.points, None) for rule in model.fit_rules]
+    counts = _tally(((name, lead.converted) for lead in leads for name in lead.rules), (rule[0] for rule in rules))
+    overall = _rate(converted, len(leads))
+    rows = []
+    for name, kind, points, bonus in rules:
+        n, c = counts[name]
+        rate = _rate(c, n)
+        rows.append(
+            {
+                "rule": name,
+                "kind": kind,
+                "points": points,
+                "bonus": bonus,
+                "leads": n,
+                "converted": c,
+                "rate": rate,
+                "rate_without": _rate(converted - c, len(leads) - n),
+                "lift": round(rate / overall, 2) if rate is not None and overall else None,
+                "z": z_statistic(n, c, len(leads) - n, converted - c),
+            }
+        )
+    return rows
+
+
+def _findings(levels: list[dict[str, Any]], rules: list[dict[str, Any]], leads: int, min_leads: int) -> list[str]:
+    if leads == 0:
+        return ["no lead with an outcome has events this model scores: nothing to review"]
+    findings = []
+    for row in rules:
+        name, n, z = row["rule"], row["leads"], row["z"]
+        points = row["points"] or row["bonus"] or 0  # a rule that scores by its bonus alone
+        if n == 0:
+            findings.append(f"rule '{name}' matched none of the reviewed leads: check its event type and conditions against your events")
+            continue
+        if z is None or abs(z) < SIGNIFICANT_Z or min(n, leads - n) < min_leads:
+            continue
+        compared = f"its {n} leads converted at {row['rate']:.1%}, the others at {row['rate_without']:.1%} (z {z:g})"
+        if points > 0 and z < 0:
+            findings.append(f"rule '{name}' gives {points:+g} points, but {compared}: lower its points or narrow its conditions")
+        elif points < 0 and z > 0:
+            findings.append(f"rule '{name}' takes {points:g} points, but {compared}: reconsider the penalty")
+    for lower, higher in zip(levels, levels[1:]):
+        if min(lower["leads"], higher["leads"]) < min_leads:
+            continue
+        z = z_statistic(higher["leads"], higher["converted"], lower["leads"], lower["converted"])
+        if z is not None and z <= -SIGNIFICANT_Z:
+            findings.append(
+                f"level '{higher['level']}' converted at {higher['rate']:.1%}, less than '{lower['level']}' at "
+                f"{lower['rate']:.1%} (z {z:g}): the points that lift leads to '{higher['level']}' do not predict conversion"
+            )
+    return findings

@@ -1,0 +1,207 @@
+"""`leadstream review`: a model scored against what really happened to its leads.
+
+Marketing-ops export outcomes from the CRM (won, lost, disqualified...) and review each model on
+the event history: `leadstream review --events EVENTS.jsonl --outcomes OUTCOMES.csv`. A lead is
+judged as the model saw it at the time of its outcome: its events from that time on are left
+out, and decay is brought to that time (a lead whose outcome has no time is judged at the newest
+event of the file). The figures and findings are scoring.review's; this module reads the files
+and prints them, one JSON object per model (or tables with --table).
+
+Outcomes come as JSON lines ({"lead_id": "lead-42", "outcome": "won", "time": ...}) or, for
+files named *.csv, as CSV with a header row naming the columns lead_id, outcome and optionally
+time. `time` is epoch milliseconds or ISO-8601 with a time zone, as in events. A bad line is
+reported on stderr with its number and skipped; a lead listed twice keeps its first outcome.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, TextIO
+
+import orjson
+
+from scoring import Engine, Event
+from scoring.events import parse_time_ms
+from scoring.review import Reviewed, review
+from streams.errors import InputError
+from streams.jsonlines import numbered_lines
+from streams.offline import apply_file, columns
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    converted: bool
+    #: When it happened (epoch ms); None: judge the lead at the end of the events file.
+    time_ms: int | None
+
+
+def review_files(
+    models_dir: Path, events_path: Path, outcomes_path: Path, converted_values: frozenset[str], min_leads: int,
+    table: bool, out: TextIO, err: TextIO = sys.stderr,
+) -> int:  # fmt: skip
+    """Reviews every model of `models_dir`; returns the exit status (0 even with bad lines,
+    which are reported on `err`)."""
+    engine = Engine.from_directory(models_dir)
+    outcomes = read_outcomes(outcomes_path, converted_values, err)
+    if not outcomes:
+        raise InputError(f"{outcomes_path}: no usable outcome lines (each needs a lead_id and an outcome)")
+    if not any(outcome.converted for outcome in outcomes.values()):
+        print(f"{outcomes_path.name}: no outcome is one of {', '.join(sorted(converted_values))} "
+              f"(--converted): every lead counts as not converted", file=err)  # fmt: skip
+
+    def before_outcome(event: Event) -> bool:
+        outcome = outcomes.get(event.lead_id)
+        return outcome is None or outcome.time_ms is None or event.time_ms < outcome.time_ms
+
+    run = apply_file(engine, events_path, err, keep=before_outcome)
+    reviewed: dict[str, list[Reviewed]] = {model.name: [] for model in engine.models}
+    for (model, lead_id), state in sorted(run.leads.items()):
+        outcome = outcomes.get(lead_id)
+        if outcome is None:
+            continue
+        seen = engine.explain(model, lead_id, state, run.newest_ms if outcome.time_ms is None else outcome.time_ms)
+        # A rule counts for a lead once it gave points: a bonus-only rule once its bonus was won.
+        rules = {row["rule"] for row in seen["rules"] if row["points"]} | {row["rule"] for row in seen["fit"]}
+        reviewed[model].append(
+            Reviewed(
+                lead_id, outcome.converted, seen["score"], seen["level"], seen["grade"], seen["engagement"],
+                seen["cell"], seen["temperature"], frozenset(rules),
+            )
+        )  # fmt: skip
+    unscored = len(outcomes.keys() - {lead_id for _, lead_id in run.leads})
+    if unscored:
+        print(f"{outcomes_path.name}: {unscored} of {len(outcomes)} leads with an outcome have no scored event "
+              f"before it: not reviewed", file=err)  # fmt: skip
+    reports = [review(model, reviewed[model.name], min_leads) for model in engine.models]
+    if table:
+        out.write("\n".join(_table(report) for report in reports))
+    else:
+        for report in reports:
+            out.write(orjson.dumps(report).decode() + "\n")
+    return 0
+
+
+def read_outcomes(path: Path, converted_values: frozenset[str], err: TextIO) -> dict[str, Outcome]:
+    """lead id -> outcome, from JSON lines or (a *.csv file) CSV with a header row."""
+    try:
+        handle = path.open("rb")
+    except OSError as exc:
+        raise InputError(f"cannot read outcomes file {path}: {exc.strerror}") from None
+    outcomes: dict[str, Outcome] = {}
+    first_line: dict[str, int] = {}
+    with handle:
+        rows = _csv_rows(handle, path) if path.suffix.lower() == ".csv" else _json_rows(handle)
+        for number, row in rows:
+            problem = _outcome(row, converted_values)
+            if isinstance(problem, str):
+                print(f"{path.name} line {number}: {problem}", file=err)
+                continue
+            lead_id, outcome = problem
+            if lead_id in outcomes:
+                print(f"{path.name} line {number}: lead {lead_id!r} already has an outcome (line "
+                      f"{first_line[lead_id]}): the first one is used", file=err)  # fmt: skip
+                continue
+            outcomes[lead_id] = outcome
+            first_line[lead_id] = number
+    return outcomes
+
+
+def _json_rows(handle: Any) -> Iterator[tuple[int, Any]]:
+    for number, line in numbered_lines(handle):
+        try:
+            yield number, orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            yield number, f"not valid JSON: {exc}"
+
+
+def _csv_rows(handle: Any, path: Path) -> Iterator[tuple[int, Any]]:
+    text = io.TextIOWrapper(handle, encoding="utf-8-sig", newline="")  # -sig: a BOM Excel writes
+    reader = csv.DictReader(text)
+    try:
+        header = reader.fieldnames or []
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text: {exc}") from None
+    missing = [column for column in ("lead_id", "outcome") if column not in header]
+    if missing:
+        raise InputError(f"{path}: the header row must name the columns lead_id and outcome (and optionally time); "
+                         f"{' and '.join(missing)} not found in {header}")  # fmt: skip
+    try:
+        for row in reader:
+            if any(row.values()):
+                yield reader.line_num, {key: value for key, value in row.items() if key is not None and value != ""}
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"{path} line {reader.line_num}: cannot read it as CSV: {exc}") from None
+
+
+def _outcome(row: Any, converted_values: frozenset[str]) -> tuple[str, Outcome] | str:
+    """(lead id, outcome) of a row, or what is wrong with it."""
+    if isinstance(row, str):
+        return row
+    if not isinstance(row, dict):
+        return "expected an object with lead_id and outcome"
+    lead_id, value, time = row.get("lead_id"), row.get("outcome"), row.get("time")
+    if isinstance(lead_id, int) and not isinstance(lead_id, bool):
+        lead_id = str(lead_id)  # as events' whole-number lead ids are read
+    if not isinstance(lead_id, str) or not lead_id:
+        return "field 'lead_id' must be a non-empty text"
+    if not isinstance(value, str) or not value:
+        return "field 'outcome' must be a non-empty text, such as \"won\" or \"lost\""
+    time_ms = None
+    if time is not None:
+        if isinstance(time, str) and time.isdigit():
+            time = int(time)  # CSV cells are text
+        found = parse_time_ms(time)
+        if isinstance(found, str):
+            return found
+        time_ms = found
+    return lead_id, Outcome(value in converted_values, time_ms)
+
+
+def _table(report: dict[str, Any]) -> str:
+    auc = _number(report["auc"])
+    rate = "-" if report["conversion_rate"] is None else f"{report['conversion_rate']:.1%}"
+    parts = [f"model {report['model']}: {report['leads']} leads with an outcome, {report['converted']} converted ({rate}), AUC {auc}\n"]
+    if not report["leads"]:
+        return parts[0] + "".join(f"- {finding}\n" for finding in report["findings"])
+    parts.append(
+        columns(
+            ("LEVEL", "AT", "LEADS", "CONVERTED", "RATE", "PRECISION AT OR ABOVE", "RECALL AT OR ABOVE"),
+            [
+                (r["level"], "-" if r["at"] is None else f"{r['at']:g}", str(r["leads"]), str(r["converted"]), _percent(r["rate"]),
+                 _percent(r["precision_at_or_above"]), _percent(r["recall_at_or_above"]))
+                for r in report["levels"]
+            ],  # fmt: skip
+        )
+    )
+    for scale in ("grades", "engagement", "cells", "temperature"):
+        if report[scale]:
+            parts.append(
+                columns(
+                    (scale.upper(), "LEADS", "CONVERTED", "RATE"),
+                    [(str(r["label"]), str(r["leads"]), str(r["converted"]), _percent(r["rate"])) for r in report[scale]],
+                )
+            )
+    parts.append(
+        columns(
+            ("RULE", "KIND", "POINTS", "LEADS", "CONVERTED", "RATE", "OTHERS' RATE", "LIFT", "Z"),
+            [
+                (r["rule"], r["kind"], f"{r['points']:+g}" + ("" if r["bonus"] is None else f", bonus {r['bonus']:+g}"), str(r["leads"]), str(r["converted"]), _percent(r["rate"]),
+                 _percent(r["rate_without"]), _number(r["lift"]), _number(r["z"]))
+                for r in report["rules"]
+            ],  # fmt: skip
+        )
+    )
+    parts.append("".join(f"- {finding}\n" for finding in report["findings"]) or "no findings\n")
+    return "\n".join(parts)
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:g}"

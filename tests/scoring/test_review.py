@@ -1,0 +1,190 @@
+"""Reviewing a model against outcomes (scoring/review.py): AUC, rates per level and scale, rule
+lifts and the findings drawn from them."""
+
+from __future__ import annotations
+
+from itertools import product
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from scoring.review import Reviewed, auc, review, z_statistic
+from tests.scoring.support import model
+
+MODEL = model(
+    """
+[[rules]]
+name = "pricing"
+event = "page_view"
+points = 10
+
+[[rules]]
+name = "careers"
+event = "page_view"
+points = -10
+
+[[rules]]
+name = "heavy week"
+event = "query_run"
+points = 0
+bonus = { count = 5, window = "1w", points = 15 }
+
+[[rules]]
+name = "webinar"
+event = "webinar_attended"
+points = 5
+
+[[fit]]
+name = "senior"
+points = 8
+traits.title = { in = ["vp", "cto"] }
+
+[grades]
+A = { min = 8 }
+B = { min = 4, below = 8 }
+C = { min = 0, below = 4 }
+D = { below = 0 }
+
+[engagement]
+1 = { min = 60 }
+2 = { min = 30, below = 60 }
+3 = { min = 10, below = 30 }
+4 = { below = 10 }
+"""
+)
+
+
+def lead(name: str, converted: bool, score: float = 0, level: str = "cold", rules: tuple[str, ...] = (), cell: str | None = None) -> Reviewed:
+    grade, engagement = (cell[0], int(cell[1])) if cell else (None, None)
+    return Reviewed(name, converted, score, level, grade, engagement, cell, None, frozenset(rules))
+
+
+def many(count: int, converted: int, **fields: object) -> list[Reviewed]:
+    """`count` alike leads of which the first `converted` converted."""
+    return [lead(f"lead-{i}", i < converted, **fields) for i in range(count)]  # type: ignore[arg-type]
+
+
+def pairwise_auc(scores: list[float], converted: list[bool]) -> float:
+    """The definition: over every (converted, not converted) pair, 1 when the converted lead
+    scored higher, 1/2 on a tie."""
+    pairs = [(p, n) for p, n in product(range(len(scores)), repeat=2) if converted[p] and not converted[n]]
+    wins = sum(1.0 if scores[p] > scores[n] else 0.5 if scores[p] == scores[n] else 0.0 for p, n in pairs)
+    return wins / len(pairs)
+
+
+def test_auc_of_a_perfect_a_reversed_and_a_useless_ranking() -> None:
+    assert auc([1, 2, 3, 4], [False, False, True, True]) == 1.0
+    assert auc([4, 3, 2, 1], [False, False, True, True]) == 0.0
+    assert auc([5, 5, 5, 5], [False, True, False, True]) == 0.5
+    assert auc([1, 2], [True, True]) is None  # nothing to rank against
+    assert auc([], []) is None
+
+
+@given(st.lists(st.tuples(st.integers(-5, 5), st.booleans()), min_size=2, max_size=40))
+def test_auc_is_the_share_of_pairs_ranked_right(leads: list[tuple[int, bool]]) -> None:
+    scores, converted = [float(s) for s, _ in leads], [c for _, c in leads]
+    found = auc(scores, converted)
+    if all(converted) or not any(converted):
+        assert found is None
+        return
+    assert found == pytest.approx(pairwise_auc(scores, converted), abs=1e-4)
+    # Reversing the scores reverses the ranking; ties stay ties.
+    assert auc([-s for s in scores], converted) == pytest.approx(1 - found, abs=2e-4)
+
+
+def test_z_statistic() -> None:
+    # 50/100 against 30/100: pooled 0.4, standard error sqrt(0.4 * 0.6 * 0.02) = 0.0693.
+    assert z_statistic(100, 50, 100, 30) == 2.89
+    assert z_statistic(100, 30, 100, 50) == -2.89
+    assert z_statistic(0, 0, 100, 30) is None
+    assert z_statistic(10, 10, 10, 10) is None  # everyone converted: no spread
+
+
+def test_levels_give_rates_and_precision_and_recall_at_or_above_each_line() -> None:
+    leads = many(10, 1, level="cold") + many(6, 2, level="mql") + many(4, 3, level="sql")
+    report = review(MODEL, leads)
+    assert (report["leads"], report["converted"], report["conversion_rate"]) == (20, 6, 0.3)
+    assert report["levels"] == [
+        {"level": "cold", "at": None, "leads": 10, "converted": 1, "rate": 0.1, "precision_at_or_above": 0.3, "recall_at_or_above": 1.0},
+        {"level": "mql", "at": 20, "leads": 6, "converted": 2, "rate": 0.3333, "precision_at_or_above": 0.5, "recall_at_or_above": 0.8333},
+        {"level": "sql", "at": 60, "leads": 4, "converted": 3, "rate": 0.75, "precision_at_or_above": 0.75, "recall_at_or_above": 0.5},
+    ]  # fmt: skip
+
+
+def test_a_level_the_model_no_longer_has_counts_as_the_base_level() -> None:
+    report = review(MODEL, [lead("a", True, level="retired"), lead("b", False, level="sql")])
+    assert [(row["level"], row["leads"]) for row in report["levels"]] == [("cold", 1), ("mql", 0), ("sql", 1)]
+
+
+def test_grades_engagement_and_cells_best_first() -> None:
+    report = review(MODEL, [lead("a", True, cell="A1"), lead("b", False, cell="A1"), lead("c", False, cell="C4")])
+    assert [row["label"] for row in report["grades"]] == ["A", "B", "C", "D"]
+    assert report["grades"][0] == {"label": "A", "leads": 2, "converted": 1, "rate": 0.5}
+    assert [row["label"] for row in report["engagement"]] == [1, 2, 3, 4]
+    assert report["engagement"][3] == {"label": 4, "leads": 1, "converted": 0, "rate": 0.0}
+    assert [row["label"] for row in report["cells"]][:5] == ["A1", "A2", "A3", "A4", "B1"]
+    assert len(report["cells"]) == 16
+    assert report["temperature"] == []  # the model has no temperature bands
+
+
+def test_rule_rows_compare_its_leads_with_the_others() -> None:
+    leads = many(40, 30, rules=("pricing",)) + many(60, 15)
+    row = next(r for r in review(MODEL, leads)["rules"] if r["rule"] == "pricing")
+    assert row == {
+        "rule": "pricing", "kind": "behaviour", "points": 10, "bonus": None, "leads": 40, "converted": 30,
+        "rate": 0.75, "rate_without": 0.25, "lift": 1.67, "z": z_statistic(40, 30, 60, 15),
+    }  # fmt: skip
+    assert row["z"] > 4
+
+
+def test_findings_name_rules_whose_outcomes_contradict_their_points() -> None:
+    leads = (
+        many(40, 4, rules=("pricing", "senior"))  # gives points, converts less
+        + many(40, 30, rules=("careers", "senior"))  # takes points, converts more
+        + many(40, 12, rules=("webinar", "heavy week", "senior"))
+    )
+    findings = review(MODEL, leads)["findings"]
+    assert findings == [
+        "rule 'pricing' gives +10 points, but its 40 leads converted at 10.0%, the others at 52.5% (z -4.51): "
+        "lower its points or narrow its conditions",
+        "rule 'careers' takes -10 points, but its 40 leads converted at 75.0%, the others at 20.0% (z 5.84): "
+        "reconsider the penalty",
+    ]
+
+
+def test_a_bonus_only_rule_is_judged_by_its_bonus() -> None:
+    leads = many(40, 2, rules=("heavy week",)) + many(40, 20)
+    (finding,) = [f for f in review(MODEL, leads)["findings"] if "heavy week" in f]
+    assert finding.startswith("rule 'heavy week' gives +15 points, but its 40 leads converted at 5.0%")
+
+
+def test_no_finding_from_too_few_leads_or_a_difference_chance_explains() -> None:
+    few = many(5, 0, rules=("pricing", "careers", "webinar", "heavy week", "senior")) + many(100, 50, rules=("careers", "webinar", "heavy week", "senior"))
+    assert review(MODEL, few, min_leads=20)["findings"] == []
+    # 45% against 55%, 40 leads a side: z = -0.89, chance explains it.
+    close = many(40, 18, rules=("pricing", "careers", "webinar", "heavy week", "senior")) + many(40, 22, rules=("careers", "webinar", "heavy week", "senior"))
+    assert review(MODEL, close)["findings"] == []
+
+
+def test_rules_no_reviewed_lead_triggered_are_named() -> None:
+    findings = review(MODEL, [lead("a", True, rules=("pricing", "careers", "senior", "gone rule"))])["findings"]
+    assert findings == [
+        f"rule '{name}' matched none of the reviewed leads: check its event type and conditions against your events"
+        for name in ("heavy week", "webinar")
+    ]
+
+
+def test_a_level_converting_less_than_the_one_below_is_a_finding() -> None:
+    rules = ("pricing", "careers", "webinar", "heavy week", "senior")
+    leads = many(50, 25, level="mql", rules=rules) + many(50, 5, level="sql", rules=rules) + many(5, 1, level="cold", rules=rules)
+    assert review(MODEL, leads)["findings"] == [
+        "level 'sql' converted at 10.0%, less than 'mql' at 50.0% (z -4.36): the points that lift leads to 'sql' "
+        "do not predict conversion"
+    ]
+
+
+def test_a_model_without_reviewed_leads_says_so() -> None:
+    report = review(MODEL, [])
+    assert (report["leads"], report["conversion_rate"], report["auc"]) == (0, None, None)
+    assert report["findings"] == ["no lead with an outcome has events this model scores: nothing to review"]
