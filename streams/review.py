@@ -96,11 +96,11 @@ def read_outcomes(path: Path, converted_values: frozenset[str], err: TextIO) -> 
     with handle:
         rows = _csv_rows(handle, path) if path.suffix.lower() == ".csv" else _json_rows(handle)
         for number, row in rows:
-            problem = _outcome(row, converted_values)
-            if isinstance(problem, str):
-                print(f"{path.name} line {number}: {problem}", file=err)
+            found = _outcome(row, converted_values)
+            if isinstance(found, str):
+                print(f"{path.name} line {number}: {found}", file=err)
                 continue
-            lead_id, outcome = problem
+            lead_id, outcome = found
             if lead_id in outcomes:
                 print(f"{path.name} line {number}: lead {lead_id!r} already has an outcome (line "
                       f"{first_line[lead_id]}): the first one is used", file=err)  # fmt: skip
@@ -111,6 +111,7 @@ def read_outcomes(path: Path, converted_values: frozenset[str], err: TextIO) -> 
 
 
 def _json_rows(handle: Any) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed value), or (line number, what is wrong) for a line that is not JSON."""
     for number, line in numbered_lines(handle):
         try:
             yield number, orjson.loads(line)

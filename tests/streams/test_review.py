@@ -1,0 +1,115 @@
+"""`leadstream review`: models scored on an event history and judged against outcome files."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from streams.cli import main
+from streams.review import review_files
+from tests.scoring.support import DAY, MINUTE, MODELS_DIR, T0
+from tests.streams.test_offline import SAAS_EVENTS, write
+
+
+def run(tmp_path: Path, outcomes: str, name: str = "outcomes.csv", converted: frozenset[str] = frozenset({"won"})) -> tuple[dict[str, Any], str]:
+    """The saas_start_small report for the SAAS_EVENTS history and these outcomes, and stderr."""
+    events = write(tmp_path / "events.jsonl", SAAS_EVENTS)
+    (tmp_path / name).write_text(outcomes, encoding="utf-8")
+    out, err = io.StringIO(), io.StringIO()
+    assert review_files(MODELS_DIR, events, tmp_path / name, converted, 20, table=False, out=out, err=err) == 0
+    reports = {report["model"]: report for report in map(orjson.loads, out.getvalue().splitlines())}
+    assert set(reports) == {"analytics_addon", "b2b", "saas_start_small"}
+    return reports["saas_start_small"], err.getvalue()
+
+
+def test_a_lead_is_judged_as_the_model_saw_it_when_its_outcome_came(tmp_path: Path) -> None:
+    # ana reaches 20 (mql) with her task at T0 + 3 min; she was won at T0 + 2.5 min, on 15
+    # points. ben has no outcome time: he is judged at the newest event of the file, on 5.
+    outcomes = [{"lead_id": "ana", "outcome": "won", "time": T0 + 150_000}, {"lead_id": "ben", "outcome": "lost"}]
+    report, err = run(tmp_path, "".join(orjson.dumps(o).decode() + "\n" for o in outcomes), name="outcomes.jsonl")
+    assert err == ""
+    assert (report["leads"], report["converted"], report["auc"]) == (2, 1, 1.0)
+    assert [(row["level"], row["leads"], row["converted"]) for row in report["levels"]] == [("lead", 2, 1), ("mql", 0, 0)]
+    rules = {row["rule"]: (row["leads"], row["converted"]) for row in report["rules"]}
+    assert rules == {"signed up": (2, 1), "created a task": (1, 1), "created a project": (1, 1)}
+
+
+def test_csv_outcomes_with_bad_lines_reported_by_number(tmp_path: Path) -> None:
+    csv = (
+        "\ufefflead_id,outcome,time\n"  # the byte order mark Excel writes
+        "ana,won,2025-11-03T00:10:00Z\n"
+        "ben,,\n"
+        "ben,lost,yesterday\n"
+        "ben,lost,\n"
+        "ana,lost,\n"
+        "zed,won,\n"
+        "\n"
+        f"{DAY},lost,{T0}\n"
+    )
+    report, err = run(tmp_path, csv)
+    assert err.splitlines() == [
+        "outcomes.csv line 3: field 'outcome' must be a non-empty text, such as \"won\" or \"lost\"",
+        "outcomes.csv line 4: field 'time' is not an ISO-8601 time: 'yesterday'",
+        "outcomes.csv line 6: lead 'ana' already has an outcome (line 2): the first one is used",
+        "outcomes.csv: 2 of 4 leads with an outcome have no scored event before it: not reviewed",
+    ]
+    # ana was won after all her events (20 points, mql); ben lost at the end, on 5.
+    assert [(row["level"], row["leads"], row["converted"]) for row in report["levels"]] == [("lead", 1, 0), ("mql", 1, 1)]
+
+
+def test_which_outcomes_count_as_converted_is_an_option(tmp_path: Path) -> None:
+    csv = "lead_id,outcome\nana,closed won\nben,lost\n"
+    report, err = run(tmp_path, csv, converted=frozenset({"won", "closed won"}))
+    assert (report["leads"], report["converted"]) == (2, 1)
+    report, err = run(tmp_path, csv)
+    assert report["converted"] == 0
+    assert "outcomes.csv: no outcome is one of won (--converted): every lead counts as not converted" in err
+
+
+def test_the_command_prints_tables(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    events = write(tmp_path / "events.jsonl", SAAS_EVENTS)
+    (tmp_path / "outcomes.csv").write_text("lead_id,outcome,time\nana,won,\nben,lost,\n")
+    assert main(["review", "--models", str(MODELS_DIR), "--events", str(events), "--outcomes", str(tmp_path / "outcomes.csv"), "--table"]) == 0
+    out = capsys.readouterr().out
+    assert "model b2b: 0 leads with an outcome, 0 converted (-), AUC -\n- no lead with an outcome has events this model scores" in out
+    saas = out[out.index("model saas_start_small") :].splitlines()
+    assert saas[0] == "model saas_start_small: 2 leads with an outcome, 1 converted (50.0%), AUC 1"
+    assert saas[2].split() == ["LEVEL", "AT", "LEADS", "CONVERTED", "RATE", "PRECISION", "AT", "OR", "ABOVE", "RECALL", "AT", "OR", "ABOVE"]
+    assert saas[3].split() == ["lead", "-", "1", "0", "0.0%", "50.0%", "100.0%"]
+    assert saas[4].split() == ["mql", "20", "1", "1", "100.0%", "100.0%", "100.0%"]
+    assert saas[7].split() == ["signed", "up", "behaviour", "+5", "2", "1", "50.0%", "-", "1", "-"]
+    assert saas[-1] == "no findings"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("lead,result\nana,won\n", "the header row must name the columns lead_id and outcome (and optionally time); lead_id and outcome not found in ['lead', 'result']"),
+        ("lead_id,outcome\nnobody,\n", "no usable outcome lines (each needs a lead_id and an outcome)"),
+        (None, "cannot read outcomes file"),
+    ],
+)
+def test_unusable_outcome_files_are_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str | None, message: str) -> None:
+    events = write(tmp_path / "events.jsonl", SAAS_EVENTS)
+    if content is not None:
+        (tmp_path / "outcomes.csv").write_text(content)
+    assert main(["review", "--events", str(events), "--outcomes", str(tmp_path / "outcomes.csv"), "--models", str(MODELS_DIR)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("leadstream review: ") and message in err and len(err.splitlines()) >= 1
+
+
+def test_min_leads_must_be_positive(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["review", "--events", "e", "--outcomes", "o", "--min-leads", "0"])
+    assert "expected 1 or more, got 0" in capsys.readouterr().err
+
+
+def test_an_outcome_time_cuts_the_events_of_that_lead_only(tmp_path: Path) -> None:
+    # ana lost before any event of hers: she has no scored event, so she is not reviewed.
+    report, err = run(tmp_path, f"lead_id,outcome,time\nana,lost,{T0 - MINUTE}\nben,won,\n")
+    assert (report["leads"], report["converted"]) == (1, 1)
+    assert "1 of 2 leads with an outcome have no scored event before it" in err
