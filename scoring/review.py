@@ -8,9 +8,10 @@ what it did after it was won or lost). Everything here is counting:
 - `auc`: the chance that a lead picked at random from those that converted scored higher than
   one picked at random from those that did not (ties count half): 0.5 is a coin toss, 1.0 a
   perfect ranking. It is one figure to compare two versions of a model on the same history.
-- per level of the ladder, per fit grade, engagement level, grid cell and temperature: leads,
-  conversions and the conversion rate; per level also the precision and recall of treating
-  every lead at or above it as sales-ready.
+- per level of the ladder, per tenth of the 0-100 scale, per fit grade, engagement level, grid
+  cell and temperature: leads, conversions and the conversion rate; per level and per tenth also
+  the precision and recall of treating every lead at or above it as sales-ready (so the tenths
+  show where a threshold would best sit).
 - per rule: the leads it gave points (or, for a fit rule, whose traits meet it), their conversion
   rate against that of the other leads, its lift (rate over the overall rate) and `z`, the
   two-proportion z statistic of the difference.
@@ -38,6 +39,8 @@ class Reviewed:
     lead_id: str
     converted: bool
     score: float
+    #: The score on the model's 0-100 scale.
+    normalized: float
     level: str
     grade: str | None
     engagement: int | None
@@ -60,6 +63,7 @@ def review(model: Model, leads: Sequence[Reviewed], min_leads: int = 20) -> dict
         "conversion_rate": _rate(converted, len(leads)),
         "auc": auc([lead.score for lead in leads], [lead.converted for lead in leads]),
         "levels": levels,
+        "bands": _bands(leads, converted),
         "grades": _groups(((lead.grade, lead.converted) for lead in leads), GRADES if model.grades else ()),
         "engagement": _groups(((lead.engagement, lead.converted) for lead in leads), range(1, 5) if model.engagement else ()),
         "cells": _groups(((lead.cell, lead.converted) for lead in leads), _cells(model)),
@@ -109,16 +113,29 @@ def _tally(outcomes: Iterable[tuple[Any, bool]], keys: Iterable[Any]) -> dict[An
 def _levels(model: Model, leads: Sequence[Reviewed], converted: int) -> list[dict[str, Any]]:
     ladder = model.ladder
     counts = _tally(((ladder.level_of(lead.level), lead.converted) for lead in leads), range(len(ladder.names)))
+    heads = [{"level": name, "at": ladder.at[index] if index else None} for index, name in enumerate(ladder.names)]
+    return _lines(heads, list(counts.values()), converted)
+
+
+def _bands(leads: Sequence[Reviewed], converted: int) -> list[dict[str, Any]]:
+    """Ten bands of the 0-100 scale: where to put a threshold so that what is handed over
+    converts well enough."""
+    counts = _tally(((min(int(lead.normalized // 10), 9), lead.converted) for lead in leads), range(10))
+    return _lines([{"from": band * 10} for band in range(10)], list(counts.values()), converted)
+
+
+def _lines(heads: list[dict[str, Any]], counts: list[list[int]], converted: int) -> list[dict[str, Any]]:
+    """One row per step from the bottom up (a level, a band): its fields, leads, conversions
+    and rate, and the precision and recall of a line at its lower edge (everything at or above
+    it handed over)."""
     rows = []
     above_leads = above_converted = 0
-    for index in reversed(range(len(ladder.names))):  # top down, to sum "at or above"
-        n, c = counts[index]
+    for head, (n, c) in reversed(list(zip(heads, counts))):  # top down, to sum what is above
         above_leads += n
         above_converted += c
         rows.append(
             {
-                "level": ladder.names[index],
-                "at": ladder.at[index] if index else None,
+                **head,
                 "leads": n,
                 "converted": c,
                 "rate": _rate(c, n),

@@ -68,7 +68,7 @@ def review_files(
         rules = {row["rule"] for row in seen["rules"] if row["points"]} | {row["rule"] for row in seen["fit"]}
         reviewed[model].append(
             Reviewed(
-                lead_id, outcome.converted, seen["score"], seen["level"], seen["grade"], seen["engagement"],
+                lead_id, outcome.converted, seen["score"], seen["normalized"], seen["level"], seen["grade"], seen["engagement"],
                 seen["cell"], seen["temperature"], frozenset(rules),
             )
         )  # fmt: skip
@@ -175,6 +175,16 @@ def _table(report: dict[str, Any]) -> str:
                 (r["level"], "-" if r["at"] is None else f"{r['at']:g}", str(r["leads"]), str(r["converted"]), _percent(r["rate"]),
                  _percent(r["precision_at_or_above"]), _percent(r["recall_at_or_above"]))
                 for r in report["levels"]
+            ],  # fmt: skip
+        )
+    )
+    parts.append(
+        columns(
+            ("0-100 FROM", "LEADS", "CONVERTED", "RATE", "PRECISION AT OR ABOVE", "RECALL AT OR ABOVE"),
+            [
+                (str(r["from"]), str(r["leads"]), str(r["converted"]), _percent(r["rate"]), _percent(r["precision_at_or_above"]),
+                 _percent(r["recall_at_or_above"]))
+                for r in report["bands"]
             ],  # fmt: skip
         )
     )

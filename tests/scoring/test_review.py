@@ -55,9 +55,12 @@ D = { below = 0 }
 )
 
 
-def lead(name: str, converted: bool, score: float = 0, level: str = "cold", rules: tuple[str, ...] = (), cell: str | None = None) -> Reviewed:
+def lead(
+    name: str, converted: bool, score: float = 0, level: str = "cold", rules: tuple[str, ...] = (), cell: str | None = None,
+    normalized: float = 0,
+) -> Reviewed:  # fmt: skip
     grade, engagement = (cell[0], int(cell[1])) if cell else (None, None)
-    return Reviewed(name, converted, score, level, grade, engagement, cell, None, frozenset(rules))
+    return Reviewed(name, converted, score, normalized, level, grade, engagement, cell, None, frozenset(rules))
 
 
 def many(count: int, converted: int, **fields: object) -> list[Reviewed]:
@@ -110,6 +113,16 @@ def test_levels_give_rates_and_precision_and_recall_at_or_above_each_line() -> N
         {"level": "mql", "at": 20, "leads": 6, "converted": 2, "rate": 0.3333, "precision_at_or_above": 0.5, "recall_at_or_above": 0.8333},
         {"level": "sql", "at": 60, "leads": 4, "converted": 3, "rate": 0.75, "precision_at_or_above": 0.75, "recall_at_or_above": 0.5},
     ]  # fmt: skip
+
+
+def test_tenths_of_the_scale_show_where_a_line_would_sit() -> None:
+    leads = many(4, 0, normalized=5) + many(4, 1, normalized=10) + many(2, 2, normalized=99.9) + many(2, 1, normalized=100)
+    bands = review(MODEL, leads)["bands"]
+    assert [band["from"] for band in bands] == list(range(0, 100, 10))
+    assert bands[0] == {"from": 0, "leads": 4, "converted": 0, "rate": 0.0, "precision_at_or_above": 0.3333, "recall_at_or_above": 1.0}
+    assert bands[1] == {"from": 10, "leads": 4, "converted": 1, "rate": 0.25, "precision_at_or_above": 0.5, "recall_at_or_above": 1.0}
+    assert bands[5] == {"from": 50, "leads": 0, "converted": 0, "rate": None, "precision_at_or_above": 0.75, "recall_at_or_above": 0.75}
+    assert bands[9] == {"from": 90, "leads": 4, "converted": 3, "rate": 0.75, "precision_at_or_above": 0.75, "recall_at_or_above": 0.75}
 
 
 def test_a_level_the_model_no_longer_has_counts_as_the_base_level() -> None:

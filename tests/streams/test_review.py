@@ -81,7 +81,10 @@ def test_the_command_prints_tables(tmp_path: Path, capsys: pytest.CaptureFixture
     assert saas[2].split() == ["LEVEL", "AT", "LEADS", "CONVERTED", "RATE", "PRECISION", "AT", "OR", "ABOVE", "RECALL", "AT", "OR", "ABOVE"]
     assert saas[3].split() == ["lead", "-", "1", "0", "0.0%", "50.0%", "100.0%"]
     assert saas[4].split() == ["mql", "20", "1", "1", "100.0%", "100.0%", "100.0%"]
-    assert saas[7].split() == ["signed", "up", "behaviour", "+5", "2", "1", "50.0%", "-", "1", "-"]
+    assert saas[6].split() == ["0-100", "FROM", "LEADS", "CONVERTED", "RATE", "PRECISION", "AT", "OR", "ABOVE", "RECALL", "AT", "OR", "ABOVE"]
+    assert saas[9].split() == ["20", "1", "0", "0.0%", "50.0%", "100.0%"]  # ben: 5 points of 20
+    (signed_up,) = [line for line in saas if line.startswith("signed up")]
+    assert signed_up.split() == ["signed", "up", "behaviour", "+5", "2", "1", "50.0%", "-", "1", "-"]
     assert saas[-1] == "no findings"
 
 
