@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import io
+import random
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
+from streams.bench import workload
 from streams.cli import main
 from streams.review import review_files
 from tests.scoring.support import DAY, MINUTE, MODELS_DIR, T0
@@ -116,3 +118,25 @@ def test_an_outcome_time_cuts_the_events_of_that_lead_only(tmp_path: Path) -> No
     report, err = run(tmp_path, f"lead_id,outcome,time\nana,lost,{T0 - MINUTE}\nben,won,\n")
     assert (report["leads"], report["converted"]) == (1, 1)
     assert "1 of 2 leads with an outcome have no scored event before it" in err
+
+
+def test_a_planted_effect_is_found_in_a_month_of_b2b_behaviour(tmp_path: Path) -> None:
+    # Leads that read the careers page (-10 points in b2b.toml) convert far more often in this
+    # made-up history, as do webinar attendees (+10): the review must object to the first only.
+    events = list(workload.generate(30_000, 2_000, 5, T0, 30 * DAY))
+    careers = {e["lead_id"] for e in events if e["type"] == "page_view" and "/careers" in e["properties"]["url"]}
+    webinar = {e["lead_id"] for e in events if e["type"] == "webinar_attended"}
+    rng = random.Random(2)
+    rows = [f"{lead},{'won' if rng.random() < 0.1 + 0.4 * (lead in careers) + 0.3 * (lead in webinar) else 'lost'}" for lead in sorted({e["lead_id"] for e in events})]
+    (tmp_path / "outcomes.csv").write_text("lead_id,outcome\n" + "\n".join(rows) + "\n")
+    out = io.StringIO()
+    assert review_files(MODELS_DIR, write(tmp_path / "events.jsonl", events), tmp_path / "outcomes.csv", frozenset({"won"}), 20, False, out, io.StringIO()) == 0
+    (b2b,) = [report for report in map(orjson.loads, out.getvalue().splitlines()) if report["model"] == "b2b"]
+    assert b2b["leads"] == 2_000
+    rules = {row["rule"]: row for row in b2b["rules"]}
+    assert rules["careers page"]["z"] > 10 and rules["webinar attended"]["z"] > 5
+    assert [f for f in b2b["findings"] if "careers page" in f or "webinar" in f] == [
+        f"rule 'careers page' takes -10 points, but its {rules['careers page']['leads']} leads converted at "
+        f"{rules['careers page']['rate']:.1%}, the others at {rules['careers page']['rate_without']:.1%} "
+        f"(z {rules['careers page']['z']:g}): reconsider the penalty"
+    ]
