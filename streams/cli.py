@@ -57,6 +57,12 @@ def _score(args: argparse.Namespace, settings: Settings) -> int:
     return score_file(args.models or settings.models_dir, args.events, table=args.table, out=sys.stdout)
 
 
+def _history(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.history import history_file
+
+    return history_file(settings, args.out, topic=args.topic)
+
+
 def _review(args: argparse.Namespace, settings: Settings) -> int:
     from streams.review import review_files
 
@@ -162,6 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", type=Path, help="directory of model files (default: LEADSTREAM_MODELS_DIR)")
     p.add_argument("--events", type=Path, required=True, help="JSON-lines file of events")
     p.add_argument("--table", action="store_true", help="print a table instead of JSON lines")
+
+    p = add("history", _history, "Write the raw events topic, as it is now, to a JSON-lines file (for score and review).")
+    p.add_argument("--out", type=Path, required=True, help="file to write ('-' for stdout)")
+    p.add_argument("--topic", help="topic to read (default: LEADSTREAM_TOPIC_EVENTS)")
 
     p = add("review", _review, "Review each model against real outcomes: how well its scores, levels and rules predicted conversions.")
     p.add_argument("--models", type=Path, help="directory of model files (default: LEADSTREAM_MODELS_DIR)")

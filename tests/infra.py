@@ -74,24 +74,10 @@ def read_topic(settings: Settings, topic: str, *, expect: int | None = None, tim
     return records
 
 
-def read_to_end(settings: Settings, topic: str, timeout_s: float = 60.0) -> list[tuple[bytes | None, dict]]:
-    """Every record a topic holds now, in each partition's order: read until every partition's
-    end offset as of the call (for topics that are final, however many records they hold)."""
-    from kafka import KafkaConsumer, TopicPartition
+def read_to_end(settings: Settings, topic: str) -> list[tuple[bytes | None, dict]]:
+    """Every record a topic holds now, in each partition's order, as (key, parsed JSON value):
+    read until every partition's end offset as of the call (for topics that are final, however
+    many records they hold)."""
+    from streams.history import read_to_end as records_to_end
 
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False, group_id=None)
-    records: list[tuple[bytes | None, dict]] = []
-    try:
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
-        ends = consumer.end_offsets(partitions)
-        deadline = time.monotonic() + timeout_s
-        while any(consumer.position(tp) < ends[tp] for tp in partitions):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{topic}: not read to its end offsets {ends} within {timeout_s:.0f} s")
-            for messages in consumer.poll(timeout_ms=300).values():
-                records.extend((message.key, orjson.loads(message.value)) for message in messages)
-    finally:
-        consumer.close()
-    return records
+    return [(record.key, orjson.loads(record.value)) for record in records_to_end(settings, topic)]
