@@ -110,13 +110,20 @@ def read_outcomes(path: Path, converted_values: frozenset[str], err: TextIO) -> 
     return outcomes
 
 
+@dataclass(frozen=True, slots=True)
+class _Unreadable:
+    """A line that is not JSON, and why."""
+
+    problem: str
+
+
 def _json_rows(handle: Any) -> Iterator[tuple[int, Any]]:
-    """(line number, parsed value), or (line number, what is wrong) for a line that is not JSON."""
+    """(line number, parsed value, or _Unreadable for a line that is not JSON)."""
     for number, line in numbered_lines(handle):
         try:
             yield number, orjson.loads(line)
         except orjson.JSONDecodeError as exc:
-            yield number, f"not valid JSON: {exc}"
+            yield number, _Unreadable(f"not valid JSON: {exc}")
 
 
 def _csv_rows(handle: Any, path: Path) -> Iterator[tuple[int, Any]]:
@@ -140,8 +147,8 @@ def _csv_rows(handle: Any, path: Path) -> Iterator[tuple[int, Any]]:
 
 def _outcome(row: Any, converted_values: frozenset[str]) -> tuple[str, Outcome] | str:
     """(lead id, outcome) of a row, or what is wrong with it."""
-    if isinstance(row, str):
-        return row
+    if isinstance(row, _Unreadable):
+        return row.problem
     if not isinstance(row, dict):
         return "expected an object with lead_id and outcome"
     lead_id, value, time = row.get("lead_id"), row.get("outcome"), row.get("time")

@@ -12,7 +12,7 @@ import pytest
 
 from streams.bench import workload
 from streams.cli import main
-from streams.review import review_files
+from streams.review import Outcome, read_outcomes, review_files
 from tests.scoring.support import DAY, MINUTE, MODELS_DIR, T0
 from tests.streams.test_offline import SAAS_EVENTS, write
 
@@ -61,6 +61,18 @@ def test_csv_outcomes_with_bad_lines_reported_by_number(tmp_path: Path) -> None:
     ]
     # ana was won after all her events (20 points, mql); ben lost at the end, on 5.
     assert [(row["level"], row["leads"], row["converted"]) for row in report["levels"]] == [("lead", 1, 0), ("mql", 1, 1)]
+
+
+def test_json_outcome_lines_that_are_not_outcome_objects(tmp_path: Path) -> None:
+    lines = b'[1]\n"ana"\n{"lead_id": "ana", "outcome": "won", "time": 1.5}\n{broken\n{"lead_id": 7, "outcome": "won"}\n'
+    (tmp_path / "outcomes.jsonl").write_bytes(lines)
+    assert read_outcomes(tmp_path / "outcomes.jsonl", frozenset({"won"}), err := io.StringIO()) == {"7": Outcome(True, None)}
+    assert err.getvalue().splitlines() == [
+        "outcomes.jsonl line 1: expected an object with lead_id and outcome",
+        "outcomes.jsonl line 2: expected an object with lead_id and outcome",
+        "outcomes.jsonl line 3: field 'time' must be epoch milliseconds or an ISO-8601 text, got a number",
+        "outcomes.jsonl line 4: not valid JSON: unexpected character, expected a string key: line 1 column 2 (char 1)",
+    ]
 
 
 def test_which_outcomes_count_as_converted_is_an_option(tmp_path: Path) -> None:
