@@ -68,7 +68,8 @@ def _review(args: argparse.Namespace, settings: Settings) -> int:
 
     converted = frozenset(value.strip() for value in args.converted.split(",") if value.strip())
     return review_files(
-        args.models or settings.models_dir, args.events, args.outcomes, converted, args.min_leads, table=args.table, out=sys.stdout
+        args.models or settings.models_dir, args.events, args.outcomes, converted, args.min_leads, table=args.table, out=sys.stdout,
+        baseline_dir=args.baseline,
     )
 
 
@@ -179,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--outcomes", type=Path, required=True, help="JSON lines, or CSV with a header row: lead_id, outcome, time (optional)")
     p.add_argument("--converted", default="won", help="comma-separated outcome values that count as converted (default: won)")
     p.add_argument("--min-leads", type=_positive, default=20, help="leads a figure needs before a finding is drawn from it (default 20)")
+    p.add_argument("--baseline", type=Path, help="directory of another version of the models, to compare each model with its namesake")
     p.add_argument("--table", action="store_true", help="print tables instead of one JSON object per model")
 
     p = add("bench", _bench, "Run a benchmark and print its figures.")

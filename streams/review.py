@@ -5,7 +5,9 @@ the event history: `leadstream review --events EVENTS.jsonl --outcomes OUTCOMES.
 judged as the model saw it at the time of its outcome: its events from that time on are left
 out, and decay is brought to that time (a lead whose outcome has no time is judged at the newest
 event of the file). The figures and findings are scoring.review's; this module reads the files
-and prints them, one JSON object per model (or tables with --table).
+and prints them, one JSON object per model (or tables with --table). With --baseline, the
+models of another directory (the version in use) are reviewed on the same files, and each
+model's report carries its namesake's headline figures and levels for comparison.
 
 Outcomes come as JSON lines ({"lead_id": "lead-42", "outcome": "won", "time": ...}) or, for
 files named *.csv, as CSV with a header row naming the columns lead_id, outcome and optionally
@@ -20,7 +22,7 @@ import io
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, TextIO
+from typing import Any, Callable, Iterator, TextIO
 
 import orjson
 
@@ -41,17 +43,42 @@ class Outcome:
 
 def review_files(
     models_dir: Path, events_path: Path, outcomes_path: Path, converted_values: frozenset[str], min_leads: int,
-    table: bool, out: TextIO, err: TextIO = sys.stderr,
+    table: bool, out: TextIO, err: TextIO = sys.stderr, baseline_dir: Path | None = None,
 ) -> int:  # fmt: skip
-    """Reviews every model of `models_dir`; returns the exit status (0 even with bad lines,
-    which are reported on `err`)."""
+    """Reviews every model of `models_dir` (each against the model of the same name in
+    `baseline_dir`, when given); returns the exit status (0 even with bad lines, which are
+    reported on `err`)."""
     engine = Engine.from_directory(models_dir)
+    baseline = Engine.from_directory(baseline_dir) if baseline_dir is not None else None
     outcomes = read_outcomes(outcomes_path, converted_values, err)
     if not outcomes:
         raise InputError(f"{outcomes_path}: no usable outcome lines (each needs a lead_id and an outcome)")
     if not any(outcome.converted for outcome in outcomes.values()):
         print(f"{outcomes_path.name}: no outcome is one of {', '.join(sorted(converted_values))} "
               f"(--converted): every lead counts as not converted", file=err)  # fmt: skip
+    reports, scored = _reviews(engine, events_path, outcomes, min_leads, err)
+    if baseline is not None:
+        # The same file again: its bad lines were reported above.
+        before = {report["model"]: report for report in _reviews(baseline, events_path, outcomes, min_leads, io.StringIO())[0]}
+        for report in reports:
+            report["baseline"] = _baseline_figures(before.get(report["model"]))
+    unscored = len(outcomes.keys() - scored)
+    if unscored:
+        print(f"{outcomes_path.name}: {unscored} of {len(outcomes)} leads with an outcome have no scored event "
+              f"before it: not reviewed", file=err)  # fmt: skip
+    if table:
+        out.write("\n".join(_table(report) for report in reports))
+    else:
+        for report in reports:
+            out.write(orjson.dumps(report).decode() + "\n")
+    return 0
+
+
+def _reviews(
+    engine: Engine, events_path: Path, outcomes: dict[str, Outcome], min_leads: int, err: TextIO
+) -> tuple[list[dict[str, Any]], set[str]]:
+    """The review of each model of `engine`, each lead judged at its outcome's time, and the
+    ids of every lead some model scored."""
 
     def before_outcome(event: Event) -> bool:
         outcome = outcomes.get(event.lead_id)
@@ -72,17 +99,15 @@ def review_files(
                 seen["cell"], seen["temperature"], frozenset(rules),
             )
         )  # fmt: skip
-    unscored = len(outcomes.keys() - {lead_id for _, lead_id in run.leads})
-    if unscored:
-        print(f"{outcomes_path.name}: {unscored} of {len(outcomes)} leads with an outcome have no scored event "
-              f"before it: not reviewed", file=err)  # fmt: skip
-    reports = [review(model, reviewed[model.name], min_leads) for model in engine.models]
-    if table:
-        out.write("\n".join(_table(report) for report in reports))
-    else:
-        for report in reports:
-            out.write(orjson.dumps(report).decode() + "\n")
-    return 0
+    return [review(model, reviewed[model.name], min_leads) for model in engine.models], {lead_id for _, lead_id in run.leads}
+
+
+def _baseline_figures(report: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What a comparison needs of the baseline's review of a model: its headline figures and
+    levels (the full baseline review is one `leadstream review --models BASELINE` away)."""
+    if report is None:
+        return None
+    return {key: report[key] for key in ("leads", "converted", "conversion_rate", "auc", "levels")}
 
 
 def read_outcomes(path: Path, converted_values: frozenset[str], err: TextIO) -> dict[str, Outcome]:
@@ -173,8 +198,10 @@ def _table(report: dict[str, Any]) -> str:
     auc = _number(report["auc"])
     rate = "-" if report["conversion_rate"] is None else f"{report['conversion_rate']:.1%}"
     parts = [f"model {report['model']}: {report['leads']} leads with an outcome, {report['converted']} converted ({rate}), AUC {auc}\n"]
+    if "baseline" in report:
+        parts.append(_against_baseline(report))
     if not report["leads"]:
-        return parts[0] + "".join(f"- {finding}\n" for finding in report["findings"])
+        return "\n".join(parts) + "".join(f"- {finding}\n" for finding in report["findings"])
     parts.append(
         columns(
             ("LEVEL", "AT", "LEADS", "CONVERTED", "RATE", "PRECISION AT OR ABOVE", "RECALL AT OR ABOVE"),
@@ -215,6 +242,25 @@ def _table(report: dict[str, Any]) -> str:
     )
     parts.append("".join(f"- {finding}\n" for finding in report["findings"]) or "no findings\n")
     return "\n".join(parts)
+
+
+def _against_baseline(report: dict[str, Any]) -> str:
+    """The headline figures and each level's precision and recall, baseline -> this version."""
+    before = report["baseline"]
+    if before is None:
+        return "the baseline has no model of this name\n"
+    old_levels = {row["level"]: row for row in before["levels"]}
+    new_levels = {row["level"]: row for row in report["levels"]}
+    names = [row["level"] for row in report["levels"]] + [name for name in old_levels if name not in new_levels]
+
+    def change(name: str, key: str, shown: Callable[[Any], str]) -> str:
+        old, new = old_levels.get(name), new_levels.get(name)
+        return f"{shown(old[key]) if old else '-'} -> {shown(new[key]) if new else '-'}"
+
+    return f"against the baseline: AUC {_number(before['auc'])} -> {_number(report['auc'])}\n" + columns(
+        ("LEVEL", "LEADS", "PRECISION AT OR ABOVE", "RECALL AT OR ABOVE"),
+        [(name, change(name, "leads", str), change(name, "precision_at_or_above", _percent), change(name, "recall_at_or_above", _percent)) for name in names],
+    )
 
 
 def _percent(value: float | None) -> str:

@@ -132,18 +132,28 @@ def test_an_outcome_time_cuts_the_events_of_that_lead_only(tmp_path: Path) -> No
     assert "1 of 2 leads with an outcome have no scored event before it" in err
 
 
-def test_a_planted_effect_is_found_in_a_month_of_b2b_behaviour(tmp_path: Path) -> None:
-    # Leads that read the careers page (-10 points in b2b.toml) convert far more often in this
-    # made-up history, as do webinar attendees (+10): the review must object to the first only.
+def planted(tmp_path: Path) -> tuple[Path, Path]:
+    """A month of generated B2B behaviour in which leads that read the careers page (-10 points
+    in b2b.toml) convert far more often, as do webinar attendees (+10): events and outcomes."""
     events = list(workload.generate(30_000, 2_000, 5, T0, 30 * DAY))
     careers = {e["lead_id"] for e in events if e["type"] == "page_view" and "/careers" in e["properties"]["url"]}
     webinar = {e["lead_id"] for e in events if e["type"] == "webinar_attended"}
     rng = random.Random(2)
     rows = [f"{lead},{'won' if rng.random() < 0.1 + 0.4 * (lead in careers) + 0.3 * (lead in webinar) else 'lost'}" for lead in sorted({e["lead_id"] for e in events})]
     (tmp_path / "outcomes.csv").write_text("lead_id,outcome\n" + "\n".join(rows) + "\n")
+    return write(tmp_path / "events.jsonl", events), tmp_path / "outcomes.csv"
+
+
+def b2b_report(events: Path, outcomes: Path, models: Path = MODELS_DIR, baseline: Path | None = None) -> dict[str, Any]:
     out = io.StringIO()
-    assert review_files(MODELS_DIR, write(tmp_path / "events.jsonl", events), tmp_path / "outcomes.csv", frozenset({"won"}), 20, False, out, io.StringIO()) == 0
+    assert review_files(models, events, outcomes, frozenset({"won"}), 20, False, out, io.StringIO(), baseline_dir=baseline) == 0
     (b2b,) = [report for report in map(orjson.loads, out.getvalue().splitlines()) if report["model"] == "b2b"]
+    return b2b
+
+
+def test_a_planted_effect_is_found_in_a_month_of_b2b_behaviour(tmp_path: Path) -> None:
+    # The review must object to the careers page's penalty, and not to the webinar's points.
+    b2b = b2b_report(*planted(tmp_path))
     assert b2b["leads"] == 2_000
     rules = {row["rule"]: row for row in b2b["rules"]}
     assert rules["careers page"]["z"] > 10 and rules["webinar attended"]["z"] > 5
@@ -152,3 +162,33 @@ def test_a_planted_effect_is_found_in_a_month_of_b2b_behaviour(tmp_path: Path) -
         f"{rules['careers page']['rate']:.1%}, the others at {rules['careers page']['rate_without']:.1%} "
         f"(z {rules['careers page']['z']:g}): reconsider the penalty"
     ]
+
+
+def test_an_edit_is_compared_with_the_baseline_it_was_made_from(tmp_path: Path) -> None:
+    events, outcomes = planted(tmp_path)
+    edited = tmp_path / "edited"
+    edited.mkdir()
+    for model in MODELS_DIR.glob("*.toml"):
+        if model.name != "analytics_addon.toml":  # a model the baseline has and the edit dropped
+            (edited / model.name).write_text(model.read_text())
+    b2b = (edited / "b2b.toml").read_text()
+    careers = b2b.index('name = "careers page"')
+    penalty = b2b.index("points = -10", careers)
+    (edited / "b2b.toml").write_text(b2b[:penalty] + "points = 10" + b2b[penalty + len("points = -10") :])
+
+    report = b2b_report(events, outcomes, models=edited, baseline=MODELS_DIR)
+    before = b2b_report(events, outcomes)
+    assert report["baseline"] == {key: before[key] for key in ("leads", "converted", "conversion_rate", "auc", "levels")}
+    assert report["auc"] > before["auc"] + 0.03  # the review's finding, acted on, ranks leads better
+    assert not [f for f in report["findings"] if "careers page" in f]
+
+    out = io.StringIO()
+    review_files(edited, events, outcomes, frozenset({"won"}), 20, True, out, io.StringIO(), baseline_dir=MODELS_DIR)
+    table = out.getvalue()
+    assert f"against the baseline: AUC {before['auc']:g} -> {report['auc']:g}\n" in table
+    compared = table[table.index("against the baseline") :].splitlines()
+    assert compared[3].split()[:4] == ["mql", str(before["levels"][1]["leads"]), "->", str(report["levels"][1]["leads"])]
+
+    out = io.StringIO()
+    review_files(MODELS_DIR, events, outcomes, frozenset({"won"}), 20, True, out, io.StringIO(), baseline_dir=edited)
+    assert "model analytics_addon: 0 leads with an outcome, 0 converted (-), AUC -\n\nthe baseline has no model of this name\n" in out.getvalue()
