@@ -201,3 +201,28 @@ def test_a_model_without_reviewed_leads_says_so() -> None:
     report = review(MODEL, [])
     assert (report["leads"], report["conversion_rate"], report["auc"]) == (0, None, None)
     assert report["findings"] == ["no lead with an outcome has events this model scores: nothing to review"]
+
+
+@given(
+    st.lists(
+        st.tuples(st.booleans(), st.sampled_from(["cold", "mql", "sql"]), st.floats(0, 100), st.sets(st.sampled_from(["pricing", "careers", "senior"]))),
+        max_size=60,
+    )
+)
+def test_figures_add_up_whatever_the_leads(rows: list[tuple[bool, str, float, set[str]]]) -> None:
+    leads = [lead(f"l{i}", c, level=level, normalized=n, rules=tuple(rules)) for i, (c, level, n, rules) in enumerate(rows)]
+    report = review(MODEL, leads)
+    converted = sum(c for c, _, _, _ in rows)
+    for steps in (report["levels"], report["bands"]):
+        assert sum(step["leads"] for step in steps) == len(leads)
+        assert sum(step["converted"] for step in steps) == converted
+        # Everything is at or above the bottom step; recall can only fall going up.
+        assert steps[0]["precision_at_or_above"] == report["conversion_rate"]
+        recalls = [step["recall_at_or_above"] for step in steps]
+        if converted:
+            assert recalls[0] == 1.0 and recalls == sorted(recalls, reverse=True)
+        else:
+            assert recalls == [None] * len(steps)
+    for row in report["rules"]:
+        holders = [c for c, _, _, rules in rows if row["rule"] in rules]
+        assert (row["leads"], row["converted"]) == (len(holders), sum(holders))
