@@ -111,7 +111,9 @@ def _baseline_figures(report: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def read_outcomes(path: Path, converted_values: frozenset[str], err: TextIO) -> dict[str, Outcome]:
-    """lead id -> outcome, from JSON lines or (a *.csv file) CSV with a header row."""
+    """lead id -> outcome, from JSON lines or (a *.csv file) CSV with a header row. An outcome
+    is a conversion when it is one of `converted_values`, whatever its case and spacing."""
+    converted_values = frozenset(" ".join(value.split()).casefold() for value in converted_values)
     try:
         handle = path.open("rb")
     except OSError as exc:
@@ -191,7 +193,8 @@ def _outcome(row: Any, converted_values: frozenset[str]) -> tuple[str, Outcome] 
         if isinstance(found, str):
             return found
         time_ms = found
-    return lead_id, Outcome(value in converted_values, time_ms)
+    # CRMs differ in case and spacing ("Closed Won", "closed won "): compared without either.
+    return lead_id, Outcome(" ".join(value.split()).casefold() in converted_values, time_ms)
 
 
 def _table(report: dict[str, Any]) -> str:
