@@ -30,10 +30,11 @@ from typing import Any, Callable, Generic, Iterable, TypeVar
 import orjson
 from redis import Redis, RedisError
 
-from sinks import metrics, probes
+from sinks import metrics
 from sinks.base import Sink
 from sinks.errors import PermanentError, RetryableError
 from sinks.ledger import Ledger, NoSteps
+from streams import probes
 from streams.deadletter import DeadLetter
 from streams.settings import Settings
 from streams.topics import TopicSpec, ensure_topics

@@ -20,6 +20,9 @@ Contract:
 
 Events are grouped by the partition of their lead and packed into envelopes (streams/envelope.py),
 because the worker pays per Kafka message, not per event (../shared/PERF.md).
+
+Operations: /healthz and /readyz on the public port for load balancers; /metrics
+(streams/collector_metrics.py) with /healthz and /readyz on LEADSTREAM_COLLECTOR_METRICS_PORT only.
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ from aiohttp import web
 from aiohttp.client_exceptions import ClientPayloadError
 from aiohttp.typedefs import Handler
 
+from streams import collector_metrics as metrics
+from streams import probes
 from streams.deadletter import DeadLetter
 from streams.envelope import pack
 from streams.errors import ConfigError, RequestRejected, Unavailable
@@ -188,6 +193,7 @@ class KafkaWriter:
                 continue
             self.partitions = partitions
             self._producer = producer
+            metrics.KAFKA_CONNECTED.set(1)
             log.info("connected to Kafka at %s; partitions %s", self.settings.kafka_bootstrap, partitions)
             return
 
@@ -204,6 +210,7 @@ class KafkaWriter:
                 RETRY_AFTER_S,
             )
         self._in_flight_bytes += size
+        metrics.IN_FLIGHT_BYTES.set(self._in_flight_bytes)
         try:
             async with asyncio.timeout(self._ack_timeout_s):
                 acks = [await producer.send(m.topic, m.value, key=m.key, partition=m.partition) for m in messages]
@@ -218,11 +225,13 @@ class KafkaWriter:
             raise Unavailable(f"Kafka did not take the events: {exc!r}", RETRY_AFTER_S) from exc
         finally:
             self._in_flight_bytes -= size
+            metrics.IN_FLIGHT_BYTES.set(self._in_flight_bytes)
 
     async def close(self) -> None:
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None
+            metrics.KAFKA_CONNECTED.set(0)
 
 
 @dataclass(slots=True)
@@ -287,6 +296,10 @@ class Collector:
                 dead.append(_dead_letter(source, call, index, item, exc))
         await self.writer.write(self._messages(mapped, dead))
         outcome.accepted = len(mapped)
+        metrics.ACCEPTED.labels(source.name).inc(len(mapped))
+        if call_type is None:  # a refused single call is counted with the request's refusal
+            for rejection in outcome.rejected:
+                metrics.REJECTED.labels(str(rejection["code"])).inc()
         if call_type is not None and outcome.rejected:
             only = outcome.rejected[0]
             raise RequestRejected(400, str(only["code"]), str(only["message"]))
@@ -425,9 +438,18 @@ def create_app(collector: Collector) -> web.Application:
     snippet = SNIPPET.read_bytes()
 
     async def ingest(request: web.Request) -> web.Response:
+        call = request.match_info["call"]
+        started = time.perf_counter()
+        response = await answer(request, call)
+        metrics.REQUESTS.labels(call, str(response.status)).inc()
+        metrics.REQUEST_SECONDS.labels(call).observe(time.perf_counter() - started)
+        return response
+
+    async def answer(request: web.Request, call: str) -> web.Response:
         try:
-            outcome = await collector.ingest(request, request.match_info["call"])
+            outcome = await collector.ingest(request, call)
         except RequestRejected as exc:
+            metrics.REJECTED.labels(exc.code).inc()
             return _json(exc.status, {"success": False, "code": exc.code, "message": str(exc)})
         except Unavailable as exc:
             collector.note_unavailable(exc)
@@ -489,10 +511,14 @@ async def serve(settings: Settings, sources: dict[str, Source], stop: asyncio.Ev
     await runner.setup()
     site = web.TCPSite(runner, settings.collector_host, settings.collector_port, backlog=1024)
     await site.start()
-    log.info("collector listening on http://%s:%d", settings.collector_host, settings.collector_port)
+    operations = probes.serve(settings.collector_metrics_port, lambda: writer.ready, settings.bind_host)
+    log.info("collector listening on http://%s:%d; /metrics, /healthz and /readyz on %s:%d", settings.collector_host,
+             settings.collector_port, settings.bind_host, settings.collector_metrics_port)  # fmt: skip
     try:
         await stop.wait()
     finally:
+        operations.shutdown()
+        operations.server_close()
         await runner.cleanup()
         connecting.cancel()
         await writer.close()

@@ -66,7 +66,7 @@ class Settings:
     )
     kafka_heap: str = _setting("LEADSTREAM_KAFKA_HEAP", "1g", "Maximum Java heap of the local Kafka broker.")
     bind_host: str = _setting(
-        "LEADSTREAM_BIND_HOST", "127.0.0.1", "Address the worker's web views and the sinks' probes listen on (0.0.0.0 in containers)."
+        "LEADSTREAM_BIND_HOST", "127.0.0.1", "Address the worker's web views and the sinks' and collector's probes listen on (0.0.0.0 in containers)."
     )
     worker_port: int = _setting("LEADSTREAM_WORKER_PORT", 6066, "HTTP port of the worker's web views (scores, health).")
     collector_port: int = _setting("LEADSTREAM_COLLECTOR_PORT", 8088, "HTTP port of the Segment-compatible collector.")
@@ -94,7 +94,12 @@ class Settings:
     collector_body_timeout_ms: int = _setting(
         "LEADSTREAM_COLLECTOR_BODY_TIMEOUT_MS", 10000, "Longest a client may take to send a request body (then 408)."
     )
-    metrics_port: int = _setting("LEADSTREAM_METRICS_PORT", 9464, "Port of /metrics on sink processes.")
+    collector_metrics_port: int = _setting(
+        "LEADSTREAM_COLLECTOR_METRICS_PORT",
+        9465,
+        "Port of the collector's /metrics, /healthz and /readyz on LEADSTREAM_BIND_HOST (apart from its public port).",
+    )
+    metrics_port: int = _setting("LEADSTREAM_METRICS_PORT", 9464, "Port of /metrics, /healthz and /readyz on sink processes.")
     batch_max_messages: int = _setting(
         "LEADSTREAM_BATCH_MAX_MESSAGES", 500, "Most Kafka messages the worker scores in one batch."
     )

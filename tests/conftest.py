@@ -39,6 +39,7 @@ def isolated(local_services: Settings, tmp_path: Path) -> Iterator[Settings]:
         worker_port=free_port(),
         collector_port=free_port(),
         metrics_port=free_port(),
+        collector_metrics_port=free_port(),
     )
     ensure_topics(settings)
     yield settings

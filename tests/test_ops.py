@@ -9,6 +9,7 @@ import yaml
 from prometheus_client import REGISTRY
 
 import sinks.metrics  # noqa: F401  (registers the connectors' metrics)
+import streams.collector_metrics  # noqa: F401  (registers the collector's metrics)
 import streams.metrics  # noqa: F401  (registers the worker's metrics)
 from streams.settings import PROJECT_ROOT
 
@@ -55,11 +56,12 @@ def test_the_dashboard_covers_what_on_call_needs() -> None:
     text = " ".join(dashboard_queries())
     for needed in ("leadstream_events_scored_total", "leadstream_consumer_lag", "leadstream_crossings_total",
                    "leadstream_sink_deliveries_total", "leadstream_sink_delivery_latency_seconds_bucket",
-                   "leadstream_sink_dlq_depth", "leadstream_leads_in_state"):
+                   "leadstream_sink_dlq_depth", "leadstream_leads_in_state", "leadstream_collector_requests_total",
+                   "leadstream_collector_request_seconds_bucket"):
         assert needed in text
 
 
-def test_prometheus_scrapes_the_worker_and_every_sink_of_the_compose_file() -> None:
+def test_prometheus_scrapes_the_worker_the_collector_and_every_sink_of_the_compose_file() -> None:
     scrape = yaml.safe_load((PROJECT_ROOT / "infra" / "prometheus" / "prometheus.yml").read_text())
     targets = {t for job in scrape["scrape_configs"] for c in job["static_configs"] for t in c["targets"]}
     services = yaml.safe_load((PROJECT_ROOT / "docker-compose.yml").read_text())["services"]
@@ -68,3 +70,5 @@ def test_prometheus_scrapes_the_worker_and_every_sink_of_the_compose_file() -> N
             assert f"worker:{service['environment']['LEADSTREAM_WORKER_PORT']}" in targets
         elif name.startswith("sink-"):
             assert f"{name}:{service['environment']['LEADSTREAM_METRICS_PORT']}" in targets
+        elif name == "collector":
+            assert f"collector:{service['environment']['LEADSTREAM_COLLECTOR_METRICS_PORT']}" in targets

@@ -133,6 +133,45 @@ def test_a_bad_single_call_is_answered_400_and_dead_lettered(collector: Threaded
     assert "writeKey" not in orjson.loads(letter["original"])  # the key is not copied into the dead letters
 
 
+def scrape(settings: Settings) -> dict[str, float]:
+    """The collector's samples on its operations port, as {'name{labels}': value}."""
+    text = requests.get(f"http://127.0.0.1:{settings.collector_metrics_port}/metrics", timeout=5).text
+    return {name: float(value) for name, _, value in (line.rpartition(" ") for line in text.splitlines() if line.startswith("leadstream_collector_"))}
+
+
+def test_requests_calls_and_refusals_are_counted_on_the_operations_port(collector: ThreadedCollector, settings: Settings) -> None:
+    before = scrape(settings)  # the registry is the test process's: compare with what it held before
+    assert collector.post("/v1/batch", {"batch": [track("u-1"), {"type": "track", "userId": "u-2"}, track("u-3")]}).status_code == 200
+    assert collector.post("/v1/track", {"userId": "u-1", "messageId": "m-1"}).status_code == 400
+    assert collector.post("/v1/batch", b"{").status_code == 400
+    assert collector.post("/v1/batch", {"batch": []}, key="wk-unknown").status_code == 401
+    after = scrape(settings)
+
+    def added(sample: str) -> float:
+        return after.get(sample, 0) - before.get(sample, 0)
+
+    assert {sample: added(sample) for sample in after if added(sample) and "_bucket" not in sample and "_created" not in sample} == {
+        'leadstream_collector_requests_total{call="batch",status="200"}': 1,
+        'leadstream_collector_requests_total{call="track",status="400"}': 1,
+        'leadstream_collector_requests_total{call="batch",status="400"}': 1,
+        'leadstream_collector_requests_total{call="batch",status="401"}': 1,
+        'leadstream_collector_calls_accepted_total{source="website"}': 2,
+        'leadstream_collector_rejected_total{code="missing_event"}': 2,  # one call of the batch, the single call
+        'leadstream_collector_rejected_total{code="bad_json"}': 1,
+        'leadstream_collector_rejected_total{code="unauthorized"}': 1,
+        'leadstream_collector_request_seconds_count{call="batch"}': 3,
+        'leadstream_collector_request_seconds_count{call="track"}': 1,
+        'leadstream_collector_request_seconds_sum{call="batch"}': added('leadstream_collector_request_seconds_sum{call="batch"}'),
+        'leadstream_collector_request_seconds_sum{call="track"}': added('leadstream_collector_request_seconds_sum{call="track"}'),
+    }  # fmt: skip
+    assert after["leadstream_collector_kafka_connected"] == 1
+    assert after["leadstream_collector_in_flight_bytes"] == 0
+    operations = f"http://127.0.0.1:{settings.collector_metrics_port}"
+    assert requests.get(f"{operations}/readyz", timeout=5).json() == {"ready": True}
+    assert requests.get(f"{operations}/healthz", timeout=5).status_code == 200
+    assert requests.get(f"{collector.url}/metrics", timeout=5).status_code == 404  # never on the public port
+
+
 def gzipped(body: Any) -> bytes:
     return gzip.compress(orjson.dumps(body))
 

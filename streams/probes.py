@@ -1,7 +1,10 @@
-"""The HTTP face of a connector process: /metrics, /healthz (alive) and /readyz (working).
+"""The operations face of a connector or collector process: /metrics, /healthz (alive) and
+/readyz (working), on a port of its own (LEADSTREAM_METRICS_PORT, LEADSTREAM_COLLECTOR_METRICS_PORT)
+bound to LEADSTREAM_BIND_HOST.
 
 A plain threaded HTTP server: connectors are synchronous (kafka-python), so a thread serves
-probes without touching the delivery loop.
+probes without touching the delivery loop; the collector's own port faces the internet, and its
+metrics (sources, volumes) are for the operator only.
 """
 
 from __future__ import annotations

@@ -1,0 +1,28 @@
+"""What an on-call engineer watches of the collector: requests by status, calls taken and
+refused, answer time, and the bytes awaiting Kafka's acknowledgement (the 503 threshold).
+
+Served with /healthz and /readyz on LEADSTREAM_COLLECTOR_METRICS_PORT by streams.probes, not on
+the public ingestion port.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+REQUESTS = Counter("leadstream_collector_requests", "Requests answered, by call and HTTP status.", ["call", "status"])
+ACCEPTED = Counter("leadstream_collector_calls_accepted", "Calls written to Kafka and acknowledged, by source.", ["source"])
+REJECTED = Counter(
+    "leadstream_collector_rejected",
+    "Refusals by reason code: a request refused whole counts once, each bad call of a batch once (and is dead-lettered).",
+    ["code"],
+)
+REQUEST_SECONDS = Histogram(
+    "leadstream_collector_request_seconds",
+    "Time from a request's arrival to its answer, Kafka's acknowledgement included.",
+    ["call"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+IN_FLIGHT_BYTES = Gauge(
+    "leadstream_collector_in_flight_bytes", "Bytes of events awaiting Kafka's acknowledgement (503 beyond LEADSTREAM_COLLECTOR_MAX_IN_FLIGHT_BYTES)."
+)
+KAFKA_CONNECTED = Gauge("leadstream_collector_kafka_connected", "1 once the collector's producer is connected to Kafka, else 0.")
