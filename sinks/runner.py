@@ -322,7 +322,7 @@ def run_sink(sink: Sink[T], settings: Settings) -> int:
     runner = SinkRunner(sink, settings)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: runner.stop.set())
-    server = probes.serve(settings.metrics_port, runner.ready, settings.bind_host)
+    server = probes.serve(settings.metrics_port, runner.ready, settings.bind_host, "LEADSTREAM_METRICS_PORT")
     watcher = threading.Thread(target=runner.watch, name="sink-watch", daemon=True)
     watcher.start()
     log.info("sink %s: starting; /metrics, /healthz and /readyz on %s:%d", sink.name, settings.bind_host, settings.metrics_port)

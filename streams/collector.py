@@ -50,7 +50,7 @@ from streams import collector_metrics as metrics
 from streams import probes
 from streams.deadletter import DeadLetter
 from streams.envelope import pack
-from streams.errors import ConfigError, RequestRejected, Unavailable
+from streams.errors import ConfigError, RequestRejected, ServiceError, Unavailable, port_taken
 from streams.partitioning import partition_for
 from streams.segment import CALL_TYPES, Mapped, Mapper, Source, rejected
 from streams.settings import Settings
@@ -503,15 +503,23 @@ async def serve(settings: Settings, sources: dict[str, Source], stop: asyncio.Ev
     """Serve until `stop` is set, then finish the requests under way and flush the producer."""
     writer = KafkaWriter(settings)
     collector = Collector(settings, sources, writer)
-    connecting = asyncio.create_task(writer.connect())
     # Our own decompression applies the size limit to the decompressed body and tells a
     # truncated gzip stream apart; access logs would cost more than the request itself.
     runner = web.AppRunner(create_app(collector), auto_decompress=False, access_log=None, handle_signals=False,
                            shutdown_timeout=10.0)
     await runner.setup()
-    site = web.TCPSite(runner, settings.collector_host, settings.collector_port, backlog=1024)
-    await site.start()
-    operations = probes.serve(settings.collector_metrics_port, lambda: writer.ready, settings.bind_host)
+    # Both ports first: a port that cannot be had stops the collector before it connects to Kafka.
+    try:
+        await web.TCPSite(runner, settings.collector_host, settings.collector_port, backlog=1024).start()
+        operations = probes.serve(settings.collector_metrics_port, lambda: writer.ready, settings.bind_host,
+                                  "LEADSTREAM_COLLECTOR_METRICS_PORT")  # fmt: skip
+    except OSError as exc:
+        await runner.cleanup()
+        raise port_taken(settings.collector_host, settings.collector_port, "LEADSTREAM_COLLECTOR_PORT", exc) from None
+    except ServiceError:
+        await runner.cleanup()
+        raise
+    connecting = asyncio.create_task(writer.connect())
     log.info("collector listening on http://%s:%d; /metrics, /healthz and /readyz on %s:%d", settings.collector_host,
              settings.collector_port, settings.bind_host, settings.collector_metrics_port)  # fmt: skip
     try:

@@ -6,6 +6,8 @@ family has one class here, and its message says what to do about it.
 
 from __future__ import annotations
 
+import os
+
 from scoring.errors import LeadstreamError
 
 
@@ -20,6 +22,15 @@ class ServiceError(LeadstreamError):
 def kafka_unreachable(bootstrap: str, cause: Exception) -> ServiceError:
     """What a command says when the broker does not answer."""
     return ServiceError(f"cannot reach Kafka at {bootstrap} ({cause}); run `leadstream services up`")
+
+
+def port_taken(host: str, port: int, setting: str, cause: OSError) -> ServiceError:
+    """What a process says when a port it must listen on cannot be had."""
+    reason = os.strerror(cause.errno) if cause.errno else str(cause)
+    return ServiceError(
+        f"cannot listen on {host}:{port} ({reason}): another process holds the port "
+        f"(a second copy of this process?); stop it or set {setting} to a free port"
+    )
 
 
 class InputError(LeadstreamError):

@@ -15,9 +15,12 @@ from typing import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
+from streams.errors import port_taken
 
-def serve(port: int, ready: Callable[[], bool], host: str) -> ThreadingHTTPServer:
-    """Start serving in a daemon thread; `ready()` answers /readyz."""
+
+def serve(port: int, ready: Callable[[], bool], host: str, setting: str) -> ThreadingHTTPServer:
+    """Start serving in a daemon thread; `ready()` answers /readyz. A port that cannot be had
+    is a ServiceError naming `setting`, the variable that chose it."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - the http.server API
@@ -41,6 +44,9 @@ def serve(port: int, ready: Callable[[], bool], host: str) -> ThreadingHTTPServe
         def log_message(self, format: str, *args: object) -> None:  # scrapes every few seconds: no log line each
             pass
 
-    server = ThreadingHTTPServer((host, port), Handler)
+    try:
+        server = ThreadingHTTPServer((host, port), Handler)
+    except OSError as exc:
+        raise port_taken(host, port, setting, exc) from None
     threading.Thread(target=server.serve_forever, name="probes", daemon=True).start()
     return server

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import socket
 
 from scoring import Engine
 from streams.collection import tune_collector
+from streams.errors import port_taken
 from streams.settings import Settings
 from streams.topics import ensure_topics
 
@@ -15,8 +17,10 @@ def run_worker(settings: Settings) -> int:
 
     from streams.app import create_app
 
-    # Fail before joining the group: a broken model file must not take partitions and stall them.
+    # Fail before joining the group: a broken model file or a taken port must not take
+    # partitions and stall them.
     engine = Engine.from_directory(settings.models_dir)
+    _check_port(settings.bind_host, settings.worker_port)
     ensure_topics(settings)
     app = create_app(settings, engine)
     tune_collector(settings.gc_young_threshold)
@@ -30,3 +34,13 @@ def run_worker(settings: Settings) -> int:
     )
     worker.execute_from_commandline()
     return 0
+
+
+def _check_port(host: str, port: int) -> None:
+    """The web views' port can be had (Faust would only log a traceback after starting)."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp binds it
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise port_taken(host, port, "LEADSTREAM_WORKER_PORT", exc) from None
