@@ -208,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("top", _top, "Print the hottest leads of a model from the Redis read model.")
     p.add_argument("--model", required=True, help="scoring model name")
-    p.add_argument("--limit", type=int, default=20, help="how many leads (default 20)")
+    p.add_argument("--limit", type=_positive, default=20, help="how many leads (default 20)")
 
     add("demo", _demo, "Start everything, stream sample events and show the hottest leads.")
     p = add("settings", _settings, "List every LEADSTREAM_* environment variable with its default.")

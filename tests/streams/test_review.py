@@ -119,12 +119,6 @@ def test_unusable_outcome_files_are_one_line_errors(tmp_path: Path, capsys: pyte
     assert err.startswith("leadstream review: ") and message in err and len(err.splitlines()) >= 1
 
 
-def test_min_leads_must_be_positive(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit):
-        main(["review", "--events", "e", "--outcomes", "o", "--min-leads", "0"])
-    assert "expected 1 or more, got 0" in capsys.readouterr().err
-
-
 def test_an_outcome_time_cuts_the_events_of_that_lead_only(tmp_path: Path) -> None:
     # ana lost before any event of hers: she has no scored event, so she is not reviewed.
     report, err = run(tmp_path, f"lead_id,outcome,time\nana,lost,{T0 - MINUTE}\nben,won,\n")

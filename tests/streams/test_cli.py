@@ -1,0 +1,24 @@
+"""The command line refuses arguments no command could use, before doing anything."""
+
+from __future__ import annotations
+
+import pytest
+
+from streams.cli import main
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["review", "--events", "e", "--outcomes", "o", "--min-leads", "0"], "argument --min-leads: expected 1 or more, got 0"),
+        # Redis reads a range of 0 as "everything" and a negative one from the end.
+        (["top", "--model", "b2b", "--limit", "0"], "argument --limit: expected 1 or more, got 0"),
+        (["top", "--model", "b2b", "--limit", "-5"], "argument --limit: expected 1 or more, got -5"),
+        (["top", "--model", "b2b", "--limit", "ten"], "argument --limit: expected a whole number, got 'ten'"),
+    ],
+)
+def test_counts_must_be_positive_whole_numbers(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
