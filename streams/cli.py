@@ -129,6 +129,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number of seconds above 0, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="leadstream",
@@ -152,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topic", help="topic to write to (default: LEADSTREAM_TOPIC_EVENTS)")
     p.add_argument(
         "--events-per-message",
-        type=int,
+        type=_positive,
         default=1,
         help="pack up to N events of the same partition into one Kafka message (JSON array envelope)",
     )
@@ -192,14 +202,14 @@ def build_parser() -> argparse.ArgumentParser:
         "collector: batch calls through a collector against `leadstream send`; "
         "sinks: deliveries/s per connector against local CRM stand-ins, with 0 and 50 ms latency",
     )
-    p.add_argument("--events", type=int, default=1_000_000, help="number of generated events")
-    p.add_argument("--leads", type=int, default=100_000, help="number of distinct leads")
+    p.add_argument("--events", type=_positive, default=1_000_000, help="number of generated events")
+    p.add_argument("--leads", type=_positive, default=100_000, help="number of distinct leads")
     p.add_argument("--seed", type=int, default=7, help="seed of the generated workload")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--seconds", type=float, default=8.0, help="collector: how long each load phase runs")
-    p.add_argument("--events-per-message", type=int, default=200, help="pipeline: events per Kafka message (envelope)")
+    p.add_argument("--seconds", type=_positive_seconds, default=8.0, help="collector: how long each load phase runs")
+    p.add_argument("--events-per-message", type=_positive, default=200, help="pipeline: events per Kafka message (envelope)")
     p.add_argument("--no-metrics", action="store_true", help="pipeline: run the worker without Faust's sensors")
-    p.add_argument("--workers", type=int, default=1, help="pipeline: worker processes sharing the partitions, one consumer group (default 1)")
+    p.add_argument("--workers", type=_positive, default=1, help="pipeline: worker processes sharing the partitions, one consumer group (default 1)")
 
     p = add("sink", _sink, "Run a connector: threshold crossings to a CRM or webhook, score changes to Redis.")
     p.add_argument("connector", choices=[*SINK_NAMES, "replay-dlq"], help="the connector, or replay-dlq CONNECTOR "

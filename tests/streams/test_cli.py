@@ -15,9 +15,15 @@ from streams.cli import main
         (["top", "--model", "b2b", "--limit", "0"], "argument --limit: expected 1 or more, got 0"),
         (["top", "--model", "b2b", "--limit", "-5"], "argument --limit: expected 1 or more, got -5"),
         (["top", "--model", "b2b", "--limit", "ten"], "argument --limit: expected a whole number, got 'ten'"),
+        (["send", "f.jsonl", "--events-per-message", "0"], "argument --events-per-message: expected 1 or more, got 0"),
+        (["bench", "engine", "--events", "0"], "argument --events: expected 1 or more, got 0"),
+        (["bench", "engine", "--leads", "0"], "argument --leads: expected 1 or more, got 0"),
+        (["bench", "pipeline", "--workers", "0"], "argument --workers: expected 1 or more, got 0"),
+        (["bench", "collector", "--seconds", "0"], "argument --seconds: expected a finite number of seconds above 0, got 0"),
+        (["bench", "collector", "--seconds", "nan"], "argument --seconds: expected a finite number of seconds above 0, got nan"),
     ],
 )
-def test_counts_must_be_positive_whole_numbers(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_counts_and_durations_must_be_positive(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_:
         main(argv)
     assert exit_.value.code == 2
