@@ -93,6 +93,8 @@ def _sink(args: argparse.Namespace, settings: Settings) -> int:
         if args.target is None:
             raise LeadstreamError(f"replay-dlq needs the connector whose dead letters to replay: {', '.join(connectors.NAMES)}")
         return runner.replay(connectors.build(args.target, settings), settings)
+    if args.target is not None:
+        raise LeadstreamError(f"a second connector name ({args.target}) only follows replay-dlq; run one connector per process")
     return runner.run_sink(connectors.build(args.connector, settings), settings)
 
 

@@ -28,3 +28,8 @@ def test_counts_and_durations_must_be_positive(argv: list[str], message: str, ca
         main(argv)
     assert exit_.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_second_connector_name_only_follows_replay_dlq(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["sink", "webhook", "redis"]) == 1
+    assert capsys.readouterr().err == "leadstream sink: a second connector name (redis) only follows replay-dlq; run one connector per process\n"
