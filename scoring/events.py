@@ -125,15 +125,15 @@ def decode_message(raw: bytes | bytearray | memoryview | str) -> list[Event] | N
     """The events of a message in which every event is well formed, decoded in one pass; None
     when any is not (or the message is not JSON): `parse_message` then finds which and why."""
     try:
-        decoded = _decode_message(raw)
+        decoded: Event | list[Event] = _decode_message(raw)
     except msgspec.DecodeError:
         return None
-    if decoded.__class__ is Event:
-        return [decoded] if len(raw) <= MAX_EVENT_BYTES and _sound(decoded) else None  # type: ignore[arg-type]
-    for event in decoded:  # type: ignore[union-attr]
+    if isinstance(decoded, Event):
+        return [decoded] if len(raw) <= MAX_EVENT_BYTES and _sound(decoded) else None
+    for event in decoded:
         if not _sound(event):
             return None
-    return decoded  # type: ignore[return-value]
+    return decoded
 
 
 def _sound(event: Event) -> bool:

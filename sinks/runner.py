@@ -74,7 +74,7 @@ class RetryPolicy:
         Jitter spreads the retries of many stalled deliveries so they do not hit a recovering
         API all at once.
         """
-        cap_ms = min(self.max_ms, self.base_ms * 2 ** (attempt - 1))
+        cap_ms: float = min(self.max_ms, self.base_ms * 2 ** (attempt - 1))
         backoff_s = (cap_ms / 2 + jitter * cap_ms / 2) / 1000
         return max(backoff_s, retry_after_s or 0.0)
 
@@ -154,7 +154,7 @@ class SinkRunner(Generic[T]):
             heartbeat_interval_ms=2000,
         )
         producer = self._producer = KafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap, acks="all", linger_ms=5)
-        end: dict | None = None
+        end: dict[Any, int] | None = None
         pool = ThreadPoolExecutor(max_workers=self.settings.sink_concurrency, thread_name_prefix=f"sink-{self.sink.name}")
         log.info("sink %s: consuming %s as group %s; dead letters to %s", self.sink.name, topic, group, self.dlq_topic)
         try:

@@ -16,7 +16,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, TypeVar, cast
 
 import requests
-from simple_salesforce import Salesforce, SFType, format_soql
+from simple_salesforce.api import Salesforce, SFType
+from simple_salesforce.format import format_soql
 from simple_salesforce.exceptions import SalesforceError
 
 from sinks.base import Crossing, CrossingSink, Steps

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, cast
 
 import faust
 import mode
 import orjson
+from faust.tables.manager import TableManager
+from faust.tables.recovery import Recovery
 from faust.web import Request, Response, View
 from kafka.errors import KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
@@ -67,7 +69,7 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
         web_port=settings.worker_port,
         web_in_thread=False,
     )
-    raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+    raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
     # Profile (trait) updates are identify events keyed by lead, and identity links and merges
     # are keyed by the id they concern, all co-partitioned with the raw events: one agent keeps
     # each lead's events, traits and stitching in order on one partition, beside its state.
@@ -80,9 +82,9 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
     accounts = bulk_store.raw_table(app, "accounts", settings.partitions)
 
     outbox = Outbox(settings.kafka_bootstrap, settings.partitions)
-    lead_store = LiveTable(leads.data, leads.changelog_topic.get_topic_name(), settings.partitions, settings.live_leads,
+    lead_store = LiveTable(leads.store, leads.changelog_topic.get_topic_name(), settings.partitions, settings.live_leads,
                            lead_states.decode)
-    account_store = LiveTable(accounts.data, accounts.changelog_topic.get_topic_name(), settings.partitions,
+    account_store = LiveTable(accounts.store, accounts.changelog_topic.get_topic_name(), settings.partitions,
                               settings.live_leads, decode_accounts)
     scorer = Scorer(engine, settings, lead_store, outbox, settings.partitions)
     rollup_stage = Rollup(engine, settings, account_store, outbox)
@@ -121,14 +123,15 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
         owned = sorted(tp.partition for tp in assigned if tp.topic == settings.topic_events)
         log.info("rebalance: partitions assigned events_partitions=%s", owned)
 
-    app.on_partitions_revoked.connect(on_revoked)
-    app.on_partitions_assigned.connect(on_assigned)
+    # Faust awaits coroutine handlers; its signal types only name synchronous ones.
+    app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
+    app.on_partitions_assigned.connect(on_assigned)  # type: ignore[arg-type]
     lag_probe: list[LagProbe] = []
 
-    @app.timer(interval=5.0)
+    @app.timer(interval=5.0)  # type: ignore[untyped-decorator]  # Faust's timer decorator is untyped
     async def observe() -> None:
         """Readiness, recovery progress and consumer lag, as gauges."""
-        metrics.RECOVERY_REMAINING.set(app.tables.recovery.active_remaining_total())
+        metrics.RECOVERY_REMAINING.set(_recovery(app).active_remaining_total())
         metrics.READY.set(1 if _ready(app) else 0)
         try:
             if not lag_probe:
@@ -144,19 +147,19 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
 
     @app.agent(events_topic)
     async def score(stream: faust.StreamT[bytes]) -> None:
-        async for batch in stream.take_events(settings.batch_max_messages, within=within_s):
+        async for batch in _batches(stream).take_events(settings.batch_max_messages, within=within_s):
             with batch_pause:
                 await scorer.process([_consumed(event) for event in batch])
             metrics.BATCH_DONE.labels("score").set_to_current_time()
 
     @app.agent(accounts_topic)
     async def rollup(stream: faust.StreamT[bytes]) -> None:
-        async for batch in stream.take_events(settings.batch_max_messages, within=within_s):
+        async for batch in _batches(stream).take_events(settings.batch_max_messages, within=within_s):
             with batch_pause:
                 await rollup_stage.process([_consumed(event) for event in batch])
             metrics.BATCH_DONE.labels("rollup").set_to_current_time()
 
-    @app.timer(interval=settings.decay_interval_s)
+    @app.timer(interval=settings.decay_interval_s)  # type: ignore[untyped-decorator]
     async def decay() -> None:
         # Every worker runs this timer; the index only holds leads of partitions it owns, and
         # is rebuilt once a rebalance's recovery is done.
@@ -175,7 +178,8 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
 
     @app.page("/leads/{lead_id}/")
     class LeadView(View):
-        @app.table_route(table=leads, match_info="lead_id")
+        # The route's {lead_id} is passed to the method, which Faust's types do not foresee.
+        @app.table_route(table=leads, match_info="lead_id")  # type: ignore[arg-type]
         async def get(self, request: Request, lead_id: str) -> Response:
             states = lead_store.states(lead_id)
             if not states:
@@ -204,7 +208,17 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
 
 
 def _ready(app: faust.App) -> bool:
-    return not app.rebalancing and app.tables.recovery.completed.is_set()
+    return not app.rebalancing and _recovery(app).completed.is_set()
+
+
+def _batches(stream: faust.StreamT[bytes]) -> faust.Stream[bytes]:
+    # An agent's stream is a faust.Stream, whose `take_events` the interface type does not name.
+    return cast(faust.Stream[bytes], stream)
+
+
+def _recovery(app: faust.App) -> Recovery:
+    # The table manager's interface type does not name the recovery service its class has.
+    return cast(TableManager, app.tables).recovery
 
 
 def _consumed(event: Any) -> Consumed:

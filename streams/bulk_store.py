@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Optional, cast
 
 import faust
 from aiokafka import AIOKafkaConsumer
@@ -46,7 +46,7 @@ MAX_PARTITION_FETCH_BYTES = 8 * 1024 * 1024
 FETCH_MAX_BYTES = 32 * 1024 * 1024
 
 
-class BulkRestoreStore(memory.Store):
+class BulkRestoreStore(memory.Store):  # type: ignore[type-arg]  # faust's Store is generic only in its stubs
     """`faust.stores.memory.Store` whose active changelog partitions are restored in bulk."""
 
     def __post_init__(self) -> None:
@@ -72,7 +72,7 @@ class BulkRestoreStore(memory.Store):
         self, assigned: set[TP], revoked: set[TP], newly_assigned: set[TP], generation_id: int = 0
     ) -> None:
         # Called before Faust's recovery reads `persisted_offset` (TableManager.on_rebalance).
-        topic = self.table.changelog_topic_name
+        topic = self.table.changelog_topic.get_topic_name()
         actives = [tp for tp in self.app.assignor.assigned_actives() if tp.topic == topic]
         self._claimed = {}
         if not actives:
@@ -205,8 +205,13 @@ class BulkRestoreStore(memory.Store):
             del self._key_partition[key]
 
 
-class BulkRestoredTable(faust.Table):
+class BulkRestoredTable(faust.Table):  # type: ignore[type-arg]
     """A Faust table kept in a `BulkRestoreStore` (raw bytes keys and values only)."""
+
+    @property
+    def store(self) -> BulkRestoreStore:
+        """The table's local store, as `_new_store` made it (`data` is typed as any store)."""
+        return cast(BulkRestoreStore, self.data)
 
     def _new_store(self) -> Any:
         if self.key_type is not bytes or self.value_type is not bytes:
@@ -225,8 +230,9 @@ class BulkRestoredTable(faust.Table):
         )
 
 
-def raw_table(app: faust.App, name: str, partitions: int) -> faust.Table:
+def raw_table(app: faust.App, name: str, partitions: int) -> BulkRestoredTable:
     """A table of raw bytes keys and values, restored in bulk (what `app.Table` would define)."""
     table = BulkRestoredTable(app, name=name, beacon=app.tables.beacon, partitions=partitions,
                               key_type=bytes, value_type=bytes)
-    return app.tables.add(table)
+    app.tables.add(table)
+    return table

@@ -9,13 +9,14 @@ from __future__ import annotations
 import time
 import urllib.error
 import urllib.request
-from typing import Callable
+from typing import Any, Callable
 
 import orjson
 
 from streams import processes, services
 from streams.bench import workload
 from streams.errors import ServiceError
+from streams.history import read_to_end
 from streams.lag import LagProbe
 from streams.send import open_producer, produce
 from streams.settings import Settings
@@ -26,7 +27,7 @@ DEMO_LEADS = 3_000
 DEMO_EVENTS = 60_000
 
 
-def saas_story(now_ms: int) -> list[dict]:
+def saas_story(now_ms: int) -> list[dict[str, Any]]:
     """A few product-led sign-ups for the start-small SaaS model: some activate, some don't."""
     events = []
     for n in range(40):
@@ -57,20 +58,9 @@ def start(name: str, args: list[str], settings: Settings, ready: Callable[[], bo
 def answers(port: int, path: str) -> bool:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
-            return response.status == 200
+            return bool(response.status == 200)
     except (urllib.error.URLError, ConnectionError, TimeoutError):
         return False
-
-
-def read_all(settings: Settings, topic: str) -> list[tuple[bytes | None, dict]]:
-    """Every record of a topic so far, as (key, parsed value)."""
-    from kafka import KafkaConsumer
-
-    consumer = KafkaConsumer(topic, bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest",
-                             group_id=None, enable_auto_commit=False, consumer_timeout_ms=2000)
-    records = [(message.key, orjson.loads(message.value)) for message in consumer]
-    consumer.close()
-    return records
 
 
 def run_demo(settings: Settings) -> int:
@@ -103,7 +93,7 @@ def run_demo(settings: Settings) -> int:
     for model in ("b2b", "saas_start_small"):
         print(f"\nHottest leads of model {model} (leadstream top --model {model} --limit 10, from Redis)")
         print_top(settings, model, 10)
-    crossings = [value for _, value in read_all(settings, settings.topic_crossings)]
+    crossings = [orjson.loads(record.value) for record in read_to_end(settings, settings.topic_crossings)]
     ups = [c for c in crossings if c["direction"] == "up"]
     print(f"\nThreshold crossings fired: {len(crossings)} ({len(ups)} up, {len(crossings) - len(ups)} down); the latest:")
     for c in sorted(crossings, key=lambda c: c["time"])[-10:]:

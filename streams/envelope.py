@@ -9,7 +9,7 @@ working.
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import orjson
 
@@ -34,7 +34,7 @@ def _envelope(chunk: list[bytes]) -> bytes:
     return chunk[0] if len(chunk) == 1 else b"[" + b",".join(chunk) + b"]"
 
 
-def unpack(value: bytes) -> list[object]:
+def unpack(value: bytes) -> list[Any]:
     """The events of one message, as parsed JSON values (objects expected; the engine checks).
 
     Raises orjson.JSONDecodeError when the message is not JSON at all.

@@ -22,7 +22,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Sequence
+from typing import Any, Sequence
 
 import orjson
 
@@ -206,7 +206,7 @@ class Scorer:
                 if event.time_ms > horizon_ms:
                     if items is None:  # decoded in one pass: the dead letter needs the object
                         items = unpack(message.value)
-                    dead.append(self._from_the_future(event, items[position], horizon_ms - max_future_ms, message))
+                    dead.append(self._from_the_future(event, items[position], int(horizon_ms) - max_future_ms, message))
                     continue
                 lead_id = event.lead_id
                 states = known.get(lead_id)
@@ -367,7 +367,7 @@ class Scorer:
             self.store.put(target, partition, states, encode_states(states), self.outbox)
         await self.outbox.flush()
 
-    def _forward(self, item: dict, target: str, message: Consumed, dead: list[DeadLetter]) -> None:
+    def _forward(self, item: dict[str, Any], target: str, message: Consumed, dead: list[DeadLetter]) -> None:
         onward = stitching.forwarded(item, target)
         if onward is None:
             dead.append(DeadLetter("alias_loop", f"lead {item['lead_id']!r} was re-keyed {stitching.MAX_HOPS} times: an alias loop",
@@ -375,7 +375,7 @@ class Scorer:
             return
         self.outbox.add(self.settings.topic_events, target.encode(), orjson.dumps(onward))
 
-    def _decode(self, message: Consumed, dead: list[DeadLetter], stats: BatchStats) -> tuple[list[dict] | None, list[Event]]:
+    def _decode(self, message: Consumed, dead: list[DeadLetter], stats: BatchStats) -> tuple[list[Any] | None, list[Event]]:
         """The message's accepted events, with their JSON objects in the same order when they
         were parsed on the careful path (None when the whole message was decoded in one pass:
         its objects are then `unpack(message.value)`, see `_decode_at_once`)."""
@@ -401,7 +401,7 @@ class Scorer:
                 return None
         return events
 
-    def _decode_carefully(self, message: Consumed, dead: list[DeadLetter], stats: BatchStats) -> tuple[list[dict], list[Event]]:
+    def _decode_carefully(self, message: Consumed, dead: list[DeadLetter], stats: BatchStats) -> tuple[list[Any], list[Event]]:
         def reject(reason: str, detail: str, original: bytes) -> None:
             dead.append(DeadLetter(reason, detail, original, message.topic, message.partition, message.offset, message.key))
 
@@ -411,7 +411,7 @@ class Scorer:
             stats.events += 1  # how many events it held is unknowable: it counts as one
             reject("bad_json", f"message is not JSON: {exc}", message.value)
             return [], []
-        accepted: list[dict] = []
+        accepted: list[Any] = []
         events: list[Event] = []
         # Only a big message can hold a too-large event, so small ones skip re-serialising.
         check_sizes = len(message.value) > MAX_EVENT_BYTES
@@ -432,11 +432,11 @@ class Scorer:
                     orjson.dumps(item),
                 )
                 continue
-            accepted.append(item)  # type: ignore[arg-type]  # parse accepted it: a JSON object
+            accepted.append(item)
             events.append(parsed)
         return accepted, events
 
-    def _from_the_future(self, event: Event, item: dict, now_ms: int, message: Consumed) -> DeadLetter:
+    def _from_the_future(self, event: Event, item: dict[str, Any], now_ms: int, message: Consumed) -> DeadLetter:
         # Scored, it would move the lead's watermark ahead, and its real events would all be late.
         at = datetime.fromtimestamp(event.time_ms / 1000, timezone.utc).isoformat(timespec="seconds")
         detail = (

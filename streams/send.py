@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from collections import defaultdict
 from pathlib import Path
-from typing import IO, Iterable, Iterator
+from typing import IO, Any, Iterable, Iterator
 
 import orjson
 
@@ -40,7 +40,7 @@ def read_events(lines: IO[bytes], bad: list[str]) -> Iterator[tuple[str, bytes]]
         yield lead, line
 
 
-def open_producer(settings: Settings):  # -> kafka.KafkaProducer
+def open_producer(settings: Settings) -> Any:  # a kafka.KafkaProducer (kafka-python is untyped)
     from kafka import KafkaProducer
     from kafka.errors import KafkaError
 
@@ -56,7 +56,7 @@ def open_producer(settings: Settings):  # -> kafka.KafkaProducer
         raise kafka_unreachable(settings.kafka_bootstrap, exc) from exc
 
 
-def produce(producer, topic: str, events: Iterable[tuple[str, bytes]], events_per_message: int) -> tuple[int, int]:
+def produce(producer: Any, topic: str, events: Iterable[tuple[str, bytes]], events_per_message: int) -> tuple[int, int]:
     """Send (lead id, event bytes) pairs, keyed by lead or packed per partition; (events, messages) sent."""
     if events_per_message < 1:
         raise InputError("--events-per-message must be at least 1")

@@ -201,7 +201,7 @@ class Settings:
     def namespaced(self, tag: str, **changes: Any) -> Settings:
         """These settings with app id `tag` and every topic named `<tag>-<what>`: a pipeline of
         its own on the same broker (tests, benchmarks)."""
-        topics = {f.name: f"{tag}-{f.name.removeprefix('topic_')}" for f in fields(self) if f.name.startswith("topic_")}
+        topics: dict[str, Any] = {f.name: f"{tag}-{f.name.removeprefix('topic_')}" for f in fields(self) if f.name.startswith("topic_")}
         return replace(self, app_id=tag, **topics, **changes)
 
     def as_env(self) -> dict[str, str]:

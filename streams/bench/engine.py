@@ -156,7 +156,7 @@ def _parse_only(data: list[bytes]) -> None:
         loads(raw)
 
 
-def _timed(work: Callable[[], None]) -> float:
+def _timed(work: Callable[[], object]) -> float:
     start = time.perf_counter()
     work()
     return time.perf_counter() - start

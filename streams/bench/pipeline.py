@@ -22,6 +22,7 @@ import time
 import uuid
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -131,7 +132,7 @@ def crossing_latencies(settings: Settings, rate_per_s: int, seconds: float, lead
     return latencies
 
 
-def run(settings: Settings, events: int, leads: int, seed: int, events_per_message: int, metrics: bool, workers: int = 1) -> dict:
+def run(settings: Settings, events: int, leads: int, seed: int, events_per_message: int, metrics: bool, workers: int = 1) -> dict[str, Any]:
     state_dir = Path(tempfile.mkdtemp(prefix="leadstream-bench-"))
     settings = bench_settings(settings, state_dir, metrics)
     ensure_topics(settings)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import random
-from typing import Iterator
+from typing import Any, Iterator
 
 import orjson
 
@@ -51,7 +51,7 @@ def _cumulative(weights: list[float]) -> list[float]:
     return list(itertools.accumulate(weights))
 
 
-def generate(events: int, leads: int, seed: int, start_ms: int, span_ms: int, product: str = "b2b") -> Iterator[dict]:
+def generate(events: int, leads: int, seed: int, start_ms: int, span_ms: int, product: str = "b2b") -> Iterator[dict[str, Any]]:
     """`events` events over `leads` leads, with event times spread over [start_ms, start_ms + span_ms]."""
     rng = random.Random(seed)
     ids = lead_ids(leads)
@@ -65,7 +65,7 @@ def generate(events: int, leads: int, seed: int, start_ms: int, span_ms: int, pr
         else:
             lead = ids[rng.randrange(leads)]
         kind = TYPES[min(len(TYPES) - 1, bisect.bisect_left(types, rng.random() * types[-1]))][0]
-        event: dict = {"event_id": f"e{seed}-{n}", "lead_id": lead, "type": kind, "time": start_ms + n * step, "product": product}
+        event: dict[str, Any] = {"event_id": f"e{seed}-{n}", "lead_id": lead, "type": kind, "time": start_ms + n * step, "product": product}
         if kind == "page_view":
             url = PAGES[min(len(PAGES) - 1, bisect.bisect_left(pages, rng.random() * pages[-1]))][0]
             event["properties"] = {"url": url, "time_on_page_s": rng.randrange(3, 400)}
