@@ -198,9 +198,10 @@ def _outcome(row: Any, converted_values: frozenset[str]) -> tuple[str, Outcome] 
 
 
 def _table(report: dict[str, Any]) -> str:
-    auc = _number(report["auc"])
-    rate = "-" if report["conversion_rate"] is None else f"{report['conversion_rate']:.1%}"
-    parts = [f"model {report['model']}: {report['leads']} leads with an outcome, {report['converted']} converted ({rate}), AUC {auc}\n"]
+    parts = [
+        f"model {report['model']}: {report['leads']} leads with an outcome, {report['converted']} converted "
+        f"({_percent(report['conversion_rate'])}), AUC {_number(report['auc'])}\n"
+    ]
     if "baseline" in report:
         parts.append(_against_baseline(report))
     if not report["leads"]:
