@@ -103,6 +103,8 @@ def run_demo(settings: Settings) -> int:
     print(
         f"\nExplore: curl http://127.0.0.1:{settings.worker_port}/leads/LEAD_ID/  (why a lead has its score)"
         f"\n         curl http://127.0.0.1:{settings.worker_port}/metrics"
+        "\n         .venv/bin/leadstream history --out history.jsonl   (the events, to score or review offline:"
+        "\n         .venv/bin/leadstream review --events history.jsonl --outcomes YOUR_CRM_EXPORT.csv --table)"
         "\nStop everything: .venv/bin/leadstream services down"
     )
     return 0
