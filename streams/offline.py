@@ -1,8 +1,9 @@
 """`leadstream score`: the engine alone over a JSON-lines file, no services at all.
 
 It is how users try a model and how tests pin the semantics end to end. Events are applied in
-file order (event time decides scoring, as in the stream); a bad line is reported on stderr
-with its line number and skipped. At the end, decay is evaluated at the newest event time seen
+file order (event time decides scoring, as in the stream), anonymous visitors are stitched to
+the leads they become as the worker stitches them (see OfflineRun); a bad line is reported on
+stderr with its line number and skipped. At the end, decay is evaluated at the newest event time seen
 in the file (the file's "now": the output does not depend on when it is run), then the output
 is, as JSON lines (or a table with --table):
 
@@ -18,31 +19,59 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
+import msgspec
 import orjson
 
 from scoring import AccountState, Engine, Event, LeadState, MemberScore, Rejection, Transition
+from scoring.identity import merge
 from streams.errors import InputError
+from streams.stitching import MAX_HOPS, is_anonymous, links_from
 from streams.jsonlines import numbered_lines
 
 BATCH_EVENTS = 1000
 
 
-class OfflineRun:
-    """States held in memory (as objects: no changelog to write) and everything produced."""
+#: A line's event: its line number, the event, and the (old id, new id) links it asks to stitch.
+Line = tuple[int, Event, list[tuple[str, str]]]
 
-    def __init__(self, engine: Engine, err: TextIO, source: str) -> None:
+
+class OfflineRun:
+    """States held in memory (as objects: no changelog to write) and everything produced.
+
+    Identity stitching happens as in the worker (streams/stitching.py), in file order: the links
+    an identify or alias event asks for are made after its batch is applied, the old id's states
+    are merged into the lead's (scoring.identity.merge), and the old id's later events are
+    scored on the lead. Anonymous profiles' crossings are not reported, as the worker does not
+    publish them.
+    """
+
+    def __init__(self, engine: Engine, err: TextIO, source: str, keep: Callable[[Event], bool] | None = None) -> None:
         self.engine = engine
         self.err = err
         self.source = source
+        #: Which events to apply (after re-keying a merged id's events to its lead); None: all.
+        self.keep = keep
         self.leads: dict[tuple[str, str], LeadState] = {}
         self.accounts: dict[tuple[str, str], AccountState] = {}
         self.transitions: list[Transition] = []
+        #: old id -> the id it was merged into
+        self.merged: dict[str, str] = {}
         self.newest_ms = 0
         self.products = ", ".join(sorted({product for model in engine.models for product in model.products or ()}))
 
-    def apply(self, batch: list[tuple[int, Event]]) -> None:
-        line_of = {id(event): number for number, event in batch}
-        result = self.engine.apply_batch((event for _, event in batch), lambda model, lead: self.leads.get((model, lead)))
+    def apply(self, lines: list[Line]) -> None:
+        batch: list[Line] = []
+        for number, event, links in lines:
+            lead_id = self._merged_into(event.lead_id)
+            if lead_id is None:
+                self.warn(number, "alias_loop", f"lead {event.lead_id!r} was re-keyed {MAX_HOPS} times: an alias loop")
+                continue
+            if lead_id != event.lead_id:
+                event = msgspec.structs.replace(event, lead_id=lead_id)
+            if self.keep is None or self.keep(event):
+                batch.append((number, event, links))
+        line_of = {id(event): number for number, event, _ in batch}
+        result = self.engine.apply_batch((event for _, event, _ in batch), lambda model, lead: self.leads.get((model, lead)))
         self.leads.update(result.states)
         self.transitions.extend(result.transitions)
         for event in result.late:
@@ -55,7 +84,32 @@ class OfflineRun:
             )  # fmt: skip
         for update in result.account_updates:
             self.roll_up(update)
-        self.newest_ms = max([self.newest_ms] + [event.time_ms for _, event in batch])
+        self.newest_ms = max([self.newest_ms] + [event.time_ms for _, event, _ in batch])
+        for _, event, links in batch:
+            for source, target in links:
+                self.stitch(source, target, event.time_ms)
+
+    def stitch(self, source: str, target: str, time_ms: int) -> None:
+        """Merges `source`'s states into the lead it now is (once; a loop is refused)."""
+        lead_id = self._merged_into(target)
+        if source in self.merged or lead_id is None or lead_id == source:
+            return
+        self.merged[source] = lead_id
+        for model in self.engine.models:
+            state = self.leads.pop((model.name, source), None)
+            if state is not None:
+                merged, transitions = merge(self.engine, model.name, lead_id, self.leads.get((model.name, lead_id)), state, source, time_ms)
+                self.leads[(model.name, lead_id)] = merged
+                self.transitions.extend(transitions)
+
+    def _merged_into(self, lead_id: str) -> str | None:
+        """The id a lead's events are scored under now (itself unless merged); None past MAX_HOPS."""
+        for _ in range(MAX_HOPS + 1):
+            target = self.merged.get(lead_id)
+            if target is None:
+                return lead_id
+            lead_id = target
+        return None
 
     def roll_up(self, update: MemberScore) -> None:
         key = (update.model, update.account_id)
@@ -78,7 +132,8 @@ class OfflineRun:
         print(f"{self.source} line {line}: {reason}: {detail}", file=self.err)
 
     def records(self) -> list[dict[str, Any]]:
-        out = [{"record": "transition", **t.to_dict()} for t in self.transitions]
+        published = (t for t in self.transitions if not (t.kind == "lead" and is_anonymous(t.lead_id)))
+        out = [{"record": "transition", **t.to_dict()} for t in published]
         for (model, lead_id), state in sorted(self.leads.items()):
             out.append({"record": "lead", **self.engine.summary(model, lead_id, state, self.newest_ms)})
         for (model, account_id), account in sorted(self.accounts.items()):
@@ -118,21 +173,38 @@ def apply_file(engine: Engine, events_path: Path, err: TextIO, keep: Callable[[E
         handle = sys.stdin.buffer if str(events_path) == "-" else events_path.open("rb")
     except OSError as exc:
         raise InputError(f"cannot read events file {events_path}: {exc.strerror}") from None
-    run = OfflineRun(engine, err, events_path.name)
-    batch: list[tuple[int, Event]] = []
+    run = OfflineRun(engine, err, events_path.name, keep)
+    batch: list[Line] = []
     with handle:
         for number, line in numbered_lines(handle):
-            for item in engine.parse_message(line):
+            parsed = engine.parse_message(line)
+            for item, links in zip(parsed, _links(line, len(parsed))):
                 if isinstance(item, Rejection):
                     run.warn(number, item.reason, item.detail)
-                elif keep is None or keep(item):
-                    batch.append((number, item))
+                else:
+                    batch.append((number, item, links))
             if len(batch) >= BATCH_EVENTS:
                 run.apply(batch)
                 batch = []
     if batch:
         run.apply(batch)
     return run
+
+
+def _links(line: bytes, events: int) -> list[list[tuple[str, str]]]:
+    """The stitching links of each event of a line (the parsed events keep no anonymous_id or
+    previous_id, so lines that may hold one are read again, as the worker does)."""
+    none: list[list[tuple[str, str]]] = [[] for _ in range(events)]
+    if b"anonymous_id" not in line and b"previous_id" not in line and b"\\u" not in line:
+        return none
+    try:
+        value = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return none
+    items = value if isinstance(value, list) else [value]
+    if len(items) != events:
+        return none
+    return [links_from(item) if isinstance(item, dict) else [] for item in items]
 
 
 def _table(records: list[dict[str, Any]]) -> str:

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import orjson
 
+from scoring import Engine
 from streams.cli import main
-from streams.offline import score_file
+from streams.offline import apply_file, score_file
+from streams.segment import Mapper, Source
 from tests.scoring.support import DAY, T0, MODELS_DIR
 
 SAAS_EVENTS = [
@@ -110,3 +112,46 @@ def test_a_file_saved_with_a_byte_order_mark_is_scored(tmp_path: Path) -> None:
     assert score_file(MODELS_DIR, events, table=False, out=out, err=err) == 0
     assert err.getvalue() == ""
     assert [(r["record"], r.get("score")) for r in map(orjson.loads, out.getvalue().splitlines())][-1] == ("lead", 15)
+
+
+def test_identity_stitching_scores_as_the_worker_does(tmp_path: Path) -> None:
+    # The calls of tests/streams/test_stitching.py, mapped by the collector's own mapper: the
+    # worker ends there with u-ada at 44 and one crossing, hers; offline must agree.
+    mapper, source = Mapper("snake_case"), Source("website")
+    at, app = "2025-11-03T00:00:00Z", {"app": {"name": "b2b"}}
+
+    def page(n: int, url: str) -> dict[str, object]:
+        return {"type": "page", "anonymousId": "a-123", "messageId": f"a-123-p{n}", "timestamp": at,
+                "properties": {"url": url, "time_on_page_s": 30}, "context": app}  # fmt: skip
+
+    calls: list[tuple[str, dict[str, object]]] = [
+        ("page", page(1, "https://acme.io/pricing")),
+        ("page", page(2, "https://acme.io/pricing")),
+        ("page", page(3, "https://acme.io/case-studies/globex")),
+        ("identify", {"userId": "u-ada", "anonymousId": "a-123", "messageId": "id-1", "timestamp": at,
+                      "traits": {"email": "ada@initech.io"}, "context": app}),
+        ("track", {"userId": "u-ada", "event": "Webinar Attended", "messageId": "t-1", "timestamp": at, "context": app}),
+        ("page", page(4, "https://acme.io/about")),
+        ("page", page(1, "https://acme.io/pricing")),  # sent again: scored once, before the merge
+        ("identify", {"userId": "u-ada", "anonymousId": "a-123", "messageId": "id-2", "timestamp": at, "context": app}),
+        ("alias", {"userId": "u-ada", "previousId": "a-123", "messageId": "al-1", "timestamp": at}),
+    ]  # fmt: skip
+    lines = [orjson.loads(mapper.map(call, kind, source, T0).value) for kind, call in calls]
+    lines.append({"event_id": "k-1", "lead_id": "anon:a-123", "type": "page_view", "time": T0, "product": "b2b",
+                  "properties": {"url": "https://acme.io/demo"}})  # fmt: skip
+    # The anonymous pages in one envelope, the rest one per line (both forms carry links).
+    events = write(tmp_path / "events.jsonl", [lines[:3], *lines[3:]])
+    out, err = io.StringIO(), io.StringIO()
+    assert score_file(MODELS_DIR, events, table=False, out=out, err=err) == 0
+    # The alias names no product (no app context), so no model scores it; its link still counts.
+    assert [line.split(":")[1] for line in err.getvalue().splitlines()] == [" unrouted"]
+    records = [orjson.loads(line) for line in out.getvalue().splitlines()]
+    transitions = [r for r in records if r["record"] == "transition"]
+    assert [(t["lead_id"], t["from_level"], t["to_level"]) for t in transitions] == [("u-ada", "nurture", "mql")]
+    leads = {(r["model"], r["lead_id"]): r for r in records if r["record"] == "lead"}
+    assert ("b2b", "anon:a-123") not in leads  # merged into the lead, as the worker leaves only a marker
+    assert leads[("b2b", "u-ada")]["score"] == 44
+    engine = Engine.from_directory(MODELS_DIR)
+    run = apply_file(engine, events, io.StringIO())
+    explained = engine.explain("b2b", "u-ada", run.leads[("b2b", "u-ada")], T0)
+    assert "merged from anonymous visitor anon:a-123" in orjson.dumps(explained).decode()
