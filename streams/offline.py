@@ -101,6 +101,9 @@ class OfflineRun:
                 merged, transitions = merge(self.engine, model.name, lead_id, self.leads.get((model.name, lead_id)), state, source, time_ms)
                 self.leads[(model.name, lead_id)] = merged
                 self.transitions.extend(transitions)
+                member = self.engine.member_score(model.name, lead_id, merged, time_ms)
+                if member is not None:
+                    self.roll_up(member)
 
     def _merged_into(self, lead_id: str) -> str | None:
         """The id a lead's events are scored under now (itself unless merged); None past MAX_HOPS."""

@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 import orjson
 
-from scoring import Engine, Event, LeadState, Rejection, Transition, identity
+from scoring import Engine, Event, LeadState, MemberScore, Rejection, Transition, identity
 from scoring.events import MAX_EVENT_BYTES, decode_message
 from streams import metrics, stitching
 from streams.deadletter import DeadLetter
@@ -323,6 +323,7 @@ class Scorer:
         """Links move a merged id's states on as a merge; merges fold them into the target."""
         markers: list[tuple[str, str, int]] = []
         crossings: list[Transition] = []
+        members: list[MemberScore] = []
         merged: dict[str, tuple[int, States]] = {}
         for message in messages:
             try:
@@ -357,9 +358,14 @@ class Scorer:
                     crossings.extend(crossed)
                     states[model] = state
                     self._changed(model, target, state, time_ms, message.partition)
+                    # The merged points count in the lead's account at once, not at its next event.
+                    member = self.engine.member_score(model, target, state, time_ms)
+                    if member is not None:
+                        members.append(member)
                 merged[target] = (message.partition, states)
         metrics.count_crossings(self._queue_crossings(crossings))
-        await self.outbox.flush()  # the merges, crossings and score changes before the states below
+        publish_updates(self.outbox, self.settings, members, self.partitions)
+        await self.outbox.flush()  # the merges, crossings, score changes and account updates before the states below
         for source, target, partition in markers:
             marker = stitching.marker(target)
             self.store.put(source, partition, marker, encode_states(marker), self.outbox)

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import base64
+import io
 import time
 import urllib.request
+from pathlib import Path
 from typing import Callable, Iterator
 
 import orjson
 import pytest
 
+from streams.offline import score_file
 from streams.processes import CollectorProcess, WorkerProcess
 from streams.send import open_producer, produce
 from streams.settings import Settings
-from tests.infra import read_topic
+from tests.infra import read_topic, write_jsonl
+from tests.scoring.support import MODELS_DIR
 
 WRITE_KEY = "wk_site"
 
@@ -97,3 +101,56 @@ def test_anonymous_browsing_then_identify_makes_one_lead_with_one_mql_crossing(
     # The visitor's own state moved into the lead: only the marker is left.
     status, body = proc.get("/leads/anon:a-123/")
     assert status == 200 and orjson.loads(body)["models"] == {}
+
+
+def test_a_merge_counts_in_the_leads_account_at_once_and_offline_agrees(
+    isolated: Settings, worker: Callable[..., WorkerProcess], tmp_path: Path
+) -> None:
+    # u-1 of account acme has 11 points; an anonymous visitor earns 51 and then turns out to be
+    # u-1. The merge alone lifts u-1 to SQL and acme (top 3 members) past "engaged" at 60.
+    start = int(time.time() * 1000) - 600_000
+
+    def event(n: int, lead: str, kind: str, **fields: object) -> dict[str, object]:
+        return {"event_id": f"m-{n}", "lead_id": lead, "type": kind, "time": start + n * 1000, "product": "b2b", **fields}
+
+    def visit(n: int, url: str) -> dict[str, object]:
+        return event(n, "anon:v1", "page_view", properties={"url": url}, anonymous_id="v1")
+
+    events = [
+        event(1, "u-1", "identify", traits={"email": "ada@initech.io"}, account_id="acme"),
+        event(2, "u-1", "webinar_attended"),
+        visit(3, "https://acme.io/pricing"), visit(4, "https://acme.io/pricing"), visit(5, "https://acme.io/demo"),
+        visit(6, "https://acme.io/case-studies/globex"), visit(7, "https://acme.io/case-studies/initech"),
+        event(8, "anon:v1", "form_submit", properties={"form": "contact"}, anonymous_id="v1"),
+        event(9, "u-1", "identify", anonymous_id="v1"),
+    ]  # fmt: skip
+    proc = worker()
+    producer = open_producer(isolated)
+
+    def send(batch: list[dict[str, object]]) -> None:
+        produce(producer, isolated.topic_events, [(str(e["lead_id"]), orjson.dumps(e)) for e in batch], events_per_message=1)
+
+    # The two ids live on different partitions, which the worker reads in no set order: the
+    # visitor's events are scored before the identify goes out, so the merge takes all of them.
+    send(events[:-1])
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        status, body = proc.get("/leads/anon:v1/")
+        if status == 200 and orjson.loads(body)["models"].get("b2b", {}).get("score") == 51:
+            break
+        time.sleep(0.3)
+    else:
+        raise AssertionError(f"the visitor was not scored at 51: {status} {body!r}")
+    send(events[-1:])
+    producer.close()
+
+    def seen(crossing: dict[str, object]) -> tuple[object, ...]:
+        who = crossing["lead_id"] if crossing["kind"] == "lead" else crossing["account_id"]
+        return crossing["kind"], who, crossing["from_level"], crossing["to_level"], crossing["score"]
+
+    expected = [("lead", "u-1", "nurture", "sql", 62), ("account", "acme", "unaware", "engaged", 62)]
+    assert sorted(map(seen, crossings(isolated, expect=2))) == sorted(expected)
+    out = io.StringIO()
+    score_file(MODELS_DIR, write_jsonl(tmp_path / "events.jsonl", events), table=False, out=out, err=io.StringIO())
+    offline = [orjson.loads(line) for line in out.getvalue().splitlines()]
+    assert sorted(seen(r) for r in offline if r["record"] == "transition") == sorted(expected)
