@@ -159,6 +159,11 @@ class Sink(ABC, Generic[T]):
     def parse(self, key: bytes | None, value: bytes | None) -> T:
         """The message as the connector's record; PermanentError when it is not one."""
 
+    def handles(self, item: T) -> bool:
+        """Whether this connector has anything to do with the item (the runner counts the others
+        as `ignored`, and commits past them)."""
+        return True
+
     @abstractmethod
     def delivery_id(self, item: T) -> str | None:
         """The id the runner remembers delivered items by; None when delivering twice is harmless."""

@@ -68,9 +68,10 @@ class HubSpotSink(CrossingSink):
         self.tasks = client.crm.objects.tasks.basic_api
         self.task_search = client.crm.objects.tasks.search_api
 
+    def handles(self, item: Crossing) -> bool:
+        return item.kind == "lead"  # contacts, deals and tasks: an account crossing names no contact
+
     def deliver(self, item: Crossing, steps: Steps) -> None:
-        if item.kind != "lead":
-            return
         properties = {name: _text(value) for name, value in self.mapping.record_values(item).items()}
         contact_id = self._update_contact(item, properties)
         if item.direction != "up":

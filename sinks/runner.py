@@ -94,6 +94,7 @@ class Envelope:
 class Stats:
     delivered: int = 0
     skipped: int = 0
+    ignored: int = 0
     dead_lettered: int = 0
     retries: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -104,7 +105,8 @@ class Stats:
         metrics.DELIVERIES.labels(connector, "retried" if outcome == "retries" else outcome).inc()
 
     def as_dict(self) -> dict[str, int]:
-        return {"delivered": self.delivered, "skipped": self.skipped, "dead_lettered": self.dead_lettered, "retries": self.retries}
+        return {"delivered": self.delivered, "skipped": self.skipped, "ignored": self.ignored, "dead_lettered": self.dead_lettered,
+                "retries": self.retries}
 
 
 class _Stopped(Exception):
@@ -250,6 +252,8 @@ class SinkRunner(Generic[T]):
             item = self.sink.parse(env.key, env.value)
         except PermanentError as exc:
             return self._dead_letter(env, "malformed", f"{exc}")
+        if not self.sink.handles(item):
+            return "ignored"
         delivery_id = self.sink.delivery_id(item)
         attempt = 0
         while True:

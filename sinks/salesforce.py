@@ -65,9 +65,10 @@ class SalesforceSink(CrossingSink):
             "LEADSTREAM_SALESFORCE_ACCESS_TOKEN, or LEADSTREAM_SALESFORCE_USERNAME, _PASSWORD and _SECURITY_TOKEN"
         )
 
+    def handles(self, item: Crossing) -> bool:
+        return item.kind == "lead"  # Leads and Tasks: an account crossing names no Lead
+
     def deliver(self, item: Crossing, steps: Steps) -> None:
-        if item.kind != "lead":
-            return
         lead_id = item.traits.get("salesforce_id") or self._find_lead(item)
         values = self.mapping.record_values(item)
         self._call(f"Lead {lead_id}", lambda: self.leads.update(lead_id, values))

@@ -10,6 +10,7 @@ import orjson
 from kafka import KafkaAdminClient, KafkaProducer
 
 from sinks.hubspot import HubSpotSink
+from sinks.salesforce import SalesforceSink
 from sinks.runner import group_id
 from streams.settings import Settings
 from tests.infra import leadstream, read_topic
@@ -104,6 +105,26 @@ def test_redelivery_of_delivered_crossings_is_skipped(sink_settings: Settings, h
     assert (again.delivered, again.skipped) == (0, 5)
     assert len(hubspot.requests) == requests_before
     assert len(hubspot.objects["deals"]) == 5
+
+
+def account_crossing() -> dict[str, Any]:
+    return crossing(0, "engaged", kind="account", id="acme/b2b/up/engaged/1", from_level="unaware", traits={})
+
+
+def test_crm_connectors_ignore_account_crossings_and_count_them(
+    sink_settings: Settings, hubspot: FakeHubSpot, salesforce: FakeSalesforce, tls_ca: Any
+) -> None:
+    settings = sink_settings.with_overrides(hubspot_base_url=hubspot.url, salesforce_instance_url=salesforce.url)
+    hubspot.add_contact("lead-1@acme.io")
+    salesforce.add_lead("lead-1@acme.io")
+    produce(settings, [account_crossing(), crossing(1, "sql")])
+
+    stats = drain(HubSpotSink(settings), settings)
+    assert (stats.delivered, stats.ignored, stats.dead_lettered) == (1, 1, 0)
+    assert len(hubspot.objects["deals"]) == 1  # the lead's; nothing was asked about the account
+    assert not [r for r in hubspot.requests if "acme/b2b" in str(r)]
+    stats = drain(SalesforceSink(settings), settings)
+    assert (stats.delivered, stats.ignored, stats.dead_lettered) == (1, 1, 0)
 
 
 def test_permanent_errors_are_dead_lettered_with_the_reason_and_replay_redrives_them(
