@@ -22,7 +22,7 @@ class Outbox:
         self.bootstrap_servers = bootstrap_servers
         self.partitions = partitions
         self._producer: AIOKafkaProducer | None = None
-        self._pending: dict[tuple[str, int], list[tuple[bytes | None, bytes]]] = defaultdict(list)
+        self._pending: dict[tuple[str, int], list[tuple[bytes | None, bytes | None]]] = defaultdict(list)
         # The agents and the decay timer share the outbox: flushes take turns, so a flush never
         # returns while records added before it are still in flight under another one (and two
         # first flushes do not start two producers).
@@ -45,7 +45,8 @@ class Outbox:
             await self._producer.stop()
             self._producer = None
 
-    def add(self, topic: str, key: bytes | None, value: bytes, partition: int | None = None) -> None:
+    def add(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None) -> None:
+        """Queue a record (a None value is a tombstone); sent at the next flush."""
         if partition is None:
             partition = partition_for(key.decode(), self.partitions) if key else 0
         self._pending[(topic, partition)].append((key, value))
@@ -64,7 +65,7 @@ class Outbox:
                     self._producer = await self._start()
                 await self._send(self._producer, pending)
 
-    async def _send(self, producer: AIOKafkaProducer, pending: dict[tuple[str, int], list[tuple[bytes | None, bytes]]]) -> None:
+    async def _send(self, producer: AIOKafkaProducer, pending: dict[tuple[str, int], list[tuple[bytes | None, bytes | None]]]) -> None:
         deliveries = []
         for (topic, partition), records in pending.items():
             batch = producer.create_batch()
@@ -73,7 +74,7 @@ class Outbox:
                     deliveries.append(await producer.send_batch(batch, topic, partition=partition))
                     batch = producer.create_batch()
                     if batch.append(key=key, value=value, timestamp=None) is None:
-                        raise ValueError(f"a record of {len(value)} bytes for {topic} exceeds the producer's batch size")
+                        raise ValueError(f"a record of {len(value or b'')} bytes for {topic} exceeds the producer's batch size")
             if batch.record_count():
                 deliveries.append(await producer.send_batch(batch, topic, partition=partition))
         await asyncio.gather(*deliveries)

@@ -340,6 +340,10 @@ class Scorer:
                 if states:
                     self.outbox.add(self.settings.topic_identity, target.encode(),
                                     stitching.merge_record(source, target, time_ms, states))
+                    # The visitor's scores now count in the lead's: read models drop its entries
+                    # (a tombstone on the compacted score-changes topic).
+                    for model in states:
+                        self.outbox.add(self.settings.topic_scores, f"{model}/{source}".encode(), None, message.partition)
                 markers.append((source, target, message.partition))
             elif kind == "merge":
                 states = merged[target][1] if target in merged else self.store.states(target)

@@ -12,6 +12,7 @@ from typing import Callable, Iterator
 import orjson
 import pytest
 
+from streams.history import read_to_end
 from streams.offline import score_file
 from streams.processes import CollectorProcess, WorkerProcess
 from streams.send import open_producer, produce
@@ -103,7 +104,7 @@ def test_anonymous_browsing_then_identify_makes_one_lead_with_one_mql_crossing(
     assert status == 200 and orjson.loads(body)["models"] == {}
 
 
-def test_a_merge_counts_in_the_leads_account_at_once_and_offline_agrees(
+def test_a_merge_counts_in_the_leads_account_at_once_replaces_the_visitor_in_read_models_and_offline_agrees(
     isolated: Settings, worker: Callable[..., WorkerProcess], tmp_path: Path
 ) -> None:
     # u-1 of account acme has 11 points; an anonymous visitor earns 51 and then turns out to be
@@ -150,6 +151,10 @@ def test_a_merge_counts_in_the_leads_account_at_once_and_offline_agrees(
 
     expected = [("lead", "u-1", "nurture", "sql", 62), ("account", "acme", "unaware", "engaged", 62)]
     assert sorted(map(seen, crossings(isolated, expect=2))) == sorted(expected)
+    # Read models drop the visitor (a tombstone on the compacted score changes): its points are u-1's now.
+    latest = {record.key: record.value for record in read_to_end(isolated, isolated.topic_scores)}
+    assert latest[b"b2b/anon:v1"] is None
+    assert orjson.loads(latest[b"b2b/u-1"])["score"] == 62
     out = io.StringIO()
     score_file(MODELS_DIR, write_jsonl(tmp_path / "events.jsonl", events), table=False, out=out, err=io.StringIO())
     offline = [orjson.loads(line) for line in out.getvalue().splitlines()]
