@@ -21,6 +21,7 @@ import orjson
 
 from streams.errors import InputError, ServiceError, kafka_unreachable
 from streams.settings import Settings
+from streams.topics import partition_count
 
 #: How long reading may go without a record before the partitions' ends are taken as unreachable.
 STALL_S = 30.0
@@ -39,7 +40,7 @@ def read_to_end(settings: Settings, topic: str) -> Iterator[Any]:
     try:
         numbers = consumer.partitions_for_topic(topic)
         if not numbers:
-            raise InputError(f"topic {topic!r} does not exist; check --topic (or LEADSTREAM_TOPIC_EVENTS)")
+            raise _no_such_topic(topic)
         for number in sorted(numbers):
             partition = TopicPartition(topic, number)
             consumer.assign([partition])
@@ -82,7 +83,10 @@ def write_history(settings: Settings, out: IO[bytes], topic: str | None = None, 
 
 
 def history_file(settings: Settings, path: Path, topic: str | None = None) -> int:
-    """`leadstream history --out PATH` ('-': stdout)."""
+    """`leadstream history --out PATH` ('-': stdout). A topic that does not exist leaves no file."""
+    topic = topic or settings.topic_events
+    if partition_count(settings, topic) == 0:
+        raise _no_such_topic(topic)
     if str(path) == "-":
         return write_history(settings, sys.stdout.buffer, topic)
     try:
@@ -91,3 +95,7 @@ def history_file(settings: Settings, path: Path, topic: str | None = None) -> in
         raise InputError(f"cannot write {path}: {exc.strerror}") from None
     with handle:
         return write_history(settings, handle, topic)
+
+
+def _no_such_topic(topic: str) -> InputError:
+    return InputError(f"topic {topic!r} does not exist; check --topic (or LEADSTREAM_TOPIC_EVENTS)")

@@ -56,3 +56,4 @@ def test_a_topic_that_does_not_exist_is_a_one_line_error(isolated: Settings, tmp
     done = leadstream(isolated, "history", "--out", str(tmp_path / "h.jsonl"), "--topic", f"{isolated.app_id}-nothing", check=False)
     assert done.returncode == 1
     assert done.stderr.strip() == f"leadstream history: topic '{isolated.app_id}-nothing' does not exist; check --topic (or LEADSTREAM_TOPIC_EVENTS)"
+    assert not (tmp_path / "h.jsonl").exists()  # no empty file left behind
