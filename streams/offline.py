@@ -25,7 +25,7 @@ import orjson
 from scoring import AccountState, Engine, Event, LeadState, MemberScore, Rejection, Transition
 from scoring.identity import merge
 from streams.errors import InputError
-from streams.stitching import MAX_HOPS, is_anonymous, links_from
+from streams.stitching import MAX_HOPS, links_from, may_link, publishable
 from streams.jsonlines import numbered_lines
 
 BATCH_EVENTS = 1000
@@ -135,8 +135,7 @@ class OfflineRun:
         print(f"{self.source} line {line}: {reason}: {detail}", file=self.err)
 
     def records(self) -> list[dict[str, Any]]:
-        published = (t for t in self.transitions if not (t.kind == "lead" and is_anonymous(t.lead_id)))
-        out = [{"record": "transition", **t.to_dict()} for t in published]
+        out = [{"record": "transition", **t.to_dict()} for t in self.transitions if publishable(t)]
         for (model, lead_id), state in sorted(self.leads.items()):
             out.append({"record": "lead", **self.engine.summary(model, lead_id, state, self.newest_ms)})
         for (model, account_id), account in sorted(self.accounts.items()):
@@ -198,7 +197,7 @@ def _links(line: bytes, events: int) -> list[list[tuple[str, str]]]:
     """The stitching links of each event of a line (the parsed events keep no anonymous_id or
     previous_id, so lines that may hold one are read again, as the worker does)."""
     none: list[list[tuple[str, str]]] = [[] for _ in range(events)]
-    if b"anonymous_id" not in line and b"previous_id" not in line and b"\\u" not in line:
+    if not may_link(line):
         return none
     try:
         value = orjson.loads(line)

@@ -196,8 +196,9 @@ class Scorer:
         # Each lead's live states, looked up once per batch.
         known: dict[str, States] = {}
         states_of = self.store.states
+        clock_ms = self.now_ms()
         max_future_ms = self.settings.max_future_ms
-        horizon_ms = self.now_ms() + max_future_ms if max_future_ms > 0 else float("inf")
+        horizon_ms = clock_ms + max_future_ms if max_future_ms > 0 else float("inf")
         for message in batch:
             if message.topic == self.settings.topic_identity:
                 continue
@@ -206,7 +207,7 @@ class Scorer:
                 if event.time_ms > horizon_ms:
                     if items is None:  # decoded in one pass: the dead letter needs the object
                         items = unpack(message.value)
-                    dead.append(self._from_the_future(event, items[position], int(horizon_ms) - max_future_ms, message))
+                    dead.append(self._from_the_future(event, items[position], clock_ms, message))
                     continue
                 lead_id = event.lead_id
                 states = known.get(lead_id)
@@ -400,7 +401,7 @@ class Scorer:
         when any event is bad or on the wrong partition (its dead letter needs its object), or
         when the message may hold a stitching link, which needs the event's object too (a
         `\\u` escape could spell a field name, so it takes the careful path as well)."""
-        if len(value) > MAX_EVENT_BYTES or b"anonymous_id" in value or b"previous_id" in value or b"\\u" in value:
+        if len(value) > MAX_EVENT_BYTES or stitching.may_link(value):
             return None
         events = decode_message(value)
         if events is None:
@@ -473,7 +474,7 @@ class Scorer:
         them; the known lead crosses when a merge lifts it). Returns those queued."""
         published: list[Transition] = []
         for transition in transitions:
-            if transition.kind == "lead" and stitching.is_anonymous(transition.lead_id):
+            if not stitching.publishable(transition):
                 continue
             record = transition.to_dict()
             key = record["lead_id"] if record.get("kind") == "lead" else record["account_id"]

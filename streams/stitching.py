@@ -30,6 +30,7 @@ import orjson
 from streams.segment import ANONYMOUS_PREFIX
 
 if TYPE_CHECKING:
+    from scoring import Transition
     from streams.lead_states import States
 
 #: The lead-table entry of an id merged into another: {MERGED_INTO: target id}.
@@ -47,6 +48,18 @@ def marker(target: str) -> States:
 
 def is_anonymous(lead_id: str | None) -> bool:
     return lead_id is not None and lead_id.startswith(ANONYMOUS_PREFIX)
+
+
+def publishable(transition: Transition) -> bool:
+    """Whether a crossing goes out: an anonymous visitor's does not (no CRM can act on it; the
+    known lead crosses when a merge lifts it)."""
+    return not (transition.kind == "lead" and is_anonymous(transition.lead_id))
+
+
+def may_link(raw: bytes) -> bool:
+    """Whether a message's bytes may hold a stitching link (an anonymous_id or previous_id
+    field; a `\\u` escape could spell either name): only those need their JSON objects read."""
+    return b"anonymous_id" in raw or b"previous_id" in raw or b"\\u" in raw
 
 
 def links_from(item: dict[str, Any]) -> list[tuple[str, str]]:
