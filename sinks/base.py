@@ -39,8 +39,11 @@ class Steps(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Reason:
+    """A rule and its points; for an account crossing, a member lead (`lead_id`) and its score."""
+
     rule: str
     points: float
+    lead_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +100,8 @@ class Crossing:
                 cell=str(raw.get("cell") or ""),
                 temperature=str(raw.get("temperature") or ""),
                 time_ms=int(raw["time"]),
-                reasons=tuple(Reason(str(r["rule"]), float(r["points"])) for r in raw.get("reasons") or ()),
+                reasons=tuple(Reason(str(r["rule"]), float(r["points"]), str(r.get("lead_id") or ""))
+                              for r in raw.get("reasons") or ()),
                 traits={str(k): str(v) for k, v in (raw.get("traits") or {}).items() if v is not None},
             )
         except KeyError as exc:
@@ -110,8 +114,9 @@ class Crossing:
         return self.traits.get("email", "")
 
     def reasons_text(self) -> str:
-        """'pricing_page +30, webinar +10': what made the lead cross, for a CRM note."""
-        return ", ".join(f"{r.rule} {r.points:+g}" for r in self.reasons)
+        """'pricing_page +30, webinar +10': what made the lead cross, for a CRM note (for an
+        account: 'lead-7 +61, lead-2 +40', its members with the most points)."""
+        return ", ".join(f"{r.lead_id or r.rule} {r.points:+g}" for r in self.reasons)
 
     def template_fields(self) -> dict[str, Any]:
         """The names a mapping's text templates may use (see sinks/mappings/*.toml)."""

@@ -1,35 +1,39 @@
 """HubSpot connector, with the official `hubspot-api-client` (CRM v3 objects API).
 
-Per lead crossing:
-1. Update the contact (found by the `hubspot_id` trait, else by `email` with idProperty=email)
-   with the mapped properties and what the level sets (e.g. lifecyclestage). HubSpot refuses
-   to move a lifecycle stage backwards unless it is cleared first, so a down-crossing that
-   sets one clears it in a first update.
+Per crossing, on the lead's contact (found by the `hubspot_id` trait, else by `email` with
+idProperty=email) or, for an account crossing when the mapping has an `[account]` table, on the
+account's company (found by the mapping's `id_property`, a unique-value company property holding
+the account id):
+1. Update the record with the mapped properties and what the level sets (e.g. lifecyclestage).
+   HubSpot refuses to move a lifecycle stage backwards unless it is cleared first, so a
+   down-crossing that sets one clears it in a first update.
 2. On an up-crossing to a `[deal]` level: create a deal in the configured pipeline and stage,
-   owned by the task owner and associated with the contact.
+   owned by the task owner and associated with the record.
 3. On an up-crossing to a `[task]` level: create a follow-up task for the owner (the mapping's,
-   else the contact's `hubspot_owner_id`), associated with the contact and the new deal.
-Down-crossings only update the contact: deals are sales' to close, not ours to churn.
+   else the record's `hubspot_owner_id`), associated with the record and the new deal.
+Down-crossings only update the record: deals are sales' to close, not ours to churn.
 
 Deals and tasks carry the crossing id in a custom property, so a creation interrupted by a
-crash is found with the search API instead of being made twice. Account crossings are not
-delivered to HubSpot (no contact to update); they are acknowledged.
+crash is found with the search API instead of being made twice. Without an `[account]` table,
+account crossings are acknowledged without a HubSpot action.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, TypeVar
 
 import urllib3
 from hubspot import Client
+from hubspot.crm.companies import ApiException as CompaniesApiException
 from hubspot.crm.contacts import ApiException as ContactsApiException
 from hubspot.crm.deals import ApiException as DealsApiException
 from hubspot.crm.objects.tasks import ApiException as TasksApiException
 
 from sinks.base import Crossing, CrossingSink, Steps
 from sinks.errors import PermanentError, RetryableError, for_status
-from sinks.mapping import Mapping, load_mapping
+from sinks.mapping import Mapping, RecordMapping, load_mapping
 from sinks.ratelimit import limiter_for
 from streams.errors import ConfigError
 from streams.settings import Settings
@@ -38,9 +42,21 @@ R = TypeVar("R")
 
 # HubSpot-defined association type ids (CRM associations v4 reference).
 DEAL_TO_CONTACT = 3
+DEAL_TO_COMPANY = 5  # the deal's primary company
 TASK_TO_CONTACT = 204
+TASK_TO_COMPANY = 192
 TASK_TO_DEAL = 216
-_API_ERRORS = (ContactsApiException, DealsApiException, TasksApiException)
+_API_ERRORS = (ContactsApiException, CompaniesApiException, DealsApiException, TasksApiException)
+
+
+@dataclass(frozen=True)
+class _Target:
+    """The HubSpot object a crossing updates, and how deals and tasks are associated with it."""
+
+    name: str  # "contact" or "company", for errors
+    api: Any  # its basic API
+    deal_association: int
+    task_association: int
 
 
 class HubSpotSink(CrossingSink):
@@ -50,7 +66,8 @@ class HubSpotSink(CrossingSink):
         if not settings.hubspot_access_token:
             raise ConfigError(
                 "LEADSTREAM_HUBSPOT_ACCESS_TOKEN is empty: create a HubSpot private app with the "
-                "crm.objects.contacts.write and crm.objects.deals.write scopes and set its access token"
+                "crm.objects.contacts.write, crm.objects.companies.write and crm.objects.deals.write "
+                "scopes and set its access token"
             )
         self.mapping = mapping or load_mapping(settings.sink_mapping_dir / "hubspot.toml", with_deals=True)
         self.limiter = limiter_for("LEADSTREAM_HUBSPOT_RATE_LIMIT", settings.hubspot_rate_limit, "hubspot")
@@ -62,26 +79,36 @@ class HubSpotSink(CrossingSink):
             connection_pool_maxsize=settings.sink_concurrency,
         )
         # Each attribute access builds a new API client (and connection pool): keep one of each.
-        self.contacts = client.crm.contacts.basic_api
+        self.contacts = _Target("contact", client.crm.contacts.basic_api, DEAL_TO_CONTACT, TASK_TO_CONTACT)
+        self.companies = _Target("company", client.crm.companies.basic_api, DEAL_TO_COMPANY, TASK_TO_COMPANY)
         self.deals = client.crm.deals.basic_api
         self.deal_search = client.crm.deals.search_api
         self.tasks = client.crm.objects.tasks.basic_api
         self.task_search = client.crm.objects.tasks.search_api
 
     def handles(self, item: Crossing) -> bool:
-        return item.kind == "lead"  # contacts, deals and tasks: an account crossing names no contact
+        # An account crossing names no contact: it goes to the account's company, if mapped.
+        return item.kind == "lead" or self.mapping.account is not None
 
     def deliver(self, item: Crossing, steps: Steps) -> None:
-        properties = {name: _text(value) for name, value in self.mapping.record_values(item).items()}
-        contact_id = self._update_contact(item, properties)
+        if item.kind == "account":
+            assert self.mapping.account is not None  # handles() let it through
+            mapping: RecordMapping = self.mapping.account
+            target = self.companies
+            ref, id_property = self._company_ref(item, self.mapping.account.id_property)
+        else:
+            mapping, target = self.mapping, self.contacts
+            ref, id_property = self._contact_ref(item)
+        properties = {name: _text(value) for name, value in mapping.record_values(item).items()}
+        record_id = self._update(target, item, ref, id_property, properties)
         if item.direction != "up":
             return
-        deal, task = self.mapping.deal, self.mapping.task
+        deal, task = mapping.deal, mapping.task
         wants_deal = deal is not None and item.to_level in deal.levels
         wants_task = task is not None and item.to_level in task.levels
         if not (wants_deal or wants_task):
             return
-        owner = (task.owner if task else "") or self._contact_owner(contact_id)
+        owner = (task.owner if task else "") or self._owner(target, record_id)
         deal_id = None
         if deal is not None and wants_deal:
             deal_id = steps.once(
@@ -94,13 +121,13 @@ class HubSpotSink(CrossingSink):
                         "hubspot_owner_id": owner,
                         deal.crossing_id_property: item.id,
                     },
-                    "associations": [_association(contact_id, DEAL_TO_CONTACT)],
+                    "associations": [_association(record_id, target.deal_association)],
                 }),
                 lambda: self._find("deals", self.deal_search.do_search, deal.crossing_id_property, item.id),
             )
         if task is not None and wants_task:
             due = datetime.fromtimestamp(item.time_ms / 1000, timezone.utc) + timedelta(hours=task.due_in_hours)
-            associations = [_association(contact_id, TASK_TO_CONTACT)]
+            associations = [_association(record_id, target.task_association)]
             if deal_id is not None:
                 associations.append(_association(deal_id, TASK_TO_DEAL))
             steps.once(
@@ -120,21 +147,31 @@ class HubSpotSink(CrossingSink):
                 lambda: self._find("tasks", self.task_search.do_search, task.crossing_id_property, item.id),
             )
 
-    def _update_contact(self, crossing: Crossing, properties: dict[str, str]) -> str:
+    @staticmethod
+    def _contact_ref(crossing: Crossing) -> tuple[str, str | None]:
         if hubspot_id := crossing.traits.get("hubspot_id"):
-            ref, id_property = hubspot_id, None
-        elif crossing.email:
-            ref, id_property = crossing.email, "email"
-        else:
-            raise PermanentError(f"lead {crossing.lead_id} has neither a hubspot_id nor an email trait: "
-                                 "no way to find its HubSpot contact")
-        what = f"contact {ref}"
-        if crossing.direction == "down" and properties.get("lifecyclestage"):
-            self._call(what, self.contacts.update, ref, {"properties": {"lifecyclestage": ""}}, id_property=id_property)
-        return _id(what, self._call(what, self.contacts.update, ref, {"properties": properties}, id_property=id_property))
+            return hubspot_id, None
+        if crossing.email:
+            return crossing.email, "email"
+        raise PermanentError(f"lead {crossing.lead_id} has neither a hubspot_id nor an email trait: "
+                             "no way to find its HubSpot contact")
 
-    def _contact_owner(self, contact_id: str) -> str:
-        result = self._call(f"contact {contact_id}", self.contacts.get_by_id, contact_id, properties=["hubspot_owner_id"])
+    @staticmethod
+    def _company_ref(crossing: Crossing, id_property: str) -> tuple[str, str | None]:
+        if not crossing.account_id:
+            raise PermanentError(f"account crossing {crossing.id} names no account_id: no way to find its HubSpot company")
+        # hs_object_id: the account ids are HubSpot's own company ids, the path's default.
+        return str(crossing.account_id), None if id_property == "hs_object_id" else id_property
+
+    def _update(self, target: _Target, crossing: Crossing, ref: str, id_property: str | None, properties: dict[str, str]) -> str:
+        what = f"{target.name} {ref}" if id_property is None else f"{target.name} {id_property}={ref}"
+        if crossing.direction == "down" and properties.get("lifecyclestage"):
+            # HubSpot refuses to move a lifecycle stage backwards unless it is cleared first.
+            self._call(what, target.api.update, ref, {"properties": {"lifecyclestage": ""}}, id_property=id_property)
+        return _id(what, self._call(what, target.api.update, ref, {"properties": properties}, id_property=id_property))
+
+    def _owner(self, target: _Target, record_id: str) -> str:
+        result = self._call(f"{target.name} {record_id}", target.api.get_by_id, record_id, properties=["hubspot_owner_id"])
         return str((result.properties or {}).get("hubspot_owner_id") or "")
 
     def _create(self, what: str, create: Callable[..., Any], body: dict[str, Any]) -> str:

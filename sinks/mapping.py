@@ -29,6 +29,37 @@ _SAMPLE = Crossing(
 
 
 @dataclass(frozen=True)
+class _Kind:
+    """What a mapping of one kind of record may use, and its default texts."""
+
+    #: "a crossing field", for errors
+    field_label: str
+    fields: tuple[str, ...]
+    template_names: tuple[str, ...]
+    deal_name: str
+    task_subject: str
+    task_body: str
+
+
+_LEAD = _Kind(
+    "a crossing field", SOURCE_FIELDS, tuple(_SAMPLE.template_fields()),
+    deal_name="{email} reached {level}",
+    task_subject="Follow up: {email} reached {level}",
+    task_body="Score {score} (grade {grade}, {temperature}). Why: {reasons}",
+)
+# An account has no e-mail, grade, engagement or cell of its own; its `reasons` are its members
+# with the most points, and `lead_id` the member whose score moved it.
+_ACCOUNT = _Kind(
+    "a field of account crossings",
+    tuple(name for name in SOURCE_FIELDS if name not in ("grade", "engagement", "cell")),
+    tuple(name for name in _SAMPLE.template_fields() if name not in ("email", "grade", "engagement", "cell")),
+    deal_name="{account_id} reached {level}",
+    task_subject="Account {account_id} is now {level}",
+    task_body="Account score {score} ({temperature}). Members: {reasons}",
+)
+
+
+@dataclass(frozen=True)
 class DealMapping:
     levels: frozenset[str]
     pipeline: str
@@ -49,8 +80,10 @@ class TaskMapping:
 
 
 @dataclass(frozen=True)
-class Mapping:
-    path: Path
+class RecordMapping:
+    """What a connector writes on one kind of CRM record when a crossing reaches it: the lead's
+    (a HubSpot contact, a Salesforce Lead) or the account's (a company, an Account)."""
+
     fields: dict[str, str]
     values: dict[str, dict[str, str]]
     levels: dict[str, dict[str, str]]
@@ -66,6 +99,23 @@ class Mapping:
             out[target] = self.values.get(name, {}).get(str(value), value)
         out.update(self.levels.get(crossing.to_level, {}))
         return out
+
+
+@dataclass(frozen=True)
+class AccountMapping(RecordMapping):
+    #: The CRM field holding leadstream's account id: a unique-value company property (HubSpot)
+    #: or an Account field (Salesforce); HubSpot's `hs_object_id` or Salesforce's `Id` when
+    #: account ids are the CRM's own record ids.
+    id_property: str
+
+
+@dataclass(frozen=True)
+class Mapping(RecordMapping):
+    """A connector's mapping: its own fields for lead crossings, `account` for account crossings
+    (None: the connector leaves account crossings alone)."""
+
+    path: Path
+    account: AccountMapping | None
 
 
 class _Table:
@@ -95,13 +145,12 @@ class _Table:
             raise self.error(key, f"must be a string, not {value!r}")
         return value
 
-    def template(self, key: str, default: str | None = None) -> str:
+    def template(self, key: str, default: str, allowed: tuple[str, ...]) -> str:
         text = self.text(key, default)
         try:
             names = {name for _, name, _, _ in string.Formatter().parse(text) if name is not None}
         except ValueError as exc:
             raise self.error(key, f"is not a valid template ({exc})") from None
-        allowed = _SAMPLE.template_fields()
         unknown = sorted(names - set(allowed))
         if unknown:
             raise self.error(key, f"uses {{{unknown[0]}}}; templates may use {', '.join('{%s}' % n for n in allowed)}")
@@ -120,15 +169,18 @@ class _Table:
         return frozenset(value)
 
     def strings(self, key: str) -> dict[str, str]:
-        table = _Table(self.path, f"{self.where}.{key}" if self.where else key, self.data.get(key, {}))
+        table = self.table(key)
         for name, value in table.data.items():
             if not isinstance(value, str):
                 raise table.error(name, f"must be a string, not {value!r}")
         return dict(table.data)
 
     def tables_of_strings(self, key: str) -> dict[str, dict[str, str]]:
-        table = _Table(self.path, key, self.data.get(key, {}))
+        table = self.table(key)
         return {name: table.strings(name) for name in table.data}
+
+    def table(self, key: str) -> _Table:
+        return _Table(self.path, f"{self.where}.{key}" if self.where else key, self.data.get(key, {}))
 
 
 def load_mapping(path: Path, *, with_deals: bool) -> Mapping:
@@ -141,45 +193,56 @@ def load_mapping(path: Path, *, with_deals: bool) -> Mapping:
     except tomllib.TOMLDecodeError as exc:
         raise MappingError(f"{path}: not valid TOML ({exc})") from None
     top = _Table(path, "", raw)
-    top.only("fields", "values", "levels", "task", *(("deal",) if with_deals else ()))
-    fields = top.strings("fields")
+    deal = ("deal",) if with_deals else ()
+    top.only("fields", "values", "levels", "task", "account", *deal)
+    lead = _record_parts(top, _LEAD)
+    account = None
+    if "account" in raw:
+        table = top.table("account")
+        table.only("id_property", "fields", "values", "levels", "task", *deal)
+        account = AccountMapping(id_property=table.text("id_property"), **_record_parts(table, _ACCOUNT))
+    return Mapping(path=path, account=account, **lead)
+
+
+def _record_parts(table: _Table, kind: _Kind) -> dict[str, Any]:
+    """The `RecordMapping` fields of one kind of record from `table` (whose keys the caller checked)."""
+    fields = table.strings("fields")
     if not fields:
-        raise top.error("fields", "is required: map at least one crossing field to a CRM field")
+        raise table.error("fields", "is required: map at least one crossing field to a CRM field")
     for name in fields:
-        if name not in SOURCE_FIELDS:
-            raise _Table(path, "fields", fields).error(name, f"is not a crossing field (one of {', '.join(SOURCE_FIELDS)})")
-    values = top.tables_of_strings("values")
+        if name not in kind.fields:
+            raise table.table("fields").error(name, f"is not {kind.field_label} (one of {', '.join(kind.fields)})")
+    values = table.tables_of_strings("values")
     for name in values:
         if name not in fields:
-            raise _Table(path, "values", values).error(name, "translates a field that [fields] does not map")
-    return Mapping(
-        path=path,
-        fields=fields,
-        values=values,
-        levels=top.tables_of_strings("levels"),
-        deal=_deal(_Table(path, "deal", raw["deal"])) if "deal" in raw else None,
-        task=_task(_Table(path, "task", raw["task"])) if "task" in raw else None,
-    )
+            raise table.table("values").error(name, f"translates a field that [{table.table('fields').where}] does not map")
+    return {
+        "fields": fields,
+        "values": values,
+        "levels": table.tables_of_strings("levels"),
+        "deal": _deal(table.table("deal"), kind) if "deal" in table.data else None,
+        "task": _task(table.table("task"), kind) if "task" in table.data else None,
+    }
 
 
-def _deal(table: _Table) -> DealMapping:
+def _deal(table: _Table, kind: _Kind) -> DealMapping:
     table.only("levels", "pipeline", "stage", "name", "crossing_id_property")
     return DealMapping(
         levels=table.levels(),
         pipeline=table.text("pipeline", "default"),
         stage=table.text("stage"),
-        name=table.template("name", "{email} reached {level}"),
+        name=table.template("name", kind.deal_name, kind.template_names),
         crossing_id_property=table.text("crossing_id_property"),
     )
 
 
-def _task(table: _Table) -> TaskMapping:
+def _task(table: _Table, kind: _Kind) -> TaskMapping:
     table.only("levels", "owner", "subject", "body", "due_in_hours", "priority", "crossing_id_property")
     return TaskMapping(
         levels=table.levels(),
         owner=table.text("owner", ""),
-        subject=table.template("subject", "Follow up: {email} reached {level}"),
-        body=table.template("body", "Score {score} (grade {grade}, {temperature}). Why: {reasons}"),
+        subject=table.template("subject", kind.task_subject, kind.template_names),
+        body=table.template("body", kind.task_body, kind.template_names),
         due_in_hours=table.positive_int("due_in_hours", 24),
         priority=table.text("priority"),
         crossing_id_property=table.text("crossing_id_property"),

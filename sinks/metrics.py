@@ -10,7 +10,7 @@ from prometheus_client import Counter, Gauge, Histogram
 DELIVERIES = Counter(
     "leadstream_sink_deliveries",
     "Messages a connector finished, by outcome: delivered, skipped (already delivered), ignored (nothing for "
-    "this connector, such as an account crossing for a CRM connector of leads), dead_lettered; "
+    "this connector, such as an account crossing for a CRM connector with no account mapping), dead_lettered; "
     "retried counts each failed attempt that was retried.",
     ["connector", "outcome"],
 )

@@ -2,12 +2,16 @@
 
 Per lead crossing: update the Lead (found by the `salesforce_id` trait, else the newest
 unconverted Lead with the `email` trait) with the mapped fields and what the level sets (e.g.
-Status); on an up-crossing to a `[task]` level, also create a Task on the Lead for its owner
-(or the mapping's). Down-crossings only update the Lead.
+Status); on an up-crossing to a `[task]` level, also create a Task on the Lead (WhoId) for its
+owner (or the mapping's). Down-crossings only update the Lead.
+
+Per account crossing, when the mapping has an `[account]` table: the same on the Account whose
+`id_property` field holds the account id (`Id`: the account ids are Salesforce Account ids),
+with the Task related to it (WhatId). Without the table they are acknowledged without a
+Salesforce action.
 
 The Task carries the crossing id in a custom field, so a creation interrupted by a crash is
-found with a SOQL query instead of being made twice. Account crossings are acknowledged
-without a Salesforce action (no Lead to update).
+found with a SOQL query instead of being made twice.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from simple_salesforce.exceptions import SalesforceError
 from sinks.base import Crossing, CrossingSink, Steps
 from sinks.errors import PermanentError, RetryableError, for_status
 from sinks.http import TimeoutSession, transport_error
-from sinks.mapping import Mapping, load_mapping
+from sinks.mapping import Mapping, RecordMapping, load_mapping
 from sinks.ratelimit import limiter_for
 from streams.errors import ConfigError
 from streams.settings import Settings
@@ -43,7 +47,7 @@ class SalesforceSink(CrossingSink):
         self.session = TimeoutSession(settings.sink_timeout_s, settings.sink_concurrency)
         sf = self._connect(settings)
         # SFType handles built once (each attribute access builds a new one).
-        self.leads, self.tasks = cast(SFType, sf.Lead), cast(SFType, sf.Task)
+        self.leads, self.accounts, self.tasks = cast(SFType, sf.Lead), cast(SFType, sf.Account), cast(SFType, sf.Task)
         self.sf = sf
 
     def _connect(self, settings: Settings) -> Salesforce:
@@ -66,22 +70,31 @@ class SalesforceSink(CrossingSink):
         )
 
     def handles(self, item: Crossing) -> bool:
-        return item.kind == "lead"  # Leads and Tasks: an account crossing names no Lead
+        # An account crossing names no Lead: it goes to the account's Account, if mapped.
+        return item.kind == "lead" or self.mapping.account is not None
 
     def deliver(self, item: Crossing, steps: Steps) -> None:
-        lead_id = item.traits.get("salesforce_id") or self._find_lead(item)
-        values = self.mapping.record_values(item)
-        self._call(f"Lead {lead_id}", lambda: self.leads.update(lead_id, values))
-        task = self.mapping.task
+        if item.kind == "account":
+            assert self.mapping.account is not None  # handles() let it through
+            mapping: RecordMapping = self.mapping.account
+            sobject, relation = self.accounts, "WhatId"  # a Task is about an Account, and with a Lead
+            record_id = self._find_account(item, self.mapping.account.id_property)
+        else:
+            mapping, sobject, relation = self.mapping, self.leads, "WhoId"
+            record_id = item.traits.get("salesforce_id") or self._find_lead(item)
+        what = f"{sobject.name} {record_id}"
+        values = mapping.record_values(item)
+        self._call(what, lambda: sobject.update(record_id, values))
+        task = mapping.task
         if item.direction != "up" or task is None or item.to_level not in task.levels:
             return
         due = datetime.fromtimestamp(item.time_ms / 1000, timezone.utc) + timedelta(hours=task.due_in_hours)
         fields = item.template_fields()
 
         def create() -> str:
-            owner = task.owner or self._call(f"Lead {lead_id}", lambda: str(self.leads.get(lead_id)["OwnerId"]))
+            owner = task.owner or self._call(what, lambda: str(sobject.get(record_id)["OwnerId"]))
             body = {
-                "WhoId": lead_id,
+                relation: record_id,
                 "OwnerId": owner,
                 "Subject": task.subject.format(**fields),
                 "Description": task.body.format(**fields),
@@ -97,6 +110,18 @@ class SalesforceSink(CrossingSink):
             return self._call("find Task", lambda: _first_id(self.sf.query(soql)))
 
         steps.once("task", create, find)
+
+    def _find_account(self, crossing: Crossing, id_property: str) -> str:
+        if not crossing.account_id:
+            raise PermanentError(f"account crossing {crossing.id} names no account_id: no way to find its Salesforce Account")
+        if id_property == "Id":
+            return str(crossing.account_id)
+        soql = format_soql("SELECT Id FROM Account WHERE {:literal} = {} LIMIT 1", id_property, crossing.account_id)
+        account_id = self._call("find Account", lambda: _first_id(self.sf.query(soql)))
+        if account_id is None:
+            raise PermanentError(f"no Salesforce Account has {id_property} = {crossing.account_id!r} "
+                                 f"(account crossing {crossing.id}): set it on the Account")
+        return account_id
 
     def _find_lead(self, crossing: Crossing) -> str:
         if not crossing.email:

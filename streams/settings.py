@@ -150,7 +150,7 @@ class Settings:
         "How long a sink remembers a delivered crossing id (must exceed any redelivery or replay delay).",
     )
     hubspot_access_token: str = _setting(
-        "LEADSTREAM_HUBSPOT_ACCESS_TOKEN", "", "HubSpot private-app access token (scopes: crm.objects.contacts/deals.write)."
+        "LEADSTREAM_HUBSPOT_ACCESS_TOKEN", "", "HubSpot private-app access token (scopes: crm.objects.contacts/companies/deals.write)."
     )
     hubspot_base_url: str = _setting("LEADSTREAM_HUBSPOT_BASE_URL", "https://api.hubapi.com", "HubSpot API base URL.")
     hubspot_rate_limit: str = _setting(

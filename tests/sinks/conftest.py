@@ -104,12 +104,21 @@ def crossing(n: int, to_level: str = "sql", direction: str = "up", *, email: str
     return record
 
 
+def account_crossing(**extra: Any) -> dict[str, Any]:
+    """An account crossing as the worker writes it (scoring.accounts.roll_up)."""
+    return {**crossing(7, "buying", kind="account", id="acme/b2b/up/buying/1", from_level="engaged", score=124.0,
+                       normalized=62, grade=None, engagement=None, cell=None, temperature="hot", traits={},
+                       reasons=[{"rule": "member", "lead_id": "lead-7", "points": 61},
+                                {"rule": "member", "lead_id": "lead-2", "points": 40}]), **extra}
+
+
 def produce(settings: Settings, records: list[dict[str, Any]], topic: str | None = None) -> None:
     from kafka import KafkaProducer
 
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=5)
     for record in records:
-        producer.send(topic or settings.topic_crossings, key=record["lead_id"].encode(), value=orjson.dumps(record))
+        key = record["account_id"] if record.get("kind") == "account" else record["lead_id"]  # as the worker keys them
+        producer.send(topic or settings.topic_crossings, key=key.encode(), value=orjson.dumps(record))
     producer.flush()
     producer.close()
 

@@ -1,12 +1,13 @@
 """A local stand-in for the HubSpot CRM v3 objects API, as far as the HubSpot sink uses it.
 
 Endpoints (paths, status codes and bodies as HubSpot documents them):
-- GET   /crm/v3/objects/contacts/{id}[?idProperty=email&properties=...]  200 | 404
-- PATCH /crm/v3/objects/contacts/{id}[?idProperty=email]  {"properties"}  200 | 400 | 404
+- GET   /crm/v3/objects/{contacts,companies}/{id}[?idProperty=...&properties=...]  200 | 400 | 404
+- PATCH /crm/v3/objects/{contacts,companies}/{id}[?idProperty=...]  {"properties"}  200 | 400 | 404
 - POST  /crm/v3/objects/{deals,tasks}  {"properties", "associations"}    201 | 400
 - POST  /crm/v3/objects/{deals,tasks}/search  {"filterGroups", ...}      200
 Every call needs `Authorization: Bearer <token>` (401 otherwise). Properties must exist
-(`PROPERTY_DOESNT_EXIST` otherwise); a lifecycle stage does not move backwards unless cleared.
+(`PROPERTY_DOESNT_EXIST` otherwise); a lifecycle stage does not move backwards unless cleared;
+an idProperty must be a unique-value property (400 otherwise).
 """
 
 from __future__ import annotations
@@ -21,28 +22,39 @@ from tests.sinks.fake_http import FakeServer, Request, Response
 
 TOKEN = "pat-test-token"
 LIFECYCLE = ["subscriber", "lead", "marketingqualifiedlead", "salesqualifiedlead", "opportunity", "customer", "evangelist"]
-ASSOCIATION_TYPES = {"deals": {3}, "tasks": {204, 216}}
-_OBJECT = re.compile(r"^/crm/v3/objects/(contacts|deals|tasks)(?:/([^/]+))?$")
+ASSOCIATION_TYPES = {"deals": {3, 5}, "tasks": {192, 204, 216}}
+_OBJECT = re.compile(r"^/crm/v3/objects/(contacts|companies|deals|tasks)(?:/([^/]+))?$")
 _SEARCH = re.compile(r"^/crm/v3/objects/(deals|tasks)/search$")
 
 
 class FakeHubSpot(FakeServer):
     def __init__(self) -> None:
         super().__init__()
-        self.objects: dict[str, dict[str, dict[str, Any]]] = {"contacts": {}, "deals": {}, "tasks": {}}
+        self.objects: dict[str, dict[str, dict[str, Any]]] = {"contacts": {}, "companies": {}, "deals": {}, "tasks": {}}
         self.properties: dict[str, set[str]] = {
             "contacts": {"email", "firstname", "lifecyclestage", "hubspot_owner_id", "leadstream_score",
                          "leadstream_grade", "leadstream_temperature", "leadstream_level", "leadstream_reasons"},
+            "companies": {"name", "domain", "lifecyclestage", "hubspot_owner_id", "leadstream_account_id",
+                          "leadstream_account_score", "leadstream_account_level", "leadstream_account_temperature",
+                          "leadstream_account_members"},
             "deals": {"dealname", "pipeline", "dealstage", "hubspot_owner_id", "amount", "leadstream_crossing_id"},
             "tasks": {"hs_timestamp", "hs_task_subject", "hs_task_body", "hs_task_status", "hs_task_priority",
                       "hubspot_owner_id", "leadstream_crossing_id"},
         }
+        #: Properties whose values are unique: the only ones an idProperty may name.
+        self.unique = {"contacts": {"email"}, "companies": {"leadstream_account_id"}}
         self._ids = itertools.count(1001)
 
     def add_contact(self, email: str, owner_id: str = "77") -> str:
         contact_id = str(next(self._ids))
         self.objects["contacts"][contact_id] = self._record(contact_id, {"email": email, "hubspot_owner_id": owner_id})
         return contact_id
+
+    def add_company(self, account_id: str, owner_id: str = "88") -> str:
+        company_id = str(next(self._ids))
+        self.objects["companies"][company_id] = self._record(
+            company_id, {"name": account_id.title(), "leadstream_account_id": account_id, "hubspot_owner_id": owner_id})
+        return company_id
 
     def error(self, status: int, **detail: Any) -> Response:
         category = {400: "VALIDATION_ERROR", 401: "INVALID_AUTHENTICATION", 404: "OBJECT_NOT_FOUND",
@@ -62,7 +74,10 @@ class FakeHubSpot(FakeServer):
         kind, ref = m[1], m[2]
         if request.method == "POST" and ref is None:
             return self._create(kind, request.json())
-        record = self._find(kind, ref or "", request.query.get("idProperty", [""])[0])
+        id_property = request.query.get("idProperty", [""])[0]
+        if id_property and id_property not in self.unique.get(kind, ()):
+            return self.error(400, message=f"{id_property} is not a unique property of {kind}: it cannot be an idProperty")
+        record = self._find(kind, ref or "", id_property)
         if record is None:
             return self.error(404, message="Object not found.  objectId are usually numeric.")
         if request.method == "GET":

@@ -2,8 +2,8 @@
 
 Endpoints (paths, status codes and error bodies as Salesforce documents them):
 - GET   /services/data/vXX.X/query/?q=SOQL          200 {"totalSize","done","records"} | 400 MALFORMED_QUERY
-- GET   /services/data/vXX.X/sobjects/Lead/{id}     200 | 404 NOT_FOUND
-- PATCH /services/data/vXX.X/sobjects/Lead/{id}     204 | 400 INVALID_FIELD | 404 NOT_FOUND
+- GET   /services/data/vXX.X/sobjects/{Lead,Account}/{id}     200 | 404 NOT_FOUND
+- PATCH /services/data/vXX.X/sobjects/{Lead,Account}/{id}     204 | 400 INVALID_FIELD | 404 NOT_FOUND
 - POST  /services/data/vXX.X/sobjects/Task/         201 {"id","success","errors"} | 400 INVALID_FIELD
 Errors are JSON lists of {"message", "errorCode"}; every call needs `Authorization: Bearer
 <session id>` (401 INVALID_SESSION_ID otherwise). The SOQL understood is the sink's: one
@@ -20,10 +20,10 @@ from typing import Any
 from tests.sinks.fake_http import FakeServer, Request, Response
 
 SESSION_ID = "00Dxx0000000001!test-session"
-_SOBJECT = re.compile(r"^/services/data/v[\d.]+/sobjects/(Lead|Task)/([^/]*)$")
+_SOBJECT = re.compile(r"^/services/data/v[\d.]+/sobjects/(Lead|Account|Task)/([^/]*)$")
 _QUERY = re.compile(r"^/services/data/v[\d.]+/query/?$")
 _SOQL = re.compile(
-    r"^SELECT\s+([\w, ]+)\s+FROM\s+(Lead|Task)\s+WHERE\s+(\w+)\s*=\s*'((?:[^'\\]|\\.)*)'"
+    r"^SELECT\s+([\w, ]+)\s+FROM\s+(Lead|Account|Task)\s+WHERE\s+(\w+)\s*=\s*'((?:[^'\\]|\\.)*)'"
     r"(\s+AND\s+IsConverted\s*=\s*false)?(?:\s+ORDER\s+BY\s+\w+(?:\s+(?:ASC|DESC))?)?(?:\s+LIMIT\s+(\d+))?$",
     re.IGNORECASE,
 )
@@ -32,11 +32,13 @@ _SOQL = re.compile(
 class FakeSalesforce(FakeServer):
     def __init__(self, tls: ssl.SSLContext) -> None:
         super().__init__(tls)
-        self.records: dict[str, dict[str, dict[str, Any]]] = {"Lead": {}, "Task": {}}
+        self.records: dict[str, dict[str, dict[str, Any]]] = {"Lead": {}, "Account": {}, "Task": {}}
         self.fields: dict[str, set[str]] = {
             "Lead": {"Id", "Email", "LastName", "Company", "Status", "Rating", "OwnerId", "IsConverted", "CreatedDate",
                      "Leadstream_Score__c", "Leadstream_Grade__c", "Leadstream_Reasons__c"},
-            "Task": {"Id", "WhoId", "OwnerId", "Subject", "Description", "ActivityDate", "Status", "Priority",
+            "Account": {"Id", "Name", "OwnerId", "Rating", "Leadstream_Account_Id__c", "Leadstream_Account_Score__c",
+                        "Leadstream_Account_Level__c", "Leadstream_Account_Members__c"},
+            "Task": {"Id", "WhoId", "WhatId", "OwnerId", "Subject", "Description", "ActivityDate", "Status", "Priority",
                      "Leadstream_Crossing_Id__c"},
         }
         self._ids = itertools.count(1)
@@ -47,6 +49,12 @@ class FakeSalesforce(FakeServer):
                                          "Status": "Open - Not Contacted", "OwnerId": owner_id, "IsConverted": False,
                                          "CreatedDate": f"2025-01-01T00:00:{len(self.records['Lead']):02d}.000+0000"}
         return lead_id
+
+    def add_account(self, account_id: str, owner_id: str = "005000000000002AAA") -> str:
+        record_id = self._new_id("001")
+        self.records["Account"][record_id] = {"Id": record_id, "Name": account_id.title(), "OwnerId": owner_id,
+                                              "Leadstream_Account_Id__c": account_id}
+        return record_id
 
     def _new_id(self, prefix: str) -> str:
         return f"{prefix}{next(self._ids):012d}AAA"
@@ -89,7 +97,7 @@ class FakeSalesforce(FakeServer):
     def _create(self, sobject: str, fields: dict[str, Any]) -> Response:
         if (invalid := self._invalid(sobject, fields)) is not None:
             return invalid
-        if sobject == "Task" and fields.get("WhoId") not in self.records["Lead"]:
+        if sobject == "Task" and not (fields.get("WhoId") in self.records["Lead"] or fields.get("WhatId") in self.records["Account"]):
             return self.error(400, code="INVALID_CROSS_REFERENCE_KEY", message="invalid cross reference id")
         record_id = self._new_id("00T" if sobject == "Task" else "00Q")
         self.records[sobject][record_id] = {"Id": record_id, **fields}

@@ -4,17 +4,19 @@ letters with their reason, and replay."""
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any
 
 import orjson
 from kafka import KafkaAdminClient, KafkaProducer
 
 from sinks.hubspot import HubSpotSink
+from sinks.mapping import load_mapping
 from sinks.salesforce import SalesforceSink
 from sinks.runner import group_id
 from streams.settings import Settings
 from tests.infra import leadstream, read_topic
-from tests.sinks.conftest import crossing, drain, produce, wait_for
+from tests.sinks.conftest import account_crossing, crossing, drain, produce, wait_for
 from tests.sinks.fake_hubspot import FakeHubSpot
 from tests.sinks.fake_salesforce import FakeSalesforce
 
@@ -107,24 +109,26 @@ def test_redelivery_of_delivered_crossings_is_skipped(sink_settings: Settings, h
     assert len(hubspot.objects["deals"]) == 5
 
 
-def account_crossing() -> dict[str, Any]:
-    return crossing(0, "engaged", kind="account", id="acme/b2b/up/engaged/1", from_level="unaware", traits={})
-
-
-def test_crm_connectors_ignore_account_crossings_and_count_them(
+def test_crm_connectors_without_an_account_mapping_ignore_account_crossings_and_count_them(
     sink_settings: Settings, hubspot: FakeHubSpot, salesforce: FakeSalesforce, tls_ca: Any
 ) -> None:
     settings = sink_settings.with_overrides(hubspot_base_url=hubspot.url, salesforce_instance_url=salesforce.url)
     hubspot.add_contact("lead-1@acme.io")
+    hubspot.add_company("acme")
     salesforce.add_lead("lead-1@acme.io")
+    salesforce.add_account("acme")
     produce(settings, [account_crossing(), crossing(1, "sql")])
+    mappings = settings.sink_mapping_dir
 
-    stats = drain(HubSpotSink(settings), settings)
+    without = replace(load_mapping(mappings / "hubspot.toml", with_deals=True), account=None)
+    stats = drain(HubSpotSink(settings, without), settings)
     assert (stats.delivered, stats.ignored, stats.dead_lettered) == (1, 1, 0)
     assert len(hubspot.objects["deals"]) == 1  # the lead's; nothing was asked about the account
-    assert not [r for r in hubspot.requests if "acme/b2b" in str(r)]
-    stats = drain(SalesforceSink(settings), settings)
+    assert not [r for r in hubspot.requests if "/companies/" in r.path]
+    without = replace(load_mapping(mappings / "salesforce.toml", with_deals=False), account=None)
+    stats = drain(SalesforceSink(settings, without), settings)
     assert (stats.delivered, stats.ignored, stats.dead_lettered) == (1, 1, 0)
+    assert not [r for r in salesforce.requests if "Account" in r.path or "Account" in str(r.query)]
 
 
 def test_permanent_errors_are_dead_lettered_with_the_reason_and_replay_redrives_them(
@@ -146,7 +150,7 @@ def test_permanent_errors_are_dead_lettered_with_the_reason_and_replay_redrives_
     assert letters[b"lead-x"]["reason"] == "malformed" and "not JSON" in letters[b"lead-x"]["detail"]
     missing = letters[b"lead-2"]
     assert missing["reason"] == "permanent"
-    assert "contact lead-2@acme.io: not found (404)" in missing["detail"]
+    assert "contact email=lead-2@acme.io: not found (404)" in missing["detail"]
     assert missing["source"]["topic"] == settings.topic_crossings and orjson.loads(missing["original"])["lead_id"] == "lead-2"
 
     hubspot.add_contact("lead-2@acme.io")  # the cause is fixed

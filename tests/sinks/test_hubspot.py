@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from sinks.hubspot import DEAL_TO_CONTACT, TASK_TO_CONTACT, TASK_TO_DEAL, HubSpotSink
+from pathlib import Path
+
+from sinks.hubspot import DEAL_TO_COMPANY, DEAL_TO_CONTACT, TASK_TO_COMPANY, TASK_TO_CONTACT, TASK_TO_DEAL, HubSpotSink
+from sinks.mapping import load_mapping
 from streams.settings import Settings
 from tests.infra import read_topic
-from tests.sinks.conftest import crossing, drain, produce
+from tests.sinks.conftest import account_crossing, crossing, drain, produce
 from tests.sinks.fake_hubspot import FakeHubSpot
 
 
@@ -110,3 +113,61 @@ def test_rate_limit_holds_under_a_burst_of_1000_crossings(sink_settings: Setting
     busiest = max(sum(1 for t in times[i:i + 201] if t - start < 1.0) for i, start in enumerate(times))
     assert busiest <= 200, f"{busiest} requests in one second against a quota of 200/1s"
     assert times[-1] - times[0] >= (1000 - 200) / 200, "finished faster than the quota allows"
+
+
+def test_account_crossings_update_the_company_and_buying_creates_a_deal_and_task_on_it(
+    sink_settings: Settings, hubspot: FakeHubSpot
+) -> None:
+    settings = hubspot_settings(sink_settings, hubspot)
+    company = hubspot.add_company("acme", owner_id="5151")
+    produce(settings, [
+        account_crossing(to_level="engaged", from_level="unaware", id="acme/b2b/up/engaged/1", temperature="warm"),
+        account_crossing(),
+        account_crossing(to_level="engaged", from_level="buying", direction="down", id="acme/b2b/down/engaged/3"),
+    ])
+
+    stats = drain(HubSpotSink(settings), settings)
+
+    assert (stats.delivered, stats.ignored, stats.dead_lettered) == (3, 0, 0)
+    props = hubspot.objects["companies"][company]["properties"]
+    assert (props["leadstream_account_level"], props["leadstream_account_score"]) == ("engaged", "62")
+    assert props["leadstream_account_members"] == "lead-7 +61, lead-2 +40"
+    # Only the up-crossing to buying makes a deal and a task, both on the company, for its owner.
+    [deal] = hubspot.objects["deals"].values()
+    assert deal["properties"]["dealname"] == "acme: account is buying (b2b model)"
+    assert deal["properties"]["hubspot_owner_id"] == "5151"
+    assert [(a["to"]["id"], a["types"][0]["associationTypeId"]) for a in deal["associations"]] == [(company, DEAL_TO_COMPANY)]
+    [task] = hubspot.objects["tasks"].values()
+    assert task["properties"]["hs_task_subject"] == "Account acme is now buying"
+    assert "lead-7 +61" in task["properties"]["hs_task_body"] and task["properties"]["hubspot_owner_id"] == "5151"
+    assert {(a["to"]["id"], a["types"][0]["associationTypeId"]) for a in task["associations"]} == {
+        (company, TASK_TO_COMPANY), (deal["id"], TASK_TO_DEAL)}
+    assert hubspot.requests_to("PATCH", "/companies/acme$")[0].query["idProperty"] == ["leadstream_account_id"]
+    assert hubspot.objects["contacts"] == {}
+
+
+def test_an_account_without_a_company_is_dead_lettered_with_the_reason(sink_settings: Settings, hubspot: FakeHubSpot) -> None:
+    settings = hubspot_settings(sink_settings, hubspot)
+    produce(settings, [account_crossing(account_id="globex", id="globex/b2b/up/buying/1")])
+
+    stats = drain(HubSpotSink(settings), settings)
+
+    assert (stats.delivered, stats.dead_lettered) == (0, 1)
+    [(_, letter)] = read_topic(settings, f"{settings.topic_crossings}-dlq-hubspot", expect=1, idle_s=0.5)
+    assert "company leadstream_account_id=globex: not found (404)" in letter["detail"]
+    assert hubspot.objects["deals"] == {} and hubspot.objects["tasks"] == {}
+
+
+def test_account_ids_may_be_hubspot_company_ids(sink_settings: Settings, hubspot: FakeHubSpot, tmp_path: Path) -> None:
+    settings = hubspot_settings(sink_settings, hubspot)
+    company = hubspot.add_company("initech")
+    mapping = tmp_path / "hubspot.toml"
+    mapping.write_text('[fields]\nscore = "leadstream_score"\n[account]\nid_property = "hs_object_id"\n'
+                       '[account.fields]\nlevel = "leadstream_account_level"\n')
+    produce(settings, [account_crossing(account_id=company, id=f"{company}/b2b/up/buying/1")])
+
+    stats = drain(HubSpotSink(settings, load_mapping(mapping, with_deals=True)), settings)
+
+    assert stats.delivered == 1
+    assert hubspot.objects["companies"][company]["properties"]["leadstream_account_level"] == "buying"
+    assert "idProperty" not in hubspot.requests_to("PATCH", f"/companies/{company}$")[0].query

@@ -14,7 +14,7 @@ from sinks.ratelimit import Quota, TokenBucket
 from sinks.runner import RetryPolicy
 from streams.errors import ConfigError
 from streams.settings import PROJECT_ROOT
-from tests.sinks.conftest import crossing
+from tests.sinks.conftest import account_crossing, crossing
 
 
 @pytest.mark.parametrize(
@@ -117,6 +117,13 @@ def test_the_shipped_mappings_are_valid() -> None:
     values = salesforce.record_values(Crossing.from_json(orjson.dumps(crossing(1, "mql", temperature="hot"))))
     assert values == {"Leadstream_Score__c": 61, "Leadstream_Grade__c": "A", "Rating": "Hot",
                       "Leadstream_Reasons__c": "pricing_page +30, webinar +10", "Status": "Working - Contacted"}
+    assert hubspot.account is not None and salesforce.account is not None
+    assert hubspot.account.deal is not None and hubspot.account.task is not None and salesforce.account.deal is None
+    account = Crossing.from_json(orjson.dumps(account_crossing()))
+    assert salesforce.account.record_values(account) == {
+        "Leadstream_Account_Score__c": 62, "Leadstream_Account_Level__c": "buying", "Rating": "Hot",
+        "Leadstream_Account_Members__c": "lead-7 +61, lead-2 +40"}
+    assert hubspot.account.task.subject.format(**account.template_fields()) == "Account acme is now buying"
 
 
 @pytest.mark.parametrize(
@@ -139,6 +146,19 @@ def test_the_shipped_mappings_are_valid() -> None:
         ('[fields]\nscore = "x"\n[task]\nlevels = ["mql"]\npriority = "HIGH"', False,
          "[task].crossing_id_property: is required"),
         ("[fields\n", False, "not valid TOML"),
+        ('[fields]\nscore = "x"\n[account]\n[account.fields]\nscore = "y"', False, "[account].id_property: is required"),
+        ('[fields]\nscore = "x"\n[account]\nid_property = "Id"', False, "[account].fields: is required"),
+        ('[fields]\nscore = "x"\n[account]\nid_property = "Id"\n[account.fields]\ngrade = "y"', False,
+         "[account.fields].grade: is not a field of account crossings"),
+        ('[fields]\nscore = "x"\n[account]\nid_property = "Id"\n[account.fields]\nscore = "y"\n[account.values.level]\n'
+         'buying = "B"', False, "[account.values].level: translates a field that [account.fields] does not map"),
+        ('[fields]\nscore = "x"\n[account]\nid_property = "Id"\nfields = {score = "y"}\n[account.deal]\nlevels = ["b"]',
+         False, "[account].deal: unknown key"),
+        ('[fields]\nscore = "x"\n[account]\nid_property = "Id"\nfields = {score = "y"}\n[account.task]\nlevels = ["b"]\n'
+         'priority = "High"\ncrossing_id_property = "c"\nsubject = "{email} is hot"', False,
+         "[account.task].subject: uses {email}"),
+        ('[fields]\nscore = "x"\n[account]\nid_property = "Id"\nfields = {score = "y"}\n[account.levels.buying]\nStatus = 1',
+         False, "[account.levels.buying].Status: must be a string"),
     ],
 )
 def test_mapping_errors_name_the_file_and_the_field(tmp_path: Path, toml: str, with_deals: bool, error: str) -> None:
@@ -168,3 +188,18 @@ def test_the_workers_crossing_records_parse() -> None:
     assert (parsed.id, parsed.lead_id, parsed.to_level, parsed.grade) == (written.id, "lead-42", "mql", "")
     assert parsed.template_fields()["normalized"] == 61.5 and parsed.template_fields()["score"] == 47
     assert parsed.traits == {"email": "jane@acme.io", "employees": "250"} and parsed.reasons_text() == "pricing_page +30"
+
+
+def test_the_workers_account_crossings_parse_and_name_their_members() -> None:
+    """An account crossing made by the roll-up itself: its reasons are members, named by lead id."""
+    from scoring import Engine, MemberScore
+    from scoring.accounts import roll_up
+
+    engine = Engine.from_directory(PROJECT_ROOT / "scoring" / "models")
+    runtime = engine.runtime("b2b")
+    state, transitions = roll_up(runtime, "acme", None, MemberScore("b2b", "acme", "lead-7", 70.0, 1))
+    _, transitions = roll_up(runtime, "acme", state, MemberScore("b2b", "acme", "lead-2", 90.0, 2))
+    [written] = [t for t in transitions if t.to_level == "buying"]
+    parsed = Crossing.from_json(orjson.dumps(written.to_dict()))
+    assert (parsed.kind, parsed.account_id, parsed.lead_id, parsed.grade) == ("account", "acme", "lead-2", "")
+    assert parsed.reasons_text() == "lead-2 +90, lead-7 +70"

@@ -6,7 +6,7 @@ from sinks.runner import SinkRunner
 from sinks.salesforce import SalesforceSink
 from streams.settings import Settings
 from tests.infra import read_topic
-from tests.sinks.conftest import crossing, drain, produce
+from tests.sinks.conftest import account_crossing, crossing, drain, produce
 from tests.sinks.fake_salesforce import FakeSalesforce
 
 
@@ -62,3 +62,27 @@ def test_request_limit_exceeded_is_retried_and_an_unknown_field_is_dead_lettered
 
     assert (replayed.delivered, replayed.dead_lettered) == (1, 0)
     assert [lead["Leadstream_Grade__c"] for lead in salesforce.records["Lead"].values()] == ["A"]
+
+
+def test_account_crossings_update_the_account_and_buying_creates_a_task_related_to_it(
+    sink_settings: Settings, salesforce: FakeSalesforce
+) -> None:
+    settings = salesforce_settings(sink_settings, salesforce)
+    account = salesforce.add_account("acme", owner_id="005000000000051AAA")
+    produce(settings, [
+        account_crossing(to_level="engaged", from_level="unaware", id="acme/b2b/up/engaged/1", temperature="warm"),
+        account_crossing(),
+        account_crossing(account_id="globex", id="globex/b2b/up/buying/1"),  # no such Account
+    ])
+
+    stats = drain(SalesforceSink(settings), settings)
+
+    assert (stats.delivered, stats.ignored, stats.dead_lettered) == (2, 0, 1)
+    record = salesforce.records["Account"][account]
+    assert (record["Leadstream_Account_Level__c"], record["Rating"], record["Leadstream_Account_Score__c"]) == ("buying", "Hot", 62)
+    assert record["Leadstream_Account_Members__c"] == "lead-7 +61, lead-2 +40"
+    [task] = salesforce.records["Task"].values()  # buying only: engaged makes none
+    assert (task["WhatId"], task["OwnerId"], task["Subject"]) == (account, "005000000000051AAA", "Account acme is now buying")
+    assert "WhoId" not in task and task["Leadstream_Crossing_Id__c"] == "acme/b2b/up/buying/1"
+    [(_, letter)] = read_topic(settings, f"{settings.topic_crossings}-dlq-salesforce", expect=1, idle_s=0.5)
+    assert "no Salesforce Account has Leadstream_Account_Id__c = 'globex'" in letter["detail"]
