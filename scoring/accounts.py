@@ -46,16 +46,20 @@ class AccountRollup:
         return sum(scores)
 
 
-class MemberScore(msgspec.Struct, frozen=True, gc=False):
+class MemberScore(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
     """A lead's score in a model as of its newest event, for its account's roll-up. One is made
     per changed lead of an account per batch, and crosses Kafka as a JSON object
-    `{"model", "account_id", "lead_id", "score", "time"}`: a struct, built and (de)coded in C."""
+    `{"model", "account_id", "lead_id", "score", "time"}`: a struct, built and (de)coded in C.
+
+    `left` (`"left": true`): the lead is no longer a member of this account (it moved to another
+    one, was merged into a known lead, or was forgotten); its score stops counting there."""
 
     model: str
     account_id: str
     lead_id: str
     score: float
     time_ms: int = msgspec.field(name="time")
+    left: bool = False
 
 
 class AccountState:
@@ -69,8 +73,14 @@ class AccountState:
         self.crossings = crossings
 
     def update(self, member: MemberScore) -> bool:
-        """Takes a member's score unless an update of a later time is already known."""
+        """Takes a member's score, or its leaving, unless an update of a later time is already
+        known (a lead that left and came back has a later time than its leaving)."""
         known = self.members.get(member.lead_id)
+        if member.left:
+            if known is None or known[1] > member.time_ms:
+                return False
+            del self.members[member.lead_id]
+            return True
         if known is not None and (known[1] > member.time_ms or known == [member.score, member.time_ms]):
             return False
         self.members[member.lead_id] = [member.score, member.time_ms]

@@ -381,7 +381,7 @@ class Engine:
         `rejected`, so parse results can be handed over as they are. Never raises for an event.
         """
         result = BatchResult()
-        # (model, lead id) -> [state, runtime, outcome so far, score before (accounts only)]
+        # (model, lead id) -> [state, runtime, outcome so far, score and account before (members only)]
         touched: dict[tuple[str, str], list[Any]] = {}
         transitions = result.transitions
         routes = self._routes
@@ -406,10 +406,11 @@ class Engine:
                 if slot is None:
                     state = get_state(runtime.name, lead_id)
                     if state is None:  # a new lead: its first summary is news
-                        slot = touched[key] = [runtime.new_state(), runtime, _CHANGED, None]
+                        slot = touched[key] = [runtime.new_state(), runtime, _CHANGED, None, None]
                     else:
-                        before = runtime.score(state) if state.account_id is not None else None
-                        slot = touched[key] = [state, runtime, _DUPLICATE, before]
+                        account_id = state.account_id
+                        before = runtime.score(state) if account_id is not None else None
+                        slot = touched[key] = [state, runtime, _DUPLICATE, before, account_id]
                 outcome = (runtime.appliers.get(event.type) or runtime.apply_other)(slot[0], event, transitions)
                 if outcome == _LATE:
                     late = True
@@ -420,19 +421,24 @@ class Engine:
         changed_states = result.states
         score_changed = result.score_changed
         account_updates = result.account_updates
-        for key, (state, runtime, outcome, before) in touched.items():
+        for key, (state, runtime, outcome, before, account_before) in touched.items():
             if outcome < _COUNTED:  # duplicates and late events only
                 continue
             runtime.compact(state)
             changed_states[key] = state
             if outcome == _CHANGED:
                 score_changed.add(key)
-            if state.account_id is not None:
+            account_id = state.account_id
+            if account_id is not None:
                 score = state.behaviour + state.fit
                 if score < runtime.floor:
                     score = runtime.floor
-                if score != before:
-                    account_updates.append(MemberScore(runtime.name, state.account_id, key[1], round(score, 2), state.watermark_ms))
+                if account_id != account_before:  # joined, or moved: the old account loses it
+                    if account_before is not None:
+                        account_updates.append(MemberScore(runtime.name, account_before, key[1], 0, state.watermark_ms, True))
+                    account_updates.append(MemberScore(runtime.name, account_id, key[1], round(score, 2), state.watermark_ms))
+                elif score != before:
+                    account_updates.append(MemberScore(runtime.name, account_id, key[1], round(score, 2), state.watermark_ms))
         return result
 
     def new_state(self, model_name: str) -> LeadState:
@@ -454,6 +460,14 @@ class Engine:
     def member_score(self, model_name: str, lead_id: str, state: LeadState, time_ms: int) -> MemberScore | None:
         """The lead's score for its account's roll-up (None when it has no account)."""
         return self.runtime(model_name).member_score(lead_id, state, time_ms)
+
+    @staticmethod
+    def leaving(model_name: str, lead_id: str, state: LeadState, time_ms: int) -> MemberScore | None:
+        """The update that takes the lead out of its account's roll-up (None when it has no
+        account): for a lead whose state is going away, merged into another or forgotten."""
+        if state.account_id is None:
+            return None
+        return MemberScore(model_name, state.account_id, lead_id, 0, max(time_ms, state.watermark_ms), True)
 
     def apply_account(
         self, model_name: str, account_id: str, state: AccountState | None, update: MemberScore

@@ -98,6 +98,9 @@ class OfflineRun:
         for model in self.engine.models:
             state = self.leads.pop((model.name, source), None)
             if state is not None:
+                leaving = self.engine.leaving(model.name, source, state, time_ms)
+                if leaving is not None:  # the visitor's points move to the lead: its own membership ends
+                    self.roll_up(leaving)
                 merged, transitions = merge(self.engine, model.name, lead_id, self.leads.get((model.name, lead_id)), state, source, time_ms)
                 self.leads[(model.name, lead_id)] = merged
                 self.transitions.extend(transitions)

@@ -85,7 +85,10 @@ class Rollup:
             self._dead(message, "bad_json", error, message.value)
         for record in records:
             try:
-                updates.append(MemberScore(record["model"], record["account_id"], record["lead_id"], float(record["score"]), int(record["time"])))
+                left = record.get("left", False)
+                if not isinstance(left, bool):
+                    raise TypeError(f"left must be true or false, not {left!r}")
+                updates.append(MemberScore(record["model"], record["account_id"], record["lead_id"], float(record["score"]), int(record["time"]), left))
             except (KeyError, TypeError, ValueError) as exc:
                 self._dead(message, "bad_account_update", f"account update lacks or mistypes a field: {exc!r}", orjson.dumps(record))
         return updates

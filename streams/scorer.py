@@ -341,6 +341,9 @@ class Scorer:
                 if states:
                     self.outbox.add(self.settings.topic_identity, target.encode(),
                                     stitching.merge_record(source, target, time_ms, states))
+                    # The visitor's points move to the lead: its own account membership ends.
+                    members.extend(filter(None, (self.engine.leaving(model, source, state, time_ms)  # type: ignore[arg-type]
+                                                 for model, state in states.items() if model in self.models)))
                     # The visitor's scores now count in the lead's: read models drop its entries
                     # (a tombstone on the compacted score-changes topic).
                     for model in states:

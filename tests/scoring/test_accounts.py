@@ -3,6 +3,7 @@ own ladder and transitions."""
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from scoring import AccountState, MemberScore
@@ -61,3 +62,37 @@ def test_batches_report_member_scores_of_leads_with_an_account() -> None:
 def test_account_state_round_trips() -> None:
     state, _ = roll("top_k", [("a", 60, 0), ("b", 30, 0)])
     assert AccountState.from_bytes(state.to_bytes()) == state
+
+
+def test_a_lead_that_moves_leaves_its_old_account_which_may_cross_down() -> None:
+    eng = account_engine("sum")
+    run = Run(eng).apply(*[ev("p", at=i, lead="L1", account_id="acme") for i in range(3)],
+                         *[ev("p", at=i, lead="L2", account_id="acme") for i in range(3)])
+    run.apply(ev("p", at=5, lead="L1", account_id="globex"))
+    assert run.account_updates[-2:] == [MemberScore("m", "acme", "L1", 0, T0 + 5, left=True),
+                                        MemberScore("m", "globex", "L1", 40, T0 + 5)]
+    accounts: dict[str, AccountState] = {}
+    crossings = []
+    for update in run.account_updates:
+        accounts[update.account_id], crossed = eng.apply_account("m", update.account_id, accounts.get(update.account_id), update)
+        crossings += [(t.account_id, t.from_level, t.to_level) for t in crossed]
+    assert accounts["acme"].members == {"L2": [30, T0 + 2]} and accounts["globex"].members == {"L1": [40, T0 + 5]}
+    assert crossings == [("acme", "quiet", "engaged"), ("acme", "engaged", "quiet")]
+
+
+def test_a_leaving_is_ignored_when_stale_or_of_no_member_and_a_later_return_counts() -> None:
+    eng = account_engine("sum")
+    state, _ = roll("sum", [("a", 30, 10), ("b", 20, 10)])
+    for stale in (MemberScore("m", "acme", "a", 0, T0 + 9, left=True), MemberScore("m", "acme", "z", 0, T0 + 20, left=True)):
+        state, crossed = eng.apply_account("m", "acme", state, stale)
+        assert crossed == [] and set(state.members) == {"a", "b"}
+    state, _ = eng.apply_account("m", "acme", state, MemberScore("m", "acme", "a", 0, T0 + 10, left=True))
+    assert state.members == {"b": [20, T0 + 10]}
+    state, _ = eng.apply_account("m", "acme", state, MemberScore("m", "acme", "a", 35, T0 + 11))
+    assert state.members == {"b": [20, T0 + 10], "a": [35, T0 + 11]}
+
+
+def test_member_updates_cross_kafka_as_json_with_left_only_when_set() -> None:
+    assert msgspec.json.encode(MemberScore("m", "acme", "a", 30.5, 1)) == b'{"model":"m","account_id":"acme","lead_id":"a","score":30.5,"time":1}'
+    left = MemberScore("m", "acme", "a", 0, 1, left=True)
+    assert msgspec.json.decode(msgspec.json.encode(left), type=MemberScore) == left

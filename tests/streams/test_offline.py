@@ -155,3 +155,24 @@ def test_identity_stitching_scores_as_the_worker_does(tmp_path: Path) -> None:
     run = apply_file(engine, events, io.StringIO())
     explained = engine.explain("b2b", "u-ada", run.leads[("b2b", "u-ada")], T0)
     assert "merged from anonymous visitor anon:a-123" in orjson.dumps(explained).decode()
+
+
+def test_a_merged_visitor_leaves_its_account_and_a_moved_lead_its_old_one(tmp_path: Path) -> None:
+    """Account members offline as in the worker: the visitor's points count once, under the lead."""
+    def event(n: int, lead: str, account: str, **fields: object) -> dict[str, object]:
+        return {"event_id": f"e{n}", "lead_id": lead, "type": "form_submit", "time": T0 + n, "product": "b2b",
+                "account_id": account, "properties": {"form": "demo_request"}, **fields}
+
+    events = write(tmp_path / "events.jsonl", [
+        event(1, "anon:v-1", "acme"),
+        event(2, "u-1", "acme"),
+        {"event_id": "e3", "lead_id": "u-1", "type": "identify", "time": T0 + 3, "product": "b2b", "anonymous_id": "v-1"},
+        event(4, "u-2", "acme"),
+        event(5, "u-2", "globex", type="meeting_booked"),
+    ])
+    out = io.StringIO()
+    assert score_file(MODELS_DIR, events, table=False, out=out, err=io.StringIO()) == 0
+    accounts = {r["account_id"]: r for r in map(orjson.loads, out.getvalue().splitlines()) if r["record"] == "account"}
+    leads = {r["lead_id"]: r for r in map(orjson.loads, out.getvalue().splitlines()) if r["record"] == "lead"}
+    assert accounts["acme"]["members"] == 1 and accounts["acme"]["score"] == leads["u-1"]["score"]
+    assert accounts["globex"]["members"] == 1 and accounts["globex"]["score"] == leads["u-2"]["score"]

@@ -53,3 +53,20 @@ def test_a_bad_update_is_dead_lettered_and_the_others_kept() -> None:
     assert topic == settings.topic_deadletter and partition == 1
     assert orjson.loads(letter)["reason"] == "bad_account_update"
     assert orjson.loads(letter)["source"] == {"topic": settings.topic_accounts, "partition": 1, "offset": 9}
+
+
+def test_a_leaving_crosses_as_left_true_and_a_mistyped_one_is_dead_lettered() -> None:
+    settings = Settings()
+    dead = Collected()
+    stage = Rollup(Engine([shipped("b2b")]), settings, None, dead)  # type: ignore[arg-type]
+    outbox = Collected()
+    publish_updates(outbox, settings, [MemberScore("b2b", "acme", "L1", 0, 5, left=True)], 4)  # type: ignore[arg-type]
+    [(_, _, value, partition)] = outbox.records
+    assert orjson.loads(value) == [{"model": "b2b", "account_id": "acme", "lead_id": "L1", "score": 0, "time": 5, "left": True}]
+    assert stage._decode(Consumed(settings.topic_accounts, partition or 0, 1, None, value)) == [
+        MemberScore("b2b", "acme", "L1", 0, 5, left=True)]
+    good: dict[str, Any] = {"model": "b2b", "account_id": "acme", "lead_id": "L1", "score": 0, "time": 5, "left": True}
+    decoded = stage._decode(Consumed(settings.topic_accounts, 1, 9, None, orjson.dumps([good, {**good, "left": "yes"}])))
+    assert decoded == [MemberScore("b2b", "acme", "L1", 0, 5, left=True)]
+    [(_, _, letter, _)] = dead.records
+    assert orjson.loads(letter)["reason"] == "bad_account_update" and "left must be true or false" in orjson.loads(letter)["detail"]

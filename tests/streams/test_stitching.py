@@ -122,7 +122,8 @@ def test_a_merge_counts_in_the_leads_account_at_once_replaces_the_visitor_in_rea
         event(2, "u-1", "webinar_attended"),
         visit(3, "https://acme.io/pricing"), visit(4, "https://acme.io/pricing"), visit(5, "https://acme.io/demo"),
         visit(6, "https://acme.io/case-studies/globex"), visit(7, "https://acme.io/case-studies/initech"),
-        event(8, "anon:v1", "form_submit", properties={"form": "contact"}, anonymous_id="v1"),
+        # The visitor's company was guessed (say, from its IP): it counts in globex until the merge.
+        event(8, "anon:v1", "form_submit", properties={"form": "contact"}, anonymous_id="v1", account_id="globex"),
         event(9, "u-1", "identify", anonymous_id="v1"),
     ]  # fmt: skip
     proc = worker()
@@ -155,7 +156,11 @@ def test_a_merge_counts_in_the_leads_account_at_once_replaces_the_visitor_in_rea
     latest = {record.key: record.value for record in read_to_end(isolated, isolated.topic_scores)}
     assert latest[b"b2b/anon:v1"] is None
     assert orjson.loads(latest[b"b2b/u-1"])["score"] == 62
+    # The visitor leaves globex (u-1 stays in its own acme): its points count once, in acme.
+    updates = [u for record in read_to_end(isolated, isolated.topic_accounts) for u in orjson.loads(record.value)]
+    assert [(u["account_id"], u["lead_id"]) for u in updates if u.get("left")] == [("globex", "anon:v1")]
     out = io.StringIO()
     score_file(MODELS_DIR, write_jsonl(tmp_path / "events.jsonl", events), table=False, out=out, err=io.StringIO())
     offline = [orjson.loads(line) for line in out.getvalue().splitlines()]
     assert sorted(seen(r) for r in offline if r["record"] == "transition") == sorted(expected)
+    assert {r["account_id"]: r["members"] for r in offline if r["record"] == "account"} == {"acme": 1, "globex": 0}

@@ -104,6 +104,13 @@ def test_account_roll_up_crosses_through_the_rekeyed_stage(isolated: Settings, w
     assert account[-1]["to_level"] == "buying" and account[-1]["direction"] == "up"
     assert sorted(c["lead_id"] for c in crossings if c["kind"] == "lead" and c["to_level"] == "mql") == ["ann", "ben", "cid"]
 
+    # cid moves to another company: its 55 points leave acme (110 left, under buying's 150 less
+    # the hysteresis of 10) and count in globex (56, under engaged's 60).
+    send(isolated, [{**page("cid", 2, "https://acme.io/about", now + 10 * MINUTE_MS), "account_id": "globex"}])
+    after = [c for _, c in read_topic(isolated, isolated.topic_crossings, expect=len(crossings) + 1)]
+    moved = [(c["account_id"], c["from_level"], c["to_level"], c["score"]) for c in after if c not in crossings]
+    assert moved == [("acme", "buying", "engaged", 110)]
+
 
 def test_sigkill_mid_stream_loses_and_duplicates_nothing(
     isolated: Settings, worker: Callable[..., WorkerProcess], tmp_path: Path
