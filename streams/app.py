@@ -223,4 +223,5 @@ def _recovery(app: faust.App) -> Recovery:
 
 def _consumed(event: Any) -> Consumed:
     message = event.message
-    return Consumed(message.topic, message.partition, message.offset, message.key, message.value)
+    value = message.value
+    return Consumed(message.topic, message.partition, message.offset, message.key, value or b"", value is None)

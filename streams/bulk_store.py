@@ -68,6 +68,11 @@ class BulkRestoreStore(memory.Store):  # type: ignore[type-arg]  # faust's Store
         self.data[key] = value
         self._key_partition[key] = partition
 
+    def delete(self, key: bytes) -> None:
+        """A key its owner has sent a tombstone for, dropped as a recovery would drop it."""
+        self.data.pop(key, None)
+        self._key_partition.pop(key, None)
+
     async def on_rebalance(
         self, assigned: set[TP], revoked: set[TP], newly_assigned: set[TP], generation_id: int = 0
     ) -> None:

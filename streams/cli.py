@@ -63,6 +63,12 @@ def _history(args: argparse.Namespace, settings: Settings) -> int:
     return history_file(settings, args.out, topic=args.topic)
 
 
+def _forget(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.forget import forget, lead_ids
+
+    return forget(settings, lead_ids(args.lead_ids, args.from_file))
+
+
 def _review(args: argparse.Namespace, settings: Settings) -> int:
     from streams.review import review_files
 
@@ -217,6 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("connector", choices=[*SINK_NAMES, "replay-dlq"], help="the connector, or replay-dlq CONNECTOR "
                    "to re-drive that connector's dead letters once their cause is fixed")
     p.add_argument("target", nargs="?", choices=SINK_NAMES, help="replay-dlq: the connector")
+
+    p = add("forget", _forget, "Erase leads from leadstream: their scores, states and account memberships (an erasure request).")
+    p.add_argument("lead_ids", nargs="*", metavar="LEAD_ID", help="ids of the leads to forget")
+    p.add_argument("--from", dest="from_file", type=Path, help="a file of lead ids, one per line ('-' for stdin)")
 
     p = add("top", _top, "Print the hottest leads of a model from the Redis read model.")
     p.add_argument("--model", required=True, help="scoring model name")

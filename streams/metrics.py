@@ -37,6 +37,7 @@ CONSUMER_LAG = Gauge("leadstream_consumer_lag", "End offset minus committed offs
 CROSSINGS = Counter("leadstream_crossings", "Threshold crossings emitted.", ["model", "level", "direction", "kind"])
 DECAY_STEPS = Counter("leadstream_decay_steps", "Decay steps applied by the timer.")
 DECAY_DUE = Gauge("leadstream_decay_index_size", "Scheduled decay steps of the leads on owned partitions.")
+LEADS_FORGOTTEN = Counter("leadstream_leads_forgotten", "Leads erased on request (`leadstream forget`, a tombstone on the profiles topic).")
 LEADS_IN_STATE = Gauge("leadstream_leads_in_state", "Leads with state on this worker, by model.", ["model"])
 RECOVERY_REMAINING = Gauge("leadstream_table_recovery_remaining", "Changelog records left to replay before the tables are ready.")
 OFFSET_ANOMALIES = Counter(

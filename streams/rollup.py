@@ -73,6 +73,9 @@ class Rollup:
         await self.outbox.flush()
 
     def _decode(self, message: Consumed) -> list[MemberScore]:
+        if message.tombstone:
+            self._dead(message, "tombstone", f"a message without a value (a tombstone) on {message.topic}, which takes member updates", b"")
+            return []
         try:  # an envelope of well-formed updates, decoded and checked in one pass
             return _decode_updates(message.value)
         except msgspec.DecodeError:

@@ -187,9 +187,11 @@ class Scorer:
         stats = BatchStats(messages=len(batch))
         dead: list[DeadLetter] = []
         # Identity links and merges first, so the events of this batch see who is merged.
-        identity = [m for m in batch if m.topic == self.settings.topic_identity]
+        identity = [m for m in batch if m.topic == self.settings.topic_identity and not m.tombstone]
         if identity:
             await self._stitch(identity, dead)
+        # Leads to forget (lead id -> partition), after this batch's events: all they left goes.
+        forget: dict[str, int] = {}
         events = []
         links: list[tuple[str, str, int]] = []
         partition_of: dict[str, int] = {}
@@ -200,6 +202,9 @@ class Scorer:
         max_future_ms = self.settings.max_future_ms
         horizon_ms = clock_ms + max_future_ms if max_future_ms > 0 else float("inf")
         for message in batch:
+            if message.tombstone:
+                self._tombstone(message, forget, dead, stats)
+                continue
             if message.topic == self.settings.topic_identity:
                 continue
             items, decoded = self._decode(message, dead, stats)
@@ -253,7 +258,10 @@ class Scorer:
             # Encoded now, while the state is in the CPU's caches, and sent after the flush below;
             # a lead with states of several models is encoded there, once, after all of them.
             writes[lead_id] = (partition, states, encode_states(states) if len(states) == 1 else None)
-        publish_updates(outbox, self.settings, result.account_updates, self.partitions)
+        account_updates = result.account_updates
+        if forget:
+            account_updates = account_updates + self._forget(forget, known, writes)
+        publish_updates(outbox, self.settings, account_updates, self.partitions)
         for letter in dead:
             stats.rejected[letter.reason] = stats.rejected.get(letter.reason, 0) + 1
             outbox.add(self.settings.topic_deadletter, letter.key, letter.to_bytes(), letter.partition)
@@ -261,6 +269,8 @@ class Scorer:
         put = self.store.put
         for lead_id, (partition, states, value) in writes.items():
             put(lead_id, partition, states, encode_states(states) if value is None else value, outbox)
+        for lead_id, partition in forget.items():
+            self.store.delete(lead_id, partition, outbox)
         await outbox.flush()
         return stats
 
@@ -380,6 +390,54 @@ class Scorer:
         for target, (partition, states) in merged.items():
             self.store.put(target, partition, states, encode_states(states), self.outbox)
         await self.outbox.flush()
+
+    def _tombstone(self, message: Consumed, forget: dict[str, int], dead: list[DeadLetter], stats: BatchStats) -> None:
+        """A message without a value: on the profiles topic, a request to forget the lead it is
+        keyed by (streams/forget.py); anywhere else, a mistake."""
+        profiles = self.settings.topic_profiles
+        try:
+            lead_id = message.key.decode() if message.key else ""
+        except UnicodeDecodeError:
+            lead_id = ""
+        if message.topic == profiles and lead_id:
+            home = partition_for(lead_id, self.partitions)
+            if home == message.partition:
+                forget[lead_id] = message.partition
+                return
+            reason, detail = "wrong_partition", (
+                f"request to forget lead {lead_id!r} arrived on partition {message.partition}, but the lead's is {home}: "
+                "key it by the lead id with Kafka's default partitioner, as `leadstream forget` does")
+        elif message.topic == profiles:
+            reason, detail = "tombstone", "a tombstone on the profiles topic without a lead id (UTF-8) as its key: nothing to forget"
+        else:
+            if message.topic == self.settings.topic_events:
+                stats.events += 1
+            reason, detail = "tombstone", (
+                f"a message without a value (a tombstone) on {message.topic}, which takes JSON: to forget a lead, send a "
+                f"tombstone keyed by its id to {profiles}, as `leadstream forget` does")
+        dead.append(DeadLetter(reason, detail, b"", message.topic, message.partition, message.offset, message.key))
+
+    def _forget(self, forget: dict[str, int], known: dict[str, States], writes: dict[str, Any]) -> list[MemberScore]:
+        """Queues what erases each lead from the outputs: read models drop it (score-changes
+        tombstones), accounts stop counting it (member updates, returned), and none of its
+        states is written; the table entries are deleted once these are acknowledged."""
+        leaving: list[MemberScore] = []
+        now_ms = self.now_ms()
+        for lead_id, partition in forget.items():
+            states = known[lead_id] if lead_id in known else self.store.states(lead_id)
+            writes.pop(lead_id, None)
+            for model, state in states.items():
+                if model == stitching.MERGED_INTO:  # an id merged into another: only the marker goes
+                    continue
+                member = self.engine.leaving(model, lead_id, state, now_ms)  # type: ignore[arg-type]
+                if member is not None:
+                    leaving.append(member)
+                self.outbox.add(self.settings.topic_scores, f"{model}/{lead_id}".encode(), None, partition)
+                if model in self.models:
+                    metrics.LEADS_IN_STATE.labels(model).dec()
+            metrics.LEADS_FORGOTTEN.inc()
+        log.info("leads forgotten: count=%d", len(forget))  # ids are not logged: they may be personal data
+        return leaving
 
     def _forward(self, item: dict[str, Any], target: str, message: Consumed, dead: list[DeadLetter]) -> None:
         onward = stitching.forwarded(item, target)

@@ -20,13 +20,15 @@ S = TypeVar("S")
 
 @dataclass(frozen=True, slots=True)
 class Consumed:
-    """One consumed Kafka message."""
+    """One consumed Kafka message. A tombstone (a null value) has `tombstone` set and an empty
+    `value`, so code that does not look for tombstones reads it as bytes that are not JSON."""
 
     topic: str
     partition: int
     offset: int
     key: bytes | None
     value: bytes
+    tombstone: bool = False
 
 
 _LENGTH = struct.Struct(">I")
@@ -63,6 +65,8 @@ class TableData(Protocol):
     data: MutableMapping[bytes, bytes]
 
     def write(self, key: bytes, value: bytes, partition: int) -> None: ...
+
+    def delete(self, key: bytes) -> None: ...
 
 
 class LiveTable(Generic[S]):
@@ -110,6 +114,14 @@ class LiveTable(Generic[S]):
         self.table.write(raw_key, value, partition)
         self._keep(key, states)
         outbox.add(self.changelog, raw_key, value, partition)
+
+    def delete(self, key: str, partition: int, outbox: Outbox) -> None:
+        """Drops the key's states, and sends a tombstone to the changelog (compaction erases
+        the key's earlier records there)."""
+        raw_key = key.encode()
+        self.table.delete(raw_key)
+        self.live.pop(key, None)
+        outbox.add(self.changelog, raw_key, None, partition)
 
     def _keep(self, key: str, states: dict[str, S]) -> None:
         live = self.live

@@ -7,10 +7,20 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import orjson
 
 from streams.settings import PROJECT_ROOT, Settings
+
+
+def wait_for(condition: Callable[[], object], timeout_s: float = 30.0, what: str = "condition", poll_s: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(poll_s)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 def write_jsonl(path: Path, records: list[dict]) -> Path:

@@ -15,8 +15,8 @@ from sinks.mapping import load_mapping
 from sinks.salesforce import SalesforceSink
 from sinks.runner import group_id
 from streams.settings import Settings
-from tests.infra import leadstream, read_topic
-from tests.sinks.conftest import account_crossing, crossing, drain, produce, wait_for
+from tests.infra import leadstream, read_topic, wait_for
+from tests.sinks.conftest import account_crossing, crossing, drain, produce
 from tests.sinks.fake_hubspot import FakeHubSpot
 from tests.sinks.fake_salesforce import FakeSalesforce
 

@@ -9,7 +9,8 @@ from typing import Any
 
 from streams.processes import free_port
 from streams.settings import Settings
-from tests.sinks.conftest import crossing, produce, wait_for
+from tests.sinks.conftest import crossing, produce
+from tests.infra import wait_for
 from tests.sinks.fake_http import WebhookReceiver
 
 

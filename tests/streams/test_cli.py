@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from streams.cli import main
@@ -33,3 +35,17 @@ def test_counts_and_durations_must_be_positive(argv: list[str], message: str, ca
 def test_a_second_connector_name_only_follows_replay_dlq(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["sink", "webhook", "redis"]) == 1
     assert capsys.readouterr().err == "leadstream sink: a second connector name (redis) only follows replay-dlq; run one connector per process\n"
+
+
+def test_forget_takes_ids_from_arguments_and_a_file_once_each_and_refuses_what_is_no_id(tmp_path: Path) -> None:
+    from streams.errors import InputError
+    from streams.forget import lead_ids
+
+    listed = tmp_path / "ids.txt"
+    listed.write_text("u-2\n\n  u-3  \nu-1\n")
+    assert lead_ids(["u-1", "u-2"], listed) == ["u-1", "u-2", "u-3"]
+    for bad, message in (([], "no lead ids given"), (["x" * 257], "is not a lead id"), (["a\nb"], "is not a lead id")):
+        with pytest.raises(InputError, match=message):
+            lead_ids(bad, None)
+    with pytest.raises(InputError, match="cannot read lead ids from"):
+        lead_ids([], tmp_path / "missing.txt")

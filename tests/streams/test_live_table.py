@@ -25,6 +25,9 @@ class Table:
         self.data[key] = value
         self.partition_of[key] = partition
 
+    def delete(self, key: bytes) -> None:
+        del self.data[key], self.partition_of[key]
+
 
 def scored(lead: str, points_events: int) -> dict:
     """A lead's states after some pricing page views."""
@@ -63,3 +66,15 @@ def test_live_states_win_over_restored_bytes_and_revoked_partitions_are_forgotte
     assert store.states("a")["b2b"].behaviour == 10  # from the table, as the changelog says
     assert [lead for lead, _ in store.items({partition_for("a", 4)})] == ["a"]
     assert list(store.items({p for p in range(4) if p != partition_for("a", 4)})) == []
+
+
+def test_a_deleted_key_is_gone_live_and_stored_and_its_changelog_gets_a_tombstone() -> None:
+    table = Table()
+    outbox = Outbox("127.0.0.1:1", 4)  # never flushed: records only queue
+    store = LiveTable(table, "changelog", 4, 10, decode)
+    for lead in "ab":
+        states = scored(lead, 1)
+        store.put(lead, partition_for(lead, 4), states, encode(states), outbox)
+    store.delete("a", partition_for("a", 4), outbox)
+    assert store.states("a") == {} and "a" not in store.live and set(table.data) == {b"b"}
+    assert outbox._pending[("changelog", partition_for("a", 4))][-1] == (b"a", None)

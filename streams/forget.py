@@ -1,0 +1,64 @@
+"""`leadstream forget LEAD_ID ...`: erase leads from leadstream (a data subject's erasure request).
+
+A request is a tombstone (a null value) keyed by the lead id on the profiles topic, on the lead's
+partition, so the worker that owns the lead's state gets it in order with the lead's profile
+updates; any Kafka producer may send the same record. The worker (streams/scorer.py), after the
+batch the request arrives in:
+- takes the lead out of its accounts' roll-ups (which may cross down),
+- publishes a tombstone per model on the compacted score-changes topic (the Redis read model
+  and `leadstream top` drop the lead),
+- deletes the lead's entry from the lead table, with a tombstone on its compacted changelog,
+  and counts it in `leadstream_leads_forgotten_total`.
+On the compacted topics (profiles, score changes, changelog) compaction then removes the lead's
+earlier records. Records on the topics that keep everything for their retention time (raw
+events, crossings, identity, dead letters) age out with it; what the CRM connectors delivered
+is the CRM's to erase.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from streams.errors import InputError, ServiceError
+from streams.partitioning import partition_for
+from streams.send import open_producer
+from streams.settings import Settings
+from streams.topics import partition_count
+
+#: As for an event's lead_id (scoring/events.py).
+MAX_ID_CHARS = 256
+
+
+def lead_ids(args: list[str], from_file: Path | None) -> list[str]:
+    """The ids given, then those of the file (one per line; `-`: standard input), in order, once each."""
+    ids = list(args)
+    if from_file is not None:
+        try:
+            text = sys.stdin.read() if str(from_file) == "-" else from_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"cannot read lead ids from {from_file}: {exc}") from None
+        ids += [line.strip() for line in text.splitlines() if line.strip()]
+    if not ids:
+        raise InputError("no lead ids given: name them, or pass --from FILE (one id per line)")
+    for lead_id in ids:
+        if not lead_id or len(lead_id) > MAX_ID_CHARS or not lead_id.isprintable():
+            raise InputError(f"{lead_id!r} is not a lead id (1-{MAX_ID_CHARS} printable characters): nothing was sent")
+    return list(dict.fromkeys(ids))
+
+
+def forget(settings: Settings, ids: list[str]) -> int:
+    topic = settings.topic_profiles
+    partitions = partition_count(settings, topic)
+    if partitions == 0:
+        raise ServiceError(f"topic {topic!r} does not exist; run `leadstream topics`")
+    producer = open_producer(settings)
+    try:
+        for lead_id in ids:
+            producer.send(topic, key=lead_id.encode(), value=None, partition=partition_for(lead_id, partitions))
+        producer.flush()
+    finally:
+        producer.close()
+    print(f"asked to forget {len(ids)} lead{'s' if len(ids) != 1 else ''}: a tombstone each on {topic}; "
+          "the worker erases them when it reads them")
+    return 0

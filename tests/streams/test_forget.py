@@ -1,0 +1,99 @@
+"""Erasure on the real broker: `leadstream forget` takes a lead out of every place the worker
+keeps or publishes it, through a restart; tombstones elsewhere are dead letters, never a crash."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import orjson
+from kafka import KafkaProducer
+
+from streams.history import read_to_end
+from streams.partitioning import partition_for
+from streams.processes import WorkerProcess
+from streams.settings import Settings
+from tests.infra import leadstream, read_topic, wait_for
+
+MINUTE_MS = 60_000
+
+
+def event(lead: str, n: int, kind: str, at_ms: int, **fields: object) -> dict[str, object]:
+    return {"event_id": f"{lead}-{n}", "lead_id": lead, "type": kind, "product": "b2b", "time": at_ms, **fields}
+
+
+def latest(settings: Settings, topic: str) -> dict[bytes | None, bytes | None]:
+    return {record.key: record.value for record in read_to_end(settings, topic)}
+
+
+def scored(proc: WorkerProcess, lead: str, score: float) -> bool:
+    status, body = proc.get(f"/leads/{lead}/")
+    return status == 200 and orjson.loads(body)["models"].get("b2b", {}).get("score") == score
+
+
+def test_forget_erases_a_lead_from_states_read_models_and_accounts_through_a_restart(
+    isolated: Settings, worker: Callable[..., WorkerProcess]
+) -> None:
+    now = int(time.time() * 1000) - 30 * MINUTE_MS
+    producer = KafkaProducer(bootstrap_servers=isolated.kafka_bootstrap)
+    for n, kind in enumerate(("form_submit", "meeting_booked")):
+        value = event("u-1", n, kind, now + n, account_id="acme", properties={"form": "demo_request"})
+        producer.send(isolated.topic_events, key=b"u-1", value=orjson.dumps(value))
+    producer.send(isolated.topic_events, key=b"u-2", value=orjson.dumps(event("u-2", 0, "webinar_attended", now, account_id="acme")))
+    profile = event("u-1", 9, "identify", now + 5, traits={"email": "ada@initech.io", "title": "VP Marketing"})
+    producer.send(isolated.topic_profiles, key=b"u-1", value=orjson.dumps(profile))
+    producer.flush()
+    proc = worker()
+    wait_for(lambda: scored(proc, "u-2", 10) and proc.get("/leads/u-1/")[0] == 200, 60, "both leads scored", 0.3)
+
+    result = leadstream(isolated, "forget", "u-1")
+    assert "asked to forget 1 lead" in result.stdout
+
+    wait_for(lambda: proc.get("/leads/u-1/")[0] == 404, 60, "u-1 erased on the worker", 0.3)
+    scores = latest(isolated, isolated.topic_scores)
+    assert scores[b"b2b/u-1"] is None and orjson.loads(scores[b"b2b/u-2"] or b"{}")["score"] == 10
+    changelog = latest(isolated, f"{isolated.app_id}-leads-changelog")
+    assert changelog[b"u-1"] is None and changelog[b"u-2"] is not None
+    # acme stops counting u-1: past "engaged" (60) with it, back under the line without it.
+    def acme() -> list[tuple[str, str]]:
+        crossings = [orjson.loads(r.value or b"") for r in read_to_end(isolated, isolated.topic_crossings)]
+        return [(c["from_level"], c["to_level"]) for c in crossings if c["kind"] == "account"]
+
+    wait_for(lambda: len(acme()) == 2, 60, "acme's crossing back down", 0.3)
+    assert acme() == [("unaware", "engaged"), ("engaged", "unaware")]
+    assert proc.metric("leadstream_leads_forgotten_total") == [1.0]
+
+    # A fresh worker recovers the tables from the changelogs: u-1 stays forgotten.
+    proc.stop()
+    again = worker()
+    assert again.get("/leads/u-1/")[0] == 404
+    assert scored(again, "u-2", 10)
+    # The lead's next event starts a new profile, with nothing of the old one.
+    producer.send(isolated.topic_events, key=b"u-1", value=orjson.dumps(event("u-1", 20, "webinar_attended", now + MINUTE_MS)))
+    producer.flush()
+    producer.close()
+    wait_for(lambda: scored(again, "u-1", 10), 60, "u-1's new profile scored from its new event alone", 0.3)
+
+
+def test_tombstones_where_none_belong_are_dead_lettered_and_the_worker_goes_on(
+    isolated: Settings, worker: Callable[..., WorkerProcess]
+) -> None:
+    now = int(time.time() * 1000) - 30 * MINUTE_MS
+    producer = KafkaProducer(bootstrap_servers=isolated.kafka_bootstrap)
+    producer.send(isolated.topic_events, key=b"carol", value=None)
+    producer.send(isolated.topic_identity, key=b"anon:x", value=None)
+    producer.send(isolated.topic_accounts, key=b"acme", value=None, partition=0)
+    wrong = (partition_for("carol", 4) + 1) % 4
+    producer.send(isolated.topic_profiles, key=b"carol", value=None, partition=wrong)  # a forget on the wrong partition
+    producer.send(isolated.topic_events, key=b"carol", value=orjson.dumps(event("carol", 1, "webinar_attended", now)))
+    producer.flush()
+    producer.close()
+
+    proc = worker()
+
+    dead = {(letter["source"]["topic"], letter["reason"]): letter for _, letter in read_topic(isolated, isolated.topic_deadletter, expect=4)}
+    assert set(dead) == {(isolated.topic_events, "tombstone"), (isolated.topic_identity, "tombstone"),
+                         (isolated.topic_accounts, "tombstone"), (isolated.topic_profiles, "wrong_partition")}
+    assert "leadstream forget" in dead[(isolated.topic_events, "tombstone")]["detail"]
+    assert "request to forget lead 'carol'" in dead[(isolated.topic_profiles, "wrong_partition")]["detail"]
+    wait_for(lambda: scored(proc, "carol", 10), 60, "carol's event scored after the tombstones", 0.3)
