@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -124,6 +124,28 @@ def parse_accounts(table: Table | None, default_scale: Scale) -> AccountRollup |
     return AccountRollup(combine, top_k, ladder, scale)
 
 
+#: Members an account summary names, the highest scored first.
+TOP_MEMBERS = 5
+
+
+def summary(runtime: ModelRuntime, account_id: str, state: AccountState) -> dict[str, Any]:
+    """What read models show of an account: its score on its 0-100 scale, level, temperature
+    and member count, and its best members (`{"lead_id", "score"}`); score fields are null
+    for a model without `[accounts]`."""
+    rollup = runtime.model.accounts
+    out: dict[str, Any] = {"account_id": account_id, "model": runtime.name, "score": None, "normalized": None,
+                           "level": state.level or None, "temperature": None, "members": len(state.members)}
+    if rollup is not None:
+        score = rollup.score(state.members)
+        out["score"] = round(score, 2)
+        out["normalized"] = rollup.scale.normalize(score)
+        temperature = runtime.model.temperature
+        out["temperature"] = temperature.label(out["normalized"]) if temperature is not None else None
+    top = heapq.nlargest(TOP_MEMBERS, state.members.items(), key=lambda item: item[1][0])
+    out["top_members"] = [{"lead_id": lead, "score": member[0]} for lead, member in top]
+    return out
+
+
 def roll_up(runtime: ModelRuntime, account_id: str, state: AccountState | None, update: MemberScore) -> tuple[AccountState, list[Transition]]:
     """Takes one member's score into the account; a crossing of the account ladder is returned
     as an account transition (its reasons are the members with the most points)."""
@@ -141,7 +163,7 @@ def roll_up(runtime: ModelRuntime, account_id: str, state: AccountState | None, 
     state.crossings += 1
     normalized = rollup.scale.normalize(score)
     temperature = runtime.model.temperature
-    top = heapq.nlargest(5, state.members.items(), key=lambda item: item[1][0])
+    top = heapq.nlargest(TOP_MEMBERS, state.members.items(), key=lambda item: item[1][0])
     transition = Transition(
         kind="account",
         model=runtime.name,

@@ -1,21 +1,27 @@
-"""Redis read model: per scoring model a hot-leads leaderboard and a hash per lead.
+"""Redis read model: per scoring model a hot-leads and a hot-accounts leaderboard, and a hash
+per lead and per account.
 
-Fed by the score-changes topic (compacted, key `<model>/<lead_id>`):
+Fed by the score-changes topic (compacted): lead summaries keyed `<model>/<lead_id>`, account
+summaries keyed `<model>:account/<account_id>` (streams/rollup.py):
 
 - `{prefix}:top:{model}`: sorted set, member lead id, score the lead's score.
 - `{prefix}:lead:{model}:{lead_id}`: hash of score, normalized, grade, engagement, cell,
   temperature, level, last_activity_ms and top_reasons (JSON list of {rule, points}).
+- `{prefix}:top-accounts:{model}` and `{prefix}:account:{model}:{account_id}`: the same for
+  accounts, the hash holding score, normalized, level, temperature, members (how many) and
+  top_members (JSON list of {lead_id, score}).
 
-Both are written in one MULTI, so a reader never sees a leaderboard entry without its hash. A
-tombstone (null value) removes the lead. Writes are overwrites with the latest state, so a
-redelivered message is harmless and no ledger is needed; per-lead order is kept by the runner.
+Both of an entry are written in one MULTI, so a reader never sees a leaderboard entry without
+its hash. A tombstone (null value) removes the entry. Writes are overwrites with the latest
+state, so a redelivered message is harmless and no ledger is needed; per-key order is kept by
+the runner.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, cast
+from typing import Any, Sequence, cast
 
 import orjson
 from redis import Redis
@@ -25,23 +31,35 @@ from sinks.errors import PermanentError
 from streams.settings import Settings
 
 HASH_FIELDS = ("score", "normalized", "grade", "engagement", "cell", "temperature", "level", "last_activity_ms")
+ACCOUNT_HASH_FIELDS = ("score", "normalized", "level", "temperature", "members")
+#: The model part of an account summary's key ends so (a model name has no ':').
+ACCOUNT_SUFFIX = ":account"
+#: The JSON list each kind's hash keeps as one field: lead reasons, account best members.
+_LIST_FIELD = {"lead": "top_reasons", "account": "top_members"}
 
 
 @dataclass(frozen=True)
 class ScoreChange:
     model: str
-    lead_id: str
-    #: None for a tombstone: the lead is gone from the model.
+    #: "lead" or "account"
+    kind: str
+    #: the lead id or the account id
+    id: str
+    #: None for a tombstone: the entry is gone from the model.
     fields: dict[str, str] | None
     score: float = 0.0
 
 
-def leaderboard_key(prefix: str, model: str) -> str:
-    return f"{prefix}:top:{model}"
+def leaderboard_key(prefix: str, model: str, kind: str = "lead") -> str:
+    return f"{prefix}:top:{model}" if kind == "lead" else f"{prefix}:top-accounts:{model}"
 
 
 def lead_key(prefix: str, model: str, lead_id: str) -> str:
     return f"{prefix}:lead:{model}:{lead_id}"
+
+
+def entry_key(prefix: str, model: str, kind: str, entry_id: str) -> str:
+    return lead_key(prefix, model, entry_id) if kind == "lead" else f"{prefix}:account:{model}:{entry_id}"
 
 
 class RedisModelSink(Sink[ScoreChange]):
@@ -55,50 +73,56 @@ class RedisModelSink(Sink[ScoreChange]):
         return settings.topic_scores
 
     def parse(self, key: bytes | None, value: bytes | None) -> ScoreChange:
-        model, _, lead_id = (key or b"").decode(errors="replace").partition("/")
-        if not model or not lead_id:
-            raise PermanentError(f"score change key {key!r} is not '<model>/<lead_id>'")
+        model, _, entry_id = (key or b"").decode(errors="replace").partition("/")
+        kind = "account" if model.endswith(ACCOUNT_SUFFIX) else "lead"
+        model = model.removesuffix(ACCOUNT_SUFFIX)
+        if not model or not entry_id:
+            raise PermanentError(f"score change key {key!r} is not '<model>/<lead_id>' or '<model>:account/<account_id>'")
         if value is None:
-            return ScoreChange(model, lead_id, None)
+            return ScoreChange(model, kind, entry_id, None)
+        names = HASH_FIELDS if kind == "lead" else ACCOUNT_HASH_FIELDS
         try:
             raw = orjson.loads(value)
-            score = float(raw["score"])
-            # The worker writes null for what a lead does not have yet (no activity, no grade).
-            fields = {name: "" if raw.get(name) is None else str(raw[name]) for name in HASH_FIELDS}
-            fields["top_reasons"] = orjson.dumps(raw.get("top_reasons") or []).decode()
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise PermanentError(f"score change {model}/{lead_id} is not the documented JSON: {exc!r}") from None
-        return ScoreChange(model, lead_id, fields, score)
+            score = float(raw["score"] or 0)
+            # The worker writes null for what an entry does not have yet (no activity, no grade).
+            fields = {name: "" if raw.get(name) is None else str(raw[name]) for name in names}
+            listed = _LIST_FIELD[kind]
+            fields[listed] = orjson.dumps(raw.get(listed) or []).decode()
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise PermanentError(f"score change {key.decode(errors='replace') if key else ''} is not the documented JSON: {exc!r}") from None
+        return ScoreChange(model, kind, entry_id, fields, score)
 
     def delivery_id(self, item: ScoreChange) -> None:
         return None
 
     def deliver(self, item: ScoreChange, steps: Steps) -> None:
         pipe = self.redis.pipeline(transaction=True)
-        board, lead = leaderboard_key(self.prefix, item.model), lead_key(self.prefix, item.model, item.lead_id)
+        board = leaderboard_key(self.prefix, item.model, item.kind)
+        entry = entry_key(self.prefix, item.model, item.kind, item.id)
         if item.fields is None:
-            pipe.zrem(board, item.lead_id)
-            pipe.delete(lead)
+            pipe.zrem(board, item.id)
+            pipe.delete(entry)
         else:
-            pipe.zadd(board, {item.lead_id: item.score})
-            pipe.delete(lead)  # a field the producer dropped must not linger
-            pipe.hset(lead, mapping=item.fields)  # type: ignore[arg-type]  # redis-py's Mapping is invariant
+            pipe.zadd(board, {item.id: item.score})
+            pipe.delete(entry)  # a field the producer dropped must not linger
+            pipe.hset(entry, mapping=item.fields)  # type: ignore[arg-type]  # redis-py's Mapping is invariant
         pipe.execute()
 
     def close(self) -> None:
         self.redis.close()
 
 
-def top_leads(redis: Redis, prefix: str, model: str, limit: int) -> list[dict[str, Any]]:
-    """The `limit` highest-scored leads of a model, best first, each with its hash."""
-    entries = cast(list[tuple[bytes, float]], redis.zrevrange(leaderboard_key(prefix, model), 0, limit - 1, withscores=True))
+def top_entries(redis: Redis, prefix: str, model: str, limit: int, kind: str = "lead") -> list[dict[str, Any]]:
+    """The `limit` highest-scored leads (or accounts) of a model, best first, each with its hash
+    and its id as `lead_id` (or `account_id`)."""
+    entries = cast(list[tuple[bytes, float]], redis.zrevrange(leaderboard_key(prefix, model, kind), 0, limit - 1, withscores=True))
     pipe = redis.pipeline(transaction=False)
     for member, _ in entries:
-        pipe.hgetall(lead_key(prefix, model, member.decode()))
+        pipe.hgetall(entry_key(prefix, model, kind, member.decode()))
     rows = []
     for (member, score), stored in zip(entries, pipe.execute()):
         row: dict[str, Any] = {k.decode(): v.decode() for k, v in stored.items()}
-        row.update(lead_id=member.decode(), score=score)
+        row.update({f"{kind}_id": member.decode(), "score": score})
         rows.append(row)
     return rows
 
@@ -115,22 +139,38 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             row.get("cell", ""), row.get("temperature", ""), row.get("level", ""), last,
             ", ".join(f"{r['rule']} {float(r['points']):+g}" for r in reasons[:3]),
         ))
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return _aligned(lines)
+
+
+def format_account_table(rows: list[dict[str, Any]]) -> str:
+    lines = [("#", "account", "score", "norm", "temp", "level", "members", "best members")]
+    for rank, row in enumerate(rows, 1):
+        best = orjson.loads(row.get("top_members") or "[]")
+        lines.append((
+            str(rank), row["account_id"], f"{row['score']:g}", row.get("normalized", ""), row.get("temperature", ""),
+            row.get("level", ""), row.get("members", ""), ", ".join(f"{m['lead_id']} {float(m['score']):g}" for m in best[:3]),
+        ))
+    return _aligned(lines)
+
+
+def _aligned(lines: Sequence[tuple[str, ...]]) -> str:
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines)
 
 
-def print_top(settings: Settings, model: str, limit: int) -> int:
-    """`leadstream top`: the hottest leads of a model, from Redis, as a table."""
+def print_top(settings: Settings, model: str, limit: int, accounts: bool = False) -> int:
+    """`leadstream top`: the hottest leads (or accounts) of a model, from Redis, as a table."""
     from redis import RedisError
 
     from streams.errors import ServiceError
 
+    kind = "account" if accounts else "lead"
     try:
-        rows = top_leads(Redis.from_url(settings.redis_url), settings.redis_prefix, model, limit)
+        rows = top_entries(Redis.from_url(settings.redis_url), settings.redis_prefix, model, limit, kind)
     except RedisError as exc:
         raise ServiceError(f"cannot read Redis at {settings.redis_url} ({exc}); run `leadstream services up`") from None
     if not rows:
-        print(f"no leads for model {model!r} in Redis yet: is `leadstream sink redis` running, and the worker scoring?")
+        print(f"no {kind}s for model {model!r} in Redis yet: is `leadstream sink redis` running, and the worker scoring?")
         return 0
-    print(format_table(rows))
+    print(format_account_table(rows) if accounts else format_table(rows))
     return 0

@@ -107,7 +107,7 @@ def _sink(args: argparse.Namespace, settings: Settings) -> int:
 def _top(args: argparse.Namespace, settings: Settings) -> int:
     from sinks.redis_model import print_top
 
-    return print_top(settings, args.model, args.limit)
+    return print_top(settings, args.model, args.limit, accounts=args.accounts)
 
 
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
@@ -228,9 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("lead_ids", nargs="*", metavar="LEAD_ID", help="ids of the leads to forget")
     p.add_argument("--from", dest="from_file", type=Path, help="a file of lead ids, one per line ('-' for stdin)")
 
-    p = add("top", _top, "Print the hottest leads of a model from the Redis read model.")
+    p = add("top", _top, "Print the hottest leads (or accounts) of a model from the Redis read model.")
     p.add_argument("--model", required=True, help="scoring model name")
     p.add_argument("--limit", type=_positive, default=20, help="how many leads (default 20)")
+    p.add_argument("--accounts", action="store_true", help="the hottest accounts (models with [accounts]) instead of leads")
 
     add("demo", _demo, "Start everything, stream sample events and show the hottest leads.")
     p = add("settings", _settings, "List every LEADSTREAM_* environment variable with its default.")

@@ -85,7 +85,7 @@ def run_demo(settings: Settings) -> int:
 
     probe = LagProbe(settings.kafka_bootstrap)
     try:
-        probe.wait_caught_up(settings.app_id, [settings.topic_events], timeout_s=300, poll_s=0.5)
+        probe.wait_caught_up(settings.app_id, [settings.topic_events, settings.topic_accounts], timeout_s=300, poll_s=0.5)
         probe.wait_caught_up(group_id(settings, "redis"), [settings.topic_scores], timeout_s=300, poll_s=0.5)
     finally:
         probe.close()
@@ -93,6 +93,8 @@ def run_demo(settings: Settings) -> int:
     for model in ("b2b", "saas_start_small"):
         print(f"\nHottest leads of model {model} (leadstream top --model {model} --limit 10, from Redis)")
         print_top(settings, model, 10)
+    print("\nHottest accounts of model b2b (leadstream top --model b2b --accounts --limit 5)")
+    print_top(settings, "b2b", 5, accounts=True)
     crossings = [orjson.loads(record.value) for record in read_to_end(settings, settings.topic_crossings)]
     ups = [c for c in crossings if c["direction"] == "up"]
     print(f"\nThreshold crossings fired: {len(crossings)} ({len(ups)} up, {len(crossings) - len(ups)} down); the latest:")

@@ -9,7 +9,7 @@ a replayed update sets the member's score to the same value again, so replays ar
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import msgspec
 import orjson
@@ -37,6 +37,12 @@ def publish_updates(outbox: Outbox, settings: Settings, updates: Sequence[Member
         outbox.add(settings.topic_accounts, None, _encode_updates(members), partition)
 
 
+def account_score_key(model: str, account_id: str) -> bytes:
+    """An account summary's key on the score-changes topic: `<model>:account/<account id>`. A
+    model name has no ':', so no lead's key (`<model>/<lead id>`) is ever the same."""
+    return f"{model}:account/{account_id}".encode()
+
+
 def encode_accounts(states: dict[str, AccountState]) -> bytes:
     """An account's table value: its state in every model."""
     return frame({model: state.to_bytes() for model, state in states.items()})
@@ -56,16 +62,25 @@ class Rollup:
     async def process(self, batch: Sequence[Consumed]) -> None:
         changed: dict[str, tuple[int, dict[str, AccountState]]] = {}
         transitions: list[Transition] = []
+        # (account id, model) -> its summary before the batch (None: a new account)
+        shown: dict[tuple[str, str], dict[str, Any] | None] = {}
         for message in batch:
             for update in self._decode(message):
                 account_id = update.account_id
                 states = changed[account_id][1] if account_id in changed else self.store.states(account_id)
-                state, crossed = self.engine.apply_account(update.model, account_id, states.get(update.model), update)
+                state = states.get(update.model)
+                if (account_id, update.model) not in shown:
+                    shown[(account_id, update.model)] = None if state is None else self.engine.account_summary(update.model, account_id, state)
+                state, crossed = self.engine.apply_account(update.model, account_id, state, update)
                 states[update.model] = state
                 changed[account_id] = (message.partition, states)
                 transitions.extend(crossed)
         for transition in transitions:
             self.outbox.add(self.settings.topic_crossings, str(transition.account_id).encode(), orjson.dumps(transition.to_dict()))
+        for (account_id, model), before in shown.items():
+            after = self.engine.account_summary(model, account_id, changed[account_id][1][model])
+            if after != before:  # read models show it: a changed score, level, or set of best members
+                self.outbox.add(self.settings.topic_scores, account_score_key(model, account_id), orjson.dumps(after))
         await self.outbox.flush()  # crossings before the states that record them
         metrics.count_crossings(transitions)
         for account_id, (partition, states) in changed.items():

@@ -96,3 +96,16 @@ def test_member_updates_cross_kafka_as_json_with_left_only_when_set() -> None:
     assert msgspec.json.encode(MemberScore("m", "acme", "a", 30.5, 1)) == b'{"model":"m","account_id":"acme","lead_id":"a","score":30.5,"time":1}'
     left = MemberScore("m", "acme", "a", 0, 1, left=True)
     assert msgspec.json.decode(msgspec.json.encode(left), type=MemberScore) == left
+
+
+def test_an_account_summary_shows_score_scales_level_and_best_members() -> None:
+    eng = account_engine("top_k")
+    state, _ = roll("top_k", [("a", 30, 0), ("b", 40, 1), ("c", 5, 2)])
+    assert eng.account_summary("m", "acme", state) == {
+        "account_id": "acme", "model": "m", "score": 70, "normalized": 100.0, "level": "engaged", "temperature": None,
+        "members": 3, "top_members": [{"lead_id": "b", "score": 40}, {"lead_id": "a", "score": 30}, {"lead_id": "c", "score": 5}],
+    }
+    plain = engine(RULE)  # no [accounts]: members kept, nothing to score them by
+    state, _ = plain.apply_account("m", "acme", None, MemberScore("m", "acme", "a", 30, T0))
+    summary = plain.account_summary("m", "acme", state)
+    assert (summary["score"], summary["normalized"], summary["level"], summary["members"]) == (None, None, None, 1)

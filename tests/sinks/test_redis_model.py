@@ -8,7 +8,7 @@ import orjson
 from kafka import KafkaProducer
 from redis import Redis
 
-from sinks.redis_model import RedisModelSink, lead_key, leaderboard_key
+from sinks.redis_model import RedisModelSink, entry_key, lead_key, leaderboard_key
 from streams.settings import Settings
 from tests.infra import leadstream
 from tests.sinks.conftest import drain
@@ -71,3 +71,33 @@ def test_leadstream_top_prints_the_hottest_leads_as_a_table(sink_settings: Setti
                                     "demo_request", "+25"]
     empty = leadstream(sink_settings, "top", "--model", "nosuch")
     assert "no leads for model 'nosuch'" in empty.stdout
+
+
+def account_change(account: str, score: float, members: list[tuple[str, float]]) -> dict[str, Any]:
+    """An account summary as the worker's roll-up stage writes it (scoring.accounts.summary)."""
+    return {"account_id": account, "model": "b2b", "score": score, "normalized": round(score / 2), "level": "engaged",
+            "temperature": "warm", "members": len(members), "top_members": [{"lead_id": l, "score": s} for l, s in members]}
+
+
+def test_account_summaries_keep_their_own_leaderboard_and_leadstream_top_accounts_prints_it(sink_settings: Settings) -> None:
+    publish(sink_settings, [
+        ("b2b/acme", score_change("acme", 33)),  # a lead that happens to be called like an account
+        ("b2b:account/acme", account_change("acme", 120, [("lead-1", 70), ("lead-2", 50)])),
+        ("b2b:account/globex", account_change("globex", 64, [("lead-9", 64)])),
+        ("b2b:account/initech", account_change("initech", 20, [("lead-5", 20)])),
+    ])
+
+    stats = drain(RedisModelSink(sink_settings), sink_settings)
+
+    assert (stats.delivered, stats.dead_lettered) == (4, 0)
+    redis, prefix = Redis.from_url(sink_settings.redis_url, decode_responses=True), sink_settings.redis_prefix
+    assert redis.zrevrange(leaderboard_key(prefix, "b2b", "account"), 0, -1) == ["acme", "globex", "initech"]
+    assert redis.zrange(leaderboard_key(prefix, "b2b"), 0, -1, withscores=True) == [("acme", 33.0)]  # leads apart
+    acme = redis.hgetall(entry_key(prefix, "b2b", "account", "acme"))
+    assert (acme["score"], acme["members"], acme["level"]) == ("120", "2", "engaged")
+    assert orjson.loads(acme["top_members"]) == [{"lead_id": "lead-1", "score": 70}, {"lead_id": "lead-2", "score": 50}]
+
+    lines = leadstream(sink_settings, "top", "--model", "b2b", "--accounts", "--limit", "2").stdout.splitlines()
+    assert lines[0].split() == ["#", "account", "score", "norm", "temp", "level", "members", "best", "members"]
+    assert lines[1].split() == ["1", "acme", "120", "60", "warm", "engaged", "2", "lead-1", "70,", "lead-2", "50"]
+    assert lines[2].split()[:2] == ["2", "globex"] and len(lines) == 3

@@ -110,6 +110,11 @@ def test_account_roll_up_crosses_through_the_rekeyed_stage(isolated: Settings, w
     after = [c for _, c in read_topic(isolated, isolated.topic_crossings, expect=len(crossings) + 1)]
     moved = [(c["account_id"], c["from_level"], c["to_level"], c["score"]) for c in after if c not in crossings]
     assert moved == [("acme", "buying", "engaged", 110)]
+    # Read models get each account's summary on the score-changes topic, the latest per key.
+    summaries = {key: value for key, value in read_to_end(isolated, isolated.topic_scores) if key and b":account/" in key}
+    assert {key: (s["score"], s["level"], s["members"]) for key, s in summaries.items()} == {
+        b"b2b:account/acme": (110, "engaged", 2), b"b2b:account/globex": (56, "unaware", 1)}
+    assert [m["lead_id"] for m in summaries[b"b2b:account/globex"]["top_members"]] == ["cid"]
 
 
 def test_sigkill_mid_stream_loses_and_duplicates_nothing(
