@@ -128,10 +128,10 @@ def parse_accounts(table: Table | None, default_scale: Scale) -> AccountRollup |
 TOP_MEMBERS = 5
 
 
-def summary(runtime: ModelRuntime, account_id: str, state: AccountState) -> dict[str, Any]:
+def summary(runtime: ModelRuntime, account_id: str, state: AccountState, top: int = TOP_MEMBERS) -> dict[str, Any]:
     """What read models show of an account: its score on its 0-100 scale, level, temperature
-    and member count, and its best members (`{"lead_id", "score"}`); score fields are null
-    for a model without `[accounts]`."""
+    and member count, and its `top` best members (`{"lead_id", "score"}`); score fields are
+    null for a model without `[accounts]`."""
     rollup = runtime.model.accounts
     out: dict[str, Any] = {"account_id": account_id, "model": runtime.name, "score": None, "normalized": None,
                            "level": state.level or None, "temperature": None, "members": len(state.members)}
@@ -141,8 +141,8 @@ def summary(runtime: ModelRuntime, account_id: str, state: AccountState) -> dict
         out["normalized"] = rollup.scale.normalize(score)
         temperature = runtime.model.temperature
         out["temperature"] = temperature.label(out["normalized"]) if temperature is not None else None
-    top = heapq.nlargest(TOP_MEMBERS, state.members.items(), key=lambda item: item[1][0])
-    out["top_members"] = [{"lead_id": lead, "score": member[0]} for lead, member in top]
+    best = heapq.nlargest(top, state.members.items(), key=lambda item: item[1][0])
+    out["top_members"] = [{"lead_id": lead, "score": member[0]} for lead, member in best]
     return out
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from scoring import explain as explaining
-from scoring.accounts import AccountState, MemberScore, roll_up
+from scoring.accounts import TOP_MEMBERS, AccountState, MemberScore, roll_up
 from scoring.accounts import summary as account_summary
 from scoring.decay import HalfLifeDecay, StepDecay
 from scoring.errors import ModelError
@@ -470,9 +470,9 @@ class Engine:
             return None
         return MemberScore(model_name, state.account_id, lead_id, 0, max(time_ms, state.watermark_ms), True)
 
-    def account_summary(self, model_name: str, account_id: str, state: AccountState) -> dict[str, Any]:
-        """The account's score, scales, level and best members, for read models."""
-        return account_summary(self.runtime(model_name), account_id, state)
+    def account_summary(self, model_name: str, account_id: str, state: AccountState, top: int = TOP_MEMBERS) -> dict[str, Any]:
+        """The account's score, scales, level and `top` best members, for read models."""
+        return account_summary(self.runtime(model_name), account_id, state, top)
 
     def apply_account(
         self, model_name: str, account_id: str, state: AccountState | None, update: MemberScore

@@ -35,6 +35,8 @@ from streams.settings import Settings
 from streams.stage import Consumed, LiveTable
 
 log = logging.getLogger("leadstream.worker")
+#: Members the /accounts/{id}/ view lists, the highest scored first.
+ACCOUNT_VIEW_MEMBERS = 100
 
 
 def create_app(settings: Settings, engine: Engine) -> faust.App:
@@ -191,6 +193,20 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
                 if model in scorer.models
             }
             return self.bytes(orjson.dumps({"lead_id": lead_id, "models": explained}), content_type="application/json")
+
+    @app.page("/accounts/{account_id}/")
+    class AccountView(View):
+        @app.table_route(table=accounts, match_info="account_id")  # type: ignore[arg-type]
+        async def get(self, request: Request, account_id: str) -> Response:
+            states = account_store.states(account_id)
+            if not states:
+                return self.json({"error": f"no state for account {account_id!r} on this worker"}, status=404)
+            explained = {
+                model: engine.account_summary(model, account_id, state, top=ACCOUNT_VIEW_MEMBERS)
+                for model, state in states.items()
+                if model in scorer.models
+            }
+            return self.bytes(orjson.dumps({"account_id": account_id, "models": explained}), content_type="application/json")
 
     @app.page("/healthz")
     class Health(View):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import socket
 from pathlib import Path
 
@@ -22,12 +23,23 @@ def own_services(tmp_path: Path, kafka_port: int, redis_port: int) -> Settings:
 
 
 def controller_free_pair() -> int:
-    """A free port whose successor (the KRaft controller port) is free too."""
+    """A port that can be bound, whose successor (the KRaft controller port) can be too. Drawn
+    below Linux's ephemeral range (32768-60999): a port the system hands out to outgoing
+    connections in the meantime would make the broker's bind fail (seen once)."""
+    rng = random.Random()
     while True:
-        port = free_port()
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port + 1)) != 0:
-                return port
+        port = rng.randrange(20000, 32000)
+        if bindable(port) and bindable(port + 1):
+            return port
+
+
+def bindable(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def test_up_is_idempotent_and_down_stops_exactly_what_up_started(tmp_path: Path, local_services: Settings) -> None:

@@ -94,7 +94,7 @@ def test_account_roll_up_crosses_through_the_rekeyed_stage(isolated: Settings, w
         events.append(b2b(lead, 1, "meeting_booked", now + n * MINUTE_MS + 1, account_id="acme"))
     send(isolated, events)
 
-    worker()
+    proc = worker()
 
     crossings = [c for _, c in read_topic(isolated, isolated.topic_crossings, expect=7)]
     account = [c for c in crossings if c["kind"] == "account"]
@@ -115,6 +115,12 @@ def test_account_roll_up_crosses_through_the_rekeyed_stage(isolated: Settings, w
     assert {key: (s["score"], s["level"], s["members"]) for key, s in summaries.items()} == {
         b"b2b:account/acme": (110, "engaged", 2), b"b2b:account/globex": (56, "unaware", 1)}
     assert [m["lead_id"] for m in summaries[b"b2b:account/globex"]["top_members"]] == ["cid"]
+    # The worker explains an account: its score, level and members, best first.
+    status, body = proc.get("/accounts/acme/")
+    acme = orjson.loads(body)["models"]["b2b"]
+    assert status == 200 and (acme["score"], acme["level"], acme["members"]) == (110, "engaged", 2)
+    assert sorted(m["lead_id"] for m in acme["top_members"]) == ["ann", "ben"]
+    assert proc.get("/accounts/nosuch/")[0] == 404
 
 
 def test_sigkill_mid_stream_loses_and_duplicates_nothing(
