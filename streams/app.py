@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, cast
+from typing import Any, Callable, cast
 
 import faust
 import mode
@@ -178,35 +178,28 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
         log.info("recovery done: lead table ready leads=%d decay_steps_indexed=%d owned_partitions=%s",
                  len(lead_store), len(scorer.decay_index), sorted(owned))
 
+    def explained(view: View, kind: str, key: str, states: dict[str, Any], explain: Callable[[str, Any], dict[str, Any]]) -> Response:
+        """A lead's or an account's explanation in each model it has state in (404 without any)."""
+        if not states:
+            return view.json({"error": f"no state for {kind} {key!r} on this worker"}, status=404)
+        models = {model: explain(model, state) for model, state in states.items() if model in scorer.models}
+        return view.bytes(orjson.dumps({f"{kind}_id": key, "models": models}), content_type="application/json")
+
     @app.page("/leads/{lead_id}/")
     class LeadView(View):
         # The route's {lead_id} is passed to the method, which Faust's types do not foresee.
         @app.table_route(table=leads, match_info="lead_id")  # type: ignore[arg-type]
         async def get(self, request: Request, lead_id: str) -> Response:
-            states = lead_store.states(lead_id)
-            if not states:
-                return self.json({"error": f"no state for lead {lead_id!r} on this worker"}, status=404)
             at = scorer.now_ms()
-            explained = {
-                model: engine.explain(model, lead_id, state, at)  # type: ignore[arg-type]
-                for model, state in states.items()
-                if model in scorer.models
-            }
-            return self.bytes(orjson.dumps({"lead_id": lead_id, "models": explained}), content_type="application/json")
+            return explained(self, "lead", lead_id, lead_store.states(lead_id),
+                             lambda model, state: engine.explain(model, lead_id, state, at))
 
     @app.page("/accounts/{account_id}/")
     class AccountView(View):
         @app.table_route(table=accounts, match_info="account_id")  # type: ignore[arg-type]
         async def get(self, request: Request, account_id: str) -> Response:
-            states = account_store.states(account_id)
-            if not states:
-                return self.json({"error": f"no state for account {account_id!r} on this worker"}, status=404)
-            explained = {
-                model: engine.account_summary(model, account_id, state, top=ACCOUNT_VIEW_MEMBERS)
-                for model, state in states.items()
-                if model in scorer.models
-            }
-            return self.bytes(orjson.dumps({"account_id": account_id, "models": explained}), content_type="application/json")
+            return explained(self, "account", account_id, account_store.states(account_id),
+                             lambda model, state: engine.account_summary(model, account_id, state, top=ACCOUNT_VIEW_MEMBERS))
 
     @app.page("/healthz")
     class Health(View):
