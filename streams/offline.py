@@ -9,7 +9,7 @@ is, as JSON lines (or a table with --table):
 
 1. every transition, in order: {"record": "transition", ...Transition.to_dict()}
 2. every lead's summary, by model then lead id: {"record": "lead", ...Engine.summary()}
-3. every account's roll-up, by model then account id: {"record": "account", ...}
+3. every account's summary, by model then account id: {"record": "account", ...Engine.account_summary()}
 """
 
 from __future__ import annotations
@@ -142,18 +142,8 @@ class OfflineRun:
         for (model, lead_id), state in sorted(self.leads.items()):
             out.append({"record": "lead", **self.engine.summary(model, lead_id, state, self.newest_ms)})
         for (model, account_id), account in sorted(self.accounts.items()):
-            rollup = self.engine.runtime(model).model.accounts
-            score = rollup.score(account.members) if rollup is not None else None
-            out.append(
-                {
-                    "record": "account",
-                    "model": model,
-                    "account_id": account_id,
-                    "score": None if score is None else round(score, 2),
-                    "level": account.level or None,
-                    "members": len(account.members),
-                }
-            )
+            # As the worker publishes it for read models.
+            out.append({"record": "account", **self.engine.account_summary(model, account_id, account)})
         return out
 
 

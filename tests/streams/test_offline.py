@@ -69,8 +69,9 @@ def test_decay_is_evaluated_at_the_newest_event_time(tmp_path: Path) -> None:
     leads = {r["lead_id"]: (r["score"], r["level"]) for r in records if r["record"] == "lead"}
     assert leads == {"new": (10, "nurture"), "old": (0, "nurture")}
     assert [r for r in records if r["record"] == "account"] == [
-        {"record": "account", "model": "b2b", "account_id": "acme", "score": 10, "level": "unaware", "members": 2}
-    ]
+        {"record": "account", "model": "b2b", "account_id": "acme", "score": 10, "normalized": 5.0, "level": "unaware",
+         "temperature": "cold", "members": 2, "top_members": [{"lead_id": "new", "score": 10}, {"lead_id": "old", "score": 0}]}
+    ]  # what the worker publishes for read models, as `record: account`
 
 
 def test_table_output(tmp_path: Path, capsys) -> None:

@@ -35,6 +35,14 @@ def scores_by_key(settings: Settings, expect: int | None = None) -> dict[str, di
     return {key.decode(): value for key, value in read_topic(settings, settings.topic_scores, expect=expect, idle_s=2)}
 
 
+def read_model_scores(offline: list[dict]) -> dict[str, float]:
+    """The score the score-changes topic should end with for each key, from `leadstream score`'s
+    records: each lead's (`model/lead`) and each account's (`model:account/account`)."""
+    leads = {f"{r['model']}/{r['lead_id']}": r["score"] for r in offline if r["record"] == "lead"}
+    accounts = {f"{r['model']}:account/{r['account_id']}": r["score"] for r in offline if r["record"] == "account"}
+    return {**leads, **accounts}
+
+
 def send(settings: Settings, events: list[dict], topic: str | None = None) -> None:
     producer = open_producer(settings)
     try:
@@ -130,7 +138,7 @@ def test_sigkill_mid_stream_loses_and_duplicates_nothing(
     events = list(workload.generate(30_000, 1_500, seed=11, start_ms=now - 6 * 3_600_000, span_ms=6 * 3_600_000))
     path = write_jsonl(tmp_path / "events.jsonl", events)
     offline = [orjson.loads(line) for line in leadstream(isolated, "score", "--events", str(path)).stdout.splitlines()]
-    expected_scores = {f"{r['model']}/{r['lead_id']}": r["score"] for r in offline if r["record"] == "lead"}
+    expected_scores = read_model_scores(offline)
     expected_crossings = {r["id"]: r for r in offline if r["record"] == "transition" and r["kind"] == "lead"}
     assert len(expected_crossings) > 100
 
@@ -185,7 +193,8 @@ def test_two_workers_share_the_partitions_and_score_as_one(
     events = list(workload.generate(6_000, 400, seed=5, start_ms=now - 6 * 3_600_000, span_ms=6 * 3_600_000))
     offline = [orjson.loads(line) for line in
                leadstream(isolated, "score", "--events", str(write_jsonl(tmp_path / "events.jsonl", events))).stdout.splitlines()]
-    expected = {f"{r['model']}/{r['lead_id']}": r["score"] for r in offline if r["record"] == "lead"}
+    expected = {key: score for key, score in read_model_scores(offline).items() if ":account/" not in key}
+    expected_accounts = {key: score for key, score in read_model_scores(offline).items() if ":account/" in key}
     producer = open_producer(isolated)
     try:
         produce(producer, isolated.topic_events, ((e["lead_id"], orjson.dumps(e)) for e in events), 20)
@@ -201,7 +210,7 @@ def test_two_workers_share_the_partitions_and_score_as_one(
         probe.close()
 
     scores = {key.decode(): value for key, value in read_to_end(isolated, isolated.topic_scores)}
-    assert {k: v["score"] for k, v in scores.items()} == expected
+    assert {k: v["score"] for k, v in scores.items()} == {**expected, **expected_accounts}
     # Each counts the leads of the partitions it owns, once the first, which may have scored
     # everything alone, has handed the second its share.
     def held() -> list[float]:
