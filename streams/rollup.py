@@ -9,7 +9,7 @@ a replayed update sets the member's score to the same value again, so replays ar
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import msgspec
 import orjson
@@ -62,25 +62,25 @@ class Rollup:
     async def process(self, batch: Sequence[Consumed]) -> None:
         changed: dict[str, tuple[int, dict[str, AccountState]]] = {}
         transitions: list[Transition] = []
-        # (account id, model) -> its summary before the batch (None: a new account)
-        shown: dict[tuple[str, str], dict[str, Any] | None] = {}
+        # (account id, model) whose members changed: read models get their summaries.
+        moved: set[tuple[str, str]] = set()
         for message in batch:
             for update in self._decode(message):
                 account_id = update.account_id
                 states = changed[account_id][1] if account_id in changed else self.store.states(account_id)
                 state = states.get(update.model)
-                if (account_id, update.model) not in shown:
-                    shown[(account_id, update.model)] = None if state is None else self.engine.account_summary(update.model, account_id, state)
+                member = None if state is None else state.members.get(update.lead_id)
                 state, crossed = self.engine.apply_account(update.model, account_id, state, update)
+                if state.members.get(update.lead_id) != member:  # taken: not stale, not a repeat
+                    moved.add((account_id, update.model))
                 states[update.model] = state
                 changed[account_id] = (message.partition, states)
                 transitions.extend(crossed)
         for transition in transitions:
             self.outbox.add(self.settings.topic_crossings, str(transition.account_id).encode(), orjson.dumps(transition.to_dict()))
-        for (account_id, model), before in shown.items():
-            after = self.engine.account_summary(model, account_id, changed[account_id][1][model])
-            if after != before:  # read models show it: a changed score, level, or set of best members
-                self.outbox.add(self.settings.topic_scores, account_score_key(model, account_id), orjson.dumps(after))
+        for account_id, model in moved:
+            summary = self.engine.account_summary(model, account_id, changed[account_id][1][model])
+            self.outbox.add(self.settings.topic_scores, account_score_key(model, account_id), orjson.dumps(summary))
         await self.outbox.flush()  # crossings before the states that record them
         metrics.count_crossings(transitions)
         for account_id, (partition, states) in changed.items():
