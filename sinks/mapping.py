@@ -9,6 +9,7 @@ examples (sinks/mappings/*.toml) document every key.
 
 from __future__ import annotations
 
+import re
 import string
 import tomllib
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ from typing import Any
 
 from sinks.base import Crossing, Reason
 from sinks.errors import MappingError
+
+_FIELD_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 
 #: Crossing fields a mapping can send to the CRM (`level` is the level reached).
 SOURCE_FIELDS = ("score", "normalized", "grade", "engagement", "cell", "temperature", "level", "model", "reasons")
@@ -156,6 +159,13 @@ class _Table:
             raise self.error(key, f"uses {{{unknown[0]}}}; templates may use {', '.join('{%s}' % n for n in allowed)}")
         return text
 
+    def field_name(self, key: str) -> str:
+        """The name of a CRM field: it goes into API paths and SOQL as it is."""
+        value = self.text(key)
+        if not _FIELD_NAME.fullmatch(value):
+            raise self.error(key, f"must be a CRM field name (a letter, then letters, digits or '_'), not {value!r}")
+        return value
+
     def positive_int(self, key: str, default: int) -> int:
         value = self.data.get(key, default)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -200,7 +210,7 @@ def load_mapping(path: Path, *, with_deals: bool) -> Mapping:
     if "account" in raw:
         table = top.table("account")
         table.only("id_property", "fields", "values", "levels", "task", *deal)
-        account = AccountMapping(id_property=table.text("id_property"), **_record_parts(table, _ACCOUNT))
+        account = AccountMapping(id_property=table.field_name("id_property"), **_record_parts(table, _ACCOUNT))
     return Mapping(path=path, account=account, **lead)
 
 
@@ -232,7 +242,7 @@ def _deal(table: _Table, kind: _Kind) -> DealMapping:
         pipeline=table.text("pipeline", "default"),
         stage=table.text("stage"),
         name=table.template("name", kind.deal_name, kind.template_names),
-        crossing_id_property=table.text("crossing_id_property"),
+        crossing_id_property=table.field_name("crossing_id_property"),
     )
 
 
@@ -245,5 +255,5 @@ def _task(table: _Table, kind: _Kind) -> TaskMapping:
         body=table.template("body", kind.task_body, kind.template_names),
         due_in_hours=table.positive_int("due_in_hours", 24),
         priority=table.text("priority"),
-        crossing_id_property=table.text("crossing_id_property"),
+        crossing_id_property=table.field_name("crossing_id_property"),
     )

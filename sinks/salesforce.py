@@ -77,7 +77,7 @@ class SalesforceSink(CrossingSink):
         if item.kind == "account":
             assert self.mapping.account is not None  # handles() let it through
             mapping: RecordMapping = self.mapping.account
-            sobject, relation = self.accounts, "WhatId"  # a Task is about an Account, and with a Lead
+            sobject, relation = self.accounts, "WhatId"  # a Task's WhatId: what it is about; WhoId: whom
             record_id = self._find_account(item, self.mapping.account.id_property)
         else:
             mapping, sobject, relation = self.mapping, self.leads, "WhoId"

@@ -159,6 +159,10 @@ def test_the_shipped_mappings_are_valid() -> None:
          "[account.task].subject: uses {email}"),
         ('[fields]\nscore = "x"\n[account]\nid_property = "Id"\nfields = {score = "y"}\n[account.levels.buying]\nStatus = 1',
          False, "[account.levels.buying].Status: must be a string"),
+        ('[fields]\nscore = "x"\n[account]\nid_property = "Id = \'x\' OR Name"\nfields = {score = "y"}', False,
+         "[account].id_property: must be a CRM field name"),
+        ('[fields]\nscore = "x"\n[task]\nlevels = ["mql"]\npriority = "HIGH"\ncrossing_id_property = "c d"', False,
+         "[task].crossing_id_property: must be a CRM field name"),
     ],
 )
 def test_mapping_errors_name_the_file_and_the_field(tmp_path: Path, toml: str, with_deals: bool, error: str) -> None:
