@@ -111,6 +111,12 @@ def account_crossing(**extra: Any) -> dict[str, Any]:
                                 {"rule": "member", "lead_id": "lead-2", "points": 40}]), **extra}
 
 
+def account_climb() -> list[dict[str, Any]]:
+    """acme's account crossings up to engaged, then on to buying."""
+    return [account_crossing(to_level="engaged", from_level="unaware", id="acme/b2b/up/engaged/1", temperature="warm"),
+            account_crossing()]
+
+
 def produce(settings: Settings, records: list[dict[str, Any]], topic: str | None = None) -> None:
     from kafka import KafkaProducer
 

@@ -8,7 +8,7 @@ from sinks.hubspot import DEAL_TO_COMPANY, DEAL_TO_CONTACT, TASK_TO_COMPANY, TAS
 from sinks.mapping import load_mapping
 from streams.settings import Settings
 from tests.infra import read_topic
-from tests.sinks.conftest import account_crossing, crossing, drain, produce
+from tests.sinks.conftest import account_climb, account_crossing, crossing, drain, produce
 from tests.sinks.fake_hubspot import FakeHubSpot
 
 
@@ -121,8 +121,7 @@ def test_account_crossings_update_the_company_and_buying_creates_a_deal_and_task
     settings = hubspot_settings(sink_settings, hubspot)
     company = hubspot.add_company("acme", owner_id="5151")
     produce(settings, [
-        account_crossing(to_level="engaged", from_level="unaware", id="acme/b2b/up/engaged/1", temperature="warm"),
-        account_crossing(),
+        *account_climb(),
         account_crossing(to_level="engaged", from_level="buying", direction="down", id="acme/b2b/down/engaged/3"),
     ])
 

@@ -6,7 +6,7 @@ from sinks.runner import SinkRunner
 from sinks.salesforce import SalesforceSink
 from streams.settings import Settings
 from tests.infra import read_topic
-from tests.sinks.conftest import account_crossing, crossing, drain, produce
+from tests.sinks.conftest import account_climb, account_crossing, crossing, drain, produce
 from tests.sinks.fake_salesforce import FakeSalesforce
 
 
@@ -70,8 +70,7 @@ def test_account_crossings_update_the_account_and_buying_creates_a_task_related_
     settings = salesforce_settings(sink_settings, salesforce)
     account = salesforce.add_account("acme", owner_id="005000000000051AAA")
     produce(settings, [
-        account_crossing(to_level="engaged", from_level="unaware", id="acme/b2b/up/engaged/1", temperature="warm"),
-        account_crossing(),
+        *account_climb(),
         account_crossing(account_id="globex", id="globex/b2b/up/buying/1"),  # no such Account
     ])
 
