@@ -19,6 +19,7 @@ class TopicSpec:
     config: dict[str, str] = field(default_factory=dict)
 
 
+FORGET_RETENTION_MS = 7 * 24 * 3600 * 1000
 COMPACTED = {"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1", "segment.ms": "600000"}
 
 
@@ -27,7 +28,9 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     return [
         TopicSpec(settings.topic_events, n),
         # Latest traits per lead are what matters, so old profile versions may be compacted away.
-        TopicSpec(settings.topic_profiles, n, COMPACTED),
+        # A tombstone here is a request to forget the lead (streams/forget.py): it is kept a week
+        # after compaction (Kafka's default is a day), so a worker down that long still reads it.
+        TopicSpec(settings.topic_profiles, n, {**COMPACTED, "delete.retention.ms": str(FORGET_RETENTION_MS)}),
         TopicSpec(settings.topic_crossings, n),
         # A read model only needs each lead's latest score.
         TopicSpec(settings.topic_scores, n, COMPACTED),

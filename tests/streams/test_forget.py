@@ -97,3 +97,16 @@ def test_tombstones_where_none_belong_are_dead_lettered_and_the_worker_goes_on(
     assert "leadstream forget" in dead[(isolated.topic_events, "tombstone")]["detail"]
     assert "request to forget lead 'carol'" in dead[(isolated.topic_profiles, "wrong_partition")]["detail"]
     wait_for(lambda: scored(proc, "carol", 10), 60, "carol's event scored after the tombstones", 0.3)
+
+
+def test_the_profiles_topic_keeps_forget_requests_a_week_after_compaction(isolated: Settings) -> None:
+    from kafka import KafkaAdminClient
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    admin = KafkaAdminClient(bootstrap_servers=isolated.kafka_bootstrap)
+    try:
+        described = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, isolated.topic_profiles)])
+    finally:
+        admin.close()
+    config = {name: entry["value"] for name, entry in described["topic"][isolated.topic_profiles].items()}
+    assert config["cleanup.policy"] == "compact" and config["delete.retention.ms"] == str(7 * 24 * 3600 * 1000)
