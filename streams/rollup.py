@@ -58,6 +58,9 @@ class Rollup:
         self.settings = settings
         self.store = store
         self.outbox = outbox
+        self.models = {model.name for model in engine.models}
+        #: The models that roll up into accounts (with `[accounts]`): their summaries are published.
+        self.rolling = {model.name for model in engine.models if model.accounts is not None}
 
     async def process(self, batch: Sequence[Consumed]) -> None:
         changed: dict[str, tuple[int, dict[str, AccountState]]] = {}
@@ -71,8 +74,8 @@ class Rollup:
                 state = states.get(update.model)
                 member = None if state is None else state.members.get(update.lead_id)
                 state, crossed = self.engine.apply_account(update.model, account_id, state, update)
-                if state.members.get(update.lead_id) != member:  # taken: not stale, not a repeat
-                    moved.add((account_id, update.model))
+                if state.members.get(update.lead_id) != member and update.model in self.rolling:
+                    moved.add((account_id, update.model))  # taken (not stale, not a repeat) by a model that rolls up
                 states[update.model] = state
                 changed[account_id] = (message.partition, states)
                 transitions.extend(crossed)
@@ -88,6 +91,16 @@ class Rollup:
         await self.outbox.flush()
 
     def _decode(self, message: Consumed) -> list[MemberScore]:
+        """The message's updates for the models this worker has; the others are dead-lettered."""
+        updates = self._updates(message)
+        unknown = [update for update in updates if update.model not in self.models]
+        for update in unknown:
+            self._dead(message, "unknown_model", f"account update for model {update.model!r}, which this worker does not have "
+                       f"(models: {', '.join(sorted(self.models))}): removed from LEADSTREAM_MODELS_DIR while updates were "
+                       "in flight, or not written by leadstream", msgspec.json.encode(update))
+        return [update for update in updates if update.model in self.models] if unknown else updates
+
+    def _updates(self, message: Consumed) -> list[MemberScore]:
         if message.tombstone:
             self._dead(message, "tombstone", f"a message without a value (a tombstone) on {message.topic}, which takes member updates", b"")
             return []

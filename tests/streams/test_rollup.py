@@ -70,3 +70,15 @@ def test_a_leaving_crosses_as_left_true_and_a_mistyped_one_is_dead_lettered() ->
     assert decoded == [MemberScore("b2b", "acme", "L1", 0, 5, left=True)]
     [(_, _, letter, _)] = dead.records
     assert orjson.loads(letter)["reason"] == "bad_account_update" and "left must be true or false" in orjson.loads(letter)["detail"]
+
+
+def test_an_update_for_a_model_the_worker_does_not_have_is_dead_lettered_not_raised() -> None:
+    settings = Settings()
+    dead = Collected()
+    stage = Rollup(Engine([shipped("b2b")]), settings, None, dead)  # type: ignore[arg-type]
+    good: dict[str, Any] = {"model": "b2b", "account_id": "acme", "lead_id": "L1", "score": 20, "time": 5}
+    value = orjson.dumps([good, {**good, "model": "retired"}])
+    assert stage._decode(Consumed(settings.topic_accounts, 2, 3, None, value)) == [MemberScore("b2b", "acme", "L1", 20.0, 5)]
+    [(_, _, letter, _)] = dead.records
+    assert orjson.loads(letter)["reason"] == "unknown_model" and "'retired'" in orjson.loads(letter)["detail"]
+    assert orjson.loads(orjson.loads(letter)["original"])["model"] == "retired"

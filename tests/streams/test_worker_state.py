@@ -39,7 +39,8 @@ def read_model_scores(offline: list[dict]) -> dict[str, float]:
     """The score the score-changes topic should end with for each key, from `leadstream score`'s
     records: each lead's (`model/lead`) and each account's (`model:account/account`)."""
     leads = {f"{r['model']}/{r['lead_id']}": r["score"] for r in offline if r["record"] == "lead"}
-    accounts = {f"{r['model']}:account/{r['account_id']}": r["score"] for r in offline if r["record"] == "account"}
+    accounts = {f"{r['model']}:account/{r['account_id']}": r["score"] for r in offline
+                if r["record"] == "account" and r["score"] is not None}  # models without [accounts] publish none
     return {**leads, **accounts}
 
 
