@@ -260,7 +260,7 @@ class Scorer:
             writes[lead_id] = (partition, states, encode_states(states) if len(states) == 1 else None)
         account_updates = result.account_updates
         if forget:
-            account_updates = account_updates + self._forget(forget, known, writes)
+            account_updates = account_updates + self._forget(forget, known, writes, clock_ms)
         publish_updates(outbox, self.settings, account_updates, self.partitions)
         for letter in dead:
             stats.rejected[letter.reason] = stats.rejected.get(letter.reason, 0) + 1
@@ -351,13 +351,8 @@ class Scorer:
                 if states:
                     self.outbox.add(self.settings.topic_identity, target.encode(),
                                     stitching.merge_record(source, target, time_ms, states))
-                    # The visitor's points move to the lead: its own account membership ends.
-                    members.extend(filter(None, (self.engine.leaving(model, source, state, time_ms)  # type: ignore[arg-type]
-                                                 for model, state in states.items() if model in self.models)))
-                    # The visitor's scores now count in the lead's: read models drop its entries
-                    # (a tombstone on the compacted score-changes topic).
-                    for model in states:
-                        self.outbox.add(self.settings.topic_scores, f"{model}/{source}".encode(), None, message.partition)
+                    # The visitor's points now count in the lead's, in read models and accounts.
+                    members += self._withdraw(source, states, message.partition, time_ms)
                 markers.append((source, target, message.partition))
             elif kind == "merge":
                 states = merged[target][1] if target in merged else self.store.states(target)
@@ -417,26 +412,33 @@ class Scorer:
                 f"tombstone keyed by its id to {profiles}, as `leadstream forget` does")
         dead.append(DeadLetter(reason, detail, b"", message.topic, message.partition, message.offset, message.key))
 
-    def _forget(self, forget: dict[str, int], known: dict[str, States], writes: dict[str, Any]) -> list[MemberScore]:
-        """Queues what erases each lead from the outputs: read models drop it (score-changes
-        tombstones), accounts stop counting it (member updates, returned), and none of its
-        states is written; the table entries are deleted once these are acknowledged."""
+    def _forget(self, forget: dict[str, int], known: dict[str, States], writes: dict[str, Any], now_ms: int) -> list[MemberScore]:
+        """Queues what erases each lead from the outputs (see `_withdraw`; returns its accounts'
+        updates) and keeps its states from being written; the table entries are deleted once
+        these are acknowledged."""
         leaving: list[MemberScore] = []
-        now_ms = self.now_ms()
         for lead_id, partition in forget.items():
             states = known[lead_id] if lead_id in known else self.store.states(lead_id)
             writes.pop(lead_id, None)
-            for model, state in states.items():
-                if model == stitching.MERGED_INTO:  # an id merged into another: only the marker goes
-                    continue
-                member = self.engine.leaving(model, lead_id, state, now_ms)  # type: ignore[arg-type]
-                if member is not None:
-                    leaving.append(member)
-                self.outbox.add(self.settings.topic_scores, f"{model}/{lead_id}".encode(), None, partition)
-                if model in self.models:
-                    metrics.LEADS_IN_STATE.labels(model).dec()
+            leaving += self._withdraw(lead_id, states, partition, now_ms)
+            for model in states.keys() & self.models:
+                metrics.LEADS_IN_STATE.labels(model).dec()
             metrics.LEADS_FORGOTTEN.inc()
         log.info("leads forgotten: count=%d", len(forget))  # ids are not logged: they may be personal data
+        return leaving
+
+    def _withdraw(self, lead_id: str, states: States, partition: int, time_ms: int) -> list[MemberScore]:
+        """Takes an id whose states go away (merged into a lead, or forgotten) out of the read
+        models (a tombstone per model on the compacted score-changes topic) and out of its
+        accounts (the member updates returned, for the models this worker has)."""
+        leaving: list[MemberScore] = []
+        for model, state in states.items():
+            if model == stitching.MERGED_INTO:  # an id merged before: only its marker is left
+                continue
+            self.outbox.add(self.settings.topic_scores, f"{model}/{lead_id}".encode(), None, partition)
+            member = self.engine.leaving(model, lead_id, state, time_ms) if model in self.models else None  # type: ignore[arg-type]
+            if member is not None:
+                leaving.append(member)
         return leaving
 
     def _forward(self, item: dict[str, Any], target: str, message: Consumed, dead: list[DeadLetter]) -> None:
