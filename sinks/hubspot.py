@@ -33,7 +33,7 @@ from hubspot.crm.objects.tasks import ApiException as TasksApiException
 
 from sinks.base import Crossing, CrossingSink, Steps
 from sinks.errors import PermanentError, RetryableError, for_status
-from sinks.mapping import Mapping, RecordMapping, load_mapping
+from sinks.mapping import AccountMapping, Mapping, load_mapping
 from sinks.ratelimit import limiter_for
 from streams.errors import ConfigError
 from streams.settings import Settings
@@ -87,17 +87,15 @@ class HubSpotSink(CrossingSink):
         self.task_search = client.crm.objects.tasks.search_api
 
     def handles(self, item: Crossing) -> bool:
-        # An account crossing names no contact: it goes to the account's company, if mapped.
-        return item.kind == "lead" or self.mapping.account is not None
+        return self.mapping.covers(item)
 
     def deliver(self, item: Crossing, steps: Steps) -> None:
-        if item.kind == "account":
-            assert self.mapping.account is not None  # handles() let it through
-            mapping: RecordMapping = self.mapping.account
+        mapping = self.mapping.record_for(item)
+        if isinstance(mapping, AccountMapping):  # an account crossing goes to the account's company
             target = self.companies
-            ref, id_property = self._company_ref(item, self.mapping.account.id_property)
+            ref, id_property = self._company_ref(item, mapping.id_property)
         else:
-            mapping, target = self.mapping, self.contacts
+            target = self.contacts
             ref, id_property = self._contact_ref(item)
         properties = {name: _text(value) for name, value in mapping.record_values(item).items()}
         record_id = self._update(target, item, ref, id_property, properties)

@@ -120,6 +120,19 @@ class Mapping(RecordMapping):
     path: Path
     account: AccountMapping | None
 
+    def covers(self, crossing: Crossing) -> bool:
+        """Whether the connector has anything to write for the crossing: an account crossing
+        names no lead record, so it needs the `[account]` table."""
+        return crossing.kind == "lead" or self.account is not None
+
+    def record_for(self, crossing: Crossing) -> RecordMapping:
+        """The mapping of the record the crossing reaches (the account's, for an account
+        crossing, which `covers` let through)."""
+        if crossing.kind == "account":
+            assert self.account is not None, "an account crossing the mapping does not cover"
+            return self.account
+        return self
+
 
 class _Table:
     """One TOML table being validated; errors say `file: [table].key: problem`."""

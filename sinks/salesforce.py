@@ -27,7 +27,7 @@ from simple_salesforce.exceptions import SalesforceError
 from sinks.base import Crossing, CrossingSink, Steps
 from sinks.errors import PermanentError, RetryableError, for_status
 from sinks.http import TimeoutSession, transport_error
-from sinks.mapping import Mapping, RecordMapping, load_mapping
+from sinks.mapping import AccountMapping, Mapping, load_mapping
 from sinks.ratelimit import limiter_for
 from streams.errors import ConfigError
 from streams.settings import Settings
@@ -70,17 +70,15 @@ class SalesforceSink(CrossingSink):
         )
 
     def handles(self, item: Crossing) -> bool:
-        # An account crossing names no Lead: it goes to the account's Account, if mapped.
-        return item.kind == "lead" or self.mapping.account is not None
+        return self.mapping.covers(item)
 
     def deliver(self, item: Crossing, steps: Steps) -> None:
-        if item.kind == "account":
-            assert self.mapping.account is not None  # handles() let it through
-            mapping: RecordMapping = self.mapping.account
+        mapping = self.mapping.record_for(item)
+        if isinstance(mapping, AccountMapping):  # an account crossing goes to the account's Account
             sobject, relation = self.accounts, "WhatId"  # a Task's WhatId: what it is about; WhoId: whom
-            record_id = self._find_account(item, self.mapping.account.id_property)
+            record_id = self._find_account(item, mapping.id_property)
         else:
-            mapping, sobject, relation = self.mapping, self.leads, "WhoId"
+            sobject, relation = self.leads, "WhoId"
             record_id = item.traits.get("salesforce_id") or self._find_lead(item)
         what = f"{sobject.name} {record_id}"
         values = mapping.record_values(item)
