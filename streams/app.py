@@ -24,10 +24,10 @@ from faust.web import Request, Response, View
 from kafka.errors import KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from scoring import Engine
 from streams import bulk_store, lead_states, metrics, seek_first
 from streams.collection import BatchPause
 from streams.lag import LagProbe
+from streams.model_reload import ModelDirectory
 from streams.outbox import Outbox
 from streams.rollup import Rollup, decode_accounts
 from streams.scorer import DECAY_CHUNK, DECAY_PAUSE_S, Scorer
@@ -39,7 +39,7 @@ log = logging.getLogger("leadstream.worker")
 ACCOUNT_VIEW_MEMBERS = 100
 
 
-def create_app(settings: Settings, engine: Engine) -> faust.App:
+def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
     app = faust.App(
         settings.app_id,
         broker=f"kafka://{settings.kafka_bootstrap}",
@@ -88,8 +88,10 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
                            lead_states.decode)
     account_store = LiveTable(accounts.store, accounts.changelog_topic.get_topic_name(), settings.partitions,
                               settings.live_leads, decode_accounts)
-    scorer = Scorer(engine, settings, lead_store, outbox, settings.partitions)
-    rollup_stage = Rollup(engine, settings, account_store, outbox)
+    # The models in use change when their files are edited (reload_models below): read them
+    # from the stages, which switch between batches.
+    scorer = Scorer(models.current.engine, settings, lead_store, outbox, settings.partitions)
+    rollup_stage = Rollup(models.current.engine, settings, account_store, outbox)
     # No garbage collection while a batch is scored: it would only scan the batch's own
     # objects, alive until the batch ends (streams/collection.py).
     batch_pause = BatchPause(settings.gc_young_threshold > 0)
@@ -171,9 +173,25 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
         while await scorer.decay_due(now) == DECAY_CHUNK:
             await asyncio.sleep(DECAY_PAUSE_S)
 
+    def owned_partitions() -> set[int]:
+        return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == settings.topic_events}
+
+    if settings.models_reload_s > 0:
+
+        @app.timer(interval=settings.models_reload_s)  # type: ignore[untyped-decorator]
+        async def reload_models() -> None:
+            # Not while tables recover: the decay index is rebuilt when they are, by then
+            # under the new models too, if the files changed (the next poll sees it).
+            if not _ready(app):
+                return
+            engine = models.poll()
+            if engine is not None:
+                await scorer.use(engine, owned_partitions())
+                rollup_stage.use(engine)
+
     @leads.on_recover
     async def index_decay() -> None:
-        owned = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == settings.topic_events}
+        owned = owned_partitions()
         scorer.rebuild_decay_index(owned)
         log.info("recovery done: lead table ready leads=%d decay_steps_indexed=%d owned_partitions=%s",
                  len(lead_store), len(scorer.decay_index), sorted(owned))
@@ -192,14 +210,19 @@ def create_app(settings: Settings, engine: Engine) -> faust.App:
         async def get(self, request: Request, lead_id: str) -> Response:
             at = scorer.now_ms()
             return explained(self, "lead", lead_id, lead_store.states(lead_id),
-                             lambda model, state: engine.explain(model, lead_id, state, at))
+                             lambda model, state: scorer.engine.explain(model, lead_id, state, at))
 
     @app.page("/accounts/{account_id}/")
     class AccountView(View):
         @app.table_route(table=accounts, match_info="account_id")  # type: ignore[arg-type]
         async def get(self, request: Request, account_id: str) -> Response:
             return explained(self, "account", account_id, account_store.states(account_id),
-                             lambda model, state: engine.account_summary(model, account_id, state, top=ACCOUNT_VIEW_MEMBERS))
+                             lambda model, state: rollup_stage.engine.account_summary(model, account_id, state, top=ACCOUNT_VIEW_MEMBERS))
+
+    @app.page("/models/")
+    class Models(View):
+        async def get(self, request: Request) -> Response:
+            return self.json(models.describe())
 
     @app.page("/healthz")
     class Health(View):

@@ -47,6 +47,12 @@ OFFSET_ANOMALIES = Counter(
     ["kind"],
 )
 REBALANCES = Counter("leadstream_rebalances", "Consumer group rebalances this worker went through.")
+MODEL_RELOADS = Counter(
+    "leadstream_model_reloads", "Edits of the models directory the worker found: applied, or rejected (they do not load).", ["outcome"]
+)
+MODELS_BROKEN = Gauge(
+    "leadstream_models_broken", "1 while the models directory holds an edit that does not load (the worker scores with the models it has)."
+)
 READY = Gauge("leadstream_worker_ready", "1 when tables are recovered and the worker is scoring, else 0.")
 
 

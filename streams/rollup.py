@@ -54,10 +54,19 @@ def decode_accounts(value: bytes) -> dict[str, AccountState]:
 
 class Rollup:
     def __init__(self, engine: Engine, settings: Settings, store: LiveTable[AccountState], outbox: Outbox) -> None:
-        self.engine = engine
         self.settings = settings
         self.store = store
         self.outbox = outbox
+        self._take(engine)
+
+    def use(self, engine: Engine) -> None:
+        """Rolls up with `engine` from the next batch on (see `Scorer.use`); a batch in flight
+        is past its last use of the engine once it awaits, so the switch never splits one."""
+        self._take(engine)
+        self.store.drop_live()
+
+    def _take(self, engine: Engine) -> None:
+        self.engine = engine
         self.models = {model.name for model in engine.models}
         #: The models that roll up into accounts (with `[accounts]`): their summaries are published.
         self.rolling = {model.name for model in engine.models if model.accounts is not None}

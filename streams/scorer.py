@@ -161,6 +161,20 @@ class Scorer:
         # turns, so neither writes a state carrying the other's changes before those are.
         self._turns: asyncio.Lock | None = None
 
+    async def use(self, engine: Engine, owned: set[int]) -> None:
+        """Scores with `engine` from the next batch or decay sweep on (models edited while the
+        worker runs, streams/model_reload.py), with what a restart would do to the states."""
+        async with self._turn():
+            before = {model.name: model.decay for model in self.engine.models}
+            self.engine = engine
+            self.models = {model.name for model in engine.models}
+            # Fit points derived under the old [[fit]] rules are cached in the live states.
+            self.store.drop_live()
+            # Scheduled steps are right unless a schedule changed (one coming due sooner
+            # would be applied late); re-indexing costs what a recovery's indexing does.
+            if any(model.decay != before.get(model.name, model.decay) for model in engine.models):
+                self.rebuild_decay_index(owned)
+
     def _turn(self) -> asyncio.Lock:
         if self._turns is None:  # created inside the worker's event loop
             self._turns = asyncio.Lock()

@@ -114,6 +114,10 @@ class Settings:
         "LEADSTREAM_GC_YOUNG_THRESHOLD", 50000,
         "Allocations between the worker's young garbage collections, none during a batch (0: Python's default, 700, batches too).",
     )
+    models_reload_s: int = _setting(
+        "LEADSTREAM_MODELS_RELOAD_S", 5,
+        "How often the worker looks for edits of the model files, applied between two batches when they load (0: only at start).",
+    )
     decay_interval_s: int = _setting(
         "LEADSTREAM_DECAY_INTERVAL_S", 5, "How often the worker applies the decay steps that are due."
     )

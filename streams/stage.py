@@ -135,6 +135,11 @@ class LiveTable(Generic[S]):
         for key in [key for key in self.live if partition_for(key, self.partitions) in partitions]:
             del self.live[key]
 
+    def drop_live(self) -> None:
+        """Drops every live state (each is decoded again from its bytes when next read): after
+        the models changed, as a restart would, so nothing derived under the old models stays."""
+        self.live.clear()
+
     def items(self, partitions: set[int]) -> Iterator[tuple[str, dict[str, S]]]:
         """The states of every key on these partitions (decoded, not kept live)."""
         for raw_key in list(self.recovered):

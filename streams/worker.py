@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 import socket
 
-from scoring import Engine
 from streams.collection import tune_collector
 from streams.errors import port_taken
+from streams.model_reload import ModelDirectory
 from streams.settings import Settings
 from streams.topics import ensure_topics
 
@@ -19,17 +19,17 @@ def run_worker(settings: Settings) -> int:
 
     # Fail before joining the group: a broken model file or a taken port must not take
     # partitions and stall them.
-    engine = Engine.from_directory(settings.models_dir)
+    models = ModelDirectory(settings.models_dir)
     _check_port(settings.bind_host, settings.worker_port)
     ensure_topics(settings)
-    app = create_app(settings, engine)
+    app = create_app(settings, models)
     tune_collector(settings.gc_young_threshold)
     worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True)
     # Faust's own debug records cost ~17% of the hot path when built and discarded (PERF.md).
     logging.getLogger("faust").setLevel(max(logging.INFO, logging.getLevelName(settings.log_level.upper())))
     logging.getLogger("leadstream.worker").info(
         "worker starting app_id=%s models=%s events_topic=%s web=%s:%d",
-        settings.app_id, [m.name for m in engine.models], settings.topic_events,
+        settings.app_id, [m.name for m in models.current.engine.models], settings.topic_events,
         settings.bind_host, settings.worker_port,
     )
     worker.execute_from_commandline()

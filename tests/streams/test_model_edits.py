@@ -1,31 +1,42 @@
-"""A model edited while leads have state: the worker restarts with the new model files and
-the leads it recovers from the changelog are scored, explained and crossed under them."""
+"""A model edited while leads have state: a worker restarted with the new model files, or one
+running while they change, scores, explains and crosses the leads it has under them."""
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
 import orjson
+from prometheus_client.parser import text_string_to_metric_families
 
 from streams.processes import WorkerProcess
 from streams.settings import Settings
-from tests.infra import leadstream, read_topic, write_jsonl
+from tests.infra import leadstream, read_topic, wait_for, write_jsonl
 
 HOUR_MS = 3_600_000
 
 
-def write_model(directory: Path, vp_points: int) -> Path:
-    directory.mkdir()
-    (directory / "edits.toml").write_text(
+def model_text(vp_points: int | str) -> str:
+    return (
         '[model]\nname = "edits"\n[filter]\nproduct = "edits"\n'
         '[[rules]]\nname = "signed up"\nevent = "signup"\npoints = 5\n'
         f'[[fit]]\nname = "vp"\npoints = {vp_points}\ntraits.title = {{ glob = "*VP*" }}\n'
         '[thresholds]\nbase = "lead"\nladder = [{ level = "mql", at = 20 }]\n'
     )
+
+
+def write_model(directory: Path, vp_points: int) -> Path:
+    directory.mkdir()
+    (directory / "edits.toml").write_text(model_text(vp_points))
     return directory
+
+
+def signup(start_ms: int, n: int) -> dict:
+    return {"event_id": f"ada-{n}", "lead_id": "ada", "type": "signup", "product": "edits",
+            "time": start_ms + n * HOUR_MS, "traits": {"title": "VP Sales"}}  # fmt: skip
 
 
 def test_an_edited_fit_rule_rescores_recovered_leads(isolated: Settings, worker: Callable[..., WorkerProcess], tmp_path: Path) -> None:
@@ -33,11 +44,7 @@ def test_an_edited_fit_rule_rescores_recovered_leads(isolated: Settings, worker:
     first_model = replace(isolated, models_dir=write_model(tmp_path / "v1", vp_points=30))
     edited_model = replace(isolated, models_dir=write_model(tmp_path / "v2", vp_points=5))
 
-    def signup(n: int) -> dict:
-        return {"event_id": f"ada-{n}", "lead_id": "ada", "type": "signup", "product": "edits",
-                "time": start + n * HOUR_MS, "traits": {"title": "VP Sales"}}  # fmt: skip
-
-    leadstream(isolated, "send", str(write_jsonl(tmp_path / "first.jsonl", [signup(0)])))
+    leadstream(isolated, "send", str(write_jsonl(tmp_path / "first.jsonl", [signup(start, 0)])))
     first = worker(first_model)
     crossed = read_topic(isolated, isolated.topic_crossings, expect=1)
     assert [(c["to_level"], c["score"]) for _, c in crossed] == [("mql", 35)]
@@ -50,6 +57,89 @@ def test_an_edited_fit_rule_rescores_recovered_leads(isolated: Settings, worker:
     explained = orjson.loads(body)["models"]["edits"]
     assert (explained["score"], explained["fit"]) == (10, [{"rule": "vp", "points": 5}])
 
-    leadstream(isolated, "send", str(write_jsonl(tmp_path / "second.jsonl", [signup(1)])))
+    leadstream(isolated, "send", str(write_jsonl(tmp_path / "second.jsonl", [signup(start, 1)])))
     crossed = read_topic(isolated, isolated.topic_crossings, expect=2)
     assert [(c["from_level"], c["to_level"], c["score"]) for _, c in crossed] == [("lead", "mql", 35), ("mql", "lead", 15)]
+
+
+def test_a_running_worker_applies_an_edit_and_keeps_scoring_through_a_broken_one(
+    isolated: Settings, worker: Callable[..., WorkerProcess], tmp_path: Path
+) -> None:
+    start = int(time.time() * 1000) - 3 * HOUR_MS
+    settings = replace(isolated, models_dir=write_model(tmp_path / "models", vp_points=30), models_reload_s=1)
+    running = worker(settings)
+
+    def save(text: str) -> None:  # as editors save: the worker never reads a half-written file
+        (settings.models_dir / "edits.toml.tmp").write_text(text)
+        os.replace(settings.models_dir / "edits.toml.tmp", settings.models_dir / "edits.toml")
+
+    def models() -> dict:
+        status, body = running.get("/models/")
+        assert status == 200, body
+        return orjson.loads(body)
+
+    def explained() -> dict:
+        status, body = running.get("/leads/ada/")
+        assert status == 200, body
+        return orjson.loads(body)["models"]["edits"]
+
+    loaded = models()
+    assert ([m["name"] for m in loaded["models"]], loaded["error"]) == (["edits"], None)
+    leadstream(isolated, "send", str(write_jsonl(tmp_path / "first.jsonl", [signup(start, 0)])))
+    crossed = read_topic(isolated, isolated.topic_crossings, expect=1)
+    assert [(c["to_level"], c["score"]) for _, c in crossed] == [("mql", 35)]
+    assert explained()["fit"] == [{"rule": "vp", "points": 30}]
+
+    # The edit applies without a restart, to the lead the worker holds live: its fit points
+    # are worked out again under the new rule before any new event.
+    save(model_text(vp_points=5))
+    wait_for(lambda: models()["fingerprint"] != loaded["fingerprint"], what="the edit applied")
+    assert (explained()["score"], explained()["fit"]) == (10, [{"rule": "vp", "points": 5}])
+    leadstream(isolated, "send", str(write_jsonl(tmp_path / "second.jsonl", [signup(start, 1)])))
+    crossed = read_topic(isolated, isolated.topic_crossings, expect=2)
+    assert [(c["from_level"], c["to_level"], c["score"]) for _, c in crossed] == [("lead", "mql", 35), ("mql", "lead", 15)]
+    applied = models()
+
+    # A broken edit is reported, and the worker scores on with the models it has.
+    save(model_text(vp_points='"many"'))
+    wait_for(lambda: models()["error"] is not None, what="the broken edit reported")
+    error = models()["error"]
+    assert "edits.toml" in error and "vp" in error and "points" in error, error
+    assert models()["fingerprint"] == applied["fingerprint"]
+    assert running.metric("leadstream_models_broken") == [1.0]
+    leadstream(isolated, "send", str(write_jsonl(tmp_path / "third.jsonl", [signup(start, 2)])))
+    wait_for(lambda: explained()["score"] == 20, what="the third signup scored under the last good models")
+
+    # Fixed: applied, and the alert clears.
+    save(model_text(vp_points=10))
+    wait_for(lambda: models()["error"] is None, what="the fixed edit applied")
+    assert explained()["fit"] == [{"rule": "vp", "points": 10}]
+    assert running.metric("leadstream_models_broken") == [0.0]
+    families = text_string_to_metric_families(running.get("/metrics")[1].decode())
+    reloads = {s.labels["outcome"]: s.value for f in families for s in f.samples if s.name == "leadstream_model_reloads_total"}
+    assert reloads == {"applied": 2.0, "rejected": 1.0}
+
+
+def test_an_edit_that_brings_a_decay_step_forward_applies_it_when_now_due(
+    isolated: Settings, worker: Callable[..., WorkerProcess], tmp_path: Path
+) -> None:
+    """The decay index is rebuilt when a schedule changes: the lead's step was scheduled 30 days
+    after its activity, and the edit makes it due now."""
+    def model(idle: str) -> str:
+        return model_text(vp_points=1) + f'[decay]\nsteps = [{{ idle = "{idle}", points = -30 }}]\n'
+
+    settings = replace(isolated, models_dir=tmp_path / "models", models_reload_s=1, decay_interval_s=1)
+    settings.models_dir.mkdir()
+    (settings.models_dir / "edits.toml").write_text(model("30d"))
+    running = worker(settings)
+    ten_days_ago = int(time.time() * 1000) - 240 * HOUR_MS
+    signups = [signup(ten_days_ago - 3 * HOUR_MS, n) for n in range(4)]  # 4 x 5 points, and 1 of fit
+    leadstream(isolated, "send", str(write_jsonl(tmp_path / "events.jsonl", signups)))
+    assert [(c["to_level"], c["score"]) for _, c in read_topic(isolated, isolated.topic_crossings, expect=1)] == [("mql", 21)]
+    fingerprint = orjson.loads(running.get("/models/")[1])["fingerprint"]
+
+    (settings.models_dir / "edits.toml.tmp").write_text(model("7d"))
+    os.replace(settings.models_dir / "edits.toml.tmp", settings.models_dir / "edits.toml")
+    wait_for(lambda: orjson.loads(running.get("/models/")[1])["fingerprint"] != fingerprint, what="the edit applied")
+    crossed = read_topic(isolated, isolated.topic_crossings, expect=2)
+    assert [(c["from_level"], c["to_level"], c["score"]) for _, c in crossed] == [("lead", "mql", 21), ("mql", "lead", 1)]

@@ -1,0 +1,104 @@
+"""Model files edited while the worker runs.
+
+The worker looks at its models directory every LEADSTREAM_MODELS_RELOAD_S seconds. An edit
+that loads is applied between two batches, with the same effect on leads that already have a
+score as a restart would have (scoring/MODELS.md, "Editing a model that is in use"). An edit
+that does not load is reported (log, metrics, the worker's /models/ view). The worker keeps
+scoring with the models it has until the files load again, so a half-saved file or a typo
+never stops scoring.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from scoring import Engine, ModelError
+from streams import metrics
+
+log = logging.getLogger("leadstream.worker")
+
+
+def fingerprint(directory: Path) -> str:
+    """A digest of the model files' names and bytes (what `Engine.from_directory` reads): an
+    edit changes it, a save that changes nothing does not."""
+    digest = hashlib.sha256()
+    try:
+        files = sorted(directory.glob("*.toml"))
+        for file in files:
+            digest.update(file.name.encode() + b"\0" + file.read_bytes() + b"\0")
+    except OSError as exc:  # unreadable now: loading will say why, and a fix changes the digest
+        digest.update(f"unreadable: {exc}".encode())
+    return digest.hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """The models a worker scores with, and the files they came from."""
+
+    engine: Engine
+    fingerprint: str
+    loaded_at_ms: int
+
+
+class ModelDirectory:
+    """The models directory as the worker last loaded it, and the edit it could not load."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        # Taken before loading: an edit saved while the files load is seen again by the next
+        # poll, and loaded then (once more at worst), never missed.
+        seen = fingerprint(path)
+        self.current = Loaded(Engine.from_directory(path), seen, _now_ms())
+        self._seen = seen
+        #: Why the files on disk do not load, while they do not (None once they do).
+        self.error: str | None = None
+
+    def poll(self) -> Engine | None:
+        """The newly loaded models when the files changed since the last poll and load; None
+        when they did not change, or do not load (then `error` says why)."""
+        seen = fingerprint(self.path)
+        if seen == self._seen:
+            return None
+        self._seen = seen
+        try:
+            engine = Engine.from_directory(self.path)
+        except ModelError as exc:
+            self.error = str(exc)
+            metrics.MODEL_RELOADS.labels("rejected").inc()
+            metrics.MODELS_BROKEN.set(1)
+            log.error("model edit not applied, still scoring with the models loaded at %s: %s",
+                      _iso(self.current.loaded_at_ms), exc)
+            return None
+        self.current = Loaded(engine, seen, _now_ms())
+        self.error = None
+        metrics.MODEL_RELOADS.labels("applied").inc()
+        metrics.MODELS_BROKEN.set(0)
+        log.info("model edit applied: models=%s fingerprint=%s", [m.name for m in engine.models], seen)
+        return engine
+
+    def describe(self) -> dict[str, object]:
+        """What the worker's /models/ view shows: the models in use, and a pending broken edit."""
+        current = self.current
+        return {
+            "directory": str(self.path),
+            "fingerprint": current.fingerprint,
+            "loaded_at": _iso(current.loaded_at_ms),
+            "models": [
+                {"name": model.name, "file": model.file, "description": model.description,
+                 "products": None if model.products is None else sorted(model.products)}
+                for model in current.engine.models
+            ],
+            "error": self.error,
+        }
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _iso(time_ms: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time_ms / 1000))

@@ -1,0 +1,89 @@
+"""The models directory as a running worker watches it: edits load or are reported, and the
+worker keeps the models it has until the files load again."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from scoring import ModelError
+from streams import metrics
+from streams.model_reload import ModelDirectory, fingerprint
+
+MODEL = (
+    '[model]\nname = "{name}"\n[[rules]]\nname = "signed up"\nevent = "signup"\npoints = {points}\n'
+    '[thresholds]\nbase = "lead"\nladder = [{{ level = "mql", at = 20 }}]\n'
+)
+
+
+def save(directory: Path, file: str, text: str) -> None:
+    (directory / f"{file}.tmp").write_text(text)
+    os.replace(directory / f"{file}.tmp", directory / file)
+
+
+def rule_points(directory: ModelDirectory) -> list[tuple[str, float]]:
+    return [(model.name, model.rules[0].points) for model in directory.current.engine.models]
+
+
+def test_an_edit_that_loads_replaces_the_models(tmp_path: Path) -> None:
+    save(tmp_path, "a.toml", MODEL.format(name="a", points=5))
+    directory = ModelDirectory(tmp_path)
+    first = directory.current
+    assert directory.poll() is None  # nothing changed
+    save(tmp_path, "a.toml", MODEL.format(name="a", points=5))
+    assert directory.poll() is None  # saved again, the same bytes: nothing to apply
+
+    save(tmp_path, "a.toml", MODEL.format(name="a", points=7))
+    save(tmp_path, "b.toml", MODEL.format(name="b", points=1))
+    engine = directory.poll()
+    assert engine is not None and engine is directory.current.engine
+    assert rule_points(directory) == [("a", 7), ("b", 1)]
+    assert directory.current.fingerprint != first.fingerprint and directory.error is None
+    assert directory.poll() is None
+
+
+def test_an_edit_that_does_not_load_is_reported_and_the_models_stay(tmp_path: Path) -> None:
+    save(tmp_path, "a.toml", MODEL.format(name="a", points=5))
+    directory = ModelDirectory(tmp_path)
+    rejected = metrics.MODEL_RELOADS.labels("rejected")._value.get()
+
+    save(tmp_path, "a.toml", MODEL.format(name="a", points='"five"'))
+    assert directory.poll() is None
+    assert directory.error is not None and "a.toml" in directory.error and "points" in directory.error
+    assert rule_points(directory) == [("a", 5)]
+    assert metrics.MODELS_BROKEN._value.get() == 1
+    assert metrics.MODEL_RELOADS.labels("rejected")._value.get() == rejected + 1
+    assert directory.poll() is None  # reported once, not at every poll
+    assert metrics.MODEL_RELOADS.labels("rejected")._value.get() == rejected + 1
+    assert directory.describe()["error"] == directory.error
+
+    save(tmp_path, "a.toml", MODEL.format(name="a", points=6))
+    save(tmp_path, "b.toml", MODEL.format(name="a", points=1))  # a second model of the same name
+    assert directory.poll() is None and "also in a.toml" in str(directory.error)
+    (tmp_path / "b.toml").unlink()
+    assert directory.poll() is not None
+    assert (rule_points(directory), directory.error, metrics.MODELS_BROKEN._value.get()) == ([("a", 6)], None, 0)
+
+
+def test_a_directory_that_does_not_load_at_start_stops_the_worker(tmp_path: Path) -> None:
+    save(tmp_path, "a.toml", MODEL.format(name="a", points="[1]"))
+    with pytest.raises(ModelError, match="a.toml"):
+        ModelDirectory(tmp_path)
+
+
+def test_the_fingerprint_follows_names_and_bytes_of_model_files_only(tmp_path: Path) -> None:
+    save(tmp_path, "a.toml", MODEL.format(name="a", points=5))
+    before = fingerprint(tmp_path)
+    (tmp_path / "notes.txt").write_text("not a model")
+    assert fingerprint(tmp_path) == before
+    os.replace(tmp_path / "a.toml", tmp_path / "renamed.toml")
+    assert fingerprint(tmp_path) != before
+
+
+def test_the_view_names_the_models_in_use(tmp_path: Path) -> None:
+    save(tmp_path, "a.toml", MODEL.format(name="a", points=5) + '[filter]\nproduct = ["x", "w"]\n')
+    described = ModelDirectory(tmp_path).describe()
+    assert described["models"] == [{"name": "a", "file": "a.toml", "description": "", "products": ["w", "x"]}]
+    assert described["directory"] == str(tmp_path) and described["error"] is None
