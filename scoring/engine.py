@@ -19,7 +19,7 @@ from scoring.accounts import TOP_MEMBERS, AccountState, MemberScore, roll_up
 from scoring.accounts import summary as account_summary
 from scoring.decay import HalfLifeDecay, StepDecay
 from scoring.errors import ModelError
-from scoring.events import IDENTIFY, Event, Rejection, parse_event, parse_message
+from scoring.events import IDENTIFY, PROFILE_TYPES, Event, Rejection, parse_event, parse_message
 from scoring.fit import FitRule
 from scoring.model import Model, load_directory
 from scoring.compiler import CHANGED as _CHANGED
@@ -54,6 +54,9 @@ class BatchResult:
     account_updates: list[MemberScore] = field(default_factory=list)
     #: Events no model's filter took (their product matches no model): read, not scored.
     unrouted: list[Event] = field(default_factory=list)
+    #: Events of a type the models they are routed to do not know (no rule scores it, and
+    #: their `unscored_types` do not list it): refused, `Engine.unknown_type` says why.
+    unknown_type: list[Event] = field(default_factory=list)
     #: The keys of `states` whose summary (`Engine.summary`: score and scales, level, top
     #: reasons, last activity, account) the batch's events changed, and leads new to the
     #: table (their first summary); the other changed states
@@ -74,6 +77,7 @@ class ModelRuntime:
         "model", "name", "appliers", "apply_other", "fit_match", "ladder", "lateness_ms", "floor", "ceiling",
         "remember", "history", "keep_traits", "steps", "half_life", "windows", "level_index", "up", "down",
         "empty_fit", "empty_found", "first_level", "first_idle_ms", "history_keep", "history_trim", "level_names", "fit_keys", "fit_domain_keys", "classify", "_fit_memo", "labels_memo",
+        "known_types",
     )  # fmt: skip
 
     def __init__(self, model: Model) -> None:
@@ -126,6 +130,8 @@ class ModelRuntime:
         self.windows = windows
         #: event type -> its compiled apply function, and the one for types no rule scores
         self.appliers, self.apply_other = compile_appliers(self)
+        #: The event types the model reads (None: every type); see BatchResult.unknown_type.
+        self.known_types = None if model.unscored_types is None else PROFILE_TYPES | model.unscored_types | self.appliers.keys()
 
     # -- one lead --------------------------------------------------------------------------
 
@@ -334,6 +340,8 @@ class Engine:
             raise ModelError("two models share a name: each model needs its own [model] name")
         self._everywhere = tuple(self._runtimes.values())
         self._routes: dict[str | None, tuple[ModelRuntime, ...]] = {}
+        #: product -> the event types its models read together (None: every type)
+        self._known: dict[str | None, frozenset[str] | None] = {}
 
     @classmethod
     def from_directory(cls, path: Path | str) -> Engine:
@@ -369,7 +377,18 @@ class Engine:
             routes = self._routes[event.product] = tuple(
                 rt for rt in self._everywhere if rt.model.products is None or event.product in rt.model.products
             )
+            # An identify without product goes everywhere under this key: without routes, nothing to check.
+            known = [rt.known_types for rt in routes]
+            self._known[event.product] = None if None in known or not routes else frozenset().union(*known)  # type: ignore[arg-type]
         return routes
+
+    def unknown_type(self, event: Event) -> str:
+        """Why an event of `BatchResult.unknown_type` was refused, naming what its models read."""
+        read = "; ".join(f"{rt.name} scores {', '.join(sorted(rt.appliers)) or 'none'}"
+                         + (f" and reads {', '.join(sorted(rt.model.unscored_types))} unscored" if rt.model.unscored_types else "")
+                         for rt in self.route(event))
+        return (f"event type {event.type!r} is one no model it is routed to knows ({read}): a misspelt type, or one to "
+                "score with a rule or to list in the model's [model] unscored_types")
 
     # -- scoring ---------------------------------------------------------------------------
 
@@ -386,6 +405,7 @@ class Engine:
         touched: dict[tuple[str, str], list[Any]] = {}
         transitions = result.transitions
         routes = self._routes
+        known_types = self._known
         for event in events:
             if event.__class__ is not Event:
                 result.rejected.append(
@@ -398,6 +418,10 @@ class Engine:
                 targets = self.route(event)
             if not targets:
                 result.unrouted.append(event)
+                continue
+            known = known_types.get(product)
+            if known is not None and event.type not in known:
+                result.unknown_type.append(event)
                 continue
             lead_id = event.lead_id
             late = False

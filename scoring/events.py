@@ -34,6 +34,9 @@ MIN_TIME_MS = 946_684_800_000
 MAX_TIME_MS = 4_102_444_800_000
 
 IDENTIFY = "identify"
+#: Event types that say who a lead is (traits, account, other ids), not what it did: every model
+#: reads them, with no rule naming them.
+PROFILE_TYPES = frozenset((IDENTIFY, "group", "alias"))
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 # Integers orjson writes: signed and unsigned 64-bit.

@@ -49,6 +49,9 @@ class Model:
     history: int
     #: Traits kept in the state: these plus every trait a condition tests.
     keep_traits: frozenset[str]
+    #: Event types read without points besides those no rule needs to name (PROFILE_TYPES);
+    #: None reads every type. Others no rule scores are refused as `unknown_type`.
+    unscored_types: frozenset[str] | None
     rules: tuple[Rule, ...]
     fit_rules: tuple[FitRule, ...]
     domains: DomainLists
@@ -95,7 +98,8 @@ def parse_model(text: str, file: str) -> Model:
     head = top.table("model", "[model]")
     if head is None:
         raise top.error("model", "a [model] table with at least a name")
-    head.check_keys(("name", "description", "lateness", "floor", "max_points", "remember_events", "history", "keep_traits"))
+    head.check_keys(("name", "description", "lateness", "floor", "max_points", "remember_events", "history", "keep_traits",
+                     "unscored_types"))
     model_name = head.string("name")
     if not _MODEL_NAME.fullmatch(model_name):
         # It keys score changes (`model/lead`), table records, metric labels and Redis keys.
@@ -135,6 +139,7 @@ def parse_model(text: str, file: str) -> Model:
         remember_events=head.integer("remember_events", 64, minimum=1, maximum=1024),
         history=head.integer("history", 10, minimum=1, maximum=100),
         keep_traits=frozenset(head.strings("keep_traits", DEFAULT_KEEP_TRAITS)) | tested,
+        unscored_types=_unscored_types(head),
         rules=rules,
         fit_rules=fit_rules,
         domains=parse_domains(top.table("domains", "[domains]")),
@@ -146,6 +151,13 @@ def parse_model(text: str, file: str) -> Model:
         temperature=parse_bands(top.table("temperature", "[temperature]")),
         accounts=parse_accounts(top.table("accounts", "[accounts]"), scale),
     )
+
+
+def _unscored_types(head: Table) -> frozenset[str] | None:
+    types = head.strings("unscored_types", ())
+    if "*" in types and len(types) > 1:
+        raise head.error("unscored_types", 'either "*" alone (every event type) or a list of event types', list(types))
+    return None if types == ("*",) else frozenset(types)
 
 
 def _products(table: Table | None) -> frozenset[str] | None:

@@ -82,6 +82,8 @@ class OfflineRun:
                 f"event {event.event_id!r} of lead {event.lead_id!r} has product {event.product!r}, which no model's "
                 f"[filter] takes (they take: {self.products}): not scored",
             )  # fmt: skip
+        for event in result.unknown_type:
+            self.warn(line_of[id(event)], "unknown_type", f"event {event.event_id!r} of lead {event.lead_id!r}: {self.engine.unknown_type(event)}")
         for update in result.account_updates:
             self.roll_up(update)
         self.newest_ms = max([self.newest_ms] + [event.time_ms for _, event, _ in batch])

@@ -207,6 +207,8 @@ class Scorer:
         # Leads to forget (lead id -> partition), after this batch's events: all they left goes.
         forget: dict[str, int] = {}
         events = []
+        # Each message's decoded events, to find the message of an event the engine refuses.
+        sources: list[tuple[Consumed, list[Any] | None, list[Event]]] = []
         links: list[tuple[str, str, int]] = []
         partition_of: dict[str, int] = {}
         # Each lead's live states, looked up once per batch.
@@ -222,6 +224,7 @@ class Scorer:
             if message.topic == self.settings.topic_identity:
                 continue
             items, decoded = self._decode(message, dead, stats)
+            sources.append((message, items, decoded))
             for position, event in enumerate(decoded):
                 if event.time_ms > horizon_ms:
                     if items is None:  # decoded in one pass: the dead letter needs the object
@@ -246,7 +249,9 @@ class Scorer:
         result = self.engine.apply_batch(events, lambda model, lead_id: known[lead_id].get(model))  # type: ignore[arg-type, return-value]
         stats.late = len(result.late)
         stats.unrouted = len(result.unrouted)
-        stats.scored = len(events) - len(result.rejected) - stats.late - stats.unrouted
+        stats.scored = len(events) - len(result.rejected) - stats.late - stats.unrouted - len(result.unknown_type)
+        if result.unknown_type:
+            self._unknown_types(result.unknown_type, sources, dead)
 
         # Everything the batch produces goes first (crossings, score changes, account updates,
         # links, dead letters), the states that record it last: once a state is durable, what
@@ -523,6 +528,19 @@ class Scorer:
             accepted.append(item)
             events.append(parsed)
         return accepted, events
+
+    def _unknown_types(self, refused: list[Event], sources: list[tuple[Consumed, list[Any] | None, list[Event]]],
+                       dead: list[DeadLetter]) -> None:
+        """Dead letters for the events of a type no model they went to knows (rare: the
+        batch's messages are searched for them only when there are some)."""
+        wanted = {id(event) for event in refused}
+        for message, items, decoded in sources:
+            for position, event in enumerate(decoded):
+                if id(event) in wanted:
+                    if items is None:
+                        items = unpack(message.value)
+                    dead.append(DeadLetter("unknown_type", self.engine.unknown_type(event), orjson.dumps(items[position]),
+                                           message.topic, message.partition, message.offset, message.key))
 
     def _from_the_future(self, event: Event, item: dict[str, Any], now_ms: int, message: Consumed) -> DeadLetter:
         # Scored, it would move the lead's watermark ahead, and its real events would all be late.

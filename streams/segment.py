@@ -32,12 +32,11 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from scoring.events import Rejection, parse_event
+from scoring.events import PROFILE_TYPES, Rejection, parse_event
 from streams.errors import ConfigError, RequestRejected
 
 ANONYMOUS_PREFIX = "anon:"
 CALL_TYPES = ("track", "page", "screen", "identify", "group", "alias")
-PROFILE_TYPES = frozenset({"identify", "group", "alias"})
 EVENT_NAME_STYLES = ("snake_case", "verbatim")
 PAGE_FIELDS = ("url", "path", "title", "referrer", "search")
 # Fields a client sets anew on every attempt: left out of the content hash of a call without

@@ -137,7 +137,7 @@ def _score(
         if counts is not None:
             counts["transitions"] += len(result.transitions)
             counts["late"] += len(result.late)
-            counts["rejected"] += len(result.rejected)
+            counts["rejected"] += len(result.rejected) + len(result.unknown_type)
             counts["states_written"] += len(result.states)
             counts["score_changed"] += len(result.score_changed)
 

@@ -24,15 +24,16 @@ PAGES = (
     ("https://acme.io/case-studies/globex", 0.12),
     ("https://acme.io/", 0.08),
 )
-# (event type, weight): e-mail opens are frequent and must not inflate scores (capped by the model).
+# (event type, weight): e-mail opens are frequent and must not inflate scores (capped by the model);
+# logins and feature use are read by the b2b model without points (its unscored_types).
 TYPES = (
     ("page_view", 0.46),
     ("email_open", 0.22),
     ("email_click", 0.09),
     ("form_submit", 0.04),
     ("webinar_attended", 0.03),
-    ("demo_requested", 0.01),
-    ("trial_started", 0.01),
+    ("login", 0.01),
+    ("feature_used", 0.01),
     ("unsubscribe", 0.005),
     ("meeting_cancelled", 0.005),
     ("identify", 0.13),

@@ -55,7 +55,7 @@ def test_analytics_addon_half_life() -> None:
 def test_routing_by_product() -> None:
     run = Run(ALL).apply(
         ev("signup", lead="A", product="saas"),
-        ev("signup", lead="B", product="b2b"),
+        ev("login", lead="B", product="b2b"),  # read without points (b2b's unscored_types)
         ev("signup", lead="C", product="unknown"),
         ev("identify", lead="D", traits={"email": "d@gmail.com"}),
     )

@@ -106,6 +106,18 @@ def test_an_event_no_model_takes_is_reported_not_scored(tmp_path: Path) -> None:
     ]
 
 
+def test_an_event_of_a_type_its_models_do_not_know_is_reported_not_scored(tmp_path: Path) -> None:
+    typo = {"event_id": "t", "lead_id": "ana", "type": "sign_up", "time": T0 + 1, "product": "saas"}
+    out, err = io.StringIO(), io.StringIO()
+    assert score_file(MODELS_DIR, write(tmp_path / "events.jsonl", [SAAS_EVENTS[0], typo]), table=False, out=out, err=err) == 0
+    assert [(r["lead_id"], r["score"]) for r in map(orjson.loads, out.getvalue().splitlines())] == [("ana", 5)]
+    assert err.getvalue().splitlines() == [
+        "events.jsonl line 2: unknown_type: event 't' of lead 'ana': event type 'sign_up' is one no model it is routed to "
+        "knows (saas_start_small scores created_project, created_task, signup and reads invited_teammate, login unscored): "
+        "a misspelt type, or one to score with a rule or to list in the model's [model] unscored_types"
+    ]
+
+
 def test_a_file_saved_with_a_byte_order_mark_is_scored(tmp_path: Path) -> None:
     events = tmp_path / "events.jsonl"
     events.write_bytes(b"\xef\xbb\xbf" + b"\r\n".join(orjson.dumps(e) for e in SAAS_EVENTS[:3]) + b"\r\n")

@@ -91,18 +91,26 @@ def test_bad_input_goes_to_the_dead_letter_topic_and_the_rest_is_scored(
     producer.send(topic, key=b"carol", value=b"{not json")
     producer.send(topic, key=b"carol", value=orjson.dumps({"lead_id": "carol", "time": start}))  # no type
     producer.send(topic, key=b"carol", value=orjson.dumps({**good[1], "time": "yesterday-ish"}))  # wrong time
-    envelope = [good[1], {**good[2], "lead_id": wrong_home}, good[2], good[3]]
+    # Misspelt types: one in an envelope taking the careful path (it holds a bad event), one
+    # in a message decoded in one pass.
+    typo = {**good[2], "event_id": "typo-1", "type": "created_prject"}
+    envelope = [good[1], {**good[2], "lead_id": wrong_home}, typo, good[2], good[3]]
     producer.send(topic, partition=partition_for("carol", 4), value=orjson.dumps(envelope))
+    producer.send(topic, key=b"carol", value=orjson.dumps({**good[3], "event_id": "typo-2", "type": "sign-up"}))
     producer.send(topic, key=b"carol", value=orjson.dumps({**good[3], "event_id": "huge", "properties": {"blob": "x" * 100_000}}))
     producer.flush()
     producer.close()
 
     proc = worker()
 
-    dead = read_topic(isolated, isolated.topic_deadletter, expect=6)
+    dead = read_topic(isolated, isolated.topic_deadletter, expect=8)
     reasons = sorted(letter["reason"] for _, letter in dead)
-    assert len(dead) == 6, reasons
+    assert len(dead) == 8, reasons
     assert "bad_json" in reasons and "wrong_partition" in reasons and "too_large" in reasons
+    misspelt = [letter for _, letter in dead if letter["reason"] == "unknown_type"]
+    assert [orjson.loads(letter["original"])["event_id"] for letter in misspelt] == ["typo-1", "typo-2"]
+    assert orjson.loads(misspelt[0]["original"]) == typo
+    assert "'created_prject'" in misspelt[0]["detail"] and "saas_start_small scores created_project, created_task, signup" in misspelt[0]["detail"]
     from_the_future = next(letter for _, letter in dead if letter["reason"] == "future_time")
     assert orjson.loads(from_the_future["original"]) == future
     assert "timed 2099-01-01T00:00:00+00:00" in from_the_future["detail"] and "LEADSTREAM_MAX_FUTURE_MS" in from_the_future["detail"]
