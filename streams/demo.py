@@ -104,6 +104,8 @@ def run_demo(settings: Settings) -> int:
               f"{c['from_level']} -> {c['to_level']} at score {c['score']:.1f} ({c['cell'] or 'no grid'})")
     print(
         f"\nExplore: curl http://127.0.0.1:{settings.worker_port}/leads/LEAD_ID/  (why a lead has its score)"
+        f"\n         curl http://127.0.0.1:{settings.worker_port}/models/  (the models in use: edit {settings.models_dir}/*.toml"
+        "\n                                            and the running worker applies it, or says what is wrong)"
         f"\n         curl http://127.0.0.1:{settings.worker_port}/metrics"
         "\n         .venv/bin/leadstream history --out history.jsonl   (the events, to score or review offline:"
         "\n         .venv/bin/leadstream review --events history.jsonl --outcomes YOUR_CRM_EXPORT.csv --table)"
