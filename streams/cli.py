@@ -69,6 +69,14 @@ def _forget(args: argparse.Namespace, settings: Settings) -> int:
     return forget(settings, lead_ids(args.lead_ids, args.from_file))
 
 
+def _replay_dlq(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.replay import parse_since, replay_dead_letters
+
+    since_ms = parse_since(args.since) if args.since else 0
+    replay_dead_letters(settings, set(args.reason), since_ms, dry_run=args.dry_run)
+    return 0
+
+
 def _review(args: argparse.Namespace, settings: Settings) -> int:
     from streams.review import review_files
 
@@ -227,6 +235,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("forget", _forget, "Erase leads from leadstream: their scores, states and account memberships (an erasure request).")
     p.add_argument("lead_ids", nargs="*", metavar="LEAD_ID", help="ids of the leads to forget")
     p.add_argument("--from", dest="from_file", type=Path, help="a file of lead ids, one per line ('-' for stdin)")
+
+    p = add("replay-dlq", _replay_dlq, "Send the worker's dead letters of the given reasons back to their source topic, "
+            "once their cause is fixed (an event type now known, a sender's clock fixed...).")
+    p.add_argument("--reason", action="append", required=True, help="a dead-letter reason to replay (repeatable), e.g. unknown_type")
+    p.add_argument("--since", help="only letters written at or after this ISO-8601 time (or date)")
+    p.add_argument("--dry-run", action="store_true", help="count what would be replayed, send nothing")
 
     p = add("top", _top, "Print the hottest leads (or accounts) of a model from the Redis read model.")
     p.add_argument("--model", required=True, help="scoring model name")

@@ -56,6 +56,15 @@ def test_readme_documents_every_setting() -> None:
     assert not missing, f"README lacks {missing}"
 
 
+def test_readme_lists_every_command() -> None:
+    from streams.cli import build_parser
+
+    commands = next(action for action in build_parser()._actions if action.dest == "command").choices
+    table = (PROJECT_ROOT / "README.md").read_text().split("## Commands", 1)[1].split("\n## ", 1)[0]
+    missing = sorted(name for name in commands if f"| `leadstream {name}" not in table)
+    assert not missing, f"README's command table lacks {missing}"
+
+
 def test_ci_runs_the_readme_test_command_and_nothing_else() -> None:
     readme = (PROJECT_ROOT / "README.md").read_text()
     commands = re.findall(r"^(make \w+)$", readme, flags=re.M)

@@ -1,0 +1,145 @@
+"""`leadstream replay-dlq`: re-drive the worker's dead letters once their cause is fixed.
+
+A dead letter keeps the input it refused (one event, not the envelope it came in) and where it
+came from. Some causes are fixed outside the input: a model that did not know an event type
+(`unknown_type`) now scores it or lists it in `unscored_types`, a sender's clock was fixed
+(`future_time`), a producer keyed by the wrong id (`wrong_partition`). Replaying sends each
+chosen letter's original bytes back to the topic it came from, keyed by its lead id (on that
+lead's partition, whatever partition it first arrived on).
+
+Replays are stateless and safe to repeat: an event scores once per event id, so an event
+replayed twice, or replayed after its sender also sent it again, scores once. An input that is
+still refused is dead-lettered again. A replayed event is scored at its own event time, so one
+further behind its lead's newest event than the model's `lateness` is counted late, not scored.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import IO, Any
+
+import orjson
+
+from streams.errors import InputError
+from streams.history import read_to_end
+from streams.partitioning import partition_for
+from streams.send import open_producer
+from streams.settings import Settings
+from streams.topics import partition_count
+
+
+@dataclass
+class Replay:
+    """What a replay did (or, dry, would do), by reason."""
+
+    replayed: Counter[str] = field(default_factory=Counter)
+    #: Letters of the chosen reasons that cannot be replayed, by why not.
+    unreplayable: Counter[str] = field(default_factory=Counter)
+    #: The first letter of each replayed reason, to show what is being re-driven.
+    examples: dict[str, str] = field(default_factory=dict)
+
+
+def replay_dead_letters(settings: Settings, reasons: set[str], since_ms: int = 0, dry_run: bool = False,
+                        out: IO[str] = sys.stdout) -> Replay:
+    """Re-sends the original input of every dead letter with one of `reasons`, written at or
+    after `since_ms`, to its source topic; prints and returns what it did."""
+    sources = {settings.topic_events, settings.topic_profiles, settings.topic_identity, settings.topic_accounts}
+    partitions = {topic: partition_count(settings, topic) for topic in sources}
+    replay = Replay()
+    producer = None if dry_run else open_producer(settings)
+    try:
+        for record in read_to_end(settings, settings.topic_deadletter):
+            if record.timestamp < since_ms:
+                continue
+            letter = _letter(record.value)
+            reason = letter.get("reason")
+            if reason not in reasons:
+                continue
+            source = letter["source"] if isinstance(letter.get("source"), dict) else {}
+            topic = source.get("topic")
+            original = _original(letter)
+            if topic not in sources or not partitions.get(topic):
+                replay.unreplayable[f"source topic {topic!r} is not one the worker reads"] += 1
+                continue
+            if original is None:
+                replay.unreplayable["no original input kept"] += 1
+                continue
+            key, partition = _destination(original, record.key, source.get("partition"), partitions[topic])
+            if partition is None:
+                replay.unreplayable["neither a lead id nor a source partition to send it to"] += 1
+                continue
+            replay.replayed[reason] += 1
+            replay.examples.setdefault(reason, str(letter.get("detail", "")))
+            if producer is not None:
+                producer.send(topic, key=key, value=original, partition=partition)
+        if producer is not None:
+            producer.flush()
+    finally:
+        if producer is not None:
+            producer.close()
+    _report(replay, reasons, dry_run, out)
+    return replay
+
+
+def parse_since(text: str) -> int:
+    """An ISO-8601 time with its zone, or a date (UTC midnight), in epoch ms."""
+    value = text.strip()
+    if len(value) == 10:
+        value += "T00:00:00+00:00"
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise InputError(f"--since {text!r}: expected an ISO-8601 time such as 2026-12-01T09:00:00Z, or a date") from None
+    if moment.tzinfo is None:
+        raise InputError(f"--since {text!r}: give the time zone (Z, +01:00...), or a date alone")
+    return int(moment.timestamp() * 1000)
+
+
+def _letter(value: bytes | None) -> dict[str, Any]:
+    try:
+        letter = orjson.loads(value or b"")
+    except orjson.JSONDecodeError:
+        return {}
+    return letter if isinstance(letter, dict) else {}
+
+
+def _original(letter: dict[str, Any]) -> bytes | None:
+    text, encoded = letter.get("original"), letter.get("original_base64")
+    if isinstance(text, str) and text:
+        return text.encode()
+    if isinstance(encoded, str):
+        try:
+            return base64.b64decode(encoded, validate=True) or None
+        except binascii.Error:
+            return None
+    return None
+
+
+def _destination(original: bytes, key: bytes | None, partition: Any, partitions: int) -> tuple[bytes | None, int | None]:
+    """Keyed by the event's lead id on that lead's partition (right even for a letter that
+    arrived on the wrong one); without a lead id, as it came."""
+    try:
+        value = orjson.loads(original)
+    except orjson.JSONDecodeError:
+        value = None
+    lead_id = value.get("lead_id") if isinstance(value, dict) else None
+    if isinstance(lead_id, str) and lead_id:
+        return lead_id.encode(), partition_for(lead_id, partitions)
+    if isinstance(partition, int) and 0 <= partition < partitions:
+        return key, partition
+    return key, None
+
+
+def _report(replay: Replay, reasons: set[str], dry_run: bool, out: IO[str]) -> None:
+    verb = "would replay" if dry_run else "replayed"
+    for reason in sorted(reasons):
+        count = replay.replayed[reason]
+        example = f"; first: {replay.examples[reason]}" if reason in replay.examples else ""
+        print(f"{reason}: {verb} {count}{example}", file=out)
+    for why, count in sorted(replay.unreplayable.items()):
+        print(f"not replayable: {count} ({why})", file=out)

@@ -1,0 +1,103 @@
+"""`leadstream replay-dlq`: the worker's dead letters of chosen reasons go back to their source
+once the cause is fixed, and score once however often they are replayed."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable
+
+import orjson
+import pytest
+from kafka import KafkaProducer
+
+from streams.errors import InputError
+from streams.history import read_to_end as records_to_end
+from streams.partitioning import partition_for
+from streams.processes import WorkerProcess
+from streams.replay import parse_since
+from streams.settings import Settings
+from tests.infra import leadstream, read_topic, wait_for
+
+HOUR_MS = 3_600_000
+MODEL = (
+    '[model]\nname = "replays"\n'
+    '[[rules]]\nname = "signed up"\nevent = "signup"\npoints = 5\n'
+    '[thresholds]\nbase = "lead"\nladder = [{ level = "mql", at = 20 }]\n'
+)
+DEMO_CALL = '[[rules]]\nname = "demo call"\nevent = "demo_call"\npoints = 20\n'
+
+
+def test_unknown_types_replayed_after_the_model_learns_them_score_once(
+    isolated: Settings, worker: Callable[..., WorkerProcess], tmp_path: Path
+) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "replays.toml").write_text(MODEL)
+    settings = replace(isolated, models_dir=models, models_reload_s=1)
+    running = worker(settings)
+    start = int(time.time() * 1000) - 2 * HOUR_MS
+    # The wrong lead's partition for ada: replayed, the event goes to ada's own.
+    elsewhere = next(p for p in range(4) if p != partition_for("ada", 4))
+    producer = KafkaProducer(bootstrap_servers=isolated.kafka_bootstrap)
+    producer.send(isolated.topic_events, key=b"ada", value=orjson.dumps(
+        {"event_id": "s1", "lead_id": "ada", "type": "signup", "time": start}))
+    call = {"event_id": "c1", "lead_id": "ada", "type": "demo_call", "time": start + 60_000}
+    producer.send(isolated.topic_events, partition=partition_for("ada", 4), value=orjson.dumps([call]))
+    producer.send(isolated.topic_events, key=b"ada", value=b"{not json")
+    producer.send(isolated.topic_events, partition=elsewhere, value=orjson.dumps(
+        [{"event_id": "s2", "lead_id": "ada", "type": "signup", "time": start + 120_000}]))
+    producer.flush()
+    producer.close()
+    dead = read_topic(isolated, isolated.topic_deadletter, expect=3)
+    assert sorted(letter["reason"] for _, letter in dead) == ["bad_json", "unknown_type", "wrong_partition"]
+
+    dry = leadstream(isolated, "replay-dlq", "--reason", "unknown_type", "--dry-run").stdout
+    assert dry.startswith("unknown_type: would replay 1; first: event type 'demo_call' is one no model it is routed to knows")
+    assert _count(isolated, isolated.topic_events) == 4  # a dry run sends nothing
+
+    # The model learns the type (applied by the running worker), then its letter goes back.
+    fingerprint = orjson.loads(running.get("/models/")[1])["fingerprint"]
+    (models / "replays.toml.tmp").write_text(MODEL + DEMO_CALL)
+    os.replace(models / "replays.toml.tmp", models / "replays.toml")
+    wait_for(lambda: orjson.loads(running.get("/models/")[1])["fingerprint"] != fingerprint, what="the edit applied")
+    out = leadstream(isolated, "replay-dlq", "--reason", "unknown_type").stdout
+    assert out.startswith("unknown_type: replayed 1")
+    crossed = read_topic(isolated, isolated.topic_crossings, expect=1)
+    assert [(c["lead_id"], c["to_level"], c["score"]) for _, c in crossed] == [("ada", "mql", 25)]
+
+    # The event sent on the wrong partition goes to ada's own.
+    assert leadstream(isolated, "replay-dlq", "--reason", "wrong_partition").stdout.startswith("wrong_partition: replayed 1")
+    wait_for(lambda: _score(running) == 30, what="the re-keyed event scored")
+
+    # Both again: each event id scores once; the bad JSON, never chosen, stays where it is.
+    leadstream(isolated, "replay-dlq", "--reason", "unknown_type", "--reason", "wrong_partition")
+    assert _count(isolated, isolated.topic_events) == 8
+    wait_for(lambda: sum(running.metric("leadstream_events_scored_total")) == 5, what="the second replay read")
+    assert _score(running) == 30
+    assert len(read_topic(isolated, isolated.topic_crossings, expect=1)) == 1
+    assert len(read_topic(isolated, isolated.topic_deadletter, expect=3)) == 3
+
+
+def test_replay_validates_its_arguments(isolated: Settings) -> None:
+    assert parse_since("2026-12-01") == parse_since("2026-12-01T00:00:00Z") == 1_796_083_200_000
+    assert parse_since("2026-12-01T01:00:00+01:00") == 1_796_083_200_000
+    with pytest.raises(InputError, match="time zone"):
+        parse_since("2026-12-01T09:00:00")
+    with pytest.raises(InputError, match="ISO-8601"):
+        parse_since("yesterday")
+    missing = leadstream(isolated, "replay-dlq", check=False)
+    assert missing.returncode == 2 and "--reason" in missing.stderr
+    # Letters written before --since are left alone.
+    later = leadstream(isolated, "replay-dlq", "--reason", "unknown_type", "--since", "2099-01-01", "--dry-run")
+    assert later.stdout == "unknown_type: would replay 0\n"
+
+
+def _count(settings: Settings, topic: str) -> int:
+    return sum(1 for _ in records_to_end(settings, topic))
+
+
+def _score(running: WorkerProcess) -> float:
+    return float(orjson.loads(running.get("/leads/ada/")[1])["models"]["replays"]["score"])
