@@ -12,9 +12,10 @@ import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from scoring.accounts import AccountRollup, parse_accounts
 from scoring.config import Table
-from scoring.decay import Decay, parse_decay
+from scoring.decay import Decay, HalfLifeDecay, StepDecay, parse_decay
 from scoring.errors import ModelError
 from scoring.fit import DomainLists, FitRule, parse_domains, parse_fit_rule
 from scoring.rules import Rule, parse_rule
@@ -166,3 +167,44 @@ def _products(table: Table | None) -> frozenset[str] | None:
     table.check_keys(("product",))
     return frozenset(table.strings("product"))
 
+
+
+def describe(model: Model) -> dict[str, Any]:
+    """What a model reads and how it levels leads, in plain values (`leadstream models`, the
+    worker's /models/ view)."""
+    return {
+        "name": model.name,
+        "file": model.file,
+        "description": model.description,
+        "products": None if model.products is None else sorted(model.products),
+        "scores": sorted({rule.event for rule in model.rules}),
+        "unscored_types": ["*"] if model.unscored_types is None else sorted(model.unscored_types),
+        "rules": len(model.rules),
+        "fit_rules": len(model.fit_rules),
+        "levels": _levels(model.ladder),
+        "decay": _decay(model.decay),
+        "account_levels": None if model.accounts is None else _levels(model.accounts.ladder),
+    }
+
+
+def _levels(ladder: Ladder) -> list[dict[str, Any]]:
+    """The base level, then each level with the score that reaches it and the one it is left below."""
+    return [{"level": ladder.names[0]}] + [
+        {"level": name, "at": at, "below": at - hysteresis}
+        for name, at, hysteresis in zip(ladder.names[1:], ladder.at[1:], ladder.hysteresis[1:])
+    ]
+
+
+def _decay(decay: Decay | None) -> str | None:
+    if isinstance(decay, StepDecay):
+        return ", ".join(f"{_duration(step.idle_ms)} idle: {step.points:g}" for step in decay.steps)
+    if isinstance(decay, HalfLifeDecay):
+        return f"half-life {_duration(decay.half_life_ms)}"
+    return None
+
+
+def _duration(ms: int) -> str:
+    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)):
+        if ms % size == 0:
+            return f"{ms // size}{unit}"
+    return f"{ms}ms"

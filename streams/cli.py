@@ -69,6 +69,12 @@ def _forget(args: argparse.Namespace, settings: Settings) -> int:
     return forget(settings, lead_ids(args.lead_ids, args.from_file))
 
 
+def _models(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.models_report import report
+
+    return report(args.models or settings.models_dir, args.json, sys.stdout)
+
+
 def _replay_dlq(args: argparse.Namespace, settings: Settings) -> int:
     from streams.replay import parse_since, replay_dead_letters
 
@@ -195,6 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", type=Path, help="directory of model files (default: LEADSTREAM_MODELS_DIR)")
     p.add_argument("--events", type=Path, required=True, help="JSON-lines file of events")
     p.add_argument("--table", action="store_true", help="print a table instead of JSON lines")
+
+    p = add("models", _models, "Check the model files and show what each model scores, reads and how it levels leads.")
+    p.add_argument("--models", type=Path, help="directory of model files (default: LEADSTREAM_MODELS_DIR)")
+    p.add_argument("--json", action="store_true", help="one JSON object per model")
 
     p = add("history", _history, "Write the raw events topic, as it is now, to a JSON-lines file (for score and review).")
     p.add_argument("--out", type=Path, required=True, help="file to write ('-' for stdout)")

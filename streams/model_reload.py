@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from scoring import Engine, ModelError
+from scoring.model import describe
 from streams import metrics
 
 log = logging.getLogger("leadstream.worker")
@@ -87,11 +88,7 @@ class ModelDirectory:
             "directory": str(self.path),
             "fingerprint": current.fingerprint,
             "loaded_at": _iso(current.loaded_at_ms),
-            "models": [
-                {"name": model.name, "file": model.file, "description": model.description,
-                 "products": None if model.products is None else sorted(model.products)}
-                for model in current.engine.models
-            ],
+            "models": [describe(model) for model in current.engine.models],
             "error": self.error,
         }
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
 import pytest
 
 from streams.cli import main
@@ -49,3 +50,22 @@ def test_forget_takes_ids_from_arguments_and_a_file_once_each_and_refuses_what_i
             lead_ids(bad, None)
     with pytest.raises(InputError, match="cannot read lead ids from"):
         lead_ids([], tmp_path / "missing.txt")
+
+
+def test_models_describes_each_shipped_model_and_names_a_broken_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["models", "--json"]) == 0
+    described = {d["name"]: d for d in map(orjson.loads, capsys.readouterr().out.splitlines())}
+    assert sorted(described) == ["analytics_addon", "b2b", "saas_start_small"]
+    b2b = described["b2b"]
+    assert (b2b["unscored_types"], b2b["decay"]) == (["feature_used", "login"], "30d idle: -15, 60d idle: -30, 90d idle: -50")
+    assert b2b["levels"] == [{"level": "nurture"}, {"level": "mql", "at": 20, "below": 15}, {"level": "sql", "at": 60, "below": 50}]
+    assert described["analytics_addon"]["decay"] == "half-life 14d"
+
+    assert main(["models"]) == 0
+    text = capsys.readouterr().out
+    assert "  levels     nurture < mql at 20 (left below 15) < sql at 60 (left below 50)\n" in text
+    assert "  unscored   invited_teammate, login  (always read: alias, group, identify;" in text
+
+    (tmp_path / "typo.toml").write_text('[model]\nname = "typo"\nlateness = "soon"\n[thresholds]\nbase = "lead"\nladder = [{ level = "mql", at = 20 }]\n')
+    assert main(["models", "--models", str(tmp_path)]) == 1
+    assert "leadstream models: typo.toml: [model], field 'lateness'" in capsys.readouterr().err

@@ -82,8 +82,12 @@ def test_the_fingerprint_follows_names_and_bytes_of_model_files_only(tmp_path: P
     assert fingerprint(tmp_path) != before
 
 
-def test_the_view_names_the_models_in_use(tmp_path: Path) -> None:
+def test_the_view_describes_the_models_in_use(tmp_path: Path) -> None:
     save(tmp_path, "a.toml", MODEL.format(name="a", points=5) + '[filter]\nproduct = ["x", "w"]\n')
     described = ModelDirectory(tmp_path).describe()
-    assert described["models"] == [{"name": "a", "file": "a.toml", "description": "", "products": ["w", "x"]}]
+    assert described["models"] == [{
+        "name": "a", "file": "a.toml", "description": "", "products": ["w", "x"], "scores": ["signup"], "unscored_types": [],
+        "rules": 1, "fit_rules": 0, "levels": [{"level": "lead"}, {"level": "mql", "at": 20, "below": 20}], "decay": None,
+        "account_levels": None,
+    }]  # fmt: skip
     assert described["directory"] == str(tmp_path) and described["error"] is None

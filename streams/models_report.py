@@ -1,0 +1,52 @@
+"""`leadstream models`: the model files checked, and what each model reads and how it levels.
+
+Run it before saving an edit into a running worker's models directory (the worker applies
+what loads; scoring/MODELS.md), or in the CI of the repository that keeps the models.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+from scoring.events import PROFILE_TYPES
+from scoring.model import describe, load_directory
+
+
+def report(models_dir: Path, as_json: bool, out: IO[str]) -> int:
+    """Loads every model of the directory (ModelError names the first problem) and prints
+    each one's description: JSON lines, or a block of text per model."""
+    for model in load_directory(models_dir):
+        described = describe(model)
+        out.write(orjson.dumps(described).decode() + "\n" if as_json else _text(described))
+    return 0
+
+
+def _text(d: dict[str, Any]) -> str:
+    if d["unscored_types"] == ["*"]:
+        unscored = "every other type"
+    else:
+        unscored = (f"{', '.join(d['unscored_types']) or 'none'}  (always read: {', '.join(sorted(PROFILE_TYPES))}; "
+                    "other types are dead-lettered as unknown_type)")
+    lines = [
+        f"{d['name']}  ({d['file']})  {d['description']}".rstrip(),
+        f"  products   {', '.join(d['products']) if d['products'] else 'every product (no [filter])'}",
+        f"  scores     {', '.join(d['scores']) or 'nothing yet'}",
+        f"  unscored   {unscored}",
+        f"  levels     {_levels(d['levels'])}",
+        f"  decay      {d['decay'] or 'none'}",
+        f"  rules      {d['rules']} behaviour, {d['fit_rules']} fit",
+    ]
+    if d["account_levels"]:
+        lines.insert(-1, f"  accounts   {_levels(d['account_levels'])}")
+    return "\n".join(lines) + "\n\n"
+
+
+def _levels(levels: list[dict[str, Any]]) -> str:
+    steps = [levels[0]["level"]]
+    for level in levels[1:]:
+        left = f" (left below {level['below']:g})" if level["below"] != level["at"] else ""
+        steps.append(f"{level['level']} at {level['at']:g}{left}")
+    return " < ".join(steps)
