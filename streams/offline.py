@@ -35,6 +35,10 @@ BATCH_EVENTS = 1000
 Line = tuple[int, Event, list[tuple[str, str]]]
 
 
+#: Warnings printed per reason; the rest are counted.
+WARNINGS_SHOWN = 20
+
+
 class OfflineRun:
     """States held in memory (as objects: no changelog to write) and everything produced.
 
@@ -57,6 +61,8 @@ class OfflineRun:
         #: old id -> the id it was merged into
         self.merged: dict[str, str] = {}
         self.newest_ms = 0
+        #: reason -> lines warned about
+        self.warnings: dict[str, int] = {}
         self.products = ", ".join(sorted({product for model in engine.models for product in model.products or ()}))
 
     def apply(self, lines: list[Line]) -> None:
@@ -137,7 +143,17 @@ class OfflineRun:
                 self.roll_up(after)
 
     def warn(self, line: int, reason: str, detail: str) -> None:
-        print(f"{self.source} line {line}: {reason}: {detail}", file=self.err)
+        # A history of real traffic may hold thousands of lines of one kind (a type no model
+        # knows yet): the first ones say what is wrong, a count says how often.
+        seen = self.warnings[reason] = self.warnings.get(reason, 0) + 1
+        if seen <= WARNINGS_SHOWN:
+            print(f"{self.source} line {line}: {reason}: {detail}", file=self.err)
+
+    def report_warnings(self) -> None:
+        """One line per reason with more warnings than were shown."""
+        for reason, count in sorted(self.warnings.items()):
+            if count > WARNINGS_SHOWN:
+                print(f"{self.source}: {count} lines {reason} in all; the first {WARNINGS_SHOWN} are shown above", file=self.err)
 
     def records(self) -> list[dict[str, Any]]:
         out = [{"record": "transition", **t.to_dict()} for t in self.transitions if publishable(t)]
@@ -185,6 +201,7 @@ def apply_file(engine: Engine, events_path: Path, err: TextIO, keep: Callable[[E
                 batch = []
     if batch:
         run.apply(batch)
+    run.report_warnings()
     return run
 
 

@@ -189,3 +189,13 @@ def test_a_merged_visitor_leaves_its_account_and_a_moved_lead_its_old_one(tmp_pa
     leads = {r["lead_id"]: r for r in map(orjson.loads, out.getvalue().splitlines()) if r["record"] == "lead"}
     assert accounts["acme"]["members"] == 1 and accounts["acme"]["score"] == leads["u-1"]["score"]
     assert accounts["globex"]["members"] == 1 and accounts["globex"]["score"] == leads["u-2"]["score"]
+
+
+def test_many_lines_of_one_kind_are_counted_after_the_first_twenty(tmp_path: Path) -> None:
+    typos = [{"event_id": f"t{n}", "lead_id": "ana", "type": "sign_up", "time": T0 + n, "product": "saas"} for n in range(25)]
+    unrouted = {"event_id": "u", "lead_id": "cy", "type": "signup", "time": T0, "product": "sass"}
+    out, err = io.StringIO(), io.StringIO()
+    assert score_file(MODELS_DIR, write(tmp_path / "events.jsonl", [*typos, unrouted]), table=False, out=out, err=err) == 0
+    lines = err.getvalue().splitlines()
+    assert [line.split(": ")[1] for line in lines[:-1]] == ["unrouted"] + ["unknown_type"] * 20
+    assert lines[-1] == "events.jsonl: 25 lines unknown_type in all; the first 20 are shown above"
