@@ -168,7 +168,6 @@ def _products(table: Table | None) -> frozenset[str] | None:
     return frozenset(table.strings("product"))
 
 
-
 def describe(model: Model) -> dict[str, Any]:
     """What a model reads and how it levels leads, in plain values (`leadstream models`, the
     worker's /models/ view)."""

@@ -71,8 +71,8 @@ class ModelDirectory:
             self.error = str(exc)
             metrics.MODEL_RELOADS.labels("rejected").inc()
             metrics.MODELS_BROKEN.set(1)
-            log.error("model edit not applied, still scoring with the models loaded at %s: %s",
-                      _iso(self.current.loaded_at_ms), exc)
+            log.error("model edit not applied, still scoring with the models of fingerprint %s: %s",
+                      self.current.fingerprint, exc)
             return None
         self.current = Loaded(engine, seen, _now_ms())
         self.error = None
@@ -87,7 +87,7 @@ class ModelDirectory:
         return {
             "directory": str(self.path),
             "fingerprint": current.fingerprint,
-            "loaded_at": _iso(current.loaded_at_ms),
+            "loaded_at_ms": current.loaded_at_ms,
             "models": [describe(model) for model in current.engine.models],
             "error": self.error,
         }
@@ -95,7 +95,3 @@ class ModelDirectory:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def _iso(time_ms: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time_ms / 1000))

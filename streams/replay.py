@@ -20,11 +20,11 @@ import binascii
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import IO, Any
 
 import orjson
 
+from scoring.events import parse_time_ms
 from streams.errors import InputError
 from streams.history import read_to_end
 from streams.partitioning import partition_for
@@ -87,17 +87,14 @@ def replay_dead_letters(settings: Settings, reasons: set[str], since_ms: int = 0
 
 
 def parse_since(text: str) -> int:
-    """An ISO-8601 time with its zone, or a date (UTC midnight), in epoch ms."""
+    """An ISO-8601 time with its zone, or a date (UTC midnight), in epoch ms, read as event
+    times are (scoring.events.parse_time_ms)."""
     value = text.strip()
-    if len(value) == 10:
-        value += "T00:00:00+00:00"
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise InputError(f"--since {text!r}: expected an ISO-8601 time such as 2026-12-01T09:00:00Z, or a date") from None
-    if moment.tzinfo is None:
-        raise InputError(f"--since {text!r}: give the time zone (Z, +01:00...), or a date alone")
-    return int(moment.timestamp() * 1000)
+    parsed = parse_time_ms(value + "T00:00:00+00:00" if len(value) == 10 else value)
+    if isinstance(parsed, str):
+        raise InputError(f"--since {text!r}: expected an ISO-8601 time with its zone such as 2026-12-01T09:00:00Z, "
+                         f"or a date ({parsed})")
+    return parsed
 
 
 def _letter(value: bytes | None) -> dict[str, Any]:
