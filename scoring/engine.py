@@ -50,7 +50,11 @@ class BatchResult:
     rejected: list[Rejection] = field(default_factory=list)
     #: Events beyond the allowed lateness of a model they were routed to: counted, not scored.
     late: list[Event] = field(default_factory=list)
-    #: Changed scores of leads that belong to an account, one per (model, lead).
+    #: The score of every changed state that belongs to an account, whether or not the batch
+    #: changed it, after a `left` update for each other account the lead was in during the batch.
+    #: A worker killed after sending a batch's updates, before its states were durable, told the
+    #: accounts of scores and moves its successor does not know of, as it scores the same events
+    #: again in other batches: these updates are what puts each account right again.
     account_updates: list[MemberScore] = field(default_factory=list)
     #: Events no model's filter took (their product matches no model): read, not scored.
     unrouted: list[Event] = field(default_factory=list)
@@ -401,7 +405,7 @@ class Engine:
         `rejected`, so parse results can be handed over as they are. Never raises for an event.
         """
         result = BatchResult()
-        # (model, lead id) -> [state, runtime, outcome so far, score and account before (members only)]
+        # (model, lead id) -> [state, runtime, outcome so far, account before, accounts it was in since (or None)]
         touched: dict[tuple[str, str], list[Any]] = {}
         transitions = result.transitions
         routes = self._routes
@@ -433,20 +437,24 @@ class Engine:
                     if state is None:  # a new lead: its first summary is news
                         slot = touched[key] = [runtime.new_state(), runtime, _CHANGED, None, None]
                     else:
-                        account_id = state.account_id
-                        before = runtime.score(state) if account_id is not None else None
-                        slot = touched[key] = [state, runtime, _DUPLICATE, before, account_id]
-                outcome = (runtime.appliers.get(event.type) or runtime.apply_other)(slot[0], event, transitions)
+                        slot = touched[key] = [state, runtime, _DUPLICATE, state.account_id, None]
+                state = slot[0]
+                outcome = (runtime.appliers.get(event.type) or runtime.apply_other)(state, event, transitions)
                 if outcome == _LATE:
                     late = True
                 elif outcome > slot[2]:
                     slot[2] = outcome
+                if event.account_id is not None and state.account_id != slot[3]:  # moved (now or earlier in the batch)
+                    if slot[4] is None:
+                        slot[4] = {state.account_id}
+                    else:
+                        slot[4].add(state.account_id)
             if late:
                 result.late.append(event)
         changed_states = result.states
         score_changed = result.score_changed
         account_updates = result.account_updates
-        for key, (state, runtime, outcome, before, account_before) in touched.items():
+        for key, (state, runtime, outcome, account_before, visited) in touched.items():
             if outcome < _COUNTED:  # duplicates and late events only
                 continue
             runtime.compact(state)
@@ -455,15 +463,17 @@ class Engine:
                 score_changed.add(key)
             account_id = state.account_id
             if account_id is not None:
+                time_ms = state.watermark_ms
+                if visited is not None:  # moved: the accounts it was in lose it
+                    visited.add(account_before)
+                    visited.discard(account_id)
+                    visited.discard(None)
+                    for left in sorted(visited):
+                        account_updates.append(MemberScore(runtime.name, left, key[1], 0, time_ms, True))
                 score = state.behaviour + state.fit
                 if score < runtime.floor:
                     score = runtime.floor
-                if account_id != account_before:  # joined, or moved: the old account loses it
-                    if account_before is not None:
-                        account_updates.append(MemberScore(runtime.name, account_before, key[1], 0, state.watermark_ms, True))
-                    account_updates.append(MemberScore(runtime.name, account_id, key[1], round(score, 2), state.watermark_ms))
-                elif score != before:
-                    account_updates.append(MemberScore(runtime.name, account_id, key[1], round(score, 2), state.watermark_ms))
+                account_updates.append(MemberScore(runtime.name, account_id, key[1], round(score, 2), time_ms))
         return result
 
     def new_state(self, model_name: str) -> LeadState:

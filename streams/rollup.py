@@ -52,6 +52,12 @@ def decode_accounts(value: bytes) -> dict[str, AccountState]:
     return {model: AccountState.from_bytes(raw) for model, raw in unframe(value).items()}
 
 
+def _member_score(state: AccountState | None, lead_id: str) -> float | None:
+    """The lead's score in the account (None: not a member); its time is not in summaries."""
+    member = None if state is None else state.members.get(lead_id)
+    return None if member is None else member[0]
+
+
 class Rollup:
     def __init__(self, engine: Engine, settings: Settings, store: LiveTable[AccountState], outbox: Outbox) -> None:
         self.settings = settings
@@ -81,10 +87,10 @@ class Rollup:
                 account_id = update.account_id
                 states = changed[account_id][1] if account_id in changed else self.store.states(account_id)
                 state = states.get(update.model)
-                member = None if state is None else state.members.get(update.lead_id)
+                before = _member_score(state, update.lead_id)
                 state, crossed = self.engine.apply_account(update.model, account_id, state, update)
-                if state.members.get(update.lead_id) != member and update.model in self.rolling:
-                    moved.add((account_id, update.model))  # taken (not stale, not a repeat) by a model that rolls up
+                if _member_score(state, update.lead_id) != before and update.model in self.rolling:
+                    moved.add((account_id, update.model))  # a score or a membership changed, in a model that rolls up
                 states[update.model] = state
                 changed[account_id] = (message.partition, states)
                 transitions.extend(crossed)

@@ -303,6 +303,7 @@ class Scorer:
     async def _decay_due(self, now_ms: int, limit: int) -> int:
         applied = 0
         crossings: list[Transition] = []
+        members: list[MemberScore] = []
         writes: dict[str, tuple[int, States]] = {}
         due_entries = self.decay_index.pop_due(now_ms, limit)
         taken = len(due_entries)
@@ -318,12 +319,19 @@ class Scorer:
                     self.decay_index.schedule(partition, due, lead_id, model)
                 continue
             # In place, like a batch's events: the state is written after the crossings.
+            before = runtime.member_score(lead_id, state, state.watermark_ms)  # type: ignore[arg-type]
             runtime.decay(state, lead_id, now_ms, crossings)  # type: ignore[arg-type]
             applied += 1
             self._changed(model, lead_id, state, now_ms, partition)  # type: ignore[arg-type]
             writes[lead_id] = (partition, states)
+            # Its account counts the decayed score (at the lead's newest event time, as the
+            # updates of its events are: decay is not news of a later event).
+            after = runtime.member_score(lead_id, state, state.watermark_ms)  # type: ignore[arg-type]
+            if after is not None and before is not None and after.score != before.score:
+                members.append(after)
         metrics.count_crossings(self._queue_crossings(crossings))
-        await self.outbox.flush()  # crossings and score changes before the states below
+        publish_updates(self.outbox, self.settings, members, self.partitions)
+        await self.outbox.flush()  # crossings, score changes and account updates before the states below
         for lead_id, (partition, states) in writes.items():
             self.store.put(lead_id, partition, states, encode_states(states), self.outbox)
         await self.outbox.flush()

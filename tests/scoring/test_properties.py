@@ -72,6 +72,27 @@ def test_results_do_not_depend_on_batch_boundaries(events: list[dict[str, Any]],
     assert members(pieces) == members(whole)
 
 
+@settings(FAST, max_examples=200)  # a lost batch that matters is a rare draw
+@given(b2b_events(), st.integers(0, 40), st.integers(1, 40), st.integers(1, 40), st.lists(st.integers(min_value=1, max_value=40), min_size=1, max_size=8))
+def test_account_members_survive_a_worker_killed_after_sending_its_updates(
+    events: list[dict[str, Any]], durable: int, lost: int, lost_batch: int, cuts: list[int]
+) -> None:
+    """A worker sends a batch's account updates before the states that record them: killed in
+    between, its updates are in Kafka, its states are not, and its successor scores the same
+    events again, cut into other batches, from the last durable states. Whatever the lost
+    batches sent, the account must end with each member's final score."""
+    whole = Run(B2B).apply(*events)
+    run = Run(B2B).apply(*events[:durable])
+    snapshot = dict(run.store)
+    run.apply(*events[durable : durable + lost], batch=lost_batch)  # their updates are sent, their states are lost
+    run.store = snapshot
+    start = durable
+    for size in cuts + [len(events)]:
+        run.apply(*events[start : start + size])
+        start += size
+    assert members(run) == members(whole)
+
+
 def members(run: Run) -> dict[str, dict[str, float]]:
     """Each account's members and their scores, once the run's account updates are rolled up
     (an account all of whose members left is no different from one that never had any)."""

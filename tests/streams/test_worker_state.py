@@ -80,7 +80,7 @@ def test_caps_bonuses_and_a_profile_update_crossing(isolated: Settings, worker: 
 
 def test_decay_timer_moves_an_idle_lead_back_to_nurture(isolated: Settings, worker: Callable[..., WorkerProcess]) -> None:
     now = int(time.time() * 1000) - 10 * MINUTE_MS
-    events = [b2b("dora", 0, "form_submit", now, properties={"form": "demo_request"})]
+    events = [b2b("dora", 0, "form_submit", now, account_id="acme", properties={"form": "demo_request"})]
     send(isolated, events)
     offset_ms = 100 * DAY_MS  # the worker's clock runs 100 days ahead: the lead has been idle that long
     proc = worker(isolated.with_overrides(clock_offset_ms=offset_ms, decay_interval_s=1))
@@ -90,7 +90,11 @@ def test_decay_timer_moves_an_idle_lead_back_to_nurture(isolated: Settings, work
     engine = Engine.from_directory(isolated.models_dir)
     result = engine.apply_batch([engine.parse(e) for e in events], lambda model, lead: None)
     expected, _ = engine.decay("b2b", "dora", result.states[("b2b", "dora")], now + offset_ms)
-    assert crossings[1]["score"] == engine.summary("b2b", "dora", expected, now + offset_ms)["score"]
+    decayed = engine.summary("b2b", "dora", expected, now + offset_ms)["score"]
+    assert crossings[1]["score"] == decayed < crossings[0]["score"]
+    # Her account counts her decayed score, not the one she had before she went idle.
+    summaries = [s for key, s in read_topic(isolated, isolated.topic_scores, expect=4) if key == b"b2b:account/acme"]
+    assert [s["score"] for s in summaries] == [crossings[0]["score"], decayed]
     _, body = proc.get("/metrics")
     assert b"leadstream_decay_steps_total 1.0" in body
 
