@@ -310,23 +310,23 @@ class Scorer:
         for partition, lead_id, model in due_entries:
             states = self.store.states(lead_id)
             state = states.get(model)
-            if state is None or model not in self.models:
+            if not isinstance(state, LeadState) or model not in self.models:  # gone, or a merge marker
                 continue
             runtime = self.engine.runtime(model)
-            due = runtime.next_due_ms(state)  # type: ignore[arg-type]
+            due = runtime.next_due_ms(state)
             if due is None or due > now_ms:  # stale entry: activity moved the step later
                 if due is not None:
                     self.decay_index.schedule(partition, due, lead_id, model)
                 continue
             # In place, like a batch's events: the state is written after the crossings.
-            before = runtime.member_score(lead_id, state, state.watermark_ms)  # type: ignore[arg-type]
-            runtime.decay(state, lead_id, now_ms, crossings)  # type: ignore[arg-type]
+            before = runtime.member_score(lead_id, state, state.watermark_ms)
+            runtime.decay(state, lead_id, now_ms, crossings)
             applied += 1
-            self._changed(model, lead_id, state, now_ms, partition)  # type: ignore[arg-type]
+            self._changed(model, lead_id, state, now_ms, partition)
             writes[lead_id] = (partition, states)
             # Its account counts the decayed score (at the lead's newest event time, as the
             # updates of its events are: decay is not news of a later event).
-            after = runtime.member_score(lead_id, state, state.watermark_ms)  # type: ignore[arg-type]
+            after = runtime.member_score(lead_id, state, state.watermark_ms)
             if after is not None and before is not None and after.score != before.score:
                 members.append(after)
         metrics.count_crossings(self._queue_crossings(crossings))
