@@ -12,7 +12,19 @@ frees it as soon as the batch lets go.
 from __future__ import annotations
 
 import gc
+import time
 from types import TracebackType
+from typing import Any
+
+from prometheus_client import Histogram
+
+GC_PAUSE_SECONDS = Histogram(
+    "leadstream_gc_pause_seconds",
+    "Time the process stood still in one collection of the garbage collector, by generation "
+    "(2 is a full collection: it scans every object, lead states included).",
+    ["generation"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
 
 
 def tune_collector(young_threshold: int) -> None:
@@ -52,3 +64,22 @@ class BatchPause:
         self._depth -= 1
         if self._depth == 0 and self._resume:
             gc.enable()
+
+
+class PauseClock:
+    """Times each collection into `leadstream_gc_pause_seconds`: a pause holds up every batch
+    and crossing of the worker, so it belongs beside the batch times."""
+
+    def __init__(self) -> None:
+        self._started = 0.0
+        self._observe = [GC_PAUSE_SECONDS.labels(str(generation)).observe for generation in range(3)]
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self._observe[info["generation"]](time.perf_counter() - self._started)
+
+    def install(self) -> None:
+        if self not in gc.callbacks:
+            gc.callbacks.append(self)

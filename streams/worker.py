@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import socket
 
-from streams.collection import tune_collector
+from streams.collection import PauseClock, tune_collector
 from streams.errors import port_taken
 from streams.model_reload import ModelDirectory
 from streams.settings import Settings
@@ -24,6 +24,7 @@ def run_worker(settings: Settings) -> int:
     ensure_topics(settings)
     app = create_app(settings, models)
     tune_collector(settings.gc_young_threshold)
+    PauseClock().install()
     worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True)
     # Faust's own debug records cost ~17% of the hot path when built and discarded (PERF.md).
     logging.getLogger("faust").setLevel(max(logging.INFO, logging.getLevelName(settings.log_level.upper())))

@@ -1,4 +1,4 @@
-"""The collector pause around batches (streams/collection.py)."""
+"""The collector pause around batches, and the timing of its pauses (streams/collection.py)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from streams.collection import BatchPause
+from streams.collection import GC_PAUSE_SECONDS, BatchPause, PauseClock
 
 
 @pytest.fixture(autouse=True)
 def collector_restored() -> Iterator[None]:
     enabled = gc.isenabled()
+    callbacks = list(gc.callbacks)
     yield
+    gc.callbacks[:] = callbacks
     if enabled:
         gc.enable()
     else:
@@ -75,3 +77,35 @@ def test_disabled_it_leaves_the_collector_alone() -> None:
     with BatchPause(False):
         assert gc.isenabled()
     assert gc.isenabled()
+
+
+def _timed(generation: int) -> tuple[float, float]:
+    """Collections counted and seconds paused so far, in one generation."""
+    samples = {sample.name: sample.value for metric in GC_PAUSE_SECONDS.collect() for sample in metric.samples
+               if sample.labels.get("generation") == str(generation)}
+    return samples.get("leadstream_gc_pause_seconds_count", 0.0), samples.get("leadstream_gc_pause_seconds_sum", 0.0)
+
+
+def test_each_collection_is_timed_in_its_generation() -> None:
+    PauseClock().install()
+    garbage = []
+    for _ in range(20_000):  # a full collection with something to scan and something to free
+        cycle: list[object] = []
+        cycle.append(cycle)
+        garbage.append(cycle)
+    del garbage, cycle
+    full_before, young_before = _timed(2), _timed(0)
+    gc.collect(2)
+    gc.collect(0)
+    full_after, young_after = _timed(2), _timed(0)
+    assert full_after[0] == full_before[0] + 1 and full_after[1] > full_before[1]
+    assert young_after[0] == young_before[0] + 1
+
+
+def test_installed_twice_it_times_a_collection_once() -> None:
+    clock = PauseClock()
+    clock.install()
+    clock.install()
+    before = _timed(1)
+    gc.collect(1)
+    assert _timed(1)[0] == before[0] + 1
