@@ -28,6 +28,15 @@ def parse_duration_ms(text: str) -> int | None:
     return int(match.group(1)) * _UNIT_MS[match.group(2)]
 
 
+def format_duration_ms(ms: int) -> str:
+    """A duration as a model file writes it, in the largest unit up to days that divides it
+    ('30d', '90m'): weeks are read, but people count decay and half-lives in days."""
+    for unit in ("d", "h", "m", "s"):
+        if ms % _UNIT_MS[unit] == 0:
+            return f"{ms // _UNIT_MS[unit]}{unit}"
+    return f"{ms}ms"
+
+
 def is_number(value: object) -> bool:
     # bool is an int subclass, but `points = true` is a mistake, not 1 point. TOML also reads
     # `inf`, `nan` and 1e400 (infinite) as floats: no score, line or bound can be one of those.

@@ -463,17 +463,13 @@ class Engine:
                 score_changed.add(key)
             account_id = state.account_id
             if account_id is not None:
-                time_ms = state.watermark_ms
                 if visited is not None:  # moved: the accounts it was in lose it
                     visited.add(account_before)
                     visited.discard(account_id)
                     visited.discard(None)
                     for left in sorted(visited):
-                        account_updates.append(MemberScore(runtime.name, left, key[1], 0, time_ms, True))
-                score = state.behaviour + state.fit
-                if score < runtime.floor:
-                    score = runtime.floor
-                account_updates.append(MemberScore(runtime.name, account_id, key[1], round(score, 2), time_ms))
+                        account_updates.append(MemberScore(runtime.name, left, key[1], 0, state.watermark_ms, True))
+                account_updates.append(runtime.member_score(key[1], state, state.watermark_ms))  # not None: it has an account
         return result
 
     def new_state(self, model_name: str) -> LeadState:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from scoring.accounts import AccountRollup, parse_accounts
-from scoring.config import Table
+from scoring.config import Table, format_duration_ms
 from scoring.decay import Decay, HalfLifeDecay, StepDecay, parse_decay
 from scoring.errors import ModelError
 from scoring.fit import DomainLists, FitRule, parse_domains, parse_fit_rule
@@ -196,14 +196,8 @@ def _levels(ladder: Ladder) -> list[dict[str, Any]]:
 
 def _decay(decay: Decay | None) -> str | None:
     if isinstance(decay, StepDecay):
-        return ", ".join(f"{_duration(step.idle_ms)} idle: {step.points:g}" for step in decay.steps)
+        return ", ".join(f"{format_duration_ms(step.idle_ms)} idle: {step.points:g}" for step in decay.steps)
     if isinstance(decay, HalfLifeDecay):
-        return f"half-life {_duration(decay.half_life_ms)}"
+        return f"half-life {format_duration_ms(decay.half_life_ms)}"
     return None
 
-
-def _duration(ms: int) -> str:
-    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)):
-        if ms % size == 0:
-            return f"{ms // size}{unit}"
-    return f"{ms}ms"

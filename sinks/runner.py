@@ -17,7 +17,6 @@ reason; `replay_dead_letters` re-drives them once the cause is fixed.
 
 from __future__ import annotations
 
-import base64
 import logging
 import random
 import signal
@@ -27,7 +26,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, Iterable, TypeVar
 
-import orjson
 from redis import Redis, RedisError
 
 from sinks import metrics
@@ -308,10 +306,8 @@ class SinkRunner(Generic[T]):
 
     @staticmethod
     def _from_dead_letter(message: object) -> Envelope:
-        record = orjson.loads(message.value)  # type: ignore[attr-defined]
-        original = record["original"].encode() if "original" in record else base64.b64decode(record["original_base64"])
-        source = record["source"]
-        return Envelope(message.key, original, source["topic"], source["partition"], source["offset"])  # type: ignore[attr-defined]
+        letter = DeadLetter.from_bytes(message.value, message.key)  # type: ignore[attr-defined]
+        return Envelope(letter.key, letter.original, letter.topic, letter.partition, letter.offset)  # type: ignore[arg-type]
 
 
 def _tp(message: object):  # type: ignore[no-untyped-def]

@@ -35,3 +35,17 @@ class DeadLetter:
             record["original_base64"] = base64.b64encode(self.original).decode("ascii")
         return orjson.dumps(record)
 
+    @classmethod
+    def from_bytes(cls, value: bytes | None, key: bytes | None = None) -> DeadLetter:
+        """A dead letter as `to_bytes` wrote it (`key`: its message's key); ValueError when the
+        value is not one."""
+        try:
+            record = orjson.loads(value or b"")
+            source = record.get("source") or {}
+            text = record.get("original")
+            original = text.encode() if isinstance(text, str) else base64.b64decode(record["original_base64"], validate=True)
+            return cls(record["reason"], record.get("detail", ""), original,
+                       source.get("topic"), source.get("partition"), source.get("offset"), key)
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:  # JSON and base64 errors are ValueErrors
+            raise ValueError(f"not a dead letter as leadstream writes them: {exc!r}") from None
+

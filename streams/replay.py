@@ -15,16 +15,15 @@ further behind its lead's newest event than the model's `lateness` is counted la
 
 from __future__ import annotations
 
-import base64
-import binascii
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO
 
 import orjson
 
 from scoring.events import parse_time_ms
+from streams.deadletter import DeadLetter
 from streams.errors import InputError
 from streams.history import read_to_end
 from streams.partitioning import partition_for
@@ -56,27 +55,28 @@ def replay_dead_letters(settings: Settings, reasons: set[str], since_ms: int = 0
         for record in read_to_end(settings, settings.topic_deadletter):
             if record.timestamp < since_ms:
                 continue
-            letter = _letter(record.value)
-            reason = letter.get("reason")
+            try:
+                letter = DeadLetter.from_bytes(record.value, record.key)
+            except ValueError:
+                replay.unreplayable["not a dead letter as leadstream writes them"] += 1
+                continue
+            reason, topic = letter.reason, letter.topic
             if reason not in reasons:
                 continue
-            source = letter["source"] if isinstance(letter.get("source"), dict) else {}
-            topic = source.get("topic")
-            original = _original(letter)
             if topic not in sources or not partitions.get(topic):
                 replay.unreplayable[f"source topic {topic!r} is not one the worker reads"] += 1
                 continue
-            if original is None:
+            if not letter.original:
                 replay.unreplayable["no original input kept"] += 1
                 continue
-            key, partition = _destination(original, record.key, source.get("partition"), partitions[topic])
+            key, partition = _destination(letter.original, letter.key, letter.partition, partitions[topic])
             if partition is None:
                 replay.unreplayable["neither a lead id nor a source partition to send it to"] += 1
                 continue
             replay.replayed[reason] += 1
-            replay.examples.setdefault(reason, str(letter.get("detail", "")))
+            replay.examples.setdefault(reason, letter.detail)
             if producer is not None:
-                producer.send(topic, key=key, value=original, partition=partition)
+                producer.send(topic, key=key, value=letter.original, partition=partition)
         if producer is not None:
             producer.flush()
     finally:
@@ -97,27 +97,7 @@ def parse_since(text: str) -> int:
     return parsed
 
 
-def _letter(value: bytes | None) -> dict[str, Any]:
-    try:
-        letter = orjson.loads(value or b"")
-    except orjson.JSONDecodeError:
-        return {}
-    return letter if isinstance(letter, dict) else {}
-
-
-def _original(letter: dict[str, Any]) -> bytes | None:
-    text, encoded = letter.get("original"), letter.get("original_base64")
-    if isinstance(text, str) and text:
-        return text.encode()
-    if isinstance(encoded, str):
-        try:
-            return base64.b64decode(encoded, validate=True) or None
-        except binascii.Error:
-            return None
-    return None
-
-
-def _destination(original: bytes, key: bytes | None, partition: Any, partitions: int) -> tuple[bytes | None, int | None]:
+def _destination(original: bytes, key: bytes | None, partition: int | None, partitions: int) -> tuple[bytes | None, int | None]:
     """Keyed by the event's lead id on that lead's partition (right even for a letter that
     arrived on the wrong one); without a lead id, as it came."""
     try:

@@ -319,16 +319,16 @@ class Scorer:
                     self.decay_index.schedule(partition, due, lead_id, model)
                 continue
             # In place, like a batch's events: the state is written after the crossings.
-            before = runtime.member_score(lead_id, state, state.watermark_ms)
+            before = runtime.score(state)
             runtime.decay(state, lead_id, now_ms, crossings)
             applied += 1
             self._changed(model, lead_id, state, now_ms, partition)
             writes[lead_id] = (partition, states)
             # Its account counts the decayed score (at the lead's newest event time, as the
             # updates of its events are: decay is not news of a later event).
-            after = runtime.member_score(lead_id, state, state.watermark_ms)
-            if after is not None and before is not None and after.score != before.score:
-                members.append(after)
+            member = runtime.member_score(lead_id, state, state.watermark_ms)
+            if member is not None and runtime.score(state) != before:
+                members.append(member)
         metrics.count_crossings(self._queue_crossings(crossings))
         publish_updates(self.outbox, self.settings, members, self.partitions)
         await self.outbox.flush()  # crossings, score changes and account updates before the states below
