@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import orjson
 
+from streams.outbox import encode_json
+
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
@@ -33,7 +35,7 @@ class DeadLetter:
             record["original"] = self.original.decode("utf-8")
         except UnicodeDecodeError:
             record["original_base64"] = base64.b64encode(self.original).decode("ascii")
-        return orjson.dumps(record)
+        return encode_json(record)
 
     @classmethod
     def from_bytes(cls, value: bytes | None, key: bytes | None = None) -> DeadLetter:

@@ -18,13 +18,12 @@ from scoring import AccountState, Engine, MemberScore, Transition
 from streams import metrics
 from streams.deadletter import DeadLetter
 from streams.envelope import unpack
-from streams.outbox import Outbox
+from streams.outbox import Outbox, encode_json
 from streams.partitioning import partition_for
 from streams.settings import Settings
 from streams.stage import Consumed, LiveTable, frame, unframe
 
 
-_encode_updates = msgspec.json.Encoder().encode
 _decode_updates = msgspec.json.Decoder(list[MemberScore]).decode
 
 
@@ -34,7 +33,7 @@ def publish_updates(outbox: Outbox, settings: Settings, updates: Sequence[Member
     for update in updates:
         by_partition.setdefault(partition_for(update.account_id, partitions), []).append(update)
     for partition, members in by_partition.items():
-        outbox.add(settings.topic_accounts, None, _encode_updates(members), partition)
+        outbox.add(settings.topic_accounts, None, encode_json(members), partition)
 
 
 def account_score_key(model: str, account_id: str) -> bytes:
@@ -95,10 +94,10 @@ class Rollup:
                 changed[account_id] = (message.partition, states)
                 transitions.extend(crossed)
         for transition in transitions:
-            self.outbox.add(self.settings.topic_crossings, str(transition.account_id).encode(), orjson.dumps(transition.to_dict()))
+            self.outbox.add(self.settings.topic_crossings, str(transition.account_id).encode(), encode_json(transition.to_dict()))
         for account_id, model in moved:
             summary = self.engine.account_summary(model, account_id, changed[account_id][1][model])
-            self.outbox.add(self.settings.topic_scores, account_score_key(model, account_id), orjson.dumps(summary))
+            self.outbox.add(self.settings.topic_scores, account_score_key(model, account_id), encode_json(summary))
         await self.outbox.flush()  # crossings before the states that record them
         metrics.count_crossings(transitions)
         for account_id, (partition, states) in changed.items():
@@ -112,7 +111,7 @@ class Rollup:
         for update in unknown:
             self._dead(message, "unknown_model", f"account update for model {update.model!r}, which this worker does not have "
                        f"(models: {', '.join(sorted(self.models))}): removed from LEADSTREAM_MODELS_DIR while updates were "
-                       "in flight, or not written by leadstream", msgspec.json.encode(update))
+                       "in flight, or not written by leadstream", encode_json(update))
         return [update for update in updates if update.model in self.models] if unknown else updates
 
     def _updates(self, message: Consumed) -> list[MemberScore]:
@@ -136,7 +135,7 @@ class Rollup:
                     raise TypeError(f"left must be true or false, not {left!r}")
                 updates.append(MemberScore(record["model"], record["account_id"], record["lead_id"], float(record["score"]), int(record["time"]), left))
             except (KeyError, TypeError, ValueError) as exc:
-                self._dead(message, "bad_account_update", f"account update lacks or mistypes a field: {exc!r}", orjson.dumps(record))
+                self._dead(message, "bad_account_update", f"account update lacks or mistypes a field: {exc!r}", encode_json(record))
         return updates
 
     def _dead(self, message: Consumed, reason: str, detail: str, original: bytes) -> None:

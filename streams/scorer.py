@@ -31,7 +31,7 @@ from scoring.events import MAX_EVENT_BYTES, decode_message
 from streams import metrics, stitching
 from streams.deadletter import DeadLetter
 from streams.envelope import unpack
-from streams.outbox import Outbox
+from streams.outbox import Outbox, encode_json
 from streams.partitioning import partition_for
 from streams.rollup import publish_updates
 from streams.settings import Settings
@@ -386,7 +386,7 @@ class Scorer:
                 onward = stitching.merged_into(states)
                 if onward is not None:  # the target was itself merged since: follow the chain
                     self.outbox.add(self.settings.topic_identity, onward.encode(),
-                                    orjson.dumps({**record, "target": onward}))
+                                    encode_json({**record, "target": onward}))
                     continue
                 states = dict(states)
                 for model, raw in stitching.merged_states(record).items():
@@ -472,9 +472,9 @@ class Scorer:
         onward = stitching.forwarded(item, target)
         if onward is None:
             dead.append(DeadLetter("alias_loop", f"lead {item['lead_id']!r} was re-keyed {stitching.MAX_HOPS} times: an alias loop",
-                                   orjson.dumps(item), message.topic, message.partition, message.offset, message.key))
+                                   encode_json(item), message.topic, message.partition, message.offset, message.key))
             return
-        self.outbox.add(self.settings.topic_events, target.encode(), orjson.dumps(onward))
+        self.outbox.add(self.settings.topic_events, target.encode(), encode_json(onward))
 
     def _decode(self, message: Consumed, dead: list[DeadLetter], stats: BatchStats) -> tuple[list[Any] | None, list[Event]]:
         """The message's accepted events, with their JSON objects in the same order when they
@@ -518,19 +518,19 @@ class Scorer:
         check_sizes = len(message.value) > MAX_EVENT_BYTES
         for item in items:
             stats.events += 1
-            if check_sizes and len(raw := orjson.dumps(item)) > MAX_EVENT_BYTES:
+            if check_sizes and len(raw := encode_json(item)) > MAX_EVENT_BYTES:
                 reject("too_large", f"event of {len(raw)} bytes exceeds the limit of {MAX_EVENT_BYTES} bytes", raw)
                 continue
             parsed = self.engine.parse(item)
             if isinstance(parsed, Rejection):
-                reject(parsed.reason, parsed.detail, orjson.dumps(item))
+                reject(parsed.reason, parsed.detail, encode_json(item))
                 continue
             if partition_for(parsed.lead_id, self.partitions) != message.partition:
                 reject(
                     "wrong_partition",
                     f"lead {parsed.lead_id!r} belongs on partition {partition_for(parsed.lead_id, self.partitions)}, "
                     f"not {message.partition}: key single events by lead id, or pack only one partition's leads",
-                    orjson.dumps(item),
+                    encode_json(item),
                 )
                 continue
             accepted.append(item)
@@ -547,7 +547,7 @@ class Scorer:
                 if id(event) in wanted:
                     if items is None:
                         items = unpack(message.value)
-                    dead.append(DeadLetter("unknown_type", self.engine.unknown_type(event), orjson.dumps(items[position]),
+                    dead.append(DeadLetter("unknown_type", self.engine.unknown_type(event), encode_json(items[position]),
                                            message.topic, message.partition, message.offset, message.key))
 
     def _from_the_future(self, event: Event, item: dict[str, Any], now_ms: int, message: Consumed) -> DeadLetter:
@@ -557,7 +557,7 @@ class Scorer:
             f"event {event.event_id!r} of lead {event.lead_id!r} is timed {at}, {(event.time_ms - now_ms) / 3_600_000:.1f} h ahead "
             f"of the worker's clock (LEADSTREAM_MAX_FUTURE_MS allows {self.settings.max_future_ms / 3_600_000:g} h): fix the sender's clock"
         )
-        return DeadLetter("future_time", detail, orjson.dumps(item), message.topic, message.partition, message.offset, message.key)
+        return DeadLetter("future_time", detail, encode_json(item), message.topic, message.partition, message.offset, message.key)
 
     def _changed(self, model: str, lead_id: str, state: LeadState, now_ms: int, partition: int, publish: bool = True) -> None:
         """A lead's state changed: schedule its next decay step and queue its score change
@@ -570,7 +570,7 @@ class Scorer:
 
     def _add_summary(self, model: str, lead_id: str, state: LeadState, now_ms: int, partition: int) -> None:
         summary = self.engine.summary(model, lead_id, state, now_ms)
-        self.outbox.add(self.settings.topic_scores, f"{model}/{lead_id}".encode(), orjson.dumps(summary), partition)
+        self.outbox.add(self.settings.topic_scores, f"{model}/{lead_id}".encode(), encode_json(summary), partition)
 
     def _queue_crossings(self, transitions: list[Transition]) -> list[Transition]:
         """Queue crossings in the outbox (anonymous visitors' are kept back: no CRM can act on
@@ -581,6 +581,6 @@ class Scorer:
                 continue
             record = transition.to_dict()
             key = record["lead_id"] if record.get("kind") == "lead" else record["account_id"]
-            self.outbox.add(self.settings.topic_crossings, str(key).encode(), orjson.dumps(record))
+            self.outbox.add(self.settings.topic_crossings, str(key).encode(), encode_json(record))
             published.append(transition)
         return published

@@ -25,8 +25,8 @@ from __future__ import annotations
 import base64
 from typing import TYPE_CHECKING, Any
 
-import orjson
 
+from streams.outbox import encode_json
 from streams.segment import ANONYMOUS_PREFIX
 
 if TYPE_CHECKING:
@@ -81,12 +81,12 @@ def links_from(item: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def link_record(source: str, target: str, time_ms: int) -> bytes:
-    return orjson.dumps({"kind": "link", "source": source, "target": target, "time": time_ms})
+    return encode_json({"kind": "link", "source": source, "target": target, "time": time_ms})
 
 
 def merge_record(source: str, target: str, time_ms: int, states: States) -> bytes:
     encoded = {model: base64.b64encode(state.to_bytes()).decode("ascii") for model, state in states.items()}  # type: ignore[union-attr]
-    return orjson.dumps({"kind": "merge", "source": source, "target": target, "time": time_ms, "states": encoded})
+    return encode_json({"kind": "merge", "source": source, "target": target, "time": time_ms, "states": encoded})
 
 
 def merged_states(record: dict[str, Any]) -> dict[str, bytes]:
