@@ -97,6 +97,7 @@ def _review(args: argparse.Namespace, settings: Settings) -> int:
 BENCHMARKS = {
     "engine": "streams.bench.engine",
     "pipeline": "streams.bench.pipeline",
+    "stages": "streams.bench.stages",
     "collector": "streams.bench.collector",
     "sinks": "sinks.bench",
 }
@@ -225,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=list(BENCHMARKS),
         help="engine: the pure scoring engine against an orjson parse loop; "
         "pipeline: one worker on the real broker against a raw aiokafka loop; "
+        "stages: the worker's scoring and account stages without a broker, CPU per event; "
         "collector: batch calls through a collector against `leadstream send`; "
         "sinks: deliveries/s per connector against local CRM stand-ins, with 0 and 50 ms latency",
     )
@@ -233,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=7, help="seed of the generated workload")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--seconds", type=_positive_seconds, default=8.0, help="collector: how long each load phase runs")
-    p.add_argument("--events-per-message", type=_positive, default=200, help="pipeline: events per Kafka message (envelope)")
+    p.add_argument("--events-per-message", type=_positive, default=200, help="pipeline, stages: events per Kafka message (envelope)")
     p.add_argument("--no-metrics", action="store_true", help="pipeline: run the worker without Faust's sensors")
     p.add_argument("--workers", type=_positive, default=1, help="pipeline: worker processes sharing the partitions, one consumer group (default 1)")
 

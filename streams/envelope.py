@@ -9,9 +9,12 @@ working.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from typing import Any, Iterable, Iterator
 
 import orjson
+
+from streams.partitioning import partition_for
 
 MAX_MESSAGE_BYTES = 1_000_000  # the broker's default message.max.bytes is 1 MB
 
@@ -28,6 +31,17 @@ def pack(events: Iterable[bytes], max_events: int, max_bytes: int = MAX_MESSAGE_
         size += len(event) + 1
     if chunk:
         yield _envelope(chunk)
+
+
+def pack_by_partition(events: Iterable[tuple[str, bytes]], partitions: int, max_events: int) -> Iterator[tuple[int, bytes]]:
+    """(partition, envelope) for (lead id, event bytes) pairs: each envelope holds events of
+    leads of its partition only, in their order."""
+    by_partition: dict[int, list[bytes]] = defaultdict(list)
+    for lead, event in events:
+        by_partition[partition_for(lead, partitions)].append(event)
+    for partition, chunk in by_partition.items():
+        for message in pack(chunk, max_events):
+            yield partition, message
 
 
 def _envelope(chunk: list[bytes]) -> bytes:

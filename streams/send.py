@@ -9,16 +9,14 @@ number and skipped; the rest is sent.
 from __future__ import annotations
 
 import sys
-from collections import defaultdict
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator
 
 import orjson
 
-from streams.envelope import pack
+from streams.envelope import pack_by_partition
 from streams.errors import InputError, ServiceError, kafka_unreachable
 from streams.jsonlines import numbered_lines
-from streams.partitioning import partition_for
 from streams.settings import Settings
 from streams.topics import partition_count
 
@@ -68,14 +66,11 @@ def produce(producer: Any, topic: str, events: Iterable[tuple[str, bytes]], even
             sent_events += 1
         sent_messages = sent_events
     else:
-        by_partition: dict[int, list[bytes]] = defaultdict(list)
-        for lead, event in events:
-            by_partition[partition_for(lead, partitions)].append(event)
-            sent_events += 1
-        for partition, chunk in by_partition.items():
-            for message in pack(chunk, events_per_message):
-                producer.send(topic, value=message, partition=partition)
-                sent_messages += 1
+        pairs = list(events)  # packed per partition, so all of them are read first anyway
+        for partition, message in pack_by_partition(pairs, partitions, events_per_message):
+            producer.send(topic, value=message, partition=partition)
+            sent_messages += 1
+        sent_events = len(pairs)
     producer.flush()
     return sent_events, sent_messages
 

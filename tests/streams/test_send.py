@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import io
 
+import orjson
+
+from streams.envelope import pack_by_partition
+from streams.partitioning import partition_for
 from streams.send import read_events
 
 
@@ -30,3 +34,19 @@ def test_a_byte_order_mark_and_windows_line_ends_are_read() -> None:
     bad: list[str] = []
     assert [(lead, event) for lead, event in read_events(lines, bad)] == [("ada", b'{"lead_id": "ada"}'), ("bob", b'{"lead_id": "bob"}')]
     assert bad == []
+
+
+def test_envelopes_hold_one_partitions_leads_in_their_order() -> None:
+    events = [(f"lead-{i % 7}", b'{"n": %d}' % i) for i in range(40)]
+    packed = list(pack_by_partition(events, 4, max_events=3))
+    for partition, message in packed:
+        items = orjson.loads(message)
+        items = items if isinstance(items, list) else [items]
+        assert len(items) <= 3
+        assert {partition_for(f"lead-{item['n'] % 7}", 4) for item in items} == {partition}
+    # Every event once, and each partition's events in the order they came.
+    unpacked = [(p, item["n"]) for p, m in packed for item in (lambda v: v if isinstance(v, list) else [v])(orjson.loads(m))]
+    assert sorted(n for _, n in unpacked) == list(range(40))
+    for partition in range(4):
+        numbers = [n for p, n in unpacked if p == partition]
+        assert numbers == sorted(numbers)
