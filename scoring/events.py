@@ -29,6 +29,10 @@ MAX_EVENT_BYTES = 64 * 1024
 MAX_FIELDS = 256
 #: Longest lead id, event id, account id or event type.
 MAX_ID_CHARS = 256
+#: Levels of objects and arrays one property or trait value may nest. No tracking plan needs
+#: more, and much deeper values cannot be handled at all: orjson writes at most 255 levels, and
+#: msgspec stops near 1,000 with Python's recursion limit (a RecursionError, not a DecodeError).
+MAX_NESTING = 32
 #: Event times outside [2000-01-01, 2100-01-01) are refused: almost always seconds sent as ms.
 MIN_TIME_MS = 946_684_800_000
 MAX_TIME_MS = 4_102_444_800_000
@@ -93,7 +97,7 @@ def parse_event(raw: bytes | bytearray | memoryview | str | dict[str, Any] | Any
         return Rejection("too_large", f"event is {len(raw)} bytes, at most {MAX_EVENT_BYTES} are accepted", raw)
     try:
         event = _decode_event(raw)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):  # RecursionError: nested too deep, said below
         event = None
     if event is not None and _sound(event):
         return event
@@ -129,7 +133,7 @@ def decode_message(raw: bytes | bytearray | memoryview | str) -> list[Event] | N
     when any is not (or the message is not JSON): `parse_message` then finds which and why."""
     try:
         decoded: Event | list[Event] = _decode_message(raw)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):  # RecursionError: nested too deep
         return None
     if isinstance(decoded, Event):
         return [decoded] if len(raw) <= MAX_EVENT_BYTES and _sound(decoded) else None
@@ -143,13 +147,49 @@ def _sound(event: Event) -> bool:
     """The checks a msgspec schema cannot say: no control character in the event id (the
     contract, scoring/MODELS.md: ids are echoed in logs, dead letters and headers), a bounded
     number of fields, and integers the state codecs can write back (msgspec reads integers
-    beyond 64 bits, which a stored trait would make unwritable)."""
+    beyond 64 bits, which a stored trait would make unwritable), and values nested at most
+    MAX_NESTING levels deep."""
     if not event.event_id.isprintable() or len(event.properties) + len(event.traits) > MAX_FIELDS:
         return False
     for value in event.traits.values():
         if value.__class__ is int and not _MIN_INT <= value <= _MAX_INT:
             return False
+        if (value.__class__ is dict or value.__class__ is list) and _nesting(value) > MAX_NESTING:
+            return False
+    for value in event.properties.values():
+        if (value.__class__ is dict or value.__class__ is list) and _nesting(value) > MAX_NESTING:
+            return False
     return True
+
+
+def _nesting(value: Any) -> int:
+    """Levels of objects and arrays in a JSON value (0 for a scalar), counted up to one more
+    than MAX_NESTING; level by level, so no value is too deep to measure."""
+    depth, level = 0, [value]
+    while depth <= MAX_NESTING:
+        inner: list[Any] = []
+        found = False
+        for item in level:
+            if item.__class__ is dict:
+                inner.extend(item.values())
+                found = True
+            elif item.__class__ is list:
+                inner.extend(item)
+                found = True
+        if not found:
+            return depth
+        depth += 1
+        level = inner
+    return depth
+
+
+def _too_deep(properties: dict[str, Any], traits: dict[str, Any]) -> str | None:
+    """The first property or trait nested deeper than MAX_NESTING, as a rejection's detail."""
+    for field, values in (("properties", properties), ("traits", traits)):
+        for key, value in values.items():
+            if (value.__class__ is dict or value.__class__ is list) and _nesting(value) > MAX_NESTING:
+                return f"{field}.{key} nests objects and arrays more than {MAX_NESTING} levels deep, which is the most accepted"
+    return None
 
 
 def parse_time_ms(value: Any) -> int | str:
@@ -193,6 +233,7 @@ def _from_dict(d: dict[str, Any]) -> Event | Rejection:
         and 0 < len(event_id) <= MAX_ID_CHARS
         and event_id.isprintable()
         and len(properties) + len(traits) <= MAX_FIELDS
+        and _too_deep(properties, traits) is None
     ):
         return Event(event_id, lead_id, kind, time_ms, properties, traits, account_id, product)
     return _checked(d)
@@ -235,6 +276,9 @@ def _checked(d: dict[str, Any]) -> Event | Rejection:
         return Rejection(
             "too_large", f"{len(properties)} properties and {len(traits)} traits, at most {MAX_FIELDS} in all", d
         )
+    deep = _too_deep(properties, traits)
+    if deep is not None:
+        return Rejection("too_large", deep, d)
     account_id = _identifier(d, "account_id", required=False)
     if account_id.__class__ is Rejection:
         return account_id

@@ -51,6 +51,7 @@ from streams import probes
 from streams.deadletter import DeadLetter
 from streams.envelope import pack
 from streams.errors import ConfigError, RequestRejected, ServiceError, Unavailable, port_taken
+from streams.outbox import encode_json_or_none
 from streams.partitioning import partition_for
 from streams.segment import CALL_TYPES, Mapped, Mapper, Source, rejected
 from streams.settings import Settings
@@ -288,7 +289,7 @@ class Collector:
         outcome = Outcome(0, [])
         for index, item in enumerate(items):
             try:
-                if measure_calls and len(orjson.dumps(item)) > CALL_LIMIT_BYTES:
+                if measure_calls and len(encode_json_or_none(item) or b"") > CALL_LIMIT_BYTES:
                     raise rejected("too_large", f"a call may hold at most {CALL_LIMIT_BYTES} bytes of JSON")
                 mapped.append(self.mapper.map(item, call_type, source, received_at_ms, body.get("sentAt")))
             except RequestRejected as exc:
@@ -427,7 +428,11 @@ def _rejection(index: int, item: object, exc: RequestRejected) -> dict[str, obje
 def _dead_letter(source: Source, call: str, index: int, item: object, exc: RequestRejected) -> DeadLetter:
     if isinstance(item, dict):
         item = {k: v for k, v in item.items() if k != "writeKey"}
-    return DeadLetter(exc.code, f"source {source.name}, /v1/{call} call {index}: {exc}", orjson.dumps(item))
+    original = encode_json_or_none(item)
+    if original is None:
+        return DeadLetter(exc.code, f"source {source.name}, /v1/{call} call {index}: {exc} (the call is not kept: it is nested "
+                          "too deep to be written out)", b"")
+    return DeadLetter(exc.code, f"source {source.name}, /v1/{call} call {index}: {exc}", original)
 
 
 def _json(status: int, payload: dict[str, object], headers: dict[str, str] | None = None) -> web.Response:

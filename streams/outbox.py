@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from typing import Any
 
 import msgspec
 from aiokafka import AIOKafkaProducer
@@ -26,6 +27,16 @@ from streams.partitioning import partition_for
 
 #: JSON bytes of a value to queue in the outbox (see the module doc for why not orjson).
 encode_json = msgspec.json.Encoder().encode
+
+
+def encode_json_or_none(value: Any) -> bytes | None:
+    """`encode_json(value)`, or None for a value nested deeper than msgspec writes (near 1,000
+    levels, Python's recursion limit; orjson reads up to 1,024): input that was read but cannot
+    be written out again, which the engine refuses anyway (scoring.events.MAX_NESTING)."""
+    try:
+        return encode_json(value)
+    except RecursionError:
+        return None
 
 
 class Outbox:

@@ -120,7 +120,7 @@ class Rollup:
             return []
         try:  # an envelope of well-formed updates, decoded and checked in one pass
             return _decode_updates(message.value)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):  # RecursionError: nested too deep for msgspec
             pass  # the careful path finds which record is bad, and why
         updates = []
         try:

@@ -31,7 +31,7 @@ from scoring.events import MAX_EVENT_BYTES, decode_message
 from streams import metrics, stitching
 from streams.deadletter import DeadLetter
 from streams.envelope import unpack
-from streams.outbox import Outbox, encode_json
+from streams.outbox import Outbox, encode_json, encode_json_or_none
 from streams.partitioning import partition_for
 from streams.rollup import publish_updates
 from streams.settings import Settings
@@ -518,12 +518,18 @@ class Scorer:
         check_sizes = len(message.value) > MAX_EVENT_BYTES
         for item in items:
             stats.events += 1
-            if check_sizes and len(raw := encode_json(item)) > MAX_EVENT_BYTES:
+            raw = encode_json_or_none(item) if check_sizes else None
+            if raw is not None and len(raw) > MAX_EVENT_BYTES:
                 reject("too_large", f"event of {len(raw)} bytes exceeds the limit of {MAX_EVENT_BYTES} bytes", raw)
                 continue
             parsed = self.engine.parse(item)
             if isinstance(parsed, Rejection):
-                reject(parsed.reason, parsed.detail, encode_json(item))
+                raw = encode_json_or_none(item)
+                if raw is None:
+                    reject(parsed.reason, f"{parsed.detail} (the original is the whole message: this event is nested too deep "
+                           "to be written out alone)", message.value)
+                else:
+                    reject(parsed.reason, parsed.detail, raw)
                 continue
             if partition_for(parsed.lead_id, self.partitions) != message.partition:
                 reject(

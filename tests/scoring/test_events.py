@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scoring import Event, Rejection
-from scoring.events import MAX_EVENT_BYTES, MAX_TIME_MS, MIN_TIME_MS, decode_message, parse_event, parse_message
+from scoring.events import MAX_EVENT_BYTES, MAX_NESTING, MAX_TIME_MS, MIN_TIME_MS, decode_message, parse_event, parse_message
 from tests.scoring.support import T0, Run, engine, ev
 
 GOOD = {"event_id": "e-1", "lead_id": "L1", "type": "page_view", "time": T0}
@@ -150,3 +150,29 @@ def test_a_trait_integer_beyond_64_bits_is_read_as_orjson_reads_it_so_the_state_
     run = Run(engine('[[rules]]\nname = "v"\nevent = "page_view"\npoints = 5\n', settings='keep_traits = ["employees"]'))
     run.apply(event)
     assert run.state().traits == {"employees": 1.2345678901234568e29}
+
+
+def _nested(levels: int) -> bytes:
+    """A JSON value of `levels` nested arrays and objects, alternating: [{"a": [{"a": ... 1}]}]."""
+    value = b"1"
+    for level in range(levels):
+        value = b"[" + value + b"]" if level % 2 == 0 else b'{"a":' + value + b"}"
+    return value
+
+
+@pytest.mark.parametrize("field", ["properties", "traits"])
+def test_values_nested_deeper_than_the_limit_are_too_large_on_both_paths(field: str) -> None:
+    def event(levels: int) -> bytes:
+        return orjson.dumps({**GOOD, field: {"deep": "here"}}).replace(b'"here"', _nested(levels))
+
+    for raw in (event(MAX_NESTING), event(1)):
+        assert isinstance(parse_event(raw), Event) and isinstance(parse_event(orjson.loads(raw)), Event)
+    # Just beyond the limit; beyond what orjson writes (255); beyond what msgspec reads (about
+    # 1,000: a RecursionError, not a DecodeError); the last is still JSON orjson reads (1,024).
+    for levels in (MAX_NESTING + 1, 300, 1015):
+        raw = event(levels)
+        for parsed in (parse_event(raw), *parse_message(raw), *parse_message(b"[" + orjson.dumps(GOOD) + b"," + raw + b"]")[1:]):
+            assert isinstance(parsed, Rejection)
+            assert (parsed.reason, parsed.detail) == ("too_large", f"{field}.deep nests objects and arrays more than {MAX_NESTING} levels deep, which is the most accepted")
+        assert decode_message(raw) is None
+    assert parse_event(event(1030)).reason == "bad_json"  # deeper than orjson reads: not JSON it can read

@@ -124,6 +124,35 @@ def test_bad_calls_of_a_batch_are_reported_and_dead_lettered_and_the_good_ones_k
     assert no_event["detail"].startswith("source website, /v1/batch call 1: ")
 
 
+def test_calls_nested_too_deep_are_refused_and_dead_lettered_and_the_good_ones_kept(
+    collector: ThreadedCollector, settings: Settings
+) -> None:
+    good = [track("u-1"), track("u-2")]
+    # Deeper than events may nest (the engine would refuse them), deeper than orjson writes
+    # (255), and nearly as deep as a request may be read at all (orjson reads 1,024 levels).
+    # The body is spelt out: no encoder here writes the deepest.
+    levels = (40, 300, 1015)
+    deep = [track("u-3", messageId=f"deep-{n}", properties={"x": f"nested-{n}"}) for n in levels]
+    raw = orjson.dumps({"batch": [good[0], *deep, good[1]]})
+    for n in levels:
+        raw = raw.replace(f'"nested-{n}"'.encode(), b"[" * n + b'"bottom"' + b"]" * n)
+    response = collector.post("/v1/batch", raw)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["accepted"] == 2
+    # The engine's refusal, as for any field it would refuse.
+    assert [(r["messageId"], r["code"]) for r in body["rejected"]] == [(call["messageId"], "bad_field") for call in deep]
+    assert all("properties.x nests objects and arrays more than 32 levels deep" in r["message"] for r in body["rejected"])
+    assert sorted(e["event_id"] for e in all_events(read_messages(settings, settings.topic_events, events=2))) == sorted(
+        call["messageId"] for call in good
+    )
+    letters = {orjson.loads(letter["original"])["messageId"] if letter["original"] else None: letter
+               for letter in all_events(read_messages(settings, settings.topic_deadletter, events=3))}
+    # The deepest cannot be written out again: its letter says so instead of holding it.
+    assert set(letters) == {"deep-40", "deep-300", None}
+    assert letters[None]["detail"].endswith("(the call is not kept: it is nested too deep to be written out)")
+
+
 def test_a_bad_single_call_is_answered_400_and_dead_lettered(collector: ThreadedCollector, settings: Settings) -> None:
     response = collector.post("/v1/track", {"userId": "u-1", "messageId": "m-1", "writeKey": WRITE_KEY}, key=None)
     assert response.status_code == 400

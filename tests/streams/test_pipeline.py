@@ -98,14 +98,27 @@ def test_bad_input_goes_to_the_dead_letter_topic_and_the_rest_is_scored(
     producer.send(topic, partition=partition_for("carol", 4), value=orjson.dumps(envelope))
     producer.send(topic, key=b"carol", value=orjson.dumps({**good[3], "event_id": "typo-2", "type": "sign-up"}))
     producer.send(topic, key=b"carol", value=orjson.dumps({**good[3], "event_id": "huge", "properties": {"blob": "x" * 100_000}}))
+    # Nested deeper than msgspec reads or writes (its RecursionError once stopped the worker),
+    # in an envelope with a redelivered good event; and deeper than orjson writes, alone.
+    def deep(levels: int, event_id: str) -> bytes:
+        return orjson.dumps({**good[3], "event_id": event_id, "properties": {"x": "nested"}}).replace(
+            b'"nested"', b"[" * levels + b"]" * levels)
+
+    producer.send(topic, partition=partition_for("carol", 4), value=b"[" + orjson.dumps(good[0]) + b"," + deep(1000, "deep-1000") + b"]")
+    producer.send(topic, key=b"carol", value=deep(300, "deep-300"))
     producer.flush()
     producer.close()
 
     proc = worker()
 
-    dead = read_topic(isolated, isolated.topic_deadletter, expect=8)
+    dead = read_topic(isolated, isolated.topic_deadletter, expect=10)
     reasons = sorted(letter["reason"] for _, letter in dead)
-    assert len(dead) == 8, reasons
+    assert len(dead) == 10, reasons
+    nested = [letter for _, letter in dead if "levels deep" in letter["detail"]]
+    assert [letter["reason"] for letter in nested] == ["too_large", "too_large"]
+    # One written out alone; the other too deep to be, so its letter holds its whole message.
+    assert [orjson.loads(letter["original"])["event_id"] for letter in nested if letter["original"].startswith("{")] == ["deep-300"]
+    assert [letter for letter in nested if "the original is the whole message" in letter["detail"]]
     assert "bad_json" in reasons and "wrong_partition" in reasons and "too_large" in reasons
     misspelt = [letter for _, letter in dead if letter["reason"] == "unknown_type"]
     assert [orjson.loads(letter["original"])["event_id"] for letter in misspelt] == ["typo-1", "typo-2"]
