@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 
 from scoring.config import Table
+from scoring.events import MAX_ID_CHARS, MAX_TIME_MS
 from scoring.state import decode, encode
 from scoring.scales import Scale, parse_scale
 from scoring.thresholds import Ladder, Transition, parse_ladder
@@ -46,19 +47,28 @@ class AccountRollup:
         return sum(scores)
 
 
+_Text = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_CHARS)]
+#: Points beyond this are no lead's: a decoded update must carry a finite score, since an
+#: infinite or NaN one would leave its account without a level.
+_Points = Annotated[float, msgspec.Meta(ge=-1e12, le=1e12)]
+
+
 class MemberScore(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
     """A lead's score in a model as of its newest event, for its account's roll-up. One is made
     per changed lead of an account per batch, and crosses Kafka as a JSON object
     `{"model", "account_id", "lead_id", "score", "time"}`: a struct, built and (de)coded in C.
 
     `left` (`"left": true`): the lead is no longer a member of this account (it moved to another
-    one, was merged into a known lead, or was forgotten); its score stops counting there."""
+    one, was merged into a known lead, or was forgotten); its score stops counting there.
 
-    model: str
-    account_id: str
-    lead_id: str
-    score: float
-    time_ms: int = msgspec.field(name="time")
+    Decoding checks the fields' types and bounds, so an update not written by leadstream is
+    refused with the field named (the account stage dead-letters it)."""
+
+    model: _Text
+    account_id: _Text
+    lead_id: _Text
+    score: _Points
+    time_ms: Annotated[int, msgspec.Meta(ge=0, lt=MAX_TIME_MS)] = msgspec.field(name="time")
     left: bool = False
 
 

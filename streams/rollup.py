@@ -18,7 +18,7 @@ from scoring import AccountState, Engine, MemberScore, Transition
 from streams import metrics
 from streams.deadletter import DeadLetter
 from streams.envelope import unpack
-from streams.outbox import Outbox, encode_json
+from streams.outbox import Outbox, encode_json, encode_json_or_none
 from streams.partitioning import partition_for
 from streams.settings import Settings
 from streams.stage import Consumed, LiveTable, frame, unframe
@@ -130,12 +130,10 @@ class Rollup:
             self._dead(message, "bad_json", error, message.value)
         for record in records:
             try:
-                left = record.get("left", False)
-                if not isinstance(left, bool):
-                    raise TypeError(f"left must be true or false, not {left!r}")
-                updates.append(MemberScore(record["model"], record["account_id"], record["lead_id"], float(record["score"]), int(record["time"]), left))
-            except (KeyError, TypeError, ValueError) as exc:
-                self._dead(message, "bad_account_update", f"account update lacks or mistypes a field: {exc!r}", encode_json(record))
+                updates.append(msgspec.convert(record, MemberScore))
+            except msgspec.ValidationError as exc:  # names the field: "Expected `str`, got `array` - at `$.account_id`"
+                self._dead(message, "bad_account_update", f"account update lacks or mistypes a field: {exc}",
+                           encode_json_or_none(record) or message.value)
         return updates
 
     def _dead(self, message: Consumed, reason: str, detail: str, original: bytes) -> None:

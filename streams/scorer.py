@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Sequence
 
+import msgspec
 import orjson
 
 from scoring import Engine, Event, LeadState, MemberScore, Rejection, Transition, identity
@@ -365,11 +366,17 @@ class Scorer:
         merged: dict[str, tuple[int, States]] = {}
         for message in messages:
             try:
-                record = orjson.loads(message.value)
-                kind, source, target, time_ms = record["kind"], record["source"], record["target"], int(record["time"])
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                dead.append(DeadLetter("bad_identity_record", f"identity record unreadable: {exc!r}", message.value,
+                record, incoming = stitching.read_record(message.value)
+            except stitching.IdentityRecordError as exc:
+                dead.append(DeadLetter("bad_identity_record", str(exc), message.value,
                                        message.topic, message.partition, message.offset, message.key))
+                continue
+            kind, source, target, time_ms = record.kind, record.source, record.target, record.time_ms
+            home = partition_for(source if kind == "link" else target, self.partitions)
+            if home != message.partition:  # its state lives elsewhere: acting here would split the lead
+                dead.append(DeadLetter("wrong_partition", f"{kind} record for {source if kind == 'link' else target!r} arrived on "
+                                       f"partition {message.partition}, but that id's is {home}: key it by that id",
+                                       message.value, message.topic, message.partition, message.offset, message.key))
                 continue
             if kind == "link":
                 states = self.store.states(source)
@@ -381,20 +388,20 @@ class Scorer:
                     # The visitor's points now count in the lead's, in read models and accounts.
                     members += self._withdraw(source, states, message.partition, time_ms)
                 markers.append((source, target, message.partition))
-            elif kind == "merge":
+            else:
                 states = merged[target][1] if target in merged else self.store.states(target)
                 onward = stitching.merged_into(states)
                 if onward is not None:  # the target was itself merged since: follow the chain
                     self.outbox.add(self.settings.topic_identity, onward.encode(),
-                                    encode_json({**record, "target": onward}))
+                                    encode_json(msgspec.structs.replace(record, target=onward)))
                     continue
                 states = dict(states)
-                for model, raw in stitching.merged_states(record).items():
+                for model, state in incoming.items():
                     if model not in self.models:
                         continue
                     existing = states.get(model)
                     state, crossed = identity.merge(self.engine, model, target, None if existing is None else existing.copy(),  # type: ignore[union-attr]
-                                                    LeadState.from_bytes(raw), source, time_ms)
+                                                    state, source, time_ms)
                     crossings.extend(crossed)
                     states[model] = state
                     self._changed(model, target, state, time_ms, message.partition)

@@ -69,6 +69,20 @@ class TableData(Protocol):
     def delete(self, key: bytes) -> None: ...
 
 
+class MemoryData:
+    """A table's local store in a dict alone, with no changelog to restore it from: the stages
+    without Kafka (`leadstream bench stages`, tests)."""
+
+    def __init__(self) -> None:
+        self.data: MutableMapping[bytes, bytes] = {}
+
+    def write(self, key: bytes, value: bytes, partition: int) -> None:
+        self.data[key] = value
+
+    def delete(self, key: bytes) -> None:
+        self.data.pop(key, None)
+
+
 class LiveTable(Generic[S]):
     """A table as a stage uses it: a local read of a key's states by model, live, and a write
     that also goes to the changelog through the outbox (so it is sent after what the outbox

@@ -23,9 +23,14 @@ them; the known lead crosses when the merge lifts it.
 from __future__ import annotations
 
 import base64
-from typing import TYPE_CHECKING, Any
+import binascii
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
+import msgspec
 
+from scoring import LeadState
+from scoring.errors import StateError
+from scoring.events import MAX_ID_CHARS, MAX_TIME_MS
 from streams.outbox import encode_json
 from streams.segment import ANONYMOUS_PREFIX
 
@@ -80,17 +85,51 @@ def links_from(item: dict[str, Any]) -> list[tuple[str, str]]:
     return []
 
 
+_Id = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_CHARS)]
+
+
+class IdentityRecord(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A link or a merge as it crosses the identity topic (see the module doc); `states` only
+    in a merge: each model's state bytes, base64."""
+
+    kind: Literal["link", "merge"]
+    source: _Id
+    target: _Id
+    time_ms: Annotated[int, msgspec.Meta(ge=0, lt=MAX_TIME_MS)] = msgspec.field(name="time")
+    states: dict[str, str] = {}
+
+
+class IdentityRecordError(ValueError):
+    """An identity topic record leadstream did not write, or cannot read: it is dead-lettered."""
+
+
+_decode_record = msgspec.json.Decoder(IdentityRecord).decode
+
+
 def link_record(source: str, target: str, time_ms: int) -> bytes:
-    return encode_json({"kind": "link", "source": source, "target": target, "time": time_ms})
+    return encode_json(IdentityRecord("link", source, target, time_ms))
 
 
 def merge_record(source: str, target: str, time_ms: int, states: States) -> bytes:
     encoded = {model: base64.b64encode(state.to_bytes()).decode("ascii") for model, state in states.items()}  # type: ignore[union-attr]
-    return encode_json({"kind": "merge", "source": source, "target": target, "time": time_ms, "states": encoded})
+    return encode_json(IdentityRecord("merge", source, target, time_ms, encoded))
 
 
-def merged_states(record: dict[str, Any]) -> dict[str, bytes]:
-    return {model: base64.b64decode(raw) for model, raw in record["states"].items()}
+def read_record(value: bytes) -> tuple[IdentityRecord, dict[str, LeadState]]:
+    """A record of the identity topic, with a merge's states decoded; IdentityRecordError,
+    naming the problem, for anything else (checked whole before any of it is used)."""
+    try:
+        record = _decode_record(value)
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise IdentityRecordError(f"identity record unreadable: {exc}") from None
+    states = {}
+    for model, raw in record.states.items():
+        try:
+            states[model] = LeadState.from_bytes(base64.b64decode(raw, validate=True))
+        except (binascii.Error, StateError) as exc:
+            raise IdentityRecordError(f"merge record of {record.source!r} into {record.target!r}: state of model {model!r} "
+                                      f"unreadable: {exc}") from None
+    return record, states
 
 
 def forwarded(item: dict[str, Any], target: str) -> dict[str, Any] | None:

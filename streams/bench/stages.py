@@ -21,7 +21,7 @@ import asyncio
 import gc
 import time
 from collections import Counter, defaultdict
-from typing import Any, MutableMapping
+from typing import Any
 
 import orjson
 
@@ -35,7 +35,7 @@ from streams.outbox import Outbox
 from streams.rollup import Rollup, decode_accounts
 from streams.scorer import Scorer
 from streams.settings import Settings
-from streams.stage import Consumed, LiveTable
+from streams.stage import Consumed, LiveTable, MemoryData
 
 DAY_MS = 86_400_000
 BATCH_MESSAGES = 250
@@ -65,19 +65,6 @@ class CountingOutbox(Outbox):
             self.bytes += sum(len(value or b"") + len(key or b"") for key, value in records)
 
 
-class _Memory:
-    """A table's local store, as streams/bulk_store.py keeps it, without a changelog to restore."""
-
-    def __init__(self) -> None:
-        self.data: MutableMapping[bytes, bytes] = {}
-
-    def write(self, key: bytes, value: bytes, partition: int) -> None:
-        self.data[key] = value
-
-    def delete(self, key: bytes) -> None:
-        self.data.pop(key, None)
-
-
 def messages(settings: Settings, events: int, leads: int, seed: int, events_per_message: int) -> list[Consumed]:
     """The workload as the worker consumes it: envelopes of one partition's leads, in offset
     order interleaved across partitions."""
@@ -95,8 +82,8 @@ def messages(settings: Settings, events: int, leads: int, seed: int, events_per_
 async def run(settings: Settings, batch: list[Consumed], events: int) -> dict[str, Any]:
     engine = Engine([load_model(MODEL_FILE)])
     outbox = CountingOutbox(settings.partitions, settings.topic_accounts)
-    leads = LiveTable(_Memory(), "leads-changelog", settings.partitions, settings.live_leads, lead_states.decode)
-    accounts = LiveTable(_Memory(), "accounts-changelog", settings.partitions, settings.live_leads, decode_accounts)
+    leads = LiveTable(MemoryData(), "leads-changelog", settings.partitions, settings.live_leads, lead_states.decode)
+    accounts = LiveTable(MemoryData(), "accounts-changelog", settings.partitions, settings.live_leads, decode_accounts)
     scorer = Scorer(engine, settings, leads, outbox, settings.partitions)
     rollup = Rollup(engine, settings, accounts, outbox)
     pause = BatchPause(settings.gc_young_threshold > 0)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+import pytest
 
 from scoring import Engine, MemberScore
 from streams.rollup import Rollup, publish_updates
@@ -69,7 +70,7 @@ def test_a_leaving_crosses_as_left_true_and_a_mistyped_one_is_dead_lettered() ->
     decoded = stage._decode(Consumed(settings.topic_accounts, 1, 9, None, orjson.dumps([good, {**good, "left": "yes"}])))
     assert decoded == [MemberScore("b2b", "acme", "L1", 0, 5, left=True)]
     [(_, _, letter, _)] = dead.records
-    assert orjson.loads(letter)["reason"] == "bad_account_update" and "left must be true or false" in orjson.loads(letter)["detail"]
+    assert orjson.loads(letter)["reason"] == "bad_account_update" and "Expected `bool`, got `str` - at `$.left`" in orjson.loads(letter)["detail"]
 
 
 def test_an_update_for_a_model_the_worker_does_not_have_is_dead_lettered_not_raised() -> None:
@@ -82,3 +83,44 @@ def test_an_update_for_a_model_the_worker_does_not_have_is_dead_lettered_not_rai
     [(_, _, letter, _)] = dead.records
     assert orjson.loads(letter)["reason"] == "unknown_model" and "'retired'" in orjson.loads(letter)["detail"]
     assert orjson.loads(orjson.loads(letter)["original"])["model"] == "retired"
+
+
+GOOD_UPDATE: dict[str, Any] = {"model": "b2b", "account_id": "acme", "lead_id": "L1", "score": 20, "time": 5}
+
+
+@pytest.mark.parametrize(
+    ("record", "named"),
+    [
+        (1, "Expected `object`, got `int`"),
+        ("L2", "Expected `object`, got `str`"),
+        ({**GOOD_UPDATE, "account_id": ["acme"]}, "at `$.account_id`"),
+        ({**GOOD_UPDATE, "account_id": ""}, "at `$.account_id`"),
+        ({**GOOD_UPDATE, "lead_id": {"id": "L2"}}, "at `$.lead_id`"),
+        ({**GOOD_UPDATE, "model": ["b2b"]}, "at `$.model`"),
+        ({**GOOD_UPDATE, "score": "1e999"}, "at `$.score`"),
+        ({**GOOD_UPDATE, "score": 1e300}, "at `$.score`"),
+        ({**GOOD_UPDATE, "time": -1}, "at `$.time`"),
+        ({k: v for k, v in GOOD_UPDATE.items() if k != "lead_id"}, "missing required field `lead_id`"),
+    ],
+)
+def test_an_update_not_written_by_leadstream_is_dead_lettered_naming_the_field(record: Any, named: str) -> None:
+    """Anything on the accounts topic is refused alone with the field named; before, such
+    records raised out of the stage (an AttributeError or TypeError) and stopped the worker."""
+    settings = Settings()
+    dead = Collected()
+    stage = Rollup(Engine([shipped("b2b")]), settings, None, dead)  # type: ignore[arg-type]
+    value = orjson.dumps([GOOD_UPDATE, record])
+    assert stage._decode(Consumed(settings.topic_accounts, 0, 4, None, value)) == [MemberScore("b2b", "acme", "L1", 20.0, 5)]
+    [(_, _, letter, _)] = dead.records
+    assert orjson.loads(letter)["reason"] == "bad_account_update" and named in orjson.loads(letter)["detail"]
+
+
+def test_a_time_beyond_any_event_time_is_refused_not_stored() -> None:
+    settings = Settings()
+    dead = Collected()
+    stage = Rollup(Engine([shipped("b2b")]), settings, None, dead)  # type: ignore[arg-type]
+    # JSON integers beyond 64 bits, which no encoder writes back into the account's state.
+    value = orjson.dumps([GOOD_UPDATE]).replace(b'"time":5', b'"time":1000000000000000000000000000000')
+    assert stage._decode(Consumed(settings.topic_accounts, 0, 4, None, value)) == []
+    [(_, _, letter, _)] = dead.records
+    assert "at `$.time`" in orjson.loads(letter)["detail"]
