@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import msgspec
 
 from scoring.config import Table
+from scoring.errors import StateError
 from scoring.events import MAX_ID_CHARS, MAX_TIME_MS
 from scoring.state import decode, encode
 from scoring.scales import Scale, parse_scale
@@ -102,6 +103,8 @@ class AccountState:
     @classmethod
     def from_bytes(cls, data: bytes | bytearray | memoryview) -> AccountState:
         _, members, level, crossings = decode(data, "account", 4)
+        if members.__class__ is not dict or level.__class__ is not str or crossings.__class__ is not int:
+            raise StateError("account state with a field of the wrong type (members: an object, level: a text, crossings: an integer)")
         return cls(members, level, crossings)
 
     def __eq__(self, other: object) -> bool:

@@ -24,6 +24,7 @@ from faust.web import Request, Response, View
 from kafka.errors import KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
+from scoring.errors import StateError
 from streams import bulk_store, lead_states, metrics, seek_first
 from streams.collection import BatchPause
 from streams.lag import LagProbe
@@ -196,8 +197,13 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
         log.info("recovery done: lead table ready leads=%d decay_steps_indexed=%d owned_partitions=%s",
                  len(lead_store), len(scorer.decay_index), sorted(owned))
 
-    def explained(view: View, kind: str, key: str, states: dict[str, Any], explain: Callable[[str, Any], dict[str, Any]]) -> Response:
-        """A lead's or an account's explanation in each model it has state in (404 without any)."""
+    def explained(view: View, kind: str, key: str, store: LiveTable[Any], explain: Callable[[str, Any], dict[str, Any]]) -> Response:
+        """A lead's or an account's explanation in each model it has state in (404 without any,
+        500 naming the problem when its stored state cannot be read)."""
+        try:
+            states = store.states(key)
+        except StateError as exc:
+            return view.json({"error": f"the stored state of {kind} {key!r} cannot be read: {exc}"}, status=500)
         if not states:
             return view.json({"error": f"no state for {kind} {key!r} on this worker"}, status=404)
         models = {model: explain(model, state) for model, state in states.items() if model in scorer.models}
@@ -209,14 +215,14 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
         @app.table_route(table=leads, match_info="lead_id")  # type: ignore[arg-type]
         async def get(self, request: Request, lead_id: str) -> Response:
             at = scorer.now_ms()
-            return explained(self, "lead", lead_id, lead_store.states(lead_id),
+            return explained(self, "lead", lead_id, lead_store,
                              lambda model, state: scorer.engine.explain(model, lead_id, state, at))
 
     @app.page("/accounts/{account_id}/")
     class AccountView(View):
         @app.table_route(table=accounts, match_info="account_id")  # type: ignore[arg-type]
         async def get(self, request: Request, account_id: str) -> Response:
-            return explained(self, "account", account_id, account_store.states(account_id),
+            return explained(self, "account", account_id, account_store,
                              lambda model, state: rollup_stage.engine.account_summary(model, account_id, state, top=ACCOUNT_VIEW_MEMBERS))
 
     @app.page("/models/")

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Union
 
 from scoring import LeadState
+from scoring.errors import StateError
 from streams.stage import frame, unframe
 from streams.stitching import MERGED_INTO
 
@@ -25,4 +26,8 @@ def encode(states: States) -> bytes:
 
 
 def decode(value: bytes) -> States:
-    return {model: raw.decode() if model == MERGED_INTO else LeadState.from_bytes(raw) for model, raw in unframe(value).items()}
+    """A lead's states from its table value; StateError when any of it cannot be read."""
+    try:
+        return {model: raw.decode() if model == MERGED_INTO else LeadState.from_bytes(raw) for model, raw in unframe(value).items()}
+    except UnicodeDecodeError as exc:  # a merge marker's target id
+        raise StateError(f"merge marker unreadable: {exc}") from None

@@ -15,6 +15,7 @@ import msgspec
 import orjson
 
 from scoring import AccountState, Engine, MemberScore, Transition
+from scoring.errors import StateError
 from streams import metrics
 from streams.deadletter import DeadLetter
 from streams.envelope import unpack
@@ -84,7 +85,12 @@ class Rollup:
         for message in batch:
             for update in self._decode(message):
                 account_id = update.account_id
-                states = changed[account_id][1] if account_id in changed else self.store.states(account_id)
+                try:
+                    states = changed[account_id][1] if account_id in changed else self.store.states(account_id)
+                except StateError as exc:
+                    self._dead(message, "unreadable_state", f"the stored state of account {account_id!r} cannot be read ({exc}): its "
+                               "updates go to the dead-letter topic until it is repaired or its entry deleted", encode_json(update))
+                    continue
                 state = states.get(update.model)
                 before = _member_score(state, update.lead_id)
                 state, crossed = self.engine.apply_account(update.model, account_id, state, update)

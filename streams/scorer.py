@@ -28,6 +28,7 @@ import msgspec
 import orjson
 
 from scoring import Engine, Event, LeadState, MemberScore, Rejection, Transition, identity
+from scoring.errors import StateError
 from scoring.events import MAX_EVENT_BYTES, decode_message
 from streams import metrics, stitching
 from streams.deadletter import DeadLetter
@@ -235,7 +236,13 @@ class Scorer:
                 lead_id = event.lead_id
                 states = known.get(lead_id)
                 if states is None:
-                    states = known[lead_id] = states_of(lead_id)
+                    try:
+                        states = known[lead_id] = states_of(lead_id)
+                    except StateError as exc:
+                        if items is None:
+                            items = unpack(message.value)
+                        dead.append(self._unreadable(lead_id, exc, encode_json(items[position]), message))
+                        continue
                 target = stitching.merged_into(states)
                 if target is not None:
                     if items is None:  # decoded in one pass: forwarding, which is rare, needs the objects
@@ -309,7 +316,10 @@ class Scorer:
         due_entries = self.decay_index.pop_due(now_ms, limit)
         taken = len(due_entries)
         for partition, lead_id, model in due_entries:
-            states = self.store.states(lead_id)
+            try:
+                states = self.store.states(lead_id)
+            except StateError:  # its events are dead-lettered until it is repaired or forgotten
+                continue
             state = states.get(model)
             if not isinstance(state, LeadState) or model not in self.models:  # gone, or a merge marker
                 continue
@@ -344,7 +354,8 @@ class Scorer:
         """After recovery or a rebalance: index the due steps of the leads on owned partitions."""
         self.decay_index = DecayIndex()
         leads: dict[str, int] = {}
-        for lead_id, states in self.store.items(owned):
+        unreadable: list[str] = []
+        for lead_id, states in self.store.items(owned, unreadable):
             partition = partition_for(lead_id, self.partitions)
             for model, state in states.items():
                 if model not in self.models:  # a model removed from the directory (or a marker): its states rest
@@ -353,6 +364,9 @@ class Scorer:
                 due = self.engine.next_due_ms(model, state)  # type: ignore[arg-type]
                 if due is not None:
                     self.decay_index.schedule(partition, due, lead_id, model)
+        if unreadable:  # ids are not logged: they may be personal data
+            log.warning("lead states unreadable, left as they are (their events go to the dead-letter topic): count=%d",
+                        len(unreadable))
         metrics.LEADS_IN_STATE.clear()
         for model, count in leads.items():
             metrics.LEADS_IN_STATE.labels(model).set(count)
@@ -378,8 +392,15 @@ class Scorer:
                                        f"partition {message.partition}, but that id's is {home}: key it by that id",
                                        message.value, message.topic, message.partition, message.offset, message.key))
                 continue
+            try:
+                if kind == "link":
+                    states = self.store.states(source)
+                else:
+                    states = merged[target][1] if target in merged else self.store.states(target)
+            except StateError as exc:
+                dead.append(self._unreadable(source if kind == "link" else target, exc, message.value, message))
+                continue
             if kind == "link":
-                states = self.store.states(source)
                 if stitching.merged_into(states) is not None or any(m == source for m, _, _ in markers):
                     continue  # merged before: merging twice adds nothing
                 if states:
@@ -389,7 +410,6 @@ class Scorer:
                     members += self._withdraw(source, states, message.partition, time_ms)
                 markers.append((source, target, message.partition))
             else:
-                states = merged[target][1] if target in merged else self.store.states(target)
                 onward = stitching.merged_into(states)
                 if onward is not None:  # the target was itself merged since: follow the chain
                     self.outbox.add(self.settings.topic_identity, onward.encode(),
@@ -452,8 +472,16 @@ class Scorer:
         these are acknowledged."""
         leaving: list[MemberScore] = []
         for lead_id, partition in forget.items():
-            states = known[lead_id] if lead_id in known else self.store.states(lead_id)
             writes.pop(lead_id, None)
+            try:
+                states = known[lead_id] if lead_id in known else self.store.states(lead_id)
+            except StateError:
+                # Unreadable: its read-model entries go all the same (one per model it may have
+                # been scored by); which accounts it was in cannot be known.
+                for model in self.models:
+                    self.outbox.add(self.settings.topic_scores, f"{model}/{lead_id}".encode(), None, partition)
+                metrics.LEADS_FORGOTTEN.inc()
+                continue
             leaving += self._withdraw(lead_id, states, partition, now_ms)
             for model in states.keys() & self.models:
                 metrics.LEADS_IN_STATE.labels(model).dec()
@@ -562,6 +590,12 @@ class Scorer:
                         items = unpack(message.value)
                     dead.append(DeadLetter("unknown_type", self.engine.unknown_type(event), encode_json(items[position]),
                                            message.topic, message.partition, message.offset, message.key))
+
+    @staticmethod
+    def _unreadable(lead_id: str, exc: StateError, original: bytes, message: Consumed) -> DeadLetter:
+        detail = (f"the stored state of lead {lead_id!r} cannot be read ({exc}): its input goes to the dead-letter topic until "
+                  "the state is repaired, or the lead forgotten (`leadstream forget`); replay it then (`leadstream replay-dlq`)")
+        return DeadLetter("unreadable_state", detail, original, message.topic, message.partition, message.offset, message.key)
 
     def _from_the_future(self, event: Event, item: dict[str, Any], now_ms: int, message: Consumed) -> DeadLetter:
         # Scored, it would move the lead's watermark ahead, and its real events would all be late.

@@ -12,6 +12,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Generic, Iterator, MutableMapping, Protocol, TypeVar
 
+from scoring.errors import StateError
 from streams.outbox import Outbox
 from streams.partitioning import partition_for
 
@@ -44,17 +45,22 @@ def frame(values: dict[str, bytes]) -> bytes:
 
 
 def unframe(value: bytes) -> dict[str, bytes]:
-    """Each model's state bytes from a table value."""
+    """Each model's state bytes from a table value; StateError when it is not one."""
     values: dict[str, bytes] = {}
     pos, end = 0, len(value)
-    while pos < end:
-        name_len = value[pos]
-        name = value[pos + 1 : pos + 1 + name_len].decode()
-        pos += 1 + name_len
-        (length,) = _LENGTH.unpack_from(value, pos)
-        pos += 4
-        values[name] = value[pos : pos + length]
-        pos += length
+    try:
+        while pos < end:
+            name_len = value[pos]
+            name = value[pos + 1 : pos + 1 + name_len].decode()
+            pos += 1 + name_len
+            (length,) = _LENGTH.unpack_from(value, pos)
+            pos += 4
+            if pos + length > end:
+                raise ValueError(f"model {name!r} claims {length} bytes, {end - pos} are left")
+            values[name] = value[pos : pos + length]
+            pos += length
+    except (ValueError, struct.error) as exc:  # UnicodeDecodeError is a ValueError
+        raise StateError(f"table value of an unknown layout: {exc}") from None
     return values
 
 
@@ -110,7 +116,8 @@ class LiveTable(Generic[S]):
 
     def states(self, key: str) -> dict[str, S]:
         """The key's states by model, live: changes to them are the table's (written by
-        `put`); an empty dict, not kept, for a key without state."""
+        `put`); an empty dict, not kept, for a key without state. StateError when its stored
+        value cannot be read (written by something else, or corrupt): the value is left as it is."""
         states = self.live.get(key)
         if states is None:
             value = self.recovered.get(key.encode())
@@ -154,12 +161,21 @@ class LiveTable(Generic[S]):
         the models changed, as a restart would, so nothing derived under the old models stays."""
         self.live.clear()
 
-    def items(self, partitions: set[int]) -> Iterator[tuple[str, dict[str, S]]]:
-        """The states of every key on these partitions (decoded, not kept live)."""
+    def items(self, partitions: set[int], unreadable: list[str] | None = None) -> Iterator[tuple[str, dict[str, S]]]:
+        """The states of every key on these partitions (decoded, not kept live); the keys whose
+        value cannot be read are passed over, and appended to `unreadable` when given."""
         for raw_key in list(self.recovered):
             key = raw_key.decode()
             if partition_for(key, self.partitions) in partitions:
-                yield key, self.live.get(key) or self.decode(self.recovered[raw_key])
+                states = self.live.get(key)
+                if not states:
+                    try:
+                        states = self.decode(self.recovered[raw_key])
+                    except StateError:
+                        if unreadable is not None:
+                            unreadable.append(key)
+                        continue
+                yield key, states
 
     def __len__(self) -> int:
         return len(self.recovered)

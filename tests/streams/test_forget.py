@@ -110,3 +110,39 @@ def test_the_profiles_topic_keeps_forget_requests_a_week_after_compaction(isolat
         admin.close()
     config = {name: entry["value"] for name, entry in described["topic"][isolated.topic_profiles].items()}
     assert config["cleanup.policy"] == "compact" and config["delete.retention.ms"] == str(7 * 24 * 3600 * 1000)
+
+
+def test_a_lead_whose_stored_state_cannot_be_read_is_set_aside_and_can_be_forgotten(
+    isolated: Settings, worker: Callable[..., WorkerProcess]
+) -> None:
+    """A table value no worker can read (written to the changelog by something else, or by a
+    later version) once stopped the worker at every recovery. Now it is left as it is, the lead's
+    events go to the dead-letter topic saying why, everyone else is scored, and forgetting the
+    lead clears it."""
+    now = int(time.time() * 1000)
+    producer = KafkaProducer(bootstrap_servers=isolated.kafka_bootstrap)
+    producer.send(isolated.topic_events, key=b"u-1", value=orjson.dumps(event("u-1", 0, "webinar_attended", now)))
+    producer.flush()
+    proc = worker()
+    wait_for(lambda: scored(proc, "u-1", 10), 60, "u-1 scored", 0.3)
+    proc.stop()  # the changelog topic exists now: spoil u-1's value in it
+    changelog = f"{isolated.app_id}-leads-changelog"
+    producer.send(changelog, key=b"u-1", value=b"\x03b2b\x00\x00\x00\x09not state", partition=partition_for("u-1", isolated.partitions))
+    for n, lead in enumerate(("u-1", "u-2")):
+        producer.send(isolated.topic_events, key=lead.encode(), value=orjson.dumps(event(lead, 10 + n, "webinar_attended", now + 1)))
+    producer.flush()
+
+    again = worker()  # recovers, indexes decay and becomes ready all the same
+    wait_for(lambda: scored(again, "u-2", 10), 60, "u-2 scored", 0.3)
+    [(_, letter)] = read_topic(isolated, isolated.topic_deadletter, expect=1)
+    assert letter["reason"] == "unreadable_state" and "lead 'u-1'" in letter["detail"] and "leadstream forget" in letter["detail"]
+    assert orjson.loads(letter["original"])["event_id"] == "u-1-10"
+    status, body = again.get("/leads/u-1/")
+    assert status == 500 and b"cannot be read" in body
+
+    leadstream(isolated, "forget", "u-1")
+    wait_for(lambda: again.get("/leads/u-1/")[0] == 404, 60, "u-1 forgotten", 0.3)
+    producer.send(isolated.topic_events, key=b"u-1", value=orjson.dumps(event("u-1", 20, "webinar_attended", now + 2)))
+    producer.flush()
+    producer.close()
+    wait_for(lambda: scored(again, "u-1", 10), 60, "u-1 scored anew", 0.3)

@@ -7,30 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections import defaultdict
 import orjson
 import pytest
 
 from scoring import Engine, LeadState
 from streams import lead_states, stitching
-from streams.outbox import Outbox
 from streams.partitioning import partition_for
 from streams.scorer import Scorer
 from streams.settings import Settings
 from streams.stage import Consumed, LiveTable, MemoryData
 from tests.scoring.support import T0, shipped
-
-
-class Kept(Outbox):
-    """An outbox that keeps what it would send."""
-
-    def __init__(self) -> None:
-        super().__init__("", 4)
-        self.sent: list[tuple[str, bytes | None, bytes | None]] = []
-
-    async def flush(self) -> None:
-        pending, self._pending = self._pending, defaultdict(list)
-        self.sent += [(topic, key, value) for (topic, _), records in pending.items() for key, value in records]
+from tests.streams.stage_support import Kept
 
 
 def test_records_leadstream_writes_are_read_back() -> None:

@@ -4,7 +4,10 @@ restores, revoked partitions forgotten."""
 
 from __future__ import annotations
 
+import pytest
+
 from scoring import Engine
+from scoring.errors import StateError
 from streams.lead_states import decode, encode
 from streams.outbox import Outbox
 from streams.partitioning import partition_for
@@ -78,3 +81,24 @@ def test_a_deleted_key_is_gone_live_and_stored_and_its_changelog_gets_a_tombston
     store.delete("a", partition_for("a", 4), outbox)
     assert store.states("a") == {} and "a" not in store.live and set(table.data) == {b"b"}
     assert outbox._pending[("changelog", partition_for("a", 4))][-1] == (b"a", None)
+
+
+def test_a_value_that_is_not_a_table_value_is_a_state_error_and_passed_over_by_items() -> None:
+    store = Table()
+    table = LiveTable(store, "changelog", 4, 10, decode)
+    good = scored("ada", 1)
+    store.write(b"ada", encode(good), partition_for("ada", 4))
+    spoilt = {
+        "bob": b"\x03b2b\x00\x00\x00\x09not state",  # framed, but not a state
+        "cy": b"\x03b2b\x00\x00\x00\x40short",  # a frame longer than the value
+        "di": b"\x05ab",  # cut short in the frame's header
+        "ed": b"\x0c\x00merged_into\x00\x00\x00\x01\xff",  # a merge marker that is not UTF-8
+    }
+    for key, value in spoilt.items():
+        store.write(key.encode(), value, partition_for(key, 4))
+        with pytest.raises(StateError):
+            table.states(key)
+        assert store.data[key.encode()] == value  # left as it is
+    unreadable: list[str] = []
+    assert [key for key, _ in table.items({0, 1, 2, 3}, unreadable)] == ["ada"]
+    assert sorted(unreadable) == sorted(spoilt)

@@ -3,16 +3,18 @@ pass when well formed, a bad record dead-lettered alone with its reason."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
 import pytest
 
 from scoring import Engine, MemberScore
-from streams.rollup import Rollup, publish_updates
+from streams.rollup import Rollup, decode_accounts, publish_updates
 from streams.settings import Settings
-from streams.stage import Consumed
+from streams.stage import Consumed, LiveTable, MemoryData, frame
 from tests.scoring.support import shipped
+from tests.streams.stage_support import Kept
 
 
 class Collected:
@@ -124,3 +126,20 @@ def test_a_time_beyond_any_event_time_is_refused_not_stored() -> None:
     assert stage._decode(Consumed(settings.topic_accounts, 0, 4, None, value)) == []
     [(_, _, letter, _)] = dead.records
     assert "at `$.time`" in orjson.loads(letter)["detail"]
+
+
+def test_an_update_for_an_account_whose_state_cannot_be_read_is_dead_lettered_and_the_others_rolled_up() -> None:
+    settings = Settings()
+    outbox = Kept()
+    store = LiveTable(MemoryData(), "accounts-changelog", 4, 10, decode_accounts)
+    stage = Rollup(Engine([shipped("b2b")]), settings, store, outbox)
+    # Account states of a wrong shape: members not an object; not JSON at all.
+    store.table.write(b"acme", frame({"b2b": b'[1, [], "unaware", 0]'}), 0)
+    store.table.write(b"globex", frame({"b2b": b"\xff"}), 0)
+    updates = [{**GOOD_UPDATE, "account_id": account} for account in ("acme", "globex", "initech")]
+    asyncio.run(stage.process([Consumed(settings.topic_accounts, 0, 4, None, orjson.dumps(updates))]))
+    letters = [orjson.loads(v) for topic, _, v in outbox.sent if topic == settings.topic_deadletter and v]
+    assert [(letter["reason"], orjson.loads(letter["original"])["account_id"]) for letter in letters] == [
+        ("unreadable_state", "acme"), ("unreadable_state", "globex")]
+    assert "account 'acme' cannot be read (account state with a field of the wrong type" in letters[0]["detail"]
+    assert [key for topic, key, _ in outbox.sent if topic == "accounts-changelog"] == [b"initech"]

@@ -1,0 +1,19 @@
+"""Helpers of the tests that run the worker's stages without Kafka."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from streams.outbox import Outbox
+
+
+class Kept(Outbox):
+    """An outbox that keeps what it would send."""
+
+    def __init__(self) -> None:
+        super().__init__("", 4)
+        self.sent: list[tuple[str, bytes | None, bytes | None]] = []
+
+    async def flush(self) -> None:
+        pending, self._pending = self._pending, defaultdict(list)
+        self.sent += [(topic, key, value) for (topic, _), records in pending.items() for key, value in records]
