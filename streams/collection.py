@@ -16,15 +16,7 @@ import time
 from types import TracebackType
 from typing import Any
 
-from prometheus_client import Histogram
-
-GC_PAUSE_SECONDS = Histogram(
-    "leadstream_gc_pause_seconds",
-    "Time the process stood still in one collection of the garbage collector, by generation "
-    "(2 is a full collection: it scans every object, lead states included).",
-    ["generation"],
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
-)
+from streams.metrics import GC_PAUSE_SECONDS
 
 
 def tune_collector(young_threshold: int) -> None:

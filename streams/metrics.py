@@ -24,6 +24,13 @@ BATCH_SECONDS = Histogram(
     "Time to score one batch of messages and write its results.",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
+GC_PAUSE_SECONDS = Histogram(
+    "leadstream_gc_pause_seconds",
+    "Time the process stood still in one collection of the garbage collector, by generation "
+    "(2 is a full collection: it scans every object, lead states included).",
+    ["generation"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
 BATCH_EVENTS = Histogram(
     "leadstream_batch_events", "Events in one scored batch.", buckets=(1, 10, 100, 1_000, 5_000, 10_000, 50_000, 100_000)
 )

@@ -8,7 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from streams.collection import GC_PAUSE_SECONDS, BatchPause, PauseClock
+from streams.collection import BatchPause, PauseClock
+from streams.metrics import GC_PAUSE_SECONDS
 
 
 @pytest.fixture(autouse=True)
