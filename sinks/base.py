@@ -108,6 +108,8 @@ class Crossing:
             raise PermanentError(f"not a crossing: field {exc.args[0]!r} is missing") from None
         except (TypeError, ValueError, AttributeError) as exc:
             raise PermanentError(f"not a crossing: {exc}") from None
+        except RecursionError:  # JSON orjson reads (1,024 levels) but Python cannot turn into text
+            raise PermanentError("not a crossing: a field nests objects and arrays too deep") from None
 
     @property
     def email(self) -> str:

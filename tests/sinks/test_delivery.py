@@ -176,3 +176,28 @@ def test_a_connector_with_a_broken_mapping_refuses_to_start_and_names_file_and_f
 
     assert result.returncode == 1
     assert f"{tmp_path / 'hubspot.toml'}: [task].levels: must be a non-empty list of level names" in result.stderr
+
+
+def test_a_record_no_parser_foresaw_is_dead_lettered_and_the_connector_goes_on(sink_settings: Settings, hubspot: FakeHubSpot) -> None:
+    settings = sink_settings.with_overrides(hubspot_base_url=hubspot.url)
+    hubspot.add_contact("lead-1@acme.io")
+
+    class Surprised(HubSpotSink):
+        """A parser with a bug, as a record nested too deep once met in every connector (RecursionError)."""
+
+        def parse(self, key: bytes | None, value: bytes | None) -> Any:
+            if key == b"odd":
+                raise RecursionError("maximum recursion depth exceeded")
+            return super().parse(key, value)
+
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    producer.send(settings.topic_crossings, key=b"odd", value=b"{}")
+    producer.flush()
+    producer.close()
+    produce(settings, [crossing(1, "sql")])
+
+    stats = drain(Surprised(settings), settings)
+
+    assert (stats.delivered, stats.dead_lettered) == (1, 1)
+    [(key, letter)] = read_topic(settings, f"{settings.topic_crossings}-dlq-hubspot", expect=1, idle_s=0.5)
+    assert key == b"odd" and letter["reason"] == "malformed" and "RecursionError" in letter["detail"]

@@ -98,6 +98,9 @@ def test_retry_after_comes_from_the_header_in_seconds() -> None:
         (orjson.dumps({k: v for k, v in crossing(1).items() if k != "to_level"}), "field 'to_level' is missing"),
         (orjson.dumps({**crossing(1), "score": "high"}), "could not convert string to float"),
         (orjson.dumps({**crossing(1), "lead_id": None}), "expected a non-empty string"),
+        # JSON orjson still reads (it allows 1,024 levels), deeper than Python turns into text.
+        (orjson.dumps({**crossing(1), "traits": {"title": "deep"}}).replace(b'"deep"', b"[" * 1000 + b"]" * 1000), "nests"),
+        (orjson.dumps({**crossing(1), "reasons": [{"rule": "deep", "points": 1}]}).replace(b'"deep"', b"[" * 1000 + b"]" * 1000), "nests"),
     ],
 )
 def test_a_message_that_is_not_a_crossing_is_a_permanent_error(value: bytes, message: str) -> None:
