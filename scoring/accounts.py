@@ -15,7 +15,7 @@ import msgspec
 
 from scoring.config import Table
 from scoring.errors import StateError
-from scoring.events import MAX_ID_CHARS, MAX_TIME_MS
+from scoring.events import MAX_TIME_MS, Id
 from scoring.state import decode, encode
 from scoring.scales import Scale, parse_scale
 from scoring.thresholds import Ladder, Transition, parse_ladder
@@ -48,7 +48,6 @@ class AccountRollup:
         return sum(scores)
 
 
-_Text = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_CHARS)]
 #: Points beyond this are no lead's: a decoded update must carry a finite score, since an
 #: infinite or NaN one would leave its account without a level.
 _Points = Annotated[float, msgspec.Meta(ge=-1e12, le=1e12)]
@@ -65,9 +64,9 @@ class MemberScore(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
     Decoding checks the fields' types and bounds, so an update not written by leadstream is
     refused with the field named (the account stage dead-letters it)."""
 
-    model: _Text
-    account_id: _Text
-    lead_id: _Text
+    model: Id
+    account_id: Id
+    lead_id: Id
     score: _Points
     time_ms: Annotated[int, msgspec.Meta(ge=0, lt=MAX_TIME_MS)] = msgspec.field(name="time")
     left: bool = False

@@ -51,7 +51,8 @@ _ONE_MS = timedelta(milliseconds=1)
 _EMPTY: dict[str, Any] = {}
 
 
-_Id = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_CHARS)]
+#: An id or type as decoded messages carry it (events, account updates, identity records).
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_CHARS)]
 _TimeMs = Annotated[int, msgspec.Meta(ge=MIN_TIME_MS, lt=MAX_TIME_MS)]
 
 
@@ -60,13 +61,13 @@ class Event(msgspec.Struct, gc=False):
     never mutated. (Not tracked by the garbage collector: an event refers to nothing that
     refers back.)"""
 
-    event_id: _Id
-    lead_id: _Id
-    type: _Id
+    event_id: Id
+    lead_id: Id
+    type: Id
     time_ms: _TimeMs = msgspec.field(name="time")
     properties: dict[str, Any] = {}
     traits: dict[str, Any] = {}
-    account_id: _Id | None = None
+    account_id: Id | None = None
     product: str | None = None
 
 

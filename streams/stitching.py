@@ -30,7 +30,7 @@ import msgspec
 
 from scoring import LeadState
 from scoring.errors import StateError
-from scoring.events import MAX_ID_CHARS, MAX_TIME_MS
+from scoring.events import MAX_TIME_MS, Id
 from streams.outbox import encode_json
 from streams.segment import ANONYMOUS_PREFIX
 
@@ -85,16 +85,13 @@ def links_from(item: dict[str, Any]) -> list[tuple[str, str]]:
     return []
 
 
-_Id = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_CHARS)]
-
-
 class IdentityRecord(msgspec.Struct, frozen=True, omit_defaults=True):
     """A link or a merge as it crosses the identity topic (see the module doc); `states` only
     in a merge: each model's state bytes, base64."""
 
     kind: Literal["link", "merge"]
-    source: _Id
-    target: _Id
+    source: Id
+    target: Id
     time_ms: Annotated[int, msgspec.Meta(ge=0, lt=MAX_TIME_MS)] = msgspec.field(name="time")
     states: dict[str, str] = {}
 
