@@ -386,19 +386,20 @@ class Scorer:
                                        message.topic, message.partition, message.offset, message.key))
                 continue
             kind, source, target, time_ms = record.kind, record.source, record.target, record.time_ms
-            home = partition_for(source if kind == "link" else target, self.partitions)
+            subject = source if kind == "link" else target  # the id whose states the record acts on
+            home = partition_for(subject, self.partitions)
             if home != message.partition:  # its state lives elsewhere: acting here would split the lead
-                dead.append(DeadLetter("wrong_partition", f"{kind} record for {source if kind == 'link' else target!r} arrived on "
-                                       f"partition {message.partition}, but that id's is {home}: key it by that id",
+                dead.append(DeadLetter("wrong_partition", f"{kind} record for {subject!r} arrived on partition "
+                                       f"{message.partition}, but that id's is {home}: key it by that id",
                                        message.value, message.topic, message.partition, message.offset, message.key))
                 continue
             try:
                 if kind == "link":
-                    states = self.store.states(source)
-                else:
-                    states = merged[target][1] if target in merged else self.store.states(target)
+                    states = self.store.states(subject)
+                else:  # a target merged into earlier in this batch has its states here, not yet stored
+                    states = merged[subject][1] if subject in merged else self.store.states(subject)
             except StateError as exc:
-                dead.append(self._unreadable(source if kind == "link" else target, exc, message.value, message))
+                dead.append(self._unreadable(subject, exc, message.value, message))
                 continue
             if kind == "link":
                 if stitching.merged_into(states) is not None or any(m == source for m, _, _ in markers):
@@ -559,7 +560,8 @@ class Scorer:
                 continue
             parsed = self.engine.parse(item)
             if isinstance(parsed, Rejection):
-                raw = encode_json_or_none(item)
+                if raw is None:  # not written out for the size check above
+                    raw = encode_json_or_none(item)
                 if raw is None:
                     reject(parsed.reason, f"{parsed.detail} (the original is the whole message: this event is nested too deep "
                            "to be written out alone)", message.value)
