@@ -84,7 +84,10 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
     leads = bulk_store.raw_table(app, "leads", settings.partitions)
     accounts = bulk_store.raw_table(app, "accounts", settings.partitions)
 
-    outbox = Outbox(settings.kafka_bootstrap, settings.partitions)
+    # One outbox (one producer) per stage. aiokafka keeps one request in flight per broker, and
+    # a flush waits for the flushes before it: with a shared outbox, each lead batch's flushes
+    # queued behind the account stage's, which made crossings later (streams/outbox.py).
+    outbox = Outbox(settings.kafka_bootstrap, settings.partitions, "leadstream-worker")
     lead_store = LiveTable(leads.store, leads.changelog_topic.get_topic_name(), settings.partitions, settings.live_leads,
                            lead_states.decode)
     account_store = LiveTable(accounts.store, accounts.changelog_topic.get_topic_name(), settings.partitions,
@@ -92,7 +95,8 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
     # The models in use change when their files are edited (reload_models below): read them
     # from the stages, which switch between batches.
     scorer = Scorer(models.current.engine, settings, lead_store, outbox, settings.partitions)
-    rollup_stage = Rollup(models.current.engine, settings, account_store, outbox)
+    rollup_outbox = Outbox(settings.kafka_bootstrap, settings.partitions, "leadstream-worker-accounts")
+    rollup_stage = Rollup(models.current.engine, settings, account_store, rollup_outbox)
     # No garbage collection while a batch is scored: it would only scan the batch's own
     # objects, alive until the batch ends (streams/collection.py).
     batch_pause = BatchPause(settings.gc_young_threshold > 0)
@@ -101,6 +105,7 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
     class OutboxLifecycle(mode.Service):
         async def on_stop(self) -> None:
             await outbox.stop()
+            await rollup_outbox.stop()
 
     if settings.faust_sensors:
         from faust.sensors.prometheus import setup_prometheus_sensors

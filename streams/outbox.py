@@ -40,14 +40,15 @@ def encode_json_or_none(value: Any) -> bytes | None:
 
 
 class Outbox:
-    def __init__(self, bootstrap_servers: str, partitions: int) -> None:
+    def __init__(self, bootstrap_servers: str, partitions: int, client_id: str = "leadstream") -> None:
         self.bootstrap_servers = bootstrap_servers
+        self.client_id = client_id
         self.partitions = partitions
         self._producer: AIOKafkaProducer | None = None
         self._pending: dict[tuple[str, int], list[tuple[bytes | None, bytes | None]]] = defaultdict(list)
-        # The agents and the decay timer share the outbox: flushes take turns, so a flush never
-        # returns while records added before it are still in flight under another one (and two
-        # first flushes do not start two producers).
+        # Callers sharing an outbox (the lead stage and the decay timer) flush in turns, so a
+        # flush never returns while records added before it are still in flight under another
+        # one (and two first flushes do not start two producers).
         self._flushing: asyncio.Lock | None = None
 
     async def _start(self) -> AIOKafkaProducer:
@@ -59,7 +60,7 @@ class Outbox:
             # delay each flush (2 ms a flush, two flushes a batch, measured here), and crossings with it.
             linger_ms=0,
             max_batch_size=512 * 1024,
-            client_id="leadstream-worker",
+            client_id=self.client_id,
         )
         await producer.start()
         return producer
