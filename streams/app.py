@@ -25,7 +25,7 @@ from kafka.errors import KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from scoring.errors import StateError
-from streams import bulk_store, lead_states, metrics, seek_first
+from streams import bulk_store, fetch_wait, lead_states, metrics, seek_first
 from streams.collection import BatchPause
 from streams.lag import LagProbe
 from streams.model_reload import ModelDirectory
@@ -130,6 +130,7 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
 
     async def on_assigned(sender: Any, assigned: Any = (), **kwargs: Any) -> None:
         seek_first.install(app.consumer)
+        fetch_wait.install(app.consumer, settings.fetch_max_wait_ms)
         owned = sorted(tp.partition for tp in assigned if tp.topic == settings.topic_events)
         log.info("rebalance: partitions assigned events_partitions=%s", owned)
 

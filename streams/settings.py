@@ -106,6 +106,10 @@ class Settings:
     batch_within_ms: int = _setting(
         "LEADSTREAM_BATCH_WITHIN_MS", 20, "Longest the worker waits to fill a batch before scoring it."
     )
+    fetch_max_wait_ms: int = _setting(
+        "LEADSTREAM_FETCH_MAX_WAIT_MS", 50,
+        "Longest the broker holds the worker's fetch when it has nothing new (Faust's fixed 1,500 ms stalled the worker; streams/fetch_wait.py).",
+    )
     live_leads: int = _setting(
         "LEADSTREAM_LIVE_LEADS", 200000,
         "Most leads whose states the worker keeps as objects between batches, the most recently used (a few KB each); the others stay as bytes, decoded when read.",
