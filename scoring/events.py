@@ -152,6 +152,8 @@ def _sound(event: Event) -> bool:
     MAX_NESTING levels deep."""
     if not event.event_id.isprintable() or len(event.properties) + len(event.traits) > MAX_FIELDS:
         return False
+    # The nesting checks are `_too_deep`'s, inline: this runs for every event, and calling it
+    # cost 0.2-0.4 us more per event (decode_message of the bench workload, 1.5-1.7 us).
     for value in event.traits.values():
         if value.__class__ is int and not _MIN_INT <= value <= _MAX_INT:
             return False

@@ -37,6 +37,12 @@ def publish_updates(outbox: Outbox, settings: Settings, updates: Sequence[Member
         outbox.add(settings.topic_accounts, None, encode_json(members), partition)
 
 
+def lead_score_key(model: str, lead_id: str) -> bytes:
+    """A lead summary's key on the score-changes topic: `<model>/<lead id>` (a tombstone under it
+    takes the lead out of the read models)."""
+    return f"{model}/{lead_id}".encode()
+
+
 def account_score_key(model: str, account_id: str) -> bytes:
     """An account summary's key on the score-changes topic: `<model>:account/<account id>`. A
     model name has no ':', so no lead's key (`<model>/<lead id>`) is ever the same."""

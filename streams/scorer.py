@@ -35,7 +35,7 @@ from streams.deadletter import DeadLetter
 from streams.envelope import unpack
 from streams.outbox import Outbox, encode_json, encode_json_or_none
 from streams.partitioning import partition_for
-from streams.rollup import publish_updates
+from streams.rollup import lead_score_key, publish_updates
 from streams.settings import Settings
 from streams.lead_states import States
 from streams.lead_states import encode as encode_states
@@ -480,7 +480,7 @@ class Scorer:
                 # Unreadable: its read-model entries go all the same (one per model it may have
                 # been scored by); which accounts it was in cannot be known.
                 for model in self.models:
-                    self.outbox.add(self.settings.topic_scores, f"{model}/{lead_id}".encode(), None, partition)
+                    self.outbox.add(self.settings.topic_scores, lead_score_key(model, lead_id), None, partition)
                 metrics.LEADS_FORGOTTEN.inc()
                 continue
             leaving += self._withdraw(lead_id, states, partition, now_ms)
@@ -498,7 +498,7 @@ class Scorer:
         for model, state in states.items():
             if model == stitching.MERGED_INTO:  # an id merged before: only its marker is left
                 continue
-            self.outbox.add(self.settings.topic_scores, f"{model}/{lead_id}".encode(), None, partition)
+            self.outbox.add(self.settings.topic_scores, lead_score_key(model, lead_id), None, partition)
             member = self.engine.leaving(model, lead_id, state, time_ms) if model in self.models else None  # type: ignore[arg-type]
             if member is not None:
                 leaving.append(member)
@@ -619,7 +619,7 @@ class Scorer:
 
     def _add_summary(self, model: str, lead_id: str, state: LeadState, now_ms: int, partition: int) -> None:
         summary = self.engine.summary(model, lead_id, state, now_ms)
-        self.outbox.add(self.settings.topic_scores, f"{model}/{lead_id}".encode(), encode_json(summary), partition)
+        self.outbox.add(self.settings.topic_scores, lead_score_key(model, lead_id), encode_json(summary), partition)
 
     def _queue_crossings(self, transitions: list[Transition]) -> list[Transition]:
         """Queue crossings in the outbox (anonymous visitors' are kept back: no CRM can act on
