@@ -12,10 +12,28 @@ for the whole phase (p50 latency 1.3 s instead of 50 ms). LEADSTREAM_FETCH_MAX_W
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+log = logging.getLogger("leadstream.worker")
 
-def install(consumer: Any, max_wait_ms: int) -> None:
+
+def install(consumer: Any, max_wait_ms: int) -> bool:
     """Set the longest wait of the fetches of this Faust consumer's aiokafka consumer (started:
-    its fetcher reads the value for each request it sends)."""
-    consumer._thread._consumer._fetcher._fetch_max_wait_ms = max_wait_ms
+    its fetcher reads the value for each request it sends). False, with a warning, when the
+    consumer is not built as faust-streaming 0.15 and aiokafka 0.14 build it: the worker then
+    runs with Faust's wait."""
+    try:
+        fetcher = consumer._thread._consumer._fetcher
+        before = fetcher._fetch_max_wait_ms
+    except AttributeError as exc:
+        log.warning(
+            "fetch wait not set: the Kafka consumer has no fetcher wait where faust-streaming 0.15 and aiokafka 0.14 "
+            "keep it (%s); the worker may idle up to Faust's 1.5 s at a time (streams/fetch_wait.py)",
+            exc,
+        )
+        return False
+    if before != max_wait_ms:
+        fetcher._fetch_max_wait_ms = max_wait_ms
+        log.info("fetch wait set: max_wait_ms=%d (was %d)", max_wait_ms, before)
+    return True

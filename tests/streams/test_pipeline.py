@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -163,3 +164,10 @@ def test_a_lead_of_several_models_keeps_each_models_state_through_a_restart(
     models = orjson.loads(body)["models"]
     assert {model: sum(row["occurrences"] for row in view["rules"]) for model, view in models.items()} == {
         "saas_start_small": 2, "analytics_addon": 2}
+
+
+def test_the_worker_bounds_how_long_the_broker_holds_its_fetches(isolated: Settings, worker: Callable[..., WorkerProcess]) -> None:
+    # Faust builds its consumer with a fixed 1.5 s fetch wait, which stalled the worker
+    # (streams/fetch_wait.py): the worker must find that value where it sets its own.
+    proc = worker(replace(isolated, fetch_max_wait_ms=70))
+    assert "fetch wait set: max_wait_ms=70 (was 1500)" in proc.log.read_text(errors="replace")
