@@ -3,7 +3,7 @@
 Two stages, each a Faust agent with a table whose changelog makes it durable:
 - `score`: raw events (keyed by lead) -> lead table -> crossings, score changes, account updates;
 - `rollup`: account updates (re-keyed by account through Kafka) -> account table -> account crossings.
-Both take batches of messages (streams/batching.py), so Faust's per-message cost is paid once per
+Both take batches of messages (`take_events`), so Faust's per-message cost is paid once per
 message and the state is written once per changed lead per batch, straight to the changelog
 through the producer rather than through `Table.__setitem__` (which costs a codec round and a
 future per write, see ../shared/PERF.md).
@@ -25,7 +25,7 @@ from kafka.errors import KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from scoring.errors import StateError
-from streams import batching, bulk_store, fetch_wait, lead_states, metrics, seek_first
+from streams import bulk_store, fetch_wait, lead_states, metrics, seek_first
 from streams.collection import BatchPause
 from streams.lag import LagProbe
 from streams.model_reload import ModelDirectory
@@ -158,14 +158,14 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
 
     @app.agent(events_topic)
     async def score(stream: faust.StreamT[bytes]) -> None:
-        async for batch in batching.batches(_stream(stream), settings.batch_max_messages, within_s):
+        async for batch in _batches(stream).take_events(settings.batch_max_messages, within=within_s):
             with batch_pause:
                 await scorer.process([_consumed(event) for event in batch])
             metrics.BATCH_DONE.labels("score").set_to_current_time()
 
     @app.agent(accounts_topic)
     async def rollup(stream: faust.StreamT[bytes]) -> None:
-        async for batch in batching.batches(_stream(stream), settings.batch_max_messages, within_s):
+        async for batch in _batches(stream).take_events(settings.batch_max_messages, within=within_s):
             with batch_pause:
                 await rollup_stage.process([_consumed(event) for event in batch])
             metrics.BATCH_DONE.labels("rollup").set_to_current_time()
@@ -255,8 +255,8 @@ def _ready(app: faust.App) -> bool:
     return not app.rebalancing and _recovery(app).completed.is_set()
 
 
-def _stream(stream: faust.StreamT[bytes]) -> faust.Stream[bytes]:
-    # An agent's stream is a faust.Stream, whose processors and acks the interface type does not name.
+def _batches(stream: faust.StreamT[bytes]) -> faust.Stream[bytes]:
+    # An agent's stream is a faust.Stream, whose `take_events` the interface type does not name.
     return cast(faust.Stream[bytes], stream)
 
 

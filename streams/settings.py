@@ -104,8 +104,7 @@ class Settings:
         "LEADSTREAM_BATCH_MAX_MESSAGES", 500, "Most Kafka messages the worker scores in one batch."
     )
     batch_within_ms: int = _setting(
-        "LEADSTREAM_BATCH_WITHIN_MS", 20,
-        "While the worker is behind (its newest message was produced over 100 ms ago: streams/batching.py), longest it waits to fill a batch; otherwise it scores what is ready at once.",
+        "LEADSTREAM_BATCH_WITHIN_MS", 20, "Longest the worker waits to fill a batch before scoring it."
     )
     fetch_max_wait_ms: int = _setting(
         "LEADSTREAM_FETCH_MAX_WAIT_MS", 50,
