@@ -3,17 +3,19 @@
 Two stages, each a Faust agent with a table whose changelog makes it durable:
 - `score`: raw events (keyed by lead) -> lead table -> crossings, score changes, account updates;
 - `rollup`: account updates (re-keyed by account through Kafka) -> account table -> account crossings.
-Both take batches of messages (`take_events`), so Faust's per-message cost is paid once per
-message and the state is written once per changed lead per batch, straight to the changelog
-through the producer rather than through `Table.__setitem__` (which costs a codec round and a
-future per write, see ../shared/PERF.md).
+Both take batches of messages (`score` with streams/batching.py, so it scores the next batch
+while the last one's flushes run; `rollup` with `take_events`), so Faust's per-message cost is
+paid once per message and the state is written once per changed lead per batch, straight to
+the changelog through the producer rather than through `Table.__setitem__` (which costs a
+codec round and a future per write, see ../shared/PERF.md).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Callable, cast
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
 
 import faust
 import mode
@@ -25,7 +27,7 @@ from kafka.errors import KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from scoring.errors import StateError
-from streams import bulk_store, fetch_wait, lead_states, metrics, seek_first
+from streams import batching, bulk_store, fetch_wait, lead_states, metrics, seek_first
 from streams.collection import BatchPause
 from streams.lag import LagProbe
 from streams.model_reload import ModelDirectory
@@ -104,6 +106,10 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
     @app.service
     class OutboxLifecycle(mode.Service):
         async def on_stop(self) -> None:
+            try:  # the last batch's flushes, so its messages are acknowledged
+                await asyncio.wait_for(scorer.settle(), timeout=5.0)
+            except Exception as exc:  # stopping anyway: its messages are read again after a restart
+                log.warning("stopping with a batch not written: cause=%r", exc)
             await outbox.stop()
             await rollup_outbox.stop()
 
@@ -158,9 +164,12 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
 
     @app.agent(events_topic)
     async def score(stream: faust.StreamT[bytes]) -> None:
-        async for batch in _batches(stream).take_events(settings.batch_max_messages, within=within_s):
+        # A batch's messages are acknowledged once its flushes are, which run while the next
+        # batch is scored (streams/overlap.py).
+        events = _batches(stream)
+        async for batch in batching.batches(events, settings.batch_max_messages, within_s):
             with batch_pause:
-                await scorer.process([_consumed(event) for event in batch])
+                await scorer.process([_consumed(event) for event in batch], _acknowledge(events, batch))
             metrics.BATCH_DONE.labels("score").set_to_current_time()
 
     @app.agent(accounts_topic)
@@ -258,6 +267,14 @@ def _ready(app: faust.App) -> bool:
 def _batches(stream: faust.StreamT[bytes]) -> faust.Stream[bytes]:
     # An agent's stream is a faust.Stream, whose `take_events` the interface type does not name.
     return cast(faust.Stream[bytes], stream)
+
+
+def _acknowledge(stream: faust.Stream[bytes], batch: list[Any]) -> Callable[[], Awaitable[None]]:
+    async def acknowledge() -> None:
+        for event in batch:
+            await stream.ack(event)
+
+    return acknowledge
 
 
 def _recovery(app: faust.App) -> Recovery:

@@ -22,6 +22,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from collections.abc import Awaitable, Callable
 from typing import Any, Sequence
 
 import msgspec
@@ -39,7 +40,8 @@ from streams.rollup import lead_score_key, publish_updates
 from streams.settings import Settings
 from streams.lead_states import States
 from streams.lead_states import encode as encode_states
-from streams.stage import Consumed, LiveTable
+from streams.overlap import InFlight
+from streams.stage import Consumed, LiveTable, Record
 
 log = logging.getLogger("leadstream.worker")
 
@@ -162,11 +164,14 @@ class Scorer:
         # to the changelog only after the crossings they caused are acknowledged: they take
         # turns, so neither writes a state carrying the other's changes before those are.
         self._turns: asyncio.Lock | None = None
+        #: The last batch's flushes, running while the next batch is scored (streams/overlap.py).
+        self.in_flight = InFlight()
 
     async def use(self, engine: Engine, owned: set[int]) -> None:
         """Scores with `engine` from the next batch or decay sweep on (models edited while the
         worker runs, streams/model_reload.py), with what a restart would do to the states."""
         async with self._turn():
+            await self.in_flight.wait()
             before = {model.name: model.decay for model in self.engine.models}
             self.engine = engine
             self.models = {model.name for model in engine.models}
@@ -189,22 +194,44 @@ class Scorer:
     async def settle(self) -> None:
         """Returns once the batch or decay sweep in flight (if any) has written its states."""
         async with self._turn():
-            pass
+            await self.in_flight.wait()
 
-    async def process(self, batch: Sequence[Consumed]) -> BatchStats:
+    async def process(self, batch: Sequence[Consumed], done: Callable[[], Awaitable[None]] | None = None) -> BatchStats:
+        """Scores a batch and returns once it is durable; or, given `done`, as soon as it is
+        scored, with its flushes running in the background (after the batch before's) and
+        `done` awaited once they are acknowledged: the worker acknowledges the batch's messages
+        there (streams/overlap.py)."""
         self.sequence.observe(batch)
         async with self._turn():
             with metrics.BATCH_SECONDS.time():
-                stats = await self._process(batch)
+                stats, records = await self._process(batch)
+                await self.in_flight.wait()
+                self.in_flight.start(self._finish(records, done))
+            if done is None:
+                await self.in_flight.wait()
         stats.record()
         return stats
 
-    async def _process(self, batch: Sequence[Consumed]) -> BatchStats:
+    async def _finish(self, records: list[Record], done: Callable[[], Awaitable[None]] | None) -> None:
+        """Makes a scored batch durable: what it produced, then the states that record it."""
+        outbox = self.outbox
+        await outbox.flush()
+        for record in records:
+            outbox.add(*record)
+        await outbox.flush()
+        if done is not None:
+            await done()
+
+    async def _process(self, batch: Sequence[Consumed]) -> tuple[BatchStats, list[Record]]:
+        """Scores a batch: its outputs are queued in the outbox and its states written to the
+        live table; returns the changelog records to send once the outputs are acknowledged."""
         stats = BatchStats(messages=len(batch))
         dead: list[DeadLetter] = []
         # Identity links and merges first, so the events of this batch see who is merged.
         identity = [m for m in batch if m.topic == self.settings.topic_identity and not m.tombstone]
         if identity:
+            # Stitching writes states itself: after the batch before's, which may be the same leads'.
+            await self.in_flight.wait()
             await self._stitch(identity, dead)
         # Leads to forget (lead id -> partition), after this batch's events: all they left goes.
         forget: dict[str, int] = {}
@@ -282,8 +309,9 @@ class Scorer:
             # A state whose summary the batch left as it was (a duplicate, a capped open,
             # a counter moved) is written, but its score change would repeat the last one.
             self._changed(model, lead_id, state, now_ms, partition, key in score_changed)
-            # Encoded now, while the state is in the CPU's caches, and sent after the flush below;
-            # a lead with states of several models is encoded there, once, after all of them.
+            # Encoded now, while the state is in the CPU's caches (the next batch changes the
+            # live states while these bytes are in flight); a lead with states of several
+            # models is encoded below, once, after all of them.
             writes[lead_id] = (partition, states, encode_states(states) if len(states) == 1 else None)
         account_updates = result.account_updates
         if forget:
@@ -292,20 +320,18 @@ class Scorer:
         for letter in dead:
             stats.rejected[letter.reason] = stats.rejected.get(letter.reason, 0) + 1
             outbox.add(self.settings.topic_deadletter, letter.key, letter.to_bytes(), letter.partition)
-        await outbox.flush()
-        put = self.store.put
-        for lead_id, (partition, states, value) in writes.items():
-            put(lead_id, partition, states, encode_states(states) if value is None else value, outbox)
-        for lead_id, partition in forget.items():
-            self.store.delete(lead_id, partition, outbox)
-        await outbox.flush()
-        return stats
+        write = self.store.write
+        records = [write(lead_id, partition, states, encode_states(states) if value is None else value)
+                   for lead_id, (partition, states, value) in writes.items()]
+        records += [self.store.remove(lead_id, partition) for lead_id, partition in forget.items()]
+        return stats, records
 
     async def decay_due(self, now_ms: int, limit: int = DECAY_CHUNK) -> int:
         """Apply up to `limit` decay steps due by now on the owned partitions (the caller repeats
         while a full chunk came back, yielding between chunks so scoring is never held up for
         long); returns how many index entries were taken."""
         async with self._turn():
+            await self.in_flight.wait()  # the states it writes carry that batch's changes
             return await self._decay_due(now_ms, limit)
 
     async def _decay_due(self, now_ms: int, limit: int) -> int:
@@ -469,8 +495,8 @@ class Scorer:
 
     def _forget(self, forget: dict[str, int], known: dict[str, States], writes: dict[str, Any], now_ms: int) -> list[MemberScore]:
         """Queues what erases each lead from the outputs (see `_withdraw`; returns its accounts'
-        updates) and keeps its states from being written; the table entries are deleted once
-        these are acknowledged."""
+        updates) and keeps its states from being written; the changelog's tombstones are sent
+        once these are acknowledged."""
         leaving: list[MemberScore] = []
         for lead_id, partition in forget.items():
             writes.pop(lead_id, None)

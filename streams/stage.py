@@ -17,6 +17,8 @@ from streams.outbox import Outbox
 from streams.partitioning import partition_for
 
 S = TypeVar("S")
+#: A changelog record to send: topic, key, value (None: a tombstone), partition.
+Record = tuple[str, bytes, bytes | None, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,18 +133,27 @@ class LiveTable(Generic[S]):
 
     def put(self, key: str, partition: int, states: dict[str, S], value: bytes, outbox: Outbox) -> None:
         """Keeps `states` as the key's, and sends `value` (their bytes) to the changelog."""
+        outbox.add(*self.write(key, partition, states, value))
+
+    def write(self, key: str, partition: int, states: dict[str, S], value: bytes) -> Record:
+        """Keeps `states` as the key's and `value` as its bytes; returns the changelog record,
+        for the caller to send once what the change caused is durable (streams/scorer.py)."""
         raw_key = key.encode()
         self.table.write(raw_key, value, partition)
         self._keep(key, states)
-        outbox.add(self.changelog, raw_key, value, partition)
+        return self.changelog, raw_key, value, partition
 
     def delete(self, key: str, partition: int, outbox: Outbox) -> None:
         """Drops the key's states, and sends a tombstone to the changelog (compaction erases
         the key's earlier records there)."""
+        outbox.add(*self.remove(key, partition))
+
+    def remove(self, key: str, partition: int) -> Record:
+        """Drops the key's states; returns the changelog's tombstone, for the caller to send."""
         raw_key = key.encode()
         self.table.delete(raw_key)
         self.live.pop(key, None)
-        outbox.add(self.changelog, raw_key, None, partition)
+        return self.changelog, raw_key, None, partition
 
     def _keep(self, key: str, states: dict[str, S]) -> None:
         live = self.live

@@ -1,0 +1,42 @@
+"""A stage's batch made durable in the background while the stage scores the next one.
+
+A batch is durable after two flushes, each a produce round trip: its outputs, then the states
+that record them (streams/scorer.py). Waiting for both before taking the next batch left the
+worker idle for about a sixth of a catch-up and added both round trips to every crossing's
+latency. Instead, a stage hands the flushes to `InFlight` and scores the next batch meanwhile;
+the batch after waits for them before its own start, so at most one batch is in flight, each
+batch's changelog records are sent after the batch before's (its states' bytes are encoded and
+its local table data written when it is scored: streams/stage.py `LiveTable.write`), and an
+error in the flushes reaches the stage at its next batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+
+
+class InFlight:
+    """At most one batch's flushes running in the background."""
+
+    def __init__(self) -> None:
+        self._task: asyncio.Future[None] | None = None
+
+    def start(self, finish: Awaitable[None]) -> None:
+        """Runs `finish` (the batch's flushes, then its acknowledgement) in the background;
+        the batch before must be done (`wait`)."""
+        if self._task is not None:
+            raise RuntimeError("a batch is still in flight: wait() for it before starting the next")
+        self._task = asyncio.ensure_future(finish)
+
+    async def wait(self) -> None:
+        """Returns once the batch in flight, if any, is done; raises what its flushes raised
+        (once). A caller cancelled while it waits leaves the flushes running."""
+        task = self._task
+        if task is None:
+            return
+        try:
+            await asyncio.shield(task)
+        finally:
+            if self._task is task and task.done():
+                self._task = None
