@@ -3,11 +3,11 @@
 Two stages, each a Faust agent with a table whose changelog makes it durable:
 - `score`: raw events (keyed by lead) -> lead table -> crossings, score changes, account updates;
 - `rollup`: account updates (re-keyed by account through Kafka) -> account table -> account crossings.
-Both take batches of messages (`score` with streams/batching.py, so it scores the next batch
-while the last one's flushes run; `rollup` with `take_events`), so Faust's per-message cost is
-paid once per message and the state is written once per changed lead per batch, straight to
-the changelog through the producer rather than through `Table.__setitem__` (which costs a
-codec round and a future per write, see ../shared/PERF.md).
+Both take batches of messages (streams/batching.py), so Faust's per-message cost is paid once
+per message and the state is written once per changed key per batch, straight to the changelog
+through the producer rather than through `Table.__setitem__` (which costs a codec round and a
+future per write, see ../shared/PERF.md); and each scores the next batch while the last one's
+flushes run (streams/overlap.py), so the worker does not sit idle waiting for Kafka.
 """
 
 from __future__ import annotations
@@ -106,9 +106,9 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
     @app.service
     class OutboxLifecycle(mode.Service):
         async def on_stop(self) -> None:
-            try:  # the last batch's flushes, so its messages are acknowledged
-                await asyncio.wait_for(scorer.settle(), timeout=5.0)
-            except Exception as exc:  # stopping anyway: its messages are read again after a restart
+            try:  # the last batches' flushes, so their messages are acknowledged
+                await asyncio.wait_for(asyncio.gather(scorer.settle(), rollup_stage.settle()), timeout=5.0)
+            except Exception as exc:  # stopping anyway: their messages are read again after a restart
                 log.warning("stopping with a batch not written: cause=%r", exc)
             await outbox.stop()
             await rollup_outbox.stop()
@@ -129,6 +129,7 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
         # The batch in flight ends (its states acknowledged) before the revoked partitions'
         # live states are dropped and any recovery reads the changelog's end.
         await scorer.settle()
+        await rollup_stage.settle()
         lead_store.forget({tp.partition for tp in revoked if tp.topic == settings.topic_events})
         account_store.forget({tp.partition for tp in revoked if tp.topic == settings.topic_accounts})
         scorer.sequence.reset()
@@ -164,8 +165,8 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
 
     @app.agent(events_topic)
     async def score(stream: faust.StreamT[bytes]) -> None:
-        # A batch's messages are acknowledged once its flushes are, which run while the next
-        # batch is scored (streams/overlap.py).
+        # A batch's messages are acknowledged once its flushes are acknowledged by Kafka, which
+        # happens while the next batch is scored (streams/overlap.py).
         events = _batches(stream)
         async for batch in batching.batches(events, settings.batch_max_messages, within_s):
             with batch_pause:
@@ -174,9 +175,10 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
 
     @app.agent(accounts_topic)
     async def rollup(stream: faust.StreamT[bytes]) -> None:
-        async for batch in _batches(stream).take_events(settings.batch_max_messages, within=within_s):
+        updates = _batches(stream)
+        async for batch in batching.batches(updates, settings.batch_max_messages, within_s):
             with batch_pause:
-                await rollup_stage.process([_consumed(event) for event in batch])
+                await rollup_stage.process([_consumed(event) for event in batch], _acknowledge(updates, batch))
             metrics.BATCH_DONE.labels("rollup").set_to_current_time()
 
     @app.timer(interval=settings.decay_interval_s)  # type: ignore[untyped-decorator]

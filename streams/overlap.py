@@ -13,7 +13,10 @@ error in the flushes reaches the stage at its next batch.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
+
+from streams.outbox import Outbox
+from streams.stage import Record
 
 
 class InFlight:
@@ -40,3 +43,14 @@ class InFlight:
         finally:
             if self._task is task and task.done():
                 self._task = None
+
+
+async def make_durable(outbox: Outbox, records: list[Record], done: Callable[[], Awaitable[None]] | None) -> None:
+    """A scored batch's flushes: what it produced (queued in `outbox`), then the changelog
+    `records` of the states that record it; then `done`, the acknowledgement of its messages."""
+    await outbox.flush()
+    for record in records:
+        outbox.add(*record)
+    await outbox.flush()
+    if done is not None:
+        await done()

@@ -9,6 +9,7 @@ a replayed update sets the member's score to the same value again, so replays ar
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Sequence
 
 import msgspec
@@ -20,6 +21,7 @@ from streams import metrics
 from streams.deadletter import DeadLetter
 from streams.envelope import unpack
 from streams.outbox import Outbox, encode_json, encode_json_or_none
+from streams.overlap import InFlight, make_durable
 from streams.partitioning import partition_for
 from streams.settings import Settings
 from streams.stage import Consumed, LiveTable, frame, unframe
@@ -69,6 +71,8 @@ class Rollup:
         self.settings = settings
         self.store = store
         self.outbox = outbox
+        #: The last batch's flushes, running while the next batch is rolled up (streams/overlap.py).
+        self.in_flight = InFlight()
         self._take(engine)
 
     def use(self, engine: Engine) -> None:
@@ -83,7 +87,13 @@ class Rollup:
         #: The models that roll up into accounts (with `[accounts]`): their summaries are published.
         self.rolling = {model.name for model in engine.models if model.accounts is not None}
 
-    async def process(self, batch: Sequence[Consumed]) -> None:
+    async def settle(self) -> None:
+        """Returns once the batch in flight (if any) has written its states."""
+        await self.in_flight.wait()
+
+    async def process(self, batch: Sequence[Consumed], done: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Rolls up a batch and returns once it is durable; or, given `done`, as soon as it is
+        rolled up, as `Scorer.process` does."""
         changed: dict[str, tuple[int, dict[str, AccountState]]] = {}
         transitions: list[Transition] = []
         # (account id, model) whose members changed: read models get their summaries.
@@ -110,11 +120,14 @@ class Rollup:
         for account_id, model in moved:
             summary = self.engine.account_summary(model, account_id, changed[account_id][1][model])
             self.outbox.add(self.settings.topic_scores, account_score_key(model, account_id), encode_json(summary))
-        await self.outbox.flush()  # crossings before the states that record them
         metrics.count_crossings(transitions)
-        for account_id, (partition, states) in changed.items():
-            self.store.put(account_id, partition, states, encode_accounts(states), self.outbox)
-        await self.outbox.flush()
+        # Encoded and kept now; sent after the crossings, once the batch before is durable.
+        write = self.store.write
+        records = [write(account_id, partition, states, encode_accounts(states)) for account_id, (partition, states) in changed.items()]
+        await self.in_flight.wait()
+        self.in_flight.start(make_durable(self.outbox, records, done))
+        if done is None:
+            await self.in_flight.wait()
 
     def _decode(self, message: Consumed) -> list[MemberScore]:
         """The message's updates for the models this worker has; the others are dead-lettered."""

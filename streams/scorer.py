@@ -40,7 +40,7 @@ from streams.rollup import lead_score_key, publish_updates
 from streams.settings import Settings
 from streams.lead_states import States
 from streams.lead_states import encode as encode_states
-from streams.overlap import InFlight
+from streams.overlap import InFlight, make_durable
 from streams.stage import Consumed, LiveTable, Record
 
 log = logging.getLogger("leadstream.worker")
@@ -206,21 +206,11 @@ class Scorer:
             with metrics.BATCH_SECONDS.time():
                 stats, records = await self._process(batch)
                 await self.in_flight.wait()
-                self.in_flight.start(self._finish(records, done))
+                self.in_flight.start(make_durable(self.outbox, records, done))
             if done is None:
                 await self.in_flight.wait()
         stats.record()
         return stats
-
-    async def _finish(self, records: list[Record], done: Callable[[], Awaitable[None]] | None) -> None:
-        """Makes a scored batch durable: what it produced, then the states that record it."""
-        outbox = self.outbox
-        await outbox.flush()
-        for record in records:
-            outbox.add(*record)
-        await outbox.flush()
-        if done is not None:
-            await done()
 
     async def _process(self, batch: Sequence[Consumed]) -> tuple[BatchStats, list[Record]]:
         """Scores a batch: its outputs are queued in the outbox and its states written to the
