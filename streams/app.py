@@ -170,16 +170,14 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
         events = _batches(stream)
         async for batch in batching.batches(events, settings.batch_max_messages, within_s):
             with batch_pause:
-                await scorer.process([_consumed(event) for event in batch], _acknowledge(events, batch))
-            metrics.BATCH_DONE.labels("score").set_to_current_time()
+                await scorer.process([_consumed(event) for event in batch], _acknowledge(events, batch, "score"))
 
     @app.agent(accounts_topic)
     async def rollup(stream: faust.StreamT[bytes]) -> None:
         updates = _batches(stream)
         async for batch in batching.batches(updates, settings.batch_max_messages, within_s):
             with batch_pause:
-                await rollup_stage.process([_consumed(event) for event in batch], _acknowledge(updates, batch))
-            metrics.BATCH_DONE.labels("rollup").set_to_current_time()
+                await rollup_stage.process([_consumed(event) for event in batch], _acknowledge(updates, batch, "rollup"))
 
     @app.timer(interval=settings.decay_interval_s)  # type: ignore[untyped-decorator]
     async def decay() -> None:
@@ -271,10 +269,13 @@ def _batches(stream: faust.StreamT[bytes]) -> faust.Stream[bytes]:
     return cast(faust.Stream[bytes], stream)
 
 
-def _acknowledge(stream: faust.Stream[bytes], batch: list[Any]) -> Callable[[], Awaitable[None]]:
+def _acknowledge(stream: faust.Stream[bytes], batch: list[Any], stage: str) -> Callable[[], Awaitable[None]]:
+    """What a stage does once a batch's outputs and states are acknowledged by Kafka."""
+
     async def acknowledge() -> None:
         for event in batch:
             await stream.ack(event)
+        metrics.BATCH_DONE.labels(stage).set_to_current_time()
 
     return acknowledge
 

@@ -14,6 +14,7 @@ from streams import lead_states
 from streams.outbox import Outbox
 from streams.overlap import InFlight
 from streams.partitioning import partition_for
+from streams.rollup import Rollup, decode_accounts
 from streams.scorer import Scorer
 from streams.settings import Settings
 from streams.stage import Consumed, LiveTable, MemoryData
@@ -125,5 +126,37 @@ def test_a_waiter_cancelled_leaves_the_flushes_running() -> None:
         gate.set()
         await in_flight.wait()
         assert finished == [True]
+
+    asyncio.run(scenario())
+
+
+def test_the_account_stage_rolls_up_the_next_batch_while_the_last_ones_flushes_run() -> None:
+    async def scenario() -> None:
+        settings = Settings()
+        outbox = Gated()
+        stage = Rollup(Engine([shipped("b2b")]), settings, LiveTable(MemoryData(), "accounts-changelog", 4, 10, decode_accounts), outbox)
+        acknowledged: list[str] = []
+
+        def update(lead: str, score: float) -> list[Consumed]:
+            value = orjson.dumps([{"model": "b2b", "account_id": "acme", "lead_id": lead, "score": score, "time": T0}])
+            return [Consumed(settings.topic_accounts, 0, len(acknowledged), None, value)]
+
+        def done(name: str):  # type: ignore[no-untyped-def]
+            async def acknowledge() -> None:
+                acknowledged.append(name)
+            return acknowledge
+
+        await stage.process(update("L1", 20), done("first"))  # returns with both flushes waiting
+        second = asyncio.ensure_future(stage.process(update("L2", 35), done("second")))
+        await asyncio.sleep(0.05)
+        assert not second.done() and acknowledged == []
+        for _ in range(4):
+            outbox.gate.release()
+        await second
+        await stage.settle()
+        assert acknowledged == ["first", "second"]
+        first, last = (decode_accounts(item[2])["b2b"] for kind, item in outbox.log  # type: ignore[index]
+                       if item[0] == "accounts-changelog")  # type: ignore[index]
+        assert set(first.members) == {"L1"} and set(last.members) == {"L1", "L2"}
 
     asyncio.run(scenario())
