@@ -33,6 +33,8 @@ from scoring.state import LeadState
 from scoring.thresholds import Transition
 
 GetState = Callable[[str, str], "LeadState | None"]
+#: See `Engine.apply_batch`: (model, lead id), the changed state, whether its summary changed.
+Settled = Callable[[tuple[str, str], LeadState, bool], None]
 
 _NO_PROPERTIES: dict[str, Any] = {}
 
@@ -396,20 +398,34 @@ class Engine:
 
     # -- scoring ---------------------------------------------------------------------------
 
-    def apply_batch(self, events: Iterable[Event | Rejection], get_state: GetState) -> BatchResult:
+    def apply_batch(self, events: Iterable[Event | Rejection], get_state: GetState, settled: Settled | None = None) -> BatchResult:
         """Applies a batch of events of any leads and models.
 
         `get_state(model, lead_id)` is asked once per (model, lead) of the batch, in first-event
         order; None means a new lead. States it returns are updated in place and the changed
         ones are returned in `states`. Rejections passed in (from `parse`) are collected in
         `rejected`, so parse results can be handed over as they are. Never raises for an event.
+
+        `settled(key, state, score_changed)`, if given, is called once for each changed state
+        as soon as it is final: right after the batch's last event of its lead, in most cases.
+        A caller encodes the state there, or summarises it, while it is still in the CPU's
+        caches: done after the batch, the same work on a state last touched hundreds of events
+        before costs several times as much (measured: 1.2 us against 3.6-7 us to encode one).
         """
         result = BatchResult()
-        # (model, lead id) -> [state, runtime, outcome so far, account before, accounts it was in since (or None)]
+        # (model, lead id) -> [state, runtime, outcome so far, account before, accounts it was in since (or None),
+        # settled yet]
         touched: dict[tuple[str, str], list[Any]] = {}
         transitions = result.transitions
         routes = self._routes
         known_types = self._known
+        # Each lead's last event of the batch (by identity: a redelivered copy is another object).
+        last_of: dict[str, Event] = {}
+        if settled is not None:
+            events = events if isinstance(events, list) else list(events)
+            for event in events:
+                if event.__class__ is Event:
+                    last_of[event.lead_id] = event
         for event in events:
             if event.__class__ is not Event:
                 result.rejected.append(
@@ -435,9 +451,9 @@ class Engine:
                 if slot is None:
                     state = get_state(runtime.name, lead_id)
                     if state is None:  # a new lead: its first summary is news
-                        slot = touched[key] = [runtime.new_state(), runtime, _CHANGED, None, None]
+                        slot = touched[key] = [runtime.new_state(), runtime, _CHANGED, None, None, False]
                     else:
-                        slot = touched[key] = [state, runtime, _DUPLICATE, state.account_id, None]
+                        slot = touched[key] = [state, runtime, _DUPLICATE, state.account_id, None, False]
                 state = slot[0]
                 outcome = (runtime.appliers.get(event.type) or runtime.apply_other)(state, event, transitions)
                 if outcome == _LATE:
@@ -451,13 +467,24 @@ class Engine:
                         slot[4].add(state.account_id)
             if late:
                 result.late.append(event)
+            if last_of and last_of.get(lead_id) is event:
+                for runtime in targets:
+                    key = (runtime.name, lead_id)
+                    slot = touched[key]
+                    if slot[2] >= _COUNTED:
+                        runtime.compact(slot[0])
+                        slot[5] = True
+                        settled(key, slot[0], slot[2] == _CHANGED)  # type: ignore[misc]
         changed_states = result.states
         score_changed = result.score_changed
         account_updates = result.account_updates
-        for key, (state, runtime, outcome, account_before, visited) in touched.items():
+        for key, (state, runtime, outcome, account_before, visited, done) in touched.items():
             if outcome < _COUNTED:  # duplicates and late events only
                 continue
-            runtime.compact(state)
+            if not done:  # its lead's last event was unrouted, of an unknown type, or for other models
+                runtime.compact(state)
+                if settled is not None:
+                    settled(key, state, outcome == _CHANGED)
             changed_states[key] = state
             if outcome == _CHANGED:
                 score_changed.add(key)

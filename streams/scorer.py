@@ -271,7 +271,26 @@ class Scorer:
                 if items is not None and event.type in LINKING_TYPES:
                     links.extend((source, target, event.time_ms) for source, target in stitching.links_from(items[position]))
 
-        result = self.engine.apply_batch(events, lambda model, lead_id: known[lead_id].get(model))  # type: ignore[arg-type, return-value]
+        now_ms = stats.newest_event_ms = max((e.time_ms for e in events), default=0)
+        writes: dict[str, tuple[int, States, bytes | None]] = {}
+        new_leads = stats.new_leads
+
+        def settled(key: tuple[str, str], state: LeadState, score_changed: bool) -> None:
+            """A changed state, final for this batch: summarised and encoded now, while it is in
+            the CPU's caches (the engine calls this right after its lead's last event)."""
+            model, lead_id = key
+            states = known[lead_id]
+            if model not in states:
+                new_leads[model] = new_leads.get(model, 0) + 1
+                states[model] = state
+            partition = partition_of[lead_id]
+            # A state whose summary the batch left as it was (a duplicate, a capped open,
+            # a counter moved) is written, but its score change would repeat the last one.
+            self._changed(model, lead_id, state, now_ms, partition, score_changed)
+            # A lead with states of several models is encoded after the batch, once, after all of them.
+            writes[lead_id] = (partition, states, encode_states(states) if len(states) == 1 else None)
+
+        result = self.engine.apply_batch(events, lambda model, lead_id: known[lead_id].get(model), settled)  # type: ignore[arg-type, return-value]
         stats.late = len(result.late)
         stats.unrouted = len(result.unrouted)
         stats.scored = len(events) - len(result.rejected) - stats.late - stats.unrouted - len(result.unknown_type)
@@ -285,24 +304,6 @@ class Scorer:
         outbox = self.outbox
         for source, target, time_ms in links:
             outbox.add(self.settings.topic_identity, source.encode(), stitching.link_record(source, target, time_ms))
-        now_ms = stats.newest_event_ms = max((e.time_ms for e in events), default=0)
-        writes: dict[str, tuple[int, States, bytes | None]] = {}
-        score_changed = result.score_changed
-        new_leads = stats.new_leads
-        for key, state in result.states.items():
-            model, lead_id = key
-            states = known[lead_id]
-            if model not in states:
-                new_leads[model] = new_leads.get(model, 0) + 1
-                states[model] = state
-            partition = partition_of[lead_id]
-            # A state whose summary the batch left as it was (a duplicate, a capped open,
-            # a counter moved) is written, but its score change would repeat the last one.
-            self._changed(model, lead_id, state, now_ms, partition, key in score_changed)
-            # Encoded now, while the state is in the CPU's caches (the next batch changes the
-            # live states while these bytes are in flight); a lead with states of several
-            # models is encoded below, once, after all of them.
-            writes[lead_id] = (partition, states, encode_states(states) if len(states) == 1 else None)
         account_updates = result.account_updates
         if forget:
             account_updates = account_updates + self._forget(forget, known, writes, clock_ms)

@@ -9,7 +9,8 @@ late events. The loops run over the same bytes in the same process:
 - parse only: `orjson.loads` of every event;
 - engine: `engine.parse` (msgspec decoding into checked events) and `apply_batch` in batches of
   1000 events against a dict of live states, encoding each changed state with `to_bytes()` once
-  per batch (its changelog record), as the stream worker does (streams/lead_states.py: states
+  per batch (its changelog record) as soon as the batch's last event of its lead is applied
+  (`apply_batch`'s `settled`), as the stream worker does (streams/lead_states.py: states
   stay live between batches; bytes are decoded only after a recovery, which
   `decode_us_per_state` measures);
 - engine with a tuned collector: the first loop again with the collector used as the worker
@@ -128,12 +129,14 @@ def _score(
     changed state encoded once per batch (`written` keeps the last bytes of each)."""
     parse = engine.parse
     get = store.get
+
+    def settled(key: tuple[str, str], state: LeadState, score_changed: bool) -> None:
+        store[key] = state
+        written[key] = state.to_bytes()
+
     for start in range(0, len(data), BATCH_EVENTS):
         with pause:
-            result = engine.apply_batch([parse(raw) for raw in data[start : start + BATCH_EVENTS]], lambda model, lead: get((model, lead)))
-            for key, state in result.states.items():
-                store[key] = state
-                written[key] = state.to_bytes()
+            result = engine.apply_batch([parse(raw) for raw in data[start : start + BATCH_EVENTS]], lambda model, lead: get((model, lead)), settled)
         if counts is not None:
             counts["transitions"] += len(result.transitions)
             counts["late"] += len(result.late)

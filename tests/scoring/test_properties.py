@@ -207,3 +207,35 @@ def test_summaries_outside_score_changed_are_unchanged(events: list[dict[str, An
     for key, state in result.states.items():
         if key not in result.score_changed:
             assert B2B.summary(key[0], key[1], state, now) == before[key]
+
+
+BOTH = Engine([shipped("b2b"), shipped("analytics_addon")])
+
+
+@FAST
+@given(b2b_events(), st.data())
+def test_each_changed_state_is_settled_once_as_it_ends_the_batch(events: list[dict[str, Any]], data: st.DataObject) -> None:
+    """`apply_batch`'s `settled` sees each changed state once, already as the batch leaves it
+    (so the worker may encode it there), with the batch's `score_changed` verdict; leads whose
+    last events are unrouted, of an unknown type, or routed to another model are settled too;
+    and asking for it changes nothing else."""
+    extra = [("analytics", "query_run"), ("nowhere", "page_view"), ("b2b", "bogus"), (None, "identify")]
+    for _ in range(data.draw(st.integers(0, 12))):
+        product, kind = data.draw(st.sampled_from(extra))
+        at = data.draw(st.sampled_from([e["time"] for e in events])) - events[0]["time"]
+        event = ev(kind, at=at + data.draw(st.integers(0, 3)), lead=data.draw(st.sampled_from(["L1", "L2"])), product=product,
+                   traits={"title": "Engineer"} if kind == "identify" else {})
+        events.insert(data.draw(st.integers(0, len(events))), event)
+    plain, watched = Run(BOTH), Run(BOTH)
+    size = data.draw(st.integers(1, 12))
+    for start in range(0, len(events), size):
+        batch = [BOTH.parse(e) for e in events[start : start + size]]
+        calls: list[tuple[tuple[str, str], bytes, bool]] = []
+        result = BOTH.apply_batch(batch, watched.get, lambda key, state, changed: calls.append((key, state.to_bytes(), changed)))
+        assert sorted(key for key, _, _ in calls) == sorted(result.states)
+        for key, raw, changed in calls:
+            assert raw == result.states[key].to_bytes()
+            assert changed == (key in result.score_changed)
+        watched.store.update((key, state.to_bytes()) for key, state in result.states.items())
+        plain.apply(*batch)
+    assert watched.store == plain.store
