@@ -14,10 +14,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from scoring import Engine, LeadState
-from tests.scoring.support import DAY, HOUR, Run, engine, ev, shipped
+from tests.scoring.support import DAY, HOUR, T0, Run, engine, ev, shipped
 
 B2B = Engine([shipped("b2b")])
 HALF_LIFE = Engine([shipped("analytics_addon")])
+BOTH = Engine([shipped("b2b"), shipped("analytics_addon")])
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 _B2B_EVENTS = [
@@ -209,9 +210,6 @@ def test_summaries_outside_score_changed_are_unchanged(events: list[dict[str, An
             assert B2B.summary(key[0], key[1], state, now) == before[key]
 
 
-BOTH = Engine([shipped("b2b"), shipped("analytics_addon")])
-
-
 @FAST
 @given(b2b_events(), st.data())
 def test_each_changed_state_is_settled_once_as_it_ends_the_batch(events: list[dict[str, Any]], data: st.DataObject) -> None:
@@ -222,7 +220,7 @@ def test_each_changed_state_is_settled_once_as_it_ends_the_batch(events: list[di
     extra = [("analytics", "query_run"), ("nowhere", "page_view"), ("b2b", "bogus"), (None, "identify")]
     for _ in range(data.draw(st.integers(0, 12))):
         product, kind = data.draw(st.sampled_from(extra))
-        at = data.draw(st.sampled_from([e["time"] for e in events])) - events[0]["time"]
+        at = data.draw(st.sampled_from([e["time"] for e in events])) - T0  # beside an event of the sequence
         event = ev(kind, at=at + data.draw(st.integers(0, 3)), lead=data.draw(st.sampled_from(["L1", "L2"])), product=product,
                    traits={"title": "Engineer"} if kind == "identify" else {})
         events.insert(data.draw(st.integers(0, len(events))), event)
