@@ -128,7 +128,7 @@ class _Function:
             "if event_id in ids or event_id in state.old_ids:",
             "    return DUPLICATE",
             f"if len(ids) < {remember}:",
-            "    ids.add(event_id)",
+            "    ids[event_id] = None",
             "    if time_ms > state.ids_max_ms:",
             "        state.ids_max_ms = time_ms",
             "else:",
