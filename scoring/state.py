@@ -11,10 +11,11 @@ field's type, so a corrupt or foreign value is a `StateError`, never a half-read
 
 A live worker holds every state of its partitions, so memory per state is held down too. The id
 generations are dicts (id -> None), not sets: a dict of a few strings takes about half the
-memory of a set of them (a set of 5-16 takes 728 bytes, a dict 352-632), and a dict of strings
-is not tracked by the garbage collector, whose full collections visit every tracked object of
-every state (measured on the engine benchmark's 99,611 states: 975 bytes of ids per state
-as sets, 633 as dicts). Their order is insertion order, so equal histories encode equally.
+memory of a set of them (a set of 5-16 takes 728 bytes, a dict 352-632; on the engine
+benchmark's 99,611 states, 975 bytes of ids per state as sets, 633 as dicts), and a dict of
+strings is not tracked by the garbage collector, so its full collections, which read every
+object a tracked one refers to, skip the ids (a set is tracked: each id was read). Their order
+is insertion order, so equal histories encode equally.
 
 Bounds (what keeps a state small however active the lead):
 - recent event ids: two generations of at most `remember_events` ids each; a generation is
