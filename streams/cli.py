@@ -52,8 +52,10 @@ def _topics(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _score(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.collection import tune_collector
     from streams.offline import score_file
 
+    tune_collector(settings.gc_young_threshold)
     return score_file(args.models or settings.models_dir, args.events, table=args.table, out=sys.stdout)
 
 
@@ -84,8 +86,10 @@ def _replay_dlq(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _review(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.collection import tune_collector
     from streams.review import review_files
 
+    tune_collector(settings.gc_young_threshold)
     converted = frozenset(value.strip() for value in args.converted.split(",") if value.strip())
     return review_files(
         args.models or settings.models_dir, args.events, args.outcomes, converted, args.min_leads, table=args.table, out=sys.stdout,

@@ -116,7 +116,7 @@ class Settings:
     )
     gc_young_threshold: int = _setting(
         "LEADSTREAM_GC_YOUNG_THRESHOLD", 50000,
-        "Allocations between the worker's young garbage collections, none during a batch (0: Python's default, 700, batches too).",
+        "Allocations between young garbage collections of the worker (none during a batch) and of `score` and `review` (0: Python's default, 700).",
     )
     models_reload_s: int = _setting(
         "LEADSTREAM_MODELS_RELOAD_S", 5,

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import orjson
+import pytest
 
 from scoring import Engine
 from streams.cli import main
@@ -199,3 +203,19 @@ def test_many_lines_of_one_kind_are_counted_after_the_first_twenty(tmp_path: Pat
     lines = err.getvalue().splitlines()
     assert [line.split(": ")[1] for line in lines[:-1]] == ["unrouted"] + ["unknown_type"] * 20
     assert lines[-1] == "events.jsonl: 25 lines unknown_type in all; the first 20 are shown above"
+
+
+@pytest.mark.parametrize(("setting", "threshold"), [("12345", 12345), ("0", 700)])
+def test_score_and_review_tune_the_collector_as_the_worker_does(tmp_path: Path, setting: str, threshold: int) -> None:
+    # In a child process: tuning freezes what exists, which this test process must not do.
+    events = write(tmp_path / "events.jsonl", SAAS_EVENTS)
+    (tmp_path / "outcomes.csv").write_text("lead_id,outcome\nana,won\nben,lost\n", encoding="utf-8")
+    script = (
+        "import gc, sys\nfrom streams.cli import main\n"
+        "status = main(sys.argv[1:])\nprint(status, gc.get_threshold()[0], gc.get_freeze_count() > 0)\n"
+    )
+    env = {**os.environ, "LEADSTREAM_GC_YOUNG_THRESHOLD": setting}
+    for command in (["score", "--events", str(events)], ["review", "--events", str(events), "--outcomes", str(tmp_path / "outcomes.csv")]):
+        done = subprocess.run([sys.executable, "-c", script, *command, "--models", str(MODELS_DIR)], env=env,
+                              capture_output=True, text=True, check=True, timeout=120)
+        assert done.stdout.splitlines()[-1] == f"0 {threshold} {threshold != 700}", done.stderr
