@@ -39,6 +39,12 @@ def saas_story(now_ms: int) -> list[dict[str, Any]]:
     return events
 
 
+def background_names(settings: Settings) -> tuple[str, str]:
+    """The names the demo's worker and Redis sink run under: the app id's, like its consumer
+    groups, so demos of different app ids (and the tests') do not take each other's processes."""
+    return f"{settings.app_id}-worker", f"{settings.app_id}-sink-redis"
+
+
 def start(name: str, args: list[str], settings: Settings, ready: Callable[[], bool]) -> None:
     """Start `leadstream ARGS` in the background unless it runs already; wait until ready."""
     if processes.running(name, settings):
@@ -70,8 +76,9 @@ def run_demo(settings: Settings) -> int:
     for line in services.up(settings):
         print(line)
     ensure_topics(settings)
-    start("worker", ["worker"], settings, lambda: answers(settings.worker_port, "/readyz"))
-    start("sink-redis", ["sink", "redis"], settings, lambda: answers(settings.metrics_port, "/readyz"))
+    worker, sink = background_names(settings)
+    start(worker, ["worker"], settings, lambda: answers(settings.worker_port, "/readyz"))
+    start(sink, ["sink", "redis"], settings, lambda: answers(settings.metrics_port, "/readyz"))
 
     now_ms = int(time.time() * 1000)
     events = list(workload.generate(DEMO_EVENTS, DEMO_LEADS, seed=2026, start_ms=now_ms - 30 * DAY_MS, span_ms=30 * DAY_MS))

@@ -30,11 +30,16 @@ def _dir(settings: Settings) -> Path:
     return settings.services_dir / "procs"
 
 
+def log_file(name: str, settings: Settings) -> Path:
+    """Where the background process `name` writes its output (kept after it stops)."""
+    return _dir(settings) / f"{name}.log"
+
+
 def start_background(name: str, args: list[str], settings: Settings) -> tuple[int, Path]:
     """Start `leadstream ARGS...` detached; returns its pid and log file."""
     directory = _dir(settings)
     directory.mkdir(parents=True, exist_ok=True)
-    log = directory / f"{name}.log"
+    log = log_file(name, settings)
     with open(log, "ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "streams.cli", *args],
@@ -80,23 +85,34 @@ def running(name: str, settings: Settings) -> int | None:
 
 
 def stop_all(settings: Settings) -> list[str]:
-    lines = []
-    for name, pid, pid_file in _tracked(settings):
+    return [line for name, pid, pid_file in _tracked(settings) if (line := _stop(name, pid, pid_file))]
+
+
+def stop(name: str, settings: Settings) -> str | None:
+    """Stops the background process `name` (see `start_background`), if it runs."""
+    for proc_name, pid, pid_file in _tracked(settings):
+        if proc_name == name:
+            return _stop(name, pid, pid_file)
+    return None
+
+
+def _stop(name: str, pid: int, pid_file: Path) -> str | None:
+    line = None
+    if alive(pid):
+        os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and alive(pid):
+            time.sleep(0.2)
         if alive(pid):
-            os.killpg(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline and alive(pid):
-                time.sleep(0.2)
-            if alive(pid):
-                os.killpg(pid, signal.SIGKILL)
-            lines.append(f"{name}: stopped (pid {pid})")
-        pid_file.unlink(missing_ok=True)
-    return lines
+            os.killpg(pid, signal.SIGKILL)
+        line = f"{name}: stopped (pid {pid})"
+    pid_file.unlink(missing_ok=True)
+    return line
 
 
 def status_all(settings: Settings) -> list[str]:
     return [
-        f"{name}: {'running' if alive(pid) else 'not running'} (pid {pid}); log: {_dir(settings) / (name + '.log')}"
+        f"{name}: {'running' if alive(pid) else 'not running'} (pid {pid}); log: {log_file(name, settings)}"
         for name, pid, _ in _tracked(settings)
     ]
 

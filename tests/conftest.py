@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
+from redis import Redis
 
 from streams import services
 from streams.processes import WorkerProcess
@@ -60,3 +61,15 @@ def worker(isolated: Settings) -> Iterator[Callable[..., WorkerProcess]]:
     yield start
     for proc in started:
         proc.stop()
+
+
+@pytest.fixture
+def own_redis(isolated: Settings) -> Iterator[Settings]:
+    """`isolated` with a Redis key prefix of this test's own; its keys are deleted afterwards."""
+    prefix = f"t-{uuid.uuid4().hex[:10]}"
+    yield isolated.with_overrides(redis_prefix=prefix)
+    redis = Redis.from_url(isolated.redis_url)
+    keys = list(redis.scan_iter(f"{prefix}:*", count=1000))
+    if keys:
+        redis.delete(*keys)
+    redis.close()

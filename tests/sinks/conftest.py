@@ -7,14 +7,12 @@ import signal
 import ssl
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
 import orjson
 import pytest
 import trustme
-from redis import Redis
 
 from sinks.base import Sink
 from sinks.runner import SinkRunner, Stats
@@ -62,11 +60,9 @@ def webhook() -> Iterator[WebhookReceiver]:
 
 
 @pytest.fixture
-def sink_settings(isolated: Settings, tmp_path: Path) -> Iterator[Settings]:
+def sink_settings(own_redis: Settings) -> Settings:
     """This test's topics and Redis prefix, with retries fast enough for a test and a 1 s timeout."""
-    prefix = f"t-{uuid.uuid4().hex[:10]}"
-    settings = isolated.with_overrides(
-        redis_prefix=prefix,
+    return own_redis.with_overrides(
         sink_concurrency=4,
         sink_max_attempts=4,
         sink_backoff_base_ms=50,
@@ -78,12 +74,6 @@ def sink_settings(isolated: Settings, tmp_path: Path) -> Iterator[Settings]:
         salesforce_rate_limit="unlimited",
         webhook_secret=WEBHOOK_SECRET,
     )
-    yield settings
-    redis = Redis.from_url(settings.redis_url)
-    keys = list(redis.scan_iter(f"{prefix}:*", count=1000))
-    if keys:
-        redis.delete(*keys)
-    redis.close()
 
 
 def crossing(n: int, to_level: str = "sql", direction: str = "up", *, email: str | None = None,

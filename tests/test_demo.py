@@ -1,0 +1,70 @@
+"""The README's main command: `leadstream demo` (behind `make demo`) starts a worker and the
+Redis sink, streams a month of sample behaviour and shows the hot leads, on the real broker and
+Redis, with this test's own topics, consumer groups, ports and Redis prefix."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import orjson
+
+from streams import processes
+from streams.demo import DEMO_EVENTS, background_names
+from streams.history import read_to_end
+from streams.settings import PROJECT_ROOT, Settings
+
+#: The demo's SaaS sign-ups with 4 or 5 steps (n % 5 of 3 or 4) reach the model's MQL at 20
+#: points: signup, created_task, created_project, created_task (+5 each; invited_teammate scores nothing).
+SAAS_MQLS = {f"saas-user-{n:03d}" for n in range(40) if n % 5 >= 3}
+
+
+def section(output: str, title: str) -> list[str]:
+    """The lines under a title of the demo's output, up to the next blank line."""
+    lines = output.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(title)) + 1
+    end = next((i for i in range(start, len(lines)) if not lines[i].strip()), len(lines))
+    return lines[start:end]
+
+
+def table(output: str, title: str) -> list[list[str]]:
+    rows = [line.split() for line in section(output, title)]
+    assert rows and rows[0][:3] == ["#", "lead", "score"], rows
+    return rows[1:]
+
+
+def test_demo_streams_sample_behaviour_and_shows_the_hot_leads(own_redis: Settings) -> None:
+    settings = own_redis
+    try:
+        run = subprocess.run([sys.executable, "-m", "streams.cli", "demo"], env=settings.as_env(), cwd=PROJECT_ROOT,
+                             capture_output=True, text=True, timeout=600)
+    finally:
+        stopped = [processes.stop(name, settings) for name in background_names(settings)]
+    assert run.returncode == 0, run.stdout + run.stderr
+    out = run.stdout
+    # The demo's worker and sink, under this test's app id, were still running when it ended.
+    assert all(stopped), stopped
+    assert f"sent {DEMO_EVENTS + sum(1 + n % 5 for n in range(40))} sample events" in out
+
+    b2b = table(out, "Hottest leads of model b2b")
+    assert len(b2b) == 10
+    scores = [float(row[2]) for row in b2b]
+    assert scores == sorted(scores, reverse=True)
+    assert b2b[0][6] == "hot", b2b[0]
+
+    saas = table(out, "Hottest leads of model saas_start_small")
+    assert len(saas) == 10
+    assert {row[1] for row in saas} <= SAAS_MQLS
+    assert {row[2] for row in saas} == {"20"}
+
+    accounts = section(out, "Hottest accounts of model b2b")
+    assert accounts[0].split()[:3] == ["#", "account", "score"] and len(accounts) == 6
+
+    # Every crossing the demo counts is on the sink topic; each SaaS lead at 20 crossed once.
+    crossings = [orjson.loads(record.value) for record in read_to_end(settings, settings.topic_crossings)]
+    ups = [c for c in crossings if c["direction"] == "up"]
+    assert f"Threshold crossings fired: {len(crossings)} ({len(ups)} up, {len(crossings) - len(ups)} down)" in out
+    assert sorted(c["lead_id"] for c in ups if c["model"] == "saas_start_small") == sorted(SAAS_MQLS)
+    assert any(c["model"] == "b2b" and c["kind"] == "lead" for c in ups)
+    for name in background_names(settings):  # kept when the test fails: they tell why
+        processes.log_file(name, settings).unlink()
