@@ -4,6 +4,7 @@ Redis, with this test's own topics, consumer groups, ports and Redis prefix."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -36,8 +37,8 @@ def table(output: str, title: str) -> list[list[str]]:
 def test_demo_streams_sample_behaviour_and_shows_the_hot_leads(own_redis: Settings) -> None:
     settings = own_redis
     try:
-        run = subprocess.run([sys.executable, "-m", "streams.cli", "demo"], env=settings.as_env(), cwd=PROJECT_ROOT,
-                             capture_output=True, text=True, timeout=600)
+        run = subprocess.run([sys.executable, "-m", "streams.cli", "demo"], env={**os.environ, **settings.as_env()},
+                             cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
     finally:
         stopped = [processes.stop(name, settings) for name in background_names(settings)]
     assert run.returncode == 0, run.stdout + run.stderr
