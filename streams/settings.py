@@ -57,7 +57,10 @@ class Settings:
         "LEADSTREAM_MODELS_DIR", PROJECT_ROOT / "scoring" / "models", "Directory of scoring model files (*.toml)."
     )
     state_dir: Path = _setting(
-        "LEADSTREAM_STATE_DIR", PROJECT_ROOT / ".services" / "worker", "Local state of the Faust worker (table stores)."
+        "LEADSTREAM_STATE_DIR",
+        PROJECT_ROOT / ".services" / "worker",
+        "Faust's data directory (its own metadata; the lead and account tables are held in memory and rebuilt from their "
+        "changelogs at start).",
     )
     services_dir: Path = _setting(
         "LEADSTREAM_SERVICES_DIR",

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import io
+import json
 import re
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
+import orjson
 import yaml
 
+from streams.deadletter import DeadLetter
+from streams.offline import score_file
 from streams.settings import KAFKA_VERSION, PROJECT_ROOT, Settings, describe
 
 ENV_NAMES = {env for env, _, _ in describe()}
@@ -71,3 +77,48 @@ def test_ci_runs_the_readme_test_command_and_nothing_else() -> None:
     assert commands[:2] == ["make demo", "make test"]
     ci = [ln for ln in (PROJECT_ROOT / ".ci" / "run").read_text().splitlines() if ln and not ln.startswith("#")]
     assert ci[-1] == "make test"
+
+
+def _shape(value: object) -> object:
+    """A JSON value's field names and types, in order: what a consumer typed from an example relies on."""
+    if isinstance(value, dict):
+        return [(key, _shape(item)) for key, item in value.items()]
+    if isinstance(value, list):
+        return [_shape(value[0])] if value else []
+    return type(value).__name__
+
+
+def test_readme_topic_examples_have_the_shape_of_real_records(tmp_path: Path) -> None:
+    """Each JSON example of the Topics section has the fields, in order, and the JSON types of
+    what the code writes for the same story (lead-42 and lead-7 of account acme, b2b model)."""
+    topics = (PROJECT_ROOT / "README.md").read_text().split("\n## Topics", 1)[1].split("\n## ", 1)[0]
+    crossing, account_crossing, change, account, letter = (
+        json.loads(block) for block in re.findall(r"```json\n(.*?)```", topics, flags=re.S)
+    )
+    acme = {"account_id": "acme", "product": "b2b"}
+    events = [
+        {"event_id": "i1", "lead_id": "lead-42", "type": "identify", "time": 1763884800000,
+         "traits": {"email": "jane@acme.io", "title": "VP Marketing", "company_size": 250, "industry": "software", "country": "DE"},
+         **acme},
+        {"event_id": "e1", "lead_id": "lead-42", "type": "page_view", "time": 1763884801000,
+         "properties": {"url": "https://acme.io/pricing", "time_on_page_s": 130}, **acme},
+        {"event_id": "e2", "lead_id": "lead-42", "type": "form_submit", "time": 1763884802000,
+         "properties": {"form": "demo_request"}, **acme},
+        {"event_id": "e3", "lead_id": "lead-7", "type": "meeting_booked", "time": 1763884803000, **acme},
+        {"event_id": "e4", "lead_id": "lead-7", "type": "form_submit", "time": 1763884806000,
+         "properties": {"form": "demo_request"}, **acme},
+    ]  # fmt: skip
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"\n".join(map(orjson.dumps, events)))
+    out = io.StringIO()
+    assert score_file(PROJECT_ROOT / "scoring" / "models", path, table=False, out=out, err=io.StringIO()) == 0
+    records = [orjson.loads(line) for line in out.getvalue().splitlines()]
+    for record in records:
+        del record["record"]  # a field of `leadstream score`'s lines, not of the topics'
+    sql = next(r for r in records if r.get("kind") == "lead" and r["to_level"] == "sql")
+    assert _shape(crossing) == _shape(sql)
+    assert _shape(account_crossing) == _shape(next(r for r in records if r.get("kind") == "account"))
+    assert _shape(change) == _shape(next(r for r in records if "top_reasons" in r and r["lead_id"] == "lead-42"))
+    assert _shape(account) == _shape(next(r for r in records if "top_members" in r))
+    written = orjson.loads(DeadLetter("bad_json", "message is not JSON", b"not json", "leadstream-events", 2, 1234, None).to_bytes())
+    assert _shape(letter) == _shape(written)
