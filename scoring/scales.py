@@ -40,12 +40,15 @@ class Scale:
 
 
 def parse_scale(table: Table | None, default_hundred_at: float) -> Scale:
+    """The 0-100 scale; a bound the table leaves out is its default (0, `default_hundred_at`)."""
     if table is None:
         return Scale(0, default_hundred_at)
     table.check_keys(("zero_at", "hundred_at"))
     zero_at = table.number("zero_at", 0)
-    hundred_at = table.number("hundred_at")
+    hundred_at = table.number("hundred_at", default_hundred_at)
     if hundred_at <= zero_at:
+        if not table.has("hundred_at"):
+            raise table.error("zero_at", f"a number below hundred_at, which is {hundred_at:g} when not given", zero_at)
         raise table.error("hundred_at", f"a number above zero_at ({zero_at})", hundred_at)
     return Scale(zero_at, hundred_at)
 

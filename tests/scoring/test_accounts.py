@@ -109,3 +109,15 @@ def test_an_account_summary_shows_score_scales_level_and_best_members() -> None:
     state, _ = plain.apply_account("m", "acme", None, MemberScore("m", "acme", "a", 30, T0))
     summary = plain.account_summary("m", "acme", state)
     assert (summary["score"], summary["normalized"], summary["level"], summary["members"]) == (None, None, None, 1)
+
+
+@pytest.mark.parametrize(
+    ("bounds", "normalized"),
+    [("", 50.0), ("hundred_at = 200\n", 25.0), ("zero_at = 20\n", 37.5), ("zero_at = 20\nhundred_at = 120\n", 30.0)],
+)
+def test_an_account_scale_takes_the_models_for_a_bound_it_leaves_out(bounds: str, normalized: float) -> None:
+    """The model's own scale runs to 100 points here; the account's bounds default to it."""
+    eng = engine(RULE + "[scale]\nhundred_at = 100\n"
+                 + f'[accounts]\nbase = "quiet"\nladder = [{{ level = "engaged", at = 50 }}]\n{bounds}')
+    state, _ = eng.apply_account("m", "acme", None, MemberScore("m", "acme", "a", 50, T0))
+    assert eng.account_summary("m", "acme", state)["normalized"] == normalized

@@ -73,6 +73,7 @@ CASES = [
     (BASE + '[accounts]\ncombine = "avg"\nbase = "q"\nladder = [{ level = "hot", at = 10 }]\n', ["[accounts]", "field 'combine'", "sum, max, top_k"]),
     (BASE + '[accounts]\ncombine = "top_k"\nbase = "q"\nladder = [{ level = "hot", at = 10 }]\n', ["[accounts]", "field 'top_k'", "required"]),
     (BASE + "[scale]\nzero_at = 50\nhundred_at = 10\n", ["[scale]", "field 'hundred_at'", "above zero_at"]),
+    (BASE + "[scale]\nzero_at = 50\n", ["[scale]", "field 'zero_at'", "below hundred_at, which is 20 when not given", "50"]),
     (BASE + "[[rules]\n", ["b2b.toml", "not valid TOML"]),
 ]
 

@@ -40,3 +40,8 @@ def test_every_scale(visits: int, vp: bool, score: float, normalized: float, tem
 def test_default_scale_puts_the_top_line_at_100() -> None:
     run = Run(engine('[[rules]]\nname = "p"\nevent = "p"\npoints = 15\n')).apply(ev("p"), ev("p"))
     assert run.engine.summary("m", "L1", run.state(), 0)["normalized"] == 50.0  # sql at 60
+
+
+def test_a_scale_table_without_hundred_at_keeps_the_top_line_at_100() -> None:
+    run = Run(engine('[[rules]]\nname = "p"\nevent = "p"\npoints = 15\n[scale]\nzero_at = 10\n')).apply(ev("p"), ev("p"))
+    assert run.engine.summary("m", "L1", run.state(), 0)["normalized"] == 40.0  # (30 - 10) / (60 - 10), sql at 60
