@@ -150,6 +150,19 @@ def test_a_trait_integer_beyond_64_bits_is_read_as_orjson_reads_it_so_the_state_
     run = Run(engine('[[rules]]\nname = "v"\nevent = "page_view"\npoints = 5\n', settings='keep_traits = ["employees"]'))
     run.apply(event)
     assert run.state().traits == {"employees": 1.2345678901234568e29}
+    # Nested, too: msgspec would keep the integer, which the state codec then could not write.
+    nested = parse_event(raw.replace(b":123456789012345678901234567890", b":{\"by_year\":[1,123456789012345678901234567890]}"))
+    assert isinstance(nested, Event) and nested.traits == {"employees": {"by_year": [1, 1.2345678901234568e29]}}
+    run.apply(nested)
+    assert run.state().to_bytes()
+
+
+@pytest.mark.parametrize("value", [2**64, -(2**63) - 1, [1, 2**70], {"a": {"b": [2**70]}}])
+def test_a_parsed_trait_holding_an_integer_beyond_64_bits_is_refused_as_the_state_could_not_keep_it(value: object) -> None:
+    rejection = parse_event({**GOOD, "traits": {"employees": value}})
+    assert isinstance(rejection, Rejection) and rejection.reason == "too_large"
+    assert rejection.detail.startswith("traits.employees holds an integer beyond 64 bits")
+    assert isinstance(parse_event({**GOOD, "traits": {"employees": [2**64 - 1, -(2**63)]}, "properties": {"n": 2**70}}), Event)
 
 
 def _nested(levels: int) -> bytes:
