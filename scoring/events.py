@@ -73,6 +73,8 @@ class Event(msgspec.Struct, gc=False):
 
 _decode_event = msgspec.json.Decoder(Event).decode
 _decode_message = msgspec.json.Decoder(Event | list[Event]).decode
+#: msgspec, not orjson, to write an event back out: it writes integers beyond 64 bits too.
+_encode = msgspec.json.Encoder().encode
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +97,7 @@ def parse_event(raw: bytes | bytearray | memoryview | str | dict[str, Any] | Any
     if not isinstance(raw, (bytes, bytearray, memoryview, str)):
         return Rejection("wrong_type", f"an event must be a JSON object, got {_json_kind(raw)}", raw)
     if len(raw) > MAX_EVENT_BYTES:
-        return Rejection("too_large", f"event is {len(raw)} bytes, at most {MAX_EVENT_BYTES} are accepted", raw)
+        return Rejection("too_large", too_large(len(raw)), raw)
     try:
         event = _decode_event(raw)
     except (msgspec.DecodeError, RecursionError):  # RecursionError: nested too deep, said below
@@ -121,23 +123,42 @@ def parse_message(raw: bytes | bytearray | memoryview | str) -> list[Event | Rej
     except orjson.JSONDecodeError as exc:
         return [Rejection("bad_json", f"not valid JSON: {exc}", raw)]
     if value.__class__ is list:
-        return [parse_event(item) for item in value]
+        if len(raw) <= MAX_EVENT_BYTES:  # then no event of it can be larger
+            return [parse_event(item) for item in value]
+        return [_sized(item) for item in value]
     if value.__class__ is dict:
         if len(raw) > MAX_EVENT_BYTES:
-            return [Rejection("too_large", f"event is {len(raw)} bytes, at most {MAX_EVENT_BYTES} are accepted", raw)]
+            return [Rejection("too_large", too_large(len(raw)), raw)]
         return [_from_dict(value)]
     return [Rejection("wrong_type", f"an event must be a JSON object, got {_json_kind(value)}", raw)]
 
 
+def too_large(size: int) -> str:
+    """The detail of a `too_large` rejection of an event of `size` bytes."""
+    return f"event is {size} bytes, at most {MAX_EVENT_BYTES} are accepted"
+
+
+def _sized(item: Any) -> Event | Rejection:
+    """An event of a big envelope: refused as too large when it is, written out alone."""
+    try:
+        size = len(_encode(item))
+    except RecursionError:  # nested too deep to write out: parse_event says so
+        size = 0
+    return Rejection("too_large", too_large(size), item) if size > MAX_EVENT_BYTES else parse_event(item)
+
+
 def decode_message(raw: bytes | bytearray | memoryview | str) -> list[Event] | None:
     """The events of a message in which every event is well formed, decoded in one pass; None
-    when any is not (or the message is not JSON): `parse_message` then finds which and why."""
+    when any is not (or the message is not JSON), and for a message over MAX_EVENT_BYTES, which
+    may hold an event over it: `parse_message` then finds which and why."""
+    if len(raw) > MAX_EVENT_BYTES:
+        return None
     try:
         decoded: Event | list[Event] = _decode_message(raw)
     except (msgspec.DecodeError, RecursionError):  # RecursionError: nested too deep
         return None
     if isinstance(decoded, Event):
-        return [decoded] if len(raw) <= MAX_EVENT_BYTES and _sound(decoded) else None
+        return [decoded] if _sound(decoded) else None
     for event in decoded:
         if not _sound(event):
             return None

@@ -30,7 +30,7 @@ import orjson
 
 from scoring import Engine, Event, LeadState, MemberScore, Rejection, Transition, identity
 from scoring.errors import StateError
-from scoring.events import MAX_EVENT_BYTES, decode_message
+from scoring.events import MAX_EVENT_BYTES, decode_message, too_large
 from streams import metrics, stitching
 from streams.deadletter import DeadLetter
 from streams.envelope import unpack
@@ -544,9 +544,9 @@ class Scorer:
         when any event is bad or on the wrong partition (its dead letter needs its object), or
         when the message may hold a stitching link, which needs the event's object too (a
         `\\u` escape could spell a field name, so it takes the careful path as well)."""
-        if len(value) > MAX_EVENT_BYTES or stitching.may_link(value):
+        if stitching.may_link(value):
             return None
-        events = decode_message(value)
+        events = decode_message(value)  # None for a message over MAX_EVENT_BYTES too
         if events is None:
             return None
         partitions = self.partitions
@@ -573,7 +573,7 @@ class Scorer:
             stats.events += 1
             raw = encode_json_or_none(item) if check_sizes else None
             if raw is not None and len(raw) > MAX_EVENT_BYTES:
-                reject("too_large", f"event of {len(raw)} bytes exceeds the limit of {MAX_EVENT_BYTES} bytes", raw)
+                reject("too_large", too_large(len(raw)), raw)
                 continue
             parsed = self.engine.parse(item)
             if isinstance(parsed, Rejection):

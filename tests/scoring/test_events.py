@@ -3,6 +3,7 @@ never raises out of the engine."""
 
 from __future__ import annotations
 
+import msgspec
 import orjson
 import pytest
 from hypothesis import given, settings
@@ -189,3 +190,13 @@ def test_values_nested_deeper_than_the_limit_are_too_large_on_both_paths(field: 
             assert (parsed.reason, parsed.detail) == ("too_large", f"{field}.deep nests objects and arrays more than {MAX_NESTING} levels deep, which is the most accepted")
         assert decode_message(raw) is None
     assert parse_event(event(1030)).reason == "bad_json"  # deeper than orjson reads: not JSON it can read
+
+
+def test_an_event_over_the_size_limit_is_refused_inside_an_envelope_too() -> None:
+    # An integer beyond 64 bits too, which orjson would not write out to measure the event.
+    big = {**GOOD, "event_id": "big", "properties": {"blob": "x" * MAX_EVENT_BYTES, "n": 2**70}}
+    small = {**GOOD, "event_id": "small"}
+    first, second, third = parse_message(msgspec.json.encode([small, big, small]))
+    assert isinstance(first, Event) and first == third
+    assert isinstance(second, Rejection) and second.reason == "too_large"
+    assert second.detail.startswith("event is ") and second.detail.endswith(f"bytes, at most {MAX_EVENT_BYTES} are accepted")
