@@ -149,7 +149,9 @@ def _operand(table: Table, op: str, value: Any, key: str | None = None) -> Any:
         return frozenset(texts)
     lowered = tuple(t.lower() for t in texts)
     if op == "words":
-        return re.compile(r"\b(?:" + "|".join(re.escape(w) for w in lowered) + r")\b")
+        # Not \b: a term that starts or ends with a non-word character ("c++", ".net") would
+        # then need a word character beside it, and never match a word on its own.
+        return re.compile(r"(?<!\w)(?:" + "|".join(re.escape(w) for w in lowered) + r")(?!\w)")
     return lowered  # prefix, glob, contains
 
 
@@ -212,10 +214,6 @@ def compile_matcher(pairs: Iterable[tuple[Any, Sequence[Condition]]], classify_d
 # Conditions as Python expressions: {v} is the field's value, {low} its lower-cased text (None
 # when not a text), {dom} its e-mail domain class, {c} the operand constant.
 _TEMPLATES = {
-    "eq": "{v} == {c}",
-    "ne": "{v} != {c}",
-    "in": "({v}.__class__ in _SCALARS and {v} in {c})",
-    "not_in": "not ({v}.__class__ in _SCALARS and {v} in {c})",
     "gt": "({v}.__class__ in _NUMBERS and {v} > {c})",
     "gte": "({v}.__class__ in _NUMBERS and {v} >= {c})",
     "lt": "({v}.__class__ in _NUMBERS and {v} < {c})",
@@ -228,6 +226,9 @@ _TEMPLATES = {
 
 def _expression(cond: Condition, var: str, constant: Callable[[Any], str]) -> str:
     op, operand, low = cond.op, cond.operand, f"l{var}"
+    if op in ("eq", "ne", "in", "not_in"):
+        test = _equality(var, operand if op in ("in", "not_in") else frozenset((operand,)), constant)
+        return test if op in ("eq", "in") else f"not {test}"
     if op == "exists":
         return f"{var} is {'not ' if operand else ''}None"
     if op == "contains":
@@ -235,6 +236,25 @@ def _expression(cond: Condition, var: str, constant: Callable[[Any], str]) -> st
     if op == "glob":
         return f"({low} is not None and ({' or '.join(_glob(pattern, low, constant) for pattern in operand)}))"
     return _TEMPLATES[op].format(v=var, low=low, dom=f"d{var}", c=constant(operand))
+
+
+def _equality(var: str, values: frozenset[Any], constant: Callable[[Any], str]) -> str:
+    """`var` equals one of `values` as JSON values do: true is not 1, nor false 0, although
+    Python's True == 1 (and a set holding 1 holds True); 1 and 1.0 are the same number."""
+    flags = frozenset(v for v in values if v.__class__ is bool)
+    others = values - flags if flags else values  # a set without booleans, which 1 and 0 would find
+    numbers = any(v.__class__ is not str for v in others)
+    if len(values) == 1:
+        (value,) = values
+        if flags:
+            return f"{var} is {value!r}"  # True or False: singletons
+        return f"({var} == {constant(value)}{f' and {var}.__class__ is not bool' if numbers else ''})"
+    test = f"({var}.__class__ in _SCALARS and {var} in {constant(others)})"
+    if numbers:
+        test = f"({var}.__class__ in _SCALARS and {var}.__class__ is not bool and {var} in {constant(others)})"
+    if flags:
+        test = f"({var} in {constant(flags)} if {var}.__class__ is bool else {test})"
+    return test
 
 
 def _glob(pattern: str, low: str, constant: Callable[[Any], str]) -> str:

@@ -51,6 +51,28 @@ CONDITIONS = [
     ('traits.email = { domain = "free" }', {}, {"email": "jane@gmail.com"}, True),
     ('traits.email = { domain = "business" }', {}, {"email": "jane@globex.com"}, True),
     ('traits.email = { domain = "business" }', {}, {"email": "not an address"}, False),
+    # Terms that start or end with a non-word character are words too.
+    ('traits.skills = { words = ["c++", ".net"] }', {}, {"skills": "C++ and Go"}, True),
+    ('traits.skills = { words = ["c++", ".net"] }', {}, {"skills": "senior .NET developer"}, True),
+    ('traits.skills = { words = ["c++", ".net"] }', {}, {"skills": "c++x"}, False),
+    ('traits.title = { words = ["vp"] }', {}, {"title": "svp, sales"}, False),
+    # JSON true is not 1 (nor false 0), although Python's True == 1; 1 and 1.0 are one number.
+    ("properties.flag = true", {"flag": True}, {}, True),
+    ("properties.flag = true", {"flag": 1}, {}, False),
+    ("properties.flag = true", {"flag": 1.0}, {}, False),
+    ("properties.flag = false", {"flag": 0}, {}, False),
+    ("properties.n = 1", {"n": True}, {}, False),
+    ("properties.n = 1", {"n": 1.0}, {}, True),
+    ("properties.n = { ne = 1 }", {"n": True}, {}, True),
+    ("properties.n = { ne = true }", {"n": 1}, {}, True),
+    ("properties.n = { ne = true }", {"n": True}, {}, False),
+    ('properties.form = ["contact", 1]', {"form": True}, {}, False),
+    ('properties.form = ["contact", 1]', {"form": 1}, {}, True),
+    ('properties.form = ["contact", true]', {"form": 1}, {}, False),
+    ('properties.form = ["contact", true]', {"form": True}, {}, True),
+    ('properties.form = ["contact", true]', {"form": "contact"}, {}, True),
+    ('properties.form = { not_in = [1, 2] }', {"form": True}, {}, True),
+    ('properties.form = { not_in = [1, 2] }', {"form": 2.0}, {}, False),
 ]
 
 
