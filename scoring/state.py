@@ -23,7 +23,8 @@ Bounds (what keeps a state small however active the lead):
   lateness (a replay of such an event is late anyway), and the older generation is dropped when
   the newer one fills up. So at least the last `remember_events` ids, and every id younger than
   the lateness up to that count, are recognised as duplicates.
-- `once_per` values: at least the last 100 per rule (repeat.ONCE_PER_MEMORY).
+- `once_per` values: at least the last 100 per rule (repeat.ONCE_PER_MEMORY), each at most 64
+  characters (a longer value is kept as its digest, repeat.ONCE_PER_KEY_CHARS).
 - history: the last `history` changes (model setting), at most twice that between trims.
 - window counters: only windows that can still receive an event within the lateness.
 

@@ -54,6 +54,17 @@ def test_email_open_cap_one_per_day_and_once_per_email(opens: list[tuple[int, st
     assert (points, occurrences, capped) == (scored, len(opens), len(opens) - scored)
 
 
+def test_long_once_per_values_are_kept_as_digests_so_the_state_stays_small() -> None:
+    """Two hundred e-mail ids of 60,000 characters each, kept whole, made a state of 12 MB,
+    which Kafka refuses to take: the worker could not write it."""
+    rule = '[[rules]]\nname = "open"\nevent = "email_open"\npoints = 1\nonce_per = "properties.email_id"\n'
+    mails = [f"{i}-" + "x" * 60_000 for i in range(200)]
+    run = Run(engine(rule)).apply(*(ev("email_open", at=i, properties={"email_id": mail}) for i, mail in enumerate(mails)))
+    run.apply(ev("email_open", at=DAY, properties={"email_id": mails[-1]}), ev("email_open", at=DAY, properties={"email_id": "m"}))
+    assert run.score() == 201  # the repeat of a long id is still a repeat
+    assert len(run.state().to_bytes()) < 20_000
+
+
 def test_cap_of_several_per_window() -> None:
     run = Run(engine('[[rules]]\nname = "click"\nevent = "click"\npoints = 3\ncap = { max = 2, window = "1h" }\n'))
     run.apply(*(ev("click", at=i * MINUTE) for i in range(5)), ev("click", at=HOUR))
