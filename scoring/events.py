@@ -27,6 +27,9 @@ import orjson
 MAX_EVENT_BYTES = 64 * 1024
 #: Most properties plus traits one event may carry.
 MAX_FIELDS = 256
+#: Largest trait value: characters of a text, bytes of JSON of an object or array. A lead's
+#: state keeps its traits, and must stay small enough for Kafka to take (1 MB a record).
+MAX_TRAIT_SIZE = 4096
 #: Longest lead id, event id, account id or event type.
 MAX_ID_CHARS = 256
 #: Levels of objects and arrays one property or trait value may nest. No tracking plan needs
@@ -178,7 +181,9 @@ def _sound(event: Event) -> bool:
     for value in event.traits.values():
         if value.__class__ is int and not _MIN_INT <= value <= _MAX_INT:
             return False
-        if (value.__class__ is dict or value.__class__ is list) and (_nesting(value) > MAX_NESTING or _huge_int(value)):
+        if value.__class__ is str and len(value) > MAX_TRAIT_SIZE:
+            return False
+        if (value.__class__ is dict or value.__class__ is list) and _trait_problem("", value) is not None:
             return False
     for value in event.properties.values():
         if (value.__class__ is dict or value.__class__ is list) and _nesting(value) > MAX_NESTING:
@@ -220,16 +225,41 @@ def _huge_int(value: Any) -> bool:
 
 
 def _too_large(properties: dict[str, Any], traits: dict[str, Any]) -> str | None:
-    """The first property or trait nested deeper than MAX_NESTING, or trait holding an integer
-    the state codecs cannot write (a lead's state keeps its traits), as a rejection's detail."""
-    for field, values in (("properties", properties), ("traits", traits)):
-        for key, value in values.items():
-            if (value.__class__ is dict or value.__class__ is list) and _nesting(value) > MAX_NESTING:
-                return f"{field}.{key} nests objects and arrays more than {MAX_NESTING} levels deep, which is the most accepted"
-            if values is traits and (value.__class__ is int or value.__class__ is dict or value.__class__ is list) and _huge_int(value):
-                return (f"traits.{key} holds an integer beyond 64 bits, which a lead's state cannot keep: "
-                        "send such a number as a text")
+    """The first property nested deeper than MAX_NESTING, or trait a lead's state cannot keep
+    (`_trait_problem`), as a rejection's detail."""
+    for key, value in properties.items():
+        if (value.__class__ is dict or value.__class__ is list) and _nesting(value) > MAX_NESTING:
+            return _too_deep(f"properties.{key}")
+    for key, value in traits.items():
+        if value.__class__ is not float and value.__class__ is not bool and value is not None:
+            problem = _trait_problem(key, value)
+            if problem is not None:
+                return problem
     return None
+
+
+def _trait_problem(key: str, value: Any) -> str | None:
+    """Why a lead's state cannot keep this trait value, if it cannot: nested too deep, an
+    integer beyond 64 bits (its codec cannot write one), or larger than MAX_TRAIT_SIZE."""
+    kind = value.__class__
+    if kind is str:
+        if len(value) > MAX_TRAIT_SIZE:
+            return f"traits.{key} is {len(value)} characters, at most {MAX_TRAIT_SIZE} are kept: send long texts as properties"
+    elif kind is int or kind is dict or kind is list:
+        if kind is not int and _nesting(value) > MAX_NESTING:
+            return _too_deep(f"traits.{key}")
+        if _huge_int(value):
+            return f"traits.{key} holds an integer beyond 64 bits, which a lead's state cannot keep: send such a number as a text"
+        if kind is int:
+            return None
+        size = len(_encode(value))
+        if size > MAX_TRAIT_SIZE:
+            return f"traits.{key} is {size} bytes of JSON, at most {MAX_TRAIT_SIZE} are kept: send large values as properties"
+    return None
+
+
+def _too_deep(field: str) -> str:
+    return f"{field} nests objects and arrays more than {MAX_NESTING} levels deep, which is the most accepted"
 
 
 def parse_time_ms(value: Any) -> int | str:

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scoring import Event, Rejection
-from scoring.events import MAX_EVENT_BYTES, MAX_NESTING, MAX_TIME_MS, MIN_TIME_MS, decode_message, parse_event, parse_message
+from scoring.events import MAX_EVENT_BYTES, MAX_NESTING, MAX_TRAIT_SIZE, MAX_TIME_MS, MIN_TIME_MS, decode_message, parse_event, parse_message
 from tests.scoring.support import T0, Run, engine, ev
 
 GOOD = {"event_id": "e-1", "lead_id": "L1", "type": "page_view", "time": T0}
@@ -200,3 +200,13 @@ def test_an_event_over_the_size_limit_is_refused_inside_an_envelope_too() -> Non
     assert isinstance(first, Event) and first == third
     assert isinstance(second, Rejection) and second.reason == "too_large"
     assert second.detail.startswith("event is ") and second.detail.endswith(f"bytes, at most {MAX_EVENT_BYTES} are accepted")
+
+
+@pytest.mark.parametrize("value", ["x" * (MAX_TRAIT_SIZE + 1), ["x" * 1000] * 5, {"bio": "y" * MAX_TRAIT_SIZE}])
+def test_a_trait_larger_than_a_state_keeps_is_refused_on_both_paths(value: object) -> None:
+    """Ten traits of 60 KB each, kept by a lead's state, would make it too big for Kafka."""
+    event = {**GOOD, "traits": {"bio": value}}
+    for parsed in (parse_event(event), parse_event(orjson.dumps(event)), *parse_message(orjson.dumps([GOOD, event]))[1:]):
+        assert isinstance(parsed, Rejection) and parsed.reason == "too_large"
+        assert parsed.detail.startswith("traits.bio is ") and f"at most {MAX_TRAIT_SIZE} are kept" in parsed.detail
+    assert isinstance(parse_event({**GOOD, "traits": {"bio": "x" * MAX_TRAIT_SIZE}, "properties": {"bio": "x" * 60_000}}), Event)
