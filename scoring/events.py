@@ -16,6 +16,7 @@ maps, an identify without event id) still pass.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any
@@ -49,6 +50,12 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 # Integers orjson writes: signed and unsigned 64-bit.
 _MIN_INT, _MAX_INT = -(2**63), 2**64 - 1
 _ONE_MS = timedelta(milliseconds=1)
+
+# What an id may not hold: Unicode's control characters, and line and paragraph separators
+# (ids are echoed in logs, dead letters, Kafka keys and CRM fields). `str.isprintable` refuses
+# more than these (format characters such as the joiner of an emoji sequence, non-ASCII
+# spaces), so it is the quick test, and this one decides when it fails.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 # Shared by every event without properties or traits; the engine never mutates event maps.
 _EMPTY: dict[str, Any] = {}
@@ -169,13 +176,17 @@ def decode_message(raw: bytes | bytearray | memoryview | str) -> list[Event] | N
 
 
 def _sound(event: Event) -> bool:
-    """The checks a msgspec schema cannot say: no control character in the event id (the
-    contract, scoring/MODELS.md: ids are echoed in logs, dead letters and headers), a bounded
+    """The checks a msgspec schema cannot say: no control character in an id (the contract,
+    scoring/MODELS.md: ids are echoed in logs, dead letters and headers), a bounded
     number of fields, and integers the state codecs can write back (msgspec reads integers
     beyond 64 bits, which a stored trait would make unwritable), and values nested at most
     MAX_NESTING levels deep."""
-    if not event.event_id.isprintable() or len(event.properties) + len(event.traits) > MAX_FIELDS:
+    if len(event.properties) + len(event.traits) > MAX_FIELDS:
         return False
+    if not (event.event_id.isprintable() and event.lead_id.isprintable()) or (
+        event.account_id is not None and not event.account_id.isprintable()
+    ):
+        return _has_no_control(event.event_id, event.lead_id, event.account_id)
     # The checks are `_too_large`'s, inline: this runs for every event, and calling it cost
     # 0.2-0.4 us more per event (decode_message of the bench workload, 1.5-1.7 us).
     for value in event.traits.values():
@@ -222,6 +233,15 @@ def _huge_int(value: Any) -> bool:
     if value.__class__ is list:
         return any(map(_huge_int, value))
     return False
+
+
+def is_id(text: str) -> bool:
+    """Whether a text may be an id: 1 to MAX_ID_CHARS characters, no control character."""
+    return 0 < len(text) <= MAX_ID_CHARS and (text.isprintable() or _CONTROL.search(text) is None)
+
+
+def _has_no_control(*ids: str | None) -> bool:
+    return not any(_CONTROL.search(text) for text in ids if text is not None)
 
 
 def _too_large(properties: dict[str, Any], traits: dict[str, Any]) -> str | None:
@@ -302,6 +322,8 @@ def _from_dict(d: dict[str, Any]) -> Event | Rejection:
         and 0 < len(kind) <= MAX_ID_CHARS
         and 0 < len(event_id) <= MAX_ID_CHARS
         and event_id.isprintable()
+        and lead_id.isprintable()
+        and (account_id is None or account_id.isprintable())
         and len(properties) + len(traits) <= MAX_FIELDS
         and _too_large(properties, traits) is None
     ):
@@ -330,8 +352,6 @@ def _checked(d: dict[str, Any]) -> Event | Rejection:
     if event_id is None:
         # An identify without id is told apart by its time: replaying it is then a no-op too.
         event_id = f"{IDENTIFY}@{time_ms}"
-    elif not event_id.isprintable():
-        return Rejection("bad_value", f"field 'event_id' contains a control character: {event_id!r}", d)
     properties = d.get("properties")
     if properties is None:
         properties = _EMPTY
@@ -362,9 +382,11 @@ def _identifier(d: dict[str, Any], key: str, required: bool) -> Any:
     """A text id (numbers are accepted as their decimal text); None when absent and optional."""
     value = d.get(key)
     if value.__class__ is str:
-        if value and len(value) <= MAX_ID_CHARS:
-            return value
-        return Rejection("bad_value", f"field '{key}' must be 1 to {MAX_ID_CHARS} characters, got {len(value)}", d)
+        if not value or len(value) > MAX_ID_CHARS:
+            return Rejection("bad_value", f"field '{key}' must be 1 to {MAX_ID_CHARS} characters, got {len(value)}", d)
+        if not value.isprintable() and _CONTROL.search(value) is not None:
+            return Rejection("bad_value", f"field '{key}' contains a control character: {value!r}", d)
+        return value
     if value is None:
         return _missing(d, key) if required else None
     if value.__class__ is int:

@@ -20,14 +20,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from scoring.events import MAX_ID_CHARS, is_id
 from streams.errors import InputError, ServiceError
 from streams.partitioning import partition_for
 from streams.send import open_producer
 from streams.settings import Settings
 from streams.topics import partition_count
-
-#: As for an event's lead_id (scoring/events.py).
-MAX_ID_CHARS = 256
 
 
 def lead_ids(args: list[str], from_file: Path | None) -> list[str]:
@@ -42,8 +40,8 @@ def lead_ids(args: list[str], from_file: Path | None) -> list[str]:
     if not ids:
         raise InputError("no lead ids given: name them, or pass --from FILE (one id per line)")
     for lead_id in ids:
-        if not lead_id or len(lead_id) > MAX_ID_CHARS or not lead_id.isprintable():
-            raise InputError(f"{lead_id!r} is not a lead id (1-{MAX_ID_CHARS} printable characters): nothing was sent")
+        if not is_id(lead_id):
+            raise InputError(f"{lead_id!r} is not a lead id (1-{MAX_ID_CHARS} characters, no control character): nothing was sent")
     return list(dict.fromkeys(ids))
 
 

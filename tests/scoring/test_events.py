@@ -210,3 +210,18 @@ def test_a_trait_larger_than_a_state_keeps_is_refused_on_both_paths(value: objec
         assert isinstance(parsed, Rejection) and parsed.reason == "too_large"
         assert parsed.detail.startswith("traits.bio is ") and f"at most {MAX_TRAIT_SIZE} are kept" in parsed.detail
     assert isinstance(parse_event({**GOOD, "traits": {"bio": "x" * MAX_TRAIT_SIZE}, "properties": {"bio": "x" * 60_000}}), Event)
+
+
+@pytest.mark.parametrize("field", ["event_id", "lead_id", "account_id"])
+@pytest.mark.parametrize(("value", "accepted"), [
+    ("\U0001f469\u200d\U0001f4bb", True),  # an emoji sequence, joined by a format character
+    ("a\u00a0b", True), ("Zoë Müller", True), ("a\x07b", False), ("ctl\x1b[31m", False), ("a\u2028b", False), ("a\x85b", False),
+])  # fmt: skip
+def test_ids_may_hold_any_character_but_a_control_one(field: str, value: str, accepted: bool) -> None:
+    event = {**GOOD, field: value}
+    for parsed in (parse_event(event), parse_event(orjson.dumps(event)), *parse_message(orjson.dumps([GOOD, event]))[1:]):
+        if accepted:
+            assert isinstance(parsed, Event) and getattr(parsed, field) == value
+        else:
+            assert isinstance(parsed, Rejection) and parsed.reason == "bad_value"
+            assert parsed.detail == f"field '{field}' contains a control character: {value!r}"

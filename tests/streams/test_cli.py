@@ -45,6 +45,7 @@ def test_forget_takes_ids_from_arguments_and_a_file_once_each_and_refuses_what_i
     listed = tmp_path / "ids.txt"
     listed.write_text("u-2\n\n  u-3  \nu-1\n")
     assert lead_ids(["u-1", "u-2"], listed) == ["u-1", "u-2", "u-3"]
+    assert lead_ids(["\U0001f469\u200d\U0001f4bb", "Zoë"], None) == ["\U0001f469\u200d\U0001f4bb", "Zoë"]  # ids as events take them
     for bad, message in (([], "no lead ids given"), (["x" * 257], "is not a lead id"), (["a\nb"], "is not a lead id")):
         with pytest.raises(InputError, match=message):
             lead_ids(bad, None)
