@@ -123,6 +123,14 @@ def parse_event(raw: bytes | bytearray | memoryview | str | dict[str, Any] | Any
     return _from_dict(value)
 
 
+def parse_value(value: Any) -> Event | Rejection:
+    """One event from a parsed JSON value (an item of an envelope): an object, or refused. A
+    text is not parsed as JSON again: an event encoded twice is a producer's bug to fix."""
+    if value.__class__ is dict:
+        return _from_dict(value)
+    return Rejection("wrong_type", f"an event must be a JSON object, got {_json_kind(value)}", value)
+
+
 def parse_message(raw: bytes | bytearray | memoryview | str) -> list[Event | Rejection]:
     """The events of one wire message: a JSON object, or a JSON array of objects (an envelope)."""
     events = decode_message(raw)
@@ -134,7 +142,7 @@ def parse_message(raw: bytes | bytearray | memoryview | str) -> list[Event | Rej
         return [Rejection("bad_json", f"not valid JSON: {exc}", raw)]
     if value.__class__ is list:
         if len(raw) <= MAX_EVENT_BYTES:  # then no event of it can be larger
-            return [parse_event(item) for item in value]
+            return [parse_value(item) for item in value]
         return [_sized(item) for item in value]
     if value.__class__ is dict:
         if len(raw) > MAX_EVENT_BYTES:
@@ -152,9 +160,9 @@ def _sized(item: Any) -> Event | Rejection:
     """An event of a big envelope: refused as too large when it is, written out alone."""
     try:
         size = len(_encode(item))
-    except RecursionError:  # nested too deep to write out: parse_event says so
+    except RecursionError:  # nested too deep to write out: parse_value says so
         size = 0
-    return Rejection("too_large", too_large(size), item) if size > MAX_EVENT_BYTES else parse_event(item)
+    return Rejection("too_large", too_large(size), item) if size > MAX_EVENT_BYTES else parse_value(item)
 
 
 def decode_message(raw: bytes | bytearray | memoryview | str) -> list[Event] | None:

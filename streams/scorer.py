@@ -30,7 +30,7 @@ import orjson
 
 from scoring import Engine, Event, LeadState, MemberScore, Rejection, Transition, identity
 from scoring.errors import StateError
-from scoring.events import MAX_EVENT_BYTES, decode_message, too_large
+from scoring.events import MAX_EVENT_BYTES, decode_message, parse_value, too_large
 from streams import metrics, stitching
 from streams.deadletter import DeadLetter
 from streams.envelope import unpack
@@ -575,7 +575,7 @@ class Scorer:
             if raw is not None and len(raw) > MAX_EVENT_BYTES:
                 reject("too_large", too_large(len(raw)), raw)
                 continue
-            parsed = self.engine.parse(item)
+            parsed = parse_value(item)  # not Engine.parse: an item that is a text is no event, not JSON to read
             if isinstance(parsed, Rejection):
                 if raw is None:  # not written out for the size check above
                     raw = encode_json_or_none(item)

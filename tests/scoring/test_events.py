@@ -225,3 +225,11 @@ def test_ids_may_hold_any_character_but_a_control_one(field: str, value: str, ac
         else:
             assert isinstance(parsed, Rejection) and parsed.reason == "bad_value"
             assert parsed.detail == f"field '{field}' contains a control character: {value!r}"
+
+
+def test_a_text_in_an_envelope_is_no_event_even_when_it_holds_one() -> None:
+    twice = orjson.dumps(GOOD).decode()
+    refused, event = parse_message(orjson.dumps([twice, GOOD]))
+    assert isinstance(refused, Rejection) and (refused.reason, refused.detail) == ("wrong_type", "an event must be a JSON object, got a text")
+    assert event == parse_event(GOOD)
+    assert [r.reason for r in parse_message(orjson.dumps(twice))] == ["wrong_type"]  # a whole message, too

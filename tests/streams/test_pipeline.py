@@ -107,14 +107,19 @@ def test_bad_input_goes_to_the_dead_letter_topic_and_the_rest_is_scored(
 
     producer.send(topic, partition=partition_for("carol", 4), value=b"[" + orjson.dumps(good[0]) + b"," + deep(1000, "deep-1000") + b"]")
     producer.send(topic, key=b"carol", value=deep(300, "deep-300"))
+    # An event encoded twice: a JSON text in an envelope is no event, however readable the text.
+    twice = orjson.dumps({**good[3], "event_id": "twice"}).decode()
+    producer.send(topic, partition=partition_for("carol", 4), value=orjson.dumps([twice]))
     producer.flush()
     producer.close()
 
     proc = worker()
 
-    dead = read_topic(isolated, isolated.topic_deadletter, expect=10)
+    dead = read_topic(isolated, isolated.topic_deadletter, expect=11)
     reasons = sorted(letter["reason"] for _, letter in dead)
-    assert len(dead) == 10, reasons
+    assert len(dead) == 11, reasons
+    encoded_twice = next(letter for _, letter in dead if letter["reason"] == "wrong_type")
+    assert (encoded_twice["detail"], orjson.loads(encoded_twice["original"])) == ("an event must be a JSON object, got a text", twice)
     nested = [letter for _, letter in dead if "levels deep" in letter["detail"]]
     assert [letter["reason"] for letter in nested] == ["too_large", "too_large"]
     # One written out alone; the other too deep to be, so its letter holds its whole message.
