@@ -117,10 +117,19 @@ def parse_event(raw: bytes | bytearray | memoryview | str | dict[str, Any] | Any
     try:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        return Rejection("bad_json", f"not valid JSON: {exc}", raw)
+        return Rejection(*unreadable(exc, "not valid JSON"), raw)
     if value.__class__ is not dict:
         return Rejection("wrong_type", f"an event must be a JSON object, got {_json_kind(value)}", raw)
     return _from_dict(value)
+
+
+def unreadable(exc: orjson.JSONDecodeError, what: str) -> tuple[str, str]:
+    """The reason and detail of input orjson cannot read: `what` it is (e.g. "not valid JSON"),
+    unless it is JSON nesting deeper than orjson reads, which is too large, not bad."""
+    if str(exc).startswith("depth limit exceeded"):
+        return ("too_large", f"it nests objects and arrays more than 1,024 levels deep, which is more than can be read "
+                             f"(an event may nest {MAX_NESTING}): no event of it can be told apart")
+    return "bad_json", f"{what}: {exc}"
 
 
 def parse_value(value: Any) -> Event | Rejection:
@@ -139,7 +148,7 @@ def parse_message(raw: bytes | bytearray | memoryview | str) -> list[Event | Rej
     try:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        return [Rejection("bad_json", f"not valid JSON: {exc}", raw)]
+        return [Rejection(*unreadable(exc, "not valid JSON"), raw)]
     if value.__class__ is list:
         if len(raw) <= MAX_EVENT_BYTES:  # then no event of it can be larger
             return [parse_value(item) for item in value]

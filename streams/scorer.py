@@ -30,7 +30,7 @@ import orjson
 
 from scoring import Engine, Event, LeadState, MemberScore, Rejection, Transition, identity
 from scoring.errors import StateError
-from scoring.events import MAX_EVENT_BYTES, decode_message, parse_value, too_large
+from scoring.events import MAX_EVENT_BYTES, decode_message, parse_value, too_large, unreadable
 from streams import metrics, stitching
 from streams.deadletter import DeadLetter
 from streams.envelope import unpack
@@ -563,7 +563,7 @@ class Scorer:
             items = unpack(message.value)
         except orjson.JSONDecodeError as exc:
             stats.events += 1  # how many events it held is unknowable: it counts as one
-            reject("bad_json", f"message is not JSON: {exc}", message.value)
+            reject(*unreadable(exc, "message is not JSON"), message.value)
             return [], []
         accepted: list[Any] = []
         events: list[Event] = []

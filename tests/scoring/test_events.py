@@ -233,3 +233,11 @@ def test_a_text_in_an_envelope_is_no_event_even_when_it_holds_one() -> None:
     assert isinstance(refused, Rejection) and (refused.reason, refused.detail) == ("wrong_type", "an event must be a JSON object, got a text")
     assert event == parse_event(GOOD)
     assert [r.reason for r in parse_message(orjson.dumps(twice))] == ["wrong_type"]  # a whole message, too
+
+
+def test_json_nested_deeper_than_orjson_reads_is_too_large_not_bad_json() -> None:
+    deep = b'{"lead_id": "L1", "x": ' + b"[" * 2000 + b"]" * 2000 + b"}"
+    for refused in (parse_event(deep), *parse_message(deep), *parse_message(b"[" + deep + b"]")):
+        assert isinstance(refused, Rejection) and refused.reason == "too_large"
+        assert refused.detail.startswith("it nests objects and arrays more than 1,024 levels deep")
+    assert [r.reason for r in parse_message(b"[{nope")] == ["bad_json"]

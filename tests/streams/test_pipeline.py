@@ -107,6 +107,7 @@ def test_bad_input_goes_to_the_dead_letter_topic_and_the_rest_is_scored(
 
     producer.send(topic, partition=partition_for("carol", 4), value=b"[" + orjson.dumps(good[0]) + b"," + deep(1000, "deep-1000") + b"]")
     producer.send(topic, key=b"carol", value=deep(300, "deep-300"))
+    producer.send(topic, key=b"carol", value=deep(2000, "deep-2000"))  # deeper than orjson reads: too large, not bad JSON
     # An event encoded twice: a JSON text in an envelope is no event, however readable the text.
     twice = orjson.dumps({**good[3], "event_id": "twice"}).decode()
     producer.send(topic, partition=partition_for("carol", 4), value=orjson.dumps([twice]))
@@ -115,15 +116,17 @@ def test_bad_input_goes_to_the_dead_letter_topic_and_the_rest_is_scored(
 
     proc = worker()
 
-    dead = read_topic(isolated, isolated.topic_deadletter, expect=11)
+    dead = read_topic(isolated, isolated.topic_deadletter, expect=12)
     reasons = sorted(letter["reason"] for _, letter in dead)
-    assert len(dead) == 11, reasons
+    assert len(dead) == 12, reasons
     encoded_twice = next(letter for _, letter in dead if letter["reason"] == "wrong_type")
     assert (encoded_twice["detail"], orjson.loads(encoded_twice["original"])) == ("an event must be a JSON object, got a text", twice)
     nested = [letter for _, letter in dead if "levels deep" in letter["detail"]]
-    assert [letter["reason"] for letter in nested] == ["too_large", "too_large"]
+    assert [letter["reason"] for letter in nested] == ["too_large", "too_large", "too_large"]
+    assert [letter for letter in nested if "1,024 levels deep" in letter["detail"] and letter["original"].startswith("{")]
     # One written out alone; the other too deep to be, so its letter holds its whole message.
-    assert [orjson.loads(letter["original"])["event_id"] for letter in nested if letter["original"].startswith("{")] == ["deep-300"]
+    assert [orjson.loads(letter["original"])["event_id"] for letter in nested
+            if letter["original"].startswith("{") and "1,024" not in letter["detail"]] == ["deep-300"]
     assert [letter for letter in nested if "the original is the whole message" in letter["detail"]]
     assert "bad_json" in reasons and "wrong_partition" in reasons and "too_large" in reasons
     misspelt = [letter for _, letter in dead if letter["reason"] == "unknown_type"]
