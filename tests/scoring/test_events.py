@@ -189,7 +189,7 @@ def test_values_nested_deeper_than_the_limit_are_too_large_on_both_paths(field: 
             assert isinstance(parsed, Rejection)
             assert (parsed.reason, parsed.detail) == ("too_large", f"{field}.deep nests objects and arrays more than {MAX_NESTING} levels deep, which is the most accepted")
         assert decode_message(raw) is None
-    assert parse_event(event(1030)).reason == "bad_json"  # deeper than orjson reads: not JSON it can read
+    assert parse_event(event(1030)).reason == "too_large"  # deeper than orjson reads, too
 
 
 def test_an_event_over_the_size_limit_is_refused_inside_an_envelope_too() -> None:
