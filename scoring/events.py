@@ -305,12 +305,17 @@ def parse_time_ms(value: Any) -> int | str:
         ms = value
     elif isinstance(value, str):
         try:
-            moment = datetime.fromisoformat(value)
+            moment = datetime.fromisoformat(value.upper())  # RFC 3339 allows "t" and "z" too
         except ValueError:
             return f"field 'time' is not an ISO-8601 time: {value!r}"
         if moment.tzinfo is None:
             return f"field 'time' has no time zone: {value!r} (add 'Z' or an offset such as '+01:00')"
         ms = (moment - _EPOCH) // _ONE_MS
+        if not MIN_TIME_MS <= ms < MAX_TIME_MS:
+            return f"field 'time' is {value!r}, outside years 2000-2099"
+        return ms
+    elif isinstance(value, float) and not isinstance(value, bool):
+        return f"field 'time' must be whole epoch milliseconds (an integer, no decimal point or exponent) or an ISO-8601 text, got {value!r}"
     else:
         return f"field 'time' must be epoch milliseconds or an ISO-8601 text, got {_json_kind(value)}"
     if not MIN_TIME_MS <= ms < MAX_TIME_MS:
@@ -408,7 +413,7 @@ def _identifier(d: dict[str, Any], key: str, required: bool) -> Any:
         return _missing(d, key) if required else None
     if value.__class__ is int:
         return str(value)
-    return _bad(d, key, value, "a text")
+    return _bad(d, key, value, "a text or an integer")
 
 
 def _missing(d: dict[str, Any], key: str) -> Rejection:

@@ -65,6 +65,9 @@ def test_identify_without_event_id_gets_one_from_its_time() -> None:
         (orjson.dumps({**GOOD, "time": "yesterday"}), "bad_value", "time"),
         (orjson.dumps({**GOOD, "time": "2025-11-03T00:00:00"}), "bad_value", "time zone"),
         (orjson.dumps({**GOOD, "time": 1.5e12}), "wrong_type", "time"),
+        (orjson.dumps({**GOOD, "time": 1762128000000.0}), "wrong_type", "whole epoch milliseconds (an integer, no decimal point"),
+        (orjson.dumps({**GOOD, "time": "1999-12-31T23:00:00Z"}), "bad_value", "'1999-12-31T23:00:00Z', outside years 2000-2099"),
+        (orjson.dumps({**GOOD, "lead_id": 42.0}), "wrong_type", "'lead_id' must be a text or an integer, got a number"),
         (orjson.dumps({**GOOD, "time": True}), "wrong_type", "time"),
         (orjson.dumps({**GOOD, "event_id": "a\nb"}), "bad_value", "event_id"),
         (orjson.dumps({**GOOD, "properties": [1]}), "wrong_type", "properties"),
@@ -241,3 +244,8 @@ def test_json_nested_deeper_than_orjson_reads_is_too_large_not_bad_json() -> Non
         assert isinstance(refused, Rejection) and refused.reason == "too_large"
         assert refused.detail.startswith("it nests objects and arrays more than 1,024 levels deep")
     assert [r.reason for r in parse_message(b"[{nope")] == ["bad_json"]
+
+
+def test_iso_times_may_spell_t_and_z_in_lower_case() -> None:
+    assert parse_event({**GOOD, "time": "2025-11-03t00:00:00z"}) == parse_event({**GOOD, "time": "2025-11-03T00:00:00Z"}) == Event(
+        "e-1", "L1", "page_view", T0)
