@@ -4,6 +4,9 @@ A ladder is a base level and ordered lines, e.g. nurture < MQL at 20 < SQL at 60
 up a line when its score reaches `at`, and back down only when the score falls below
 `at - hysteresis`, so a score wobbling around a line does not flap. Each change of level (one
 or several lines at once) is one `Transition`.
+
+Scores are compared with the lines within TOLERANCE, so that a sum of fractional points that
+reaches a line in decimal (0.3 - 0.1 = 0.2) reaches it in binary too (0.19999999999999998).
 """
 
 from __future__ import annotations
@@ -14,6 +17,9 @@ from typing import Any
 
 from scoring.config import Table
 
+#: How far below a line a score may be and still count as on it.
+TOLERANCE = 1e-9
+
 
 @dataclass(frozen=True, slots=True)
 class Ladder:
@@ -22,15 +28,15 @@ class Ladder:
     names: tuple[str, ...]
     at: tuple[float, ...]
     hysteresis: tuple[float, ...]
-    #: Score at which level i moves up (infinite for the top level).
+    #: Score at which level i moves up (infinite for the top level), less TOLERANCE.
     up: tuple[float, ...] = field(init=False)
-    #: Score below which level i moves down (minus infinity for the base level).
+    #: Score below which level i moves down (minus infinity for the base level), less TOLERANCE.
     down: tuple[float, ...] = field(init=False)
     index: dict[str, int] = field(init=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "up", self.at[1:] + (float("inf"),))
-        object.__setattr__(self, "down", (float("-inf"),) + tuple(a - h for a, h in zip(self.at[1:], self.hysteresis[1:])))
+        object.__setattr__(self, "up", tuple(a - TOLERANCE for a in self.at[1:]) + (float("inf"),))
+        object.__setattr__(self, "down", (float("-inf"),) + tuple(a - h - TOLERANCE for a, h in zip(self.at[1:], self.hysteresis[1:])))
         object.__setattr__(self, "index", {name: i for i, name in enumerate(self.names)})
 
     def level_after(self, level: int, score: float) -> int:

@@ -85,3 +85,16 @@ def test_transition_ids_are_deterministic_and_distinct() -> None:
 def test_direction_down() -> None:
     (_, down) = walk("+" * 20 + "-" * 6).transitions
     assert (down.direction, down.score, down.to_level) == ("down", 14, "nurture")
+
+
+def test_fractional_points_reach_a_line_their_decimal_sum_reaches() -> None:
+    """0.3 - 0.1 is 0.19999999999999998 in binary: still on the line at 0.2, as its reader sees it."""
+    rules = '[[rules]]\nname = "a"\nevent = "a"\npoints = 0.3\n[[rules]]\nname = "b"\nevent = "b"\npoints = -0.1\n'
+    ladder = '[thresholds]\nbase = "x"\nladder = [{ level = "y", at = 0.2 }, { level = "z", at = 0.5 }]\n'
+    run = Run(engine('[model]\nname = "m"\n' + rules + ladder, header=False)).apply(ev("a", at=0), ev("b", at=1))
+    assert run.levels() == [("x", "y")] and run.state().level == "y"
+    rising = Run(engine('[model]\nname = "m"\n' + rules + ladder, header=False))
+    rising.apply(*(ev("b", at=i) for i in range(3)), *(ev("a", at=10 + i) for i in range(2)), *(ev("b", at=20 + i) for i in range(4)))
+    # Clipped at the floor, then 0.3 (y), 0.6 (z), 0.49999999999999994 (still z: on its line), 0.4 (y), and
+    # 0.19999999999999996 (still y)
+    assert rising.levels() == [("x", "y"), ("y", "z"), ("z", "y")]
