@@ -141,7 +141,7 @@ class _Function:
             "    state.account_id = account_id",
             "    outcome = CHANGED",
             f"level = {self.const(rt.level_index)}.get(state.level, 0)",
-            "traits_changed = rt._merge_traits(state, event.traits) if event.traits else False",
+            "traits_changed = rt._merge_traits(state, event.traits, time_ms) if event.traits else False",
         )
 
     def _rules(self, matched: list[str]) -> None:

@@ -275,13 +275,18 @@ class ModelRuntime:
             )
         )
 
-    def _merge_traits(self, state: LeadState, traits: dict[str, Any]) -> bool:
-        """Keeps the traits the model uses; a null value forgets a trait. True if any changed."""
+    def _merge_traits(self, state: LeadState, traits: dict[str, Any], time_ms: int) -> bool:
+        """Keeps the traits the model uses; a null value forgets a trait. A value older than the
+        one the state has (by event time) is not taken. True if any changed."""
         kept = state.traits
         keep = self.keep_traits
+        times = state.trait_times
         changed = False
         for key, value in traits.items():
             if key in keep:
+                if time_ms < times.get(key, time_ms):
+                    continue  # the state's value (or its forgetting) is newer
+                times[key] = time_ms
                 if value is None:
                     if kept.pop(key, None) is not None:
                         changed = True

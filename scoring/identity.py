@@ -7,11 +7,11 @@ anonymous profile and delivered again under the known lead never scores twice.
 
 What is combined: behaviour points (then clamped to the model's floor and ceiling, at the merge
 time for half-life models), per-rule ledgers, `once_per` logs, event ids, traits (the known
-lead's win, the visitor's fill gaps; fit is recomputed from them), the account, the latest
-activity and watermark. Window counters (caps and bonuses) the target already has are kept and
-the visitor's others are added; for a window both have, the target's counts stand (a cap may
-then allow one more occurrence than a single profile would have: the visitor's history is never
-double-counted, at worst under-limited once).
+lead's win, even one it forgot, the visitor's fill gaps; fit is recomputed from them), the
+account, the latest activity and watermark. Window counters (caps and bonuses) the target
+already has are kept and the visitor's others are added; for a window both have, the target's
+counts stand (a cap may then allow one more occurrence than a single profile would have: the
+visitor's history is never double-counted, at worst under-limited once).
 """
 
 from __future__ import annotations
@@ -63,7 +63,9 @@ def merge(
         state.windows.setdefault(key, list(counters))
 
     for name, value in source.traits.items():
-        state.traits.setdefault(name, value)
+        if name not in state.trait_times:  # the known lead's traits (and their forgetting) win
+            state.traits[name] = value
+            state.trait_times[name] = source.trait_times.get(name, 0)
     state.fit_found = None
     runtime.fit_of(state, time_ms)
     if state.account_id is None:

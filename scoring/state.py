@@ -28,7 +28,8 @@ Bounds (what keeps a state small however active the lead):
 - history: the last `history` changes (model setting), at most twice that between trims.
 - window counters: only windows that can still receive an event within the lateness.
 
-States written by earlier versions (JSON arrays, layouts 1 and 2) are still read.
+States written by earlier versions are still read: JSON arrays (layouts 1 and 2), and MessagePack
+without trait times (layout 3; its traits then give way to any update, as they did).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from scoring.errors import StateError
 SEPARATOR = "\x7f"
 
 _VERSION = 1  # accounts
-_LEAD_VERSION = 3  # MessagePack; 1 and 2 were JSON arrays
+_LEAD_VERSION = 4  # MessagePack (3: without trait times); 1 and 2 were JSON arrays
 
 _Number = Union[int, float]
 #: The fields of a lead state as stored, in order, after the layout version.
@@ -55,9 +56,17 @@ _Layout = tuple[
     dict[str, list[_Number]], dict[str, list[int]], dict[str, dict[str, None]],  # ledger, windows, seen
     list[str], int, list[str], int,  # ids, ids_max_ms, old_ids, old_ids_max_ms
     list[Union[int, float, str]], int,  # history, windows_drop_ms
+    dict[str, int],  # trait_times
+]  # fmt: skip
+#: Layout 3, which earlier versions wrote: the same without trait_times.
+_Layout3 = tuple[
+    int, _Number, _Number, int, int, tuple[_Number, ...], int, str, int, dict[str, Any], Union[str, None],
+    dict[str, list[_Number]], dict[str, list[int]], dict[str, dict[str, None]], list[str], int, list[str], int,
+    list[Union[int, float, str]], int,
 ]  # fmt: skip
 _encode = msgspec.msgpack.Encoder().encode
 _decode_layout = msgspec.msgpack.Decoder(_Layout).decode
+_decode_layout3 = msgspec.msgpack.Decoder(_Layout3).decode
 
 #: The old id generation of a state that has none (never mutated: generations are swapped).
 NO_IDS: frozenset[str] = frozenset()
@@ -113,6 +122,7 @@ class LeadState:
         "old_ids_max_ms",
         "history",
         "windows_drop_ms",
+        "trait_times",
         "fit_found",
     )
 
@@ -150,6 +160,9 @@ class LeadState:
     #: The engine keeps it exact (scoring.repeat.bump, ModelRuntime.compact); code that adds
     #: counters otherwise may leave it late, which only keeps closed counters a little longer.
     windows_drop_ms: int
+    #: trait name -> event time of the value in `traits` (or of its forgetting: a null): an
+    #: older event arriving later does not overwrite it, so traits follow event time.
+    trait_times: dict[str, int]
     #: Derived, not stored: the fit rules the traits meet, their points and reason items, as
     #: `ModelRuntime.fit_of` found them; None until asked. Code that changes `traits` resets it.
     fit_found: tuple[Any, ...] | None
@@ -161,8 +174,8 @@ class LeadState:
             state.behaviour, state.fit, state.as_of_ms, state.last_activity_ms, state.steps_taken,
             state.watermark_ms, state.level, state.crossings, state.traits, state.account_id,
             state.ledger, state.windows, state.seen, state.ids, state.ids_max_ms,
-            state.old_ids, state.old_ids_max_ms, state.history, state.windows_drop_ms, state.fit_found,
-        ) = (0, fit, 0, 0, (), 0, level, 0, {}, None, {}, {}, {}, {}, 0, NO_IDS, 0, [], 0, None)  # fmt: skip
+            state.old_ids, state.old_ids_max_ms, state.history, state.windows_drop_ms, state.trait_times, state.fit_found,
+        ) = (0, fit, 0, 0, (), 0, level, 0, {}, None, {}, {}, {}, {}, 0, NO_IDS, 0, [], 0, {}, None)  # fmt: skip
         return state
 
     def to_bytes(self) -> bytes:
@@ -171,7 +184,7 @@ class LeadState:
                 _LEAD_VERSION, self.behaviour, self.fit, self.as_of_ms, self.last_activity_ms, self.steps_taken,
                 self.watermark_ms, self.level, self.crossings, self.traits, self.account_id, self.ledger,
                 self.windows, self.seen, tuple(self.ids), self.ids_max_ms, tuple(self.old_ids), self.old_ids_max_ms,
-                self.history, self.windows_drop_ms,
+                self.history, self.windows_drop_ms, self.trait_times,
             )
         )  # fmt: skip
 
@@ -180,19 +193,25 @@ class LeadState:
         if data[:1] == b"[":  # a JSON layout of an earlier version
             return _from_json_layout(data)
         try:
-            values = _decode_layout(data)
+            values: tuple[Any, ...] = _decode_layout(data)
         except msgspec.ValidationError as exc:
-            raise StateError(f"lead state of an unknown layout (expected version {_LEAD_VERSION}): {exc}") from None
+            try:
+                values = (*_decode_layout3(data), {})  # written before trait times: none known
+            except msgspec.ValidationError:
+                raise StateError(f"lead state of an unknown layout (expected version {_LEAD_VERSION}): {exc}") from None
+            if values[0] != 3:
+                raise StateError(f"lead state of an unknown layout version {values[0]} (expected {_LEAD_VERSION})")
         except msgspec.DecodeError as exc:
             raise StateError(f"lead state is not readable MessagePack: {exc}") from None
-        if values[0] != _LEAD_VERSION:
-            raise StateError(f"lead state of an unknown layout version {values[0]} (expected {_LEAD_VERSION})")
+        else:
+            if values[0] != _LEAD_VERSION:
+                raise StateError(f"lead state of an unknown layout version {values[0]} (expected {_LEAD_VERSION})")
         state = cls.__new__(cls)
         (
             _, state.behaviour, state.fit, state.as_of_ms, state.last_activity_ms, state.steps_taken,
             state.watermark_ms, state.level, state.crossings, state.traits, state.account_id, state.ledger,
             state.windows, state.seen, ids, state.ids_max_ms, old_ids, state.old_ids_max_ms,
-            state.history, state.windows_drop_ms,
+            state.history, state.windows_drop_ms, state.trait_times,
         ) = values  # fmt: skip
         state.ids = dict.fromkeys(ids)
         state.old_ids = dict.fromkeys(old_ids) if old_ids else NO_IDS
@@ -223,6 +242,7 @@ class LeadState:
             "old_ids": sorted(self.old_ids),
             "old_ids_max_ms": self.old_ids_max_ms,
             "history": list(self.history),
+            "trait_times": dict(self.trait_times),
         }
 
     def __eq__(self, other: object) -> bool:

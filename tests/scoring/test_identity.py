@@ -56,6 +56,19 @@ def test_the_known_leads_traits_win_and_the_visitors_fill_gaps() -> None:
     merged, _ = merge(ENGINE, "b2b", "u", states["u"], states["anon:a"], "anon:a", T + 1_000)
     assert merged.traits["email"] == "ada@initech.io" and merged.traits["title"] == "VP Marketing"
     assert merged.fit == 9  # senior title 8 + business e-mail 1 (the visitor's free address lost)
+    assert merged.trait_times == {"email": T, "title": T}  # a later, older update of the title does not undo it
+    older = ENGINE.apply_batch([ENGINE.parse({"event_id": "i0", "lead_id": "u", "type": "identify", "product": "b2b",
+                                              "time": T - 1_000, "traits": {"title": "Intern"}})], lambda model, lead: merged)
+    assert older.states[("b2b", "u")].traits["title"] == "VP Marketing"
+
+
+def test_a_trait_the_known_lead_forgot_is_not_refilled_by_the_visitor() -> None:
+    states = scored(
+        {"event_id": "i1", "lead_id": "anon:a", "type": "identify", "product": "b2b", "time": T, "traits": {"title": "VP Marketing"}},
+        {"event_id": "i2", "lead_id": "u", "type": "identify", "product": "b2b", "time": T, "traits": {"title": None}},
+    )
+    merged, _ = merge(ENGINE, "b2b", "u", states["u"], states["anon:a"], "anon:a", T + 1_000)
+    assert "title" not in merged.traits
 
 
 def test_merging_into_a_new_lead_starts_from_the_visitors_state() -> None:

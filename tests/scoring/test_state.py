@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 import orjson
 import pytest
 from hypothesis import given, settings
@@ -94,6 +95,7 @@ def lead_states(draw: st.DrawFn) -> LeadState:
     for label in draw(st.lists(_ID, max_size=4)):
         state.record(draw(_MS), draw(_NUMBER), label, 3)
     state.windows_drop_ms = draw(_MS)
+    state.trait_times = draw(st.dictionaries(_TEXT, _MS, max_size=4))
     return state
 
 
@@ -106,6 +108,17 @@ def test_state_bytes_round_trip_exactly(state: LeadState) -> None:
     assert again.windows_drop_ms == state.windows_drop_ms
     assert LeadState.from_bytes(again.to_bytes()) == state
     assert LeadState.from_bytes(bytearray(raw)) == state and LeadState.from_bytes(memoryview(raw)) == state
+
+
+@settings(max_examples=100, deadline=None)
+@given(lead_states())
+def test_states_of_layout_3_are_still_read_without_trait_times(state: LeadState) -> None:
+    """Layout 3, before trait times: the same MessagePack array without its last field."""
+    raw = msgspec.msgpack.encode((3, *msgspec.msgpack.decode(state.to_bytes())[1:-1]))
+    read = LeadState.from_bytes(raw)
+    assert read.trait_times == {}
+    read.trait_times = state.trait_times
+    assert read == state
 
 
 def _json_log(items: list[str]) -> str:
@@ -126,6 +139,8 @@ def test_states_of_the_json_layouts_are_still_read(state: LeadState, first: bool
     if not first:
         values.append(state.windows_drop_ms)
     read = LeadState.from_bytes(orjson.dumps(values))
+    assert read.trait_times == {}  # not in those layouts
+    read.trait_times = state.trait_times
     assert read == state
     assert read.windows_drop_ms == (0 if first else state.windows_drop_ms)  # 0: not known, the next compaction looks
 

@@ -47,3 +47,29 @@ def test_lateness_is_relative_to_the_lead_not_to_other_leads() -> None:
 def test_windows_follow_event_time_not_arrival() -> None:
     run = Run(engine(MODEL, lateness="3d")).apply(ev("open", at=2 * DAY), ev("open", at=DAY), ev("open", at=DAY + HOUR))
     assert run.score() == 2  # one per calendar day of the events
+
+
+FIT = (
+    '[[rules]]\nname = "visit"\nevent = "visit"\npoints = 10\n'
+    '[[fit]]\nname = "senior"\npoints = 10\ntraits.title = { words = ["vp"] }\n'
+    '[[fit]]\nname = "in DACH"\npoints = 5\ntraits.country = ["DE", "AT", "CH"]\n'
+)
+
+
+def test_traits_follow_event_time_whatever_order_profile_updates_arrive_in() -> None:
+    """Each trait takes the value of its newest update by event time; a null forgets it as of then."""
+    updates = [
+        ev("identify", at=1 * HOUR, traits={"title": "Intern", "country": "FR"}),
+        ev("identify", at=2 * HOUR, traits={"country": "DE"}),
+        ev("visit", at=3 * HOUR, traits={"title": "VP Sales"}),
+        ev("identify", at=4 * HOUR, traits={"country": None}),
+        ev("identify", at=5 * HOUR, traits={"company": "Globex"}),
+    ]
+    outcomes = set()
+    for seed in range(12):
+        shuffled = list(updates)
+        random.Random(seed).shuffle(shuffled)
+        run = Run(engine(FIT, lateness="1d", settings='keep_traits = ["title", "country", "company"]')).apply(*shuffled, batch=2)
+        state = run.state()
+        outcomes.add((tuple(sorted(state.traits.items())), state.fit, run.score()))
+    assert outcomes == {((("company", "Globex"), ("title", "VP Sales")), 10, 20)}
