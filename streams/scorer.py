@@ -25,7 +25,6 @@ from datetime import datetime, timezone
 from collections.abc import Awaitable, Callable
 from typing import Any, Sequence
 
-import msgspec
 import orjson
 
 from scoring import Engine, Event, LeadState, MemberScore, Rejection, Transition, identity
@@ -266,10 +265,15 @@ class Scorer:
                         items = unpack(message.value)
                     self._forward(items[position], target, message, dead)
                     continue
+                if items is not None and event.type in LINKING_TYPES:
+                    linked = stitching.links_of(items[position])
+                    if isinstance(linked, str):  # an old id no lead can have: refused here, not once its link is read back
+                        dead.append(DeadLetter("bad_value", linked, encode_json(items[position]),
+                                               message.topic, message.partition, message.offset, message.key))
+                        continue
+                    links.extend((source, target, event.time_ms) for source, target in linked)
                 events.append(event)
                 partition_of[lead_id] = message.partition
-                if items is not None and event.type in LINKING_TYPES:
-                    links.extend((source, target, event.time_ms) for source, target in stitching.links_from(items[position]))
 
         now_ms = stats.newest_event_ms = max((e.time_ms for e in events), default=0)
         writes: dict[str, tuple[int, States, bytes | None]] = {}
@@ -390,11 +394,14 @@ class Scorer:
         metrics.DECAY_DUE.set(len(self.decay_index))
 
     async def _stitch(self, messages: list[Consumed], dead: list[DeadLetter]) -> None:
-        """Links move a merged id's states on as a merge; merges fold them into the target."""
-        markers: list[tuple[str, str, int]] = []
+        """Links move a merged id's states on as a merge; merges fold them into the target, are
+        sent on when it was merged itself, or come back to their source (see streams/stitching.py)."""
         crossings: list[Transition] = []
         members: list[MemberScore] = []
-        merged: dict[str, tuple[int, States]] = {}
+        # Each id's states as the batch leaves them (a marker, merged into, or given back),
+        # stored once what they caused is acknowledged: a later record of the batch for the
+        # same id reads them here, so it neither misses an earlier one's change nor undoes it.
+        pending: dict[str, tuple[int, States]] = {}
         for message in messages:
             try:
                 record, incoming = stitching.read_record(message.value)
@@ -411,28 +418,35 @@ class Scorer:
                                        message.value, message.topic, message.partition, message.offset, message.key))
                 continue
             try:
-                if kind == "link":
-                    states = self.store.states(subject)
-                else:  # a target merged into earlier in this batch has its states here, not yet stored
-                    states = merged[subject][1] if subject in merged else self.store.states(subject)
+                states = pending[subject][1] if subject in pending else self.store.states(subject)
             except StateError as exc:
                 dead.append(self._unreadable(subject, exc, message.value, message))
                 continue
+            merged_into = stitching.merged_into(states)
             if kind == "link":
-                if stitching.merged_into(states) is not None or any(m == source for m, _, _ in markers):
-                    continue  # merged before: merging twice adds nothing
+                if merged_into is not None or source == target:
+                    continue  # merged before: merging twice adds nothing (and into itself, nothing at all)
                 if states:
                     self.outbox.add(self.settings.topic_identity, target.encode(),
                                     stitching.merge_record(source, target, time_ms, states))
                     # The visitor's points now count in the lead's, in read models and accounts.
                     members += self._withdraw(source, states, message.partition, time_ms)
-                markers.append((source, target, message.partition))
+                pending[source] = (message.partition, stitching.marker(target))
+            elif stitching.returned(record):
+                if merged_into is None:
+                    continue  # its states are back already (a redelivered return): taking them twice would double them
+                # The source's own states, back in place of its marker: it is scored, listed and
+                # counted in its account again, as it was before its link.
+                pending[source] = (message.partition, dict(incoming))
+                for model, state in incoming.items():
+                    if model in self.models:
+                        self._changed(model, source, state, time_ms, message.partition)
+                        member = self.engine.member_score(model, source, state, time_ms)
+                        if member is not None:
+                            members.append(member)
+            elif merged_into is not None:  # the target was itself merged since: follow the chain, or go back
+                self._forward_merge(record, merged_into)
             else:
-                onward = stitching.merged_into(states)
-                if onward is not None:  # the target was itself merged since: follow the chain
-                    self.outbox.add(self.settings.topic_identity, onward.encode(),
-                                    encode_json(msgspec.structs.replace(record, target=onward)))
-                    continue
                 states = dict(states)
                 for model, state in incoming.items():
                     if model not in self.models:
@@ -447,16 +461,23 @@ class Scorer:
                     member = self.engine.member_score(model, target, state, time_ms)
                     if member is not None:
                         members.append(member)
-                merged[target] = (message.partition, states)
+                pending[target] = (message.partition, states)
         metrics.count_crossings(self._queue_crossings(crossings))
         publish_updates(self.outbox, self.settings, members, self.partitions)
         await self.outbox.flush()  # the merges, crossings, score changes and account updates before the states below
-        for source, target, partition in markers:
-            marker = stitching.marker(target)
-            self.store.put(source, partition, marker, encode_states(marker), self.outbox)
-        for target, (partition, states) in merged.items():
-            self.store.put(target, partition, states, encode_states(states), self.outbox)
+        for lead_id, (partition, states) in pending.items():
+            self.store.put(lead_id, partition, states, encode_states(states), self.outbox)
         await self.outbox.flush()
+
+    def _forward_merge(self, record: stitching.IdentityRecord, merged_into: str) -> None:
+        """Sends a merge on to the lead its target was merged into, or back to its source when
+        that would close a loop of links or the chain is too long (`stitching.onward`)."""
+        onward = stitching.onward(record, merged_into)
+        if stitching.returned(onward):
+            # Ids are not logged: they may be personal data.
+            log.warning("a merge went back to the id it came from: %s", "its target was merged into it (a loop of links)"
+                        if merged_into == record.source else f"it was sent on {stitching.MAX_HOPS} times (a loop of links)")
+        self.outbox.add(self.settings.topic_identity, onward.target.encode(), encode_json(onward))
 
     def _tombstone(self, message: Consumed, forget: dict[str, int], dead: list[DeadLetter], stats: BatchStats) -> None:
         """A message without a value: on the profiles topic, a request to forget the lead it is

@@ -6,11 +6,22 @@ on the identity topic, keyed by the old id so it lands on the partition holding 
 
 1. link `{"kind": "link", "source": S, "target": U, "time": t}` (partition of S): S's states are
    sent on as a *merge* keyed by U, and once Kafka has it, S's table entry becomes a marker
-   "merged into U". A link to an id already merged is ignored: merging twice adds nothing.
+   "merged into U". A link to an id already merged is ignored: merging twice adds nothing. An
+   identify or alias whose old id could never be a lead's (longer than an id may be once
+   `anon:` is put before it, or with a control character) is refused with its event, which is
+   dead-lettered as `bad_value`: no record the worker writes is one it cannot read back.
 2. merge `{"kind": "merge", "source": S, "target": U, "time": t, "states": {model: base64}}`
    (partition of U): each state is merged into U's by `scoring.identity.merge`, which records it
-   as an event `merge:S`, so a redelivered merge is a duplicate; crossings follow as usual.
-3. Events that reach a merged id later are re-keyed to its target and produced again on the
+   as an event `merge:S`, so a redelivered merge is a duplicate; crossings follow as usual. When
+   U was itself merged into W since, the merge is sent on to W (`hops` counts these).
+3. A loop of links (two aliases sent at once, each naming the other: each id becomes the
+   other's marker before either merge arrives) would leave the states of both in flight for
+   ever. So a merge whose target turns out merged into the merge's own source, or that was sent
+   on MAX_HOPS times already, goes back to its source instead (a merge with source = target),
+   and there its states replace the source's marker: the source is a lead again, with what it
+   had, and nothing is lost or counted twice. Arriving where the source has states already (a
+   redelivered return), it is dropped.
+4. Events that reach a merged id later are re-keyed to its target and produced again on the
    events topic (with `stitched_from`), where the target's event-id memory drops any that the
    visitor's profile had already scored. An alias chain (S -> U -> W) is followed hop by hop, at
    most MAX_HOPS; a longer chain is a loop and goes to the dead-letter topic.
@@ -30,7 +41,7 @@ import msgspec
 
 from scoring import LeadState
 from scoring.errors import StateError
-from scoring.events import MAX_TIME_MS, Id
+from scoring.events import MAX_ID_CHARS, MAX_TIME_MS, Id, is_id
 from streams.outbox import encode_json
 from streams.segment import ANONYMOUS_PREFIX
 
@@ -68,32 +79,59 @@ def may_link(raw: bytes) -> bool:
 
 
 def links_from(item: dict[str, Any]) -> list[tuple[str, str]]:
-    """(old id, new id) pairs an identify or alias event asks to stitch."""
+    """(old id, new id) pairs an identify or alias event asks to stitch (none for an event
+    `links_of` refuses)."""
+    links = links_of(item)
+    return [] if isinstance(links, str) else links
+
+
+def links_of(item: dict[str, Any]) -> list[tuple[str, str]] | str:
+    """(old id, new id) pairs an identify or alias event asks to stitch; or, when its old id
+    could never be a lead's, why (naming the field and the bound): the event is refused, since
+    the link record would name an id no record of the identity topic may carry."""
     kind, target = item.get("type"), item.get("lead_id")
     if not isinstance(target, str) or is_anonymous(target):
         return []
     if kind == "identify":
         anonymous_id = item.get("anonymous_id")
-        return [(ANONYMOUS_PREFIX + anonymous_id, target)] if isinstance(anonymous_id, str) and anonymous_id else []
+        if not isinstance(anonymous_id, str) or not anonymous_id:
+            return []
+        source = ANONYMOUS_PREFIX + anonymous_id
+        if not is_id(source):
+            return _not_an_id("anonymous_id", anonymous_id, MAX_ID_CHARS - len(ANONYMOUS_PREFIX),
+                              f" (the visitor's lead id is {ANONYMOUS_PREFIX!r} + anonymous_id, at most {MAX_ID_CHARS})")
+        return [(source, target)]
     if kind == "alias":
         previous = item.get("previous_id")
         if not isinstance(previous, str) or not previous:
             return []
-        # Segment's previousId is an anonymousId or an earlier userId: stitch whichever exists.
+        if not is_id(previous):
+            return _not_an_id("previous_id", previous, MAX_ID_CHARS, "")
+        # Segment's previousId is an anonymousId or an earlier userId: stitch whichever exists
+        # (`anon:` + a previous_id near the limit is no id, so no visitor can have it).
         sources = [previous] if is_anonymous(previous) else [ANONYMOUS_PREFIX + previous, previous]
-        return [(source, target) for source in sources if source != target]
+        return [(source, target) for source in sources if source != target and is_id(source)]
     return []
 
 
+def _not_an_id(field: str, value: str, limit: int, why: str) -> str:
+    if len(value) > limit:
+        return (f"field {field!r} must be 1 to {limit} characters{why}, got {len(value)}: no lead can have that id (its own "
+                "events are refused too), so there is nothing to stitch; have the sender keep its ids within the limit")
+    return f"field {field!r} contains a control character: {value!r}"
+
+
 class IdentityRecord(msgspec.Struct, frozen=True, omit_defaults=True):
-    """A link or a merge as it crosses the identity topic (see the module doc); `states` only
-    in a merge: each model's state bytes, base64."""
+    """A link or a merge as it crosses the identity topic (see the module doc); `states` and
+    `hops` only in a merge: each model's state bytes, base64, and how many times it was sent on
+    to the lead its target had been merged into (absent: 0)."""
 
     kind: Literal["link", "merge"]
     source: Id
     target: Id
     time_ms: Annotated[int, msgspec.Meta(ge=0, lt=MAX_TIME_MS)] = msgspec.field(name="time")
     states: dict[str, str] = {}
+    hops: Annotated[int, msgspec.Meta(ge=0)] = 0
 
 
 class IdentityRecordError(ValueError):
@@ -127,6 +165,21 @@ def read_record(value: bytes) -> tuple[IdentityRecord, dict[str, LeadState]]:
             raise IdentityRecordError(f"merge record of {record.source!r} into {record.target!r}: state of model {model!r} "
                                       f"unreadable: {exc}") from None
     return record, states
+
+
+def returned(record: IdentityRecord) -> bool:
+    """Whether a merge is on its way back to its source (see `onward`)."""
+    return record.kind == "merge" and record.source == record.target
+
+
+def onward(record: IdentityRecord, merged_into: str) -> IdentityRecord:
+    """A merge whose target turns out merged into `merged_into`, sent on to it, one hop further;
+    or back to its source (`returned`) when that would close a loop (`merged_into` is the source,
+    whose own states these are) or it was sent on MAX_HOPS times already: folded into no lead, it
+    would bounce between markers for ever, and its states with it."""
+    if merged_into == record.source or record.hops >= MAX_HOPS:
+        return msgspec.structs.replace(record, target=record.source)
+    return msgspec.structs.replace(record, target=merged_into, hops=record.hops + 1)
 
 
 def forwarded(item: dict[str, Any], target: str) -> dict[str, Any] | None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+
+import msgspec
 import orjson
 import pytest
 
@@ -72,3 +74,60 @@ def test_a_record_on_another_partition_than_its_ids_is_dead_lettered() -> None:
     [letter] = [orjson.loads(v) for topic, _, v in outbox.sent if topic == settings.topic_deadletter and v]
     assert letter["reason"] == "wrong_partition" and "'anon:v1'" in letter["detail"]
     assert not [key for topic, key, _ in outbox.sent if topic == "changelog"]  # no marker stored for it
+
+
+def test_a_ring_of_links_sent_at_once_ends_with_every_lead_keeping_its_own_points() -> None:
+    # A -> B, B -> C, C -> A in one batch: each id becomes a marker before any merge arrives.
+    # Each merge is sent on along the ring until its target turns out merged into its own
+    # source, and goes back there: nothing bounces for ever, and no point is lost or doubled.
+    settings = Settings()
+    outbox = Kept()
+    scorer = Scorer(Engine([shipped("b2b")]), settings, LiveTable(MemoryData(), "changelog", 4, 100, lead_states.decode), outbox, 4)
+    ring = ["ring-a", "ring-b", "ring-c"]
+    visits = [Consumed(settings.topic_events, partition_for(lead, 4), n, lead.encode(), orjson.dumps(
+        {"event_id": f"v-{n}", "lead_id": lead, "type": "page_view", "time": T0, "product": "b2b",
+         "properties": {"url": "https://acme.io/pricing"}})) for n, lead in enumerate(ring)]
+    links = [(source, stitching.link_record(source, target, T0 + 1000)) for source, target in zip(ring, ring[1:] + ring[:1])]
+
+    async def run() -> list[int]:
+        await scorer.process(visits)
+        records, sent_on = links, []
+        while records:
+            assert len(sent_on) < 2 * stitching.MAX_HOPS, f"merges still in flight: {records}"
+            outbox.sent.clear()
+            await scorer.process([Consumed(settings.topic_identity, partition_for(key, 4), 0, key.encode(), value) for key, value in records])
+            records = [(key.decode(), value) for topic, key, value in outbox.sent if topic == settings.topic_identity and key and value]
+            sent_on.append(len(records))
+        return sent_on
+
+    # 3 merges; sent on one hop each; back to their sources; then quiet.
+    assert asyncio.run(run()) == [3, 3, 3, 0]
+    assert {lead: scorer.store.states(lead)["b2b"].behaviour for lead in ring} == {lead: 10 for lead in ring}  # type: ignore[union-attr]
+    assert not [v for topic, _, v in outbox.sent if topic == settings.topic_deadletter]
+
+
+def test_a_merge_sent_on_max_hops_times_goes_back_to_its_source_and_a_redelivered_return_is_dropped() -> None:
+    settings = Settings()
+    outbox = Kept()
+    scorer = Scorer(Engine([shipped("b2b")]), settings, LiveTable(MemoryData(), "changelog", 4, 100, lead_states.decode), outbox, 4)
+    for lead, target in (("src", "far"), ("far", "farther")):  # src was merged into far, which was merged on since
+        scorer.store.put(lead, partition_for(lead, 4), stitching.marker(target), lead_states.encode(stitching.marker(target)), outbox)
+    state = LeadState.new("nurture", 0)
+    state.behaviour = 7.0
+
+    def arriving(record: stitching.IdentityRecord) -> list[stitching.IdentityRecord]:
+        """What the scorer sends on the identity topic for `record`."""
+        outbox.sent.clear()
+        value = orjson.dumps({**orjson.loads(stitching.merge_record("src", record.target, T0, {"b2b": state})), "hops": record.hops})
+        asyncio.run(scorer.process([Consumed(settings.topic_identity, partition_for(record.target, 4), 0, record.target.encode(), value)]))
+        return [stitching.read_record(v)[0] for topic, _, v in outbox.sent if topic == settings.topic_identity and v]
+
+    merge = stitching.IdentityRecord("merge", "src", "far", T0)
+    [onward] = arriving(msgspec.structs.replace(merge, hops=3))
+    assert (onward.target, onward.hops) == ("farther", 4)
+    [back] = arriving(msgspec.structs.replace(merge, hops=stitching.MAX_HOPS))
+    assert (back.source, back.target) == ("src", "src")
+    # Back at its source, the states replace the marker; delivered again, they add nothing.
+    assert arriving(back) == [] and scorer.store.states("src") == {"b2b": state}
+    assert arriving(back) == [] and scorer.store.states("src")["b2b"].behaviour == 7.0  # type: ignore[union-attr]
+    assert stitching.merged_into(scorer.store.states("far")) == "farther"  # the ids the merge passed stay merged

@@ -14,10 +14,11 @@ import pytest
 
 from streams.history import read_to_end
 from streams.offline import score_file
+from streams.partitioning import partition_for
 from streams.processes import CollectorProcess, WorkerProcess
 from streams.send import open_producer, produce
 from streams.settings import Settings
-from tests.infra import read_topic, write_jsonl
+from tests.infra import read_topic, wait_for, write_jsonl
 from tests.scoring.support import MODELS_DIR
 
 WRITE_KEY = "wk_site"
@@ -164,3 +165,82 @@ def test_a_merge_counts_in_the_leads_account_at_once_replaces_the_visitor_in_rea
     offline = [orjson.loads(line) for line in out.getvalue().splitlines()]
     assert sorted(seen(r) for r in offline if r["record"] == "transition") == sorted(expected)
     assert {r["account_id"]: r["members"] for r in offline if r["record"] == "account"} == {"acme": 1, "globex": 0}
+
+
+def score_of(proc: WorkerProcess, lead_id: str) -> float | None:
+    status, body = proc.get(f"/leads/{lead_id}/")
+    model = orjson.loads(body)["models"].get("b2b") if status == 200 else None
+    return None if model is None else model["score"]
+
+
+def test_two_leads_aliased_to_each_other_at_once_keep_their_own_points_and_nothing_loops(
+    isolated: Settings, worker: Callable[..., WorkerProcess]
+) -> None:
+    # Two aliases sent at once, each naming the other lead: both links go out before either
+    # merge arrives, so each lead becomes a marker pointing at the other. Before, the merges
+    # were sent on between the two markers for ever (~90 identity records a second) and both
+    # leads' states were lost. Now each merge finds its target merged into its own source and
+    # goes back there: both leads keep what they had, and the identity topic falls quiet.
+    # The two leads share a partition and their aliases one message, so one batch sends both links.
+    a = "loopA-1"
+    b = next(f"loopB-{n}" for n in range(1, 1000) if partition_for(f"loopB-{n}", isolated.partitions) == partition_for(a, isolated.partitions))
+    start = int(time.time() * 1000) - 600_000
+
+    def event(n: int, lead: str, kind: str, **fields: object) -> tuple[str, bytes]:
+        return lead, orjson.dumps({"event_id": f"l-{n}", "lead_id": lead, "type": kind, "time": start + n * 1000,
+                                   "product": "b2b", **fields})
+
+    proc = worker()
+    producer = open_producer(isolated)
+    produce(producer, isolated.topic_events, [event(1, a, "page_view", properties={"url": "https://acme.io/pricing"}),
+                                              event(2, b, "page_view", properties={"url": "https://acme.io/pricing"})], 1)
+    wait_for(lambda: score_of(proc, a) == 10 and score_of(proc, b) == 10, what="both leads scored at 10")
+    produce(producer, isolated.topic_events, [event(3, b, "alias", previous_id=a), event(4, a, "alias", previous_id=b)], 2)
+    # The links (the old ids and their anon: forms), the two merges and the two that came back.
+    identity = read_topic(isolated, isolated.topic_identity, expect=8, idle_s=5)
+    assert sorted((r["kind"], r["source"], r["target"]) for _, r in identity) == sorted([
+        ("link", a, b), ("link", f"anon:{a}", b), ("link", b, a), ("link", f"anon:{b}", a),
+        ("merge", a, b), ("merge", b, a), ("merge", a, a), ("merge", b, b),
+    ])  # fmt: skip
+    wait_for(lambda: score_of(proc, a) == 10 and score_of(proc, b) == 10, what="both leads back at 10")
+    # Each lead is a lead again: its later events score on it, not bounced as an alias loop.
+    produce(producer, isolated.topic_events, [event(5, a, "page_view", properties={"url": "https://acme.io/case-studies/globex"})], 1)
+    producer.close()
+    wait_for(lambda: score_of(proc, a) == 14, what="loopA-1's later event scored on it")
+    assert score_of(proc, b) == 10
+    assert read_topic(isolated, isolated.topic_deadletter, idle_s=2) == []
+    assert len(read_topic(isolated, isolated.topic_identity, expect=8, idle_s=2)) == 8  # and nothing more since
+
+
+def test_an_identify_or_alias_whose_old_id_no_lead_can_have_is_dead_lettered_as_sent(
+    isolated: Settings, worker: Callable[..., WorkerProcess]
+) -> None:
+    # "anon:" + a 300-character anonymous id is longer than any lead id (256): before, the
+    # worker wrote that link anyway, then refused its own record on reading it back
+    # (bad_identity_record), and the dead letter held the worker's record, not the user's event.
+    now = int(time.time() * 1000) - 600_000
+    sent = [
+        {"event_id": "i-1", "lead_id": "u-1", "type": "identify", "time": now, "product": "b2b", "anonymous_id": "a" * 300},
+        {"event_id": "al-1", "lead_id": "u-2", "type": "alias", "time": now, "product": "b2b", "previous_id": "p" * 300},
+        # 253 characters is an id, though "anon:" + it is not: only the id itself is linked.
+        {"event_id": "al-2", "lead_id": "u-3", "type": "alias", "time": now, "product": "b2b", "previous_id": "q" * 253},
+    ]
+    proc = worker()
+    producer = open_producer(isolated)
+    where = {}
+    for event in sent:
+        metadata = producer.send(isolated.topic_events, key=event["lead_id"].encode(), value=orjson.dumps(event)).get(timeout=10)
+        where[event["event_id"]] = {"topic": isolated.topic_events, "partition": metadata.partition, "offset": metadata.offset}
+    producer.close()
+    letters = [letter for _, letter in read_topic(isolated, isolated.topic_deadletter, expect=2)]
+    assert [letter["reason"] for letter in letters] == ["bad_value", "bad_value"], letters
+    alias, identify = sorted(letters, key=lambda letter: str(orjson.loads(letter["original"])["event_id"]))
+    assert "field 'anonymous_id' must be 1 to 251 characters" in identify["detail"] and "got 300" in identify["detail"]
+    assert "field 'previous_id' must be 1 to 256 characters" in alias["detail"] and "got 300" in alias["detail"]
+    assert orjson.loads(identify["original"]) == sent[0] and orjson.loads(alias["original"]) == sent[1]
+    assert identify["source"] == where["i-1"] and alias["source"] == where["al-1"]
+    # Only the link the worker can read back went out, and it was read back without complaint.
+    identity = read_topic(isolated, isolated.topic_identity, expect=1)
+    assert [(r["kind"], r["source"], r["target"]) for _, r in identity] == [("link", "q" * 253, "u-3")]
+    assert len(read_topic(isolated, isolated.topic_deadletter, expect=2, idle_s=1)) == 2
+    assert proc.get("/leads/u-1/")[0] == 404  # refused as a whole, as an event with any other id too long is
