@@ -214,16 +214,16 @@ def _sound(event: Event) -> bool:
         if (value.__class__ is dict or value.__class__ is list) and _trait_problem("", value) is not None:
             return False
     for value in event.properties.values():
-        if (value.__class__ is dict or value.__class__ is list) and _nesting(value) > MAX_NESTING:
+        if (value.__class__ is dict or value.__class__ is list) and nesting(value) > MAX_NESTING:
             return False
     return True
 
 
-def _nesting(value: Any) -> int:
+def nesting(value: Any, limit: int = MAX_NESTING) -> int:
     """Levels of objects and arrays in a JSON value (0 for a scalar), counted up to one more
-    than MAX_NESTING; level by level, so no value is too deep to measure."""
+    than `limit`; level by level, so no value is too deep to measure."""
     depth, level = 0, [value]
-    while depth <= MAX_NESTING:
+    while depth <= limit:
         inner: list[Any] = []
         found = False
         for item in level:
@@ -265,7 +265,7 @@ def _too_large(properties: dict[str, Any], traits: dict[str, Any]) -> str | None
     """The first property nested deeper than MAX_NESTING, or trait a lead's state cannot keep
     (`_trait_problem`), as a rejection's detail."""
     for key, value in properties.items():
-        if (value.__class__ is dict or value.__class__ is list) and _nesting(value) > MAX_NESTING:
+        if (value.__class__ is dict or value.__class__ is list) and nesting(value) > MAX_NESTING:
             return _too_deep(f"properties.{key}")
     for key, value in traits.items():
         if value.__class__ is not float and value.__class__ is not bool and value is not None:
@@ -283,7 +283,7 @@ def _trait_problem(key: str, value: Any) -> str | None:
         if len(value) > MAX_TRAIT_SIZE:
             return f"traits.{key} is {len(value)} characters, at most {MAX_TRAIT_SIZE} are kept: send long texts as properties"
     elif kind is int or kind is dict or kind is list:
-        if kind is not int and _nesting(value) > MAX_NESTING:
+        if kind is not int and nesting(value) > MAX_NESTING:
             return _too_deep(f"traits.{key}")
         if _huge_int(value):
             return f"traits.{key} holds an integer beyond 64 bits, which a lead's state cannot keep: send such a number as a text"

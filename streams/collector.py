@@ -46,6 +46,7 @@ from aiohttp import web
 from aiohttp.client_exceptions import ClientPayloadError
 from aiohttp.typedefs import Handler
 
+from scoring.events import MAX_ID_CHARS
 from streams import collector_metrics as metrics
 from streams import probes
 from streams.deadletter import DeadLetter
@@ -68,6 +69,9 @@ RETRY_AFTER_S = 2
 CONNECT_RETRY_S = 1.0
 UNAVAILABLE_LOG_INTERVAL_S = 10.0
 CONTENT_TYPES = ("application/json", "text/plain")  # text/plain: what navigator.sendBeacon sends
+# The reason of a call whose mapping raised something else than RequestRejected: a bug of ours,
+# logged; the call is refused and dead-lettered like a bad one, so the request's others are kept.
+MAPPING_FAILED = "mapping_failed"
 SNIPPET = Path(__file__).with_name("leadstream.js")
 
 Clock = Callable[[], float]
@@ -295,6 +299,13 @@ class Collector:
             except RequestRejected as exc:
                 outcome.rejected.append(_rejection(index, item, exc))
                 dead.append(_dead_letter(source, call, index, item, exc))
+            except Exception as exc:  # noqa: BLE001 - a bug met by one call must not fail the request's others
+                log.error("cannot map call %d of a /v1/%s request of source %s; it is dead-lettered as %s", index, call,
+                          source.name, MAPPING_FAILED, exc_info=True)  # fmt: skip
+                failure = rejected(MAPPING_FAILED, f"the collector failed to map this call ({type(exc).__name__}); "
+                                   "it is kept in the dead letters")  # fmt: skip
+                outcome.rejected.append(_rejection(index, item, failure))
+                dead.append(_dead_letter(source, call, index, item, failure))
         await self.writer.write(self._messages(mapped, dead))
         outcome.accepted = len(mapped)
         metrics.ACCEPTED.labels(source.name).inc(len(mapped))
@@ -422,6 +433,11 @@ def _too_large(limit: int) -> RequestRejected:
 
 def _rejection(index: int, item: object, exc: RequestRejected) -> dict[str, object]:
     message_id = item.get("messageId") if isinstance(item, dict) else None
+    # Echoed only when it is an id: the events are written before the response, which must then
+    # be writable whatever the call held (orjson writes 254 levels at most); `index` says which.
+    if not (isinstance(message_id, str) and len(message_id) <= MAX_ID_CHARS
+            or isinstance(message_id, int) and not isinstance(message_id, bool)):  # fmt: skip
+        message_id = None
     return {"index": index, "messageId": message_id, "code": exc.code, "message": str(exc)}
 
 
@@ -445,7 +461,12 @@ def create_app(collector: Collector) -> web.Application:
     async def ingest(request: web.Request) -> web.Response:
         call = request.match_info["call"]
         started = time.perf_counter()
-        response = await answer(request, call)
+        try:
+            response = await answer(request, call)
+        except Exception:
+            # aiohttp logs it and answers 500: counted, so that a bug shows on the dashboards too.
+            metrics.REQUESTS.labels(call, "500").inc()
+            raise
         metrics.REQUESTS.labels(call, str(response.status)).inc()
         metrics.REQUEST_SECONDS.labels(call).observe(time.perf_counter() - started)
         return response

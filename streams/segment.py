@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from scoring.events import PROFILE_TYPES, Rejection, parse_event
+from scoring.events import PROFILE_TYPES, Rejection, nesting, parse_event
 from streams.errors import ConfigError, RequestRejected
 
 ANONYMOUS_PREFIX = "anon:"
@@ -42,6 +42,12 @@ PAGE_FIELDS = ("url", "path", "title", "referrer", "search")
 # Fields a client sets anew on every attempt: left out of the content hash of a call without
 # messageId, so that a retry still hashes to the same event id.
 _PER_ATTEMPT_FIELDS = frozenset({"sentAt", "writeKey"})
+# orjson writes at most 254 levels of objects and arrays, the hashed call's own object being one:
+# a call without messageId with a field nested deeper cannot be hashed into an event id.
+_HASHABLE_NESTING = 253
+# Stands in for the content hash of a call without messageId while the scoring engine checks
+# the event (same shape, so the same checks): the hash is taken only of a call that passed.
+_PENDING_ID = "sha256:" + "0" * 32
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _ONE_MS = timedelta(milliseconds=1)
 _CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
@@ -106,24 +112,25 @@ class Mapper:
             raise rejected("bad_call", "each call must be a JSON object")
         kind = call_type or call.get("type")
         if kind not in CALL_TYPES:
-            raise rejected("bad_type", f"`type` is {kind!r}; it must be one of {', '.join(CALL_TYPES)}")
+            raise rejected("bad_type", f"`type` is {_shown(kind)}; it must be one of {', '.join(CALL_TYPES)}")
         user_id = _identifier(call, "userId")
         anonymous_id = _identifier(call, "anonymousId")
         if user_id is None and anonymous_id is None:
             raise rejected("missing_identity", f"a {kind} call needs a `userId` or an `anonymousId`")
+        message_id = _identifier(call, "messageId")
         context = _object(call, "context")
         event: dict[str, Any] = {
-            "event_id": _event_id(call),
+            "event_id": message_id if message_id is not None else _PENDING_ID,
             "lead_id": user_id if user_id is not None else ANONYMOUS_PREFIX + str(anonymous_id),
             "type": kind,
             "time": event_time_ms(call, received_at_ms, sent_at),
             "received_at": received_at_ms,
             "properties": {},
         }
-        context_traits = _object(context, "traits")
+        context_traits = _object(context, "traits", "context.")
         if context_traits:
             event["traits"] = canonical_traits(context_traits)
-        group_id = _identifier(context, "groupId")
+        group_id = _identifier(context, "groupId", "context.")
         if group_id is not None:
             event["account_id"] = group_id
         self._by_type[kind](call, context, event)
@@ -139,6 +146,10 @@ class Mapper:
         checked = parse_event(event)
         if isinstance(checked, Rejection):
             raise rejected("bad_field", f"the scoring engine would refuse this call's event: {checked.detail}")
+        if message_id is None:
+            # After the engine's checks: a property or trait nested too deep to hash is then
+            # refused for the reason it is in a call with a messageId.
+            event["event_id"] = _content_id(call)
         return Mapped(event["lead_id"], kind in PROFILE_TYPES, orjson.dumps(event))
 
     def _track(self, call: dict[str, Any], context: dict[str, Any], event: dict[str, Any]) -> None:
@@ -147,28 +158,37 @@ class Mapper:
             raise rejected("missing_event", "a track call needs `event`, the name of the action (e.g. \"Pricing Viewed\")")
         normalised = self._name(name)
         if not normalised:
-            raise rejected("bad_event", f"event name {name!r} has no letters or digits to name an event type by")
+            raise rejected("bad_event", f"event name {_shown(name)} has no letters or digits to name an event type by")
         event["type"] = normalised
         event["properties"] = _object(call, "properties")
 
 
 def _page(call: dict[str, Any], context: dict[str, Any], event: dict[str, Any]) -> None:
-    properties = dict(_object(call, "properties"))
+    own = _object(call, "properties")
+    properties = dict(own)
     # analytics.js sends the page's fields in context.page as well; the call's own ones win.
-    page = _object(context, "page")
+    page = _object(context, "page", "context.")
     for name in PAGE_FIELDS:
         if name not in properties and name in page:
             properties[name] = page[name]
     url = properties.get("url")
     if "path" not in properties and isinstance(url, str):
-        properties["path"] = urlsplit(url).path or "/"
+        # Every page view gets the path its rules compare (`path == "/pricing"`): a URL with no
+        # path to read is the client's to fix, not a page view to keep that no path rule sees.
+        try:
+            path = urlsplit(url).path
+        except ValueError as exc:  # an unclosed `[` (an IPv6 host), a host that NFKC changes
+            field = "properties.url" if "url" in own else "context.page.url"
+            reason = _cut(str(exc), 120)  # the NFKC one quotes the host, which may be most of 32 KB
+            raise rejected("bad_field", f"`{field}` is not a URL ({reason}): {_shown(url)}; send the page's address") from None
+        properties["path"] = path or "/"
     for name in ("name", "category"):
         value = call.get(name)
         if isinstance(value, str) and name not in properties:
             properties[name] = value
     spent = properties.get("time_on_page_s")  # what scoring rules compare (`time_on_page_s >= 120`)
     if spent is not None and (isinstance(spent, bool) or not isinstance(spent, (int, float)) or not 0 <= spent < 2**53):
-        raise rejected("bad_field", f"`properties.time_on_page_s` must be a number of seconds >= 0, not {spent!r}")
+        raise rejected("bad_field", f"`properties.time_on_page_s` must be a number of seconds >= 0, not {_shown(spent)}")
     event["type"] = "page_view"
     event["properties"] = properties
 
@@ -248,7 +268,7 @@ def iso_ms(value: object, name: str) -> int | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise rejected("bad_field", f"`{name}` must be an ISO-8601 date-time string, not {value!r}")
+        raise rejected("bad_field", f"`{name}` must be an ISO-8601 date-time string, not {_shown(value)}")
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
@@ -258,8 +278,9 @@ def iso_ms(value: object, name: str) -> int | None:
     return (parsed - _EPOCH) // _ONE_MS
 
 
-def _identifier(call: dict[str, Any], name: str) -> str | None:
-    """An id field as a string (Segment allows numbers); None when absent or empty."""
+def _identifier(call: dict[str, Any], name: str, parent: str = "") -> str | None:
+    """An id field as a string (Segment allows numbers); None when absent or empty. `parent`
+    names the object holding it in messages (`context.`)."""
     value = call.get(name)
     if value is None or value == "":
         return None
@@ -267,21 +288,45 @@ def _identifier(call: dict[str, Any], name: str) -> str | None:
         return value
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
-    raise rejected("bad_field", f"`{name}` must be a string, not {value!r}")
+    raise rejected("bad_field", f"`{parent}{name}` must be a string or an integer, not {_shown(value)}")
 
 
-def _object(call: dict[str, Any], name: str) -> dict[str, Any]:
+def _object(call: dict[str, Any], name: str, parent: str = "") -> dict[str, Any]:
     value = call.get(name)
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise rejected("bad_field", f"`{name}` must be a JSON object, not {type(value).__name__}")
+        raise rejected("bad_field", f"`{parent}{name}` must be a JSON object, not {type(value).__name__}")
     return value
 
 
-def _event_id(call: dict[str, Any]) -> str:
-    message_id = _identifier(call, "messageId")
-    if message_id is not None:
-        return message_id
+def _shown(value: object) -> str:
+    """A value of the call for a message, which the client hears and the dead letters keep: an
+    object or array by its kind only (it may be nested deeper than repr() can recurse, and
+    holds up to a call's 32 KB), a string cut short."""
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str) and len(value) > 64:
+        return f"{value[:64]!r}... ({len(value)} characters)"
+    return repr(value)
+
+
+def _cut(text: str, limit: int) -> str:
+    """A text for a message, cut after `limit` characters."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _content_id(call: dict[str, Any]) -> str:
+    """The event id of a call without messageId: a hash of what a retry of it sends alike."""
     content = {k: v for k, v in call.items() if k not in _PER_ATTEMPT_FIELDS}
+    for name, value in content.items():
+        if (value.__class__ is dict or value.__class__ is list) and nesting(value, _HASHABLE_NESTING) > _HASHABLE_NESTING:
+            raise rejected(
+                "bad_field",
+                f"`{name}` nests objects and arrays more than {_HASHABLE_NESTING} levels deep, too deep to derive "
+                "the call's event id from its content: send a `messageId`, or nest less",
+            )
     return "sha256:" + hashlib.sha256(orjson.dumps(content, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
+
