@@ -25,7 +25,7 @@ import orjson
 from scoring import AccountState, Engine, Event, LeadState, MemberScore, Rejection, Transition
 from scoring.identity import merge
 from streams.errors import InputError
-from streams.stitching import MAX_HOPS, links_from, may_link, publishable
+from streams.stitching import MAX_HOPS, links_of, may_link, publishable
 from streams.jsonlines import numbered_lines
 
 BATCH_EVENTS = 1000
@@ -194,6 +194,8 @@ def apply_file(engine: Engine, events_path: Path, err: TextIO, keep: Callable[[E
             for item, links in zip(parsed, _links(line, len(parsed))):
                 if isinstance(item, Rejection):
                     run.warn(number, item.reason, item.detail)
+                elif isinstance(links, str):  # refused as the worker refuses it: an old id no lead can have
+                    run.warn(number, "bad_value", links)
                 else:
                     batch.append((number, item, links))
             if len(batch) >= BATCH_EVENTS:
@@ -205,10 +207,11 @@ def apply_file(engine: Engine, events_path: Path, err: TextIO, keep: Callable[[E
     return run
 
 
-def _links(line: bytes, events: int) -> list[list[tuple[str, str]]]:
-    """The stitching links of each event of a line (the parsed events keep no anonymous_id or
-    previous_id, so lines that may hold one are read again, as the worker does)."""
-    none: list[list[tuple[str, str]]] = [[] for _ in range(events)]
+def _links(line: bytes, events: int) -> list[list[tuple[str, str]] | str]:
+    """The stitching links of each event of a line, or why the event is refused
+    (`stitching.links_of`; the parsed events keep no anonymous_id or previous_id, so lines that
+    may hold one are read again, as the worker does)."""
+    none: list[list[tuple[str, str]] | str] = [[] for _ in range(events)]
     if not may_link(line):
         return none
     try:
@@ -218,7 +221,7 @@ def _links(line: bytes, events: int) -> list[list[tuple[str, str]]]:
     items = value if isinstance(value, list) else [value]
     if len(items) != events:
         return none
-    return [links_from(item) if isinstance(item, dict) else [] for item in items]
+    return [links_of(item) if isinstance(item, dict) else [] for item in items]
 
 
 def _table(records: list[dict[str, Any]]) -> str:

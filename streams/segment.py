@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from scoring.events import PROFILE_TYPES, Rejection, nesting, parse_event
+from scoring.events import MAX_ID_CHARS, PROFILE_TYPES, Rejection, is_id, nesting, parse_event
 from streams.errors import ConfigError, RequestRejected
 
 ANONYMOUS_PREFIX = "anon:"
@@ -117,6 +117,10 @@ class Mapper:
         anonymous_id = _identifier(call, "anonymousId")
         if user_id is None and anonymous_id is None:
             raise rejected("missing_identity", f"a {kind} call needs a `userId` or an `anonymousId`")
+        if anonymous_id is not None and not is_id(ANONYMOUS_PREFIX + anonymous_id):
+            # It names the visitor's lead, which the worker would refuse to stitch (streams/stitching.py).
+            raise rejected("bad_field", f"`anonymousId` must be 1 to {MAX_ID_CHARS - len(ANONYMOUS_PREFIX)} characters with no control "
+                           f"character (the visitor's lead id is {ANONYMOUS_PREFIX!r} + it), not {_shown(anonymous_id)}")
         message_id = _identifier(call, "messageId")
         context = _object(call, "context")
         event: dict[str, Any] = {
@@ -221,6 +225,8 @@ def _alias(call: dict[str, Any], context: dict[str, Any], event: dict[str, Any])
         raise rejected("missing_previous_id", "an alias call needs `previousId`, the id the lead had before")
     if _identifier(call, "userId") is None:
         raise rejected("missing_user_id", "an alias call needs `userId`, the lead's new id")
+    if not is_id(previous_id):
+        raise rejected("bad_field", f"`previousId` must be 1 to {MAX_ID_CHARS} characters with no control character, not {_shown(previous_id)}")
     event["previous_id"] = previous_id
 
 

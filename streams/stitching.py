@@ -78,13 +78,6 @@ def may_link(raw: bytes) -> bool:
     return b"anonymous_id" in raw or b"previous_id" in raw or b"\\u" in raw
 
 
-def links_from(item: dict[str, Any]) -> list[tuple[str, str]]:
-    """(old id, new id) pairs an identify or alias event asks to stitch (none for an event
-    `links_of` refuses)."""
-    links = links_of(item)
-    return [] if isinstance(links, str) else links
-
-
 def links_of(item: dict[str, Any]) -> list[tuple[str, str]] | str:
     """(old id, new id) pairs an identify or alias event asks to stitch; or, when its old id
     could never be a lead's, why (naming the field and the bound): the event is refused, since

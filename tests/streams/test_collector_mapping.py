@@ -194,6 +194,11 @@ def test_a_call_without_message_id_gets_a_content_hash_that_ignores_sent_at() ->
         ({"userId": "u" * 257, "event": "A"}, "track", "bad_field"),
         ({"userId": "u", "event": "A", "timestamp": "1999-12-31T23:59:59Z"}, "track", "bad_field"),
         ({"userId": "u", "event": "A", "properties": {str(i): i for i in range(300)}}, "track", "bad_field"),
+        # ids the worker could not stitch: the visitor's lead id would be too long, or hold a control character
+        ({"userId": "u", "anonymousId": "a" * 252}, "identify", "bad_field"),
+        ({"userId": "u", "anonymousId": "a\x07"}, "identify", "bad_field"),
+        ({"userId": "u", "previousId": "p" * 257}, "alias", "bad_field"),
+        ({"userId": "u", "previousId": "p\n"}, "alias", "bad_field"),
     ],
 )
 def test_calls_that_cannot_be_mapped_are_rejected_with_a_reason(call: Any, call_type: str | None, code: str) -> None:

@@ -122,6 +122,14 @@ def test_an_event_of_a_type_its_models_do_not_know_is_reported_not_scored(tmp_pa
     ]
 
 
+def test_an_identify_whose_old_id_no_lead_can_have_is_refused_as_the_worker_refuses_it(tmp_path: Path) -> None:
+    long_visitor = {"event_id": "i", "lead_id": "ana", "type": "identify", "time": T0 + 1, "product": "saas", "anonymous_id": "v" * 252}
+    out, err = io.StringIO(), io.StringIO()
+    assert score_file(MODELS_DIR, write(tmp_path / "events.jsonl", [SAAS_EVENTS[0], long_visitor]), table=False, out=out, err=err) == 0
+    assert [(r["lead_id"], r["score"]) for r in map(orjson.loads, out.getvalue().splitlines())] == [("ana", 5)]
+    assert err.getvalue().startswith("events.jsonl line 2: bad_value: field 'anonymous_id' must be 1 to 251 characters")
+
+
 def test_a_file_saved_with_a_byte_order_mark_is_scored(tmp_path: Path) -> None:
     events = tmp_path / "events.jsonl"
     events.write_bytes(b"\xef\xbb\xbf" + b"\r\n".join(orjson.dumps(e) for e in SAAS_EVENTS[:3]) + b"\r\n")
