@@ -70,7 +70,7 @@ def test_json_outcome_lines_that_are_not_outcome_objects(tmp_path: Path) -> None
     assert err.getvalue().splitlines() == [
         "outcomes.jsonl line 1: expected an object with lead_id and outcome",
         "outcomes.jsonl line 2: expected an object with lead_id and outcome",
-        "outcomes.jsonl line 3: field 'time' must be epoch milliseconds or an ISO-8601 text, got a number",
+        "outcomes.jsonl line 3: field 'time' must be whole epoch milliseconds (an integer, no decimal point or exponent) or an ISO-8601 text, got 1.5",
         "outcomes.jsonl line 4: not valid JSON: unexpected character, expected a string key: line 1 column 2 (char 1)",
     ]
 
