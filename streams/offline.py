@@ -85,8 +85,9 @@ class OfflineRun:
         for event in result.unrouted:
             self.warn(
                 line_of[id(event)], "unrouted",
-                f"event {event.event_id!r} of lead {event.lead_id!r} has product {event.product!r}, which no model's "
-                f"[filter] takes (they take: {self.products}): not scored",
+                f"event {event.event_id!r} of lead {event.lead_id!r} has "
+                + (f"product {event.product!r}" if event.product is not None else "no product")
+                + f", which no model's [filter] takes (they take: {self.products}): not scored",
             )  # fmt: skip
         for event in result.unknown_type:
             self.warn(line_of[id(event)], "unknown_type", f"event {event.event_id!r} of lead {event.lead_id!r}: {self.engine.unknown_type(event)}")

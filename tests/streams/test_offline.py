@@ -101,12 +101,15 @@ def test_missing_file_and_bad_models_are_clear_errors(tmp_path: Path, capsys) ->
 
 def test_an_event_no_model_takes_is_reported_not_scored(tmp_path: Path) -> None:
     typo = {"event_id": "t", "lead_id": "cy", "type": "signup", "time": T0, "product": "sass"}
+    none = {"event_id": "n", "lead_id": "cy", "type": "signup", "time": T0}
     out, err = io.StringIO(), io.StringIO()
-    assert score_file(MODELS_DIR, write(tmp_path / "events.jsonl", [SAAS_EVENTS[0], typo]), table=False, out=out, err=err) == 0
+    assert score_file(MODELS_DIR, write(tmp_path / "events.jsonl", [SAAS_EVENTS[0], typo, none]), table=False, out=out, err=err) == 0
     assert [(r["record"], r["lead_id"]) for r in map(orjson.loads, out.getvalue().splitlines())] == [("lead", "ana")]
     assert err.getvalue().splitlines() == [
         "events.jsonl line 2: unrouted: event 't' of lead 'cy' has product 'sass', which no model's [filter] takes "
-        "(they take: analytics, analytics_addon, b2b, saas): not scored"
+        "(they take: analytics, analytics_addon, b2b, saas): not scored",
+        "events.jsonl line 3: unrouted: event 'n' of lead 'cy' has no product, which no model's [filter] takes "
+        "(they take: analytics, analytics_addon, b2b, saas): not scored",
     ]
 
 
