@@ -1,14 +1,18 @@
-"""Helpers of the collector's tests: a collector served from a thread, and reading what it wrote."""
+"""Helpers of the collector's tests: a collector served from a thread (and fixtures that start one
+for a test, importing them), a track call, and reading what it wrote."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 import time
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
+import pytest
 import requests
 
 from streams.collector import load_sources, serve
@@ -106,3 +110,20 @@ def read_messages(settings: Settings, *topics: str, events: int, timeout_s: floa
 
 def all_events(messages: list[Message]) -> list[dict[str, Any]]:
     return [event for message in messages for event in message.events]
+
+
+@pytest.fixture
+def settings(isolated: Settings) -> Settings:
+    """The test's own settings with the test site's write key (import it with `collector`)."""
+    return isolated.with_overrides(collector_write_keys=SOURCES, collector_body_timeout_ms=1000)
+
+
+@pytest.fixture
+def collector(settings: Settings) -> Iterator[ThreadedCollector]:
+    with ThreadedCollector(settings) as running:
+        yield running
+
+
+def track(lead: str, **extra: Any) -> dict[str, Any]:
+    """A track call of the lead with its own messageId."""
+    return {"type": "track", "userId": lead, "event": "Pricing Viewed", "messageId": uuid.uuid4().hex, **extra}

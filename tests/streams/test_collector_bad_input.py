@@ -4,8 +4,7 @@ batch's rejection) naming the field, never a 500 after the good events were writ
 from __future__ import annotations
 
 import logging
-import uuid
-from typing import Any, Iterator
+from typing import Any
 
 import orjson
 import pytest
@@ -14,24 +13,11 @@ import requests
 from streams.collector import Collector
 from streams.segment import Mapper
 from streams.settings import Settings
-from tests.streams.collector_support import SOURCES, ThreadedCollector, all_events, read_messages
+from tests.streams.collector_support import (  # settings and collector: fixtures
+    ThreadedCollector, all_events, collector, read_messages, settings, track,
+)
 
 DEEP = "deep-placeholder"
-
-
-@pytest.fixture
-def settings(isolated: Settings) -> Settings:
-    return isolated.with_overrides(collector_write_keys=SOURCES, collector_body_timeout_ms=1000)
-
-
-@pytest.fixture
-def collector(settings: Settings) -> Iterator[ThreadedCollector]:
-    with ThreadedCollector(settings) as running:
-        yield running
-
-
-def track(lead: str, **extra: Any) -> dict[str, Any]:
-    return {"type": "track", "userId": lead, "event": "Pricing Viewed", "messageId": uuid.uuid4().hex, **extra}
 
 
 def spelt(body: Any, levels: int) -> bytes:

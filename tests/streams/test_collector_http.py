@@ -9,7 +9,7 @@ import socket
 import threading
 import time
 import uuid
-from typing import Any, Iterator
+from typing import Any
 
 import orjson
 import pytest
@@ -21,22 +21,9 @@ from streams.partitioning import partition_for
 from streams.processes import CollectorProcess
 from streams.settings import Settings
 from streams.processes import free_port
-from tests.streams.collector_support import SOURCES, WRITE_KEY, ThreadedCollector, all_events, read_messages
-
-
-@pytest.fixture
-def settings(isolated: Settings) -> Settings:
-    return isolated.with_overrides(collector_write_keys=SOURCES, collector_body_timeout_ms=1000)
-
-
-@pytest.fixture
-def collector(settings: Settings) -> Iterator[ThreadedCollector]:
-    with ThreadedCollector(settings) as running:
-        yield running
-
-
-def track(lead: str, **extra: Any) -> dict[str, Any]:
-    return {"type": "track", "userId": lead, "event": "Pricing Viewed", "messageId": uuid.uuid4().hex, **extra}
+from tests.streams.collector_support import (  # settings and collector: fixtures
+    WRITE_KEY, ThreadedCollector, all_events, collector, read_messages, settings, track,
+)
 
 
 def test_each_single_call_lands_keyed_by_its_lead_on_the_leads_partition(collector: ThreadedCollector, settings: Settings) -> None:
