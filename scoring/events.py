@@ -202,8 +202,9 @@ def _sound(event: Event) -> bool:
         return False
     if not (event.event_id.isprintable() and event.lead_id.isprintable()) or (
         event.account_id is not None and not event.account_id.isprintable()
-    ):
-        return _has_no_control(event.event_id, event.lead_id, event.account_id)
+    ):  # the quick test failed: is it a control character (see _CONTROL)?
+        if not (is_id(event.event_id) and is_id(event.lead_id) and (event.account_id is None or is_id(event.account_id))):
+            return False
     # The checks are `_too_large`'s, inline: this runs for every event, and calling it cost
     # 0.2-0.4 us more per event (decode_message of the bench workload, 1.5-1.7 us).
     for value in event.traits.values():
@@ -257,10 +258,6 @@ def is_id(text: str) -> bool:
     return 0 < len(text) <= MAX_ID_CHARS and (text.isprintable() or _CONTROL.search(text) is None)
 
 
-def _has_no_control(*ids: str | None) -> bool:
-    return not any(_CONTROL.search(text) for text in ids if text is not None)
-
-
 def _too_large(properties: dict[str, Any], traits: dict[str, Any]) -> str | None:
     """The first property nested deeper than MAX_NESTING, or trait a lead's state cannot keep
     (`_trait_problem`), as a rejection's detail."""
@@ -282,16 +279,15 @@ def _trait_problem(key: str, value: Any) -> str | None:
     if kind is str:
         if len(value) > MAX_TRAIT_SIZE:
             return f"traits.{key} is {len(value)} characters, at most {MAX_TRAIT_SIZE} are kept: send long texts as properties"
-    elif kind is int or kind is dict or kind is list:
-        if kind is not int and nesting(value) > MAX_NESTING:
-            return _too_deep(f"traits.{key}")
-        if _huge_int(value):
-            return f"traits.{key} holds an integer beyond 64 bits, which a lead's state cannot keep: send such a number as a text"
-        if kind is int:
-            return None
-        size = len(_encode(value))
-        if size > MAX_TRAIT_SIZE:
-            return f"traits.{key} is {size} bytes of JSON, at most {MAX_TRAIT_SIZE} are kept: send large values as properties"
+        return None
+    if kind is not int and kind is not dict and kind is not list:
+        return None
+    if kind is not int and nesting(value) > MAX_NESTING:
+        return _too_deep(f"traits.{key}")
+    if _huge_int(value):
+        return f"traits.{key} holds an integer beyond 64 bits, which a lead's state cannot keep: send such a number as a text"
+    if kind is not int and len(encoded := _encode(value)) > MAX_TRAIT_SIZE:
+        return f"traits.{key} is {len(encoded)} bytes of JSON, at most {MAX_TRAIT_SIZE} are kept: send large values as properties"
     return None
 
 

@@ -249,3 +249,9 @@ def test_json_nested_deeper_than_orjson_reads_is_too_large_not_bad_json() -> Non
 def test_iso_times_may_spell_t_and_z_in_lower_case() -> None:
     assert parse_event({**GOOD, "time": "2025-11-03t00:00:00z"}) == parse_event({**GOOD, "time": "2025-11-03T00:00:00Z"}) == Event(
         "e-1", "L1", "page_view", T0)
+
+
+def test_an_id_that_is_not_printable_but_allowed_still_gets_every_other_check() -> None:
+    event = {**GOOD, "event_id": "\U0001f469\u200d\U0001f4bb", "traits": {"bio": "x" * (MAX_TRAIT_SIZE + 1)}}
+    assert decode_message(orjson.dumps(event)) is None  # the careful path says why
+    assert parse_event(orjson.dumps(event)).reason == "too_large"
