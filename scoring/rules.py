@@ -249,9 +249,8 @@ def _equality(var: str, values: frozenset[Any], constant: Callable[[Any], str]) 
         if flags:
             return f"{var} is {value!r}"  # True or False: singletons
         return f"({var} == {constant(value)}{f' and {var}.__class__ is not bool' if numbers else ''})"
-    test = f"({var}.__class__ in _SCALARS and {var} in {constant(others)})"
-    if numbers:
-        test = f"({var}.__class__ in _SCALARS and {var}.__class__ is not bool and {var} in {constant(others)})"
+    not_a_flag = f"{var}.__class__ is not bool and " if numbers else ""
+    test = f"({var}.__class__ in _SCALARS and {not_a_flag}{var} in {constant(others)})"
     if flags:
         test = f"({var} in {constant(flags)} if {var}.__class__ is bool else {test})"
     return test
