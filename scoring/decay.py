@@ -55,8 +55,12 @@ class StepDecay:
             yield due, points
 
     def give_back(self, state: LeadState, activity_ms: int) -> Iterator[float]:
-        """Returns the points of steps taken that were due after `activity_ms`, newest first."""
-        while state.steps_taken and state.last_activity_ms + self.steps[len(state.steps_taken) - 1].idle_ms > activity_ms:
+        """Returns the points of steps taken that were due after `activity_ms`, newest first.
+
+        A lead may have taken more steps than an edited schedule has: those count as due when
+        the schedule's last step is, the latest time it knows."""
+        last = len(self.steps) - 1
+        while state.steps_taken and state.last_activity_ms + self.steps[min(len(state.steps_taken) - 1, last)].idle_ms > activity_ms:
             points = state.steps_taken[-1]
             state.steps_taken = state.steps_taken[:-1]
             state.behaviour -= points

@@ -59,6 +59,18 @@ def test_activity_that_arrives_after_a_step_it_precedes_gives_the_step_back() ->
     assert run.levels()[-1] == ("mql", "sql")
 
 
+def test_late_activity_gives_back_steps_an_edited_schedule_no_longer_has() -> None:
+    run = Run(engine(STEPS)).apply(ev("visit"), ev("visit"))
+    state, _ = run.engine.decay("m", "L1", run.state(), T0 + 95 * DAY)
+    assert state.steps_taken == (-15, -30, -35)
+    run.store[("m", "L1")] = state.to_bytes()
+    # The schedule loses its third step while the lead has taken it; an activity from before
+    # the second step was due gives back both later steps (the third as due with the second).
+    edited = Run(engine(STEPS.replace(', { idle = "90d", points = -50 }', "")), store=run.store)
+    edited.apply(ev("small", at=50 * DAY))
+    assert edited.score() == 80 - 15 + 1
+
+
 def test_floor_is_zero_unless_the_model_allows_less() -> None:
     run = Run(engine(STEPS)).apply(ev("small"))
     assert decayed(run, 100) == 0
