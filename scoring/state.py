@@ -34,7 +34,8 @@ without trait times (layout 3; its traits then give way to any update, as they d
 
 from __future__ import annotations
 
-from typing import Any, Union
+import sys
+from typing import Annotated, Any, Union
 
 import msgspec
 import orjson
@@ -47,13 +48,21 @@ SEPARATOR = "\x7f"
 _VERSION = 1  # accounts
 _LEAD_VERSION = 4  # MessagePack (3: without trait times); 1 and 2 were JSON arrays
 
-_Number = Union[int, float]
-#: The fields of a lead state as stored, in order, after the layout version.
+#: A finite number: NaN or an infinity in a stored state would make every comparison of the
+#: lead's score false, and it never crossed a line again.
+_Number = Union[int, Annotated[float, msgspec.Meta(ge=-sys.float_info.max, le=sys.float_info.max)]]
+#: A rule's ledger entry: points, occurrences, capped, bonuses (the engine indexes all four).
+_Entry = Annotated[list[_Number], msgspec.Meta(min_length=4, max_length=4)]
+#: Window counters: (window index, count) pairs, flat (scoring.repeat).
+_Counts = Annotated[list[int], msgspec.Meta(min_length=2)]
+#: The fields of a lead state as stored, in order, after the layout version. The types are
+#: what the engine relies on, so a foreign or corrupt record that does not hold them is a
+#: StateError when read, never an exception while scoring the lead's events.
 _Layout = tuple[
     int,  # layout version
     _Number, _Number, int, int, tuple[_Number, ...],  # behaviour, fit, as_of_ms, last_activity_ms, steps_taken
     int, str, int, dict[str, Any], Union[str, None],  # watermark_ms, level, crossings, traits, account_id
-    dict[str, list[_Number]], dict[str, list[int]], dict[str, dict[str, None]],  # ledger, windows, seen
+    dict[str, _Entry], dict[str, _Counts], dict[str, dict[str, None]],  # ledger, windows, seen
     list[str], int, list[str], int,  # ids, ids_max_ms, old_ids, old_ids_max_ms
     list[Union[int, float, str]], int,  # history, windows_drop_ms
     dict[str, int],  # trait_times
@@ -61,7 +70,7 @@ _Layout = tuple[
 #: Layout 3, which earlier versions wrote: the same without trait_times.
 _Layout3 = tuple[
     int, _Number, _Number, int, int, tuple[_Number, ...], int, str, int, dict[str, Any], Union[str, None],
-    dict[str, list[_Number]], dict[str, list[int]], dict[str, dict[str, None]], list[str], int, list[str], int,
+    dict[str, _Entry], dict[str, _Counts], dict[str, dict[str, None]], list[str], int, list[str], int,
     list[Union[int, float, str]], int,
 ]  # fmt: skip
 _encode = msgspec.msgpack.Encoder().encode
@@ -206,6 +215,7 @@ class LeadState:
         else:
             if values[0] != _LEAD_VERSION:
                 raise StateError(f"lead state of an unknown layout version {values[0]} (expected {_LEAD_VERSION})")
+        _check_pairs_and_triples(values[12], values[18])
         state = cls.__new__(cls)
         (
             _, state.behaviour, state.fit, state.as_of_ms, state.last_activity_ms, state.steps_taken,
@@ -291,6 +301,20 @@ class LeadState:
         """The last `keep` recorded changes, oldest first, as (time_ms, points, label)."""
         history = self.history[-3 * keep :]
         return list(zip(history[0::3], history[1::3], history[2::3]))
+
+
+def _check_pairs_and_triples(windows: dict[str, list[int]], history: list[Any]) -> None:
+    """What the decoder's types cannot say: window counters come in pairs, and the history in
+    (time, points, label) triples."""
+    for key, counts in windows.items():
+        if len(counts) % 2:
+            raise StateError(f"lead state has window counters {key!r} of odd length {len(counts)} (expected pairs)")
+    if len(history) % 3 or not (
+        all(value.__class__ is int for value in history[0::3])
+        and all(value.__class__ in (int, float) for value in history[1::3])
+        and all(value.__class__ is str for value in history[2::3])
+    ):
+        raise StateError("lead state has a history that is not (time, points, label) triples")
 
 
 def _from_json_layout(data: bytes | bytearray | memoryview) -> LeadState:
