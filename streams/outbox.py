@@ -76,6 +76,20 @@ class Outbox:
             partition = partition_for(key.decode(), self.partitions) if key else 0
         self._pending[(topic, partition)].append((key, value))
 
+    def mark(self) -> dict[tuple[str, int], int]:
+        """Where the queue stands: `rollback` drops what is added after."""
+        return {key: len(records) for key, records in self._pending.items()}
+
+    def rollback(self, mark: dict[tuple[str, int], int]) -> None:
+        """Drops the records added since `mark`. For work that does not await in between: a
+        flush in between would have taken (and sent) them."""
+        for key in list(self._pending):
+            kept = mark.get(key, 0)
+            if kept:
+                del self._pending[key][kept:]
+            else:
+                del self._pending[key]
+
     def __len__(self) -> int:
         return sum(len(records) for records in self._pending.values())
 

@@ -20,11 +20,12 @@ from scoring.errors import StateError
 from streams import metrics
 from streams.deadletter import DeadLetter
 from streams.envelope import unpack
+from streams.isolation import internal_error, isolate, split_envelope
 from streams.outbox import Outbox, encode_json, encode_json_or_none
 from streams.overlap import InFlight, make_durable
 from streams.partitioning import partition_for
 from streams.settings import Settings
-from streams.stage import Consumed, LiveTable, frame, unframe
+from streams.stage import Consumed, LiveTable, Record, frame, unframe
 
 
 _decode_updates = msgspec.json.Decoder(list[MemberScore]).decode
@@ -93,55 +94,79 @@ class Rollup:
 
     async def process(self, batch: Sequence[Consumed], done: Callable[[], Awaitable[None]] | None = None) -> None:
         """Rolls up a batch and returns once it is durable; or, given `done`, as soon as it is
-        rolled up, as `Scorer.process` does."""
+        rolled up, as `Scorer.process` does. An update that makes the roll-up raise is found and
+        dead-lettered (streams/isolation.py)."""
+        records = [record for part in isolate(batch, self._attempt, split_envelope, self._refuse) for record in part]
+        await self.in_flight.wait()
+        self.in_flight.start(make_durable(self.outbox, records, done))
+        if done is None:
+            await self.in_flight.wait()
+
+    def _attempt(self, messages: Sequence[Consumed]) -> list[Record]:
+        """`_roll_up`, or nothing at all when it raises (see `Scorer._attempt`)."""
+        mark = self.outbox.mark()
         changed: dict[str, tuple[int, dict[str, AccountState]]] = {}
+        try:
+            return self._roll_up(messages, changed)
+        except Exception:
+            self.outbox.rollback(mark)
+            self.store.drop(changed)
+            raise
+
+    def _roll_up(self, messages: Sequence[Consumed], changed: dict[str, tuple[int, dict[str, AccountState]]]) -> list[Record]:
+        """Queues the messages' crossings, summaries and dead letters; returns the changelog
+        records of the account states they changed (`changed`: each one's partition and states)."""
         transitions: list[Transition] = []
+        dead: list[DeadLetter] = []
         # (account id, model) whose members changed: read models get their summaries.
         moved: set[tuple[str, str]] = set()
-        for message in batch:
-            for update in self._decode(message):
+        for message in messages:
+            for update in self._decode(message, dead):
                 account_id = update.account_id
                 try:
                     states = changed[account_id][1] if account_id in changed else self.store.states(account_id)
                 except StateError as exc:
-                    self._dead(message, "unreadable_state", f"the stored state of account {account_id!r} cannot be read ({exc}): its "
-                               "updates go to the dead-letter topic until it is repaired or its entry deleted", encode_json(update))
+                    dead.append(self._dead(message, "unreadable_state", f"the stored state of account {account_id!r} cannot be "
+                                           f"read ({exc}): its updates go to the dead-letter topic until it is repaired or its "
+                                           "entry deleted", encode_json(update)))
                     continue
+                changed[account_id] = (message.partition, states)  # before it changes: an attempt that raises drops it
                 state = states.get(update.model)
                 before = _member_score(state, update.lead_id)
                 state, crossed = self.engine.apply_account(update.model, account_id, state, update)
                 if _member_score(state, update.lead_id) != before and update.model in self.rolling:
                     moved.add((account_id, update.model))  # a score or a membership changed, in a model that rolls up
                 states[update.model] = state
-                changed[account_id] = (message.partition, states)
                 transitions.extend(crossed)
         for transition in transitions:
             self.outbox.add(self.settings.topic_crossings, str(transition.account_id).encode(), encode_json(transition.to_dict()))
         for account_id, model in moved:
             summary = self.engine.account_summary(model, account_id, changed[account_id][1][model])
             self.outbox.add(self.settings.topic_scores, account_score_key(model, account_id), encode_json(summary))
+        # Encoded before any is kept, so an encoding that raises changes nothing; sent after
+        # the crossings, once the batch before is durable.
+        encoded = [(account_id, partition, states, encode_accounts(states)) for account_id, (partition, states) in changed.items()]
         metrics.count_crossings(transitions)
-        # Encoded and kept now; sent after the crossings, once the batch before is durable.
-        write = self.store.write
-        records = [write(account_id, partition, states, encode_accounts(states)) for account_id, (partition, states) in changed.items()]
-        await self.in_flight.wait()
-        self.in_flight.start(make_durable(self.outbox, records, done))
-        if done is None:
-            await self.in_flight.wait()
+        self._queue_dead(dead)
+        return [self.store.write(*write) for write in encoded]
 
-    def _decode(self, message: Consumed) -> list[MemberScore]:
+    def _refuse(self, message: Consumed, exc: Exception) -> None:
+        self._queue_dead([internal_error(exc, message, "rolling up this account update")])
+
+    def _decode(self, message: Consumed, dead: list[DeadLetter]) -> list[MemberScore]:
         """The message's updates for the models this worker has; the others are dead-lettered."""
-        updates = self._updates(message)
+        updates = self._updates(message, dead)
         unknown = [update for update in updates if update.model not in self.models]
         for update in unknown:
-            self._dead(message, "unknown_model", f"account update for model {update.model!r}, which this worker does not have "
+            dead.append(self._dead(message, "unknown_model", f"account update for model {update.model!r}, which this worker does not have "
                        f"(models: {', '.join(sorted(self.models))}): removed from LEADSTREAM_MODELS_DIR while updates were "
-                       "in flight, or not written by leadstream", encode_json(update))
+                       "in flight, or not written by leadstream", encode_json(update)))
         return [update for update in updates if update.model in self.models] if unknown else updates
 
-    def _updates(self, message: Consumed) -> list[MemberScore]:
+    def _updates(self, message: Consumed, dead: list[DeadLetter]) -> list[MemberScore]:
         if message.tombstone:
-            self._dead(message, "tombstone", f"a message without a value (a tombstone) on {message.topic}, which takes member updates", b"")
+            dead.append(self._dead(message, "tombstone", f"a message without a value (a tombstone) on {message.topic}, which takes "
+                                   "member updates", b""))
             return []
         try:  # an envelope of well-formed updates, decoded and checked in one pass
             return _decode_updates(message.value)
@@ -151,17 +176,21 @@ class Rollup:
         try:
             records = unpack(message.value)
         except orjson.JSONDecodeError as exc:
-            records, error = [], f"message is not JSON: {exc}"
-            self._dead(message, "bad_json", error, message.value)
+            records = []
+            dead.append(self._dead(message, "bad_json", f"message is not JSON: {exc}", message.value))
         for record in records:
             try:
                 updates.append(msgspec.convert(record, MemberScore))
             except msgspec.ValidationError as exc:  # names the field: "Expected `str`, got `array` - at `$.account_id`"
-                self._dead(message, "bad_account_update", f"account update lacks or mistypes a field: {exc}",
-                           encode_json_or_none(record) or message.value)
+                dead.append(self._dead(message, "bad_account_update", f"account update lacks or mistypes a field: {exc}",
+                                       encode_json_or_none(record) or message.value))
         return updates
 
-    def _dead(self, message: Consumed, reason: str, detail: str, original: bytes) -> None:
-        letter = DeadLetter(reason, detail, original, message.topic, message.partition, message.offset, message.key)
-        metrics.EVENTS_REJECTED.labels(reason).inc()
-        self.outbox.add(self.settings.topic_deadletter, message.key, letter.to_bytes(), message.partition)
+    @staticmethod
+    def _dead(message: Consumed, reason: str, detail: str, original: bytes) -> DeadLetter:
+        return DeadLetter(reason, detail, original, message.topic, message.partition, message.offset, message.key)
+
+    def _queue_dead(self, dead: list[DeadLetter]) -> None:
+        for letter in dead:
+            metrics.EVENTS_REJECTED.labels(letter.reason).inc()
+            self.outbox.add(self.settings.topic_deadletter, letter.key, letter.to_bytes(), letter.partition)

@@ -33,6 +33,7 @@ from scoring.events import MAX_EVENT_BYTES, decode_message, parse_value, too_lar
 from streams import metrics, stitching
 from streams.deadletter import DeadLetter
 from streams.envelope import unpack
+from streams.isolation import internal_error, isolate, split_envelope
 from streams.outbox import Outbox, encode_json, encode_json_or_none
 from streams.partitioning import partition_for
 from streams.rollup import lead_score_key, publish_updates
@@ -66,6 +67,19 @@ class BatchStats:
     crossings: list[Transition] = field(default_factory=list)
     new_leads: dict[str, int] = field(default_factory=dict)
     newest_event_ms: int = 0
+
+    def add(self, other: BatchStats) -> None:
+        """Counts what `other` (a part of the batch, streams/isolation.py) did as well."""
+        self.events += other.events
+        self.scored += other.scored
+        for reason, count in other.rejected.items():
+            self.rejected[reason] = self.rejected.get(reason, 0) + count
+        self.late += other.late
+        self.unrouted += other.unrouted
+        self.crossings += other.crossings
+        for model, count in other.new_leads.items():
+            self.new_leads[model] = self.new_leads.get(model, 0) + count
+        self.newest_event_ms = max(self.newest_event_ms, other.newest_event_ms)
 
     def record(self) -> None:
         metrics.EVENTS_CONSUMED.inc(self.events)
@@ -213,15 +227,51 @@ class Scorer:
 
     async def _process(self, batch: Sequence[Consumed]) -> tuple[BatchStats, list[Record]]:
         """Scores a batch: its outputs are queued in the outbox and its states written to the
-        live table; returns the changelog records to send once the outputs are acknowledged."""
+        live table; returns the changelog records to send once the outputs are acknowledged.
+        Input that makes scoring raise is found and dead-lettered (streams/isolation.py)."""
         stats = BatchStats(messages=len(batch))
-        dead: list[DeadLetter] = []
         # Identity links and merges first, so the events of this batch see who is merged.
         identity = [m for m in batch if m.topic == self.settings.topic_identity and not m.tombstone]
         if identity:
+            dead: list[DeadLetter] = []
             # Stitching writes states itself: after the batch before's, which may be the same leads'.
             await self.in_flight.wait()
             await self._stitch(identity, dead)
+            self._queue_dead(dead, stats)
+        rest = [m for m in batch if m.topic != self.settings.topic_identity or m.tombstone] if identity else batch
+        records: list[Record] = []
+        def refuse(message: Consumed, exc: Exception) -> None:
+            stats.events += 1
+            self._queue_dead([internal_error(exc, message, "scoring this event")], stats)
+
+        for part, part_records in isolate(rest, self._attempt, split_envelope, refuse):
+            stats.add(part)
+            records += part_records
+        return stats, records
+
+    def _attempt(self, messages: Sequence[Consumed]) -> tuple[BatchStats, list[Record]]:
+        """`_score`, or nothing at all when it raises: what it queued in the outbox is taken
+        back and the live states it changed are dropped (read again from their bytes)."""
+        mark = self.outbox.mark()
+        known: dict[str, States] = {}
+        try:
+            return self._score(messages, known)
+        except Exception:
+            self.outbox.rollback(mark)
+            self.store.drop(known)
+            raise
+
+    def _queue_dead(self, dead: list[DeadLetter], stats: BatchStats) -> None:
+        for letter in dead:
+            stats.rejected[letter.reason] = stats.rejected.get(letter.reason, 0) + 1
+            self.outbox.add(self.settings.topic_deadletter, letter.key, letter.to_bytes(), letter.partition)
+
+    def _score(self, messages: Sequence[Consumed], known: dict[str, States]) -> tuple[BatchStats, list[Record]]:
+        """Scores messages (no identity records): queues their outputs, writes their states to
+        the live table and returns the changelog records. `known` gets each lead's live states,
+        looked up once."""
+        stats = BatchStats()
+        dead: list[DeadLetter] = []
         # Leads to forget (lead id -> partition), after this batch's events: all they left goes.
         forget: dict[str, int] = {}
         events = []
@@ -229,17 +279,13 @@ class Scorer:
         sources: list[tuple[Consumed, list[Any] | None, list[Event]]] = []
         links: list[tuple[str, str, int]] = []
         partition_of: dict[str, int] = {}
-        # Each lead's live states, looked up once per batch.
-        known: dict[str, States] = {}
         states_of = self.store.states
         clock_ms = self.now_ms()
         max_future_ms = self.settings.max_future_ms
         horizon_ms = clock_ms + max_future_ms if max_future_ms > 0 else float("inf")
-        for message in batch:
+        for message in messages:
             if message.tombstone:
                 self._tombstone(message, forget, dead, stats)
-                continue
-            if message.topic == self.settings.topic_identity:
                 continue
             items, decoded = self._decode(message, dead, stats)
             sources.append((message, items, decoded))
@@ -312,12 +358,11 @@ class Scorer:
         if forget:
             account_updates = account_updates + self._forget(forget, known, writes, clock_ms)
         publish_updates(outbox, self.settings, account_updates, self.partitions)
-        for letter in dead:
-            stats.rejected[letter.reason] = stats.rejected.get(letter.reason, 0) + 1
-            outbox.add(self.settings.topic_deadletter, letter.key, letter.to_bytes(), letter.partition)
-        write = self.store.write
-        records = [write(lead_id, partition, states, encode_states(states) if value is None else value)
+        self._queue_dead(dead, stats)
+        # Every state encoded before any is written, so an encoding that raises changes nothing.
+        encoded = [(lead_id, partition, states, encode_states(states) if value is None else value)
                    for lead_id, (partition, states, value) in writes.items()]
+        records = [self.store.write(*write) for write in encoded]
         records += [self.store.remove(lead_id, partition) for lead_id, partition in forget.items()]
         return stats, records
 

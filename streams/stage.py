@@ -10,7 +10,7 @@ from __future__ import annotations
 import struct
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable, Generic, Iterator, MutableMapping, Protocol, TypeVar
+from typing import Callable, Generic, Iterable, Iterator, MutableMapping, Protocol, TypeVar
 
 from scoring.errors import StateError
 from streams.outbox import Outbox
@@ -166,6 +166,12 @@ class LiveTable(Generic[S]):
         """Drops the live states of keys on these partitions (revoked from this worker)."""
         for key in [key for key in self.live if partition_for(key, self.partitions) in partitions]:
             del self.live[key]
+
+    def drop(self, keys: Iterable[str]) -> None:
+        """Drops these keys' live states, changed in place by work that failed before writing
+        them: they are decoded again from their bytes, as they were before it, when next read."""
+        for key in keys:
+            self.live.pop(key, None)
 
     def drop_live(self) -> None:
         """Drops every live state (each is decoded again from its bytes when next read): after

@@ -10,6 +10,7 @@ import orjson
 import pytest
 
 from scoring import Engine, MemberScore
+from streams.deadletter import DeadLetter
 from streams.rollup import Rollup, decode_accounts, publish_updates
 from streams.settings import Settings
 from streams.stage import Consumed, LiveTable, MemoryData, frame
@@ -27,6 +28,14 @@ class Collected:
         self.records.append((topic, key, value, partition))
 
 
+def decode(stage: Rollup, message: Consumed) -> list[MemberScore]:
+    """The stage's updates of a message, its dead letters queued as a batch's are."""
+    dead: list[DeadLetter] = []
+    updates = stage._decode(message, dead)
+    stage._queue_dead(dead)
+    return updates
+
+
 def test_updates_cross_kafka_as_documented_and_decode_back() -> None:
     settings = Settings()
     updates = [MemberScore("b2b", "acme", "L1", 20, 1_762_128_000_000), MemberScore("b2b", "acme", "L2", 35.5, 1_762_128_000_001)]
@@ -39,7 +48,7 @@ def test_updates_cross_kafka_as_documented_and_decode_back() -> None:
         {"model": "b2b", "account_id": "acme", "lead_id": "L2", "score": 35.5, "time": 1_762_128_000_001},
     ]
     stage = Rollup(Engine([shipped("b2b")]), settings, None, Collected())  # type: ignore[arg-type]
-    assert stage._decode(Consumed(topic, partition or 0, 7, None, value)) == [
+    assert decode(stage, Consumed(topic, partition or 0, 7, None, value)) == [
         MemberScore("b2b", "acme", "L1", 20.0, 1_762_128_000_000), MemberScore("b2b", "acme", "L2", 35.5, 1_762_128_000_001),
     ]
 
@@ -50,7 +59,7 @@ def test_a_bad_update_is_dead_lettered_and_the_others_kept() -> None:
     stage = Rollup(Engine([shipped("b2b")]), settings, None, dead)  # type: ignore[arg-type]
     good: dict[str, Any] = {"model": "b2b", "account_id": "acme", "lead_id": "L1", "score": 20, "time": 5}
     bad = {**good, "lead_id": "L2", "score": "lots"}
-    decoded = stage._decode(Consumed(settings.topic_accounts, 1, 9, None, orjson.dumps([good, bad])))
+    decoded = decode(stage, Consumed(settings.topic_accounts, 1, 9, None, orjson.dumps([good, bad])))
     assert decoded == [MemberScore("b2b", "acme", "L1", 20.0, 5)]
     [(topic, _, letter, partition)] = dead.records
     assert topic == settings.topic_deadletter and partition == 1
@@ -66,10 +75,10 @@ def test_a_leaving_crosses_as_left_true_and_a_mistyped_one_is_dead_lettered() ->
     publish_updates(outbox, settings, [MemberScore("b2b", "acme", "L1", 0, 5, left=True)], 4)  # type: ignore[arg-type]
     [(_, _, value, partition)] = outbox.records
     assert orjson.loads(value) == [{"model": "b2b", "account_id": "acme", "lead_id": "L1", "score": 0, "time": 5, "left": True}]
-    assert stage._decode(Consumed(settings.topic_accounts, partition or 0, 1, None, value)) == [
+    assert decode(stage, Consumed(settings.topic_accounts, partition or 0, 1, None, value)) == [
         MemberScore("b2b", "acme", "L1", 0, 5, left=True)]
     good: dict[str, Any] = {"model": "b2b", "account_id": "acme", "lead_id": "L1", "score": 0, "time": 5, "left": True}
-    decoded = stage._decode(Consumed(settings.topic_accounts, 1, 9, None, orjson.dumps([good, {**good, "left": "yes"}])))
+    decoded = decode(stage, Consumed(settings.topic_accounts, 1, 9, None, orjson.dumps([good, {**good, "left": "yes"}])))
     assert decoded == [MemberScore("b2b", "acme", "L1", 0, 5, left=True)]
     [(_, _, letter, _)] = dead.records
     assert orjson.loads(letter)["reason"] == "bad_account_update" and "Expected `bool`, got `str` - at `$.left`" in orjson.loads(letter)["detail"]
@@ -81,7 +90,7 @@ def test_an_update_for_a_model_the_worker_does_not_have_is_dead_lettered_not_rai
     stage = Rollup(Engine([shipped("b2b")]), settings, None, dead)  # type: ignore[arg-type]
     good: dict[str, Any] = {"model": "b2b", "account_id": "acme", "lead_id": "L1", "score": 20, "time": 5}
     value = orjson.dumps([good, {**good, "model": "retired"}])
-    assert stage._decode(Consumed(settings.topic_accounts, 2, 3, None, value)) == [MemberScore("b2b", "acme", "L1", 20.0, 5)]
+    assert decode(stage, Consumed(settings.topic_accounts, 2, 3, None, value)) == [MemberScore("b2b", "acme", "L1", 20.0, 5)]
     [(_, _, letter, _)] = dead.records
     assert orjson.loads(letter)["reason"] == "unknown_model" and "'retired'" in orjson.loads(letter)["detail"]
     assert orjson.loads(orjson.loads(letter)["original"])["model"] == "retired"
@@ -112,7 +121,7 @@ def test_an_update_not_written_by_leadstream_is_dead_lettered_naming_the_field(r
     dead = Collected()
     stage = Rollup(Engine([shipped("b2b")]), settings, None, dead)  # type: ignore[arg-type]
     value = orjson.dumps([GOOD_UPDATE, record])
-    assert stage._decode(Consumed(settings.topic_accounts, 0, 4, None, value)) == [MemberScore("b2b", "acme", "L1", 20.0, 5)]
+    assert decode(stage, Consumed(settings.topic_accounts, 0, 4, None, value)) == [MemberScore("b2b", "acme", "L1", 20.0, 5)]
     [(_, _, letter, _)] = dead.records
     assert orjson.loads(letter)["reason"] == "bad_account_update" and named in orjson.loads(letter)["detail"]
 
@@ -123,7 +132,7 @@ def test_a_time_beyond_any_event_time_is_refused_not_stored() -> None:
     stage = Rollup(Engine([shipped("b2b")]), settings, None, dead)  # type: ignore[arg-type]
     # JSON integers beyond 64 bits, which no encoder writes back into the account's state.
     value = orjson.dumps([GOOD_UPDATE]).replace(b'"time":5', b'"time":1000000000000000000000000000000')
-    assert stage._decode(Consumed(settings.topic_accounts, 0, 4, None, value)) == []
+    assert decode(stage, Consumed(settings.topic_accounts, 0, 4, None, value)) == []
     [(_, _, letter, _)] = dead.records
     assert "at `$.time`" in orjson.loads(letter)["detail"]
 

@@ -1,0 +1,84 @@
+"""A batch that raised while a stage worked on it: finding the input that fails, scoring the rest.
+
+The engine refuses bad input with a reason and never raises for it (scoring/engine.py), but a
+bug, in leadstream or in a check it lacks, can still raise while a batch is scored. Let out of
+the agent, the exception would lose the batch until the worker restarts: Faust restarts the
+agent on the next messages, while the failed batch's offsets stay uncommitted and its events
+unscored, and after a restart the same input fails again. Instead the stage undoes the attempt
+and works on each half of the batch in turn, down to single messages and then the single
+events of an envelope; what still raises alone is refused (a dead letter naming the exception,
+reason `internal_error`), and everything else is scored as it would have been.
+
+A batch with one such event costs about twice its work (the halves that fail are done again);
+the order of each lead's events is kept, since the parts are worked on in order.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import TypeVar
+
+import orjson
+
+from streams.deadletter import DeadLetter
+from streams.envelope import unpack
+from streams.outbox import encode_json_or_none
+from streams.stage import Consumed
+
+log = logging.getLogger("leadstream.worker")
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def isolate(
+    items: Sequence[T], attempt: Callable[[Sequence[T]], R], split: Callable[[T], Sequence[T]],
+    refuse: Callable[[T, Exception], None],
+) -> list[R]:
+    """`attempt(items)`; when it raises, the same for each half, in order, down to single items,
+    which `split` may divide further (the events of an envelope). Returns the results of the
+    attempts that succeeded, in order; `refuse(item, exc)` is called for each item that raised
+    alone and cannot be divided. `attempt` must leave no trace when it raises."""
+    try:
+        return [attempt(items)]
+    except Exception as exc:
+        if len(items) == 1:
+            parts = split(items[0])
+            if len(parts) <= 1:
+                refuse(items[0], exc)
+                return []
+            items = parts
+    middle = len(items) // 2
+    return isolate(items[:middle], attempt, split, refuse) + isolate(items[middle:], attempt, split, refuse)
+
+
+def split_envelope(message: Consumed) -> list[Consumed]:
+    """An envelope's items as messages of one item each (same source), to find the one that
+    makes a stage raise; a message of one item, or one that cannot be split, alone."""
+    if message.tombstone:
+        return [message]
+    try:
+        items = unpack(message.value)
+    except orjson.JSONDecodeError:
+        return [message]
+    values = [encode_json_or_none(item) for item in items]
+    if len(values) <= 1 or None in values:
+        return [message]
+    return [replace(message, value=value) for value in values if value is not None]
+
+
+def internal_error(exc: Exception, message: Consumed, work: str) -> DeadLetter:
+    """The dead letter of a message that raised alone while the stage did `work` with it; logs
+    where it raised."""
+    # Neither ids nor the exception's text are logged (they may hold personal data): the dead
+    # letter has both, the log where the bug is.
+    log.error("%s raised %s; it is dead-lettered as internal_error, the rest of its batch goes on: topic=%s partition=%d "
+              "offset=%d\n%s", work, exc.__class__.__name__, message.topic, message.partition, message.offset,
+              "".join(traceback.format_tb(exc.__traceback__)).rstrip())
+    detail = (f"{work} raised {exc.__class__.__name__}: {exc}. This is a bug in leadstream (bad input is refused with a "
+              "reason, never raised): please report it with this dead letter. The rest of its batch went on; send it back "
+              "with `leadstream replay-dlq --reason internal_error` once leadstream is fixed")
+    return DeadLetter("internal_error", detail, message.value, message.topic, message.partition, message.offset, message.key)
