@@ -163,21 +163,38 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
             log.warning("consumer lag not measured: cause=%r", exc)
     within_s = settings.batch_within_ms / 1000
 
+    async def stop_worker(work: str, exc: Exception) -> None:
+        """A stage could not make a batch durable (Kafka refused or lost its outputs or states;
+        input that makes scoring raise is dead-lettered, streams/isolation.py): the worker stops.
+        Going on would pass the batch over: Faust restarts a failed agent on the next messages,
+        and the live states already hold the batch, so its crossings would never be published.
+        A new worker (restarted by its supervisor) recovers the states from the changelogs and
+        scores again everything not committed."""
+        log.critical("%s failed: stopping the worker, so that a new one recovers from the changelogs and scores what was "
+                     "not committed again: cause=%r", work, exc)
+        await app.crash(exc)
+
     @app.agent(events_topic)
     async def score(stream: faust.StreamT[bytes]) -> None:
         # A batch's messages are acknowledged once its flushes are acknowledged by Kafka, which
         # happens while the next batch is scored (streams/overlap.py).
         events = _batches(stream)
-        async for batch in batching.batches(events, settings.batch_max_messages, within_s):
-            with batch_pause:
-                await scorer.process([_consumed(event) for event in batch], _acknowledge(events, batch, "score"))
+        try:
+            async for batch in batching.batches(events, settings.batch_max_messages, within_s):
+                with batch_pause:
+                    await scorer.process([_consumed(event) for event in batch], _acknowledge(events, batch, "score"))
+        except Exception as exc:
+            await stop_worker("the scoring stage", exc)
 
     @app.agent(accounts_topic)
     async def rollup(stream: faust.StreamT[bytes]) -> None:
         updates = _batches(stream)
-        async for batch in batching.batches(updates, settings.batch_max_messages, within_s):
-            with batch_pause:
-                await rollup_stage.process([_consumed(event) for event in batch], _acknowledge(updates, batch, "rollup"))
+        try:
+            async for batch in batching.batches(updates, settings.batch_max_messages, within_s):
+                with batch_pause:
+                    await rollup_stage.process([_consumed(event) for event in batch], _acknowledge(updates, batch, "rollup"))
+        except Exception as exc:
+            await stop_worker("the account stage", exc)
 
     @app.timer(interval=settings.decay_interval_s)  # type: ignore[untyped-decorator]
     async def decay() -> None:
@@ -186,8 +203,11 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
         if not _ready(app):
             return
         now = scorer.now_ms()
-        while await scorer.decay_due(now) == DECAY_CHUNK:
-            await asyncio.sleep(DECAY_PAUSE_S)
+        try:
+            while await scorer.decay_due(now) == DECAY_CHUNK:
+                await asyncio.sleep(DECAY_PAUSE_S)
+        except Exception as exc:
+            await stop_worker("the decay sweep", exc)
 
     def owned_partitions() -> set[int]:
         return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == settings.topic_events}
