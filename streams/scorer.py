@@ -448,71 +448,87 @@ class Scorer:
         # same id reads them here, so it neither misses an earlier one's change nor undoes it.
         pending: dict[str, tuple[int, States]] = {}
         for message in messages:
+            # A record that makes stitching raise (a bug) leaves nothing: what it queued, its
+            # states in `pending` (replaced, never changed in place) and its crossings and
+            # members are taken back, and it is dead-lettered; the batch goes on.
+            mark, before, counts = self.outbox.mark(), dict(pending), (len(crossings), len(members), len(dead))
             try:
-                record, incoming = stitching.read_record(message.value)
-            except stitching.IdentityRecordError as exc:
-                dead.append(DeadLetter("bad_identity_record", str(exc), message.value,
-                                       message.topic, message.partition, message.offset, message.key))
-                continue
-            kind, source, target, time_ms = record.kind, record.source, record.target, record.time_ms
-            subject = source if kind == "link" else target  # the id whose states the record acts on
-            home = partition_for(subject, self.partitions)
-            if home != message.partition:  # its state lives elsewhere: acting here would split the lead
-                dead.append(DeadLetter("wrong_partition", f"{kind} record for {subject!r} arrived on partition "
-                                       f"{message.partition}, but that id's is {home}: key it by that id",
-                                       message.value, message.topic, message.partition, message.offset, message.key))
-                continue
-            try:
-                states = pending[subject][1] if subject in pending else self.store.states(subject)
-            except StateError as exc:
-                dead.append(self._unreadable(subject, exc, message.value, message))
-                continue
-            merged_into = stitching.merged_into(states)
-            if kind == "link":
-                if merged_into is not None or source == target:
-                    continue  # merged before: merging twice adds nothing (and into itself, nothing at all)
-                if states:
-                    self.outbox.add(self.settings.topic_identity, target.encode(),
-                                    stitching.merge_record(source, target, time_ms, states))
-                    # The visitor's points now count in the lead's, in read models and accounts.
-                    members += self._withdraw(source, states, message.partition, time_ms)
-                pending[source] = (message.partition, stitching.marker(target))
-            elif stitching.returned(record):
-                if merged_into is None:
-                    continue  # its states are back already (a redelivered return): taking them twice would double them
-                # The source's own states, back in place of its marker: it is scored, listed and
-                # counted in its account again, as it was before its link.
-                pending[source] = (message.partition, dict(incoming))
-                for model, state in incoming.items():
-                    if model in self.models:
-                        self._changed(model, source, state, time_ms, message.partition)
-                        member = self.engine.member_score(model, source, state, time_ms)
-                        if member is not None:
-                            members.append(member)
-            elif merged_into is not None:  # the target was itself merged since: follow the chain, or go back
-                self._forward_merge(record, merged_into)
-            else:
-                states = dict(states)
-                for model, state in incoming.items():
-                    if model not in self.models:
-                        continue
-                    existing = states.get(model)
-                    state, crossed = identity.merge(self.engine, model, target, None if existing is None else existing.copy(),  # type: ignore[union-attr]
-                                                    state, source, time_ms)
-                    crossings.extend(crossed)
-                    states[model] = state
-                    self._changed(model, target, state, time_ms, message.partition)
-                    # The merged points count in the lead's account at once, not at its next event.
-                    member = self.engine.member_score(model, target, state, time_ms)
-                    if member is not None:
-                        members.append(member)
-                pending[target] = (message.partition, states)
+                self._stitch_one(message, pending, crossings, members, dead)
+            except Exception as exc:
+                self.outbox.rollback(mark)
+                pending.clear()
+                pending.update(before)
+                del crossings[counts[0]:], members[counts[1]:], dead[counts[2]:]
+                dead.append(internal_error(exc, message, "applying this identity record"))
         metrics.count_crossings(self._queue_crossings(crossings))
         publish_updates(self.outbox, self.settings, members, self.partitions)
         await self.outbox.flush()  # the merges, crossings, score changes and account updates before the states below
         for lead_id, (partition, states) in pending.items():
             self.store.put(lead_id, partition, states, encode_states(states), self.outbox)
         await self.outbox.flush()
+
+    def _stitch_one(self, message: Consumed, pending: dict[str, tuple[int, States]], crossings: list[Transition],
+                    members: list[MemberScore], dead: list[DeadLetter]) -> None:
+        """One identity record of `_stitch`: its outputs queued, its states put in `pending`."""
+        try:
+            record, incoming = stitching.read_record(message.value)
+        except stitching.IdentityRecordError as exc:
+            dead.append(DeadLetter("bad_identity_record", str(exc), message.value,
+                                   message.topic, message.partition, message.offset, message.key))
+            return
+        kind, source, target, time_ms = record.kind, record.source, record.target, record.time_ms
+        subject = source if kind == "link" else target  # the id whose states the record acts on
+        home = partition_for(subject, self.partitions)
+        if home != message.partition:  # its state lives elsewhere: acting here would split the lead
+            dead.append(DeadLetter("wrong_partition", f"{kind} record for {subject!r} arrived on partition "
+                                   f"{message.partition}, but that id's is {home}: key it by that id",
+                                   message.value, message.topic, message.partition, message.offset, message.key))
+            return
+        try:
+            states = pending[subject][1] if subject in pending else self.store.states(subject)
+        except StateError as exc:
+            dead.append(self._unreadable(subject, exc, message.value, message))
+            return
+        merged_into = stitching.merged_into(states)
+        if kind == "link":
+            if merged_into is not None or source == target:
+                return  # merged before: merging twice adds nothing (and into itself, nothing at all)
+            if states:
+                self.outbox.add(self.settings.topic_identity, target.encode(),
+                                stitching.merge_record(source, target, time_ms, states))
+                # The visitor's points now count in the lead's, in read models and accounts.
+                members += self._withdraw(source, states, message.partition, time_ms)
+            pending[source] = (message.partition, stitching.marker(target))
+        elif stitching.returned(record):
+            if merged_into is None:
+                return  # its states are back already (a redelivered return): taking them twice would double them
+            # The source's own states, back in place of its marker: it is scored, listed and
+            # counted in its account again, as it was before its link.
+            pending[source] = (message.partition, dict(incoming))
+            for model, state in incoming.items():
+                if model in self.models:
+                    self._changed(model, source, state, time_ms, message.partition)
+                    member = self.engine.member_score(model, source, state, time_ms)
+                    if member is not None:
+                        members.append(member)
+        elif merged_into is not None:  # the target was itself merged since: follow the chain, or go back
+            self._forward_merge(record, merged_into)
+        else:
+            states = dict(states)
+            for model, state in incoming.items():
+                if model not in self.models:
+                    continue
+                existing = states.get(model)
+                state, crossed = identity.merge(self.engine, model, target, None if existing is None else existing.copy(),  # type: ignore[union-attr]
+                                                state, source, time_ms)
+                crossings.extend(crossed)
+                states[model] = state
+                self._changed(model, target, state, time_ms, message.partition)
+                # The merged points count in the lead's account at once, not at its next event.
+                member = self.engine.member_score(model, target, state, time_ms)
+                if member is not None:
+                    members.append(member)
+            pending[target] = (message.partition, states)
 
     def _forward_merge(self, record: stitching.IdentityRecord, merged_into: str) -> None:
         """Sends a merge on to the lead its target was merged into, or back to its source when

@@ -131,3 +131,37 @@ def test_a_merge_sent_on_max_hops_times_goes_back_to_its_source_and_a_redelivere
     assert arriving(back) == [] and scorer.store.states("src") == {"b2b": state}
     assert arriving(back) == [] and scorer.store.states("src")["b2b"].behaviour == 7.0  # type: ignore[union-attr]
     assert stitching.merged_into(scorer.store.states("far")) == "farther"  # the ids the merge passed stay merged
+
+
+def test_a_link_that_makes_stitching_raise_is_dead_lettered_leaving_nothing_and_the_others_apply(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = Settings()
+    outbox = Kept()
+    scorer = Scorer(Engine([shipped("b2b")]), settings, LiveTable(MemoryData(), "changelog", 4, 100, lead_states.decode), outbox, 4)
+    visitors = ["anon:bug", "anon:ok"]
+    asyncio.run(scorer.process([Consumed(settings.topic_events, partition_for(v, 4), n, v.encode(), orjson.dumps(
+        {"event_id": f"v-{n}", "lead_id": v, "type": "page_view", "time": T0, "product": "b2b",
+         "properties": {"url": "https://acme.io/pricing"}})) for n, v in enumerate(visitors)]))
+    marker = stitching.marker
+
+    def buggy(target: str) -> dict[str, object]:
+        """Marking a merged id, with a bug that only links to bob meet (after the link queued its
+        merge record and took the visitor out of the read models)."""
+        if target == "bob":
+            raise RuntimeError("a bug")
+        return marker(target)
+
+    monkeypatch.setattr(stitching, "marker", buggy)
+    outbox.sent.clear()
+    links = [("anon:bug", "bob"), ("anon:ok", "ada")]
+    asyncio.run(scorer.process([Consumed(settings.topic_identity, partition_for(source, 4), 7, source.encode(),
+                                         stitching.link_record(source, target, T0 + 1000)) for source, target in links]))
+    [letter] = [orjson.loads(v) for topic, _, v in outbox.sent if topic == settings.topic_deadletter]
+    assert letter["reason"] == "internal_error" and "RuntimeError: a bug" in letter["detail"]
+    assert orjson.loads(letter["original"])["source"] == "anon:bug"
+    merges = [key for topic, key, _ in outbox.sent if topic == settings.topic_identity]
+    assert merges == [b"ada"]  # the failed link's merge record was taken back
+    tombstones = [key for topic, key, value in outbox.sent if topic == settings.topic_scores and value is None]
+    assert tombstones == [b"b2b/anon:ok"]
+    assert stitching.merged_into(scorer.store.states("anon:ok")) == "ada"
+    assert stitching.merged_into(scorer.store.states("anon:bug")) is None
+    assert scorer.store.states("anon:bug")["b2b"].behaviour == 10  # type: ignore[union-attr]
