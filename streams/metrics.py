@@ -43,6 +43,7 @@ EVENT_TIME_LAG = Gauge("leadstream_event_time_lag_seconds", "Now minus the event
 CONSUMER_LAG = Gauge("leadstream_consumer_lag", "End offset minus committed offset of the worker's group.", ["topic", "partition"])
 CROSSINGS = Counter("leadstream_crossings", "Threshold crossings emitted.", ["model", "level", "direction", "kind"])
 DECAY_STEPS = Counter("leadstream_decay_steps", "Decay steps applied by the timer.")
+DECAY_FAILURES = Counter("leadstream_decay_failures", "Decay steps that raised (a bug): the lead is left as it was.")
 DECAY_DUE = Gauge("leadstream_decay_index_size", "Scheduled decay steps of the leads on owned partitions.")
 LEADS_FORGOTTEN = Counter("leadstream_leads_forgotten", "Leads erased on request (`leadstream forget`, a tombstone on the profiles topic).")
 LEADS_IN_STATE = Gauge("leadstream_leads_in_state", "Leads with state on this worker, by model.", ["model"])

@@ -20,6 +20,7 @@ import asyncio
 import heapq
 import logging
 import time
+import traceback
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from collections.abc import Awaitable, Callable
@@ -397,7 +398,16 @@ class Scorer:
                 continue
             # In place, like a batch's events: the state is written after the crossings.
             before = runtime.score(state)
-            runtime.decay(state, lead_id, now_ms, crossings)
+            crossed = len(crossings)
+            try:
+                runtime.decay(state, lead_id, now_ms, crossings)
+            except Exception as exc:  # a bug: the lead stays as it was, and the sweep goes on
+                del crossings[crossed:]
+                states[model] = self.store.stored(lead_id)[model]
+                metrics.DECAY_FAILURES.inc()
+                log.error("a decay step raised %s; the lead is left as it was until the worker restarts: model=%s partition=%d\n%s",
+                          exc.__class__.__name__, model, partition, "".join(traceback.format_tb(exc.__traceback__)).rstrip())
+                continue
             applied += 1
             self._changed(model, lead_id, state, now_ms, partition)
             writes[lead_id] = (partition, states)

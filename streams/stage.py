@@ -122,14 +122,18 @@ class LiveTable(Generic[S]):
         value cannot be read (written by something else, or corrupt): the value is left as it is."""
         states = self.live.get(key)
         if states is None:
-            value = self.recovered.get(key.encode())
-            if value is None:
-                return {}
-            states = self.decode(value)
-            self._keep(key, states)
+            states = self.stored(key)
+            if states:
+                self._keep(key, states)
         else:
             self.live.move_to_end(key)
         return states
+
+    def stored(self, key: str) -> dict[str, S]:
+        """The key's states as last written (decoded from its bytes, not kept): what its live
+        states were before work that changed them in place failed."""
+        value = self.recovered.get(key.encode())
+        return {} if value is None else self.decode(value)
 
     def put(self, key: str, partition: int, states: dict[str, S], value: bytes, outbox: Outbox) -> None:
         """Keeps `states` as the key's, and sends `value` (their bytes) to the changelog."""

@@ -8,9 +8,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
+import pytest
 
 from scoring import Engine, Event, LeadState, MemberScore, Transition
-from streams import lead_states
+from scoring.engine import ModelRuntime
+from streams import lead_states, metrics
 from streams.deadletter import DeadLetter
 from streams.isolation import isolate
 from streams.partitioning import partition_for
@@ -126,3 +128,30 @@ def test_an_account_update_that_makes_the_roll_up_raise_is_dead_lettered_and_the
     assert "rolling up this account update raised KeyError" in letter.detail
     members = decode_accounts(stage.store.recovered[b"acme"])["b2b"].members
     assert sorted(members) == [LEAD, OTHER]
+
+
+def test_a_decay_step_that_raises_leaves_its_lead_as_it_was_and_the_sweep_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    decay = ModelRuntime.decay
+
+    def buggy(self: ModelRuntime, state: LeadState, lead_id: str, now_ms: int, out: list[Transition]) -> None:
+        """Decay, with a bug that one lead meets after its state changed and its crossing was found."""
+        decay(self, state, lead_id, now_ms, out)
+        if lead_id == LEAD:
+            raise ZeroDivisionError("a bug")
+
+    outbox = Kept()
+    settings = Settings()
+    store = LiveTable(MemoryData(), "changelog", 4, 100, lead_states.decode)
+    scorer = Scorer(Engine([shipped("b2b")]), settings, store, outbox, 4)
+    asyncio.run(scorer.process([message(offset, *(view(lead, f"{lead}-{n}") for n in range(3)))
+                                for offset, lead in enumerate((LEAD, OTHER))]))
+    stored = store.recovered[LEAD.encode()]
+    monkeypatch.setattr(ModelRuntime, "decay", buggy)
+    outbox.sent.clear()
+    failures = metrics.DECAY_FAILURES._value.get()
+    asyncio.run(scorer.decay_due(T0 + 200 * 86_400_000))
+    assert metrics.DECAY_FAILURES._value.get() == failures + 1
+    crossed = [orjson.loads(value)["lead_id"] for topic, _, value in outbox.sent if topic == settings.topic_crossings]
+    assert crossed and set(crossed) == {OTHER}
+    assert lead_states.encode(store.states(LEAD)) == stored  # type: ignore[arg-type]
+    assert LEAD.encode() not in {key for topic, key, _ in outbox.sent if topic == "changelog"}
