@@ -76,9 +76,14 @@ def internal_error(exc: Exception, message: Consumed, work: str) -> DeadLetter:
     # Neither ids nor the exception's text are logged (they may hold personal data): the dead
     # letter has both, the log where the bug is.
     log.error("%s raised %s; it is dead-lettered as internal_error, the rest of its batch goes on: topic=%s partition=%d "
-              "offset=%d\n%s", work, exc.__class__.__name__, message.topic, message.partition, message.offset,
-              "".join(traceback.format_tb(exc.__traceback__)).rstrip())
+              "offset=%d\n%s", work, exc.__class__.__name__, message.topic, message.partition, message.offset, where(exc))
     detail = (f"{work} raised {exc.__class__.__name__}: {exc}. This is a bug in leadstream (bad input is refused with a "
               "reason, never raised): please report it with this dead letter. The rest of its batch went on; send it back "
               "with `leadstream replay-dlq --reason internal_error` once leadstream is fixed")
     return DeadLetter("internal_error", detail, message.value, message.topic, message.partition, message.offset, message.key)
+
+
+def where(exc: BaseException) -> str:
+    """Where an exception was raised (its traceback's frames), without its text: a log line
+    of ours must not carry ids or values, which may be personal data."""
+    return "".join(traceback.format_tb(exc.__traceback__)).rstrip()

@@ -20,7 +20,6 @@ import asyncio
 import heapq
 import logging
 import time
-import traceback
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from collections.abc import Awaitable, Callable
@@ -34,7 +33,7 @@ from scoring.events import MAX_EVENT_BYTES, decode_message, parse_value, too_lar
 from streams import metrics, stitching
 from streams.deadletter import DeadLetter
 from streams.envelope import unpack
-from streams.isolation import internal_error, isolate, split_envelope
+from streams.isolation import internal_error, isolate, split_envelope, where
 from streams.outbox import Outbox, encode_json, encode_json_or_none
 from streams.partitioning import partition_for
 from streams.rollup import lead_score_key, publish_updates
@@ -241,6 +240,7 @@ class Scorer:
             self._queue_dead(dead, stats)
         rest = [m for m in batch if m.topic != self.settings.topic_identity or m.tombstone] if identity else batch
         records: list[Record] = []
+
         def refuse(message: Consumed, exc: Exception) -> None:
             stats.events += 1
             self._queue_dead([internal_error(exc, message, "scoring this event")], stats)
@@ -406,7 +406,7 @@ class Scorer:
                 states[model] = self.store.stored(lead_id)[model]
                 metrics.DECAY_FAILURES.inc()
                 log.error("a decay step raised %s; the lead is left as it was until the worker restarts: model=%s partition=%d\n%s",
-                          exc.__class__.__name__, model, partition, "".join(traceback.format_tb(exc.__traceback__)).rstrip())
+                          exc.__class__.__name__, model, partition, where(exc))
                 continue
             applied += 1
             self._changed(model, lead_id, state, now_ms, partition)
