@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from scoring.repeat import bump, seen_before
 from scoring.rules import ConditionCode, Rule
+from scoring.state import KEY_CHARS, kept_key
 
 if TYPE_CHECKING:
     from scoring.engine import ModelRuntime
@@ -51,7 +52,7 @@ class _Function:
         self.kind = kind
         self.rules = rules
         self.namespace: dict[str, Any] = {
-            "rt": runtime, "bump": bump, "seen_before": seen_before,
+            "rt": runtime, "bump": bump, "seen_before": seen_before, "kept_key": kept_key,
             "DUPLICATE": DUPLICATE, "LATE": LATE, "COUNTED": COUNTED, "CHANGED": CHANGED,
         }  # fmt: skip
         self.code = ConditionCode(self.namespace, runtime.classify)
@@ -125,6 +126,12 @@ class _Function:
             "    return LATE",
             "event_id = event.event_id",
             "ids = state.ids",
+            # A long or non-ASCII id is kept as its digest (scoring/state.py); states written
+            # before that keep it whole, so it is looked up both ways.
+            f"if len(event_id) > {KEY_CHARS} or not event_id.isascii():",
+            "    if event_id in ids or event_id in state.old_ids:",
+            "        return DUPLICATE",
+            "    event_id = kept_key(event_id)",
             "if event_id in ids or event_id in state.old_ids:",
             "    return DUPLICATE",
             f"if len(ids) < {remember}:",

@@ -16,12 +16,11 @@ scores, then the rule's ceiling (`max_points`) clips. Refused occurrences count 
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Any
 
 from scoring.config import Table
-from scoring.state import LeadState
+from scoring.state import KEY_CHARS, LeadState, kept_key
 
 _DAY_MS = 86_400_000
 _WEEK_MS = 7 * _DAY_MS
@@ -30,8 +29,6 @@ _MONDAY_SHIFT_MS = 3 * _DAY_MS
 
 #: How many distinct `once_per` keys a rule remembers per lead (at least this many, at most twice).
 ONCE_PER_MEMORY = 100
-#: Longest `once_per` value kept as it is; a longer one is kept as a 128-bit digest (33 characters).
-ONCE_PER_KEY_CHARS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,9 +141,8 @@ def drop_closed(counts: list[int], first_open: int) -> list[int]:
 def seen_before(state: LeadState, rule_name: str, value: Any) -> bool:
     """Records `value` for the rule; True when it had been recorded already (a repeat)."""
     key = value if value.__class__ is str else str(value)
-    if len(key) > ONCE_PER_KEY_CHARS:
-        # Kept whole, 200 values of up to 64 KiB each made a state too big for Kafka to take.
-        key = "#" + hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+    if len(key) > KEY_CHARS:
+        key = kept_key(key)
     seen = state.seen.get(rule_name)
     if seen is None:
         state.seen[rule_name] = {key: None}

@@ -18,13 +18,14 @@ object a tracked one refers to, skip the ids (a set is tracked: each id was read
 is insertion order, so equal histories encode equally.
 
 Bounds (what keeps a state small however active the lead):
-- recent event ids: two generations of at most `remember_events` ids each; a generation is
+- recent event ids: two generations of at most `remember_events` ids each (an id over 64
+  characters, or not ASCII, is kept as its digest, `kept_key`); a generation is
   dropped when its newest event is older than the lead's newest event minus the allowed
   lateness (a replay of such an event is late anyway), and the older generation is dropped when
   the newer one fills up. So at least the last `remember_events` ids, and every id younger than
   the lateness up to that count, are recognised as duplicates.
 - `once_per` values: at least the last 100 per rule (repeat.ONCE_PER_MEMORY), each at most 64
-  characters (a longer value is kept as its digest, repeat.ONCE_PER_KEY_CHARS).
+  characters (a longer value is kept as its digest, `kept_key`).
 - history: the last `history` changes (model setting), at most twice that between trims.
 - window counters: only windows that can still receive an event within the lateness.
 
@@ -34,6 +35,7 @@ without trait times (layout 3; its traits then give way to any update, as they d
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from typing import Annotated, Any, Union
 
@@ -79,6 +81,16 @@ _decode_layout3 = msgspec.msgpack.Decoder(_Layout3).decode
 
 #: The old id generation of a state that has none (never mutated: generations are swapped).
 NO_IDS: frozenset[str] = frozenset()
+#: Longest event id or `once_per` value a state keeps as it is (in ASCII: 64 bytes); a longer
+#: one is kept as its 128-bit digest (`kept_key`).
+KEY_CHARS = 64
+
+
+def kept_key(text: str) -> str:
+    """What a state keeps of a long event id or `once_per` value: '#' and its 128-bit digest.
+    Kept whole, 2 x 1,024 event ids of 256 characters (up to 4 bytes each) made a state of up
+    to 2 MB, and 200 once_per values of 64 KiB one of 13 MB: more than Kafka takes in a record."""
+    return "#" + hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
 
 
 def encode(values: tuple[Any, ...]) -> bytes:

@@ -73,6 +73,28 @@ def test_event_ids_are_bounded_by_count() -> None:
     assert run.score() == 17
 
 
+def test_long_or_non_ascii_event_ids_are_kept_as_digests_and_still_known() -> None:
+    run = Run(engine(RULE, settings="remember_events = 1024"))
+    ids = [f"{n:04d}-" + "\u00e9\u4e2d\U0001f600" * 83 for n in range(2100)]  # 254 characters, 752 bytes each
+    run.apply(*(ev("v", event_id=event_id, at=n) for n, event_id in enumerate(ids)), batch=500)
+    raw = run.store[("m", "L1")]
+    assert len(raw) < 200_000  # kept whole: 2 x 1024 x 752 bytes, 1.5 MB, more than Kafka takes in a record
+    assert run.score() == 2100
+    run.apply(ev("v", event_id=ids[-1], at=3000), ev("v", event_id="plain-id", at=3001))
+    assert run.score() == 2101 and "plain-id" in run.state().ids  # a redelivery is known; a short ASCII id kept as it is
+
+
+def test_a_long_event_id_a_state_kept_whole_is_still_known() -> None:
+    """States written before ids were digested hold long ids whole."""
+    run = Run(engine(RULE))
+    long_id = "x" * 200
+    state = run.engine.new_state("m")
+    state.remember_event(long_id, T0, 64)
+    run.store[("m", "L1")] = state.to_bytes()
+    run.apply(ev("v", event_id=long_id))
+    assert run.score() == 0
+
+
 def test_event_ids_are_forgotten_once_beyond_the_lateness() -> None:
     run = Run(engine(RULE, lateness="1h", settings="remember_events = 1"))  # one id a generation
     old = ev("v", event_id="old")
