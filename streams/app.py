@@ -103,6 +103,17 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
     # objects, alive until the batch ends (streams/collection.py).
     batch_pause = BatchPause(settings.gc_young_threshold > 0)
 
+    async def stop_worker(work: str, exc: Exception) -> None:
+        """A stage could not make a batch durable (Kafka refused or lost its outputs or states;
+        input that makes scoring raise is dead-lettered, streams/isolation.py): the worker stops.
+        Going on would pass the batch over: Faust restarts a failed agent on the next messages,
+        and the live states already hold the batch, so its crossings would never be published.
+        A new worker (restarted by its supervisor) recovers the states from the changelogs and
+        scores again everything not committed."""
+        log.critical("%s failed: stopping the worker, so that a new one recovers from the changelogs and scores what was "
+                     "not committed again: cause=%r", work, exc)
+        await app.crash(exc)
+
     @app.service
     class OutboxLifecycle(mode.Service):
         async def on_stop(self) -> None:
@@ -128,8 +139,12 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
         metrics.READY.set(0)
         # The batch in flight ends (its states acknowledged) before the revoked partitions'
         # live states are dropped and any recovery reads the changelog's end.
-        await scorer.settle()
-        await rollup_stage.settle()
+        try:
+            await scorer.settle()
+            await rollup_stage.settle()
+        except Exception as exc:
+            await stop_worker("writing the last batch before a rebalance", exc)
+            return
         lead_store.forget({tp.partition for tp in revoked if tp.topic == settings.topic_events})
         account_store.forget({tp.partition for tp in revoked if tp.topic == settings.topic_accounts})
         scorer.sequence.reset()
@@ -162,17 +177,6 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
             # A metric must never take the worker down; the next round tries again.
             log.warning("consumer lag not measured: cause=%r", exc)
     within_s = settings.batch_within_ms / 1000
-
-    async def stop_worker(work: str, exc: Exception) -> None:
-        """A stage could not make a batch durable (Kafka refused or lost its outputs or states;
-        input that makes scoring raise is dead-lettered, streams/isolation.py): the worker stops.
-        Going on would pass the batch over: Faust restarts a failed agent on the next messages,
-        and the live states already hold the batch, so its crossings would never be published.
-        A new worker (restarted by its supervisor) recovers the states from the changelogs and
-        scores again everything not committed."""
-        log.critical("%s failed: stopping the worker, so that a new one recovers from the changelogs and scores what was "
-                     "not committed again: cause=%r", work, exc)
-        await app.crash(exc)
 
     @app.agent(events_topic)
     async def score(stream: faust.StreamT[bytes]) -> None:
@@ -222,7 +226,11 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
                 return
             engine = models.poll()
             if engine is not None:
-                await scorer.use(engine, owned_partitions())
+                try:
+                    await scorer.use(engine, owned_partitions())
+                except Exception as exc:  # the batch in flight, which it waits for, failed
+                    await stop_worker("a model reload", exc)
+                    return
                 rollup_stage.use(engine)
 
     @leads.on_recover
