@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -19,11 +20,23 @@ from streams.errors import ServiceError
 from streams.settings import Settings
 
 
+#: Where `free_port` looks: below Linux's default range of ephemeral ports (32768-60999), from
+#: which the kernel also takes the local port of every outgoing connection. A port drawn from that
+#: range (bind to port 0) could be taken by any process's next Kafka or HTTP connection in the
+#: seconds before the server that was given it binds it.
+_PORTS = range(20000, 32768)
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port on 127.0.0.1 that nothing uses right now, outside the ephemeral range."""
+    for port in random.sample(_PORTS, 200):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise ServiceError(f"no free TCP port on 127.0.0.1 between {_PORTS.start} and {_PORTS.stop - 1}")
 
 
 def _dir(settings: Settings) -> Path:
