@@ -16,7 +16,12 @@ late events. The loops run over the same bytes in the same process:
 - engine with a tuned collector: the first loop again with the collector used as the worker
   uses it (streams/collection.py: tuned at start-up, LEADSTREAM_GC_YOUNG_THRESHOLD, and paused
   during each batch); the collector takes a quarter to a third of the first loop's time on
-  this workload.
+  this workload;
+- two yardsticks, neither of them leadstream: the naive dict-increment scorer that issue 3
+  measures the engine against (orjson parse, the lead's total plus its event type's points),
+  and a minimal durable scorer, the least any scorer whose state survives a restart must do
+  per event here: the naive one, plus dropping a repeated event id (the last 64 kept per lead)
+  and writing each changed lead's state (its points and ids) once per batch of 1000 events.
 
 `summaries_skippable_share` is the share of changed states whose summary the batch did not
 change (`BatchResult.score_changed`): score changes the worker does not publish.
@@ -37,6 +42,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import msgspec
 import orjson
 
 from scoring import Engine, LeadState, load_model
@@ -94,6 +100,11 @@ def run(data: list[bytes], engine: Engine) -> dict[str, Any]:
         gc.unfreeze()
     assert _fingerprint(tuned_store) == outcome
     del tuned_store
+    points: dict[str, float] = {}
+    for rule in engine.models[0].rules:
+        points.setdefault(rule.event, rule.points)
+    naive_s = _timed(lambda: _naive(data, points))
+    minimal_s = _timed(lambda: _minimal_durable(data, points))
     sizes = sorted(map(len, raw))
     parse_rate = len(data) / parse_s
     engine_rate = len(data) / engine_s
@@ -106,6 +117,9 @@ def run(data: list[bytes], engine: Engine) -> dict[str, Any]:
         "us_per_event": round(1e6 / engine_rate, 2),
         "engine_gc_tuned_events_per_s": round(len(data) / tuned_s),
         "ratio_gc_tuned": round(len(data) / tuned_s / parse_rate, 3),
+        "naive_scorer_events_per_s": round(len(data) / naive_s),
+        "minimal_durable_events_per_s": round(len(data) / minimal_s),
+        "minimal_durable_ratio": round(len(data) / minimal_s / parse_rate, 3),
         "bytes_per_lead_state": round(sum(sizes) / len(sizes), 1),
         "bytes_per_lead_state_p99": sizes[int(len(sizes) * 0.99)],
         "bytes_per_lead_state_max": sizes[-1],
@@ -151,6 +165,40 @@ def _fingerprint(store: dict[tuple[str, str], LeadState]) -> str:
     for key in sorted(store):
         digest.update(orjson.dumps((key, store[key].as_dict())))
     return digest.hexdigest()
+
+
+def _naive(data: list[bytes], points: dict[str, float]) -> None:
+    loads = orjson.loads
+    totals: dict[str, float] = {}
+    total, points_of = totals.get, points.get
+    for raw in data:
+        event = loads(raw)
+        lead = event["lead_id"]
+        totals[lead] = total(lead, 0) + points_of(event["type"], 0)
+
+
+def _minimal_durable(data: list[bytes], points: dict[str, float]) -> None:
+    loads, encode = orjson.loads, msgspec.msgpack.encode
+    states: dict[str, list[Any]] = {}  # lead -> [points, recent event ids]
+    state_of, points_of = states.get, points.get
+    for start in range(0, len(data), BATCH_EVENTS):
+        changed: dict[str, list[Any]] = {}
+        for raw in data[start : start + BATCH_EVENTS]:
+            event = loads(raw)
+            lead = event["lead_id"]
+            state = state_of(lead)
+            if state is None:
+                state = states[lead] = [0, {}]
+            ids, event_id = state[1], event["event_id"]
+            if event_id in ids:
+                continue
+            ids[event_id] = None
+            if len(ids) > 64:
+                del ids[next(iter(ids))]
+            state[0] += points_of(event["type"], 0)
+            changed[lead] = state
+        for state in changed.values():
+            encode((state[0], tuple(state[1])))
 
 
 def _parse_only(data: list[bytes]) -> None:

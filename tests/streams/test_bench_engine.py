@@ -25,5 +25,6 @@ def test_bench_prints_one_json_object(capsys) -> None:
     assert main(["bench", "engine", "--events", "3000", "--leads", "500", "--json"]) == 0
     figures = orjson.loads(capsys.readouterr().out)
     assert figures["events"] == 3000
-    assert {"engine_events_per_s", "parse_only_events_per_s", "ratio", "bytes_per_lead_state", "peak_rss_mb"} <= set(figures)
+    assert {"engine_events_per_s", "parse_only_events_per_s", "ratio", "bytes_per_lead_state", "peak_rss_mb",
+            "naive_scorer_events_per_s", "minimal_durable_events_per_s", "minimal_durable_ratio"} <= set(figures)
     assert 0 < figures["ratio"] < 1.5 and figures["bytes_per_lead_state"] > 50
