@@ -2,14 +2,15 @@
 
 The scorer publishes each changed member score of a batch to the account-updates topic on the
 account's partition, packed per partition like event envelopes (a JSON array), so this stage
-pays Faust's per-message cost once per scorer batch and partition. Same guarantee as the
+pays Faust's per-message cost once per scorer batch and partition (more often only when a
+batch's updates for a partition exceed what one Kafka message holds). Same guarantee as the
 scorer: crossings acknowledged before the account states that record them, offsets last;
 a replayed update sets the member's score to the same value again, so replays are harmless.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Sequence
 
 import msgspec
@@ -19,7 +20,7 @@ from scoring import AccountState, Engine, MemberScore, Transition
 from scoring.errors import StateError
 from streams import metrics
 from streams.deadletter import DeadLetter
-from streams.envelope import unpack
+from streams.envelope import MAX_MESSAGE_BYTES, unpack
 from streams.isolation import internal_error, isolate, split_envelope
 from streams.outbox import Outbox, encode_json, encode_json_or_none
 from streams.overlap import InFlight, make_durable
@@ -32,12 +33,27 @@ _decode_updates = msgspec.json.Decoder(list[MemberScore]).decode
 
 
 def publish_updates(outbox: Outbox, settings: Settings, updates: Sequence[MemberScore], partitions: int) -> None:
-    """Queue member updates on their accounts' partitions, one envelope per partition."""
+    """Queue member updates on their accounts' partitions, in envelopes of at most
+    MAX_MESSAGE_BYTES (one per partition, unless a batch has more updates than that holds)."""
     by_partition: dict[int, list[MemberScore]] = {}
     for update in updates:
         by_partition.setdefault(partition_for(update.account_id, partitions), []).append(update)
     for partition, members in by_partition.items():
-        outbox.add(settings.topic_accounts, None, encode_json(members), partition)
+        for envelope in _envelopes(members):
+            outbox.add(settings.topic_accounts, None, envelope, partition)
+
+
+def _envelopes(members: Sequence[MemberScore]) -> Iterator[bytes]:
+    """The updates as JSON arrays small enough for Kafka: a catch-up batch of 100,000 events
+    whose leads all have accounts makes 19,000 updates a partition (1.9 MB as one array, or
+    up to 40 MB with ids of 256 multi-byte characters), which the broker refuses."""
+    value = encode_json(members)
+    if len(value) <= MAX_MESSAGE_BYTES or len(members) == 1:
+        yield value
+        return
+    middle = len(members) // 2
+    yield from _envelopes(members[:middle])
+    yield from _envelopes(members[middle:])
 
 
 def lead_score_key(model: str, lead_id: str) -> bytes:

@@ -11,6 +11,8 @@ import pytest
 
 from scoring import Engine, MemberScore
 from streams.deadletter import DeadLetter
+from streams.envelope import MAX_MESSAGE_BYTES
+from streams.partitioning import partition_for
 from streams.rollup import Rollup, decode_accounts, publish_updates
 from streams.settings import Settings
 from streams.stage import Consumed, LiveTable, MemoryData, frame
@@ -51,6 +53,19 @@ def test_updates_cross_kafka_as_documented_and_decode_back() -> None:
     assert decode(stage, Consumed(topic, partition or 0, 7, None, value)) == [
         MemberScore("b2b", "acme", "L1", 20.0, 1_762_128_000_000), MemberScore("b2b", "acme", "L2", 35.5, 1_762_128_000_001),
     ]
+
+
+def test_a_batch_of_more_updates_than_a_kafka_message_holds_is_sent_in_several_envelopes_in_order() -> None:
+    settings = Settings()
+    long_id = "\u4e2d" * 250  # 750 bytes in UTF-8
+    updates = [MemberScore("b2b", "acme", f"{n}-{long_id}", n, 1_762_128_000_000 + n) for n in range(3000)]
+    outbox = Collected()
+    publish_updates(outbox, settings, updates, 4)  # type: ignore[arg-type]
+    assert len(outbox.records) > 2  # 2.5 MB as one array
+    assert all(len(value) <= MAX_MESSAGE_BYTES for _, _, value, _ in outbox.records)
+    assert {partition for _, _, _, partition in outbox.records} == {partition_for("acme", 4)}
+    stage = Rollup(Engine([shipped("b2b")]), settings, None, Collected())  # type: ignore[arg-type]
+    assert [u for _, _, value, partition in outbox.records for u in decode(stage, Consumed(settings.topic_accounts, partition or 0, 0, None, value))] == updates
 
 
 def test_a_bad_update_is_dead_lettered_and_the_others_kept() -> None:
