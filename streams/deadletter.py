@@ -3,6 +3,11 @@
 A dead letter's value is JSON: the reason code, a sentence naming the problem, where the input
 came from (topic, partition, offset) and the original bytes (as text when they are UTF-8, else
 base64). It is keyed like its source message.
+
+A letter must fit in a Kafka message, or the worker could not write it and would stop (at every
+restart, on the same input): an original that would make it larger than MAX_MESSAGE_BYTES (a
+message near Kafka's limit that is not JSON, whose escaping or base64 makes it up to six times
+larger) is kept as its size and first bytes only, and such a letter cannot be replayed.
 """
 
 from __future__ import annotations
@@ -12,7 +17,13 @@ from dataclasses import dataclass
 
 import orjson
 
+from streams.envelope import MAX_MESSAGE_BYTES
 from streams.outbox import encode_json
+
+#: Of an original too large to keep whole, the bytes a letter keeps (for a person to look at).
+KEPT_HEAD_BYTES = 64 * 1024
+#: A detail is a sentence; one that quotes a huge value is cut here.
+MAX_DETAIL_CHARS = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,13 +39,20 @@ class DeadLetter:
     def to_bytes(self) -> bytes:
         record: dict[str, object] = {
             "reason": self.reason,
-            "detail": self.detail,
+            "detail": self.detail if len(self.detail) <= MAX_DETAIL_CHARS else self.detail[:MAX_DETAIL_CHARS] + "...",
             "source": {"topic": self.topic, "partition": self.partition, "offset": self.offset},
         }
         try:
             record["original"] = self.original.decode("utf-8")
         except UnicodeDecodeError:
             record["original_base64"] = base64.b64encode(self.original).decode("ascii")
+        value = encode_json(record)
+        if len(value) <= MAX_MESSAGE_BYTES:
+            return value
+        record.pop("original", None)
+        record.pop("original_base64", None)
+        record["original_size"] = len(self.original)
+        record["original_head_base64"] = base64.b64encode(self.original[:KEPT_HEAD_BYTES]).decode("ascii")
         return encode_json(record)
 
     @classmethod
@@ -45,7 +63,12 @@ class DeadLetter:
             record = orjson.loads(value or b"")
             source = record.get("source") or {}
             text = record.get("original")
-            original = text.encode() if isinstance(text, str) else base64.b64decode(record["original_base64"], validate=True)
+            if isinstance(text, str):
+                original = text.encode()
+            elif "original_size" in record:  # too large to keep: not replayable
+                original = b""
+            else:
+                original = base64.b64decode(record["original_base64"], validate=True)
             return cls(record["reason"], record.get("detail", ""), original,
                        source.get("topic"), source.get("partition"), source.get("offset"), key)
         except (KeyError, TypeError, AttributeError, ValueError) as exc:  # JSON and base64 errors are ValueErrors

@@ -3,9 +3,13 @@
 
 from __future__ import annotations
 
+import base64
+
+import orjson
 import pytest
 
-from streams.deadletter import DeadLetter
+from streams.deadletter import KEPT_HEAD_BYTES, DeadLetter
+from streams.envelope import MAX_MESSAGE_BYTES
 
 
 @pytest.mark.parametrize("original", [b'{"lead_id": "ada"}', b"\xff\xfe not UTF-8", b""])
@@ -18,3 +22,17 @@ def test_a_letter_reads_back_as_written(original: bytes) -> None:
 def test_anything_else_is_refused_with_a_value_error(value: bytes | None) -> None:
     with pytest.raises(ValueError, match="not a dead letter as leadstream writes them"):
         DeadLetter.from_bytes(value)
+
+
+@pytest.mark.parametrize("original", [b"\x01" * 1_000_000, b"\xff" * 1_000_000, b'"' * 600_000])
+def test_an_original_too_large_for_a_kafka_message_is_kept_as_its_size_and_head(original: bytes) -> None:
+    """Escaped (six bytes a control character, two a quote) or in base64, these originals made
+    letters of 1.2-6 MB, which the broker refuses: the worker stopped, at every restart."""
+    letter = DeadLetter("bad_json", "message is not JSON: " + "x" * 10_000, original, "leadstream-events", 1, 7, b"k")
+    value = letter.to_bytes()
+    assert len(value) <= MAX_MESSAGE_BYTES
+    record = orjson.loads(value)
+    assert record["original_size"] == len(original)
+    assert base64.b64decode(record["original_head_base64"]) == original[:KEPT_HEAD_BYTES]
+    assert len(record["detail"]) < 5000
+    assert DeadLetter.from_bytes(value).original == b""  # nothing to replay

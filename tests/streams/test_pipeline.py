@@ -147,6 +147,29 @@ def test_bad_input_goes_to_the_dead_letter_topic_and_the_rest_is_scored(
     assert b'leadstream_events_rejected_total{reason="bad_json"} 1.0' in body
 
 
+def test_messages_near_kafkas_limit_that_are_not_json_are_dead_lettered_and_the_worker_goes_on(
+    isolated: Settings, worker: Callable[..., WorkerProcess]
+) -> None:
+    """Their letters, with the originals escaped or in base64, would be 1.3-6 MB: the broker
+    refused them and the worker stopped, at every restart."""
+    start = int(time.time() * 1000) - 48 * HOUR_MS
+    good = saas("carol", ["signup", "created_task", "created_project", "created_task"], start)
+    producer = KafkaProducer(bootstrap_servers=isolated.kafka_bootstrap)
+    for garbage in (b"\x01" * 1_000_000, b"\xff" * 1_000_000):
+        producer.send(isolated.topic_events, key=b"carol", value=garbage)
+    for event in good:
+        producer.send(isolated.topic_events, key=b"carol", value=orjson.dumps(event))
+    producer.flush()
+    producer.close()
+    proc = worker()
+
+    dead = [letter for _, letter in read_topic(isolated, isolated.topic_deadletter, expect=2)]
+    assert [(letter["reason"], letter["original_size"]) for letter in dead] == [("bad_json", 1_000_000)] * 2
+    crossings = read_topic(isolated, isolated.topic_crossings, expect=1)
+    assert [(c["lead_id"], c["to_level"]) for _, c in crossings] == [("carol", "mql")]
+    assert proc.proc is not None and proc.proc.poll() is None and proc.ready()
+
+
 def test_a_lead_of_several_models_keeps_each_models_state_through_a_restart(
     isolated: Settings, worker: Callable[..., WorkerProcess], tmp_path: Path
 ) -> None:
