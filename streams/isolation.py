@@ -16,6 +16,7 @@ the order of each lead's events is kept, since the parts are worked on in order.
 from __future__ import annotations
 
 import logging
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -29,6 +30,9 @@ from streams.outbox import encode_json_or_none
 from streams.stage import Consumed
 
 log = logging.getLogger("leadstream.worker")
+#: A place in the code that raised (`where`) is logged at most once in this many seconds.
+LOG_EVERY_S = 60
+_logged: dict[str, float] = {}
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -74,9 +78,15 @@ def internal_error(exc: Exception, message: Consumed, work: str) -> DeadLetter:
     """The dead letter of a message that raised alone while the stage did `work` with it; logs
     where it raised."""
     # Neither ids nor the exception's text are logged (they may hold personal data): the dead
-    # letter has both, the log where the bug is.
-    log.error("%s raised %s; it is dead-lettered as internal_error, the rest of its batch goes on: topic=%s partition=%d "
-              "offset=%d\n%s", work, exc.__class__.__name__, message.topic, message.partition, message.offset, where(exc))
+    # letter has both, the log where the bug is, once a minute per place (a bug that every
+    # event of a catch-up meets would otherwise write a traceback per event).
+    location = where(exc)
+    now = time.monotonic()
+    if now - _logged.get(location, -LOG_EVERY_S) >= LOG_EVERY_S:
+        _logged[location] = now
+        log.error("%s raised %s; it is dead-lettered as internal_error (the next from the same place within %d s are "
+                  "counted, not logged), the rest of its batch goes on: topic=%s partition=%d offset=%d\n%s", work,
+                  exc.__class__.__name__, LOG_EVERY_S, message.topic, message.partition, message.offset, location)
     detail = (f"{work} raised {exc.__class__.__name__}: {exc}. This is a bug in leadstream (bad input is refused with a "
               "reason, never raised): please report it with this dead letter. The rest of its batch went on; send it back "
               "with `leadstream replay-dlq --reason internal_error` once leadstream is fixed")

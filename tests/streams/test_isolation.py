@@ -14,6 +14,7 @@ from scoring import Engine, Event, LeadState, MemberScore, Transition
 from scoring.engine import ModelRuntime
 from streams import lead_states, metrics
 from streams.deadletter import DeadLetter
+from streams import isolation
 from streams.isolation import isolate
 from streams.partitioning import partition_for
 from streams.rollup import Rollup, decode_accounts
@@ -64,7 +65,10 @@ def message(offset: int, *events: dict[str, Any]) -> Consumed:
     return Consumed(Settings().topic_events, partition, offset, None, value)
 
 
-def test_an_event_that_makes_scoring_raise_is_dead_lettered_and_the_rest_of_its_batch_and_envelope_is_scored() -> None:
+def test_an_event_that_makes_scoring_raise_is_dead_lettered_and_the_rest_of_its_batch_and_envelope_is_scored(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(isolation, "_logged", {})
     engine = Engine([shipped("b2b")])
     runtime = engine.runtime("b2b")
     scored = runtime.appliers["page_view"]
@@ -103,6 +107,9 @@ def test_an_event_that_makes_scoring_raise_is_dead_lettered_and_the_rest_of_its_
     assert lead_states.decode(changelog[OTHER.encode()])["b2b"].ledger["pricing page"][1] == 2  # type: ignore[union-attr]
     assert store.states(LEAD)["b2b"].ledger["pricing page"][1] == 2  # type: ignore[union-attr]
     assert POISON.encode() not in store.recovered
+    # Both raised at the same place: its traceback is logged once, without the lead's id.
+    [logged] = [r for r in caplog.records if "dead-lettered as internal_error" in r.getMessage()]
+    assert "ZeroDivisionError" in logged.getMessage() and "buggy" in logged.getMessage() and POISON not in logged.getMessage()
 
 
 def test_an_account_update_that_makes_the_roll_up_raise_is_dead_lettered_and_the_others_rolled_up() -> None:
