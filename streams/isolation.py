@@ -78,19 +78,25 @@ def internal_error(exc: Exception, message: Consumed, work: str) -> DeadLetter:
     """The dead letter of a message that raised alone while the stage did `work` with it; logs
     where it raised."""
     # Neither ids nor the exception's text are logged (they may hold personal data): the dead
-    # letter has both, the log where the bug is, once a minute per place (a bug that every
-    # event of a catch-up meets would otherwise write a traceback per event).
-    location = where(exc)
-    now = time.monotonic()
-    if now - _logged.get(location, -LOG_EVERY_S) >= LOG_EVERY_S:
-        _logged[location] = now
-        log.error("%s raised %s; it is dead-lettered as internal_error (the next from the same place within %d s are "
-                  "counted, not logged), the rest of its batch goes on: topic=%s partition=%d offset=%d\n%s", work,
-                  exc.__class__.__name__, LOG_EVERY_S, message.topic, message.partition, message.offset, location)
+    # letter has both, the log where the bug is.
+    log_raised(exc, f"{work} raised %s; it is dead-lettered as internal_error, the rest of its batch goes on: topic=%s "
+               "partition=%d offset=%d", message.topic, message.partition, message.offset)
     detail = (f"{work} raised {exc.__class__.__name__}: {exc}. This is a bug in leadstream (bad input is refused with a "
               "reason, never raised): please report it with this dead letter. The rest of its batch went on; send it back "
               "with `leadstream replay-dlq --reason internal_error` once leadstream is fixed")
     return DeadLetter("internal_error", detail, message.value, message.topic, message.partition, message.offset, message.key)
+
+
+def log_raised(exc: BaseException, message: str, *context: object) -> None:
+    """Logs `message` (its first %s: the exception's class; the rest: `context`) with where the
+    exception was raised, once a minute per place: a bug that every event of a catch-up meets
+    would otherwise write a traceback per event. Metrics and dead letters count each."""
+    location = where(exc)
+    now = time.monotonic()
+    if now - _logged.get(location, -LOG_EVERY_S) >= LOG_EVERY_S:
+        _logged[location] = now
+        log.error(message + " (the next from the same place within %d s are counted, not logged)\n%s",
+                  exc.__class__.__name__, *context, LOG_EVERY_S, location)
 
 
 def where(exc: BaseException) -> str:

@@ -33,7 +33,7 @@ from scoring.events import MAX_EVENT_BYTES, decode_message, parse_value, too_lar
 from streams import metrics, stitching
 from streams.deadletter import DeadLetter
 from streams.envelope import unpack
-from streams.isolation import internal_error, isolate, split_envelope, where
+from streams.isolation import internal_error, isolate, log_raised, split_envelope
 from streams.outbox import Outbox, encode_json, encode_json_or_none
 from streams.partitioning import partition_for
 from streams.rollup import lead_score_key, publish_updates
@@ -405,8 +405,8 @@ class Scorer:
                 del crossings[crossed:]
                 states[model] = self.store.stored(lead_id)[model]
                 metrics.DECAY_FAILURES.inc()
-                log.error("a decay step raised %s; the lead is left as it was until the worker restarts: model=%s partition=%d\n%s",
-                          exc.__class__.__name__, model, partition, where(exc))
+                log_raised(exc, "a decay step raised %s; the lead is left as it was until the worker restarts: model=%s "
+                           "partition=%d", model, partition)
                 continue
             applied += 1
             self._changed(model, lead_id, state, now_ms, partition)
