@@ -39,6 +39,8 @@ from faust.stores import memory
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth, server_list
 from faust.types import TP
 
+from streams.topics import LARGE_RECORD_BYTES
+
 log = logging.getLogger("leadstream.worker")
 
 #: Bytes fetched at once: whole segments of changelog instead of Faust's 1 MB per partition.
@@ -236,8 +238,10 @@ class BulkRestoredTable(faust.Table):  # type: ignore[type-arg]
 
 
 def raw_table(app: faust.App, name: str, partitions: int) -> BulkRestoredTable:
-    """A table of raw bytes keys and values, restored in bulk (what `app.Table` would define)."""
+    """A table of raw bytes keys and values, restored in bulk (what `app.Table` would define).
+    Its changelog takes records of up to topics.LARGE_RECORD_BYTES (see there)."""
     table = BulkRestoredTable(app, name=name, beacon=app.tables.beacon, partitions=partitions,
-                              key_type=bytes, value_type=bytes)
+                              key_type=bytes, value_type=bytes,
+                              extra_topic_configs={"max.message.bytes": str(LARGE_RECORD_BYTES)})
     app.tables.add(table)
     return table

@@ -20,6 +20,13 @@ class TopicSpec:
 
 
 FORGET_RETENTION_MS = 7 * 24 * 3600 * 1000
+#: The largest record the table changelogs and the identity topic take (Kafka's default is 1 MB).
+#: A lead's changelog record holds its state in every model, and a merge record every state of
+#: the visitor merged: each state is bounded (scoring/state.py), a few hundred KB at most, but a
+#: lead of several models can hold more than 1 MB, and a record the broker refuses stops the
+#: worker at every restart. Records leave through record batches, which the producer does not
+#: cap at its max_request_size, and consumers read a record larger than their fetch size.
+LARGE_RECORD_BYTES = 16 * 1024 * 1024
 COMPACTED = {"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1", "segment.ms": "600000"}
 
 
@@ -35,7 +42,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         # A read model only needs each lead's latest score.
         TopicSpec(settings.topic_scores, n, COMPACTED),
         TopicSpec(settings.topic_accounts, n),
-        TopicSpec(settings.topic_identity, n),
+        TopicSpec(settings.topic_identity, n, {"max.message.bytes": str(LARGE_RECORD_BYTES)}),
         TopicSpec(settings.topic_deadletter, n, {"retention.ms": str(30 * 24 * 3600 * 1000)}),
     ]
 

@@ -7,6 +7,7 @@ import itertools
 import subprocess
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -14,6 +15,7 @@ import orjson
 from kafka import KafkaAdminClient
 from kafka.admin import ConfigResource, ConfigResourceType
 
+from streams.lag import LagProbe
 from streams.processes import WorkerProcess
 from streams.settings import Settings
 from tests.infra import leadstream, read_topic, write_jsonl
@@ -70,3 +72,49 @@ def test_a_worker_whose_crossings_kafka_refuses_stops_and_its_successor_publishe
     crossings = [c for _, c in read_topic(isolated, isolated.topic_crossings, expect=len(expected))]
     assert sorted((c["id"], c["to_level"]) for c in crossings) == expected
     assert scores_by_key(isolated)["b2b/pete"]["score"] == 70
+
+
+def max_message_bytes(settings: Settings, topic: str) -> int:
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id="leadstream-tests")
+    try:
+        # kafka-python lists the topic's own settings only: none means Kafka's default, 1 MB.
+        configs = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])["topic"][topic]
+        return int(configs.get("max.message.bytes", {"value": 1_048_588})["value"])
+    finally:
+        admin.close()
+
+
+def test_a_lead_whose_states_in_all_models_exceed_a_megabyte_is_written_and_recovered(
+    isolated: Settings, worker: Callable[..., WorkerProcess], tmp_path: Path
+) -> None:
+    """Ten models, each remembering two generations of 1,024 ids of 64 characters: the lead's
+    changelog record is about 1.3 MB, more than Kafka's default limit, which stopped the worker."""
+    models = tmp_path / "models"
+    models.mkdir()
+    for n in range(10):
+        (models / f"m{n}.toml").write_text(
+            f'[model]\nname = "m{n}"\nremember_events = 1024\nlateness = "30d"\n'
+            '[[rules]]\nname = "visit"\nevent = "visit"\npoints = 1\n'
+            '[thresholds]\nbase = "cold"\nladder = [{ level = "warm", at = 5000 }]\n')
+    settings = replace(isolated, models_dir=models)
+    now = int(time.time() * 1000) - 60 * MINUTE_MS
+    events = [{"event_id": f"{n:08d}".ljust(64, "x"), "lead_id": "ada", "type": "visit", "time": now + n} for n in range(2048)]
+    leadstream(settings, "send", "--events-per-message", "200", str(write_jsonl(tmp_path / "events.jsonl", events)))
+    first = worker(settings)
+    assert max_message_bytes(settings, f"{settings.app_id}-leads-changelog") > 2_000_000
+    assert max_message_bytes(settings, settings.topic_identity) > 2_000_000
+    # Offsets are committed only once the states are in the changelog.
+    probe = LagProbe(settings.kafka_bootstrap)
+    try:
+        probe.wait_caught_up(settings.app_id, [settings.topic_events], timeout_s=60)
+    except TimeoutError:
+        raise AssertionError(f"the worker did not commit the events: its states were not written\n{first.tail()}") from None
+    finally:
+        probe.close()
+    assert first.proc is not None and first.proc.poll() is None
+    first.stop()
+
+    second = worker(settings)  # its states come from the changelog alone: nothing is left to score again
+    status, body = second.get("/leads/ada/")
+    assert status == 200, body
+    assert {model: explained["score"] for model, explained in orjson.loads(body)["models"].items()} == {f"m{n}": 2048 for n in range(10)}
