@@ -3,8 +3,12 @@ own ladder and transitions."""
 
 from __future__ import annotations
 
+import math
+
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from scoring import AccountState, MemberScore
 from tests.scoring.support import T0, Run, engine, ev
@@ -34,7 +38,7 @@ def roll(combine: str, updates: list[tuple[str, float, int]]) -> tuple[AccountSt
 def test_combine(combine: str, score: float) -> None:
     eng = account_engine(combine)
     state, _ = roll(combine, [("a", 60, 0), ("b", 30, 0), ("c", 20, 0)])
-    assert eng.models[0].accounts.score(state.members) == score
+    assert eng.models[0].accounts.score(state) == score
 
 
 def test_latest_member_score_wins_and_stale_updates_are_ignored() -> None:
@@ -121,3 +125,29 @@ def test_an_account_scale_takes_the_models_for_a_bound_it_leaves_out(bounds: str
                  + f'[accounts]\nbase = "quiet"\nladder = [{{ level = "engaged", at = 50 }}]\n{bounds}')
     state, _ = eng.apply_account("m", "acme", None, MemberScore("m", "acme", "a", 50, T0))
     assert eng.account_summary("m", "acme", state)["normalized"] == normalized
+
+
+_SCORE = st.one_of(st.integers(-1000, 1000), st.floats(-1e6, 1e6, allow_nan=False).map(lambda x: round(x, 2)))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.sampled_from(["sum", "max", "top_k"]),
+    st.lists(st.tuples(st.sampled_from("abcdefgh"), _SCORE, st.integers(0, 50), st.booleans()), max_size=60),
+)
+def test_the_combined_score_kept_per_update_is_the_exact_one_of_the_members(
+    combine: str, updates: list[tuple[str, float, int, bool]]
+) -> None:
+    """The roll-up keeps its members' scores in order and their exact sum as updates come, so
+    an update's cost does not grow with the account: what it keeps must be what the members
+    are, after any mix of updates, stale ones and leavings, and read back from bytes alike."""
+    eng = account_engine(combine)
+    rollup = eng.models[0].accounts
+    state = None
+    for lead, score, at, left in updates:
+        state, _ = eng.apply_account("m", "acme", state, MemberScore("m", "acme", lead, score, T0 + at, left))
+        scores = sorted(member[0] for member in state.members.values())
+        expected = (0 if not scores else max(scores) if combine == "max"
+                    else math.fsum(scores[-2:]) if combine == "top_k" else math.fsum(scores))
+        assert rollup.score(state) == expected
+        assert rollup.score(AccountState.from_bytes(state.to_bytes())) == expected
