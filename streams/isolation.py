@@ -20,14 +20,14 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import orjson
 
 from streams.deadletter import DeadLetter
 from streams.envelope import unpack
-from streams.outbox import encode_json_or_none
-from streams.stage import Consumed
+from streams.outbox import Outbox, encode_json_or_none
+from streams.stage import Consumed, LiveTable
 
 log = logging.getLogger("leadstream.worker")
 #: A place in the code that raised (`where`) is logged at most once in this many seconds.
@@ -57,6 +57,21 @@ def isolate(
             items = parts
     middle = len(items) // 2
     return isolate(items[:middle], attempt, split, refuse) + isolate(items[middle:], attempt, split, refuse)
+
+
+def undone_if_it_raises(outbox: Outbox, store: LiveTable[Any], work: Callable[[dict[str, Any]], R]) -> R:
+    """`work(touched)`, an attempt of `isolate`: it puts in `touched` the keys whose live states
+    it reads (and may change in place). When it raises, nothing of it is left: what it queued in
+    `outbox` is taken back, and the live states of `touched` are dropped, to be read again from
+    their bytes."""
+    mark = outbox.mark()
+    touched: dict[str, Any] = {}
+    try:
+        return work(touched)
+    except Exception:
+        outbox.rollback(mark)
+        store.drop(touched)
+        raise
 
 
 def split_envelope(message: Consumed) -> list[Consumed]:

@@ -21,7 +21,7 @@ from scoring.errors import StateError
 from streams import metrics
 from streams.deadletter import DeadLetter
 from streams.envelope import MAX_MESSAGE_BYTES, unpack
-from streams.isolation import internal_error, isolate, split_envelope
+from streams.isolation import internal_error, isolate, split_envelope, undone_if_it_raises
 from streams.outbox import Outbox, encode_json, encode_json_or_none
 from streams.overlap import InFlight, make_durable
 from streams.partitioning import partition_for
@@ -119,15 +119,8 @@ class Rollup:
             await self.in_flight.wait()
 
     def _attempt(self, messages: Sequence[Consumed]) -> list[Record]:
-        """`_roll_up`, or nothing at all when it raises (see `Scorer._attempt`)."""
-        mark = self.outbox.mark()
-        changed: dict[str, tuple[int, dict[str, AccountState]]] = {}
-        try:
-            return self._roll_up(messages, changed)
-        except Exception:
-            self.outbox.rollback(mark)
-            self.store.drop(changed)
-            raise
+        """`_roll_up`, or nothing at all when it raises."""
+        return undone_if_it_raises(self.outbox, self.store, lambda changed: self._roll_up(messages, changed))
 
     def _roll_up(self, messages: Sequence[Consumed], changed: dict[str, tuple[int, dict[str, AccountState]]]) -> list[Record]:
         """Queues the messages' crossings, summaries and dead letters; returns the changelog

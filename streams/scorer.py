@@ -33,7 +33,7 @@ from scoring.events import MAX_EVENT_BYTES, decode_message, parse_value, too_lar
 from streams import metrics, stitching
 from streams.deadletter import DeadLetter
 from streams.envelope import unpack
-from streams.isolation import internal_error, isolate, log_raised, split_envelope
+from streams.isolation import internal_error, isolate, log_raised, split_envelope, undone_if_it_raises
 from streams.outbox import Outbox, encode_json, encode_json_or_none
 from streams.partitioning import partition_for
 from streams.rollup import lead_score_key, publish_updates
@@ -251,16 +251,8 @@ class Scorer:
         return stats, records
 
     def _attempt(self, messages: Sequence[Consumed]) -> tuple[BatchStats, list[Record]]:
-        """`_score`, or nothing at all when it raises: what it queued in the outbox is taken
-        back and the live states it changed are dropped (read again from their bytes)."""
-        mark = self.outbox.mark()
-        known: dict[str, States] = {}
-        try:
-            return self._score(messages, known)
-        except Exception:
-            self.outbox.rollback(mark)
-            self.store.drop(known)
-            raise
+        """`_score`, or nothing at all when it raises."""
+        return undone_if_it_raises(self.outbox, self.store, lambda known: self._score(messages, known))
 
     def _queue_dead(self, dead: list[DeadLetter], stats: BatchStats) -> None:
         for letter in dead:
