@@ -48,7 +48,7 @@ class AccountRollup:
             return ranked[-1]
         if self.combine == "top_k":
             return _rounded(sum(map(_exact, ranked[-self.top_k :])))
-        return _rounded(state.exact_total)
+        return _rounded(state.exact_sum())
 
 
 #: Every float is a whole multiple of 2**-1074 (the smallest subnormal): scaled by this, member
@@ -97,23 +97,27 @@ class AccountState:
     kept current by `update`, so taking an update costs the same however many members the
     account has (recomputed per update, they cost 330 us an update at 20,000 members)."""
 
-    __slots__ = ("members", "level", "crossings", "_ranked", "exact_total")
+    __slots__ = ("members", "level", "crossings", "_ranked", "_total")
 
     def __init__(self, members: dict[str, list[float]], level: str, crossings: int) -> None:
         self.members = members
         self.level = level
         self.crossings = crossings
         self._ranked: SortedList[float] | None = None
-        #: The members' scores summed exactly (see `_exact`), once `ranked` was asked for.
-        self.exact_total = 0
+        self._total = 0  # exact (see `_exact`) once `_ranked` is built
 
     def ranked(self) -> SortedList[float]:
         """The member scores, lowest first."""
         if self._ranked is None:
             scores = [member[0] for member in self.members.values()]
             self._ranked = SortedList(scores)
-            self.exact_total = sum(map(_exact, scores))
+            self._total = sum(map(_exact, scores))
         return self._ranked
+
+    def exact_sum(self) -> int:
+        """The member scores summed exactly, scaled as `_exact` scales one."""
+        self.ranked()
+        return self._total
 
     def update(self, member: MemberScore) -> bool:
         """Takes a member's score, or its leaving, unless an update of a later time is already
@@ -132,13 +136,13 @@ class AccountState:
         self.members[member.lead_id] = [member.score, member.time_ms]
         if self._ranked is not None:
             self._ranked.add(member.score)
-            self.exact_total += _exact(member.score)
+            self._total += _exact(member.score)
         return True
 
     def _unrank(self, score: float) -> None:
         if self._ranked is not None:
             self._ranked.remove(score)
-            self.exact_total -= _exact(score)
+            self._total -= _exact(score)
 
     def to_bytes(self) -> bytes:
         return encode((self.members, self.level, self.crossings))

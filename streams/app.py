@@ -38,6 +38,8 @@ from streams.settings import Settings
 from streams.stage import Consumed, LiveTable
 
 log = logging.getLogger("leadstream.worker")
+#: A stage's `process`: a batch of consumed messages, and what to do once it is durable.
+Process = Callable[[list[Consumed], Callable[[], Awaitable[None]]], Awaitable[Any]]
 #: Members the /accounts/{id}/ view lists, the highest scored first.
 ACCOUNT_VIEW_MEMBERS = 100
 
@@ -178,27 +180,24 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
             log.warning("consumer lag not measured: cause=%r", exc)
     within_s = settings.batch_within_ms / 1000
 
+    async def run_stage(stream: faust.StreamT[bytes], process: Process, stage: str, work: str) -> None:
+        """Feeds a stage its batches. A batch's messages are acknowledged once its flushes are
+        acknowledged by Kafka, which happens while the next batch is processed (streams/overlap.py)."""
+        messages = _batches(stream)
+        try:
+            async for batch in batching.batches(messages, settings.batch_max_messages, within_s):
+                with batch_pause:
+                    await process([_consumed(message) for message in batch], _acknowledge(messages, batch, stage))
+        except Exception as exc:
+            await stop_worker(work, exc)
+
     @app.agent(events_topic)
     async def score(stream: faust.StreamT[bytes]) -> None:
-        # A batch's messages are acknowledged once its flushes are acknowledged by Kafka, which
-        # happens while the next batch is scored (streams/overlap.py).
-        events = _batches(stream)
-        try:
-            async for batch in batching.batches(events, settings.batch_max_messages, within_s):
-                with batch_pause:
-                    await scorer.process([_consumed(event) for event in batch], _acknowledge(events, batch, "score"))
-        except Exception as exc:
-            await stop_worker("the scoring stage", exc)
+        await run_stage(stream, scorer.process, "score", "the scoring stage")
 
     @app.agent(accounts_topic)
     async def rollup(stream: faust.StreamT[bytes]) -> None:
-        updates = _batches(stream)
-        try:
-            async for batch in batching.batches(updates, settings.batch_max_messages, within_s):
-                with batch_pause:
-                    await rollup_stage.process([_consumed(event) for event in batch], _acknowledge(updates, batch, "rollup"))
-        except Exception as exc:
-            await stop_worker("the account stage", exc)
+        await run_stage(stream, rollup_stage.process, "rollup", "the account stage")
 
     @app.timer(interval=settings.decay_interval_s)  # type: ignore[untyped-decorator]
     async def decay() -> None:
