@@ -98,14 +98,16 @@ def encode(values: tuple[Any, ...]) -> bytes:
     return right_sized(orjson.dumps((_VERSION, *values)))
 
 
-def decode(data: bytes | bytearray | memoryview, kind: str, length: int) -> list[Any]:
-    """The values of account state bytes (the version first), checking there are `length`."""
+def decode(data: bytes | bytearray | memoryview, kind: str, lengths: tuple[int, ...]) -> list[Any]:
+    """The values of account state bytes (the version first), checking there are as many as
+    one of `lengths` (a layout that gained a field is still read without it)."""
     try:
         values = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise StateError(f"{kind} state is not valid JSON: {exc}") from None
-    if values.__class__ is not list or len(values) != length or values[0] != _VERSION:
-        raise StateError(f"{kind} state of an unknown layout (expected version {_VERSION} with {length} values)")
+    if values.__class__ is not list or len(values) not in lengths or values[0] != _VERSION:
+        raise StateError(f"{kind} state of an unknown layout (expected version {_VERSION} with "
+                         f"{' or '.join(map(str, lengths))} values)")
     return values
 
 

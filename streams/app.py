@@ -32,7 +32,8 @@ from streams.collection import BatchPause
 from streams.lag import LagProbe
 from streams.model_reload import ModelDirectory
 from streams.outbox import Outbox
-from streams.rollup import Rollup, decode_accounts
+from streams.account_table import AccountTable
+from streams.rollup import Rollup
 from streams.scorer import DECAY_CHUNK, DECAY_PAUSE_S, Scorer
 from streams.settings import Settings
 from streams.stage import Consumed, LiveTable
@@ -94,8 +95,8 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
     outbox = Outbox(settings.kafka_bootstrap, settings.partitions, "leadstream-worker")
     lead_store = LiveTable(leads.store, leads.changelog_topic.get_topic_name(), settings.partitions, settings.live_leads,
                            lead_states.decode)
-    account_store = LiveTable(accounts.store, accounts.changelog_topic.get_topic_name(), settings.partitions,
-                              settings.live_leads, decode_accounts)
+    account_store = AccountTable(accounts.store, accounts.changelog_topic.get_topic_name(), settings.partitions,
+                                 settings.live_leads)
     # The models in use change when their files are edited (reload_models below): read them
     # from the stages, which switch between batches.
     scorer = Scorer(models.current.engine, settings, lead_store, outbox, settings.partitions)

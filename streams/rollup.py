@@ -26,7 +26,8 @@ from streams.outbox import Outbox, encode_json, encode_json_or_none
 from streams.overlap import InFlight, make_durable
 from streams.partitioning import partition_for
 from streams.settings import Settings
-from streams.stage import Consumed, LiveTable, Record, frame, unframe
+from streams.account_table import AccountTable
+from streams.stage import Consumed, Record
 
 
 _decode_updates = msgspec.json.Decoder(list[MemberScore]).decode
@@ -68,15 +69,6 @@ def account_score_key(model: str, account_id: str) -> bytes:
     return f"{model}:account/{account_id}".encode()
 
 
-def encode_accounts(states: dict[str, AccountState]) -> bytes:
-    """An account's table value: its state in every model."""
-    return frame({model: state.to_bytes() for model, state in states.items()})
-
-
-def decode_accounts(value: bytes) -> dict[str, AccountState]:
-    return {model: AccountState.from_bytes(raw) for model, raw in unframe(value).items()}
-
-
 def _member_score(state: AccountState | None, lead_id: str) -> float | None:
     """The lead's score in the account (None: not a member); its time is not in summaries."""
     member = None if state is None else state.members.get(lead_id)
@@ -84,7 +76,7 @@ def _member_score(state: AccountState | None, lead_id: str) -> float | None:
 
 
 class Rollup:
-    def __init__(self, engine: Engine, settings: Settings, store: LiveTable[AccountState], outbox: Outbox) -> None:
+    def __init__(self, engine: Engine, settings: Settings, store: AccountTable, outbox: Outbox) -> None:
         self.settings = settings
         self.store = store
         self.outbox = outbox
@@ -129,6 +121,8 @@ class Rollup:
         dead: list[DeadLetter] = []
         # (account id, model) whose members changed: read models get their summaries.
         moved: set[tuple[str, str]] = set()
+        # account id -> model -> ids of the members whose updates it took: their pages are written.
+        updated: dict[str, dict[str, set[str]]] = {}
         for message in messages:
             for update in self._decode(message, dead):
                 account_id = update.account_id
@@ -146,6 +140,7 @@ class Rollup:
                 if _member_score(state, update.lead_id) != before and update.model in self.rolling:
                     moved.add((account_id, update.model))  # a score or a membership changed, in a model that rolls up
                 states[update.model] = state
+                updated.setdefault(account_id, {}).setdefault(update.model, set()).add(update.lead_id)
                 transitions.extend(crossed)
         for transition in transitions:
             self.outbox.add(self.settings.topic_crossings, str(transition.account_id).encode(), encode_json(transition.to_dict()))
@@ -154,10 +149,11 @@ class Rollup:
             self.outbox.add(self.settings.topic_scores, account_score_key(model, account_id), encode_json(summary))
         # Encoded before any is kept, so an encoding that raises changes nothing; sent after
         # the crossings, once the batch before is durable.
-        encoded = [(account_id, partition, states, encode_accounts(states)) for account_id, (partition, states) in changed.items()]
+        encoded = [(account_id, *self.store.encode(account_id, partition, states, updated.get(account_id, {})))
+                   for account_id, (partition, states) in changed.items()]
         metrics.count_crossings(transitions)
         self._queue_dead(dead)
-        return [self.store.write(*write) for write in encoded]
+        return [record for account_id, states, records in encoded for record in self.store.keep(account_id, states, records)]
 
     def _refuse(self, message: Consumed, exc: Exception) -> None:
         self._queue_dead([internal_error(exc, message, "rolling up this account update")])

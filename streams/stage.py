@@ -106,8 +106,10 @@ class LiveTable(Generic[S]):
     """
 
     def __init__(
-        self, table: TableData, changelog: str, partitions: int, max_live: int, decode: Callable[[bytes], dict[str, S]]
+        self, table: TableData, changelog: str, partitions: int, max_live: int, decode: Callable[[bytes], dict[str, S]] | None
     ) -> None:
+        """`decode`: a key's states from its value; None for a table that reads more than the
+        value (it overrides `decoded`)."""
         self.table = table
         self.recovered = table.data
         self.changelog = changelog
@@ -133,7 +135,16 @@ class LiveTable(Generic[S]):
         """The key's states as last written (decoded from its bytes, not kept): what its live
         states were before work that changed them in place failed."""
         value = self.recovered.get(key.encode())
-        return {} if value is None else self.decode(value)
+        return {} if value is None else self.decoded(key, value)
+
+    def decoded(self, key: str, value: bytes) -> dict[str, S]:
+        """The states of a key's value (a table that keeps some in records of their own reads them too)."""
+        assert self.decode is not None, "a table without `decode` overrides `decoded`"
+        return self.decode(value)
+
+    def state_keys(self) -> Iterator[bytes]:
+        """The table's keys that hold a key's states (a table may keep other records)."""
+        return iter(list(self.recovered))
 
     def put(self, key: str, partition: int, states: dict[str, S], value: bytes, outbox: Outbox) -> None:
         """Keeps `states` as the key's, and sends `value` (their bytes) to the changelog."""
@@ -185,13 +196,13 @@ class LiveTable(Generic[S]):
     def items(self, partitions: set[int], unreadable: list[str] | None = None) -> Iterator[tuple[str, dict[str, S]]]:
         """The states of every key on these partitions (decoded, not kept live); the keys whose
         value cannot be read are passed over, and appended to `unreadable` when given."""
-        for raw_key in list(self.recovered):
+        for raw_key in self.state_keys():
             key = raw_key.decode()
             if partition_for(key, self.partitions) in partitions:
                 states = self.live.get(key)
                 if not states:
                     try:
-                        states = self.decode(self.recovered[raw_key])
+                        states = self.decoded(key, self.recovered[raw_key])
                     except StateError:
                         if unreadable is not None:
                             unreadable.append(key)

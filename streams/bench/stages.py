@@ -32,7 +32,8 @@ from streams.bench.engine import MODEL_FILE
 from streams.collection import BatchPause, tune_collector
 from streams.envelope import pack_by_partition
 from streams.outbox import Outbox
-from streams.rollup import Rollup, decode_accounts
+from streams.account_table import AccountTable
+from streams.rollup import Rollup
 from streams.scorer import Scorer
 from streams.settings import Settings
 from streams.stage import Consumed, LiveTable, MemoryData
@@ -83,7 +84,7 @@ async def run(settings: Settings, batch: list[Consumed], events: int) -> dict[st
     engine = Engine([load_model(MODEL_FILE)])
     outbox = CountingOutbox(settings.partitions, settings.topic_accounts)
     leads = LiveTable(MemoryData(), "leads-changelog", settings.partitions, settings.live_leads, lead_states.decode)
-    accounts = LiveTable(MemoryData(), "accounts-changelog", settings.partitions, settings.live_leads, decode_accounts)
+    accounts = AccountTable(MemoryData(), "accounts-changelog", settings.partitions, settings.live_leads)
     scorer = Scorer(engine, settings, leads, outbox, settings.partitions)
     rollup = Rollup(engine, settings, accounts, outbox)
     pause = BatchPause(settings.gc_young_threshold > 0)

@@ -151,3 +151,37 @@ def test_the_combined_score_kept_per_update_is_the_exact_one_of_the_members(
                     else math.fsum(scores[-2:]) if combine == "top_k" else math.fsum(scores))
         assert rollup.score(state) == expected
         assert rollup.score(AccountState.from_bytes(state.to_bytes())) == expected
+
+
+def test_updates_taken_again_after_a_member_left_do_not_bring_it_back_nor_cross_again() -> None:
+    eng = account_engine("sum")
+    updates = [MemberScore("m", "acme", "u-42@example.com", 60, T0 + 1), MemberScore("m", "acme", "u-42@example.com", 0, T0 + 2, left=True)]
+    state, crossed = None, []
+    for update in updates:
+        state, transitions = eng.apply_account("m", "acme", state, update)
+        crossed += transitions
+    assert state is not None and [t.to_level for t in crossed] == ["engaged", "quiet"]
+    # A worker stopped after writing the account, before committing the updates: they come again.
+    again = AccountState.from_bytes(state.to_bytes())
+    for update in updates:
+        again, transitions = eng.apply_account("m", "acme", again, update)
+        assert transitions == []
+    assert again == state and again.members == {} and again.crossings == 2
+    # The leaving is kept as a digest: the bytes do not hold the lead's id.
+    assert b"u-42" not in state.to_bytes()
+    # Coming back later is a new membership.
+    back, transitions = eng.apply_account("m", "acme", again, MemberScore("m", "acme", "u-42@example.com", 70, T0 + 3))
+    assert list(back.members) == ["u-42@example.com"] and [t.to_level for t in transitions] == ["engaged"]
+
+
+def test_an_account_remembers_its_latest_leavings_only_and_reads_states_written_before_it_kept_them() -> None:
+    from scoring.accounts import GONE_MEMORY
+
+    state = AccountState({}, "quiet", 0)
+    for n in range(GONE_MEMORY + 10):
+        state.update(MemberScore("m", "acme", f"L{n}", 0, T0 + n, left=True))
+    assert len(state.gone) == GONE_MEMORY
+    assert state.update(MemberScore("m", "acme", "L5", 10, T0 + 1))  # its leaving forgotten: taken
+    assert not state.update(MemberScore("m", "acme", f"L{GONE_MEMORY + 5}", 10, T0 + 1))  # from before its leaving
+    old = AccountState.from_bytes(b'[1,{"a":[10,5]},"quiet",0]')
+    assert (old.members, old.gone) == ({"a": [10, 5]}, {})

@@ -17,7 +17,8 @@ from streams.deadletter import DeadLetter
 from streams import isolation
 from streams.isolation import isolate
 from streams.partitioning import partition_for
-from streams.rollup import Rollup, decode_accounts
+from streams.account_table import AccountTable
+from streams.rollup import Rollup
 from streams.scorer import Scorer
 from streams.settings import Settings
 from streams.stage import Consumed, LiveTable, MemoryData
@@ -125,7 +126,7 @@ def test_an_account_update_that_makes_the_roll_up_raise_is_dead_lettered_and_the
     engine.apply_account = buggy  # type: ignore[method-assign]
     outbox = Kept()
     settings = Settings()
-    stage = Rollup(engine, settings, LiveTable(MemoryData(), "accounts-changelog", 4, 100, decode_accounts), outbox)
+    stage = Rollup(engine, settings, AccountTable(MemoryData(), "accounts-changelog", 4, 100), outbox)
     update: dict[str, Any] = {"model": "b2b", "account_id": "acme", "time": T0}
     envelope = [{**update, "lead_id": LEAD, "score": 20}, {**update, "lead_id": POISON, "score": 99}, {**update, "lead_id": OTHER, "score": 30}]
     asyncio.run(stage.process([Consumed(settings.topic_accounts, 1, 3, None, orjson.dumps(envelope))]))
@@ -133,7 +134,7 @@ def test_an_account_update_that_makes_the_roll_up_raise_is_dead_lettered_and_the
     [letter] = [DeadLetter.from_bytes(value) for topic, _, value in outbox.sent if topic == settings.topic_deadletter]
     assert (letter.reason, orjson.loads(letter.original)["lead_id"], letter.offset) == ("internal_error", POISON, 3)
     assert "rolling up this account update raised KeyError" in letter.detail
-    members = decode_accounts(stage.store.recovered[b"acme"])["b2b"].members
+    members = stage.store.stored("acme")["b2b"].members
     assert sorted(members) == [LEAD, OTHER]
 
 

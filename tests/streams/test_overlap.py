@@ -14,7 +14,8 @@ from streams import lead_states
 from streams.outbox import Outbox
 from streams.overlap import InFlight
 from streams.partitioning import partition_for
-from streams.rollup import Rollup, decode_accounts
+from streams.account_table import AccountTable
+from streams.rollup import Rollup
 from streams.scorer import Scorer
 from streams.settings import Settings
 from streams.stage import Consumed, LiveTable, MemoryData
@@ -134,7 +135,7 @@ def test_the_account_stage_rolls_up_the_next_batch_while_the_last_ones_flushes_r
     async def scenario() -> None:
         settings = Settings()
         outbox = Gated()
-        stage = Rollup(Engine([shipped("b2b")]), settings, LiveTable(MemoryData(), "accounts-changelog", 4, 10, decode_accounts), outbox)
+        stage = Rollup(Engine([shipped("b2b")]), settings, AccountTable(MemoryData(), "accounts-changelog", 4, 10), outbox)
         acknowledged: list[str] = []
 
         def update(lead: str, score: float) -> list[Consumed]:
@@ -155,7 +156,7 @@ def test_the_account_stage_rolls_up_the_next_batch_while_the_last_ones_flushes_r
         await second
         await stage.settle()
         assert acknowledged == ["first", "second"]
-        first, last = (decode_accounts(item[2])["b2b"] for kind, item in outbox.log  # type: ignore[index]
+        first, last = (stage.store.decoded(item[1].decode(), item[2])["b2b"] for kind, item in outbox.log  # type: ignore[index]
                        if item[0] == "accounts-changelog")  # type: ignore[index]
         assert set(first.members) == {"L1"} and set(last.members) == {"L1", "L2"}
 

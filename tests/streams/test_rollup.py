@@ -13,7 +13,8 @@ from scoring import Engine, MemberScore
 from streams.deadletter import DeadLetter
 from streams.envelope import MAX_MESSAGE_BYTES
 from streams.partitioning import partition_for
-from streams.rollup import Rollup, decode_accounts, publish_updates
+from streams.account_table import AccountTable
+from streams.rollup import Rollup, publish_updates
 from streams.settings import Settings
 from streams.stage import Consumed, LiveTable, MemoryData, frame
 from tests.scoring.support import shipped
@@ -155,7 +156,7 @@ def test_a_time_beyond_any_event_time_is_refused_not_stored() -> None:
 def test_an_update_for_an_account_whose_state_cannot_be_read_is_dead_lettered_and_the_others_rolled_up() -> None:
     settings = Settings()
     outbox = Kept()
-    store = LiveTable(MemoryData(), "accounts-changelog", 4, 10, decode_accounts)
+    store = AccountTable(MemoryData(), "accounts-changelog", 4, 10)
     stage = Rollup(Engine([shipped("b2b")]), settings, store, outbox)
     # Account states of a wrong shape: members not an object; not JSON at all.
     store.table.write(b"acme", frame({"b2b": b'[1, [], "unaware", 0]'}), 0)

@@ -1,0 +1,167 @@
+"""A large account's members in pages (streams/account_table.py): what a batch writes, that the
+table reads back what the roll-up holds, and that a batch whose records were written only in
+part (a worker killed between them) is rolled up again to the same account."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+from hypothesis import given, settings as hypothesis_settings, strategies as st
+
+from scoring import AccountState, Engine, MemberScore
+from streams.account_table import AccountTable, page_key, page_of
+from streams.partitioning import partition_for
+from streams.rollup import Rollup
+from streams.settings import Settings
+from streams.stage import Consumed, MemoryData, frame, unframe
+from tests.scoring.support import T0, shipped
+from tests.streams.stage_support import Kept
+
+ENGINE = Engine([shipped("b2b")])
+SETTINGS = Settings()
+PARTITION = partition_for("acme", 4)
+CHANGELOG = "accounts-changelog"
+
+
+def stage_over(data: dict[bytes, bytes]) -> tuple[Rollup, Kept]:
+    """A roll-up stage over a copy of `data`, paging past 4 members, 2 a page."""
+    table = AccountTable(MemoryData(), CHANGELOG, 4, 100, split_members=4, page_members=2)
+    table.table.data.update(data)
+    outbox = Kept()
+    return Rollup(ENGINE, SETTINGS, table, outbox), outbox
+
+
+def roll(stage: Rollup, updates: list[MemberScore], offset: int = 0) -> None:
+    value = orjson.dumps([{"model": u.model, "account_id": u.account_id, "lead_id": u.lead_id, "score": u.score,
+                           "time": u.time_ms, **({"left": True} if u.left else {})} for u in updates])
+    asyncio.run(stage.process([Consumed(SETTINGS.topic_accounts, PARTITION, offset, None, value)]))
+
+
+def update(lead: int, score: float, at: int, left: bool = False) -> MemberScore:
+    return MemberScore("b2b", "acme", f"L{lead}", score, T0 + at, left)
+
+
+def changelog(outbox: Kept, start: int = 0) -> list[tuple[bytes, bytes | None]]:
+    """The changelog records the outbox sent, from its `start`th record on, in order."""
+    return [(key or b"", value) for topic, key, value in outbox.sent[start:] if topic == CHANGELOG]
+
+
+def crossing_ids(outbox: Kept, start: int = 0) -> list[str]:
+    return [orjson.loads(value)["id"] for topic, _, value in outbox.sent[start:] if topic == SETTINGS.topic_crossings and value]
+
+
+def model_entry(value: bytes) -> Any:
+    """The b2b model's entry of an account's table value, decoded."""
+    return orjson.loads(unframe(value)["b2b"])
+
+
+def read_back(data: dict[bytes, bytes]) -> AccountState:
+    """The account as a worker that recovered `data` reads it."""
+    return stage_over(data)[0].store.stored("acme")["b2b"]
+
+
+def same(state: AccountState, expected: AccountState) -> bool:
+    return (state.members, state.level, state.crossings) == (expected.members, expected.level, expected.crossings)
+
+
+def test_an_account_is_written_whole_until_it_passes_the_split_then_in_pages_of_the_members_a_batch_updated() -> None:
+    stage, outbox = stage_over({})
+    roll(stage, [update(n, 30, n) for n in range(3)])
+    assert [key for key, _ in changelog(outbox)] == [b"acme"]  # inline: the members in the value
+    assert model_entry(stage.store.table.data[b"acme"])[1] == {f"L{n}": [30, T0 + n] for n in range(3)}
+
+    outbox.sent.clear()
+    roll(stage, [update(n, 30, n) for n in range(3, 8)])  # 8 members: 4 pages of 2 on average
+    written = [key for key, _ in changelog(outbox)]
+    assert written == [page_key("acme", "b2b", 4, n) for n in range(4)] + [b"acme"]  # pages before the value naming them
+    assert model_entry(stage.store.table.data[b"acme"])[1] == 4
+
+    outbox.sent.clear()
+    roll(stage, [update(5, 70, 100)])
+    assert [key for key, _ in changelog(outbox)] == [b"acme", page_key("acme", "b2b", 4, page_of("L5", 4))]
+    assert same(read_back(stage.store.table.data), stage.store.states("acme")["b2b"])
+
+    outbox.sent.clear()
+    roll(stage, [update(n, 10, 200 + n) for n in range(8, 17)])  # 17 members: more than 2 a page, 16 pages
+    records = changelog(outbox)
+    assert [key for key, _ in records] == (
+        [page_key("acme", "b2b", 16, n) for n in range(16)] + [b"acme"] + [page_key("acme", "b2b", 4, n) for n in range(4)])
+    assert [value for _, value in records[-4:]] == [None] * 4  # the old set deleted last
+    assert not any(key.startswith(b"acme\xffb2b\xff4.") for key in stage.store.table.data)
+    state = read_back(stage.store.table.data)
+    assert len(state.members) == 17 and same(state, stage.store.states("acme")["b2b"])
+    assert len(stage.store) == 1  # pages are not accounts
+
+
+def test_a_missing_or_foreign_page_makes_the_account_unreadable_with_the_page_named() -> None:
+    stage, _ = stage_over({})
+    roll(stage, [update(n, 30, n) for n in range(8)])
+    data = dict(stage.store.table.data)
+    missing = {key: value for key, value in data.items() if key != page_key("acme", "b2b", 4, 2)}
+    fresh, outbox = stage_over(missing)
+    roll(fresh, [update(9, 50, 50)])
+    [letter] = [orjson.loads(v) for topic, _, v in outbox.sent if topic == SETTINGS.topic_deadletter and v]
+    assert letter["reason"] == "unreadable_state"
+    assert "account 'acme' in model 'b2b': page 2 of 4 is missing from the table" in letter["detail"]
+    # A member filed under a page it does not belong in (written by something else).
+    other = page_of("L0", 4) ^ 1
+    moved = {**data, page_key("acme", "b2b", 4, other): orjson.dumps({"L0": [30, T0]})}
+    fresh, outbox = stage_over(moved)
+    roll(fresh, [update(9, 50, 50)])
+    [letter] = [orjson.loads(v) for topic, _, v in outbox.sent if topic == SETTINGS.topic_deadletter and v]
+    assert f"page {other} of 4 is not an object of the members that belong in it" in letter["detail"]
+
+
+def test_an_account_written_before_pages_existed_is_read_as_it_was() -> None:
+    members = {f"L{n}": [20, T0 + n] for n in range(6)}  # more than the split: paged at its next write
+    value = frame({"b2b": b'[1,' + orjson.dumps(members) + b',"engaged",1]'})
+    stage, outbox = stage_over({b"acme": value})
+    assert stage.store.stored("acme")["b2b"].members == members
+    roll(stage, [update(0, 25, 10)])
+    assert [key for key, _ in changelog(outbox)][-1] == b"acme"
+    state = read_back(stage.store.table.data)
+    assert state.members == {**members, "L0": [25, T0 + 10]} and (state.level, state.crossings) == ("engaged", 1)
+
+
+Batches = list[list[tuple[int, int, bool]]]  # (lead, score, leaves) per update, batches in order
+
+
+@hypothesis_settings(max_examples=40, deadline=None)
+@given(st.lists(st.lists(st.tuples(st.integers(0, 24), st.integers(0, 120), st.integers(0, 4).map(lambda n: n == 0)),
+                         min_size=1, max_size=12), min_size=1, max_size=8),
+       st.data())
+def test_the_table_reads_back_the_roll_up_and_a_batch_cut_anywhere_is_rolled_up_again_to_the_same_account(
+    batches: Batches, data: st.DataObject
+) -> None:
+    stage, outbox = stage_over({})
+    reference: AccountState | None = None
+    at = 0
+    for number, batch in enumerate(batches):
+        updates = []
+        for lead, score, leaves in batch:
+            at += 1
+            updates.append(update(lead, score, at, leaves))
+        before = dict(stage.store.table.data)
+        sent = len(outbox.sent)
+        roll(stage, updates, number)
+        records = changelog(outbox, sent)
+        ids = set(crossing_ids(outbox, sent))
+        for change in updates:
+            reference, _ = ENGINE.apply_account("b2b", "acme", reference, change)
+        assert reference is not None
+        assert same(read_back(stage.store.table.data), reference)
+        # The worker killed after `cut` of the batch's records were written: a new one reads
+        # what they left and rolls up the batch again, to the same account.
+        cut = data.draw(st.integers(0, len(records)), label=f"cut of batch {number}")
+        partial = dict(before)
+        for key, value in records[:cut]:
+            if value is None:
+                partial.pop(key, None)
+            else:
+                partial[key] = value
+        again, again_outbox = stage_over(partial)
+        roll(again, updates, number)
+        assert same(read_back(again.store.table.data), reference)
+        assert set(crossing_ids(again_outbox)) <= ids  # a crossing again is the same crossing: no new one
