@@ -232,3 +232,44 @@ def test_two_workers_share_the_partitions_and_score_as_one(
         answers = [w.get(f"/leads/{lead_id}/") for w in (first, second)]
         assert [status for status, _ in answers] == [200, 200], (lead_id, answers)
         assert {orjson.loads(body)["models"][model]["score"] for _, body in answers} == {expected[key]}
+
+
+def wait_caught_up(settings: Settings) -> None:
+    probe = LagProbe(settings.kafka_bootstrap)
+    try:
+        probe.wait_caught_up(settings.app_id, [settings.topic_events, settings.topic_accounts], timeout_s=180)
+    finally:
+        probe.close()
+
+
+def test_an_account_of_thousands_of_members_is_kept_in_pages_and_recovered_from_them(
+    isolated: Settings, worker: Callable[..., WorkerProcess], tmp_path: Path
+) -> None:
+    from streams.history import read_to_end as records_to_end
+
+    now = int(time.time() * 1000) - 60 * MINUTE_MS
+    # 2,600 members of one account (paged past 2,048), then a second worker that recovers the
+    # account from its pages takes 300 more members and new scores of earlier ones.
+    first_batch = [page(f"m{n}", 0, "https://acme.io/pricing", now + n) | {"account_id": "bigco"} for n in range(2_300)]
+    second_batch = ([page(f"m{n}", 0, "https://acme.io/pricing", now + n) | {"account_id": "bigco"} for n in range(2_300, 2_600)]
+                    + [b2b(f"m{n}", 1, "form_submit", now + 10_000 + n, properties={"form": "demo_request"}) for n in range(0, 2_300, 100)])
+    offline = [orjson.loads(line) for line in leadstream(
+        isolated, "score", "--events", str(write_jsonl(tmp_path / "events.jsonl", first_batch + second_batch))).stdout.splitlines()]
+    expected = read_model_scores(offline)["b2b:account/bigco"]
+
+    send(isolated, first_batch)
+    first = worker()
+    wait_caught_up(isolated)
+    first.stop()
+    changelog = f"{isolated.app_id}-accounts-changelog"
+    keys = {record.key for record in records_to_end(isolated, changelog)}
+    pages = {key for key in keys if key and key.startswith(b"bigco\xffb2b\xff")}
+    assert b"bigco" in keys and len(pages) >= 2, keys  # the members in pages, besides the account's record
+
+    send(isolated, second_batch)
+    second = worker(replace(isolated, worker_port=free_port()))
+    wait_caught_up(isolated)
+    summaries = [value for key, value in read_to_end(isolated, isolated.topic_scores) if key == b"b2b:account/bigco"]
+    assert summaries[-1]["score"] == expected and summaries[-1]["members"] == 2_600
+    status, body = second.get("/accounts/bigco/")
+    assert status == 200 and orjson.loads(body)["models"]["b2b"]["members"] == 2_600
