@@ -7,7 +7,6 @@ stale update arriving late is ignored) and the account's level.
 
 from __future__ import annotations
 
-import heapq
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -47,9 +46,9 @@ class AccountRollup:
         if not ranked:
             return 0
         if self.combine == "max":
-            return ranked[-1]
+            return -ranked[0][0]
         if self.combine == "top_k":
-            return _rounded(sum(map(_exact, ranked[-self.top_k :])))
+            return _rounded(sum(_exact(-negated) for negated, _ in ranked.islice(0, self.top_k)))
         return _rounded(state.exact_sum())
 
 
@@ -101,9 +100,10 @@ class AccountState:
     """Members' latest scores (lead id -> [score, time_ms]), the level and crossing count, and
     the times of the latest leavings (`gone`: digest of the lead id -> time_ms).
 
-    Derived, not stored: the member scores in order and their exact sum, built on first use and
-    kept current by `update`, so taking an update costs the same however many members the
-    account has (recomputed per update, they cost 330 us an update at 20,000 members)."""
+    Derived, not stored: the members in order of score and the exact sum of their scores, built
+    on first use and kept current by `update`, so taking an update and naming the best members
+    cost the same however many members the account has (recomputed per update, they cost 330 us
+    an update at 20,000 members)."""
 
     __slots__ = ("members", "level", "crossings", "gone", "_ranked", "_total")
 
@@ -112,16 +112,19 @@ class AccountState:
         self.level = level
         self.crossings = crossings
         self.gone = {} if gone is None else gone
-        self._ranked: SortedList[float] | None = None
+        self._ranked: SortedList[tuple[float, str]] | None = None
         self._total = 0  # exact (see `_exact`) once `_ranked` is built
 
-    def ranked(self) -> SortedList[float]:
-        """The member scores, lowest first."""
+    def ranked(self) -> SortedList[tuple[float, str]]:
+        """(-score, lead id) of each member: the best first, those of equal scores by lead id."""
         if self._ranked is None:
-            scores = [member[0] for member in self.members.values()]
-            self._ranked = SortedList(scores)
-            self._total = sum(map(_exact, scores))
+            self._ranked = SortedList((-member[0], lead_id) for lead_id, member in self.members.items())
+            self._total = sum(_exact(member[0]) for member in self.members.values())
         return self._ranked
+
+    def best(self, count: int) -> list[tuple[str, float]]:
+        """The `count` best members' (lead id, score), the best first."""
+        return [(lead_id, -negated) for negated, lead_id in self.ranked().islice(0, count)]
 
     def exact_sum(self) -> int:
         """The member scores summed exactly, scaled as `_exact` scales one."""
@@ -142,17 +145,17 @@ class AccountState:
             if known is None or known[1] > member.time_ms:
                 return False
             del self.members[member.lead_id]
-            self._unrank(known[0])
+            self._unrank(member.lead_id, known[0])
             return True
         if known is None and self.gone and self.gone.get(kept_key(member.lead_id), -1) >= member.time_ms:
             return False  # from before its leaving
         if known is not None and (known[1] > member.time_ms or known == [member.score, member.time_ms]):
             return False
         if known is not None:
-            self._unrank(known[0])
+            self._unrank(member.lead_id, known[0])
         self.members[member.lead_id] = [member.score, member.time_ms]
         if self._ranked is not None:
-            self._ranked.add(member.score)
+            self._ranked.add((-member.score, member.lead_id))
             self._total += _exact(member.score)
         return True
 
@@ -163,9 +166,9 @@ class AccountState:
         if len(gone) > GONE_MEMORY:
             del gone[next(iter(gone))]
 
-    def _unrank(self, score: float) -> None:
+    def _unrank(self, lead_id: str, score: float) -> None:
         if self._ranked is not None:
-            self._ranked.remove(score)
+            self._ranked.remove((-score, lead_id))
             self._total -= _exact(score)
 
     def to_bytes(self) -> bytes:
@@ -234,8 +237,7 @@ def summary(runtime: ModelRuntime, account_id: str, state: AccountState, top: in
         out["normalized"] = rollup.scale.normalize(score)
         temperature = runtime.model.temperature
         out["temperature"] = temperature.label(out["normalized"]) if temperature is not None else None
-    best = heapq.nlargest(top, state.members.items(), key=lambda item: item[1][0])
-    out["top_members"] = [{"lead_id": lead, "score": member[0]} for lead, member in best]
+    out["top_members"] = [{"lead_id": lead_id, "score": score} for lead_id, score in state.best(top)]
     return out
 
 
@@ -256,7 +258,6 @@ def roll_up(runtime: ModelRuntime, account_id: str, state: AccountState | None, 
     state.crossings += 1
     normalized = rollup.scale.normalize(score)
     temperature = runtime.model.temperature
-    top = heapq.nlargest(TOP_MEMBERS, state.members.items(), key=lambda item: item[1][0])
     transition = Transition(
         kind="account",
         model=runtime.name,
@@ -273,7 +274,7 @@ def roll_up(runtime: ModelRuntime, account_id: str, state: AccountState | None, 
         cell=None,
         temperature=temperature.label(normalized) if temperature is not None else None,
         time_ms=update.time_ms,
-        reasons=tuple({"rule": "member", "lead_id": lead, "points": member[0]} for lead, member in top),
+        reasons=tuple({"rule": "member", "lead_id": lead_id, "points": score} for lead_id, score in state.best(TOP_MEMBERS)),
         traits={},
     )
     return state, [transition]

@@ -37,9 +37,9 @@ from scoring.state import decode as decode_values, encode as encode_values, righ
 from streams.stage import LiveTable, Record, TableData, frame, unframe
 
 #: Members a model's entry holds itself (about 40 bytes each in JSON); beyond, pages.
-SPLIT_MEMBERS = 2048
+SPLIT_MEMBERS = 1024
 #: Members a page holds on average right after the pages are made or doubled; at most twice.
-PAGE_MEMBERS = 1024
+PAGE_MEMBERS = 256
 
 
 class PagedAccount(AccountState):

@@ -138,8 +138,8 @@ _SCORE = st.one_of(st.integers(-1000, 1000), st.floats(-1e6, 1e6, allow_nan=Fals
 def test_the_combined_score_kept_per_update_is_the_exact_one_of_the_members(
     combine: str, updates: list[tuple[str, float, int, bool]]
 ) -> None:
-    """The roll-up keeps its members' scores in order and their exact sum as updates come, so
-    an update's cost does not grow with the account: what it keeps must be what the members
+    """The roll-up keeps its members in order of score and the exact sum of their scores as
+    updates come, so an update's cost and naming the best members do not grow with the account: what it keeps must be what the members
     are, after any mix of updates, stale ones and leavings, and read back from bytes alike."""
     eng = account_engine(combine)
     rollup = eng.models[0].accounts
@@ -151,6 +151,8 @@ def test_the_combined_score_kept_per_update_is_the_exact_one_of_the_members(
                     else math.fsum(scores[-2:]) if combine == "top_k" else math.fsum(scores))
         assert rollup.score(state) == expected
         assert rollup.score(AccountState.from_bytes(state.to_bytes())) == expected
+        # The best members, as summaries and crossings name them: by score, then by lead id.
+        assert state.best(3) == sorted(((lead, m[0]) for lead, m in state.members.items()), key=lambda x: (-x[1], x[0]))[:3]
 
 
 def test_updates_taken_again_after_a_member_left_do_not_bring_it_back_nor_cross_again() -> None:

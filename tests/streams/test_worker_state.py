@@ -248,7 +248,7 @@ def test_an_account_of_thousands_of_members_is_kept_in_pages_and_recovered_from_
     from streams.history import read_to_end as records_to_end
 
     now = int(time.time() * 1000) - 60 * MINUTE_MS
-    # 2,600 members of one account (paged past 2,048), then a second worker that recovers the
+    # 2,600 members of one account (paged past 1,024), then a second worker that recovers the
     # account from its pages takes 300 more members and new scores of earlier ones.
     first_batch = [page(f"m{n}", 0, "https://acme.io/pricing", now + n) | {"account_id": "bigco"} for n in range(2_300)]
     second_batch = ([page(f"m{n}", 0, "https://acme.io/pricing", now + n) | {"account_id": "bigco"} for n in range(2_300, 2_600)]
