@@ -7,6 +7,7 @@ stale update arriving late is ignored) and the account's level.
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -46,9 +47,9 @@ class AccountRollup:
         if not ranked:
             return 0
         if self.combine == "max":
-            return -ranked[0][0]
+            return ranked[-1]
         if self.combine == "top_k":
-            return _rounded(sum(_exact(-negated) for negated, _ in ranked.islice(0, self.top_k)))
+            return _rounded(sum(map(_exact, ranked[-self.top_k :])))
         return _rounded(state.exact_sum())
 
 
@@ -94,37 +95,48 @@ class MemberScore(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
 #: Leavings an account remembers (the most recent), so that a replayed update from before a
 #: member left does not bring it back (see `AccountState.update`).
 GONE_MEMORY = 256
+#: Members from which an account keeps them in order of score to name its best (`best`).
+BEST_KEPT_FROM = 256
 
 
 class AccountState:
     """Members' latest scores (lead id -> [score, time_ms]), the level and crossing count, and
     the times of the latest leavings (`gone`: digest of the lead id -> time_ms).
 
-    Derived, not stored: the members in order of score and the exact sum of their scores, built
-    on first use and kept current by `update`, so taking an update and naming the best members
-    cost the same however many members the account has (recomputed per update, they cost 330 us
-    an update at 20,000 members)."""
+    Derived, not stored: the member scores in order and their exact sum, and in a large account
+    the members in order of score, built on first use and kept current by `update`, so taking
+    an update and naming the best members cost the same however many members the account has
+    (recomputed per update, they cost 330 us an update at 20,000 members)."""
 
-    __slots__ = ("members", "level", "crossings", "gone", "_ranked", "_total")
+    __slots__ = ("members", "level", "crossings", "gone", "_ranked", "_total", "_best")
 
     def __init__(self, members: dict[str, list[float]], level: str, crossings: int, gone: dict[str, int] | None = None) -> None:
         self.members = members
         self.level = level
         self.crossings = crossings
         self.gone = {} if gone is None else gone
-        self._ranked: SortedList[tuple[float, str]] | None = None
+        self._ranked: SortedList[float] | None = None
         self._total = 0  # exact (see `_exact`) once `_ranked` is built
+        self._best: SortedList[tuple[float, str]] | None = None
 
-    def ranked(self) -> SortedList[tuple[float, str]]:
-        """(-score, lead id) of each member: the best first, those of equal scores by lead id."""
+    def ranked(self) -> SortedList[float]:
+        """The member scores, lowest first."""
         if self._ranked is None:
-            self._ranked = SortedList((-member[0], lead_id) for lead_id, member in self.members.items())
-            self._total = sum(_exact(member[0]) for member in self.members.values())
+            scores = [member[0] for member in self.members.values()]
+            self._ranked = SortedList(scores)
+            self._total = sum(map(_exact, scores))
         return self._ranked
 
     def best(self, count: int) -> list[tuple[str, float]]:
-        """The `count` best members' (lead id, score), the best first."""
-        return [(lead_id, -negated) for negated, lead_id in self.ranked().islice(0, count)]
+        """The `count` best members' (lead id, score), the best first, those of equal scores by
+        lead id. A pass over the members while they are few (keeping them in order costs each
+        update more than the pass); kept in order, (-score, lead id), from BEST_KEPT_FROM on."""
+        if self._best is None:
+            if len(self.members) < BEST_KEPT_FROM:
+                best = heapq.nsmallest(count, self.members.items(), key=lambda item: (-item[1][0], item[0]))
+                return [(lead_id, member[0]) for lead_id, member in best]
+            self._best = SortedList((-member[0], lead_id) for lead_id, member in self.members.items())
+        return [(lead_id, -negated) for negated, lead_id in self._best[:count]]
 
     def exact_sum(self) -> int:
         """The member scores summed exactly, scaled as `_exact` scales one."""
@@ -155,8 +167,10 @@ class AccountState:
             self._unrank(member.lead_id, known[0])
         self.members[member.lead_id] = [member.score, member.time_ms]
         if self._ranked is not None:
-            self._ranked.add((-member.score, member.lead_id))
+            self._ranked.add(member.score)
             self._total += _exact(member.score)
+        if self._best is not None:
+            self._best.add((-member.score, member.lead_id))
         return True
 
     def _went(self, member: MemberScore) -> None:
@@ -167,8 +181,10 @@ class AccountState:
             del gone[next(iter(gone))]
 
     def _unrank(self, lead_id: str, score: float) -> None:
+        if self._best is not None:
+            self._best.remove((-score, lead_id))
         if self._ranked is not None:
-            self._ranked.remove((-score, lead_id))
+            self._ranked.remove(score)
             self._total -= _exact(score)
 
     def to_bytes(self) -> bytes:

@@ -30,7 +30,7 @@ from typing import Any, Iterable, Iterator
 
 import orjson
 
-from scoring import AccountState
+from scoring import AccountState, MemberScore
 from scoring.accounts import LAYOUT_LENGTHS
 from scoring.errors import StateError
 from scoring.state import decode as decode_values, encode as encode_values, right_sized
@@ -44,15 +44,21 @@ PAGE_MEMBERS = 256
 
 class PagedAccount(AccountState):
     """An account state whose members the table keeps in pages: `pages[n]` holds the ids of
-    the members in page n (those whose `page_of` is n), so a batch rewrites only the pages of
-    the members it updated, without a pass over all of them."""
+    the members in page n (those whose `page_of` is n), and `updated` the ids of the members
+    whose updates it took since it was last encoded, so a batch rewrites only their pages,
+    without a pass over all the members."""
 
-    __slots__ = ("pages",)
+    __slots__ = ("pages", "updated")
 
     def __init__(self, members: dict[str, list[float]], level: str, crossings: int, gone: dict[str, int],
                  pages: list[set[str]]) -> None:
         super().__init__(members, level, crossings, gone)
         self.pages = pages
+        self.updated: set[str] = set()
+
+    def update(self, member: MemberScore) -> bool:
+        self.updated.add(member.lead_id)
+        return super().update(member)
 
 
 def page_of(lead_id: str, count: int) -> int:
@@ -92,12 +98,13 @@ class AccountTable(LiveTable[AccountState]):
     def __len__(self) -> int:
         return sum(1 for _ in self.state_keys())
 
-    def encode(self, account_id: str, partition: int, states: dict[str, AccountState],
-               updated: dict[str, set[str]]) -> tuple[dict[str, AccountState], list[Record]]:
-        """The records that store these states (`updated`: the ids of the members whose updates
-        a batch took, by model), in the order they must be sent, and the states to keep (a
-        model's that passes `split_members` becomes a `PagedAccount`). Nothing is kept yet, so
-        an encoding that raises leaves the table as it was."""
+    def encode(self, account_id: str, partition: int, states: dict[str, AccountState]) -> tuple[dict[str, AccountState], list[Record]]:
+        """The records that store these states, in the order they must be sent, and the states
+        to keep (a model's that passes `split_members` becomes a `PagedAccount`). Nothing is
+        kept yet, so an encoding that raises leaves the table as it was (but for the pages'
+        `updated`, whose states are dropped then)."""
+        if all(state.__class__ is AccountState and len(state.members) <= self.split_members for state in states.values()):
+            return states, [(self.changelog, account_id.encode(), frame({model: state.to_bytes() for model, state in states.items()}), partition)]
         kept: dict[str, AccountState] = {}
         entries: dict[str, bytes] = {}
         new_sets: list[Record] = []  # read only once the value names them
@@ -115,13 +122,14 @@ class AccountTable(LiveTable[AccountState]):
             else:
                 assert isinstance(state, PagedAccount)
                 paged, pages = state, set()
-                for lead_id in updated.get(model, ()):
+                for lead_id in state.updated:
                     page = page_of(lead_id, count)
                     pages.add(page)
                     if lead_id in paged.members:
                         paged.pages[page].add(lead_id)
                     else:
                         paged.pages[page].discard(lead_id)
+                state.updated.clear()
                 rewritten += self._pages(account_id, partition, model, paged, sorted(pages))
             kept[model], entries[model] = paged, encode_values((len(paged.pages), paged.level, paged.crossings, paged.gone))
         value: Record = (self.changelog, account_id.encode(), frame(entries), partition)

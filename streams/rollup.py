@@ -121,8 +121,6 @@ class Rollup:
         dead: list[DeadLetter] = []
         # (account id, model) whose members changed: read models get their summaries.
         moved: set[tuple[str, str]] = set()
-        # account id -> model -> ids of the members whose updates it took: their pages are written.
-        updated: dict[str, dict[str, set[str]]] = {}
         for message in messages:
             for update in self._decode(message, dead):
                 account_id = update.account_id
@@ -140,7 +138,6 @@ class Rollup:
                 if _member_score(state, update.lead_id) != before and update.model in self.rolling:
                     moved.add((account_id, update.model))  # a score or a membership changed, in a model that rolls up
                 states[update.model] = state
-                updated.setdefault(account_id, {}).setdefault(update.model, set()).add(update.lead_id)
                 transitions.extend(crossed)
         for transition in transitions:
             self.outbox.add(self.settings.topic_crossings, str(transition.account_id).encode(), encode_json(transition.to_dict()))
@@ -149,8 +146,7 @@ class Rollup:
             self.outbox.add(self.settings.topic_scores, account_score_key(model, account_id), encode_json(summary))
         # Encoded before any is kept, so an encoding that raises changes nothing; sent after
         # the crossings, once the batch before is durable.
-        encoded = [(account_id, *self.store.encode(account_id, partition, states, updated.get(account_id, {})))
-                   for account_id, (partition, states) in changed.items()]
+        encoded = [(account_id, *self.store.encode(account_id, partition, states)) for account_id, (partition, states) in changed.items()]
         metrics.count_crossings(transitions)
         self._queue_dead(dead)
         return [record for account_id, states, records in encoded for record in self.store.keep(account_id, states, records)]

@@ -4,13 +4,15 @@ own ladder and transitions."""
 from __future__ import annotations
 
 import math
+from typing import Any
+from unittest import mock
 
 import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scoring import AccountState, MemberScore
+from scoring import AccountState, MemberScore, accounts
 from tests.scoring.support import T0, Run, engine, ev
 
 RULE = '[[rules]]\nname = "p"\nevent = "p"\npoints = 10\n'
@@ -134,14 +136,21 @@ _SCORE = st.one_of(st.integers(-1000, 1000), st.floats(-1e6, 1e6, allow_nan=Fals
 @given(
     st.sampled_from(["sum", "max", "top_k"]),
     st.lists(st.tuples(st.sampled_from("abcdefgh"), _SCORE, st.integers(0, 50), st.booleans()), max_size=60),
+    st.sampled_from([0, 3, accounts.BEST_KEPT_FROM]),
 )
 def test_the_combined_score_kept_per_update_is_the_exact_one_of_the_members(
-    combine: str, updates: list[tuple[str, float, int, bool]]
+    combine: str, updates: list[tuple[str, float, int, bool]], best_kept_from: int
 ) -> None:
-    """The roll-up keeps its members in order of score and the exact sum of their scores as
-    updates come, so an update's cost and naming the best members do not grow with the account: what it keeps must be what the members
-    are, after any mix of updates, stale ones and leavings, and read back from bytes alike."""
-    eng = account_engine(combine)
+    """The roll-up keeps its members' scores in order and their exact sum as updates come (and
+    a large account its members in order of score), so an update's cost and naming the best
+    members do not grow with the account: what it keeps must be what the members are, after any
+    mix of updates, stale ones and leavings, and read back from bytes alike. The best members
+    are found by a pass over them, or kept in order from the start or from a few members on."""
+    with mock.patch.object(accounts, "BEST_KEPT_FROM", best_kept_from):
+        roll_checked(account_engine(combine), combine, updates)
+
+
+def roll_checked(eng: Any, combine: str, updates: list[tuple[str, float, int, bool]]) -> None:
     rollup = eng.models[0].accounts
     state = None
     for lead, score, at, left in updates:
