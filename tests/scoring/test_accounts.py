@@ -180,6 +180,10 @@ def test_updates_taken_again_after_a_member_left_do_not_bring_it_back_nor_cross_
     assert again == state and again.members == {} and again.crossings == 2
     # The leaving is kept as a digest: the bytes do not hold the lead's id.
     assert b"u-42" not in state.to_bytes()
+    # Moving back at the time it left (no newer event since) is a membership again.
+    moved_back, _ = eng.apply_account("m", "acme", AccountState.from_bytes(again.to_bytes()),
+                                      MemberScore("m", "acme", "u-42@example.com", 60, T0 + 2))
+    assert list(moved_back.members) == ["u-42@example.com"]
     # Coming back later is a new membership.
     back, transitions = eng.apply_account("m", "acme", again, MemberScore("m", "acme", "u-42@example.com", 70, T0 + 3))
     assert list(back.members) == ["u-42@example.com"] and [t.to_level for t in transitions] == ["engaged"]
