@@ -160,7 +160,7 @@ class AccountState:
             self._unrank(member.lead_id, known[0])
             return True
         if known is None and self.gone and self.gone.get(kept_key(member.lead_id), -1) > member.time_ms:
-            return False  # from before its leaving (one of its very time is a lead moving back, as its time had not moved on)
+            return False  # from before its leaving (one at its very time is a lead that moved back with no newer event)
         if known is not None and (known[1] > member.time_ms or known == [member.score, member.time_ms]):
             return False
         if known is not None:

@@ -19,6 +19,7 @@ import orjson
 from scoring import AccountState, Engine, MemberScore, Transition
 from scoring.errors import StateError
 from streams import metrics
+from streams.account_table import AccountTable
 from streams.deadletter import DeadLetter
 from streams.envelope import MAX_MESSAGE_BYTES, unpack
 from streams.isolation import internal_error, isolate, split_envelope, undone_if_it_raises
@@ -26,7 +27,6 @@ from streams.outbox import Outbox, encode_json, encode_json_or_none
 from streams.overlap import InFlight, make_durable
 from streams.partitioning import partition_for
 from streams.settings import Settings
-from streams.account_table import AccountTable
 from streams.stage import Consumed, Record
 
 

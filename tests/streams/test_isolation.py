@@ -15,9 +15,9 @@ from scoring.engine import ModelRuntime
 from streams import lead_states, metrics
 from streams.deadletter import DeadLetter
 from streams import isolation
+from streams.account_table import AccountTable
 from streams.isolation import isolate
 from streams.partitioning import partition_for
-from streams.account_table import AccountTable
 from streams.rollup import Rollup
 from streams.scorer import Scorer
 from streams.settings import Settings

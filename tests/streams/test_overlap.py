@@ -11,10 +11,10 @@ import pytest
 
 from scoring import Engine
 from streams import lead_states
+from streams.account_table import AccountTable
 from streams.outbox import Outbox
 from streams.overlap import InFlight
 from streams.partitioning import partition_for
-from streams.account_table import AccountTable
 from streams.rollup import Rollup
 from streams.scorer import Scorer
 from streams.settings import Settings

@@ -10,13 +10,13 @@ import orjson
 import pytest
 
 from scoring import Engine, MemberScore
+from streams.account_table import AccountTable
 from streams.deadletter import DeadLetter
 from streams.envelope import MAX_MESSAGE_BYTES
 from streams.partitioning import partition_for
-from streams.account_table import AccountTable
 from streams.rollup import Rollup, publish_updates
 from streams.settings import Settings
-from streams.stage import Consumed, LiveTable, MemoryData, frame
+from streams.stage import Consumed, MemoryData, frame
 from tests.scoring.support import shipped
 from tests.streams.stage_support import Kept
 
