@@ -141,9 +141,11 @@ def drop_closed(counts: list[int], first_open: int) -> list[int]:
 def seen_before(state: LeadState, rule_name: str, value: Any) -> bool:
     """Records `value` for the rule; True when it had been recorded already (a repeat)."""
     key = value if value.__class__ is str else str(value)
-    if len(key) > KEY_CHARS:
-        key = kept_key(key)
     seen = state.seen.get(rule_name)
+    if len(key) > KEY_CHARS or not key.isascii():  # kept as its digest, as event ids are
+        if seen is not None and key in seen:  # kept whole by an earlier version
+            return True
+        key = kept_key(key)
     if seen is None:
         state.seen[rule_name] = {key: None}
         return False

@@ -25,7 +25,7 @@ Bounds (what keeps a state small however active the lead):
   the newer one fills up. So at least the last `remember_events` ids, and every id younger than
   the lateness up to that count, are recognised as duplicates.
 - `once_per` values: at least the last 100 per rule (repeat.ONCE_PER_MEMORY), each at most 64
-  characters (a longer value is kept as its digest, `kept_key`).
+  ASCII characters (a longer value, or one beyond ASCII, is kept as its digest, `kept_key`).
 - history: the last `history` changes (model setting), at most twice that between trims.
 - window counters: only windows that can still receive an event within the lateness.
 

@@ -65,6 +65,23 @@ def test_long_once_per_values_are_kept_as_digests_so_the_state_stays_small() -> 
     assert len(run.state().to_bytes()) < 20_000
 
 
+def test_once_per_values_beyond_ascii_are_kept_as_digests_and_whole_ones_of_earlier_states_still_found() -> None:
+    rule = '[[rules]]\nname = "open"\nevent = "email_open"\npoints = 1\nonce_per = "properties.email_id"\n'
+    mail = "\U0001f4e7" * 64  # 64 characters, 256 bytes in UTF-8
+    run = Run(engine(rule)).apply(ev("email_open", at=0, properties={"email_id": mail}))
+    assert mail not in run.state().seen["open"] and len(run.state().to_bytes()) < 300
+    run.apply(ev("email_open", at=1, properties={"email_id": mail}))
+    assert run.score() == 1  # its repeat is a repeat
+    # A state written when such values were kept whole.
+    old = Run(engine(rule))
+    old.apply(ev("email_open", at=0, properties={"email_id": "x"}))
+    state = old.state()
+    state.seen["open"] = {mail: None}
+    old.store[("m", "L1")] = state.to_bytes()
+    old.apply(ev("email_open", at=1, properties={"email_id": mail}))
+    assert old.score() == 1
+
+
 def test_cap_of_several_per_window() -> None:
     run = Run(engine('[[rules]]\nname = "click"\nevent = "click"\npoints = 3\ncap = { max = 2, window = "1h" }\n'))
     run.apply(*(ev("click", at=i * MINUTE) for i in range(5)), ev("click", at=HOUR))
