@@ -70,7 +70,8 @@ def _rounded(exact: int) -> float:
 
 #: Points beyond this are no lead's: a decoded update must carry a finite score, since an
 #: infinite or NaN one would leave its account without a level.
-_Points = Annotated[float, msgspec.Meta(ge=-1e12, le=1e12)]
+_MAX_POINTS = 1e12
+_Points = Annotated[float, msgspec.Meta(ge=-_MAX_POINTS, le=_MAX_POINTS)]
 
 
 class MemberScore(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
@@ -203,6 +204,11 @@ class AccountState:
                 or gone.__class__ is not dict or not all(time.__class__ is int for time in gone.values())):
             raise StateError("account state with a field of the wrong type (members: an object, level: a text, crossings: an "
                              "integer, gone: an object of integers)")
+        for member in members.values():  # what the roll-up indexes and sorts: a bad one would raise at each update
+            if (member.__class__ is not list or len(member) != 2 or member[0].__class__ not in (int, float)
+                    or not -_MAX_POINTS <= member[0] <= _MAX_POINTS or member[1].__class__ is not int):
+                raise StateError(f"account state with a member that is not [score, time] (a finite score, an integer time): "
+                                 f"{str(member)[:100]}")
         return cls(members, level, crossings, gone)
 
     def __eq__(self, other: object) -> bool:

@@ -114,6 +114,19 @@ def test_a_missing_or_foreign_page_makes_the_account_unreadable_with_the_page_na
     assert f"page {other} of 4 is not an object of the members that belong in it" in letter["detail"]
 
 
+def test_an_account_with_a_member_that_is_not_a_score_and_a_time_is_unreadable_inline_or_in_a_page() -> None:
+    stage, _ = stage_over({})
+    roll(stage, [update(n, 30, n) for n in range(8)])
+    page = page_key("acme", "b2b", 4, page_of("L0", 4))
+    foreign_page = {**stage.store.table.data, page: orjson.dumps({"L0": "thirty"})}
+    foreign_inline = {b"acme": frame({"b2b": b'[1,{"L0":[1e300,5]},"unaware",0]'})}  # beyond any lead's points
+    for data in (foreign_page, foreign_inline):
+        fresh, outbox = stage_over(data)
+        roll(fresh, [update(9, 50, 50)])
+        [letter] = [orjson.loads(v) for topic, _, v in outbox.sent if topic == SETTINGS.topic_deadletter and v]
+        assert letter["reason"] == "unreadable_state" and "a member that is not [score, time]" in letter["detail"]
+
+
 def test_an_account_written_before_pages_existed_is_read_as_it_was() -> None:
     members = {f"L{n}": [20, T0 + n] for n in range(6)}  # more than the split: paged at its next write
     value = frame({"b2b": b'[1,' + orjson.dumps(members) + b',"engaged",1]'})
