@@ -17,3 +17,15 @@ class Kept(Outbox):
     async def flush(self) -> None:
         pending, self._pending = self._pending, defaultdict(list)
         self.sent += [(topic, key, value) for (topic, _), records in pending.items() for key, value in records]
+
+
+def written(data: dict[bytes, bytes], records: list[tuple[bytes, bytes | None]]) -> dict[bytes, bytes]:
+    """A table's data after these changelog records (key, value; None deletes) over `data`:
+    what a worker stopped after writing them leaves its successor."""
+    table = dict(data)
+    for key, value in records:
+        if value is None:
+            table.pop(key, None)
+        else:
+            table[key] = value
+    return table

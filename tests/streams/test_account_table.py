@@ -17,7 +17,7 @@ from streams.rollup import Rollup
 from streams.settings import Settings
 from streams.stage import Consumed, MemoryData, frame, unframe
 from tests.scoring.support import T0, shipped
-from tests.streams.stage_support import Kept
+from tests.streams.stage_support import Kept, written
 
 ENGINE = Engine([shipped("b2b")])
 SETTINGS = Settings()
@@ -168,12 +168,7 @@ def test_the_table_reads_back_the_roll_up_and_a_batch_cut_anywhere_is_rolled_up_
         # The worker killed after `cut` of the batch's records were written: a new one reads
         # what they left and rolls up the batch again, to the same account.
         cut = data.draw(st.integers(0, len(records)), label=f"cut of batch {number}")
-        partial = dict(before)
-        for key, value in records[:cut]:
-            if value is None:
-                partial.pop(key, None)
-            else:
-                partial[key] = value
+        partial = written(before, records[:cut])
         again, again_outbox = stage_over(partial)
         roll(again, updates, number)
         assert same(read_back(again.store.table.data), reference)
