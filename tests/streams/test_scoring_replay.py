@@ -139,7 +139,7 @@ def test_a_batch_cut_after_any_of_its_records_and_scored_again_ends_as_the_unint
     # A new worker scores the batch again (with the records sent back to it that the batch
     # had), then goes on with those the first attempt sent too. (Had they come first, a
     # visitor's events would reach its lead after the link, as events, instead of inside the
-    # merge: caps and ceilings may then count them otherwise, as they do whenever a visitor's
+    # merge: caps, ceilings and the floor may then count them otherwise, as whenever a visitor's
     # events and its link arrive in that order, crash or not.)
     again = World(partial, consumed, run.offset)
     again.score(batches[stopped_at])
