@@ -116,20 +116,20 @@ class AccountTable(LiveTable[AccountState]):
                 continue
             count = len(state.pages) if isinstance(state, PagedAccount) else 0
             if len(state.members) > 2 * self.page_members * count:  # (more) pages
-                paged = PagedAccount(state.members, state.level, state.crossings, state.gone, _index(state.members, self._count(state)))
+                paged = PagedAccount(state.members, state.level, state.crossings, state.gone, _index(state.members, self._count(len(state.members))))
                 new_sets += self._pages(account_id, partition, model, paged, range(len(paged.pages)))
                 deleted += [(self.changelog, page_key(account_id, model, count, page), None, partition) for page in range(count)]
             else:
                 assert isinstance(state, PagedAccount)
                 paged, pages = state, set()
-                for lead_id in state.updated:
+                for lead_id in paged.updated:
                     page = page_of(lead_id, count)
                     pages.add(page)
                     if lead_id in paged.members:
                         paged.pages[page].add(lead_id)
                     else:
                         paged.pages[page].discard(lead_id)
-                state.updated.clear()
+                paged.updated.clear()
                 rewritten += self._pages(account_id, partition, model, paged, sorted(pages))
             kept[model], entries[model] = paged, encode_values((len(paged.pages), paged.level, paged.crossings, paged.gone))
         value: Record = (self.changelog, account_id.encode(), frame(entries), partition)
@@ -165,10 +165,10 @@ class AccountTable(LiveTable[AccountState]):
             pages.append(set(part))
         return members, pages
 
-    def _count(self, state: AccountState) -> int:
-        """Pages that hold `page_members` members on average: a power of two, at least 2."""
+    def _count(self, members: int) -> int:
+        """Pages that hold `page_members` of `members` on average: a power of two, at least 2."""
         count = 2
-        while count * self.page_members < len(state.members):
+        while count * self.page_members < members:
             count *= 2
         return count
 

@@ -28,11 +28,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from scoring.errors import StateError
 from streams import batching, bulk_store, fetch_wait, lead_states, metrics, seek_first
+from streams.account_table import AccountTable
 from streams.collection import BatchPause
 from streams.lag import LagProbe
 from streams.model_reload import ModelDirectory
 from streams.outbox import Outbox
-from streams.account_table import AccountTable
 from streams.rollup import Rollup
 from streams.scorer import DECAY_CHUNK, DECAY_PAUSE_S, Scorer
 from streams.settings import Settings

@@ -27,12 +27,12 @@ import orjson
 
 from scoring import Engine, load_model
 from streams import lead_states
+from streams.account_table import AccountTable
 from streams.bench import print_figures, workload
 from streams.bench.engine import MODEL_FILE
 from streams.collection import BatchPause, tune_collector
 from streams.envelope import pack_by_partition
 from streams.outbox import Outbox
-from streams.account_table import AccountTable
 from streams.rollup import Rollup
 from streams.scorer import Scorer
 from streams.settings import Settings

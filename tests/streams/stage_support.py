@@ -8,15 +8,19 @@ from streams.outbox import Outbox
 
 
 class Kept(Outbox):
-    """An outbox that keeps what it would send."""
+    """An outbox that keeps what it would send: `sent` (topic, key, value), and `placed` the
+    same with each record's partition."""
 
     def __init__(self) -> None:
         super().__init__("", 4)
         self.sent: list[tuple[str, bytes | None, bytes | None]] = []
+        self.placed: list[tuple[str, int, bytes | None, bytes | None]] = []
 
     async def flush(self) -> None:
         pending, self._pending = self._pending, defaultdict(list)
-        self.sent += [(topic, key, value) for (topic, _), records in pending.items() for key, value in records]
+        placed = [(topic, partition, key, value) for (topic, partition), records in pending.items() for key, value in records]
+        self.placed += placed
+        self.sent += [(topic, key, value) for topic, _, key, value in placed]
 
 
 def written(data: dict[bytes, bytes], records: list[tuple[bytes, bytes | None]]) -> dict[bytes, bytes]:

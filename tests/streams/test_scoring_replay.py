@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections import defaultdict
 from typing import Any
 
 import orjson
@@ -17,29 +16,16 @@ from hypothesis import given, settings as hypothesis_settings, strategies as st
 from scoring import Engine
 from streams import lead_states
 from streams.bench import workload
-from streams.outbox import Outbox
 from streams.partitioning import partition_for
 from streams.scorer import Scorer
 from streams.settings import Settings
 from streams.stage import Consumed, LiveTable, MemoryData
 from tests.scoring.support import shipped
-from tests.streams.stage_support import written
+from tests.streams.stage_support import Kept, written
 
 SETTINGS = Settings()
 ENGINE = Engine([shipped("b2b")])
 CHANGELOG = "leads-changelog"
-
-
-class Topics(Outbox):
-    """An outbox that keeps what it would send, with each record's partition."""
-
-    def __init__(self) -> None:
-        super().__init__("", 4)
-        self.sent: list[tuple[str, int, bytes | None, bytes | None]] = []
-
-    async def flush(self) -> None:
-        pending, self._pending = self._pending, defaultdict(list)
-        self.sent += [(topic, partition, key, value) for (topic, partition), records in pending.items() for key, value in records]
 
 
 class World:
@@ -49,18 +35,18 @@ class World:
     def __init__(self, data: dict[bytes, bytes], identity: list[Consumed], offset: int) -> None:
         store = LiveTable(MemoryData(), CHANGELOG, 4, 1_000, lead_states.decode)
         store.table.data.update(data)
-        self.outbox = Topics()
+        self.outbox = Kept()
         self.scorer = Scorer(ENGINE, SETTINGS, store, self.outbox, 4)
         self.identity = identity  # records not yet consumed
         self.offset = offset  # the next offset of a record sent back (one sequence for all partitions, beyond the input's)
 
     def score(self, batch: list[Consumed]) -> list[tuple[bytes, bytes | None]]:
         """Scores the batch and the identity records sent before it; returns its changelog records."""
-        start = len(self.outbox.sent)
+        start = len(self.outbox.placed)
         asyncio.run(self.scorer.process(self.identity + batch))
         self.identity = []
-        self.take_identity(self.outbox.sent[start:])
-        return [(key or b"", value) for topic, _, key, value in self.outbox.sent[start:] if topic == CHANGELOG]
+        self.take_identity(self.outbox.placed[start:])
+        return [(key or b"", value) for topic, _, key, value in self.outbox.placed[start:] if topic == CHANGELOG]
 
     def take_identity(self, sent: list[tuple[str, int, bytes | None, bytes | None]]) -> None:
         for topic, partition, key, value in sent:
@@ -69,7 +55,7 @@ class World:
                 self.offset += 1
 
     def crossing_ids(self) -> set[str]:
-        return {orjson.loads(value)["id"] for topic, _, _, value in self.outbox.sent if topic == SETTINGS.topic_crossings and value}
+        return {orjson.loads(value)["id"] for topic, _, _, value in self.outbox.placed if topic == SETTINGS.topic_crossings and value}
 
 
 def scores(data: dict[bytes, bytes]) -> dict[tuple[str, str], float]:

@@ -52,6 +52,15 @@ def send(settings: Settings, events: list[dict], topic: str | None = None) -> No
         producer.close()
 
 
+def wait_caught_up(settings: Settings) -> None:
+    """Returns once the worker's group has committed every message of the events and account topics."""
+    probe = LagProbe(settings.kafka_bootstrap)
+    try:
+        probe.wait_caught_up(settings.app_id, [settings.topic_events, settings.topic_accounts], timeout_s=180)
+    finally:
+        probe.close()
+
+
 def test_caps_bonuses_and_a_profile_update_crossing(isolated: Settings, worker: Callable[..., WorkerProcess]) -> None:
     now = int(time.time() * 1000) - 60 * MINUTE_MS
     opens = [b2b("olga", n, "email_open", now + n * MINUTE_MS, properties={"email_id": "spring-launch"}) for n in range(6)]
@@ -167,11 +176,7 @@ def test_sigkill_mid_stream_loses_and_duplicates_nothing(
     feeder.join()
     second = worker()
     # Everything scored and committed: what the topics hold now is final.
-    probe = LagProbe(isolated.kafka_bootstrap)
-    try:
-        probe.wait_caught_up(isolated.app_id, [isolated.topic_events, isolated.topic_accounts], timeout_s=180)
-    finally:
-        probe.close()
+    wait_caught_up(isolated)
 
     crossings = [c for _, c in read_topic(isolated, isolated.topic_crossings, expect=len(expected_crossings), timeout_s=60)]
     lead_crossings = [c for c in crossings if c["kind"] == "lead"]
@@ -208,11 +213,7 @@ def test_two_workers_share_the_partitions_and_score_as_one(
 
     first = worker()
     second = worker(replace(isolated, worker_port=free_port(), state_dir=isolated.state_dir / "second"))
-    probe = LagProbe(isolated.kafka_bootstrap)
-    try:
-        probe.wait_caught_up(isolated.app_id, [isolated.topic_events, isolated.topic_accounts], timeout_s=180)
-    finally:
-        probe.close()
+    wait_caught_up(isolated)
 
     scores = {key.decode(): value for key, value in read_to_end(isolated, isolated.topic_scores)}
     assert {k: v["score"] for k, v in scores.items()} == {**expected, **expected_accounts}
@@ -232,14 +233,6 @@ def test_two_workers_share_the_partitions_and_score_as_one(
         answers = [w.get(f"/leads/{lead_id}/") for w in (first, second)]
         assert [status for status, _ in answers] == [200, 200], (lead_id, answers)
         assert {orjson.loads(body)["models"][model]["score"] for _, body in answers} == {expected[key]}
-
-
-def wait_caught_up(settings: Settings) -> None:
-    probe = LagProbe(settings.kafka_bootstrap)
-    try:
-        probe.wait_caught_up(settings.app_id, [settings.topic_events, settings.topic_accounts], timeout_s=180)
-    finally:
-        probe.close()
 
 
 def test_an_account_of_thousands_of_members_is_kept_in_pages_and_recovered_from_them(
