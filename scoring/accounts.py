@@ -82,6 +82,10 @@ class MemberScore(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
     `left` (`"left": true`): the lead is no longer a member of this account (it moved to another
     one, was merged into a known lead, or was forgotten); its score stops counting there.
 
+    `revision`: the lead state's (`LeadState.revision`), which orders a lead's updates of one
+    event time (a late event's, a decay step's: the time is the lead's newest event's); absent
+    (0) from updates written before it was kept.
+
     Decoding checks the fields' types and bounds, so an update not written by leadstream is
     refused with the field named (the account stage dead-letters it)."""
 
@@ -91,6 +95,12 @@ class MemberScore(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
     score: _Points
     time_ms: Annotated[int, msgspec.Meta(ge=0, lt=MAX_TIME_MS)] = msgspec.field(name="time")
     left: bool = False
+    revision: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] = 0  # as orjson writes it in account states
+
+    @property
+    def order(self) -> tuple[int, int]:
+        """Where the update stands among the lead's: by event time, then revision."""
+        return self.time_ms, self.revision
 
 
 #: Leavings an account remembers (the most recent), so that a replayed update from before a
@@ -101,8 +111,9 @@ BEST_KEPT_FROM = 256
 
 
 class AccountState:
-    """Members' latest scores (lead id -> [score, time_ms]), the level and crossing count, and
-    the times of the latest leavings (`gone`: digest of the lead id -> time_ms).
+    """Members' latest scores (lead id -> [score, time_ms, revision], or [score, time_ms] for
+    revision 0), the level and crossing count, and where the latest leavings stood (`gone`:
+    digest of the lead id -> [time_ms, revision], or time_ms for revision 0).
 
     Derived, not stored: the member scores in order and their exact sum, and in a large account
     the members in order of score, built on first use and kept current by `update`, so taking
@@ -111,7 +122,7 @@ class AccountState:
 
     __slots__ = ("members", "level", "crossings", "gone", "_ranked", "_total", "_best")
 
-    def __init__(self, members: dict[str, list[float]], level: str, crossings: int, gone: dict[str, int] | None = None) -> None:
+    def __init__(self, members: dict[str, list[float]], level: str, crossings: int, gone: dict[str, Any] | None = None) -> None:
         self.members = members
         self.level = level
         self.crossings = crossings
@@ -145,28 +156,35 @@ class AccountState:
         return self._total
 
     def update(self, member: MemberScore) -> bool:
-        """Takes a member's score, or its leaving, unless an update of a later time is already
-        known (a lead that left and came back has a later time than its leaving).
+        """Takes a member's score, or its leaving, unless a later update of the lead is already
+        known: of a later time, or of the same time and a later revision (`MemberScore.order`).
 
-        A leaving is remembered (the last GONE_MEMORY, by a digest of the lead id, so a forgotten
-        lead's id is not kept): after a worker stopped between writing an account and committing
-        the updates it took, they are taken again, and a member that joined and left in them
-        must not join again, which made the account cross twice more, with new crossing ids."""
+        After a worker stopped between writing an account and committing the updates it took,
+        they are taken again: each must then find itself known, or the account moved back and
+        forth and crossed again, with new crossing ids. So a leaving is remembered too (the last
+        GONE_MEMORY, by a digest of the lead id, so a forgotten lead's id is not kept), and the
+        revision tells apart two updates of one time (a late event's, a decay step's). An update
+        of the same time and revision as the known one (from a state written before revisions
+        were kept, or a half-life decay evaluated again later) is taken if its score differs."""
         known = self.members.get(member.lead_id)
+        order = member.order
         if member.left:
             self._went(member)
-            if known is None or known[1] > member.time_ms:
+            if known is None or _member_order(known) > order:
                 return False
             del self.members[member.lead_id]
             self._unrank(member.lead_id, known[0])
             return True
-        if known is None and self.gone and self.gone.get(kept_key(member.lead_id), -1) > member.time_ms:
-            return False  # from before its leaving (one at its very time is a lead that moved back with no newer event)
-        if known is not None and (known[1] > member.time_ms or known == [member.score, member.time_ms]):
-            return False
+        if known is None and self.gone:
+            went = self.gone.get(kept_key(member.lead_id))
+            if went is not None and _gone_order(went) > order:
+                return False  # from before its leaving (one of its very order is the lead back, returned by a merge)
         if known is not None:
+            known_order = _member_order(known)
+            if known_order > order or (known_order == order and known[0] == member.score):
+                return False
             self._unrank(member.lead_id, known[0])
-        self.members[member.lead_id] = [member.score, member.time_ms]
+        self.members[member.lead_id] = [member.score, member.time_ms, member.revision] if member.revision else [member.score, member.time_ms]
         if self._ranked is not None:
             self._ranked.add(member.score)
             self._total += _exact(member.score)
@@ -176,8 +194,9 @@ class AccountState:
 
     def _went(self, member: MemberScore) -> None:
         gone, digest = self.gone, kept_key(member.lead_id)
-        time_ms = max(gone.pop(digest, -1), member.time_ms)
-        gone[digest] = time_ms  # the newest last
+        went = gone.pop(digest, None)
+        time_ms, revision = member.order if went is None else max(_gone_order(went), member.order)
+        gone[digest] = [time_ms, revision] if revision else time_ms  # the newest last
         if len(gone) > GONE_MEMORY:
             del gone[next(iter(gone))]
 
@@ -201,14 +220,15 @@ class AccountState:
         kept); StateError when one is of the wrong type."""
         gone = {} if gone is None else gone
         if (members.__class__ is not dict or level.__class__ is not str or crossings.__class__ is not int
-                or gone.__class__ is not dict or not all(time.__class__ is int for time in gone.values())):
+                or gone.__class__ is not dict or not all(map(_is_order, gone.values()))):
             raise StateError("account state with a field of the wrong type (members: an object, level: a text, crossings: an "
-                             "integer, gone: an object of integers)")
+                             "integer, gone: an object of integer times or [time, revision] pairs)")
         for member in members.values():  # what the roll-up indexes and sorts: a bad one would raise at each update
-            if (member.__class__ is not list or len(member) != 2 or member[0].__class__ not in (int, float)
-                    or not -_MAX_POINTS <= member[0] <= _MAX_POINTS or member[1].__class__ is not int):
-                raise StateError(f"account state with a member that is not [score, time] (a finite score, an integer time): "
-                                 f"{str(member)[:100]}")
+            if (member.__class__ is not list or len(member) not in (2, 3) or member[0].__class__ not in (int, float)
+                    or not -_MAX_POINTS <= member[0] <= _MAX_POINTS or member[1].__class__ is not int
+                    or (len(member) == 3 and member[2].__class__ is not int)):
+                raise StateError(f"account state with a member that is not [score, time] or [score, time, revision] (a finite "
+                                 f"score, integers): {str(member)[:100]}")
         return cls(members, level, crossings, gone)
 
     def __eq__(self, other: object) -> bool:
@@ -218,6 +238,21 @@ class AccountState:
 
     def __repr__(self) -> str:
         return f"AccountState({self.to_bytes().decode()})"
+
+
+def _member_order(member: list[float]) -> tuple[Any, ...]:
+    """A known member's `MemberScore.order` (its revision 0 if it has none)."""
+    return (member[1], member[2]) if len(member) == 3 else (member[1], 0)
+
+
+def _gone_order(went: Any) -> tuple[int, int]:
+    """A remembered leaving's `MemberScore.order`: [time, revision], or a time (revision 0)."""
+    return (went, 0) if went.__class__ is int else (went[0], went[1])
+
+
+def _is_order(went: Any) -> bool:
+    """Whether a stored leaving is an integer time or [time, revision] (`_gone_order`)."""
+    return went.__class__ is int or (went.__class__ is list and len(went) == 2 and all(part.__class__ is int for part in went))
 
 
 def parse_accounts(table: Table | None, default_scale: Scale) -> AccountRollup | None:

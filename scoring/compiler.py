@@ -142,6 +142,7 @@ class _Function:
             f"    state.remember_event(event_id, time_ms, {remember})",
             "if time_ms > watermark_ms:",
             "    state.watermark_ms = time_ms",
+            "state.revision += 1",
             "outcome = COUNTED",
             "account_id = event.account_id",
             "if account_id is not None and account_id != state.account_id:",

@@ -52,6 +52,7 @@ class StepDecay:
             points = min(points, 0)
             state.behaviour += points
             state.steps_taken += (points,)
+            state.revision += 1  # a step is a change of its own, whether a sweep or an event took it
             yield due, points
 
     def give_back(self, state: LeadState, activity_ms: int) -> Iterator[float]:

@@ -222,7 +222,8 @@ class ModelRuntime:
                 state.record(due_ms, points, "decay", self.history)
                 level = self._settle(state, level, lead_id, due_ms, out)
         elif self.half_life is not None:
-            self.half_life.bring_to(state, now_ms)
+            if self.half_life.bring_to(state, now_ms):
+                state.revision += 1
             self._settle(state, level, lead_id, now_ms, out)
 
     def next_due_ms(self, state: LeadState) -> int | None:
@@ -338,7 +339,7 @@ class ModelRuntime:
     def member_score(self, lead_id: str, state: LeadState, time_ms: int) -> MemberScore | None:
         if state.account_id is None:
             return None
-        return MemberScore(self.name, state.account_id, lead_id, round(self.score(state), 2), time_ms)
+        return MemberScore(self.name, state.account_id, lead_id, round(self.score(state), 2), time_ms, revision=state.revision)
 
 
 class Engine:
@@ -500,7 +501,7 @@ class Engine:
                     visited.discard(account_id)
                     visited.discard(None)
                     for left in sorted(visited):
-                        account_updates.append(MemberScore(runtime.name, left, key[1], 0, state.watermark_ms, True))
+                        account_updates.append(MemberScore(runtime.name, left, key[1], 0, state.watermark_ms, True, state.revision))
                 account_updates.append(runtime.member_score(key[1], state, state.watermark_ms))  # not None: it has an account
         return result
 
@@ -527,10 +528,11 @@ class Engine:
     @staticmethod
     def leaving(model_name: str, lead_id: str, state: LeadState, time_ms: int) -> MemberScore | None:
         """The update that takes the lead out of its account's roll-up (None when it has no
-        account): for a lead whose state is going away, merged into another or forgotten."""
+        account): for a lead whose state is going away, merged into another or forgotten. It
+        is the state's next revision, as the leaving is a change after its last update."""
         if state.account_id is None:
             return None
-        return MemberScore(model_name, state.account_id, lead_id, 0, max(time_ms, state.watermark_ms), True)
+        return MemberScore(model_name, state.account_id, lead_id, 0, max(time_ms, state.watermark_ms), True, state.revision + 1)
 
     def account_summary(self, model_name: str, account_id: str, state: AccountState, top: int = TOP_MEMBERS) -> dict[str, Any]:
         """The account's score, scales, level and `top` best members, for read models."""

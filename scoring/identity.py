@@ -74,6 +74,7 @@ def merge(
         state.last_activity_ms = source.last_activity_ms
         state.steps_taken = source.steps_taken
     state.watermark_ms = max(state.watermark_ms, source.watermark_ms)
+    state.revision = max(state.revision, source.revision) + 1
 
     runtime._settle(state, level, lead_id, time_ms, out)
     return state, out

@@ -29,15 +29,16 @@ Bounds (what keeps a state small however active the lead):
 - history: the last `history` changes (model setting), at most twice that between trims.
 - window counters: only windows that can still receive an event within the lateness.
 
-States written by earlier versions are still read: JSON arrays (layouts 1 and 2), and MessagePack
-without trait times (layout 3; its traits then give way to any update, as they did).
+States written by earlier versions are still read: JSON arrays (layouts 1 and 2), MessagePack
+without trait times (layout 3; its traits then give way to any update, as they did) and without
+the revision (layout 4; revision 0).
 """
 
 from __future__ import annotations
 
 import hashlib
 import sys
-from typing import Annotated, Any, Union
+from typing import Annotated, Any, Callable, Union
 
 import msgspec
 import orjson
@@ -48,7 +49,7 @@ from scoring.errors import StateError
 SEPARATOR = "\x7f"
 
 _VERSION = 1  # accounts
-_LEAD_VERSION = 4  # MessagePack (3: without trait times); 1 and 2 were JSON arrays
+_LEAD_VERSION = 5  # MessagePack (4: without the revision, 3: nor trait times); 1 and 2 were JSON arrays
 
 #: A finite number: NaN or an infinity in a stored state would make every comparison of the
 #: lead's score false, and it never crossed a line again.
@@ -67,9 +68,15 @@ _Layout = tuple[
     dict[str, _Entry], dict[str, _Counts], dict[str, dict[str, None]],  # ledger, windows, seen
     list[str], int, list[str], int,  # ids, ids_max_ms, old_ids, old_ids_max_ms
     list[Union[int, float, str]], int,  # history, windows_drop_ms
-    dict[str, int],  # trait_times
+    dict[str, int], int,  # trait_times, revision
 ]  # fmt: skip
-#: Layout 3, which earlier versions wrote: the same without trait_times.
+#: Layouts 4 and 3, which earlier versions wrote: the same without the revision, and without
+#: trait_times too.
+_Layout4 = tuple[
+    int, _Number, _Number, int, int, tuple[_Number, ...], int, str, int, dict[str, Any], Union[str, None],
+    dict[str, _Entry], dict[str, _Counts], dict[str, dict[str, None]], list[str], int, list[str], int,
+    list[Union[int, float, str]], int, dict[str, int],
+]  # fmt: skip
 _Layout3 = tuple[
     int, _Number, _Number, int, int, tuple[_Number, ...], int, str, int, dict[str, Any], Union[str, None],
     dict[str, _Entry], dict[str, _Counts], dict[str, dict[str, None]], list[str], int, list[str], int,
@@ -77,7 +84,11 @@ _Layout3 = tuple[
 ]  # fmt: skip
 _encode = msgspec.msgpack.Encoder().encode
 _decode_layout = msgspec.msgpack.Decoder(_Layout).decode
-_decode_layout3 = msgspec.msgpack.Decoder(_Layout3).decode
+#: An earlier layout's decoder, and the values it lacks: (version, decode, missing values).
+_EARLIER_LAYOUTS: tuple[tuple[int, Callable[[Any], tuple[Any, ...]], tuple[Any, ...]], ...] = (
+    (4, msgspec.msgpack.Decoder(_Layout4).decode, (0,)),
+    (3, msgspec.msgpack.Decoder(_Layout3).decode, ({}, 0)),  # no trait times known
+)
 
 #: The old id generation of a state that has none (never mutated: generations are swapped).
 NO_IDS: frozenset[str] = frozenset()
@@ -146,6 +157,7 @@ class LeadState:
         "history",
         "windows_drop_ms",
         "trait_times",
+        "revision",
         "fit_found",
     )
 
@@ -186,6 +198,11 @@ class LeadState:
     #: trait name -> event time of the value in `traits` (or of its forgetting: a null): an
     #: older event arriving later does not overwrite it, so traits follow event time.
     trait_times: dict[str, int]
+    #: Changes taken: events counted, decay steps, merges. It numbers the lead's updates to its
+    #: account (`MemberScore.revision`), which orders those of one event time: an account that
+    #: takes a batch of updates again after a restart then knows which it has. Not compared by
+    #: `__eq__`: a half-life decay counts once per sweep that changed the score.
+    revision: int
     #: Derived, not stored: the fit rules the traits meet, their points and reason items, as
     #: `ModelRuntime.fit_of` found them; None until asked. Code that changes `traits` resets it.
     fit_found: tuple[Any, ...] | None
@@ -197,8 +214,9 @@ class LeadState:
             state.behaviour, state.fit, state.as_of_ms, state.last_activity_ms, state.steps_taken,
             state.watermark_ms, state.level, state.crossings, state.traits, state.account_id,
             state.ledger, state.windows, state.seen, state.ids, state.ids_max_ms,
-            state.old_ids, state.old_ids_max_ms, state.history, state.windows_drop_ms, state.trait_times, state.fit_found,
-        ) = (0, fit, 0, 0, (), 0, level, 0, {}, None, {}, {}, {}, {}, 0, NO_IDS, 0, [], 0, {}, None)  # fmt: skip
+            state.old_ids, state.old_ids_max_ms, state.history, state.windows_drop_ms, state.trait_times, state.revision,
+            state.fit_found,
+        ) = (0, fit, 0, 0, (), 0, level, 0, {}, None, {}, {}, {}, {}, 0, NO_IDS, 0, [], 0, {}, 0, None)  # fmt: skip
         return state
 
     def to_bytes(self) -> bytes:
@@ -207,7 +225,7 @@ class LeadState:
                 _LEAD_VERSION, self.behaviour, self.fit, self.as_of_ms, self.last_activity_ms, self.steps_taken,
                 self.watermark_ms, self.level, self.crossings, self.traits, self.account_id, self.ledger,
                 self.windows, self.seen, tuple(self.ids), self.ids_max_ms, tuple(self.old_ids), self.old_ids_max_ms,
-                self.history, self.windows_drop_ms, self.trait_times,
+                self.history, self.windows_drop_ms, self.trait_times, self.revision,
             )
         )  # fmt: skip
 
@@ -217,25 +235,20 @@ class LeadState:
             return _from_json_layout(data)
         try:
             values: tuple[Any, ...] = _decode_layout(data)
+            version = _LEAD_VERSION
         except msgspec.ValidationError as exc:
-            try:
-                values = (*_decode_layout3(data), {})  # written before trait times: none known
-            except msgspec.ValidationError:
-                raise StateError(f"lead state of an unknown layout (expected version {_LEAD_VERSION}): {exc}") from None
-            if values[0] != 3:
-                raise StateError(f"lead state of an unknown layout version {values[0]} (expected {_LEAD_VERSION})")
+            values, version = _earlier_layout(data, exc)
         except msgspec.DecodeError as exc:
             raise StateError(f"lead state is not readable MessagePack: {exc}") from None
-        else:
-            if values[0] != _LEAD_VERSION:
-                raise StateError(f"lead state of an unknown layout version {values[0]} (expected {_LEAD_VERSION})")
+        if values[0] != version:
+            raise StateError(f"lead state of an unknown layout version {values[0]} (expected {_LEAD_VERSION})")
         _check_pairs_and_triples(values[12], values[18])
         state = cls.__new__(cls)
         (
             _, state.behaviour, state.fit, state.as_of_ms, state.last_activity_ms, state.steps_taken,
             state.watermark_ms, state.level, state.crossings, state.traits, state.account_id, state.ledger,
             state.windows, state.seen, ids, state.ids_max_ms, old_ids, state.old_ids_max_ms,
-            state.history, state.windows_drop_ms, state.trait_times,
+            state.history, state.windows_drop_ms, state.trait_times, state.revision,
         ) = values  # fmt: skip
         state.ids = dict.fromkeys(ids)
         state.old_ids = dict.fromkeys(old_ids) if old_ids else NO_IDS
@@ -315,6 +328,17 @@ class LeadState:
         """The last `keep` recorded changes, oldest first, as (time_ms, points, label)."""
         history = self.history[-3 * keep :]
         return list(zip(history[0::3], history[1::3], history[2::3]))
+
+
+def _earlier_layout(data: bytes | bytearray | memoryview, error: msgspec.ValidationError) -> tuple[tuple[Any, ...], int]:
+    """The values of a state an earlier version wrote, completed as it would be now, and its
+    layout version; StateError (naming `error`, the current layout's) when none reads it."""
+    for version, decode_layout, missing in _EARLIER_LAYOUTS:
+        try:
+            return (*decode_layout(data), *missing), version
+        except msgspec.ValidationError:
+            continue
+    raise StateError(f"lead state of an unknown layout (expected version {_LEAD_VERSION}): {error}") from None
 
 
 def _check_pairs_and_triples(windows: dict[str, list[int]], history: list[Any]) -> None:

@@ -5,7 +5,8 @@ account's partition, packed per partition like event envelopes (a JSON array), s
 pays Faust's per-message cost once per scorer batch and partition (more often only when a
 batch's updates for a partition exceed what one Kafka message holds). Same guarantee as the
 scorer: crossings acknowledged before the account states that record them, offsets last;
-a replayed update sets the member's score to the same value again, so replays are harmless.
+a replayed update finds itself, or a later update of its lead, known to the account (by event
+time and the lead state's revision, `AccountState.update`), and changes nothing.
 """
 
 from __future__ import annotations

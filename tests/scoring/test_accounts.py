@@ -62,7 +62,8 @@ def test_account_transitions_up_and_down() -> None:
 
 def test_batches_report_member_scores_of_leads_with_an_account() -> None:
     run = Run(account_engine("sum")).apply(ev("p", account_id="acme"), ev("p", at=1), ev("p", lead="L2"))
-    assert run.account_updates == [MemberScore("m", "acme", "L1", 20, T0 + 1)]
+    # The lead's second event: its state's second change, so the update's revision.
+    assert run.account_updates == [MemberScore("m", "acme", "L1", 20, T0 + 1, revision=2)]
 
 
 def test_account_state_round_trips() -> None:
@@ -75,14 +76,14 @@ def test_a_lead_that_moves_leaves_its_old_account_which_may_cross_down() -> None
     run = Run(eng).apply(*[ev("p", at=i, lead="L1", account_id="acme") for i in range(3)],
                          *[ev("p", at=i, lead="L2", account_id="acme") for i in range(3)])
     run.apply(ev("p", at=5, lead="L1", account_id="globex"))
-    assert run.account_updates[-2:] == [MemberScore("m", "acme", "L1", 0, T0 + 5, left=True),
-                                        MemberScore("m", "globex", "L1", 40, T0 + 5)]
+    assert run.account_updates[-2:] == [MemberScore("m", "acme", "L1", 0, T0 + 5, left=True, revision=4),
+                                        MemberScore("m", "globex", "L1", 40, T0 + 5, revision=4)]
     accounts: dict[str, AccountState] = {}
     crossings = []
     for update in run.account_updates:
         accounts[update.account_id], crossed = eng.apply_account("m", update.account_id, accounts.get(update.account_id), update)
         crossings += [(t.account_id, t.from_level, t.to_level) for t in crossed]
-    assert accounts["acme"].members == {"L2": [30, T0 + 2]} and accounts["globex"].members == {"L1": [40, T0 + 5]}
+    assert accounts["acme"].members == {"L2": [30, T0 + 2, 3]} and accounts["globex"].members == {"L1": [40, T0 + 5, 4]}
     assert crossings == [("acme", "quiet", "engaged"), ("acme", "engaged", "quiet")]
 
 
@@ -98,10 +99,15 @@ def test_a_leaving_is_ignored_when_stale_or_of_no_member_and_a_later_return_coun
     assert state.members == {"b": [20, T0 + 10], "a": [35, T0 + 11]}
 
 
-def test_member_updates_cross_kafka_as_json_with_left_only_when_set() -> None:
+def test_member_updates_cross_kafka_as_json_with_left_and_revision_only_when_set() -> None:
     assert msgspec.json.encode(MemberScore("m", "acme", "a", 30.5, 1)) == b'{"model":"m","account_id":"acme","lead_id":"a","score":30.5,"time":1}'
-    left = MemberScore("m", "acme", "a", 0, 1, left=True)
+    left = MemberScore("m", "acme", "a", 0, 1, left=True, revision=7)
+    assert msgspec.json.encode(left).endswith(b'"time":1,"left":true,"revision":7}')
     assert msgspec.json.decode(msgspec.json.encode(left), type=MemberScore) == left
+    for wrong in (b"-1", b"18446744073709551615", b'"7"'):  # what orjson cannot write in an account state, or a text
+        with pytest.raises(msgspec.ValidationError, match="revision"):
+            msgspec.json.decode(b'{"model":"m","account_id":"acme","lead_id":"a","score":1,"time":1,"revision":' + wrong + b"}",
+                                type=MemberScore)
 
 
 def test_an_account_summary_shows_score_scales_level_and_best_members() -> None:
@@ -200,3 +206,70 @@ def test_an_account_remembers_its_latest_leavings_only_and_reads_states_written_
     assert not state.update(MemberScore("m", "acme", f"L{GONE_MEMORY + 5}", 10, T0 + 1))  # from before its leaving
     old = AccountState.from_bytes(b'[1,{"a":[10,5]},"quiet",0]')
     assert (old.members, old.gone) == ({"a": [10, 5]}, {})
+
+
+def test_updates_of_one_time_taken_again_change_nothing_as_the_revision_orders_them() -> None:
+    """A late event's update, or a decay step's, carries the time of the lead's newest event:
+    two updates of one time, taken again after a restart, must not move the account back and
+    forth (before revisions, the first was taken again, and the account crossed twice more)."""
+    eng = account_engine("sum")
+    updates = [MemberScore("m", "acme", "a", 30, T0 + 1, revision=1),  # a: 30 at its newest event
+               MemberScore("m", "acme", "a", 60, T0 + 1, revision=2),  # a late event: up, engaged
+               MemberScore("m", "acme", "a", 20, T0 + 1, revision=3),  # a decay step: down, quiet
+               MemberScore("m", "acme", "b", 10, T0 + 1, revision=1),
+               MemberScore("m", "acme", "b", 0, T0 + 1, left=True, revision=2),  # b moves away
+               MemberScore("m", "acme", "b", 15, T0 + 1, revision=3)]  # and back, with no newer event
+    state, crossed = None, []
+    for update in updates:
+        state, transitions = eng.apply_account("m", "acme", state, update)
+        crossed += [t.to_level for t in transitions]
+    assert state is not None and crossed == ["engaged", "quiet"]
+    assert state.members == {"a": [20, T0 + 1, 3], "b": [15, T0 + 1, 3]}
+    for start in range(len(updates)):  # the batch taken again from any of its updates
+        again = AccountState.from_bytes(state.to_bytes())
+        for update in updates[start:]:
+            again, transitions = eng.apply_account("m", "acme", again, update)
+            assert transitions == []
+        assert again == state
+    # An update of the same time and revision with another score (a half-life decay evaluated
+    # later, or a state written before revisions) is taken, as one of the same time was before.
+    later, _ = eng.apply_account("m", "acme", AccountState.from_bytes(state.to_bytes()), MemberScore("m", "acme", "a", 18, T0 + 1, revision=3))
+    assert later.members["a"] == [18, T0 + 1, 3]
+    unnumbered, _ = eng.apply_account("m", "acme", None, MemberScore("m", "acme", "a", 30, T0 + 1))
+    unnumbered, _ = eng.apply_account("m", "acme", unnumbered, MemberScore("m", "acme", "a", 20, T0 + 1))
+    assert unnumbered.members == {"a": [20, T0 + 1]}
+
+
+def test_a_leaving_is_remembered_with_its_revision_and_read_back_beside_leavings_of_times_only() -> None:
+    state = AccountState.from_bytes(b'[1,{"a":[10,5]},"quiet",0,{"' + accounts.kept_key("z").encode() + b'":7}]')
+    assert state.update(MemberScore("m", "acme", "a", 0, 5, left=True, revision=4))
+    assert not state.update(MemberScore("m", "acme", "a", 10, 5, revision=3))  # from before the leaving
+    assert not state.update(MemberScore("m", "acme", "z", 10, 6, revision=9))  # before z's leaving, a time only
+    assert state.update(MemberScore("m", "acme", "a", 12, 5, revision=4))  # at the leaving's own order: back
+    read = AccountState.from_bytes(state.to_bytes())
+    assert read == state and read.gone == {accounts.kept_key("z"): 7, accounts.kept_key("a"): [5, 4]}
+    for wrong in (b'{"x":[5]}', b'{"x":[5,"1"]}', b'{"x":"5"}'):
+        with pytest.raises(accounts.StateError, match="gone"):
+            AccountState.from_bytes(b'[1,{},"quiet",0,' + wrong + b"]")
+    with pytest.raises(accounts.StateError, match="revision"):
+        AccountState.from_bytes(b'[1,{"a":[10,5,"3"]},"quiet",0]')
+
+
+def test_a_lead_state_counts_its_changes_and_its_account_updates_carry_the_count() -> None:
+    """`LeadState.revision`: one per event counted and per decay step, none for a duplicate or
+    a late event; a merge is one change after both; a leaving is the state's next revision."""
+    from scoring import identity
+
+    day = 86_400_000
+    eng = engine(RULE + '[accounts]\ncombine = "sum"\nbase = "quiet"\nladder = [{ level = "engaged", at = 50 }]\n[decay]\nsteps = [{ idle = "30d", points = -5 }, { idle = "60d", points = -5 }]\n')
+    run = Run(eng).apply(ev("p", at=10, account_id="acme", event_id="a"), ev("p", at=2 * day, event_id="b"))
+    run.apply(ev("p", at=2 * day, event_id="b"), ev("p", at=0, event_id="late"))  # a duplicate, and one beyond the lateness
+    assert len(run.late) == 1 and run.state().revision == 2
+    assert [u.revision for u in run.account_updates] == [2]
+    state, _ = eng.decay("m", "L1", run.state(), T0 + 63 * day)  # both steps due
+    assert state.revision == 4 and eng.decay("m", "L1", state, T0 + 64 * day)[0].revision == 4
+    assert eng.member_score("m", "L1", state, state.watermark_ms).revision == 4  # type: ignore[union-attr]
+    assert eng.leaving("m", "L1", state, 0).revision == 5  # type: ignore[union-attr]
+    other = Run(eng).apply(*[ev("p", at=n, lead="L2") for n in range(7)]).state("L2")
+    merged, _ = identity.merge(eng, "m", "L2", other, state, "L1", T0 + 63 * day)
+    assert merged.revision == 8  # after the lead's 7 and the visitor's 4

@@ -149,6 +149,7 @@ def lead_states(draw: st.DrawFn) -> LeadState:
         state.record(draw(_MS), draw(_NUMBER), label, 3)
     state.windows_drop_ms = draw(_MS)
     state.trait_times = draw(st.dictionaries(_TEXT, _MS, max_size=4))
+    state.revision = draw(st.integers(0, 2**40))
     return state
 
 
@@ -158,7 +159,7 @@ def test_state_bytes_round_trip_exactly(state: LeadState) -> None:
     raw = state.to_bytes()
     again = LeadState.from_bytes(raw)
     assert again == state and again.as_dict() == state.as_dict()
-    assert again.windows_drop_ms == state.windows_drop_ms
+    assert again.windows_drop_ms == state.windows_drop_ms and again.revision == state.revision
     assert LeadState.from_bytes(again.to_bytes()) == state
     assert LeadState.from_bytes(bytearray(raw)) == state and LeadState.from_bytes(memoryview(raw)) == state
 
@@ -166,11 +167,22 @@ def test_state_bytes_round_trip_exactly(state: LeadState) -> None:
 @settings(max_examples=100, deadline=None)
 @given(lead_states())
 def test_states_of_layout_3_are_still_read_without_trait_times(state: LeadState) -> None:
-    """Layout 3, before trait times: the same MessagePack array without its last field."""
-    raw = msgspec.msgpack.encode((3, *msgspec.msgpack.decode(state.to_bytes())[1:-1]))
+    """Layout 3, before trait times: the same MessagePack array without its last two fields
+    (trait times and the revision)."""
+    raw = msgspec.msgpack.encode((3, *msgspec.msgpack.decode(state.to_bytes())[1:-2]))
     read = LeadState.from_bytes(raw)
-    assert read.trait_times == {}
+    assert read.trait_times == {} and read.revision == 0
     read.trait_times = state.trait_times
+    assert read == state
+
+
+@settings(max_examples=50, deadline=None)
+@given(lead_states())
+def test_states_of_layout_4_are_still_read_at_revision_0(state: LeadState) -> None:
+    """Layout 4, before the revision: the same MessagePack array without its last field."""
+    raw = msgspec.msgpack.encode((4, *msgspec.msgpack.decode(state.to_bytes())[1:-1]))
+    read = LeadState.from_bytes(raw)
+    assert read.revision == 0
     assert read == state
 
 
