@@ -8,19 +8,26 @@ stopped, and stopped again at every restart.
 
 Layout. The account's value, under its id, frames each model's state as the engine encodes it
 (`AccountState.to_bytes`: `[1, members, level, crossings, gone]`) while the model has at most
-`split_members` members. Beyond, the model's entry is `[1, count, level, crossings, gone]` and its
-members are in `count` pages: records of their own, on the account's partition, under
-`<account id> 0xFF <model> 0xFF <count>.<n>` (0xFF never occurs in UTF-8, so no account's key is
-a page's), each a JSON object of the members whose `page_of` is n, lead id -> [score, time].
-A batch writes the account's value, then the pages of the members it updated. When the members
-outgrow `2 * page_members` a page on average, the pages double: a new set of keys is written
-first, the value naming it next, and the old set is deleted last.
+`split_members` members. Beyond, the model's entry is `[1, count, level, crossings, gone, writes]`
+(`writes`: how many batches wrote it) and its members are in `count` pages: records of their own,
+on the account's partition, under `<account id> 0xFF <model> 0xFF <count>.<n>` (0xFF never occurs
+in UTF-8, so no account's key is a page's), each `[writes, members, before]`: the entry's
+`writes` once the batch that wrote the page is written, the members whose `page_of` is n (lead id
+-> [score, time, revision]), and what those of them the batch updated were before it (null: not
+members). A batch writes the pages of the members it updated, then the account's value. When the
+members outgrow `2 * page_members` a page on average, the pages double: a new set of keys is
+written first, the value naming it next, and the old set is deleted last.
 
 Why that order survives a crash anywhere between the records (the batch's input is read and
 rolled up again, since offsets are committed after its records are acknowledged, in order on
-the one partition): a value written before its pages holds the level the updates led to, and
-the updates read again bring the pages up to date without crossing twice; a new set of pages is
-never read before the value naming it is written, and then it is complete.
+the one partition, and a batch's records are sent only once the batch before's are): a page
+written before its value has a `writes` beyond the value's, and is read as it was before the
+batch (`before`), so the batch is rolled up again from the state it was first rolled up from,
+crossing as it did, with the same crossing ids; a new set of pages is never read before the
+value naming it is written, and then it is complete. (Written the other way round, a value
+already at the batch's level over pages still before it made the updates taken again cross
+back and forth, with new crossing ids.) Pages of the object layout, `{lead id: member}`, are
+read as written before `writes` was kept.
 """
 
 from __future__ import annotations
@@ -40,24 +47,29 @@ from streams.stage import LiveTable, Record, TableData, frame, unframe
 SPLIT_MEMBERS = 1024
 #: Members a page holds on average right after the pages are made or doubled; at most twice.
 PAGE_MEMBERS = 256
+#: Values in a model's entry: the engine's layouts, or pages with their count of writes.
+PAGED_LENGTHS = (6, *LAYOUT_LENGTHS)
 
 
 class PagedAccount(AccountState):
     """An account state whose members the table keeps in pages: `pages[n]` holds the ids of
-    the members in page n (those whose `page_of` is n), and `updated` the ids of the members
-    whose updates it took since it was last encoded, so a batch rewrites only their pages,
-    without a pass over all the members."""
+    the members in page n (those whose `page_of` is n), `writes` counts the batches that wrote
+    it, and `updated` maps each member whose updates it took since it was last encoded to what
+    it was before them (None: not a member), so a batch rewrites only their pages, without a
+    pass over all the members."""
 
-    __slots__ = ("pages", "updated")
+    __slots__ = ("pages", "writes", "updated")
 
-    def __init__(self, members: dict[str, list[float]], level: str, crossings: int, gone: dict[str, int],
-                 pages: list[set[str]]) -> None:
+    def __init__(self, members: dict[str, list[float]], level: str, crossings: int, gone: dict[str, Any],
+                 pages: list[set[str]], writes: int) -> None:
         super().__init__(members, level, crossings, gone)
         self.pages = pages
-        self.updated: set[str] = set()
+        self.writes = writes
+        self.updated: dict[str, list[float] | None] = {}
 
     def update(self, member: MemberScore) -> bool:
-        self.updated.add(member.lead_id)
+        if member.lead_id not in self.updated:
+            self.updated[member.lead_id] = self.members.get(member.lead_id)  # replaced, never changed in place
         return super().update(member)
 
 
@@ -83,13 +95,19 @@ class AccountTable(LiveTable[AccountState]):
     def decoded(self, key: str, value: bytes) -> dict[str, AccountState]:
         states: dict[str, AccountState] = {}
         for model, raw in unframe(value).items():
-            _, members, *rest = decode_values(raw, "account", LAYOUT_LENGTHS)
+            _, members, *rest = decode_values(raw, "account", PAGED_LENGTHS)
             if members.__class__ is not int or members < 1:  # the members themselves, not a number of pages
+                if len(rest) == 4:
+                    raise StateError(f"account {key!r} in model {model!r}: an entry of members with a count of writes, "
+                                     "which only an entry of pages has")
                 states[model] = AccountState.checked(members, *rest)
                 continue
-            members, pages = self._read_pages(key, model, members)
+            writes = rest.pop() if len(rest) == 4 else 0  # written before `writes` was kept: none
+            if writes.__class__ is not int:
+                raise StateError(f"account {key!r} in model {model!r}: a count of writes that is not an integer")
+            members, pages = self._read_pages(key, model, members, writes)
             state = AccountState.checked(members, *rest)
-            states[model] = PagedAccount(state.members, state.level, state.crossings, state.gone, pages)
+            states[model] = PagedAccount(state.members, state.level, state.crossings, state.gone, pages, writes)
         return states
 
     def state_keys(self) -> Iterator[bytes]:
@@ -107,33 +125,36 @@ class AccountTable(LiveTable[AccountState]):
             return states, [(self.changelog, account_id.encode(), frame({model: state.to_bytes() for model, state in states.items()}), partition)]
         kept: dict[str, AccountState] = {}
         entries: dict[str, bytes] = {}
-        new_sets: list[Record] = []  # read only once the value names them
-        rewritten: list[Record] = []
+        pages_first: list[Record] = []  # a new set, read only once the value names it; pages ahead of the value
         deleted: list[Record] = []
         for model, state in states.items():
             if not isinstance(state, PagedAccount) and len(state.members) <= self.split_members:
                 kept[model], entries[model] = state, state.to_bytes()
                 continue
             count = len(state.pages) if isinstance(state, PagedAccount) else 0
+            writes = (state.writes if isinstance(state, PagedAccount) else 0) + 1
             if len(state.members) > 2 * self.page_members * count:  # (more) pages
-                paged = PagedAccount(state.members, state.level, state.crossings, state.gone, _index(state.members, self._count(len(state.members))))
-                new_sets += self._pages(account_id, partition, model, paged, range(len(paged.pages)))
+                paged = PagedAccount(state.members, state.level, state.crossings, state.gone,
+                                     _index(state.members, self._count(len(state.members))), writes)
+                pages_first += self._pages(account_id, partition, model, paged, {page: {} for page in range(len(paged.pages))})
                 deleted += [(self.changelog, page_key(account_id, model, count, page), None, partition) for page in range(count)]
             else:
                 assert isinstance(state, PagedAccount)
-                paged, pages = state, set()
-                for lead_id in paged.updated:
+                paged = state
+                before: dict[int, dict[str, list[float] | None]] = {}
+                paged.writes = writes
+                for lead_id, was in paged.updated.items():
                     page = page_of(lead_id, count)
-                    pages.add(page)
+                    before.setdefault(page, {})[lead_id] = was
                     if lead_id in paged.members:
                         paged.pages[page].add(lead_id)
                     else:
                         paged.pages[page].discard(lead_id)
                 paged.updated.clear()
-                rewritten += self._pages(account_id, partition, model, paged, sorted(pages))
-            kept[model], entries[model] = paged, encode_values((len(paged.pages), paged.level, paged.crossings, paged.gone))
+                pages_first += self._pages(account_id, partition, model, paged, dict(sorted(before.items())))
+            kept[model], entries[model] = paged, encode_values((len(paged.pages), paged.level, paged.crossings, paged.gone, paged.writes))
         value: Record = (self.changelog, account_id.encode(), frame(entries), partition)
-        return kept, [*new_sets, value, *rewritten, *deleted]
+        return kept, [*pages_first, value, *deleted]
 
     def keep(self, account_id: str, states: dict[str, AccountState], records: list[Record]) -> list[Record]:
         """Keeps `states` as the account's and `records` (from `encode`) in the table; returns the
@@ -146,8 +167,9 @@ class AccountTable(LiveTable[AccountState]):
         self._keep(account_id, states)
         return records
 
-    def _read_pages(self, account_id: str, model: str, count: int) -> tuple[dict[str, Any], list[set[str]]]:
-        """The members in the account's `count` pages, and each page's member ids."""
+    def _read_pages(self, account_id: str, model: str, count: int, writes: int) -> tuple[dict[str, Any], list[set[str]]]:
+        """The members in the account's `count` pages as of the entry's `writes`, and each
+        page's member ids."""
         members: dict[str, Any] = {}
         pages: list[set[str]] = []
         for page in range(count):
@@ -159,6 +181,16 @@ class AccountTable(LiveTable[AccountState]):
                 part = orjson.loads(raw)
             except orjson.JSONDecodeError as exc:
                 raise StateError(f"{where} is not JSON: {exc}") from None
+            if part.__class__ is list:  # [writes, members, before]
+                if len(part) != 3 or part[0].__class__ is not int or part[1].__class__ is not dict or part[2].__class__ is not dict:
+                    raise StateError(f"{where} is not [writes, members, members before]")
+                page_writes, part, before = part
+                if page_writes > writes:  # written ahead of the value, which the batch did not reach: as before it
+                    for lead_id, was in before.items():
+                        if was is None:
+                            part.pop(lead_id, None)
+                        else:
+                            part[lead_id] = was
             if part.__class__ is not dict or any(page_of(lead_id, count) != page for lead_id in part):
                 raise StateError(f"{where} is not an object of the members that belong in it")
             members.update(part)
@@ -172,10 +204,13 @@ class AccountTable(LiveTable[AccountState]):
             count *= 2
         return count
 
-    def _pages(self, account_id: str, partition: int, model: str, state: PagedAccount, pages: Iterable[int]) -> list[Record]:
-        count, members = len(state.pages), state.members
+    def _pages(self, account_id: str, partition: int, model: str, state: PagedAccount,
+               before: dict[int, dict[str, list[float] | None]]) -> list[Record]:
+        """The records of the pages `before` names, each with what its updated members were."""
+        count, members, writes = len(state.pages), state.members, state.writes
         return [(self.changelog, page_key(account_id, model, count, page),
-                 right_sized(orjson.dumps({lead_id: members[lead_id] for lead_id in state.pages[page]})), partition) for page in pages]
+                 right_sized(orjson.dumps((writes, {lead_id: members[lead_id] for lead_id in state.pages[page]}, was))), partition)
+                for page, was in before.items()]
 
 
 def _index(members: Iterable[str], count: int) -> list[set[str]]:
