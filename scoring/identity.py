@@ -1,7 +1,8 @@
 """Identity stitching: an anonymous visitor's state merged into the known lead it turned out to be.
 
-A merge is an event of its own, with the id `merge:<source lead id>`, so the target's event-id
-memory drops a redelivered merge like any duplicate (within the same bound, see scoring/state.py).
+A merge is an event of its own, with the id `merge:<source lead id>` (kept as its digest when
+long or not ASCII, as an event id is), so the target's event-id memory drops a redelivered merge
+like any duplicate (within the same bound, see scoring/state.py).
 The source's remembered event ids join the target's, so an event already scored on the
 anonymous profile and delivered again under the known lead never scores twice.
 
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from scoring.state import LeadState
+from scoring.state import KEY_CHARS, LeadState, kept_key
 from scoring.thresholds import Transition
 
 if TYPE_CHECKING:
@@ -37,8 +38,12 @@ def merge(
     state = runtime.new_state() if target is None else target
     out: list[Transition] = []
     marker = merge_id(source_lead_id)
-    if state.knows_event(marker):
+    if state.knows_event(marker):  # kept whole by states written before markers were digested
         return state, out
+    if len(marker) > KEY_CHARS or not marker.isascii():  # kept as an event id of its size is (scoring/state.py)
+        marker = kept_key(marker)
+        if state.knows_event(marker):
+            return state, out
     level = runtime.ladder.level_of(state.level)
     state.remember_event(marker, time_ms, runtime.remember)
     for generation in (source.old_ids, source.ids):

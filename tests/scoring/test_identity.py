@@ -39,6 +39,19 @@ def test_a_merge_adds_the_visitors_points_and_crosses_once() -> None:
     assert (score("u", again), more) == (21, [])
 
 
+def test_a_long_visitors_merge_is_remembered_as_a_digest_and_still_merged_once() -> None:
+    visitor = "anon:" + "é" * 80  # an id of 256 characters is allowed: whole, its marker took a quarter KB of the state
+    states = scored(page(visitor, 1, "https://acme.io/pricing"), page("u", 3, "https://acme.io/about"))
+    merged, _ = merge(ENGINE, "b2b", "u", states["u"], states[visitor], visitor, T + 10_000)
+    assert "merge:" + visitor not in merged.ids and score("u", merged) == 11
+    again, more = merge(ENGINE, "b2b", "u", LeadState.from_bytes(merged.to_bytes()), states[visitor], visitor, T + 20_000)
+    assert (score("u", again), more) == (11, [])
+    # A lead that kept the marker whole (written before markers were digested) merges it no more.
+    whole = states["u"].copy()
+    whole.remember_event("merge:" + visitor, T, 1000)
+    assert score("u", merge(ENGINE, "b2b", "u", whole, states[visitor], visitor, T + 20_000)[0]) == score("u", whole)
+
+
 def test_events_the_visitor_already_scored_never_score_again_on_the_lead() -> None:
     visit = page("anon:a", 1, "https://acme.io/pricing")
     states = scored(visit)
