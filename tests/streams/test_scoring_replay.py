@@ -1,7 +1,8 @@
 """The scoring stage's guarantee, without a broker: a batch whose changelog records were written
 only in part (the worker stopped between them, before committing its offsets) is scored again
 by a new worker from what they left, and everything ends as if it had not stopped, identity
-merges included; no crossing is published that the uninterrupted run did not publish (by id)."""
+merges included; no crossing is published that the uninterrupted run did not publish (by id),
+and the accounts, rolling up what both attempts sent, cross as in the uninterrupted run."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ import random
 import time
 from typing import Any
 
+import msgspec
 import orjson
 from hypothesis import given, settings as hypothesis_settings, strategies as st
 
-from scoring import Engine
+from scoring import AccountState, Engine, MemberScore
 from streams import lead_states
 from streams.bench import workload
 from streams.partitioning import partition_for
@@ -56,6 +58,21 @@ class World:
 
     def crossing_ids(self) -> set[str]:
         return {orjson.loads(value)["id"] for topic, _, _, value in self.outbox.placed if topic == SETTINGS.topic_crossings and value}
+
+
+def accounts(*worlds: World) -> tuple[dict[str, dict[str, list[float]]], list[str]]:
+    """The account updates the worlds sent, rolled up in order: each account's members, and the
+    ids of the account crossings, in order."""
+    states: dict[str, AccountState] = {}
+    ids = []
+    for world in worlds:
+        for topic, _, _, value in world.outbox.placed:
+            if topic == SETTINGS.topic_accounts and value is not None:
+                for update in msgspec.json.decode(value, type=list[MemberScore]):
+                    states[update.account_id], crossed = ENGINE.apply_account(update.model, update.account_id,
+                                                                              states.get(update.account_id), update)
+                    ids += [transition.to_dict()["id"] for transition in crossed]
+    return {account: state.members for account, state in states.items()}, ids
 
 
 def scores(data: dict[bytes, bytes]) -> dict[tuple[str, str], float]:
@@ -134,3 +151,6 @@ def test_a_batch_cut_after_any_of_its_records_and_scored_again_ends_as_the_unint
         again.score(batch)
     assert scores(again.scorer.store.table.data) == scores(whole.scorer.store.table.data)
     assert run.crossing_ids() | again.crossing_ids() == whole.crossing_ids()
+    # The updates the batch sends again are those it sent: its accounts take the same members
+    # and cross as in the uninterrupted run, with the same ids.
+    assert accounts(run, again) == accounts(whole)
