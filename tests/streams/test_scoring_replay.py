@@ -2,7 +2,8 @@
 only in part (the worker stopped between them, before committing its offsets) is scored again
 by a new worker from what they left, and everything ends as if it had not stopped, identity
 merges included; no crossing is published that the uninterrupted run did not publish (by id),
-and the accounts, rolling up what both attempts sent, cross as in the uninterrupted run."""
+and the accounts, rolling up what both attempts sent, cross as in the uninterrupted run. The
+same for a decay sweep stopped between its records."""
 
 from __future__ import annotations
 
@@ -60,9 +61,9 @@ class World:
         return {orjson.loads(value)["id"] for topic, _, _, value in self.outbox.placed if topic == SETTINGS.topic_crossings and value}
 
 
-def accounts(*worlds: World) -> tuple[dict[str, dict[str, list[float]]], list[str]]:
-    """The account updates the worlds sent, rolled up in order: each account's members, and the
-    ids of the account crossings, in order."""
+def accounts(*worlds: World) -> tuple[dict[str, dict[str, float]], list[str]]:
+    """The account updates the worlds sent, rolled up in order: each account's members' scores,
+    and the ids of the account crossings, in order."""
     states: dict[str, AccountState] = {}
     ids = []
     for world in worlds:
@@ -72,7 +73,7 @@ def accounts(*worlds: World) -> tuple[dict[str, dict[str, list[float]]], list[st
                     states[update.account_id], crossed = ENGINE.apply_account(update.model, update.account_id,
                                                                               states.get(update.account_id), update)
                     ids += [transition.to_dict()["id"] for transition in crossed]
-    return {account: state.members for account, state in states.items()}, ids
+    return {account: {lead: member[0] for lead, member in state.members.items()} for account, state in states.items()}, ids
 
 
 def scores(data: dict[bytes, bytes]) -> dict[tuple[str, str], float]:
@@ -154,3 +155,58 @@ def test_a_batch_cut_after_any_of_its_records_and_scored_again_ends_as_the_unint
     # The updates the batch sends again are those it sent: its accounts take the same members
     # and cross as in the uninterrupted run, with the same ids.
     assert accounts(run, again) == accounts(whole)
+
+
+DAY_MS = 86_400_000
+
+
+def sweep(world: World, now_ms: int) -> list[tuple[bytes, bytes | None]]:
+    """A decay sweep at `now_ms` of every step due; returns its changelog records."""
+    start = len(world.outbox.placed)
+    asyncio.run(world.scorer.decay_due(now_ms, limit=1_000_000))
+    return [(key or b"", value) for topic, _, key, value in world.outbox.placed[start:] if topic == CHANGELOG]
+
+
+def recovered(data: dict[bytes, bytes], offset: int) -> World:
+    """A worker over `data`, its decay index rebuilt as after a recovery."""
+    world = World(data, [], offset)
+    world.scorer.rebuild_decay_index({0, 1, 2, 3})
+    return world
+
+
+@hypothesis_settings(max_examples=60, deadline=None)
+@given(st.integers(0, 10_000), st.lists(st.sampled_from([31, 45, 61, 95, 120]), min_size=1, max_size=4, unique=True), st.data())
+def test_a_decay_sweep_cut_after_any_of_its_records_and_swept_again_ends_as_the_uninterrupted_run(
+    seed: int, days: list[int], data: st.DataObject
+) -> None:
+    """A sweep writes the states it decayed after the crossings and account updates they caused:
+    stopped between, its successor sweeps again from what the written states left (at the same
+    time, or later), and leads, crossings and accounts end as in the uninterrupted run."""
+    stream = messages(seed)
+    scored = World({}, [], 1_000_000)
+    for start in range(0, len(stream), 40):
+        scored.score(stream[start : start + 40])
+    for _ in range(3):
+        scored.score([])  # the identity records settle
+    table, now = dict(scored.scorer.store.table.data), int(time.time() * 1000)
+    times = [now + day * DAY_MS for day in sorted(days)]
+
+    whole = recovered(table, scored.offset)
+    for at in times:
+        sweep(whole, at)
+
+    stopped_at = data.draw(st.integers(0, len(times) - 1), label="sweep cut")
+    run = recovered(table, scored.offset)
+    for at in times[:stopped_at]:
+        sweep(run, at)
+    before = dict(run.scorer.store.table.data)
+    records = sweep(run, times[stopped_at])
+    partial = written(before, records[: data.draw(st.integers(0, len(records)), label="records written")])
+    again = recovered(partial, run.offset)
+    # The successor may start when the next sweep is due: it takes the steps of both at once.
+    later = stopped_at + 1 < len(times) and data.draw(st.booleans(), label="swept again only at the next sweep")
+    for at in times[stopped_at + later :]:
+        sweep(again, at)
+    assert scores(again.scorer.store.table.data) == scores(whole.scorer.store.table.data)
+    assert run.crossing_ids() | again.crossing_ids() == whole.crossing_ids()
+    assert accounts(scored, run, again) == accounts(scored, whole)
