@@ -1,7 +1,7 @@
 """The scoring stage's guarantee, without a broker: a batch whose changelog records were written
 only in part (the worker stopped between them, before committing its offsets) is scored again
 by a new worker from what they left, and everything ends as if it had not stopped, identity
-merges included; no crossing is published that the uninterrupted run did not publish (by id),
+merges and requests to forget a lead included; no crossing is published that the uninterrupted run did not publish (by id),
 and the accounts, rolling up what both attempts sent, cross as in the uninterrupted run. The
 same for a decay sweep stopped between its records."""
 
@@ -89,7 +89,8 @@ def scores(data: dict[bytes, bytes]) -> dict[tuple[str, str], float]:
 def messages(seed: int) -> list[Consumed]:
     """300 workload events over 30 leads, 40 of them by 6 anonymous visitors whom an identify
     later stitches to a lead; single events keyed by lead, and envelopes of a partition's
-    events, as producers send them."""
+    events, as producers send them; and 3 requests to forget a lead (whose later events start
+    it again)."""
     now = int(time.time() * 1000)
     events = list(workload.generate(300, 30, seed, start_ms=now - 86_400_000, span_ms=80_000_000))
     rng = random.Random(seed)
@@ -111,6 +112,9 @@ def messages(seed: int) -> list[Consumed]:
             for key, value in sent:
                 out.append(Consumed(SETTINGS.topic_events, partition, offsets[partition], key, value))
                 offsets[partition] += 1
+    for n, position in enumerate(sorted(rng.sample(range(len(out)), 3), reverse=True)):
+        lead = f"lead-{rng.randrange(1, 31):07d}"
+        out.insert(position, Consumed(SETTINGS.topic_profiles, partition_for(lead, 4), n, lead.encode(), b"", True))
     return out
 
 
