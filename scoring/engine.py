@@ -500,7 +500,7 @@ class Engine:
                     visited.add(account_before)
                     visited.discard(account_id)
                     visited.discard(None)
-                    for left in sorted(visited):
+                    for left in sorted(visited):  # of the revision the move made, after its last update there
                         account_updates.append(MemberScore(runtime.name, left, key[1], 0, state.watermark_ms, True, state.revision))
                 account_updates.append(runtime.member_score(key[1], state, state.watermark_ms))  # not None: it has an account
         return result
@@ -533,6 +533,13 @@ class Engine:
         if state.account_id is None:
             return None
         return MemberScore(model_name, state.account_id, lead_id, 0, max(time_ms, state.watermark_ms), True, state.revision + 1)
+
+    def returning(self, model_name: str, lead_id: str, state: LeadState, time_ms: int) -> MemberScore | None:
+        """A state back as it was when its `leaving` at `time_ms` took it out (sent back by a
+        merge loop): it counts that leaving as a change of its own, and the update returned puts
+        it back in its account, standing where the leaving did, which the account takes."""
+        state.revision += 1
+        return self.member_score(model_name, lead_id, state, max(time_ms, state.watermark_ms))
 
     def account_summary(self, model_name: str, account_id: str, state: AccountState, top: int = TOP_MEMBERS) -> dict[str, Any]:
         """The account's score, scales, level and `top` best members, for read models."""

@@ -509,11 +509,8 @@ class Scorer:
             pending[source] = (message.partition, dict(incoming))
             for model, state in incoming.items():
                 if model in self.models:
-                    # Its leaving (`Engine.leaving`) took it out of its account as its next revision, at
-                    # its newest event time if later than the link's: back in, it stands where that did.
-                    state.revision += 1
+                    member = self.engine.returning(model, source, state, time_ms)
                     self._changed(model, source, state, time_ms, message.partition)
-                    member = self.engine.member_score(model, source, state, max(time_ms, state.watermark_ms))
                     if member is not None:
                         members.append(member)
         elif merged_into is not None:  # the target was itself merged since: follow the chain, or go back

@@ -273,3 +273,21 @@ def test_a_lead_state_counts_its_changes_and_its_account_updates_carry_the_count
     other = Run(eng).apply(*[ev("p", at=n, lead="L2") for n in range(7)]).state("L2")
     merged, _ = identity.merge(eng, "m", "L2", other, state, "L1", T0 + 63 * day)
     assert merged.revision == 8  # after the lead's 7 and the visitor's 4
+
+
+def test_a_state_returned_by_a_merge_loop_is_taken_back_where_its_leaving_took_it_out() -> None:
+    """A visitor's leaving, then its states sent back as they were (`Engine.returning`): its
+    account takes it back, and the updates before the leaving, taken again, do not."""
+    eng = account_engine("sum")
+    run = Run(eng).apply(ev("p", at=10, account_id="acme"), ev("p", at=20))
+    [joined] = run.account_updates
+    visitor = run.state()
+    leaving = eng.leaving("m", "L1", visitor, T0 + 5)  # the link's time is before its newest event
+    state, _ = eng.apply_account("m", "acme", None, joined)
+    state, _ = eng.apply_account("m", "acme", state, leaving)  # type: ignore[arg-type]
+    assert state.members == {}
+    back = eng.returning("m", "L1", visitor, T0 + 5)
+    assert back is not None and back.order == leaving.order  # type: ignore[union-attr]
+    state, _ = eng.apply_account("m", "acme", state, back)
+    assert state.members == {"L1": [20, T0 + 20, 3]}
+    assert visitor.revision == 3 and not state.update(joined)
