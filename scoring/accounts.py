@@ -69,8 +69,9 @@ def _rounded(exact: int) -> float:
 
 
 #: Points beyond this are no lead's: a decoded update must carry a finite score, since an
-#: infinite or NaN one would leave its account without a level.
-_MAX_POINTS = 1e12
+#: infinite or NaN one would leave its account without a level. A lead's score beyond it (model
+#: values are at most 10^9 points each, scoring/config.py) counts as this much.
+MAX_MEMBER_POINTS = _MAX_POINTS = 1e12
 _Points = Annotated[float, msgspec.Meta(ge=-_MAX_POINTS, le=_MAX_POINTS)]
 
 

@@ -17,15 +17,23 @@ _REQUIRED: Any = object()
 
 _DURATION = re.compile(r"(\d+)(ms|s|m|h|d|w)")
 _UNIT_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
-DURATION_HINT = "a positive duration such as '7d', '12h' or '30m' (units: ms, s, m, h, d, w)"
+#: Bounds of a model's numbers of points (points, lines, bands, scale ends) and durations. A
+#: billion points is far beyond any model and keeps the sums a lead or account accumulates within
+#: what their states and member updates carry (scoring/accounts.py: 10^12); a century is beyond
+#: any window, lateness or half-life, and keeps the times computed from one within 64 bits.
+MAX_POINTS = 1_000_000_000
+MAX_DURATION_MS = 36_500 * 86_400_000
+DURATION_HINT = "a positive duration of at most 36500d such as '7d', '12h' or '30m' (units: ms, s, m, h, d, w)"
 
 
 def parse_duration_ms(text: str) -> int | None:
-    """Milliseconds of a duration like '7d'; None when the text is not a positive duration."""
+    """Milliseconds of a duration like '7d'; None when the text is not a positive duration of at
+    most MAX_DURATION_MS."""
     match = _DURATION.fullmatch(text.strip())
-    if match is None or int(match.group(1)) == 0:
+    if match is None or not match.group(1).isascii():  # \d takes other scripts' digits too
         return None
-    return int(match.group(1)) * _UNIT_MS[match.group(2)]
+    ms = int(match.group(1)) * _UNIT_MS[match.group(2)]
+    return ms if 0 < ms <= MAX_DURATION_MS else None
 
 
 def format_duration_ms(ms: int) -> str:
@@ -96,6 +104,8 @@ class Table:
             raise self.error(key, "a finite number", value)
         if minimum is not None and value < minimum:
             raise self.error(key, f"a number of at least {minimum}", value)
+        if not -MAX_POINTS <= value <= MAX_POINTS:
+            raise self.error(key, f"a number from {-MAX_POINTS:,} to {MAX_POINTS:,}", value)
         return value
 
     def integer(self, key: str, default: Any = _REQUIRED, minimum: int = 0, maximum: int | None = None) -> Any:

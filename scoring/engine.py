@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from scoring import explain as explaining
-from scoring.accounts import TOP_MEMBERS, AccountState, MemberScore, roll_up
+from scoring.accounts import MAX_MEMBER_POINTS, TOP_MEMBERS, AccountState, MemberScore, roll_up
 from scoring.accounts import summary as account_summary
 from scoring.decay import HalfLifeDecay, StepDecay
 from scoring.errors import ModelError
@@ -339,7 +339,8 @@ class ModelRuntime:
     def member_score(self, lead_id: str, state: LeadState, time_ms: int) -> MemberScore | None:
         if state.account_id is None:
             return None
-        return MemberScore(self.name, state.account_id, lead_id, round(self.score(state), 2), time_ms, revision=state.revision)
+        score = min(max(round(self.score(state), 2), -MAX_MEMBER_POINTS), MAX_MEMBER_POINTS)
+        return MemberScore(self.name, state.account_id, lead_id, score, time_ms, revision=state.revision)
 
 
 class Engine:

@@ -117,6 +117,8 @@ def _parse_field(table: Table, source: str, key: str, spec: Any) -> list[Conditi
     if isinstance(spec, dict):
         ops = Table(table.file, table.where, spec, f"{table.prefix}{key}.")
         ops.check_keys(OPERATORS)
+        if not spec:  # no test at all would match every event
+            raise table.error(key, f"at least one operator ({', '.join(OPERATORS)})", spec)
         return [Condition(source, key, op, _operand(ops, op, value)) for op, value in spec.items()]
     shorthand = "in" if isinstance(spec, list) else "eq"
     return [Condition(source, key, shorthand, _operand(Table(table.file, table.where, {key: spec}, table.prefix), shorthand, spec, key))]

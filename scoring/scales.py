@@ -13,6 +13,7 @@ from bisect import bisect_right
 from dataclasses import dataclass
 
 from scoring.config import Table
+from scoring.errors import ModelError
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +64,8 @@ def parse_bands(table: Table | None, required_labels: tuple[str, ...] | None = N
         missing = [label for label in required_labels if label not in table.data]
         if missing:
             raise table.error(missing[0], f"a band for every one of {', '.join(required_labels)}")
+    if not table.data:  # e.g. a file saved half-way, right after the table's header
+        raise ModelError(f"{table.file}: {table.where}: expected at least one band such as cold = {{ below = 35 }}, got none")
     bands = []
     for label in table.data:
         band = table.table(label)

@@ -67,12 +67,13 @@ class ModelDirectory:
         self._seen = seen
         try:
             engine = Engine.from_directory(self.path)
-        except ModelError as exc:
-            self.error = str(exc)
+        except Exception as exc:  # noqa: BLE001 - a loader bug must not stop the worker either
+            # A ModelError names the file, rule and field; anything else is leadstream's bug.
+            self.error = str(exc) if isinstance(exc, ModelError) else f"{exc!r} while loading the models (a bug: please report it)"
             metrics.MODEL_RELOADS.labels("rejected").inc()
             metrics.MODELS_BROKEN.set(1)
             log.error("model edit not applied, still scoring with the models of fingerprint %s: %s",
-                      self.current.fingerprint, exc)
+                      self.current.fingerprint, self.error, exc_info=not isinstance(exc, ModelError))
             return None
         self.current = Loaded(engine, seen, _now_ms())
         self.error = None

@@ -291,3 +291,16 @@ def test_a_state_returned_by_a_merge_loop_is_taken_back_where_its_leaving_took_i
     state, _ = eng.apply_account("m", "acme", state, back)
     assert state.members == {"L1": [20, T0 + 20, 3]}
     assert visitor.revision == 3 and not state.update(joined)
+
+
+def test_a_lead_beyond_the_member_bound_counts_as_the_bound() -> None:
+    # 1,001 events of the largest points a model may give: a score beyond 10^12, which member
+    # updates cannot carry (the account stage refused the engine's own update as malformed).
+    run = Run(engine('[[rules]]\nname = "p"\nevent = "p"\npoints = 1e9\n[accounts]\nbase = "quiet"\nladder = [{ level = "engaged", at = 50 }]\n'))
+    run.apply(*(ev("p", i, account_id="acme") for i in range(1001)))
+    assert run.score() > accounts.MAX_MEMBER_POINTS
+    update = run.account_updates[-1]
+    assert update.score == accounts.MAX_MEMBER_POINTS
+    assert msgspec.json.decode(msgspec.json.encode(update), type=MemberScore) == update
+    state, _ = run.engine.apply_account("m", "acme", None, update)
+    assert AccountState.from_bytes(state.to_bytes()).members == {"L1": [1e12, T0 + 1000, update.revision]}

@@ -67,6 +67,20 @@ def test_an_edit_that_does_not_load_is_reported_and_the_models_stay(tmp_path: Pa
     assert (rule_points(directory), directory.error, metrics.MODELS_BROKEN._value.get()) == ([("a", 6)], None, 0)
 
 
+def test_a_loader_bug_is_reported_as_an_edit_that_does_not_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    save(tmp_path, "a.toml", MODEL.format(name="a", points=5))
+    directory = ModelDirectory(tmp_path)
+
+    def broken(path: Path) -> None:
+        raise IndexError("list index out of range")
+
+    monkeypatch.setattr("streams.model_reload.Engine.from_directory", broken)
+    save(tmp_path, "a.toml", MODEL.format(name="a", points=6))
+    assert directory.poll() is None  # not raised out of the worker's reload task
+    assert directory.error == "IndexError('list index out of range') while loading the models (a bug: please report it)"
+    assert rule_points(directory) == [("a", 5)] and metrics.MODELS_BROKEN._value.get() == 1
+
+
 def test_a_directory_that_does_not_load_at_start_stops_the_worker(tmp_path: Path) -> None:
     save(tmp_path, "a.toml", MODEL.format(name="a", points="[1]"))
     with pytest.raises(ModelError, match="a.toml"):
