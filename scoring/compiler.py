@@ -254,16 +254,18 @@ class _Function:
             self.emit(depth, "after = wanted = behaviour + points if weight == 1.0 else behaviour + points * weight")
         else:
             self.emit(depth, "after = wanted = behaviour + points")
+        # Points are clipped only in the direction they move: a lead left above the ceiling or
+        # below the floor by an edit of them still takes points that move it back.
         if math.isfinite(rt.ceiling):
             ceiling = self.const(rt.ceiling)
             self.emit(
                 depth,
-                f"if after > {ceiling}:",
+                f"if after > {ceiling} and after > behaviour:",
                 f"    after = {ceiling} if behaviour < {ceiling} else behaviour",
-                f"elif after < {floor}:",
+                f"elif after < {floor} and after < behaviour:",
             )
         else:
-            self.emit(depth, f"if after < {floor}:")
+            self.emit(depth, f"if after < {floor} and after < behaviour:")
         self.emit(
             depth,
             f"    after = {floor} if behaviour > {floor} else behaviour",

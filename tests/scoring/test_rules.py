@@ -71,6 +71,12 @@ CONDITIONS = [
     ('properties.form = ["contact", true]', {"form": 1}, {}, False),
     ('properties.form = ["contact", true]', {"form": True}, {}, True),
     ('properties.form = ["contact", true]', {"form": "contact"}, {}, True),
+    ('properties.form = { in = [true, 1] }', {"form": 1}, {}, True),  # a set of the two held only true
+    ('properties.form = { in = [true, 1] }', {"form": True}, {}, True),
+    ("properties.form = [1, true, 1.0]", {"form": True}, {}, True),
+    ("properties.form = [1, true, 1.0]", {"form": 1.0}, {}, True),
+    ("properties.form = { not_in = [false, 0] }", {"form": 0}, {}, False),
+    ("properties.form = { not_in = [false, 0] }", {"form": False}, {}, False),
     ('properties.form = { not_in = [1, 2] }', {"form": True}, {}, True),
     ('properties.form = { not_in = [1, 2] }', {"form": 2.0}, {}, False),
 ]
@@ -106,6 +112,24 @@ def test_negative_points_take_away_but_not_below_the_floor() -> None:
     assert run.score() == 0
     run.apply(ev("demo", at=2))
     assert run.score() == 30
+
+
+def test_an_edited_ceiling_or_floor_clips_only_points_that_move_past_it() -> None:
+    rules = ('[[rules]]\nname = "demo"\nevent = "demo"\npoints = 50\n'
+             '[[rules]]\nname = "unsubscribe"\nevent = "unsubscribe"\npoints = -30\n')
+    run = Run(engine(rules, settings="max_points = 150\n")).apply(*(ev("demo", at=i) for i in range(3)))
+    run.engine = engine(rules, settings="max_points = 50\n")  # lowered below the lead's 150
+    run.apply(ev("unsubscribe", at=10))
+    assert run.state().behaviour == 120  # was 150: the -30 was clipped as if it went past the ceiling
+    run.apply(ev("demo", at=11))
+    assert run.state().behaviour == 120 and run.state().ledger["demo"][2] == 1  # capped: it would go further past
+
+    run = Run(engine(rules, settings="floor = -100\n")).apply(ev("unsubscribe"), ev("unsubscribe", at=1))
+    run.engine = engine(rules, settings="floor = 0\n")  # raised above the lead's -60
+    run.apply(ev("demo", at=10))
+    assert run.state().behaviour == -10  # was -60
+    run.apply(ev("unsubscribe", at=11))
+    assert run.state().behaviour == -10 and run.state().ledger["unsubscribe"][2] == 1
 
 
 def test_trait_conditions_use_the_traits_known_so_far() -> None:
