@@ -291,7 +291,7 @@ class ModelRuntime:
                 if value is None:
                     if kept.pop(key, None) is not None:
                         changed = True
-                elif kept.get(key) != value:
+                elif (old := kept.get(key)) != value or old.__class__ is not value.__class__:  # true is not 1
                     kept[key] = value
                     changed = True
         if changed:

@@ -134,7 +134,8 @@ def _operand(table: Table, op: str, value: Any, key: str | None = None) -> Any:
     if op in ("in", "not_in"):
         if not isinstance(value, list) or not value or not all(type(v) in _SCALAR_TYPES for v in value):
             raise table.error(key, "a non-empty list of texts, numbers or booleans", value)
-        return frozenset(value)
+        # Not a set: {True, 1} is {True} in Python, and a model's [true, 1] means both.
+        return tuple({(v.__class__ is bool, v): v for v in value}.values())
     if op in ("gt", "gte", "lt", "lte"):
         if not is_number(value):
             raise table.error(key, "a finite number", value)
@@ -229,7 +230,7 @@ _TEMPLATES = {
 def _expression(cond: Condition, var: str, constant: Callable[[Any], str]) -> str:
     op, operand, low = cond.op, cond.operand, f"l{var}"
     if op in ("eq", "ne", "in", "not_in"):
-        test = _equality(var, operand if op in ("in", "not_in") else frozenset((operand,)), constant)
+        test = _equality(var, operand if op in ("in", "not_in") else (operand,), constant)
         return test if op in ("eq", "in") else f"not {test}"
     if op == "exists":
         return f"{var} is {'not ' if operand else ''}None"
@@ -240,11 +241,12 @@ def _expression(cond: Condition, var: str, constant: Callable[[Any], str]) -> st
     return _TEMPLATES[op].format(v=var, low=low, dom=f"d{var}", c=constant(operand))
 
 
-def _equality(var: str, values: frozenset[Any], constant: Callable[[Any], str]) -> str:
-    """`var` equals one of `values` as JSON values do: true is not 1, nor false 0, although
-    Python's True == 1 (and a set holding 1 holds True); 1 and 1.0 are the same number."""
+def _equality(var: str, values: tuple[Any, ...], constant: Callable[[Any], str]) -> str:
+    """`var` equals one of `values` (no two equal as JSON values) as JSON values do: true is
+    not 1, nor false 0, although Python's True == 1 (and a set holding 1 holds True); 1 and 1.0
+    are the same number."""
     flags = frozenset(v for v in values if v.__class__ is bool)
-    others = values - flags if flags else values  # a set without booleans, which 1 and 0 would find
+    others = frozenset(v for v in values if v.__class__ is not bool)  # without booleans, which 1 and 0 would find
     numbers = any(v.__class__ is not str for v in others)
     if len(values) == 1:
         (value,) = values

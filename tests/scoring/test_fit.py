@@ -68,6 +68,15 @@ def test_traits_update_fit_and_a_null_forgets_one() -> None:
     assert "title" not in run.state("L1", "b2b").traits
 
 
+def test_a_trait_changed_from_1_to_true_is_changed() -> None:
+    # As in JSON, true is not 1: Python's 1 == True kept the 1, and the fit rule on true never held.
+    run = Run(engine('[[fit]]\nname = "vip"\npoints = 30\ntraits.vip = true\n'))
+    run.apply(ev("identify", traits={"vip": 1}), ev("identify", at=1, traits={"vip": True}))
+    assert run.state().traits["vip"] is True and run.state().fit == 30
+    run.apply(ev("identify", at=2, traits={"vip": 1}))
+    assert run.state().traits["vip"] == 1 and run.state().traits["vip"] is not True and run.state().fit == 0
+
+
 def test_traits_on_any_event_update_fit() -> None:
     run = Run(B2B).apply(ev("page_view", product="b2b", properties={"url": "https://acme.io/"}, traits={"email": "x@gmail.com"}))
     assert run.state("L1", "b2b").fit == -10
