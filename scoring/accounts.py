@@ -272,7 +272,7 @@ def parse_accounts(table: Table | None, default_scale: Scale) -> AccountRollup |
     ladder = parse_ladder(table)
     if table.has("zero_at") or table.has("hundred_at"):
         bounds: dict[str, Any] = {k: table.data[k] for k in ("zero_at", "hundred_at") if k in table.data}
-        scale = parse_scale(Table(table.file, table.where, bounds), default_scale.hundred_at)
+        scale = parse_scale(Table(table.file, table.where, bounds), default_scale.hundred_at, default_scale.zero_at)
     else:
         scale = default_scale
     return AccountRollup(combine, top_k, ladder, scale)

@@ -40,12 +40,12 @@ class Scale:
         return round(100 * min(max(ratio, 0.0), 1.0), 1)
 
 
-def parse_scale(table: Table | None, default_hundred_at: float) -> Scale:
-    """The 0-100 scale; a bound the table leaves out is its default (0, `default_hundred_at`)."""
+def parse_scale(table: Table | None, default_hundred_at: float, default_zero_at: float = 0) -> Scale:
+    """The 0-100 scale; a bound the table leaves out is its default."""
     if table is None:
-        return Scale(0, default_hundred_at)
+        return Scale(default_zero_at, default_hundred_at)
     table.check_keys(("zero_at", "hundred_at"))
-    zero_at = table.number("zero_at", 0)
+    zero_at = table.number("zero_at", default_zero_at)
     hundred_at = table.number("hundred_at", default_hundred_at)
     if hundred_at <= zero_at:
         if not table.has("hundred_at"):

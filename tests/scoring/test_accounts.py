@@ -135,6 +135,13 @@ def test_an_account_scale_takes_the_models_for_a_bound_it_leaves_out(bounds: str
     assert eng.account_summary("m", "acme", state)["normalized"] == normalized
 
 
+def test_an_account_scale_takes_the_models_zero_at_when_it_gives_only_hundred_at() -> None:
+    eng = engine(RULE + "[scale]\nzero_at = 10\nhundred_at = 110\n"
+                 + '[accounts]\nbase = "quiet"\nladder = [{ level = "engaged", at = 50 }]\nhundred_at = 210\n')
+    state, _ = eng.apply_account("m", "acme", None, MemberScore("m", "acme", "a", 50, T0))
+    assert eng.account_summary("m", "acme", state)["normalized"] == 20.0  # (50 - 10) / (210 - 10); was 0 to 210
+
+
 _SCORE = st.one_of(st.integers(-1000, 1000), st.floats(-1e6, 1e6, allow_nan=False).map(lambda x: round(x, 2)))
 
 
