@@ -33,6 +33,8 @@ MAX_FIELDS = 256
 MAX_TRAIT_SIZE = 4096
 #: Longest lead id, event id, account id or event type.
 MAX_ID_CHARS = 256
+#: Integer ids are taken as their decimal text, which must be as short as a text id.
+_INT_ID_BOUND = 10 ** (MAX_ID_CHARS - 1)
 #: Levels of objects and arrays one property or trait value may nest. No tracking plan needs
 #: more, and much deeper values cannot be handled at all: orjson writes at most 255 levels, and
 #: msgspec stops near 1,000 with Python's recursion limit (a RecursionError, not a DecodeError).
@@ -315,7 +317,8 @@ def parse_time_ms(value: Any) -> int | str:
     else:
         return f"field 'time' must be epoch milliseconds or an ISO-8601 text, got {_json_kind(value)}"
     if not MIN_TIME_MS <= ms < MAX_TIME_MS:
-        return f"field 'time' is {ms}, outside years 2000-2099 in epoch milliseconds (seconds sent as ms?)"
+        shown = ms if ms.bit_length() <= 64 else f"an integer of {ms.bit_length()} bits"  # str() refuses 4,300 digits
+        return f"field 'time' is {shown}, outside years 2000-2099 in epoch milliseconds (seconds sent as ms?)"
     return ms
 
 
@@ -408,7 +411,13 @@ def _identifier(d: dict[str, Any], key: str, required: bool) -> Any:
     if value is None:
         return _missing(d, key) if required else None
     if value.__class__ is int:
-        return str(value)
+        if -_INT_ID_BOUND < value < _INT_ID_BOUND:  # bounded before str(), which refuses 4,300 digits
+            return str(value)
+        return Rejection("bad_value", f"field '{key}' must be 1 to {MAX_ID_CHARS} characters, got an integer of more", d)
+    if value.__class__ is float and value.is_integer():  # JSON readers take an integer beyond 64 bits as one
+        return Rejection("wrong_type", f"field '{key}' must be a text or an integer, got a number written with a decimal point "
+                                       "or exponent, or an integer of more than 19 digits, which JSON readers take as one: send "
+                                       "such an id as a text", d)
     return _bad(d, key, value, "a text or an integer")
 
 

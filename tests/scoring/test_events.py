@@ -67,7 +67,9 @@ def test_identify_without_event_id_gets_one_from_its_time() -> None:
         (orjson.dumps({**GOOD, "time": 1.5e12}), "wrong_type", "time"),
         (orjson.dumps({**GOOD, "time": 1762128000000.0}), "wrong_type", "whole epoch milliseconds (an integer, no decimal point"),
         (orjson.dumps({**GOOD, "time": "1999-12-31T23:00:00Z"}), "bad_value", "'1999-12-31T23:00:00Z', outside years 2000-2099"),
-        (orjson.dumps({**GOOD, "lead_id": 42.0}), "wrong_type", "'lead_id' must be a text or an integer, got a number"),
+        (orjson.dumps({**GOOD, "lead_id": 42.0}), "wrong_type", "'lead_id' must be a text or an integer, got a number written with a decimal"),
+        (orjson.dumps({**GOOD, "lead_id": 42.5}), "wrong_type", "'lead_id' must be a text or an integer, got a number"),
+        (orjson.dumps({**GOOD})[:-1] + b',"event_id":1' + b"0" * 30 + b"}", "wrong_type", "or an integer of more than 19 digits"),
         (orjson.dumps({**GOOD, "time": True}), "wrong_type", "time"),
         (orjson.dumps({**GOOD, "event_id": "a\nb"}), "bad_value", "event_id"),
         (orjson.dumps({**GOOD, "properties": [1]}), "wrong_type", "properties"),
@@ -167,6 +169,20 @@ def test_a_parsed_trait_holding_an_integer_beyond_64_bits_is_refused_as_the_stat
     assert isinstance(rejection, Rejection) and rejection.reason == "too_large"
     assert rejection.detail.startswith("traits.employees holds an integer beyond 64 bits")
     assert isinstance(parse_event({**GOOD, "traits": {"employees": [2**64 - 1, -(2**63)]}, "properties": {"n": 2**70}}), Event)
+
+
+@pytest.mark.parametrize(
+    ("change", "detail"),
+    [
+        ({"event_id": 10**300}, "field 'event_id' must be 1 to 256 characters"),  # was taken as 301 characters
+        ({"lead_id": -(10**5000)}, "field 'lead_id' must be 1 to 256 characters"),  # str() raised ValueError
+        ({"time": 10**5000}, "field 'time' is an integer of 16610 bits, outside years 2000-2099"),  # the message raised
+    ],
+)
+def test_a_parsed_integer_too_long_for_an_id_or_time_is_refused_not_raised(change: dict, detail: str) -> None:
+    rejection = parse_event({**GOOD, **change})
+    assert isinstance(rejection, Rejection) and rejection.reason == "bad_value" and rejection.detail.startswith(detail)
+    assert parse_event({**GOOD, "event_id": -(10**255) + 1}).event_id == str(-(10**255) + 1)  # type: ignore[union-attr]
 
 
 def _nested(levels: int) -> bytes:
