@@ -17,7 +17,10 @@ scores, then the rule's ceiling (`max_points`) clips. Refused occurrences count 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
+
+import msgspec
 
 from scoring.config import Table
 from scoring.state import KEY_CHARS, LeadState, kept_key
@@ -140,7 +143,7 @@ def drop_closed(counts: list[int], first_open: int) -> list[int]:
 
 def seen_before(state: LeadState, rule_name: str, value: Any) -> bool:
     """Records `value` for the rule; True when it had been recorded already (a repeat)."""
-    key = value if value.__class__ is str else str(value)
+    key = value if value.__class__ is str else _value_key(value)
     seen = state.seen.get(rule_name)
     if len(key) > KEY_CHARS or not key.isascii():  # kept as its digest, as event ids are
         if seen is not None and key in seen:  # kept whole by an earlier version
@@ -156,3 +159,18 @@ def seen_before(state: LeadState, rule_name: str, value: Any) -> bool:
         # Forget the oldest half at once, so trimming costs once per ONCE_PER_MEMORY new keys.
         state.seen[rule_name] = dict.fromkeys(list(seen)[ONCE_PER_MEMORY:])
     return False
+
+
+_encode_sorted = partial(msgspec.json.encode, order="sorted")
+
+
+def _value_key(value: Any) -> str:
+    """The key of a `once_per` value that is not a text: the digest of its JSON, marked so that
+    the number 7 is not the text "7", with 1.0 and 1 one number as conditions compare them."""
+    if value.__class__ is float and value.is_integer():
+        value = int(value)
+    try:
+        text = hex(value) if value.__class__ is int else _encode_sorted(value).decode()  # hex: str() refuses 4,300 digits
+    except ValueError:  # an integer of over 4,300 digits inside an array or object: no key tells such values apart
+        text = "unwritable"
+    return kept_key("json:" + text)

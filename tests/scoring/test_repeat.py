@@ -65,6 +65,15 @@ def test_long_once_per_values_are_kept_as_digests_so_the_state_stays_small() -> 
     assert len(run.state().to_bytes()) < 20_000
 
 
+def test_once_per_values_are_told_apart_as_json_values() -> None:
+    # Keyed by str(value), the number 7 and the text "7" were one value, and 1 and 1.0 two.
+    rule = '[[rules]]\nname = "open"\nevent = "email_open"\npoints = 1\nonce_per = "properties.email_id"\n'
+    values = [7, "7", 1, 1.0, True, "True", [1, {"b": 1, "a": 2}], [1, {"a": 2, "b": 1}], 10**5000, 10**5000, [10**5000]]
+    run = Run(engine(rule)).apply(*(ev("email_open", at=i, properties={"email_id": v}) for i, v in enumerate(values)))
+    assert run.score() == 8  # 7, "7", 1, true, "True", the array (keys in any order), 10**5000 and [10**5000]
+    assert all(key == "7" or key == "True" or (key.startswith("#") and len(key) == 33) for key in run.state().seen["open"])
+
+
 def test_once_per_values_beyond_ascii_are_kept_as_digests_and_whole_ones_of_earlier_states_still_found() -> None:
     rule = '[[rules]]\nname = "open"\nevent = "email_open"\npoints = 1\nonce_per = "properties.email_id"\n'
     mail = "\U0001f4e7" * 64  # 64 characters, 256 bytes in UTF-8
