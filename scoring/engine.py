@@ -83,7 +83,7 @@ class ModelRuntime:
         "model", "name", "appliers", "apply_other", "fit_match", "ladder", "lateness_ms", "floor", "ceiling",
         "remember", "history", "keep_traits", "steps", "half_life", "windows", "level_index", "up", "down",
         "empty_fit", "empty_found", "first_level", "first_idle_ms", "history_keep", "history_trim", "level_names", "fit_keys", "fit_domain_keys", "classify", "_fit_memo", "labels_memo",
-        "known_types",
+        "known_types", "limits",
     )  # fmt: skip
 
     def __init__(self, model: Model) -> None:
@@ -117,6 +117,8 @@ class ModelRuntime:
         self.empty_fit = self.empty_found[1]
         self.first_level = self.ladder.names[self.ladder.level_after(0, max(self.empty_fit, self.floor))]
         self.ceiling = float("inf") if model.max_points is None else model.max_points
+        #: rule name -> its max_points, for the rules that have one
+        self.limits = {rule.name: rule.max_points for rule in model.rules if rule.max_points is not None}
         self.remember = model.remember_events
         self.history = model.history
         # The flat history list (LeadState.history) is trimmed to its last `history` changes

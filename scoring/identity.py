@@ -6,8 +6,9 @@ like any duplicate (within the same bound, see scoring/state.py).
 The source's remembered event ids join the target's, so an event already scored on the
 anonymous profile and delivered again under the known lead never scores twice.
 
-What is combined: behaviour points (then clamped to the model's floor and ceiling, at the merge
-time for half-life models), per-rule ledgers, `once_per` logs, event ids, traits (the known
+What is combined: behaviour points (at the merge time for half-life models) and per-rule ledgers,
+each rule within its max_points and the sum within the model's floor and ceiling (what these
+clip is taken off the visitor's rules and counted as capped, so explanations still add up), `once_per` logs, event ids, traits (the known
 lead's win, even one it forgot, the visitor's fill gaps; fit is recomputed from them), the
 account, the latest activity and watermark. Window counters (caps and bonuses) the target
 already has are kept and the visitor's others are added; for a window both have, the target's
@@ -55,13 +56,16 @@ def merge(
         runtime.half_life.bring_to(state, time_ms)
         source = source.copy()
         runtime.half_life.bring_to(source, time_ms)
-    behaviour_before = state.behaviour
-    state.behaviour = max(runtime.floor, min(runtime.ceiling, state.behaviour + source.behaviour))
-    state.record(time_ms, state.behaviour - behaviour_before, f"merged from anonymous visitor {source_lead_id}", runtime.history)
+    before = state.behaviour
+    # The visitor's points as the merged ledgers hold them (each rule within its max_points),
+    # and its decay; the model's ceiling and floor then clip what the merge adds, taken off the
+    # visitor's rules so that an explanation's rows still add up to the behaviour.
+    added = _merge_ledgers(runtime.limits, state, source)
+    wanted = before + sum(added.values()) + source.behaviour - sum(entry[0] for entry in source.ledger.values())
+    state.behaviour = _bounded(before, wanted, runtime.floor, runtime.ceiling)
+    _take_off(state, added, wanted - state.behaviour)
+    state.record(time_ms, state.behaviour - before, f"merged from anonymous visitor {source_lead_id}", runtime.history)
 
-    for rule, entry in source.ledger.items():
-        mine = state.ledger.get(rule)
-        state.ledger[rule] = list(entry) if mine is None else [a + b for a, b in zip(mine, entry)]
     for rule, values in source.seen.items():
         state.seen[rule] = {**state.seen.get(rule, {}), **values}
     for key, counters in source.windows.items():
@@ -83,3 +87,47 @@ def merge(
 
     runtime._settle(state, level, lead_id, time_ms, out)
     return state, out
+
+
+def _bounded(before: float, after: float, low: float, high: float) -> float:
+    """`after` within `low` and `high`, clipped only in the direction it moved from `before`
+    (a value an edit of the bounds left beyond them may move back), as rule points are."""
+    if after > high and after > before:
+        return max(high, before)
+    if after < low and after < before:
+        return min(low, before)
+    return after
+
+
+def _merge_ledgers(limits: dict[str, float], state: LeadState, source: LeadState) -> dict[str, float]:
+    """Adds the source's ledger entries to the state's, each rule's points kept within its
+    max_points (`limits`); returns the points each rule added."""
+    added: dict[str, float] = {}
+    for rule, entry in source.ledger.items():
+        mine = state.ledger.get(rule)
+        merged = list(entry) if mine is None else [a + b for a, b in zip(mine, entry)]
+        limit = limits.get(rule)
+        if limit is not None:
+            had = 0 if mine is None else mine[0]
+            bounded = _bounded(had, merged[0], -limit, limit)
+            if bounded != merged[0]:
+                merged[0] = bounded
+                merged[2] += 1  # capped
+        state.ledger[rule] = merged
+        added[rule] = merged[0] - (0 if mine is None else mine[0])
+    return added
+
+
+def _take_off(state: LeadState, added: dict[str, float], clipped: float) -> None:
+    """Takes `clipped` points (what the model's bounds did not let the merge add) off the rules
+    that added points of its sign, in name order, each counted as capped."""
+    for rule in sorted(added):
+        if not clipped:
+            return
+        points = added[rule]
+        if points * clipped > 0:
+            taken = points if abs(points) <= abs(clipped) else clipped
+            entry = state.ledger[rule]
+            entry[0] -= taken
+            entry[2] += 1
+            clipped -= taken

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from scoring import Engine, LeadState
+from scoring import Engine, LeadState, parse_model
 from scoring.identity import merge
 from streams.settings import PROJECT_ROOT
 
@@ -88,3 +88,23 @@ def test_merging_into_a_new_lead_starts_from_the_visitors_state() -> None:
     states = scored(page("anon:a", 1, "https://acme.io/case-studies/x"))
     merged, crossings = merge(ENGINE, "b2b", "u", None, states["anon:a"], "anon:a", T + 1_000)
     assert score("u", merged) == 4 and crossings == []
+
+
+def test_a_merge_keeps_each_rule_and_the_model_within_max_points_and_the_rows_adding_up() -> None:
+    # The ledgers were added in full: a rule of max_points 10 held 20 after a merge, and points
+    # the model's max_points clipped showed in explanations as a decay the model does not have.
+    text = ('[model]\nname = "m"\nmax_points = 100\n'
+            '[[rules]]\nname = "click"\nevent = "click"\npoints = 5\nmax_points = 10\n'
+            '[[rules]]\nname = "demo"\nevent = "demo"\npoints = 30\n'
+            '[thresholds]\nbase = "cold"\nladder = [{ level = "mql", at = 200 }]\n')
+    engine = Engine([parse_model(text, "m.toml")])
+    events = [{"event_id": f"{lead}-{kind}-{n}", "lead_id": lead, "type": kind, "time": T + n}
+              for lead in ("u", "anon:a") for kind, count in (("click", 3), ("demo", 2)) for n in range(count)]
+    states = {lead: state for (_, lead), state in engine.apply_batch([engine.parse(e) for e in events], lambda m, l: None).states.items()}
+    assert states["u"].behaviour == 70 and states["anon:a"].behaviour == 70
+    merged, _ = merge(engine, "m", "u", states["u"], states["anon:a"], "anon:a", T + 10)
+    explained = engine.explain("m", "u", merged, T + 10)
+    rows = {row["rule"]: (row["points"], row["capped"]) for row in explained["rules"]}
+    assert merged.behaviour == 100
+    assert rows == {"click": (10, 3), "demo": (90, 1)}  # click: 10 more clipped by its own max; demo: 30 by the model's
+    assert sum(points for points, _ in rows.values()) == merged.behaviour and explained["decayed"] == 0
