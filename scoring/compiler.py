@@ -87,6 +87,13 @@ class _Function:
                 f"    level = rt._step_decay(state, time_ms, {' or '.join(positive) or 'False'}, level, event.lead_id, out)",
                 "    outcome = CHANGED",
             )
+            if positive:  # an activity that arrived late, within the idle period before the last activity
+                self.emit(
+                    1,
+                    f"elif state.earlier_steps and time_ms > state.earlier_activity_ms and ({' or '.join(positive)}):",
+                    "    level = rt._give_back(state, time_ms, level, event.lead_id, out, True)",
+                    "    outcome = CHANGED",
+                )
         elif self.half_life:
             self.emit(
                 1,
@@ -167,10 +174,11 @@ class _Function:
             depth,
             "state.behaviour = behaviour",
             "if active and time_ms > state.last_activity_ms:",
+            "    if state.steps_taken:  # the idle period ends; an activity arriving late may still fall in it",
+            "        state.earlier_activity_ms, state.earlier_steps = state.last_activity_ms, state.steps_taken",
+            "        state.steps_taken = ()",
             "    state.last_activity_ms = time_ms",
             "    outcome = CHANGED",
-            "    if state.steps_taken:",
-            "        state.steps_taken = ()",
         )
 
     def _rule(self, depth: int, m: str, rule: Rule) -> None:

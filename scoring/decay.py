@@ -7,6 +7,8 @@ Decay is a function of timestamps, never of when it is evaluated:
   to a time applies the steps due by then that are not taken yet; an activity that turns out
   to precede a step already taken (it arrived late) gives that step's points back, since the
   lead was not idle that long. So evaluating at day 31, 45 and 95 or only at day 95 is the same.
+  That holds across a later activity too: the idle period before the last activity keeps its
+  steps (`LeadState.earlier_steps`) while an activity within the lateness may still fall in it.
 - Half-life: behaviour points are valued at `as_of_ms` and multiplied by 2^(-elapsed/half-life)
   when brought forward; a late event's points are discounted by the time they are behind, so
   the value at any time is the exact sum of each event's decayed points (up to float rounding).
@@ -55,17 +57,32 @@ class StepDecay:
             state.revision += 1  # a step is a change of its own, whether a sweep or an event took it
             yield due, points
 
-    def give_back(self, state: LeadState, activity_ms: int) -> Iterator[float]:
-        """Returns the points of steps taken that were due after `activity_ms`, newest first.
+    def give_back(self, state: LeadState, activity_ms: int, earlier: bool = False) -> float:
+        """Gives back the steps taken since the last activity (`earlier`: in the idle period
+        before it) that were due after `activity_ms`, an activity that arrived late; returns
+        their points.
 
         A lead may have taken more steps than an edited schedule has: those count as due when
         the schedule's last step is, the latest time it knows."""
-        last = len(self.steps) - 1
-        while state.steps_taken and state.last_activity_ms + self.steps[min(len(state.steps_taken) - 1, last)].idle_ms > activity_ms:
-            points = state.steps_taken[-1]
-            state.steps_taken = state.steps_taken[:-1]
-            state.behaviour -= points
-            yield -points
+        since, taken = (state.earlier_activity_ms, state.earlier_steps) if earlier else (state.last_activity_ms, state.steps_taken)
+        last, kept = len(self.steps) - 1, len(taken)
+        while kept and since + self.steps[min(kept - 1, last)].idle_ms > activity_ms:
+            kept -= 1
+        if kept == len(taken):
+            return 0
+        given = -sum(taken[kept:])
+        state.behaviour += given
+        if earlier:
+            state.earlier_steps = taken[:kept]
+        else:
+            state.steps_taken = taken[:kept]
+        return given
+
+    def earlier_settled(self, state: LeadState, cutoff_ms: int) -> bool:
+        """Whether no activity from `cutoff_ms` on can give back a step of the earlier idle
+        period: each was due by then."""
+        taken = len(state.earlier_steps)
+        return state.earlier_activity_ms + self.steps[min(taken, len(self.steps)) - 1].idle_ms <= cutoff_ms
 
 
 @dataclass(frozen=True, slots=True)

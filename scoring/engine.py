@@ -204,15 +204,22 @@ class ModelRuntime:
         steps = self.steps
         assert steps is not None
         if state.steps_taken and activity:
-            given = sum(steps.give_back(state, time_ms))
-            if given:
-                state.record(time_ms, given, "decay given back (activity arrived late)", self.history)
-                level = self._settle(state, level, lead_id, time_ms, out)
+            level = self._give_back(state, time_ms, level, lead_id, out)
         due = steps.due_ms(state)
         if due is not None and due <= time_ms:
             for due_ms, points in steps.take(state, time_ms, self.floor):
                 state.record(due_ms, points, "decay", self.history)
                 level = self._settle(state, level, lead_id, due_ms, out)
+        return level
+
+    def _give_back(self, state: LeadState, time_ms: int, level: int, lead_id: str, out: list[Transition], earlier: bool = False) -> int:
+        """Gives back the steps an activity at `time_ms` that arrived late shows were not due
+        (`earlier`: of the idle period before the last activity); returns the level."""
+        assert self.steps is not None
+        given = self.steps.give_back(state, time_ms, earlier)
+        if given:
+            state.record(time_ms, given, "decay given back (activity arrived late)", self.history)
+            level = self._settle(state, level, lead_id, time_ms, out)
         return level
 
     def decay(self, state: LeadState, lead_id: str, now_ms: int, out: list[Transition]) -> None:
@@ -305,6 +312,8 @@ class ModelRuntime:
         cutoff = state.watermark_ms - self.lateness_ms
         if (state.ids and state.ids_max_ms < cutoff) or (state.old_ids and state.old_ids_max_ms < cutoff):
             state.forget_events_before(cutoff)
+        if state.earlier_steps and (self.steps is None or self.steps.earlier_settled(state, cutoff)):
+            state.earlier_activity_ms, state.earlier_steps = 0, ()
         drop_ms = state.windows_drop_ms
         if drop_ms:
             if cutoff < drop_ms:  # no counter's window has closed yet

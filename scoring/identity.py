@@ -82,6 +82,7 @@ def merge(
     if source.last_activity_ms > state.last_activity_ms:
         state.last_activity_ms = source.last_activity_ms
         state.steps_taken = source.steps_taken
+        state.earlier_activity_ms, state.earlier_steps = source.earlier_activity_ms, source.earlier_steps
     state.watermark_ms = max(state.watermark_ms, source.watermark_ms)
     state.revision = max(state.revision, source.revision) + 1
 

@@ -30,8 +30,8 @@ Bounds (what keeps a state small however active the lead):
 - window counters: only windows that can still receive an event within the lateness.
 
 States written by earlier versions are still read: JSON arrays (layouts 1 and 2), MessagePack
-without trait times (layout 3; its traits then give way to any update, as they did) and without
-the revision (layout 4; revision 0).
+without trait times (layout 3; its traits then give way to any update, as they did), without
+the revision (layout 4; revision 0) and without the earlier idle period (layout 5; none).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ from scoring.errors import StateError
 SEPARATOR = "\x7f"
 
 _VERSION = 1  # accounts
-_LEAD_VERSION = 5  # MessagePack (4: without the revision, 3: nor trait times); 1 and 2 were JSON arrays
+_LEAD_VERSION = 6  # MessagePack (5: without the earlier idle period, 4: nor the revision, 3: nor trait times); 1 and 2 JSON
 
 #: A finite number: NaN or an infinity in a stored state would make every comparison of the
 #: lead's score false, and it never crossed a line again.
@@ -69,9 +69,15 @@ _Layout = tuple[
     list[str], int, list[str], int,  # ids, ids_max_ms, old_ids, old_ids_max_ms
     list[Union[int, float, str]], int,  # history, windows_drop_ms
     dict[str, int], int,  # trait_times, revision
+    int, tuple[_Number, ...],  # earlier_activity_ms, earlier_steps
 ]  # fmt: skip
-#: Layouts 4 and 3, which earlier versions wrote: the same without the revision, and without
-#: trait_times too.
+#: Layouts 5, 4 and 3, which earlier versions wrote: the same without the earlier idle period,
+#: without the revision too, and without trait_times too.
+_Layout5 = tuple[
+    int, _Number, _Number, int, int, tuple[_Number, ...], int, str, int, dict[str, Any], Union[str, None],
+    dict[str, _Entry], dict[str, _Counts], dict[str, dict[str, None]], list[str], int, list[str], int,
+    list[Union[int, float, str]], int, dict[str, int], int,
+]  # fmt: skip
 _Layout4 = tuple[
     int, _Number, _Number, int, int, tuple[_Number, ...], int, str, int, dict[str, Any], Union[str, None],
     dict[str, _Entry], dict[str, _Counts], dict[str, dict[str, None]], list[str], int, list[str], int,
@@ -86,8 +92,9 @@ _encode = msgspec.msgpack.Encoder().encode
 _decode_layout = msgspec.msgpack.Decoder(_Layout).decode
 #: An earlier layout's decoder, and the values it lacks: (version, decode, missing values).
 _EARLIER_LAYOUTS: tuple[tuple[int, Callable[[Any], tuple[Any, ...]], tuple[Any, ...]], ...] = (
-    (4, msgspec.msgpack.Decoder(_Layout4).decode, (0,)),
-    (3, msgspec.msgpack.Decoder(_Layout3).decode, ({}, 0)),  # no trait times known
+    (5, msgspec.msgpack.Decoder(_Layout5).decode, (0, ())),
+    (4, msgspec.msgpack.Decoder(_Layout4).decode, (0, 0, ())),
+    (3, msgspec.msgpack.Decoder(_Layout3).decode, ({}, 0, 0, ())),  # no trait times known
 )
 
 #: The old id generation of a state that has none (never mutated: generations are swapped).
@@ -158,6 +165,8 @@ class LeadState:
         "windows_drop_ms",
         "trait_times",
         "revision",
+        "earlier_activity_ms",
+        "earlier_steps",
         "fit_found",
     )
 
@@ -203,6 +212,11 @@ class LeadState:
     #: takes a batch of updates again after a restart then knows which it has. Not compared by
     #: `__eq__`: a half-life decay counts once per sweep that changed the score.
     revision: int
+    #: Step decay: the idle period before the last activity, while a step it took may still be
+    #: given back: its activity time and the points its steps took. An activity arriving late
+    #: within it shows the lead was not idle that long (0 and (): none).
+    earlier_activity_ms: int
+    earlier_steps: tuple[float, ...]
     #: Derived, not stored: the fit rules the traits meet, their points and reason items, as
     #: `ModelRuntime.fit_of` found them; None until asked. Code that changes `traits` resets it.
     fit_found: tuple[Any, ...] | None
@@ -215,8 +229,8 @@ class LeadState:
             state.watermark_ms, state.level, state.crossings, state.traits, state.account_id,
             state.ledger, state.windows, state.seen, state.ids, state.ids_max_ms,
             state.old_ids, state.old_ids_max_ms, state.history, state.windows_drop_ms, state.trait_times, state.revision,
-            state.fit_found,
-        ) = (0, fit, 0, 0, (), 0, level, 0, {}, None, {}, {}, {}, {}, 0, NO_IDS, 0, [], 0, {}, 0, None)  # fmt: skip
+            state.earlier_activity_ms, state.earlier_steps, state.fit_found,
+        ) = (0, fit, 0, 0, (), 0, level, 0, {}, None, {}, {}, {}, {}, 0, NO_IDS, 0, [], 0, {}, 0, 0, (), None)  # fmt: skip
         return state
 
     def to_bytes(self) -> bytes:
@@ -225,7 +239,8 @@ class LeadState:
                 _LEAD_VERSION, self.behaviour, self.fit, self.as_of_ms, self.last_activity_ms, self.steps_taken,
                 self.watermark_ms, self.level, self.crossings, self.traits, self.account_id, self.ledger,
                 self.windows, self.seen, tuple(self.ids), self.ids_max_ms, tuple(self.old_ids), self.old_ids_max_ms,
-                self.history, self.windows_drop_ms, self.trait_times, self.revision,
+                self.history, self.windows_drop_ms, self.trait_times, self.revision, self.earlier_activity_ms,
+                self.earlier_steps,
             )
         )  # fmt: skip
 
@@ -248,7 +263,8 @@ class LeadState:
             _, state.behaviour, state.fit, state.as_of_ms, state.last_activity_ms, state.steps_taken,
             state.watermark_ms, state.level, state.crossings, state.traits, state.account_id, state.ledger,
             state.windows, state.seen, ids, state.ids_max_ms, old_ids, state.old_ids_max_ms,
-            state.history, state.windows_drop_ms, state.trait_times, state.revision,
+            state.history, state.windows_drop_ms, state.trait_times, state.revision, state.earlier_activity_ms,
+            state.earlier_steps,
         ) = values  # fmt: skip
         state.ids = dict.fromkeys(ids)
         state.old_ids = dict.fromkeys(old_ids) if old_ids else NO_IDS
@@ -280,6 +296,8 @@ class LeadState:
             "old_ids_max_ms": self.old_ids_max_ms,
             "history": list(self.history),
             "trait_times": dict(self.trait_times),
+            "earlier_activity_ms": self.earlier_activity_ms,
+            "earlier_steps": list(self.earlier_steps),
         }
 
     def __eq__(self, other: object) -> bool:

@@ -59,6 +59,20 @@ def test_activity_that_arrives_after_a_step_it_precedes_gives_the_step_back() ->
     assert run.levels()[-1] == ("mql", "sql")
 
 
+def test_late_activity_before_the_last_one_gives_back_the_steps_of_its_idle_period() -> None:
+    # Day 0, then day 30 minus an hour (arriving last), then day 30.5: the lead was never idle
+    # 30 days. The step taken at day 30 stayed taken: the day-30.5 activity had closed its period.
+    run = Run(engine(STEPS)).apply(ev("visit"), ev("visit", at=30 * DAY + 12 * HOUR))
+    assert run.state().behaviour == 80 - 15 and run.state().earlier_steps == (-15,)
+    run.apply(ev("small", at=30 * DAY - HOUR))
+    assert run.state().behaviour == 80 + 1 and run.state().earlier_steps == ()
+    assert run.state().changes(2)[0] == (T0 + 30 * DAY - HOUR, 15, "decay given back (activity arrived late)")
+    # Once no event within the lateness can fall in the period, it is forgotten.
+    run = Run(engine(STEPS)).apply(ev("visit"), ev("visit", at=30 * DAY + 12 * HOUR))
+    run.apply(ev("spam", at=31 * DAY))  # the lateness is 1 day: the step, due at day 30, is settled
+    assert (run.state().earlier_activity_ms, run.state().earlier_steps) == (0, ())
+
+
 def test_late_activity_gives_back_steps_an_edited_schedule_no_longer_has() -> None:
     run = Run(engine(STEPS)).apply(ev("visit"), ev("visit"))
     state, _ = run.engine.decay("m", "L1", run.state(), T0 + 95 * DAY)

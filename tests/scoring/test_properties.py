@@ -152,6 +152,42 @@ def test_decay_is_idempotent_and_exact_whenever_evaluated(events: list[dict[str,
         assert [t.to_dict() for t in direct_crossings] == [t.to_dict() for t in crossings]
 
 
+ORDERED = engine(
+    '[[rules]]\nname = "visit"\nevent = "visit"\npoints = 10\n[[rules]]\nname = "bad"\nevent = "bad"\npoints = -4\n'
+    '[decay]\nsteps = [{ idle = "10d", points = -5 }, { idle = "20d", points = -6 }, { idle = "30d", points = -7 }]\n',
+    lateness="9d", settings="floor = -1000\n",
+)
+
+
+@settings(FAST, max_examples=150)
+@given(st.lists(st.tuples(st.sampled_from(["visit", "visit", "bad"]), st.integers(-9 * 24, 40 * 24)), min_size=1, max_size=12),
+       st.dictionaries(st.integers(0, 11), st.integers(0, 24 * 40)))
+def test_step_decay_does_not_depend_on_arrival_order_within_the_lateness(steps: list[tuple[str, int]], sweeps: dict[int, int]) -> None:
+    """Events arriving in any order within the lateness (shorter than the first idle step), with
+    decay sweeps between them, end as in time order: a late activity gives back the steps it
+    shows were not due, also in the idle period before the lead's last activity."""
+    events, newest = [], 0  # in arrival order, each at most the lateness before the newest so far
+    for kind, offset in steps:
+        events.append((kind, max(0, newest + offset)))
+        newest = max(newest, events[-1][1])
+
+    def final(arrival: list[int], sweep_after: dict[int, int]) -> LeadState:
+        run, newest = Run(ORDERED), 0
+        for i in arrival:
+            kind, hour = events[i]
+            run.apply(ev(kind, at=hour * HOUR, event_id=f"e{i}"))
+            newest = max(newest, hour)
+            if i in sweep_after:
+                state, _ = ORDERED.decay("m", "L1", run.state(), T0 + (newest + sweep_after[i]) * HOUR)
+                run.store[("m", "L1")] = state.to_bytes()
+        state, _ = ORDERED.decay("m", "L1", run.state(), T0 + (newest + 24 * 100) * HOUR)
+        return state
+
+    in_time = final(sorted(range(len(events)), key=lambda i: (events[i][1], i)), {})
+    arrived = final(list(range(len(events))), sweeps)
+    assert abs(in_time.behaviour - arrived.behaviour) < 1e-9 and in_time.level == arrived.level
+
+
 LADDER = engine('[[rules]]\nname = "up"\nevent = "up"\npoints = 3\n[[rules]]\nname = "down"\nevent = "down"\npoints = -2\n')
 
 

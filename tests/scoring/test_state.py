@@ -150,6 +150,7 @@ def lead_states(draw: st.DrawFn) -> LeadState:
     state.windows_drop_ms = draw(_MS)
     state.trait_times = draw(st.dictionaries(_TEXT, _MS, max_size=4))
     state.revision = draw(st.integers(0, 2**40))
+    state.earlier_activity_ms, state.earlier_steps = draw(_MS), tuple(draw(st.lists(_NUMBER, max_size=3)))
     return state
 
 
@@ -167,22 +168,34 @@ def test_state_bytes_round_trip_exactly(state: LeadState) -> None:
 @settings(max_examples=100, deadline=None)
 @given(lead_states())
 def test_states_of_layout_3_are_still_read_without_trait_times(state: LeadState) -> None:
-    """Layout 3, before trait times: the same MessagePack array without its last two fields
-    (trait times and the revision)."""
-    raw = msgspec.msgpack.encode((3, *msgspec.msgpack.decode(state.to_bytes())[1:-2]))
+    """Layout 3, before trait times: the same MessagePack array without its last four fields
+    (trait times, the revision and the earlier idle period)."""
+    raw = msgspec.msgpack.encode((3, *msgspec.msgpack.decode(state.to_bytes())[1:-4]))
     read = LeadState.from_bytes(raw)
-    assert read.trait_times == {} and read.revision == 0
-    read.trait_times = state.trait_times
+    assert read.trait_times == {} and read.revision == 0 and (read.earlier_activity_ms, read.earlier_steps) == (0, ())
+    read.trait_times, read.earlier_activity_ms, read.earlier_steps = state.trait_times, state.earlier_activity_ms, state.earlier_steps
     assert read == state
 
 
 @settings(max_examples=50, deadline=None)
 @given(lead_states())
 def test_states_of_layout_4_are_still_read_at_revision_0(state: LeadState) -> None:
-    """Layout 4, before the revision: the same MessagePack array without its last field."""
-    raw = msgspec.msgpack.encode((4, *msgspec.msgpack.decode(state.to_bytes())[1:-1]))
+    """Layout 4, before the revision: the same MessagePack array without its last three fields."""
+    raw = msgspec.msgpack.encode((4, *msgspec.msgpack.decode(state.to_bytes())[1:-3]))
     read = LeadState.from_bytes(raw)
-    assert read.revision == 0
+    assert read.revision == 0 and (read.earlier_activity_ms, read.earlier_steps) == (0, ())
+    read.earlier_activity_ms, read.earlier_steps = state.earlier_activity_ms, state.earlier_steps
+    assert read == state
+
+
+@settings(max_examples=50, deadline=None)
+@given(lead_states())
+def test_states_of_layout_5_are_still_read_without_an_earlier_idle_period(state: LeadState) -> None:
+    """Layout 5, before the earlier idle period: the same MessagePack array without its last two fields."""
+    raw = msgspec.msgpack.encode((5, *msgspec.msgpack.decode(state.to_bytes())[1:-2]))
+    read = LeadState.from_bytes(raw)
+    assert read.revision == state.revision and (read.earlier_activity_ms, read.earlier_steps) == (0, ())
+    read.earlier_activity_ms, read.earlier_steps = state.earlier_activity_ms, state.earlier_steps
     assert read == state
 
 
@@ -204,8 +217,8 @@ def test_states_of_the_json_layouts_are_still_read(state: LeadState, first: bool
     if not first:
         values.append(state.windows_drop_ms)
     read = LeadState.from_bytes(orjson.dumps(values))
-    assert read.trait_times == {}  # not in those layouts
-    read.trait_times = state.trait_times
+    assert read.trait_times == {} and read.earlier_steps == ()  # not in those layouts
+    read.trait_times, read.earlier_activity_ms, read.earlier_steps = state.trait_times, state.earlier_activity_ms, state.earlier_steps
     assert read == state
     assert read.windows_drop_ms == (0 if first else state.windows_drop_ms)  # 0: not known, the next compaction looks
 
