@@ -72,7 +72,10 @@ def parse_bands(table: Table | None, required_labels: tuple[str, ...] | None = N
         if band is None:
             raise table.error(label, "a band such as { min = 20, below = 40 }")
         band.check_keys(("min", "below"))
-        bands.append((band.number("min", float("-inf")), band.number("below", float("inf")), label, band))
+        low, high = band.number("min", float("-inf")), band.number("below", float("inf"))
+        if high <= low:  # no score would ever get the label
+            raise band.error("below", f"a number above min ({low:g})", high)
+        bands.append((low, high, label, band))
     bands.sort(key=lambda b: (b[0], b[1]))
     for (low, high, label, band), (next_low, _, next_label, _) in zip(bands, bands[1:]):
         if high > next_low:

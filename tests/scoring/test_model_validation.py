@@ -37,6 +37,8 @@ CASES = [
     (BASE + RULE + 'cap = { max = 1, window = "\u0663\u0660d" }\n', ["rule 'pricing'", "field 'cap.window'", "positive duration"]),
     (BASE + RULE + "properties.url = {}\n", ["rule 'pricing'", "field 'properties.url'", "at least one operator (eq, ne"]),
     (BASE + "[temperature]\n", ["b2b.toml", "[temperature]", "at least one band"]),
+    (BASE + '[temperature]\ncold = { below = 35 }\nwarm = { min = 35, below = 35 }\nhot = { min = 35 }\n',
+     ["[temperature]", "field 'warm.below'", "a number above min (35)", "got 35"]),
     (BASE + RULE + 'cap = { max = 1, window = "-1d" }\n', ["b2b.toml", "rule 'pricing'", "field 'cap.window'", "positive duration", "'-1d'"]),
     (BASE + RULE + 'cap = { max = 1, window = "0d" }\n', ["rule 'pricing'", "field 'cap.window'", "positive duration"]),
     (BASE + RULE + "cap = { max = 0, window = \"1d\" }\n", ["rule 'pricing'", "field 'cap.max'", "at least 1"]),
