@@ -15,9 +15,10 @@ Every call becomes one leadstream event:
   properties; page -> `page_view` with url, path, title, referrer, search and `time_on_page_s`
   (from the properties or `context.page`); screen -> `screen_view`;
 - identify -> `identify` with the traits (the call's, over `context.traits` where RudderStack
-  puts them), group -> `group` with the account id and its traits, alias -> `alias` with
-  `previous_id`: these three go to the profiles topic. The traits fit scoring reads get one flat
-  name each (`company_size`, `industry`, `country`) beside Segment's nested ones.
+  puts them), group -> `group` with the account id, alias -> `alias` with `previous_id`: these
+  three go to the profiles topic. The traits fit scoring reads get one flat name each
+  (`company_size`, `industry`, `country`) beside Segment's nested ones; of a group's traits,
+  which describe the account (its name, e-mail, phone), the lead gets only these.
 """
 
 from __future__ import annotations
@@ -48,6 +49,19 @@ _HASHABLE_NESTING = 253
 # Stands in for the content hash of a call without messageId while the scoring engine checks
 # the event (same shape, so the same checks): the hash is taken only of a call that passed.
 _PENDING_ID = "sha256:" + "0" * 32
+# Where Segment's reserved traits hold what fit rules read (scoring/models/*.toml:
+# `traits.company_size`, `traits.industry`, `traits.country`): a person's nest their company's,
+# a group's are the account's own (`employees`, Segment's name for a group's size).
+_PERSON_FIT: dict[str, tuple[tuple[str, ...], ...]] = {
+    "company_size": (("employees",), ("company", "employee_count")),
+    "industry": (("company", "industry"),),
+    "country": (("address", "country"),),
+}
+_ACCOUNT_FIT: dict[str, tuple[tuple[str, ...], ...]] = {
+    "company_size": (("company_size",), ("employees",), ("employee_count",)),
+    "industry": (("industry",),),
+    "country": (("country",), ("address", "country")),
+}
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _ONE_MS = timedelta(milliseconds=1)
 _CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
@@ -216,7 +230,12 @@ def _group(call: dict[str, Any], context: dict[str, Any], event: dict[str, Any])
     if group_id is None:
         raise rejected("missing_group_id", "a group call needs `groupId`, the id of the lead's account")
     event["account_id"] = group_id
-    event["traits"] = canonical_traits(_object(call, "traits"))
+    # A group's traits are its account's own (its name, e-mail, phone...): set as the lead's,
+    # they would replace the person's, and CRM sinks would then update the company's contact.
+    # Only the account's fit fields are the lead's too.
+    account = _lifted(_object(call, "traits"), _ACCOUNT_FIT)
+    if account:
+        event["traits"] = {**event.get("traits", {}), **account}
 
 
 def _alias(call: dict[str, Any], context: dict[str, Any], event: dict[str, Any]) -> None:
@@ -231,26 +250,29 @@ def _alias(call: dict[str, Any], context: dict[str, Any], event: dict[str, Any])
 
 
 def canonical_traits(traits: dict[str, Any]) -> dict[str, Any]:
-    """The traits as sent, plus those fit scoring reads under one flat name each.
+    """A person's traits as sent, plus those fit scoring reads under one flat name each.
 
-    Segment's reserved traits nest some of them (`company.employee_count`, `address.country`) or
-    name them differently for groups (`employees`); a flat name already sent is kept as it is.
+    Segment's reserved traits nest some of them (`company.employee_count`, `address.country`);
+    a flat name already sent is kept as it is.
     """
-    company = traits.get("company")
-    company = company if isinstance(company, dict) else {}
-    address = traits.get("address")
-    address = address if isinstance(address, dict) else {}
-    lifted = {
-        "company_size": (traits.get("employees"), company.get("employee_count")),
-        "industry": (company.get("industry"),),
-        "country": (address.get("country"),),
-    }
     out = dict(traits)
-    for name, candidates in lifted.items():
+    for name, value in _lifted(traits, _PERSON_FIT).items():
         if out.get(name) is None:
-            value = next((c for c in candidates if c is not None), None)
+            out[name] = value
+    return out
+
+
+def _lifted(traits: dict[str, Any], paths: dict[str, tuple[tuple[str, ...], ...]]) -> dict[str, Any]:
+    """Each flat name of `paths` with the value of its first path the traits hold (not null)."""
+    out: dict[str, Any] = {}
+    for name, candidates in paths.items():
+        for path in candidates:
+            value: Any = traits
+            for key in path:
+                value = value.get(key) if isinstance(value, dict) else None
             if value is not None:
                 out[name] = value
+                break
     return out
 
 

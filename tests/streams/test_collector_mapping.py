@@ -8,11 +8,14 @@ from typing import Any
 import orjson
 import pytest
 
+from scoring.engine import Engine
+from scoring.events import parse_message
 from streams.collector import load_sources
 from streams.errors import ConfigError, RequestRejected
 from streams.segment import Mapper, Source, canonical_traits, event_time_ms, snake_case
 
 RECEIVED = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+MODELS = Path(__file__).parents[2] / "scoring" / "models"
 SITE = Source("website")
 
 
@@ -124,13 +127,38 @@ def test_identify_is_a_profile_update_with_the_fit_traits_flattened() -> None:
     assert (event["traits"]["company_size"], event["traits"]["industry"], event["traits"]["country"]) == (250, "Software", "DE")
 
 
-def test_group_gives_the_account_id_and_account_traits() -> None:
-    profile, event = mapped(
-        {"type": "group", "userId": "u-1", "groupId": "acme", "traits": {"name": "Acme", "employees": 80, "industry": "Retail"}, "messageId": "m"}
-    )
+def test_group_gives_the_account_id_and_only_the_account_fit_traits() -> None:
+    account = {"name": "Acme", "email": "billing@acme.io", "phone": "+1 555 0100", "website": "acme.io",
+               "employees": 80, "industry": "Retail", "address": {"country": "US"}}  # fmt: skip
+    profile, event = mapped({"type": "group", "userId": "u-1", "groupId": "acme", "traits": account, "messageId": "m"})
     assert profile
     assert (event["type"], event["account_id"]) == ("group", "acme")
-    assert event["traits"] == {"name": "Acme", "employees": 80, "industry": "Retail", "company_size": 80}
+    assert event["traits"] == {"company_size": 80, "industry": "Retail", "country": "US"}
+
+
+@pytest.mark.parametrize(
+    ("traits", "expected"),
+    [
+        ({"employee_count": 12}, {"company_size": 12}),
+        ({"company_size": 30, "employees": 12, "country": "FR", "address": {"country": "US"}}, {"company_size": 30, "country": "FR"}),
+        ({"name": "Acme", "email": "billing@acme.io"}, None),
+    ],
+)
+def test_group_fit_traits_are_read_where_segment_puts_them(traits: dict[str, Any], expected: dict[str, Any] | None) -> None:
+    assert mapped({"userId": "u-1", "groupId": "acme", "traits": traits}, "group")[1].get("traits") == expected
+
+
+def test_a_group_call_leaves_the_persons_traits_to_the_person() -> None:
+    engine = Engine.from_directory(MODELS)
+    identify = {"userId": "u-1", "traits": {"email": "ada@acme.io", "name": "Ada Lovelace"}, "messageId": "m1"}
+    group = {"userId": "u-1", "groupId": "acme", "traits": {"name": "Acme Inc", "email": "billing@acme.io", "employees": 250},
+             "context": {"traits": {"title": "VP Marketing"}}, "messageId": "m2"}  # fmt: skip
+    states: dict[tuple[str, str], Any] = {}
+    for call, kind in ((identify, "identify"), (group, "group")):
+        value = Mapper("snake_case").map(call, kind, Source("website", "b2b"), RECEIVED).value
+        states.update(engine.apply_batch(parse_message(value), lambda model, lead: states.get((model, lead))).states)
+    traits = states[("b2b", "u-1")].traits
+    assert (traits["email"], traits["title"], traits["company_size"]) == ("ada@acme.io", "VP Marketing", 250)
 
 
 def test_alias_keeps_the_previous_id_for_stitching() -> None:
