@@ -6,7 +6,8 @@ fix; the collector reports it to the client and dead-letters it.
 
 Every call becomes one leadstream event:
 - `event_id` is the call's `messageId`, so a client's retry of the same call is the same event
-  and never scores twice (a call without one gets a hash of its content instead);
+  and never scores twice (a call without one gets a hash of its type and content instead, and
+  of its arrival time when it has no time of its own);
 - `lead_id` is the `userId`, else `anon:` + the `anonymousId`;
 - `time` is the call's `timestamp`; without one, its `originalTimestamp` corrected for the
   client's clock skew by `sentAt` (as Segment does); without either, the arrival time, which is
@@ -167,7 +168,7 @@ class Mapper:
         if message_id is None:
             # After the engine's checks: a property or trait nested too deep to hash is then
             # refused for the reason it is in a call with a messageId.
-            event["event_id"] = _content_id(call)
+            event["event_id"] = _content_id(call, kind, received_at_ms)
         return Mapped(event["lead_id"], kind in PROFILE_TYPES, orjson.dumps(event))
 
     def _track(self, call: dict[str, Any], context: dict[str, Any], event: dict[str, Any]) -> None:
@@ -346,8 +347,15 @@ def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
-def _content_id(call: dict[str, Any]) -> str:
-    """The event id of a call without messageId: a hash of what a retry of it sends alike."""
+def _content_id(call: dict[str, Any], kind: str, received_at_ms: int) -> str:
+    """The event id of a call without messageId: a hash of what a retry of it sends alike.
+
+    The call's type counts, whether the body or the endpoint gave it: the same body sent to
+    /v1/page and to /v1/screen is two calls. So does the arrival time of a call with no time of
+    its own: the same call sent on another day is another event, and a retry of it could not
+    be told from a repeat anyway.
+    """
+    untimed = call.get("timestamp") is None and call.get("originalTimestamp") is None
     content = {k: v for k, v in call.items() if k not in _PER_ATTEMPT_FIELDS}
     for name, value in content.items():
         if (value.__class__ is dict or value.__class__ is list) and nesting(value, _HASHABLE_NESTING) > _HASHABLE_NESTING:
@@ -356,5 +364,7 @@ def _content_id(call: dict[str, Any]) -> str:
                 f"`{name}` nests objects and arrays more than {_HASHABLE_NESTING} levels deep, too deep to derive "
                 "the call's event id from its content: send a `messageId`, or nest less",
             )
-    return "sha256:" + hashlib.sha256(orjson.dumps(content, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
+    digest = hashlib.sha256(f"{kind} {received_at_ms if untimed else ''}\n".encode())
+    digest.update(orjson.dumps(content, option=orjson.OPT_SORT_KEYS))
+    return "sha256:" + digest.hexdigest()[:32]
 

@@ -196,6 +196,29 @@ def test_a_call_without_message_id_gets_a_content_hash_that_ignores_sent_at() ->
 
 
 @pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        (({"userId": "u", "name": "Home"}, "page", RECEIVED), ({"userId": "u", "name": "Home"}, "screen", RECEIVED)),
+        (({"userId": "u"}, "identify", RECEIVED), ({"userId": "u"}, "page", RECEIVED)),
+        (({"type": "identify", "userId": "u"}, "page", RECEIVED), ({"type": "identify", "userId": "u"}, None, RECEIVED)),
+        # No time of its own: the same call a day later happened again.
+        (({"userId": "u", "event": "Login"}, "track", RECEIVED), ({"userId": "u", "event": "Login"}, "track", RECEIVED + 86_400_000)),
+    ],
+)
+def test_distinct_calls_without_message_id_get_distinct_event_ids(
+    first: tuple[dict[str, Any], str | None, int], second: tuple[dict[str, Any], str | None, int]
+) -> None:
+    ids = [orjson.loads(Mapper("snake_case").map(call, kind, SITE, at).value)["event_id"] for call, kind, at in (first, second)]
+    assert ids[0] != ids[1]
+
+
+def test_a_timed_call_without_message_id_retried_later_keeps_its_event_id() -> None:
+    call = {"userId": "u", "event": "Login", "originalTimestamp": "2025-12-31T23:59:00Z"}
+    ids = {orjson.loads(Mapper("snake_case").map(call, "track", SITE, at).value)["event_id"] for at in (RECEIVED, RECEIVED + 60_000)}
+    assert len(ids) == 1
+
+
+@pytest.mark.parametrize(
     ("call", "call_type", "code"),
     [
         ([1, 2], None, "bad_call"),
