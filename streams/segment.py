@@ -9,9 +9,10 @@ Every call becomes one leadstream event:
   and never scores twice (a call without one gets a hash of its type and content instead, and
   of its arrival time when it has no time of its own);
 - `lead_id` is the `userId`, else `anon:` + the `anonymousId`;
-- `time` is the call's `timestamp`; without one, its `originalTimestamp` corrected for the
-  client's clock skew by `sentAt` (as Segment does); without either, the arrival time, which is
-  kept beside it as `received_at`;
+- `time` is the call's `timestamp`, else its `originalTimestamp`, corrected for the client's
+  clock skew by `sentAt` when there is one (as Segment does); without either, the arrival time,
+  which is kept beside it as `received_at`. A time further ahead of the arrival than the worker
+  accepts (LEADSTREAM_MAX_FUTURE_MS) is refused;
 - track -> the event name, normalised (`Pricing Viewed` -> `pricing_viewed`), with its
   properties; page -> `page_view` with url, path, title, referrer, search and `time_on_page_s`
   (from the properties or `context.page`); screen -> `screen_view`;
@@ -101,11 +102,14 @@ def _verbatim(name: str) -> str:
 
 
 class Mapper:
-    def __init__(self, event_names: str) -> None:
+    def __init__(self, event_names: str, max_future_ms: int) -> None:
+        """`max_future_ms`: the worker's LEADSTREAM_MAX_FUTURE_MS, so that a call it would refuse
+        is refused here, where the client hears why."""
         if event_names not in EVENT_NAME_STYLES:
             raise ConfigError(
                 f"LEADSTREAM_COLLECTOR_EVENT_NAMES={event_names!r} is not one of {', '.join(EVENT_NAME_STYLES)}"
             )
+        self._max_future_ms = max_future_ms
         self._name: Callable[[str], str] = snake_case if event_names == "snake_case" else _verbatim
         self._by_type: dict[str, Callable[[dict[str, Any], dict[str, Any], dict[str, Any]], None]] = {
             "track": self._track,
@@ -142,7 +146,7 @@ class Mapper:
             "event_id": message_id if message_id is not None else _PENDING_ID,
             "lead_id": user_id if user_id is not None else ANONYMOUS_PREFIX + str(anonymous_id),
             "type": kind,
-            "time": event_time_ms(call, received_at_ms, sent_at),
+            "time": event_time_ms(call, received_at_ms, sent_at, max_future_ms=self._max_future_ms),
             "received_at": received_at_ms,
             "properties": {},
         }
@@ -277,19 +281,34 @@ def _lifted(traits: dict[str, Any], paths: dict[str, tuple[tuple[str, ...], ...]
     return out
 
 
-def event_time_ms(call: dict[str, Any], received_at_ms: int, sent_at: object = None) -> int:
-    """When the call happened, in epoch ms, by Segment's rules."""
-    timestamp = iso_ms(call.get("timestamp"), "timestamp")
-    if timestamp is not None:
-        return timestamp
-    original = iso_ms(call.get("originalTimestamp"), "originalTimestamp")
-    if original is None:
+def event_time_ms(call: dict[str, Any], received_at_ms: int, sent_at: object = None, *, max_future_ms: int) -> int:
+    """When the call happened, in epoch ms, by Segment's rules.
+
+    Its `timestamp`, else its `originalTimestamp`, read from the client's clock: Segment's
+    server libraries set `timestamp` from the host's clock as browsers set `originalTimestamp`.
+    With `sentAt`, when the client sent it by the same clock, Segment corrects either for that
+    clock's skew: receivedAt - (sentAt - time). Without either time, the arrival time.
+
+    A time more than `max_future_ms` after the arrival (0: no limit) is refused: the worker
+    would dead-letter the event as `future_time` after the client heard 200.
+    """
+    field = "timestamp" if call.get("timestamp") is not None else "originalTimestamp"
+    happened = iso_ms(call.get(field), field)
+    if happened is None:
         return received_at_ms
     sent = iso_ms(call.get("sentAt", sent_at), "sentAt")
-    if sent is None:
-        return original
     # The client's clock may be off: shift by how far ahead it was when it sent the call.
-    return received_at_ms - (sent - original)
+    time_ms = happened if sent is None else received_at_ms - (sent - happened)
+    ahead_ms = time_ms - received_at_ms
+    if max_future_ms and ahead_ms > max_future_ms:
+        skew = "" if sent is None else ", corrected for the client's clock by `sentAt`,"
+        raise rejected(
+            "future_time",
+            f"`{field}`{skew} puts the call {ahead_ms / 1000:.0f} s ahead of the collector's clock, more than the "
+            f"{max_future_ms / 1000:.0f} s the worker accepts (LEADSTREAM_MAX_FUTURE_MS): send when the call happened, "
+            "with its UTC offset",
+        )
+    return time_ms
 
 
 def iso_ms(value: object, name: str) -> int | None:

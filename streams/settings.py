@@ -134,7 +134,8 @@ class Settings:
     max_future_ms: int = _setting(
         "LEADSTREAM_MAX_FUTURE_MS", 3_600_000,
         "Events timed further ahead of the worker's clock go to the dead-letter topic (`future_time`): a client clock years "
-        "ahead would otherwise make every later event of the lead late. 0 turns the check off.",
+        "ahead would otherwise make every later event of the lead late. The collector refuses calls timed further ahead "
+        "of their arrival. 0 turns the check off.",
     )
     redis_prefix: str = _setting(
         "LEADSTREAM_REDIS_PREFIX", "leadstream", "Prefix of every Redis key leadstream writes (read model, delivered ids)."

@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 import uuid
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import orjson
@@ -109,6 +110,27 @@ def test_bad_calls_of_a_batch_are_reported_and_dead_lettered_and_the_good_ones_k
     no_event = next(letter for letter in letters if letter["reason"] == "missing_event")
     assert orjson.loads(no_event["original"]) == bad[0]
     assert no_event["detail"].startswith("source website, /v1/batch call 1: ")
+
+
+def test_a_library_clock_running_fast_is_corrected_and_a_call_timed_ahead_is_refused(
+    collector: ThreadedCollector, settings: Settings
+) -> None:
+    now = datetime.now(timezone.utc)
+    fast = now + timedelta(hours=2)  # the sending host's clock, which sets `timestamp` and `sentAt`
+    skewed = track("u-1", timestamp=fast.isoformat())
+    ahead = track("u-2", timestamp=fast.isoformat(), sentAt=now.isoformat())  # sent 2 h before it happened
+    response = collector.post("/v1/batch", {"batch": [skewed, ahead], "sentAt": fast.isoformat()})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["accepted"] == 1
+    [refused] = body["rejected"]
+    assert (refused["index"], refused["code"]) == (1, "future_time")
+    assert refused["message"].startswith("`timestamp`, corrected for the client's clock by `sentAt`, puts the call 7200 s ahead")
+    [event] = all_events(read_messages(settings, settings.topic_events, events=1))
+    assert event["event_id"] == skewed["messageId"]
+    assert 0 <= event["received_at"] - event["time"] < 5000  # when it was sent, less its time in transit
+    [letter] = all_events(read_messages(settings, settings.topic_deadletter, events=1))
+    assert letter["reason"] == "future_time"
 
 
 def test_calls_nested_too_deep_are_refused_and_dead_lettered_and_the_good_ones_kept(

@@ -15,12 +15,13 @@ from streams.errors import ConfigError, RequestRejected
 from streams.segment import Mapper, Source, canonical_traits, event_time_ms, snake_case
 
 RECEIVED = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+MAX_FUTURE_MS = 3_600_000  # LEADSTREAM_MAX_FUTURE_MS's default
 MODELS = Path(__file__).parents[2] / "scoring" / "models"
 SITE = Source("website")
 
 
 def mapped(call: dict[str, Any], call_type: str | None = None, source: Source = SITE, sent_at: object = None) -> tuple[bool, dict[str, Any]]:
-    result = Mapper("snake_case").map(call, call_type, source, RECEIVED, sent_at)
+    result = Mapper("snake_case", MAX_FUTURE_MS).map(call, call_type, source, RECEIVED, sent_at)
     event = orjson.loads(result.value)
     assert result.lead_id == event["lead_id"]
     return result.profile, event
@@ -45,12 +46,12 @@ def test_event_names_are_normalised_to_snake_case(name: str, expected: str) -> N
 
 def test_verbatim_event_names_are_kept_as_sent() -> None:
     call = {"userId": "u1", "event": "Pricing Viewed", "messageId": "m"}
-    assert orjson.loads(Mapper("verbatim").map(call, "track", SITE, RECEIVED).value)["type"] == "Pricing Viewed"
+    assert orjson.loads(Mapper("verbatim", MAX_FUTURE_MS).map(call, "track", SITE, RECEIVED).value)["type"] == "Pricing Viewed"
 
 
 def test_an_unknown_naming_style_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="LEADSTREAM_COLLECTOR_EVENT_NAMES"):
-        Mapper("camelCase")
+        Mapper("camelCase", MAX_FUTURE_MS)
 
 
 def test_track_maps_to_the_normalised_event_with_its_properties() -> None:
@@ -155,7 +156,7 @@ def test_a_group_call_leaves_the_persons_traits_to_the_person() -> None:
              "context": {"traits": {"title": "VP Marketing"}}, "messageId": "m2"}  # fmt: skip
     states: dict[tuple[str, str], Any] = {}
     for call, kind in ((identify, "identify"), (group, "group")):
-        value = Mapper("snake_case").map(call, kind, Source("website", "b2b"), RECEIVED).value
+        value = Mapper("snake_case", MAX_FUTURE_MS).map(call, kind, Source("website", "b2b"), RECEIVED).value
         states.update(engine.apply_batch(parse_message(value), lambda model, lead: states.get((model, lead))).states)
     traits = states[("b2b", "u-1")].traits
     assert (traits["email"], traits["title"], traits["company_size"]) == ("ada@acme.io", "VP Marketing", 250)
@@ -180,10 +181,40 @@ def test_flat_traits_already_sent_win_over_nested_ones() -> None:
         ({"originalTimestamp": "2026-01-01T00:59:55Z"}, "2026-01-01T01:00:00Z", RECEIVED - 5000),
         ({"originalTimestamp": "2026-01-01T00:00:02"}, None, RECEIVED + 2000),  # no offset: UTC
         ({}, "2026-01-01T01:00:00Z", RECEIVED),
+        # A server library's `timestamp` from a host clock 2 h fast, sent with `sentAt` by the same clock.
+        ({"timestamp": "2026-01-01T01:59:55Z", "sentAt": "2026-01-01T02:00:00Z"}, None, RECEIVED - 5000),
+        ({"timestamp": "2026-01-01T01:59:55Z"}, "2026-01-01T02:00:00Z", RECEIVED - 5000),
+        # Without `sentAt` a time is taken as sent: up to LEADSTREAM_MAX_FUTURE_MS ahead.
+        ({"timestamp": "2026-01-01T01:00:00Z"}, None, RECEIVED + MAX_FUTURE_MS),
     ],
 )
 def test_event_time_follows_segments_rules(call: dict[str, Any], sent_at: object, expected: int) -> None:
-    assert event_time_ms(call, RECEIVED, sent_at) == expected
+    assert event_time_ms(call, RECEIVED, sent_at, max_future_ms=MAX_FUTURE_MS) == expected
+
+
+@pytest.mark.parametrize(
+    ("call", "sent_at", "field"),
+    [
+        ({"timestamp": "2026-01-01T02:00:00Z"}, None, "`timestamp` puts the call 7200 s ahead"),
+        ({"originalTimestamp": "2026-01-01T01:00:01Z"}, None, "`originalTimestamp` puts the call 3601 s ahead"),
+        # Sent 2 h before it happened, by the client's own clock.
+        ({"timestamp": "2026-01-01T12:00:00Z", "sentAt": "2026-01-01T10:00:00Z"}, None, "`timestamp`, corrected for the client's clock by `sentAt`,"),
+        ({"originalTimestamp": "2026-01-01T12:00:00Z"}, "2026-01-01T10:00:00Z", "`originalTimestamp`, corrected for"),
+    ],
+)
+def test_a_call_timed_further_ahead_than_the_worker_accepts_is_refused_naming_the_field(
+    call: dict[str, Any], sent_at: object, field: str
+) -> None:
+    with pytest.raises(RequestRejected) as caught:
+        Mapper("snake_case", MAX_FUTURE_MS).map({"userId": "u", "event": "A", **call}, "track", SITE, RECEIVED, sent_at)
+    assert caught.value.code == "future_time"
+    assert str(caught.value).startswith(field)
+    assert "LEADSTREAM_MAX_FUTURE_MS" in str(caught.value)
+
+
+def test_no_future_limit_when_the_worker_has_none() -> None:
+    call = {"userId": "u", "event": "A", "timestamp": "2027-01-01T00:00:00Z"}
+    assert orjson.loads(Mapper("snake_case", 0).map(call, "track", SITE, RECEIVED).value)["time"] == 1_798_761_600_000
 
 
 def test_a_call_without_message_id_gets_a_content_hash_that_ignores_sent_at() -> None:
@@ -208,13 +239,13 @@ def test_a_call_without_message_id_gets_a_content_hash_that_ignores_sent_at() ->
 def test_distinct_calls_without_message_id_get_distinct_event_ids(
     first: tuple[dict[str, Any], str | None, int], second: tuple[dict[str, Any], str | None, int]
 ) -> None:
-    ids = [orjson.loads(Mapper("snake_case").map(call, kind, SITE, at).value)["event_id"] for call, kind, at in (first, second)]
+    ids = [orjson.loads(Mapper("snake_case", MAX_FUTURE_MS).map(call, kind, SITE, at).value)["event_id"] for call, kind, at in (first, second)]
     assert ids[0] != ids[1]
 
 
 def test_a_timed_call_without_message_id_retried_later_keeps_its_event_id() -> None:
     call = {"userId": "u", "event": "Login", "originalTimestamp": "2025-12-31T23:59:00Z"}
-    ids = {orjson.loads(Mapper("snake_case").map(call, "track", SITE, at).value)["event_id"] for at in (RECEIVED, RECEIVED + 60_000)}
+    ids = {orjson.loads(Mapper("snake_case", MAX_FUTURE_MS).map(call, "track", SITE, at).value)["event_id"] for at in (RECEIVED, RECEIVED + 60_000)}
     assert len(ids) == 1
 
 
@@ -254,7 +285,7 @@ def test_a_timed_call_without_message_id_retried_later_keeps_its_event_id() -> N
 )
 def test_calls_that_cannot_be_mapped_are_rejected_with_a_reason(call: Any, call_type: str | None, code: str) -> None:
     with pytest.raises(RequestRejected) as caught:
-        Mapper("snake_case").map(call, call_type, SITE, RECEIVED)
+        Mapper("snake_case", MAX_FUTURE_MS).map(call, call_type, SITE, RECEIVED)
     assert (caught.value.status, caught.value.code) == (400, code)
     assert str(caught.value)
 

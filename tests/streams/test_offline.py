@@ -145,7 +145,7 @@ def test_a_file_saved_with_a_byte_order_mark_is_scored(tmp_path: Path) -> None:
 def test_identity_stitching_scores_as_the_worker_does(tmp_path: Path) -> None:
     # The calls of tests/streams/test_stitching.py, mapped by the collector's own mapper: the
     # worker ends there with u-ada at 44 and one crossing, hers; offline must agree.
-    mapper, source = Mapper("snake_case"), Source("website")
+    mapper, source = Mapper("snake_case", max_future_ms=3_600_000), Source("website")
     at, app = "2025-11-03T00:00:00Z", {"app": {"name": "b2b"}}
 
     def page(n: int, url: str) -> dict[str, object]:
