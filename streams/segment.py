@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from scoring.events import MAX_ID_CHARS, PROFILE_TYPES, Rejection, is_id, nesting, parse_event
+from scoring.events import MAX_ID_CHARS, MAX_TIME_MS, MIN_TIME_MS, PROFILE_TYPES, Rejection, is_id, nesting, parse_event
 from streams.errors import ConfigError, RequestRejected
 
 ANONYMOUS_PREFIX = "anon:"
@@ -289,26 +289,40 @@ def event_time_ms(call: dict[str, Any], received_at_ms: int, sent_at: object = N
     With `sentAt`, when the client sent it by the same clock, Segment corrects either for that
     clock's skew: receivedAt - (sentAt - time). Without either time, the arrival time.
 
-    A time more than `max_future_ms` after the arrival (0: no limit) is refused: the worker
-    would dead-letter the event as `future_time` after the client heard 200.
+    A time the worker would dead-letter after the client heard 200 is refused, naming the field
+    the client sent: outside the years 2000-2099, or more than `max_future_ms` after the arrival
+    (0: no limit).
     """
     field = "timestamp" if call.get("timestamp") is not None else "originalTimestamp"
     happened = iso_ms(call.get(field), field)
     if happened is None:
         return received_at_ms
-    sent = iso_ms(call.get("sentAt", sent_at), "sentAt")
+    sent_value = call.get("sentAt", sent_at)
+    sent = iso_ms(sent_value, "sentAt")
     # The client's clock may be off: shift by how far ahead it was when it sent the call.
     time_ms = happened if sent is None else received_at_ms - (sent - happened)
+    # Refused here, naming what the client sent: the engine's refusal would name our `time`.
+    if not MIN_TIME_MS <= time_ms < MAX_TIME_MS:
+        raise rejected(
+            "bad_field",
+            f"{_time_given(call[field], field, sent_value)} gives a time outside the years 2000-2099 the scoring engine "
+            "accepts: send when the call happened",
+        )
     ahead_ms = time_ms - received_at_ms
     if max_future_ms and ahead_ms > max_future_ms:
-        skew = "" if sent is None else ", corrected for the client's clock by `sentAt`,"
         raise rejected(
             "future_time",
-            f"`{field}`{skew} puts the call {ahead_ms / 1000:.0f} s ahead of the collector's clock, more than the "
-            f"{max_future_ms / 1000:.0f} s the worker accepts (LEADSTREAM_MAX_FUTURE_MS): send when the call happened, "
-            "with its UTC offset",
+            f"{_time_given(call[field], field, sent_value)} puts the call {ahead_ms / 1000:.0f} s "
+            f"ahead of the collector's clock, more than the {max_future_ms / 1000:.0f} s the worker accepts "
+            "(LEADSTREAM_MAX_FUTURE_MS): send when the call happened, with its UTC offset",
         )
     return time_ms
+
+
+def _time_given(value: object, field: str, sent_value: object) -> str:
+    """The time a call gave, for a message: the field and value, and the `sentAt` correcting it."""
+    skew = "" if sent_value is None else f", corrected for the client's clock by `sentAt` {_shown(sent_value)},"
+    return f"`{field}` {_shown(value)}{skew}"
 
 
 def iso_ms(value: object, name: str) -> int | None:

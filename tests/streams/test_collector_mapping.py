@@ -193,23 +193,43 @@ def test_event_time_follows_segments_rules(call: dict[str, Any], sent_at: object
 
 
 @pytest.mark.parametrize(
-    ("call", "sent_at", "field"),
+    ("call", "sent_at", "given"),
     [
-        ({"timestamp": "2026-01-01T02:00:00Z"}, None, "`timestamp` puts the call 7200 s ahead"),
-        ({"originalTimestamp": "2026-01-01T01:00:01Z"}, None, "`originalTimestamp` puts the call 3601 s ahead"),
+        ({"timestamp": "2026-01-01T02:00:00Z"}, None, "`timestamp` '2026-01-01T02:00:00Z' puts the call 7200 s ahead"),
+        ({"originalTimestamp": "2026-01-01T01:00:01Z"}, None, "`originalTimestamp` '2026-01-01T01:00:01Z' puts the call 3601 s ahead"),
         # Sent 2 h before it happened, by the client's own clock.
-        ({"timestamp": "2026-01-01T12:00:00Z", "sentAt": "2026-01-01T10:00:00Z"}, None, "`timestamp`, corrected for the client's clock by `sentAt`,"),
-        ({"originalTimestamp": "2026-01-01T12:00:00Z"}, "2026-01-01T10:00:00Z", "`originalTimestamp`, corrected for"),
+        ({"timestamp": "2026-01-01T12:00:00Z", "sentAt": "2026-01-01T10:00:00Z"}, None,
+         "`timestamp` '2026-01-01T12:00:00Z', corrected for the client's clock by `sentAt` '2026-01-01T10:00:00Z', puts"),
+        ({"originalTimestamp": "2026-01-01T12:00:00Z"}, "2026-01-01T10:00:00Z", "`originalTimestamp` '2026-01-01T12:00:00Z', corrected"),
     ],
-)
+)  # fmt: skip
 def test_a_call_timed_further_ahead_than_the_worker_accepts_is_refused_naming_the_field(
-    call: dict[str, Any], sent_at: object, field: str
+    call: dict[str, Any], sent_at: object, given: str
 ) -> None:
     with pytest.raises(RequestRejected) as caught:
         Mapper("snake_case", MAX_FUTURE_MS).map({"userId": "u", "event": "A", **call}, "track", SITE, RECEIVED, sent_at)
     assert caught.value.code == "future_time"
-    assert str(caught.value).startswith(field)
+    assert str(caught.value).startswith(given)
     assert "LEADSTREAM_MAX_FUTURE_MS" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("call", "sent_at", "given"),
+    [
+        ({"timestamp": "1999-12-31T23:59:59Z"}, None, "`timestamp` '1999-12-31T23:59:59Z' gives"),
+        ({"originalTimestamp": "1970-01-21T06:00:00Z"}, None, "`originalTimestamp` '1970-01-21T06:00:00Z' gives"),
+        ({"originalTimestamp": "2026-01-01T00:00:00Z"}, "2070-01-01T00:00:00Z",
+         "`originalTimestamp` '2026-01-01T00:00:00Z', corrected for the client's clock by `sentAt` '2070-01-01T00:00:00Z', gives"),
+        ({"timestamp": "2150-01-01T00:00:00Z"}, None, "`timestamp` '2150-01-01T00:00:00Z' gives"),
+    ],
+)  # fmt: skip
+def test_a_time_outside_the_engines_years_is_refused_naming_the_field_the_client_sent(
+    call: dict[str, Any], sent_at: object, given: str
+) -> None:
+    with pytest.raises(RequestRejected) as caught:
+        Mapper("snake_case", 0).map({"userId": "u", "event": "A", **call}, "track", SITE, RECEIVED, sent_at)
+    assert caught.value.code == "bad_field"
+    assert str(caught.value) == f"{given} a time outside the years 2000-2099 the scoring engine accepts: send when the call happened"
 
 
 def test_no_future_limit_when_the_worker_has_none() -> None:
