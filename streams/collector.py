@@ -54,7 +54,7 @@ from streams.envelope import pack
 from streams.errors import ConfigError, RequestRejected, ServiceError, Unavailable, port_taken
 from streams.outbox import encode_json_or_none
 from streams.partitioning import partition_for
-from streams.segment import CALL_TYPES, Mapped, Mapper, Source, rejected
+from streams.segment import CALL_TYPES, Mapped, Mapper, Source, rejected, with_batch_context
 from streams.settings import Settings
 
 log = logging.getLogger("leadstream.collector")
@@ -279,19 +279,26 @@ class Collector:
         if source is None:
             source = self._source_from_body(body)
         received_at_ms = int(self.clock() * 1000)
+        context: dict[str, Any] = {}
         if call == "batch":
             items = body.get("batch")
             if not isinstance(items, list):
                 raise rejected("bad_batch", "a batch request needs `batch`, a JSON array of calls")
+            given = body.get("context")
+            if given is not None and not isinstance(given, dict):
+                raise rejected("bad_batch", "a batch's `context`, given to all its calls, must be a JSON object")
+            context = given or {}
             call_type = None
         else:
             items, call_type = [body], call
-        # No call of a batch can exceed the limit of one when the whole batch does not.
+        # No call of a batch, even with the batch's context, can exceed the limit of one when the
+        # whole batch does not.
         measure_calls = call_type is None and len(raw) > CALL_LIMIT_BYTES
         mapped: list[Mapped] = []
         dead: list[DeadLetter] = []
         outcome = Outcome(0, [])
         for index, item in enumerate(items):
+            item = with_batch_context(item, context)
             try:
                 if measure_calls and len(encode_json_or_none(item) or b"") > CALL_LIMIT_BYTES:
                     raise rejected("too_large", f"a call may hold at most {CALL_LIMIT_BYTES} bytes of JSON")

@@ -35,7 +35,9 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from scoring.events import MAX_ID_CHARS, MAX_TIME_MS, MIN_TIME_MS, PROFILE_TYPES, Rejection, is_id, nesting, parse_event
+from scoring.events import (
+    MAX_ID_CHARS, MAX_NESTING, MAX_TIME_MS, MIN_TIME_MS, PROFILE_TYPES, Rejection, is_id, nesting, parse_event,
+)
 from streams.errors import ConfigError, RequestRejected
 
 ANONYMOUS_PREFIX = "anon:"
@@ -252,6 +254,29 @@ def _alias(call: dict[str, Any], context: dict[str, Any], event: dict[str, Any])
     if not is_id(previous_id):
         raise rejected("bad_field", f"`previousId` must be 1 to {MAX_ID_CHARS} characters with no control character, not {_shown(previous_id)}")
     event["previous_id"] = previous_id
+
+
+def with_batch_context(call: object, context: dict[str, Any]) -> object:
+    """A batch's call with the `context` the batch gives all its calls under its own: the call's
+    values win, objects in both merged key by key (`app` from the batch, `page.title` its own)."""
+    if not context or not isinstance(call, dict):
+        return call
+    own = call.get("context")
+    if own is None:
+        return {**call, "context": context}
+    if not isinstance(own, dict):
+        return call  # refused as it is: its `context` must be an object
+    return {**call, "context": _merged(context, own, MAX_NESTING)}
+
+
+def _merged(base: dict[str, Any], own: dict[str, Any], depth: int) -> dict[str, Any]:
+    """`own` over `base`, objects in both merged key by key down to `depth` levels; deeper, own's
+    object wins whole (no context nests that far, and a request may nest 1,000 levels)."""
+    out = dict(base)
+    for key, value in own.items():
+        under = out.get(key)
+        out[key] = _merged(under, value, depth - 1) if depth and isinstance(under, dict) and isinstance(value, dict) else value
+    return out
 
 
 def canonical_traits(traits: dict[str, Any]) -> dict[str, Any]:

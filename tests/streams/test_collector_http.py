@@ -112,6 +112,18 @@ def test_bad_calls_of_a_batch_are_reported_and_dead_lettered_and_the_good_ones_k
     assert no_event["detail"].startswith("source website, /v1/batch call 1: ")
 
 
+def test_a_batchs_context_counts_for_each_call_under_its_own(collector: ThreadedCollector, settings: Settings) -> None:
+    context = {"app": {"name": "b2b"}, "groupId": "acme", "page": {"url": "https://acme.test/pricing", "title": "Pricing"}}
+    plain = {"type": "page", "userId": "u-1", "messageId": "plain"}
+    own = {"type": "page", "userId": "u-2", "messageId": "own", "context": {"groupId": "globex", "page": {"title": "Plans"}}}
+    response = collector.post("/v1/batch", {"batch": [plain, own], "context": context})
+    assert (response.status_code, response.json()) == (200, {"success": True, "accepted": 2})
+    got = {e["event_id"]: e for e in all_events(read_messages(settings, settings.topic_events, events=2))}
+    assert (got["plain"]["product"], got["plain"]["account_id"], got["plain"]["properties"]["title"]) == ("b2b", "acme", "Pricing")
+    assert (got["own"]["product"], got["own"]["account_id"], got["own"]["properties"]["title"]) == ("b2b", "globex", "Plans")
+    assert got["own"]["properties"]["path"] == "/pricing"  # the batch's page.url, beside the call's own page.title
+
+
 def test_a_library_clock_running_fast_is_corrected_and_a_call_timed_ahead_is_refused(
     collector: ThreadedCollector, settings: Settings
 ) -> None:
@@ -228,6 +240,7 @@ REJECTIONS = [
     ("/v1/track", b"[1, 2]", {}, "bad_json"),
     ("/v1/batch", b'{"batch": {"type": "track"}}', {}, "bad_batch"),
     ("/v1/batch", b"{}", {}, "bad_batch"),
+    ("/v1/batch", b'{"batch": [], "context": "web"}', {}, "bad_batch"),
     ("/v1/track", orjson.dumps(track("u")), {"Content-Encoding": "br"}, "bad_encoding"),
     ("/v1/track", b"this is not gzip", GZIP, "bad_gzip"),
     ("/v1/track", gzipped(track("u"))[:-12], GZIP, "bad_gzip"),

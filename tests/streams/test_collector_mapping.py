@@ -12,7 +12,7 @@ from scoring.engine import Engine
 from scoring.events import parse_message
 from streams.collector import load_sources
 from streams.errors import ConfigError, RequestRejected
-from streams.segment import Mapper, Source, canonical_traits, event_time_ms, snake_case
+from streams.segment import Mapper, Source, canonical_traits, event_time_ms, snake_case, with_batch_context
 
 RECEIVED = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 MAX_FUTURE_MS = 3_600_000  # LEADSTREAM_MAX_FUTURE_MS's default
@@ -166,6 +166,32 @@ def test_alias_keeps_the_previous_id_for_stitching() -> None:
     profile, event = mapped({"type": "alias", "userId": "u-9", "previousId": "a-9", "messageId": "m"})
     assert profile
     assert (event["lead_id"], event["type"], event["previous_id"]) == ("u-9", "alias", "a-9")
+
+
+@pytest.mark.parametrize(
+    ("call", "expected"),
+    [
+        ({"userId": "u"}, {"userId": "u", "context": {"app": {"name": "b2b"}, "page": {"url": "https://acme.io/", "title": "Home"}}}),
+        ({"userId": "u", "context": {"page": {"title": "Pricing"}, "groupId": "acme"}},
+         {"userId": "u", "context": {"app": {"name": "b2b"}, "page": {"url": "https://acme.io/", "title": "Pricing"}, "groupId": "acme"}}),
+        ({"userId": "u", "context": {"app": "console", "page": None}}, {"userId": "u", "context": {"app": "console", "page": None}}),
+        ({"userId": "u", "context": "web"}, {"userId": "u", "context": "web"}),  # refused by the mapper as it is
+        ("not a call", "not a call"),
+    ],
+)  # fmt: skip
+def test_a_batchs_context_goes_under_each_calls_own(call: object, expected: object) -> None:
+    batch = {"app": {"name": "b2b"}, "page": {"url": "https://acme.io/", "title": "Home"}}
+    assert with_batch_context(call, batch) == expected
+    assert batch == {"app": {"name": "b2b"}, "page": {"url": "https://acme.io/", "title": "Home"}}  # shared by every call, untouched
+
+
+def test_merging_a_batchs_context_stops_at_the_nesting_events_may_have() -> None:
+    deep_batch: dict[str, Any] = {"x": "batch"}
+    deep_call: dict[str, Any] = {"y": "call"}
+    for _ in range(5000):  # far deeper than Python's recursion limit
+        deep_batch, deep_call = {"k": deep_batch}, {"k": deep_call}
+    merged = with_batch_context({"userId": "u", "context": deep_call}, deep_batch)
+    assert isinstance(merged, dict) and merged["context"]["k"]["k"] is not None
 
 
 def test_flat_traits_already_sent_win_over_nested_ones() -> None:
