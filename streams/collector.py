@@ -1,9 +1,10 @@
 """`leadstream collector`: a Segment-compatible HTTP collector in front of Kafka.
 
 Apps point their Segment or RudderStack library at it (a host change): `POST /v1/track`,
-`/v1/page`, `/v1/screen`, `/v1/identify`, `/v1/group`, `/v1/alias` and `/v1/batch`, authenticated
-by a write key (the HTTP Basic user name, or `writeKey` in the body, which is how the browser
-snippet it serves at `/v1/leadstream.js` sends it). streams/segment.py maps the calls.
+`/v1/page`, `/v1/screen`, `/v1/identify`, `/v1/group`, `/v1/alias` and `/v1/batch` (also as
+`/v1/import`), authenticated by a write key (the HTTP Basic user name, or `writeKey` in the
+body, which is how the browser snippet it serves at `/v1/leadstream.js` sends it).
+streams/segment.py maps the calls.
 
 Contract:
 - 200 only once Kafka has acknowledged every accepted event (acks=all, idempotent producer), so
@@ -68,6 +69,8 @@ EVENTS_PER_MESSAGE = 500  # amortises the worker's per-message cost; a batch hol
 RETRY_AFTER_S = 2
 CONNECT_RETRY_S = 1.0
 UNAVAILABLE_LOG_INTERVAL_S = 10.0
+# /v1/import is the batch endpoint under the name Segment's Ruby library posts to.
+BATCH_CALLS = ("batch", "import")
 CONTENT_TYPES = ("application/json", "text/plain")  # text/plain: what navigator.sendBeacon sends
 # The reason of a call whose mapping raised something else than RequestRejected: a bug of ours,
 # logged; the call is refused and dead-lettered like a bad one, so the request's others are kept.
@@ -274,13 +277,13 @@ class Collector:
     async def ingest(self, request: web.Request, call: str) -> Outcome:
         """Take one request to /v1/CALL; RequestRejected or Unavailable when it cannot be taken whole."""
         source = self._source_from_header(request)
-        raw = await self._read_body(request, BATCH_LIMIT_BYTES if call == "batch" else CALL_LIMIT_BYTES)
+        raw = await self._read_body(request, BATCH_LIMIT_BYTES if call in BATCH_CALLS else CALL_LIMIT_BYTES)
         body = _parse(raw)
         if source is None:
             source = self._source_from_body(body)
         received_at_ms = int(self.clock() * 1000)
         context: dict[str, Any] = {}
-        if call == "batch":
+        if call in BATCH_CALLS:
             items = body.get("batch")
             if not isinstance(items, list):
                 raise rejected("bad_batch", "a batch request needs `batch`, a JSON array of calls")
@@ -523,7 +526,7 @@ def create_app(collector: Collector) -> web.Application:
         return response
 
     app = web.Application(middlewares=[cross_origin])
-    calls = "|".join((*CALL_TYPES, "batch"))
+    calls = "|".join((*CALL_TYPES, *BATCH_CALLS))
     app.router.add_post(f"/v1/{{call:{calls}}}", ingest)
     app.router.add_route("OPTIONS", f"/v1/{{call:{calls}}}", preflight)
     app.router.add_get("/v1/leadstream.js", javascript)

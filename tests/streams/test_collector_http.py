@@ -112,6 +112,17 @@ def test_bad_calls_of_a_batch_are_reported_and_dead_lettered_and_the_good_ones_k
     assert no_event["detail"].startswith("source website, /v1/batch call 1: ")
 
 
+def test_import_is_the_batch_endpoint_as_segments_ruby_library_posts_to_it(collector: ThreadedCollector, settings: Settings) -> None:
+    calls = [track("u-1"), track("u-2")]
+    response = collector.post("/v1/import", {"batch": [*calls, {"type": "track", "userId": "u-3", "messageId": "no-event"}]})
+    assert response.status_code == 200
+    assert (response.json()["accepted"], [r["code"] for r in response.json()["rejected"]]) == (2, ["missing_event"])
+    written = all_events(read_messages(settings, settings.topic_events, events=2))
+    assert sorted(e["event_id"] for e in written) == sorted(call["messageId"] for call in calls)
+    [letter] = all_events(read_messages(settings, settings.topic_deadletter, events=1))
+    assert letter["detail"].startswith("source website, /v1/import call 2: ")
+
+
 def test_a_batchs_context_counts_for_each_call_under_its_own(collector: ThreadedCollector, settings: Settings) -> None:
     context = {"app": {"name": "b2b"}, "groupId": "acme", "page": {"url": "https://acme.test/pricing", "title": "Pricing"}}
     plain = {"type": "page", "userId": "u-1", "messageId": "plain"}
