@@ -31,7 +31,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import json
 import logging
+import re
 import signal
 import time
 import tomllib
@@ -76,6 +78,8 @@ CONTENT_TYPES = ("application/json", "text/plain")  # text/plain: what navigator
 # logged; the call is refused and dead-lettered like a bad one, so the request's others are kept.
 MAPPING_FAILED = "mapping_failed"
 SNIPPET = Path(__file__).with_name("leadstream.js")
+# Once json.loads has joined the pairs, any surrogate left in a text is a lone one.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 Clock = Callable[[], float]
 
@@ -417,10 +421,27 @@ def _parse(body: bytes) -> dict[str, Any]:
     try:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise rejected("bad_json", f"the body is not JSON: {exc}") from None
+        if "surrogate" not in str(exc):
+            raise rejected("bad_json", f"the body is not JSON: {exc}") from None
+        parsed = _with_lone_surrogates_replaced(body)
     if not isinstance(parsed, dict):
         raise rejected("bad_json", "the body must be a JSON object")
     return parsed
+
+
+def _with_lone_surrogates_replaced(body: bytes) -> Any:
+    """A JSON body holding a lone surrogate escape (`"\\ud83d"`: what JSON.stringify writes for a
+    text cut between the halves of an emoji), parsed with each one replaced by U+FFFD.
+
+    orjson refuses the whole body for it; a page title cut short must not lose a batch's calls,
+    nor its own. U+FFFD is what browsers' encoders and Python's "replace" put there, and the
+    repair is the same on every retry, so the call keeps its event id.
+    """
+    try:
+        text = json.dumps(json.loads(body), ensure_ascii=False)  # the stdlib reads lone surrogates
+        return orjson.loads(_LONE_SURROGATE.sub("\ufffd", text).encode())
+    except (ValueError, RecursionError) as exc:  # ValueError: json's, UTF-8's and orjson's errors
+        raise rejected("bad_json", f"the body is not JSON: {exc}") from None
 
 
 def _inflate(raw: bytes, limit: int) -> bytes:

@@ -123,6 +123,17 @@ def test_import_is_the_batch_endpoint_as_segments_ruby_library_posts_to_it(colle
     assert letter["detail"].startswith("source website, /v1/import call 2: ")
 
 
+def test_a_lone_surrogate_escape_is_replaced_and_loses_no_call(collector: ThreadedCollector, settings: Settings) -> None:
+    # What JSON.stringify writes for a title cut between the two halves of an emoji; a whole
+    # emoji's pair of escapes is read as it always was.
+    calls = [track(f"u-{i}", properties={"title": f"title-{i}"}) for i in range(3)]
+    raw = orjson.dumps({"batch": calls}).replace(b'"title-1"', b'"Pricing \\ud83d"').replace(b'"title-2"', b'"\\ud83d\\ude00 Plans"')
+    response = collector.post("/v1/batch", raw)
+    assert (response.status_code, response.json()) == (200, {"success": True, "accepted": 3})
+    got = {e["event_id"]: e for e in all_events(read_messages(settings, settings.topic_events, events=3))}
+    assert [got[call["messageId"]]["properties"]["title"] for call in calls] == ["title-0", "Pricing \ufffd", "\U0001f600 Plans"]
+
+
 def test_a_batchs_context_counts_for_each_call_under_its_own(collector: ThreadedCollector, settings: Settings) -> None:
     context = {"app": {"name": "b2b"}, "groupId": "acme", "page": {"url": "https://acme.test/pricing", "title": "Pricing"}}
     plain = {"type": "page", "userId": "u-1", "messageId": "plain"}
@@ -249,6 +260,7 @@ REJECTIONS = [
     ("/v1/track", orjson.dumps(track("u")), {"Content-Type": "application/xml"}, "bad_content_type"),
     ("/v1/track", b'{"userId": "u", "event": "A"', {}, "bad_json"),
     ("/v1/track", b"[1, 2]", {}, "bad_json"),
+    ("/v1/track", b'{"userId": "u\\ud83d", "event": "A", "n": NaN}', {}, "bad_json"),  # repaired, still not JSON
     ("/v1/batch", b'{"batch": {"type": "track"}}', {}, "bad_batch"),
     ("/v1/batch", b"{}", {}, "bad_batch"),
     ("/v1/batch", b'{"batch": [], "context": "web"}', {}, "bad_batch"),
