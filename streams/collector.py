@@ -363,7 +363,7 @@ class Collector:
             raise rejected("bad_content_type", f"Content-Type is {request.content_type!r}; send application/json")
         encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
         if encoding not in ("identity", "gzip", "x-gzip", "deflate"):
-            raise rejected("bad_encoding", f"Content-Encoding {encoding!r} is not supported; send gzip or no encoding")
+            raise rejected("bad_encoding", f"Content-Encoding {encoding!r} is not supported; send gzip, deflate or no encoding")
         raw_limit = limit if encoding == "identity" else limit + GZIP_OVERHEAD_BYTES
         if request.content_length is not None and request.content_length > raw_limit:
             raise _too_large(limit)
@@ -383,7 +383,7 @@ class Collector:
         except (ClientPayloadError, ConnectionError):
             raise rejected("truncated_body", "the connection ended before the whole body arrived") from None
         raw = b"".join(chunks)
-        return raw if encoding == "identity" else _inflate(raw, limit)
+        return raw if encoding == "identity" else _inflate(raw, encoding, limit)
 
     def _messages(self, mapped: list[Mapped], dead: list[DeadLetter]) -> list[Outgoing]:
         """Envelopes of the events by partition; profile updates by lead; one message per dead letter.
@@ -444,18 +444,47 @@ def _with_lone_surrogates_replaced(body: bytes) -> Any:
         raise rejected("bad_json", f"the body is not JSON: {exc}") from None
 
 
-def _inflate(raw: bytes, limit: int) -> bytes:
-    """A gzip (or zlib) body, decompressed; never more than `limit` bytes of it (no zip bombs)."""
-    inflater = zlib.decompressobj(wbits=32 + zlib.MAX_WBITS)  # 32: accept a gzip or a zlib header
-    try:
-        body = inflater.decompress(raw, limit + 1)
-    except zlib.error as exc:
-        raise rejected("bad_gzip", f"the body is not valid gzip: {exc}") from None
-    if len(body) > limit:
-        raise _too_large(limit)
-    if not inflater.eof:
-        raise rejected("bad_gzip", "the gzip body is truncated")
-    return body
+def _inflate(raw: bytes, encoding: str, limit: int) -> bytes:
+    """A gzip or deflate body, decompressed; never more than `limit` bytes of it (no zip bombs).
+
+    gzip: every member (RFC 1952: a gzip file is a series of members, as `cat a.gz b.gz` makes)
+    and nothing after them. deflate: zlib-wrapped as HTTP means it, or raw as many clients send it.
+    """
+    name = "deflate" if encoding == "deflate" else "gzip"
+    parts: list[bytes] = []
+    size = 0
+    rest = raw
+    while rest:
+        if parts and name == "deflate":
+            raise rejected("bad_gzip", f"the deflate body has {len(rest)} bytes after its end")
+        inflater = zlib.decompressobj(_wbits(name, rest))
+        try:
+            part = inflater.decompress(rest, limit + 1 - size)
+        except zlib.error as exc:
+            if parts:
+                raise rejected("bad_gzip", f"the gzip body has {len(rest)} bytes after its end that are not another gzip "
+                               f"member ({exc})") from None  # fmt: skip
+            raise rejected("bad_gzip", f"the body is not valid {name}: {exc}") from None
+        size += len(part)
+        if size > limit:
+            raise _too_large(limit)
+        if not inflater.eof:
+            raise rejected("bad_gzip", f"the {name} body is truncated")
+        parts.append(part)
+        rest = inflater.unused_data
+    if not parts:
+        raise rejected("bad_gzip", f"the {name} body is empty")
+    return b"".join(parts)
+
+
+def _wbits(name: str, data: bytes) -> int:
+    """zlib's window bits for a body's (next) stream: gzip (or zlib), zlib, or raw deflate."""
+    if name == "gzip":
+        return 32 + zlib.MAX_WBITS  # 32: accept a gzip or a zlib header, as before
+    # RFC 1950's header: method 8 in the low nibble, the first two bytes a multiple of 31. A raw
+    # stream cannot start so: its first block would be a stored one, whose first byte is 0 or 1.
+    zlib_wrapped = len(data) >= 2 and data[0] & 0x0F == 8 and (data[0] << 8 | data[1]) % 31 == 0
+    return zlib.MAX_WBITS if zlib_wrapped else -zlib.MAX_WBITS
 
 
 def _too_large(limit: int) -> RequestRejected:

@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 import uuid
+import zlib
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -255,7 +256,14 @@ def padded_batch(size: int) -> dict[str, Any]:
     return {"batch": [track("u-1", properties={"pad": "x" * per_call}) for _ in range(size // per_call + 1)]}
 
 
+def deflated(body: Any) -> bytes:
+    """Raw deflate (RFC 1951), as many clients send `Content-Encoding: deflate`."""
+    compressor = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    return compressor.compress(orjson.dumps(body)) + compressor.flush()
+
+
 GZIP = {"Content-Encoding": "gzip"}
+DEFLATE = {"Content-Encoding": "deflate"}
 REJECTIONS = [
     ("/v1/track", orjson.dumps(track("u")), {"Content-Type": "application/xml"}, "bad_content_type"),
     ("/v1/track", b'{"userId": "u", "event": "A"', {}, "bad_json"),
@@ -267,6 +275,9 @@ REJECTIONS = [
     ("/v1/track", orjson.dumps(track("u")), {"Content-Encoding": "br"}, "bad_encoding"),
     ("/v1/track", b"this is not gzip", GZIP, "bad_gzip"),
     ("/v1/track", gzipped(track("u"))[:-12], GZIP, "bad_gzip"),
+    ("/v1/track", gzipped(track("u")) + b"garbage", GZIP, "bad_gzip"),
+    ("/v1/track", deflated(track("u")) + b"garbage", DEFLATE, "bad_gzip"),
+    ("/v1/track", deflated(track("u"))[:-3], DEFLATE, "bad_gzip"),
     ("/v1/track", orjson.dumps(track("u", properties={"pad": "x" * CALL_LIMIT_BYTES})), {}, "too_large"),
     ("/v1/batch", orjson.dumps(padded_batch(BATCH_LIMIT_BYTES)), {}, "too_large"),
     ("/v1/batch", gzipped(padded_batch(BATCH_LIMIT_BYTES)), GZIP, "too_large"),
@@ -281,6 +292,18 @@ def test_bad_requests_get_400_with_the_reason_and_nothing_is_written(collector: 
         assert response.json()["message"]
     for topic in (settings.topic_events, settings.topic_deadletter):
         assert read_messages(settings, topic, events=0, settle_s=0.5) == []
+
+
+def test_every_gzip_member_and_both_kinds_of_deflate_are_read(collector: ThreadedCollector, settings: Settings) -> None:
+    calls = [track(f"u-{i}") for i in range(4)]
+    raw = orjson.dumps({"batch": calls[:2]})
+    members = gzip.compress(raw[:40]) + gzip.compress(raw[40:])  # what `cat a.gz b.gz` makes: one gzip file
+    for body, headers in ((members, GZIP), (deflated(calls[2]), DEFLATE), (zlib.compress(orjson.dumps(calls[3])), DEFLATE)):
+        path = "/v1/batch" if body is members else "/v1/track"
+        response = collector.post(path, body, headers=headers)
+        assert (response.status_code, response.json()["success"]) == (200, True), (headers, response.text)
+    written = all_events(read_messages(settings, settings.topic_events, events=4))
+    assert sorted(e["event_id"] for e in written) == sorted(call["messageId"] for call in calls)
 
 
 def test_bodies_just_within_the_limits_after_gzip_are_accepted(collector: ThreadedCollector, settings: Settings) -> None:
