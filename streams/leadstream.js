@@ -70,9 +70,15 @@
 
   var page = null;
 
+  // Time on page counts while the page is visible: a tab opened in the background and never
+  // looked at has not been read. It ends at the first hide (the last moment a mobile browser
+  // surely runs the page), so reading after a return to the tab is not counted.
+  function visibleNow() { return document.visibilityState === "visible" ? Date.now() : null; }
+
   function startPage(referrer) {
     page = {
       startedAt: Date.now(),
+      visibleSince: visibleNow(),
       properties: {
         url: location.href, path: location.pathname, search: location.search,
         title: document.title, referrer: referrer
@@ -84,7 +90,8 @@
     if (!page) return;
     var ended = page;
     page = null;
-    ended.properties.time_on_page_s = Math.round((Date.now() - ended.startedAt) / 100) / 10;
+    var visibleMs = ended.visibleSince === null ? 0 : Date.now() - ended.visibleSince;
+    ended.properties.time_on_page_s = Math.round(visibleMs / 100) / 10;
     send("page", { properties: ended.properties }, ended.startedAt);
   }
 
@@ -115,7 +122,12 @@
     if (event.persisted) startPage(document.referrer);  // back in view from the back-forward cache
   });
   document.addEventListener("visibilitychange", function () {
-    if (document.visibilityState === "hidden") endPage();
+    if (!page) return;
+    if (document.visibilityState !== "visible") {
+      if (page.visibleSince !== null) endPage();  // one never seen waits to be seen, or pagehide
+    } else if (page.visibleSince === null) {
+      page.visibleSince = Date.now();
+    }
   });
   queued.forEach(function (args) { api[args[0]].apply(api, args.slice(1)); });
 })(window, document);

@@ -177,3 +177,24 @@ def test_a_visitor_browses_anonymously_then_identifies_and_every_call_reaches_ka
     assert (identify["type"], identify["lead_id"], identify["anonymous_id"]) == ("identify", "user-7", anonymous_id)
     assert identify["traits"] == {"email": "ada@acme.test", "title": "CTO"}
     assert len({e["event_id"] for e in [*events.values(), identify]}) == 4
+
+
+def test_time_on_page_counts_only_while_the_page_is_visible(browser: Browser, site: str, collector: ThreadedCollector) -> None:
+    """A page opened in a background tab: its hidden time was counted as reading, so a tab
+    never looked at could earn a rule on time_on_page_s. The page's visibility is driven by a
+    script run before the page's own (headless Chromium has no background tabs)."""
+    settings = collector.settings
+    browser.call("Page.enable")  # scripts for new documents run only with the Page domain on
+    browser.call("Page.addScriptToEvaluateOnNewDocument", source=(
+        "window.__visibility = 'hidden';"
+        "Object.defineProperty(Document.prototype, 'visibilityState', {get() { return window.__visibility; }, configurable: true});"
+    ))
+    shown = "window.__visibility = '{}'; document.dispatchEvent(new Event('visibilitychange'))"
+    browser.call("Page.navigate", url=f"{site}/pricing.html")
+    browser.wait_for("window.leadstream && window.leadstream.version")
+    time.sleep(1.0)  # in the background
+    browser.evaluate(shown.format("visible"))
+    time.sleep(0.3)  # read
+    browser.evaluate(shown.format("hidden"))  # the first hide after being seen sends the page view
+    [page] = all_events(read_messages(settings, settings.topic_events, events=1))
+    assert page["type"] == "page_view" and 0.3 <= page["properties"]["time_on_page_s"] < 1.0
