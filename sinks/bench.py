@@ -168,12 +168,12 @@ def _serve(connector: str, count: int, latency_s: float, conn: Any) -> None:
     if connector == "hubspot":
         server: Any = FakeHubSpot()
         for n in range(count):
-            server.objects["contacts"][f"hs-{n}"] = server._record(f"hs-{n}", {"email": f"lead-{n}@acme.io"})
+            server.objects["contacts"][_hubspot_id(n)] = server._record(_hubspot_id(n), {"email": f"lead-{n}@acme.io"})
     elif connector == "salesforce":
         context, ca_bundle = _tls()
         server = FakeSalesforce(context)
         for n in range(count):
-            server.records["Lead"][f"sf-{n}"] = {"Id": f"sf-{n}", "Email": f"lead-{n}@acme.io"}
+            server.records["Lead"][_salesforce_id(n)] = {"Id": _salesforce_id(n), "Email": f"lead-{n}@acme.io"}
     else:
         server = WebhookReceiver()
     server.latency_s = latency_s
@@ -202,10 +202,20 @@ def _produce(settings: Settings, topic: str, connector: str, count: int) -> None
                      "from_level": "mql", "to_level": "engaged", "direction": "down", "score": 20.0,
                      "normalized": 20, "grade": "B", "engagement": 1, "cell": "B1", "temperature": "cold",
                      "time": 1763884800000, "reasons": [],
-                     "traits": {"email": f"{lead}@acme.io", "hubspot_id": f"hs-{n}", "salesforce_id": f"sf-{n}"}}
+                     "traits": {"email": f"{lead}@acme.io", "hubspot_id": _hubspot_id(n), "salesforce_id": _salesforce_id(n)}}
         producer.send(topic, key=key, value=orjson.dumps(value))
     producer.flush()
     producer.close()
+
+
+def _hubspot_id(n: int) -> str:
+    """The stand-in's id of lead n's contact: a number, as the connector requires."""
+    return str(10_000_000 + n)
+
+
+def _salesforce_id(n: int) -> str:
+    """The stand-in's id of lead n's Lead: 18 letters and digits, as the connector requires."""
+    return f"00Q{n:012d}AAA"
 
 
 def _cleanup(settings: Settings, topic: str) -> None:

@@ -16,10 +16,16 @@ Down-crossings only update the record: deals are sales' to close, not ours to ch
 Deals and tasks carry the crossing id in a custom property, so a creation interrupted by a
 crash is found with the search API instead of being made twice. Without an `[account]` table,
 account crossings are acknowledged without a HubSpot action.
+
+A record reference taken from a crossing goes into the URL path. The client percent-encodes
+'/', but urllib3 still resolves a '.' or '..' segment, which would send the update to another
+endpoint: such a reference, or a record id (the `hubspot_id` trait, an account id with
+`id_property = "hs_object_id"`) that is not a number, dead-letters the crossing.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, TypeVar
@@ -47,6 +53,7 @@ TASK_TO_CONTACT = 204
 TASK_TO_COMPANY = 192
 TASK_TO_DEAL = 216
 _API_ERRORS = (ContactsApiException, CompaniesApiException, DealsApiException, TasksApiException)
+_RECORD_ID = re.compile(r"[0-9]+")  # hs_object_id
 
 
 @dataclass(frozen=True)
@@ -148,9 +155,9 @@ class HubSpotSink(CrossingSink):
     @staticmethod
     def _contact_ref(crossing: Crossing) -> tuple[str, str | None]:
         if hubspot_id := crossing.traits.get("hubspot_id"):
-            return hubspot_id, None
+            return _record_id(hubspot_id, f"lead {crossing.lead_id}'s hubspot_id trait"), None
         if crossing.email:
-            return crossing.email, "email"
+            return _unique_value(crossing.email, f"lead {crossing.lead_id}'s email trait"), "email"
         raise PermanentError(f"lead {crossing.lead_id} has neither a hubspot_id nor an email trait: "
                              "no way to find its HubSpot contact")
 
@@ -158,8 +165,10 @@ class HubSpotSink(CrossingSink):
     def _company_ref(crossing: Crossing, id_property: str) -> tuple[str, str | None]:
         if not crossing.account_id:
             raise PermanentError(f"account crossing {crossing.id} names no account_id: no way to find its HubSpot company")
-        # hs_object_id: the account ids are HubSpot's own company ids, the path's default.
-        return str(crossing.account_id), None if id_property == "hs_object_id" else id_property
+        source = f"account crossing {crossing.id}'s account_id"
+        if id_property == "hs_object_id":  # the account ids are HubSpot's own company ids, the path's default
+            return _record_id(str(crossing.account_id), f"{source} (id_property = \"hs_object_id\")"), None
+        return _unique_value(str(crossing.account_id), source), id_property
 
     def _update(self, target: _Target, crossing: Crossing, ref: str, id_property: str | None, properties: dict[str, str]) -> str:
         what = f"{target.name} {ref}" if id_property is None else f"{target.name} {id_property}={ref}"
@@ -201,6 +210,20 @@ class HubSpotSink(CrossingSink):
         except ValueError as exc:
             # The generated client rejects an answer that is not the documented JSON this way.
             raise RetryableError(f"HubSpot {what}: malformed answer ({exc})") from None
+
+
+def _record_id(value: str, source: str) -> str:
+    """`value` if it is a HubSpot record id (a number)."""
+    if _RECORD_ID.fullmatch(value) is None:
+        raise PermanentError(f"{source} is {value[:200]!r}, not a HubSpot record id (a number)")
+    return value
+
+
+def _unique_value(value: str, source: str) -> str:
+    """`value`, looked up by a unique property, unless urllib3 would read it as a dot segment of the path."""
+    if value in (".", ".."):
+        raise PermanentError(f"{source} is {value!r}: not a value HubSpot can look a record up by")
+    return value
 
 
 def _association(to_id: str, type_id: int) -> dict[str, Any]:

@@ -12,10 +12,17 @@ Salesforce action.
 
 The Task carries the crossing id in a custom field, so a creation interrupted by a crash is
 found with a SOQL query instead of being made twice.
+
+A record id that comes from a crossing (the `salesforce_id` trait, an account id with
+`id_property = "Id"`) must be a Salesforce id, 15 or 18 letters and digits: simple-salesforce
+joins it onto the instance URL, so an absolute URL would send the request, session included, to
+another host, and `../Account/...` would write another object. Any other value dead-letters the
+crossing.
 """
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, TypeVar, cast
 
@@ -36,6 +43,8 @@ R = TypeVar("R")
 
 # Salesforce's documented answers for "over the org's API allocation / too busy": worth waiting.
 _RETRYABLE_CODES = {"REQUEST_LIMIT_EXCEEDED", "SERVER_UNAVAILABLE", "UNABLE_TO_LOCK_ROW"}
+# A Salesforce record id: 15 case-sensitive letters and digits, or 18 with the checksum suffix.
+_RECORD_ID = re.compile(r"[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?")
 
 
 class SalesforceSink(CrossingSink):
@@ -79,7 +88,8 @@ class SalesforceSink(CrossingSink):
             record_id = self._find_account(item, mapping.id_property)
         else:
             sobject, relation = self.leads, "WhoId"
-            record_id = item.traits.get("salesforce_id") or self._find_lead(item)
+            trait = item.traits.get("salesforce_id")
+            record_id = _record_id(trait, f"lead {item.lead_id}'s salesforce_id trait") if trait else self._find_lead(item)
         what = f"{sobject.name} {record_id}"
         values = mapping.record_values(item)
         self._call(what, lambda: sobject.update(record_id, values))
@@ -113,7 +123,7 @@ class SalesforceSink(CrossingSink):
         if not crossing.account_id:
             raise PermanentError(f"account crossing {crossing.id} names no account_id: no way to find its Salesforce Account")
         if id_property == "Id":
-            return str(crossing.account_id)
+            return _record_id(str(crossing.account_id), f"account crossing {crossing.id}'s account_id (id_property = \"Id\")")
         soql = format_soql("SELECT Id FROM Account WHERE {:literal} = {} LIMIT 1", id_property, crossing.account_id)
         account_id = self._call("find Account", lambda: _first_id(self.sf.query(soql)))
         if account_id is None:
@@ -151,6 +161,13 @@ class SalesforceSink(CrossingSink):
 
     def close(self) -> None:
         self.session.close()
+
+
+def _record_id(value: str, source: str) -> str:
+    """`value` if it is a Salesforce record id: anything else would be joined onto the instance URL as a path."""
+    if _RECORD_ID.fullmatch(value) is None:
+        raise PermanentError(f"{source} is {value[:200]!r}, not a Salesforce record id (15 or 18 letters and digits)")
+    return value
 
 
 def _first_id(result: dict[str, Any]) -> str | None:

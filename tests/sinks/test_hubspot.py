@@ -170,3 +170,33 @@ def test_account_ids_may_be_hubspot_company_ids(sink_settings: Settings, hubspot
     assert stats.delivered == 1
     assert hubspot.objects["companies"][company]["properties"]["leadstream_account_level"] == "buying"
     assert "idProperty" not in hubspot.requests_to("PATCH", f"/companies/{company}$")[0].query
+
+
+def test_a_record_reference_that_would_leave_its_path_segment_is_dead_lettered_and_never_requested(
+    sink_settings: Settings, hubspot: FakeHubSpot, tmp_path: Path
+) -> None:
+    # The client percent-encodes '/', but urllib3 resolves '.' and '..': PATCH /crm/v3/objects/.
+    settings = hubspot_settings(sink_settings, hubspot)
+    company = hubspot.add_company("initech")
+    mapping = tmp_path / "hubspot.toml"
+    mapping.write_text('[fields]\nscore = "leadstream_score"\n[account]\nid_property = "hs_object_id"\n'
+                       '[account.fields]\nlevel = "leadstream_account_level"\n')
+    produce(settings, [
+        crossing(1, "nurture", "down", traits={"hubspot_id": ".."}),
+        crossing(2, "nurture", "down", traits={"hubspot_id": f"../companies/{company}"}),
+        crossing(3, "nurture", "down", traits={"email": ".."}),
+        account_crossing(account_id="..", id="dots/b2b/up/buying/1"),
+    ])
+
+    stats = drain(HubSpotSink(settings, load_mapping(mapping, with_deals=True)), settings)
+
+    assert (stats.delivered, stats.dead_lettered) == (0, 4)
+    assert hubspot.requests == []
+    letters = read_topic(settings, f"{settings.topic_crossings}-dlq-hubspot", expect=4, idle_s=0.5)
+    assert sorted(letter["detail"] for _, letter in letters) == sorted([
+        "hubspot: lead lead-1's hubspot_id trait is '..', not a HubSpot record id (a number)",
+        f"hubspot: lead lead-2's hubspot_id trait is '../companies/{company}', not a HubSpot record id (a number)",
+        "hubspot: lead lead-3's email trait is '..': not a value HubSpot can look a record up by",
+        "hubspot: account crossing dots/b2b/up/buying/1's account_id (id_property = \"hs_object_id\") is '..', "
+        "not a HubSpot record id (a number)",
+    ])

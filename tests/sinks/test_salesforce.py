@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+from sinks.mapping import load_mapping
 from sinks.runner import SinkRunner
 from sinks.salesforce import SalesforceSink
 from streams.settings import Settings
 from tests.infra import read_topic
 from tests.sinks.conftest import account_climb, account_crossing, crossing, drain, produce
+from tests.sinks.fake_http import WebhookReceiver
 from tests.sinks.fake_salesforce import FakeSalesforce
 
 
@@ -85,3 +89,45 @@ def test_account_crossings_update_the_account_and_buying_creates_a_task_related_
     assert "WhoId" not in task and task["Leadstream_Crossing_Id__c"] == "acme/b2b/up/buying/1"
     [(_, letter)] = read_topic(settings, f"{settings.topic_crossings}-dlq-salesforce", expect=1, idle_s=0.5)
     assert "no Salesforce Account has Leadstream_Account_Id__c = 'globex'" in letter["detail"]
+
+
+def test_a_record_id_that_is_not_a_salesforce_id_is_dead_lettered_and_never_requested(
+    sink_settings: Settings, salesforce: FakeSalesforce, webhook: WebhookReceiver
+) -> None:
+    # simple-salesforce joins the id onto the instance URL: an absolute URL would carry the
+    # session to another host, `../Account/<id>` would update an Account through the Lead path.
+    settings = salesforce_settings(sink_settings, salesforce)
+    victim = salesforce.add_account("victim-co")
+    produce(settings, [
+        crossing(1, "nurture", "down", traits={"email": "lead-1@acme.io", "salesforce_id": f"{webhook.url}/steal"}),
+        crossing(2, "nurture", "down", traits={"email": "lead-2@acme.io", "salesforce_id": f"../Account/{victim}"}),
+        account_crossing(account_id=f"{webhook.url}/steal-account"),
+    ])
+    mapping = load_mapping(settings.sink_mapping_dir / "salesforce.toml", with_deals=False)
+    assert mapping.account is not None
+    by_salesforce_id = replace(mapping, account=replace(mapping.account, id_property="Id"))
+
+    stats = drain(SalesforceSink(settings, by_salesforce_id), settings)
+
+    assert (stats.delivered, stats.dead_lettered) == (0, 3)
+    assert webhook.requests == [] and salesforce.requests == []
+    letters = read_topic(settings, f"{settings.topic_crossings}-dlq-salesforce", expect=3, idle_s=0.5)
+    details = sorted(letter["detail"] for _, letter in letters)
+    assert [letter["reason"] for _, letter in letters] == ["permanent"] * 3
+    assert details == sorted([
+        f"salesforce: lead lead-1's salesforce_id trait is '{webhook.url}/steal', not a Salesforce record id (15 or 18 letters and digits)",
+        f"salesforce: lead lead-2's salesforce_id trait is '../Account/{victim}', not a Salesforce record id (15 or 18 letters and digits)",
+        f"salesforce: account crossing acme/b2b/up/buying/1's account_id (id_property = \"Id\") is '{webhook.url}/steal-account', "
+        "not a Salesforce record id (15 or 18 letters and digits)",
+    ])
+
+
+def test_a_15_character_salesforce_id_is_accepted(sink_settings: Settings, salesforce: FakeSalesforce) -> None:
+    settings = salesforce_settings(sink_settings, salesforce)
+    lead_id = salesforce.add_lead("someone@acme.io")[:15]
+    salesforce.records["Lead"][lead_id] = salesforce.records["Lead"].pop(lead_id + "AAA")
+    produce(settings, [crossing(1, "nurture", "down", traits={"salesforce_id": lead_id})])
+
+    stats = drain(SalesforceSink(settings), settings)
+
+    assert stats.delivered == 1 and salesforce.records["Lead"][lead_id]["Rating"] == "Warm"
