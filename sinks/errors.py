@@ -8,6 +8,7 @@ backoff and dead-letters the second. `MappingError` is raised on start, before a
 
 from __future__ import annotations
 
+import math
 from typing import Mapping
 
 from scoring.errors import LeadstreamError
@@ -34,15 +35,20 @@ class MappingError(SinkError):
 
 
 def retry_after_s(headers: Mapping[str, str] | None) -> float | None:
-    """Seconds from a Retry-After header given as delta-seconds (what HubSpot and most hooks send)."""
+    """Seconds from a Retry-After header given as delta-seconds (what HubSpot and most hooks send).
+
+    None when there is none or it is not a finite number (`inf`, `nan`: no wait can honour it);
+    how long a server may make us wait is the runner's bound (RetryPolicy.server_wait_s).
+    """
     if not headers:
         return None
     for name, value in headers.items():
         if name.lower() == "retry-after":
             try:
-                return max(0.0, float(value))
+                seconds = float(value)
             except ValueError:
                 return None  # an HTTP date: rare for APIs; our own backoff applies instead
+            return max(0.0, seconds) if math.isfinite(seconds) else None
     return None
 
 

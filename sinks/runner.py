@@ -67,14 +67,21 @@ class RetryPolicy:
         return cls(settings.sink_max_attempts, settings.sink_backoff_base_ms, settings.sink_backoff_max_ms)
 
     def delay_s(self, attempt: int, jitter: float, retry_after_s: float | None = None) -> float:
-        """Exponential backoff with equal jitter (`jitter` in [0, 1)), never under the server's Retry-After.
+        """Exponential backoff with equal jitter (`jitter` in [0, 1)), never under the server's
+        Retry-After as far as `server_wait_s` honours it.
 
         Jitter spreads the retries of many stalled deliveries so they do not hit a recovering
         API all at once.
         """
         cap_ms: float = min(self.max_ms, self.base_ms * 2 ** (attempt - 1))
         backoff_s = (cap_ms / 2 + jitter * cap_ms / 2) / 1000
-        return max(backoff_s, retry_after_s or 0.0)
+        return max(backoff_s, self.server_wait_s(retry_after_s) or 0.0)
+
+    def server_wait_s(self, retry_after_s: float | None) -> float | None:
+        """A server's Retry-After, at most `max_ms`: the wait holds every lead of the batch, so a
+        day-long one would stall the connector for a day (the delivery is tried again, and after
+        `max_attempts` dead-lettered for a replay)."""
+        return None if retry_after_s is None else min(retry_after_s, self.max_ms / 1000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,7 +289,7 @@ class SinkRunner(Generic[T]):
                 error = exc
             if attempt >= self.policy.max_attempts:
                 return self._dead_letter(env, "retries_exhausted", f"after {attempt} attempts: {error}")
-            retry_after_s = getattr(error, "retry_after_s", None)
+            retry_after_s = self.policy.server_wait_s(getattr(error, "retry_after_s", None))
             if retry_after_s is not None:
                 self.sink.limiter.pause_until(time.monotonic() + retry_after_s)
             delay_s = self.policy.delay_s(attempt, random.random(), retry_after_s)

@@ -154,7 +154,9 @@ class Settings:
     sink_backoff_base_ms: int = _setting(
         "LEADSTREAM_SINK_BACKOFF_BASE_MS", 250, "First retry delay of a sink; doubles per attempt, with jitter."
     )
-    sink_backoff_max_ms: int = _setting("LEADSTREAM_SINK_BACKOFF_MAX_MS", 60_000, "Longest retry delay of a sink.")
+    sink_backoff_max_ms: int = _setting(
+        "LEADSTREAM_SINK_BACKOFF_MAX_MS", 60_000, "Longest retry delay of a sink, a server's Retry-After included."
+    )
     sink_timeout_s: int = _setting("LEADSTREAM_SINK_TIMEOUT_S", 10, "Timeout of one HTTP request to a CRM or webhook.")
     sink_delivered_ttl_s: int = _setting(
         "LEADSTREAM_SINK_DELIVERED_TTL_S",

@@ -61,7 +61,8 @@ def test_down_crossing_moves_the_lifecycle_stage_back_and_creates_nothing(
 def test_429_with_retry_after_5xx_timeouts_and_malformed_answers_end_in_exactly_one_deal_and_task(
     sink_settings: Settings, hubspot: FakeHubSpot
 ) -> None:
-    settings = hubspot_settings(sink_settings, hubspot).with_overrides(sink_max_attempts=5)
+    # Retry-After is honoured up to the longest backoff.
+    settings = hubspot_settings(sink_settings, hubspot).with_overrides(sink_max_attempts=5, sink_backoff_max_ms=2000)
     contact = hubspot.add_contact("lead-3@acme.io")
     hubspot.inject("status", method="PATCH", path="/contacts/", status=429, headers={"Retry-After": "1"},
                    body={"status": "error", "message": "You have reached your ten_secondly_rolling limit.",

@@ -26,6 +26,8 @@ from tests.sinks.conftest import account_crossing, crossing
         (10, 1.0, None, 60.0),  # capped by max_ms
         (1, 0.0, 5.0, 5.0),  # never earlier than Retry-After
         (9, 1.0, 5.0, 60.0),  # backoff longer than Retry-After wins
+        (1, 0.0, 86_400.0, 60.0),  # a Retry-After longer than max_ms waits max_ms
+        (1, 0.0, 1e300, 60.0),
     ],
 )
 def test_backoff_is_exponential_with_equal_jitter_and_honours_retry_after(
@@ -87,6 +89,11 @@ def test_retry_after_comes_from_the_header_in_seconds() -> None:
     error = for_status(429, "thing", "slow down", {"retry-after": "7"})
     assert isinstance(error, RetryableError) and error.retry_after_s == 7.0
     assert for_status(503, "thing", "", {"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}).retry_after_s is None  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("value", ["inf", "Infinity", "-inf", "nan"])
+def test_a_retry_after_that_is_not_a_finite_number_is_ignored(value: str) -> None:
+    assert for_status(429, "thing", "", {"Retry-After": value}).retry_after_s is None  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize(

@@ -59,7 +59,8 @@ def test_verify_signature_checks_the_mac_and_the_age(signed_at_offset_s: int, ta
 def test_429_is_retried_after_its_retry_after_and_4xx_or_redirects_are_dead_lettered(
     sink_settings: Settings, webhook: WebhookReceiver
 ) -> None:
-    settings = sink_settings.with_overrides(webhook_url=webhook.url + "/hook")
+    # Retry-After is honoured up to the longest backoff.
+    settings = sink_settings.with_overrides(webhook_url=webhook.url + "/hook", sink_backoff_max_ms=2000)
     webhook.inject("status", status=429, headers={"Retry-After": "1"}, body={"error": "slow down"})
     produce(settings, [crossing(1, "mql")])
     first = drain(WebhookSink(settings), settings)
@@ -77,6 +78,23 @@ def test_429_is_retried_after_its_retry_after_and_4xx_or_redirects_are_dead_lett
     details = sorted(letter["detail"] for letter in letters)
     assert "HTTP 410" in details[0] or "HTTP 410" in details[1]
     assert any("redirected (HTTP 301) to https://hooks.example/new" in d for d in details)
+
+
+def test_an_endless_or_huge_retry_after_waits_at_most_the_longest_backoff(
+    sink_settings: Settings, webhook: WebhookReceiver
+) -> None:
+    # Event.wait(1e10) raised OverflowError out of the runner; 86400 would have held the batch a day.
+    settings = sink_settings.with_overrides(webhook_url=webhook.url + "/hook", sink_backoff_max_ms=400)
+    for retry_after in ("1e10", "inf", "86400"):
+        webhook.inject("status", status=429, headers={"Retry-After": retry_after})
+    produce(settings, [crossing(1, "mql"), crossing(2, "mql")])
+
+    started = time.monotonic()
+    stats = drain(WebhookSink(settings), settings)
+
+    assert (stats.delivered, stats.retries, stats.dead_lettered) == (2, 3, 0)
+    posts = sorted(webhook.requests_to("POST", "/hook"), key=lambda p: p.at)
+    assert len(posts) == 5 and posts[-1].at - started < 10
 
 
 def test_a_leads_crossings_arrive_in_order_while_leads_are_delivered_concurrently(
