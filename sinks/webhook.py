@@ -4,7 +4,8 @@ The body is the crossing exactly as the sink topic holds it. Headers:
 
 - `X-Leadstream-Id`: the crossing id; the same on every retry and replay, so a receiver that
   keeps the ids it has handled (for a day or more) never acts twice.
-- `X-Leadstream-Timestamp`: Unix seconds when this attempt was signed.
+- `X-Leadstream-Timestamp`: Unix seconds when this attempt was signed, just before it is sent
+  (after any wait for the rate limit).
 - `X-Leadstream-Signature`: `v1=` + hex HMAC-SHA256, keyed with LEADSTREAM_WEBHOOK_SECRET, of
   the timestamp, a dot and the raw body (`f"{timestamp}.".encode() + body`).
 
@@ -86,6 +87,9 @@ class WebhookSink(Sink[Post]):
         return item.crossing_id
 
     def deliver(self, item: Post, steps: Steps) -> None:
+        # Signed after the rate limiter's wait (quota, or another lane's Retry-After), which can
+        # last longer than the receiver's tolerance for the timestamp.
+        self.limiter.acquire()
         timestamp = int(self.clock())
         headers = {
             "Content-Type": "application/json",
@@ -94,7 +98,6 @@ class WebhookSink(Sink[Post]):
             "X-Leadstream-Timestamp": str(timestamp),
             "X-Leadstream-Signature": sign(self.secret, timestamp, item.body),
         }
-        self.limiter.acquire()
         try:
             response = self.session.post(self.url, data=item.body, headers=headers, allow_redirects=False)
         except requests.RequestException as exc:

@@ -9,6 +9,7 @@ import time
 import orjson
 import pytest
 
+from sinks.ratelimit import Quota, TokenBucket
 from sinks.webhook import WebhookSink, sign, verify_signature
 from streams.settings import Settings
 from tests.infra import read_topic
@@ -95,6 +96,36 @@ def test_an_endless_or_huge_retry_after_waits_at_most_the_longest_backoff(
     assert (stats.delivered, stats.retries, stats.dead_lettered) == (2, 3, 0)
     posts = sorted(webhook.requests_to("POST", "/hook"), key=lambda p: p.at)
     assert len(posts) == 5 and posts[-1].at - started < 10
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1_763_884_800.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_a_crossing_is_signed_after_its_wait_for_the_rate_limit(sink_settings: Settings, webhook: WebhookReceiver) -> None:
+    # One request per 1000 s: the second crossing waits about 1176 s (on the fake clock) for its
+    # slot, far beyond the receiver's 300 s tolerance, and must still be accepted on arrival.
+    settings = sink_settings.with_overrides(webhook_url=webhook.url)
+    clock = FakeClock()
+    sink = WebhookSink(settings, clock=clock)
+    sink.limiter = TokenBucket(Quota(1, 1000.0), clock=clock, sleep=clock.sleep)
+    produce(settings, [crossing(1, "mql"), crossing(1, "sql", seq=2)])  # one lead: delivered in order
+
+    stats = drain(sink, settings)
+
+    assert stats.delivered == 2 and clock.now > 1_763_884_800 + 1000
+    first, second = sorted(webhook.requests_to("POST", "/"), key=lambda p: p.at)
+    assert (first.headers["X-Leadstream-Timestamp"], second.headers["X-Leadstream-Timestamp"]) == (
+        "1763884800", str(int(clock.now)))
+    assert verify_signature(WEBHOOK_SECRET, second.headers["X-Leadstream-Timestamp"], second.body,
+                            second.headers["X-Leadstream-Signature"], now_s=clock.now)
 
 
 def test_a_leads_crossings_arrive_in_order_while_leads_are_delivered_concurrently(
