@@ -47,12 +47,17 @@ def sign(secret: str, timestamp: int, body: bytes) -> str:
 
 def verify_signature(secret: str, timestamp: str, body: bytes, signature: str, now_s: float,
                      tolerance_s: int = TOLERANCE_S) -> bool:
-    """The receiver's check: signature matches and the timestamp is recent."""
+    """The receiver's check: signature matches and the timestamp is recent.
+
+    False, never an exception, for any header a sender (or a forger) can write.
+    """
     try:
         signed_at = int(timestamp)
-    except ValueError:
+        recent = abs(now_s - signed_at) <= tolerance_s
+    except (ValueError, OverflowError):  # not a number, or one too large to compare with a clock
         return False
-    if abs(now_s - signed_at) > tolerance_s:
+    # Ours is ASCII hex; compare_digest raises TypeError on text that is not ASCII.
+    if not recent or not signature.isascii():
         return False
     return hmac.compare_digest(sign(secret, signed_at, body), signature)
 

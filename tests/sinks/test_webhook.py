@@ -57,6 +57,16 @@ def test_verify_signature_checks_the_mac_and_the_age(signed_at_offset_s: int, ta
                             signature, now_s=now) is accepted
 
 
+@pytest.mark.parametrize(
+    ("timestamp", "signature"),
+    [("{now}", "v1=é" + "0" * 63), ("{now}", "v1=\udcff"), ("1" * 4000, "v1=" + "0" * 64),
+     ("-" + "9" * 400, "v1=" + "0" * 64), ("soon", "v1=" + "0" * 64)],
+)
+def test_verify_signature_refuses_garbled_headers_without_raising(timestamp: str, signature: str) -> None:
+    now = 1_763_884_800
+    assert verify_signature("s3cret", timestamp.format(now=now), b'{"id":"x"}', signature, now_s=now + 0.5) is False
+
+
 def test_429_is_retried_after_its_retry_after_and_4xx_or_redirects_are_dead_lettered(
     sink_settings: Settings, webhook: WebhookReceiver
 ) -> None:
