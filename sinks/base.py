@@ -20,6 +20,7 @@ from typing import Any, Callable, ClassVar, Generic, Protocol, TypeVar
 
 import orjson
 
+from scoring.events import MAX_TIME_MS, MIN_TIME_MS
 from sinks.errors import PermanentError
 from sinks.ratelimit import Limiter, Unlimited
 from streams.settings import Settings
@@ -99,7 +100,7 @@ class Crossing:
                 engagement=int(raw.get("engagement") or 0),
                 cell=str(raw.get("cell") or ""),
                 temperature=str(raw.get("temperature") or ""),
-                time_ms=int(raw["time"]),
+                time_ms=_time_ms(raw["time"]),
                 reasons=tuple(Reason(str(r["rule"]), float(r["points"]), str(r.get("lead_id") or ""))
                               for r in raw.get("reasons") or ()),
                 traits={str(k): str(v) for k, v in (raw.get("traits") or {}).items() if v is not None},
@@ -144,6 +145,15 @@ class Crossing:
 def _number(value: float) -> float | int:
     """61.0 as 61, so CRM fields and texts read like the score, not like a float."""
     return int(value) if float(value).is_integer() else round(value, 2)
+
+
+def _time_ms(value: Any) -> int:
+    """Epoch ms within the years events may have (scoring.events): connectors date CRM tasks by
+    it, and a time no datetime holds would fail only after the CRM record was updated."""
+    ms = int(value)
+    if not MIN_TIME_MS <= ms < MAX_TIME_MS:
+        raise ValueError(f"field 'time' is {ms}, outside years 2000-2099 in epoch milliseconds")
+    return ms
 
 
 def _text(value: object) -> str:

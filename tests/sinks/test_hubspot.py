@@ -173,6 +173,21 @@ def test_account_ids_may_be_hubspot_company_ids(sink_settings: Settings, hubspot
     assert "idProperty" not in hubspot.requests_to("PATCH", f"/companies/{company}$")[0].query
 
 
+def test_a_crossing_with_an_impossible_time_is_dead_lettered_as_malformed_before_any_request(
+    sink_settings: Settings, hubspot: FakeHubSpot
+) -> None:
+    settings = hubspot_settings(sink_settings, hubspot)
+    hubspot.add_contact("lead-1@acme.io")
+    produce(settings, [crossing(1, "sql", time=10**18)])
+
+    stats = drain(HubSpotSink(settings), settings)
+
+    assert (stats.delivered, stats.retries, stats.dead_lettered) == (0, 0, 1)
+    assert hubspot.requests == []
+    [(_, letter)] = read_topic(settings, f"{settings.topic_crossings}-dlq-hubspot", expect=1, idle_s=0.5)
+    assert letter["reason"] == "malformed" and "field 'time' is 1000000000000000000, outside years 2000-2099" in letter["detail"]
+
+
 def test_a_record_reference_that_would_leave_its_path_segment_is_dead_lettered_and_never_requested(
     sink_settings: Settings, hubspot: FakeHubSpot, tmp_path: Path
 ) -> None:

@@ -105,6 +105,9 @@ def test_a_retry_after_that_is_not_a_finite_number_is_ignored(value: str) -> Non
         (orjson.dumps({k: v for k, v in crossing(1).items() if k != "to_level"}), "field 'to_level' is missing"),
         (orjson.dumps({**crossing(1), "score": "high"}), "could not convert string to float"),
         (orjson.dumps({**crossing(1), "lead_id": None}), "expected a non-empty string"),
+        (orjson.dumps({**crossing(1), "time": 10**18}), "field 'time' is 1000000000000000000, outside years 2000-2099"),
+        (orjson.dumps({**crossing(1), "time": 1763884800}), "outside years 2000-2099"),  # seconds, not ms
+        (orjson.dumps({**crossing(1), "time": -1}), "outside years 2000-2099"),
         # JSON orjson still reads (it allows 1,024 levels), deeper than Python turns into text.
         (orjson.dumps({**crossing(1), "traits": {"title": "deep"}}).replace(b'"deep"', b"[" * 1000 + b"]" * 1000), "nests"),
         (orjson.dumps({**crossing(1), "reasons": [{"rule": "deep", "points": 1}]}).replace(b'"deep"', b"[" * 1000 + b"]" * 1000), "nests"),
@@ -211,8 +214,9 @@ def test_the_workers_account_crossings_parse_and_name_their_members() -> None:
 
     engine = Engine.from_directory(PROJECT_ROOT / "scoring" / "models")
     runtime = engine.runtime("b2b")
-    state, transitions = roll_up(runtime, "acme", None, MemberScore("b2b", "acme", "lead-7", 70.0, 1))
-    _, transitions = roll_up(runtime, "acme", state, MemberScore("b2b", "acme", "lead-2", 90.0, 2))
+    # Member scores carry their lead's newest event time: a time events may have.
+    state, transitions = roll_up(runtime, "acme", None, MemberScore("b2b", "acme", "lead-7", 70.0, 1763884800000))
+    _, transitions = roll_up(runtime, "acme", state, MemberScore("b2b", "acme", "lead-2", 90.0, 1763884801000))
     [written] = [t for t in transitions if t.to_level == "buying"]
     parsed = Crossing.from_json(orjson.dumps(written.to_dict()))
     assert (parsed.kind, parsed.account_id, parsed.lead_id, parsed.grade) == ("account", "acme", "lead-2", "")
