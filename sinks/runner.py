@@ -12,7 +12,9 @@ delivered, or dead-lettered; a crash before that re-delivers the batch and the l
 
 A message that fails with `PermanentError`, or still fails after LEADSTREAM_SINK_MAX_ATTEMPTS
 tries, goes to the connector's dead-letter topic `<source topic>-dlq-<connector>` with the
-reason; `replay_dead_letters` re-drives them once the cause is fixed.
+reason; `replay_dead_letters` re-drives them once the cause is fixed. A record of the dead-letter
+topic that cannot be replayed (not a dead letter, or a letter that kept only the first bytes of
+a message too large for it) is counted as `unreplayable`, logged, and committed past.
 """
 
 from __future__ import annotations
@@ -102,6 +104,7 @@ class Stats:
     ignored: int = 0
     dead_lettered: int = 0
     retries: int = 0
+    unreplayable: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, outcome: str, connector: str) -> None:
@@ -111,7 +114,7 @@ class Stats:
 
     def as_dict(self) -> dict[str, int]:
         return {"delivered": self.delivered, "skipped": self.skipped, "ignored": self.ignored, "dead_lettered": self.dead_lettered,
-                "retries": self.retries}
+                "retries": self.retries, "unreplayable": self.unreplayable}
 
 
 class _Stopped(Exception):
@@ -141,7 +144,7 @@ class SinkRunner(Generic[T]):
         """Re-drive every dead letter present now; those that fail again are dead-lettered anew."""
         return self._consume(self.dlq_topic, group_id(self.settings, self.sink.name) + "-replay", self._from_dead_letter, True)
 
-    def _consume(self, topic: str, group: str, to_envelope: Callable[[object], Envelope], stop_at_end: bool) -> Stats:
+    def _consume(self, topic: str, group: str, to_envelope: Callable[[object], Envelope | None], stop_at_end: bool) -> Stats:
         from kafka import KafkaConsumer, KafkaProducer
         from kafka.errors import CommitFailedError
         from kafka.structs import OffsetAndMetadata
@@ -179,7 +182,7 @@ class SinkRunner(Generic[T]):
                 if end is not None:
                     messages = [m for m in messages if m.offset < end.get(_tp(m), 0)]
                 if messages:
-                    self._deliver_batch(pool, [to_envelope(m) for m in messages])
+                    self._deliver_batch(pool, [env for env in map(to_envelope, messages) if env is not None])
                     commits = {}
                     for m in messages:
                         commits[_tp(m)] = OffsetAndMetadata(m.offset + 1, "", -1)
@@ -314,9 +317,22 @@ class SinkRunner(Generic[T]):
     def _as_envelope(message: object) -> Envelope:
         return Envelope(message.key, message.value, message.topic, message.partition, message.offset)  # type: ignore[attr-defined]
 
-    @staticmethod
-    def _from_dead_letter(message: object) -> Envelope:
-        letter = DeadLetter.from_bytes(message.value, message.key)  # type: ignore[attr-defined]
+    def _from_dead_letter(self, message: object) -> Envelope | None:
+        """The message a dead letter keeps; None for a record with nothing to replay (counted as
+        `unreplayable` and logged; the replay commits past it rather than stop at it for good)."""
+        where = f"{message.topic}/{message.partition}@{message.offset}"  # type: ignore[attr-defined]
+        try:
+            letter = DeadLetter.from_bytes(message.value, message.key)  # type: ignore[attr-defined]
+        except ValueError as exc:
+            log.warning("sink %s: %s is not replayed: %s", self.sink.name, where, exc)
+            self.stats.add("unreplayable", self.sink.name)
+            return None
+        if not letter.whole:
+            log.warning("sink %s: the dead letter %s is not replayed: it kept only the first bytes of %s/%s@%s, "
+                        "a message too large to keep whole (%s)",
+                        self.sink.name, where, letter.topic, letter.partition, letter.offset, letter.detail)
+            self.stats.add("unreplayable", self.sink.name)
+            return None
         return Envelope(letter.key, letter.original, letter.topic, letter.partition, letter.offset)  # type: ignore[arg-type]
 
 
@@ -350,5 +366,5 @@ def replay(sink: Sink[T], settings: Settings) -> int:
     runner = SinkRunner(sink, settings)
     stats = runner.replay_dead_letters()
     print(f"replayed {runner.dlq_topic}: {stats.delivered} delivered, {stats.skipped} already delivered, "
-          f"{stats.dead_lettered} dead-lettered again")
-    return 0 if stats.dead_lettered == 0 else 1
+          f"{stats.dead_lettered} dead-lettered again, {stats.unreplayable} not replayable (see the log)")
+    return 0 if stats.dead_lettered == stats.unreplayable == 0 else 1

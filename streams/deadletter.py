@@ -35,6 +35,9 @@ class DeadLetter:
     partition: int | None = None
     offset: int | None = None
     key: bytes | None = None
+    #: False for a letter read back that kept only the original's size and first bytes
+    #: (`original` is then empty): there is nothing to replay.
+    whole: bool = True
 
     def to_bytes(self) -> bytes:
         record: dict[str, object] = {
@@ -63,14 +66,15 @@ class DeadLetter:
             record = orjson.loads(value or b"")
             source = record.get("source") or {}
             text = record.get("original")
+            whole = "original_size" not in record  # else too large to keep: not replayable
             if isinstance(text, str):
                 original = text.encode()
-            elif "original_size" in record:  # too large to keep: not replayable
+            elif not whole:
                 original = b""
             else:
                 original = base64.b64decode(record["original_base64"], validate=True)
             return cls(record["reason"], record.get("detail", ""), original,
-                       source.get("topic"), source.get("partition"), source.get("offset"), key)
+                       source.get("topic"), source.get("partition"), source.get("offset"), key, whole)
         except (KeyError, TypeError, AttributeError, ValueError) as exc:  # JSON and base64 errors are ValueErrors
             raise ValueError(f"not a dead letter as leadstream writes them: {exc!r}") from None
 

@@ -13,10 +13,13 @@ from kafka import KafkaAdminClient, KafkaProducer
 from sinks.hubspot import HubSpotSink
 from sinks.mapping import load_mapping
 from sinks.salesforce import SalesforceSink
-from sinks.runner import group_id
+from sinks.runner import SinkRunner, group_id
+from sinks.webhook import WebhookSink
+from streams.history import read_to_end
 from streams.settings import Settings
 from tests.infra import leadstream, read_topic, wait_for
 from tests.sinks.conftest import account_crossing, crossing, drain, produce
+from tests.sinks.fake_http import WebhookReceiver
 from tests.sinks.fake_hubspot import FakeHubSpot
 from tests.sinks.fake_salesforce import FakeSalesforce
 
@@ -164,6 +167,35 @@ def test_permanent_errors_are_dead_lettered_with_the_reason_and_replay_redrives_
     again = leadstream(settings, "sink", "replay-dlq", "hubspot", check=False)
     assert "0 delivered, 0 already delivered, 1 dead-lettered again" in again.stdout, again.stderr
     assert len(hubspot.objects["deals"]) == 2
+
+
+def test_replay_goes_past_letters_kept_in_part_and_records_that_are_not_dead_letters(
+    sink_settings: Settings, webhook: WebhookReceiver
+) -> None:
+    settings = sink_settings.with_overrides(webhook_url=webhook.url)
+    dlq = f"{settings.topic_crossings}-dlq-webhook"
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    # Not a crossing, and so large once escaped that its letter keeps only its size and head.
+    producer.send(settings.topic_crossings, key=b"lead-1", value=b'"' * 600_000)
+    producer.flush()
+    assert drain(WebhookSink(settings), settings).dead_lettered == 1
+    producer.send(dlq, key=b"lead-x", value=None)  # a tombstone: not a dead letter
+    producer.send(dlq, key=b"lead-y", value=b"stray")
+    producer.flush()
+    producer.close()
+    # A genuine letter after them: a crossing refused while the receiver was gone.
+    webhook.inject("status", status=410)
+    produce(settings, [crossing(2, "mql")])
+    assert drain(WebhookSink(settings), settings).dead_lettered == 1
+
+    replayed = SinkRunner(WebhookSink(settings), settings).replay_dead_letters()
+
+    assert (replayed.delivered, replayed.dead_lettered, replayed.unreplayable) == (1, 0, 3)
+    assert [p.json()["id"] for p in webhook.requests_to("POST", "/")] == [crossing(2, "mql")["id"]] * 2
+    assert sum(1 for _ in read_to_end(settings, dlq)) == 4  # nothing dead-lettered again
+    # The replay committed past all of them.
+    again = SinkRunner(WebhookSink(settings), settings).replay_dead_letters()
+    assert (again.delivered, again.dead_lettered, again.unreplayable) == (0, 0, 0)
 
 
 def test_a_connector_with_a_broken_mapping_refuses_to_start_and_names_file_and_field(
