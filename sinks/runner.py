@@ -304,7 +304,7 @@ class SinkRunner(Generic[T]):
                 raise _Stopped()
 
     def _dead_letter(self, env: Envelope, reason: str, detail: str) -> str:
-        letter = DeadLetter(reason=reason, detail=f"{self.sink.name}: {detail}", original=env.value or b"",
+        letter = DeadLetter(reason=reason, detail=f"{self.sink.name}: {detail}", original=env.value,
                             topic=env.topic, partition=env.partition, offset=env.offset, key=env.key)
         assert self._producer is not None
         # Waited for: the offset commit that follows must never outrun the dead letter.

@@ -2,7 +2,8 @@
 
 A dead letter's value is JSON: the reason code, a sentence naming the problem, where the input
 came from (topic, partition, offset) and the original bytes (as text when they are UTF-8, else
-base64). It is keyed like its source message.
+base64; null when the message had no value, a tombstone, so that a replay sends a tombstone
+again). It is keyed like its source message.
 
 A letter must fit in a Kafka message, or the worker could not write it and would stop (at every
 restart, on the same input): an original that would make it larger than MAX_MESSAGE_BYTES (a
@@ -30,7 +31,8 @@ MAX_DETAIL_CHARS = 4096
 class DeadLetter:
     reason: str
     detail: str
-    original: bytes
+    #: None: the message was a tombstone (no value), which is not the same as an empty value.
+    original: bytes | None
     topic: str | None = None
     partition: int | None = None
     offset: int | None = None
@@ -45,6 +47,9 @@ class DeadLetter:
             "detail": self.detail if len(self.detail) <= MAX_DETAIL_CHARS else self.detail[:MAX_DETAIL_CHARS] + "...",
             "source": {"topic": self.topic, "partition": self.partition, "offset": self.offset},
         }
+        if self.original is None:
+            record["original"] = None
+            return encode_json(record)
         try:
             record["original"] = self.original.decode("utf-8")
         except UnicodeDecodeError:
@@ -67,8 +72,11 @@ class DeadLetter:
             source = record.get("source") or {}
             text = record.get("original")
             whole = "original_size" not in record  # else too large to keep: not replayable
+            original: bytes | None
             if isinstance(text, str):
                 original = text.encode()
+            elif "original" in record and text is None:  # a tombstone
+                original = None
             elif not whole:
                 original = b""
             else:

@@ -9,6 +9,9 @@ from kafka import KafkaProducer
 from redis import Redis
 
 from sinks.redis_model import RedisModelSink, entry_key, lead_key, leaderboard_key
+from sinks.runner import SinkRunner
+from streams.history import read_to_end
+from streams.processes import free_port
 from streams.settings import Settings
 from tests.infra import leadstream
 from tests.sinks.conftest import drain
@@ -55,6 +58,25 @@ def test_score_changes_keep_the_leaderboard_and_lead_hashes_current(sink_setting
     assert not redis.exists(lead_key(prefix, "b2b", "lead-3"))
     trial = redis.hgetall(lead_key(prefix, "trial", "lead-1"))
     assert (trial["last_activity_ms"], trial["grade"]) == ("", "")  # null in the topic: empty, not "None"
+
+
+def test_a_dead_lettered_tombstone_is_replayed_as_a_tombstone_and_the_lead_is_forgotten(sink_settings: Settings) -> None:
+    publish(sink_settings, [("b2b/u-42", score_change("u-42", 67))])
+    drain(RedisModelSink(sink_settings), sink_settings)
+    # `leadstream forget u-42` while Redis cannot be reached: retried, then dead-lettered.
+    publish(sink_settings, [("b2b/u-42", None)])
+    unreachable = RedisModelSink(sink_settings)
+    unreachable.redis = Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.2)
+    assert drain(unreachable, sink_settings).dead_lettered == 1
+    [letter] = [orjson.loads(r.value) for r in read_to_end(sink_settings, f"{sink_settings.topic_scores}-dlq-redis")]
+    assert letter["original"] is None
+
+    replayed = SinkRunner(RedisModelSink(sink_settings), sink_settings).replay_dead_letters()
+
+    assert (replayed.delivered, replayed.dead_lettered) == (1, 0)
+    redis, prefix = Redis.from_url(sink_settings.redis_url), sink_settings.redis_prefix
+    assert redis.zrange(leaderboard_key(prefix, "b2b"), 0, -1) == []
+    assert not redis.exists(lead_key(prefix, "b2b", "u-42"))
 
 
 def test_leadstream_top_prints_the_hottest_leads_as_a_table(sink_settings: Settings) -> None:

@@ -12,10 +12,16 @@ from streams.deadletter import KEPT_HEAD_BYTES, DeadLetter
 from streams.envelope import MAX_MESSAGE_BYTES
 
 
-@pytest.mark.parametrize("original", [b'{"lead_id": "ada"}', b"\xff\xfe not UTF-8", b""])
-def test_a_letter_reads_back_as_written(original: bytes) -> None:
+@pytest.mark.parametrize("original", [b'{"lead_id": "ada"}', b"\xff\xfe not UTF-8", b"", None])
+def test_a_letter_reads_back_as_written(original: bytes | None) -> None:
     letter = DeadLetter("bad_json", "message is not JSON", original, "leadstream-events", 3, 41, b"ada")
     assert DeadLetter.from_bytes(letter.to_bytes(), b"ada") == letter
+
+
+def test_a_tombstone_is_kept_as_a_null_original_not_an_empty_one() -> None:
+    letter = DeadLetter("permanent", "redis: down", None, "leadstream-scores", 0, 9, b"b2b/ada")
+    assert orjson.loads(letter.to_bytes())["original"] is None
+    assert DeadLetter.from_bytes(letter.to_bytes()).original is None
 
 
 @pytest.mark.parametrize("value", [b"{oops", b"[]", b'{"reason": "x"}', b'{"reason": "x", "original_base64": "%%%"}', None])
