@@ -39,6 +39,17 @@ class Steps(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class Position:
+    """Where a message stands on its source topic. Messages of one key are on one partition, so
+    a larger offset is a newer record of that key. `replayed`: it comes back from a dead letter,
+    and newer messages of its key may have been delivered meanwhile."""
+
+    partition: int
+    offset: int
+    replayed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Reason:
     """A rule and its points; for an account crossing, a member lead (`lead_id`) and its score."""
 
@@ -173,7 +184,7 @@ class Sink(ABC, Generic[T]):
         return settings.topic_crossings
 
     @abstractmethod
-    def parse(self, key: bytes | None, value: bytes | None) -> T:
+    def parse(self, key: bytes | None, value: bytes | None, position: Position) -> T:
         """The message as the connector's record; PermanentError when it is not one."""
 
     def handles(self, item: T) -> bool:
@@ -196,7 +207,7 @@ class Sink(ABC, Generic[T]):
 class CrossingSink(Sink[Crossing]):
     """A connector fed by the sink topic's threshold crossings."""
 
-    def parse(self, key: bytes | None, value: bytes | None) -> Crossing:
+    def parse(self, key: bytes | None, value: bytes | None, position: Position) -> Crossing:
         return Crossing.from_json(value)
 
     def delivery_id(self, item: Crossing) -> str:

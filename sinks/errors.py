@@ -3,7 +3,8 @@
 A connector raises `RetryableError` when trying again later can succeed (429, 5xx, timeouts,
 connection errors, malformed answers) and `PermanentError` when it cannot (4xx other than 429, a
 contact that does not exist, a record that is not a crossing): the runner retries the first with
-backoff and dead-letters the second. `MappingError` is raised on start, before anything is read.
+backoff and dead-letters the second. `StaleError` sets aside a replayed item that newer ones
+overtook. `MappingError` is raised on start, before anything is read.
 """
 
 from __future__ import annotations
@@ -28,6 +29,11 @@ class RetryableError(SinkError):
 
 class PermanentError(SinkError):
     """The action cannot succeed as it is: the message goes to the connector's dead-letter topic."""
+
+
+class StaleError(SinkError):
+    """The item is older than what the connector already applied for the same record (a replayed
+    dead letter that newer messages overtook): the runner counts it as `stale` and goes past it."""
 
 
 class MappingError(SinkError):

@@ -11,10 +11,19 @@ summaries keyed `<model>:account/<account_id>` (streams/rollup.py):
   accounts, the hash holding score, normalized, level, temperature, members (how many) and
   top_members (JSON list of {lead_id, score}).
 
-Both of an entry are written in one MULTI, so a reader never sees a leaderboard entry without
-its hash. A tombstone (null value) removes the entry. Writes are overwrites with the latest
-state, so a redelivered message is harmless and no ledger is needed; per-key order is kept by
-the runner.
+- `{prefix}:version:{model}:{kind}:{id}`: "<partition> <offset>" of the score-changes message
+  the entry was last written from; after a tombstone it stays, as the mark that the entry is
+  gone, for DLQ_RETENTION_MS (30 days: no dead letter outlives that).
+
+An entry is written by one Lua script, so a reader never sees a leaderboard entry without its
+hash. A tombstone (null value) removes the entry. Writes are overwrites with the latest state,
+so a redelivered message is harmless and no ledger is needed; per-key order is kept by the
+runner. A replayed dead letter is applied only when it is newer (a larger offset on the same
+partition) than the message the entry was last written from, in the same script: an old
+summary must not overwrite a newer one, nor bring back a forgotten lead. The summary's `time`
+cannot order them: a decay step is timed by the worker's clock, and the next event's summary by
+that event's time, which is usually behind it. Messages read live are applied as they come (the
+runner keeps their order), so a re-created topic, whose offsets start again, heals the versions.
 """
 
 from __future__ import annotations
@@ -26,8 +35,9 @@ from typing import Any, Sequence, cast
 import orjson
 from redis import Redis
 
-from sinks.base import Sink, Steps
-from sinks.errors import PermanentError
+from sinks.base import Position, Sink, Steps
+from sinks.errors import PermanentError, StaleError
+from sinks.runner import DLQ_RETENTION_MS
 from streams.settings import Settings
 
 HASH_FIELDS = ("score", "normalized", "grade", "engagement", "cell", "temperature", "level", "last_activity_ms")
@@ -36,6 +46,29 @@ ACCOUNT_HASH_FIELDS = ("score", "normalized", "level", "temperature", "members")
 ACCOUNT_SUFFIX = ":account"
 #: The JSON list each kind's hash keeps as one field: lead reasons, account best members.
 _LIST_FIELD = {"lead": "top_reasons", "account": "top_members"}
+#: KEYS: leaderboard, entry hash, entry version. ARGV: id, score, partition, offset, replayed
+#: ("1"/"0"), how long a tombstone's version stays (s), then the hash's fields and values (none:
+#: a tombstone). 1 when written, 0 when a replayed message is not newer than the stored one.
+_WRITE = """
+local stored = redis.call('GET', KEYS[3])
+if ARGV[5] == '1' and stored then
+  local partition, offset = string.match(stored, '^(%d+) (%d+)$')
+  if partition == ARGV[3] and tonumber(offset) >= tonumber(ARGV[4]) then
+    return 0
+  end
+end
+local version = ARGV[3] .. ' ' .. ARGV[4]
+redis.call('DEL', KEYS[2])
+if #ARGV == 6 then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  redis.call('SET', KEYS[3], version, 'EX', ARGV[6])
+else
+  redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+  redis.call('HSET', KEYS[2], unpack(ARGV, 7))
+  redis.call('SET', KEYS[3], version)
+end
+return 1
+"""
 
 
 @dataclass(frozen=True)
@@ -47,6 +80,7 @@ class ScoreChange:
     id: str
     #: None for a tombstone: the entry is gone from the model.
     fields: dict[str, str] | None
+    position: Position
     score: float = 0.0
 
 
@@ -62,24 +96,29 @@ def entry_key(prefix: str, model: str, kind: str, entry_id: str) -> str:
     return lead_key(prefix, model, entry_id) if kind == "lead" else f"{prefix}:account:{model}:{entry_id}"
 
 
+def version_key(prefix: str, model: str, kind: str, entry_id: str) -> str:
+    return f"{prefix}:version:{model}:{kind}:{entry_id}"
+
+
 class RedisModelSink(Sink[ScoreChange]):
     name = "redis"
 
     def __init__(self, settings: Settings) -> None:
         self.redis = Redis.from_url(settings.redis_url, socket_timeout=settings.sink_timeout_s)
         self.prefix = settings.redis_prefix
+        self.write = self.redis.register_script(_WRITE)
 
     def source_topic(self, settings: Settings) -> str:
         return settings.topic_scores
 
-    def parse(self, key: bytes | None, value: bytes | None) -> ScoreChange:
+    def parse(self, key: bytes | None, value: bytes | None, position: Position) -> ScoreChange:
         model, _, entry_id = (key or b"").decode(errors="replace").partition("/")
         kind = "account" if model.endswith(ACCOUNT_SUFFIX) else "lead"
         model = model.removesuffix(ACCOUNT_SUFFIX)
         if not model or not entry_id:
             raise PermanentError(f"score change key {key!r} is not '<model>/<lead_id>' or '<model>:account/<account_id>'")
         if value is None:
-            return ScoreChange(model, kind, entry_id, None)
+            return ScoreChange(model, kind, entry_id, None, position)
         names = HASH_FIELDS if kind == "lead" else ACCOUNT_HASH_FIELDS
         try:
             raw = orjson.loads(value)
@@ -90,23 +129,21 @@ class RedisModelSink(Sink[ScoreChange]):
             fields[listed] = orjson.dumps(raw.get(listed) or []).decode()
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
             raise PermanentError(f"score change {key.decode(errors='replace') if key else ''} is not the documented JSON: {exc!r}") from None
-        return ScoreChange(model, kind, entry_id, fields, score)
+        return ScoreChange(model, kind, entry_id, fields, position, score)
 
     def delivery_id(self, item: ScoreChange) -> None:
         return None
 
     def deliver(self, item: ScoreChange, steps: Steps) -> None:
-        pipe = self.redis.pipeline(transaction=True)
-        board = leaderboard_key(self.prefix, item.model, item.kind)
-        entry = entry_key(self.prefix, item.model, item.kind, item.id)
-        if item.fields is None:
-            pipe.zrem(board, item.id)
-            pipe.delete(entry)
-        else:
-            pipe.zadd(board, {item.id: item.score})
-            pipe.delete(entry)  # a field the producer dropped must not linger
-            pipe.hset(entry, mapping=item.fields)  # type: ignore[arg-type]  # redis-py's Mapping is invariant
-        pipe.execute()
+        keys = [leaderboard_key(self.prefix, item.model, item.kind), entry_key(self.prefix, item.model, item.kind, item.id),
+                version_key(self.prefix, item.model, item.kind, item.id)]
+        at = item.position
+        args: list[str | float | int] = [item.id, item.score, at.partition, at.offset, int(at.replayed), DLQ_RETENTION_MS // 1000]
+        for name, value in (item.fields or {}).items():  # all of them: a field the producer dropped must not linger
+            args += [name, value]
+        if not self.write(keys, args):
+            raise StaleError(f"{item.kind} {item.id} of model {item.model}: the entry was written from a newer "
+                             f"message than partition {at.partition} offset {at.offset}")
 
     def close(self) -> None:
         self.redis.close()

@@ -31,8 +31,8 @@ from typing import Any, Callable, Generic, Iterable, TypeVar
 from redis import Redis, RedisError
 
 from sinks import metrics
-from sinks.base import Sink
-from sinks.errors import PermanentError, RetryableError
+from sinks.base import Position, Sink
+from sinks.errors import PermanentError, RetryableError, StaleError
 from sinks.ledger import Ledger, NoSteps
 from streams import probes
 from streams.deadletter import DeadLetter
@@ -95,6 +95,7 @@ class Envelope:
     topic: str
     partition: int
     offset: int
+    replayed: bool = False  # it comes from a dead letter
 
 
 @dataclass
@@ -105,6 +106,7 @@ class Stats:
     dead_lettered: int = 0
     retries: int = 0
     unreplayable: int = 0
+    stale: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, outcome: str, connector: str) -> None:
@@ -114,7 +116,7 @@ class Stats:
 
     def as_dict(self) -> dict[str, int]:
         return {"delivered": self.delivered, "skipped": self.skipped, "ignored": self.ignored, "dead_lettered": self.dead_lettered,
-                "retries": self.retries, "unreplayable": self.unreplayable}
+                "retries": self.retries, "unreplayable": self.unreplayable, "stale": self.stale}
 
 
 class _Stopped(Exception):
@@ -257,7 +259,7 @@ class SinkRunner(Generic[T]):
 
     def _deliver(self, env: Envelope) -> str:
         try:
-            item = self.sink.parse(env.key, env.value)
+            item = self.sink.parse(env.key, env.value, Position(env.partition, env.offset, env.replayed))
         except PermanentError as exc:
             return self._dead_letter(env, "malformed", f"{exc}")
         except Exception as exc:  # noqa: BLE001 - a record no parser foresaw: set aside, the connector goes on
@@ -283,6 +285,9 @@ class SinkRunner(Generic[T]):
                 return "delivered"
             except PermanentError as exc:
                 return self._dead_letter(env, "permanent", f"{exc}")
+            except StaleError as exc:
+                log.info("sink %s: %s/%d@%d not applied: %s", self.sink.name, env.topic, env.partition, env.offset, exc)
+                return "stale"
             except (RetryableError, RedisError) as exc:
                 error: Exception = exc
             except Exception as exc:  # noqa: BLE001 - a client raised something unforeseen
@@ -333,7 +338,7 @@ class SinkRunner(Generic[T]):
                         self.sink.name, where, letter.topic, letter.partition, letter.offset, letter.detail)
             self.stats.add("unreplayable", self.sink.name)
             return None
-        return Envelope(letter.key, letter.original, letter.topic, letter.partition, letter.offset)  # type: ignore[arg-type]
+        return Envelope(letter.key, letter.original, letter.topic, letter.partition, letter.offset, replayed=True)  # type: ignore[arg-type]
 
 
 def _tp(message: object):  # type: ignore[no-untyped-def]
@@ -366,5 +371,6 @@ def replay(sink: Sink[T], settings: Settings) -> int:
     runner = SinkRunner(sink, settings)
     stats = runner.replay_dead_letters()
     print(f"replayed {runner.dlq_topic}: {stats.delivered} delivered, {stats.skipped} already delivered, "
-          f"{stats.dead_lettered} dead-lettered again, {stats.unreplayable} not replayable (see the log)")
+          f"{stats.stale} overtaken by newer records, {stats.dead_lettered} dead-lettered again, "
+          f"{stats.unreplayable} not replayable (see the log)")
     return 0 if stats.dead_lettered == stats.unreplayable == 0 else 1

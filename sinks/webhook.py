@@ -29,7 +29,7 @@ from typing import Callable
 
 import requests
 
-from sinks.base import Crossing, Sink, Steps
+from sinks.base import Crossing, Position, Sink, Steps
 from sinks.errors import PermanentError, for_status
 from sinks.http import TimeoutSession, transport_error
 from sinks.ratelimit import limiter_for
@@ -84,7 +84,7 @@ class WebhookSink(Sink[Post]):
         self.limiter = limiter_for("LEADSTREAM_WEBHOOK_RATE_LIMIT", settings.webhook_rate_limit, "webhook")
         self.session = TimeoutSession(settings.sink_timeout_s, settings.sink_concurrency)
 
-    def parse(self, key: bytes | None, value: bytes | None) -> Post:
+    def parse(self, key: bytes | None, value: bytes | None, position: Position) -> Post:
         crossing = Crossing.from_json(value)  # only valid crossings leave; the body stays as it came
         return Post(crossing.id, value or b"", crossing.time_ms)
 

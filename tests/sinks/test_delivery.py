@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 from kafka import KafkaAdminClient, KafkaProducer
 
+from sinks.base import Position
 from sinks.hubspot import HubSpotSink
 from sinks.mapping import load_mapping
 from sinks.salesforce import SalesforceSink
@@ -159,13 +160,13 @@ def test_permanent_errors_are_dead_lettered_with_the_reason_and_replay_redrives_
     hubspot.add_contact("lead-2@acme.io")  # the cause is fixed
     result = leadstream(settings, "sink", "replay-dlq", "hubspot", check=False)
 
-    assert "1 delivered, 0 already delivered, 1 dead-lettered again" in result.stdout, result.stderr
+    assert "1 delivered, 0 already delivered, 0 overtaken by newer records, 1 dead-lettered again" in result.stdout, result.stderr
     assert result.returncode == 1  # the malformed record cannot be fixed by replaying
     assert [d["properties"]["leadstream_crossing_id"] for d in hubspot.objects["deals"].values()] == [
         crossing(1, "sql")["id"], crossing(2, "sql")["id"]]
     # Replay consumed the letters it had: a second one has only the re-dead-lettered record.
     again = leadstream(settings, "sink", "replay-dlq", "hubspot", check=False)
-    assert "0 delivered, 0 already delivered, 1 dead-lettered again" in again.stdout, again.stderr
+    assert "0 delivered, 0 already delivered, 0 overtaken by newer records, 1 dead-lettered again" in again.stdout, again.stderr
     assert len(hubspot.objects["deals"]) == 2
 
 
@@ -217,10 +218,10 @@ def test_a_record_no_parser_foresaw_is_dead_lettered_and_the_connector_goes_on(s
     class Surprised(HubSpotSink):
         """A parser with a bug, as a record nested too deep once met in every connector (RecursionError)."""
 
-        def parse(self, key: bytes | None, value: bytes | None) -> Any:
+        def parse(self, key: bytes | None, value: bytes | None, position: Position) -> Any:
             if key == b"odd":
                 raise RecursionError("maximum recursion depth exceeded")
-            return super().parse(key, value)
+            return super().parse(key, value, position)
 
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
     producer.send(settings.topic_crossings, key=b"odd", value=b"{}")

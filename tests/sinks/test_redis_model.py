@@ -8,7 +8,7 @@ import orjson
 from kafka import KafkaProducer
 from redis import Redis
 
-from sinks.redis_model import RedisModelSink, entry_key, lead_key, leaderboard_key
+from sinks.redis_model import RedisModelSink, entry_key, lead_key, leaderboard_key, version_key
 from sinks.runner import SinkRunner
 from streams.history import read_to_end
 from streams.processes import free_port
@@ -33,6 +33,11 @@ def publish(settings: Settings, changes: list[tuple[str, dict[str, Any] | None]]
         producer.send(settings.topic_scores, key=key.encode(), value=None if value is None else orjson.dumps(value))
     producer.flush()
     producer.close()
+
+
+def unreachable(settings: Settings) -> Settings:
+    """The read model's Redis does not answer (a restart, a failover); the runner's ledger does."""
+    return settings.with_overrides(redis_url=f"redis://127.0.0.1:{free_port()}")
 
 
 def test_score_changes_keep_the_leaderboard_and_lead_hashes_current(sink_settings: Settings) -> None:
@@ -65,9 +70,7 @@ def test_a_dead_lettered_tombstone_is_replayed_as_a_tombstone_and_the_lead_is_fo
     drain(RedisModelSink(sink_settings), sink_settings)
     # `leadstream forget u-42` while Redis cannot be reached: retried, then dead-lettered.
     publish(sink_settings, [("b2b/u-42", None)])
-    unreachable = RedisModelSink(sink_settings)
-    unreachable.redis = Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.2)
-    assert drain(unreachable, sink_settings).dead_lettered == 1
+    assert drain(RedisModelSink(unreachable(sink_settings)), sink_settings).dead_lettered == 1
     [letter] = [orjson.loads(r.value) for r in read_to_end(sink_settings, f"{sink_settings.topic_scores}-dlq-redis")]
     assert letter["original"] is None
 
@@ -77,6 +80,24 @@ def test_a_dead_lettered_tombstone_is_replayed_as_a_tombstone_and_the_lead_is_fo
     redis, prefix = Redis.from_url(sink_settings.redis_url), sink_settings.redis_prefix
     assert redis.zrange(leaderboard_key(prefix, "b2b"), 0, -1) == []
     assert not redis.exists(lead_key(prefix, "b2b", "u-42"))
+
+
+def test_a_replayed_summary_or_tombstone_never_overwrites_a_newer_one(sink_settings: Settings) -> None:
+    # While Redis cannot be reached, lead-a's 80 and lead-b's summary are dead-lettered; then
+    # lead-a decays to 10 and lead-b is forgotten, both delivered.
+    publish(sink_settings, [("b2b/lead-a", score_change("lead-a", 80)), ("b2b/lead-b", score_change("lead-b", 70))])
+    assert drain(RedisModelSink(unreachable(sink_settings)), sink_settings).dead_lettered == 2
+    publish(sink_settings, [("b2b/lead-a", score_change("lead-a", 10, level="nurture")), ("b2b/lead-b", None)])
+    assert drain(RedisModelSink(sink_settings), sink_settings).delivered == 2
+
+    replayed = SinkRunner(RedisModelSink(sink_settings), sink_settings).replay_dead_letters()
+
+    assert (replayed.delivered, replayed.stale, replayed.dead_lettered) == (0, 2, 0)
+    redis, prefix = Redis.from_url(sink_settings.redis_url, decode_responses=True), sink_settings.redis_prefix
+    assert redis.zrange(leaderboard_key(prefix, "b2b"), 0, -1, withscores=True) == [("lead-a", 10.0)]
+    assert redis.hget(lead_key(prefix, "b2b", "lead-a"), "level") == "nurture"
+    assert not redis.exists(lead_key(prefix, "b2b", "lead-b"))
+    assert 0 < redis.ttl(version_key(prefix, "b2b", "lead", "lead-b")) <= 30 * 24 * 3600
 
 
 def test_leadstream_top_prints_the_hottest_leads_as_a_table(sink_settings: Settings) -> None:
