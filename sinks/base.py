@@ -192,6 +192,12 @@ class Sink(ABC, Generic[T]):
         as `ignored`, and commits past them)."""
         return True
 
+    def order_key(self, item: T) -> str | None:
+        """The record whose state the item sets, for the runner to skip a replayed item that newer
+        ones of that record overtook (see sinks.ledger); None when the connector keeps no order
+        (the Redis read model orders its own writes)."""
+        return None
+
     @abstractmethod
     def delivery_id(self, item: T) -> str | None:
         """The id the runner remembers delivered items by; None when delivering twice is harmless."""
@@ -212,3 +218,7 @@ class CrossingSink(Sink[Crossing]):
 
     def delivery_id(self, item: Crossing) -> str:
         return item.id
+
+    def order_key(self, item: Crossing) -> str:
+        """A lead's (or account's) level in a model: what its crossings move up and down."""
+        return f"{item.kind}/{item.lead_id if item.kind == 'lead' else item.account_id}/{item.model}"

@@ -1,6 +1,6 @@
 """What a connector has already done, kept in Redis so it survives restarts and rebalances.
 
-Two kinds of keys per connector, both expiring after LEADSTREAM_SINK_DELIVERED_TTL_S:
+Three kinds of keys per connector, all expiring after LEADSTREAM_SINK_DELIVERED_TTL_S:
 
 - `{prefix}:sink:{connector}:delivered:{crossing id}`: the crossing was delivered; the runner
   skips it when Kafka hands it out again (a crash before the offset commit, a rebalance, a
@@ -9,6 +9,12 @@ Two kinds of keys per connector, both expiring after LEADSTREAM_SINK_DELIVERED_T
   delivery in progress, each `pending` (about to call the CRM) or `done:<record id>`. A step
   found `pending` may have reached the CRM before the process died, so it is looked up in the
   CRM (by the crossing id the record carries) before it is tried again.
+- `{prefix}:sink:{connector}:last:{order key}`: "<partition> <offset>" of the last delivered
+  message about a record (a lead's or account's level in a model, Sink.order_key). A replayed
+  dead letter older than it (same partition, smaller offset) is skipped as stale: an up-crossing
+  to sql dead-lettered during an outage must not create a deal once the lead has cooled down.
+  Offsets, not crossing times, order them: a decay step's crossing is timed by the worker's
+  clock, a later event's crossing by that event's time, which is usually behind it.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from redis import Redis
+
+from sinks.base import Position
 
 _PENDING = "pending"
 _DONE = "done:"
@@ -35,11 +43,23 @@ class Ledger:
     def delivered(self, delivery_id: str) -> bool:
         return bool(self.redis.exists(self._key("delivered", delivery_id)))
 
-    def mark_delivered(self, delivery_id: str) -> None:
+    def mark_delivered(self, delivery_id: str, order_key: str | None = None, position: Position | None = None) -> None:
+        """The delivery is done; with `order_key`, `position` is the last delivered message about that record."""
         pipe = self.redis.pipeline(transaction=True)
         pipe.set(self._key("delivered", delivery_id), "1", ex=self.ttl_s)
         pipe.delete(self._key("steps", delivery_id))
+        if order_key is not None and position is not None:
+            pipe.set(self._key("last", order_key), f"{position.partition} {position.offset}", ex=self.ttl_s)
         pipe.execute()
+
+    def overtaken(self, order_key: str, position: Position) -> bool:
+        """Whether a newer message about the record than the one at `position` was delivered."""
+        stored = self.redis.get(self._key("last", order_key))
+        if stored is None:
+            return False
+        partition, _, offset = (stored.decode() if isinstance(stored, bytes) else str(stored)).partition(" ")
+        # Another partition (the topic's partition count changed): the offsets do not compare.
+        return partition == str(position.partition) and int(offset) > position.offset
 
     def steps(self, delivery_id: str) -> StepJournal:
         return StepJournal(self.redis, self._key("steps", delivery_id), self.ttl_s)

@@ -12,7 +12,8 @@ delivered, or dead-lettered; a crash before that re-delivers the batch and the l
 
 A message that fails with `PermanentError`, or still fails after LEADSTREAM_SINK_MAX_ATTEMPTS
 tries, goes to the connector's dead-letter topic `<source topic>-dlq-<connector>` with the
-reason; `replay_dead_letters` re-drives them once the cause is fixed. A record of the dead-letter
+reason; `replay_dead_letters` re-drives them once the cause is fixed, except those that newer
+messages about the same record overtook meanwhile (counted as `stale`). A record of the dead-letter
 topic that cannot be replayed (not a dead letter, or a letter that kept only the first bytes of
 a message too large for it) is counted as `unreplayable`, logged, and committed past.
 """
@@ -258,8 +259,9 @@ class SinkRunner(Generic[T]):
     # -- one message ---------------------------------------------------------------------
 
     def _deliver(self, env: Envelope) -> str:
+        position = Position(env.partition, env.offset, env.replayed)
         try:
-            item = self.sink.parse(env.key, env.value, Position(env.partition, env.offset, env.replayed))
+            item = self.sink.parse(env.key, env.value, position)
         except PermanentError as exc:
             return self._dead_letter(env, "malformed", f"{exc}")
         except Exception as exc:  # noqa: BLE001 - a record no parser foresaw: set aside, the connector goes on
@@ -268,16 +270,19 @@ class SinkRunner(Generic[T]):
         if not self.sink.handles(item):
             return "ignored"
         delivery_id = self.sink.delivery_id(item)
+        order_key = self.sink.order_key(item)
         attempt = 0
         while True:
             attempt += 1
             try:
                 if delivery_id is not None and self.ledger.delivered(delivery_id):
                     return "skipped"
+                if env.replayed and order_key is not None and self.ledger.overtaken(order_key, position):
+                    raise StaleError(f"{order_key}: a newer message than {env.topic}/{env.partition}@{env.offset} was delivered")
                 steps = self.ledger.steps(delivery_id) if delivery_id is not None else NoSteps()
                 self.sink.deliver(item, steps)
                 if delivery_id is not None:
-                    self.ledger.mark_delivered(delivery_id)
+                    self.ledger.mark_delivered(delivery_id, order_key, position)
                 crossing_ms = getattr(item, "time_ms", None)
                 if crossing_ms is not None:
                     metrics.DELIVERY_LATENCY.labels(self.sink.name).observe(max(0.0, time.time() - crossing_ms / 1000))

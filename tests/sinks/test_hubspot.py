@@ -6,6 +6,7 @@ from pathlib import Path
 
 from sinks.hubspot import DEAL_TO_COMPANY, DEAL_TO_CONTACT, TASK_TO_COMPANY, TASK_TO_CONTACT, TASK_TO_DEAL, HubSpotSink
 from sinks.mapping import load_mapping
+from sinks.runner import SinkRunner
 from streams.settings import Settings
 from tests.infra import read_topic
 from tests.sinks.conftest import account_climb, account_crossing, crossing, drain, produce
@@ -171,6 +172,40 @@ def test_account_ids_may_be_hubspot_company_ids(sink_settings: Settings, hubspot
     assert stats.delivered == 1
     assert hubspot.objects["companies"][company]["properties"]["leadstream_account_level"] == "buying"
     assert "idProperty" not in hubspot.requests_to("PATCH", f"/companies/{company}$")[0].query
+
+
+def test_a_replayed_crossing_that_a_newer_one_overtook_is_skipped_as_stale(sink_settings: Settings, hubspot: FakeHubSpot) -> None:
+    # An up-crossing to sql fails through an outage; the lead then cools down to mql, delivered.
+    settings = hubspot_settings(sink_settings, hubspot)
+    contact = hubspot.add_contact("lead-9@acme.io")
+    hubspot.inject("status", count=settings.sink_max_attempts, method="PATCH", status=503)
+    produce(settings, [crossing(9, "sql")])
+    assert drain(HubSpotSink(settings), settings).dead_lettered == 1
+    produce(settings, [crossing(9, "mql", "down", from_level="sql")])
+    assert drain(HubSpotSink(settings), settings).delivered == 1
+
+    replayed = SinkRunner(HubSpotSink(settings), settings).replay_dead_letters()
+
+    assert (replayed.delivered, replayed.stale, replayed.dead_lettered) == (0, 1, 0)
+    assert hubspot.objects["contacts"][contact]["properties"]["lifecyclestage"] == "marketingqualifiedlead"
+    assert hubspot.objects["deals"] == {} and hubspot.objects["tasks"] == {}
+
+
+def test_a_replayed_crossing_nothing_overtook_is_delivered(sink_settings: Settings, hubspot: FakeHubSpot) -> None:
+    settings = hubspot_settings(sink_settings, hubspot)
+    hubspot.add_contact("lead-9@acme.io")
+    hubspot.add_contact("lead-8@acme.io")
+    hubspot.inject("status", count=settings.sink_max_attempts, method="PATCH", path="/contacts/lead-9", status=503)
+    produce(settings, [crossing(9, "sql"), crossing(8, "sql")])
+    assert drain(HubSpotSink(settings), settings).dead_lettered == 1
+    # Another model's crossing of the same lead does not overtake the b2b one.
+    produce(settings, [crossing(9, "mql", "down", from_level="sql", model="trial", id="lead-9/trial/down/mql/1")])
+    assert drain(HubSpotSink(settings), settings).delivered == 1
+
+    replayed = SinkRunner(HubSpotSink(settings), settings).replay_dead_letters()
+
+    assert (replayed.delivered, replayed.stale) == (1, 0)
+    assert len(hubspot.objects["deals"]) == 2
 
 
 def test_a_crossing_with_an_impossible_time_is_dead_lettered_as_malformed_before_any_request(
