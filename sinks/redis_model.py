@@ -11,9 +11,10 @@ summaries keyed `<model>:account/<account_id>` (streams/rollup.py):
   accounts, the hash holding score, normalized, level, temperature, members (how many) and
   top_members (JSON list of {lead_id, score}).
 
-- `{prefix}:version:{model}:{kind}:{id}`: "<partition> <offset>" of the score-changes message
-  the entry was last written from; after a tombstone it stays, as the mark that the entry is
-  gone, for DLQ_RETENTION_MS (30 days: no dead letter outlives that).
+- the hash's field `version`: "<partition> <offset>" of the score-changes message the entry was
+  last written from; after a tombstone, `{prefix}:version:{model}:{kind}:{id}` holds it, as the
+  mark that the entry is gone, for DLQ_RETENTION_MS (30 days: no dead letter outlives that). In
+  the hash, not a key of its own, a live entry costs no second key.
 
 An entry is written by one Lua script, so a reader never sees a leaderboard entry without its
 hash. A tombstone (null value) removes the entry. Writes are overwrites with the latest state,
@@ -50,11 +51,13 @@ _LIST_FIELD = {"lead": "top_reasons", "account": "top_members"}
 #: ("1"/"0"), how long a tombstone's version stays (s), then the hash's fields and values (none:
 #: a tombstone). 1 when written, 0 when a replayed message is not newer than the stored one.
 _WRITE = """
-local stored = redis.call('GET', KEYS[3])
-if ARGV[5] == '1' and stored then
-  local partition, offset = string.match(stored, '^(%d+) (%d+)$')
-  if partition == ARGV[3] and tonumber(offset) >= tonumber(ARGV[4]) then
-    return 0
+if ARGV[5] == '1' then
+  local stored = redis.call('HGET', KEYS[2], 'version') or redis.call('GET', KEYS[3])
+  if stored then
+    local partition, offset = string.match(stored, '^(%d+) (%d+)$')
+    if partition == ARGV[3] and tonumber(offset) >= tonumber(ARGV[4]) then
+      return 0
+    end
   end
 end
 local version = ARGV[3] .. ' ' .. ARGV[4]
@@ -64,8 +67,8 @@ if #ARGV == 6 then
   redis.call('SET', KEYS[3], version, 'EX', ARGV[6])
 else
   redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
-  redis.call('HSET', KEYS[2], unpack(ARGV, 7))
-  redis.call('SET', KEYS[3], version)
+  redis.call('HSET', KEYS[2], 'version', version, unpack(ARGV, 7))
+  redis.call('DEL', KEYS[3])
 end
 return 1
 """

@@ -58,6 +58,9 @@ def test_score_changes_keep_the_leaderboard_and_lead_hashes_current(sink_setting
     assert redis.zrange(leaderboard_key(prefix, "trial"), 0, -1) == ["lead-1"]
     lead = redis.hgetall(lead_key(prefix, "b2b", "lead-1"))
     assert (lead["score"], lead["grade"], lead["temperature"], lead["level"]) == ("90", "A", "hot", "sql")
+    # The message it was written from is in the hash: a live entry costs no key of its own.
+    assert lead["version"].split()[1].isdigit() and not redis.exists(version_key(prefix, "b2b", "lead", "lead-1"))
+    assert redis.exists(version_key(prefix, "b2b", "lead", "lead-3"))  # a tombstone's mark
     assert lead["last_activity_ms"] == "1763884800000"
     assert orjson.loads(lead["top_reasons"])[0] == {"rule": "pricing_page", "points": 30}
     assert not redis.exists(lead_key(prefix, "b2b", "lead-3"))
