@@ -5,7 +5,9 @@ came from. Some causes are fixed outside the input: a model that did not know an
 (`unknown_type`) now scores it or lists it in `unscored_types`, a sender's clock was fixed
 (`future_time`), a producer keyed by the wrong id (`wrong_partition`). Replaying sends each
 chosen letter's original bytes back to the topic it came from, keyed by its lead id (on that
-lead's partition, whatever partition it first arrived on).
+lead's partition, whatever partition it first arrived on). A request to forget a lead (a
+tombstone on the profiles topic) that arrived on the wrong partition goes back as a tombstone on
+the lead's own.
 
 Replays are stateless and safe to repeat: an event scores once per event id, so an event
 replayed twice, or replayed after its sender also sent it again, scores once. An input that is
@@ -66,10 +68,18 @@ def replay_dead_letters(settings: Settings, reasons: set[str], since_ms: int = 0
             if topic not in sources or not partitions.get(topic):
                 replay.unreplayable[f"source topic {topic!r} is not one the worker reads"] += 1
                 continue
-            if not letter.original:
+            key: bytes | None
+            partition: int | None
+            if letter.original is None and letter.whole:  # a tombstone: a request to forget the lead it is keyed by
+                if topic != settings.topic_profiles or not letter.key:
+                    replay.unreplayable["a tombstone where none belongs"] += 1
+                    continue
+                key, partition = letter.key, partition_for(letter.key.decode("utf-8", "replace"), partitions[topic])
+            elif not letter.original:
                 replay.unreplayable["no original input kept"] += 1
                 continue
-            key, partition = _destination(letter.original, letter.key, letter.partition, partitions[topic])
+            else:
+                key, partition = _destination(letter.original, letter.key, letter.partition, partitions[topic])
             if partition is None:
                 replay.unreplayable["neither a lead id nor a source partition to send it to"] += 1
                 continue

@@ -168,7 +168,7 @@ class Rollup:
     def _updates(self, message: Consumed, dead: list[DeadLetter]) -> list[MemberScore]:
         if message.tombstone:
             dead.append(self._dead(message, "tombstone", f"a message without a value (a tombstone) on {message.topic}, which takes "
-                                   "member updates", b""))
+                                   "member updates", None))
             return []
         try:  # an envelope of well-formed updates, decoded and checked in one pass
             return _decode_updates(message.value)
@@ -189,7 +189,7 @@ class Rollup:
         return updates
 
     @staticmethod
-    def _dead(message: Consumed, reason: str, detail: str, original: bytes) -> DeadLetter:
+    def _dead(message: Consumed, reason: str, detail: str, original: bytes | None) -> DeadLetter:
         return DeadLetter(reason, detail, original, message.topic, message.partition, message.offset, message.key)
 
     def _queue_dead(self, dead: list[DeadLetter]) -> None:

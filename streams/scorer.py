@@ -566,7 +566,7 @@ class Scorer:
             reason, detail = "tombstone", (
                 f"a message without a value (a tombstone) on {message.topic}, which takes JSON: to forget a lead, send a "
                 f"tombstone keyed by its id to {profiles}, as `leadstream forget` does")
-        dead.append(DeadLetter(reason, detail, b"", message.topic, message.partition, message.offset, message.key))
+        dead.append(DeadLetter(reason, detail, None, message.topic, message.partition, message.offset, message.key))
 
     def _forget(self, forget: dict[str, int], known: dict[str, States], writes: dict[str, Any], now_ms: int) -> list[MemberScore]:
         """Queues what erases each lead from the outputs (see `_withdraw`; returns its accounts'

@@ -98,6 +98,12 @@ def test_tombstones_where_none_belong_are_dead_lettered_and_the_worker_goes_on(
     assert "request to forget lead 'carol'" in dead[(isolated.topic_profiles, "wrong_partition")]["detail"]
     wait_for(lambda: scored(proc, "carol", 10), 60, "carol's event scored after the tombstones", 0.3)
 
+    # Replayed, the request to forget goes to carol's own partition, as a tombstone (it was sent
+    # back as an empty value, refused as bad JSON); the tombstones where none belong stay.
+    out = leadstream(isolated, "replay-dlq", "--reason", "wrong_partition", "--reason", "tombstone").stdout
+    assert "wrong_partition: replayed 1" in out and "not replayable: 3 (a tombstone where none belongs)" in out
+    wait_for(lambda: proc.get("/leads/carol/")[0] == 404, 60, "carol forgotten by the replayed request", 0.3)
+
 
 def test_the_profiles_topic_keeps_forget_requests_a_week_after_compaction(isolated: Settings) -> None:
     from kafka import KafkaAdminClient
