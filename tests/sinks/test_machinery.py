@@ -15,6 +15,7 @@ from sinks.runner import RetryPolicy
 from streams.errors import ConfigError
 from streams.settings import PROJECT_ROOT
 from tests.sinks.conftest import account_crossing, crossing
+from tests.sinks.fake_clock import FakeClock
 
 
 @pytest.mark.parametrize(
@@ -34,17 +35,6 @@ def test_backoff_is_exponential_with_equal_jitter_and_honours_retry_after(
     attempt: int, jitter: float, retry_after_s: float | None, expected_s: float
 ) -> None:
     assert RetryPolicy(max_attempts=8, base_ms=250, max_ms=60_000).delay_s(attempt, jitter, retry_after_s) == expected_s
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def test_token_bucket_keeps_every_window_under_the_quota_and_pauses_for_retry_after() -> None:

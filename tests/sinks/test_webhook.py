@@ -14,6 +14,7 @@ from sinks.webhook import WebhookSink, sign, verify_signature
 from streams.settings import Settings
 from tests.infra import read_topic
 from tests.sinks.conftest import WEBHOOK_SECRET, crossing, drain, produce
+from tests.sinks.fake_clock import FakeClock
 from tests.sinks.fake_http import WebhookReceiver
 
 
@@ -108,22 +109,11 @@ def test_an_endless_or_huge_retry_after_waits_at_most_the_longest_backoff(
     assert len(posts) == 5 and posts[-1].at - started < 10
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_763_884_800.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
-
-
 def test_a_crossing_is_signed_after_its_wait_for_the_rate_limit(sink_settings: Settings, webhook: WebhookReceiver) -> None:
     # One request per 1000 s: the second crossing waits about 1176 s (on the fake clock) for its
     # slot, far beyond the receiver's 300 s tolerance, and must still be accepted on arrival.
     settings = sink_settings.with_overrides(webhook_url=webhook.url)
-    clock = FakeClock()
+    clock = FakeClock(1_763_884_800.0)
     sink = WebhookSink(settings, clock=clock)
     sink.limiter = TokenBucket(Quota(1, 1000.0), clock=clock, sleep=clock.sleep)
     produce(settings, [crossing(1, "mql"), crossing(1, "sql", seq=2)])  # one lead: delivered in order
