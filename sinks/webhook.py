@@ -15,7 +15,7 @@ Verifying, in any language (`verify_signature` below does it in Python):
    the signature header after `v1=`, in constant time.
 3. Reject a timestamp more than 5 minutes from your clock: a captured request cannot be replayed.
 
-Any 2xx acknowledges; 408, 425, 429 (with Retry-After honoured) and 5xx are retried; a redirect
+Any 2xx acknowledges; 408, 423, 425, 429 (with Retry-After honoured) and 5xx are retried; a redirect
 or another 4xx dead-letters the crossing.
 """
 

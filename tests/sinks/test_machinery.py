@@ -69,7 +69,7 @@ def test_quota_parses_requests_per_window_and_unlimited() -> None:
 @pytest.mark.parametrize(
     ("status", "kind"),
     [(400, PermanentError), (401, PermanentError), (404, PermanentError), (408, RetryableError),
-     (409, PermanentError), (429, RetryableError), (500, RetryableError), (503, RetryableError)],
+     (409, PermanentError), (423, RetryableError), (429, RetryableError), (500, RetryableError), (503, RetryableError)],
 )
 def test_http_statuses_split_into_retryable_and_permanent(status: int, kind: type) -> None:
     assert type(for_status(status, "thing", "body")) is kind
