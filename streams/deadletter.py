@@ -5,10 +5,11 @@ came from (topic, partition, offset) and the original bytes (as text when they a
 base64; null when the message had no value, a tombstone, so that a replay sends a tombstone
 again). It is keyed like its source message.
 
-A letter must fit in a Kafka message, or the worker could not write it and would stop (at every
-restart, on the same input): an original that would make it larger than MAX_MESSAGE_BYTES (a
-message near Kafka's limit that is not JSON, whose escaping or base64 makes it up to six times
-larger) is kept as its size and first bytes only, and such a letter cannot be replayed.
+A letter must fit in a Kafka message with its key, or the worker could not write it and would
+stop (at every restart, on the same input): an original that would make the two larger than
+MAX_MESSAGE_BYTES (a message near Kafka's limit that is not JSON, whose escaping or base64 makes
+it up to six times larger, or one with a large key) is kept as its size and first bytes only, as
+many as fit beside the key, and such a letter cannot be replayed.
 """
 
 from __future__ import annotations
@@ -55,12 +56,15 @@ class DeadLetter:
         except UnicodeDecodeError:
             record["original_base64"] = base64.b64encode(self.original).decode("ascii")
         value = encode_json(record)
-        if len(value) <= MAX_MESSAGE_BYTES:
+        room = MAX_MESSAGE_BYTES - len(self.key or b"")  # the broker counts the key in a message's size
+        if len(value) <= room:
             return value
         record.pop("original", None)
         record.pop("original_base64", None)
         record["original_size"] = len(self.original)
-        record["original_head_base64"] = base64.b64encode(self.original[:KEPT_HEAD_BYTES]).decode("ascii")
+        # base64 is 4/3 the size; 8 KiB for the rest of the letter (its detail is cut at 4,096).
+        head = min(KEPT_HEAD_BYTES, max(0, (room - 8192) * 3 // 4))
+        record["original_head_base64"] = base64.b64encode(self.original[:head]).decode("ascii")
         return encode_json(record)
 
     @classmethod

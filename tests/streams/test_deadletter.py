@@ -24,6 +24,19 @@ def test_a_tombstone_is_kept_as_a_null_original_not_an_empty_one() -> None:
     assert DeadLetter.from_bytes(letter.to_bytes()).original is None
 
 
+def test_a_letter_fits_in_a_kafka_message_with_its_key() -> None:
+    """A message of 200 KB of quotes keyed by 650 KB (under the broker's 1 MB) made a letter of
+    400 KB (each quote escaped) that did not fit beside its key: the broker refused it, and the
+    worker stopped at every restart."""
+    key, original = b"k" * 650_000, b'"' * 200_000
+    value = DeadLetter("bad_json", "message is not JSON", original, "leadstream-events", 1, 7, key).to_bytes()
+    assert len(value) + len(key) <= MAX_MESSAGE_BYTES
+    assert orjson.loads(value)["original_size"] == len(original)
+    key = b"k" * 995_000  # so large a key leaves no room for any of the original
+    value = DeadLetter("bad_json", "message is not JSON", original, "leadstream-events", 1, 7, key).to_bytes()
+    assert len(value) + len(key) <= MAX_MESSAGE_BYTES and orjson.loads(value)["original_head_base64"] == ""
+
+
 @pytest.mark.parametrize("value", [b"{oops", b"[]", b'{"reason": "x"}', b'{"reason": "x", "original_base64": "%%%"}', None])
 def test_anything_else_is_refused_with_a_value_error(value: bytes | None) -> None:
     with pytest.raises(ValueError, match="not a dead letter as leadstream writes them"):
