@@ -6,11 +6,12 @@ like any duplicate (within the same bound, see scoring/state.py).
 The source's remembered event ids join the target's, so an event already scored on the
 anonymous profile and delivered again under the known lead never scores twice.
 
-What is combined: behaviour points (at the merge time for half-life models) and per-rule ledgers,
-each rule within its max_points and the sum within the model's floor and ceiling (what these
-clip is taken off the visitor's rules and counted as capped, so explanations still add up), `once_per` logs, event ids, traits (the known
-lead's win, even one it forgot, the visitor's fill gaps; fit is recomputed from them), the
-account, the latest activity and watermark. Window counters (caps and bonuses) the target
+What is combined: behaviour points (at the merge time for half-life models) and per-rule
+ledgers, each rule within its max_points and the sum within the model's floor and ceiling (what
+these clip is taken off the visitor's rules and counted as capped, so explanations still add
+up), `once_per` logs, event ids, traits (the known lead's win, even one it forgot, the
+visitor's fill gaps; fit is recomputed from them), the account, the latest activity and
+watermark. Window counters (caps and bonuses) the target
 already has are kept and the visitor's others are added; for a window both have, the target's
 counts stand (a cap may then allow one more occurrence than a single profile would have: the
 visitor's history is never double-counted, at worst under-limited once).
@@ -107,15 +108,13 @@ def _merge_ledgers(limits: dict[str, float], state: LeadState, source: LeadState
     for rule, entry in source.ledger.items():
         mine = state.ledger.get(rule)
         merged = list(entry) if mine is None else [a + b for a, b in zip(mine, entry)]
+        had = 0 if mine is None else mine[0]
         limit = limits.get(rule)
-        if limit is not None:
-            had = 0 if mine is None else mine[0]
-            bounded = _bounded(had, merged[0], -limit, limit)
-            if bounded != merged[0]:
-                merged[0] = bounded
-                merged[2] += 1  # capped
+        if limit is not None and (bounded := _bounded(had, merged[0], -limit, limit)) != merged[0]:
+            merged[0] = bounded
+            merged[2] += 1  # capped
         state.ledger[rule] = merged
-        added[rule] = merged[0] - (0 if mine is None else mine[0])
+        added[rule] = merged[0] - had
     return added
 
 

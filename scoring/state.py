@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
+from types import GenericAlias
 from typing import Annotated, Any, Callable, Union
 
 import msgspec
@@ -58,10 +59,10 @@ _Number = Union[int, Annotated[float, msgspec.Meta(ge=-sys.float_info.max, le=sy
 _Entry = Annotated[list[_Number], msgspec.Meta(min_length=4, max_length=4)]
 #: Window counters: (window index, count) pairs, flat (scoring.repeat).
 _Counts = Annotated[list[int], msgspec.Meta(min_length=2)]
-#: The fields of a lead state as stored, in order, after the layout version. The types are
+#: The types of a lead state's fields as stored, in order, the layout version first. They are
 #: what the engine relies on, so a foreign or corrupt record that does not hold them is a
 #: StateError when read, never an exception while scoring the lead's events.
-_Layout = tuple[
+_FIELDS: tuple[Any, ...] = (
     int,  # layout version
     _Number, _Number, int, int, tuple[_Number, ...],  # behaviour, fit, as_of_ms, last_activity_ms, steps_taken
     int, str, int, dict[str, Any], Union[str, None],  # watermark_ms, level, crossings, traits, account_id
@@ -70,31 +71,18 @@ _Layout = tuple[
     list[Union[int, float, str]], int,  # history, windows_drop_ms
     dict[str, int], int,  # trait_times, revision
     int, tuple[_Number, ...],  # earlier_activity_ms, earlier_steps
-]  # fmt: skip
-#: Layouts 5, 4 and 3, which earlier versions wrote: the same without the earlier idle period,
-#: without the revision too, and without trait_times too.
-_Layout5 = tuple[
-    int, _Number, _Number, int, int, tuple[_Number, ...], int, str, int, dict[str, Any], Union[str, None],
-    dict[str, _Entry], dict[str, _Counts], dict[str, dict[str, None]], list[str], int, list[str], int,
-    list[Union[int, float, str]], int, dict[str, int], int,
-]  # fmt: skip
-_Layout4 = tuple[
-    int, _Number, _Number, int, int, tuple[_Number, ...], int, str, int, dict[str, Any], Union[str, None],
-    dict[str, _Entry], dict[str, _Counts], dict[str, dict[str, None]], list[str], int, list[str], int,
-    list[Union[int, float, str]], int, dict[str, int],
-]  # fmt: skip
-_Layout3 = tuple[
-    int, _Number, _Number, int, int, tuple[_Number, ...], int, str, int, dict[str, Any], Union[str, None],
-    dict[str, _Entry], dict[str, _Counts], dict[str, dict[str, None]], list[str], int, list[str], int,
-    list[Union[int, float, str]], int,
-]  # fmt: skip
+)  # fmt: skip
 _encode = msgspec.msgpack.Encoder().encode
-_decode_layout = msgspec.msgpack.Decoder(_Layout).decode
-#: An earlier layout's decoder, and the values it lacks: (version, decode, missing values).
-_EARLIER_LAYOUTS: tuple[tuple[int, Callable[[Any], tuple[Any, ...]], tuple[Any, ...]], ...] = (
-    (5, msgspec.msgpack.Decoder(_Layout5).decode, (0, ())),
-    (4, msgspec.msgpack.Decoder(_Layout4).decode, (0, 0, ())),
-    (3, msgspec.msgpack.Decoder(_Layout3).decode, ({}, 0, 0, ())),  # no trait times known
+_decode_layout = msgspec.msgpack.Decoder(GenericAlias(tuple, _FIELDS)).decode
+#: Layouts earlier versions wrote are the same without the last fields, which later versions
+#: added: (version, decode, the values it lacks, as a state without them has them).
+_EARLIER_LAYOUTS: tuple[tuple[int, Callable[[Any], tuple[Any, ...]], tuple[Any, ...]], ...] = tuple(
+    (version, msgspec.msgpack.Decoder(GenericAlias(tuple, _FIELDS[: -len(missing)])).decode, missing)
+    for version, missing in (
+        (5, (0, ())),  # no earlier idle period
+        (4, (0, 0, ())),  # nor the revision
+        (3, ({}, 0, 0, ())),  # nor trait times
+    )
 )
 
 #: The old id generation of a state that has none (never mutated: generations are swapped).
