@@ -93,7 +93,9 @@ class OfflineRun:
             self.warn(line_of[id(event)], "unknown_type", f"event {event.event_id!r} of lead {event.lead_id!r}: {self.engine.unknown_type(event)}")
         for update in result.account_updates:
             self.roll_up(update)
-        self.newest_ms = max([self.newest_ms] + [event.time_ms for _, event, _ in batch])
+        # Every event of the file counts for its "now", those `keep` leaves out too: review judges
+        # a lead without an outcome time at the newest event of the file, whoever it belongs to.
+        self.newest_ms = max([self.newest_ms] + [event.time_ms for _, event, _ in lines])
         for _, event, links in batch:
             for source, target in links:
                 self.stitch(source, target, event.time_ms)

@@ -126,6 +126,20 @@ def test_an_outcome_time_cuts_the_events_of_that_lead_only(tmp_path: Path) -> No
     assert "1 of 2 leads with an outcome have no scored event before it" in err
 
 
+def test_a_lead_without_an_outcome_time_is_judged_at_the_newest_event_of_the_file(tmp_path: Path) -> None:
+    # old's demo request (30, mql) has decayed to 0 by day 65, the file's newest event, though
+    # that event is won's and comes after won's outcome, so it is left out of won's scoring.
+    events = write(tmp_path / "events.jsonl", [
+        {"event_id": "a", "lead_id": "old", "type": "form_submit", "time": T0, "product": "b2b", "properties": {"form": "demo_request"}},
+        {"event_id": "b", "lead_id": "won", "type": "webinar_attended", "time": T0, "product": "b2b"},
+        {"event_id": "c", "lead_id": "won", "type": "webinar_attended", "time": T0 + 65 * DAY, "product": "b2b"},
+    ])  # fmt: skip
+    (tmp_path / "outcomes.csv").write_text(f"lead_id,outcome,time\nold,lost,\nwon,won,{T0 + DAY}\n")
+    b2b = b2b_report(events, tmp_path / "outcomes.csv")
+    assert [(row["level"], row["leads"], row["converted"]) for row in b2b["levels"]] == [("nurture", 2, 1), ("mql", 0, 0), ("sql", 0, 0)]
+    assert b2b["auc"] == 1.0  # won (10) above old (0); judged when won was won, old would rank first on 30
+
+
 def planted(tmp_path: Path) -> tuple[Path, Path]:
     """A month of generated B2B behaviour in which leads that read the careers page (-10 points
     in b2b.toml) convert far more often, as do webinar attendees (+10): events and outcomes."""
