@@ -12,7 +12,7 @@ what it did after it was won or lost). Everything here is counting:
   cell and temperature: leads, conversions and the conversion rate; per level and per tenth also
   the precision and recall of treating every lead at or above it as sales-ready (so the tenths
   show where a threshold would best sit).
-- per rule: the leads it gave points (or, for a fit rule, whose traits meet it), their conversion
+- per rule: the leads whose events it matched (or, for a fit rule, whose traits meet it), their conversion
   rate against that of the other leads, its lift (rate over the overall rate) and `z`, the
   two-proportion z statistic of the difference.
 
@@ -46,8 +46,9 @@ class Reviewed:
     engagement: int | None
     cell: str | None
     temperature: str | None
-    #: Names of the behaviour rules that gave it points (or took some) and of the fit rules
-    #: its traits meet.
+    #: Names of the behaviour rules that matched its events (whatever the floor and ceilings
+    #: let them earn; one scoring by its bonus alone once the bonus was won) and of the fit
+    #: rules its traits meet.
     rules: frozenset[str]
 
 

@@ -86,13 +86,17 @@ def _reviews(
 
     run = apply_file(engine, events_path, err, keep=before_outcome)
     reviewed: dict[str, list[Reviewed]] = {model.name: [] for model in engine.models}
+    bonus_only = {model.name: {rule.name for rule in model.rules if not rule.points} for model in engine.models}
     for (model, lead_id), state in sorted(run.leads.items()):
         outcome = outcomes.get(lead_id)
         if outcome is None:
             continue
         seen = engine.explain(model, lead_id, state, run.newest_ms if outcome.time_ms is None else outcome.time_ms)
-        # A rule counts for a lead once it gave points: a bonus-only rule once its bonus was won.
-        rules = {row["rule"] for row in seen["rules"] if row["points"]} | {row["rule"] for row in seen["fit"]}
+        # A rule counts for a lead once it matched the lead's events, even where the floor or a
+        # ceiling let it earn nothing (a penalty on a lead at the floor of 0: an edit of its points
+        # would still move that lead); a rule that scores by its bonus alone, once it won it.
+        rules = {row["rule"] for row in seen["rules"] if row["points"] or (row["occurrences"] and row["rule"] not in bonus_only[model])}
+        rules |= {row["rule"] for row in seen["fit"]}
         reviewed[model].append(
             Reviewed(
                 lead_id, outcome.converted, seen["score"], seen["normalized"], seen["level"], seen["grade"], seen["engagement"],

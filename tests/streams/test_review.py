@@ -140,6 +140,25 @@ def test_a_lead_without_an_outcome_time_is_judged_at_the_newest_event_of_the_fil
     assert b2b["auc"] == 1.0  # won (10) above old (0); judged when won was won, old would rank first on 30
 
 
+def test_a_penalty_on_leads_at_the_floor_still_counts_for_them(tmp_path: Path) -> None:
+    # Each lead reads the careers page (-10 in b2b) first, on 0 points, the floor: it takes
+    # nothing, yet it matched, and its leads' conversions are what its penalty is judged on.
+    events = []
+    for n in range(40):
+        events.append({"event_id": f"c{n}", "lead_id": f"l{n}", "type": "page_view", "time": T0 + n, "product": "b2b",
+                       "properties": {"url": "https://acme.io/careers"}})  # fmt: skip
+        events.append({"event_id": f"w{n}", "lead_id": f"l{n}", "type": "webinar_attended", "time": T0 + MINUTE + n, "product": "b2b"})
+    events += [{"event_id": f"w{n}", "lead_id": f"l{n}", "type": "webinar_attended", "time": T0 + MINUTE + n, "product": "b2b"} for n in range(40, 80)]
+    rows = [f"l{n},{'won' if n < 30 or n % 10 == 0 else 'lost'}" for n in range(80)]
+    (tmp_path / "outcomes.csv").write_text("lead_id,outcome\n" + "\n".join(rows) + "\n")
+    b2b = b2b_report(write(tmp_path / "events.jsonl", events), tmp_path / "outcomes.csv")
+    careers = next(row for row in b2b["rules"] if row["rule"] == "careers page")
+    assert (careers["leads"], careers["converted"], careers["rate_without"]) == (40, 31, 0.1)
+    assert [f for f in b2b["findings"] if "careers page" in f] == [
+        f"rule 'careers page' takes -10 points, but its 40 leads converted at 77.5%, the others at 10.0% (z {careers['z']:g}): reconsider the penalty"
+    ]
+
+
 def planted(tmp_path: Path) -> tuple[Path, Path]:
     """A month of generated B2B behaviour in which leads that read the careers page (-10 points
     in b2b.toml) convert far more often, as do webinar attendees (+10): events and outcomes."""
