@@ -36,6 +36,9 @@ def lead_ids(args: list[str], from_file: Path | None) -> list[str]:
             text = sys.stdin.read() if str(from_file) == "-" else from_file.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise InputError(f"cannot read lead ids from {from_file}: {exc}") from None
+        # A byte order mark (Windows tools save one) would stick to the first id, and the lead
+        # it names would silently stay; it is not in any id a person means.
+        text = text.removeprefix("\ufeff")
         ids += [line.strip() for line in text.splitlines() if line.strip()]
     if not ids:
         raise InputError("no lead ids given: name them, or pass --from FILE (one id per line)")

@@ -53,6 +53,14 @@ def test_forget_takes_ids_from_arguments_and_a_file_once_each_and_refuses_what_i
         lead_ids([], tmp_path / "missing.txt")
 
 
+def test_forget_reads_a_file_of_ids_saved_with_a_byte_order_mark(tmp_path: Path) -> None:
+    from streams.forget import lead_ids
+
+    listed = tmp_path / "ids.txt"
+    listed.write_bytes(b"\xef\xbb\xbfu-1\r\nu-2\r\n")  # as Windows Notepad saves it
+    assert lead_ids([], listed) == ["u-1", "u-2"]
+
+
 def test_models_describes_each_shipped_model_and_names_a_broken_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["models", "--json"]) == 0
     described = {d["name"]: d for d in map(orjson.loads, capsys.readouterr().out.splitlines())}
