@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterator, TextIO
 import orjson
 
 from scoring import Engine, Event
+from scoring.errors import ModelError
 from scoring.events import parse_time_ms
 from scoring.review import Reviewed, review
 from streams.errors import InputError
@@ -49,7 +50,7 @@ def review_files(
     `baseline_dir`, when given); returns the exit status (0 even with bad lines, which are
     reported on `err`)."""
     engine = Engine.from_directory(models_dir)
-    baseline = Engine.from_directory(baseline_dir) if baseline_dir is not None else None
+    baseline = _baseline_engine(baseline_dir) if baseline_dir is not None else None
     outcomes = read_outcomes(outcomes_path, converted_values, err)
     if not outcomes:
         raise InputError(f"{outcomes_path}: no usable outcome lines (each needs a lead_id and an outcome)")
@@ -72,6 +73,17 @@ def review_files(
         for report in reports:
             out.write(orjson.dumps(report).decode() + "\n")
     return 0
+
+
+def _baseline_engine(path: Path) -> Engine:
+    """The baseline's models. Its errors name --baseline: a model file's name alone (b2b.toml)
+    would send the user to the edited directory, and a missing one to --models."""
+    if not path.is_dir():
+        raise ModelError(f"--baseline {path}: not a directory of model files")
+    try:
+        return Engine.from_directory(path)
+    except ModelError as exc:
+        raise ModelError(f"--baseline {path}: {exc}") from None
 
 
 def _reviews(

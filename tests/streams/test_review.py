@@ -119,6 +119,17 @@ def test_unusable_outcome_files_are_one_line_errors(tmp_path: Path, capsys: pyte
     assert err.startswith("leadstream review: ") and message in err and len(err.splitlines()) >= 1
 
 
+def test_a_baseline_that_does_not_load_is_named_as_the_baseline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    events = write(tmp_path / "events.jsonl", SAAS_EVENTS)
+    (tmp_path / "outcomes.csv").write_text("lead_id,outcome\nana,won\n")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "b2b.toml").write_text('[model]\nname = "b2b"\n')
+    for baseline, message in ((tmp_path / "none", "not a directory of model files\n"), (tmp_path / "broken", "b2b.toml: top level, field 'thresholds'")):
+        argv = ["review", "--events", str(events), "--outcomes", str(tmp_path / "outcomes.csv"), "--models", str(MODELS_DIR), "--baseline", str(baseline)]
+        assert main(argv) == 1
+        assert capsys.readouterr().err.startswith(f"leadstream review: --baseline {baseline}: {message}")
+
+
 def test_an_outcome_time_cuts_the_events_of_that_lead_only(tmp_path: Path) -> None:
     # ana lost before any event of hers: she has no scored event, so she is not reviewed.
     report, err = run(tmp_path, f"lead_id,outcome,time\nana,lost,{T0 - MINUTE}\nben,won,\n")
