@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import csv
 import io
+import shutil
 import sys
+import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, TextIO
@@ -57,12 +60,13 @@ def review_files(
     if not any(outcome.converted for outcome in outcomes.values()):
         print(f"{outcomes_path.name}: no outcome is one of {', '.join(sorted(converted_values))} "
               f"(--converted): every lead counts as not converted", file=err)  # fmt: skip
-    reports, scored = _reviews(engine, events_path, outcomes, min_leads, err)
-    if baseline is not None:
-        # The same file again: its bad lines were reported above.
-        before = {report["model"]: report for report in _reviews(baseline, events_path, outcomes, min_leads, io.StringIO())[0]}
-        for report in reports:
-            report["baseline"] = _baseline_figures(before.get(report["model"]))
+    with _rereadable(events_path) as events:
+        reports, scored = _reviews(engine, events, outcomes, min_leads, err)
+        if baseline is not None:
+            # The same file again: its bad lines were reported above.
+            before = {report["model"]: report for report in _reviews(baseline, events, outcomes, min_leads, io.StringIO())[0]}
+            for report in reports:
+                report["baseline"] = _baseline_figures(before.get(report["model"]))
     unscored = len(outcomes.keys() - scored)
     if unscored:
         print(f"{outcomes_path.name}: {unscored} of {len(outcomes)} leads with an outcome have no scored event "
@@ -73,6 +77,21 @@ def review_files(
         for report in reports:
             out.write(orjson.dumps(report).decode() + "\n")
     return 0
+
+
+@contextmanager
+def _rereadable(events_path: Path) -> Iterator[Path]:
+    """The events file as a path that can be read more than once, as a review with --baseline
+    reads it: standard input ('-', such as `leadstream history --out -` piped in) is copied to
+    a temporary file first. The copy is named '-' so that warnings still name the input as '-'."""
+    if str(events_path) != "-":
+        yield events_path
+        return
+    with tempfile.TemporaryDirectory(prefix="leadstream-review-") as directory:
+        copy = Path(directory) / "-"
+        with copy.open("wb") as handle:
+            shutil.copyfileobj(sys.stdin.buffer, handle)
+        yield copy
 
 
 def _baseline_engine(path: Path) -> Engine:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import random
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +129,19 @@ def test_a_baseline_that_does_not_load_is_named_as_the_baseline(tmp_path: Path, 
         argv = ["review", "--events", str(events), "--outcomes", str(tmp_path / "outcomes.csv"), "--models", str(MODELS_DIR), "--baseline", str(baseline)]
         assert main(argv) == 1
         assert capsys.readouterr().err.startswith(f"leadstream review: --baseline {baseline}: {message}")
+
+
+def test_events_from_standard_input_are_reviewed_with_the_baseline_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # As `leadstream history --out - | leadstream review --events - --baseline DIR ...` gives them.
+    history = write(tmp_path / "events.jsonl", [*SAAS_EVENTS, b"{broken"]).read_bytes()
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(history)))
+    (tmp_path / "outcomes.csv").write_text("lead_id,outcome\nana,won\nben,lost\n")
+    out, err = io.StringIO(), io.StringIO()
+    assert review_files(MODELS_DIR, Path("-"), tmp_path / "outcomes.csv", frozenset({"won"}), 20, False, out, err, baseline_dir=MODELS_DIR) == 0
+    (saas,) = [report for report in map(orjson.loads, out.getvalue().splitlines()) if report["model"] == "saas_start_small"]
+    assert (saas["leads"], saas["auc"]) == (2, 1.0)
+    assert saas["baseline"] == {key: saas[key] for key in ("leads", "converted", "conversion_rate", "auc", "levels")}
+    assert err.getvalue().startswith("- line 7: bad_json: ")
 
 
 def test_an_outcome_time_cuts_the_events_of_that_lead_only(tmp_path: Path) -> None:
