@@ -3,7 +3,7 @@
 Marketing-ops export outcomes from the CRM (won, lost, disqualified...) and review each model on
 the event history: `leadstream review --events EVENTS.jsonl --outcomes OUTCOMES.csv`. A lead is
 judged as the model saw it at the time of its outcome: its events from that time on are left
-out, and decay is brought to that time (a lead whose outcome has no time is judged at the newest
+out (those of a visitor merged into it too), and decay is brought to that time (a lead whose outcome has no time is judged at the newest
 event of the file). The figures and findings are scoring.review's; this module reads the files
 and prints them, one JSON object per model (or tables with --table). With --baseline, the
 models of another directory (the version in use) are reviewed on the same files, and each
@@ -36,6 +36,7 @@ from scoring.review import Reviewed, review
 from streams.errors import InputError
 from streams.jsonlines import numbered_lines
 from streams.offline import apply_file, columns
+from streams.stitching import MAX_HOPS, links_of, may_link
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,10 +62,11 @@ def review_files(
         print(f"{outcomes_path.name}: no outcome is one of {', '.join(sorted(converted_values))} "
               f"(--converted): every lead counts as not converted", file=err)  # fmt: skip
     with _rereadable(events_path) as events:
-        reports, scored = _reviews(engine, events, outcomes, min_leads, err)
+        links = _links_ahead(events)
+        reports, scored = _reviews(engine, events, outcomes, links, min_leads, err)
         if baseline is not None:
             # The same file again: its bad lines were reported above.
-            before = {report["model"]: report for report in _reviews(baseline, events, outcomes, min_leads, io.StringIO())[0]}
+            before = {report["model"]: report for report in _reviews(baseline, events, outcomes, links, min_leads, io.StringIO())[0]}
             for report in reports:
                 report["baseline"] = _baseline_figures(before.get(report["model"]))
     unscored = len(outcomes.keys() - scored)
@@ -105,15 +107,64 @@ def _baseline_engine(path: Path) -> Engine:
         raise ModelError(f"--baseline {path}: {exc}") from None
 
 
+#: old id -> (the id a link merges it into, the time of the event asking for the link)
+Links = dict[str, tuple[str, int]]
+
+
+def _links_ahead(events_path: Path) -> Links:
+    """The stitching links the events file asks for (the first of each old id, as the offline
+    run makes only that one), read before it is scored: a visitor's events may come before the
+    link that merges them into a lead, as in a `leadstream history` file, written partition by
+    partition."""
+    links: Links = {}
+    try:
+        handle = events_path.open("rb")
+    except OSError as exc:
+        raise InputError(f"cannot read events file {events_path}: {exc.strerror}") from None
+    with handle:
+        for _, line in numbered_lines(handle):
+            if not may_link(line):
+                continue
+            try:
+                value = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue  # reported when the file is scored
+            for item in value if isinstance(value, list) else [value]:
+                found = links_of(item) if isinstance(item, dict) else []
+                if not found or isinstance(found, str):
+                    continue  # no link, or one refused with its event
+                time_ms = parse_time_ms(item.get("time"))
+                if isinstance(time_ms, int):
+                    for source, target in found:
+                        links.setdefault(source, (target, time_ms))
+    return links
+
+
+def _before_outcomes(lead_id: str, time_ms: int, outcomes: dict[str, Outcome], links: Links, hops: int = 0) -> bool:
+    """Whether an event of `lead_id` at `time_ms` comes before the outcome of each lead it counts
+    for: its own and, through a link that is made, the lead's it is merged into. A visitor's
+    events after the lead was won must not reach the lead, whether they come before the link in
+    the file (merged with the visitor's state) or after it (re-keyed)."""
+    outcome = outcomes.get(lead_id)
+    if outcome is not None and outcome.time_ms is not None and time_ms >= outcome.time_ms:
+        return False
+    link = links.get(lead_id)
+    if link is None or hops == MAX_HOPS:
+        return True
+    target, link_ms = link
+    # A link asked for after its lead's outcome is left out with its event: it is never made.
+    linked = _before_outcomes(target, link_ms, outcomes, links, hops + 1)
+    return not linked or _before_outcomes(target, time_ms, outcomes, links, hops + 1)
+
+
 def _reviews(
-    engine: Engine, events_path: Path, outcomes: dict[str, Outcome], min_leads: int, err: TextIO
+    engine: Engine, events_path: Path, outcomes: dict[str, Outcome], links: Links, min_leads: int, err: TextIO
 ) -> tuple[list[dict[str, Any]], set[str]]:
     """The review of each model of `engine`, each lead judged at its outcome's time, and the
     ids of every lead some model scored."""
 
     def before_outcome(event: Event) -> bool:
-        outcome = outcomes.get(event.lead_id)
-        return outcome is None or outcome.time_ms is None or event.time_ms < outcome.time_ms
+        return _before_outcomes(event.lead_id, event.time_ms, outcomes, links)
 
     run = apply_file(engine, events_path, err, keep=before_outcome)
     reviewed: dict[str, list[Reviewed]] = {model.name: [] for model in engine.models}

@@ -165,6 +165,28 @@ def test_a_lead_without_an_outcome_time_is_judged_at_the_newest_event_of_the_fil
     assert b2b["auc"] == 1.0  # won (10) above old (0); judged when won was won, old would rank first on 30
 
 
+def test_a_visitors_events_after_its_lead_was_won_do_not_count_for_the_lead(tmp_path: Path) -> None:
+    # The visitor's pricing page and demo request come after u-1 was won (at 5 minutes), but
+    # before the identify in the file (a history file is written partition by partition).
+    def b2b(n: str, lead: str, at: int, kind: str, **fields: object) -> dict[str, object]:
+        return {"event_id": n, "lead_id": lead, "type": kind, "time": T0 + at, "product": "b2b", **fields}
+
+    events = write(tmp_path / "events.jsonl", [
+        b2b("v1", "anon:v", 10 * MINUTE, "page_view", properties={"url": "https://acme.io/pricing"}),
+        b2b("v2", "anon:v", 10 * MINUTE, "form_submit", properties={"form": "demo_request"}),
+        b2b("v3", "anon:v", 11 * MINUTE, "page_view", properties={"url": "https://acme.io/about"}),
+        b2b("w", "u-1", 0, "webinar_attended"),
+        b2b("i", "u-1", MINUTE, "identify", anonymous_id="v"),
+        b2b("v4", "anon:v", 12 * MINUTE, "page_view", properties={"url": "https://acme.io/about"}),  # re-keyed to u-1
+        b2b("x", "u-2", 0, "webinar_attended"),
+    ])  # fmt: skip
+    (tmp_path / "outcomes.csv").write_text(f"lead_id,outcome,time\nu-1,won,{T0 + 5 * MINUTE}\nu-2,lost,{T0 + 15 * MINUTE}\n")
+    report = b2b_report(events, tmp_path / "outcomes.csv")
+    rules = {row["rule"]: row["leads"] for row in report["rules"] if row["leads"]}
+    assert rules == {"webinar attended": 2}
+    assert report["auc"] == 0.5  # both on the webinar's 10 points
+
+
 def test_a_penalty_on_leads_at_the_floor_still_counts_for_them(tmp_path: Path) -> None:
     # Each lead reads the careers page (-10 in b2b) first, on 0 points, the floor: it takes
     # nothing, yet it matched, and its leads' conversions are what its penalty is judged on.
