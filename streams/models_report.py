@@ -13,6 +13,7 @@ import orjson
 
 from scoring.events import PROFILE_TYPES
 from scoring.model import describe, load_directory
+from streams.offline import points
 
 
 def report(models_dir: Path, as_json: bool, out: IO[str]) -> int:
@@ -47,6 +48,6 @@ def _text(d: dict[str, Any]) -> str:
 def _levels(levels: list[dict[str, Any]]) -> str:
     steps = [levels[0]["level"]]
     for level in levels[1:]:
-        left = f" (left below {level['below']:g})" if level["below"] != level["at"] else ""
-        steps.append(f"{level['level']} at {level['at']:g}{left}")
+        left = f" (left below {points(level['below'])})" if level["below"] != level["at"] else ""
+        steps.append(f"{level['level']} at {points(level['at'])}{left}")
     return " < ".join(steps)

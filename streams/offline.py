@@ -236,7 +236,7 @@ def _table(records: list[dict[str, Any]]) -> str:
                 ("TIME", "MODEL", "KIND", "WHO", "FROM", "TO", "SCORE"),
                 [
                     (_iso(r["time"]), r["model"], r["kind"], r["lead_id"] if r["kind"] == "lead" else r["account_id"],
-                     r["from_level"], r["to_level"], f"{r['score']:g}")
+                     r["from_level"], r["to_level"], points(r["score"]))
                     for r in crossings
                 ],  # fmt: skip
             )
@@ -246,7 +246,7 @@ def _table(records: list[dict[str, Any]]) -> str:
         columns(
             ("MODEL", "LEAD", "SCORE", "0-100", "LEVEL", "CELL", "TEMP", "TOP REASON"),
             [
-                (r["model"], r["lead_id"], f"{r['score']:g}", f"{r['normalized']:g}", r["level"], r["cell"] or "-",
+                (r["model"], r["lead_id"], points(r["score"]), f"{r['normalized']:g}", r["level"], r["cell"] or "-",
                  r["temperature"] or "-", _reason(r["top_reasons"]))
                 for r in leads
             ],  # fmt: skip
@@ -257,7 +257,7 @@ def _table(records: list[dict[str, Any]]) -> str:
         sections.append(
             columns(
                 ("MODEL", "ACCOUNT", "SCORE", "LEVEL", "MEMBERS"),
-                [(r["model"], r["account_id"], "-" if r["score"] is None else f"{r['score']:g}", r["level"] or "-", str(r["members"])) for r in accounts],
+                [(r["model"], r["account_id"], "-" if r["score"] is None else points(r["score"]), r["level"] or "-", str(r["members"])) for r in accounts],
             )
         )
     return "\n".join(sections)
@@ -269,8 +269,14 @@ def columns(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def points(value: float, signed: bool = False) -> str:
+    """Points as a table shows them: in full, as the JSON output carries them (`:g` keeps six
+    digits, so an account's 2,500,001 points would show as 2.5e+06)."""
+    return f"{value:+.15g}" if signed else f"{value:.15g}"
+
+
 def _reason(reasons: list[dict[str, Any]]) -> str:
-    return f"{reasons[0]['rule']} ({reasons[0]['points']:+g})" if reasons else "-"
+    return f"{reasons[0]['rule']} ({points(reasons[0]['points'], signed=True)})" if reasons else "-"
 
 
 def _iso(time_ms: int) -> str:

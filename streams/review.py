@@ -35,7 +35,7 @@ from scoring.events import parse_time_ms
 from scoring.review import Reviewed, review
 from streams.errors import InputError
 from streams.jsonlines import numbered_lines
-from streams.offline import apply_file, columns
+from streams.offline import apply_file, columns, points
 from streams.stitching import MAX_HOPS, links_of, may_link
 
 
@@ -296,7 +296,7 @@ def _table(report: dict[str, Any]) -> str:
         columns(
             ("LEVEL", "AT", "LEADS", "CONVERTED", "RATE", "PRECISION AT OR ABOVE", "RECALL AT OR ABOVE"),
             [
-                (r["level"], "-" if r["at"] is None else f"{r['at']:g}", str(r["leads"]), str(r["converted"]), _percent(r["rate"]),
+                (r["level"], "-" if r["at"] is None else points(r["at"]), str(r["leads"]), str(r["converted"]), _percent(r["rate"]),
                  _percent(r["precision_at_or_above"]), _percent(r["recall_at_or_above"]))
                 for r in report["levels"]
             ],  # fmt: skip
@@ -324,7 +324,7 @@ def _table(report: dict[str, Any]) -> str:
         columns(
             ("RULE", "KIND", "POINTS", "LEADS", "CONVERTED", "RATE", "OTHERS' RATE", "LIFT", "Z"),
             [
-                (r["rule"], r["kind"], f"{r['points']:+g}" + ("" if r["bonus"] is None else f", bonus {r['bonus']:+g}"), str(r["leads"]), str(r["converted"]), _percent(r["rate"]),
+                (r["rule"], r["kind"], points(r["points"], signed=True) + ("" if r["bonus"] is None else f", bonus {points(r['bonus'], signed=True)}"), str(r["leads"]), str(r["converted"]), _percent(r["rate"]),
                  _percent(r["rate_without"]), _number(r["lift"]), _number(r["z"]))
                 for r in report["rules"]
             ],  # fmt: skip

@@ -91,6 +91,38 @@ def test_table_output(tmp_path: Path, capsys) -> None:
     )
 
 
+def test_the_table_shows_large_scores_in_full(tmp_path: Path, capsys) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "big.toml").write_text(
+        '[model]\nname = "big"\n[[rules]]\nname = "deal"\nevent = "deal"\npoints = 1250000.5\n'
+        '[thresholds]\nbase = "lead"\nladder = [{ level = "whale", at = 2000000 }]\n'
+        '[accounts]\nbase = "small"\nladder = [{ level = "huge", at = 3000000 }]\n'
+    )
+    deals = [{"event_id": f"{n}", "lead_id": lead, "type": "deal", "time": T0 + n, "account_id": "acme"} for n, lead in enumerate("aab")]
+    assert main(["score", "--models", str(models), "--events", str(write(tmp_path / "events.jsonl", deals)), "--table"]) == 0
+    assert capsys.readouterr().out == (  # as in the JSON lines: 2500001, not 2.5e+06
+        "TIME                  MODEL  KIND     WHO   FROM   TO     SCORE\n"
+        "2025-11-03T00:00:00Z  big    lead     a     lead   whale  2500001\n"
+        "2025-11-03T00:00:00Z  big    account  acme  small  huge   3750001.5\n"
+        "\n"
+        "MODEL  LEAD  SCORE      0-100  LEVEL  CELL  TEMP  TOP REASON\n"
+        "big    a     2500001    100    whale  -     -     deal (+2500001)\n"
+        "big    b     1250000.5  62.5   lead   -     -     deal (+1250000.5)\n"
+        "\n"
+        "MODEL  ACCOUNT  SCORE      LEVEL  MEMBERS\n"
+        "big    acme     3750001.5  huge   2\n"
+    )
+    assert main(["models", "--models", str(models)]) == 0
+    assert "  levels     lead < whale at 2000000\n" in capsys.readouterr().out
+    (tmp_path / "outcomes.csv").write_text("lead_id,outcome\na,won\nb,lost\n")
+    argv = ["review", "--models", str(models), "--events", str(tmp_path / "events.jsonl"), "--outcomes", str(tmp_path / "outcomes.csv"), "--table"]
+    assert main(argv) == 0
+    review = capsys.readouterr().out.splitlines()
+    assert [line.split()[:2] for line in review if line.startswith(("whale", "deal"))] == [["whale", "2000000"], ["deal", "behaviour"]]
+    assert [line.split()[2] for line in review if line.startswith("deal")] == ["+1250000.5"]
+
+
 def test_missing_file_and_bad_models_are_clear_errors(tmp_path: Path, capsys) -> None:
     assert main(["score", "--models", str(MODELS_DIR), "--events", str(tmp_path / "none.jsonl")]) == 1
     assert "cannot read events file" in capsys.readouterr().err
