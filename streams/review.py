@@ -239,13 +239,21 @@ def _json_rows(handle: Any) -> Iterator[tuple[int, Any]]:
             yield number, _Unreadable(f"not valid JSON: {exc}")
 
 
+def _utf8_lines(handle: Any, path: Path) -> Iterator[str]:
+    """The file's lines as text, each decoded on its own: a byte that is not UTF-8 (Excel saves
+    "CSV" in the Windows code page unless told "CSV UTF-8") is reported on its own line, where a
+    decoder of whole chunks names a position in a chunk and the last line the CSV reader took."""
+    for number, raw in enumerate(handle, start=1):
+        try:
+            yield raw.decode("utf-8-sig" if number == 1 else "utf-8")  # -sig: a BOM Excel writes
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{path} line {number}: not UTF-8 text: byte {raw[exc.start]:#04x} at column {exc.start + 1}; "
+                             "save the file as CSV UTF-8") from None  # fmt: skip
+
+
 def _csv_rows(handle: Any, path: Path) -> Iterator[tuple[int, Any]]:
-    text = io.TextIOWrapper(handle, encoding="utf-8-sig", newline="")  # -sig: a BOM Excel writes
-    reader = csv.DictReader(text)
-    try:
-        header = reader.fieldnames or []
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{path}: not UTF-8 text: {exc}") from None
+    reader = csv.DictReader(_utf8_lines(handle, path))
+    header = reader.fieldnames or []
     missing = [column for column in ("lead_id", "outcome") if column not in header]
     if missing:
         raise InputError(f"{path}: the header row must name the columns lead_id and outcome (and optionally time); "
@@ -254,7 +262,7 @@ def _csv_rows(handle: Any, path: Path) -> Iterator[tuple[int, Any]]:
         for row in reader:
             if any(row.values()):
                 yield reader.line_num, {key: value for key, value in row.items() if key is not None and value != ""}
-    except (UnicodeDecodeError, csv.Error) as exc:
+    except csv.Error as exc:
         raise InputError(f"{path} line {reader.line_num}: cannot read it as CSV: {exc}") from None
 
 

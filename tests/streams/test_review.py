@@ -120,6 +120,18 @@ def test_unusable_outcome_files_are_one_line_errors(tmp_path: Path, capsys: pyte
     assert err.startswith("leadstream review: ") and message in err and len(err.splitlines()) >= 1
 
 
+def test_a_csv_byte_that_is_not_utf8_is_reported_on_its_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Excel's plain "CSV" is in the Windows code page: ü is the byte 0xfc, here on line 5000.
+    rows = [b"lead%d,lost\n" % n for n in range(2, 6000)]
+    rows[4998] = b"M\xfcller,won\n"
+    (tmp_path / "outcomes.csv").write_bytes(b"lead_id,outcome\n" + b"".join(rows))
+    events = write(tmp_path / "events.jsonl", SAAS_EVENTS)
+    assert main(["review", "--events", str(events), "--outcomes", str(tmp_path / "outcomes.csv"), "--models", str(MODELS_DIR)]) == 1
+    assert capsys.readouterr().err == (
+        f"leadstream review: {tmp_path / 'outcomes.csv'} line 5000: not UTF-8 text: byte 0xfc at column 2; save the file as CSV UTF-8\n"
+    )
+
+
 def test_a_baseline_that_does_not_load_is_named_as_the_baseline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     events = write(tmp_path / "events.jsonl", SAAS_EVENTS)
     (tmp_path / "outcomes.csv").write_text("lead_id,outcome\nana,won\n")
