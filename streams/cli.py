@@ -90,9 +90,8 @@ def _review(args: argparse.Namespace, settings: Settings) -> int:
     from streams.review import review_files
 
     tune_collector(settings.gc_young_threshold)
-    converted = frozenset(value.strip() for value in args.converted.split(",") if value.strip())
     return review_files(
-        args.models or settings.models_dir, args.events, args.outcomes, converted, args.min_leads, table=args.table, out=sys.stdout,
+        args.models or settings.models_dir, args.events, args.outcomes, args.converted, args.min_leads, table=args.table, out=sys.stdout,
         baseline_dir=args.baseline,
     )
 
@@ -154,6 +153,13 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected 1 or more, got {value}")
     return value
+
+
+def _outcome_values(text: str) -> frozenset[str]:
+    values = frozenset(value.strip() for value in text.split(",") if value.strip())
+    if not values:  # every lead would count as not converted, and the review would say nothing
+        raise argparse.ArgumentTypeError(f"expected outcome values separated by commas, such as won or 'closed won,won', got {text!r}")
+    return values
 
 
 def _positive_seconds(text: str) -> float:
@@ -219,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", type=Path, help="directory of model files (default: LEADSTREAM_MODELS_DIR)")
     p.add_argument("--events", type=Path, required=True, help="JSON-lines file of events (the history to score)")
     p.add_argument("--outcomes", type=Path, required=True, help="JSON lines, or CSV with a header row: lead_id, outcome, time (optional)")
-    p.add_argument("--converted", default="won", help="comma-separated outcome values that count as converted (default: won)")
+    p.add_argument("--converted", type=_outcome_values, default=frozenset({"won"}), help="comma-separated outcome values that count as converted (default: won)")
     p.add_argument("--min-leads", type=_positive, default=20, help="leads a figure needs before a finding is drawn from it (default 20)")
     p.add_argument("--baseline", type=Path, help="directory of another version of the models, to compare each model with its namesake")
     p.add_argument("--table", action="store_true", help="print tables instead of one JSON object per model")

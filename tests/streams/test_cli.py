@@ -14,6 +14,7 @@ from streams.cli import main
     ("argv", "message"),
     [
         (["review", "--events", "e", "--outcomes", "o", "--min-leads", "0"], "argument --min-leads: expected 1 or more, got 0"),
+        (["review", "--events", "e", "--outcomes", "o", "--converted", " , "], "argument --converted: expected outcome values separated by commas"),
         # Redis reads a range of 0 as "everything" and a negative one from the end.
         (["top", "--model", "b2b", "--limit", "0"], "argument --limit: expected 1 or more, got 0"),
         (["top", "--model", "b2b", "--limit", "-5"], "argument --limit: expected 1 or more, got -5"),
