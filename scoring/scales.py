@@ -10,22 +10,32 @@ every score has exactly one label.
 from __future__ import annotations
 
 from bisect import bisect_right
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from scoring.config import Table
 from scoring.errors import ModelError
+from scoring.thresholds import TOLERANCE
 
 
 @dataclass(frozen=True, slots=True)
 class Bands:
-    """Labels from lowest to highest; `starts[i]` is where label i begins (starts[0] is -inf)."""
+    """Labels from lowest to highest; `starts[i]` is where label i begins (starts[0] is -inf).
+
+    A value is in a band from TOLERANCE below its `min`, as a score is on a threshold line: fit
+    points of 0.3 and -0.1 are 0.19999999999999998 in binary, and must earn the band at 0.2 that
+    the fit rows shown with them add up to."""
 
     labels: tuple[str, ...]
     starts: tuple[float, ...]
+    #: `starts` less TOLERANCE.
+    lows: tuple[float, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "lows", tuple(start - TOLERANCE for start in self.starts))
 
     def label(self, value: float) -> str:
-        # The last band starting at or below the value (starts[0] is -inf, so there is one).
-        return self.labels[bisect_right(self.starts, value) - 1]
+        # The last band starting at or below the value (lows[0] is -inf, so there is one).
+        return self.labels[bisect_right(self.lows, value) - 1]
 
 
 @dataclass(frozen=True, slots=True)

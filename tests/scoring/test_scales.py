@@ -45,3 +45,19 @@ def test_default_scale_puts_the_top_line_at_100() -> None:
 def test_a_scale_table_without_hundred_at_keeps_the_top_line_at_100() -> None:
     run = Run(engine('[[rules]]\nname = "p"\nevent = "p"\npoints = 15\n[scale]\nzero_at = 10\n')).apply(ev("p"), ev("p"))
     assert run.engine.summary("m", "L1", run.state(), 0)["normalized"] == 40.0  # (30 - 10) / (60 - 10), sql at 60
+
+
+def test_fractional_points_reach_a_band_their_decimal_sum_reaches() -> None:
+    # 0.7 + 0.1 is 0.7999999999999999 and 0.3 - 0.1 is 0.19999999999999998 in binary: the lead
+    # shown 0.8 behaviour points and fit rows of 0.3 and -0.1 is in the bands at 0.8 and 0.2.
+    bands = (
+        '[[rules]]\nname = "a"\nevent = "a"\npoints = 0.7\n'
+        '[[rules]]\nname = "b"\nevent = "b"\npoints = 0.1\n'
+        '[[fit]]\nname = "vp"\npoints = 0.3\ntraits.title = "vp"\n'
+        '[[fit]]\nname = "free"\npoints = -0.1\ntraits.email = { domain = "free" }\n'
+        '[grades]\nA = { min = 0.3 }\nB = { min = 0.2, below = 0.3 }\nC = { min = 0, below = 0.2 }\nD = { below = 0 }\n'
+        '[engagement]\n1 = { min = 0.8 }\n2 = { min = 0.5, below = 0.8 }\n3 = { min = 0.2, below = 0.5 }\n4 = { below = 0.2 }\n'
+    )
+    run = Run(engine(bands)).apply(ev("identify", traits={"title": "vp", "email": "jane@gmail.com"}), ev("a", at=1), ev("b", at=2))
+    summary = run.engine.summary("m", "L1", run.state(), run.state().watermark_ms)
+    assert (summary["grade"], summary["engagement"], summary["cell"]) == ("B", 1, "B1")
