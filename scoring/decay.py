@@ -103,11 +103,12 @@ class HalfLifeDecay:
         return state.behaviour - before
 
     def crossing_ms(self, state: LeadState, points: float) -> int | None:
-        """When behaviour points will have decayed to `points` (None if never: they only
-        approach zero, and rise when negative)."""
-        if not 0 < points < state.behaviour:
+        """When behaviour points will have decayed to `points`, falling to it when positive and
+        rising to it when negative (None if never: they only approach zero)."""
+        behaviour = state.behaviour
+        if not (0 < points < behaviour or behaviour < points < 0):
             return None
-        return state.as_of_ms + math.ceil(self.half_life_ms * math.log2(state.behaviour / points))
+        return state.as_of_ms + math.ceil(self.half_life_ms * math.log2(behaviour / points))
 
 
 Decay = StepDecay | HalfLifeDecay

@@ -237,12 +237,16 @@ class ModelRuntime:
 
     def next_due_ms(self, state: LeadState) -> int | None:
         """When decay next changes what the worker must publish: the next step, or (half-life)
-        the time the score falls through the current level's lower line."""
+        the time the score falls through the current level's lower line, or, while behaviour
+        points are negative (a floor below zero), rises to the next line: they decay towards
+        zero from below too."""
         if self.steps is not None:
             return self.steps.due_ms(state)
         if self.half_life is None:
             return None
         level = self.ladder.level_of(state.level)
+        if state.behaviour < 0:
+            return self.half_life.crossing_ms(state, self.ladder.up[level] - self.current_fit(state))
         down = self.ladder.down[level]
         if down <= self.floor:
             return None

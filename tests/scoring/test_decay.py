@@ -3,6 +3,8 @@ and the time the next step is due."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from tests.scoring.support import DAY, HOUR, T0, Run, engine, ev
@@ -139,3 +141,18 @@ def test_half_life_next_due_is_when_the_score_falls_through_the_level() -> None:
     assert [t.to_level for t in transitions] == ["mql"]
     before, none = run.engine.decay("m", "L1", run.state(), due - 2)
     assert none == [] and before.level == "sql"
+
+
+def test_half_life_next_due_is_when_negative_points_rise_through_the_next_line() -> None:
+    # Below a zero floor, negative behaviour points decay towards zero: the score rises.
+    rules = '[[rules]]\nname = "unsubscribed"\nevent = "unsubscribe"\npoints = -30\n[decay]\nhalf_life = "10d"\n'
+    fit = '[[fit]]\nname = "vp"\npoints = 40\ntraits.title = "vp"\n'
+    run = Run(engine(rules + fit, settings="floor = -100")).apply(ev("identify", traits={"title": "vp"}), ev("unsubscribe"))
+    assert (run.score(), run.state().level) == (10, "cold")
+    due = run.engine.next_due_ms("m", run.state())
+    assert due is not None
+    assert due == pytest.approx(T0 + 10 * DAY * math.log2(30 / 20), abs=2)  # -30 * 2^(-t/10d) = -20: a score of 20
+    after, transitions = run.engine.decay("m", "L1", run.state(), due)
+    assert [(t.from_level, t.to_level) for t in transitions] == [("cold", "mql")]
+    before, none = run.engine.decay("m", "L1", run.state(), due - 2)
+    assert none == [] and before.level == "cold"
