@@ -4,7 +4,9 @@ explanation a salesperson sees ("why does this lead have 47 points?").
 Decay is evaluated at the time asked for, and fit points are revised after an edit of the
 model's [[fit]] rules, on a copy: reading never changes a state. The decayed amount is exact in
 total (behaviour points now minus the points rules earned); shown per rule it is attributed to
-the rules with positive points in proportion to their points.
+the rules with positive points in proportion to their points, so that the rows add up to the
+score. Points regained (a half-life brings negative points back towards zero, below a floor
+under zero) are attributed to the rules with negative points, when there are no positive ones.
 """
 
 from __future__ import annotations
@@ -69,10 +71,13 @@ def rule_rows(runtime: ModelRuntime, state: LeadState) -> list[dict[str, Any]]:
     """One row per rule that ever matched, most points first."""
     decayed = decayed_points(state)
     positive = sum(entry[0] for entry in state.ledger.values() if entry[0] > 0)
+    # Decay takes from positive points; a half-life also gives back to negative ones, which
+    # are all that can bear the decay of a lead without positive points.
+    bearing = positive or sum(entry[0] for entry in state.ledger.values() if entry[0] < 0)
     known = {rule.name for rule in runtime.model.rules}
     rows: list[dict[str, Any]] = []
     for name, (points, occurrences, capped, bonuses) in state.ledger.items():
-        share = decayed * points / positive if points > 0 and positive else 0
+        share = decayed * points / bearing if bearing and (points > 0) == (positive > 0) and points else 0
         rows.append(
             {
                 "rule": name,

@@ -4,7 +4,7 @@ recent history of changes."""
 from __future__ import annotations
 
 from scoring import Engine
-from tests.scoring.support import DAY, T0, Run, ev, shipped
+from tests.scoring.support import DAY, T0, Run, engine, ev, shipped
 
 B2B = Engine([shipped("b2b")])
 
@@ -61,3 +61,19 @@ def test_summary_has_top_reasons() -> None:
         {"rule": "e-mail open", "points": 1},
     ]
     assert set(summary) >= {"lead_id", "model", "score", "normalized", "grade", "engagement", "cell", "temperature", "level", "last_activity_ms"}
+
+
+def test_rows_add_up_when_a_half_life_brings_negative_points_back() -> None:
+    # Below a zero floor, a half-life halves negative points too: the rows carry what it gave back.
+    negative = (
+        '[[rules]]\nname = "unsubscribed"\nevent = "unsubscribe"\npoints = -30\n'
+        '[[rules]]\nname = "bounced"\nevent = "bounce"\npoints = -10\n'
+        '[decay]\nhalf_life = "10d"\n'
+    )
+    run = Run(engine(negative, settings="floor = -100")).apply(ev("unsubscribe"), ev("bounce"))
+    explained = run.engine.explain("m", "L1", run.state(), T0 + 10 * DAY)
+    assert explained["score"] == -20
+    assert [(row["rule"], row["points"], row["decayed"]) for row in explained["rules"]] == [
+        ("unsubscribed", -30, 15),
+        ("bounced", -10, 5),
+    ]
