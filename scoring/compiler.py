@@ -101,7 +101,15 @@ class _Function:
                 "if time_ms < state.as_of_ms:",
                 f"    weight = {self.const(rt.half_life)}.factor(state.as_of_ms - time_ms)",
                 "else:",
+                "    as_of_ms, behaviour = state.as_of_ms, state.behaviour",
                 f"    {self.const(rt.half_life)}.bring_to(state, time_ms)",
+                # Decay took the score through a line before this event: settled at the time it
+                # did, as a sweep on time would have (a line the event's points take it back over
+                # is crossed back below).
+                "    score = state.behaviour + state.fit",
+                f"    if score < {self.const(rt.down)}[level] or score >= {self.const(rt.up)}[level]:",
+                "        level = rt._half_life_to(state, as_of_ms, behaviour, time_ms, level, event.lead_id, out)",
+                "        outcome = CHANGED",
             )
         self.emit(
             1,

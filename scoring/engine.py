@@ -231,9 +231,30 @@ class ModelRuntime:
                 state.record(due_ms, points, "decay", self.history)
                 level = self._settle(state, level, lead_id, due_ms, out)
         elif self.half_life is not None:
-            if self.half_life.bring_to(state, now_ms):
+            behaviour, as_of_ms = state.behaviour, state.as_of_ms
+            level = self._half_life_to(state, as_of_ms, behaviour, now_ms, level, lead_id, out)
+            if state.behaviour != behaviour:
                 state.revision += 1
             self._settle(state, level, lead_id, now_ms, out)
+
+    def _half_life_to(self, state: LeadState, as_of_ms: int, behaviour: float, time_ms: int, level: int, lead_id: str,
+                      out: list[Transition]) -> int:
+        """Brings half-life decay from `behaviour` points at `as_of_ms` to `time_ms`, settling
+        each line the score passes on the way at the time it does, as sweeps at each
+        `next_due_ms` would; returns the level. So the crossings do not depend on when decay is
+        evaluated: a sweep late by a day, and events scored before the sweep (a replay, a
+        lagging worker), give the same ones as a sweep on time, as steps do. The fit points are
+        the state's: an event's traits count from its time, after the lines decay passed."""
+        half_life = self.half_life
+        assert half_life is not None
+        state.as_of_ms, state.behaviour = as_of_ms, behaviour
+        while (due := self._line_passed_ms(state, level, state.fit)) is not None and due <= time_ms:
+            half_life.bring_to(state, due)
+            level = self._settle(state, level, lead_id, due, out)
+        # The points at `time_ms` in one step from `as_of_ms`, as they are when no line is passed.
+        state.as_of_ms, state.behaviour = as_of_ms, behaviour
+        half_life.bring_to(state, time_ms)
+        return level
 
     def next_due_ms(self, state: LeadState) -> int | None:
         """When decay next changes what the worker must publish: the next step, or (half-life)
@@ -244,13 +265,18 @@ class ModelRuntime:
             return self.steps.due_ms(state)
         if self.half_life is None:
             return None
-        level = self.ladder.level_of(state.level)
+        return self._line_passed_ms(state, self.ladder.level_of(state.level), self.current_fit(state))
+
+    def _line_passed_ms(self, state: LeadState, level: int, fit: float) -> int | None:
+        """Half-life: when decay takes the score of a lead at `level` with `fit` points through
+        one of the level's lines (None: never)."""
+        assert self.half_life is not None
         if state.behaviour < 0:
-            return self.half_life.crossing_ms(state, self.ladder.up[level] - self.current_fit(state))
+            return self.half_life.crossing_ms(state, self.ladder.up[level] - fit)
         down = self.ladder.down[level]
         if down <= self.floor:
             return None
-        crossing = self.half_life.crossing_ms(state, down - self.current_fit(state))
+        crossing = self.half_life.crossing_ms(state, down - fit)
         return None if crossing is None else crossing + 1
 
     def _settle(self, state: LeadState, level: int, lead_id: str, time_ms: int, out: list[Transition]) -> int:

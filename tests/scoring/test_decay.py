@@ -156,3 +156,28 @@ def test_half_life_next_due_is_when_negative_points_rise_through_the_next_line()
     assert [(t.from_level, t.to_level) for t in transitions] == [("cold", "mql")]
     before, none = run.engine.decay("m", "L1", run.state(), due - 2)
     assert none == [] and before.level == "cold"
+
+
+def test_half_life_crossings_are_the_same_whether_a_sweep_or_the_next_event_brings_decay() -> None:
+    # 80 falls through sql (at 60) after 4.15 days, then an event at day 5 takes it back over.
+    run = Run(engine(HALF_LIFE)).apply(ev("visit"), ev("visit"))
+    due = run.engine.next_due_ms("m", run.state())
+    assert due is not None
+    swept = Run(run.engine, store=dict(run.store), transitions=list(run.transitions))
+    state, crossed = run.engine.decay("m", "L1", swept.state(), due)
+    swept.store[("m", "L1")], swept.transitions = state.to_bytes(), swept.transitions + crossed
+    for each in (run, swept):
+        each.apply(ev("visit", at=5 * DAY))
+    assert swept.levels() == [("cold", "mql"), ("mql", "sql"), ("sql", "mql"), ("mql", "sql")]
+    assert run.levels() == swept.levels()
+    assert [t.time_ms for t in run.transitions] == [t.time_ms for t in swept.transitions]
+    assert run.state().behaviour == swept.state().behaviour
+
+
+def test_half_life_lines_passed_before_an_event_are_settled_with_the_fit_before_its_traits() -> None:
+    # 80 falls through sql at day 4.15; the identify at day 5 adds 30 fit points from then on.
+    fit = '[[fit]]\nname = "vp"\npoints = 30\ntraits.title = "vp"\n'
+    run = Run(engine(HALF_LIFE + fit)).apply(ev("visit"), ev("visit"), ev("identify", at=5 * DAY, traits={"title": "vp"}))
+    assert run.levels()[2:] == [("sql", "mql"), ("mql", "sql")]
+    crossed, regained = (t.time_ms for t in run.transitions[2:])
+    assert (crossed, regained) == (pytest.approx(T0 + 10 * DAY * math.log2(80 / 60), abs=2), T0 + 5 * DAY)
