@@ -59,7 +59,7 @@ class DomainLists:
             return None
         found = self._seen.get(written)
         if found is None:
-            found = self._lookup(written.strip().lower())
+            found = self._lookup(domain_key(written))
             if len(self._seen) >= _SEEN_DOMAINS:
                 self._seen.clear()
             self._seen[written] = found
@@ -77,10 +77,24 @@ class DomainLists:
             domain = domain[dot + 1 :]
 
 
+def domain_key(domain: str) -> str:
+    """A domain as the lists are looked up by: lower case, without the trailing dot of a fully
+    qualified name (jane@mailinator.com. is delivered to mailinator.com), and in its ASCII
+    (punycode) form when internationalised, as mail servers see it: bücher.de is
+    xn--bcher-kva.de, and fullwidth letters or an ideographic full stop are the ASCII ones."""
+    domain = domain.strip().lower()
+    if not domain.isascii():
+        try:
+            domain = domain.encode("idna").decode("ascii")
+        except UnicodeError:  # an empty or overlong label: no domain, kept as written
+            pass
+    return domain.rstrip(".")
+
+
 def shipped_list(kind: str) -> frozenset[str]:
     """One of the shipped domain lists: one domain a line, `#` starts a comment."""
     text = resources.files("scoring").joinpath("data", _LIST_FILES[kind]).read_text(encoding="utf-8")
-    return frozenset(line.split("#", 1)[0].strip().lower() for line in text.splitlines() if line.split("#", 1)[0].strip())
+    return frozenset(domain_key(line.split("#", 1)[0]) for line in text.splitlines() if line.split("#", 1)[0].strip())
 
 
 def parse_domains(table: Table | None) -> DomainLists:
@@ -95,8 +109,8 @@ def parse_domains(table: Table | None) -> DomainLists:
             override.check_keys(("replace", "add"))
             replaced = override.strings("replace", None)
             if replaced is not None:
-                domains = frozenset(d.lower() for d in replaced)
-            domains |= frozenset(d.lower() for d in override.strings("add", ()))
+                domains = frozenset(map(domain_key, replaced))
+            domains |= frozenset(map(domain_key, override.strings("add", ())))
         lists[kind] = domains
     return DomainLists(**lists)
 

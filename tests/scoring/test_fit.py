@@ -111,6 +111,30 @@ def test_domain_class_precedence() -> None:
     assert lists.classify(42) is None
 
 
+@pytest.mark.parametrize(
+    ("email", "kind"),
+    [
+        ("jane@mailinator.com.", "disposable"),  # a fully qualified name: delivered to mailinator.com
+        ("jane@Gmail.Com.", "free"),
+        ("jane@ｇｍａｉｌ.com", "free"),  # fullwidth letters are the ASCII ones in a domain
+        ("jane@gmail。com", "free"),  # so is an ideographic full stop
+        ("jane@xn--bcher-kva.de", "competitor"),  # listed in Unicode, written in punycode
+        ("jane@BÜCHER.de", "competitor"),
+        ("jane@shop.bücher.de.", "competitor"),
+        ("jane@gmail..com", "business"),  # no domain to map: as written
+    ],
+)
+def test_domain_class_ignores_trailing_dots_and_the_form_of_an_international_domain(email: str, kind: str) -> None:
+    run = Run(
+        engine(
+            '[[fit]]\nname = "kind"\npoints = 1\ntraits.email = { domain = "' + kind + '" }\n'
+            '[domains]\ncompetitor = { add = ["bücher.de"] }\n'
+        )
+    )
+    run.apply(ev("identify", traits={"email": email}))
+    assert run.state().fit == 1
+
+
 _TRAIT_VALUES = st.one_of(
     st.none(), st.booleans(), st.sampled_from([0, 1, 1.0, 9, 10, 200, 250.0, 5000, 8000]),
     st.sampled_from(["VP Sales", "Student", "engineer", "Head of Growth", "DE", "US", "software", "retail"]),
