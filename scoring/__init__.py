@@ -8,7 +8,7 @@ See scoring/MODELS.md for the model file format and the event schema.
 """
 
 from scoring.accounts import AccountRollup, AccountState, MemberScore
-from scoring.engine import BatchResult, Engine, ModelRuntime
+from scoring.engine import BatchResult, Engine, Late, ModelRuntime
 from scoring.errors import LeadstreamError, ModelError, StateError
 from scoring.events import Event, Rejection
 from scoring.model import Model, load_directory, load_model, parse_model
@@ -21,6 +21,7 @@ __all__ = [
     "BatchResult",
     "Engine",
     "Event",
+    "Late",
     "LeadState",
     "LeadstreamError",
     "MemberScore",

@@ -42,6 +42,16 @@ _NO_PROPERTIES: dict[str, Any] = {}
 _FIT_MEMO = 16384
 
 
+@dataclass(frozen=True, slots=True)
+class Late:
+    """An event beyond the allowed lateness of `models`, which counted it and did not score it.
+    Models with a longer lateness may have scored it: `scored` says whether any did."""
+
+    event: Event
+    models: tuple[str, ...]
+    scored: bool
+
+
 @dataclass(slots=True)
 class BatchResult:
     """What one batch changed. `states` holds only changed states, keyed (model, lead id)."""
@@ -50,8 +60,8 @@ class BatchResult:
     #: Threshold crossings in the order they happened within each lead's event sequence.
     transitions: list[Transition] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
-    #: Events beyond the allowed lateness of a model they were routed to: counted, not scored.
-    late: list[Event] = field(default_factory=list)
+    #: Events beyond the allowed lateness of one or more models they were routed to.
+    late: list[Late] = field(default_factory=list)
     #: The score of every changed state that belongs to an account, whether or not the batch
     #: changed it, after a `left` update for each other account the lead was in during the batch.
     #: A worker killed after sending a batch's updates, before its states were durable, told the
@@ -492,7 +502,7 @@ class Engine:
                 result.unknown_type.append(event)
                 continue
             lead_id = event.lead_id
-            late = False
+            late: list[str] | None = None
             for runtime in targets:
                 key = (runtime.name, lead_id)
                 slot = touched.get(key)
@@ -505,7 +515,10 @@ class Engine:
                 state = slot[0]
                 outcome = (runtime.appliers.get(event.type) or runtime.apply_other)(state, event, transitions)
                 if outcome == _LATE:
-                    late = True
+                    if late is None:
+                        late = [runtime.name]
+                    else:
+                        late.append(runtime.name)
                 elif outcome > slot[2]:
                     slot[2] = outcome
                 if event.account_id is not None and state.account_id != slot[3]:  # moved (now or earlier in the batch)
@@ -513,8 +526,8 @@ class Engine:
                         slot[4] = {state.account_id}
                     else:
                         slot[4].add(state.account_id)
-            if late:
-                result.late.append(event)
+            if late is not None:
+                result.late.append(Late(event, tuple(late), len(late) < len(targets)))
             if last_of and last_of.get(lead_id) is event:
                 for runtime in targets:
                     key = (runtime.name, lead_id)

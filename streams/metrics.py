@@ -15,7 +15,9 @@ from scoring import Transition
 EVENTS_CONSUMED = Counter("leadstream_events_consumed", "Events read from the raw topic (envelopes counted by event).")
 EVENTS_SCORED = Counter("leadstream_events_scored", "Events applied to lead states.")
 EVENTS_REJECTED = Counter("leadstream_events_rejected", "Events sent to the dead-letter topic, by reason.", ["reason"])
-EVENTS_LATE = Counter("leadstream_events_late", "Events older than the model's allowed lateness: counted, not scored.")
+EVENTS_LATE = Counter(
+    "leadstream_events_late", "Events beyond a model's allowed lateness, by model: it counted them, not scored them.", ["model"]
+)
 EVENTS_UNROUTED = Counter(
     "leadstream_events_unrouted", "Events whose product no model's filter takes: counted, not scored (check the product names)."
 )

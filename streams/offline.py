@@ -80,8 +80,13 @@ class OfflineRun:
         result = self.engine.apply_batch((event for _, event, _ in batch), lambda model, lead: self.leads.get((model, lead)))
         self.leads.update(result.states)
         self.transitions.extend(result.transitions)
-        for event in result.late:
-            self.warn(line_of[id(event)], "late", f"event {event.event_id!r} of lead {event.lead_id!r} is beyond the allowed lateness: counted, not scored")
+        for late in result.late:
+            event = late.event
+            self.warn(
+                line_of[id(event)], "late",
+                f"event {event.event_id!r} of lead {event.lead_id!r} is beyond the allowed lateness of "
+                + ", ".join(late.models) + ": counted there, not scored" + ("; its other models scored it" if late.scored else ""),
+            )  # fmt: skip
         for event in result.unrouted:
             self.warn(
                 line_of[id(event)], "unrouted",

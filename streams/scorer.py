@@ -62,7 +62,8 @@ class BatchStats:
     events: int = 0
     scored: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
-    late: int = 0
+    #: model -> events beyond its allowed lateness
+    late: dict[str, int] = field(default_factory=dict)
     unrouted: int = 0
     crossings: list[Transition] = field(default_factory=list)
     new_leads: dict[str, int] = field(default_factory=dict)
@@ -74,7 +75,8 @@ class BatchStats:
         self.scored += other.scored
         for reason, count in other.rejected.items():
             self.rejected[reason] = self.rejected.get(reason, 0) + count
-        self.late += other.late
+        for model, count in other.late.items():
+            self.late[model] = self.late.get(model, 0) + count
         self.unrouted += other.unrouted
         self.crossings += other.crossings
         for model, count in other.new_leads.items():
@@ -84,7 +86,8 @@ class BatchStats:
     def record(self) -> None:
         metrics.EVENTS_CONSUMED.inc(self.events)
         metrics.EVENTS_SCORED.inc(self.scored)
-        metrics.EVENTS_LATE.inc(self.late)
+        for model, count in self.late.items():
+            metrics.EVENTS_LATE.labels(model).inc(count)
         metrics.EVENTS_UNROUTED.inc(self.unrouted)
         metrics.BATCH_EVENTS.observe(self.events)
         for reason, count in self.rejected.items():
@@ -334,9 +337,13 @@ class Scorer:
             writes[lead_id] = (partition, states, encode_states(states) if len(states) == 1 else None)
 
         result = self.engine.apply_batch(events, lambda model, lead_id: known[lead_id].get(model), settled)  # type: ignore[arg-type, return-value]
-        stats.late = len(result.late)
+        unscored_late = 0
+        for late in result.late:
+            unscored_late += not late.scored
+            for model in late.models:
+                stats.late[model] = stats.late.get(model, 0) + 1
         stats.unrouted = len(result.unrouted)
-        stats.scored = len(events) - len(result.rejected) - stats.late - stats.unrouted - len(result.unknown_type)
+        stats.scored = len(events) - len(result.rejected) - unscored_late - stats.unrouted - len(result.unknown_type)
         if result.unknown_type:
             self._unknown_types(result.unknown_type, sources, dead)
 

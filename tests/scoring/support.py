@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import scoring
-from scoring import Engine, Event, LeadState, Transition, load_model, parse_model
+from scoring import Engine, Event, Late, LeadState, Transition, load_model, parse_model
 from scoring.model import Model
 
 MODELS_DIR = Path(scoring.__file__).parent / "models"
@@ -64,7 +64,7 @@ class Run:
     engine: Engine
     store: dict[tuple[str, str], bytes] = field(default_factory=dict)
     transitions: list[Transition] = field(default_factory=list)
-    late: list[Event] = field(default_factory=list)
+    late: list[Late] = field(default_factory=list)
     rejected: list[Any] = field(default_factory=list)
     account_updates: list[Any] = field(default_factory=list)
 

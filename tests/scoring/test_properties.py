@@ -55,7 +55,7 @@ def b2b_events(draw: Any, max_size: int = 40) -> list[dict[str, Any]]:
 def outcome(run: Run) -> tuple[dict[Any, Any], list[dict[str, Any]], list[str]]:
     """States (decoded: the order of keys in a map is no difference), transitions, late events."""
     states = {key: LeadState.from_bytes(raw).as_dict() for key, raw in run.store.items()}
-    return states, [t.to_dict() for t in run.transitions], [e.event_id for e in run.late]
+    return states, [t.to_dict() for t in run.transitions], [late.event.event_id for late in run.late]
 
 
 @FAST

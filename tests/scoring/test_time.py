@@ -7,7 +7,8 @@ import random
 
 import pytest
 
-from tests.scoring.support import DAY, HOUR, Run, engine, ev
+from scoring import Engine
+from tests.scoring.support import DAY, HOUR, Run, engine, ev, model
 
 MODEL = (
     '[[rules]]\nname = "visit"\nevent = "visit"\npoints = 10\nbonus = { count = 3, window = "1d", points = 5 }\n'
@@ -35,8 +36,20 @@ def test_lateness_boundary(behind: int, late: bool) -> None:
     before = run.store[("m", "L1")]
     straggler = ev("visit", at=40 * DAY - behind)
     run.apply(straggler)
-    assert [e.event_id for e in run.late] == ([straggler["event_id"]] if late else [])
+    assert [late.event.event_id for late in run.late] == ([straggler["event_id"]] if late else [])
     assert (run.store[("m", "L1")] == before) is late
+
+
+def test_an_event_late_for_one_model_is_reported_for_it_and_scored_by_the_others() -> None:
+    run = Run(Engine([model(MODEL, name="quick", lateness="1h"), model(MODEL, name="patient", lateness="1d")]))
+    run.apply(ev("visit", at=10 * DAY))
+    straggler, ancient = ev("visit", at=10 * DAY - 2 * HOUR), ev("visit", at=DAY)
+    run.apply(straggler, ancient)
+    assert [(late.event.event_id, late.models, late.scored) for late in run.late] == [
+        (straggler["event_id"], ("quick",), True),
+        (ancient["event_id"], ("quick", "patient"), False),
+    ]
+    assert run.score(model_name="quick") == 10 and run.score(model_name="patient") == 20
 
 
 def test_lateness_is_relative_to_the_lead_not_to_other_leads() -> None:

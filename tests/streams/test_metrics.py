@@ -36,6 +36,10 @@ def test_worker_metrics_count_a_known_stream_exactly(isolated: Settings, worker:
     producer.send(isolated.topic_events, key=b"ada", value=orjson.dumps({**good[0], "event_id": "dup-of-nothing", "type": "signup"}))
     producer.send(isolated.topic_events, key=b"ada", value=orjson.dumps(good[1]))  # a redelivery: same event id
     producer.send(isolated.topic_events, key=b"ada", value=orjson.dumps({**good[0], "event_id": "typo", "product": "sass"}))
+    # An identify (every model takes it) 12 hours older than ada's query: beyond the analytics
+    # model's 6 hours of lateness, within the others' day, which score it.
+    producer.send(isolated.topic_events, key=b"ada", value=orjson.dumps({**good[0], "event_id": "q", "type": "query_run", "product": "analytics"}))
+    producer.send(isolated.topic_events, key=b"ada", value=orjson.dumps({"event_id": "who", "lead_id": "ada", "type": "identify", "time": start - 12 * HOUR_MS}))
     producer.flush()
     producer.close()
 
@@ -48,20 +52,21 @@ def test_worker_metrics_count_a_known_stream_exactly(isolated: Settings, worker:
         return proc.get("/metrics")[1].decode()
 
     deadline = time.monotonic() + 30
-    while sample(metrics(), "leadstream_events_consumed_total") < 11 and time.monotonic() < deadline:
+    while sample(metrics(), "leadstream_events_consumed_total") < 13 and time.monotonic() < deadline:
         time.sleep(0.2)
     text = metrics()
-    assert sample(text, "leadstream_events_consumed_total") == 11
-    # 6 good events and one more signup apply; the redelivered event changes nothing but is
-    # consumed; no model takes the product "sass".
-    assert sample(text, "leadstream_events_scored_total") == 8
+    assert sample(text, "leadstream_events_consumed_total") == 13
+    # 6 good events, one more signup, the query and the identify apply; the redelivered event
+    # changes nothing but is consumed; no model takes the product "sass".
+    assert sample(text, "leadstream_events_scored_total") == 10
     assert sample(text, "leadstream_events_unrouted_total") == 1
     assert sample(text, 'leadstream_events_rejected_total{reason="bad_json"}') == 1
     assert sample(text, 'leadstream_events_rejected_total{reason="missing_field"}') == 1
     assert sample(text, 'leadstream_crossings_total{direction="up",kind="lead",level="mql",model="saas_start_small"}') == 1
     assert sample(text, 'leadstream_leads_in_state{model="saas_start_small"}') == 2
     assert sample(text, "leadstream_worker_ready") == 1
-    assert sample(text, "leadstream_events_late_total") == 0
+    assert sample(text, 'leadstream_events_late_total{model="analytics_addon"}') == 1
+    assert 'leadstream_events_late_total{model="b2b"}' not in text
     # The scoring stage's last batch ended after the worker started and before this read.
     assert began < sample(text, 'leadstream_batch_done_timestamp_seconds{stage="score"}') <= time.time()
     assert "leadstream_faust_" in text  # Faust's own sensors beside ours

@@ -145,6 +145,20 @@ def test_an_event_no_model_takes_is_reported_not_scored(tmp_path: Path) -> None:
     ]
 
 
+def test_an_event_late_for_one_of_its_models_is_reported_for_that_model(tmp_path: Path) -> None:
+    query = {"event_id": "q", "lead_id": "ada", "type": "query_run", "product": "analytics", "time": T0 + DAY}
+    # An identify goes to every model: 12 hours behind ada's query is beyond the analytics
+    # model's 6 hours of lateness, and the first event of ada the b2b model sees.
+    identify = {"event_id": "who", "lead_id": "ada", "type": "identify", "time": T0 + DAY // 2, "traits": {"title": "CTO"}}
+    out, err = io.StringIO(), io.StringIO()
+    assert score_file(MODELS_DIR, write(tmp_path / "events.jsonl", [query, identify]), table=False, out=out, err=err) == 0
+    assert err.getvalue().splitlines() == [
+        "events.jsonl line 2: late: event 'who' of lead 'ada' is beyond the allowed lateness of analytics_addon: "
+        "counted there, not scored; its other models scored it",
+    ]
+    assert sorted(record["model"] for record in map(orjson.loads, out.getvalue().splitlines())) == ["analytics_addon", "b2b", "saas_start_small"]
+
+
 def test_an_event_of_a_type_its_models_do_not_know_is_reported_not_scored(tmp_path: Path) -> None:
     typo = {"event_id": "t", "lead_id": "ana", "type": "sign_up", "time": T0 + 1, "product": "saas"}
     out, err = io.StringIO(), io.StringIO()
