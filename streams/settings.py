@@ -7,9 +7,11 @@ does. The README's configuration table lists the same variables (a test keeps th
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
+from urllib.parse import urlsplit
 
 from streams.errors import ConfigError
 
@@ -20,16 +22,69 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 KAFKA_VERSION = "3.9.1"
 
 
-def _setting(env: str, default: Any, doc: str) -> Any:
-    return field(default=default, metadata={"env": env, "doc": doc})
+#: What a setting's value must be: None when it is fine, else what is expected instead
+#: ("an integer of at least 1"), for the message naming the variable.
+Check = Callable[[Any], "str | None"]
+
+
+def _setting(env: str, default: Any, doc: str, check: Check | None = None) -> Any:
+    return field(default=default, metadata={"env": env, "doc": doc, "check": check})
+
+
+def _at_least(minimum: int) -> Check:
+    return lambda value: None if value >= minimum else f"an integer of at least {minimum}"
+
+
+def _port(value: int) -> str | None:
+    return None if 1 <= value <= 65535 else "a TCP port (1 to 65535)"
+
+
+def _flag(value: int) -> str | None:
+    return None if value in (0, 1) else "0 or 1"
+
+
+def _log_level(value: str) -> str | None:
+    # Any case: the processes give it upper-cased to logging.
+    return None if value.lower() in LOG_LEVELS else f"one of {', '.join(LOG_LEVELS)}"
+
+
+def _host_ports(value: str) -> str | None:
+    # Kafka clients and `services up` read a port from every server; a missing one fails later
+    # with a traceback far from the variable.
+    for server in value.split(","):
+        host, _, port = server.strip().rpartition(":")
+        if not host or not port.isdigit() or _port(int(port)) is not None:
+            return "host:port servers, comma separated (e.g. 127.0.0.1:9092)"
+    return None
+
+
+def _redis_url(value: str) -> str | None:
+    url = urlsplit(value)
+    try:
+        url.port  # noqa: B018 - raises on a port out of range
+    except ValueError:
+        return "a Redis URL with a port from 1 to 65535 (e.g. redis://127.0.0.1:6379/0)"
+    if url.scheme not in ("redis", "rediss", "unix") or not (url.hostname or url.path):
+        return "a Redis URL (e.g. redis://127.0.0.1:6379/0)"
+    return None
+
+
+def _heap(value: str) -> str | None:
+    # Given to java as -Xmx: a number of bytes with an optional k, m or g.
+    return None if re.fullmatch(r"[1-9][0-9]*[kKmMgG]?", value) else "a Java heap size (e.g. 1g or 512m)"
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+NON_NEGATIVE = _at_least(0)
+POSITIVE = _at_least(1)
 
 
 @dataclass(frozen=True)
 class Settings:
     kafka_bootstrap: str = _setting(
-        "LEADSTREAM_KAFKA_BOOTSTRAP", "127.0.0.1:9092", "Kafka bootstrap servers (host:port, comma separated)."
+        "LEADSTREAM_KAFKA_BOOTSTRAP", "127.0.0.1:9092", "Kafka bootstrap servers (host:port, comma separated).", _host_ports,
     )
-    redis_url: str = _setting("LEADSTREAM_REDIS_URL", "redis://127.0.0.1:6379/0", "Redis used by the sinks and the read model.")
+    redis_url: str = _setting("LEADSTREAM_REDIS_URL", "redis://127.0.0.1:6379/0", "Redis used by the sinks and the read model.", _redis_url)
     app_id: str = _setting(
         "LEADSTREAM_APP_ID", "leadstream", "Faust application id: names the consumer group and the changelog topics."
     )
@@ -52,7 +107,7 @@ class Settings:
     topic_deadletter: str = _setting(
         "LEADSTREAM_TOPIC_DEADLETTER", "leadstream-deadletter", "Rejected input: original bytes, reason, source offset."
     )
-    partitions: int = _setting("LEADSTREAM_PARTITIONS", 4, "Partitions of every topic leadstream creates.")
+    partitions: int = _setting("LEADSTREAM_PARTITIONS", 4, "Partitions of every topic leadstream creates.", POSITIVE)
     models_dir: Path = _setting(
         "LEADSTREAM_MODELS_DIR", PROJECT_ROOT / "scoring" / "models", "Directory of scoring model files (*.toml)."
     )
@@ -67,12 +122,12 @@ class Settings:
         PROJECT_ROOT / ".services",
         "Where `leadstream services` keeps the broker jars, data, logs and pid files.",
     )
-    kafka_heap: str = _setting("LEADSTREAM_KAFKA_HEAP", "1g", "Maximum Java heap of the local Kafka broker.")
+    kafka_heap: str = _setting("LEADSTREAM_KAFKA_HEAP", "1g", "Maximum Java heap of the local Kafka broker.", _heap)
     bind_host: str = _setting(
         "LEADSTREAM_BIND_HOST", "127.0.0.1", "Address the worker's web views and the sinks' and collector's probes listen on (0.0.0.0 in containers)."
     )
-    worker_port: int = _setting("LEADSTREAM_WORKER_PORT", 6066, "HTTP port of the worker's web views (scores, health).")
-    collector_port: int = _setting("LEADSTREAM_COLLECTOR_PORT", 8088, "HTTP port of the Segment-compatible collector.")
+    worker_port: int = _setting("LEADSTREAM_WORKER_PORT", 6066, "HTTP port of the worker's web views (scores, health).", _port)
+    collector_port: int = _setting("LEADSTREAM_COLLECTOR_PORT", 8088, "HTTP port of the Segment-compatible collector.", _port)
     collector_host: str = _setting(
         "LEADSTREAM_COLLECTOR_HOST", "127.0.0.1", "Address the collector listens on (0.0.0.0 to serve other machines)."
     )
@@ -87,46 +142,57 @@ class Settings:
         "How the collector names track events: snake_case (\"Pricing Viewed\" -> pricing_viewed) or verbatim.",
     )
     collector_ack_timeout_ms: int = _setting(
-        "LEADSTREAM_COLLECTOR_ACK_TIMEOUT_MS", 5000, "Longest the collector waits for Kafka's ack before answering 503."
+        "LEADSTREAM_COLLECTOR_ACK_TIMEOUT_MS", 5000, "Longest the collector waits for Kafka's ack before answering 503.",
+        POSITIVE,
     )
     collector_max_in_flight_bytes: int = _setting(
         "LEADSTREAM_COLLECTOR_MAX_IN_FLIGHT_BYTES",
         64 * 1024 * 1024,
         "Bytes of events awaiting Kafka's ack beyond which the collector answers 503 instead of buffering.",
+        POSITIVE,
     )
     collector_body_timeout_ms: int = _setting(
-        "LEADSTREAM_COLLECTOR_BODY_TIMEOUT_MS", 10000, "Longest a client may take to send a request body (then 408)."
+        "LEADSTREAM_COLLECTOR_BODY_TIMEOUT_MS", 10000, "Longest a client may take to send a request body (then 408).",
+        POSITIVE,
     )
     collector_metrics_port: int = _setting(
         "LEADSTREAM_COLLECTOR_METRICS_PORT",
         9465,
         "Port of the collector's /metrics, /healthz and /readyz on LEADSTREAM_BIND_HOST (apart from its public port).",
+        _port,
     )
-    metrics_port: int = _setting("LEADSTREAM_METRICS_PORT", 9464, "Port of /metrics, /healthz and /readyz on sink processes.")
+    metrics_port: int = _setting("LEADSTREAM_METRICS_PORT", 9464, "Port of /metrics, /healthz and /readyz on sink processes.", _port)
     batch_max_messages: int = _setting(
-        "LEADSTREAM_BATCH_MAX_MESSAGES", 500, "Most Kafka messages the worker scores in one batch."
+        "LEADSTREAM_BATCH_MAX_MESSAGES", 500, "Most Kafka messages the worker scores in one batch.",
+        POSITIVE,
     )
     batch_within_ms: int = _setting(
-        "LEADSTREAM_BATCH_WITHIN_MS", 20, "Longest the worker waits to fill a batch before scoring it."
+        "LEADSTREAM_BATCH_WITHIN_MS", 20, "Longest the worker waits to fill a batch before scoring it.",
+        NON_NEGATIVE,
     )
     fetch_max_wait_ms: int = _setting(
         "LEADSTREAM_FETCH_MAX_WAIT_MS", 50,
         "Longest the broker holds the worker's fetch when it has nothing new (Faust's fixed 1,500 ms stalled the worker; streams/fetch_wait.py).",
+        NON_NEGATIVE,
     )
     live_leads: int = _setting(
         "LEADSTREAM_LIVE_LEADS", 200000,
         "Most leads whose states the worker keeps as objects between batches, the most recently used (a few KB each); the others stay as bytes, decoded when read.",
+        POSITIVE,
     )
     gc_young_threshold: int = _setting(
         "LEADSTREAM_GC_YOUNG_THRESHOLD", 50000,
         "Allocations between young garbage collections of the worker (none during a batch) and of `score` and `review` (0: Python's default, 700).",
+        NON_NEGATIVE,
     )
     models_reload_s: int = _setting(
         "LEADSTREAM_MODELS_RELOAD_S", 5,
         "How often the worker looks for edits of the model files, applied between two batches when they load (0: only at start).",
+        NON_NEGATIVE,
     )
     decay_interval_s: int = _setting(
-        "LEADSTREAM_DECAY_INTERVAL_S", 5, "How often the worker applies the decay steps that are due."
+        "LEADSTREAM_DECAY_INTERVAL_S", 5, "How often the worker applies the decay steps that are due.",
+        POSITIVE,
     )
     clock_offset_ms: int = _setting(
         "LEADSTREAM_CLOCK_OFFSET_MS", 0, "Added to the wall clock for decay (tests and replays of old data)."
@@ -136,6 +202,7 @@ class Settings:
         "Events timed further ahead of the worker's clock go to the dead-letter topic (`future_time`): a client clock years "
         "ahead would otherwise make every later event of the lead late. The collector refuses calls timed further ahead "
         "of their arrival. 0 turns the check off.",
+        NON_NEGATIVE,
     )
     redis_prefix: str = _setting(
         "LEADSTREAM_REDIS_PREFIX", "leadstream", "Prefix of every Redis key leadstream writes (read model, delivered ids)."
@@ -146,22 +213,27 @@ class Settings:
         "Directory of the CRM field-mapping files (hubspot.toml, salesforce.toml).",
     )
     sink_concurrency: int = _setting(
-        "LEADSTREAM_SINK_CONCURRENCY", 8, "Deliveries a sink runs at once (per-lead order is kept); hides API latency."
+        "LEADSTREAM_SINK_CONCURRENCY", 8, "Deliveries a sink runs at once (per-lead order is kept); hides API latency.",
+        POSITIVE,
     )
     sink_max_attempts: int = _setting(
-        "LEADSTREAM_SINK_MAX_ATTEMPTS", 8, "Tries per message before a retryable failure is dead-lettered."
+        "LEADSTREAM_SINK_MAX_ATTEMPTS", 8, "Tries per message before a retryable failure is dead-lettered.",
+        POSITIVE,
     )
     sink_backoff_base_ms: int = _setting(
-        "LEADSTREAM_SINK_BACKOFF_BASE_MS", 250, "First retry delay of a sink; doubles per attempt, with jitter."
+        "LEADSTREAM_SINK_BACKOFF_BASE_MS", 250, "First retry delay of a sink; doubles per attempt, with jitter.",
+        NON_NEGATIVE,
     )
     sink_backoff_max_ms: int = _setting(
-        "LEADSTREAM_SINK_BACKOFF_MAX_MS", 60_000, "Longest retry delay of a sink, a server's Retry-After included."
+        "LEADSTREAM_SINK_BACKOFF_MAX_MS", 60_000, "Longest retry delay of a sink, a server's Retry-After included.",
+        NON_NEGATIVE,
     )
-    sink_timeout_s: int = _setting("LEADSTREAM_SINK_TIMEOUT_S", 10, "Timeout of one HTTP request to a CRM or webhook.")
+    sink_timeout_s: int = _setting("LEADSTREAM_SINK_TIMEOUT_S", 10, "Timeout of one HTTP request to a CRM or webhook.", POSITIVE)
     sink_delivered_ttl_s: int = _setting(
         "LEADSTREAM_SINK_DELIVERED_TTL_S",
         14 * 24 * 3600,
         "How long a sink remembers a delivered crossing id (must exceed any redelivery or replay delay).",
+        POSITIVE,
     )
     hubspot_access_token: str = _setting(
         "LEADSTREAM_HUBSPOT_ACCESS_TOKEN", "", "HubSpot private-app access token (scopes: crm.objects.contacts/companies/deals.write)."
@@ -194,9 +266,10 @@ class Settings:
         "LEADSTREAM_WEBHOOK_RATE_LIMIT", "unlimited", "Webhook requests per window (e.g. 20000/300s), or unlimited."
     )
     faust_sensors: int = _setting(
-        "LEADSTREAM_FAUST_SENSORS", 1, "1: export Faust's own Prometheus sensors beside leadstream's metrics; 0: ours only."
+        "LEADSTREAM_FAUST_SENSORS", 1, "1: export Faust's own Prometheus sensors beside leadstream's metrics; 0: ours only.",
+        _flag,
     )
-    log_level: str = _setting("LEADSTREAM_LOG_LEVEL", "info", "Log level: debug, info, warning or error.")
+    log_level: str = _setting("LEADSTREAM_LOG_LEVEL", "info", "Log level: debug, info, warning or error.", _log_level)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -206,7 +279,7 @@ class Settings:
             raw = environ.get(f.metadata["env"])
             if raw is None or raw == "":
                 continue
-            values[f.name] = _parse(f.metadata["env"], raw, type(f.default))
+            values[f.name] = _parse(f.metadata["env"], raw, type(f.default), f.metadata["check"])
         return cls(**values)
 
     def with_overrides(self, **changes: Any) -> Settings:
@@ -228,12 +301,18 @@ def describe() -> list[tuple[str, str, str]]:
     return [(f.metadata["env"], str(f.default), f.metadata["doc"]) for f in fields(Settings)]
 
 
-def _parse(env: str, raw: str, kind: type) -> Any:
+def _parse(env: str, raw: str, kind: type, check: Check | None) -> Any:
+    value: Any = raw
     if kind is int:
         try:
-            return int(raw)
+            value = int(raw)
         except ValueError:
             raise ConfigError(f"{env}={raw!r} is not an integer") from None
-    if issubclass(kind, Path):
-        return Path(raw).expanduser()
-    return raw
+    elif issubclass(kind, Path):
+        value = Path(raw).expanduser()
+    # Refused here, naming the variable: a value out of range would otherwise fail far from it
+    # (a traceback from bind() or java, or a worker that never scores).
+    expected = check(value) if check is not None else None
+    if expected is not None:
+        raise ConfigError(f"{env}={raw!r} is not {expected}")
+    return value

@@ -1,0 +1,77 @@
+"""Settings from the environment: a value leadstream cannot use is refused at once, naming the
+variable and what it expects, instead of failing later with a traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from streams.errors import ConfigError
+from streams.settings import Settings
+
+REFUSED = [
+    ("LEADSTREAM_PARTITIONS", "0", "an integer of at least 1"),
+    ("LEADSTREAM_PARTITIONS", "-4", "an integer of at least 1"),
+    ("LEADSTREAM_WORKER_PORT", "70000", "a TCP port"),
+    ("LEADSTREAM_METRICS_PORT", "0", "a TCP port"),
+    ("LEADSTREAM_COLLECTOR_METRICS_PORT", "-1", "a TCP port"),
+    ("LEADSTREAM_BATCH_MAX_MESSAGES", "0", "an integer of at least 1"),
+    ("LEADSTREAM_BATCH_WITHIN_MS", "-1", "an integer of at least 0"),
+    ("LEADSTREAM_DECAY_INTERVAL_S", "0", "an integer of at least 1"),
+    ("LEADSTREAM_MODELS_RELOAD_S", "-5", "an integer of at least 0"),
+    ("LEADSTREAM_MAX_FUTURE_MS", "-1", "an integer of at least 0"),
+    ("LEADSTREAM_SINK_CONCURRENCY", "0", "an integer of at least 1"),
+    ("LEADSTREAM_SINK_MAX_ATTEMPTS", "0", "an integer of at least 1"),
+    ("LEADSTREAM_SINK_TIMEOUT_S", "-10", "an integer of at least 1"),
+    ("LEADSTREAM_SINK_DELIVERED_TTL_S", "0", "an integer of at least 1"),
+    ("LEADSTREAM_FAUST_SENSORS", "2", "0 or 1"),
+    ("LEADSTREAM_LOG_LEVEL", "loud", "one of debug, info, warning, error"),
+    ("LEADSTREAM_KAFKA_BOOTSTRAP", "localhost", "host:port servers"),
+    ("LEADSTREAM_KAFKA_BOOTSTRAP", "127.0.0.1:9092,kafka", "host:port servers"),
+    ("LEADSTREAM_REDIS_URL", "localhost:6379", "a Redis URL"),
+    ("LEADSTREAM_REDIS_URL", "redis://127.0.0.1:99999/0", "a Redis URL with a port from 1 to 65535"),
+    ("LEADSTREAM_KAFKA_HEAP", "lots", "a Java heap size"),
+    ("LEADSTREAM_PARTITIONS", "four", "an integer"),
+]
+
+
+@pytest.mark.parametrize(("variable", "value", "expected"), REFUSED)
+def test_a_value_out_of_range_is_refused_naming_the_variable(variable: str, value: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        Settings.from_env({variable: value})
+    assert str(refused.value).startswith(f"{variable}={value!r} is not {expected}")
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "field", "parsed"),
+    [
+        ("LEADSTREAM_MODELS_RELOAD_S", "0", "models_reload_s", 0),
+        ("LEADSTREAM_MAX_FUTURE_MS", "0", "max_future_ms", 0),
+        ("LEADSTREAM_GC_YOUNG_THRESHOLD", "0", "gc_young_threshold", 0),
+        ("LEADSTREAM_CLOCK_OFFSET_MS", "-86400000", "clock_offset_ms", -86_400_000),
+        ("LEADSTREAM_WORKER_PORT", "65535", "worker_port", 65535),
+        ("LEADSTREAM_LOG_LEVEL", "WARNING", "log_level", "WARNING"),
+        ("LEADSTREAM_KAFKA_BOOTSTRAP", "kafka:19092,[::1]:9092", "kafka_bootstrap", "kafka:19092,[::1]:9092"),
+        ("LEADSTREAM_REDIS_URL", "rediss://:secret@redis.example:6380/2", "redis_url", "rediss://:secret@redis.example:6380/2"),
+        ("LEADSTREAM_REDIS_URL", "unix:///run/redis.sock", "redis_url", "unix:///run/redis.sock"),
+        ("LEADSTREAM_KAFKA_HEAP", "512m", "kafka_heap", "512m"),
+    ],
+)
+def test_documented_values_at_the_edges_are_taken(variable: str, value: str, field: str, parsed: object) -> None:
+    assert getattr(Settings.from_env({variable: value}), field) == parsed
+
+
+def test_the_defaults_pass_their_own_checks() -> None:
+    assert Settings.from_env(Settings().as_env()) == Settings()
+
+
+def test_a_command_says_so_in_one_line_without_a_traceback() -> None:
+    done = subprocess.run([sys.executable, "-m", "streams.cli", "services", "up"], capture_output=True, text=True,
+                          env={**os.environ, "LEADSTREAM_KAFKA_BOOTSTRAP": "localhost"}, timeout=60, check=False)  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        "leadstream services: LEADSTREAM_KAFKA_BOOTSTRAP='localhost' is not host:port servers, comma separated (e.g. 127.0.0.1:9092)"
+    ]
