@@ -309,7 +309,9 @@ def _parse(env: str, raw: str, kind: type, check: Check | None) -> Any:
         except ValueError:
             raise ConfigError(f"{env}={raw!r} is not an integer") from None
     elif issubclass(kind, Path):
-        value = Path(raw).expanduser()
+        # Absolute from where the command runs: the services run their processes from folders
+        # of their own (a relative path would be read from there) and pass paths to children.
+        value = Path(raw).expanduser().absolute()
     # Refused here, naming the variable: a value out of range would otherwise fail far from it
     # (a traceback from bind() or java, or a worker that never scores).
     expected = check(value) if check is not None else None

@@ -72,6 +72,18 @@ def test_a_taken_port_is_named_in_one_line(tmp_path: Path) -> None:
             services.Redis(settings).up()
 
 
+def test_a_services_dir_relative_to_where_the_command_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = Settings.from_env({"LEADSTREAM_SERVICES_DIR": "own-services", "LEADSTREAM_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"})
+    redis = services.Redis(settings)
+    try:
+        assert redis.up().startswith("redis: started")
+        assert redis.answers()
+        assert (tmp_path / "own-services" / "redis" / "redis.pid").exists()
+    finally:
+        redis.down()
+
+
 def test_cluster_ids_never_start_with_a_dash_which_the_storage_tool_reads_as_an_option() -> None:
     ids = [services.new_cluster_id() for _ in range(2000)]  # about 31 would start with '-'
     assert not [cluster_id for cluster_id in ids if cluster_id.startswith("-")]
