@@ -169,13 +169,21 @@ class Kafka(Service):
         if not (self.data_dir / "meta.properties").exists():
             self.format_storage()
 
+    @property
+    def fetched(self) -> Path:
+        """Written once Maven has copied every jar: a copy it did not finish (interrupted, disk
+        full) has none, and is fetched again instead of failing at every start."""
+        return self.libs / f".fetched-{KAFKA_VERSION}"
+
     def fetch_jars(self) -> None:
-        marker = self.libs / f"kafka_2.13-{KAFKA_VERSION}.jar"
-        if marker.exists():
+        if self.fetched.exists():
             return
         if shutil.which("mvn") is None:
             raise ServiceError("kafka: Maven (mvn) is missing; it fetches the broker's jars (Debian: apt-get install maven)")
-        self.libs.mkdir(parents=True, exist_ok=True)
+        # From an empty folder: Maven keeps a jar already there (a truncated one too), and every
+        # jar there is on the broker's classpath (another Kafka version's too).
+        shutil.rmtree(self.libs, ignore_errors=True)
+        self.libs.mkdir(parents=True)
         log = self.home / "logs" / "maven.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "wb") as out:
@@ -184,10 +192,11 @@ class Kafka(Service):
                  f"-DoutputDirectory={self.libs}", "-DincludeScope=runtime"],
                 stdout=out, stderr=subprocess.STDOUT, check=False,
             )
-        if result.returncode != 0 or not marker.exists():
+        if result.returncode != 0 or not (self.libs / f"kafka_2.13-{KAFKA_VERSION}.jar").exists():
             text = log.read_text(errors="replace")
             cause = "Maven Central unreachable" if ("resolve" in text or "transfer" in text.lower()) else "Maven failed"
             raise ServiceError(f"kafka: could not fetch the broker's jars ({cause}); log: {log}")
+        self.fetched.write_text(f"{POM}\n")
 
     def write_config(self) -> None:
         ep = self.endpoint

@@ -10,7 +10,7 @@ import pytest
 
 from streams import services
 from streams.errors import ServiceError
-from streams.settings import Settings
+from streams.settings import KAFKA_VERSION, Settings
 from streams.processes import free_port
 
 
@@ -82,6 +82,23 @@ def test_a_services_dir_relative_to_where_the_command_runs(tmp_path: Path, monke
         assert (tmp_path / "own-services" / "redis" / "redis.pid").exists()
     finally:
         redis.down()
+
+
+def test_a_jar_folder_maven_did_not_finish_is_fetched_again(tmp_path: Path) -> None:
+    """Maven stopped while copying (Ctrl-C, disk full): the broker's own jar is there, truncated,
+    and the rest is missing. The broker would fail at every start with NoClassDefFoundError."""
+    kafka = services.Kafka(own_services(tmp_path, free_port(), free_port()))
+    kafka.libs.mkdir(parents=True)
+    (kafka.libs / f"kafka_2.13-{KAFKA_VERSION}.jar").write_bytes(b"PK\x03\x04")
+    (kafka.libs / "kafka_2.13-3.8.0.jar").write_bytes(b"PK\x03\x04")  # another version's, left behind
+    kafka.fetch_jars()
+    jars = {jar.name: jar.stat().st_size for jar in kafka.libs.glob("*.jar")}
+    assert jars[f"kafka_2.13-{KAFKA_VERSION}.jar"] > 1_000_000
+    assert f"kafka-server-{KAFKA_VERSION}.jar" in jars and any(name.startswith("scala-library-") for name in jars)
+    assert "kafka_2.13-3.8.0.jar" not in jars
+    fetched = set(jars)
+    kafka.fetch_jars()  # once complete, never again
+    assert {jar.name for jar in kafka.libs.glob("*.jar")} == fetched
 
 
 def test_cluster_ids_never_start_with_a_dash_which_the_storage_tool_reads_as_an_option() -> None:
