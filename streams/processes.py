@@ -80,6 +80,28 @@ def alive(pid: int) -> bool:
         return True
 
 
+def command_line(pid: int) -> str | None:
+    """A live process's command line (arguments joined by spaces); None once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return None
+
+
+def working_dir(pid: int) -> Path | None:
+    """A live process's working directory; None once it is gone (or not ours to read)."""
+    try:
+        return Path(os.readlink(f"/proc/{pid}/cwd"))
+    except OSError:
+        return None
+
+
+def _ours(pid: int) -> bool:
+    # A pid file outlives its process (a reboot, kill -9), and its number may be another
+    # program's by now: that one is neither "running" nor ours to signal.
+    return alive(pid) and "streams.cli" in (command_line(pid) or "")
+
+
 def _tracked(settings: Settings) -> list[tuple[str, int, Path]]:
     found = []
     for pid_file in sorted(_dir(settings).glob("*.pid")):
@@ -92,7 +114,7 @@ def _tracked(settings: Settings) -> list[tuple[str, int, Path]]:
 
 def running(name: str, settings: Settings) -> int | None:
     for proc_name, pid, _ in _tracked(settings):
-        if proc_name == name and alive(pid):
+        if proc_name == name and _ours(pid):
             return pid
     return None
 
@@ -111,7 +133,7 @@ def stop(name: str, settings: Settings) -> str | None:
 
 def _stop(name: str, pid: int, pid_file: Path) -> str | None:
     line = None
-    if alive(pid):
+    if _ours(pid):
         os.killpg(pid, signal.SIGTERM)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and alive(pid):
@@ -125,7 +147,7 @@ def _stop(name: str, pid: int, pid_file: Path) -> str | None:
 
 def status_all(settings: Settings) -> list[str]:
     return [
-        f"{name}: {'running' if alive(pid) else 'not running'} (pid {pid}); log: {log_file(name, settings)}"
+        f"{name}: {'running' if _ours(pid) else 'not running'} (pid {pid}); log: {log_file(name, settings)}"
         for name, pid, _ in _tracked(settings)
     ]
 

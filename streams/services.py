@@ -22,7 +22,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from streams.errors import ServiceError
-from streams.processes import alive, status_all, stop_all
+from streams.processes import alive, status_all, stop_all, working_dir
 from streams.settings import KAFKA_VERSION, PROJECT_ROOT, Settings
 
 POM = PROJECT_ROOT / "infra" / "kafka" / "pom.xml"
@@ -56,12 +56,16 @@ class Service:
         raise NotImplementedError
 
     def pid(self) -> int | None:
-        """The pid `up` recorded, if that process is still alive."""
+        """The pid `up` recorded, if that process is still alive and still ours: a pid file
+        outlives its process (a reboot, kill -9), and its number may be another program's by
+        now, which `up` must not wait for nor `down` signal. Ours work in the service's folder
+        (started there; redis-server moves to its data folder below it)."""
         try:
             pid = int(self.pid_file.read_text().strip())
         except (FileNotFoundError, ValueError):
             return None
-        return pid if alive(pid) else None
+        cwd = working_dir(pid) if alive(pid) else None
+        return pid if cwd is not None and cwd.is_relative_to(self.home.resolve()) else None
 
     def answers(self) -> bool:
         raise NotImplementedError

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -99,6 +100,34 @@ def test_a_jar_folder_maven_did_not_finish_is_fetched_again(tmp_path: Path) -> N
     fetched = set(jars)
     kafka.fetch_jars()  # once complete, never again
     assert {jar.name for jar in kafka.libs.glob("*.jar")} == fetched
+
+
+def test_a_pid_file_whose_pid_another_program_has_now_is_not_taken_for_ours(tmp_path: Path) -> None:
+    """After a reboot or a kill -9 the pid files stay, and their numbers get reused: `down` must
+    not signal that program, nor `up` and `status` take it for the service."""
+    settings = own_services(tmp_path, free_port(), free_port())
+    other = subprocess.Popen(["sleep", "60"], start_new_session=True)  # a session leader: killpg would reach it
+    try:
+        redis = services.Redis(settings)
+        redis.home.mkdir(parents=True)
+        redis.pid_file.write_text(str(other.pid))
+        procs = settings.services_dir / "procs"
+        procs.mkdir()
+        (procs / "leadstream-worker.pid").write_text(str(other.pid))  # a demo's worker, long gone
+        assert services.status(settings) == ["kafka: not running", "redis: not running",
+                                             f"leadstream-worker: not running (pid {other.pid}); log: {procs / 'leadstream-worker.log'}"]
+        assert services.down(settings) == ["redis: not running", "kafka: not running"]
+        assert other.poll() is None
+        redis.pid_file.write_text(str(other.pid))
+        try:
+            assert redis.up().startswith("redis: started")
+            assert redis.answers()
+        finally:
+            redis.down()
+        assert other.poll() is None
+    finally:
+        other.kill()
+        other.wait()
 
 
 def test_cluster_ids_never_start_with_a_dash_which_the_storage_tool_reads_as_an_option() -> None:
