@@ -50,6 +50,13 @@ class Service:
         self.home = settings.services_dir / self.name
         self.pid_file = self.home / f"{self.name}.pid"
         self.log_file = self.home / "logs" / f"{self.name}.out"
+        # Where each log ended when the last start began: its failure is in what it wrote after.
+        self.log_ends: dict[Path, int] = {}
+
+    @property
+    def logs(self) -> list[Path]:
+        """The files the process writes, the one that tells most first."""
+        return [self.log_file]
 
     @property
     def endpoint(self) -> Endpoint:
@@ -87,6 +94,7 @@ class Service:
             )
         self.prepare()
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        self.log_ends = {path: _size(path) for path in self.logs}
         with open(self.log_file, "ab") as log:
             proc = subprocess.Popen(
                 self.command(),
@@ -98,21 +106,19 @@ class Service:
             )
         self.pid_file.write_text(str(proc.pid))
         self.wait_ready(proc)
-        return f"{self.name}: started (pid {proc.pid}) on {self.endpoint}; log: {self.log_file}"
+        return f"{self.name}: started (pid {proc.pid}) on {self.endpoint}; log: {self.logs[0]}"
 
     def wait_ready(self, proc: subprocess.Popen[bytes] | None = None) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
             if proc is not None and proc.poll() is not None:
                 self.pid_file.unlink(missing_ok=True)
-                raise ServiceError(
-                    f"{self.name}: exited with code {proc.returncode} while starting: {self.last_log_line()} "
-                    f"(log: {self.log_file})"
-                )
+                line, log = self.last_log_line()
+                raise ServiceError(f"{self.name}: exited with code {proc.returncode} while starting: {line} (log: {log})")
             if self.answers():
                 return
             time.sleep(0.25)
-        raise ServiceError(f"{self.name}: did not answer on {self.endpoint} within {READY_TIMEOUT_S:.0f} s (log: {self.log_file})")
+        raise ServiceError(f"{self.name}: did not answer on {self.endpoint} within {READY_TIMEOUT_S:.0f} s (log: {self.logs[0]})")
 
     def down(self) -> str:
         pid = self.pid()
@@ -133,15 +139,29 @@ class Service:
         if pid is None:
             return f"{self.name}: not running"
         state = "ready" if self.answers() else "NOT answering"
-        return f"{self.name}: running (pid {pid}) on {self.endpoint}, {state}; log: {self.log_file}"
+        return f"{self.name}: running (pid {pid}) on {self.endpoint}, {state}; log: {self.logs[0]}"
 
-    def last_log_line(self) -> str:
+    def last_log_line(self) -> tuple[str, Path]:
+        """The line of what the last start wrote that best says why it failed, and its log."""
+        written = {path: self.written(path) for path in self.logs}
+        for path, lines in written.items():
+            errors = [ln for ln in lines if "ERROR" in ln or "Exception" in ln or "FATAL" in ln or "#" in ln[:2]]
+            if errors:
+                return errors[-1].strip()[:300], path
+        for path, lines in written.items():
+            if lines:
+                return lines[-1].strip()[:300], path
+        return "nothing in its logs", self.logs[0]
+
+    def written(self, path: Path) -> list[str]:
+        """The non-blank lines written to `path` since the last start began."""
         try:
-            lines = [ln for ln in self.log_file.read_text(errors="replace").splitlines() if ln.strip()]
+            with open(path, "rb") as log:
+                log.seek(self.log_ends.get(path, 0))
+                text = log.read().decode(errors="replace")
         except FileNotFoundError:
-            return "no log written"
-        errors = [ln for ln in lines if "ERROR" in ln or "Exception" in ln or "FATAL" in ln or "#" in ln[:2]]
-        return (errors or lines or ["empty log"])[-1].strip()[:300]
+            return []
+        return [ln for ln in text.splitlines() if ln.strip()]
 
 
 class Kafka(Service):
@@ -295,11 +315,17 @@ class Kafka(Service):
         finally:
             admin.close()
 
-    def last_log_line(self) -> str:
-        line = super().last_log_line()
+    @property
+    def logs(self) -> list[Path]:
+        # The broker logs through log4j into server.log; its output (kafka.out) only has what
+        # the JVM says before that (a bad -Xmx, a missing class).
+        return [self.home / "logs" / "server.log", self.log_file]
+
+    def last_log_line(self) -> tuple[str, Path]:
+        line, log = super().last_log_line()
         if "Address already in use" in line:
-            return f"port taken ({line})"
-        return line
+            return f"port taken ({line})", log
+        return line, log
 
 
 class Redis(Service):
@@ -403,6 +429,13 @@ def _port_in_use(ep: Endpoint) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(0.5)
         return sock.connect_ex((ep.host, ep.port)) == 0
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 def _check_disk(path: Path) -> None:

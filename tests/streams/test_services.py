@@ -130,6 +130,23 @@ def test_a_pid_file_whose_pid_another_program_has_now_is_not_taken_for_ours(tmp_
         other.wait()
 
 
+def test_a_broker_that_fails_to_start_is_explained_from_its_own_log(tmp_path: Path) -> None:
+    """The broker logs through log4j to server.log, not to its output: the cause is read there,
+    and only from what this start wrote."""
+    kafka = services.Kafka(own_services(tmp_path, controller_free_pair(), free_port()))
+    server_log = kafka.home / "logs" / "server.log"
+    server_log.parent.mkdir(parents=True)
+    server_log.write_text("[2020-01-01 00:00:00,000] ERROR an earlier run's error (kafka.Kafka$)\n")
+    kafka.data_dir.mkdir(parents=True)  # storage formatted for another node: the broker exits at once
+    (kafka.data_dir / "meta.properties").write_text("version=1\nnode.id=7\ncluster.id=abcdefghijklmnopqrstuv\n"
+                                                    "directory.id=AAAAAAAAAAAAAAAAAAAAAA\n")
+    with pytest.raises(ServiceError) as failed:
+        kafka.up()
+    assert str(failed.value).startswith("kafka: exited with code 1 while starting: java.lang.RuntimeException: Stored node id 7")
+    assert str(failed.value).endswith(f"(log: {server_log})")
+    assert kafka.pid() is None
+
+
 def test_cluster_ids_never_start_with_a_dash_which_the_storage_tool_reads_as_an_option() -> None:
     ids = [services.new_cluster_id() for _ in range(2000)]  # about 31 would start with '-'
     assert not [cluster_id for cluster_id in ids if cluster_id.startswith("-")]
