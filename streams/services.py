@@ -58,9 +58,16 @@ class Service:
         """The files the process writes, the one that tells most first."""
         return [self.log_file]
 
+    #: The variable that chooses the service's address.
+    setting: str
+
     @property
     def endpoint(self) -> Endpoint:
         raise NotImplementedError
+
+    def listens(self) -> list[tuple[Endpoint, str]]:
+        """Every address the process listens on, each with what it is when not the endpoint."""
+        return [(self.endpoint, "")]
 
     def pid(self) -> int | None:
         """The pid `up` recorded, if that process is still alive and still ours: a pid file
@@ -87,11 +94,12 @@ class Service:
         if self.pid() is not None:
             self.wait_ready()
             return f"{self.name}: already running (pid {self.pid()}) on {self.endpoint}"
-        if _port_in_use(self.endpoint):
-            raise ServiceError(
-                f"{self.name}: port {self.endpoint} is taken by another process (not one `leadstream services up` "
-                f"started); stop it or point leadstream elsewhere"
-            )
+        for endpoint, role in self.listens():
+            if _port_in_use(endpoint):
+                raise ServiceError(
+                    f"{self.name}: port {endpoint}{role} is taken by another process (not one `leadstream services up` "
+                    f"started); stop it or set {self.setting} to another port"
+                )
         self.prepare()
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         self.log_ends = {path: _size(path) for path in self.logs}
@@ -166,11 +174,22 @@ class Service:
 
 class Kafka(Service):
     name = "kafka"
+    setting = "LEADSTREAM_KAFKA_BOOTSTRAP"
 
     @property
     def endpoint(self) -> Endpoint:
         host, _, port = self.settings.kafka_bootstrap.split(",")[0].rpartition(":")
         return Endpoint(host or "127.0.0.1", int(port))
+
+    @property
+    def controller(self) -> Endpoint:
+        """The KRaft controller's listener: the broker's port + 1."""
+        return Endpoint(self.endpoint.host, self.endpoint.port + 1)
+
+    def listens(self) -> list[tuple[Endpoint, str]]:
+        # The controller's port too: taken, the broker would exit after starting, its cause
+        # deep in server.log.
+        return [(self.endpoint, ""), (self.controller, " (the KRaft controller's, the broker's port + 1)")]
 
     @property
     def libs(self) -> Path:
@@ -223,8 +242,7 @@ class Kafka(Service):
         self.fetched.write_text(f"{POM}\n")
 
     def write_config(self) -> None:
-        ep = self.endpoint
-        controller = Endpoint(ep.host, ep.port + 1)
+        ep, controller = self.endpoint, self.controller
         self.config_file.parent.mkdir(parents=True, exist_ok=True)
         (self.home / "logs").mkdir(parents=True, exist_ok=True)
         self.config_file.write_text(
@@ -330,6 +348,7 @@ class Kafka(Service):
 
 class Redis(Service):
     name = "redis"
+    setting = "LEADSTREAM_REDIS_URL"
 
     @property
     def endpoint(self) -> Endpoint:

@@ -102,6 +102,22 @@ def test_a_jar_folder_maven_did_not_finish_is_fetched_again(tmp_path: Path) -> N
     assert {jar.name for jar in kafka.libs.glob("*.jar")} == fetched
 
 
+def test_a_taken_controller_port_is_named_before_the_broker_starts(tmp_path: Path) -> None:
+    broker = controller_free_pair()
+    controller = broker + 1
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", controller))
+        squatter.listen()
+        kafka = services.Kafka(own_services(tmp_path, broker, free_port()))
+        with pytest.raises(ServiceError) as refused:
+            kafka.up()
+    assert str(refused.value) == (
+        f"kafka: port 127.0.0.1:{controller} (the KRaft controller's, the broker's port + 1) is taken by another process "
+        "(not one `leadstream services up` started); stop it or set LEADSTREAM_KAFKA_BOOTSTRAP to another port"
+    )
+    assert not kafka.libs.exists()  # refused before fetching or starting anything
+
+
 def test_a_pid_file_whose_pid_another_program_has_now_is_not_taken_for_ours(tmp_path: Path) -> None:
     """After a reboot or a kill -9 the pid files stay, and their numbers get reused: `down` must
     not signal that program, nor `up` and `status` take it for the service."""
