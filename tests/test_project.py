@@ -28,6 +28,17 @@ def test_compose_runs_the_pinned_kafka_version_in_kraft_mode() -> None:
     assert kafka["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
 
 
+def test_compose_keeps_kafka_and_redis_data_in_their_volumes() -> None:
+    """A volume mounted where the service writes nothing leaves the data in the container, lost
+    when it is recreated: the apache/kafka image writes to /tmp/kraft-combined-logs unless
+    KAFKA_LOG_DIRS says otherwise, the redis image to /data."""
+    services = compose()["services"]
+    kafka_mounts = [v.split(":")[1] for v in services["kafka"]["volumes"] if v.split(":")[0] in compose()["volumes"]]
+    assert kafka_mounts == [services["kafka"]["environment"].get("KAFKA_LOG_DIRS", "/tmp/kraft-combined-logs")]
+    redis_mounts = [v.split(":")[1] for v in services["redis"]["volumes"] if v.split(":")[0] in compose()["volumes"]]
+    assert redis_mounts == ["/data"] and "--dir" not in services["redis"]["command"]
+
+
 def test_pom_pins_the_same_kafka_version() -> None:
     ns = {"m": "http://maven.apache.org/POM/4.0.0"}
     pom = ET.parse(PROJECT_ROOT / "infra" / "kafka" / "pom.xml")
