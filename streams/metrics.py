@@ -42,7 +42,8 @@ BATCH_DONE = Gauge(
     ["stage"],
 )
 EVENT_TIME_LAG = Gauge("leadstream_event_time_lag_seconds", "Now minus the event time of the newest scored event.")
-CONSUMER_LAG = Gauge("leadstream_consumer_lag", "End offset minus committed offset of the worker's group.", ["topic", "partition"])
+# The whole group's lag, which every worker exports: dashboards take one per partition (max).
+CONSUMER_LAG = Gauge("leadstream_consumer_lag", "End offset minus committed offset of the workers' group.", ["topic", "partition"])
 CROSSINGS = Counter("leadstream_crossings", "Threshold crossings emitted.", ["model", "level", "direction", "kind"])
 DECAY_STEPS = Counter("leadstream_decay_steps", "Decay steps applied by the timer.")
 DECAY_FAILURES = Counter("leadstream_decay_failures", "Decay steps that raised (a bug): the lead is left as it was.")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
 import yaml
 from prometheus_client import REGISTRY
 
@@ -72,3 +73,22 @@ def test_prometheus_scrapes_the_worker_the_collector_and_every_sink_of_the_compo
             assert f"{name}:{service['environment']['LEADSTREAM_METRICS_PORT']}" in targets
         elif name == "collector":
             assert f"collector:{service['environment']['LEADSTREAM_COLLECTOR_METRICS_PORT']}" in targets
+
+
+#: Gauges each process exports for its whole consumer group, as the broker sees it: with two
+#: workers (or two replicas of a connector) every partition's lag is exported twice, so a query
+#: must take one value per partition (max by its labels) before any sum.
+GROUP_GAUGES = {
+    "leadstream_consumer_lag": "topic, partition",
+    "leadstream_sink_consumer_lag": "connector, partition",
+    "leadstream_sink_dlq_depth": "connector",
+}
+
+
+@pytest.mark.parametrize("query", dashboard_queries() + alert_queries())
+def test_group_wide_gauges_are_counted_once_however_many_processes_export_them(query: str) -> None:
+    for metric, labels in GROUP_GAUGES.items():
+        uses = len(re.findall(rf"\b{metric}\b", query))
+        once = len(re.findall(rf"max by \({labels}\) \({metric}(\{{[^}}]*\}})?\)", query))
+        assert uses == once, f"{metric} must be read as `max by ({labels}) ({metric})`, not summed over processes: {query}"
+
