@@ -45,11 +45,14 @@ def background_names(settings: Settings) -> tuple[str, str]:
     return f"{settings.app_id}-worker", f"{settings.app_id}-sink-redis"
 
 
-def start(name: str, args: list[str], settings: Settings, ready: Callable[[], bool]) -> None:
-    """Start `leadstream ARGS` in the background unless it runs already; wait until ready."""
+def start(name: str, args: list[str], settings: Settings, port: tuple[int, str], ready: Callable[[], bool]) -> None:
+    """Start `leadstream ARGS` in the background unless it runs already; wait until ready.
+    `port` is where it answers `ready` (and the setting naming it): it must be free first, or
+    another process (another app id's demo, a test's worker) would answer for it while it exits."""
     if processes.running(name, settings):
         print(f"{name}: already running")
         return
+    processes.check_port(settings.bind_host, *port)
     pid, log = processes.start_background(name, args, settings)
     deadline = time.monotonic() + 120
     while not ready():
@@ -77,8 +80,10 @@ def run_demo(settings: Settings) -> int:
         print(line)
     ensure_topics(settings)
     worker, sink = background_names(settings)
-    start(worker, ["worker"], settings, lambda: answers(settings.worker_port, "/readyz"))
-    start(sink, ["sink", "redis"], settings, lambda: answers(settings.metrics_port, "/readyz"))
+    start(worker, ["worker"], settings, (settings.worker_port, "LEADSTREAM_WORKER_PORT"),
+          lambda: answers(settings.worker_port, "/readyz"))
+    start(sink, ["sink", "redis"], settings, (settings.metrics_port, "LEADSTREAM_METRICS_PORT"),
+          lambda: answers(settings.metrics_port, "/readyz"))
 
     now_ms = int(time.time() * 1000)
     events = list(workload.generate(DEMO_EVENTS, DEMO_LEADS, seed=2026, start_ms=now_ms - 30 * DAY_MS, span_ms=30 * DAY_MS))

@@ -16,7 +16,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from streams.errors import ServiceError
+from streams.errors import ServiceError, port_taken
 from streams.settings import Settings
 
 
@@ -37,6 +37,16 @@ def free_port() -> int:
                 continue
             return port
     raise ServiceError(f"no free TCP port on 127.0.0.1 between {_PORTS.start} and {_PORTS.stop - 1}")
+
+
+def check_port(host: str, port: int, setting: str) -> None:
+    """A ServiceError naming `setting` unless a server can listen on host:port now."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp and http.server bind it
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise port_taken(host, port, setting, exc) from None
 
 
 def _dir(settings: Settings) -> Path:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import logging
-import socket
 
 from streams.collection import PauseClock, tune_collector
-from streams.errors import port_taken
 from streams.model_reload import ModelDirectory
+from streams.processes import check_port
 from streams.settings import Settings
 from streams.topics import ensure_topics
 
@@ -20,7 +19,7 @@ def run_worker(settings: Settings) -> int:
     # Fail before joining the group: a broken model file or a taken port must not take
     # partitions and stall them.
     models = ModelDirectory(settings.models_dir)
-    _check_port(settings.bind_host, settings.worker_port)
+    check_port(settings.bind_host, settings.worker_port, "LEADSTREAM_WORKER_PORT")
     ensure_topics(settings)
     app = create_app(settings, models)
     tune_collector(settings.gc_young_threshold)
@@ -36,12 +35,3 @@ def run_worker(settings: Settings) -> int:
     worker.execute_from_commandline()
     return 0
 
-
-def _check_port(host: str, port: int) -> None:
-    """The web views' port can be had (Faust would only log a traceback after starting)."""
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp binds it
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            raise port_taken(host, port, "LEADSTREAM_WORKER_PORT", exc) from None

@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import orjson
 
@@ -69,3 +71,37 @@ def test_demo_streams_sample_behaviour_and_shows_the_hot_leads(own_redis: Settin
     assert any(c["model"] == "b2b" and c["kind"] == "lead" for c in ups)
     for name in background_names(settings):  # kept when the test fails: they tell why
         processes.log_file(name, settings).unlink()
+
+
+class AlwaysReady(BaseHTTPRequestHandler):
+    """Another process on the port: a worker of another app id, which is ready."""
+
+    def do_GET(self) -> None:  # noqa: N802 - the http.server API
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_a_port_another_process_answers_on_is_refused_not_taken_for_the_demos_worker(isolated: Settings) -> None:
+    """Its /readyz answering 200 made the demo take it for its own worker, which had exited on
+    the taken port, and wait five minutes for events nobody scored."""
+    other = ThreadingHTTPServer(("127.0.0.1", isolated.worker_port), AlwaysReady)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    try:
+        run = subprocess.run([sys.executable, "-m", "streams.cli", "demo"], env={**os.environ, **isolated.as_env()},
+                             cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    finally:
+        other.shutdown()
+        other.server_close()
+        for name in background_names(isolated):
+            processes.stop(name, isolated)
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert run.stderr.splitlines() == [
+        f"leadstream demo: cannot listen on 127.0.0.1:{isolated.worker_port} (Address already in use): another process "
+        "holds the port (a second copy of this process?); stop it or set LEADSTREAM_WORKER_PORT to a free port"
+    ]
+    assert processes.running(background_names(isolated)[0], isolated) is None
+
