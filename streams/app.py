@@ -13,6 +13,7 @@ flushes run (streams/overlap.py), so the worker does not sit idle waiting for Ka
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
@@ -240,11 +241,29 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
         log.info("recovery done: lead table ready leads=%d decay_steps_indexed=%d owned_partitions=%s",
                  len(lead_store), len(scorer.decay_index), sorted(owned))
 
+    def when_ready(handler: Callable[..., Awaitable[Response]]) -> Callable[..., Awaitable[Response]]:
+        """A view of the tables answers 503 while the worker is not ready. Until its tables are
+        recovered a key may hold an older state or none (an answer would show old points, or
+        none, as if they were the lead's), and while it rebalances it cannot tell which worker
+        owns a key (Faust's routing raised a TypeError: 500). Checked before routing, and with
+        no await between it and the read of the states."""
+
+        @functools.wraps(handler)
+        async def get(view: View, request: Request, **kwargs: Any) -> Response:
+            if not _ready(app):
+                return view.json({"error": "this worker is not ready: it is recovering its tables from the changelogs "
+                                           "or rebalancing; try again in a few seconds (GET /readyz says when it is)",
+                                  "ready": False}, status=503, headers={"Retry-After": "5"})
+            return await handler(view, request, **kwargs)
+
+        return get
+
     def explained(view: View, kind: str, key: str, store: LiveTable[Any], explain: Callable[[str, Any], dict[str, Any]]) -> Response:
         """A lead's or an account's explanation in each model it has state in (404 without any,
         500 naming the problem when its stored state cannot be read)."""
         try:
-            states = store.states(key)
+            # Read, not kept live: the states the stages hold stay theirs alone.
+            states = store.peek(key)
         except StateError as exc:
             return view.json({"error": f"the stored state of {kind} {key!r} cannot be read: {exc}"}, status=500)
         if not states:
@@ -255,6 +274,7 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
     @app.page("/leads/{lead_id}/")
     class LeadView(View):
         # The route's {lead_id} is passed to the method, which Faust's types do not foresee.
+        @when_ready
         @app.table_route(table=leads, match_info="lead_id")  # type: ignore[arg-type]
         async def get(self, request: Request, lead_id: str) -> Response:
             at = scorer.now_ms()
@@ -263,6 +283,7 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
 
     @app.page("/accounts/{account_id}/")
     class AccountView(View):
+        @when_ready
         @app.table_route(table=accounts, match_info="account_id")  # type: ignore[arg-type]
         async def get(self, request: Request, account_id: str) -> Response:
             return explained(self, "account", account_id, account_store,

@@ -131,6 +131,13 @@ class LiveTable(Generic[S]):
             self.live.move_to_end(key)
         return states
 
+    def peek(self, key: str) -> dict[str, S]:
+        """The key's states as `states` reads them, for a reader outside the stages (the web
+        views): a state decoded from its bytes is not kept live, so no reader but the stages
+        decides which states are live. StateError as for `states`."""
+        states = self.live.get(key)
+        return self.stored(key) if states is None else states
+
     def stored(self, key: str) -> dict[str, S]:
         """The key's states as last written (decoded from its bytes, not kept): what its live
         states were before work that changed them in place failed."""

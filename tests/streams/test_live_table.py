@@ -102,3 +102,16 @@ def test_a_value_that_is_not_a_table_value_is_a_state_error_and_passed_over_by_i
     unreadable: list[str] = []
     assert [key for key, _ in table.items({0, 1, 2, 3}, unreadable)] == ["ada"]
     assert sorted(unreadable) == sorted(spoilt)
+
+
+def test_a_peek_reads_the_states_without_keeping_them_live() -> None:
+    # The web views peek: a state they decode must not become the stages' live state (read while
+    # a recovery restored an older record of the lead, it would have replaced the newer one).
+    table = Table()
+    store = LiveTable(table, "changelog", 4, 10, decode)
+    older, newer = scored("ada", 1), scored("ada", 2)
+    table.write(b"ada", encode(older), partition_for("ada", 4))
+    assert store.peek("ada")["b2b"].behaviour == 10 and "ada" not in store.live
+    table.write(b"ada", encode(newer), partition_for("ada", 4))  # the rest of the recovery
+    assert store.states("ada")["b2b"].behaviour == 20
+    assert store.peek("ada") is store.live["ada"]  # a live state is the one read
