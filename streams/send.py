@@ -54,25 +54,63 @@ def open_producer(settings: Settings) -> Any:  # a kafka.KafkaProducer (kafka-py
         raise kafka_unreachable(settings.kafka_bootstrap, exc) from exc
 
 
+class _Refused:
+    """The messages Kafka did not take: how many, and why the first was not."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.first: Exception | None = None
+
+    def add(self, cause: Exception) -> None:
+        self.count += 1
+        self.first = self.first or cause
+
+
 def produce(producer: Any, topic: str, events: Iterable[tuple[str, bytes]], events_per_message: int) -> tuple[int, int]:
-    """Send (lead id, event bytes) pairs, keyed by lead or packed per partition; (events, messages) sent."""
+    """Send (lead id, event bytes) pairs, keyed by lead or packed per partition; (events,
+    messages) sent. ServiceError, once the others are written, when Kafka refused any message:
+    the producer's `flush` returns whether or not its messages were written."""
+    from kafka.errors import KafkaError
+
     if events_per_message < 1:
         raise InputError("--events-per-message must be at least 1")
     partitions = len(producer.partitions_for(topic))
+    refused = _Refused()
+
+    def send(**message: Any) -> None:
+        try:
+            future = producer.send(topic, **message)
+        except KafkaError as exc:  # refused by the producer itself (larger than its max_request_size)
+            refused.add(exc)
+            return
+        future.add_errback(refused.add)
+
     sent_events = sent_messages = 0
     if events_per_message == 1:
         for lead, event in events:
-            producer.send(topic, key=lead.encode(), value=event)
+            send(key=lead.encode(), value=event)
             sent_events += 1
         sent_messages = sent_events
     else:
         pairs = list(events)  # packed per partition, so all of them are read first anyway
         for partition, message in pack_by_partition(pairs, partitions, events_per_message):
-            producer.send(topic, value=message, partition=partition)
+            send(value=message, partition=partition)
             sent_messages += 1
         sent_events = len(pairs)
     producer.flush()
+    if refused.first is not None:
+        raise ServiceError(
+            f"Kafka refused {refused.count} of the {sent_messages} messages sent to {topic} (the others were written), "
+            f"the first with {_cause(refused.first)}: a message larger than the topic's max.message.bytes (1 MB by default) is "
+            "refused; send fewer events per message (--events-per-message), or raise the topic's limit"
+        )
     return sent_events, sent_messages
+
+
+def _cause(exc: Exception) -> str:
+    """An error's class and, when it has one, its message (the broker's refusals have none)."""
+    detail = exc.args[0] if exc.args else None
+    return f"{exc.__class__.__name__} ({detail})" if detail else exc.__class__.__name__
 
 
 def send_file(path: Path, settings: Settings, topic: str | None = None, events_per_message: int = 1) -> int:
@@ -90,8 +128,8 @@ def send_file(path: Path, settings: Settings, topic: str | None = None, events_p
             sent_events, sent_messages = produce(producer, topic, read_events(stream, bad), events_per_message)
     finally:
         producer.close()
-    for line in bad:
-        print(line, file=sys.stderr)
+        for line in bad:  # also when Kafka refused messages
+            print(line, file=sys.stderr)
     skipped = f"; {len(bad)} bad lines skipped" if bad else ""
     print(f"sent {sent_events} events in {sent_messages} messages to {topic}{skipped}")
     return 1 if bad else 0

@@ -4,12 +4,16 @@ will read that id, and every line it cannot key reported by number."""
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import orjson
 
 from streams.envelope import pack_by_partition
 from streams.partitioning import partition_for
 from streams.send import read_events
+from streams.settings import Settings
+from streams.topics import TopicSpec, ensure_topics
+from tests.infra import leadstream, read_to_end, write_jsonl
 
 
 def test_lines_are_keyed_by_lead_id_and_bad_ones_reported() -> None:
@@ -50,3 +54,21 @@ def test_envelopes_hold_one_partitions_leads_in_their_order() -> None:
     for partition in range(4):
         numbers = [n for p, n in unpacked if p == partition]
         assert numbers == sorted(numbers)
+
+
+def test_messages_kafka_refuses_are_reported_and_the_others_written(isolated: Settings, tmp_path: Path) -> None:
+    # Before, `send` said "sent 3 events" and exited 0 whatever Kafka did with them: a message
+    # over the topic's max.message.bytes was lost without a word.
+    topic = f"{isolated.app_id}-small"
+    ensure_topics(isolated, [TopicSpec(topic, 4, {"max.message.bytes": "10000"})])
+    lines = [{"event_id": f"e{n}", "lead_id": f"lead-{n}", "type": "page_view", "time": 1_767_225_600_000,
+              "properties": {"blob": "x" * (50_000 if n == 1 else 10)}} for n in range(3)]
+    path = write_jsonl(tmp_path / "events.jsonl", lines)
+    for per_message in ("1", "5"):
+        done = leadstream(isolated, "send", str(path), "--topic", topic, "--events-per-message", per_message, check=False)
+        assert done.returncode == 1, done
+        assert f"Kafka refused 1 of the {3 if per_message == '1' else 2} messages sent to {topic}" in done.stderr
+        assert "MessageSizeTooLargeError" in done.stderr and "max.message.bytes" in done.stderr
+    written = sorted(event["event_id"] for _, value in read_to_end(isolated, topic)
+                     for event in (value if isinstance(value, list) else [value]))
+    assert written == ["e0", "e0", "e2", "e2"]
