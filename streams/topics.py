@@ -7,8 +7,9 @@ creates its own changelog topics (compacted) when the worker starts.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
-from streams.errors import kafka_unreachable
+from streams.errors import ConfigError, kafka_unreachable
 from streams.settings import Settings
 
 
@@ -17,6 +18,10 @@ class TopicSpec:
     name: str
     partitions: int
     config: dict[str, str] = field(default_factory=dict)
+    #: Whether the topic must have exactly `partitions` partitions, being an existing one too:
+    #: the worker reads and writes it by a lead's partition, which it computes with
+    #: LEADSTREAM_PARTITIONS. (Records keyed by lead and read by others may have any count.)
+    copartitioned: bool = False
 
 
 FORGET_RETENTION_MS = 7 * 24 * 3600 * 1000
@@ -33,22 +38,24 @@ COMPACTED = {"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1", "s
 def topic_specs(settings: Settings) -> list[TopicSpec]:
     n = settings.partitions
     return [
-        TopicSpec(settings.topic_events, n),
+        TopicSpec(settings.topic_events, n, copartitioned=True),
         # Latest traits per lead are what matters, so old profile versions may be compacted away.
         # A tombstone here is a request to forget the lead (streams/forget.py): it is kept a week
         # after compaction (Kafka's default is a day), so a worker down that long still reads it.
-        TopicSpec(settings.topic_profiles, n, {**COMPACTED, "delete.retention.ms": str(FORGET_RETENTION_MS)}),
+        TopicSpec(settings.topic_profiles, n, {**COMPACTED, "delete.retention.ms": str(FORGET_RETENTION_MS)}, copartitioned=True),
         TopicSpec(settings.topic_crossings, n),
         # A read model only needs each lead's latest score.
-        TopicSpec(settings.topic_scores, n, COMPACTED),
-        TopicSpec(settings.topic_accounts, n),
-        TopicSpec(settings.topic_identity, n, {"max.message.bytes": str(LARGE_RECORD_BYTES)}),
-        TopicSpec(settings.topic_deadletter, n, {"retention.ms": str(30 * 24 * 3600 * 1000)}),
+        TopicSpec(settings.topic_scores, n, COMPACTED, copartitioned=True),
+        TopicSpec(settings.topic_accounts, n, copartitioned=True),
+        TopicSpec(settings.topic_identity, n, {"max.message.bytes": str(LARGE_RECORD_BYTES)}, copartitioned=True),
+        TopicSpec(settings.topic_deadletter, n, {"retention.ms": str(30 * 24 * 3600 * 1000)}, copartitioned=True),
     ]
 
 
 def ensure_topics(settings: Settings, specs: list[TopicSpec] | None = None) -> list[str]:
-    """Create the missing topics; report each one. Existing topics are left as they are."""
+    """Create the missing topics; report each one. Existing topics are left as they are; a
+    ConfigError, once the missing ones are created, when a co-partitioned one has another
+    partition count than its spec's."""
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
     from kafka.errors import KafkaError, TopicAlreadyExistsError
@@ -74,9 +81,28 @@ def ensure_topics(settings: Settings, specs: list[TopicSpec] | None = None) -> l
                 continue
             policy = spec.config.get("cleanup.policy", "delete")
             lines.append(f"topic {spec.name}: created ({spec.partitions} partitions, cleanup.policy={policy})")
+        _check_partitions(admin, [spec for spec in specs if spec.copartitioned and spec.name in existing])
         return lines
     finally:
         admin.close()
+
+
+def _check_partitions(admin: Any, specs: list[TopicSpec]) -> None:
+    """ConfigError naming each existing topic whose partition count is not its spec's. A lead
+    lives on the partition LEADSTREAM_PARTITIONS makes of its id; on a topic of another count,
+    producers put its events elsewhere (every one dead-lettered as wrong_partition), and the
+    worker's writes to a partition the topic lacks stopped it at every restart
+    (AssertionError: Unrecognized partition)."""
+    if not specs:
+        return
+    counts = {topic["name"]: len(topic["partitions"]) for topic in admin.describe_topics([spec.name for spec in specs])}
+    wrong = [f"{spec.name} has {counts[spec.name]}" for spec in specs if counts.get(spec.name, spec.partitions) != spec.partitions]
+    if wrong:
+        raise ConfigError(
+            f"LEADSTREAM_PARTITIONS is {specs[0].partitions}, but {', '.join(wrong)} partitions: leadstream's topics must "
+            "all have the same count, the one LEADSTREAM_PARTITIONS says. Set it to the topics' count, or recreate them "
+            "with `leadstream topics` once deleted (their records are lost)"
+        )
 
 
 def partition_count(settings: Settings, topic: str) -> int:
