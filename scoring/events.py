@@ -399,6 +399,13 @@ def _checked(d: dict[str, Any]) -> Event | Rejection:
     return Event(event_id, lead_id, kind, time_ms, properties, traits, account_id, product)
 
 
+def optional_id(d: dict[str, Any], key: str) -> str | None | Rejection:
+    """An optional id field of an event object as the engine reads ids (a number is its
+    decimal text): the text, None when absent or null, or why it cannot be an id."""
+    value: str | None | Rejection = _identifier(d, key, required=False)
+    return value
+
+
 def _identifier(d: dict[str, Any], key: str, required: bool) -> Any:
     """A text id (numbers are accepted as their decimal text); None when absent and optional."""
     value = d.get(key)

@@ -202,8 +202,8 @@ def apply_file(engine: Engine, events_path: Path, err: TextIO, keep: Callable[[E
             for item, links in zip(parsed, _links(line, len(parsed))):
                 if isinstance(item, Rejection):
                     run.warn(number, item.reason, item.detail)
-                elif isinstance(links, str):  # refused as the worker refuses it: an old id no lead can have
-                    run.warn(number, "bad_value", links)
+                elif isinstance(links, Rejection):  # refused as the worker refuses it: an old id no lead can have
+                    run.warn(number, links.reason, links.detail)
                 else:
                     batch.append((number, item, links))
             if len(batch) >= BATCH_EVENTS:
@@ -215,11 +215,11 @@ def apply_file(engine: Engine, events_path: Path, err: TextIO, keep: Callable[[E
     return run
 
 
-def _links(line: bytes, events: int) -> list[list[tuple[str, str]] | str]:
+def _links(line: bytes, events: int) -> list[list[tuple[str, str]] | Rejection]:
     """The stitching links of each event of a line, or why the event is refused
     (`stitching.links_of`; the parsed events keep no anonymous_id or previous_id, so lines that
     may hold one are read again, as the worker does)."""
-    none: list[list[tuple[str, str]] | str] = [[] for _ in range(events)]
+    none: list[list[tuple[str, str]] | Rejection] = [[] for _ in range(events)]
     if not may_link(line):
         return none
     try:

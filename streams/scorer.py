@@ -309,8 +309,8 @@ class Scorer:
                     continue
                 if items is not None and event.type in LINKING_TYPES:
                     linked = stitching.links_of(items[position])
-                    if isinstance(linked, str):  # an old id no lead can have: refused here, not once its link is read back
-                        dead.append(DeadLetter("bad_value", linked, encode_json(items[position]),
+                    if isinstance(linked, Rejection):  # an old id no lead can have: refused here, not once its link is read back
+                        dead.append(DeadLetter(linked.reason, linked.detail, encode_json(items[position]),
                                                message.topic, message.partition, message.offset, message.key))
                         continue
                     links.extend((source, target, event.time_ms) for source, target in linked)

@@ -41,7 +41,7 @@ import msgspec
 
 from scoring import LeadState
 from scoring.errors import StateError
-from scoring.events import MAX_ID_CHARS, MAX_TIME_MS, Id, is_id
+from scoring.events import MAX_ID_CHARS, MAX_TIME_MS, Id, Rejection, is_id, optional_id
 from streams.outbox import encode_json
 from streams.segment import ANONYMOUS_PREFIX
 
@@ -78,40 +78,54 @@ def may_link(raw: bytes) -> bool:
     return b"anonymous_id" in raw or b"previous_id" in raw or b"\\u" in raw
 
 
-def links_of(item: dict[str, Any]) -> list[tuple[str, str]] | str:
+def links_of(item: dict[str, Any]) -> list[tuple[str, str]] | Rejection:
     """(old id, new id) pairs an identify or alias event asks to stitch; or, when its old id
     could never be a lead's, why (naming the field and the bound): the event is refused, since
-    the link record would name an id no record of the identity topic may carry."""
-    kind, target = item.get("type"), item.get("lead_id")
-    if not isinstance(target, str) or is_anonymous(target):
+    the link record would name an id no record of the identity topic may carry. Ids are read
+    as the engine reads the event's own: a number is its decimal text (an identify of lead 43
+    links lead "43", which it is scored as), and an id of another type is refused."""
+    kind = item.get("type")
+    if kind != "identify" and kind != "alias":
+        return []
+    target = optional_id(item, "lead_id")
+    if not isinstance(target, str) or is_anonymous(target):  # the event itself is refused, or a visitor's
         return []
     if kind == "identify":
-        anonymous_id = item.get("anonymous_id")
-        if not isinstance(anonymous_id, str) or not anonymous_id:
-            return []
+        anonymous_id = _old_id(item, "anonymous_id")
+        if not isinstance(anonymous_id, str):
+            return anonymous_id or []
         source = ANONYMOUS_PREFIX + anonymous_id
         if not is_id(source):
             return _not_an_id("anonymous_id", anonymous_id, MAX_ID_CHARS - len(ANONYMOUS_PREFIX),
                               f" (the visitor's lead id is {ANONYMOUS_PREFIX!r} + anonymous_id, at most {MAX_ID_CHARS})")
         return [(source, target)]
-    if kind == "alias":
-        previous = item.get("previous_id")
-        if not isinstance(previous, str) or not previous:
-            return []
-        if not is_id(previous):
-            return _not_an_id("previous_id", previous, MAX_ID_CHARS, "")
-        # Segment's previousId is an anonymousId or an earlier userId: stitch whichever exists
-        # (`anon:` + a previous_id near the limit is no id, so no visitor can have it).
-        sources = [previous] if is_anonymous(previous) else [ANONYMOUS_PREFIX + previous, previous]
-        return [(source, target) for source in sources if source != target and is_id(source)]
-    return []
+    previous = _old_id(item, "previous_id")
+    if not isinstance(previous, str):
+        return previous or []
+    if not is_id(previous):
+        return _not_an_id("previous_id", previous, MAX_ID_CHARS, "")
+    # Segment's previousId is an anonymousId or an earlier userId: stitch whichever exists
+    # (`anon:` + a previous_id near the limit is no id, so no visitor can have it).
+    sources = [previous] if is_anonymous(previous) else [ANONYMOUS_PREFIX + previous, previous]
+    return [(source, target) for source in sources if source != target and is_id(source)]
 
 
-def _not_an_id(field: str, value: str, limit: int, why: str) -> str:
+def _old_id(item: dict[str, Any], field: str) -> str | Rejection | None:
+    """The old id an event names in `field`, as a text (checked by the caller, whose message
+    names the bound); None when it names none (absent, null or empty); a Rejection for a value
+    that is no id (an object, an array, a boolean)."""
+    value = item.get(field)
+    if value is None or value == "":
+        return None
+    return value if value.__class__ is str else optional_id(item, field)
+
+
+def _not_an_id(field: str, value: str, limit: int, why: str) -> Rejection:
     if len(value) > limit:
-        return (f"field {field!r} must be 1 to {limit} characters{why}, got {len(value)}: no lead can have that id (its own "
-                "events are refused too), so there is nothing to stitch; have the sender keep its ids within the limit")
-    return f"field {field!r} contains a control character: {value!r}"
+        return Rejection("bad_value", f"field {field!r} must be 1 to {limit} characters{why}, got {len(value)}: no lead can have "
+                         "that id (its own events are refused too), so there is nothing to stitch; have the sender keep its "
+                         "ids within the limit")
+    return Rejection("bad_value", f"field {field!r} contains a control character: {value!r}")
 
 
 class IdentityRecord(msgspec.Struct, frozen=True, omit_defaults=True):

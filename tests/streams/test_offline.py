@@ -179,6 +179,21 @@ def test_an_identify_whose_old_id_no_lead_can_have_is_refused_as_the_worker_refu
     assert err.getvalue().startswith("events.jsonl line 2: bad_value: field 'anonymous_id' must be 1 to 251 characters")
 
 
+def test_old_ids_are_read_as_the_engine_reads_ids_and_one_of_another_type_is_refused(tmp_path: Path) -> None:
+    # Before, an identify of lead 43 (a number, scored as lead "43") and an alias naming its old
+    # id as a number linked nothing, and an alias whose old id was an array was passed over.
+    visit = {"event_id": "v", "lead_id": "anon:7", "type": "page_view", "time": T0, "product": "b2b",
+             "properties": {"url": "https://acme.io/pricing"}}
+    identify = {"event_id": "i", "lead_id": 43, "type": "identify", "time": T0 + 1, "product": "b2b", "anonymous_id": 7}
+    alias = {"event_id": "a", "lead_id": "u-1", "type": "alias", "time": T0 + 2, "product": "b2b", "previous_id": ["p"]}
+    out, err = io.StringIO(), io.StringIO()
+    assert score_file(MODELS_DIR, write(tmp_path / "events.jsonl", [visit, identify, alias]), table=False, out=out, err=err) == 0
+    leads = {r["lead_id"]: r["score"] for r in map(orjson.loads, out.getvalue().splitlines()) if r["record"] == "lead"}
+    assert "anon:7" not in leads and leads["43"] >= 10  # the visitor's pricing page merged into lead 43
+    assert err.getvalue().splitlines() == [
+        "events.jsonl line 3: wrong_type: field 'previous_id' must be a text or an integer, got an array"]
+
+
 def test_a_file_saved_with_a_byte_order_mark_is_scored(tmp_path: Path) -> None:
     events = tmp_path / "events.jsonl"
     events.write_bytes(b"\xef\xbb\xbf" + b"\r\n".join(orjson.dumps(e) for e in SAAS_EVENTS[:3]) + b"\r\n")

@@ -224,23 +224,29 @@ def test_an_identify_or_alias_whose_old_id_no_lead_can_have_is_dead_lettered_as_
         {"event_id": "al-1", "lead_id": "u-2", "type": "alias", "time": now, "product": "b2b", "previous_id": "p" * 300},
         # 253 characters is an id, though "anon:" + it is not: only the id itself is linked.
         {"event_id": "al-2", "lead_id": "u-3", "type": "alias", "time": now, "product": "b2b", "previous_id": "q" * 253},
+        # An old id that is no id at all was passed over (the alias linked nothing, silently); a
+        # number is read as its decimal text, as the engine reads lead 43, whose identify linked nothing.
+        {"event_id": "al-3", "lead_id": "u-4", "type": "alias", "time": now, "product": "b2b", "previous_id": ["p"]},
+        {"event_id": "i-2", "lead_id": 43, "type": "identify", "time": now, "product": "b2b", "anonymous_id": 7},
     ]
     proc = worker()
     producer = open_producer(isolated)
     where = {}
     for event in sent:
-        metadata = producer.send(isolated.topic_events, key=event["lead_id"].encode(), value=orjson.dumps(event)).get(timeout=10)
+        metadata = producer.send(isolated.topic_events, key=str(event["lead_id"]).encode(), value=orjson.dumps(event)).get(timeout=10)
         where[event["event_id"]] = {"topic": isolated.topic_events, "partition": metadata.partition, "offset": metadata.offset}
     producer.close()
-    letters = [letter for _, letter in read_topic(isolated, isolated.topic_deadletter, expect=2)]
-    assert [letter["reason"] for letter in letters] == ["bad_value", "bad_value"], letters
-    alias, identify = sorted(letters, key=lambda letter: str(orjson.loads(letter["original"])["event_id"]))
+    letters = [letter for _, letter in read_topic(isolated, isolated.topic_deadletter, expect=3)]
+    assert sorted(letter["reason"] for letter in letters) == ["bad_value", "bad_value", "wrong_type"], letters
+    alias, no_id, identify = sorted(letters, key=lambda letter: str(orjson.loads(letter["original"])["event_id"]))
+    assert no_id["detail"] == "field 'previous_id' must be a text or an integer, got an array"
+    assert orjson.loads(no_id["original"]) == sent[3] and no_id["source"] == where["al-3"]
     assert "field 'anonymous_id' must be 1 to 251 characters" in identify["detail"] and "got 300" in identify["detail"]
     assert "field 'previous_id' must be 1 to 256 characters" in alias["detail"] and "got 300" in alias["detail"]
     assert orjson.loads(identify["original"]) == sent[0] and orjson.loads(alias["original"]) == sent[1]
     assert identify["source"] == where["i-1"] and alias["source"] == where["al-1"]
     # Only the link the worker can read back went out, and it was read back without complaint.
-    identity = read_topic(isolated, isolated.topic_identity, expect=1)
-    assert [(r["kind"], r["source"], r["target"]) for _, r in identity] == [("link", "q" * 253, "u-3")]
-    assert len(read_topic(isolated, isolated.topic_deadletter, expect=2, idle_s=1)) == 2
+    identity = read_topic(isolated, isolated.topic_identity, expect=2)
+    assert sorted((r["kind"], r["source"], r["target"]) for _, r in identity) == [("link", "anon:7", "43"), ("link", "q" * 253, "u-3")]
+    assert len(read_topic(isolated, isolated.topic_deadletter, expect=3, idle_s=1)) == 3
     assert proc.get("/leads/u-1/")[0] == 404  # refused as a whole, as an event with any other id too long is
