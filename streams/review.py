@@ -131,7 +131,7 @@ def _links_ahead(events_path: Path) -> Links:
                 continue  # reported when the file is scored
             for item in value if isinstance(value, list) else [value]:
                 found = links_of(item) if isinstance(item, dict) else []
-                if not found or isinstance(found, str):
+                if not isinstance(found, list):
                     continue  # no link, or one refused with its event
                 time_ms = parse_time_ms(item.get("time"))
                 if isinstance(time_ms, int):
