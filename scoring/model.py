@@ -73,11 +73,19 @@ def load_model(path: Path) -> Model:
     return parse_model(text, path.name)
 
 
+def model_files(path: Path) -> list[Path]:
+    """The model files of a directory, in name order: its `*.toml` files, but for hidden ones.
+    Editors keep their own files beside the one being edited, under its name with a leading
+    dot: Emacs's lock `.#b2b.toml` is a link to nowhere while b2b.toml has unsaved changes,
+    and taken for a model it made every edit, even a good one, a broken one."""
+    return sorted(file for file in path.glob("*.toml") if not file.name.startswith("."))
+
+
 def load_directory(path: Path) -> tuple[Model, ...]:
-    """Every `*.toml` model of a directory, in file name order; names must be unique."""
+    """Every model file of a directory (`model_files`), in file name order; names must be unique."""
     if not path.is_dir():
         raise ModelError(f"{path}: not a directory of model files (set LEADSTREAM_MODELS_DIR or --models)")
-    models = tuple(load_model(file) for file in sorted(path.glob("*.toml")))
+    models = tuple(load_model(file) for file in model_files(path))
     if not models:
         raise ModelError(f"{path}: no model files (*.toml) in this directory")
     seen: dict[str, str] = {}

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from scoring import Engine, ModelError
-from scoring.model import describe
+from scoring.model import describe, model_files
 from streams import metrics
 
 log = logging.getLogger("leadstream.worker")
@@ -28,8 +28,7 @@ def fingerprint(directory: Path) -> str:
     edit changes it, a save that changes nothing does not."""
     digest = hashlib.sha256()
     try:
-        files = sorted(directory.glob("*.toml"))
-        for file in files:
+        for file in model_files(directory):
             digest.update(file.name.encode() + b"\0" + file.read_bytes() + b"\0")
     except OSError as exc:  # unreadable now: loading will say why, and a fix changes the digest
         digest.update(f"unreadable: {exc}".encode())

@@ -109,7 +109,7 @@ class Settings:
     )
     partitions: int = _setting("LEADSTREAM_PARTITIONS", 4, "Partitions of every topic leadstream creates.", POSITIVE)
     models_dir: Path = _setting(
-        "LEADSTREAM_MODELS_DIR", PROJECT_ROOT / "scoring" / "models", "Directory of scoring model files (*.toml)."
+        "LEADSTREAM_MODELS_DIR", PROJECT_ROOT / "scoring" / "models", "Directory of scoring model files (*.toml; hidden files, such as an editor's `.#b2b.toml`, are not models)."
     )
     state_dir: Path = _setting(
         "LEADSTREAM_STATE_DIR",

@@ -96,6 +96,19 @@ def test_the_fingerprint_follows_names_and_bytes_of_model_files_only(tmp_path: P
     assert fingerprint(tmp_path) != before
 
 
+def test_an_editors_hidden_files_beside_a_model_are_not_models(tmp_path: Path) -> None:
+    save(tmp_path, "a.toml", MODEL.format(name="a", points=5))
+    directory = ModelDirectory(tmp_path)
+    # Emacs, while a.toml has unsaved changes: a lock link to nowhere.
+    os.symlink("root@host.4242:1764892800", tmp_path / ".#a.toml")
+    (tmp_path / ".a.toml").write_text("a hidden copy, half written")
+    assert directory.poll() is None and directory.error is None
+    save(tmp_path, "a.toml", MODEL.format(name="a", points=7))  # saved: the edit applies
+    assert directory.poll() is not None and directory.error is None
+    assert rule_points(directory) == [("a", 7)]
+    assert rule_points(ModelDirectory(tmp_path)) == [("a", 7)]
+
+
 def test_the_view_describes_the_models_in_use(tmp_path: Path) -> None:
     save(tmp_path, "a.toml", MODEL.format(name="a", points=5) + '[filter]\nproduct = ["x", "w"]\n')
     described = ModelDirectory(tmp_path).describe()
