@@ -7,6 +7,8 @@ total (behaviour points now minus the points rules earned); shown per rule it is
 the rules with positive points in proportion to their points, so that the rows add up to the
 score. Points regained (a half-life brings negative points back towards zero, below a floor
 under zero) are attributed to the rules with negative points, when there are no positive ones.
+What the model's floor adds, when negative fit points take the score below it, is shown as such
+(`floor_points`, and a "floor" reason): behaviour and fit points plus it make the score.
 """
 
 from __future__ import annotations
@@ -67,6 +69,13 @@ def decayed_points(state: LeadState) -> float:
     return state.behaviour - sum(entry[0] for entry in state.ledger.values())
 
 
+def floor_points(runtime: ModelRuntime, state: LeadState) -> float:
+    """Points the model's floor adds to the score: behaviour points never go below it, but
+    negative fit points (a competitor's domain) can take their sum below it."""
+    below = runtime.floor - state.behaviour - state.fit
+    return below if below > 0 else 0
+
+
 def rule_rows(runtime: ModelRuntime, state: LeadState) -> list[dict[str, Any]]:
     """One row per rule that ever matched, most points first."""
     decayed = decayed_points(state)
@@ -111,6 +120,9 @@ def reasons(runtime: ModelRuntime, state: LeadState, limit: int = TOP_REASONS) -
     decayed = state.behaviour - earned
     if decayed:
         items.append((-abs(decayed), "decay", decayed))
+    lifted = floor_points(runtime, state)
+    if lifted:
+        items.append((-lifted, "floor", lifted))
     items.sort()
     top = []
     for _, name, points in items[:limit]:
@@ -156,6 +168,7 @@ def explain(runtime: ModelRuntime, lead_id: str, state: LeadState, now_ms: int) 
         {
             "behaviour_points": round(current.behaviour, 2),
             "fit_points": round(current.fit, 2),
+            "floor_points": round(floor_points(runtime, current), 2),
             "decayed": round(decayed_points(current), 2),
             "rules": rule_rows(runtime, current),
             "fit": fit_rows(runtime, current),

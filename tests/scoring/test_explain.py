@@ -77,3 +77,21 @@ def test_rows_add_up_when_a_half_life_brings_negative_points_back() -> None:
         ("unsubscribed", -30, 15),
         ("bounced", -10, 5),
     ]
+
+
+def test_what_the_floor_adds_is_shown_so_the_parts_make_the_score() -> None:
+    # 30 behaviour points and a competitor's -50 fit points: the floor (0) is the score.
+    competitor = (
+        '[[rules]]\nname = "demo request"\nevent = "demo"\npoints = 30\n'
+        '[[fit]]\nname = "competitor"\npoints = -50\ntraits.email = { domain = "competitor" }\n'
+        '[domains]\ncompetitor = { add = ["rival.io"] }\n'
+    )
+    run = Run(engine(competitor)).apply(ev("demo", traits={"email": "eve@rival.io"}))
+    explained = run.engine.explain("m", "L1", run.state(), T0)
+    parts = sum(row["points"] + row["decayed"] for row in explained["rules"]) + sum(row["points"] for row in explained["fit"])
+    assert (explained["score"], parts, explained["floor_points"]) == (0, -20, 20)
+    assert run.engine.summary("m", "L1", run.state(), T0)["top_reasons"] == [
+        {"rule": "competitor", "points": -50},
+        {"rule": "demo request", "points": 30},
+        {"rule": "floor", "points": 20},
+    ]
