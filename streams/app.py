@@ -186,6 +186,9 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
         """Feeds a stage its batches. A batch's messages are acknowledged once its flushes are
         acknowledged by Kafka, which happens while the next batch is processed (streams/overlap.py)."""
         messages = _batches(stream)
+        # From the stage's start: a stage stuck in its first batch, or given none while events
+        # wait, has an age too (the stalled-scoring alert compares it with the lag).
+        metrics.BATCH_DONE.labels(stage).set_to_current_time()
         try:
             async for batch in batching.batches(messages, settings.batch_max_messages, within_s):
                 with batch_pause:

@@ -38,7 +38,7 @@ BATCH_EVENTS = Histogram(
 )
 BATCH_DONE = Gauge(
     "leadstream_batch_done_timestamp_seconds",
-    "When each stage last finished a batch, its outputs and states acknowledged by Kafka (Unix time).",
+    "When each stage last finished a batch, its outputs and states acknowledged by Kafka, or started (Unix time).",
     ["stage"],
 )
 EVENT_TIME_LAG = Gauge("leadstream_event_time_lag_seconds", "Now minus the event time of the newest scored event.")

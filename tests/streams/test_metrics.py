@@ -69,4 +69,7 @@ def test_worker_metrics_count_a_known_stream_exactly(isolated: Settings, worker:
     assert 'leadstream_events_late_total{model="b2b"}' not in text
     # The scoring stage's last batch ended after the worker started and before this read.
     assert began < sample(text, 'leadstream_batch_done_timestamp_seconds{stage="score"}') <= time.time()
+    # The account stage had nothing to do: its time is its start, so a stage stuck from the
+    # start has an age too.
+    assert began < sample(text, 'leadstream_batch_done_timestamp_seconds{stage="rollup"}') <= time.time()
     assert "leadstream_faust_" in text  # Faust's own sensors beside ours
