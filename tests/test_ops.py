@@ -12,7 +12,8 @@ from prometheus_client import REGISTRY
 import sinks.metrics  # noqa: F401  (registers the connectors' metrics)
 import streams.collector_metrics  # noqa: F401  (registers the collector's metrics)
 import streams.metrics  # noqa: F401  (registers the worker's metrics)
-from streams.settings import PROJECT_ROOT
+from scoring import Engine
+from streams.settings import PROJECT_ROOT, Settings
 
 METRIC = re.compile(r"\bleadstream_[a-z0-9_]+")
 SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
@@ -51,6 +52,15 @@ def test_every_alert_rule_queries_exported_metrics() -> None:
     for query in queries:
         used = set(METRIC.findall(query))
         assert used and used <= exported(), f"{sorted(used - exported())} are not exported (rule: {query})"
+
+
+def test_queries_name_only_levels_the_shipped_models_have() -> None:
+    # A panel once counted crossings to level=~"sql|buying": no model has 'buying', and the
+    # other models' top levels (mql, pql) never showed.
+    levels = {level for model in Engine.from_directory(Settings().models_dir).models for level in model.ladder.names}
+    for query in dashboard_queries() + alert_queries():
+        for matched in re.findall(r'level=~?"([^"]*)"', query):
+            assert set(matched.split("|")) <= levels, f"{matched!r} names a level no model has ({sorted(levels)}): {query}"
 
 
 def test_the_dashboard_covers_what_on_call_needs() -> None:
