@@ -64,6 +64,23 @@ def start(name: str, args: list[str], settings: Settings, port: tuple[int, str],
     print(f"{name}: started (pid {pid}); log: {log}")
 
 
+def wait_processed(probe: LagProbe, group: str, topics: list[str], name: str, settings: Settings, timeout_s: float = 300) -> None:
+    """Until the background process `name` (consumer group `group`) has processed `topics`;
+    a ServiceError naming its log if it stops meanwhile or does not catch up in time."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            probe.wait_caught_up(group, topics, timeout_s=2, poll_s=0.5)
+            return
+        except TimeoutError:
+            pass
+        log = processes.log_file(name, settings)
+        if processes.running(name, settings) is None:
+            raise ServiceError(f"{name} stopped before it processed the sample events; see {log}")
+        if time.monotonic() > deadline:
+            raise ServiceError(f"{name} did not process the sample events within {timeout_s:.0f} s; see {log}")
+
+
 def answers(port: int, path: str) -> bool:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
@@ -97,8 +114,8 @@ def run_demo(settings: Settings) -> int:
 
     probe = LagProbe(settings.kafka_bootstrap)
     try:
-        probe.wait_caught_up(settings.app_id, [settings.topic_events, settings.topic_accounts], timeout_s=300, poll_s=0.5)
-        probe.wait_caught_up(group_id(settings, "redis"), [settings.topic_scores], timeout_s=300, poll_s=0.5)
+        wait_processed(probe, settings.app_id, [settings.topic_events, settings.topic_accounts], worker, settings)
+        wait_processed(probe, group_id(settings, "redis"), [settings.topic_scores], sink, settings)
     finally:
         probe.close()
 

@@ -11,9 +11,13 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import orjson
+import pytest
+from kafka import KafkaProducer
 
 from streams import processes
-from streams.demo import DEMO_EVENTS, background_names
+from streams.demo import DEMO_EVENTS, background_names, wait_processed
+from streams.errors import ServiceError
+from streams.lag import LagProbe
 from streams.history import read_to_end
 from streams.settings import PROJECT_ROOT, Settings
 
@@ -105,3 +109,18 @@ def test_a_port_another_process_answers_on_is_refused_not_taken_for_the_demos_wo
     ]
     assert processes.running(background_names(isolated)[0], isolated) is None
 
+
+
+def test_a_worker_that_stops_while_the_demo_waits_for_it_is_named_with_its_log(isolated: Settings) -> None:
+    """The demo waited five minutes for a worker that had exited, then ended on a traceback."""
+    producer = KafkaProducer(bootstrap_servers=isolated.kafka_bootstrap)
+    producer.send(isolated.topic_events, key=b"ada", value=b"{}")
+    producer.close()
+    worker = background_names(isolated)[0]
+    probe = LagProbe(isolated.kafka_bootstrap)
+    try:
+        with pytest.raises(ServiceError) as stopped:
+            wait_processed(probe, isolated.app_id, [isolated.topic_events], worker, isolated)
+    finally:
+        probe.close()
+    assert str(stopped.value) == f"{worker} stopped before it processed the sample events; see {processes.log_file(worker, isolated)}"
