@@ -54,7 +54,9 @@ def merge(
                 state.remember_event(event_id, source.watermark_ms, runtime.remember)
 
     if runtime.half_life is not None:
-        runtime.half_life.bring_to(state, time_ms)
+        # A line decay took the lead through before the merge is crossed at the time it did, as
+        # a sweep on time would have crossed it (ModelRuntime._half_life_to).
+        level = runtime._half_life_to(state, state.as_of_ms, state.behaviour, time_ms, level, lead_id, out)
         source = source.copy()
         runtime.half_life.bring_to(source, time_ms)
     before = state.behaviour

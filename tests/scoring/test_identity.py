@@ -108,3 +108,21 @@ def test_a_merge_keeps_each_rule_and_the_model_within_max_points_and_the_rows_ad
     assert merged.behaviour == 100
     assert rows == {"click": (10, 3), "demo": (90, 1)}  # click: 10 more clipped by its own max; demo: 30 by the model's
     assert sum(points for points, _ in rows.values()) == merged.behaviour and explained["decayed"] == 0
+
+
+def test_a_line_half_life_decay_passed_before_a_merge_is_crossed_at_its_time() -> None:
+    model = parse_model(
+        '[model]\nname = "h"\n[[rules]]\nname = "visit"\nevent = "visit"\npoints = 20\n[decay]\nhalf_life = "10d"\n'
+        '[thresholds]\nbase = "lead"\nladder = [{ level = "mql", at = 15 }]\n', "h.toml"
+    )
+    engine = Engine([model])
+    day = 86_400_000
+    visits = [{"event_id": lead, "lead_id": lead, "type": "visit", "time": T + at} for lead, at in (("u", 0), ("anon:a", 25 * day))]
+    states = {lead: state for (_, lead), state in engine.apply_batch([engine.parse(e) for e in visits], lambda m, l: None).states.items()}
+    fell_ms = engine.runtime("h").next_due_ms(states["u"])
+    assert fell_ms is not None and fell_ms < T + 25 * day
+    # Merged 25 days on: decay took u below the line after 4 days, as a sweep then would have
+    # said, and the visitor's points take it back over.
+    merged, crossings = merge(engine, "h", "u", states["u"], states["anon:a"], "anon:a", T + 25 * day)
+    assert [(c.from_level, c.to_level, c.time_ms) for c in crossings] == [("mql", "lead", fell_ms), ("lead", "mql", T + 25 * day)]
+    assert merged.level == "mql"
