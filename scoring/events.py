@@ -152,6 +152,8 @@ def parse_message(raw: bytes | bytearray | memoryview | str) -> list[Event | Rej
     except orjson.JSONDecodeError as exc:
         return [Rejection(*unreadable(exc, "not valid JSON"), raw)]
     if value.__class__ is list:
+        if not value:
+            return [Rejection("bad_value", EMPTY_ENVELOPE, raw)]
         if len(raw) <= MAX_EVENT_BYTES:  # then no event of it can be larger
             return [parse_value(item) for item in value]
         return [_sized(item) for item in value]
@@ -160,6 +162,11 @@ def parse_message(raw: bytes | bytearray | memoryview | str) -> list[Event | Rej
             return [Rejection("too_large", too_large(len(raw)), raw)]
         return [_from_dict(value)]
     return [Rejection("wrong_type", f"an event must be a JSON object, got {_json_kind(value)}", raw)]
+
+
+#: Why a message that is an empty JSON array is refused: a producer sending one has a bug (it
+#: meant to send events), which a dead letter shows where silence would hide it.
+EMPTY_ENVELOPE = "an envelope (JSON array) of no event: send one event object, or an array of one or more"
 
 
 def too_large(size: int) -> str:
@@ -188,6 +195,8 @@ def decode_message(raw: bytes | bytearray | memoryview | str) -> list[Event] | N
         return None
     if isinstance(decoded, Event):
         return [decoded] if _sound(decoded) else None
+    if not decoded:
+        return None  # an empty envelope is refused: `parse_message` says why
     for event in decoded:
         if not _sound(event):
             return None

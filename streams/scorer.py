@@ -29,7 +29,7 @@ import orjson
 
 from scoring import Engine, Event, LeadState, MemberScore, Rejection, Transition, identity
 from scoring.errors import StateError
-from scoring.events import MAX_EVENT_BYTES, decode_message, parse_value, too_large, unreadable
+from scoring.events import EMPTY_ENVELOPE, MAX_EVENT_BYTES, decode_message, parse_value, too_large, unreadable
 from streams import metrics, stitching
 from streams.deadletter import DeadLetter
 from streams.envelope import unpack
@@ -655,6 +655,10 @@ class Scorer:
         except orjson.JSONDecodeError as exc:
             stats.events += 1  # how many events it held is unknowable: it counts as one
             reject(*unreadable(exc, "message is not JSON"), message.value)
+            return [], []
+        if not items:
+            stats.events += 1  # as an unreadable message: it held no event, yet it is one
+            reject("bad_value", EMPTY_ENVELOPE, message.value)
             return [], []
         accepted: list[Any] = []
         events: list[Event] = []

@@ -99,6 +99,13 @@ def test_messages_may_be_arrays_of_events() -> None:
     assert parse_message(b"nope")[0].reason == "bad_json"
 
 
+def test_an_envelope_of_no_event_is_refused_not_passed_over() -> None:
+    assert decode_message(b"[]") is None
+    assert [(r.reason, r.detail, r.raw) for r in parse_message(b" [ ] ")] == [  # type: ignore[union-attr]
+        ("bad_value", "an envelope (JSON array) of no event: send one event object, or an array of one or more", b" [ ] ")
+    ]
+
+
 def test_a_batch_with_bad_events_scores_the_good_ones() -> None:
     run = Run(engine('[[rules]]\nname = "v"\nevent = "page_view"\npoints = 5\n'))
     run.apply(ev(), {"lead_id": "L1"}, ev(at=1), "garbage")  # type: ignore[arg-type]

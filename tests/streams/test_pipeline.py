@@ -111,14 +111,16 @@ def test_bad_input_goes_to_the_dead_letter_topic_and_the_rest_is_scored(
     # An event encoded twice: a JSON text in an envelope is no event, however readable the text.
     twice = orjson.dumps({**good[3], "event_id": "twice"}).decode()
     producer.send(topic, partition=partition_for("carol", 4), value=orjson.dumps([twice]))
+    producer.send(topic, key=b"carol", value=b" [ ]")  # an envelope of no event: a producer's bug
     producer.flush()
     producer.close()
 
     proc = worker()
 
-    dead = read_topic(isolated, isolated.topic_deadletter, expect=12)
+    dead = read_topic(isolated, isolated.topic_deadletter, expect=13)
     reasons = sorted(letter["reason"] for _, letter in dead)
-    assert len(dead) == 12, reasons
+    assert len(dead) == 13, reasons
+    assert [letter["original"] for _, letter in dead if letter["detail"].startswith("an envelope (JSON array) of no event")] == [" [ ]"]
     encoded_twice = next(letter for _, letter in dead if letter["reason"] == "wrong_type")
     assert (encoded_twice["detail"], orjson.loads(encoded_twice["original"])) == ("an event must be a JSON object, got a text", twice)
     nested = [letter for _, letter in dead if "levels deep" in letter["detail"]]
