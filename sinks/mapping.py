@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import string
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,10 @@ _SAMPLE = Crossing(
     to_level="mql", direction="up", score=47.0, normalized=61.0, grade="A", engagement=2, cell="A2",
     temperature="warm", time_ms=0, reasons=(Reason("pricing_page", 30),), traits={"email": "jane@acme.io"},
 )
+# Templates are filled in with these on start: a format spec or conversion that no crossing can fill
+# (`{grade:d}`, `{level!x}`) fails there, not at every crossing after the record was updated. Scores
+# are whole numbers or fractions (`{score:d}` fits only the first).
+_SAMPLE_FIELDS = (_SAMPLE.template_fields(), replace(_SAMPLE, score=47.25, normalized=61.5).template_fields())
 
 
 @dataclass(frozen=True)
@@ -170,6 +174,12 @@ class _Table:
         unknown = sorted(names - set(allowed))
         if unknown:
             raise self.error(key, f"uses {{{unknown[0]}}}; templates may use {', '.join('{%s}' % n for n in allowed)}")
+        for sample in _SAMPLE_FIELDS:
+            try:
+                text.format(**sample)
+            except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+                raise self.error(key, f"cannot be filled in ({type(exc).__name__}: {exc}); a name may take a format "
+                                      "spec its values fit, e.g. {score:.1f}") from None
         return text
 
     def field_name(self, key: str) -> str:

@@ -144,6 +144,14 @@ def test_the_shipped_mappings_are_valid() -> None:
          "[task].levels: must be a non-empty list"),
         ('[fields]\nscore = "x"\n[task]\nlevels = ["mql"]\npriority = "HIGH"\ncrossing_id_property = "c"\n'
          'subject = "hi {firstname}"', False, "[task].subject: uses {firstname}"),
+        # Names it may use, in a form no crossing fills in: refused on start, not at each crossing after its update.
+        ('[fields]\nscore = "x"\n[task]\nlevels = ["mql"]\npriority = "HIGH"\ncrossing_id_property = "c"\n'
+         'subject = "{email} is {level!u}"', False, "[task].subject: cannot be filled in"),
+        ('[fields]\nscore = "x"\n[deal]\nlevels = ["sql"]\nstage = "s"\ncrossing_id_property = "c"\n'
+         'name = "{email} ({score:d} points)"', True, "[deal].name: cannot be filled in"),
+        ('[fields]\nscore = "x"\n[account]\nid_property = "Id"\nfields = {score = "y"}\n[account.task]\nlevels = ["b"]\n'
+         'priority = "High"\ncrossing_id_property = "c"\nbody = "{account_id:>{width}}"', False,
+         "[account.task].body: cannot be filled in"),
         ('[fields]\nscore = "x"\n[task]\nlevels = ["mql"]\npriority = "HIGH"\ncrossing_id_property = "c"\n'
          "due_in_hours = 0", False, "[task].due_in_hours: must be a positive integer"),
         ('[fields]\nscore = "x"\n[task]\nlevels = ["mql"]\npriority = "HIGH"', False,
