@@ -69,6 +69,21 @@ def _redis_url(value: str) -> str | None:
     return None
 
 
+def _http_url(value: str) -> str | None:
+    # requests refuses a URL without a scheme or host only when it sends: each crossing would
+    # be retried and dead-lettered, and the connector would not say why on start.
+    url = urlsplit(value)
+    try:
+        port = url.port  # raises on a port out of range; 0 it takes
+    except ValueError:
+        port = 0
+    if port == 0:
+        return "an http(s) URL with a port from 1 to 65535"
+    if url.scheme.lower() not in ("http", "https") or not url.hostname:
+        return "an http(s) URL (e.g. https://hooks.example.com/leadstream)"
+    return None
+
+
 def _heap(value: str) -> str | None:
     # Given to java as -Xmx: a number of bytes with an optional k, m or g.
     return None if re.fullmatch(r"[1-9][0-9]*[kKmMgG]?", value) else "a Java heap size (e.g. 1g or 512m)"
@@ -238,12 +253,12 @@ class Settings:
     hubspot_access_token: str = _setting(
         "LEADSTREAM_HUBSPOT_ACCESS_TOKEN", "", "HubSpot private-app access token (scopes: crm.objects.contacts/companies/deals.write)."
     )
-    hubspot_base_url: str = _setting("LEADSTREAM_HUBSPOT_BASE_URL", "https://api.hubapi.com", "HubSpot API base URL.")
+    hubspot_base_url: str = _setting("LEADSTREAM_HUBSPOT_BASE_URL", "https://api.hubapi.com", "HubSpot API base URL.", _http_url)
     hubspot_rate_limit: str = _setting(
         "LEADSTREAM_HUBSPOT_RATE_LIMIT", "100/10s", "HubSpot requests per window (private app, Free/Starter quota)."
     )
     salesforce_instance_url: str = _setting(
-        "LEADSTREAM_SALESFORCE_INSTANCE_URL", "", "Salesforce instance URL (https://MyDomain.my.salesforce.com)."
+        "LEADSTREAM_SALESFORCE_INSTANCE_URL", "", "Salesforce instance URL (https://MyDomain.my.salesforce.com).", _http_url
     )
     salesforce_access_token: str = _setting(
         "LEADSTREAM_SALESFORCE_ACCESS_TOKEN", "", "Salesforce OAuth access token (with the instance URL), or use a username."
@@ -260,7 +275,7 @@ class Settings:
     salesforce_rate_limit: str = _setting(
         "LEADSTREAM_SALESFORCE_RATE_LIMIT", "100000/86400s", "Salesforce requests per window (Enterprise daily allocation)."
     )
-    webhook_url: str = _setting("LEADSTREAM_WEBHOOK_URL", "", "URL the webhook sink POSTs each crossing to.")
+    webhook_url: str = _setting("LEADSTREAM_WEBHOOK_URL", "", "URL the webhook sink POSTs each crossing to.", _http_url)
     webhook_secret: str = _setting("LEADSTREAM_WEBHOOK_SECRET", "", "Shared secret of the webhook's HMAC-SHA256 signature.")
     webhook_rate_limit: str = _setting(
         "LEADSTREAM_WEBHOOK_RATE_LIMIT", "unlimited", "Webhook requests per window (e.g. 20000/300s), or unlimited."

@@ -34,6 +34,12 @@ REFUSED = [
     ("LEADSTREAM_REDIS_URL", "localhost:6379", "a Redis URL"),
     ("LEADSTREAM_REDIS_URL", "redis://127.0.0.1:99999/0", "a Redis URL with a port from 1 to 65535"),
     ("LEADSTREAM_KAFKA_HEAP", "lots", "a Java heap size"),
+    ("LEADSTREAM_WEBHOOK_URL", "hooks.example.com/leadstream", "an http(s) URL"),
+    ("LEADSTREAM_WEBHOOK_URL", "htps://hooks.example.com/leadstream", "an http(s) URL"),
+    ("LEADSTREAM_WEBHOOK_URL", "https:///leadstream", "an http(s) URL"),
+    ("LEADSTREAM_WEBHOOK_URL", "https://hooks.example.com:0/leadstream", "an http(s) URL"),
+    ("LEADSTREAM_HUBSPOT_BASE_URL", "api.hubapi.com", "an http(s) URL"),
+    ("LEADSTREAM_SALESFORCE_INSTANCE_URL", "acme.my.salesforce.com", "an http(s) URL"),
     ("LEADSTREAM_PARTITIONS", "four", "an integer"),
 ]
 
@@ -58,6 +64,7 @@ def test_a_value_out_of_range_is_refused_naming_the_variable(variable: str, valu
         ("LEADSTREAM_REDIS_URL", "rediss://:secret@redis.example:6380/2", "redis_url", "rediss://:secret@redis.example:6380/2"),
         ("LEADSTREAM_REDIS_URL", "unix:///run/redis.sock", "redis_url", "unix:///run/redis.sock"),
         ("LEADSTREAM_KAFKA_HEAP", "512m", "kafka_heap", "512m"),
+        ("LEADSTREAM_WEBHOOK_URL", "http://127.0.0.1:8080/hook?token=x", "webhook_url", "http://127.0.0.1:8080/hook?token=x"),
     ],
 )
 def test_documented_values_at_the_edges_are_taken(variable: str, value: str, field: str, parsed: object) -> None:
