@@ -16,7 +16,9 @@ Verifying, in any language (`verify_signature` below does it in Python):
 3. Reject a timestamp more than 5 minutes from your clock: a captured request cannot be replayed.
 
 Any 2xx acknowledges; 408, 423, 425, 429 (with Retry-After honoured) and 5xx are retried; a redirect
-or another 4xx dead-letters the crossing.
+or another 4xx dead-letters the crossing. Of an answer's body, at most 64 KiB read within
+LEADSTREAM_SINK_TIMEOUT_S is kept (for an error's reason): the status decides, and a body that
+keeps coming (a stream, a stalled proxy) must not hold the delivery, each byte within the timeout.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import requests
+import urllib3
 
 from sinks.base import Crossing, Position, Sink, Steps
 from sinks.errors import PermanentError, for_status
@@ -38,6 +41,8 @@ from streams.settings import Settings
 
 SIGNATURE_VERSION = "v1"
 TOLERANCE_S = 300
+#: The most of an answer's body read: an error's reason is cut to 500 characters anyway.
+BODY_LIMIT_BYTES = 64 * 1024
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:
@@ -102,16 +107,48 @@ class WebhookSink(Sink[Post]):
             "X-Leadstream-Id": item.crossing_id,
             "X-Leadstream-Timestamp": str(timestamp),
             "X-Leadstream-Signature": sign(self.secret, timestamp, item.body),
+            # The body is read raw (see _body): not compressed, so its bytes are its text.
+            "Accept-Encoding": "identity",
         }
         try:
-            response = self.session.post(self.url, data=item.body, headers=headers, allow_redirects=False)
+            # stream: the body is ours to read, within a deadline, not to the end (see _body).
+            with self.session.post(self.url, data=item.body, headers=headers, allow_redirects=False, stream=True) as response:
+                body = _body(response, self.session.timeout_s)
         except requests.RequestException as exc:
             raise transport_error(f"webhook {self.url}", exc) from None
         if 300 <= response.status_code < 400:
             raise PermanentError(f"webhook {self.url}: redirected (HTTP {response.status_code}) to "
                                  f"{response.headers.get('Location')}: set LEADSTREAM_WEBHOOK_URL to the final URL")
         if response.status_code >= 400:
-            raise for_status(response.status_code, f"webhook {self.url}", response.text, response.headers)
+            raise for_status(response.status_code, f"webhook {self.url}", body, response.headers)
 
     def close(self) -> None:
         self.session.close()
+
+
+def _body(response: requests.Response, timeout_s: float) -> str:
+    """The first BODY_LIMIT_BYTES of the answer's body that arrive within `timeout_s`.
+
+    The session's timeout bounds each read, not the body: a receiver sending a byte now and then
+    would hold the delivery (and its lead's next ones) for as long as it kept on. A body read to
+    its end leaves the connection for the next request; one cut short closes it.
+    """
+    deadline = time.monotonic() + timeout_s
+    chunks: list[bytes] = []
+    size = 0
+    ended = False
+    try:
+        while size < BODY_LIMIT_BYTES and time.monotonic() < deadline:
+            chunk = response.raw.read1(BODY_LIMIT_BYTES - size)
+            if not chunk:
+                ended = True
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        raise requests.ConnectionError(exc) from None
+    if ended:
+        response.raw.release_conn()
+    else:
+        response.raw.close()
+    return b"".join(chunks).decode(errors="replace")

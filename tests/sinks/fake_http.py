@@ -6,7 +6,9 @@ number of requests:
   Retry-After, 5xx, 4xx);
 - `timeout`: sleep past the client's timeout, then drop the connection, action not done;
 - `malformed`: do the action, then answer its status with a body that is not JSON;
-- `hold`: do the action, then wait `delay_s` before answering (a crash lands in between).
+- `hold`: do the action, then wait `delay_s` before answering (a crash lands in between);
+- `trickle`: do the action, answer its status at once, then send the body a byte at a time
+  (chunked) until the server gets another request, or for `delay_s` at most.
 `latency_s` delays every answer; `outage(seconds)` answers 503 to everything meanwhile.
 """
 
@@ -67,6 +69,8 @@ class FakeServer:
         self.faults: list[Fault] = []
         self.latency_s = 0.0
         self._outage_until = 0.0
+        #: When the last `trickle` answer ended (monotonic).
+        self.trickle_ended_at = 0.0
         self.lock = threading.RLock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self._httpd.daemon_threads = True
@@ -154,6 +158,9 @@ def _handler_for(server: FakeServer) -> type[BaseHTTPRequestHandler]:
                 return
             if fault is not None and fault.kind == "hold":
                 time.sleep(fault.delay_s)
+            if fault is not None and fault.kind == "trickle":
+                self._trickle(response.status, fault.delay_s)
+                return
             body = response.body if isinstance(response.body, bytes) else (
                 b"" if response.body is None else orjson.dumps(response.body))
             self.send_response(response.status)
@@ -164,6 +171,23 @@ def _handler_for(server: FakeServer) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
+
+        def _trickle(self, status: int, longest_s: float) -> None:
+            self.send_response(status)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            with server.lock:
+                seen = len(server.requests)
+            end = time.monotonic() + longest_s
+            try:
+                while time.monotonic() < end and len(server.requests) == seen:
+                    self.wfile.write(b"1\r\n.\r\n")
+                    time.sleep(0.05)
+                self.wfile.write(b"0\r\n\r\n")
+            except OSError:  # the client hung up
+                pass
+            server.trickle_ended_at = time.monotonic()
+            self.close_connection = True
 
         do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _any
 

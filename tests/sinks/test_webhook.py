@@ -12,7 +12,7 @@ import pytest
 from sinks.ratelimit import Quota, TokenBucket
 from sinks.webhook import WebhookSink, sign, verify_signature
 from streams.settings import Settings
-from tests.infra import read_topic
+from tests.infra import read_topic, wait_for
 from tests.sinks.conftest import WEBHOOK_SECRET, crossing, drain, produce
 from tests.sinks.fake_clock import FakeClock
 from tests.sinks.fake_http import WebhookReceiver
@@ -146,3 +146,21 @@ def test_a_leads_crossings_arrive_in_order_while_leads_are_delivered_concurrentl
         assert [r["id"].rsplit("/", 1)[1] for r in received if r["lead_id"] == f"lead-{n}"] == [str(i) for i in range(6)]
     # One lane at a time would space requests by the 10 ms the receiver takes to answer.
     assert min(b.at - a.at for a, b in zip(posts, posts[1:])) < 0.005, "leads were not delivered concurrently"
+
+
+def test_an_answer_whose_body_never_ends_holds_the_delivery_no_longer_than_the_timeout(
+    sink_settings: Settings, webhook: WebhookReceiver
+) -> None:
+    # The receiver answers 200 at once, then keeps sending its body (a stream, a stalled proxy)
+    # until the next request reaches it, or 20 s. Reading the whole body, each byte within the
+    # 1 s timeout, held lead-1's delivery, and lead-2's behind it, until the body ended.
+    settings = sink_settings.with_overrides(webhook_url=webhook.url, sink_concurrency=1)
+    webhook.inject("trickle", status=200, delay_s=20)
+    produce(settings, [crossing(1, "mql"), crossing(1, "sql", seq=2)])
+
+    stats = drain(WebhookSink(settings), settings)
+
+    assert (stats.delivered, stats.dead_lettered) == (2, 0)
+    wait_for(lambda: webhook.trickle_ended_at, what="the endless answer to end")
+    first, second = sorted(webhook.requests_to("POST", "/"), key=lambda p: p.at)
+    assert second.at < webhook.trickle_ended_at, "the first answer's endless body held the next delivery"
