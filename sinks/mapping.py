@@ -183,7 +183,8 @@ class _Table:
         return text
 
     def field_name(self, key: str) -> str:
-        """The name of a CRM field: it goes into API paths and SOQL as it is."""
+        """The name of a CRM field (its API name, not its label): some go into API paths and SOQL
+        as they are; any other is refused by the CRM, at every crossing."""
         value = self.text(key)
         if not _FIELD_NAME.fullmatch(value):
             raise self.error(key, f"must be a CRM field name (a letter, then letters, digits or '_'), not {value!r}")
@@ -245,14 +246,20 @@ def _record_parts(table: _Table, kind: _Kind) -> dict[str, Any]:
     for name in fields:
         if name not in kind.fields:
             raise table.table("fields").error(name, f"is not {kind.field_label} (one of {', '.join(kind.fields)})")
+        table.table("fields").field_name(name)
     values = table.tables_of_strings("values")
     for name in values:
         if name not in fields:
             raise table.table("values").error(name, f"translates a field that [{table.table('fields').where}] does not map")
+    levels = table.tables_of_strings("levels")
+    for level, sets in levels.items():
+        for name in sets:
+            if not _FIELD_NAME.fullmatch(name):
+                raise table.table("levels").table(level).error(name, "is not a CRM field name (a letter, then letters, digits or '_')")
     return {
         "fields": fields,
         "values": values,
-        "levels": table.tables_of_strings("levels"),
+        "levels": levels,
         "deal": _deal(table.table("deal"), kind) if "deal" in table.data else None,
         "task": _task(table.table("task"), kind) if "task" in table.data else None,
     }

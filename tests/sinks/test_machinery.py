@@ -136,6 +136,13 @@ def test_the_shipped_mappings_are_valid() -> None:
         ("[fields]\n", False, ": fields: is required"),
         ('[fields]\nscroe = "x"', False, "[fields].scroe: is not a crossing field"),
         ('[fields]\nscore = 1', False, "[fields].score: must be a string"),
+        # A label instead of the API name: the CRM would refuse every crossing's update.
+        ('[fields]\nscore = "Lead Score"', False, "[fields].score: must be a CRM field name"),
+        ('[fields]\nscore = ""', False, "[fields].score: must be a CRM field name"),
+        ('[fields]\nscore = "x"\n[levels.mql]\n"Lead Status" = "Working"', False,
+         '[levels.mql].Lead Status: is not a CRM field name'),
+        ('[fields]\nscore = "x"\n[account]\nid_property = "Id"\n[account.fields]\nlevel = "Account level"', False,
+         "[account.fields].level: must be a CRM field name"),
         ('[fields]\nscore = "x"\n[values.grade]\nA = "a"', False, "[values].grade: translates a field that [fields] does not map"),
         ('[fields]\nscore = "x"\n[levels.mql]\nStatus = 3', False, "[levels.mql].Status: must be a string"),
         ('[fields]\nscore = "x"\n[deal]\nlevels = ["sql"]', False, ": deal: unknown key"),
