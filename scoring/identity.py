@@ -71,8 +71,8 @@ def merge(
 
     for rule, values in source.seen.items():
         state.seen[rule] = {**state.seen.get(rule, {}), **values}
-    for key, counters in source.windows.items():
-        state.windows.setdefault(key, list(counters))
+    if source.windows:
+        _merge_windows(state, source)
 
     for name, value in source.traits.items():
         if name not in state.trait_times:  # the known lead's traits (and their forgetting) win
@@ -91,6 +91,24 @@ def merge(
 
     runtime._settle(state, level, lead_id, time_ms, out)
     return state, out
+
+
+def _merge_windows(state: LeadState, source: LeadState) -> None:
+    """Adds the source's window counters of the windows the target has none of, window by
+    window: taken whole per rule only when the target had none, the visitor's counts of its
+    other windows were lost, and an occurrence arriving late in such a window scored past a
+    cap the visitor had used. Of a window both have, the target's count stands."""
+    windows = state.windows
+    for key, counters in source.windows.items():
+        mine = windows.get(key)
+        if mine is None:
+            windows[key] = list(counters)
+            continue
+        have = set(mine[0::2])
+        for pos in range(0, len(counters), 2):
+            if counters[pos] not in have:
+                mine += counters[pos : pos + 2]
+    state.windows_drop_ms = 0  # windows that close earlier may have come: compaction works it out again
 
 
 def _bounded(before: float, after: float, low: float, high: float) -> float:

@@ -7,6 +7,7 @@ from typing import Any
 from scoring import Engine, LeadState, parse_model
 from scoring.identity import merge
 from streams.settings import PROJECT_ROOT
+from tests.scoring.support import DAY, HOUR, T0, Run, engine, ev
 
 T = 1_763_884_800_000
 ENGINE = Engine.from_directory(PROJECT_ROOT / "scoring" / "models")
@@ -126,3 +127,17 @@ def test_a_line_half_life_decay_passed_before_a_merge_is_crossed_at_its_time() -
     merged, crossings = merge(engine, "h", "u", states["u"], states["anon:a"], "anon:a", T + 25 * day)
     assert [(c.from_level, c.to_level, c.time_ms) for c in crossings] == [("mql", "lead", fell_ms), ("lead", "mql", T + 25 * day)]
     assert merged.level == "mql"
+
+
+def test_a_merge_keeps_the_visitors_cap_windows_the_lead_has_not_when_it_has_others() -> None:
+    """Window counters were merged per rule: a lead with a counter of its own for the rule took
+    none of the visitor's, so an open arriving late on a day the visitor had used the cap
+    scored past it."""
+    capped = engine('[[rules]]\nname = "o"\nevent = "o"\npoints = 1\ncap = { max = 1, window = "1d" }\n', lateness="2d")
+    run = Run(capped).apply(ev("o", at=HOUR, lead="V"), ev("o", at=DAY + HOUR, lead="V"), ev("o", at=DAY + 2 * HOUR, lead="L"))
+    merged, _ = merge(capped, "m", "L", run.state("L"), run.state("V"), "V", T0 + DAY + 3 * HOUR)
+    run.store[("m", "L")] = merged.to_bytes()
+    assert run.score("L") == 3  # the visitor's day 0 and day 1, the lead's day 1
+    run.apply(ev("o", at=2 * HOUR, lead="L"), ev("o", at=DAY + 4 * HOUR, lead="L"))  # day 0 arriving late, day 1 again
+    assert run.score("L") == 3
+    assert run.state("L").ledger["o"][2] == 2  # both capped
