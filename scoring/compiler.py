@@ -137,7 +137,8 @@ class _Function:
             1,
             "time_ms = event.time_ms",
             "watermark_ms = state.watermark_ms",
-            f"if time_ms < watermark_ms - {self.const(rt.lateness_ms)}:",
+            # Older than compaction forgot: late too, when an edit lengthened the lateness since.
+            f"if time_ms < watermark_ms - {self.const(rt.lateness_ms)} or time_ms < state.forgotten_before_ms:",
             "    return LATE",
             "event_id = event.event_id",
             "ids = state.ids",

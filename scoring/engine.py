@@ -350,6 +350,8 @@ class ModelRuntime:
     def compact(self, state: LeadState) -> None:
         """Forgets what no future event can need: ids and windows beyond the lateness."""
         cutoff = state.watermark_ms - self.lateness_ms
+        if cutoff > state.forgotten_before_ms:
+            state.forgotten_before_ms = cutoff
         if (state.ids and state.ids_max_ms < cutoff) or (state.old_ids and state.old_ids_max_ms < cutoff):
             state.forget_events_before(cutoff)
         if state.earlier_steps and (self.steps is None or self.steps.earlier_settled(state, cutoff)):

@@ -87,6 +87,7 @@ def merge(
         state.steps_taken = source.steps_taken
         state.earlier_activity_ms, state.earlier_steps = source.earlier_activity_ms, source.earlier_steps
     state.watermark_ms = max(state.watermark_ms, source.watermark_ms)
+    state.forgotten_before_ms = max(state.forgotten_before_ms, source.forgotten_before_ms)
     state.revision = max(state.revision, source.revision) + 1
 
     runtime._settle(state, level, lead_id, time_ms, out)

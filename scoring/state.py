@@ -31,7 +31,9 @@ Bounds (what keeps a state small however active the lead):
 
 States written by earlier versions are still read: JSON arrays (layouts 1 and 2), MessagePack
 without trait times (layout 3; its traits then give way to any update, as they did), without
-the revision (layout 4; revision 0) and without the earlier idle period (layout 5; none).
+the revision (layout 4; revision 0), without the earlier idle period (layout 5; none) and
+without the time before which compaction forgot (layout 6; 0: until the next compaction, the
+lateness alone decides).
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ from scoring.errors import StateError
 SEPARATOR = "\x7f"
 
 _VERSION = 1  # accounts
-_LEAD_VERSION = 6  # MessagePack (5: without the earlier idle period, 4: nor the revision, 3: nor trait times); 1 and 2 JSON
+_LEAD_VERSION = 7  # MessagePack (6: without forgotten_before_ms, 5: nor the earlier idle period, 4: nor the revision, 3: nor trait times); 1 and 2 JSON
 
 #: A finite number: NaN or an infinity in a stored state would make every comparison of the
 #: lead's score false, and it never crossed a line again.
@@ -71,6 +73,7 @@ _FIELDS: tuple[Any, ...] = (
     list[Union[int, float, str]], int,  # history, windows_drop_ms
     dict[str, int], int,  # trait_times, revision
     int, tuple[_Number, ...],  # earlier_activity_ms, earlier_steps
+    int,  # forgotten_before_ms
 )  # fmt: skip
 _encode = msgspec.msgpack.Encoder().encode
 _decode_layout = msgspec.msgpack.Decoder(GenericAlias(tuple, _FIELDS)).decode
@@ -79,9 +82,10 @@ _decode_layout = msgspec.msgpack.Decoder(GenericAlias(tuple, _FIELDS)).decode
 _EARLIER_LAYOUTS: tuple[tuple[int, Callable[[Any], tuple[Any, ...]], tuple[Any, ...]], ...] = tuple(
     (version, msgspec.msgpack.Decoder(GenericAlias(tuple, _FIELDS[: -len(missing)])).decode, missing)
     for version, missing in (
-        (5, (0, ())),  # no earlier idle period
-        (4, (0, 0, ())),  # nor the revision
-        (3, ({}, 0, 0, ())),  # nor trait times
+        (6, (0,)),  # no time before which compaction forgot
+        (5, (0, (), 0)),  # nor the earlier idle period
+        (4, (0, 0, (), 0)),  # nor the revision
+        (3, ({}, 0, 0, (), 0)),  # nor trait times
     )
 )
 
@@ -155,6 +159,7 @@ class LeadState:
         "revision",
         "earlier_activity_ms",
         "earlier_steps",
+        "forgotten_before_ms",
         "fit_found",
     )
 
@@ -205,6 +210,12 @@ class LeadState:
     #: within it shows the lead was not idle that long (0 and (): none).
     earlier_activity_ms: int
     earlier_steps: tuple[float, ...]
+    #: Compaction forgot the ids, window counters and idle period of events before this time
+    #: (the newest event time minus the lateness, when it last ran): an event older than it is
+    #: late, whatever the lateness. A lateness an edit lengthened would otherwise reach events
+    #: whose ids and counters are gone, and a replay of one scored again, a cap let one more
+    #: through. 0: nothing known forgotten.
+    forgotten_before_ms: int
     #: Derived, not stored: the fit rules the traits meet, their points and reason items, as
     #: `ModelRuntime.fit_of` found them; None until asked. Code that changes `traits` resets it.
     fit_found: tuple[Any, ...] | None
@@ -217,8 +228,8 @@ class LeadState:
             state.watermark_ms, state.level, state.crossings, state.traits, state.account_id,
             state.ledger, state.windows, state.seen, state.ids, state.ids_max_ms,
             state.old_ids, state.old_ids_max_ms, state.history, state.windows_drop_ms, state.trait_times, state.revision,
-            state.earlier_activity_ms, state.earlier_steps, state.fit_found,
-        ) = (0, fit, 0, 0, (), 0, level, 0, {}, None, {}, {}, {}, {}, 0, NO_IDS, 0, [], 0, {}, 0, 0, (), None)  # fmt: skip
+            state.earlier_activity_ms, state.earlier_steps, state.forgotten_before_ms, state.fit_found,
+        ) = (0, fit, 0, 0, (), 0, level, 0, {}, None, {}, {}, {}, {}, 0, NO_IDS, 0, [], 0, {}, 0, 0, (), 0, None)  # fmt: skip
         return state
 
     def to_bytes(self) -> bytes:
@@ -228,7 +239,7 @@ class LeadState:
                 self.watermark_ms, self.level, self.crossings, self.traits, self.account_id, self.ledger,
                 self.windows, self.seen, tuple(self.ids), self.ids_max_ms, tuple(self.old_ids), self.old_ids_max_ms,
                 self.history, self.windows_drop_ms, self.trait_times, self.revision, self.earlier_activity_ms,
-                self.earlier_steps,
+                self.earlier_steps, self.forgotten_before_ms,
             )
         )  # fmt: skip
 
@@ -252,7 +263,7 @@ class LeadState:
             state.watermark_ms, state.level, state.crossings, state.traits, state.account_id, state.ledger,
             state.windows, state.seen, ids, state.ids_max_ms, old_ids, state.old_ids_max_ms,
             state.history, state.windows_drop_ms, state.trait_times, state.revision, state.earlier_activity_ms,
-            state.earlier_steps,
+            state.earlier_steps, state.forgotten_before_ms,
         ) = values  # fmt: skip
         state.ids = dict.fromkeys(ids)
         state.old_ids = dict.fromkeys(old_ids) if old_ids else NO_IDS
@@ -286,6 +297,7 @@ class LeadState:
             "trait_times": dict(self.trait_times),
             "earlier_activity_ms": self.earlier_activity_ms,
             "earlier_steps": list(self.earlier_steps),
+            "forgotten_before_ms": self.forgotten_before_ms,
         }
 
     def __eq__(self, other: object) -> bool:

@@ -124,3 +124,19 @@ def test_duplicate_event_ids_never_score_twice() -> None:
     run.apply(first)
     run.apply(ev(event_id="same", at=5 * MINUTE))  # same id, other content: still the same event
     assert run.score() == 10
+
+
+def test_a_lateness_an_edit_lengthened_does_not_reach_ids_and_counters_compaction_forgot() -> None:
+    """Compaction forgets event ids and window counters beyond the lateness. Lengthened by an
+    edit, the lateness reached events older than that: a replay of one scored again, and a new
+    open on a day whose cap was used scored past it."""
+    body = '[[rules]]\nname = "o"\nevent = "o"\npoints = 1\ncap = { max = 1, window = "1d" }\n'
+    run = Run(engine(body, lateness="1d", settings="remember_events = 2"))
+    run.apply(ev("o", at=HOUR, event_id="a"), ev("o", at=2 * HOUR, event_id="b"), ev("o", at=3 * DAY, event_id="c"))
+    assert run.score() == 2 and "a" not in run.state().old_ids  # day 0 and day 3; a's id and day 0's counter forgotten
+    run.engine = engine(body, lateness="7d", settings="remember_events = 2")
+    run.apply(ev("o", at=HOUR, event_id="a"), ev("o", at=5 * HOUR, event_id="d"))  # a replayed; another open of day 0
+    assert run.score() == 2
+    assert [late.event.event_id for late in run.late] == ["a", "d"]
+    run.apply(ev("o", at=2 * DAY + HOUR, event_id="e"))  # after what was forgotten, the new lateness holds
+    assert run.score() == 3 and len(run.late) == 2

@@ -151,6 +151,7 @@ def lead_states(draw: st.DrawFn) -> LeadState:
     state.trait_times = draw(st.dictionaries(_TEXT, _MS, max_size=4))
     state.revision = draw(st.integers(0, 2**40))
     state.earlier_activity_ms, state.earlier_steps = draw(_MS), tuple(draw(st.lists(_NUMBER, max_size=3)))
+    state.forgotten_before_ms = draw(_MS)
     return state
 
 
@@ -168,9 +169,10 @@ def test_state_bytes_round_trip_exactly(state: LeadState) -> None:
 @pytest.mark.parametrize(
     ("version", "missing"),
     [
-        (5, ("earlier_activity_ms", "earlier_steps")),  # before the earlier idle period
-        (4, ("revision", "earlier_activity_ms", "earlier_steps")),  # before the revision
-        (3, ("trait_times", "revision", "earlier_activity_ms", "earlier_steps")),  # before trait times
+        (6, ("forgotten_before_ms",)),  # before the time compaction forgot before
+        (5, ("earlier_activity_ms", "earlier_steps", "forgotten_before_ms")),  # before the earlier idle period
+        (4, ("revision", "earlier_activity_ms", "earlier_steps", "forgotten_before_ms")),  # before the revision
+        (3, ("trait_times", "revision", "earlier_activity_ms", "earlier_steps", "forgotten_before_ms")),  # before trait times
     ],
 )
 @settings(max_examples=50, deadline=None)
@@ -204,8 +206,9 @@ def test_states_of_the_json_layouts_are_still_read(state: LeadState, first: bool
     if not first:
         values.append(state.windows_drop_ms)
     read = LeadState.from_bytes(orjson.dumps(values))
-    assert read.trait_times == {} and read.earlier_steps == ()  # not in those layouts
+    assert read.trait_times == {} and read.earlier_steps == () and read.forgotten_before_ms == 0  # not in those layouts
     read.trait_times, read.earlier_activity_ms, read.earlier_steps = state.trait_times, state.earlier_activity_ms, state.earlier_steps
+    read.forgotten_before_ms = state.forgotten_before_ms
     assert read == state
     assert read.windows_drop_ms == (0 if first else state.windows_drop_ms)  # 0: not known, the next compaction looks
 
