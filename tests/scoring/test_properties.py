@@ -282,3 +282,46 @@ def test_each_changed_state_is_settled_once_as_it_ends_the_batch(events: list[di
         watched.store.update((key, state.to_bytes()) for key, state in result.states.items())
         plain.apply(*batch)
     assert watched.store == plain.store
+
+
+LIMITS = engine(
+    '[[rules]]\nname = "pricing"\nevent = "page_view"\npoints = 10\nproperties.url = { glob = "*/pricing*" }\n'
+    'bonus = { count = 3, window = "36h", points = 20 }\n'
+    '[[rules]]\nname = "blog"\nevent = "page_view"\npoints = 1\nproperties.url = { prefix = "/blog" }\n'
+    'cap = { max = 2, window = "1d" }\nbonus = { count = 4, window = "1w", points = 5 }\n'
+    '[[rules]]\nname = "click"\nevent = "click"\npoints = 3\ncap = { max = 2, window = "90m" }\n'
+    '[[rules]]\nname = "open"\nevent = "open"\npoints = 1\nonce_per = "properties.email_id"\n',
+    lateness="3d", settings="max_points = 100000\nremember_events = 4\n",
+)
+_LIMITED = [("page_view", {"url": "https://acme.io/pricing?plan=pro#faq"}), ("page_view", {"url": "/blog/x"}), ("click", {}),
+            ("open", {"email_id": "m1"}), ("open", {"email_id": "m2"})]
+
+
+@settings(FAST, max_examples=150)
+@given(st.lists(st.tuples(st.sampled_from(_LIMITED), st.sampled_from([0, 1, HOUR, 6 * HOUR, DAY, 2 * DAY])), min_size=1, max_size=25),
+       st.data())
+def test_caps_bonuses_and_once_per_do_not_depend_on_arrival_order_within_the_lateness(
+    steps: list[tuple[tuple[str, dict[str, Any]], int]], data: st.DataObject
+) -> None:
+    """Events of rules with caps, bonuses and `once_per` arriving in any order within the
+    lateness, redelivered, and cut into any batches (compaction after each) score as in time
+    order in one batch: window counters are aligned to the calendar and kept while an event
+    within the lateness can reach them, and ids while such an event can be replayed."""
+    events, at = [], 0
+    for i, ((kind, properties), gap) in enumerate(steps):
+        at += gap
+        events.append(ev(kind, at=at, event_id=f"e{i}", properties=properties))
+    arrival, pending = [], list(events)
+    while pending:  # any event no more than the lateness after the oldest one still to come
+        oldest = min(e["time"] for e in pending)
+        arrival.append(pending.pop(data.draw(st.sampled_from([i for i, e in enumerate(pending) if e["time"] <= oldest + 3 * DAY]))))
+    redelivered = set()
+    for _ in range(data.draw(st.integers(0, 4))):
+        # Redelivered while its original is among the lead's last `remember_events` (4) events.
+        position = arrival.index(data.draw(st.sampled_from(arrival)))
+        redelivered.add(arrival[position]["event_id"])
+        arrival.insert(data.draw(st.integers(position + 1, min(position + 4, len(arrival)))), arrival[position])
+    in_time = Run(LIMITS).apply(*events)
+    arrived = Run(LIMITS).apply(*arrival, batch=data.draw(st.integers(1, 6)))
+    assert {late.event.event_id for late in arrived.late} <= redelivered  # a copy beyond the lateness is late
+    assert (arrived.state().behaviour, arrived.state().ledger) == (in_time.state().behaviour, in_time.state().ledger)
