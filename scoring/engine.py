@@ -370,15 +370,18 @@ class ModelRuntime:
                 del windows[key]
                 continue
             first_open = window.index(cutoff)
+            # No event is newer than the newest: a counter of a later window was counted in
+            # windows of another length (an edit lengthened them), and would stay forever.
+            last_open = window.index(state.watermark_ms)
             if len(counts) == 2:  # one open window: the common case
-                if counts[0] < first_open:
+                if not first_open <= counts[0] <= last_open:
                     del windows[key]
                     continue
                 oldest = counts[0]
             else:
                 oldest = min(counts[0::2])
-                if oldest < first_open:
-                    counts = drop_closed(counts, first_open)
+                if oldest < first_open or max(counts[0::2]) > last_open:
+                    counts = drop_closed(counts, first_open, last_open)
                     if not counts:
                         del windows[key]
                         continue

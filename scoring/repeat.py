@@ -136,9 +136,10 @@ def bump(state: LeadState, key: str, window: Window, time_ms: int, limit: int) -
     return 0
 
 
-def drop_closed(counts: list[int], first_open: int) -> list[int]:
-    """The counts of windows from `first_open` on (earlier ones can no longer receive events)."""
-    return [v for pos in range(0, len(counts), 2) if counts[pos] >= first_open for v in counts[pos : pos + 2]]
+def drop_closed(counts: list[int], first_open: int, last_open: int) -> list[int]:
+    """The counts of windows `first_open` to `last_open` (earlier ones can no longer receive
+    events; a later one is a counter of another window length, which an edit changed)."""
+    return [v for pos in range(0, len(counts), 2) if first_open <= counts[pos] <= last_open for v in counts[pos : pos + 2]]
 
 
 def seen_before(state: LeadState, rule_name: str, value: Any) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.scoring.support import DAY, HOUR, MINUTE, Run, engine, ev
+from tests.scoring.support import DAY, HOUR, MINUTE, T0, Run, engine, ev
 
 PRICING = '[[rules]]\nname = "pricing"\nevent = "page_view"\npoints = 10\n'
 
@@ -140,3 +140,14 @@ def test_a_lateness_an_edit_lengthened_does_not_reach_ids_and_counters_compactio
     assert [late.event.event_id for late in run.late] == ["a", "d"]
     run.apply(ev("o", at=2 * DAY + HOUR, event_id="e"))  # after what was forgotten, the new lateness holds
     assert run.score() == 3 and len(run.late) == 2
+
+
+def test_a_cap_window_an_edit_lengthened_leaves_no_counter_behind() -> None:
+    """A day's counter read as a week's (the key is the rule's) is a week centuries ahead:
+    compaction, which dropped only windows before the lateness, kept it in the state forever."""
+    body = '[[rules]]\nname = "o"\nevent = "o"\npoints = 1\ncap = {{ max = 1, window = "{window}" }}\n'
+    run = Run(engine(body.format(window="1d"))).apply(ev("o"))
+    run.engine = engine(body.format(window="1w"))
+    run.apply(*(ev("o", at=day * DAY) for day in range(1, 16)), batch=1)
+    assert run.score() == 1 + 3  # the day, then one of each week (Monday T0): the first counted anew
+    assert run.state().windows == {"cap:o": [(T0 + 15 * DAY + 3 * DAY) // (7 * DAY), 1]}
