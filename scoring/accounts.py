@@ -72,7 +72,9 @@ def _rounded(exact: int) -> float:
 #: infinite or NaN one would leave its account without a level. A lead's score beyond it (model
 #: values are at most 10^9 points each, scoring/config.py) counts as this much.
 MAX_MEMBER_POINTS = _MAX_POINTS = 1e12
-_Points = Annotated[float, msgspec.Meta(ge=-_MAX_POINTS, le=_MAX_POINTS)]
+#: A whole number of points is read back as an integer, as the lead's summary writes it: read as
+#: a float, it would show as `67.0` in the account's summary and crossings (README "Topics").
+_Points = Annotated[int, msgspec.Meta(ge=-int(_MAX_POINTS), le=int(_MAX_POINTS))] | Annotated[float, msgspec.Meta(ge=-_MAX_POINTS, le=_MAX_POINTS)]
 
 
 class MemberScore(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):

@@ -168,3 +168,23 @@ def test_an_update_for_an_account_whose_state_cannot_be_read_is_dead_lettered_an
         ("unreadable_state", "acme"), ("unreadable_state", "globex")]
     assert "account 'acme' cannot be read (account state with a field of the wrong type" in letters[0]["detail"]
     assert [key for topic, key, _ in outbox.sent if topic == "accounts-changelog"] == [b"initech"]
+
+
+def test_whole_member_scores_stay_integers_through_kafka_as_in_leadstream_score() -> None:
+    """The account summary and crossing the stage publishes show a member's whole score as an
+    integer (README "Topics": `{"lead_id": "lead-42", "score": 67}`), as `leadstream score`
+    does: a JSON 67 read back as 67.0 would write `"score": 67.0` to every consumer."""
+    settings = Settings()
+    outbox = Kept()
+    stage = Rollup(Engine([shipped("b2b")]), settings, AccountTable(MemoryData(), "accounts-changelog", 4, 10), outbox)
+    updates = [MemberScore("b2b", "acme", "lead-42", 67, 1_763_884_802_000, revision=3),
+               MemberScore("b2b", "acme", "lead-7", 55.5, 1_763_884_806_000, revision=2)]
+    collected = Collected()
+    publish_updates(collected, settings, updates, 4)  # type: ignore[arg-type]
+    [(topic, _, value, partition)] = collected.records
+    assert [type(update.score) for update in decode(stage, Consumed(topic, partition or 0, 0, None, value))] == [int, float]
+    asyncio.run(stage.process([Consumed(topic, partition or 0, 0, None, value)]))
+    [summary] = [orjson.loads(v) for t, _, v in outbox.sent if t == settings.topic_scores and v]
+    assert summary["top_members"] == [{"lead_id": "lead-42", "score": 67}, {"lead_id": "lead-7", "score": 55.5}]
+    [crossing] = [orjson.loads(v) for t, _, v in outbox.sent if t == settings.topic_crossings and v]
+    assert [type(reason["points"]) for reason in crossing["reasons"]] == [int]
