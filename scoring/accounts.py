@@ -47,7 +47,7 @@ class AccountRollup:
         if not ranked:
             return 0
         if self.combine == "max":
-            return ranked[-1]
+            return _whole(ranked[-1])
         if self.combine == "top_k":
             return _rounded(sum(map(_exact, ranked[-self.top_k :])))
         return _rounded(state.exact_sum())
@@ -61,6 +61,12 @@ _EXACT = 2**1074
 def _exact(score: float) -> int:
     numerator, denominator = score.as_integer_ratio()  # the denominator is a power of 2
     return numerator * (_EXACT // denominator)
+
+
+def _whole(score: float) -> float:
+    """A member's score as an update writes it: an integer when whole (a state written before
+    updates were read so keeps it as a float)."""
+    return int(score) if score.__class__ is float and score.is_integer() else score
 
 
 def _rounded(exact: int) -> float:
@@ -149,9 +155,9 @@ class AccountState:
         if self._best is None:
             if len(self.members) < BEST_KEPT_FROM:
                 best = heapq.nsmallest(count, self.members.items(), key=lambda item: (-item[1][0], item[0]))
-                return [(lead_id, member[0]) for lead_id, member in best]
+                return [(lead_id, _whole(member[0])) for lead_id, member in best]
             self._best = SortedList((-member[0], lead_id) for lead_id, member in self.members.items())
-        return [(lead_id, -negated) for negated, lead_id in self._best[:count]]
+        return [(lead_id, _whole(-negated)) for negated, lead_id in self._best[:count]]
 
     def exact_sum(self) -> int:
         """The member scores summed exactly, scaled as `_exact` scales one."""

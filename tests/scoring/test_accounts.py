@@ -311,3 +311,17 @@ def test_a_lead_beyond_the_member_bound_counts_as_the_bound() -> None:
     assert msgspec.json.decode(msgspec.json.encode(update), type=MemberScore) == update
     state, _ = run.engine.apply_account("m", "acme", None, update)
     assert AccountState.from_bytes(state.to_bytes()).members == {"L1": [1e12, T0 + 1000, update.revision]}
+
+
+@pytest.mark.parametrize("combine", ["sum", "max"])
+def test_a_whole_member_score_a_stored_state_keeps_as_a_float_is_shown_as_an_integer(combine: str) -> None:
+    """A state written while member updates were read as floats holds 67.0: its summary and
+    crossings show 67, as a lead's own summary does (README "Topics"), not 67.0."""
+    eng = account_engine(combine)
+    state = AccountState.from_bytes(AccountState({"lead-42": [67.0, T0], "lead-7": [5.5, T0]}, "quiet", 0).to_bytes())
+    shown = eng.account_summary("m", "acme", state)
+    assert shown["top_members"] == [{"lead_id": "lead-42", "score": 67}, {"lead_id": "lead-7", "score": 5.5}]
+    assert [type(member["score"]) for member in shown["top_members"]] == [int, float]
+    assert type(shown["score"]) is (float if combine == "sum" else int)
+    _, [crossing] = eng.apply_account("m", "acme", state, MemberScore("m", "acme", "lead-1", 2, T0 + 1))
+    assert [type(reason["points"]) for reason in crossing.reasons] == [int, float, int]
