@@ -44,6 +44,29 @@ def pack_by_partition(events: Iterable[tuple[str, bytes]], partitions: int, max_
             yield partition, message
 
 
+def pack_keyed(events: Iterable[tuple[str, bytes]], partitions: int, max_events: int,
+               max_bytes: int = MAX_MESSAGE_BYTES) -> Iterator[tuple[int, str | None, bytes]]:
+    """(partition, key, message) as `pack_by_partition` packs them, each keyed by its lead when
+    it holds one lead's events (a single event is keyed by its lead, as any producer keys it),
+    by none when it holds several leads' (the collector keys its messages so too)."""
+    by_partition: dict[int, list[tuple[str, bytes]]] = defaultdict(list)
+    for lead, event in events:
+        by_partition[partition_for(lead, partitions)].append((lead, event))
+    for partition, pairs in by_partition.items():
+        chunk: list[bytes] = []
+        leads: set[str] = set()
+        size = 2
+        for lead, event in pairs:
+            if chunk and (len(chunk) >= max_events or size + len(event) + 1 > max_bytes):
+                yield partition, next(iter(leads)) if len(leads) == 1 else None, _envelope(chunk)
+                chunk, leads, size = [], set(), 2
+            chunk.append(event)
+            leads.add(lead)
+            size += len(event) + 1
+        if chunk:
+            yield partition, next(iter(leads)) if len(leads) == 1 else None, _envelope(chunk)
+
+
 def _envelope(chunk: list[bytes]) -> bytes:
     return chunk[0] if len(chunk) == 1 else b"[" + b",".join(chunk) + b"]"
 

@@ -2,7 +2,7 @@
 
 Each event is keyed by its lead id and goes to that lead's partition. With
 `--events-per-message N`, events of the same partition are packed into envelopes (see
-streams/envelope.py). Lines that are not JSON objects with a lead id are reported by line
+streams/envelope.py), keyed by their lead when they hold one lead's events only. Lines that are not JSON objects with a lead id are reported by line
 number and skipped; the rest is sent.
 """
 
@@ -14,7 +14,7 @@ from typing import IO, Any, Iterable, Iterator
 
 import orjson
 
-from streams.envelope import pack_by_partition
+from streams.envelope import pack_keyed
 from streams.errors import InputError, ServiceError, kafka_unreachable
 from streams.jsonlines import numbered_lines
 from streams.settings import Settings
@@ -93,8 +93,8 @@ def produce(producer: Any, topic: str, events: Iterable[tuple[str, bytes]], even
         sent_messages = sent_events
     else:
         pairs = list(events)  # packed per partition, so all of them are read first anyway
-        for partition, message in pack_by_partition(pairs, partitions, events_per_message):
-            send(value=message, partition=partition)
+        for partition, key, message in pack_keyed(pairs, partitions, events_per_message):
+            send(key=None if key is None else key.encode(), value=message, partition=partition)
             sent_messages += 1
         sent_events = len(pairs)
     producer.flush()

@@ -72,3 +72,17 @@ def test_messages_kafka_refuses_are_reported_and_the_others_written(isolated: Se
     written = sorted(event["event_id"] for _, value in read_to_end(isolated, topic)
                      for event in (value if isinstance(value, list) else [value]))
     assert written == ["e0", "e0", "e2", "e2"]
+
+
+def test_packed_messages_of_one_lead_are_keyed_by_it_as_the_collectors_are(isolated: Settings, tmp_path: Path) -> None:
+    """README "Events": a single event is keyed by its lead id; an envelope has no key only when
+    it holds several leads' events. `send --events-per-message 5` sent every message without a
+    key, a lone event among them."""
+    assert {partition_for(lead, 4) for lead in ("lead-42", "lead-99")} == {3}  # one partition, one envelope
+    lines = [{"event_id": f"e{n}", "lead_id": lead, "type": "page_view", "time": 1_767_225_600_000}
+             for n, lead in enumerate(["lead-42", "lead-99", "lead-7", "lead-7", "u-42"])]
+    path = write_jsonl(tmp_path / "events.jsonl", lines)
+    leadstream(isolated, "send", str(path), "--events-per-message", "5")
+    keyed = sorted((key or b"", [e["event_id"] for e in (value if isinstance(value, list) else [value])])
+                   for key, value in read_to_end(isolated, isolated.topic_events))
+    assert keyed == [(b"", ["e0", "e1"]), (b"lead-7", ["e2", "e3"]), (b"u-42", ["e4"])]
