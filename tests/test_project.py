@@ -133,3 +133,25 @@ def test_readme_topic_examples_have_the_shape_of_real_records(tmp_path: Path) ->
     assert _shape(account) == _shape(next(r for r in records if "top_members" in r))
     written = orjson.loads(DeadLetter("bad_json", "message is not JSON", b"not json", "leadstream-events", 2, 1234, None).to_bytes())
     assert _shape(letter) == _shape(written)
+
+
+def test_readme_metrics_have_the_labels_the_code_exports() -> None:
+    """Each metric of README "Operations" exists under that name, with exactly the labels listed."""
+    import prometheus_client
+
+    import sinks.metrics
+    import streams.collector_metrics
+    import streams.metrics  # noqa: F401  (they register the metrics)
+
+    exported: dict[str, tuple[str, ...]] = {}
+    for collector in list(prometheus_client.REGISTRY._collector_to_names):
+        labels = tuple(getattr(collector, "_labelnames", ()))
+        for name in prometheus_client.REGISTRY._collector_to_names[collector]:
+            if name.startswith("leadstream_") and not name.endswith(("_created", "_bucket", "_count", "_sum")):
+                exported[name] = labels
+    table = (PROJECT_ROOT / "README.md").read_text().split("\n## Operations", 1)[1].split("\n## ", 1)[0]
+    documented = re.findall(r"`(leadstream_\w+)(?:\{([\w,]*)\})?`", "\n".join(ln for ln in table.splitlines() if ln.startswith("| `")))
+    assert len(documented) > 30
+    for name, labels in documented:
+        assert name in exported, f"README names {name}, which no code exports"
+        assert set(exported[name]) == set(filter(None, labels.split(","))), f"{name}: README {{{labels}}}, code {exported[name]}"
