@@ -111,6 +111,7 @@ def test_bad_calls_of_a_batch_are_reported_and_dead_lettered_and_the_good_ones_k
     no_event = next(letter for letter in letters if letter["reason"] == "missing_event")
     assert orjson.loads(no_event["original"]) == bad[0]
     assert no_event["detail"].startswith("source website, /v1/batch call 1: ")
+    assert no_event["source"] == {"topic": None, "partition": None, "offset": None}  # as README "Topics" says
 
 
 def test_import_is_the_batch_endpoint_as_segments_ruby_library_posts_to_it(collector: ThreadedCollector, settings: Settings) -> None:
