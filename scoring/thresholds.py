@@ -111,9 +111,12 @@ class Transition:
     @property
     def id(self) -> str:
         """Deterministic: replaying the same events yields the same id, so consumers can drop
-        a transition produced again after a crash."""
+        a transition produced again after a crash. Its time is part of it (an event's, or the
+        time decay took the score through the line): a lead forgotten, or merged into another,
+        that comes back starts counting its crossings again from 1, and they must not take the
+        ids of its earlier life's, which every connector would drop as delivered."""
         subject = self.lead_id if self.kind == "lead" else self.account_id
-        return hashlib.sha1(f"{self.kind}|{self.model}|{subject}|{self.sequence}".encode()).hexdigest()
+        return hashlib.sha1(f"{self.kind}|{self.model}|{subject}|{self.sequence}|{self.time_ms}".encode()).hexdigest()
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.scoring.support import T0, Run, engine, ev
+from tests.scoring.support import DAY, T0, Run, engine, ev
 
 RULES = (
     '[[rules]]\nname = "up"\nevent = "up"\npoints = 1\n'
@@ -80,6 +80,17 @@ def test_transition_ids_are_deterministic_and_distinct() -> None:
     ids = [t.id for t in first.transitions]
     assert ids == [t.id for t in again.transitions]
     assert len(set(ids)) == 3
+
+
+def test_a_lead_whose_state_was_forgotten_crosses_with_new_ids_when_it_comes_back() -> None:
+    first = walk("+" * 20)
+    # Forgotten (or merged into another lead): its state is gone, and the same lead id, later,
+    # counts its crossings from 1 again. Connectors that delivered the first life's crossing
+    # must not take the second's for it.
+    later = Run(ladder_engine()).apply(*(ev("up", at=DAY + i) for i in range(20)))
+    (before,), (after,) = first.transitions, later.transitions
+    assert (before.lead_id, before.sequence) == (after.lead_id, after.sequence) == ("L1", 1)
+    assert before.id != after.id
 
 
 def test_direction_down() -> None:
