@@ -62,7 +62,7 @@ def _score(args: argparse.Namespace, settings: Settings) -> int:
 def _history(args: argparse.Namespace, settings: Settings) -> int:
     from streams.history import history_file
 
-    return history_file(settings, args.out, topic=args.topic)
+    return history_file(settings, args.out, topics=args.topic)
 
 
 def _forget(args: argparse.Namespace, settings: Settings) -> int:
@@ -217,9 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", type=Path, help="directory of model files (default: LEADSTREAM_MODELS_DIR)")
     p.add_argument("--json", action="store_true", help="one JSON object per model")
 
-    p = add("history", _history, "Write the raw events topic, as it is now, to a JSON-lines file (for score and review).")
+    p = add("history", _history, "Write the raw events and profiles topics, as they are now, to a JSON-lines file (for score and review).")
     p.add_argument("--out", type=Path, required=True, help="file to write ('-' for stdout)")
-    p.add_argument("--topic", help="topic to read (default: LEADSTREAM_TOPIC_EVENTS)")
+    p.add_argument("--topic", action="append",
+                   help="topic to read, repeatable (default: LEADSTREAM_TOPIC_EVENTS and LEADSTREAM_TOPIC_PROFILES)")
 
     p = add("review", _review, "Review each model against real outcomes: how well its scores, levels and rules predicted conversions.")
     p.add_argument("--models", type=Path, help="directory of model files (default: LEADSTREAM_MODELS_DIR)")
