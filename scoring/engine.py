@@ -437,16 +437,16 @@ class Engine:
 
     def route(self, event: Event) -> tuple[ModelRuntime, ...]:
         """The models an event goes to: those whose product filter takes the event's product,
-        and those without a filter. An identify without product goes to every model (traits
-        describe the person, whatever the product)."""
-        if event.product is None and event.type == IDENTIFY:
+        and those without a filter. An identify, group or alias without product goes to every
+        model (traits, accounts and identities describe the person, whatever the product)."""
+        if event.product is None and event.type in PROFILE_TYPES:
             return self._everywhere
         routes = self._routes.get(event.product)
         if routes is None:
             routes = self._routes[event.product] = tuple(
                 rt for rt in self._everywhere if rt.model.products is None or event.product in rt.model.products
             )
-            # An identify without product goes everywhere under this key: without routes, nothing to check.
+            # A profile update without product goes everywhere under this key: without routes, nothing to check.
             known = [rt.known_types for rt in routes]
             self._known[event.product] = None if None in known or not routes else frozenset().union(*known)  # type: ignore[arg-type]
         return routes
@@ -497,7 +497,7 @@ class Engine:
                 continue
             product = event.product
             targets = routes.get(product)
-            if targets is None or (product is None and event.type == IDENTIFY):
+            if targets is None or (product is None and event.type in PROFILE_TYPES):
                 targets = self.route(event)
             if not targets:
                 result.unrouted.append(event)

@@ -50,12 +50,15 @@ def test_a_star_reads_every_type() -> None:
     assert result.unknown_type == [] and list(result.states) == [("m", "L1")]
 
 
-def test_an_identify_without_product_is_known_even_where_only_filtered_models_are() -> None:
-    scorer = engine(SIGNUP + '[filter]\nproduct = "saas"\n')
+@pytest.mark.parametrize("kind", ["identify", "group", "alias"])
+def test_a_profile_update_without_product_reaches_every_model_even_filtered_ones(kind: str) -> None:
+    # A Segment group() from a website source without product gave the lead no account at all.
+    scorer = Engine([model(SIGNUP + '[filter]\nproduct = "saas"\n', name="a"), model(SIGNUP + '[filter]\nproduct = "b2b"\n', name="b")])
     other = scorer.parse(ev("signup"))  # no product: no model takes it
-    identify = scorer.parse(ev("identify", at=1, traits={"email": "a@b.io"}))
-    result = scorer.apply_batch([other, identify], lambda m, l: None)
-    assert (result.unrouted, result.unknown_type, list(result.states)) == ([other], [], [("m", "L1")])
+    update = scorer.parse(ev(kind, at=1, traits={"email": "a@b.io"}, account_id="acme"))
+    result = scorer.apply_batch([other, update], lambda m, l: None)
+    assert (result.unrouted, result.unknown_type, sorted(result.states)) == ([other], [], [("a", "L1"), ("b", "L1")])
+    assert [state.account_id for state in result.states.values()] == ["acme", "acme"]
 
 
 @pytest.mark.parametrize(
