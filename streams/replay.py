@@ -43,6 +43,8 @@ class Replay:
     unreplayable: Counter[str] = field(default_factory=Counter)
     #: The first letter of each replayed reason, to show what is being re-driven.
     examples: dict[str, str] = field(default_factory=dict)
+    #: Every reason of the letters read (since the time asked), to name them when none has one asked for.
+    seen: Counter[str] = field(default_factory=Counter)
 
 
 def replay_dead_letters(settings: Settings, reasons: set[str], since_ms: int = 0, dry_run: bool = False,
@@ -63,6 +65,7 @@ def replay_dead_letters(settings: Settings, reasons: set[str], since_ms: int = 0
                 replay.unreplayable["not a dead letter as leadstream writes them"] += 1
                 continue
             reason, topic = letter.reason, letter.topic
+            replay.seen[reason] += 1
             if reason not in reasons:
                 continue
             if topic not in sources or not partitions.get(topic):
@@ -127,6 +130,9 @@ def _report(replay: Replay, reasons: set[str], dry_run: bool, out: IO[str]) -> N
     for reason in sorted(reasons):
         count = replay.replayed[reason]
         example = f"; first: {replay.examples[reason]}" if reason in replay.examples else ""
+        if not replay.seen[reason]:  # a misspelt reason, or one whose letters are gone
+            held = ", ".join(f"{seen} ({count})" for seen, count in sorted(replay.seen.items())) or "no letter"
+            example = f"; no dead letter has this reason (the topic holds: {held})"
         print(f"{reason}: {verb} {count}{example}", file=out)
     for why, count in sorted(replay.unreplayable.items()):
         print(f"not replayable: {count} ({why})", file=out)

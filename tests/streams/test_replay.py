@@ -57,6 +57,9 @@ def test_unknown_types_replayed_after_the_model_learns_them_score_once(
     dry = leadstream(isolated, "replay-dlq", "--reason", "unknown_type", "--dry-run").stdout
     assert dry.startswith("unknown_type: would replay 1; first: event type 'demo_call' is one no model it is routed to knows")
     assert _count(isolated, isolated.topic_events) == 4  # a dry run sends nothing
+    misspelt = leadstream(isolated, "replay-dlq", "--reason", "unknown_typ", "--dry-run").stdout
+    assert misspelt == ("unknown_typ: would replay 0; no dead letter has this reason "
+                        "(the topic holds: bad_json (1), unknown_type (1), wrong_partition (1))\n")
 
     # The model learns the type (applied by the running worker), then its letter goes back.
     fingerprint = orjson.loads(running.get("/models/")[1])["fingerprint"]
@@ -92,7 +95,7 @@ def test_replay_validates_its_arguments(isolated: Settings) -> None:
     assert missing.returncode == 2 and "--reason" in missing.stderr
     # Letters written before --since are left alone.
     later = leadstream(isolated, "replay-dlq", "--reason", "unknown_type", "--since", "2099-01-01", "--dry-run")
-    assert later.stdout == "unknown_type: would replay 0\n"
+    assert later.stdout == "unknown_type: would replay 0; no dead letter has this reason (the topic holds: no letter)\n"
 
 
 def _count(settings: Settings, topic: str) -> int:
