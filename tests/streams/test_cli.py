@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import orjson
 import pytest
 
 from streams.cli import main
+from streams.settings import PROJECT_ROOT
 
 
 @pytest.mark.parametrize(
@@ -79,3 +82,16 @@ def test_models_describes_each_shipped_model_and_names_a_broken_one(tmp_path: Pa
     (tmp_path / "typo.toml").write_text('[model]\nname = "typo"\nlateness = "soon"\n[thresholds]\nbase = "lead"\nladder = [{ level = "mql", at = 20 }]\n')
     assert main(["models", "--models", str(tmp_path)]) == 1
     assert "leadstream models: typo.toml: [model], field 'lateness'" in capsys.readouterr().err
+
+
+def test_a_reader_that_goes_away_ends_the_output_quietly(tmp_path: Path) -> None:
+    # `leadstream score ... | head -1`: more output than a pipe holds, and its reader gone.
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(b"\n".join(orjson.dumps({"event_id": f"e{n}", "lead_id": f"lead-{n}", "type": "signup", "product": "saas",
+                                                "time": 1_764_892_800_000}) for n in range(3000)))
+    proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "score", "--events", str(events)], cwd=PROJECT_ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stdout.readline().startswith(b"{")
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=60)
+    assert (proc.returncode, err) == (141, b"")
