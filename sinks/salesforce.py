@@ -45,6 +45,8 @@ R = TypeVar("R")
 _RETRYABLE_CODES = {"REQUEST_LIMIT_EXCEEDED", "SERVER_UNAVAILABLE", "UNABLE_TO_LOCK_ROW"}
 # A Salesforce record id: 15 case-sensitive letters and digits, or 18 with the checksum suffix.
 _RECORD_ID = re.compile(r"[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?")
+#: The key prefix of a queue's (a group's) id; a user's is 005.
+QUEUE_ID_PREFIX = "00G"
 
 
 class SalesforceSink(CrossingSink):
@@ -103,7 +105,6 @@ class SalesforceSink(CrossingSink):
             owner = task.owner or self._call(what, lambda: str(sobject.get(record_id)["OwnerId"]))
             body = {
                 relation: record_id,
-                "OwnerId": owner,
                 "Subject": task.subject.format(**fields),
                 "Description": task.body.format(**fields),
                 "ActivityDate": due.date().isoformat(),
@@ -111,6 +112,11 @@ class SalesforceSink(CrossingSink):
                 "Priority": task.priority,
                 task.crossing_id_property: item.id,
             }
+            # A record owned by a queue (an id starting 00G) has no user to give the Task to, and
+            # Salesforce refuses a queue as a Task's owner: the Task is then the connector's user's,
+            # as a Task created without an owner is, instead of dead-lettered for good.
+            if not owner.startswith(QUEUE_ID_PREFIX):
+                body["OwnerId"] = owner
             return self._call("create Task", lambda: str(self.tasks.create(body)["id"]))
 
         def find() -> str | None:

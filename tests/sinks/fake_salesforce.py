@@ -4,7 +4,8 @@ Endpoints (paths, status codes and error bodies as Salesforce documents them):
 - GET   /services/data/vXX.X/query/?q=SOQL          200 {"totalSize","done","records"} | 400 MALFORMED_QUERY
 - GET   /services/data/vXX.X/sobjects/{Lead,Account}/{id}     200 | 404 NOT_FOUND
 - PATCH /services/data/vXX.X/sobjects/{Lead,Account}/{id}     204 | 400 INVALID_FIELD | 404 NOT_FOUND
-- POST  /services/data/vXX.X/sobjects/Task/         201 {"id","success","errors"} | 400 INVALID_FIELD
+- POST  /services/data/vXX.X/sobjects/Task/         201 {"id","success","errors"} | 400 INVALID_FIELD,
+  INVALID_CROSS_REFERENCE_KEY, FIELD_INTEGRITY_EXCEPTION (an OwnerId that is a queue's)
 Errors are JSON lists of {"message", "errorCode"}; every call needs `Authorization: Bearer
 <session id>` (401 INVALID_SESSION_ID otherwise). The SOQL understood is the sink's: one
 equality filter, optionally `AND IsConverted = false`, ORDER BY and LIMIT.
@@ -27,6 +28,10 @@ _SOQL = re.compile(
     r"(\s+AND\s+IsConverted\s*=\s*false)?(?:\s+ORDER\s+BY\s+\w+(?:\s+(?:ASC|DESC))?)?(?:\s+LIMIT\s+(\d+))?$",
     re.IGNORECASE,
 )
+
+
+#: The user the connector's session belongs to: the owner of what it creates without one.
+API_USER_ID = "005000000000099AAA"
 
 
 class FakeSalesforce(FakeServer):
@@ -99,8 +104,12 @@ class FakeSalesforce(FakeServer):
             return invalid
         if sobject == "Task" and not (fields.get("WhoId") in self.records["Lead"] or fields.get("WhatId") in self.records["Account"]):
             return self.error(400, code="INVALID_CROSS_REFERENCE_KEY", message="invalid cross reference id")
+        # A Lead or Account may be owned by a queue (00G...), a Task only by a user (005...).
+        if sobject == "Task" and str(fields.get("OwnerId", "005")).startswith("00G"):
+            return self.error(400, code="FIELD_INTEGRITY_EXCEPTION", message=f"Assigned To ID: id value of incorrect type: {fields['OwnerId']}")
         record_id = self._new_id("00T" if sobject == "Task" else "00Q")
-        self.records[sobject][record_id] = {"Id": record_id, **fields}
+        # Created without an owner, a record is the API user's (the connector's).
+        self.records[sobject][record_id] = {"Id": record_id, **({"OwnerId": API_USER_ID} if sobject == "Task" else {}), **fields}
         return Response(201, {"id": record_id, "success": True, "errors": []})
 
     def _query(self, soql: str) -> Response:

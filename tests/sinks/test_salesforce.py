@@ -11,7 +11,7 @@ from streams.settings import Settings
 from tests.infra import read_topic
 from tests.sinks.conftest import account_climb, account_crossing, crossing, drain, produce
 from tests.sinks.fake_http import WebhookReceiver
-from tests.sinks.fake_salesforce import FakeSalesforce
+from tests.sinks.fake_salesforce import API_USER_ID, FakeSalesforce
 
 
 def salesforce_settings(settings: Settings, server: FakeSalesforce) -> Settings:
@@ -131,3 +131,17 @@ def test_a_15_character_salesforce_id_is_accepted(sink_settings: Settings, sales
     stats = drain(SalesforceSink(settings), settings)
 
     assert stats.delivered == 1 and salesforce.records["Lead"][lead_id]["Rating"] == "Warm"
+
+
+def test_a_lead_owned_by_a_queue_gets_its_task_without_an_owner(sink_settings: Settings, salesforce: FakeSalesforce) -> None:
+    """Salesforce refuses a queue as a Task's owner: given the Lead's queue, every crossing to a
+    task level of a queue-owned Lead was dead-lettered, for good."""
+    settings = salesforce_settings(sink_settings, salesforce)
+    queued = salesforce.add_lead("lead-1@acme.io", owner_id="00G000000000007AAA")
+    produce(settings, [crossing(1, "mql")])
+
+    stats = drain(SalesforceSink(settings), settings)
+
+    assert (stats.delivered, stats.dead_lettered) == (1, 0)
+    [task] = salesforce.records["Task"].values()
+    assert (task["WhoId"], task["OwnerId"]) == (queued, API_USER_ID)
