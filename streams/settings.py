@@ -251,7 +251,7 @@ class Settings:
         POSITIVE,
     )
     hubspot_access_token: str = _setting(
-        "LEADSTREAM_HUBSPOT_ACCESS_TOKEN", "", "HubSpot private-app access token (scopes: crm.objects.contacts/companies/deals.write)."
+        "LEADSTREAM_HUBSPOT_ACCESS_TOKEN", "", "HubSpot private-app access token (scopes: crm.objects.contacts/companies/deals .read and .write: the connector reads owners and searches deals and tasks by crossing id)."
     )
     hubspot_base_url: str = _setting("LEADSTREAM_HUBSPOT_BASE_URL", "https://api.hubapi.com", "HubSpot API base URL.", _http_url)
     hubspot_rate_limit: str = _setting(
