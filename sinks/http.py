@@ -29,6 +29,8 @@ class TimeoutSession(requests.Session):
         return super().request(method, url, *args, **kwargs)
 
 
-def transport_error(what: str, exc: requests.RequestException) -> RetryableError:
-    """No usable answer (timeout, refused or reset connection, TLS failure): try again later."""
-    return RetryableError(f"{what}: no answer ({type(exc).__name__}: {exc})")
+def transport_error(what: str, exc: requests.RequestException, hide: str = "") -> RetryableError:
+    """No usable answer (timeout, refused or reset connection, TLS failure): try again later.
+    `hide`, a secret part of the URL that requests' message names, is left out of it."""
+    message = str(exc).replace(hide, "/...") if hide else str(exc)
+    return RetryableError(f"{what}: no answer ({type(exc).__name__}: {message})")

@@ -28,6 +28,7 @@ import hmac
 import time
 from dataclasses import dataclass
 from typing import Callable
+from urllib.parse import urlsplit
 
 import requests
 import urllib3
@@ -84,6 +85,7 @@ class WebhookSink(Sink[Post]):
             raise ConfigError("LEADSTREAM_WEBHOOK_SECRET is empty: set a long random secret (e.g. `openssl rand "
                               "-hex 32`) and give the same one to the receiver to verify signatures")
         self.url = settings.webhook_url
+        self.where, self.hidden = _shown(self.url)
         self.secret = settings.webhook_secret
         self.clock = clock
         self.limiter = limiter_for("LEADSTREAM_WEBHOOK_RATE_LIMIT", settings.webhook_rate_limit, "webhook")
@@ -115,15 +117,26 @@ class WebhookSink(Sink[Post]):
             with self.session.post(self.url, data=item.body, headers=headers, allow_redirects=False, stream=True) as response:
                 body = _body(response, self.session.timeout_s)
         except requests.RequestException as exc:
-            raise transport_error(f"webhook {self.url}", exc) from None
+            raise transport_error(self.where, exc, hide=self.hidden) from None
         if 300 <= response.status_code < 400:
-            raise PermanentError(f"webhook {self.url}: redirected (HTTP {response.status_code}) to "
+            raise PermanentError(f"{self.where}: redirected (HTTP {response.status_code}) to "
                                  f"{response.headers.get('Location')}: set LEADSTREAM_WEBHOOK_URL to the final URL")
         if response.status_code >= 400:
-            raise for_status(response.status_code, f"webhook {self.url}", body, response.headers)
+            raise for_status(response.status_code, self.where, body, response.headers)
 
     def close(self) -> None:
         self.session.close()
+
+
+def _shown(url: str) -> tuple[str, str]:
+    """How messages name the receiver (its scheme and host), and the rest of its URL, which they
+    must not show: messages reach logs and dead letters, and a hook's path and query are often
+    its credential (Zapier, Slack: whoever has the URL may post to it)."""
+    parts = urlsplit(url)
+    host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname
+    origin = f"webhook {parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")
+    rest = url[len(f"{parts.scheme}://{parts.netloc}"):]
+    return (origin + "/...", rest) if rest.strip("/") else (origin, "")
 
 
 def _body(response: requests.Response, timeout_s: float) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import socket
 import time
 
 import orjson
@@ -164,3 +165,24 @@ def test_an_answer_whose_body_never_ends_holds_the_delivery_no_longer_than_the_t
     wait_for(lambda: webhook.trickle_ended_at, what="the endless answer to end")
     first, second = sorted(webhook.requests_to("POST", "/"), key=lambda p: p.at)
     assert second.at < webhook.trickle_ended_at, "the first answer's endless body held the next delivery"
+
+
+def test_messages_name_the_receiver_without_the_secret_part_of_its_url(sink_settings: Settings, webhook: WebhookReceiver) -> None:
+    """A Slack- or Zapier-style hook's URL is its credential; failures went to logs and dead
+    letters with it whole."""
+    secret_path = "/hooks/T0001/B0002/s3cr3tT0k3n?key=abc"
+    answering = sink_settings.with_overrides(webhook_url=webhook.url + secret_path, sink_max_attempts=1)
+    webhook.inject("status", status=410, body={"error": "hook deleted"})
+    produce(answering, [crossing(1, "mql")])
+    drain(WebhookSink(answering), answering)
+    with socket.socket() as closed:  # a port nothing listens on: no answer at all
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    silent = answering.with_overrides(webhook_url=f"http://127.0.0.1:{port}{secret_path}")
+    produce(silent, [crossing(2, "mql")])
+    drain(WebhookSink(silent), silent)
+
+    details = [letter["detail"] for _, letter in read_topic(answering, f"{answering.topic_crossings}-dlq-webhook", expect=2, idle_s=0.5)]
+    assert len(details) == 2 and not [d for d in details if "s3cr3t" in d or "T0001" in d], details
+    assert [d for d in details if f"webhook {webhook.url}/...: HTTP 410" in d]
+    assert [d for d in details if f"webhook http://127.0.0.1:{port}/...: no answer (ConnectionError: " in d]
