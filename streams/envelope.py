@@ -21,27 +21,15 @@ MAX_MESSAGE_BYTES = 1_000_000  # the broker's default message.max.bytes is 1 MB
 
 def pack(events: Iterable[bytes], max_events: int, max_bytes: int = MAX_MESSAGE_BYTES) -> Iterator[bytes]:
     """Pack serialized events into envelopes of at most `max_events` events and `max_bytes` bytes."""
-    chunk: list[bytes] = []
-    size = 2
-    for event in events:
-        if chunk and (len(chunk) >= max_events or size + len(event) + 1 > max_bytes):
-            yield _envelope(chunk)
-            chunk, size = [], 2
-        chunk.append(event)
-        size += len(event) + 1
-    if chunk:
-        yield _envelope(chunk)
+    for chunk in _chunked((("", event) for event in events), max_events, max_bytes):
+        yield _envelope([event for _, event in chunk])
 
 
 def pack_by_partition(events: Iterable[tuple[str, bytes]], partitions: int, max_events: int) -> Iterator[tuple[int, bytes]]:
     """(partition, envelope) for (lead id, event bytes) pairs: each envelope holds events of
     leads of its partition only, in their order."""
-    by_partition: dict[int, list[bytes]] = defaultdict(list)
-    for lead, event in events:
-        by_partition[partition_for(lead, partitions)].append(event)
-    for partition, chunk in by_partition.items():
-        for message in pack(chunk, max_events):
-            yield partition, message
+    for partition, _, message in pack_keyed(events, partitions, max_events):
+        yield partition, message
 
 
 def pack_keyed(events: Iterable[tuple[str, bytes]], partitions: int, max_events: int,
@@ -53,18 +41,24 @@ def pack_keyed(events: Iterable[tuple[str, bytes]], partitions: int, max_events:
     for lead, event in events:
         by_partition[partition_for(lead, partitions)].append((lead, event))
     for partition, pairs in by_partition.items():
-        chunk: list[bytes] = []
-        leads: set[str] = set()
-        size = 2
-        for lead, event in pairs:
-            if chunk and (len(chunk) >= max_events or size + len(event) + 1 > max_bytes):
-                yield partition, next(iter(leads)) if len(leads) == 1 else None, _envelope(chunk)
-                chunk, leads, size = [], set(), 2
-            chunk.append(event)
-            leads.add(lead)
-            size += len(event) + 1
-        if chunk:
-            yield partition, next(iter(leads)) if len(leads) == 1 else None, _envelope(chunk)
+        for chunk in _chunked(pairs, max_events, max_bytes):
+            first = chunk[0][0]
+            key = first if all(lead == first for lead, _ in chunk) else None
+            yield partition, key, _envelope([event for _, event in chunk])
+
+
+def _chunked(pairs: Iterable[tuple[str, bytes]], max_events: int, max_bytes: int) -> Iterator[list[tuple[str, bytes]]]:
+    """(lead, event) pairs in runs whose envelopes hold at most `max_events` events and `max_bytes` bytes."""
+    chunk: list[tuple[str, bytes]] = []
+    size = 2
+    for pair in pairs:
+        if chunk and (len(chunk) >= max_events or size + len(pair[1]) + 1 > max_bytes):
+            yield chunk
+            chunk, size = [], 2
+        chunk.append(pair)
+        size += len(pair[1]) + 1
+    if chunk:
+        yield chunk
 
 
 def _envelope(chunk: list[bytes]) -> bytes:
