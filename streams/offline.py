@@ -168,6 +168,8 @@ class OfflineRun:
         for (model, lead_id), state in sorted(self.leads.items()):
             out.append({"record": "lead", **self.engine.summary(model, lead_id, state, self.newest_ms)})
         for (model, account_id), account in sorted(self.accounts.items()):
+            if not account.members:  # its last member left: the worker takes it out of read models
+                continue
             # As the worker publishes it for read models.
             out.append({"record": "account", **self.engine.account_summary(model, account_id, account)})
         return out

@@ -65,7 +65,8 @@ def lead_score_key(model: str, lead_id: str) -> bytes:
 
 
 def account_score_key(model: str, account_id: str) -> bytes:
-    """An account summary's key on the score-changes topic: `<model>:account/<account id>`. A
+    """An account summary's key on the score-changes topic: `<model>:account/<account id>` (a
+    tombstone under it, once the account has no members, takes it out of the read models). A
     model name has no ':', so no lead's key (`<model>/<lead id>`) is ever the same."""
     return f"{model}:account/{account_id}".encode()
 
@@ -143,8 +144,14 @@ class Rollup:
         for transition in transitions:
             self.outbox.add(self.settings.topic_crossings, str(transition.account_id).encode(), encode_json(transition.to_dict()))
         for account_id, model in moved:
-            summary = self.engine.account_summary(model, account_id, changed[account_id][1][model])
-            self.outbox.add(self.settings.topic_scores, account_score_key(model, account_id), encode_json(summary))
+            state = changed[account_id][1][model]
+            # An account whose last member left (moved, merged, forgotten) has nothing left to
+            # show: its summary, `"members": 0` at score 0, would stay on the hot-accounts
+            # leaderboard for good. A tombstone takes it out of read models, as a forgotten
+            # lead's does; its state stays (level, crossings, leavings), so a member that
+            # comes back rolls up where it left off.
+            summary = encode_json(self.engine.account_summary(model, account_id, state)) if state.members else None
+            self.outbox.add(self.settings.topic_scores, account_score_key(model, account_id), summary)
         # Encoded before any is kept, so an encoding that raises changes nothing; sent after
         # the crossings, once the batch before is durable.
         encoded = [(account_id, *self.store.encode(account_id, partition, states)) for account_id, (partition, states) in changed.items()]

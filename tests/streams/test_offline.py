@@ -267,6 +267,17 @@ def test_a_merged_visitor_leaves_its_account_and_a_moved_lead_its_old_one(tmp_pa
     assert accounts["globex"]["members"] == 1 and accounts["globex"]["score"] == leads["u-2"]["score"]
 
 
+
+
+def test_an_account_left_without_members_is_not_listed_as_the_worker_takes_it_out_of_read_models(tmp_path: Path) -> None:
+    events = write(tmp_path / "events.jsonl", [
+        {"event_id": "e1", "lead_id": "u-1", "type": "form_submit", "time": T0, "product": "b2b", "account_id": "acme",
+         "properties": {"form": "demo_request"}},
+        {"event_id": "e2", "lead_id": "u-1", "type": "identify", "time": T0 + 1, "product": "b2b", "account_id": "globex"},
+    ])
+    out = io.StringIO()
+    assert score_file(MODELS_DIR, events, table=False, out=out, err=io.StringIO()) == 0
+    assert [r["account_id"] for r in map(orjson.loads, out.getvalue().splitlines()) if r["record"] == "account"] == ["globex"]
 def test_many_lines_of_one_kind_are_counted_after_the_first_twenty(tmp_path: Path) -> None:
     typos = [{"event_id": f"t{n}", "lead_id": "ana", "type": "sign_up", "time": T0 + n, "product": "saas"} for n in range(25)]
     unrouted = {"event_id": "u", "lead_id": "cy", "type": "signup", "time": T0, "product": "sass"}

@@ -188,3 +188,26 @@ def test_whole_member_scores_stay_integers_through_kafka_as_in_leadstream_score(
     assert summary["top_members"] == [{"lead_id": "lead-42", "score": 67}, {"lead_id": "lead-7", "score": 55.5}]
     [crossing] = [orjson.loads(v) for t, _, v in outbox.sent if t == settings.topic_crossings and v]
     assert [type(reason["points"]) for reason in crossing["reasons"]] == [int]
+
+
+def test_an_account_whose_last_member_left_is_taken_out_of_read_models_and_comes_back_with_a_member() -> None:
+    """A lead that moves to another account leaves the first one without members: the stage
+    publishes a tombstone for it, not a summary of 0 members at score 0 that would stay on the
+    hot-accounts leaderboard (`leadstream top --accounts`) for good."""
+    settings = Settings()
+    outbox = Kept()
+    stage = Rollup(Engine([shipped("b2b")]), settings, AccountTable(MemoryData(), "accounts-changelog", 4, 10), outbox)
+
+    def roll(*updates: MemberScore) -> dict[bytes | None, Any]:
+        outbox.sent.clear()
+        collected = Collected()
+        publish_updates(collected, settings, updates, 4)  # type: ignore[arg-type]
+        asyncio.run(stage.process([Consumed(topic, partition or 0, 0, None, value) for topic, _, value, partition in collected.records]))
+        return {key: v and orjson.loads(v) for topic, key, v in outbox.sent if topic == settings.topic_scores}
+
+    assert roll(MemberScore("b2b", "acme", "lead-42", 67, 1_000, revision=1))[b"b2b:account/acme"]["members"] == 1
+    moved = roll(MemberScore("b2b", "acme", "lead-42", 0, 2_000, True, 2), MemberScore("b2b", "globex", "lead-42", 70, 2_000, revision=2))
+    assert moved[b"b2b:account/acme"] is None
+    assert moved[b"b2b:account/globex"]["members"] == 1
+    back = roll(MemberScore("b2b", "acme", "lead-7", 20, 3_000, revision=1))
+    assert back[b"b2b:account/acme"]["members"] == 1 and back[b"b2b:account/acme"]["level"] == "unaware"
