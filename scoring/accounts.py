@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Sequence
 
 import msgspec
 from sortedcontainers import SortedList
@@ -310,10 +310,27 @@ def summary(runtime: ModelRuntime, account_id: str, state: AccountState, top: in
 def roll_up(runtime: ModelRuntime, account_id: str, state: AccountState | None, update: MemberScore) -> tuple[AccountState, list[Transition]]:
     """Takes one member's score into the account; a crossing of the account ladder is returned
     as an account transition (its reasons are the members with the most points)."""
+    return roll_up_all(runtime, account_id, state, (update,))
+
+
+def roll_up_all(runtime: ModelRuntime, account_id: str, state: AccountState | None,
+                updates: Sequence[MemberScore]) -> tuple[AccountState, list[Transition]]:
+    """Takes the updates into the account in order, then crosses (at most once) to where its
+    score is after all of them: the crossing names the last member whose update changed the
+    account.
+
+    Why once, after all: some updates come in pairs that only together say what happened. A
+    visitor merged into a lead of the same account leaves it as the lead's score takes in its
+    points; crossed after each update, the account fell (its score without the visitor's points,
+    nor the lead's new ones yet) and rose again, and both crossings went to the CRM."""
     rollup = runtime.model.accounts
     base = rollup.ladder.names[0] if rollup is not None else ""
     state = AccountState({}, base, 0) if state is None else state
-    if not state.update(update) or rollup is None:
+    mover: MemberScore | None = None
+    for update in updates:
+        if state.update(update):
+            mover = update
+    if mover is None or rollup is None:
         return state, []
     score = rollup.score(state)
     before = rollup.ladder.index.get(state.level, 0)
@@ -327,7 +344,7 @@ def roll_up(runtime: ModelRuntime, account_id: str, state: AccountState | None, 
     transition = Transition(
         kind="account",
         model=runtime.name,
-        lead_id=update.lead_id,
+        lead_id=mover.lead_id,
         account_id=account_id,
         sequence=state.crossings,
         from_level=rollup.ladder.names[before],
@@ -339,7 +356,7 @@ def roll_up(runtime: ModelRuntime, account_id: str, state: AccountState | None, 
         engagement=None,
         cell=None,
         temperature=temperature.label(normalized) if temperature is not None else None,
-        time_ms=update.time_ms,
+        time_ms=mover.time_ms,
         reasons=tuple({"rule": "member", "lead_id": lead_id, "points": score} for lead_id, score in state.best(TOP_MEMBERS)),
         traits={},
     )

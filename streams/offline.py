@@ -96,8 +96,7 @@ class OfflineRun:
             )  # fmt: skip
         for event in result.unknown_type:
             self.warn(line_of[id(event)], "unknown_type", f"event {event.event_id!r} of lead {event.lead_id!r}: {self.engine.unknown_type(event)}")
-        for update in result.account_updates:
-            self.roll_up(update)
+        self.roll_up(*result.account_updates)  # one batch's, as the worker sends them in one message
         # Every event of the file counts for its "now", those `keep` leaves out too: review judges
         # a lead without an outcome time at the newest event of the file, whoever it belongs to.
         self.newest_ms = max([self.newest_ms] + [event.time_ms for _, event, _ in lines])
@@ -114,15 +113,14 @@ class OfflineRun:
         for model in self.engine.models:
             state = self.leads.pop((model.name, source), None)
             if state is not None:
+                # The visitor's points move to the lead: its own membership ends as the lead's
+                # score takes them in, one update to the accounts as in the worker.
                 leaving = self.engine.leaving(model.name, source, state, time_ms)
-                if leaving is not None:  # the visitor's points move to the lead: its own membership ends
-                    self.roll_up(leaving)
                 merged, transitions = merge(self.engine, model.name, lead_id, self.leads.get((model.name, lead_id)), state, source, time_ms)
                 self.leads[(model.name, lead_id)] = merged
                 self.transitions.extend(transitions)
                 member = self.engine.member_score(model.name, lead_id, merged, time_ms)
-                if member is not None:
-                    self.roll_up(member)
+                self.roll_up(*(update for update in (leaving, member) if update is not None))
 
     def _merged_into(self, lead_id: str) -> str | None:
         """The id a lead's events are scored under now (itself unless merged); None past MAX_HOPS."""
@@ -133,11 +131,16 @@ class OfflineRun:
             lead_id = target
         return None
 
-    def roll_up(self, update: MemberScore) -> None:
-        key = (update.model, update.account_id)
-        state, transitions = self.engine.apply_account(update.model, update.account_id, self.accounts.get(key), update)
-        self.accounts[key] = state
-        self.transitions.extend(transitions)
+    def roll_up(self, *updates: MemberScore) -> None:
+        """Takes updates into their accounts, each account those of its own together (as the
+        worker's account stage takes one message's: `Engine.apply_account_updates`)."""
+        grouped: dict[tuple[str, str], list[MemberScore]] = {}
+        for update in updates:
+            grouped.setdefault((update.model, update.account_id), []).append(update)
+        for key, taken in grouped.items():
+            state, transitions = self.engine.apply_account_updates(key[0], key[1], self.accounts.get(key), taken)
+            self.accounts[key] = state
+            self.transitions.extend(transitions)
 
     def finish(self) -> None:
         """Evaluates decay at the newest event time for every lead."""

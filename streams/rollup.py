@@ -124,22 +124,28 @@ class Rollup:
         # (account id, model) whose members changed: read models get their summaries.
         moved: set[tuple[str, str]] = set()
         for message in messages:
+            # A message is one scorer batch's updates for the partition: an account takes its
+            # updates of one message together and crosses once, so a pair that belongs
+            # together (a merged visitor's leaving and its lead's new score) does not make it
+            # cross down and up again (`Engine.apply_account_updates`).
+            grouped: dict[tuple[str, str], list[MemberScore]] = {}
             for update in self._decode(message, dead):
-                account_id = update.account_id
+                grouped.setdefault((update.account_id, update.model), []).append(update)
+            for (account_id, model), updates in grouped.items():
                 try:
                     states = changed[account_id][1] if account_id in changed else self.store.states(account_id)
                 except StateError as exc:
-                    dead.append(self._dead(message, "unreadable_state", f"the stored state of account {account_id!r} cannot be "
-                                           f"read ({exc}): its updates go to the dead-letter topic until it is repaired or its "
-                                           "entry deleted", encode_json(update)))
+                    dead += [self._dead(message, "unreadable_state", f"the stored state of account {account_id!r} cannot be "
+                                        f"read ({exc}): its updates go to the dead-letter topic until it is repaired or its "
+                                        "entry deleted", encode_json(update)) for update in updates]
                     continue
                 changed[account_id] = (message.partition, states)  # before it changes: an attempt that raises drops it
-                state = states.get(update.model)
-                before = _member_score(state, update.lead_id)
-                state, crossed = self.engine.apply_account(update.model, account_id, state, update)
-                if _member_score(state, update.lead_id) != before and update.model in self.rolling:
-                    moved.add((account_id, update.model))  # a score or a membership changed, in a model that rolls up
-                states[update.model] = state
+                state = states.get(model)
+                before = [_member_score(state, update.lead_id) for update in updates]
+                state, crossed = self.engine.apply_account_updates(model, account_id, state, updates)
+                if model in self.rolling and before != [_member_score(state, update.lead_id) for update in updates]:
+                    moved.add((account_id, model))  # a score or a membership changed, in a model that rolls up
+                states[model] = state
                 transitions.extend(crossed)
         for transition in transitions:
             self.outbox.add(self.settings.topic_crossings, str(transition.account_id).encode(), encode_json(transition.to_dict()))

@@ -505,8 +505,11 @@ class Scorer:
             if states:
                 self.outbox.add(self.settings.topic_identity, target.encode(),
                                 stitching.merge_record(source, target, time_ms, states))
-                # The visitor's points now count in the lead's, in read models and accounts.
-                members += self._withdraw(source, states, message.partition, time_ms)
+                # The visitor's points now count in the lead's, in read models. Its accounts
+                # lose it at the merge, in the same update as the lead's new score: left now,
+                # the account would fall without the visitor's points nor the lead's new ones
+                # until the merge arrives, and cross down and up again.
+                self._withdraw(source, states, message.partition, time_ms)
             pending[source] = (message.partition, stitching.marker(target))
         elif stitching.returned(record):
             if merged_into is None:
@@ -528,6 +531,9 @@ class Scorer:
                 if model not in self.models:
                     continue
                 existing = states.get(model)
+                leaving = self.engine.leaving(model, source, state, time_ms)  # the visitor's own membership ends
+                if leaving is not None:
+                    members.append(leaving)
                 state, crossed = identity.merge(self.engine, model, target, None if existing is None else existing.copy(),  # type: ignore[union-attr]
                                                 state, source, time_ms)
                 crossings.extend(crossed)

@@ -190,8 +190,7 @@ def test_the_table_reads_back_the_roll_up_and_a_batch_cut_anywhere_is_rolled_up_
         roll(stage, updates, number)
         records = changelog(outbox, sent)
         ids = set(crossing_ids(outbox, sent))
-        for change in updates:
-            reference, _ = ENGINE.apply_account("b2b", "acme", reference, change)
+        reference, _ = ENGINE.apply_account_updates("b2b", "acme", reference, updates)  # a message's together
         assert reference is not None
         assert same(read_back(stage.store.table.data), reference)
         # The worker killed after `cut` of the batch's records were written: a new one reads

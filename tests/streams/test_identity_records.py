@@ -14,7 +14,9 @@ import pytest
 
 from scoring import Engine, LeadState
 from streams import lead_states, stitching
+from streams.account_table import AccountTable
 from streams.partitioning import partition_for
+from streams.rollup import Rollup
 from streams.scorer import Scorer
 from streams.settings import Settings
 from streams.stage import Consumed, LiveTable, MemoryData
@@ -165,3 +167,41 @@ def test_a_link_that_makes_stitching_raise_is_dead_lettered_leaving_nothing_and_
     assert stitching.merged_into(scorer.store.states("anon:ok")) == "ada"
     assert stitching.merged_into(scorer.store.states("anon:bug")) is None
     assert scorer.store.states("anon:bug")["b2b"].behaviour == 10  # type: ignore[union-attr]
+
+
+def test_a_visitor_merged_into_a_lead_of_its_account_does_not_make_the_account_cross_down_and_up_again() -> None:
+    """The visitor leaves its account in the same update as the lead takes in its points. Before,
+    it left at the link and the lead's new score came with the merge, a batch (or a partition)
+    later: acme fell from engaged to 1 point in between and rose again, and both crossings went
+    to the CRM's company record."""
+    settings = Settings()
+    scorer_out, rollup_out = Kept(), Kept()
+    scorer = Scorer(Engine([shipped("b2b")]), settings, LiveTable(MemoryData(), "changelog", 4, 100, lead_states.decode), scorer_out, 4)
+    rollup = Rollup(Engine([shipped("b2b")]), settings, AccountTable(MemoryData(), "accounts-changelog", 4, 100), rollup_out)
+
+    def event(n: int, lead: str, kind: str, **fields: object) -> Consumed:
+        return Consumed(settings.topic_events, partition_for(lead, 4), n, lead.encode(), orjson.dumps(
+            {"event_id": f"e-{n}", "lead_id": lead, "type": kind, "time": T0 + n, "product": "b2b", "account_id": "acme", **fields}))
+
+    def step(messages: list[Consumed]) -> tuple[list[tuple[str, bytes]], list[dict[str, object]]]:
+        """The scorer's identity records and the account stage's crossings for `messages`."""
+        scorer_out.placed.clear()
+        rollup_out.sent.clear()
+        asyncio.run(scorer.process(messages))
+        identity = [(key.decode(), value) for topic, _, key, value in scorer_out.placed if topic == settings.topic_identity and key and value]
+        updates = [Consumed(topic, partition, 0, None, value) for topic, partition, _, value in scorer_out.placed
+                   if topic == settings.topic_accounts and value]
+        asyncio.run(rollup.process(updates))
+        return identity, [orjson.loads(v) for topic, _, v in rollup_out.sent if topic == settings.topic_crossings and v]
+
+    _, crossed = step([event(1, "anon:v1", "form_submit", properties={"form": "demo_request"}),
+                       event(2, "anon:v1", "meeting_booked"), event(3, "anon:v1", "page_view", properties={"url": "https://acme.io/pricing"}),
+                       event(4, "u-1", "page_view", properties={"url": "https://acme.io/about"})])
+    assert [(c["from_level"], c["to_level"]) for c in crossed] == [("unaware", "engaged")]
+    merges, crossed = step([Consumed(settings.topic_identity, partition_for("anon:v1", 4), 0, b"anon:v1",
+                                     stitching.link_record("anon:v1", "u-1", T0 + 10))])
+    [(target, merge)] = merges
+    assert crossed == []
+    _, crossed = step([Consumed(settings.topic_identity, partition_for(target, 4), 0, target.encode(), merge)])
+    assert crossed == []
+    assert set(rollup.store.states("acme")["b2b"].members) == {"u-1"}

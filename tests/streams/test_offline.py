@@ -278,6 +278,27 @@ def test_an_account_left_without_members_is_not_listed_as_the_worker_takes_it_ou
     out = io.StringIO()
     assert score_file(MODELS_DIR, events, table=False, out=out, err=io.StringIO()) == 0
     assert [r["account_id"] for r in map(orjson.loads, out.getvalue().splitlines()) if r["record"] == "account"] == ["globex"]
+
+
+def test_a_visitor_merged_into_a_lead_of_its_account_leaves_the_account_at_its_level(tmp_path: Path) -> None:
+    """As in the worker: the visitor's leaving and the lead's new score are taken together, so
+    the account does not cross down (without either's points) and up again."""
+    def event(n: int, lead: str, kind: str, **fields: object) -> dict[str, object]:
+        return {"event_id": f"e{n}", "lead_id": lead, "type": kind, "time": T0 + n, "product": "b2b", **fields}
+
+    visits = [event(n, "anon:v-1", "page_view", properties={"url": "https://acme.io/pricing"}) for n in range(2, 6)]
+    out = io.StringIO()
+    assert score_file(MODELS_DIR, write(tmp_path / "events.jsonl", [
+        event(1, "anon:v-1", "form_submit", account_id="acme", properties={"form": "demo_request"}), *visits,
+        event(6, "u-1", "page_view", account_id="acme", properties={"url": "https://acme.io/about"}),
+        event(7, "u-1", "identify", anonymous_id="v-1"),
+    ]), table=False, out=out, err=io.StringIO()) == 0
+    records = [orjson.loads(line) for line in out.getvalue().splitlines()]
+    assert [(r["from_level"], r["to_level"]) for r in records if r["record"] == "transition" and r["kind"] == "account"] == [
+        ("unaware", "engaged")]
+    assert [(r["account_id"], r["members"], r["level"]) for r in records if r["record"] == "account"] == [("acme", 1, "engaged")]
+
+
 def test_many_lines_of_one_kind_are_counted_after_the_first_twenty(tmp_path: Path) -> None:
     typos = [{"event_id": f"t{n}", "lead_id": "ana", "type": "sign_up", "time": T0 + n, "product": "saas"} for n in range(25)]
     unrouted = {"event_id": "u", "lead_id": "cy", "type": "signup", "time": T0, "product": "sass"}
