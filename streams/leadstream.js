@@ -10,7 +10,7 @@
  * anonymousId lives in the first-party cookie ls_aid, the userId given to identify in ls_uid.
  * A page view is sent when the visitor leaves the page (or hides it: mobile browsers may never
  * fire pagehide), with time_on_page_s; leadstream.page() ends the current page view and starts
- * the next one, for single-page apps.
+ * the next one, for single-page apps, once the URL changed (on the same URL it does nothing).
  */
 (function (window, document) {
   "use strict";
@@ -108,6 +108,9 @@
       send("track", { event: name, properties: properties || {} });
     },
     page: function () {
+      // Called on the page being viewed (on load, as Segment's snippet does, or twice for one
+      // route), it continues that view: ending it would send the page again, a few ms long.
+      if (page && page.properties.url === location.href) return;
       var previous = page ? page.properties.url : document.referrer;
       endPage();
       startPage(previous);

@@ -198,3 +198,20 @@ def test_time_on_page_counts_only_while_the_page_is_visible(browser: Browser, si
     browser.evaluate(shown.format("hidden"))  # the first hide after being seen sends the page view
     [page] = all_events(read_messages(settings, settings.topic_events, events=1))
     assert page["type"] == "page_view" and 0.3 <= page["properties"]["time_on_page_s"] < 1.0
+
+
+def test_page_called_on_the_page_being_viewed_continues_its_view(browser: Browser, site: str, collector: ThreadedCollector) -> None:
+    """An app calls page() on load and on every route change, as Segment's snippet teaches: the
+    call on load ended the landing page's view after a few milliseconds and started it again,
+    its own referrer, so the landing page was sent twice and a rule on it scored twice. A route
+    change (pushState, then page()) is a new page view, with the route it left as referrer."""
+    settings = collector.settings
+    browser.call("Page.navigate", url=f"{site}/index.html")
+    browser.wait_for("window.leadstream && window.leadstream.version")
+    browser.evaluate("leadstream.page(); leadstream.page()")  # on load, twice
+    browser.evaluate("history.pushState({}, '', '/pricing.html'); document.title = 'Pricing'; leadstream.page(); leadstream.page()")
+    browser.call("Page.navigate", url="about:blank")
+
+    views = all_events(read_messages(settings, settings.topic_events, events=2))
+    assert sorted((e["properties"]["path"], e["properties"]["referrer"]) for e in views) == [
+        ("/index.html", ""), ("/pricing.html", f"{site}/index.html")]
