@@ -184,3 +184,21 @@ def test_the_librarys_retries_deliver_everything_once_kafka_comes_back(
     assert errors == []
     delivered: list[Message] = read_messages(settings, settings.topic_events, events=len(ids))
     assert sorted(e["event_id"] for e in all_events(delivered)) == sorted(ids)
+
+
+def test_rudderstacks_library_with_its_default_batches_of_calls_of_6_kb_delivers_them(settings: Settings) -> None:
+    """RudderStack's libraries fill a batch up to its server's 4 MB: 100 calls of 6 KB make one
+    of 600 KB, which the collector refused whole (400 too_large over Segment's 500 KB), and the
+    library, which retries no 400, dropped all 100."""
+    errors: Errors = []
+    with ThreadedCollector(settings) as collector:
+        client = rudder.Client(WRITE_KEY, host=collector.url, gzip=True, max_retries=2,
+                               on_error=lambda exc, batch: errors.append((exc, batch)))
+        ids = [f"m-{i}" for i in range(100)]
+        for i, message_id in enumerate(ids):
+            client.track(user_id=f"lead-{i}", event="Docs Read", properties={"page": "x" * 6000}, message_id=message_id)
+        client.flush()
+        client.join()
+    assert errors == []
+    delivered = all_events(read_messages(settings, settings.topic_events, events=len(ids)))
+    assert sorted(e["event_id"] for e in delivered) == sorted(ids)
