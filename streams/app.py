@@ -144,12 +144,11 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
         # The batch in flight ends (its states acknowledged) before the revoked partitions'
         # live states are dropped and any recovery reads the changelog's end.
         try:
-            await scorer.settle()
+            await scorer.revoke({tp.partition for tp in revoked if tp.topic == settings.topic_events})
             await rollup_stage.settle()
         except Exception as exc:
             await stop_worker("writing the last batch before a rebalance", exc)
             return
-        lead_store.forget({tp.partition for tp in revoked if tp.topic == settings.topic_events})
         account_store.forget({tp.partition for tp in revoked if tp.topic == settings.topic_accounts})
         scorer.sequence.reset()
         log.info("rebalance: partitions revoked count=%d", len(revoked))

@@ -131,6 +131,15 @@ class DecayIndex:
                 due.append((partition, lead_id, model))
         return due
 
+    def forget(self, partitions: set[int]) -> None:
+        """Drops the entries of these partitions (taken away from this worker: their new owner
+        indexes their leads when it has restored them)."""
+        earliest = self._earliest
+        for partition in partitions & self._heaps.keys():
+            for due_ms, lead_id, model in self._heaps.pop(partition):
+                if earliest.get((lead_id, model)) == due_ms:
+                    del earliest[(lead_id, model)]
+
     def __len__(self) -> int:
         return sum(len(heap) for heap in self._heaps.values())
 
@@ -211,6 +220,19 @@ class Scorer:
         """Returns once the batch or decay sweep in flight (if any) has written its states."""
         async with self._turn():
             await self.in_flight.wait()
+
+    async def revoke(self, partitions: set[int]) -> None:
+        """A rebalance took these partitions away: once the batch or decay sweep in flight has
+        written its states, their leads' live states and scheduled decay steps go. A sweep
+        under way (one chunk at a time) would otherwise go on decaying leads another worker
+        now owns, from their bytes here, and write them to the changelog after that worker
+        restored them: steps applied twice, and a state without the events it has scored since
+        sent after its own. The index is rebuilt for the owned partitions once recovery is done."""
+        async with self._turn():
+            await self.in_flight.wait()
+            self.store.forget(partitions)
+            self.decay_index.forget(partitions)
+            metrics.DECAY_DUE.set(len(self.decay_index))
 
     async def process(self, batch: Sequence[Consumed], done: Callable[[], Awaitable[None]] | None = None) -> BatchStats:
         """Scores a batch and returns once it is durable; or, given `done`, as soon as it is

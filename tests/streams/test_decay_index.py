@@ -1,8 +1,21 @@
-"""The worker's decay index: a sweep takes only what is due, in due order, a chunk at a time."""
+"""The worker's decay index: a sweep takes only what is due, in due order, a chunk at a time,\nof the partitions the worker owns."""
 
 from __future__ import annotations
 
-from streams.scorer import DecayIndex
+import asyncio
+
+import orjson
+
+from scoring import Engine
+from streams import lead_states
+from streams.partitioning import partition_for
+from streams.scorer import DecayIndex, Scorer
+from streams.settings import Settings
+from streams.stage import Consumed, LiveTable, MemoryData
+from tests.scoring.support import T0, shipped
+from tests.streams.stage_support import Kept
+
+DAY = 86_400_000
 
 
 def test_pop_due_takes_only_due_entries_earliest_first_up_to_the_limit() -> None:
@@ -28,3 +41,45 @@ def test_a_lead_rescheduled_later_keeps_one_entry_and_an_earlier_time_is_honoure
     assert index.pop_due(85, limit=10) == [(0, "a", "b2b")]  # the entry of 50 (stale: the sweep checks)
     assert index.pop_due(95, limit=10) == [(0, "a", "b2b")]
     assert len(index) == 0
+
+
+def test_forget_drops_a_partitions_entries_and_a_lead_scheduled_again_there_is_indexed_anew() -> None:
+    index = DecayIndex()
+    index.schedule(0, 10, "a", "b2b")
+    index.schedule(1, 10, "b", "b2b")
+    index.forget({0, 3})
+    assert len(index) == 1
+    index.schedule(0, 20, "a", "b2b")  # the partition came back: its lead is indexed again
+    assert sorted(index.pop_due(30, limit=10)) == [(0, "a", "b2b"), (1, "b", "b2b")]
+
+
+def test_a_sweep_under_way_when_partitions_are_revoked_leaves_their_leads_alone() -> None:
+    """The decay timer sweeps a chunk at a time, and a rebalance may come between two chunks:
+    the leads of the partitions taken away are the new owner's to decay, not this worker's."""
+
+    async def scenario() -> None:
+        settings = Settings()
+        outbox = Kept()
+        store = LiveTable(MemoryData(), "changelog", 4, 100, lead_states.decode)
+        scorer = Scorer(Engine([shipped("b2b")]), settings, store, outbox, 4)
+        leads = [f"lead-{n}" for n in range(40)]
+        assert {partition_for(lead, 4) for lead in leads} == {0, 1, 2, 3}
+        batch = [Consumed(settings.topic_events, partition_for(lead, 4), n, lead.encode(), orjson.dumps(
+            {"event_id": f"{lead}-0", "lead_id": lead, "type": "form_submit", "time": T0, "product": "b2b",
+             "properties": {"form": "demo_request"}})) for n, lead in enumerate(leads)]
+        await scorer.process(batch)
+        outbox.sent.clear()
+        now = T0 + 100 * DAY
+        assert await scorer.decay_due(now, limit=5) == 5  # the first chunk of the sweep
+        revoked = {0, 1}
+        await scorer.revoke(revoked)
+        while await scorer.decay_due(now, limit=5) == 5:  # the sweep goes on after the rebalance
+            pass
+        written = [key.decode() for topic, key, _ in outbox.sent if topic == "changelog"]
+        first_chunk, rest = written[:5], written[5:]
+        assert not [lead for lead in rest if partition_for(lead, 4) in revoked], "a lead of a revoked partition decayed"
+        assert sorted(first_chunk + rest) == sorted(
+            set(first_chunk) | {lead for lead in leads if partition_for(lead, 4) not in revoked})
+        assert len(scorer.decay_index) == 0 and not [lead for lead in store.live if partition_for(lead, 4) in revoked]
+
+    asyncio.run(scenario())
