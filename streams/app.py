@@ -18,6 +18,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
+import aiohttp
 import faust
 import mode
 import orjson
@@ -248,7 +249,9 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
         recovered a key may hold an older state or none (an answer would show old points, or
         none, as if they were the lead's), and while it rebalances it cannot tell which worker
         owns a key (Faust's routing raised a TypeError: 500). Checked before routing, and with
-        no await between it and the read of the states."""
+        no await between it and the read of the states. A worker that owns the key and does not
+        answer (stopped, or killed: its partitions move to another worker after the consumer
+        session timeout) is a 503 too, not the 500 of Faust's routing."""
 
         @functools.wraps(handler)
         async def get(view: View, request: Request, **kwargs: Any) -> Response:
@@ -256,7 +259,13 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
                 return view.json({"error": "this worker is not ready: it is recovering its tables from the changelogs "
                                            "or rebalancing; try again in a few seconds (GET /readyz says when it is)",
                                   "ready": False}, status=503, headers={"Retry-After": "5"})
-            return await handler(view, request, **kwargs)
+            try:
+                return await handler(view, request, **kwargs)
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:  # only routing talks to another worker
+                log.warning("a view's request not answered by the worker owning its key: cause=%r", exc)
+                return view.json({"error": "the worker that owns this key does not answer (it may have stopped: its partitions "
+                                           "go to another worker within the consumer session timeout); try again in a few seconds"},
+                                 status=503, headers={"Retry-After": "5"})
 
         return get
 

@@ -281,3 +281,32 @@ def test_an_account_of_thousands_of_members_is_kept_in_pages_and_recovered_from_
     assert summaries[-1]["score"] == expected and summaries[-1]["members"] == 2_600
     status, body = second.get("/accounts/bigco/")
     assert status == 200 and orjson.loads(body)["models"]["b2b"]["members"] == 2_600
+
+
+def test_a_lead_whose_owner_was_killed_is_a_503_to_retry_until_its_partition_has_moved(
+    isolated: Settings, worker: Callable[..., WorkerProcess]
+) -> None:
+    now = int(time.time() * 1000) - 10 * MINUTE_MS
+    leads = [f"lead-{n}" for n in range(16)]
+    send(isolated, [b2b(lead, 0, "form_submit", now, properties={"form": "demo_request"}) for lead in leads])
+    first = worker()
+    second = worker(replace(isolated, worker_port=free_port(), state_dir=isolated.state_dir / "second"))
+    wait_caught_up(isolated)
+    deadline = time.monotonic() + 60
+    while not (first.ready() and second.ready() and all(sum(w.metric("leadstream_leads_in_state")) for w in (first, second))):
+        assert time.monotonic() < deadline, "the two workers did not share the leads"
+        time.sleep(0.3)
+    assert all(first.get(f"/leads/{lead}/")[0] == 200 for lead in leads)
+
+    second.kill()
+    # Until the group's session timeout moves the killed worker's partitions, the first cannot
+    # reach the owner of some leads: it says so with a 503 to retry, as while it rebalances.
+    answers = [first.get(f"/leads/{lead}/") for lead in leads]
+    assert {status for status, _ in answers} == {200, 503}, answers
+    refused = [orjson.loads(body) for status, body in answers if status == 503]
+    assert all("does not answer" in answer["error"] or answer.get("ready") is False for answer in refused), refused
+    # Then the first owns every lead, and answers for each.
+    deadline = time.monotonic() + 60
+    while not all(first.get(f"/leads/{lead}/")[0] == 200 for lead in leads):
+        assert time.monotonic() < deadline, "the killed worker's leads never came back"
+        time.sleep(0.5)
