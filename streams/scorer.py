@@ -405,7 +405,10 @@ class Scorer:
         taken = len(due_entries)
         for partition, lead_id, model in due_entries:
             try:
-                states = self.store.states(lead_id)
+                # A lead this chunk decayed already (in another model) is taken as the chunk left
+                # it: its live states may have been evicted since (LEADSTREAM_LIVE_LEADS), and its
+                # bytes are those before the chunk.
+                states = writes[lead_id][1] if lead_id in writes else self.store.states(lead_id)
             except StateError:  # its events are dead-lettered until it is repaired or forgotten
                 continue
             state = states.get(model)

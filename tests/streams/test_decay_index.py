@@ -83,3 +83,33 @@ def test_a_sweep_under_way_when_partitions_are_revoked_leaves_their_leads_alone(
         assert len(scorer.decay_index) == 0 and not [lead for lead in store.live if partition_for(lead, 4) in revoked]
 
     asyncio.run(scenario())
+
+
+def test_a_sweep_writes_every_models_step_of_a_lead_whose_live_states_were_evicted_in_between() -> None:
+    """With fewer live leads (LEADSTREAM_LIVE_LEADS) than a chunk touches, a lead of two models
+    is evicted between its two steps of one chunk: the second step must build on the first."""
+
+    async def scenario() -> None:
+        settings = Settings()
+        outbox = Kept()
+        table = MemoryData()
+        store = LiveTable(table, "changelog", 4, 1, lead_states.decode)
+        engine = Engine([shipped("b2b"), shipped("analytics_addon")])
+        scorer = Scorer(engine, settings, store, outbox, 4)
+        leads = [f"lead-{n}" for n in range(12)]
+        kinds = ({"type": "form_submit", "product": "b2b", "properties": {"form": "demo_request"}},
+                 {"type": "trial_started", "product": "analytics"}, {"type": "data_source_connected", "product": "analytics"})
+        await scorer.process([
+            Consumed(settings.topic_events, partition_for(lead, 4), 10 * n + k, lead.encode(),
+                     orjson.dumps({"event_id": f"{lead}-{k}", "lead_id": lead, "time": T0 + k, **kind}))
+            for n, lead in enumerate(leads) for k, kind in enumerate(kinds)])
+        before = {lead: lead_states.decode(table.data[lead.encode()]) for lead in leads}
+        now = T0 + 100 * DAY
+        assert await scorer.decay_due(now) < 250  # one chunk
+        for lead in leads:
+            stored = lead_states.decode(table.data[lead.encode()])
+            for model in ("b2b", "analytics_addon"):
+                expected, _ = engine.decay(model, lead, before[lead][model], now)  # type: ignore[arg-type]
+                assert stored[model].to_bytes() == expected.to_bytes(), (lead, model)  # type: ignore[union-attr]
+
+    asyncio.run(scenario())
