@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Sequence
 
 import orjson
 import pytest
@@ -115,15 +115,15 @@ def test_an_event_that_makes_scoring_raise_is_dead_lettered_and_the_rest_of_its_
 
 def test_an_account_update_that_makes_the_roll_up_raise_is_dead_lettered_and_the_others_rolled_up() -> None:
     engine = Engine([shipped("b2b")])
-    apply_account = engine.apply_account
+    apply_account_updates = engine.apply_account_updates
 
-    def buggy(model: str, account_id: str, state: Any, update: MemberScore) -> Any:
+    def buggy(model: str, account_id: str, state: Any, updates: Sequence[MemberScore]) -> Any:
         """The roll-up, with a bug that only the updates of one member meet."""
-        if update.lead_id == POISON:
+        if any(update.lead_id == POISON for update in updates):
             raise KeyError("a bug")
-        return apply_account(model, account_id, state, update)
+        return apply_account_updates(model, account_id, state, updates)
 
-    engine.apply_account = buggy  # type: ignore[method-assign]
+    engine.apply_account_updates = buggy  # type: ignore[method-assign]
     outbox = Kept()
     settings = Settings()
     stage = Rollup(engine, settings, AccountTable(MemoryData(), "accounts-changelog", 4, 100), outbox)
