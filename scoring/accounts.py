@@ -344,7 +344,9 @@ def roll_up_all(runtime: ModelRuntime, account_id: str, state: AccountState | No
     transition = Transition(
         kind="account",
         model=runtime.name,
-        lead_id=mover.lead_id,
+        # A leaving names no one: it may be an erasure's (`leadstream forget`), whose id must not
+        # go out to the CRMs after the lead was forgotten; the reasons name the members left.
+        lead_id=None if mover.left else mover.lead_id,
         account_id=account_id,
         sequence=state.crossings,
         from_level=rollup.ladder.names[before],

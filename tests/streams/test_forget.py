@@ -61,6 +61,9 @@ def test_forget_erases_a_lead_from_states_read_models_and_accounts_through_a_res
 
     wait_for(lambda: len(acme()) == 2, 60, "acme's crossing back down", 0.3)
     assert acme() == [("unaware", "engaged"), ("engaged", "unaware")]
+    # The crossing the erasure caused does not carry the erased id out to the CRMs.
+    down = [c for c in map(orjson.loads, (r.value or b"" for r in read_to_end(isolated, isolated.topic_crossings))) if c["kind"] == "account"][-1]
+    assert down["lead_id"] is None and "u-1" not in orjson.dumps(down).decode()
     assert proc.metric("leadstream_leads_forgotten_total") == [1.0]
 
     # A fresh worker recovers the tables from the changelogs: u-1 stays forgotten.
