@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Sequence, cast
+from typing import Any, cast
 
 import orjson
 from redis import Redis
@@ -40,6 +40,7 @@ from sinks.base import Position, Sink, Steps
 from sinks.errors import PermanentError, StaleError
 from sinks.runner import DLQ_RETENTION_MS
 from streams.settings import Settings
+from streams.tables import columns, points
 
 HASH_FIELDS = ("score", "normalized", "grade", "engagement", "cell", "temperature", "level", "last_activity_ms")
 ACCOUNT_HASH_FIELDS = ("score", "normalized", "level", "temperature", "members")
@@ -169,33 +170,29 @@ def top_entries(redis: Redis, prefix: str, model: str, limit: int, kind: str = "
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     header = ("#", "lead", "score", "norm", "grade", "cell", "temp", "level", "last activity (UTC)", "top reasons")
-    lines = [header]
+    lines: list[tuple[str, ...]] = []
     for rank, row in enumerate(rows, 1):
         reasons = orjson.loads(row.get("top_reasons") or "[]")
         last_ms = row.get("last_activity_ms") or ""
         last = datetime.fromtimestamp(int(last_ms) / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M") if last_ms.isdigit() else ""
         lines.append((
-            str(rank), row["lead_id"], f"{row['score']:g}", row.get("normalized", ""), row.get("grade", ""),
+            str(rank), row["lead_id"], points(float(row["score"])), row.get("normalized", ""), row.get("grade", ""),
             row.get("cell", ""), row.get("temperature", ""), row.get("level", ""), last,
-            ", ".join(f"{r['rule']} {float(r['points']):+g}" for r in reasons[:3]),
+            ", ".join(f"{r['rule']} {points(float(r['points']), signed=True)}" for r in reasons[:3]),
         ))
-    return _aligned(lines)
+    return columns(header, lines)
 
 
 def format_account_table(rows: list[dict[str, Any]]) -> str:
-    lines = [("#", "account", "score", "norm", "temp", "level", "members", "best members")]
+    header = ("#", "account", "score", "norm", "temp", "level", "members", "best members")
+    lines: list[tuple[str, ...]] = []
     for rank, row in enumerate(rows, 1):
         best = orjson.loads(row.get("top_members") or "[]")
         lines.append((
-            str(rank), row["account_id"], f"{row['score']:g}", row.get("normalized", ""), row.get("temperature", ""),
-            row.get("level", ""), row.get("members", ""), ", ".join(f"{m['lead_id']} {float(m['score']):g}" for m in best[:3]),
+            str(rank), row["account_id"], points(float(row["score"])), row.get("normalized", ""), row.get("temperature", ""),
+            row.get("level", ""), row.get("members", ""), ", ".join(f"{m['lead_id']} {points(float(m['score']))}" for m in best[:3]),
         ))
-    return _aligned(lines)
-
-
-def _aligned(lines: Sequence[tuple[str, ...]]) -> str:
-    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines)
+    return columns(header, lines)
 
 
 def print_top(settings: Settings, model: str, limit: int, accounts: bool = False) -> int:
@@ -212,5 +209,5 @@ def print_top(settings: Settings, model: str, limit: int, accounts: bool = False
     if not rows:
         print(f"no {kind}s for model {model!r} in Redis yet: is `leadstream sink redis` running, and the worker scoring?")
         return 0
-    print(format_account_table(rows) if accounts else format_table(rows))
+    print(format_account_table(rows) if accounts else format_table(rows), end="")
     return 0

@@ -13,7 +13,7 @@ import orjson
 
 from scoring.events import PROFILE_TYPES
 from scoring.model import describe, load_directory
-from streams.offline import points
+from streams.tables import points
 
 
 def report(models_dir: Path, as_json: bool, out: IO[str]) -> int:

@@ -26,6 +26,7 @@ from scoring import AccountState, Engine, Event, LeadState, MemberScore, Rejecti
 from scoring.identity import merge
 from streams.errors import InputError
 from streams.stitching import MAX_HOPS, links_of, may_link, publishable
+from streams.tables import columns, points
 from streams.jsonlines import numbered_lines
 
 BATCH_EVENTS = 1000
@@ -271,18 +272,6 @@ def _table(records: list[dict[str, Any]]) -> str:
             )
         )
     return "\n".join(sections)
-
-
-def columns(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
-    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
-    lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip() for row in (header, *rows)]
-    return "\n".join(lines) + "\n"
-
-
-def points(value: float, signed: bool = False) -> str:
-    """Points as a table shows them: in full, as the JSON output carries them (`:g` keeps six
-    digits, so an account's 2,500,001 points would show as 2.5e+06)."""
-    return f"{value:+.15g}" if signed else f"{value:.15g}"
 
 
 def _reason(reasons: list[dict[str, Any]]) -> str:

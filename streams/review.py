@@ -35,7 +35,8 @@ from scoring.events import parse_time_ms
 from scoring.review import Reviewed, review
 from streams.errors import InputError
 from streams.jsonlines import numbered_lines
-from streams.offline import apply_file, columns, points
+from streams.offline import apply_file
+from streams.tables import columns, points
 from streams.stitching import MAX_HOPS, links_of, may_link
 
 
