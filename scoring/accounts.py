@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, Iterable, Sequence
 
 import msgspec
 from sortedcontainers import SortedList
@@ -311,6 +311,15 @@ def roll_up(runtime: ModelRuntime, account_id: str, state: AccountState | None, 
     """Takes one member's score into the account; a crossing of the account ladder is returned
     as an account transition (its reasons are the members with the most points)."""
     return roll_up_all(runtime, account_id, state, (update,))
+
+
+def by_account(updates: Iterable[MemberScore]) -> dict[tuple[str, str], list[MemberScore]]:
+    """Updates grouped by (model, account id), each group in the order given: what an account
+    takes together (`roll_up_all`), as the account stage takes one message's."""
+    grouped: dict[tuple[str, str], list[MemberScore]] = {}
+    for update in updates:
+        grouped.setdefault((update.model, update.account_id), []).append(update)
+    return grouped
 
 
 def roll_up_all(runtime: ModelRuntime, account_id: str, state: AccountState | None,

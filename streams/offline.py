@@ -23,6 +23,7 @@ import msgspec
 import orjson
 
 from scoring import AccountState, Engine, Event, LeadState, MemberScore, Rejection, Transition
+from scoring.accounts import by_account
 from scoring.identity import merge
 from streams.errors import InputError
 from streams.stitching import MAX_HOPS, links_of, may_link, publishable
@@ -135,10 +136,7 @@ class OfflineRun:
     def roll_up(self, *updates: MemberScore) -> None:
         """Takes updates into their accounts, each account those of its own together (as the
         worker's account stage takes one message's: `Engine.apply_account_updates`)."""
-        grouped: dict[tuple[str, str], list[MemberScore]] = {}
-        for update in updates:
-            grouped.setdefault((update.model, update.account_id), []).append(update)
-        for key, taken in grouped.items():
+        for key, taken in by_account(updates).items():
             state, transitions = self.engine.apply_account_updates(key[0], key[1], self.accounts.get(key), taken)
             self.accounts[key] = state
             self.transitions.extend(transitions)

@@ -18,6 +18,7 @@ import msgspec
 import orjson
 
 from scoring import AccountState, Engine, MemberScore, Transition
+from scoring.accounts import by_account
 from scoring.errors import StateError
 from streams import metrics
 from streams.account_table import AccountTable
@@ -128,10 +129,7 @@ class Rollup:
             # updates of one message together and crosses once, so a pair that belongs
             # together (a merged visitor's leaving and its lead's new score) does not make it
             # cross down and up again (`Engine.apply_account_updates`).
-            grouped: dict[tuple[str, str], list[MemberScore]] = {}
-            for update in self._decode(message, dead):
-                grouped.setdefault((update.account_id, update.model), []).append(update)
-            for (account_id, model), updates in grouped.items():
+            for (model, account_id), updates in by_account(self._decode(message, dead)).items():
                 try:
                     states = changed[account_id][1] if account_id in changed else self.store.states(account_id)
                 except StateError as exc:
