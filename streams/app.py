@@ -29,7 +29,7 @@ from kafka.errors import KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from scoring.errors import StateError
-from streams import batching, bulk_store, fetch_wait, lead_states, metrics, seek_first
+from streams import batching, bulk_store, fetch_wait, lead_states, metrics, routing, seek_first
 from streams.account_table import AccountTable
 from streams.collection import BatchPause
 from streams.lag import LagProbe
@@ -284,9 +284,8 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
 
     @app.page("/leads/{lead_id}/")
     class LeadView(View):
-        # The route's {lead_id} is passed to the method, which Faust's types do not foresee.
         @when_ready
-        @app.table_route(table=leads, match_info="lead_id")  # type: ignore[arg-type]
+        @routing.table_route(app, leads, "lead_id")
         async def get(self, request: Request, lead_id: str) -> Response:
             at = scorer.now_ms()
             return explained(self, "lead", lead_id, lead_store,
@@ -295,7 +294,7 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
     @app.page("/accounts/{account_id}/")
     class AccountView(View):
         @when_ready
-        @app.table_route(table=accounts, match_info="account_id")  # type: ignore[arg-type]
+        @routing.table_route(app, accounts, "account_id")
         async def get(self, request: Request, account_id: str) -> Response:
             return explained(self, "account", account_id, account_store,
                              lambda model, state: rollup_stage.engine.account_summary(model, account_id, state, top=ACCOUNT_VIEW_MEMBERS))

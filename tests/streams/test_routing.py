@@ -1,0 +1,65 @@
+"""A view's request for a key another worker owns, forwarded to that worker (streams/routing.py):
+on two real workers, and against a stand-in owner for the answers a live one gives only briefly."""
+
+from __future__ import annotations
+
+import time
+import urllib.error
+import urllib.request
+from dataclasses import replace
+from typing import Callable
+from urllib.parse import quote
+
+import orjson
+
+from streams.partitioning import partition_for
+from streams.processes import WorkerProcess, free_port
+from streams.send import open_producer, produce
+from streams.settings import Settings
+from tests.infra import wait_for
+
+MINUTE_MS = 60_000
+#: Ids that are, or hold, dot segments of a path.
+DOTTED = [".", "..", "a/../b", "a/./b", "../x", "x/.."]
+
+
+def get(port: int, path: str) -> tuple[int, str, bytes]:
+    """(status, Content-Type, body) of a GET of `path` sent as it is written (urllib resolves no dot segment)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+            return response.status, response.headers["Content-Type"], response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers["Content-Type"], exc.read()
+
+
+def test_ids_of_dot_segments_are_answered_by_their_owner_through_either_worker(
+    isolated: Settings, worker: Callable[..., WorkerProcess]
+) -> None:
+    # Before, Faust's routing asked the owner for the request's URL as resolved by yarl: the
+    # worker that did not own `.` asked its owner for /leads/ and `..` for / (404 both).
+    now = int(time.time() * 1000) - 10 * MINUTE_MS
+    fillers = {partition_for(f"lead-{n}", isolated.partitions): f"lead-{n}" for n in range(200)}
+    assert len(fillers) == isolated.partitions  # a lead on every partition, so both workers own some
+    leads = [*DOTTED, *fillers.values()]
+    events = [{"event_id": f"{lead}-{n}", "lead_id": lead, "type": "form_submit", "product": "b2b", "time": now + n,
+               "properties": {"form": "demo_request"}} for k, lead in enumerate(leads) for n in range(1 + k % 3)]
+    producer = open_producer(isolated)
+    try:
+        produce(producer, isolated.topic_events, ((e["lead_id"], orjson.dumps(e)) for e in events), 1)
+    finally:
+        producer.close()
+    workers = [worker(), worker(replace(isolated, worker_port=free_port(), state_dir=isolated.state_dir / "second"))]
+    wait_for(lambda: all(w.ready() and sum(w.metric("leadstream_leads_in_state")) for w in workers), 120,
+             "the two workers sharing the leads", 0.3)
+    wait_for(lambda: sum(sum(w.metric("leadstream_leads_in_state")) for w in workers) == len(leads), 120,
+             "every lead scored", 0.3)
+
+    # Written as a client percent-encodes an id (`/` always, so a `/` in an id is no segment), and
+    # `.` and `..` also as they are: either way the id is the route's one segment.
+    paths = {f"/leads/{quote(lead, safe='')}/": lead for lead in DOTTED} | {"/leads/%2E/": ".", "/leads/%2E%2E/": ".."}
+    for path, lead in paths.items():
+        answers = [get(w.port, path) for w in workers]  # one of the two forwards it to the other
+        assert [(status, content_type) for status, content_type, _ in answers] == [(200, "application/json")] * 2, (path, answers)
+        bodies = [orjson.loads(body) for _, _, body in answers]
+        assert [body["lead_id"] for body in bodies] == [lead, lead], (path, bodies)
+        assert bodies[0]["models"]["b2b"]["score"] == bodies[1]["models"]["b2b"]["score"] > 0, (path, bodies)
