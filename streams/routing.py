@@ -3,7 +3,8 @@ request to the owner, as it came, and answers with the owner's answer.
 
 In place of Faust's `app.table_route`, whose forwarding (faust/app/router.py) asked the owner
 for `request.url`, which yarl builds by resolving the path's dot segments: the worker that did
-not own lead `.` asked its owner for /leads/ and `..` for / (404 both).
+not own lead `.` asked its owner for /leads/ and `..` for / (404 both); and which answered with
+the owner's status and body only: a 503 of an owner recovering its tables lost its Retry-After.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 import faust
 from aiohttp import ClientSession
-from faust.web import Request, Response, View
+from faust.web import Request, Response, View, Web
 from faust.web.exceptions import ServiceUnavailable
 from yarl import URL
 
@@ -22,6 +23,8 @@ Handler = Callable[..., Awaitable[Response]]
 #: Dot segments of a path, percent-encoded: a segment `%2E` is no dot segment to resolve, and
 #: the owner's router decodes it to the same `.` the route's key holds.
 _DOT_SEGMENTS = {".": "%2E", "..": "%2E%2E"}
+#: The owner's headers its forwarded answer keeps: what the body is, and when to ask again.
+KEPT_HEADERS = ("Content-Type", "Retry-After")
 
 
 def table_route(app: faust.App, table: faust.types.CollectionT, match_info: str) -> Callable[[Handler], Handler]:
@@ -38,7 +41,7 @@ def table_route(app: faust.App, table: faust.types.CollectionT, match_info: str)
             here = app.conf.canonical_url
             if (owner.host, owner.port) == (here.host, here.port):
                 return await handler(view, request, **kwargs)
-            return await forward(app.http_client, owner_url(owner, request), view)
+            return await forward(app.http_client, owner_url(owner, request), view.web)
 
         return get
 
@@ -52,7 +55,8 @@ def owner_url(owner: URL, request: Request) -> URL:
                      query_string=request.rel_url.raw_query_string, encoded=True)
 
 
-async def forward(client: ClientSession, url: URL, view: View) -> Response:
+async def forward(client: ClientSession, url: URL, web: Web) -> Response:
     async with client.get(url) as answer:
         body = await answer.read()
-    return view.bytes(body, content_type=answer.content_type, status=answer.status)
+    return web.bytes(body, status=answer.status, headers={name: answer.headers[name] for name in KEPT_HEADERS
+                                                          if name in answer.headers})

@@ -3,6 +3,7 @@ on two real workers, and against a stand-in owner for the answers a live one giv
 
 from __future__ import annotations
 
+import asyncio
 import time
 import urllib.error
 import urllib.request
@@ -10,10 +11,15 @@ from dataclasses import replace
 from typing import Callable
 from urllib.parse import quote
 
+import aiohttp
+import faust
 import orjson
+from aiohttp import web
+from yarl import URL
 
 from streams.partitioning import partition_for
 from streams.processes import WorkerProcess, free_port
+from streams.routing import forward
 from streams.send import open_producer, produce
 from streams.settings import Settings
 from tests.infra import wait_for
@@ -63,3 +69,32 @@ def test_ids_of_dot_segments_are_answered_by_their_owner_through_either_worker(
         bodies = [orjson.loads(body) for _, _, body in answers]
         assert [body["lead_id"] for body in bodies] == [lead, lead], (path, bodies)
         assert bodies[0]["models"]["b2b"]["score"] == bodies[1]["models"]["b2b"]["score"] > 0, (path, bodies)
+
+
+def test_an_owners_503_keeps_its_retry_after_and_content_type_when_forwarded() -> None:
+    # An owner recovering its tables answers 503 with Retry-After while the worker asked is ready
+    # (a few seconds after a rebalance): a stand-in owner gives that answer for as long as needed.
+    # Before, the forwarded answer kept the status and body only.
+    refusal = {"error": "this worker is not ready", "ready": False}
+
+    async def not_ready(request: web.Request) -> web.Response:
+        return web.json_response(refusal, status=503, headers={"Retry-After": "5"})
+
+    async def forwarded() -> tuple[int, str, str | None, bytes]:
+        owner = web.Application()
+        owner.router.add_get("/leads/{lead_id}/", not_ready)
+        runner = web.AppRunner(owner)
+        await runner.setup()
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        try:
+            async with aiohttp.ClientSession() as client:
+                response = await forward(client, URL(f"http://127.0.0.1:{port}/leads/ada/"), faust.App("routing-test").web)
+        finally:
+            await runner.cleanup()
+        assert isinstance(response, web.Response) and isinstance(response.body, bytes)
+        return response.status, response.content_type, response.headers.get("Retry-After"), response.body
+
+    status, content_type, retry_after, body = asyncio.run(forwarded())
+    assert (status, content_type, retry_after) == (503, "application/json", "5")
+    assert orjson.loads(body) == refusal
