@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
-from aiohttp import ClientSession
+from aiohttp import ClientSession, ClientTimeout
 from faust.web import Request, Response, View, Web
 from faust.web.exceptions import ServiceUnavailable
 from yarl import URL
@@ -25,6 +25,10 @@ Handler = Callable[..., Awaitable[Response]]
 _DOT_SEGMENTS = {".": "%2E", "..": "%2E%2E"}
 #: The owner's headers its forwarded answer keeps: what the body is, and when to ask again.
 KEPT_HEADERS = ("Content-Type", "Retry-After")
+#: Longest wait for the owner's answer. It answers from memory, in milliseconds unless it is
+#: stalled; an owner that accepts connections and never answers (stopped, cut off) would
+#: otherwise hold the request for aiohttp's default, 5 minutes.
+FORWARD_TIMEOUT_S = 5.0
 
 
 def table_route(app: faust.App, table: faust.types.CollectionT, match_info: str) -> Callable[[Handler], Handler]:
@@ -56,7 +60,7 @@ def owner_url(owner: URL, request: Request) -> URL:
 
 
 async def forward(client: ClientSession, url: URL, web: Web) -> Response:
-    async with client.get(url) as answer:
+    async with client.get(url, timeout=ClientTimeout(total=FORWARD_TIMEOUT_S)) as answer:
         body = await answer.read()
     return web.bytes(body, status=answer.status, headers={name: answer.headers[name] for name in KEPT_HEADERS
                                                           if name in answer.headers})

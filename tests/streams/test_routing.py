@@ -4,6 +4,8 @@ on two real workers, and against a stand-in owner for the answers a live one giv
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 import urllib.error
 import urllib.request
@@ -19,7 +21,7 @@ from yarl import URL
 
 from streams.partitioning import partition_for
 from streams.processes import WorkerProcess, free_port
-from streams.routing import forward
+from streams.routing import FORWARD_TIMEOUT_S, forward
 from streams.send import open_producer, produce
 from streams.settings import Settings
 from tests.infra import wait_for
@@ -38,27 +40,35 @@ def get(port: int, path: str) -> tuple[int, str, bytes]:
         return exc.code, exc.headers["Content-Type"], exc.read()
 
 
+def two_workers_sharing(settings: Settings, worker: Callable[..., WorkerProcess],
+                        leads: list[str]) -> tuple[list[WorkerProcess], list[str]]:
+    """Two workers that have scored `leads` and a lead on each partition, so that each owns some;
+    and the leads scored."""
+    now = int(time.time() * 1000) - 10 * MINUTE_MS
+    fillers = {partition_for(f"lead-{n}", settings.partitions): f"lead-{n}" for n in range(200)}
+    assert len(fillers) == settings.partitions
+    scored = [*leads, *fillers.values()]
+    events = [{"event_id": f"{lead}-{n}", "lead_id": lead, "type": "form_submit", "product": "b2b", "time": now + n,
+               "properties": {"form": "demo_request"}} for k, lead in enumerate(scored) for n in range(1 + k % 3)]
+    producer = open_producer(settings)
+    try:
+        produce(producer, settings.topic_events, ((e["lead_id"], orjson.dumps(e)) for e in events), 1)
+    finally:
+        producer.close()
+    workers = [worker(), worker(replace(settings, worker_port=free_port(), state_dir=settings.state_dir / "second"))]
+    wait_for(lambda: all(w.ready() and sum(w.metric("leadstream_leads_in_state")) for w in workers), 120,
+             "the two workers sharing the leads", 0.3)
+    wait_for(lambda: sum(sum(w.metric("leadstream_leads_in_state")) for w in workers) == len(scored), 120,
+             "every lead scored", 0.3)
+    return workers, scored
+
+
 def test_ids_of_dot_segments_are_answered_by_their_owner_through_either_worker(
     isolated: Settings, worker: Callable[..., WorkerProcess]
 ) -> None:
     # Before, Faust's routing asked the owner for the request's URL as resolved by yarl: the
     # worker that did not own `.` asked its owner for /leads/ and `..` for / (404 both).
-    now = int(time.time() * 1000) - 10 * MINUTE_MS
-    fillers = {partition_for(f"lead-{n}", isolated.partitions): f"lead-{n}" for n in range(200)}
-    assert len(fillers) == isolated.partitions  # a lead on every partition, so both workers own some
-    leads = [*DOTTED, *fillers.values()]
-    events = [{"event_id": f"{lead}-{n}", "lead_id": lead, "type": "form_submit", "product": "b2b", "time": now + n,
-               "properties": {"form": "demo_request"}} for k, lead in enumerate(leads) for n in range(1 + k % 3)]
-    producer = open_producer(isolated)
-    try:
-        produce(producer, isolated.topic_events, ((e["lead_id"], orjson.dumps(e)) for e in events), 1)
-    finally:
-        producer.close()
-    workers = [worker(), worker(replace(isolated, worker_port=free_port(), state_dir=isolated.state_dir / "second"))]
-    wait_for(lambda: all(w.ready() and sum(w.metric("leadstream_leads_in_state")) for w in workers), 120,
-             "the two workers sharing the leads", 0.3)
-    wait_for(lambda: sum(sum(w.metric("leadstream_leads_in_state")) for w in workers) == len(leads), 120,
-             "every lead scored", 0.3)
+    workers, _ = two_workers_sharing(isolated, worker, DOTTED)
 
     # Written as a client percent-encodes an id (`/` always, so a `/` in an id is no segment), and
     # `.` and `..` also as they are: either way the id is the route's one segment.
@@ -69,6 +79,32 @@ def test_ids_of_dot_segments_are_answered_by_their_owner_through_either_worker(
         bodies = [orjson.loads(body) for _, _, body in answers]
         assert [body["lead_id"] for body in bodies] == [lead, lead], (path, bodies)
         assert bodies[0]["models"]["b2b"]["score"] == bodies[1]["models"]["b2b"]["score"] > 0, (path, bodies)
+
+
+def test_a_lead_whose_owner_does_not_answer_is_a_503_to_retry_within_seconds(
+    isolated: Settings, worker: Callable[..., WorkerProcess]
+) -> None:
+    # An owner that is alive but does not answer (stopped here; stalled or cut off by the network
+    # elsewhere): its connections are still accepted. Before, the worker asked waited as long as
+    # aiohttp's default, 5 minutes, and its client timed out first.
+    (first, second), leads = two_workers_sharing(isolated, worker, [])
+    assert second.proc is not None
+    os.killpg(second.proc.pid, signal.SIGSTOP)
+    try:
+        answers = []
+        for lead in leads:
+            started = time.monotonic()
+            try:
+                status, _, body = get(first.port, f"/leads/{lead}/")
+            except (TimeoutError, urllib.error.URLError) as exc:
+                status, body = 0, repr(exc).encode()
+            answers.append((status, body, time.monotonic() - started))
+    finally:
+        os.killpg(second.proc.pid, signal.SIGCONT)
+    assert all(status in (200, 503) and elapsed_s < FORWARD_TIMEOUT_S + 2 for status, _, elapsed_s in answers), answers
+    # Until the group's session timeout moves the stopped worker's partitions, its leads are a 503
+    # (then the first rebalances: not ready, a 503 too).
+    assert any(b"does not answer" in body for _, body, _ in answers), answers
 
 
 def test_an_owners_503_keeps_its_retry_after_and_content_type_when_forwarded() -> None:
