@@ -9,7 +9,7 @@ import pytest
 
 from scoring import Engine, ModelError
 from scoring.model import load_directory
-from tests.scoring.support import MODELS_DIR, model
+from tests.scoring.support import MODELS_DIR, Run, ev, model
 
 BASE = '[model]\nname = "b2b"\n[thresholds]\nbase = "cold"\nladder = [{ level = "mql", at = 20 }]\n'
 RULE = '[[rules]]\nname = "pricing"\nevent = "page_view"\npoints = 10\n'
@@ -96,8 +96,10 @@ def test_errors_name_file_rule_and_field(text: str, fragments: list[str]) -> Non
         assert fragment in str(caught.value)
 
 
-def test_an_unknown_event_type_is_allowed() -> None:
-    load(BASE + RULE.replace("page_view", "an_event_nobody_sends_yet"))
+def test_an_unknown_event_type_is_allowed_and_scores_once_such_events_come() -> None:
+    loaded = model(BASE + RULE.replace("page_view", "an_event_nobody_sends_yet"), name="b2b", header=False)
+    run = Run(Engine([loaded])).apply(ev("an_event_nobody_sends_yet"))
+    assert run.score("L1", "b2b") == 10
 
 
 def test_every_shipped_model_loads() -> None:
