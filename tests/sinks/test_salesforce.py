@@ -27,7 +27,7 @@ def test_up_to_mql_updates_the_lead_and_creates_a_task_for_its_owner_and_down_up
     produce(settings, [
         crossing(1, "mql"),
         crossing(1, "nurture", "down", from_level="mql", temperature="cold", normalized=33.5),
-        crossing(2, "sql", traits={"salesforce_id": by_id}),
+        crossing(2, "sql", traits={"email": "lead-2@acme.io", "salesforce_id": by_id}),
     ])
 
     stats = drain(SalesforceSink(settings), settings)
@@ -37,11 +37,11 @@ def test_up_to_mql_updates_the_lead_and_creates_a_task_for_its_owner_and_down_up
     assert (lead["Status"], lead["Rating"], lead["Leadstream_Score__c"]) == ("Open - Not Contacted", "Cold", 33.5)
     assert lead["Leadstream_Reasons__c"] == "pricing_page +30, webinar +10"
     assert salesforce.records["Lead"][by_id]["Status"] == "Working - Contacted"
-    tasks = sorted(salesforce.records["Task"].values(), key=lambda t: t["WhoId"])
-    assert [(t["WhoId"], t["OwnerId"]) for t in tasks] == sorted(
-        [(by_email, "005000000000042AAA"), (by_id, "005000000000001AAA")])
-    assert tasks[0]["ActivityDate"] == "2025-11-24" and tasks[0]["Priority"] == "High"
-    assert tasks[0]["Subject"] in ("Follow up: lead-1@acme.io is now mql", "Follow up: lead-2@acme.io is now sql")
+    tasks = {t["WhoId"]: (t["OwnerId"], t["Subject"], t["ActivityDate"], t["Priority"]) for t in salesforce.records["Task"].values()}
+    assert tasks == {
+        by_email: ("005000000000042AAA", "Follow up: lead-1@acme.io is now mql", "2025-11-24", "High"),
+        by_id: ("005000000000001AAA", "Follow up: lead-2@acme.io is now sql", "2025-11-24", "High"),
+    }
 
 
 def test_request_limit_exceeded_is_retried_and_an_unknown_field_is_dead_lettered_then_replayed(
