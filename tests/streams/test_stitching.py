@@ -48,6 +48,11 @@ def page(anonymous_id: str, n: int, url: str, at: str) -> dict:
             "properties": {"url": url, "time_on_page_s": 30}, "context": {"app": {"name": "b2b"}}}
 
 
+def b2b_score(proc: WorkerProcess, lead: str) -> float | None:
+    status, body = proc.get(f"/leads/{lead}/")
+    return orjson.loads(body)["models"].get("b2b", {}).get("score") if status == 200 else None
+
+
 def crossings(settings: Settings, expect: int) -> list[dict]:
     return [c for _, c in read_topic(settings, settings.topic_crossings, expect=expect, idle_s=4)]
 
@@ -64,7 +69,7 @@ def test_anonymous_browsing_then_identify_makes_one_lead_with_one_mql_crossing(
         page("a-123", 2, "https://acme.io/pricing", now),
         page("a-123", 3, "https://acme.io/case-studies/globex", now),
     ]})
-    time.sleep(3)
+    wait_for(lambda: b2b_score(proc, "anon:a-123") == 24, 60, "the visitor scored at 24", 0.3)
     assert crossings(isolated, expect=0) == []
 
     # Sign-up: identify links the visitor to the known lead, whose own event scores too.
@@ -73,7 +78,7 @@ def test_anonymous_browsing_then_identify_makes_one_lead_with_one_mql_crossing(
     call(isolated, "track", {"userId": "u-ada", "event": "Webinar Attended", "messageId": "t-1", "timestamp": now,
                              "context": {"app": {"name": "b2b"}}})
     # Anonymous events arriving after the merge go to the lead; a re-sent one never counts twice.
-    time.sleep(3)
+    wait_for(lambda: b2b_score(proc, "u-ada") == 24 + 10 + 1, 60, "the visitor merged into u-ada", 0.3)
     call(isolated, "page", page("a-123", 4, "https://acme.io/about", now))
     call(isolated, "page", page("a-123", 1, "https://acme.io/pricing", now))
     # A second identify and an alias for the same visitor merge nothing again.
