@@ -48,7 +48,14 @@ def test_isolate_finds_each_failing_item_and_keeps_the_others_results_in_order()
 
 
 def test_isolate_tries_once_when_nothing_fails() -> None:
-    assert isolate([1, 2], lambda items: sum(items), lambda item: [item], lambda item, exc: None) == [3]
+    attempts: list[list[int]] = []
+
+    def attempt(items: Sequence[int]) -> int:
+        attempts.append(list(items))
+        return sum(items)
+
+    assert isolate([1, 2], attempt, lambda item: [item], lambda item, exc: None) == [3]
+    assert attempts == [[1, 2]]
 
 
 LEAD, OTHER, POISON = "ada", "zed", "poison"  # ada and poison share partition 1; zed is on 2
