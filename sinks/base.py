@@ -139,6 +139,9 @@ class Crossing:
             "lead_id": self.lead_id,
             "account_id": self.account_id or "",
             "email": self.email,
+            # Who a task or deal is about: a lead the CRM found by its id trait may have no e-mail,
+            # and "{email}" then left a subject naming nobody ("Follow up:  is now sql").
+            "contact": self.email or self.lead_id,
             "model": self.model,
             "from_level": self.from_level,
             "level": self.to_level,

@@ -50,8 +50,8 @@ class _Kind:
 
 _LEAD = _Kind(
     "a crossing field", SOURCE_FIELDS, tuple(_SAMPLE.template_fields()),
-    deal_name="{email} reached {level}",
-    task_subject="Follow up: {email} reached {level}",
+    deal_name="{contact} reached {level}",
+    task_subject="Follow up: {contact} reached {level}",
     task_body="Score {score} (grade {grade}, {temperature}). Why: {reasons}",
 )
 # An account has no e-mail, grade, engagement or cell of its own; its `reasons` are its members
@@ -59,7 +59,7 @@ _LEAD = _Kind(
 _ACCOUNT = _Kind(
     "a field of account crossings",
     tuple(name for name in SOURCE_FIELDS if name not in ("grade", "engagement", "cell")),
-    tuple(name for name in _SAMPLE.template_fields() if name not in ("email", "grade", "engagement", "cell")),
+    tuple(name for name in _SAMPLE.template_fields() if name not in ("email", "contact", "grade", "engagement", "cell")),
     deal_name="{account_id} reached {level}",
     task_subject="Account {account_id} is now {level}",
     task_body="Account score {score} ({temperature}). Members: {reasons}",

@@ -27,7 +27,7 @@ def test_up_to_mql_updates_the_lead_and_creates_a_task_for_its_owner_and_down_up
     produce(settings, [
         crossing(1, "mql"),
         crossing(1, "nurture", "down", from_level="mql", temperature="cold", normalized=33.5),
-        crossing(2, "sql", traits={"email": "lead-2@acme.io", "salesforce_id": by_id}),
+        crossing(2, "sql", traits={"salesforce_id": by_id}),  # found by its id, no e-mail
     ])
 
     stats = drain(SalesforceSink(settings), settings)
@@ -40,7 +40,7 @@ def test_up_to_mql_updates_the_lead_and_creates_a_task_for_its_owner_and_down_up
     tasks = {t["WhoId"]: (t["OwnerId"], t["Subject"], t["ActivityDate"], t["Priority"]) for t in salesforce.records["Task"].values()}
     assert tasks == {
         by_email: ("005000000000042AAA", "Follow up: lead-1@acme.io is now mql", "2025-11-24", "High"),
-        by_id: ("005000000000001AAA", "Follow up: lead-2@acme.io is now sql", "2025-11-24", "High"),
+        by_id: ("005000000000001AAA", "Follow up: lead-2 is now sql", "2025-11-24", "High"),  # {contact}: its id
     }
 
 
