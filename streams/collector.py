@@ -13,7 +13,8 @@ Contract:
 - 400 with a reason code and a sentence for a bad request: too large (32 KB a call, 4 MB a
   batch as RudderStack takes, after gzip), bad gzip, malformed JSON, wrong content type. A bad call in a batch is
   reported in the 200 response and dead-lettered while the good ones are accepted; a bad single
-  call is dead-lettered and answered 400. 401 for an unknown key, with nothing written. 408 when
+  call is dead-lettered and answered 400. 401 for an unknown key, with nothing written, and for
+  Segment's OAuth mode (a Bearer token, which only Segment can verify). 408 when
   the body takes longer than LEADSTREAM_COLLECTOR_BODY_TIMEOUT_MS to arrive.
 - 503 with Retry-After when Kafka is unreachable, slow to acknowledge, or already holds
   LEADSTREAM_COLLECTOR_MAX_IN_FLIGHT_BYTES unacknowledged: the collector never buffers without
@@ -339,6 +340,15 @@ class Collector:
         if header is None:
             return None
         scheme, _, credentials = header.partition(" ")
+        if scheme.lower() == "bearer":
+            # Segment's OAuth mode: a token from Segment's authorization server, which the
+            # collector cannot verify. Falling back to the body's write key would let a leaked
+            # key in where the sender's operator asked for a token: refused, saying why.
+            raise RequestRejected(
+                401, "oauth_unsupported", "the collector does not take OAuth access tokens (Authorization: Bearer), "
+                "which only Segment can verify: turn OAuth off in the library (no OAuth client id) so that it sends "
+                "the write key as the HTTP Basic user name"
+            )
         if scheme.lower() != "basic":
             raise RequestRejected(401, "unauthorized", "use HTTP Basic authentication with the write key as user name")
         try:

@@ -321,7 +321,7 @@ def test_bodies_just_within_the_limits_after_gzip_are_accepted(collector: Thread
         (("wk-unknown", ""), None),  # HTTP Basic, unknown key
         (None, "wk-unknown"),  # in the body, unknown key
         (None, None),  # no key at all
-        ("Bearer " + WRITE_KEY, None),  # not Basic
+        ("Digest username=" + WRITE_KEY, None),  # not Basic
         ("Basic !!notbase64", None),
     ],
 )
@@ -337,6 +337,20 @@ def test_a_wrong_write_key_gets_401_and_nothing_is_written(
     response = requests.post(f"{collector.url}/v1/batch", data=orjson.dumps(body), auth=auth if isinstance(auth, tuple) else None,
                              headers=headers, timeout=10)
     assert (response.status_code, response.json()["code"]) == (401, "unauthorized")
+    for topic in (settings.topic_events, settings.topic_deadletter):
+        assert read_messages(settings, topic, events=0, settle_s=0.5) == []
+
+
+def test_segments_oauth_mode_is_refused_naming_it_and_nothing_is_written(collector: ThreadedCollector, settings: Settings) -> None:
+    """Segment's library in OAuth mode sends a Bearer token from Segment's authorization server
+    beside the write key in the body. The collector cannot verify that token: it was refused as
+    if the client had sent no usable credentials ("use HTTP Basic"), leaving the operator to guess
+    that OAuth was the problem."""
+    body = {"batch": [track("u-1")], "writeKey": WRITE_KEY}  # what segment.analytics.request.post sends
+    response = requests.post(f"{collector.url}/v1/batch", data=orjson.dumps(body), timeout=10,
+                             headers={"Content-Type": "application/json", "Authorization": "Bearer eyJhbGciOiJSUzI1NiJ9.e30.c2ln"})
+    assert (response.status_code, response.json()["code"]) == (401, "oauth_unsupported")
+    assert "OAuth" in response.json()["message"] and "HTTP Basic" in response.json()["message"]
     for topic in (settings.topic_events, settings.topic_deadletter):
         assert read_messages(settings, topic, events=0, settle_s=0.5) == []
 
