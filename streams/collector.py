@@ -2,8 +2,10 @@
 
 Apps point their Segment or RudderStack library at it (a host change): `POST /v1/track`,
 `/v1/page`, `/v1/screen`, `/v1/identify`, `/v1/group`, `/v1/alias` and `/v1/batch` (also as
-`/v1/import`), authenticated by a write key (the HTTP Basic user name, or `writeKey` in the
-body, which is how the browser snippet it serves at `/v1/leadstream.js` sends it).
+`/v1/import`; analytics.js's short names `/v1/t`, `/v1/p`, `/v1/s`, `/v1/i`, `/v1/g`, `/v1/a` and
+`/v1/b`; and RudderStack's `/beacon/v1/batch`), authenticated by a write key (the HTTP Basic
+user name, or `writeKey` in the body, which is how the browser snippet it serves at
+`/v1/leadstream.js` sends it, or in the query string, as RudderStack's beacons send it).
 streams/segment.py maps the calls.
 
 Contract:
@@ -77,6 +79,9 @@ CONNECT_RETRY_S = 1.0
 UNAVAILABLE_LOG_INTERVAL_S = 10.0
 # /v1/import is the batch endpoint under the name Segment's Ruby library posts to.
 BATCH_CALLS = ("batch", "import")
+# analytics.js (Segment's browser library) posts each call to /v1/ and its type's first letter,
+# and its batches to /v1/b: the same calls under short names, answered and counted as them.
+CALL_ALIASES = {"t": "track", "p": "page", "s": "screen", "i": "identify", "g": "group", "a": "alias", "b": "batch"}
 CONTENT_TYPES = ("application/json", "text/plain")  # text/plain: what navigator.sendBeacon sends
 # The reason of a call whose mapping raised something else than RequestRejected: a bug of ours,
 # logged; the call is refused and dead-lettered like a bad one, so the request's others are kept.
@@ -288,7 +293,7 @@ class Collector:
         raw = await self._read_body(request, BATCH_LIMIT_BYTES if call in BATCH_CALLS else CALL_LIMIT_BYTES)
         body = _parse(raw)
         if source is None:
-            source = self._source_from_body(body)
+            source = self._source_from_key(request.query.get("writeKey", body.get("writeKey")))
         received_at_ms = int(self.clock() * 1000)
         context: dict[str, Any] = {}
         if call in BATCH_CALLS:
@@ -357,11 +362,11 @@ class Collector:
             raise RequestRejected(401, "unauthorized", "the Authorization header is not valid HTTP Basic credentials") from None
         return self._source(key)
 
-    def _source_from_body(self, body: dict[str, Any]) -> Source:
-        key = body.get("writeKey")
+    def _source_from_key(self, key: object) -> Source:
+        """The source of a key given without the Authorization header: `writeKey` in the query or the body."""
         if not isinstance(key, str) or not key:
             raise RequestRejected(
-                401, "unauthorized", "no write key: send it as the HTTP Basic user name or as `writeKey` in the body"
+                401, "unauthorized", "no write key: send it as the HTTP Basic user name, or as `writeKey` in the body or the query"
             )
         return self._source(key)
 
@@ -532,7 +537,8 @@ def create_app(collector: Collector) -> web.Application:
     snippet = SNIPPET.read_bytes()
 
     async def ingest(request: web.Request) -> web.Response:
-        call = request.match_info["call"]
+        name = request.match_info["call"]
+        call = CALL_ALIASES.get(name, name)
         started = time.perf_counter()
         try:
             response = await answer(request, call)
@@ -589,9 +595,12 @@ def create_app(collector: Collector) -> web.Application:
         return response
 
     app = web.Application(middlewares=[cross_origin])
-    calls = "|".join((*CALL_TYPES, *BATCH_CALLS))
-    app.router.add_post(f"/v1/{{call:{calls}}}", ingest)
-    app.router.add_route("OPTIONS", f"/v1/{{call:{calls}}}", preflight)
+    calls = "|".join((*CALL_TYPES, *BATCH_CALLS, *CALL_ALIASES))
+    # RudderStack's browser SDK in beacon mode posts its batches to /beacon/v1/batch, the write key
+    # in the query string (navigator.sendBeacon cannot set an Authorization header).
+    for path in (f"/v1/{{call:{calls}}}", "/beacon/v1/{call:batch}"):
+        app.router.add_post(path, ingest)
+        app.router.add_route("OPTIONS", path, preflight)
     app.router.add_get("/v1/leadstream.js", javascript)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

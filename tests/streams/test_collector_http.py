@@ -125,6 +125,51 @@ def test_import_is_the_batch_endpoint_as_segments_ruby_library_posts_to_it(colle
     assert letter["detail"].startswith("source website, /v1/import call 2: ")
 
 
+def browser_call(kind: str, lead: str, **fields: Any) -> dict[str, Any]:
+    """A call as a browser library builds it: its type, the write key, an anonymous id and sentAt in the body."""
+    return {"type": kind, "userId": lead, "anonymousId": f"a-{lead}", "messageId": uuid.uuid4().hex, "writeKey": WRITE_KEY,
+            "sentAt": datetime.now(timezone.utc).isoformat(), "context": {"library": {"name": "analytics.js"}}, **fields}
+
+
+BROWSER_CALLS = {
+    "t": browser_call("track", "u-t", event="Pricing Viewed", properties={"plan": "pro"}),
+    "p": browser_call("page", "u-p", properties={"path": "/pricing"}),
+    "s": browser_call("screen", "u-s", name="Home"),
+    "i": browser_call("identify", "u-i", traits={"title": "CTO"}),
+    "g": browser_call("group", "u-g", groupId="acme", traits={"industry": "Software"}),
+    "a": browser_call("alias", "u-a", previousId="a-old"),
+}
+
+
+def test_analytics_js_short_paths_and_rudderstack_beacons_are_served(collector: ThreadedCollector, settings: Settings) -> None:
+    """analytics.js posts each call to /v1/ and its type's first letter (/v1/t, ...) and its
+    batches to /v1/b; RudderStack's browser SDK in beacon mode posts batches to
+    /beacon/v1/batch?writeKey=KEY: all were 404, so those libraries, given the collector's host,
+    lost every event. Each is the call it stands for; an unknown short name is still a 404."""
+    text = {"Content-Type": "text/plain"}  # what both libraries send, without an Authorization header
+    for letter, call in BROWSER_CALLS.items():
+        response = collector.post(f"/v1/{letter}", call, key=None, headers=text)
+        assert (response.status_code, response.json()) == (200, {"success": True, "accepted": 1}), letter
+    batched = [track("u-b1"), track("u-b2")]
+    assert collector.post("/v1/b", {"writeKey": WRITE_KEY, "batch": batched, "sentAt": datetime.now(timezone.utc).isoformat()},
+                          key=None, headers=text).json() == {"success": True, "accepted": 2}
+    beacons = [track("u-r1"), track("u-r2")]
+    response = requests.post(f"{collector.url}/beacon/v1/batch?writeKey={WRITE_KEY}", data=orjson.dumps({"batch": beacons}),
+                             headers=text, timeout=10)
+    assert response.json() == {"success": True, "accepted": 2}
+    unknown = requests.post(f"{collector.url}/beacon/v1/batch?writeKey=wk-unknown", data=orjson.dumps({"batch": beacons}),
+                            headers=text, timeout=10)
+    assert (unknown.status_code, unknown.json()["code"]) == (401, "unauthorized")
+    assert collector.post("/v1/x", track("u-x")).status_code == 404
+
+    events = all_events(read_messages(settings, settings.topic_events, events=7))
+    assert sorted((e["lead_id"], e["type"]) for e in events) == [
+        ("u-b1", "pricing_viewed"), ("u-b2", "pricing_viewed"), ("u-p", "page_view"), ("u-r1", "pricing_viewed"),
+        ("u-r2", "pricing_viewed"), ("u-s", "screen_view"), ("u-t", "pricing_viewed")]
+    profiles = all_events(read_messages(settings, settings.topic_profiles, events=3))
+    assert sorted((e["lead_id"], e["type"]) for e in profiles) == [("u-a", "alias"), ("u-g", "group"), ("u-i", "identify")]
+
+
 def test_a_lone_surrogate_escape_is_replaced_and_loses_no_call(collector: ThreadedCollector, settings: Settings) -> None:
     # What JSON.stringify writes for a title cut between the two halves of an emoji; a whole
     # emoji's pair of escapes is read as it always was.
