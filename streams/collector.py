@@ -82,6 +82,8 @@ BATCH_CALLS = ("batch", "import")
 # analytics.js (Segment's browser library) posts each call to /v1/ and its type's first letter,
 # and its batches to /v1/b: the same calls under short names, answered and counted as them.
 CALL_ALIASES = {"t": "track", "p": "page", "s": "screen", "i": "identify", "g": "group", "a": "alias", "b": "batch"}
+# Headers the browser libraries set on a cross-origin call: RudderStack's adds AnonymousId.
+CORS_HEADERS = "Authorization, Content-Type, Content-Encoding, AnonymousId"
 CONTENT_TYPES = ("application/json", "text/plain")  # text/plain: what navigator.sendBeacon sends
 # The reason of a call whose mapping raised something else than RequestRejected: a bug of ours,
 # logged; the call is refused and dead-lettered like a bad one, so the request's others are kept.
@@ -366,7 +368,8 @@ class Collector:
         """The source of a key given without the Authorization header: `writeKey` in the query or the body."""
         if not isinstance(key, str) or not key:
             raise RequestRejected(
-                401, "unauthorized", "no write key: send it as the HTTP Basic user name, or as `writeKey` in the body or the query"
+                401, "unauthorized",
+                "no write key: send it as the HTTP Basic user name, or as `writeKey` in the body or the query",
             )
         return self._source(key)
 
@@ -570,7 +573,7 @@ def create_app(collector: Collector) -> web.Application:
             status=204,
             headers={
                 "Access-Control-Allow-Methods": "POST, OPTIONS",
-                "Access-Control-Allow-Headers": "Authorization, Content-Type, Content-Encoding",
+                "Access-Control-Allow-Headers": CORS_HEADERS,
                 "Access-Control-Max-Age": "86400",
             },
         )

@@ -1,4 +1,4 @@
-"""The page-tracking snippet (/v1/leadstream.js) in a real headless Chromium, driven over CDP."""
+"""The page-tracking snippet (/v1/leadstream.js) and browser libraries' requests in a real headless Chromium, over CDP."""
 
 from __future__ import annotations
 
@@ -215,3 +215,23 @@ def test_page_called_on_the_page_being_viewed_continues_its_view(browser: Browse
     views = all_events(read_messages(settings, settings.topic_events, events=2))
     assert sorted((e["properties"]["path"], e["properties"]["referrer"]) for e in views) == [
         ("/index.html", ""), ("/pricing.html", f"{site}/index.html")]
+
+
+def test_the_browser_libraries_requests_pass_cors_from_another_origin(browser: Browser, site: str, collector: ThreadedCollector) -> None:
+    """RudderStack's browser SDK posts each call with Authorization and an AnonymousId header: the
+    preflight did not allow AnonymousId, so the browser never sent the call. analytics.js posts
+    text/plain to /v1/t (no preflight). Both are made here as those libraries make them, from a
+    page of another origin than the collector."""
+    settings = collector.settings
+    browser.call("Page.navigate", url=f"{site}/index.html")
+    browser.wait_for("document.readyState === 'complete'")
+    rudderstack = browser.evaluate(f"""fetch("{collector.url}/v1/track", {{method: "POST", headers: {{
+        "Content-Type": "application/json;charset=UTF-8", "Authorization": "Basic " + btoa("{WRITE_KEY}:"), "AnonymousId": btoa("a-1")}},
+        body: JSON.stringify({{type: "track", event: "Demo Requested", anonymousId: "a-1", messageId: "m-rudder"}})
+    }}).then(r => r.status, e => String(e))""")
+    analytics_js = browser.evaluate(f"""fetch("{collector.url}/v1/t", {{method: "POST", headers: {{"Content-Type": "text/plain"}},
+        body: JSON.stringify({{type: "track", event: "Demo Requested", anonymousId: "a-2", messageId: "m-ajs", writeKey: "{WRITE_KEY}"}})
+    }}).then(r => r.status, e => String(e))""")
+    assert (rudderstack, analytics_js) == (200, 200)
+    events = all_events(read_messages(settings, settings.topic_events, events=2))
+    assert sorted(e["event_id"] for e in events) == ["m-ajs", "m-rudder"]
