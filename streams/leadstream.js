@@ -69,6 +69,9 @@
   }
 
   var page = null;
+  // The URL of the latest page view: the referrer of the next one page() starts, also once a
+  // hide has ended it (document.referrer is the page before the first one, not the route left).
+  var lastUrl = "";
 
   // Time on page counts while the page is visible: a tab opened in the background and never
   // looked at has not been read. It ends at the first hide (the last moment a mobile browser
@@ -76,6 +79,7 @@
   function visibleNow() { return document.visibilityState === "visible" ? Date.now() : null; }
 
   function startPage(referrer) {
+    lastUrl = location.href;
     page = {
       startedAt: Date.now(),
       visibleSince: visibleNow(),
@@ -111,9 +115,8 @@
       // Called on the page being viewed (on load, as Segment's snippet does, or twice for one
       // route), it continues that view: ending it would send the page again, a few ms long.
       if (page && page.properties.url === location.href) return;
-      var previous = page ? page.properties.url : document.referrer;
       endPage();
-      startPage(previous);
+      startPage(lastUrl);
     },
     anonymousId: function () { return anonymousId; }
   };

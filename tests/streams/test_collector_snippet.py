@@ -235,3 +235,28 @@ def test_the_browser_libraries_requests_pass_cors_from_another_origin(browser: B
     assert (rudderstack, analytics_js) == (200, 200)
     events = all_events(read_messages(settings, settings.topic_events, events=2))
     assert sorted(e["event_id"] for e in events) == ["m-ajs", "m-rudder"]
+
+
+def test_a_route_change_after_the_tab_was_hidden_has_the_route_left_as_referrer(
+    browser: Browser, site: str, collector: ThreadedCollector
+) -> None:
+    """A hide ends the page view under way; page() after a route change then took
+    document.referrer (here none: the home page was opened directly) as the next view's referrer
+    instead of the route the visitor had been reading."""
+    settings = collector.settings
+    browser.call("Page.enable")
+    browser.call("Page.addScriptToEvaluateOnNewDocument", source=(
+        "window.__visibility = 'visible';"
+        "Object.defineProperty(Document.prototype, 'visibilityState', {get() { return window.__visibility; }, configurable: true});"
+    ))
+    shown = "window.__visibility = '{}'; document.dispatchEvent(new Event('visibilitychange'))"
+    browser.call("Page.navigate", url=f"{site}/index.html")
+    browser.wait_for("window.leadstream && window.leadstream.version")
+    browser.evaluate(shown.format("hidden"))  # to another tab: the home page's view is sent
+    browser.evaluate(shown.format("visible"))  # back
+    browser.evaluate("history.pushState({}, '', '/pricing.html'); leadstream.page()")
+    browser.call("Page.navigate", url="about:blank")
+
+    views = all_events(read_messages(settings, settings.topic_events, events=2))
+    assert sorted((e["properties"]["path"], e["properties"]["referrer"]) for e in views) == [
+        ("/index.html", ""), ("/pricing.html", f"{site}/index.html")]
