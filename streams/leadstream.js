@@ -11,6 +11,7 @@
  * A page view is sent when the visitor leaves the page (or hides it: mobile browsers may never
  * fire pagehide), with time_on_page_s; leadstream.page() ends the current page view and starts
  * the next one, for single-page apps, once the URL changed (on the same URL it does nothing).
+ * leadstream.reset() is for logging out: it forgets the user id and starts a new anonymous id.
  */
 (function (window, document) {
   "use strict";
@@ -27,8 +28,8 @@
     return found ? decodeURIComponent(found[1]) : null;
   }
 
-  function writeCookie(name, value) {
-    document.cookie = name + "=" + encodeURIComponent(value) + "; Max-Age=" + YEAR_S + "; Path=/; SameSite=Lax" +
+  function writeCookie(name, value, maxAgeS) {
+    document.cookie = name + "=" + encodeURIComponent(value) + "; Max-Age=" + maxAgeS + "; Path=/; SameSite=Lax" +
       (location.protocol === "https:" ? "; Secure" : "");
   }
 
@@ -43,7 +44,7 @@
   }
 
   var anonymousId = readCookie("ls_aid") || uuid();
-  writeCookie("ls_aid", anonymousId);  // renews the cookie's year on every visit
+  writeCookie("ls_aid", anonymousId, YEAR_S);  // renews the cookie's year on every visit
   var userId = readCookie("ls_uid");
 
   function send(kind, call, happenedAt) {
@@ -104,7 +105,7 @@
     identify: function (id, traits) {
       if (id) {
         userId = String(id);
-        writeCookie("ls_uid", userId);
+        writeCookie("ls_uid", userId, YEAR_S);
       }
       send("identify", { traits: traits || {} });
     },
@@ -117,6 +118,18 @@
       if (page && page.properties.url === location.href) return;
       endPage();
       startPage(lastUrl);
+    },
+    // Log out on a shared browser: the view under way is sent as the signed-in visitor's, then
+    // the user id is forgotten and the next visitor gets a new anonymous id, so nothing they do
+    // is scored on the previous one (traits are never kept in the browser). No page view runs
+    // until the next page() or page load; one page() starts has no referrer: the URLs before were theirs.
+    reset: function () {
+      endPage();
+      userId = null;
+      writeCookie("ls_uid", "", 0);
+      anonymousId = uuid();
+      writeCookie("ls_aid", anonymousId, YEAR_S);
+      lastUrl = "";
     },
     anonymousId: function () { return anonymousId; }
   };

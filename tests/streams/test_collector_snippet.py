@@ -260,3 +260,35 @@ def test_a_route_change_after_the_tab_was_hidden_has_the_route_left_as_referrer(
     views = all_events(read_messages(settings, settings.topic_events, events=2))
     assert sorted((e["properties"]["path"], e["properties"]["referrer"]) for e in views) == [
         ("/index.html", ""), ("/pricing.html", f"{site}/index.html")]
+
+
+def test_reset_on_log_out_forgets_the_user_and_gives_the_next_visitor_a_new_anonymous_id(
+    browser: Browser, site: str, collector: ThreadedCollector
+) -> None:
+    """On a shared browser the snippet had no reset(): after a log out, the next person's page
+    views and calls were still sent with the previous user's id (kept in the ls_uid cookie) and
+    anonymous id, and scored on that lead. reset() sends the view under way as the signed-in
+    user's, then forgets the user id and starts a new anonymous id, which later pages keep."""
+    settings = collector.settings
+    browser.call("Page.navigate", url=f"{site}/index.html")
+    first = browser.wait_for("window.leadstream && window.leadstream.version && leadstream.anonymousId()")
+    browser.evaluate("leadstream.identify('user-7', {email: 'ada@acme.test'}); leadstream.reset()")
+    second = browser.evaluate("leadstream.anonymousId()")
+    assert second != first
+    cookies = browser.evaluate("document.cookie")
+    assert f"ls_aid={second}" in cookies and "ls_uid" not in cookies
+    browser.evaluate("history.pushState({}, '', '/pricing.html'); leadstream.page(); leadstream.track('Pricing Viewed', {})")
+    browser.call("Page.navigate", url=f"{site}/index.html")  # a new page load keeps the new visitor
+    assert browser.wait_for("window.leadstream && window.leadstream.version && leadstream.anonymousId()") == second
+    browser.call("Page.navigate", url="about:blank")
+
+    events = all_events(read_messages(settings, settings.topic_events, events=4))
+    seen = sorted((e["type"], e["properties"].get("path"), e["lead_id"], e["anonymous_id"]) for e in events)
+    assert seen == [
+        ("page_view", "/index.html", "anon:" + second, second),  # the second load
+        ("page_view", "/index.html", "user-7", first),  # sent by reset(), the signed-in user's
+        ("page_view", "/pricing.html", "anon:" + second, second),
+        ("pricing_viewed", None, "anon:" + second, second),
+    ]
+    pricing = next(e for e in events if e["properties"].get("path") == "/pricing.html")
+    assert pricing["properties"]["referrer"] == ""  # not a URL the previous user read
