@@ -221,11 +221,20 @@ class KafkaWriter:
             return
 
     async def write(self, messages: Sequence[Outgoing]) -> None:
-        """Produce the messages; return once Kafka acknowledged all of them, else raise Unavailable."""
+        """Produce the messages; return once Kafka acknowledged all of them, else raise Unavailable
+        (RequestRejected when they alone exceed the bound on bytes awaiting acknowledgement)."""
         from aiokafka.errors import KafkaError
 
         producer = self.producer()
         size = sum(len(m.value) for m in messages)
+        if size > self.settings.collector_max_in_flight_bytes:
+            # No retry can pass the bound (a batch of many tiny bad calls becomes many dead letters):
+            # a 503 would have the client send it again and again, each time mapped in vain.
+            raise rejected(
+                "too_large", f"the request's events and dead letters hold {size} bytes, more than the collector holds "
+                f"awaiting Kafka's acknowledgement ({self.settings.collector_max_in_flight_bytes}, "
+                "LEADSTREAM_COLLECTOR_MAX_IN_FLIGHT_BYTES); send smaller batches"
+            )
         if self._in_flight_bytes + size > self.settings.collector_max_in_flight_bytes:
             raise Unavailable(
                 f"{self._in_flight_bytes} bytes already await Kafka's acknowledgement "

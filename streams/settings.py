@@ -163,7 +163,7 @@ class Settings:
     collector_max_in_flight_bytes: int = _setting(
         "LEADSTREAM_COLLECTOR_MAX_IN_FLIGHT_BYTES",
         64 * 1024 * 1024,
-        "Bytes of events awaiting Kafka's ack beyond which the collector answers 503 instead of buffering.",
+        "Bytes of events awaiting Kafka's ack beyond which the collector answers 503 instead of buffering (400 too_large to a request over it alone).",
         POSITIVE,
     )
     collector_body_timeout_ms: int = _setting(
