@@ -4,7 +4,8 @@ A connector raises `RetryableError` when trying again later can succeed (429, 5x
 connection errors, malformed answers) and `PermanentError` when it cannot (4xx other than 429, a
 contact that does not exist, a record that is not a crossing): the runner retries the first with
 backoff and dead-letters the second. `StaleError` sets aside a replayed item that newer ones
-overtook. `MappingError` is raised on start, before anything is read.
+overtook. `MappingError` is raised on start, before anything is read. `Stopping` cuts a delivery's
+wait short when the connector is asked to stop.
 """
 
 from __future__ import annotations
@@ -34,6 +35,11 @@ class PermanentError(SinkError):
 class StaleError(SinkError):
     """The item is older than what the connector already applied for the same record (a replayed
     dead letter that newer messages overtook): the runner counts it as `stale` and goes past it."""
+
+
+class Stopping(SinkError):
+    """The connector was asked to stop while a delivery waited (for the rate limit, or before a
+    retry): nothing more was sent, and the runner leaves the batch uncommitted, for the next start."""
 
 
 class MappingError(SinkError):

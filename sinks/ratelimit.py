@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from sinks.errors import Stopping
 from sinks.metrics import RATE_LIMIT_WAIT_SECONDS
 from streams.errors import ConfigError
 
@@ -42,21 +43,25 @@ class TokenBucket:
 
     Callers reserve a slot under the lock and sleep outside it, so concurrent callers queue up
     in order without holding each other. `pause_until` makes everyone wait for a server's
-    Retry-After, since a 429 means the whole connector, not one delivery, is over quota.
+    Retry-After, since a 429 means the whole connector, not one delivery, is over quota. Such a
+    wait can last a minute: once the event given to `stop_on` is set, waits end at once with
+    `Stopping`, so a stopping connector does not first wait for a slot it will not use.
     """
 
     def __init__(
         self,
         quota: Quota,
         clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], object] | None = None,
         connector: str = "",
     ) -> None:
         self.connector = connector
         self.capacity = max(1.0, quota.requests / 10)
         self.rate_per_s = quota.requests * 0.85 / quota.window_s
         self._clock = clock
-        self._sleep = sleep
+        self._stop = threading.Event()  # never set until `stop_on` shares the runner's
+        # A fake clock's sleep in tests; else a wait that the stop event ends.
+        self._sleep = sleep or (lambda seconds: self._stop.wait(seconds))
         self._lock = threading.Lock()
         self._tokens = self.capacity
         self._updated = clock()
@@ -75,6 +80,12 @@ class TokenBucket:
         if wait_s > 0:
             RATE_LIMIT_WAIT_SECONDS.labels(self.connector).inc(wait_s)
             self._sleep(wait_s)
+            if self._stop.is_set():
+                raise Stopping(f"{self.connector}: stopped while waiting {wait_s:.1f} s for the rate limit")
+
+    def stop_on(self, stop: threading.Event) -> None:
+        """End every wait, and fail every acquire that would wait, once `stop` is set."""
+        self._stop = stop
 
     def pause_until(self, deadline: float) -> None:
         with self._lock:
@@ -88,6 +99,9 @@ class Unlimited:
         pass
 
     def pause_until(self, deadline: float) -> None:
+        pass
+
+    def stop_on(self, stop: threading.Event) -> None:
         pass
 
 

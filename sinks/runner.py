@@ -33,7 +33,7 @@ from redis import Redis, RedisError
 
 from sinks import metrics
 from sinks.base import Position, Sink
-from sinks.errors import PermanentError, RetryableError, StaleError
+from sinks.errors import PermanentError, RetryableError, StaleError, Stopping
 from sinks.ledger import Ledger, NoSteps
 from streams import probes
 from streams.deadletter import DeadLetter
@@ -120,10 +120,6 @@ class Stats:
                 "retries": self.retries, "unreplayable": self.unreplayable, "stale": self.stale}
 
 
-class _Stopped(Exception):
-    """The runner was asked to stop while a delivery waited: leave the batch uncommitted."""
-
-
 class SinkRunner(Generic[T]):
     def __init__(self, sink: Sink[T], settings: Settings, *, stop: threading.Event | None = None) -> None:
         self.sink = sink
@@ -133,6 +129,8 @@ class SinkRunner(Generic[T]):
         self.policy = RetryPolicy.from_settings(settings)
         self.stop = stop or threading.Event()
         self.stats = Stats()
+        # A wait for the quota can last a CRM's Retry-After (up to the longest backoff): a stop cuts it short.
+        sink.limiter.stop_on(self.stop)
         self.ledger = Ledger(Redis.from_url(settings.redis_url), settings.redis_prefix, sink.name, settings.sink_delivered_ttl_s)
         self._producer: Any = None  # set while consuming; dead letters go through it
         self.assigned = threading.Event()  # the consumer holds partitions: readiness
@@ -197,7 +195,7 @@ class SinkRunner(Generic[T]):
                         log.warning("sink %s: offsets not committed (%s); the new owner re-reads them", self.sink.name, exc)
                 if end is not None and all(consumer.position(tp) >= offset for tp, offset in end.items()):
                     break
-        except _Stopped:
+        except Stopping:
             log.info("sink %s: stopped; the unfinished batch is re-read on the next start", self.sink.name)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -214,14 +212,14 @@ class SinkRunner(Generic[T]):
             by_key.setdefault(env.key if env.key is not None else env.partition, []).append(env)
         futures = [pool.submit(self._deliver_in_order, queue) for queue in by_key.values()]
         for future in futures:
-            future.result()  # re-raises _Stopped, so nothing is committed
+            future.result()  # re-raises Stopping, so nothing is committed
         if self.stop.is_set():
-            raise _Stopped()
+            raise Stopping()
 
     def _deliver_in_order(self, envelopes: Iterable[Envelope]) -> None:
         for env in envelopes:
             if self.stop.is_set():
-                raise _Stopped()
+                raise Stopping()
             self.stats.add(self._deliver(env), self.sink.name)
 
     # -- operations ----------------------------------------------------------------------
@@ -293,6 +291,8 @@ class SinkRunner(Generic[T]):
             except StaleError as exc:
                 log.info("sink %s: %s/%d@%d not applied: %s", self.sink.name, env.topic, env.partition, env.offset, exc)
                 return "stale"
+            except Stopping:
+                raise
             except (RetryableError, RedisError) as exc:
                 error: Exception = exc
             except Exception as exc:  # noqa: BLE001 - a client raised something unforeseen
@@ -311,7 +311,7 @@ class SinkRunner(Generic[T]):
             self.stats.add("retries", self.sink.name)
             metrics.BACKOFF_SECONDS.labels(self.sink.name).inc(delay_s)
             if self.stop.wait(delay_s):
-                raise _Stopped()
+                raise Stopping()
 
     def _dead_letter(self, env: Envelope, reason: str, detail: str) -> str:
         letter = DeadLetter(reason=reason, detail=f"{self.sink.name}: {detail}", original=env.value,

@@ -234,3 +234,29 @@ def test_a_record_no_parser_foresaw_is_dead_lettered_and_the_connector_goes_on(s
     assert (stats.delivered, stats.dead_lettered) == (1, 1)
     [(key, letter)] = read_topic(settings, f"{settings.topic_crossings}-dlq-hubspot", expect=1, idle_s=0.5)
     assert key == b"odd" and letter["reason"] == "malformed" and "RecursionError" in letter["detail"]
+
+
+def test_sigterm_stops_a_connector_waiting_for_its_rate_limit_at_once_and_commits_nothing_undelivered(
+    sink_settings: Settings, webhook: WebhookReceiver, sink_process: Any
+) -> None:
+    # One request a minute: the second crossing waits about 70 s for its slot, as long as a
+    # CRM's Retry-After can make every lane wait. SIGTERM was seen only once that wait ended,
+    # after the 20 s that `stop` gives before it kills.
+    settings = sink_settings.with_overrides(webhook_url=webhook.url, webhook_rate_limit="1/60s")
+    produce(settings, [crossing(1, "mql"), crossing(2, "mql")])
+    first = sink_process(settings, "webhook")
+    wait_for(lambda: webhook.requests_to("POST", "/"), 60, "the first crossing")
+    time.sleep(0.5)  # the second one is waiting for its slot
+
+    asked = time.monotonic()
+    first.stop()
+
+    assert first.proc.returncode == 0 and time.monotonic() - asked < 5, first.tail()
+    assert len(webhook.requests_to("POST", "/")) == 1
+    assert not committed_everything(settings, "webhook")
+    # What was not delivered is delivered on the next start, what was is not again.
+    second = sink_process(settings.with_overrides(webhook_rate_limit="unlimited"), "webhook")
+    wait_for(lambda: committed_everything(settings, "webhook"), 60, "the restarted connector to catch up")
+    second.stop()
+    assert sorted(p.json()["id"] for p in webhook.requests_to("POST", "/")) == sorted(
+        crossing(n, "mql")["id"] for n in (1, 2)), second.tail()

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import orjson
 import pytest
 
 from sinks.base import Crossing
-from sinks.errors import MappingError, PermanentError, RetryableError, for_status
+from sinks.errors import MappingError, PermanentError, RetryableError, Stopping, for_status
 from sinks.mapping import load_mapping
 from sinks.ratelimit import Quota, TokenBucket
 from sinks.runner import RetryPolicy
@@ -53,6 +55,18 @@ def test_token_bucket_keeps_every_window_under_the_quota_and_pauses_for_retry_af
     before = clock.now
     bucket.acquire()
     assert clock.now >= before + 30
+
+
+def test_a_stop_ends_a_wait_for_the_quota_at_once() -> None:
+    bucket = TokenBucket(Quota(1, 60.0))
+    stop = threading.Event()
+    bucket.stop_on(stop)
+    bucket.acquire()  # the burst's one slot
+    threading.Timer(0.2, stop.set).start()
+    started = time.monotonic()
+    with pytest.raises(Stopping, match="stopped while waiting 70.6 s for the rate limit"):
+        bucket.acquire()
+    assert time.monotonic() - started < 2
 
 
 @pytest.mark.parametrize("text", ["100", "100/0s", "0/10s", "lots/10s", "100/10m"])
