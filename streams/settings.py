@@ -99,6 +99,11 @@ class Settings:
     kafka_bootstrap: str = _setting(
         "LEADSTREAM_KAFKA_BOOTSTRAP", "127.0.0.1:9092", "Kafka bootstrap servers (host:port, comma separated).", _host_ports,
     )
+    kafka_connect_timeout_s: int = _setting(
+        "LEADSTREAM_KAFKA_CONNECT_TIMEOUT_S", 5,
+        "How long `leadstream topics`, and the worker and the connectors as they create their topics on start, wait for the broker's first answer before saying it cannot be reached.",
+        POSITIVE,
+    )
     redis_url: str = _setting("LEADSTREAM_REDIS_URL", "redis://127.0.0.1:6379/0", "Redis used by the sinks and the read model.", _redis_url)
     app_id: str = _setting(
         "LEADSTREAM_APP_ID", "leadstream", "Faust application id: names the consumer group and the changelog topics."

@@ -62,9 +62,10 @@ def ensure_topics(settings: Settings, specs: list[TopicSpec] | None = None) -> l
 
     specs = topic_specs(settings) if specs is None else specs
     try:
-        admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id="leadstream-topics")
+        admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id="leadstream-topics",
+                                 bootstrap_timeout_ms=settings.kafka_connect_timeout_s * 1000)
     except KafkaError as exc:
-        raise kafka_unreachable(settings.kafka_bootstrap, exc) from exc
+        raise kafka_unreachable(settings.kafka_bootstrap, exc, settings.kafka_connect_timeout_s) from exc
     try:
         existing = set(admin.list_topics())
         lines = []

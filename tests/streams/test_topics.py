@@ -3,6 +3,9 @@ counts, and existing ones of another count refused."""
 
 from __future__ import annotations
 
+import socket
+import time
+
 from streams.settings import Settings
 from streams.topics import TopicSpec, ensure_topics, partition_count
 from tests.infra import leadstream
@@ -24,3 +27,14 @@ def test_existing_topics_of_another_partition_count_are_refused_by_name(isolated
     assert partition_count(settings, settings.topic_identity) == 4
     worker = leadstream(settings, "worker", check=False)
     assert worker.returncode == 1 and f"{settings.topic_events} has 8 partitions" in worker.stderr
+
+
+def test_an_unreachable_broker_is_named_within_seconds(isolated: Settings) -> None:
+    # kafka-python waits 30 s by default for the first answer: `leadstream topics` sat silent that long.
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        bootstrap = f"127.0.0.1:{closed.getsockname()[1]}"
+    started = time.monotonic()
+    done = leadstream(isolated.with_overrides(kafka_bootstrap=bootstrap, kafka_connect_timeout_s=2), "topics", check=False)
+    assert done.returncode == 1 and time.monotonic() - started < 10, done
+    assert f"cannot reach Kafka at {bootstrap}" in done.stderr and "LEADSTREAM_KAFKA_CONNECT_TIMEOUT_S" in done.stderr
