@@ -1,17 +1,125 @@
-"""HTTP plumbing shared by the connectors that speak through `requests` (Salesforce, webhook)."""
+"""HTTP plumbing shared by the connectors that speak through `requests` (Salesforce, webhook).
+
+requests' timeout bounds each wait for the server (to connect, for each read), not a call: a
+server sending its headers or its body a byte now and then would hold a delivery lane for as
+long as it kept on. So each call also has a `Deadline`, at the same timeout from its start, when
+its connection is shut down under it.
+"""
 
 from __future__ import annotations
 
+import socket
+import threading
+from contextlib import nullcontext
 from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.response import HTTPResponse
 
 from sinks.errors import RetryableError
 
+_calls = threading.local()  # `deadline`: the Deadline of the call this thread is making, if any
+
+
+class Deadline:
+    """The end of one HTTP call, `timeout_s` after it starts, whatever the server sends meanwhile.
+
+    Entered around the call (TimeoutSession.request does it; the webhook around its request and
+    the read of the answer's body): the connections it uses are shut down when the time is up, so
+    the read in progress fails at once, and `expired` says why.
+    """
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self.expired = False
+        self._sockets: list[socket.socket] = []
+        self._over = False
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(timeout_s, self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> Deadline:
+        _calls.deadline = self
+        self._timer.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._timer.cancel()
+        with self._lock:
+            self._over = True  # its connections may serve other calls now: never cut them
+        _calls.deadline = None
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            if self.expired:
+                _cut(sock)
+            else:
+                self._sockets.append(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            if self._over:
+                return
+            self.expired = True
+            for sock in self._sockets:
+                _cut(sock)
+
+
+def _cut(sock: socket.socket) -> None:
+    # The plain socket's shutdown, a TLS one's too: SSLSocket.shutdown drops its TLS state under
+    # the thread reading from it. The blocked read then ends as if the server had hung up.
+    try:
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except OSError:  # closed already
+        pass
+
+
+class _WatchedConnection(HTTPConnection):
+    """A connection whose socket the current call's Deadline may cut while the answer comes in."""
+
+    def getresponse(self) -> HTTPResponse:  # type: ignore[override]
+        deadline: Deadline | None = getattr(_calls, "deadline", None)
+        if deadline is not None and isinstance(self.sock, socket.socket):
+            deadline.watch(self.sock)
+        return super().getresponse()
+
+
+class _WatchedTLSConnection(_WatchedConnection, HTTPSConnection):
+    pass
+
+
+class _Pool(HTTPConnectionPool):
+    ConnectionCls = _WatchedConnection
+
+
+class _TLSPool(HTTPSConnectionPool):
+    ConnectionCls = _WatchedTLSConnection
+
+
+_POOLS: dict[str, type[HTTPConnectionPool]] = {"http": _Pool, "https": _TLSPool}
+
+
+class _Adapter(HTTPAdapter):
+    """requests' adapter with pools of watched connections, through an HTTP(S) proxy too (not
+    through a SOCKS one, whose pools make connections of their own)."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _POOLS
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if not proxy.lower().startswith("socks"):
+            manager.pool_classes_by_scheme = _POOLS
+        return manager
+
 
 class TimeoutSession(requests.Session):
-    """A session whose every request has a timeout, and a pool as wide as the sink's concurrency.
+    """A session whose every request has a timeout and a Deadline, and a pool as wide as the
+    sink's concurrency.
 
     simple-salesforce's create/update take no timeout argument; without one a stalled CRM would
     hold a delivery lane forever.
@@ -20,13 +128,29 @@ class TimeoutSession(requests.Session):
     def __init__(self, timeout_s: float, pool_size: int) -> None:
         super().__init__()
         self.timeout_s = timeout_s
-        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
+        adapter = _Adapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
         self.mount("https://", adapter)
         self.mount("http://", adapter)
 
+    def deadline(self) -> Deadline:
+        """A Deadline for a call that goes on after `request` returns (a streamed body's read)."""
+        return Deadline(self.timeout_s)
+
     def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
         kwargs.setdefault("timeout", self.timeout_s)
-        return super().request(method, url, *args, **kwargs)
+        current: Deadline | None = getattr(_calls, "deadline", None)
+        with nullcontext(current) if current is not None else self.deadline() as deadline:
+            try:
+                response = super().request(method, url, *args, **kwargs)
+            except requests.RequestException:
+                if not deadline.expired:
+                    raise
+            else:
+                if not deadline.expired:
+                    return response
+                # An answer read to a cut (a body without a length ends there) is not whole.
+                response.close()
+            raise requests.Timeout(f"no whole answer within {deadline.timeout_s:g} s") from None
 
 
 def transport_error(what: str, exc: requests.RequestException, hide: str = "") -> RetryableError:

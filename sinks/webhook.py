@@ -17,8 +17,9 @@ Verifying, in any language (`verify_signature` below does it in Python):
 
 Any 2xx acknowledges; 408, 423, 425, 429 (with Retry-After honoured) and 5xx are retried; a redirect
 or another 4xx dead-letters the crossing. Of an answer's body, at most 64 KiB read within
-LEADSTREAM_SINK_TIMEOUT_S is kept (for an error's reason): the status decides, and a body that
-keeps coming (a stream, a stalled proxy) must not hold the delivery, each byte within the timeout.
+LEADSTREAM_SINK_TIMEOUT_S of the request's start is kept (for an error's reason): the status
+decides, and a body that keeps coming (a stream, a stalled proxy) must not hold the delivery, each
+byte within the timeout. An answer whose headers are not all in by then fails the attempt.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import urllib3
 
 from sinks.base import Crossing, Position, Sink, Steps
 from sinks.errors import PermanentError, for_status
-from sinks.http import TimeoutSession, transport_error
+from sinks.http import Deadline, TimeoutSession, transport_error
 from sinks.ratelimit import limiter_for
 from streams.errors import ConfigError
 from streams.settings import Settings
@@ -113,9 +114,10 @@ class WebhookSink(Sink[Post]):
             "Accept-Encoding": "identity",
         }
         try:
-            # stream: the body is ours to read, within a deadline, not to the end (see _body).
-            with self.session.post(self.url, data=item.body, headers=headers, allow_redirects=False, stream=True) as response:
-                body = _body(response, self.session.timeout_s)
+            # stream: the body is ours to read, within the call's deadline, not to the end (see _body).
+            with self.session.deadline() as deadline, self.session.post(
+                    self.url, data=item.body, headers=headers, allow_redirects=False, stream=True) as response:
+                body = _body(response, deadline)
         except requests.RequestException as exc:
             raise transport_error(self.where, exc, hide=self.hidden) from None
         if 300 <= response.status_code < 400:
@@ -139,27 +141,27 @@ def _shown(url: str) -> tuple[str, str]:
     return (origin + "/...", rest) if rest.strip("/") else (origin, "")
 
 
-def _body(response: requests.Response, timeout_s: float) -> str:
-    """The first BODY_LIMIT_BYTES of the answer's body that arrive within `timeout_s`.
+def _body(response: requests.Response, deadline: Deadline) -> str:
+    """The first BODY_LIMIT_BYTES of the answer's body that arrive before the call's deadline.
 
     The session's timeout bounds each read, not the body: a receiver sending a byte now and then
     would hold the delivery (and its lead's next ones) for as long as it kept on. A body read to
     its end leaves the connection for the next request; one cut short closes it.
     """
-    deadline = time.monotonic() + timeout_s
     chunks: list[bytes] = []
     size = 0
     ended = False
     try:
-        while size < BODY_LIMIT_BYTES and time.monotonic() < deadline:
+        while size < BODY_LIMIT_BYTES and not deadline.expired:
             chunk = response.raw.read1(BODY_LIMIT_BYTES - size)
             if not chunk:
-                ended = True
+                ended = not deadline.expired  # else the deadline cut the connection
                 break
             chunks.append(chunk)
             size += len(chunk)
     except (urllib3.exceptions.HTTPError, OSError) as exc:
-        raise requests.ConnectionError(exc) from None
+        if not deadline.expired:  # the status decides; what came before the deadline is kept
+            raise requests.ConnectionError(exc) from None
     if ended:
         response.raw.release_conn()
     else:

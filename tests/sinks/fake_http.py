@@ -8,7 +8,9 @@ number of requests:
 - `malformed`: do the action, then answer its status with a body that is not JSON;
 - `hold`: do the action, then wait `delay_s` before answering (a crash lands in between);
 - `trickle`: do the action, answer its status at once, then send the body a byte at a time
-  (chunked) until the server gets another request, or for `delay_s` at most.
+  (chunked) until the server gets another request, or for `delay_s` at most;
+- `trickle_headers`: the same with the answer's headers, its status line sent at once, then a
+  header's value a byte at a time, then an empty body.
 `latency_s` delays every answer; `outage(seconds)` answers 503 to everything meanwhile.
 """
 
@@ -158,8 +160,8 @@ def _handler_for(server: FakeServer) -> type[BaseHTTPRequestHandler]:
                 return
             if fault is not None and fault.kind == "hold":
                 time.sleep(fault.delay_s)
-            if fault is not None and fault.kind == "trickle":
-                self._trickle(response.status, fault.delay_s)
+            if fault is not None and fault.kind in ("trickle", "trickle_headers"):
+                self._trickle(response.status, fault.delay_s, fault.kind == "trickle_headers")
                 return
             body = response.body if isinstance(response.body, bytes) else (
                 b"" if response.body is None else orjson.dumps(response.body))
@@ -172,18 +174,23 @@ def _handler_for(server: FakeServer) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(body)
 
-        def _trickle(self, status: int, longest_s: float) -> None:
-            self.send_response(status)
-            self.send_header("Transfer-Encoding", "chunked")
-            self.end_headers()
+        def _trickle(self, status: int, longest_s: float, in_headers: bool) -> None:
+            if in_headers:
+                self.wfile.write(f"HTTP/1.1 {status} OK\r\nX-Trickle: ".encode())
+                byte, last = b".", b"\r\nContent-Length: 0\r\n\r\n"
+            else:
+                self.send_response(status)
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                byte, last = b"1\r\n.\r\n", b"0\r\n\r\n"
             with server.lock:
                 seen = len(server.requests)
             end = time.monotonic() + longest_s
             try:
                 while time.monotonic() < end and len(server.requests) == seen:
-                    self.wfile.write(b"1\r\n.\r\n")
+                    self.wfile.write(byte)
                     time.sleep(0.05)
-                self.wfile.write(b"0\r\n\r\n")
+                self.wfile.write(last)
             except OSError:  # the client hung up
                 pass
             server.trickle_ended_at = time.monotonic()

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
+
+import pytest
 
 from sinks.mapping import load_mapping
 from sinks.runner import SinkRunner
@@ -145,3 +148,22 @@ def test_a_lead_owned_by_a_queue_gets_its_task_without_an_owner(sink_settings: S
     assert (stats.delivered, stats.dead_lettered) == (1, 0)
     [task] = salesforce.records["Task"].values()
     assert (task["WhoId"], task["OwnerId"]) == (queued, API_USER_ID)
+
+
+@pytest.mark.parametrize("fault", ["trickle_headers", "trickle"])
+def test_an_answer_that_never_ends_fails_the_attempt_at_the_timeout(
+    sink_settings: Settings, salesforce: FakeSalesforce, fault: str
+) -> None:
+    # Salesforce's answer to the Lead's update, its headers or its body, comes a byte at a time,
+    # each within the 1 s timeout, until the next request or 20 s: the delivery waited for it.
+    settings = salesforce_settings(sink_settings, salesforce)
+    salesforce.add_lead("lead-1@acme.io")
+    salesforce.inject(fault, method="PATCH", path="/sobjects/Lead/", status=200, delay_s=20)
+    produce(settings, [crossing(1, "engaged", "down")])
+
+    started = time.monotonic()
+    stats = drain(SalesforceSink(settings), settings)
+
+    assert (stats.delivered, stats.retries) == (1, 1) and time.monotonic() - started < 8
+    first, second = salesforce.requests_to("PATCH", "/sobjects/Lead/")
+    assert second.at - first.at < 3

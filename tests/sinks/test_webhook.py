@@ -167,6 +167,24 @@ def test_an_answer_whose_body_never_ends_holds_the_delivery_no_longer_than_the_t
     assert second.at < webhook.trickle_ended_at, "the first answer's endless body held the next delivery"
 
 
+def test_an_answer_whose_headers_never_end_fails_the_attempt_at_the_timeout(
+    sink_settings: Settings, webhook: WebhookReceiver
+) -> None:
+    # The receiver sends its status line, then a header a byte at a time (each within the 1 s
+    # timeout, which bounds each read, not the answer) until the next request or 20 s: the
+    # delivery waited for all of it.
+    settings = sink_settings.with_overrides(webhook_url=webhook.url, sink_max_attempts=1)
+    webhook.inject("trickle_headers", status=200, delay_s=20)
+    produce(settings, [crossing(1, "mql")])
+
+    started = time.monotonic()
+    stats = drain(WebhookSink(settings), settings)
+
+    assert stats.dead_lettered == 1 and time.monotonic() - started < 8
+    [(_, letter)] = read_topic(settings, f"{settings.topic_crossings}-dlq-webhook", expect=1, idle_s=0.5)
+    assert f"webhook {webhook.url}: no answer (Timeout: no whole answer within 1 s)" in letter["detail"], letter["detail"]
+
+
 def test_messages_name_the_receiver_without_the_secret_part_of_its_url(sink_settings: Settings, webhook: WebhookReceiver) -> None:
     """A Slack- or Zapier-style hook's URL is its credential; failures went to logs and dead
     letters with it whole."""
