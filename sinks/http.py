@@ -1,4 +1,5 @@
-"""HTTP plumbing shared by the connectors that speak through `requests` (Salesforce, webhook).
+"""HTTP plumbing shared by the connectors: `requests` sessions (Salesforce, webhook), and the
+deadline of every call (HubSpot's client too).
 
 requests' timeout bounds each wait for the server (to connect, for each read), not a call: a
 server sending its headers or its body a byte now and then would hold a delivery lane for as
@@ -17,6 +18,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.poolmanager import PoolManager
 from urllib3.response import HTTPResponse
 
 from sinks.errors import RetryableError
@@ -99,22 +101,23 @@ class _TLSPool(HTTPSConnectionPool):
     ConnectionCls = _WatchedTLSConnection
 
 
-_POOLS: dict[str, type[HTTPConnectionPool]] = {"http": _Pool, "https": _TLSPool}
+def watched(manager: PoolManager) -> PoolManager:
+    """`manager` (or proxy manager), its connections made watched: the Deadline of the call
+    using one can cut it. Not a SOCKS proxy's, whose pools make connections of their own."""
+    manager.pool_classes_by_scheme = {"http": _Pool, "https": _TLSPool}
+    return manager
 
 
 class _Adapter(HTTPAdapter):
-    """requests' adapter with pools of watched connections, through an HTTP(S) proxy too (not
-    through a SOCKS one, whose pools make connections of their own)."""
+    """requests' adapter with pools of watched connections, through an HTTP(S) proxy too."""
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = _POOLS
+        watched(self.poolmanager)
 
     def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
         manager = super().proxy_manager_for(proxy, **proxy_kwargs)
-        if not proxy.lower().startswith("socks"):
-            manager.pool_classes_by_scheme = _POOLS
-        return manager
+        return manager if proxy.lower().startswith("socks") else watched(manager)
 
 
 class TimeoutSession(requests.Session):

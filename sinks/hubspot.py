@@ -39,6 +39,7 @@ from hubspot.crm.objects.tasks import ApiException as TasksApiException
 
 from sinks.base import Crossing, CrossingSink, Steps
 from sinks.errors import PermanentError, RetryableError, for_status
+from sinks.http import Deadline, watched
 from sinks.mapping import AccountMapping, Mapping, load_mapping
 from sinks.ratelimit import limiter_for
 from streams.errors import ConfigError
@@ -92,6 +93,8 @@ class HubSpotSink(CrossingSink):
         self.deal_search = client.crm.deals.search_api
         self.tasks = client.crm.objects.tasks.basic_api
         self.task_search = client.crm.objects.tasks.search_api
+        for api in (self.contacts.api, self.companies.api, self.deals, self.deal_search, self.tasks, self.task_search):
+            watched(api.api_client.rest_client.pool_manager)  # so that _call's Deadline can end a call
 
     def handles(self, item: Crossing) -> bool:
         return self.mapping.covers(item)
@@ -194,8 +197,22 @@ class HubSpotSink(CrossingSink):
         return _id(f"search {what}", results[0]) if results else None
 
     def _call(self, what: str, fn: Callable[..., R], *args: Any, **kwargs: Any) -> R:
-        """One API request: within the rate limit, with a timeout, its failures as sink errors."""
+        """One API request: within the rate limit, and the timeout of each read and of the whole
+        call (the client's bounds each read only); its failures as sink errors."""
         self.limiter.acquire()
+        with Deadline(self.timeout_s) as deadline:
+            try:
+                result = self._request(what, fn, *args, **kwargs)
+            except RetryableError:
+                if not deadline.expired:
+                    raise
+            else:
+                if not deadline.expired:
+                    return result
+        # Whatever the cut connection left (an error, a truncated answer), it is not the answer.
+        raise RetryableError(f"HubSpot {what}: no whole answer within {self.timeout_s:g} s")
+
+    def _request(self, what: str, fn: Callable[..., R], *args: Any, **kwargs: Any) -> R:
         try:
             return fn(*args, _request_timeout=self.timeout_s, **{k: v for k, v in kwargs.items() if v is not None})
         except _API_ERRORS as exc:

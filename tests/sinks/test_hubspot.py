@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+
+import pytest
 
 from sinks.hubspot import DEAL_TO_COMPANY, DEAL_TO_CONTACT, TASK_TO_COMPANY, TASK_TO_CONTACT, TASK_TO_DEAL, HubSpotSink
 from sinks.mapping import load_mapping
@@ -251,3 +254,23 @@ def test_a_record_reference_that_would_leave_its_path_segment_is_dead_lettered_a
         "hubspot: account crossing dots/b2b/up/buying/1's account_id (id_property = \"hs_object_id\") is '..', "
         "not a HubSpot record id (a number)",
     ])
+
+
+@pytest.mark.parametrize("fault", ["trickle_headers", "trickle"])
+def test_an_answer_that_never_ends_fails_the_attempt_at_the_timeout(
+    sink_settings: Settings, hubspot: FakeHubSpot, fault: str
+) -> None:
+    # HubSpot's answer to the contact's update, its headers or its body, comes a byte at a time,
+    # each within the 1 s timeout (which the client bounds each read by), until the next request
+    # or 20 s: the delivery waited for all of it.
+    settings = hubspot_settings(sink_settings, hubspot).with_overrides(sink_max_attempts=1)
+    hubspot.add_contact("lead-1@acme.io")
+    hubspot.inject(fault, method="PATCH", path="/contacts/", status=200, delay_s=20)
+    produce(settings, [crossing(1, "engaged", "down")])
+
+    started = time.monotonic()
+    stats = drain(HubSpotSink(settings), settings)
+
+    assert stats.dead_lettered == 1 and time.monotonic() - started < 8
+    [(_, letter)] = read_topic(settings, f"{settings.topic_crossings}-dlq-hubspot", expect=1, idle_s=0.5)
+    assert "no whole answer within 1 s" in letter["detail"], letter["detail"]
