@@ -131,7 +131,10 @@ class SinkRunner(Generic[T]):
         self.stats = Stats()
         # A wait for the quota can last a CRM's Retry-After (up to the longest backoff): a stop cuts it short.
         sink.limiter.stop_on(self.stop)
-        self.ledger = Ledger(Redis.from_url(settings.redis_url), settings.redis_prefix, sink.name, settings.sink_delivered_ttl_s)
+        # With a timeout, as the CRMs have one: a stalled Redis must fail a delivery's look-up (to be
+        # retried) and /readyz, not hold them forever.
+        redis = Redis.from_url(settings.redis_url, socket_timeout=settings.sink_timeout_s)
+        self.ledger = Ledger(redis, settings.redis_prefix, sink.name, settings.sink_delivered_ttl_s)
         self._producer: Any = None  # set while consuming; dead letters go through it
         self.assigned = threading.Event()  # the consumer holds partitions: readiness
 
