@@ -58,6 +58,8 @@ class _Function:
         self.code = ConditionCode(self.namespace, runtime.classify)
         self.lines: list[str] = []
         self.half_life = runtime.half_life is not None
+        #: `seen_key` -> the local that says whether the event's value is a repeat (see _repeats)
+        self.repeat_vars: dict[str, str] = {}
 
     def const(self, value: Any) -> str:
         return self.code.constant(value)
@@ -177,6 +179,7 @@ class _Function:
         self.emit(depth, "ledger = state.ledger", "behaviour = state.behaviour", "active = False")
         if any(rule.cap is not None or rule.bonus is not None for rule in self.rules):
             self.emit(depth, "windows = state.windows")
+        self._repeats(depth, matched)
         for m, rule in zip(matched, self.rules):
             self._rule(depth, m, rule)
         self.emit(
@@ -189,6 +192,27 @@ class _Function:
             "    state.last_activity_ms = time_ms",
             "    outcome = CHANGED",
         )
+
+    def _repeats(self, depth: int, matched: list[str]) -> None:
+        """`repeat<n>`: whether the event's value of a `once_per` field is a repeat, tested and
+        recorded once for all the matched rules that share the field (their `seen_key`), so
+        that the first of them does not make the event a repeat for the others."""
+        sharing: dict[str, list[str]] = {}
+        for m, rule in zip(matched, self.rules):
+            if rule.seen_key is not None:
+                sharing.setdefault(rule.seen_key, []).append(m)
+        self.repeat_vars = {}
+        for n, (key, ms) in enumerate(sharing.items()):
+            once_per = next(rule.once_per for rule in self.rules if rule.seen_key == key)
+            assert once_per is not None
+            source = "p" if once_per.source == "properties" else "state.traits"
+            any_matched = "" if "True" in ms else f"({' or '.join(ms)}) and "
+            self.repeat_vars[key] = f"repeat{n}"
+            self.emit(
+                depth,
+                f"value = {source}.get({self.const(once_per.key)})",
+                f"repeat{n} = {any_matched}value is not None and seen_before(state, {self.const(key)}, value)",
+            )
 
     def _rule(self, depth: int, m: str, rule: Rule) -> None:
         name = self.const(rule.name)
@@ -214,13 +238,10 @@ class _Function:
 
     def _limits(self, depth: int, rule: Rule) -> None:
         """A rule's limits, in the order scoring/repeat.py documents."""
-        name = self.const(rule.name)
-        if rule.once_per is not None:
-            source = "p" if rule.once_per.source == "properties" else "state.traits"
+        if rule.seen_key is not None:
             self.emit(
                 depth,
-                f"value = {source}.get({self.const(rule.once_per.key)})",
-                f"if value is not None and seen_before(state, {name}, value):",
+                f"if {self.repeat_vars[rule.seen_key]}:",
                 "    entry[2] += 1",
                 "    points = 0",
                 "else:",

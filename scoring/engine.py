@@ -27,7 +27,7 @@ from scoring.compiler import COUNTED as _COUNTED
 from scoring.compiler import DUPLICATE as _DUPLICATE
 from scoring.compiler import LATE as _LATE
 from scoring.compiler import compile_appliers
-from scoring.repeat import Window, drop_closed
+from scoring.repeat import Window, adopt_seen, drop_closed
 from scoring.rules import Matcher, compile_matcher
 from scoring.state import LeadState
 from scoring.thresholds import Transition
@@ -93,7 +93,7 @@ class ModelRuntime:
         "model", "name", "appliers", "apply_other", "fit_match", "ladder", "lateness_ms", "floor", "ceiling",
         "remember", "history", "keep_traits", "steps", "half_life", "windows", "level_index", "up", "down",
         "empty_fit", "empty_found", "first_level", "first_idle_ms", "history_keep", "history_trim", "level_names", "fit_keys", "fit_domain_keys", "classify", "_fit_memo", "labels_memo",
-        "known_types", "limits",
+        "known_types", "limits", "seen_keys",
     )  # fmt: skip
 
     def __init__(self, model: Model) -> None:
@@ -129,6 +129,8 @@ class ModelRuntime:
         self.ceiling = float("inf") if model.max_points is None else model.max_points
         #: rule name -> its max_points, for the rules that have one
         self.limits = {rule.name: rule.max_points for rule in model.rules if rule.max_points is not None}
+        #: rule name -> its seen_key, for the rules with `once_per` (see scoring.repeat.adopt_seen)
+        self.seen_keys = {rule.name: rule.seen_key for rule in model.rules if rule.seen_key is not None}
         self.remember = model.remember_events
         self.history = model.history
         # The flat history list (LeadState.history) is trimmed to its last `history` changes
@@ -170,9 +172,13 @@ class ModelRuntime:
         Worked out again, they also bring the state's fit points to theirs, recording the change
         at `time_ms` (default: the lead's newest event time). Traits change them, and so does an
         edit of the model's [[fit]] rules: a state written before the edit is read back with
-        `fit_found` unset, and its first use under the new model revises it."""
+        `fit_found` unset, and its first use under the new model revises it. That first use also
+        moves the `once_per` values an earlier version kept under rule names to their
+        `seen_key` (scoring.repeat.adopt_seen)."""
         found = state.fit_found
         if found is None:
+            if state.seen and self.seen_keys:  # read back, maybe written by an earlier version
+                adopt_seen(state, self.seen_keys)
             found = state.fit_found = self._fit(state.traits)
             if found[1] != state.fit:
                 state.record(state.watermark_ms if time_ms is None else time_ms, found[1] - state.fit, "fit", self.history)

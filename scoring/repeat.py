@@ -104,6 +104,27 @@ def parse_once_per(table: Table) -> OncePer | None:
     return OncePer(source, key)
 
 
+def seen_key(event_type: str, once_per: OncePer) -> str:
+    """What a lead's state keeps a rule's `once_per` values under: the event type and field the
+    rule de-duplicates ("email_open properties.email_id"). Rules of one model that de-duplicate
+    the same field of the same event type share them: a value's first occurrence scores in each
+    of those rules it matches, its repeats in none. Keyed by the rule's name, as earlier
+    versions kept them, a rule renamed in the model file forgot every value it had seen, and
+    e-mails opened before scored again."""
+    return f"{event_type} {once_per.source}.{once_per.key}"
+
+
+def adopt_seen(state: LeadState, keys: dict[str, str]) -> None:
+    """Moves the `once_per` values that a state written by an earlier version keeps under a
+    rule's name (`keys`: rule name -> its `seen_key`) to where they are kept now, joining any
+    values there (a visitor's merged into a lead's) and keeping the newest 2 x ONCE_PER_MEMORY."""
+    seen = state.seen
+    for name in [name for name in seen if name in keys]:
+        key = keys[name]
+        joined = {**seen.pop(name), **seen.get(key, {})}
+        seen[key] = dict.fromkeys(list(joined)[-2 * ONCE_PER_MEMORY :]) if len(joined) > 2 * ONCE_PER_MEMORY else joined
+
+
 def bump(state: LeadState, key: str, window: Window, time_ms: int, limit: int) -> int:
     """Adds one to the lead's count of the window of `time_ms` unless it has reached `limit`;
     returns the count before the increment (so `limit` or more means the occurrence was refused).
@@ -142,23 +163,24 @@ def drop_closed(counts: list[int], first_open: int, last_open: int) -> list[int]
     return [v for pos in range(0, len(counts), 2) if first_open <= counts[pos] <= last_open for v in counts[pos : pos + 2]]
 
 
-def seen_before(state: LeadState, rule_name: str, value: Any) -> bool:
-    """Records `value` for the rule; True when it had been recorded already (a repeat)."""
+def seen_before(state: LeadState, seen_as: str, value: Any) -> bool:
+    """Records `value` under `seen_as` (a rule's `seen_key`); True when it had been recorded
+    already (a repeat)."""
     key = value if value.__class__ is str else _value_key(value)
-    seen = state.seen.get(rule_name)
+    seen = state.seen.get(seen_as)
     if len(key) > KEY_CHARS or not key.isascii():  # kept as its digest, as event ids are
         if seen is not None and key in seen:  # kept whole by an earlier version
             return True
         key = kept_key(key)
     if seen is None:
-        state.seen[rule_name] = {key: None}
+        state.seen[seen_as] = {key: None}
         return False
     if key in seen:
         return True
     seen[key] = None
     if len(seen) > 2 * ONCE_PER_MEMORY:
         # Forget the oldest half at once, so trimming costs once per ONCE_PER_MEMORY new keys.
-        state.seen[rule_name] = dict.fromkeys(list(seen)[ONCE_PER_MEMORY:])
+        state.seen[seen_as] = dict.fromkeys(list(seen)[ONCE_PER_MEMORY:])
     return False
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
 from scoring.config import Table, is_number
-from scoring.repeat import Bonus, Cap, OncePer, parse_bonus, parse_cap, parse_once_per
+from scoring.repeat import Bonus, Cap, OncePer, parse_bonus, parse_cap, parse_once_per, seen_key
 
 #: Classes of e-mail domains the `domain` operator tests (see scoring.fit).
 DOMAIN_CLASSES = ("free", "disposable", "competitor", "business")
@@ -65,6 +65,10 @@ class Rule:
     positive: bool = field(init=False)
     cap_key: str = field(init=False)
     bonus_key: str = field(init=False)
+    #: Under what the lead's state remembers the `once_per` values seen: what the rule
+    #: de-duplicates (its event type and field), not its name, so a renamed rule still knows
+    #: them (scoring.repeat.seen_key); None without `once_per`.
+    seen_key: str | None = field(init=False)
 
     def __post_init__(self) -> None:
         plain = self.cap is None and self.once_per is None and self.max_points is None and self.bonus is None
@@ -72,6 +76,7 @@ class Rule:
         object.__setattr__(self, "positive", self.points > 0)
         object.__setattr__(self, "cap_key", "cap:" + self.name)
         object.__setattr__(self, "bonus_key", "bonus:" + self.name)
+        object.__setattr__(self, "seen_key", None if self.once_per is None else seen_key(self.event, self.once_per))
 
 
 _RULE_KEYS = ("name", "event", "points", "properties", "traits", "cap", "once_per", "max_points", "bonus")

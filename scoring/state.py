@@ -182,7 +182,8 @@ class LeadState:
     ledger: dict[str, list[float]]
     #: window counters, see scoring.repeat
     windows: dict[str, list[int]]
-    #: rule name -> `once_per` values already seen, oldest first (a dict used as an ordered set)
+    #: what `once_per` rules de-duplicate (scoring.repeat.seen_key) -> the values already seen,
+    #: oldest first (a dict used as an ordered set)
     seen: dict[str, dict[str, None]]
     #: the newer generation of remembered event ids (a dict used as a set), and its newest event time
     ids: dict[str, None]

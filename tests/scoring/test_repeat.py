@@ -71,14 +71,14 @@ def test_once_per_values_are_told_apart_as_json_values() -> None:
     values = [7, "7", 1, 1.0, True, "True", [1, {"b": 1, "a": 2}], [1, {"a": 2, "b": 1}], 10**5000, 10**5000, [10**5000]]
     run = Run(engine(rule)).apply(*(ev("email_open", at=i, properties={"email_id": v}) for i, v in enumerate(values)))
     assert run.score() == 8  # 7, "7", 1, true, "True", the array (keys in any order), 10**5000 and [10**5000]
-    assert all(key == "7" or key == "True" or (key.startswith("#") and len(key) == 33) for key in run.state().seen["open"])
+    assert all(key == "7" or key == "True" or (key.startswith("#") and len(key) == 33) for key in run.state().seen["email_open properties.email_id"])
 
 
 def test_once_per_values_beyond_ascii_are_kept_as_digests_and_whole_ones_of_earlier_states_still_found() -> None:
     rule = '[[rules]]\nname = "open"\nevent = "email_open"\npoints = 1\nonce_per = "properties.email_id"\n'
     mail = "\U0001f4e7" * 64  # 64 characters, 256 bytes in UTF-8
     run = Run(engine(rule)).apply(ev("email_open", at=0, properties={"email_id": mail}))
-    assert mail not in run.state().seen["open"] and len(run.state().to_bytes()) < 300
+    assert mail not in run.state().seen["email_open properties.email_id"] and len(run.state().to_bytes()) < 300
     run.apply(ev("email_open", at=1, properties={"email_id": mail}))
     assert run.score() == 1  # its repeat is a repeat
     # A state written when such values were kept whole.
@@ -89,6 +89,39 @@ def test_once_per_values_beyond_ascii_are_kept_as_digests_and_whole_ones_of_earl
     old.store[("m", "L1")] = state.to_bytes()
     old.apply(ev("email_open", at=1, properties={"email_id": mail}))
     assert old.score() == 1
+
+
+OPEN = '[[rules]]\nname = "{name}"\nevent = "email_open"\npoints = {points}\nonce_per = "properties.email_id"\n'
+
+
+def test_a_renamed_once_per_rule_still_knows_the_values_it_has_seen() -> None:
+    """Kept under the rule's name, the e-mail ids were forgotten when an edit renamed the rule:
+    e-mails opened before scored again."""
+    run = Run(engine(OPEN.format(name="email open", points=5)))
+    run.apply(ev("email_open", properties={"email_id": "m-1"}), ev("email_open", at=1, properties={"email_id": "m-2"}))
+    run.engine = engine(OPEN.format(name="E-mail opened (any campaign)", points=5))
+    run.apply(ev("email_open", at=2, properties={"email_id": "m-1"}), ev("email_open", at=3, properties={"email_id": "m-3"}))
+    assert run.score() == 15  # m-1, m-2, then m-3: m-1's second open is a repeat
+
+
+def test_rules_that_de_duplicate_the_same_field_each_score_a_values_first_occurrence() -> None:
+    body = OPEN.format(name="open", points=5) + OPEN.format(name="newsletter open", points=2)
+    body += 'properties.campaign = "newsletter"\n'
+    run = Run(engine(body))
+    run.apply(*(ev("email_open", at=i, properties={"email_id": "m-1", "campaign": "newsletter"}) for i in range(3)))
+    run.apply(ev("email_open", at=3, properties={"email_id": "m-2"}))
+    assert run.score() == 5 + 2 + 5  # m-1 in both rules once (the first did not make it a repeat for the second)
+    assert run.state().ledger["newsletter open"][:3] == [2, 3, 2]
+
+
+def test_once_per_values_a_state_of_an_earlier_version_keeps_under_the_rules_name_stay_seen() -> None:
+    run = Run(engine(OPEN.format(name="open", points=5))).apply(ev("email_open", properties={"email_id": "m-1"}))
+    state = run.state()
+    state.seen = {"open": state.seen.pop("email_open properties.email_id"), "removed rule": {"x": None}}
+    run.store[("m", "L1")] = state.to_bytes()
+    run.apply(ev("email_open", at=1, properties={"email_id": "m-1"}), ev("email_open", at=2, properties={"email_id": "m-2"}))
+    assert run.score() == 10
+    assert run.state().seen == {"removed rule": {"x": None}, "email_open properties.email_id": {"m-1": None, "m-2": None}}
 
 
 def test_cap_of_several_per_window() -> None:
