@@ -21,9 +21,9 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any, Callable
 
-from scoring.repeat import bump, seen_before
+from scoring.repeat import bonus_due, bump, seen_before
 from scoring.rules import ConditionCode, Rule
-from scoring.state import KEY_CHARS, kept_key
+from scoring.state import BONUS_PAID, KEY_CHARS, kept_key
 
 if TYPE_CHECKING:
     from scoring.engine import ModelRuntime
@@ -52,7 +52,7 @@ class _Function:
         self.kind = kind
         self.rules = rules
         self.namespace: dict[str, Any] = {
-            "rt": runtime, "bump": bump, "seen_before": seen_before, "kept_key": kept_key,
+            "rt": runtime, "bump": bump, "bonus_due": bonus_due, "seen_before": seen_before, "kept_key": kept_key,
             "DUPLICATE": DUPLICATE, "LATE": LATE, "COUNTED": COUNTED, "CHANGED": CHANGED,
         }  # fmt: skip
         self.code = ConditionCode(self.namespace, runtime.classify)
@@ -253,13 +253,8 @@ class _Function:
             self._bump(depth, rule.cap_key, rule.cap.window, rule.cap.max_scored)
             self.emit(depth, f"if before >= {self.const(rule.cap.max_scored)}:", "    entry[2] += 1", "    points = 0")
         if rule.bonus is not None:
-            self._bump(depth, rule.bonus_key, rule.bonus.window, rule.bonus.count)
-            self.emit(
-                depth,
-                f"if before == {self.const(rule.bonus.count - 1)}:",
-                "    entry[3] += 1",
-                f"    points += {self.const(rule.bonus.points)}",
-            )
+            self._bonus(depth, rule.bonus_key, rule.bonus.window, rule.bonus.count)
+            self.emit(depth, "if due:", "    entry[3] += 1", f"    points += {self.const(rule.bonus.points)}")
         if rule.max_points is not None:
             self.emit(
                 depth,
@@ -282,6 +277,26 @@ class _Function:
             "        counts[1] = before + 1",
             "else:",
             f"    before = bump(state, {key_c}, {self.const(window)}, time_ms, {limit_c})",
+        )
+
+    def _bonus(self, depth: int, key: str, window: Any, count: int) -> None:
+        """`due` = whether this occurrence makes the bonus due (scoring.repeat.bonus_due, with
+        the common case of one open window not paid yet inline)."""
+        key_c, count_c, paid_c = self.const(key), self.const(count), self.const(BONUS_PAID)
+        due = f"bonus_due(state, {key_c}, {self.const(window)}, time_ms, {count_c})"
+        self.emit(
+            depth,
+            f"counts = windows.get({key_c})",
+            f"if counts is not None and counts[0] == (time_ms + {self.const(window.shift_ms)}) // {self.const(window.length_ms)}:",
+            "    before = counts[1]",
+            "    if before >= 0:",
+            "        before += 1",
+            f"        due = before >= {count_c}",
+            f"        counts[1] = {paid_c} if due else before",
+            "    else:  # paid, or counted by a state of an earlier layout",
+            f"        due = before != {paid_c} and {due}",
+            "else:",
+            f"    due = {due}",
         )
 
     def _score(self, depth: int, name: str) -> None:

@@ -6,7 +6,8 @@ count a function of the set of events, not of their arrival order, so late event
 allowed lateness land in the right window and batch boundaries change nothing.
 
 A lead's counters live in `LeadState.windows`: key -> flat list [window index, count, ...] of
-the windows still open to events (older ones are dropped once they are beyond the lateness).
+the windows still open to events (older ones are dropped once they are beyond the lateness). A
+bonus's count becomes BONUS_PAID once the bonus is paid in its window (`bonus_due`).
 
 How one occurrence of a rule with limits scores (written inline for each rule by
 scoring/compiler.py): a repeated `once_per` value is not a new occurrence at all (no points, no
@@ -23,7 +24,7 @@ from typing import Any
 import msgspec
 
 from scoring.config import Table
-from scoring.state import KEY_CHARS, LeadState, kept_key
+from scoring.state import BONUS_PAID, KEY_CHARS, LeadState, earlier_bonus_count, kept_key
 
 _DAY_MS = 86_400_000
 _WEEK_MS = 7 * _DAY_MS
@@ -127,34 +128,60 @@ def adopt_seen(state: LeadState, keys: dict[str, str]) -> None:
 
 def bump(state: LeadState, key: str, window: Window, time_ms: int, limit: int) -> int:
     """Adds one to the lead's count of the window of `time_ms` unless it has reached `limit`;
-    returns the count before the increment (so `limit` or more means the occurrence was refused).
-    A new window lowers `windows_drop_ms` when it ends first (compaction then looks at it)."""
+    returns the count before the increment (so `limit` or more means the occurrence was refused)."""
+    counts, pos = _counter(state, key, window, time_ms)
+    before = counts[pos]
+    if before < limit:
+        counts[pos] = before + 1
+    return before
+
+
+def bonus_due(state: LeadState, key: str, window: Window, time_ms: int, count: int) -> bool:
+    """Counts an occurrence towards the bonus of the window of `time_ms`; True when the bonus is
+    due: the window has counted `count` occurrences, or more (an edit lowered `count` after the
+    window had passed it), and has not paid it yet. Once paid, the window is marked so
+    (BONUS_PAID) and counts no more: an edit that raises `count` does not make it pay again."""
+    counts, pos = _counter(state, key, window, time_ms)
+    counted = counts[pos]
+    if counted == BONUS_PAID:
+        return False
+    if counted < BONUS_PAID:  # read from an earlier layout, which stopped counting once it paid
+        counted = earlier_bonus_count(counted)
+        if counted >= count:
+            counts[pos] = BONUS_PAID
+            return False
+    counted += 1
+    if counted >= count:
+        counts[pos] = BONUS_PAID
+        return True
+    counts[pos] = counted
+    return False
+
+
+def _counter(state: LeadState, key: str, window: Window, time_ms: int) -> tuple[list[int], int]:
+    """The lead's counters under `key` and the position of the count of the window of
+    `time_ms`, a new window counting 0. A new window lowers `windows_drop_ms` when it ends
+    first (compaction then looks at it)."""
     index = (time_ms + window.shift_ms) // window.length_ms
     windows = state.windows
     counts = windows.get(key)
     if counts is None:
-        windows[key] = [index, 1]
+        counts = windows[key] = [index, 0]
     else:
         if counts[0] == index:  # the common case: one open window
-            before = counts[1]
-            if before < limit:
-                counts[1] = before + 1
-            return before
+            return counts, 1
         for pos in range(2, len(counts), 2):
             if counts[pos] == index:
-                before = counts[pos + 1]
-                if before < limit:
-                    counts[pos + 1] = before + 1
-                return before
+                return counts, pos + 1
         counts.append(index)
-        counts.append(1)
+        counts.append(0)
     # Keep the bound exact when known; 0 (unknown) stays so until compaction recomputes it.
     drop_ms = state.windows_drop_ms
     if drop_ms:
         end_ms = (index + 1) * window.length_ms - window.shift_ms
         if end_ms < drop_ms:
             state.windows_drop_ms = end_ms
-    return 0
+    return counts, len(counts) - 1
 
 
 def drop_closed(counts: list[int], first_open: int, last_open: int) -> list[int]:

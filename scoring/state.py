@@ -31,9 +31,10 @@ Bounds (what keeps a state small however active the lead):
 
 States written by earlier versions are still read: JSON arrays (layouts 1 and 2), MessagePack
 without trait times (layout 3; its traits then give way to any update, as they did), without
-the revision (layout 4; revision 0), without the earlier idle period (layout 5; none) and
+the revision (layout 4; revision 0), without the earlier idle period (layout 5; none),
 without the time before which compaction forgot (layout 6; 0: until the next compaction, the
-lateness alone decides).
+lateness alone decides) and without a bonus's paid mark (layout 7 and all before: their bonus
+counters are read as `earlier_bonus_count`s).
 """
 
 from __future__ import annotations
@@ -52,7 +53,9 @@ from scoring.errors import StateError
 SEPARATOR = "\x7f"
 
 _VERSION = 1  # accounts
-_LEAD_VERSION = 7  # MessagePack (6: without forgotten_before_ms, 5: nor the earlier idle period, 4: nor the revision, 3: nor trait times); 1 and 2 JSON
+_LEAD_VERSION = 8  # MessagePack (7: bonus counters without paid marks, 6: nor forgotten_before_ms, 5: nor the earlier idle period, 4: nor the revision, 3: nor trait times); 1 and 2 JSON
+#: The first layout whose bonus counters hold paid marks; layout 7 has the same fields.
+_PAID_MARKS = 8
 
 #: A finite number: NaN or an infinity in a stored state would make every comparison of the
 #: lead's score false, and it never crossed a line again.
@@ -88,6 +91,25 @@ _EARLIER_LAYOUTS: tuple[tuple[int, Callable[[Any], tuple[Any, ...]], tuple[Any, 
         (3, ({}, 0, 0, (), 0)),  # nor trait times
     )
 )
+
+#: A bonus counter (window counters under "bonus:" keys, scoring.repeat.bonus_due) holds the
+#: occurrences its window has counted, BONUS_PAID once the bonus is paid there, or, read from a
+#: state of an earlier layout, `earlier_bonus_count(count)`: those counted up to the bonus's
+#: `count` and stopped there, paying, so whether they paid depends on the `count` in force.
+BONUS_PAID = -1
+_BONUS_PREFIX = "bonus:"
+
+
+def earlier_bonus_count(count: int) -> int:
+    """A bonus counter of an earlier layout, as kept now (below BONUS_PAID: its own inverse)."""
+    return -2 - count
+
+
+def _mark_earlier_bonus_counts(windows: dict[str, list[int]]) -> None:
+    for key, counts in windows.items():
+        if key.startswith(_BONUS_PREFIX):
+            counts[1::2] = [earlier_bonus_count(count) for count in counts[1::2]]
+
 
 #: The old id generation of a state that has none (never mutated: generations are swapped).
 NO_IDS: frozenset[str] = frozenset()
@@ -255,7 +277,7 @@ class LeadState:
             values, version = _earlier_layout(data, exc)
         except msgspec.DecodeError as exc:
             raise StateError(f"lead state is not readable MessagePack: {exc}") from None
-        if values[0] != version:
+        if values[0] != version and not (version == _LEAD_VERSION and values[0] == _PAID_MARKS - 1):
             raise StateError(f"lead state of an unknown layout version {values[0]} (expected {_LEAD_VERSION})")
         _check_pairs_and_triples(values[12], values[18])
         state = cls.__new__(cls)
@@ -269,6 +291,8 @@ class LeadState:
         state.ids = dict.fromkeys(ids)
         state.old_ids = dict.fromkeys(old_ids) if old_ids else NO_IDS
         state.fit_found = None
+        if values[0] < _PAID_MARKS:
+            _mark_earlier_bonus_counts(state.windows)
         return state
 
     def copy(self) -> LeadState:
@@ -401,6 +425,7 @@ def _from_json_layout(data: bytes | bytearray | memoryview) -> LeadState:
                 time_ms, points, label = record.split(" ", 2)
                 state.history += (int(time_ms), float(points) if "." in points or "e" in points else int(points), label)
         state.windows_drop_ms = values[20] if len(values) == 21 else 0
+        _mark_earlier_bonus_counts(state.windows)
     except (TypeError, ValueError, AttributeError) as exc:
         raise StateError(f"lead state of JSON layout {values[0]} has a field of the wrong type: {exc}") from None
     return state

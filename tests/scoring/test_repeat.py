@@ -3,6 +3,7 @@ once-per-key de-duplication; ceilings per rule and per model; duplicate events n
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from tests.scoring.support import DAY, HOUR, MINUTE, T0, Run, engine, ev
@@ -30,6 +31,50 @@ def test_frequency_bonus_once_per_window(visits_at: list[int], bonuses: int) -> 
     run.apply(*(ev(at=day * DAY) for day in visits_at))
     assert run.score() == min(10 * len(visits_at) + 25 * bonuses, 1000)
     assert run.state().ledger["pricing"][3] == bonuses
+
+
+BONUS = PRICING.replace("points = 10", "points = 1") + 'bonus = {{ count = {count}, window = "1d", points = 100 }}\n'
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "visits", "bonuses"),
+    [
+        (3, 5, 6, 1),  # raised in a window that paid at 3: it does not pay again at 5
+        (5, 3, 6, 1),  # lowered to 3 after 4 visits: the 5th pays (before, nothing more paid)
+        (5, 3, 4, 0),  # ... and nothing before it
+        (3, 3, 6, 1),
+        (5, 6, 5, 0),  # raised before the window reached it: it pays at the new count
+        (5, 6, 6, 1),
+    ],
+)
+def test_a_bonus_count_edited_within_a_window_pays_once_there(before: int, after: int, visits: int, bonuses: int) -> None:
+    """A bonus paid when a window's count was exactly `count`: edited within the window, raised,
+    it paid a second time; lowered below the count so far, it never paid there."""
+    run = Run(engine(BONUS.format(count=before))).apply(*(ev(at=i * MINUTE) for i in range(4)))
+    run.engine = engine(BONUS.format(count=after))
+    run.apply(*(ev(at=i * MINUTE) for i in range(4, visits)), batch=1)
+    assert run.state().ledger["pricing"][3] == bonuses
+    run.apply(*(ev(at=DAY + i * MINUTE) for i in range(after)))  # the next day counts under the edit
+    assert run.state().ledger["pricing"][3] == bonuses + 1
+
+
+def test_a_bonus_paid_in_an_earlier_window_is_not_paid_again_by_a_late_occurrence_after_an_edit() -> None:
+    run = Run(engine(BONUS.format(count=3))).apply(*(ev(at=i * MINUTE) for i in range(3)), ev(at=DAY))
+    run.engine = engine(BONUS.format(count=4))
+    run.apply(ev(at=10 * MINUTE), ev(at=DAY + MINUTE), ev(at=DAY + 2 * MINUTE), ev(at=DAY + 3 * MINUTE))
+    assert run.state().ledger["pricing"][3] == 2  # day 0 at 3 (not again at 4, late), day 1 at 4
+
+
+def test_bonus_counters_of_states_of_earlier_layouts_pay_as_they_would_have() -> None:
+    """Layout 7 and those before stopped counting a window at `count`, paying there."""
+    run = Run(engine(BONUS.format(count=3))).apply(ev(at=0), ev(at=DAY))
+    state = run.state()
+    day = T0 // DAY
+    state.windows["bonus:pricing"] = [day, 3, day + 1, 2]  # day 0 paid, day 1 at 2
+    run.store[("m", "L1")] = msgspec.msgpack.encode((7, *msgspec.msgpack.decode(state.to_bytes())[1:]))
+    run.apply(ev(at=MINUTE), ev(at=DAY + MINUTE), ev(at=DAY + 2 * MINUTE))
+    assert run.state().ledger["pricing"][3] == 1  # day 1 at its third visit, day 0 not again
+    assert run.state().windows["bonus:pricing"] == [day, -1, day + 1, -1]
 
 
 @pytest.mark.parametrize(
