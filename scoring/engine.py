@@ -10,6 +10,7 @@ the worker relies on both for at-least-once redelivery.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -40,6 +41,14 @@ _NO_PROPERTIES: dict[str, Any] = {}
 
 #: Sets of trait values whose fit rules a model remembers (then it starts over).
 _FIT_MEMO = 16384
+
+#: Half-life: a lead in an account is due again when decay has taken this share of the
+#: behaviour points it was last valued at (and its account last told), so that its account's
+#: roll-up follows its decay, not only its crossings; while that share is at least
+#: _MEMBER_DECAY_POINTS. So an account overstates a member's points by less than a tenth, or
+#: 1 point, and a lead sends about 22 updates per tenfold of decay after its last event.
+_MEMBER_DECAY_SHARE = 0.1
+_MEMBER_DECAY_POINTS = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +102,7 @@ class ModelRuntime:
         "model", "name", "appliers", "apply_other", "fit_match", "ladder", "lateness_ms", "floor", "ceiling",
         "remember", "history", "keep_traits", "steps", "half_life", "windows", "level_index", "up", "down",
         "empty_fit", "empty_found", "first_level", "first_idle_ms", "history_keep", "history_trim", "level_names", "fit_keys", "fit_domain_keys", "classify", "_fit_memo", "labels_memo",
-        "known_types", "limits", "seen_keys",
+        "known_types", "limits", "seen_keys", "member_decay_ms",
     )  # fmt: skip
 
     def __init__(self, model: Model) -> None:
@@ -141,6 +150,10 @@ class ModelRuntime:
         self.steps = model.decay if isinstance(model.decay, StepDecay) else None
         self.first_idle_ms = self.steps.steps[0].idle_ms if self.steps is not None else 0
         self.half_life = model.decay if isinstance(model.decay, HalfLifeDecay) else None
+        #: Half-life: the time in which decay takes _MEMBER_DECAY_SHARE of the behaviour points.
+        self.member_decay_ms = (
+            0 if self.half_life is None else math.ceil(self.half_life.half_life_ms * -math.log2(1 - _MEMBER_DECAY_SHARE))
+        )
         windows: dict[str, Window] = {}
         for rule in model.rules:
             if rule.cap is not None:
@@ -276,12 +289,20 @@ class ModelRuntime:
         """When decay next changes what the worker must publish: the next step, or (half-life)
         the time the score falls through the current level's lower line, or, while behaviour
         points are negative (a floor below zero), rises to the next line: they decay towards
-        zero from below too."""
+        zero from below too. A half-life lead in an account is also due when decay has taken a
+        tenth of its behaviour points since they were last valued (_MEMBER_DECAY_SHARE): the
+        account holds the score its members last sent, and would otherwise keep a member's
+        undecayed points until the member crossed a line."""
         if self.steps is not None:
             return self.steps.due_ms(state)
         if self.half_life is None:
             return None
-        return self._line_passed_ms(state, self.ladder.level_of(state.level), self.current_fit(state))
+        due = self._line_passed_ms(state, self.ladder.level_of(state.level), self.current_fit(state))
+        if state.account_id is not None and abs(state.behaviour) * _MEMBER_DECAY_SHARE >= _MEMBER_DECAY_POINTS:
+            member_due = state.as_of_ms + self.member_decay_ms
+            if due is None or member_due < due:
+                return member_due
+        return due
 
     def _line_passed_ms(self, state: LeadState, level: int, fit: float) -> int | None:
         """Half-life: when decay takes the score of a lead at `level` with `fit` points through

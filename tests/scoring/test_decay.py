@@ -143,6 +143,21 @@ def test_half_life_next_due_is_when_the_score_falls_through_the_level() -> None:
     assert none == [] and before.level == "sql"
 
 
+def test_a_half_life_lead_in_an_account_is_due_each_time_decay_took_a_tenth_of_its_points() -> None:
+    """Its account holds the score it last sent: due only at its lines, a member kept its
+    undecayed points in the account's roll-up until it crossed one."""
+    run = Run(engine(HALF_LIFE)).apply(ev("visit", account_id="acme"), ev("visit", lead="L2"))
+    tenth = 10 * DAY * math.log2(10 / 9)
+    due = run.engine.next_due_ms("m", run.state())
+    assert due is not None and due == pytest.approx(T0 + tenth, abs=1)
+    decayed, _ = run.engine.decay("m", "L1", run.state(), due)
+    assert run.engine.member_score("m", "L1", decayed, due).score == pytest.approx(36, abs=0.01)  # type: ignore[union-attr]
+    assert run.engine.next_due_ms("m", decayed) == pytest.approx(due + tenth, abs=1)
+    assert run.engine.next_due_ms("m", run.state("L2")) == pytest.approx(T0 + 10 * DAY, abs=2)  # no account: its line (20) only
+    faded, _ = run.engine.decay("m", "L1", run.state(), T0 + 60 * DAY)  # 40 * 2^-6 = 0.625: a tenth is no news
+    assert faded.level == "cold" and run.engine.next_due_ms("m", faded) is None
+
+
 def test_half_life_next_due_is_when_negative_points_rise_through_the_next_line() -> None:
     # Below a zero floor, negative behaviour points decay towards zero: the score rises.
     rules = '[[rules]]\nname = "unsubscribed"\nevent = "unsubscribe"\npoints = -30\n[decay]\nhalf_life = "10d"\n'

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
+import msgspec
 import orjson
+import pytest
 
-from scoring import Engine
+from scoring import Engine, MemberScore, parse_model
 from streams import lead_states
 from streams.partitioning import partition_for
 from streams.scorer import DecayIndex, Scorer
@@ -111,5 +113,65 @@ def test_a_sweep_writes_every_models_step_of_a_lead_whose_live_states_were_evict
             for model in ("b2b", "analytics_addon"):
                 expected, _ = engine.decay(model, lead, before[lead][model], now)  # type: ignore[arg-type]
                 assert stored[model].to_bytes() == expected.to_bytes(), (lead, model)  # type: ignore[union-attr]
+
+    asyncio.run(scenario())
+
+
+_HALF_LIFE_ACCOUNTS = """
+[model]
+name = "usage"
+
+[[rules]]
+name = "trial"
+event = "trial_started"
+points = 40
+
+[decay]
+half_life = "10d"
+
+[thresholds]
+base = "cold"
+ladder = [{ level = "mql", at = 20 }, { level = "sql", at = 60 }]
+
+[accounts]
+base = "unaware"
+hysteresis = 10
+ladder = [{ level = "engaged", at = 60 }]
+"""
+
+
+def test_sweeps_send_a_half_life_members_decayed_score_to_its_account_between_its_crossings() -> None:
+    """A half-life lead was swept only when decay took it through a line, so its account kept
+    the score of its last event until then: two members at 40 points each, nine days on (about
+    21 each), left the account engaged at 80 points instead of crossing down below 50."""
+
+    async def scenario() -> None:
+        settings = Settings()
+        outbox = Kept()
+        store = LiveTable(MemoryData(), "changelog", 4, 100, lead_states.decode)
+        engine = Engine([parse_model(_HALF_LIFE_ACCOUNTS, "usage.toml")])
+        scorer = Scorer(engine, settings, store, outbox, 4)
+        await scorer.process([
+            Consumed(settings.topic_events, partition_for(lead, 4), n, lead.encode(), orjson.dumps(
+                {"event_id": f"{lead}-0", "lead_id": lead, "type": "trial_started", "time": T0, "account_id": "acme"}))
+            for n, lead in enumerate(("L1", "L2"))])
+
+        def sent_updates() -> list[MemberScore]:
+            updates = [update for topic, _, value in outbox.sent if topic == settings.topic_accounts
+                       for update in msgspec.json.decode(value, type=list[MemberScore])]
+            outbox.sent.clear()
+            return updates
+
+        account, crossings = engine.apply_account_updates("usage", "acme", None, sent_updates())
+        assert account.level == "engaged"
+        swept: list[MemberScore] = []
+        for day in range(1, 10):  # the decay timer, once a day
+            while await scorer.decay_due(T0 + day * DAY, limit=5) == 5:
+                pass
+            swept += sent_updates()
+        account, crossings = engine.apply_account_updates("usage", "acme", account, swept)
+        assert engine.account_summary("usage", "acme", account)["score"] == pytest.approx(80 * 2**-0.9, rel=0.1)
+        assert [(t.from_level, t.to_level) for t in crossings] == [("engaged", "unaware")]
+        assert len(swept) <= 2 * 9  # at most one update per lead per sweep (a tenth of its points each)
 
     asyncio.run(scenario())
