@@ -325,3 +325,60 @@ def test_caps_bonuses_and_once_per_do_not_depend_on_arrival_order_within_the_lat
     arrived = Run(LIMITS).apply(*arrival, batch=data.draw(st.integers(1, 6)))
     assert {late.event.event_id for late in arrived.late} <= redelivered  # a copy beyond the lateness is late
     assert (arrived.state().behaviour, arrived.state().ledger) == (in_time.state().behaviour, in_time.state().ledger)
+
+
+@FAST
+@given(st.lists(st.tuples(st.sampled_from(_ADDON_EVENTS), st.integers(0, 10 * DAY), st.booleans()), min_size=1, max_size=20),
+       st.integers(1, 400))
+def test_half_life_sweeps_at_each_due_time_cross_as_one_evaluation_does(raw: list[tuple[str, int, bool]], days: int) -> None:
+    """The worker sweeps a half-life lead at each `next_due_ms` (its lines, and for a member of
+    an account each tenth of its points): those sweeps must cross the lines one evaluation at
+    the end crosses, at the same times, and leave the same score."""
+    events = [ev(kind, at=at, event_id=f"e{i}", product="analytics", properties={"source": "pg"}, account_id="acme" if member else None)
+              for i, (kind, at, member) in enumerate(raw)]
+    run = Run(HALF_LIFE).apply(*events)
+    state = run.get("analytics_addon", "L1")
+    assert state is not None
+    end = state.watermark_ms + days * DAY
+    swept, crossings, sweeps = state, [], 0
+    while (due := HALF_LIFE.next_due_ms("analytics_addon", swept)) is not None and due <= end:
+        swept, out = HALF_LIFE.decay("analytics_addon", "L1", swept, due)
+        crossings += out
+        sweeps += 1
+        assert sweeps < 1000
+    swept, out = HALF_LIFE.decay("analytics_addon", "L1", swept, end)
+    crossings += out
+    direct, direct_crossings = HALF_LIFE.decay("analytics_addon", "L1", state, end)
+    assert [(t.to_level, t.time_ms) for t in crossings] == [(t.to_level, t.time_ms) for t in direct_crossings]
+    assert swept.level == direct.level
+    assert abs(swept.behaviour - direct.behaviour) <= 1e-9 * max(1.0, abs(direct.behaviour))
+
+
+def _edited(name: str, count: int) -> Engine:
+    return engine(f'[[rules]]\nname = "{name}"\nevent = "email_open"\npoints = 1\nonce_per = "properties.email_id"\n'
+                  f'bonus = {{ count = {count}, window = "1d", points = 1000 }}\n')
+
+
+@FAST
+@given(st.lists(st.tuples(st.sampled_from(["open", "E-mail opened"]), st.integers(2, 5),
+                          st.lists(st.tuples(st.integers(0, 6), st.integers(0, 3 * DAY)), min_size=1, max_size=6)),
+                min_size=1, max_size=6))
+def test_edits_of_a_rules_name_and_bonus_count_never_score_a_value_twice_nor_pay_a_window_twice(
+    edits: list[tuple[str, int, list[tuple[int, int]]]],
+) -> None:
+    """Between batches the model is edited (the rule renamed, the bonus's count changed): an
+    e-mail id still scores once, and each day's bonus is paid at most once under each name (a
+    renamed rule counts its bonus anew, MODELS.md says)."""
+    run = Run(_edited("open", 3))
+    ids: set[int] = set()
+    days: dict[str, set[int]] = {}
+    for number, (name, count, opens) in enumerate(edits):
+        run.engine = _edited(name, count)
+        run.apply(*(ev("email_open", at=at, event_id=f"e{number}-{i}", properties={"email_id": f"m{mail}"})
+                    for i, (mail, at) in enumerate(opens)))
+        ids |= {mail for mail, _ in opens}
+        days.setdefault(name, set()).update(at // DAY for _, at in opens)
+    ledger = run.state().ledger
+    for name, (_, _, _, bonuses) in ledger.items():
+        assert bonuses <= len(days[name])
+    assert sum(entry[0] - 1000 * entry[3] for entry in ledger.values()) <= len(ids)
