@@ -287,7 +287,10 @@ class SinkRunner(Generic[T]):
                 crossing_ms = getattr(item, "time_ms", None)
                 if crossing_ms is not None:
                     metrics.DELIVERY_LATENCY.labels(self.sink.name).observe(max(0.0, time.time() - crossing_ms / 1000))
-                log.info("sink %s: delivered %s", self.sink.name, delivery_id or f"{env.topic}/{env.partition}@{env.offset}")
+                # A crossing delivered is an event of interest; a read model's write (no id: one per
+                # score change, about one per event) is not, and at INFO would flood the log.
+                log.log(logging.INFO if delivery_id is not None else logging.DEBUG, "sink %s: delivered %s", self.sink.name,
+                        delivery_id or f"{env.topic}/{env.partition}@{env.offset}")
                 return "delivered"
             except PermanentError as exc:
                 return self._dead_letter(env, "permanent", f"{exc}")

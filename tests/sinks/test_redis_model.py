@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import orjson
+import pytest
 from kafka import KafkaProducer
 from redis import Redis
 
@@ -147,3 +149,12 @@ def test_account_summaries_keep_their_own_leaderboard_and_leadstream_top_account
     assert lines[0].split() == ["#", "account", "score", "norm", "temp", "level", "members", "best", "members"]
     assert lines[1].split() == ["1", "acme", "120", "60", "warm", "engaged", "2", "lead-1", "70,", "lead-2", "50"]
     assert lines[2].split()[:2] == ["2", "globex"] and len(lines) == 3
+
+
+def test_the_read_model_logs_no_line_per_score_change_at_info(sink_settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    # README "Operations": nothing is logged per event at INFO. A score change is about one per
+    # event, so a line per write would flood the read model's log at the worker's rate.
+    publish(sink_settings, [(f"b2b/lead-{n}", score_change(f"lead-{n}", n)) for n in range(5)])
+    with caplog.at_level(logging.INFO, logger="leadstream.sinks"):
+        assert drain(RedisModelSink(sink_settings), sink_settings).delivered == 5
+    assert not [r.getMessage() for r in caplog.records if "delivered" in r.getMessage() and r.levelno >= logging.INFO]
