@@ -269,12 +269,13 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
 
         return get
 
-    def explained(view: View, kind: str, key: str, store: LiveTable[Any], explain: Callable[[str, Any], dict[str, Any]]) -> Response:
-        """A lead's or an account's explanation in each model it has state in (404 without any,
-        500 naming the problem when its stored state cannot be read)."""
+    def explained(view: View, kind: str, key: str, store: LiveTable[Any], explain: Callable[[str, Any], dict[str, Any]],
+                  present: Callable[[Any], bool] = bool) -> Response:
+        """A lead's or an account's explanation in each model it has a `present` state in (404
+        without any, 500 naming the problem when its stored state cannot be read)."""
         try:
             # Read, not kept live: the states the stages hold stay theirs alone.
-            states = store.peek(key)
+            states = {model: state for model, state in (store.peek(key) or {}).items() if present(state)}
         except StateError as exc:
             return view.json({"error": f"the stored state of {kind} {key!r} cannot be read: {exc}"}, status=500)
         if not states:
@@ -296,8 +297,11 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
         @when_ready
         @routing.table_route(app, accounts, "account_id")
         async def get(self, request: Request, account_id: str) -> Response:
+            # An account whose last member left keeps its state (its level and crossing count) but
+            # is gone for the read models, which got its tombstone: so it is for this view too.
             return explained(self, "account", account_id, account_store,
-                             lambda model, state: rollup_stage.engine.account_summary(model, account_id, state, top=ACCOUNT_VIEW_MEMBERS))
+                             lambda model, state: rollup_stage.engine.account_summary(model, account_id, state, top=ACCOUNT_VIEW_MEMBERS),
+                             present=lambda state: bool(state.members))
 
     @app.page("/models/")
     class Models(View):

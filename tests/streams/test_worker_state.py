@@ -143,6 +143,10 @@ def test_account_roll_up_crosses_through_the_rekeyed_stage(isolated: Settings, w
     assert status == 200 and (acme["score"], acme["level"], acme["members"]) == (110, "engaged", 2)
     assert sorted(m["lead_id"] for m in acme["top_members"]) == ["ann", "ben"]
     assert proc.get("/accounts/nosuch/")[0] == 404
+    # cid moves on again: globex has no member left, and is gone from the view as from read models.
+    send(isolated, [{**page("cid", 3, "https://acme.io/about", now + 11 * MINUTE_MS), "account_id": "initech"}])
+    wait_for(lambda: proc.get("/accounts/initech/")[0] == 200, what="cid counted in initech")
+    wait_for(lambda: proc.get("/accounts/globex/")[0] == 404, timeout_s=10, what="globex, without members, answered 404")
 
 
 def test_sigkill_mid_stream_loses_and_duplicates_nothing(
