@@ -112,7 +112,7 @@ def parse_model(text: str, file: str) -> Model:
     model_name = head.string("name")
     if not _MODEL_NAME.fullmatch(model_name):
         # It keys score changes (`model/lead`), table records, metric labels and Redis keys.
-        raise head.error("name", "letters, digits, '_', '-' or '.' only (at most 64), such as \"b2b_eu\"", model_name)
+        raise head.error("name", "ASCII letters, digits, '_', '-' or '.' only (at most 64), such as \"b2b_eu\"", model_name)
     floor = head.number("floor", 0)
     max_points = head.number("max_points", None)
     if max_points is not None and max_points <= max(floor, 0):
