@@ -215,9 +215,9 @@ class SinkRunner(Generic[T]):
             by_key.setdefault(env.key if env.key is not None else env.partition, []).append(env)
         futures = [pool.submit(self._deliver_in_order, queue) for queue in by_key.values()]
         for future in futures:
-            future.result()  # re-raises Stopping, so nothing is committed
-        if self.stop.is_set():
-            raise Stopping()
+            # Re-raises a lane's Stopping, so an unfinished batch is not committed; a stop that
+            # comes once every lane has finished leaves a delivered batch, committed as any other.
+            future.result()
 
     def _deliver_in_order(self, envelopes: Iterable[Envelope]) -> None:
         for env in envelopes:

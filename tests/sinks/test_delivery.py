@@ -3,6 +3,7 @@ letters with their reason, and replay."""
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import replace
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import orjson
 from kafka import KafkaAdminClient, KafkaProducer
 
-from sinks.base import Position
+from sinks.base import Crossing, CrossingSink, Position, Steps
 from sinks.hubspot import HubSpotSink
 from sinks.mapping import load_mapping
 from sinks.salesforce import SalesforceSink
@@ -260,3 +261,31 @@ def test_sigterm_stops_a_connector_waiting_for_its_rate_limit_at_once_and_commit
     second.stop()
     assert sorted(p.json()["id"] for p in webhook.requests_to("POST", "/")) == sorted(
         crossing(n, "mql")["id"] for n in (1, 2)), second.tail()
+
+
+def test_a_stop_that_comes_once_the_batch_is_delivered_commits_it(sink_settings: Settings) -> None:
+    # SIGTERM while the last message of a batch was being delivered: every lane finished, yet
+    # the batch was left uncommitted, and the next start read it all again.
+    settings = sink_settings
+    stop = threading.Event()
+    batch = [crossing(1, "mql"), crossing(1, "sql", from_level="mql")]
+
+    class StoppedDuringTheLast(CrossingSink):
+        name = "stopped"
+
+        def __init__(self) -> None:
+            self.delivered: list[str] = []
+
+        def deliver(self, item: Crossing, steps: Steps) -> None:
+            self.delivered.append(item.id)
+            if item.id == batch[-1]["id"]:
+                stop.set()
+
+    produce(settings, batch)
+    sink = StoppedDuringTheLast()
+    SinkRunner(sink, settings, stop=stop).run()
+
+    assert sink.delivered == [c["id"] for c in batch]
+    assert committed_everything(settings, "stopped")
+    again = drain(StoppedDuringTheLast(), settings)
+    assert (again.delivered, again.skipped) == (0, 0)
