@@ -43,7 +43,8 @@ class TokenBucket:
 
     Callers reserve a slot under the lock and sleep outside it, so concurrent callers queue up
     in order without holding each other. `pause_until` makes everyone wait for a server's
-    Retry-After, since a 429 means the whole connector, not one delivery, is over quota. Such a
+    Retry-After, since a 429 means the whole connector, not one delivery, is over quota: callers
+    already asleep for their slot when the pause begins wait for its end as well. Such a
     wait can last a minute: once the event given to `stop_on` is set, waits end at once with
     `Stopping`, so a stopping connector does not first wait for a slot it will not use.
     """
@@ -68,20 +69,27 @@ class TokenBucket:
         self._paused_until = 0.0
 
     def acquire(self) -> None:
-        with self._lock:
-            now = self._clock()
-            # Time spent paused earns no tokens: after a 429 the quota is spent, not saved.
-            earning_since = max(self._updated, min(now, self._paused_until))
-            self._tokens = min(self.capacity, self._tokens + (now - earning_since) * self.rate_per_s)
-            self._updated = now
-            self._tokens -= 1
-            # A slot reserved during a pause starts earning only when the pause ends.
-            wait_s = max(0.0, self._paused_until - now) + max(0.0, -self._tokens) / self.rate_per_s
-        if wait_s > 0:
-            RATE_LIMIT_WAIT_SECONDS.labels(self.connector).inc(wait_s)
-            self._sleep(wait_s)
-            if self._stop.is_set():
-                raise Stopping(f"{self.connector}: stopped while waiting {wait_s:.1f} s for the rate limit")
+        while True:
+            with self._lock:
+                now = self._clock()
+                # Time spent paused earns no tokens: after a 429 the quota is spent, not saved.
+                earning_since = max(self._updated, min(now, self._paused_until))
+                self._tokens = min(self.capacity, self._tokens + (now - earning_since) * self.rate_per_s)
+                self._updated = now
+                self._tokens -= 1
+                # A slot reserved during a pause starts earning only when the pause ends.
+                wait_s = max(0.0, self._paused_until - now) + max(0.0, -self._tokens) / self.rate_per_s
+            if wait_s > 0:
+                RATE_LIMIT_WAIT_SECONDS.labels(self.connector).inc(wait_s)
+                self._sleep(wait_s)
+                if self._stop.is_set():
+                    raise Stopping(f"{self.connector}: stopped while waiting {wait_s:.1f} s for the rate limit")
+            with self._lock:
+                if self._clock() >= self._paused_until:
+                    return
+                # A 429 paused the connector while this caller slept: its slot, reserved before the
+                # pause, is given back and reserved anew behind the pause, like a newcomer's.
+                self._tokens += 1
 
     def stop_on(self, stop: threading.Event) -> None:
         """End every wait, and fail every acquire that would wait, once `stop` is set."""

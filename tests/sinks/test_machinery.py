@@ -57,6 +57,28 @@ def test_token_bucket_keeps_every_window_under_the_quota_and_pauses_for_retry_af
     assert clock.now >= before + 30
 
 
+def test_a_pause_that_begins_while_a_caller_waits_for_its_slot_holds_it_too() -> None:
+    clock = FakeClock()
+    paused_at: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        # Half a second into the first wait, another delivery gets a 429 with Retry-After: 30.
+        if not paused_at:
+            clock.sleep(0.5)
+            paused_at.append(clock.now)
+            bucket.pause_until(clock.now + 30)
+            seconds -= 0.5
+        clock.sleep(seconds)
+
+    bucket = TokenBucket(Quota(10, 10.0), clock=clock, sleep=sleep)
+    bucket.acquire()  # the burst's one slot
+    bucket.acquire()  # waits 1.2 s for the next one, and the pause begins meanwhile
+    sent = clock.now
+    assert sent >= paused_at[0] + 30
+    bucket.acquire()  # the slot after it: paced by the refill rate, as after any pause
+    assert clock.now - sent == pytest.approx(1 / 0.85)
+
+
 def test_a_stop_ends_a_wait_for_the_quota_at_once() -> None:
     bucket = TokenBucket(Quota(1, 60.0))
     stop = threading.Event()
