@@ -89,32 +89,37 @@ class Crossing:
         if not isinstance(raw, dict):
             raise PermanentError("not a crossing: the value is not a JSON object")
         try:
-            direction = str(raw["direction"])
+            direction = _text(raw["direction"], "direction")
             if direction not in ("up", "down"):
                 raise ValueError(f"direction must be 'up' or 'down', not {direction!r}")
-            kind = str(raw.get("kind") or "lead")
+            kind = _text_or_none(raw.get("kind"), "kind") or "lead"
             if kind not in ("lead", "account"):
                 raise ValueError(f"kind must be 'lead' or 'account', not {kind!r}")
+            traits = raw.get("traits") or {}
+            if not isinstance(traits, dict):
+                raise ValueError(f"field 'traits' must be an object, not {type(traits).__name__}")
             return cls(
-                id=_text(raw["id"]),
+                id=_text(raw["id"], "id"),
                 kind=kind,
                 # An account crossing is about the account as a whole: it may name no lead.
-                lead_id=_text(raw["lead_id"]) if kind == "lead" else str(raw.get("lead_id") or ""),
-                account_id=raw.get("account_id"),
-                model=_text(raw["model"]),
-                from_level=str(raw.get("from_level") or ""),
-                to_level=_text(raw["to_level"]),
+                lead_id=_text(raw["lead_id"], "lead_id") if kind == "lead" else _text_or_none(raw.get("lead_id"), "lead_id") or "",
+                account_id=_text_or_none(raw.get("account_id"), "account_id"),
+                model=_text(raw["model"], "model"),
+                from_level=_text_or_none(raw.get("from_level"), "from_level") or "",
+                to_level=_text(raw["to_level"], "to_level"),
                 direction=direction,
                 score=float(raw["score"]),
                 normalized=float(raw.get("normalized") or 0),
-                grade=str(raw.get("grade") or ""),
+                grade=_text_or_none(raw.get("grade"), "grade") or "",
                 engagement=int(raw.get("engagement") or 0),
-                cell=str(raw.get("cell") or ""),
-                temperature=str(raw.get("temperature") or ""),
+                cell=_text_or_none(raw.get("cell"), "cell") or "",
+                temperature=_text_or_none(raw.get("temperature"), "temperature") or "",
                 time_ms=_time_ms(raw["time"]),
-                reasons=tuple(Reason(str(r["rule"]), float(r["points"]), str(r.get("lead_id") or ""))
+                reasons=tuple(Reason(_text(r["rule"], "reasons.rule"), float(r["points"]),
+                                     _text_or_none(r.get("lead_id"), "reasons.lead_id") or "")
                               for r in raw.get("reasons") or ()),
-                traits={str(k): str(v) for k, v in (raw.get("traits") or {}).items() if v is not None},
+                # Traits are the lead's own, of any JSON type (company_size: 250): CRMs get them as text.
+                traits={str(k): str(v) for k, v in traits.items() if v is not None},
             )
         except KeyError as exc:
             raise PermanentError(f"not a crossing: field {exc.args[0]!r} is missing") from None
@@ -170,10 +175,18 @@ def _time_ms(value: Any) -> int:
     return ms
 
 
-def _text(value: object) -> str:
+def _text(value: object, name: str) -> str:
     if not isinstance(value, str) or not value:
-        raise ValueError(f"expected a non-empty string, got {value!r}")
+        raise ValueError(f"field {name!r}: expected a non-empty string, got {value!r:.100}")
     return value
+
+
+def _text_or_none(value: object, name: str) -> str | None:
+    """A field the worker writes as a string, or null. Anything else is not its record: a list
+    account_id became an IN-list in Salesforce's SOQL, an object failed only in the delivery."""
+    if value is None or isinstance(value, str):
+        return value
+    raise ValueError(f"field {name!r} must be a string or null, not {type(value).__name__}")
 
 
 class Sink(ABC, Generic[T]):

@@ -113,7 +113,7 @@ def produce(settings: Settings, records: list[dict[str, Any]], topic: str | None
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=5)
     for record in records:
         key = record["account_id"] if record.get("kind") == "account" else record["lead_id"]  # as the worker keys them
-        producer.send(topic or settings.topic_crossings, key=key.encode(), value=orjson.dumps(record))
+        producer.send(topic or settings.topic_crossings, key=str(key).encode(), value=orjson.dumps(record))
     producer.flush()
     producer.close()
 

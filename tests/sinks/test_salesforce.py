@@ -125,6 +125,28 @@ def test_a_record_id_that_is_not_a_salesforce_id_is_dead_lettered_and_never_requ
     ])
 
 
+def test_an_account_id_that_is_not_a_string_is_dead_lettered_as_malformed_at_once(
+    sink_settings: Settings, salesforce: FakeSalesforce
+) -> None:
+    # A list made the Account look-up an IN-list (the first of several Accounts got the update);
+    # an object failed in the SOQL formatting after the crossing was read, and was retried.
+    settings = salesforce_settings(sink_settings, salesforce)
+    salesforce.add_account("acme")
+    salesforce.add_account("globex")
+    produce(settings, [account_crossing(account_id=["globex", "acme"]), account_crossing(account_id={"id": "acme"})])
+
+    stats = drain(SalesforceSink(settings), settings)
+
+    assert (stats.delivered, stats.dead_lettered, stats.retries) == (0, 2, 0)
+    assert salesforce.requests == []
+    letters = read_topic(settings, f"{settings.topic_crossings}-dlq-salesforce", expect=2, idle_s=0.5)
+    assert [letter["reason"] for _, letter in letters] == ["malformed"] * 2
+    assert sorted(letter["detail"] for _, letter in letters) == [
+        "salesforce: not a crossing: field 'account_id' must be a string or null, not dict",
+        "salesforce: not a crossing: field 'account_id' must be a string or null, not list",
+    ]
+
+
 def test_a_15_character_salesforce_id_is_accepted(sink_settings: Settings, salesforce: FakeSalesforce) -> None:
     settings = salesforce_settings(sink_settings, salesforce)
     lead_id = salesforce.add_lead("someone@acme.io")[:15]
