@@ -108,14 +108,14 @@ class Crossing:
                 from_level=_text_or_none(raw.get("from_level"), "from_level") or "",
                 to_level=_text(raw["to_level"], "to_level"),
                 direction=direction,
-                score=float(raw["score"]),
-                normalized=float(raw.get("normalized") or 0),
+                score=json_number(raw["score"], "score"),
+                normalized=json_number(raw.get("normalized") or 0, "normalized"),
                 grade=_text_or_none(raw.get("grade"), "grade") or "",
                 engagement=int(raw.get("engagement") or 0),
                 cell=_text_or_none(raw.get("cell"), "cell") or "",
                 temperature=_text_or_none(raw.get("temperature"), "temperature") or "",
                 time_ms=_time_ms(raw["time"]),
-                reasons=tuple(Reason(_text(r["rule"], "reasons.rule"), float(r["points"]),
+                reasons=tuple(Reason(_text(r["rule"], "reasons.rule"), json_number(r["points"], "reasons.points"),
                                      _text_or_none(r.get("lead_id"), "reasons.lead_id") or "")
                               for r in raw.get("reasons") or ()),
                 # Traits are the lead's own, of any JSON type (company_size: 250): CRMs get them as text.
@@ -173,6 +173,15 @@ def _time_ms(value: Any) -> int:
     if not MIN_TIME_MS <= ms < MAX_TIME_MS:
         raise ValueError(f"field 'time' is {ms}, outside years 2000-2099 in epoch milliseconds")
     return ms
+
+
+def json_number(value: object, name: str) -> float:
+    """A field the producer writes as a JSON number. JSON has none that is not finite (orjson
+    refuses NaN and 1e400), but float() reads the strings "nan" and "inf": Redis refuses NaN in a
+    sorted set, and a CRM's JSON cannot carry either."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"field {name!r} must be a number, not {type(value).__name__}")
+    return float(value)
 
 
 def _text(value: object, name: str) -> str:

@@ -36,7 +36,7 @@ from typing import Any, cast
 import orjson
 from redis import Redis
 
-from sinks.base import Position, Sink, Steps
+from sinks.base import Position, Sink, Steps, json_number
 from sinks.errors import PermanentError, StaleError
 from sinks.runner import DLQ_RETENTION_MS
 from streams.settings import Settings
@@ -126,7 +126,7 @@ class RedisModelSink(Sink[ScoreChange]):
         names = HASH_FIELDS if kind == "lead" else ACCOUNT_HASH_FIELDS
         try:
             raw = orjson.loads(value)
-            score = float(raw["score"] or 0)
+            score = json_number(raw["score"] or 0, "score")
             # The worker writes null for what an entry does not have yet (no activity, no grade).
             fields = {name: "" if raw.get(name) is None else str(raw[name]) for name in names}
             listed = _LIST_FIELD[kind]

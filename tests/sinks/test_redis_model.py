@@ -70,6 +70,26 @@ def test_score_changes_keep_the_leaderboard_and_lead_hashes_current(sink_setting
     assert (trial["last_activity_ms"], trial["grade"]) == ("", "")  # null in the topic: empty, not "None"
 
 
+def test_a_score_that_is_not_a_number_is_dead_lettered_as_malformed_at_once(sink_settings: Settings) -> None:
+    # float() read "nan" and "inf": ZADD refused them, as a RedisError retried until the
+    # attempts ran out, dead-lettered as retries_exhausted.
+    publish(sink_settings, [
+        ("b2b/lead-1", {**score_change("lead-1", 40), "score": "nan"}),
+        ("b2b/lead-2", {**score_change("lead-2", 40), "score": "-inf"}),
+        ("b2b/lead-3", {**score_change("lead-3", 40), "score": "40"}),
+        ("b2b/lead-4", score_change("lead-4", 55)),
+    ])
+
+    stats = drain(RedisModelSink(sink_settings), sink_settings)
+
+    assert (stats.delivered, stats.dead_lettered, stats.retries) == (1, 3, 0)
+    letters = [orjson.loads(r.value) for r in read_to_end(sink_settings, f"{sink_settings.topic_scores}-dlq-redis")]
+    assert [letter["reason"] for letter in letters] == ["malformed"] * 3
+    assert all("field 'score' must be a number, not str" in letter["detail"] for letter in letters)
+    redis, prefix = Redis.from_url(sink_settings.redis_url, decode_responses=True), sink_settings.redis_prefix
+    assert redis.zrange(leaderboard_key(prefix, "b2b"), 0, -1) == ["lead-4"]
+
+
 def test_a_dead_lettered_tombstone_is_replayed_as_a_tombstone_and_the_lead_is_forgotten(sink_settings: Settings) -> None:
     publish(sink_settings, [("b2b/u-42", score_change("u-42", 67))])
     drain(RedisModelSink(sink_settings), sink_settings)
