@@ -25,9 +25,19 @@ from typing import Callable
 from redis import Redis
 
 from sinks.base import Position
+from streams.settings import Settings
 
 _PENDING = "pending"
 _DONE = "done:"
+
+
+def redis_client(settings: Settings) -> Redis:
+    """Redis as the connectors (their ledger, the read model) and `leadstream top` use it: a
+    connection or command that gets no answer within LEADSTREAM_SINK_TIMEOUT_S fails as a
+    RedisError, so a stalled Redis (a stopped host, a partition leaving the connection open)
+    is retried or reported, not waited for (redis-py waits forever before 8.0, 5 s since)."""
+    return Redis.from_url(settings.redis_url, socket_timeout=settings.sink_timeout_s,
+                          socket_connect_timeout=settings.sink_timeout_s)
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ from redis import Redis
 
 from sinks.base import Position, Sink, Steps, json_number
 from sinks.errors import PermanentError, StaleError
+from sinks.ledger import redis_client
 from sinks.runner import DLQ_RETENTION_MS
 from streams.settings import Settings
 from streams.tables import columns, points
@@ -108,7 +109,7 @@ class RedisModelSink(Sink[ScoreChange]):
     name = "redis"
 
     def __init__(self, settings: Settings) -> None:
-        self.redis = Redis.from_url(settings.redis_url, socket_timeout=settings.sink_timeout_s)
+        self.redis = redis_client(settings)
         self.prefix = settings.redis_prefix
         self.write = self.redis.register_script(_WRITE)
 
@@ -203,7 +204,7 @@ def print_top(settings: Settings, model: str, limit: int, accounts: bool = False
 
     kind = "account" if accounts else "lead"
     try:
-        rows = top_entries(Redis.from_url(settings.redis_url), settings.redis_prefix, model, limit, kind)
+        rows = top_entries(redis_client(settings), settings.redis_prefix, model, limit, kind)
     except RedisError as exc:
         raise ServiceError(f"cannot read Redis at {settings.redis_url} ({exc}); run `leadstream services up`") from None
     if not rows:

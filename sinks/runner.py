@@ -29,12 +29,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, Iterable, TypeVar
 
-from redis import Redis, RedisError
+from redis import RedisError
 
 from sinks import metrics
 from sinks.base import Position, Sink
 from sinks.errors import PermanentError, RetryableError, StaleError, Stopping
-from sinks.ledger import Ledger, NoSteps
+from sinks.ledger import Ledger, NoSteps, redis_client
 from streams import probes
 from streams.deadletter import DeadLetter
 from streams.settings import Settings
@@ -131,10 +131,7 @@ class SinkRunner(Generic[T]):
         self.stats = Stats()
         # A wait for the quota can last a CRM's Retry-After (up to the longest backoff): a stop cuts it short.
         sink.limiter.stop_on(self.stop)
-        # With a timeout, as the CRMs have one: a stalled Redis must fail a delivery's look-up (to be
-        # retried) and /readyz, not hold them forever.
-        redis = Redis.from_url(settings.redis_url, socket_timeout=settings.sink_timeout_s)
-        self.ledger = Ledger(redis, settings.redis_prefix, sink.name, settings.sink_delivered_ttl_s)
+        self.ledger = Ledger(redis_client(settings), settings.redis_prefix, sink.name, settings.sink_delivered_ttl_s)
         self._producer: Any = None  # set while consuming; dead letters go through it
         self.assigned = threading.Event()  # the consumer holds partitions: readiness
 

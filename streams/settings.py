@@ -248,7 +248,7 @@ class Settings:
         "LEADSTREAM_SINK_BACKOFF_MAX_MS", 60_000, "Longest retry delay of a sink, a server's Retry-After included.",
         NON_NEGATIVE,
     )
-    sink_timeout_s: int = _setting("LEADSTREAM_SINK_TIMEOUT_S", 10, "Timeout of one HTTP request to a CRM or webhook, from its start to the end of its answer.", POSITIVE)
+    sink_timeout_s: int = _setting("LEADSTREAM_SINK_TIMEOUT_S", 10, "Timeout of one HTTP request to a CRM or webhook, from its start to the end of its answer; and of each Redis command of the connectors and `leadstream top`.", POSITIVE)
     sink_delivered_ttl_s: int = _setting(
         "LEADSTREAM_SINK_DELIVERED_TTL_S",
         14 * 24 * 3600,

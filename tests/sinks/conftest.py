@@ -13,10 +13,13 @@ from typing import Any, Iterator
 import orjson
 import pytest
 import trustme
+from redis import Redis, RedisError
 
 from sinks.base import Sink
 from sinks.runner import SinkRunner, Stats
+from streams.processes import free_port
 from streams.settings import PROJECT_ROOT, Settings
+from tests.infra import wait_for
 from tests.sinks.fake_http import WebhookReceiver
 from tests.sinks.fake_hubspot import TOKEN, FakeHubSpot
 from tests.sinks.fake_salesforce import SESSION_ID, FakeSalesforce
@@ -55,6 +58,43 @@ def salesforce(tls_ca: tuple[trustme.CA, Path], monkeypatch: pytest.MonkeyPatch)
 @pytest.fixture
 def webhook() -> Iterator[WebhookReceiver]:
     server = WebhookReceiver().start()
+    yield server
+    server.stop()
+
+
+class RedisServer:
+    """A redis-server of a test's own (never the shared one), which the test may stall."""
+
+    def __init__(self, directory: Path) -> None:
+        port = free_port()
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self.proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                      "--appendonly", "no", "--dir", str(directory)], stdout=subprocess.DEVNULL)
+        client = Redis.from_url(self.url, socket_timeout=1)
+        wait_for(lambda: _answers(client), 10, f"redis-server on port {port}")
+        client.close()
+
+    def stall(self) -> None:
+        """SIGSTOP, as a stopped host or a network partition leaves it: connections stay open and
+        nothing answers."""
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGCONT)
+        self.proc.terminate()
+        self.proc.wait()
+
+
+def _answers(client: Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except RedisError:
+        return False
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
     yield server
     server.stop()
 

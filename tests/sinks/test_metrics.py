@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import signal
-import subprocess
 import threading
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 from typing import Any
 
 from redis import RedisError
@@ -17,7 +14,7 @@ from sinks.runner import SinkRunner
 from sinks.webhook import WebhookSink
 from streams.processes import free_port
 from streams.settings import Settings
-from tests.sinks.conftest import crossing, produce
+from tests.sinks.conftest import RedisServer, crossing, produce
 from tests.infra import wait_for
 from tests.sinks.fake_http import WebhookReceiver
 
@@ -67,37 +64,28 @@ def test_connector_metrics_count_every_outcome_exactly(
 
 
 def test_a_stalled_redis_makes_the_connector_not_ready_and_its_ledger_fail_within_the_timeout(
-    sink_settings: Settings, webhook: WebhookReceiver, tmp_path: Path
+    sink_settings: Settings, webhook: WebhookReceiver, redis_server: RedisServer
 ) -> None:
-    # A redis-server of this test's own, stopped (SIGSTOP) as a stalled host or a partition
-    # leaves it: the connection stays open and nothing answers. The ledger's client had no
-    # timeout: /readyz, and every delivery's ledger look-up, waited forever.
-    port = free_port()
-    server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                               "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
-    try:
-        settings = sink_settings.with_overrides(redis_url=f"redis://127.0.0.1:{port}/0", webhook_url=webhook.url)
-        runner = SinkRunner(WebhookSink(settings), settings)
-        runner.assigned.set()  # as once the consumer holds partitions
-        wait_for(runner.ready, what="the connector to be ready")
-        server.send_signal(signal.SIGSTOP)
+    # The ledger's client had no timeout: with Redis stalled, /readyz, and every delivery's
+    # ledger look-up, waited forever.
+    settings = sink_settings.with_overrides(redis_url=redis_server.url, webhook_url=webhook.url)
+    runner = SinkRunner(WebhookSink(settings), settings)
+    runner.assigned.set()  # as once the consumer holds partitions
+    wait_for(runner.ready, what="the connector to be ready")
+    redis_server.stall()
 
-        answers: list[object] = []
+    answers: list[object] = []
 
-        def probe() -> None:
-            answers.append(runner.ready())
-            try:
-                runner.ledger.delivered("lead-1/b2b/up/mql/1")
-            except RedisError as exc:
-                answers.append(exc)
+    def probe() -> None:
+        answers.append(runner.ready())
+        try:
+            runner.ledger.delivered("lead-1/b2b/up/mql/1")
+        except RedisError as exc:
+            answers.append(exc)
 
-        asking = threading.Thread(target=probe, daemon=True)
-        asking.start()
-        asking.join(timeout=3 * settings.sink_timeout_s + 2)
+    asking = threading.Thread(target=probe, daemon=True)
+    asking.start()
+    asking.join(timeout=3 * settings.sink_timeout_s + 2)
 
-        assert len(answers) == 2, f"still waiting for Redis: {answers}"
-        assert answers[0] is False and isinstance(answers[1], RedisError)
-    finally:
-        server.send_signal(signal.SIGCONT)
-        server.terminate()
-        server.wait()
+    assert len(answers) == 2, f"still waiting for Redis: {answers}"
+    assert answers[0] is False and isinstance(answers[1], RedisError)

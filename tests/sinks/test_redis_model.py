@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import orjson
@@ -16,7 +17,7 @@ from streams.history import read_to_end
 from streams.processes import free_port
 from streams.settings import Settings
 from tests.infra import leadstream
-from tests.sinks.conftest import drain
+from tests.sinks.conftest import RedisServer, drain
 
 
 def score_change(lead: str, score: float, **fields: Any) -> dict[str, Any]:
@@ -139,6 +140,20 @@ def test_leadstream_top_prints_the_hottest_leads_as_a_table(sink_settings: Setti
                                     "demo_request", "+25"]
     empty = leadstream(sink_settings, "top", "--model", "nosuch")
     assert "no leads for model 'nosuch'" in empty.stdout
+
+
+def test_leadstream_top_against_a_stalled_redis_fails_within_the_timeout(sink_settings: Settings, redis_server: RedisServer) -> None:
+    # Its client had no timeout of ours: `top` waited for the stalled Redis forever with
+    # redis-py before 8.0 (its default then), and 5 s (redis-py's default since) whatever the setting.
+    settings = sink_settings.with_overrides(redis_url=redis_server.url)
+    assert settings.sink_timeout_s == 1
+    redis_server.stall()
+    started = time.monotonic()
+
+    result = leadstream(settings, "top", "--model", "b2b", check=False, timeout=30)
+
+    assert result.returncode == 1 and time.monotonic() - started < 4  # the timeout, and the CLI's start
+    assert f"cannot read Redis at {redis_server.url} (Timeout" in result.stderr
 
 
 def account_change(account: str, score: float, members: list[tuple[str, float]]) -> dict[str, Any]:
