@@ -37,6 +37,7 @@ from sinks.errors import PermanentError, RetryableError, StaleError, Stopping
 from sinks.ledger import Ledger, NoSteps, redis_client
 from streams import probes
 from streams.deadletter import DeadLetter
+from streams.kafka_clients import open_client
 from streams.settings import Settings
 from streams.topics import TopicSpec, ensure_topics
 
@@ -151,9 +152,9 @@ class SinkRunner(Generic[T]):
         from kafka.structs import OffsetAndMetadata
 
         ensure_topics(self.settings, [TopicSpec(self.dlq_topic, self.settings.partitions, {"retention.ms": str(DLQ_RETENTION_MS)})])
-        consumer = KafkaConsumer(
-            topic,
-            bootstrap_servers=self.settings.kafka_bootstrap,
+        consumer = open_client(
+            self.settings,
+            KafkaConsumer,
             group_id=group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -164,7 +165,8 @@ class SinkRunner(Generic[T]):
             session_timeout_ms=6000,
             heartbeat_interval_ms=2000,
         )
-        producer = self._producer = KafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap, acks="all", linger_ms=5)
+        consumer.subscribe([topic])
+        producer = self._producer = open_client(self.settings, KafkaProducer, acks="all", linger_ms=5)
         end: dict[Any, int] | None = None
         pool = ThreadPoolExecutor(max_workers=self.settings.sink_concurrency, thread_name_prefix=f"sink-{self.sink.name}")
         log.info("sink %s: consuming %s as group %s; dead letters to %s", self.sink.name, topic, group, self.dlq_topic)

@@ -19,10 +19,10 @@ class ServiceError(LeadstreamError):
     """A local service (Kafka, Redis) could not be installed, started, reached or stopped."""
 
 
-def kafka_unreachable(bootstrap: str, cause: Exception, waited_s: int | None = None) -> ServiceError:
-    """What a command says when the broker does not answer (within `waited_s`, when it set the wait)."""
-    within = f" within {waited_s} s (LEADSTREAM_KAFKA_CONNECT_TIMEOUT_S)" if waited_s is not None else ""
-    return ServiceError(f"cannot reach Kafka at {bootstrap}{within} ({cause}); run `leadstream services up`")
+def kafka_unreachable(bootstrap: str, cause: Exception, waited_s: int) -> ServiceError:
+    """What a command says when the broker does not answer within `waited_s` (streams.kafka_clients)."""
+    return ServiceError(f"cannot reach Kafka at {bootstrap} within {waited_s} s (LEADSTREAM_KAFKA_CONNECT_TIMEOUT_S) "
+                        f"({cause}); run `leadstream services up`")
 
 
 def port_taken(host: str, port: int, setting: str, cause: OSError) -> ServiceError:

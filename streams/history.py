@@ -27,7 +27,8 @@ from typing import IO, Any, Iterator
 
 import orjson
 
-from streams.errors import InputError, ServiceError, kafka_unreachable
+from streams.errors import InputError, ServiceError
+from streams.kafka_clients import open_client
 from streams.settings import Settings
 from streams.topics import partition_count
 
@@ -64,13 +65,9 @@ class _Reader:
 
     def __enter__(self) -> _Reader:
         from kafka import KafkaConsumer
-        from kafka.errors import KafkaError
 
-        try:
-            self.consumer = KafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap, enable_auto_commit=False,
-                                          group_id=None, client_id="leadstream-history")
-        except KafkaError as exc:
-            raise kafka_unreachable(self.settings.kafka_bootstrap, exc) from exc
+        self.consumer = open_client(self.settings, KafkaConsumer, enable_auto_commit=False, group_id=None,
+                                    client_id="leadstream-history")
         return self
 
     def __exit__(self, *_: object) -> None:

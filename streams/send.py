@@ -15,7 +15,8 @@ from typing import IO, Any, Iterable, Iterator
 import orjson
 
 from streams.envelope import pack_keyed
-from streams.errors import InputError, ServiceError, kafka_unreachable
+from streams.errors import InputError, ServiceError
+from streams.kafka_clients import open_client
 from streams.jsonlines import numbered_lines
 from streams.settings import Settings
 from streams.topics import partition_count
@@ -40,18 +41,8 @@ def read_events(lines: IO[bytes], bad: list[str]) -> Iterator[tuple[str, bytes]]
 
 def open_producer(settings: Settings) -> Any:  # a kafka.KafkaProducer (kafka-python is untyped)
     from kafka import KafkaProducer
-    from kafka.errors import KafkaError
 
-    try:
-        return KafkaProducer(
-            bootstrap_servers=settings.kafka_bootstrap,
-            acks="all",
-            linger_ms=5,
-            batch_size=256 * 1024,
-            client_id="leadstream-send",
-        )
-    except KafkaError as exc:
-        raise kafka_unreachable(settings.kafka_bootstrap, exc) from exc
+    return open_client(settings, KafkaProducer, acks="all", linger_ms=5, batch_size=256 * 1024, client_id="leadstream-send")
 
 
 class _Refused:

@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from streams.errors import ConfigError, kafka_unreachable
+from streams.errors import ConfigError
+from streams.kafka_clients import open_client
 from streams.settings import Settings
 
 
@@ -58,14 +59,10 @@ def ensure_topics(settings: Settings, specs: list[TopicSpec] | None = None) -> l
     partition count than its spec's."""
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
-    from kafka.errors import KafkaError, TopicAlreadyExistsError
+    from kafka.errors import TopicAlreadyExistsError
 
     specs = topic_specs(settings) if specs is None else specs
-    try:
-        admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id="leadstream-topics",
-                                 bootstrap_timeout_ms=settings.kafka_connect_timeout_s * 1000)
-    except KafkaError as exc:
-        raise kafka_unreachable(settings.kafka_bootstrap, exc, settings.kafka_connect_timeout_s) from exc
+    admin = open_client(settings, KafkaAdminClient, client_id="leadstream-topics")
     try:
         existing = set(admin.list_topics())
         lines = []
@@ -110,12 +107,8 @@ def partition_count(settings: Settings, topic: str) -> int:
     """How many partitions `topic` has; 0 when it does not exist. Asked of the broker's metadata
     at once (a producer would wait a minute for a topic that never appears)."""
     from kafka import KafkaConsumer
-    from kafka.errors import KafkaError
 
-    try:
-        consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, client_id="leadstream-topics")
-    except KafkaError as exc:
-        raise kafka_unreachable(settings.kafka_bootstrap, exc) from exc
+    consumer = open_client(settings, KafkaConsumer, client_id="leadstream-topics")
     try:
         return len(consumer.partitions_for_topic(topic) or ())
     finally:
@@ -128,7 +121,7 @@ def delete_topics(settings: Settings, prefix: str) -> list[str]:
     (thousands of them make its start take minutes). Returns the names deleted."""
     from kafka import KafkaAdminClient
 
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id="leadstream-topics")
+    admin = open_client(settings, KafkaAdminClient, client_id="leadstream-topics")
     try:
         doomed = sorted(name for name in admin.list_topics() if name.startswith(prefix))
         if doomed:

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import socket
 import time
+from pathlib import Path
+
+import pytest
 
 from streams.settings import Settings
 from streams.topics import TopicSpec, ensure_topics, partition_count
-from tests.infra import leadstream
+from tests.infra import leadstream, write_jsonl
 
 
 def test_existing_topics_of_another_partition_count_are_refused_by_name(isolated: Settings) -> None:
@@ -29,12 +32,17 @@ def test_existing_topics_of_another_partition_count_are_refused_by_name(isolated
     assert worker.returncode == 1 and f"{settings.topic_events} has 8 partitions" in worker.stderr
 
 
-def test_an_unreachable_broker_is_named_within_seconds(isolated: Settings) -> None:
-    # kafka-python waits 30 s by default for the first answer: `leadstream topics` sat silent that long.
+@pytest.mark.parametrize("command", [
+    ["topics"], ["send", "{events}"], ["forget", "lead-1"], ["history", "--out", "{out}"], ["replay-dlq", "--reason", "x"],
+])
+def test_an_unreachable_broker_is_named_within_seconds(isolated: Settings, tmp_path: Path, command: list[str]) -> None:
+    # kafka-python waits 30 s by default for the first answer: each command sat silent that long.
+    events = write_jsonl(tmp_path / "events.jsonl", [{"lead_id": "lead-1", "type": "page_view", "time": "2025-11-23T08:00:00Z"}])
+    args = [arg.format(events=events, out=tmp_path / "history.jsonl") for arg in command]
     with socket.socket() as closed:  # a port nothing listens on
         closed.bind(("127.0.0.1", 0))
         bootstrap = f"127.0.0.1:{closed.getsockname()[1]}"
     started = time.monotonic()
-    done = leadstream(isolated.with_overrides(kafka_bootstrap=bootstrap, kafka_connect_timeout_s=2), "topics", check=False)
+    done = leadstream(isolated.with_overrides(kafka_bootstrap=bootstrap, kafka_connect_timeout_s=2), *args, check=False)
     assert done.returncode == 1 and time.monotonic() - started < 10, done
-    assert f"cannot reach Kafka at {bootstrap}" in done.stderr and "LEADSTREAM_KAFKA_CONNECT_TIMEOUT_S" in done.stderr
+    assert f"cannot reach Kafka at {bootstrap} within 2 s (LEADSTREAM_KAFKA_CONNECT_TIMEOUT_S)" in done.stderr

@@ -1,0 +1,26 @@
+"""kafka-python clients as every leadstream command opens them.
+
+kafka-python waits 30 s for a broker's first answer (its `bootstrap_timeout_ms`): a command run
+against a broker that is down sat silent that long. Ours wait LEADSTREAM_KAFKA_CONNECT_TIMEOUT_S,
+then fail with a ServiceError naming the address and the setting.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, TypeVar
+
+from streams.errors import kafka_unreachable
+from streams.settings import Settings
+
+C = TypeVar("C")
+
+
+def open_client(settings: Settings, client: Callable[..., C], **config: Any) -> C:
+    """`client` (KafkaAdminClient, KafkaConsumer or KafkaProducer) of the settings' broker, with `config`."""
+    from kafka.errors import KafkaError
+
+    try:
+        return client(bootstrap_servers=settings.kafka_bootstrap,
+                      bootstrap_timeout_ms=settings.kafka_connect_timeout_s * 1000, **config)
+    except KafkaError as exc:
+        raise kafka_unreachable(settings.kafka_bootstrap, exc, settings.kafka_connect_timeout_s) from exc
