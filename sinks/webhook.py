@@ -29,7 +29,7 @@ import hmac
 import time
 from dataclasses import dataclass
 from typing import Callable
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import requests
 import urllib3
@@ -86,7 +86,8 @@ class WebhookSink(Sink[Post]):
             raise ConfigError("LEADSTREAM_WEBHOOK_SECRET is empty: set a long random secret (e.g. `openssl rand "
                               "-hex 32`) and give the same one to the receiver to verify signatures")
         self.url = settings.webhook_url
-        self.where, self.hidden = _shown(self.url)
+        shown, self.hidden = _shown(self.url)
+        self.where = f"webhook {shown}"
         self.secret = settings.webhook_secret
         self.clock = clock
         self.limiter = limiter_for("LEADSTREAM_WEBHOOK_RATE_LIMIT", settings.webhook_rate_limit, "webhook")
@@ -121,8 +122,10 @@ class WebhookSink(Sink[Post]):
         except requests.RequestException as exc:
             raise transport_error(self.where, exc, hide=self.hidden) from None
         if 300 <= response.status_code < 400:
-            raise PermanentError(f"{self.where}: redirected (HTTP {response.status_code}) to "
-                                 f"{response.headers.get('Location')}: set LEADSTREAM_WEBHOOK_URL to the final URL")
+            # Shown as the receiver is: a hook moved to HTTPS keeps its secret path in the new URL.
+            target, _ = _shown(urljoin(self.url, response.headers.get("Location") or ""))
+            raise PermanentError(f"{self.where}: redirected (HTTP {response.status_code}) to {target}: "
+                                 "set LEADSTREAM_WEBHOOK_URL to the final URL")
         if response.status_code >= 400:
             raise for_status(response.status_code, self.where, body, response.headers)
 
@@ -131,12 +134,12 @@ class WebhookSink(Sink[Post]):
 
 
 def _shown(url: str) -> tuple[str, str]:
-    """How messages name the receiver (its scheme and host), and the rest of its URL, which they
-    must not show: messages reach logs and dead letters, and a hook's path and query are often
-    its credential (Zapier, Slack: whoever has the URL may post to it)."""
+    """How messages name a hook's URL (its scheme and host), and the rest of it, which they must
+    not show: messages reach logs and dead letters, and a hook's path and query are often its
+    credential (Zapier, Slack: whoever has the URL may post to it)."""
     parts = urlsplit(url)
     host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname
-    origin = f"webhook {parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")
+    origin = f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")
     rest = url[len(f"{parts.scheme}://{parts.netloc}"):]
     return (origin + "/...", rest) if rest.strip("/") else (origin, "")
 

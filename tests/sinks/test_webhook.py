@@ -90,7 +90,7 @@ def test_429_is_retried_after_its_retry_after_and_4xx_or_redirects_are_dead_lett
     letters = [v for _, v in read_topic(settings, f"{settings.topic_crossings}-dlq-webhook", expect=2, idle_s=0.5)]
     details = sorted(letter["detail"] for letter in letters)
     assert "HTTP 410" in details[0] or "HTTP 410" in details[1]
-    assert any("redirected (HTTP 301) to https://hooks.example/new" in d for d in details)
+    assert any("redirected (HTTP 301) to https://hooks.example/...: set LEADSTREAM_WEBHOOK_URL" in d for d in details)
 
 
 def test_an_endless_or_huge_retry_after_waits_at_most_the_longest_backoff(
@@ -191,7 +191,9 @@ def test_messages_name_the_receiver_without_the_secret_part_of_its_url(sink_sett
     secret_path = "/hooks/T0001/B0002/s3cr3tT0k3n?key=abc"
     answering = sink_settings.with_overrides(webhook_url=webhook.url + secret_path, sink_max_attempts=1)
     webhook.inject("status", status=410, body={"error": "hook deleted"})
-    produce(answering, [crossing(1, "mql")])
+    # Moved to HTTPS: the new address carries the same secret path.
+    webhook.inject("status", status=308, headers={"Location": "https://hooks.example" + secret_path})
+    produce(answering, [crossing(1, "mql"), crossing(3, "mql")])
     drain(WebhookSink(answering), answering)
     with socket.socket() as closed:  # a port nothing listens on: no answer at all
         closed.bind(("127.0.0.1", 0))
@@ -200,7 +202,8 @@ def test_messages_name_the_receiver_without_the_secret_part_of_its_url(sink_sett
     produce(silent, [crossing(2, "mql")])
     drain(WebhookSink(silent), silent)
 
-    details = [letter["detail"] for _, letter in read_topic(answering, f"{answering.topic_crossings}-dlq-webhook", expect=2, idle_s=0.5)]
-    assert len(details) == 2 and not [d for d in details if "s3cr3t" in d or "T0001" in d], details
+    details = [letter["detail"] for _, letter in read_topic(answering, f"{answering.topic_crossings}-dlq-webhook", expect=3, idle_s=0.5)]
+    assert len(details) == 3 and not [d for d in details if "s3cr3t" in d or "T0001" in d], details
     assert [d for d in details if f"webhook {webhook.url}/...: HTTP 410" in d]
     assert [d for d in details if f"webhook http://127.0.0.1:{port}/...: no answer (ConnectionError: " in d]
+    assert [d for d in details if f"webhook {webhook.url}/...: redirected (HTTP 308) to https://hooks.example/...: set " in d]
