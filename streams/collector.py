@@ -45,7 +45,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, AsyncIterator, Callable, Iterable, Sequence, TypeVar
 
 import orjson
 from aiohttp import web
@@ -74,6 +74,10 @@ BATCH_LIMIT_BYTES = 4 * 1024 * 1024
 # the body really holds.
 GZIP_OVERHEAD_BYTES = 1024
 EVENTS_PER_MESSAGE = 500  # amortises the worker's per-message cost (envelopes are also bounded in bytes)
+# Calls (or messages) handled between two returns to the event loop, a few ms of work: a 4 MB
+# batch holds up to 2M tiny calls, 10-20 s of mapping, during which no other request, health
+# checks included, would be answered.
+ITEMS_PER_SLICE = 256
 RETRY_AFTER_S = 2
 CONNECT_RETRY_S = 1.0
 UNAVAILABLE_LOG_INTERVAL_S = 10.0
@@ -93,6 +97,15 @@ SNIPPET = Path(__file__).with_name("leadstream.js")
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 Clock = Callable[[], float]
+T = TypeVar("T")
+
+
+async def in_slices(items: Iterable[T]) -> AsyncIterator[T]:
+    """The items, the event loop serving other requests after each ITEMS_PER_SLICE of them."""
+    for index, item in enumerate(items):
+        if index and index % ITEMS_PER_SLICE == 0:
+            await asyncio.sleep(0)
+        yield item
 
 
 def load_sources(spec: str) -> dict[str, Source]:
@@ -220,6 +233,17 @@ class KafkaWriter:
             log.info("connected to Kafka at %s; partitions %s", self.settings.kafka_bootstrap, partitions)
             return
 
+    def check_alone_within_bound(self, size: int) -> None:
+        """RequestRejected when a request's `size` bytes alone exceed the bound on bytes awaiting
+        acknowledgement: no retry can pass it (a batch of many tiny bad calls becomes many dead
+        letters), and a 503 would have the client send it again and again, each time mapped in vain."""
+        bound = self.settings.collector_max_in_flight_bytes
+        if size > bound:
+            raise rejected(
+                "too_large", f"the request's events and dead letters exceed {bound} bytes, the most the collector holds "
+                "awaiting Kafka's acknowledgement (LEADSTREAM_COLLECTOR_MAX_IN_FLIGHT_BYTES); send smaller batches"
+            )
+
     async def write(self, messages: Sequence[Outgoing]) -> None:
         """Produce the messages; return once Kafka acknowledged all of them, else raise Unavailable
         (RequestRejected when they alone exceed the bound on bytes awaiting acknowledgement)."""
@@ -227,14 +251,7 @@ class KafkaWriter:
 
         producer = self.producer()
         size = sum(len(m.value) for m in messages)
-        if size > self.settings.collector_max_in_flight_bytes:
-            # No retry can pass the bound (a batch of many tiny bad calls becomes many dead letters):
-            # a 503 would have the client send it again and again, each time mapped in vain.
-            raise rejected(
-                "too_large", f"the request's events and dead letters hold {size} bytes, more than the collector holds "
-                f"awaiting Kafka's acknowledgement ({self.settings.collector_max_in_flight_bytes}, "
-                "LEADSTREAM_COLLECTOR_MAX_IN_FLIGHT_BYTES); send smaller batches"
-            )
+        self.check_alone_within_bound(size)
         if self._in_flight_bytes + size > self.settings.collector_max_in_flight_bytes:
             raise Unavailable(
                 f"{self._in_flight_bytes} bytes already await Kafka's acknowledgement "
@@ -245,8 +262,8 @@ class KafkaWriter:
         metrics.IN_FLIGHT_BYTES.set(self._in_flight_bytes)
         try:
             async with asyncio.timeout(self._ack_timeout_s):
-                acks = [await producer.send(m.topic, m.value, key=m.key, partition=m.partition) for m in messages]
-                await asyncio.gather(*acks)
+                acks = [await producer.send(m.topic, m.value, key=m.key, partition=m.partition) async for m in in_slices(messages)]
+                await _all_done(acks)
         except TimeoutError:
             raise Unavailable(
                 f"Kafka did not acknowledge within {self.settings.collector_ack_timeout_ms} ms "
@@ -264,6 +281,24 @@ class KafkaWriter:
             await self._producer.stop()
             self._producer = None
             metrics.KAFKA_CONNECTED.set(0)
+
+
+async def _all_done(acks: list[asyncio.Future[Any]]) -> None:
+    """Wait for every acknowledgement, then raise the first failure. In slices: gathering a
+    request's 250k dead letters at once holds up the event loop for half a second. Every slice
+    is awaited even after a failure, so that no failure goes unretrieved (and logged as such)."""
+    failure: BaseException | None = None
+    try:
+        for start in range(0, len(acks), ITEMS_PER_SLICE):
+            for result in await asyncio.gather(*acks[start : start + ITEMS_PER_SLICE], return_exceptions=True):
+                if failure is None and isinstance(result, BaseException):
+                    failure = result
+    except asyncio.CancelledError:  # the ack timeout: as one gather would, give up every acknowledgement
+        for ack in acks:
+            ack.cancel()
+        raise
+    if failure is not None:
+        raise failure
 
 
 @dataclass(slots=True)
@@ -322,25 +357,31 @@ class Collector:
         # whole batch does not.
         measure_calls = call_type is None and len(raw) > CALL_LIMIT_BYTES
         mapped: list[Mapped] = []
-        dead: list[DeadLetter] = []
+        dead: list[bytes] = []
+        size = 0  # of the events and dead letters so far
         outcome = Outcome(0, [])
-        for index, item in enumerate(items):
+        async for index, item in in_slices(enumerate(items)):
+            # A request that cannot be written stops here rather than after mapping all its calls.
+            self.writer.check_alone_within_bound(size)
             item = with_batch_context(item, context)
             try:
                 if measure_calls and len(encode_json_or_none(item) or b"") > CALL_LIMIT_BYTES:
                     raise rejected("too_large", f"a call may hold at most {CALL_LIMIT_BYTES} bytes of JSON")
                 mapped.append(self.mapper.map(item, call_type, source, received_at_ms, body.get("sentAt")))
+                size += len(mapped[-1].value)
             except RequestRejected as exc:
                 outcome.rejected.append(_rejection(index, item, exc))
-                dead.append(_dead_letter(source, call, index, item, exc))
+                dead.append(_dead_letter(source, call, index, item, exc).to_bytes())
+                size += len(dead[-1])
             except Exception as exc:  # noqa: BLE001 - a bug met by one call must not fail the request's others
                 log.error("cannot map call %d of a /v1/%s request of source %s; it is dead-lettered as %s", index, call,
                           source.name, MAPPING_FAILED, exc_info=True)  # fmt: skip
                 failure = rejected(MAPPING_FAILED, f"the collector failed to map this call ({type(exc).__name__}); "
                                    "it is kept in the dead letters")  # fmt: skip
                 outcome.rejected.append(_rejection(index, item, failure))
-                dead.append(_dead_letter(source, call, index, item, failure))
-        await self.writer.write(self._messages(mapped, dead))
+                dead.append(_dead_letter(source, call, index, item, failure).to_bytes())
+                size += len(dead[-1])
+        await self.writer.write(await self._messages(mapped, dead))
         outcome.accepted = len(mapped)
         metrics.ACCEPTED.labels(source.name).inc(len(mapped))
         if call_type is None:  # a refused single call is counted with the request's refusal
@@ -415,7 +456,7 @@ class Collector:
         raw = b"".join(chunks)
         return raw if encoding == "identity" else _inflate(raw, encoding, limit)
 
-    def _messages(self, mapped: list[Mapped], dead: list[DeadLetter]) -> list[Outgoing]:
+    async def _messages(self, mapped: list[Mapped], dead: list[bytes]) -> list[Outgoing]:
         """Envelopes of the events by partition; profile updates by lead; one message per dead letter.
 
         An envelope is keyed by its lead when it holds one lead's events (so a single call's
@@ -428,7 +469,7 @@ class Collector:
         profile_partitions = self.writer.partition_count(settings.topic_profiles)
         events: dict[int, list[Mapped]] = defaultdict(list)
         profiles: dict[str, list[bytes]] = defaultdict(list)
-        for m in mapped:
+        async for m in in_slices(mapped):  # a lead's partition costs ~4 us to hash
             if m.profile:
                 profiles[m.lead_id].append(m.value)
             else:
@@ -439,11 +480,12 @@ class Collector:
             key = next(iter(leads)).encode() if len(leads) == 1 else None
             for value in pack((m.value for m in group), EVENTS_PER_MESSAGE):
                 out.append(Outgoing(settings.topic_events, partition, key, value))
-        for lead_id, values in profiles.items():
+        async for lead_id, values in in_slices(profiles.items()):
             partition = self._partition(lead_id, profile_partitions)
             for value in pack(values, EVENTS_PER_MESSAGE):
                 out.append(Outgoing(settings.topic_profiles, partition, lead_id.encode(), value))
-        out.extend(Outgoing(settings.topic_deadletter, None, None, letter.to_bytes()) for letter in dead)
+        async for letter in in_slices(dead):
+            out.append(Outgoing(settings.topic_deadletter, None, None, letter))
         return out
 
 

@@ -21,6 +21,7 @@ from streams.collector import BATCH_LIMIT_BYTES, CALL_LIMIT_BYTES, KafkaWriter, 
 from streams.errors import Unavailable
 from streams.partitioning import partition_for
 from streams.processes import CollectorProcess
+from streams.segment import Mapped, Mapper
 from streams.settings import Settings
 from streams.processes import free_port
 from tests.streams.collector_support import (  # settings and collector: fixtures
@@ -507,16 +508,31 @@ def test_more_unacknowledged_bytes_than_allowed_gives_unavailable(settings: Sett
     asyncio.run(attempt())
 
 
-def test_a_request_alone_over_the_bound_on_unacknowledged_bytes_is_too_large(settings: Settings) -> None:
+def test_a_request_alone_over_the_bound_on_unacknowledged_bytes_is_too_large(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A request whose events and dead letters alone held more than
     LEADSTREAM_COLLECTOR_MAX_IN_FLIGHT_BYTES was answered 503 "0 bytes already await Kafka's
     acknowledgement": no retry could pass, and the client was told to retry it (4 MB of tiny bad
-    calls, a million dead letters, took the collector 10-18 s of its event loop each time)."""
+    calls, a million dead letters, took the collector 10-18 s of its event loop each time). It is
+    refused once the calls mapped so far exceed the bound, the rest left unmapped (all of them
+    were mapped first)."""
+    mapped = 0
+    map_call = Mapper.map
+
+    def counted(self: Mapper, *args: Any, **kwargs: Any) -> Mapped:
+        nonlocal mapped
+        mapped += 1
+        return map_call(self, *args, **kwargs)
+
+    monkeypatch.setattr(Mapper, "map", counted)
     with ThreadedCollector(settings.with_overrides(collector_max_in_flight_bytes=20_000)) as collector:
         assert collector.post("/v1/batch", {"batch": [track("u-1")]}).status_code == 200
-        response = collector.post("/v1/batch", {"batch": [1] * 200})  # 200 dead letters of ~200 bytes
+        mapped = 0
+        response = collector.post("/v1/batch", {"batch": [1] * 100_000})  # dead letters of ~160 bytes
         assert (response.status_code, response.json()["code"]) == (400, "too_large")
         assert "LEADSTREAM_COLLECTOR_MAX_IN_FLIGHT_BYTES" in response.json()["message"]
+        assert mapped < 1_000
         assert collector.post("/v1/batch", {"batch": [track("u-2")]}).status_code == 200
     assert sorted(e["lead_id"] for e in all_events(read_messages(settings, settings.topic_events, events=2))) == ["u-1", "u-2"]
     assert read_messages(settings, settings.topic_deadletter, events=0, settle_s=0.5) == []
