@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import codecs
 import json
 import logging
 import re
@@ -89,6 +90,7 @@ CALL_ALIASES = {"t": "track", "p": "page", "s": "screen", "i": "identify", "g": 
 # Headers the browser libraries set on a cross-origin call: RudderStack's adds AnonymousId.
 CORS_HEADERS = "Authorization, Content-Type, Content-Encoding, AnonymousId"
 CONTENT_TYPES = ("application/json", "text/plain")  # text/plain: what navigator.sendBeacon sends
+UTF8_CHARSETS = ("utf-8", "utf8", "us-ascii")  # ASCII is UTF-8; any other text read as UTF-8 would be garbled
 # The reason of a call whose mapping raised something else than RequestRejected: a bug of ours,
 # logged; the call is refused and dead-lettered like a bad one, so the request's others are kept.
 MAPPING_FAILED = "mapping_failed"
@@ -432,6 +434,9 @@ class Collector:
     async def _read_body(self, request: web.Request, limit: int) -> bytes:
         if request.content_type not in CONTENT_TYPES:
             raise rejected("bad_content_type", f"Content-Type is {request.content_type!r}; send application/json")
+        charset = (request.charset or "utf-8").lower()
+        if charset not in UTF8_CHARSETS:
+            raise rejected("bad_content_type", f"Content-Type declares charset={charset}; send JSON in UTF-8 (RFC 8259)")
         encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
         if encoding not in ("identity", "gzip", "x-gzip", "deflate"):
             raise rejected("bad_encoding", f"Content-Encoding {encoding!r} is not supported; send gzip, deflate or no encoding")
@@ -490,30 +495,36 @@ class Collector:
 
 
 def _parse(body: bytes) -> dict[str, Any]:
+    """The body's JSON object. JSON is UTF-8 (RFC 8259): a leading byte order mark, which the RFC
+    lets a parser ignore, is ignored; a body in UTF-16 or UTF-32 is refused, naming its encoding."""
+    encoding = json.detect_encoding(body)  # by the BOM, or the NUL bytes of the first characters
+    if encoding == "utf-8-sig":
+        body = body[len(codecs.BOM_UTF8):]
+    elif encoding != "utf-8":
+        raise rejected("bad_json", f"the body is in {encoding.upper()} (by its first bytes); send JSON in UTF-8 (RFC 8259)")
     try:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        if "surrogate" not in str(exc):
-            raise rejected("bad_json", f"the body is not JSON: {exc}") from None
-        parsed = _with_lone_surrogates_replaced(body)
+        parsed = _repaired(body, exc)
     if not isinstance(parsed, dict):
         raise rejected("bad_json", "the body must be a JSON object")
     return parsed
 
 
-def _with_lone_surrogates_replaced(body: bytes) -> Any:
-    """A JSON body holding a lone surrogate escape (`"\\ud83d"`: what JSON.stringify writes for a
-    text cut between the halves of an emoji), parsed with each one replaced by U+FFFD.
+def _repaired(body: bytes, error: orjson.JSONDecodeError) -> Any:
+    """A body orjson refused, parsed with each byte sequence that is not UTF-8 and each lone
+    surrogate escape (`"\\ud83d"`: what JSON.stringify writes for a text cut between the halves
+    of an emoji) replaced by U+FFFD; bad_json naming orjson's `error` when it is no JSON even so.
 
-    orjson refuses the whole body for it; a page title cut short must not lose a batch's calls,
-    nor its own. U+FFFD is what browsers' encoders and Python's "replace" put there, and the
-    repair is the same on every retry, so the call keeps its event id.
+    orjson refuses the whole body for either; a page title cut short must not lose a batch's
+    calls, nor its own. U+FFFD is what browsers' decoders and Go's encoding/json put there, and
+    the repair is the same on every retry, so the call keeps its event id.
     """
     try:
-        text = json.dumps(json.loads(body), ensure_ascii=False)  # the stdlib reads lone surrogates
+        text = json.dumps(json.loads(body.decode("utf-8", "replace")), ensure_ascii=False)  # the stdlib reads lone surrogates
         return orjson.loads(_LONE_SURROGATE.sub("\ufffd", text).encode())
-    except (ValueError, RecursionError) as exc:  # ValueError: json's, UTF-8's and orjson's errors
-        raise rejected("bad_json", f"the body is not JSON: {exc}") from None
+    except (ValueError, RecursionError):  # json's and orjson's errors (NaN and huge numbers get this far)
+        raise rejected("bad_json", f"the body is not JSON: {error}") from None
 
 
 def _inflate(raw: bytes, encoding: str, limit: int) -> bytes:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import codecs
 import gzip
+import json
 import socket
 import threading
 import time
@@ -180,6 +182,44 @@ def test_a_lone_surrogate_escape_is_replaced_and_loses_no_call(collector: Thread
     assert (response.status_code, response.json()) == (200, {"success": True, "accepted": 3})
     got = {e["event_id"]: e for e in all_events(read_messages(settings, settings.topic_events, events=3))}
     assert [got[call["messageId"]]["properties"]["title"] for call in calls] == ["title-0", "Pricing \ufffd", "\U0001f600 Plans"]
+
+
+def test_bodies_are_read_as_utf8_a_bom_ignored_and_utf16_or_utf32_refused_naming_it(
+    collector: ThreadedCollector, settings: Settings
+) -> None:
+    """JSON is UTF-8 (RFC 8259). A UTF-8 body starting with a byte order mark was refused as
+    bad_json, while a UTF-16 one was accepted by accident (orjson's refusal mentioned surrogates,
+    which sent it to the lone-surrogate repair, and the standard library's parser reads UTF-16)."""
+    with_bom = track("u-bom")
+    assert collector.post("/v1/track", codecs.BOM_UTF8 + orjson.dumps(with_bom)).status_code == 200
+    for encoding, named in [("utf-16", "UTF-16"), ("utf-16-le", "UTF-16-LE"), ("utf-16-be", "UTF-16-BE"), ("utf-32", "UTF-32")]:
+        for path, body in [("/v1/track", track("u")), ("/v1/batch", {"batch": [track("u")]})]:
+            response = collector.post(path, json.dumps(body).encode(encoding))
+            assert (response.status_code, response.json()["code"]) == (400, "bad_json"), (encoding, path)
+            assert f"is in {named}" in response.json()["message"] and "UTF-8" in response.json()["message"]
+    declared = collector.post("/v1/track", orjson.dumps(track("u")), headers={"Content-Type": "application/json; charset=ISO-8859-1"})
+    assert (declared.status_code, declared.json()["code"]) == (400, "bad_content_type")
+    assert "charset=iso-8859-1" in declared.json()["message"]
+    ascii_ = track("u-ascii")
+    assert collector.post("/v1/track", orjson.dumps(ascii_), headers={"Content-Type": "application/json; charset=US-ASCII"}).status_code == 200
+    got = [e["event_id"] for e in all_events(read_messages(settings, settings.topic_events, events=2))]
+    assert sorted(got) == sorted([with_bom["messageId"], ascii_["messageId"]])
+    assert read_messages(settings, settings.topic_deadletter, events=0, settle_s=0.5) == []
+
+
+def test_bytes_that_are_not_utf8_are_replaced_and_lose_no_call(collector: ThreadedCollector, settings: Settings) -> None:
+    """A title in Latin-1 or cut inside a character's bytes, or a surrogate encoded on its own (as
+    CESU-8 writes an emoji): read as U+FFFD, as browsers and Go's encoding/json do. The whole
+    request was refused as bad_json, losing the batch's good calls, or (the encoded surrogates)
+    taken as it was."""
+    calls = [track(f"u-{i}", properties={"title": f"title-{i}"}) for i in range(4)]
+    raw = (orjson.dumps({"batch": calls}).replace(b'"title-1"', b'"Caf\xe9"').replace(b'"title-2"', b'"Cut \xe2\x82"')
+           .replace(b'"title-3"', b'"\xed\xa0\xbd\xed\xb8\x80 Plans"'))  # fmt: skip
+    response = collector.post("/v1/batch", raw)
+    assert (response.status_code, response.json()) == (200, {"success": True, "accepted": 4})
+    got = {e["event_id"]: e for e in all_events(read_messages(settings, settings.topic_events, events=4))}
+    titles = [got[call["messageId"]]["properties"]["title"] for call in calls]
+    assert titles == ["title-0", "Caf\ufffd", "Cut \ufffd", "\ufffd" * 6 + " Plans"]
 
 
 def test_a_batchs_context_counts_for_each_call_under_its_own(collector: ThreadedCollector, settings: Settings) -> None:
