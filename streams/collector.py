@@ -17,7 +17,8 @@ Contract:
   reported in the 200 response and dead-lettered while the good ones are accepted; a bad single
   call is dead-lettered and answered 400. 401 for an unknown key, with nothing written, and for
   Segment's OAuth mode (a Bearer token, which only Segment can verify). 408 when
-  the body takes longer than LEADSTREAM_COLLECTOR_BODY_TIMEOUT_MS to arrive.
+  the body takes longer than LEADSTREAM_COLLECTOR_BODY_TIMEOUT_MS to arrive; a connection without
+  a whole request's headers for LEADSTREAM_COLLECTOR_IDLE_TIMEOUT_MS is closed.
 - 503 with Retry-After when Kafka is unreachable, slow to acknowledge, or already holds
   LEADSTREAM_COLLECTOR_MAX_IN_FLIGHT_BYTES unacknowledged: the collector never buffers without
   bound, the client keeps the events and retries.
@@ -678,8 +679,11 @@ async def serve(settings: Settings, sources: dict[str, Source], stop: asyncio.Ev
     collector = Collector(settings, sources, writer)
     # Our own decompression applies the size limit to the decompressed body and tells a
     # truncated gzip stream apart; access logs would cost more than the request itself.
+    # aiohttp has no timeout for a request's headers, only this one: from the connection (or its
+    # latest answer) to a whole request's headers, so a client that stops mid-headers is closed
+    # then (by default an hour later).
     runner = web.AppRunner(create_app(collector), auto_decompress=False, access_log=None, handle_signals=False,
-                           shutdown_timeout=10.0)
+                           shutdown_timeout=10.0, keepalive_timeout=settings.collector_idle_timeout_ms / 1000)
     await runner.setup()
     # Both ports first: a port that cannot be had stops the collector before it connects to Kafka.
     try:

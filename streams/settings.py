@@ -175,6 +175,12 @@ class Settings:
         "LEADSTREAM_COLLECTOR_BODY_TIMEOUT_MS", 10000, "Longest a client may take to send a request body (then 408).",
         POSITIVE,
     )
+    collector_idle_timeout_ms: int = _setting(
+        "LEADSTREAM_COLLECTOR_IDLE_TIMEOUT_MS", 75000,
+        "Longest a connection to the collector may stay without a whole request's headers (idle between requests, or "
+        "sending its headers) before it is closed; keep it above the idle timeout of a load balancer in front (60 s on AWS).",
+        POSITIVE,
+    )
     collector_metrics_port: int = _setting(
         "LEADSTREAM_COLLECTOR_METRICS_PORT",
         9465,

@@ -1,6 +1,7 @@
-"""The collector under heavy or hostile clients: other requests are still answered.
+"""The collector under heavy or hostile clients: other requests are still answered, and a client
+that stalls is disconnected.
 
-The collector runs as its own process here: in a thread of the test, its CPU work would hold
+In the tests of huge requests, the collector runs as its own process: in a thread of the test, its CPU work would hold
 up the test's client through the GIL, whatever the collector's event loop did."""
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import base64
 import http.client
 import select
+import socket
 import time
 from collections.abc import Iterator
 
@@ -18,7 +20,7 @@ import requests
 from streams.collector import BATCH_LIMIT_BYTES
 from streams.processes import CollectorProcess
 from streams.settings import Settings
-from tests.streams.collector_support import WRITE_KEY, settings  # noqa: F401 - settings: a fixture
+from tests.streams.collector_support import WRITE_KEY, ThreadedCollector, settings  # noqa: F401 - settings: a fixture
 
 
 @pytest.fixture
@@ -70,3 +72,35 @@ def test_a_huge_batch_does_not_hold_up_other_requests(collector_process: Collect
     assert (status, answer["accepted"], len(answer.get("rejected", []))) == (200, len(calls), 0) if good else (200, 0, len(calls))
     assert len(waits) >= 2, f"the batch took {took_s:.2f} s"
     assert max(waits) < took_s / 8, f"a health check waited {max(waits):.2f} s of the batch's {took_s:.2f} s"
+
+
+def test_a_client_that_stops_or_trickles_its_headers_is_disconnected(settings: Settings) -> None:
+    """aiohttp has no timeout for a request's headers: a client that sent `POST /v1/track
+    HTTP/1.1` and a header, then nothing (or a byte now and then), kept its connection for the
+    hour of aiohttp's default keep-alive timeout. LEADSTREAM_COLLECTOR_IDLE_TIMEOUT_MS bounds it."""
+    with ThreadedCollector(settings.with_overrides(collector_idle_timeout_ms=1000)) as collector:
+        stalled = socket.create_connection(("127.0.0.1", settings.collector_port), timeout=15)
+        trickling = socket.create_connection(("127.0.0.1", settings.collector_port), timeout=15)
+        started = time.monotonic()
+        stalled.sendall(b"POST /v1/track HTTP/1.1\r\nHost: x\r\n")
+        trickling.sendall(b"POST /v1/track HTTP/1.1\r\n")
+        for byte in b"Host: x\r\nContent-Type: application/json\r\n":
+            try:
+                trickling.sendall(bytes([byte]))
+            except ConnectionError:
+                break  # closed: what is awaited
+            time.sleep(0.1)
+        # Meanwhile, and afterwards on a kept-alive connection, other clients are served.
+        with requests.Session() as session:
+            for _ in range(2):
+                assert session.get(f"{collector.url}/healthz", timeout=5).status_code == 200
+        assert stalled.recv(1024) == b""  # closed by the collector, not answered
+        assert time.monotonic() - started >= 0.9
+        assert _closed(trickling)
+
+
+def _closed(connection: socket.socket) -> bool:
+    try:
+        return connection.recv(1024) == b""
+    except ConnectionResetError:
+        return True
