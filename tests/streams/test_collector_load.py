@@ -71,7 +71,9 @@ def test_a_huge_batch_does_not_hold_up_other_requests(collector_process: Collect
         status, answer = response.status, orjson.loads(response.read())
     assert (status, answer["accepted"], len(answer.get("rejected", []))) == (200, len(calls), 0) if good else (200, 0, len(calls))
     assert len(waits) >= 2, f"the batch took {took_s:.2f} s"
-    assert max(waits) < took_s / 8, f"a health check waited {max(waits):.2f} s of the batch's {took_s:.2f} s"
+    # Measured on 2 loaded cores: at most 0.09 of the batch's time with slices (a collection of
+    # the batch's millions of objects is the longest), 0.36-0.92 without: a quarter tells them apart.
+    assert max(waits) < took_s / 4, f"a health check waited {max(waits):.2f} s of the batch's {took_s:.2f} s"
 
 
 def test_a_client_that_stops_or_trickles_its_headers_is_disconnected(settings: Settings) -> None:
