@@ -28,6 +28,7 @@ from scoring.compiler import COUNTED as _COUNTED
 from scoring.compiler import DUPLICATE as _DUPLICATE
 from scoring.compiler import LATE as _LATE
 from scoring.compiler import compile_appliers
+from scoring.renames import adopt_renamed
 from scoring.repeat import Window, adopt_seen, drop_closed
 from scoring.rules import Matcher, compile_matcher
 from scoring.state import LeadState
@@ -102,7 +103,7 @@ class ModelRuntime:
         "model", "name", "appliers", "apply_other", "fit_match", "ladder", "lateness_ms", "floor", "ceiling",
         "remember", "history", "keep_traits", "steps", "half_life", "windows", "level_index", "up", "down",
         "empty_fit", "empty_found", "first_level", "first_idle_ms", "history_keep", "history_trim", "level_names", "fit_keys", "fit_domain_keys", "classify", "_fit_memo", "labels_memo",
-        "known_types", "limits", "seen_keys", "member_decay_ms",
+        "known_types", "limits", "seen_keys", "renames", "member_decay_ms",
     )  # fmt: skip
 
     def __init__(self, model: Model) -> None:
@@ -138,8 +139,12 @@ class ModelRuntime:
         self.ceiling = float("inf") if model.max_points is None else model.max_points
         #: rule name -> its max_points, for the rules that have one
         self.limits = {rule.name: rule.max_points for rule in model.rules if rule.max_points is not None}
-        #: rule name -> its seen_key, for the rules with `once_per` (see scoring.repeat.adopt_seen)
-        self.seen_keys = {rule.name: rule.seen_key for rule in model.rules if rule.seen_key is not None}
+        #: rule name (and earlier names) -> its seen_key, for the rules with `once_per` (see scoring.repeat.adopt_seen)
+        self.seen_keys = {
+            name: rule.seen_key for rule in model.rules if rule.seen_key is not None for name in (rule.name, *rule.renamed_from)
+        }
+        #: earlier rule name -> the rule's name now (see scoring.renames)
+        self.renames = {old: rule.name for rule in model.rules for old in rule.renamed_from}
         self.remember = model.remember_events
         self.history = model.history
         # The flat history list (LeadState.history) is trimmed to its last `history` changes
@@ -186,17 +191,31 @@ class ModelRuntime:
         at `time_ms` (default: the lead's newest event time). Traits change them, and so does an
         edit of the model's [[fit]] rules: a state written before the edit is read back with
         `fit_found` unset, and its first use under the new model revises it. That first use also
-        moves the `once_per` values an earlier version kept under rule names to their
-        `seen_key` (scoring.repeat.adopt_seen)."""
+        adopts what the state keeps under earlier names (`adopt`)."""
         found = state.fit_found
         if found is None:
-            if state.seen and self.seen_keys:  # read back, maybe written by an earlier version
-                adopt_seen(state, self.seen_keys)
+            self.adopt(state)
             found = state.fit_found = self._fit(state.traits)
             if found[1] != state.fit:
                 state.record(state.watermark_ms if time_ms is None else time_ms, found[1] - state.fit, "fit", self.history)
                 state.fit = found[1]
         return found
+
+    def adopt(self, state: LeadState) -> None:
+        """Moves what a state read back keeps under names the model no longer uses for it: the
+        entries of rules renamed since (`renamed_from`, scoring.renames), and the `once_per`
+        values an earlier version kept under rule names (scoring.repeat.adopt_seen)."""
+        if self.renames:
+            adopt_renamed(state, self.renames)
+        if state.seen and self.seen_keys:
+            adopt_seen(state, self.seen_keys)
+
+    def revises(self, state: LeadState) -> bool:
+        """Whether the state's first use under this model changes what it shows: fit points the
+        [[fit]] rules give otherwise now, or ledger entries of rules renamed since."""
+        return state.fit_found is None and (
+            self._fit(state.traits)[1] != state.fit or any(old in state.ledger for old in self.renames)
+        )
 
     def current_fit(self, state: LeadState) -> float:
         """The fit points the model's [[fit]] rules give the state now, without changing it: its

@@ -2,7 +2,8 @@
 explanation a salesperson sees ("why does this lead have 47 points?").
 
 Decay is evaluated at the time asked for, and fit points are revised after an edit of the
-model's [[fit]] rules, on a copy: reading never changes a state. The decayed amount is exact in
+model's [[fit]] rules (and a renamed rule's entry found under its earlier name), on a copy:
+reading never changes a state. The decayed amount is exact in
 total (behaviour points now minus the points rules earned); shown per rule it is attributed to
 the rules with positive points in proportion to their points, so that the rows add up to the
 score. Points regained (a half-life brings negative points back towards zero, below a floor
@@ -133,9 +134,10 @@ def reasons(runtime: ModelRuntime, state: LeadState, limit: int = TOP_REASONS) -
 def at_time(runtime: ModelRuntime, lead_id: str, state: LeadState, now_ms: int) -> LeadState:
     """The state as the model sees it at `now_ms`: decay brought to then, and fit points as the
     model's [[fit]] rules give them (a state written before they were edited has others, see
-    `ModelRuntime.fit_of`). The state itself when that changes nothing, else a copy."""
+    `ModelRuntime.fit_of`), and entries of renamed rules under their names now
+    (`ModelRuntime.adopt`). The state itself when that changes nothing, else a copy."""
     current = state
-    if runtime.current_fit(state) != state.fit:
+    if runtime.revises(state):
         current = state.copy()
         runtime.fit_of(current)
     if runtime.steps is not None:

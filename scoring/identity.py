@@ -47,6 +47,11 @@ def merge(
         if state.knows_event(marker):
             return state, out
     level = runtime.ladder.level_of(state.level)
+    # Both as the model keeps them now (a copy of the source: the caller's stays as it is), so
+    # that a renamed rule's entries under its earlier name join its own, within its limits.
+    source = source.copy()
+    runtime.adopt(source)
+    runtime.adopt(state)
     state.remember_event(marker, time_ms, runtime.remember)
     for generation in (source.old_ids, source.ids):
         for event_id in sorted(generation):  # sorted: the same merge makes the same state
@@ -57,7 +62,6 @@ def merge(
         # A line decay took the lead through before the merge is crossed at the time it did, as
         # a sweep on time would have crossed it (ModelRuntime._half_life_to).
         level = runtime._half_life_to(state, state.as_of_ms, state.behaviour, time_ms, level, lead_id, out)
-        source = source.copy()
         runtime.half_life.bring_to(source, time_ms)
     before = state.behaviour
     # The visitor's points as the merged ledgers hold them (each rule within its max_points),

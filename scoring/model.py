@@ -18,6 +18,7 @@ from scoring.config import Table, format_duration_ms
 from scoring.decay import Decay, HalfLifeDecay, StepDecay, parse_decay
 from scoring.errors import ModelError
 from scoring.fit import DomainLists, FitRule, parse_domains, parse_fit_rule
+from scoring.renames import check_renames
 from scoring.rules import Rule, parse_rule
 from scoring.scales import Bands, Scale, parse_bands, parse_scale
 from scoring.thresholds import Ladder, parse_ladder
@@ -125,6 +126,7 @@ def parse_model(text: str, file: str) -> Model:
         if name in names:
             raise ModelError(f"{file}: rule '{name}', field 'name': expected a name no other rule of this model uses")
         names.add(name)
+    check_renames(file, rules, names)
 
     thresholds = top.table("thresholds", "[thresholds]")
     if thresholds is None:

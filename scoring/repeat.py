@@ -122,8 +122,42 @@ def adopt_seen(state: LeadState, keys: dict[str, str]) -> None:
     seen = state.seen
     for name in [name for name in seen if name in keys]:
         key = keys[name]
-        joined = {**seen.pop(name), **seen.get(key, {})}
-        seen[key] = dict.fromkeys(list(joined)[-2 * ONCE_PER_MEMORY :]) if len(joined) > 2 * ONCE_PER_MEMORY else joined
+        seen[key] = join_seen(seen.pop(name), seen.get(key, {}))
+
+
+def join_seen(older: dict[str, None], newer: dict[str, None]) -> dict[str, None]:
+    """Two sets of `once_per` values kept under one key as one, oldest first (`newer`'s order
+    wins for a value in both), within the bound `seen_before` keeps: the newest
+    2 x ONCE_PER_MEMORY. Joined without it, a merge or a move could keep 400 values, until the
+    rule's next new value trimmed them."""
+    joined = {**older, **newer}
+    return dict.fromkeys(list(joined)[-2 * ONCE_PER_MEMORY :]) if len(joined) > 2 * ONCE_PER_MEMORY else joined
+
+
+def join_counts(counts: list[int], other: list[int], bonus: bool) -> list[int]:
+    """The window counters of one rule counted under two names (an earlier one, see
+    scoring.renames) as one: the counts of a window both have add up, and a bonus's window
+    (`bonus`) has paid when it paid under either name."""
+    joined = list(counts)
+    for pos in range(0, len(other), 2):
+        index, count = other[pos], other[pos + 1]
+        for mine in range(0, len(joined), 2):
+            if joined[mine] == index:
+                joined[mine + 1] = _joined_count(joined[mine + 1], count) if bonus else joined[mine + 1] + count
+                break
+        else:
+            joined += (index, count)
+    return joined
+
+
+def _joined_count(one: int, other: int) -> int:
+    """Two bonus counts of one window as one (see scoring.state.BONUS_PAID)."""
+    if BONUS_PAID in (one, other):
+        return BONUS_PAID
+    if one >= 0 and other >= 0:
+        return one + other
+    # Counted by an earlier layout: the sum stays one, judged against the count in force.
+    return earlier_bonus_count(sum(count if count >= 0 else earlier_bonus_count(count) for count in (one, other)))
 
 
 def bump(state: LeadState, key: str, window: Window, time_ms: int, limit: int) -> int:

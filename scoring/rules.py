@@ -59,6 +59,8 @@ class Rule:
     once_per: OncePer | None = None
     max_points: float | None = None
     bonus: Bonus | None = None
+    #: The rule's earlier names (scoring.renames): what lead states keep under them is its own.
+    renamed_from: tuple[str, ...] = ()
     #: No limit applies: the engine adds `points` without looking further.
     plain: bool = field(init=False)
     #: Positive points: an occurrence is activity (it restarts the decay clock).
@@ -74,12 +76,19 @@ class Rule:
         plain = self.cap is None and self.once_per is None and self.max_points is None and self.bonus is None
         object.__setattr__(self, "plain", plain)
         object.__setattr__(self, "positive", self.points > 0)
-        object.__setattr__(self, "cap_key", "cap:" + self.name)
-        object.__setattr__(self, "bonus_key", "bonus:" + self.name)
+        cap_key, bonus_key = window_keys(self.name)
+        object.__setattr__(self, "cap_key", cap_key)
+        object.__setattr__(self, "bonus_key", bonus_key)
         object.__setattr__(self, "seen_key", None if self.once_per is None else seen_key(self.event, self.once_per))
 
 
-_RULE_KEYS = ("name", "event", "points", "properties", "traits", "cap", "once_per", "max_points", "bonus")
+def window_keys(name: str) -> tuple[str, str]:
+    """Under what a lead's state keeps the window counters of the rule named `name`: its
+    cap's and its bonus's (scoring.repeat)."""
+    return "cap:" + name, "bonus:" + name
+
+
+_RULE_KEYS = ("name", "event", "points", "properties", "traits", "cap", "once_per", "max_points", "bonus", "renamed_from")
 
 
 def parse_rule(file: str, data: dict[str, Any], number: int) -> Rule:
@@ -95,6 +104,9 @@ def parse_rule(file: str, data: dict[str, Any], number: int) -> Rule:
     bonus = parse_bonus(table)
     if bonus is not None and points * bonus.points < 0:
         raise table.error("bonus.points", "points of the same sign as the rule's points", bonus.points)
+    renamed_from = table.strings("renamed_from", ())
+    if not all(old.isprintable() for old in renamed_from):
+        raise table.error("renamed_from", "the rule's earlier name, or a list of them, each a text on one line", table.raw("renamed_from"))
     return Rule(
         name=name,
         event=table.string("event"),
@@ -104,6 +116,7 @@ def parse_rule(file: str, data: dict[str, Any], number: int) -> Rule:
         once_per=parse_once_per(table),
         max_points=max_points,
         bonus=bonus,
+        renamed_from=renamed_from,
     )
 
 
