@@ -9,7 +9,7 @@ anonymous profile and delivered again under the known lead never scores twice.
 What is combined: behaviour points (at the merge time for half-life models) and per-rule
 ledgers, each rule within its max_points and the sum within the model's floor and ceiling (what
 these clip is taken off the visitor's rules and counted as capped, so explanations still add
-up), `once_per` logs, event ids, traits (the known lead's win, even one it forgot, the
+up), `once_per` logs (within their bound), event ids, traits (the known lead's win, even one it forgot, the
 visitor's fill gaps; fit is recomputed from them), the account, the latest activity and
 watermark. Window counters (caps and bonuses) the target
 already has are kept and the visitor's others are added; for a window both have, the target's
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from scoring.repeat import join_seen
 from scoring.state import KEY_CHARS, LeadState, kept_key
 from scoring.thresholds import Transition
 
@@ -73,8 +74,8 @@ def merge(
     _take_off(state, added, wanted - state.behaviour)
     state.record(time_ms, state.behaviour - before, f"merged from anonymous visitor {source_lead_id}", runtime.history)
 
-    for rule, values in source.seen.items():
-        state.seen[rule] = {**state.seen.get(rule, {}), **values}
+    for key, values in source.seen.items():  # the lead's are kept first, as its traits win
+        state.seen[key] = join_seen(values, state.seen.get(key, {}))
     if source.windows:
         _merge_windows(state, source)
 
@@ -93,6 +94,8 @@ def merge(
     state.watermark_ms = max(state.watermark_ms, source.watermark_ms)
     state.forgotten_before_ms = max(state.forgotten_before_ms, source.forgotten_before_ms)
     state.revision = max(state.revision, source.revision) + 1
+    # The visitor's windows and ids beyond the lateness go now, as the lead's went at its events.
+    runtime.compact(state)
 
     runtime._settle(state, level, lead_id, time_ms, out)
     return state, out

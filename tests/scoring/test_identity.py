@@ -7,7 +7,8 @@ from typing import Any
 from scoring import Engine, LeadState, parse_model
 from scoring.identity import merge
 from streams.settings import PROJECT_ROOT
-from tests.scoring.support import DAY, HOUR, T0, Run, engine, ev
+from scoring.repeat import ONCE_PER_MEMORY
+from tests.scoring.support import DAY, HOUR, MINUTE, T0, Run, engine, ev
 
 T = 1_763_884_800_000
 ENGINE = Engine.from_directory(PROJECT_ROOT / "scoring" / "models")
@@ -141,3 +142,18 @@ def test_a_merge_keeps_the_visitors_cap_windows_the_lead_has_not_when_it_has_oth
     run.apply(ev("o", at=2 * HOUR, lead="L"), ev("o", at=DAY + 4 * HOUR, lead="L"))  # day 0 arriving late, day 1 again
     assert run.score("L") == 3
     assert run.state("L").ledger["o"][2] == 2  # both capped
+
+
+def test_a_merge_keeps_the_lead_within_its_bounds_of_once_per_values_and_window_counters() -> None:
+    """The visitor's `once_per` values were joined to the lead's without their bound (400 kept
+    where at most 200 are), and its windows beyond the lead's lateness were kept, until the
+    lead's next events trimmed them."""
+    capped = engine('[[rules]]\nname = "o"\nevent = "o"\npoints = 1\nonce_per = "properties.id"\ncap = { max = 1, window = "1h" }\n')
+    run = Run(capped).apply(*(ev("o", at=i * MINUTE, lead="V", properties={"id": f"v{i}"}) for i in range(250)))
+    run.apply(*(ev("o", at=DAY + i * MINUTE, lead="L", properties={"id": f"l{i}"}) for i in range(250)))
+    merged, _ = merge(capped, "m", "L", run.state("L"), run.state("V"), "V", T0 + 2 * DAY)
+    assert [len(values) for values in merged.seen.values()] == [2 * ONCE_PER_MEMORY]
+    assert list(merged.seen["o properties.id"])[-1] == "l249"  # the lead's newest kept
+    compacted = merged.copy()
+    capped.runtime("m").compact(compacted)
+    assert merged.windows == compacted.windows and len(merged.windows["cap:o"]) < 2 * 24
