@@ -4,7 +4,8 @@ A merge is an event of its own, with the id `merge:<source lead id>` (kept as it
 long or not ASCII, as an event id is), so the target's event-id memory drops a redelivered merge
 like any duplicate (within the same bound, see scoring/state.py).
 The source's remembered event ids join the target's, so an event already scored on the
-anonymous profile and delivered again under the known lead never scores twice.
+anonymous profile and delivered again under the known lead never scores twice; as for one
+profile, within the bound of two generations of ids, which keep the newest of both.
 
 What is combined: behaviour points (at the merge time for half-life models) and per-rule
 ledgers, each rule within its max_points and the sum within the model's floor and ceiling (what
@@ -22,7 +23,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from scoring.repeat import join_seen
-from scoring.state import KEY_CHARS, LeadState, kept_key
+from scoring.state import KEY_CHARS, NO_IDS, LeadState, kept_key
 from scoring.thresholds import Transition
 
 if TYPE_CHECKING:
@@ -53,11 +54,8 @@ def merge(
     source = source.copy()
     runtime.adopt(source)
     runtime.adopt(state)
+    _join_ids(state, source, runtime.remember)
     state.remember_event(marker, time_ms, runtime.remember)
-    for generation in (source.old_ids, source.ids):
-        for event_id in sorted(generation):  # sorted: the same merge makes the same state
-            if not state.knows_event(event_id):
-                state.remember_event(event_id, source.watermark_ms, runtime.remember)
 
     if runtime.half_life is not None:
         # A line decay took the lead through before the merge is crossed at the time it did, as
@@ -99,6 +97,23 @@ def merge(
 
     runtime._settle(state, level, lead_id, time_ms, out)
     return state, out
+
+
+def _join_ids(state: LeadState, source: LeadState, per_generation: int) -> None:
+    """The event ids of both in the state's generations, the newest kept: the four generations
+    are remembered again oldest first (by their newest event). The visitor's ids added after
+    the lead's pushed the lead's newest out as generations filled up, and an event the lead had
+    just scored, delivered again after the merge, scored a second time."""
+    generations = sorted(
+        ((state.old_ids_max_ms, 0, state.old_ids), (state.ids_max_ms, 1, state.ids),
+         (source.old_ids_max_ms, 2, source.old_ids), (source.ids_max_ms, 3, source.ids)),
+        key=lambda generation: generation[:2],
+    )  # fmt: skip
+    state.ids, state.ids_max_ms, state.old_ids, state.old_ids_max_ms = {}, 0, NO_IDS, 0
+    for max_ms, _, ids in generations:
+        for event_id in ids:
+            if not state.knows_event(event_id):
+                state.remember_event(event_id, max_ms, per_generation)
 
 
 def _merge_windows(state: LeadState, source: LeadState) -> None:

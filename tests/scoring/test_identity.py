@@ -157,3 +157,19 @@ def test_a_merge_keeps_the_lead_within_its_bounds_of_once_per_values_and_window_
     compacted = merged.copy()
     capped.runtime("m").compact(compacted)
     assert merged.windows == compacted.windows and len(merged.windows["cap:o"]) < 2 * 24
+
+
+def test_the_leads_own_recent_event_ids_stay_known_after_a_merge() -> None:
+    """The visitor's ids were added after the lead's, and as generations filled up they pushed
+    out the lead's newest: an event the lead had just scored, delivered again after the merge,
+    scored a second time. The newest generations are kept, whoever's they are."""
+    counted = engine('[[rules]]\nname = "o"\nevent = "o"\npoints = 1\n', settings="remember_events = 4")
+    run = Run(counted).apply(*(ev("o", at=i * MINUTE, lead="V", event_id=f"v{i}") for i in range(12)))
+    run.apply(*(ev("o", at=HOUR + i * MINUTE, lead="L", event_id=f"l{i}") for i in range(6)))
+    merged, _ = merge(counted, "m", "L", run.state("L"), run.state("V"), "V", T0 + 2 * HOUR)
+    run.store[("m", "L")] = merged.to_bytes()
+    assert run.score("L") == 18
+    run.apply(ev("o", at=HOUR + 5 * MINUTE, lead="L", event_id="l5"), ev("o", at=HOUR + 4 * MINUTE, lead="L", event_id="l4"))
+    assert run.score("L") == 18
+    assert len(merged.ids) + len(merged.old_ids) <= 2 * 4
+    assert merge(counted, "m", "L", merged.copy(), run.state("V"), "V", T0 + 3 * HOUR)[0] == merged  # sent again: dropped
