@@ -3,18 +3,28 @@
 - scores do not depend on where batches are cut;
 - a duplicate (same event id) never changes the result;
 - decay evaluated twice at the same time, or at intermediate times, changes nothing;
-- exactly one transition per crossing, and hysteresis prevents flapping.
+- exactly one transition per crossing, and hysteresis prevents flapping;
+- on random small models: explanations add up to the score (also after a merge), `leadstream
+  score` gives what engine batches give, copies and bytes keep every field and score alike,
+  and a model edit followed by a replay never raises.
 """
 
 from __future__ import annotations
 
+import io
+import tempfile
+from pathlib import Path
 from typing import Any
 
+import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from scoring import Engine, LeadState
-from tests.scoring.support import DAY, HOUR, T0, Run, engine, ev, shipped
+from scoring.identity import merge
+from scoring.repeat import ONCE_PER_MEMORY
+from streams.offline import score_file
+from tests.scoring.support import DAY, HEADER, HOUR, T0, Run, engine, ev, shipped
 
 B2B = Engine([shipped("b2b")])
 HALF_LIFE = Engine([shipped("analytics_addon")])
@@ -382,3 +392,229 @@ def test_edits_of_a_rules_name_and_bonus_count_never_score_a_value_twice_nor_pay
     for name, (_, _, _, bonuses) in ledger.items():
         assert bonuses <= len(days[name])
     assert sum(entry[0] - 1000 * entry[3] for entry in ledger.values()) <= len(ids)
+
+
+# -- random small models ---------------------------------------------------------------------
+
+_KINDS = ["a", "b", "c"]
+_POINTS = [-7, -1, 0.5, 1, 3, 10, 25]
+
+
+@st.composite
+def small_models(draw: Any) -> dict[str, Any]:
+    """The parts of a random small model (see `model_text`): a few rules of every kind of limit,
+    fit rules, decay, floor and ceiling."""
+    rules = []
+    for number in range(draw(st.integers(1, 4))):
+        points = draw(st.sampled_from(_POINTS))
+        rule = {"name": f"r{number}", "event": draw(st.sampled_from(_KINDS)), "points": points}
+        extra = draw(st.lists(st.sampled_from(["condition", "cap", "bonus", "once_per", "max_points"]), unique=True, max_size=3))
+        if "condition" in extra:
+            rule["properties.x"] = draw(st.sampled_from(["1", "[1, 2]", "{ gte = 2 }", '"k"']))
+        if "cap" in extra:
+            rule["cap"] = f'{{ max = {draw(st.integers(1, 3))}, window = "{draw(st.sampled_from(["1h", "1d", "1w"]))}" }}'
+        if "bonus" in extra and points:
+            bonus = draw(st.sampled_from([5, 20])) * (1 if points > 0 else -1)
+            rule["bonus"] = f'{{ count = {draw(st.integers(2, 3))}, window = "{draw(st.sampled_from(["1h", "1d"]))}", points = {bonus} }}'
+        if "once_per" in extra:
+            rule["once_per"] = '"properties.id"'
+        if "max_points" in extra:
+            rule["max_points"] = draw(st.sampled_from([5, 30]))
+        rules.append(rule)
+    fit = draw(st.lists(st.sampled_from([("vp", 8, 'traits.title = { words = "vp" }'), ("big", 5, "traits.size = { gte = 100 }"),
+                                         ("free mail", -12, 'traits.email = { domain = "free" }')]), unique=True, max_size=3))
+    return {
+        "rules": rules,
+        "fit": fit,
+        "decay": draw(st.sampled_from(["", 'steps = [{ idle = "2d", points = -5 }, { idle = "5d", points = -20 }]', 'half_life = "3d"'])),
+        "settings": draw(st.sampled_from(["", "floor = -20", "max_points = 60", "floor = -5\nmax_points = 40"])) + "\nremember_events = 3",
+        "lateness": draw(st.sampled_from(["1d", "3d"])),
+    }
+
+
+def model_text(parts: dict[str, Any]) -> str:
+    text = ""
+    for rule in parts["rules"]:
+        text += "[[rules]]\n" + "".join(f"{key} = {value!r}\n" if isinstance(value, str) and key in ("name", "event") else
+                                        f"{key} = {value}\n" for key, value in rule.items())
+    for name, points, condition in parts["fit"]:
+        text += f'[[fit]]\nname = "{name}"\npoints = {points}\n{condition}\n'
+    if parts["decay"]:
+        text += f"[decay]\n{parts['decay']}\n"
+    return text.replace("'", '"')
+
+
+def small_engine(parts: dict[str, Any]) -> Engine:
+    return engine(model_text(parts), settings=parts["settings"], lateness=parts["lateness"])
+
+
+@st.composite
+def small_events(draw: Any, max_size: int = 25) -> list[dict[str, Any]]:
+    """Events of two leads over a few weeks, some out of order (a few beyond the lateness),
+    profile updates among them."""
+    events, clock = [], 0
+    for i in range(draw(st.integers(1, max_size))):
+        clock += draw(st.sampled_from([0, 1, 10 * 60 * 1000, HOUR, DAY, 4 * DAY]))
+        at = clock - draw(st.sampled_from([0, 0, 0, HOUR, 2 * DAY]))
+        kind = draw(st.sampled_from([*_KINDS, "identify"]))
+        traits = {}
+        if kind == "identify" or draw(st.integers(0, 5)) == 0:
+            traits = {"title": draw(st.sampled_from(["VP Sales", "Engineer", None])),
+                      "size": draw(st.sampled_from([10, 500])), "email": draw(st.sampled_from(["a@gmail.com", "b@acme.io"]))}
+        properties = {"x": draw(st.sampled_from([1, 2, 3, "k", None])), "id": draw(st.sampled_from(["i1", "i2", "i3"]))}
+        events.append(ev(kind, at=at, lead=draw(st.sampled_from(["L1", "L2"])), event_id=f"e{i}", properties=properties, traits=traits))
+    return events
+
+
+def assert_explanation_adds_up(run_engine: Engine, lead: str, state: LeadState, now_ms: int) -> None:
+    explained = run_engine.explain("m", lead, state, now_ms)
+    rows = explained["rules"]
+    behaviour = sum(row["points"] for row in rows) + explained["decayed"]
+    assert abs(behaviour - explained["behaviour_points"]) <= 0.01 * (len(rows) + 2)
+    assert abs(sum(row["points"] for row in explained["fit"]) - explained["fit_points"]) <= 0.01
+    total = explained["behaviour_points"] + explained["fit_points"] + explained["floor_points"]
+    assert abs(total - explained["score"]) <= 0.03
+    if any(row["decayed"] for row in rows) or explained["decayed"] and any(row["points"] for row in rows):
+        assert abs(sum(row["decayed"] for row in rows) - explained["decayed"]) <= 0.01 * (len(rows) + 1)
+
+
+@settings(FAST, max_examples=150)
+@given(small_models(), small_events(), st.integers(1, 8), st.sampled_from([0, HOUR, 3 * DAY, 40 * DAY]))
+def test_an_explanations_rows_add_up_to_the_score(parts: dict[str, Any], events: list[dict[str, Any]], size: int, later: int) -> None:
+    """For any model and events, the rule rows (points and decay), the fit rows and the floor's
+    points of a lead's explanation make its score, at its last event and later."""
+    run_engine = small_engine(parts)
+    run = Run(run_engine).apply(*events, batch=size)
+    for (_, lead) in run.store:
+        state = run.state(lead)
+        assert_explanation_adds_up(run_engine, lead, state, state.watermark_ms + later)
+
+
+@settings(FAST, max_examples=80)
+@given(small_models(), small_events(), st.integers(1, 8))
+def test_leadstream_score_offline_gives_what_engine_batches_give(parts: dict[str, Any], events: list[dict[str, Any]], size: int) -> None:
+    """`leadstream score` (states as objects, batches of 1,000, decay at the file's newest
+    event) reports the transitions and lead summaries that the engine gives over batches of any
+    size with states kept as bytes between them, as the worker keeps them."""
+    run_engine = small_engine(parts)
+    run = Run(run_engine).apply(*events, batch=size)
+    newest = max(e["time"] for e in events)
+    transitions = [t.to_dict() for t in run.transitions]
+    leads = []
+    for model_name, lead in sorted(run.store):
+        decayed, crossed = run_engine.decay(model_name, lead, run.state(lead), newest)
+        transitions += [t.to_dict() for t in crossed]
+        leads.append({"record": "lead", **run_engine.summary(model_name, lead, decayed, newest)})
+    with tempfile.TemporaryDirectory() as directory:
+        models, file = Path(directory) / "models", Path(directory) / "events.jsonl"
+        models.mkdir()
+        (models / "m.toml").write_text(HEADER.format(name="m", lateness=parts["lateness"], settings=parts["settings"]) + model_text(parts))
+        file.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in events))
+        out, err = io.StringIO(), io.StringIO()
+        assert score_file(models, file, False, out, err) == 0
+    records = [orjson.loads(line) for line in out.getvalue().splitlines()]
+    assert [r for r in records if r["record"] == "lead"] == orjson.loads(orjson.dumps(leads))
+    assert [{k: v for k, v in r.items() if k != "record"} for r in records if r["record"] == "transition"] == orjson.loads(orjson.dumps(transitions))
+
+
+def _fields(state: LeadState) -> dict[str, Any]:
+    """Every stored field of a state (the id generations as sets: an empty one may be either kind)."""
+    fields = {name: getattr(state, name) for name in LeadState.__slots__ if name != "fit_found"}
+    fields["ids"], fields["old_ids"] = set(state.ids), set(state.old_ids)
+    fields["steps_taken"], fields["earlier_steps"] = list(state.steps_taken), list(state.earlier_steps)
+    return fields
+
+
+@settings(FAST, max_examples=120)
+@given(small_models(), small_events(), st.integers(1, 25), st.integers(0, 60 * DAY))
+def test_copies_and_bytes_keep_every_field_and_score_the_next_events_alike(
+    parts: dict[str, Any], events: list[dict[str, Any]], cut: int, later: int
+) -> None:
+    """A state copied, or written and read back, has every field the original has, and the
+    events and decay that follow do to it what they do to the original."""
+    run_engine = small_engine(parts)
+    originals: dict[tuple[str, str], LeadState] = {}
+    result = run_engine.apply_batch([run_engine.parse(e) for e in events[:cut]], lambda m, lead: None)
+    originals.update(result.states)
+    for key, state in originals.items():
+        assert _fields(state.copy()) == _fields(state)
+        assert _fields(LeadState.from_bytes(state.to_bytes())) == _fields(state)
+    copies = {key: state.copy() for key, state in originals.items()}
+    rest = [run_engine.parse(e) for e in events[cut:]]
+    kept = run_engine.apply_batch(rest, lambda m, lead: originals.get((m, lead)))
+    copied = run_engine.apply_batch(rest, lambda m, lead: copies.get((m, lead)))
+    assert [t.to_dict() for t in kept.transitions] == [t.to_dict() for t in copied.transitions]
+    assert kept.score_changed == copied.score_changed
+    for key, state in originals.items():
+        assert _fields(copies[key]) == _fields(state)
+        now = state.watermark_ms + later
+        decayed, crossed = run_engine.decay("m", key[1], state, now)
+        decayed_copy, crossed_copy = run_engine.decay("m", key[1], copies[key], now)
+        assert _fields(decayed_copy) == _fields(decayed) and crossed == crossed_copy
+
+
+@st.composite
+def edits(draw: Any, parts: dict[str, Any]) -> dict[str, Any]:
+    """The model with its points changed, and maybe a rule renamed (with `renamed_from` or not),
+    a limit changed or a rule removed."""
+    rules = []
+    for rule in parts["rules"]:
+        rule = dict(rule, points=draw(st.sampled_from(_POINTS)))
+        if "bonus" in rule and rule["points"] * (-1 if "-" in rule["bonus"].split("points = ")[1] else 1) <= 0:
+            del rule["bonus"]
+        change = draw(st.sampled_from(["none", "none", "rename", "rename quietly", "cap", "remove"]))
+        if change == "remove" and len(parts["rules"]) > 1:
+            continue
+        if change.startswith("rename"):
+            rule["name"] = rule["name"] + " renamed"
+            if change == "rename":
+                rule["renamed_from"] = f'"{rule["name"].removesuffix(" renamed")}"'
+        if change == "cap":
+            rule["cap"] = f'{{ max = {draw(st.integers(1, 3))}, window = "{draw(st.sampled_from(["30m", "1d", "2w"]))}" }}'
+        rules.append(rule)
+    settings = draw(st.sampled_from([parts["settings"], "floor = -20\nremember_events = 3", "max_points = 30\nremember_events = 3"]))
+    return {**parts, "rules": rules, "settings": settings}
+
+
+@settings(FAST, max_examples=120)
+@given(small_models(), small_events(), st.data())
+def test_a_model_edit_then_a_replay_never_crashes_and_still_adds_up(parts: dict[str, Any], events: list[dict[str, Any]], data: st.DataObject) -> None:
+    """Events scored, the model edited (points, names, caps, bounds), then the last events
+    replayed (a worker taking its batch again) and more: the engine never raises, nothing is
+    scored twice, and explanations still add up."""
+    run = Run(small_engine(parts)).apply(*events, batch=data.draw(st.integers(1, 8)))
+    run.engine = small_engine(data.draw(edits(parts)))
+    before = {key: LeadState.from_bytes(raw).ledger for key, raw in run.store.items()}
+    run.apply(*events[-3:], batch=data.draw(st.integers(1, 3)))  # among their leads' last remember_events: duplicates
+    for key, raw in run.store.items():
+        ledger = LeadState.from_bytes(raw).ledger
+        assert sum(entry[1] for entry in ledger.values()) == sum(entry[1] for entry in before[key].values())
+    later = max(e["time"] for e in events) - T0 + DAY
+    run.apply(*(dict(e, event_id=f"n{e['event_id']}", time=e["time"] + later) for e in events), batch=data.draw(st.integers(1, 8)))
+    for (_, lead) in run.store:
+        state = run.state(lead)
+        assert_explanation_adds_up(run.engine, lead, state, state.watermark_ms + data.draw(st.sampled_from([0, 5 * DAY])))
+
+
+@settings(FAST, max_examples=150)
+@given(small_models(), small_events(), st.data())
+def test_a_merged_leads_explanation_adds_up_and_its_state_stays_within_bounds(
+    parts: dict[str, Any], events: list[dict[str, Any]], data: st.DataObject
+) -> None:
+    """L2 merged into L1 (the model maybe edited in between): the merged lead's explanation
+    still adds up, and its ids, `once_per` values and windows are within their bounds."""
+    run = Run(small_engine(parts)).apply(*events, batch=data.draw(st.integers(1, 8)))
+    if data.draw(st.booleans()):
+        run.engine = small_engine(data.draw(edits(parts)))
+    target = run.get("m", "L1")
+    source = run.get("m", "L2")
+    if source is None:
+        return
+    time_ms = max(e["time"] for e in events) + data.draw(st.sampled_from([0, HOUR, 3 * DAY]))
+    merged, _ = merge(run.engine, "m", "L1", target, source, "L2", time_ms)
+    assert_explanation_adds_up(run.engine, "L1", merged, time_ms + data.draw(st.sampled_from([0, 5 * DAY])))
+    assert len(merged.ids) <= 3 and len(merged.old_ids) <= 3
+    assert all(len(values) <= 2 * ONCE_PER_MEMORY for values in merged.seen.values())
+    compacted = merged.copy()
+    run.engine.runtime("m").compact(compacted)
+    assert compacted.windows == merged.windows
