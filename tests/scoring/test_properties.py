@@ -618,3 +618,29 @@ def test_a_merged_leads_explanation_adds_up_and_its_state_stays_within_bounds(
     compacted = merged.copy()
     run.engine.runtime("m").compact(compacted)
     assert compacted.windows == merged.windows
+
+
+@FAST
+@given(st.lists(st.tuples(st.booleans(), st.integers(2, 5),
+                          st.lists(st.tuples(st.integers(0, 6), st.integers(0, 3 * DAY)), min_size=1, max_size=6)),
+                min_size=1, max_size=6))
+def test_renames_with_renamed_from_never_pay_a_window_twice_and_keep_one_ledger_entry(
+    edits: list[tuple[bool, int, list[tuple[int, int]]]],
+) -> None:
+    """Renamed back and forth with `renamed_from`, the rule keeps one ledger entry, an e-mail id
+    scores once and each day's bonus is paid at most once, whatever the names."""
+    run = Run(_edited("open", 3))
+    ids: set[int] = set()
+    days: set[int] = set()
+    for number, (renamed, count, opens) in enumerate(edits):
+        name, old = ("E-mail opened", "open") if renamed else ("open", "E-mail opened")
+        run.engine = engine(f'[[rules]]\nname = "{name}"\nrenamed_from = "{old}"\nevent = "email_open"\npoints = 1\n'
+                            f'once_per = "properties.email_id"\nbonus = {{ count = {count}, window = "1d", points = 1000 }}\n')
+        run.apply(*(ev("email_open", at=at, event_id=f"e{number}-{i}", properties={"email_id": f"m{mail}"})
+                    for i, (mail, at) in enumerate(opens)))
+        ids |= {mail for mail, _ in opens}
+        days |= {at // DAY for _, at in opens}
+        rows = run.engine.explain("m", "L1", run.state(), run.state().watermark_ms)["rules"]
+        assert [row["rule"] for row in rows] == [name]  # a state only late events reached is read under the name too
+    (row,) = rows
+    assert row["bonuses"] <= len(days) and row["points"] - 1000 * row["bonuses"] <= len(ids)
