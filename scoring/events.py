@@ -28,9 +28,14 @@ import orjson
 MAX_EVENT_BYTES = 64 * 1024
 #: Most properties plus traits one event may carry.
 MAX_FIELDS = 256
-#: Largest trait value: characters of a text, bytes of JSON of an object or array. A lead's
-#: state keeps its traits, and must stay small enough for Kafka to take (1 MB a record).
+#: Largest trait value in bytes of JSON (a text's without its quotes). A lead's state keeps its
+#: traits, and each crossing carries them: both must stay small enough for Kafka to take (1 MB
+#: a crossing). Bytes, not characters: 4,096 control characters are 24 KB of JSON (`\u0001`
+#: each), and a lead with 60 such traits made a crossing of 1.5 MB, which stopped the worker.
 MAX_TRAIT_SIZE = 4096
+#: Texts of at most this many characters fit in MAX_TRAIT_SIZE whatever they hold (a character
+#: is at most 6 bytes of JSON): only longer ones are measured.
+_SHORT_TEXT = MAX_TRAIT_SIZE // 6
 #: Longest lead id, event id, account id or event type.
 MAX_ID_CHARS = 256
 #: Integer ids are taken as their decimal text, which must be as short as a text id.
@@ -221,7 +226,7 @@ def _sound(event: Event) -> bool:
     for value in event.traits.values():
         if value.__class__ is int and not _MIN_INT <= value <= _MAX_INT:
             return False
-        if value.__class__ is str and len(value) > MAX_TRAIT_SIZE:
+        if value.__class__ is str and len(value) > _SHORT_TEXT and _text_size(value) > MAX_TRAIT_SIZE:
             return False
         if (value.__class__ is dict or value.__class__ is list) and _trait_problem("", value) is not None:
             return False
@@ -288,8 +293,8 @@ def _trait_problem(key: str, value: Any) -> str | None:
     integer beyond 64 bits (its codec cannot write one), or larger than MAX_TRAIT_SIZE."""
     kind = value.__class__
     if kind is str:
-        if len(value) > MAX_TRAIT_SIZE:
-            return f"traits.{key} is {len(value)} characters, at most {MAX_TRAIT_SIZE} are kept: send long texts as properties"
+        if len(value) > _SHORT_TEXT and (size := _text_size(value)) > MAX_TRAIT_SIZE:
+            return f"traits.{key} is {size} bytes of JSON, at most {MAX_TRAIT_SIZE} are kept: send long texts as properties"
         return None
     if kind is not int and kind is not dict and kind is not list:
         return None
@@ -300,6 +305,15 @@ def _trait_problem(key: str, value: Any) -> str | None:
     if kind is not int and len(encoded := _encode(value)) > MAX_TRAIT_SIZE:
         return f"traits.{key} is {len(encoded)} bytes of JSON, at most {MAX_TRAIT_SIZE} are kept: send large values as properties"
     return None
+
+
+def _text_size(text: str) -> int:
+    """Bytes of a text in JSON, without its quotes: UTF-8, with control characters, quotes and
+    backslashes escaped."""
+    try:
+        return len(_encode(text)) - 2
+    except UnicodeEncodeError:  # a lone surrogate (only in an event handed in parsed): 6 bytes escaped, at most
+        return 6 * len(text)
 
 
 def _too_deep(field: str) -> str:

@@ -228,14 +228,20 @@ def test_an_event_over_the_size_limit_is_refused_inside_an_envelope_too() -> Non
     assert second.detail.startswith("event is ") and second.detail.endswith(f"bytes, at most {MAX_EVENT_BYTES} are accepted")
 
 
-@pytest.mark.parametrize("value", ["x" * (MAX_TRAIT_SIZE + 1), ["x" * 1000] * 5, {"bio": "y" * MAX_TRAIT_SIZE}])
+@pytest.mark.parametrize("value", ["x" * (MAX_TRAIT_SIZE + 1), ["x" * 1000] * 5, {"bio": "y" * MAX_TRAIT_SIZE},
+                                   "\x01" * MAX_TRAIT_SIZE, "\U0001f600" * (MAX_TRAIT_SIZE // 4 + 1), '"' * (MAX_TRAIT_SIZE // 2 + 1)])
 def test_a_trait_larger_than_a_state_keeps_is_refused_on_both_paths(value: object) -> None:
-    """Ten traits of 60 KB each, kept by a lead's state, would make it too big for Kafka."""
+    """Ten traits of 60 KB each, kept by a lead's state, would make it too big for Kafka. A
+    text is measured in bytes of JSON, as states and crossings write it: 4,096 control
+    characters are 24 KB (each `\\u0001`), emoji 4 bytes each."""
     event = {**GOOD, "traits": {"bio": value}}
     for parsed in (parse_event(event), parse_event(orjson.dumps(event)), *parse_message(orjson.dumps([GOOD, event]))[1:]):
         assert isinstance(parsed, Rejection) and parsed.reason == "too_large"
         assert parsed.detail.startswith("traits.bio is ") and f"at most {MAX_TRAIT_SIZE} are kept" in parsed.detail
     assert isinstance(parse_event({**GOOD, "traits": {"bio": "x" * MAX_TRAIT_SIZE}, "properties": {"bio": "x" * 60_000}}), Event)
+    for fits in ("\u00e9" * (MAX_TRAIT_SIZE // 2), "\U0001f600" * (MAX_TRAIT_SIZE // 4), "\x01" * (MAX_TRAIT_SIZE // 6)):
+        assert isinstance(parse_event(orjson.dumps({**GOOD, "traits": {"bio": fits}})), Event)
+        assert isinstance(parse_event({**GOOD, "traits": {"bio": fits}}), Event)
 
 
 @pytest.mark.parametrize("field", ["event_id", "lead_id", "account_id"])

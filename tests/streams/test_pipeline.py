@@ -204,3 +204,36 @@ def test_the_worker_bounds_how_long_the_broker_holds_its_fetches(isolated: Setti
     # (streams/fetch_wait.py): the worker must find that value where it sets its own.
     proc = worker(replace(isolated, fetch_max_wait_ms=70))
     assert "fetch wait set: max_wait_ms=70 (was 1500)" in proc.log.read_text(errors="replace")
+
+
+def test_a_lead_whose_kept_traits_would_make_a_crossing_larger_than_kafka_takes_is_refused_trait_by_trait(
+    isolated: Settings, worker: Callable[..., WorkerProcess], tmp_path: Path
+) -> None:
+    """Sixty traits of 4,096 control characters, two an event, were each taken (4,096
+    characters) but are 24 KB of JSON: carol's crossing was 1.5 MB, the broker refused it and
+    the worker stopped, at every restart. Each such trait is refused with its event now."""
+    names = [f"t{i}" for i in range(60)]
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "wide.toml").write_text(
+        f'[model]\nname = "wide"\nkeep_traits = {orjson.dumps(names).decode()}\n'
+        '[[rules]]\nname = "signed up"\nevent = "signup"\npoints = 25\n'
+        '[thresholds]\nbase = "lead"\nladder = [{ level = "mql", at = 20 }]\n'
+    )
+    start = int(time.time() * 1000) - HOUR_MS
+    identifies = [{"event_id": f"i{n}", "lead_id": "carol", "type": "identify", "time": start + n,
+                   "traits": {name: "\x01" * 4096 for name in names[n : n + 2]}} for n in range(0, 60, 2)]
+    signups = [{"event_id": "s", "lead_id": lead, "type": "signup", "time": start + 100} for lead in ("carol", "dave")]
+    producer = KafkaProducer(bootstrap_servers=isolated.kafka_bootstrap)
+    for event in identifies + signups:
+        producer.send(isolated.topic_events, key=event["lead_id"].encode(), value=orjson.dumps(event))
+    producer.flush()
+    producer.close()
+    proc = worker(replace(isolated, models_dir=models))
+
+    crossings = read_topic(isolated, isolated.topic_crossings, expect=2)
+    assert sorted((c["lead_id"], c["to_level"]) for _, c in crossings) == [("carol", "mql"), ("dave", "mql")]
+    dead = [letter for _, letter in read_topic(isolated, isolated.topic_deadletter, expect=30)]
+    assert len(dead) == 30 and {letter["reason"] for letter in dead} == {"too_large"}
+    assert dead[0]["detail"].startswith("traits.t0 is 24576 bytes of JSON, at most 4096 are kept")
+    assert proc.proc is not None and proc.proc.poll() is None and proc.ready()
