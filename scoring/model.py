@@ -32,6 +32,10 @@ GRADES = ("A", "B", "C", "D")
 ENGAGEMENT_LEVELS = ("1", "2", "3", "4")
 _MODEL_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 DEFAULT_KEEP_TRAITS = ("email", "first_name", "last_name", "name", "company", "title")
+#: Most traits a model keeps (`keep_traits` and those its rules test). Every crossing carries
+#: them, each up to MAX_TRAIT_SIZE bytes of JSON: 128 make at most about 530 KB, within the 1 MB
+#: Kafka takes; a model keeping 300 made crossings of 1.2 MB, which stopped the worker.
+MAX_KEPT_TRAITS = 128
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +142,10 @@ def parse_model(text: str, file: str) -> Model:
     conditions = [c for r in rules for c in r.conditions] + [c for r in fit_rules for c in r.conditions]
     tested = {c.key for c in conditions if c.source == "traits"}
     tested |= {r.once_per.key for r in rules if r.once_per is not None and r.once_per.source == "traits"}
+    keep_traits = frozenset(head.strings("keep_traits", DEFAULT_KEEP_TRAITS)) | tested
+    if len(keep_traits) > MAX_KEPT_TRAITS:
+        raise head.error("keep_traits", f"at most {MAX_KEPT_TRAITS} traits kept, counting those the rules test (every crossing "
+                                        "carries them, and must fit in a Kafka message)", len(keep_traits))
     return Model(
         name=model_name,
         file=file,
@@ -149,7 +157,7 @@ def parse_model(text: str, file: str) -> Model:
         # Both bound every state the worker writes to its changelog (a Kafka record, 1 MB at most).
         remember_events=head.integer("remember_events", 64, minimum=1, maximum=1024),
         history=head.integer("history", 10, minimum=1, maximum=100),
-        keep_traits=frozenset(head.strings("keep_traits", DEFAULT_KEEP_TRAITS)) | tested,
+        keep_traits=keep_traits,
         unscored_types=_unscored_types(head),
         rules=rules,
         fit_rules=fit_rules,

@@ -3,12 +3,16 @@ the field, and says what is expected."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from scoring import Engine, ModelError
-from scoring.model import load_directory
+from scoring.events import MAX_TRAIT_SIZE
+from scoring.model import MAX_KEPT_TRAITS, load_directory
+from streams.envelope import MAX_MESSAGE_BYTES
+from streams.outbox import encode_json
 from tests.scoring.support import MODELS_DIR, Run, ev, model
 
 BASE = '[model]\nname = "b2b"\n[thresholds]\nbase = "cold"\nladder = [{ level = "mql", at = 20 }]\n'
@@ -116,3 +120,26 @@ def test_directory_errors(tmp_path: Path) -> None:
     (tmp_path / "b.toml").write_text(BASE)
     with pytest.raises(ModelError, match=r"b\.toml: \[model\], field 'name'.*also in a\.toml"):
         load_directory(tmp_path)
+
+
+def test_a_model_keeps_no_more_traits_than_a_crossing_carries_within_kafkas_limit() -> None:
+    """A model keeping 300 traits of 4 KB each made a lead's crossing 1.2 MB, which the broker
+    refused: the worker stopped, at every restart. Traits the rules test count too."""
+    tested = [f'[[rules]]\nname = "r{n}"\nevent = "signup"\npoints = 1\ntraits.tested{n} = {{ exists = true }}\n' for n in range(28)]
+    def keeping(count: int) -> str:
+        names = [f"trait{n:03}" for n in range(count - len(tested))]
+        return BASE.replace('name = "b2b"', f'name = "b2b"\nkeep_traits = {json.dumps(names)}') + "".join(tested)
+
+    with pytest.raises(ModelError) as caught:
+        load(keeping(MAX_KEPT_TRAITS + 1))
+    assert "field 'keep_traits': expected at most 128 traits kept, counting those the rules test" in str(caught.value)
+    assert str(caught.value).endswith(f"got {MAX_KEPT_TRAITS + 1}")
+
+    widest = model(keeping(MAX_KEPT_TRAITS), name="b2b", header=False)
+    largest = "x" * MAX_TRAIT_SIZE
+    names = sorted(widest.keep_traits)
+    identifies = [ev("identify", at=n, event_id=f"i{n}", traits={name: largest for name in names[n : n + 15]}) for n in range(0, len(names), 15)]
+    run = Run(Engine([widest])).apply(*identifies, *[ev("signup", at=200 + n, event_id=f"s{n}") for n in range(20)])
+    assert run.rejected == [] and len(run.state("L1", "b2b").traits) == MAX_KEPT_TRAITS
+    crossing = encode_json(run.transitions[0].to_dict())
+    assert 500_000 < len(crossing) < MAX_MESSAGE_BYTES
