@@ -20,6 +20,10 @@ the partition's current end, and writes key -> value straight into the dict (150
 records/s here): the latest record of a key wins, a tombstone (null value) deletes it, as in
 Faust's memory store.
 
+One restore runs at a time, the latest assignment's (a new rebalance cancels the one before, see
+`on_recovery_completed`), and a restore that fails stops the worker: Faust would go on and
+report ready with the partitions unread.
+
 Only for tables whose keys and values are raw bytes (the "raw" codec): what is read is stored
 as it is. Standby partitions are left to Faust's own path.
 """
@@ -60,6 +64,8 @@ class BulkRestoreStore(memory.Store):  # type: ignore[type-arg]  # faust's Store
         # offset of each active changelog partition when it was assigned.
         self._claimed: dict[TP, int] = {}
         self._consumer: Optional[AIOKafkaConsumer] = None
+        # The restore running on `_consumer`, if any (on_recovery_completed).
+        self._restoring: Optional[asyncio.Future[None]] = None
 
     def persisted_offset(self, tp: TP) -> Optional[int]:
         return self._claimed.get(tp)
@@ -95,11 +101,21 @@ class BulkRestoreStore(memory.Store):  # type: ignore[type-arg]  # faust's Store
         self._claimed = {tp: ends[TopicPartition(tp.topic, tp.partition)] - 1 for tp in actives}
 
     async def on_recovery_completed(self, active_tps: set[TP], standby_tps: set[TP]) -> None:
+        # One restore at a time, the latest assignment's: a rebalance that interrupts a recovery
+        # makes Faust stop waiting for its restores (its `_wait` cancels the `asyncio.wait` over
+        # the tables' tasks, not the tasks), and it restores again for the new assignment while
+        # the earlier restore still runs on this store's consumer, whose assignment each of them
+        # replaces or clears. What the earlier one read stays held (`_applied`).
+        await self._cancel_restore()
         for tp in list(self._applied):
             if tp not in active_tps:  # no longer ours: its keys go below, it is read anew if it returns
                 del self._applied[tp]
         if active_tps:
-            await self._restore(active_tps)
+            self._restoring = asyncio.ensure_future(self._restore(active_tps))
+            try:
+                await self._restoring
+            except Exception as exc:
+                await self._stop_worker(exc)
         await super().on_recovery_completed(active_tps, standby_tps)
 
     async def on_start(self) -> None:
@@ -119,6 +135,7 @@ class BulkRestoreStore(memory.Store):  # type: ignore[type-arg]  # faust's Store
 
     async def on_stop(self) -> None:
         await super().on_stop()
+        await self._cancel_restore()
         if self._consumer is not None:
             await self._consumer.stop()
             self._consumer = None
@@ -141,6 +158,22 @@ class BulkRestoreStore(memory.Store):  # type: ignore[type-arg]  # faust's Store
             await consumer.start()
             self._consumer = consumer
         return self._consumer
+
+    async def _cancel_restore(self) -> None:
+        # A loop: another call may have started a restore while this one waited.
+        while self._restoring is not None and not self._restoring.done():
+            self._restoring.cancel()
+            await asyncio.wait([self._restoring])  # its `finally` has left the consumer unassigned
+
+    async def _stop_worker(self, exc: Exception) -> None:
+        """A restore failed: the worker stops, and a new one (restarted by its supervisor)
+        restores the table. Faust does not look at how the restores ended (`asyncio.wait`, then
+        it resumes the streams and reports ready): this never returns, so that the worker never
+        scores on partitions it has not read; the worker's shutdown cancels it."""
+        log.critical("table restore failed: stopping the worker, so that a new one restores the table from its "
+                     "changelog: table=%s cause=%r", self.table_name, exc)
+        await self.app.crash(exc)
+        await asyncio.Event().wait()
 
     async def _restore(self, tps: Iterable[TP]) -> None:
         """Read each partition from the first offset not held to its current end."""

@@ -77,3 +77,74 @@ def test_restores_latest_values_and_tombstones_and_follows_the_assignment(isolat
             await store.on_stop()
 
     asyncio.run(scenario())
+
+
+def test_a_restore_started_while_an_earlier_one_runs_reads_the_new_assignment(isolated: Settings) -> None:
+    """Back-to-back rebalances: Faust stops waiting for the restores of a recovery that a new
+    rebalance interrupts, without cancelling them, and restores the store again for the new
+    assignment while the earlier restore still runs on the store's consumer. The new restore
+    must read its partitions to the end (the chaos runs saw it fail, and the worker go ready)."""
+    app = faust.App(isolated.app_id, broker=f"kafka://{isolated.kafka_bootstrap}", store="memory://")
+    table = bulk_store.raw_table(app, "t", PARTITIONS)
+    topic = table.changelog_topic_name
+    ensure_topics(isolated, [TopicSpec(topic, PARTITIONS)])
+    tps = {TP(topic, p) for p in range(PARTITIONS)}
+    write(isolated, topic, [(i % PARTITIONS, f"k{i}".encode(), b"first") for i in range(400)])
+    later = [(i % PARTITIONS, f"k{i}".encode(), b"later") for i in range(0, 400, 3)]
+    expected = {f"k{i}".encode(): b"later" if i % 3 == 0 else b"first" for i in range(400) if i % PARTITIONS >= 2}
+
+    async def scenario() -> None:
+        store = table.data
+        assert isinstance(store, bulk_store.BulkRestoreStore)
+        consumer = await store._ensure_consumer()
+        try:
+            await store.on_recovery_completed(tps, set())  # the worker's first recovery: every partition held
+            write(isolated, topic, later)
+            # The next recovery's restores (one task per table, as Faust starts them)...
+            interrupted = asyncio.ensure_future(table.on_recovery_completed(tps, set()))
+            while not consumer.assignment():
+                await asyncio.sleep(0)
+            # ... are still running when a new rebalance gives the worker partitions 2 and 3.
+            current = {tp for tp in tps if tp.partition >= 2}
+            await table.on_rebalance(current, tps - current, set())
+            await asyncio.wait_for(table.on_recovery_completed(current, set()), timeout=30)
+            assert dict(store.data) == expected
+            await asyncio.wait([interrupted])
+            assert interrupted.cancelled() or interrupted.exception() is None
+            assert dict(store.data) == expected  # the interrupted restore added nothing afterwards
+        finally:
+            await store.on_stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_restore_that_fails_stops_the_worker_and_never_completes_the_recovery(isolated: Settings) -> None:
+    """Faust does not look at how a table's restore ended: it resumes the streams and reports
+    ready once the restores are over. A failed restore (here the broker knows no such partition,
+    and the offsets request times out) stops the worker instead, and never lets recovery go on."""
+    app = faust.App(isolated.app_id, broker=f"kafka://{isolated.kafka_bootstrap}", store="memory://",
+                    broker_request_timeout=2.0)
+    table = bulk_store.raw_table(app, "t", PARTITIONS)
+    topic = table.changelog_topic_name
+    ensure_topics(isolated, [TopicSpec(topic, 2)])  # partition 3, restored below, does not exist
+    recovered: list[bool] = []
+
+    @table.on_recover
+    async def on_recover() -> None:
+        recovered.append(True)
+
+    async def scenario() -> None:
+        store = table.data
+        assert isinstance(store, bulk_store.BulkRestoreStore)
+        restore = asyncio.ensure_future(table.on_recovery_completed({TP(topic, 3)}, set()))
+        try:
+            done, _ = await asyncio.wait([restore], timeout=10)
+            assert not done, "the recovery completed after its restore failed"
+            assert app.crashed
+            assert not recovered
+        finally:
+            restore.cancel()  # as the worker's shutdown does
+            await asyncio.wait([restore])
+            await store.on_stop()
+
+    asyncio.run(scenario())
