@@ -266,7 +266,7 @@ class _Function:
 
     def _bump(self, depth: int, key: str, window: Any, limit: int) -> None:
         """`before` = the window's count before this occurrence (scoring.repeat.bump, with
-        the common case of one open window inline)."""
+        the common case inline: the newest window, which counters keep first)."""
         key_c, limit_c = self.const(key), self.const(limit)
         self.emit(
             depth,
@@ -281,7 +281,7 @@ class _Function:
 
     def _bonus(self, depth: int, key: str, window: Any, count: int) -> None:
         """`due` = whether this occurrence makes the bonus due (scoring.repeat.bonus_due, with
-        the common case of one open window not paid yet inline)."""
+        the common case inline: the newest window, which counters keep first, not paid yet)."""
         key_c, count_c, paid_c = self.const(key), self.const(count), self.const(BONUS_PAID)
         due = f"bonus_due(state, {key_c}, {self.const(window)}, time_ms, {count_c})"
         self.emit(

@@ -29,7 +29,7 @@ from scoring.compiler import DUPLICATE as _DUPLICATE
 from scoring.compiler import LATE as _LATE
 from scoring.compiler import compile_appliers
 from scoring.renames import adopt_renamed
-from scoring.repeat import Window, adopt_seen, drop_closed
+from scoring.repeat import Window, adopt_seen, window_position
 from scoring.rules import Matcher, compile_matcher
 from scoring.state import LeadState
 from scoring.thresholds import Transition
@@ -419,20 +419,16 @@ class ModelRuntime:
             # No event is newer than the newest: a counter of a later window was counted in
             # windows of another length (an edit lengthened them), and would stay forever.
             last_open = window.index(state.watermark_ms)
-            if len(counts) == 2:  # one open window: the common case
-                if not first_open <= counts[0] <= last_open:
-                    del windows[key]
-                    continue
-                oldest = counts[0]
-            else:
-                oldest = min(counts[0::2])
-                if oldest < first_open or max(counts[0::2]) > last_open:
-                    counts = drop_closed(counts, first_open, last_open)
-                    if not counts:
-                        del windows[key]
-                        continue
-                    windows[key] = counts
-                    oldest = min(counts[0::2])
+            # Newest first (scoring.repeat): closed windows are cut off the end, later ones off
+            # the front, found by bisection.
+            if counts[0] > last_open:
+                del counts[: window_position(counts, last_open)]
+            if counts and counts[-2] < first_open:
+                del counts[window_position(counts, first_open - 1) :]
+            if not counts:
+                del windows[key]
+                continue
+            oldest = counts[-2]
             end_ms = window.end_ms(oldest)
             if not drop_ms or end_ms < drop_ms:
                 drop_ms = end_ms

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from scoring.repeat import join_seen
+from scoring.repeat import join_seen, merge_counts
 from scoring.state import KEY_CHARS, NO_IDS, LeadState, kept_key
 from scoring.thresholds import Transition
 
@@ -124,14 +124,12 @@ def _merge_windows(state: LeadState, source: LeadState) -> None:
     windows = state.windows
     for key, counters in source.windows.items():
         mine = windows.get(key)
-        if mine is None:
-            windows[key] = list(counters)
-            continue
-        have = set(mine[0::2])
-        for pos in range(0, len(counters), 2):
-            if counters[pos] not in have:
-                mine += counters[pos : pos + 2]
+        windows[key] = list(counters) if mine is None else merge_counts(mine, counters, _target_count)
     state.windows_drop_ms = 0  # windows that close earlier may have come: compaction works it out again
+
+
+def _target_count(mine: int, _visitor: int) -> int:
+    return mine
 
 
 def _bounded(before: float, after: float, low: float, high: float) -> float:

@@ -27,7 +27,10 @@ Bounds (what keeps a state small however active the lead):
 - `once_per` values: at least the last 100 per rule (repeat.ONCE_PER_MEMORY), each at most 64
   ASCII characters (a longer value, or one beyond ASCII, is kept as its digest, `kept_key`).
 - history: the last `history` changes (model setting), at most twice that between trims.
-- window counters: only windows that can still receive an event within the lateness.
+- window counters: only windows that can still receive an event within the lateness, newest
+  first. Earlier versions kept them in the order their windows came: they are ordered when
+  read, rather than by a new layout version, so that the version before this one still reads
+  the states this one writes (a rollback).
 
 States written by earlier versions are still read: JSON arrays (layouts 1 and 2), MessagePack
 without trait times (layout 3; its traits then give way to any update, as they did), without
@@ -109,6 +112,20 @@ def _mark_earlier_bonus_counts(windows: dict[str, list[int]]) -> None:
     for key, counts in windows.items():
         if key.startswith(_BONUS_PREFIX):
             counts[1::2] = [earlier_bonus_count(count) for count in counts[1::2]]
+
+
+def newest_first(counts: dict[int, int]) -> list[int]:
+    """Window counters (window index -> count) as a state keeps them: flat pairs, newest window
+    first (scoring.repeat)."""
+    return [value for index in sorted(counts, reverse=True) for value in (index, counts[index])]
+
+
+def _order_windows(windows: dict[str, list[int]]) -> None:
+    """Orders the window counters of a state read back newest first: earlier versions kept them
+    in the order their windows came (a window listed twice, as none wrote it, keeps one count)."""
+    for key, counts in windows.items():
+        if len(counts) > 2 and any(newer <= older for newer, older in zip(counts[0::2], counts[2::2])):
+            windows[key] = newest_first(dict(zip(counts[0::2], counts[1::2])))
 
 
 #: The old id generation of a state that has none (never mutated: generations are swapped).
@@ -280,6 +297,7 @@ class LeadState:
         if values[0] != version and not (version == _LEAD_VERSION and values[0] == _PAID_MARKS - 1):
             raise StateError(f"lead state of an unknown layout version {values[0]} (expected {_LEAD_VERSION})")
         _check_pairs_and_triples(values[12], values[18])
+        _order_windows(values[12])
         state = cls.__new__(cls)
         (
             _, state.behaviour, state.fit, state.as_of_ms, state.last_activity_ms, state.steps_taken,
@@ -425,6 +443,7 @@ def _from_json_layout(data: bytes | bytearray | memoryview) -> LeadState:
                 time_ms, points, label = record.split(" ", 2)
                 state.history += (int(time_ms), float(points) if "." in points or "e" in points else int(points), label)
         state.windows_drop_ms = values[20] if len(values) == 21 else 0
+        _order_windows(state.windows)
         _mark_earlier_bonus_counts(state.windows)
     except (TypeError, ValueError, AttributeError) as exc:
         raise StateError(f"lead state of JSON layout {values[0]} has a field of the wrong type: {exc}") from None

@@ -644,3 +644,34 @@ def test_renames_with_renamed_from_never_pay_a_window_twice_and_keep_one_ledger_
         assert [row["rule"] for row in rows] == [name]  # a state only late events reached is read under the name too
     (row,) = rows
     assert row["bonuses"] <= len(days) and row["points"] - 1000 * row["bonuses"] <= len(ids)
+
+
+@settings(FAST, max_examples=100)
+@given(small_models(), small_events(), st.data())
+def test_window_counters_stay_newest_first_each_window_once(parts: dict[str, Any], events: list[dict[str, Any]], data: st.DataObject) -> None:
+    """A rule's window counters are kept newest first, each window once, as finding a window by
+    bisection needs (scoring.repeat): so they stay through late events, compaction, an edit
+    (a rename joins counters) and a merge, in states kept as objects between batches as the
+    worker keeps them."""
+    run_engine = small_engine(parts)
+    states: dict[tuple[str, str], LeadState] = {}
+    size = data.draw(st.integers(1, 8))
+
+    def apply(batch: list[dict[str, Any]]) -> None:
+        for start in range(0, len(batch), size):
+            parsed = [run_engine.parse(e) for e in batch[start : start + size]]
+            states.update(run_engine.apply_batch(parsed, lambda model_name, lead: states.get((model_name, lead))).states)
+
+    apply(events)
+    if data.draw(st.booleans()):
+        run_engine = small_engine(data.draw(edits(parts)))
+        states = {key: state.copy() for key, state in states.items()}  # read back, as a worker restarted with the edit
+    later = data.draw(st.sampled_from([HOUR, DAY]))
+    apply([dict(e, event_id=f"n{e['event_id']}", time=e["time"] + later) for e in events])
+    kept = list(states.values())
+    if ("m", "L1") in states and ("m", "L2") in states:
+        time_ms = max(e["time"] for e in events) + later
+        kept.append(merge(run_engine, "m", "L1", states[("m", "L1")], states[("m", "L2")], "L2", time_ms)[0])
+    for state in kept:
+        for counts in state.windows.values():
+            assert counts[0::2] == sorted(set(counts[0::2]), reverse=True)

@@ -7,7 +7,7 @@ import pytest
 
 from scoring import ModelError
 from scoring.identity import merge
-from tests.scoring.support import MINUTE, T0, Run, engine, ev, model
+from tests.scoring.support import DAY, MINUTE, T0, Run, engine, ev, model
 
 LIMITED = '[[rules]]\nname = "{name}"\nevent = "page_view"\npoints = 1\n{extra}' \
           'bonus = {{ count = 2, window = "1d", points = 100 }}\ncap = {{ max = 3, window = "1d" }}\n'
@@ -42,6 +42,20 @@ def test_counts_a_state_holds_under_both_names_add_up() -> None:
     run.apply(ev(at=3 * MINUTE), ev(at=4 * MINUTE))
     assert run.state().ledger == {"o2": [1 + 101 + 1 + 0 + 0, 5, 2, 1]}
     assert run.state().windows["bonus:o2"][1] == -1  # paid
+
+
+def test_counters_of_other_windows_under_both_names_join_newest_first() -> None:
+    """Each window once, newest first, as the lookup of a window by bisection needs: joined in
+    the order the names came, a day's counter could be missed and its cap passed."""
+    capped = '[[rules]]\nname = "{name}"\nevent = "page_view"\npoints = 1\ncap = {{ max = 1, window = "1d" }}\n{extra}'
+    run = Run(engine(capped.format(name="o", extra=""), lateness="3d")).apply(ev(at=0), ev(at=2 * DAY))
+    run.engine = engine(capped.format(name="o2", extra=""), lateness="3d")
+    run.apply(ev(at=DAY))
+    run.engine = engine(capped.format(name="o2", extra='renamed_from = "o"\n'), lateness="3d")
+    run.apply(*(ev(at=day * DAY + MINUTE) for day in (2, 0, 1)))  # each day's cap used
+    assert run.state().ledger == {"o2": [3, 6, 3, 0]}
+    day = T0 // DAY
+    assert run.state().windows == {"cap:o2": [day + 2, 1, day + 1, 1, day, 1]}
 
 
 def test_earlier_names_in_a_list_and_once_per_values_an_earlier_version_kept_under_the_name() -> None:

@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scoring import Engine, LeadState, StateError
-from tests.scoring.support import DAY, HOUR, T0, Run, engine, ev, shipped
+from scoring.state import newest_first
+from tests.scoring.support import DAY, HOUR, MINUTE, T0, Run, engine, ev, shipped
 
 RULE = '[[rules]]\nname = "v"\nevent = "v"\npoints = 1\n'
 
@@ -110,6 +111,18 @@ def test_window_counters_are_dropped_when_no_event_can_reach_them() -> None:
     assert run.state().windows == {"cap:o": [(T0 + DAY) // DAY, 1]}
 
 
+def test_window_counters_an_earlier_version_kept_in_arrival_order_are_read_newest_first() -> None:
+    """Counters are kept newest first, which finding a window by bisection relies on; earlier
+    versions kept them in the order their windows came, a late event's last."""
+    run = Run(engine(RULE + 'cap = { max = 1, window = "1h" }\n')).apply(ev("v", at=HOUR), ev("v", at=3 * HOUR))
+    state, hour = run.state(), (T0 + HOUR) // HOUR
+    state.windows["cap:v"] = [hour, 1, hour + 2, 1, hour + 1, 1]  # hour 2 arrived late
+    run.store[("m", "L1")] = state.to_bytes()
+    assert run.state().windows["cap:v"] == [hour + 2, 1, hour + 1, 1, hour, 1]
+    run.apply(ev("v", at=2 * HOUR + MINUTE), ev("v", at=HOUR + MINUTE), ev("v", at=4 * HOUR))  # capped, capped, scored
+    assert run.state().ledger["v"] == [3, 5, 2, 0]
+
+
 def test_copy_is_independent() -> None:
     run = Run(engine(RULE)).apply(ev("v"))
     state = run.state()
@@ -140,8 +153,8 @@ def lead_states(draw: st.DrawFn) -> LeadState:
     state.traits = draw(st.dictionaries(_TEXT, _JSON, max_size=4))
     state.account_id = draw(st.none() | _ID)
     state.ledger = draw(st.dictionaries(_TEXT, st.lists(_NUMBER, min_size=4, max_size=4), max_size=4))
-    pairs = st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 10**6)), min_size=1, max_size=2)
-    state.windows = draw(st.dictionaries(_TEXT, pairs.map(lambda p: [n for pair in p for n in pair]), max_size=3))
+    counts = st.dictionaries(st.integers(0, 10**6), st.integers(0, 10**6), min_size=1, max_size=3).map(newest_first)
+    state.windows = draw(st.dictionaries(_TEXT, counts, max_size=3))
     state.seen = draw(st.dictionaries(_TEXT, st.dictionaries(_ID, st.none(), max_size=3), max_size=2))
     for event_id in draw(st.lists(_ID, max_size=6)):
         state.remember_event(event_id, draw(_MS), 3)
