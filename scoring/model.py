@@ -19,6 +19,7 @@ from scoring.decay import Decay, HalfLifeDecay, StepDecay, parse_decay
 from scoring.errors import ModelError
 from scoring.fit import DomainLists, FitRule, parse_domains, parse_fit_rule
 from scoring.renames import check_renames
+from scoring.repeat import check_windows
 from scoring.rules import Rule, parse_rule
 from scoring.scales import Bands, Scale, parse_bands, parse_scale
 from scoring.thresholds import Ladder, parse_ladder
@@ -131,6 +132,8 @@ def parse_model(text: str, file: str) -> Model:
             raise ModelError(f"{file}: rule '{name}', field 'name': expected a name no other rule of this model uses")
         names.add(name)
     check_renames(file, rules, names)
+    lateness_ms = head.duration_ms("lateness", 86_400_000)
+    check_windows(file, rules, lateness_ms)
 
     thresholds = top.table("thresholds", "[thresholds]")
     if thresholds is None:
@@ -151,7 +154,7 @@ def parse_model(text: str, file: str) -> Model:
         file=file,
         description=head.string("description", ""),
         products=_products(top.table("filter", "[filter]")),
-        lateness_ms=head.duration_ms("lateness", 86_400_000),
+        lateness_ms=lateness_ms,
         floor=floor,
         max_points=max_points,
         # Both bound every state the worker writes to its changelog (a Kafka record, 1 MB at most).

@@ -23,12 +23,16 @@ from __future__ import annotations
 import operator
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import msgspec
 
-from scoring.config import Table
+from scoring.config import Table, format_duration_ms
+from scoring.errors import ModelError
 from scoring.state import BONUS_PAID, KEY_CHARS, LeadState, earlier_bonus_count, kept_key, newest_first
+
+if TYPE_CHECKING:
+    from scoring.rules import Rule
 
 _DAY_MS = 86_400_000
 _WEEK_MS = 7 * _DAY_MS
@@ -37,6 +41,16 @@ _MONDAY_SHIFT_MS = 3 * _DAY_MS
 
 #: How many distinct `once_per` keys a rule remembers per lead (at least this many, at most twice).
 ONCE_PER_MEMORY = 100
+
+#: Most windows a cap or bonus counts in per lead: `lateness / window` (rounded up; it keeps one
+#: more at most). 1,440 is a 1-minute window under a day of lateness: about 9 KB of a lead's
+#: state. A 1-minute cap under 30 days kept 43,200 windows, 260 KB of every active lead's state.
+MAX_COUNTER_WINDOWS = 1_440
+#: Most windows all the caps and bonuses of a model count in per lead (`lateness / window`,
+#: summed): about 90 KB of a lead's state at 6 bytes a window, 260 KB at most (18), within the
+#: few hundred KB a state is bounded to (streams/topics.py: the changelog record of a lead holds
+#: its states in every model).
+MAX_MODEL_WINDOWS = 14_400
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +95,42 @@ class OncePer:
 
     source: str  # "properties" or "traits"
     key: str
+
+
+def windows_reached(lateness_ms: int, window: Window) -> int:
+    """`lateness / window`, rounded up: how many windows an event within the lateness can reach
+    besides the newest, so how many a counter keeps per lead (one more at most)."""
+    return -(-lateness_ms // window.length_ms)
+
+
+def check_windows(file: str, rules: Iterable[Rule], lateness_ms: int) -> None:
+    """ModelError when a cap or bonus of the rules would keep more than MAX_COUNTER_WINDOWS
+    windows per lead under the lateness, naming the rule and field, or all of them more than
+    MAX_MODEL_WINDOWS, naming the lateness and the counters that keep most."""
+    lateness = format_duration_ms(lateness_ms)
+    kept: list[tuple[int, str]] = []
+    for rule in rules:
+        for field, limit in (("cap", rule.cap), ("bonus", rule.bonus)):
+            if limit is None:
+                continue
+            reached = windows_reached(lateness_ms, limit.window)
+            window = format_duration_ms(limit.window.length_ms)
+            if reached > MAX_COUNTER_WINDOWS:
+                shortest = format_duration_ms(-(-lateness_ms // (MAX_COUNTER_WINDOWS * 1000)) * 1000)  # in whole seconds
+                raise ModelError(
+                    f"{file}: rule '{rule.name}', field '{field}.window': expected a window of at least {shortest} under "
+                    f"the model's lateness of {lateness} (a {field} counts per lead in every window the lateness reaches, "
+                    f"lateness / window, at most {MAX_COUNTER_WINDOWS:,}), got '{window}' ({lateness} / {window} = {reached:,})"
+                )
+            kept.append((reached, f"rule '{rule.name}' {field} {window}: {reached:,}"))
+    total = sum(reached for reached, _ in kept)
+    if total > MAX_MODEL_WINDOWS:
+        most = ", ".join(what for _, what in sorted(kept, key=lambda item: -item[0])[:3])
+        raise ModelError(
+            f"{file}: [model], field 'lateness': expected a lateness under which the caps and bonuses count in at most "
+            f"{MAX_MODEL_WINDOWS:,} windows per lead in all (lateness / window, summed: each lead's state keeps them), "
+            f"or longer windows, got '{lateness}' ({total:,} windows; most: {most})"
+        )
 
 
 def parse_cap(table: Table) -> Cap | None:

@@ -27,10 +27,12 @@ Bounds (what keeps a state small however active the lead):
 - `once_per` values: at least the last 100 per rule (repeat.ONCE_PER_MEMORY), each at most 64
   ASCII characters (a longer value, or one beyond ASCII, is kept as its digest, `kept_key`).
 - history: the last `history` changes (model setting), at most twice that between trims.
-- window counters: only windows that can still receive an event within the lateness, newest
-  first. Earlier versions kept them in the order their windows came: they are ordered when
-  read, rather than by a new layout version, so that the version before this one still reads
-  the states this one writes (a rollback).
+- window counters: only windows that can still receive an event within the lateness, at most
+  lateness / window + 1 a cap or bonus (models are checked against a bound on load:
+  repeat.MAX_COUNTER_WINDOWS and MAX_MODEL_WINDOWS), newest first. Earlier versions kept them
+  in the order their windows came: they are ordered when read, rather than by a new layout
+  version, so that the version before this one still reads the states this one writes (a
+  rollback).
 
 States written by earlier versions are still read: JSON arrays (layouts 1 and 2), MessagePack
 without trait times (layout 3; its traits then give way to any update, as they did), without

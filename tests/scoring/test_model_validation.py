@@ -13,7 +13,7 @@ from scoring.events import MAX_TRAIT_SIZE
 from scoring.model import MAX_KEPT_TRAITS, load_directory
 from streams.envelope import MAX_MESSAGE_BYTES
 from streams.outbox import encode_json
-from tests.scoring.support import MODELS_DIR, Run, ev, model
+from tests.scoring.support import MINUTE, MODELS_DIR, Run, ev, model
 
 BASE = '[model]\nname = "b2b"\n[thresholds]\nbase = "cold"\nladder = [{ level = "mql", at = 20 }]\n'
 RULE = '[[rules]]\nname = "pricing"\nevent = "page_view"\npoints = 10\n'
@@ -38,6 +38,11 @@ CASES = [
     (BASE + RULE.replace("points = 10", "points = 4611686018427387904"), ["rule 'pricing'", "field 'points'", "to 1,000,000,000"]),
     (BASE.replace("at = 20", "at = -1e10"), ["[thresholds]", "field 'ladder[1].at'", "from -1,000,000,000"]),
     (BASE + RULE + 'cap = { max = 1, window = "100000000000000000000d" }\n', ["rule 'pricing'", "field 'cap.window'", "at most 36500d"]),
+    # A counter per window the lateness reaches: 43,200 of them made each event of a lead slower and its state 260 KB.
+    (BASE.replace("[thresholds]", 'lateness = "30d"\n[thresholds]') + RULE + 'cap = { max = 1, window = "1m" }\n',
+     ["b2b.toml", "rule 'pricing'", "field 'cap.window'", "at least 30m", "lateness of 30d", "at most 1,440", "got '1m' (30d / 1m = 43,200)"]),
+    (BASE + RULE + 'bonus = { count = 2, window = "1s", points = 5 }\n',
+     ["rule 'pricing'", "field 'bonus.window'", "at least 1m", "lateness of 1d", "got '1s' (1d / 1s = 86,400)"]),
     (BASE + RULE + 'cap = { max = 1, window = "\u0663\u0660d" }\n', ["rule 'pricing'", "field 'cap.window'", "positive duration"]),
     (BASE + RULE + "properties.url = {}\n", ["rule 'pricing'", "field 'properties.url'", "at least one operator (eq, ne"]),
     (BASE + "[temperature]\n", ["b2b.toml", "[temperature]", "at least one band"]),
@@ -143,3 +148,23 @@ def test_a_model_keeps_no_more_traits_than_a_crossing_carries_within_kafkas_limi
     assert run.rejected == [] and len(run.state("L1", "b2b").traits) == MAX_KEPT_TRAITS
     crossing = encode_json(run.transitions[0].to_dict())
     assert 500_000 < len(crossing) < MAX_MESSAGE_BYTES
+
+
+def test_the_windows_a_models_caps_and_bonuses_count_in_are_bounded_and_so_is_the_state() -> None:
+    """Caps and bonuses keep a count per window the lateness reaches, in every lead's state:
+    at most 1,440 windows each (a 1-minute window under a day of lateness) and 14,400 in all,
+    about 100 KB of a state. Without a bound, a 1-minute cap under 30 days of lateness kept
+    43,200 windows of each active lead, 260 KB."""
+    capped = [f'[[rules]]\nname = "r{n}"\nevent = "visit"\npoints = 1\ncap = {{ max = 1, window = "1m" }}\n' for n in range(10)]
+    with pytest.raises(ModelError) as caught:
+        load(BASE + "".join(capped) + 'bonus = { count = 2, window = "1m", points = 5 }\n')
+    assert str(caught.value) == (
+        "b2b.toml: [model], field 'lateness': expected a lateness under which the caps and bonuses count in at most "
+        "14,400 windows per lead in all (lateness / window, summed: each lead's state keeps them), or longer windows, "
+        "got '1d' (15,840 windows; most: rule 'r0' cap 1m: 1,440, rule 'r1' cap 1m: 1,440, rule 'r2' cap 1m: 1,440)"
+    )
+    widest = model(BASE + "".join(capped), name="b2b", header=False)
+    run = Run(Engine([widest])).apply(*(ev("visit", at=n * MINUTE) for n in range(2 * 1440)), batch=500)
+    state = run.state("L1", "b2b")
+    assert [len(counts) // 2 for counts in state.windows.values()] == [1441] * 10  # the day's, and the newest
+    assert len(state.to_bytes()) < 100_000
