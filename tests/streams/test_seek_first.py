@@ -1,0 +1,151 @@
+"""streams/seek_first.py on Faust's own consumer and app, a real rebalance and the real broker:
+records Faust fetched and threw away because the rebalance had stopped its flow are read again,
+also on a partition the group has never committed or committed at 0, which aiokafka's
+`seek_to_committed` leaves where the fetch left it (the chaos run's four users never merged)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import faust
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from faust.types import TP
+from kafka import KafkaProducer
+
+from streams import seek_first
+from streams.settings import Settings
+
+PARTITION = 1
+RECORDS = 5
+
+
+def produce(settings: Settings, topic: str, values: list[bytes]) -> None:
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    try:
+        for value in values:
+            producer.send(topic, key=value, value=value, partition=PARTITION)
+        producer.flush()
+    finally:
+        producer.close()
+
+
+async def commit(settings: Settings, topic: str, offset: int) -> None:
+    """Commit an offset for the worker's group (0: as a tool resetting the group to the start would)."""
+    tp = TopicPartition(topic, PARTITION)
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=settings.app_id,
+                                enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign([tp])
+        await consumer.commit({tp: offset})
+        assert await consumer.committed(tp) == offset
+    finally:
+        await consumer.stop()
+
+
+def worker_app(settings: Settings, datadir: Path, seen: dict[str, list[bytes]]) -> faust.App:
+    """The worker's subscriptions (streams/app.py): events, profiles and identity to one agent,
+    accounts to another, read from the earliest offset when the group has no commit."""
+    app = faust.App(
+        settings.app_id,
+        broker=f"kafka://{settings.kafka_bootstrap}",
+        store="memory://",
+        datadir=str(datadir),
+        topic_disable_leader=True,
+        consumer_auto_offset_reset="earliest",
+        processing_guarantee="at_least_once",
+        web_enabled=False,
+        stream_wait_empty=False,
+        loop=asyncio.get_running_loop(),
+    )
+    raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+
+    async def collect(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            seen.setdefault(event.message.topic, []).append(event.value)
+
+    app.agent(app.topic(settings.topic_events, settings.topic_profiles, settings.topic_identity, **raw),
+              name="score")(collect)
+    app.agent(app.topic(settings.topic_accounts, **raw), name="rollup")(collect)
+
+    async def on_assigned(sender: Any, *args: Any, **kwargs: Any) -> None:
+        seek_first.install(app.consumer)
+
+    app.on_partitions_assigned.connect(on_assigned)
+    return app
+
+
+# Committed at 2 (after two earlier records): the records before it stay behind, as before the fix.
+@pytest.mark.parametrize("committed", [None, 0, 2], ids=["never-committed", "committed-0", "committed-2"])
+@pytest.mark.parametrize("topic_of", ["topic_identity", "topic_accounts"])
+def test_records_thrown_away_as_a_rebalance_begins_are_read_again(
+    isolated: Settings, tmp_path: Path, topic_of: str, committed: int | None
+) -> None:
+    # The chaos run's case: a partition's first records arrive while it is between owners; the
+    # fetch in flight when the rebalance began returns them once aiokafka has sent the partition,
+    # uncommitted, to its earliest offset, while the worker is still recovering its tables.
+    topic = getattr(isolated, topic_of)
+    tp = TP(topic, PARTITION)
+    produce(isolated, topic, [f"earlier-{n}".encode() for n in range(committed or 0)])
+    values = [str(n).encode() for n in range(RECORDS)]
+
+    async def scenario() -> tuple[bool, list[bytes]]:
+        if committed is not None:
+            await commit(isolated, topic, committed)
+        seen: dict[str, list[bytes]] = {}
+        app = worker_app(isolated, tmp_path / "state", seen)
+        consumer = app.consumer
+        fetch = consumer._getmany
+        rebalance = {"requested": False, "began": False, "records_arrived": False}
+        fetched = asyncio.Event()
+        thrown_away: list[bool] = []
+
+        async def fetch_across_a_rebalance(*, active_partitions: Any, timeout: float) -> Any:
+            if not rebalance["requested"] or rebalance["began"]:
+                return await fetch(active_partitions=active_partitions, timeout=timeout)
+            rebalance["began"] = True
+            # Faust waits 1 s; waiting longer only makes sure this fetch outlasts the rebalance.
+            in_flight = asyncio.ensure_future(fetch(active_partitions=active_partitions, timeout=30.0))
+            kafka_consumer = consumer._thread._consumer
+            while not kafka_consumer._fetcher._fetch_waiters and not in_flight.done():
+                await asyncio.sleep(0.01)
+            # The group rebalances (as when a worker joins or leaves) while this fetch waits.
+            consumer._thread.thread_loop.call_soon_threadsafe(kafka_consumer._coordinator.request_rejoin)
+            records = await in_flight
+            # What makes Faust's getmany throw them away and seek back to the committed offsets.
+            thrown_away.append(tp in records and not consumer.flow_active)
+            fetched.set()
+            return records
+
+        async def on_revoked(sender: Any, *args: Any, **kwargs: Any) -> None:
+            if rebalance["began"] and not rebalance["records_arrived"]:
+                rebalance["records_arrived"] = True
+                await asyncio.to_thread(produce, isolated, topic, values)
+
+        async def on_rebalance_complete(sender: Any, *args: Any, **kwargs: Any) -> None:
+            # Sent by Faust's Recovery before it seeks and resumes the flow: the worker's tables
+            # take longer to recover than the fetch in flight takes to return.
+            if rebalance["began"]:
+                await fetched.wait()
+
+        consumer._getmany = fetch_across_a_rebalance
+        app.on_partitions_revoked.connect(on_revoked)
+        app.on_rebalance_complete.connect(on_rebalance_complete)
+        await app.start()
+        try:
+            async with asyncio.timeout(60):
+                while app.rebalancing or not consumer.flow_active or tp not in consumer.assignment():
+                    await asyncio.sleep(0.05)
+                rebalance["requested"] = True
+                await fetched.wait()
+                produce(isolated, topic, [b"after"])
+                while b"after" not in seen.get(topic, []):
+                    await asyncio.sleep(0.05)
+            return thrown_away == [True], seen[topic]
+        finally:
+            await app.stop()
+
+    assert asyncio.run(scenario()) == (True, [*values, b"after"])
