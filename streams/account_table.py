@@ -8,15 +8,30 @@ stopped, and stopped again at every restart.
 
 Layout. The account's value, under its id, frames each model's state as the engine encodes it
 (`AccountState.to_bytes`: `[1, members, level, crossings, gone]`) while the model has at most
-`split_members` members. Beyond, the model's entry is `[1, count, level, crossings, gone, writes]`
-(`writes`: how many batches wrote it) and its members are in `count` pages: records of their own,
-on the account's partition, under `<account id> 0xFF <model> 0xFF <count>.<n>` (0xFF never occurs
-in UTF-8, so no account's key is a page's), each `[writes, members, before]`: the entry's
-`writes` once the batch that wrote the page is written, the members whose `page_of` is n (lead id
--> [score, time, revision]), and what those of them the batch updated were before it (null: not
-members). A batch writes the pages of the members it updated, then the account's value. When the
-members outgrow `2 * page_members` a page on average, the pages double: a new set of keys is
-written first, the value naming it next, and the old set is deleted last.
+`split_members` members. Beyond, the model's entry is `[1, count, level, crossings, gone, writes,
+key]` (`writes`: how many batches wrote it; `key`: the pages' secret, below) and its members are
+in `count` pages: records of their own, on the account's partition, under `<account id> 0xFF
+<model> 0xFF <count>/<n>` (0xFF never occurs in UTF-8, so no account's key is a page's), each
+`[writes, members, before]`: the entry's `writes` once the batch that wrote the page is written,
+the members whose `page_of` is n (lead id -> [score, time, revision]), and what those of them the
+batch updated were before it (null: not members). A batch writes the pages of the members it
+updated, then the account's value. When the members outgrow `2 * page_members` a page on
+average, the pages double: a new set of keys is written first, the value naming it next, and the
+old set is deleted last.
+
+Why a secret key. Whoever sends events chooses lead and account ids (the collector's `group`
+calls take them from any caller), and pages placed by a public hash are easy to fill one at a
+time: 17,000 ids of 250 emoji, each with a suffix picked so that its crc32 was 0 modulo 256, all
+went to one page of 12.9 MB, and the next write of it went past the changelog's 16 MB, which
+stopped the worker at every restart (any public hash gives way to the same search, 2^k tries an
+id for 2^k pages). A page is now chosen by a keyed BLAKE2b of the lead id, under a random key
+drawn whenever a model's members are (re)paged and kept in its entry, so every worker that
+recovers the account places them alike and no sender can aim at a page. Pages hold at most
+`2 * page_members` (512) members on average, placed at random whatever the ids: one holds more
+than 1,024 with a chance under 10^-85, and 1,024 members of ids of 256 four-byte characters are
+1.1 MB, so a page's record, `before` included, at most 3.3 MB: well under the changelog's 16 MB.
+Pages placed by crc32, under `<count>.<n>` in an entry without a key, are still read, and the
+next batch that writes the account pages its members anew.
 
 Why that order survives a crash anywhere between the records (the batch's input is read and
 rolled up again, since offsets are committed after its records are acknowledged, in order on
@@ -33,7 +48,10 @@ read as written before `writes` was kept.
 from __future__ import annotations
 
 import zlib
-from typing import Any, Iterable, Iterator
+from functools import partial
+from hashlib import blake2b
+from secrets import token_bytes
+from typing import Any, Callable, Iterable, Iterator
 
 import orjson
 
@@ -47,24 +65,28 @@ from streams.stage import LiveTable, Record, TableData, frame, unframe
 SPLIT_MEMBERS = 1024
 #: Members a page holds on average right after the pages are made or doubled; at most twice.
 PAGE_MEMBERS = 256
-#: Values in a model's entry: the engine's layouts, or pages with their count of writes.
-PAGED_LENGTHS = (6, *LAYOUT_LENGTHS)
+#: Values in a model's entry: the engine's layouts, or pages with their count of writes (and key).
+PAGED_LENGTHS = (7, 6, *LAYOUT_LENGTHS)
+#: Bytes of a key that places members in pages: as BLAKE2b recommends, at least its output's 8.
+KEY_BYTES = 16
 
 
 class PagedAccount(AccountState):
     """An account state whose members the table keeps in pages: `pages[n]` holds the ids of
-    the members in page n (those whose `page_of` is n), `writes` counts the batches that wrote
-    it, and `updated` maps each member whose updates it took since it was last encoded to what
-    it was before them (None: not a member), so a batch rewrites only their pages, without a
-    pass over all the members."""
+    the members in page n (those whose `page_of` is n under `key`; None: pages placed by crc32,
+    as written before pages were keyed), `writes` counts the batches that wrote it, and
+    `updated` maps each member whose updates it took since it was last encoded to what it was
+    before them (None: not a member), so a batch rewrites only their pages, without a pass over
+    all the members."""
 
-    __slots__ = ("pages", "writes", "updated")
+    __slots__ = ("pages", "writes", "key", "updated")
 
     def __init__(self, members: dict[str, list[float]], level: str, crossings: int, gone: dict[str, Any],
-                 pages: list[set[str]], writes: int) -> None:
+                 pages: list[set[str]], writes: int, key: bytes | None) -> None:
         super().__init__(members, level, crossings, gone)
         self.pages = pages
         self.writes = writes
+        self.key = key
         self.updated: dict[str, list[float] | None] = {}
 
     def update(self, member: MemberScore) -> bool:
@@ -73,41 +95,53 @@ class PagedAccount(AccountState):
         return super().update(member)
 
 
-def page_of(lead_id: str, count: int) -> int:
-    """The page of `count` that holds this member: the same in every process (unlike `hash`)."""
-    return zlib.crc32(lead_id.encode("utf-8", "surrogatepass")) % count
+def page_of(lead_id: str, count: int, key: bytes | None) -> int:
+    """The page of `count` (a power of two) that holds this member: by a BLAKE2b of its id under
+    `key`, which no one without the key can aim (crc32 when None, for pages written before);
+    the same in every process, unlike `hash`."""
+    data = lead_id.encode("utf-8", "surrogatepass")
+    if key is None:
+        return zlib.crc32(data) % count
+    return int.from_bytes(blake2b(data, digest_size=8, key=key).digest(), "little") % count
 
 
-def page_key(account_id: str, model: str, count: int, page: int) -> bytes:
-    return b"%b\xff%b\xff%d.%d" % (account_id.encode(), model.encode(), count, page)
+def page_key(account_id: str, model: str, count: int, page: int, key: bytes | None) -> bytes:
+    """A page's record key; pages placed by crc32 (`key` None) were named `<count>.<n>`, so a
+    keyed set of as many pages never writes over them."""
+    return b"%b\xff%b\xff%d%b%d" % (account_id.encode(), model.encode(), count, b"." if key is None else b"/", page)
 
 
 class AccountTable(LiveTable[AccountState]):
     """The account stage's `LiveTable`: a large account's members are read from and written to
-    pages (records of their own), and a batch writes an account with `encode` and `keep`."""
+    pages (records of their own), and a batch writes an account with `encode` and `keep`.
+    `draw_key` draws the key of a new set of pages (tests draw theirs from a seed, so that a
+    batch writes the same records at every run)."""
 
     def __init__(self, table: TableData, changelog: str, partitions: int, max_live: int,
-                 split_members: int = SPLIT_MEMBERS, page_members: int = PAGE_MEMBERS) -> None:
+                 split_members: int = SPLIT_MEMBERS, page_members: int = PAGE_MEMBERS,
+                 draw_key: Callable[[], bytes] = partial(token_bytes, KEY_BYTES)) -> None:
         super().__init__(table, changelog, partitions, max_live, None)
         self.split_members = split_members
         self.page_members = page_members
+        self.draw_key = draw_key
 
     def decoded(self, key: str, value: bytes) -> dict[str, AccountState]:
         states: dict[str, AccountState] = {}
         for model, raw in unframe(value).items():
             _, members, *rest = decode_values(raw, "account", PAGED_LENGTHS)
             if members.__class__ is not int or members < 1:  # the members themselves, not a number of pages
-                if len(rest) == 4:
+                if len(rest) > 3:
                     raise StateError(f"account {key!r} in model {model!r}: an entry of members with a count of writes, "
                                      "which only an entry of pages has")
                 states[model] = AccountState.checked(members, *rest)
                 continue
+            secret = _key(rest.pop(), key, model) if len(rest) == 5 else None  # written before pages were keyed: by crc32
             writes = rest.pop() if len(rest) == 4 else 0  # written before `writes` was kept: none
             if writes.__class__ is not int:
                 raise StateError(f"account {key!r} in model {model!r}: a count of writes that is not an integer")
-            members, pages = self._read_pages(key, model, members, writes)
+            members, pages = self._read_pages(key, model, members, writes, secret)
             state = AccountState.checked(members, *rest)
-            states[model] = PagedAccount(state.members, state.level, state.crossings, state.gone, pages, writes)
+            states[model] = PagedAccount(state.members, state.level, state.crossings, state.gone, pages, writes, secret)
         return states
 
     def state_keys(self) -> Iterator[bytes]:
@@ -133,18 +167,20 @@ class AccountTable(LiveTable[AccountState]):
                 continue
             count = len(state.pages) if isinstance(state, PagedAccount) else 0
             writes = (state.writes if isinstance(state, PagedAccount) else 0) + 1
-            if len(state.members) > 2 * self.page_members * count:  # (more) pages
+            key = state.key if isinstance(state, PagedAccount) else None
+            if key is None or len(state.members) > 2 * self.page_members * count:  # pages (keyed, if placed by crc32), more pages
+                old_key, key = key, self.draw_key()
                 paged = PagedAccount(state.members, state.level, state.crossings, state.gone,
-                                     _index(state.members, self._count(len(state.members))), writes)
+                                     _index(state.members, self._count(len(state.members)), key), writes, key)
                 pages_first += self._pages(account_id, partition, model, paged, {page: {} for page in range(len(paged.pages))})
-                deleted += [(self.changelog, page_key(account_id, model, count, page), None, partition) for page in range(count)]
+                deleted += [(self.changelog, page_key(account_id, model, count, page, old_key), None, partition) for page in range(count)]
             else:
                 assert isinstance(state, PagedAccount)
                 paged = state
                 before: dict[int, dict[str, list[float] | None]] = {}
                 paged.writes = writes
                 for lead_id, was in paged.updated.items():
-                    page = page_of(lead_id, count)
+                    page = page_of(lead_id, count, key)
                     before.setdefault(page, {})[lead_id] = was
                     if lead_id in paged.members:
                         paged.pages[page].add(lead_id)
@@ -152,7 +188,8 @@ class AccountTable(LiveTable[AccountState]):
                         paged.pages[page].discard(lead_id)
                 paged.updated.clear()
                 pages_first += self._pages(account_id, partition, model, paged, dict(sorted(before.items())))
-            kept[model], entries[model] = paged, encode_values((len(paged.pages), paged.level, paged.crossings, paged.gone, paged.writes))
+            kept[model], entries[model] = paged, encode_values((len(paged.pages), paged.level, paged.crossings, paged.gone, paged.writes,
+                                                                key.hex()))
         value: Record = (self.changelog, account_id.encode(), frame(entries), partition)
         return kept, [*pages_first, value, *deleted]
 
@@ -167,14 +204,15 @@ class AccountTable(LiveTable[AccountState]):
         self._keep(account_id, states)
         return records
 
-    def _read_pages(self, account_id: str, model: str, count: int, writes: int) -> tuple[dict[str, Any], list[set[str]]]:
-        """The members in the account's `count` pages as of the entry's `writes`, and each
-        page's member ids."""
+    def _read_pages(self, account_id: str, model: str, count: int, writes: int,
+                    key: bytes | None) -> tuple[dict[str, Any], list[set[str]]]:
+        """The members in the account's `count` pages (placed under `key`) as of the entry's
+        `writes`, and each page's member ids."""
         members: dict[str, Any] = {}
         pages: list[set[str]] = []
         for page in range(count):
             where = f"account {account_id!r} in model {model!r}: page {page} of {count}"
-            raw = self.recovered.get(page_key(account_id, model, count, page))
+            raw = self.recovered.get(page_key(account_id, model, count, page, key))
             if raw is None:
                 raise StateError(f"{where} is missing from the table")
             try:
@@ -191,7 +229,7 @@ class AccountTable(LiveTable[AccountState]):
                             part.pop(lead_id, None)
                         else:
                             part[lead_id] = was
-            if part.__class__ is not dict or any(page_of(lead_id, count) != page for lead_id in part):
+            if part.__class__ is not dict or any(page_of(lead_id, count, key) != page for lead_id in part):
                 raise StateError(f"{where} is not an object of the members that belong in it")
             members.update(part)
             pages.append(set(part))
@@ -208,14 +246,24 @@ class AccountTable(LiveTable[AccountState]):
                before: dict[int, dict[str, list[float] | None]]) -> list[Record]:
         """The records of the pages `before` names, each with what its updated members were."""
         count, members, writes = len(state.pages), state.members, state.writes
-        return [(self.changelog, page_key(account_id, model, count, page),
+        return [(self.changelog, page_key(account_id, model, count, page, state.key),
                  right_sized(orjson.dumps((writes, {lead_id: members[lead_id] for lead_id in state.pages[page]}, was))), partition)
                 for page, was in before.items()]
 
 
-def _index(members: Iterable[str], count: int) -> list[set[str]]:
-    """The ids of the members in each of `count` pages."""
+def _index(members: Iterable[str], count: int, key: bytes) -> list[set[str]]:
+    """The ids of the members in each of `count` pages placed under `key`."""
     pages: list[set[str]] = [set() for _ in range(count)]
     for lead_id in members:
-        pages[page_of(lead_id, count)].add(lead_id)
+        pages[page_of(lead_id, count, key)].add(lead_id)
     return pages
+
+
+def _key(raw: object, account_id: str, model: str) -> bytes:
+    """The key that placed a model's pages, from its entry's hex text."""
+    if isinstance(raw, str) and len(raw) == 2 * KEY_BYTES:
+        try:
+            return bytes.fromhex(raw)
+        except ValueError:
+            pass
+    raise StateError(f"account {account_id!r} in model {model!r}: a key of pages that is not {2 * KEY_BYTES} hex digits")

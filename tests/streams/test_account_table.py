@@ -5,6 +5,10 @@ part (a worker killed between them) is rolled up again to the same account."""
 from __future__ import annotations
 
 import asyncio
+import itertools
+import zlib
+from functools import partial
+from random import Random
 from typing import Any
 
 import msgspec
@@ -12,7 +16,7 @@ import orjson
 from hypothesis import given, settings as hypothesis_settings, strategies as st
 
 from scoring import AccountState, Engine, MemberScore
-from streams.account_table import AccountTable, page_key, page_of
+from streams.account_table import KEY_BYTES, PAGE_MEMBERS, AccountTable, page_key, page_of
 from streams.partitioning import partition_for
 from streams.rollup import Rollup
 from streams.settings import Settings
@@ -27,8 +31,9 @@ CHANGELOG = "accounts-changelog"
 
 
 def stage_over(data: dict[bytes, bytes]) -> tuple[Rollup, Kept]:
-    """A roll-up stage over a copy of `data`, paging past 4 members, 2 a page."""
-    table = AccountTable(MemoryData(), CHANGELOG, 4, 100, split_members=4, page_members=2)
+    """A roll-up stage over a copy of `data`, paging past 4 members, 2 a page, under keys drawn
+    from a seed (so hypothesis sees the same records at every run of an example)."""
+    table = AccountTable(MemoryData(), CHANGELOG, 4, 100, split_members=4, page_members=2, draw_key=partial(Random(0).randbytes, KEY_BYTES))
     table.table.data.update(data)
     outbox = Kept()
     return Rollup(ENGINE, SETTINGS, table, outbox), outbox
@@ -57,6 +62,30 @@ def model_entry(value: bytes) -> Any:
     return orjson.loads(unframe(value)["b2b"])
 
 
+def secret(data: dict[bytes, bytes]) -> bytes:
+    """The key that placed the b2b model's pages of the account in `data`."""
+    return bytes.fromhex(model_entry(data[b"acme"])[6])
+
+
+def page_holding(data: dict[bytes, bytes], lead_id: str, count: int = 4) -> bytes:
+    """The key of the page of the account in `data` that holds this member."""
+    key = secret(data)
+    return page_key("acme", "b2b", count, page_of(lead_id, count, key), key)
+
+
+def written_by_crc32(members: dict[str, Any], count: int, writes: int | None) -> dict[bytes, bytes]:
+    """An account of these members as written before pages were keyed: placed by crc32, under
+    `<count>.<n>`; `writes` None: also before the count of writes was kept (pages of the object
+    layout)."""
+    pages: list[dict[str, Any]] = [{} for _ in range(count)]
+    for lead_id, member in members.items():
+        pages[zlib.crc32(lead_id.encode()) % count][lead_id] = member
+    data = {b"acme\xffb2b\xff%d.%d" % (count, n): orjson.dumps(page if writes is None else [writes, page, {}])
+            for n, page in enumerate(pages)}
+    data[b"acme"] = frame({"b2b": orjson.dumps([1, count, "unaware", 0, {}] + ([] if writes is None else [writes]))})
+    return data
+
+
 def read_back(data: dict[bytes, bytes]) -> AccountState:
     """The account as a worker that recovered `data` reads it."""
     return stage_over(data)[0].store.stored("acme")["b2b"]
@@ -75,12 +104,13 @@ def test_an_account_is_written_whole_until_it_passes_the_split_then_in_pages_of_
     outbox.sent.clear()
     roll(stage, [update(n, 30, n) for n in range(3, 8)])  # 8 members: 4 pages of 2 on average
     written = [key for key, _ in changelog(outbox)]
-    assert written == [page_key("acme", "b2b", 4, n) for n in range(4)] + [b"acme"]  # pages before the value naming them
+    key = secret(stage.store.table.data)
+    assert written == [page_key("acme", "b2b", 4, n, key) for n in range(4)] + [b"acme"]  # pages before the value naming them
     assert model_entry(stage.store.table.data[b"acme"])[1] == 4
 
     outbox.sent.clear()
     roll(stage, [update(5, 70, 100)])
-    page = page_key("acme", "b2b", 4, page_of("L5", 4))
+    page = page_holding(stage.store.table.data, "L5")
     assert [key for key, _ in changelog(outbox)] == [page, b"acme"]  # the page first, with what L5 was before
     writes, members, before = orjson.loads(stage.store.table.data[page])
     assert (writes, members["L5"], before) == (2, [70, T0 + 100], {"L5": [30, T0 + 5]})
@@ -90,38 +120,46 @@ def test_an_account_is_written_whole_until_it_passes_the_split_then_in_pages_of_
     outbox.sent.clear()
     roll(stage, [update(n, 10, 200 + n) for n in range(8, 17)])  # 17 members: more than 2 a page, 16 pages
     records = changelog(outbox)
+    new_key = secret(stage.store.table.data)
+    assert new_key != key  # drawn anew with the pages
     assert [key for key, _ in records] == (
-        [page_key("acme", "b2b", 16, n) for n in range(16)] + [b"acme"] + [page_key("acme", "b2b", 4, n) for n in range(4)])
+        [page_key("acme", "b2b", 16, n, new_key) for n in range(16)] + [b"acme"] + [page_key("acme", "b2b", 4, n, key) for n in range(4)])
     assert [value for _, value in records[-4:]] == [None] * 4  # the old set deleted last
-    assert not any(key.startswith(b"acme\xffb2b\xff4.") for key in stage.store.table.data)
+    assert not any(key.startswith(b"acme\xffb2b\xff4/") for key in stage.store.table.data)
     state = read_back(stage.store.table.data)
     assert len(state.members) == 17 and same(state, stage.store.states("acme")["b2b"])
     assert len(stage.store) == 1  # pages are not accounts
 
 
-def test_a_missing_or_foreign_page_makes_the_account_unreadable_with_the_page_named() -> None:
+def test_a_missing_or_foreign_page_or_a_bad_key_makes_the_account_unreadable_with_the_page_named() -> None:
     stage, _ = stage_over({})
     roll(stage, [update(n, 30, n) for n in range(8)])
     data = dict(stage.store.table.data)
-    missing = {key: value for key, value in data.items() if key != page_key("acme", "b2b", 4, 2)}
+    missing = {key: value for key, value in data.items() if key != page_key("acme", "b2b", 4, 2, secret(data))}
     fresh, outbox = stage_over(missing)
     roll(fresh, [update(9, 50, 50)])
     [letter] = [orjson.loads(v) for topic, _, v in outbox.sent if topic == SETTINGS.topic_deadletter and v]
     assert letter["reason"] == "unreadable_state"
     assert "account 'acme' in model 'b2b': page 2 of 4 is missing from the table" in letter["detail"]
     # A member filed under a page it does not belong in (written by something else).
-    other = page_of("L0", 4) ^ 1
-    moved = {**data, page_key("acme", "b2b", 4, other): orjson.dumps({"L0": [30, T0]})}
+    other = page_of("L0", 4, secret(data)) ^ 1
+    moved = {**data, page_key("acme", "b2b", 4, other, secret(data)): orjson.dumps({"L0": [30, T0]})}
     fresh, outbox = stage_over(moved)
     roll(fresh, [update(9, 50, 50)])
     [letter] = [orjson.loads(v) for topic, _, v in outbox.sent if topic == SETTINGS.topic_deadletter and v]
     assert f"page {other} of 4 is not an object of the members that belong in it" in letter["detail"]
+    # An entry whose key of pages is not one.
+    unkeyed = {**data, b"acme": frame({"b2b": orjson.dumps([*model_entry(data[b"acme"])[:6], "not hex"])})}
+    fresh, outbox = stage_over(unkeyed)
+    roll(fresh, [update(9, 50, 50)])
+    [letter] = [orjson.loads(v) for topic, _, v in outbox.sent if topic == SETTINGS.topic_deadletter and v]
+    assert "account 'acme' in model 'b2b': a key of pages that is not 32 hex digits" in letter["detail"]
 
 
 def test_an_account_with_a_member_that_is_not_a_score_and_a_time_is_unreadable_inline_or_in_a_page() -> None:
     stage, _ = stage_over({})
     roll(stage, [update(n, 30, n) for n in range(8)])
-    page = page_key("acme", "b2b", 4, page_of("L0", 4))
+    page = page_holding(stage.store.table.data, "L0")
     foreign_page = {**stage.store.table.data, page: orjson.dumps([1, {"L0": "thirty"}, {}])}
     foreign_inline = {b"acme": frame({"b2b": b'[1,{"L0":[1e300,5]},"unaware",0]'})}  # beyond any lead's points
     for data in (foreign_page, foreign_inline):
@@ -139,13 +177,14 @@ def test_pages_written_ahead_of_their_account_are_read_as_before_their_batch_and
     ahead = {**before_batch, **{key: value for key, value in stage.store.table.data.items() if key != b"acme"}}
     assert read_back(ahead).members == read_back(before_batch).members  # the batch's pages, without its value
     assert read_back(stage.store.table.data).members == {**{f"L{n}": [30, T0 + n] for n in range(2, 8)}, "L0": [90, T0 + 20]}
-    # Pages of the object layout, and an entry without its count of writes, as written before.
-    entry = model_entry(before_batch[b"acme"])
-    old = {key: orjson.dumps(orjson.loads(value)[1]) for key, value in before_batch.items() if key != b"acme"}
-    old[b"acme"] = frame({"b2b": orjson.dumps(entry[:5])})
-    assert read_back(old).members == read_back(before_batch).members
-    for wrong, says in ((b'[1,{}]', "is not [writes, members, members before]"), (b'[1,{"L9":[1,1]},{}]', "not an object of the members")):
-        broken, outbox = stage_over({**before_batch, page_key("acme", "b2b", 4, page_of("L1", 4)): wrong})
+    # Pages placed by crc32, of the object layout (an entry without its count of writes) or not.
+    members = read_back(before_batch).members
+    assert all(read_back(written_by_crc32(members, 4, writes)).members == members for writes in (None, 1))
+    page = page_holding(before_batch, "L1")
+    stranger = next(lead_id for lead_id in map("L{}".format, itertools.count(9)) if page_holding(before_batch, lead_id) != page)
+    for wrong, says in ((b'[1,{}]', "is not [writes, members, members before]"),
+                        (b'[1,{"%b":[1,1]},{}]' % stranger.encode(), "not an object of the members")):
+        broken, outbox = stage_over({**before_batch, page: wrong})
         roll(broken, [update(9, 50, 50)])
         [letter] = [orjson.loads(v) for topic, _, v in outbox.sent if topic == SETTINGS.topic_deadletter and v]
         assert letter["reason"] == "unreadable_state" and says in letter["detail"]
@@ -160,6 +199,55 @@ def test_an_account_written_before_pages_existed_is_read_as_it_was() -> None:
     assert [key for key, _ in changelog(outbox)][-1] == b"acme"
     state = read_back(stage.store.table.data)
     assert state.members == {**members, "L0": [25, T0 + 10]} and (state.level, state.crossings) == ("engaged", 1)
+
+
+def test_an_account_paged_by_crc32_is_paged_anew_under_a_key_by_its_next_batch_and_a_batch_cut_anywhere_rolls_up_alike() -> None:
+    members = {f"L{n}": [30, T0 + n] for n in range(8)}
+    data = written_by_crc32(members, 4, 3)
+    updates = [update(0, 90, 20), update(8, 40, 21)]
+    stage, outbox = stage_over(data)
+    roll(stage, updates)
+    records = changelog(outbox)
+    key, count = secret(stage.store.table.data), model_entry(stage.store.table.data[b"acme"])[1]
+    assert [name for name, _ in records] == (
+        [page_key("acme", "b2b", count, n, key) for n in range(count)] + [b"acme"] + [b"acme\xffb2b\xff4.%d" % n for n in range(4)])
+    assert [value for _, value in records[-4:]] == [None] * 4  # the crc32 set deleted last
+    expected = stage.store.states("acme")["b2b"]
+    assert read_back(stage.store.table.data).members == {**members, "L0": [90, T0 + 20], "L8": [40, T0 + 21]}
+    for cut in range(len(records) + 1):
+        again, _ = stage_over(written(data, records[:cut]))
+        roll(again, updates)
+        assert same(read_back(again.store.table.data), expected)
+
+
+def crc32_colliding_ids(count: int, modulo: int) -> list[str]:
+    """`count` lead ids of 256 characters, mostly emoji (4 bytes each in UTF-8), whose crc32 is
+    0 modulo `modulo` (a power of two, at most 4,096): what anyone who chooses lead ids makes by
+    trying suffixes of two characters."""
+    suffixes = [(a + b).encode() for a, b in itertools.product(map(chr, range(0x21, 0x7F)), repeat=2)]  # 8,836
+    ids = []
+    for n in range(count):
+        prefix = f"{n:05d}" + "\U0001F600" * 249
+        crc = zlib.crc32(prefix.encode())
+        suffix = next(suffix for suffix in suffixes if zlib.crc32(suffix, crc) % modulo == 0)
+        ids.append(prefix + suffix.decode())
+    return ids
+
+
+def test_members_whose_ids_collide_under_crc32_spread_over_the_pages_so_no_record_nears_the_changelog_limit() -> None:
+    """6,000 members of ids of 1 KB whose crc32 is 0 modulo 256 (page 0 of any count up to 256)
+    made one page of 6.2 MB, and 12.3 MB once a batch updated them all (its `before`), which grows
+    past the changelog's 16 MB with a few thousand more: the worker stopped at every restart."""
+    ids = crc32_colliding_ids(6000, 256)
+    table = AccountTable(MemoryData(), CHANGELOG, 4, 100)  # paged as the worker pages
+    outbox = Kept()
+    stage = Rollup(ENGINE, SETTINGS, table, outbox)
+    for score in (30, 40):  # all join, then all are updated
+        roll(stage, [MemberScore("b2b", "acme", lead_id, score, T0 + score) for lead_id in ids])
+    assert len(table.stored("acme")["b2b"].members) == 6000
+    pages = [value for key, value in changelog(outbox) if b"\xff" in key and value]
+    assert max(len(orjson.loads(value)[1]) for value in pages) <= 2 * 2 * PAGE_MEMBERS
+    assert max(len(value) for _, value in changelog(outbox) if value) < 2_000_000
 
 
 Batches = list[list[tuple[int, int, bool, bool]]]  # (lead, score, leaves, at a later time) per update, batches in order

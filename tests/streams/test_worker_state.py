@@ -18,6 +18,7 @@ from streams.processes import WorkerProcess, free_port
 from streams.send import open_producer, produce
 from streams.settings import Settings
 from tests.infra import leadstream, read_to_end, read_topic, wait_for, write_jsonl
+from tests.streams.test_account_table import crc32_colliding_ids
 
 MINUTE_MS = 60_000
 DAY_MS = 86_400_000
@@ -289,6 +290,39 @@ def test_an_account_of_thousands_of_members_is_kept_in_pages_and_recovered_from_
     assert summaries[-1]["score"] == expected and summaries[-1]["members"] == 2_600
     status, body = second.get("/accounts/bigco/")
     assert status == 200 and orjson.loads(body)["models"]["b2b"]["members"] == 2_600
+
+
+def test_an_account_whose_members_ids_collide_under_crc32_is_written_and_recovered(
+    isolated: Settings, worker: Callable[..., WorkerProcess]
+) -> None:
+    """17,000 members with lead ids of 1 KB picked so that their crc32 is 0 modulo 256: pages
+    placed by crc32 put them all in one, whose record went past the changelog's 16 MB, and the
+    worker stopped at every restart (MessageSizeTooLargeError)."""
+    now = int(time.time() * 1000) - 60 * MINUTE_MS
+    ids = crc32_colliding_ids(17_001, 256)
+
+    def visit(n: int) -> dict:
+        return {"event_id": f"e{n}", "lead_id": ids[n], "type": "page_view", "product": "b2b", "time": now + n,
+                "account_id": "megacorp", "properties": {"url": "https://acme.io/pricing", "time_on_page_s": 20}}
+
+    def members(proc: WorkerProcess) -> int:
+        status, body = proc.get("/accounts/megacorp/")
+        assert status == 200, status
+        return orjson.loads(body)["models"]["b2b"]["members"]
+
+    send(isolated, [visit(n) for n in range(17_000)])
+    first = worker()
+    try:
+        wait_caught_up(isolated)  # offsets are committed once the account's records are written
+    except TimeoutError:
+        raise AssertionError(f"the account's records were not written:\n{first.tail()}") from None
+    assert members(first) == 17_000
+    first.stop()
+    # A worker that recovers the account from its pages takes one member more.
+    send(isolated, [visit(17_000)])
+    second = worker(replace(isolated, worker_port=free_port()))
+    wait_caught_up(isolated)
+    assert members(second) == 17_001
 
 
 def test_a_lead_whose_owner_was_killed_is_a_503_to_retry_until_its_partition_has_moved(
