@@ -33,14 +33,17 @@ def pack_by_partition(events: Iterable[tuple[str, bytes]], partitions: int, max_
 
 
 def pack_keyed(events: Iterable[tuple[str, bytes]], partitions: int, max_events: int,
-               max_bytes: int = MAX_MESSAGE_BYTES) -> Iterator[tuple[int, str | None, bytes]]:
+               max_bytes: int = MAX_MESSAGE_BYTES, *, per_lead: bool = False) -> Iterator[tuple[int, str | None, bytes]]:
     """(partition, key, message) as `pack_by_partition` packs them, each keyed by its lead when
     it holds one lead's events (a single event is keyed by its lead, as any producer keys it),
-    by none when it holds several leads' (the collector keys its messages so too)."""
-    by_partition: dict[int, list[tuple[str, bytes]]] = defaultdict(list)
+    by none when it holds several leads' (the collector keys its messages so too). `per_lead`:
+    every envelope holds one lead's events, so every message has a key, as a compacted topic
+    (the profiles topic) requires."""
+    groups: dict[object, list[tuple[str, bytes]]] = defaultdict(list)
     for lead, event in events:
-        by_partition[partition_for(lead, partitions)].append((lead, event))
-    for partition, pairs in by_partition.items():
+        groups[lead if per_lead else partition_for(lead, partitions)].append((lead, event))
+    for pairs in groups.values():
+        partition = partition_for(pairs[0][0], partitions)
         for chunk in _chunked(pairs, max_events, max_bytes):
             first = chunk[0][0]
             key = first if all(lead == first for lead, _ in chunk) else None

@@ -57,10 +57,12 @@ class _Refused:
         self.first = self.first or cause
 
 
-def produce(producer: Any, topic: str, events: Iterable[tuple[str, bytes]], events_per_message: int) -> tuple[int, int]:
-    """Send (lead id, event bytes) pairs, keyed by lead or packed per partition; (events,
-    messages) sent. ServiceError, once the others are written, when Kafka refused any message:
-    the producer's `flush` returns whether or not its messages were written."""
+def produce(producer: Any, topic: str, events: Iterable[tuple[str, bytes]], events_per_message: int,
+            *, compacted: bool = False) -> tuple[int, int]:
+    """Send (lead id, event bytes) pairs, keyed by lead or packed per partition (per lead to a
+    `compacted` topic, which refuses a message without a key); (events, messages) sent.
+    ServiceError, once the others are written, when Kafka refused any message: the producer's
+    `flush` returns whether or not its messages were written."""
     from kafka.errors import KafkaError
 
     if events_per_message < 1:
@@ -84,7 +86,7 @@ def produce(producer: Any, topic: str, events: Iterable[tuple[str, bytes]], even
         sent_messages = sent_events
     else:
         pairs = list(events)  # packed per partition, so all of them are read first anyway
-        for partition, key, message in pack_keyed(pairs, partitions, events_per_message):
+        for partition, key, message in pack_keyed(pairs, partitions, events_per_message, per_lead=compacted):
             send(key=None if key is None else key.encode(), value=message, partition=partition)
             sent_messages += 1
         sent_events = len(pairs)
@@ -92,10 +94,16 @@ def produce(producer: Any, topic: str, events: Iterable[tuple[str, bytes]], even
     if refused.first is not None:
         raise ServiceError(
             f"Kafka refused {refused.count} of the {sent_messages} messages sent to {topic} (the others were written), "
-            f"the first with {_cause(refused.first)}: a message larger than the topic's max.message.bytes (1 MB by default) is "
-            "refused; send fewer events per message (--events-per-message), or raise the topic's limit"
+            f"the first with {_cause(refused.first)}{_remedy(refused.first)}"
         )
     return sent_events, sent_messages
+
+
+def _remedy(exc: Exception) -> str:
+    if "TooLarge" not in exc.__class__.__name__:
+        return ""
+    return (": a message larger than the topic's max.message.bytes (1 MB by default) is refused; send fewer events "
+            "per message (--events-per-message), or raise the topic's limit")
 
 
 def _cause(exc: Exception) -> str:
@@ -116,7 +124,8 @@ def send_file(path: Path, settings: Settings, topic: str | None = None, events_p
     producer = open_producer(settings)
     try:
         with stream:
-            sent_events, sent_messages = produce(producer, topic, read_events(stream, bad), events_per_message)
+            sent_events, sent_messages = produce(producer, topic, read_events(stream, bad), events_per_message,
+                                                 compacted=topic == settings.topic_profiles)
     finally:
         producer.close()
         for line in bad:  # also when Kafka refused messages

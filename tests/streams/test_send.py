@@ -86,3 +86,17 @@ def test_packed_messages_of_one_lead_are_keyed_by_it_as_the_collectors_are(isola
     keyed = sorted((key or b"", [e["event_id"] for e in (value if isinstance(value, list) else [value])])
                    for key, value in read_to_end(isolated, isolated.topic_events))
     assert keyed == [(b"", ["e0", "e1"]), (b"lead-7", ["e2", "e3"]), (b"u-42", ["e4"])]
+
+
+def test_packed_messages_to_the_compacted_profiles_topic_each_hold_one_lead(isolated: Settings, tmp_path: Path) -> None:
+    """A compacted topic refuses a message without a key: `send --topic <profiles>
+    --events-per-message 5` packed two leads of one partition into one envelope without a key,
+    which Kafka refused (InvalidRecordError), and the error blamed the message's size."""
+    lines = [{"event_id": f"p{n}", "lead_id": lead, "type": "identify", "time": 1_767_225_600_000, "traits": {"n": n}}
+             for n, lead in enumerate(["lead-42", "lead-99", "lead-42"])]
+    path = write_jsonl(tmp_path / "profiles.jsonl", lines)
+    done = leadstream(isolated, "send", str(path), "--topic", isolated.topic_profiles, "--events-per-message", "5")
+    assert "sent 3 events in 2 messages" in done.stdout
+    keyed = sorted((key, [e["event_id"] for e in (value if isinstance(value, list) else [value])])
+                   for key, value in read_to_end(isolated, isolated.topic_profiles))
+    assert keyed == [(b"lead-42", ["p0", "p2"]), (b"lead-99", ["p1"])]
