@@ -43,6 +43,14 @@ value naming it is written, and then it is complete. (Written the other way roun
 already at the batch's level over pages still before it made the updates taken again cross
 back and forth, with new crossing ids.) Pages of the object layout, `{lead id: member}`, are
 read as written before `writes` was kept.
+
+Stale pages. A batch cut short can leave pages that no value names, read by no one: an old set
+not all deleted, or a new set whose value was not written, when the batch's messages rolled up
+again page otherwise (read anew, in other batches). Kept, they stayed in the changelog and in
+every worker's memory for good. An account read from the table (after a recovery, or once it
+is no longer live) looks for them, by the first and last page of each count of each naming
+(a few dozen look-ups, no pass over the table), and its next batch deletes them after its value
+(and the old set): a cut anywhere in them leaves the rest to be found and deleted again.
 """
 
 from __future__ import annotations
@@ -69,25 +77,30 @@ PAGE_MEMBERS = 256
 PAGED_LENGTHS = (7, 6, *LAYOUT_LENGTHS)
 #: Bytes of a key that places members in pages: as BLAKE2b recommends, at least its output's 8.
 KEY_BYTES = 16
+#: The largest count of pages looked for among an account's stale sets (2^24 pages of 256
+#: members: more than any account holds).
+MOST_PAGES = 1 << 24
 
 
 class PagedAccount(AccountState):
     """An account state whose members the table keeps in pages: `pages[n]` holds the ids of
     the members in page n (those whose `page_of` is n under `key`; None: pages placed by crc32,
-    as written before pages were keyed), `writes` counts the batches that wrote it, and
+    as written before pages were keyed), `writes` counts the batches that wrote it,
     `updated` maps each member whose updates it took since it was last encoded to what it was
     before them (None: not a member), so a batch rewrites only their pages, without a pass over
-    all the members."""
+    all the members, and `stale` holds the keys of pages of the model its entry does not name,
+    found when it was read from the table, for its next batch to delete."""
 
-    __slots__ = ("pages", "writes", "key", "updated")
+    __slots__ = ("pages", "writes", "key", "updated", "stale")
 
     def __init__(self, members: dict[str, list[float]], level: str, crossings: int, gone: dict[str, Any],
-                 pages: list[set[str]], writes: int, key: bytes | None) -> None:
+                 pages: list[set[str]], writes: int, key: bytes | None, stale: list[bytes] | None = None) -> None:
         super().__init__(members, level, crossings, gone)
         self.pages = pages
         self.writes = writes
         self.key = key
         self.updated: dict[str, list[float] | None] = {}
+        self.stale = [] if stale is None else stale
 
     def update(self, member: MemberScore) -> bool:
         if member.lead_id not in self.updated:
@@ -139,9 +152,11 @@ class AccountTable(LiveTable[AccountState]):
             writes = rest.pop() if len(rest) == 4 else 0  # written before `writes` was kept: none
             if writes.__class__ is not int:
                 raise StateError(f"account {key!r} in model {model!r}: a count of writes that is not an integer")
-            members, pages = self._read_pages(key, model, members, writes, secret)
+            count = members
+            members, pages = self._read_pages(key, model, count, writes, secret)
             state = AccountState.checked(members, *rest)
-            states[model] = PagedAccount(state.members, state.level, state.crossings, state.gone, pages, writes, secret)
+            states[model] = PagedAccount(state.members, state.level, state.crossings, state.gone, pages, writes, secret,
+                                         self._stale_pages(key, model, count, secret))
         return states
 
     def state_keys(self) -> Iterator[bytes]:
@@ -166,6 +181,7 @@ class AccountTable(LiveTable[AccountState]):
                 kept[model], entries[model] = state, state.to_bytes()
                 continue
             count = len(state.pages) if isinstance(state, PagedAccount) else 0
+            stale = state.stale if isinstance(state, PagedAccount) else []
             writes = (state.writes if isinstance(state, PagedAccount) else 0) + 1
             key = state.key if isinstance(state, PagedAccount) else None
             if key is None or len(state.members) > 2 * self.page_members * count:  # pages (keyed, if placed by crc32), more pages
@@ -187,7 +203,11 @@ class AccountTable(LiveTable[AccountState]):
                     else:
                         paged.pages[page].discard(lead_id)
                 paged.updated.clear()
+                paged.stale = []
                 pages_first += self._pages(account_id, partition, model, paged, dict(sorted(before.items())))
+            if stale:  # after the old set: pages no value names are never read, so deleted in any cut alike
+                named = page_key(account_id, model, len(paged.pages), 0, key)[:-1]  # "<count>/": the set the value names
+                deleted += [(self.changelog, raw_key, None, partition) for raw_key in stale if not raw_key.startswith(named)]
             kept[model], entries[model] = paged, encode_values((len(paged.pages), paged.level, paged.crossings, paged.gone, paged.writes,
                                                                 key.hex()))
         value: Record = (self.changelog, account_id.encode(), frame(entries), partition)
@@ -234,6 +254,28 @@ class AccountTable(LiveTable[AccountState]):
             members.update(part)
             pages.append(set(part))
         return members, pages
+
+    def _stale_pages(self, account_id: str, model: str, count: int, key: bytes | None) -> list[bytes]:
+        """The keys of the model's pages in the table that its entry (`count` pages placed under
+        `key`) does not name, in the order to delete them: sets a batch cut short left (the old
+        set of a doubling or of pages placed by crc32, not yet all deleted; a new set whose value
+        was not written, when the batch rolled up again paged otherwise). Any page of such a set
+        comes with its first or its last: a new set is written from its first page on, an old
+        one deleted from its first on, a set with its last page deleted from its first on and
+        any other from its last, so a set is found by those two at each count."""
+        stale: list[bytes] = []
+        size = 2
+        while size <= MOST_PAGES:
+            for placed in (b"", None):  # keyed, `<size>/<n>` under any key, or by crc32, `<size>.<n>`
+                if size == count and (placed is None) == (key is None):
+                    continue  # the set the entry names
+                last = page_key(account_id, model, size, size - 1, placed)
+                if last in self.recovered or page_key(account_id, model, size, 0, placed) in self.recovered:
+                    found = [name for name in (page_key(account_id, model, size, page, placed) for page in range(size))
+                             if name in self.recovered]
+                    stale += found if last in self.recovered else found[::-1]
+            size *= 2
+        return stale
 
     def _count(self, members: int) -> int:
         """Pages that hold `page_members` of `members` on average: a power of two, at least 2."""

@@ -95,6 +95,16 @@ def same(state: AccountState, expected: AccountState) -> bool:
     return (state.members, state.level, state.crossings) == (expected.members, expected.level, expected.crossings)
 
 
+def unnamed_pages(data: dict[bytes, bytes]) -> list[bytes]:
+    """The keys of pages in `data` that the account's value does not name: never read again."""
+    entry = model_entry(data[b"acme"]) if b"acme" in data else None
+    named: set[bytes] = set()
+    if entry is not None and entry[1].__class__ is int:
+        key = bytes.fromhex(entry[6])
+        named = {page_key("acme", "b2b", entry[1], n, key) for n in range(entry[1])}
+    return [raw_key for raw_key in data if b"\xff" in raw_key and raw_key not in named]
+
+
 def test_an_account_is_written_whole_until_it_passes_the_split_then_in_pages_of_the_members_a_batch_updated() -> None:
     stage, outbox = stage_over({})
     roll(stage, [update(n, 30, n) for n in range(3)])
@@ -262,9 +272,11 @@ def test_the_table_reads_back_the_roll_up_and_a_batch_cut_anywhere_is_rolled_up_
     batches: Batches, data: st.DataObject
 ) -> None:
     """Updates of one time come in runs (a late event's, a decay step's): each lead's revision
-    orders them, as the scorer numbers them."""
-    stage, outbox = stage_over({})
-    reference: AccountState | None = None
+    orders them, as the scorer numbers them. The account is new, or paged by crc32 (so that its
+    first batch pages it anew and deletes the old pages)."""
+    start = data.draw(st.sampled_from([{}, written_by_crc32({f"L{n}": [30, T0 + n] for n in range(8)}, 4, 3)]), label="start")
+    stage, outbox = stage_over(start)
+    reference: AccountState | None = read_back(start) if start else None
     at = 0
     revisions: dict[int, int] = {}
     for number, batch in enumerate(batches):
@@ -288,4 +300,41 @@ def test_the_table_reads_back_the_roll_up_and_a_batch_cut_anywhere_is_rolled_up_
         again, again_outbox = stage_over(partial)
         roll(again, updates, number)
         assert same(read_back(again.store.table.data), reference)
+        assert not unnamed_pages(again.store.table.data) and not unnamed_pages(stage.store.table.data)  # none left behind
         assert set(crossing_ids(again_outbox)) <= ids  # a crossing again is the same crossing: no new one
+
+
+def test_pages_a_batch_cut_short_left_are_deleted_by_the_next_batch_that_writes_the_account_even_if_cut_in_turn() -> None:
+    """A worker stopped after a batch wrote the account's value but before it deleted the old
+    pages (pages doubled, or placed by crc32 paged anew) left them in the changelog and in
+    memory for good: nothing named them, and the batch rolled up again did not delete them. So
+    did one stopped before the value naming a new set, when the batch rolled up again (its
+    messages read anew, in other batches) paged otherwise."""
+    stage, _ = stage_over({})
+    roll(stage, [update(n, 30, n) for n in range(8)])
+    paged = dict(stage.store.table.data)
+    crc32 = written_by_crc32({f"L{n}": [30, T0 + n] for n in range(8)}, 4, 3)
+    doubling = [update(n, 10, 200 + n) for n in range(8, 17)]  # 17 members: 16 pages
+
+    def records_of(data: dict[bytes, bytes], updates: list[MemberScore]) -> list[tuple[bytes, bytes | None]]:
+        stage, outbox = stage_over(data)
+        roll(stage, updates)
+        return changelog(outbox)
+
+    left: list[tuple[dict[bytes, bytes], list[MemberScore]]] = []  # what a cut batch left, the batch rolled up next
+    for data in (crc32, paged):
+        records = records_of(data, doubling)
+        assert [value for _, value in records[17:]] == [None] * 4  # the 4 old pages, after the 16 new ones and the value
+        left += [(written(data, records[:cut]), doubling) for cut in range(17, 21)]  # the value written, not all of them deleted
+    left += [(written(paged, records[:cut]), doubling[:2]) for cut in range(1, 16)]  # 10 members: the 4 pages still
+    assert all(unnamed_pages(data) for data, _ in left)
+    last = update(0, 50, 300)
+    for data, updates in left:
+        expected = {**{f"L{n}": [30, T0 + n] for n in range(8)}, **{u.lead_id: [u.score, u.time_ms] for u in [*updates, last]}}
+        again = records_of(data, updates)
+        for cut in range(len(again) + 1):  # and the batch that deletes them stopped anywhere in turn
+            later, _ = stage_over(written(data, again[:cut]))
+            roll(later, updates)
+            roll(later, [last])
+            assert not unnamed_pages(later.store.table.data)
+            assert read_back(later.store.table.data).members == expected
