@@ -179,17 +179,23 @@ def test_a_visitor_browses_anonymously_then_identifies_and_every_call_reaches_ka
     assert len({e["event_id"] for e in [*events.values(), identify]}) == 4
 
 
+def scripted_visibility(browser: Browser, initial: str) -> str:
+    """Makes the pages' visibility a script's to set (headless Chromium has no background
+    tabs), `initial` at first; returns the script that sets it (`.format(state)`) and tells the page."""
+    browser.call("Page.enable")  # scripts for new documents run only with the Page domain on
+    browser.call("Page.addScriptToEvaluateOnNewDocument", source=(
+        f"window.__visibility = '{initial}';"
+        "Object.defineProperty(Document.prototype, 'visibilityState', {get() { return window.__visibility; }, configurable: true});"
+    ))
+    return "window.__visibility = '{}'; document.dispatchEvent(new Event('visibilitychange'))"
+
+
 def test_time_on_page_counts_only_while_the_page_is_visible(browser: Browser, site: str, collector: ThreadedCollector) -> None:
     """A page opened in a background tab: its hidden time was counted as reading, so a tab
     never looked at could earn a rule on time_on_page_s. The page's visibility is driven by a
     script run before the page's own (headless Chromium has no background tabs)."""
     settings = collector.settings
-    browser.call("Page.enable")  # scripts for new documents run only with the Page domain on
-    browser.call("Page.addScriptToEvaluateOnNewDocument", source=(
-        "window.__visibility = 'hidden';"
-        "Object.defineProperty(Document.prototype, 'visibilityState', {get() { return window.__visibility; }, configurable: true});"
-    ))
-    shown = "window.__visibility = '{}'; document.dispatchEvent(new Event('visibilitychange'))"
+    shown = scripted_visibility(browser, "hidden")
     browser.call("Page.navigate", url=f"{site}/pricing.html")
     browser.wait_for("window.leadstream && window.leadstream.version")
     time.sleep(1.0)  # in the background
@@ -244,12 +250,7 @@ def test_a_route_change_after_the_tab_was_hidden_has_the_route_left_as_referrer(
     document.referrer (here none: the home page was opened directly) as the next view's referrer
     instead of the route the visitor had been reading."""
     settings = collector.settings
-    browser.call("Page.enable")
-    browser.call("Page.addScriptToEvaluateOnNewDocument", source=(
-        "window.__visibility = 'visible';"
-        "Object.defineProperty(Document.prototype, 'visibilityState', {get() { return window.__visibility; }, configurable: true});"
-    ))
-    shown = "window.__visibility = '{}'; document.dispatchEvent(new Event('visibilitychange'))"
+    shown = scripted_visibility(browser, "visible")
     browser.call("Page.navigate", url=f"{site}/index.html")
     browser.wait_for("window.leadstream && window.leadstream.version")
     browser.evaluate(shown.format("hidden"))  # to another tab: the home page's view is sent
