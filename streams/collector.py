@@ -20,8 +20,9 @@ Contract:
   the body takes longer than LEADSTREAM_COLLECTOR_BODY_TIMEOUT_MS to arrive; a connection without
   a whole request's headers for LEADSTREAM_COLLECTOR_IDLE_TIMEOUT_MS is closed.
 - 503 with Retry-After when Kafka is unreachable, slow to acknowledge, or already holds
-  LEADSTREAM_COLLECTOR_MAX_IN_FLIGHT_BYTES unacknowledged: the collector never buffers without
-  bound, the client keeps the events and retries.
+  LEADSTREAM_COLLECTOR_MAX_IN_FLIGHT_BYTES unacknowledged, or when other bodies being parsed hold
+  LEADSTREAM_COLLECTOR_MAX_PARSING_BYTES longer than the request may wait: the collector never
+  buffers without bound, the client keeps the events and retries.
 
 Events are grouped by the partition of their lead and packed into envelopes (streams/envelope.py),
 because the worker pays per Kafka message, not per event (../shared/PERF.md).
@@ -57,6 +58,7 @@ from aiohttp.typedefs import Handler
 from scoring.events import MAX_ID_CHARS
 from streams import collector_metrics as metrics
 from streams import probes
+from streams.byte_budget import ByteBudget
 from streams.deadletter import DeadLetter
 from streams.envelope import pack
 from streams.errors import ConfigError, RequestRejected, ServiceError, Unavailable, port_taken
@@ -322,6 +324,8 @@ class Collector:
         self.writer = writer
         self.clock = clock
         self._body_timeout_s = settings.collector_body_timeout_ms / 1000
+        self._ack_timeout_s = settings.collector_ack_timeout_ms / 1000
+        self._parsing = ByteBudget(settings.collector_max_parsing_bytes)
         # murmur2 in Python costs ~4 us a key, and the same leads come back request after request.
         self._partition = lru_cache(maxsize=1 << 16)(partition_for)
         self._refused = 0
@@ -340,6 +344,25 @@ class Collector:
         """Take one request to /v1/CALL; RequestRejected or Unavailable when it cannot be taken whole."""
         source = self._source_from_header(request)
         raw = await self._read_body(request, BATCH_LIMIT_BYTES if call in BATCH_CALLS else CALL_LIMIT_BYTES)
+        # Parsed and mapped, a body takes up to ~70 times its bytes: concurrent huge batches would
+        # take the collector's memory past any container's limit.
+        try:
+            async with asyncio.timeout(self._ack_timeout_s):
+                held = await self._parsing.acquire(len(raw))
+        except TimeoutError:
+            raise Unavailable(
+                f"{self._parsing.held_bytes} bytes of other requests are being parsed and written, the most the "
+                "collector takes at once (LEADSTREAM_COLLECTOR_MAX_PARSING_BYTES), and no turn came within "
+                f"{self.settings.collector_ack_timeout_ms} ms (LEADSTREAM_COLLECTOR_ACK_TIMEOUT_MS)",
+                RETRY_AFTER_S,
+            ) from None
+        try:
+            return await self._take(request, call, source, raw)
+        finally:
+            self._parsing.release(held)
+
+    async def _take(self, request: web.Request, call: str, source: Source | None, raw: bytes) -> Outcome:
+        """The calls of a request's body, mapped and written."""
         body = _parse(raw)
         if source is None:
             source = self._source_from_key(request.query.get("writeKey", body.get("writeKey")))

@@ -51,7 +51,8 @@ class RequestRejected(LeadstreamError):
 
 
 class Unavailable(ServiceError):
-    """Kafka did not take the collector's events in time: the client should retry after `retry_after_s`."""
+    """Kafka did not take the collector's events in time, or the collector is at one of its bounds: the
+    client should retry after `retry_after_s`."""
 
     def __init__(self, message: str, retry_after_s: int) -> None:
         super().__init__(message)

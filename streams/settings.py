@@ -171,6 +171,13 @@ class Settings:
         "Bytes of events awaiting Kafka's ack beyond which the collector answers 503 instead of buffering (400 too_large to a request over it alone).",
         POSITIVE,
     )
+    collector_max_parsing_bytes: int = _setting(
+        "LEADSTREAM_COLLECTOR_MAX_PARSING_BYTES",
+        8 * 1024 * 1024,
+        "Bytes of request bodies the collector parses, maps and writes at once (a body takes up to ~70 times its size in "
+        "memory meanwhile); later requests wait their turn up to LEADSTREAM_COLLECTOR_ACK_TIMEOUT_MS, then get 503.",
+        POSITIVE,
+    )
     collector_body_timeout_ms: int = _setting(
         "LEADSTREAM_COLLECTOR_BODY_TIMEOUT_MS", 10000, "Longest a client may take to send a request body (then 408).",
         POSITIVE,

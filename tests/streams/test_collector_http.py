@@ -18,8 +18,9 @@ from typing import Any
 import orjson
 import pytest
 import requests
+from aiohttp.test_utils import TestClient, TestServer
 
-from streams.collector import BATCH_LIMIT_BYTES, CALL_LIMIT_BYTES, KafkaWriter, Outgoing
+from streams.collector import BATCH_LIMIT_BYTES, CALL_LIMIT_BYTES, Collector, KafkaWriter, Outgoing, create_app, load_sources
 from streams.errors import Unavailable
 from streams.partitioning import partition_for
 from streams.processes import CollectorProcess
@@ -636,3 +637,35 @@ def test_a_collector_killed_mid_request_lost_nothing_it_acknowledged(settings: S
     assert len(acknowledged) >= 500
     written = {e["event_id"] for e in all_events(read_messages(settings, settings.topic_events, events=len(acknowledged)))}
     assert set(acknowledged) <= written
+
+
+def test_a_request_waits_its_turn_behind_the_bodies_being_parsed_then_gets_503(settings: Settings) -> None:
+    """Bodies being parsed and written hold LEADSTREAM_COLLECTOR_MAX_PARSING_BYTES at most (concurrent
+    huge batches took gigabytes): a request beyond it waits for a turn, and is answered 503 with
+    Retry-After if none comes within LEADSTREAM_COLLECTOR_ACK_TIMEOUT_MS."""
+    bounded = settings.with_overrides(collector_max_parsing_bytes=1000, collector_ack_timeout_ms=1000)
+    auth = {"Authorization": "Basic " + base64.b64encode(f"{WRITE_KEY}:".encode()).decode()}
+
+    async def scenario() -> None:
+        writer = KafkaWriter(bounded)
+        await writer.connect()
+        collector = Collector(bounded, load_sources(bounded.collector_write_keys), writer)
+        try:
+            async with TestClient(TestServer(create_app(collector))) as client:
+                others = await collector._parsing.acquire(1000)  # other requests' bodies, being parsed
+                refused = await client.post("/v1/track", json=track("u-refused"), headers=auth)
+                assert (refused.status, (await refused.json())["code"]) == (503, "unavailable")
+                assert int(refused.headers["Retry-After"]) > 0
+                assert "LEADSTREAM_COLLECTOR_MAX_PARSING_BYTES" in (await refused.json())["message"]
+                assert collector._parsing.held_bytes == 1000  # the refused request holds nothing
+                waiting = asyncio.create_task(client.post("/v1/track", json=track("u-served"), headers=auth))
+                await asyncio.sleep(0.3)
+                assert not waiting.done()
+                collector._parsing.release(others)
+                assert (await waiting).status == 200
+                assert collector._parsing.held_bytes == 0
+        finally:
+            await writer.close()
+
+    asyncio.run(scenario())
+    assert [e["lead_id"] for e in all_events(read_messages(settings, settings.topic_events, events=1))] == ["u-served"]

@@ -76,6 +76,39 @@ def test_a_huge_batch_does_not_hold_up_other_requests(collector_process: Collect
     assert max(waits) < took_s / 4, f"a health check waited {max(waits):.2f} s of the batch's {took_s:.2f} s"
 
 
+def test_concurrent_huge_batches_take_the_memory_of_those_the_bound_lets_in(settings: Settings) -> None:
+    """A 4 MB batch of empty calls is ~1.4M dicts once parsed, ~300 MB of the collector's memory
+    with their refusals; since batches are mapped in slices, the event loop took ten such batches
+    side by side, ~2.8 GB. LEADSTREAM_COLLECTOR_MAX_PARSING_BYTES lets two in at once here; the
+    others wait their turn (and are answered, not refused with 503)."""
+    bound = 2 * BATCH_LIMIT_BYTES
+    process = CollectorProcess(settings.with_overrides(collector_ack_timeout_ms=60_000, collector_max_parsing_bytes=bound))
+    process.start(ready_timeout_s=30)
+    try:
+        body = orjson.dumps({"batch": [{}] * 1_390_000})
+        assert len(body) <= BATCH_LIMIT_BYTES
+        started_mb = process.peak_rss_mb()
+        assert _answers(settings.collector_port, body, 1) == [(400, "too_large")]
+        one_mb = process.peak_rss_mb() - started_mb
+        assert _answers(settings.collector_port, body, 10) == [(400, "too_large")] * 10
+        ten_mb = process.peak_rss_mb() - started_mb
+    finally:
+        process.stop()
+    # Measured: one batch 280 MB; ten at once 2,800 MB without the bound, 630 MB with it.
+    assert ten_mb < 3 * one_mb, f"ten batches at once took {ten_mb:.0f} MB, one alone {one_mb:.0f} MB"
+
+
+def _answers(port: int, body: bytes, count: int) -> list[tuple[int, str]]:
+    """The status and code of each of `count` batches posted at once."""
+    connections = [post(port, "/v1/batch", body) for _ in range(count)]
+    answers = []
+    for connection in connections:
+        response = connection.getresponse()
+        answers.append((response.status, orjson.loads(response.read()).get("code")))
+        connection.close()
+    return answers
+
+
 def test_a_client_that_stops_or_trickles_its_headers_is_disconnected(settings: Settings) -> None:
     """aiohttp has no timeout for a request's headers: a client that sent `POST /v1/track
     HTTP/1.1` and a header, then nothing (or a byte now and then), kept its connection for the
