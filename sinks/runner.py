@@ -37,6 +37,7 @@ from sinks.errors import PermanentError, RetryableError, StaleError, Stopping
 from sinks.ledger import Ledger, NoSteps, redis_client
 from streams import probes
 from streams.deadletter import DeadLetter
+from streams.errors import ServiceError
 from streams.kafka_clients import open_client
 from streams.settings import Settings
 from streams.topics import TopicSpec, ensure_topics
@@ -245,13 +246,13 @@ class SinkRunner(Generic[T]):
         group = group_id(self.settings, self.sink.name)
         while not self.stop.wait(interval_s):
             try:
-                probe = probe or LagProbe(self.settings.kafka_bootstrap)
+                probe = probe or LagProbe(self.settings)
                 for partition, lag in probe.lag(group, self.source_topic).items():
                     metrics.CONSUMER_LAG.labels(self.sink.name, str(partition)).set(lag)
                 # Dead letters a replay has not yet consumed.
                 metrics.DLQ_DEPTH.labels(self.sink.name).set(sum(probe.lag(group + "-replay", self.dlq_topic).values()))
                 self.ready()
-            except (KafkaError, OSError) as exc:
+            except (KafkaError, OSError, ServiceError) as exc:  # ServiceError: the broker did not answer in time
                 log.warning("sink %s: lag not measured: %r", self.sink.name, exc)
         if probe is not None:
             probe.close()

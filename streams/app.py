@@ -32,6 +32,7 @@ from scoring.errors import StateError
 from streams import batching, bulk_store, fetch_wait, lead_states, metrics, routing, seek_first
 from streams.account_table import AccountTable
 from streams.collection import BatchPause
+from streams.errors import ServiceError
 from streams.lag import LagProbe
 from streams.model_reload import ModelDirectory
 from streams.outbox import Outbox
@@ -172,12 +173,12 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
         metrics.READY.set(1 if _ready(app) else 0)
         try:
             if not lag_probe:
-                lag_probe.append(await asyncio.to_thread(LagProbe, settings.kafka_bootstrap))
+                lag_probe.append(await asyncio.to_thread(LagProbe, settings))
             for topic in (settings.topic_events, settings.topic_accounts):
                 lags = await asyncio.to_thread(lag_probe[0].lag, settings.app_id, topic)
                 for partition, lag in lags.items():
                     metrics.CONSUMER_LAG.labels(topic, str(partition)).set(lag)
-        except (KafkaError, OSError) as exc:
+        except (KafkaError, OSError, ServiceError) as exc:  # ServiceError: the broker did not answer in time
             # A metric must never take the worker down; the next round tries again.
             log.warning("consumer lag not measured: cause=%r", exc)
     within_s = settings.batch_within_ms / 1000

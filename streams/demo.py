@@ -112,7 +112,7 @@ def run_demo(settings: Settings) -> int:
         producer.close()
     print(f"sent {sent} sample events ({messages} Kafka messages) covering the last 30 days")
 
-    probe = LagProbe(settings.kafka_bootstrap)
+    probe = LagProbe(settings)
     try:
         wait_processed(probe, settings.app_id, [settings.topic_events, settings.topic_accounts], worker, settings)
         wait_processed(probe, group_id(settings, "redis"), [settings.topic_scores], sink, settings)

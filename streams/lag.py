@@ -10,13 +10,24 @@ import time
 
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
+from streams.kafka_clients import open_client
+from streams.settings import Settings
+
 
 class LagProbe:
-    """Blocking (kafka-python); call it from a thread in async code."""
+    """Blocking (kafka-python); call it from a thread in async code.
 
-    def __init__(self, bootstrap_servers: str) -> None:
-        self.admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="leadstream-lag")
-        self.offsets = KafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=None, client_id="leadstream-lag")
+    Opening it raises ServiceError when the broker does not answer within
+    LEADSTREAM_KAFKA_CONNECT_TIMEOUT_S; measuring raises kafka-python's KafkaError.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.admin = open_client(settings, KafkaAdminClient, client_id="leadstream-lag")
+        try:
+            self.offsets = open_client(settings, KafkaConsumer, group_id=None, client_id="leadstream-lag")
+        except BaseException:
+            self.admin.close()  # callers retry every few seconds: each failed attempt would leak a client
+            raise
 
     def lag(self, group_id: str, topic: str) -> dict[int, int]:
         partitions = self.offsets.partitions_for_topic(topic) or set()

@@ -22,6 +22,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from streams.errors import ServiceError
+from streams.kafka_clients import open_client
 from streams.processes import alive, status_all, stop_all, working_dir
 from streams.settings import KAFKA_VERSION, PROJECT_ROOT, Settings
 
@@ -323,8 +324,11 @@ class Kafka(Service):
         if not _port_in_use(self.endpoint):
             return False
         try:
-            admin = KafkaAdminClient(bootstrap_servers=str(self.endpoint), request_timeout_ms=3000, client_id="leadstream-services")
-        except (KafkaError, OSError, ValueError):
+            # Within LEADSTREAM_KAFKA_CONNECT_TIMEOUT_S: a port that accepts connections but does not
+            # answer (a hung broker, another program) held `status` and `up` for kafka-python's 30 s.
+            admin = open_client(self.settings.with_overrides(kafka_bootstrap=str(self.endpoint)), KafkaAdminClient,
+                                request_timeout_ms=3000, client_id="leadstream-services")
+        except (ServiceError, OSError, ValueError):
             return False
         try:
             return bool(admin.describe_cluster().get("brokers"))

@@ -117,7 +117,7 @@ def test_a_worker_that_stops_while_the_demo_waits_for_it_is_named_with_its_log(i
     producer.send(isolated.topic_events, key=b"ada", value=b"{}")
     producer.close()
     worker = background_names(isolated)[0]
-    probe = LagProbe(isolated.kafka_bootstrap)
+    probe = LagProbe(isolated)
     try:
         with pytest.raises(ServiceError) as stopped:
             wait_processed(probe, isolated.app_id, [isolated.topic_events], worker, isolated)

@@ -152,7 +152,7 @@ def run(settings: Settings, events: int, leads: int, seed: int, events_per_messa
     raw_passes = [asyncio.run(raw_ceiling(settings, events)) for _ in range(RAW_PASSES)]
     raw_events_per_s = statistics.median(raw_passes)
 
-    probe = LagProbe(settings.kafka_bootstrap)
+    probe = LagProbe(settings)
     # Several workers share the partitions as a deployment would run them: each its own
     # process, web port and data directory, one consumer group.
     fleet = [

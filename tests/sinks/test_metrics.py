@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+import socket
 import threading
 import time
 import urllib.error
 import urllib.request
 from typing import Any
 
+import pytest
 from redis import RedisError
 
 from sinks.runner import SinkRunner
@@ -89,3 +92,30 @@ def test_a_stalled_redis_makes_the_connector_not_ready_and_its_ledger_fail_withi
 
     assert len(answers) == 2, f"still waiting for Redis: {answers}"
     assert answers[0] is False and isinstance(answers[1], RedisError)
+
+
+def test_the_lag_watch_names_an_unreachable_broker_within_the_connect_timeout_and_keeps_trying(
+    sink_settings: Settings, webhook: WebhookReceiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Its clients waited kafka-python's 30 s for the broker's first answer, whatever
+    # LEADSTREAM_KAFKA_CONNECT_TIMEOUT_S said, and the warning did not say where Kafka was looked for.
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        bootstrap = f"127.0.0.1:{closed.getsockname()[1]}"
+    settings = sink_settings.with_overrides(kafka_bootstrap=bootstrap, kafka_connect_timeout_s=1, webhook_url=webhook.url)
+    runner = SinkRunner(WebhookSink(settings), settings)
+    watching = threading.Thread(target=runner.watch, kwargs={"interval_s": 0.1}, daemon=True)
+    caplog.set_level(logging.WARNING, logger="leadstream.sinks")
+    watching.start()
+    unreachable = f"cannot reach Kafka at {bootstrap} within 1 s (LEADSTREAM_KAFKA_CONNECT_TIMEOUT_S)"
+
+    def warned_twice() -> bool:
+        return sum(unreachable in r.getMessage() for r in caplog.records if "lag not measured" in r.getMessage()) >= 2
+
+    try:
+        wait_for(warned_twice, timeout_s=8, what="two warnings naming the unreachable broker")
+        assert watching.is_alive()  # it keeps trying
+    finally:
+        runner.stop.set()
+        watching.join(timeout=5)
+    assert not watching.is_alive()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -167,3 +168,15 @@ def test_cluster_ids_never_start_with_a_dash_which_the_storage_tool_reads_as_an_
     ids = [services.new_cluster_id() for _ in range(2000)]  # about 31 would start with '-'
     assert not [cluster_id for cluster_id in ids if cluster_id.startswith("-")]
     assert all(len(cluster_id) == 22 for cluster_id in ids)
+
+
+def test_a_broker_port_that_does_not_answer_is_found_out_within_the_connect_timeout(tmp_path: Path) -> None:
+    """`services status` and `up`'s readiness wait asked a port that accepts connections but does
+    not answer (a hung broker, another program) for kafka-python's 30 s; now the connect timeout."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # connections are accepted by the kernel, never answered
+        settings = own_services(tmp_path, silent.getsockname()[1], free_port()).with_overrides(kafka_connect_timeout_s=1)
+        started = time.monotonic()
+        assert services.Kafka(settings).answers() is False
+        assert time.monotonic() - started < 8
