@@ -370,6 +370,13 @@ def run_sink(sink: Sink[T], settings: Settings) -> int:
     log.info("sink %s: starting; /metrics, /healthz and /readyz on %s:%d", sink.name, settings.bind_host, settings.metrics_port)
     try:
         stats = runner.run()
+    except ServiceError:
+        if not runner.stop.is_set():
+            raise
+        # SIGTERM while the start waited for Kafka (up to LEADSTREAM_KAFKA_CONNECT_TIMEOUT_S): the
+        # stop asked for, not a failure to report.
+        log.info("sink %s: stopped before Kafka answered", sink.name)
+        return 0
     finally:
         server.shutdown()
     log.info("sink %s: stopped after %s", sink.name, stats.as_dict())

@@ -3,6 +3,7 @@ letters with their reason, and replay."""
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from dataclasses import replace
@@ -289,3 +290,22 @@ def test_a_stop_that_comes_once_the_batch_is_delivered_commits_it(sink_settings:
     assert committed_everything(settings, "stopped")
     again = drain(StoppedDuringTheLast(), settings)
     assert (again.delivered, again.skipped) == (0, 0)
+
+
+def test_sigterm_while_the_connector_waits_for_an_unreachable_kafka_is_a_clean_stop(
+    sink_settings: Settings, webhook: WebhookReceiver, sink_process: Any
+) -> None:
+    # A connector stopped (a rollout, `services down`) while its start waited for a broker that did
+    # not answer exited with 1 and "cannot reach Kafka ...; run `leadstream services up`".
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        bootstrap = f"127.0.0.1:{closed.getsockname()[1]}"
+    settings = sink_settings.with_overrides(webhook_url=webhook.url, kafka_bootstrap=bootstrap, kafka_connect_timeout_s=3)
+    sink = sink_process(settings, "webhook")
+    wait_for(lambda: "sink webhook: starting" in sink.log.read_text(), 30, "the connector to start")
+
+    asked = time.monotonic()
+    sink.stop()
+
+    assert sink.proc.returncode == 0 and time.monotonic() - asked < 6, sink.tail()
+    assert "stopped before Kafka answered" in sink.tail() and "cannot reach Kafka" not in sink.tail()
