@@ -379,6 +379,9 @@ class Collector:
             call_type = None
         else:
             items, call_type = [body], call
+        # Unavailable before mapping while Kafka is: calls that cannot be written cost a huge batch's
+        # second of CPU at each retry of each client during an outage (bad bodies and keys are answered above).
+        self.writer.producer()
         # No call of a batch, even with the batch's context, can exceed the limit of one when the
         # whole batch does not.
         measure_calls = call_type is None and len(raw) > CALL_LIMIT_BYTES

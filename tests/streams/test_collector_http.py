@@ -534,6 +534,27 @@ def test_kafka_down_gives_503_with_retry_after(settings: Settings) -> None:
         assert collector.post("/v1/batch", b"{", headers={}).status_code == 400
 
 
+def test_while_kafka_is_down_a_batch_is_answered_503_without_mapping_its_calls(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch was mapped whole before the collector found it could not write it: during an outage,
+    each retry of each client cost a 4 MB batch's second of CPU, all in vain."""
+    mapped = 0
+    map_call = Mapper.map
+
+    def counted(self: Mapper, *args: Any, **kwargs: Any) -> Mapped:
+        nonlocal mapped
+        mapped += 1
+        return map_call(self, *args, **kwargs)
+
+    monkeypatch.setattr(Mapper, "map", counted)
+    down = settings.with_overrides(kafka_bootstrap=f"127.0.0.1:{free_port()}")
+    with ThreadedCollector(down, wait_ready=False) as collector:
+        response = collector.post("/v1/batch", {"batch": [track(f"u-{i}") for i in range(10_000)]})
+        assert (response.status_code, response.json()["code"]) == (503, "unavailable")
+    assert mapped == 0
+
+
 def test_more_unacknowledged_bytes_than_allowed_gives_unavailable(settings: Settings) -> None:
     writer = KafkaWriter(settings.with_overrides(collector_max_in_flight_bytes=2000, collector_ack_timeout_ms=5000))
     writer._producer = NeverAcknowledges()
