@@ -104,7 +104,7 @@ def test_a_lead_whose_states_in_all_models_exceed_a_megabyte_is_written_and_reco
     assert max_message_bytes(settings, f"{settings.app_id}-leads-changelog") > 2_000_000
     assert max_message_bytes(settings, settings.topic_identity) > 2_000_000
     # Offsets are committed only once the states are in the changelog.
-    probe = LagProbe(settings.kafka_bootstrap)
+    probe = LagProbe(settings)
     try:
         probe.wait_caught_up(settings.app_id, [settings.topic_events], timeout_s=60)
     except TimeoutError:

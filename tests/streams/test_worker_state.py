@@ -55,7 +55,7 @@ def send(settings: Settings, events: list[dict], topic: str | None = None) -> No
 
 def wait_caught_up(settings: Settings) -> None:
     """Returns once the worker's group has committed every message of the events and account topics."""
-    probe = LagProbe(settings.kafka_bootstrap)
+    probe = LagProbe(settings)
     try:
         probe.wait_caught_up(settings.app_id, [settings.topic_events, settings.topic_accounts], timeout_s=180)
     finally:
