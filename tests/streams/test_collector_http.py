@@ -534,25 +534,28 @@ def test_kafka_down_gives_503_with_retry_after(settings: Settings) -> None:
         assert collector.post("/v1/batch", b"{", headers={}).status_code == 400
 
 
-def test_while_kafka_is_down_a_batch_is_answered_503_without_mapping_its_calls(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A batch was mapped whole before the collector found it could not write it: during an outage,
-    each retry of each client cost a 4 MB batch's second of CPU, all in vain."""
-    mapped = 0
+@pytest.fixture
+def mapped_calls(monkeypatch: pytest.MonkeyPatch) -> list[None]:
+    """One entry per call the collector maps (Mapper.map), in any request."""
+    calls: list[None] = []
     map_call = Mapper.map
 
     def counted(self: Mapper, *args: Any, **kwargs: Any) -> Mapped:
-        nonlocal mapped
-        mapped += 1
+        calls.append(None)
         return map_call(self, *args, **kwargs)
 
     monkeypatch.setattr(Mapper, "map", counted)
+    return calls
+
+
+def test_while_kafka_is_down_a_batch_is_answered_503_without_mapping_its_calls(settings: Settings, mapped_calls: list[None]) -> None:
+    """A batch was mapped whole before the collector found it could not write it: during an outage,
+    each retry of each client cost a 4 MB batch's second of CPU, all in vain."""
     down = settings.with_overrides(kafka_bootstrap=f"127.0.0.1:{free_port()}")
     with ThreadedCollector(down, wait_ready=False) as collector:
         response = collector.post("/v1/batch", {"batch": [track(f"u-{i}") for i in range(10_000)]})
         assert (response.status_code, response.json()["code"]) == (503, "unavailable")
-    assert mapped == 0
+    assert mapped_calls == []
 
 
 def test_more_unacknowledged_bytes_than_allowed_gives_unavailable(settings: Settings) -> None:
@@ -570,31 +573,20 @@ def test_more_unacknowledged_bytes_than_allowed_gives_unavailable(settings: Sett
     asyncio.run(attempt())
 
 
-def test_a_request_alone_over_the_bound_on_unacknowledged_bytes_is_too_large(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_request_alone_over_the_bound_on_unacknowledged_bytes_is_too_large(settings: Settings, mapped_calls: list[None]) -> None:
     """A request whose events and dead letters alone held more than
     LEADSTREAM_COLLECTOR_MAX_IN_FLIGHT_BYTES was answered 503 "0 bytes already await Kafka's
     acknowledgement": no retry could pass, and the client was told to retry it (4 MB of tiny bad
     calls, a million dead letters, took the collector 10-18 s of its event loop each time). It is
     refused once the calls mapped so far exceed the bound, the rest left unmapped (all of them
     were mapped first)."""
-    mapped = 0
-    map_call = Mapper.map
-
-    def counted(self: Mapper, *args: Any, **kwargs: Any) -> Mapped:
-        nonlocal mapped
-        mapped += 1
-        return map_call(self, *args, **kwargs)
-
-    monkeypatch.setattr(Mapper, "map", counted)
     with ThreadedCollector(settings.with_overrides(collector_max_in_flight_bytes=20_000)) as collector:
         assert collector.post("/v1/batch", {"batch": [track("u-1")]}).status_code == 200
-        mapped = 0
+        mapped_calls.clear()
         response = collector.post("/v1/batch", {"batch": [1] * 100_000})  # dead letters of ~160 bytes
         assert (response.status_code, response.json()["code"]) == (400, "too_large")
         assert "LEADSTREAM_COLLECTOR_MAX_IN_FLIGHT_BYTES" in response.json()["message"]
-        assert mapped < 1_000
+        assert len(mapped_calls) < 1_000
         assert collector.post("/v1/batch", {"batch": [track("u-2")]}).status_code == 200
     assert sorted(e["lead_id"] for e in all_events(read_messages(settings, settings.topic_events, events=2))) == ["u-1", "u-2"]
     assert read_messages(settings, settings.topic_deadletter, events=0, settle_s=0.5) == []
