@@ -307,12 +307,6 @@ def summary(runtime: ModelRuntime, account_id: str, state: AccountState, top: in
     return out
 
 
-def roll_up(runtime: ModelRuntime, account_id: str, state: AccountState | None, update: MemberScore) -> tuple[AccountState, list[Transition]]:
-    """Takes one member's score into the account; a crossing of the account ladder is returned
-    as an account transition (its reasons are the members with the most points)."""
-    return roll_up_all(runtime, account_id, state, (update,))
-
-
 def by_account(updates: Iterable[MemberScore]) -> dict[tuple[str, str], list[MemberScore]]:
     """Updates grouped by (model, account id), each group in the order given: what an account
     takes together (`roll_up_all`), as the account stage takes one message's."""
@@ -325,8 +319,8 @@ def by_account(updates: Iterable[MemberScore]) -> dict[tuple[str, str], list[Mem
 def roll_up_all(runtime: ModelRuntime, account_id: str, state: AccountState | None,
                 updates: Sequence[MemberScore]) -> tuple[AccountState, list[Transition]]:
     """Takes the updates into the account in order, then crosses (at most once) to where its
-    score is after all of them: the crossing names the last member whose update changed the
-    account.
+    score is after all of them: the crossing is an account transition naming the last member
+    whose update changed the account (its reasons are the members with the most points).
 
     Why once, after all: some updates come in pairs that only together say what happened. A
     visitor merged into a lead of the same account leaves it as the lead's score takes in its

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from scoring import explain as explaining
-from scoring.accounts import MAX_MEMBER_POINTS, TOP_MEMBERS, AccountState, MemberScore, roll_up, roll_up_all
+from scoring.accounts import MAX_MEMBER_POINTS, TOP_MEMBERS, AccountState, MemberScore, roll_up_all
 from scoring.accounts import summary as account_summary
 from scoring.decay import HalfLifeDecay, StepDecay
 from scoring.errors import ModelError
@@ -650,16 +650,16 @@ class Engine:
     def apply_account(
         self, model_name: str, account_id: str, state: AccountState | None, update: MemberScore
     ) -> tuple[AccountState, list[Transition]]:
-        """The account state with one member's score taken in, and its crossings (if any).
-        A model without `[accounts]` keeps member scores but has no levels to cross."""
-        return roll_up(self.runtime(model_name), account_id, state, update)
+        """`apply_account_updates` with one update."""
+        return roll_up_all(self.runtime(model_name), account_id, state, (update,))
 
     def apply_account_updates(
         self, model_name: str, account_id: str, state: AccountState | None, updates: Sequence[MemberScore]
     ) -> tuple[AccountState, list[Transition]]:
         """The account state with the updates taken in, in order, and the one crossing (if
         any) to where they leave it: a pair such as a merged visitor's leaving and its lead's
-        new score does not cross down and up again (`scoring.accounts.roll_up_all`)."""
+        new score does not cross down and up again (`scoring.accounts.roll_up_all`). A model
+        without `[accounts]` keeps member scores but has no levels to cross."""
         return roll_up_all(self.runtime(model_name), account_id, state, updates)
 
     # -- reading ---------------------------------------------------------------------------
