@@ -29,10 +29,8 @@ Bounds (what keeps a state small however active the lead):
 - history: the last `history` changes (model setting), at most twice that between trims.
 - window counters: only windows that can still receive an event within the lateness, at most
   lateness / window + 1 a cap or bonus (models are checked against a bound on load:
-  repeat.MAX_COUNTER_WINDOWS and MAX_MODEL_WINDOWS), newest first. Earlier versions kept them
-  in the order their windows came: they are ordered when read, rather than by a new layout
-  version, so that the version before this one still reads the states this one writes (a
-  rollback).
+  repeat.MAX_COUNTER_WINDOWS and MAX_MODEL_WINDOWS), newest first since layout 8. Earlier
+  layouts kept them in the order their windows came: they are ordered when read.
 
 States written by earlier versions are still read: JSON arrays (layouts 1 and 2), MessagePack
 without trait times (layout 3; its traits then give way to any update, as they did), without
@@ -123,7 +121,7 @@ def newest_first(counts: dict[int, int]) -> list[int]:
 
 
 def _order_windows(windows: dict[str, list[int]]) -> None:
-    """Orders the window counters of a state read back newest first: earlier versions kept them
+    """Orders the window counters of a state of layout 7 or earlier newest first: those kept them
     in the order their windows came (a window listed twice, as none wrote it, keeps one count)."""
     for key, counts in windows.items():
         if len(counts) > 2 and any(newer <= older for newer, older in zip(counts[0::2], counts[2::2])):
@@ -299,7 +297,6 @@ class LeadState:
         if values[0] != version and not (version == _LEAD_VERSION and values[0] == _PAID_MARKS - 1):
             raise StateError(f"lead state of an unknown layout version {values[0]} (expected {_LEAD_VERSION})")
         _check_pairs_and_triples(values[12], values[18])
-        _order_windows(values[12])
         state = cls.__new__(cls)
         (
             _, state.behaviour, state.fit, state.as_of_ms, state.last_activity_ms, state.steps_taken,
@@ -311,7 +308,8 @@ class LeadState:
         state.ids = dict.fromkeys(ids)
         state.old_ids = dict.fromkeys(old_ids) if old_ids else NO_IDS
         state.fit_found = None
-        if values[0] < _PAID_MARKS:
+        if values[0] < _PAID_MARKS:  # layout 8 writes its counters newest first, with paid marks
+            _order_windows(state.windows)
             _mark_earlier_bonus_counts(state.windows)
         return state
 
