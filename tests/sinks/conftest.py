@@ -134,7 +134,7 @@ def crossing(n: int, to_level: str = "sql", direction: str = "up", *, email: str
 
 
 def account_crossing(**extra: Any) -> dict[str, Any]:
-    """An account crossing as the worker writes it (scoring.accounts.roll_up)."""
+    """An account crossing as the worker writes it (scoring.accounts.roll_up_all)."""
     return {**crossing(7, "buying", kind="account", id="acme/b2b/up/buying/1", from_level="engaged", score=124.0,
                        normalized=62, grade=None, engagement=None, cell=None, temperature="hot", traits={},
                        reasons=[{"rule": "member", "lead_id": "lead-7", "points": 61},

@@ -262,13 +262,13 @@ def test_the_workers_crossing_records_parse() -> None:
 def test_the_workers_account_crossings_parse_and_name_their_members() -> None:
     """An account crossing made by the roll-up itself: its reasons are members, named by lead id."""
     from scoring import Engine, MemberScore
-    from scoring.accounts import roll_up
+    from scoring.accounts import roll_up_all
 
     engine = Engine.from_directory(PROJECT_ROOT / "scoring" / "models")
     runtime = engine.runtime("b2b")
     # Member scores carry their lead's newest event time: a time events may have.
-    state, transitions = roll_up(runtime, "acme", None, MemberScore("b2b", "acme", "lead-7", 70.0, 1763884800000))
-    _, transitions = roll_up(runtime, "acme", state, MemberScore("b2b", "acme", "lead-2", 90.0, 1763884801000))
+    state, transitions = roll_up_all(runtime, "acme", None, [MemberScore("b2b", "acme", "lead-7", 70.0, 1763884800000)])
+    _, transitions = roll_up_all(runtime, "acme", state, [MemberScore("b2b", "acme", "lead-2", 90.0, 1763884801000)])
     [written] = [t for t in transitions if t.to_level == "buying"]
     parsed = Crossing.from_json(orjson.dumps(written.to_dict()))
     assert (parsed.kind, parsed.account_id, parsed.lead_id, parsed.grade) == ("account", "acme", "lead-2", "")
