@@ -156,7 +156,7 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
         log.info("rebalance: partitions revoked count=%d", len(revoked))
 
     async def on_assigned(sender: Any, assigned: Any = (), **kwargs: Any) -> None:
-        seek_first.install(app.consumer)
+        seek_first.install(app.consumer, on_sought=scorer.sequence.seed)
         fetch_wait.install(app.consumer, settings.fetch_max_wait_ms)
         owned = sorted(tp.partition for tp in assigned if tp.topic == settings.topic_events)
         log.info("rebalance: partitions assigned events_partitions=%s", owned)

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from collections.abc import Awaitable, Callable
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import orjson
 
@@ -173,6 +173,14 @@ class OffsetSequence:
     def reset(self) -> None:
         """After a rebalance: a partition may come back from another worker further on."""
         self._next.clear()
+
+    def seed(self, sought: Mapping[Any, int]) -> None:
+        """The offsets the stream partitions (`TP`s) were sought to after a rebalance: the
+        first message of each must be there, or the messages before it were never scored (and
+        Faust may commit past them: streams/seek_first.py)."""
+        for tp, offset in sought.items():
+            if tp.topic in self.topics:
+                self._next[(tp.topic, tp.partition)] = offset
 
 
 class Scorer:

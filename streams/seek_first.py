@@ -17,52 +17,77 @@ also needs a committed offset, then commits past them. The chaos run saw it on t
 topic, whose partitions get their first records late: four users never merged with their
 visitors.
 
-`install` makes the consumer hold back the resumption of stream partitions until the seek
-that follows it is done, so the first record delivered is the committed one, and makes that
-seek send a stream partition with no committed offset to its beginning, as
-`consumer_auto_offset_reset="earliest"` would (records read again, as every rebalance reads again
-those after a committed offset).
+Nor may a stream partition be fetched between that seek and the resumption of the flow:
+`FlowControlEvent.resume` (mode 0.4, `app.flow_control.resume()`, which Recovery calls right
+after the seek) empties every agent's queue, and the records fetched in between are gone. They
+are not acknowledged, but Faust's read offset has gone past them, and its commit lets a hole of
+one offset at the head through (`Consumer._new_offset`: `min(acked) - committed > 1`). A chaos run
+lost an events message so: it arrived during the seek, after a rebalance its worker kept the
+partition through, and the commit went past it.
+
+`install` makes the consumer hold back the resumption of stream partitions until the flow is
+resumed after the seek (`Consumer.resume_flow`, which Recovery calls right after emptying the
+queues), so the first record delivered is the committed one, and makes that seek send a stream
+partition with no committed offset to its beginning, as `consumer_auto_offset_reset="earliest"`
+would (records read again, as every rebalance reads again those after a committed offset).
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 
-def install(consumer: Any) -> None:
-    """Wrap this consumer's `resume_partitions`, `perform_seek` and `seek_to_committed` (once)."""
+def install(consumer: Any, on_sought: Callable[[Mapping[Any, int]], None] | None = None) -> None:
+    """Wrap this consumer's `resume_partitions`, `perform_seek`, `seek_to_committed` and
+    `resume_flow` (once). `on_sought` is told the offset each stream partition was sought to."""
     if getattr(consumer, "_leadstream_seek_first", False):
         return
     consumer._leadstream_seek_first = True
     resume = consumer.resume_partitions
     perform_seek = consumer.perform_seek
     seek_to_committed = consumer.seek_to_committed
+    resume_flow = consumer.resume_flow
     held: set[Any] = set()
+    # The consumer generation whose seek is done: only its resumption of the flow resumes the
+    # held partitions (a rebalance between a seek and the flow's resumption has its own seek).
+    sought: list[int | None] = [None]
 
     def resume_partitions(tps: Iterable[Any]) -> None:
         streams = {tp for tp in tps if not consumer._is_changelog_tp(tp)}
-        held.update(streams)  # resumed by the seek that Faust runs next
+        if streams:
+            held.update(streams)  # resumed by the flow's resumption after the seek that follows
+            sought[0] = None
         rest = set(tps) - streams
         if rest:
             resume(rest)
 
-    async def seek_then_resume() -> None:
-        try:
-            await perform_seek()
-        finally:
-            if held:
-                waiting = set(held)
-                held.clear()
+    async def seek_and_hold() -> None:
+        await perform_seek()
+        sought[0] = consumer.app.consumer_generation_id
+
+    def resume_flow_then_partitions() -> None:
+        resume_flow()
+        if held and sought[0] is not None and sought[0] == consumer.app.consumer_generation_id:
+            waiting = held & set(consumer.assignment())
+            held.clear()
+            sought[0] = None
+            if waiting:
                 resume(waiting)
 
     async def seek_to_committed_or_beginning() -> Mapping[Any, int]:
         committed: Mapping[Any, int] = await seek_to_committed()
         # Changelog partitions are left to the table recovery, which seeks them itself.
-        uncommitted = [tp for tp, offset in committed.items() if not offset and not consumer._is_changelog_tp(tp)]
+        streams = {tp: offset for tp, offset in committed.items() if not consumer._is_changelog_tp(tp)}
+        uncommitted = [tp for tp, offset in streams.items() if not offset]
         if uncommitted:
-            await consumer.seek_wait(await consumer.earliest_offsets(*uncommitted))
+            earliest = await consumer.earliest_offsets(*uncommitted)
+            await consumer.seek_wait(earliest)
+            streams.update(earliest)
+        if on_sought is not None:
+            on_sought(streams)
         return committed
 
     consumer.resume_partitions = resume_partitions
-    consumer.perform_seek = seek_then_resume
+    consumer.perform_seek = seek_and_hold
     consumer.seek_to_committed = seek_to_committed_or_beginning
+    consumer.resume_flow = resume_flow_then_partitions

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from faust.types import TP
 from prometheus_client import REGISTRY
 
 from streams.scorer import OffsetSequence
@@ -39,3 +40,17 @@ def test_unchecked_topics_and_a_rebalance_start_over() -> None:
     sequence.reset()  # partition 2 went to another worker and came back further on
     sequence.observe(messages("events", 2, 250, 251))
     assert counted("gap") == gaps
+
+
+def test_after_a_rebalance_the_first_message_must_be_at_the_offset_sought() -> None:
+    # Faust sets its read offset to the committed offset at the seek, so its own gap check
+    # takes a first message beyond it for the next in sequence (streams/seek_first.py).
+    sequence = OffsetSequence({"events"})
+    gaps = counted("gap")
+    sequence.observe(messages("events", 2, 100))
+    sequence.reset()
+    sequence.seed({TP("events", 2): 250, TP("events", 3): 7, TP("profiles", 0): 40})
+    sequence.observe(messages("events", 2, 250, 251) + messages("profiles", 0, 45))
+    assert counted("gap") == gaps
+    sequence.observe(messages("events", 3, 8))  # offset 7 never came
+    assert counted("gap") == gaps + 1

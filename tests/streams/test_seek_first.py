@@ -15,7 +15,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.types import TP
 from kafka import KafkaProducer
 
-from streams import seek_first
+from streams import bulk_store, seek_first
 from streams.settings import Settings
 
 PARTITION = 1
@@ -46,9 +46,13 @@ async def commit(settings: Settings, topic: str, offset: int) -> None:
         await consumer.stop()
 
 
-def worker_app(settings: Settings, datadir: Path, seen: dict[str, list[bytes]]) -> faust.App:
+def worker_app(settings: Settings, datadir: Path, seen: dict[str, list[bytes]], busy_s: float = 0.0,
+               table: bool = False) -> faust.App:
     """The worker's subscriptions (streams/app.py): events, profiles and identity to one agent,
-    accounts to another, read from the earliest offset when the group has no commit."""
+    accounts to another, read from the earliest offset when the group has no commit. Each event
+    takes the agents `busy_s`, as scoring does: records fetched meanwhile wait in their queue.
+    With `table`, the worker's lead table: Faust's recovery then resumes the flow before it seeks
+    the stream partitions, as in the worker."""
     app = faust.App(
         settings.app_id,
         broker=f"kafka://{settings.kafka_bootstrap}",
@@ -66,7 +70,10 @@ def worker_app(settings: Settings, datadir: Path, seen: dict[str, list[bytes]]) 
     async def collect(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
             seen.setdefault(event.message.topic, []).append(event.value)
+            await asyncio.sleep(busy_s)
 
+    if table:
+        bulk_store.raw_table(app, "leads", settings.partitions)
     app.agent(app.topic(settings.topic_events, settings.topic_profiles, settings.topic_identity, **raw),
               name="score")(collect)
     app.agent(app.topic(settings.topic_accounts, **raw), name="rollup")(collect)
@@ -149,3 +156,65 @@ def test_records_thrown_away_as_a_rebalance_begins_are_read_again(
             await app.stop()
 
     assert asyncio.run(scenario()) == (True, [*values, b"after"])
+
+
+def test_records_fetched_between_the_seek_and_the_flow_resuming_are_not_lost(isolated: Settings, tmp_path: Path) -> None:
+    # The chaos run's lost events message: it arrived while the worker, which kept its partition
+    # through a rebalance, sought it to the committed offset. Faust's resumption of the flow
+    # right after the seek empties the agents' queues (mode's FlowControlEvent.resume), and the
+    # commit went past it.
+    topic = isolated.topic_events
+    tp = TP(topic, PARTITION)
+    values = [str(n).encode() for n in range(RECORDS)]
+
+    async def scenario() -> list[bytes]:
+        loop = asyncio.get_running_loop()
+        seen: dict[str, list[bytes]] = {}
+        app = worker_app(isolated, tmp_path / "state", seen, busy_s=0.2, table=True)
+        consumer = app.consumer
+        rebalancing = {"armed": False}
+        read_offset_at_resume: list[int | None] = []
+
+        async def seek_then_wait_for_the_fetch() -> None:
+            await seek()
+            if rebalancing["armed"]:
+                # Before the fix the partition was fetching again here: Faust's read offset
+                # passes the records as they are queued, ahead of the flow's resumption.
+                until = loop.time() + 3
+                while (consumer._read_offset.get(tp) or -1) < RECORDS - 1 and loop.time() < until:
+                    await asyncio.sleep(0.01)
+                read_offset_at_resume.append(consumer._read_offset.get(tp))
+
+        async def on_assigned(sender: Any, *args: Any, **kwargs: Any) -> None:
+            nonlocal seek
+            seek_first.install(consumer)
+            if seek is None:
+                seek = consumer.perform_seek
+                consumer.perform_seek = seek_then_wait_for_the_fetch
+
+        async def on_rebalance_complete(sender: Any, *args: Any, **kwargs: Any) -> None:
+            # Sent by Faust's Recovery before it seeks: the records are in the log by then.
+            if rebalancing["armed"] and not read_offset_at_resume:
+                await asyncio.to_thread(produce, isolated, topic, values)
+
+        seek: Any = None
+        app.on_partitions_assigned.connect(on_assigned)
+        app.on_rebalance_complete.connect(on_rebalance_complete)
+        await app.start()
+        try:
+            async with asyncio.timeout(60):
+                while app.rebalancing or not consumer.flow_active or tp not in consumer.assignment():
+                    await asyncio.sleep(0.05)
+                rebalancing["armed"] = True
+                kafka_consumer = consumer._thread._consumer
+                consumer._thread.thread_loop.call_soon_threadsafe(kafka_consumer._coordinator.request_rejoin)
+                while not read_offset_at_resume:
+                    await asyncio.sleep(0.05)
+                produce(isolated, topic, [b"after"])
+                while b"after" not in seen.get(topic, []):
+                    await asyncio.sleep(0.05)
+            return seen[topic]
+        finally:
+            await app.stop()
+
+    assert asyncio.run(scenario()) == [*values, b"after"]
