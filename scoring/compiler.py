@@ -276,14 +276,14 @@ class _Function:
             f"    if before < {limit_c}:",
             "        counts[1] = before + 1",
             "else:",
-            f"    before = bump(state, {key_c}, {self.const(window)}, time_ms, {limit_c})",
+            f"    before = bump(state, {key_c}, {self.const(window)}, time_ms, {limit_c}, {self.const(self.runtime.lateness_ms)})",
         )
 
     def _bonus(self, depth: int, key: str, window: Any, count: int) -> None:
         """`due` = whether this occurrence makes the bonus due (scoring.repeat.bonus_due, with
         the common case inline: the newest window, which counters keep first, not paid yet)."""
         key_c, count_c, paid_c = self.const(key), self.const(count), self.const(BONUS_PAID)
-        due = f"bonus_due(state, {key_c}, {self.const(window)}, time_ms, {count_c})"
+        due = f"bonus_due(state, {key_c}, {self.const(window)}, time_ms, {count_c}, {self.const(self.runtime.lateness_ms)})"
         self.emit(
             depth,
             f"counts = windows.get({key_c})",

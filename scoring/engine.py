@@ -29,7 +29,7 @@ from scoring.compiler import DUPLICATE as _DUPLICATE
 from scoring.compiler import LATE as _LATE
 from scoring.compiler import compile_appliers
 from scoring.renames import adopt_renamed
-from scoring.repeat import Window, adopt_seen, window_position
+from scoring.repeat import Window, adopt_seen, drop_closed, window_position
 from scoring.rules import Matcher, compile_matcher
 from scoring.state import LeadState
 from scoring.thresholds import Transition
@@ -423,8 +423,8 @@ class ModelRuntime:
             # the front, found by bisection.
             if counts[0] > last_open:
                 del counts[: window_position(counts, last_open)]
-            if counts and counts[-2] < first_open:
-                del counts[window_position(counts, first_open - 1) :]
+            if counts:
+                drop_closed(counts, first_open)
             if not counts:
                 del windows[key]
                 continue

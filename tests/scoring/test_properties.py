@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from scoring import Engine, LeadState
 from scoring.identity import merge
-from scoring.repeat import ONCE_PER_MEMORY
+from scoring.repeat import ONCE_PER_MEMORY, windows_reached
 from streams.offline import score_file
 from tests.scoring.support import DAY, HEADER, HOUR, T0, Run, engine, ev, shipped
 
@@ -335,6 +335,31 @@ def test_caps_bonuses_and_once_per_do_not_depend_on_arrival_order_within_the_lat
     arrived = Run(LIMITS).apply(*arrival, batch=data.draw(st.integers(1, 6)))
     assert {late.event.event_id for late in arrived.late} <= redelivered  # a copy beyond the lateness is late
     assert (arrived.state().behaviour, arrived.state().ledger) == (in_time.state().behaviour, in_time.state().ledger)
+
+
+@FAST
+@given(st.lists(st.tuples(st.sampled_from(_LIMITED), st.sampled_from([0, HOUR, 6 * HOUR, DAY, 2 * DAY]),
+                          st.sampled_from([0, 0, HOUR, 2 * DAY])), min_size=1, max_size=40))
+def test_window_counters_keep_only_windows_the_lateness_reaches_at_every_event_of_a_batch(
+    steps: list[tuple[tuple[str, dict[str, Any]], int, int]],
+) -> None:
+    """However many windows a lead's events of one batch span, mostly in order and some late,
+    each counter keeps at most `lateness / window` + 1 windows after every event (compaction
+    runs after a lead's last event of a batch: a long batch grew them until then)."""
+    events, clock = [], 0
+    for i, ((kind, properties), gap, behind) in enumerate(steps):
+        clock += gap
+        events.append(LIMITS.parse(ev(kind, at=clock - behind, event_id=f"e{i}", properties=properties)))
+    runtime = LIMITS.runtime("m")
+    bound = {key: windows_reached(runtime.lateness_ms, window) + 1 for key, window in runtime.windows.items()}
+    state = runtime.new_state()
+
+    def watched() -> Any:
+        for event in events:
+            yield event
+            assert all(len(counts) // 2 <= bound[key] for key, counts in state.windows.items()), state.windows
+
+    LIMITS.apply_batch(watched(), lambda m, lead: state)
 
 
 @FAST
