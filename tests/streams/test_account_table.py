@@ -304,6 +304,13 @@ def test_the_table_reads_back_the_roll_up_and_a_batch_cut_anywhere_is_rolled_up_
         assert set(crossing_ids(again_outbox)) <= ids  # a crossing again is the same crossing: no new one
 
 
+def records_of(data: dict[bytes, bytes], updates: list[MemberScore]) -> list[tuple[bytes, bytes | None]]:
+    """The changelog records of a batch of `updates` over `data`, in order."""
+    stage, outbox = stage_over(data)
+    roll(stage, updates)
+    return changelog(outbox)
+
+
 def test_pages_a_batch_cut_short_left_are_deleted_by_the_next_batch_that_writes_the_account_even_if_cut_in_turn() -> None:
     """A worker stopped after a batch wrote the account's value but before it deleted the old
     pages (pages doubled, or placed by crc32 paged anew) left them in the changelog and in
@@ -315,12 +322,6 @@ def test_pages_a_batch_cut_short_left_are_deleted_by_the_next_batch_that_writes_
     paged = dict(stage.store.table.data)
     crc32 = written_by_crc32({f"L{n}": [30, T0 + n] for n in range(8)}, 4, 3)
     doubling = [update(n, 10, 200 + n) for n in range(8, 17)]  # 17 members: 16 pages
-
-    def records_of(data: dict[bytes, bytes], updates: list[MemberScore]) -> list[tuple[bytes, bytes | None]]:
-        stage, outbox = stage_over(data)
-        roll(stage, updates)
-        return changelog(outbox)
-
     left: list[tuple[dict[bytes, bytes], list[MemberScore]]] = []  # what a cut batch left, the batch rolled up next
     for data in (crc32, paged):
         records = records_of(data, doubling)
@@ -338,3 +339,38 @@ def test_pages_a_batch_cut_short_left_are_deleted_by_the_next_batch_that_writes_
             roll(later, [last])
             assert not unnamed_pages(later.store.table.data)
             assert read_back(later.store.table.data).members == expected
+
+
+def test_pages_a_batch_cut_short_left_as_it_paged_an_account_are_deleted_when_the_batch_rolled_up_again_leaves_it_inline() -> None:
+    """A batch that takes an account past the split writes its pages, then the value naming
+    them. Stopped between them, and rolled up again in other batches (its messages read anew)
+    that did not take the account past the split yet, it left pages no value named: never read
+    (a set is named only once its batch wrote every page of it, so a later paging at any count
+    reads its own members), but looked for only when the account was paged, so they stayed in
+    the changelog and in every worker's memory while the account stayed inline (in the worker:
+    a set of 8 pages or more, 1,025 members and up). The account read from the table now looks
+    for them by the first page of each count, and its next batch deletes them after its value,
+    last page first, so a cut anywhere leaves a set still found by its first."""
+    stage, _ = stage_over({})
+    roll(stage, [update(n, 30, n) for n in range(3)])
+    inline = dict(stage.store.table.data)
+    paging = [update(n, 30, n) for n in range(3, 8)]  # 8 members: 4 pages
+    records = records_of(inline, paging)
+    assert [key for key, _ in records][-1] == b"acme" and len(records) == 5
+    retried, last = paging[:1], update(0, 50, 300)  # 4 members: inline still
+    expected = {**{f"L{n}": [30, T0 + n] for n in range(4)}, "L0": [50, T0 + 300]}
+    for cut in range(1, 5):  # some or all of the pages written, not the value
+        data = written(inline, records[:cut])
+        assert len(unnamed_pages(data)) == cut
+        again = records_of(data, retried)
+        for cut_again in range(len(again) + 1):  # and the batch that deletes them stopped anywhere in turn
+            later, _ = stage_over(written(data, again[:cut_again]))
+            roll(later, retried)
+            roll(later, [last])
+            assert not unnamed_pages(later.store.table.data)
+            assert read_back(later.store.table.data).members == expected
+        for more in (4, 13):  # paged later, at the same count (4 pages) or another (16): its own members only
+            later, _ = stage_over(written(data, again))
+            roll(later, [update(n, 20, 400 + n) for n in range(4, 4 + more)])
+            assert read_back(later.store.table.data).members == {
+                **{f"L{n}": [30, T0 + n] for n in range(4)}, **{f"L{n}": [20, T0 + 400 + n] for n in range(4, 4 + more)}}
