@@ -139,9 +139,11 @@ class ModelRuntime:
         self.ceiling = float("inf") if model.max_points is None else model.max_points
         #: rule name -> its max_points, for the rules that have one
         self.limits = {rule.name: rule.max_points for rule in model.rules if rule.max_points is not None}
-        #: rule name (and earlier names) -> its seen_key, for the rules with `once_per` (see scoring.repeat.adopt_seen)
+        #: rule name (and earlier names) -> its seen_key, and seen_key -> itself, for the rules with `once_per`: where
+        #: a state keeps the values they de-duplicate, and where one of an earlier version kept them (scoring.repeat.adopt_seen)
         self.seen_keys = {
-            name: rule.seen_key for rule in model.rules if rule.seen_key is not None for name in (rule.name, *rule.renamed_from)
+            name: rule.seen_key
+            for rule in model.rules if rule.seen_key is not None for name in (rule.name, *rule.renamed_from, rule.seen_key)
         }
         #: earlier rule name -> the rule's name now (see scoring.renames)
         self.renames = {old: rule.name for rule in model.rules for old in rule.renamed_from}
@@ -204,10 +206,11 @@ class ModelRuntime:
     def adopt(self, state: LeadState) -> None:
         """Moves what a state read back keeps under names the model no longer uses for it: the
         entries of rules renamed since (`renamed_from`, scoring.renames), and the `once_per`
-        values an earlier version kept under rule names (scoring.repeat.adopt_seen)."""
+        values an earlier version kept under rule names, dropping those no rule de-duplicates
+        now (scoring.repeat.adopt_seen)."""
         if self.renames:
             adopt_renamed(state, self.renames)
-        if state.seen and self.seen_keys:
+        if state.seen:
             adopt_seen(state, self.seen_keys)
 
     def revises(self, state: LeadState) -> bool:

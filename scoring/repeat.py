@@ -170,13 +170,19 @@ def seen_key(event_type: str, once_per: OncePer) -> str:
 
 
 def adopt_seen(state: LeadState, keys: dict[str, str]) -> None:
-    """Moves the `once_per` values that a state written by an earlier version keeps under a
-    rule's name (`keys`: rule name -> its `seen_key`) to where they are kept now, joining any
-    values there (a visitor's merged into a lead's) and keeping the newest 2 x ONCE_PER_MEMORY."""
+    """Keeps a state's `once_per` values where the model de-duplicates them (`keys`: each rule's
+    `seen_key` -> itself, and each rule's name, earlier ones too, -> its `seen_key`): moves those
+    that a state written by an earlier version keeps under a rule's name to where they are kept
+    now, joining any values there (a visitor's merged into a lead's) and keeping the newest
+    2 x ONCE_PER_MEMORY, and drops those no rule of the model de-duplicates any more (a rule
+    removed, or de-duplicating another event type or field): kept, nothing read them and they
+    stayed in the state for good."""
     seen = state.seen
-    for name in [name for name in seen if name in keys]:
-        key = keys[name]
-        seen[key] = join_seen(seen.pop(name), seen.get(key, {}))
+    for old in [old for old in seen if keys.get(old) != old]:
+        values = seen.pop(old)
+        key = keys.get(old)
+        if key is not None:
+            seen[key] = join_seen(values, seen.get(key, {}))
 
 
 def join_seen(older: dict[str, None], newer: dict[str, None]) -> dict[str, None]:

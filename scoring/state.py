@@ -24,7 +24,8 @@ Bounds (what keeps a state small however active the lead):
   lateness (a replay of such an event is late anyway), and the older generation is dropped when
   the newer one fills up. So at least the last `remember_events` ids, and every id younger than
   the lateness up to that count, are recognised as duplicates.
-- `once_per` values: at least the last 100 per rule (repeat.ONCE_PER_MEMORY), each at most 64
+- `once_per` values: at least the last 100 per event type and field a rule of the model
+  de-duplicates (repeat.ONCE_PER_MEMORY; others are dropped, repeat.adopt_seen), each at most 64
   ASCII characters (a longer value, or one beyond ASCII, is kept as its digest, `kept_key`).
 - history: the last `history` changes (model setting), at most twice that between trims.
 - window counters: only windows that can still receive an event within the lateness, at most

@@ -627,7 +627,8 @@ def test_a_merged_leads_explanation_adds_up_and_its_state_stays_within_bounds(
     parts: dict[str, Any], events: list[dict[str, Any]], data: st.DataObject
 ) -> None:
     """L2 merged into L1 (the model maybe edited in between): the merged lead's explanation
-    still adds up, and its ids, `once_per` values and windows are within their bounds."""
+    still adds up, and its ids, `once_per` values and windows are within their bounds (values
+    only of what a rule of the model de-duplicates now)."""
     run = Run(small_engine(parts)).apply(*events, batch=data.draw(st.integers(1, 8)))
     if data.draw(st.booleans()):
         run.engine = small_engine(data.draw(edits(parts)))
@@ -640,6 +641,7 @@ def test_a_merged_leads_explanation_adds_up_and_its_state_stays_within_bounds(
     assert_explanation_adds_up(run.engine, "L1", merged, time_ms + data.draw(st.sampled_from([0, 5 * DAY])))
     assert len(merged.ids) <= 3 and len(merged.old_ids) <= 3
     assert all(len(values) <= 2 * ONCE_PER_MEMORY for values in merged.seen.values())
+    assert merged.seen.keys() <= {rule.seen_key for rule in run.engine.runtime("m").model.rules}
     compacted = merged.copy()
     run.engine.runtime("m").compact(compacted)
     assert compacted.windows == merged.windows

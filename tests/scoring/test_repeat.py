@@ -169,7 +169,29 @@ def test_once_per_values_a_state_of_an_earlier_version_keeps_under_the_rules_nam
     run.store[("m", "L1")] = state.to_bytes()
     run.apply(ev("email_open", at=1, properties={"email_id": "m-1"}), ev("email_open", at=2, properties={"email_id": "m-2"}))
     assert run.score() == 10
-    assert run.state().seen == {"removed rule": {"x": None}, "email_open properties.email_id": {"m-1": None, "m-2": None}}
+    assert run.state().seen == {"email_open properties.email_id": {"m-1": None, "m-2": None}}  # no rule is "removed rule"
+
+
+def test_once_per_values_no_rule_de_duplicates_any_more_leave_the_state_at_its_next_write() -> None:
+    """Values of a rule since removed, or that de-duplicates another field or event type now,
+    stayed in every state that had them for good (100 to 200 values each, up to 13 KB as
+    digests): nothing read them, and nothing dropped them. A state loses them the first time
+    the model uses it, as it is read back; a rule's name, earlier or now, is no matter."""
+    body = OPEN.format(name="open", points=5) + '[[rules]]\nname = "download"\nevent = "download"\npoints = 1\nonce_per = "properties.file"\n'
+    run = Run(engine(body)).apply(*(ev("email_open", at=i, properties={"email_id": f"m-{i}"}) for i in range(3)),
+                                  ev("download", at=3, properties={"file": "a.pdf"}))
+    assert run.state().seen.keys() == {"email_open properties.email_id", "download properties.file"}
+    edited = OPEN.format(name="E-mail opened", points=5) + 'renamed_from = "open"\n'  # download removed
+    edited += '[[rules]]\nname = "click"\nevent = "email_click"\npoints = 1\nonce_per = "properties.link"\n'
+    run.engine = engine(edited)
+    run.apply(ev("email_click", at=4, properties={"link": "x"}))
+    assert run.state().seen == {"email_open properties.email_id": {f"m-{i}": None for i in range(3)},
+                                "email_click properties.link": {"x": None}}
+    run.apply(ev("email_open", at=5, properties={"email_id": "m-0"}))
+    assert run.score() == 15 + 1 + 1  # m-0 still a repeat
+    run.engine = engine(OPEN.format(name="open", points=5).replace("properties.email_id", "properties.campaign"))
+    run.apply(ev("email_open", at=6, properties={"email_id": "m-0"}))  # no campaign: nothing to de-duplicate
+    assert run.state().seen == {} and run.score() == 17 + 5
 
 
 def test_cap_of_several_per_window() -> None:
