@@ -36,6 +36,7 @@ from streams.errors import ServiceError
 from streams.lag import LagProbe
 from streams.model_reload import ModelDirectory
 from streams.outbox import Outbox
+from streams.probes import NOT_READY_RETRY_AFTER_S
 from streams.rollup import Rollup
 from streams.scorer import DECAY_CHUNK, DECAY_PAUSE_S, Scorer
 from streams.settings import Settings
@@ -259,7 +260,7 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
             if not _ready(app):
                 return view.json({"error": "this worker is not ready: it is recovering its tables from the changelogs "
                                            "or rebalancing; try again in a few seconds (GET /readyz says when it is)",
-                                  "ready": False}, status=503, headers={"Retry-After": "5"})
+                                  "ready": False}, status=503, headers={"Retry-After": str(NOT_READY_RETRY_AFTER_S)})
             try:
                 return await handler(view, request, **kwargs)
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:  # only routing talks to another worker
@@ -319,7 +320,9 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
         async def get(self, request: Request) -> Response:
             ready = _ready(app)
             metrics.READY.set(1 if ready else 0)
-            return self.json({"ready": ready}, status=200 if ready else 503)
+            if ready:
+                return self.json({"ready": True})
+            return self.json({"ready": False}, status=503, headers={"Retry-After": str(NOT_READY_RETRY_AFTER_S)})
 
     return app
 

@@ -676,8 +676,10 @@ def create_app(collector: Collector) -> web.Application:
         return _json(200, {"status": "alive"})
 
     async def readyz(request: web.Request) -> web.Response:
-        ready = collector.writer.ready
-        return _json(200 if ready else 503, {"ready": ready})
+        if collector.writer.ready:
+            return _json(200, {"ready": True})
+        # Not connected to Kafka: what the calls answer meanwhile (Collector.ingest).
+        return _json(503, {"ready": False}, {"Retry-After": str(RETRY_AFTER_S)})
 
     @web.middleware
     async def cross_origin(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -715,7 +717,7 @@ async def serve(settings: Settings, sources: dict[str, Source], stop: asyncio.Ev
     try:
         await web.TCPSite(runner, settings.collector_host, settings.collector_port, backlog=1024).start()
         operations = probes.serve(settings.collector_metrics_port, lambda: writer.ready, settings.bind_host,
-                                  "LEADSTREAM_COLLECTOR_METRICS_PORT")  # fmt: skip
+                                  "LEADSTREAM_COLLECTOR_METRICS_PORT", RETRY_AFTER_S)  # fmt: skip
     except OSError as exc:
         await runner.cleanup()
         raise port_taken(settings.collector_host, settings.collector_port, "LEADSTREAM_COLLECTOR_PORT", exc) from None

@@ -17,10 +17,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from streams.errors import port_taken
 
+#: Seconds a client told "not ready" (a 503 of /readyz, or of a worker's view) waits before asking
+#: again: readiness comes back with a connection, a rebalance or a recovery, in seconds.
+NOT_READY_RETRY_AFTER_S = 5
 
-def serve(port: int, ready: Callable[[], bool], host: str, setting: str) -> ThreadingHTTPServer:
-    """Start serving in a daemon thread; `ready()` answers /readyz. A port that cannot be had
-    is a ServiceError naming `setting`, the variable that chose it."""
+
+def serve(port: int, ready: Callable[[], bool], host: str, setting: str,
+          retry_after_s: int = NOT_READY_RETRY_AFTER_S) -> ThreadingHTTPServer:
+    """Start serving in a daemon thread; `ready()` answers /readyz, whose 503 has a Retry-After of
+    `retry_after_s`. A port that cannot be had is a ServiceError naming `setting`, the variable
+    that chose it."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - the http.server API
@@ -29,15 +35,19 @@ def serve(port: int, ready: Callable[[], bool], host: str, setting: str) -> Thre
             elif self.path == "/healthz":
                 self._answer(200, b'{"status":"alive"}', "application/json")
             elif self.path == "/readyz":
-                ok = ready()
-                self._answer(200 if ok else 503, b'{"ready":%s}' % (b"true" if ok else b"false"), "application/json")
+                if ready():
+                    self._answer(200, b'{"ready":true}', "application/json")
+                else:
+                    self._answer(503, b'{"ready":false}', "application/json", (("Retry-After", str(retry_after_s)),))
             else:
                 self._answer(404, b'{"error":"not found"}', "application/json")
 
-        def _answer(self, status: int, body: bytes, content_type: str) -> None:
+        def _answer(self, status: int, body: bytes, content_type: str, headers: tuple[tuple[str, str], ...] = ()) -> None:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
+            for name, value in headers:
+                self.send_header(name, value)
             self.end_headers()
             self.wfile.write(body)
 

@@ -524,7 +524,10 @@ def test_a_body_cut_short_by_the_client_is_dropped_without_an_error(
 def test_kafka_down_gives_503_with_retry_after(settings: Settings) -> None:
     down = settings.with_overrides(kafka_bootstrap=f"127.0.0.1:{free_port()}")
     with ThreadedCollector(down, wait_ready=False) as collector:
-        assert requests.get(f"{collector.url}/readyz", timeout=5).status_code == 503
+        # Both ports' /readyz, with the Retry-After of the calls refused meanwhile (they had none).
+        for url in (collector.url, f"http://127.0.0.1:{down.collector_metrics_port}"):
+            not_ready = requests.get(f"{url}/readyz", timeout=5)
+            assert (not_ready.status_code, not_ready.headers.get("Retry-After")) == (503, "2"), url
         response = collector.post("/v1/batch", {"batch": [track("u-1")]})
         assert response.status_code == 503
         assert int(response.headers["Retry-After"]) > 0
