@@ -29,7 +29,7 @@ from kafka.errors import KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from scoring.errors import StateError
-from streams import batching, bulk_store, fetch_wait, lead_states, metrics, routing, seek_first
+from streams import batching, bulk_store, consumer_stop, fetch_wait, lead_states, metrics, routing, seek_first
 from streams.account_table import AccountTable
 from streams.collection import BatchPause
 from streams.errors import ServiceError
@@ -159,6 +159,7 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
     async def on_assigned(sender: Any, assigned: Any = (), **kwargs: Any) -> None:
         seek_first.install(app.consumer, on_sought=scorer.sequence.seed)
         fetch_wait.install(app.consumer, settings.fetch_max_wait_ms)
+        consumer_stop.install(app.consumer)
         owned = sorted(tp.partition for tp in assigned if tp.topic == settings.topic_events)
         log.info("rebalance: partitions assigned events_partitions=%s", owned)
 
