@@ -15,7 +15,9 @@ from streams import services
 from streams.processes import WorkerProcess, free_port
 from streams.settings import Settings
 from streams.topics import ensure_topics
+from streams.worker import EXIT_STOP_TIMEOUT, STOP_TIMEOUT_S
 from tests.streams.test_services import controller_free_pair, own_services
+from tests.streams.test_worker_state import page, send
 
 #: `docker compose down`'s default wait between SIGTERM and SIGKILL.
 STOP_BUDGET_S = 10.0
@@ -32,25 +34,52 @@ def own_kafka(tmp_path: Path) -> Iterator[services.Kafka]:
         kafka.down()
 
 
+def kill_broker_then_stop(kafka: services.Kafka, worker: WorkerProcess, backoff_s: float) -> int:
+    """Kill the worker's broker, wait `backoff_s`, SIGTERM the worker: its exit status, once it has
+    exited within the budget."""
+    broker = kafka.pid()
+    assert broker is not None and worker.proc is not None
+    os.killpg(broker, signal.SIGKILL)
+    time.sleep(backoff_s)
+    os.killpg(worker.proc.pid, signal.SIGTERM)
+    try:
+        return worker.proc.wait(timeout=STOP_BUDGET_S)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"still running {STOP_BUDGET_S:.0f} s after SIGTERM:\n{worker.tail()}")
+
+
+def own_worker(kafka: services.Kafka, tmp_path: Path) -> WorkerProcess:
+    settings = kafka.settings.namespaced("stop", state_dir=tmp_path / "worker-state", worker_port=free_port())
+    ensure_topics(settings)
+    worker = WorkerProcess(settings)
+    worker.start()
+    return worker
+
+
 def test_a_worker_whose_broker_is_gone_stops_on_sigterm_within_the_budget(tmp_path: Path, own_kafka: services.Kafka) -> None:
     # It took 61 s: aiokafka's fetcher, closing, re-raised the cancellation of a fetch sleeping
     # its retry backoff, and Faust's consumer thread ended without saying it had shut down, which
     # mode waits 60 s for (streams/consumer_stop.py).
-    settings = own_kafka.settings.namespaced("stop", state_dir=tmp_path / "worker-state", worker_port=free_port())
-    ensure_topics(settings)
-    worker = WorkerProcess(settings)
-    worker.start()
+    worker = own_worker(own_kafka, tmp_path)
     try:
-        broker = own_kafka.pid()
-        assert broker is not None
-        os.killpg(broker, signal.SIGKILL)
-        time.sleep(2)  # its fetches fail and back off, again and again
-        assert worker.proc is not None
-        os.killpg(worker.proc.pid, signal.SIGTERM)
-        try:
-            code = worker.proc.wait(timeout=STOP_BUDGET_S)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"still running {STOP_BUDGET_S:.0f} s after SIGTERM:\n{worker.tail()}")
-        assert code == 0, worker.tail()
+        # Its fetches fail and back off, again and again, for these 2 s: then it stops cleanly.
+        assert kill_broker_then_stop(own_kafka, worker, backoff_s=2) == 0, worker.tail()
+    finally:
+        worker.kill()
+
+
+def test_a_worker_whose_broker_is_gone_mid_stream_stops_on_sigterm_within_the_budget(
+    tmp_path: Path, own_kafka: services.Kafka
+) -> None:
+    # With messages not yet committed, Faust's stop commits them, and the commit waits for the
+    # group's coordinator as long as the broker is gone: it never stopped. Now it exits after
+    # STOP_TIMEOUT_S, saying so.
+    worker = own_worker(own_kafka, tmp_path)
+    try:
+        now_ms = int(time.time() * 1000)
+        send(worker.settings, [page(f"lead-{n % 5000}", n, "/pricing", now_ms) for n in range(100_000)])
+        time.sleep(0.3)  # it is scoring them
+        assert kill_broker_then_stop(own_kafka, worker, backoff_s=0.5) == EXIT_STOP_TIMEOUT, worker.tail()
+        assert f"not stopped within {STOP_TIMEOUT_S:.0f} s of being told to" in worker.tail(400)
     finally:
         worker.kill()
