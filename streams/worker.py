@@ -8,6 +8,7 @@ import threading
 import time
 
 from streams.collection import PauseClock, tune_collector
+from streams.errors import ConfigError
 from streams.model_reload import ModelDirectory
 from streams.processes import check_port
 from streams.settings import Settings
@@ -33,6 +34,7 @@ def run_worker(settings: Settings) -> int:
     # partitions and stall them.
     models = ModelDirectory(settings.models_dir)
     check_port(settings.bind_host, settings.worker_port, "LEADSTREAM_WORKER_PORT")
+    make_state_dir(settings)
     ensure_topics(settings)
     app = create_app(settings, models)
     tune_collector(settings.gc_young_threshold)
@@ -54,6 +56,17 @@ def run_worker(settings: Settings) -> int:
     )
     worker.execute_from_commandline()
     return 0
+
+
+def make_state_dir(settings: Settings) -> None:
+    """Faust creates only the last directory of LEADSTREAM_STATE_DIR, and fails with a traceback
+    on anything else."""
+    try:
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ConfigError(f"cannot create LEADSTREAM_STATE_DIR={settings.state_dir} ({reason}): "
+                          "set it to a directory this user can create and write") from None
 
 
 def _exit_unless_stopped() -> None:
