@@ -10,7 +10,7 @@ import orjson
 import pytest
 import requests
 
-from streams.collector import Collector
+from streams.collector import REJECTIONS_LISTED, Collector
 from streams.segment import Mapper
 from streams.settings import Settings
 from tests.streams.collector_support import (  # settings and collector: fixtures
@@ -168,6 +168,36 @@ def test_a_batch_echoes_only_ids_and_writes_its_good_calls_once(collector: Threa
     [event] = all_events(read_messages(settings, settings.topic_events, events=1))
     assert event["event_id"] == good["messageId"]
     assert len(all_events(read_messages(settings, settings.topic_deadletter, events=4))) == 4
+
+
+def test_a_batch_answer_lists_its_first_refusals_and_counts_them_all(collector: ThreadedCollector, settings: Settings) -> None:
+    """A batch of 250k bad calls was answered with 24 MB of JSON naming each refusal. The answer
+    now lists the first REJECTIONS_LISTED refusals and counts them all; every refused call is
+    still dead-lettered and counted in the metrics."""
+    refused = 2 * REJECTIONS_LISTED + 50
+    batch = [track("u-1"), *({"type": "track", "event": "x", "messageId": f"m-{i}"} for i in range(refused)), track("u-2")]
+    before = scrape(settings)
+    response = collector.post("/v1/batch", {"batch": batch})
+    after = scrape(settings)
+
+    assert response.status_code == 200
+    body = response.json()
+    assert (body["accepted"], body["rejected_count"], body["rejected_omitted"]) == (2, refused, refused - REJECTIONS_LISTED)
+    assert [(r["index"], r["messageId"], r["code"]) for r in body["rejected"]] == [
+        (i + 1, f"m-{i}", "missing_identity") for i in range(REJECTIONS_LISTED)
+    ]
+    sample = 'leadstream_collector_rejected_total{code="missing_identity"}'
+    assert after[sample] - before.get(sample, 0) == refused
+    letters = all_events(read_messages(settings, settings.topic_deadletter, events=refused))
+    assert sorted(orjson.loads(letter["original"])["messageId"] for letter in letters) == sorted(f"m-{i}" for i in range(refused))
+
+
+def test_a_batch_answer_with_few_refusals_lists_them_all(collector: ThreadedCollector) -> None:
+    response = collector.post("/v1/batch", {"batch": [track("u-1"), {"type": "track", "event": "x"}]})
+    assert response.json() == {
+        "success": True, "accepted": 1, "rejected_count": 1, "rejected_omitted": 0,
+        "rejected": [{"index": 1, "messageId": None, "code": "missing_identity", "message": "a track call needs a `userId` or an `anonymousId`"}],
+    }
 
 
 def test_an_unexpected_error_mapping_one_call_refuses_that_call_alone(
