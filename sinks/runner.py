@@ -36,6 +36,7 @@ from sinks.base import Position, Sink
 from sinks.errors import PermanentError, RetryableError, StaleError, Stopping
 from sinks.ledger import Ledger, NoSteps, redis_client
 from streams import probes
+from streams.addresses import authority
 from streams.deadletter import DeadLetter
 from streams.errors import ServiceError
 from streams.kafka_clients import open_client
@@ -367,7 +368,7 @@ def run_sink(sink: Sink[T], settings: Settings) -> int:
     server = probes.serve(settings.metrics_port, runner.ready, settings.bind_host, "LEADSTREAM_METRICS_PORT")
     watcher = threading.Thread(target=runner.watch, name="sink-watch", daemon=True)
     watcher.start()
-    log.info("sink %s: starting; /metrics, /healthz and /readyz on %s:%d", sink.name, settings.bind_host, settings.metrics_port)
+    log.info("sink %s: starting; /metrics, /healthz and /readyz on %s", sink.name, authority(settings.bind_host, settings.metrics_port))
     try:
         stats = runner.run()
     except ServiceError:

@@ -31,6 +31,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from scoring.errors import StateError
 from streams import batching, bulk_store, consumer_stop, fetch_wait, lead_states, metrics, routing, seek_first
 from streams.account_table import AccountTable
+from streams.addresses import authority
 from streams.collection import BatchPause
 from streams.errors import ServiceError
 from streams.lag import LagProbe
@@ -78,6 +79,9 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
         producer_max_batch_size=512 * 1024,
         web_host=settings.bind_host,
         web_bind=settings.bind_host,
+        # What other workers forward a view's request to (streams/routing.py). Faust's default,
+        # http://{web_host}:{web_port}, is no URL for an IPv6 address, and failed to parse.
+        canonical_url=f"http://{authority(settings.bind_host, settings.worker_port)}",
         web_port=settings.worker_port,
         web_in_thread=False,
     )

@@ -59,6 +59,7 @@ from aiohttp.typedefs import Handler
 from scoring.events import MAX_ID_CHARS
 from streams import collector_metrics as metrics
 from streams import probes
+from streams.addresses import authority
 from streams.byte_budget import ByteBudget
 from streams.deadletter import DeadLetter
 from streams.envelope import pack
@@ -740,8 +741,9 @@ async def serve(settings: Settings, sources: dict[str, Source], stop: asyncio.Ev
         await runner.cleanup()
         raise
     connecting = asyncio.create_task(writer.connect())
-    log.info("collector listening on http://%s:%d; /metrics, /healthz and /readyz on %s:%d", settings.collector_host,
-             settings.collector_port, settings.bind_host, settings.collector_metrics_port)  # fmt: skip
+    log.info("collector listening on http://%s; /metrics, /healthz and /readyz on %s",
+             authority(settings.collector_host, settings.collector_port),
+             authority(settings.bind_host, settings.collector_metrics_port))
     try:
         await stop.wait()
     finally:

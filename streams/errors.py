@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 from scoring.errors import LeadstreamError
+from streams.addresses import authority
 
 
 class ConfigError(LeadstreamError):
@@ -29,7 +30,7 @@ def port_taken(host: str, port: int, setting: str, cause: OSError) -> ServiceErr
     """What a process says when a port it must listen on cannot be had."""
     reason = os.strerror(cause.errno) if cause.errno else str(cause)
     return ServiceError(
-        f"cannot listen on {host}:{port} ({reason}): another process holds the port "
+        f"cannot listen on {authority(host, port)} ({reason}): another process holds the port "
         f"(a second copy of this process?); stop it or set {setting} to a free port"
     )
 

@@ -15,6 +15,7 @@ from typing import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
+from streams.addresses import family
 from streams.errors import port_taken
 
 #: Seconds a client told "not ready" (a 503 of /readyz, or of a worker's view) waits before asking
@@ -54,8 +55,11 @@ def serve(port: int, ready: Callable[[], bool], host: str, setting: str,
         def log_message(self, format: str, *args: object) -> None:  # scrapes every few seconds: no log line each
             pass
 
+    class Server(ThreadingHTTPServer):
+        address_family = family(host)  # http.server listens on IPv4 only unless told
+
     try:
-        server = ThreadingHTTPServer((host, port), Handler)
+        server = Server((host, port), Handler)
     except OSError as exc:
         raise port_taken(host, port, setting, exc) from None
     threading.Thread(target=server.serve_forever, name="probes", daemon=True).start()

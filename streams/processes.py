@@ -16,6 +16,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from streams.addresses import authority, family, loopback
 from streams.errors import ServiceError, port_taken
 from streams.settings import Settings
 
@@ -41,7 +42,7 @@ def free_port() -> int:
 
 def check_port(host: str, port: int, setting: str) -> None:
     """A ServiceError naming `setting` unless a server can listen on host:port now."""
-    with socket.socket() as probe:
+    with socket.socket(family(host)) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp and http.server bind it
         try:
             probe.bind((host, port))
@@ -177,6 +178,11 @@ class WorkerProcess:
         """Where its /readyz answers."""
         return self.settings.worker_port
 
+    @property
+    def host(self) -> str:
+        """The address it listens on."""
+        return self.settings.bind_host
+
     def start(self, ready_timeout_s: float = 90.0, poll_s: float = 0.3) -> None:
         self.spawn()
         self.wait_ready(ready_timeout_s, poll_s)
@@ -210,7 +216,7 @@ class WorkerProcess:
 
     def get(self, path: str) -> tuple[int, bytes]:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as response:
+            with urllib.request.urlopen(f"http://{authority(loopback(self.host), self.port)}{path}", timeout=5) as response:
                 return response.status, response.read()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read()
@@ -267,3 +273,7 @@ class CollectorProcess(WorkerProcess):
     @property
     def port(self) -> int:
         return self.settings.collector_port
+
+    @property
+    def host(self) -> str:
+        return self.settings.collector_host

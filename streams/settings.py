@@ -144,7 +144,7 @@ class Settings:
     )
     kafka_heap: str = _setting("LEADSTREAM_KAFKA_HEAP", "1g", "Maximum Java heap of the local Kafka broker.", _heap)
     bind_host: str = _setting(
-        "LEADSTREAM_BIND_HOST", "127.0.0.1", "Address the worker's web views and the sinks' and collector's probes listen on (0.0.0.0 in containers)."
+        "LEADSTREAM_BIND_HOST", "127.0.0.1", "Address the worker's web views and the sinks' and collector's probes listen on, IPv4 or IPv6 (0.0.0.0 in containers)."
     )
     worker_port: int = _setting("LEADSTREAM_WORKER_PORT", 6066, "HTTP port of the worker's web views (scores, health).", _port)
     collector_port: int = _setting("LEADSTREAM_COLLECTOR_PORT", 8088, "HTTP port of the Segment-compatible collector.", _port)

@@ -7,6 +7,7 @@ import os
 import threading
 import time
 
+from streams.addresses import authority
 from streams.collection import PauseClock, tune_collector
 from streams.errors import ConfigError
 from streams.model_reload import ModelDirectory
@@ -50,9 +51,9 @@ def run_worker(settings: Settings) -> int:
     # Faust's own debug records cost ~17% of the hot path when built and discarded (PERF.md).
     logging.getLogger("faust").setLevel(max(logging.INFO, logging.getLevelName(settings.log_level.upper())))
     log.info(
-        "worker starting app_id=%s models=%s events_topic=%s web=%s:%d",
+        "worker starting app_id=%s models=%s events_topic=%s web=%s",
         settings.app_id, [m.name for m in models.current.engine.models], settings.topic_events,
-        settings.bind_host, settings.worker_port,
+        authority(settings.bind_host, settings.worker_port),
     )
     worker.execute_from_commandline()
     return 0

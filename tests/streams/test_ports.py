@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
+import urllib.request
 from typing import Iterator
 
 import pytest
@@ -11,7 +13,7 @@ import pytest
 from streams import probes
 from streams.collector import load_sources, serve
 from streams.errors import ServiceError
-from streams.processes import free_port
+from streams.processes import check_port, free_port
 from streams.settings import Settings
 from tests.infra import leadstream
 
@@ -55,3 +57,64 @@ def test_the_worker_says_so_before_joining_its_group(isolated: Settings, taken: 
     done = leadstream(isolated.with_overrides(worker_port=taken), "worker", check=False, timeout=60)
     assert done.returncode == 1
     assert done.stderr.strip() == f"leadstream worker: {expected(taken, 'LEADSTREAM_WORKER_PORT')}"
+
+
+def get(url: str) -> int:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return int(response.status)
+
+
+def test_probes_listen_on_an_ipv6_address() -> None:
+    # Before: http.server listens on IPv4 only, and LEADSTREAM_BIND_HOST=::1 stopped every sink
+    # at start with "cannot listen on ::1:PORT (Unknown error -9): another process holds the port".
+    port = free_port()
+    server = probes.serve(port, lambda: True, "::1", "LEADSTREAM_METRICS_PORT")
+    try:
+        assert get(f"http://[::1]:{port}/healthz") == 200
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_taken_ipv6_port_is_named_as_a_url_writes_it() -> None:
+    with socket.socket(socket.AF_INET6) as holder:
+        holder.bind(("::1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        with pytest.raises(ServiceError) as error:
+            check_port("::1", port, "LEADSTREAM_WORKER_PORT")
+    assert str(error.value).startswith(f"cannot listen on [::1]:{port} (Address already in use): ")
+    check_port("::1", port, "LEADSTREAM_WORKER_PORT")  # free again
+
+
+def test_the_collector_listens_on_ipv6_addresses() -> None:
+    ports = {"collector_port": free_port(), "collector_metrics_port": free_port()}
+    settings = Settings.from_env().with_overrides(collector_write_keys="wk=site", collector_host="::1", bind_host="::1", **ports)
+    loop = asyncio.new_event_loop()
+    stop = asyncio.Event()
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            loop.run_until_complete(serve(settings, load_sources(settings.collector_write_keys), stop))
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        statuses = []
+        for port in ports.values():
+            url = f"http://[::1]:{port}/healthz"
+            for _ in range(100):  # until it listens
+                try:
+                    statuses.append(get(url))
+                    break
+                except OSError:
+                    assert not failure, failure
+                    thread.join(0.05)
+        assert statuses == [200, 200], failure
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(30)
+        loop.close()

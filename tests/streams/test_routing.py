@@ -17,11 +17,13 @@ import aiohttp
 import faust
 import orjson
 from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
 from yarl import URL
 
+from streams.addresses import authority
 from streams.partitioning import partition_for
 from streams.processes import WorkerProcess, free_port
-from streams.routing import FORWARD_TIMEOUT_S, forward
+from streams.routing import FORWARD_TIMEOUT_S, forward, owner_url
 from streams.send import open_producer, produce
 from streams.settings import Settings
 from tests.infra import wait_for
@@ -55,7 +57,7 @@ def two_workers_sharing(settings: Settings, worker: Callable[..., WorkerProcess]
         produce(producer, settings.topic_events, ((e["lead_id"], orjson.dumps(e)) for e in events), 1)
     finally:
         producer.close()
-    workers = [worker(), worker(replace(settings, worker_port=free_port(), state_dir=settings.state_dir / "second"))]
+    workers = [worker(settings), worker(replace(settings, worker_port=free_port(), state_dir=settings.state_dir / "second"))]
     wait_for(lambda: all(w.ready() and sum(w.metric("leadstream_leads_in_state")) for w in workers), 120,
              "the two workers sharing the leads", 0.3)
     wait_for(lambda: sum(sum(w.metric("leadstream_leads_in_state")) for w in workers) == len(scored), 120,
@@ -79,6 +81,27 @@ def test_ids_of_dot_segments_are_answered_by_their_owner_through_either_worker(
         bodies = [orjson.loads(body) for _, _, body in answers]
         assert [body["lead_id"] for body in bodies] == [lead, lead], (path, bodies)
         assert bodies[0]["models"]["b2b"]["score"] == bodies[1]["models"]["b2b"]["score"] > 0, (path, bodies)
+
+
+def test_workers_listening_on_an_ipv6_address_forward_to_each_other(
+    isolated: Settings, worker: Callable[..., WorkerProcess]
+) -> None:
+    # Before, with LEADSTREAM_BIND_HOST=::1 the worker did not start: its port check opened an
+    # IPv4 socket ("Unknown error -9"), and Faust's URL of the worker, http://::1:6066, failed to parse.
+    workers, leads = two_workers_sharing(replace(isolated, bind_host="::1"), worker, [])
+    for lead in leads:
+        answers = [w.get(f"/leads/{lead}/") for w in workers]  # one of the two forwards it to the other
+        assert [status for status, _ in answers] == [200, 200], (lead, answers)
+        bodies = [orjson.loads(body) for _, body in answers]
+        assert [body["lead_id"] for body in bodies] == [lead, lead], bodies
+        assert bodies[0]["models"]["b2b"]["score"] == bodies[1]["models"]["b2b"]["score"] > 0, bodies
+
+
+def test_a_request_is_forwarded_to_an_owner_at_an_ipv6_address() -> None:
+    here = URL(f"http://{authority('::1', 6066)}")  # a worker's canonical_url (streams/app.py)
+    assert (here.host, here.port) == ("::1", 6066)  # as routing compares it with an owner's
+    request = make_mocked_request("GET", "/leads/a%2Fb/?detail=1")
+    assert str(owner_url(here, request)) == "http://[::1]:6066/leads/a%2Fb/?detail=1"
 
 
 def test_a_lead_whose_owner_does_not_answer_is_a_503_to_retry_within_seconds(
