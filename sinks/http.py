@@ -23,6 +23,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import MaxRetryError
 from urllib3.poolmanager import PoolManager
 from urllib3.response import HTTPResponse
 
@@ -220,6 +221,13 @@ class TimeoutSession(requests.Session):
 
 def transport_error(what: str, exc: requests.RequestException, hide: str = "") -> RetryableError:
     """No usable answer (timeout, refused or reset connection, TLS failure): try again later.
-    `hide`, a secret part of the URL that requests' message names, is left out of it."""
-    message = str(exc).replace(hide, "/...") if hide else str(exc)
+
+    `hide`, a secret part of the URL (a hook's path and query), is left out of the message.
+    urllib3's MaxRetryError names the URL as it sent it, encoded (`/a b/é` as `/a%20b/%C3%A9`, and
+    escapes upper-cased): no text replacement finds every form, so its reason is shown instead,
+    which names the host only. Other errors quoting the URL (an invalid one) quote it as given.
+    """
+    cause = exc.args[0] if exc.args else None
+    text = str(cause.reason) if isinstance(cause, MaxRetryError) else str(exc)
+    message = text.replace(hide, "/...") if hide else text
     return RetryableError(f"{what}: no answer ({type(exc).__name__}: {message})")

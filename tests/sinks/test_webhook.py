@@ -207,3 +207,32 @@ def test_messages_name_the_receiver_without_the_secret_part_of_its_url(sink_sett
     assert [d for d in details if f"webhook {webhook.url}/...: HTTP 410" in d]
     assert [d for d in details if f"webhook http://127.0.0.1:{port}/...: no answer (ConnectionError: " in d]
     assert [d for d in details if f"webhook {webhook.url}/...: redirected (HTTP 308) to https://hooks.example/...: set " in d]
+
+
+@pytest.mark.parametrize("failure", ["refused", "hung_up"])
+def test_a_hook_url_requests_encodes_shows_in_no_form_when_the_receiver_does_not_answer(
+    sink_settings: Settings, webhook: WebhookReceiver, caplog: pytest.LogCaptureFixture, failure: str
+) -> None:
+    """A space, a non-ASCII letter or a lower-case escape in the hook's path or query is sent
+    encoded (`%20`, `%C3%A9`, `%2F`), and a refused connection's error named the URL so encoded:
+    the text replacement of the path as given missed it, and the secret went to logs and dead letters."""
+    secret_path = "/hooks/T0001 B0002/clé%2fs3cr3t|x?sig=Q9q9 déf"
+    if failure == "refused":
+        with socket.socket() as closed:  # a port nothing listens on
+            closed.bind(("127.0.0.1", 0))
+            origin, reason = f"http://127.0.0.1:{closed.getsockname()[1]}", "Connection refused"
+    else:  # the receiver reads the request and closes the connection without an answer
+        webhook.inject("timeout")
+        origin, reason = webhook.url, "Connection aborted"
+    settings = sink_settings.with_overrides(webhook_url=origin + secret_path, sink_max_attempts=1)
+    produce(settings, [crossing(1, "mql")])
+    with caplog.at_level("DEBUG"):
+        drain(WebhookSink(settings), settings)
+
+    [(_, letter)] = read_topic(settings, f"{settings.topic_crossings}-dlq-webhook", expect=1, idle_s=0.5)
+    assert f"webhook {origin}/...: no answer (ConnectionError: " in letter["detail"], letter
+    assert reason in letter["detail"], letter
+    shown = [letter["detail"], *(record.getMessage() for record in caplog.records)]
+    # The path's ASCII parts are the same in every encoding of it.
+    leaks = [text for text in shown if "s3cr3t" in text or "T0001" in text or "Q9q9" in text]
+    assert not leaks, leaks
