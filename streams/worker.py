@@ -19,7 +19,9 @@ log = logging.getLogger("leadstream.worker")
 #: Longest a worker takes to stop once told to (SIGTERM, Ctrl-C), within `docker compose down`'s
 #: 10 s. It stops in about a second, waiting for the batch in flight; but Faust's stop commits the
 #: offsets of the messages being processed, and a commit waits for the group's coordinator for as
-#: long as the broker is gone: the worker ignored SIGTERM until it was killed. Past this, it exits
+#: long as the broker is gone: the worker ignored SIGTERM until it was killed. (A worker told to
+#: stop while its group rebalances, as in its start-up, also waits for the rebalance: chaos runs on
+#: a loaded machine saw it go past this.) Past this, it exits
 #: with what it has not committed read again by its successor, as after a crash.
 STOP_TIMEOUT_S = 8.0
 #: The exit status of a worker that did not stop within STOP_TIMEOUT_S.
@@ -72,6 +74,7 @@ def make_state_dir(settings: Settings) -> None:
 
 def _exit_unless_stopped() -> None:
     time.sleep(STOP_TIMEOUT_S)
-    log.critical("not stopped within %.0f s of being told to (is Kafka unreachable? its commit waits for it): exiting; "
+    log.critical("not stopped within %.0f s of being told to (its last commit, or its Kafka consumer leaving a group "
+                 "that is rebalancing, waits for the broker; is Kafka reachable?): exiting; "
                  "the messages it did not commit are scored again by the next worker", STOP_TIMEOUT_S)
     os._exit(EXIT_STOP_TIMEOUT)
