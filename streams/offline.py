@@ -169,8 +169,10 @@ class OfflineRun:
         out = [{"record": "transition", **t.to_dict()} for t in self.transitions if publishable(t)]
         for (model, lead_id), state in sorted(self.leads.items()):
             out.append({"record": "lead", **self.engine.summary(model, lead_id, state, self.newest_ms)})
+        # The worker publishes the summaries of models with [accounts] only (streams/rollup.py).
+        rolling = {model.name for model in self.engine.models if model.accounts is not None}
         for (model, account_id), account in sorted(self.accounts.items()):
-            if not account.members:  # its last member left: the worker takes it out of read models
+            if model not in rolling or not account.members:  # its last member left: the worker takes it out of read models
                 continue
             # As the worker publishes it for read models.
             out.append({"record": "account", **self.engine.account_summary(model, account_id, account)})
@@ -266,7 +268,7 @@ def _table(records: list[dict[str, Any]]) -> str:
         sections.append(
             columns(
                 ("MODEL", "ACCOUNT", "SCORE", "LEVEL", "MEMBERS"),
-                [(r["model"], r["account_id"], "-" if r["score"] is None else points(r["score"]), r["level"] or "-", str(r["members"])) for r in accounts],
+                [(r["model"], r["account_id"], points(r["score"]), r["level"] or "-", str(r["members"])) for r in accounts],
             )
         )
     return "\n".join(sections)

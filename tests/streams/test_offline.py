@@ -323,3 +323,19 @@ def test_score_and_review_tune_the_collector_as_the_worker_does(tmp_path: Path, 
         done = subprocess.run([sys.executable, "-c", script, *command, "--models", str(MODELS_DIR)], env=env,
                               capture_output=True, text=True, check=True, timeout=120)
         assert done.stdout.splitlines()[-1] == f"0 {threshold} {threshold != 700}", done.stderr
+
+
+def test_accounts_are_listed_only_for_models_that_roll_up_as_the_worker_publishes_them(tmp_path: Path) -> None:
+    """The worker publishes account summaries only for models with [accounts]; a lead of a model
+    without (saas_start_small) with an account_id made `score` list an account of null score."""
+    events = write(tmp_path / "events.jsonl", [
+        {"event_id": "s1", "lead_id": "ana", "type": "signup", "time": T0, "product": "saas", "account_id": "acme"},
+        {"event_id": "b1", "lead_id": "ben", "type": "webinar_attended", "time": T0, "product": "b2b", "account_id": "acme"},
+    ])  # fmt: skip
+    out = io.StringIO()
+    assert score_file(MODELS_DIR, events, table=False, out=out, err=io.StringIO()) == 0
+    accounts = [(r["model"], r["account_id"], r["score"]) for r in map(orjson.loads, out.getvalue().splitlines()) if r["record"] == "account"]
+    assert accounts == [("b2b", "acme", 10)]
+    table = io.StringIO()
+    assert score_file(MODELS_DIR, events, table=True, out=table, err=io.StringIO()) == 0
+    assert "saas_start_small  acme" not in table.getvalue()
