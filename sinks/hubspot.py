@@ -74,8 +74,9 @@ class HubSpotSink(CrossingSink):
         if not settings.hubspot_access_token:
             raise ConfigError(
                 "LEADSTREAM_HUBSPOT_ACCESS_TOKEN is empty: create a HubSpot private app with the "
-                "crm.objects.contacts.write, crm.objects.companies.write and crm.objects.deals.write "
-                "scopes and set its access token"
+                "scopes crm.objects.contacts.read, crm.objects.contacts.write, crm.objects.companies.read, "
+                "crm.objects.companies.write, crm.objects.deals.read and crm.objects.deals.write (the connector "
+                "reads records' owners and searches deals and tasks by crossing id) and set its access token"
             )
         self.mapping = mapping or load_mapping(settings.sink_mapping_dir / "hubspot.toml", with_deals=True)
         self.limiter = limiter_for("LEADSTREAM_HUBSPOT_RATE_LIMIT", settings.hubspot_rate_limit, "hubspot")

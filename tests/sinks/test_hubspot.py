@@ -10,6 +10,7 @@ import pytest
 from sinks.hubspot import DEAL_TO_COMPANY, DEAL_TO_CONTACT, TASK_TO_COMPANY, TASK_TO_CONTACT, TASK_TO_DEAL, HubSpotSink
 from sinks.mapping import load_mapping
 from sinks.runner import SinkRunner
+from streams.errors import ConfigError
 from streams.settings import Settings
 from tests.infra import read_topic
 from tests.sinks.conftest import account_climb, account_crossing, crossing, drain, produce
@@ -274,3 +275,12 @@ def test_an_answer_that_never_ends_fails_the_attempt_at_the_timeout(
     assert stats.dead_lettered == 1 and time.monotonic() - started < 8
     [(_, letter)] = read_topic(settings, f"{settings.topic_crossings}-dlq-hubspot", expect=1, idle_s=0.5)
     assert "no whole answer within 1 s" in letter["detail"], letter["detail"]
+
+
+def test_without_a_token_it_names_every_scope_the_token_needs() -> None:
+    """The connector reads records' owners and searches deals and tasks by crossing id: a token
+    made with the write scopes only, which the message named, got 403 on those calls."""
+    with pytest.raises(ConfigError) as refused:
+        HubSpotSink(Settings.from_env({}))
+    scopes = [f"crm.objects.{kind}.{access}" for kind in ("contacts", "companies", "deals") for access in ("read", "write")]
+    assert [scope for scope in scopes if scope not in str(refused.value)] == []
