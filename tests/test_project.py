@@ -67,6 +67,14 @@ def test_compose_configures_leadstream_only_with_real_settings() -> None:
             assert service["environment"]["LEADSTREAM_KAFKA_BOOTSTRAP"] == "kafka:19092"
 
 
+def test_plain_compose_up_starts_only_services_that_need_nothing_from_the_user() -> None:
+    # A leadstream process refuses to start without its credentials or write keys, and
+    # `restart: unless-stopped` would start it again and again: such services sit in a profile.
+    for name, service in compose()["services"].items():
+        empty = [v for v, value in service.get("environment", {}).items() if str(value).endswith(":-}")]
+        assert not empty or service.get("profiles"), f"service {name} runs on `docker compose up` without {empty}"
+
+
 def test_readme_documents_every_setting() -> None:
     readme = (PROJECT_ROOT / "README.md").read_text()
     missing = sorted(env for env in ENV_NAMES if f"`{env}`" not in readme)
