@@ -311,6 +311,20 @@ def records_of(data: dict[bytes, bytes], updates: list[MemberScore]) -> list[tup
     return changelog(outbox)
 
 
+def cleaned_up_whatever_the_cut(data: dict[bytes, bytes], updates: list[MemberScore], last: MemberScore,
+                                expected: dict[str, list[int]]) -> None:
+    """The batch rolling `updates` up again over `data` (pages no value names) deletes them, however
+    many of its records it wrote before it stopped: that batch read anew, then `last`, leave no
+    unnamed page and the `expected` members."""
+    again = records_of(data, updates)
+    for cut in range(len(again) + 1):
+        later, _ = stage_over(written(data, again[:cut]))
+        roll(later, updates)
+        roll(later, [last])
+        assert not unnamed_pages(later.store.table.data)
+        assert read_back(later.store.table.data).members == expected
+
+
 def test_pages_a_batch_cut_short_left_are_deleted_by_the_next_batch_that_writes_the_account_even_if_cut_in_turn() -> None:
     """A worker stopped after a batch wrote the account's value but before it deleted the old
     pages (pages doubled, or placed by crc32 paged anew) left them in the changelog and in
@@ -332,13 +346,7 @@ def test_pages_a_batch_cut_short_left_are_deleted_by_the_next_batch_that_writes_
     last = update(0, 50, 300)
     for data, updates in left:
         expected = {**{f"L{n}": [30, T0 + n] for n in range(8)}, **{u.lead_id: [u.score, u.time_ms] for u in [*updates, last]}}
-        again = records_of(data, updates)
-        for cut in range(len(again) + 1):  # and the batch that deletes them stopped anywhere in turn
-            later, _ = stage_over(written(data, again[:cut]))
-            roll(later, updates)
-            roll(later, [last])
-            assert not unnamed_pages(later.store.table.data)
-            assert read_back(later.store.table.data).members == expected
+        cleaned_up_whatever_the_cut(data, updates, last, expected)
 
 
 def test_pages_a_batch_cut_short_left_as_it_paged_an_account_are_deleted_when_the_batch_rolled_up_again_leaves_it_inline() -> None:
@@ -362,13 +370,8 @@ def test_pages_a_batch_cut_short_left_as_it_paged_an_account_are_deleted_when_th
     for cut in range(1, 5):  # some or all of the pages written, not the value
         data = written(inline, records[:cut])
         assert len(unnamed_pages(data)) == cut
+        cleaned_up_whatever_the_cut(data, retried, last, expected)
         again = records_of(data, retried)
-        for cut_again in range(len(again) + 1):  # and the batch that deletes them stopped anywhere in turn
-            later, _ = stage_over(written(data, again[:cut_again]))
-            roll(later, retried)
-            roll(later, [last])
-            assert not unnamed_pages(later.store.table.data)
-            assert read_back(later.store.table.data).members == expected
         for more in (4, 13):  # paged later, at the same count (4 pages) or another (16): its own members only
             later, _ = stage_over(written(data, again))
             roll(later, [update(n, 20, 400 + n) for n in range(4, 4 + more)])

@@ -6,8 +6,9 @@ also on a partition the group has never committed or committed at 0, which aioka
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
-from typing import Any
+from typing import Any, AsyncIterator
 
 import faust
 import pytest
@@ -85,6 +86,34 @@ def worker_app(settings: Settings, datadir: Path, seen: dict[str, list[bytes]], 
     return app
 
 
+@contextlib.asynccontextmanager
+async def running(app: faust.App, tp: TP) -> AsyncIterator[None]:
+    """The app started and owning `tp` with its flow running (its first rebalance done), for at
+    most a minute; then stopped."""
+    await app.start()
+    try:
+        async with asyncio.timeout(60):
+            while app.rebalancing or not app.consumer.flow_active or tp not in app.consumer.assignment():
+                await asyncio.sleep(0.05)
+            yield
+    finally:
+        await app.stop()
+
+
+def rejoin(consumer: Any) -> None:
+    """The group rebalances, as when a worker joins or leaves."""
+    kafka_consumer = consumer._thread._consumer
+    consumer._thread.thread_loop.call_soon_threadsafe(kafka_consumer._coordinator.request_rejoin)
+
+
+async def read_on(settings: Settings, topic: str, seen: dict[str, list[bytes]]) -> list[bytes]:
+    """What the app's agents saw of `topic`, once they have seen a record produced now."""
+    produce(settings, topic, [b"after"])
+    while b"after" not in seen.get(topic, []):
+        await asyncio.sleep(0.05)
+    return seen[topic]
+
+
 # Committed at 2 (after two earlier records): the records before it stay behind, as before the fix.
 @pytest.mark.parametrize("committed", [None, 0, 2], ids=["never-committed", "committed-0", "committed-2"])
 @pytest.mark.parametrize("topic_of", ["topic_identity", "topic_accounts"])
@@ -119,8 +148,7 @@ def test_records_thrown_away_as_a_rebalance_begins_are_read_again(
             kafka_consumer = consumer._thread._consumer
             while not kafka_consumer._fetcher._fetch_waiters and not in_flight.done():
                 await asyncio.sleep(0.01)
-            # The group rebalances (as when a worker joins or leaves) while this fetch waits.
-            consumer._thread.thread_loop.call_soon_threadsafe(kafka_consumer._coordinator.request_rejoin)
+            rejoin(consumer)  # while this fetch waits
             records = await in_flight
             # What makes Faust's getmany throw them away and seek back to the committed offsets.
             thrown_away.append(tp in records and not consumer.flow_active)
@@ -141,19 +169,10 @@ def test_records_thrown_away_as_a_rebalance_begins_are_read_again(
         consumer._getmany = fetch_across_a_rebalance
         app.on_partitions_revoked.connect(on_revoked)
         app.on_rebalance_complete.connect(on_rebalance_complete)
-        await app.start()
-        try:
-            async with asyncio.timeout(60):
-                while app.rebalancing or not consumer.flow_active or tp not in consumer.assignment():
-                    await asyncio.sleep(0.05)
-                rebalance["requested"] = True
-                await fetched.wait()
-                produce(isolated, topic, [b"after"])
-                while b"after" not in seen.get(topic, []):
-                    await asyncio.sleep(0.05)
-            return thrown_away == [True], seen[topic]
-        finally:
-            await app.stop()
+        async with running(app, tp):
+            rebalance["requested"] = True
+            await fetched.wait()
+            return thrown_away == [True], await read_on(isolated, topic, seen)
 
     assert asyncio.run(scenario()) == (True, [*values, b"after"])
 
@@ -200,21 +219,11 @@ def test_records_fetched_between_the_seek_and_the_flow_resuming_are_not_lost(iso
         seek: Any = None
         app.on_partitions_assigned.connect(on_assigned)
         app.on_rebalance_complete.connect(on_rebalance_complete)
-        await app.start()
-        try:
-            async with asyncio.timeout(60):
-                while app.rebalancing or not consumer.flow_active or tp not in consumer.assignment():
-                    await asyncio.sleep(0.05)
-                rebalancing["armed"] = True
-                kafka_consumer = consumer._thread._consumer
-                consumer._thread.thread_loop.call_soon_threadsafe(kafka_consumer._coordinator.request_rejoin)
-                while not read_offset_at_resume:
-                    await asyncio.sleep(0.05)
-                produce(isolated, topic, [b"after"])
-                while b"after" not in seen.get(topic, []):
-                    await asyncio.sleep(0.05)
-            return seen[topic]
-        finally:
-            await app.stop()
+        async with running(app, tp):
+            rebalancing["armed"] = True
+            rejoin(consumer)
+            while not read_offset_at_resume:
+                await asyncio.sleep(0.05)
+            return await read_on(isolated, topic, seen)
 
     assert asyncio.run(scenario()) == [*values, b"after"]
