@@ -108,6 +108,8 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
     # The models in use change when their files are edited (reload_models below): read them
     # from the stages, which switch between batches.
     scorer = Scorer(models.current.engine, settings, lead_store, outbox, settings.partitions)
+    # Before the app starts: Faust's conductor binds the consumer's methods as it subscribes.
+    seek_first.install(app.consumer, on_sought=scorer.sequence.seed)
     rollup_outbox = Outbox(settings.kafka_bootstrap, settings.partitions, "leadstream-worker-accounts")
     rollup_stage = Rollup(models.current.engine, settings, account_store, rollup_outbox)
     # No garbage collection while a batch is scored: it would only scan the batch's own
@@ -161,7 +163,6 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
         log.info("rebalance: partitions revoked count=%d", len(revoked))
 
     async def on_assigned(sender: Any, assigned: Any = (), **kwargs: Any) -> None:
-        seek_first.install(app.consumer, on_sought=scorer.sequence.seed)
         fetch_wait.install(app.consumer, settings.fetch_max_wait_ms)
         consumer_stop.install(app.consumer)
         owned = sorted(tp.partition for tp in assigned if tp.topic == settings.topic_events)

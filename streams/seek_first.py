@@ -25,11 +25,20 @@ one offset at the head through (`Consumer._new_offset`: `min(acked) - committed 
 lost an events message so: it arrived during the seek, after a rebalance its worker kept the
 partition through, and the commit went past it.
 
+Nor may the emptying of a full queue resume a paused partition. When an agent's queue fills up,
+Faust stops taking its partition's records from the fetcher (`Consumer.on_buffer_full`), and
+takes them again once the queue drains (`on_buffer_drop`), paused or not. A rebalance pauses the
+stream partitions and empties the queues, so a busy worker's partitions were taken again at once:
+the new assignment's first records arrived before the seek, behind Faust's read offset left over
+from the last assignment, and were dropped (`_drain_messages`), and the records the emptied queue
+held were never read again, and were committed past. A test saw 4 records lost at each rebalance.
+
 `install` makes the consumer hold back the resumption of stream partitions until the flow is
 resumed after the seek (`Consumer.resume_flow`, which Recovery calls right after emptying the
 queues), so the first record delivered is the committed one, and makes that seek send a stream
 partition with no committed offset to its beginning, as `consumer_auto_offset_reset="earliest"`
-would (records read again, as every rebalance reads again those after a committed offset).
+would (records read again, as every rebalance reads again those after a committed offset), and
+makes a queue that drains leave a paused partition paused (taken again once it is resumed).
 """
 
 from __future__ import annotations
@@ -38,8 +47,10 @@ from typing import Any, Callable, Iterable, Mapping
 
 
 def install(consumer: Any, on_sought: Callable[[Mapping[Any, int]], None] | None = None) -> None:
-    """Wrap this consumer's `resume_partitions`, `perform_seek`, `seek_to_committed` and
-    `resume_flow` (once). `on_sought` is told the offset each stream partition was sought to."""
+    """Wrap this consumer's `resume_partitions`, `perform_seek`, `seek_to_committed`,
+    `resume_flow` and `on_buffer_drop` (once), before the app starts: Faust's conductor keeps the
+    `on_buffer_drop` it finds when it subscribes. `on_sought` is told the offset each stream
+    partition was sought to."""
     if getattr(consumer, "_leadstream_seek_first", False):
         return
     consumer._leadstream_seek_first = True
@@ -91,3 +102,12 @@ def install(consumer: Any, on_sought: Callable[[Mapping[Any, int]], None] | None
     consumer.perform_seek = seek_and_hold
     consumer.seek_to_committed = seek_to_committed_or_beginning
     consumer.resume_flow = resume_flow_then_partitions
+    on_buffer_drop = consumer.on_buffer_drop
+
+    def on_buffer_drop_unless_paused(tp: Any) -> None:
+        if tp in consumer._paused_partitions:
+            consumer._buffered_partitions.discard(tp)  # taken again when it is resumed
+            return
+        on_buffer_drop(tp)
+
+    consumer.on_buffer_drop = on_buffer_drop_unless_paused

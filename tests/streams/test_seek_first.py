@@ -48,12 +48,13 @@ async def commit(settings: Settings, topic: str, offset: int) -> None:
 
 
 def worker_app(settings: Settings, datadir: Path, seen: dict[str, list[bytes]], busy_s: float = 0.0,
-               table: bool = False) -> faust.App:
+               table: bool = False, buffer: int = 4096) -> faust.App:
     """The worker's subscriptions (streams/app.py): events, profiles and identity to one agent,
-    accounts to another, read from the earliest offset when the group has no commit. Each event
-    takes the agents `busy_s`, as scoring does: records fetched meanwhile wait in their queue.
+    accounts to another, read from the earliest offset when the group has no commit, with
+    streams/seek_first.py installed as the worker installs it. Each event takes the agents
+    `busy_s`, as scoring does: records fetched meanwhile wait in their queue, of `buffer` records.
     With `table`, the worker's lead table: Faust's recovery then resumes the flow before it seeks
-    the stream partitions, as in the worker."""
+    the stream partitions, as in the worker. Offsets are committed every 0.1 s."""
     app = faust.App(
         settings.app_id,
         broker=f"kafka://{settings.kafka_bootstrap}",
@@ -64,8 +65,11 @@ def worker_app(settings: Settings, datadir: Path, seen: dict[str, list[bytes]], 
         processing_guarantee="at_least_once",
         web_enabled=False,
         stream_wait_empty=False,
+        stream_buffer_maxsize=buffer,
+        broker_commit_interval=0.1,
         loop=asyncio.get_running_loop(),
     )
+    seek_first.install(app.consumer)
     raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
 
     async def collect(stream: faust.StreamT[bytes]) -> None:
@@ -78,11 +82,6 @@ def worker_app(settings: Settings, datadir: Path, seen: dict[str, list[bytes]], 
     app.agent(app.topic(settings.topic_events, settings.topic_profiles, settings.topic_identity, **raw),
               name="score")(collect)
     app.agent(app.topic(settings.topic_accounts, **raw), name="rollup")(collect)
-
-    async def on_assigned(sender: Any, *args: Any, **kwargs: Any) -> None:
-        seek_first.install(app.consumer)
-
-    app.on_partitions_assigned.connect(on_assigned)
     return app
 
 
@@ -206,7 +205,6 @@ def test_records_fetched_between_the_seek_and_the_flow_resuming_are_not_lost(iso
 
         async def on_assigned(sender: Any, *args: Any, **kwargs: Any) -> None:
             nonlocal seek
-            seek_first.install(consumer)
             if seek is None:
                 seek = consumer.perform_seek
                 consumer.perform_seek = seek_then_wait_for_the_fetch
@@ -227,3 +225,36 @@ def test_records_fetched_between_the_seek_and_the_flow_resuming_are_not_lost(iso
             return await read_on(isolated, topic, seen)
 
     assert asyncio.run(scenario()) == [*values, b"after"]
+
+
+def test_a_partition_paused_for_a_rebalance_is_not_fetched_again_when_its_full_queue_is_emptied(
+    isolated: Settings, tmp_path: Path
+) -> None:
+    # A busy agent fills its queue: Faust stops taking its partition's records from the fetcher
+    # (Consumer.on_buffer_full). A rebalance pauses the partition and empties the queue, and the
+    # emptied queue told the consumer to take them again (on_buffer_drop), paused or not: records
+    # of the new assignment were then taken before the seek, behind a read offset left over from
+    # the last one, and dropped; the queue's records were never read again, and committed past.
+    topic = isolated.topic_events
+    tp = TP(topic, PARTITION)
+    count = 120
+    values = [str(n).encode() for n in range(count)]  # a fresh topic: each value is its offset
+
+    async def scenario() -> tuple[list[bytes], list[str]]:
+        seen: dict[str, list[bytes]] = {}
+        app = worker_app(isolated, tmp_path / "state", seen, busy_s=0.01, table=True, buffer=4)
+        committed_past: list[str] = []
+        async with running(app, tp):
+            await asyncio.to_thread(produce, isolated, topic, values)
+            for read in (20, 50, 80, count):
+                while len(set(seen.get(topic, []))) < read:
+                    committed = app.consumer._committed_offset.get(tp) or 0
+                    unread = set(values[:committed]) - set(seen.get(topic, []))
+                    if unread:
+                        committed_past.append(f"committed {committed}, never read {sorted(int(v) for v in unread)}")
+                        return sorted(set(seen[topic]), key=int), committed_past
+                    await asyncio.sleep(0.005)
+                rejoin(app.consumer)
+            return sorted(set(seen[topic]), key=int), committed_past
+
+    assert asyncio.run(scenario()) == (values, [])
