@@ -31,7 +31,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from scoring.errors import StateError
 from streams import batching, bulk_store, consumer_stop, fetch_wait, lead_states, metrics, routing, seek_first
 from streams.account_table import AccountTable
-from streams.addresses import authority
+from streams.addresses import advertised, authority
 from streams.collection import BatchPause
 from streams.errors import ServiceError
 from streams.lag import LagProbe
@@ -48,6 +48,15 @@ log = logging.getLogger("leadstream.worker")
 Process = Callable[[list[Consumed], Callable[[], Awaitable[None]]], Awaitable[Any]]
 #: Members the /accounts/{id}/ view lists, the highest scored first.
 ACCOUNT_VIEW_MEMBERS = 100
+
+
+def canonical_url(settings: Settings) -> str:
+    """The URL this worker gives the others, which forward it the requests of views for the keys it
+    owns (streams/routing.py). Faust's default, http://{web_host}:{web_port}, is no URL for an IPv6
+    address; and the address the worker listens on is none to reach it at when it is a wildcard:
+    workers bound to 0.0.0.0 on several machines each told the others to ask http://0.0.0.0:PORT,
+    which is the asker's own machine (on the same port, itself: a 404 for a lead another owns)."""
+    return f"http://{authority(advertised(settings.bind_host, settings.advertised_host), settings.worker_port)}"
 
 
 def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
@@ -77,11 +86,8 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
         producer_acks=-1,
         producer_linger_ms=2,
         producer_max_batch_size=512 * 1024,
-        web_host=settings.bind_host,
         web_bind=settings.bind_host,
-        # What other workers forward a view's request to (streams/routing.py). Faust's default,
-        # http://{web_host}:{web_port}, is no URL for an IPv6 address, and failed to parse.
-        canonical_url=f"http://{authority(settings.bind_host, settings.worker_port)}",
+        canonical_url=canonical_url(settings),
         web_port=settings.worker_port,
         web_in_thread=False,
     )

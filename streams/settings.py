@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
+from streams.addresses import is_address
 from streams.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -84,6 +85,11 @@ def _http_url(value: str) -> str | None:
     return None
 
 
+def _host(value: str) -> str | None:
+    # Written into a URL (the worker's canonical_url): a scheme, a port or brackets would make it no host.
+    return None if is_address(value) or re.fullmatch(r"[A-Za-z0-9_.-]+", value) else "a host name or an IP address"
+
+
 def _heap(value: str) -> str | None:
     # Given to java as -Xmx: a number of bytes with an optional k, m or g.
     return None if re.fullmatch(r"[1-9][0-9]*[kKmMgG]?", value) else "a Java heap size (e.g. 1g or 512m)"
@@ -145,6 +151,14 @@ class Settings:
     kafka_heap: str = _setting("LEADSTREAM_KAFKA_HEAP", "1g", "Maximum Java heap of the local Kafka broker.", _heap)
     bind_host: str = _setting(
         "LEADSTREAM_BIND_HOST", "127.0.0.1", "Address the worker's web views and the sinks' and collector's probes listen on, IPv4 or IPv6 (0.0.0.0 in containers)."
+    )
+    advertised_host: str = _setting(
+        "LEADSTREAM_ADVERTISED_HOST",
+        "",
+        "Host other workers reach this worker's web views at, to forward it requests for the leads and accounts it owns: a "
+        "name or address of this machine, container or pod. Empty: LEADSTREAM_BIND_HOST, or this machine's host name "
+        "when that is every address (0.0.0.0, ::).",
+        _host,
     )
     worker_port: int = _setting("LEADSTREAM_WORKER_PORT", 6066, "HTTP port of the worker's web views (scores, health).", _port)
     collector_port: int = _setting("LEADSTREAM_COLLECTOR_PORT", 8088, "HTTP port of the Segment-compatible collector.", _port)

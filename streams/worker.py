@@ -53,9 +53,9 @@ def run_worker(settings: Settings) -> int:
     # Faust's own debug records cost ~17% of the hot path when built and discarded (PERF.md).
     logging.getLogger("faust").setLevel(max(logging.INFO, logging.getLevelName(settings.log_level.upper())))
     log.info(
-        "worker starting app_id=%s models=%s events_topic=%s web=%s",
+        "worker starting app_id=%s models=%s events_topic=%s web=%s advertised=%s",
         settings.app_id, [m.name for m in models.current.engine.models], settings.topic_events,
-        authority(settings.bind_host, settings.worker_port),
+        authority(settings.bind_host, settings.worker_port), app.conf.canonical_url,
     )
     worker.execute_from_commandline()
     return 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -16,11 +17,13 @@ from urllib.parse import quote
 import aiohttp
 import faust
 import orjson
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 from yarl import URL
 
 from streams.addresses import authority
+from streams.app import canonical_url
 from streams.partitioning import partition_for
 from streams.processes import WorkerProcess, free_port
 from streams.routing import FORWARD_TIMEOUT_S, forward, owner_url
@@ -95,6 +98,42 @@ def test_workers_listening_on_an_ipv6_address_forward_to_each_other(
         bodies = [orjson.loads(body) for _, body in answers]
         assert [body["lead_id"] for body in bodies] == [lead, lead], bodies
         assert bodies[0]["models"]["b2b"]["score"] == bodies[1]["models"]["b2b"]["score"] > 0, bodies
+
+
+def test_workers_listening_on_every_address_forward_to_the_address_they_advertise(
+    isolated: Settings, worker: Callable[..., WorkerProcess]
+) -> None:
+    # Before, a worker bound to 0.0.0.0 gave the others http://0.0.0.0:PORT as its URL: on several
+    # machines, each asked its own machine for the leads another one owned.
+    workers, leads = two_workers_sharing(replace(isolated, bind_host="0.0.0.0", advertised_host="127.0.0.1"), worker, [])
+    for w in workers:  # Faust's /router/: the URL each worker advertised, and the partitions it owns
+        status, body = w.get("/router/")
+        assert status == 200, body
+        assert sorted(orjson.loads(body)) == sorted(f"http://127.0.0.1:{each.port}" for each in workers), body
+    for lead in leads:
+        answers = [w.get(f"/leads/{lead}/") for w in workers]  # one of the two forwards it to the other
+        assert [status for status, _ in answers] == [200, 200], (lead, answers)
+        assert [orjson.loads(body)["lead_id"] for _, body in answers] == [lead, lead], answers
+
+
+@pytest.mark.parametrize(
+    ("bind_host", "advertised_host", "url"),
+    [
+        ("127.0.0.1", "", "http://127.0.0.1:6066"),
+        ("10.0.3.7", "", "http://10.0.3.7:6066"),
+        ("::1", "", "http://[::1]:6066"),
+        ("0.0.0.0", "", f"http://{socket.gethostname()}:6066"),
+        ("::", "", f"http://{socket.gethostname()}:6066"),
+        ("0.0.0.0", "worker-2.leadstream", "http://worker-2.leadstream:6066"),
+        ("0.0.0.0", "10.0.3.7", "http://10.0.3.7:6066"),
+        ("::", "fd00::7", "http://[fd00::7]:6066"),
+    ],
+)
+def test_a_worker_advertises_an_address_other_machines_reach_it_at(bind_host: str, advertised_host: str, url: str) -> None:
+    # Before, a worker listening on every address (0.0.0.0, ::) advertised that wildcard, which
+    # names no machine, and LEADSTREAM_ADVERTISED_HOST did not exist.
+    settings = Settings(bind_host=bind_host, advertised_host=advertised_host, worker_port=6066)
+    assert canonical_url(settings) == url
 
 
 def test_a_request_is_forwarded_to_an_owner_at_an_ipv6_address() -> None:
