@@ -82,6 +82,9 @@ class WebhookSink(Sink[Post]):
     def __init__(self, settings: Settings, clock: Callable[[], float] = time.time) -> None:
         if not settings.webhook_url:
             raise ConfigError("LEADSTREAM_WEBHOOK_URL is empty: set the URL to POST crossings to")
+        # Checked as from_env checks it, for settings made in code: a URL requests cannot send to
+        # would fail each delivery as if the receiver had not answered.
+        settings.check("webhook_url")
         if not settings.webhook_secret:
             raise ConfigError("LEADSTREAM_WEBHOOK_SECRET is empty: set a long random secret (e.g. `openssl rand "
                               "-hex 32`) and give the same one to the receiver to verify signatures")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import Field, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
@@ -28,8 +28,9 @@ KAFKA_VERSION = "3.9.1"
 Check = Callable[[Any], "str | None"]
 
 
-def _setting(env: str, default: Any, doc: str, check: Check | None = None) -> Any:
-    return field(default=default, metadata={"env": env, "doc": doc, "check": check})
+def _setting(env: str, default: Any, doc: str, check: Check | None = None, secret: bool = False) -> Any:
+    """`secret`: a value a message refusing it must not repeat (it may hold a credential)."""
+    return field(default=default, metadata={"env": env, "doc": doc, "check": check, "secret": secret})
 
 
 def _at_least(minimum: int) -> Check:
@@ -71,18 +72,37 @@ def _redis_url(value: str) -> str | None:
 
 
 def _http_url(value: str) -> str | None:
-    # requests refuses a URL without a scheme or host only when it sends: each crossing would
-    # be retried and dead-lettered, and the connector would not say why on start.
-    url = urlsplit(value)
+    # requests refuses a URL it cannot send to only when it sends: each crossing would be
+    # retried as if the receiver had not answered, then dead-lettered, and the connector would
+    # not say why on start.
+    if re.search(r"[\x00-\x1f\x7f]", value):  # urlsplit drops tabs and line breaks; requests sends them
+        return "an http(s) URL without control characters (a tab or a line break)"
     try:
-        port = url.port  # raises on a port out of range; 0 it takes
+        url = urlsplit(value)  # raises on brackets that hold no IPv6 address
+        port = url.port  # raises on a port that is no number or out of range; 0 it takes
     except ValueError:
         port = 0
     if port == 0:
-        return "an http(s) URL with a port from 1 to 65535"
+        return "an http(s) URL with a valid host and a port from 1 to 65535"
     if url.scheme.lower() not in ("http", "https") or not url.hostname:
         return "an http(s) URL (e.g. https://hooks.example.com/leadstream)"
+    if not _host_name(url.hostname):
+        return "an http(s) URL whose host is a name or an IP address"
     return None
+
+
+def _host_name(host: str) -> bool:
+    """Whether a URL's host (brackets taken off) is one urllib3 connects to: no blank, and labels
+    of 1 to 63 characters once IDNA-encoded (which urllib3 checks only as it connects)."""
+    if is_address(host):
+        return True
+    if " " in host or host.startswith("*"):
+        return False
+    try:
+        host.encode("idna")
+    except UnicodeError:
+        return False
+    return True
 
 
 def _host(value: str) -> str | None:
@@ -307,7 +327,9 @@ class Settings:
     salesforce_rate_limit: str = _setting(
         "LEADSTREAM_SALESFORCE_RATE_LIMIT", "100000/86400s", "Salesforce requests per window (Enterprise daily allocation)."
     )
-    webhook_url: str = _setting("LEADSTREAM_WEBHOOK_URL", "", "URL the webhook sink POSTs each crossing to.", _http_url)
+    # Secret: a hook's path and query are often its credential (whoever has the URL may post to it).
+    webhook_url: str = _setting("LEADSTREAM_WEBHOOK_URL", "", "URL the webhook sink POSTs each crossing to.", _http_url,
+                                secret=True)
     webhook_secret: str = _setting("LEADSTREAM_WEBHOOK_SECRET", "", "Shared secret of the webhook's HMAC-SHA256 signature.")
     webhook_rate_limit: str = _setting(
         "LEADSTREAM_WEBHOOK_RATE_LIMIT", "unlimited", "Webhook requests per window (e.g. 20000/300s), or unlimited."
@@ -326,8 +348,15 @@ class Settings:
             raw = environ.get(f.metadata["env"])
             if raw is None or raw == "":
                 continue
-            values[f.name] = _parse(f.metadata["env"], raw, type(f.default), f.metadata["check"])
+            values[f.name] = _checked(f, _parse(f.metadata["env"], raw, type(f.default)), raw)
         return cls(**values)
+
+    def check(self, name: str) -> None:
+        """Refuses setting `name`'s value as from_env does, for settings made in code
+        (with_overrides, replace), which from_env did not read."""
+        f = next(f for f in fields(self) if f.name == name)
+        value = getattr(self, name)
+        _checked(f, value, str(value))
 
     def with_overrides(self, **changes: Any) -> Settings:
         return replace(self, **changes)
@@ -348,7 +377,7 @@ def describe() -> list[tuple[str, str, str]]:
     return [(f.metadata["env"], str(f.default), f.metadata["doc"]) for f in fields(Settings)]
 
 
-def _parse(env: str, raw: str, kind: type, check: Check | None) -> Any:
+def _parse(env: str, raw: str, kind: type) -> Any:
     value: Any = raw
     if kind is int:
         try:
@@ -359,9 +388,18 @@ def _parse(env: str, raw: str, kind: type, check: Check | None) -> Any:
         # Absolute from where the command runs: the services run their processes from folders
         # of their own (a relative path would be read from there) and pass paths to children.
         value = Path(raw).expanduser().absolute()
-    # Refused here, naming the variable: a value out of range would otherwise fail far from it
-    # (a traceback from bind() or java, or a worker that never scores).
-    expected = check(value) if check is not None else None
-    if expected is not None:
-        raise ConfigError(f"{env}={raw!r} is not {expected}")
     return value
+
+
+def _checked(f: Field[Any], value: Any, raw: str) -> Any:
+    """`value`, unless its setting's check refuses it: refused here, naming the variable, as a
+    value out of range would otherwise fail far from it (a traceback from bind() or java, or a
+    worker that never scores)."""
+    check = f.metadata["check"]
+    expected = check(value) if check is not None else None
+    if expected is None:
+        return value
+    env = f.metadata["env"]
+    if f.metadata["secret"]:
+        raise ConfigError(f"{env} is not {expected} (its value is not shown: it may hold a credential)")
+    raise ConfigError(f"{env}={raw!r} is not {expected}")

@@ -12,8 +12,9 @@ import pytest
 
 from sinks.ratelimit import Quota, TokenBucket
 from sinks.webhook import WebhookSink, sign, verify_signature
+from streams.errors import ConfigError
 from streams.settings import Settings
-from tests.infra import read_topic, wait_for
+from tests.infra import leadstream, read_topic, wait_for
 from tests.sinks.conftest import WEBHOOK_SECRET, crossing, drain, produce
 from tests.sinks.fake_clock import FakeClock
 from tests.sinks.fake_http import WebhookReceiver
@@ -236,3 +237,35 @@ def test_a_hook_url_requests_encodes_shows_in_no_form_when_the_receiver_does_not
     # The path's ASCII parts are the same in every encoding of it.
     leaks = [text for text in shown if "s3cr3t" in text or "T0001" in text or "Q9q9" in text]
     assert not leaks, leaks
+
+
+#: Hook URLs requests cannot send to, each with a secret path, and what the refusal says it expects.
+UNUSABLE_URLS = [
+    ("http://hooks.example:99999/s3cr3t", "an http(s) URL with a valid host and a port from 1 to 65535"),
+    ("http://hooks.example:8o8o/s3cr3t", "an http(s) URL with a valid host and a port from 1 to 65535"),
+    ("http://[::1/s3cr3t", "an http(s) URL with a valid host and a port from 1 to 65535"),
+    ("hooks.example/s3cr3t", "an http(s) URL (e.g. https://hooks.example.com/leadstream)"),
+    ("ftp://hooks.example/s3cr3t", "an http(s) URL (e.g. https://hooks.example.com/leadstream)"),
+    ("https:///s3cr3t", "an http(s) URL (e.g. https://hooks.example.com/leadstream)"),
+    ("http://hooks example/s3cr3t", "an http(s) URL whose host is a name or an IP address"),
+    ("http://hooks..example/s3cr3t", "an http(s) URL whose host is a name or an IP address"),
+    ("http://hooks.example\t/s3cr3t", "an http(s) URL without control characters (a tab or a line break)"),
+]
+
+
+def refusal(expected: str) -> str:
+    return f"LEADSTREAM_WEBHOOK_URL is not {expected} (its value is not shown: it may hold a credential)"
+
+
+@pytest.mark.parametrize(("url", "expected"), UNUSABLE_URLS)
+def test_a_url_requests_cannot_send_to_stops_the_connector_in_one_line_without_its_secret(url: str, expected: str) -> None:
+    # Before, a port out of range stopped it with a traceback (ValueError: Port out of range from
+    # the URL's shown form), a blank or an empty label in the host started it to fail every
+    # delivery as if the receiver had not answered, and the refusals it had quoted the secret path.
+    settings = Settings.from_env().with_overrides(webhook_url=url, webhook_secret="x")
+    with pytest.raises(ConfigError) as refused:
+        WebhookSink(settings)
+    assert str(refused.value) == refusal(expected)
+
+    done = leadstream(settings, "sink", "webhook", check=False, timeout=30)
+    assert (done.returncode, done.stderr.splitlines()) == (1, [f"leadstream sink: {refusal(expected)}"])

@@ -50,7 +50,9 @@ REFUSED = [
 def test_a_value_out_of_range_is_refused_naming_the_variable(variable: str, value: str, expected: str) -> None:
     with pytest.raises(ConfigError) as refused:
         Settings.from_env({variable: value})
-    assert str(refused.value).startswith(f"{variable}={value!r} is not {expected}")
+    # A hook's URL is not repeated: its path and query are often its credential.
+    shown = variable if variable == "LEADSTREAM_WEBHOOK_URL" else f"{variable}={value!r}"
+    assert str(refused.value).startswith(f"{shown} is not {expected}")
 
 
 @pytest.mark.parametrize(
