@@ -130,7 +130,8 @@ class Settings:
         "How long the commands that talk to Kafka (`topics`, `send`, `forget`, `history`, `replay-dlq`, `services up` and `status`), the worker and the connectors as they start, and their lag metrics, wait for the broker's first answer before saying it cannot be reached.",
         POSITIVE,
     )
-    redis_url: str = _setting("LEADSTREAM_REDIS_URL", "redis://127.0.0.1:6379/0", "Redis used by the sinks and the read model.", _redis_url)
+    redis_url: str = _setting("LEADSTREAM_REDIS_URL", "redis://127.0.0.1:6379/0", "Redis used by the sinks and the read model.", _redis_url,
+                              secret=True)  # redis://user:password@host
     app_id: str = _setting(
         "LEADSTREAM_APP_ID", "leadstream", "Faust application id: names the consumer group and the changelog topics."
     )

@@ -33,6 +33,7 @@ REFUSED = [
     ("LEADSTREAM_KAFKA_BOOTSTRAP", "127.0.0.1:9092,kafka", "host:port servers"),
     ("LEADSTREAM_REDIS_URL", "localhost:6379", "a Redis URL"),
     ("LEADSTREAM_REDIS_URL", "redis://127.0.0.1:99999/0", "a Redis URL with a port from 1 to 65535"),
+    ("LEADSTREAM_REDIS_URL", "redis://:hunter2@redis:99999/0", "a Redis URL with a port from 1 to 65535"),
     ("LEADSTREAM_KAFKA_HEAP", "lots", "a Java heap size"),
     ("LEADSTREAM_WEBHOOK_URL", "hooks.example.com/leadstream", "an http(s) URL"),
     ("LEADSTREAM_WEBHOOK_URL", "htps://hooks.example.com/leadstream", "an http(s) URL"),
@@ -50,8 +51,9 @@ REFUSED = [
 def test_a_value_out_of_range_is_refused_naming_the_variable(variable: str, value: str, expected: str) -> None:
     with pytest.raises(ConfigError) as refused:
         Settings.from_env({variable: value})
-    # A hook's URL is not repeated: its path and query are often its credential.
-    shown = variable if variable == "LEADSTREAM_WEBHOOK_URL" else f"{variable}={value!r}"
+    # A hook's URL is not repeated (its path and query are often its credential), nor Redis's
+    # (redis://user:password@host).
+    shown = variable if variable in ("LEADSTREAM_WEBHOOK_URL", "LEADSTREAM_REDIS_URL") else f"{variable}={value!r}"
     assert str(refused.value).startswith(f"{shown} is not {expected}")
 
 
