@@ -141,8 +141,9 @@ def _shown(url: str) -> tuple[str, str]:
     not show: messages reach logs and dead letters, and a hook's path and query are often its
     credential (Zapier, Slack: whoever has the URL may post to it)."""
     parts = urlsplit(url)
-    host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname
-    origin = f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")
+    # Host and port as written, without parsing the port (a redirect's may be out of range) and
+    # without the user and password.
+    origin = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
     rest = url[len(f"{parts.scheme}://{parts.netloc}"):]
     return (origin + "/...", rest) if rest.strip("/") else (origin, "")
 

@@ -94,6 +94,22 @@ def test_429_is_retried_after_its_retry_after_and_4xx_or_redirects_are_dead_lett
     assert any("redirected (HTTP 301) to https://hooks.example/...: set LEADSTREAM_WEBHOOK_URL" in d for d in details)
 
 
+def test_a_redirect_to_a_url_with_a_port_out_of_range_is_dead_lettered_at_once_without_its_credentials(
+    sink_settings: Settings, webhook: WebhookReceiver
+) -> None:
+    # Naming the redirect's target parsed its port, and raised ValueError out of the delivery:
+    # retried as an unexpected error, with a traceback, before it was dead-lettered.
+    settings = sink_settings.with_overrides(webhook_url=webhook.url + "/hook", sink_backoff_max_ms=100)
+    webhook.inject("status", status=302, headers={"Location": "https://ops:pa55@hooks.example:99999/new/s3cr3t"})
+    produce(settings, [crossing(1, "mql")])
+    stats = drain(WebhookSink(settings), settings)
+
+    assert (stats.delivered, stats.retries, stats.dead_lettered) == (0, 0, 1)
+    [letter] = [v for _, v in read_topic(settings, f"{settings.topic_crossings}-dlq-webhook", expect=1, idle_s=0.5)]
+    assert "redirected (HTTP 302) to https://hooks.example:99999/...: set LEADSTREAM_WEBHOOK_URL" in letter["detail"]
+    assert "pa55" not in letter["detail"] and "s3cr3t" not in letter["detail"]
+
+
 def test_an_endless_or_huge_retry_after_waits_at_most_the_longest_backoff(
     sink_settings: Settings, webhook: WebhookReceiver
 ) -> None:
