@@ -194,7 +194,11 @@ class HubSpotSink(CrossingSink):
             "properties": [prop],
             "limit": 1,
         }
-        results = self._call(f"search {what}", search, body).results or []
+        results = self._call(f"search {what}", search, body).results
+        if results is None:
+            # The generated client reads a body that is not JSON as an empty model: taken for "no
+            # such record", it made the record a second time.
+            raise RetryableError(f"HubSpot search {what}: malformed answer (no results)")
         return _id(f"search {what}", results[0]) if results else None
 
     def _call(self, what: str, fn: Callable[..., R], *args: Any, **kwargs: Any) -> R:

@@ -90,6 +90,25 @@ def test_429_with_retry_after_5xx_timeouts_and_malformed_answers_end_in_exactly_
     assert hubspot.objects["contacts"][contact]["properties"]["lifecyclestage"] == "salesqualifiedlead"
 
 
+@pytest.mark.parametrize("what", ["deals", "tasks"])
+def test_a_malformed_answer_to_the_search_for_a_half_created_record_is_retried_not_taken_for_none(
+    sink_settings: Settings, hubspot: FakeHubSpot, what: str
+) -> None:
+    settings = hubspot_settings(sink_settings, hubspot)
+    hubspot.add_contact("lead-3@acme.io")
+    # The record is created, its answer comes after the timeout: the retry must look for it, and
+    # the first look gets a body that is not JSON (a proxy's error page with a 200).
+    hubspot.inject("hold", method="POST", path=f"/{what}$", delay_s=1.5)
+    hubspot.inject("malformed", method="POST", path=f"/{what}/search$")
+    produce(settings, [crossing(3, "sql")])
+
+    stats = drain(HubSpotSink(settings), settings)
+
+    assert (stats.delivered, stats.dead_lettered) == (1, 0)
+    assert len(hubspot.objects["deals"]) == 1 and len(hubspot.objects["tasks"]) == 1
+    assert len(hubspot.requests_to("POST", f"/{what}/search$")) == 2
+
+
 def test_a_crm_outage_delays_deliveries_and_loses_none(sink_settings: Settings, hubspot: FakeHubSpot) -> None:
     settings = hubspot_settings(sink_settings, hubspot).with_overrides(
         sink_max_attempts=10, sink_backoff_base_ms=200, sink_backoff_max_ms=1500)
