@@ -182,8 +182,12 @@ class HubSpotSink(CrossingSink):
         return _id(what, self._call(what, target.api.update, ref, {"properties": properties}, id_property=id_property))
 
     def _owner(self, target: _Target, record_id: str) -> str:
-        result = self._call(f"{target.name} {record_id}", target.api.get_by_id, record_id, properties=["hubspot_owner_id"])
-        return str((result.properties or {}).get("hubspot_owner_id") or "")
+        what = f"{target.name} {record_id}"
+        properties = self._call(what, target.api.get_by_id, record_id, properties=["hubspot_owner_id"]).properties
+        if properties is None:
+            # A body that is not JSON, read as an empty model: not a record without an owner.
+            raise RetryableError(f"HubSpot {what}: malformed answer (no properties)")
+        return str(properties.get("hubspot_owner_id") or "")
 
     def _create(self, what: str, create: Callable[..., Any], body: dict[str, Any]) -> str:
         return _id(f"create {what}", self._call(f"create {what}", create, body))

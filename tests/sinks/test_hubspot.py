@@ -109,6 +109,22 @@ def test_a_malformed_answer_to_the_search_for_a_half_created_record_is_retried_n
     assert len(hubspot.requests_to("POST", f"/{what}/search$")) == 2
 
 
+def test_a_malformed_answer_to_the_owner_lookup_is_retried_not_taken_for_no_owner(
+    sink_settings: Settings, hubspot: FakeHubSpot
+) -> None:
+    settings = hubspot_settings(sink_settings, hubspot)
+    hubspot.add_contact("lead-3@acme.io", owner_id="4242")
+    hubspot.inject("malformed", method="GET", path="/contacts/")
+    produce(settings, [crossing(3, "sql")])
+
+    stats = drain(HubSpotSink(settings), settings)
+
+    assert (stats.delivered, stats.dead_lettered, stats.retries) == (1, 0, 1)
+    [deal] = hubspot.objects["deals"].values()
+    [task] = hubspot.objects["tasks"].values()
+    assert deal["properties"]["hubspot_owner_id"] == task["properties"]["hubspot_owner_id"] == "4242"
+
+
 def test_a_crm_outage_delays_deliveries_and_loses_none(sink_settings: Settings, hubspot: FakeHubSpot) -> None:
     settings = hubspot_settings(sink_settings, hubspot).with_overrides(
         sink_max_attempts=10, sink_backoff_base_ms=200, sink_backoff_max_ms=1500)
