@@ -35,6 +35,11 @@ def port_taken(host: str, port: int, setting: str, cause: OSError) -> ServiceErr
     )
 
 
+class SkippedOffsets(LeadstreamError):
+    """A partition's messages were handed to the worker with a hole before them: the messages in
+    the hole were never scored, and committing past them would lose them for good."""
+
+
 class InputError(LeadstreamError):
     """A file or message given to a command is not what it expects."""
 

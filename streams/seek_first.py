@@ -89,13 +89,16 @@ def install(consumer: Any, on_sought: Callable[[Mapping[Any, int]], None] | None
         committed: Mapping[Any, int] = await seek_to_committed()
         # Changelog partitions are left to the table recovery, which seeks them itself.
         streams = {tp: offset for tp, offset in committed.items() if not consumer._is_changelog_tp(tp)}
-        uncommitted = [tp for tp, offset in streams.items() if not offset]
+        if not streams:
+            return committed
+        earliest = await consumer.earliest_offsets(*streams)
+        uncommitted = {tp: earliest[tp] for tp, offset in streams.items() if not offset}
         if uncommitted:
-            earliest = await consumer.earliest_offsets(*uncommitted)
-            await consumer.seek_wait(earliest)
-            streams.update(earliest)
+            await consumer.seek_wait(uncommitted)
         if on_sought is not None:
-            on_sought(streams)
+            # A committed offset the log no longer has (retention deleted it) is read from its
+            # first offset, as aiokafka resets it (consumer_auto_offset_reset="earliest").
+            on_sought({tp: max(offset or 0, earliest[tp]) for tp, offset in streams.items()})
         return committed
 
     consumer.resume_partitions = resume_partitions

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import pytest
 from faust.types import TP
 from prometheus_client import REGISTRY
 
-from streams.scorer import OffsetSequence
-from streams.stage import Consumed
+from scoring import Engine
+from streams import lead_states
+from streams.errors import SkippedOffsets
+from streams.scorer import OffsetSequence, Scorer
+from streams.settings import Settings
+from streams.stage import Consumed, LiveTable, MemoryData
+from tests.scoring.support import shipped
+from streams.outbox import Outbox
+from tests.streams.test_overlap import pricing_view
 
 
 def counted(kind: str) -> float:
@@ -24,7 +34,10 @@ def test_gaps_and_repeats_are_counted_per_partition() -> None:
     sequence.observe(messages("events", 0, 13, 14) + messages("events", 1, 42))
     assert (counted("gap"), counted("repeat")) == (gaps, repeats)  # the first offset seen starts a partition
 
-    sequence.observe(messages("events", 0, 18, 19))  # 15, 16 and 17 never came
+    with pytest.raises(SkippedOffsets) as skipped:
+        sequence.observe(messages("events", 0, 18, 19))  # 15, 16 and 17 never came
+    assert str(skipped.value) == ("topic events partition 0: offsets 15 to 17 were never handed to this worker, "
+                                  "which was handed 18 next")
     assert counted("gap") == gaps + 3
     sequence.observe(messages("events", 1, 42, 43))  # 42 again
     assert counted("repeat") == repeats + 1
@@ -52,5 +65,39 @@ def test_after_a_rebalance_the_first_message_must_be_at_the_offset_sought() -> N
     sequence.seed({TP("events", 2): 250, TP("events", 3): 7, TP("profiles", 0): 40})
     sequence.observe(messages("events", 2, 250, 251) + messages("profiles", 0, 45))
     assert counted("gap") == gaps
-    sequence.observe(messages("events", 3, 8))  # offset 7 never came
+    with pytest.raises(SkippedOffsets):
+        sequence.observe(messages("events", 3, 8))  # offset 7 never came
     assert counted("gap") == gaps + 1
+
+
+class Counting(Outbox):
+    """An outbox that counts what it would send."""
+
+    def __init__(self) -> None:
+        super().__init__("", 4)
+        self.sent = 0
+
+    async def flush(self) -> None:
+        self.sent += sum(map(len, self._pending.values()))
+        self._pending.clear()
+
+
+def test_a_batch_handed_over_after_a_hole_stops_the_stage_before_it_is_scored_or_acknowledged() -> None:
+    async def scenario() -> tuple[int, int, list[str]]:
+        settings = Settings()
+        outbox = Counting()
+        store = LiveTable(MemoryData(), "changelog", 4, 100, lead_states.decode)
+        scorer = Scorer(Engine([shipped("b2b")]), settings, store, outbox, 4)
+        view = pricing_view("e1", "ada", 12)
+        scorer.sequence.seed({TP(settings.topic_events, view.partition): 10})  # the committed offset: 10 and 11 skipped
+        acknowledged: list[str] = []
+
+        async def done() -> None:
+            acknowledged.append("batch")
+
+        with pytest.raises(SkippedOffsets):
+            await scorer.process([view], done)
+        await scorer.settle()
+        return len(store), outbox.sent, acknowledged
+
+    assert asyncio.run(scenario()) == (0, 0, [])

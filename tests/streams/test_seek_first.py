@@ -13,6 +13,7 @@ from typing import Any, AsyncIterator
 import faust
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 from faust.types import TP
 from kafka import KafkaProducer
 
@@ -48,13 +49,14 @@ async def commit(settings: Settings, topic: str, offset: int) -> None:
 
 
 def worker_app(settings: Settings, datadir: Path, seen: dict[str, list[bytes]], busy_s: float = 0.0,
-               table: bool = False, buffer: int = 4096) -> faust.App:
+               table: bool = False, buffer: int = 4096, sought: list[dict[Any, int]] | None = None) -> faust.App:
     """The worker's subscriptions (streams/app.py): events, profiles and identity to one agent,
     accounts to another, read from the earliest offset when the group has no commit, with
     streams/seek_first.py installed as the worker installs it. Each event takes the agents
     `busy_s`, as scoring does: records fetched meanwhile wait in their queue, of `buffer` records.
     With `table`, the worker's lead table: Faust's recovery then resumes the flow before it seeks
-    the stream partitions, as in the worker. Offsets are committed every 0.1 s."""
+    the stream partitions, as in the worker. Offsets are committed every 0.1 s. `sought` gets
+    what seek_first tells the worker's offset check after each seek."""
     app = faust.App(
         settings.app_id,
         broker=f"kafka://{settings.kafka_bootstrap}",
@@ -69,7 +71,7 @@ def worker_app(settings: Settings, datadir: Path, seen: dict[str, list[bytes]], 
         broker_commit_interval=0.1,
         loop=asyncio.get_running_loop(),
     )
-    seek_first.install(app.consumer)
+    seek_first.install(app.consumer, on_sought=None if sought is None else sought.append)
     raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
 
     async def collect(stream: faust.StreamT[bytes]) -> None:
@@ -258,3 +260,33 @@ def test_a_partition_paused_for_a_rebalance_is_not_fetched_again_when_its_full_q
             return sorted(set(seen[topic]), key=int), committed_past
 
     assert asyncio.run(scenario()) == (values, [])
+
+
+def test_a_committed_offset_the_log_no_longer_has_is_read_from_the_first_one_it_has(
+    isolated: Settings, tmp_path: Path
+) -> None:
+    # Retention deleted records the group had not read: aiokafka reads on from the log's first
+    # offset, and the worker's offset check expects that one (streams/scorer.py OffsetSequence
+    # stops the worker at a hole; this one is no hole of its making).
+    topic = isolated.topic_events
+    tp = TP(topic, PARTITION)
+    values = [str(n).encode() for n in range(RECORDS + 3)]
+    produce(isolated, topic, values)
+
+    async def scenario() -> tuple[list[dict[Any, int]], list[bytes]]:
+        await commit(isolated, topic, 2)
+        admin = AIOKafkaAdminClient(bootstrap_servers=isolated.kafka_bootstrap)
+        await admin.start()
+        try:
+            await admin.delete_records({TopicPartition(topic, PARTITION): RecordsToDelete(before_offset=4)})
+        finally:
+            await admin.close()
+        seen: dict[str, list[bytes]] = {}
+        sought: list[dict[Any, int]] = []
+        app = worker_app(isolated, tmp_path / "state", seen, table=True, sought=sought)
+        async with running(app, tp):
+            return sought, await read_on(isolated, topic, seen)
+
+    sought, read = asyncio.run(scenario())
+    assert [offsets[tp] for offsets in sought] == [4]
+    assert read == [*values[4:], b"after"]
