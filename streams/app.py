@@ -367,4 +367,6 @@ def _recovery(app: faust.App) -> Recovery:
 def _consumed(event: Any) -> Consumed:
     message = event.message
     value = message.value
-    return Consumed(message.topic, message.partition, message.offset, message.key, value or b"", value is None)
+    # Faust keeps aiokafka's timestamp in seconds; the broker's is whole milliseconds.
+    timestamp_ms = round(message.timestamp * 1000) if message.timestamp and message.timestamp > 0 else 0
+    return Consumed(message.topic, message.partition, message.offset, message.key, value or b"", value is None, timestamp_ms)

@@ -315,8 +315,8 @@ class Scorer:
         looked up once."""
         stats = BatchStats()
         dead: list[DeadLetter] = []
-        # Leads to forget (lead id -> partition), after this batch's events: all they left goes.
-        forget: dict[str, int] = {}
+        # Leads to forget (lead id -> partition, time of the request), after this batch's events: all they left goes.
+        forget: dict[str, tuple[int, int]] = {}
         events = []
         # Each message's decoded events, to find the message of an event the engine refuses.
         sources: list[tuple[Consumed, list[Any] | None, list[Event]]] = []
@@ -403,14 +403,14 @@ class Scorer:
             outbox.add(self.settings.topic_identity, source.encode(), stitching.link_record(source, target, time_ms))
         account_updates = result.account_updates
         if forget:
-            account_updates = account_updates + self._forget(forget, known, writes, clock_ms)
+            account_updates = account_updates + self._forget(forget, known, writes)
         publish_updates(outbox, self.settings, account_updates, self.partitions)
         self._queue_dead(dead, stats)
         # Every state encoded before any is written, so an encoding that raises changes nothing.
         encoded = [(lead_id, partition, states, encode_states(states) if value is None else value)
                    for lead_id, (partition, states, value) in writes.items()]
         records = [self.store.write(*write) for write in encoded]
-        records += [self.store.remove(lead_id, partition) for lead_id, partition in forget.items()]
+        records += [self.store.remove(lead_id, partition) for lead_id, (partition, _) in forget.items()]
         return stats, records
 
     async def decay_due(self, now_ms: int, limit: int = DECAY_CHUNK) -> int:
@@ -605,7 +605,7 @@ class Scorer:
                         if merged_into == record.source else f"it was sent on {stitching.MAX_HOPS} times (a loop of links)")
         self.outbox.add(self.settings.topic_identity, onward.target.encode(), encode_json(onward))
 
-    def _tombstone(self, message: Consumed, forget: dict[str, int], dead: list[DeadLetter], stats: BatchStats) -> None:
+    def _tombstone(self, message: Consumed, forget: dict[str, tuple[int, int]], dead: list[DeadLetter], stats: BatchStats) -> None:
         """A message without a value: on the profiles topic, a request to forget the lead it is
         keyed by (streams/forget.py); anywhere else, a mistake."""
         profiles = self.settings.topic_profiles
@@ -616,7 +616,8 @@ class Scorer:
         if message.topic == profiles and lead_id:
             home = partition_for(lead_id, self.partitions)
             if home == message.partition:
-                forget[lead_id] = message.partition
+                # The first request's time, which its lead's accounts remember the leaving by, as a batch cut after it would.
+                forget.setdefault(lead_id, (message.partition, message.timestamp_ms))
                 return
             reason, detail = "wrong_partition", (
                 f"request to forget lead {lead_id!r} arrived on partition {message.partition}, but the lead's is {home}: "
@@ -631,12 +632,16 @@ class Scorer:
                 f"tombstone keyed by its id to {profiles}, as `leadstream forget` does")
         dead.append(DeadLetter(reason, detail, None, message.topic, message.partition, message.offset, message.key))
 
-    def _forget(self, forget: dict[str, int], known: dict[str, States], writes: dict[str, Any], now_ms: int) -> list[MemberScore]:
+    def _forget(self, forget: dict[str, tuple[int, int]], known: dict[str, States], writes: dict[str, Any]) -> list[MemberScore]:
         """Queues what erases each lead from the outputs (see `_withdraw`; returns its accounts'
         updates) and keeps its states from being written; the changelog's tombstones are sent
-        once these are acknowledged."""
+        once these are acknowledged.
+
+        A lead leaves its accounts at its request's Kafka timestamp (its newest event's time, if
+        later or unknown), not at the worker's clock: a worker that scores the batch again after
+        a crash must send the same leaving, or the accounts would cross again under new ids."""
         leaving: list[MemberScore] = []
-        for lead_id, partition in forget.items():
+        for lead_id, (partition, requested_ms) in forget.items():
             writes.pop(lead_id, None)
             try:
                 states = known[lead_id] if lead_id in known else self.store.states(lead_id)
@@ -647,7 +652,7 @@ class Scorer:
                     self.outbox.add(self.settings.topic_scores, lead_score_key(model, lead_id), None, partition)
                 metrics.LEADS_FORGOTTEN.inc()
                 continue
-            leaving += self._withdraw(lead_id, states, partition, now_ms)
+            leaving += self._withdraw(lead_id, states, partition, requested_ms)
             for model in states.keys() & self.models:
                 metrics.LEADS_IN_STATE.labels(model).dec()
             metrics.LEADS_FORGOTTEN.inc()

@@ -24,7 +24,8 @@ Record = tuple[str, bytes, bytes | None, int]
 @dataclass(frozen=True, slots=True)
 class Consumed:
     """One consumed Kafka message. A tombstone (a null value) has `tombstone` set and an empty
-    `value`, so code that does not look for tombstones reads it as bytes that are not JSON."""
+    `value`, so code that does not look for tombstones reads it as bytes that are not JSON.
+    `timestamp_ms` is the record's Kafka timestamp (0 where none is known)."""
 
     topic: str
     partition: int
@@ -32,6 +33,7 @@ class Consumed:
     key: bytes | None
     value: bytes
     tombstone: bool = False
+    timestamp_ms: int = 0
 
 
 _LENGTH = struct.Struct(">I")

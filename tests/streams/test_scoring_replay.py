@@ -8,6 +8,7 @@ same for a decay sweep stopped between its records."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import time
 from typing import Any
@@ -159,6 +160,27 @@ def test_a_batch_cut_after_any_of_its_records_and_scored_again_ends_as_the_unint
     # The updates the batch sends again are those it sent: its accounts take the same members
     # and cross as in the uninterrupted run, with the same ids.
     assert accounts(run, again) == accounts(whole)
+
+
+def test_a_forgotten_lead_leaves_its_account_at_the_time_of_the_request_whatever_the_worker_s_clock() -> None:
+    """A worker scoring a request to forget again after a crash sends the same leaving as the
+    first did (it once took the worker's clock, so a crossing down of the account came again
+    under another id); the accounts remember it by the request's Kafka timestamp."""
+    now = int(time.time() * 1000)
+    events = [{"event_id": f"e-{n}", "lead_id": "lead-1", "type": kind, "product": "b2b", "time": now - 3_600_000 + n, "account_id": "acme"}
+              for n, kind in enumerate(("identify", "demo_request", "demo_request"))]
+    home = partition_for("lead-1", 4)
+    batch = [Consumed(SETTINGS.topic_events, home, n, b"lead-1", orjson.dumps(event)) for n, event in enumerate(events)]
+    forget = Consumed(SETTINGS.topic_profiles, home, 0, b"lead-1", b"", True, timestamp_ms=now - 60_000)
+    leavings = []
+    for clock_offset_ms in (0, 3_600_000):
+        world = World({}, [], 1_000_000)
+        world.scorer.settings = dataclasses.replace(SETTINGS, clock_offset_ms=clock_offset_ms)
+        world.score(batch + [forget])
+        updates = [update for topic, _, _, value in world.outbox.placed if topic == SETTINGS.topic_accounts and value
+                   for update in msgspec.json.decode(value, type=list[MemberScore])]
+        leavings.append([update for update in updates if update.left])
+    assert leavings[0] == leavings[1] and [update.time_ms for update in leavings[0]] == [now - 60_000]
 
 
 DAY_MS = 86_400_000
