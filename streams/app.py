@@ -24,12 +24,14 @@ import mode
 import orjson
 from faust.tables.manager import TableManager
 from faust.tables.recovery import Recovery
+from faust.transport.consumer import Consumer
+from faust.types import TP
 from faust.web import Request, Response, View
 from kafka.errors import KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from scoring.errors import StateError
-from streams import batching, bulk_store, consumer_stop, fetch_wait, lead_states, metrics, routing, seek_first
+from streams import batching, bulk_store, consumer_stop, erasure, fetch_wait, lead_states, metrics, routing, seek_first
 from streams.account_table import AccountTable
 from streams.addresses import advertised, authority
 from streams.collection import BatchPause
@@ -113,7 +115,12 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
                                  settings.live_leads)
     # The models in use change when their files are edited (reload_models below): read them
     # from the stages, which switch between batches.
-    scorer = Scorer(models.current.engine, settings, lead_store, outbox, settings.partitions)
+
+    def committed(topic: str, partition: int) -> int | None:
+        # Faust's record of the offsets it committed (the next to read), which it has no public accessor for.
+        return cast(Consumer, app.consumer)._committed_offset.get(TP(topic, partition))
+
+    scorer = Scorer(models.current.engine, settings, lead_store, outbox, settings.partitions, committed)
     # Before the app starts: Faust's conductor binds the consumer's methods as it subscribes.
     seek_first.install(app.consumer, on_sought=scorer.sequence.seed)
     rollup_outbox = Outbox(settings.kafka_bootstrap, settings.partitions, "leadstream-worker-accounts")
@@ -228,6 +235,7 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
         try:
             while await scorer.decay_due(now) == DECAY_CHUNK:
                 await asyncio.sleep(DECAY_PAUSE_S)
+            await scorer.clear_erasures()
         except Exception as exc:
             await stop_worker("the decay sweep", exc)
 
@@ -254,9 +262,9 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
     @leads.on_recover
     async def index_decay() -> None:
         owned = owned_partitions()
-        scorer.rebuild_decay_index(owned)
-        log.info("recovery done: lead table ready leads=%d decay_steps_indexed=%d owned_partitions=%s",
-                 len(lead_store), len(scorer.decay_index), sorted(owned))
+        scorer.rebuild_indexes(owned)
+        log.info("recovery done: lead table ready leads=%d decay_steps_indexed=%d forgotten_leads_waiting=%d owned_partitions=%s",
+                 len(lead_store), len(scorer.decay_index), len(scorer.erasures), sorted(owned))
 
     def when_ready(handler: Callable[..., Awaitable[Response]]) -> Callable[..., Awaitable[Response]]:
         """A view of the tables answers 503 while the worker is not ready. Until its tables are
@@ -288,8 +296,9 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
         """A lead's or an account's explanation in each model it has a `present` state in (404
         without any, 500 naming the problem when its stored state cannot be read)."""
         try:
-            # Read, not kept live: the states the stages hold stay theirs alone.
-            states = {model: state for model, state in (store.peek(key) or {}).items() if present(state)}
+            # Read, not kept live: the states the stages hold stay theirs alone. A forgotten
+            # lead's marker is no state of its (streams/erasure.py).
+            states = {model: state for model, state in (store.peek(key) or {}).items() if model != erasure.FORGOTTEN and present(state)}
         except StateError as exc:
             return view.json({"error": f"the stored state of {kind} {key!r} cannot be read: {exc}"}, status=500)
         if not states:

@@ -7,7 +7,8 @@ batch the request arrives in:
 - takes the lead out of its accounts' roll-ups (which may cross down),
 - publishes a tombstone per model on the compacted score-changes topic (the Redis read model
   and `leadstream top` drop the lead),
-- deletes the lead's entry from the lead table, with a tombstone on its compacted changelog,
+- deletes the lead's entry from the lead table, with a tombstone on its compacted changelog
+  once the request's offsets are committed (until then a marker holds the place: streams/erasure.py),
   and counts it in `leadstream_leads_forgotten_total`.
 On the compacted topics (profiles, score changes, changelog) compaction then removes the lead's
 earlier records. Records on the topics that keep everything for their retention time (raw

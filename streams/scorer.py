@@ -30,7 +30,7 @@ import orjson
 from scoring import Engine, Event, LeadState, MemberScore, Rejection, Transition, identity
 from scoring.errors import StateError
 from scoring.events import EMPTY_ENVELOPE, MAX_EVENT_BYTES, decode_message, parse_value, too_large, unreadable
-from streams import metrics, stitching
+from streams import erasure, metrics, stitching
 from streams.deadletter import DeadLetter
 from streams.envelope import unpack
 from streams.errors import SkippedOffsets
@@ -201,13 +201,18 @@ class OffsetSequence:
 
 
 class Scorer:
-    def __init__(self, engine: Engine, settings: Settings, store: LiveTable[LeadState | str], outbox: Outbox, partitions: int) -> None:
+    def __init__(self, engine: Engine, settings: Settings, store: LiveTable[LeadState | str], outbox: Outbox, partitions: int,
+                 committed: erasure.Committed | None = None) -> None:
+        """`committed` tells the consumer's committed offsets, after which the markers of
+        forgotten leads go (streams/erasure.py); without it (no consumer) they stay."""
         self.engine = engine
         self.settings = settings
         self.store = store
         self.outbox = outbox
         self.partitions = partitions
         self.decay_index = DecayIndex()
+        self.committed = committed
+        self.erasures = erasure.Waiting()
         self.models = {model.name for model in engine.models}
         self.sequence = OffsetSequence({settings.topic_events, settings.topic_identity})
         # A batch and a decay sweep update the same live states in place, and each writes them
@@ -230,7 +235,7 @@ class Scorer:
             # Scheduled steps are right unless a schedule changed (one coming due sooner
             # would be applied late); re-indexing costs what a recovery's indexing does.
             if any(model.decay != before.get(model.name, model.decay) for model in engine.models):
-                self.rebuild_decay_index(owned)
+                self.rebuild_indexes(owned)
 
     def _turn(self) -> asyncio.Lock:
         if self._turns is None:  # created inside the worker's event loop
@@ -257,6 +262,7 @@ class Scorer:
             await self.in_flight.wait()
             self.store.forget(partitions)
             self.decay_index.forget(partitions)
+            self.erasures.forget(partitions)
             metrics.DECAY_DUE.set(len(self.decay_index))
 
     async def process(self, batch: Sequence[Consumed], done: Callable[[], Awaitable[None]] | None = None) -> BatchStats:
@@ -295,28 +301,28 @@ class Scorer:
             stats.events += 1
             self._queue_dead([internal_error(exc, message, "scoring this event")], stats)
 
-        for part, part_records in isolate(rest, self._attempt, split_envelope, refuse):
+        for part, part_records in isolate(rest, lambda part: self._attempt(part, batch), split_envelope, refuse):
             stats.add(part)
             records += part_records
         return stats, records
 
-    def _attempt(self, messages: Sequence[Consumed]) -> tuple[BatchStats, list[Record]]:
+    def _attempt(self, messages: Sequence[Consumed], batch: Sequence[Consumed]) -> tuple[BatchStats, list[Record]]:
         """`_score`, or nothing at all when it raises."""
-        return undone_if_it_raises(self.outbox, self.store, lambda known: self._score(messages, known))
+        return undone_if_it_raises(self.outbox, self.store, lambda known: self._score(messages, known, batch))
 
     def _queue_dead(self, dead: list[DeadLetter], stats: BatchStats) -> None:
         for letter in dead:
             stats.rejected[letter.reason] = stats.rejected.get(letter.reason, 0) + 1
             self.outbox.add(self.settings.topic_deadletter, letter.key, letter.to_bytes(), letter.partition)
 
-    def _score(self, messages: Sequence[Consumed], known: dict[str, States]) -> tuple[BatchStats, list[Record]]:
-        """Scores messages (no identity records): queues their outputs, writes their states to
-        the live table and returns the changelog records. `known` gets each lead's live states,
-        looked up once."""
+    def _score(self, messages: Sequence[Consumed], known: dict[str, States], batch: Sequence[Consumed]) -> tuple[BatchStats, list[Record]]:
+        """Scores messages of `batch` (no identity records): queues their outputs, writes their
+        states to the live table and returns the changelog records. `known` gets each lead's
+        live states, looked up once."""
         stats = BatchStats()
         dead: list[DeadLetter] = []
-        # Leads to forget (lead id -> partition, time of the request), after this batch's events: all they left goes.
-        forget: dict[str, tuple[int, int]] = {}
+        # Leads to forget (lead id -> partition, offset and time of the request), after this batch's events: all they left goes.
+        forget: dict[str, tuple[int, int, int]] = {}
         events = []
         # Each message's decoded events, to find the message of an event the engine refuses.
         sources: list[tuple[Consumed, list[Any] | None, list[Event]]] = []
@@ -348,6 +354,8 @@ class Scorer:
                             items = unpack(message.value)
                         dead.append(self._unreadable(lead_id, exc, encode_json(items[position]), message))
                         continue
+                if erasure.FORGOTTEN in states and erasure.read_again(states, message.topic, message.offset):
+                    continue  # scored before its lead was forgotten, and read again after a restart
                 target = stitching.merged_into(states)
                 if target is not None:
                     if items is None:  # decoded in one pass: forwarding, which is rare, needs the objects
@@ -402,15 +410,16 @@ class Scorer:
         for source, target, time_ms in links:
             outbox.add(self.settings.topic_identity, source.encode(), stitching.link_record(source, target, time_ms))
         account_updates = result.account_updates
+        erased: dict[str, tuple[int, States]] = {}  # forgotten leads' markers
         if forget:
-            account_updates = account_updates + self._forget(forget, known, writes)
+            account_updates = account_updates + self._forget(forget, known, writes, batch, erased)
         publish_updates(outbox, self.settings, account_updates, self.partitions)
         self._queue_dead(dead, stats)
         # Every state encoded before any is written, so an encoding that raises changes nothing.
         encoded = [(lead_id, partition, states, encode_states(states) if value is None else value)
                    for lead_id, (partition, states, value) in writes.items()]
         records = [self.store.write(*write) for write in encoded]
-        records += [self.store.remove(lead_id, partition) for lead_id, (partition, _) in forget.items()]
+        records += [self.store.write(lead_id, partition, states, encode_states(states)) for lead_id, (partition, states) in erased.items()]
         return stats, records
 
     async def decay_due(self, now_ms: int, limit: int = DECAY_CHUNK) -> int:
@@ -475,13 +484,17 @@ class Scorer:
         metrics.DECAY_DUE.set(len(self.decay_index))
         return taken
 
-    def rebuild_decay_index(self, owned: set[int]) -> None:
-        """After recovery or a rebalance: index the due steps of the leads on owned partitions."""
+    def rebuild_indexes(self, owned: set[int]) -> None:
+        """After recovery or a rebalance: index the due steps of the leads on owned partitions,
+        and the markers of forgotten leads that wait for their offsets to be committed."""
         self.decay_index = DecayIndex()
+        self.erasures.clear()
         leads: dict[str, int] = {}
         unreadable: list[str] = []
         for lead_id, states in self.store.items(owned, unreadable):
             partition = partition_for(lead_id, self.partitions)
+            if erasure.FORGOTTEN in states:
+                self.erasures.add(partition, lead_id)
             for model, state in states.items():
                 if model not in self.models:  # a model removed from the directory (or a marker): its states rest
                     continue
@@ -496,6 +509,25 @@ class Scorer:
         for model, count in leads.items():
             metrics.LEADS_IN_STATE.labels(model).set(count)
         metrics.DECAY_DUE.set(len(self.decay_index))
+
+    async def clear_erasures(self) -> int:
+        """Drops the markers of forgotten leads whose offsets the consumer has committed since
+        (streams/erasure.py): a tombstone on the changelog, or the states of the lead's events
+        since, written without it. Returns how many went."""
+        if self.committed is None or not self.erasures:
+            return 0
+        async with self._turn():
+            await self.in_flight.wait()  # the batch that wrote a marker, or the lead's states since
+            cleared = 0
+            for partition, lead_id, states in self.erasures.due(self.store.states, self.committed):
+                rest = erasure.without(states)
+                if rest:
+                    self.store.put(lead_id, partition, rest, encode_states(rest), self.outbox)
+                else:
+                    self.store.delete(lead_id, partition, self.outbox)
+                cleared += 1
+            await self.outbox.flush()
+        return cleared
 
     async def _stitch(self, messages: list[Consumed], dead: list[DeadLetter]) -> None:
         """Links move a merged id's states on as a merge; merges fold them into the target, are
@@ -548,25 +580,28 @@ class Scorer:
         except StateError as exc:
             dead.append(self._unreadable(subject, exc, message.value, message))
             return
+        if erasure.FORGOTTEN in states and erasure.read_again(states, message.topic, message.offset):
+            return  # applied before the id was forgotten, and read again after a restart
         merged_into = stitching.merged_into(states)
         if kind == "link":
             if merged_into is not None or source == target:
                 return  # merged before: merging twice adds nothing (and into itself, nothing at all)
-            if states:
+            own, states = erasure.without(states), erasure.kept(states)  # the marker of a forgetting stays until committed
+            if own:
                 self.outbox.add(self.settings.topic_identity, target.encode(),
-                                stitching.merge_record(source, target, time_ms, states))
+                                stitching.merge_record(source, target, time_ms, own))
                 # The visitor's points now count in the lead's, in read models. Its accounts
                 # lose it at the merge, in the same update as the lead's new score: left now,
                 # the account would fall without the visitor's points nor the lead's new ones
                 # until the merge arrives, and cross down and up again.
-                self._withdraw(source, states, message.partition, time_ms)
-            pending[source] = (message.partition, stitching.marker(target))
+                self._withdraw(source, own, message.partition, time_ms)
+            pending[source] = (message.partition, {**states, **stitching.marker(target)})
         elif stitching.returned(record):
             if merged_into is None:
                 return  # its states are back already (a redelivered return): taking them twice would double them
             # The source's own states, back in place of its marker: it is scored, listed and
             # counted in its account again, as it was before its link.
-            pending[source] = (message.partition, dict(incoming))
+            pending[source] = (message.partition, {**erasure.kept(states), **incoming})
             for model, state in incoming.items():
                 if model in self.models:
                     member = self.engine.returning(model, source, state, time_ms)
@@ -605,7 +640,7 @@ class Scorer:
                         if merged_into == record.source else f"it was sent on {stitching.MAX_HOPS} times (a loop of links)")
         self.outbox.add(self.settings.topic_identity, onward.target.encode(), encode_json(onward))
 
-    def _tombstone(self, message: Consumed, forget: dict[str, tuple[int, int]], dead: list[DeadLetter], stats: BatchStats) -> None:
+    def _tombstone(self, message: Consumed, forget: dict[str, tuple[int, int, int]], dead: list[DeadLetter], stats: BatchStats) -> None:
         """A message without a value: on the profiles topic, a request to forget the lead it is
         keyed by (streams/forget.py); anywhere else, a mistake."""
         profiles = self.settings.topic_profiles
@@ -617,7 +652,7 @@ class Scorer:
             home = partition_for(lead_id, self.partitions)
             if home == message.partition:
                 # The first request's time, which its lead's accounts remember the leaving by, as a batch cut after it would.
-                forget.setdefault(lead_id, (message.partition, message.timestamp_ms))
+                forget.setdefault(lead_id, (message.partition, message.offset, message.timestamp_ms))
                 return
             reason, detail = "wrong_partition", (
                 f"request to forget lead {lead_id!r} arrived on partition {message.partition}, but the lead's is {home}: "
@@ -632,20 +667,31 @@ class Scorer:
                 f"tombstone keyed by its id to {profiles}, as `leadstream forget` does")
         dead.append(DeadLetter(reason, detail, None, message.topic, message.partition, message.offset, message.key))
 
-    def _forget(self, forget: dict[str, tuple[int, int]], known: dict[str, States], writes: dict[str, Any]) -> list[MemberScore]:
+    def _forget(self, forget: dict[str, tuple[int, int, int]], known: dict[str, States], writes: dict[str, Any],
+                batch: Sequence[Consumed], erased: dict[str, tuple[int, States]]) -> list[MemberScore]:
         """Queues what erases each lead from the outputs (see `_withdraw`; returns its accounts'
-        updates) and keeps its states from being written; the changelog's tombstones are sent
-        once these are acknowledged.
+        updates), keeps its states from being written and puts the marker that replaces them in
+        `erased` (streams/erasure.py), to be written once these are acknowledged. A request read
+        again after a restart, its lead forgotten since, changes nothing.
 
         A lead leaves its accounts at its request's Kafka timestamp (its newest event's time, if
         later or unknown), not at the worker's clock: a worker that scores the batch again after
         a crash must send the same leaving, or the accounts would cross again under new ids."""
         leaving: list[MemberScore] = []
-        for lead_id, (partition, requested_ms) in forget.items():
-            writes.pop(lead_id, None)
+        ends: dict[int, dict[str, int]] = {}  # partition -> topic -> the batch's last offset there
+        for lead_id, (partition, offset, requested_ms) in forget.items():
             try:
                 states = known[lead_id] if lead_id in known else self.store.states(lead_id)
             except StateError:
+                states = None
+            if states is not None and erasure.read_again(states, self.settings.topic_profiles, offset):
+                continue
+            writes.pop(lead_id, None)
+            if partition not in ends:
+                ends[partition] = {message.topic: message.offset for message in batch if message.partition == partition}
+            erased[lead_id] = (partition, erasure.marker(ends[partition]))
+            self.erasures.add(partition, lead_id)
+            if states is None:
                 # Unreadable: its read-model entries go all the same (one per model it may have
                 # been scored by); which accounts it was in cannot be known.
                 for model in self.models:
@@ -656,7 +702,7 @@ class Scorer:
             for model in states.keys() & self.models:
                 metrics.LEADS_IN_STATE.labels(model).dec()
             metrics.LEADS_FORGOTTEN.inc()
-        log.info("leads forgotten: count=%d", len(forget))  # ids are not logged: they may be personal data
+        log.info("leads forgotten: count=%d", len(erased))  # ids are not logged: they may be personal data
         return leaving
 
     def _withdraw(self, lead_id: str, states: States, partition: int, time_ms: int) -> list[MemberScore]:
@@ -665,7 +711,7 @@ class Scorer:
         accounts (the member updates returned, for the models this worker has)."""
         leaving: list[MemberScore] = []
         for model, state in states.items():
-            if model == stitching.MERGED_INTO:  # an id merged before: only its marker is left
+            if state.__class__ is str:  # a marker (merged into another id, or forgotten lately): no score of its own
                 continue
             self.outbox.add(self.settings.topic_scores, lead_score_key(model, lead_id), None, partition)
             member = self.engine.leaving(model, lead_id, state, time_ms) if model in self.models else None  # type: ignore[arg-type]

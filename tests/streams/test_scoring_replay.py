@@ -183,6 +183,32 @@ def test_a_forgotten_lead_leaves_its_account_at_the_time_of_the_request_whatever
     assert leavings[0] == leavings[1] and [update.time_ms for update in leavings[0]] == [now - 60_000]
 
 
+def test_a_batch_with_a_request_to_forget_scored_again_after_a_crash_publishes_nothing_and_later_events_start_the_lead_anew() -> None:
+    """The batch left a marker in place of the lead's states: scored again (a crash before its
+    offsets were committed), its records of the lead change nothing. Its entry was deleted
+    once, and the lead was made up again from the batch's events alone: it crossed to MQL
+    again, at another time, under a new id, after it was forgotten."""
+    now = int(time.time() * 1000) - 3_600_000
+    home = partition_for("lead-1", 4)
+
+    def webinar(offset: int) -> Consumed:
+        event = {"event_id": f"w-{offset}", "lead_id": "lead-1", "type": "webinar_attended", "product": "b2b", "time": now + offset}
+        return Consumed(SETTINGS.topic_events, home, offset, b"lead-1", orjson.dumps(event))
+
+    forget = Consumed(SETTINGS.topic_profiles, home, 7, b"lead-1", b"", True, timestamp_ms=now + 10)
+    run = World({}, [], 1_000_000)
+    run.score([webinar(0)])
+    run.score([webinar(1), forget, webinar(2)])  # 30 points, MQL crossed, then all of it forgotten
+    assert len(run.crossing_ids()) == 1 and ("lead-1", "b2b") not in scores(run.scorer.store.table.data)
+
+    again = World(dict(run.scorer.store.table.data), [], run.offset)  # every record of the batch written
+    again.score([webinar(1), forget, webinar(2)])
+    assert [topic for topic, _, _, _ in again.outbox.placed if topic != CHANGELOG] == []
+    assert ("lead-1", "b2b") not in scores(again.scorer.store.table.data)
+    again.score([webinar(3)])  # after the batch: a new profile
+    assert scores(again.scorer.store.table.data)[("lead-1", "b2b")] == 10 and not again.crossing_ids()
+
+
 DAY_MS = 86_400_000
 
 
@@ -196,7 +222,7 @@ def sweep(world: World, now_ms: int) -> list[tuple[bytes, bytes | None]]:
 def recovered(data: dict[bytes, bytes], offset: int) -> World:
     """A worker over `data`, its decay index rebuilt as after a recovery."""
     world = World(data, [], offset)
-    world.scorer.rebuild_decay_index({0, 1, 2, 3})
+    world.scorer.rebuild_indexes({0, 1, 2, 3})
     return world
 
 
