@@ -273,20 +273,26 @@ class ModelRuntime:
             level = self._settle(state, level, lead_id, time_ms, out)
         return level
 
-    def decay(self, state: LeadState, lead_id: str, now_ms: int, out: list[Transition]) -> None:
-        """Brings decay to `now_ms` (never backwards); idempotent for the same `now_ms`."""
+    def decay(self, state: LeadState, lead_id: str, now_ms: int, out: list[Transition]) -> int | None:
+        """Brings decay to `now_ms` (never backwards); idempotent for the same `now_ms`. Returns
+        the time of the last change it made (the last step's due time; `now_ms` for half-life
+        decay), None when it made none."""
         self.fit_of(state)  # the score settled below is the current model's
         level = self.ladder.level_of(state.level)
+        changed_ms = None
         if self.steps is not None:
             for due_ms, points in self.steps.take(state, now_ms, self.floor):
                 state.record(due_ms, points, "decay", self.history)
                 level = self._settle(state, level, lead_id, due_ms, out)
+                changed_ms = due_ms
         elif self.half_life is not None:
             behaviour, as_of_ms = state.behaviour, state.as_of_ms
             level = self._half_life_to(state, as_of_ms, behaviour, now_ms, level, lead_id, out)
             if state.behaviour != behaviour:
                 state.revision += 1
+                changed_ms = now_ms
             self._settle(state, level, lead_id, now_ms, out)
+        return changed_ms
 
     def _half_life_to(self, state: LeadState, as_of_ms: int, behaviour: float, time_ms: int, level: int, lead_id: str,
                       out: list[Transition]) -> int:

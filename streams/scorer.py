@@ -433,7 +433,8 @@ class Scorer:
     async def _decay_due(self, now_ms: int, limit: int) -> int:
         applied = 0
         crossings: list[Transition] = []
-        members: list[MemberScore] = []
+        # Each member update with the time of the last step it carries, lead id and model: see below.
+        members: list[tuple[int, str, str, MemberScore]] = []
         writes: dict[str, tuple[int, States]] = {}
         due_entries = self.decay_index.pop_due(now_ms, limit)
         taken = len(due_entries)
@@ -458,7 +459,7 @@ class Scorer:
             before = runtime.score(state)
             crossed = len(crossings)
             try:
-                runtime.decay(state, lead_id, now_ms, crossings)
+                changed_ms = runtime.decay(state, lead_id, now_ms, crossings)
             except Exception as exc:  # a bug: the lead stays as it was, and the sweep goes on
                 del crossings[crossed:]
                 states[model] = self.store.stored(lead_id)[model]
@@ -473,9 +474,14 @@ class Scorer:
             # updates of its events are: decay is not news of a later event).
             member = runtime.member_score(lead_id, state, state.watermark_ms)
             if member is not None and runtime.score(state) != before:
-                members.append(member)
+                members.append((changed_ms or now_ms, lead_id, model, member))
         metrics.count_crossings(self._queue_crossings(crossings))
-        publish_updates(self.outbox, self.settings, members, self.partitions)
+        # The accounts take the updates in the order of the steps they carry, not of the index:
+        # a successor that sweeps after a crash, with some of the sweep's states written and
+        # others not, finds their steps due at other times; in the index's order an account
+        # could then cross at another member's update, under another id.
+        members.sort(key=lambda item: item[:3])
+        publish_updates(self.outbox, self.settings, [member for *_, member in members], self.partitions)
         await self.outbox.flush()  # crossings, score changes and account updates before the states below
         for lead_id, (partition, states) in writes.items():
             self.store.put(lead_id, partition, states, encode_states(states), self.outbox)
@@ -688,7 +694,11 @@ class Scorer:
                 continue
             writes.pop(lead_id, None)
             if partition not in ends:
-                ends[partition] = {message.topic: message.offset for message in batch if message.partition == partition}
+                last: dict[str, int] = {}
+                ends[partition] = last
+                for message in batch:
+                    if message.partition == partition and message.offset > last.get(message.topic, -1):
+                        last[message.topic] = message.offset
             erased[lead_id] = (partition, erasure.marker(ends[partition]))
             self.erasures.add(partition, lead_id)
             if states is None:
