@@ -89,7 +89,11 @@ def merge(
         state.last_activity_ms = source.last_activity_ms
         state.steps_taken = source.steps_taken
         state.earlier_activity_ms, state.earlier_steps = source.earlier_activity_ms, source.earlier_steps
-    state.watermark_ms = max(state.watermark_ms, source.watermark_ms)
+    # The link's time too: the merge is a change of the lead at its identify's time, and the
+    # accounts order a lead's updates by its watermark, then revision. A lead without its own
+    # events up to the link (one made anew after it was forgotten) sent its merged score at an
+    # earlier time than an update it had sent before, which its account refused.
+    state.watermark_ms = max(state.watermark_ms, source.watermark_ms, time_ms)
     state.forgotten_before_ms = max(state.forgotten_before_ms, source.forgotten_before_ms)
     state.revision = max(state.revision, source.revision) + 1
     # The visitor's windows and ids beyond the lateness go now, as the lead's went at its events.

@@ -121,7 +121,7 @@ class OfflineRun:
                 merged, transitions = merge(self.engine, model.name, lead_id, self.leads.get((model.name, lead_id)), state, source, time_ms)
                 self.leads[(model.name, lead_id)] = merged
                 self.transitions.extend(transitions)
-                member = self.engine.member_score(model.name, lead_id, merged, time_ms)
+                member = self.engine.member_score(model.name, lead_id, merged, merged.watermark_ms)
                 self.roll_up(*(update for update in (leaving, member) if update is not None))
 
     def _merged_into(self, lead_id: str) -> str | None:

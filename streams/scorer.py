@@ -631,7 +631,7 @@ class Scorer:
                 states[model] = state
                 self._changed(model, target, state, time_ms, message.partition)
                 # The merged points count in the lead's account at once, not at its next event.
-                member = self.engine.member_score(model, target, state, time_ms)
+                member = self.engine.member_score(model, target, state, state.watermark_ms)
                 if member is not None:
                     members.append(member)
             pending[target] = (message.partition, states)
