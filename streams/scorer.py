@@ -164,7 +164,7 @@ class OffsetSequence:
         self._sought: set[tuple[str, int]] = set()  # partitions sought and not yet handed a message
 
     def observe(self, batch: Sequence[Consumed]) -> None:
-        following = self._next
+        following, sought = self._next, self._sought
         for message in batch:
             if message.topic not in self.topics:
                 continue
@@ -173,7 +173,7 @@ class OffsetSequence:
             if expected is not None and message.offset != expected:
                 if message.offset > expected:
                     metrics.OFFSET_ANOMALIES.labels("gap").inc(message.offset - expected)
-                    if key in self._sought:
+                    if key in sought:
                         raise SkippedOffsets(f"topic {message.topic} partition {message.partition}: offsets {expected} "
                                              f"to {message.offset - 1}, from the one it was sought to, were never handed to "
                                              f"this worker, which was handed {message.offset} first")
@@ -181,7 +181,8 @@ class OffsetSequence:
                                 message.topic, message.partition, expected, message.offset - 1)
                 else:
                     metrics.OFFSET_ANOMALIES.labels("repeat").inc()
-            self._sought.discard(key)
+            if sought:
+                sought.discard(key)
             following[key] = max(message.offset + 1, expected or 0)
 
     def reset(self) -> None:
@@ -354,6 +355,7 @@ class Scorer:
                             items = unpack(message.value)
                         dead.append(self._unreadable(lead_id, exc, encode_json(items[position]), message))
                         continue
+                # The marker's presence is checked inline: this runs once per event, and leads have none.
                 if erasure.FORGOTTEN in states and erasure.read_again(states, message.topic, message.offset):
                     continue  # scored before its lead was forgotten, and read again after a restart
                 target = stitching.merged_into(states)
@@ -586,13 +588,13 @@ class Scorer:
         except StateError as exc:
             dead.append(self._unreadable(subject, exc, message.value, message))
             return
-        if erasure.FORGOTTEN in states and erasure.read_again(states, message.topic, message.offset):
+        if erasure.read_again(states, message.topic, message.offset):
             return  # applied before the id was forgotten, and read again after a restart
         merged_into = stitching.merged_into(states)
         if kind == "link":
             if merged_into is not None or source == target:
                 return  # merged before: merging twice adds nothing (and into itself, nothing at all)
-            own, states = erasure.without(states), erasure.kept(states)  # the marker of a forgetting stays until committed
+            own, forgetting = erasure.without(states), erasure.kept(states)  # the marker of a forgetting stays until committed
             if own:
                 self.outbox.add(self.settings.topic_identity, target.encode(),
                                 stitching.merge_record(source, target, time_ms, own))
@@ -601,7 +603,7 @@ class Scorer:
                 # the account would fall without the visitor's points nor the lead's new ones
                 # until the merge arrives, and cross down and up again.
                 self._withdraw(source, own, message.partition, time_ms)
-            pending[source] = (message.partition, {**states, **stitching.marker(target)})
+            pending[source] = (message.partition, {**forgetting, **stitching.marker(target)})
         elif stitching.returned(record):
             if merged_into is None:
                 return  # its states are back already (a redelivered return): taking them twice would double them
