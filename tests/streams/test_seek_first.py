@@ -17,7 +17,7 @@ from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 from faust.types import TP
 from kafka import KafkaProducer
 
-from streams import bulk_store, seek_first
+from streams import bulk_store, consumer_stop, seek_first
 from streams.settings import Settings
 
 PARTITION = 1
@@ -98,6 +98,9 @@ async def running(app: faust.App, tp: TP) -> AsyncIterator[None]:
                 await asyncio.sleep(0.05)
             yield
     finally:
+        # As the worker does (streams/consumer_stop.py): a fetch that ignores its cancellation
+        # once held the stop past the test's timeout.
+        consumer_stop.install(app.consumer)
         await app.stop()
 
 
