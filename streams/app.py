@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, cast
 
 import aiohttp
@@ -121,10 +121,16 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
         return cast(Consumer, app.consumer)._committed_offset.get(TP(topic, partition))
 
     scorer = Scorer(models.current.engine, settings, lead_store, outbox, settings.partitions, committed)
-    # Before the app starts: Faust's conductor binds the consumer's methods as it subscribes.
-    seek_first.install(app.consumer, on_sought=scorer.sequence.seed)
     rollup_outbox = Outbox(settings.kafka_bootstrap, settings.partitions, "leadstream-worker-accounts")
     rollup_stage = Rollup(models.current.engine, settings, account_store, rollup_outbox)
+    sequences = (scorer.sequence, rollup_stage.sequence)
+
+    def sought(offsets: Mapping[Any, int]) -> None:
+        for sequence in sequences:
+            sequence.seed(offsets)
+
+    # Before the app starts: Faust's conductor binds the consumer's methods as it subscribes.
+    seek_first.install(app.consumer, on_sought=sought)
     # No garbage collection while a batch is scored: it would only scan the batch's own
     # objects, alive until the batch ends (streams/collection.py).
     batch_pause = BatchPause(settings.gc_young_threshold > 0)
@@ -172,7 +178,8 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
             await stop_worker("writing the last batch before a rebalance", exc)
             return
         account_store.forget({tp.partition for tp in revoked if tp.topic == settings.topic_accounts})
-        scorer.sequence.reset()
+        for sequence in sequences:
+            sequence.reset()
         log.info("rebalance: partitions revoked count=%d", len(revoked))
 
     async def on_assigned(sender: Any, assigned: Any = (), **kwargs: Any) -> None:

@@ -53,7 +53,7 @@ LEADS_IN_STATE = Gauge("leadstream_leads_in_state", "Leads with state on this wo
 RECOVERY_REMAINING = Gauge("leadstream_table_recovery_remaining", "Changelog records left to replay before the tables are ready.")
 OFFSET_ANOMALIES = Counter(
     "leadstream_offset_anomalies",
-    "Messages of the raw or identity topic delivered out of sequence within one assignment: "
+    "Messages of the raw, identity or account-updates topic delivered out of sequence within one assignment: "
     "`gap` (offsets skipped: events this worker never saw) or `repeat` (an offset delivered again).",
     ["kind"],
 )

@@ -25,6 +25,7 @@ from streams.account_table import AccountTable
 from streams.deadletter import DeadLetter
 from streams.envelope import MAX_MESSAGE_BYTES, unpack
 from streams.isolation import internal_error, isolate, split_envelope, undone_if_it_raises
+from streams.offset_sequence import OffsetSequence
 from streams.outbox import Outbox, encode_json, encode_json_or_none
 from streams.overlap import InFlight, make_durable
 from streams.partitioning import partition_for
@@ -85,6 +86,7 @@ class Rollup:
         self.outbox = outbox
         #: The last batch's flushes, running while the next batch is rolled up (streams/overlap.py).
         self.in_flight = InFlight()
+        self.sequence = OffsetSequence({settings.topic_accounts})
         self._take(engine)
 
     def use(self, engine: Engine) -> None:
@@ -107,6 +109,7 @@ class Rollup:
         """Rolls up a batch and returns once it is durable; or, given `done`, as soon as it is
         rolled up, as `Scorer.process` does. An update that makes the roll-up raise is found and
         dead-lettered (streams/isolation.py)."""
+        self.sequence.observe(batch)
         records = [record for part in isolate(batch, self._attempt, split_envelope, self._refuse) for record in part]
         await self.in_flight.wait()
         self.in_flight.start(make_durable(self.outbox, records, done))

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from collections.abc import Awaitable, Callable
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import orjson
 
@@ -33,8 +33,8 @@ from scoring.events import EMPTY_ENVELOPE, MAX_EVENT_BYTES, decode_message, pars
 from streams import erasure, metrics, stitching
 from streams.deadletter import DeadLetter
 from streams.envelope import unpack
-from streams.errors import SkippedOffsets
 from streams.isolation import internal_error, isolate, log_raised, split_envelope, undone_if_it_raises
+from streams.offset_sequence import OffsetSequence
 from streams.outbox import Outbox, encode_json, encode_json_or_none
 from streams.partitioning import partition_for
 from streams.rollup import lead_score_key, publish_updates
@@ -143,62 +143,6 @@ class DecayIndex:
 
     def __len__(self) -> int:
         return sum(len(heap) for heap in self._heaps.values())
-
-
-class OffsetSequence:
-    """Checks that each partition's messages arrive in sequence, once: a skipped offset is an
-    event this worker never scored, which no later check would notice (streams/seek_first.py
-    closes the ways Faust was seen to do it). Only topics without compaction or transactions
-    are checked: their offsets have no legitimate holes.
-
-    A hole at the head of an assignment (the first message of a partition after its seek is
-    beyond the offset sought) stops the worker (SkippedOffsets, raised before the batch is scored
-    or acknowledged): Faust would commit past it, and the messages in it would be lost; a new
-    worker reads them again from the committed offset. A chaos run under load saw one after a
-    rebalance (84 messages, 60 leads scored without some of their events) whose cause is not
-    found. A hole further on is counted and logged."""
-
-    def __init__(self, topics: set[str]) -> None:
-        self.topics = topics
-        self._next: dict[tuple[str, int], int] = {}
-        self._sought: set[tuple[str, int]] = set()  # partitions sought and not yet handed a message
-
-    def observe(self, batch: Sequence[Consumed]) -> None:
-        following, sought = self._next, self._sought
-        for message in batch:
-            if message.topic not in self.topics:
-                continue
-            key = (message.topic, message.partition)
-            expected = following.get(key)
-            if expected is not None and message.offset != expected:
-                if message.offset > expected:
-                    metrics.OFFSET_ANOMALIES.labels("gap").inc(message.offset - expected)
-                    if key in sought:
-                        raise SkippedOffsets(f"topic {message.topic} partition {message.partition}: offsets {expected} "
-                                             f"to {message.offset - 1}, from the one it was sought to, were never handed to "
-                                             f"this worker, which was handed {message.offset} first")
-                    log.warning("offsets skipped: topic=%s partition=%d missing=%d..%d",
-                                message.topic, message.partition, expected, message.offset - 1)
-                else:
-                    metrics.OFFSET_ANOMALIES.labels("repeat").inc()
-            if sought:
-                sought.discard(key)
-            following[key] = max(message.offset + 1, expected or 0)
-
-    def reset(self) -> None:
-        """After a rebalance: a partition may come back from another worker further on."""
-        self._next.clear()
-        self._sought.clear()
-
-    def seed(self, sought: Mapping[Any, int]) -> None:
-        """The offsets the stream partitions (`TP`s) were sought to after a rebalance (the
-        committed one, or the first one the log still has): the first message of each must be
-        there, or the messages before it were never scored (and Faust may commit past them:
-        streams/seek_first.py)."""
-        for tp, offset in sought.items():
-            if tp.topic in self.topics:
-                self._next[(tp.topic, tp.partition)] = offset
-                self._sought.add((tp.topic, tp.partition))
 
 
 class Scorer:
