@@ -26,9 +26,9 @@ class OffsetSequence:
     lost; a new worker reads them again from the committed offset. Chaos runs under load saw
     such holes after a rebalance, whose cause is not found: 84 events messages (60 leads scored
     without some of their events), and, once the events topic was checked, a hole in an events
-    partition that stopped the worker together with one in the account-updates topic that went
-    through (117 accounts rolled up without some member updates). A hole further on is counted
-    and logged."""
+    partition that stopped the worker while 117 accounts were rolled up without some member
+    updates (most likely a hole in the account-updates topic, unchecked then). A hole further
+    on is counted and logged."""
 
     def __init__(self, topics: set[str]) -> None:
         self.topics = topics
