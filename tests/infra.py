@@ -46,6 +46,15 @@ def leadstream(settings: Settings, *args: str, check: bool = True, timeout: floa
         raise AssertionError(f"leadstream {' '.join(args)} still running after {timeout:.0f} s; its log ends:\n{logged[-4000:]}") from None
 
 
+def read_model_scores(offline: list[dict]) -> dict[str, float]:
+    """The score the score-changes topic should end with for each key, from `leadstream score`'s
+    records: each lead's (`model/lead`) and each account's (`model:account/account`)."""
+    leads = {f"{r['model']}/{r['lead_id']}": r["score"] for r in offline if r["record"] == "lead"}
+    accounts = {f"{r['model']}:account/{r['account_id']}": r["score"] for r in offline
+                if r["record"] == "account" and r["score"] is not None}  # models without [accounts] publish none
+    return {**leads, **accounts}
+
+
 def read_topic(settings: Settings, topic: str, *, expect: int | None = None, timeout_s: float = 60.0, idle_s: float = 3.0) -> list[tuple[bytes | None, dict]]:
     """Every record of a topic as (key, parsed JSON value), from the beginning.
 

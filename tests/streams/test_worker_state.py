@@ -17,7 +17,7 @@ from streams.lag import LagProbe
 from streams.processes import WorkerProcess, free_port
 from streams.send import open_producer, produce
 from streams.settings import Settings
-from tests.infra import leadstream, read_to_end, read_topic, wait_for, write_jsonl
+from tests.infra import leadstream, read_model_scores, read_to_end, read_topic, wait_for, write_jsonl
 from tests.streams.test_account_table import crc32_colliding_ids
 
 MINUTE_MS = 60_000
@@ -34,15 +34,6 @@ def page(lead: str, n: int, url: str, at_ms: int) -> dict:
 
 def scores_by_key(settings: Settings, expect: int | None = None) -> dict[str, dict]:
     return {key.decode(): value for key, value in read_topic(settings, settings.topic_scores, expect=expect, idle_s=2)}
-
-
-def read_model_scores(offline: list[dict]) -> dict[str, float]:
-    """The score the score-changes topic should end with for each key, from `leadstream score`'s
-    records: each lead's (`model/lead`) and each account's (`model:account/account`)."""
-    leads = {f"{r['model']}/{r['lead_id']}": r["score"] for r in offline if r["record"] == "lead"}
-    accounts = {f"{r['model']}:account/{r['account_id']}": r["score"] for r in offline
-                if r["record"] == "account" and r["score"] is not None}  # models without [accounts] publish none
-    return {**leads, **accounts}
 
 
 def send(settings: Settings, events: list[dict], topic: str | None = None) -> None:

@@ -1,0 +1,226 @@
+"""A chaos run: workers of one app id killed, stopped and joined at random while events arrive,
+then what they published compared with the offline scorer (`leadstream score`) on the same events.
+
+Not part of the suite (it runs for minutes, and each seed is another run). Run it by hand
+against the local services, as `.venv/bin/python -m tests.chaos --seed 41`. It prints one JSON
+object: the actions taken, the workers that stopped themselves (and the line saying why), the
+offset holes the workers logged, and every difference from the offline scorer. Exit status 1
+when there is a difference.
+
+What a worker that stops itself does is what its supervisor would see: it is started again, as
+a supervisor (systemd, Kubernetes) would restart it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from streams import services
+from streams.bench import workload
+from streams.history import read_to_end
+from streams.lag import LagProbe
+from streams.processes import WorkerProcess, free_port
+from streams.send import open_producer, produce
+from streams.settings import Settings
+from streams.topics import delete_topics, ensure_topics
+from tests.infra import leadstream, read_model_scores, write_jsonl
+
+#: Lines of a worker's log that tell of input it was handed out of sequence (streams/offset_sequence.py).
+HOLE_MARKERS = ("offsets skipped", "were never handed to this worker")
+
+
+@dataclass
+class Slot:
+    """One worker's place: its port and state directory stay when it is started again."""
+
+    settings: Settings
+    process: WorkerProcess | None = None
+    logs: list[Path] = field(default_factory=list)
+
+    def start(self) -> None:
+        self.process = WorkerProcess(self.settings)
+        self.logs.append(self.process.log)
+        self.process.spawn()
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.proc is not None and self.process.proc.poll() is None
+
+
+class Run:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.rng = random.Random(args.seed)
+        self.workdir = Path(tempfile.mkdtemp(prefix="leadstream-chaos-"))
+        tag = f"chaos-{args.seed}-{uuid.uuid4().hex[:6]}"
+        self.settings = Settings.from_env().namespaced(tag, state_dir=self.workdir / "state")
+        self.slots = [Slot(replace(self.settings, worker_port=free_port(), state_dir=self.workdir / f"worker-{n}" / "state"))
+                      for n in range(3)]
+        self.actions: list[str] = []
+        self.stopped_themselves: list[dict[str, Any]] = []
+
+    def supervise(self) -> None:
+        """Starts again, as a supervisor would, a worker that exited on its own."""
+        for n, slot in enumerate(self.slots):
+            # A slot whose worker this run stopped has no process until it is started again.
+            if slot.process is not None and slot.process.proc is not None and not slot.running():
+                self.stopped_themselves.append({"worker": n, "exit": slot.process.proc.returncode, "why": self.why(slot.logs[-1])})
+                slot.start()
+
+    @staticmethod
+    def why(log: Path) -> str:
+        lines = log.read_text(errors="replace").splitlines()
+        said = [line for line in lines if "CRITICAL" in line or "Error" in line]
+        return (said or lines or ["(no log)"])[-1][-600:]
+
+    def act(self) -> None:
+        """One random action on the workers: kill one, stop one, or have the third join or leave."""
+        running = [n for n, slot in enumerate(self.slots[:2]) if slot.running()]
+        kind = self.rng.choice(("kill", "kill", "stop", "third"))
+        if kind in ("kill", "stop") and running:
+            n = self.rng.choice(running)
+            process = self.slots[n].process
+            assert process is not None
+            self.slots[n].process = None  # not a worker that stopped itself
+            process.kill() if kind == "kill" else process.stop()
+            self.slots[n].start()
+            self.actions.append(f"{kind} worker {n} and start it again")
+        elif self.slots[2].running():
+            process = self.slots[2].process
+            assert process is not None
+            self.slots[2].process = None
+            process.stop()
+            self.actions.append("worker 2 leaves")
+        else:
+            self.slots[2].start()
+            self.actions.append("worker 2 joins")
+
+    def feed(self, events: list[dict[str, Any]]) -> None:
+        producer = open_producer(self.settings)
+        try:
+            for start in range(0, len(events), self.args.chunk):
+                chunk = events[start: start + self.args.chunk]
+                produce(producer, self.settings.topic_events, ((e["lead_id"], orjson.dumps(e)) for e in chunk),
+                        self.args.events_per_message)
+                time.sleep(self.args.feed_pause_s)
+        finally:
+            producer.close()
+
+    def wait_caught_up(self, timeout_s: float) -> None:
+        """Until the group has committed every message, starting again workers that stop themselves."""
+        probe = LagProbe(self.settings)
+        try:
+            deadline = time.monotonic() + timeout_s
+            topics = [self.settings.topic_events, self.settings.topic_accounts, self.settings.topic_identity]
+            while time.monotonic() < deadline:
+                self.supervise()
+                lags = [probe.lag(self.settings.app_id, topic) for topic in topics]
+                # The identity topic has no records in this workload: no lag to read is none left.
+                if all(lag and not any(lag.values()) for lag in lags[:2]) and not any((lags[2] or {}).values()):
+                    return
+                time.sleep(1.0)
+            raise TimeoutError(f"the workers did not catch up within {timeout_s:.0f} s")
+        finally:
+            probe.close()
+
+    def run(self) -> dict[str, Any]:
+        args = self.args
+        now = int(time.time() * 1000)
+        events = list(workload.generate(args.events, args.leads, args.seed, start_ms=now - 6 * 3_600_000, span_ms=6 * 3_600_000))
+        path = write_jsonl(self.workdir / "events.jsonl", events)
+        offline = [orjson.loads(line) for line in leadstream(self.settings, "score", "--events", str(path), timeout=600).stdout.splitlines()]
+        ensure_topics(self.settings)
+        try:
+            for slot in self.slots[:2]:
+                slot.start()
+            feeder = threading.Thread(target=self.feed, args=(events,), daemon=True)
+            feeder.start()
+            for _ in range(args.actions):
+                time.sleep(self.rng.uniform(0.3, args.chaos_s))
+                self.supervise()
+                self.act()
+            feeder.join()
+            if self.slots[2].running():
+                process = self.slots[2].process
+                assert process is not None
+                self.slots[2].process = None
+                process.stop()
+            self.wait_caught_up(args.settle_timeout_s)
+            return {"seed": args.seed, "app_id": self.settings.app_id, "events": len(events), "actions": self.actions,
+                    "stopped_themselves": self.stopped_themselves, "holes_logged": self.holes(),
+                    **compare(self.settings, offline)}
+        finally:
+            for slot in self.slots:
+                if slot.process is not None:
+                    slot.process.stop()
+            if not args.keep:
+                delete_topics(self.settings, self.settings.app_id)
+
+    def holes(self) -> list[str]:
+        return [line[-400:] for slot in self.slots for log in slot.logs if log.exists()
+                for line in log.read_text(errors="replace").splitlines() if any(marker in line for marker in HOLE_MARKERS)]
+
+
+def compare(settings: Settings, offline: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the topics hold against what the offline scorer says they should."""
+    expected_scores = read_model_scores(offline)
+    scores: dict[str, Any] = {}
+    for record in read_to_end(settings, settings.topic_scores):
+        key = record.key.decode() if record.key else ""
+        scores[key] = None if record.value is None else orjson.loads(record.value)["score"]
+    wrong = {key: {"expected": value, "published": scores.get(key)} for key, value in expected_scores.items() if scores.get(key) != value}
+    unexpected = sorted(key for key, value in scores.items() if key not in expected_scores and value is not None)
+    expected_crossings = {r["id"]: r for r in offline if r["record"] == "transition" and r["kind"] == "lead"}
+    crossings = [orjson.loads(record.value) for record in read_to_end(settings, settings.topic_crossings) if record.value]
+    lead_crossings = [c for c in crossings if c["kind"] == "lead"]
+    published = {c["id"] for c in lead_crossings}
+    unlike = [c["id"] for c in lead_crossings if c["id"] in expected_crossings
+              and (c["lead_id"], c["to_level"], c["score"]) != tuple(expected_crossings[c["id"]][k] for k in ("lead_id", "to_level", "score"))]
+    leads_wrong = {k: v for k, v in wrong.items() if ":account/" not in k}
+    accounts_wrong = {k: v for k, v in wrong.items() if ":account/" in k}
+    return {
+        "leads_expected": sum(":account/" not in key for key in expected_scores),
+        "accounts_expected": sum(":account/" in key for key in expected_scores),
+        "leads_wrong": len(leads_wrong), "accounts_wrong": len(accounts_wrong), "unexpected_keys": len(unexpected),
+        "wrong_examples": dict(list(leads_wrong.items())[:5] + list(accounts_wrong.items())[:5]),
+        "lead_crossings_expected": len(expected_crossings),
+        "lead_crossings_missing": sorted(set(expected_crossings) - published)[:20],
+        "lead_crossings_unexpected": sorted(published - set(expected_crossings))[:20],
+        "lead_crossings_unlike": unlike[:20],
+        "lead_crossing_copies": len(lead_crossings) - len(published),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.chaos", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seed", type=int, default=41)
+    parser.add_argument("--events", type=int, default=60_000)
+    parser.add_argument("--leads", type=int, default=3_000)
+    parser.add_argument("--events-per-message", type=int, default=20)
+    parser.add_argument("--chunk", type=int, default=500, help="events produced between two pauses")
+    parser.add_argument("--feed-pause-s", type=float, default=0.05)
+    parser.add_argument("--actions", type=int, default=20)
+    parser.add_argument("--chaos-s", type=float, default=2.0, help="longest pause between two actions")
+    parser.add_argument("--settle-timeout-s", type=float, default=300.0)
+    parser.add_argument("--keep", action="store_true", help="keep the run's topics")
+    args = parser.parse_args(argv)
+    services.up(Settings.from_env())
+    report = Run(args).run()
+    sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
+    differs = report["leads_wrong"] or report["accounts_wrong"] or report["unexpected_keys"] or report["lead_crossings_missing"] \
+        or report["lead_crossings_unexpected"] or report["lead_crossings_unlike"]
+    return 1 if differs else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
