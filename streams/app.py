@@ -31,7 +31,7 @@ from kafka.errors import KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from scoring.errors import StateError
-from streams import batching, bulk_store, consumer_stop, erasure, fetch_wait, lead_states, metrics, routing, seek_first
+from streams import batching, bulk_store, consumer_stop, erasure, fetch_wait, lead_states, metrics, read_offsets, routing, seek_first
 from streams.account_table import AccountTable
 from streams.addresses import advertised, authority
 from streams.collection import BatchPause
@@ -50,6 +50,8 @@ log = logging.getLogger("leadstream.worker")
 Process = Callable[[list[Consumed], Callable[[], Awaitable[None]]], Awaitable[Any]]
 #: Members the /accounts/{id}/ view lists, the highest scored first.
 ACCOUNT_VIEW_MEMBERS = 100
+#: Entries of a lead's states that views leave out (streams/erasure.py, streams/read_offsets.py).
+LEAD_MARKERS = frozenset((erasure.FORGOTTEN, read_offsets.READ))
 
 
 def canonical_url(settings: Settings) -> str:
@@ -304,8 +306,9 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
         without any, 500 naming the problem when its stored state cannot be read)."""
         try:
             # Read, not kept live: the states the stages hold stay theirs alone. A forgotten
-            # lead's marker is no state of its (streams/erasure.py).
-            states = {model: state for model, state in (store.peek(key) or {}).items() if model != erasure.FORGOTTEN and present(state)}
+            # lead's marker and the offsets its states have read are no states of its; an id
+            # merged into another lead is shown with no models.
+            states = {model: state for model, state in (store.peek(key) or {}).items() if model not in LEAD_MARKERS and present(state)}
         except StateError as exc:
             return view.json({"error": f"the stored state of {kind} {key!r} cannot be read: {exc}"}, status=500)
         if not states:

@@ -39,17 +39,6 @@ def marker(offsets: dict[str, int]) -> States:
     return {FORGOTTEN: orjson.dumps(offsets).decode()}
 
 
-def checked(text: str) -> str:
-    """A marker's value as read from the table; StateError when it is not one."""
-    try:
-        offsets = orjson.loads(text)
-    except orjson.JSONDecodeError:
-        offsets = None
-    if offsets.__class__ is not dict or not all(offset.__class__ is int for offset in offsets.values()):
-        raise StateError(f"erasure marker that is not an object of integer offsets: {text[:100]!r}")
-    return text
-
-
 def offsets(states: States) -> dict[str, int]:
     """The offsets a lead was forgotten after (none when it was not)."""
     text = states.get(FORGOTTEN)

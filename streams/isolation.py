@@ -86,7 +86,7 @@ def split_envelope(message: Consumed) -> list[Consumed]:
     values = [encode_json_or_none(item) for item in items]
     if len(values) <= 1 or None in values:
         return [message]
-    return [replace(message, value=value) for value in values if value is not None]
+    return [replace(message, value=value, part=True) for value in values if value is not None]
 
 
 def internal_error(exc: Exception, message: Consumed, work: str) -> DeadLetter:

@@ -4,8 +4,8 @@ The table is keyed by lead id, the same key as the raw events, so a lead's state
 events' partition and a web request for a lead can be routed by key. One value holds the state
 of each model the lead was scored by (and, for an id merged into another lead, the marker
 `stitching.MERGED_INTO` -> target id; for a lead forgotten lately, `erasure.FORGOTTEN` ->
-offsets), framed (streams/stage.py); the worker keeps the leads
-it used lately live (`stage.LiveTable`).
+offsets) and how far they have read each input topic (`read_offsets.READ` -> offsets), framed
+(streams/stage.py); the worker keeps the leads it used lately live (`stage.LiveTable`).
 """
 
 from __future__ import annotations
@@ -14,13 +14,18 @@ from typing import Union
 
 from scoring import LeadState
 from scoring.errors import StateError
+from streams.erasure import FORGOTTEN
+from streams.read_offsets import READ, checked
 from streams.stage import frame, unframe
-from streams.erasure import FORGOTTEN, checked
 from streams.stitching import MERGED_INTO
 
 #: A lead's states by model; an id merged into another lead holds {MERGED_INTO: target id}, a
-#: lead forgotten lately {FORGOTTEN: offsets} (beside the states of its events since).
+#: lead forgotten lately {FORGOTTEN: offsets} (beside the states of its events since); each
+#: written by a batch of records also holds {READ: offsets}. Markers are texts.
 States = dict[str, Union[LeadState, str]]
+
+#: What each marker is, for the error naming one that cannot be read.
+_MARKERS = {MERGED_INTO: "merge marker", FORGOTTEN: "erasure marker", READ: "read offsets"}
 
 
 def encode(states: States) -> bytes:
@@ -30,8 +35,20 @@ def encode(states: States) -> bytes:
 
 def decode(value: bytes) -> States:
     """A lead's states from its table value; StateError when any of it cannot be read."""
-    try:
-        return {model: raw.decode() if model == MERGED_INTO else checked(raw.decode()) if model == FORGOTTEN else LeadState.from_bytes(raw)
-                for model, raw in unframe(value).items()}
-    except UnicodeDecodeError as exc:  # a marker's text
-        raise StateError(f"marker unreadable: {exc}") from None
+    states: States = {}
+    for model, raw in unframe(value).items():
+        what = _MARKERS.get(model)
+        if what is None:
+            states[model] = LeadState.from_bytes(raw)
+            continue
+        try:
+            text = raw.decode()
+        except UnicodeDecodeError as exc:
+            raise StateError(f"{what} unreadable: {exc}") from None
+        states[model] = text if model == MERGED_INTO else checked(text, what)
+    return states
+
+
+def scored(states: States) -> States:
+    """The states of the models, the markers left out."""
+    return {model: state for model, state in states.items() if state.__class__ is not str}

@@ -30,7 +30,7 @@ import orjson
 from scoring import Engine, Event, LeadState, MemberScore, Rejection, Transition, identity
 from scoring.errors import StateError
 from scoring.events import EMPTY_ENVELOPE, MAX_EVENT_BYTES, decode_message, parse_value, too_large, unreadable
-from streams import erasure, metrics, stitching
+from streams import erasure, lead_states, metrics, read_offsets, stitching
 from streams.deadletter import DeadLetter
 from streams.envelope import unpack
 from streams.isolation import internal_error, isolate, log_raised, split_envelope, undone_if_it_raises
@@ -273,6 +273,10 @@ class Scorer:
         sources: list[tuple[Consumed, list[Any] | None, list[Event]]] = []
         links: list[tuple[str, str, int]] = []
         partition_of: dict[str, int] = {}
+        # Lead id -> the offsets its states had read before the batch, and those of its records
+        # in the batch (topic -> the greatest offset): streams/read_offsets.py.
+        read_before: dict[str, dict[str, int]] = {}
+        reached: dict[str, dict[str, int]] = {}
         states_of = self.store.states
         clock_ms = self.now_ms()
         max_future_ms = self.settings.max_future_ms
@@ -283,6 +287,9 @@ class Scorer:
                 continue
             items, decoded = self._decode(message, dead, stats)
             sources.append((message, items, decoded))
+            # An envelope's item scored alone (streams/isolation.py) reads the envelope only in
+            # part: its offset is not one the lead's states hold all of.
+            topic, offset, whole = message.topic, message.offset, not message.part
             for position, event in enumerate(decoded):
                 if event.time_ms > horizon_ms:
                     if items is None:  # decoded in one pass: the dead letter needs the object
@@ -299,8 +306,13 @@ class Scorer:
                             items = unpack(message.value)
                         dead.append(self._unreadable(lead_id, exc, encode_json(items[position]), message))
                         continue
+                read = read_before.get(lead_id)
+                if read is None:
+                    read = read_before[lead_id] = read_offsets.read(states)
+                if offset <= read.get(topic, -1):
+                    continue  # its lead's states hold it: read again after a restart
                 # The marker's presence is checked inline: this runs once per event, and leads have none.
-                if erasure.FORGOTTEN in states and erasure.read_again(states, message.topic, message.offset):
+                if erasure.FORGOTTEN in states and erasure.read_again(states, topic, offset):
                     continue  # scored before its lead was forgotten, and read again after a restart
                 target = stitching.merged_into(states)
                 if target is not None:
@@ -317,6 +329,15 @@ class Scorer:
                     links.extend((source, target, event.time_ms) for source, target in linked)
                 events.append(event)
                 partition_of[lead_id] = message.partition
+                if whole:
+                    lead_reached = reached.get(lead_id)
+                    if lead_reached is None:
+                        lead_reached = reached[lead_id] = {}
+                    if offset > lead_reached.get(topic, -1):
+                        lead_reached[topic] = offset
+        # Set before the engine hands the changed states over, so that they are encoded with them.
+        for lead_id, offsets in reached.items():
+            known[lead_id][read_offsets.READ] = read_offsets.encode({**read_before[lead_id], **offsets})
 
         now_ms = stats.newest_event_ms = max((e.time_ms for e in events), default=0)
         writes: dict[str, tuple[int, States, bytes | None]] = {}
@@ -334,8 +355,9 @@ class Scorer:
             # A state whose summary the batch left as it was (a duplicate, a capped open,
             # a counter moved) is written, but its score change would repeat the last one.
             self._changed(model, lead_id, state, now_ms, partition, score_changed)
-            # A lead with states of several models is encoded after the batch, once, after all of them.
-            writes[lead_id] = (partition, states, encode_states(states) if len(states) == 1 else None)
+            # A lead with states of several models is encoded after the batch, once, after all of
+            # them; one with a single model's (beside its read offsets), now.
+            writes[lead_id] = (partition, states, encode_states(states) if len(states) == 2 else None)
 
         result = self.engine.apply_batch(events, lambda model, lead_id: known[lead_id].get(model), settled)  # type: ignore[arg-type, return-value]
         unscored_late = 0
@@ -473,7 +495,7 @@ class Scorer:
             cleared = 0
             for partition, lead_id, states in self.erasures.due(self.store.states, self.committed):
                 rest = erasure.without(states)
-                if rest:
+                if lead_states.scored(rest):  # the states of its events since (its offsets read alone are no reason to keep its id)
                     self.store.put(lead_id, partition, rest, encode_states(rest), self.outbox)
                 else:
                     self.store.delete(lead_id, partition, self.outbox)
@@ -532,13 +554,15 @@ class Scorer:
         except StateError as exc:
             dead.append(self._unreadable(subject, exc, message.value, message))
             return
-        if erasure.read_again(states, message.topic, message.offset):
-            return  # applied before the id was forgotten, and read again after a restart
+        if message.offset <= read_offsets.read(states).get(message.topic, -1) or erasure.read_again(states, message.topic, message.offset):
+            return  # applied before (before the id was forgotten, maybe), and read again after a restart
         merged_into = stitching.merged_into(states)
+        # What stays of the entry when its states go: the marker of a forgetting (until committed) and the offsets read.
+        markers = {**erasure.kept(states), **read_offsets.kept(states)}
         if kind == "link":
             if merged_into is not None or source == target:
                 return  # merged before: merging twice adds nothing (and into itself, nothing at all)
-            own, forgetting = erasure.without(states), erasure.kept(states)  # the marker of a forgetting stays until committed
+            own = lead_states.scored(states)
             if own:
                 self.outbox.add(self.settings.topic_identity, target.encode(),
                                 stitching.merge_record(source, target, time_ms, own))
@@ -547,13 +571,13 @@ class Scorer:
                 # the account would fall without the visitor's points nor the lead's new ones
                 # until the merge arrives, and cross down and up again.
                 self._withdraw(source, own, message.partition, time_ms)
-            pending[source] = (message.partition, {**forgetting, **stitching.marker(target)})
+            pending[source] = (message.partition, {**markers, **stitching.marker(target)})
         elif stitching.returned(record):
             if merged_into is None:
                 return  # its states are back already (a redelivered return): taking them twice would double them
             # The source's own states, back in place of its marker: it is scored, listed and
             # counted in its account again, as it was before its link.
-            pending[source] = (message.partition, {**erasure.kept(states), **incoming})
+            pending[source] = (message.partition, {**markers, **incoming})
             for model, state in incoming.items():
                 if model in self.models:
                     member = self.engine.returning(model, source, state, time_ms)
@@ -580,6 +604,8 @@ class Scorer:
                 member = self.engine.member_score(model, target, state, state.watermark_ms)
                 if member is not None:
                     members.append(member)
+            # A merge read again after a restart must not add the visitor's points twice.
+            states[read_offsets.READ] = read_offsets.encode({**read_offsets.read(states), message.topic: message.offset})
             pending[target] = (message.partition, states)
 
     def _forward_merge(self, record: stitching.IdentityRecord, merged_into: str) -> None:

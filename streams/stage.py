@@ -25,7 +25,9 @@ Record = tuple[str, bytes, bytes | None, int]
 class Consumed:
     """One consumed Kafka message. A tombstone (a null value) has `tombstone` set and an empty
     `value`, so code that does not look for tombstones reads it as bytes that are not JSON.
-    `timestamp_ms` is the record's Kafka timestamp (0 where none is known)."""
+    `timestamp_ms` is the record's Kafka timestamp (0 where none is known). A `part` is one item
+    of an envelope, split off to find an item that makes a stage raise (streams/isolation.py):
+    its offset is its envelope's, which the other items share."""
 
     topic: str
     partition: int
@@ -34,6 +36,7 @@ class Consumed:
     value: bytes
     tombstone: bool = False
     timestamp_ms: int = 0
+    part: bool = False
 
 
 _LENGTH = struct.Struct(">I")

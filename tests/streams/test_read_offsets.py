@@ -1,0 +1,74 @@
+"""The offsets a lead's states have read (streams/read_offsets.py), without a broker: records read
+again after a restart change nothing, however many events of the lead they hold."""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+import pytest
+
+from scoring import Engine, LeadState
+from scoring.errors import StateError
+from streams import lead_states, read_offsets
+from streams.partitioning import partition_for
+from streams.scorer import Scorer
+from streams.settings import Settings
+from streams.stage import Consumed, LiveTable, MemoryData, frame
+from tests.scoring.support import T0, shipped
+from tests.streams.stage_support import Kept
+
+SETTINGS = Settings()
+ENGINE = Engine([shipped("b2b")])
+LEAD = "ada"
+
+
+def envelope(offset: int, first: int, count: int) -> Consumed:
+    """Page views `first` to `first + count - 1` of the lead, a minute apart, in one message."""
+    events = [{"event_id": f"v{n}", "lead_id": LEAD, "type": "page_view", "time": T0 + n * 60_000, "product": "b2b",
+               "properties": {"url": "https://acme.io/blog/post", "time_on_page_s": 150}} for n in range(first, first + count)]
+    return Consumed(SETTINGS.topic_events, partition_for(LEAD, 4), offset, None, orjson.dumps(events))
+
+
+def scored(data: dict[bytes, bytes], batch: list[Consumed]) -> tuple[Kept, LiveTable[LeadState | str]]:
+    """A worker started on the table `data` (as recovered from the changelog) that scores `batch`."""
+    store = LiveTable(MemoryData(), "leads-changelog", 4, 1_000, lead_states.decode)
+    store.table.data.update(data)
+    outbox = Kept()
+    asyncio.run(Scorer(ENGINE, SETTINGS, store, outbox, 4).process(batch))
+    return outbox, store
+
+
+def test_records_read_again_after_a_restart_change_nothing_though_the_lead_has_more_events_than_it_remembers_ids() -> None:
+    # 200 events, more than the 128 ids at most that the b2b model's state remembers
+    # (remember_events = 64, two generations): before, a replay scored the oldest again.
+    batch = [envelope(offset, offset * 20, 20) for offset in range(10)]
+    first, store = scored({}, batch)
+    data = dict(store.table.data)
+    state = lead_states.decode(data[LEAD.encode()])
+    assert read_offsets.read(state) == {SETTINGS.topic_events: 9}
+    occurrences = state["b2b"].ledger["read a page carefully"][1]  # type: ignore[union-attr]
+    assert occurrences == 200
+
+    # The worker stopped after writing the states, before committing the offsets: its successor
+    # reads the batch again, and then one new event.
+    again, store = scored(data, batch)
+    assert again.sent == [] and store.table.data == data
+    later, store = scored(data, batch + [envelope(10, 200, 1)])
+    assert lead_states.decode(store.table.data[LEAD.encode()])["b2b"].ledger["read a page carefully"][1] == 201  # type: ignore[union-attr]
+    assert [key for topic, key, _ in later.sent if topic == SETTINGS.topic_scores] == [f"b2b/{LEAD}".encode()]
+
+
+def test_an_item_of_an_envelope_scored_alone_does_not_stand_for_its_envelope() -> None:
+    """An item split off its envelope to isolate one that makes scoring raise shares the
+    envelope's offset: taken for the whole envelope, it would drop the items after it."""
+    part = Consumed(SETTINGS.topic_events, partition_for(LEAD, 4), 3, None, envelope(3, 0, 1).value, part=True)
+    _, store = scored({}, [part])
+    state = lead_states.decode(store.table.data[LEAD.encode()])
+    assert read_offsets.READ not in state and set(state) == {"b2b"}
+
+
+@pytest.mark.parametrize("text", [b"[1]", b'{"events": 5.5}', b"{not json", b"\xff"])
+def test_offsets_that_are_not_ones_make_the_lead_unreadable_naming_them(text: bytes) -> None:
+    with pytest.raises(StateError, match="read offsets"):
+        lead_states.decode(frame({"b2b": ENGINE.new_state("b2b").to_bytes(), read_offsets.READ: text}))
