@@ -4,6 +4,7 @@ again after a restart change nothing, however many events of the lead they hold.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import orjson
 import pytest
@@ -57,6 +58,44 @@ def test_records_read_again_after_a_restart_change_nothing_though_the_lead_has_m
     later, store = scored(data, batch + [envelope(10, 200, 1)])
     assert lead_states.decode(store.table.data[LEAD.encode()])["b2b"].ledger["read a page carefully"][1] == 201  # type: ignore[union-attr]
     assert [key for topic, key, _ in later.sent if topic == SETTINGS.topic_scores] == [f"b2b/{LEAD}".encode()]
+
+
+def test_a_merge_read_again_after_a_restart_adds_the_visitors_points_once_however_many_events_came_since() -> None:
+    """Before, only the merge's marker among the lead's event ids told a merge read again: gone
+    once the lead had more events than its state remembers ids (here 1), and the visitor's
+    points were added twice."""
+    engine = Engine([dataclasses.replace(shipped("b2b"), remember_events=1)])
+    store = LiveTable(MemoryData(), "leads-changelog", 4, 1_000, lead_states.decode)
+    outbox = Kept()
+    offsets = iter(range(100))
+
+    def event(lead: str, n: int, kind: str, **fields: object) -> Consumed:
+        value = {"event_id": f"{lead}-{n}", "lead_id": lead, "type": kind, "time": T0 + n * 60_000, "product": "b2b", **fields}
+        return Consumed(SETTINGS.topic_events, partition_for(lead, 4), next(offsets), lead.encode(), orjson.dumps(value))
+
+    def score(scorer: Scorer, batch: list[Consumed]) -> list[Consumed]:
+        """Scores the batch; returns the identity records it sent, as the worker reads them back."""
+        start = len(outbox.placed)
+        asyncio.run(scorer.process(batch))
+        return [Consumed(topic, partition, next(offsets), key, value) for topic, partition, key, value in outbox.placed[start:]
+                if topic == SETTINGS.topic_identity and value is not None]
+
+    scorer = Scorer(engine, SETTINGS, store, outbox, 4)
+    [link] = score(scorer, [event("anon:v1", 1, "pricing_page_view"), event("anon:v1", 2, "webinar_attended"),
+                            event(LEAD, 3, "identify", anonymous_id="v1")])
+    [merge] = score(scorer, [link])
+    assert score(scorer, [merge]) == []
+    merged = engine.runtime("b2b").score(store.states(LEAD)["b2b"])  # type: ignore[arg-type]
+    score(scorer, [event(LEAD, n, "email_open", properties={"email_id": f"c{n}"}) for n in range(4, 7)])
+    data = dict(store.table.data)
+    expected = engine.runtime("b2b").score(lead_states.decode(data[LEAD.encode()])["b2b"])  # type: ignore[arg-type]
+    assert expected > merged > 0
+
+    # A worker started on the table reads the merge again (its offset was not committed).
+    store = LiveTable(MemoryData(), "leads-changelog", 4, 1_000, lead_states.decode)
+    store.table.data.update(data)
+    score(Scorer(engine, SETTINGS, store, outbox, 4), [merge])
+    assert store.table.data == data
 
 
 def test_an_item_of_an_envelope_scored_alone_does_not_stand_for_its_envelope() -> None:
