@@ -21,6 +21,11 @@ EVENTS_LATE = Counter(
 EVENTS_UNROUTED = Counter(
     "leadstream_events_unrouted", "Events whose product no model's filter takes: counted, not scored (check the product names)."
 )
+EVENTS_READ_AGAIN = Counter(
+    "leadstream_events_read_again",
+    "Events dropped because their lead's states hold them already: records read again after a restart or a rebalance "
+    "(streams/read_offsets.py). A surge with no restart means an input topic was created again without the worker's state.",
+)
 BATCH_SECONDS = Histogram(
     "leadstream_batch_seconds",
     "Time to score one batch of messages and write its results.",

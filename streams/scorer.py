@@ -66,6 +66,8 @@ class BatchStats:
     #: model -> events beyond its allowed lateness
     late: dict[str, int] = field(default_factory=dict)
     unrouted: int = 0
+    #: events whose lead's states hold them already (streams/read_offsets.py)
+    read_again: int = 0
     crossings: list[Transition] = field(default_factory=list)
     new_leads: dict[str, int] = field(default_factory=dict)
     newest_event_ms: int = 0
@@ -79,6 +81,7 @@ class BatchStats:
         for model, count in other.late.items():
             self.late[model] = self.late.get(model, 0) + count
         self.unrouted += other.unrouted
+        self.read_again += other.read_again
         self.crossings += other.crossings
         for model, count in other.new_leads.items():
             self.new_leads[model] = self.new_leads.get(model, 0) + count
@@ -90,6 +93,7 @@ class BatchStats:
         for model, count in self.late.items():
             metrics.EVENTS_LATE.labels(model).inc(count)
         metrics.EVENTS_UNROUTED.inc(self.unrouted)
+        metrics.EVENTS_READ_AGAIN.inc(self.read_again)
         metrics.BATCH_EVENTS.observe(self.events)
         for reason, count in self.rejected.items():
             metrics.EVENTS_REJECTED.labels(reason).inc(count)
@@ -310,6 +314,7 @@ class Scorer:
                 if read is None:
                     read = read_before[lead_id] = read_offsets.read(states)
                 if offset <= read.get(topic, -1):
+                    stats.read_again += 1
                     continue  # its lead's states hold it: read again after a restart
                 # The marker's presence is checked inline: this runs once per event, and leads have none.
                 if erasure.FORGOTTEN in states and erasure.read_again(states, topic, offset):

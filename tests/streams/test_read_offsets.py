@@ -8,6 +8,7 @@ import dataclasses
 
 import orjson
 import pytest
+from prometheus_client import REGISTRY
 
 from scoring import Engine, LeadState
 from scoring.errors import StateError
@@ -53,8 +54,10 @@ def test_records_read_again_after_a_restart_change_nothing_though_the_lead_has_m
 
     # The worker stopped after writing the states, before committing the offsets: its successor
     # reads the batch again, and then one new event.
+    counted = REGISTRY.get_sample_value("leadstream_events_read_again_total") or 0.0
     again, store = scored(data, batch)
     assert again.sent == [] and store.table.data == data
+    assert REGISTRY.get_sample_value("leadstream_events_read_again_total") == counted + 200
     later, store = scored(data, batch + [envelope(10, 200, 1)])
     assert lead_states.decode(store.table.data[LEAD.encode()])["b2b"].ledger["read a page carefully"][1] == 201  # type: ignore[union-attr]
     assert [key for topic, key, _ in later.sent if topic == SETTINGS.topic_scores] == [f"b2b/{LEAD}".encode()]
