@@ -58,6 +58,8 @@ class Slot:
 
 
 class Run:
+    """One chaos run: its topics, its three worker slots, and what happened."""
+
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.rng = random.Random(args.seed)
@@ -92,7 +94,10 @@ class Run:
             process = self.slots[n].process
             assert process is not None
             self.slots[n].process = None  # not a worker that stopped itself
-            process.kill() if kind == "kill" else process.stop()
+            if kind == "kill":
+                process.kill()
+            else:
+                process.stop()
             self.slots[n].start()
             self.actions.append(f"{kind} worker {n} and start it again")
         elif self.slots[2].running():
