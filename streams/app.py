@@ -122,7 +122,14 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
         # Faust's record of the offsets it committed (the next to read), which it has no public accessor for.
         return cast(Consumer, app.consumer)._committed_offset.get(TP(topic, partition))
 
-    scorer = Scorer(models.current.engine, settings, lead_store, outbox, settings.partitions, committed)
+    def log_end(topic: str, partition: int) -> int | None:
+        try:  # aiokafka's high watermark: None until a fetch of the partition returned
+            end: int | None = app.consumer.highwater(TP(topic, partition))
+        except Exception:  # AssertionError when no longer assigned: not known, and the records are taken as read again
+            return None
+        return end
+
+    scorer = Scorer(models.current.engine, settings, lead_store, outbox, settings.partitions, committed, log_end)
     rollup_outbox = Outbox(settings.kafka_bootstrap, settings.partitions, "leadstream-worker-accounts")
     rollup_stage = Rollup(models.current.engine, settings, account_store, rollup_outbox)
     sequences = (scorer.sequence, rollup_stage.sequence)

@@ -17,11 +17,14 @@ that Kafka did not make: a producer or collector that sent an event twice.
 
 The value is a JSON object's text (topic name -> offset), like a forgotten lead's marker
 (streams/erasure.py): keyed by name, so the offsets of a topic replaced by another one (a
-renamed `LEADSTREAM_TOPIC_*`) never stand for the new one's.
+renamed `LEADSTREAM_TOPIC_*`) never stand for the new one's. A topic deleted and created again
+under its name starts its offsets again: an offset at or beyond the partition's end cannot be
+one of its records, and the worker scores the records it would have dropped (`LogEnd`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import orjson
@@ -33,6 +36,9 @@ if TYPE_CHECKING:
 
 #: The key of the offsets in a lead's states.
 READ = "\x00read"
+
+#: (topic, partition) -> the partition's end offset (the next to be written), None where not known.
+LogEnd = Callable[[str, int], "int | None"]
 
 
 def checked(text: str, what: str) -> str:

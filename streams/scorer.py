@@ -151,9 +151,11 @@ class DecayIndex:
 
 class Scorer:
     def __init__(self, engine: Engine, settings: Settings, store: LiveTable[LeadState | str], outbox: Outbox, partitions: int,
-                 committed: erasure.Committed | None = None) -> None:
+                 committed: erasure.Committed | None = None, log_end: read_offsets.LogEnd | None = None) -> None:
         """`committed` tells the consumer's committed offsets, after which the markers of
-        forgotten leads go (streams/erasure.py); without it (no consumer) they stay."""
+        forgotten leads go (streams/erasure.py); without it (no consumer) they stay. `log_end`
+        tells the partitions' end offsets, which find the offsets of a topic created again
+        (streams/read_offsets.py); without it, they are taken for the topic's."""
         self.engine = engine
         self.settings = settings
         self.store = store
@@ -161,6 +163,8 @@ class Scorer:
         self.partitions = partitions
         self.decay_index = DecayIndex()
         self.committed = committed
+        self.log_end = log_end
+        self._started_again: set[tuple[str, int]] = set()  # partitions of topics created again, logged
         self.erasures = erasure.Waiting()
         self.models = {model.name for model in engine.models}
         self.sequence = OffsetSequence({settings.topic_events, settings.topic_identity})
@@ -314,8 +318,10 @@ class Scorer:
                 if read is None:
                     read = read_before[lead_id] = read_offsets.read(states)
                 if offset <= read.get(topic, -1):
-                    stats.read_again += 1
-                    continue  # its lead's states hold it: read again after a restart
+                    if self._holds(read, topic, message.partition):
+                        stats.read_again += 1
+                        continue  # its lead's states hold it: read again after a restart
+                    del read[topic]  # offsets of the topic before it was created again: they hold none of its records
                 # The marker's presence is checked inline: this runs once per event, and leads have none.
                 if erasure.FORGOTTEN in states and erasure.read_again(states, topic, offset):
                     continue  # scored before its lead was forgotten, and read again after a restart
@@ -559,7 +565,9 @@ class Scorer:
         except StateError as exc:
             dead.append(self._unreadable(subject, exc, message.value, message))
             return
-        if message.offset <= read_offsets.read(states).get(message.topic, -1) or erasure.read_again(states, message.topic, message.offset):
+        read = read_offsets.read(states)
+        if message.offset <= read.get(message.topic, -1) and self._holds(read, message.topic, message.partition) \
+                or erasure.read_again(states, message.topic, message.offset):
             return  # applied before (before the id was forgotten, maybe), and read again after a restart
         merged_into = stitching.merged_into(states)
         # What stays of the entry when its states go: the marker of a forgetting (until committed) and the offsets read.
@@ -610,8 +618,21 @@ class Scorer:
                 if member is not None:
                     members.append(member)
             # A merge read again after a restart must not add the visitor's points twice.
-            states[read_offsets.READ] = read_offsets.encode({**read_offsets.read(states), message.topic: message.offset})
+            states[read_offsets.READ] = read_offsets.encode({**read, message.topic: message.offset})
             pending[target] = (message.partition, states)
+
+    def _holds(self, read: dict[str, int], topic: str, partition: int) -> bool:
+        """Whether the states' offset of `topic` can be one of its records: not when it is at or
+        beyond the partition's end, as after the topic was deleted and created again under its
+        name (its offsets started again). That is logged, once a partition."""
+        end = None if self.log_end is None else self.log_end(topic, partition)
+        if end is None or read[topic] < end:
+            return True
+        if (topic, partition) not in self._started_again:
+            self._started_again.add((topic, partition))
+            log.warning("lead states hold offsets beyond the end of a partition, as after its topic was created again: its "
+                        "records are scored and the states' offsets start again: topic=%s partition=%d end=%d", topic, partition, end)
+        return False
 
     def _forward_merge(self, record: stitching.IdentityRecord, merged_into: str) -> None:
         """Sends a merge on to the lead its target was merged into, or back to its source when

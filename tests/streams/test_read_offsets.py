@@ -25,19 +25,19 @@ ENGINE = Engine([shipped("b2b")])
 LEAD = "ada"
 
 
-def envelope(offset: int, first: int, count: int) -> Consumed:
+def envelope(offset: int, first: int, count: int, ids: str = "v") -> Consumed:
     """Page views `first` to `first + count - 1` of the lead, a minute apart, in one message."""
-    events = [{"event_id": f"v{n}", "lead_id": LEAD, "type": "page_view", "time": T0 + n * 60_000, "product": "b2b",
+    events = [{"event_id": f"{ids}{n}", "lead_id": LEAD, "type": "page_view", "time": T0 + n * 60_000, "product": "b2b",
                "properties": {"url": "https://acme.io/blog/post", "time_on_page_s": 150}} for n in range(first, first + count)]
     return Consumed(SETTINGS.topic_events, partition_for(LEAD, 4), offset, None, orjson.dumps(events))
 
 
-def scored(data: dict[bytes, bytes], batch: list[Consumed]) -> tuple[Kept, LiveTable[LeadState | str]]:
+def scored(data: dict[bytes, bytes], batch: list[Consumed], log_end: read_offsets.LogEnd | None = None) -> tuple[Kept, LiveTable[LeadState | str]]:
     """A worker started on the table `data` (as recovered from the changelog) that scores `batch`."""
     store = LiveTable(MemoryData(), "leads-changelog", 4, 1_000, lead_states.decode)
     store.table.data.update(data)
     outbox = Kept()
-    asyncio.run(Scorer(ENGINE, SETTINGS, store, outbox, 4).process(batch))
+    asyncio.run(Scorer(ENGINE, SETTINGS, store, outbox, 4, log_end=log_end).process(batch))
     return outbox, store
 
 
@@ -61,6 +61,24 @@ def test_records_read_again_after_a_restart_change_nothing_though_the_lead_has_m
     later, store = scored(data, batch + [envelope(10, 200, 1)])
     assert lead_states.decode(store.table.data[LEAD.encode()])["b2b"].ledger["read a page carefully"][1] == 201  # type: ignore[union-attr]
     assert [key for topic, key, _ in later.sent if topic == SETTINGS.topic_scores] == [f"b2b/{LEAD}".encode()]
+
+
+def test_offsets_beyond_the_end_of_a_topic_created_again_hold_none_of_its_records(caplog: pytest.LogCaptureFixture) -> None:
+    """The events topic deleted and created again under its name, the workers' state kept:
+    its offsets start again, and its records at or before the states' offsets are new ones."""
+    _, store = scored({}, [envelope(offset, offset * 20, 20) for offset in range(10)])
+    data = dict(store.table.data)
+    anew = [envelope(offset, 200 + offset * 5, 5, ids="w") for offset in range(3)]
+
+    _, store = scored(data, anew, log_end=lambda topic, partition: 100)  # offsets 0 to 2 of the log the states read
+    assert store.table.data == data
+    _, store = scored(data, anew, log_end=lambda topic, partition: 3)  # the log ends before the states' offset 9
+    state = lead_states.decode(store.table.data[LEAD.encode()])
+    assert state["b2b"].ledger["read a page carefully"][1] == 215  # type: ignore[union-attr]
+    assert read_offsets.read(state) == {SETTINGS.topic_events: 2}
+    assert [r.getMessage() for r in caplog.records if "beyond the end" in r.getMessage()] == [
+        f"lead states hold offsets beyond the end of a partition, as after its topic was created again: its records are scored "
+        f"and the states' offsets start again: topic={SETTINGS.topic_events} partition={partition_for(LEAD, 4)} end=3"]
 
 
 def test_a_merge_read_again_after_a_restart_adds_the_visitors_points_once_however_many_events_came_since() -> None:
