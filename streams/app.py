@@ -31,7 +31,7 @@ from kafka.errors import KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from scoring.errors import StateError
-from streams import batching, bulk_store, consumer_stop, erasure, fetch_wait, lead_states, metrics, read_offsets, routing, seek_first
+from streams import batching, bulk_store, consumer_stop, erasure, fetch_wait, lead_states, metrics, read_offsets, routing, seek_first, stitching
 from streams.account_table import AccountTable
 from streams.addresses import advertised, authority
 from streams.collection import BatchPause
@@ -395,4 +395,5 @@ def _consumed(event: Any) -> Consumed:
     value = message.value
     # Faust keeps aiokafka's timestamp in seconds; the broker's is whole milliseconds.
     timestamp_ms = round(message.timestamp * 1000) if message.timestamp and message.timestamp > 0 else 0
-    return Consumed(message.topic, message.partition, message.offset, message.key, value or b"", value is None, timestamp_ms)
+    return Consumed(message.topic, message.partition, message.offset, message.key, value or b"", value is None, timestamp_ms,
+                    origin=stitching.origin(message.headers) if message.headers else None)

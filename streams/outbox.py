@@ -28,6 +28,11 @@ from streams.partitioning import partition_for
 #: JSON bytes of a value to queue in the outbox (see the module doc for why not orjson).
 encode_json = msgspec.json.Encoder().encode
 
+#: Kafka record headers: (name, value) pairs.
+Headers = tuple[tuple[str, bytes], ...]
+#: A queued record: key, value (None: a tombstone), headers.
+Record = tuple[bytes | None, bytes | None, Headers]
+
 
 def encode_json_or_none(value: Any) -> bytes | None:
     """`encode_json(value)`, or None for a value nested deeper than msgspec writes (near 1,000
@@ -45,7 +50,7 @@ class Outbox:
         self.client_id = client_id
         self.partitions = partitions
         self._producer: AIOKafkaProducer | None = None
-        self._pending: dict[tuple[str, int], list[tuple[bytes | None, bytes | None]]] = defaultdict(list)
+        self._pending: dict[tuple[str, int], list[Record]] = defaultdict(list)
         # Callers sharing an outbox (the lead stage and the decay timer) flush in turns, so a
         # flush never returns while records added before it are still in flight under another
         # one (and two first flushes do not start two producers).
@@ -70,11 +75,12 @@ class Outbox:
             await self._producer.stop()
             self._producer = None
 
-    def add(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None) -> None:
+    def add(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None,
+            headers: Headers = ()) -> None:
         """Queue a record (a None value is a tombstone); sent at the next flush."""
         if partition is None:
             partition = partition_for(key.decode(), self.partitions) if key else 0
-        self._pending[(topic, partition)].append((key, value))
+        self._pending[(topic, partition)].append((key, value, headers))
 
     def mark(self) -> dict[tuple[str, int], int]:
         """Where the queue stands: `rollback` drops what is added after."""
@@ -104,15 +110,16 @@ class Outbox:
                     self._producer = await self._start()
                 await self._send(self._producer, pending)
 
-    async def _send(self, producer: AIOKafkaProducer, pending: dict[tuple[str, int], list[tuple[bytes | None, bytes | None]]]) -> None:
+    async def _send(self, producer: AIOKafkaProducer, pending: dict[tuple[str, int], list[Record]]) -> None:
         deliveries = []
         for (topic, partition), records in pending.items():
             batch = producer.create_batch()
-            for key, value in records:
-                if batch.append(key=key, value=value, timestamp=None) is None:
+            for key, value, headers in records:
+                listed = list(headers) if headers else []  # aiokafka's record builder takes a list only
+                if batch.append(key=key, value=value, timestamp=None, headers=listed) is None:
                     deliveries.append(await producer.send_batch(batch, topic, partition=partition))
                     batch = producer.create_batch()
-                    if batch.append(key=key, value=value, timestamp=None) is None:
+                    if batch.append(key=key, value=value, timestamp=None, headers=listed) is None:
                         raise ValueError(f"a record of {len(value or b'')} bytes for {topic} exceeds the producer's batch size")
             if batch.record_count():
                 deliveries.append(await producer.send_batch(batch, topic, partition=partition))

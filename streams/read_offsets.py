@@ -15,9 +15,20 @@ topic, the greatest offset of the lead's partition whose records of the lead its
 or before it is one read again, and is dropped whole. The event-id check remains for duplicates
 that Kafka did not make: a producer or collector that sent an event twice.
 
-The value is a JSON object's text (topic name -> offset), like a forgotten lead's marker
-(streams/erasure.py): keyed by name, so the offsets of a topic replaced by another one (a
-renamed `LEADSTREAM_TOPIC_*`) never stand for the new one's. A topic deleted and created again
+A record the worker makes from one it read, and sends to another id's partition (an event
+re-keyed to the lead its visitor was merged into, a link, a merge: streams/stitching.py), is made
+again, as a new record at a new offset, by a worker that reads the first one again. Its copies
+are told apart by where the event it came from was read, its origin (a record header). For the
+records arriving on a topic from one topic and partition of origin, the offsets also keep the
+greatest origin (offset, position in the message) that the lead's states hold: a worker makes
+such records in the order it reads that partition, so an origin at or before it is a copy. (A
+chaos run cannot make many: the replay property test with states that remember 2 event ids
+does, tests/streams/test_scoring_replay.py.)
+
+The value is a JSON object's text (topic name -> offset; "<topic>/<topic of origin>/<partition
+of origin>" -> [offset, position]), like a forgotten lead's marker (streams/erasure.py): keyed
+by name, so the offsets of a topic replaced by another one (a renamed `LEADSTREAM_TOPIC_*`) never
+stand for the new one's. A topic deleted and created again
 under its name starts its offsets again: an offset at or beyond the partition's end cannot be
 one of its records, and the worker scores the records it would have dropped (`LogEnd`).
 """
@@ -25,7 +36,7 @@ one of its records, and the worker scores the records it would have dropped (`Lo
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -33,12 +44,23 @@ from scoring.errors import StateError
 
 if TYPE_CHECKING:
     from streams.lead_states import States
+    from streams.stitching import Origin
 
 #: The key of the offsets in a lead's states.
 READ = "\x00read"
 
 #: (topic, partition) -> the partition's end offset (the next to be written), None where not known.
 LogEnd = Callable[[str, int], "int | None"]
+
+#: READ's offsets: topic -> offset (an int); origin key -> [offset, position] (see the module doc).
+Offsets = dict[str, Any]
+
+
+def origin_key(topic: str, origin: Origin) -> str:
+    """The key of the origins of records that arrive on `topic` made from records of `origin`'s
+    topic and partition: they arrive in the order the worker read those."""
+    # A topic's name holds no "/" (only letters, digits, ".", "_" and "-"): no origin key is a topic's.
+    return f"{topic}/{origin.topic}/{origin.partition}"
 
 
 def checked(text: str, what: str) -> str:
@@ -47,20 +69,29 @@ def checked(text: str, what: str) -> str:
         offsets = orjson.loads(text)
     except orjson.JSONDecodeError:
         offsets = None
-    if offsets.__class__ is not dict or not all(offset.__class__ is int for offset in offsets.values()):
-        raise StateError(f"{what} that is not an object of integer offsets: {text[:100]!r}")
+    if offsets.__class__ is not dict or not all(
+            offset.__class__ is list and len(offset) == 2 and all(n.__class__ is int for n in offset) if "/" in key
+            else offset.__class__ is int for key, offset in offsets.items()):
+        raise StateError(f"{what} that is not an object of integer offsets (and [offset, position] origins): {text[:100]!r}")
     return text
 
 
-def read(states: States) -> dict[str, int]:
+def read(states: States) -> Offsets:
     """The offsets up to which the states hold the lead's records (none known: empty)."""
     text = states.get(READ)
     return {} if text is None else orjson.loads(text)  # type: ignore[arg-type]  # the offsets' value is a text
 
 
-def encode(offsets: dict[str, int]) -> str:
-    """The value of READ for these offsets (topic -> offset)."""
+def encode(offsets: Offsets) -> str:
+    """The value of READ for these offsets."""
     return orjson.dumps(offsets).decode()
+
+
+def drop_topic(offsets: Offsets, topic: str) -> None:
+    """Takes out the offsets of `topic` and of the events re-keyed from it: they are those of a
+    topic since deleted and created again under its name, which hold none of its records."""
+    for key in [key for key in offsets if topic in key.split("/")[:2]]:
+        del offsets[key]
 
 
 def kept(states: States) -> States:

@@ -35,7 +35,7 @@ from streams.deadletter import DeadLetter
 from streams.envelope import unpack
 from streams.isolation import internal_error, isolate, log_raised, split_envelope, undone_if_it_raises
 from streams.offset_sequence import OffsetSequence
-from streams.outbox import Outbox, encode_json, encode_json_or_none
+from streams.outbox import Headers, Outbox, encode_json, encode_json_or_none
 from streams.partitioning import partition_for
 from streams.rollup import lead_score_key, publish_updates
 from streams.settings import Settings
@@ -279,12 +279,12 @@ class Scorer:
         events = []
         # Each message's decoded events, to find the message of an event the engine refuses.
         sources: list[tuple[Consumed, list[Any] | None, list[Event]]] = []
-        links: list[tuple[str, str, int]] = []
+        links: list[tuple[str, str, int, Headers]] = []
         partition_of: dict[str, int] = {}
         # Lead id -> the offsets its states had read before the batch, and those of its records
-        # in the batch (topic -> the greatest offset): streams/read_offsets.py.
-        read_before: dict[str, dict[str, int]] = {}
-        reached: dict[str, dict[str, int]] = {}
+        # in the batch (topic -> the greatest offset; and re-keyed events' origins): streams/read_offsets.py.
+        read_before: dict[str, read_offsets.Offsets] = {}
+        reached: dict[str, read_offsets.Offsets] = {}
         states_of = self.store.states
         clock_ms = self.now_ms()
         max_future_ms = self.settings.max_future_ms
@@ -298,6 +298,11 @@ class Scorer:
             # An envelope's item scored alone (streams/isolation.py) reads the envelope only in
             # part: its offset is not one the lead's states hold all of.
             topic, offset, whole = message.topic, message.offset, not message.part
+            # Events re-keyed to their visitor's lead: a copy made by a worker that read the
+            # visitor's record again is dropped by its origin. (A part's position is not known.)
+            origin = message.origin if whole else None
+            if origin is not None:
+                origin_key = read_offsets.origin_key(topic, origin)
             for position, event in enumerate(decoded):
                 if event.time_ms > horizon_ms:
                     if items is None:  # decoded in one pass: the dead letter needs the object
@@ -321,15 +326,23 @@ class Scorer:
                     if self._holds(read, topic, message.partition):
                         stats.read_again += 1
                         continue  # its lead's states hold it: read again after a restart
-                    del read[topic]  # offsets of the topic before it was created again: they hold none of its records
+                    read_offsets.drop_topic(read, topic)  # offsets of the topic before it was created again
                 # The marker's presence is checked inline: this runs once per event, and leads have none.
                 if erasure.FORGOTTEN in states and erasure.read_again(states, topic, offset):
                     continue  # scored before its lead was forgotten, and read again after a restart
+                if origin is not None:
+                    mark = [origin.offset, origin.position + position]
+                    lead_reached = reached.get(lead_id)
+                    # The batch's own origins first: both copies may be in one batch.
+                    held = (lead_reached if lead_reached is not None and origin_key in lead_reached else read).get(origin_key)
+                    if held is not None and mark <= held:
+                        stats.read_again += 1
+                        continue
                 target = stitching.merged_into(states)
                 if target is not None:
                     if items is None:  # decoded in one pass: forwarding, which is rare, needs the objects
                         items = unpack(message.value)
-                    self._forward(items[position], target, message, dead)
+                    self._forward(items[position], target, message, position, dead)
                     continue
                 if items is not None and event.type in LINKING_TYPES:
                     linked = stitching.links_of(items[position])
@@ -337,7 +350,8 @@ class Scorer:
                         dead.append(DeadLetter(linked.reason, linked.detail, encode_json(items[position]),
                                                message.topic, message.partition, message.offset, message.key))
                         continue
-                    links.extend((source, target, event.time_ms) for source, target in linked)
+                    read_at = origin_headers(message, position)
+                    links.extend((source, target, event.time_ms, read_at) for source, target in linked)
                 events.append(event)
                 partition_of[lead_id] = message.partition
                 if whole:
@@ -346,6 +360,8 @@ class Scorer:
                         lead_reached = reached[lead_id] = {}
                     if offset > lead_reached.get(topic, -1):
                         lead_reached[topic] = offset
+                    if origin is not None:
+                        lead_reached[origin_key] = mark
         # Set before the engine hands the changed states over, so that they are encoded with them.
         for lead_id, offsets in reached.items():
             known[lead_id][read_offsets.READ] = read_offsets.encode({**read_before[lead_id], **offsets})
@@ -386,8 +402,8 @@ class Scorer:
         # it caused is in Kafka too, because a replay against that state changes nothing.
         stats.crossings = self._queue_crossings(result.transitions)
         outbox = self.outbox
-        for source, target, time_ms in links:
-            outbox.add(self.settings.topic_identity, source.encode(), stitching.link_record(source, target, time_ms))
+        for source, target, time_ms, read_at in links:
+            outbox.add(self.settings.topic_identity, source.encode(), stitching.link_record(source, target, time_ms), headers=read_at)
         account_updates = result.account_updates
         erased: dict[str, tuple[int, States]] = {}  # forgotten leads' markers
         if forget:
@@ -566,19 +582,31 @@ class Scorer:
             dead.append(self._unreadable(subject, exc, message.value, message))
             return
         read = read_offsets.read(states)
-        if message.offset <= read.get(message.topic, -1) and self._holds(read, message.topic, message.partition) \
-                or erasure.read_again(states, message.topic, message.offset):
-            return  # applied before (before the id was forgotten, maybe), and read again after a restart
+        if message.offset <= read.get(message.topic, -1):
+            if self._holds(read, message.topic, message.partition):
+                return  # applied before, and read again after a restart
+            read_offsets.drop_topic(read, message.topic)
+        if erasure.read_again(states, message.topic, message.offset):
+            return  # applied before the id was forgotten, and read again after a restart
+        read[message.topic] = message.offset
+        origin = message.origin
+        if origin is not None:  # a copy made by a worker that read the record it came from again (streams/read_offsets.py)
+            key, mark = read_offsets.origin_key(message.topic, origin), [origin.offset, origin.position]
+            held = read.get(key)
+            if held is not None and mark <= held:
+                return
+            read[key] = mark
         merged_into = stitching.merged_into(states)
-        # What stays of the entry when its states go: the marker of a forgetting (until committed) and the offsets read.
-        markers = {**erasure.kept(states), **read_offsets.kept(states)}
+        # What stays of the entry when its states go: the marker of a forgetting (until committed)
+        # and the offsets read, this record's now among them.
+        markers = {**erasure.kept(states), read_offsets.READ: read_offsets.encode(read)}
         if kind == "link":
             if merged_into is not None or source == target:
                 return  # merged before: merging twice adds nothing (and into itself, nothing at all)
             own = lead_states.scored(states)
             if own:
                 self.outbox.add(self.settings.topic_identity, target.encode(),
-                                stitching.merge_record(source, target, time_ms, own))
+                                stitching.merge_record(source, target, time_ms, own), headers=origin_headers(message, 0))
                 # The visitor's points now count in the lead's, in read models. Its accounts
                 # lose it at the merge, in the same update as the lead's new score: left now,
                 # the account would fall without the visitor's points nor the lead's new ones
@@ -598,7 +626,7 @@ class Scorer:
                     if member is not None:
                         members.append(member)
         elif merged_into is not None:  # the target was itself merged since: follow the chain, or go back
-            self._forward_merge(record, merged_into)
+            self._forward_merge(record, merged_into, message)
         else:
             states = dict(states)
             for model, state in incoming.items():
@@ -618,10 +646,10 @@ class Scorer:
                 if member is not None:
                     members.append(member)
             # A merge read again after a restart must not add the visitor's points twice.
-            states[read_offsets.READ] = read_offsets.encode({**read, message.topic: message.offset})
+            states[read_offsets.READ] = markers[read_offsets.READ]
             pending[target] = (message.partition, states)
 
-    def _holds(self, read: dict[str, int], topic: str, partition: int) -> bool:
+    def _holds(self, read: read_offsets.Offsets, topic: str, partition: int) -> bool:
         """Whether the states' offset of `topic` can be one of its records: not when it is at or
         beyond the partition's end, as after the topic was deleted and created again under its
         name (its offsets started again). That is logged, once a partition."""
@@ -634,7 +662,7 @@ class Scorer:
                         "records are scored and the states' offsets start again: topic=%s partition=%d end=%d", topic, partition, end)
         return False
 
-    def _forward_merge(self, record: stitching.IdentityRecord, merged_into: str) -> None:
+    def _forward_merge(self, record: stitching.IdentityRecord, merged_into: str, message: Consumed) -> None:
         """Sends a merge on to the lead its target was merged into, or back to its source when
         that would close a loop of links or the chain is too long (`stitching.onward`)."""
         onward = stitching.onward(record, merged_into)
@@ -642,7 +670,7 @@ class Scorer:
             # Ids are not logged: they may be personal data.
             log.warning("a merge went back to the id it came from: %s", "its target was merged into it (a loop of links)"
                         if merged_into == record.source else f"it was sent on {stitching.MAX_HOPS} times (a loop of links)")
-        self.outbox.add(self.settings.topic_identity, onward.target.encode(), encode_json(onward))
+        self.outbox.add(self.settings.topic_identity, onward.target.encode(), encode_json(onward), headers=origin_headers(message, 0))
 
     def _tombstone(self, message: Consumed, forget: dict[str, tuple[int, int, int]], dead: list[DeadLetter], stats: BatchStats) -> None:
         """A message without a value: on the profiles topic, a request to forget the lead it is
@@ -727,13 +755,14 @@ class Scorer:
                 leaving.append(member)
         return leaving
 
-    def _forward(self, item: dict[str, Any], target: str, message: Consumed, dead: list[DeadLetter]) -> None:
+    def _forward(self, item: dict[str, Any], target: str, message: Consumed, position: int, dead: list[DeadLetter]) -> None:
+        """Sends the event on to the lead its id was merged into, with where it was read."""
         onward = stitching.forwarded(item, target)
         if onward is None:
             dead.append(DeadLetter("alias_loop", f"lead {item['lead_id']!r} was re-keyed {stitching.MAX_HOPS} times: an alias loop",
                                    encode_json(item), message.topic, message.partition, message.offset, message.key))
             return
-        self.outbox.add(self.settings.topic_events, target.encode(), encode_json(onward))
+        self.outbox.add(self.settings.topic_events, target.encode(), encode_json(onward), headers=origin_headers(message, position))
 
     def _decode(self, message: Consumed, dead: list[DeadLetter], stats: BatchStats) -> tuple[list[Any] | None, list[Event]]:
         """The message's accepted events, with their JSON objects in the same order when they
@@ -860,3 +889,13 @@ class Scorer:
             self.outbox.add(self.settings.topic_crossings, str(key).encode(), encode_json(record))
             published.append(transition)
         return published
+
+
+def origin_headers(message: Consumed, position: int) -> Headers:
+    """The headers of a record made from the event at `position` of `message` (0 for an identity
+    record): where it was read (`stitching.Origin`). None for a part of an envelope, whose
+    position among the envelope's events is not known: copies of what it makes are dropped by
+    event id alone."""
+    if message.part:
+        return ()
+    return stitching.origin_headers(stitching.Origin(message.topic, message.partition, message.offset, position))

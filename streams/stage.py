@@ -14,6 +14,7 @@ from typing import Callable, Generic, Iterable, Iterator, MutableMapping, Protoc
 
 from scoring.errors import StateError
 from streams.outbox import Outbox
+from streams.stitching import Origin
 from streams.partitioning import partition_for
 
 S = TypeVar("S")
@@ -27,7 +28,8 @@ class Consumed:
     `value`, so code that does not look for tombstones reads it as bytes that are not JSON.
     `timestamp_ms` is the record's Kafka timestamp (0 where none is known). A `part` is one item
     of an envelope, split off to find an item that makes a stage raise (streams/isolation.py):
-    its offset is its envelope's, which the other items share."""
+    its offset is its envelope's, which the other items share. `origin` is where an event
+    re-keyed to the lead its visitor was merged into was read (`stitching.origin`)."""
 
     topic: str
     partition: int
@@ -37,6 +39,7 @@ class Consumed:
     tombstone: bool = False
     timestamp_ms: int = 0
     part: bool = False
+    origin: Origin | None = None
 
 
 _LENGTH = struct.Struct(">I")

@@ -25,6 +25,10 @@ on the identity topic, keyed by the old id so it lands on the partition holding 
    events topic (with `stitched_from`), where the target's event-id memory drops any that the
    visitor's profile had already scored. An alias chain (S -> U -> W) is followed hop by hop, at
    most MAX_HOPS; a longer chain is a loop and goes to the dead-letter topic.
+5. Each re-keyed event, link and merge carries where the record it was made from was read
+   (`Origin`, a record header): a worker that reads that record again after a restart makes it
+   again, under a new offset, and the receiving id's states drop the copy by its origin
+   (streams/read_offsets.py), however many events that id had since.
 
 Both tables (marker and states) are the lead table, so a restarted worker recovers them like
 any lead state. Anonymous profiles are scored but never publish crossings: no CRM can act on
@@ -35,14 +39,14 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple
 
 import msgspec
 
 from scoring import LeadState
 from scoring.errors import StateError
 from scoring.events import MAX_ID_CHARS, MAX_TIME_MS, Id, Rejection, is_id, optional_id
-from streams.outbox import encode_json
+from streams.outbox import Headers, encode_json
 from streams.segment import ANONYMOUS_PREFIX
 
 if TYPE_CHECKING:
@@ -187,6 +191,39 @@ def onward(record: IdentityRecord, merged_into: str) -> IdentityRecord:
     if merged_into == record.source or record.hops >= MAX_HOPS:
         return msgspec.structs.replace(record, target=record.source)
     return msgspec.structs.replace(record, target=merged_into, hops=record.hops + 1)
+
+
+class Origin(NamedTuple):
+    """Where the event a record re-keys was read: its message's topic, partition and offset, and
+    its position among the message's events."""
+
+    topic: str
+    partition: int
+    offset: int
+    position: int
+
+
+#: The header that carries a re-keyed event's origin, as ASCII "<topic> <partition> <offset>
+#: <position>" (a topic's name has no space).
+ORIGIN = "leadstream-origin"
+
+
+def origin_headers(origin: Origin) -> Headers:
+    return ((ORIGIN, b"%s %d %d %d" % (origin.topic.encode(), origin.partition, origin.offset, origin.position)),)
+
+
+def origin(headers: Any) -> Origin | None:
+    """The origin among a record's headers ((name, value) pairs); None when it has none, or one
+    this worker did not write (it is then only a duplicate's event id that can drop it again)."""
+    for name, value in headers or ():
+        if name == ORIGIN:
+            try:
+                topic, *numbers = value.decode("ascii").split(" ")
+                fields = [int(number) for number in numbers]
+            except (ValueError, AttributeError):  # not ASCII, not numbers; no bytes
+                return None
+            return Origin(topic, *fields) if topic and len(fields) == 3 and min(fields) >= 0 else None
+    return None
 
 
 def forwarded(item: dict[str, Any], target: str) -> dict[str, Any] | None:

@@ -32,7 +32,7 @@ from streams.bench import print_figures, workload
 from streams.bench.engine import MODEL_FILE
 from streams.collection import BatchPause, tune_collector
 from streams.envelope import pack_by_partition
-from streams.outbox import Outbox
+from streams.outbox import Headers, Outbox
 from streams.rollup import Rollup
 from streams.scorer import Scorer
 from streams.settings import Settings
@@ -53,17 +53,17 @@ class CountingOutbox(Outbox):
         self.bytes = 0
         self.account_updates: list[Consumed] = []
 
-    def add(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None) -> None:
+    def add(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None, headers: Headers = ()) -> None:
         if topic == self.accounts_topic and value is not None and partition is not None:
             self.account_updates.append(Consumed(topic, partition, len(self.account_updates), key, value))
             return
-        super().add(topic, key, value, partition)
+        super().add(topic, key, value, partition, headers)
 
     async def flush(self) -> None:
         pending, self._pending = self._pending, defaultdict(list)
         for (topic, _), records in pending.items():
             self.records[topic] += len(records)
-            self.bytes += sum(len(value or b"") + len(key or b"") for key, value in records)
+            self.bytes += sum(len(value or b"") + len(key or b"") for key, value, _ in records)
 
 
 def messages(settings: Settings, events: int, leads: int, seed: int, events_per_message: int) -> list[Consumed]:

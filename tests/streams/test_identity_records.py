@@ -6,6 +6,7 @@ of the batch and stopped the worker on every restart)."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import base64
 
 import msgspec
@@ -91,13 +92,16 @@ def test_a_ring_of_links_sent_at_once_ends_with_every_lead_keeping_its_own_point
          "properties": {"url": "https://acme.io/pricing"}})) for n, lead in enumerate(ring)]
     links = [(source, stitching.link_record(source, target, T0 + 1000)) for source, target in zip(ring, ring[1:] + ring[:1])]
 
+    offsets = itertools.count()  # of the identity topic (one sequence for its partitions)
+
     async def run() -> list[int]:
         await scorer.process(visits)
         records, sent_on = links, []
         while records:
             assert len(sent_on) < 2 * stitching.MAX_HOPS, f"merges still in flight: {records}"
             outbox.sent.clear()
-            await scorer.process([Consumed(settings.topic_identity, partition_for(key, 4), 0, key.encode(), value) for key, value in records])
+            await scorer.process([Consumed(settings.topic_identity, partition_for(key, 4), next(offsets), key.encode(), value)
+                                  for key, value in records])
             records = [(key.decode(), value) for topic, key, value in outbox.sent if topic == settings.topic_identity and key and value]
             sent_on.append(len(records))
         return sent_on

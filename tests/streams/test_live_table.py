@@ -80,7 +80,7 @@ def test_a_deleted_key_is_gone_live_and_stored_and_its_changelog_gets_a_tombston
         store.put(lead, partition_for(lead, 4), states, encode(states), outbox)
     store.delete("a", partition_for("a", 4), outbox)
     assert store.states("a") == {} and "a" not in store.live and set(table.data) == {b"b"}
-    assert outbox._pending[("changelog", partition_for("a", 4))][-1] == (b"a", None)
+    assert outbox._pending[("changelog", partition_for("a", 4))][-1] == (b"a", None, ())
 
 
 def test_a_value_that_is_not_a_table_value_is_a_state_error_and_passed_over_by_items() -> None:

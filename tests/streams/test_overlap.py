@@ -33,7 +33,7 @@ class Gated(Outbox):
     async def flush(self) -> None:
         pending, self._pending = self._pending, defaultdict(list)
         await self.gate.acquire()
-        self.log += [("sent", (topic, key, value)) for (topic, _), records in pending.items() for key, value in records]
+        self.log += [("sent", (topic, key, value)) for (topic, _), records in pending.items() for key, value, _ in records]
 
 
 def pricing_view(event_id: str, lead: str, offset: int) -> Consumed:

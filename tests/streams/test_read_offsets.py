@@ -12,7 +12,7 @@ from prometheus_client import REGISTRY
 
 from scoring import Engine, LeadState
 from scoring.errors import StateError
-from streams import lead_states, read_offsets
+from streams import lead_states, read_offsets, stitching
 from streams.partitioning import partition_for
 from streams.scorer import Scorer
 from streams.settings import Settings
@@ -81,10 +81,10 @@ def test_offsets_beyond_the_end_of_a_topic_created_again_hold_none_of_its_record
         f"and the states' offsets start again: topic={SETTINGS.topic_events} partition={partition_for(LEAD, 4)} end=3"]
 
 
-def test_a_merge_read_again_after_a_restart_adds_the_visitors_points_once_however_many_events_came_since() -> None:
-    """Before, only the merge's marker among the lead's event ids told a merge read again: gone
-    once the lead had more events than its state remembers ids (here 1), and the visitor's
-    points were added twice."""
+def test_a_merge_read_again_or_sent_again_after_a_restart_adds_the_visitors_points_once_however_many_events_came_since() -> None:
+    """Before, only the merge's marker among the lead's event ids told a merge read again, or
+    one sent again by a worker that read its link again: gone once the lead had more events than
+    its state remembers ids (here 1), and the visitor's points were added twice."""
     engine = Engine([dataclasses.replace(shipped("b2b"), remember_events=1)])
     store = LiveTable(MemoryData(), "leads-changelog", 4, 1_000, lead_states.decode)
     outbox = Kept()
@@ -98,19 +98,32 @@ def test_a_merge_read_again_after_a_restart_adds_the_visitors_points_once_howeve
         """Scores the batch; returns the identity records it sent, as the worker reads them back."""
         start = len(outbox.placed)
         asyncio.run(scorer.process(batch))
-        return [Consumed(topic, partition, next(offsets), key, value) for topic, partition, key, value in outbox.placed[start:]
+        return [Consumed(topic, partition, next(offsets), key, value, origin=stitching.origin(headers))
+                for (topic, partition, key, value), headers in zip(outbox.placed[start:], outbox.headers[start:])
                 if topic == SETTINGS.topic_identity and value is not None]
 
     scorer = Scorer(engine, SETTINGS, store, outbox, 4)
     [link] = score(scorer, [event("anon:v1", 1, "pricing_page_view"), event("anon:v1", 2, "webinar_attended"),
                             event(LEAD, 3, "identify", anonymous_id="v1")])
+    unlinked = dict(store.table.data)
     [merge] = score(scorer, [link])
+    # A worker that stopped before it wrote the visitor's marker reads the link again: it sends
+    # the merge again, as a new record from the same origin.
+    restarted = LiveTable(MemoryData(), "leads-changelog", 4, 1_000, lead_states.decode)
+    restarted.table.data.update(unlinked)
+    [merge_again] = score(Scorer(engine, SETTINGS, restarted, outbox, 4), [link])
+    assert merge_again.value == merge.value and merge_again.origin == merge.origin == (SETTINGS.topic_identity, link.partition, link.offset, 0)
     assert score(scorer, [merge]) == []
     merged = engine.runtime("b2b").score(store.states(LEAD)["b2b"])  # type: ignore[arg-type]
     score(scorer, [event(LEAD, n, "email_open", properties={"email_id": f"c{n}"}) for n in range(4, 7)])
     data = dict(store.table.data)
     expected = engine.runtime("b2b").score(lead_states.decode(data[LEAD.encode()])["b2b"])  # type: ignore[arg-type]
     assert expected > merged > 0
+
+    # The copy changes nothing: without the origin, only the merge's id among the lead's event
+    # ids (gone since) told it, and the visitor's points were added twice.
+    score(scorer, [merge_again])
+    assert store.table.data == data
 
     # A worker started on the table reads the merge again (its offset was not committed).
     store = LiveTable(MemoryData(), "leads-changelog", 4, 1_000, lead_states.decode)

@@ -7,10 +7,11 @@ import io
 import time
 import urllib.request
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import orjson
 import pytest
+from kafka import KafkaConsumer
 
 from streams.history import read_to_end
 from streams.offline import score_file
@@ -48,6 +49,21 @@ def page(anonymous_id: str, n: int, url: str, at: str) -> dict:
             "properties": {"url": url, "time_on_page_s": 30}, "context": {"app": {"name": "b2b"}}}
 
 
+def rekeyed(settings: Settings, event_id: str) -> Any:
+    """The record (a kafka-python ConsumerRecord) of the events topic that re-keys the event to
+    its visitor's lead, or None."""
+    consumer = KafkaConsumer(settings.topic_events, bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest",
+                             enable_auto_commit=False, group_id=None, consumer_timeout_ms=2_000)
+    try:
+        for record in consumer:
+            value = orjson.loads(record.value)
+            if isinstance(value, dict) and value.get("event_id") == event_id and value.get("stitched_from"):
+                return record
+    finally:
+        consumer.close()
+    return None
+
+
 def b2b_score(proc: WorkerProcess, lead: str) -> float | None:
     status, body = proc.get(f"/leads/{lead}/")
     return orjson.loads(body)["models"].get("b2b", {}).get("score") if status == 200 else None
@@ -81,13 +97,23 @@ def test_anonymous_browsing_then_identify_makes_one_lead_with_one_mql_crossing(
     wait_for(lambda: b2b_score(proc, "u-ada") == 24 + 10 + 1, 60, "the visitor merged into u-ada", 0.3)
     call(isolated, "page", page("a-123", 4, "https://acme.io/about", now))
     call(isolated, "page", page("a-123", 1, "https://acme.io/pricing", now))
+    wait_for(lambda: b2b_score(proc, "u-ada") == 24 + 10 + 1 + 1, 60, "the about page forwarded to u-ada", 0.3)
+    # The about page was re-keyed to u-ada with where the worker read it. A worker reading the
+    # visitor's record again after a restart would re-key it again: that copy (here under
+    # another id, so only its origin tells it) changes nothing, however many events came since.
+    forwarded = rekeyed(isolated, "a-123-p4")
+    assert forwarded is not None
+    origin = dict(forwarded.headers)["leadstream-origin"].decode().split(" ")
+    assert origin[:2] == [isolated.topic_events, str(partition_for("anon:a-123", isolated.partitions))], origin
+    copy = {**orjson.loads(forwarded.value), "event_id": "a-123-p4-copy"}
+    producer = open_producer(isolated)
+    producer.send(isolated.topic_events, orjson.dumps(copy), key=b"u-ada", headers=forwarded.headers)
     # A second identify and an alias for the same visitor merge nothing again.
     call(isolated, "identify", {"userId": "u-ada", "anonymousId": "a-123", "messageId": "id-2", "timestamp": now,
                                 "context": {"app": {"name": "b2b"}}})
     call(isolated, "alias", {"userId": "u-ada", "previousId": "a-123", "messageId": "al-1", "timestamp": now})
     # An event a producer writes to Kafka itself, without the collector's anonymous_id field, is
     # decoded in one pass (no JSON object kept) and forwarded all the same.
-    producer = open_producer(isolated)
     direct = {"event_id": "k-1", "lead_id": "anon:a-123", "type": "page_view", "time": int(time.time() * 1000) - 600_000,
               "product": "b2b", "properties": {"url": "https://acme.io/demo"}}
     produce(producer, isolated.topic_events, [("anon:a-123", orjson.dumps(direct))], events_per_message=1)
