@@ -6,8 +6,8 @@ of the batch and stopped the worker on every restart)."""
 from __future__ import annotations
 
 import asyncio
-import itertools
 import base64
+import itertools
 
 import msgspec
 import orjson
@@ -120,12 +120,14 @@ def test_a_merge_sent_on_max_hops_times_goes_back_to_its_source_and_a_redelivere
         scorer.store.put(lead, partition_for(lead, 4), stitching.marker(target), lead_states.encode(stitching.marker(target)), outbox)
     state = LeadState.new("nurture", 0)
     state.behaviour = 7.0
+    offsets = itertools.count()
 
     def arriving(record: stitching.IdentityRecord) -> list[stitching.IdentityRecord]:
-        """What the scorer sends on the identity topic for `record`."""
+        """What the scorer sends on the identity topic for `record` (arriving as a new record)."""
         outbox.sent.clear()
         value = orjson.dumps({**orjson.loads(stitching.merge_record("src", record.target, T0, {"b2b": state})), "hops": record.hops})
-        asyncio.run(scorer.process([Consumed(settings.topic_identity, partition_for(record.target, 4), 0, record.target.encode(), value)]))
+        asyncio.run(scorer.process([Consumed(settings.topic_identity, partition_for(record.target, 4), next(offsets),
+                                             record.target.encode(), value)]))
         return [stitching.read_record(v)[0] for topic, _, v in outbox.sent if topic == settings.topic_identity and v]
 
     merge = stitching.IdentityRecord("merge", "src", "far", T0)
@@ -134,7 +136,7 @@ def test_a_merge_sent_on_max_hops_times_goes_back_to_its_source_and_a_redelivere
     [back] = arriving(msgspec.structs.replace(merge, hops=stitching.MAX_HOPS))
     assert (back.source, back.target) == ("src", "src")
     # Back at its source, the states replace the marker; delivered again, they add nothing.
-    assert arriving(back) == [] and scorer.store.states("src") == {"b2b": state}
+    assert arriving(back) == [] and lead_states.scored(scorer.store.states("src")) == {"b2b": state}
     assert arriving(back) == [] and scorer.store.states("src")["b2b"].behaviour == 7.0  # type: ignore[union-attr]
     assert stitching.merged_into(scorer.store.states("far")) == "farther"  # the ids the merge passed stay merged
 
@@ -209,3 +211,15 @@ def test_a_visitor_merged_into_a_lead_of_its_account_does_not_make_the_account_c
     _, crossed = step([Consumed(settings.topic_identity, partition_for(target, 4), 0, target.encode(), merge)])
     assert crossed == []
     assert set(rollup.store.states("acme")["b2b"].members) == {"u-1"}
+
+
+@pytest.mark.parametrize("headers", [None, [], [("other", b"x")], [(stitching.ORIGIN, b"events 1 2")], [(stitching.ORIGIN, b"events 1 2 x")],
+                                     [(stitching.ORIGIN, b"events 1 -2 0")], [(stitching.ORIGIN, b"\xff 1 2 0")], [(stitching.ORIGIN, None)]])
+def test_an_origin_header_this_worker_did_not_write_is_none(headers: object) -> None:
+    """Only the event ids then drop a copy of the record: a header is no reason to refuse an event."""
+    assert stitching.origin(headers) is None
+
+
+def test_an_origin_reads_back_as_written() -> None:
+    origin = stitching.Origin("leadstream-events", 3, 12_345_678_901, 7)
+    assert stitching.origin(list(stitching.origin_headers(origin))) == origin

@@ -141,7 +141,8 @@ def test_an_item_of_an_envelope_scored_alone_does_not_stand_for_its_envelope() -
     assert read_offsets.READ not in state and set(state) == {"b2b"}
 
 
-@pytest.mark.parametrize("text", [b"[1]", b'{"events": 5.5}', b"{not json", b"\xff"])
+@pytest.mark.parametrize("text", [b"[1]", b'{"events": 5.5}', b"{not json", b"\xff", b'{"events": [3, 0]}',
+                                  b'{"events/events/2": 3}', b'{"events/events/2": [3]}', b'{"events/events/2": [3, "0"]}'])
 def test_offsets_that_are_not_ones_make_the_lead_unreadable_naming_them(text: bytes) -> None:
     with pytest.raises(StateError, match="read offsets"):
         lead_states.decode(frame({"b2b": ENGINE.new_state("b2b").to_bytes(), read_offsets.READ: text}))
