@@ -9,12 +9,23 @@ when there is a difference.
 
 What a worker that stops itself does is what its supervisor would see: it is started again, as
 a supervisor (systemd, Kubernetes) would restart it.
+
+`--visitors N` adds N anonymous visitors, each stitched to a lead of its own by an identify
+between its events: the events before it reach the lead in a merge, those after it re-keyed
+(streams/stitching.py). Which of the two carries an event depends on when the link reaches the
+visitor's partition, so the visitors' events are ones whose points add up whatever the order
+(webinars, below the model's ceiling), and only those leads' scores are compared, not their
+crossings (a crossing's time is a merge's or an event's). `--remember-events K` runs the b2b
+model with states that remember K event ids: every copy must then be dropped by its offset or
+its origin (streams/read_offsets.py), not by its id.
 """
 
 from __future__ import annotations
 
 import argparse
 import random
+import re
+import shutil
 import sys
 import tempfile
 import threading
@@ -35,6 +46,7 @@ from streams.send import open_producer, produce
 from streams.settings import Settings
 from streams.topics import delete_topics, ensure_topics
 from tests.infra import leadstream, read_model_scores, write_jsonl
+from tests.scoring.support import MODELS_DIR
 
 #: Lines of a worker's log that tell of input it was handed out of sequence (streams/offset_sequence.py).
 HOLE_MARKERS = ("offsets skipped", "were never handed to this worker")
@@ -66,6 +78,8 @@ class Run:
         self.workdir = Path(tempfile.mkdtemp(prefix="leadstream-chaos-"))
         tag = f"chaos-{args.seed}-{uuid.uuid4().hex[:6]}"
         self.settings = Settings.from_env().namespaced(tag, state_dir=self.workdir / "state")
+        if args.remember_events is not None:
+            self.settings = replace(self.settings, models_dir=forgetful_models(self.workdir / "models", args.remember_events))
         self.slots = [Slot(replace(self.settings, worker_port=free_port(), state_dir=self.workdir / f"worker-{n}" / "state"))
                       for n in range(3)]
         self.actions: list[str] = []
@@ -130,7 +144,7 @@ class Run:
             while time.monotonic() < deadline:
                 self.supervise()
                 lags = [probe.lag(self.settings.app_id, topic) for topic in topics]
-                # The identity topic has no records in this workload: no lag to read is none left.
+                # The identity topic has no records without visitors: no lag to read is none left.
                 if all(lag and not any(lag.values()) for lag in lags[:2]) and not any((lags[2] or {}).values()):
                     return
                 time.sleep(1.0)
@@ -142,6 +156,7 @@ class Run:
         args = self.args
         now = int(time.time() * 1000)
         events = list(workload.generate(args.events, args.leads, args.seed, start_ms=now - 6 * 3_600_000, span_ms=6 * 3_600_000))
+        stitched = with_visitors(events, args.visitors, self.rng)
         path = write_jsonl(self.workdir / "events.jsonl", events)
         offline = [orjson.loads(line) for line in leadstream(self.settings, "score", "--events", str(path), timeout=600).stdout.splitlines()]
         ensure_topics(self.settings)
@@ -163,7 +178,7 @@ class Run:
             self.wait_caught_up(args.settle_timeout_s)
             return {"seed": args.seed, "app_id": self.settings.app_id, "events": len(events), "actions": self.actions,
                     "stopped_themselves": self.stopped_themselves, "holes_logged": self.holes(),
-                    **compare(self.settings, offline)}
+                    "visitors": args.visitors, **compare(self.settings, offline, stitched)}
         finally:
             for slot in self.slots:
                 if slot.process is not None:
@@ -176,8 +191,37 @@ class Run:
                 for line in log.read_text(errors="replace").splitlines() if any(marker in line for marker in HOLE_MARKERS)]
 
 
-def compare(settings: Settings, offline: list[dict[str, Any]]) -> dict[str, Any]:
-    """What the topics hold against what the offline scorer says they should."""
+def forgetful_models(directory: Path, remember: int) -> Path:
+    """A copy of the shipped models whose b2b model remembers `remember` event ids."""
+    shutil.copytree(MODELS_DIR, directory)
+    model = directory / "b2b.toml"
+    text, count = re.subn(r"(?m)^remember_events = \d+", f"remember_events = {remember}", model.read_text())
+    assert count == 1, "the b2b model no longer sets remember_events"
+    model.write_text(text)
+    return directory
+
+
+def with_visitors(events: list[dict[str, Any]], visitors: int, rng: random.Random) -> set[str]:
+    """Puts into `events` the visitors' (see the module doc), each event timed as the one it is
+    put before; returns the ids of the leads they are stitched to."""
+    inserted: list[tuple[int, dict[str, Any]]] = []
+    for n in range(visitors):
+        visitor, lead = f"cv{n}", f"vlead-{n}"
+        before, after = rng.randint(1, 6), rng.randint(1, 6)  # at most 12 webinars: 120 points, below the ceiling of 150
+        kinds = ["webinar_attended"] * before + ["identify"] + ["webinar_attended"] * after
+        for k, (kind, position) in enumerate(zip(kinds, sorted(rng.sample(range(len(events)), len(kinds))))):
+            event = {"event_id": f"{visitor}-{k}", "lead_id": f"anon:{visitor}", "type": kind, "product": "b2b"}
+            if kind == "identify":
+                event.update(lead_id=lead, anonymous_id=visitor)
+            inserted.append((position, event))
+    for position, event in sorted(inserted, key=lambda pair: pair[0], reverse=True):
+        events.insert(position, {**event, "time": events[position]["time"]})
+    return {f"vlead-{n}" for n in range(visitors)}
+
+
+def compare(settings: Settings, offline: list[dict[str, Any]], stitched: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
+    """What the topics hold against what the offline scorer says they should (of the `stitched`
+    leads, the scores only: see the module doc)."""
     expected_scores = read_model_scores(offline)
     scores: dict[str, Any] = {}
     for record in read_to_end(settings, settings.topic_scores):
@@ -185,9 +229,10 @@ def compare(settings: Settings, offline: list[dict[str, Any]]) -> dict[str, Any]
         scores[key] = None if record.value is None else orjson.loads(record.value)["score"]
     wrong = {key: {"expected": value, "published": scores.get(key)} for key, value in expected_scores.items() if scores.get(key) != value}
     unexpected = sorted(key for key, value in scores.items() if key not in expected_scores and value is not None)
-    expected_crossings = {r["id"]: r for r in offline if r["record"] == "transition" and r["kind"] == "lead"}
+    expected_crossings = {r["id"]: r for r in offline if r["record"] == "transition" and r["kind"] == "lead"
+                          and r["lead_id"] not in stitched}
     crossings = [orjson.loads(record.value) for record in read_to_end(settings, settings.topic_crossings) if record.value]
-    lead_crossings = [c for c in crossings if c["kind"] == "lead"]
+    lead_crossings = [c for c in crossings if c["kind"] == "lead" and c["lead_id"] not in stitched]
     published = {c["id"] for c in lead_crossings}
     unlike = [c["id"] for c in lead_crossings if c["id"] in expected_crossings
               and (c["lead_id"], c["to_level"], c["score"]) != tuple(expected_crossings[c["id"]][k] for k in ("lead_id", "to_level", "score"))]
@@ -197,6 +242,7 @@ def compare(settings: Settings, offline: list[dict[str, Any]]) -> dict[str, Any]
         "leads_expected": sum(":account/" not in key for key in expected_scores),
         "accounts_expected": sum(":account/" in key for key in expected_scores),
         "leads_wrong": len(leads_wrong), "accounts_wrong": len(accounts_wrong), "unexpected_keys": len(unexpected),
+        "unexpected_examples": {key: scores[key] for key in unexpected[:10]},
         "wrong_examples": dict(list(leads_wrong.items())[:5] + list(accounts_wrong.items())[:5]),
         "lead_crossings_expected": len(expected_crossings),
         "lead_crossings_missing": sorted(set(expected_crossings) - published)[:20],
@@ -217,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--actions", type=int, default=20)
     parser.add_argument("--chaos-s", type=float, default=2.0, help="longest pause between two actions")
     parser.add_argument("--settle-timeout-s", type=float, default=300.0)
+    parser.add_argument("--visitors", type=int, default=0, help="anonymous visitors, each stitched to a lead of its own")
+    parser.add_argument("--remember-events", type=int, help="event ids the b2b model's states remember (default: the model's)")
     parser.add_argument("--keep", action="store_true", help="keep the run's topics")
     args = parser.parse_args(argv)
     services.up(Settings.from_env())
