@@ -40,6 +40,11 @@ class SkippedOffsets(LeadstreamError):
     the hole were never scored, and committing past them would lose them for good."""
 
 
+class SplitAssignment(LeadstreamError):
+    """The worker was given partitions of an input topic without its table's partitions of the
+    same numbers (streams/assignor.py): it would score their keys against no state."""
+
+
 class InputError(LeadstreamError):
     """A file or message given to a command is not what it expects."""
 

@@ -21,9 +21,10 @@ again, as a new record at a new offset, by a worker that reads the first one aga
 are told apart by where the event it came from was read, its origin (a record header). For the
 records arriving on a topic from one topic and partition of origin, the offsets also keep the
 greatest origin (offset, position in the message) that the lead's states hold: a worker makes
-such records in the order it reads that partition, so an origin at or before it is a copy. (A
-chaos run cannot make many: the replay property test with states that remember 2 event ids
-does, tests/streams/test_scoring_replay.py.)
+such records in the order it reads that partition, so an origin at or before it is a copy. (The
+replay property test makes such copies with states that remember 2 event ids,
+tests/streams/test_scoring_replay.py; so does `python -m tests.chaos --visitors 300
+--remember-events 2`.)
 
 The value is a JSON object's text (topic name -> offset; "<topic>/<topic of origin>/<partition
 of origin>" -> [offset, position]), like a forgotten lead's marker (streams/erasure.py): keyed
