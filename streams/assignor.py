@@ -6,7 +6,8 @@ changelog partitions of the partitions it scores. Faust (faust-streaming 0.15.3)
 together only the topics that have the same number of partitions *and* the same set of members
 subscribed to them (`PartitionAssignor._group_co_subscribed`); each such group is assigned on its
 own. So when, for one assignment, the members subscribed to the changelogs are not those
-subscribed to the input topics, the two are assigned apart. A chaos run (tests/chaos.py, seed 51
+subscribed to the input topics (one member subscribed to fewer topics than the others), the two
+are assigned apart. A chaos run (tests/chaos.py, seed 51
 twice at once) saw a worker given events partitions {0, 3} and the lead table's changelog
 partitions {0, 2}: it restored the states of partition 2 and scored partition 3 against none,
 and 1,166 leads started again from nothing (and 11 of partition 2, on the other worker).
