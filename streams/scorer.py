@@ -612,6 +612,12 @@ class Scorer:
                 # the account would fall without the visitor's points nor the lead's new ones
                 # until the merge arrives, and cross down and up again.
                 self._withdraw(source, own, message.partition, time_ms)
+            else:
+                # No states to move, yet read models may list the id: a worker scored its events and
+                # published their score, and was killed before it wrote the states (a chaos run left
+                # two visitors listed so). Its later events go to the lead, so no score of its own stays.
+                for model in self.models:
+                    self.outbox.add(self.settings.topic_scores, lead_score_key(model, source), None, message.partition)
             pending[source] = (message.partition, {**markers, **stitching.marker(target)})
         elif stitching.returned(record):
             if merged_into is None:

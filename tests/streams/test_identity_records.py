@@ -223,3 +223,18 @@ def test_an_origin_header_this_worker_did_not_write_is_none(headers: object) -> 
 def test_an_origin_reads_back_as_written() -> None:
     origin = stitching.Origin("leadstream-events", 3, 12_345_678_901, 7)
     assert stitching.origin(list(stitching.origin_headers(origin))) == origin
+
+
+def test_a_link_of_an_id_without_states_takes_it_out_of_the_read_models_all_the_same() -> None:
+    """A worker scored a visitor's event and published its score, then was killed before it wrote
+    the visitor's states; its successor read the link first, with no states to move. Before, no
+    tombstone was sent, and the read models listed the visitor beside the lead that got its
+    events (a chaos run left two so)."""
+    settings = Settings()
+    outbox = Kept()
+    scorer = Scorer(Engine([shipped("b2b")]), settings, LiveTable(MemoryData(), "changelog", 4, 100, lead_states.decode), outbox, 4)
+    asyncio.run(scorer.process([Consumed(settings.topic_identity, partition_for("anon:gone", 4), 3, b"anon:gone",
+                                         stitching.link_record("anon:gone", "ada", T0 + 1000))]))
+    assert [key for topic, key, value in outbox.sent if topic == settings.topic_scores and value is None] == [b"b2b/anon:gone"]
+    assert [topic for topic, _, _ in outbox.sent if topic == settings.topic_identity] == []  # nothing to merge
+    assert stitching.merged_into(scorer.store.states("anon:gone")) == "ada"
