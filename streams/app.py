@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, cast
 
 import aiohttp
@@ -31,12 +31,13 @@ from kafka.errors import KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from scoring.errors import StateError
-from streams import batching, bulk_store, consumer_stop, erasure, fetch_wait, lead_states, metrics, read_offsets, routing, seek_first, stitching
+from streams import (assignor, batching, bulk_store, consumer_stop, erasure, fetch_wait, lead_states, metrics, read_offsets, routing,
+                     seek_first, stitching)
 from streams.account_table import AccountTable
 from streams.addresses import advertised, authority
 from streams.assignor import AlignedPartitionAssignor
 from streams.collection import BatchPause
-from streams.errors import ServiceError, SplitAssignment
+from streams.errors import ServiceError
 from streams.lag import LagProbe
 from streams.model_reload import ModelDirectory
 from streams.outbox import Outbox
@@ -199,7 +200,7 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
         consumer_stop.install(app.consumer)
         owned = sorted(tp.partition for tp in assigned if tp.topic == settings.topic_events)
         log.info("rebalance: partitions assigned events_partitions=%s", owned)
-        split = split_assignment(assigned, {settings.topic_events: leads, settings.topic_accounts: accounts})
+        split = assignor.split(assigned, {settings.topic_events: leads, settings.topic_accounts: accounts})
         if split is not None:  # before any recovery or batch: nothing was scored against missing states
             await stop_worker("checking the partitions assigned", split)
 
@@ -394,20 +395,6 @@ def _acknowledge(stream: faust.Stream[bytes], batch: list[Any], stage: str) -> C
 def _recovery(app: faust.App) -> Recovery:
     # The table manager's interface type does not name the recovery service its class has.
     return cast(TableManager, app.tables).recovery
-
-
-def split_assignment(assigned: Iterable[TP], tables: Mapping[str, faust.Table]) -> SplitAssignment | None:  # type: ignore[type-arg]
-    """Why an assignment cannot be scored: an input topic (a key of `tables`) whose partitions
-    are not those of its table's changelog (streams/assignor.py); None when all match."""
-    for topic, table in tables.items():
-        changelog = table.changelog_topic.get_topic_name()
-        inputs = sorted(tp.partition for tp in assigned if tp.topic == topic)
-        states = sorted(tp.partition for tp in assigned if tp.topic == changelog)
-        if inputs != states:
-            return SplitAssignment(f"this worker was assigned partitions {inputs} of {topic} but partitions {states} of "
-                                   f"{changelog}, which holds their state: it stops rather than score them against none, "
-                                   "and the group assigns them again")
-    return None
 
 
 def _consumed(event: Any) -> Consumed:

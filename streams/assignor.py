@@ -21,9 +21,13 @@ leader logs which topics and members it would have assigned apart.
 from __future__ import annotations
 
 import logging
-from typing import Iterable, Mapping, MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping
 
+import faust
 from faust.assignor import PartitionAssignor
+from faust.types import TP
+
+from streams.errors import SplitAssignment
 
 log = logging.getLogger("leadstream.worker")
 
@@ -40,3 +44,17 @@ class AlignedPartitionAssignor(PartitionAssignor):
 
 def _subscribers(topics: set[str], subscriptions: Mapping[str, list[str]]) -> set[str]:
     return {member for member, subscribed in subscriptions.items() if topics <= set(subscribed)}
+
+
+def split(assigned: Iterable[TP], tables: Mapping[str, faust.Table]) -> SplitAssignment | None:  # type: ignore[type-arg]
+    """Why an assignment cannot be scored: an input topic (a key of `tables`) whose partitions
+    are not those of its table's changelog; None when all match."""
+    for topic, table in tables.items():
+        changelog = table.changelog_topic.get_topic_name()
+        inputs = sorted(tp.partition for tp in assigned if tp.topic == topic)
+        states = sorted(tp.partition for tp in assigned if tp.topic == changelog)
+        if inputs != states:
+            return SplitAssignment(f"this worker was assigned partitions {inputs} of {topic} but partitions {states} of "
+                                   f"{changelog}, which holds their state: it stops rather than score them against none, "
+                                   "and the group assigns them again")
+    return None

@@ -64,6 +64,13 @@ def origin_key(topic: str, origin: Origin) -> str:
     return f"{topic}/{origin.topic}/{origin.partition}"
 
 
+def holds(offsets: Offsets, key: str, mark: list[int]) -> bool:
+    """Whether the origin `mark` ([offset, position]) is at or before the one kept under `key`:
+    a copy of a record the states hold."""
+    held = offsets.get(key)
+    return held is not None and mark <= held
+
+
 def checked(text: str, what: str) -> str:
     """An offsets value as read from the table; StateError, naming `what` it is, when it is not one."""
     try:

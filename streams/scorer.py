@@ -334,8 +334,8 @@ class Scorer:
                     mark = [origin.offset, origin.position + position]
                     lead_reached = reached.get(lead_id)
                     # The batch's own origins first: both copies may be in one batch.
-                    held = (lead_reached if lead_reached is not None and origin_key in lead_reached else read).get(origin_key)
-                    if held is not None and mark <= held:
+                    if read_offsets.holds(lead_reached if lead_reached is not None and origin_key in lead_reached else read,
+                                          origin_key, mark):
                         stats.read_again += 1
                         continue
                 target = stitching.merged_into(states)
@@ -592,8 +592,7 @@ class Scorer:
         origin = message.origin
         if origin is not None:  # a copy made by a worker that read the record it came from again (streams/read_offsets.py)
             key, mark = read_offsets.origin_key(message.topic, origin), [origin.offset, origin.position]
-            held = read.get(key)
-            if held is not None and mark <= held:
+            if read_offsets.holds(read, key, mark):
                 return
             read[key] = mark
         merged_into = stitching.merged_into(states)
@@ -616,8 +615,7 @@ class Scorer:
                 # No states to move, yet read models may list the id: a worker scored its events and
                 # published their score, and was killed before it wrote the states (a chaos run left
                 # two visitors listed so). Its later events go to the lead, so no score of its own stays.
-                for model in self.models:
-                    self.outbox.add(self.settings.topic_scores, lead_score_key(model, source), None, message.partition)
+                self._unlist(source, message.partition)
             pending[source] = (message.partition, {**markers, **stitching.marker(target)})
         elif stitching.returned(record):
             if merged_into is None:
@@ -736,8 +734,7 @@ class Scorer:
             if states is None:
                 # Unreadable: its read-model entries go all the same (one per model it may have
                 # been scored by); which accounts it was in cannot be known.
-                for model in self.models:
-                    self.outbox.add(self.settings.topic_scores, lead_score_key(model, lead_id), None, partition)
+                self._unlist(lead_id, partition)
                 metrics.LEADS_FORGOTTEN.inc()
                 continue
             leaving += self._withdraw(lead_id, states, partition, requested_ms)
@@ -746,6 +743,12 @@ class Scorer:
             metrics.LEADS_FORGOTTEN.inc()
         log.info("leads forgotten: count=%d", len(erased))  # ids are not logged: they may be personal data
         return leaving
+
+    def _unlist(self, lead_id: str, partition: int) -> None:
+        """Takes an id whose states are not known out of the read models: a tombstone of its
+        score per model it may have been scored by."""
+        for model in self.models:
+            self.outbox.add(self.settings.topic_scores, lead_score_key(model, lead_id), None, partition)
 
     def _withdraw(self, lead_id: str, states: States, partition: int, time_ms: int) -> list[MemberScore]:
         """Takes an id whose states go away (merged into a lead, or forgotten) out of the read

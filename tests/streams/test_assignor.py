@@ -11,8 +11,7 @@ from faust.assignor import PartitionAssignor
 from faust.assignor.client_assignment import ClientAssignment, ClientMetadata
 from faust.types import TP
 
-from streams.app import split_assignment
-from streams.assignor import AlignedPartitionAssignor
+from streams.assignor import AlignedPartitionAssignor, split
 from streams.errors import SplitAssignment
 
 INPUTS = ["t-assign-events", "t-assign-profiles"]
@@ -58,7 +57,7 @@ def test_a_member_subscribed_to_the_changelog_alone_splits_fausts_assignment_but
 
 def test_a_worker_given_inputs_without_their_table_partitions_names_both(app: faust.App) -> None:
     table = app.tables["leads"]
-    assert split_assignment({TP(INPUTS[0], 0), TP(INPUTS[0], 2), TP(CHANGELOG, 0), TP(CHANGELOG, 2)}, {INPUTS[0]: table}) is None
-    split = split_assignment({TP(INPUTS[0], 0), TP(INPUTS[0], 3), TP(CHANGELOG, 0), TP(CHANGELOG, 2)}, {INPUTS[0]: table})
-    assert isinstance(split, SplitAssignment)
-    assert f"partitions [0, 3] of {INPUTS[0]} but partitions [0, 2] of {CHANGELOG}" in str(split)
+    assert split({TP(INPUTS[0], 0), TP(INPUTS[0], 2), TP(CHANGELOG, 0), TP(CHANGELOG, 2)}, {INPUTS[0]: table}) is None
+    refusal = split({TP(INPUTS[0], 0), TP(INPUTS[0], 3), TP(CHANGELOG, 0), TP(CHANGELOG, 2)}, {INPUTS[0]: table})
+    assert isinstance(refusal, SplitAssignment)
+    assert f"partitions [0, 3] of {INPUTS[0]} but partitions [0, 2] of {CHANGELOG}" in str(refusal)
