@@ -274,8 +274,8 @@ class Scorer:
         live states, looked up once."""
         stats = BatchStats()
         dead: list[DeadLetter] = []
-        # Leads to forget (lead id -> partition, offset and time of the request), after this batch's events: all they left goes.
-        forget: dict[str, tuple[int, int, int]] = {}
+        # Leads to forget (lead id -> partition and offset of the request), after this batch's events: all they left goes.
+        forget: dict[str, tuple[int, int]] = {}
         events = []
         # Each message's decoded events, to find the message of an event the engine refuses.
         sources: list[tuple[Consumed, list[Any] | None, list[Event]]] = []
@@ -676,7 +676,7 @@ class Scorer:
                         if merged_into == record.source else f"it was sent on {stitching.MAX_HOPS} times (a loop of links)")
         self.outbox.add(self.settings.topic_identity, onward.target.encode(), encode_json(onward), headers=origin_headers(message, 0))
 
-    def _tombstone(self, message: Consumed, forget: dict[str, tuple[int, int, int]], dead: list[DeadLetter], stats: BatchStats) -> None:
+    def _tombstone(self, message: Consumed, forget: dict[str, tuple[int, int]], dead: list[DeadLetter], stats: BatchStats) -> None:
         """A message without a value: on the profiles topic, a request to forget the lead it is
         keyed by (streams/forget.py); anywhere else, a mistake."""
         profiles = self.settings.topic_profiles
@@ -687,8 +687,7 @@ class Scorer:
         if message.topic == profiles and lead_id:
             home = partition_for(lead_id, self.partitions)
             if home == message.partition:
-                # The first request's time, which its lead's accounts remember the leaving by, as a batch cut after it would.
-                forget.setdefault(lead_id, (message.partition, message.offset, message.timestamp_ms))
+                forget.setdefault(lead_id, (message.partition, message.offset))
                 return
             reason, detail = "wrong_partition", (
                 f"request to forget lead {lead_id!r} arrived on partition {message.partition}, but the lead's is {home}: "
@@ -703,19 +702,23 @@ class Scorer:
                 f"tombstone keyed by its id to {profiles}, as `leadstream forget` does")
         dead.append(DeadLetter(reason, detail, None, message.topic, message.partition, message.offset, message.key))
 
-    def _forget(self, forget: dict[str, tuple[int, int, int]], known: dict[str, States], writes: dict[str, Any],
+    def _forget(self, forget: dict[str, tuple[int, int]], known: dict[str, States], writes: dict[str, Any],
                 batch: Sequence[Consumed], erased: dict[str, tuple[int, States]]) -> list[MemberScore]:
         """Queues what erases each lead from the outputs (see `_withdraw`; returns its accounts'
         updates), keeps its states from being written and puts the marker that replaces them in
         `erased` (streams/erasure.py), to be written once these are acknowledged. A request read
         again after a restart, its lead forgotten since, changes nothing.
 
-        A lead leaves its accounts at its request's Kafka timestamp (its newest event's time, if
-        later or unknown), not at the worker's clock: a worker that scores the batch again after
-        a crash must send the same leaving, or the accounts would cross again under new ids."""
+        A lead leaves its accounts right after its last update there: at its newest event's time,
+        as its state's next revision (`Engine.leaving`). So a worker that scores the batch again
+        after a crash sends the same leaving (the accounts would cross again under new ids at the
+        worker's clock), and the lead's events read after the request, which start a new profile,
+        bring it back into its accounts when they are later than that (at the request's Kafka
+        timestamp, the accounts refused every event timed before the request: the lead was listed
+        with its new score and its accounts did not count it)."""
         leaving: list[MemberScore] = []
         ends: dict[int, dict[str, int]] = {}  # partition -> topic -> the batch's last offset there
-        for lead_id, (partition, offset, requested_ms) in forget.items():
+        for lead_id, (partition, offset) in forget.items():
             try:
                 states = known[lead_id] if lead_id in known else self.store.states(lead_id)
             except StateError:
@@ -737,7 +740,7 @@ class Scorer:
                 self._unlist(lead_id, partition)
                 metrics.LEADS_FORGOTTEN.inc()
                 continue
-            leaving += self._withdraw(lead_id, states, partition, requested_ms)
+            leaving += self._withdraw(lead_id, states, partition, 0)
             for model in states.keys() & self.models:
                 metrics.LEADS_IN_STATE.labels(model).dec()
             metrics.LEADS_FORGOTTEN.inc()
@@ -753,7 +756,8 @@ class Scorer:
     def _withdraw(self, lead_id: str, states: States, partition: int, time_ms: int) -> list[MemberScore]:
         """Takes an id whose states go away (merged into a lead, or forgotten) out of the read
         models (a tombstone per model on the compacted score-changes topic) and out of its
-        accounts (the member updates returned, for the models this worker has)."""
+        accounts (the member updates returned, for the models this worker has), at `time_ms`
+        or right after the state's last update, whichever is later (`Engine.leaving`)."""
         leaving: list[MemberScore] = []
         for model, state in states.items():
             if state.__class__ is str:  # a marker (merged into another id, or forgotten lately): no score of its own

@@ -41,10 +41,11 @@ from streams import services
 from streams.bench import workload
 from streams.history import read_to_end
 from streams.lag import LagProbe
+from streams.partitioning import partition_for
 from streams.processes import WorkerProcess, free_port
 from streams.send import open_producer, produce
 from streams.settings import Settings
-from streams.topics import delete_topics, ensure_topics
+from streams.topics import delete_topics, ensure_topics, partition_count
 from tests.infra import leadstream, read_model_scores, write_jsonl
 from tests.scoring.support import MODELS_DIR
 
@@ -124,16 +125,37 @@ class Run:
             self.slots[2].start()
             self.actions.append("worker 2 joins")
 
-    def feed(self, events: list[dict[str, Any]]) -> None:
+    def feed(self, events: list[dict[str, Any]], forget_at: int = 0, forgotten: frozenset[str] = frozenset()) -> None:
+        """Produces `events` in chunks, asking to forget the `forgotten` leads before the chunk
+        at `forget_at` (a multiple of the chunk size)."""
         producer = open_producer(self.settings)
         try:
             for start in range(0, len(events), self.args.chunk):
+                if forgotten and start == forget_at:
+                    self.forget(producer, forgotten)
                 chunk = events[start: start + self.args.chunk]
                 produce(producer, self.settings.topic_events, ((e["lead_id"], orjson.dumps(e)) for e in chunk),
                         self.args.events_per_message)
                 time.sleep(self.args.feed_pause_s)
         finally:
             producer.close()
+
+    def forget(self, producer: Any, leads: frozenset[str]) -> None:
+        """Once the group has committed every event sent so far, the requests to forget `leads`;
+        returns when it has committed them too, so no later event is read before them."""
+        probe = LagProbe(self.settings)
+        try:
+            producer.flush()
+            probe.wait_caught_up(self.settings.app_id, [self.settings.topic_events], self.args.settle_timeout_s)
+            topic = self.settings.topic_profiles
+            partitions = partition_count(self.settings, topic)
+            for lead_id in sorted(leads):
+                producer.send(topic, key=lead_id.encode(), value=None, partition=partition_for(lead_id, partitions))
+            producer.flush()
+            self.actions.append(f"asked to forget {len(leads)} leads")
+            probe.wait_caught_up(self.settings.app_id, [topic], self.args.settle_timeout_s)
+        finally:
+            probe.close()
 
     def wait_caught_up(self, timeout_s: float) -> None:
         """Until the group has committed every message, starting again workers that stop themselves."""
@@ -157,13 +179,17 @@ class Run:
         now = int(time.time() * 1000)
         events = list(workload.generate(args.events, args.leads, args.seed, start_ms=now - 6 * 3_600_000, span_ms=6 * 3_600_000))
         stitched = with_visitors(events, args.visitors, self.rng)
-        path = write_jsonl(self.workdir / "events.jsonl", events)
+        forget_at = len(events) // 2 // args.chunk * args.chunk
+        forgotten = to_forget(events[:forget_at], args.forgets, self.rng)
+        # What the offline scorer is given: the forgotten leads' events before their forgetting are gone.
+        kept = [event for n, event in enumerate(events) if n >= forget_at or event["lead_id"] not in forgotten]
+        path = write_jsonl(self.workdir / "events.jsonl", kept)
         offline = [orjson.loads(line) for line in leadstream(self.settings, "score", "--events", str(path), timeout=600).stdout.splitlines()]
         ensure_topics(self.settings)
         try:
             for slot in self.slots[:2]:
                 slot.start()
-            feeder = threading.Thread(target=self.feed, args=(events,), daemon=True)
+            feeder = threading.Thread(target=self.feed, args=(events, forget_at, forgotten), daemon=True)
             feeder.start()
             for _ in range(args.actions):
                 time.sleep(self.rng.uniform(0.3, args.chaos_s))
@@ -178,7 +204,7 @@ class Run:
             self.wait_caught_up(args.settle_timeout_s)
             return {"seed": args.seed, "app_id": self.settings.app_id, "events": len(events), "actions": self.actions,
                     "stopped_themselves": self.stopped_themselves, "holes_logged": self.holes(),
-                    "visitors": args.visitors, **compare(self.settings, offline, stitched)}
+                    "visitors": args.visitors, "forgotten": len(forgotten), **compare(self.settings, offline, stitched | forgotten)}
         finally:
             for slot in self.slots:
                 if slot.process is not None:
@@ -219,9 +245,15 @@ def with_visitors(events: list[dict[str, Any]], visitors: int, rng: random.Rando
     return {f"vlead-{n}" for n in range(visitors)}
 
 
+def to_forget(events: list[dict[str, Any]], count: int, rng: random.Random) -> frozenset[str]:
+    """`count` leads of the workload (not visitors' leads) that have events among `events`."""
+    leads = sorted({event["lead_id"] for event in events if event["lead_id"].startswith("lead-")})
+    return frozenset(rng.sample(leads, min(count, len(leads))))
+
+
 def compare(settings: Settings, offline: list[dict[str, Any]], stitched: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
     """What the topics hold against what the offline scorer says they should (of the `stitched`
-    leads, the scores only: see the module doc)."""
+    leads, visitors' and forgotten ones, the scores only: see the module doc)."""
     expected_scores = read_model_scores(offline)
     scores: dict[str, Any] = {}
     for record in read_to_end(settings, settings.topic_scores):
@@ -264,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chaos-s", type=float, default=2.0, help="longest pause between two actions")
     parser.add_argument("--settle-timeout-s", type=float, default=300.0)
     parser.add_argument("--visitors", type=int, default=0, help="anonymous visitors, each stitched to a lead of its own")
+    parser.add_argument("--forgets", type=int, default=0, help="leads to forget halfway through the feed")
     parser.add_argument("--remember-events", type=int, help="event ids the b2b model's states remember (default: the model's)")
     parser.add_argument("--keep", action="store_true", help="keep the run's topics")
     args = parser.parse_args(argv)

@@ -74,11 +74,20 @@ def test_forget_erases_a_lead_from_states_read_models_and_accounts_through_a_res
     again = worker()
     assert again.get("/leads/u-1/")[0] == 404
     assert scored(again, "u-2", 10)
-    # The lead's next event starts a new profile, with nothing of the old one.
-    producer.send(isolated.topic_events, key=b"u-1", value=orjson.dumps(event("u-1", 20, "webinar_attended", now + MINUTE_MS)))
+    # The lead's next event starts a new profile, with nothing of the old one, and its account
+    # counts it again: the leaving stood at the erased profile's newest event, not at the
+    # request's time, which is later than this event's.
+    later = event("u-1", 20, "webinar_attended", now + MINUTE_MS, account_id="acme")
+    producer.send(isolated.topic_events, key=b"u-1", value=orjson.dumps(later))
     producer.flush()
     producer.close()
     wait_for(lambda: scored(again, "u-1", 10), 60, "u-1's new profile scored from its new event alone", 0.3)
+
+    def acme_score() -> object:
+        value = latest(isolated, isolated.topic_scores).get(b"b2b:account/acme")
+        return None if value is None else orjson.loads(value)["score"]
+
+    wait_for(lambda: acme_score() == 20, 60, "acme counting u-2 and u-1's new profile (10 each)", 0.3)
 
 
 def test_tombstones_where_none_belong_are_dead_lettered_and_the_worker_goes_on(
