@@ -18,6 +18,15 @@ visitor's partition, so the visitors' events are ones whose points add up whatev
 crossings (a crossing's time is a merge's or an event's). `--remember-events K` runs the b2b
 model with states that remember K event ids: every copy must then be dropped by its offset or
 its origin (streams/read_offsets.py), not by its id.
+
+`--forgets N` asks, halfway through the feed, to forget N leads that had events by then
+(`leadstream forget`'s tombstones on the profiles topic, streams/forget.py), visitors' leads
+among them: the feed waits until the group has committed the first half (and the links,
+merges and re-keyed events it made), sends the requests, waits until they are committed too,
+and goes on. A forgotten lead's later events start a new profile, and so do its visitor's,
+which reach it re-keyed. So the offline scorer is given the events without the forgotten leads'
+(and their visitors') first half, and the visitors' later events keyed by their lead; their
+scores (or their absence) are compared, not their crossings (those of the first half were published).
 """
 
 from __future__ import annotations
@@ -146,7 +155,8 @@ class Run:
         probe = LagProbe(self.settings)
         try:
             producer.flush()
-            probe.wait_caught_up(self.settings.app_id, [self.settings.topic_events], self.args.settle_timeout_s)
+            probe.wait_caught_up(self.settings.app_id, [self.settings.topic_events, self.settings.topic_identity],
+                                 self.args.settle_timeout_s)
             topic = self.settings.topic_profiles
             partitions = partition_count(self.settings, topic)
             for lead_id in sorted(leads):
@@ -181,9 +191,7 @@ class Run:
         stitched = with_visitors(events, args.visitors, self.rng)
         forget_at = len(events) // 2 // args.chunk * args.chunk
         forgotten = to_forget(events[:forget_at], args.forgets, self.rng)
-        # What the offline scorer is given: the forgotten leads' events before their forgetting are gone.
-        kept = [event for n, event in enumerate(events) if n >= forget_at or event["lead_id"] not in forgotten]
-        path = write_jsonl(self.workdir / "events.jsonl", kept)
+        path = write_jsonl(self.workdir / "events.jsonl", as_forgotten(events, forget_at, forgotten))
         offline = [orjson.loads(line) for line in leadstream(self.settings, "score", "--events", str(path), timeout=600).stdout.splitlines()]
         ensure_topics(self.settings)
         try:
@@ -246,9 +254,27 @@ def with_visitors(events: list[dict[str, Any]], visitors: int, rng: random.Rando
 
 
 def to_forget(events: list[dict[str, Any]], count: int, rng: random.Random) -> frozenset[str]:
-    """`count` leads of the workload (not visitors' leads) that have events among `events`."""
+    """`count` leads that have events among `events`: a tenth of them visitors' leads (whose
+    visitor was stitched to them among `events`), the rest the workload's."""
     leads = sorted({event["lead_id"] for event in events if event["lead_id"].startswith("lead-")})
-    return frozenset(rng.sample(leads, min(count, len(leads))))
+    stitched = sorted({event["lead_id"] for event in events if event["lead_id"].startswith("vlead-")})
+    visitors = rng.sample(stitched, min(count // 10, len(stitched)))
+    return frozenset(rng.sample(leads, min(count - len(visitors), len(leads))) + visitors)
+
+
+def as_forgotten(events: list[dict[str, Any]], forget_at: int, forgotten: frozenset[str]) -> list[dict[str, Any]]:
+    """The events as the `forgotten` leads' new profiles see them, forgotten before the event at
+    `forget_at`: their events before it gone, and their visitors' too (a visitor "cvN" is
+    stitched to "vlead-N" before then); their visitors' later events keyed by their lead, as
+    the worker re-keys them."""
+    kept = []
+    for n, event in enumerate(events):
+        lead_id = event["lead_id"]
+        visitor_of = lead_id.replace("anon:cv", "vlead-", 1) if lead_id.startswith("anon:cv") else None
+        if n < forget_at and (lead_id in forgotten or visitor_of in forgotten):
+            continue
+        kept.append({**event, "lead_id": visitor_of} if visitor_of in forgotten else event)
+    return kept
 
 
 def compare(settings: Settings, offline: list[dict[str, Any]], stitched: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
