@@ -10,7 +10,10 @@ for a lead its owner asked to be forgotten.
 So the entry first becomes a marker, {FORGOTTEN: offsets}: for each input topic, the last
 offset of the lead's partition that the batch held. A record of the lead at or before them is
 one read again after a restart, and is dropped; a later one starts a new profile beside the
-marker. Once the consumer has committed past all of them, no worker reads those records again,
+marker. The offsets the lead's states had read (streams/read_offsets.py) stay beside it too, so a
+copy of a record made for the lead on another partition (a visitor's event re-keyed to it, a
+merge), made again under a new offset by a worker that read its source again, is still told by
+its origin; a new profile keeps them. Once the consumer has committed past all of them, no worker reads those records again,
 and the marker goes: the changelog gets a tombstone (or the lead's new states without it).
 `Waiting` keeps the leads whose marker waits for that, per partition.
 """

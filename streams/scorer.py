@@ -732,7 +732,10 @@ class Scorer:
                 for message in batch:
                     if message.partition == partition and message.offset > last.get(message.topic, -1):
                         last[message.topic] = message.offset
-            erased[lead_id] = (partition, erasure.marker(ends[partition]))
+            # The offsets its states had read stay beside the marker: a copy of a record made for
+            # the lead elsewhere (a visitor's re-keyed event, a merge), made again under a new
+            # offset after a restart, is told by its origin, not started anew as the lead's next record.
+            erased[lead_id] = (partition, {**erasure.marker(ends[partition]), **({} if states is None else read_offsets.kept(states))})
             self.erasures.add(partition, lead_id)
             if states is None:
                 # Unreadable: its read-model entries go all the same (one per model it may have

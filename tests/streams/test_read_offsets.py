@@ -132,6 +132,32 @@ def test_a_merge_read_again_or_sent_again_after_a_restart_adds_the_visitors_poin
     assert store.table.data == data
 
 
+def test_a_copy_of_an_event_re_keyed_to_a_lead_forgotten_since_does_not_make_it_up_again() -> None:
+    """A visitor's event re-keyed to the lead carries where it was read; the lead is forgotten; a
+    worker that read the visitor's event again (its offset not committed) re-keys it again, as a
+    new record after the request. Before, the marker held only the forgetting batch's offsets,
+    and the copy started the lead anew with an event of its erased profile."""
+    partition = partition_for(LEAD, 4)
+
+    def webinar(offset: int, event_id: str, origin: stitching.Origin | None = None) -> Consumed:
+        value = {"event_id": event_id, "lead_id": LEAD, "type": "webinar_attended", "time": T0, "product": "b2b"}
+        return Consumed(SETTINGS.topic_events, partition, offset, LEAD.encode(), orjson.dumps(value), origin=origin)
+
+    rekeyed = webinar(0, "v1-1", stitching.Origin(SETTINGS.topic_events, partition_for("anon:v1", 4), 7, 0))
+    _, store = scored({}, [rekeyed])
+    assert set(lead_states.scored(store.states(LEAD))) == {"b2b"}
+    _, store = scored(dict(store.table.data), [Consumed(SETTINGS.topic_profiles, partition, 0, LEAD.encode(), b"", tombstone=True)])
+    forgotten = dict(store.table.data)
+    assert lead_states.scored(store.states(LEAD)) == {}
+
+    copy = dataclasses.replace(rekeyed, offset=1)
+    outbox, store = scored(forgotten, [copy])
+    assert store.table.data == forgotten and outbox.sent == []
+    # The lead's next event starts a new profile, of it alone; the copy, read after it, still changes nothing.
+    _, store = scored(forgotten, [webinar(2, "ada-2"), dataclasses.replace(rekeyed, offset=3)])
+    assert store.states(LEAD)["b2b"].ledger["webinar attended"][1] == 1  # type: ignore[union-attr]
+
+
 def test_an_item_of_an_envelope_scored_alone_does_not_stand_for_its_envelope() -> None:
     """An item split off its envelope to isolate one that makes scoring raise shares the
     envelope's offset: taken for the whole envelope, it would drop the items after it."""
