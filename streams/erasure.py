@@ -13,8 +13,9 @@ one read again after a restart, and is dropped; a later one starts a new profile
 marker. The offsets the lead's states had read (streams/read_offsets.py) stay beside it too, so a
 copy of a record made for the lead on another partition (a visitor's event re-keyed to it, a
 merge), made again under a new offset by a worker that read its source again, is still told by
-its origin; a new profile keeps them. Once the consumer has committed past all of them, no worker reads those records again,
-and the marker goes: the changelog gets a tombstone (or the lead's new states without it).
+its origin; a new profile keeps them. Once the consumer has committed past all of the marker's
+offsets, no worker reads those records again, and the marker goes: the changelog gets a
+tombstone (or the lead's new states without it).
 `Waiting` keeps the leads whose marker waits for that, per partition.
 """
 

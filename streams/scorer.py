@@ -710,12 +710,11 @@ class Scorer:
         again after a restart, its lead forgotten since, changes nothing.
 
         A lead leaves its accounts right after its last update there: at its newest event's time,
-        as its state's next revision (`Engine.leaving`). So a worker that scores the batch again
-        after a crash sends the same leaving (the accounts would cross again under new ids at the
-        worker's clock), and the lead's events read after the request, which start a new profile,
-        bring it back into its accounts when they are later than that (at the request's Kafka
-        timestamp, the accounts refused every event timed before the request: the lead was listed
-        with its new score and its accounts did not count it)."""
+        as its state's next revision (`Engine.leaving`). A worker that scores the batch again after
+        a crash sends the same leaving (at the worker's clock, the accounts crossed again under new
+        ids), and the lead's events read after the request (a new profile) count in its accounts
+        again from the first later than that. (At the request's Kafka timestamp, a new profile's
+        events timed before the request never counted there, while the lead was listed with them.)"""
         leaving: list[MemberScore] = []
         ends: dict[int, dict[str, int]] = {}  # partition -> topic -> the batch's last offset there
         for lead_id, (partition, offset) in forget.items():
