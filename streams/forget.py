@@ -49,7 +49,9 @@ def lead_ids(args: list[str], from_file: Path | None) -> list[str]:
     return list(dict.fromkeys(ids))
 
 
-def forget(settings: Settings, ids: list[str]) -> int:
+def request(settings: Settings, ids: list[str]) -> str:
+    """Sends the requests to forget `ids` (a tombstone each, on its lead's partition); returns the
+    topic they went to."""
     topic = settings.topic_profiles
     partitions = partition_count(settings, topic)
     if partitions == 0:
@@ -61,6 +63,11 @@ def forget(settings: Settings, ids: list[str]) -> int:
         producer.flush()
     finally:
         producer.close()
+    return topic
+
+
+def forget(settings: Settings, ids: list[str]) -> int:
+    topic = request(settings, ids)
     print(f"asked to forget {len(ids)} lead{'s' if len(ids) != 1 else ''}: a tombstone each on {topic}; "
           "the worker erases them when it reads them")
     return 0

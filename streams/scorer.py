@@ -742,7 +742,7 @@ class Scorer:
                 self._unlist(lead_id, partition)
                 metrics.LEADS_FORGOTTEN.inc()
                 continue
-            leaving += self._withdraw(lead_id, states, partition, 0)
+            leaving += self._withdraw(lead_id, states, partition, time_ms=0)  # right after its last update
             for model in states.keys() & self.models:
                 metrics.LEADS_IN_STATE.labels(model).dec()
             metrics.LEADS_FORGOTTEN.inc()

@@ -48,13 +48,13 @@ import orjson
 
 from streams import services
 from streams.bench import workload
+from streams.forget import request as ask_to_forget
 from streams.history import read_to_end
 from streams.lag import LagProbe
-from streams.partitioning import partition_for
 from streams.processes import WorkerProcess, free_port
 from streams.send import open_producer, produce
 from streams.settings import Settings
-from streams.topics import delete_topics, ensure_topics, partition_count
+from streams.topics import delete_topics, ensure_topics
 from tests.infra import leadstream, read_model_scores, write_jsonl
 from tests.scoring.support import MODELS_DIR
 
@@ -141,7 +141,8 @@ class Run:
         try:
             for start in range(0, len(events), self.args.chunk):
                 if forgotten and start == forget_at:
-                    self.forget(producer, forgotten)
+                    producer.flush()
+                    self.forget(forgotten)
                 chunk = events[start: start + self.args.chunk]
                 produce(producer, self.settings.topic_events, ((e["lead_id"], orjson.dumps(e)) for e in chunk),
                         self.args.events_per_message)
@@ -149,19 +150,14 @@ class Run:
         finally:
             producer.close()
 
-    def forget(self, producer: Any, leads: frozenset[str]) -> None:
+    def forget(self, leads: frozenset[str]) -> None:
         """Once the group has committed every event sent so far, the requests to forget `leads`;
         returns when it has committed them too, so no later event is read before them."""
         probe = LagProbe(self.settings)
         try:
-            producer.flush()
             probe.wait_caught_up(self.settings.app_id, [self.settings.topic_events, self.settings.topic_identity],
                                  self.args.settle_timeout_s)
-            topic = self.settings.topic_profiles
-            partitions = partition_count(self.settings, topic)
-            for lead_id in sorted(leads):
-                producer.send(topic, key=lead_id.encode(), value=None, partition=partition_for(lead_id, partitions))
-            producer.flush()
+            topic = ask_to_forget(self.settings, sorted(leads))
             self.actions.append(f"asked to forget {len(leads)} leads")
             probe.wait_caught_up(self.settings.app_id, [topic], self.args.settle_timeout_s)
         finally:
@@ -277,9 +273,9 @@ def as_forgotten(events: list[dict[str, Any]], forget_at: int, forgotten: frozen
     return kept
 
 
-def compare(settings: Settings, offline: list[dict[str, Any]], stitched: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
-    """What the topics hold against what the offline scorer says they should (of the `stitched`
-    leads, visitors' and forgotten ones, the scores only: see the module doc)."""
+def compare(settings: Settings, offline: list[dict[str, Any]], scores_only: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
+    """What the topics hold against what the offline scorer says they should (of the leads
+    `scores_only`, visitors' and forgotten ones, the scores only: see the module doc)."""
     expected_scores = read_model_scores(offline)
     scores: dict[str, Any] = {}
     for record in read_to_end(settings, settings.topic_scores):
@@ -288,9 +284,9 @@ def compare(settings: Settings, offline: list[dict[str, Any]], stitched: set[str
     wrong = {key: {"expected": value, "published": scores.get(key)} for key, value in expected_scores.items() if scores.get(key) != value}
     unexpected = sorted(key for key, value in scores.items() if key not in expected_scores and value is not None)
     expected_crossings = {r["id"]: r for r in offline if r["record"] == "transition" and r["kind"] == "lead"
-                          and r["lead_id"] not in stitched}
+                          and r["lead_id"] not in scores_only}
     crossings = [orjson.loads(record.value) for record in read_to_end(settings, settings.topic_crossings) if record.value]
-    lead_crossings = [c for c in crossings if c["kind"] == "lead" and c["lead_id"] not in stitched]
+    lead_crossings = [c for c in crossings if c["kind"] == "lead" and c["lead_id"] not in scores_only]
     published = {c["id"] for c in lead_crossings}
     unlike = [c["id"] for c in lead_crossings if c["id"] in expected_crossings
               and (c["lead_id"], c["to_level"], c["score"]) != tuple(expected_crossings[c["id"]][k] for k in ("lead_id", "to_level", "score"))]
