@@ -57,7 +57,7 @@ def _score(args: argparse.Namespace, settings: Settings) -> int:
     from streams.offline import score_file
 
     tune_collector(settings.gc_young_threshold)
-    return score_file(args.models or settings.models_dir, args.events, table=args.table, out=sys.stdout)
+    return score_file(args.models or settings.models_dir, args.events, table=args.table, out=sys.stdout, at_ms=args.at)
 
 
 def _history(args: argparse.Namespace, settings: Settings) -> int:
@@ -79,10 +79,9 @@ def _models(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _replay_dlq(args: argparse.Namespace, settings: Settings) -> int:
-    from streams.replay import parse_since, replay_dead_letters
+    from streams.replay import replay_dead_letters
 
-    since_ms = parse_since(args.since) if args.since else 0
-    replay_dead_letters(settings, set(args.reason), since_ms, dry_run=args.dry_run)
+    replay_dead_letters(settings, set(args.reason), args.since or 0, dry_run=args.dry_run)
     return 0
 
 
@@ -163,6 +162,19 @@ def _outcome_values(text: str) -> frozenset[str]:
     return values
 
 
+def _moment(text: str) -> int:
+    """An ISO-8601 time with its zone, or a date (UTC midnight), in epoch ms, read as event
+    times are (scoring.events.parse_time_ms)."""
+    from scoring.events import parse_time_ms
+
+    value = text.strip()
+    parsed = parse_time_ms(value + "T00:00:00+00:00" if len(value) == 10 else value)
+    if isinstance(parsed, str):
+        raise argparse.ArgumentTypeError(f"expected an ISO-8601 time with its zone such as 2026-12-01T09:00:00Z, or a date, "
+                                         f"got {text!r}: " + parsed.replace("field 'time' ", "it ", 1))
+    return parsed
+
+
 def _positive_seconds(text: str) -> float:
     try:
         value = float(text)
@@ -213,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", type=Path, help="directory of model files (default: LEADSTREAM_MODELS_DIR)")
     p.add_argument("--events", type=Path, required=True, help="JSON-lines file of events")
     p.add_argument("--table", action="store_true", help="print a table instead of JSON lines")
+    p.add_argument("--at", type=_moment, help="evaluate decay at this ISO-8601 time or date, at or after the newest event "
+                                              "(default: the newest event's time), to see scores as they will stand then")
 
     p = add("models", _models, "Check the model files and show what each model scores, reads and how it levels leads.")
     p.add_argument("--models", type=Path, help="directory of model files (default: LEADSTREAM_MODELS_DIR)")
@@ -263,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("replay-dlq", _replay_dlq, "Send the worker's dead letters of the given reasons back to their source topic, "
             "once their cause is fixed (an event type now known, a sender's clock fixed...).")
     p.add_argument("--reason", action="append", required=True, help="a dead-letter reason to replay (repeatable), e.g. unknown_type")
-    p.add_argument("--since", help="only letters written at or after this ISO-8601 time (or date)")
+    p.add_argument("--since", type=_moment, help="only letters written at or after this ISO-8601 time (or date)")
     p.add_argument("--dry-run", action="store_true", help="count what would be replayed, send nothing")
 
     p = add("top", _top, "Print the hottest leads (or accounts) of a model from the Redis read model.")

@@ -4,7 +4,8 @@ It is how users try a model and how tests pin the semantics end to end. Events a
 file order (event time decides scoring, as in the stream), anonymous visitors are stitched to
 the leads they become as the worker stitches them (see OfflineRun); a bad line is reported on
 stderr with its line number and skipped. At the end, decay is evaluated at the newest event time seen
-in the file (the file's "now": the output does not depend on when it is run), then the output
+in the file (the file's "now": the output does not depend on when it is run), or at the later
+time `--at` gives (the scores as they will stand then, if nothing else happens), then the output
 is, as JSON lines (or a table with --table):
 
 1. every transition, in order: {"record": "transition", ...Transition.to_dict()}
@@ -63,6 +64,8 @@ class OfflineRun:
         #: old id -> the id it was merged into
         self.merged: dict[str, str] = {}
         self.newest_ms = 0
+        #: When decay is evaluated (`finish`), if later than `newest_ms`
+        self.at_ms: int | None = None
         #: reason -> lines warned about
         self.warnings: dict[str, int] = {}
         self.products = ", ".join(sorted({product for model in engine.models for product in model.products or ()}))
@@ -141,14 +144,24 @@ class OfflineRun:
             self.accounts[key] = state
             self.transitions.extend(transitions)
 
-    def finish(self) -> None:
-        """Evaluates decay at the newest event time for every lead."""
+    @property
+    def now_ms(self) -> int:
+        """The time the output is at: the newest event's, or `--at`'s."""
+        return self.newest_ms if self.at_ms is None else self.at_ms
+
+    def finish(self, at_ms: int | None = None) -> None:
+        """Evaluates decay for every lead at `at_ms`, by default the newest event time."""
+        if at_ms is not None:
+            if at_ms < self.newest_ms:
+                raise InputError(f"--at {_iso(at_ms)} is before the newest event in {self.source} ({_iso(self.newest_ms)}): "
+                                 "decay is evaluated after every event is scored, so give a time at or after it")
+            self.at_ms = at_ms
         for (model, lead_id), state in sorted(self.leads.items()):
             before = self.engine.member_score(model, lead_id, state, state.watermark_ms)
-            decayed, transitions = self.engine.decay(model, lead_id, state, self.newest_ms)
+            decayed, transitions = self.engine.decay(model, lead_id, state, self.now_ms)
             self.leads[(model, lead_id)] = decayed
             self.transitions.extend(transitions)
-            after = self.engine.member_score(model, lead_id, decayed, self.newest_ms)
+            after = self.engine.member_score(model, lead_id, decayed, self.now_ms)
             if after is not None and before is not None and after.score != before.score:
                 self.roll_up(after)
 
@@ -168,7 +181,7 @@ class OfflineRun:
     def records(self) -> list[dict[str, Any]]:
         out = [{"record": "transition", **t.to_dict()} for t in self.transitions if publishable(t)]
         for (model, lead_id), state in sorted(self.leads.items()):
-            out.append({"record": "lead", **self.engine.summary(model, lead_id, state, self.newest_ms)})
+            out.append({"record": "lead", **self.engine.summary(model, lead_id, state, self.now_ms)})
         # The worker publishes the summaries of models with [accounts] only (streams/rollup.py).
         rolling = {model.name for model in self.engine.models if model.accounts is not None}
         for (model, account_id), account in sorted(self.accounts.items()):
@@ -179,11 +192,12 @@ class OfflineRun:
         return out
 
 
-def score_file(models_dir: Path, events_path: Path, table: bool, out: TextIO, err: TextIO = sys.stderr) -> int:
-    """Scores a JSON-lines file of events; returns the exit status (0: scored, even with bad
-    lines, which are reported on `err`)."""
+def score_file(models_dir: Path, events_path: Path, table: bool, out: TextIO, err: TextIO = sys.stderr,
+               at_ms: int | None = None) -> int:
+    """Scores a JSON-lines file of events, decay evaluated at `at_ms` (default: the newest event
+    time); returns the exit status (0: scored, even with bad lines, which are reported on `err`)."""
     run = apply_file(Engine.from_directory(models_dir), events_path, err)
-    run.finish()
+    run.finish(at_ms)
     records = run.records()
     if table:
         out.write(_table(records))

@@ -24,9 +24,7 @@ from typing import IO
 
 import orjson
 
-from scoring.events import parse_time_ms
 from streams.deadletter import DeadLetter
-from streams.errors import InputError
 from streams.history import read_to_end
 from streams.partitioning import partition_for
 from streams.send import open_producer
@@ -98,16 +96,6 @@ def replay_dead_letters(settings: Settings, reasons: set[str], since_ms: int = 0
     _report(replay, reasons, dry_run, out)
     return replay
 
-
-def parse_since(text: str) -> int:
-    """An ISO-8601 time with its zone, or a date (UTC midnight), in epoch ms, read as event
-    times are (scoring.events.parse_time_ms)."""
-    value = text.strip()
-    parsed = parse_time_ms(value + "T00:00:00+00:00" if len(value) == 10 else value)
-    if isinstance(parsed, str):
-        raise InputError(f"--since {text!r}: expected an ISO-8601 time with its zone such as 2026-12-01T09:00:00Z, "
-                         f"or a date ({parsed})")
-    return parsed
 
 
 def _destination(original: bytes, key: bytes | None, partition: int | None, partitions: int) -> tuple[bytes | None, int | None]:

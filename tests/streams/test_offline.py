@@ -6,6 +6,7 @@ import io
 import os
 import subprocess
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 import orjson
@@ -76,6 +77,25 @@ def test_decay_is_evaluated_at_the_newest_event_time(tmp_path: Path) -> None:
         {"record": "account", "model": "b2b", "account_id": "acme", "score": 10, "normalized": 5.0, "level": "unaware",
          "temperature": "cold", "members": 2, "top_members": [{"lead_id": "new", "score": 10}, {"lead_id": "old", "score": 0}]}
     ]  # what the worker publishes for read models, as `record: account`
+
+
+def test_decay_is_evaluated_at_the_time_asked_for_and_never_before_the_newest_event(tmp_path: Path, capsys) -> None:
+    b2b = [
+        {"event_id": "a", "lead_id": "ada", "type": "form_submit", "time": T0, "product": "b2b", "properties": {"form": "demo_request"}},
+        {"event_id": "b", "lead_id": "bo", "type": "webinar_attended", "time": T0 + 2 * DAY, "product": "b2b"},
+    ]
+    events = write(tmp_path / "b2b.jsonl", b2b)
+    at = datetime.fromtimestamp((T0 + 31 * DAY) / 1000, tz=timezone.utc).isoformat()
+    assert main(["score", "--models", str(MODELS_DIR), "--events", str(events), "--at", at]) == 0
+    records = [orjson.loads(line) for line in capsys.readouterr().out.splitlines()]
+    # Ada idle 31 days has taken the 30-day step (30 - 15, back to nurture below 15 only); Bo, 29 days, not yet.
+    assert [(r["lead_id"], r["score"], r["level"], r["time"]) for r in records if r["record"] == "lead"] == [
+        ("ada", 15, "mql", T0 + 31 * DAY), ("bo", 10, "nurture", T0 + 31 * DAY)]
+    assert main(["score", "--models", str(MODELS_DIR), "--events", str(events), "--at", "2025-11-01"]) == 1
+    assert "--at 2025-11-01T00:00:00Z is before the newest event in b2b.jsonl (2025-11-05T00:00:00Z)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["score", "--models", str(MODELS_DIR), "--events", str(events), "--at", "2025-11-01T09:00:00"])
+    assert "argument --at: expected an ISO-8601 time with its zone" in capsys.readouterr().err
 
 
 def test_table_output(tmp_path: Path, capsys) -> None:

@@ -13,11 +13,10 @@ import orjson
 import pytest
 from kafka import KafkaProducer
 
-from streams.errors import InputError
+from streams.cli import build_parser
 from streams.history import read_to_end as records_to_end
 from streams.partitioning import partition_for
 from streams.processes import WorkerProcess
-from streams.replay import parse_since
 from streams.settings import Settings
 from tests.infra import leadstream, read_topic, wait_for
 
@@ -85,12 +84,14 @@ def test_unknown_types_replayed_after_the_model_learns_them_score_once(
 
 
 def test_replay_validates_its_arguments(isolated: Settings) -> None:
-    assert parse_since("2026-12-01") == parse_since("2026-12-01T00:00:00Z") == 1_796_083_200_000
-    assert parse_since("2026-12-01T01:00:00+01:00") == 1_796_083_200_000
-    with pytest.raises(InputError, match="time zone"):
-        parse_since("2026-12-01T09:00:00")
-    with pytest.raises(InputError, match="ISO-8601"):
-        parse_since("yesterday")
+    def since(text: str) -> int:
+        return int(build_parser().parse_args(["replay-dlq", "--reason", "malformed", "--since", text]).since)
+
+    assert since("2026-12-01") == since("2026-12-01T00:00:00Z") == since("2026-12-01T01:00:00+01:00") == 1_796_083_200_000
+    for text, problem in (("2026-12-01T09:00:00", "it has no time zone"), ("yesterday", "it is not an ISO-8601 time")):
+        refused = leadstream(isolated, "replay-dlq", "--reason", "malformed", "--since", text, check=False)
+        assert refused.returncode == 2 and "argument --since: expected an ISO-8601 time with its zone" in refused.stderr
+        assert problem in refused.stderr
     missing = leadstream(isolated, "replay-dlq", check=False)
     assert missing.returncode == 2 and "--reason" in missing.stderr
     # Letters written before --since are left alone.
