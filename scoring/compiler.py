@@ -80,13 +80,16 @@ class _Function:
         self.emit(1, *(matching if self.rules else []))
         matched = [f"m{i}" if test != "True" else "True" for i, test in enumerate(tests)]
         positive = [m for m, rule in zip(matched, self.rules) if rule.points > 0]
+        # Points of either sign: a step is smaller at the floor, so one taken before an event
+        # that precedes it is given back (and taken again after it), whatever the event's points.
+        moving = [m for m, rule in zip(matched, self.rules) if rule.points]
         if rt.steps is not None:
             self.emit(
                 1,
                 "last_activity_ms = state.last_activity_ms",
                 "if time_ms >= last_activity_ms and (state.steps_taken or (last_activity_ms and "
                 f"time_ms >= last_activity_ms + {self.const(rt.first_idle_ms)})):",
-                f"    level = rt._step_decay(state, time_ms, {' or '.join(positive) or 'False'}, level, event.lead_id, out)",
+                f"    level = rt._step_decay(state, time_ms, {' or '.join(moving) or 'False'}, level, event.lead_id, out)",
                 "    outcome = CHANGED",
             )
             if positive:  # an activity that arrived late, within the idle period before the last activity

@@ -249,12 +249,12 @@ class ModelRuntime:
                 self._fit_memo[key] = found
         return found
 
-    def _step_decay(self, state: LeadState, time_ms: int, activity: bool, level: int, lead_id: str, out: list[Transition]) -> int:
-        """Brings step decay to `time_ms` before an event at that time (`activity`: it matched
-        a rule with positive points); returns the level."""
+    def _step_decay(self, state: LeadState, time_ms: int, moves: bool, level: int, lead_id: str, out: list[Transition]) -> int:
+        """Brings step decay to `time_ms` before an event at that time (`moves`: it matched a
+        rule with points, of either sign); returns the level."""
         steps = self.steps
         assert steps is not None
-        if state.steps_taken and activity:
+        if state.steps_taken and moves:
             level = self._give_back(state, time_ms, level, lead_id, out)
         due = steps.due_ms(state)
         if due is not None and due <= time_ms:
@@ -264,12 +264,14 @@ class ModelRuntime:
         return level
 
     def _give_back(self, state: LeadState, time_ms: int, level: int, lead_id: str, out: list[Transition], earlier: bool = False) -> int:
-        """Gives back the steps an activity at `time_ms` that arrived late shows were not due
-        (`earlier`: of the idle period before the last activity); returns the level."""
+        """Gives back the steps due after an event at `time_ms` that arrived late (`earlier`: of
+        the idle period before the last activity): an activity shows they were not due, and
+        any event's points come before them (the next evaluation takes again those still due);
+        returns the level."""
         assert self.steps is not None
         given = self.steps.give_back(state, time_ms, earlier)
         if given:
-            state.record(time_ms, given, "decay given back (activity arrived late)", self.history)
+            state.record(time_ms, given, "decay given back (an event before it arrived late)", self.history)
             level = self._settle(state, level, lead_id, time_ms, out)
         return level
 

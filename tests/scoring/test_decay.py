@@ -61,6 +61,20 @@ def test_activity_that_arrives_after_a_step_it_precedes_gives_the_step_back() ->
     assert run.levels()[-1] == ("mql", "sql")
 
 
+def test_a_negative_event_that_arrives_after_a_step_it_precedes_comes_before_the_step() -> None:
+    # At the floor (0) points are clipped, so a step's order with negative events matters.
+    spam = [ev("spam", at=20 * DAY, event_id=f"s{n}") for n in range(6)]
+    run = Run(engine(STEPS)).apply(ev("visit"))
+    swept, _ = run.engine.decay("m", "L1", run.state(), T0 + 30 * DAY + HOUR)  # a worker's sweep: 40 - 15
+    run.store[("m", "L1")] = swept.to_bytes()
+    run.apply(*spam)  # timed before the step, arriving after it: the step is given back, then taken again
+    assert (run.state().behaviour, run.state().steps_taken) == (10, ())
+    assert decayed(run, 31) == 0
+    run.apply(ev("visit", at=29 * DAY))  # the lead was not idle 30 days after all
+    in_time = Run(engine(STEPS)).apply(ev("visit"), *spam, ev("visit", at=29 * DAY))
+    assert run.score() == in_time.score() == 40 - 30 + 40  # not 40 - 15 - 25 (clipped) + 15 + 40
+
+
 def test_late_activity_before_the_last_one_gives_back_the_steps_of_its_idle_period() -> None:
     # Day 0, then day 30 minus an hour (arriving last), then day 30.5: the lead was never idle
     # 30 days. The step taken at day 30 stayed taken: the day-30.5 activity had closed its period.
@@ -68,7 +82,7 @@ def test_late_activity_before_the_last_one_gives_back_the_steps_of_its_idle_peri
     assert run.state().behaviour == 80 - 15 and run.state().earlier_steps == (-15,)
     run.apply(ev("small", at=30 * DAY - HOUR))
     assert run.state().behaviour == 80 + 1 and run.state().earlier_steps == ()
-    assert run.state().changes(2)[0] == (T0 + 30 * DAY - HOUR, 15, "decay given back (activity arrived late)")
+    assert run.state().changes(2)[0] == (T0 + 30 * DAY - HOUR, 15, "decay given back (an event before it arrived late)")
     # Once no event within the lateness can fall in the period, it is forgotten.
     run = Run(engine(STEPS)).apply(ev("visit"), ev("visit", at=30 * DAY + 12 * HOUR))
     run.apply(ev("spam", at=31 * DAY))  # the lateness is 1 day: the step, due at day 30, is settled

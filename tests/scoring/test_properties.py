@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import io
 import tempfile
 from pathlib import Path
@@ -196,6 +198,36 @@ def test_step_decay_does_not_depend_on_arrival_order_within_the_lateness(steps: 
     in_time = final(sorted(range(len(events)), key=lambda i: (events[i][1], i)), {})
     arrived = final(list(range(len(events))), sweeps)
     assert abs(in_time.behaviour - arrived.behaviour) < 1e-9 and in_time.level == arrived.level
+
+
+FLOORED = engine(
+    '[[rules]]\nname = "visit"\nevent = "visit"\npoints = 10\n[[rules]]\nname = "bad"\nevent = "bad"\npoints = -4\n'
+    '[decay]\nsteps = [{ idle = "10d", points = -5 }, { idle = "20d", points = -6 }]\n',
+)
+
+
+@settings(FAST, max_examples=150)
+@given(st.lists(st.tuples(st.sampled_from(["visit", "bad", "bad"]), st.sampled_from([0, 6, 24, 5 * 24, 9 * 24, 15 * 24])),
+                min_size=1, max_size=12),
+       st.dictionaries(st.integers(0, 11), st.sampled_from([0, 6, 10 * 24, 12 * 24, 21 * 24])))
+def test_steps_a_sweep_takes_early_end_as_if_taken_in_time_order_at_the_floor(gaps: list[tuple[str, int]], sweeps: dict[int, int]) -> None:
+    """Events in time order, with decay sweeps between them at any time after the newest (as a
+    worker's clock is), end as with none: a step takes less at the floor (0), so one a sweep took
+    before an event timed ahead of it arrived, negative or not, is given back and taken after it."""
+    hours = list(itertools.accumulate(gap for _, gap in gaps))
+
+    def final(sweep_after: dict[int, int]) -> LeadState:
+        run = Run(FLOORED)
+        for i, ((kind, _), hour) in enumerate(zip(gaps, hours)):
+            run.apply(ev(kind, at=hour * HOUR, event_id=f"e{i}"))
+            if i in sweep_after:
+                state, _ = FLOORED.decay("m", "L1", run.state(), T0 + (hour + sweep_after[i]) * HOUR)
+                run.store[("m", "L1")] = state.to_bytes()
+        state, _ = FLOORED.decay("m", "L1", run.state(), T0 + (hours[-1] + 24 * 100) * HOUR)
+        return state
+
+    unswept, swept = final({}), final(sweeps)
+    assert (swept.behaviour, swept.level) == (unswept.behaviour, unswept.level)
 
 
 LADDER = engine('[[rules]]\nname = "up"\nevent = "up"\npoints = 3\n[[rules]]\nname = "down"\nevent = "down"\npoints = -2\n')
