@@ -29,18 +29,22 @@ class LagProbe:
             self.admin.close()  # callers retry every few seconds: each failed attempt would leak a client
             raise
 
-    def lag(self, group_id: str, topic: str) -> dict[int, int]:
+    def ends(self, topic: str) -> dict[TopicPartition, int]:
+        """The end offset of each partition of `topic` (none when it does not exist)."""
         partitions = self.offsets.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        if not tps:
+        return self.offsets.end_offsets(tps) if tps else {}
+
+    def lag(self, group_id: str, topic: str) -> dict[int, int]:
+        ends = self.ends(topic)
+        if not ends:
             return {}
-        ends = self.offsets.end_offsets(tps)
-        committed = self.admin.list_group_offsets({group_id: tps}).get(group_id, {})
+        committed = self.admin.list_group_offsets({group_id: list(ends)}).get(group_id, {})
         result = {}
-        for tp in tps:
+        for tp, end in ends.items():
             meta = committed.get(tp)
             done = meta.offset if meta is not None and meta.offset >= 0 else 0
-            result[tp.partition] = max(0, ends[tp] - done)
+            result[tp.partition] = max(0, end - done)
         return result
 
     def wait_caught_up(self, group_id: str, topics: list[str], timeout_s: float, poll_s: float = 0.1) -> None:

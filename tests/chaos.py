@@ -27,6 +27,15 @@ and goes on. A forgotten lead's later events start a new profile, and so do its 
 which reach it re-keyed. So the offline scorer is given the events without the forgotten leads'
 (and their visitors') first half, and the visitors' later events keyed by their lead; their
 scores (or their absence) are compared, not their crossings (those of the first half were published).
+
+`--decay-in-s L` sets the workers' clock ahead, so that the b2b model's first decay step falls
+due at once for leads idle since before the workload's last L seconds (as their events arrive:
+a later event gives the step back, and it is taken again), and for the others in the run's
+first L seconds, by the workers' decay sweeps. The comparison waits until every lead's step is
+due, then compares every score with the offline scorer's at a time when all those steps and
+no second one are due (`leadstream score --at`). Crossings are not compared: a step taken and
+given back makes a crossing down and up again that the offline scorer, which decays once at
+the end, does not.
 """
 
 from __future__ import annotations
@@ -41,13 +50,17 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from scoring import Engine
+from scoring.decay import StepDecay
 from streams import services
 from streams.bench import workload
+from streams.errors import ServiceError
 from streams.forget import request as ask_to_forget
 from streams.history import read_to_end
 from streams.lag import LagProbe
@@ -77,6 +90,13 @@ class Slot:
 
     def running(self) -> bool:
         return self.process is not None and self.process.proc is not None and self.process.proc.poll() is None
+
+    def ready(self) -> bool:
+        """Whether its worker runs and answers /readyz with 200."""
+        try:
+            return self.process is not None and self.running() and self.process.ready()
+        except ServiceError:  # it exited meanwhile
+            return False
 
 
 class Run:
@@ -163,17 +183,26 @@ class Run:
         finally:
             probe.close()
 
-    def wait_caught_up(self, timeout_s: float) -> None:
-        """Until the group has committed every message, starting again workers that stop themselves."""
+    def wait_caught_up(self, timeout_s: float, not_before: float = 0.0, quiet_s: float = 0.0) -> None:
+        """Until the group has committed every message, the monotonic clock is at `not_before`,
+        and for the last `quiet_s` every running worker was ready and the scores topic took no
+        record (a decay sweep publishes with no input for the group to lag behind), starting
+        again workers that stop themselves."""
         probe = LagProbe(self.settings)
         try:
             deadline = time.monotonic() + timeout_s
             topics = [self.settings.topic_events, self.settings.topic_accounts, self.settings.topic_identity]
+            scores: dict[Any, int] = {}
+            quiet_since = time.monotonic()
             while time.monotonic() < deadline:
                 self.supervise()
                 lags = [probe.lag(self.settings.app_id, topic) for topic in topics]
+                ends = probe.ends(self.settings.topic_scores)
+                if ends != scores or not all(slot.ready() for slot in self.slots if slot.running()):
+                    scores, quiet_since = ends, time.monotonic()
                 # The identity topic has no records without visitors: no lag to read is none left.
-                if all(lag and not any(lag.values()) for lag in lags[:2]) and not any((lags[2] or {}).values()):
+                caught_up = all(lag and not any(lag.values()) for lag in lags[:2]) and not any((lags[2] or {}).values())
+                if caught_up and time.monotonic() >= max(not_before, quiet_since + quiet_s):
                     return
                 time.sleep(1.0)
             raise TimeoutError(f"the workers did not catch up within {timeout_s:.0f} s")
@@ -188,8 +217,18 @@ class Run:
         forget_at = len(events) // 2 // args.chunk * args.chunk
         forgotten = to_forget(events[:forget_at], args.forgets, self.rng)
         path = write_jsonl(self.workdir / "events.jsonl", as_forgotten(events, forget_at, forgotten))
-        offline = [orjson.loads(line) for line in leadstream(self.settings, "score", "--events", str(path), timeout=600).stdout.splitlines()]
+        newest_ms = max(event["time"] for event in events)
+        first_step_ms = first_decay_step_ms(self.settings)
+        at = ["--at", iso(newest_ms + first_step_ms)] if args.decay_in_s else []
+        offline = [orjson.loads(line) for line in leadstream(self.settings, "score", "--events", str(path), *at, timeout=600).stdout.splitlines()]
         ensure_topics(self.settings)
+        decayed_by = 0.0
+        if args.decay_in_s:
+            # The newest event's step falls due at the workers' clock's newest + first step, L seconds from now.
+            offset_ms = newest_ms + first_step_ms - int(time.time() * 1000) - args.decay_in_s * 1000
+            for slot in self.slots:
+                slot.settings = replace(slot.settings, clock_offset_ms=offset_ms)
+            decayed_by = time.monotonic() + args.decay_in_s + 2 * self.settings.decay_interval_s
         try:
             for slot in self.slots[:2]:
                 slot.start()
@@ -205,10 +244,14 @@ class Run:
                 assert process is not None
                 self.slots[2].process = None
                 process.stop()
-            self.wait_caught_up(args.settle_timeout_s)
+            # Quiet for a consumer session timeout (10 s) and two sweeps after: a worker killed
+            # last leaves its partitions unswept until the group notices it is gone.
+            self.wait_caught_up(args.settle_timeout_s, not_before=decayed_by, quiet_s=30.0 if args.decay_in_s else 0.0)
+            scores_only = {r["lead_id"] for r in offline if r["record"] == "lead"} if args.decay_in_s else stitched | forgotten
             return {"seed": args.seed, "app_id": self.settings.app_id, "events": len(events), "actions": self.actions,
                     "stopped_themselves": self.stopped_themselves, "holes_logged": self.holes(),
-                    "visitors": args.visitors, "forgotten": len(forgotten), **compare(self.settings, offline, stitched | forgotten)}
+                    "visitors": args.visitors, "forgotten": len(forgotten), "decay_in_s": args.decay_in_s,
+                    **compare(self.settings, offline, scores_only)}
         finally:
             for slot in self.slots:
                 if slot.process is not None:
@@ -229,6 +272,17 @@ def forgetful_models(directory: Path, remember: int) -> Path:
     assert count == 1, "the b2b model no longer sets remember_events"
     model.write_text(text)
     return directory
+
+
+def first_decay_step_ms(settings: Settings) -> int:
+    """The idle time of the b2b model's first decay step."""
+    model = next(model for model in Engine.from_directory(settings.models_dir).models if model.name == "b2b")
+    assert isinstance(model.decay, StepDecay), "the b2b model no longer decays in steps"
+    return model.decay.steps[0].idle_ms
+
+
+def iso(time_ms: int) -> str:
+    return datetime.fromtimestamp(time_ms / 1000, tz=timezone.utc).isoformat(timespec="milliseconds")
 
 
 def with_visitors(events: list[dict[str, Any]], visitors: int, rng: random.Random) -> set[str]:
@@ -320,6 +374,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--visitors", type=int, default=0, help="anonymous visitors, each stitched to a lead of its own")
     parser.add_argument("--forgets", type=int, default=0, help="leads to forget halfway through the feed")
     parser.add_argument("--remember-events", type=int, help="event ids the b2b model's states remember (default: the model's)")
+    parser.add_argument("--decay-in-s", type=int, default=0,
+                        help="set the workers' clock so that the leads' first decay steps fall due at once or within this many seconds (0: none)")
     parser.add_argument("--keep", action="store_true", help="keep the run's topics")
     args = parser.parse_args(argv)
     services.up(Settings.from_env())
