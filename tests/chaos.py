@@ -28,6 +28,11 @@ which reach it re-keyed. So the offline scorer is given the events without the f
 (and their visitors') first half, and the visitors' later events keyed by their lead; their
 scores (or their absence) are compared, not their crossings (those of the first half were published).
 
+`--profiles` sends the identify events (traits, accounts and visitors' links) to the profiles
+topic, as the collector does, so the workers read two topics whose relative order is Kafka's
+choice: which is why the workload's trait-conditioned rule never matches (no demo request), and
+why crossings are not compared (a lead's fit may count before or after its events).
+
 `--decay-in-s L` sets the workers' clock ahead, so that the b2b model's first decay step falls
 due at once for leads idle since before the workload's last L seconds (as their events arrive:
 a later event gives the step back, and it is taken again), and for the others in the run's
@@ -164,6 +169,10 @@ class Run:
                     producer.flush()
                     self.forget(forgotten)
                 chunk = events[start: start + self.args.chunk]
+                if self.args.profiles:
+                    produce(producer, self.settings.topic_profiles,
+                            ((e["lead_id"], orjson.dumps(e)) for e in chunk if e["type"] == "identify"), self.args.events_per_message, compacted=True)
+                    chunk = [e for e in chunk if e["type"] != "identify"]
                 produce(producer, self.settings.topic_events, ((e["lead_id"], orjson.dumps(e)) for e in chunk),
                         self.args.events_per_message)
                 time.sleep(self.args.feed_pause_s)
@@ -175,13 +184,16 @@ class Run:
         returns when it has committed them too, so no later event is read before them."""
         probe = LagProbe(self.settings)
         try:
-            probe.wait_caught_up(self.settings.app_id, [self.settings.topic_events, self.settings.topic_identity],
-                                 self.args.settle_timeout_s)
+            probe.wait_caught_up(self.settings.app_id, self.inputs(), self.args.settle_timeout_s)
             topic = ask_to_forget(self.settings, sorted(leads))
             self.actions.append(f"asked to forget {len(leads)} leads")
             probe.wait_caught_up(self.settings.app_id, [topic], self.args.settle_timeout_s)
         finally:
             probe.close()
+
+    def inputs(self) -> list[str]:
+        """The topics the feed writes to, and the identity topic the workers write links to."""
+        return [self.settings.topic_events, self.settings.topic_identity] + ([self.settings.topic_profiles] if self.args.profiles else [])
 
     def wait_caught_up(self, timeout_s: float, not_before: float = 0.0, quiet_s: float = 0.0) -> None:
         """Until the group has committed every message, the monotonic clock is at `not_before`,
@@ -191,7 +203,7 @@ class Run:
         probe = LagProbe(self.settings)
         try:
             deadline = time.monotonic() + timeout_s
-            topics = [self.settings.topic_events, self.settings.topic_accounts, self.settings.topic_identity]
+            topics = [self.settings.topic_events, self.settings.topic_accounts, *self.inputs()[1:]]
             scores: dict[Any, int] = {}
             quiet_since = time.monotonic()
             while time.monotonic() < deadline:
@@ -201,7 +213,7 @@ class Run:
                 if ends != scores or not all(slot.ready() for slot in self.slots if slot.running()):
                     scores, quiet_since = ends, time.monotonic()
                 # The identity topic has no records without visitors: no lag to read is none left.
-                caught_up = all(lag and not any(lag.values()) for lag in lags[:2]) and not any((lags[2] or {}).values())
+                caught_up = all(lag and not any(lag.values()) for lag in lags[:2]) and not any(any((lag or {}).values()) for lag in lags[2:])
                 if caught_up and time.monotonic() >= max(not_before, quiet_since + quiet_s):
                     return
                 time.sleep(1.0)
@@ -247,10 +259,11 @@ class Run:
             # Quiet for a consumer session timeout (10 s) and two sweeps after: a worker killed
             # last leaves its partitions unswept until the group notices it is gone.
             self.wait_caught_up(args.settle_timeout_s, not_before=decayed_by, quiet_s=30.0 if args.decay_in_s else 0.0)
-            scores_only = {r["lead_id"] for r in offline if r["record"] == "lead"} if args.decay_in_s else stitched | forgotten
+            every_lead = args.decay_in_s or args.profiles  # whose crossings differ from the offline scorer's (module doc)
+            scores_only = {r["lead_id"] for r in offline if r["record"] == "lead"} if every_lead else stitched | forgotten
             return {"seed": args.seed, "app_id": self.settings.app_id, "events": len(events), "actions": self.actions,
                     "stopped_themselves": self.stopped_themselves, "holes_logged": self.holes(),
-                    "visitors": args.visitors, "forgotten": len(forgotten), "decay_in_s": args.decay_in_s,
+                    "visitors": args.visitors, "forgotten": len(forgotten), "decay_in_s": args.decay_in_s, "profiles": args.profiles,
                     **compare(self.settings, offline, scores_only)}
         finally:
             for slot in self.slots:
@@ -374,6 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--visitors", type=int, default=0, help="anonymous visitors, each stitched to a lead of its own")
     parser.add_argument("--forgets", type=int, default=0, help="leads to forget halfway through the feed")
     parser.add_argument("--remember-events", type=int, help="event ids the b2b model's states remember (default: the model's)")
+    parser.add_argument("--profiles", action="store_true", help="send identify events to the profiles topic, as the collector does")
     parser.add_argument("--decay-in-s", type=int, default=0,
                         help="set the workers' clock so that the leads' first decay steps fall due at once or within this many seconds (0: none)")
     parser.add_argument("--keep", action="store_true", help="keep the run's topics")
