@@ -87,9 +87,12 @@ class _Function:
             self.emit(
                 1,
                 "last_activity_ms = state.last_activity_ms",
+                "taken = 0",
                 "if time_ms >= last_activity_ms and (state.steps_taken or (last_activity_ms and "
                 f"time_ms >= last_activity_ms + {self.const(rt.first_idle_ms)})):",
-                f"    level = rt._step_decay(state, time_ms, {' or '.join(moving) or 'False'}, level, event.lead_id, out)",
+                "    taken = len(state.steps_taken)",
+                f"    level = rt._step_decay(state, time_ms, {' or '.join(positive) or 'False'}, {' or '.join(moving) or 'False'}, "
+                "level, event.lead_id, out)",
                 "    outcome = CHANGED",
             )
             if positive:  # an activity that arrived late, within the idle period before the last activity
@@ -195,6 +198,14 @@ class _Function:
             "    state.last_activity_ms = time_ms",
             "    outcome = CHANGED",
         )
+        if self.runtime.steps is not None:
+            # Steps given back before the event's points that are due still (its idle period
+            # goes on) are taken again after them, in this event: no crossing up and down again.
+            self.emit(
+                1,
+                "if taken > len(state.steps_taken) and state.last_activity_ms == last_activity_ms:",
+                "    rt._retake(state, taken)",
+            )
 
     def _repeats(self, depth: int, matched: list[str]) -> None:
         """`repeat<n>`: whether the event's value of a `once_per` field is a repeat, tested and

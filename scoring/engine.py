@@ -43,6 +43,9 @@ _NO_PROPERTIES: dict[str, Any] = {}
 #: Sets of trait values whose fit rules a model remembers (then it starts over).
 _FIT_MEMO = 16384
 
+#: The history's label of decay points an event that arrived late gave back.
+GIVEN_BACK = "decay given back (an event before it arrived late)"
+
 #: Half-life: a lead in an account is due again when decay has taken this share of the
 #: behaviour points it was last valued at (and its account last told), so that its account's
 #: roll-up follows its decay, not only its crossings; while that share is at least
@@ -249,19 +252,38 @@ class ModelRuntime:
                 self._fit_memo[key] = found
         return found
 
-    def _step_decay(self, state: LeadState, time_ms: int, moves: bool, level: int, lead_id: str, out: list[Transition]) -> int:
-        """Brings step decay to `time_ms` before an event at that time (`moves`: it matched a
-        rule with points, of either sign); returns the level."""
+    def _step_decay(self, state: LeadState, time_ms: int, activity: bool, moves: bool, level: int, lead_id: str,
+                    out: list[Transition]) -> int:
+        """Brings step decay to `time_ms` before an event at that time (`activity`: it matched a
+        rule with positive points; `moves`: one with points of either sign); returns the level.
+
+        The steps taken already that were due after the event are given back: for good after
+        an activity later than the last (the lead was not idle that long); otherwise, with no
+        crossing, to be taken again after the event's points (`_retake`)."""
         steps = self.steps
         assert steps is not None
         if state.steps_taken and moves:
-            level = self._give_back(state, time_ms, level, lead_id, out)
+            if activity and time_ms > state.last_activity_ms:
+                level = self._give_back(state, time_ms, level, lead_id, out)
+            else:
+                given = steps.give_back(state, time_ms)
+                if given:
+                    state.record(time_ms, given, GIVEN_BACK, self.history)
         due = steps.due_ms(state)
         if due is not None and due <= time_ms:
             for due_ms, points in steps.take(state, time_ms, self.floor):
                 state.record(due_ms, points, "decay", self.history)
                 level = self._settle(state, level, lead_id, due_ms, out)
         return level
+
+    def _retake(self, state: LeadState, taken: int) -> None:
+        """Takes again, at the floor as it is now, the steps an event gave back before its points
+        whose idle period goes on, until `taken` steps are taken. The event settles the level."""
+        steps = self.steps
+        assert steps is not None
+        until_ms = state.last_activity_ms + steps.steps[min(taken, len(steps.steps)) - 1].idle_ms
+        for due_ms, points in steps.take(state, until_ms, self.floor):
+            state.record(due_ms, points, "decay", self.history)
 
     def _give_back(self, state: LeadState, time_ms: int, level: int, lead_id: str, out: list[Transition], earlier: bool = False) -> int:
         """Gives back the steps due after an event at `time_ms` that arrived late (`earlier`: of
@@ -271,7 +293,7 @@ class ModelRuntime:
         assert self.steps is not None
         given = self.steps.give_back(state, time_ms, earlier)
         if given:
-            state.record(time_ms, given, "decay given back (an event before it arrived late)", self.history)
+            state.record(time_ms, given, GIVEN_BACK, self.history)
             level = self._settle(state, level, lead_id, time_ms, out)
         return level
 

@@ -67,9 +67,9 @@ def test_a_negative_event_that_arrives_after_a_step_it_precedes_comes_before_the
     run = Run(engine(STEPS)).apply(ev("visit"))
     swept, _ = run.engine.decay("m", "L1", run.state(), T0 + 30 * DAY + HOUR)  # a worker's sweep: 40 - 15
     run.store[("m", "L1")] = swept.to_bytes()
-    run.apply(*spam)  # timed before the step, arriving after it: the step is given back, then taken again
-    assert (run.state().behaviour, run.state().steps_taken) == (10, ())
-    assert decayed(run, 31) == 0
+    run.apply(*spam)  # timed before the step, arriving after it: each comes before it, which is taken again after
+    assert (run.state().behaviour, run.state().steps_taken) == (0, (-10,))  # 40 - 30, then the step at the floor
+    assert [t.direction for t in run.transitions] == ["up", "down"]  # to mql with the visit, down at the sweep: no flapping
     run.apply(ev("visit", at=29 * DAY))  # the lead was not idle 30 days after all
     in_time = Run(engine(STEPS)).apply(ev("visit"), *spam, ev("visit", at=29 * DAY))
     assert run.score() == in_time.score() == 40 - 30 + 40  # not 40 - 15 - 25 (clipped) + 15 + 40

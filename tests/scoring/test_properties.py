@@ -213,13 +213,17 @@ FLOORED = engine(
 def test_steps_a_sweep_takes_early_end_as_if_taken_in_time_order_at_the_floor(gaps: list[tuple[str, int]], sweeps: dict[int, int]) -> None:
     """Events in time order, with decay sweeps between them at any time after the newest (as a
     worker's clock is), end as with none: a step takes less at the floor (0), so one a sweep took
-    before an event timed ahead of it arrived, negative or not, is given back and taken after it."""
+    before an event timed ahead of it arrived, negative or not, is given back and taken after it
+    (at once, after a negative event: it never makes a crossing up)."""
     hours = list(itertools.accumulate(gap for _, gap in gaps))
 
     def final(sweep_after: dict[int, int]) -> LeadState:
         run = Run(FLOORED)
         for i, ((kind, _), hour) in enumerate(zip(gaps, hours)):
+            crossed = len(run.transitions)
             run.apply(ev(kind, at=hour * HOUR, event_id=f"e{i}"))
+            # A step given back before a negative event is taken again after it, in the same event.
+            assert kind == "visit" or all(t.direction == "down" for t in run.transitions[crossed:])
             if i in sweep_after:
                 state, _ = FLOORED.decay("m", "L1", run.state(), T0 + (hour + sweep_after[i]) * HOUR)
                 run.store[("m", "L1")] = state.to_bytes()
