@@ -38,9 +38,9 @@ due at once for leads idle since before the workload's last L seconds (as their 
 a later event gives the step back, and it is taken again), and for the others in the run's
 first L seconds, by the workers' decay sweeps. The comparison waits until every lead's step is
 due, then compares every score with the offline scorer's at a time when all those steps and
-no second one are due (`leadstream score --at`). Crossings are not compared: a step taken and
-given back makes a crossing down and up again that the offline scorer, which decays once at
-the end, does not.
+no second one are due (`leadstream score --at`). Crossings are not compared: a step a sweep
+took before an activity timed ahead of it arrived is given back, a crossing down and up again
+that the offline scorer, which decays once at the end, does not make.
 """
 
 from __future__ import annotations
