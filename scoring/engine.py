@@ -286,10 +286,9 @@ class ModelRuntime:
             state.record(due_ms, points, "decay", self.history)
 
     def _give_back(self, state: LeadState, time_ms: int, level: int, lead_id: str, out: list[Transition], earlier: bool = False) -> int:
-        """Gives back the steps due after an event at `time_ms` that arrived late (`earlier`: of
-        the idle period before the last activity): an activity shows they were not due, and
-        any event's points come before them (the next evaluation takes again those still due);
-        returns the level."""
+        """Gives back for good the steps due after an activity at `time_ms` that arrived late
+        (`earlier`: of the idle period before the last activity), as the lead was not idle that
+        long; returns the level."""
         assert self.steps is not None
         given = self.steps.give_back(state, time_ms, earlier)
         if given:
