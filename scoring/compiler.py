@@ -103,11 +103,18 @@ class _Function:
                     "    outcome = CHANGED",
                 )
         elif self.half_life:
+            finite = math.isfinite(rt.ceiling)
             self.emit(
                 1,
                 "weight = 1.0",
+                f"bottom = {self.const(rt.floor)}",
+                *([f"top = {self.const(rt.ceiling)}"] if finite else []),
                 "if time_ms < state.as_of_ms:",
                 f"    weight = {self.const(rt.half_life)}.factor(state.as_of_ms - time_ms)",
+                # In time order the floor and ceiling clipped these points at their time, and
+                # the clipped sum decayed since: bounds decayed as much clip them the same now.
+                "    bottom *= weight",
+                *(["    top *= weight"] if finite else []),
                 "else:",
                 "    as_of_ms, behaviour = state.as_of_ms, state.behaviour",
                 f"    {self.const(rt.half_life)}.bring_to(state, time_ms)",
@@ -316,15 +323,16 @@ class _Function:
     def _score(self, depth: int, name: str) -> None:
         """Adds `points` to behaviour within the model's floor and ceiling, and records it."""
         rt = self.runtime
-        floor = self.const(rt.floor)
-        if self.half_life:  # a late event's points are discounted by the time they are behind
+        if self.half_life:  # a late event's points, and the bounds that clip them, are discounted by the time they are behind
+            floor = "bottom"
             self.emit(depth, "after = wanted = behaviour + points if weight == 1.0 else behaviour + points * weight")
         else:
+            floor = self.const(rt.floor)
             self.emit(depth, "after = wanted = behaviour + points")
         # Points are clipped only in the direction they move: a lead left above the ceiling or
         # below the floor by an edit of them still takes points that move it back.
         if math.isfinite(rt.ceiling):
-            ceiling = self.const(rt.ceiling)
+            ceiling = "top" if self.half_life else self.const(rt.ceiling)
             self.emit(
                 depth,
                 f"if after > {ceiling} and after > behaviour:",

@@ -14,6 +14,8 @@ Decay is a function of timestamps, never of when it is evaluated:
 - Half-life: behaviour points are valued at `as_of_ms` and multiplied by 2^(-elapsed/half-life)
   when brought forward; a late event's points are discounted by the time they are behind, so
   the value at any time is the exact sum of each event's decayed points (up to float rounding).
+  The floor and ceiling that clip them are discounted as much: in time order they clipped the
+  points at the event's time, and the clipped value decayed since.
 
 "Activity" is an event that matched at least one rule with positive points.
 """

@@ -11,14 +11,14 @@
 
 from __future__ import annotations
 
-import itertools
-
 import io
+import itertools
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -232,6 +232,34 @@ def test_steps_a_sweep_takes_early_end_as_if_taken_in_time_order_at_the_floor(ga
 
     unswept, swept = final({}), final(sweeps)
     assert (swept.behaviour, swept.level) == (unswept.behaviour, unswept.level)
+
+
+BOUNDED_HALF_LIFE = engine(
+    '[[rules]]\nname = "visit"\nevent = "visit"\npoints = 10\n[[rules]]\nname = "bad"\nevent = "bad"\npoints = -10\n'
+    '[decay]\nhalf_life = "5d"\n', settings="floor = -20\nmax_points = 30\n",
+)
+
+
+@settings(FAST, max_examples=150)
+@given(st.lists(st.tuples(st.sampled_from(["visit", "bad"]), st.sampled_from([0, 0, 6, 24])), min_size=1, max_size=12),
+       st.dictionaries(st.integers(0, 11), st.sampled_from([6, 24, 48])))
+def test_half_life_sweeps_before_later_events_clip_them_as_in_time_order(gaps: list[tuple[str, int]], sweeps: dict[int, int]) -> None:
+    """Events in time order, with decay sweeps between them at any time after the newest, end as
+    with none, at the ceiling and the floor too: an event behind the time its lead is valued at
+    is clipped by bounds decayed as much as its points."""
+    hours = list(itertools.accumulate(gap for _, gap in gaps))
+
+    def final(sweep_after: dict[int, int]) -> float:
+        run = Run(BOUNDED_HALF_LIFE)
+        for i, ((kind, _), hour) in enumerate(zip(gaps, hours)):
+            run.apply(ev(kind, at=hour * HOUR, event_id=f"e{i}"))
+            if i in sweep_after:
+                state, _ = BOUNDED_HALF_LIFE.decay("m", "L1", run.state(), T0 + (hour + sweep_after[i]) * HOUR)
+                run.store[("m", "L1")] = state.to_bytes()
+        state, _ = BOUNDED_HALF_LIFE.decay("m", "L1", run.state(), T0 + (hours[-1] + 48) * HOUR)
+        return state.behaviour
+
+    assert final(sweeps) == pytest.approx(final({}), rel=1e-9, abs=1e-9)
 
 
 LADDER = engine('[[rules]]\nname = "up"\nevent = "up"\npoints = 3\n[[rules]]\nname = "down"\nevent = "down"\npoints = -2\n')
