@@ -95,11 +95,11 @@ class _Function:
                 "level, event.lead_id, out)",
                 "    outcome = CHANGED",
             )
-            if positive:  # an activity that arrived late, within the idle period before the last activity
+            if moving:  # an event before the last activity, arrived late
                 self.emit(
                     1,
-                    f"elif state.earlier_steps and time_ms > state.earlier_activity_ms and ({' or '.join(positive)}):",
-                    "    level = rt._give_back(state, time_ms, level, event.lead_id, out, True)",
+                    f"elif ({' or '.join(moving)}) and (state.steps_taken or state.earlier_steps):",
+                    f"    taken = rt._before_last(state, time_ms, {' or '.join(positive) or 'False'})",
                     "    outcome = CHANGED",
                 )
         elif self.half_life:

@@ -285,12 +285,27 @@ class ModelRuntime:
         for due_ms, points in steps.take(state, until_ms, self.floor):
             state.record(due_ms, points, "decay", self.history)
 
-    def _give_back(self, state: LeadState, time_ms: int, level: int, lead_id: str, out: list[Transition], earlier: bool = False) -> int:
-        """Gives back for good the steps due after an activity at `time_ms` that arrived late
-        (`earlier`: of the idle period before the last activity), as the lead was not idle that
-        long; returns the level."""
+    def _before_last(self, state: LeadState, time_ms: int, activity: bool) -> int:
+        """An event with points timed before the last activity (it arrived late): the steps taken
+        since the last activity are due after it, so they are given back before its points, to
+        be taken again after them (`_retake`); an activity also gives back for good the steps of
+        the idle period before the last activity that it shows were not due. Returns the steps
+        taken since the last activity. The event settles the level."""
+        steps = self.steps
+        assert steps is not None
+        taken = len(state.steps_taken)
+        given = steps.give_back(state, time_ms) if taken else 0
+        if activity and state.earlier_steps and time_ms > state.earlier_activity_ms:
+            given += steps.give_back(state, time_ms, earlier=True)
+        if given:
+            state.record(time_ms, given, GIVEN_BACK, self.history)
+        return taken
+
+    def _give_back(self, state: LeadState, time_ms: int, level: int, lead_id: str, out: list[Transition]) -> int:
+        """Gives back for good the steps due after an activity at `time_ms` that arrived late, as
+        the lead was not idle that long; returns the level."""
         assert self.steps is not None
-        given = self.steps.give_back(state, time_ms, earlier)
+        given = self.steps.give_back(state, time_ms)
         if given:
             state.record(time_ms, given, GIVEN_BACK, self.history)
             level = self._settle(state, level, lead_id, time_ms, out)

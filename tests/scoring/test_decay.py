@@ -75,6 +75,16 @@ def test_a_negative_event_that_arrives_after_a_step_it_precedes_comes_before_the
     assert run.score() == in_time.score() == 40 - 30 + 40  # not 40 - 15 - 25 (clipped) + 15 + 40
 
 
+def test_an_event_before_the_last_activity_comes_before_the_steps_taken_since() -> None:
+    run = Run(engine(STEPS)).apply(ev("visit"), ev("visit", at=HOUR))
+    swept, _ = run.engine.decay("m", "L1", run.state(), T0 + 95 * DAY)  # a worker's sweep: -15, -30, then -35 at the floor
+    run.store[("m", "L1")] = swept.to_bytes()
+    run.apply(ev("small", at=HOUR // 2))  # timed before the last activity: before all three steps
+    in_time = Run(engine(STEPS)).apply(ev("visit"), ev("small", at=HOUR // 2), ev("visit", at=HOUR))
+    assert decayed(run, 96) == decayed(in_time, 96) == 0  # not the late point left over after the steps
+    assert run.state().steps_taken == (-15, -30, -36)
+
+
 def test_late_activity_before_the_last_one_gives_back_the_steps_of_its_idle_period() -> None:
     # Day 0, then day 30 minus an hour (arriving last), then day 30.5: the lead was never idle
     # 30 days. The step taken at day 30 stayed taken: the day-30.5 activity had closed its period.

@@ -202,32 +202,37 @@ def test_step_decay_does_not_depend_on_arrival_order_within_the_lateness(steps: 
 
 FLOORED = engine(
     '[[rules]]\nname = "visit"\nevent = "visit"\npoints = 10\n[[rules]]\nname = "bad"\nevent = "bad"\npoints = -4\n'
-    '[decay]\nsteps = [{ idle = "10d", points = -5 }, { idle = "20d", points = -6 }]\n',
+    '[decay]\nsteps = [{ idle = "10d", points = -5 }, { idle = "20d", points = -6 }, { idle = "30d", points = -7 }]\n',
+    lateness="9d",
 )
 
 
 @settings(FAST, max_examples=150)
-@given(st.lists(st.tuples(st.sampled_from(["visit", "bad", "bad"]), st.sampled_from([0, 6, 24, 5 * 24, 9 * 24, 15 * 24])),
+@given(st.lists(st.tuples(st.sampled_from(["visit", "bad", "bad"]), st.sampled_from([-8 * 24, -24, -6, 0, 6, 24, 10 * 24, 21 * 24])),
                 min_size=1, max_size=12),
-       st.dictionaries(st.integers(0, 11), st.sampled_from([0, 6, 10 * 24, 12 * 24, 21 * 24])))
-def test_steps_a_sweep_takes_early_end_as_if_taken_in_time_order_at_the_floor(gaps: list[tuple[str, int]], sweeps: dict[int, int]) -> None:
-    """Events in time order, with decay sweeps between them at any time after the newest (as a
-    worker's clock is), end as with none: a step takes less at the floor (0), so one a sweep took
-    before an event timed ahead of it arrived, negative or not, is given back and taken after it
-    (at once, after a negative event: it never makes a crossing up)."""
-    hours = list(itertools.accumulate(gap for _, gap in gaps))
+       st.dictionaries(st.integers(0, 11), st.sampled_from([0, 6, 10 * 24, 21 * 24, 40 * 24])))
+def test_steps_a_sweep_takes_early_change_nothing_at_the_floor(steps: list[tuple[str, int]], sweeps: dict[int, int]) -> None:
+    """Events arriving in any order within the lateness, with decay sweeps between them at any
+    time after the newest (as a worker's clock is), end as with none: a step takes less at the
+    floor (0), so a step a sweep took before an event timed ahead of it arrived, negative or not,
+    is given back before the event's points and taken again after them (at once: a negative
+    event never crosses up)."""
+    events, newest = [], 0  # in arrival order, each at most the lateness before the newest so far
+    for kind, offset in steps:
+        events.append((kind, max(0, newest + offset)))
+        newest = max(newest, events[-1][1])
 
     def final(sweep_after: dict[int, int]) -> LeadState:
-        run = Run(FLOORED)
-        for i, ((kind, _), hour) in enumerate(zip(gaps, hours)):
+        run, newest = Run(FLOORED), 0
+        for i, (kind, hour) in enumerate(events):
             crossed = len(run.transitions)
             run.apply(ev(kind, at=hour * HOUR, event_id=f"e{i}"))
-            # A step given back before a negative event is taken again after it, in the same event.
             assert kind == "visit" or all(t.direction == "down" for t in run.transitions[crossed:])
+            newest = max(newest, hour)
             if i in sweep_after:
-                state, _ = FLOORED.decay("m", "L1", run.state(), T0 + (hour + sweep_after[i]) * HOUR)
+                state, _ = FLOORED.decay("m", "L1", run.state(), T0 + (newest + sweep_after[i]) * HOUR)
                 run.store[("m", "L1")] = state.to_bytes()
-        state, _ = FLOORED.decay("m", "L1", run.state(), T0 + (hours[-1] + 24 * 100) * HOUR)
+        state, _ = FLOORED.decay("m", "L1", run.state(), T0 + (newest + 24 * 100) * HOUR)
         return state
 
     unswept, swept = final({}), final(sweeps)
