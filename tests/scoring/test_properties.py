@@ -237,6 +237,7 @@ def test_steps_a_sweep_takes_early_change_nothing_at_the_floor(steps: list[tuple
 
     unswept, swept = final({}), final(sweeps)
     assert (swept.behaviour, swept.level) == (unswept.behaviour, unswept.level)
+    assert_explanation_adds_up(FLOORED, "L1", swept, swept.watermark_ms + 100 * DAY)  # the steps given back and taken again too
 
 
 BOUNDED_HALF_LIFE = engine(
