@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import io
-import itertools
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -164,6 +163,35 @@ def test_decay_is_idempotent_and_exact_whenever_evaluated(events: list[dict[str,
         assert [t.to_dict() for t in direct_crossings] == [t.to_dict() for t in crossings]
 
 
+def arriving(steps: list[tuple[str, int]]) -> list[tuple[str, int]]:
+    """(kind, hour) events in arrival order, each `offset` hours after the newest so far: with
+    offsets down to minus the lateness, late ones arrive within it."""
+    events, newest = [], 0
+    for kind, offset in steps:
+        events.append((kind, max(0, newest + offset)))
+        newest = max(newest, events[-1][1])
+    return events
+
+
+def replayed(model: Engine, events: list[tuple[str, int]], sweeps: dict[int, int], order: list[int] | None = None,
+             end_hours: int = 100 * 24) -> LeadState:
+    """Lead L1's state after `events` (in `order`, by default as listed), decay swept
+    `sweeps[i]` hours after the newest so far after event i, as a worker's clock would, and
+    brought to `end_hours` after the newest. An event other than a visit crosses no line up."""
+    run, newest = Run(model), 0
+    for i in range(len(events)) if order is None else order:
+        kind, hour = events[i]
+        crossed = len(run.transitions)
+        run.apply(ev(kind, at=hour * HOUR, event_id=f"e{i}"))
+        assert kind == "visit" or all(t.direction == "down" for t in run.transitions[crossed:])
+        newest = max(newest, hour)
+        if i in sweeps:
+            state, _ = model.decay("m", "L1", run.state(), T0 + (newest + sweeps[i]) * HOUR)
+            run.store[("m", "L1")] = state.to_bytes()
+    state, _ = model.decay("m", "L1", run.state(), T0 + (newest + end_hours) * HOUR)
+    return state
+
+
 ORDERED = engine(
     '[[rules]]\nname = "visit"\nevent = "visit"\npoints = 10\n[[rules]]\nname = "bad"\nevent = "bad"\npoints = -4\n'
     '[decay]\nsteps = [{ idle = "10d", points = -5 }, { idle = "20d", points = -6 }, { idle = "30d", points = -7 }]\n',
@@ -178,25 +206,9 @@ def test_step_decay_does_not_depend_on_arrival_order_within_the_lateness(steps: 
     """Events arriving in any order within the lateness (shorter than the first idle step), with
     decay sweeps between them, end as in time order: a late activity gives back the steps it
     shows were not due, also in the idle period before the lead's last activity."""
-    events, newest = [], 0  # in arrival order, each at most the lateness before the newest so far
-    for kind, offset in steps:
-        events.append((kind, max(0, newest + offset)))
-        newest = max(newest, events[-1][1])
-
-    def final(arrival: list[int], sweep_after: dict[int, int]) -> LeadState:
-        run, newest = Run(ORDERED), 0
-        for i in arrival:
-            kind, hour = events[i]
-            run.apply(ev(kind, at=hour * HOUR, event_id=f"e{i}"))
-            newest = max(newest, hour)
-            if i in sweep_after:
-                state, _ = ORDERED.decay("m", "L1", run.state(), T0 + (newest + sweep_after[i]) * HOUR)
-                run.store[("m", "L1")] = state.to_bytes()
-        state, _ = ORDERED.decay("m", "L1", run.state(), T0 + (newest + 24 * 100) * HOUR)
-        return state
-
-    in_time = final(sorted(range(len(events)), key=lambda i: (events[i][1], i)), {})
-    arrived = final(list(range(len(events))), sweeps)
+    events = arriving(steps)
+    in_time = replayed(ORDERED, events, {}, sorted(range(len(events)), key=lambda i: (events[i][1], i)))
+    arrived = replayed(ORDERED, events, sweeps)
     assert abs(in_time.behaviour - arrived.behaviour) < 1e-9 and in_time.level == arrived.level
 
 
@@ -217,25 +229,8 @@ def test_steps_a_sweep_takes_early_change_nothing_at_the_floor(steps: list[tuple
     floor (0), so a step a sweep took before an event timed ahead of it arrived, negative or not,
     is given back before the event's points and taken again after them (at once: a negative
     event never crosses up)."""
-    events, newest = [], 0  # in arrival order, each at most the lateness before the newest so far
-    for kind, offset in steps:
-        events.append((kind, max(0, newest + offset)))
-        newest = max(newest, events[-1][1])
-
-    def final(sweep_after: dict[int, int]) -> LeadState:
-        run, newest = Run(FLOORED), 0
-        for i, (kind, hour) in enumerate(events):
-            crossed = len(run.transitions)
-            run.apply(ev(kind, at=hour * HOUR, event_id=f"e{i}"))
-            assert kind == "visit" or all(t.direction == "down" for t in run.transitions[crossed:])
-            newest = max(newest, hour)
-            if i in sweep_after:
-                state, _ = FLOORED.decay("m", "L1", run.state(), T0 + (newest + sweep_after[i]) * HOUR)
-                run.store[("m", "L1")] = state.to_bytes()
-        state, _ = FLOORED.decay("m", "L1", run.state(), T0 + (newest + 24 * 100) * HOUR)
-        return state
-
-    unswept, swept = final({}), final(sweeps)
+    events = arriving(steps)
+    unswept, swept = replayed(FLOORED, events, {}), replayed(FLOORED, events, sweeps)
     assert (swept.behaviour, swept.level) == (unswept.behaviour, unswept.level)
     assert_explanation_adds_up(FLOORED, "L1", swept, swept.watermark_ms + 100 * DAY)  # the steps given back and taken again too
 
@@ -253,19 +248,9 @@ def test_half_life_sweeps_before_later_events_clip_them_as_in_time_order(gaps: l
     """Events in time order, with decay sweeps between them at any time after the newest, end as
     with none, at the ceiling and the floor too: an event behind the time its lead is valued at
     is clipped by bounds decayed as much as its points."""
-    hours = list(itertools.accumulate(gap for _, gap in gaps))
-
-    def final(sweep_after: dict[int, int]) -> float:
-        run = Run(BOUNDED_HALF_LIFE)
-        for i, ((kind, _), hour) in enumerate(zip(gaps, hours)):
-            run.apply(ev(kind, at=hour * HOUR, event_id=f"e{i}"))
-            if i in sweep_after:
-                state, _ = BOUNDED_HALF_LIFE.decay("m", "L1", run.state(), T0 + (hour + sweep_after[i]) * HOUR)
-                run.store[("m", "L1")] = state.to_bytes()
-        state, _ = BOUNDED_HALF_LIFE.decay("m", "L1", run.state(), T0 + (hours[-1] + 48) * HOUR)
-        return state.behaviour
-
-    assert final(sweeps) == pytest.approx(final({}), rel=1e-9, abs=1e-9)
+    events = arriving(gaps)
+    swept, unswept = replayed(BOUNDED_HALF_LIFE, events, sweeps, end_hours=48), replayed(BOUNDED_HALF_LIFE, events, {}, end_hours=48)
+    assert swept.behaviour == pytest.approx(unswept.behaviour, rel=1e-9, abs=1e-9)
 
 
 LADDER = engine('[[rules]]\nname = "up"\nevent = "up"\npoints = 3\n[[rules]]\nname = "down"\nevent = "down"\npoints = -2\n')
