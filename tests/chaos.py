@@ -260,7 +260,8 @@ class Run:
             # last leaves its partitions unswept until the group notices it is gone.
             self.wait_caught_up(args.settle_timeout_s, not_before=decayed_by, quiet_s=30.0 if args.decay_in_s else 0.0)
             every_lead = args.decay_in_s or args.profiles  # whose crossings differ from the offline scorer's (module doc)
-            scores_only = {r["lead_id"] for r in offline if r["record"] == "lead"} if every_lead else stitched | forgotten
+            # Forgotten leads too, of which the offline scorer lists none without later events.
+            scores_only = stitched | forgotten | ({r["lead_id"] for r in offline if r["record"] == "lead"} if every_lead else set())
             return {"seed": args.seed, "app_id": self.settings.app_id, "events": len(events), "actions": self.actions,
                     "stopped_themselves": self.stopped_themselves, "holes_logged": self.holes(),
                     "visitors": args.visitors, "forgotten": len(forgotten), "decay_in_s": args.decay_in_s, "profiles": args.profiles,
