@@ -62,6 +62,13 @@ def merge(
         # a sweep on time would have crossed it (ModelRuntime._half_life_to).
         level = runtime._half_life_to(state, state.as_of_ms, state.behaviour, time_ms, level, lead_id, out)
         runtime.half_life.bring_to(source, time_ms)
+    elif runtime.steps is not None:
+        # Both as a sweep at the link's time leaves them: the steps due by then taken, and those
+        # a sweep took early, due after it, given back (the merged lead's are taken when due),
+        # so that the sum does not depend on when sweeps ran; the visitor's crossings are not
+        # published.
+        level = runtime._step_decay(state, time_ms, False, True, level, lead_id, out)
+        runtime._step_decay(source, time_ms, False, True, runtime.ladder.level_of(source.level), source_lead_id, [])
     before = state.behaviour
     # The visitor's points as the merged ledgers hold them (each rule within its max_points),
     # and its decay; the model's ceiling and floor then clip what the merge adds, taken off the

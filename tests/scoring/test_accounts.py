@@ -279,7 +279,7 @@ def test_a_lead_state_counts_its_changes_and_its_account_updates_carry_the_count
     assert eng.leaving("m", "L1", state, 0).revision == 5  # type: ignore[union-attr]
     other = Run(eng).apply(*[ev("p", at=n, lead="L2") for n in range(7)]).state("L2")
     merged, _ = identity.merge(eng, "m", "L2", other, state, "L1", T0 + 63 * day)
-    assert merged.revision == 8  # after the lead's 7 and the visitor's 4
+    assert merged.revision == 10  # after the lead's 7 and its 2 steps due by the link's time, and the visitor's 4
 
 
 def test_a_state_returned_by_a_merge_loop_is_taken_back_where_its_leaving_took_it_out() -> None:

@@ -130,6 +130,27 @@ def test_a_line_half_life_decay_passed_before_a_merge_is_crossed_at_its_time() -
     assert merged.level == "mql"
 
 
+def test_a_merge_takes_the_steps_due_by_the_links_time_whenever_sweeps_ran() -> None:
+    """A sweep that took both profiles' 30-day steps before an identify timed at hour 3 arrived
+    (a worker's clock is ahead of late events) leaves the merge as without it: the steps were not
+    due at the link, and the merged lead takes one step, from its latest activity, when due."""
+    b2b = ENGINE
+
+    def merged_at_day_40(swept: bool) -> LeadState:
+        run = Run(b2b).apply(*[ev("webinar_attended", at=n * HOUR, lead=lead, event_id=f"{lead}{n}", product="b2b")
+                               for lead, n in (("anon:v", 0), ("anon:v", 1), ("L", 0), ("L", 2))])
+        source, target = run.get("b2b", "anon:v"), run.get("b2b", "L")
+        assert source is not None and target is not None
+        if swept:
+            source, _ = b2b.decay("b2b", "anon:v", source, T0 + 31 * DAY)
+            target, _ = b2b.decay("b2b", "L", target, T0 + 31 * DAY)
+        state, _ = merge(b2b, "b2b", "L", target, source, "anon:v", T0 + 3 * HOUR)
+        return b2b.decay("b2b", "L", state, T0 + 40 * DAY)[0]
+
+    swept, unswept = merged_at_day_40(True), merged_at_day_40(False)
+    assert (swept.behaviour, swept.steps_taken) == (unswept.behaviour, unswept.steps_taken) == (40 - 15, (-15,))
+
+
 def test_a_merge_keeps_the_visitors_cap_windows_the_lead_has_not_when_it_has_others() -> None:
     """Window counters were merged per rule: a lead with a counter of its own for the rule took
     none of the visitor's, so an open arriving late on a day the visitor had used the cap
