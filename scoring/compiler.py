@@ -98,7 +98,7 @@ class _Function:
             if moving:  # an event before the last activity, arrived late
                 self.emit(
                     1,
-                    f"elif ({' or '.join(moving)}) and (state.steps_taken or state.earlier_steps):",
+                    f"elif (state.steps_taken or state.earlier_steps) and ({' or '.join(moving)}):",
                     f"    taken = rt._before_last(state, time_ms, {' or '.join(positive) or 'False'})",
                     "    outcome = CHANGED",
                 )
@@ -210,7 +210,7 @@ class _Function:
             # goes on) are taken again after them, in this event: no crossing up and down again.
             self.emit(
                 1,
-                "if taken > len(state.steps_taken) and state.last_activity_ms == last_activity_ms:",
+                "if taken and taken > len(state.steps_taken) and state.last_activity_ms == last_activity_ms:",
                 "    rt._retake(state, taken)",
             )
 

@@ -67,8 +67,9 @@ def merge(
         # a sweep took early, due after it, given back (the merged lead's are taken when due),
         # so that the sum does not depend on when sweeps ran; the visitor's crossings are not
         # published.
-        level = runtime._step_decay(state, time_ms, False, True, level, lead_id, out)
-        runtime._step_decay(source, time_ms, False, True, runtime.ladder.level_of(source.level), source_lead_id, [])
+        level = runtime._step_decay(state, time_ms, activity=False, moves=True, level=level, lead_id=lead_id, out=out)
+        runtime._step_decay(source, time_ms, activity=False, moves=True, level=runtime.ladder.level_of(source.level),
+                            lead_id=source_lead_id, out=[])
     before = state.behaviour
     # The visitor's points as the merged ledgers hold them (each rule within its max_points),
     # and its decay; the model's ceiling and floor then clip what the merge adds, taken off the
