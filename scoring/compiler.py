@@ -211,7 +211,7 @@ class _Function:
             self.emit(
                 1,
                 "if taken and taken > len(state.steps_taken) and state.last_activity_ms == last_activity_ms:",
-                "    rt._retake(state, taken)",
+                f"    rt._retake(state, {self.const(self.runtime.steps)}.taken_due_ms(last_activity_ms, taken))",
             )
 
     def _repeats(self, depth: int, matched: list[str]) -> None:

@@ -47,6 +47,12 @@ class StepDecay:
             return None
         return state.last_activity_ms + self.steps[taken].idle_ms
 
+    def taken_due_ms(self, since_ms: int, taken: int) -> int:
+        """When the last of `taken` steps of an idle period from `since_ms` fell due. A lead may
+        have taken more steps than an edited schedule has: those count as due when the
+        schedule's last step is, the latest time it knows."""
+        return since_ms + self.steps[min(taken, len(self.steps)) - 1].idle_ms
+
     def take(self, state: LeadState, until_ms: int, floor: float) -> Iterator[tuple[int, float]]:
         """Takes each step due by `until_ms`; yields (due time, points taken) after each."""
         while True:
@@ -64,13 +70,10 @@ class StepDecay:
     def give_back(self, state: LeadState, activity_ms: int, earlier: bool = False) -> float:
         """Gives back the steps taken since the last activity (`earlier`: in the idle period
         before it) that were due after `activity_ms`, an activity that arrived late; returns
-        their points.
-
-        A lead may have taken more steps than an edited schedule has: those count as due when
-        the schedule's last step is, the latest time it knows."""
+        their points."""
         since, taken = (state.earlier_activity_ms, state.earlier_steps) if earlier else (state.last_activity_ms, state.steps_taken)
-        last, kept = len(self.steps) - 1, len(taken)
-        while kept and since + self.steps[min(kept - 1, last)].idle_ms > activity_ms:
+        kept = len(taken)
+        while kept and self.taken_due_ms(since, kept) > activity_ms:
             kept -= 1
         if kept == len(taken):
             return 0
@@ -85,8 +88,7 @@ class StepDecay:
     def earlier_settled(self, state: LeadState, cutoff_ms: int) -> bool:
         """Whether no activity from `cutoff_ms` on can give back a step of the earlier idle
         period: each was due by then."""
-        taken = len(state.earlier_steps)
-        return state.earlier_activity_ms + self.steps[min(taken, len(self.steps)) - 1].idle_ms <= cutoff_ms
+        return self.taken_due_ms(state.earlier_activity_ms, len(state.earlier_steps)) <= cutoff_ms
 
 
 @dataclass(frozen=True, slots=True)

@@ -276,12 +276,12 @@ class ModelRuntime:
                 level = self._settle(state, level, lead_id, due_ms, out)
         return level
 
-    def _retake(self, state: LeadState, taken: int) -> None:
-        """Takes again, at the floor as it is now, the steps an event gave back before its points
-        whose idle period goes on, until `taken` steps are taken. The event settles the level."""
+    def _retake(self, state: LeadState, until_ms: int) -> None:
+        """Takes again, at the floor as it is now, the steps due by `until_ms` (a sweep took them
+        then) that an event or a merge gave back before its points. The caller settles the level,
+        once: no crossing up and down again."""
         steps = self.steps
         assert steps is not None
-        until_ms = state.last_activity_ms + steps.steps[min(taken, len(steps.steps)) - 1].idle_ms
         for due_ms, points in steps.take(state, until_ms, self.floor):
             state.record(due_ms, points, "decay", self.history)
 

@@ -7,7 +7,8 @@ import math
 
 import pytest
 
-from tests.scoring.support import DAY, HOUR, T0, Run, engine, ev
+from scoring import Engine
+from tests.scoring.support import DAY, HOUR, T0, Run, engine, ev, shipped
 
 STEPS = (
     '[[rules]]\nname = "visit"\nevent = "visit"\npoints = 40\n'
@@ -220,3 +221,20 @@ def test_half_life_lines_passed_before_an_event_are_settled_with_the_fit_before_
     assert run.levels()[2:] == [("sql", "mql"), ("mql", "sql")]
     crossed, regained = (t.time_ms for t in run.transitions[2:])
     assert (crossed, regained) == (pytest.approx(T0 + 10 * DAY * math.log2(80 / 60), abs=2), T0 + 5 * DAY)
+
+
+def test_a_step_given_back_restores_the_points_and_the_level_follows_arrival_order() -> None:
+    """Crossings are published as they happen: an MQL at 15 (the b2b band is 15-19) that a
+    sweep's step took to nurture has the step back when an e-mail open timed before it arrives,
+    and stays nurture at 16, where in time order it was never demoted (scoring/MODELS.md)."""
+    b2b = Engine([shipped("b2b")])
+    booked = [ev("meeting_booked", product="b2b"), ev("page_view", at=HOUR, product="b2b", properties={"url": "https://acme.io/careers"})]
+    opened = ev("email_open", at=29 * DAY, product="b2b", properties={"email_id": "m1"})
+    run = Run(b2b).apply(*booked)
+    swept, down = b2b.decay("b2b", "L1", run.state(model_name="b2b"), T0 + 31 * DAY)
+    run.store[("b2b", "L1")] = swept.to_bytes()
+    run.apply(opened)
+    in_time = Run(b2b).apply(*booked, opened)
+    assert [(t.to_level, t.score) for t in run.transitions + down] == [("mql", 25), ("nurture", 0)]
+    assert (run.score(model_name="b2b"), run.state(model_name="b2b").level) == (25 - 10 + 1, "nurture")
+    assert (in_time.score(model_name="b2b"), in_time.state(model_name="b2b").level) == (25 - 10 + 1, "mql")
