@@ -7,12 +7,12 @@ The source's remembered event ids join the target's, so an event already scored 
 anonymous profile and delivered again under the known lead never scores twice; as for one
 profile, within the bound of two generations of ids, which keep the newest of both.
 
-What is combined: behaviour points (at the merge time for half-life models) and per-rule
-ledgers, each rule within its max_points and the sum within the model's floor and ceiling (what
-these clip is taken off the visitor's rules and counted as capped, so explanations still add
-up), `once_per` logs (within their bound), event ids, traits (the known lead's win, even one it forgot, the
-visitor's fill gaps; fit is recomputed from them), the account, the latest activity and
-watermark. Window counters (caps and bonuses) the target
+What is combined: behaviour points (for half-life models valued at the link's time, or at the
+later time either profile was valued at) and per-rule ledgers, each rule within its max_points
+and the sum within the model's floor and ceiling (what these clip is taken off the visitor's
+rules and counted as capped, so explanations still add up), `once_per` logs (within their
+bound), event ids, traits (the known lead's win, even one it forgot, the visitor's fill gaps;
+fit is recomputed from them), the account, the latest activity and watermark. Window counters (caps and bonuses) the target
 already has are kept and the visitor's others are added; for a window both have, the target's
 counts stand (a cap may then allow one more occurrence than a single profile would have: the
 visitor's history is never double-counted, at worst under-limited once).
@@ -50,6 +50,7 @@ def merge(
         if state.knows_event(marker):
             return state, out
     level = runtime.ladder.level_of(state.level)
+    weight = 1.0  # what decay has left since the link of the points valued then
     # Both as the model keeps them now (a copy of the source: the caller's stays as it is), so
     # that a renamed rule's entries under its earlier name join its own, within its limits.
     source = source.copy()
@@ -59,10 +60,16 @@ def merge(
     state.remember_event(marker, time_ms, runtime.remember)
 
     if runtime.half_life is not None:
-        # A line decay took the lead through before the merge is crossed at the time it did, as
-        # a sweep on time would have crossed it (ModelRuntime._half_life_to).
-        level = runtime._half_life_to(state, state.as_of_ms, state.behaviour, time_ms, level, lead_id, out)
-        runtime.half_life.bring_to(source, time_ms)
+        # Both valued at one time, so that their points add up: the link's, or the later time a
+        # sweep or an event valued either at (a worker's clock is ahead of a late identify). A
+        # line decay took the lead through before then is crossed at the time it did, as a sweep
+        # on time would have crossed it (ModelRuntime._half_life_to).
+        valued_ms = max(time_ms, state.as_of_ms, source.as_of_ms)
+        level = runtime._half_life_to(state, state.as_of_ms, state.behaviour, valued_ms, level, lead_id, out)
+        runtime.half_life.bring_to(source, valued_ms)
+        # The bounds clipped the sum at the link or at the newest event of either, were they
+        # later: a sweep since only decayed it.
+        weight = runtime.half_life.factor(valued_ms - min(valued_ms, max(time_ms, state.watermark_ms, source.watermark_ms)))
     elif runtime.steps is not None:
         # Both as a sweep at the link's time leaves them: the steps due by then taken, and those
         # a sweep took early, due after it, given back (the merged lead's are taken again below),
@@ -75,10 +82,11 @@ def merge(
     before = state.behaviour
     # The visitor's points as the merged ledgers hold them (each rule within its max_points),
     # and its decay; the model's ceiling and floor then clip what the merge adds, taken off the
-    # visitor's rules so that an explanation's rows still add up to the behaviour.
+    # visitor's rules so that an explanation's rows still add up to the behaviour. Valued later
+    # than the link, the bounds are decayed as much: in time order they clipped at the link.
     added = _merge_ledgers(runtime.limits, state, source)
     wanted = before + sum(added.values()) + source.behaviour - sum(entry[0] for entry in source.ledger.values())
-    state.behaviour = _bounded(before, wanted, runtime.floor, runtime.ceiling)
+    state.behaviour = _bounded(before, wanted, runtime.floor * weight, runtime.ceiling * weight)
     _take_off(state, added, wanted - state.behaviour)
     state.record(time_ms, state.behaviour - before, f"merged from anonymous visitor {source_lead_id}", runtime.history)
 

@@ -130,6 +130,22 @@ def test_a_line_half_life_decay_passed_before_a_merge_is_crossed_at_its_time() -
     assert merged.level == "mql"
 
 
+def test_a_half_life_merge_values_both_profiles_at_one_time_and_clips_them_where_time_order_did() -> None:
+    """A visitor's points valued at its event (day 2) merged by an identify timed at day 1 into a
+    lead valued at day 1 are not decayed a day more than their age: the sum is valued at day 2.
+    Profiles a sweep valued at day 2 (a worker's clock is ahead of a late identify) are clipped
+    by the ceiling as at the link, then decayed, as in time order."""
+    engine_h = engine('[[rules]]\nname = "visit"\nevent = "visit"\npoints = 20\n[decay]\nhalf_life = "1d"\n', settings="max_points = 30\n")
+    run = Run(engine_h).apply(ev("visit", at=DAY, lead="L"), ev("visit", at=2 * DAY, lead="anon:v"))
+    merged, _ = merge(engine_h, "m", "L", run.state("L"), run.state("anon:v"), "anon:v", T0 + DAY)
+    assert (merged.as_of_ms, merged.behaviour) == (T0 + 2 * DAY, 20 / 2 + 20)
+
+    run = Run(engine_h).apply(ev("visit", at=DAY, lead="L"), ev("visit", at=DAY, lead="anon:v"))
+    lead, _ = engine_h.decay("m", "L", run.state("L"), T0 + 2 * DAY)
+    visitor, _ = engine_h.decay("m", "anon:v", run.state("anon:v"), T0 + 2 * DAY)
+    merged, _ = merge(engine_h, "m", "L", lead, visitor, "anon:v", T0 + DAY)
+    assert (merged.as_of_ms, merged.behaviour) == (T0 + 2 * DAY, 30 / 2)  # not 20 / 2 + 20 / 2
+
 def test_a_merge_takes_the_steps_due_by_the_links_time_whenever_sweeps_ran() -> None:
     """A sweep that took both profiles' 30-day steps before an identify timed at hour 3 arrived
     (a worker's clock is ahead of late events) leaves the merge as without it: the steps were not
