@@ -12,10 +12,11 @@ later time either profile was valued at) and per-rule ledgers, each rule within 
 and the sum within the model's floor and ceiling (what these clip is taken off the visitor's
 rules and counted as capped, so explanations still add up), `once_per` logs (within their
 bound), event ids, traits (the known lead's win, even one it forgot, the visitor's fill gaps;
-fit is recomputed from them), the account, the latest activity and watermark. Window counters (caps and bonuses) the target
-already has are kept and the visitor's others are added; for a window both have, the target's
-counts stand (a cap may then allow one more occurrence than a single profile would have: the
-visitor's history is never double-counted, at worst under-limited once).
+fit is recomputed from them), the account, the latest activity and watermark. Window counters
+(caps and bonuses) the target already has are kept and the visitor's others are added; for a
+window both have, the target's counts stand (a cap may then allow one more occurrence than a
+single profile would have: the visitor's history is never double-counted, at worst under-limited
+once).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def merge(
         if state.knows_event(marker):
             return state, out
     level = runtime.ladder.level_of(state.level)
-    weight = 1.0  # what decay has left since the link of the points valued then
+    weight = 1.0  # half-life: the share of the sum decay left since the bounds clipped it
     # Both as the model keeps them now (a copy of the source: the caller's stays as it is), so
     # that a renamed rule's entries under its earlier name join its own, within its limits.
     source = source.copy()
