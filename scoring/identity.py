@@ -84,9 +84,11 @@ def merge(
     # The visitor's points as the merged ledgers hold them (each rule within its max_points),
     # and its decay; the model's ceiling and floor then clip what the merge adds, taken off the
     # visitor's rules so that an explanation's rows still add up to the behaviour. Valued later
-    # than the link, the bounds are decayed as much: in time order they clipped at the link.
+    # than the link, what the limits clip is decayed as much: in time order they clipped at the
+    # link.
     added = _merge_ledgers(runtime.limits, state, source)
-    wanted = before + sum(added.values()) + source.behaviour - sum(entry[0] for entry in source.ledger.values())
+    held_back = sum(entry[0] for entry in source.ledger.values()) - sum(added.values())
+    wanted = before + source.behaviour - held_back * weight
     state.behaviour = _bounded(before, wanted, runtime.floor * weight, runtime.ceiling * weight)
     _take_off(state, added, wanted - state.behaviour)
     state.record(time_ms, state.behaviour - before, f"merged from anonymous visitor {source_lead_id}", runtime.history)

@@ -735,6 +735,39 @@ def test_a_merged_leads_explanation_adds_up_and_its_state_stays_within_bounds(
     assert compacted.windows == merged.windows
 
 
+@settings(FAST, max_examples=150)
+@given(small_models(), small_events(), st.dictionaries(st.integers(0, 24), st.sampled_from([0, HOUR, DAY, 3 * DAY, 6 * DAY])),
+       st.integers(0, 24), st.sampled_from([0, HOUR, -HOUR, -DAY]))
+def test_a_merge_of_any_model_ends_as_without_the_sweeps_before_it(
+    parts: dict[str, Any], events: list[dict[str, Any]], sweeps: dict[int, int], link: int, link_offset: int
+) -> None:
+    """L2 merged into L1 by an identify timed at one of the events (or near it) that arrives
+    after them all: sweeps of both profiles after any event, at any time past the newest so far
+    (a worker's clock), leave the merged lead's points as they are with none, whatever the
+    model's limits and decay."""
+    model = small_engine(parts)
+    link_ms = events[min(link, len(events) - 1)]["time"] + link_offset
+    end_ms = max(e["time"] for e in events) + max(sweeps.values(), default=0) + 1
+
+    def merged(swept: bool) -> tuple[float, float] | None:
+        run, newest = Run(model), 0
+        for i, event in enumerate(events):
+            run.apply(event)
+            newest = max(newest, event["time"])
+            for lead in ("L1", "L2") if swept and i in sweeps else ():
+                state = run.get("m", lead)
+                if state is not None:
+                    run.store[("m", lead)] = model.decay("m", lead, state, newest + sweeps[i])[0].to_bytes()
+        source = run.get("m", "L2")
+        if source is None:
+            return None
+        state, _ = merge(model, "m", "L1", run.get("m", "L1"), source, "L2", link_ms)
+        state, _ = model.decay("m", "L1", state, end_ms)
+        return state.behaviour, state.fit
+
+    swept, unswept = merged(True), merged(False)
+    assert swept == unswept or swept == pytest.approx(unswept, rel=1e-9, abs=1e-9)
+
 @FAST
 @given(st.lists(st.tuples(st.booleans(), st.integers(2, 5),
                           st.lists(st.tuples(st.integers(0, 6), st.integers(0, 3 * DAY)), min_size=1, max_size=6)),
