@@ -736,6 +736,38 @@ def test_a_merged_leads_explanation_adds_up_and_its_state_stays_within_bounds(
 
 
 @settings(FAST, max_examples=150)
+@given(small_models(), small_events(), st.lists(st.integers(1, 6), min_size=1, max_size=10),
+       st.lists(st.sampled_from([None, 0, HOUR, DAY, 3 * DAY]), min_size=1, max_size=10))
+def test_sweeps_between_batches_change_nothing_on_any_model(
+    parts: dict[str, Any], events: list[dict[str, Any]], sizes: list[int], sweeps: list[int | None]
+) -> None:
+    """Events in batches of any size, each followed or not by a decay sweep of both leads at any
+    time past the newest event so far (a worker's clock), end as the same events one at a time
+    with no sweep, whatever the model's limits and decay: points, fit and remembered ids."""
+    model = small_engine(parts)
+    end_ms = max(e["time"] for e in events) + 3 * DAY + 1
+
+    def scored(swept: bool) -> dict[str, tuple[float, float, int]]:
+        run, newest, start, n = Run(model), 0, 0, 0
+        while start < len(events):
+            size = sizes[n % len(sizes)] if swept else 1
+            run.apply(*events[start : start + size])
+            newest = max([newest] + [e["time"] for e in events[start : start + size]])
+            offset = sweeps[n % len(sweeps)]
+            for lead in ("L1", "L2") if swept and offset is not None else ():
+                state = run.get("m", lead)
+                if state is not None:
+                    run.store[("m", lead)] = model.decay("m", lead, state, newest + offset)[0].to_bytes()
+            start, n = start + size, n + 1
+        ended = {lead: model.decay("m", lead, state, end_ms)[0] for lead in ("L1", "L2") if (state := run.get("m", lead)) is not None}
+        return {lead: (state.behaviour, state.fit, len(state.ids)) for lead, state in ended.items()}
+
+    swept, unswept = scored(True), scored(False)
+    assert swept.keys() == unswept.keys()
+    for lead, (behaviour, fit, ids) in swept.items():
+        assert (behaviour, fit, ids) == (pytest.approx(unswept[lead][0], rel=1e-9, abs=1e-9), unswept[lead][1], unswept[lead][2])
+
+@settings(FAST, max_examples=150)
 @given(small_models(), small_events(), st.dictionaries(st.integers(0, 24), st.sampled_from([0, HOUR, DAY, 3 * DAY, 6 * DAY])),
        st.integers(0, 24), st.sampled_from([0, HOUR, -HOUR, -DAY]))
 def test_a_merge_of_any_model_ends_as_without_the_sweeps_before_it(
