@@ -50,7 +50,7 @@ def merge(
         if state.knows_event(marker):
             return state, out
     level = runtime.ladder.level_of(state.level)
-    clipped_ms, weight = time_ms, 1.0  # half-life: when the bounds clipped the sum, and what decay left of it since
+    weight = 1.0  # half-life: the share of the sum decay left since the bounds clipped it
     # Both as the model keeps them now (a copy of the source: the caller's stays as it is), so
     # that a renamed rule's entries under its earlier name join its own, within its limits.
     source = source.copy()
@@ -69,8 +69,7 @@ def merge(
         runtime.half_life.bring_to(source, valued_ms)
         # The bounds clipped the sum at the link or at the newest event of either, were they
         # later: a sweep since only decayed it.
-        clipped_ms = min(valued_ms, max(time_ms, state.watermark_ms, source.watermark_ms))
-        weight = runtime.half_life.factor(valued_ms - clipped_ms)
+        weight = runtime.half_life.factor(valued_ms - min(valued_ms, max(time_ms, state.watermark_ms, source.watermark_ms)))
     elif runtime.steps is not None:
         # Both as a sweep at the link's time leaves them: the steps due by then taken, and those
         # a sweep took early, due after it, given back (the merged lead's are taken when due, by
@@ -119,15 +118,6 @@ def merge(
     # The visitor's windows and ids beyond the lateness go now, as the lead's went at its events.
     runtime.compact(state)
 
-    if 0 < weight < 1:
-        # Valued later by a sweep: settled as the sum stood when clipped, then brought to the
-        # time it is valued at, each line decay passed on the way crossed at its time, as with no
-        # sweep before the merge (decay is a factor: the sum then is the sum now over it).
-        valued_ms, behaviour = state.as_of_ms, state.behaviour
-        state.as_of_ms, state.behaviour = clipped_ms, behaviour / weight
-        level = runtime._settle(state, level, lead_id, time_ms, out)
-        level = runtime._half_life_to(state, clipped_ms, behaviour / weight, valued_ms, level, lead_id, out)
-        state.as_of_ms, state.behaviour = valued_ms, behaviour
     runtime._settle(state, level, lead_id, time_ms, out)
     return state, out
 

@@ -147,24 +147,27 @@ def test_a_half_life_merge_values_both_profiles_at_one_time_and_clips_them_where
     merged, _ = merge(engine_h, "m", "L", lead, visitor, "anon:v", T0 + DAY)
     assert (merged.as_of_ms, merged.behaviour) == (T0 + 2 * DAY, 30 / 2)  # not 20 / 2 + 20 / 2
 
-def test_a_half_life_merges_crossings_are_the_same_whether_a_sweep_ran_before_the_identify_arrived() -> None:
-    """A lead (10 points) and a visitor (20) linked at their events' time by an identify that
-    arrives a day later: whether a sweep valued both at that day first or not, the merged lead
-    crosses up to MQL at the link (30 points) and back down when decay takes it below 20."""
-    model = engine('[[rules]]\nname = "visit"\nevent = "visit"\npoints = 10\n[decay]\nhalf_life = "1d"\n')
+def test_a_half_life_merge_after_a_sweep_does_not_cross_again_the_lines_the_sweep_crossed() -> None:
+    """A lead (25 points) that a sweep a day on took below MQL at 0.32 days, merged with a
+    visitor of no points by an identify timed at hour 1: the merge settles the sum as it is
+    valued now. Settled as it stood at the link, it crossed up to MQL at hour 1 and down again
+    at 0.32 days: a second copy of the sweep's crossing, and a deal, where with no sweep before
+    the identify there is one crossing down."""
+    model = engine('[[rules]]\nname = "visit"\nevent = "visit"\npoints = 25\n[[rules]]\nname = "other"\nevent = "other"\n'
+                   'points = 0\n[decay]\nhalf_life = "1d"\n')
 
     def crossed(swept: bool) -> list[tuple[str, int]]:
-        run = Run(model).apply(ev("visit", lead="L"), ev("visit", lead="anon:v"), ev("visit", lead="anon:v"))
-        lead, visitor = run.state("L"), run.state("anon:v")
+        run = Run(model).apply(ev("visit", lead="L"), ev("other", lead="anon:v"))
+        lead, visitor, swept_out = run.state("L"), run.state("anon:v"), []
         if swept:
-            lead, _ = model.decay("m", "L", lead, T0 + DAY)
+            lead, swept_out = model.decay("m", "L", lead, T0 + DAY)
             visitor, _ = model.decay("m", "anon:v", visitor, T0 + DAY)
-        state, at_merge = merge(model, "m", "L", lead, visitor, "anon:v", T0)
+        state, at_merge = merge(model, "m", "L", lead, visitor, "anon:v", T0 + HOUR)
         state, after = model.decay("m", "L", state, T0 + 2 * DAY)
-        return [(t.to_level, t.time_ms) for t in at_merge + after]
+        return [(t.to_level, t.time_ms) for t in swept_out + at_merge + after]
 
-    fell_ms = T0 + math.ceil(DAY * math.log2(30 / 20))
-    assert crossed(True) == crossed(False) == [("mql", T0), ("cold", fell_ms + 1)]
+    fell_ms = T0 + math.ceil(DAY * math.log2(25 / 20)) + 1
+    assert crossed(True) == crossed(False) == [("cold", fell_ms)]
 
 def test_a_merge_takes_the_steps_due_by_the_links_time_whenever_sweeps_ran() -> None:
     """A sweep that took both profiles' 30-day steps before an identify timed at hour 3 arrived
