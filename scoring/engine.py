@@ -278,8 +278,8 @@ class ModelRuntime:
 
     def _retake(self, state: LeadState, until_ms: int) -> None:
         """Takes again, at the floor as it is now, the steps due by `until_ms` (a sweep took them
-        then) that an event gave back before its points. The event settles the level, once: no
-        crossing up and down again."""
+        then) that an event or a merge gave back before its points. The caller settles the level,
+        once: no crossing up and down again."""
         steps = self.steps
         assert steps is not None
         for due_ms, points in steps.take(state, until_ms, self.floor):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from scoring.decay import StepDecay
 from scoring.repeat import join_seen, merge_counts
 from scoring.state import KEY_CHARS, NO_IDS, LeadState, kept_key
 from scoring.thresholds import Transition
@@ -51,6 +52,7 @@ def merge(
             return state, out
     level = runtime.ladder.level_of(state.level)
     weight = 1.0  # half-life: the share of the sum decay left since the bounds clipped it
+    swept_ms = 0  # steps: the time the sweeps that took either profile's steps had reached
     # Both as the model keeps them now (a copy of the source: the caller's stays as it is), so
     # that a renamed rule's entries under its earlier name join its own, within its limits.
     source = source.copy()
@@ -72,9 +74,10 @@ def merge(
         weight = runtime.half_life.factor(valued_ms - min(valued_ms, max(time_ms, state.watermark_ms, source.watermark_ms)))
     elif runtime.steps is not None:
         # Both as a sweep at the link's time leaves them: the steps due by then taken, and those
-        # a sweep took early, due after it, given back (the merged lead's are taken when due, by
-        # the next sweep), so that the sum and the crossings do not depend on when sweeps ran;
-        # the visitor's crossings are not published.
+        # a sweep took early, due after it, given back (the merged lead's are taken again below),
+        # so that the sum does not depend on when sweeps ran; the visitor's crossings are not
+        # published.
+        swept_ms = max(_swept_ms(runtime.steps, state), _swept_ms(runtime.steps, source))
         level = runtime._step_decay(state, time_ms, activity=False, moves=True, level=level, lead_id=lead_id, out=out)
         runtime._step_decay(source, time_ms, activity=False, moves=True, level=runtime.ladder.level_of(source.level),
                             lead_id=source_lead_id, out=[])
@@ -108,6 +111,12 @@ def merge(
         state.last_activity_ms = source.last_activity_ms
         state.steps_taken = source.steps_taken
         state.earlier_activity_ms, state.earlier_steps = source.earlier_activity_ms, source.earlier_steps
+    if runtime.steps is not None:
+        # A worker's clock had passed the steps its sweeps took: the merged lead's steps due by
+        # then are taken now, and the level settled once below, as a half-life merge settles the
+        # points valued now. Left to the next sweep, they made the merge cross up a line the
+        # sweep crossed down a moment later, or again one a sweep had crossed down already.
+        runtime._retake(state, swept_ms)
     # The link's time too: the merge is a change of the lead at its identify's time, and the
     # accounts order a lead's updates by its watermark, then revision. A lead without its own
     # events up to the link (one made anew after it was forgotten) sent its merged score at an
@@ -120,6 +129,11 @@ def merge(
 
     runtime._settle(state, level, lead_id, time_ms, out)
     return state, out
+
+
+def _swept_ms(steps: StepDecay, state: LeadState) -> int:
+    """The time a sweep that took a profile's steps had reached at least (0: it took none)."""
+    return steps.taken_due_ms(state.last_activity_ms, len(state.steps_taken)) if state.steps_taken else 0
 
 
 def _join_ids(state: LeadState, source: LeadState, per_generation: int) -> None:

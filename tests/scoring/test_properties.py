@@ -6,8 +6,7 @@
 - exactly one transition per crossing, and hysteresis prevents flapping;
 - on random small models: explanations add up to the score (also after a merge), `leadstream
   score` gives what engine batches give, copies and bytes keep every field and score alike,
-  a model edit followed by a replay never raises, and decay sweeps between batches or before
-  a merge change no points.
+  and a model edit followed by a replay never raises.
 """
 
 from __future__ import annotations
@@ -252,6 +251,40 @@ def test_half_life_sweeps_before_later_events_clip_them_as_in_time_order(gaps: l
     events = arriving(gaps)
     swept, unswept = replayed(BOUNDED_HALF_LIFE, events, sweeps, end_hours=48), replayed(BOUNDED_HALF_LIFE, events, {}, end_hours=48)
     assert swept.behaviour == pytest.approx(unswept.behaviour, rel=1e-9, abs=1e-9)
+
+
+@pytest.mark.parametrize("decay", ["steps", "half_life"])
+@settings(FAST, max_examples=150)
+@given(st.lists(st.tuples(st.sampled_from(["L", "V"]), st.sampled_from(["visit", "visit", "bad"]), st.integers(0, 30 * 24)),
+                min_size=1, max_size=10),
+       st.integers(0, 30 * 24), st.lists(st.integers(0, 60 * 24), min_size=1, max_size=3))
+def test_a_merge_after_sweeps_ends_as_without_them_and_crosses_no_line_a_sweep_takes_back(
+    decay: str, events: list[tuple[str, str, int]], link_hour: int, sweeps: list[int]
+) -> None:
+    """Visitor V merged into lead L by an identify timed at `link_hour` that arrives after
+    sweeps at the given hours past the newest event (a worker's clock is ahead of late events):
+    the merged lead decays to the same points as with no sweeps (under a half-life, both
+    profiles are valued at one time and the bounds clip as at the link), and the merge crosses
+    no line up that decay due by the last sweep's time takes back down."""
+    model = FLOORED if decay == "steps" else BOUNDED_HALF_LIFE
+    newest = max(hour for _, _, hour in events)
+    swept_until = T0 + (newest + max(sweeps)) * HOUR
+
+    def merged(swept: bool) -> tuple[LeadState, list[Any], list[Any]]:
+        run = Run(model).apply(*[ev(kind, at=hour * HOUR, lead=lead, event_id=f"e{i}")
+                                 for i, (lead, kind, hour) in enumerate(sorted(events, key=lambda e: e[2]))])
+        profiles = {lead: run.get("m", lead) or model.new_state("m") for lead in ("L", "V")}
+        for hour in sorted(sweeps) if swept else ():
+            for lead in profiles:
+                profiles[lead], _ = model.decay("m", lead, profiles[lead], T0 + (newest + hour) * HOUR)
+        state, at_merge = merge(model, "m", "L", profiles["L"], profiles["V"], "V", T0 + link_hour * HOUR)
+        state, after = model.decay("m", "L", state, swept_until)
+        return state, at_merge, after
+
+    swept, at_merge, after = merged(True)
+    assert swept.behaviour == pytest.approx(merged(False)[0].behaviour, rel=1e-9, abs=1e-9)
+    assert not (at_merge and at_merge[-1].direction == "up" and after and after[0].direction == "down")
+
 
 LADDER = engine('[[rules]]\nname = "up"\nevent = "up"\npoints = 3\n[[rules]]\nname = "down"\nevent = "down"\npoints = -2\n')
 
