@@ -64,10 +64,13 @@ def merge(
     if runtime.half_life is not None:
         # Both valued at one time, so that their points add up: the link's, or the later time a
         # sweep or an event valued either at (a worker's clock is ahead of a late identify). A
-        # line decay took the lead through before then is crossed at the time it did, as a sweep
-        # on time would have crossed it (ModelRuntime._half_life_to).
+        # line decay took the lead through before the link is crossed at the time it did, as a
+        # sweep on time would have crossed it (ModelRuntime._half_life_to); after it, the merged
+        # lead's level is settled once, below: the lead alone crossed down lines that the
+        # visitor's points may keep it above.
         valued_ms = max(time_ms, state.as_of_ms, source.as_of_ms)
-        level = runtime._half_life_to(state, state.as_of_ms, state.behaviour, valued_ms, level, lead_id, out)
+        level = runtime._half_life_to(state, state.as_of_ms, state.behaviour, time_ms, level, lead_id, out)
+        runtime.half_life.bring_to(state, valued_ms)
         runtime.half_life.bring_to(source, valued_ms)
         # The bounds clipped the sum at the link or at the newest event of either, were they
         # later: a sweep since only decayed it.

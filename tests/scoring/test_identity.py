@@ -169,6 +169,26 @@ def test_a_half_life_merge_after_a_sweep_does_not_cross_again_the_lines_the_swee
     fell_ms = T0 + math.ceil(DAY * math.log2(25 / 20)) + 1
     assert crossed(True) == crossed(False) == [("cold", fell_ms)]
 
+def test_a_half_life_merge_does_not_cross_the_lead_alone_down_after_the_link() -> None:
+    """A lead at 25 points merged at hour 1 with a visitor at 20 that a sweep valued a day on:
+    both are valued at that day for the sum, but the lead alone crossing below MQL at 0.32 days
+    is not published (the visitor's points keep the merged lead above the line until 1.17 days),
+    as with no sweep. It was, then crossed back up at once: a pair of crossings of no meaning."""
+    model = engine('[[rules]]\nname = "visit"\nevent = "visit"\npoints = 5\n[decay]\nhalf_life = "1d"\n')
+
+    def crossed(swept: bool) -> list[tuple[str, int]]:
+        run = Run(model).apply(*[ev("visit", lead="L", event_id=f"l{n}") for n in range(5)],
+                               *[ev("visit", lead="anon:v", event_id=f"v{n}") for n in range(4)])
+        visitor = run.state("anon:v")
+        if swept:
+            visitor, _ = model.decay("m", "anon:v", visitor, T0 + DAY)
+        state, at_merge = merge(model, "m", "L", run.state("L"), visitor, "anon:v", T0 + HOUR)
+        state, after = model.decay("m", "L", state, T0 + 3 * DAY)
+        return [(t.to_level, t.time_ms) for t in at_merge + after]
+
+    fell_ms = T0 + math.ceil(DAY * math.log2(45 / 20)) + 1
+    assert crossed(True) == crossed(False) == [("cold", fell_ms)]
+
 def test_a_merge_takes_the_steps_due_by_the_links_time_whenever_sweeps_ran() -> None:
     """A sweep that took both profiles' 30-day steps before an identify timed at hour 3 arrived
     (a worker's clock is ahead of late events) leaves the merge as without it: the steps were not
