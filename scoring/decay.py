@@ -8,7 +8,8 @@ Decay is a function of timestamps, never of when it is evaluated:
   to precede a step already taken (it arrived late) gives that step's points back, since the
   lead was not idle that long. Any other event with points that does (a negative one, or one
   timed before the last activity) gives it back too, and takes it again right after its points:
-  at the floor a step takes less, so it must come after every event before it. So evaluating at day 31, 45 and 95 or only at day 95 is the same.
+  at the floor a step takes less, so it must come after every event before it. So evaluating
+  at day 31, 45 and 95 or only at day 95 is the same.
   That holds across a later activity too: the idle period before the last activity keeps its
   steps (`LeadState.earlier_steps`) while an activity within the lateness may still fall in it.
 - Half-life: behaviour points are valued at `as_of_ms` and multiplied by 2^(-elapsed/half-life)

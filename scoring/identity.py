@@ -74,7 +74,8 @@ def merge(
         runtime.half_life.bring_to(source, valued_ms)
         # The bounds clipped the sum at the link or at the newest event of either, were they
         # later: a sweep since only decayed it.
-        weight = runtime.half_life.factor(valued_ms - min(valued_ms, max(time_ms, state.watermark_ms, source.watermark_ms)))
+        clipped_ms = min(valued_ms, max(time_ms, state.watermark_ms, source.watermark_ms))
+        weight = runtime.half_life.factor(valued_ms - clipped_ms)
     elif runtime.steps is not None:
         # Both as a sweep at the link's time leaves them: the steps due by then taken, and those
         # a sweep took early, due after it, given back (the merged lead's are taken again below),
