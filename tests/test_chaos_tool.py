@@ -1,12 +1,18 @@
 """The chaos tool's own expectations (tests/chaos.py): what the offline scorer is given when
-leads are forgotten halfway through the feed. A mistake there makes a chaos run report
-differences that are not there, or hide ones that are."""
+leads are forgotten halfway through the feed, and the models it edits. A mistake there makes a
+chaos run report differences that are not there, or hide ones that are."""
 
 from __future__ import annotations
 
 import random
+from dataclasses import replace
+from pathlib import Path
 
-from tests.chaos import as_forgotten, to_forget
+from scoring import Engine
+from scoring.decay import HalfLifeDecay
+from streams.settings import Settings
+from tests.chaos import HalfLifeRun, as_forgotten, edited_models, to_forget
+from tests.infra import write_jsonl
 
 
 def event(n: int, lead_id: str, **fields: object) -> dict[str, object]:
@@ -28,3 +34,26 @@ def test_the_leads_to_forget_had_events_before_the_request_and_a_tenth_are_visit
     assert len(forgotten) == 40 and sum(lead.startswith("vlead-") for lead in forgotten) == 4
     assert forgotten <= {e["lead_id"] for e in events}
     assert to_forget(events[:3], 40, random.Random(1)) == {"lead-0000000", "lead-0000001", "lead-0000002"}
+
+
+def test_the_edited_b2b_model_decays_with_the_half_life_asked_for_and_remembers_the_ids_asked_for(tmp_path: Path) -> None:
+    shipped = {model.name: model for model in Engine.from_directory(edited_models(tmp_path / "shipped", None, None)).models}
+    edited = {model.name: model for model in Engine.from_directory(edited_models(tmp_path / "edited", 3, "30d")).models}
+    assert shipped["b2b"].decay != HalfLifeDecay(30 * 86_400_000) and shipped["b2b"].remember_events != 3
+    for name, model in shipped.items():
+        if name == "b2b":
+            model = replace(model, decay=HalfLifeDecay(30 * 86_400_000), remember_events=3)
+        assert replace(model, file=edited[name].file, domains=edited[name].domains) == edited[name]  # (lists compare by identity)
+
+
+def test_a_half_life_lead_is_valued_at_the_time_a_worker_published_it_also_before_its_last_events(tmp_path: Path) -> None:
+    """A worker publishes a lead's score valued at the batch that last changed it: a login
+    after it (read, not scored) moves only the time the offline state is valued at."""
+    day, t0 = 86_400_000, 1_750_000_000_000
+    models = edited_models(tmp_path / "models", None, "1d")
+    form = {"event_id": "f", "lead_id": "l1", "type": "form_submit", "time": t0, "product": "b2b", "properties": {"form": "contact"}}
+    login = {"event_id": "g", "lead_id": "l1", "type": "login", "time": t0 + 2 * day, "product": "b2b"}
+    run = HalfLifeRun.of(Settings.from_env().namespaced("chaos-tool", models_dir=models), write_jsonl(tmp_path / "e.jsonl", [form, login]), [form, login])
+    assert run.event_times == {("l1", t0), ("l1", t0 + 2 * day)}
+    assert run.offline.leads[("b2b", "l1")].as_of_ms == t0 + 2 * day
+    assert [run.score_at("b2b/l1", t0 + n * day) for n in (0, 1, 2, 3)] == [15, 7.5, 3.75, 1.88]
