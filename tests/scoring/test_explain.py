@@ -100,3 +100,18 @@ def test_what_the_floor_adds_is_shown_so_the_parts_make_the_score() -> None:
         {"rule": "demo request", "points": 30},
         {"rule": "floor", "points": 20},
     ]
+
+
+def test_a_summary_says_the_time_its_half_life_points_are_valued_at() -> None:
+    # Asked at a time before the lead's points were valued (a merge or a sweep valued them at a
+    # worker's later clock, then an event of an earlier time came), the points stay as valued:
+    # decay is not undone, and the summary is at that later time.
+    run = Run(engine('[[rules]]\nname = "visit"\nevent = "visit"\npoints = 40\n[decay]\nhalf_life = "1d"\n'))
+    run.apply(ev("visit"), ev("visit", at=DAY))
+    state = run.state()
+    assert state.as_of_ms == T0 + DAY
+    early, late = (run.engine.summary("m", "L1", state, T0 + days * DAY) for days in (0, 2))
+    assert (early["time"], early["score"]) == (T0 + DAY, 60)
+    assert (late["time"], late["score"]) == (T0 + 2 * DAY, 30)
+    steps = Run(engine('[[rules]]\nname = "visit"\nevent = "visit"\npoints = 40\n')).apply(ev("visit"), ev("visit", at=DAY))
+    assert steps.engine.summary("m", "L1", steps.state(), T0)["time"] == T0  # no half-life: the time asked
