@@ -46,10 +46,13 @@ that the offline scorer, which decays once at the end, does not make.
 A worker publishes a lead's score valued at the time of the batch that last changed it (the
 record's `time`), so each is compared with the offline scorer's final state of the lead valued
 at that time (by `leadstream score`'s own code, in this process), to the cent. A lead's
-crossings are compared unless a crossing of its, published or offline, is timed at none of its
-events: decay's, which a worker's sweep makes on the real clock, in the middle of the feed, and
-a later event of the lead settles once (scoring/MODELS.md); those leads are counted (`swept`).
+crossings are compared unless a worker's sweep valued its points on the real clock, in the
+middle of the feed, where a later event of the lead settles once (scoring/MODELS.md): a crossing
+of its, published or offline, timed at none of its events (decay's), or a score published at a
+time after every event (a sweep's, `--ahead`); those leads are counted (`swept`).
 Accounts are not compared: their summaries say not at what time their members were valued.
+`--ahead A` sets the workers' clock A ahead, so that their sweeps take leads down the ladder while
+the feed goes on: those leads are swept, and their scores still compared.
 """
 
 from __future__ import annotations
@@ -71,6 +74,7 @@ from typing import Any
 import orjson
 
 from scoring import Engine
+from scoring.config import parse_duration_ms
 from scoring.decay import StepDecay
 from streams import services
 from streams.bench import workload
@@ -247,6 +251,10 @@ class Run:
         offline = [orjson.loads(line) for line in leadstream(self.settings, "score", "--events", str(path), *at, timeout=600).stdout.splitlines()]
         ensure_topics(self.settings)
         decayed_by = 0.0
+        if args.ahead:
+            for slot in self.slots:
+                slot.settings = replace(slot.settings, clock_offset_ms=args.ahead)
+            decayed_by = time.monotonic() + 2 * self.settings.decay_interval_s
         if args.decay_in_s:
             # The newest event's step falls due at the workers' clock's newest + first step, L seconds from now.
             offset_ms = newest_ms + first_step_ms - int(time.time() * 1000) - args.decay_in_s * 1000
@@ -270,13 +278,14 @@ class Run:
                 process.stop()
             # Quiet for a consumer session timeout (10 s) and two sweeps after: a worker killed
             # last leaves its partitions unswept until the group notices it is gone.
-            self.wait_caught_up(args.settle_timeout_s, not_before=decayed_by, quiet_s=30.0 if args.decay_in_s else 0.0)
+            self.wait_caught_up(args.settle_timeout_s, not_before=decayed_by, quiet_s=30.0 if args.decay_in_s or args.ahead else 0.0)
             every_lead = args.decay_in_s or args.profiles  # whose crossings differ from the offline scorer's (module doc)
             # Forgotten leads too, of which the offline scorer lists none without later events.
             scores_only = stitched | forgotten | ({r["lead_id"] for r in offline if r["record"] == "lead"} if every_lead else set())
             return {"seed": args.seed, "app_id": self.settings.app_id, "events": len(events), "actions": self.actions,
                     "stopped_themselves": self.stopped_themselves, "holes_logged": self.holes(),
                     "visitors": args.visitors, "forgotten": len(forgotten), "decay_in_s": args.decay_in_s, "profiles": args.profiles,
+                    "half_life": args.half_life, "ahead_ms": args.ahead,
                     **compare(self.settings, offline, scores_only, HalfLifeRun.of(self.settings, path, kept) if args.half_life else None)}
         finally:
             for slot in self.slots:
@@ -311,6 +320,13 @@ def first_decay_step_ms(settings: Settings) -> int:
     model = next(model for model in Engine.from_directory(settings.models_dir).models if model.name == "b2b")
     assert isinstance(model.decay, StepDecay), "the b2b model no longer decays in steps"
     return model.decay.steps[0].idle_ms
+
+
+def duration_ms(text: str) -> int:
+    duration = parse_duration_ms(text)
+    if duration is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 12h or 2d")
+    return duration
 
 
 def iso(time_ms: int) -> str:
@@ -391,7 +407,7 @@ def compare(settings: Settings, offline: list[dict[str, Any]], scores_only: set[
     """What the topics hold against what the offline scorer says they should (of the leads
     `scores_only`, visitors' and forgotten ones, the scores only: see the module doc). Given
     `half_life`, the offline run of a half-life model's events, scores are compared at the time
-    each was published, crossings of leads a sweep crossed not, accounts not (module doc)."""
+    each was published, crossings of leads a sweep valued not, accounts not (module doc)."""
     crossings = [orjson.loads(record.value) for record in read_to_end(settings, settings.topic_crossings) if record.value]
     published: dict[str, dict[str, Any] | None] = {}
     for record in read_to_end(settings, settings.topic_scores):
@@ -403,8 +419,13 @@ def compare(settings: Settings, offline: list[dict[str, Any]], scores_only: set[
         expected_scores = {key: half_life.score_at(key, record["time"]) if (record := published.get(key)) else value
                            for key, value in expected_scores.items() if ":account/" not in key}
         scores = {key: value for key, value in scores.items() if ":account/" not in key}
+        newest_ms = max(time_ms for _, time_ms in half_life.event_times)
         swept = {c["lead_id"] for c in [*crossings, *(r for r in offline if r["record"] == "transition")]
-                 if c["kind"] == "lead" and c["lead_id"] not in scores_only and (c["lead_id"], c["time"]) not in half_life.event_times}
+                 if c["kind"] == "lead" and (c["lead_id"], c["time"]) not in half_life.event_times}
+        # A sweep also values a lead in an account as decay takes a tenth of its points, crossing
+        # nothing: its points stay valued then, at a time after every event (`--ahead`).
+        swept |= {record["lead_id"] for key, record in published.items() if record and ":account/" not in key and record["time"] > newest_ms}
+        swept -= scores_only
     # Half-life points summed in other batches differ in their last bits, which may round a cent apart.
     cents = 0.01 + 1e-9 if half_life is not None else 0.0
     wrong = {key: {"expected": value, "published": scores.get(key)} for key, value in expected_scores.items()
@@ -412,7 +433,8 @@ def compare(settings: Settings, offline: list[dict[str, Any]], scores_only: set[
     unexpected = sorted(key for key, value in scores.items() if key not in expected_scores and value is not None)
     expected_crossings = {r["id"]: r for r in offline if r["record"] == "transition" and r["kind"] == "lead"
                           and r["lead_id"] not in scores_only and r["lead_id"] not in swept}
-    lead_crossings = [c for c in crossings if c["kind"] == "lead" and c["lead_id"] not in scores_only and c["lead_id"] not in swept]
+    of_leads = [c for c in crossings if c["kind"] == "lead" and c["lead_id"] not in scores_only]  # swept ones' copies count too
+    lead_crossings = [c for c in of_leads if c["lead_id"] not in swept]
     published_ids = {c["id"] for c in lead_crossings}
     unlike = [c["id"] for c in lead_crossings if c["id"] in expected_crossings
               and (c["lead_id"], c["to_level"], c["score"]) != tuple(expected_crossings[c["id"]][k] for k in ("lead_id", "to_level", "score"))]
@@ -429,7 +451,7 @@ def compare(settings: Settings, offline: list[dict[str, Any]], scores_only: set[
         "lead_crossings_missing": sorted(set(expected_crossings) - published_ids)[:20],
         "lead_crossings_unexpected": sorted(published_ids - set(expected_crossings))[:20],
         "lead_crossings_unlike": unlike[:20],
-        "lead_crossing_copies": len(lead_crossings) - len(published_ids),
+        "lead_crossing_copies": len(of_leads) - len({c["id"] for c in of_leads}),
     }
 
 
@@ -451,10 +473,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decay-in-s", type=int, default=0,
                         help="set the workers' clock so that the leads' first decay steps fall due at once or within this many seconds (0: none)")
     parser.add_argument("--half-life", help="run the b2b model with this half-life (e.g. 30d) in place of its decay steps")
+    parser.add_argument("--ahead", type=duration_ms, default=0, help="with --half-life: set the workers' clock this far ahead (e.g. 2d)")
     parser.add_argument("--keep", action="store_true", help="keep the run's topics")
     args = parser.parse_args(argv)
     if args.half_life and args.decay_in_s:
-        parser.error("--decay-in-s moves the clock to the b2b model's first decay step, which --half-life takes away")
+        parser.error("--decay-in-s moves the clock to the b2b model's first decay step, which --half-life takes away: use --ahead")
+    if args.ahead and not args.half_life:
+        parser.error("--ahead needs --half-life (steps: --decay-in-s)")
     services.up(Settings.from_env())
     report = Run(args).run()
     sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
