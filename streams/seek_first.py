@@ -33,24 +33,39 @@ the new assignment's first records arrived before the seek, behind Faust's read 
 from the last assignment, and were dropped (`_drain_messages`), and the records the emptied queue
 held were never read again, and were committed past. A test saw 4 records lost at each rebalance.
 
+Nor may the recovery of a generation the group has left seek and resume the flow. Faust ends a
+recovery early (`Recovery.on_recovery_completed`, `_resume_streams`) when the consumer
+generation has changed, but takes the new generation only when the new assignment is handed
+over (`ConsumerRebalanceListener.on_partitions_assigned`). A recovery that ended during the next
+rebalance, after the revocation, passed that check: it sought the stream partitions, resumed the
+flow and started the fetcher while the next generation's tables were being restored, and once
+that generation sought them in turn, the first events message it was handed was 146 offsets
+past the one sought (a chaos run; the worker stopped itself, streams/offset_sequence.py).
+
 `install` makes the consumer hold back the resumption of stream partitions until the flow is
 resumed after the seek (`Consumer.resume_flow`, which Recovery calls right after emptying the
 queues), so the first record delivered is the committed one, and makes that seek send a stream
 partition with no committed offset to its beginning, as `consumer_auto_offset_reset="earliest"`
 would (records read again, as every rebalance reads again those after a committed offset), and
-makes a queue that drains leave a paused partition paused (taken again once it is resumed).
+makes a queue that drains leave a paused partition paused (taken again once it is resumed). And
+from a rebalance's start until its assignment the app has no generation (`NO_GENERATION`), so
+that what the generation before still does ends at Faust's checks: a recovery's seek and
+resumption, a fetch's records (`Consumer.getmany`), a stream's messages.
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable, Iterable, Mapping
 
+#: The app's consumer generation from a rebalance's start until its assignment (Kafka's start at 1).
+NO_GENERATION = -1
+
 
 def install(consumer: Any, on_sought: Callable[[Mapping[Any, int]], None] | None = None) -> None:
     """Wrap this consumer's `resume_partitions`, `perform_seek`, `seek_to_committed`,
-    `resume_flow` and `on_buffer_drop` (once), before the app starts: Faust's conductor keeps the
-    `on_buffer_drop` it finds when it subscribes. `on_sought` is told the offset each stream
-    partition was sought to."""
+    `resume_flow` and `on_buffer_drop`, and its app's `on_rebalance_start` (once), before the app
+    starts: Faust's conductor keeps the `on_buffer_drop` it finds when it subscribes. `on_sought`
+    is told the offset each stream partition was sought to."""
     if getattr(consumer, "_leadstream_seek_first", False):
         return
     consumer._leadstream_seek_first = True
@@ -114,3 +129,12 @@ def install(consumer: Any, on_sought: Callable[[Mapping[Any, int]], None] | None
         on_buffer_drop(tp)
 
     consumer.on_buffer_drop = on_buffer_drop_unless_paused
+    app = consumer.app
+    rebalance_start = app.on_rebalance_start
+
+    def on_rebalance_start_without_generation() -> None:
+        # Called by the rebalance listener as the revocation begins (aiokafka), before any await.
+        app.consumer_generation_id = NO_GENERATION
+        rebalance_start()
+
+    app.on_rebalance_start = on_rebalance_start_without_generation

@@ -1,7 +1,8 @@
 """streams/seek_first.py on Faust's own consumer and app, a real rebalance and the real broker:
 records Faust fetched and threw away because the rebalance had stopped its flow are read again,
 also on a partition the group has never committed or committed at 0, which aiokafka's
-`seek_to_committed` leaves where the fetch left it (the chaos run's four users never merged)."""
+`seek_to_committed` leaves where the fetch left it (the chaos run's four users never merged);
+and a recovery that ends during the next rebalance leaves the stream partitions alone."""
 
 from __future__ import annotations
 
@@ -293,3 +294,66 @@ def test_a_committed_offset_the_log_no_longer_has_is_read_from_the_first_one_it_
     sought, read = asyncio.run(scenario())
     assert [offsets[tp] for offsets in sought] == [4]
     assert read == [*values[4:], b"after"]
+
+
+def test_a_recovery_that_ends_after_the_next_rebalance_began_neither_seeks_nor_resumes_the_flow(
+    isolated: Settings, tmp_path: Path
+) -> None:
+    # The chaos run's second hole: a recovery's tables took longer than the group's patience, the
+    # next rebalance revoked the partitions, and then the recovery's end sought them and resumed
+    # the flow and the fetcher (Faust's generation check passes until the next assignment),
+    # while the next generation's tables were being restored.
+    topic = isolated.topic_events
+    tp = TP(topic, PARTITION)
+
+    async def scenario() -> tuple[list[bool], bool]:
+        seen: dict[str, list[bytes]] = {}
+        sought: list[dict[Any, int]] = []
+        app = worker_app(isolated, tmp_path / "state", seen, table=True, sought=sought)
+        table = app.tables["leads"]
+        restore = table.on_recovery_completed
+        held, release, ended = asyncio.Event(), asyncio.Event(), asyncio.Event()
+        armed = {"on": False}
+
+        async def slow_restore(active: Any, standby: Any) -> None:
+            if armed["on"] and not held.is_set():
+                held.set()
+                await release.wait()
+            await restore(active, standby)
+
+        recovery = app.tables.recovery  # type: ignore[attr-defined]
+        completed = recovery.on_recovery_completed
+
+        async def on_recovery_completed(generation_id: int = 0) -> None:
+            try:
+                await completed(generation_id)
+            finally:
+                if release.is_set():
+                    ended.set()
+
+        flow_while_revoked: list[bool] = []
+
+        async def on_revoked(sender: Any, *args: Any, **kwargs: Any) -> None:
+            if held.is_set() and not release.is_set():
+                release.set()  # the held recovery ends now, while this rebalance is under way
+                seeks = len(sought)
+                async with asyncio.timeout(10):
+                    await ended.wait()
+                flow_while_revoked.extend([app.consumer.flow_active, len(sought) > seeks])
+
+        table.on_recovery_completed = slow_restore
+        recovery.on_recovery_completed = on_recovery_completed
+        app.on_partitions_revoked.connect(on_revoked)
+        async with running(app, tp):
+            armed["on"] = True
+            async with asyncio.timeout(40):
+                rejoin(app.consumer)
+                await held.wait()
+                rejoin(app.consumer)
+                while not flow_while_revoked or app.rebalancing or not app.consumer.flow_active:
+                    await asyncio.sleep(0.05)
+                read = await read_on(isolated, topic, seen)
+            return flow_while_revoked, read == [b"after"]
+
+    # Neither the flow resumed nor a seek made in the revoked generation; the worker reads on.
+    assert asyncio.run(scenario()) == ([False, False], True)
