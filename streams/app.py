@@ -143,7 +143,7 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
             sequence.seed(offsets)
 
     # Before the app starts: Faust's conductor binds the consumer's methods as it subscribes.
-    seek_first.install(app.consumer, on_sought=sought)
+    seek_first.install(app.consumer, on_sought=sought, in_sequence=set().union(*(sequence.topics for sequence in sequences)))
     # No garbage collection while a batch is scored: it would only scan the batch's own
     # objects, alive until the batch ends (streams/collection.py).
     batch_pause = BatchPause(settings.gc_young_threshold > 0)

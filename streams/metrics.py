@@ -59,7 +59,8 @@ RECOVERY_REMAINING = Gauge("leadstream_table_recovery_remaining", "Changelog rec
 OFFSET_ANOMALIES = Counter(
     "leadstream_offset_anomalies",
     "Messages of the raw, identity or account-updates topic delivered out of sequence within one assignment: "
-    "`gap` (offsets skipped: events this worker never saw) or `repeat` (an offset delivered again).",
+    "`gap` (offsets skipped: events this worker never saw), `repeat` (an offset delivered again) or `sought_back` "
+    "(a first message after a rebalance's seek beyond the offset sought: the partition sought back to it).",
     ["kind"],
 )
 REBALANCES = Counter("leadstream_rebalances", "Consumer group rebalances this worker went through.")

@@ -21,9 +21,11 @@ class OffsetSequence:
     transactions are checked: their offsets have no legitimate holes.
 
     A hole at the head of an assignment (the first message of a partition after its seek is
-    beyond the offset sought) stops the worker (SkippedOffsets, raised before the batch is
-    processed or acknowledged): Faust would commit past it, and the messages in it would be
-    lost; a new worker reads them again from the committed offset. Chaos runs under load saw
+    beyond the offset sought) is sought back to once, before the stages see it
+    (streams/seek_first.py, `FirstMessages`). One that comes again stops the worker
+    (SkippedOffsets, raised before the batch is processed or acknowledged): Faust would commit
+    past it, and the messages in it would be lost; a new worker reads them again from the
+    committed offset. Chaos runs under load saw
     such holes after a rebalance: 84 events messages (60 leads scored without some of their
     events), and, once the events topic was checked, a hole in an events partition that stopped
     the worker while 117 accounts were rolled up without some member updates (most likely a hole

@@ -42,6 +42,11 @@ flow and started the fetcher while the next generation's tables were being resto
 that generation sought them in turn, the first events message it was handed was 146 offsets
 past the one sought (a chaos run; the worker stopped itself, streams/offset_sequence.py).
 
+And chaos runs saw the first message of a partition kept across two rebalances a second apart
+be a later one than the offset sought, by a way not closed here (streams/offset_sequence.py
+tells what the logs show). Faust takes the messages in between for a gap and commits past them;
+the worker stopped itself, and its successor read them again.
+
 `install` makes the consumer hold back the resumption of stream partitions until the flow is
 resumed after the seek (`Consumer.resume_flow`, which Recovery calls right after emptying the
 queues), so the first record delivered is the committed one, and makes that seek send a stream
@@ -50,25 +55,89 @@ would (records read again, as every rebalance reads again those after a committe
 makes a queue that drains leave a paused partition paused (taken again once it is resumed). And
 from a rebalance's start until its assignment the app has no generation (`NO_GENERATION`), so
 that what the generation before still does ends at Faust's checks: a recovery's seek and
-resumption, a fetch's records (`Consumer.getmany`), a stream's messages.
+resumption, a fetch's records (`Consumer.getmany`), a stream's messages. Last, whatever the way,
+a partition of a topic without legitimate holes whose first message after the seek is beyond
+the offset sought is sought back to it, once, and the messages fetched before that seek are
+dropped (`FirstMessages`); should the first message still be beyond it, the stage's own check
+stops the worker, as before.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Mapping
+import logging
+from typing import Any, AsyncIterator, Callable, Collection, Iterable, Mapping
+
+from streams import metrics
+
+log = logging.getLogger("leadstream.worker")
 
 #: The app's consumer generation from a rebalance's start until its assignment (Kafka's start at 1).
 NO_GENERATION = -1
 
 
-def install(consumer: Any, on_sought: Callable[[Mapping[Any, int]], None] | None = None) -> None:
+class FirstMessages:
+    """The offset each sought partition of a topic without legitimate holes (`topics`) must hand
+    over first, and the seek back to it when a fetch hands over a later one first."""
+
+    def __init__(self, consumer: Any, topics: Collection[str]) -> None:
+        self.consumer = consumer
+        self.topics = frozenset(topics)
+        self.due: dict[Any, int] = {}
+        self.sought_back: set[Any] = set()
+
+    def expect(self, sought: Mapping[Any, int]) -> None:
+        for tp, offset in sought.items():
+            if tp.topic in self.topics:
+                self.due[tp] = offset
+                self.sought_back.discard(tp)
+
+    def forget(self) -> None:
+        self.due.clear()
+        self.sought_back.clear()
+
+    async def from_the_offsets_sought(self, fetched: AsyncIterator[tuple[Any, Any]]) -> AsyncIterator[tuple[Any, Any]]:
+        """The messages of one fetch (`Consumer.getmany`), less those of a partition whose first
+        message after its seek is beyond the offset sought: that partition is sought back to it,
+        once. Another such message after that goes through, to the stage's own check
+        (streams/offset_sequence.py), which stops the worker: a retention that deleted the
+        offset sought since would have it sought back for ever."""
+        dropping: set[Any] = set()
+        async for tp, message in fetched:
+            if tp in dropping:
+                continue  # the rest of what came before the seek back: read again after it
+            due = self.due.get(tp)
+            if due is not None and message.offset >= due:
+                if message.offset == due or tp in self.sought_back:
+                    self.due.pop(tp, None)  # a rebalance's start (in the consumer's thread) may have cleared it
+                else:
+                    self.sought_back.add(tp)
+                    dropping.add(tp)
+                    metrics.OFFSET_ANOMALIES.labels("sought_back").inc()
+                    log.warning("first message beyond the offset sought, sought back to it: topic=%s partition=%d "
+                                "sought=%d handed=%d", tp.topic, tp.partition, due, message.offset)
+                    try:
+                        await self.consumer.seek_wait({tp: due})
+                    except Exception:
+                        # A rebalance that began meanwhile seeks the partition again (or takes it
+                        # away); else the messages dropped would never be read: the worker stops.
+                        if self.due.get(tp) == due:
+                            raise
+                    continue
+            yield tp, message
+
+
+def install(consumer: Any, on_sought: Callable[[Mapping[Any, int]], None] | None = None,
+            in_sequence: Collection[str] = ()) -> None:
     """Wrap this consumer's `resume_partitions`, `perform_seek`, `seek_to_committed`,
-    `resume_flow` and `on_buffer_drop`, and its app's `on_rebalance_start` (once), before the app
-    starts: Faust's conductor keeps the `on_buffer_drop` it finds when it subscribes. `on_sought`
-    is told the offset each stream partition was sought to."""
+    `resume_flow`, `on_buffer_drop` and `getmany`, and its app's `on_rebalance_start` (once),
+    before the app starts: Faust's conductor keeps the `on_buffer_drop` it finds when it
+    subscribes, its fetcher the `getmany`. `on_sought` is told the offset each stream partition
+    was sought to; the partitions of `in_sequence` topics, which have no legitimate holes (no
+    compaction, no transactions), are sought back to it if a later message comes first."""
     if getattr(consumer, "_leadstream_seek_first", False):
         return
     consumer._leadstream_seek_first = True
+    first = FirstMessages(consumer, in_sequence)
     resume = consumer.resume_partitions
     perform_seek = consumer.perform_seek
     seek_to_committed = consumer.seek_to_committed
@@ -110,10 +179,12 @@ def install(consumer: Any, on_sought: Callable[[Mapping[Any, int]], None] | None
         uncommitted = {tp: earliest[tp] for tp, offset in streams.items() if not offset}
         if uncommitted:
             await consumer.seek_wait(uncommitted)
+        # A committed offset the log no longer has (retention deleted it) is read from its first
+        # offset, as aiokafka resets it (consumer_auto_offset_reset="earliest").
+        offsets = {tp: max(offset or 0, earliest[tp]) for tp, offset in streams.items()}
+        first.expect(offsets)
         if on_sought is not None:
-            # A committed offset the log no longer has (retention deleted it) is read from its
-            # first offset, as aiokafka resets it (consumer_auto_offset_reset="earliest").
-            on_sought({tp: max(offset or 0, earliest[tp]) for tp, offset in streams.items()})
+            on_sought(offsets)
         return committed
 
     consumer.resume_partitions = resume_partitions
@@ -129,12 +200,19 @@ def install(consumer: Any, on_sought: Callable[[Mapping[Any, int]], None] | None
         on_buffer_drop(tp)
 
     consumer.on_buffer_drop = on_buffer_drop_unless_paused
+    getmany = consumer.getmany
+
+    def getmany_from_the_offsets_sought(timeout: float) -> AsyncIterator[tuple[Any, Any]]:
+        return first.from_the_offsets_sought(getmany(timeout))
+
+    consumer.getmany = getmany_from_the_offsets_sought
     app = consumer.app
     rebalance_start = app.on_rebalance_start
 
     def on_rebalance_start_without_generation() -> None:
         # Called by the rebalance listener as the revocation begins (aiokafka), before any await.
         app.consumer_generation_id = NO_GENERATION
+        first.forget()
         rebalance_start()
 
     app.on_rebalance_start = on_rebalance_start_without_generation

@@ -4,8 +4,8 @@ then what they published compared with the offline scorer (`leadstream score`) o
 Not part of the suite (it runs for minutes, and each seed is another run). Run it by hand
 against the local services, as `.venv/bin/python -m tests.chaos --seed 41`. It prints one JSON
 object: the actions taken, the workers that stopped themselves (and the line saying why), the
-offset holes the workers logged, and every difference from the offline scorer. Exit status 1
-when there is a difference.
+offset holes (and seeks back to the offset sought) the workers logged, and every difference
+from the offline scorer. Exit status 1 when there is a difference.
 
 What a worker that stops itself does is what its supervisor would see: it is started again, as
 a supervisor (systemd, Kubernetes) would restart it.
@@ -91,7 +91,7 @@ from tests.infra import leadstream, read_model_scores, write_jsonl
 from tests.scoring.support import MODELS_DIR
 
 #: Lines of a worker's log that tell of input it was handed out of sequence (streams/offset_sequence.py).
-HOLE_MARKERS = ("offsets skipped", "were never handed to this worker")
+HOLE_MARKERS = ("offsets skipped", "were never handed to this worker", "sought back to it")
 
 
 @dataclass
