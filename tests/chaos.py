@@ -50,7 +50,9 @@ crossings are compared unless a worker's sweep valued its points on the real clo
 middle of the feed, where a later event of the lead settles once (scoring/MODELS.md): a crossing
 of its, published or offline, timed at none of its events (decay's), or a score published at a
 time after every event (a sweep's, `--ahead`); those leads are counted (`swept`).
-Accounts are not compared: their summaries say not at what time their members were valued.
+An account is compared, to a cent a member, with the roll-up of its members' offline states,
+each valued at the time its own points were (a member update carries them so: the roll-up
+values its members at no common time), unless a swept lead is a member.
 `--ahead A` sets the workers' clock A ahead, so that their sweeps take leads down the ladder while
 the feed goes on: those leads are swept, and their scores still compared.
 """
@@ -74,6 +76,7 @@ from typing import Any
 import orjson
 
 from scoring import Engine
+from scoring.accounts import AccountState
 from scoring.config import parse_duration_ms
 from scoring.decay import StepDecay
 from streams import services
@@ -401,13 +404,31 @@ class HalfLifeRun:
             state.as_of_ms = time_ms
         return float(engine.summary(model, lead_id, state, time_ms)["score"])
 
+    def account_scores(self, swept: set[str]) -> dict[str, tuple[float, int]]:
+        """The score (and member count) of each account no lead of `swept` is in, as the roll-up
+        makes it: of its members' scores each valued at the time its own points were (a member
+        update's, `Engine.member_score`), not at the time of any summary."""
+        engine, out = self.offline.engine, {}
+        for (model, account_id), account in self.offline.accounts.items():
+            if engine.runtime(model).model.accounts is None or not account.members or not swept.isdisjoint(account.members):
+                continue
+            members = {}
+            for lead_id, member in account.members.items():
+                update = engine.member_score(model, lead_id, self.offline.leads[(model, lead_id)], 0)
+                assert update is not None, f"{model}/{lead_id} is a member of {account_id} without an account"
+                members[lead_id] = [update.score, *member[1:]]
+            summary = engine.account_summary(model, account_id, AccountState(members, account.level, account.crossings))
+            out[f"{model}:account/{account_id}"] = (float(summary["score"]), len(members))
+        return out
+
 
 def compare(settings: Settings, offline: list[dict[str, Any]], scores_only: set[str] | frozenset[str] = frozenset(),
             half_life: HalfLifeRun | None = None) -> dict[str, Any]:
     """What the topics hold against what the offline scorer says they should (of the leads
     `scores_only`, visitors' and forgotten ones, the scores only: see the module doc). Given
     `half_life`, the offline run of a half-life model's events, scores are compared at the time
-    each was published, crossings of leads a sweep valued not, accounts not (module doc)."""
+    each was published, crossings of leads a sweep valued not, accounts of such leads not
+    (module doc)."""
     crossings = [orjson.loads(record.value) for record in read_to_end(settings, settings.topic_crossings) if record.value]
     published: dict[str, dict[str, Any] | None] = {}
     for record in read_to_end(settings, settings.topic_scores):
@@ -415,10 +436,10 @@ def compare(settings: Settings, offline: list[dict[str, Any]], scores_only: set[
     scores = {key: None if value is None else value["score"] for key, value in published.items()}
     expected_scores = read_model_scores(offline)
     swept: set[str] = set()
+    cents: dict[str, float] = {}
     if half_life is not None:
         expected_scores = {key: half_life.score_at(key, record["time"]) if (record := published.get(key)) else value
                            for key, value in expected_scores.items() if ":account/" not in key}
-        scores = {key: value for key, value in scores.items() if ":account/" not in key}
         newest_ms = max(time_ms for _, time_ms in half_life.event_times)
         swept = {c["lead_id"] for c in [*crossings, *(r for r in offline if r["record"] == "transition")]
                  if c["kind"] == "lead" and (c["lead_id"], c["time"]) not in half_life.event_times}
@@ -426,10 +447,16 @@ def compare(settings: Settings, offline: list[dict[str, Any]], scores_only: set[
         # nothing: its points stay valued then, at a time after every event (`--ahead`).
         swept |= {record["lead_id"] for key, record in published.items() if record and ":account/" not in key and record["time"] > newest_ms}
         swept -= scores_only
-    # Half-life points summed in other batches differ in their last bits, which may round a cent apart.
-    cents = 0.01 + 1e-9 if half_life is not None else 0.0
+        # Half-life points summed in other batches differ in their last bits, which may round a
+        # cent apart: each lead's, and so an account's by a cent a member.
+        cents = dict.fromkeys(expected_scores, 0.01)
+        accounts = half_life.account_scores(swept)
+        expected_scores.update({key: score for key, (score, _) in accounts.items()})
+        cents.update({key: 0.01 * members for key, (_, members) in accounts.items()})
+        scores = {key: value for key, value in scores.items() if ":account/" not in key or key in accounts}
     wrong = {key: {"expected": value, "published": scores.get(key)} for key, value in expected_scores.items()
-             if not (value == scores.get(key) or value is not None and scores.get(key) is not None and abs(value - scores[key]) <= cents)}
+             if not (value == scores.get(key) or value is not None and scores.get(key) is not None
+                     and abs(value - scores[key]) <= cents.get(key, 0.0) + 1e-9)}
     unexpected = sorted(key for key, value in scores.items() if key not in expected_scores and value is not None)
     expected_crossings = {r["id"]: r for r in offline if r["record"] == "transition" and r["kind"] == "lead"
                           and r["lead_id"] not in scores_only and r["lead_id"] not in swept}

@@ -57,3 +57,15 @@ def test_a_half_life_lead_is_valued_at_the_time_a_worker_published_it_also_befor
     assert run.event_times == {("l1", t0), ("l1", t0 + 2 * day)}
     assert run.offline.leads[("b2b", "l1")].as_of_ms == t0 + 2 * day
     assert [run.score_at("b2b/l1", t0 + n * day) for n in (0, 1, 2, 3)] == [15, 7.5, 3.75, 1.88]
+
+
+def test_a_half_life_account_is_the_roll_up_of_its_members_each_valued_at_its_own_time(tmp_path: Path) -> None:
+    """An account's member updates carry each member's points valued when its own were (the
+    roll-up values no member at a common time); an account a swept lead is in is left out."""
+    day, t0 = 86_400_000, 1_750_000_000_000
+    models = edited_models(tmp_path / "models", None, "1d")
+    events = [{"event_id": f"f{n}", "lead_id": f"l{n}", "type": "form_submit", "time": t0 + n * day, "product": "b2b",
+               "account_id": "acme", "properties": {"form": "contact"}} for n in (0, 1)]
+    run = HalfLifeRun.of(Settings.from_env().namespaced("chaos-tool", models_dir=models), write_jsonl(tmp_path / "e.jsonl", events), events)
+    assert run.account_scores(set()) == {"b2b:account/acme": (30, 2)}  # 15 + 15, not 7.5 + 15 at the newest event
+    assert run.account_scores({"l1"}) == {}
