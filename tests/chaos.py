@@ -446,11 +446,12 @@ def compare(settings: Settings, offline: list[dict[str, Any]], scores_only: set[
         # A sweep also values a lead in an account as decay takes a tenth of its points, crossing
         # nothing: its points stay valued then, at a time after every event (`--ahead`).
         swept |= {record["lead_id"] for key, record in published.items() if record and ":account/" not in key and record["time"] > newest_ms}
-        swept -= scores_only
         # Half-life points summed in other batches differ in their last bits, which may round a
-        # cent apart: each lead's, and so an account's by a cent a member.
+        # cent apart: each lead's, and so an account's by a cent a member. A swept member's
+        # points are valued later than the offline scorer's, whatever its crossings.
         cents = dict.fromkeys(expected_scores, 0.01)
         accounts = half_life.account_scores(swept)
+        swept -= scores_only
         expected_scores.update({key: score for key, (score, _) in accounts.items()})
         cents.update({key: 0.01 * members for key, (_, members) in accounts.items()})
         scores = {key: value for key, value in scores.items() if ":account/" not in key or key in accounts}
