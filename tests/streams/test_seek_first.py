@@ -389,6 +389,23 @@ def jumping_seeks(consumer: Any, tp: TP, to: int, every_seek: bool) -> list[int]
     return sought
 
 
+def handed_after_a_jump(settings: Settings, datadir: Path, topic: str, every_seek: bool) -> tuple[list[int], list[bytes]]:
+    """Ten records in a partition committed at 2, and a worker whose position jumps to 6 after
+    its seek (`jumping_seeks`): the offsets the partition was sought to, and what the agent saw."""
+    tp = TP(topic, PARTITION)
+    produce(settings, topic, [str(n).encode() for n in range(2 * RECORDS)])
+
+    async def scenario() -> tuple[list[int], list[bytes]]:
+        await commit(settings, topic, 2)
+        seen: dict[str, list[bytes]] = {}
+        app = worker_app(settings, datadir, seen)
+        sought = jumping_seeks(app.consumer, tp, to=6, every_seek=every_seek)
+        async with running(app, tp):
+            return sought, await read_on(settings, topic, seen)
+
+    return asyncio.run(scenario())
+
+
 @pytest.mark.parametrize("topic_of", ["topic_events", "topic_accounts"])
 def test_a_partition_handed_a_later_message_first_after_its_seek_is_sought_back_to_the_offset_sought(
     isolated: Settings, tmp_path: Path, topic_of: str
@@ -396,20 +413,8 @@ def test_a_partition_handed_a_later_message_first_after_its_seek_is_sought_back_
     # The chaos runs' first way of holes comes to this, whatever the fetch that brings it: the
     # first message handed after a rebalance's seek is beyond the committed one. Before the fix,
     # Faust took the messages skipped for a gap and would commit past them.
-    topic = getattr(isolated, topic_of)
-    tp = TP(topic, PARTITION)
-    values = [str(n).encode() for n in range(2 * RECORDS)]
-    produce(isolated, topic, values)
-
-    async def scenario() -> tuple[list[int], list[bytes]]:
-        await commit(isolated, topic, 2)
-        seen: dict[str, list[bytes]] = {}
-        app = worker_app(isolated, tmp_path / "state", seen)
-        sought = jumping_seeks(app.consumer, tp, to=6, every_seek=False)
-        async with running(app, tp):
-            return sought, await read_on(isolated, topic, seen)
-
-    assert asyncio.run(scenario()) == ([2, 2], [*values[2:], b"after"])
+    sought, seen = handed_after_a_jump(isolated, tmp_path / "state", getattr(isolated, topic_of), every_seek=False)
+    assert (sought, seen) == ([2, 2], [str(n).encode() for n in range(2, 2 * RECORDS)] + [b"after"])
 
 
 def test_a_partition_sought_back_once_hands_its_messages_over_if_the_first_is_still_beyond(
@@ -417,17 +422,5 @@ def test_a_partition_sought_back_once_hands_its_messages_over_if_the_first_is_st
 ) -> None:
     # As when retention deleted the offset sought since: no second seek back (it would go on for
     # ever); the stage's own check then sees the hole (streams/offset_sequence.py).
-    topic = isolated.topic_events
-    tp = TP(topic, PARTITION)
-    values = [str(n).encode() for n in range(2 * RECORDS)]
-    produce(isolated, topic, values)
-
-    async def scenario() -> tuple[list[int], list[bytes]]:
-        await commit(isolated, topic, 2)
-        seen: dict[str, list[bytes]] = {}
-        app = worker_app(isolated, tmp_path / "state", seen)
-        sought = jumping_seeks(app.consumer, tp, to=6, every_seek=True)
-        async with running(app, tp):
-            return sought, await read_on(isolated, topic, seen)
-
-    assert asyncio.run(scenario()) == ([2, 2], [*values[6:], b"after"])
+    sought, seen = handed_after_a_jump(isolated, tmp_path / "state", isolated.topic_events, every_seek=True)
+    assert (sought, seen) == ([2, 2], [str(n).encode() for n in range(6, 2 * RECORDS)] + [b"after"])
