@@ -25,18 +25,19 @@ class OffsetSequence:
     (streams/seek_first.py, `FirstMessages`). One that comes again stops the worker
     (SkippedOffsets, raised before the batch is processed or acknowledged): Faust would commit
     past it, and the messages in it would be lost; a new worker reads them again from the
-    committed offset. Chaos runs under load saw
-    such holes after a rebalance: 84 events messages (60 leads scored without some of their
-    events), and, once the events topic was checked, a hole in an events partition that stopped
-    the worker while 117 accounts were rolled up without some member updates (most likely a hole
-    in the account-updates topic, unchecked then). Later runs' logs show the likely way: a worker
-    keeps a partition across two rebalances a second apart, is sought back to the committed
-    offset, and is handed first a record fetched before the second one. Faust (0.15.3) stamps a
-    fetched record with the consumer generation current when it converts it, after the fetch
-    returns (`Consumer.getmany`, `_to_message`), so a fetch that spans a rebalance passes its
-    streams' check of generations. A second way a chaos run showed, a recovery of the generation
-    before that ends during a rebalance and resumes the flow, is closed (streams/seek_first.py).
-    A hole further on is counted and logged."""
+    committed offset. Chaos runs under load saw such holes after a rebalance: 84 events
+    messages (60 leads scored without some of their events), and, once the events topic was
+    checked, a hole in an events partition that stopped the worker while 117 accounts were
+    rolled up without some member updates (most likely a hole in the account-updates topic,
+    unchecked then). Later runs' logs show the likely way: a worker keeps a partition across two
+    rebalances a second apart, is sought back to the committed offset, and is handed first a
+    record fetched before the second one. Faust (0.15.3) stamps a fetched record with the
+    consumer generation current when it converts it, after the fetch returns
+    (`Consumer.getmany`, `_to_message`), so a fetch that spans a rebalance passes its streams'
+    check of generations (which fetch it is was not found in Faust's or aiokafka's code: hence
+    the seek back, whatever the way). A second way a chaos run showed, a recovery of the
+    generation before that ends during a rebalance and resumes the flow, is closed
+    (streams/seek_first.py). A hole further on is counted and logged."""
 
     def __init__(self, topics: set[str]) -> None:
         self.topics = topics
