@@ -59,7 +59,9 @@ resumption, a fetch's records (`Consumer.getmany`), a stream's messages. Last, w
 a partition of a topic without legitimate holes whose first message after the seek is beyond
 the offset sought is sought back to it, once, and the messages fetched before that seek are
 dropped (`FirstMessages`); should the first message still be beyond it, the stage's own check
-stops the worker, as before.
+stops the worker, as before. And a message a stream skips is never acknowledged (Faust's
+pure-Python stream iterator did, its Cython one does not): from a rebalance's start, a commit
+before the revocation would have passed the messages skipped for having no generation.
 """
 
 from __future__ import annotations
@@ -129,8 +131,8 @@ class FirstMessages:
 def install(consumer: Any, on_sought: Callable[[Mapping[Any, int]], None] | None = None,
             in_sequence: Collection[str] = ()) -> None:
     """Wrap this consumer's `resume_partitions`, `perform_seek`, `seek_to_committed`,
-    `resume_flow`, `on_buffer_drop` and `getmany`, and its app's `on_rebalance_start` (once),
-    before the app starts: Faust's conductor keeps the `on_buffer_drop` it finds when it
+    `resume_flow`, `on_buffer_drop`, `getmany` and `ack`, and its app's `on_rebalance_start`
+    (once), before the app starts: Faust's conductor keeps the `on_buffer_drop` it finds when it
     subscribes, its fetcher the `getmany`. `on_sought` is told the offset each stream partition
     was sought to; the partitions of `in_sequence` topics, which have no legitimate holes (no
     compaction, no transactions), are sought back to it if a later message comes first."""
@@ -206,6 +208,20 @@ def install(consumer: Any, on_sought: Callable[[Mapping[Any, int]], None] | None
         return first.from_the_offsets_sought(getmany(timeout))
 
     consumer.getmany = getmany_from_the_offsets_sought
+    ack = consumer.ack
+    acks_enabled_for = consumer.app.topics.acks_enabled_for
+
+    def ack_unless_skipped(message: Any) -> bool:
+        # Faust's pure-Python stream iterator (streams.py `_py_aiter`, used where its Cython one
+        # is not built) acknowledges a message it skips (of another generation, or while the
+        # flow is stopped), which no agent was handed: a commit would pass it. A message handed
+        # to an agent was tracked first; the Cython iterator acknowledges no skipped one.
+        if not message.tracked and acks_enabled_for(message.topic):
+            return False
+        result: bool = ack(message)
+        return result
+
+    consumer.ack = ack_unless_skipped
     app = consumer.app
     rebalance_start = app.on_rebalance_start
 

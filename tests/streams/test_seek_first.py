@@ -2,8 +2,9 @@
 records Faust fetched and threw away because the rebalance had stopped its flow are read again,
 also on a partition the group has never committed or committed at 0, which aiokafka's
 `seek_to_committed` leaves where the fetch left it (the chaos run's four users never merged);
-a recovery that ends during the next rebalance leaves the stream partitions alone; and a
-partition handed a later message first after its seek is sought back to the offset sought."""
+a recovery that ends during the next rebalance leaves the stream partitions alone; a partition
+handed a later message first after its seek is sought back to the offset sought; and messages a
+stream skips are not acknowledged."""
 
 from __future__ import annotations
 
@@ -389,7 +390,8 @@ def jumping_seeks(consumer: Any, tp: TP, to: int, every_seek: bool) -> list[int]
     return sought
 
 
-def handed_after_a_jump(settings: Settings, datadir: Path, topic: str, every_seek: bool) -> tuple[list[int], list[bytes]]:
+def handed_after_a_jump(settings: Settings, datadir: Path, topic: str,
+                        every_seek: bool) -> tuple[list[int], list[bytes]]:
     """Ten records in a partition committed at 2, and a worker whose position jumps to 6 after
     its seek (`jumping_seeks`): the offsets the partition was sought to, and what the agent saw."""
     tp = TP(topic, PARTITION)
@@ -424,3 +426,36 @@ def test_a_partition_sought_back_once_hands_its_messages_over_if_the_first_is_st
     # ever); the stage's own check then sees the hole (streams/offset_sequence.py).
     sought, seen = handed_after_a_jump(isolated, tmp_path / "state", isolated.topic_events, every_seek=True)
     assert (sought, seen) == ([2, 2], [str(n).encode() for n in range(6, 2 * RECORDS)] + [b"after"])
+
+
+@pytest.mark.parametrize("iterator", ["cython", "pure-python"])
+def test_messages_a_stream_skips_as_a_rebalance_begins_are_not_acknowledged(
+    isolated: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, iterator: str
+) -> None:
+    # From a rebalance's start (called in the consumer's thread) until the revocation reaches
+    # the app, the stream skips the queued messages, which have a generation and the app none.
+    # Faust's pure-Python stream iterator (used where its Cython one is not built) acknowledged
+    # them, so a commit in that moment would have passed messages no agent was handed.
+    if iterator == "pure-python":
+        monkeypatch.setattr(faust.streams, "_CStreamIterator", None)
+    topic = isolated.topic_events
+    tp = TP(topic, PARTITION)
+    produce(isolated, topic, [str(n).encode() for n in range(RECORDS)])
+
+    async def scenario() -> tuple[list[bytes], int | None]:
+        seen: dict[str, list[bytes]] = {}
+        app = worker_app(isolated, tmp_path / "state", seen, busy_s=1.0)  # the others wait in its queue
+        async with running(app, tp):
+            while not seen.get(topic):
+                await asyncio.sleep(0.01)
+            generation = app.consumer_generation_id
+            app.on_rebalance_start()
+            # The agent is done with its event, the stream skips the rest, and the app commits
+            # every 0.1 s what is acknowledged.
+            await asyncio.sleep(1.5)
+            committed = app.consumer._committed_offset.get(tp)
+            app.consumer_generation_id, app.rebalancing = generation, False  # no rebalance follows
+            return seen[topic], committed
+
+    # Before the fix, the pure-Python iterator's commit was at 5.
+    assert asyncio.run(scenario()) == ([b"0"], 1)
