@@ -451,8 +451,11 @@ def test_messages_a_stream_skips_as_a_rebalance_begins_are_not_acknowledged(
             generation = app.consumer_generation_id
             app.on_rebalance_start()
             # The agent is done with its event, the stream skips the rest, and the app commits
-            # every 0.1 s what is acknowledged.
-            await asyncio.sleep(1.5)
+            # every 0.1 s what is acknowledged: the first commit, then a few more.
+            async with asyncio.timeout(30):
+                while app.consumer._committed_offset.get(tp) is None:
+                    await asyncio.sleep(0.05)
+            await asyncio.sleep(1.0)
             committed = app.consumer._committed_offset.get(tp)
             app.consumer_generation_id, app.rebalancing = generation, False  # no rebalance follows
             return seen[topic], committed
