@@ -52,10 +52,12 @@ class CountingOutbox(Outbox):
         self.records: Counter[str] = Counter()
         self.bytes = 0
         self.account_updates: list[Consumed] = []
+        self._offsets: Counter[int] = Counter()  # per partition, as Kafka numbers them
 
     def add(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None, headers: Headers = ()) -> None:
         if topic == self.accounts_topic and value is not None and partition is not None:
-            self.account_updates.append(Consumed(topic, partition, len(self.account_updates), key, value))
+            self.account_updates.append(Consumed(topic, partition, self._offsets[partition], key, value))
+            self._offsets[partition] += 1
             return
         super().add(topic, key, value, partition, headers)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import orjson
 
+from streams.bench.stages import CountingOutbox
 from streams.cli import main
 
 
@@ -19,3 +20,15 @@ def test_bench_runs_both_stages_and_prints_one_json_object(capsys) -> None:
     assert records["leadstream-scores"] > 0 and records["leads-changelog"] > 0
     assert records["accounts-changelog"] > 0
     assert figures["lead_crossings"] > 0
+
+
+def test_account_updates_are_numbered_per_partition_across_batches() -> None:
+    # As Kafka numbers them: the account stage checks each partition's offsets for holes.
+    outbox = CountingOutbox(partitions=2, accounts_topic="accounts")
+    handed = []
+    for batch in ([(1, b"a"), (0, b"b"), (1, b"c")], [(1, b"d")]):
+        for partition, value in batch:
+            outbox.add("accounts", b"key", value, partition)
+        handed += outbox.account_updates
+        outbox.account_updates = []
+    assert [(m.partition, m.offset, m.value) for m in handed] == [(1, 0, b"a"), (0, 0, b"b"), (1, 1, b"c"), (1, 2, b"d")]
