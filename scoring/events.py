@@ -45,6 +45,10 @@ _INT_ID_BOUND = 10 ** (MAX_ID_CHARS - 1)
 #: msgspec stops near 1,000 with Python's recursion limit (a RecursionError, not a DecodeError).
 MAX_NESTING = 32
 #: Event times outside [2000-01-01, 2100-01-01) are refused: almost always seconds sent as ms.
+#: What msgspec raises for input it cannot decode: DecodeError, and UnicodeDecodeError for a
+#: known text field that is not UTF-8 (msgspec 0.18-0.19 alike), and RecursionError for nesting
+#: deeper than it reads. Each of them is said by the careful path (orjson), not raised.
+UNDECODABLE = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
 MIN_TIME_MS = 946_684_800_000
 MAX_TIME_MS = 4_102_444_800_000
 
@@ -117,22 +121,29 @@ def parse_event(raw: bytes | bytearray | memoryview | str | dict[str, Any] | Any
         return Rejection("too_large", too_large(len(raw)), raw)
     try:
         event = _decode_event(raw)
-    except (msgspec.DecodeError, RecursionError):  # RecursionError: nested too deep, said below
+    except UNDECODABLE:
         event = None
     if event is not None and _sound(event):
         return event
     try:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        return Rejection(*unreadable(exc, "not valid JSON"), raw)
+        return Rejection(*unreadable(exc, "not valid JSON", raw), raw)
     if value.__class__ is not dict:
         return Rejection("wrong_type", f"an event must be a JSON object, got {_json_kind(value)}", raw)
     return _from_dict(value)
 
 
-def unreadable(exc: orjson.JSONDecodeError, what: str) -> tuple[str, str]:
+def unreadable(exc: orjson.JSONDecodeError, what: str, raw: bytes | bytearray | memoryview | str) -> tuple[str, str]:
     """The reason and detail of input orjson cannot read: `what` it is (e.g. "not valid JSON"),
     unless it is JSON nesting deeper than orjson reads, which is too large, not bad."""
+    if str(exc).startswith("str is not valid UTF-8") and not isinstance(raw, str):
+        # orjson says "surrogates not allowed" at char 0 whatever the byte: say which, and where.
+        try:
+            bytes(raw).decode("utf-8")
+        except UnicodeDecodeError as bad:
+            return "bad_json", (f"{what}: it is not UTF-8 text (byte 0x{bad.object[bad.start]:02x} at offset {bad.start}); "
+                                "JSON must be UTF-8: send or save it as UTF-8")
     if str(exc).startswith("depth limit exceeded"):
         return ("too_large", f"it nests objects and arrays more than 1,024 levels deep, which is more than can be read "
                              f"(an event may nest {MAX_NESTING}): no event of it can be told apart")
@@ -155,7 +166,7 @@ def parse_message(raw: bytes | bytearray | memoryview | str) -> list[Event | Rej
     try:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        return [Rejection(*unreadable(exc, "not valid JSON"), raw)]
+        return [Rejection(*unreadable(exc, "not valid JSON", raw), raw)]
     if value.__class__ is list:
         if not value:
             return [Rejection("bad_value", EMPTY_ENVELOPE, raw)]
@@ -196,7 +207,7 @@ def decode_message(raw: bytes | bytearray | memoryview | str) -> list[Event] | N
         return None
     try:
         decoded: Event | list[Event] = _decode_message(raw)
-    except (msgspec.DecodeError, RecursionError):  # RecursionError: nested too deep
+    except UNDECODABLE:
         return None
     if isinstance(decoded, Event):
         return [decoded] if _sound(decoded) else None

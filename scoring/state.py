@@ -293,8 +293,8 @@ class LeadState:
             version = _LEAD_VERSION
         except msgspec.ValidationError as exc:
             values, version = _earlier_layout(data, exc)
-        except msgspec.DecodeError as exc:
-            raise StateError(f"lead state is not readable MessagePack: {exc}") from None
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # a text that is not UTF-8: the latter
+            raise _unreadable(exc) from None
         if values[0] != version and not (version == _LEAD_VERSION and values[0] == _PAID_MARKS - 1):
             raise StateError(f"lead state of an unknown layout version {values[0]} (expected {_LEAD_VERSION})")
         _check_pairs_and_triples(values[12], values[18])
@@ -400,7 +400,13 @@ def _earlier_layout(data: bytes | bytearray | memoryview, error: msgspec.Validat
             return (*decode_layout(data), *missing), version
         except msgspec.ValidationError:
             continue
+        except UnicodeDecodeError as exc:
+            raise _unreadable(exc) from None
     raise StateError(f"lead state of an unknown layout (expected version {_LEAD_VERSION}): {error}") from None
+
+
+def _unreadable(exc: Exception) -> StateError:
+    return StateError(f"lead state is not readable MessagePack: {exc}")
 
 
 def _check_pairs_and_triples(windows: dict[str, list[int]], history: list[Any]) -> None:

@@ -19,6 +19,7 @@ import orjson
 
 from scoring import AccountState, Engine, MemberScore, Transition
 from scoring.accounts import by_account
+from scoring.events import UNDECODABLE, unreadable
 from scoring.errors import StateError
 from streams import metrics
 from streams.account_table import AccountTable
@@ -186,14 +187,14 @@ class Rollup:
             return []
         try:  # an envelope of well-formed updates, decoded and checked in one pass
             return _decode_updates(message.value)
-        except (msgspec.DecodeError, RecursionError):  # RecursionError: nested too deep for msgspec
+        except UNDECODABLE:
             pass  # the careful path finds which record is bad, and why
         updates = []
         try:
             records = unpack(message.value)
         except orjson.JSONDecodeError as exc:
             records = []
-            dead.append(self._dead(message, "bad_json", f"message is not JSON: {exc}", message.value))
+            dead.append(self._dead(message, *unreadable(exc, "message is not JSON", message.value), message.value))
         for record in records:
             try:
                 updates.append(msgspec.convert(record, MemberScore))

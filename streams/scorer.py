@@ -813,7 +813,7 @@ class Scorer:
             items = unpack(message.value)
         except orjson.JSONDecodeError as exc:
             stats.events += 1  # how many events it held is unknowable: it counts as one
-            reject(*unreadable(exc, "message is not JSON"), message.value)
+            reject(*unreadable(exc, "message is not JSON", message.value), message.value)
             return [], []
         if not items:
             stats.events += 1  # as an unreadable message: it held no event, yet it is one

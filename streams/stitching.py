@@ -45,6 +45,7 @@ import msgspec
 
 from scoring import LeadState
 from scoring.errors import StateError
+from scoring.events import UNDECODABLE
 from scoring.events import MAX_ID_CHARS, MAX_TIME_MS, Id, Rejection, is_id, optional_id
 from streams.outbox import Headers, encode_json
 from streams.segment import ANONYMOUS_PREFIX
@@ -166,7 +167,7 @@ def read_record(value: bytes) -> tuple[IdentityRecord, dict[str, LeadState]]:
     naming the problem, for anything else (checked whole before any of it is used)."""
     try:
         record = _decode_record(value)
-    except (msgspec.DecodeError, RecursionError) as exc:
+    except UNDECODABLE as exc:
         raise IdentityRecordError(f"identity record unreadable: {exc}") from None
     states = {}
     for model, raw in record.states.items():

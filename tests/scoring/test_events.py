@@ -275,6 +275,25 @@ def test_json_nested_deeper_than_orjson_reads_is_too_large_not_bad_json() -> Non
     assert [r.reason for r in parse_message(b"[{nope")] == ["bad_json"]
 
 
+@pytest.mark.parametrize("field", ["event_id", "lead_id", "type", "product", "trait", "property"])
+def test_text_that_is_not_utf8_is_bad_json_naming_the_byte_not_raised(field: str) -> None:
+    # msgspec raises UnicodeDecodeError, not a DecodeError, for a known field's text (once
+    # out of the engine and of a worker's batch); a Latin-1 export is the usual way in.
+    event = {**GOOD, "product": "b2b", "traits": {"name": "Ren"}, "properties": {"title": "Ren"}}
+    slot = {"trait": ("traits", "name"), "property": ("properties", "title")}.get(field)
+    if slot:
+        event[slot[0]] = {slot[1]: "Ren\u00e9"}
+    else:
+        event[field] = event[field] + "\u00e9"
+    raw = orjson.dumps(event).replace("\u00e9".encode(), b"\xe9")
+    offset = raw.index(b"\xe9")
+    for refused, at in [(parse_event(raw), offset), *((r, offset) for r in parse_message(raw)),
+                        *((r, offset + 1) for r in parse_message(b"[" + raw + b"]"))]:
+        assert isinstance(refused, Rejection) and refused.reason == "bad_json"
+        assert refused.detail == (f"not valid JSON: it is not UTF-8 text (byte 0xe9 at offset {at}); JSON must be UTF-8: "
+                                  "send or save it as UTF-8")
+
+
 def test_iso_times_may_spell_t_and_z_in_lower_case() -> None:
     assert parse_event({**GOOD, "time": "2025-11-03t00:00:00z"}) == parse_event({**GOOD, "time": "2025-11-03T00:00:00Z"}) == Event(
         "e-1", "L1", "page_view", T0)

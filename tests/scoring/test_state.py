@@ -26,7 +26,17 @@ def test_round_trip_and_size_of_a_b2b_lead() -> None:
     assert len(raw) < 500
 
 
-@pytest.mark.parametrize("raw", [b"not json", b"{}", b"[2]", b"[1, 2, 3]", b"\x93\x03\x01\x02", b"\xdc\x00\x14" + b"\x01" * 20, b"\xc1"])
+def _not_utf8(layout: int, dropped: int) -> bytes:
+    """A state of `layout` (8: the current one; 6: without the last field) whose level is a text
+    that is not UTF-8 (msgspec raises UnicodeDecodeError for it, not a DecodeError)."""
+    fields = list(msgspec.msgpack.decode(LeadState.new("nurture", 0).to_bytes()))
+    fields[0] = layout
+    raw = msgspec.msgpack.encode(fields[: len(fields) - dropped])
+    return raw.replace(b"\xa7nurture", b"\xa7nurtur\xe9")
+
+
+@pytest.mark.parametrize("raw", [b"not json", b"{}", b"[2]", b"[1, 2, 3]", b"\x93\x03\x01\x02", b"\xdc\x00\x14" + b"\x01" * 20, b"\xc1",
+                                 _not_utf8(8, 0), _not_utf8(6, 1)])
 def test_unreadable_state_bytes_raise_state_error(raw: bytes) -> None:
     with pytest.raises(StateError):
         LeadState.from_bytes(raw)

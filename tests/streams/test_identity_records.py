@@ -40,6 +40,7 @@ LINK = {"kind": "link", "source": "anon:v1", "target": "ada", "time": T0}
     ("value", "named"),
     [
         (b"{not json", "identity record unreadable"),
+        (orjson.dumps({**LINK, "source": "anon:v\u00e9"}).replace("\u00e9".encode(), b"\xe9"), "identity record unreadable"),
         (b"[1, 2]", "Expected `object`, got `array`"),
         (orjson.dumps({**LINK, "kind": "zap"}), "at `$.kind`"),
         (orjson.dumps({**LINK, "source": ["anon:v1"]}), "at `$.source`"),

@@ -61,6 +61,18 @@ def test_json_lines_output_is_exact(tmp_path: Path) -> None:
     ]
 
 
+def test_a_line_that_is_not_utf8_is_reported_and_the_others_scored(tmp_path: Path) -> None:
+    """A Latin-1 export: the line raised UnicodeDecodeError out of the engine, a traceback."""
+    latin1 = orjson.dumps({**SAAS_EVENTS[0], "event_id": "latin-1", "traits": {"name": "Ren\u00e9"}}).replace("\u00e9".encode(), b"\xe9")
+    expected, out, err = io.StringIO(), io.StringIO(), io.StringIO()
+    score_file(MODELS_DIR, write(tmp_path / "good.jsonl", SAAS_EVENTS), table=False, out=expected, err=io.StringIO())
+    assert score_file(MODELS_DIR, write(tmp_path / "events.jsonl", [latin1, *SAAS_EVENTS]), table=False, out=out, err=err) == 0
+    assert out.getvalue() == expected.getvalue()
+    assert err.getvalue().splitlines() == [
+        f"events.jsonl line 1: bad_json: not valid JSON: it is not UTF-8 text (byte 0xe9 at offset {latin1.index(0xE9)}); "
+        "JSON must be UTF-8: send or save it as UTF-8"]
+
+
 def test_decay_is_evaluated_at_the_newest_event_time(tmp_path: Path) -> None:
     b2b = [
         {"event_id": "a", "lead_id": "old", "type": "form_submit", "time": T0, "product": "b2b", "properties": {"form": "demo_request"}, "account_id": "acme"},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -112,14 +113,17 @@ def test_bad_input_goes_to_the_dead_letter_topic_and_the_rest_is_scored(
     twice = orjson.dumps({**good[3], "event_id": "twice"}).decode()
     producer.send(topic, partition=partition_for("carol", 4), value=orjson.dumps([twice]))
     producer.send(topic, key=b"carol", value=b" [ ]")  # an envelope of no event: a producer's bug
+    # A text that is not UTF-8 (a Latin-1 export): msgspec's UnicodeDecodeError once failed the batch.
+    latin1 = orjson.dumps({**good[3], "event_id": "latin-1", "traits": {"name": "Ren\u00e9"}}).replace("\u00e9".encode(), b"\xe9")
+    producer.send(topic, key=b"carol", value=latin1)
     producer.flush()
     producer.close()
 
     proc = worker()
 
-    dead = read_topic(isolated, isolated.topic_deadletter, expect=13)
+    dead = read_topic(isolated, isolated.topic_deadletter, expect=14)
     reasons = sorted(letter["reason"] for _, letter in dead)
-    assert len(dead) == 13, reasons
+    assert len(dead) == 14, reasons
     assert [letter["original"] for _, letter in dead if letter["detail"].startswith("an envelope (JSON array) of no event")] == [" [ ]"]
     encoded_twice = next(letter for _, letter in dead if letter["reason"] == "wrong_type")
     assert (encoded_twice["detail"], orjson.loads(encoded_twice["original"])) == ("an event must be a JSON object, got a text", twice)
@@ -140,13 +144,14 @@ def test_bad_input_goes_to_the_dead_letter_topic_and_the_rest_is_scored(
     assert "timed 2099-01-01T00:00:00+00:00" in from_the_future["detail"] and "LEADSTREAM_MAX_FUTURE_MS" in from_the_future["detail"]
     for _, letter in dead:
         assert letter["detail"] and letter["source"]["topic"] in (topic, None)
-    bad_json = next(letter for _, letter in dead if letter["reason"] == "bad_json")
+    bad_json, not_utf8 = [letter for _, letter in dead if letter["reason"] == "bad_json"]
     assert bad_json["original"] == "{not json" and bad_json["source"]["partition"] == partition_for("carol", 4)
+    assert base64.b64decode(not_utf8["original_base64"]) == latin1 and "it is not UTF-8 text (byte 0xe9" in not_utf8["detail"]
     crossings = read_topic(isolated, isolated.topic_crossings, expect=1)
     assert [(c["lead_id"], c["to_level"], c["score"]) for _, c in crossings] == [("carol", "mql", 20)]
     status, body = proc.get("/metrics")
     assert status == 200
-    assert b'leadstream_events_rejected_total{reason="bad_json"} 1.0' in body
+    assert b'leadstream_events_rejected_total{reason="bad_json"} 2.0' in body
 
 
 def test_messages_near_kafkas_limit_that_are_not_json_are_dead_lettered_and_the_worker_goes_on(

@@ -142,6 +142,18 @@ def test_an_update_not_written_by_leadstream_is_dead_lettered_naming_the_field(r
     assert orjson.loads(letter)["reason"] == "bad_account_update" and named in orjson.loads(letter)["detail"]
 
 
+def test_a_message_with_a_text_that_is_not_utf8_is_dead_lettered_not_raised() -> None:
+    """msgspec raises UnicodeDecodeError (no DecodeError) for a field's text that is not UTF-8."""
+    settings = Settings()
+    dead = Collected()
+    stage = Rollup(Engine([shipped("b2b")]), settings, None, dead)  # type: ignore[arg-type]
+    value = orjson.dumps([GOOD_UPDATE, {**GOOD_UPDATE, "lead_id": "Ren\u00e9"}]).replace("\u00e9".encode(), b"\xe9")
+    assert decode(stage, Consumed(settings.topic_accounts, 0, 4, None, value)) == []
+    [(_, _, letter, _)] = dead.records
+    assert orjson.loads(letter)["reason"] == "bad_json" and "it is not UTF-8 text (byte 0xe9 at offset" in orjson.loads(letter)["detail"]
+    assert orjson.loads(letter)["original_base64"]
+
+
 def test_a_time_beyond_any_event_time_is_refused_not_stored() -> None:
     settings = Settings()
     dead = Collected()
