@@ -139,6 +139,11 @@ class ModelRuntime:
         self.empty_found = self._fit({})
         self.empty_fit = self.empty_found[1]
         self.first_level = self.ladder.names[self.ladder.level_after(0, max(self.empty_fit, self.floor))]
+        if self.first_level != self.ladder.names[0]:  # parse_ladder saw to the rest: fit points lift it
+            raise ModelError(f"{model.file}: [thresholds], field 'ladder[1].at': expected a score above the "
+                             f"{self.empty_fit:g} fit points a lead without traits has (from the [[fit]] rules it meets), else "
+                             f"every lead is '{self.first_level}' from the start and no crossing into it reaches the CRM, "
+                             f"got {self.ladder.at[1]:g}")
         self.ceiling = float("inf") if model.max_points is None else model.max_points
         #: rule name -> its max_points, for the rules that have one
         self.limits = {rule.name: rule.max_points for rule in model.rules if rule.max_points is not None}

@@ -139,7 +139,7 @@ def parse_model(text: str, file: str) -> Model:
     if thresholds is None:
         raise top.error("thresholds", "a [thresholds] table: base level and ladder, e.g. ladder = [{ level = \"mql\", at = 20 }]")
     thresholds.check_keys(("base", "hysteresis", "ladder"))
-    ladder = parse_ladder(thresholds)
+    ladder = parse_ladder(thresholds, floor)
     scale = parse_scale(top.table("scale", "[scale]"), ladder.at[-1] if ladder.at[-1] > 0 else 100)
 
     conditions = [c for r in rules for c in r.conditions] + [c for r in fit_rules for c in r.conditions]

@@ -21,7 +21,7 @@ GRADES = '[grades]\nA = { min = 30 }\nB = { min = 10, below = 30 }\nC = { min = 
 
 
 def load(text: str) -> None:
-    model(text, name="b2b", header=False)
+    Engine([model(text, name="b2b", header=False)])
 
 
 CASES = [
@@ -80,6 +80,15 @@ CASES = [
     (BASE.replace("ladder = [{ level = \"mql\", at = 20 }]", "ladder = [{ level = \"mql\", at = 20 }, { level = \"mql\", at = 30 }]"),
      ["[thresholds]", "field 'ladder[2].level'", "used once"]),
     (BASE.replace('base = "cold"\n', 'base = "cold"\nhysteresis = -1\n'), ["[thresholds]", "field 'hysteresis'", "at least 0"]),
+    # Lines a new lead starts above, or a lead above could never fall back below: a level no
+    # crossing reaches the CRM for, or one it never leaves.
+    (BASE.replace('name = "b2b"', 'name = "b2b"\nfloor = 50'), ["[thresholds]", "field 'ladder[1].at'", "above 50", "got 20"]),
+    (BASE.replace("at = 20", "at = -20"), ["[thresholds]", "field 'ladder[1].at'", "above 0", "got -20"]),
+    (BASE.replace('name = "b2b"', 'name = "b2b"\nfloor = -50').replace("at = 20", "at = -20"), ["field 'ladder[1].at'", "above 0"]),
+    (BASE.replace('base = "cold"\n', 'base = "cold"\nhysteresis = 20\n'), ["[thresholds]", "field 'hysteresis'", "less than 20", "floor"]),
+    (BASE.replace("at = 20 }", "at = 20, hysteresis = 1e9 }"), ["[thresholds]", "field 'ladder[1].hysteresis'", "less than 20"]),
+    (BASE + '[[fit]]\nname = "no title"\npoints = 25\ntraits.title = { exists = false }\n',
+     ["[thresholds]", "field 'ladder[1].at'", "above the 25 fit points a lead without traits has", "'mql' from the start"]),
     ('[model]\nname = "b2b"\n', ["b2b.toml", "top level", "field 'thresholds'"]),
     (BASE.replace('name = "b2b"', 'name = "b2b/eu"'), ["b2b.toml", "[model]", "field 'name'", "letters, digits", "'b2b/eu'"]),
     (BASE.replace('name = "b2b"', 'name = "B2B Europe"'), ["[model]", "field 'name'", "'B2B Europe'"]),
