@@ -8,9 +8,10 @@ lists shipped in scoring/data, which a model can replace or extend in its `[doma
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, Iterable
 
 from scoring.config import Table
 from scoring.rules import Condition, parse_conditions
@@ -109,10 +110,25 @@ def parse_domains(table: Table | None) -> DomainLists:
             override.check_keys(("replace", "add"))
             replaced = override.strings("replace", None)
             if replaced is not None:
-                domains = frozenset(map(domain_key, replaced))
-            domains |= frozenset(map(domain_key, override.strings("add", ())))
+                domains = _domains(override, "replace", replaced)
+            domains |= _domains(override, "add", override.strings("add", ()))
         lists[kind] = domains
     return DomainLists(**lists)
+
+
+#: A domain as `domain_key` gives it: dot-separated labels of letters, digits and inner hyphens.
+_DOMAIN = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)(?:\.(?!-)[a-z0-9-]{1,63}(?<!-))*")
+
+
+def _domains(table: Table, key: str, written: Iterable[str]) -> frozenset[str]:
+    """The domains of a [domains] list; an entry that is none would never match an address."""
+    out = set()
+    for entry in written:
+        domain = domain_key(entry)
+        if len(domain) > 253 or not _DOMAIN.fullmatch(domain):
+            raise table.error(key, f"domains such as \"rival.io\" (no '@', spaces or URL), got {entry!r} among them")
+        out.add(domain)
+    return frozenset(out)
 
 
 def parse_fit_rule(file: str, data: dict[str, Any], number: int) -> FitRule:

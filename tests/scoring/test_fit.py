@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scoring import Engine
+from scoring.config import Table
 from scoring.fit import parse_domains, shipped_list
 from tests.scoring.support import DAY, T0, Run, engine, ev, shipped
 
@@ -91,6 +92,10 @@ def test_shipped_domain_lists_are_real_and_replaceable() -> None:
     assert {"gmail.com", "outlook.com"} <= shipped_list("free")
     assert "mailinator.com" in shipped_list("disposable")
     assert "marketo.com" in shipped_list("competitor")
+    # They pass the check a model's own lists get.
+    kinds = ("free", "disposable", "competitor")
+    lists = parse_domains(Table("b2b.toml", "[domains]", {kind: {"replace": sorted(shipped_list(kind))} for kind in kinds}))
+    assert lists.classes == parse_domains(None).classes
     run = Run(
         engine(
             '[[fit]]\nname = "free"\npoints = -10\ntraits.email = { domain = "free" }\n'

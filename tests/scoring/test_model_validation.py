@@ -103,6 +103,9 @@ CASES = [
     (BASE + "[scale]\nzero_at = 50\nhundred_at = 10\n", ["[scale]", "field 'hundred_at'", "above zero_at"]),
     (BASE + "[scale]\nzero_at = 50\n", ["[scale]", "field 'zero_at'", "below hundred_at, which is 20 when not given", "50"]),
     (BASE + "[[rules]\n", ["b2b.toml", "not valid TOML"]),
+    # Entries no address could match (they were taken, and never matched).
+    (BASE + '[domains]\ncompetitor = { add = ["@rival.io"] }\n', ["[domains]", "field 'competitor.add'", "'@rival.io' among them"]),
+    (BASE + '[domains]\nfree = { replace = ["gmail.com", "not a domain!"] }\n', ["[domains]", "field 'free.replace'", "'not a domain!'"]),
 ]
 
 
