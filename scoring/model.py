@@ -73,7 +73,7 @@ class Model:
 
 def load_model(path: Path) -> Model:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # -sig: Windows editors begin UTF-8 files with a byte order mark
     except (OSError, UnicodeDecodeError) as exc:
         raise ModelError(f"{path.name}: cannot read the model file: {exc}") from None
     return parse_model(text, path.name)
@@ -107,6 +107,8 @@ def parse_model(text: str, file: str) -> Model:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ModelError(f"{file}: not valid TOML: {exc}") from None
+    except RecursionError:  # tomllib reads nested arrays and tables recursively
+        raise ModelError(f"{file}: not valid TOML for a model: arrays or tables nested deeper than can be read") from None
     top = Table(file, "top level", data)
     top.check_keys(_SECTIONS)
 

@@ -3,6 +3,7 @@ the field, and says what is expected."""
 
 from __future__ import annotations
 
+import codecs
 import json
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 
 from scoring import Engine, ModelError
 from scoring.events import MAX_TRAIT_SIZE
-from scoring.model import MAX_KEPT_TRAITS, load_directory
+from scoring.model import MAX_KEPT_TRAITS, load_directory, load_model
 from streams.envelope import MAX_MESSAGE_BYTES
 from streams.outbox import encode_json
 from tests.scoring.support import MINUTE, MODELS_DIR, Run, ev, model
@@ -103,6 +104,7 @@ CASES = [
     (BASE + "[scale]\nzero_at = 50\nhundred_at = 10\n", ["[scale]", "field 'hundred_at'", "above zero_at"]),
     (BASE + "[scale]\nzero_at = 50\n", ["[scale]", "field 'zero_at'", "below hundred_at, which is 20 when not given", "50"]),
     (BASE + "[[rules]\n", ["b2b.toml", "not valid TOML"]),
+    (BASE + "x = " + "[" * 5000 + "]" * 5000 + "\n", ["b2b.toml", "not valid TOML", "nested deeper"]),  # a RecursionError
     # Entries no address could match (they were taken, and never matched).
     (BASE + '[domains]\ncompetitor = { add = ["@rival.io"] }\n', ["[domains]", "field 'competitor.add'", "'@rival.io' among them"]),
     (BASE + '[domains]\nfree = { replace = ["gmail.com", "not a domain!"] }\n', ["[domains]", "field 'free.replace'", "'not a domain!'"]),
@@ -126,6 +128,13 @@ def test_an_unknown_event_type_is_allowed_and_scores_once_such_events_come() -> 
 def test_every_shipped_model_loads() -> None:
     names = {m.name for m in Engine.from_directory(MODELS_DIR).models}
     assert names == {"saas_start_small", "b2b", "analytics_addon"}
+
+
+def test_a_model_file_may_begin_with_a_byte_order_mark(tmp_path: Path) -> None:
+    """As Windows editors write UTF-8 (it was 'not valid TOML: Invalid statement' at line 1)."""
+    (tmp_path / "b2b.toml").write_bytes(codecs.BOM_UTF8 + (BASE + RULE).encode())
+    loaded = load_model(tmp_path / "b2b.toml")
+    assert (loaded.name, loaded.rules, loaded.ladder) == ("b2b", model(BASE + RULE, header=False).rules, model(BASE, header=False).ladder)
 
 
 def test_directory_errors(tmp_path: Path) -> None:
