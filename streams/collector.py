@@ -143,11 +143,16 @@ def load_sources(spec: str) -> dict[str, Source]:
 
 def _sources_from_file(path: Path) -> dict[str, Source]:
     try:
-        document = tomllib.loads(path.read_text())
+        document = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # as model files (scoring/model.py)
     except OSError as exc:
         raise ConfigError(f"cannot read the collector's sources file {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}): "
+                          "save it as UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    except RecursionError:  # tomllib reads nested arrays and tables recursively
+        raise ConfigError(f"{path} is not valid TOML: arrays or tables nested deeper than can be read") from None
     sources = document.get("sources")
     if not isinstance(sources, dict) or not sources:
         raise ConfigError(f"{path} has no [sources.NAME] tables")

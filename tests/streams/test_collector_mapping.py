@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 from pathlib import Path
 from typing import Any
 
@@ -344,6 +345,8 @@ def test_write_keys_from_a_sources_file(tmp_path: Path) -> None:
     path = tmp_path / "sources.toml"
     path.write_text('[sources.website]\nwrite_keys = ["k1", "k2"]\n\n[sources.app]\nwrite_keys = ["k3"]\nproduct = "console"\n')
     assert load_sources(str(path)) == {"k1": Source("website"), "k2": Source("website"), "k3": Source("app", "console")}
+    path.write_bytes(codecs.BOM_UTF8 + path.read_bytes())  # as Windows editors write UTF-8
+    assert load_sources(str(path)) == {"k1": Source("website"), "k2": Source("website"), "k3": Source("app", "console")}
 
 
 @pytest.mark.parametrize(
@@ -354,6 +357,8 @@ def test_write_keys_from_a_sources_file(tmp_path: Path) -> None:
         ("k1=a,k1=b", None, "given twice"),
         ("missing.toml", None, "cannot read"),
         ("sources.toml", "[sources", "not valid TOML"),
+        ("sources.toml", "x = " + "[" * 5000 + "]" * 5000, "not valid TOML: arrays or tables nested deeper"),
+        ("sources.toml", '[sources.caf\xe9]\nwrite_keys = ["k"]\n', "not UTF-8 text \\(byte 0xe9 at offset 12\\): save it as UTF-8"),
         ("sources.toml", "[other]\n", "no \\[sources.NAME\\] tables"),
         ("sources.toml", "[sources.web]\nwrite_keys = []\n", "non-empty list of strings"),
         ("sources.toml", '[sources.web]\nwrite_keys = ["k"]\nproduct = 3\n', "`product` must be a string"),
@@ -361,7 +366,7 @@ def test_write_keys_from_a_sources_file(tmp_path: Path) -> None:
 )
 def test_bad_write_key_configuration_says_what_to_fix(tmp_path: Path, spec: str, file_text: str | None, message: str) -> None:
     if file_text is not None:
-        (tmp_path / spec).write_text(file_text)
+        (tmp_path / spec).write_bytes(file_text.encode("latin-1"))
     if spec.endswith(".toml"):
         spec = str(tmp_path / spec)
     with pytest.raises(ConfigError, match=message):
