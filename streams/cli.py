@@ -307,6 +307,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         # the interpreter's last flush at exit would fail again with a traceback.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141  # as a shell reports a command SIGPIPE ended
+    except OSError as exc:
+        # The system refused a file or the output (`> /dev/full`: no space left): not leadstream's
+        # bug, so its reason, not a traceback; and no last flush of the output to fail again.
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"leadstream {args.command}: {exc.strerror or exc}{where}", file=sys.stderr)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

@@ -95,3 +95,10 @@ def test_a_reader_that_goes_away_ends_the_output_quietly(tmp_path: Path) -> None
     proc.stdout.close()
     _, err = proc.communicate(timeout=60)
     assert (proc.returncode, err) == (141, b"")
+
+
+def test_output_the_system_refuses_is_said_in_one_line_not_a_traceback() -> None:
+    with open("/dev/full", "wb") as full:  # every write: no space left on device
+        proc = subprocess.run([sys.executable, "-m", "streams.cli", "models"], cwd=PROJECT_ROOT, stdout=full,
+                              stderr=subprocess.PIPE, timeout=60)
+    assert (proc.returncode, proc.stderr.decode()) == (1, "leadstream models: No space left on device\n")
