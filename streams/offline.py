@@ -46,9 +46,9 @@ class OfflineRun:
     """States held in memory (as objects: no changelog to write) and everything produced.
 
     Identity stitching happens as in the worker (streams/stitching.py), in file order: the links
-    an identify or alias event asks for are made after its batch is applied, the old id's states
-    are merged into the lead's (scoring.identity.merge), and the old id's later events are
-    scored on the lead. Anonymous profiles' crossings are not reported, as the worker does not
+    an identify or alias event asks for are made right after it, before the next line (the
+    worker makes them a moment later, through Kafka), the old id's states are merged into the
+    lead's (scoring.identity.merge), and the old id's later events are scored on the lead. Anonymous profiles' crossings are not reported, as the worker does not
     publish them.
     """
 
@@ -71,6 +71,17 @@ class OfflineRun:
         self.products = ", ".join(sorted({product for model in engine.models for product in model.products or ()}))
 
     def apply(self, lines: list[Line]) -> None:
+        """Applies the lines in batches, cut after each line that asks for links: then what
+        follows it does not depend on where the batches of the file are cut."""
+        start = 0
+        for end, (_, _, links) in enumerate(lines, 1):
+            if links:
+                self._apply(lines[start:end])
+                start = end
+        if start < len(lines):
+            self._apply(lines[start:])
+
+    def _apply(self, lines: list[Line]) -> None:
         batch: list[Line] = []
         for number, event, links in lines:
             lead_id = self._merged_into(event.lead_id)

@@ -73,6 +73,26 @@ def test_a_line_that_is_not_utf8_is_reported_and_the_others_scored(tmp_path: Pat
         "JSON must be UTF-8: send or save it as UTF-8"]
 
 
+@pytest.mark.parametrize("between", [0, 1100])
+def test_a_visitor_event_sent_again_under_its_lead_after_the_identify_counts_once(tmp_path: Path, between: int) -> None:
+    """Links take effect right after their line: a batch holding the identify and the lead's
+    copy of v1 scored the copy on the lead before the merge brought v1 in too (39 points, not
+    29), and so the score depended on where the file's batches of 1,000 lines were cut."""
+    def view(event_id: str, lead_id: str, at: int, page: str) -> dict[str, object]:
+        return {"event_id": event_id, "lead_id": lead_id, "type": "page_view", "time": T0 + at, "product": "b2b",
+                "properties": {"url": f"https://acme.io/{page}"}}
+
+    filler = [{"event_id": f"f{n}", "lead_id": f"other-{n}", "type": "login", "time": T0 + 2000, "product": "b2b"} for n in range(between)]
+    identify = {"event_id": "i1", "lead_id": "u-42", "type": "identify", "time": T0 + 2000, "anonymous_id": "a-1",
+                "traits": {"email": "ada@acme.io"}}
+    lines = [view("v1", "anon:a-1", 0, "pricing"), view("v2", "anon:a-1", 1000, "demo"), identify, *filler,
+             view("v3", "anon:a-1", 3000, "pricing"), view("v1", "u-42", 0, "pricing")]
+    run = apply_file(Engine.from_directory(MODELS_DIR), write(tmp_path / "events.jsonl", lines), io.StringIO())
+    state = run.leads[("b2b", "u-42")]
+    assert state.ledger["pricing page"][:2] == [20, 2]  # v1 and v3
+    assert (state.behaviour + state.fit, ("b2b", "anon:a-1") in run.leads) == (29, False)
+
+
 def test_decay_is_evaluated_at_the_newest_event_time(tmp_path: Path) -> None:
     b2b = [
         {"event_id": "a", "lead_id": "old", "type": "form_submit", "time": T0, "product": "b2b", "properties": {"form": "demo_request"}, "account_id": "acme"},
