@@ -51,7 +51,7 @@ def merge(
         if state.knows_event(marker):
             return state, out
     level = runtime.ladder.level_of(state.level)
-    weight = 1.0  # half-life: the share of the sum decay left since the bounds clipped it
+    weight: float = 1  # half-life: the share of the sum decay left since the bounds clipped it
     swept_ms = 0  # steps: the time the sweeps that took either profile's steps had reached
     # Both as the model keeps them now (a copy of the source: the caller's stays as it is), so
     # that a renamed rule's entries under its earlier name join its own, within its limits.

@@ -35,6 +35,8 @@ def test_a_merge_adds_the_visitors_points_and_crosses_once() -> None:
     merged, crossings = merge(ENGINE, "b2b", "u", states["u"], states["anon:a"], "anon:a", T + 10_000)
     assert score("u", merged) == 21
     assert [(c.lead_id, c.from_level, c.to_level) for c in crossings] == [("u", "nurture", "mql")]
+    # Whole points stay whole (the README's promise for `score`); they came out 21.0.
+    assert (score("u", merged).__class__, crossings[0].score.__class__) == (int, int)
     history = ENGINE.explain("b2b", "u", merged, T + 10_000)["history"]
     assert {"time": T + 10_000, "rule": "merged from anonymous visitor anon:a", "points": 20} in history
 
