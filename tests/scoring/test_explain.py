@@ -115,3 +115,13 @@ def test_a_summary_says_the_time_its_half_life_points_are_valued_at() -> None:
     assert (late["time"], late["score"]) == (T0 + 2 * DAY, 30)
     steps = Run(engine('[[rules]]\nname = "visit"\nevent = "visit"\npoints = 40\n')).apply(ev("visit"), ev("visit", at=DAY))
     assert steps.engine.summary("m", "L1", steps.state(), T0)["time"] == T0  # no half-life: the time asked
+
+
+def test_reasons_leave_out_decay_too_small_to_show() -> None:
+    # Seconds of a 14-day half-life take 0.0001 of 35 points: shown as "decay: -0.0" before.
+    addon = Engine([shipped("analytics_addon")])
+    run = Run(addon).apply(ev("trial_started", product="analytics"), ev("data_source_connected", at=0, product="analytics"))
+    seconds_later = addon.summary("analytics_addon", "L1", run.state("L1", "analytics_addon"), T0 + 4000)
+    assert [reason["rule"] for reason in seconds_later["top_reasons"]] == ["trial started", "data source connected"]
+    days_later = addon.summary("analytics_addon", "L1", run.state("L1", "analytics_addon"), T0 + 14 * DAY)
+    assert {"rule": "decay", "points": -17.5} in days_later["top_reasons"]
