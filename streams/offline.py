@@ -68,6 +68,8 @@ class OfflineRun:
         self.at_ms: int | None = None
         #: reason -> lines warned about
         self.warnings: dict[str, int] = {}
+        #: Events read from the file that were well formed (scored or not: late, unrouted...)
+        self.accepted = 0
         self.products = ", ".join(sorted({product for model in engine.models for product in model.products or ()}))
 
     def apply(self, lines: list[Line]) -> None:
@@ -206,8 +208,14 @@ class OfflineRun:
 def score_file(models_dir: Path, events_path: Path, table: bool, out: TextIO, err: TextIO = sys.stderr,
                at_ms: int | None = None) -> int:
     """Scores a JSON-lines file of events, decay evaluated at `at_ms` (default: the newest event
-    time); returns the exit status (0: scored, even with bad lines, which are reported on `err`)."""
+    time); returns the exit status (0: scored, even with bad lines, which are reported on `err`).
+    A file of lines none of which is an event is an InputError: a check that scores a file
+    (as scoring/MODELS.md suggests, in CI) must not pass on a file of the wrong format."""
     run = apply_file(Engine.from_directory(models_dir), events_path, err)
+    if not run.accepted and run.warnings:
+        refused = sum(run.warnings.values())
+        raise InputError(f"no event of {events_path.name} could be read, all {refused} refused (reported above): a file "
+                         "holds one JSON event, or an array of events, a line")
     run.finish(at_ms)
     records = run.records()
     if table:
@@ -237,6 +245,7 @@ def apply_file(engine: Engine, events_path: Path, err: TextIO, keep: Callable[[E
                     run.warn(number, links.reason, links.detail)
                 else:
                     batch.append((number, item, links))
+                    run.accepted += 1
             if len(batch) >= BATCH_EVENTS:
                 run.apply(batch)
                 batch = []

@@ -14,6 +14,7 @@ import pytest
 
 from scoring import Engine
 from streams.cli import main
+from streams.errors import InputError
 from streams.offline import apply_file, score_file
 from streams.segment import Mapper, Source
 from tests.scoring.support import DAY, T0, MODELS_DIR
@@ -391,3 +392,15 @@ def test_accounts_are_listed_only_for_models_that_roll_up_as_the_worker_publishe
     table = io.StringIO()
     assert score_file(MODELS_DIR, events, table=True, out=table, err=io.StringIO()) == 0
     assert "saas_start_small  acme" not in table.getvalue()
+
+
+def test_a_file_none_of_whose_lines_is_an_event_fails_naming_why(tmp_path: Path) -> None:
+    # A check in CI that scores a file of the wrong format must not pass.
+    err = io.StringIO()
+    with pytest.raises(InputError, match=r"no event of wrong.jsonl could be read, all 2 refused \(reported above\)"):
+        score_file(MODELS_DIR, write(tmp_path / "wrong.jsonl", [{"userId": "u", "event": "Signed Up"}, b"lead,type,time"]),
+                   table=False, out=io.StringIO(), err=err)
+    assert len(err.getvalue().splitlines()) == 2
+    # One good line is enough: the rest is reported, and the status is 0.
+    assert score_file(MODELS_DIR, write(tmp_path / "some.jsonl", [b"lead,type,time", SAAS_EVENTS[0]]), table=False,
+                      out=io.StringIO(), err=io.StringIO()) == 0
