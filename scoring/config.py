@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+from datetime import date, datetime, time
 from typing import Any, Iterable
 
 from scoring.errors import ModelError
@@ -51,6 +52,21 @@ def is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def toml_value(value: Any) -> str:
+    """A value read from a model file as the file writes it, for error messages: texts quoted
+    as Python quotes them (the messages have always shown 'ten'), but `true` where Python
+    writes True, a date-time in ISO form, and lists and tables of those."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (datetime, date, time)):
+        return value.isoformat()
+    if isinstance(value, list):
+        return "[" + ", ".join(map(toml_value, value)) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{key} = {toml_value(item)}" for key, item in value.items()) + "}"
+    return repr(value)
+
+
 class Table:
     """One TOML table of a model file, knowing where it sits for error messages.
 
@@ -67,7 +83,7 @@ class Table:
         self.prefix = prefix
 
     def error(self, key: str, expected: str, got: Any = _REQUIRED) -> ModelError:
-        found = "" if got is _REQUIRED else f", got {got!r}"
+        found = "" if got is _REQUIRED else f", got {toml_value(got)}"
         return ModelError(f"{self.file}: {self.where}, field '{self.prefix}{key}': expected {expected}{found}")
 
     def check_keys(self, allowed: Iterable[str]) -> None:

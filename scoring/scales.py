@@ -87,7 +87,9 @@ def parse_bands(table: Table | None, required_labels: tuple[str, ...] | None = N
             raise band.error("below", f"a number above min ({low:g})", high)
         bands.append((low, high, label, band))
     bands.sort(key=lambda b: (b[0], b[1]))
-    for (low, high, label, band), (next_low, _, next_label, _) in zip(bands, bands[1:]):
+    for (low, high, label, band), (next_low, _, next_label, next_band) in zip(bands, bands[1:]):
+        if next_low == float("-inf"):  # two bands without a min
+            raise next_band.error("min", f"a min (only the lowest band leaves it out, and {label} is lower), such as min = {high:g}")
         if high > next_low:
             raise band.error("below", f"at most {next_label}.min ({next_low:g}): bands {label} and {next_label} overlap", high)
         if high < next_low:

@@ -33,7 +33,11 @@ CASES = [
     (BASE + RULE.replace("points = 10", "points = 1e400"), ["rule 'pricing'", "field 'points'", "a finite number", "inf"]),
     (BASE + RULE + "properties.seconds = { gte = nan }\n", ["rule 'pricing'", "field 'properties.seconds.gte'", "a finite number", "nan"]),
     (BASE.replace("at = 20", "at = -inf"), ["[thresholds]", "field 'ladder[1].at'", "a finite number"]),
-    (BASE + RULE.replace("points = 10", "points = true"), ["rule 'pricing'", "field 'points'", "a finite number"]),
+    (BASE + RULE.replace("points = 10", "points = true"), ["rule 'pricing'", "field 'points'", "a finite number", "got true"]),
+    # Values as the file writes them, not as Python does (True, datetime.datetime(1979, ...)).
+    (BASE + RULE + "properties.n = 1979-05-27T07:32:00Z\n", ["field 'properties.n'", "got 1979-05-27T07:32:00+00:00"]),
+    (BASE + '[temperature]\ncold = { below = 35 }\nwarm = { below = 70 }\nhot = { min = 70 }\n',
+     ["[temperature]", "field 'warm.min'", "a min (only the lowest band leaves it out, and cold is lower), such as min = 35"]),
     # Finite but beyond what scores, states and member updates can carry (they crashed scoring or encoding).
     (BASE + RULE.replace("points = 10", "points = 1e308"), ["rule 'pricing'", "field 'points'", "from -1,000,000,000 to 1,000,000,000", "1e+308"]),
     (BASE + RULE.replace("points = 10", "points = 4611686018427387904"), ["rule 'pricing'", "field 'points'", "to 1,000,000,000"]),
