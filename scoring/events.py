@@ -331,6 +331,18 @@ def _too_deep(field: str) -> str:
     return f"{field} nests objects and arrays more than {MAX_NESTING} levels deep, which is the most accepted"
 
 
+#: A date alone, as CRMs export a close date and people type one.
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
+def parse_moment_ms(value: Any) -> int | str:
+    """As `parse_time_ms`, and a date alone (YYYY-MM-DD) is its midnight, UTC: for times people
+    give (`--at`) and outcomes CRMs export, not for events, whose time says when they happened."""
+    if isinstance(value, str) and _DATE.fullmatch(value.strip()):
+        value = value.strip() + "T00:00:00+00:00"
+    return parse_time_ms(value)
+
+
 def parse_time_ms(value: Any) -> int | str:
     """Epoch ms from an int of ms or an ISO-8601 text with a time zone; a problem text otherwise."""
     if value.__class__ is int:

@@ -165,10 +165,9 @@ def _outcome_values(text: str) -> frozenset[str]:
 def _moment(text: str) -> int:
     """An ISO-8601 time with its zone, or a date (UTC midnight), in epoch ms, read as event
     times are (scoring.events.parse_time_ms)."""
-    from scoring.events import parse_time_ms
+    from scoring.events import parse_moment_ms
 
-    value = text.strip()
-    parsed = parse_time_ms(value + "T00:00:00+00:00" if len(value) == 10 else value)
+    parsed = parse_moment_ms(text)
     if isinstance(parsed, str):
         raise argparse.ArgumentTypeError(f"expected an ISO-8601 time with its zone such as 2026-12-01T09:00:00Z, or a date, "
                                          f"got {text!r}: " + parsed.replace("field 'time' ", "it ", 1))

@@ -11,7 +11,8 @@ model's report carries its namesake's headline figures and levels for comparison
 
 Outcomes come as JSON lines ({"lead_id": "lead-42", "outcome": "won", "time": ...}) or, for
 files named *.csv, as CSV with a header row naming the columns lead_id, outcome and optionally
-time. `time` is epoch milliseconds or ISO-8601 with a time zone, as in events. A bad line is
+time. `time` is epoch milliseconds or ISO-8601 with a time zone, as in events, or a date alone
+(its midnight, UTC: a CRM's close date). A bad line is
 reported on stderr with its number and skipped; a lead listed twice keeps its first outcome.
 """
 
@@ -31,7 +32,7 @@ import orjson
 
 from scoring import Engine, Event
 from scoring.errors import ModelError
-from scoring.events import parse_time_ms
+from scoring.events import parse_moment_ms, parse_time_ms
 from scoring.review import Reviewed, review
 from streams.errors import InputError
 from streams.jsonlines import numbered_lines
@@ -284,7 +285,7 @@ def _outcome(row: Any, converted_values: frozenset[str]) -> tuple[str, Outcome] 
     if time is not None:
         if isinstance(time, str) and time.isdigit():
             time = int(time)  # CSV cells are text
-        found = parse_time_ms(time)
+        found = parse_moment_ms(time)
         if isinstance(found, str):
             return found
         time_ms = found

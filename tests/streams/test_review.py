@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import random
 import sys
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +160,14 @@ def test_events_from_standard_input_are_reviewed_with_the_baseline_too(tmp_path:
 def test_an_outcome_time_cuts_the_events_of_that_lead_only(tmp_path: Path) -> None:
     # ana lost before any event of hers: she has no scored event, so she is not reviewed.
     report, err = run(tmp_path, f"lead_id,outcome,time\nana,lost,{T0 - MINUTE}\nben,won,\n")
+    assert (report["leads"], report["converted"]) == (1, 1)
+    assert "1 of 2 leads with an outcome have no scored event before it" in err
+
+
+def test_an_outcome_time_may_be_a_date_alone_as_crms_export_a_close_date(tmp_path: Path) -> None:
+    # Its midnight, UTC: ana's events all come after the day before hers; ben's before his.
+    day = datetime.fromtimestamp(T0 / 1000, tz=timezone.utc).date()
+    report, err = run(tmp_path, f"lead_id,outcome,time\nana,lost,{day - timedelta(days=1)}\nben,won,{day + timedelta(days=2)}\n")
     assert (report["leads"], report["converted"]) == (1, 1)
     assert "1 of 2 leads with an outcome have no scored event before it" in err
 
