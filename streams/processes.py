@@ -26,16 +26,23 @@ from streams.settings import Settings
 #: range (bind to port 0) could be taken by any process's next Kafka or HTTP connection in the
 #: seconds before the server that was given it binds it.
 _PORTS = range(20000, 32768)
+#: Ports `free_port` gave this process: it hands each out once, as a caller may ask for several
+#: before any of them is listened on (a chaos run's three worker slots once shared one).
+_handed: set[int] = set()
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing uses right now, outside the ephemeral range."""
+    """A TCP port on 127.0.0.1 that nothing uses right now, outside the ephemeral range, and
+    that this process was not given before."""
     for port in random.sample(_PORTS, 200):
+        if port in _handed:
+            continue
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:
                 continue
+            _handed.add(port)
             return port
     raise ServiceError(f"no free TCP port on 127.0.0.1 between {_PORTS.start} and {_PORTS.stop - 1}")
 

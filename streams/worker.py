@@ -6,14 +6,18 @@ import logging
 import os
 import threading
 import time
+from typing import TYPE_CHECKING, Any
 
 from streams.addresses import authority
 from streams.collection import PauseClock, tune_collector
-from streams.errors import ConfigError
+from streams.errors import ConfigError, port_taken
 from streams.model_reload import ModelDirectory
 from streams.processes import check_port
 from streams.settings import Settings
 from streams.topics import ensure_topics
+
+if TYPE_CHECKING:
+    import faust
 
 log = logging.getLogger("leadstream.worker")
 #: Longest a worker takes to stop once told to (SIGTERM, Ctrl-C), within `docker compose down`'s
@@ -40,6 +44,7 @@ def run_worker(settings: Settings) -> int:
     make_state_dir(settings)
     ensure_topics(settings)
     app = create_app(settings, models)
+    say_a_port_taken_since(app, settings)
     tune_collector(settings.gc_young_threshold)
     PauseClock().install()
 
@@ -59,6 +64,21 @@ def run_worker(settings: Settings) -> int:
     )
     worker.execute_from_commandline()
     return 0
+
+
+def say_a_port_taken_since(app: faust.App, settings: Settings) -> None:
+    """`check_port` tells a port taken before start-up; one taken since (a second copy started
+    at the same moment) failed Faust's web server with a bare OSError: it is said alike."""
+    web: Any = app.web  # the aiohttp driver's, which has start_server
+    start = web.start_server
+
+    async def start_server() -> None:
+        try:
+            await start()
+        except OSError as exc:
+            raise port_taken(settings.bind_host, settings.worker_port, "LEADSTREAM_WORKER_PORT", exc) from None
+
+    web.start_server = start_server  # Faust's web services call it on the instance
 
 
 def make_state_dir(settings: Settings) -> None:

@@ -118,3 +118,24 @@ def test_the_collector_listens_on_ipv6_addresses() -> None:
         loop.call_soon_threadsafe(stop.set)
         thread.join(30)
         loop.close()
+
+
+def test_the_worker_says_so_when_the_port_is_taken_after_its_check(isolated: Settings, taken: int) -> None:
+    """A second copy started at the same moment passes the check before either listens: Faust's
+    web server then failed with a bare OSError ('error while attempting to bind on address')."""
+    from streams.app import create_app
+    from streams.model_reload import ModelDirectory
+    from streams.worker import say_a_port_taken_since
+
+    settings = isolated.with_overrides(worker_port=taken)
+    app = create_app(settings, ModelDirectory(settings.models_dir))
+    say_a_port_taken_since(app, settings)
+    with pytest.raises(ServiceError) as error:
+        asyncio.run(app.web.start_server())  # type: ignore[attr-defined]  # the aiohttp driver's
+    assert str(error.value) == expected(taken, "LEADSTREAM_WORKER_PORT")
+
+
+def test_free_ports_are_handed_out_once_per_process() -> None:
+    # Asked for several before any is listened on (a chaos run's worker slots), it gave one twice.
+    ports = [free_port() for _ in range(500)]
+    assert len(set(ports)) == 500
