@@ -44,11 +44,11 @@ _INT_ID_BOUND = 10 ** (MAX_ID_CHARS - 1)
 #: more, and much deeper values cannot be handled at all: orjson writes at most 255 levels, and
 #: msgspec stops near 1,000 with Python's recursion limit (a RecursionError, not a DecodeError).
 MAX_NESTING = 32
-#: Event times outside [2000-01-01, 2100-01-01) are refused: almost always seconds sent as ms.
-#: What msgspec raises for input it cannot decode: DecodeError, and UnicodeDecodeError for a
-#: known text field that is not UTF-8 (msgspec 0.18-0.19 alike), and RecursionError for nesting
-#: deeper than it reads. Each of them is said by the careful path (orjson), not raised.
+#: What msgspec raises for input it cannot decode: DecodeError, UnicodeDecodeError for a known
+#: field's text that is not UTF-8, and RecursionError for nesting deeper than it reads. The
+#: careful path (orjson) then says what is wrong; none of them is raised.
 UNDECODABLE = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
+#: Event times outside [2000-01-01, 2100-01-01) are refused: almost always seconds sent as ms.
 MIN_TIME_MS = 946_684_800_000
 MAX_TIME_MS = 4_102_444_800_000
 
