@@ -48,8 +48,8 @@ class OfflineRun:
     Identity stitching happens as in the worker (streams/stitching.py), in file order: the links
     an identify or alias event asks for are made right after it, before the next line (the
     worker makes them a moment later, through Kafka), the old id's states are merged into the
-    lead's (scoring.identity.merge), and the old id's later events are scored on the lead. Anonymous profiles' crossings are not reported, as the worker does not
-    publish them.
+    lead's (scoring.identity.merge), and the old id's later events are scored on the lead.
+    Anonymous profiles' crossings are not reported, as the worker does not publish them.
     """
 
     def __init__(self, engine: Engine, err: TextIO, source: str, keep: Callable[[Event], bool] | None = None) -> None:

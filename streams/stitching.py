@@ -45,8 +45,7 @@ import msgspec
 
 from scoring import LeadState
 from scoring.errors import StateError
-from scoring.events import UNDECODABLE
-from scoring.events import MAX_ID_CHARS, MAX_TIME_MS, Id, Rejection, is_id, optional_id
+from scoring.events import MAX_ID_CHARS, MAX_TIME_MS, UNDECODABLE, Id, Rejection, is_id, optional_id
 from streams.outbox import Headers, encode_json
 from streams.segment import ANONYMOUS_PREFIX
 
