@@ -68,6 +68,8 @@ class OfflineRun:
         self.at_ms: int | None = None
         #: reason -> lines warned about
         self.warnings: dict[str, int] = {}
+        #: (line, warning) to show, said in line order once a batch is applied
+        self._unsaid: list[tuple[int, str]] = []
         #: Events read from the file that were well formed (scored or not: late, unrouted...)
         self.accepted = 0
         self.products = ", ".join(sorted({product for model in engine.models for product in model.products or ()}))
@@ -82,6 +84,7 @@ class OfflineRun:
                 start = end
         if start < len(lines):
             self._apply(lines[start:])
+        self._say_warnings()
 
     def _apply(self, lines: list[Line]) -> None:
         batch: list[Line] = []
@@ -183,10 +186,18 @@ class OfflineRun:
         # knows yet): the first ones say what is wrong, a count says how often.
         seen = self.warnings[reason] = self.warnings.get(reason, 0) + 1
         if seen <= WARNINGS_SHOWN:
-            print(f"{self.source} line {line}: {reason}: {detail}", file=self.err)
+            self._unsaid.append((line, f"{self.source} line {line}: {reason}: {detail}"))
+
+    def _say_warnings(self) -> None:
+        """The warnings so far, in line order: a line is refused as it is read, its event found
+        late or unrouted once its batch is applied."""
+        for _, text in sorted(self._unsaid, key=lambda warning: warning[0]):
+            print(text, file=self.err)
+        self._unsaid.clear()
 
     def report_warnings(self) -> None:
-        """One line per reason with more warnings than were shown."""
+        """The warnings not said yet, then one line per reason with more than were shown."""
+        self._say_warnings()
         for reason, count in sorted(self.warnings.items()):
             if count > WARNINGS_SHOWN:
                 print(f"{self.source}: {count} lines {reason} in all; the first {WARNINGS_SHOWN} are shown above", file=self.err)

@@ -358,7 +358,8 @@ def test_many_lines_of_one_kind_are_counted_after_the_first_twenty(tmp_path: Pat
     out, err = io.StringIO(), io.StringIO()
     assert score_file(MODELS_DIR, write(tmp_path / "events.jsonl", [*typos, unrouted]), table=False, out=out, err=err) == 0
     lines = err.getvalue().splitlines()
-    assert [line.split(": ")[1] for line in lines[:-1]] == ["unrouted"] + ["unknown_type"] * 20
+    # In line order (the unrouted line, the last, was said first, its batch's warnings grouped by reason).
+    assert [line.split(": ")[1] for line in lines[:-1]] == ["unknown_type"] * 20 + ["unrouted"]
     assert lines[-1] == "events.jsonl: 25 lines unknown_type in all; the first 20 are shown above"
 
 
@@ -404,3 +405,10 @@ def test_a_file_none_of_whose_lines_is_an_event_fails_naming_why(tmp_path: Path)
     # One good line is enough: the rest is reported, and the status is 0.
     assert score_file(MODELS_DIR, write(tmp_path / "some.jsonl", [b"lead,type,time", SAAS_EVENTS[0]]), table=False,
                       out=io.StringIO(), err=io.StringIO()) == 0
+
+
+def test_warnings_come_in_line_order_whether_a_line_is_refused_or_its_event_found_late(tmp_path: Path) -> None:
+    late = {"event_id": "old", "lead_id": "ana", "type": "signup", "time": T0 - 3 * DAY, "product": "saas"}
+    err = io.StringIO()
+    score_file(MODELS_DIR, write(tmp_path / "events.jsonl", [*SAAS_EVENTS, late, b"{broken"]), table=False, out=io.StringIO(), err=err)
+    assert [line.split(": ")[0] for line in err.getvalue().splitlines()] == ["events.jsonl line 7", "events.jsonl line 8"]
