@@ -116,7 +116,7 @@ def parse_event(raw: bytes | bytearray | memoryview | str | dict[str, Any] | Any
     if raw.__class__ is dict:
         return _from_dict(raw)
     if not isinstance(raw, (bytes, bytearray, memoryview, str)):
-        return Rejection("wrong_type", f"an event must be a JSON object, got {_json_kind(raw)}", raw)
+        return Rejection("wrong_type", f"an event must be a JSON object, got {json_kind(raw)}", raw)
     if len(raw) > MAX_EVENT_BYTES:
         return Rejection("too_large", too_large(len(raw)), raw)
     try:
@@ -130,7 +130,7 @@ def parse_event(raw: bytes | bytearray | memoryview | str | dict[str, Any] | Any
     except orjson.JSONDecodeError as exc:
         return Rejection(*unreadable(exc, "not valid JSON", raw), raw)
     if value.__class__ is not dict:
-        return Rejection("wrong_type", f"an event must be a JSON object, got {_json_kind(value)}", raw)
+        return Rejection("wrong_type", f"an event must be a JSON object, got {json_kind(value)}", raw)
     return _from_dict(value)
 
 
@@ -155,7 +155,7 @@ def parse_value(value: Any) -> Event | Rejection:
     text is not parsed as JSON again: an event encoded twice is a producer's bug to fix."""
     if value.__class__ is dict:
         return _from_dict(value)
-    return Rejection("wrong_type", f"an event must be a JSON object, got {_json_kind(value)}", value)
+    return Rejection("wrong_type", f"an event must be a JSON object, got {json_kind(value)}", value)
 
 
 def parse_message(raw: bytes | bytearray | memoryview | str) -> list[Event | Rejection]:
@@ -177,7 +177,7 @@ def parse_message(raw: bytes | bytearray | memoryview | str) -> list[Event | Rej
         if len(raw) > MAX_EVENT_BYTES:
             return [Rejection("too_large", too_large(len(raw)), raw)]
         return [_from_dict(value)]
-    return [Rejection("wrong_type", f"an event must be a JSON object, got {_json_kind(value)}", raw)]
+    return [Rejection("wrong_type", f"an event must be a JSON object, got {json_kind(value)}", raw)]
 
 
 #: Why a message that is an empty JSON array is refused: a producer sending one has a bug (it
@@ -361,7 +361,7 @@ def parse_time_ms(value: Any) -> int | str:
     elif isinstance(value, float) and not isinstance(value, bool):
         return f"field 'time' must be whole epoch milliseconds (an integer, no decimal point or exponent) or an ISO-8601 text, got {value!r}"
     else:
-        return f"field 'time' must be epoch milliseconds or an ISO-8601 text, got {_json_kind(value)}"
+        return f"field 'time' must be epoch milliseconds or an ISO-8601 text, got {json_kind(value)}"
     if not MIN_TIME_MS <= ms < MAX_TIME_MS:
         shown = ms if ms.bit_length() <= 64 else f"an integer of {ms.bit_length()} bits"  # str() refuses 4,300 digits
         return f"field 'time' is {shown}, outside years 2000-2099 in epoch milliseconds (seconds sent as ms?)"
@@ -484,10 +484,10 @@ def _bad(d: dict[str, Any], key: str, value: Any, expected: str) -> Rejection:
         return _missing(d, key)
     if value.__class__ is str and expected == "a non-empty text":
         return Rejection("bad_value", f"field '{key}' must be a non-empty text of at most {MAX_ID_CHARS} characters", d)
-    return Rejection("wrong_type", f"field '{key}' must be {expected}, got {_json_kind(value)}", d)
+    return Rejection("wrong_type", f"field '{key}' must be {expected}, got {json_kind(value)}", d)
 
 
-def _json_kind(value: Any) -> str:
+def json_kind(value: Any) -> str:
     if isinstance(value, bool):
         return "a boolean"
     if isinstance(value, (int, float)):

@@ -20,7 +20,7 @@ from typing import Any, Callable, ClassVar, Generic, Protocol, TypeVar
 
 import orjson
 
-from scoring.events import MAX_TIME_MS, MIN_TIME_MS
+from scoring.events import MAX_TIME_MS, MIN_TIME_MS, json_kind
 from sinks.errors import PermanentError
 from sinks.ratelimit import Limiter, Unlimited
 from streams.settings import Settings
@@ -82,8 +82,10 @@ class Crossing:
 
     @classmethod
     def from_json(cls, value: bytes | None) -> Crossing:
+        if value is None:
+            raise PermanentError("not a crossing: a tombstone (a message without a value)")
         try:
-            raw = orjson.loads(value or b"")
+            raw = orjson.loads(value)
         except orjson.JSONDecodeError as exc:
             raise PermanentError(f"not a crossing: the value is not JSON ({exc})") from None
         if not isinstance(raw, dict):
@@ -97,7 +99,7 @@ class Crossing:
                 raise ValueError(f"kind must be 'lead' or 'account', not {kind!r}")
             traits = raw.get("traits") or {}
             if not isinstance(traits, dict):
-                raise ValueError(f"field 'traits' must be an object, not {type(traits).__name__}")
+                raise ValueError(f"field 'traits' must be an object, got {json_kind(traits)}")
             return cls(
                 id=_text(raw["id"], "id"),
                 kind=kind,
@@ -111,13 +113,13 @@ class Crossing:
                 score=json_number(raw["score"], "score"),
                 normalized=json_number(raw.get("normalized") or 0, "normalized"),
                 grade=_text_or_none(raw.get("grade"), "grade") or "",
-                engagement=int(raw.get("engagement") or 0),
+                engagement=_whole(raw.get("engagement") or 0, "engagement"),
                 cell=_text_or_none(raw.get("cell"), "cell") or "",
                 temperature=_text_or_none(raw.get("temperature"), "temperature") or "",
                 time_ms=_time_ms(raw["time"]),
                 reasons=tuple(Reason(_text(r["rule"], "reasons.rule"), json_number(r["points"], "reasons.points"),
                                      _text_or_none(r.get("lead_id"), "reasons.lead_id") or "")
-                              for r in raw.get("reasons") or ()),
+                              for r in _objects(raw.get("reasons") or [], "reasons")),
                 # Traits are the lead's own, of any JSON type (company_size: 250): CRMs get them as text.
                 traits={str(k): str(v) for k, v in traits.items() if v is not None},
             )
@@ -169,7 +171,7 @@ def _number(value: float) -> float | int:
 def _time_ms(value: Any) -> int:
     """Epoch ms within the years events may have (scoring.events): connectors date CRM tasks by
     it, and a time no datetime holds would fail only after the CRM record was updated."""
-    ms = int(value)
+    ms = _whole(value, "time")
     if not MIN_TIME_MS <= ms < MAX_TIME_MS:
         raise ValueError(f"field 'time' is {ms}, outside years 2000-2099 in epoch milliseconds")
     return ms
@@ -180,8 +182,21 @@ def json_number(value: object, name: str) -> float:
     refuses NaN and 1e400), but float() reads the strings "nan" and "inf": Redis refuses NaN in a
     sorted set, and a CRM's JSON cannot carry either."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"field {name!r} must be a number, not {type(value).__name__}")
+        raise ValueError(f"field {name!r} must be a number, got {json_kind(value)}")
     return float(value)
+
+
+def _whole(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"field {name!r} must be a whole number, got {json_kind(value)}")
+    return value
+
+
+def _objects(value: object, name: str) -> list[dict[str, Any]]:
+    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+        raise ValueError(f"field {name!r} must be an array of objects, got {json_kind(value)}"
+                         + (" holding others" if isinstance(value, list) else ""))
+    return value
 
 
 def _text(value: object, name: str) -> str:
@@ -195,7 +210,7 @@ def _text_or_none(value: object, name: str) -> str | None:
     account_id became an IN-list in Salesforce's SOQL, an object failed only in the delivery."""
     if value is None or isinstance(value, str):
         return value
-    raise ValueError(f"field {name!r} must be a string or null, not {type(value).__name__}")
+    raise ValueError(f"field {name!r} must be a string or null, got {json_kind(value)}")
 
 
 class Sink(ABC, Generic[T]):

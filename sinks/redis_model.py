@@ -36,6 +36,7 @@ from typing import Any, cast
 import orjson
 from redis import Redis
 
+from scoring.events import json_kind
 from sinks.base import Position, Sink, Steps, json_number
 from sinks.errors import PermanentError, StaleError
 from sinks.ledger import redis_client
@@ -97,6 +98,23 @@ def lead_key(prefix: str, model: str, lead_id: str) -> str:
     return f"{prefix}:lead:{model}:{lead_id}"
 
 
+#: The fields of each item of a lead's `top_reasons` and an account's `top_members`: a text and a
+#: number (`leadstream top` shows them).
+_LIST_ITEM = {"lead": ("rule", "points"), "account": ("lead_id", "score")}
+
+
+def _listed(items: Any, name: str, fields: tuple[str, str]) -> Any:
+    """A summary's list field, checked as `leadstream top` reads it."""
+    text, number = fields
+    if not isinstance(items, list) or not all(
+        isinstance(item, dict) and isinstance(item.get(text), str) and isinstance(item.get(number), (int, float))
+        and not isinstance(item.get(number), bool) for item in items
+    ):
+        raise ValueError(f"field {name!r} must be an array of {{\"{text}\": text, \"{number}\": number}} objects, "
+                         f"got {json_kind(items)}")
+    return items
+
+
 def entry_key(prefix: str, model: str, kind: str, entry_id: str) -> str:
     return lead_key(prefix, model, entry_id) if kind == "lead" else f"{prefix}:account:{model}:{entry_id}"
 
@@ -117,7 +135,10 @@ class RedisModelSink(Sink[ScoreChange]):
         return settings.topic_scores
 
     def parse(self, key: bytes | None, value: bytes | None, position: Position) -> ScoreChange:
-        model, _, entry_id = (key or b"").decode(errors="replace").partition("/")
+        try:
+            model, _, entry_id = (key or b"").decode().partition("/")
+        except UnicodeDecodeError:  # as lead ids are texts: two such keys would be one entry, "\ufffd"
+            raise PermanentError(f"score change key {key!r} is not UTF-8 text") from None
         kind = "account" if model.endswith(ACCOUNT_SUFFIX) else "lead"
         model = model.removesuffix(ACCOUNT_SUFFIX)
         if not model or not entry_id:
@@ -131,9 +152,11 @@ class RedisModelSink(Sink[ScoreChange]):
             # The worker writes null for what an entry does not have yet (no activity, no grade).
             fields = {name: "" if raw.get(name) is None else str(raw[name]) for name in names}
             listed = _LIST_FIELD[kind]
-            fields[listed] = orjson.dumps(raw.get(listed) or []).decode()
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise PermanentError(f"score change {key.decode(errors='replace') if key else ''} is not the documented JSON: {exc!r}") from None
+            fields[listed] = orjson.dumps(_listed(raw.get(listed) or [], listed, _LIST_ITEM[kind])).decode()
+        except KeyError as exc:
+            raise PermanentError(f"score change {key!r} is not the documented JSON: field {exc.args[0]!r} is missing") from None
+        except (orjson.JSONDecodeError, TypeError, ValueError, AttributeError) as exc:
+            raise PermanentError(f"score change {key!r} is not the documented JSON: {exc}") from None
         return ScoreChange(model, kind, entry_id, fields, position, score)
 
     def delivery_id(self, item: ScoreChange) -> None:

@@ -129,28 +129,34 @@ def test_a_retry_after_that_is_not_a_finite_number_is_ignored(value: str) -> Non
         (b"[1]", "not a JSON object"),
         (orjson.dumps({**crossing(1), "direction": "sideways"}), "direction must be 'up' or 'down'"),
         (orjson.dumps({k: v for k, v in crossing(1).items() if k != "to_level"}), "field 'to_level' is missing"),
-        (orjson.dumps({**crossing(1), "score": "high"}), "field 'score' must be a number, not str"),
-        (orjson.dumps({**crossing(1), "score": "nan"}), "field 'score' must be a number, not str"),
-        (orjson.dumps({**crossing(1), "normalized": "inf"}), "field 'normalized' must be a number, not str"),
-        (orjson.dumps({**crossing(1), "score": True}), "field 'score' must be a number, not bool"),
-        (orjson.dumps({**crossing(1), "reasons": [{"rule": "x", "points": "NaN"}]}), "field 'reasons.points' must be a number, not str"),
+        (orjson.dumps({**crossing(1), "score": "high"}), "field 'score' must be a number, got a text"),
+        (orjson.dumps({**crossing(1), "score": "nan"}), "field 'score' must be a number, got a text"),
+        (orjson.dumps({**crossing(1), "normalized": "inf"}), "field 'normalized' must be a number, got a text"),
+        (orjson.dumps({**crossing(1), "score": True}), "field 'score' must be a number, got a boolean"),
+        (orjson.dumps({**crossing(1), "reasons": [{"rule": "x", "points": "NaN"}]}), "field 'reasons.points' must be a number, got a text"),
         (orjson.dumps({**crossing(1), "lead_id": None}), "field 'lead_id': expected a non-empty string"),
-        (orjson.dumps({**crossing(1), "account_id": ["acme", "globex"]}), "field 'account_id' must be a string or null, not list"),
-        (orjson.dumps({**crossing(1), "kind": "account", "lead_id": {"id": 1}}), "field 'lead_id' must be a string or null, not dict"),
-        (orjson.dumps({**crossing(1), "from_level": 3}), "field 'from_level' must be a string or null, not int"),
-        (orjson.dumps({**crossing(1), "grade": ["A"]}), "field 'grade' must be a string or null, not list"),
-        (orjson.dumps({**crossing(1), "temperature": True}), "field 'temperature' must be a string or null, not bool"),
+        (orjson.dumps({**crossing(1), "account_id": ["acme", "globex"]}), "field 'account_id' must be a string or null, got an array"),
+        (orjson.dumps({**crossing(1), "kind": "account", "lead_id": {"id": 1}}), "field 'lead_id' must be a string or null, got an object"),
+        (orjson.dumps({**crossing(1), "from_level": 3}), "field 'from_level' must be a string or null, got a number"),
+        (orjson.dumps({**crossing(1), "grade": ["A"]}), "field 'grade' must be a string or null, got an array"),
+        (orjson.dumps({**crossing(1), "temperature": True}), "field 'temperature' must be a string or null, got a boolean"),
         (orjson.dumps({**crossing(1), "reasons": [{"rule": ["x"], "points": 1}]}), "field 'reasons.rule': expected a non-empty"),
-        (orjson.dumps({**crossing(1), "traits": ["vip"]}), "field 'traits' must be an object, not list"),
+        (orjson.dumps({**crossing(1), "traits": ["vip"]}), "field 'traits' must be an object, got an array"),
         (orjson.dumps({**crossing(1), "time": 10**18}), "field 'time' is 1000000000000000000, outside years 2000-2099"),
         (orjson.dumps({**crossing(1), "time": 1763884800}), "outside years 2000-2099"),  # seconds, not ms
         (orjson.dumps({**crossing(1), "time": -1}), "outside years 2000-2099"),
+        # Named, in JSON's terms (they were Python's: "string indices must be integers, not 'str'").
+        (None, "a tombstone"),
+        (orjson.dumps({**crossing(1), "reasons": "x"}), "field 'reasons' must be an array of objects, got a text"),
+        (orjson.dumps({**crossing(1), "reasons": ["x"]}), "field 'reasons' must be an array of objects, got an array holding others"),
+        (orjson.dumps({**crossing(1), "engagement": "two"}), "field 'engagement' must be a whole number, got a text"),
+        (orjson.dumps({**crossing(1), "time": "yesterday"}), "field 'time' must be a whole number, got a text"),
         # JSON orjson still reads (it allows 1,024 levels), deeper than Python turns into text.
         (orjson.dumps({**crossing(1), "traits": {"title": "deep"}}).replace(b'"deep"', b"[" * 1000 + b"]" * 1000), "nests"),
         (orjson.dumps({**crossing(1), "reasons": [{"rule": "deep", "points": 1}]}).replace(b'"deep"', b"[" * 1000 + b"]" * 1000), "nests"),
     ],
 )
-def test_a_message_that_is_not_a_crossing_is_a_permanent_error(value: bytes, message: str) -> None:
+def test_a_message_that_is_not_a_crossing_is_a_permanent_error(value: bytes | None, message: str) -> None:
     with pytest.raises(PermanentError, match=message):
         Crossing.from_json(value)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 from typing import Any
 
@@ -11,6 +12,8 @@ import pytest
 from kafka import KafkaProducer
 from redis import Redis
 
+from sinks.base import Position
+from sinks.errors import PermanentError
 from sinks.redis_model import RedisModelSink, entry_key, lead_key, leaderboard_key, version_key
 from sinks.runner import SinkRunner
 from streams.history import read_to_end
@@ -86,9 +89,27 @@ def test_a_score_that_is_not_a_number_is_dead_lettered_as_malformed_at_once(sink
     assert (stats.delivered, stats.dead_lettered, stats.retries) == (1, 3, 0)
     letters = [orjson.loads(r.value) for r in read_to_end(sink_settings, f"{sink_settings.topic_scores}-dlq-redis")]
     assert [letter["reason"] for letter in letters] == ["malformed"] * 3
-    assert all("field 'score' must be a number, not str" in letter["detail"] for letter in letters)
+    assert all("field 'score' must be a number, got a text" in letter["detail"] for letter in letters)
     redis, prefix = Redis.from_url(sink_settings.redis_url, decode_responses=True), sink_settings.redis_prefix
     assert redis.zrange(leaderboard_key(prefix, "b2b"), 0, -1) == ["lead-4"]
+
+
+@pytest.mark.parametrize(("key", "value", "named"), [
+    (b"b2b/x", {"score": 5, "top_reasons": "x"}, "field 'top_reasons' must be an array of {\"rule\": text, \"points\": number}"),
+    (b"b2b/x", {"score": 5, "top_reasons": [{"rule": "a"}]}, "field 'top_reasons' must be an array"),
+    (b"b2b/x", {"score": 5, "top_reasons": [{"rule": "a", "points": "lots"}]}, "field 'top_reasons' must be an array"),
+    (b"b2b:account/acme", {"score": 5, "top_members": "x"}, "field 'top_members' must be an array of {\"lead_id\": text, \"score\": number}"),
+    (b"b2b:account/acme", {"score": 5, "top_members": [{"lead_id": "l"}]}, "field 'top_members' must be an array"),
+    (b"b2b/x", {"normalized": 5}, "field 'score' is missing"),
+    (b"b2b/\xff\xfe", {"score": 5}, "is not UTF-8 text"),
+])
+def test_a_summary_leadstream_top_could_not_show_is_refused_naming_the_field(
+    sink_settings: Settings, key: bytes, value: dict[str, Any], named: str
+) -> None:
+    # Written to Redis as delivered, each made `leadstream top` fail with a traceback (a
+    # TypeError, KeyError or ValueError) for the whole model; a key not UTF-8 became "\ufffd\ufffd".
+    with pytest.raises(PermanentError, match=re.escape(named)):
+        RedisModelSink(sink_settings).parse(key, orjson.dumps(value), Position(0, 0))
 
 
 def test_a_dead_lettered_tombstone_is_replayed_as_a_tombstone_and_the_lead_is_forgotten(sink_settings: Settings) -> None:
