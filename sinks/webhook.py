@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -95,6 +96,7 @@ class WebhookSink(Sink[Post]):
         self.clock = clock
         self.limiter = limiter_for("LEADSTREAM_WEBHOOK_RATE_LIMIT", settings.webhook_rate_limit, "webhook")
         self.session = TimeoutSession(settings.sink_timeout_s, settings.sink_concurrency)
+        logging.getLogger("urllib3.connection").addFilter(_HEADER_WARNINGS)  # once: it is one object
 
     def parse(self, key: bytes | None, value: bytes | None, position: Position) -> Post:
         crossing = Crossing.from_json(value)  # only valid crossings leave; the body stays as it came
@@ -134,6 +136,22 @@ class WebhookSink(Sink[Post]):
 
     def close(self) -> None:
         self.session.close()
+
+
+class _HeaderWarnings(logging.Filter):
+    """urllib3 warns of an answer's headers it cannot parse (a line without a colon) naming the
+    whole URL, with a traceback, for every call: the hook's path in the log. The answer is read
+    all the same, so one line naming the URL as messages do (`_shown`) says enough."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if str(record.msg).startswith("Failed to parse headers") and isinstance(record.args, tuple) and len(record.args) == 2:
+            url, error = record.args
+            record.args = (_shown(str(url))[0], error)
+            record.exc_info = record.exc_text = None
+        return True
+
+
+_HEADER_WARNINGS = _HeaderWarnings()
 
 
 def _shown(url: str) -> tuple[str, str]:

@@ -163,6 +163,9 @@ def _handler_for(server: FakeServer) -> type[BaseHTTPRequestHandler]:
             if fault is not None and fault.kind in ("trickle", "trickle_headers"):
                 self._trickle(response.status, fault.delay_s, fault.kind == "trickle_headers")
                 return
+            if fault is not None and fault.kind == "bad_header":  # a header line without a colon
+                self.wfile.write(f"HTTP/1.1 {response.status} OK\r\nX-Weird header without colon\r\nContent-Length: 2\r\n\r\nok".encode())
+                return
             body = response.body if isinstance(response.body, bytes) else (
                 b"" if response.body is None else orjson.dumps(response.body))
             self.send_response(response.status)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import socket
 import time
 
@@ -224,6 +225,21 @@ def test_messages_name_the_receiver_without_the_secret_part_of_its_url(sink_sett
     assert [d for d in details if f"webhook {webhook.url}/...: HTTP 410" in d]
     assert [d for d in details if f"webhook http://127.0.0.1:{port}/...: no answer (ConnectionError: " in d]
     assert [d for d in details if f"webhook {webhook.url}/...: redirected (HTTP 308) to https://hooks.example/...: set " in d]
+
+
+def test_an_answer_with_a_header_line_urllib3_cannot_parse_is_logged_without_the_secret_path(
+    sink_settings: Settings, webhook: WebhookReceiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    # urllib3 warned with the whole URL and a traceback for every delivery.
+    settings = sink_settings.with_overrides(webhook_url=webhook.url + "/hooks/T0KEN-SECRET")
+    webhook.inject("bad_header", status=200)
+    produce(settings, [crossing(1, "mql")])
+    with caplog.at_level(logging.WARNING, logger="urllib3.connection"):
+        stats = drain(WebhookSink(settings), settings)
+    assert stats.delivered == 1
+    warnings = [r for r in caplog.records if r.name == "urllib3.connection"]
+    assert [r.getMessage().split(": ")[0] for r in warnings] == [f"Failed to parse headers (url={webhook.url}/...)"]
+    assert not [r for r in warnings if "T0KEN" in r.getMessage() or r.exc_info]
 
 
 @pytest.mark.parametrize("failure", ["refused", "hung_up"])
