@@ -14,8 +14,9 @@ A message that fails with `PermanentError`, or still fails after LEADSTREAM_SINK
 tries, goes to the connector's dead-letter topic `<source topic>-dlq-<connector>` with the
 reason; `replay_dead_letters` re-drives them once the cause is fixed, except those that newer
 messages about the same record overtook meanwhile (counted as `stale`). A record of the dead-letter
-topic that cannot be replayed (not a dead letter, or a letter that kept only the first bytes of
-a message too large for it) is counted as `unreplayable`, logged, and committed past.
+topic that cannot be replayed (not a dead letter, a letter that kept only the first bytes of
+a message too large for it, or one whose message the connector still cannot read) is counted as
+`unreplayable`, logged, and committed past; it stays where it is, and is not dead-lettered again.
 """
 
 from __future__ import annotations
@@ -265,6 +266,10 @@ class SinkRunner(Generic[T]):
         try:
             item = self.sink.parse(env.key, env.value, position)
         except PermanentError as exc:
+            if env.replayed:  # its letter stays: a copy would come back at every replay, for ever
+                log.warning("sink %s: the dead letter of %s/%d@%d is not replayed: its message is still not a record (%s)",
+                            self.sink.name, env.topic, env.partition, env.offset, exc)
+                return "unreplayable"
             return self._dead_letter(env, "malformed", f"{exc}")
         except Exception as exc:  # noqa: BLE001 - a record no parser foresaw: set aside, the connector goes on
             log.exception("sink %s: unexpected error reading %s/%d@%d", self.sink.name, env.topic, env.partition, env.offset)

@@ -201,6 +201,24 @@ def test_replay_goes_past_letters_kept_in_part_and_records_that_are_not_dead_let
     assert (again.delivered, again.dead_lettered, again.unreplayable) == (0, 0, 0)
 
 
+def test_a_letter_whose_message_is_still_not_a_crossing_is_replayed_once_and_not_dead_lettered_again(
+    sink_settings: Settings, webhook: WebhookReceiver
+) -> None:
+    # Dead-lettered again, each replay read the copies the last one wrote: the topic grew by them,
+    # and `replay-dlq` never exited 0.
+    settings = sink_settings.with_overrides(webhook_url=webhook.url)
+    dlq = f"{settings.topic_crossings}-dlq-webhook"
+    produce(settings, [{**crossing(1, "mql"), "direction": "sideways"}, crossing(2, "mql")])
+    assert drain(WebhookSink(settings), settings).dead_lettered == 1
+
+    replayed = SinkRunner(WebhookSink(settings), settings).replay_dead_letters()
+
+    assert (replayed.delivered, replayed.dead_lettered, replayed.unreplayable) == (0, 0, 1)
+    assert sum(1 for _ in read_to_end(settings, dlq)) == 1  # the letter stays, alone
+    again = SinkRunner(WebhookSink(settings), settings).replay_dead_letters()
+    assert (again.delivered, again.dead_lettered, again.unreplayable) == (0, 0, 0)
+
+
 def test_a_connector_with_a_broken_mapping_refuses_to_start_and_names_file_and_field(
     sink_settings: Settings, tmp_path: Any
 ) -> None:
