@@ -162,14 +162,16 @@ def test_permanent_errors_are_dead_lettered_with_the_reason_and_replay_redrives_
     hubspot.add_contact("lead-2@acme.io")  # the cause is fixed
     result = leadstream(settings, "sink", "replay-dlq", "hubspot", check=False)
 
-    assert "1 delivered, 0 already delivered, 0 overtaken by newer records, 1 dead-lettered again" in result.stdout, result.stderr
+    assert "1 delivered, 0 already delivered, 0 overtaken by newer records, 0 dead-lettered again, 1 not replayable" in result.stdout, \
+        result.stderr
     assert result.returncode == 1  # the malformed record cannot be fixed by replaying
     assert [d["properties"]["leadstream_crossing_id"] for d in hubspot.objects["deals"].values()] == [
         crossing(1, "sql")["id"], crossing(2, "sql")["id"]]
-    # Replay consumed the letters it had: a second one has only the re-dead-lettered record.
+    # Replay consumed the letters it had, and wrote none: a second one has nothing to do.
     again = leadstream(settings, "sink", "replay-dlq", "hubspot", check=False)
-    assert "0 delivered, 0 already delivered, 0 overtaken by newer records, 1 dead-lettered again" in again.stdout, again.stderr
-    assert len(hubspot.objects["deals"]) == 2
+    assert "0 delivered, 0 already delivered, 0 overtaken by newer records, 0 dead-lettered again, 0 not replayable" in again.stdout, \
+        again.stderr
+    assert again.returncode == 0 and len(hubspot.objects["deals"]) == 2
 
 
 def test_replay_goes_past_letters_kept_in_part_and_records_that_are_not_dead_letters(
