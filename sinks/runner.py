@@ -27,7 +27,7 @@ import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Generic, Iterable, TypeVar
 
 from redis import RedisError
@@ -42,7 +42,7 @@ from streams.deadletter import DeadLetter
 from streams.errors import ServiceError
 from streams.kafka_clients import open_client
 from streams.settings import Settings
-from streams.topics import TopicSpec, ensure_topics
+from streams.topics import TopicSpec, ensure_topics, partition_count
 
 T = TypeVar("T")
 log = logging.getLogger("leadstream.sinks")
@@ -154,6 +154,12 @@ class SinkRunner(Generic[T]):
         from kafka.errors import CommitFailedError
         from kafka.structs import OffsetAndMetadata
 
+        if partition_count(self.settings, self.source_topic) == 0:
+            # Else it would wait for the topic for ever, aiokafka logging its absence ten times a
+            # second, and make a dead-letter topic named after it.
+            variable = next((f.metadata["env"] for f in fields(self.settings)
+                             if f.name.startswith("topic_") and getattr(self.settings, f.name) == self.source_topic), "its setting")
+            raise ServiceError(f"topic {self.source_topic!r} does not exist: run `leadstream topics`, or check {variable}")
         ensure_topics(self.settings, [TopicSpec(self.dlq_topic, self.settings.partitions, {"retention.ms": str(DLQ_RETENTION_MS)})])
         consumer = open_client(
             self.settings,

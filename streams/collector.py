@@ -229,15 +229,20 @@ class KafkaWriter:
                 max_batch_size=1024 * 1024,
                 request_timeout_ms=max(self.settings.collector_ack_timeout_ms, 5000),
             )
+            asked = "its metadata"  # what was being asked for when it failed
             try:
                 await producer.start()
-                partitions = {topic: len(await producer.partitions_for(topic)) for topic in topics}
+                partitions = {}
+                for topic in topics:
+                    asked = f"topic {topic!r}"
+                    partitions[topic] = len(await producer.partitions_for(topic))
             except Exception as exc:  # noqa: BLE001 - any failure to connect means: retry later
                 await producer.stop()
                 log.warning(
-                    "cannot use Kafka at %s (%r); answering 503 and retrying. Is it running (`leadstream services up`) "
-                    "and do the topics exist (`leadstream topics`)?",
+                    "cannot use Kafka at %s (%s: %r); answering 503 and retrying. Is it running (`leadstream services up`) "
+                    "and do the topics exist (`leadstream topics`, LEADSTREAM_TOPIC_*)?",
                     self.settings.kafka_bootstrap,
+                    asked,
                     exc,
                 )
                 await asyncio.sleep(CONNECT_RETRY_S)

@@ -20,6 +20,7 @@ from sinks.runner import SinkRunner, group_id
 from sinks.webhook import WebhookSink
 from streams.history import read_to_end
 from streams.settings import Settings
+from streams.topics import partition_count
 from tests.infra import leadstream, read_topic, wait_for
 from tests.sinks.conftest import account_crossing, crossing, drain, produce
 from tests.sinks.fake_http import WebhookReceiver
@@ -329,3 +330,15 @@ def test_sigterm_while_the_connector_waits_for_an_unreachable_kafka_is_a_clean_s
 
     assert sink.proc.returncode == 0 and time.monotonic() - asked < 6, sink.tail()
     assert "stopped before Kafka answered" in sink.tail() and "cannot reach Kafka" not in sink.tail()
+
+
+def test_a_connector_whose_topic_does_not_exist_stops_naming_the_setting(sink_settings: Settings) -> None:
+    # It waited for the topic for ever, logging its absence ten times a second, and made a
+    # dead-letter topic named after the typo.
+    settings = sink_settings.with_overrides(topic_crossings=sink_settings.topic_crossings + "-typo")
+    for command in (["sink", "webhook"], ["sink", "replay-dlq", "webhook"]):
+        result = leadstream(settings.with_overrides(webhook_url="http://127.0.0.1:9/hook"), *command, check=False, timeout=60)
+        assert result.returncode == 1
+        assert result.stderr.strip().endswith(f"topic {settings.topic_crossings!r} does not exist: run `leadstream topics`, or check "
+                                              "LEADSTREAM_TOPIC_CROSSINGS"), result.stderr
+    assert partition_count(settings, f"{settings.topic_crossings}-dlq-webhook") == 0

@@ -7,6 +7,7 @@ import base64
 import codecs
 import gzip
 import json
+import logging
 import socket
 import threading
 import time
@@ -685,3 +686,25 @@ def test_a_request_waits_its_turn_behind_the_bodies_being_parsed_then_gets_503(s
 
     asyncio.run(scenario())
     assert [e["lead_id"] for e in all_events(read_messages(settings, settings.topic_events, events=1))] == ["u-served"]
+
+
+def test_a_topic_that_does_not_exist_is_named_while_the_collector_waits_for_it(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Its warning said only UnknownTopicOrPartitionError(), under aiokafka's errors.
+    missing = settings.topic_profiles + "-typo"
+    writer = KafkaWriter(settings.with_overrides(topic_profiles=missing))
+
+    def said() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "leadstream.collector" and "cannot use Kafka" in r.getMessage()]
+
+    async def first_attempt() -> None:
+        connecting = asyncio.ensure_future(writer.connect())
+        deadline = time.monotonic() + 20
+        while not said() and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        connecting.cancel()
+
+    with caplog.at_level(logging.WARNING, logger="leadstream.collector"):
+        asyncio.run(first_attempt())
+    assert said() and f"(topic {missing!r}: " in said()[0]
