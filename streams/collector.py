@@ -54,6 +54,7 @@ from typing import Any, AsyncIterator, Callable, Iterable, Sequence, TypeVar
 import orjson
 from aiohttp import web
 from aiohttp.client_exceptions import ClientPayloadError
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
 
 from scoring.events import MAX_ID_CHARS
@@ -727,8 +728,26 @@ def create_app(collector: Collector) -> web.Application:
     return app
 
 
+class _MalformedRequests(logging.Filter):
+    """aiohttp logs each request it cannot parse as HTTP (a duplicate Content-Type, a bad chunk
+    size) at ERROR with a traceback, though it answers 400 and goes on: from the internet, any
+    scanner would fill the log. One line at INFO says it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError) and str(record.msg).startswith("Error handling request"):
+            record.msg, record.args = "refused a request that is not valid HTTP from %s: %s", (*record.args, error.message)  # type: ignore[misc]
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.exc_info = record.exc_text = None
+        return True
+
+
+_MALFORMED_REQUESTS = _MalformedRequests()
+
+
 async def serve(settings: Settings, sources: dict[str, Source], stop: asyncio.Event) -> None:
     """Serve until `stop` is set, then finish the requests under way and flush the producer."""
+    logging.getLogger("aiohttp.server").addFilter(_MALFORMED_REQUESTS)  # once: it is one object
     writer = KafkaWriter(settings)
     collector = Collector(settings, sources, writer)
     # Our own decompression applies the size limit to the decompressed body and tells a

@@ -31,6 +31,7 @@ from streams.processes import free_port
 from tests.streams.collector_support import (  # settings and collector: fixtures
     WRITE_KEY, ThreadedCollector, all_events, collector, read_messages, settings, track,
 )
+from tests.infra import wait_for
 
 
 def test_each_single_call_lands_keyed_by_its_lead_on_the_leads_partition(collector: ThreadedCollector, settings: Settings) -> None:
@@ -708,3 +709,18 @@ def test_a_topic_that_does_not_exist_is_named_while_the_collector_waits_for_it(
     with caplog.at_level(logging.WARNING, logger="leadstream.collector"):
         asyncio.run(first_attempt())
     assert said() and f"(topic {missing!r}: " in said()[0]
+
+
+def test_a_request_that_is_not_valid_http_is_refused_in_one_line_not_a_logged_traceback(
+    collector: ThreadedCollector, caplog: pytest.LogCaptureFixture
+) -> None:
+    # aiohttp logged each at ERROR with a traceback: from the internet, any scanner fills the log.
+    with caplog.at_level(logging.INFO):
+        for head in (b"POST /v1/track HTTP/1.1\r\nHost: x\r\nContent-Type: a/b\r\nContent-Type: c/d\r\nContent-Length: 2\r\n\r\n{}",
+                     b"POST /v1/track HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"):
+            with raw_request(int(collector.url.rsplit(":", 1)[1]), head) as sock:
+                assert sock.recv(65536).split(b" ", 2)[1] == b"400"
+        wait_for(lambda: len([r for r in caplog.records if r.name == "aiohttp.server"]) == 2, what="both refusals logged")
+    said = [r for r in caplog.records if r.name == "aiohttp.server"]
+    assert [(r.levelname, r.exc_info) for r in said] == [("INFO", None)] * 2
+    assert all(r.getMessage().startswith("refused a request that is not valid HTTP from 127.0.0.1: ") for r in said)
