@@ -67,6 +67,9 @@ class SalesforceSink(CrossingSink):
             return Salesforce(instance_url=settings.salesforce_instance_url, session_id=settings.salesforce_access_token,
                               version=version, session=self.session)
         if settings.salesforce_username:
+            if not settings.salesforce_password:
+                raise ConfigError("LEADSTREAM_SALESFORCE_PASSWORD is empty: a password login as LEADSTREAM_SALESFORCE_USERNAME "
+                                  "needs it (and LEADSTREAM_SALESFORCE_SECURITY_TOKEN, unless the org trusts this IP address)")
             # Password login: simple-salesforce logs in again by itself when the session expires.
             try:
                 return Salesforce(username=settings.salesforce_username, password=settings.salesforce_password,
@@ -75,6 +78,9 @@ class SalesforceSink(CrossingSink):
             except SalesforceError as exc:
                 raise ConfigError(f"Salesforce login as {settings.salesforce_username} failed: {exc}; check "
                                   "LEADSTREAM_SALESFORCE_PASSWORD, _SECURITY_TOKEN and _DOMAIN") from None
+            except requests.RequestException as exc:
+                raise ConfigError(f"{transport_error(f'Salesforce login at {settings.salesforce_domain}.salesforce.com', exc)}; "
+                                  "check LEADSTREAM_SALESFORCE_DOMAIN ('login', 'test' or your My Domain) and the network") from None
         raise ConfigError(
             "Salesforce credentials are missing: set LEADSTREAM_SALESFORCE_INSTANCE_URL and "
             "LEADSTREAM_SALESFORCE_ACCESS_TOKEN, or LEADSTREAM_SALESFORCE_USERNAME, _PASSWORD and _SECURITY_TOKEN"

@@ -85,7 +85,7 @@ def _http_url(value: str) -> str | None:
     if port == 0:
         return "an http(s) URL with a valid host and a port from 1 to 65535"
     if url.scheme.lower() not in ("http", "https") or not url.hostname:
-        return "an http(s) URL (e.g. https://hooks.example.com/leadstream)"
+        return "an http(s) URL with a host, such as https://host.example.com/path"
     if not _host_name(url.hostname):
         return "an http(s) URL whose host is a name or an IP address"
     return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import replace
 
@@ -10,6 +11,7 @@ import pytest
 from sinks.mapping import load_mapping
 from sinks.runner import SinkRunner
 from sinks.salesforce import SalesforceSink
+from streams.errors import ConfigError
 from streams.settings import Settings
 from tests.infra import read_topic
 from tests.sinks.conftest import account_climb, account_crossing, crossing, drain, produce
@@ -142,8 +144,8 @@ def test_an_account_id_that_is_not_a_string_is_dead_lettered_as_malformed_at_onc
     letters = read_topic(settings, f"{settings.topic_crossings}-dlq-salesforce", expect=2, idle_s=0.5)
     assert [letter["reason"] for _, letter in letters] == ["malformed"] * 2
     assert sorted(letter["detail"] for _, letter in letters) == [
-        "salesforce: not a crossing: field 'account_id' must be a string or null, not dict",
-        "salesforce: not a crossing: field 'account_id' must be a string or null, not list",
+        "salesforce: not a crossing: field 'account_id' must be a string or null, got an array",
+        "salesforce: not a crossing: field 'account_id' must be a string or null, got an object",
     ]
 
 
@@ -189,3 +191,18 @@ def test_an_answer_that_never_ends_fails_the_attempt_at_the_timeout(
     assert (stats.delivered, stats.retries) == (1, 1) and time.monotonic() - started < 8
     first, second = salesforce.requests_to("PATCH", "/sobjects/Lead/")
     assert second.at - first.at < 3
+
+
+@pytest.mark.parametrize(("overrides", "named"), [
+    # It went on to log in without a password, and failed on the network with urllib3's words.
+    ({"salesforce_username": "api@acme.example"}, "LEADSTREAM_SALESFORCE_PASSWORD is empty: a password login"),
+    # No Salesforce here: a login that cannot reach its host says which setting names it.
+    ({"salesforce_username": "api@acme.example", "salesforce_password": "pw", "salesforce_domain": "127.0.0.1:9/no"},
+     "Salesforce login at 127.0.0.1:9/no.salesforce.com: no answer"),
+])
+def test_a_password_login_that_cannot_be_made_stops_the_connector_naming_the_setting(
+    sink_settings: Settings, overrides: dict[str, str], named: str
+) -> None:
+    with pytest.raises(ConfigError, match=re.escape(named)) as caught:
+        SalesforceSink(sink_settings.with_overrides(sink_timeout_s=2, **overrides))
+    assert "LEADSTREAM_SALESFORCE_" in str(caught.value)
