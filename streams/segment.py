@@ -383,7 +383,7 @@ def _object(call: dict[str, Any], name: str, parent: str = "") -> dict[str, Any]
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise rejected("bad_field", f"`{parent}{name}` must be a JSON object, not {type(value).__name__}")
+        raise rejected("bad_field", f"`{parent}{name}` must be a JSON object, not {_shown(value)}")
     return value
 
 
@@ -397,6 +397,10 @@ def _shown(value: object) -> str:
         return "an array"
     if isinstance(value, str) and len(value) > 64:
         return f"{value[:64]!r}... ({len(value)} characters)"
+    if value is None:  # as the call wrote it (JSON), not as Python prints it
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
     return repr(value)
 
 
