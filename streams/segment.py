@@ -179,7 +179,9 @@ class Mapper:
 
     def _track(self, call: dict[str, Any], context: dict[str, Any], event: dict[str, Any]) -> None:
         name = call.get("event")
-        if not isinstance(name, str) or not name.strip():
+        if name is not None and not isinstance(name, str):
+            raise rejected("bad_field", f"`event` must be a string, the name of the action (e.g. \"Pricing Viewed\"), not {_shown(name)}")
+        if name is None or not name.strip():
             raise rejected("missing_event", "a track call needs `event`, the name of the action (e.g. \"Pricing Viewed\")")
         normalised = self._name(name)
         if not normalised:

@@ -307,6 +307,7 @@ def test_a_timed_call_without_message_id_retried_later_keeps_its_event_id() -> N
         ({"userId": "", "anonymousId": "", "event": "A"}, "track", "missing_identity"),
         ({"userId": "u"}, "track", "missing_event"),
         ({"userId": "u", "event": "  "}, "track", "missing_event"),
+        ({"userId": "u", "event": 5}, "track", "bad_field"),  # it was missing_event, as if not sent
         ({"userId": "u", "event": "!!!"}, "track", "bad_event"),
         ({"userId": "u", "groupId": ""}, "group", "missing_group_id"),
         ({"userId": "u"}, "alias", "missing_previous_id"),
