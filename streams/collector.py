@@ -628,7 +628,8 @@ def _wbits(name: str, data: bytes) -> int:
 
 
 def _too_large(limit: int) -> RequestRejected:
-    return rejected("too_large", f"the body exceeds {limit} bytes (after decompression); send smaller batches")
+    advice = "send smaller batches" if limit > CALL_LIMIT_BYTES else "a single call may hold no more (Segment's limit too)"
+    return rejected("too_large", f"the body exceeds {limit} bytes (after decompression); {advice}")
 
 
 def _rejection(index: int, item: object, exc: RequestRejected) -> dict[str, object]:

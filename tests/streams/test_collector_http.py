@@ -380,6 +380,8 @@ def test_bad_requests_get_400_with_the_reason_and_nothing_is_written(collector: 
         response = collector.post(path, body, headers=headers)
         assert (response.status_code, response.json()["code"]) == (400, code), (path, headers, body[:60])
         assert response.json()["message"]
+        if code == "too_large":  # one call was told to send smaller batches
+            assert ("smaller batches" in response.json()["message"]) == (path == "/v1/batch"), response.json()["message"]
     for topic in (settings.topic_events, settings.topic_deadletter):
         assert read_messages(settings, topic, events=0, settle_s=0.5) == []
 
