@@ -311,8 +311,10 @@ class SinkRunner(Generic[T]):
                 return "stale"
             except Stopping:
                 raise
-            except (RetryableError, RedisError) as exc:
+            except RetryableError as exc:
                 error: Exception = exc
+            except RedisError as exc:  # the ledger's, or the read model's: say which service failed
+                error = RetryableError(f"Redis (LEADSTREAM_REDIS_URL): {exc}")
             except Exception as exc:  # noqa: BLE001 - a client raised something unforeseen
                 # Retried, then dead-lettered like any failure, so one odd answer cannot stop
                 # the connector; the traceback is logged for the bug report.
@@ -325,7 +327,7 @@ class SinkRunner(Generic[T]):
                 self.sink.limiter.pause_until(time.monotonic() + retry_after_s)
             delay_s = self.policy.delay_s(attempt, random.random(), retry_after_s)
             log.warning("sink %s: attempt %d for %s failed, retrying in %.2f s: %s",
-                        self.sink.name, attempt, delivery_id or f"offset {env.offset}", delay_s, error)
+                        self.sink.name, attempt, delivery_id or f"{env.topic}/{env.partition}@{env.offset}", delay_s, error)
             self.stats.add("retries", self.sink.name)
             metrics.BACKOFF_SECONDS.labels(self.sink.name).inc(delay_s)
             if self.stop.wait(delay_s):
