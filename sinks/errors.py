@@ -64,16 +64,18 @@ def retry_after_s(headers: Mapping[str, str] | None) -> float | None:
     return None
 
 
-def for_status(status: int, what: str, detail: str, headers: Mapping[str, str] | None = None) -> SinkError:
+def for_status(status: int, what: str, detail: str, headers: Mapping[str, str] | None = None,
+               credentials: str = "the connector's credentials") -> SinkError:
     """The error for an HTTP answer that is not a success, by the usual API conventions.
 
     408, 423, 425, 429 and 5xx are worth retrying; other 4xx are not (the request itself is wrong,
     or the credentials are: retrying only burns the API quota). 423 Locked: another operation
-    holds the record for now, so a later try can succeed.
+    holds the record for now, so a later try can succeed. `credentials` names the settings a 401
+    or 403 is about.
     """
     message = f"{what}: HTTP {status}: {detail[:500]}"
     if status in (408, 423, 425, 429) or status >= 500:
         return RetryableError(message, retry_after_s(headers))
     if status in (401, 403):
-        return PermanentError(f"{message} (check the connector's credentials and their scopes)")
+        return PermanentError(f"{message} (check {credentials} and the scopes granted)")
     return PermanentError(message)

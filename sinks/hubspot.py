@@ -230,7 +230,8 @@ class HubSpotSink(CrossingSink):
                 raise PermanentError(f"HubSpot {what}: not found (404): {_body(exc)}") from None
             if status == 0:  # the client's wrapper of a TLS or protocol failure
                 raise RetryableError(f"HubSpot {what}: {exc.reason}") from None
-            raise for_status(status, f"HubSpot {what}", _body(exc), dict(exc.headers or {})) from None
+            raise for_status(status, f"HubSpot {what}", _body(exc), dict(exc.headers or {}),
+                             "LEADSTREAM_HUBSPOT_ACCESS_TOKEN") from None
         except urllib3.exceptions.HTTPError as exc:
             raise RetryableError(f"HubSpot {what}: no answer ({type(exc).__name__}: {exc})") from None
         except ValueError as exc:

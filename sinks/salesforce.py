@@ -167,7 +167,8 @@ class SalesforceSink(CrossingSink):
             codes: set[str] = {str(e.get("errorCode")) for e in content if isinstance(e, dict)} if isinstance(content, list) else set()
             if codes & _RETRYABLE_CODES:
                 raise RetryableError(f"Salesforce {what}: {', '.join(sorted(codes))}: {str(content)}") from None
-            raise for_status(int(exc.status), f"Salesforce {what}", str(content)) from None
+            raise for_status(int(exc.status), f"Salesforce {what}", str(content),
+                             credentials="LEADSTREAM_SALESFORCE_* credentials") from None
         except requests.RequestException as exc:
             raise transport_error(f"Salesforce {what}", exc) from None
 

@@ -198,6 +198,17 @@ def test_an_account_without_a_company_is_dead_lettered_with_the_reason(sink_sett
     assert hubspot.objects["deals"] == {} and hubspot.objects["tasks"] == {}
 
 
+def test_a_token_the_crm_refuses_is_dead_lettered_naming_the_setting(sink_settings: Settings, hubspot: FakeHubSpot) -> None:
+    # It said "check the connector's credentials": which setting holds them is the user's question.
+    settings = hubspot_settings(sink_settings, hubspot)
+    hubspot.inject("status", method="PATCH", path="/contacts/", status=401, body={"category": "INVALID_AUTHENTICATION"})
+    produce(settings, [crossing(1, "mql")])
+
+    assert drain(HubSpotSink(settings), settings).dead_lettered == 1
+    [(_, letter)] = read_topic(settings, f"{settings.topic_crossings}-dlq-hubspot", expect=1, idle_s=0.5)
+    assert "HTTP 401" in letter["detail"] and "(check LEADSTREAM_HUBSPOT_ACCESS_TOKEN and the scopes granted)" in letter["detail"]
+
+
 def test_account_ids_may_be_hubspot_company_ids(sink_settings: Settings, hubspot: FakeHubSpot, tmp_path: Path) -> None:
     settings = hubspot_settings(sink_settings, hubspot)
     company = hubspot.add_company("initech")
