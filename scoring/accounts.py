@@ -264,7 +264,9 @@ def _is_order(went: Any) -> bool:
     return went.__class__ is int or (went.__class__ is list and len(went) == 2 and all(part.__class__ is int for part in went))
 
 
-def parse_accounts(table: Table | None, default_scale: Scale) -> AccountRollup | None:
+def parse_accounts(table: Table | None, default_scale: Scale, floor: float) -> AccountRollup | None:
+    """The [accounts] table; `floor`, the model's, bounds member scores and so (when it is not
+    negative) an account's: from 0, which a new account starts at."""
     if table is None:
         return None
     table.check_keys(("combine", "top_k", "base", "hysteresis", "ladder", "zero_at", "hundred_at"))
@@ -277,7 +279,7 @@ def parse_accounts(table: Table | None, default_scale: Scale) -> AccountRollup |
         raise table.error("top_k", "no top_k unless combine = \"top_k\"", table.raw("top_k"))
     else:
         top_k = 0
-    ladder = parse_ladder(table)
+    ladder = parse_ladder(table, 0 if floor >= 0 else None)  # a negative floor's sums have no lowest
     if table.has("zero_at") or table.has("hundred_at"):
         bounds: dict[str, Any] = {k: table.data[k] for k in ("zero_at", "hundred_at") if k in table.data}
         scale = parse_scale(Table(table.file, table.where, bounds), default_scale.hundred_at, default_scale.zero_at)

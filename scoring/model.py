@@ -173,7 +173,7 @@ def parse_model(text: str, file: str) -> Model:
         engagement=parse_bands(top.table("engagement", "[engagement]"), ENGAGEMENT_LEVELS),
         scale=scale,
         temperature=parse_bands(top.table("temperature", "[temperature]")),
-        accounts=parse_accounts(top.table("accounts", "[accounts]"), scale),
+        accounts=parse_accounts(top.table("accounts", "[accounts]"), scale, floor),
     )
 
 

@@ -54,8 +54,8 @@ class Ladder:
 
 def parse_ladder(table: Table, floor: float | None = None) -> Ladder:
     """`base`, `hysteresis` (default 0) and `ladder = [{ level = "mql", at = 20 }, ...]`; with
-    a lead model's `floor` (the lowest score there can be), the first line and its way back
-    down above it, and the line above where a new lead starts too."""
+    the lowest score there can be (`floor`), the first line and its way back down above it, and
+    the line above where a new lead or account starts too."""
     base = table.string("base")
     default_hysteresis = table.number("hysteresis", 0, minimum=0)
     raw = table.raw("ladder")
@@ -74,12 +74,12 @@ def parse_ladder(table: Table, floor: float | None = None) -> Ladder:
         if number == 1 and floor is not None:
             start = max(floor, 0)
             if line_at <= start:
-                raise line.error("at", f"a score above {start:g}, the score of a lead without events (no points, or the floor if "
-                                       "higher): a lead starts at the base level and reaches a line by crossing it", line_at)
+                raise line.error("at", f"a score above {start:g}, the score of a new lead or account (no points, or the floor if "
+                                       "higher): it starts at the base level and reaches a line by crossing it", line_at)
             if line_at - line_hysteresis <= floor:
                 where = line if line.has("hysteresis") else table
                 raise where.error("hysteresis", f"less than {line_at - floor:g}, the gap from the first line to the floor (else "
-                                                f"a lead above the line could never fall back below it)", line_hysteresis)
+                                                f"one above the line could never fall back below it)", line_hysteresis)
         if number > 1 and line_at - line_hysteresis < at[-1]:
             raise line.error(
                 "hysteresis",
