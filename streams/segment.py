@@ -377,6 +377,10 @@ def _identifier(call: dict[str, Any], name: str, parent: str = "") -> str | None
         return value
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
+    if isinstance(value, float) and value.is_integer() and abs(value) >= 2**64:
+        # JSON readers (orjson too) read an integer beyond 64 bits as a float: its digits are gone.
+        raise rejected("bad_field", f"`{parent}{name}` is an integer beyond 64 bits, which loses digits as a JSON number: "
+                                    "send it as a string")
     raise rejected("bad_field", f"`{parent}{name}` must be a string or an integer, not {_shown(value)}")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -342,12 +343,14 @@ def test_calls_that_cannot_be_mapped_are_rejected_with_a_reason(call: Any, call_
 @pytest.mark.parametrize(("call", "call_type", "said"), [
     ({"type": None, "userId": "u"}, None, "`type` is null; it must be one of"),
     ({"userId": True, "event": "A"}, "track", "must be a string or an integer, not true"),
+    # A JSON reader makes such an integer a float (1.2345678901234569e+32): the message said that.
+    ({"userId": 123456789012345678901234567890123, "event": "A"}, "track", "`userId` is an integer beyond 64 bits"),
     ({"userId": "u", "event": "A", "properties": [1]}, "track", "`properties` must be a JSON object, not an array"),
 ])
 def test_rejections_show_the_value_as_the_call_wrote_it(call: Any, call_type: str | None, said: str) -> None:
-    # In Python's spelling, they said None, True and list.
+    # In Python's spelling, they said None, True and list. Read as the collector reads a body.
     with pytest.raises(RequestRejected, match=re.escape(said)):
-        Mapper("snake_case", MAX_FUTURE_MS).map(call, call_type, SITE, RECEIVED)
+        Mapper("snake_case", MAX_FUTURE_MS).map(orjson.loads(json.dumps(call)), call_type, SITE, RECEIVED)
 
 
 def test_write_keys_from_inline_pairs() -> None:
