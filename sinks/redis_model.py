@@ -192,11 +192,20 @@ def top_entries(redis: Redis, prefix: str, model: str, limit: int, kind: str = "
     return rows
 
 
+def _stored_list(row: dict[str, Any], name: str, fields: tuple[str, str]) -> list[dict[str, Any]]:
+    """A hash's list field as `parse` checks it; empty for one written otherwise (by an earlier
+    version, or by hand), so that one entry cannot stop `leadstream top` for its whole model."""
+    try:
+        return cast(list[dict[str, Any]], _listed(orjson.loads(row.get(name) or "[]"), name, fields))
+    except (orjson.JSONDecodeError, ValueError):
+        return []
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
     header = ("#", "lead", "score", "norm", "grade", "cell", "temp", "level", "last activity (UTC)", "top reasons")
     lines: list[tuple[str, ...]] = []
     for rank, row in enumerate(rows, 1):
-        reasons = orjson.loads(row.get("top_reasons") or "[]")
+        reasons = _stored_list(row, "top_reasons", _LIST_ITEM["lead"])
         last_ms = row.get("last_activity_ms") or ""
         last = datetime.fromtimestamp(int(last_ms) / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M") if last_ms.isdigit() else ""
         lines.append((
@@ -211,7 +220,7 @@ def format_account_table(rows: list[dict[str, Any]]) -> str:
     header = ("#", "account", "score", "norm", "temp", "level", "members", "best members")
     lines: list[tuple[str, ...]] = []
     for rank, row in enumerate(rows, 1):
-        best = orjson.loads(row.get("top_members") or "[]")
+        best = _stored_list(row, "top_members", _LIST_ITEM["account"])
         lines.append((
             str(rank), row["account_id"], points(float(row["score"])), row.get("normalized", ""), row.get("temperature", ""),
             row.get("level", ""), row.get("members", ""), ", ".join(f"{m['lead_id']} {points(float(m['score']))}" for m in best[:3]),

@@ -162,6 +162,10 @@ def test_leadstream_top_prints_the_hottest_leads_as_a_table(sink_settings: Setti
                                     "demo_request", "+25"]
     empty = leadstream(sink_settings, "top", "--model", "nosuch")
     assert "no leads for model 'nosuch'" in empty.stdout
+    # An entry written otherwise (an earlier version, by hand) shows no reasons; it stopped `top` for the model.
+    Redis.from_url(sink_settings.redis_url).hset(lead_key(sink_settings.redis_prefix, "b2b", "lead-6"), "top_reasons", '"x"')
+    again = leadstream(sink_settings, "top", "--model", "b2b", "--limit", "3").stdout.splitlines()
+    assert again[2].split()[:2] == ["2", "lead-6"] and again[2].split()[-1] == "08:00" and again[1] == lines[1]
 
 
 def test_leadstream_top_against_a_stalled_redis_fails_within_the_timeout(sink_settings: Settings, redis_server: RedisServer) -> None:
