@@ -127,7 +127,8 @@ def test_the_worker_says_so_when_the_port_is_taken_after_its_check(isolated: Set
     from streams.model_reload import ModelDirectory
     from streams.worker import say_a_port_taken_since
 
-    settings = isolated.with_overrides(worker_port=taken)
+    # No Faust sensors: they register in the process's one Prometheus registry, as another test's app does.
+    settings = isolated.with_overrides(worker_port=taken, faust_sensors=False)
     app = create_app(settings, ModelDirectory(settings.models_dir))
     say_a_port_taken_since(app, settings)
     with pytest.raises(ServiceError) as error:
