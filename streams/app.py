@@ -217,7 +217,7 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
         try:
             if not lag_probe:
                 lag_probe.append(await asyncio.to_thread(LagProbe, settings))
-            for topic in (settings.topic_events, settings.topic_accounts):
+            for topic in (settings.topic_events, settings.topic_profiles, settings.topic_identity, settings.topic_accounts):
                 lags = await asyncio.to_thread(lag_probe[0].lag, settings.app_id, topic)
                 for partition, lag in lags.items():
                     metrics.CONSUMER_LAG.labels(topic, str(partition)).set(lag)

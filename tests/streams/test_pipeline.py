@@ -14,7 +14,7 @@ from kafka import KafkaProducer
 from streams.partitioning import partition_for
 from streams.processes import WorkerProcess
 from streams.settings import Settings
-from tests.infra import leadstream, read_topic, write_jsonl
+from tests.infra import leadstream, read_topic, wait_for, write_jsonl
 
 HOUR_MS = 3_600_000
 
@@ -152,6 +152,11 @@ def test_bad_input_goes_to_the_dead_letter_topic_and_the_rest_is_scored(
     status, body = proc.get("/metrics")
     assert status == 200
     assert b'leadstream_events_rejected_total{reason="bad_json"} 2.0' in body
+    # Every input topic's lag (those of the profiles and identity topics were not measured: a
+    # backlog of erasure requests was invisible to the alert on growing lag).
+    inputs = (isolated.topic_events, isolated.topic_profiles, isolated.topic_identity, isolated.topic_accounts)
+    wait_for(lambda: all(f'leadstream_consumer_lag{{partition="0",topic="{topic}"}}'.encode() in proc.get("/metrics")[1]
+                         for topic in inputs), what="a lag series for each input topic")
 
 
 def test_messages_near_kafkas_limit_that_are_not_json_are_dead_lettered_and_the_worker_goes_on(
