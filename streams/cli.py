@@ -162,6 +162,12 @@ def _outcome_values(text: str) -> frozenset[str]:
     return values
 
 
+def _reason(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a dead-letter reason, such as unknown_type, got nothing")
+    return text.strip()
+
+
 def _moment(text: str) -> int:
     """An ISO-8601 time with its zone, or a date (UTC midnight), in epoch ms, read as event
     times are (scoring.events.parse_time_ms)."""
@@ -275,7 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("replay-dlq", _replay_dlq, "Send the worker's dead letters of the given reasons back to their source topic, "
             "once their cause is fixed (an event type now known, a sender's clock fixed...).")
-    p.add_argument("--reason", action="append", required=True, help="a dead-letter reason to replay (repeatable), e.g. unknown_type")
+    p.add_argument("--reason", action="append", required=True, type=_reason,
+                   help="a dead-letter reason to replay (repeatable), e.g. unknown_type")
     p.add_argument("--since", type=_moment, help="only letters written at or after this ISO-8601 time (or date)")
     p.add_argument("--dry-run", action="store_true", help="count what would be replayed, send nothing")
 

@@ -27,6 +27,7 @@ import orjson
 from streams.deadletter import DeadLetter
 from streams.history import read_to_end
 from streams.partitioning import partition_for
+from streams.errors import InputError
 from streams.send import open_producer
 from streams.settings import Settings
 from streams.topics import partition_count
@@ -49,6 +50,9 @@ def replay_dead_letters(settings: Settings, reasons: set[str], since_ms: int = 0
                         out: IO[str] = sys.stdout) -> Replay:
     """Re-sends the original input of every dead letter with one of `reasons`, written at or
     after `since_ms`, to its source topic; prints and returns what it did."""
+    if partition_count(settings, settings.topic_deadletter) == 0:
+        raise InputError(f"topic {settings.topic_deadletter!r} does not exist: run `leadstream topics`, or check "
+                         "LEADSTREAM_TOPIC_DEADLETTER")
     sources = {settings.topic_events, settings.topic_profiles, settings.topic_identity, settings.topic_accounts}
     partitions = {topic: partition_count(settings, topic) for topic in sources}
     replay = Replay()
@@ -93,7 +97,7 @@ def replay_dead_letters(settings: Settings, reasons: set[str], since_ms: int = 0
     finally:
         if producer is not None:
             producer.close()
-    _report(replay, reasons, dry_run, out)
+    _report(replay, reasons, dry_run, since_ms > 0, out)
     return replay
 
 
@@ -113,14 +117,15 @@ def _destination(original: bytes, key: bytes | None, partition: int | None, part
     return key, None
 
 
-def _report(replay: Replay, reasons: set[str], dry_run: bool, out: IO[str]) -> None:
+def _report(replay: Replay, reasons: set[str], dry_run: bool, since: bool, out: IO[str]) -> None:
     verb = "would replay" if dry_run else "replayed"
     for reason in sorted(reasons):
         count = replay.replayed[reason]
         example = f"; first: {replay.examples[reason]}" if reason in replay.examples else ""
         if not replay.seen[reason]:  # a misspelt reason, or one whose letters are gone
             held = ", ".join(f"{seen} ({count})" for seen, count in sorted(replay.seen.items())) or "no letter"
-            example = f"; no dead letter has this reason (the topic holds: {held})"
+            where = "letters since --since" if since else "the topic holds"  # not the whole topic: say so
+            example = f"; no dead letter has this reason ({where}: {held})"
         print(f"{reason}: {verb} {count}{example}", file=out)
     for why, count in sorted(replay.unreplayable.items()):
         print(f"not replayable: {count} ({why})", file=out)

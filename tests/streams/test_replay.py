@@ -96,7 +96,14 @@ def test_replay_validates_its_arguments(isolated: Settings) -> None:
     assert missing.returncode == 2 and "--reason" in missing.stderr
     # Letters written before --since are left alone.
     later = leadstream(isolated, "replay-dlq", "--reason", "unknown_type", "--since", "2099-01-01", "--dry-run")
-    assert later.stdout == "unknown_type: would replay 0; no dead letter has this reason (the topic holds: no letter)\n"
+    assert later.stdout == "unknown_type: would replay 0; no dead letter has this reason (letters since --since: no letter)\n"
+    # A reason of nothing, and a dead-letter topic that does not exist (the advice was history's: --topic).
+    empty = leadstream(isolated, "replay-dlq", "--reason", " ", check=False)
+    assert empty.returncode == 2 and "argument --reason: expected a dead-letter reason, such as unknown_type, got nothing" in empty.stderr
+    nope = isolated.with_overrides(topic_deadletter=isolated.topic_deadletter + "-nope")
+    gone = leadstream(nope, "replay-dlq", "--reason", "unknown_type", check=False)
+    assert (gone.returncode, gone.stderr.strip()) == (1, f"leadstream replay-dlq: topic {nope.topic_deadletter!r} does not exist: run "
+                                                         "`leadstream topics`, or check LEADSTREAM_TOPIC_DEADLETTER")
 
 
 def _count(settings: Settings, topic: str) -> int:
