@@ -78,8 +78,9 @@ def publishable(transition: Transition) -> bool:
 
 def may_link(raw: bytes) -> bool:
     """Whether a message's bytes may hold a stitching link (an anonymous_id or previous_id
-    field; a `\\u` escape could spell either name): only those need their JSON objects read."""
-    return b"anonymous_id" in raw or b"previous_id" in raw or b"\\u" in raw
+    field; a `\\u` escape could spell either name), or an alias, which must name one: only those
+    need their JSON objects read."""
+    return b"anonymous_id" in raw or b"previous_id" in raw or b"\\u" in raw or b"alias" in raw
 
 
 def links_of(item: dict[str, Any]) -> list[tuple[str, str]] | Rejection:
@@ -104,8 +105,11 @@ def links_of(item: dict[str, Any]) -> list[tuple[str, str]] | Rejection:
                               f" (the visitor's lead id is {ANONYMOUS_PREFIX!r} + anonymous_id, at most {MAX_ID_CHARS})")
         return [(source, target)]
     previous = _old_id(item, "previous_id")
+    if previous is None:  # an alias is nothing but its link: one naming no old id is a sender's bug to show
+        return Rejection("missing_field", "field 'previous_id' is missing: an alias names the id the lead had before "
+                                          "(Segment's previousId), which is all it is for")
     if not isinstance(previous, str):
-        return previous or []
+        return previous
     if not is_id(previous):
         return _not_an_id("previous_id", previous, MAX_ID_CHARS, "")
     # Segment's previousId is an anonymousId or an earlier userId: stitch whichever exists

@@ -259,6 +259,8 @@ def test_an_identify_or_alias_whose_old_id_no_lead_can_have_is_dead_lettered_as_
         # number is read as its decimal text, as the engine reads lead 43, whose identify linked nothing.
         {"event_id": "al-3", "lead_id": "u-4", "type": "alias", "time": now, "product": "b2b", "previous_id": ["p"]},
         {"event_id": "i-2", "lead_id": 43, "type": "identify", "time": now, "product": "b2b", "anonymous_id": 7},
+        # An alias naming no old id at all was taken as an event of nothing, silently.
+        {"event_id": "al-4", "lead_id": "u-5", "type": "alias", "time": now, "product": "b2b"},
     ]
     proc = worker()
     producer = open_producer(isolated)
@@ -267,10 +269,11 @@ def test_an_identify_or_alias_whose_old_id_no_lead_can_have_is_dead_lettered_as_
         metadata = producer.send(isolated.topic_events, key=str(event["lead_id"]).encode(), value=orjson.dumps(event)).get(timeout=10)
         where[event["event_id"]] = {"topic": isolated.topic_events, "partition": metadata.partition, "offset": metadata.offset}
     producer.close()
-    letters = [letter for _, letter in read_topic(isolated, isolated.topic_deadletter, expect=3)]
-    assert sorted(letter["reason"] for letter in letters) == ["bad_value", "bad_value", "wrong_type"], letters
-    alias, no_id, identify = sorted(letters, key=lambda letter: str(orjson.loads(letter["original"])["event_id"]))
+    letters = [letter for _, letter in read_topic(isolated, isolated.topic_deadletter, expect=4)]
+    assert sorted(letter["reason"] for letter in letters) == ["bad_value", "bad_value", "missing_field", "wrong_type"], letters
+    alias, no_id, none, identify = sorted(letters, key=lambda letter: str(orjson.loads(letter["original"])["event_id"]))
     assert no_id["detail"] == "field 'previous_id' must be a text or an integer, got an array"
+    assert none["detail"].startswith("field 'previous_id' is missing: an alias names the id the lead had before")
     assert orjson.loads(no_id["original"]) == sent[3] and no_id["source"] == where["al-3"]
     assert "field 'anonymous_id' must be 1 to 251 characters" in identify["detail"] and "got 300" in identify["detail"]
     assert "field 'previous_id' must be 1 to 256 characters" in alias["detail"] and "got 300" in alias["detail"]
@@ -279,7 +282,7 @@ def test_an_identify_or_alias_whose_old_id_no_lead_can_have_is_dead_lettered_as_
     # Only the link the worker can read back went out, and it was read back without complaint.
     identity = read_topic(isolated, isolated.topic_identity, expect=2)
     assert sorted((r["kind"], r["source"], r["target"]) for _, r in identity) == [("link", "anon:7", "43"), ("link", "q" * 253, "u-3")]
-    assert len(read_topic(isolated, isolated.topic_deadletter, expect=3, idle_s=1)) == 3
+    assert len(read_topic(isolated, isolated.topic_deadletter, expect=4, idle_s=1)) == 4
     assert proc.get("/leads/u-1/")[0] == 404  # refused as a whole, as an event with any other id too long is
 
 
