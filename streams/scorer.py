@@ -317,7 +317,7 @@ class Scorer:
                     except StateError as exc:
                         if items is None:
                             items = unpack(message.value)
-                        dead.append(self._unreadable(lead_id, exc, encode_json(items[position]), message))
+                        dead.append(self._unreadable(lead_id, exc, _original(message.value, items[position]), message))
                         continue
                 read = read_before.get(lead_id)
                 if read is None:
@@ -347,7 +347,7 @@ class Scorer:
                 if items is not None and event.type in LINKING_TYPES:
                     linked = stitching.links_of(items[position])
                     if isinstance(linked, Rejection):  # an old id no lead can have: refused here, not once its link is read back
-                        dead.append(DeadLetter(linked.reason, linked.detail, encode_json(items[position]),
+                        dead.append(DeadLetter(linked.reason, linked.detail, _original(message.value, items[position]),
                                                message.topic, message.partition, message.offset, message.key))
                         continue
                     read_at = origin_headers(message, position)
@@ -775,7 +775,7 @@ class Scorer:
         onward = stitching.forwarded(item, target)
         if onward is None:
             dead.append(DeadLetter("alias_loop", f"lead {item['lead_id']!r} was re-keyed {stitching.MAX_HOPS} times: an alias loop",
-                                   encode_json(item), message.topic, message.partition, message.offset, message.key))
+                                   _original(message.value, item), message.topic, message.partition, message.offset, message.key))
             return
         self.outbox.add(self.settings.topic_events, target.encode(), encode_json(onward), headers=origin_headers(message, position))
 
@@ -823,16 +823,17 @@ class Scorer:
         events: list[Event] = []
         # Only a big message can hold a too-large event, so small ones skip re-serialising.
         check_sizes = len(message.value) > MAX_EVENT_BYTES
+        lone = _lone(message.value)
         for item in items:
             stats.events += 1
-            raw = encode_json_or_none(item) if check_sizes else None
+            raw = (message.value if lone else encode_json_or_none(item)) if check_sizes else None
             if raw is not None and len(raw) > MAX_EVENT_BYTES:
                 reject("too_large", too_large(len(raw)), raw)
                 continue
             parsed = parse_value(item)  # not Engine.parse: an item that is a text is no event, not JSON to read
             if isinstance(parsed, Rejection):
                 if raw is None:  # not written out for the size check above
-                    raw = encode_json_or_none(item)
+                    raw = message.value if lone else encode_json_or_none(item)
                 if raw is None:
                     reject(parsed.reason, f"{parsed.detail} (the original is the whole message: this event is nested too deep "
                            "to be written out alone)", message.value)
@@ -844,7 +845,7 @@ class Scorer:
                     "wrong_partition",
                     f"lead {parsed.lead_id!r} belongs on partition {partition_for(parsed.lead_id, self.partitions)}, "
                     f"not {message.partition}: key single events by lead id, or pack only one partition's leads",
-                    encode_json(item),
+                    _original(message.value, item),
                 )
                 continue
             accepted.append(item)
@@ -861,7 +862,7 @@ class Scorer:
                 if id(event) in wanted:
                     if items is None:
                         items = unpack(message.value)
-                    dead.append(DeadLetter("unknown_type", self.engine.unknown_type(event), encode_json(items[position]),
+                    dead.append(DeadLetter("unknown_type", self.engine.unknown_type(event), _original(message.value, items[position]),
                                            message.topic, message.partition, message.offset, message.key))
 
     @staticmethod
@@ -877,7 +878,8 @@ class Scorer:
             f"event {event.event_id!r} of lead {event.lead_id!r} is timed {at}, {(event.time_ms - now_ms) / 3_600_000:.1f} h ahead "
             f"of the worker's clock (LEADSTREAM_MAX_FUTURE_MS allows {self.settings.max_future_ms / 3_600_000:g} h): fix the sender's clock"
         )
-        return DeadLetter("future_time", detail, encode_json(item), message.topic, message.partition, message.offset, message.key)
+        return DeadLetter("future_time", detail, _original(message.value, item), message.topic, message.partition, message.offset,
+                          message.key)
 
     def _changed(self, model: str, lead_id: str, state: LeadState, now_ms: int, partition: int, publish: bool = True) -> None:
         """A lead's state changed: schedule its next decay step and queue its score change
@@ -904,6 +906,17 @@ class Scorer:
             self.outbox.add(self.settings.topic_crossings, str(key).encode(), encode_json(record))
             published.append(transition)
         return published
+
+
+def _lone(value: bytes) -> bool:
+    """Whether a message is one event, not an envelope: its dead letter then keeps the message
+    itself, byte for byte, as the original (an envelope's keeps its event, written out alone)."""
+    return value.lstrip()[:1] != b"["
+
+
+def _original(value: bytes, item: Any) -> bytes:
+    """What a dead letter of one event of the message `value` keeps (see `_lone`)."""
+    return value if _lone(value) else encode_json(item)
 
 
 def origin_headers(message: Consumed, position: int) -> Headers:

@@ -3,13 +3,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 
 import orjson
 import pytest
 
+from scoring import Engine
+from streams import lead_states
 from streams.deadletter import KEPT_HEAD_BYTES, DeadLetter
 from streams.envelope import MAX_MESSAGE_BYTES
+from streams.partitioning import partition_for
+from streams.scorer import Scorer
+from streams.settings import Settings
+from streams.stage import Consumed, LiveTable, MemoryData
+from tests.scoring.support import T0, shipped
+from tests.streams.stage_support import Kept
 
 
 @pytest.mark.parametrize("original", [b'{"lead_id": "ada"}', b"\xff\xfe not UTF-8", b"", None])
@@ -56,3 +65,23 @@ def test_an_original_too_large_for_a_kafka_message_is_kept_as_its_size_and_head(
     assert len(record["detail"]) < 5000
     read = DeadLetter.from_bytes(value)
     assert (read.original, read.whole) == (b"", False)  # nothing to replay
+
+
+@pytest.mark.parametrize(("value", "reason"), [
+    (b'{"event_id": "e9",  "lead_id": "carol", "type": "page_view", "time": 1000000000000000000000000000000}', "wrong_type"),
+    (b'{"event_id": "e9",  "lead_id": "carol", "type": "demo_call", "time": 1762128000000, "product": "b2b"}', "unknown_type"),
+    (b' {"event_id": "e9", "lead_id": "carol", "type": "page_view", "time": "2099-01-01T00:00:00Z", "product": "b2b"}', "future_time"),
+])
+def test_a_message_of_one_event_is_dead_lettered_byte_for_byte(value: bytes, reason: str) -> None:
+    # Written out again, its spaces were gone and its time read 1e30: the README promises the original bytes.
+    settings = Settings()
+    outbox = Kept()
+    scorer = Scorer(Engine([shipped("b2b")]), settings, LiveTable(MemoryData(), "changelog", 4, 100, lead_states.decode), outbox, 4)
+    asyncio.run(scorer.process([Consumed(settings.topic_events, partition_for("carol", 4), 0, b"carol", value)]))
+    [letter] = [orjson.loads(v) for topic, _, v in outbox.sent if topic == settings.topic_deadletter and v]
+    assert (letter["reason"], letter["original"]) == (reason, value.decode())
+    # An envelope's event is written out alone: the envelope holds others.
+    envelope = b"[" + value + b", " + orjson.dumps({"event_id": "ok", "lead_id": "carol", "type": "page_view", "time": T0}) + b"]"
+    asyncio.run(scorer.process([Consumed(settings.topic_events, partition_for("carol", 4), 1, None, envelope)]))
+    letters = [orjson.loads(v) for topic, _, v in outbox.sent if topic == settings.topic_deadletter and v]
+    assert len(letters) == 2 and orjson.loads(letters[1]["original"]) == orjson.loads(value)
