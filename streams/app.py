@@ -322,13 +322,17 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
             # Read, not kept live: the states the stages hold stay theirs alone. A forgotten
             # lead's marker and the offsets its states have read are no states of its; an id
             # merged into another lead is shown with no models.
-            states = {model: state for model, state in (store.peek(key) or {}).items() if model not in LEAD_MARKERS and present(state)}
+            peeked = store.peek(key) or {}
+            states = {model: state for model, state in peeked.items() if model not in LEAD_MARKERS and present(state)}
         except StateError as exc:
             return view.json({"error": f"the stored state of {kind} {key!r} cannot be read: {exc}"}, status=500)
         if not states:
             return view.json({"error": f"no state for {kind} {key!r} on this worker"}, status=404)
         models = {model: explain(model, state) for model, state in states.items() if model in scorer.models}
-        return view.bytes(orjson.dumps({f"{kind}_id": key, "models": models}), content_type="application/json")
+        body: dict[str, Any] = {f"{kind}_id": key, "models": models}
+        if kind == "lead" and (target := stitching.merged_into(peeked)) is not None:
+            body["merged_into"] = target  # where its points went: ask for that lead
+        return view.bytes(orjson.dumps(body), content_type="application/json")
 
     @app.page("/leads/{lead_id}/")
     class LeadView(View):

@@ -131,9 +131,9 @@ def test_anonymous_browsing_then_identify_makes_one_lead_with_one_mql_crossing(
     # 24 merged (pricing 2 x 10, case study 4) + webinar 10 + about 1 + demo 8 + business e-mail fit 1.
     assert explained["score"] == 44, explained
     assert "merged from anonymous visitor anon:a-123" in orjson.dumps(explained).decode()
-    # The visitor's own state moved into the lead: only the marker is left.
+    # The visitor's own state moved into the lead: only the marker is left, which says where.
     status, body = proc.get("/leads/anon:a-123/")
-    assert status == 200 and orjson.loads(body)["models"] == {}
+    assert (status, orjson.loads(body)) == (200, {"lead_id": "anon:a-123", "models": {}, "merged_into": "u-ada"})
 
 
 def test_a_merge_counts_in_the_leads_account_at_once_replaces_the_visitor_in_read_models_and_offline_agrees(
