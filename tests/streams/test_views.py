@@ -36,9 +36,11 @@ def test_lead_and_account_views_say_not_ready_until_the_tables_are_recovered(tmp
     # lead's next events were scored on it and the points recovered after it were lost. While
     # the producer had no metadata yet, Faust's routing raised instead (500).
     settings = Settings.from_env().namespaced("views-not-ready", state_dir=tmp_path)
-    found = answers(settings, ["/leads/ada/", "/accounts/acme/", "/readyz"])
+    found = answers(settings, ["/leads/ada/", "/accounts/acme/", "/readyz", "/leads/ada"])
     for status, body, retry_after in found[:2]:
         assert status == 503 and body["ready"] is False and retry_after == "5", (status, body)
         assert "recovering its tables" in str(body["error"])
     # /readyz said so without a Retry-After, which the views' 503s had.
     assert found[2] == (503, {"ready": False}, "5")
+    # A path without its trailing slash is sent on to the view (it was aiohttp's plain-text 404).
+    assert found[3] == found[0]
