@@ -119,7 +119,7 @@ def reasons(runtime: ModelRuntime, state: LeadState, limit: int = TOP_REASONS) -
             items.append((-abs(points), name, points))
     items += runtime.fit_of(state)[2]
     decayed = state.behaviour - earned
-    if decayed and round(decayed, 2):  # what seconds of a half-life take shows as -0.0
+    if round(decayed, 2):  # not what shows as -0.0 (seconds of a half-life)
         items.append((-abs(decayed), "decay", decayed))
     lifted = floor_points(runtime, state)
     if lifted:

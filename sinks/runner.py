@@ -27,7 +27,7 @@ import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, Iterable, TypeVar
 
 from redis import RedisError
@@ -42,7 +42,7 @@ from streams.deadletter import DeadLetter
 from streams.errors import ServiceError
 from streams.kafka_clients import open_client
 from streams.settings import Settings
-from streams.topics import TopicSpec, ensure_topics, partition_count
+from streams.topics import TopicSpec, ensure_topics, require_topic
 
 T = TypeVar("T")
 log = logging.getLogger("leadstream.sinks")
@@ -154,12 +154,9 @@ class SinkRunner(Generic[T]):
         from kafka.errors import CommitFailedError
         from kafka.structs import OffsetAndMetadata
 
-        if partition_count(self.settings, self.source_topic) == 0:
-            # Else it would wait for the topic for ever, aiokafka logging its absence ten times a
-            # second, and make a dead-letter topic named after it.
-            variable = next((f.metadata["env"] for f in fields(self.settings)
-                             if f.name.startswith("topic_") and getattr(self.settings, f.name) == self.source_topic), "its setting")
-            raise ServiceError(f"topic {self.source_topic!r} does not exist: run `leadstream topics`, or check {variable}")
+        # Else it would wait for the topic for ever, aiokafka logging its absence ten times a
+        # second, and make a dead-letter topic named after it.
+        require_topic(self.settings, self.source_topic)
         ensure_topics(self.settings, [TopicSpec(self.dlq_topic, self.settings.partitions, {"retention.ms": str(DLQ_RETENTION_MS)})])
         consumer = open_client(
             self.settings,

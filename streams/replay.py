@@ -27,10 +27,9 @@ import orjson
 from streams.deadletter import DeadLetter
 from streams.history import read_to_end
 from streams.partitioning import partition_for
-from streams.errors import InputError
 from streams.send import open_producer
 from streams.settings import Settings
-from streams.topics import partition_count
+from streams.topics import partition_count, require_topic
 
 
 @dataclass
@@ -50,9 +49,7 @@ def replay_dead_letters(settings: Settings, reasons: set[str], since_ms: int = 0
                         out: IO[str] = sys.stdout) -> Replay:
     """Re-sends the original input of every dead letter with one of `reasons`, written at or
     after `since_ms`, to its source topic; prints and returns what it did."""
-    if partition_count(settings, settings.topic_deadletter) == 0:
-        raise InputError(f"topic {settings.topic_deadletter!r} does not exist: run `leadstream topics`, or check "
-                         "LEADSTREAM_TOPIC_DEADLETTER")
+    require_topic(settings, settings.topic_deadletter)
     sources = {settings.topic_events, settings.topic_profiles, settings.topic_identity, settings.topic_accounts}
     partitions = {topic: partition_count(settings, topic) for topic in sources}
     replay = Replay()

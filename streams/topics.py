@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from streams.errors import ConfigError
+from streams.errors import ConfigError, ServiceError
 from streams.kafka_clients import open_client
 from streams.settings import Settings
 
@@ -113,6 +113,17 @@ def partition_count(settings: Settings, topic: str) -> int:
         return len(consumer.partitions_for_topic(topic) or ())
     finally:
         consumer.close()
+
+
+def require_topic(settings: Settings, topic: str) -> int:
+    """`topic`'s partitions; a ServiceError naming it and the setting that names it when it does
+    not exist (a command reading it would wait for it for ever, or make topics after its typo)."""
+    partitions = partition_count(settings, topic)
+    if partitions == 0:
+        variable = next((env for env, value in settings.as_env().items() if env.startswith("LEADSTREAM_TOPIC_") and value == topic),
+                        "its setting")
+        raise ServiceError(f"topic {topic!r} does not exist: run `leadstream topics`, or check {variable}")
+    return partitions
 
 
 def delete_topics(settings: Settings, prefix: str) -> list[str]:
