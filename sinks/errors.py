@@ -3,7 +3,9 @@
 A connector raises `RetryableError` when trying again later can succeed (429, 5xx, timeouts,
 connection errors, malformed answers) and `PermanentError` when it cannot (4xx other than 429, a
 contact that does not exist, a record that is not a crossing): the runner retries the first with
-backoff and dead-letters the second. `StaleError` sets aside a replayed item that newer ones
+backoff and dead-letters the second. `CredentialsError` (401) is about the connector, not the
+message: every delivery would fail the same way, so the runner dead-letters nothing and holds its
+place until the credentials work. `StaleError` sets aside a replayed item that newer ones
 overtook. `MappingError` is raised on start, before anything is read. `Stopping` cuts a delivery's
 wait short when the connector is asked to stop.
 """
@@ -30,6 +32,11 @@ class RetryableError(SinkError):
 
 class PermanentError(SinkError):
     """The action cannot succeed as it is: the message goes to the connector's dead-letter topic."""
+
+
+class CredentialsError(SinkError):
+    """The service refused the connector's credentials (HTTP 401): no message can be delivered until
+    an operator fixes them, so none is dead-lettered meanwhile."""
 
 
 class StaleError(SinkError):
@@ -68,14 +75,17 @@ def for_status(status: int, what: str, detail: str, headers: Mapping[str, str] |
                credentials: str = "the connector's credentials") -> SinkError:
     """The error for an HTTP answer that is not a success, by the usual API conventions.
 
-    408, 423, 425, 429 and 5xx are worth retrying; other 4xx are not (the request itself is wrong,
-    or the credentials are: retrying only burns the API quota). 423 Locked: another operation
-    holds the record for now, so a later try can succeed. `credentials` names the settings a 401
-    or 403 is about.
+    408, 423, 425, 429 and 5xx are worth retrying; other 4xx are not (the request itself is wrong:
+    retrying only burns the API quota). 423 Locked: another operation holds the record for now, so
+    a later try can succeed. 401 is the credentials, whatever the request. A 403 stays the
+    request's: Salesforce answers it for one record the connector's user may not edit.
+    `credentials` names the settings a 401 or 403 is about.
     """
     message = f"{what}: HTTP {status}: {detail[:500]}"
     if status in (408, 423, 425, 429) or status >= 500:
         return RetryableError(message, retry_after_s(headers))
-    if status in (401, 403):
+    if status == 401:
+        return CredentialsError(f"{message} (check {credentials})")
+    if status == 403:
         return PermanentError(f"{message} (check {credentials} and the scopes granted)")
     return PermanentError(message)

@@ -10,6 +10,12 @@ are committed only when every message of the batch was delivered, skipped as alr
 delivered, or dead-lettered; a crash before that re-delivers the batch and the ledger
 (sinks.ledger) turns what was done into skips.
 
+A 401 (`CredentialsError`) dead-letters nothing: every message would fail the same way, and a
+revoked token would otherwise send the whole stream to the dead-letter topic while the
+connector looked healthy. The connector instead goes not-ready, logs the error, and tries the
+same delivery again every LEADSTREAM_SINK_BACKOFF_MAX_MS, its batch uncommitted, until the
+credentials work or it is restarted with new ones; a replay of dead letters stops at once.
+
 A message that fails with `PermanentError`, or still fails after LEADSTREAM_SINK_MAX_ATTEMPTS
 tries, goes to the connector's dead-letter topic `<source topic>-dlq-<connector>` with the
 reason; `replay_dead_letters` re-drives them once the cause is fixed, except those that newer
@@ -34,7 +40,7 @@ from redis import RedisError
 
 from sinks import metrics
 from sinks.base import Position, Sink
-from sinks.errors import PermanentError, RetryableError, StaleError, Stopping
+from sinks.errors import CredentialsError, PermanentError, RetryableError, StaleError, Stopping
 from sinks.ledger import Ledger, NoSteps, redis_client
 from streams import probes
 from streams.addresses import authority
@@ -138,6 +144,8 @@ class SinkRunner(Generic[T]):
         self.ledger = Ledger(redis_client(settings), settings.redis_prefix, sink.name, settings.sink_delivered_ttl_s)
         self._producer: Any = None  # set while consuming; dead letters go through it
         self.assigned = threading.Event()  # the consumer holds partitions: readiness
+        self.refused: CredentialsError | None = None  # the service's refusal while it lasts: not ready
+        self._replaying = False
 
     # -- running -------------------------------------------------------------------------
 
@@ -147,6 +155,7 @@ class SinkRunner(Generic[T]):
 
     def replay_dead_letters(self) -> Stats:
         """Re-drive every dead letter present now; those that fail again are dead-lettered anew."""
+        self._replaying = True
         return self._consume(self.dlq_topic, group_id(self.settings, self.sink.name) + "-replay", self._from_dead_letter, True)
 
     def _consume(self, topic: str, group: str, to_envelope: Callable[[object], Envelope | None], stop_at_end: bool) -> Stats:
@@ -233,9 +242,9 @@ class SinkRunner(Generic[T]):
     # -- operations ----------------------------------------------------------------------
 
     def ready(self) -> bool:
-        """Holding partitions and reaching Redis (the ledger): deliveries can happen."""
+        """Holding partitions, credentials accepted and Redis (the ledger) reached: deliveries can happen."""
         try:
-            ok = self.assigned.is_set() and bool(self.ledger.redis.ping())
+            ok = self.assigned.is_set() and self.refused is None and bool(self.ledger.redis.ping())
         except RedisError:
             ok = False
         metrics.READY.labels(self.sink.name).set(1 if ok else 0)
@@ -291,6 +300,10 @@ class SinkRunner(Generic[T]):
                     raise StaleError(f"{order_key}: a newer message than {env.topic}/{env.partition}@{env.offset} was delivered")
                 steps = self.ledger.steps(delivery_id) if delivery_id is not None else NoSteps()
                 self.sink.deliver(item, steps)
+                if self.refused is not None:
+                    self.refused = None
+                    self.ready()
+                    log.info("sink %s: the credentials are accepted again; delivering", self.sink.name)
                 if delivery_id is not None:
                     self.ledger.mark_delivered(delivery_id, order_key, position)
                 crossing_ms = getattr(item, "time_ms", None)
@@ -308,6 +321,10 @@ class SinkRunner(Generic[T]):
                 return "stale"
             except Stopping:
                 raise
+            except CredentialsError as exc:
+                self._hold(exc)
+                attempt -= 1  # no try at this message: the connector's credentials failed, not it
+                continue
             except RetryableError as exc:
                 error: Exception = exc
             except RedisError as exc:  # the ledger's, or the read model's: say which service failed
@@ -329,6 +346,19 @@ class SinkRunner(Generic[T]):
             metrics.BACKOFF_SECONDS.labels(self.sink.name).inc(delay_s)
             if self.stop.wait(delay_s):
                 raise Stopping()
+
+    def _hold(self, refusal: CredentialsError) -> None:
+        """Wait before trying again under refused credentials; a replay (a command, not a service) ends instead."""
+        if self._replaying:
+            raise refusal
+        if self.refused is None:
+            log.error("sink %s: the service refuses the connector's credentials: %s. Nothing is delivered or "
+                      "dead-lettered until it accepts them (restart the connector with new ones); /readyz answers 503 "
+                      "and the same delivery is tried again every %g s", self.sink.name, refusal, self.policy.max_ms / 1000)
+        self.refused = refusal
+        self.ready()
+        if self.stop.wait(self.policy.max_ms / 1000):
+            raise Stopping()
 
     def _dead_letter(self, env: Envelope, reason: str, detail: str) -> str:
         letter = DeadLetter(reason=reason, detail=f"{self.sink.name}: {detail}", original=env.value,

@@ -132,7 +132,8 @@ class WebhookSink(Sink[Post]):
             raise PermanentError(f"{self.where}: redirected (HTTP {response.status_code}) to {target}: "
                                  "set LEADSTREAM_WEBHOOK_URL to the final URL")
         if response.status_code >= 400:
-            raise for_status(response.status_code, self.where, body, response.headers)
+            raise for_status(response.status_code, self.where, body, response.headers,
+                             "LEADSTREAM_WEBHOOK_SECRET and what the receiver expects")
 
     def close(self) -> None:
         self.session.close()

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from sinks.hubspot import DEAL_TO_COMPANY, DEAL_TO_CONTACT, TASK_TO_COMPANY, TASK_TO_CONTACT, TASK_TO_DEAL, HubSpotSink
+from sinks.errors import CredentialsError
 from sinks.mapping import load_mapping
 from sinks.runner import SinkRunner
 from streams.errors import ConfigError
+from streams.processes import free_port
 from streams.settings import Settings
-from tests.infra import read_topic
+from tests.infra import read_topic, wait_for
 from tests.sinks.conftest import account_climb, account_crossing, crossing, drain, produce
 from tests.sinks.fake_hubspot import FakeHubSpot
 
@@ -198,15 +203,54 @@ def test_an_account_without_a_company_is_dead_lettered_with_the_reason(sink_sett
     assert hubspot.objects["deals"] == {} and hubspot.objects["tasks"] == {}
 
 
-def test_a_token_the_crm_refuses_is_dead_lettered_naming_the_setting(sink_settings: Settings, hubspot: FakeHubSpot) -> None:
-    # It said "check the connector's credentials": which setting holds them is the user's question.
-    settings = hubspot_settings(sink_settings, hubspot)
-    hubspot.inject("status", method="PATCH", path="/contacts/", status=401, body={"category": "INVALID_AUTHENTICATION"})
+def test_a_refused_token_dead_letters_nothing_and_holds_the_connector_not_ready_until_it_is_replaced(
+    sink_settings: Settings, hubspot: FakeHubSpot, sink_process: Any
+) -> None:
+    # A revoked token sent every crossing to the dead-letter topic, each one a replay to do,
+    # while /readyz answered 200: nothing told the operator.
+    port = free_port()
+    settings = hubspot_settings(sink_settings, hubspot).with_overrides(metrics_port=port, sink_backoff_max_ms=200)
+    contact = hubspot.add_contact("lead-1@acme.io")
     produce(settings, [crossing(1, "mql")])
 
-    assert drain(HubSpotSink(settings), settings).dead_lettered == 1
-    [(_, letter)] = read_topic(settings, f"{settings.topic_crossings}-dlq-hubspot", expect=1, idle_s=0.5)
-    assert "HTTP 401" in letter["detail"] and "(check LEADSTREAM_HUBSPOT_ACCESS_TOKEN and the scopes granted)" in letter["detail"]
+    revoked = sink_process(settings.with_overrides(hubspot_access_token="pat-revoked"), "hubspot")
+    wait_for(lambda: len(hubspot.requests_to("PATCH", "/contacts/")) >= 3, what="three tries under the refused token")
+    assert readyz(port) == 503
+    revoked.stop()
+    log = revoked.log.read_text()
+    assert "refuses the connector's credentials" in log and "(check LEADSTREAM_HUBSPOT_ACCESS_TOKEN" in log, revoked.tail()
+    assert read_topic(settings, f"{settings.topic_crossings}-dlq-hubspot", expect=0, idle_s=0.5) == []
+    assert "leadstream_score" not in hubspot.objects["contacts"][contact]["properties"]
+
+    sink_process(settings, "hubspot")  # restarted with a token HubSpot accepts: the held crossing is delivered
+    wait_for(lambda: "leadstream_score" in hubspot.objects["contacts"][contact]["properties"], what="the crossing delivered")
+    wait_for(lambda: readyz(port) == 200, what="/readyz 200")
+
+
+def test_a_replay_under_a_refused_token_stops_and_leaves_the_dead_letters_for_the_next(
+    sink_settings: Settings, hubspot: FakeHubSpot
+) -> None:
+    settings = hubspot_settings(sink_settings, hubspot)
+    produce(settings, [crossing(1, "mql")])
+    assert drain(HubSpotSink(settings), settings).dead_lettered == 1  # no such contact yet
+    contact = hubspot.add_contact("lead-1@acme.io")
+
+    refused = settings.with_overrides(hubspot_access_token="pat-revoked")
+    with pytest.raises(CredentialsError, match=r"HTTP 401.*check LEADSTREAM_HUBSPOT_ACCESS_TOKEN"):
+        SinkRunner(HubSpotSink(refused), refused).replay_dead_letters()
+
+    assert SinkRunner(HubSpotSink(settings), settings).replay_dead_letters().delivered == 1
+    assert "leadstream_score" in hubspot.objects["contacts"][contact]["properties"]
+
+
+def readyz(port: int) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except (urllib.error.URLError, ConnectionError):
+        return 0
 
 
 def test_account_ids_may_be_hubspot_company_ids(sink_settings: Settings, hubspot: FakeHubSpot, tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from sinks.base import Crossing
-from sinks.errors import MappingError, PermanentError, RetryableError, Stopping, for_status
+from sinks.errors import CredentialsError, MappingError, PermanentError, RetryableError, Stopping, for_status
 from sinks.mapping import load_mapping
 from sinks.ratelimit import Quota, TokenBucket
 from sinks.runner import RetryPolicy
@@ -104,7 +104,7 @@ def test_quota_parses_requests_per_window_and_unlimited() -> None:
 
 @pytest.mark.parametrize(
     ("status", "kind"),
-    [(400, PermanentError), (401, PermanentError), (404, PermanentError), (408, RetryableError),
+    [(400, PermanentError), (401, CredentialsError), (403, PermanentError), (404, PermanentError), (408, RetryableError),
      (409, PermanentError), (423, RetryableError), (429, RetryableError), (500, RetryableError), (503, RetryableError)],
 )
 def test_http_statuses_split_into_retryable_and_permanent(status: int, kind: type) -> None:
