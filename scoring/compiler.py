@@ -57,6 +57,7 @@ class _Function:
         }  # fmt: skip
         self.code = ConditionCode(self.namespace, runtime.classify)
         self.lines: list[str] = []
+        self.capped = "entry[2] += 1"  # how the rule being compiled counts a clipped occurrence
         self.half_life = runtime.half_life is not None
         #: `seen_key` -> the local that says whether the event's value is a repeat (see _repeats)
         self.repeat_vars: dict[str, str] = {}
@@ -248,6 +249,11 @@ class _Function:
             "entry[1] += 1",
             f"points = {self.const(rule.points)}",
         )
+        # One occurrence counts as capped once, however many of its limits clip it (its cap,
+        # ceiling and the model's floor, say): a plain rule has one, the floor or the ceiling.
+        self.capped = "entry[2] += 1" if rule.plain else "capped = 1"
+        if not rule.plain:
+            self.emit(depth, "capped = 0")
         if rule.positive:
             self.emit(depth, "active = True")
         self._limits(depth, rule)
@@ -256,6 +262,8 @@ class _Function:
         else:
             self.emit(depth, "if points:")
             self._score(depth + 1, name)
+        if not rule.plain:
+            self.emit(depth, "entry[2] += capped")
 
     def _limits(self, depth: int, rule: Rule) -> None:
         """A rule's limits, in the order scoring/repeat.py documents."""
@@ -263,7 +271,7 @@ class _Function:
             self.emit(
                 depth,
                 f"if {self.repeat_vars[rule.seen_key]}:",
-                "    entry[2] += 1",
+                f"    {self.capped}",
                 "    points = 0",
                 "else:",
             )
@@ -272,7 +280,7 @@ class _Function:
                 self.emit(depth, "pass")
         if rule.cap is not None:
             self._bump(depth, rule.cap_key, rule.cap.window, rule.cap.max_scored)
-            self.emit(depth, f"if before >= {self.const(rule.cap.max_scored)}:", "    entry[2] += 1", "    points = 0")
+            self.emit(depth, f"if before >= {self.const(rule.cap.max_scored)}:", f"    {self.capped}", "    points = 0")
         if rule.bonus is not None:
             self._bonus(depth, rule.bonus_key, rule.bonus.window, rule.bonus.count)
             self.emit(depth, "if due:", "    entry[3] += 1", f"    points += {self.const(rule.bonus.points)}")
@@ -282,7 +290,7 @@ class _Function:
                 f"room = {self.const(rule.max_points)} - abs(entry[0])",
                 "if abs(points) > room:",
                 "    points = max(room, 0) * (1 if points > 0 else -1)",
-                "    entry[2] += 1",
+                f"    {self.capped}",
             )
 
     def _bump(self, depth: int, key: str, window: Any, limit: int) -> None:
@@ -346,7 +354,7 @@ class _Function:
             f"    after = {floor} if behaviour > {floor} else behaviour",
             "if after != wanted:  # the model's ceiling or floor clipped the points",
             "    points = after - behaviour" + (" if weight == 1.0 else (after - behaviour) / weight" if self.half_life else ""),
-            "    entry[2] += 1",
+            f"    {self.capped}",
             "behaviour = after",
             "entry[0] += points",
             "history = state.history",

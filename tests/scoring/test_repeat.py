@@ -265,6 +265,19 @@ def test_rule_ceiling() -> None:
     assert run.state().ledger["click"] == [10, 5, 3, 0]
 
 
+def test_an_occurrence_that_several_limits_clip_counts_as_capped_once() -> None:
+    """Each limit that clipped an occurrence counted it: one complaint, clipped by its rule's
+    ceiling and then by the model's floor, showed `capped: 2` beside `occurrences: 1`."""
+    complaint = '[[rules]]\nname = "complaint"\nevent = "c"\npoints = -30\nmax_points = 25\n'
+    run = Run(engine(complaint, settings="floor = -20")).apply(ev("c"))
+    assert run.state().ledger["complaint"] == [-20, 1, 1, 0]
+    visits = '[[rules]]\nname = "visit"\nevent = "v"\npoints = 4\nmax_points = 12\ncap = { max = 1, window = "1d" }\n' \
+             'bonus = { count = 3, window = "1d", points = 10 }\n'
+    run = Run(engine(visits)).apply(*(ev("v", at=i * MINUTE) for i in range(3)))
+    # The first scores 4; the second is capped; the third is capped, and its bonus clipped to 8.
+    assert run.state().ledger["visit"] == [12, 3, 2, 1]
+
+
 def test_negative_rule_ceiling_limits_the_penalty() -> None:
     body = '[[rules]]\nname = "visit"\nevent = "v"\npoints = 50\n[[rules]]\nname = "careers"\nevent = "c"\npoints = -8\nmax_points = 20\n'
     run = Run(engine(body)).apply(ev("v"), *(ev("c", at=i + 1) for i in range(5)))
