@@ -12,14 +12,17 @@ from typing import IO, Any
 import orjson
 
 from scoring.events import PROFILE_TYPES
-from scoring.model import describe, load_directory
+from scoring.engine import Engine
+from scoring.model import describe
 from streams.tables import points
 
 
 def report(models_dir: Path, as_json: bool, out: IO[str]) -> int:
-    """Loads every model of the directory (ModelError names the first problem) and prints
-    each one's description: JSON lines, or a block of text per model."""
-    for model in load_directory(models_dir):
+    """Loads every model of the directory as the worker and `score` do (ModelError names the
+    first problem) and prints each one's description: JSON lines, or a block of text per model."""
+    # The engine, not the files alone: some checks need a model compiled (the fit points of a
+    # lead without traits, against the first line), and a model `models` passed the worker refused.
+    for model in Engine.from_directory(models_dir).models:
         described = describe(model)
         out.write(orjson.dumps(described).decode() + "\n" if as_json else _text(described))
     return 0

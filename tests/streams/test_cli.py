@@ -84,6 +84,18 @@ def test_models_describes_each_shipped_model_and_names_a_broken_one(tmp_path: Pa
     assert "leadstream models: typo.toml: [model], field 'lateness'" in capsys.readouterr().err
 
 
+def test_models_refuses_what_the_worker_refuses(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # A fit rule that a lead without traits meets lifts it past a line at 5: `score` and the
+    # worker refused the file, while `models`, the check before it goes live, passed it.
+    (tmp_path / "lifted.toml").write_text(
+        '[model]\nname = "lifted"\n[thresholds]\nbase = "b"\nladder = [{ level = "m", at = 5 }]\n'
+        '[[rules]]\nname = "x"\nevent = "x"\npoints = 1\n'
+        '[[fit]]\nname = "no_email"\ntraits = { email = { exists = false } }\npoints = 5\n')
+    assert main(["models", "--models", str(tmp_path)]) == 1
+    assert "leadstream models: lifted.toml: [thresholds], field 'ladder[1].at': expected a score above the 5 fit points" \
+        in capsys.readouterr().err
+
+
 def test_a_reader_that_goes_away_ends_the_output_quietly(tmp_path: Path) -> None:
     # `leadstream score ... | head -1`: more output than a pipe holds, and its reader gone.
     events = tmp_path / "events.jsonl"
