@@ -81,9 +81,11 @@ def parse_ladder(table: Table, floor: float | None = None) -> Ladder:
                 raise where.error("hysteresis", f"less than {line_at - floor:g}, the gap from the first line to the floor (else "
                                                 f"one above the line could never fall back below it)", line_hysteresis)
         if number > 1 and line_at - line_hysteresis < at[-1]:
-            raise line.error(
+            # The field the file has: a default hysteresis too wide for one gap is the table's.
+            where, line_name = (line, "") if line.has("hysteresis") else (table, f" from {name!r} (ladder[{number}])")
+            raise where.error(
                 "hysteresis",
-                f"at most {line_at - at[-1]:g}, the gap to the line below (else a lead could skip it going down)",
+                f"at most {line_at - at[-1]:g}, the gap{line_name} to the line below (else a lead could skip it going down)",
                 line_hysteresis,
             )
         names.append(name)

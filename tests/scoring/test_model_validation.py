@@ -82,6 +82,8 @@ CASES = [
      ["[thresholds]", "field 'ladder[2].at'", "low to high"]),
     (BASE.replace("ladder = [{ level = \"mql\", at = 20 }]", "ladder = [{ level = \"mql\", at = 20 }, { level = \"sql\", at = 30, hysteresis = 15 }]"),
      ["[thresholds]", "field 'ladder[2].hysteresis'", "at most 10"]),
+    (BASE.replace('ladder = [{ level = "mql", at = 20 }]', 'hysteresis = 11\nladder = [{ level = "mql", at = 20 }, { level = "sql", at = 30 }]'),
+     ["[thresholds]", "field 'hysteresis'", "at most 10, the gap from 'sql' (ladder[2]) to the line below"]),
     (BASE.replace("ladder = [{ level = \"mql\", at = 20 }]", "ladder = [{ level = \"mql\", at = 20 }, { level = \"mql\", at = 30 }]"),
      ["[thresholds]", "field 'ladder[2].level'", "used once"]),
     (BASE.replace('base = "cold"\n', 'base = "cold"\nhysteresis = -1\n'), ["[thresholds]", "field 'hysteresis'", "at least 0"]),
