@@ -52,6 +52,12 @@ class AccountRollup:
             return _rounded(sum(map(_exact, ranked[-self.top_k :])))
         return _rounded(state.exact_sum())
 
+    def reasons(self, state: AccountState) -> list[tuple[str, float]]:
+        """The members whose scores make the account's (at most TOP_MEMBERS, the best first):
+        under `max` and `top_k`, the others' points do not count, so they explain nothing."""
+        counted = {"max": 1, "top_k": self.top_k}.get(self.combine, TOP_MEMBERS)
+        return state.best(min(counted, TOP_MEMBERS))
+
 
 #: Every float is a whole multiple of 2**-1074 (the smallest subnormal): scaled by this, member
 #: scores add up exactly as integers.
@@ -364,7 +370,7 @@ def roll_up_all(runtime: ModelRuntime, account_id: str, state: AccountState | No
         cell=None,
         temperature=temperature.label(normalized) if temperature is not None else None,
         time_ms=mover.time_ms,
-        reasons=tuple({"rule": "member", "lead_id": lead_id, "points": score} for lead_id, score in state.best(TOP_MEMBERS)),
+        reasons=tuple({"rule": "member", "lead_id": lead_id, "points": score} for lead_id, score in rollup.reasons(state)),
         traits={},
     )
     return state, [transition]

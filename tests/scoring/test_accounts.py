@@ -60,6 +60,13 @@ def test_account_transitions_up_and_down() -> None:
     assert records[0]["id"] != records[1]["id"]
 
 
+@pytest.mark.parametrize(("combine", "named"), [("max", ["a"]), ("top_k", ["a", "b"]), ("sum", ["a", "b", "c"])])
+def test_an_account_crossing_s_reasons_are_the_members_its_score_counts(combine: str, named: list[str]) -> None:
+    # Under max and top_k they named every member: reasons adding up to more than the score.
+    _, [crossing] = roll(combine, [("c", 10, 0), ("b", 20, 1), ("a", 50, 2)])
+    assert [reason["lead_id"] for reason in crossing.to_dict()["reasons"]] == named
+
+
 def test_batches_report_member_scores_of_leads_with_an_account() -> None:
     run = Run(account_engine("sum")).apply(ev("p", account_id="acme"), ev("p", at=1), ev("p", lead="L2"))
     # The lead's second event: its state's second change, so the update's revision.
@@ -324,4 +331,5 @@ def test_a_whole_member_score_a_stored_state_keeps_as_a_float_is_shown_as_an_int
     assert [type(member["score"]) for member in shown["top_members"]] == [int, float]
     assert type(shown["score"]) is (float if combine == "sum" else int)
     _, [crossing] = eng.apply_account("m", "acme", state, MemberScore("m", "acme", "lead-1", 2, T0 + 1))
-    assert [type(reason["points"]) for reason in crossing.reasons] == [int, float, int]
+    named = {"sum": 3, "max": 1, "top_k": 2}[combine]
+    assert [type(reason["points"]) for reason in crossing.reasons] == [int, float, int][:named]
