@@ -32,6 +32,10 @@ from streams.tables import columns, points
 from streams.jsonlines import numbered_lines
 
 BATCH_EVENTS = 1000
+#: With a model that rolls leads up into accounts: an account moves with each batch's final
+#: member scores, so a batch of 1,000 lines hid the account crossings within it that the worker,
+#: taking events as they come, publishes (a member up and back down, several members climbing).
+ACCOUNT_BATCH_EVENTS = 1
 
 
 #: A line's event: its line number, the event, and the (old id, new id) links it asks to stitch.
@@ -239,12 +243,13 @@ def score_file(models_dir: Path, events_path: Path, table: bool, out: TextIO, er
 
 def apply_file(engine: Engine, events_path: Path, err: TextIO, keep: Callable[[Event], bool] | None = None) -> OfflineRun:
     """A run that has applied every event of the file (those `keep` accepts, when given), in
-    batches; bad lines are reported on `err` and skipped. Decay is not brought to any time yet."""
+    batches (of one event where accounts are rolled up); bad lines are reported on `err` and skipped. Decay is not brought to any time yet."""
     try:
         handle = sys.stdin.buffer if str(events_path) == "-" else events_path.open("rb")
     except OSError as exc:
         raise InputError(f"cannot read events file {events_path}: {exc.strerror}") from None
     run = OfflineRun(engine, err, events_path.name, keep)
+    batch_events = ACCOUNT_BATCH_EVENTS if any(model.accounts is not None for model in engine.models) else BATCH_EVENTS
     batch: list[Line] = []
     with handle:
         for number, line in numbered_lines(handle):
@@ -257,7 +262,7 @@ def apply_file(engine: Engine, events_path: Path, err: TextIO, keep: Callable[[E
                 else:
                     batch.append((number, item, links))
                     run.accepted += 1
-            if len(batch) >= BATCH_EVENTS:
+            if len(batch) >= batch_events:
                 run.apply(batch)
                 batch = []
     if batch:

@@ -176,6 +176,24 @@ def test_the_table_shows_large_scores_in_full(tmp_path: Path, capsys) -> None:
     assert [line.split()[2] for line in review if line.startswith("deal")] == ["+1250000.5"]
 
 
+def test_an_account_crosses_as_each_event_moves_it_as_the_worker_publishes_it(tmp_path: Path) -> None:
+    # Accounts took each 1,000 lines' final member scores: an account that two members took up
+    # and one took back down within them never crossed, where the worker published both.
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "m.toml").write_text(
+        '[model]\nname = "m"\n[[rules]]\nname = "demo"\nevent = "demo"\npoints = 30\n'
+        '[[rules]]\nname = "unsubscribe"\nevent = "unsubscribe"\npoints = -30\n'
+        '[thresholds]\nbase = "lead"\nladder = [{ level = "mql", at = 100 }]\n'
+        '[accounts]\nbase = "quiet"\nladder = [{ level = "engaged", at = 50 }]\n')
+    events = [{"event_id": f"{n}", "lead_id": lead, "type": kind, "time": T0 + n, "account_id": "acme"}
+              for n, (lead, kind) in enumerate([("a", "demo"), ("b", "demo"), ("b", "unsubscribe")])]
+    out = io.StringIO()
+    score_file(models, write(tmp_path / "events.jsonl", events), table=False, out=out, err=io.StringIO())
+    crossings = [r for r in map(orjson.loads, out.getvalue().splitlines()) if r["record"] == "transition"]
+    assert [(r["lead_id"], r["direction"], r["score"], r["time"]) for r in crossings] == [("b", "up", 60, T0 + 1), ("b", "down", 30, T0 + 2)]
+
+
 def test_missing_file_and_bad_models_are_clear_errors(tmp_path: Path, capsys) -> None:
     assert main(["score", "--models", str(MODELS_DIR), "--events", str(tmp_path / "none.jsonl")]) == 1
     assert "cannot read events file" in capsys.readouterr().err
