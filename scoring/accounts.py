@@ -101,6 +101,12 @@ class MemberScore(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
     event time (a late event's, a decay step's: the time is the lead's newest event's); absent
     (0) from updates written before it was kept.
 
+    `changed_ms` (`"changed"`): when the change it reports happened, where that is later than its
+    `time`: a decay step's due time (or, for half-life decay, when the sweep that valued it was
+    due). It stamps the account crossing the update causes, which else said that an account went
+    cold at the moment of its member's last event; `time` keeps ordering the lead's updates, as a
+    late event arriving after the step is still newer news of the lead. Absent (0) otherwise.
+
     Decoding checks the fields' types and bounds, so an update not written by leadstream is
     refused with the field named (the account stage dead-letters it)."""
 
@@ -111,11 +117,17 @@ class MemberScore(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
     time_ms: Annotated[int, msgspec.Meta(ge=0, lt=MAX_TIME_MS)] = msgspec.field(name="time")
     left: bool = False
     revision: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] = 0  # as orjson writes it in account states
+    changed_ms: Annotated[int, msgspec.Meta(ge=0, lt=MAX_TIME_MS)] = msgspec.field(default=0, name="changed")
 
     @property
     def order(self) -> tuple[int, int]:
         """Where the update stands among the lead's: by event time, then revision."""
         return self.time_ms, self.revision
+
+    @property
+    def at_ms(self) -> int:
+        """When the change it reports happened: its decay's time, else its lead's newest event's."""
+        return max(self.time_ms, self.changed_ms)
 
 
 #: Leavings an account remembers (the most recent), so that a replayed update from before a
@@ -338,7 +350,9 @@ def roll_up_all(runtime: ModelRuntime, account_id: str, state: AccountState | No
     base = rollup.ladder.names[0] if rollup is not None else ""
     state = AccountState({}, base, 0) if state is None else state
     mover: MemberScore | None = None
-    for update in updates:
+    # In the order the changes happened, whatever order a batch put them in:
+    # the crossing names the latest that moved the account, and is stamped with its time.
+    for update in sorted(updates, key=_when):
         if state.update(update):
             mover = update
     if mover is None or rollup is None:
@@ -369,8 +383,14 @@ def roll_up_all(runtime: ModelRuntime, account_id: str, state: AccountState | No
         engagement=None,
         cell=None,
         temperature=temperature.label(normalized) if temperature is not None else None,
-        time_ms=mover.time_ms,
+        time_ms=mover.at_ms,
         reasons=tuple({"rule": "member", "lead_id": lead_id, "points": score} for lead_id, score in rollup.reasons(state)),
         traits={},
     )
     return state, [transition]
+
+
+def _when(update: MemberScore) -> tuple[int, bool, str, int]:
+    # A leaving before a score of the same time: a visitor merged into a lead leaves as the lead
+    # takes its points in, and the crossing names the lead.
+    return update.at_ms, not update.left, update.lead_id, update.revision

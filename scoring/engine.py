@@ -318,8 +318,8 @@ class ModelRuntime:
 
     def decay(self, state: LeadState, lead_id: str, now_ms: int, out: list[Transition]) -> int | None:
         """Brings decay to `now_ms` (never backwards); idempotent for the same `now_ms`. Returns
-        the time of the last change it made (the last step's due time; `now_ms` for half-life
-        decay), None when it made none."""
+        the time of the last change it made (the last step's due time; for half-life decay,
+        when it was due, `next_due_ms`, or `now_ms` if earlier), None when it made none."""
         self.fit_of(state)  # the score settled below is the current model's
         level = self.ladder.level_of(state.level)
         changed_ms = None
@@ -329,11 +329,14 @@ class ModelRuntime:
                 level = self._settle(state, level, lead_id, due_ms, out)
                 changed_ms = due_ms
         elif self.half_life is not None:
+            # When the sweep was due, not when it ran: a successor sweeping later after a crash
+            # says the same time (it stamps the account crossing the change may cause).
+            swept_due_ms = self.next_due_ms(state)
             behaviour, as_of_ms = state.behaviour, state.as_of_ms
             level = self._half_life_to(state, as_of_ms, behaviour, now_ms, level, lead_id, out)
             if state.behaviour != behaviour:
                 state.revision += 1
-                changed_ms = now_ms
+                changed_ms = now_ms if swept_due_ms is None else min(swept_due_ms, now_ms)
             self._settle(state, level, lead_id, now_ms, out)
         return changed_ms
 
@@ -486,11 +489,12 @@ class ModelRuntime:
                 drop_ms = end_ms
         state.windows_drop_ms = drop_ms
 
-    def member_score(self, lead_id: str, state: LeadState, time_ms: int) -> MemberScore | None:
+    def member_score(self, lead_id: str, state: LeadState, time_ms: int, changed_ms: int = 0) -> MemberScore | None:
+        """The lead's update for its account; `changed_ms`, a decay's (`MemberScore.changed_ms`)."""
         if state.account_id is None:
             return None
         score = min(max(round(self.score(state), 2), -MAX_MEMBER_POINTS), MAX_MEMBER_POINTS)
-        return MemberScore(self.name, state.account_id, lead_id, score, time_ms, revision=state.revision)
+        return MemberScore(self.name, state.account_id, lead_id, score, time_ms, revision=state.revision, changed_ms=changed_ms)
 
 
 class Engine:

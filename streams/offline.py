@@ -15,6 +15,7 @@ is, as JSON lines (or a table with --table):
 
 from __future__ import annotations
 
+import heapq
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -170,20 +171,47 @@ class OfflineRun:
         return self.newest_ms if self.at_ms is None else self.at_ms
 
     def finish(self, at_ms: int | None = None) -> None:
-        """Evaluates decay for every lead at `at_ms`, by default the newest event time."""
+        """Evaluates decay for every lead at `at_ms`, by default the newest event time.
+
+        A member of an account decays one due time after another, all leads' in time order, as
+        the worker's sweeps take them when they come due, and its account moves with each: an
+        account crossing is stamped with the decay step that made it. Other leads are brought
+        to the time at once (their own crossings are the same either way)."""
         if at_ms is not None:
             if at_ms < self.newest_ms:
                 raise InputError(f"--at {_iso(at_ms)} is before the newest event in {self.source} ({_iso(self.newest_ms)}): "
                                  "decay is evaluated after every event is scored, so give a time at or after it")
             self.at_ms = at_ms
+        due: list[tuple[int, str, str]] = []
         for (model, lead_id), state in sorted(self.leads.items()):
-            before = self.engine.member_score(model, lead_id, state, state.watermark_ms)
-            decayed, transitions = self.engine.decay(model, lead_id, state, self.now_ms)
-            self.leads[(model, lead_id)] = decayed
-            self.transitions.extend(transitions)
-            after = self.engine.member_score(model, lead_id, decayed, self.now_ms)
-            if after is not None and before is not None and after.score != before.score:
-                self.roll_up(after)
+            if state.account_id is not None and self.engine.runtime(model).model.accounts is not None:
+                self._schedule(due, model, lead_id, state, -1)
+            else:
+                self.leads[(model, lead_id)], transitions = self.engine.decay(model, lead_id, state, self.now_ms)
+                self.transitions.extend(transitions)
+        members = sorted({(model, lead_id) for _, lead_id, model in due})
+        while due:
+            due_ms, lead_id, model = heapq.heappop(due)
+            self._schedule(due, model, lead_id, self._decay_member(model, lead_id, due_ms), due_ms)
+        for model, lead_id in members:  # the rest of the way (half-life points decayed since the last due time)
+            self._decay_member(model, lead_id, self.now_ms)
+
+    def _schedule(self, due: list[tuple[int, str, str]], model: str, lead_id: str, state: LeadState, after_ms: int) -> None:
+        due_ms = self.engine.next_due_ms(model, state)
+        if due_ms is not None and after_ms < due_ms <= self.now_ms:
+            heapq.heappush(due, (due_ms, lead_id, model))
+
+    def _decay_member(self, model: str, lead_id: str, time_ms: int) -> LeadState:
+        """Brings a member's decay to `time_ms`, and its account along when its score moved."""
+        runtime = self.engine.runtime(model)
+        state = self.leads[(model, lead_id)]
+        before = runtime.score(state)
+        changed_ms = runtime.decay(state, lead_id, time_ms, self.transitions)
+        if changed_ms is not None and runtime.score(state) != before:
+            member = runtime.member_score(lead_id, state, state.watermark_ms, changed_ms)
+            if member is not None:
+                self.roll_up(member)
+        return state
 
     def warn(self, line: int, reason: str, detail: str) -> None:
         # A history of real traffic may hold thousands of lines of one kind (a type no model

@@ -466,8 +466,9 @@ class Scorer:
             self._changed(model, lead_id, state, now_ms, partition)
             writes[lead_id] = (partition, states)
             # Its account counts the decayed score (at the lead's newest event time, as the
-            # updates of its events are: decay is not news of a later event).
-            member = runtime.member_score(lead_id, state, state.watermark_ms)
+            # updates of its events are: decay is not news of a later event); a crossing it
+            # causes is stamped with the decay's time.
+            member = runtime.member_score(lead_id, state, state.watermark_ms, changed_ms or 0)
             if member is not None and runtime.score(state) != before:
                 members.append((changed_ms or now_ms, lead_id, model, member))
         metrics.count_crossings(self._queue_crossings(crossings))

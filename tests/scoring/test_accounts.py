@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scoring import AccountState, MemberScore, accounts
-from tests.scoring.support import T0, Run, engine, ev
+from tests.scoring.support import DAY, T0, Run, engine, ev
 
 RULE = '[[rules]]\nname = "p"\nevent = "p"\npoints = 10\n'
 
@@ -65,6 +65,18 @@ def test_an_account_crossing_s_reasons_are_the_members_its_score_counts(combine:
     # Under max and top_k they named every member: reasons adding up to more than the score.
     _, [crossing] = roll(combine, [("c", 10, 0), ("b", 20, 1), ("a", 50, 2)])
     assert [reason["lead_id"] for reason in crossing.to_dict()["reasons"]] == named
+
+
+def test_an_account_crossing_names_the_latest_change_that_moved_it_stamped_with_its_time() -> None:
+    # It named the last update in the order a batch happened to give (which partition came
+    # first), and a decay step's crossing carried its member's newest event time.
+    eng = account_engine("sum")
+    later, earlier = MemberScore("m", "acme", "b", 30, T0 + 5), MemberScore("m", "acme", "a", 30, T0 + 1)
+    state, [up] = eng.apply_account_updates("m", "acme", None, [later, earlier])
+    assert (up.lead_id, up.time_ms, up.direction) == ("b", T0 + 5, "up")
+    step = MemberScore("m", "acme", "a", 0, T0 + 1, revision=2, changed_ms=T0 + 30 * DAY)
+    _, [down] = eng.apply_account_updates("m", "acme", state, [step])
+    assert (down.lead_id, down.time_ms, down.direction) == ("a", T0 + 30 * DAY, "down")
 
 
 def test_batches_report_member_scores_of_leads_with_an_account() -> None:

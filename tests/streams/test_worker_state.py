@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import replace
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
@@ -98,6 +99,30 @@ def test_decay_timer_moves_an_idle_lead_back_to_nurture(isolated: Settings, work
     assert [s["score"] for s in summaries] == [crossings[0]["score"], decayed]
     _, body = proc.get("/metrics")
     assert b"leadstream_decay_steps_total 1.0" in body
+
+
+def test_an_account_its_members_decay_takes_down_crosses_at_the_step_with_the_id_leadstream_score_gives(
+    isolated: Settings, worker: Callable[..., WorkerProcess], tmp_path: Path
+) -> None:
+    # The crossing carried its member's newest event time: the CRM heard that the account went
+    # cold at the moment it became engaged, and `leadstream score --at` stamped it with another
+    # time, so another id.
+    wall = int(time.time() * 1000)
+    ann_ms, abe_ms = wall - 20 * MINUTE_MS, wall - 10 * MINUTE_MS
+    events = [b2b(lead, 0, "form_submit", at, account_id="acme", properties={"form": "demo_request"})
+              for lead, at in (("ann", ann_ms), ("abe", abe_ms))]
+    send(isolated, events)
+    # The worker's clock 30 days ahead, less 15 minutes: Ann's 30-day step is due, Abe's not yet.
+    worker(isolated.with_overrides(clock_offset_ms=30 * DAY_MS - 15 * MINUTE_MS, decay_interval_s=1))
+
+    crossings = [c for _, c in read_topic(isolated, isolated.topic_crossings, expect=4, timeout_s=60)]
+    account = [c for c in crossings if c["kind"] == "account"]
+    step_ms = ann_ms + 30 * DAY_MS
+    assert [(c["direction"], c["lead_id"], c["score"], c["time"]) for c in account] == [("up", "abe", 60, abe_ms), ("down", "ann", 45, step_ms)]
+    at = datetime.fromtimestamp((step_ms + MINUTE_MS) / 1000, tz=timezone.utc).isoformat()
+    scored = leadstream(isolated, "score", "--events", str(write_jsonl(tmp_path / "events.jsonl", events)), "--at", at)
+    offline = [r for r in map(orjson.loads, scored.stdout.splitlines()) if r["record"] == "transition" and r["kind"] == "account"]
+    assert [c["id"] for c in account] == [r["id"] for r in offline]
 
 
 def test_account_roll_up_crosses_through_the_rekeyed_stage(isolated: Settings, worker: Callable[..., WorkerProcess]) -> None:
