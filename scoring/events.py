@@ -16,6 +16,7 @@ maps, an identify without event id) still pass.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -126,12 +127,42 @@ def parse_event(raw: bytes | bytearray | memoryview | str | dict[str, Any] | Any
     if event is not None and _sound(event):
         return event
     try:
-        value = orjson.loads(raw)
+        value = loads(raw)
     except orjson.JSONDecodeError as exc:
         return Rejection(*unreadable(exc, "not valid JSON", raw), raw)
     if value.__class__ is not dict:
         return Rejection("wrong_type", f"an event must be a JSON object, got {json_kind(value)}", raw)
     return _from_dict(value)
+
+
+# Once json.loads has joined the pairs, any surrogate left in a text is a lone one.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def loads(raw: bytes | bytearray | memoryview | str) -> Any:
+    """JSON as orjson reads it, a lone surrogate escape in a text read as U+FFFD (see
+    `with_lone_surrogates_replaced`); orjson's error for anything else it refuses."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        if "surrogate in string" not in str(exc):
+            raise
+        try:
+            return with_lone_surrogates_replaced(raw if isinstance(raw, str) else bytes(raw).decode("utf-8"))
+        except (ValueError, RecursionError):  # not JSON even so (json's errors are ValueErrors)
+            raise exc from None
+
+
+def with_lone_surrogates_replaced(text: str) -> Any:
+    """JSON text parsed with each lone surrogate escape (`"\\ud83d"`: what JavaScript's
+    JSON.stringify writes for a text cut between the halves of an emoji) read as U+FFFD.
+
+    orjson refuses a whole message for one, so one page title cut short lost every event of its
+    envelope. U+FFFD is what browsers' decoders and Go's encoding/json put there, and the repair
+    is the same every time the message is read, so the event keeps its id. ValueError when the
+    text is not JSON even so (NaN and numbers orjson does not take get this far)."""
+    repaired = json.dumps(json.loads(text), ensure_ascii=False)  # the stdlib reads lone surrogates
+    return orjson.loads(_LONE_SURROGATE.sub("\ufffd", repaired).encode())
 
 
 def unreadable(exc: orjson.JSONDecodeError, what: str, raw: bytes | bytearray | memoryview | str) -> tuple[str, str]:
@@ -164,7 +195,7 @@ def parse_message(raw: bytes | bytearray | memoryview | str) -> list[Event | Rej
     if events is not None:
         return events  # type: ignore[return-value]  # list is invariant; every item is an Event
     try:
-        value = orjson.loads(raw)
+        value = loads(raw)
     except orjson.JSONDecodeError as exc:
         return [Rejection(*unreadable(exc, "not valid JSON", raw), raw)]
     if value.__class__ is list:

@@ -40,7 +40,6 @@ import binascii
 import codecs
 import json
 import logging
-import re
 import signal
 import time
 import tomllib
@@ -57,7 +56,7 @@ from aiohttp.client_exceptions import ClientPayloadError
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
 
-from scoring.events import MAX_ID_CHARS
+from scoring.events import MAX_ID_CHARS, with_lone_surrogates_replaced
 from streams import collector_metrics as metrics
 from streams import probes
 from streams.addresses import authority
@@ -104,8 +103,6 @@ MAPPING_FAILED = "mapping_failed"
 # was answered with 24 MB naming each. The dead letters keep every one of them.
 REJECTIONS_LISTED = 100
 SNIPPET = Path(__file__).with_name("leadstream.js")
-# Once json.loads has joined the pairs, any surrogate left in a text is a lone one.
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 Clock = Callable[[], float]
 T = TypeVar("T")
@@ -578,8 +575,7 @@ def _repaired(body: bytes, error: orjson.JSONDecodeError) -> Any:
     the repair is the same on every retry, so the call keeps its event id.
     """
     try:
-        text = json.dumps(json.loads(body.decode("utf-8", "replace")), ensure_ascii=False)  # the stdlib reads lone surrogates
-        return orjson.loads(_LONE_SURROGATE.sub("\ufffd", text).encode())
+        return with_lone_surrogates_replaced(body.decode("utf-8", "replace"))
     except (ValueError, RecursionError):  # json's and orjson's errors (NaN and huge numbers get this far)
         raise rejected("bad_json", f"the body is not JSON: {error}") from None
 

@@ -294,6 +294,20 @@ def test_text_that_is_not_utf8_is_bad_json_naming_the_byte_not_raised(field: str
                                   "send or save it as UTF-8")
 
 
+@pytest.mark.parametrize("escape", [b"\\ud83d", b"\\udc00", b"\\ud83d\\ud83d"])
+def test_a_lone_surrogate_escape_is_read_as_u_fffd_and_its_envelope_kept(escape: bytes) -> None:
+    # JSON.stringify writes one for a text cut between an emoji's halves; orjson refused the
+    # whole message for it, so every event of its envelope was dead-lettered with it.
+    cut = orjson.dumps({**GOOD, "event_id": "e-2", "properties": {"title": "Great TITLE"}}).replace(b"TITLE", escape)
+    whole = orjson.dumps(GOOD)
+    for message in (cut, b"[" + whole + b"," + cut + b"]"):
+        *_, event = parse_message(message)
+        assert isinstance(event, Event) and event.properties == {"title": "Great " + "\ufffd" * escape.count(b"\\")}
+        assert all(isinstance(e, Event) for e in parse_message(message))
+    assert parse_event(cut) == parse_message(cut)[0]
+    assert [r.reason for r in parse_message(b'[{"a": "\\ud83d", nope]')] == ["bad_json"]  # not JSON even so
+
+
 def test_iso_times_may_spell_t_and_z_in_lower_case() -> None:
     assert parse_event({**GOOD, "time": "2025-11-03t00:00:00z"}) == parse_event({**GOOD, "time": "2025-11-03T00:00:00Z"}) == Event(
         "e-1", "L1", "page_view", T0)
