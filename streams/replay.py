@@ -11,12 +11,14 @@ the lead's own.
 
 Replays are stateless and safe to repeat: an event scores once per event id, so an event
 replayed twice, or replayed after its sender also sent it again, scores once. An input that is
-still refused is dead-lettered again. A replayed event is scored at its own event time, so one
+still refused is dead-lettered again; a replay sends each input once, however many letters
+earlier replays left of it. A replayed event is scored at its own event time, so one
 further behind its lead's newest event than the model's `lateness` is counted late, not scored.
 """
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -24,6 +26,7 @@ from typing import IO
 
 import orjson
 
+from scoring.events import loads, optional_id
 from streams.deadletter import DeadLetter
 from streams.history import read_to_end
 from streams.partitioning import partition_for
@@ -43,6 +46,9 @@ class Replay:
     examples: dict[str, str] = field(default_factory=dict)
     #: Every reason of the letters read (since the time asked), to name them when none has one asked for.
     seen: Counter[str] = field(default_factory=Counter)
+    #: (topic, key, digest of the input) of each input sent, and the letters of one sent already
+    sent: set[tuple[str, bytes | None, bytes | None]] = field(default_factory=set)
+    repeats: int = 0
 
 
 def replay_dead_letters(settings: Settings, reasons: set[str], since_ms: int = 0, dry_run: bool = False,
@@ -85,6 +91,13 @@ def replay_dead_letters(settings: Settings, reasons: set[str], since_ms: int = 0
             if partition is None:
                 replay.unreplayable["neither a lead id nor a source partition to send it to"] += 1
                 continue
+            # An input still refused after a replay has a letter from each replay: sent once, or
+            # every replay sent each of them, and the letters of what stayed refused doubled.
+            sent = (topic, key, None if letter.original is None else hashlib.blake2b(letter.original, digest_size=16).digest())
+            if sent in replay.sent:
+                replay.repeats += 1
+                continue
+            replay.sent.add(sent)
             replay.replayed[reason] += 1
             replay.examples.setdefault(reason, letter.detail)
             if producer is not None:
@@ -103,11 +116,11 @@ def _destination(original: bytes, key: bytes | None, partition: int | None, part
     """Keyed by the event's lead id on that lead's partition (right even for a letter that
     arrived on the wrong one); without a lead id, as it came."""
     try:
-        value = orjson.loads(original)
+        value = loads(original)
     except orjson.JSONDecodeError:
         value = None
-    lead_id = value.get("lead_id") if isinstance(value, dict) else None
-    if isinstance(lead_id, str) and lead_id:
+    lead_id = optional_id(value, "lead_id") if isinstance(value, dict) else None  # as the engine reads it: 42 is "42"
+    if isinstance(lead_id, str):
         return lead_id.encode(), partition_for(lead_id, partitions)
     if isinstance(partition, int) and 0 <= partition < partitions:
         return key, partition
@@ -124,5 +137,8 @@ def _report(replay: Replay, reasons: set[str], dry_run: bool, since: bool, out: 
             where = "letters since --since" if since else "the topic holds"  # not the whole topic: say so
             example = f"; no dead letter has this reason ({where}: {held})"
         print(f"{reason}: {verb} {count}{example}", file=out)
+    if replay.repeats:
+        print(f"sent once: {replay.repeats} more letters of inputs sent already (an input still refused after a replay "
+              "has a letter from each)", file=out)
     for why, count in sorted(replay.unreplayable.items()):
         print(f"not replayable: {count} ({why})", file=out)

@@ -18,7 +18,7 @@ from streams.history import read_to_end as records_to_end
 from streams.partitioning import partition_for
 from streams.processes import WorkerProcess
 from streams.settings import Settings
-from tests.infra import leadstream, read_topic, wait_for
+from tests.infra import leadstream, read_to_end, read_topic, wait_for
 
 HOUR_MS = 3_600_000
 MODEL = (
@@ -81,6 +81,38 @@ def test_unknown_types_replayed_after_the_model_learns_them_score_once(
     assert _score(running) == 30
     assert len(read_topic(isolated, isolated.topic_crossings, expect=1)) == 1
     assert len(read_topic(isolated, isolated.topic_deadletter, expect=3)) == 3
+
+
+def test_an_integer_lead_id_goes_to_its_partition_and_a_still_refused_input_is_sent_once_a_replay(
+    isolated: Settings, worker: Callable[..., WorkerProcess], tmp_path: Path
+) -> None:
+    # An integer lead id went back as it came, to the wrong partition, at every replay; and each
+    # replay sent every letter of an input still refused, those earlier replays left too, so
+    # its letters doubled (1, 2, 4, 8).
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "replays.toml").write_text(MODEL)
+    running = worker(replace(isolated, models_dir=models))
+    start = int(time.time() * 1000) - HOUR_MS
+    elsewhere = next(p for p in range(4) if p != partition_for("7717054266", 4))
+    producer = KafkaProducer(bootstrap_servers=isolated.kafka_bootstrap)
+    producer.send(isolated.topic_events, partition=elsewhere, value=orjson.dumps(
+        {"event_id": "n1", "lead_id": 7717054266, "type": "signup", "time": start}))
+    producer.send(isolated.topic_events, key=b"bo", value=orjson.dumps({"event_id": "x1", "lead_id": "bo", "type": "webinar", "time": start}))
+    producer.flush()
+    producer.close()
+    assert sorted(letter["reason"] for _, letter in read_topic(isolated, isolated.topic_deadletter, expect=2)) == [
+        "unknown_type", "wrong_partition"]
+
+    assert leadstream(isolated, "replay-dlq", "--reason", "wrong_partition").stdout.startswith("wrong_partition: replayed 1")
+    wait_for(lambda: running.get("/leads/7717054266/")[0] == 200, what="the integer lead's event scored")
+    for replays in range(1, 4):
+        out = leadstream(isolated, "replay-dlq", "--reason", "unknown_type").stdout
+        assert out.startswith("unknown_type: replayed 1;"), out
+        letters = 1 + replays  # one more each replay, of the one input
+        wait_for(lambda: sum(1 for _, letter in read_to_end(isolated, isolated.topic_deadletter)
+                             if letter["reason"] == "unknown_type") == letters, what=f"{letters} letters")
+    assert f"sent once: {letters - 2} more letters of inputs sent already" in out
 
 
 def test_replay_validates_its_arguments(isolated: Settings) -> None:
