@@ -2,8 +2,10 @@
 
 Each event is keyed by its lead id and goes to that lead's partition. With
 `--events-per-message N`, events of the same partition are packed into envelopes (see
-streams/envelope.py), keyed by their lead when they hold one lead's events only. Lines that are not JSON objects with a lead id are reported by line
-number and skipped; the rest is sent.
+streams/envelope.py), keyed by their lead when they hold one lead's events only. A line may be
+one event or an envelope of several (as `leadstream history` writes them). Lines, and events of
+an envelope, that are not JSON objects with a lead id are reported by line number and skipped;
+the rest is sent.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import IO, Any, Iterable, Iterator
 
 import orjson
 
+from scoring.events import EMPTY_ENVELOPE, MAX_EVENT_BYTES, Rejection, loads, optional_id, unreadable
 from streams.envelope import pack_keyed
 from streams.errors import InputError, ServiceError
 from streams.kafka_clients import open_client
@@ -23,20 +26,36 @@ from streams.topics import partition_count
 
 
 def read_events(lines: IO[bytes], bad: list[str]) -> Iterator[tuple[str, bytes]]:
-    """(lead id, event bytes) for each valid line; a message appended to `bad` for each bad one."""
+    """(lead id, event bytes) for each event of each valid line, a JSON object or an envelope (a
+    JSON array of them, as `leadstream history` writes a message that held several); a message
+    appended to `bad` for each bad line, or bad event of an envelope."""
     for number, line in numbered_lines(lines):
         try:
-            event = orjson.loads(line)
+            value = loads(line)
         except orjson.JSONDecodeError as exc:
-            bad.append(f"line {number}: not JSON ({exc}); skipped")
+            bad.append(f"line {number}: {unreadable(exc, 'not JSON', line)[1]}; skipped")
             continue
-        lead = event.get("lead_id") if isinstance(event, dict) else None
-        if lead.__class__ is int:  # the engine reads a number id as its decimal text; so is it keyed
-            lead = str(lead)
-        if not isinstance(lead, str) or not lead:
-            bad.append(f"line {number}: no `lead_id` (a text or a whole number), so no partition; skipped")
+        if isinstance(value, list):
+            if not value:
+                bad.append(f"line {number}: {EMPTY_ENVELOPE}; skipped")
+            for n, item in enumerate(value, 1):
+                lead = _lead_id(item, f"line {number}, event {n} of its envelope", bad)
+                if lead is not None:
+                    yield lead, orjson.dumps(item)
             continue
-        yield lead, line
+        lead = _lead_id(value, f"line {number}", bad)
+        if lead is not None:
+            yield lead, line
+
+
+def _lead_id(event: Any, where: str, bad: list[str]) -> str | None:
+    """The event's lead id as the engine reads it (a number is its decimal text), which keys it."""
+    lead = optional_id(event, "lead_id") if isinstance(event, dict) else None
+    if isinstance(lead, str):
+        return lead
+    why = f" ({lead.detail})" if isinstance(lead, Rejection) else ""
+    bad.append(f"{where}: no `lead_id` (a text or a whole number), so no partition{why}; skipped")
+    return None
 
 
 def open_producer(settings: Settings) -> Any:  # a kafka.KafkaProducer (kafka-python is untyped)
@@ -94,14 +113,18 @@ def produce(producer: Any, topic: str, events: Iterable[tuple[str, bytes]], even
     if refused.first is not None:
         raise ServiceError(
             f"Kafka refused {refused.count} of the {sent_messages} messages sent to {topic} (the others were written), "
-            f"the first with {_cause(refused.first)}{_remedy(refused.first)}"
+            f"the first with {_cause(refused.first)}{_remedy(refused.first, events_per_message)}"
         )
     return sent_events, sent_messages
 
 
-def _remedy(exc: Exception) -> str:
+def _remedy(exc: Exception, events_per_message: int) -> str:
     if "TooLarge" not in exc.__class__.__name__:
         return ""
+    if events_per_message == 1:  # one event per message already: the event itself is that large
+        return (": a message larger than the topic's max.message.bytes (1 MB by default) is refused, and this one held "
+                f"one event (the worker refuses an event over {MAX_EVENT_BYTES} bytes anyway, as too_large): find it "
+                "in the file, and send it smaller")
     return (": a message larger than the topic's max.message.bytes (1 MB by default) is refused; send fewer events "
             "per message (--events-per-message), or raise the topic's limit")
 

@@ -26,11 +26,18 @@ def test_lines_are_keyed_by_lead_id_and_bad_ones_reported() -> None:
         b'{"lead_id": 4.2}\n'
         b'{"type": "signup"}\n'
         b"[1, 2]\n"
+        b'[{"lead_id": "cy", "n": 1}, {"lead_id": 7}, {"n": 3}]\n'  # an envelope, as `history` writes one: each event sent
+        b'{"lead_id": "Ren\xe9"}\n'
+        b"[]\n"
     )
     bad: list[str] = []
-    assert [lead for lead, _ in read_events(lines, bad)] == ["ada", "42"]
-    assert [line.split(":")[0] for line in bad] == ["line 4", "line 5", "line 6", "line 7", "line 8"]
+    assert [(lead, event) for lead, event in read_events(lines, bad) if lead != "ada"] == [
+        ("42", b'{"lead_id": 42, "type": "signup"}'), ("cy", b'{"lead_id":"cy","n":1}'), ("7", b'{"lead_id":7}')]
+    assert [line.split(":")[0] for line in bad] == ["line 4", "line 5", "line 6", "line 7", "line 8, event 1 of its envelope",
+                                                    "line 8, event 2 of its envelope", "line 9, event 3 of its envelope",
+                                                    "line 10", "line 11"]
     assert "no `lead_id` (a text or a whole number)" in bad[1]
+    assert "not JSON: it is not UTF-8 text (byte 0xe9 at offset 16)" in bad[7]
 
 
 def test_a_byte_order_mark_and_windows_line_ends_are_read() -> None:
@@ -69,6 +76,8 @@ def test_messages_kafka_refuses_are_reported_and_the_others_written(isolated: Se
         assert done.returncode == 1, done
         assert f"Kafka refused 1 of the {3 if per_message == '1' else 2} messages sent to {topic}" in done.stderr
         assert "MessageSizeTooLargeError" in done.stderr and "max.message.bytes" in done.stderr
+        # One event a message already: "send fewer events per message" was no help.
+        assert ("this one held one event" in done.stderr) == (per_message == "1")
     written = sorted(event["event_id"] for _, value in read_to_end(isolated, topic)
                      for event in (value if isinstance(value, list) else [value]))
     assert written == ["e0", "e0", "e2", "e2"]
