@@ -16,6 +16,7 @@ maps, an identify without event id) still pass.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -447,9 +448,6 @@ def _checked(d: dict[str, Any]) -> Event | Rejection:
     event_id = _identifier(d, "event_id", required=kind != IDENTIFY)
     if event_id.__class__ is Rejection:
         return event_id
-    if event_id is None:
-        # An identify without id is told apart by its time: replaying it is then a no-op too.
-        event_id = f"{IDENTIFY}@{time_ms}"
     properties = d.get("properties")
     if properties is None:
         properties = _EMPTY
@@ -473,7 +471,21 @@ def _checked(d: dict[str, Any]) -> Event | Rejection:
     product = d.get("product")
     if product is not None and product.__class__ is not str:
         return _bad(d, "product", product, "a text")
+    if event_id is None:
+        event_id = _identify_id(time_ms, traits, properties, account_id, product)
     return Event(event_id, lead_id, kind, time_ms, properties, traits, account_id, product)
+
+
+def _identify_id(time_ms: int, *content: Any) -> str:
+    """The id of an identify sent without one: its time and a digest of what it says, so that
+    a copy of it (a redelivery, a replay) is the same event, and two updates of one
+    millisecond (one second, in ISO times without fractions) are two: by its time alone, the
+    second was taken for a copy and dropped."""
+    try:
+        said = orjson.dumps(content, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:  # a lone surrogate, in an event handed in parsed: by its time alone
+        return f"{IDENTIFY}@{time_ms}"
+    return f"{IDENTIFY}@{time_ms}#{hashlib.blake2b(said, digest_size=8).hexdigest()}"
 
 
 def optional_id(d: dict[str, Any], key: str) -> str | None | Rejection:

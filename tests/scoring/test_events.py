@@ -38,9 +38,15 @@ def test_accepted_variants(change: dict, time_ms: int | None) -> None:
     assert event.lead_id in ("L1", "42") and event.event_id in ("e-1", "7")
 
 
-def test_identify_without_event_id_gets_one_from_its_time() -> None:
-    event = parse_event({"lead_id": "L1", "type": "identify", "time": T0, "traits": {"email": "a@b.io"}})
-    assert isinstance(event, Event) and event.event_id == f"identify@{T0}"
+def test_identify_without_event_id_gets_one_from_its_time_and_what_it_says() -> None:
+    # By its time alone, a second update of the same millisecond was taken for a copy and dropped.
+    def identify(**traits: object) -> str:
+        event = parse_event({"lead_id": "L1", "type": "identify", "time": T0, "traits": traits})
+        assert isinstance(event, Event) and event.event_id.startswith(f"identify@{T0}#")
+        return event.event_id
+
+    assert identify(email="a@b.io", title="VP") == identify(title="VP", email="a@b.io")  # a copy: the same event
+    assert identify(email="a@b.io") != identify(title="VP")
 
 
 @pytest.mark.parametrize(
