@@ -54,6 +54,10 @@ DECAY_STEPS = Counter("leadstream_decay_steps", "Decay steps applied by the time
 DECAY_FAILURES = Counter("leadstream_decay_failures", "Decay steps that raised (a bug): the lead is left as it was.")
 DECAY_DUE = Gauge("leadstream_decay_index_size", "Scheduled decay steps of the leads on owned partitions.")
 LEADS_FORGOTTEN = Counter("leadstream_leads_forgotten", "Leads erased on request (`leadstream forget`, a tombstone on the profiles topic).")
+FORGET_REQUESTS_WITHOUT_STATE = Counter(
+    "leadstream_forget_requests_without_state",
+    "Requests to forget an id that had no state (never scored under it, or forgotten already): often a request keyed by "
+    "something else than the lead id.")
 LEADS_IN_STATE = Gauge("leadstream_leads_in_state", "Leads with state on this worker, by model.", ["model"])
 RECOVERY_REMAINING = Gauge("leadstream_table_recovery_remaining", "Changelog records left to replay before the tables are ready.")
 OFFSET_ANOMALIES = Counter(

@@ -717,6 +717,7 @@ class Scorer:
         again from the first later than that. (At the request's Kafka timestamp, a new profile's
         events timed before the request never counted there, while the lead was listed with them.)"""
         leaving: list[MemberScore] = []
+        nothing = 0  # requests for ids with no state
         ends: dict[int, dict[str, int]] = {}  # partition -> topic -> the batch's last offset there
         for lead_id, (partition, offset) in forget.items():
             try:
@@ -744,10 +745,21 @@ class Scorer:
                 metrics.LEADS_FORGOTTEN.inc()
                 continue
             leaving += self._withdraw(lead_id, states, partition, time_ms=0)  # right after its last update
-            for model in states.keys() & self.models:
+            scored = states.keys() & self.models
+            for model in scored:
                 metrics.LEADS_IN_STATE.labels(model).dec()
-            metrics.LEADS_FORGOTTEN.inc()
-        log.info("leads forgotten: count=%d", len(erased))  # ids are not logged: they may be personal data
+            if scored:
+                metrics.LEADS_FORGOTTEN.inc()
+            else:  # never scored, or forgotten already: its marker holds all the same
+                metrics.FORGET_REQUESTS_WITHOUT_STATE.inc()
+                nothing += 1
+        if erased:
+            # Ids are not logged: they may be personal data.
+            log.info("leads forgotten: count=%d", len(erased) - nothing)
+        if nothing:
+            log.warning("requests to forget an id with no state (never scored under it, or forgotten already): count=%d; "
+                        "a request must be keyed by the lead id the events carry (not an e-mail address, say), as "
+                        "`leadstream forget` keys it", nothing)
         return leaving
 
     def _unlist(self, lead_id: str, partition: int) -> None:

@@ -68,6 +68,12 @@ def test_forget_erases_a_lead_from_states_read_models_and_accounts_through_a_res
     down = [c for c in map(orjson.loads, (r.value or b"" for r in read_to_end(isolated, isolated.topic_crossings))) if c["kind"] == "account"][-1]
     assert down["lead_id"] is None and "u-1" not in orjson.dumps(down).decode()
     assert proc.metric("leadstream_leads_forgotten_total") == [1.0]
+    # Asked again, and for an id no event carries (an e-mail address for a lead id): nothing was
+    # erased, and it said "leads forgotten: count=1" and counted them as leads forgotten.
+    leadstream(isolated, "forget", "u-1", "ada@initech.io")
+    wait_for(lambda: proc.metric("leadstream_forget_requests_without_state_total") == [2.0], 60, "both requests read", 0.3)
+    assert proc.metric("leadstream_leads_forgotten_total") == [1.0]
+    assert "requests to forget an id with no state" in proc.log.read_text()
 
     # A fresh worker recovers the tables from the changelogs: u-1 stays forgotten.
     proc.stop()
