@@ -161,6 +161,8 @@ class Scorer:
         self.store = store
         self.outbox = outbox
         self.partitions = partitions
+        #: What a record's origin may name (`_origin`): what the worker reads records from.
+        self.input_topics = frozenset((settings.topic_events, settings.topic_profiles, settings.topic_identity))
         self.decay_index = DecayIndex()
         self.committed = committed
         self.log_end = log_end
@@ -300,7 +302,7 @@ class Scorer:
             topic, offset, whole = message.topic, message.offset, not message.part
             # Events re-keyed to their visitor's lead: a copy made by a worker that read the
             # visitor's record again is dropped by its origin. (A part's position is not known.)
-            origin = message.origin if whole else None
+            origin = self._origin(message) if whole else None
             if origin is not None:
                 origin_key = read_offsets.origin_key(topic, origin)
             for position, event in enumerate(decoded):
@@ -590,7 +592,7 @@ class Scorer:
         if erasure.read_again(states, message.topic, message.offset):
             return  # applied before the id was forgotten, and read again after a restart
         read[message.topic] = message.offset
-        origin = message.origin
+        origin = self._origin(message)
         if origin is not None:  # a copy made by a worker that read the record it came from again (streams/read_offsets.py)
             key, mark = read_offsets.origin_key(message.topic, origin), [origin.offset, origin.position]
             if read_offsets.holds(read, key, mark):
@@ -676,6 +678,16 @@ class Scorer:
             log.warning("a merge went back to the id it came from: %s", "its target was merged into it (a loop of links)"
                         if merged_into == record.source else f"it was sent on {stitching.MAX_HOPS} times (a loop of links)")
         self.outbox.add(self.settings.topic_identity, onward.target.encode(), encode_json(onward), headers=origin_headers(message, 0))
+
+    def _origin(self, message: Consumed) -> stitching.Origin | None:
+        """The origin a record's header gives, if a worker of ours could have written it: made
+        from a record of a topic the worker reads. Another producer's header of that name (or a
+        record copied with its headers from elsewhere) made its events look like copies of
+        records read before, and they were dropped without a word."""
+        origin = message.origin
+        if origin is None or origin.topic not in self.input_topics or origin.partition >= self.partitions:
+            return None
+        return origin
 
     def _tombstone(self, message: Consumed, forget: dict[str, tuple[int, int]], dead: list[DeadLetter], stats: BatchStats) -> None:
         """A message without a value: on the profiles topic, a request to forget the lead it is

@@ -158,6 +158,19 @@ def test_a_copy_of_an_event_re_keyed_to_a_lead_forgotten_since_does_not_make_it_
     assert store.states(LEAD)["b2b"].ledger["webinar attended"][1] == 1  # type: ignore[union-attr]
 
 
+@pytest.mark.parametrize("origin", [stitching.Origin("orders-cdc", 0, 5, 0), stitching.Origin(SETTINGS.topic_events, 4, 5, 0)])
+def test_an_origin_header_no_worker_of_ours_wrote_is_not_taken_for_a_copy(origin: stitching.Origin) -> None:
+    """Another producer's header of our name, or a record copied with its headers (MirrorMaker),
+    made its events look like copies of records read before: the second was dropped unseen."""
+    def pricing(offset: int) -> Consumed:
+        value = {"event_id": f"o{offset}", "lead_id": LEAD, "type": "page_view", "time": T0 + offset, "product": "b2b",
+                 "properties": {"url": "https://acme.io/pricing"}}
+        return Consumed(SETTINGS.topic_events, partition_for(LEAD, 4), offset, LEAD.encode(), orjson.dumps(value), origin=origin)
+
+    _, store = scored({}, [pricing(0), pricing(1)])
+    assert store.states(LEAD)["b2b"].ledger["pricing page"][1] == 2  # type: ignore[union-attr]
+
+
 def test_an_item_of_an_envelope_scored_alone_does_not_stand_for_its_envelope() -> None:
     """An item split off its envelope to isolate one that makes scoring raise shares the
     envelope's offset: taken for the whole envelope, it would drop the items after it."""
