@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 from scoring.errors import LeadstreamError
 from sinks.connectors import NAMES as SINK_NAMES
-from streams.settings import PROJECT_ROOT, Settings, describe
+from streams.settings import PROJECT_ROOT, Settings, describe, unknown_variables
 
 Handler = Callable[[argparse.Namespace, Settings], int]
 
@@ -300,6 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    for warning in unknown_variables(os.environ):
+        print(f"leadstream {args.command}: warning: {warning}", file=sys.stderr)
     try:
         settings = Settings.from_env()
         return int(args.handler(args, settings))

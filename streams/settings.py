@@ -6,6 +6,7 @@ does. The README's configuration table lists the same variables (a test keeps th
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from dataclasses import Field, dataclass, field, fields, replace
@@ -33,8 +34,16 @@ def _setting(env: str, default: Any, doc: str, check: Check | None = None, secre
     return field(default=default, metadata={"env": env, "doc": doc, "check": check, "secret": secret})
 
 
-def _at_least(minimum: int) -> Check:
-    return lambda value: None if value >= minimum else f"an integer of at least {minimum}"
+#: The largest integer setting, unless one says otherwise: Kafka's clients send timeouts, waits
+#: and partition counts as 32-bit integers, and C (the collector's gc threshold) takes no more;
+#: a larger one failed far from its variable, or stalled a process that still said it was ready.
+INT32_MAX = 2**31 - 1
+#: Bounds of the settings that are spans of time in milliseconds beyond 24 days (a clock offset).
+YEARS_100_MS = 100 * 366 * 86_400_000
+
+
+def _at_least(minimum: int, maximum: int = INT32_MAX) -> Check:
+    return lambda value: None if minimum <= value <= maximum else f"an integer from {minimum} to {maximum}"
 
 
 def _port(value: int) -> str | None:
@@ -61,14 +70,27 @@ def _host_ports(value: str) -> str | None:
 
 
 def _redis_url(value: str) -> str | None:
-    url = urlsplit(value)
     try:
+        url = urlsplit(value)  # raises on brackets that hold no IPv6 address
         url.port  # noqa: B018 - raises on a port out of range
     except ValueError:
-        return "a Redis URL with a port from 1 to 65535 (e.g. redis://127.0.0.1:6379/0)"
-    if url.scheme not in ("redis", "rediss", "unix") or not (url.hostname or url.path):
-        return "a Redis URL (e.g. redis://127.0.0.1:6379/0)"
+        return "a Redis URL with a host and a port from 1 to 65535 (e.g. redis://127.0.0.1:6379/0)"
+    if url.scheme == "unix":
+        return None if url.path else "a Redis URL (e.g. unix:///run/redis.sock)"
+    # redis-py takes a database that is no number, and a URL without a host, for database 0 on localhost.
+    if url.scheme not in ("redis", "rediss") or not url.hostname or not re.fullmatch(r"(/[0-9]*)?", url.path):
+        return "a Redis URL with a host and, after it, a database number (e.g. redis://127.0.0.1:6379/0)"
     return None
+
+
+def _topic(value: str) -> str | None:
+    # Kafka's own rule; a name it refuses failed with a traceback from the admin client or Faust.
+    return None if re.fullmatch(r"[A-Za-z0-9._-]{1,249}", value) else "a Kafka topic name: 1 to 249 letters, digits, '.', '_' or '-'"
+
+
+def _app_id(value: str) -> str | None:
+    # It begins the names of the changelog topics and of the consumer groups.
+    return None if re.fullmatch(r"[A-Za-z0-9._-]{1,200}", value) else "1 to 200 letters, digits, '.', '_' or '-' (it begins topic names)"
 
 
 def _http_url(value: str) -> str | None:
@@ -133,27 +155,21 @@ class Settings:
     redis_url: str = _setting("LEADSTREAM_REDIS_URL", "redis://127.0.0.1:6379/0", "Redis used by the sinks and the read model.", _redis_url,
                               secret=True)  # redis://user:password@host
     app_id: str = _setting(
-        "LEADSTREAM_APP_ID", "leadstream", "Faust application id: names the consumer group and the changelog topics."
+        "LEADSTREAM_APP_ID", "leadstream", "Faust application id: names the consumer group and the changelog topics.", _app_id,
     )
-    topic_events: str = _setting("LEADSTREAM_TOPIC_EVENTS", "leadstream-events", "Raw behavioural events, keyed by lead id.")
+    topic_events: str = _setting("LEADSTREAM_TOPIC_EVENTS", "leadstream-events", "Raw behavioural events, keyed by lead id.", _topic)
     topic_profiles: str = _setting(
-        "LEADSTREAM_TOPIC_PROFILES", "leadstream-profiles", "Lead trait (profile) updates, keyed by lead id."
-    )
+        "LEADSTREAM_TOPIC_PROFILES", "leadstream-profiles", "Lead trait (profile) updates, keyed by lead id.", _topic)
     topic_crossings: str = _setting(
-        "LEADSTREAM_TOPIC_CROSSINGS", "leadstream-crossings", "Sink topic: threshold crossings, keyed by lead id."
-    )
+        "LEADSTREAM_TOPIC_CROSSINGS", "leadstream-crossings", "Sink topic: threshold crossings, keyed by lead id.", _topic)
     topic_scores: str = _setting(
-        "LEADSTREAM_TOPIC_SCORES", "leadstream-scores", "Score changes for read models (compacted), keyed by model and lead."
-    )
+        "LEADSTREAM_TOPIC_SCORES", "leadstream-scores", "Score changes for read models (compacted), keyed by model and lead.", _topic)
     topic_accounts: str = _setting(
-        "LEADSTREAM_TOPIC_ACCOUNTS", "leadstream-accounts", "Member score updates re-keyed by account for roll-ups."
-    )
+        "LEADSTREAM_TOPIC_ACCOUNTS", "leadstream-accounts", "Member score updates re-keyed by account for roll-ups.", _topic)
     topic_identity: str = _setting(
-        "LEADSTREAM_TOPIC_IDENTITY", "leadstream-identity", "Identity links and merges (stitching), keyed by the id re-keyed from or into."
-    )
+        "LEADSTREAM_TOPIC_IDENTITY", "leadstream-identity", "Identity links and merges (stitching), keyed by the id re-keyed from or into.", _topic)
     topic_deadletter: str = _setting(
-        "LEADSTREAM_TOPIC_DEADLETTER", "leadstream-deadletter", "Rejected input: original bytes, reason, source offset."
-    )
+        "LEADSTREAM_TOPIC_DEADLETTER", "leadstream-deadletter", "Rejected input: original bytes, reason, source offset.", _topic)
     partitions: int = _setting("LEADSTREAM_PARTITIONS", 4, "Partitions of every topic leadstream creates.", POSITIVE)
     models_dir: Path = _setting(
         "LEADSTREAM_MODELS_DIR", PROJECT_ROOT / "scoring" / "models", "Directory of scoring model files (*.toml; hidden files, such as an editor's `.#b2b.toml`, are not models)."
@@ -263,14 +279,15 @@ class Settings:
         POSITIVE,
     )
     clock_offset_ms: int = _setting(
-        "LEADSTREAM_CLOCK_OFFSET_MS", 0, "Added to the wall clock for decay (tests and replays of old data)."
+        "LEADSTREAM_CLOCK_OFFSET_MS", 0, "Added to the wall clock for decay (tests and replays of old data).",
+        _at_least(-YEARS_100_MS, YEARS_100_MS),
     )
     max_future_ms: int = _setting(
         "LEADSTREAM_MAX_FUTURE_MS", 3_600_000,
         "Events timed further ahead of the worker's clock go to the dead-letter topic (`future_time`): a client clock years "
         "ahead would otherwise make every later event of the lead late. The collector refuses calls timed further ahead "
         "of their arrival. 0 turns the check off.",
-        NON_NEGATIVE,
+        _at_least(0, YEARS_100_MS),
     )
     redis_prefix: str = _setting(
         "LEADSTREAM_REDIS_PREFIX", "leadstream", "Prefix of every Redis key leadstream writes (read model, delivered ids)."
@@ -371,6 +388,19 @@ class Settings:
     def as_env(self) -> dict[str, str]:
         """The environment variables that reproduce these settings in a child process."""
         return {f.metadata["env"]: str(getattr(self, f.name)) for f in fields(self)}
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """A warning for each LEADSTREAM_* variable that is no setting: misspelt, it left its setting
+    at the default without a word (LEADSTREAM_KAFKA_BOOTSTRAP_SERVERS ran against 127.0.0.1)."""
+    known = [f.metadata["env"] for f in fields(Settings)]
+    warnings = []
+    for name in sorted(environ):
+        if name.startswith("LEADSTREAM_") and name not in known:
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            warnings.append(f"{name} is not a setting{hint}, so it changes nothing; `leadstream settings` lists them")
+    return warnings
 
 
 def describe() -> list[tuple[str, str, str]]:

@@ -13,27 +13,27 @@ from streams.errors import ConfigError
 from streams.settings import Settings
 
 REFUSED = [
-    ("LEADSTREAM_PARTITIONS", "0", "an integer of at least 1"),
-    ("LEADSTREAM_PARTITIONS", "-4", "an integer of at least 1"),
+    ("LEADSTREAM_PARTITIONS", "0", "an integer from 1 to 2147483647"),
+    ("LEADSTREAM_PARTITIONS", "-4", "an integer from 1 to 2147483647"),
     ("LEADSTREAM_WORKER_PORT", "70000", "a TCP port"),
     ("LEADSTREAM_METRICS_PORT", "0", "a TCP port"),
     ("LEADSTREAM_COLLECTOR_METRICS_PORT", "-1", "a TCP port"),
-    ("LEADSTREAM_BATCH_MAX_MESSAGES", "0", "an integer of at least 1"),
-    ("LEADSTREAM_BATCH_WITHIN_MS", "-1", "an integer of at least 0"),
-    ("LEADSTREAM_DECAY_INTERVAL_S", "0", "an integer of at least 1"),
-    ("LEADSTREAM_MODELS_RELOAD_S", "-5", "an integer of at least 0"),
-    ("LEADSTREAM_MAX_FUTURE_MS", "-1", "an integer of at least 0"),
-    ("LEADSTREAM_SINK_CONCURRENCY", "0", "an integer of at least 1"),
-    ("LEADSTREAM_SINK_MAX_ATTEMPTS", "0", "an integer of at least 1"),
-    ("LEADSTREAM_SINK_TIMEOUT_S", "-10", "an integer of at least 1"),
-    ("LEADSTREAM_SINK_DELIVERED_TTL_S", "0", "an integer of at least 1"),
+    ("LEADSTREAM_BATCH_MAX_MESSAGES", "0", "an integer from 1 to 2147483647"),
+    ("LEADSTREAM_BATCH_WITHIN_MS", "-1", "an integer from 0 to 2147483647"),
+    ("LEADSTREAM_DECAY_INTERVAL_S", "0", "an integer from 1 to 2147483647"),
+    ("LEADSTREAM_MODELS_RELOAD_S", "-5", "an integer from 0 to 2147483647"),
+    ("LEADSTREAM_MAX_FUTURE_MS", "-1", "an integer from 0 to 3162240000000"),
+    ("LEADSTREAM_SINK_CONCURRENCY", "0", "an integer from 1 to 2147483647"),
+    ("LEADSTREAM_SINK_MAX_ATTEMPTS", "0", "an integer from 1 to 2147483647"),
+    ("LEADSTREAM_SINK_TIMEOUT_S", "-10", "an integer from 1 to 2147483647"),
+    ("LEADSTREAM_SINK_DELIVERED_TTL_S", "0", "an integer from 1 to 2147483647"),
     ("LEADSTREAM_FAUST_SENSORS", "2", "0 or 1"),
     ("LEADSTREAM_LOG_LEVEL", "loud", "one of debug, info, warning, error"),
     ("LEADSTREAM_KAFKA_BOOTSTRAP", "localhost", "host:port servers"),
     ("LEADSTREAM_KAFKA_BOOTSTRAP", "127.0.0.1:9092,kafka", "host:port servers"),
     ("LEADSTREAM_REDIS_URL", "localhost:6379", "a Redis URL"),
-    ("LEADSTREAM_REDIS_URL", "redis://127.0.0.1:99999/0", "a Redis URL with a port from 1 to 65535"),
-    ("LEADSTREAM_REDIS_URL", "redis://:hunter2@redis:99999/0", "a Redis URL with a port from 1 to 65535"),
+    ("LEADSTREAM_REDIS_URL", "redis://127.0.0.1:99999/0", "a Redis URL with a host and a port from 1 to 65535"),
+    ("LEADSTREAM_REDIS_URL", "redis://:hunter2@redis:99999/0", "a Redis URL with a host and a port from 1 to 65535"),
     ("LEADSTREAM_KAFKA_HEAP", "lots", "a Java heap size"),
     ("LEADSTREAM_WEBHOOK_URL", "hooks.example.com/leadstream", "an http(s) URL"),
     ("LEADSTREAM_WEBHOOK_URL", "htps://hooks.example.com/leadstream", "an http(s) URL"),
@@ -44,6 +44,21 @@ REFUSED = [
     ("LEADSTREAM_ADVERTISED_HOST", "http://worker-2", "a host name or an IP address"),
     ("LEADSTREAM_ADVERTISED_HOST", "worker-2:6066", "a host name or an IP address"),
     ("LEADSTREAM_PARTITIONS", "four", "an integer"),
+    # Beyond what Kafka's clients send (32 bits) or C takes: a traceback far from the variable, or a stalled process.
+    ("LEADSTREAM_PARTITIONS", "3000000000", "an integer from 1 to 2147483647"),
+    ("LEADSTREAM_FETCH_MAX_WAIT_MS", "3000000000", "an integer from 0 to 2147483647"),
+    ("LEADSTREAM_COLLECTOR_ACK_TIMEOUT_MS", "3000000000", "an integer from 1 to 2147483647"),
+    ("LEADSTREAM_GC_YOUNG_THRESHOLD", "99999999999", "an integer from 0 to 2147483647"),
+    ("LEADSTREAM_SINK_DELIVERED_TTL_S", "99999999999999999999", "an integer from 1 to 2147483647"),
+    ("LEADSTREAM_CLOCK_OFFSET_MS", "-9999999999999", "an integer from -3162240000000 to 3162240000000"),
+    # Redis URLs redis-py would read as database 0 on localhost, or refuse with a traceback.
+    ("LEADSTREAM_REDIS_URL", "redis://[x]:1", "a Redis URL with a host and a port"),
+    ("LEADSTREAM_REDIS_URL", "redis://h:6379/abc", "a Redis URL with a host and, after it, a database number"),
+    ("LEADSTREAM_REDIS_URL", "redis:///0", "a Redis URL with a host"),
+    # Names Kafka refuses: a traceback from the admin client or Faust.
+    ("LEADSTREAM_TOPIC_EVENTS", "my events", "a Kafka topic name"),
+    ("LEADSTREAM_TOPIC_CROSSINGS", "x" * 250, "a Kafka topic name"),
+    ("LEADSTREAM_APP_ID", "team/leadstream", "1 to 200 letters, digits"),
 ]
 
 
@@ -89,4 +104,17 @@ def test_a_command_says_so_in_one_line_without_a_traceback() -> None:
     assert done.returncode == 1
     assert done.stderr.splitlines() == [
         "leadstream services: LEADSTREAM_KAFKA_BOOTSTRAP='localhost' is not host:port servers, comma separated (e.g. 127.0.0.1:9092)"
+    ]
+
+
+def test_a_leadstream_variable_that_is_no_setting_is_warned_of_naming_the_likely_one() -> None:
+    # Misspelt, it left its setting at the default without a word.
+    from streams.settings import unknown_variables
+
+    assert unknown_variables({"LEADSTREAM_KAFKA_BOOTSTRAP_SERVERS": "kafka:9092", "LEADSTREAM_WORKERPORT": "7000",
+                              "LEADSTREAM_REDIS_URL": "redis://r:6379/0", "LEADSTREAMING": "x", "PATH": "/bin"}) == [
+        "LEADSTREAM_KAFKA_BOOTSTRAP_SERVERS is not a setting (did you mean LEADSTREAM_KAFKA_BOOTSTRAP?), so it changes "
+        "nothing; `leadstream settings` lists them",
+        "LEADSTREAM_WORKERPORT is not a setting (did you mean LEADSTREAM_WORKER_PORT?), so it changes nothing; "
+        "`leadstream settings` lists them",
     ]
