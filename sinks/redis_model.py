@@ -232,15 +232,32 @@ def print_top(settings: Settings, model: str, limit: int, accounts: bool = False
     """`leadstream top`: the hottest leads (or accounts) of a model, from Redis, as a table."""
     from redis import RedisError
 
-    from streams.errors import ServiceError
+    from streams.errors import ConfigError, ServiceError
 
     kind = "account" if accounts else "lead"
     try:
         rows = top_entries(redis_client(settings), settings.redis_prefix, model, limit, kind)
     except RedisError as exc:
-        raise ServiceError(f"cannot read Redis at {settings.redis_url} ({exc}); run `leadstream services up`") from None
+        # Not the URL itself: redis://user:password@host holds a credential.
+        raise ServiceError(f"cannot read Redis at LEADSTREAM_REDIS_URL ({exc}); run `leadstream services up`, or check "
+                           "the setting") from None
     if not rows:
+        names = _model_names(settings)
+        if names is not None and model not in names:
+            raise ConfigError(f"no model named {model!r} in {settings.models_dir} (models: {', '.join(sorted(names)) or 'none'})")
         print(f"no {kind}s for model {model!r} in Redis yet: is `leadstream sink redis` running, and the worker scoring?")
         return 0
     print(format_account_table(rows) if accounts else format_table(rows), end="")
     return 0
+
+
+def _model_names(settings: Settings) -> set[str] | None:
+    """The models of LEADSTREAM_MODELS_DIR; None when they do not load (the worker reading
+    Redis may run elsewhere, with other files: its models are not this machine's to judge)."""
+    from scoring.errors import ModelError
+    from scoring.model import load_directory
+
+    try:
+        return {model.name for model in load_directory(settings.models_dir)}
+    except (ModelError, OSError):
+        return None

@@ -160,8 +160,8 @@ def test_leadstream_top_prints_the_hottest_leads_as_a_table(sink_settings: Setti
     assert [line.split()[:3] for line in lines[1:]] == [["1", "lead-7", "59"], ["2", "lead-6", "52"], ["3", "lead-5", "45"]]
     assert lines[1].split()[3:] == ["59", "A", "A2", "warm", "mql", "2025-11-23", "08:00", "pricing_page", "+30,",
                                     "demo_request", "+25"]
-    empty = leadstream(sink_settings, "top", "--model", "nosuch")
-    assert "no leads for model 'nosuch'" in empty.stdout
+    empty = leadstream(sink_settings, "top", "--model", "analytics_addon")  # a model with no lead in Redis yet
+    assert "no leads for model 'analytics_addon' in Redis yet" in empty.stdout
     # An entry written otherwise (an earlier version, by hand) shows no reasons; it stopped `top` for the model.
     Redis.from_url(sink_settings.redis_url).hset(lead_key(sink_settings.redis_prefix, "b2b", "lead-6"), "top_reasons", '"x"')
     again = leadstream(sink_settings, "top", "--model", "b2b", "--limit", "3").stdout.splitlines()
@@ -171,7 +171,8 @@ def test_leadstream_top_prints_the_hottest_leads_as_a_table(sink_settings: Setti
 def test_leadstream_top_against_a_stalled_redis_fails_within_the_timeout(sink_settings: Settings, redis_server: RedisServer) -> None:
     # Its client had no timeout of ours: `top` waited for the stalled Redis forever with
     # redis-py before 8.0 (its default then), and 5 s (redis-py's default since) whatever the setting.
-    settings = sink_settings.with_overrides(redis_url=redis_server.url)
+    url = redis_server.url.replace("redis://", "redis://admin:hunter2@")  # a password Redis does not ask for is ignored
+    settings = sink_settings.with_overrides(redis_url=url)
     assert settings.sink_timeout_s == 1
     redis_server.stall()
     started = time.monotonic()
@@ -179,7 +180,15 @@ def test_leadstream_top_against_a_stalled_redis_fails_within_the_timeout(sink_se
     result = leadstream(settings, "top", "--model", "b2b", check=False, timeout=30)
 
     assert result.returncode == 1 and time.monotonic() - started < 4  # the timeout, and the CLI's start
-    assert f"cannot read Redis at {redis_server.url} (Timeout" in result.stderr
+    assert "cannot read Redis at LEADSTREAM_REDIS_URL (Timeout" in result.stderr
+    assert "hunter2" not in result.stderr  # it printed the URL, password and all
+
+
+def test_leadstream_top_of_a_model_that_does_not_exist_says_so(sink_settings: Settings) -> None:
+    # It said "no leads for model 'b2c' in Redis yet: is `leadstream sink redis` running?", exit 0.
+    result = leadstream(sink_settings, "top", "--model", "b2c", check=False)
+    assert result.returncode == 1
+    assert "leadstream top: no model named 'b2c' in" in result.stderr and "(models: analytics_addon, b2b, saas_start_small)" in result.stderr
 
 
 def account_change(account: str, score: float, members: list[tuple[str, float]]) -> dict[str, Any]:
