@@ -8,6 +8,7 @@ The file format is documented in scoring/MODELS.md and in the header of every ex
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from dataclasses import dataclass
@@ -90,7 +91,10 @@ def model_files(path: Path) -> list[Path]:
 def load_directory(path: Path) -> tuple[Model, ...]:
     """Every model file of a directory (`model_files`), in file name order; names must be unique."""
     if not path.is_dir():
-        raise ModelError(f"{path}: not a directory of model files (set LEADSTREAM_MODELS_DIR or --models)")
+        raise ModelError(f"{path}: not a directory of model files (set LEADSTREAM_MODELS_DIR, or --models where a command takes it)")
+    if not os.access(path, os.R_OK | os.X_OK):  # else its files were not listed, and it said there were none
+        raise ModelError(f"{path}: cannot read this directory (Permission denied): let this user read it, or set "
+                         "LEADSTREAM_MODELS_DIR, or --models where a command takes it")
     models = tuple(load_model(file) for file in model_files(path))
     if not models:
         raise ModelError(f"{path}: no model files (*.toml) in this directory")

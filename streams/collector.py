@@ -63,7 +63,7 @@ from streams.addresses import authority
 from streams.byte_budget import ByteBudget
 from streams.deadletter import DeadLetter
 from streams.envelope import pack
-from streams.errors import ConfigError, RequestRejected, ServiceError, Unavailable, port_taken
+from streams.errors import ConfigError, RequestRejected, ServiceError, Unavailable, cannot_listen
 from streams.outbox import encode_json_or_none
 from streams.partitioning import partition_for
 from streams.segment import CALL_TYPES, Mapped, Mapper, Source, rejected, with_batch_context
@@ -762,7 +762,8 @@ async def serve(settings: Settings, sources: dict[str, Source], stop: asyncio.Ev
                                   "LEADSTREAM_COLLECTOR_METRICS_PORT", RETRY_AFTER_S)  # fmt: skip
     except OSError as exc:
         await runner.cleanup()
-        raise port_taken(settings.collector_host, settings.collector_port, "LEADSTREAM_COLLECTOR_PORT", exc) from None
+        raise cannot_listen(settings.collector_host, settings.collector_port, "LEADSTREAM_COLLECTOR_PORT", exc,
+                            "LEADSTREAM_COLLECTOR_HOST") from None
     except ServiceError:
         await runner.cleanup()
         raise

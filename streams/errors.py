@@ -6,7 +6,9 @@ family has one class here, and its message says what to do about it.
 
 from __future__ import annotations
 
+import errno
 import os
+import socket
 
 from scoring.errors import LeadstreamError
 from streams.addresses import authority
@@ -26,13 +28,21 @@ def kafka_unreachable(bootstrap: str, cause: Exception, waited_s: int) -> Servic
                         f"({cause}); run `leadstream services up`")
 
 
-def port_taken(host: str, port: int, setting: str, cause: OSError) -> ServiceError:
-    """What a process says when a port it must listen on cannot be had."""
-    reason = os.strerror(cause.errno) if cause.errno else str(cause)
-    return ServiceError(
-        f"cannot listen on {authority(host, port)} ({reason}): another process holds the port "
-        f"(a second copy of this process?); stop it or set {setting} to a free port"
-    )
+def cannot_listen(host: str, port: int, setting: str, cause: OSError, host_setting: str = "LEADSTREAM_BIND_HOST") -> ServiceError:
+    """What a process says when it cannot listen on host:port, naming the setting at fault: the
+    port's (`setting`) when it is taken or not this user's to have, the host's when this machine
+    has no such address (it blamed the port for a host name that does not resolve)."""
+    # aiohttp's OSError puts the whole of its own message in strerror: the system's words for the errno.
+    reason = os.strerror(cause.errno) if cause.errno and cause.errno > 0 else cause.strerror or str(cause)
+    where = f"cannot listen on {authority(host, port)} ({reason})"
+    if isinstance(cause, socket.gaierror) or cause.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+        return ServiceError(f"{where}: this machine has no such address; set {host_setting} to one of its addresses "
+                            "(127.0.0.1, or 0.0.0.0 for every one)")
+    if cause.errno == errno.EACCES:
+        return ServiceError(f"{where}: this user may not listen on port {port} (one below 1024 needs root); "
+                            f"set {setting} to a port from 1024")
+    return ServiceError(f"{where}: another process holds the port (a second copy of this process?); stop it or set "
+                        f"{setting} to a free port")
 
 
 class SkippedOffsets(LeadstreamError):

@@ -16,7 +16,7 @@ from typing import Callable
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from streams.addresses import family
-from streams.errors import port_taken
+from streams.errors import cannot_listen
 
 #: Seconds a client told "not ready" (a 503 of /readyz, or of a worker's view) waits before asking
 #: again: readiness comes back with a connection, a rebalance or a recovery, in seconds.
@@ -61,6 +61,6 @@ def serve(port: int, ready: Callable[[], bool], host: str, setting: str,
     try:
         server = Server((host, port), Handler)
     except OSError as exc:
-        raise port_taken(host, port, setting, exc) from None
+        raise cannot_listen(host, port, setting, exc) from None
     threading.Thread(target=server.serve_forever, name="probes", daemon=True).start()
     return server

@@ -17,7 +17,7 @@ import urllib.request
 from pathlib import Path
 
 from streams.addresses import authority, family, loopback
-from streams.errors import ServiceError, port_taken
+from streams.errors import ServiceError, cannot_listen
 from streams.settings import Settings
 
 
@@ -54,7 +54,7 @@ def check_port(host: str, port: int, setting: str) -> None:
         try:
             probe.bind((host, port))
         except OSError as exc:
-            raise port_taken(host, port, setting, exc) from None
+            raise cannot_listen(host, port, setting, exc) from None
 
 
 def _dir(settings: Settings) -> Path:

@@ -187,7 +187,8 @@ class Settings:
     )
     kafka_heap: str = _setting("LEADSTREAM_KAFKA_HEAP", "1g", "Maximum Java heap of the local Kafka broker.", _heap)
     bind_host: str = _setting(
-        "LEADSTREAM_BIND_HOST", "127.0.0.1", "Address the worker's web views and the sinks' and collector's probes listen on, IPv4 or IPv6 (0.0.0.0 in containers)."
+        "LEADSTREAM_BIND_HOST", "127.0.0.1", "Address the worker's web views and the sinks' and collector's probes listen on, IPv4 or IPv6 (0.0.0.0 in containers).",
+        _host,
     )
     advertised_host: str = _setting(
         "LEADSTREAM_ADVERTISED_HOST",
@@ -200,7 +201,7 @@ class Settings:
     worker_port: int = _setting("LEADSTREAM_WORKER_PORT", 6066, "HTTP port of the worker's web views (scores, health).", _port)
     collector_port: int = _setting("LEADSTREAM_COLLECTOR_PORT", 8088, "HTTP port of the Segment-compatible collector.", _port)
     collector_host: str = _setting(
-        "LEADSTREAM_COLLECTOR_HOST", "127.0.0.1", "Address the collector listens on (0.0.0.0 to serve other machines)."
+        "LEADSTREAM_COLLECTOR_HOST", "127.0.0.1", "Address the collector listens on (0.0.0.0 to serve other machines).", _host,
     )
     collector_write_keys: str = _setting(
         "LEADSTREAM_COLLECTOR_WRITE_KEYS",

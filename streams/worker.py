@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from streams.addresses import authority
 from streams.collection import PauseClock, tune_collector
-from streams.errors import ConfigError, port_taken
+from streams.errors import ConfigError, cannot_listen
 from streams.model_reload import ModelDirectory
 from streams.processes import check_port
 from streams.settings import Settings
@@ -76,7 +76,7 @@ def say_a_port_taken_since(app: faust.App, settings: Settings) -> None:
         try:
             await start()
         except OSError as exc:
-            raise port_taken(settings.bind_host, settings.worker_port, "LEADSTREAM_WORKER_PORT", exc) from None
+            raise cannot_listen(settings.bind_host, settings.worker_port, "LEADSTREAM_WORKER_PORT", exc) from None
 
     web.start_server = start_server  # Faust's web services call it on the instance
 
@@ -90,6 +90,9 @@ def make_state_dir(settings: Settings) -> None:
         reason = exc.strerror or str(exc)
         raise ConfigError(f"cannot create LEADSTREAM_STATE_DIR={settings.state_dir} ({reason}): "
                           "set it to a directory this user can create and write") from None
+    if not os.access(settings.state_dir, os.W_OK | os.X_OK):  # one that exists, another user's: Faust's traceback
+        raise ConfigError(f"cannot write LEADSTREAM_STATE_DIR={settings.state_dir} (Permission denied): "
+                          "set it to a directory this user can create and write")
 
 
 def _exit_unless_stopped() -> None:

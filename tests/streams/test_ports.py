@@ -140,3 +140,14 @@ def test_free_ports_are_handed_out_once_per_process() -> None:
     # Asked for several before any is listened on (a chaos run's worker slots), it gave one twice.
     ports = [free_port() for _ in range(500)]
     assert len(set(ports)) == 500
+
+
+@pytest.mark.parametrize("host", ["nonexistent.invalid", "192.0.2.1"])  # no such name; an address of no interface here
+def test_a_host_this_machine_does_not_have_is_blamed_not_the_port(host: str) -> None:
+    # It said "another process holds the port ... set LEADSTREAM_WORKER_PORT to a free port".
+    port = free_port()
+    with pytest.raises(ServiceError) as error:
+        check_port(host, port, "LEADSTREAM_WORKER_PORT")
+    assert str(error.value).startswith(f"cannot listen on {host}:{port} (")
+    assert str(error.value).endswith("this machine has no such address; set LEADSTREAM_BIND_HOST to one of its addresses "
+                                     "(127.0.0.1, or 0.0.0.0 for every one)")

@@ -59,6 +59,8 @@ REFUSED = [
     ("LEADSTREAM_TOPIC_EVENTS", "my events", "a Kafka topic name"),
     ("LEADSTREAM_TOPIC_CROSSINGS", "x" * 250, "a Kafka topic name"),
     ("LEADSTREAM_APP_ID", "team/leadstream", "1 to 200 letters, digits"),
+    ("LEADSTREAM_BIND_HOST", "http://x", "a host name or an IP address"),
+    ("LEADSTREAM_COLLECTOR_HOST", "0.0.0.0:8088", "a host name or an IP address"),
 ]
 
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
-from streams.settings import Settings
+from streams.settings import PROJECT_ROOT, Settings
 from streams.worker import make_state_dir
 from tests.infra import leadstream
+from tests.scoring.support import MODELS_DIR
 
 
 def test_its_missing_parents_are_made(tmp_path: Path) -> None:
@@ -22,3 +27,36 @@ def test_one_that_cannot_be_made_stops_the_worker_before_it_joins_its_group(isol
     assert (done.returncode, done.stderr.strip()) == (1, (
         f"leadstream worker: cannot create LEADSTREAM_STATE_DIR={state_dir} (Not a directory): "
         "set it to a directory this user can create and write"))
+
+
+def unprivileged(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    """`leadstream ARGS` run by a user that directories' modes bind: the user nobody when this is
+    root (which may write and read anything), else this user."""
+    user = {"user": 65534, "group": 65534} if os.geteuid() == 0 else {}
+    return subprocess.run([sys.executable, "-m", "streams.cli", *args], env={**os.environ, **settings.as_env()}, cwd=PROJECT_ROOT,
+                          capture_output=True, text=True, timeout=60, **user)  # type: ignore[call-overload]
+
+
+def test_directories_this_user_cannot_write_or_read_are_said_in_one_line(isolated: Settings) -> None:
+    # A state directory another user owns ended in some 50 lines of Faust's traceback; a models
+    # directory this user cannot read was said to hold no model files.
+    with tempfile.TemporaryDirectory(dir="/tmp") as scratch:  # not pytest's, which only its owner may enter
+        root = Path(scratch)
+        root.chmod(0o755)
+        state_dir, models = root / "state", root / "models"
+        models.mkdir()
+        (models / "b2b.toml").write_bytes((MODELS_DIR / "b2b.toml").read_bytes())
+        state_dir.mkdir(mode=0o555)
+        models.chmod(0o000)
+        try:
+            done = unprivileged(isolated.with_overrides(state_dir=state_dir), "worker")
+            assert (done.returncode, done.stderr.strip()) == (1, (
+                f"leadstream worker: cannot write LEADSTREAM_STATE_DIR={state_dir} (Permission denied): "
+                "set it to a directory this user can create and write"))
+            done = unprivileged(isolated.with_overrides(models_dir=models), "models")
+            assert (done.returncode, done.stderr.strip()) == (1, (
+                f"leadstream models: {models}: cannot read this directory (Permission denied): let this user read it, "
+                "or set LEADSTREAM_MODELS_DIR, or --models where a command takes it"))
+        finally:
+            models.chmod(0o700)
+            state_dir.chmod(0o700)
