@@ -27,4 +27,5 @@ RATE_LIMIT_WAIT_SECONDS = Counter(
 )
 DLQ_DEPTH = Gauge("leadstream_sink_dlq_depth", "Dead letters not yet replayed, per connector.", ["connector"])
 CONSUMER_LAG = Gauge("leadstream_sink_consumer_lag", "Messages of the source topic not yet committed.", ["connector", "partition"])
-READY = Gauge("leadstream_sink_ready", "1 when the connector has partitions and Redis answers, else 0.", ["connector"])
+READY = Gauge("leadstream_sink_ready", "1 when the connector has partitions, Kafka and Redis answer and its CRM takes its credentials, else 0.",
+              ["connector"])

@@ -145,6 +145,7 @@ class SinkRunner(Generic[T]):
         self._producer: Any = None  # set while consuming; dead letters go through it
         self.assigned = threading.Event()  # the consumer holds partitions: readiness
         self.refused: CredentialsError | None = None  # the service's refusal while it lasts: not ready
+        self.kafka_answering = True  # the broker answered the last lag probe (`watch`)
         self._replaying = False
 
     # -- running -------------------------------------------------------------------------
@@ -188,8 +189,11 @@ class SinkRunner(Generic[T]):
         try:
             while not self.stop.is_set():
                 batch = consumer.poll(timeout_ms=300)
+                # Not once for good: a connector whose partitions went to another member is not ready.
                 if consumer.assignment():
                     self.assigned.set()
+                else:
+                    self.assigned.clear()
                 if stop_at_end and end is None and consumer.assignment():
                     # Replay only what is there now: what gets dead-lettered again during the
                     # replay lands after this end and waits for the next replay.
@@ -242,9 +246,10 @@ class SinkRunner(Generic[T]):
     # -- operations ----------------------------------------------------------------------
 
     def ready(self) -> bool:
-        """Holding partitions, credentials accepted and Redis (the ledger) reached: deliveries can happen."""
+        """Holding partitions, Kafka answering, credentials accepted and Redis (the ledger) reached:
+        deliveries can happen."""
         try:
-            ok = self.assigned.is_set() and self.refused is None and bool(self.ledger.redis.ping())
+            ok = self.assigned.is_set() and self.kafka_answering and self.refused is None and bool(self.ledger.redis.ping())
         except RedisError:
             ok = False
         metrics.READY.labels(self.sink.name).set(1 if ok else 0)
@@ -265,9 +270,12 @@ class SinkRunner(Generic[T]):
                     metrics.CONSUMER_LAG.labels(self.sink.name, str(partition)).set(lag)
                 # Dead letters a replay has not yet consumed.
                 metrics.DLQ_DEPTH.labels(self.sink.name).set(sum(probe.lag(group + "-replay", self.dlq_topic).values()))
-                self.ready()
+                self.kafka_answering = True
             except (KafkaError, OSError, ServiceError) as exc:  # ServiceError: the broker did not answer in time
-                log.warning("sink %s: lag not measured: %r", self.sink.name, exc)
+                log.warning("sink %s: lag not measured, not ready until Kafka answers: %r", self.sink.name, exc)
+                self.kafka_answering = False
+                metrics.CONSUMER_LAG.clear()  # a frozen figure would say all is well
+            self.ready()
         if probe is not None:
             probe.close()
 

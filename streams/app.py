@@ -208,12 +208,18 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
     app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
     app.on_partitions_assigned.connect(on_assigned)  # type: ignore[arg-type]
     lag_probe: list[LagProbe] = []
+    kafka_answering = True  # the broker answered the last lag probe
+
+    def ready() -> bool:
+        """For /readyz: scoring, and Kafka answering. A worker cut off from Kafka kept saying it
+        was ready, so no alert on readiness fired (its views still answer from its tables)."""
+        return _ready(app) and kafka_answering
 
     @app.timer(interval=5.0)  # type: ignore[untyped-decorator]  # Faust's timer decorator is untyped
     async def observe() -> None:
         """Readiness, recovery progress and consumer lag, as gauges."""
+        nonlocal kafka_answering
         metrics.RECOVERY_REMAINING.set(_recovery(app).active_remaining_total())
-        metrics.READY.set(1 if _ready(app) else 0)
         try:
             if not lag_probe:
                 lag_probe.append(await asyncio.to_thread(LagProbe, settings))
@@ -221,9 +227,15 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
                 lags = await asyncio.to_thread(lag_probe[0].lag, settings.app_id, topic)
                 for partition, lag in lags.items():
                     metrics.CONSUMER_LAG.labels(topic, str(partition)).set(lag)
+            if not kafka_answering:
+                log.info("Kafka answers again: ready")
+            kafka_answering = True
         except (KafkaError, OSError, ServiceError) as exc:  # ServiceError: the broker did not answer in time
             # A metric must never take the worker down; the next round tries again.
-            log.warning("consumer lag not measured: cause=%r", exc)
+            log.warning("consumer lag not measured, not ready until Kafka answers: cause=%r", exc)
+            kafka_answering = False
+            metrics.CONSUMER_LAG.clear()  # a frozen figure would say all is well
+        metrics.READY.set(1 if ready() else 0)
     within_s = settings.batch_within_ms / 1000
 
     async def run_stage(stream: faust.StreamT[bytes], process: Process, stage: str, work: str) -> None:
@@ -367,9 +379,9 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
     @app.page("/readyz")
     class Ready(View):
         async def get(self, request: Request) -> Response:
-            ready = _ready(app)
-            metrics.READY.set(1 if ready else 0)
-            if ready:
+            is_ready = ready()
+            metrics.READY.set(1 if is_ready else 0)
+            if is_ready:
                 return self.json({"ready": True})
             return self.json({"ready": False}, status=503, headers={"Retry-After": str(NOT_READY_RETRY_AFTER_S)})
 

@@ -86,6 +86,8 @@ EVENTS_PER_MESSAGE = 500  # amortises the worker's per-message cost (envelopes a
 ITEMS_PER_SLICE = 256
 RETRY_AFTER_S = 2
 CONNECT_RETRY_S = 1.0
+#: How often the collector asks Kafka for metadata, for its readiness (KafkaWriter.watch).
+WATCH_S = 5.0
 UNAVAILABLE_LOG_INTERVAL_S = 10.0
 # /v1/import is the batch endpoint under the name Segment's Ruby library posts to.
 BATCH_CALLS = ("batch", "import")
@@ -197,10 +199,39 @@ class KafkaWriter:
         self._producer: Any = None
         self._in_flight_bytes = 0
         self._ack_timeout_s = settings.collector_ack_timeout_ms / 1000
+        #: Whether Kafka answered the last ask (a metadata request of `watch`, or a write)
+        self._answering = False
 
     @property
     def ready(self) -> bool:
-        return self._producer is not None
+        """Connected, and Kafka answered the last ask: "connected once" kept a collector cut off
+        from Kafka ready, every call of its waiting out the ack timeout for a 503."""
+        return self._producer is not None and self._answering
+
+    def _answered(self, answering: bool) -> None:
+        if answering != self._answering:
+            if answering:
+                log.info("Kafka at %s answers again: ready", self.settings.kafka_bootstrap)
+            else:
+                log.warning("Kafka at %s does not answer: not ready (/readyz 503) until it does", self.settings.kafka_bootstrap)
+        self._answering = answering
+        metrics.KAFKA_CONNECTED.set(1 if answering else 0)
+
+    async def watch(self, interval_s: float = WATCH_S) -> None:
+        """Asks Kafka for its metadata every `interval_s`, so that readiness follows Kafka while no
+        call comes in too."""
+        from aiokafka.errors import KafkaError
+
+        while True:
+            await asyncio.sleep(interval_s)
+            if self._producer is None:
+                continue
+            try:
+                async with asyncio.timeout(interval_s):
+                    answered = bool(await self._producer.client.force_metadata_update())
+            except (TimeoutError, KafkaError):
+                answered = False
+            self._answered(answered)
 
     def producer(self) -> Any:
         """The started producer; Unavailable until the first connection succeeded."""
@@ -247,7 +278,7 @@ class KafkaWriter:
                 continue
             self.partitions = partitions
             self._producer = producer
-            metrics.KAFKA_CONNECTED.set(1)
+            self._answered(True)
             log.info("connected to Kafka at %s; partitions %s", self.settings.kafka_bootstrap, partitions)
             return
 
@@ -283,13 +314,16 @@ class KafkaWriter:
                 acks = [await producer.send(m.topic, m.value, key=m.key, partition=m.partition) async for m in in_slices(messages)]
                 await _all_done(acks)
         except TimeoutError:
+            self._answered(False)
             raise Unavailable(
                 f"Kafka did not acknowledge within {self.settings.collector_ack_timeout_ms} ms "
                 "(LEADSTREAM_COLLECTOR_ACK_TIMEOUT_MS)",
                 RETRY_AFTER_S,
             ) from None
-        except KafkaError as exc:
+        except KafkaError as exc:  # not always Kafka gone (a record too large): `watch` tells
             raise Unavailable(f"Kafka did not take the events: {exc!r}", RETRY_AFTER_S) from exc
+        else:
+            self._answered(True)
         finally:
             self._in_flight_bytes -= size
             metrics.IN_FLIGHT_BYTES.set(self._in_flight_bytes)
@@ -298,6 +332,7 @@ class KafkaWriter:
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None
+            self._answering = False
             metrics.KAFKA_CONNECTED.set(0)
 
 
@@ -768,6 +803,7 @@ async def serve(settings: Settings, sources: dict[str, Source], stop: asyncio.Ev
         await runner.cleanup()
         raise
     connecting = asyncio.create_task(writer.connect())
+    watching = asyncio.create_task(writer.watch())
     log.info("collector listening on http://%s; /metrics, /healthz and /readyz on %s",
              authority(settings.collector_host, settings.collector_port),
              authority(settings.bind_host, settings.collector_metrics_port))
@@ -778,6 +814,7 @@ async def serve(settings: Settings, sources: dict[str, Source], stop: asyncio.Ev
         operations.server_close()
         await runner.cleanup()
         connecting.cancel()
+        watching.cancel()
         await writer.close()
 
 

@@ -25,4 +25,5 @@ REQUEST_SECONDS = Histogram(
 IN_FLIGHT_BYTES = Gauge(
     "leadstream_collector_in_flight_bytes", "Bytes of events awaiting Kafka's acknowledgement (503 beyond LEADSTREAM_COLLECTOR_MAX_IN_FLIGHT_BYTES)."
 )
-KAFKA_CONNECTED = Gauge("leadstream_collector_kafka_connected", "1 once the collector's producer is connected to Kafka, else 0.")
+KAFKA_CONNECTED = Gauge("leadstream_collector_kafka_connected",
+                        "1 while the collector is connected to Kafka and Kafka answers (its metadata, asked every 5 s, and its acks), else 0.")

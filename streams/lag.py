@@ -22,9 +22,13 @@ class LagProbe:
     """
 
     def __init__(self, settings: Settings) -> None:
-        self.admin = open_client(settings, KafkaAdminClient, client_id="leadstream-lag")
+        # A broker that stops answering (hung, cut off) is told within this, not kafka-python's
+        # 305 s: readiness follows these probes (the worker's, the connectors').
+        timeout_ms = settings.kafka_connect_timeout_s * 1000
+        self.admin = open_client(settings, KafkaAdminClient, client_id="leadstream-lag", request_timeout_ms=timeout_ms)
         try:
-            self.offsets = open_client(settings, KafkaConsumer, group_id=None, client_id="leadstream-lag")
+            self.offsets = open_client(settings, KafkaConsumer, group_id=None, client_id="leadstream-lag",
+                                       request_timeout_ms=timeout_ms)
         except BaseException:
             self.admin.close()  # callers retry every few seconds: each failed attempt would leak a client
             raise

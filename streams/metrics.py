@@ -6,6 +6,7 @@ hot path.
 
 from __future__ import annotations
 
+import time
 from typing import Iterable
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -47,6 +48,18 @@ BATCH_DONE = Gauge(
     ["stage"],
 )
 EVENT_TIME_LAG = Gauge("leadstream_event_time_lag_seconds", "Now minus the event time of the newest scored event.")
+
+
+class _NewestScored:
+    """The event time of the newest event the last batch scored (0: none yet)."""
+
+    ms = 0
+
+
+NEWEST_SCORED = _NewestScored()
+# Worked out at each scrape: set per batch, it stood still when batches stopped (a stalled worker
+# showed the lag it had at its last batch, and no alert on it could fire).
+EVENT_TIME_LAG.set_function(lambda: max(0.0, time.time() - NEWEST_SCORED.ms / 1000) if NEWEST_SCORED.ms else 0.0)
 # The whole group's lag, which every worker exports: dashboards take one per partition (max).
 CONSUMER_LAG = Gauge("leadstream_consumer_lag", "End offset minus committed offset of the workers' group.", ["topic", "partition"])
 CROSSINGS = Counter("leadstream_crossings", "Threshold crossings emitted.", ["model", "level", "direction", "kind"])
@@ -74,7 +87,7 @@ MODEL_RELOADS = Counter(
 MODELS_BROKEN = Gauge(
     "leadstream_models_broken", "1 while the models directory holds an edit that does not load (the worker scores with the models it has)."
 )
-READY = Gauge("leadstream_worker_ready", "1 when tables are recovered and the worker is scoring, else 0.")
+READY = Gauge("leadstream_worker_ready", "1 when tables are recovered, the worker is scoring and Kafka answers, else 0.")
 
 
 def count_crossings(transitions: Iterable[Transition]) -> None:

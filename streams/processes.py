@@ -174,6 +174,7 @@ class WorkerProcess:
     """A `leadstream worker` child process (tests, benchmarks): started, probed over HTTP, stopped or killed."""
 
     command = "worker"
+    args: tuple[str, ...] = ()  # after the command
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -199,7 +200,7 @@ class WorkerProcess:
         self.settings.state_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "streams.cli", self.command],
+                [sys.executable, "-m", "streams.cli", self.command, *self.args],
                 env={**os.environ, **self.settings.as_env()},
                 stdout=out,
                 stderr=subprocess.STDOUT,

@@ -101,7 +101,7 @@ class BatchStats:
             metrics.LEADS_IN_STATE.labels(model).inc(count)
         metrics.count_crossings(self.crossings)
         if self.newest_event_ms:
-            metrics.EVENT_TIME_LAG.set(max(0.0, time.time() - self.newest_event_ms / 1000))
+            metrics.NEWEST_SCORED.ms = self.newest_event_ms
 
 
 class DecayIndex:

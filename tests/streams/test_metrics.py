@@ -73,3 +73,21 @@ def test_worker_metrics_count_a_known_stream_exactly(isolated: Settings, worker:
     # start has an age too.
     assert began < sample(text, 'leadstream_batch_done_timestamp_seconds{stage="rollup"}') <= time.time()
     assert "leadstream_faust_" in text  # Faust's own sensors beside ours
+
+
+def test_the_event_time_lag_grows_while_nothing_is_scored() -> None:
+    # Set at each batch, it stood still when batches stopped: a stalled worker showed the lag
+    # of its last batch.
+    from prometheus_client import REGISTRY
+
+    from streams import metrics
+
+    before = metrics.NEWEST_SCORED.ms
+    try:
+        metrics.NEWEST_SCORED.ms = int(time.time() * 1000) - 60_000
+        first = REGISTRY.get_sample_value("leadstream_event_time_lag_seconds")
+        time.sleep(0.2)
+        later = REGISTRY.get_sample_value("leadstream_event_time_lag_seconds")
+        assert first is not None and later is not None and 60 <= first < later < 62
+    finally:
+        metrics.NEWEST_SCORED.ms = before
