@@ -75,6 +75,18 @@ def test_plain_compose_up_starts_only_services_that_need_nothing_from_the_user()
         assert not empty or service.get("profiles"), f"service {name} runs on `docker compose up` without {empty}"
 
 
+def test_each_crm_connector_starts_on_its_own_with_the_credentials_it_reads() -> None:
+    # `--profile crm` was the only way: all three started, and one without credentials restarted
+    # for ever; and the Salesforce connector had no variables for its password login.
+    services = compose()["services"]
+    tuning = ("_BASE_URL", "_RATE_LIMIT", "_API_VERSION")  # defaults that work: not credentials
+    for name in ("hubspot", "salesforce", "webhook"):
+        service = services[f"sink-{name}"]
+        assert name in service["profiles"] and "crm" in service["profiles"]
+        credentials = {env for env in ENV_NAMES if env.startswith(f"LEADSTREAM_{name.upper()}_") and not env.endswith(tuning)}
+        assert credentials and credentials <= set(service["environment"]), f"sink-{name} lacks {credentials - set(service['environment'])}"
+
+
 def test_readme_documents_every_setting() -> None:
     readme = (PROJECT_ROOT / "README.md").read_text()
     missing = sorted(env for env in ENV_NAMES if f"`{env}`" not in readme)
