@@ -57,8 +57,11 @@ class OffsetSequence:
                     if key in sought:
                         raise SkippedOffsets(f"topic {message.topic} partition {message.partition}: offsets {expected} "
                                              f"to {message.offset - 1}, from the one it was sought to, were never handed to "
-                                             f"this worker, which was handed {message.offset} first")
-                    log.warning("offsets skipped: topic=%s partition=%d missing=%d..%d",
+                                             f"this worker, which was handed {message.offset} first (a transactional "
+                                             f"producer's markers leave such holes too: leadstream's input topics take "
+                                             f"producers without transactions, README \"Topics\")")
+                    log.warning("offsets skipped: topic=%s partition=%d missing=%d..%d (a transactional producer writing to "
+                                "the topic would explain it: not supported)",
                                 message.topic, message.partition, expected, message.offset - 1)
                 else:
                     metrics.OFFSET_ANOMALIES.labels("repeat").inc()
