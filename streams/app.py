@@ -32,13 +32,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from scoring.errors import StateError
 from streams import (assignor, batching, bulk_store, consumer_stop, erasure, fetch_wait, lead_states, metrics, read_offsets, routing,
-                     seek_first, stitching)
+                     seek_first, stitching, transactions)
 from streams.account_table import AccountTable
 from streams.addresses import advertised, authority
 from streams.assignor import AlignedPartitionAssignor
 from streams.collection import BatchPause
 from streams.errors import ServiceError
 from streams.lag import LagProbe
+from streams.transactions import LogReader
 from streams.model_reload import ModelDirectory
 from streams.outbox import Outbox
 from streams.probes import NOT_READY_RETRY_AFTER_S
@@ -133,7 +134,9 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
             return None
         return end
 
-    scorer = Scorer(models.current.engine, settings, lead_store, outbox, settings.partitions, committed, log_end)
+    log_reader = LogReader(settings)
+    scorer = Scorer(models.current.engine, settings, lead_store, outbox, settings.partitions, committed, log_end,
+                    log_reader.holds_records)
     rollup_outbox = Outbox(settings.kafka_bootstrap, settings.partitions, "leadstream-worker-accounts")
     rollup_stage = Rollup(models.current.engine, settings, account_store, rollup_outbox)
     sequences = (scorer.sequence, rollup_stage.sequence)
@@ -197,6 +200,7 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
 
     async def on_assigned(sender: Any, assigned: Any = (), **kwargs: Any) -> None:
         fetch_wait.install(app.consumer, settings.fetch_max_wait_ms)
+        transactions.read_committed(app.consumer)
         consumer_stop.install(app.consumer)
         owned = sorted(tp.partition for tp in assigned if tp.topic == settings.topic_events)
         log.info("rebalance: partitions assigned events_partitions=%s", owned)
@@ -236,6 +240,9 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
             kafka_answering = False
             metrics.CONSUMER_LAG.clear()  # a frozen figure would say all is well
         metrics.READY.set(1 if ready() else 0)
+        for sequence in sequences:
+            if sequence.unchecked:
+                await asyncio.to_thread(sequence.check_holes)
     within_s = settings.batch_within_ms / 1000
 
     async def run_stage(stream: faust.StreamT[bytes], process: Process, stage: str, work: str) -> None:

@@ -76,7 +76,8 @@ RECOVERY_REMAINING = Gauge("leadstream_table_recovery_remaining", "Changelog rec
 OFFSET_ANOMALIES = Counter(
     "leadstream_offset_anomalies",
     "Messages of the raw, identity or account-updates topic delivered out of sequence within one assignment: "
-    "`gap` (offsets skipped: events this worker never saw), `repeat` (an offset delivered again) or `sought_back` "
+    "`gap` (offsets skipped: events this worker never saw), `log_hole` (offsets with no committed record: a transaction's "
+    "markers, aborted records), `repeat` (an offset delivered again) or `sought_back` "
     "(a first message after a rebalance's seek beyond the offset sought: the partition sought back to it).",
     ["kind"],
 )

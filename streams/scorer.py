@@ -34,7 +34,7 @@ from streams import erasure, lead_states, metrics, read_offsets, stitching
 from streams.deadletter import DeadLetter
 from streams.envelope import unpack
 from streams.isolation import internal_error, isolate, log_raised, split_envelope, undone_if_it_raises
-from streams.offset_sequence import OffsetSequence
+from streams.offset_sequence import HoldsRecords, OffsetSequence
 from streams.outbox import Headers, Outbox, encode_json, encode_json_or_none
 from streams.partitioning import partition_for
 from streams.rollup import lead_score_key, publish_updates
@@ -151,11 +151,14 @@ class DecayIndex:
 
 class Scorer:
     def __init__(self, engine: Engine, settings: Settings, store: LiveTable[LeadState | str], outbox: Outbox, partitions: int,
-                 committed: erasure.Committed | None = None, log_end: read_offsets.LogEnd | None = None) -> None:
+                 committed: erasure.Committed | None = None, log_end: read_offsets.LogEnd | None = None,
+                 holds_records: HoldsRecords | None = None) -> None:
         """`committed` tells the consumer's committed offsets, after which the markers of
         forgotten leads go (streams/erasure.py); without it (no consumer) they stay. `log_end`
         tells the partitions' end offsets, which find the offsets of a topic created again
-        (streams/read_offsets.py); without it, they are taken for the topic's."""
+        (streams/read_offsets.py); without it, they are taken for the topic's. `holds_records`
+        looks a hole in an input partition's offsets up in the log (streams/transactions.py);
+        without it, every hole is a gap."""
         self.engine = engine
         self.settings = settings
         self.store = store
@@ -169,7 +172,7 @@ class Scorer:
         self._started_again: set[tuple[str, int]] = set()  # partitions of topics created again, logged
         self.erasures = erasure.Waiting()
         self.models = {model.name for model in engine.models}
-        self.sequence = OffsetSequence({settings.topic_events, settings.topic_identity})
+        self.sequence = OffsetSequence({settings.topic_events, settings.topic_identity}, holds_records)
         # A batch and a decay sweep update the same live states in place, and each writes them
         # to the changelog only after the crossings they caused are acknowledged: they take
         # turns, so neither writes a state carrying the other's changes before those are.

@@ -75,6 +75,27 @@ def test_after_a_rebalance_the_first_message_must_be_at_the_offset_sought() -> N
     assert counted("gap") == gaps + 9
 
 
+def test_holes_the_log_holds_no_record_in_are_the_logs_own_not_gaps() -> None:
+    """A transaction's markers and aborted records take offsets no consumer reading committed
+    records is handed: looked up in the log (here, a log whose offsets 7 to 9 and 20 hold none)."""
+    def holds_records(topic: str, partition: int, start: int, end: int) -> bool:
+        return not set(range(start, end)) <= {7, 8, 9, 20}
+
+    sequence = OffsetSequence({"events"}, holds_records)
+    gaps, holes = counted("gap"), counted("log_hole")
+    sequence.seed({TP("events", 3): 7})
+    sequence.observe(messages("events", 3, 10, 11))  # at the head: looked up at once, and gone past
+    assert (counted("gap"), counted("log_hole")) == (gaps, holes + 3)
+    sequence.observe(messages("events", 3, *range(13, 20), 21))  # further on: looked up later, from a thread
+    assert sequence.unchecked == [("events", 3, 12, 13), ("events", 3, 20, 21)]
+    sequence.check_holes()
+    assert (counted("gap"), counted("log_hole"), sequence.unchecked) == (gaps + 1, holes + 4, [])
+    sequence.reset()
+    sequence.seed({TP("events", 3): 30})
+    with pytest.raises(SkippedOffsets):  # a hole with records in it, at the head: lost input, as before
+        sequence.observe(messages("events", 3, 31))
+
+
 class Counting(Outbox):
     """An outbox that counts what it would send."""
 
