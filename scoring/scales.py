@@ -9,6 +9,8 @@ every score has exactly one label.
 
 from __future__ import annotations
 
+import math
+
 from bisect import bisect_right
 from dataclasses import dataclass, field
 
@@ -46,8 +48,11 @@ class Scale:
     hundred_at: float
 
     def normalize(self, points: float) -> float:
-        ratio = (points - self.zero_at) / (self.hundred_at - self.zero_at)
-        return round(100 * min(max(ratio, 0.0), 1.0), 1)
+        """The points on the 0-100 scale, to one decimal, a half rounded up: the hundredfold
+        first, so that 51 of 80 points is 63.75 (exactly), shown 63.8 as 47 of 80 (58.75) is 58.8;
+        as 100 * (51 / 80) it was 63.74999..., shown 63.7."""
+        percent = 100 * (points - self.zero_at) / (self.hundred_at - self.zero_at)
+        return math.floor(10 * min(max(percent, 0.0), 100.0) + 0.5) / 10
 
 
 def parse_scale(table: Table | None, default_hundred_at: float, default_zero_at: float = 0) -> Scale:

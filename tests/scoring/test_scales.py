@@ -61,3 +61,11 @@ def test_fractional_points_reach_a_band_their_decimal_sum_reaches() -> None:
     run = Run(engine(bands)).apply(ev("identify", traits={"title": "vp", "email": "jane@gmail.com"}), ev("a", at=1), ev("b", at=2))
     summary = run.engine.summary("m", "L1", run.state(), run.state().watermark_ms)
     assert (summary["grade"], summary["engagement"], summary["cell"]) == ("B", 1, "B1")
+
+
+@pytest.mark.parametrize(("points", "shown"), [(51, 63.8), (47, 58.8), (1, 1.3), (0, 0.0), (80, 100.0), (90, 100.0), (-5, 0.0)])
+def test_the_0_100_scale_shows_one_decimal_a_half_rounded_up(points: float, shown: float) -> None:
+    # 51 of 80 points showed 63.7 (100 * (51 / 80) is 63.74999...), while 47 of 80 showed 58.8.
+    from scoring.scales import Scale
+
+    assert Scale(0, 80).normalize(points) == shown
