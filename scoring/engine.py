@@ -277,9 +277,15 @@ class ModelRuntime:
         due = steps.due_ms(state)
         if due is not None and due <= time_ms:
             for due_ms, points in steps.take(state, time_ms, self.floor):
-                state.record(due_ms, points, "decay", self.history)
+                self._took(state, due_ms, points)
                 level = self._settle(state, level, lead_id, due_ms, out)
         return level
+
+    def _took(self, state: LeadState, due_ms: int, points: float) -> None:
+        """A decay step in the lead's history, unless the floor let it take nothing: those filled
+        the history's few places with `decay 0` rows, pushing out the changes that explain a score."""
+        if points:
+            state.record(due_ms, points, "decay", self.history)
 
     def _retake(self, state: LeadState, until_ms: int) -> None:
         """Takes again, at the floor as it is now, the steps due by `until_ms` (a sweep took them
@@ -288,7 +294,7 @@ class ModelRuntime:
         steps = self.steps
         assert steps is not None
         for due_ms, points in steps.take(state, until_ms, self.floor):
-            state.record(due_ms, points, "decay", self.history)
+            self._took(state, due_ms, points)
 
     def _before_last(self, state: LeadState, time_ms: int, activity: bool) -> int:
         """An event with points timed before the last activity (it arrived late): the steps taken
@@ -325,7 +331,7 @@ class ModelRuntime:
         changed_ms = None
         if self.steps is not None:
             for due_ms, points in self.steps.take(state, now_ms, self.floor):
-                state.record(due_ms, points, "decay", self.history)
+                self._took(state, due_ms, points)
                 level = self._settle(state, level, lead_id, due_ms, out)
                 changed_ms = due_ms
         elif self.half_life is not None:

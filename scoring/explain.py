@@ -95,7 +95,7 @@ def rule_rows(runtime: ModelRuntime, state: LeadState) -> list[dict[str, Any]]:
                 "occurrences": occurrences,
                 "capped": capped,
                 "bonuses": bonuses,
-                "decayed": round(share, 2),
+                "decayed": round(share, 2) or 0,  # not -0.0: a share of nothing
                 "in_model": name in known,
             }
         )
@@ -173,7 +173,7 @@ def explain(runtime: ModelRuntime, lead_id: str, state: LeadState, now_ms: int) 
             "behaviour_points": round(current.behaviour, 2),
             "fit_points": round(current.fit, 2),
             "floor_points": round(floor_points(runtime, current), 2),
-            "decayed": round(decayed_points(current), 2),
+            "decayed": round(decayed_points(current), 2) or 0,
             "rules": rule_rows(runtime, current),
             "fit": fit_rows(runtime, current),
             "history": [

@@ -112,6 +112,15 @@ def test_late_activity_gives_back_steps_an_edited_schedule_no_longer_has() -> No
     assert edited.score() == 80 - 15 + 1
 
 
+def test_a_step_the_floor_lets_take_nothing_is_not_in_the_history() -> None:
+    # Its "decay 0" rows took the history's few places from the changes that explain a score.
+    run = Run(engine(STEPS)).apply(ev("small"))
+    state, _ = run.engine.decay("m", "L1", run.state(), T0 + 100 * DAY)
+    assert state.changes(10)[-2:] == [(T0, 1, "small"), (T0 + 30 * DAY, -1, "decay")]  # then 60 and 90 days: nothing left
+    explained = run.engine.explain("m", "L1", state, T0 + 100 * DAY)
+    assert [row["decayed"] for row in explained["rules"]] == [-1] and explained["decayed"] == -1
+
+
 def test_floor_is_zero_unless_the_model_allows_less() -> None:
     run = Run(engine(STEPS)).apply(ev("small"))
     assert decayed(run, 100) == 0
