@@ -410,6 +410,11 @@ class ModelRuntime:
             return
         state.crossings += 1
         labels = explaining.labels(self, state)
+        score = labels["score"]
+        if after < before and score >= self.ladder.at[after + 1] - self.ladder.hysteresis[after + 1]:
+            # A half-life score a hair below the way down, rounded to 2 decimals, showed on it: a
+            # crossing "below 25" at 25.0. Rounded down instead, it shows below the line it left.
+            score = math.floor(self.score(state) * 100) / 100
         out.append(
             Transition(
                 kind="lead",
@@ -420,7 +425,7 @@ class ModelRuntime:
                 from_level=names[before],
                 to_level=names[after],
                 direction="up" if after > before else "down",
-                score=labels["score"],
+                score=score,
                 normalized=labels["normalized"],
                 grade=labels["grade"],
                 engagement=labels["engagement"],

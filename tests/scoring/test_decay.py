@@ -157,6 +157,14 @@ def test_half_life(day: int, score: float) -> None:
     assert decayed(run, day) == pytest.approx(score, abs=0.01)
 
 
+def test_a_half_life_crossing_down_shows_a_score_below_the_line_it_left() -> None:
+    # Decay passes the line a hair below it: rounded to 2 decimals, it showed on the line (a
+    # crossing down from mql, left below 20, at 20.0).
+    run = Run(engine(HALF_LIFE)).apply(ev("visit"))  # 40 points, mql at 20
+    _, [down] = run.engine.decay("m", "L1", run.state(), T0 + 11 * DAY)
+    assert (down.from_level, down.direction) == ("mql", "down") and 19.99 <= down.score < 20
+
+
 def test_half_life_is_exact_whenever_evaluated_and_discounts_late_events() -> None:
     run = Run(engine(HALF_LIFE, lateness="30d")).apply(ev("visit"))
     state = run.state()
