@@ -146,6 +146,8 @@ class Service:
     def status(self) -> str:
         pid = self.pid()
         if pid is None:
+            if self.answers():  # another services directory's, or one of the user's own
+                return f"{self.name}: not started from {self.settings.services_dir} (LEADSTREAM_SERVICES_DIR), but {self.endpoint} answers"
             return f"{self.name}: not running"
         state = "ready" if self.answers() else "NOT answering"
         return f"{self.name}: running (pid {pid}) on {self.endpoint}, {state}; log: {self.logs[0]}"
@@ -445,6 +447,8 @@ def main(action: str, settings: Settings) -> int:
     else:
         for line in status(settings):
             print(line)
+        # As `systemctl is-active`: a script can tell whether the services answer.
+        return 0 if all(service.answers() for service in all_services(settings)) else 1
     return 0
 
 

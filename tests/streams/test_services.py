@@ -14,6 +14,7 @@ from streams import services
 from streams.errors import ServiceError
 from streams.settings import KAFKA_VERSION, Settings
 from streams.processes import free_port
+from tests.infra import leadstream
 
 
 def own_services(tmp_path: Path, kafka_port: int, redis_port: int) -> Settings:
@@ -180,3 +181,16 @@ def test_a_broker_port_that_does_not_answer_is_found_out_within_the_connect_time
         started = time.monotonic()
         assert services.Kafka(settings).answers() is False
         assert time.monotonic() - started < 8
+
+
+def test_status_says_who_answers_and_exits_1_unless_every_service_does(tmp_path: Path) -> None:
+    # It said "kafka: not running" while a broker answered at the address (started from another
+    # services directory), and exited 0 whatever it found.
+    elsewhere = Settings.from_env().with_overrides(services_dir=tmp_path / "services")
+    done = leadstream(elsewhere, "services", "status", check=False)
+    assert done.returncode == 0, done
+    assert f"kafka: not started from {tmp_path / 'services'} (LEADSTREAM_SERVICES_DIR), but {elsewhere.kafka_bootstrap} answers" \
+        in done.stdout
+    closed = elsewhere.with_overrides(kafka_bootstrap=f"127.0.0.1:{free_port()}", redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    done = leadstream(closed, "services", "status", check=False)
+    assert done.returncode == 1 and "kafka: not running" in done.stdout and "redis: not running" in done.stdout
