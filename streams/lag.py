@@ -27,7 +27,8 @@ class LagProbe:
         timeout_ms = settings.kafka_connect_timeout_s * 1000
         self.admin = open_client(settings, KafkaAdminClient, client_id="leadstream-lag", request_timeout_ms=timeout_ms)
         try:
-            self.offsets = open_client(settings, KafkaConsumer, group_id=None, client_id="leadstream-lag",
+            # No auto-commit asked: else kafka-python warns at each start that it disables it for want of a group.
+            self.offsets = open_client(settings, KafkaConsumer, group_id=None, enable_auto_commit=False, client_id="leadstream-lag",
                                        request_timeout_ms=timeout_ms)
         except BaseException:
             self.admin.close()  # callers retry every few seconds: each failed attempt would leak a client

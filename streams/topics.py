@@ -108,7 +108,7 @@ def partition_count(settings: Settings, topic: str) -> int:
     at once (a producer would wait a minute for a topic that never appears)."""
     from kafka import KafkaConsumer
 
-    consumer = open_client(settings, KafkaConsumer, client_id="leadstream-topics")
+    consumer = open_client(settings, KafkaConsumer, enable_auto_commit=False, client_id="leadstream-topics")
     try:
         return len(consumer.partitions_for_topic(topic) or ())
     finally:
