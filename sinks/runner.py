@@ -146,6 +146,7 @@ class SinkRunner(Generic[T]):
         self.assigned = threading.Event()  # the consumer holds partitions: readiness
         self.refused: CredentialsError | None = None  # the service's refusal while it lasts: not ready
         self.kafka_answering = True  # the broker answered the last lag probe (`watch`)
+        self._not_ready: str | None = "starting"  # why not, as last said
         self._replaying = False
 
     # -- running -------------------------------------------------------------------------
@@ -248,12 +249,22 @@ class SinkRunner(Generic[T]):
     def ready(self) -> bool:
         """Holding partitions, Kafka answering, credentials accepted and Redis (the ledger) reached:
         deliveries can happen."""
-        try:
-            ok = self.assigned.is_set() and self.kafka_answering and self.refused is None and bool(self.ledger.redis.ping())
-        except RedisError:
-            ok = False
-        metrics.READY.labels(self.sink.name).set(1 if ok else 0)
-        return ok
+        why = ("no partitions of its source topic yet" if not self.assigned.is_set()
+               else "Kafka does not answer" if not self.kafka_answering
+               else "its credentials are refused" if self.refused is not None else None)
+        if why is None:
+            try:
+                self.ledger.redis.ping()
+            except RedisError as exc:
+                why = f"Redis (LEADSTREAM_REDIS_URL) does not answer: {exc}"
+        if why != self._not_ready:  # said once, as it changes: probes ask every few seconds
+            if why is not None and self._not_ready is None and self.assigned.is_set():
+                log.warning("sink %s: not ready: %s", self.sink.name, why)
+            elif why is None and self._not_ready is not None:
+                log.info("sink %s: ready", self.sink.name)
+            self._not_ready = why
+        metrics.READY.labels(self.sink.name).set(0 if why else 1)
+        return why is None
 
     def watch(self, interval_s: float = 5.0) -> None:
         """Consumer lag and dead-letter depth, as the broker sees them, every few seconds."""

@@ -86,6 +86,8 @@ EVENTS_PER_MESSAGE = 500  # amortises the worker's per-message cost (envelopes a
 ITEMS_PER_SLICE = 256
 RETRY_AFTER_S = 2
 CONNECT_RETRY_S = 1.0
+#: How often the collector repeats that it cannot connect to Kafka, while it retries every second.
+CONNECT_SAID_S = 60.0
 #: How often the collector asks Kafka for metadata, for its readiness (KafkaWriter.watch).
 WATCH_S = 5.0
 UNAVAILABLE_LOG_INTERVAL_S = 10.0
@@ -248,6 +250,7 @@ class KafkaWriter:
         from aiokafka import AIOKafkaProducer
 
         topics = (self.settings.topic_events, self.settings.topic_profiles, self.settings.topic_deadletter)
+        attempts, said = 0, 0.0
         while True:
             producer = AIOKafkaProducer(
                 bootstrap_servers=self.settings.kafka_bootstrap,
@@ -267,13 +270,14 @@ class KafkaWriter:
                     partitions[topic] = len(await producer.partitions_for(topic))
             except Exception as exc:  # noqa: BLE001 - any failure to connect means: retry later
                 await producer.stop()
-                log.warning(
-                    "cannot use Kafka at %s (%s: %r); answering 503 and retrying. Is it running (`leadstream services up`) "
-                    "and do the topics exist (`leadstream topics`, LEADSTREAM_TOPIC_*)?",
-                    self.settings.kafka_bootstrap,
-                    asked,
-                    exc,
-                )
+                attempts += 1
+                if attempts == 1 or time.monotonic() - said >= CONNECT_SAID_S:  # not a line a second while Kafka is down
+                    said = time.monotonic()
+                    log.warning(
+                        "cannot use Kafka at %s (%s: %r; %d attempts); answering 503 and retrying every %g s. Is it running "
+                        "(`leadstream services up`) and do the topics exist (`leadstream topics`, LEADSTREAM_TOPIC_*)?",
+                        self.settings.kafka_bootstrap, asked, exc, attempts, CONNECT_RETRY_S,
+                    )
                 await asyncio.sleep(CONNECT_RETRY_S)
                 continue
             self.partitions = partitions
@@ -831,4 +835,5 @@ def run_collector(settings: Settings) -> int:
         await serve(settings, sources, stop)
 
     asyncio.run(main())
+    log.info("collector stopped")
     return 0

@@ -45,7 +45,8 @@ def lead_ids(args: list[str], from_file: Path | None) -> list[str]:
         raise InputError("no lead ids given: name them, or pass --from FILE (one id per line)")
     for lead_id in ids:
         if not is_id(lead_id):
-            raise InputError(f"{lead_id!r} is not a lead id (1-{MAX_ID_CHARS} characters, no control character): nothing was sent")
+            shown = repr(lead_id) if len(lead_id) <= 80 else f"{lead_id[:60]!r}... ({len(lead_id)} characters)"
+            raise InputError(f"{shown} is not a lead id (1-{MAX_ID_CHARS} characters, no control character): nothing was sent")
     return list(dict.fromkeys(ids))
 
 

@@ -55,6 +55,9 @@ def test_forget_takes_ids_from_arguments_and_a_file_once_each_and_refuses_what_i
             lead_ids(bad, None)
     with pytest.raises(InputError, match="cannot read lead ids from"):
         lead_ids([], tmp_path / "missing.txt")
+    with pytest.raises(InputError) as long:  # it echoed all 5,000 characters
+        lead_ids(["x" * 5000], None)
+    assert str(long.value) == f"{'x' * 60!r}... (5000 characters) is not a lead id (1-256 characters, no control character): nothing was sent"
 
 
 def test_forget_reads_a_file_of_ids_saved_with_a_byte_order_mark(tmp_path: Path) -> None:
