@@ -106,7 +106,8 @@ def links_of(item: dict[str, Any]) -> list[tuple[str, str]] | Rejection:
         return [(source, target)]
     previous = _old_id(item, "previous_id")
     if previous is None:  # an alias is nothing but its link: one naming no old id is a sender's bug to show
-        return Rejection("missing_field", "field 'previous_id' is missing: an alias names the id the lead had before "
+        said = "missing" if "previous_id" not in item else "null" if item["previous_id"] is None else "empty"
+        return Rejection("missing_field", f"field 'previous_id' is {said}: an alias names the id the lead had before "
                                           "(Segment's previousId), which is all it is for")
     if not isinstance(previous, str):
         return previous

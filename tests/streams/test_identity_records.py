@@ -13,7 +13,7 @@ import msgspec
 import orjson
 import pytest
 
-from scoring import Engine, LeadState
+from scoring import Engine, LeadState, Rejection
 from streams import lead_states, stitching
 from streams.account_table import AccountTable
 from streams.partitioning import partition_for
@@ -239,3 +239,10 @@ def test_a_link_of_an_id_without_states_takes_it_out_of_the_read_models_all_the_
     assert [key for topic, key, value in outbox.sent if topic == settings.topic_scores and value is None] == [b"b2b/anon:gone"]
     assert [topic for topic, _, _ in outbox.sent if topic == settings.topic_identity] == []  # nothing to merge
     assert stitching.merged_into(scorer.store.states("anon:gone")) == "ada"
+
+
+@pytest.mark.parametrize(("fields", "said"), [({}, "missing"), ({"previous_id": None}, "null"), ({"previous_id": ""}, "empty")])
+def test_an_alias_naming_no_old_id_says_how(fields: dict[str, object], said: str) -> None:
+    # An empty previous_id was said to be missing: the sender looked for a field it had sent.
+    refused = stitching.links_of({"type": "alias", "lead_id": "u-5", **fields})
+    assert isinstance(refused, Rejection) and refused.detail.startswith(f"field 'previous_id' is {said}: ")
