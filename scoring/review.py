@@ -211,7 +211,9 @@ def _findings(levels: list[dict[str, Any]], rules: list[dict[str, Any]], leads: 
         name, n, z = row["rule"], row["leads"], row["z"]
         points = row["points"] or row["bonus"] or 0  # a rule that scores by its bonus alone
         if n == 0:
-            findings.append(f"rule '{name}' matched none of the reviewed leads: check its event type and conditions against your events")
+            check = ("its trait conditions against your leads' traits (identify events)" if row["kind"] == "fit"
+                     else "its event type and conditions against your events")
+            findings.append(f"{'fit ' if row['kind'] == 'fit' else ''}rule '{name}' matched none of the reviewed leads: check {check}")
             continue
         if z is None or abs(z) < SIGNIFICANT_Z or min(n, leads - n) < min_leads:
             continue

@@ -188,6 +188,13 @@ def test_rules_no_reviewed_lead_triggered_are_named() -> None:
     ]
 
 
+def test_a_fit_rule_no_reviewed_lead_met_is_named_as_one() -> None:
+    # It was told to check its event type: a fit rule has none, it reads traits.
+    findings = review(MODEL, [lead("a", True, rules=("pricing", "careers", "webinar", "heavy week"))])["findings"]
+    assert findings == ["fit rule 'senior' matched none of the reviewed leads: check its trait conditions against your "
+                        "leads' traits (identify events)"]
+
+
 def test_a_level_converting_less_than_the_one_below_is_a_finding() -> None:
     rules = ("pricing", "careers", "webinar", "heavy week", "senior")
     leads = many(50, 25, level="mql", rules=rules) + many(50, 5, level="sql", rules=rules) + many(5, 1, level="cold", rules=rules)
