@@ -39,7 +39,6 @@ from streams.assignor import AlignedPartitionAssignor
 from streams.collection import BatchPause
 from streams.errors import ServiceError
 from streams.lag import LagProbe
-from streams.transactions import LogReader
 from streams.model_reload import ModelDirectory
 from streams.outbox import Outbox
 from streams.probes import NOT_READY_RETRY_AFTER_S
@@ -134,7 +133,7 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
             return None
         return end
 
-    log_reader = LogReader(settings)
+    log_reader = transactions.LogReader(settings)
     scorer = Scorer(models.current.engine, settings, lead_store, outbox, settings.partitions, committed, log_end,
                     log_reader.holds_records)
     rollup_outbox = Outbox(settings.kafka_bootstrap, settings.partitions, "leadstream-worker-accounts")

@@ -271,7 +271,8 @@ def score_file(models_dir: Path, events_path: Path, table: bool, out: TextIO, er
 
 def apply_file(engine: Engine, events_path: Path, err: TextIO, keep: Callable[[Event], bool] | None = None) -> OfflineRun:
     """A run that has applied every event of the file (those `keep` accepts, when given), in
-    batches (of one event where accounts are rolled up); bad lines are reported on `err` and skipped. Decay is not brought to any time yet."""
+    batches (of one event where accounts are rolled up); bad lines are reported on `err` and
+    skipped. Decay is not brought to any time yet."""
     try:
         handle = sys.stdin.buffer if str(events_path) == "-" else events_path.open("rb")
     except OSError as exc:
