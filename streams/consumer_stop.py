@@ -14,23 +14,19 @@ its connections and the thread says it has stopped.
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Any
 
-log = logging.getLogger("leadstream.worker")
+from streams.fetcher import fetcher_of
 
 
 def install(consumer: Any) -> bool:
     """Wrap the `close` of this Faust consumer's aiokafka fetcher (once; started: the fetcher
     exists once the consumer thread has started). False, with a warning, when the consumer is not
     built as faust-streaming 0.15 and aiokafka 0.14 build it: the worker then stops as they do."""
-    try:
-        fetcher = consumer._thread._consumer._fetcher
-        close = fetcher.close
-    except AttributeError as exc:
-        log.warning("the Kafka consumer has no fetcher where faust-streaming 0.15 and aiokafka 0.14 keep it (%s): with its "
-                    "broker gone, the worker may take 60 s to stop (streams/consumer_stop.py)", exc)
+    fetcher = fetcher_of(consumer, "with its broker gone, the worker may take 60 s to stop (streams/consumer_stop.py)", "close")
+    if fetcher is None:
         return False
+    close = fetcher.close
     if getattr(fetcher, "_leadstream_consumer_stop", False):
         return True
     fetcher._leadstream_consumer_stop = True

@@ -15,6 +15,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from streams.fetcher import fetcher_of
+
 log = logging.getLogger("leadstream.worker")
 
 
@@ -23,16 +25,11 @@ def install(consumer: Any, max_wait_ms: int) -> bool:
     its fetcher reads the value for each request it sends). False, with a warning, when the
     consumer is not built as faust-streaming 0.15 and aiokafka 0.14 build it: the worker then
     runs with Faust's wait."""
-    try:
-        fetcher = consumer._thread._consumer._fetcher
-        before = fetcher._fetch_max_wait_ms
-    except AttributeError as exc:
-        log.warning(
-            "fetch wait not set: the Kafka consumer has no fetcher wait where faust-streaming 0.15 and aiokafka 0.14 "
-            "keep it (%s); the worker may idle up to Faust's 1.5 s at a time (streams/fetch_wait.py)",
-            exc,
-        )
+    fetcher = fetcher_of(consumer, "fetch wait not set: the worker may idle up to Faust's 1.5 s at a time "
+                                   "(streams/fetch_wait.py)", "_fetch_max_wait_ms")
+    if fetcher is None:
         return False
+    before = fetcher._fetch_max_wait_ms
     if before != max_wait_ms:
         fetcher._fetch_max_wait_ms = max_wait_ms
         log.info("fetch wait set: max_wait_ms=%d (was %d)", max_wait_ms, before)

@@ -20,6 +20,7 @@ import threading
 import time
 from typing import Any
 
+from streams.fetcher import fetcher_of
 from streams.kafka_clients import open_client
 from streams.settings import Settings
 
@@ -33,15 +34,10 @@ def read_committed(consumer: Any) -> bool:
     """Make this Faust consumer's aiokafka consumer read committed records only, from its next
     fetch on (Faust asks for committed reads only when it runs transactions itself). False, with
     a warning, when the consumer is not built as faust-streaming 0.15 and aiokafka 0.14 build it."""
-    try:
-        fetcher = consumer._thread._consumer._fetcher
-        before = fetcher._isolation_level
-    except AttributeError as exc:
-        log.warning("the Kafka consumer reads uncommitted records: it keeps its isolation level elsewhere than "
-                    "faust-streaming 0.15 and aiokafka 0.14 do (%s); aborted transactions' events would be scored", exc)
+    fetcher = fetcher_of(consumer, "it reads uncommitted records: aborted transactions' events would be scored", "_isolation_level")
+    if fetcher is None:
         return False
-    if before != READ_COMMITTED:
-        fetcher._isolation_level = READ_COMMITTED
+    fetcher._isolation_level = READ_COMMITTED
     return True
 
 
