@@ -134,8 +134,8 @@ def write_history(settings: Settings, out: IO[bytes], topics: list[str] | None =
         if not_json[topic]:
             print(f"{topic}: left out {not_json[topic]} messages that are not JSON (the first at {first_not_json[topic]})", file=err)
         if tombstones[topic]:
-            what = "requests to forget a lead" if topic == settings.topic_profiles else "which the worker dead-letters"
-            print(f"{topic}: left out {tombstones[topic]} tombstones (records without a value: {what})", file=err)
+            what = ": requests to forget a lead" if topic == settings.topic_profiles else ", which the worker dead-letters"
+            print(f"{topic}: left out {tombstones[topic]} tombstones (records without a value{what})", file=err)
     return 0
 
 
