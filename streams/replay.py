@@ -82,7 +82,11 @@ def replay_dead_letters(settings: Settings, reasons: set[str], since_ms: int = 0
                 if topic != settings.topic_profiles or not letter.key:
                     replay.unreplayable["a tombstone where none belongs"] += 1
                     continue
-                key, partition = letter.key, partition_for(letter.key.decode("utf-8", "replace"), partitions[topic])
+                lead_id = _text(letter.key)
+                if lead_id is None:  # the worker refuses it again, whatever partition it goes to
+                    replay.unreplayable["a request to forget keyed by no lead id (UTF-8 text)"] += 1
+                    continue
+                key, partition = letter.key, partition_for(lead_id, partitions[topic])
             elif not letter.original:
                 replay.unreplayable["no original input kept"] += 1
                 continue
@@ -125,6 +129,13 @@ def _destination(original: bytes, key: bytes | None, partition: int | None, part
     if isinstance(partition, int) and 0 <= partition < partitions:
         return key, partition
     return key, None
+
+
+def _text(key: bytes) -> str | None:
+    try:
+        return key.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 def _report(replay: Replay, reasons: set[str], dry_run: bool, since: bool, out: IO[str]) -> None:

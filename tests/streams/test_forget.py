@@ -106,15 +106,17 @@ def test_tombstones_where_none_belong_are_dead_lettered_and_the_worker_goes_on(
     producer.send(isolated.topic_accounts, key=b"acme", value=None, partition=0)
     wrong = (partition_for("carol", 4) + 1) % 4
     producer.send(isolated.topic_profiles, key=b"carol", value=None, partition=wrong)  # a forget on the wrong partition
+    producer.send(isolated.topic_profiles, key=b"\xff\xfe", value=None)  # a forget keyed by no text: no replay can mend it
     producer.send(isolated.topic_events, key=b"carol", value=orjson.dumps(event("carol", 1, "webinar_attended", now)))
     producer.flush()
     producer.close()
 
     proc = worker()
 
-    dead = {(letter["source"]["topic"], letter["reason"]): letter for _, letter in read_topic(isolated, isolated.topic_deadletter, expect=4)}
+    dead = {(letter["source"]["topic"], letter["reason"]): letter for _, letter in read_topic(isolated, isolated.topic_deadletter, expect=5)}
     assert set(dead) == {(isolated.topic_events, "tombstone"), (isolated.topic_identity, "tombstone"),
-                         (isolated.topic_accounts, "tombstone"), (isolated.topic_profiles, "wrong_partition")}
+                         (isolated.topic_accounts, "tombstone"), (isolated.topic_profiles, "wrong_partition"),
+                         (isolated.topic_profiles, "tombstone")}
     assert "leadstream forget" in dead[(isolated.topic_events, "tombstone")]["detail"]
     assert "request to forget lead 'carol'" in dead[(isolated.topic_profiles, "wrong_partition")]["detail"]
     wait_for(lambda: scored(proc, "carol", 10), 60, "carol's event scored after the tombstones", 0.3)
@@ -123,6 +125,8 @@ def test_tombstones_where_none_belong_are_dead_lettered_and_the_worker_goes_on(
     # back as an empty value, refused as bad JSON); the tombstones where none belong stay.
     out = leadstream(isolated, "replay-dlq", "--reason", "wrong_partition", "--reason", "tombstone").stdout
     assert "wrong_partition: replayed 1" in out and "not replayable: 3 (a tombstone where none belongs)" in out
+    # It was counted as replayed, and came back as a dead letter at every replay.
+    assert "tombstone: replayed 0" in out and "not replayable: 1 (a request to forget keyed by no lead id (UTF-8 text))" in out
     wait_for(lambda: proc.get("/leads/carol/")[0] == 404, 60, "carol forgotten by the replayed request", 0.3)
 
 
