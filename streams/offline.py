@@ -183,17 +183,20 @@ class OfflineRun:
                                  "decay is evaluated after every event is scored, so give a time at or after it")
             self.at_ms = at_ms
         due: list[tuple[int, str, str]] = []
+        members: list[tuple[str, str]] = []
         for (model, lead_id), state in sorted(self.leads.items()):
             if state.account_id is not None and self.engine.runtime(model).model.accounts is not None:
+                members.append((model, lead_id))
                 self._schedule(due, model, lead_id, state, -1)
             else:
                 self.leads[(model, lead_id)], transitions = self.engine.decay(model, lead_id, state, self.now_ms)
                 self.transitions.extend(transitions)
-        members = sorted({(model, lead_id) for _, lead_id, model in due})
         while due:
             due_ms, lead_id, model = heapq.heappop(due)
             self._schedule(due, model, lead_id, self._decay_member(model, lead_id, due_ms), due_ms)
-        for model, lead_id in members:  # the rest of the way (half-life points decayed since the last due time)
+        # The rest of the way, every member's: half-life points decayed since the last due time (or,
+        # with none due, since the last event), so that accounts stand at the time asked, as leads do.
+        for model, lead_id in members:
             self._decay_member(model, lead_id, self.now_ms)
 
     def _schedule(self, due: list[tuple[int, str, str]], model: str, lead_id: str, state: LeadState, after_ms: int) -> None:

@@ -194,6 +194,17 @@ def test_an_account_crosses_as_each_event_moves_it_as_the_worker_publishes_it(tm
     assert [(r["lead_id"], r["direction"], r["score"], r["time"]) for r in crossings] == [("b", "up", 60, T0 + 1), ("b", "down", 30, T0 + 2)]
 
 
+def test_at_a_later_time_accounts_stand_with_their_members_decayed_scores(tmp_path: Path, capsys) -> None:
+    # A half-life member with no sweep due by --at kept its account at its undecayed score.
+    events = [{"event_id": "t1", "lead_id": "ana", "type": "trial_started", "time": T0, "product": "analytics", "account_id": "acme"}]
+    at = datetime.fromtimestamp((T0 + DAY) / 1000, tz=timezone.utc).isoformat()
+    assert main(["score", "--models", str(MODELS_DIR), "--events", str(write(tmp_path / "e.jsonl", events)), "--at", at]) == 0
+    records = [orjson.loads(line) for line in capsys.readouterr().out.splitlines()]
+    [lead] = [r for r in records if r["record"] == "lead" and r["model"] == "analytics_addon"]
+    [account] = [r for r in records if r["record"] == "account" and r["model"] == "analytics_addon"]
+    assert lead["score"] < 20 and account["score"] == lead["score"]
+
+
 def test_missing_file_and_bad_models_are_clear_errors(tmp_path: Path, capsys) -> None:
     assert main(["score", "--models", str(MODELS_DIR), "--events", str(tmp_path / "none.jsonl")]) == 1
     assert "cannot read events file" in capsys.readouterr().err
