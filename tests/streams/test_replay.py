@@ -29,12 +29,18 @@ MODEL = (
 DEMO_CALL = '[[rules]]\nname = "demo call"\nevent = "demo_call"\npoints = 20\n'
 
 
-def test_unknown_types_replayed_after_the_model_learns_them_score_once(
-    isolated: Settings, worker: Callable[..., WorkerProcess], tmp_path: Path
-) -> None:
+def replays_model(tmp_path: Path) -> Path:
+    """A models directory of the MODEL alone."""
     models = tmp_path / "models"
     models.mkdir()
     (models / "replays.toml").write_text(MODEL)
+    return models
+
+
+def test_unknown_types_replayed_after_the_model_learns_them_score_once(
+    isolated: Settings, worker: Callable[..., WorkerProcess], tmp_path: Path
+) -> None:
+    models = replays_model(tmp_path)
     settings = replace(isolated, models_dir=models, models_reload_s=1)
     running = worker(settings)
     start = int(time.time() * 1000) - 2 * HOUR_MS
@@ -89,10 +95,7 @@ def test_an_integer_lead_id_goes_to_its_partition_and_a_still_refused_input_is_s
     # An integer lead id went back as it came, to the wrong partition, at every replay; and each
     # replay sent every letter of an input still refused, those earlier replays left too, so
     # its letters doubled (1, 2, 4, 8).
-    models = tmp_path / "models"
-    models.mkdir()
-    (models / "replays.toml").write_text(MODEL)
-    running = worker(replace(isolated, models_dir=models))
+    running = worker(replace(isolated, models_dir=replays_model(tmp_path)))
     start = int(time.time() * 1000) - HOUR_MS
     elsewhere = next(p for p in range(4) if p != partition_for("7717054266", 4))
     producer = KafkaProducer(bootstrap_servers=isolated.kafka_bootstrap)
