@@ -49,6 +49,13 @@ def run_worker(settings: Settings) -> int:
     PauseClock().install()
 
     class Worker(faust.Worker):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            if not self.stdout.isatty():
+                # Faust draws its progress spinner (cursor hiding, backspaces) into whatever
+                # stdout is, and a log file or a log collector kept the control codes.
+                self.spinner = None
+
         async def on_stop(self) -> None:
             # A thread: the event loop may be the one waiting.
             threading.Thread(target=_exit_unless_stopped, name="stop-deadline", daemon=True).start()

@@ -83,3 +83,14 @@ def test_a_worker_whose_broker_is_gone_mid_stream_stops_on_sigterm_within_the_bu
         assert f"not stopped within {STOP_TIMEOUT_S:.0f} s of being told to" in worker.tail(400)
     finally:
         worker.kill()
+
+
+def test_a_worker_logging_to_a_file_writes_no_terminal_control_codes(isolated: Settings) -> None:
+    # At level warning Faust drew its progress spinner (cursor hiding, backspaces) into the log
+    # file as well as into a terminal.
+    worker = WorkerProcess(isolated.with_overrides(log_level="warning"))
+    worker.start()
+    worker.stop()
+    log = worker.log.read_bytes()
+    assert worker.proc is not None and worker.proc.returncode == 0, worker.tail()
+    assert b"\x1b" not in log and b"\x08" not in log, log[-2000:]
