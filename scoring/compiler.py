@@ -174,6 +174,8 @@ class _Function:
             f"    state.remember_event(event_id, time_ms, {remember})",
             "if time_ms > watermark_ms:",
             "    state.watermark_ms = time_ms",
+            # Without a half-life the points are valued at the newest event (LeadState.as_of_ms).
+            *([] if self.half_life else ["    if time_ms > state.as_of_ms:", "        state.as_of_ms = time_ms"]),
             "state.revision += 1",
             "outcome = COUNTED",
             "account_id = event.account_id",

@@ -156,7 +156,8 @@ def summary(runtime: ModelRuntime, lead_id: str, state: LeadState, now_ms: int) 
     current = at_time(runtime, lead_id, state, now_ms)
     # Half-life points a sweep, a merge or a later event valued at a later time than asked are
     # at that time (decay is not undone): the summary says so.
-    out: dict[str, Any] = {"lead_id": lead_id, "model": runtime.name, "time": max(now_ms, current.as_of_ms)}
+    valued_ms = max(now_ms, current.as_of_ms) if runtime.half_life is not None else now_ms
+    out: dict[str, Any] = {"lead_id": lead_id, "model": runtime.name, "time": valued_ms}
     _put_labels(out, runtime, current)
     out["last_activity_ms"] = current.last_activity_ms or None
     out["account_id"] = current.account_id

@@ -126,6 +126,8 @@ def merge(
     # events up to the link (one made anew after it was forgotten) sent its merged score at an
     # earlier time than an update it had sent before, which its account refused.
     state.watermark_ms = max(state.watermark_ms, source.watermark_ms, time_ms)
+    if runtime.half_life is None:
+        state.as_of_ms = max(state.as_of_ms, source.as_of_ms, state.watermark_ms)
     state.forgotten_before_ms = max(state.forgotten_before_ms, source.forgotten_before_ms)
     state.revision = max(state.revision, source.revision) + 1
     # The visitor's windows and ids beyond the lateness go now, as the lead's went at its events.

@@ -205,7 +205,9 @@ class LeadState:
 
     behaviour: float
     fit: float
-    #: Half-life decay: the time `behaviour` is valued at.
+    #: The time `behaviour` is valued at: under a half-life, the latest an event, a sweep or a
+    #: merge valued it at; without one, the newest event time, so that a model edited to a
+    #: half-life decays the points it has from then.
     as_of_ms: int
     #: Time of the newest event that matched a positive rule; 0 before any.
     last_activity_ms: int
@@ -287,7 +289,7 @@ class LeadState:
     @classmethod
     def from_bytes(cls, data: bytes | bytearray | memoryview) -> LeadState:
         if data[:1] == b"[":  # a JSON layout of an earlier version
-            return _from_json_layout(data)
+            return _valued_once(_from_json_layout(data))
         try:
             values: tuple[Any, ...] = _decode_layout(data)
             version = _LEAD_VERSION
@@ -312,7 +314,7 @@ class LeadState:
         if values[0] < _PAID_MARKS:  # layout 8 writes its counters newest first, with paid marks
             _order_windows(state.windows)
             _mark_earlier_bonus_counts(state.windows)
-        return state
+        return _valued_once(state)
 
     def copy(self) -> LeadState:
         return LeadState.from_bytes(self.to_bytes())
@@ -421,6 +423,16 @@ def _check_pairs_and_triples(windows: dict[str, list[int]], history: list[Any]) 
         and all(value.__class__ is str for value in history[2::3])
     ):
         raise StateError("lead state has a history that is not (time, points, label) triples")
+
+
+def _valued_once(state: LeadState) -> LeadState:
+    """A state written before `as_of_ms` was kept without a half-life (0): its points are
+    valued at its newest event. A model edited to a half-life decayed them from 1970 to nothing,
+    and stamped the crossings down with 1970 times. (Valued at their own event times they would
+    be lower, but a state keeps no per-event points.)"""
+    if not state.as_of_ms:
+        state.as_of_ms = state.watermark_ms
+    return state
 
 
 def _from_json_layout(data: bytes | bytearray | memoryview) -> LeadState:

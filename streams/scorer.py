@@ -28,7 +28,9 @@ from typing import Any, Sequence
 import orjson
 
 from scoring import Engine, Event, LeadState, MemberScore, Rejection, Transition, identity
+from scoring.decay import HalfLifeDecay
 from scoring.errors import StateError
+from scoring.model import Model
 from scoring.events import EMPTY_ENVELOPE, MAX_EVENT_BYTES, decode_message, parse_value, too_large, unreadable
 from streams import erasure, lead_states, metrics, read_offsets, stitching
 from streams.deadletter import DeadLetter
@@ -149,6 +151,21 @@ class DecayIndex:
         return sum(len(heap) for heap in self._heaps.values())
 
 
+def _reschedules(model: Model, was: Model | None) -> bool:
+    """Whether an edit from `was` to `model` may change when its leads' decay is next due, so
+    that the steps scheduled would be applied late or never: a schedule changed; for a
+    half-life, anything the time a score falls through a line depends on (the lines, fit
+    points, floor, accounts); a model new to the worker, or back in the directory (a sweep drops
+    the due steps of a model that is not there)."""
+    if model.decay is None:
+        return False  # steps left scheduled find nothing due, and go
+    if was is None:
+        return True
+    if isinstance(model.decay, HalfLifeDecay):
+        return model != was
+    return model.decay != was.decay
+
+
 class Scorer:
     def __init__(self, engine: Engine, settings: Settings, store: LiveTable[LeadState | str], outbox: Outbox, partitions: int,
                  committed: erasure.Committed | None = None, log_end: read_offsets.LogEnd | None = None,
@@ -185,14 +202,13 @@ class Scorer:
         worker runs, streams/model_reload.py), with what a restart would do to the states."""
         async with self._turn():
             await self.in_flight.wait()
-            before = {model.name: model.decay for model in self.engine.models}
+            before = {model.name: model for model in self.engine.models}
             self.engine = engine
             self.models = {model.name for model in engine.models}
             # Fit points derived under the old [[fit]] rules are cached in the live states.
             self.store.drop_live()
-            # Scheduled steps are right unless a schedule changed (one coming due sooner
-            # would be applied late); re-indexing costs what a recovery's indexing does.
-            if any(model.decay != before.get(model.name, model.decay) for model in engine.models):
+            # Re-indexing costs what a recovery's indexing does: only when a due time may differ.
+            if any(_reschedules(model, before.get(model.name)) for model in engine.models):
                 self.rebuild_indexes(owned)
 
     def _turn(self) -> asyncio.Lock:

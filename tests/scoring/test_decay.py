@@ -175,6 +175,20 @@ def test_half_life_is_exact_whenever_evaluated_and_discounts_late_events() -> No
     assert run.state().behaviour == pytest.approx(20 + 40 + 20)
 
 
+def test_a_model_switched_to_a_half_life_values_earlier_points_at_the_lead_s_newest_event() -> None:
+    # A state written under steps (or no decay) had never been valued under a half-life: its
+    # points were decayed from 1970, to 0, and the crossing down was stamped with a 1970 time.
+    steps = Run(engine(STEPS)).apply(ev("visit"), ev("visit", at=DAY))  # 80: sql (at 60)
+    switched = Run(engine(HALF_LIFE), store=dict(steps.store))
+    assert decayed(switched, 11) == pytest.approx(40, abs=0.01)  # one half-life after the newest event
+    due = switched.engine.next_due_ms("m", switched.state())
+    assert due == pytest.approx(T0 + DAY + 10 * DAY * math.log2(80 / 60), abs=2)
+    _, [down] = switched.engine.decay("m", "L1", switched.state(), due)
+    assert (down.to_level, down.time_ms) == ("mql", due)
+    switched.apply(ev("visit", at=11 * DAY))
+    assert switched.score() == pytest.approx(80, abs=0.01)
+
+
 def test_half_life_next_due_is_when_the_score_falls_through_the_level() -> None:
     run = Run(engine(HALF_LIFE)).apply(ev("visit"), ev("visit"))  # 80: sql (at 60)
     due = run.engine.next_due_ms("m", run.state())

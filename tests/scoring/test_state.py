@@ -160,6 +160,7 @@ def lead_states(draw: st.DrawFn) -> LeadState:
     state.behaviour, state.as_of_ms, state.last_activity_ms = draw(_NUMBER), draw(_MS), draw(_MS)
     state.steps_taken = draw(st.lists(_NUMBER, max_size=3))
     state.watermark_ms, state.crossings = draw(_MS), draw(st.integers(0, 10**6))
+    state.as_of_ms = state.as_of_ms or state.watermark_ms  # 0 only before any event (see the test below)
     state.traits = draw(st.dictionaries(_TEXT, _JSON, max_size=4))
     state.account_id = draw(st.none() | _ID)
     state.ledger = draw(st.dictionaries(_TEXT, st.lists(_NUMBER, min_size=4, max_size=4), max_size=4))
@@ -209,6 +210,13 @@ def test_states_of_earlier_layouts_are_still_read_without_the_fields_they_lacked
         assert getattr(read, name) == getattr(new, name)
         setattr(read, name, getattr(state, name))
     assert read == state and read.revision == state.revision
+
+
+def test_a_state_written_before_as_of_was_kept_without_a_half_life_is_valued_at_its_newest_event() -> None:
+    state = LeadState.new("cold", 0)
+    state.behaviour, state.watermark_ms = 40, 1_762_128_000_000
+    assert LeadState.from_bytes(state.to_bytes()).as_of_ms == 1_762_128_000_000
+    assert LeadState.from_bytes(LeadState.new("cold", 0).to_bytes()).as_of_ms == 0
 
 
 def _json_log(items: list[str]) -> str:

@@ -69,10 +69,6 @@ def test_a_running_worker_applies_an_edit_and_keeps_scoring_through_a_broken_one
     settings = replace(isolated, models_dir=write_model(tmp_path / "models", vp_points=30), models_reload_s=1)
     running = worker(settings)
 
-    def save(text: str) -> None:  # as editors save: the worker never reads a half-written file
-        (settings.models_dir / "edits.toml.tmp").write_text(text)
-        os.replace(settings.models_dir / "edits.toml.tmp", settings.models_dir / "edits.toml")
-
     def models() -> dict:
         status, body = running.get("/models/")
         assert status == 200, body
@@ -92,7 +88,7 @@ def test_a_running_worker_applies_an_edit_and_keeps_scoring_through_a_broken_one
 
     # The edit applies without a restart, to the lead the worker holds live: its fit points
     # are worked out again under the new rule before any new event.
-    save(model_text(vp_points=5))
+    save(settings, model_text(vp_points=5))
     wait_for(lambda: models()["fingerprint"] != loaded["fingerprint"], what="the edit applied")
     assert (explained()["score"], explained()["fit"]) == (10, [{"rule": "vp", "points": 5}])
     leadstream(isolated, "send", str(write_jsonl(tmp_path / "second.jsonl", [signup(start, 1)])))
@@ -101,7 +97,7 @@ def test_a_running_worker_applies_an_edit_and_keeps_scoring_through_a_broken_one
     applied = models()
 
     # A broken edit is reported, and the worker scores on with the models it has.
-    save(model_text(vp_points='"many"'))
+    save(settings, model_text(vp_points='"many"'))
     wait_for(lambda: models()["error"] is not None, what="the broken edit reported")
     error = models()["error"]
     assert "edits.toml" in error and "vp" in error and "points" in error, error
@@ -111,7 +107,7 @@ def test_a_running_worker_applies_an_edit_and_keeps_scoring_through_a_broken_one
     wait_for(lambda: explained()["score"] == 20, what="the third signup scored under the last good models")
 
     # Fixed: applied, and the alert clears.
-    save(model_text(vp_points=10))
+    save(settings, model_text(vp_points=10))
     wait_for(lambda: models()["error"] is None, what="the fixed edit applied")
     assert explained()["fit"] == [{"rule": "vp", "points": 10}]
     assert running.metric("leadstream_models_broken") == [0.0]
@@ -136,10 +132,85 @@ def test_an_edit_that_brings_a_decay_step_forward_applies_it_when_now_due(
     signups = [signup(ten_days_ago - 3 * HOUR_MS, n) for n in range(4)]  # 4 x 5 points, and 1 of fit
     leadstream(isolated, "send", str(write_jsonl(tmp_path / "events.jsonl", signups)))
     assert [(c["to_level"], c["score"]) for _, c in read_topic(isolated, isolated.topic_crossings, expect=1)] == [("mql", 21)]
-    fingerprint = orjson.loads(running.get("/models/")[1])["fingerprint"]
-
-    (settings.models_dir / "edits.toml.tmp").write_text(model("7d"))
-    os.replace(settings.models_dir / "edits.toml.tmp", settings.models_dir / "edits.toml")
-    wait_for(lambda: orjson.loads(running.get("/models/")[1])["fingerprint"] != fingerprint, what="the edit applied")
+    apply_edit(running, lambda: save(settings, model("7d")))
     crossed = read_topic(isolated, isolated.topic_crossings, expect=2)
     assert [(c["from_level"], c["to_level"], c["score"]) for _, c in crossed] == [("lead", "mql", 21), ("mql", "lead", 1)]
+
+
+def running_edits(isolated: Settings, worker: Callable[..., WorkerProcess], tmp_path: Path, text: str) -> tuple[Settings, WorkerProcess]:
+    """A worker that looks for edits and sweeps decay every second, its models directory holding
+    `text` as edits.toml and a second model (so that edits.toml may be taken away)."""
+    settings = replace(isolated, models_dir=tmp_path / "models", models_reload_s=1, decay_interval_s=1)
+    settings.models_dir.mkdir()
+    (settings.models_dir / "edits.toml").write_text(text)
+    (settings.models_dir / "other.toml").write_text(model_text(vp_points=1).replace('"edits"', '"other"'))
+    return settings, worker(settings)
+
+
+def apply_edit(running: WorkerProcess, edit: Callable[[], object]) -> None:
+    """Makes the edit and waits until the worker has applied it."""
+    fingerprint = orjson.loads(running.get("/models/")[1])["fingerprint"]
+    edit()
+    wait_for(lambda: orjson.loads(running.get("/models/")[1])["fingerprint"] != fingerprint, what="the edit applied")
+
+
+def four_signups(at_ms: int) -> list[dict]:
+    """20 behaviour points and 1 of fit: mql (at 20)."""
+    return [{**signup(at_ms, n), "time": at_ms + n} for n in range(4)]
+
+
+def save(settings: Settings, text: str) -> None:
+    """As editors save: the worker never reads a half-written file."""
+    (settings.models_dir / "edits.toml.tmp").write_text(text)
+    os.replace(settings.models_dir / "edits.toml.tmp", settings.models_dir / "edits.toml")
+
+
+def test_a_model_edited_from_steps_to_a_half_life_decays_leads_from_their_newest_event(
+    isolated: Settings, worker: Callable[..., WorkerProcess], tmp_path: Path
+) -> None:
+    """The states written under steps had never been valued under a half-life: they were
+    decayed from 1970 to nothing, and crossed down with a 1970 time."""
+    steps = model_text(vp_points=1) + '[decay]\nsteps = [{ idle = "30d", points = -15 }]\n'
+    settings, running = running_edits(isolated, worker, tmp_path, steps)
+    leadstream(isolated, "send", str(write_jsonl(tmp_path / "events.jsonl", four_signups(int(time.time() * 1000) - 2 * HOUR_MS))))
+    assert [(c["to_level"], c["score"]) for _, c in read_topic(isolated, isolated.topic_crossings, expect=1)] == [("mql", 21)]
+
+    apply_edit(running, lambda: save(settings, model_text(vp_points=1) + '[decay]\nhalf_life = "30d"\n'))
+    time.sleep(3)  # three sweeps
+    explained = orjson.loads(running.get("/leads/ada/")[1])["models"]["edits"]
+    assert 20.9 < explained["score"] < 21 and explained["level"] == "mql"  # 20 x 2^(-2 h / 30 d), and 1 of fit
+    assert len(read_topic(isolated, isolated.topic_crossings)) == 1
+
+
+def test_an_edit_of_a_half_life_model_s_lines_schedules_the_crossing_its_decay_now_makes(
+    isolated: Settings, worker: Callable[..., WorkerProcess], tmp_path: Path
+) -> None:
+    """The decay index was rebuilt only when the decay changed: a line raised near the score
+    was crossed at the lead's next event, or when its old line was due."""
+    half_life = '[decay]\nhalf_life = "1h"\n'
+    settings, running = running_edits(isolated, worker, tmp_path, model_text(vp_points=1) + half_life)
+    leadstream(isolated, "send", str(write_jsonl(tmp_path / "events.jsonl", four_signups(int(time.time() * 1000)))))
+    assert [c["to_level"] for _, c in read_topic(isolated, isolated.topic_crossings, expect=1)] == ["mql"]  # due in 266 s
+
+    raised = model_text(vp_points=1).replace("at = 20", "at = 20.9") + half_life  # 20 x 2^(-t / 1 h) = 19.9: t = 26 s
+    apply_edit(running, lambda: save(settings, raised))
+    crossed = read_topic(isolated, isolated.topic_crossings, expect=2, timeout_s=90)
+    assert [(c["from_level"], c["to_level"]) for _, c in crossed] == [("lead", "mql"), ("mql", "lead")]
+    assert 20.8 < crossed[1][1]["score"] < 20.9
+
+
+def test_a_step_that_fell_due_while_its_model_was_out_of_the_directory_is_taken_when_it_is_back(
+    isolated: Settings, worker: Callable[..., WorkerProcess], tmp_path: Path
+) -> None:
+    steps = model_text(vp_points=1) + '[decay]\nsteps = [{ idle = "30d", points = -15 }]\n'
+    settings, running = running_edits(isolated, worker, tmp_path, steps)
+    due_ms = int(time.time() * 1000) + 8_000
+    leadstream(isolated, "send", str(write_jsonl(tmp_path / "events.jsonl", four_signups(due_ms - 30 * 24 * HOUR_MS))))
+    assert [c["to_level"] for _, c in read_topic(isolated, isolated.topic_crossings, expect=1)] == ["mql"]
+
+    held = tmp_path / "edits.toml"
+    apply_edit(running, lambda: os.replace(settings.models_dir / "edits.toml", held))
+    wait_for(lambda: time.time() * 1000 > due_ms + 2_000, timeout_s=30, what="the step due, and swept")
+    apply_edit(running, lambda: os.replace(held, settings.models_dir / "edits.toml"))
+    crossed = read_topic(isolated, isolated.topic_crossings, expect=2)
+    assert [(c["from_level"], c["to_level"], c["score"]) for _, c in crossed] == [("lead", "mql", 21), ("mql", "lead", 6)]
