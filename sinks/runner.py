@@ -28,6 +28,7 @@ a message too large for it, or one whose message the connector still cannot read
 from __future__ import annotations
 
 import logging
+import os
 import random
 import signal
 import threading
@@ -418,12 +419,29 @@ def _tp(message: object):  # type: ignore[no-untyped-def]
     return TopicPartition(message.topic, message.partition)  # type: ignore[attr-defined]
 
 
+def stop_on_signals(stop: threading.Event) -> None:
+    """SIGTERM and SIGINT set `stop`, from a thread of its own. A handler that set it ran in the
+    main thread, between two of its bytecodes, and the event's lock is not re-entrant: a signal
+    coming while the main thread held it (in `stop.wait`, or in the handler of a signal before,
+    as `timeout` and process managers send SIGTERM twice) left the connector hung for good."""
+    woken, wake = os.pipe()
+    os.set_blocking(wake, False)
+    signal.set_wakeup_fd(wake)  # Python's C handler writes to it, taking no lock
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: None)
+
+    def wait() -> None:
+        os.read(woken, 1)
+        stop.set()
+
+    threading.Thread(target=wait, name="sink-signals", daemon=True).start()
+
+
 def run_sink(sink: Sink[T], settings: Settings) -> int:
     """`leadstream sink NAME`: deliver until SIGTERM or Ctrl-C, with /metrics, /healthz, /readyz."""
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     runner = SinkRunner(sink, settings)
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: runner.stop.set())
+    stop_on_signals(runner.stop)
     server = probes.serve(settings.metrics_port, runner.ready, settings.bind_host, "LEADSTREAM_METRICS_PORT")
     watcher = threading.Thread(target=runner.watch, name="sink-watch", daemon=True)
     watcher.start()

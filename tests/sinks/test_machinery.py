@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -279,3 +281,24 @@ def test_the_workers_account_crossings_parse_and_name_their_members() -> None:
     parsed = Crossing.from_json(orjson.dumps(written.to_dict()))
     assert (parsed.kind, parsed.account_id, parsed.lead_id, parsed.grade) == ("account", "acme", "lead-2", "")
     assert parsed.reasons_text() == "lead-2 +90, lead-7 +70"
+
+
+#: SIGTERM twice while the main thread holds the stop event's lock (as inside `stop.wait`).
+_SIGNALLED_HOLDING_THE_LOCK = """
+import os, signal, sys, threading
+from sinks.runner import stop_on_signals
+stop = threading.Event()
+stop_on_signals(stop)
+with stop._cond:
+    os.kill(os.getpid(), signal.SIGTERM)
+    os.kill(os.getpid(), signal.SIGTERM)
+    sum(range(100_000))  # bytecodes: the handlers run here
+sys.exit(0 if stop.wait(10) else 3)
+"""
+
+
+def test_a_connector_told_to_stop_while_it_holds_the_stop_event_s_lock_stops() -> None:
+    # The handler set the event itself, in the main thread: it waited for the lock its own
+    # thread held, and the connector hung for good (seen under `timeout`, which signals twice).
+    done = subprocess.run([sys.executable, "-c", _SIGNALLED_HOLDING_THE_LOCK], cwd=PROJECT_ROOT, timeout=30, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
