@@ -18,7 +18,8 @@ resumes the streams and before the worker reports ready). It reads each partitio
 consumer of its own, `getmany` in large fetches, from the first offset it does not hold to
 the partition's current end, and writes key -> value straight into the dict (150-300k
 records/s here): the latest record of a key wins, a tombstone (null value) deletes it, as in
-Faust's memory store.
+Faust's memory store. Faust's count of the records its recovery has left has none of these: the
+store counts what its restore has left itself (`restore_remaining`).
 
 One restore runs at a time, the latest assignment's (a new rebalance cancels the one before, see
 `on_recovery_completed`), and a restore that fails stops the worker: Faust would go on and
@@ -64,6 +65,10 @@ class BulkRestoreStore(memory.Store):  # type: ignore[type-arg]  # faust's Store
         # offset of each active changelog partition when it was assigned.
         self._claimed: dict[TP, int] = {}
         self._consumer: Optional[AIOKafkaConsumer] = None
+        # Changelog records the restore running has left to read, counted in offsets as Faust's
+        # recovery counts its own (a compacted log holds fewer records); 0 between restores.
+        # Counted again after each fetch.
+        self.restore_remaining = 0
         # The restore running on `_consumer`, if any (on_recovery_completed).
         self._restoring: Optional[asyncio.Future[None]] = None
 
@@ -185,6 +190,7 @@ class BulkRestoreStore(memory.Store):  # type: ignore[type-arg]  # faust's Store
         finally:
             # Nothing assigned between restores: the consumer fetches nothing in the meantime.
             consumer.unsubscribe()
+            self.restore_remaining = 0  # also when cut short: the next restore counts its own
 
     async def _read_to_end(self, consumer: AIOKafkaConsumer, partitions: dict[TopicPartition, TP]) -> None:
         ends = await consumer.end_offsets(list(partitions))
@@ -209,6 +215,7 @@ class BulkRestoreStore(memory.Store):  # type: ignore[type-arg]  # faust's Store
         started, count = time.monotonic(), 0
         consumer.pause(*(kafka_tp for kafka_tp in partitions if kafka_tp not in todo))
         data, key_partition = self.data, self._key_partition
+        self.restore_remaining = await self._unread(consumer, partitions, todo)
         while todo:
             await asyncio.sleep(0)  # getmany returns without yielding while records are buffered
             batches = await consumer.getmany(*todo, timeout_ms=1000)
@@ -227,16 +234,27 @@ class BulkRestoreStore(memory.Store):  # type: ignore[type-arg]  # faust's Store
                     # The data holds this partition up to here: a restore cut short by a new
                     # rebalance goes on from it.
                     self._applied[partitions[kafka_tp]] = records[-1].offset
-            for kafka_tp, end in list(todo.items()):
-                if await consumer.position(kafka_tp) >= end:
-                    self._applied[partitions[kafka_tp]] = end - 1
-                    consumer.pause(kafka_tp)
-                    del todo[kafka_tp]
+            self.restore_remaining = await self._unread(consumer, partitions, todo)
         elapsed = time.monotonic() - started
         log.info(
             "table restored in bulk: table=%s records=%d keys=%d seconds=%.2f records_per_s=%d",
             self.table_name, count, len(data), elapsed, count / elapsed if elapsed else 0,
         )
+
+    async def _unread(self, consumer: AIOKafkaConsumer, partitions: dict[TopicPartition, TP],
+                      todo: dict[TopicPartition, int]) -> int:
+        """Offsets left to read before the end offsets in `todo`. A partition read to its end
+        leaves `todo`, held up to there, and is paused."""
+        left = 0
+        for kafka_tp, end in list(todo.items()):
+            position = await consumer.position(kafka_tp)
+            if position >= end:
+                self._applied[partitions[kafka_tp]] = end - 1
+                consumer.pause(kafka_tp)
+                del todo[kafka_tp]
+            else:
+                left += end - position
+        return left
 
     def _drop_partition(self, partition: int) -> None:
         doomed = [key for key, p in self._key_partition.items() if p == partition]

@@ -1,16 +1,23 @@
 """The bulk-restoring table store (streams/bulk_store.py) on the real broker: every key ends with
 its latest changelog value, tombstones delete, a partition held is read on from where it was,
-and a partition no longer active is forgotten (and read from its beginning if it comes back)."""
+a partition no longer active is forgotten (and read from its beginning if it comes back), and
+the worker's recovery gauge counts down what a restore has left."""
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any, cast
 
 import faust
+import pytest
+from faust.tables.manager import TableManager
 from faust.types import TP
 from kafka import KafkaProducer
+from prometheus_client import REGISTRY
 
 from streams import bulk_store
+from streams.app import create_app
+from streams.model_reload import ModelDirectory
 from streams.settings import Settings
 from streams.topics import TopicSpec, ensure_topics
 
@@ -146,5 +153,56 @@ def test_a_restore_that_fails_stops_the_worker_and_never_completes_the_recovery(
             restore.cancel()  # as the worker's shutdown does
             await asyncio.wait([restore])
             await store.on_stop()
+
+    asyncio.run(scenario())
+
+
+def test_the_recovery_gauge_counts_down_the_records_a_bulk_restore_has_left(
+    isolated: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`leadstream_table_recovery_remaining` showed only Faust's own count, which the bulk
+    restore leaves at 0 (the store claims every partition read to its end): it said 0 for as
+    long as a worker restored its tables. It is what the restore has left before each fetch,
+    and 0 once it is done; what Faust's own recovery has left counts too."""
+    # No Faust sensors: they register in the process's one Prometheus registry, as another test's app does.
+    settings = isolated.with_overrides(faust_sensors=False)
+    app = create_app(settings, ModelDirectory(settings.models_dir))
+    table = app.tables["leads"]
+    assert isinstance(table, bulk_store.BulkRestoredTable)
+    topic = table.changelog_topic_name
+    ensure_topics(settings, [TopicSpec(topic, PARTITIONS)])
+    total = 8000  # one record per key: the keys restored are the records read
+    write(settings, topic, [(i % PARTITIONS, f"lead-{i}".encode(), b"s" * 100) for i in range(total)])
+    # Small fetches, so that the restore takes many.
+    monkeypatch.setattr(bulk_store, "MAX_PARTITION_FETCH_BYTES", 16 * 1024)
+
+    def gauge() -> float | None:
+        return REGISTRY.get_sample_value("leadstream_table_recovery_remaining")
+
+    async def scenario() -> None:
+        store = table.store
+        consumer = await store._ensure_consumer()
+        fetch = consumer.getmany
+        seen: list[tuple[float | None, int]] = []  # (gauge, keys restored) before each fetch
+
+        async def getmany(*tps: Any, **kwargs: Any) -> Any:
+            seen.append((gauge(), len(store.data)))
+            return await fetch(*tps, **kwargs)
+
+        monkeypatch.setattr(consumer, "getmany", getmany)
+        try:
+            await store.on_recovery_completed({TP(topic, p) for p in range(PARTITIONS)}, set())
+        finally:
+            await store.on_stop()
+        assert len(store.data) == total
+        assert len(seen) >= 4, seen  # several fetches, so several counts between the first and the last
+        assert seen[0] == (total, 0)
+        assert [left for left, _ in seen] == [total - restored for _, restored in seen]
+        assert gauge() == 0
+        # Faust's own recovery, with 30 records left of a partition the store could not claim.
+        recovery = cast(TableManager, app.tables).recovery
+        recovery.active_highwaters[TP(topic, 0)] = 40
+        recovery.active_offsets[TP(topic, 0)] = 10
+        assert gauge() == 30
 
     asyncio.run(scenario())
