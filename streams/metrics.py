@@ -81,6 +81,11 @@ OFFSET_ANOMALIES = Counter(
     "(a first message after a rebalance's seek beyond the offset sought: the partition sought back to it).",
     ["kind"],
 )
+# The series the shipped alerts take `increase` of exist from the start, at 0: one that first
+# appears at 1 has increased by nothing, and the first internal error, or gap, went unalerted.
+EVENTS_REJECTED.labels("internal_error")
+for _kind in ("gap", "log_hole", "repeat", "sought_back"):
+    OFFSET_ANOMALIES.labels(_kind)
 REBALANCES = Counter("leadstream_rebalances", "Consumer group rebalances this worker went through.")
 MODEL_RELOADS = Counter(
     "leadstream_model_reloads", "Edits of the models directory the worker found: applied, or rejected (they do not load).", ["outcome"]

@@ -89,6 +89,15 @@ def test_prometheus_scrapes_the_worker_the_collector_and_every_sink_of_the_compo
     assert targets == expected
 
 
+def test_queries_of_prometheus_s_own_series_name_jobs_it_scrapes() -> None:
+    # A worker stopped among others that run: its series go stale, the others' say ready, and
+    # only Prometheus's `up` of its job says it is gone.
+    scrape = yaml.safe_load((PROJECT_ROOT / "infra" / "prometheus" / "prometheus.yml").read_text())
+    jobs = {job["job_name"] for job in scrape["scrape_configs"]}
+    named = {job for query in alert_queries() + dashboard_queries() for job in re.findall(r'job="([^"]+)"', query)}
+    assert "leadstream-worker" in named and named <= jobs, sorted(named - jobs)
+
+
 #: Gauges each process exports for its whole consumer group, as the broker sees it: with two
 #: workers (or two replicas of a connector) every partition's lag is exported twice, so a query
 #: must take one value per partition (max by its labels) before any sum.

@@ -73,6 +73,9 @@ def test_worker_metrics_count_a_known_stream_exactly(isolated: Settings, worker:
     # start has an age too.
     assert began < sample(text, 'leadstream_batch_done_timestamp_seconds{stage="rollup"}') <= time.time()
     assert "leadstream_faust_" in text  # Faust's own sensors beside ours
+    # Alerts take `increase` of these: a series that first appeared at 1 increased by nothing.
+    assert sample(text, 'leadstream_events_rejected_total{reason="internal_error"}') == 0
+    assert sample(text, 'leadstream_offset_anomalies_total{kind="gap"}') == 0
 
 
 def test_the_event_time_lag_grows_while_nothing_is_scored() -> None:
