@@ -28,6 +28,9 @@ from scoring.repeat import join_seen, merge_counts
 from scoring.state import KEY_CHARS, NO_IDS, LeadState, kept_key
 from scoring.thresholds import Transition
 
+#: An anonymous visitor's lead id is this + its `anonymous_id` (the collector keys its events so).
+ANONYMOUS_PREFIX = "anon:"
+
 if TYPE_CHECKING:
     from scoring.engine import Engine
 
@@ -96,7 +99,8 @@ def merge(
     wanted = before + source.behaviour - held_back * weight
     state.behaviour = _bounded(before, wanted, runtime.floor * weight, runtime.ceiling * weight)
     _take_off(state, added, wanted - state.behaviour)
-    state.record(time_ms, state.behaviour - before, f"merged from anonymous visitor {source_lead_id}", runtime.history)
+    merged = "anonymous visitor" if source_lead_id.startswith(ANONYMOUS_PREFIX) else "lead"  # an alias merges known leads too
+    state.record(time_ms, state.behaviour - before, f"merged from {merged} {source_lead_id}", runtime.history)
 
     for key, values in source.seen.items():  # the lead's are kept first, as its traits win
         state.seen[key] = join_seen(values, state.seen.get(key, {}))

@@ -38,9 +38,9 @@ import orjson
 from scoring.events import (
     MAX_ID_CHARS, MAX_NESTING, MAX_TIME_MS, MIN_TIME_MS, PROFILE_TYPES, Rejection, is_id, nesting, parse_event,
 )
+from scoring.identity import ANONYMOUS_PREFIX
 from streams.errors import ConfigError, RequestRejected
 
-ANONYMOUS_PREFIX = "anon:"
 CALL_TYPES = ("track", "page", "screen", "identify", "group", "alias")
 EVENT_NAME_STYLES = ("snake_case", "verbatim")
 PAGE_FIELDS = ("url", "path", "title", "referrer", "search")

@@ -46,8 +46,8 @@ import msgspec
 from scoring import LeadState
 from scoring.errors import StateError
 from scoring.events import MAX_ID_CHARS, MAX_TIME_MS, UNDECODABLE, Id, Rejection, is_id, optional_id
+from scoring.identity import ANONYMOUS_PREFIX
 from streams.outbox import Headers, encode_json
-from streams.segment import ANONYMOUS_PREFIX
 
 if TYPE_CHECKING:
     from scoring import Transition

@@ -44,6 +44,14 @@ def test_a_merge_adds_the_visitors_points_and_crosses_once() -> None:
     assert (score("u", again), more) == (21, [])
 
 
+def test_a_known_lead_merged_by_an_alias_is_named_a_lead() -> None:
+    # It was called an anonymous visitor, whatever it was.
+    states = scored(page("u2", 1, "https://acme.io/pricing"), page("u3", 2, "https://acme.io/about"))
+    merged, _ = merge(ENGINE, "b2b", "u3", states["u3"], states["u2"], "u2", T + 10_000)
+    rules = [row["rule"] for row in ENGINE.explain("b2b", "u3", merged, T + 10_000)["history"]]
+    assert "merged from lead u2" in rules and not any("anonymous" in rule for rule in rules)
+
+
 def test_a_long_visitors_merge_is_remembered_as_a_digest_and_still_merged_once() -> None:
     visitor = "anon:" + "é" * 80  # an id of 256 characters is allowed: whole, its marker took a quarter KB of the state
     states = scored(page(visitor, 1, "https://acme.io/pricing"), page("u", 3, "https://acme.io/about"))
