@@ -64,6 +64,10 @@ class SalesforceSink(CrossingSink):
     def _connect(self, settings: Settings) -> Salesforce:
         version = settings.salesforce_api_version
         if settings.salesforce_instance_url and settings.salesforce_access_token:
+            if not settings.salesforce_instance_url.lower().startswith("https://"):
+                # simple-salesforce puts https:// before the host whatever the URL says.
+                raise ConfigError(f"LEADSTREAM_SALESFORCE_INSTANCE_URL={settings.salesforce_instance_url}: Salesforce is "
+                                  "reached over HTTPS only; give the instance's https:// URL")
             return Salesforce(instance_url=settings.salesforce_instance_url, session_id=settings.salesforce_access_token,
                               version=version, session=self.session)
         if settings.salesforce_username:

@@ -196,6 +196,10 @@ def test_an_answer_that_never_ends_fails_the_attempt_at_the_timeout(
 @pytest.mark.parametrize(("overrides", "named"), [
     # It went on to log in without a password, and failed on the network with urllib3's words.
     ({"salesforce_username": "api@acme.example"}, "LEADSTREAM_SALESFORCE_PASSWORD is empty: a password login"),
+    # simple-salesforce reaches an instance over HTTPS whatever its URL says: every delivery to
+    # an http:// one failed with an SSL error.
+    ({"salesforce_instance_url": "http://127.0.0.1:9", "salesforce_access_token": "t"},
+     "LEADSTREAM_SALESFORCE_INSTANCE_URL=http://127.0.0.1:9: Salesforce is reached over HTTPS only"),
     # No Salesforce here: a login that cannot reach its host says which setting names it.
     ({"salesforce_username": "api@acme.example", "salesforce_password": "pw", "salesforce_domain": "127.0.0.1:9/no"},
      "Salesforce login at 127.0.0.1:9/no.salesforce.com: no answer"),
