@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+from typing import TYPE_CHECKING, Any
 
 from sinks.base import Sink
 from streams.errors import ConfigError
 from streams.settings import Settings
+
+if TYPE_CHECKING:
+    from sinks.mapping import Mapping
+
+log = logging.getLogger("leadstream.sinks")
 
 NAMES = ("hubspot", "salesforce", "webhook", "redis")
 
@@ -16,11 +22,15 @@ def build(name: str, settings: Settings) -> Sink[Any]:
     if name == "hubspot":
         from sinks.hubspot import HubSpotSink
 
-        return HubSpotSink(settings)
+        hubspot = HubSpotSink(settings)
+        warn_of_levels_no_model_has(hubspot.mapping, settings)
+        return hubspot
     if name == "salesforce":
         from sinks.salesforce import SalesforceSink
 
-        return SalesforceSink(settings)
+        salesforce = SalesforceSink(settings)
+        warn_of_levels_no_model_has(salesforce.mapping, settings)
+        return salesforce
     if name == "webhook":
         from sinks.webhook import WebhookSink
 
@@ -30,3 +40,22 @@ def build(name: str, settings: Settings) -> Sink[Any]:
 
         return RedisModelSink(settings)
     raise ConfigError(f"unknown connector {name!r}: one of {', '.join(NAMES)}")
+
+
+def warn_of_levels_no_model_has(mapping: Mapping, settings: Settings) -> None:
+    """A mapping's level names are checked against the models: a typo validated, and the
+    crossings it meant got none of its fields, deal or task. A warning, not a refusal: a
+    connector may be deployed with another copy of the models than the workers'."""
+    from scoring.errors import ModelError
+    from scoring.model import load_directory
+    from sinks.mapping import levels_no_model_has
+
+    try:
+        models = load_directory(settings.models_dir)
+    except ModelError:
+        return  # the worker and `leadstream models` say what is wrong with them
+    unknown = levels_no_model_has(mapping, models)
+    if unknown:
+        levels = sorted({name for model in models for name in model.ladder.names})
+        log.warning("the mapping names levels no model in LEADSTREAM_MODELS_DIR=%s has, so no crossing reaches them: %s "
+                    "(the models' levels: %s)", settings.models_dir, "; ".join(unknown), ", ".join(levels))

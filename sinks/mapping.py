@@ -14,8 +14,9 @@ import string
 import tomllib
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
+from scoring.model import Model
 from sinks.base import Crossing, Reason
 from sinks.errors import MappingError
 
@@ -215,6 +216,24 @@ class _Table:
 
     def table(self, key: str) -> _Table:
         return _Table(self.path, f"{self.where}.{key}" if self.where else key, self.data.get(key, {}))
+
+
+def levels_no_model_has(mapping: Mapping, models: Iterable[Model]) -> list[str]:
+    """Where `mapping` names a level that none of `models` has, as `file [table]: 'level'`: a
+    typo there validated, and the crossings it meant never matched it."""
+    models = list(models)
+    known = {"": {name for model in models for name in model.ladder.names},
+             "account.": {name for model in models if model.accounts for name in model.accounts.ladder.names}}
+    found = []
+    for prefix, record in (("", mapping), ("account.", mapping.account)):
+        if record is None:
+            continue
+        named = [(f"[{prefix}levels.{level}]", level) for level in record.levels]
+        named += [(f"[{prefix}values.level]", level) for level in record.values.get("level", {})]
+        for table, part in (("deal", record.deal), ("task", record.task)):
+            named += [(f"[{prefix}{table}] levels", level) for level in sorted(part.levels)] if part else []
+        found += [f"{mapping.path.name} {place}: {level!r}" for place, level in named if level not in known[prefix]]
+    return found
 
 
 def load_mapping(path: Path, *, with_deals: bool) -> Mapping:

@@ -439,7 +439,6 @@ def stop_on_signals(stop: threading.Event) -> None:
 
 def run_sink(sink: Sink[T], settings: Settings) -> int:
     """`leadstream sink NAME`: deliver until SIGTERM or Ctrl-C, with /metrics, /healthz, /readyz."""
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     runner = SinkRunner(sink, settings)
     stop_on_signals(runner.stop)
     server = probes.serve(settings.metrics_port, runner.ready, settings.bind_host, "LEADSTREAM_METRICS_PORT")
@@ -463,7 +462,6 @@ def run_sink(sink: Sink[T], settings: Settings) -> int:
 
 def replay(sink: Sink[T], settings: Settings) -> int:
     """`leadstream sink replay-dlq NAME`: re-drive the dead letters present now, then exit."""
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     runner = SinkRunner(sink, settings)
     stats = runner.replay_dead_letters()
     print(f"replayed {runner.dlq_topic}: {stats.delivered} delivered, {stats.skipped} already delivered, "

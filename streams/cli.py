@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import sys
 from pathlib import Path
@@ -113,6 +114,8 @@ def _bench(args: argparse.Namespace, settings: Settings) -> int:
 def _sink(args: argparse.Namespace, settings: Settings) -> int:
     from sinks import connectors, runner
 
+    # Before the connector is built: building it may warn (sinks/connectors.py).
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.connector == "replay-dlq":
         if args.target is None:
             raise LeadstreamError(f"replay-dlq needs the connector whose dead letters to replay: {', '.join(connectors.NAMES)}")

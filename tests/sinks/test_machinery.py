@@ -13,7 +13,8 @@ import pytest
 
 from sinks.base import Crossing
 from sinks.errors import CredentialsError, MappingError, PermanentError, RetryableError, Stopping, for_status
-from sinks.mapping import load_mapping
+from scoring.model import load_directory
+from sinks.mapping import levels_no_model_has, load_mapping
 from sinks.ratelimit import Quota, TokenBucket
 from sinks.runner import RetryPolicy
 from streams.errors import ConfigError
@@ -302,3 +303,15 @@ def test_a_connector_told_to_stop_while_it_holds_the_stop_event_s_lock_stops() -
     # thread held, and the connector hung for good (seen under `timeout`, which signals twice).
     done = subprocess.run([sys.executable, "-c", _SIGNALLED_HOLDING_THE_LOCK], cwd=PROJECT_ROOT, timeout=30, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_a_mapping_s_levels_that_no_model_has_are_named(tmp_path: Path) -> None:
+    # A typo validated: SQL crossings then set no lifecycle stage and created no deal.
+    models = load_directory(PROJECT_ROOT / "scoring" / "models")
+    for name, with_deals in (("hubspot.toml", True), ("salesforce.toml", False)):
+        assert levels_no_model_has(load_mapping(PROJECT_ROOT / "sinks" / "mappings" / name, with_deals=with_deals), models) == []
+    text = (PROJECT_ROOT / "sinks" / "mappings" / "hubspot.toml").read_text()
+    (tmp_path / "hubspot.toml").write_text(text.replace("[levels.sql]", "[levels.sqll]").replace('levels = ["sql"]', 'levels = ["sqll"]', 1)
+                                            .replace('[account.deal]\nlevels = ["buying"]', '[account.deal]\nlevels = ["engaged", "buyin"]'))
+    assert levels_no_model_has(load_mapping(tmp_path / "hubspot.toml", with_deals=True), models) == [
+        "hubspot.toml [levels.sqll]: 'sqll'", "hubspot.toml [deal] levels: 'sqll'", "hubspot.toml [account.deal] levels: 'buyin'"]
