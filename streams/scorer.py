@@ -749,6 +749,7 @@ class Scorer:
         events timed before the request never counted there, while the lead was listed with them.)"""
         leaving: list[MemberScore] = []
         nothing = 0  # requests for ids with no state
+        merged = 0  # requests for ids merged into another lead, whose marker goes
         ends: dict[int, dict[str, int]] = {}  # partition -> topic -> the batch's last offset there
         for lead_id, (partition, offset) in forget.items():
             try:
@@ -781,12 +782,20 @@ class Scorer:
                 metrics.LEADS_IN_STATE.labels(model).dec()
             if scored:
                 metrics.LEADS_FORGOTTEN.inc()
+            elif stitching.merged_into(states) is not None:
+                metrics.LEADS_FORGOTTEN.inc()
+                merged += 1
             else:  # never scored, or forgotten already: its marker holds all the same
                 metrics.FORGET_REQUESTS_WITHOUT_STATE.inc()
                 nothing += 1
         if erased:
             # Ids are not logged: they may be personal data.
             log.info("leads forgotten: count=%d", len(erased) - nothing)
+        if merged:
+            # It said the id had no state: what was scored under it lives on in the lead.
+            log.warning("forgotten ids that were merged into another lead: count=%d; the points, event ids and traits "
+                        "scored under them are the lead's now (GET /leads/ID/ of such an id names it, as merged_into): "
+                        "forget that lead too to erase them", merged)
         if nothing:
             log.warning("requests to forget an id with no state (never scored under it, or forgotten already): count=%d; "
                         "a request must be keyed by the lead id the events carry (not an e-mail address, say), as "

@@ -19,7 +19,7 @@ from streams.partitioning import partition_for
 from streams.processes import CollectorProcess, WorkerProcess
 from streams.send import open_producer, produce
 from streams.settings import Settings
-from tests.infra import read_topic, wait_for, write_jsonl
+from tests.infra import leadstream, read_topic, wait_for, write_jsonl
 from tests.scoring.support import MODELS_DIR
 
 WRITE_KEY = "wk_site"
@@ -134,6 +134,13 @@ def test_anonymous_browsing_then_identify_makes_one_lead_with_one_mql_crossing(
     # The visitor's own state moved into the lead: only the marker is left, which says where.
     status, body = proc.get("/leads/anon:a-123/")
     assert (status, orjson.loads(body)) == (200, {"lead_id": "anon:a-123", "models": {}, "merged_into": "u-ada"})
+
+    # Forgotten, the visitor's marker goes; it was said to be an id with no state, though what
+    # was scored under it lives on in u-ada.
+    leadstream(isolated, "forget", "anon:a-123")
+    wait_for(lambda: proc.get("/leads/anon:a-123/")[0] == 404, 60, "the visitor's marker erased", 0.3)
+    assert "forgotten ids that were merged into another lead: count=1" in proc.log.read_text()
+    assert proc.metric("leadstream_forget_requests_without_state_total") == [0.0]
 
 
 def test_a_merge_counts_in_the_leads_account_at_once_replaces_the_visitor_in_read_models_and_offline_agrees(
