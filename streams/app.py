@@ -228,7 +228,7 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
         nonlocal kafka_answering
         try:
             if not lag_probe:
-                lag_probe.append(await asyncio.to_thread(LagProbe, settings))
+                lag_probe.append(await asyncio.to_thread(LagProbe, settings, log_reader.holds_records))
             for topic in (settings.topic_events, settings.topic_profiles, settings.topic_identity, settings.topic_accounts):
                 lags = await asyncio.to_thread(lag_probe[0].lag, settings.app_id, topic)
                 for partition, lag in lags.items():

@@ -61,7 +61,7 @@ NEWEST_SCORED = _NewestScored()
 # showed the lag it had at its last batch, and no alert on it could fire).
 EVENT_TIME_LAG.set_function(lambda: max(0.0, time.time() - NEWEST_SCORED.ms / 1000) if NEWEST_SCORED.ms else 0.0)
 # The whole group's lag, which every worker exports: dashboards take one per partition (max).
-CONSUMER_LAG = Gauge("leadstream_consumer_lag", "End offset minus committed offset of the workers' group.", ["topic", "partition"])
+CONSUMER_LAG = Gauge("leadstream_consumer_lag", "End offset minus committed offset of the workers' group (0 when only transaction markers or aborted records lie between).", ["topic", "partition"])
 CROSSINGS = Counter("leadstream_crossings", "Threshold crossings emitted.", ["model", "level", "direction", "kind"])
 DECAY_STEPS = Counter("leadstream_decay_steps", "Decay steps applied by the timer.")
 DECAY_FAILURES = Counter("leadstream_decay_failures", "Decay steps that raised (a bug): the lead is left as it was.")

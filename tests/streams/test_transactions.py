@@ -61,7 +61,29 @@ def test_committed_events_score_aborted_ones_never_and_markers_are_no_lost_offse
     wait_for(lambda: score(second) == 20, 60, "the plain event scored after the aborted one", 0.3)
     assert second.proc is not None and second.proc.poll() is None, second.tail()
     metrics = second.get("/metrics")[1].decode()
-    assert 'leadstream_offset_anomalies_total{kind="log_hole"}' in metrics and 'kind="gap"' not in metrics
+    assert 'leadstream_offset_anomalies_total{kind="log_hole"}' in metrics
+    assert 'leadstream_offset_anomalies_total{kind="gap"} 0.0' in metrics
     for proc in (first, second):
         log = proc.log.read_text()
         assert "offsets skipped" not in log and "were never handed" not in log, proc.tail()
+
+
+def test_a_transaction_s_marker_at_a_partition_s_end_is_no_lag(isolated: Settings, worker: Callable[..., WorkerProcess]) -> None:
+    # The group commits up to the last record, never past the marker after it: the partition
+    # showed a lag of 1 for good once the producer went quiet, and the stalled-scoring alert fired.
+    producer = KafkaProducer(bootstrap_servers=isolated.kafka_bootstrap, transactional_id=f"tx-{uuid.uuid4().hex}")
+    producer.init_transactions()
+    producer.begin_transaction()
+    sent = producer.send(isolated.topic_events, key=LEAD.encode(), value=pricing(1, int(time.time() * 1000) - 60_000))
+    producer.commit_transaction()
+    producer.close()
+    running = worker()
+    wait_for(lambda: score(running) == 10, 60, "the event scored", 0.3)
+    partition = f'leadstream_consumer_lag{{partition="{sent.get().partition}",topic="{isolated.topic_events}"}}'
+
+    def lag() -> float | None:
+        found = [line for line in running.get("/metrics")[1].decode().splitlines() if line.startswith(partition + " ")]
+        return float(found[0].rsplit(" ", 1)[1]) if found else None
+
+    wait_for(lambda: lag() is not None, 30, "the partition's lag measured", 0.5)
+    wait_for(lambda: lag() == 0, 30, "no lag for the marker", 0.5)
