@@ -289,7 +289,7 @@ class LeadState:
     @classmethod
     def from_bytes(cls, data: bytes | bytearray | memoryview) -> LeadState:
         if data[:1] == b"[":  # a JSON layout of an earlier version
-            return _valued_once(_from_json_layout(data))
+            return _valued_at_newest_event(_from_json_layout(data))
         try:
             values: tuple[Any, ...] = _decode_layout(data)
             version = _LEAD_VERSION
@@ -314,7 +314,7 @@ class LeadState:
         if values[0] < _PAID_MARKS:  # layout 8 writes its counters newest first, with paid marks
             _order_windows(state.windows)
             _mark_earlier_bonus_counts(state.windows)
-        return _valued_once(state)
+        return _valued_at_newest_event(state)
 
     def copy(self) -> LeadState:
         return LeadState.from_bytes(self.to_bytes())
@@ -425,7 +425,7 @@ def _check_pairs_and_triples(windows: dict[str, list[int]], history: list[Any]) 
         raise StateError("lead state has a history that is not (time, points, label) triples")
 
 
-def _valued_once(state: LeadState) -> LeadState:
+def _valued_at_newest_event(state: LeadState) -> LeadState:
     """A state written before `as_of_ms` was kept without a half-life (0): its points are
     valued at its newest event. A model edited to a half-life decayed them from 1970 to nothing,
     and stamped the crossings down with 1970 times. (Valued at their own event times they would
