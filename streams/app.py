@@ -350,8 +350,12 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
         if not states:
             return view.json({"error": f"no state for {kind} {key!r} on this worker"}, status=404)
         models = {model: explain(model, state) for model, state in states.items() if model in scorer.models}
+        target = stitching.merged_into(peeked) if kind == "lead" else None
+        if not models and target is None:  # it answered 200 with no models
+            return view.json({"error": f"no state for {kind} {key!r} in the models this worker scores with; it has states of "
+                                       f"models not in LEADSTREAM_MODELS_DIR: {', '.join(sorted(states))}"}, status=404)
         body: dict[str, Any] = {f"{kind}_id": key, "models": models}
-        if kind == "lead" and (target := stitching.merged_into(peeked)) is not None:
+        if target is not None:
             body["merged_into"] = target  # where its points went: ask for that lead
         return view.bytes(orjson.dumps(body), content_type="application/json")
 

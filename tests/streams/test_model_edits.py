@@ -211,6 +211,8 @@ def test_a_step_that_fell_due_while_its_model_was_out_of_the_directory_is_taken_
     held = tmp_path / "edits.toml"
     apply_edit(running, lambda: os.replace(settings.models_dir / "edits.toml", held))
     wait_for(lambda: time.time() * 1000 > due_ms + 2_000, timeout_s=30, what="the step due, and swept")
+    status, body = running.get("/leads/ada/")  # it answered 200 with no models
+    assert status == 404 and "models not in LEADSTREAM_MODELS_DIR: edits" in orjson.loads(body)["error"], body
     apply_edit(running, lambda: os.replace(held, settings.models_dir / "edits.toml"))
     crossed = read_topic(isolated, isolated.topic_crossings, expect=2)
     assert [(c["from_level"], c["to_level"], c["score"]) for _, c in crossed] == [("lead", "mql", 21), ("mql", "lead", 6)]
