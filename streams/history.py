@@ -4,16 +4,25 @@ JSON-lines file.
 It is the event history `leadstream score` and `leadstream review` read: one message value per
 line, an envelope staying one line (both commands read envelopes). The profiles topic holds the
 `identify`, `group` and `alias` calls the collector takes (traits, accounts, stitching): without
-it, offline scores of collector-fed leads would have no fit and no merged visitors. Partitions
-are written one after the other; within one, the records of both topics (co-partitioned: a
-lead's events and profile updates share its partition) are merged by their Kafka timestamps, the
-order the worker, which reads both in one stream, took them in. So each lead's events keep their
-order, which is what scoring by event time needs. Retention bounds how far back each topic goes,
-and the profiles topic is compacted: it keeps each lead's latest profile update.
+it, offline scores of collector-fed leads would have no fit and no merged visitors. Retention
+bounds how far back each topic goes, and the profiles topic is compacted: it keeps each lead's
+latest profile update.
+
+The records of every partition of both topics are written in one order, near the one the
+worker, which reads them all in one stream, took them in: merged by their Kafka timestamps
+(within a millisecond, by event time), each partition's records in their own order. So each
+lead's events keep their order (a lead's events and profile updates share its partition: the
+topics are co-partitioned), which is what scoring by event time needs, and the scorers stitch a
+visitor as the worker did: its events come before the identify that merges it into a lead of
+another partition, and of two leads that identify it, the first to do so gets it (written
+partition by partition, the events of a visitor on a later partition than its lead's came after
+the lead's newer events, and were late there). The partitions are read side by side, each
+fetched again as its records are written, not into memory first.
 
 A message whose value is not JSON (the worker dead-lettered it) is left out and counted, as are
-tombstones (requests to forget a lead); the file never gets a line the scorers would have to
-reject as bad JSON.
+tombstones (requests to forget a lead) and the events the worker re-keyed to the lead a visitor
+became (with `stitched_from`; the scorers re-key the originals); the file never gets a line
+the scorers would have to reject as bad JSON.
 """
 
 from __future__ import annotations
@@ -21,12 +30,14 @@ from __future__ import annotations
 import heapq
 import sys
 import time
-from contextlib import ExitStack
+from collections import deque
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any, Iterator, NamedTuple
 
 import orjson
 
+from scoring.events import parse_time_ms
 from streams.errors import InputError, ServiceError
 from streams.kafka_clients import open_client
 from streams.settings import Settings
@@ -35,68 +46,122 @@ from streams.topics import partition_count
 #: How long reading may go without a record before the partitions' ends are taken as unreachable.
 STALL_S = 30.0
 
+#: How many records a poll may return: all that were fetched. A poll that returned part of what
+#: was fetched of a partition kept the rest aside in kafka-python (3.0.12) once the partition was
+#: paused, and gives it back only while no other partition's records wait in line: the partition
+#: could stall for good.
+ALL_FETCHED = sys.maxsize
+
+#: The value of a record whose bytes are not JSON.
+NOT_JSON = object()
+
+
+class Read(NamedTuple):
+    """A record (kafka-python ConsumerRecord) with its value read as JSON: NOT_JSON when it is
+    none, None for a tombstone (and for a JSON null)."""
+
+    record: Any
+    value: Any
+
 
 def read_to_end(settings: Settings, topic: str) -> Iterator[Any]:
     """Every record `topic` holds now (kafka-python ConsumerRecord), partition by partition in
     offset order, up to each partition's end offset as of the call."""
+    with _reading(settings, topic) as reader:
+        for partition in reader.partitions:
+            yield from reader.read(partition)
+
+
+def read_merged(settings: Settings, topics: list[str]) -> Iterator[Read]:
+    """Every record the `topics` hold now, the records of all their partitions merged into one
+    order, each partition's kept: by Kafka timestamp, then by event time (`_order`), then in the
+    order of `topics` and of partitions."""
     with ExitStack() as stack:
-        consumer = stack.enter_context(_Reader(settings))
-        for number in consumer.partitions(topic):
-            yield from consumer.read(topic, number)
+        readers = [stack.enter_context(_reading(settings, topic)) for topic in topics]
+        yield from heapq.merge(*(map(_read, reader.read(partition)) for reader in readers for partition in reader.partitions),
+                               key=_order)
 
 
-def read_merged(settings: Settings, topics: list[str]) -> Iterator[Any]:
-    """Every record the co-partitioned `topics` hold now, partition by partition; within one,
-    the topics' records merged by timestamp (ties in the order of `topics`)."""
-    with ExitStack() as stack:
-        readers = [stack.enter_context(_Reader(settings)) for _ in topics]
-        numbers = sorted(set().union(*(set(reader.partitions(topic)) for reader, topic in zip(readers, topics))))
-        for number in numbers:
-            yield from heapq.merge(*(reader.read(topic, number) for reader, topic in zip(readers, topics)),
-                                   key=lambda record: record.timestamp)
+def _read(record: Any) -> Read:
+    """The record with its value read as JSON."""
+    if record.value is None:
+        return Read(record, None)
+    try:
+        return Read(record, orjson.loads(record.value))
+    except orjson.JSONDecodeError:
+        return Read(record, NOT_JSON)
 
 
-class _Reader:
-    """A consumer of no group, reading one partition at a time from its beginning to its end
-    offset as of when it starts."""
+def _order(read: Read) -> tuple[int, int]:
+    """Where a record goes among those of other partitions: at its Kafka timestamp, the time the
+    stream had it; within one millisecond (a file `leadstream send` sends gets many records in
+    each), at its (first) event's time, so that what happened first is scored first. A record
+    without an event time (refused by the scorers, or left out of the file) comes first in its
+    millisecond."""
+    value = read.value
+    first = value[0] if isinstance(value, list) and value else value
+    time_ms = parse_time_ms(first.get("time")) if isinstance(first, dict) else None
+    return read.record.timestamp, time_ms if isinstance(time_ms, int) else 0
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
 
-    def __enter__(self) -> _Reader:
-        from kafka import KafkaConsumer
+@contextmanager
+def _reading(settings: Settings, topic: str) -> Iterator[_Partitions]:
+    from kafka import KafkaConsumer
 
-        self.consumer = open_client(self.settings, KafkaConsumer, enable_auto_commit=False, group_id=None,
-                                    client_id="leadstream-history")
-        return self
+    consumer = open_client(settings, KafkaConsumer, enable_auto_commit=False, group_id=None, client_id="leadstream-history")
+    try:
+        yield _Partitions(consumer, topic)
+    finally:
+        consumer.close()
 
-    def __exit__(self, *_: object) -> None:
-        self.consumer.close()
 
-    def partitions(self, topic: str) -> list[int]:
-        numbers = self.consumer.partitions_for_topic(topic)
-        if not numbers:
-            raise _no_such_topic(topic)
-        return sorted(numbers)
+class _Partitions:
+    """Every partition of one topic, assigned to a consumer of no group, each read from its
+    beginning to its end offset as of the start. The partitions' reads may be interleaved: a
+    partition is fetched again only once what was fetched of it is used up (the others are
+    paused meanwhile), so what is held of each is at most one fetch (`max_partition_fetch_bytes`),
+    and one more that kafka-python holds aside for it while it is paused."""
 
-    def read(self, topic: str, number: int) -> Iterator[Any]:
+    def __init__(self, consumer: Any, topic: str) -> None:
         from kafka import TopicPartition
 
-        partition = TopicPartition(topic, number)
+        numbers = consumer.partitions_for_topic(topic)
+        if not numbers:
+            raise _no_such_topic(topic)
+        self.consumer = consumer
+        self.partitions = [TopicPartition(topic, number) for number in sorted(numbers)]
+        consumer.assign(self.partitions)
+        consumer.seek_to_beginning()
+        self.ends: dict[Any, int] = consumer.end_offsets(self.partitions)
+        self.fetched: dict[Any, deque[Any]] = {partition: deque() for partition in self.partitions}
+
+    def read(self, partition: Any) -> Iterator[Any]:
+        """The partition's records (kafka-python ConsumerRecord) in offset order."""
+        fetched = self.fetched[partition]
+        while fetched or self._behind(partition):
+            if not fetched:
+                self._fetch(partition)
+            while fetched:
+                yield fetched.popleft()
+
+    def _behind(self, partition: Any) -> bool:
+        return bool(self.consumer.position(partition) < self.ends[partition])
+
+    def _fetch(self, wanted: Any) -> None:
+        """Polls until records of `wanted` come or its position reaches its end, with it every
+        partition that has none fetched and is not at its end yet."""
         consumer = self.consumer
-        consumer.assign([partition])
-        consumer.seek_to_beginning(partition)
-        end = consumer.end_offsets([partition])[partition]
-        last_progress = time.monotonic()
-        while consumer.position(partition) < end:
-            records = consumer.poll(timeout_ms=500).get(partition, [])
-            if records:
-                last_progress = time.monotonic()
-            elif time.monotonic() - last_progress > STALL_S:
-                raise ServiceError(f"{topic} partition {number}: no record for {STALL_S:.0f} s before its end offset {end}")
-            for record in records:
-                if record.offset < end:
-                    yield record
+        started = time.monotonic()
+        while not self.fetched[wanted] and self._behind(wanted):
+            if time.monotonic() - started > STALL_S:
+                raise ServiceError(f"{wanted.topic} partition {wanted.partition}: no record for {STALL_S:.0f} s before its end "
+                                   f"offset {self.ends[wanted]}")
+            idle = {partition for partition in self.partitions if not self.fetched[partition] and self._behind(partition)}
+            consumer.pause(*(partition for partition in self.partitions if partition not in idle))
+            consumer.resume(*idle)
+            for partition, records in consumer.poll(timeout_ms=500, max_records=ALL_FETCHED).items():
+                end = self.ends[partition]
+                self.fetched[partition].extend(record for record in records if record.offset < end)
 
 
 def default_topics(settings: Settings) -> list[str]:
@@ -110,17 +175,24 @@ def write_history(settings: Settings, out: IO[bytes], topics: list[str] | None =
     written = dict.fromkeys(topics, 0)
     not_json = dict.fromkeys(topics, 0)
     tombstones = dict.fromkeys(topics, 0)
+    rekeyed = dict.fromkeys(topics, 0)
     first_not_json: dict[str, str] = {}
-    for record in read_merged(settings, topics):
+    for record, parsed in read_merged(settings, topics):
         value, topic = record.value, record.topic
         if value is None:
             tombstones[topic] += 1
             continue
-        try:
-            orjson.loads(value)  # is it JSON at all?
-        except orjson.JSONDecodeError:
+        if parsed is NOT_JSON:
             not_json[topic] += 1
             first_not_json.setdefault(topic, f"partition {record.partition} offset {record.offset}")
+            continue
+        if isinstance(parsed, dict) and "stitched_from" in parsed:
+            # The worker's copy of a merged visitor's event, re-keyed to the lead it merged the
+            # visitor into. The scorers re-key the original themselves, to the lead they merge it
+            # into: a copy kept counted the event twice when that was another lead (two leads
+            # identified the visitor about at once), or when that lead's event-id memory had
+            # forgotten the original by the copy's turn.
+            rekeyed[topic] += 1
             continue
         if b"\n" in value or b"\r" in value:
             # JSON that spans lines (pretty-printed by some producer) is made one line again. Valid
@@ -136,6 +208,9 @@ def write_history(settings: Settings, out: IO[bytes], topics: list[str] | None =
         if tombstones[topic]:
             what = ": requests to forget a lead" if topic == settings.topic_profiles else ", which the worker dead-letters"
             print(f"{topic}: left out {tombstones[topic]} tombstones (records without a value{what})", file=err)
+        if rekeyed[topic]:
+            print(f"{topic}: left out {rekeyed[topic]} events the worker re-keyed to the lead their visitor became (with "
+                  "`stitched_from`): score and review re-key the originals, which the file holds", file=err)
     return 0
 
 

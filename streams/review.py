@@ -115,9 +115,8 @@ Links = dict[str, tuple[str, int]]
 
 def _links_ahead(events_path: Path) -> Links:
     """The stitching links the events file asks for (the first of each old id, as the offline
-    run makes only that one), read before it is scored: a visitor's events may come before the
-    link that merges them into a lead, as in a `leadstream history` file, written partition by
-    partition."""
+    run makes only that one), read before it is scored: a visitor's events come before the link
+    that merges them into a lead, as the visitor browsed before it signed up."""
     links: Links = {}
     try:
         handle = events_path.open("rb")

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import io
+import itertools
+import time
 from pathlib import Path
+from typing import Callable
 
 import orjson
 
+from streams.history import read_to_end
 from streams.offline import score_file
+from streams.partitioning import partition_for
+from streams.processes import WorkerProcess
 from streams.send import open_producer, produce
 from streams.settings import Settings
-from tests.infra import leadstream
-from tests.scoring.support import MODELS_DIR, T0
+from tests.infra import leadstream, wait_for
+from tests.scoring.support import DAY, HOUR, MINUTE, MODELS_DIR, T0
 from tests.streams.test_offline import SAAS_EVENTS, write
 
 
@@ -19,6 +25,21 @@ def scored(path: Path) -> list[dict]:
     out = io.StringIO()
     assert score_file(MODELS_DIR, path, table=False, out=out, err=io.StringIO()) == 0
     return [orjson.loads(line) for line in out.getvalue().splitlines()]
+
+
+def on_partition(prefix: str, partition: int, partitions: int) -> str:
+    """The first id `prefix` + a number that lives on `partition`."""
+    return next(f"{prefix}{n}" for n in itertools.count() if partition_for(f"{prefix}{n}", partitions) == partition)
+
+
+def pricing_view(visitor: str, n: int, time_ms: int) -> dict:
+    return {"event_id": f"{visitor}-{n}", "lead_id": visitor, "anonymous_id": visitor.removeprefix("anon:"), "type": "page_view",
+            "product": "b2b", "time": time_ms, "properties": {"url": "https://acme.io/pricing", "time_on_page_s": 30}}
+
+
+def identify_event(lead: str, visitor: str, time_ms: int) -> dict:
+    return {"event_id": f"{lead}-id", "lead_id": lead, "anonymous_id": visitor.removeprefix("anon:"), "type": "identify",
+            "product": "b2b", "time": time_ms}
 
 
 def test_the_topic_written_to_a_file_scores_as_the_events_sent(isolated: Settings, tmp_path: Path) -> None:
@@ -86,3 +107,79 @@ def test_profile_updates_are_in_the_history_so_offline_scores_have_fit_and_merge
                 for r in scored(write(tmp_path / "sent.jsonl", [*pages, identify])) if r["record"] == "lead"}
     assert leads == expected
     assert ("b2b", "anon:a-1") not in leads and leads[("b2b", "u-1")][1] is not None  # merged, and graded on its traits
+
+
+def test_a_visitor_on_a_later_partition_than_its_lead_is_stitched_as_in_the_file_sent(isolated: Settings, tmp_path: Path) -> None:
+    """A visitor reads pricing three times, identifies as a lead an hour later, and the lead sends
+    the contact form three days later. Written partition by partition, the history had the
+    visitor's views (on a later partition) after the lead's form: `score` re-keyed them to a lead
+    three days ahead of them, and they were late (15 points, nurture, for 45, mql)."""
+    lead = on_partition("u-", 0, isolated.partitions)
+    visitor = on_partition("anon:v", isolated.partitions - 1, isolated.partitions)
+    form = {"event_id": f"{lead}-form", "lead_id": lead, "type": "form_submit", "product": "b2b", "time": T0 + 3 * DAY,
+            "properties": {"form": "contact"}}
+    sent = write(tmp_path / "sent.jsonl", [*(pricing_view(visitor, n, T0 + n * MINUTE) for n in range(3)),
+                                           identify_event(lead, visitor, T0 + HOUR), form])
+    leadstream(isolated, "send", str(sent))  # sent at once: most records share a Kafka timestamp
+
+    out = tmp_path / "history.jsonl"
+    leadstream(isolated, "history", "--out", str(out))
+    expected = scored(sent)
+    assert [(r["lead_id"], r["score"], r["level"]) for r in expected if r["record"] == "lead"] == [(lead, 45, "mql")]
+    assert scored(out) == expected
+
+
+def test_the_events_the_worker_re_keyed_to_a_visitors_lead_are_left_out(
+    isolated: Settings, worker: Callable[..., WorkerProcess], tmp_path: Path
+) -> None:
+    """Two leads identify one visitor, the second once the worker merged it into the first; the
+    visitor's next view is re-keyed by the worker to the first lead, a copy on its partition.
+    Written partition by partition, the history gave the visitor to the second lead (on a
+    lower partition), and the copy counted the view for the first one as well. The scorers
+    re-key the original themselves: the copy is left out, so that it never counts for a lead
+    they did not merge the visitor into."""
+    first = on_partition("u-", 1, isolated.partitions)
+    second = on_partition("u-", 0, isolated.partitions)
+    visitor = on_partition("anon:v", isolated.partitions - 1, isolated.partitions)
+    start = int(time.time() * 1000) - 600_000
+    events = [*(pricing_view(visitor, n, start + n * 1000) for n in range(3)), identify_event(first, visitor, start + 3000),
+              identify_event(second, visitor, start + 4000), pricing_view(visitor, 5, start + 5000)]
+    proc = worker()
+    producer = open_producer(isolated)
+
+    def send(batch: list[dict]) -> None:
+        produce(producer, isolated.topic_events, [(e["lead_id"], orjson.dumps(e)) for e in batch], events_per_message=1)
+
+    try:
+        # Each step once the worker took the one before, so that only the last view is re-keyed
+        # (the identify, on another partition, may overtake views sent with it).
+        send(events[:3])
+        wait_for(lambda: b2b_score(proc, visitor) == 30, 60, "the visitor's three pricing views scored", 0.3)
+        send(events[3:4])
+        wait_for(lambda: merged_into(proc, visitor) == first, 60, f"the visitor merged into {first}", 0.3)
+        send(events[4:])
+    finally:
+        producer.close()
+    wait_for(lambda: any(b"stitched_from" in record.value for record in read_to_end(isolated, isolated.topic_events)), 60,
+             "the worker's copy of the last view", 0.3)
+
+    out = tmp_path / "history.jsonl"
+    done = leadstream(isolated, "history", "--out", str(out))
+    assert scored(out) == scored(write(tmp_path / "sent.jsonl", events))
+    assert (f"{isolated.topic_events}: left out 1 events the worker re-keyed to the lead their visitor became (with "
+            "`stitched_from`): score and review re-key the originals, which the file holds") in done.stderr.splitlines()
+    assert b"stitched_from" not in out.read_bytes()
+
+
+def lead_view(proc: WorkerProcess, lead_id: str) -> dict:
+    """The worker's view of a lead (`GET /leads/ID/`), empty while it has none."""
+    status, body = proc.get(f"/leads/{lead_id}/")
+    return orjson.loads(body) if status == 200 else {}
+
+
+def b2b_score(proc: WorkerProcess, lead_id: str) -> float | None:
+    return lead_view(proc, lead_id).get("models", {}).get("b2b", {}).get("score")
+
+
+def merged_into(proc: WorkerProcess, lead_id: str) -> str | None:
+    return lead_view(proc, lead_id).get("merged_into")
