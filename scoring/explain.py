@@ -62,7 +62,14 @@ def _labels_of(runtime: ModelRuntime, fit: float, behaviour: float) -> tuple[Any
     engagement = int(model.engagement.label(behaviour)) if model.engagement is not None else None
     cell = f"{grade}{engagement}" if grade is not None and engagement is not None else None
     temperature = model.temperature.label(normalized) if model.temperature is not None else None
-    return round(score, 2), normalized, grade, engagement, cell, temperature
+    return shown(score), normalized, grade, engagement, cell, temperature
+
+
+def shown(points: float) -> float:
+    """Points to two decimals, never -0.0: negative points a half-life decayed to nearly nothing
+    (or clipped to nearly nothing) showed as `-0.0`."""
+    rounded = round(points, 2)
+    return rounded if rounded else abs(rounded)
 
 
 def decayed_points(state: LeadState) -> float:
@@ -91,7 +98,7 @@ def rule_rows(runtime: ModelRuntime, state: LeadState) -> list[dict[str, Any]]:
         rows.append(
             {
                 "rule": name,
-                "points": round(points, 2),
+                "points": shown(points),
                 "occurrences": occurrences,
                 "capped": capped,
                 "bonuses": bonuses,
@@ -127,7 +134,7 @@ def reasons(runtime: ModelRuntime, state: LeadState, limit: int = TOP_REASONS) -
     items.sort()
     top = []
     for _, name, points in items[:limit]:
-        top.append({"rule": name, "points": points if points.__class__ is int else round(points, 2)})
+        top.append({"rule": name, "points": shown(points)})
     return top
 
 
@@ -171,14 +178,14 @@ def explain(runtime: ModelRuntime, lead_id: str, state: LeadState, now_ms: int) 
     del out["top_reasons"]
     out.update(
         {
-            "behaviour_points": round(current.behaviour, 2),
-            "fit_points": round(current.fit, 2),
-            "floor_points": round(floor_points(runtime, current), 2),
+            "behaviour_points": shown(current.behaviour),
+            "fit_points": shown(current.fit),
+            "floor_points": shown(floor_points(runtime, current)),
             "decayed": round(decayed_points(current), 2) or 0,
             "rules": rule_rows(runtime, current),
             "fit": fit_rows(runtime, current),
             "history": [
-                {"time": time_ms, "rule": label, "points": points}
+                {"time": time_ms, "rule": label, "points": shown(points)}
                 for time_ms, points, label in reversed(current.changes(runtime.history))
             ],
             "next_decay_ms": runtime.next_due_ms(current),

@@ -3,6 +3,8 @@ recent history of changes."""
 
 from __future__ import annotations
 
+import orjson
+
 from scoring import Engine
 from tests.scoring.support import DAY, T0, Run, engine, ev, shipped
 
@@ -125,3 +127,10 @@ def test_reasons_leave_out_decay_too_small_to_show() -> None:
     assert [reason["rule"] for reason in seconds_later["top_reasons"]] == ["trial started", "data source connected"]
     days_later = addon.summary("analytics_addon", "L1", run.state("L1", "analytics_addon"), T0 + 14 * DAY)
     assert {"rule": "decay", "points": -17.5} in days_later["top_reasons"]
+
+
+def test_negative_points_decayed_to_nearly_nothing_show_as_0_not_minus_0() -> None:
+    rules = '[[rules]]\nname = "bad"\nevent = "bad"\npoints = -3\n[decay]\nhalf_life = "1d"\n'
+    run = Run(engine(rules, settings="floor = -100")).apply(ev("bad"))
+    explained = run.engine.explain("m", "L1", run.state(), T0 + 30 * DAY)
+    assert (explained["score"], explained["behaviour_points"]) == (0, 0) and "-0.0" not in orjson.dumps(explained).decode()
