@@ -260,5 +260,9 @@ class CrossingSink(Sink[Crossing]):
         return item.id
 
     def order_key(self, item: Crossing) -> str:
-        """A lead's (or account's) level in a model: what its crossings move up and down."""
-        return f"{item.kind}/{item.lead_id if item.kind == 'lead' else item.account_id}/{item.model}"
+        return order_key_of(item)
+
+
+def order_key_of(crossing: Crossing) -> str:
+    """A lead's (or account's) level in a model: what its crossings move up and down."""
+    return f"{crossing.kind}/{crossing.lead_id if crossing.kind == 'lead' else crossing.account_id}/{crossing.model}"

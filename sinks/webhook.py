@@ -35,7 +35,7 @@ from urllib.parse import urljoin, urlsplit
 import requests
 import urllib3
 
-from sinks.base import Crossing, Position, Sink, Steps
+from sinks.base import Crossing, Position, Sink, Steps, order_key_of
 from sinks.errors import PermanentError, for_status
 from sinks.http import Deadline, TimeoutSession, transport_error
 from sinks.ratelimit import limiter_for
@@ -75,6 +75,7 @@ class Post:
     crossing_id: str
     body: bytes
     time_ms: int  # the crossing's time, for the delivery-latency metric
+    record: str  # the level it moves (sinks.base.order_key_of): a replay skips one newer posts overtook
 
 
 class WebhookSink(Sink[Post]):
@@ -100,10 +101,15 @@ class WebhookSink(Sink[Post]):
 
     def parse(self, key: bytes | None, value: bytes | None, position: Position) -> Post:
         crossing = Crossing.from_json(value)  # only valid crossings leave; the body stays as it came
-        return Post(crossing.id, value or b"", crossing.time_ms)
+        return Post(crossing.id, value or b"", crossing.time_ms, order_key_of(crossing))
 
     def delivery_id(self, item: Post) -> str:
         return item.crossing_id
+
+    def order_key(self, item: Post) -> str:
+        # None, as it was, let a replay post an old crossing after newer ones of the lead: the
+        # receiver was last told a level the lead had left.
+        return item.record
 
     def deliver(self, item: Post, steps: Steps) -> None:
         # Signed after the rate limiter's wait (quota, or another lane's Retry-After), which can

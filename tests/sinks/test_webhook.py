@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 from sinks.ratelimit import Quota, TokenBucket
+from sinks.runner import SinkRunner
 from sinks.webhook import WebhookSink, sign, verify_signature
 from streams.errors import ConfigError
 from streams.settings import Settings
@@ -301,3 +302,23 @@ def test_a_url_requests_cannot_send_to_stops_the_connector_in_one_line_without_i
 
     done = leadstream(settings, "sink", "webhook", check=False, timeout=30)
     assert (done.returncode, done.stderr.splitlines()) == (1, [f"leadstream sink: {refusal(expected)}"])
+
+
+def test_a_replayed_crossing_that_a_newer_one_overtook_is_skipped_as_stale(sink_settings: Settings, webhook: WebhookReceiver) -> None:
+    # The receiver refused the lead's crossing up to sql, then took its crossing down to mql: the
+    # replay posted the crossing up after it, and the receiver was last told sql.
+    settings = sink_settings.with_overrides(webhook_url=webhook.url + "/hook")
+    webhook.inject("status", status=400, body={"error": "not now"})
+    produce(settings, [crossing(9, "sql")])
+    assert drain(WebhookSink(settings), settings).dead_lettered == 1
+    produce(settings, [crossing(9, "mql", "down", from_level="sql"), crossing(8, "sql")])
+    assert drain(WebhookSink(settings), settings).delivered == 2
+    webhook.inject("status", status=400, body={"error": "not now"})
+    produce(settings, [crossing(8, "mql", "down", from_level="sql")])
+    assert drain(WebhookSink(settings), settings).dead_lettered == 1
+
+    replayed = SinkRunner(WebhookSink(settings), settings).replay_dead_letters()
+
+    assert (replayed.delivered, replayed.stale, replayed.dead_lettered) == (1, 1, 0)  # lead 8's: nothing overtook it
+    posted = [orjson.loads(request.body) for request in webhook.requests_to("POST", "/hook")]
+    assert [(p["lead_id"], p["to_level"]) for p in posted if p["lead_id"] == "lead-9"][-1] == ("lead-9", "mql")
