@@ -32,7 +32,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from scoring.errors import StateError
 from streams import (assignor, batching, bulk_store, consumer_stop, erasure, fetch_wait, lead_states, metrics, read_offsets, routing,
-                     seek_first, stitching, transactions)
+                     seek_first, stitching, stream_idle, transactions)
 from streams.account_table import AccountTable
 from streams.addresses import advertised, authority
 from streams.assignor import AlignedPartitionAssignor
@@ -199,6 +199,7 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
 
     async def on_assigned(sender: Any, assigned: Any = (), **kwargs: Any) -> None:
         fetch_wait.install(app.consumer, settings.fetch_max_wait_ms)
+        stream_idle.install(app)
         transactions.read_committed(app.consumer)
         consumer_stop.install(app.consumer)
         owned = sorted(tp.partition for tp in assigned if tp.topic == settings.topic_events)
