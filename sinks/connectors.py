@@ -57,5 +57,7 @@ def warn_of_levels_no_model_has(mapping: Mapping, settings: Settings) -> None:
     unknown = levels_no_model_has(mapping, models)
     if unknown:
         levels = sorted({name for model in models for name in model.ladder.names})
+        accounts = sorted({name for model in models if model.accounts for name in model.accounts.ladder.names})
         log.warning("the mapping names levels no model in LEADSTREAM_MODELS_DIR=%s has, so no crossing reaches them: %s "
-                    "(the models' levels: %s)", settings.models_dir, "; ".join(unknown), ", ".join(levels))
+                    "(the models' levels: %s; their accounts' levels: %s)", settings.models_dir, "; ".join(unknown),
+                    ", ".join(levels), ", ".join(accounts) or "none")

@@ -1,5 +1,5 @@
 """Faust's check that each assigned partition's stream processes what is fetched, measured from
-when the partition was assigned rather than from when the worker started.
+the last rebalance rather than from when the worker started.
 
 Faust's consumer reports, at ERROR with a page of possible causes, a partition that has records
 waiting and that its stream has "not started processing" since the worker started, once the
