@@ -40,6 +40,7 @@ import binascii
 import codecs
 import json
 import logging
+import re
 import signal
 import time
 import tomllib
@@ -96,8 +97,16 @@ BATCH_CALLS = ("batch", "import")
 # analytics.js (Segment's browser library) posts each call to /v1/ and its type's first letter,
 # and its batches to /v1/b: the same calls under short names, answered and counted as them.
 CALL_ALIASES = {"t": "track", "p": "page", "s": "screen", "i": "identify", "g": "group", "a": "alias", "b": "batch"}
-# Headers the browser libraries set on a cross-origin call: RudderStack's adds AnonymousId.
+# Headers the browser libraries set on a cross-origin call: RudderStack's adds AnonymousId. A
+# preflight that names others (SentAt, Segment's X-Retry-Count, RudderStack's Rsa-Retry-*, and
+# whatever their next versions add) is answered with the ones it names: an unlisted header made
+# the browser drop the call, and with it every retry. No credentials ride on them (the origin is
+# `*`), so allowing what a page asks for opens nothing.
 CORS_HEADERS = "Authorization, Content-Type, Content-Encoding, AnonymousId"
+CORS_REQUESTED_HEADERS = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+(?:\s*,\s*[A-Za-z0-9!#$%&'*+.^_`|~-]+)*")
+CORS_REQUESTED_HEADERS_MAX = 1024
+# Retry-After on a 503 tells a browser library how long to wait, if it may read it.
+CORS_RESPONSE_HEADERS = {"Access-Control-Allow-Origin": "*", "Access-Control-Expose-Headers": "Retry-After"}
 CONTENT_TYPES = ("application/json", "text/plain")  # text/plain: what navigator.sendBeacon sends
 UTF8_CHARSETS = ("utf-8", "utf8", "us-ascii")  # ASCII is UTF-8; any other text read as UTF-8 would be garbled
 # The reason of a call whose mapping raised something else than RequestRejected: a bug of ours,
@@ -721,11 +730,15 @@ def create_app(collector: Collector) -> web.Application:
         return _json(200, outcome.answer())
 
     async def preflight(request: web.Request) -> web.Response:
+        asked = request.headers.get("Access-Control-Request-Headers", "").strip()
+        allowed = CORS_HEADERS
+        if len(asked) <= CORS_REQUESTED_HEADERS_MAX and CORS_REQUESTED_HEADERS.fullmatch(asked):
+            allowed = f"{CORS_HEADERS}, {asked}"
         return web.Response(
             status=204,
             headers={
                 "Access-Control-Allow-Methods": "POST, OPTIONS",
-                "Access-Control-Allow-Headers": CORS_HEADERS,
+                "Access-Control-Allow-Headers": allowed,
                 "Access-Control-Max-Age": "86400",
             },
         )
@@ -746,9 +759,15 @@ def create_app(collector: Collector) -> web.Application:
 
     @web.middleware
     async def cross_origin(request: web.Request, handler: Handler) -> web.StreamResponse:
-        # Browsers on the sites that embed the snippet post from another origin.
-        response = await handler(request)
-        response.headers["Access-Control-Allow-Origin"] = "*"
+        # Browsers on the sites that embed the snippet post from another origin. aiohttp raises
+        # its 404 and 405 (a mistyped path, a GET): without the header a page could not read them.
+        try:
+            # A preflight of any path: a page that mistyped one then reads the 404 of its call.
+            response = await (preflight(request) if request.method == "OPTIONS" else handler(request))
+        except web.HTTPException as exc:
+            exc.headers.update(CORS_RESPONSE_HEADERS)
+            raise
+        response.headers.update(CORS_RESPONSE_HEADERS)
         return response
 
     app = web.Application(middlewares=[cross_origin])
@@ -757,7 +776,6 @@ def create_app(collector: Collector) -> web.Application:
     # in the query string (navigator.sendBeacon cannot set an Authorization header).
     for path in (f"/v1/{{call:{calls}}}", "/beacon/v1/{call:batch}"):
         app.router.add_post(path, ingest)
-        app.router.add_route("OPTIONS", path, preflight)
     app.router.add_get("/v1/leadstream.js", javascript)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -46,8 +46,19 @@
   var anonymousId = readCookie("ls_aid") || uuid();
   writeCookie("ls_aid", anonymousId, YEAR_S);  // renews the cookie's year on every visit
   var userId = readCookie("ls_uid");
+  // Where the browser keeps the cookies, they are read again before each call: identify() or
+  // reset() in another tab of the site changes who this one's calls are for (a log out in one
+  // tab, then the next person using another). Where it refuses them, the page keeps its own.
+  var cookiesKept = readCookie("ls_aid") === anonymousId;
+
+  function readIds() {
+    if (!cookiesKept) return;
+    anonymousId = readCookie("ls_aid") || anonymousId;
+    userId = readCookie("ls_uid");
+  }
 
   function send(kind, call, happenedAt) {
+    readIds();
     call.messageId = uuid();
     call.anonymousId = anonymousId;
     if (userId) call.userId = userId;
@@ -131,7 +142,7 @@
       writeCookie("ls_aid", anonymousId, YEAR_S);
       lastUrl = "";
     },
-    anonymousId: function () { return anonymousId; }
+    anonymousId: function () { readIds(); return anonymousId; }
   };
 
   window.leadstream = api;

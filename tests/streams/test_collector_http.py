@@ -469,6 +469,26 @@ def test_the_snippet_and_cors_preflight_are_served(collector: ThreadedCollector)
     assert "Authorization" in preflight.headers["Access-Control-Allow-Headers"]
 
 
+def test_a_preflight_allows_the_headers_it_names_and_answers_expose_retry_after(collector: ThreadedCollector) -> None:
+    """Browser libraries add headers of their own (SentAt, X-Retry-Count) that the preflight did
+    not allow; a 503's Retry-After was not exposed, so a page could not read how long to wait."""
+    asked = "sentat, x-retry-count,Rsa-Retry-Attempt"
+    preflight = requests.options(f"{collector.url}/v1/page", timeout=10,
+                                 headers={"Origin": "https://acme.test", "Access-Control-Request-Headers": asked})
+    assert preflight.status_code == 204
+    assert preflight.headers["Access-Control-Allow-Headers"].endswith(asked)
+    assert "Authorization" in preflight.headers["Access-Control-Allow-Headers"]
+    for bad in ("x-a x-b", "x" * 2000, "a;b", "x-a,"):  # not a header list: the fixed list, not an echo
+        answer = requests.options(f"{collector.url}/v1/page", timeout=10, headers={"Access-Control-Request-Headers": bad})
+        assert answer.headers["Access-Control-Allow-Headers"] == "Authorization, Content-Type, Content-Encoding, AnonymousId"
+    for response in (requests.post(f"{collector.url}/v1/page", json={}, timeout=10),  # 401: no write key
+                     requests.get(f"{collector.url}/v1/track", timeout=10),  # 405, raised by aiohttp
+                     requests.post(f"{collector.url}/v1/trak", data=b"{}", timeout=10)):  # 404, raised by aiohttp
+        assert response.status_code in (401, 404, 405)
+        assert response.headers["Access-Control-Allow-Origin"] == "*"
+        assert response.headers["Access-Control-Expose-Headers"] == "Retry-After"
+
+
 def raw_request(port: int, head: bytes) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
     sock.sendall(head)

@@ -243,6 +243,30 @@ def test_the_browser_libraries_requests_pass_cors_from_another_origin(browser: B
     assert sorted(e["event_id"] for e in events) == ["m-ajs", "m-rudder"]
 
 
+def test_retries_with_the_libraries_own_headers_pass_cors_and_errors_are_readable(
+    browser: Browser, site: str, collector: ThreadedCollector
+) -> None:
+    """RudderStack's SDK (XHR, its default) sends SentAt on every call and Rsa-Retry-* on its
+    retries, analytics.js X-Retry-Count on its retries: the preflight did not allow them, so the
+    browser dropped those calls (RudderStack's all, analytics.js's every retry after a 503). A
+    404 of a mistyped path carried no CORS header: the page saw a network error, not the 404."""
+    settings = collector.settings
+    browser.call("Page.navigate", url=f"{site}/index.html")
+    browser.wait_for("document.readyState === 'complete'")
+    statuses = browser.evaluate(f"""Promise.all([
+        fetch("{collector.url}/v1/track", {{method: "POST", headers: {{"Content-Type": "application/json;charset=UTF-8",
+            "Authorization": "Basic " + btoa("{WRITE_KEY}:"), "AnonymousId": btoa("a-1"), "SentAt": new Date().toISOString(),
+            "Rsa-Retry-Attempt": "1", "Rsa-Since-Last-Attempt": "1000", "Rsa-Retry-Reason": "server-error"}},
+            body: JSON.stringify({{type: "track", event: "Demo Requested", anonymousId: "a-1", messageId: "m-rudder"}})}}),
+        fetch("{collector.url}/v1/t", {{method: "POST", headers: {{"Content-Type": "text/plain", "X-Retry-Count": "1"}},
+            body: JSON.stringify({{type: "track", event: "Demo Requested", anonymousId: "a-2", messageId: "m-ajs", writeKey: "{WRITE_KEY}"}})}}),
+        fetch("{collector.url}/v1/trak", {{method: "POST", headers: {{"Content-Type": "application/json"}}, body: "{{}}"}}),
+    ].map(call => call.then(r => r.status, e => String(e))))""")
+    assert statuses == [200, 200, 404]
+    events = all_events(read_messages(settings, settings.topic_events, events=2))
+    assert sorted(e["event_id"] for e in events) == ["m-ajs", "m-rudder"]
+
+
 def test_a_route_change_after_the_tab_was_hidden_has_the_route_left_as_referrer(
     browser: Browser, site: str, collector: ThreadedCollector
 ) -> None:
@@ -293,3 +317,24 @@ def test_reset_on_log_out_forgets_the_user_and_gives_the_next_visitor_a_new_anon
     ]
     pricing = next(e for e in events if e["properties"].get("path") == "/pricing.html")
     assert pricing["properties"]["referrer"] == ""  # not a URL the previous user read
+
+
+def test_identify_and_reset_in_another_tab_change_who_this_tabs_calls_are_for(
+    browser: Browser, site: str, collector: ThreadedCollector
+) -> None:
+    """The snippet read the ids from its cookies once, at load: after a log out (reset()) in one
+    tab, the next person's calls in a tab opened before it went on as the previous user's, and
+    were scored on that lead. Another tab of the site changes the shared cookies; here a script
+    does what that tab's snippet does to them."""
+    settings = collector.settings
+    browser.call("Page.navigate", url=f"{site}/index.html")
+    first = browser.wait_for("window.leadstream && window.leadstream.version && leadstream.anonymousId()")
+    cookie = "document.cookie = '{}=' + {} + '; Max-Age={}; Path=/; SameSite=Lax'"
+    browser.evaluate(cookie.format("ls_uid", "'user-7'", 31536000))  # identify('user-7') in the other tab
+    browser.evaluate("leadstream.track('Pricing Viewed', {})")
+    browser.evaluate(cookie.format("ls_uid", "''", 0) + ";" + cookie.format("ls_aid", "'next-visitor'", 31536000))  # its reset()
+    assert browser.evaluate("leadstream.anonymousId()") == "next-visitor"
+    browser.evaluate("leadstream.track('Demo Requested', {})")
+    events = all_events(read_messages(settings, settings.topic_events, events=2))
+    assert sorted((e["type"], e["lead_id"], e["anonymous_id"]) for e in events) == [
+        ("demo_requested", "anon:next-visitor", "next-visitor"), ("pricing_viewed", "user-7", first)]
