@@ -8,7 +8,7 @@ import random
 import pytest
 
 from scoring import Engine
-from tests.scoring.support import DAY, HOUR, Run, engine, ev, model
+from tests.scoring.support import DAY, HOUR, T0, Run, engine, ev, model
 
 MODEL = (
     '[[rules]]\nname = "visit"\nevent = "visit"\npoints = 10\nbonus = { count = 3, window = "1d", points = 5 }\n'
@@ -86,3 +86,25 @@ def test_traits_follow_event_time_whatever_order_profile_updates_arrive_in() -> 
         state = run.state()
         outcomes.add((tuple(sorted(state.traits.items())), state.fit, run.score()))
     assert outcomes == {((("company", "Globex"), ("title", "VP Sales")), 10, 20)}
+
+
+def test_a_late_events_traits_and_first_account_are_taken_though_it_scores_nothing() -> None:
+    """A worker catching up reads the events topic ahead of the profiles topic: an identify more
+    than the lateness behind its lead's newest event was dropped whole, so the lead kept no
+    traits and no fit for good. Its points still count as late; its traits count where no newer
+    update set them, and its account when the lead has none."""
+    run = Run(engine(FIT, lateness="1d", settings='keep_traits = ["title", "country"]'))
+    run.apply(ev("visit", at=3 * DAY), ev("identify", at=3 * DAY + HOUR, traits={"country": "FR"}))
+    assert (run.score(), run.levels()) == (10, [])
+    run.apply(ev("identify", at=0, event_id="late-1", traits={"title": "VP Sales", "country": "DE"}, account_id="acme"))
+    state = run.state()
+    assert [late.event.event_id for late in run.late] == ["late-1"]  # reported late all the same
+    assert (state.traits, state.fit, state.account_id) == ({"title": "VP Sales", "country": "FR"}, 10, "acme")
+    assert run.levels() == [("cold", "mql")]  # 10 + 10 fit: over the line at 20
+    [crossing] = run.transitions
+    assert crossing.time_ms == T0 + 3 * DAY + HOUR  # the lead's newest event time, not 3 days back
+    assert run.account_updates[-1].account_id == "acme"
+    store = dict(run.store)
+    run.apply(ev("identify", at=0, event_id="late-1", traits={"title": "VP Sales", "country": "DE"}, account_id="acme"),
+              ev("group", at=HOUR, account_id="globex"))  # again, and an older account: nothing changes
+    assert run.store == store and len(run.transitions) == 1 and run.state().account_id == "acme"
