@@ -338,35 +338,56 @@ def by_account(updates: Iterable[MemberScore]) -> dict[tuple[str, str], list[Mem
 
 def roll_up_all(runtime: ModelRuntime, account_id: str, state: AccountState | None,
                 updates: Sequence[MemberScore]) -> tuple[AccountState, list[Transition]]:
-    """Takes the updates into the account in order, then crosses (at most once) to where its
-    score is after all of them: the crossing is an account transition naming the last member
-    whose update changed the account (its reasons are the members with the most points).
+    """Takes the updates into the account in the order the changes happened (whatever order a
+    batch put them in), crossing to where the score is after each one, as updates taken one by
+    one would: three members climbing in one batch take the account through each line they
+    pass, and a line left within its hysteresis band keeps the level reached. A crossing is an
+    account transition naming the last member whose update changed the account's score, stamped
+    with that update's time (its reasons are the members with the most points).
 
-    Why once, after all: some updates come in pairs that only together say what happened. A
-    visitor merged into a lead of the same account leaves it as the lead's score takes in its
-    points; crossed after each update, the account fell (its score without the visitor's points,
-    nor the lead's new ones yet) and rose again, and both crossings went to the CRM."""
+    Except with a leaving: updates that hold one are taken together, then crossed once. Some
+    come in pairs that only together say what happened: a visitor merged into a lead of the
+    same account leaves it as the lead's score takes in its points; crossed after each, the
+    account fell without them (or rose with them counted twice, by the pair's times) and
+    crossed back, and both crossings went to the CRM."""
     rollup = runtime.model.accounts
     base = rollup.ladder.names[0] if rollup is not None else ""
     state = AccountState({}, base, 0) if state is None else state
-    mover: MemberScore | None = None
-    # In the order the changes happened, whatever order a batch put them in:
-    # the crossing names the latest that moved the account, and is stamped with its time.
-    for update in sorted(updates, key=_when):
-        if state.update(update):
-            mover = update
-    if mover is None or rollup is None:
+    ordered = sorted(updates, key=_when)
+    if rollup is None:
+        for update in ordered:
+            state.update(update)
         return state, []
+    together = len(ordered) - 1 if any(update.left for update in ordered) else -1
     score = rollup.score(state)
+    # The last update that changed the score, else the last that changed the account (a level
+    # an edit of the ladder left out of place moves at the account's next change).
+    moved: MemberScore | None = None
+    touched: MemberScore | None = None
+    out: list[Transition] = []
+    for i, update in enumerate(ordered):
+        if state.update(update):
+            touched = update
+            if (now := rollup.score(state)) != score:
+                score, moved = now, update
+        if touched is not None and i >= together:
+            _cross(runtime, rollup, account_id, state, score, moved or touched, out)
+            moved = touched = None
+    return state, out
+
+
+def _cross(runtime: ModelRuntime, rollup: AccountRollup, account_id: str, state: AccountState, score: float,
+           mover: MemberScore, out: list[Transition]) -> None:
+    """Moves the account's level to where `score` puts it, recording a transition if it changed."""
     before = rollup.ladder.index.get(state.level, 0)
     after = rollup.ladder.level_after(before, score)
     state.level = rollup.ladder.names[after]
     if after == before:
-        return state, []
+        return
     state.crossings += 1
     normalized = rollup.scale.normalize(score)
     temperature = runtime.model.temperature
-    transition = Transition(
+    out.append(Transition(
         kind="account",
         model=runtime.name,
         # A leaving names no one: it may be an erasure's (`leadstream forget`), whose id must not
@@ -386,8 +407,7 @@ def roll_up_all(runtime: ModelRuntime, account_id: str, state: AccountState | No
         time_ms=mover.at_ms,
         reasons=tuple({"rule": "member", "lead_id": lead_id, "points": score} for lead_id, score in rollup.reasons(state)),
         traits={},
-    )
-    return state, [transition]
+    ))
 
 
 def _when(update: MemberScore) -> tuple[int, bool, str, int]:

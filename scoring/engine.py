@@ -744,8 +744,8 @@ class Engine:
     def apply_account_updates(
         self, model_name: str, account_id: str, state: AccountState | None, updates: Sequence[MemberScore]
     ) -> tuple[AccountState, list[Transition]]:
-        """The account state with the updates taken in, in order, and the one crossing (if
-        any) to where they leave it: a pair such as a merged visitor's leaving and its lead's
+        """The account state with the updates taken in, in the order they happened, and the
+        crossings they make it take; a pair such as a merged visitor's leaving and its lead's
         new score does not cross down and up again (`scoring.accounts.roll_up_all`). A model
         without `[accounts]` keeps member scores but has no levels to cross."""
         return roll_up_all(self.runtime(model_name), account_id, state, updates)

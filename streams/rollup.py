@@ -129,10 +129,10 @@ class Rollup:
         # (account id, model) whose members changed: read models get their summaries.
         moved: set[tuple[str, str]] = set()
         for message in messages:
-            # A message is one scorer batch's updates for the partition: an account takes its
-            # updates of one message together and crosses once, so a pair that belongs
-            # together (a merged visitor's leaving and its lead's new score) does not make it
-            # cross down and up again (`Engine.apply_account_updates`).
+            # A message is one scorer batch's updates for the partition: an account takes those
+            # of one message in the order they happened, and those with a leaving together, so
+            # a pair that belongs together (a merged visitor's leaving and its lead's new score)
+            # does not make it cross down and up again (`Engine.apply_account_updates`).
             for (model, account_id), updates in by_account(self._decode(message, dead)).items():
                 try:
                     states = changed[account_id][1] if account_id in changed else self.store.states(account_id)

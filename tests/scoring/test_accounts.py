@@ -79,6 +79,29 @@ def test_an_account_crossing_names_the_latest_change_that_moved_it_stamped_with_
     assert (down.lead_id, down.time_ms, down.direction) == ("a", T0 + 30 * DAY, "down")
 
 
+def test_a_batchs_updates_cross_each_line_they_pass_as_one_by_one_and_name_the_member_that_moved_it() -> None:
+    """The account crossed once per batch, to where the batch left it: three members climbing
+    in one message crossed to engaged at 140, never to buying, though the account had reached
+    150 and 140 lies in buying's hysteresis band; and the crossing named the batch's last
+    changed member, whose update (under top_k, outside the best) had not moved the score."""
+    eng = engine(RULE + '[accounts]\ncombine = "top_k"\ntop_k = 3\nbase = "unaware"\nhysteresis = 10\n'
+                 'ladder = [{ level = "engaged", at = 60 }, { level = "buying", at = 150 }]\n')
+    climbing = [MemberScore("m", "acme", lead, score, T0 + at) for lead, score, at in
+                (("s0", 50, 0), ("s4", 50, 1), ("s6", 50, 2), ("s6", 40, 3))]
+    state, crossed = eng.apply_account_updates("m", "acme", None, climbing)
+    assert [(t.to_level, t.lead_id, t.time_ms, t.score) for t in crossed] == [
+        ("engaged", "s4", T0 + 1, 100), ("buying", "s6", T0 + 2, 150)]
+    assert state.level == "buying"  # 140: within the band below buying's line
+    one_by_one = None
+    for update in climbing:
+        one_by_one, _ = eng.apply_account_updates("m", "acme", one_by_one, [update])
+    assert one_by_one == state
+    moves = [MemberScore("m", "beta", lead, score, T0 + at) for lead, score, at in
+             (("r0", 50, 0), ("r1", 10, 1), ("r2", 10, 2), ("r5", 1, 3))]
+    _, [engaged] = eng.apply_account_updates("m", "beta", None, moves)
+    assert (engaged.lead_id, engaged.time_ms, engaged.score) == ("r1", T0 + 1, 60)  # r5's 1 point is not among the best
+
+
 def test_batches_report_member_scores_of_leads_with_an_account() -> None:
     run = Run(account_engine("sum")).apply(ev("p", account_id="acme"), ev("p", at=1), ev("p", lead="L2"))
     # The lead's second event: its state's second change, so the update's revision.
