@@ -242,22 +242,26 @@ def print_top(settings: Settings, model: str, limit: int, accounts: bool = False
         raise ServiceError(f"cannot read Redis at LEADSTREAM_REDIS_URL ({exc}); run `leadstream services up`, or check "
                            "the setting") from None
     if not rows:
-        names = _model_names(settings)
-        if names is not None and model not in names:
-            raise ConfigError(f"no model named {model!r} in {settings.models_dir} (models: {', '.join(sorted(names)) or 'none'})")
+        models = _models(settings)
+        if models is not None and model not in models:
+            raise ConfigError(f"no model named {model!r} in {settings.models_dir} (models: {', '.join(sorted(models)) or 'none'})")
+        if models is not None and accounts and not models[model]:
+            print(f"model {model!r} has no [accounts] table: its accounts have no score to rank (scoring/MODELS.md, `[accounts]`)")
+            return 0
         print(f"no {kind}s for model {model!r} in Redis yet: is `leadstream sink redis` running, and the worker scoring?")
         return 0
     print(format_account_table(rows) if accounts else format_table(rows), end="")
     return 0
 
 
-def _model_names(settings: Settings) -> set[str] | None:
-    """The models of LEADSTREAM_MODELS_DIR; None when they do not load (the worker reading
-    Redis may run elsewhere, with other files: its models are not this machine's to judge)."""
+def _models(settings: Settings) -> dict[str, bool] | None:
+    """The models of LEADSTREAM_MODELS_DIR, and whether each rolls leads up into accounts; None
+    when they do not load (the worker reading Redis may run elsewhere, with other files: its
+    models are not this machine's to judge)."""
     from scoring.errors import ModelError
     from scoring.model import load_directory
 
     try:
-        return {model.name for model in load_directory(settings.models_dir)}
+        return {model.name: model.accounts is not None for model in load_directory(settings.models_dir)}
     except (ModelError, OSError):
         return None

@@ -162,6 +162,9 @@ def test_leadstream_top_prints_the_hottest_leads_as_a_table(sink_settings: Setti
                                     "demo_request", "+25"]
     empty = leadstream(sink_settings, "top", "--model", "analytics_addon")  # a model with no lead in Redis yet
     assert "no leads for model 'analytics_addon' in Redis yet" in empty.stdout
+    # It asked whether the connector ran, of a model whose accounts have no score at all.
+    no_rollup = leadstream(sink_settings, "top", "--model", "saas_start_small", "--accounts")
+    assert no_rollup.stdout.startswith("model 'saas_start_small' has no [accounts] table") and no_rollup.returncode == 0
     # An entry written otherwise (an earlier version, by hand) shows no reasons; it stopped `top` for the model.
     Redis.from_url(sink_settings.redis_url).hset(lead_key(sink_settings.redis_prefix, "b2b", "lead-6"), "top_reasons", '"x"')
     again = leadstream(sink_settings, "top", "--model", "b2b", "--limit", "3").stdout.splitlines()
