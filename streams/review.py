@@ -169,7 +169,9 @@ def _reviews(
 
     run = apply_file(engine, events_path, err, keep=before_outcome)
     reviewed: dict[str, list[Reviewed]] = {model.name: [] for model in engine.models}
-    bonus_only = {model.name: {rule.name for rule in model.rules if not rule.points} for model in engine.models}
+    # A rule of 0 points with a bonus pays by its bonus alone; one without is a rule set to 0
+    # (neutralised while its worth is in doubt), whose matches are what its review is about.
+    bonus_only = {model.name: {rule.name for rule in model.rules if not rule.points and rule.bonus} for model in engine.models}
     for (model, lead_id), state in sorted(run.leads.items()):
         outcome = outcomes.get(lead_id)
         if outcome is None:

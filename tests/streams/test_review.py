@@ -287,3 +287,53 @@ def test_an_edit_is_compared_with_the_baseline_it_was_made_from(tmp_path: Path) 
     out = io.StringIO()
     review_files(MODELS_DIR, events, outcomes, frozenset({"won"}), 20, True, out, io.StringIO(), baseline_dir=edited)
     assert "model analytics_addon: 0 leads with an outcome, 0 converted (-), AUC -\n\nthe baseline has no model of this name\n" in out.getvalue()
+
+
+ZERO_POINT_MODEL = """
+[model]
+name = "web"
+
+[[rules]]
+name = "pricing page"
+event = "page_view"
+points = 0
+properties = { url = { contains = "/pricing" } }
+
+[[rules]]
+name = "docs page"
+event = "page_view"
+points = 5
+properties = { url = { contains = "/docs" } }
+
+[[rules]]
+name = "pricing streak"
+event = "page_view"
+points = 0
+properties = { url = { contains = "/pricing" } }
+bonus = { count = 3, window = "7d", points = 10 }
+
+[thresholds]
+base = "cold"
+ladder = [{ level = "mql", at = 20 }]
+"""
+
+
+def test_a_rule_of_0_points_counts_the_leads_it_matched(tmp_path: Path) -> None:
+    # A rule set to 0 points (neutralised, as a finding may advise) still matched its leads: its
+    # figures are what says whether to give it points again. A rule paying by its bonus alone
+    # counts only for the leads that won the bonus (p0 and p1, with 3 pricing visits).
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "web.toml").write_text(ZERO_POINT_MODEL)
+    events = []
+    for n in range(6):
+        for visit in range(3 if n < 2 else 1):
+            events.append({"event_id": f"p{n}-{visit}", "lead_id": f"p{n}", "type": "page_view", "time": T0 + visit * MINUTE,
+                           "properties": {"url": "https://acme.io/pricing"}})  # fmt: skip
+    events += [{"event_id": f"d{n}", "lead_id": f"d{n}", "type": "page_view", "time": T0, "properties": {"url": "https://acme.io/docs"}} for n in range(4)]
+    (tmp_path / "outcomes.csv").write_text("lead_id,outcome\n" + "".join(f"p{n},won\n" for n in range(6)) + "".join(f"d{n},lost\n" for n in range(4)))
+    out = io.StringIO()
+    assert review_files(tmp_path / "models", write(tmp_path / "events.jsonl", events), tmp_path / "outcomes.csv", frozenset({"won"}), 20, False, out, io.StringIO()) == 0
+    (report,) = map(orjson.loads, out.getvalue().splitlines())
+    rules = {row["rule"]: (row["leads"], row["converted"], row["lift"]) for row in report["rules"]}
+    assert rules == {"pricing page": (6, 6, 1.67), "docs page": (4, 0, 0.0), "pricing streak": (2, 2, 1.67)}
+    assert not [finding for finding in report["findings"] if "matched none" in finding]
