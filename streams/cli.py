@@ -248,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("review", _review, "Review each model against real outcomes: how well its scores, levels and rules predicted conversions.")
     p.add_argument("--models", type=Path, help="directory of model files (default: LEADSTREAM_MODELS_DIR)")
     p.add_argument("--events", type=Path, required=True, help="JSON-lines file of events (the history to score)")
-    p.add_argument("--outcomes", type=Path, required=True, help="JSON lines, or CSV with a header row: lead_id, outcome, time (optional)")
+    p.add_argument("--outcomes", type=Path, required=True, help="JSON lines (the file starts with '{'), or else CSV with a header row: lead_id, outcome, time (optional); whatever the file's name")
     p.add_argument("--converted", type=_outcome_values, default=frozenset({"won"}), help="comma-separated outcome values that count as converted (default: won)")
     p.add_argument("--min-leads", type=_positive, default=20, help="leads a figure needs before a finding is drawn from it (default 20)")
     p.add_argument("--baseline", type=Path, help="directory of another version of the models, to compare each model with its namesake")

@@ -9,9 +9,9 @@ and prints them, one JSON object per model (or tables with --table). With --base
 models of another directory (the version in use) are reviewed on the same files, and each
 model's report carries its namesake's headline figures and levels for comparison.
 
-Outcomes come as JSON lines ({"lead_id": "lead-42", "outcome": "won", "time": ...}) or, for
-files named *.csv, as CSV with a header row naming the columns lead_id, outcome and optionally
-time. `time` is epoch milliseconds or ISO-8601 with a time zone, as in events, or a date alone
+Outcomes come as JSON lines ({"lead_id": "lead-42", "outcome": "won", "time": ...}) or as CSV
+with a header row naming the columns lead_id, outcome and optionally time: a file whose first
+non-blank character is '{' (or '[') is read as JSON lines, any other as CSV, whatever its name. `time` is epoch milliseconds or ISO-8601 with a time zone, as in events, or a date alone
 (its midnight, UTC: a CRM's close date). A bad line is
 reported on stderr with its number and skipped; a lead listed twice keeps its first outcome.
 """
@@ -200,8 +200,9 @@ def _baseline_figures(report: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def read_outcomes(path: Path, converted_values: frozenset[str], err: TextIO) -> dict[str, Outcome]:
-    """lead id -> outcome, from JSON lines or (a *.csv file) CSV with a header row. An outcome
-    is a conversion when it is one of `converted_values`, whatever its case and spacing."""
+    """lead id -> outcome, from JSON lines or CSV with a header row, told apart by the file's
+    first non-blank character. An outcome is a conversion when it is one of `converted_values`,
+    whatever its case and spacing."""
     converted_values = frozenset(" ".join(value.split()).casefold() for value in converted_values)
     try:
         handle = path.open("rb")
@@ -210,7 +211,7 @@ def read_outcomes(path: Path, converted_values: frozenset[str], err: TextIO) -> 
     outcomes: dict[str, Outcome] = {}
     first_line: dict[str, int] = {}
     with handle:
-        rows = _csv_rows(handle, path) if path.suffix.lower() == ".csv" else _json_rows(handle)
+        rows = _json_rows(handle) if _starts_as_json(handle) else _csv_rows(handle, path)
         for number, row in rows:
             found = _outcome(row, converted_values)
             if isinstance(found, str):
@@ -231,6 +232,16 @@ class _Unreadable:
     """A line that is not JSON, and why."""
 
     problem: str
+
+
+def _starts_as_json(handle: Any) -> bool:
+    """Whether the file's first non-blank line starts as JSON does ('{', or '[' of a line that
+    is not an object), then back to the file's start. The content decides, not the name: CRMs
+    and shell redirections name a CSV export .txt, or nothing. An empty file reads as JSON lines
+    (none), to be reported as having no usable outcome lines."""
+    first = next(numbered_lines(handle), None)
+    handle.seek(0)
+    return first is None or first[1][:1] in (b"{", b"[")
 
 
 def _json_rows(handle: Any) -> Iterator[tuple[int, Any]]:
@@ -259,8 +270,8 @@ def _csv_rows(handle: Any, path: Path) -> Iterator[tuple[int, Any]]:
     header = reader.fieldnames or []
     missing = [column for column in ("lead_id", "outcome") if column not in header]
     if missing:
-        raise InputError(f"{path}: the header row must name the columns lead_id and outcome (and optionally time); "
-                         f"{' and '.join(missing)} not found in {header}")  # fmt: skip
+        raise InputError(f"{path}: read as CSV, as it does not start with '{{' as JSON lines do, but its header row must name "
+                         f"the columns lead_id and outcome (and optionally time); {' and '.join(missing)} not found in {header}")  # fmt: skip
     try:
         for row in reader:
             if any(row.values()):

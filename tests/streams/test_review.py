@@ -107,7 +107,7 @@ def test_the_command_prints_tables(tmp_path: Path, capsys: pytest.CaptureFixture
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        ("lead,result\nana,won\n", "the header row must name the columns lead_id and outcome (and optionally time); lead_id and outcome not found in ['lead', 'result']"),
+        ("lead,result\nana,won\n", "its header row must name the columns lead_id and outcome (and optionally time); lead_id and outcome not found in ['lead', 'result']"),
         ("lead_id,outcome\nnobody,\n", "no usable outcome lines (each needs a lead_id and an outcome)"),
         (None, "cannot read outcomes file"),
     ],
@@ -337,3 +337,26 @@ def test_a_rule_of_0_points_counts_the_leads_it_matched(tmp_path: Path) -> None:
     rules = {row["rule"]: (row["leads"], row["converted"], row["lift"]) for row in report["rules"]}
     assert rules == {"pricing page": (6, 6, 1.67), "docs page": (4, 0, 0.0), "pricing streak": (2, 2, 1.67)}
     assert not [finding for finding in report["findings"] if "matched none" in finding]
+
+
+@pytest.mark.parametrize("name", ["outcomes.txt", "outcomes", "outcomes.CSV"])
+def test_csv_outcomes_are_read_as_csv_whatever_the_files_name(tmp_path: Path, name: str) -> None:
+    # The format is the file's content: a CSV saved as .txt or without an extension (a CRM
+    # export, a shell redirection) was read as JSON lines, each line "not valid JSON".
+    report, err = run(tmp_path, "\ufefflead_id,outcome\nana,won\nben,lost\n", name=name)
+    assert (err, report["leads"], report["converted"]) == ("", 2, 1)
+
+
+def test_json_outcome_lines_are_read_as_json_in_a_file_named_csv(tmp_path: Path) -> None:
+    report, err = run(tmp_path, '\n{"lead_id": "ana", "outcome": "won"}\n{"lead_id": "ben", "outcome": "lost"}\n', name="outcomes.csv")
+    assert (err, report["leads"], report["converted"]) == ("", 2, 1)
+
+
+def test_an_outcomes_file_neither_json_lines_nor_csv_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    events = write(tmp_path / "events.jsonl", SAAS_EVENTS)
+    (tmp_path / "outcomes.txt").write_text("ana won\nben lost\n")
+    assert main(["review", "--events", str(events), "--outcomes", str(tmp_path / "outcomes.txt"), "--models", str(MODELS_DIR)]) == 1
+    assert capsys.readouterr().err == (
+        f"leadstream review: {tmp_path / 'outcomes.txt'}: read as CSV, as it does not start with '{{' as JSON lines do, but its header "
+        "row must name the columns lead_id and outcome (and optionally time); lead_id and outcome not found in ['ana won']\n"
+    )
