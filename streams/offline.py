@@ -258,10 +258,7 @@ def score_file(models_dir: Path, events_path: Path, table: bool, out: TextIO, er
     A file of lines none of which is an event is an InputError: a check that scores a file
     (as scoring/MODELS.md suggests, in CI) must not pass on a file of the wrong format."""
     run = apply_file(Engine.from_directory(models_dir), events_path, err)
-    if not run.accepted and run.warnings:
-        refused = sum(run.warnings.values())
-        raise InputError(f"no event of {events_path.name} could be read, all {refused} refused (reported above): a file "
-                         "holds one JSON event, or an array of events, a line")
+    check_read(run, events_path, empty_ok=True)
     run.finish(at_ms)
     records = run.records()
     if table:
@@ -270,6 +267,16 @@ def score_file(models_dir: Path, events_path: Path, table: bool, out: TextIO, er
         for record in records:
             out.write(orjson.dumps(record).decode() + "\n")
     return 0
+
+
+def check_read(run: OfflineRun, events_path: Path, empty_ok: bool = False) -> None:
+    """Raises InputError when no line of the file was an event (a file of another format, such
+    as the outcomes CSV given as events), or, unless `empty_ok`, when it has no line at all."""
+    if run.accepted or (empty_ok and not run.warnings):
+        return
+    refused = sum(run.warnings.values())
+    raise InputError(f"no event of {events_path.name} could be read, " + (f"all {refused} refused (reported above)" if refused else "it is empty")
+                     + ": a file holds one JSON event, or an array of events, a line")  # fmt: skip
 
 
 def apply_file(engine: Engine, events_path: Path, err: TextIO, keep: Callable[[Event], bool] | None = None) -> OfflineRun:

@@ -25,8 +25,9 @@ import sys
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
-from typing import Any, Callable, Iterator, TextIO
+from typing import Any, Callable, Iterable, Iterator, TextIO
 
 import orjson
 
@@ -36,7 +37,7 @@ from scoring.events import parse_moment_ms, parse_time_ms
 from scoring.review import Reviewed, review
 from streams.errors import InputError
 from streams.jsonlines import numbered_lines
-from streams.offline import apply_file
+from streams.offline import apply_file, check_read
 from streams.tables import columns, points
 from streams.stitching import MAX_HOPS, links_of, may_link
 
@@ -65,13 +66,20 @@ def review_files(
               f"(--converted): every lead counts as not converted", file=err)  # fmt: skip
     with _rereadable(events_path) as events:
         links = _links_ahead(events)
-        reports, scored = _reviews(engine, events, outcomes, links, min_leads, err)
+        reports, scored, present = _reviews(engine, events, outcomes, links, min_leads, err)
         if baseline is not None:
             # The same file again: its bad lines were reported above.
             before = {report["model"]: report for report in _reviews(baseline, events, outcomes, links, min_leads, io.StringIO())[0]}
             for report in reports:
                 report["baseline"] = _baseline_figures(before.get(report["model"]))
-    unscored = len(outcomes.keys() - scored)
+    absent = [lead_id for lead_id in outcomes if lead_id not in present]
+    if absent:
+        # Told apart from leads won before their events: ids the two files do not share (a case,
+        # spaces, another id system) or files given the wrong way round are fixed on the files.
+        print(f"{outcomes_path.name}: {len(absent)} of {len(outcomes)} leads with an outcome have no event in {events_path.name} "
+              f"(such as {_examples(absent)}; its leads are such as {_examples(present)}): check that both files name leads "
+              f"by the same ids, in the same case and spacing; not reviewed", file=err)  # fmt: skip
+    unscored = len(outcomes.keys() - scored - set(absent))
     if unscored:
         print(f"{outcomes_path.name}: {unscored} of {len(outcomes)} leads with an outcome have no scored event "
               f"before it: not reviewed", file=err)  # fmt: skip
@@ -160,14 +168,18 @@ def _before_outcomes(lead_id: str, time_ms: int, outcomes: dict[str, Outcome], l
 
 def _reviews(
     engine: Engine, events_path: Path, outcomes: dict[str, Outcome], links: Links, min_leads: int, err: TextIO
-) -> tuple[list[dict[str, Any]], set[str]]:
-    """The review of each model of `engine`, each lead judged at its outcome's time, and the
-    ids of every lead some model scored."""
+) -> tuple[list[dict[str, Any]], set[str], dict[str, None]]:
+    """The review of each model of `engine`, each lead judged at its outcome's time, the ids of
+    every lead some model scored, and those of every lead of the file, in the file's order (a
+    merged visitor's events under its lead's id)."""
+    present: dict[str, None] = {}
 
     def before_outcome(event: Event) -> bool:
+        present[event.lead_id] = None
         return _before_outcomes(event.lead_id, event.time_ms, outcomes, links)
 
     run = apply_file(engine, events_path, err, keep=before_outcome)
+    check_read(run, events_path)
     reviewed: dict[str, list[Reviewed]] = {model.name: [] for model in engine.models}
     # A rule of 0 points with a bonus pays by its bonus alone; one without is a rule set to 0
     # (neutralised while its worth is in doubt), whose matches are what its review is about.
@@ -188,7 +200,12 @@ def _reviews(
                 seen["cell"], seen["temperature"], frozenset(rules),
             )
         )  # fmt: skip
-    return [review(model, reviewed[model.name], min_leads) for model in engine.models], {lead_id for _, lead_id in run.leads}
+    return [review(model, reviewed[model.name], min_leads) for model in engine.models], {lead_id for _, lead_id in run.leads}, present
+
+
+def _examples(lead_ids: Iterable[str], shown: int = 2) -> str:
+    """A few ids, quoted, so that a difference of case or spacing between two files shows."""
+    return ", ".join(repr(lead_id) for lead_id in islice(lead_ids, shown))
 
 
 def _baseline_figures(report: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -59,7 +59,8 @@ def test_csv_outcomes_with_bad_lines_reported_by_number(tmp_path: Path) -> None:
         "outcomes.csv line 3: field 'outcome' must be a non-empty text, such as \"won\" or \"lost\"",
         "outcomes.csv line 4: field 'time' is not an ISO-8601 time: 'yesterday'",
         "outcomes.csv line 6: lead 'ana' already has an outcome (line 2): the first one is used",
-        "outcomes.csv: 2 of 4 leads with an outcome have no scored event before it: not reviewed",
+        "outcomes.csv: 2 of 4 leads with an outcome have no event in events.jsonl (such as 'zed', '86400000'; its leads are such as "
+        "'ana', 'ben'): check that both files name leads by the same ids, in the same case and spacing; not reviewed",
     ]
     # ana was won after all her events (20 points, mql); ben lost at the end, on 5.
     assert [(row["level"], row["leads"], row["converted"]) for row in report["levels"]] == [("lead", 1, 0), ("mql", 1, 1)]
@@ -359,4 +360,30 @@ def test_an_outcomes_file_neither_json_lines_nor_csv_is_a_one_line_error(tmp_pat
     assert capsys.readouterr().err == (
         f"leadstream review: {tmp_path / 'outcomes.txt'}: read as CSV, as it does not start with '{{' as JSON lines do, but its header "
         "row must name the columns lead_id and outcome (and optionally time); lead_id and outcome not found in ['ana won']\n"
+    )
+
+
+def test_leads_not_in_the_history_are_told_apart_from_leads_won_before_their_events(tmp_path: Path) -> None:
+    # ANA is ana in another case, "ben " has a trailing space: both absent from the history,
+    # where ben, lost before his sign-up, has events, all after his outcome.
+    report, err = run(tmp_path, f"lead_id,outcome,time\nANA,won,\nben ,lost,\nben,lost,{T0}\n")
+    assert report["leads"] == 0
+    assert err.splitlines() == [
+        "outcomes.csv: 2 of 3 leads with an outcome have no event in events.jsonl (such as 'ANA', 'ben '; its leads are such as "
+        "'ana', 'ben'): check that both files name leads by the same ids, in the same case and spacing; not reviewed",
+        "outcomes.csv: 1 of 3 leads with an outcome have no scored event before it: not reviewed",
+    ]
+
+
+@pytest.mark.parametrize(("events", "problem"), [("lead_id,outcome\nana,won\nben,lost\n", "all 3 refused (reported above)"), ("", "it is empty")])
+def test_an_events_file_without_a_readable_event_stops_the_review(tmp_path: Path, capsys: pytest.CaptureFixture[str], events: str, problem: str) -> None:
+    # The outcomes file given as --events too (or an empty history): nothing could be reviewed,
+    # and an exit status of 0 with empty reviews hid it.
+    (tmp_path / "outcomes.csv").write_text("lead_id,outcome\nana,won\nben,lost\n")
+    (tmp_path / "events.csv").write_text(events)
+    assert main(["review", "--events", str(tmp_path / "events.csv"), "--outcomes", str(tmp_path / "outcomes.csv"), "--models", str(MODELS_DIR)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.splitlines()[-1] == (
+        f"leadstream review: no event of events.csv could be read, {problem}: a file holds one JSON event, or an array of events, a line"
     )
