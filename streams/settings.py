@@ -137,6 +137,12 @@ def _heap(value: str) -> str | None:
     return None if re.fullmatch(r"[1-9][0-9]*[kKmMgG]?", value) else "a Java heap size (e.g. 1g or 512m)"
 
 
+def _salesforce_version(value: str) -> str | None:
+    # simple-salesforce puts a v before it: Salesforce's own spelling, v59.0, made every request
+    # go to /services/data/vv59.0/, a 404 each crossing was dead-lettered for as permanent.
+    return None if re.fullmatch(r"[0-9]+\.[0-9]+", value) else "a Salesforce API version: digits.digits without a v (e.g. 59.0)"
+
+
 LOG_LEVELS = ("debug", "info", "warning", "error")
 NON_NEGATIVE = _at_least(0)
 POSITIVE = _at_least(1)
@@ -342,7 +348,10 @@ class Settings:
     salesforce_domain: str = _setting(
         "LEADSTREAM_SALESFORCE_DOMAIN", "login", "Salesforce login domain: login, test (sandbox) or a My Domain."
     )
-    salesforce_api_version: str = _setting("LEADSTREAM_SALESFORCE_API_VERSION", "59.0", "Salesforce REST API version.")
+    salesforce_api_version: str = _setting(
+        "LEADSTREAM_SALESFORCE_API_VERSION", "59.0",
+        "Salesforce REST API version, without the v Salesforce's docs write (59.0, not v59.0).", _salesforce_version,
+    )
     salesforce_rate_limit: str = _setting(
         "LEADSTREAM_SALESFORCE_RATE_LIMIT", "100000/86400s", "Salesforce requests per window (Enterprise daily allocation)."
     )

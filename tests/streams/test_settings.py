@@ -41,6 +41,9 @@ REFUSED = [
     ("LEADSTREAM_WEBHOOK_URL", "https://hooks.example.com:0/leadstream", "an http(s) URL"),
     ("LEADSTREAM_HUBSPOT_BASE_URL", "api.hubapi.com", "an http(s) URL"),
     ("LEADSTREAM_SALESFORCE_INSTANCE_URL", "acme.my.salesforce.com", "an http(s) URL"),
+    # simple-salesforce adds the v: /services/data/vv59.0/ answered 404 to every crossing.
+    ("LEADSTREAM_SALESFORCE_API_VERSION", "v59.0", "a Salesforce API version: digits.digits without a v"),
+    ("LEADSTREAM_SALESFORCE_API_VERSION", "59", "a Salesforce API version"),
     ("LEADSTREAM_ADVERTISED_HOST", "http://worker-2", "a host name or an IP address"),
     ("LEADSTREAM_ADVERTISED_HOST", "worker-2:6066", "a host name or an IP address"),
     ("LEADSTREAM_PARTITIONS", "four", "an integer"),
@@ -87,6 +90,7 @@ def test_a_value_out_of_range_is_refused_naming_the_variable(variable: str, valu
         ("LEADSTREAM_REDIS_URL", "rediss://:secret@redis.example:6380/2", "redis_url", "rediss://:secret@redis.example:6380/2"),
         ("LEADSTREAM_REDIS_URL", "unix:///run/redis.sock", "redis_url", "unix:///run/redis.sock"),
         ("LEADSTREAM_KAFKA_HEAP", "512m", "kafka_heap", "512m"),
+        ("LEADSTREAM_SALESFORCE_API_VERSION", "62.0", "salesforce_api_version", "62.0"),
         ("LEADSTREAM_ADVERTISED_HOST", "leadstream_worker_2.svc", "advertised_host", "leadstream_worker_2.svc"),
         ("LEADSTREAM_ADVERTISED_HOST", "fd00::7", "advertised_host", "fd00::7"),
         ("LEADSTREAM_WEBHOOK_URL", "http://127.0.0.1:8080/hook?token=x", "webhook_url", "http://127.0.0.1:8080/hook?token=x"),
