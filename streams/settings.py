@@ -85,7 +85,38 @@ def _redis_url(value: str) -> str | None:
 
 def _topic(value: str) -> str | None:
     # Kafka's own rule; a name it refuses failed with a traceback from the admin client or Faust.
-    return None if re.fullmatch(r"[A-Za-z0-9._-]{1,249}", value) else "a Kafka topic name: 1 to 249 letters, digits, '.', '_' or '-'"
+    if re.fullmatch(r"[A-Za-z0-9._-]{1,249}", value) and value not in (".", ".."):
+        return None
+    return "a Kafka topic name: 1 to 249 letters, digits, '.', '_' or '-', other than '.' and '..'"
+
+
+def _topic_with_dead_letters(suffix: str) -> Check:
+    """A topic the connectors read: each dead-letters to its name and `suffix` (sinks/runner.py
+    dlq_topic), which Kafka refused beyond 249 characters with a traceback as the connector started."""
+    longest = 249 - len(suffix)
+
+    def check(value: str) -> str | None:
+        expected = _topic(value)
+        if expected is None and len(value) > longest:
+            return f"a Kafka topic name of at most {longest} characters (the connectors' dead-letter topics add {suffix!r})"
+        return expected
+
+    return check
+
+
+def _colliding_topics(settings: Settings) -> None:
+    """Refuses two topics whose names differ only by '.' and '_', which Kafka takes for the same
+    topic: it refused to create the second, with a traceback."""
+    seen: dict[str, Field[Any]] = {}
+    for f in fields(settings):
+        if not f.name.startswith("topic_"):
+            continue
+        name = getattr(settings, f.name)
+        first = seen.setdefault(name.replace(".", "_"), f)
+        first_name = getattr(settings, first.name)
+        if first_name != name:
+            raise ConfigError(f"{first.metadata['env']}={first_name!r} and {f.metadata['env']}={name!r} differ only by '.' "
+                              "and '_', which Kafka takes for the same topic: rename one")
 
 
 def _app_id(value: str) -> str | None:
@@ -167,9 +198,11 @@ class Settings:
     topic_profiles: str = _setting(
         "LEADSTREAM_TOPIC_PROFILES", "leadstream-profiles", "Lead trait (profile) updates, keyed by lead id.", _topic)
     topic_crossings: str = _setting(
-        "LEADSTREAM_TOPIC_CROSSINGS", "leadstream-crossings", "Sink topic: threshold crossings, keyed by lead id.", _topic)
+        "LEADSTREAM_TOPIC_CROSSINGS", "leadstream-crossings", "Sink topic: threshold crossings, keyed by lead id.",
+        _topic_with_dead_letters("-dlq-salesforce"))  # the longest of the CRM connectors'
     topic_scores: str = _setting(
-        "LEADSTREAM_TOPIC_SCORES", "leadstream-scores", "Score changes for read models (compacted), keyed by model and lead.", _topic)
+        "LEADSTREAM_TOPIC_SCORES", "leadstream-scores", "Score changes for read models (compacted), keyed by model and lead.",
+        _topic_with_dead_letters("-dlq-redis"))
     topic_accounts: str = _setting(
         "LEADSTREAM_TOPIC_ACCOUNTS", "leadstream-accounts", "Member score updates re-keyed by account for roll-ups.", _topic)
     topic_identity: str = _setting(
@@ -377,7 +410,9 @@ class Settings:
             if raw is None or raw == "":
                 continue
             values[f.name] = _checked(f, _parse(f.metadata["env"], raw, type(f.default)), raw)
-        return cls(**values)
+        settings = cls(**values)
+        _colliding_topics(settings)
+        return settings
 
     def check(self, name: str) -> None:
         """Refuses setting `name`'s value as from_env does, for settings made in code

@@ -61,6 +61,11 @@ REFUSED = [
     # Names Kafka refuses: a traceback from the admin client or Faust.
     ("LEADSTREAM_TOPIC_EVENTS", "my events", "a Kafka topic name"),
     ("LEADSTREAM_TOPIC_CROSSINGS", "x" * 250, "a Kafka topic name"),
+    ("LEADSTREAM_TOPIC_EVENTS", ".", "a Kafka topic name"),
+    ("LEADSTREAM_TOPIC_DEADLETTER", "..", "a Kafka topic name"),
+    # The connectors' dead-letter topics, `<name>-dlq-<connector>`, would be longer than Kafka takes.
+    ("LEADSTREAM_TOPIC_CROSSINGS", "x" * 235, "a Kafka topic name of at most 234 characters"),
+    ("LEADSTREAM_TOPIC_SCORES", "x" * 240, "a Kafka topic name of at most 239 characters"),
     ("LEADSTREAM_APP_ID", "team/leadstream", "1 to 200 letters, digits"),
     ("LEADSTREAM_BIND_HOST", "http://x", "a host name or an IP address"),
     ("LEADSTREAM_COLLECTOR_HOST", "0.0.0.0:8088", "a host name or an IP address"),
@@ -124,3 +129,23 @@ def test_a_leadstream_variable_that_is_no_setting_is_warned_of_naming_the_likely
         "LEADSTREAM_WORKERPORT is not a setting (did you mean LEADSTREAM_WORKER_PORT?), so it changes nothing; "
         "`leadstream settings` lists them",
     ]
+
+
+def test_the_topics_connectors_read_are_refused_where_a_dead_letter_topic_would_pass_kafka_s_limit() -> None:
+    from sinks.connectors import NAMES
+    from sinks.runner import dlq_topic
+
+    longest = Settings.from_env({"LEADSTREAM_TOPIC_CROSSINGS": "c" * 234, "LEADSTREAM_TOPIC_SCORES": "s" * 239})
+    for connector in NAMES:
+        source = longest.topic_scores if connector == "redis" else longest.topic_crossings
+        assert len(dlq_topic(source, connector)) <= 249, connector
+    assert max(len(dlq_topic(longest.topic_crossings, c)) for c in NAMES if c != "redis") == 249
+
+
+def test_topics_whose_names_differ_only_by_dot_and_underscore_are_refused_naming_both() -> None:
+    # Kafka takes them for the same topic: creating the second failed with a traceback.
+    with pytest.raises(ConfigError) as refused:
+        Settings.from_env({"LEADSTREAM_TOPIC_EVENTS": "acme.events", "LEADSTREAM_TOPIC_ACCOUNTS": "acme_events"})
+    assert str(refused.value) == ("LEADSTREAM_TOPIC_EVENTS='acme.events' and LEADSTREAM_TOPIC_ACCOUNTS='acme_events' differ "
+                                  "only by '.' and '_', which Kafka takes for the same topic: rename one")
+    assert Settings.from_env({"LEADSTREAM_TOPIC_EVENTS": "acme.events", "LEADSTREAM_TOPIC_ACCOUNTS": "acme.accounts"})
