@@ -59,6 +59,9 @@ MAX_POLL_RECORDS = 200
 # (heartbeats run in the background, only this bound applies to slow batches).
 MAX_POLL_INTERVAL_MS = 30 * 60 * 1000
 DLQ_RETENTION_MS = 30 * 24 * 3600 * 1000
+#: Shortest wait between two tries under refused credentials: with LEADSTREAM_SINK_BACKOFF_MAX_MS
+#: at 0 a connector posted to a receiver answering 401 thousands of times a second, for good.
+HOLD_MIN_S = 1.0
 
 
 def group_id(settings: Settings, connector: str) -> str:
@@ -96,6 +99,11 @@ class RetryPolicy:
         day-long one would stall the connector for a day (the delivery is tried again, and after
         `max_attempts` dead-lettered for a replay)."""
         return None if retry_after_s is None else min(retry_after_s, self.max_ms / 1000)
+
+    def hold_s(self) -> float:
+        """The wait between two tries under refused credentials (a 401): the longest backoff, at
+        least HOLD_MIN_S. Every try is refused alike until the connector restarts with others."""
+        return max(self.max_ms / 1000, HOLD_MIN_S)
 
 
 @dataclass(frozen=True, slots=True)
@@ -374,10 +382,10 @@ class SinkRunner(Generic[T]):
         if self.refused is None:
             log.error("sink %s: the service refuses the connector's credentials: %s. Nothing is delivered or "
                       "dead-lettered until it accepts them (restart the connector with new ones); /readyz answers 503 "
-                      "and the same delivery is tried again every %g s", self.sink.name, refusal, self.policy.max_ms / 1000)
+                      "and the same delivery is tried again every %g s", self.sink.name, refusal, self.policy.hold_s())
         self.refused = refusal
         self.ready()
-        if self.stop.wait(self.policy.max_ms / 1000):
+        if self.stop.wait(self.policy.hold_s()):
             raise Stopping()
 
     def _dead_letter(self, env: Envelope, reason: str, detail: str) -> str:

@@ -350,7 +350,9 @@ class Settings:
         NON_NEGATIVE,
     )
     sink_backoff_max_ms: int = _setting(
-        "LEADSTREAM_SINK_BACKOFF_MAX_MS", 60_000, "Longest retry delay of a sink, a server's Retry-After included.",
+        "LEADSTREAM_SINK_BACKOFF_MAX_MS", 60_000,
+        "Longest retry delay of a sink, a server's Retry-After included; also its wait between tries under refused "
+        "credentials (a 401), 1 s at the least.",
         NON_NEGATIVE,
     )
     sink_timeout_s: int = _setting("LEADSTREAM_SINK_TIMEOUT_S", 10, "Timeout of one HTTP request to a CRM or webhook, from its start to the end of its answer; and of each Redis command of the connectors and `leadstream top`.", POSITIVE)

@@ -42,6 +42,14 @@ def test_backoff_is_exponential_with_equal_jitter_and_honours_retry_after(
     assert RetryPolicy(max_attempts=8, base_ms=250, max_ms=60_000).delay_s(attempt, jitter, retry_after_s) == expected_s
 
 
+@pytest.mark.parametrize(("max_ms", "expected_s"), [(60_000, 60.0), (2_500, 2.5), (1_000, 1.0), (200, 1.0), (0, 1.0)])
+def test_a_delivery_under_refused_credentials_is_tried_again_after_the_longest_backoff_and_at_least_1_s(
+    max_ms: int, expected_s: float
+) -> None:
+    # LEADSTREAM_SINK_BACKOFF_MAX_MS=0 held it for no time: thousands of POSTs a second to a receiver answering 401.
+    assert RetryPolicy(max_attempts=8, base_ms=250, max_ms=max_ms).hold_s() == expected_s
+
+
 def test_token_bucket_keeps_every_window_under_the_quota_and_pauses_for_retry_after() -> None:
     clock = FakeClock()
     bucket = TokenBucket(Quota(100, 10.0), clock=clock, sleep=clock.sleep)
