@@ -57,6 +57,35 @@ def test_compose_has_the_local_topology_on_the_default_ports() -> None:
     assert worker["ports"] == [f"127.0.0.1:{port}:{port}"]
 
 
+def test_compose_kafka_is_configured_as_the_local_broker(tmp_path: Path) -> None:
+    # It lacked the segment size and the log cleaner's buffer `services up` gives the local one.
+    from streams.services import Kafka
+
+    kafka = Kafka(Settings(services_dir=tmp_path))
+    kafka.write_config()
+    local = dict(line.split("=", 1) for line in kafka.config_file.read_text().splitlines() if line)
+    own = {"controller.quorum.voters", "listeners", "advertised.listeners", "inter.broker.listener.name",
+           "listener.security.protocol.map", "log.dirs"}  # each broker's addresses and paths
+    environment = compose()["services"]["kafka"]["environment"]  # KAFKA_LOG_SEGMENT_BYTES is log.segment.bytes
+    differing = {key: value for key, value in local.items()
+                 if key not in own and environment.get("KAFKA_" + key.upper().replace(".", "_")) != value}
+    assert not differing, f"the compose broker lacks {differing}"
+
+
+def test_compose_gives_each_process_the_host_s_models_and_mappings_it_reads() -> None:
+    # Only the worker mounted the models: the CRM connectors checked their mappings against the
+    # image's copies, and read its mappings, so an edit of sinks/mappings/*.toml needed a rebuild.
+    services = compose()["services"]
+    host = {"LEADSTREAM_MODELS_DIR": "./scoring/models", "LEADSTREAM_SINK_MAPPING_DIR": "./sinks/mappings"}
+    reads = {"worker": ["LEADSTREAM_MODELS_DIR"],
+             "sink-hubspot": ["LEADSTREAM_MODELS_DIR", "LEADSTREAM_SINK_MAPPING_DIR"],
+             "sink-salesforce": ["LEADSTREAM_MODELS_DIR", "LEADSTREAM_SINK_MAPPING_DIR"]}
+    for name, variables in reads.items():
+        mounts = [volume.split(":") for volume in services[name].get("volumes", [])]
+        for variable in variables:
+            assert [host[variable], services[name]["environment"][variable], "ro"] in mounts, f"{name} reads {variable} from its image"
+
+
 def test_compose_configures_leadstream_only_with_real_settings() -> None:
     for name, service in compose()["services"].items():
         for variable in service.get("environment", {}):
