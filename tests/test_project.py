@@ -9,6 +9,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import orjson
+import pytest
 import yaml
 
 from streams.deadletter import DeadLetter
@@ -120,6 +121,14 @@ def test_readme_documents_every_setting() -> None:
     readme = (PROJECT_ROOT / "README.md").read_text()
     missing = sorted(env for env in ENV_NAMES if f"`{env}`" not in readme)
     assert not missing, f"README lacks {missing}"
+
+
+def test_readme_settings_table_is_what_leadstream_settings_markdown_prints(capsys: pytest.CaptureFixture[str]) -> None:
+    # The table is generated from the settings' descriptions: one edited by hand drifts from them.
+    from streams.cli import main
+
+    assert main(["settings", "--markdown"]) == 0
+    assert capsys.readouterr().out in (PROJECT_ROOT / "README.md").read_text()
 
 
 def test_readme_lists_every_command() -> None:
