@@ -133,7 +133,8 @@ def load_sources(spec: str) -> dict[str, Source]:
     """Write key -> source, from LEADSTREAM_COLLECTOR_WRITE_KEYS (a *.toml path, or inline pairs).
 
     The file holds one table per source: `[sources.website]` with `write_keys = ["..."]` and an
-    optional `product = "..."`. Inline: `key=source,key2=source2`.
+    optional `product = "..."`. Inline: `key=source,key2=source2`, a source with its product as
+    `key=source:product`.
     """
     spec = spec.strip()
     if not spec:
@@ -145,10 +146,11 @@ def load_sources(spec: str) -> dict[str, Source]:
         return _sources_from_file(Path(spec).expanduser())
     keys: dict[str, Source] = {}
     for pair in spec.split(","):
-        key, _, name = (part.strip() for part in pair.partition("="))
-        if not key or not name:
-            raise ConfigError(f"LEADSTREAM_COLLECTOR_WRITE_KEYS: {pair.strip()!r} is not `key=source`")
-        _add_key(keys, key, Source(name), "LEADSTREAM_COLLECTOR_WRITE_KEYS")
+        key, _, named = (part.strip() for part in pair.partition("="))
+        name, colon, product = (part.strip() for part in named.partition(":"))
+        if not key or not name or (colon and not product):
+            raise ConfigError(f"LEADSTREAM_COLLECTOR_WRITE_KEYS: {pair.strip()!r} is not `key=source` nor `key=source:product`")
+        _add_key(keys, key, Source(name, product or None), "LEADSTREAM_COLLECTOR_WRITE_KEYS")
     return keys
 
 

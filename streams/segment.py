@@ -15,7 +15,8 @@ Every call becomes one leadstream event:
   accepts (LEADSTREAM_MAX_FUTURE_MS) is refused;
 - track -> the event name, normalised (`Pricing Viewed` -> `pricing_viewed`), with its
   properties; page -> `page_view` with url, path, title, referrer, search and `time_on_page_s`
-  (from the properties or `context.page`); screen -> `screen_view`;
+  (from the properties or `context.page`); screen -> `screen_view`; the three take the
+  browser's `context.userAgent` as `properties.user_agent` where they have none;
 - identify -> `identify` with the traits (the call's, over `context.traits` where RudderStack
   puts them), group -> `group` with the account id, alias -> `alias` with `previous_id`: these
   three go to the profiles topic. The traits fit scoring reads get one flat name each
@@ -159,6 +160,11 @@ class Mapper:
         if group_id is not None:
             event["account_id"] = group_id
         self._by_type[kind](call, context, event)
+        agent = context.get("userAgent")
+        if isinstance(agent, str) and kind not in PROFILE_TYPES and "user_agent" not in event["properties"]:
+            # Where a rule reads it (the b2b model's spam bot rule): the browser libraries and
+            # the page snippet send it in the context only.
+            event["properties"] = {**event["properties"], "user_agent": agent}
         app = context.get("app")
         product = source.product or (app.get("name") if isinstance(app, dict) else None)
         if isinstance(product, str) and product:

@@ -245,7 +245,7 @@ class Settings:
     collector_write_keys: str = _setting(
         "LEADSTREAM_COLLECTOR_WRITE_KEYS",
         "",
-        "The collector's write keys: a path to a *.toml file of sources, or inline `key=source,key2=source2`.",
+        "The collector's write keys: a path to a *.toml file of sources, or inline `key=source,key2=source2` (`key=source:product` gives the source's events a product).",
     )
     collector_event_names: str = _setting(
         "LEADSTREAM_COLLECTOR_EVENT_NAMES",

@@ -113,6 +113,23 @@ def test_page_maps_to_a_page_view_with_fields_from_context_and_time_on_page() ->
     }
 
 
+def test_the_browsers_user_agent_is_a_property_the_b2b_spam_bot_rule_reads() -> None:
+    """analytics.js and the page snippet send the user agent as context.userAgent only: the
+    shipped b2b model's spam bot rule (-50) reads properties.user_agent, so no web page view
+    through the collector could ever meet it. A user_agent the call sends itself is kept."""
+    bot = "Mozilla/5.0 (X11; Linux x86_64) HeadlessChrome/120.0 Safari/537.36"
+    call = {"anonymousId": "a-9", "properties": {"url": "https://acme.test/pricing"}, "context": {"userAgent": bot}}
+    _, event = mapped(call, "page", source=Source("website", product="b2b"))
+    assert event["properties"]["user_agent"] == bot
+    engine = Engine.from_directory(MODELS)
+    result = engine.apply_batch(parse_message(orjson.dumps(event)), lambda model, lead: None)
+    assert [rule for rule in result.states[("b2b", "anon:a-9")].ledger] == ["pricing page", "spam bot"]
+    _, own = mapped({**call, "properties": {"url": "https://acme.test/", "user_agent": "curl/8"}}, "page")
+    assert own["properties"]["user_agent"] == "curl/8"
+    profile, identify = mapped({"userId": "u-1", "traits": {}, "context": {"userAgent": bot}}, "identify")
+    assert profile and "user_agent" not in identify["properties"]
+
+
 def test_identify_is_a_profile_update_with_the_fit_traits_flattened() -> None:
     profile, event = mapped(
         {
@@ -355,6 +372,8 @@ def test_rejections_show_the_value_as_the_call_wrote_it(call: Any, call_type: st
 
 def test_write_keys_from_inline_pairs() -> None:
     assert load_sources(" k1=website , k2=backend") == {"k1": Source("website"), "k2": Source("backend")}
+    # A product could only be given in a file: the README's inline keys fed no shipped model.
+    assert load_sources("k1=website:b2b, k2 = app : saas") == {"k1": Source("website", "b2b"), "k2": Source("app", "saas")}
 
 
 def test_write_keys_from_a_sources_file(tmp_path: Path) -> None:
@@ -370,6 +389,7 @@ def test_write_keys_from_a_sources_file(tmp_path: Path) -> None:
     [
         ("", None, "no write keys"),
         ("k1", None, "is not `key=source`"),
+        ("k1=web:", None, "nor `key=source:product`"),
         ("k1=a,k1=b", None, "given twice"),
         ("missing.toml", None, "cannot read"),
         ("sources.toml", "[sources", "not valid TOML"),
