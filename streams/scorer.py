@@ -54,6 +54,8 @@ LINKING_TYPES = frozenset(("identify", "alias"))
 #: a replay, or a downtime) must not hold up the scoring of arriving events, whose latency
 #: matters; a decay applied a few seconds late changes nothing anyone can see.
 DECAY_CHUNK = 250
+#: Products of unrouted events the log names (`Scorer._tell_unrouted`): beyond, the counter says it.
+UNROUTED_TOLD_MAX = 100
 DECAY_PAUSE_S = 0.02
 
 
@@ -189,6 +191,8 @@ class Scorer:
         self._started_again: set[tuple[str, int]] = set()  # partitions of topics created again, logged
         self.erasures = erasure.Waiting()
         self.models = {model.name for model in engine.models}
+        #: Products of unrouted events the log has named since the models last changed.
+        self._unrouted_told: set[str | None] = set()
         self.sequence = OffsetSequence({settings.topic_events, settings.topic_identity}, holds_records)
         # A batch and a decay sweep update the same live states in place, and each writes them
         # to the changelog only after the crossings they caused are acknowledged: they take
@@ -196,6 +200,21 @@ class Scorer:
         self._turns: asyncio.Lock | None = None
         #: The last batch's flushes, running while the next batch is scored (streams/overlap.py).
         self.in_flight = InFlight()
+
+    def _tell_unrouted(self, events: list[Event]) -> None:
+        """Logs each product among the events no model's [filter] takes, once (per model edit):
+        a source set up without its product (the collector's write key) had its events counted
+        and dropped with not a word in the log."""
+        new = {event.product for event in events} - self._unrouted_told
+        if not new or len(self._unrouted_told) >= UNROUTED_TOLD_MAX:
+            return
+        self._unrouted_told |= new
+        taken = sorted({product for model in self.engine.models for product in model.products or ()})
+        log.warning("events no model's [filter] takes are counted (leadstream_events_unrouted_total), not scored: %s; the "
+                    "models take the products %s, and an event without one goes to the models without a [filter] (give the "
+                    "collector's write key its product, `key=source:product`, or the events their `product`)",
+                    ", ".join(sorted("no product" if product is None else f"product {product!r}" for product in new)),
+                    ", ".join(taken) or "none")
 
     async def use(self, engine: Engine, owned: set[int]) -> None:
         """Scores with `engine` from the next batch or decay sweep on (models edited while the
@@ -205,6 +224,7 @@ class Scorer:
             before = {model.name: model for model in self.engine.models}
             self.engine = engine
             self.models = {model.name for model in engine.models}
+            self._unrouted_told.clear()
             # Fit points derived under the old [[fit]] rules are cached in the live states.
             self.store.drop_live()
             # Re-indexing costs what a recovery's indexing does: only when a due time may differ.
@@ -414,6 +434,8 @@ class Scorer:
             for model in late.models:
                 stats.late[model] = stats.late.get(model, 0) + 1
         stats.unrouted = len(result.unrouted)
+        if result.unrouted:
+            self._tell_unrouted(result.unrouted)
         stats.scored = len(events) - len(result.rejected) - unscored_late - stats.unrouted - len(result.unknown_type)
         if result.unknown_type:
             self._unknown_types(result.unknown_type, sources, dead)
