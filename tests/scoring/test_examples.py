@@ -40,6 +40,13 @@ def test_b2b_rules(kind: str, properties: dict, points: int) -> None:
     assert run.score("L1", "b2b") == 60 + points
 
 
+@pytest.mark.parametrize("industry", ["software", "Software", "Financial Services"])
+def test_b2b_target_industry_matches_whatever_the_case_a_crm_sends(industry: str) -> None:
+    # Segment's and CRMs' traits say "Software": the list compared exactly, case included.
+    run = Run(ALL).apply(ev("identify", product="b2b", traits={"industry": industry}))
+    assert ALL.explain("b2b", "L1", run.state("L1", "b2b"), T0)["fit"] == [{"rule": "target industry", "points": 3}]
+
+
 def test_b2b_pricing_binge_bonus() -> None:
     run = Run(ALL).apply(*(ev("page_view", at=i * DAY // 2, product="b2b", properties={"url": "https://acme.io/pricing"}) for i in range(5)))
     assert run.score("L1", "b2b") == 50 + 20
