@@ -95,6 +95,10 @@ class Service:
         if self.pid() is not None:
             self.wait_ready()
             return f"{self.name}: already running (pid {self.pid()}) on {self.endpoint}"
+        if _port_in_use(self.endpoint) and self.answers():
+            # One of the user's own, docker compose's, or another services directory's: the
+            # demo and the tests work against it as against ours (`down` leaves it alone).
+            return f"{self.name}: not started from {self.settings.services_dir} (LEADSTREAM_SERVICES_DIR), but {self.endpoint} answers: using it"
         for endpoint, role in self.listens():
             if _port_in_use(endpoint):
                 raise ServiceError(

@@ -75,6 +75,17 @@ def test_a_taken_port_is_named_in_one_line(tmp_path: Path) -> None:
             services.Redis(settings).up()
 
 
+def test_up_uses_a_broker_and_redis_that_answer_though_it_did_not_start_them(tmp_path: Path, local_services: Settings) -> None:
+    """`make demo` with docker compose's Kafka up (the README says the CLI works against it)
+    stopped at once: "port 127.0.0.1:9092 is taken by another process; stop it"."""
+    elsewhere = local_services.with_overrides(services_dir=tmp_path / "services")
+    said = services.up(elsewhere)
+    assert [line.split(": ", 1)[1] for line in said[:2]] == [
+        f"not started from {tmp_path / 'services'} (LEADSTREAM_SERVICES_DIR), but {endpoint} answers: using it"
+        for endpoint in (services.Kafka(elsewhere).endpoint, services.Redis(elsewhere).endpoint)]
+    assert not list((tmp_path / "services").glob("*/*.pid"))  # nothing started, so `down` there stops nothing of theirs
+
+
 def test_a_services_dir_relative_to_where_the_command_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     settings = Settings.from_env({"LEADSTREAM_SERVICES_DIR": "own-services", "LEADSTREAM_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"})
