@@ -252,12 +252,13 @@ class OfflineRun:
 
 
 def score_file(models_dir: Path, events_path: Path, table: bool, out: TextIO, err: TextIO = sys.stderr,
-               at_ms: int | None = None) -> int:
+               at_ms: int | None = None, horizon_ms: int | None = None) -> int:
     """Scores a JSON-lines file of events, decay evaluated at `at_ms` (default: the newest event
     time); returns the exit status (0: scored, even with bad lines, which are reported on `err`).
     A file of lines none of which is an event is an InputError: a check that scores a file
-    (as scoring/MODELS.md suggests, in CI) must not pass on a file of the wrong format."""
-    run = apply_file(Engine.from_directory(models_dir), events_path, err)
+    (as scoring/MODELS.md suggests, in CI) must not pass on a file of the wrong format. Events
+    timed after `horizon_ms` are refused (`future_time`), as the worker refuses them."""
+    run = apply_file(Engine.from_directory(models_dir), events_path, err, horizon_ms=horizon_ms)
     check_read(run, events_path, empty_ok=True)
     run.finish(at_ms)
     records = run.records()
@@ -279,10 +280,11 @@ def check_read(run: OfflineRun, events_path: Path, empty_ok: bool = False) -> No
                      + ": a file holds one JSON event, or an array of events, a line")  # fmt: skip
 
 
-def apply_file(engine: Engine, events_path: Path, err: TextIO, keep: Callable[[Event], bool] | None = None) -> OfflineRun:
+def apply_file(engine: Engine, events_path: Path, err: TextIO, keep: Callable[[Event], bool] | None = None,
+               horizon_ms: int | None = None) -> OfflineRun:
     """A run that has applied every event of the file (those `keep` accepts, when given), in
-    batches (of one event where accounts are rolled up); bad lines are reported on `err` and
-    skipped. Decay is not brought to any time yet."""
+    batches (of one event where accounts are rolled up); bad lines, and events timed after
+    `horizon_ms`, are reported on `err` and skipped. Decay is not brought to any time yet."""
     try:
         handle = sys.stdin.buffer if str(events_path) == "-" else events_path.open("rb")
     except OSError as exc:
@@ -298,6 +300,11 @@ def apply_file(engine: Engine, events_path: Path, err: TextIO, keep: Callable[[E
                     run.warn(number, item.reason, item.detail)
                 elif isinstance(links, Rejection):  # refused as the worker refuses it: an old id no lead can have
                     run.warn(number, links.reason, links.detail)
+                elif horizon_ms is not None and item.time_ms > horizon_ms:
+                    # Scored, it would bring every lead's decay to its time (the newest event's).
+                    at = datetime.fromtimestamp(item.time_ms / 1000, timezone.utc).isoformat(timespec="seconds")
+                    run.warn(number, "future_time", f"event {item.event_id!r} of lead {item.lead_id!r} is timed {at}, further "
+                             "ahead of this machine's clock than LEADSTREAM_MAX_FUTURE_MS allows: the worker refuses it too")
                 else:
                     batch.append((number, item, links))
                     run.accepted += 1

@@ -441,3 +441,21 @@ def test_warnings_come_in_line_order_whether_a_line_is_refused_or_its_event_foun
     err = io.StringIO()
     score_file(MODELS_DIR, write(tmp_path / "events.jsonl", [*SAAS_EVENTS, late, b"{broken"]), table=False, out=io.StringIO(), err=err)
     assert [line.split(": ")[0] for line in err.getvalue().splitlines()] == ["events.jsonl line 7", "events.jsonl line 8"]
+
+
+def test_an_event_timed_beyond_the_workers_future_limit_is_refused_as_the_worker_refuses_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker dead-letters it (`future_time`); scored here, it brought every other lead's
+    decay to 2099, and a lead of 10 points read 0."""
+    monkeypatch.delenv("LEADSTREAM_MAX_FUTURE_MS", raising=False)
+    now = int(datetime.now(timezone.utc).timestamp() * 1000)
+    lines = [{"event_id": "e1", "lead_id": "ana", "type": "signup", "product": "saas", "time": now - DAY},
+             {"event_id": "e2", "lead_id": "ana", "type": "created_task", "product": "saas", "time": now - DAY + 1},
+             {"event_id": "e3", "lead_id": "cy", "type": "signup", "product": "saas", "time": 4070908800000}]  # 2099-01-01
+    events = write(tmp_path / "events.jsonl", lines)
+    assert main(["score", "--models", str(MODELS_DIR), "--events", str(events)]) == 0
+    out, err = capsys.readouterr()
+    scores = {r["lead_id"]: r["score"] for r in map(orjson.loads, out.splitlines()) if r["record"] == "lead"}
+    assert scores == {"ana": 10}
+    assert "events.jsonl line 3: future_time: event 'e3' of lead 'cy' is timed 2099-01-01T00:00:00+00:00" in err
