@@ -214,6 +214,8 @@ class KafkaWriter:
         self._ack_timeout_s = settings.collector_ack_timeout_ms / 1000
         #: Whether Kafka answered the last ask (a metadata request of `watch`, or a write)
         self._answering = False
+        #: Whether it ever did: the first answer is news of a start, not of a return
+        self._answered_once = False
 
     @property
     def ready(self) -> bool:
@@ -224,7 +226,8 @@ class KafkaWriter:
     def _answered(self, answering: bool) -> None:
         if answering != self._answering:
             if answering:
-                log.info("Kafka at %s answers again: ready", self.settings.kafka_bootstrap)
+                log.info("Kafka at %s answers%s: ready", self.settings.kafka_bootstrap, " again" if self._answered_once else "")
+                self._answered_once = True
             else:
                 log.warning("Kafka at %s does not answer: not ready (/readyz 503) until it does", self.settings.kafka_bootstrap)
         self._answering = answering

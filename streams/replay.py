@@ -73,6 +73,9 @@ def replay_dead_letters(settings: Settings, reasons: set[str], since_ms: int = 0
             replay.seen[reason] += 1
             if reason not in reasons:
                 continue
+            if topic is None:  # refused before Kafka: the collector's answer told the client why
+                replay.unreplayable["refused by the collector, never in a topic: the client sends it again once fixed"] += 1
+                continue
             if topic not in sources or not partitions.get(topic):
                 replay.unreplayable[f"source topic {topic!r} is not one the worker reads"] += 1
                 continue

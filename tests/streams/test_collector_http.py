@@ -746,3 +746,14 @@ def test_a_request_that_is_not_valid_http_is_refused_in_one_line_not_a_logged_tr
     said = [r for r in caplog.records if r.name == "aiohttp.server"]
     assert [(r.levelname, r.exc_info) for r in said] == [("INFO", None)] * 2
     assert all(r.getMessage().startswith("refused a request that is not valid HTTP from 127.0.0.1: ") for r in said)
+
+
+def test_the_first_answer_of_kafka_is_logged_as_ready_and_only_a_return_as_again(caplog: pytest.LogCaptureFixture) -> None:
+    # A collector just started logged "Kafka at ... answers again", as after an outage.
+    writer = KafkaWriter(Settings())
+    with caplog.at_level(logging.INFO, logger="leadstream.collector"):
+        writer._answered(True)
+        writer._answered(False)
+        writer._answered(True)
+    said = [record.getMessage() for record in caplog.records if "answer" in record.getMessage()]
+    assert [line.split(": ")[0].split(" ", 3)[-1] for line in said] == ["answers", "does not answer", "answers again"]

@@ -14,6 +14,7 @@ import pytest
 from kafka import KafkaProducer
 
 from streams.cli import build_parser
+from streams.deadletter import DeadLetter
 from streams.history import read_to_end as records_to_end
 from streams.partitioning import partition_for
 from streams.processes import WorkerProcess
@@ -132,6 +133,12 @@ def test_replay_validates_its_arguments(isolated: Settings) -> None:
     # Letters written before --since are left alone.
     later = leadstream(isolated, "replay-dlq", "--reason", "unknown_type", "--since", "2099-01-01", "--dry-run")
     assert later.stdout == "unknown_type: would replay 0; no dead letter has this reason (letters since --since: no letter)\n"
+    # A call the collector refused never was in a topic: it said "source topic None is not one the worker reads".
+    producer = KafkaProducer(bootstrap_servers=isolated.kafka_bootstrap)
+    producer.send(isolated.topic_deadletter, value=DeadLetter("future_time", "ahead", b'{"type": "track"}').to_bytes()).get(timeout=30)
+    producer.close()
+    refused = leadstream(isolated, "replay-dlq", "--reason", "future_time", "--dry-run").stdout
+    assert "not replayable: 1 (refused by the collector, never in a topic: the client sends it again once fixed)" in refused
     # A reason of nothing, and a dead-letter topic that does not exist (the advice was history's: --topic).
     empty = leadstream(isolated, "replay-dlq", "--reason", " ", check=False)
     assert empty.returncode == 2 and "argument --reason: expected a dead-letter reason, such as unknown_type, got nothing" in empty.stderr

@@ -30,7 +30,7 @@ def test_each_product_no_model_takes_is_named_in_the_log_once_per_model_edit(cap
                    **({} if product is None else {"product": product})} for n, product in enumerate(products)]
         asyncio.run(scorer.process([Consumed(settings.topic_events, partition_for("ana", 4), offset, None, orjson.dumps(events))]))
 
-    with caplog.at_level(logging.WARNING, logger="streams.scorer"):
+    with caplog.at_level(logging.WARNING, logger="leadstream.worker"):
         send(0, None, "console", "console", "b2b")
         send(1, None, "console")  # told already
         told = [record.getMessage() for record in caplog.records if "[filter]" in record.getMessage()]
