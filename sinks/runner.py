@@ -177,6 +177,14 @@ class SinkRunner(Generic[T]):
         # Else it would wait for the topic for ever, aiokafka logging its absence ten times a
         # second, and make a dead-letter topic named after it.
         require_topic(self.settings, self.source_topic)
+        # As Kafka is: a URL that reaches no Redis (a typo, a port) is told at start, where it
+        # read every record, tried each until its retries ran out, and dead-lettered it.
+        try:
+            self.ledger.redis.ping()
+        except RedisError as exc:
+            # Not the URL itself: redis://user:password@host holds a credential.
+            raise ServiceError(f"cannot reach Redis at LEADSTREAM_REDIS_URL ({exc}): the connector keeps the ids of what it "
+                               "delivered there; run `leadstream services up`, or check the setting") from None
         ensure_topics(self.settings, [TopicSpec(self.dlq_topic, self.settings.partitions, {"retention.ms": str(DLQ_RETENTION_MS)})])
         consumer = open_client(
             self.settings,

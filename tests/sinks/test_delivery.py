@@ -342,3 +342,17 @@ def test_a_connector_whose_topic_does_not_exist_stops_naming_the_setting(sink_se
         assert result.stderr.strip().endswith(f"topic {settings.topic_crossings!r} does not exist: run `leadstream topics`, or check "
                                               "LEADSTREAM_TOPIC_CROSSINGS"), result.stderr
     assert partition_count(settings, f"{settings.topic_crossings}-dlq-webhook") == 0
+
+
+def test_a_connector_whose_redis_cannot_be_reached_stops_at_start_naming_the_setting(sink_settings: Settings) -> None:
+    # It started, read each crossing, tried it until its retries ran out and dead-lettered it:
+    # a typo in LEADSTREAM_REDIS_URL cost every crossing a trip to the dead-letter topic.
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        url = f"redis://user:secret@127.0.0.1:{closed.getsockname()[1]}/0"
+    produce(sink_settings, [crossing("lead-1", "mql")])
+    settings = sink_settings.with_overrides(redis_url=url, webhook_url="http://127.0.0.1:9/hook")
+    result = leadstream(settings, "sink", "webhook", check=False, timeout=60)
+    assert result.returncode == 1
+    assert "cannot reach Redis at LEADSTREAM_REDIS_URL" in result.stderr and "secret" not in result.stderr, result.stderr
+    assert partition_count(settings, f"{settings.topic_crossings}-dlq-webhook") == 0  # nothing read, nothing set aside
