@@ -53,15 +53,22 @@
 
   function readIds() {
     if (!cookiesKept) return;
-    anonymousId = readCookie("ls_aid") || anonymousId;
+    var current = readCookie("ls_aid") || anonymousId;
+    // Another tab's reset(): a new visitor, to whom the URLs read before are not a referrer.
+    if (current !== anonymousId) lastUrl = "";
+    anonymousId = current;
     userId = readCookie("ls_uid");
   }
 
-  function send(kind, call, happenedAt) {
-    readIds();
+  // `ids`: those to send the call with, if not the cookies' now.
+  function send(kind, call, happenedAt, ids) {
+    if (!ids) {
+      readIds();
+      ids = { anonymousId: anonymousId, userId: userId };
+    }
     call.messageId = uuid();
-    call.anonymousId = anonymousId;
-    if (userId) call.userId = userId;
+    call.anonymousId = ids.anonymousId;
+    if (ids.userId) call.userId = ids.userId;
     // The collector corrects the visitor's clock skew with sentAt (Segment's rule).
     call.originalTimestamp = new Date(happenedAt || Date.now()).toISOString();
     call.sentAt = new Date().toISOString();
@@ -90,9 +97,13 @@
   // surely runs the page), so reading after a return to the tab is not counted.
   function visibleNow() { return document.visibilityState === "visible" ? Date.now() : null; }
 
-  function startPage(referrer) {
+  // `route`: started by page() in a single-page app, whose referrer is the route left.
+  function startPage(route) {
+    readIds();
+    var referrer = route ? lastUrl : document.referrer;
     lastUrl = location.href;
     page = {
+      ids: { anonymousId: anonymousId, userId: userId },
       startedAt: Date.now(),
       visibleSince: visibleNow(),
       properties: {
@@ -108,7 +119,11 @@
     page = null;
     var visibleMs = ended.visibleSince === null ? 0 : Date.now() - ended.visibleSince;
     ended.properties.time_on_page_s = Math.round(visibleMs / 100) / 10;
-    send("page", { properties: ended.properties }, ended.startedAt);
+    // Sent as whoever is signed in now (one who logs in on the page read it), unless a reset()
+    // in another tab gave the browser to a new visitor since: then as whom it started for.
+    readIds();
+    send("page", { properties: ended.properties }, ended.startedAt,
+      ended.ids.anonymousId === anonymousId ? null : ended.ids);
   }
 
   var api = {
@@ -128,7 +143,7 @@
       // route), it continues that view: ending it would send the page again, a few ms long.
       if (page && page.properties.url === location.href) return;
       endPage();
-      startPage(lastUrl);
+      startPage(true);
     },
     // Log out on a shared browser: the view under way is sent as the signed-in visitor's, then
     // the user id is forgotten and the next visitor gets a new anonymous id, so nothing they do
@@ -146,10 +161,10 @@
   };
 
   window.leadstream = api;
-  startPage(document.referrer);
+  startPage(false);
   window.addEventListener("pagehide", endPage);
   window.addEventListener("pageshow", function (event) {
-    if (event.persisted) startPage(document.referrer);  // back in view from the back-forward cache
+    if (event.persisted) startPage(false);  // back in view from the back-forward cache
   });
   document.addEventListener("visibilitychange", function () {
     if (!page) return;

@@ -171,7 +171,8 @@ def test_a_visitor_browses_anonymously_then_identifies_and_every_call_reaches_ka
     assert pricing["properties"]["referrer"] == f"{site}/index.html"
     assert pricing["properties"]["time_on_page_s"] >= 0.2
     track = events[("pricing_viewed", None)]
-    assert (track["lead_id"], track["properties"], track["anonymous_id"]) == ("user-7", {"plan": "pro"}, anonymous_id)
+    agent = browser.evaluate("navigator.userAgent")  # sent in the context, kept for rules on bots
+    assert (track["lead_id"], track["properties"], track["anonymous_id"]) == ("user-7", {"plan": "pro", "user_agent": agent}, anonymous_id)
 
     [identify] = all_events(read_messages(settings, settings.topic_profiles, events=1))
     assert (identify["type"], identify["lead_id"], identify["anonymous_id"]) == ("identify", "user-7", anonymous_id)
@@ -325,16 +326,25 @@ def test_identify_and_reset_in_another_tab_change_who_this_tabs_calls_are_for(
     """The snippet read the ids from its cookies once, at load: after a log out (reset()) in one
     tab, the next person's calls in a tab opened before it went on as the previous user's, and
     were scored on that lead. Another tab of the site changes the shared cookies; here a script
-    does what that tab's snippet does to them."""
+    does what that tab's snippet does to them. A page view under way at that log out is the
+    previous user's, and the next visitor's first has no referrer: the URLs before were not theirs."""
     settings = collector.settings
     browser.call("Page.navigate", url=f"{site}/index.html")
     first = browser.wait_for("window.leadstream && window.leadstream.version && leadstream.anonymousId()")
     cookie = "document.cookie = '{}=' + {} + '; Max-Age={}; Path=/; SameSite=Lax'"
     browser.evaluate(cookie.format("ls_uid", "'user-7'", 31536000))  # identify('user-7') in the other tab
-    browser.evaluate("leadstream.track('Pricing Viewed', {})")
+    browser.evaluate("history.pushState({}, '', '/pricing.html'); leadstream.page(); leadstream.track('Pricing Viewed', {})")
     browser.evaluate(cookie.format("ls_uid", "''", 0) + ";" + cookie.format("ls_aid", "'next-visitor'", 31536000))  # its reset()
     assert browser.evaluate("leadstream.anonymousId()") == "next-visitor"
-    browser.evaluate("leadstream.track('Demo Requested', {})")
-    events = all_events(read_messages(settings, settings.topic_events, events=2))
-    assert sorted((e["type"], e["lead_id"], e["anonymous_id"]) for e in events) == [
-        ("demo_requested", "anon:next-visitor", "next-visitor"), ("pricing_viewed", "user-7", first)]
+    browser.evaluate("leadstream.track('Demo Requested', {}); history.pushState({}, '', '/careers'); leadstream.page()")
+    browser.call("Page.navigate", url="about:blank")
+    events = all_events(read_messages(settings, settings.topic_events, events=5))
+    seen = sorted((e["type"], e["properties"].get("path"), e["properties"].get("referrer"), e["lead_id"], e["anonymous_id"])
+                  for e in events)
+    assert seen == [
+        ("demo_requested", None, None, "anon:next-visitor", "next-visitor"),
+        ("page_view", "/careers", "", "anon:next-visitor", "next-visitor"),
+        ("page_view", "/index.html", "", "user-7", first),  # signed in on it: theirs
+        ("page_view", "/pricing.html", f"{site}/index.html", "user-7", first),  # under way at the log out: theirs
+        ("pricing_viewed", None, None, "user-7", first),
+    ]
