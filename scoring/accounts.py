@@ -118,6 +118,9 @@ class MemberScore(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
     left: bool = False
     revision: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] = 0  # as orjson writes it in account states
     changed_ms: Annotated[int, msgspec.Meta(ge=0, lt=MAX_TIME_MS)] = msgspec.field(default=0, name="changed")
+    #: A leaving's: the lead it was merged into, whose update takes its points in (`roll_up_all`
+    #: takes the two together). Absent otherwise.
+    into: Id | None = None
 
     @property
     def order(self) -> tuple[int, int]:
@@ -345,11 +348,11 @@ def roll_up_all(runtime: ModelRuntime, account_id: str, state: AccountState | No
     account transition naming the last member whose update changed the account's score, stamped
     with that update's time (its reasons are the members with the most points).
 
-    Except with a leaving: updates that hold one are taken together, then crossed once. Some
-    come in pairs that only together say what happened: a visitor merged into a lead of the
-    same account leaves it as the lead's score takes in its points; crossed after each, the
-    account fell without them (or rose with them counted twice, by the pair's times) and
-    crossed back, and both crossings went to the CRM."""
+    Except a merge's pair: a visitor merged into a lead of the same account leaves it (its
+    leaving names the lead, `MemberScore.into`) as the lead's score takes in its points. The
+    updates from the one to the other are taken together, then crossed once: crossed after
+    each, the account fell without the points (or rose with them counted twice, by the pair's
+    times) and crossed back, and both crossings went to the CRM."""
     rollup = runtime.model.accounts
     base = rollup.ladder.names[0] if rollup is not None else ""
     state = AccountState({}, base, 0) if state is None else state
@@ -358,7 +361,7 @@ def roll_up_all(runtime: ModelRuntime, account_id: str, state: AccountState | No
         for update in ordered:
             state.update(update)
         return state, []
-    together = len(ordered) - 1 if any(update.left for update in ordered) else -1
+    held = _merge_pairs(ordered)
     score = rollup.score(state)
     # The last update that changed the score, else the last that changed the account (a level
     # an edit of the ladder left out of place moves at the account's next change).
@@ -370,10 +373,24 @@ def roll_up_all(runtime: ModelRuntime, account_id: str, state: AccountState | No
             touched = update
             if (now := rollup.score(state)) != score:
                 score, moved = now, update
-        if touched is not None and i >= together:
+        if touched is not None and i not in held:
             _cross(runtime, rollup, account_id, state, score, moved or touched, out)
             moved = touched = None
     return state, out
+
+
+def _merge_pairs(ordered: Sequence[MemberScore]) -> set[int]:
+    """The places in `ordered` at which the account does not cross: within a merge's pair, from
+    the visitor's leaving to its lead's update, whichever comes first, up to the other."""
+    if not any(update.into is not None for update in ordered):
+        return set()
+    last_of = {update.lead_id: i for i, update in enumerate(ordered) if not update.left}
+    held: set[int] = set()
+    for i, update in enumerate(ordered):
+        j = last_of.get(update.into) if update.into is not None else None
+        if j is not None:
+            held.update(range(min(i, j), max(i, j)))
+    return held
 
 
 def _cross(runtime: ModelRuntime, rollup: AccountRollup, account_id: str, state: AccountState, score: float,

@@ -716,13 +716,14 @@ class Engine:
         return self.runtime(model_name).member_score(lead_id, state, time_ms)
 
     @staticmethod
-    def leaving(model_name: str, lead_id: str, state: LeadState, time_ms: int) -> MemberScore | None:
+    def leaving(model_name: str, lead_id: str, state: LeadState, time_ms: int, into: str | None = None) -> MemberScore | None:
         """The update that takes the lead out of its account's roll-up (None when it has no
-        account): for a lead whose state is going away, merged into another or forgotten. It
-        is the state's next revision, as the leaving is a change after its last update."""
+        account): for a lead whose state is going away, merged into another (`into`) or
+        forgotten. It is the state's next revision, as the leaving is a change after its last update."""
         if state.account_id is None:
             return None
-        return MemberScore(model_name, state.account_id, lead_id, 0, max(time_ms, state.watermark_ms), True, state.revision + 1)
+        return MemberScore(model_name, state.account_id, lead_id, 0, max(time_ms, state.watermark_ms), True, state.revision + 1,
+                           into=into)
 
     def returning(self, model_name: str, lead_id: str, state: LeadState, time_ms: int) -> MemberScore | None:
         """A state back as it was when its `leaving` at `time_ms` took it out (sent back by a

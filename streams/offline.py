@@ -141,7 +141,7 @@ class OfflineRun:
             if state is not None:
                 # The visitor's points move to the lead: its own membership ends as the lead's
                 # score takes them in, one update to the accounts as in the worker.
-                leaving = self.engine.leaving(model.name, source, state, time_ms)
+                leaving = self.engine.leaving(model.name, source, state, time_ms, into=lead_id)
                 merged, transitions = merge(self.engine, model.name, lead_id, self.leads.get((model.name, lead_id)), state, source, time_ms)
                 self.leads[(model.name, lead_id)] = merged
                 self.transitions.extend(transitions)

@@ -681,7 +681,7 @@ class Scorer:
                 if model not in self.models:
                     continue
                 existing = states.get(model)
-                leaving = self.engine.leaving(model, source, state, time_ms)  # the visitor's own membership ends
+                leaving = self.engine.leaving(model, source, state, time_ms, into=target)  # the visitor's own membership ends
                 if leaving is not None:
                     members.append(leaving)
                 state, crossed = identity.merge(self.engine, model, target, None if existing is None else existing.copy(),  # type: ignore[union-attr]

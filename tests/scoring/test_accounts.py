@@ -8,6 +8,7 @@ from typing import Any
 from unittest import mock
 
 import msgspec
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -100,6 +101,25 @@ def test_a_batchs_updates_cross_each_line_they_pass_as_one_by_one_and_name_the_m
              (("r0", 50, 0), ("r1", 10, 1), ("r2", 10, 2), ("r5", 1, 3))]
     _, [engaged] = eng.apply_account_updates("m", "beta", None, moves)
     assert (engaged.lead_id, engaged.time_ms, engaged.score) == ("r1", T0 + 1, 60)  # r5's 1 point is not among the best
+
+
+def test_a_leaving_in_a_batch_is_crossed_in_its_place_unless_it_is_a_merge_taken_with_its_leads_update() -> None:
+    """Any leaving made the whole batch's updates one step: a member rising over the line, then
+    another moving out (back within the band), never crossed. A merged visitor's leaving and its
+    lead's update (which takes the visitor's points in) still are one step: apart, the account
+    crossed down and up again."""
+    eng = engine(RULE + '[accounts]\ncombine = "sum"\nbase = "unaware"\nhysteresis = 10\n'
+                 'ladder = [{ level = "engaged", at = 60 }]\n')
+    state, _ = eng.apply_account_updates("m", "acme", None, [MemberScore("m", "acme", "m4", 50, T0), MemberScore("m", "acme", "m7", 5, T0 + 1)])
+    moved = [MemberScore("m", "acme", "m8", 5, T0 + 2), MemberScore("m", "acme", "m7", 0, T0 + 3, left=True, revision=2)]
+    state, crossed = eng.apply_account_updates("m", "acme", state, moved)
+    assert [(t.to_level, t.lead_id, t.score) for t in crossed] == [("engaged", "m8", 60)] and state.level == "engaged"
+    beta, [up] = eng.apply_account_updates("m", "beta", None, [MemberScore("m", "beta", "u", 30, T0), MemberScore("m", "beta", "anon:v", 40, T0)])
+    merge = [MemberScore("m", "beta", "anon:v", 0, T0 + 4, left=True, revision=2, into="u"),
+             MemberScore("m", "beta", "u", 70, T0 + 4, revision=3)]
+    beta, crossed = eng.apply_account_updates("m", "beta", beta, merge)  # apart: 70 -> 30 (down) -> 70 (up)
+    assert crossed == [] and beta.level == "engaged"
+    assert orjson.loads(msgspec.json.encode(merge[0]))["into"] == "u" and "into" not in orjson.loads(msgspec.json.encode(merge[1]))
 
 
 def test_batches_report_member_scores_of_leads_with_an_account() -> None:
