@@ -446,7 +446,9 @@ class Collector:
         body = _parse(raw)
         if source is None:
             source = self._source_from_key(request.query.get("writeKey", body.get("writeKey")))
-        received_at_ms = int(self.clock() * 1000)
+        # The worker's clock, LEADSTREAM_CLOCK_OFFSET_MS included: a call it would dead-letter as
+        # ahead of it is refused here, and one without a time of its own is timed as it would be.
+        received_at_ms = int(self.clock() * 1000) + self.settings.clock_offset_ms
         context: dict[str, Any] = {}
         if call in BATCH_CALLS:
             items = body.get("batch")

@@ -330,7 +330,10 @@ def event_time_ms(call: dict[str, Any], received_at_ms: int, sent_at: object = N
     happened = iso_ms(call.get(field), field)
     if happened is None:
         return received_at_ms
-    sent_value = call.get("sentAt", sent_at)
+    # A call's own null is no sentAt of its own: the batch's applies, as for `timestamp`.
+    sent_value = call.get("sentAt")
+    if sent_value is None:
+        sent_value = sent_at
     sent = iso_ms(sent_value, "sentAt")
     # The client's clock may be off: shift by how far ahead it was when it sent the call.
     time_ms = happened if sent is None else received_at_ms - (sent - happened)
@@ -365,7 +368,7 @@ def iso_ms(value: object, name: str) -> int | None:
     if not isinstance(value, str):
         raise rejected("bad_field", f"`{name}` must be an ISO-8601 date-time string, not {_shown(value)}")
     try:
-        parsed = datetime.fromisoformat(value)
+        parsed = datetime.fromisoformat(value.upper())  # RFC 3339 allows "t" and "z" too, as events do
     except ValueError:
         raise rejected("bad_field", f"`{name}` is not an ISO-8601 date-time: {value[:64]!r}") from None
     if parsed.tzinfo is None:

@@ -319,7 +319,7 @@ class Settings:
         POSITIVE,
     )
     clock_offset_ms: int = _setting(
-        "LEADSTREAM_CLOCK_OFFSET_MS", 0, "Added to the wall clock for decay (tests and replays of old data).",
+        "LEADSTREAM_CLOCK_OFFSET_MS", 0, "Added to the wall clock of the worker (decay, the future limit) and the collector (arrival times) and to `score`'s future limit: tests and replays of old data.",
         _at_least(-YEARS_100_MS, YEARS_100_MS),
     )
     max_future_ms: int = _setting(

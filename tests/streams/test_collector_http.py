@@ -259,6 +259,19 @@ def test_a_library_clock_running_fast_is_corrected_and_a_call_timed_ahead_is_ref
     assert letter["reason"] == "future_time"
 
 
+def test_the_collectors_clock_is_the_workers_with_its_offset(settings: Settings) -> None:
+    """With LEADSTREAM_CLOCK_OFFSET_MS at -2 h, a call timed now was answered 200, then
+    dead-lettered by the worker as 2 h ahead of its clock; a call without a time of its own was
+    timed by the wall clock, 2 h after the worker's now."""
+    behind = settings.with_overrides(clock_offset_ms=-2 * 3_600_000)
+    with ThreadedCollector(behind) as running:
+        refused = running.post("/v1/track", track("u-1", timestamp=datetime.now(timezone.utc).isoformat()))
+        assert (refused.status_code, refused.json()["code"]) == (400, "future_time")
+        assert running.post("/v1/track", track("u-2")).status_code == 200
+    [event] = all_events(read_messages(behind, behind.topic_events, events=1))
+    assert abs(event["time"] - (time.time() * 1000 - 2 * 3_600_000)) < 60_000
+
+
 def test_calls_nested_too_deep_are_refused_and_dead_lettered_and_the_good_ones_kept(
     collector: ThreadedCollector, settings: Settings
 ) -> None:

@@ -232,6 +232,10 @@ def test_flat_traits_already_sent_win_over_nested_ones() -> None:
         ({"timestamp": "2026-01-01T01:59:55Z"}, "2026-01-01T02:00:00Z", RECEIVED - 5000),
         # Without `sentAt` a time is taken as sent: up to LEADSTREAM_MAX_FUTURE_MS ahead.
         ({"timestamp": "2026-01-01T01:00:00Z"}, None, RECEIVED + MAX_FUTURE_MS),
+        # RFC 3339 allows "t" and "z", as events' own times do: the collector refused them.
+        ({"originalTimestamp": "2026-01-01t00:00:02.000z"}, None, RECEIVED + 2000),
+        # A call's own `sentAt: null` is none of its own: it turned the batch's off.
+        ({"originalTimestamp": "2026-01-01T00:59:55Z", "sentAt": None}, "2026-01-01T01:00:00Z", RECEIVED - 5000),
     ],
 )
 def test_event_time_follows_segments_rules(call: dict[str, Any], sent_at: object, expected: int) -> None:
