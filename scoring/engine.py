@@ -409,12 +409,8 @@ class ModelRuntime:
         if after == before:
             return
         state.crossings += 1
-        labels = explaining.labels(self, state)
+        labels = explaining.labels(self, state)  # its score never rounded onto a line it is below
         score = labels["score"]
-        if after < before and score >= self.ladder.at[after + 1] - self.ladder.hysteresis[after + 1]:
-            # A half-life score a hair below the way down, rounded to 2 decimals, showed on it: a
-            # crossing "below 25" at 25.0. Rounded down instead, it shows below the line it left.
-            score = math.floor(self.score(state) * 100) / 100
         out.append(
             Transition(
                 kind="lead",

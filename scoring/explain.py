@@ -14,6 +14,7 @@ What the model's floor adds, when negative fit points take the score below it, i
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 from scoring.state import LeadState
@@ -62,7 +63,19 @@ def _labels_of(runtime: ModelRuntime, fit: float, behaviour: float) -> tuple[Any
     engagement = int(model.engagement.label(behaviour)) if model.engagement is not None else None
     cell = f"{grade}{engagement}" if grade is not None and engagement is not None else None
     temperature = model.temperature.label(normalized) if model.temperature is not None else None
-    return shown(score), normalized, grade, engagement, cell, temperature
+    return shown_below_lines(runtime, score), normalized, grade, engagement, cell, temperature
+
+
+def shown_below_lines(runtime: ModelRuntime, score: float) -> float:
+    """The score to two decimals, rounded down where rounding would put it on a line it has
+    not reached: a half-life lead at 29.99998 showed 30.0 beside the level under a line at 30."""
+    rounded = shown(score)
+    if rounded > score:
+        ladder = runtime.ladder
+        lines = (*ladder.at[1:], *(at - h for at, h in zip(ladder.at[1:], ladder.hysteresis[1:])))
+        if any(score < line <= rounded for line in lines):
+            return shown(math.floor(score * 100) / 100)
+    return rounded
 
 
 def shown(points: float) -> float:

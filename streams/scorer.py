@@ -407,7 +407,11 @@ class Scorer:
         for lead_id, offsets in reached.items():
             known[lead_id][read_offsets.READ] = read_offsets.encode({**read_before[lead_id], **offsets})
 
-        now_ms = stats.newest_event_ms = max((e.time_ms for e in events), default=0)
+        stats.newest_event_ms = max((e.time_ms for e in events), default=0)
+        # Summaries are valued at the batch's newest event time, not beyond the worker's clock:
+        # one lead's event ahead of it (within LEADSTREAM_MAX_FUTURE_MS, or any with the check
+        # off) decayed every other lead of the batch to its time, in the read models.
+        now_ms = min(stats.newest_event_ms, clock_ms)
         writes: dict[str, tuple[int, States, bytes | None]] = {}
         new_leads = stats.new_leads
 
@@ -950,8 +954,8 @@ class Scorer:
         # Scored, it would move the lead's watermark ahead, and its real events would all be late.
         at = datetime.fromtimestamp(event.time_ms / 1000, timezone.utc).isoformat(timespec="seconds")
         detail = (
-            f"event {event.event_id!r} of lead {event.lead_id!r} is timed {at}, {(event.time_ms - now_ms) / 3_600_000:.1f} h ahead "
-            f"of the worker's clock (LEADSTREAM_MAX_FUTURE_MS allows {self.settings.max_future_ms / 3_600_000:g} h): fix the sender's clock"
+            f"event {event.event_id!r} of lead {event.lead_id!r} is timed {at}, {(event.time_ms - now_ms) / 1000:,.0f} s ahead of the "
+            f"worker's clock, more than the {self.settings.max_future_ms / 1000:,.0f} s LEADSTREAM_MAX_FUTURE_MS allows: fix the sender's clock"
         )
         return DeadLetter("future_time", detail, _original(message.value, item), message.topic, message.partition, message.offset,
                           message.key)

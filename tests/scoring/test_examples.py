@@ -59,6 +59,14 @@ def test_analytics_addon_half_life() -> None:
     assert run.levels() == [("trial", "activated")]
 
 
+def test_a_half_life_score_a_hair_below_a_line_is_never_shown_on_it() -> None:
+    # 15 + 15 points a second apart are 29.99998 when the second comes: shown as 30.0 beside
+    # `trial`, under the line at 30 that it has not reached.
+    run = Run(ALL).apply(ev("trial_started", product="analytics"), ev("teammate_invited", at=1000, product="analytics"))
+    summary = ALL.summary("analytics_addon", "L1", run.state("L1", "analytics_addon"), T0 + 1000)
+    assert (summary["score"], summary["level"], run.levels()) == (29.99, "trial", [])
+
+
 def test_routing_by_product() -> None:
     run = Run(ALL).apply(
         ev("signup", lead="A", product="saas"),
