@@ -83,6 +83,9 @@ def review_files(
     if unscored:
         print(f"{outcomes_path.name}: {unscored} of {len(outcomes)} leads with an outcome have no scored event "
               f"before it: not reviewed", file=err)  # fmt: skip
+    if len(absent) + unscored == len(outcomes):
+        # Empty reviews, exit 0: a monthly check in a script passed on nothing reviewed.
+        raise InputError(f"no lead of {outcomes_path.name} could be reviewed (see above)")
     if table:
         out.write("\n".join(_table(report) for report in reports))
     else:

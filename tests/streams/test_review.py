@@ -14,6 +14,7 @@ import pytest
 
 from streams.bench import workload
 from streams.cli import main
+from streams.errors import InputError
 from streams.review import Outcome, read_outcomes, review_files
 from tests.scoring.support import DAY, MINUTE, MODELS_DIR, T0
 from tests.streams.test_offline import SAAS_EVENTS, write
@@ -366,9 +367,14 @@ def test_an_outcomes_file_neither_json_lines_nor_csv_is_a_one_line_error(tmp_pat
 def test_leads_not_in_the_history_are_told_apart_from_leads_won_before_their_events(tmp_path: Path) -> None:
     # ANA is ana in another case, "ben " has a trailing space: both absent from the history,
     # where ben, lost before his sign-up, has events, all after his outcome.
-    report, err = run(tmp_path, f"lead_id,outcome,time\nANA,won,\nben ,lost,\nben,lost,{T0}\n")
-    assert report["leads"] == 0
-    assert err.splitlines() == [
+    events = write(tmp_path / "events.jsonl", SAAS_EVENTS)
+    (tmp_path / "outcomes.csv").write_text(f"lead_id,outcome,time\nANA,won,\nben ,lost,\nben,lost,{T0}\n", encoding="utf-8")
+    out, err = io.StringIO(), io.StringIO()
+    # Nothing reviewed: empty reviews and exit 0 let a monthly check in a script pass on nothing.
+    with pytest.raises(InputError, match="no lead of outcomes.csv could be reviewed"):
+        review_files(MODELS_DIR, events, tmp_path / "outcomes.csv", frozenset({"won"}), 20, table=False, out=out, err=err)
+    assert out.getvalue() == ""
+    assert err.getvalue().splitlines() == [
         "outcomes.csv: 2 of 3 leads with an outcome have no event in events.jsonl (such as 'ANA', 'ben '; its leads are such as "
         "'ana', 'ben'): check that both files name leads by the same ids, in the same case and spacing; not reviewed",
         "outcomes.csv: 1 of 3 leads with an outcome have no scored event before it: not reviewed",
