@@ -71,9 +71,8 @@ def shown_below_lines(runtime: ModelRuntime, score: float) -> float:
     not reached: a half-life lead at 29.99998 showed 30.0 beside the level under a line at 30."""
     rounded = shown(score)
     if rounded > score:
-        ladder = runtime.ladder
-        lines = (*ladder.at[1:], *(at - h for at, h in zip(ladder.at[1:], ladder.hysteresis[1:])))
-        if any(score < line <= rounded for line in lines):
+        ladder = runtime.ladder  # its lines as the crossings compare them: the ways up and down
+        if any(score < line <= rounded for line in (*ladder.up[:-1], *ladder.down[1:])):
             return shown(math.floor(score * 100) / 100)
     return rounded
 

@@ -11,7 +11,6 @@ import importlib
 import logging
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -59,9 +58,8 @@ def _score(args: argparse.Namespace, settings: Settings) -> int:
     from streams.offline import score_file
 
     tune_collector(settings.gc_young_threshold)
-    horizon_ms = int(time.time() * 1000) + settings.clock_offset_ms + settings.max_future_ms if settings.max_future_ms > 0 else None
     return score_file(args.models or settings.models_dir, args.events, table=args.table, out=sys.stdout, err=sys.stderr, at_ms=args.at,
-                      horizon_ms=horizon_ms)
+                      horizon_ms=settings.future_horizon_ms(settings.now_ms()))
 
 
 def _history(args: argparse.Namespace, settings: Settings) -> int:

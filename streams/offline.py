@@ -16,6 +16,7 @@ is, as JSON lines (or a table with --table):
 from __future__ import annotations
 
 import heapq
+import math
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -252,7 +253,7 @@ class OfflineRun:
 
 
 def score_file(models_dir: Path, events_path: Path, table: bool, out: TextIO, err: TextIO = sys.stderr,
-               at_ms: int | None = None, horizon_ms: int | None = None) -> int:
+               at_ms: int | None = None, horizon_ms: float = math.inf) -> int:
     """Scores a JSON-lines file of events, decay evaluated at `at_ms` (default: the newest event
     time); returns the exit status (0: scored, even with bad lines, which are reported on `err`).
     A file of lines none of which is an event is an InputError: a check that scores a file
@@ -281,7 +282,7 @@ def check_read(run: OfflineRun, events_path: Path, empty_ok: bool = False) -> No
 
 
 def apply_file(engine: Engine, events_path: Path, err: TextIO, keep: Callable[[Event], bool] | None = None,
-               horizon_ms: int | None = None) -> OfflineRun:
+               horizon_ms: float = math.inf) -> OfflineRun:
     """A run that has applied every event of the file (those `keep` accepts, when given), in
     batches (of one event where accounts are rolled up); bad lines, and events timed after
     `horizon_ms`, are reported on `err` and skipped. Decay is not brought to any time yet."""
@@ -300,7 +301,7 @@ def apply_file(engine: Engine, events_path: Path, err: TextIO, keep: Callable[[E
                     run.warn(number, item.reason, item.detail)
                 elif isinstance(links, Rejection):  # refused as the worker refuses it: an old id no lead can have
                     run.warn(number, links.reason, links.detail)
-                elif horizon_ms is not None and item.time_ms > horizon_ms:
+                elif item.time_ms > horizon_ms:
                     # Scored, it would bring every lead's decay to its time (the newest event's).
                     at = datetime.fromtimestamp(item.time_ms / 1000, timezone.utc).isoformat(timespec="seconds")
                     run.warn(number, "future_time", f"event {item.event_id!r} of lead {item.lead_id!r} is timed {at}, further "

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
-import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from collections.abc import Awaitable, Callable
@@ -237,8 +236,8 @@ class Scorer:
         return self._turns
 
     def now_ms(self) -> int:
-        """The worker's clock: the wall clock plus LEADSTREAM_CLOCK_OFFSET_MS."""
-        return int(time.time() * 1000) + self.settings.clock_offset_ms
+        """The worker's clock (`Settings.now_ms`)."""
+        return self.settings.now_ms()
 
     async def settle(self) -> None:
         """Returns once the batch or decay sweep in flight (if any) has written its states."""
@@ -328,8 +327,7 @@ class Scorer:
         reached: dict[str, read_offsets.Offsets] = {}
         states_of = self.store.states
         clock_ms = self.now_ms()
-        max_future_ms = self.settings.max_future_ms
-        horizon_ms = clock_ms + max_future_ms if max_future_ms > 0 else float("inf")
+        horizon_ms = self.settings.future_horizon_ms(clock_ms)
         for message in messages:
             if message.tombstone:
                 self._tombstone(message, forget, dead, stats)

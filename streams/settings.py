@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import time
 from dataclasses import Field, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -422,6 +423,15 @@ class Settings:
         f = next(f for f in fields(self) if f.name == name)
         value = getattr(self, name)
         _checked(f, value, str(value))
+
+    def now_ms(self) -> int:
+        """The worker's clock: the wall clock plus LEADSTREAM_CLOCK_OFFSET_MS."""
+        return int(time.time() * 1000) + self.clock_offset_ms
+
+    def future_horizon_ms(self, now_ms: int) -> float:
+        """The latest event time the worker takes at `now_ms` (LEADSTREAM_MAX_FUTURE_MS ahead;
+        no bound when it is 0): `score` refuses what lies beyond, as the worker does."""
+        return now_ms + self.max_future_ms if self.max_future_ms > 0 else float("inf")
 
     def with_overrides(self, **changes: Any) -> Settings:
         return replace(self, **changes)
