@@ -771,6 +771,16 @@ def create_app(collector: Collector) -> web.Application:
         try:
             # A preflight of any path: a page that mistyped one then reads the 404 of its call.
             response = await (preflight(request) if request.method == "OPTIONS" else handler(request))
+        except web.HTTPNotFound:
+            # In the calls' own shape, so a client that reads `code` and `message` reads these too.
+            response = _json(404, {"success": False, "code": "unknown_path",
+                                   "message": f"no call at {request.path}: the collector takes POST /v1/CALL "
+                                              f"(CALL one of {', '.join((*CALL_TYPES, *BATCH_CALLS))}), "
+                                              "POST /beacon/v1/batch and GET /v1/leadstream.js"})
+        except web.HTTPMethodNotAllowed as exc:
+            response = _json(405, {"success": False, "code": "method_not_allowed",
+                                   "message": f"{request.method} {request.path}: the path takes "
+                                              f"{', '.join(sorted(exc.allowed_methods))}"}, {"Allow": ",".join(sorted(exc.allowed_methods))})
         except web.HTTPException as exc:
             exc.headers.update(CORS_RESPONSE_HEADERS)
             raise

@@ -502,6 +502,19 @@ def test_a_preflight_allows_the_headers_it_names_and_answers_expose_retry_after(
         assert response.headers["Access-Control-Expose-Headers"] == "Retry-After"
 
 
+def test_a_mistyped_path_or_method_is_answered_in_the_calls_json_shape(collector: ThreadedCollector) -> None:
+    """aiohttp answered 404 and 405 in plain text ("404: Not Found"): a client reading `code` and
+    `message`, as of every other refusal, failed to parse it, and nothing said which paths exist."""
+    missing = requests.post(f"{collector.url}/v1/trak", data=b"{}", timeout=10)
+    assert (missing.status_code, missing.headers["Content-Type"]) == (404, "application/json")
+    assert missing.json()["code"] == "unknown_path"
+    assert "no call at /v1/trak" in missing.json()["message"] and "track, page" in missing.json()["message"]
+    wrong = requests.get(f"{collector.url}/v1/track", timeout=10)
+    assert (wrong.status_code, wrong.json()["code"], wrong.headers["Allow"]) == (405, "method_not_allowed", "POST")
+    assert wrong.json()["message"] == "GET /v1/track: the path takes POST"
+    assert wrong.headers["Access-Control-Allow-Origin"] == "*"
+
+
 def raw_request(port: int, head: bytes) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
     sock.sendall(head)
