@@ -401,7 +401,7 @@ class SinkRunner(Generic[T]):
                             topic=env.topic, partition=env.partition, offset=env.offset, key=env.key)
         assert self._producer is not None
         # Waited for: the offset commit that follows must never outrun the dead letter.
-        self._producer.send(self.dlq_topic, key=env.key, value=letter.to_bytes()).get(timeout=60)
+        self._producer.send(self.dlq_topic, key=letter.message_key, value=letter.to_bytes()).get(timeout=60)
         log.warning("sink %s: dead-lettered %s/%d@%d to %s (%s): %s",
                     self.sink.name, env.topic, env.partition, env.offset, self.dlq_topic, reason, detail)
         return "dead_lettered"

@@ -6,7 +6,8 @@ base64; null when the message had no value, a tombstone, so that a replay sends 
 again). It is keyed like its source message.
 
 A letter must fit in a Kafka message with its key, or the worker could not write it and would
-stop (at every restart, on the same input): an original that would make the two larger than
+stop (at every restart, on the same input): a key longer than any lead id (KEPT_KEY_BYTES) is
+cut, its length kept as `key_size`, and an original that would make the two larger than
 MAX_MESSAGE_BYTES (a message near Kafka's limit that is not JSON, whose escaping or base64 makes
 it up to six times larger, or one with a large key) is kept as its size and first bytes only, as
 many as fit beside the key, and such a letter cannot be replayed.
@@ -26,6 +27,10 @@ from streams.outbox import encode_json
 KEPT_HEAD_BYTES = 64 * 1024
 #: A detail is a sentence; one that quotes a huge value is cut here.
 MAX_DETAIL_CHARS = 4096
+#: Of a source key longer than this (no lead id is: they are at most 256 characters), a letter
+#: keeps its first bytes: a key near Kafka's limit made every letter of its message too large
+#: to write, which stopped the worker at every restart.
+KEPT_KEY_BYTES = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,12 +47,19 @@ class DeadLetter:
     #: (`original` is then empty): there is nothing to replay.
     whole: bool = True
 
+    @property
+    def message_key(self) -> bytes | None:
+        """The key of the letter's own message: its source's, cut to KEPT_KEY_BYTES."""
+        return self.key if self.key is None or len(self.key) <= KEPT_KEY_BYTES else self.key[:KEPT_KEY_BYTES]
+
     def to_bytes(self) -> bytes:
         record: dict[str, object] = {
             "reason": self.reason,
             "detail": self.detail if len(self.detail) <= MAX_DETAIL_CHARS else self.detail[:MAX_DETAIL_CHARS] + "...",
             "source": {"topic": self.topic, "partition": self.partition, "offset": self.offset},
         }
+        if self.key is not None and len(self.key) > KEPT_KEY_BYTES:
+            record["key_size"] = len(self.key)
         if self.original is None:
             record["original"] = None
             return encode_json(record)
@@ -56,7 +68,7 @@ class DeadLetter:
         except UnicodeDecodeError:
             record["original_base64"] = base64.b64encode(self.original).decode("ascii")
         value = encode_json(record)
-        room = MAX_MESSAGE_BYTES - len(self.key or b"")  # the broker counts the key in a message's size
+        room = MAX_MESSAGE_BYTES - len(self.message_key or b"")  # the broker counts the key in a message's size
         if len(value) <= room:
             return value
         record.pop("original", None)

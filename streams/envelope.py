@@ -9,11 +9,12 @@ working.
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
+from functools import lru_cache
 from typing import Any, Iterable, Iterator
 
-import orjson
-
+from scoring.events import loads
 from streams.partitioning import partition_for
 
 MAX_MESSAGE_BYTES = 1_000_000  # the broker's default message.max.bytes is 1 MB
@@ -69,9 +70,47 @@ def _envelope(chunk: list[bytes]) -> bytes:
 
 
 def unpack(value: bytes) -> list[Any]:
-    """The events of one message, as parsed JSON values (objects expected; the engine checks).
+    """The events of one message, as parsed JSON values (objects expected; the engine checks),
+    a lone surrogate escape read as U+FFFD as the engine reads it (scoring/events.py).
 
     Raises orjson.JSONDecodeError when the message is not JSON at all.
     """
-    parsed = orjson.loads(value)
+    parsed = loads(value)
     return parsed if isinstance(parsed, list) else [parsed]
+
+
+_SCANNER = json.JSONDecoder()
+
+
+@lru_cache(maxsize=4)  # an envelope's dead letters are written one after another
+def items_written(value: bytes) -> list[bytes] | None:
+    """Each item of the envelope `value` as its producer wrote it, byte for byte (a dead letter
+    keeps these: an item parsed and written out again loses integers over 64 bits and the way
+    its numbers and texts were spelt). None when `value` is no envelope that Python's own JSON
+    parser reads (nested deeper than its recursion limit, say)."""
+    try:
+        text = value.decode("utf-8")
+        position = len(text) - len(text.lstrip())
+        if text[position:position + 1] != "[":
+            return None
+        spans: list[bytes] = []
+        position = _after_blanks(text, position + 1)
+        if text[position:position + 1] == "]":
+            return spans
+        while True:
+            _, end = _SCANNER.raw_decode(text, position)
+            spans.append(text[position:end].encode("utf-8"))
+            position = _after_blanks(text, end)
+            if text[position:position + 1] == "]":
+                return spans
+            if text[position:position + 1] != ",":
+                return None
+            position = _after_blanks(text, position + 1)
+    except (ValueError, RecursionError):  # JSON and UTF-8 errors are ValueErrors
+        return None
+
+
+def _after_blanks(text: str, position: int) -> int:
+    while text[position:position + 1] in (" ", "\t", "\n", "\r"):
+        position += 1
+    return position

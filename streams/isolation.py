@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import orjson
 
 from streams.deadletter import DeadLetter
-from streams.envelope import unpack
+from streams.envelope import items_written, unpack
 from streams.outbox import Outbox, encode_json_or_none
 from streams.stage import Consumed, LiveTable
 
@@ -83,7 +83,9 @@ def split_envelope(message: Consumed) -> list[Consumed]:
         items = unpack(message.value)
     except orjson.JSONDecodeError:
         return [message]
-    values = [encode_json_or_none(item) for item in items]
+    # As their producer wrote them (their dead letters keep these), else written out again.
+    written = items_written(message.value)
+    values = list[bytes | None](written) if written else [encode_json_or_none(item) for item in items]
     if len(values) <= 1 or None in values:
         return [message]
     return [replace(message, value=value, part=True) for value in values if value is not None]

@@ -210,4 +210,4 @@ class Rollup:
     def _queue_dead(self, dead: list[DeadLetter]) -> None:
         for letter in dead:
             metrics.EVENTS_REJECTED.labels(letter.reason).inc()
-            self.outbox.add(self.settings.topic_deadletter, letter.key, letter.to_bytes(), letter.partition)
+            self.outbox.add(self.settings.topic_deadletter, letter.message_key, letter.to_bytes(), letter.partition)

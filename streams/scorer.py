@@ -33,7 +33,7 @@ from scoring.model import Model
 from scoring.events import EMPTY_ENVELOPE, MAX_EVENT_BYTES, decode_message, parse_value, too_large, unreadable
 from streams import erasure, lead_states, metrics, read_offsets, stitching
 from streams.deadletter import DeadLetter
-from streams.envelope import unpack
+from streams.envelope import items_written, unpack
 from streams.isolation import internal_error, isolate, log_raised, split_envelope, undone_if_it_raises
 from streams.offset_sequence import HoldsRecords, OffsetSequence
 from streams.outbox import Headers, Outbox, encode_json, encode_json_or_none
@@ -306,7 +306,7 @@ class Scorer:
     def _queue_dead(self, dead: list[DeadLetter], stats: BatchStats) -> None:
         for letter in dead:
             stats.rejected[letter.reason] = stats.rejected.get(letter.reason, 0) + 1
-            self.outbox.add(self.settings.topic_deadletter, letter.key, letter.to_bytes(), letter.partition)
+            self.outbox.add(self.settings.topic_deadletter, letter.message_key, letter.to_bytes(), letter.partition)
 
     def _score(self, messages: Sequence[Consumed], known: dict[str, States], batch: Sequence[Consumed]) -> tuple[BatchStats, list[Record]]:
         """Scores messages of `batch` (no identity records): queues their outputs, writes their
@@ -346,7 +346,7 @@ class Scorer:
                 if event.time_ms > horizon_ms:
                     if items is None:  # decoded in one pass: the dead letter needs the object
                         items = unpack(message.value)
-                    dead.append(self._from_the_future(event, items[position], clock_ms, message))
+                    dead.append(self._from_the_future(event, _original(message.value, items, position), clock_ms, message))
                     continue
                 lead_id = event.lead_id
                 states = known.get(lead_id)
@@ -356,7 +356,7 @@ class Scorer:
                     except StateError as exc:
                         if items is None:
                             items = unpack(message.value)
-                        dead.append(self._unreadable(lead_id, exc, _original(message.value, items[position]), message))
+                        dead.append(self._unreadable(lead_id, exc, _original(message.value, items, position), message))
                         continue
                 read = read_before.get(lead_id)
                 if read is None:
@@ -381,12 +381,12 @@ class Scorer:
                 if target is not None:
                     if items is None:  # decoded in one pass: forwarding, which is rare, needs the objects
                         items = unpack(message.value)
-                    self._forward(items[position], target, message, position, dead)
+                    self._forward(items, position, target, message, dead)
                     continue
                 if items is not None and event.type in LINKING_TYPES:
                     linked = stitching.links_of(items[position])
                     if isinstance(linked, Rejection):  # an old id no lead can have: refused here, not once its link is read back
-                        dead.append(DeadLetter(linked.reason, linked.detail, _original(message.value, items[position]),
+                        dead.append(DeadLetter(linked.reason, linked.detail, _original(message.value, items, position),
                                                message.topic, message.partition, message.offset, message.key))
                         continue
                     read_at = origin_headers(message, position)
@@ -847,12 +847,13 @@ class Scorer:
                 leaving.append(member)
         return leaving
 
-    def _forward(self, item: dict[str, Any], target: str, message: Consumed, position: int, dead: list[DeadLetter]) -> None:
-        """Sends the event on to the lead its id was merged into, with where it was read."""
+    def _forward(self, items: list[Any], position: int, target: str, message: Consumed, dead: list[DeadLetter]) -> None:
+        """Sends the event `items[position]` on to the lead its id was merged into, with where it was read."""
+        item = items[position]
         onward = stitching.forwarded(item, target)
         if onward is None:
             dead.append(DeadLetter("alias_loop", f"lead {item['lead_id']!r} was re-keyed {stitching.MAX_HOPS} times: an alias loop",
-                                   _original(message.value, item), message.topic, message.partition, message.offset, message.key))
+                                   _original(message.value, items, position), message.topic, message.partition, message.offset, message.key))
             return
         self.outbox.add(self.settings.topic_events, target.encode(), encode_json(onward), headers=origin_headers(message, position))
 
@@ -882,7 +883,7 @@ class Scorer:
                 return None
         return events
 
-    def _decode_carefully(self, message: Consumed, dead: list[DeadLetter], stats: BatchStats) -> tuple[list[Any], list[Event]]:
+    def _decode_carefully(self, message: Consumed, dead: list[DeadLetter], stats: BatchStats) -> tuple[Accepted, list[Event]]:
         def reject(reason: str, detail: str, original: bytes) -> None:
             dead.append(DeadLetter(reason, detail, original, message.topic, message.partition, message.offset, message.key))
 
@@ -891,26 +892,26 @@ class Scorer:
         except orjson.JSONDecodeError as exc:
             stats.events += 1  # how many events it held is unknowable: it counts as one
             reject(*unreadable(exc, "message is not JSON", message.value), message.value)
-            return [], []
+            return Accepted(), []
         if not items:
             stats.events += 1  # as an unreadable message: it held no event, yet it is one
             reject("bad_value", EMPTY_ENVELOPE, message.value)
-            return [], []
-        accepted: list[Any] = []
+            return Accepted(), []
+        accepted = Accepted()
         events: list[Event] = []
         # Only a big message can hold a too-large event, so small ones skip re-serialising.
         check_sizes = len(message.value) > MAX_EVENT_BYTES
         lone = _lone(message.value)
-        for item in items:
+        for index, item in enumerate(items):
             stats.events += 1
-            raw = (message.value if lone else encode_json_or_none(item)) if check_sizes else None
+            raw = _written(message.value, index, item) if check_sizes else None
             if raw is not None and len(raw) > MAX_EVENT_BYTES:
                 reject("too_large", too_large(len(raw)), raw)
                 continue
             parsed = parse_value(item)  # not Engine.parse: an item that is a text is no event, not JSON to read
             if isinstance(parsed, Rejection):
                 if raw is None:  # not written out for the size check above
-                    raw = message.value if lone else encode_json_or_none(item)
+                    raw = _written(message.value, index, item)
                 if raw is None:
                     reject(parsed.reason, f"{parsed.detail} (the original is the whole message: this event is nested too deep "
                            "to be written out alone)", message.value)
@@ -922,10 +923,11 @@ class Scorer:
                     "wrong_partition",
                     f"lead {parsed.lead_id!r} belongs on partition {partition_for(parsed.lead_id, self.partitions)}, "
                     f"not {message.partition}: key single events by lead id, or pack only one partition's leads",
-                    _original(message.value, item),
+                    _written(message.value, index, item) or message.value,
                 )
                 continue
             accepted.append(item)
+            accepted.positions.append(index)
             events.append(parsed)
         return accepted, events
 
@@ -939,7 +941,7 @@ class Scorer:
                 if id(event) in wanted:
                     if items is None:
                         items = unpack(message.value)
-                    dead.append(DeadLetter("unknown_type", self.engine.unknown_type(event), _original(message.value, items[position]),
+                    dead.append(DeadLetter("unknown_type", self.engine.unknown_type(event), _original(message.value, items, position),
                                            message.topic, message.partition, message.offset, message.key))
 
     @staticmethod
@@ -948,14 +950,14 @@ class Scorer:
                   "the state is repaired, or the lead forgotten (`leadstream forget`); replay it then (`leadstream replay-dlq`)")
         return DeadLetter("unreadable_state", detail, original, message.topic, message.partition, message.offset, message.key)
 
-    def _from_the_future(self, event: Event, item: dict[str, Any], now_ms: int, message: Consumed) -> DeadLetter:
+    def _from_the_future(self, event: Event, original: bytes, now_ms: int, message: Consumed) -> DeadLetter:
         # Scored, it would move the lead's watermark ahead, and its real events would all be late.
         at = datetime.fromtimestamp(event.time_ms / 1000, timezone.utc).isoformat(timespec="seconds")
         detail = (
             f"event {event.event_id!r} of lead {event.lead_id!r} is timed {at}, {(event.time_ms - now_ms) / 1000:,.0f} s ahead of the "
             f"worker's clock, more than the {self.settings.max_future_ms / 1000:,.0f} s LEADSTREAM_MAX_FUTURE_MS allows: fix the sender's clock"
         )
-        return DeadLetter("future_time", detail, _original(message.value, item), message.topic, message.partition, message.offset,
+        return DeadLetter("future_time", detail, original, message.topic, message.partition, message.offset,
                           message.key)
 
     def _changed(self, model: str, lead_id: str, state: LeadState, now_ms: int, partition: int, publish: bool = True) -> None:
@@ -991,9 +993,34 @@ def _lone(value: bytes) -> bool:
     return value.lstrip()[:1] != b"["
 
 
-def _original(value: bytes, item: Any) -> bytes:
-    """What a dead letter of one event of the message `value` keeps (see `_lone`)."""
-    return value if _lone(value) else encode_json(item)
+class Accepted(list[Any]):
+    """The objects of a message's events the careful path accepted, with their positions among
+    the message's items (those it refused are left out)."""
+
+    __slots__ = ("positions",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.positions: list[int] = []
+
+
+def _original(value: bytes, items: list[Any], position: int) -> bytes:
+    """What a dead letter of the event `items[position]` of the message `value` keeps: the
+    message itself, or the event as written in its envelope (see `_lone`, `_written`)."""
+    index = items.positions[position] if isinstance(items, Accepted) else position
+    return _written(value, index, items[position]) or value
+
+
+def _written(value: bytes, index: int, item: Any) -> bytes | None:
+    """The item at `index` of the message `value`: the message itself when it is one event, else
+    the item as its producer wrote it in the envelope, or failing that written out again (None
+    when it is nested too deep to be)."""
+    if _lone(value):
+        return value
+    written = items_written(value)
+    if written is not None and index < len(written):
+        return written[index]
+    return encode_json_or_none(item)
 
 
 def origin_headers(message: Consumed, position: int) -> Headers:

@@ -11,7 +11,7 @@ import pytest
 
 from scoring import Engine
 from streams import lead_states
-from streams.deadletter import KEPT_HEAD_BYTES, DeadLetter
+from streams.deadletter import KEPT_HEAD_BYTES, KEPT_KEY_BYTES, DeadLetter
 from streams.envelope import MAX_MESSAGE_BYTES
 from streams.partitioning import partition_for
 from streams.scorer import Scorer
@@ -37,13 +37,17 @@ def test_a_letter_fits_in_a_kafka_message_with_its_key() -> None:
     """A message of 200 KB of quotes keyed by 650 KB (under the broker's 1 MB) made a letter of
     400 KB (each quote escaped) that did not fit beside its key: the broker refused it, and the
     worker stopped at every restart."""
-    key, original = b"k" * 650_000, b'"' * 200_000
-    value = DeadLetter("bad_json", "message is not JSON", original, "leadstream-events", 1, 7, key).to_bytes()
-    assert len(value) + len(key) <= MAX_MESSAGE_BYTES
-    assert orjson.loads(value)["original_size"] == len(original)
-    key = b"k" * 995_000  # so large a key leaves no room for any of the original
-    value = DeadLetter("bad_json", "message is not JSON", original, "leadstream-events", 1, 7, key).to_bytes()
-    assert len(value) + len(key) <= MAX_MESSAGE_BYTES and orjson.loads(value)["original_head_base64"] == ""
+    original = b'"' * 200_000
+    # A key longer than any lead id is cut: one of 1,048,300 bytes (the broker takes it beside a
+    # value of one byte) left no room for the letter at all, and the worker stopped at every restart.
+    for key in (b"k" * 650_000, b"k" * 995_000, b"k" * 1_048_300):
+        letter = DeadLetter("bad_json", "message is not JSON", original, "leadstream-events", 1, 7, key)
+        value = letter.to_bytes()
+        assert letter.message_key == key[:KEPT_KEY_BYTES]
+        assert len(value) + KEPT_KEY_BYTES <= MAX_MESSAGE_BYTES
+        assert orjson.loads(value)["key_size"] == len(key) and orjson.loads(value)["original"] == original.decode()
+    short = DeadLetter("bad_json", "message is not JSON", original, "leadstream-events", 1, 7, b"k" * KEPT_KEY_BYTES)
+    assert short.message_key == short.key and "key_size" not in orjson.loads(short.to_bytes())
 
 
 @pytest.mark.parametrize("value", [b"{oops", b"[]", b'{"reason": "x"}', b'{"reason": "x", "original_base64": "%%%"}', None])
@@ -84,4 +88,38 @@ def test_a_message_of_one_event_is_dead_lettered_byte_for_byte(value: bytes, rea
     envelope = b"[" + value + b", " + orjson.dumps({"event_id": "ok", "lead_id": "carol", "type": "page_view", "time": T0}) + b"]"
     asyncio.run(scorer.process([Consumed(settings.topic_events, partition_for("carol", 4), 1, None, envelope)]))
     letters = [orjson.loads(v) for topic, _, v in outbox.sent if topic == settings.topic_deadletter and v]
-    assert len(letters) == 2 and orjson.loads(letters[1]["original"]) == orjson.loads(value)
+    # As written in the envelope: parsed and written out again, the time read 1e30 (a float).
+    assert len(letters) == 2 and letters[1]["original"] == value.strip().decode()
+
+
+def envelope_letters(envelope: bytes, lead: str = "carol") -> tuple[list[dict[str, object]], Scorer]:
+    settings = Settings()
+    outbox = Kept()
+    scorer = Scorer(Engine([shipped("b2b")]), settings, LiveTable(MemoryData(), "changelog", 4, 100, lead_states.decode), outbox, 4)
+    asyncio.run(scorer.process([Consumed(settings.topic_events, partition_for(lead, 4), 0, None, envelope)]))
+    return [orjson.loads(v) for topic, _, v in outbox.sent if topic == settings.topic_deadletter and v], scorer
+
+
+def test_an_envelope_s_events_are_dead_lettered_as_their_producer_wrote_them() -> None:
+    """Each letter kept its event parsed and written out again: an integer over 64 bits (a lead id
+    the detail asked to send as a text) came back as 1.2345678901234568e22, 1.10 as 1.1."""
+    good = orjson.dumps({"event_id": "ok", "lead_id": "carol", "type": "page_view", "time": T0, "product": "b2b"})
+    bad = [b'{"event_id": "u1", "lead_id": 12345678901234567890123, "type": "page_view", "time": 1}',
+           b'{"event_id":"u2","lead_id":"carol","type":"page_veiw","time":%d,"product":"b2b","properties":{"a":1.10,"e":1E2}}' % T0,
+           b'"not an event"', b'{"event_id": "u3", "lead_id": "y", "type": "page_view", "time": %d}' % T0]
+    letters, _ = envelope_letters(b" [ " + b" ,\n".join([bad[0], good, bad[1], bad[2], bad[3]]) + b"\t]")
+    wrong = [letter for letter in letters if letter["reason"] == "wrong_partition"]
+    assert partition_for("y", 4) != partition_for("carol", 4) and len(wrong) == 1
+    assert sorted(str(letter["original"]) for letter in letters) == sorted(raw.decode() for raw in bad)
+
+
+def test_a_lone_surrogate_escape_in_an_envelope_loses_none_of_its_events() -> None:
+    """orjson refuses a whole message for one `\\ud83d` (a title cut mid-emoji by JSON.stringify):
+    the worker dead-lettered the envelope as bad_json, while `leadstream score` read it as U+FFFD."""
+    events = [orjson.dumps({"event_id": f"e{n}", "lead_id": "carol", "type": "page_view", "time": T0 + n, "product": "b2b",
+                            "properties": {"url": "https://acme.io/pricing", "title": "Pricing"}}) for n in range(3)]
+    events[1] = events[1].replace(b'"Pricing"', b'"Pricing \\ud83d"')
+    letters, scorer = envelope_letters(b"[" + b",".join(events) + b"]")
+    assert letters == []
+    states = scorer.store.states("carol")
+    assert states["b2b"].behaviour > 0 and all(states["b2b"].knows_event(f"e{n}") for n in range(3))
