@@ -295,7 +295,7 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
             # under the new models too, if the files changed (the next poll sees it).
             if not _ready(app):
                 return
-            engine = models.poll()
+            engine = await models.reload()
             if engine is not None:
                 try:
                     await scorer.use(engine, owned_partitions())

@@ -10,6 +10,7 @@ never stops scoring.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -80,6 +81,13 @@ class ModelDirectory:
         metrics.MODELS_BROKEN.set(0)
         log.info("model edit applied: models=%s fingerprint=%s", [m.name for m in engine.models], seen)
         return engine
+
+    async def reload(self) -> Engine | None:
+        """`poll` in a thread: the files of a large model (thousands of rules) take seconds to
+        load and compile, during which the worker's loop, on the same thread, answered nothing,
+        not even its health checks, and the group could drop it. Python threads take turns
+        every few milliseconds, so the loop keeps answering meanwhile."""
+        return await asyncio.to_thread(self.poll)
 
     def describe(self) -> dict[str, object]:
         """What the worker's /models/ view shows: the models in use, and a pending broken edit."""

@@ -3,12 +3,13 @@ worker keeps the models it has until the files load again."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
 import pytest
 
-from scoring import ModelError
+from scoring import Engine, ModelError
 from streams import metrics
 from streams.model_reload import ModelDirectory, fingerprint
 
@@ -118,3 +119,25 @@ def test_the_view_describes_the_models_in_use(tmp_path: Path) -> None:
         "account_levels": None,
     }]  # fmt: skip
     assert described["directory"] == str(tmp_path) and described["error"] is None
+
+
+def test_a_large_model_loads_while_the_worker_s_loop_goes_on(tmp_path: Path) -> None:
+    """A model of thousands of rules takes seconds to load: loaded on the worker's loop, the
+    worker answered nothing meanwhile (its health checks timed out, its group dropped it)."""
+    save(tmp_path, "a.toml", MODEL.format(name="a", points=5))
+    directory = ModelDirectory(tmp_path)
+    rules = "".join(f'[[rules]]\nname = "page {n}"\nevent = "page_view"\npoints = 1\n'
+                    f'properties.url = {{ glob = ["*/category-{n}/*", "*/landing-{n}*"] }}\n' for n in range(3000))
+    save(tmp_path, "a.toml", MODEL.format(name="a", points=5).replace("[thresholds]", rules + "[thresholds]"))
+
+    async def scenario() -> tuple[int, Engine | None]:
+        ticks = 0
+        loading = asyncio.ensure_future(directory.reload())
+        while not loading.done():
+            ticks += 1
+            await asyncio.sleep(0.001)
+        return ticks, await loading
+
+    ticks, engine = asyncio.run(scenario())
+    assert engine is not None and len(engine.models[0].rules) == 3001
+    assert ticks > 10  # the loop ran its other tasks while the files loaded (none at all before)
