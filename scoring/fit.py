@@ -108,7 +108,9 @@ def parse_domains(table: Table | None) -> DomainLists:
         domains = shipped_list(kind)
         if override is not None:
             override.check_keys(("replace", "add"))
-            replaced = override.strings("replace", None)
+            # An empty list empties it: the shipped competitors are an example, applied to every
+            # model that does not replace them (oracle.com was never "business").
+            replaced = () if override.raw("replace", None) == [] else override.strings("replace", None)
             if replaced is not None:
                 domains = _domains(override, "replace", replaced)
             domains |= _domains(override, "add", override.strings("add", ()))

@@ -107,6 +107,16 @@ def test_shipped_domain_lists_are_real_and_replaceable() -> None:
     assert run.state("L2").fit == -10
 
 
+def test_an_empty_replace_empties_a_shipped_list() -> None:
+    """The shipped competitors are an example every model uses unless it replaces them: a lead at
+    oracle.com was never `business`, and `replace = []` was refused (only a dummy entry helped)."""
+    assert parse_domains(None).classify("cio@oracle.com") == "competitor"
+    lists = parse_domains(Table("saas.toml", "[domains]", {"competitor": {"replace": []}}))
+    assert lists.classify("cio@oracle.com") == "business"
+    lists = parse_domains(Table("saas.toml", "[domains]", {"competitor": {"replace": [], "add": ["rival.io"]}}))
+    assert (lists.classify("cio@oracle.com"), lists.classify("a@rival.io")) == ("business", "competitor")
+
+
 def test_domain_class_precedence() -> None:
     lists = parse_domains(None)
     assert lists.classify("a@GMAIL.com") == "free"
