@@ -27,6 +27,42 @@ MAX_DURATION_MS = 36_500 * 86_400_000
 DURATION_HINT = "a positive duration of at most 36500d such as '7d', '12h' or '30m' (units: ms, s, m, h, d, w)"
 
 
+#: What a user most often did, by the start of tomllib's message (it names line and column only).
+_TOML_HINTS = (
+    (("Invalid value", "Expected newline or end of document after a statement"),
+     "texts, durations and dates go in straight double quotes (\"1d\", \"Pricing\"; not “curly” ones), "
+     "true and false in lower case, one key = value a line"),
+    (("Invalid initial character for a key part", "Expected '=' after a key"),
+     "an inline table { ... } is written on one line, without a comma after its last entry"),
+    (("Cannot declare",), "a [table] appears once a file; [[rules]] and [[fit]] are the blocks that repeat"),
+    (("Cannot overwrite a value",), "a key is given twice in one table"),
+    (("Unclosed array", "Unclosed inline table"), "a [ or { is not closed"),
+)
+_TOML_LINE = re.compile(r"at line (\d+), column \d+")
+
+
+def toml_problem(exc: Exception, text: str) -> str:
+    """tomllib's error, the line it names quoted, and what to write instead when the mistake is
+    a usual one."""
+    problem = str(exc)
+    line = _TOML_LINE.search(problem)
+    lines = text.splitlines()
+    if line is not None and 0 < int(line.group(1)) <= len(lines):
+        written = lines[int(line.group(1)) - 1].strip()
+        problem += f": {written[:120]!r}" + (" ..." if len(written) > 120 else "")
+    for starts, hint in _TOML_HINTS:
+        if problem.startswith(starts):
+            return f"{problem} ({hint})"
+    return problem
+
+
+def not_utf8(exc: UnicodeDecodeError) -> str:
+    """Where a file's bytes stop being UTF-8, as a line an editor shows."""
+    data = exc.object if isinstance(exc.object, bytes) else bytes(exc.object)
+    line = data[:exc.start].count(b"\n") + 1
+    return f"not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}): save the file as UTF-8"
+
+
 def parse_duration_ms(text: str) -> int | None:
     """Milliseconds of a duration like '7d'; None when the text is not a positive duration of at
     most MAX_DURATION_MS."""

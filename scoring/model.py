@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from scoring.accounts import AccountRollup, parse_accounts
-from scoring.config import Table, format_duration_ms
+from scoring.config import Table, format_duration_ms, not_utf8, toml_problem
 from scoring.decay import Decay, HalfLifeDecay, StepDecay, parse_decay
 from scoring.errors import ModelError
 from scoring.fit import DomainLists, FitRule, parse_domains, parse_fit_rule
@@ -75,7 +75,9 @@ class Model:
 def load_model(path: Path) -> Model:
     try:
         text = path.read_text(encoding="utf-8-sig")  # -sig: Windows editors begin UTF-8 files with a byte order mark
-    except (OSError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
+        raise ModelError(f"{path.name}: {not_utf8(exc)}") from None
+    except OSError as exc:
         raise ModelError(f"{path.name}: cannot read the model file: {exc}") from None
     return parse_model(text, path.name)
 
@@ -110,7 +112,7 @@ def parse_model(text: str, file: str) -> Model:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ModelError(f"{file}: not valid TOML: {exc}") from None
+        raise ModelError(f"{file}: not valid TOML: {toml_problem(exc, text)}") from None
     except RecursionError:  # tomllib reads nested arrays and tables recursively
         raise ModelError(f"{file}: not valid TOML for a model: arrays or tables nested deeper than can be read") from None
     top = Table(file, "top level", data)

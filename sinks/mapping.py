@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable
 
+from scoring.config import not_utf8, toml_problem
 from scoring.model import Model
 from sinks.base import Crossing, Reason
 from sinks.errors import MappingError
@@ -239,12 +240,15 @@ def levels_no_model_has(mapping: Mapping, models: Iterable[Model]) -> list[str]:
 def load_mapping(path: Path, *, with_deals: bool) -> Mapping:
     """Read and validate a mapping file; `with_deals` for CRMs that have deals (HubSpot)."""
     try:
-        raw = tomllib.loads(path.read_text())
+        text = path.read_text(encoding="utf-8-sig")
+        raw = tomllib.loads(text)
     except FileNotFoundError:
         raise MappingError(f"{path}: no such mapping file; copy the example from sinks/mappings/ "
                            "or set LEADSTREAM_SINK_MAPPING_DIR") from None
+    except UnicodeDecodeError as exc:
+        raise MappingError(f"{path}: {not_utf8(exc)}") from None
     except tomllib.TOMLDecodeError as exc:
-        raise MappingError(f"{path}: not valid TOML ({exc})") from None
+        raise MappingError(f"{path}: not valid TOML ({toml_problem(exc, text)})") from None
     top = _Table(path, "", raw)
     deal = ("deal",) if with_deals else ()
     top.only("fields", "values", "levels", "task", "account", *deal)

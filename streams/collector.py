@@ -57,6 +57,7 @@ from aiohttp.client_exceptions import ClientPayloadError
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
 
+from scoring.config import not_utf8, toml_problem
 from scoring.events import MAX_ID_CHARS, with_lone_surrogates_replaced
 from streams import collector_metrics as metrics
 from streams import probes
@@ -156,14 +157,14 @@ def load_sources(spec: str) -> dict[str, Source]:
 
 def _sources_from_file(path: Path) -> dict[str, Source]:
     try:
-        document = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # as model files (scoring/model.py)
+        text = path.read_text(encoding="utf-8-sig")  # as model files (scoring/model.py)
+        document = tomllib.loads(text)
     except OSError as exc:
         raise ConfigError(f"cannot read the collector's sources file {path}: {exc.strerror}") from exc
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}): "
-                          "save it as UTF-8") from None
+        raise ConfigError(f"{path} is {not_utf8(exc)}") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+        raise ConfigError(f"{path} is not valid TOML: {toml_problem(exc, text)}") from None
     except RecursionError:  # tomllib reads nested arrays and tables recursively
         raise ConfigError(f"{path} is not valid TOML: arrays or tables nested deeper than can be read") from None
     sources = document.get("sources")

@@ -114,6 +114,13 @@ CASES = [
     (BASE + "[scale]\nzero_at = 50\n", ["[scale]", "field 'zero_at'", "below hundred_at, which is 20 when not given", "50"]),
     (BASE + "[[rules]\n", ["b2b.toml", "not valid TOML"]),
     (BASE + "x = " + "[" * 5000 + "]" * 5000 + "\n", ["b2b.toml", "not valid TOML", "nested deeper"]),  # a RecursionError
+    # tomllib's own words name a line and column only: the line is quoted, and the usual mistake said.
+    (BASE.replace('name = "b2b"', 'name = "b2b"\nlateness = 1d'), ["not valid TOML", "'lateness = 1d'", "straight double quotes"]),
+    (BASE.replace('name = "b2b"', 'name = \u201cb2b\u201d'), ["not valid TOML", "name = \u201cb2b\u201d", "not \u201ccurly\u201d ones"]),
+    (BASE + '[[rules]]\nname = "p"\nevent = "page_view"\npoints = 1\nproperties.url = { glob = "*/a*", }\n',
+     ["not valid TOML", "properties.url", "on one line, without a comma after its last entry"]),
+    (BASE + "[model]\n", ["not valid TOML", "once a file; [[rules]] and [[fit]] are the blocks that repeat"]),
+    (BASE.replace('name = "b2b"', 'name = "b2b"\nname = "b2c"'), ["not valid TOML", "a key is given twice in one table"]),
     # Entries no address could match (they were taken, and never matched).
     (BASE + '[domains]\ncompetitor = { add = ["@rival.io"] }\n', ["[domains]", "field 'competitor.add'", "'@rival.io' among them"]),
     (BASE + '[domains]\nfree = { replace = ["gmail.com", "not a domain!"] }\n', ["[domains]", "field 'free.replace'", "'not a domain!'"]),
@@ -144,6 +151,13 @@ def test_a_model_file_may_begin_with_a_byte_order_mark(tmp_path: Path) -> None:
     (tmp_path / "b2b.toml").write_bytes(codecs.BOM_UTF8 + (BASE + RULE).encode())
     loaded = load_model(tmp_path / "b2b.toml")
     assert (loaded.name, loaded.rules, loaded.ladder) == ("b2b", model(BASE + RULE, header=False).rules, model(BASE, header=False).ladder)
+
+
+def test_a_model_file_that_is_not_utf8_names_the_line_to_fix(tmp_path: Path) -> None:
+    # It said "'utf-8' codec can't decode byte 0xfc in position 42": an offset no editor shows.
+    (tmp_path / "b2b.toml").write_bytes((BASE + '[[rules]]\nname = "M\u00fcnchen"\n').encode("latin-1"))
+    with pytest.raises(ModelError, match=r"b2b\.toml: not UTF-8 text \(byte 0xfc on line \d+\): save the file as UTF-8"):
+        load_model(tmp_path / "b2b.toml")
 
 
 def test_directory_errors(tmp_path: Path) -> None:

@@ -398,7 +398,7 @@ def test_write_keys_from_a_sources_file(tmp_path: Path) -> None:
         ("missing.toml", None, "cannot read"),
         ("sources.toml", "[sources", "not valid TOML"),
         ("sources.toml", "x = " + "[" * 5000 + "]" * 5000, "not valid TOML: arrays or tables nested deeper"),
-        ("sources.toml", '[sources.caf\xe9]\nwrite_keys = ["k"]\n', "not UTF-8 text \\(byte 0xe9 at offset 12\\): save it as UTF-8"),
+        ("sources.toml", '[sources.caf\xe9]\nwrite_keys = ["k"]\n', "not UTF-8 text \\(byte 0xe9 on line 1\\): save the file as UTF-8"),
         ("sources.toml", "[other]\n", "no \\[sources.NAME\\] tables"),
         ("sources.toml", "[sources.web]\nwrite_keys = []\n", "non-empty list of strings"),
         ("sources.toml", '[sources.web]\nwrite_keys = ["k"]\nproduct = 3\n', "`product` must be a string"),
