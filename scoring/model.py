@@ -134,11 +134,14 @@ def parse_model(text: str, file: str) -> Model:
 
     rules = tuple(parse_rule(file, spec, number) for number, spec in enumerate(top.tables("rules"), 1))
     fit_rules = tuple(parse_fit_rule(file, spec, number) for number, spec in enumerate(top.tables("fit"), 1))
-    names: set[str] = set()
-    for name in [r.name for r in rules] + [r.name for r in fit_rules]:
-        if name in names:
-            raise ModelError(f"{file}: rule '{name}', field 'name': expected a name no other rule of this model uses")
-        names.add(name)
+    blocks: dict[str, str] = {}
+    for block, name in [(f"[[rules]] #{n}", r.name) for n, r in enumerate(rules, 1)] + [
+            (f"[[fit]] #{n}", r.name) for n, r in enumerate(fit_rules, 1)]:
+        if name in blocks:
+            raise ModelError(f"{file}: rule '{name}', field 'name': expected a name no other rule of this model uses "
+                             f"(explanations name rules by it), got it in both {blocks[name]} and {block}")
+        blocks[name] = block
+    names = set(blocks)
     check_renames(file, rules, names)
     lateness_ms = head.duration_ms("lateness", 86_400_000)
     check_windows(file, rules, lateness_ms)
@@ -169,7 +172,7 @@ def parse_model(text: str, file: str) -> Model:
         remember_events=head.integer("remember_events", 64, minimum=1, maximum=1024),
         history=head.integer("history", 10, minimum=1, maximum=100),
         keep_traits=keep_traits,
-        unscored_types=_unscored_types(head),
+        unscored_types=_unscored_types(head, rules),
         rules=rules,
         fit_rules=fit_rules,
         domains=parse_domains(top.table("domains", "[domains]")),
@@ -183,10 +186,15 @@ def parse_model(text: str, file: str) -> Model:
     )
 
 
-def _unscored_types(head: Table) -> frozenset[str] | None:
+def _unscored_types(head: Table, rules: tuple[Rule, ...]) -> frozenset[str] | None:
     types = head.strings("unscored_types", ())
     if "*" in types and len(types) > 1:
         raise head.error("unscored_types", 'either "*" alone (every event type) or a list of event types', list(types))
+    # One moved here to stop scoring it went on scoring, and `leadstream models` listed it as both.
+    scored = [f"{rule.event!r} (rule {rule.name!r})" for rule in rules if rule.event in types]
+    if scored:
+        raise head.error("unscored_types", "event types no rule scores: remove the rules of a type to stop scoring it",
+                         f"{', '.join(scored)} among them")
     return None if types == ("*",) else frozenset(types)
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
 from scoring.config import Table, is_number
+from scoring.errors import ModelError
 from scoring.repeat import Bonus, Cap, OncePer, parse_bonus, parse_cap, parse_once_per, seen_key
 
 #: Classes of e-mail domains the `domain` operator tests (see scoring.fit).
@@ -107,9 +108,12 @@ def parse_rule(file: str, data: dict[str, Any], number: int) -> Rule:
     renamed_from = table.strings("renamed_from", ())
     if not all(old.isprintable() for old in renamed_from):
         raise table.error("renamed_from", "the rule's earlier name, or a list of them, each a text on one line", table.raw("renamed_from"))
+    event = table.string("event")
+    if "*" in event:  # as in unscored_types, where "*" is every type: here it matched none
+        raise table.error("event", "one event type such as \"page_view\" (a rule scores one type; '*' is no pattern here)", event)
     return Rule(
         name=name,
-        event=table.string("event"),
+        event=event,
         points=points,
         conditions=parse_conditions(table, ("properties", "traits")),
         cap=parse_cap(table),
@@ -134,6 +138,11 @@ def parse_conditions(table: Table, sources: tuple[str, ...]) -> tuple[Condition,
 def _parse_field(table: Table, source: str, key: str, spec: Any) -> list[Condition]:
     if isinstance(spec, dict):
         ops = Table(table.file, table.where, spec, f"{table.prefix}{key}.")
+        if spec and not any(op in OPERATORS for op in spec):  # a misspelt operator, or `properties.plan.name = "pro"`
+            unknown = next(iter(spec))
+            raise ModelError(f"{table.file}: {table.where}, field '{ops.prefix}{unknown}': unknown field (expected one of: "
+                             f"{', '.join(OPERATORS)}); a field inside another ({key}.{unknown}) cannot be tested: send it "
+                             f"as a field of its own ({key}_{unknown})")
         ops.check_keys(OPERATORS)
         if not spec:  # no test at all would match every event
             raise table.error(key, f"at least one operator ({', '.join(OPERATORS)})", spec)

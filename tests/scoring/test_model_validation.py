@@ -65,7 +65,16 @@ CASES = [
     (BASE + RULE + "properties.seats = { gte = \"5\" }\n", ["rule 'pricing'", "field 'properties.seats.gte'", "a finite number"]),
     (BASE + RULE + "properties.form = []\n", ["rule 'pricing'", "field 'properties.form'", "non-empty list"]),
     (BASE + RULE + 'traits.email = { domain = "gmail" }\n', ["rule 'pricing'", "field 'traits.email.domain'", "free, disposable, competitor, business"]),
-    (BASE + RULE + RULE, ["rule 'pricing'", "field 'name'", "no other rule"]),
+    (BASE + RULE + RULE, ["rule 'pricing'", "field 'name'", "no other rule", "in both [[rules]] #1 and [[rules]] #2"]),
+    # It said only "no other rule": which blocks clash, a fit rule among them, was left to find.
+    (BASE + RULE + '[[fit]]\nname = "pricing"\npoints = 1\ntraits.title = "cto"\n', ["rule 'pricing'", "in both [[rules]] #1 and [[fit]] #1"]),
+    # It said "field 'properties.plan.name': unknown field (expected one of: eq, ...)", as if name were an operator.
+    (BASE + RULE + 'properties.plan.name = "pro"\n', ["rule 'pricing'", "field 'properties.plan.name'", "unknown field", "(plan.name) cannot be tested", "(plan_name)"]),
+    # Loaded, it matched no event ("*" is every type in unscored_types, not in a rule).
+    (BASE + RULE.replace('"page_view"', '"*"'), ["rule 'pricing'", "field 'event'", "one event type", "no pattern", "'*'"]),
+    # Accepted, the type went on scoring, and `leadstream models` listed it as scored and unscored.
+    (BASE.replace('name = "b2b"', 'name = "b2b"\nunscored_types = ["page_view", "login"]') + RULE,
+     ["[model]", "field 'unscored_types'", "no rule scores", "'page_view' (rule 'pricing')"]),
     (BASE + '[[rules]]\nevent = "x"\npoints = 1\n', ["b2b.toml", "rule #1", "field 'name'", "required"]),
     (BASE + '[[fit]]\nname = "vp"\npoints = 5\nproperties.url = "x"\n', ["fit rule 'vp'", "field 'properties'", "unknown field"]),
     (BASE + '[[fit]]\nname = "vp"\npoints = 5\n', ["fit rule 'vp'", "field 'traits'", "at least one trait condition"]),
