@@ -40,7 +40,14 @@ def lead_ids(args: list[str], from_file: Path | None) -> list[str]:
         # A byte order mark (Windows tools save one) would stick to the first id, and the lead
         # it names would silently stay; it is not in any id a person means.
         text = text.removeprefix("\ufeff")
-        ids += [line.strip() for line in text.splitlines() if line.strip()]
+        # Each line as written: ids may begin or end with spaces, and one stripped named another
+        # lead (or none), while the lead meant stayed.
+        listed = [line for line in text.splitlines() if line.strip()]
+        spaced = sum(line != line.strip() for line in listed)
+        if spaced:
+            print(f"leadstream forget: {spaced} id{'s' if spaced != 1 else ''} of {from_file} begin or end with spaces, "
+                  "kept as written (an id is exact)", file=sys.stderr)
+        ids += listed
     if not ids:
         raise InputError("no lead ids given: name them, or pass --from FILE (one id per line)")
     for lead_id in ids:

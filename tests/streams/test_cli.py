@@ -42,13 +42,17 @@ def test_a_second_connector_name_only_follows_replay_dlq(capsys: pytest.CaptureF
     assert capsys.readouterr().err == "leadstream sink: a second connector name (redis) only follows replay-dlq; run one connector per process\n"
 
 
-def test_forget_takes_ids_from_arguments_and_a_file_once_each_and_refuses_what_is_no_id(tmp_path: Path) -> None:
+def test_forget_takes_ids_from_arguments_and_a_file_once_each_and_refuses_what_is_no_id(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from streams.errors import InputError
     from streams.forget import lead_ids
 
     listed = tmp_path / "ids.txt"
-    listed.write_text("u-2\n\n  u-3  \nu-1\n")
-    assert lead_ids(["u-1", "u-2"], listed) == ["u-1", "u-2", "u-3"]
+    listed.write_text("u-2\n\n \nlead t \nu-1\r\n")
+    # An id as written: "lead t " was asked for as "lead t", another lead or none, and stayed.
+    assert lead_ids(["u-1", "u-2"], listed) == ["u-1", "u-2", "lead t "]
+    assert capsys.readouterr().err == f"leadstream forget: 1 id of {listed} begin or end with spaces, kept as written (an id is exact)\n"
     assert lead_ids(["\U0001f469\u200d\U0001f4bb", "Zoë"], None) == ["\U0001f469\u200d\U0001f4bb", "Zoë"]  # ids as events take them
     for bad, message in (([], "no lead ids given"), (["x" * 257], "is not a lead id"), (["a\nb"], "is not a lead id")):
         with pytest.raises(InputError, match=message):
