@@ -78,10 +78,11 @@ def shown_below_lines(runtime: ModelRuntime, score: float) -> float:
 
 
 def shown(points: float) -> float:
-    """Points to two decimals, never -0.0: negative points a half-life decayed to nearly nothing
-    (or clipped to nearly nothing) showed as `-0.0`."""
+    """Points to two decimals, an integer when whole (a half-life model's 41.0 is 41, as a step
+    model's), never -0.0: negative points a half-life decayed to nearly nothing (or clipped to
+    nearly nothing) showed as `-0.0`."""
     rounded = round(points, 2)
-    return rounded if rounded else abs(rounded)
+    return int(rounded) if rounded.__class__ is float and rounded.is_integer() else rounded
 
 
 def decayed_points(state: LeadState) -> float:

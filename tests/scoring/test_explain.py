@@ -134,3 +134,15 @@ def test_negative_points_decayed_to_nearly_nothing_show_as_0_not_minus_0() -> No
     run = Run(engine(rules, settings="floor = -100")).apply(ev("bad"))
     explained = run.engine.explain("m", "L1", run.state(), T0 + 30 * DAY)
     assert (explained["score"], explained["behaviour_points"]) == (0, 0) and "-0.0" not in orjson.dumps(explained).decode()
+
+
+def test_whole_half_life_points_are_written_as_integers_as_a_step_model_s() -> None:
+    # The README says `score` is an integer when the points are whole: the shipped half-life
+    # model's crossings and summaries wrote 41.0, where a step model wrote 41.
+    addon = Engine([shipped("analytics_addon")])
+    # A second apart: the first event's points decayed by a hair, and rounded back to whole.
+    run = Run(addon).apply(ev("trial_started", product="analytics"), ev("data_source_connected", at=1000, product="analytics"))
+    summary = addon.summary("analytics_addon", "L1", run.state("L1", "analytics_addon"), T0 + 1000)
+    assert b'"score":35,' in orjson.dumps(summary) and summary["score"].__class__ is int
+    assert run.transitions and all(crossing.score.__class__ is int for crossing in run.transitions)
+    assert b"35.0" not in orjson.dumps(addon.explain("analytics_addon", "L1", run.state("L1", "analytics_addon"), T0 + 1000))
