@@ -22,7 +22,9 @@ fetched again as its records are written, not into memory first.
 A message whose value is not JSON (the worker dead-lettered it) is left out and counted, as are
 tombstones (requests to forget a lead) and the events the worker re-keyed to the lead a visitor
 became (with `stitched_from`; the scorers re-key the originals); the file never gets a line
-the scorers would have to reject as bad JSON.
+the scorers would have to reject as bad JSON. So are the events and profile updates of a lead
+written before a request to forget it: the profiles topic is read for those requests first, and
+an envelope keeps its other leads' events, as their producer wrote them.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import orjson
 
 from scoring.events import parse_time_ms
 from streams.errors import InputError, ServiceError
+from streams.envelope import items_written
 from streams.kafka_clients import open_client
 from streams.settings import Settings
 from streams.topics import partition_count
@@ -164,6 +167,41 @@ class _Partitions:
                 self.fetched[partition].extend(record for record in records if record.offset < end)
 
 
+def erasures(settings: Settings) -> dict[str, int]:
+    """Lead id -> the Kafka timestamp of the latest request to forget it the profiles topic holds
+    (a tombstone keyed by the lead id, streams/forget.py); empty when there is no profiles topic."""
+    if partition_count(settings, settings.topic_profiles) == 0:
+        return {}
+    erased: dict[str, int] = {}
+    for record in read_to_end(settings, settings.topic_profiles):
+        if record.value is None and record.key is not None:
+            lead_id = record.key.decode("utf-8", "replace")
+            erased[lead_id] = max(erased.get(lead_id, 0), record.timestamp)
+    return erased
+
+
+def _without_erased(value: bytes, parsed: Any, timestamp: int, erased: dict[str, int]) -> tuple[bytes | None, int]:
+    """The message without the events of leads forgotten at or after its timestamp (None when
+    none is left), and how many it lost."""
+    items = parsed if isinstance(parsed, list) else [parsed]
+    gone = [isinstance(item, dict) and erased.get(_lead_text(item.get("lead_id")) or "", -1) >= timestamp for item in items]
+    if not any(gone):
+        return value, 0
+    if all(gone):
+        return None, len(items)
+    written = items_written(value)
+    kept = [raw for raw, dropped in zip(written, gone) if not dropped] if written else [
+        orjson.dumps(item) for item, dropped in zip(items, gone) if not dropped]
+    return b"[" + b",".join(kept) + b"]", sum(gone)
+
+
+def _lead_text(lead_id: Any) -> str | None:
+    """A lead id as the engine reads it: a text, or a whole number's decimal text."""
+    if isinstance(lead_id, str):
+        return lead_id
+    return str(lead_id) if isinstance(lead_id, int) and not isinstance(lead_id, bool) else None
+
+
 def default_topics(settings: Settings) -> list[str]:
     """What `leadstream history` reads unless told: the raw events and the profile updates."""
     return [settings.topic_events, settings.topic_profiles]
@@ -176,7 +214,9 @@ def write_history(settings: Settings, out: IO[bytes], topics: list[str] | None =
     not_json = dict.fromkeys(topics, 0)
     tombstones = dict.fromkeys(topics, 0)
     rekeyed = dict.fromkeys(topics, 0)
+    forgotten = dict.fromkeys(topics, 0)
     first_not_json: dict[str, str] = {}
+    erased = erasures(settings)
     for record, parsed in read_merged(settings, topics):
         value, topic = record.value, record.topic
         if value is None:
@@ -194,6 +234,12 @@ def write_history(settings: Settings, out: IO[bytes], topics: list[str] | None =
             # forgotten the original by the copy's turn.
             rekeyed[topic] += 1
             continue
+        if erased:
+            kept, dropped = _without_erased(value, parsed, record.timestamp, erased)
+            forgotten[topic] += dropped
+            if kept is None:
+                continue
+            value = kept
         if b"\n" in value or b"\r" in value:
             # JSON that spans lines (pretty-printed by some producer) is made one line again. Valid
             # JSON has line breaks only between tokens (a string holds them escaped), so they can
@@ -208,6 +254,8 @@ def write_history(settings: Settings, out: IO[bytes], topics: list[str] | None =
         if tombstones[topic]:
             what = ": requests to forget a lead" if topic == settings.topic_profiles else ", which the worker dead-letters"
             print(f"{topic}: left out {tombstones[topic]} tombstones (records without a value{what})", file=err)
+        if forgotten[topic]:
+            print(f"{topic}: left out {forgotten[topic]} events of leads forgotten after them (`leadstream forget`)", file=err)
         if rekeyed[topic]:
             print(f"{topic}: left out {rekeyed[topic]} events the worker re-keyed to the lead their visitor became (with "
                   "`stitched_from`): score and review re-key the originals, which the file holds", file=err)
