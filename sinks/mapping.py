@@ -192,10 +192,10 @@ class _Table:
             raise self.error(key, f"must be a CRM field name (a letter, then letters, digits or '_'), not {value!r}")
         return value
 
-    def positive_int(self, key: str, default: int) -> int:
+    def positive_int(self, key: str, default: int, maximum: int) -> int:
         value = self.data.get(key, default)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise self.error(key, f"must be a positive integer, not {value!r}")
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= maximum:
+            raise self.error(key, f"must be a whole number from 1 to {maximum}, not {value!r}")
         return value
 
     def levels(self, key: str = "levels") -> frozenset[str]:
@@ -306,7 +306,8 @@ def _task(table: _Table, kind: _Kind) -> TaskMapping:
         owner=table.text("owner", ""),
         subject=table.template("subject", kind.task_subject, kind.template_names),
         body=table.template("body", kind.task_body, kind.template_names),
-        due_in_hours=table.positive_int("due_in_hours", 24),
+        # A year at most: a due date beyond Python's (year 9999) failed every task's delivery.
+        due_in_hours=table.positive_int("due_in_hours", 24, maximum=24 * 366),
         priority=table.text("priority"),
         crossing_id_property=table.field_name("crossing_id_property"),
     )

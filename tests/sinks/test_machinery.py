@@ -224,7 +224,10 @@ def test_the_shipped_mappings_are_valid() -> None:
          'priority = "High"\ncrossing_id_property = "c"\nbody = "{account_id:>{width}}"', False,
          "[account.task].body: cannot be filled in"),
         ('[fields]\nscore = "x"\n[task]\nlevels = ["mql"]\npriority = "HIGH"\ncrossing_id_property = "c"\n'
-         "due_in_hours = 0", False, "[task].due_in_hours: must be a positive integer"),
+         "due_in_hours = 0", False, "[task].due_in_hours: must be a whole number from 1 to 8784"),
+        # Accepted, it made every task's delivery fail (a due date past the year 9999), 8 times, then dead-lettered.
+        ('[fields]\nscore = "x"\n[task]\nlevels = ["mql"]\npriority = "HIGH"\ncrossing_id_property = "c"\n'
+         "due_in_hours = 100000000", False, "[task].due_in_hours: must be a whole number from 1 to 8784, not 100000000"),
         ('[fields]\nscore = "x"\n[task]\nlevels = ["mql"]\npriority = "HIGH"', False,
          "[task].crossing_id_property: is required"),
         ("[fields\n", False, "not valid TOML"),
