@@ -3,7 +3,8 @@
 A connector raises `RetryableError` when trying again later can succeed (429, 5xx, timeouts,
 connection errors, malformed answers) and `PermanentError` when it cannot (4xx other than 429, a
 contact that does not exist, a record that is not a crossing): the runner retries the first with
-backoff and dead-letters the second. `CredentialsError` (401) is about the connector, not the
+backoff and dead-letters the second; `OutcomeUnknown`, a retryable timeout, tells a step that
+creates a record to look for it a while before creating it again. `CredentialsError` (401) is about the connector, not the
 message: every delivery would fail the same way, so the runner dead-letters nothing and holds its
 place until the credentials work. `StaleError` sets aside a replayed item that newer ones
 overtook. `MappingError` is raised on start, before anything is read. `Stopping` cuts a delivery's
@@ -28,6 +29,20 @@ class RetryableError(SinkError):
     def __init__(self, message: str, retry_after_s: float | None = None) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class OutcomeUnknown(RetryableError):
+    """The request got no answer in time: the service may have it still, and act on it after the
+    connector gave up (a record it creates then would be created twice by a retry at once)."""
+
+
+class Unsettled(SinkError):
+    """A step's earlier call timed out and the record it asked for is not found yet: the runner
+    looks again after `wait_s`, without counting a try (the CRM may still be creating it)."""
+
+    def __init__(self, message: str, wait_s: float) -> None:
+        super().__init__(message)
+        self.wait_s = wait_s
 
 
 class PermanentError(SinkError):

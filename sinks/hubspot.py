@@ -38,7 +38,7 @@ from hubspot.crm.deals import ApiException as DealsApiException
 from hubspot.crm.objects.tasks import ApiException as TasksApiException
 
 from sinks.base import Crossing, CrossingSink, Steps
-from sinks.errors import PermanentError, RetryableError, for_status
+from sinks.errors import OutcomeUnknown, PermanentError, RetryableError, for_status
 from sinks.http import Deadline, watched
 from sinks.mapping import AccountMapping, Mapping, load_mapping
 from sinks.ratelimit import limiter_for
@@ -219,7 +219,7 @@ class HubSpotSink(CrossingSink):
                 if not deadline.expired:
                     return result
         # Whatever the cut connection left (an error, a truncated answer), it is not the answer.
-        raise RetryableError(f"HubSpot {what}: no whole answer within {self.timeout_s:g} s")
+        raise OutcomeUnknown(f"HubSpot {what}: no whole answer within {self.timeout_s:g} s")
 
     def _request(self, what: str, fn: Callable[..., R], *args: Any, **kwargs: Any) -> R:
         try:
@@ -233,7 +233,9 @@ class HubSpotSink(CrossingSink):
             raise for_status(status, f"HubSpot {what}", _body(exc), dict(exc.headers or {}),
                              "LEADSTREAM_HUBSPOT_ACCESS_TOKEN") from None
         except urllib3.exceptions.HTTPError as exc:
-            raise RetryableError(f"HubSpot {what}: no answer ({type(exc).__name__}: {exc})") from None
+            # Timed out reading the answer: the request was sent, and HubSpot may still act on it.
+            error = OutcomeUnknown if isinstance(exc, urllib3.exceptions.ReadTimeoutError) else RetryableError
+            raise error(f"HubSpot {what}: no answer ({type(exc).__name__}: {exc})") from None
         except ValueError as exc:
             # The generated client rejects an answer that is not the documented JSON this way.
             raise RetryableError(f"HubSpot {what}: malformed answer ({exc})") from None

@@ -6,9 +6,13 @@ Three kinds of keys per connector, all expiring after LEADSTREAM_SINK_DELIVERED_
   skips it when Kafka hands it out again (a crash before the offset commit, a rebalance, a
   replay of the dead letters).
 - `{prefix}:sink:{connector}:steps:{crossing id}`: a hash of the record-creating steps of a
-  delivery in progress, each `pending` (about to call the CRM) or `done:<record id>`. A step
-  found `pending` may have reached the CRM before the process died, so it is looked up in the
-  CRM (by the crossing id the record carries) before it is tried again.
+  delivery in progress, each `pending` (about to call the CRM), `unsettled:<ms>` (its call
+  timed out then: the CRM may still be creating the record) or `done:<record id>`. A step found
+  `pending` may have reached the CRM before the process died, so it is looked up in the CRM (by
+  the crossing id the record carries) before it is tried again; one found `unsettled` is looked
+  up until the CRM has had the request's timeout again to finish it, and created again only
+  then (a retry that created it at once made a second deal or task when the first call ended
+  after the connector gave up on it).
 - `{prefix}:sink:{connector}:last:{order key}`: "<partition> <offset>" of the last delivered
   message about a record (a lead's or account's level in a model, Sink.order_key). A replayed
   dead letter older than it (same partition, smaller offset) is skipped as stale: an up-crossing
@@ -19,15 +23,18 @@ Three kinds of keys per connector, all expiring after LEADSTREAM_SINK_DELIVERED_
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Callable
 
 from redis import Redis
 
 from sinks.base import Position
+from sinks.errors import OutcomeUnknown, Unsettled
 from streams.settings import Settings
 
 _PENDING = "pending"
+_UNSETTLED = "unsettled:"
 _DONE = "done:"
 
 
@@ -46,6 +53,8 @@ class Ledger:
     prefix: str
     connector: str
     ttl_s: int
+    #: How long a step whose call timed out is looked for before it is created again.
+    settle_s: float
 
     def _key(self, kind: str, delivery_id: str) -> str:
         return f"{self.prefix}:sink:{self.connector}:{kind}:{delivery_id}"
@@ -72,7 +81,7 @@ class Ledger:
         return partition == str(position.partition) and int(offset) > position.offset
 
     def steps(self, delivery_id: str) -> StepJournal:
-        return StepJournal(self.redis, self._key("steps", delivery_id), self.ttl_s)
+        return StepJournal(self.redis, self._key("steps", delivery_id), self.ttl_s, self.settle_s)
 
 
 @dataclass(frozen=True)
@@ -82,19 +91,29 @@ class StepJournal:
     redis: Redis
     key: str
     ttl_s: int
+    settle_s: float
 
     def once(self, step: str, perform: Callable[[], str], find: Callable[[], str | None]) -> str:
         state = self.redis.hget(self.key, step)
         state = state.decode() if isinstance(state, bytes) else state
         if state and state.startswith(_DONE):
             return state[len(_DONE):]
-        if state == _PENDING:
+        if state == _PENDING or (state and state.startswith(_UNSETTLED)):
             found = find()
             if found is not None:
                 self._record(step, _DONE + found)
                 return found
+            if state.startswith(_UNSETTLED):
+                waited_s = time.time() - int(state[len(_UNSETTLED):]) / 1000
+                if waited_s < self.settle_s:
+                    raise Unsettled(f"{step}: the call that timed out {waited_s:.1f} s ago has made no record yet; it is "
+                                    f"looked for until it has had {self.settle_s:g} s, then made again", self.settle_s - waited_s)
         self._record(step, _PENDING)
-        record_id = perform()
+        try:
+            record_id = perform()
+        except OutcomeUnknown:
+            self._record(step, f"{_UNSETTLED}{int(time.time() * 1000)}")
+            raise
         self._record(step, _DONE + record_id)
         return record_id
 

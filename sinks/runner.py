@@ -41,7 +41,7 @@ from redis import RedisError
 
 from sinks import metrics
 from sinks.base import Position, Sink
-from sinks.errors import CredentialsError, PermanentError, RetryableError, StaleError, Stopping
+from sinks.errors import CredentialsError, PermanentError, RetryableError, StaleError, Stopping, Unsettled
 from sinks.ledger import Ledger, NoSteps, redis_client
 from streams import probes
 from streams.addresses import authority
@@ -150,7 +150,8 @@ class SinkRunner(Generic[T]):
         self.stats = Stats()
         # A wait for the quota can last a CRM's Retry-After (up to the longest backoff): a stop cuts it short.
         sink.limiter.stop_on(self.stop)
-        self.ledger = Ledger(redis_client(settings), settings.redis_prefix, sink.name, settings.sink_delivered_ttl_s)
+        self.ledger = Ledger(redis_client(settings), settings.redis_prefix, sink.name, settings.sink_delivered_ttl_s,
+                             settle_s=settings.sink_timeout_s)
         self._producer: Any = None  # set while consuming; dead letters go through it
         self.assigned = threading.Event()  # the consumer holds partitions: readiness
         self.refused: CredentialsError | None = None  # the service's refusal while it lasts: not ready
@@ -360,6 +361,12 @@ class SinkRunner(Generic[T]):
             except CredentialsError as exc:
                 self._hold(exc)
                 attempt -= 1  # no try at this message: the connector's credentials failed, not it
+                continue
+            except Unsettled as exc:
+                log.info("sink %s: %s: %s", self.sink.name, delivery_id, exc)
+                if self.stop.wait(exc.wait_s):
+                    raise Stopping() from None
+                attempt -= 1  # no try: the CRM may still be making the record a timed-out call asked for
                 continue
             except RetryableError as exc:
                 error: Exception = exc

@@ -7,6 +7,8 @@ number of requests:
 - `timeout`: sleep past the client's timeout, then drop the connection, action not done;
 - `malformed`: do the action, then answer its status with a body that is not JSON;
 - `hold`: do the action, then wait `delay_s` before answering (a crash lands in between);
+- `slow`: wait `delay_s`, then do the action and answer (a client that gave up meanwhile, and
+  retried, finds no record at first);
 - `trickle`: do the action, answer its status at once, then send the body a byte at a time
   (chunked) until the server gets another request, or for `delay_s` at most;
 - `trickle_headers`: the same with the answer's headers, its status line sent at once, then a
@@ -131,6 +133,8 @@ class FakeServer:
         if fault is not None and fault.kind == "timeout":
             time.sleep(fault.delay_s)
             raise ConnectionAbortedError("injected timeout")
+        if fault is not None and fault.kind == "slow":
+            time.sleep(fault.delay_s)
         with self.lock:
             response = self.handle(request)
         if fault is not None and fault.kind == "malformed":

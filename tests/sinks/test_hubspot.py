@@ -89,10 +89,33 @@ def test_429_with_retry_after_5xx_timeouts_and_malformed_answers_end_in_exactly_
     assert len(hubspot.objects["deals"]) == 1 and len(hubspot.objects["tasks"]) == 1
     # Each retry of a step that may have reached HubSpot looks for its record first.
     assert len(hubspot.requests_to("POST", "/deals/search$")) == 2
-    assert len(hubspot.requests_to("POST", "/tasks/search$")) == 1
+    # The task's call timed out (HubSpot might still make it): looked for until HubSpot has had
+    # the timeout again, then made.
+    assert len(hubspot.requests_to("POST", "/tasks/search$")) >= 2
     patches = hubspot.requests_to("PATCH", "/contacts/lead-3@acme.io$")
     assert patches[1].at - patches[0].at >= 1.0, "the retry came before the server's Retry-After"
     assert hubspot.objects["contacts"][contact]["properties"]["lifecyclestage"] == "salesqualifiedlead"
+
+
+@pytest.mark.parametrize("what", ["deals", "tasks"])
+def test_a_record_the_crm_creates_after_the_call_timed_out_is_found_not_created_again(
+    sink_settings: Settings, hubspot: FakeHubSpot, what: str
+) -> None:
+    """HubSpot took 3 s to create it, the connector gave up after 2 and retried at once: its
+    search found nothing yet, so it created a second deal or task, and HubSpot then the first."""
+    settings = hubspot_settings(sink_settings, hubspot).with_overrides(sink_timeout_s=2, sink_backoff_max_ms=500)
+    hubspot.add_contact("lead-5@acme.io")
+    hubspot.inject("slow", method="POST", path=f"/{what}$", delay_s=3)
+    produce(settings, [crossing(5, "sql")])
+
+    started = time.monotonic()
+    stats = drain(HubSpotSink(settings), settings)
+    time.sleep(max(0.0, started + 4 - time.monotonic()))  # the slow call has made its record by then
+
+    assert (stats.delivered, stats.dead_lettered) == (1, 0)
+    assert len(hubspot.objects[what]) == 1, hubspot.objects[what]
+    searches = hubspot.requests_to("POST", f"/{what}/search$")
+    assert len(searches) >= 2  # looked for while HubSpot was still at it, then found
 
 
 @pytest.mark.parametrize("what", ["deals", "tasks"])

@@ -174,6 +174,24 @@ def test_a_lead_owned_by_a_queue_gets_its_task_without_an_owner(sink_settings: S
     assert (task["WhoId"], task["OwnerId"]) == (queued, API_USER_ID)
 
 
+def test_a_task_salesforce_creates_after_the_call_timed_out_is_found_not_created_again(
+    sink_settings: Settings, salesforce: FakeSalesforce
+) -> None:
+    # Salesforce took 3 s to create it, the connector gave up after 2 and retried at once: its
+    # query found nothing yet, so it created a second Task, and Salesforce then the first.
+    settings = salesforce_settings(sink_settings, salesforce).with_overrides(sink_timeout_s=2)
+    salesforce.add_lead("lead-1@acme.io")
+    salesforce.inject("slow", method="POST", path="/sobjects/Task/", delay_s=3)
+    produce(settings, [crossing(1, "mql")])
+
+    started = time.monotonic()
+    stats = drain(SalesforceSink(settings), settings)
+    time.sleep(max(0.0, started + 4 - time.monotonic()))  # the slow call has made its record by then
+
+    assert (stats.delivered, stats.dead_lettered) == (1, 0)
+    assert len(salesforce.records["Task"]) == 1, salesforce.records["Task"]
+
+
 @pytest.mark.parametrize("fault", ["trickle_headers", "trickle"])
 def test_an_answer_that_never_ends_fails_the_attempt_at_the_timeout(
     sink_settings: Settings, salesforce: FakeSalesforce, fault: str
