@@ -47,9 +47,10 @@ from streams import probes
 from streams.addresses import authority
 from streams.deadletter import DeadLetter
 from streams.errors import ServiceError
+from streams.history import read_to_end
 from streams.kafka_clients import open_client
 from streams.settings import Settings
-from streams.topics import TopicSpec, ensure_topics, require_topic
+from streams.topics import TopicSpec, ensure_topics, partition_count, require_topic
 
 T = TypeVar("T")
 log = logging.getLogger("leadstream.sinks")
@@ -158,6 +159,7 @@ class SinkRunner(Generic[T]):
         self.kafka_answering = True  # the broker answered the last lag probe (`watch`)
         self._not_ready: str | None = "starting"  # why not, as last said
         self._replaying = False
+        self._newest_letters: dict[tuple[str, int], int] = {}  # while replaying: _newest_letter_offsets
 
     # -- running -------------------------------------------------------------------------
 
@@ -168,7 +170,27 @@ class SinkRunner(Generic[T]):
     def replay_dead_letters(self) -> Stats:
         """Re-drive every dead letter present now; those that fail again are dead-lettered anew."""
         self._replaying = True
+        require_topic(self.settings, self.source_topic)  # said first, as the connector says it
+        self._newest_letters = self._newest_letter_offsets() if partition_count(self.settings, self.dlq_topic) else {}
         return self._consume(self.dlq_topic, group_id(self.settings, self.sink.name) + "-replay", self._from_dead_letter, True)
+
+    def _newest_letter_offsets(self) -> dict[tuple[str, int], int]:
+        """(record, source partition) -> the source offset of the newest dead letter about the record
+        (Sink.order_key) present now. A replay skips the others as overtaken: an outage that
+        dead-lettered a lead's up-crossing to sql and then its way back down made the replay create
+        the deal and task, the ledger having delivered neither."""
+        newest: dict[tuple[str, int], int] = {}
+        for message in read_to_end(self.settings, self.dlq_topic):
+            try:
+                letter = DeadLetter.from_bytes(message.value, message.key)
+                if letter.original is None or letter.partition is None or letter.offset is None:
+                    continue
+                key = self.sink.order_key(self.sink.parse(letter.key, letter.original, Position(letter.partition, letter.offset, True)))
+            except Exception:  # noqa: BLE001 - a letter that is no item: the replay reports it as it comes to it
+                continue
+            if key is not None and letter.offset > newest.get((key, letter.partition), -1):
+                newest[key, letter.partition] = letter.offset
+        return newest
 
     def _consume(self, topic: str, group: str, to_envelope: Callable[[object], Envelope | None], stop_at_end: bool) -> Stats:
         from kafka import KafkaConsumer, KafkaProducer
@@ -335,6 +357,8 @@ class SinkRunner(Generic[T]):
                     return "skipped"
                 if env.replayed and order_key is not None and self.ledger.overtaken(order_key, position):
                     raise StaleError(f"{order_key}: a newer message than {env.topic}/{env.partition}@{env.offset} was delivered")
+                if env.replayed and order_key is not None and self._newest_letters.get((order_key, env.partition), -1) > env.offset:
+                    raise StaleError(f"{order_key}: a newer dead letter than {env.topic}/{env.partition}@{env.offset} is replayed")
                 steps = self.ledger.steps(delivery_id) if delivery_id is not None else NoSteps()
                 self.sink.deliver(item, steps)
                 if self.refused is not None:

@@ -308,6 +308,24 @@ def test_a_replayed_crossing_that_a_newer_one_overtook_is_skipped_as_stale(sink_
     assert hubspot.objects["deals"] == {} and hubspot.objects["tasks"] == {}
 
 
+def test_a_replayed_crossing_that_a_newer_dead_letter_overtakes_is_skipped_as_stale(
+    sink_settings: Settings, hubspot: FakeHubSpot
+) -> None:
+    """An outage dead-letters a lead's up-crossing to sql and then its way back down: the replay
+    made the deal and task for a lead that had cooled down (the ledger had delivered neither)."""
+    settings = hubspot_settings(sink_settings, hubspot)
+    contact = hubspot.add_contact("lead-9@acme.io")
+    hubspot.inject("status", count=2 * settings.sink_max_attempts, method="PATCH", status=503)
+    produce(settings, [crossing(9, "sql"), crossing(9, "mql", "down", from_level="sql")])
+    assert drain(HubSpotSink(settings), settings).dead_lettered == 2
+
+    replayed = SinkRunner(HubSpotSink(settings), settings).replay_dead_letters()
+
+    assert (replayed.delivered, replayed.stale, replayed.dead_lettered) == (1, 1, 0)
+    assert hubspot.objects["contacts"][contact]["properties"]["lifecyclestage"] == "marketingqualifiedlead"
+    assert hubspot.objects["deals"] == {} and hubspot.objects["tasks"] == {}
+
+
 def test_a_replayed_crossing_nothing_overtook_is_delivered(sink_settings: Settings, hubspot: FakeHubSpot) -> None:
     settings = hubspot_settings(sink_settings, hubspot)
     hubspot.add_contact("lead-9@acme.io")
