@@ -41,6 +41,7 @@ from streams.errors import ServiceError
 from streams.lag import LagProbe
 from streams.model_reload import ModelDirectory
 from streams.outbox import Outbox
+from streams.overlap import WriteFailed
 from streams.probes import NOT_READY_RETRY_AFTER_S
 from streams.rollup import Rollup
 from streams.scorer import DECAY_CHUNK, DECAY_PAUSE_S, Scorer
@@ -157,8 +158,11 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
         and the live states already hold the batch, so its crossings would never be published.
         A new worker (restarted by its supervisor) recovers the states from the changelogs and
         scores again everything not committed."""
+        cause: BaseException = exc
+        if isinstance(exc, WriteFailed):  # the batch in flight's, which `work` waited for
+            work, cause = f"writing a scored batch's outputs and states (waited for by {work})", exc.__cause__ or exc
         log.critical("%s failed: stopping the worker, so that a new one recovers from the changelogs and scores what was "
-                     "not committed again: cause=%r", work, exc)
+                     "not committed again: cause=%r", work, cause)
         await app.crash(exc)
 
     @app.service

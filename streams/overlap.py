@@ -19,6 +19,12 @@ from streams.outbox import Outbox
 from streams.stage import Record
 
 
+class WriteFailed(Exception):
+    """The flushes of a batch in flight failed: Kafka refused or lost its outputs or states. It
+    reaches whoever waits for them first, a decay sweep or a model reload as well as the next
+    batch, so it names itself: the worker's log blamed the sweep for a batch's record too large."""
+
+
 class InFlight:
     """At most one batch's flushes running in the background."""
 
@@ -40,6 +46,8 @@ class InFlight:
             return
         try:
             await asyncio.shield(task)
+        except Exception as exc:
+            raise WriteFailed(f"writing a scored batch's outputs and states to Kafka failed: {exc!r}") from exc
         finally:
             if self._task is task and task.done():
                 self._task = None
