@@ -1,14 +1,16 @@
 """The delivery machinery every connector shares: consume, deliver, retry, dead-letter, commit.
 
 Each connector is its own consumer group (`leadstream-sink-<name>`, after LEADSTREAM_APP_ID), so connectors fail, lag
-and scale independently. A polled batch is split by message key into one queue per lead (or
-account): a lead's crossings are delivered in order, one after the other, while up to
-LEADSTREAM_SINK_CONCURRENCY leads are delivered at once so that API latency is hidden, all
-within the connector's shared rate limit. Leads, not fixed lanes, are the unit of work, so one
-slow lead does not hold back the others that a hash would have put in its lane. Offsets
-are committed only when every message of the batch was delivered, skipped as already
-delivered, or dead-lettered; a crash before that re-delivers the batch and the ledger
-(sinks.ledger) turns what was done into skips.
+and scale independently. Messages are queued by key, one lane per lead (or account): a lead's
+crossings are delivered in order, one after the other, while up to LEADSTREAM_SINK_CONCURRENCY
+lanes are delivered at once so that API latency is hidden, all within the connector's shared rate
+limit. The consumer goes on polling while lanes deliver, so one lead whose deliveries fail and
+wait out their backoff holds back only its own later crossings, not the others'. A partition's
+offset is committed up to its first message not yet delivered, skipped as already delivered, or
+dead-lettered; a crash re-delivers from there and the ledger (sinks.ledger) turns what was done
+into skips. A partition with MAX_UNCOMMITTED messages behind its committed offset is not fetched
+until some are committed, which bounds the memory that a lead stuck in retries can make the
+others' messages take.
 
 A 401 (`CredentialsError`) dead-letters nothing: every message would fail the same way, and a
 revoked token would otherwise send the whole stream to the dead-letter topic while the
@@ -33,9 +35,10 @@ import random
 import signal
 import threading
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generic, Iterable, TypeVar
+from typing import Any, Callable, Generic, TypeVar
 
 from redis import RedisError
 
@@ -56,9 +59,9 @@ T = TypeVar("T")
 log = logging.getLogger("leadstream.sinks")
 
 MAX_POLL_RECORDS = 200
-# A batch may wait out long Retry-After pauses; the group must not evict the member meanwhile
-# (heartbeats run in the background, only this bound applies to slow batches).
-MAX_POLL_INTERVAL_MS = 30 * 60 * 1000
+#: Messages of a partition taken and not yet committed past which it is not fetched: the
+#: messages queued behind a lead whose deliveries are retried stay in memory until it is done.
+MAX_UNCOMMITTED = 1000
 DLQ_RETENTION_MS = 30 * 24 * 3600 * 1000
 #: Shortest wait between two tries under refused credentials: with LEADSTREAM_SINK_BACKOFF_MAX_MS
 #: at 0 a connector posted to a receiver answering 401 thousands of times a second, for good.
@@ -96,9 +99,9 @@ class RetryPolicy:
         return max(backoff_s, self.server_wait_s(retry_after_s) or 0.0)
 
     def server_wait_s(self, retry_after_s: float | None) -> float | None:
-        """A server's Retry-After, at most `max_ms`: the wait holds every lead of the batch, so a
-        day-long one would stall the connector for a day (the delivery is tried again, and after
-        `max_attempts` dead-lettered for a replay)."""
+        """A server's Retry-After, at most `max_ms`: the wait holds every delivery of the connector,
+        whose quota they share, so a day-long one would stall the connector for a day (the delivery
+        is tried again, and after `max_attempts` dead-lettered for a replay)."""
         return None if retry_after_s is None else min(retry_after_s, self.max_ms / 1000)
 
     def hold_s(self) -> float:
@@ -138,6 +141,112 @@ class Stats:
     def as_dict(self) -> dict[str, int]:
         return {"delivered": self.delivered, "skipped": self.skipped, "ignored": self.ignored, "dead_lettered": self.dead_lettered,
                 "retries": self.retries, "unreplayable": self.unreplayable, "stale": self.stale}
+
+
+class _Partition:
+    """The offsets of one partition taken from the consumer and not yet committed, in order."""
+
+    def __init__(self) -> None:
+        self.taken: deque[int] = deque()
+        self.finished: set[int] = set()
+
+    def committable(self) -> int | None:
+        """The offset to commit: past the finished offsets at the head, never past one still
+        being delivered; None when none is finished there."""
+        last = None
+        while self.taken and self.taken[0] in self.finished:
+            last = self.taken.popleft()
+            self.finished.remove(last)
+        return None if last is None else last + 1
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    envelope: Envelope
+    lane: bytes | int
+    partition: _Partition
+    offset: int  # in the consumed topic: the dead-letter topic's for a replay, not the envelope's
+
+
+class _InFlight:
+    """What the consumer handed out and this member has not committed: per partition its offsets,
+    per key a lane, the queue of its messages, the first one being delivered.
+
+    The consumer's thread takes messages and commits; pool threads deliver them and call `next`;
+    the rebalance listener revokes partitions (while the consumer's thread is in `poll`). One lock
+    guards it all.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._partitions: dict[Any, _Partition] = {}
+        self._lanes: dict[bytes | int, deque[_Job]] = {}
+        self.error: BaseException | None = None  # a lane's, for the consumer's thread to raise
+
+    def take(self, tp: Any, offset: int, envelope: Envelope | None) -> _Job | None:
+        """Track the message; the job when it opens a lane, for the caller to start it."""
+        with self._lock:
+            partition = self._partitions.setdefault(tp, _Partition())
+            partition.taken.append(offset)
+            if envelope is None:  # nothing to deliver: done
+                partition.finished.add(offset)
+                return None
+            # A keyless message keeps its partition's order.
+            job = _Job(envelope, envelope.key if envelope.key is not None else envelope.partition, partition, offset)
+            lane = self._lanes.get(job.lane)
+            if lane is not None:
+                lane.append(job)
+                return None
+            self._lanes[job.lane] = deque([job])
+            return job
+
+    def next(self, done: _Job) -> _Job | None:
+        """Finish `done` (delivered, skipped or dead-lettered); the lane's next job, or None when
+        the lane is empty and closed."""
+        with self._lock:
+            done.partition.finished.add(done.offset)
+            lane = self._lanes[done.lane]
+            lane.popleft()
+            if lane:
+                return lane[0]
+            del self._lanes[done.lane]
+            return None
+
+    def fail(self, error: BaseException) -> None:
+        """A lane ended in `error`, which ends the run. The lane stays open, so that its key's
+        later messages wait behind the one that failed rather than overtake it."""
+        with self._lock:
+            self.error = self.error or error
+
+    def revoke(self, tps: Any) -> None:
+        """Forget partitions another member now owns: their queued jobs are dropped, and the ones
+        being delivered finish into partitions no longer tracked, so no offset of theirs is committed."""
+        with self._lock:
+            gone = {self._partitions.pop(tp) for tp in tps if tp in self._partitions}
+            self._drop_queued(lambda job: job.partition in gone)
+
+    def committable(self) -> dict[Any, int]:
+        with self._lock:
+            return {tp: offset for tp, partition in self._partitions.items() if (offset := partition.committable()) is not None}
+
+    def full(self) -> set[Any]:
+        """The partitions not to fetch from for now."""
+        with self._lock:
+            return {tp for tp, partition in self._partitions.items() if len(partition.taken) >= MAX_UNCOMMITTED}
+
+    def idle(self) -> bool:
+        """Everything taken is committed."""
+        with self._lock:
+            return not any(partition.taken for partition in self._partitions.values())
+
+    def close(self) -> None:
+        """Drop every queued job: a lane ends once its delivery under way is."""
+        with self._lock:
+            self._drop_queued(lambda job: True)
+
+    def _drop_queued(self, dropped: Callable[[_Job], bool]) -> None:
+        for key, (first, *queued) in self._lanes.items():
+            self._lanes[key] = deque([first, *(job for job in queued if not dropped(job))])
 
 
 class SinkRunner(Generic[T]):
@@ -193,7 +302,7 @@ class SinkRunner(Generic[T]):
         return newest
 
     def _consume(self, topic: str, group: str, to_envelope: Callable[[object], Envelope | None], stop_at_end: bool) -> Stats:
-        from kafka import KafkaConsumer, KafkaProducer
+        from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
         from kafka.errors import CommitFailedError
         from kafka.structs import OffsetAndMetadata
 
@@ -216,13 +325,33 @@ class SinkRunner(Generic[T]):
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=MAX_POLL_RECORDS,
-            max_poll_interval_ms=MAX_POLL_INTERVAL_MS,
             # A crashed sink's partitions move to a live member after 6 s (the broker's minimum)
             # rather than kafka-python's 45 s: deliveries stall no longer than that.
             session_timeout_ms=6000,
             heartbeat_interval_ms=2000,
         )
-        consumer.subscribe([topic])
+        flight = _InFlight()
+
+        class Revoked(ConsumerRebalanceListener):  # type: ignore[misc]
+            # Called from within `poll`, maybe on kafka-python's own thread: it must not block.
+            def on_partitions_revoked(self, revoked: Any) -> None:
+                flight.revoke(revoked)
+
+            def on_partitions_assigned(self, assigned: Any) -> None:
+                pass
+
+        def commit() -> None:
+            offsets = {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in flight.committable().items()}
+            if not offsets:
+                return
+            try:
+                consumer.commit(offsets)
+            except CommitFailedError as exc:
+                # The partitions moved to another member, which gets these messages again; the
+                # ledger makes its deliveries skips.
+                log.warning("sink %s: offsets not committed (%s); the new owner re-reads them", self.sink.name, exc)
+
+        consumer.subscribe([topic], listener=Revoked())
         producer = self._producer = open_client(self.settings, KafkaProducer, acks="all", linger_ms=5)
         end: dict[Any, int] | None = None
         pool = ThreadPoolExecutor(max_workers=self.settings.sink_concurrency, thread_name_prefix=f"sink-{self.sink.name}")
@@ -230,6 +359,8 @@ class SinkRunner(Generic[T]):
         try:
             while not self.stop.is_set():
                 batch = consumer.poll(timeout_ms=300)
+                if flight.error is not None:
+                    raise flight.error
                 # Not once for good: a connector whose partitions went to another member is not ready.
                 if consumer.assignment():
                     self.assigned.set()
@@ -241,25 +372,29 @@ class SinkRunner(Generic[T]):
                     end = consumer.end_offsets(list(consumer.assignment()))
                     log.info("sink %s: replaying %s up to offsets %s", self.sink.name, topic,
                              {tp.partition: offset for tp, offset in end.items() if offset})
-                messages = [m for records in batch.values() for m in records]
-                if end is not None:
-                    messages = [m for m in messages if m.offset < end.get(_tp(m), 0)]
-                if messages:
-                    self._deliver_batch(pool, [env for env in map(to_envelope, messages) if env is not None])
-                    commits = {}
-                    for m in messages:
-                        commits[_tp(m)] = OffsetAndMetadata(m.offset + 1, "", -1)
-                    try:
-                        consumer.commit(commits)
-                    except CommitFailedError as exc:
-                        # The partitions moved to another member, which gets these messages
-                        # again; the ledger makes its deliveries skips.
-                        log.warning("sink %s: offsets not committed (%s); the new owner re-reads them", self.sink.name, exc)
-                if end is not None and all(consumer.position(tp) >= offset for tp, offset in end.items()):
+                for tp, records in batch.items():
+                    for m in records:
+                        if end is not None and m.offset >= end.get(tp, 0):
+                            continue
+                        job = flight.take(tp, m.offset, to_envelope(m))
+                        if job is not None:
+                            pool.submit(self._run_lane, flight, job)
+                commit()
+                full, paused = flight.full(), consumer.paused()
+                if full - paused:
+                    consumer.pause(*(full - paused))
+                if paused - full:
+                    consumer.resume(*(paused - full))
+                if end is not None and flight.idle() and all(consumer.position(tp) >= offset for tp, offset in end.items()):
                     break
-        except Stopping:
-            log.info("sink %s: stopped; the unfinished batch is re-read on the next start", self.sink.name)
+            # After a stop, the deliveries under way end at their next wait; those that finished are committed.
+            flight.close()
+            pool.shutdown(wait=True)
+            commit()
+            if self.stop.is_set():
+                log.info("sink %s: stopped; what it had not delivered is re-read on the next start", self.sink.name)
         finally:
+            flight.close()
             pool.shutdown(wait=True, cancel_futures=True)
             producer.flush()
             producer.close()
@@ -267,22 +402,17 @@ class SinkRunner(Generic[T]):
             self.sink.close()
         return self.stats
 
-    def _deliver_batch(self, pool: ThreadPoolExecutor, envelopes: list[Envelope]) -> None:
-        by_key: dict[bytes | int, list[Envelope]] = {}
-        for env in envelopes:
-            # A keyless message keeps its partition's order.
-            by_key.setdefault(env.key if env.key is not None else env.partition, []).append(env)
-        futures = [pool.submit(self._deliver_in_order, queue) for queue in by_key.values()]
-        for future in futures:
-            # Re-raises a lane's Stopping, so an unfinished batch is not committed; a stop that
-            # comes once every lane has finished leaves a delivered batch, committed as any other.
-            future.result()
-
-    def _deliver_in_order(self, envelopes: Iterable[Envelope]) -> None:
-        for env in envelopes:
-            if self.stop.is_set():
-                raise Stopping()
-            self.stats.add(self._deliver(env), self.sink.name)
+    def _run_lane(self, flight: _InFlight, job: _Job | None) -> None:
+        """Deliver a lane's messages until it is empty; on a pool thread. After a stop, or one that
+        cut a wait short (Stopping), the job stays unfinished, its offset uncommitted."""
+        try:
+            while job is not None and not self.stop.is_set():
+                self.stats.add(self._deliver(job.envelope), self.sink.name)
+                job = flight.next(job)
+        except Stopping:
+            pass
+        except BaseException as exc:  # noqa: BLE001 - raised on the consumer's thread, which ends the run
+            flight.fail(exc)
 
     # -- operations ----------------------------------------------------------------------
 
@@ -458,12 +588,6 @@ class SinkRunner(Generic[T]):
             self.stats.add("unreplayable", self.sink.name)
             return None
         return Envelope(letter.key, letter.original, letter.topic, letter.partition, letter.offset, replayed=True)  # type: ignore[arg-type]
-
-
-def _tp(message: object):  # type: ignore[no-untyped-def]
-    from kafka.structs import TopicPartition
-
-    return TopicPartition(message.topic, message.partition)  # type: ignore[attr-defined]
 
 
 def stop_on_signals(stop: threading.Event) -> None:

@@ -313,6 +313,80 @@ def test_a_stop_that_comes_once_the_batch_is_delivered_commits_it(sink_settings:
     assert (again.delivered, again.skipped) == (0, 0)
 
 
+def retried_slowly(settings: Settings, hubspot: FakeHubSpot) -> Settings:
+    """lead-1's contact answers 500 to every PATCH, retried 8 times over 11.5 s at the least;
+    lead-2's calls succeed."""
+    for n in (1, 2):
+        hubspot.add_contact(f"lead-{n}@acme.io")
+    hubspot.inject("status", count=1000, method="PATCH", path="/contacts/lead-1@", status=500)
+    return settings.with_overrides(hubspot_base_url=hubspot.url, sink_max_attempts=8, sink_backoff_base_ms=1000,
+                                   sink_backoff_max_ms=4000)
+
+
+def send_to_partition_0(settings: Settings, record: dict[str, Any]) -> None:
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    producer.send(settings.topic_crossings, key=record["lead_id"].encode(), value=orjson.dumps(record), partition=0)
+    producer.flush()
+    producer.close()
+
+
+def test_a_lead_whose_delivery_is_retried_does_not_hold_back_the_crossings_of_others_that_come_after_it(
+    sink_settings: Settings, hubspot: FakeHubSpot
+) -> None:
+    # The connector polled again only once every lead of its batch was done: lead-2's crossing,
+    # produced while lead-1's was retried, waited until lead-1's was dead-lettered (26 s with
+    # the default 8 tries).
+    settings = retried_slowly(sink_settings, hubspot)
+    stop = threading.Event()
+    running = threading.Thread(target=SinkRunner(HubSpotSink(settings), settings, stop=stop).run)
+    produce(settings, [crossing(1, "mql")])
+    running.start()
+    try:
+        wait_for(lambda: hubspot.requests_to("PATCH", "/contacts/lead-1@"), 60, "lead-1's first try")
+        produce(settings, [crossing(2, "mql")])
+        wait_for(lambda: hubspot.requests_to("PATCH", "/contacts/lead-2@"), 60, "lead-2's crossing")
+        tries = len(hubspot.requests_to("PATCH", "/contacts/lead-1@"))
+    finally:
+        stop.set()
+        running.join(60)
+    assert tries < settings.sink_max_attempts, "lead-2's crossing waited for lead-1's to be dead-lettered"
+    assert not running.is_alive()
+
+
+def test_an_offset_is_committed_only_once_the_messages_before_it_in_its_partition_are_done(
+    sink_settings: Settings, hubspot: FakeHubSpot
+) -> None:
+    # Two leads of one partition: lead-2's crossing, after lead-1's, is delivered while lead-1's
+    # is retried. Committing past it would lose lead-1's at a restart.
+    from kafka.structs import TopicPartition
+
+    settings = retried_slowly(sink_settings, hubspot)
+    stop = threading.Event()
+    runner = SinkRunner(HubSpotSink(settings), settings, stop=stop)
+    running = threading.Thread(target=runner.run)
+    send_to_partition_0(settings, crossing(1, "mql"))
+    running.start()
+    try:
+        wait_for(lambda: hubspot.requests_to("PATCH", "/contacts/lead-1@"), 60, "lead-1's first try")
+        send_to_partition_0(settings, crossing(2, "mql"))
+        wait_for(lambda: runner.stats.delivered == 1, 60, "lead-2's crossing to be delivered")
+        tries = len(hubspot.requests_to("PATCH", "/contacts/lead-1@"))
+    finally:
+        stop.set()  # lead-1's is cut short in its backoff: not finished
+        running.join(60)
+    assert tries < settings.sink_max_attempts and runner.stats.dead_lettered == 0
+
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    committed = admin.list_group_offsets({group_id(settings, "hubspot"): None})[group_id(settings, "hubspot")]
+    admin.close()
+    assert TopicPartition(settings.topic_crossings, 0) not in committed, committed
+    hubspot.faults.clear()  # lead-1's contact is fixed
+    again = drain(HubSpotSink(settings), settings)
+    assert (again.delivered, again.skipped, again.dead_lettered) == (1, 1, 0)
+    contacts = {c["properties"]["email"]: c["properties"] for c in hubspot.objects["contacts"].values()}
+    assert contacts["lead-1@acme.io"].get("leadstream_level") == contacts["lead-2@acme.io"].get("leadstream_level") == "mql"
+
+
 def test_sigterm_while_the_connector_waits_for_an_unreachable_kafka_is_a_clean_stop(
     sink_settings: Settings, webhook: WebhookReceiver, sink_process: Any
 ) -> None:

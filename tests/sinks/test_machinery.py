@@ -16,7 +16,7 @@ from sinks.errors import CredentialsError, MappingError, PermanentError, Retryab
 from scoring.model import load_directory
 from sinks.mapping import levels_no_model_has, load_mapping
 from sinks.ratelimit import Quota, TokenBucket
-from sinks.runner import RetryPolicy
+from sinks.runner import MAX_UNCOMMITTED, Envelope, RetryPolicy, _InFlight, _Job
 from streams.errors import ConfigError
 from streams.settings import PROJECT_ROOT
 from tests.sinks.conftest import account_crossing, crossing
@@ -40,6 +40,31 @@ def test_backoff_is_exponential_with_equal_jitter_and_honours_retry_after(
     attempt: int, jitter: float, retry_after_s: float | None, expected_s: float
 ) -> None:
     assert RetryPolicy(max_attempts=8, base_ms=250, max_ms=60_000).delay_s(attempt, jitter, retry_after_s) == expected_s
+
+
+def test_offsets_are_committed_up_to_the_first_message_not_done_and_never_for_a_revoked_partition() -> None:
+    flight = _InFlight()
+
+    def take(partition: str, offset: int, key: bytes) -> _Job | None:
+        return flight.take(partition, offset, Envelope(key, b"{}", "crossings", 0, offset))
+
+    bob = take("p0", 0, b"bob")
+    assert take("p0", 1, b"bob") is None  # queued behind bob's first, in the same lane
+    jane = take("p0", 2, b"jane")
+    assert bob is not None and jane is not None  # each opens a lane
+    assert flight.next(jane) is None  # jane's done, bob's first still retried
+    assert flight.committable() == {}
+    bobs_second = flight.next(bob)
+    assert bobs_second is not None and flight.committable() == {"p0": 1}
+    assert take("p1", 0, b"ann") is not None
+    assert take("p0", 3, b"bob") is None
+    flight.revoke(["p0"])  # bob's second, under way, finishes after the rebalance; his third is dropped
+    assert flight.next(bobs_second) is None
+    assert flight.committable() == {} and not flight.idle()  # p1's message is not done
+    assert flight.full() == set()
+    for offset in range(1, MAX_UNCOMMITTED):
+        take("p1", offset, b"ann")
+    assert flight.full() == {"p1"}
 
 
 @pytest.mark.parametrize(("max_ms", "expected_s"), [(60_000, 60.0), (2_500, 2.5), (1_000, 1.0), (200, 1.0), (0, 1.0)])
