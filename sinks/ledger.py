@@ -19,13 +19,15 @@ Three kinds of keys per connector, all expiring after LEADSTREAM_SINK_DELIVERED_
   to sql dead-lettered during an outage must not create a deal once the lead has cooled down.
   Offsets, not crossing times, order them: a decay step's crossing is timed by the worker's
   clock, a later event's crossing by that event's time, which is usually behind it.
+  A lead's `last` keys name it: `leadstream forget` deletes them (`forget_leads`).
 """
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterable
 
 from redis import Redis
 
@@ -82,6 +84,26 @@ class Ledger:
 
     def steps(self, delivery_id: str) -> StepJournal:
         return StepJournal(self.redis, self._key("steps", delivery_id), self.ttl_s, self.settle_s)
+
+
+def forget_leads(redis: Redis, prefix: str, lead_ids: Iterable[str]) -> None:
+    """Deletes every connector's `last` keys of the leads (one scan, however many leads). A
+    lead's order key is `lead/<id>/<model>`, and no model name holds a '/', so the id is all
+    between `lead/` and the last '/', whatever characters it has."""
+    ids = set(lead_ids)
+    keys = re.compile(re.escape(f"{prefix}:sink:") + r"[^:]+:last:lead/(.*)/[^/]*", re.DOTALL)
+    doomed = []
+    for key in redis.scan_iter(match=f"{_glob_escaped(prefix)}:sink:*:last:lead/*", count=1000):
+        found = keys.fullmatch(key.decode("utf-8", "replace"))
+        if found is not None and found.group(1) in ids:
+            doomed.append(key)
+    if doomed:
+        redis.delete(*doomed)
+
+
+def _glob_escaped(text: str) -> str:
+    """`text` matched as it is by a Redis pattern (a prefix may hold `*`, `?` or `[`)."""
+    return re.sub(r"([\\*?\[\]])", r"\\\1", text)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,10 @@ messages about the same record overtook meanwhile (counted as `stale`). A record
 topic that cannot be replayed (not a dead letter, a letter that kept only the first bytes of
 a message too large for it, or one whose message the connector still cannot read) is counted as
 `unreplayable`, logged, and committed past; it stays where it is, and is not dead-lettered again.
+
+A lead crossing of a lead `leadstream forget` erased at or after its time (streams/forgotten.py)
+is not delivered, live or replayed, and is counted as `erased`: a connector that was behind when
+the lead was forgotten would send the person's data to the CRM again.
 """
 
 from __future__ import annotations
@@ -50,10 +54,11 @@ from streams import probes
 from streams.addresses import authority
 from streams.deadletter import DeadLetter
 from streams.errors import ServiceError
+from streams.forgotten import Forgotten
 from streams.history import read_to_end
 from streams.kafka_clients import open_client
 from streams.settings import Settings
-from streams.topics import TopicSpec, ensure_topics, partition_count, require_topic
+from streams.topics import DEAD_LETTER_RETENTION_MS, TopicSpec, ensure_topics, partition_count, require_topic
 
 T = TypeVar("T")
 log = logging.getLogger("leadstream.sinks")
@@ -62,7 +67,7 @@ MAX_POLL_RECORDS = 200
 #: Messages of a partition taken and not yet committed past which it is not fetched: the
 #: messages queued behind a lead whose deliveries are retried stay in memory until it is done.
 MAX_UNCOMMITTED = 1000
-DLQ_RETENTION_MS = 30 * 24 * 3600 * 1000
+DLQ_RETENTION_MS = DEAD_LETTER_RETENTION_MS
 #: Shortest wait between two tries under refused credentials: with LEADSTREAM_SINK_BACKOFF_MAX_MS
 #: at 0 a connector posted to a receiver answering 401 thousands of times a second, for good.
 HOLD_MIN_S = 1.0
@@ -131,6 +136,7 @@ class Stats:
     retries: int = 0
     unreplayable: int = 0
     stale: int = 0
+    erased: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, outcome: str, connector: str) -> None:
@@ -140,7 +146,7 @@ class Stats:
 
     def as_dict(self) -> dict[str, int]:
         return {"delivered": self.delivered, "skipped": self.skipped, "ignored": self.ignored, "dead_lettered": self.dead_lettered,
-                "retries": self.retries, "unreplayable": self.unreplayable, "stale": self.stale}
+                "retries": self.retries, "unreplayable": self.unreplayable, "stale": self.stale, "erased": self.erased}
 
 
 class _Partition:
@@ -262,6 +268,7 @@ class SinkRunner(Generic[T]):
         sink.limiter.stop_on(self.stop)
         self.ledger = Ledger(redis_client(settings), settings.redis_prefix, sink.name, settings.sink_delivered_ttl_s,
                              settle_s=settings.sink_timeout_s)
+        self.forgotten = Forgotten(self.ledger.redis, settings.redis_prefix)
         self._producer: Any = None  # set while consuming; dead letters go through it
         self.assigned = threading.Event()  # the consumer holds partitions: readiness
         self.refused: CredentialsError | None = None  # the service's refusal while it lasts: not ready
@@ -485,6 +492,11 @@ class SinkRunner(Generic[T]):
             try:
                 if delivery_id is not None and self.ledger.delivered(delivery_id):
                     return "skipped"
+                if self._erased(item):
+                    # Where it was read, not its lead or crossing id: the log must not keep whom it was about.
+                    log.info("sink %s: %s/%d@%d not delivered: its lead was forgotten (leadstream forget) after it",
+                             self.sink.name, env.topic, env.partition, env.offset)
+                    return "erased"
                 if env.replayed and order_key is not None and self.ledger.overtaken(order_key, position):
                     raise StaleError(f"{order_key}: a newer message than {env.topic}/{env.partition}@{env.offset} was delivered")
                 if env.replayed and order_key is not None and self._newest_letters.get((order_key, env.partition), -1) > env.offset:
@@ -543,6 +555,10 @@ class SinkRunner(Generic[T]):
             metrics.BACKOFF_SECONDS.labels(self.sink.name).inc(delay_s)
             if self.stop.wait(delay_s):
                 raise Stopping()
+
+    def _erased(self, item: T) -> bool:
+        lead_at = self.sink.lead_at(item)
+        return lead_at is not None and self.forgotten.covers(*lead_at)
 
     def _hold(self, refusal: CredentialsError) -> None:
         """Wait before trying again under refused credentials; a replay (a command, not a service) ends instead."""
@@ -637,5 +653,5 @@ def replay(sink: Sink[T], settings: Settings) -> int:
     stats = runner.replay_dead_letters()
     print(f"replayed {runner.dlq_topic}: {stats.delivered} delivered, {stats.skipped} already delivered, "
           f"{stats.stale} overtaken by newer records, {stats.dead_lettered} dead-lettered again, "
-          f"{stats.unreplayable} not replayable (see the log)")
+          f"{stats.unreplayable} not replayable (see the log), {stats.erased} of leads forgotten since (not delivered)")
     return 0 if stats.dead_lettered == stats.unreplayable == 0 else 1

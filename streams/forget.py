@@ -14,15 +14,24 @@ On the compacted topics (profiles, score changes, changelog) compaction then rem
 earlier records. Records on the topics that keep everything for their retention time (raw
 events, crossings, identity, dead letters) age out with it; what the CRM connectors delivered
 is the CRM's to erase.
+
+Meanwhile, `leadstream forget` records each erasure in Redis (streams/forgotten.py), so that the
+CRM connectors do not deliver the lead's older crossings, nor `leadstream replay-dlq` re-send its
+dead-lettered events, and deletes the connectors' ledger keys that name the lead (sinks/ledger.py).
 """
 
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
+from redis import RedisError
+
 from scoring.events import MAX_ID_CHARS, is_id
+from sinks.ledger import forget_leads, redis_client
 from streams.errors import InputError, ServiceError
+from streams.forgotten import TTL_MS, Forgotten
 from streams.partitioning import partition_for
 from streams.send import open_producer
 from streams.settings import Settings
@@ -75,7 +84,31 @@ def request(settings: Settings, ids: list[str]) -> str:
 
 
 def forget(settings: Settings, ids: list[str]) -> int:
+    requested_ms = int(time.time() * 1000)  # before the requests: what the worker erases is older
     topic = request(settings, ids)
-    print(f"asked to forget {len(ids)} lead{'s' if len(ids) != 1 else ''}: a tombstone each on {topic}; "
-          "the worker erases them when it reads them")
+    leads = f"{len(ids)} lead{'s' if len(ids) != 1 else ''}"
+    print(f"asked to forget {leads}: a tombstone each on {topic}; the worker erases them when it reads them")
+    # The requests first: they are the erasure, and a Redis out of reach must not hold them back.
+    try:
+        record_erasures(settings, ids, requested_ms)
+    except RedisError as exc:
+        # Not the URL itself: redis://user:password@host holds a credential.
+        raise ServiceError(
+            f"the requests were sent, but Redis (LEADSTREAM_REDIS_URL) could not be reached ({exc}): the erasures are not "
+            "recorded for the CRM connectors and `leadstream replay-dlq`, which may still deliver or bring back these leads' "
+            "older records, and the connectors' ledger still names them. Run the same `leadstream forget` again once Redis "
+            "answers (asking again is safe)") from None
+    print(f"recorded in Redis: connectors and replays drop the older records of these {leads} for "
+          f"{TTL_MS // (24 * 3600 * 1000)} days")
     return 0
+
+
+def record_erasures(settings: Settings, ids: list[str], requested_ms: int) -> None:
+    """Records the erasures in the registry (streams/forgotten.py) and deletes the connectors'
+    ledger keys that name the leads (sinks/ledger.py)."""
+    redis = redis_client(settings)
+    try:
+        Forgotten(redis, settings.redis_prefix).record(ids, requested_ms)
+        forget_leads(redis, settings.redis_prefix, ids)
+    finally:
+        redis.close()

@@ -14,6 +14,10 @@ replayed twice, or replayed after its sender also sent it again, scores once. An
 still refused is dead-lettered again; a replay sends each input once, however many letters
 earlier replays left of it. A replayed event is scored at its own event time, so one
 further behind its lead's newest event than the model's `lateness` is counted late, not scored.
+
+A letter of a lead (the lead id of the event it keeps) that `leadstream forget` erased at or
+after the letter was written (streams/forgotten.py) is not replayed: it would bring the lead,
+traits and all, back into the worker. A request to forget is replayed as any.
 """
 
 from __future__ import annotations
@@ -25,9 +29,13 @@ from dataclasses import dataclass, field
 from typing import IO
 
 import orjson
+from redis import RedisError
 
 from scoring.events import loads, optional_id
+from sinks.ledger import redis_client
 from streams.deadletter import DeadLetter
+from streams.errors import ServiceError
+from streams.forgotten import Forgotten
 from streams.history import read_to_end
 from streams.partitioning import partition_for
 from streams.send import open_producer
@@ -56,6 +64,19 @@ def replay_dead_letters(settings: Settings, reasons: set[str], since_ms: int = 0
     """Re-sends the original input of every dead letter with one of `reasons`, written at or
     after `since_ms`, to its source topic; prints and returns what it did."""
     require_topic(settings, settings.topic_deadletter)
+    redis = redis_client(settings)
+    try:
+        return _replay(settings, reasons, since_ms, dry_run, out, Forgotten(redis, settings.redis_prefix))
+    except RedisError as exc:
+        # Not the URL itself: redis://user:password@host holds a credential.
+        raise ServiceError(f"cannot reach Redis at LEADSTREAM_REDIS_URL ({exc}): it keeps the leads `leadstream forget` "
+                           "erased, whose letters must not be replayed, so the replay stopped. Run it again once Redis "
+                           "answers (what it sent already scores once)") from None
+    finally:
+        redis.close()
+
+
+def _replay(settings: Settings, reasons: set[str], since_ms: int, dry_run: bool, out: IO[str], forgotten: Forgotten) -> Replay:
     sources = {settings.topic_events, settings.topic_profiles, settings.topic_identity, settings.topic_accounts}
     partitions = {topic: partition_count(settings, topic) for topic in sources}
     replay = Replay()
@@ -94,7 +115,11 @@ def replay_dead_letters(settings: Settings, reasons: set[str], since_ms: int = 0
                 replay.unreplayable["no original input kept"] += 1
                 continue
             else:
-                key, partition = _destination(letter.original, letter.key, letter.partition, partitions[topic])
+                lead_id = _lead_id(letter.original)
+                if lead_id is not None and forgotten.covers(lead_id, record.timestamp):
+                    replay.unreplayable["their lead was forgotten (leadstream forget) after they were dead-lettered"] += 1
+                    continue
+                key, partition = _destination(lead_id, letter.key, letter.partition, partitions[topic])
             if partition is None:
                 replay.unreplayable["neither a lead id nor a source partition to send it to"] += 1
                 continue
@@ -119,15 +144,20 @@ def replay_dead_letters(settings: Settings, reasons: set[str], since_ms: int = 0
 
 
 
-def _destination(original: bytes, key: bytes | None, partition: int | None, partitions: int) -> tuple[bytes | None, int | None]:
-    """Keyed by the event's lead id on that lead's partition (right even for a letter that
-    arrived on the wrong one); without a lead id, as it came."""
+def _lead_id(original: bytes) -> str | None:
+    """The lead id of the input, as the engine reads it (42 is "42"); None when it has none."""
     try:
         value = loads(original)
     except orjson.JSONDecodeError:
-        value = None
-    lead_id = optional_id(value, "lead_id") if isinstance(value, dict) else None  # as the engine reads it: 42 is "42"
-    if isinstance(lead_id, str):
+        return None
+    lead_id = optional_id(value, "lead_id") if isinstance(value, dict) else None
+    return lead_id if isinstance(lead_id, str) else None
+
+
+def _destination(lead_id: str | None, key: bytes | None, partition: int | None, partitions: int) -> tuple[bytes | None, int | None]:
+    """Keyed by the input's lead id on that lead's partition (right even for a letter that
+    arrived on the wrong one); without a lead id, as it came."""
+    if lead_id is not None:
         return lead_id.encode(), partition_for(lead_id, partitions)
     if isinstance(partition, int) and 0 <= partition < partitions:
         return key, partition

@@ -26,6 +26,9 @@ class TopicSpec:
 
 
 FORGET_RETENTION_MS = 7 * 24 * 3600 * 1000
+#: The worker's and the connectors' dead-letter topics (sinks/runner.py): a month to fix a cause
+#: and replay. The erasure registry (streams/forgotten.py) outlives them.
+DEAD_LETTER_RETENTION_MS = 30 * 24 * 3600 * 1000
 #: The largest record the table changelogs and the identity topic take (Kafka's default is 1 MB).
 #: A lead's changelog record holds its state in every model, and a merge record every state of
 #: the visitor merged: each state is bounded (scoring/state.py), a few hundred KB at most, but a
@@ -49,7 +52,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(settings.topic_scores, n, COMPACTED, copartitioned=True),
         TopicSpec(settings.topic_accounts, n, copartitioned=True),
         TopicSpec(settings.topic_identity, n, {"max.message.bytes": str(LARGE_RECORD_BYTES)}, copartitioned=True),
-        TopicSpec(settings.topic_deadletter, n, {"retention.ms": str(30 * 24 * 3600 * 1000)}, copartitioned=True),
+        TopicSpec(settings.topic_deadletter, n, {"retention.ms": str(DEAD_LETTER_RETENTION_MS)}, copartitioned=True),
     ]
 
 

@@ -8,10 +8,11 @@ from typing import Callable
 
 import orjson
 from kafka import KafkaProducer
+from redis import Redis
 
 from streams.history import read_to_end
 from streams.partitioning import partition_for
-from streams.processes import WorkerProcess
+from streams.processes import WorkerProcess, free_port
 from streams.settings import Settings
 from tests.infra import leadstream, read_topic, wait_for
 
@@ -32,7 +33,7 @@ def scored(proc: WorkerProcess, lead: str, score: float) -> bool:
 
 
 def test_forget_erases_a_lead_from_states_read_models_and_accounts_through_a_restart(
-    isolated: Settings, worker: Callable[..., WorkerProcess]
+    isolated: Settings, own_redis: Settings, worker: Callable[..., WorkerProcess]
 ) -> None:
     now = int(time.time() * 1000) - 30 * MINUTE_MS
     producer = KafkaProducer(bootstrap_servers=isolated.kafka_bootstrap)
@@ -46,7 +47,7 @@ def test_forget_erases_a_lead_from_states_read_models_and_accounts_through_a_res
     proc = worker()
     wait_for(lambda: scored(proc, "u-2", 10) and proc.get("/leads/u-1/")[0] == 200, 60, "both leads scored", 0.3)
 
-    result = leadstream(isolated, "forget", "u-1")
+    result = leadstream(own_redis, "forget", "u-1")  # own_redis: the erasure is recorded in Redis, not under the shared prefix
     assert "asked to forget 1 lead" in result.stdout
 
     wait_for(lambda: proc.get("/leads/u-1/")[0] == 404, 60, "u-1 erased on the worker", 0.3)
@@ -70,7 +71,7 @@ def test_forget_erases_a_lead_from_states_read_models_and_accounts_through_a_res
     assert proc.metric("leadstream_leads_forgotten_total") == [1.0]
     # Asked again, and for an id no event carries (an e-mail address for a lead id): nothing was
     # erased, and it said "leads forgotten: count=1" and counted them as leads forgotten.
-    leadstream(isolated, "forget", "u-1", "ada@initech.io")
+    leadstream(own_redis, "forget", "u-1", "ada@initech.io")
     wait_for(lambda: proc.metric("leadstream_forget_requests_without_state_total") == [2.0], 60, "both requests read", 0.3)
     assert proc.metric("leadstream_leads_forgotten_total") == [1.0]
     assert "requests to forget an id with no state" in proc.log.read_text()
@@ -144,7 +145,7 @@ def test_the_profiles_topic_keeps_forget_requests_a_week_after_compaction(isolat
 
 
 def test_a_lead_whose_stored_state_cannot_be_read_is_set_aside_and_can_be_forgotten(
-    isolated: Settings, worker: Callable[..., WorkerProcess]
+    isolated: Settings, own_redis: Settings, worker: Callable[..., WorkerProcess]
 ) -> None:
     """A table value no worker can read (written to the changelog by something else, or by a
     later version) once stopped the worker at every recovery. Now it is left as it is, the lead's
@@ -171,9 +172,45 @@ def test_a_lead_whose_stored_state_cannot_be_read_is_set_aside_and_can_be_forgot
     status, body = again.get("/leads/u-1/")
     assert status == 500 and b"cannot be read" in body
 
-    leadstream(isolated, "forget", "u-1")
+    leadstream(own_redis, "forget", "u-1")
     wait_for(lambda: again.get("/leads/u-1/")[0] == 404, 60, "u-1 forgotten", 0.3)
     producer.send(isolated.topic_events, key=b"u-1", value=orjson.dumps(event("u-1", 20, "webinar_attended", now + 2)))
     producer.flush()
     producer.close()
     wait_for(lambda: scored(again, "u-1", 10), 60, "u-1 scored anew", 0.3)
+
+
+def test_forget_records_the_erasure_by_a_digest_and_deletes_the_connectors_ledger_keys_of_the_lead(own_redis: Settings) -> None:
+    redis = Redis.from_url(own_redis.redis_url)
+    prefix = own_redis.redis_prefix
+    # The webhook ledger kept "lead/<id>/<model>" 14 days after the lead was forgotten.
+    doomed = [f"{prefix}:sink:webhook:last:lead/u-1/b2b", f"{prefix}:sink:hubspot:last:lead/u-1/b2b.v2"]
+    kept = [f"{prefix}:sink:webhook:last:lead/u-10/b2b", f"{prefix}:sink:webhook:last:lead/u-1/x/b2b",
+            f"{prefix}:sink:webhook:last:account/u-1/b2b", f"{prefix}:sink:webhook:delivered:c-1"]
+    for key in doomed + kept:
+        redis.set(key, "0 7")
+    before_ms = int(time.time() * 1000)
+
+    result = leadstream(own_redis, "forget", "u-1", "u-[2]")
+
+    assert "recorded in Redis" in result.stdout
+    assert [bool(redis.exists(key)) for key in doomed + kept] == [False] * len(doomed) + [True] * len(kept)
+    erasures = [key for key in redis.scan_iter(f"{prefix}:forgotten:*")]
+    assert len(erasures) == 2 and not any(b"u-1" in key or b"u-[2]" in key for key in erasures)
+    for key in erasures:
+        assert before_ms <= int(redis.get(key) or 0) <= int(time.time() * 1000)
+        assert redis.pttl(key) > 37 * 24 * 3600 * 1000 - 60_000
+    redis.close()
+
+
+def test_forget_with_redis_out_of_reach_sends_the_requests_then_fails_saying_what_to_redo(own_redis: Settings) -> None:
+    settings = own_redis.with_overrides(redis_url=f"redis://127.0.0.1:{free_port()}/0")
+
+    result = leadstream(settings, "forget", "u-1", check=False)
+
+    assert result.returncode == 1
+    assert "asked to forget 1 lead" in result.stdout
+    assert "the requests were sent, but Redis (LEADSTREAM_REDIS_URL) could not be reached" in result.stderr
+    assert "Run the same `leadstream forget` again once Redis answers" in result.stderr
+    requests = [(record.key, record.value) for record in read_to_end(settings, settings.topic_profiles)]
+    assert requests == [(b"u-1", None)]

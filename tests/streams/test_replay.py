@@ -154,3 +154,41 @@ def _count(settings: Settings, topic: str) -> int:
 
 def _score(running: WorkerProcess) -> float:
     return float(orjson.loads(running.get("/leads/ada/")[1])["models"]["replays"]["score"])
+
+
+def test_letters_of_a_lead_forgotten_since_are_not_replayed_and_those_after_are(
+    own_redis: Settings, worker: Callable[..., WorkerProcess], tmp_path: Path
+) -> None:
+    # lead-m's event was refused (a type no model knew), lead-m was forgotten, the model learnt the
+    # type: the replay brought lead-m back, its e-mail and phone with it.
+    models = replays_model(tmp_path)
+    settings = replace(own_redis, models_dir=models, models_reload_s=1)
+    running = worker(settings)
+    start = int(time.time() * 1000) - HOUR_MS
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+
+    def call(lead: str, n: int, **fields: object) -> None:
+        event = {"event_id": f"{lead}-{n}", "lead_id": lead, "type": "demo_call", "time": start + n, **fields}
+        producer.send(settings.topic_events, key=lead.encode(), value=orjson.dumps(event))
+        producer.flush()
+
+    call("lead-m", 1, traits={"email": "m@private.example", "phone": "+1 555 0100"})
+    call("lead-o", 1)
+    read_topic(settings, settings.topic_deadletter, expect=2)
+    leadstream(settings, "forget", "lead-m")
+    call("lead-m", 2)  # the lead comes back after its erasure: a new profile's, replayed
+    read_topic(settings, settings.topic_deadletter, expect=3)
+    producer.close()
+    fingerprint = orjson.loads(running.get("/models/")[1])["fingerprint"]
+    (models / "replays.toml.tmp").write_text(MODEL + DEMO_CALL)
+    os.replace(models / "replays.toml.tmp", models / "replays.toml")
+    wait_for(lambda: orjson.loads(running.get("/models/")[1])["fingerprint"] != fingerprint, what="the edit applied")
+
+    out = leadstream(settings, "replay-dlq", "--reason", "unknown_type").stdout
+
+    assert out.startswith("unknown_type: replayed 2;"), out
+    assert "not replayable: 1 (their lead was forgotten (leadstream forget) after they were dead-lettered)" in out
+    wait_for(lambda: running.get("/leads/lead-o/")[0] == 200 and running.get("/leads/lead-m/")[0] == 200, what="both scored")
+    wait_for(lambda: sum(running.metric("leadstream_events_scored_total")) == 2, what="the replayed events scored")
+    status, body = running.get("/leads/lead-m/")
+    assert orjson.loads(body)["models"]["replays"]["score"] == 20 and b"m@private.example" not in body and b"555" not in body

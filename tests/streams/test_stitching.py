@@ -74,7 +74,7 @@ def crossings(settings: Settings, expect: int) -> list[dict]:
 
 
 def test_anonymous_browsing_then_identify_makes_one_lead_with_one_mql_crossing(
-    isolated: Settings, collector: CollectorProcess, worker: Callable[..., WorkerProcess]
+    isolated: Settings, own_redis: Settings, collector: CollectorProcess, worker: Callable[..., WorkerProcess]
 ) -> None:
     proc = worker()
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 600))
@@ -137,7 +137,7 @@ def test_anonymous_browsing_then_identify_makes_one_lead_with_one_mql_crossing(
 
     # Forgotten, the visitor's marker goes; it was said to be an id with no state, though what
     # was scored under it lives on in u-ada.
-    leadstream(isolated, "forget", "anon:a-123")
+    leadstream(own_redis, "forget", "anon:a-123")  # own_redis: the erasure is recorded in Redis, not under the shared prefix
     wait_for(lambda: proc.get("/leads/anon:a-123/")[0] == 404, 60, "the visitor's marker erased", 0.3)
     assert "forgotten ids that were merged into another lead: count=1" in proc.log.read_text()
     assert proc.metric("leadstream_forget_requests_without_state_total") == [0.0]

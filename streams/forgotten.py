@@ -1,0 +1,56 @@
+"""The erasure registry: which leads `leadstream forget` erased, and when, kept in Redis.
+
+The worker erases a lead from what it keeps and publishes (streams/scorer.py, streams/erasure.py),
+but records of the lead written before the request stay on topics that keep everything for
+their retention: crossings a connector that is stopped or lagging has not delivered yet, the
+connectors' dead letters, the worker's dead letters. Read after the erasure, a crossing would
+send the person's data to a CRM again, and a replayed event would bring the lead back into the
+worker. So `leadstream forget` records each erasure here, and connectors (sinks/runner.py) and
+`leadstream replay-dlq` (streams/replay.py) drop what of the lead is timed at or before it.
+
+`{prefix}:forgotten:{digest}` holds the time of the request, epoch ms, for TTL_MS. The digest
+(BLAKE2b, as accounts keep of the leads that left them) stands for the id because a list of
+the people who asked to be forgotten is itself personal data: the keys cannot be read back into
+ids, though an id someone already holds can be tested against them, as every lookup must.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from redis import Redis
+
+from streams.topics import DEAD_LETTER_RETENTION_MS
+
+#: Kafka deletes a log segment whole, once its newest record is past retention, and rolls a
+#: segment at the latest after log.roll.hours (168 by default): a record outlives its topic's
+#: retention by up to that long.
+SEGMENT_ROLL_MS = 7 * 24 * 3600 * 1000
+#: How long an erasure is remembered: as long as the longest-kept topic that may hold the lead's
+#: records (the dead-letter topics, the worker's and the connectors'; crossings and account
+#: updates are kept the broker's default, 7 days) can still be read.
+TTL_MS = DEAD_LETTER_RETENTION_MS + SEGMENT_ROLL_MS
+
+
+@dataclass(frozen=True)
+class Forgotten:
+    redis: Redis
+    prefix: str
+
+    def _key(self, lead_id: str) -> str:
+        digest = hashlib.blake2b(lead_id.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+        return f"{self.prefix}:forgotten:{digest}"
+
+    def record(self, lead_ids: list[str], at_ms: int) -> None:
+        """The leads were asked to be forgotten at `at_ms` (a later request replaces an earlier one)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for lead_id in lead_ids:
+            pipe.set(self._key(lead_id), at_ms, px=TTL_MS)
+        pipe.execute()
+
+    def covers(self, lead_id: str, time_ms: int) -> bool:
+        """Whether a record of the lead timed `time_ms` is at or before the lead's last erasure
+        (within TTL_MS): it belongs to the person erased, not to a lead that came back later."""
+        erased_ms = self.redis.get(self._key(lead_id))
+        return erased_ms is not None and time_ms <= int(erased_ms)

@@ -1,0 +1,63 @@
+"""Connectors and `leadstream forget`: a lead's crossings timed at or before its erasure are not
+delivered, by a connector that was behind nor by a replay of its dead letters."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import orjson
+import pytest
+from prometheus_client import REGISTRY
+
+from sinks.webhook import WebhookSink
+from streams.settings import Settings
+from tests.infra import leadstream
+from tests.sinks.conftest import crossing, drain, produce
+from tests.sinks.fake_http import WebhookReceiver
+
+
+def erased_count() -> float:
+    return REGISTRY.get_sample_value("leadstream_sink_deliveries_total", {"connector": "webhook", "outcome": "erased"}) or 0.0
+
+
+def test_a_connector_behind_delivers_no_crossing_of_a_lead_forgotten_since_but_a_later_one(
+    sink_settings: Settings, webhook: WebhookReceiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The connector was stopped while lead-1 crossed mql and sql; started after the forget, it
+    # posted both, the person's e-mail in them, to the receiver.
+    settings = sink_settings.with_overrides(webhook_url=webhook.url + "/hook")
+    produce(settings, [crossing(1, "mql", email="pat@private.example", seq=1),
+                       crossing(1, "sql", email="pat@private.example", seq=2), crossing(2, "mql")])
+    leadstream(settings, "forget", "lead-1")
+    # The lead comes back: what it does after the erasure is a new profile's, and is delivered.
+    produce(settings, [crossing(1, "mql", seq=3, time=int(time.time() * 1000) + 1000)])
+    before = erased_count()
+
+    with caplog.at_level(logging.INFO, logger="leadstream.sinks"):
+        stats = drain(WebhookSink(settings), settings)
+
+    posted = [orjson.loads(request.body) for request in webhook.requests_to("POST", "/hook")]
+    assert sorted((p["lead_id"], p["to_level"], p["time"] > crossing(1)["time"]) for p in posted) == [
+        ("lead-1", "mql", True), ("lead-2", "mql", False)]
+    assert (stats.delivered, stats.erased, stats.dead_lettered) == (2, 2, 0)
+    assert erased_count() - before == 2
+    skipped = [r.getMessage() for r in caplog.records if "forgotten" in r.getMessage()]
+    assert len(skipped) == 2 and not any("lead-1" in line or crossing(1, "mql")["id"] in line for line in skipped)
+
+
+def test_a_replay_of_dead_letters_does_not_deliver_those_of_a_lead_forgotten_since(
+    sink_settings: Settings, webhook: WebhookReceiver
+) -> None:
+    settings = sink_settings.with_overrides(webhook_url=webhook.url + "/hook")
+    webhook.inject("status", status=400, count=2, body={"error": "not now"})
+    produce(settings, [crossing(1, "sql", email="pat@private.example"), crossing(2, "sql")])
+    assert drain(WebhookSink(settings), settings).dead_lettered == 2
+    leadstream(settings, "forget", "lead-1")
+
+    result = leadstream(settings, "sink", "replay-dlq", "webhook", check=False)
+
+    assert result.returncode == 0, result.stderr
+    assert "1 delivered" in result.stdout and "1 of leads forgotten since (not delivered)" in result.stdout
+    posted = [orjson.loads(request.body) for request in webhook.requests_to("POST", "/hook")]
+    assert [p["lead_id"] for p in posted][2:] == ["lead-2"]  # after the two refused
