@@ -445,5 +445,9 @@ def _consumed(event: Any) -> Consumed:
     value = message.value
     # Faust keeps aiokafka's timestamp in seconds; the broker's is whole milliseconds.
     timestamp_ms = round(message.timestamp * 1000) if message.timestamp and message.timestamp > 0 else 0
-    return Consumed(message.topic, message.partition, message.offset, message.key, value or b"", value is None, timestamp_ms,
-                    origin=stitching.origin(message.headers) if message.headers else None)
+    headers = message.headers
+    if value is None:
+        return Consumed(message.topic, message.partition, message.offset, message.key, b"", True, timestamp_ms,
+                        headers=tuple(headers or ()))
+    return Consumed(message.topic, message.partition, message.offset, message.key, value, False, timestamp_ms,
+                    origin=stitching.origin(headers) if headers else None)

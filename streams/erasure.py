@@ -17,12 +17,20 @@ its origin; a new profile keeps them. Once the consumer has committed past all o
 offsets, no worker reads those records again, and the marker goes: the changelog gets a
 tombstone (or the lead's new states without it).
 `Waiting` keeps the leads whose marker waits for that, per partition.
+
+Kafka orders a request only with the records of its own partition of the profiles topic: a
+worker that is behind (or down) reads it before records of the lead on the events and identity
+topics that were sent before it, which would make the lead up again, with its traits, and
+publish its crossings. So `leadstream forget` tells, in a header per topic (SENT_BEFORE), the
+end offset of the lead's partition when it sent the request: the marker covers the records
+before it too, however late they are read, and stays until they are committed. A request
+without such headers (any other producer's tombstone) covers what the worker had read.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Container, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -30,6 +38,7 @@ from scoring.errors import StateError
 
 if TYPE_CHECKING:
     from streams.lead_states import States
+    from streams.outbox import Headers
 
 #: The key of the marker in a lead's states; its value is the offsets, as a JSON object's text.
 FORGOTTEN = "\x00forgotten"
@@ -38,9 +47,53 @@ FORGOTTEN = "\x00forgotten"
 Committed = Callable[[str, int], "int | None"]
 
 
+#: The header of a request that names the end offset of the lead's partition of a topic when
+#: the request was sent, as ASCII "<topic> <offset>" (a topic's name has no space), once per topic.
+SENT_BEFORE = "leadstream-sent-before"
+
+
+def request_headers(ends: dict[str, int]) -> Headers:
+    """A request's headers: for each topic, the end offset of the lead's partition (the next
+    offset to be written there) when it was sent."""
+    return tuple((SENT_BEFORE, b"%s %d" % (topic.encode(), end)) for topic, end in ends.items())
+
+
+def sent_before(headers: Iterable[tuple[str, Any]], topics: Container[str]) -> tuple[dict[str, int], list[str]]:
+    """The last offset of each of `topics` that a request's headers say was sent before it (a
+    topic with none sent before is left out), and the reason each SENT_BEFORE header that cannot
+    be one is ignored: "malformed" (not "<topic> <offset>"), "unknown_topic" (not one of `topics`)."""
+    last: dict[str, int] = {}
+    ignored: list[str] = []
+    for name, value in headers:
+        if name != SENT_BEFORE:
+            continue
+        try:
+            topic, end = value.decode("ascii").split(" ")
+        except (ValueError, AttributeError):  # not ASCII, not two fields; no bytes
+            topic, end = "", ""
+        if not topic or not end.isdigit() or len(end) > 19:  # an offset is a 64-bit integer
+            ignored.append("malformed")
+        elif topic not in topics:
+            ignored.append("unknown_topic")
+        elif int(end) > 0:
+            last[topic] = max(last.get(topic, -1), int(end) - 1)
+    return last, ignored
+
+
 def marker(offsets: dict[str, int]) -> States:
-    """The table entry of a lead forgotten after these offsets (topic -> last offset read)."""
+    """The table entry of a lead forgotten after these offsets (topic -> the last offset of the
+    lead's partition its request covers)."""
     return {FORGOTTEN: orjson.dumps(offsets).decode()}
+
+
+def covering(*offsets: dict[str, int]) -> dict[str, int]:
+    """The offsets that cover all of those given: the greatest of each topic."""
+    merged: dict[str, int] = {}
+    for each in offsets:
+        for topic, offset in each.items():
+            if offset > merged.get(topic, -1):
+                merged[topic] = offset
+    return merged
 
 
 def offsets(states: States) -> dict[str, int]:

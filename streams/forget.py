@@ -2,7 +2,10 @@
 
 A request is a tombstone (a null value) keyed by the lead id on the profiles topic, on the lead's
 partition, so the worker that owns the lead's state gets it in order with the lead's profile
-updates; any Kafka producer may send the same record. The worker (streams/scorer.py), after the
+updates; any Kafka producer may send the same record. Its headers (streams/erasure.py,
+SENT_BEFORE) say how far the lead's partition of the events and identity topics reached when it
+was sent: the lead's records before that are dropped however late the worker reads them (Kafka
+orders the request only with the profiles topic). The worker (streams/scorer.py), after the
 batch the request arrives in:
 - takes the lead out of its accounts' roll-ups (which may cross down),
 - publishes a tombstone per model on the compacted score-changes topic (the Redis read model
@@ -25,13 +28,16 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from redis import RedisError
 
 from scoring.events import MAX_ID_CHARS, is_id
 from sinks.ledger import forget_leads, redis_client
+from streams import erasure
 from streams.errors import InputError, ServiceError
 from streams.forgotten import TTL_MS, Forgotten
+from streams.kafka_clients import open_client
 from streams.partitioning import partition_for
 from streams.send import open_producer
 from streams.settings import Settings
@@ -66,17 +72,43 @@ def lead_ids(args: list[str], from_file: Path | None) -> list[str]:
     return list(dict.fromkeys(ids))
 
 
+def end_offsets(settings: Settings, partitions: set[int]) -> dict[int, dict[str, int]]:
+    """Partition -> topic -> its end offset (the next to be written), for the topics whose
+    records of a lead could make it up again: the raw events and identity topics."""
+    from kafka import KafkaConsumer, TopicPartition
+    from kafka.errors import KafkaError
+
+    topics = (settings.topic_events, settings.topic_identity)
+    consumer: Any = open_client(settings, KafkaConsumer, enable_auto_commit=False, client_id="leadstream-forget")
+    try:
+        ends = consumer.end_offsets([TopicPartition(topic, partition) for topic in topics for partition in partitions])
+    except KafkaError as exc:
+        raise ServiceError(f"cannot read the end offsets of {' and '.join(topics)} (run `leadstream topics`): {exc}; "
+                           "nothing was sent") from None
+    finally:
+        consumer.close()
+    by_partition: dict[int, dict[str, int]] = {partition: {} for partition in partitions}
+    for tp, end in ends.items():
+        by_partition[tp.partition][tp.topic] = end
+    return by_partition
+
+
 def request(settings: Settings, ids: list[str]) -> str:
-    """Sends the requests to forget `ids` (a tombstone each, on its lead's partition); returns the
-    topic they went to."""
+    """Sends the requests to forget `ids` (a tombstone each, on its lead's partition, with the
+    end offsets of that partition on the topics that could make the lead up again); returns
+    the topic they went to."""
     topic = settings.topic_profiles
     partitions = partition_count(settings, topic)
     if partitions == 0:
         raise ServiceError(f"topic {topic!r} does not exist; run `leadstream topics`")
+    homes = {lead_id: partition_for(lead_id, partitions) for lead_id in ids}
+    # Read before any request is sent: what comes after a request is a new profile's.
+    ends = end_offsets(settings, set(homes.values()))
     producer = open_producer(settings)
     try:
-        for lead_id in ids:
-            producer.send(topic, key=lead_id.encode(), value=None, partition=partition_for(lead_id, partitions))
+        for lead_id, partition in homes.items():
+            producer.send(topic, key=lead_id.encode(), value=None, partition=partition,
+                          headers=list(erasure.request_headers(ends[partition])))
         producer.flush()
     finally:
         producer.close()

@@ -70,7 +70,11 @@ LEADS_FORGOTTEN = Counter("leadstream_leads_forgotten", "Leads erased on request
 FORGET_REQUESTS_WITHOUT_STATE = Counter(
     "leadstream_forget_requests_without_state",
     "Requests to forget an id that had no state (never scored under it, or forgotten already): often a request keyed by "
-    "something else than the lead id.")
+    "something else than the lead id, unless records of the id sent before the request were still to be read.")
+FORGET_HEADERS_IGNORED = Counter(
+    "leadstream_forget_headers_ignored",
+    "Headers of requests to forget that could not say what was sent before the request (streams/erasure.py), by reason: "
+    "the request covers the other topics, or only what the worker had read.", ["reason"])
 LEADS_IN_STATE = Gauge("leadstream_leads_in_state", "Leads with state on this worker, by model.", ["model"])
 RECOVERY_REMAINING = Gauge("leadstream_table_recovery_remaining", "Changelog records left to replay before the tables are ready.")
 OFFSET_ANOMALIES = Counter(

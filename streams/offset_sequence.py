@@ -84,6 +84,11 @@ class OffsetSequence:
                 sought.discard(key)
             following[key] = max(message.offset + 1, expected or 0)
 
+    def next_offset(self, topic: str, partition: int) -> int | None:
+        """The offset of the next message of the partition the stage is to be handed (None
+        where it is not known yet): those before it were read."""
+        return self._next.get((topic, partition))
+
     def check_holes(self) -> None:
         """Looks the holes found further on up in the log: each is counted and logged as a gap,
         unless it is the log's own. Blocking: run it in a thread."""

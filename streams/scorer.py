@@ -279,13 +279,14 @@ class Scorer:
         live table; returns the changelog records to send once the outputs are acknowledged.
         Input that makes scoring raise is found and dead-lettered (streams/isolation.py)."""
         stats = BatchStats(messages=len(batch))
+        requested = self._requested(batch)
         # Identity links and merges first, so the events of this batch see who is merged.
         identity = [m for m in batch if m.topic == self.settings.topic_identity and not m.tombstone]
         if identity:
             dead: list[DeadLetter] = []
             # Stitching writes states itself: after the batch before's, which may be the same leads'.
             await self.in_flight.wait()
-            await self._stitch(identity, dead)
+            await self._stitch(identity, dead, requested)
             self._queue_dead(dead, stats)
         rest = [m for m in batch if m.topic != self.settings.topic_identity or m.tombstone] if identity else batch
         records: list[Record] = []
@@ -294,24 +295,27 @@ class Scorer:
             stats.events += 1
             self._queue_dead([internal_error(exc, message, "scoring this event")], stats)
 
-        for part, part_records in isolate(rest, lambda part: self._attempt(part, batch), split_envelope, refuse):
+        for part, part_records in isolate(rest, lambda part: self._attempt(part, batch, requested), split_envelope, refuse):
             stats.add(part)
             records += part_records
         return stats, records
 
-    def _attempt(self, messages: Sequence[Consumed], batch: Sequence[Consumed]) -> tuple[BatchStats, list[Record]]:
+    def _attempt(self, messages: Sequence[Consumed], batch: Sequence[Consumed],
+                 requested: dict[str, dict[str, int]]) -> tuple[BatchStats, list[Record]]:
         """`_score`, or nothing at all when it raises."""
-        return undone_if_it_raises(self.outbox, self.store, lambda known: self._score(messages, known, batch))
+        return undone_if_it_raises(self.outbox, self.store, lambda known: self._score(messages, known, batch, requested))
 
     def _queue_dead(self, dead: list[DeadLetter], stats: BatchStats) -> None:
         for letter in dead:
             stats.rejected[letter.reason] = stats.rejected.get(letter.reason, 0) + 1
             self.outbox.add(self.settings.topic_deadletter, letter.message_key, letter.to_bytes(), letter.partition)
 
-    def _score(self, messages: Sequence[Consumed], known: dict[str, States], batch: Sequence[Consumed]) -> tuple[BatchStats, list[Record]]:
+    def _score(self, messages: Sequence[Consumed], known: dict[str, States], batch: Sequence[Consumed],
+               requested: dict[str, dict[str, int]]) -> tuple[BatchStats, list[Record]]:
         """Scores messages of `batch` (no identity records): queues their outputs, writes their
         states to the live table and returns the changelog records. `known` gets each lead's
-        live states, looked up once."""
+        live states, looked up once; `requested`, the records the batch's requests to forget
+        cover (`_requested`)."""
         stats = BatchStats()
         dead: list[DeadLetter] = []
         # Leads to forget (lead id -> partition and offset of the request), after this batch's events: all they left goes.
@@ -368,7 +372,9 @@ class Scorer:
                     read_offsets.drop_topic(read, topic)  # offsets of the topic before it was created again
                 # The marker's presence is checked inline: this runs once per event, and leads have none.
                 if erasure.FORGOTTEN in states and erasure.read_again(states, topic, offset):
-                    continue  # scored before its lead was forgotten, and read again after a restart
+                    continue  # scored before its lead was forgotten, or sent before the request
+                if requested and lead_id in requested and offset <= requested[lead_id].get(topic, -1):
+                    continue  # sent before a request of this batch to forget its lead: scored, it would publish crossings before the erasure
                 if origin is not None:
                     mark = [origin.offset, origin.position + position]
                     lead_reached = reached.get(lead_id)
@@ -452,7 +458,7 @@ class Scorer:
         account_updates = result.account_updates
         erased: dict[str, tuple[int, States]] = {}  # forgotten leads' markers
         if forget:
-            account_updates = account_updates + self._forget(forget, known, writes, batch, erased)
+            account_updates = account_updates + self._forget(forget, known, writes, batch, requested, erased)
         publish_updates(outbox, self.settings, account_updates, self.partitions)
         self._queue_dead(dead, stats)
         # Every state encoded before any is written, so an encoding that raises changes nothing.
@@ -576,9 +582,10 @@ class Scorer:
             await self.outbox.flush()
         return cleared
 
-    async def _stitch(self, messages: list[Consumed], dead: list[DeadLetter]) -> None:
+    async def _stitch(self, messages: list[Consumed], dead: list[DeadLetter], requested: dict[str, dict[str, int]]) -> None:
         """Links move a merged id's states on as a merge; merges fold them into the target, are
-        sent on when it was merged itself, or come back to their source (see streams/stitching.py)."""
+        sent on when it was merged itself, or come back to their source (see streams/stitching.py).
+        A record that a request of the batch to forget its id covers (`_requested`) is dropped."""
         crossings: list[Transition] = []
         members: list[MemberScore] = []
         # Each id's states as the batch leaves them (a marker, merged into, or given back),
@@ -591,7 +598,7 @@ class Scorer:
             # members are taken back, and it is dead-lettered; the batch goes on.
             mark, before, counts = self.outbox.mark(), dict(pending), (len(crossings), len(members), len(dead))
             try:
-                self._stitch_one(message, pending, crossings, members, dead)
+                self._stitch_one(message, pending, crossings, members, dead, requested)
             except Exception as exc:
                 self.outbox.rollback(mark)
                 pending.clear()
@@ -606,7 +613,7 @@ class Scorer:
         await self.outbox.flush()
 
     def _stitch_one(self, message: Consumed, pending: dict[str, tuple[int, States]], crossings: list[Transition],
-                    members: list[MemberScore], dead: list[DeadLetter]) -> None:
+                    members: list[MemberScore], dead: list[DeadLetter], requested: dict[str, dict[str, int]]) -> None:
         """One identity record of `_stitch`: its outputs queued, its states put in `pending`."""
         try:
             record, incoming = stitching.read_record(message.value)
@@ -633,7 +640,9 @@ class Scorer:
                 return  # applied before, and read again after a restart
             read_offsets.drop_topic(read, message.topic)
         if erasure.read_again(states, message.topic, message.offset):
-            return  # applied before the id was forgotten, and read again after a restart
+            return  # applied before the id was forgotten, or sent before the request
+        if message.offset <= requested.get(subject, {}).get(message.topic, -1):
+            return  # sent before a request of this batch to forget the id
         read[message.topic] = message.offset
         origin = self._origin(message)
         if origin is not None:  # a copy made by a worker that read the record it came from again (streams/read_offsets.py)
@@ -736,10 +745,7 @@ class Scorer:
         """A message without a value: on the profiles topic, a request to forget the lead it is
         keyed by (streams/forget.py); anywhere else, a mistake."""
         profiles = self.settings.topic_profiles
-        try:
-            lead_id = message.key.decode() if message.key else ""
-        except UnicodeDecodeError:
-            lead_id = ""
+        lead_id = _key_text(message.key)
         if message.topic == profiles and lead_id:
             home = partition_for(lead_id, self.partitions)
             if home == message.partition:
@@ -758,12 +764,39 @@ class Scorer:
                 f"tombstone keyed by its id to {profiles}, as `leadstream forget` does")
         dead.append(DeadLetter(reason, detail, None, message.topic, message.partition, message.offset, message.key))
 
+    def _requested(self, batch: Sequence[Consumed]) -> dict[str, dict[str, int]]:
+        """For each lead a request of the batch asks to forget, the last offsets of its partition
+        that its requests say were sent before them (streams/erasure.py, SENT_BEFORE). Headers that
+        cannot say it are ignored, counted and logged: the request covers the other topics."""
+        requested: dict[str, dict[str, int]] = {}
+        ignored: list[str] = []
+        for message in batch:
+            if not (message.tombstone and message.headers and message.topic == self.settings.topic_profiles):
+                continue
+            lead_id = _key_text(message.key)
+            if not lead_id or partition_for(lead_id, self.partitions) != message.partition:
+                continue  # dead-lettered (`_tombstone`)
+            covered, bad = erasure.sent_before(message.headers, self.sequence.topics)
+            requested[lead_id] = erasure.covering(requested.get(lead_id, {}), covered)
+            ignored += bad
+        for reason in ignored:
+            metrics.FORGET_HEADERS_IGNORED.labels(reason).inc()
+        if ignored:
+            log.warning("headers of requests to forget ignored (%s: \"<topic> <end offset>\" of the events or identity topic): "
+                        "%s; those requests cover the records of that topic the worker had read, not those sent before them "
+                        "and still to be read", erasure.SENT_BEFORE,
+                        ", ".join(f"{reason}={ignored.count(reason)}" for reason in sorted(set(ignored))))
+        return requested
+
     def _forget(self, forget: dict[str, tuple[int, int]], known: dict[str, States], writes: dict[str, Any],
-                batch: Sequence[Consumed], erased: dict[str, tuple[int, States]]) -> list[MemberScore]:
+                batch: Sequence[Consumed], requested: dict[str, dict[str, int]],
+                erased: dict[str, tuple[int, States]]) -> list[MemberScore]:
         """Queues what erases each lead from the outputs (see `_withdraw`; returns its accounts'
         updates), keeps its states from being written and puts the marker that replaces them in
-        `erased` (streams/erasure.py), to be written once these are acknowledged. A request read
-        again after a restart, its lead forgotten since, changes nothing.
+        `erased` (streams/erasure.py), to be written once these are acknowledged: it covers what the
+        batch held, what the lead's marker covered already and what `requested` says was sent
+        before the request. A request read again after a restart, its lead forgotten since,
+        changes nothing.
 
         A lead leaves its accounts right after its last update there: at its newest event's time,
         as its state's next revision (`Engine.leaving`). A worker that scores the batch again after
@@ -773,6 +806,7 @@ class Scorer:
         events timed before the request never counted there, while the lead was listed with them.)"""
         leaving: list[MemberScore] = []
         nothing = 0  # requests for ids with no state
+        unread = 0  # requests for ids with no state yet, whose records sent before them are still to be read
         merged = 0  # requests for ids merged into another lead, whose marker goes
         ends: dict[int, dict[str, int]] = {}  # partition -> topic -> the batch's last offset there
         for lead_id, (partition, offset) in forget.items():
@@ -792,7 +826,8 @@ class Scorer:
             # The offsets its states had read stay beside the marker: a copy of a record made for
             # the lead elsewhere (a visitor's re-keyed event, a merge), made again under a new
             # offset after a restart, is told by its origin, not started anew as the lead's next record.
-            erased[lead_id] = (partition, {**erasure.marker(ends[partition]), **({} if states is None else read_offsets.kept(states))})
+            covered = erasure.covering(ends[partition], requested.get(lead_id, {}), {} if states is None else erasure.offsets(states))
+            erased[lead_id] = (partition, {**erasure.marker(covered), **({} if states is None else read_offsets.kept(states))})
             self.erasures.add(partition, lead_id)
             if states is None:
                 # Unreadable: its read-model entries go all the same (one per model it may have
@@ -809,12 +844,19 @@ class Scorer:
             elif stitching.merged_into(states) is not None:
                 metrics.LEADS_FORGOTTEN.inc()
                 merged += 1
-            else:  # never scored, or forgotten already: its marker holds all the same
+            else:  # never scored, or forgotten already, or its records are still to be read: its marker holds all the same
                 metrics.FORGET_REQUESTS_WITHOUT_STATE.inc()
-                nothing += 1
+                if any(offset >= (self.sequence.next_offset(topic, partition) or 0)
+                       for topic, offset in covered.items() if topic in self.sequence.topics):
+                    unread += 1
+                else:
+                    nothing += 1
         if erased:
             # Ids are not logged: they may be personal data.
-            log.info("leads forgotten: count=%d", len(erased) - nothing)
+            log.info("leads forgotten: count=%d", len(erased) - nothing - unread)
+        if unread:
+            log.info("requests to forget ids not scored yet, with records sent before the request still to be read: count=%d; "
+                     "those records are dropped as they are read", unread)
         if merged:
             # It said the id had no state: what was scored under it lives on in the lead.
             log.warning("forgotten ids that were merged into another lead: count=%d; the points, event ids and traits "
@@ -985,6 +1027,14 @@ class Scorer:
             self.outbox.add(self.settings.topic_crossings, str(key).encode(), encode_json(record))
             published.append(transition)
         return published
+
+
+def _key_text(key: bytes | None) -> str:
+    """A message's key as text ("" when it has none, or it is not UTF-8)."""
+    try:
+        return key.decode() if key else ""
+    except UnicodeDecodeError:
+        return ""
 
 
 def _lone(value: bytes) -> bool:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Callable, Generic, Iterable, Iterator, MutableMapping, Protocol, TypeVar
 
 from scoring.errors import StateError
-from streams.outbox import Outbox
+from streams.outbox import Headers, Outbox
 from streams.stitching import Origin
 from streams.partitioning import partition_for
 
@@ -29,7 +29,9 @@ class Consumed:
     `timestamp_ms` is the record's Kafka timestamp (0 where none is known). A `part` is one item
     of an envelope, split off to find an item that makes a stage raise (streams/isolation.py):
     its offset is its envelope's, which the other items share. `origin` is where an event
-    re-keyed to the lead its visitor was merged into was read (`stitching.origin`)."""
+    re-keyed to the lead its visitor was merged into was read (`stitching.origin`). A
+    tombstone keeps its `headers` (a request to forget names what was sent before it:
+    streams/erasure.py)."""
 
     topic: str
     partition: int
@@ -40,6 +42,7 @@ class Consumed:
     timestamp_ms: int = 0
     part: bool = False
     origin: Origin | None = None
+    headers: Headers = ()
 
 
 _LENGTH = struct.Struct(">I")

@@ -1,19 +1,22 @@
 """The marker a forgotten lead leaves until its request is committed (streams/erasure.py), without
-a broker: found again in a recovered table, and gone once the consumer committed past it."""
+a broker: found again in a recovered table, and gone once the consumer committed past it; and
+what a request's headers say was sent before it, dropped however late it is read."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 
+import orjson
 import pytest
 
 from scoring import Engine
 from scoring.errors import StateError
-from streams import erasure, lead_states
+from streams import erasure, lead_states, metrics, read_offsets
 from streams.partitioning import partition_for
 from streams.scorer import Scorer
 from streams.settings import Settings
-from streams.stage import LiveTable, MemoryData, frame
+from streams.stage import Consumed, LiveTable, MemoryData, frame
 from tests.scoring.support import shipped
 from tests.streams.stage_support import Kept
 
@@ -64,3 +67,88 @@ def test_only_records_up_to_the_offsets_of_the_forgetting_batch_are_read_again()
     assert not erasure.read_again(states, SETTINGS.topic_events, 6)
     assert not erasure.read_again(states, SETTINGS.topic_identity, 0)  # none of that topic was in the batch
     assert not erasure.read_again({}, SETTINGS.topic_events, 0)
+
+
+def test_a_requests_headers_say_the_last_offset_of_each_topic_sent_before_it() -> None:
+    headers = erasure.request_headers({SETTINGS.topic_events: 20_006, SETTINGS.topic_identity: 0})
+    assert headers == ((erasure.SENT_BEFORE, f"{SETTINGS.topic_events} 20006".encode()),
+                       (erasure.SENT_BEFORE, f"{SETTINGS.topic_identity} 0".encode()))
+    topics = {SETTINGS.topic_events, SETTINGS.topic_identity}
+    # An empty partition had nothing sent before the request.
+    assert erasure.sent_before([*headers, ("other", b"x")], topics) == ({SETTINGS.topic_events: 20_005}, [])
+
+
+@pytest.mark.parametrize(("value", "reason"), [
+    (b"leadstream-events", "malformed"), (b"leadstream-events -5", "malformed"), (b"leadstream-events +5", "malformed"),
+    (b"leadstream-events 5 6", "malformed"), (b"leadstream-events \xd9\xa3", "malformed"), (b"\xff 5", "malformed"),
+    (b" 5", "malformed"), (b"leadstream-events " + b"9" * 5000, "malformed"), (None, "malformed"),
+    (b"leadstream-profiles 5", "unknown_topic"),
+])
+def test_a_header_that_cannot_say_what_was_sent_before_is_ignored_with_its_reason(value: bytes | None, reason: str) -> None:
+    good = (erasure.SENT_BEFORE, f"{SETTINGS.topic_identity} 3".encode())
+    assert erasure.sent_before([(erasure.SENT_BEFORE, value), good], {SETTINGS.topic_events, SETTINGS.topic_identity}) == (
+        {SETTINGS.topic_identity: 2}, [reason])
+
+
+def test_records_a_request_says_were_sent_before_it_are_dropped_when_read_later_and_later_ones_start_a_new_profile() -> None:
+    """A worker behind reads the request before the lead's events sent earlier: they are dropped,
+    and the marker stays until they are committed; an event sent after the request is scored."""
+    lead = "lead-f"
+    partition = partition_for(lead, 4)
+    store = LiveTable(MemoryData(), "leads-changelog", 4, 1_000, lead_states.decode)
+    committed: dict[str, int] = {}
+    outbox = Kept()
+    scorer = Scorer(ENGINE, SETTINGS, store, outbox, 4, lambda topic, _: committed.get(topic))
+    now = SETTINGS.now_ms()
+
+    def demo(offset: int) -> Consumed:
+        value = {"event_id": f"e-{offset}", "lead_id": lead, "type": "form_submit", "product": "b2b", "time": now,
+                 "properties": {"form": "demo_request"}, "traits": {"email": "f@initech.io"}}
+        return Consumed(SETTINGS.topic_events, partition, offset, lead.encode(), orjson.dumps(value))
+
+    request = Consumed(SETTINGS.topic_profiles, partition, 0, lead.encode(), b"", True,
+                       headers=erasure.request_headers({SETTINGS.topic_events: 12, SETTINGS.topic_identity: 0}))
+    asyncio.run(scorer.process([demo(0), request]))  # the request read with the first of the lead's queued events
+    asyncio.run(scorer.process([demo(offset) for offset in range(1, 12)]))
+    assert store.states(lead) == erasure.marker({SETTINGS.topic_events: 11, SETTINGS.topic_profiles: 0})
+    assert not [record for record in outbox.sent if record[0] == SETTINGS.topic_crossings]
+
+    committed.update({SETTINGS.topic_events: 11, SETTINGS.topic_profiles: 1})
+    assert asyncio.run(scorer.clear_erasures()) == 0  # offset 11, read, is not committed yet
+    asyncio.run(scorer.process([demo(12)]))  # sent after the request: a new profile
+    assert erasure.FORGOTTEN in store.states(lead) and "b2b" in store.states(lead)
+    committed[SETTINGS.topic_events] = 12
+    assert asyncio.run(scorer.clear_erasures()) == 1
+    assert set(store.states(lead)) == {"b2b", read_offsets.READ}
+
+
+def test_a_request_with_no_state_whose_records_are_still_to_be_read_does_not_blame_its_key(caplog: pytest.LogCaptureFixture) -> None:
+    lead = "lead-f"
+    partition = partition_for(lead, 4)
+    store = LiveTable(MemoryData(), "leads-changelog", 4, 1_000, lead_states.decode)
+    scorer = Scorer(ENGINE, SETTINGS, store, Kept(), 4)
+    queued = Consumed(SETTINGS.topic_profiles, partition, 0, lead.encode(), b"", True,
+                      headers=erasure.request_headers({SETTINGS.topic_events: 5}))
+    with caplog.at_level(logging.INFO, "leadstream.worker"):
+        asyncio.run(scorer.process([queued]))
+        assert "records sent before the request still to be read: count=1" in caplog.text
+        assert "must be keyed by the lead id" not in caplog.text
+        assert erasure.offsets(store.states(lead)) == {SETTINGS.topic_events: 4, SETTINGS.topic_profiles: 0}
+        # A plain request keyed by no lead's id, as before.
+        asyncio.run(scorer.process([Consumed(SETTINGS.topic_profiles, partition_for("ada@initech.io", 4), 1,
+                                             b"ada@initech.io", b"", True)]))
+        assert "must be keyed by the lead id" in caplog.text
+
+
+def test_a_malformed_header_is_counted_and_logged_and_the_request_still_applies(caplog: pytest.LogCaptureFixture) -> None:
+    lead = "lead-f"
+    store = LiveTable(MemoryData(), "leads-changelog", 4, 1_000, lead_states.decode)
+    scorer = Scorer(ENGINE, SETTINGS, store, Kept(), 4)
+    before = metrics.FORGET_HEADERS_IGNORED.labels("malformed")._value.get()
+    request = Consumed(SETTINGS.topic_profiles, partition_for(lead, 4), 7, lead.encode(), b"", True,
+                       headers=((erasure.SENT_BEFORE, b"\xff"),))
+    with caplog.at_level(logging.WARNING, "leadstream.worker"):
+        asyncio.run(scorer.process([request]))
+    assert metrics.FORGET_HEADERS_IGNORED.labels("malformed")._value.get() == before + 1
+    assert "headers of requests to forget ignored" in caplog.text and "malformed=1" in caplog.text
+    assert store.states(lead) == erasure.marker({SETTINGS.topic_profiles: 7})

@@ -10,6 +10,8 @@ import orjson
 from kafka import KafkaProducer
 from redis import Redis
 
+from scoring.state import LeadState
+from streams import stitching
 from streams.history import read_to_end
 from streams.partitioning import partition_for
 from streams.processes import WorkerProcess, free_port
@@ -214,3 +216,116 @@ def test_forget_with_redis_out_of_reach_sends_the_requests_then_fails_saying_wha
     assert "Run the same `leadstream forget` again once Redis answers" in result.stderr
     requests = [(record.key, record.value) for record in read_to_end(settings, settings.topic_profiles)]
     assert requests == [(b"u-1", None)]
+
+
+def queue_behind_fillers(settings: Settings, producer: KafkaProducer, lead: str, events: list[dict[str, object]]) -> None:
+    """20,000 events of other leads on the lead's partition, then the lead's: a worker that was
+    down reads the request to forget it (on the profiles topic, which Kafka does not order with
+    the events topic) long before them."""
+    home = partition_for(lead, settings.partitions)
+    fillers = [f"filler-{n}" for n in range(2_000) if partition_for(f"filler-{n}", settings.partitions) == home][:200]
+    now = int(time.time() * 1000) - 30 * MINUTE_MS
+    for n in range(20_000):
+        filler = fillers[n % len(fillers)]
+        producer.send(settings.topic_events, key=filler.encode(), value=orjson.dumps(event(filler, n, "page_view", now, properties={"url": "/"})))
+    for value in events:
+        producer.send(settings.topic_events, key=lead.encode(), value=orjson.dumps(value))
+    producer.flush()
+
+
+def read_through(settings: Settings, producer: KafkaProducer, proc: WorkerProcess, lead: str) -> None:
+    """Returns once the worker has scored a lead's partition of the events topic up to now: an
+    event sent after the rest, of another lead of that partition, is scored."""
+    home = partition_for(lead, settings.partitions)
+    sentinel = next(f"sentinel-{n}" for n in range(100) if partition_for(f"sentinel-{n}", settings.partitions) == home)
+    producer.send(settings.topic_events, key=sentinel.encode(),
+                  value=orjson.dumps(event(sentinel, 0, "webinar_attended", int(time.time() * 1000))))
+    producer.flush()
+    wait_for(lambda: scored(proc, sentinel, 10), 120, "the lead's partition read through", 0.3)
+
+
+def crossings_of(settings: Settings, lead: str) -> list[dict[str, object]]:
+    crossings = (orjson.loads(r.value or b"") for r in read_to_end(settings, settings.topic_crossings))
+    return [c for c in crossings if c.get("lead_id") == lead]
+
+
+def demo_requests(lead: str, first: int, at_ms: int) -> list[dict[str, object]]:
+    identify = event(lead, first, "identify", at_ms, traits={"email": "f@initech.io", "title": "VP Marketing"})
+    return [identify, *(event(lead, first + n, "form_submit", at_ms + n, properties={"form": "demo_request"}) for n in range(1, 6))]
+
+
+def test_a_lead_forgotten_while_its_events_wait_behind_others_is_not_made_up_again_by_them(
+    own_redis: Settings, worker: Callable[..., WorkerProcess]
+) -> None:
+    """The audit's case: a lead's events are sent, then the request to forget it, while the worker
+    is down; the worker reads the request first. The events sent before it are dropped as they are
+    read; an event sent after it starts a new profile."""
+    now = int(time.time() * 1000) - 30 * MINUTE_MS
+    producer = KafkaProducer(bootstrap_servers=own_redis.kafka_bootstrap, linger_ms=20)
+    queue_behind_fillers(own_redis, producer, "lead-f", demo_requests("lead-f", 0, now))
+    leadstream(own_redis, "forget", "lead-f")
+
+    proc = worker()
+    read_through(own_redis, producer, proc, "lead-f")
+    assert proc.get("/leads/lead-f/")[0] == 404
+    assert crossings_of(own_redis, "lead-f") == []
+    assert latest(own_redis, own_redis.topic_scores).get(b"b2b/lead-f") is None
+    log = proc.log.read_text()
+    assert "records sent before the request still to be read: count=1" in log and "must be keyed by the lead id" not in log
+    # Its marker goes once the offsets it covers are committed: a tombstone on the changelog.
+    changelog = f"{own_redis.app_id}-leads-changelog"
+    wait_for(lambda: latest(own_redis, changelog).get(b"lead-f", b"") is None, 60, "lead-f's tombstone on the changelog", 0.5)
+
+    producer.send(own_redis.topic_events, key=b"lead-f", value=orjson.dumps(event("lead-f", 50, "webinar_attended", now + MINUTE_MS)))
+    producer.flush()
+    producer.close()
+    wait_for(lambda: scored(proc, "lead-f", 10), 60, "lead-f's new profile scored from its new event alone", 0.3)
+    assert b"f@initech.io" not in proc.get("/leads/lead-f/")[1]
+
+
+def test_a_lead_scored_before_is_not_made_up_again_by_its_events_queued_behind_the_request(
+    own_redis: Settings, worker: Callable[..., WorkerProcess]
+) -> None:
+    now = int(time.time() * 1000) - 30 * MINUTE_MS
+    producer = KafkaProducer(bootstrap_servers=own_redis.kafka_bootstrap, linger_ms=20)
+    producer.send(own_redis.topic_events, key=b"lead-f", value=orjson.dumps(event("lead-f", 0, "webinar_attended", now)))
+    producer.flush()
+    proc = worker()
+    wait_for(lambda: scored(proc, "lead-f", 10), 60, "lead-f scored", 0.3)
+    crossed_before = crossings_of(own_redis, "lead-f")  # published before the request: allowed
+    proc.stop()
+
+    queue_behind_fillers(own_redis, producer, "lead-f", demo_requests("lead-f", 10, now + 1))
+    leadstream(own_redis, "forget", "lead-f")
+    again = worker()
+    read_through(own_redis, producer, again, "lead-f")
+    producer.close()
+    assert again.get("/leads/lead-f/")[0] == 404
+    assert crossings_of(own_redis, "lead-f") == crossed_before
+    assert latest(own_redis, own_redis.topic_scores).get(b"b2b/lead-f", b"") is None
+    assert again.metric("leadstream_leads_forgotten_total") == [1.0]
+
+
+def test_a_merge_into_a_forgotten_lead_queued_before_the_request_does_not_make_it_up_again(
+    own_redis: Settings, worker: Callable[..., WorkerProcess]
+) -> None:
+    """An identify naming the visitor's anonymous id (its link makes a merge, after the request
+    was read), and a merge already on the identity topic, both sent before the request."""
+    now = int(time.time() * 1000) - 30 * MINUTE_MS
+    producer = KafkaProducer(bootstrap_servers=own_redis.kafka_bootstrap, linger_ms=20)
+    for n in range(3):
+        visit = event("anon:v9", n, "form_submit", now + n, properties={"form": "demo_request"}, anonymous_id="v9")
+        producer.send(own_redis.topic_events, key=b"anon:v9", value=orjson.dumps(visit))
+    merged = stitching.merge_record("anon:v8", "lead-f", now, {"b2b": LeadState.new("nurture", 0)})
+    producer.send(own_redis.topic_identity, key=b"lead-f", value=merged, partition=partition_for("lead-f", own_redis.partitions))
+    identify = event("lead-f", 0, "identify", now + 5, traits={"email": "f@initech.io"}, anonymous_id="v9")
+    queue_behind_fillers(own_redis, producer, "lead-f", [identify])
+    leadstream(own_redis, "forget", "lead-f")
+
+    proc = worker()
+    read_through(own_redis, producer, proc, "lead-f")
+    producer.close()
+    wait_for(lambda: proc.get("/leads/anon:v9/")[0] == 200, 60, "the visitor scored", 0.3)
+    assert proc.get("/leads/lead-f/")[0] == 404
+    assert crossings_of(own_redis, "lead-f") == []
+    assert latest(own_redis, own_redis.topic_scores).get(b"b2b/lead-f") is None
