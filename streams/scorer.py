@@ -836,8 +836,10 @@ class Scorer:
                 metrics.LEADS_FORGOTTEN.inc()
                 continue
             leaving += self._withdraw(lead_id, states, partition, time_ms=0)  # right after its last update
-            scored = states.keys() & self.models
-            for model in scored:
+            # Scored by any model, loaded or not: one removed from the directory made the lead
+            # "an id with no state", though its states rested in the table.
+            scored = [model for model, state in states.items() if isinstance(state, LeadState)]
+            for model in self.models.intersection(scored):
                 metrics.LEADS_IN_STATE.labels(model).dec()
             if scored:
                 metrics.LEADS_FORGOTTEN.inc()
@@ -878,13 +880,17 @@ class Scorer:
         """Takes an id whose states go away (merged into a lead, or forgotten) out of the read
         models (a tombstone per model on the compacted score-changes topic) and out of its
         accounts (the member updates returned, for the models this worker has), at `time_ms`
-        or right after the state's last update, whichever is later (`Engine.leaving`)."""
+        or right after the state's last update, whichever is later (`Engine.leaving`). A model this
+        worker does not have now (removed from the directory, renamed) is left too: its states rest
+        in the table, and so do its accounts, where the lead stayed a member, its points counted;
+        the account stage dead-letters the update as `unknown_model` until the model is back, and
+        `leadstream replay-dlq --reason unknown_model` applies it then."""
         leaving: list[MemberScore] = []
         for model, state in states.items():
             if state.__class__ is str:  # a marker (merged into another id, or forgotten lately): no score of its own
                 continue
             self.outbox.add(self.settings.topic_scores, lead_score_key(model, lead_id), None, partition)
-            member = self.engine.leaving(model, lead_id, state, time_ms) if model in self.models else None  # type: ignore[arg-type]
+            member = self.engine.leaving(model, lead_id, state, time_ms)  # type: ignore[arg-type]
             if member is not None:
                 leaving.append(member)
         return leaving

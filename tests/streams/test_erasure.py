@@ -152,3 +152,27 @@ def test_a_malformed_header_is_counted_and_logged_and_the_request_still_applies(
     assert metrics.FORGET_HEADERS_IGNORED.labels("malformed")._value.get() == before + 1
     assert "headers of requests to forget ignored" in caplog.text and "malformed=1" in caplog.text
     assert store.states(lead) == erasure.marker({SETTINGS.topic_profiles: 7})
+
+
+def test_a_lead_forgotten_while_its_model_is_out_of_the_directory_leaves_that_model_s_accounts(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Its states of the removed model rested in the table, and so did its accounts: forgotten
+    then, the lead stayed a member there, its points counted, and the worker warned that the id
+    had no state. Its leaving goes now (the account stage dead-letters it as unknown_model until
+    the model is back, for replay-dlq)."""
+    store = LiveTable(MemoryData(), "leads-changelog", 4, 1_000, lead_states.decode)
+    outbox = Kept()
+    scorer = Scorer(ENGINE, SETTINGS, store, outbox, 4)
+    partition = partition_for("ada", 4)
+    event = {"event_id": "e1", "lead_id": "ada", "type": "form_submit", "product": "b2b", "account_id": "acme",
+             "time": 1_764_000_000_000}
+    asyncio.run(scorer.process([Consumed(SETTINGS.topic_events, partition, 0, b"ada", orjson.dumps(event))]))
+    asyncio.run(scorer.use(Engine([shipped("saas_start_small")]), {0, 1, 2, 3}))  # b2b.toml moved out of the directory
+
+    with caplog.at_level(logging.INFO, logger="leadstream.worker"):
+        asyncio.run(scorer.process([Consumed(SETTINGS.topic_profiles, partition, 0, b"ada", b"", tombstone=True)]))
+
+    updates = [u for topic, _, value in outbox.sent if topic == SETTINGS.topic_accounts and value for u in orjson.loads(value)]
+    assert [(u["model"], u["account_id"], u["lead_id"], u.get("left")) for u in updates][-1] == ("b2b", "acme", "ada", True)
+    assert "leads forgotten: count=1" in caplog.text and "no state" not in caplog.text
