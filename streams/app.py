@@ -26,22 +26,23 @@ from faust.tables.manager import TableManager
 from faust.tables.recovery import Recovery
 from faust.transport.consumer import Consumer
 from faust.types import TP
+from faust.types.tuples import ack_lock
 from faust.web import Request, Response, View
 from kafka.errors import KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from scoring.errors import StateError
-from streams import (assignor, batching, bulk_store, consumer_stop, erasure, fetch_wait, lead_states, metrics, read_offsets, routing,
-                     seek_first, stitching, stream_idle, transactions)
+from streams import (assignor, batching, bulk_store, consumer_stop, erasure, fetch_wait, lead_states, membership, metrics, read_offsets,
+                     routing, seek_first, stitching, stream_idle, transactions)
 from streams.account_table import AccountTable
 from streams.addresses import advertised, authority
 from streams.assignor import AlignedPartitionAssignor
 from streams.collection import BatchPause
-from streams.errors import ServiceError
+from streams.errors import MembershipLost, ServiceError
 from streams.lag import LagProbe
 from streams.model_reload import ModelDirectory
 from streams.outbox import Outbox
-from streams.overlap import WriteFailed
+from streams.overlap import Done, WriteFailed
 from streams.probes import NOT_READY_RETRY_AFTER_S
 from streams.rollup import Rollup
 from streams.scorer import DECAY_CHUNK, DECAY_PAUSE_S, Scorer
@@ -50,11 +51,14 @@ from streams.stage import Consumed, LiveTable
 
 log = logging.getLogger("leadstream.worker")
 #: A stage's `process`: a batch of consumed messages, and what to do once it is durable.
-Process = Callable[[list[Consumed], Callable[[], Awaitable[None]]], Awaitable[Any]]
+Process = Callable[[list[Consumed], Done], Awaitable[Any]]
 #: Members the /accounts/{id}/ view lists, the highest scored first.
 ACCOUNT_VIEW_MEMBERS = 100
 #: Entries of a lead's states that views leave out (streams/erasure.py, streams/read_offsets.py).
 LEAD_MARKERS = frozenset((erasure.FORGOTTEN, read_offsets.READ))
+#: A killed worker's partitions move after the session timeout: kept short. A worker paused
+#: longer loses its membership and writes nothing more for them (streams/membership.py).
+SESSION_TIMEOUT_S = 10.0
 
 
 def canonical_url(settings: Settings) -> str:
@@ -88,8 +92,7 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
         # workers (`leadstream bench pipeline --workers 2`), took 132 us of CPU per event instead
         # of 36. A worker taking over a partition restores it in bulk in seconds instead.
         table_standby_replicas=0,
-        # A killed worker's partitions move after the session timeout: keep it short.
-        broker_session_timeout=10.0,
+        broker_session_timeout=SESSION_TIMEOUT_S,
         broker_heartbeat_interval=1.0,
         broker_commit_interval=1.0,
         producer_acks=-1,
@@ -112,14 +115,23 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
     leads = bulk_store.raw_table(app, "leads", settings.partitions)
     accounts = bulk_store.raw_table(app, "accounts", settings.partitions)
 
-    # One outbox (one producer) per stage. aiokafka keeps one request in flight per broker, and
-    # a flush waits for the flushes before it: with a shared outbox, each lead batch's flushes
-    # queued behind the account stage's, which made crossings later (streams/outbox.py).
-    outbox = Outbox(settings.kafka_bootstrap, settings.partitions, "leadstream-worker")
     lead_store = LiveTable(leads.store, leads.changelog_topic.get_topic_name(), settings.partitions, settings.live_leads,
                            lead_states.decode)
     account_store = AccountTable(accounts.store, accounts.changelog_topic.get_topic_name(), settings.partitions,
                                  settings.live_leads)
+
+    def drop_unwritten() -> None:
+        # What was scored since the membership was lost is in the tables only: their live states
+        # go now, their data at the next assignment, which restores every partition anew.
+        for store, table in ((lead_store, leads), (account_store, accounts)):
+            store.drop_live()
+            table.store.restore_anew()
+
+    fence = membership.Membership(SESSION_TIMEOUT_S, drop_unwritten)
+    # One outbox (one producer) per stage. aiokafka keeps one request in flight per broker, and
+    # a flush waits for the flushes before it: with a shared outbox, each lead batch's flushes
+    # queued behind the account stage's, which made crossings later (streams/outbox.py).
+    outbox = Outbox(settings.kafka_bootstrap, settings.partitions, "leadstream-worker", fence.holds)
     # The models in use change when their files are edited (reload_models below): read them
     # from the stages, which switch between batches.
 
@@ -137,7 +149,7 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
     log_reader = transactions.LogReader(settings)
     scorer = Scorer(models.current.engine, settings, lead_store, outbox, settings.partitions, committed, log_end,
                     log_reader.holds_records)
-    rollup_outbox = Outbox(settings.kafka_bootstrap, settings.partitions, "leadstream-worker-accounts")
+    rollup_outbox = Outbox(settings.kafka_bootstrap, settings.partitions, "leadstream-worker-accounts", fence.holds)
     rollup_stage = Rollup(models.current.engine, settings, account_store, rollup_outbox)
     sequences = (scorer.sequence, rollup_stage.sequence)
 
@@ -196,6 +208,7 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
         except Exception as exc:
             await stop_worker("writing the last batch before a rebalance", exc)
             return
+        fence.revoked()
         account_store.forget({tp.partition for tp in revoked if tp.topic == settings.topic_accounts})
         for sequence in sequences:
             sequence.reset()
@@ -206,6 +219,7 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
         stream_idle.install(app)
         transactions.read_committed(app.consumer)
         consumer_stop.install(app.consumer)
+        fence.assigned(app.consumer)
         owned = sorted(tp.partition for tp in assigned if tp.topic == settings.topic_events)
         log.info("rebalance: partitions assigned events_partitions=%s", owned)
         split = assignor.split(assigned, {settings.topic_events: leads, settings.topic_accounts: accounts})
@@ -285,6 +299,8 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
             while await scorer.decay_due(now) == DECAY_CHUNK:
                 await asyncio.sleep(DECAY_PAUSE_S)
             await scorer.clear_erasures()
+        except MembershipLost:
+            membership.dropped("decay", ((settings.topic_events, partition) for partition in owned_partitions()))
         except Exception as exc:
             await stop_worker("the decay sweep", exc)
 
@@ -424,15 +440,33 @@ def _batches(stream: faust.StreamT[bytes]) -> faust.Stream[bytes]:
     return cast(faust.Stream[bytes], stream)
 
 
-def _acknowledge(stream: faust.Stream[bytes], batch: list[Any], stage: str) -> Callable[[], Awaitable[None]]:
-    """What a stage does once a batch's outputs and states are acknowledged by Kafka."""
+def _acknowledge(stream: faust.Stream[bytes], batch: list[Any], stage: str) -> Done:
+    """What a stage does once a batch's outputs and states are acknowledged by Kafka, or once it
+    is dropped unwritten (streams/membership.py)."""
 
-    async def acknowledge() -> None:
+    async def acknowledge(written: bool) -> None:
+        if not written:
+            _let_go(stream.app.consumer, batch)
+            return
         for event in batch:
             await stream.ack(event)
         metrics.BATCH_DONE.labels(stage).set_to_current_time()
 
     return acknowledge
+
+
+def _let_go(consumer: Any, batch: list[Any]) -> None:
+    """Lets the messages of a batch dropped unwritten go, unacknowledged. Faust's rebalance waits
+    until every message handed to a stream is acknowledged (`Consumer.wait_empty`), so they may not
+    stay as they are; acknowledged, their offsets would be committed, by a member still current
+    (one whose heartbeat the check gave up on), and the records lost. Marked as acknowledged
+    (which `Consumer.ack` then passes over) and taken off its list, they are neither waited for
+    nor committed: the rebalance sends their partitions back to the committed offsets."""
+    unacked = consumer._unacked_messages
+    with ack_lock:  # Faust's own, around the same fields
+        for event in batch:
+            event.message.acked = True
+            unacked.discard(event.message)
 
 
 def _recovery(app: faust.App) -> Recovery:

@@ -86,6 +86,12 @@ class BulkRestoreStore(memory.Store):  # type: ignore[type-arg]  # faust's Store
         self.data.pop(key, None)
         self._key_partition.pop(key, None)
 
+    def restore_anew(self) -> None:
+        """Holds no partition any more: the next restore of each reads it from its beginning, with
+        what the data has of it dropped (values written that never reached the changelog:
+        streams/membership.py)."""
+        self._applied.clear()
+
     async def on_rebalance(
         self, assigned: set[TP], revoked: set[TP], newly_assigned: set[TP], generation_id: int = 0
     ) -> None:

@@ -55,6 +55,11 @@ class SplitAssignment(LeadstreamError):
     same numbers (streams/assignor.py): it would score their keys against no state."""
 
 
+class MembershipLost(LeadstreamError):
+    """The worker is no longer, or cannot confirm it is, a member of its consumer group: what it
+    was about to write is dropped, for the partitions' owner to score again (streams/membership.py)."""
+
+
 class InputError(LeadstreamError):
     """A file or message given to a command is not what it expects."""
 

@@ -63,6 +63,12 @@ EVENT_TIME_LAG.set_function(lambda: max(0.0, time.time() - NEWEST_SCORED.ms / 10
 # The whole group's lag, which every worker exports: dashboards take one per partition (max).
 CONSUMER_LAG = Gauge("leadstream_consumer_lag", "End offset minus committed offset of the workers' group (0 when only transaction markers or aborted records lie between).", ["topic", "partition"])
 CROSSINGS = Counter("leadstream_crossings", "Threshold crossings emitted.", ["model", "level", "direction", "kind"])
+BATCHES_FENCED = Counter(
+    "leadstream_batches_fenced",
+    "Batches (stage score or rollup) and decay sweeps (decay) dropped unwritten because the worker was no longer, or could "
+    "not confirm it was, a member of its consumer group (paused past the session timeout): their records are scored again.",
+    ["stage"],
+)
 DECAY_STEPS = Counter("leadstream_decay_steps", "Decay steps applied by the timer.")
 DECAY_FAILURES = Counter("leadstream_decay_failures", "Decay steps that raised (a bug): the lead is left as it was.")
 DECAY_DUE = Gauge("leadstream_decay_index_size", "Scheduled decay steps of the leads on owned partitions.")

@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
 from aiokafka import AIOKafkaProducer
 
+from streams.errors import MembershipLost
 from streams.partitioning import partition_for
 
 #: JSON bytes of a value to queue in the outbox (see the module doc for why not orjson).
@@ -45,8 +47,11 @@ def encode_json_or_none(value: Any) -> bytes | None:
 
 
 class Outbox:
-    def __init__(self, bootstrap_servers: str, partitions: int, client_id: str = "leadstream") -> None:
+    def __init__(self, bootstrap_servers: str, partitions: int, client_id: str = "leadstream",
+                 may_write: Callable[[], Awaitable[bool]] | None = None) -> None:
+        """`may_write`: asked before each flush sends anything (streams/membership.py); None: always."""
         self.bootstrap_servers = bootstrap_servers
+        self.may_write = may_write
         self.client_id = client_id
         self.partitions = partitions
         self._producer: AIOKafkaProducer | None = None
@@ -100,12 +105,15 @@ class Outbox:
         return sum(len(records) for records in self._pending.values())
 
     async def flush(self) -> None:
-        """Send everything added so far and wait until Kafka acknowledged all of it."""
+        """Send everything added so far and wait until Kafka acknowledged all of it.
+        MembershipLost, with all of it dropped, when `may_write` says no."""
         if self._flushing is None:  # created inside the worker's event loop
             self._flushing = asyncio.Lock()
         async with self._flushing:
             pending, self._pending = self._pending, defaultdict(list)
             if pending:
+                if self.may_write is not None and not await self.may_write():
+                    raise MembershipLost(f"{len(pending)} partitions' records not written: the worker's group membership is lost")
                 if self._producer is None:
                     self._producer = await self._start()
                 await self._send(self._producer, pending)

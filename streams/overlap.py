@@ -13,8 +13,10 @@ error in the flushes reaches the stage at its next batch.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 
+from streams import membership
+from streams.errors import MembershipLost
 from streams.outbox import Outbox
 from streams.stage import Record
 
@@ -53,12 +55,26 @@ class InFlight:
                 self._task = None
 
 
-async def make_durable(outbox: Outbox, records: list[Record], done: Callable[[], Awaitable[None]] | None) -> None:
+#: What a stage does once a batch is over: True, its outputs and states written (its messages are
+#: acknowledged); False, dropped unwritten (their offsets must not be committed: streams/membership.py).
+Done = Callable[[bool], Awaitable[None]]
+
+
+async def make_durable(outbox: Outbox, records: list[Record], done: Done | None, stage: str,
+                       read: Collection[tuple[str, int]]) -> None:
     """A scored batch's flushes: what it produced (queued in `outbox`), then the changelog
-    `records` of the states that record it; then `done`, the acknowledgement of its messages."""
-    await outbox.flush()
-    for record in records:
-        outbox.add(*record)
-    await outbox.flush()
+    `records` of the states that record it; then `done(True)`. A worker that lost its group
+    membership writes neither (streams/membership.py), and its messages, read from the
+    partitions `read`, are let go with `done(False)`: their partitions' owner scores them again."""
+    try:
+        await outbox.flush()
+        for record in records:
+            outbox.add(*record)
+        await outbox.flush()
+    except MembershipLost:
+        membership.dropped(stage, read)
+        if done is not None:
+            await done(False)
+        return
     if done is not None:
-        await done()
+        await done(True)

@@ -11,7 +11,7 @@ time and the lead state's revision, `AccountState.update`), and changes nothing.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from typing import Sequence
 
 import msgspec
@@ -28,10 +28,10 @@ from streams.envelope import MAX_MESSAGE_BYTES, unpack
 from streams.isolation import internal_error, isolate, split_envelope, undone_if_it_raises
 from streams.offset_sequence import OffsetSequence
 from streams.outbox import Outbox, encode_json, encode_json_or_none
-from streams.overlap import InFlight, make_durable
+from streams.overlap import Done, InFlight, make_durable
 from streams.partitioning import partition_for
 from streams.settings import Settings
-from streams.stage import Consumed, Record
+from streams.stage import Consumed, Record, read_from
 
 
 _decode_updates = msgspec.json.Decoder(list[MemberScore]).decode
@@ -106,14 +106,14 @@ class Rollup:
         """Returns once the batch in flight (if any) has written its states."""
         await self.in_flight.wait()
 
-    async def process(self, batch: Sequence[Consumed], done: Callable[[], Awaitable[None]] | None = None) -> None:
+    async def process(self, batch: Sequence[Consumed], done: Done | None = None) -> None:
         """Rolls up a batch and returns once it is durable; or, given `done`, as soon as it is
         rolled up, as `Scorer.process` does. An update that makes the roll-up raise is found and
         dead-lettered (streams/isolation.py)."""
         self.sequence.observe(batch)
         records = [record for part in isolate(batch, self._attempt, split_envelope, self._refuse) for record in part]
         await self.in_flight.wait()
-        self.in_flight.start(make_durable(self.outbox, records, done))
+        self.in_flight.start(make_durable(self.outbox, records, done, "rollup", read_from(batch)))
         if done is None:
             await self.in_flight.wait()
 

@@ -21,7 +21,6 @@ import heapq
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from collections.abc import Awaitable, Callable
 from typing import Any, Sequence
 
 import orjson
@@ -31,8 +30,9 @@ from scoring.decay import HalfLifeDecay
 from scoring.errors import StateError
 from scoring.model import Model
 from scoring.events import EMPTY_ENVELOPE, MAX_EVENT_BYTES, decode_message, parse_value, too_large, unreadable
-from streams import erasure, lead_states, metrics, read_offsets, stitching
+from streams import erasure, lead_states, membership, metrics, read_offsets, stitching
 from streams.deadletter import DeadLetter
+from streams.errors import MembershipLost
 from streams.envelope import items_written, unpack
 from streams.isolation import internal_error, isolate, log_raised, split_envelope, undone_if_it_raises
 from streams.offset_sequence import HoldsRecords, OffsetSequence
@@ -42,8 +42,8 @@ from streams.rollup import lead_score_key, publish_updates
 from streams.settings import Settings
 from streams.lead_states import States
 from streams.lead_states import encode as encode_states
-from streams.overlap import InFlight, make_durable
-from streams.stage import Consumed, LiveTable, Record
+from streams.overlap import Done, InFlight, make_durable
+from streams.stage import Consumed, LiveTable, Record, read_from
 
 log = logging.getLogger("leadstream.worker")
 
@@ -258,17 +258,23 @@ class Scorer:
             self.erasures.forget(partitions)
             metrics.DECAY_DUE.set(len(self.decay_index))
 
-    async def process(self, batch: Sequence[Consumed], done: Callable[[], Awaitable[None]] | None = None) -> BatchStats:
+    async def process(self, batch: Sequence[Consumed], done: Done | None = None) -> BatchStats:
         """Scores a batch and returns once it is durable; or, given `done`, as soon as it is
         scored, with its flushes running in the background (after the batch before's) and
-        `done` awaited once they are acknowledged: the worker acknowledges the batch's messages
-        there (streams/overlap.py)."""
+        `done(True)` awaited once they are acknowledged: the worker acknowledges the batch's messages
+        there (streams/overlap.py); `done(False)` when the batch is dropped unwritten (streams/membership.py)."""
         self.sequence.observe(batch)
         async with self._turn():
             with metrics.BATCH_SECONDS.time():
-                stats, records = await self._process(batch)
+                try:
+                    stats, records = await self._process(batch)
+                except MembershipLost:  # stitching's own flushes (streams/membership.py)
+                    membership.dropped("score", read_from(batch))
+                    if done is not None:
+                        await done(False)
+                    return BatchStats(messages=len(batch))
                 await self.in_flight.wait()
-                self.in_flight.start(make_durable(self.outbox, records, done))
+                self.in_flight.start(make_durable(self.outbox, records, done, "score", read_from(batch)))
             if done is None:
                 await self.in_flight.wait()
         stats.record()

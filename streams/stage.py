@@ -45,6 +45,11 @@ class Consumed:
     headers: Headers = ()
 
 
+def read_from(batch: Iterable[Consumed]) -> set[tuple[str, int]]:
+    """The topic partitions a batch's messages were read from."""
+    return {(message.topic, message.partition) for message in batch}
+
+
 _LENGTH = struct.Struct(">I")
 
 

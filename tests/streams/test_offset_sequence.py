@@ -118,7 +118,7 @@ def test_a_batch_handed_over_after_a_hole_stops_the_stage_before_it_is_scored_or
         scorer.sequence.seed({TP(settings.topic_events, view.partition): 10})  # the committed offset: 10 and 11 skipped
         acknowledged: list[str] = []
 
-        async def done() -> None:
+        async def done(written: bool) -> None:
             acknowledged.append("batch")
 
         with pytest.raises(SkippedOffsets):
@@ -147,7 +147,7 @@ def test_member_updates_handed_over_after_a_hole_stop_the_account_stage_before_t
         stage.sequence.seed({TP(topic, partition): 30, TP(settings.topic_events, 0): 5})
         acknowledged: list[str] = []
 
-        async def done() -> None:
+        async def done(written: bool) -> None:
             acknowledged.append("batch")
 
         with pytest.raises(SkippedOffsets, match=f"topic {topic} partition {partition}: offsets 30 to 30"):

@@ -50,7 +50,7 @@ def test_the_next_batch_is_scored_while_the_last_ones_flushes_run_and_each_is_ac
         scorer = Scorer(Engine([shipped("b2b")]), settings, store, outbox, 4)
 
         def done(name: str):  # type: ignore[no-untyped-def]
-            async def acknowledge() -> None:
+            async def acknowledge(written: bool) -> None:
                 outbox.log.append(("acknowledged", name))
             return acknowledge
 
@@ -144,7 +144,7 @@ def test_the_account_stage_rolls_up_the_next_batch_while_the_last_ones_flushes_r
             return [Consumed(settings.topic_accounts, 0, len(acknowledged), None, value)]
 
         def done(name: str):  # type: ignore[no-untyped-def]
-            async def acknowledge() -> None:
+            async def acknowledge(written: bool) -> None:
                 acknowledged.append(name)
             return acknowledge
 

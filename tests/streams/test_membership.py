@@ -1,0 +1,151 @@
+"""A worker that lost its group membership writes nothing (streams/membership.py): the check against
+a stand-in for aiokafka's coordinator, and the real case, a worker paused past the consumer session
+timeout while its partitions' new owner scores on."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Callable
+
+import orjson
+import pytest
+
+from streams.bench import workload
+from streams.errors import MembershipLost
+from streams.membership import Lease, Membership
+from streams.outbox import Outbox
+from streams.processes import WorkerProcess, free_port
+from streams.send import open_producer, produce
+from streams.settings import Settings
+from tests.infra import leadstream, read_model_scores, read_to_end, wait_for, write_jsonl
+from tests.streams.test_worker_state import wait_caught_up
+
+class Coordinator:
+    """aiokafka's group coordinator as the check sees it: a membership, heartbeats, rejoin requests."""
+
+    def __init__(self, answers: list[bool]) -> None:
+        self.generation, self.member_id = 3, "member-a"
+        self.answers = answers  # what the broker answers each heartbeat; False: the member is gone
+        self.heartbeats = 0
+        self.rejoins = 0
+
+    async def _do_heartbeat(self) -> bool:
+        self.heartbeats += 1
+        if self.answers.pop(0):
+            return True
+        self.generation, self.member_id = -1, ""  # as aiokafka's reset_generation, on UnknownMemberId
+        return False
+
+    def request_rejoin(self) -> None:
+        self.rejoins += 1
+
+
+def assigned(membership: Membership, coordinator: Coordinator) -> None:
+    thread = SimpleNamespace(_consumer=SimpleNamespace(_coordinator=coordinator), thread_loop=asyncio.get_running_loop())
+    membership.assigned(SimpleNamespace(_thread=thread, app=SimpleNamespace(consumer_generation_id=coordinator.generation)))
+
+
+def test_a_worker_writes_while_the_broker_answered_lately_and_asks_it_when_not() -> None:
+    async def scenario() -> tuple[list[bool], list[str], int, int, int]:
+        lost: list[str] = []
+        membership = Membership(10.0, lambda: lost.append("lost"))
+        coordinator = Coordinator([True, False])
+        assigned(membership, coordinator)
+        assert membership.lease == Lease(3, "member-a")
+        # No heartbeat answered yet (a pause, or the first write of an assignment): it asks the broker.
+        held = [await membership.holds()]
+        asked = coordinator.heartbeats
+        held.append(await membership.holds())  # answered just now: no need to ask
+        membership.heard_s -= 6.0  # the worker stood still for longer than half the session timeout
+        held.append(await membership.holds())  # the broker says the member is gone
+        held.append(await membership.holds())  # and it stays lost until the next assignment
+        await asyncio.sleep(0)  # the rejoin is asked for on the consumer's loop
+        return held, lost, asked, coordinator.heartbeats, coordinator.rejoins
+
+    assert asyncio.run(scenario()) == ([True, True, False, False], ["lost"], 1, 2, 1)
+
+
+def test_an_outbox_whose_worker_lost_its_membership_sends_nothing_and_keeps_nothing() -> None:
+    async def may_write() -> bool:
+        return False
+
+    outbox = Outbox("127.0.0.1:1", 4, may_write=may_write)  # a send would fail: there is no broker there
+    outbox.add("scores", b"ada", b"{}")
+    with pytest.raises(MembershipLost):
+        asyncio.run(outbox.flush())
+    assert len(outbox) == 0
+
+
+#: Longer than the consumer session timeout (10 s, streams/app.py), so the group moves on without it.
+PAUSE_S = 13
+
+
+def lead_scores(proc: WorkerProcess, keys: list[str]) -> dict[str, float | None]:
+    """Each `model/lead` key's score as GET /leads/ID/ answers it (routed to the lead's owner)."""
+
+    def score(key: str) -> tuple[str, float | None]:
+        model, lead_id = key.split("/", 1)
+        status, body = proc.get(f"/leads/{lead_id}/")
+        return key, orjson.loads(body)["models"][model]["score"] if status == 200 else None
+
+    with ThreadPoolExecutor(8) as pool:
+        return dict(pool.map(score, keys))
+
+
+def test_a_worker_paused_past_the_session_timeout_writes_no_old_state_over_its_successors(
+    isolated: Settings, worker: Callable[..., WorkerProcess], tmp_path: Path
+) -> None:
+    now = int(time.time() * 1000)
+    events = list(workload.generate(12_000, 3_000, seed=17, start_ms=now - 6 * 3_600_000, span_ms=6 * 3_600_000))
+    offline = [orjson.loads(line) for line in
+               leadstream(isolated, "score", "--events", str(write_jsonl(tmp_path / "events.jsonl", events))).stdout.splitlines()]
+    expected = {key: score for key, score in read_model_scores(offline).items() if ":account/" not in key}
+
+    first = worker()
+    second = worker(replace(isolated, worker_port=free_port(), state_dir=isolated.state_dir / "second"))
+    wait_for(lambda: first.ready() and second.ready(), 60, "both workers sharing the partitions")
+
+    def feed() -> None:
+        producer = open_producer(isolated)
+        try:  # single-event messages, faster than the workers score them: the second is behind, a batch in flight
+            produce(producer, isolated.topic_events, ((e["lead_id"], orjson.dumps(e)) for e in events), 1)
+        finally:
+            producer.close()
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    wait_for(lambda: sum(second.metric("leadstream_events_scored_total")) >= 1_000, 60, "the second worker scoring")
+    assert feeder.is_alive(), "the events were all sent before the pause: the second worker may have caught up"
+    assert second.proc is not None
+    os.killpg(second.proc.pid, signal.SIGSTOP)
+    try:
+        feeder.join()
+        time.sleep(PAUSE_S)  # the first takes every partition and scores what the second had not committed
+    finally:
+        os.killpg(second.proc.pid, signal.SIGCONT)
+    wait_caught_up(isolated)
+    wait_for(lambda: first.ready() and second.ready(), 60, "both workers ready again")
+
+    # The read models end with the offline scores: no stale score change came after the new owner's.
+    scores = {key.decode(): value["score"] for key, value in read_to_end(isolated, isolated.topic_scores)}
+    wrong = {key: (scores.get(key), score) for key, score in expected.items() if scores.get(key) != score}
+    assert not wrong, f"{len(wrong)} leads' last score changes are not the offline scores (got, expected): {list(wrong.items())[:5]}"
+    live = lead_scores(first, list(expected))
+    wrong = {key: (live[key], score) for key, score in expected.items() if live[key] != score}
+    assert not wrong, f"{len(wrong)} leads' live states are not the offline scores (got, expected): {list(wrong.items())[:5]}"
+    assert sum(second.metric("leadstream_batches_fenced_total")), "the pause caught the second worker with nothing to write"
+    # The changelogs' newest records are those states: a worker recovering from them alone scores the same.
+    first.stop()
+    second.stop()
+    third = worker(replace(isolated, worker_port=free_port(), state_dir=isolated.state_dir / "third"))
+    recovered = lead_scores(third, list(expected))
+    wrong = {key: (recovered[key], score) for key, score in expected.items() if recovered[key] != score}
+    assert not wrong, f"{len(wrong)} leads recovered from the changelog are not the offline scores (got, expected): {list(wrong.items())[:5]}"
