@@ -41,8 +41,9 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generic, TypeVar
+from typing import Any, Callable, Generic, Iterator, TypeVar
 
 from redis import RedisError
 
@@ -67,6 +68,9 @@ MAX_POLL_RECORDS = 200
 #: Messages of a partition taken and not yet committed past which it is not fetched: the
 #: messages queued behind a lead whose deliveries are retried stay in memory until it is done.
 MAX_UNCOMMITTED = 1000
+#: Lanes that may wait out a retry's backoff (on a pool thread each) beside the
+#: LEADSTREAM_SINK_CONCURRENCY that deliver: so many leads failing at once hold up the others.
+WAITING_LANES = 64
 DLQ_RETENTION_MS = DEAD_LETTER_RETENTION_MS
 #: Shortest wait between two tries under refused credentials: with LEADSTREAM_SINK_BACKOFF_MAX_MS
 #: at 0 a connector posted to a receiver answering 401 thousands of times a second, for good.
@@ -275,6 +279,7 @@ class SinkRunner(Generic[T]):
         self.kafka_answering = True  # the broker answered the last lag probe (`watch`)
         self._not_ready: str | None = "starting"  # why not, as last said
         self._replaying = False
+        self._calls = threading.BoundedSemaphore(settings.sink_concurrency)  # see _call_slot
         self._newest_letters: dict[tuple[str, int], int] = {}  # while replaying: _newest_letter_offsets
 
     # -- running -------------------------------------------------------------------------
@@ -361,7 +366,7 @@ class SinkRunner(Generic[T]):
         consumer.subscribe([topic], listener=Revoked())
         producer = self._producer = open_client(self.settings, KafkaProducer, acks="all", linger_ms=5)
         end: dict[Any, int] | None = None
-        pool = ThreadPoolExecutor(max_workers=self.settings.sink_concurrency, thread_name_prefix=f"sink-{self.sink.name}")
+        pool = ThreadPoolExecutor(max_workers=self.settings.sink_concurrency + WAITING_LANES, thread_name_prefix=f"sink-{self.sink.name}")
         log.info("sink %s: consuming %s as group %s; dead letters to %s", self.sink.name, topic, group, self.dlq_topic)
         try:
             while not self.stop.is_set():
@@ -490,33 +495,8 @@ class SinkRunner(Generic[T]):
         while True:
             attempt += 1
             try:
-                if delivery_id is not None and self.ledger.delivered(delivery_id):
-                    return "skipped"
-                if self._erased(item):
-                    # Where it was read, not its lead or crossing id: the log must not keep whom it was about.
-                    log.info("sink %s: %s/%d@%d not delivered: its lead was forgotten (leadstream forget) after it",
-                             self.sink.name, env.topic, env.partition, env.offset)
-                    return "erased"
-                if env.replayed and order_key is not None and self.ledger.overtaken(order_key, position):
-                    raise StaleError(f"{order_key}: a newer message than {env.topic}/{env.partition}@{env.offset} was delivered")
-                if env.replayed and order_key is not None and self._newest_letters.get((order_key, env.partition), -1) > env.offset:
-                    raise StaleError(f"{order_key}: a newer dead letter than {env.topic}/{env.partition}@{env.offset} is replayed")
-                steps = self.ledger.steps(delivery_id) if delivery_id is not None else NoSteps()
-                self.sink.deliver(item, steps)
-                if self.refused is not None:
-                    self.refused = None
-                    self.ready()
-                    log.info("sink %s: the credentials are accepted again; delivering", self.sink.name)
-                if delivery_id is not None:
-                    self.ledger.mark_delivered(delivery_id, order_key, position)
-                crossing_ms = getattr(item, "time_ms", None)
-                if crossing_ms is not None:
-                    metrics.DELIVERY_LATENCY.labels(self.sink.name).observe(max(0.0, time.time() - crossing_ms / 1000))
-                # A crossing delivered is an event of interest; a read model's write (no id: one per
-                # score change, about one per event) is not, and at INFO would flood the log.
-                log.log(logging.INFO if delivery_id is not None else logging.DEBUG, "sink %s: delivered %s", self.sink.name,
-                        delivery_id or f"{env.topic}/{env.partition}@{env.offset}")
-                return "delivered"
+                with self._call_slot():
+                    return self._attempt(env, item, delivery_id, order_key, position)
             except PermanentError as exc:
                 return self._dead_letter(env, "permanent", f"{exc}")
             except StaleError as exc:
@@ -559,6 +539,49 @@ class SinkRunner(Generic[T]):
     def _erased(self, item: T) -> bool:
         lead_at = self.sink.lead_at(item)
         return lead_at is not None and self.forgotten.covers(*lead_at)
+
+    def _attempt(self, env: Envelope, item: T, delivery_id: str | None, order_key: str | None, position: Position) -> str:
+        """One try at delivering `item`: its outcome, or the error of a try that failed."""
+        if delivery_id is not None and self.ledger.delivered(delivery_id):
+            return "skipped"
+        if self._erased(item):
+            # Where it was read, not its lead or crossing id: the log must not keep whom it was about.
+            log.info("sink %s: %s/%d@%d not delivered: its lead was forgotten (leadstream forget) after it",
+                     self.sink.name, env.topic, env.partition, env.offset)
+            return "erased"
+        if env.replayed and order_key is not None and self.ledger.overtaken(order_key, position):
+            raise StaleError(f"{order_key}: a newer message than {env.topic}/{env.partition}@{env.offset} was delivered")
+        if env.replayed and order_key is not None and self._newest_letters.get((order_key, env.partition), -1) > env.offset:
+            raise StaleError(f"{order_key}: a newer dead letter than {env.topic}/{env.partition}@{env.offset} is replayed")
+        steps = self.ledger.steps(delivery_id) if delivery_id is not None else NoSteps()
+        self.sink.deliver(item, steps)
+        if self.refused is not None:
+            self.refused = None
+            self.ready()
+            log.info("sink %s: the credentials are accepted again; delivering", self.sink.name)
+        if delivery_id is not None:
+            self.ledger.mark_delivered(delivery_id, order_key, position)
+        crossing_ms = getattr(item, "time_ms", None)
+        if crossing_ms is not None:
+            metrics.DELIVERY_LATENCY.labels(self.sink.name).observe(max(0.0, time.time() - crossing_ms / 1000))
+        # A crossing delivered is an event of interest; a read model's write (no id: one per
+        # score change, about one per event) is not, and at INFO would flood the log.
+        log.log(logging.INFO if delivery_id is not None else logging.DEBUG, "sink %s: delivered %s", self.sink.name,
+                delivery_id or f"{env.topic}/{env.partition}@{env.offset}")
+        return "delivered"
+
+    @contextmanager
+    def _call_slot(self) -> Iterator[None]:
+        """One of the LEADSTREAM_SINK_CONCURRENCY tries at once. Taken for a try only, not for the
+        waits between tries: lanes waiting out their backoff held every pool thread, and a
+        connector with that many leads failing delivered no other lead's crossings meanwhile."""
+        while not self._calls.acquire(timeout=0.2):
+            if self.stop.is_set():
+                raise Stopping()
+        try:
+            yield
+        finally:
+            self._calls.release()
 
     def _hold(self, refusal: CredentialsError) -> None:
         """Wait before trying again under refused credentials; a replay (a command, not a service) ends instead."""

@@ -10,6 +10,7 @@ from dataclasses import replace
 from typing import Any
 
 import orjson
+import pytest
 from kafka import KafkaAdminClient, KafkaProducer
 
 from sinks.base import Crossing, CrossingSink, Position, Steps
@@ -330,13 +331,16 @@ def send_to_partition_0(settings: Settings, record: dict[str, Any]) -> None:
     producer.close()
 
 
+# One delivery at once: as many leads retried as LEADSTREAM_SINK_CONCURRENCY held every pool
+# thread through their backoffs, and the others waited as before.
+@pytest.mark.parametrize("concurrency", [8, 1])
 def test_a_lead_whose_delivery_is_retried_does_not_hold_back_the_crossings_of_others_that_come_after_it(
-    sink_settings: Settings, hubspot: FakeHubSpot
+    sink_settings: Settings, hubspot: FakeHubSpot, concurrency: int
 ) -> None:
     # The connector polled again only once every lead of its batch was done: lead-2's crossing,
     # produced while lead-1's was retried, waited until lead-1's was dead-lettered (26 s with
     # the default 8 tries).
-    settings = retried_slowly(sink_settings, hubspot)
+    settings = retried_slowly(sink_settings, hubspot).with_overrides(sink_concurrency=concurrency)
     stop = threading.Event()
     running = threading.Thread(target=SinkRunner(HubSpotSink(settings), settings, stop=stop).run)
     produce(settings, [crossing(1, "mql")])
