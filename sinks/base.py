@@ -238,12 +238,12 @@ class Sink(ABC, Generic[T]):
         (the Redis read model orders its own writes)."""
         return None
 
-    def lead_at(self, item: T) -> tuple[str, int] | None:
-        """The lead whose data the item carries and the item's time (epoch ms), for the runner to
-        drop it when `leadstream forget` erased the lead at or after that time
-        (streams/forgotten.py); None when it carries no lead's data (an account crossing), or
-        when the connector's own order erases it (the Redis read model applies the worker's
-        tombstones, and an older summary never after one)."""
+    def lead_of(self, item: T) -> str | None:
+        """The lead whose data the item carries, for the runner to drop it when `leadstream
+        forget` erased the lead after the item was written to Kafka (streams/forgotten.py); None
+        when it carries no lead's data (an account crossing), or when the connector's own order
+        erases it (the Redis read model applies the worker's tombstones, and an older summary
+        never after one)."""
         return None
 
     @abstractmethod
@@ -270,14 +270,14 @@ class CrossingSink(Sink[Crossing]):
     def order_key(self, item: Crossing) -> str:
         return order_key_of(item)
 
-    def lead_at(self, item: Crossing) -> tuple[str, int] | None:
-        return lead_at_of(item)
+    def lead_of(self, item: Crossing) -> str | None:
+        return lead_of(item)
 
 
-def lead_at_of(crossing: Crossing) -> tuple[str, int] | None:
-    """A lead crossing's lead and time; None for an account's (not one lead's data, and after a
-    forget it names no lead)."""
-    return (crossing.lead_id, crossing.time_ms) if crossing.kind == "lead" else None
+def lead_of(crossing: Crossing) -> str | None:
+    """A lead crossing's lead; None for an account's (not one lead's data, and after a forget it
+    names no lead)."""
+    return crossing.lead_id if crossing.kind == "lead" else None
 
 
 def order_key_of(crossing: Crossing) -> str:

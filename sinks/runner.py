@@ -129,6 +129,7 @@ class Envelope:
     partition: int
     offset: int
     replayed: bool = False  # it comes from a dead letter
+    timestamp_ms: int = 0  # its Kafka timestamp, or its dead letter's
 
 
 @dataclass
@@ -536,15 +537,19 @@ class SinkRunner(Generic[T]):
             if self.stop.wait(delay_s):
                 raise Stopping()
 
-    def _erased(self, item: T) -> bool:
-        lead_at = self.sink.lead_at(item)
-        return lead_at is not None and self.forgotten.covers(*lead_at)
+    def _erased(self, item: T, env: Envelope) -> bool:
+        """Whether `leadstream forget` erased the item's lead after the item was written to Kafka
+        (its Kafka timestamp, or its dead letter's). Not the crossing's own time: an event timed
+        ahead of the clock (within LEADSTREAM_MAX_FUTURE_MS) made a crossing timed after the
+        erasure, which a connector behind then delivered, the person's e-mail in it."""
+        lead_id = self.sink.lead_of(item)
+        return lead_id is not None and self.forgotten.covers(lead_id, env.timestamp_ms)
 
     def _attempt(self, env: Envelope, item: T, delivery_id: str | None, order_key: str | None, position: Position) -> str:
         """One try at delivering `item`: its outcome, or the error of a try that failed."""
         if delivery_id is not None and self.ledger.delivered(delivery_id):
             return "skipped"
-        if self._erased(item):
+        if self._erased(item, env):
             # Where it was read, not its lead or crossing id: the log must not keep whom it was about.
             log.info("sink %s: %s/%d@%d not delivered: its lead was forgotten (leadstream forget) after it",
                      self.sink.name, env.topic, env.partition, env.offset)
@@ -608,7 +613,8 @@ class SinkRunner(Generic[T]):
 
     @staticmethod
     def _as_envelope(message: object) -> Envelope:
-        return Envelope(message.key, message.value, message.topic, message.partition, message.offset)  # type: ignore[attr-defined]
+        return Envelope(message.key, message.value, message.topic, message.partition, message.offset,  # type: ignore[attr-defined]
+                        timestamp_ms=message.timestamp)  # type: ignore[attr-defined]
 
     def _from_dead_letter(self, message: object) -> Envelope | None:
         """The message a dead letter keeps; None for a record with nothing to replay (counted as
@@ -626,7 +632,8 @@ class SinkRunner(Generic[T]):
                         self.sink.name, where, letter.topic, letter.partition, letter.offset, letter.detail)
             self.stats.add("unreplayable", self.sink.name)
             return None
-        return Envelope(letter.key, letter.original, letter.topic, letter.partition, letter.offset, replayed=True)  # type: ignore[arg-type]
+        return Envelope(letter.key, letter.original, letter.topic, letter.partition, letter.offset, replayed=True,  # type: ignore[arg-type]
+                        timestamp_ms=message.timestamp)  # type: ignore[attr-defined]
 
 
 def stop_on_signals(stop: threading.Event) -> None:

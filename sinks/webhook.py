@@ -35,7 +35,7 @@ from urllib.parse import urljoin, urlsplit
 import requests
 import urllib3
 
-from sinks.base import Crossing, Position, Sink, Steps, lead_at_of, order_key_of
+from sinks.base import Crossing, Position, Sink, Steps, lead_of, order_key_of
 from sinks.errors import PermanentError, for_status
 from sinks.http import Deadline, TimeoutSession, transport_error
 from sinks.ratelimit import limiter_for
@@ -76,7 +76,7 @@ class Post:
     body: bytes
     time_ms: int  # the crossing's time, for the delivery-latency metric
     record: str  # the level it moves (sinks.base.order_key_of): a replay skips one newer posts overtook
-    lead: tuple[str, int] | None  # its lead and time (sinks.base.lead_at_of): not posted once the lead is forgotten
+    lead: str | None  # its lead (sinks.base.lead_of): not posted once the lead is forgotten
 
 
 class WebhookSink(Sink[Post]):
@@ -102,7 +102,7 @@ class WebhookSink(Sink[Post]):
 
     def parse(self, key: bytes | None, value: bytes | None, position: Position) -> Post:
         crossing = Crossing.from_json(value)  # only valid crossings leave; the body stays as it came
-        return Post(crossing.id, value or b"", crossing.time_ms, order_key_of(crossing), lead_at_of(crossing))
+        return Post(crossing.id, value or b"", crossing.time_ms, order_key_of(crossing), lead_of(crossing))
 
     def delivery_id(self, item: Post) -> str:
         return item.crossing_id
@@ -112,7 +112,7 @@ class WebhookSink(Sink[Post]):
         # receiver was last told a level the lead had left.
         return item.record
 
-    def lead_at(self, item: Post) -> tuple[str, int] | None:
+    def lead_of(self, item: Post) -> str | None:
         return item.lead
 
     def deliver(self, item: Post, steps: Steps) -> None:

@@ -50,7 +50,8 @@ class Forgotten:
         pipe.execute()
 
     def covers(self, lead_id: str, time_ms: int) -> bool:
-        """Whether a record of the lead timed `time_ms` is at or before the lead's last erasure
-        (within TTL_MS): it belongs to the person erased, not to a lead that came back later."""
+        """Whether a record of the lead written to Kafka at `time_ms` (its timestamp) is from
+        before the lead's last erasure (within TTL_MS): it belongs to the person erased, not to a
+        lead that came back later."""
         erased_ms = self.redis.get(self._key(lead_id))
         return erased_ms is not None and time_ms <= int(erased_ms)

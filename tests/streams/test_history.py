@@ -185,10 +185,10 @@ def merged_into(proc: WorkerProcess, lead_id: str) -> str | None:
     return lead_view(proc, lead_id).get("merged_into")
 
 
-def test_the_events_of_a_lead_forgotten_after_them_are_left_out(isolated: Settings, tmp_path: Path) -> None:
+def test_the_events_of_a_lead_forgotten_after_them_are_left_out(own_redis: Settings, tmp_path: Path) -> None:
     """The history wrote an erased lead's events and traits, and `leadstream score` of the file
     made the lead up again, although the command saw the request to forget it."""
-    partitions = isolated.partitions
+    partitions = own_redis.partitions
     erin = on_partition("erin-", 0, partitions)
     ada = on_partition("ada-", 0, partitions)
 
@@ -198,23 +198,23 @@ def test_the_events_of_a_lead_forgotten_after_them_are_left_out(isolated: Settin
 
     before = [event(erin, 1, email="erin@private.example"), event(ada, 2), event(erin, 3)]
     after = event(erin, 4)
-    producer = open_producer(isolated)
+    producer = open_producer(own_redis)
     try:
         envelope = b"[" + b" , ".join(orjson.dumps(e) for e in before[1:]) + b"]"  # ada's and erin's, as a producer packs them
-        producer.send(isolated.topic_events, key=erin.encode(), value=orjson.dumps(before[0]), partition=0)
-        producer.send(isolated.topic_events, key=None, value=envelope, partition=0)
+        producer.send(own_redis.topic_events, key=erin.encode(), value=orjson.dumps(before[0]), partition=0)
+        producer.send(own_redis.topic_events, key=None, value=envelope, partition=0)
         producer.flush()
         time.sleep(0.05)  # the request comes after them (Kafka timestamps are in milliseconds)
-        leadstream(isolated, "forget", erin)
+        leadstream(own_redis, "forget", erin)
         time.sleep(0.05)
-        producer.send(isolated.topic_events, key=erin.encode(), value=orjson.dumps(after), partition=0)
+        producer.send(own_redis.topic_events, key=erin.encode(), value=orjson.dumps(after), partition=0)
         producer.flush()
     finally:
         producer.close()
 
     out = tmp_path / "history.jsonl"
-    done = leadstream(isolated, "history", "--out", str(out))
-    assert f"{isolated.topic_events}: left out 2 events of leads forgotten after them (`leadstream forget`)" in done.stderr
+    done = leadstream(own_redis, "history", "--out", str(out))
+    assert f"{own_redis.topic_events}: left out 2 events of leads forgotten after them (`leadstream forget`)" in done.stderr
     lines = out.read_bytes().splitlines()
     assert lines == [b"[" + orjson.dumps(before[1]) + b"]", orjson.dumps(after)]  # ada's as written; erin's after the request
     assert b"erin@private.example" not in out.read_bytes()
