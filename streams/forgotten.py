@@ -6,7 +6,9 @@ their retention: crossings a connector that is stopped or lagging has not delive
 connectors' dead letters, the worker's dead letters. Read after the erasure, a crossing would
 send the person's data to a CRM again, and a replayed event would bring the lead back into the
 worker. So `leadstream forget` records each erasure here, and connectors (sinks/runner.py) and
-`leadstream replay-dlq` (streams/replay.py) drop what of the lead is timed at or before it.
+`leadstream replay-dlq` (streams/replay.py) drop what of the lead was written to Kafka before it (by
+the record's Kafka timestamp: a crossing's own time is ahead of the erasure when its events were
+timed ahead of the clock).
 
 `{prefix}:forgotten:{digest}` holds the time of the request, epoch ms, for TTL_MS. The digest
 (BLAKE2b, as accounts keep of the leads that left them) stands for the id because a list of

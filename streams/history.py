@@ -39,7 +39,7 @@ from typing import IO, Any, Iterator, NamedTuple
 
 import orjson
 
-from scoring.events import parse_time_ms
+from scoring.events import optional_id, parse_time_ms
 from streams.errors import InputError, ServiceError
 from streams.envelope import items_written
 from streams.kafka_clients import open_client
@@ -184,7 +184,7 @@ def _without_erased(value: bytes, parsed: Any, timestamp: int, erased: dict[str,
     """The message without the events of leads forgotten at or after its timestamp (None when
     none is left), and how many it lost."""
     items = parsed if isinstance(parsed, list) else [parsed]
-    gone = [isinstance(item, dict) and erased.get(_lead_text(item.get("lead_id")) or "", -1) >= timestamp for item in items]
+    gone = [isinstance(item, dict) and erased.get(_lead_text(item), -1) >= timestamp for item in items]
     if not any(gone):
         return value, 0
     if all(gone):
@@ -195,11 +195,10 @@ def _without_erased(value: bytes, parsed: Any, timestamp: int, erased: dict[str,
     return b"[" + b",".join(kept) + b"]", sum(gone)
 
 
-def _lead_text(lead_id: Any) -> str | None:
-    """A lead id as the engine reads it: a text, or a whole number's decimal text."""
-    if isinstance(lead_id, str):
-        return lead_id
-    return str(lead_id) if isinstance(lead_id, int) and not isinstance(lead_id, bool) else None
+def _lead_text(item: dict[str, Any]) -> str:
+    """An event's lead id as the engine reads it ("" when it has none the engine takes)."""
+    lead_id = optional_id(item, "lead_id")
+    return lead_id if isinstance(lead_id, str) else ""
 
 
 def default_topics(settings: Settings) -> list[str]:
