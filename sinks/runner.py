@@ -56,7 +56,7 @@ from streams.addresses import authority
 from streams.deadletter import DeadLetter
 from streams.errors import ServiceError
 from streams.forgotten import Forgotten
-from streams.history import read_to_end
+from streams.history import ALL_FETCHED, read_to_end
 from streams.kafka_clients import open_client
 from streams.settings import Settings
 from streams.topics import DEAD_LETTER_RETENTION_MS, TopicSpec, ensure_topics, partition_count, require_topic
@@ -371,7 +371,11 @@ class SinkRunner(Generic[T]):
         log.info("sink %s: consuming %s as group %s; dead letters to %s", self.sink.name, topic, group, self.dlq_topic)
         try:
             while not self.stop.is_set():
-                batch = consumer.poll(timeout_ms=300)
+                # Every record fetched: one that a poll leaves behind when its partition is then
+                # paused (full, below) kafka-python (3.0.12) keeps aside, past its position, and
+                # gives back only while no other partition's records wait: the Redis read model
+                # of the demo stalled for good, its partitions 300 records short of their ends.
+                batch = consumer.poll(timeout_ms=300, max_records=ALL_FETCHED)
                 if flight.error is not None:
                     raise flight.error
                 # Not once for good: a connector whose partitions went to another member is not ready.
