@@ -18,11 +18,11 @@ ids, though an id someone already holds can be tested against them, as every loo
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 from redis import Redis
 
+from scoring.state import kept_key
 from streams.topics import DEAD_LETTER_RETENTION_MS
 
 #: Kafka deletes a log segment whole, once its newest record is past retention, and rolls a
@@ -41,8 +41,7 @@ class Forgotten:
     prefix: str
 
     def _key(self, lead_id: str) -> str:
-        digest = hashlib.blake2b(lead_id.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
-        return f"{self.prefix}:forgotten:{digest}"
+        return f"{self.prefix}:forgotten:{kept_key(lead_id)[1:]}"  # the digest alone, without its '#'
 
     def record(self, lead_ids: list[str], at_ms: int) -> None:
         """The leads were asked to be forgotten at `at_ms` (a later request replaces an earlier one)."""
