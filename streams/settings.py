@@ -106,18 +106,22 @@ def _topic_with_dead_letters(suffix: str) -> Check:
 
 
 def _colliding_topics(settings: Settings) -> None:
-    """Refuses two topics whose names differ only by '.' and '_', which Kafka takes for the same
-    topic: it refused to create the second, with a traceback."""
+    """Refuses two settings naming one topic. The same name mixes two kinds of record in it
+    (a dead-letter topic that is the events topic had the worker reject its own letters, each
+    wrapping the last, filling the broker's disk); names that differ only by '.' and '_' Kafka
+    takes for the same topic, and it refused to create the second with a traceback."""
     seen: dict[str, Field[Any]] = {}
     for f in fields(settings):
         if not f.name.startswith("topic_"):
             continue
         name = getattr(settings, f.name)
         first = seen.setdefault(name.replace(".", "_"), f)
+        if first is f:
+            continue
         first_name = getattr(settings, first.name)
-        if first_name != name:
-            raise ConfigError(f"{first.metadata['env']}={first_name!r} and {f.metadata['env']}={name!r} differ only by '.' "
-                              "and '_', which Kafka takes for the same topic: rename one")
+        clash = "both name" if first_name == name else "differ only by '.' and '_', which Kafka takes for"
+        raise ConfigError(f"{first.metadata['env']}={first_name!r} and {f.metadata['env']}={name!r} {clash} the same topic: "
+                          "each needs a topic of its own")
 
 
 def _app_id(value: str) -> str | None:

@@ -147,5 +147,14 @@ def test_topics_whose_names_differ_only_by_dot_and_underscore_are_refused_naming
     with pytest.raises(ConfigError) as refused:
         Settings.from_env({"LEADSTREAM_TOPIC_EVENTS": "acme.events", "LEADSTREAM_TOPIC_ACCOUNTS": "acme_events"})
     assert str(refused.value) == ("LEADSTREAM_TOPIC_EVENTS='acme.events' and LEADSTREAM_TOPIC_ACCOUNTS='acme_events' differ "
-                                  "only by '.' and '_', which Kafka takes for the same topic: rename one")
+                                  "only by '.' and '_', which Kafka takes for the same topic: each needs a topic of its own")
     assert Settings.from_env({"LEADSTREAM_TOPIC_EVENTS": "acme.events", "LEADSTREAM_TOPIC_ACCOUNTS": "acme.accounts"})
+
+
+def test_two_settings_naming_one_topic_are_refused() -> None:
+    # A dead-letter topic that was the events topic had the worker reject its own letters, each
+    # wrapping the one before, until they filled the broker's disk.
+    with pytest.raises(ConfigError) as refused:
+        Settings.from_env({"LEADSTREAM_TOPIC_EVENTS": "acme-events", "LEADSTREAM_TOPIC_DEADLETTER": "acme-events"})
+    assert str(refused.value) == ("LEADSTREAM_TOPIC_EVENTS='acme-events' and LEADSTREAM_TOPIC_DEADLETTER='acme-events' both "
+                                  "name the same topic: each needs a topic of its own")
