@@ -233,6 +233,7 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
     # restores, which Faust's own count never saw (it showed 0 while they ran), and which can
     # begin and end between two rounds of a timer.
     metrics.RECOVERY_REMAINING.set_function(lambda: _recovery_remaining(app, (leads, accounts)))
+    metrics.EVENT_TIME_LAG.set_function(lambda: metrics.event_time_lag_s(settings.now_ms()))
     lag_probe: list[LagProbe] = []
     kafka_answering = True  # the broker answered the last lag probe
 

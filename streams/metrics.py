@@ -6,7 +6,7 @@ hot path.
 
 from __future__ import annotations
 
-import time
+import math
 from typing import Iterable
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -47,7 +47,7 @@ BATCH_DONE = Gauge(
     "When each stage last finished a batch, its outputs and states acknowledged by Kafka, or started (Unix time).",
     ["stage"],
 )
-EVENT_TIME_LAG = Gauge("leadstream_event_time_lag_seconds", "Now minus the event time of the newest scored event.")
+EVENT_TIME_LAG = Gauge("leadstream_event_time_lag_seconds", "Now minus the event time of the newest event scored since the worker started (NaN before).")
 
 
 class _NewestScored:
@@ -57,9 +57,16 @@ class _NewestScored:
 
 
 NEWEST_SCORED = _NewestScored()
-# Worked out at each scrape: set per batch, it stood still when batches stopped (a stalled worker
-# showed the lag it had at its last batch, and no alert on it could fire).
-EVENT_TIME_LAG.set_function(lambda: max(0.0, time.time() - NEWEST_SCORED.ms / 1000) if NEWEST_SCORED.ms else 0.0)
+
+
+def event_time_lag_s(now_ms: int) -> float:
+    """For EVENT_TIME_LAG, worked out at each scrape: set per batch, it stood still when batches
+    stopped (a stalled worker showed the lag it had at its last batch, and no alert on it could
+    fire). NaN (no value on a dashboard, no alert) until the worker has scored an event since it
+    started: it showed 0, a worker just restarted with nothing to score looking perfectly fresh."""
+    return max(0.0, (now_ms - NEWEST_SCORED.ms) / 1000) if NEWEST_SCORED.ms else math.nan
+
+
 # The whole group's lag, which every worker exports: dashboards take one per partition (max).
 CONSUMER_LAG = Gauge("leadstream_consumer_lag", "End offset minus committed offset of the workers' group (0 when only transaction markers or aborted records lie between).", ["topic", "partition"])
 CROSSINGS = Counter("leadstream_crossings", "Threshold crossings emitted.", ["model", "level", "direction", "kind"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Callable
 
@@ -81,16 +82,31 @@ def test_worker_metrics_count_a_known_stream_exactly(isolated: Settings, worker:
 def test_the_event_time_lag_grows_while_nothing_is_scored() -> None:
     # Set at each batch, it stood still when batches stopped: a stalled worker showed the lag
     # of its last batch.
-    from prometheus_client import REGISTRY
-
     from streams import metrics
 
     before = metrics.NEWEST_SCORED.ms
     try:
-        metrics.NEWEST_SCORED.ms = int(time.time() * 1000) - 60_000
-        first = REGISTRY.get_sample_value("leadstream_event_time_lag_seconds")
-        time.sleep(0.2)
-        later = REGISTRY.get_sample_value("leadstream_event_time_lag_seconds")
-        assert first is not None and later is not None and 60 <= first < later < 62
+        metrics.NEWEST_SCORED.ms = 1_000_000
+        assert metrics.event_time_lag_s(1_060_000) == 60 and metrics.event_time_lag_s(1_061_500) == 61.5
     finally:
         metrics.NEWEST_SCORED.ms = before
+
+
+
+def test_the_event_time_lag_is_unknown_until_an_event_is_scored_and_follows_the_worker_clock(
+        isolated: Settings, worker: Callable[..., WorkerProcess]) -> None:
+    # It read 0 after a (re)start until an event was scored: a restarted worker with nothing to
+    # score looked perfectly fresh on the dashboard. And it took the wall clock, not the worker's.
+    proc = worker(isolated.with_overrides(clock_offset_ms=HOUR_MS))
+    assert math.isnan(sample(proc.get("/metrics")[1].decode(), "leadstream_event_time_lag_seconds"))
+    now = int(time.time() * 1000)
+    event = {"event_id": "e1", "lead_id": "ada", "type": "signup", "product": "saas", "time": now}
+    producer = KafkaProducer(bootstrap_servers=isolated.kafka_bootstrap)
+    producer.send(isolated.topic_events, key=b"ada", value=orjson.dumps(event))
+    producer.flush()
+    producer.close()
+    deadline = time.monotonic() + 30
+    while math.isnan(lag := sample(proc.get("/metrics")[1].decode(), "leadstream_event_time_lag_seconds")):
+        assert time.monotonic() < deadline, "the event was not scored"
+        time.sleep(0.2)
+    assert 3600 <= lag < 3600 + (time.time() * 1000 - now) / 1000 + 1
