@@ -213,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("worker", _worker, "Run the Faust scoring worker: raw events in, scores and threshold crossings out.")
 
     p = add("send", _send, "Produce a JSON-lines file of events to the raw events topic, keyed by lead id.")
-    p.add_argument("file", type=Path, help="JSON-lines file, one event object per line ('-' for stdin)")
+    p.add_argument("file", type=Path, help="JSON-lines file: one event object per line, or a JSON array of events (an envelope, as `history` writes them) ('-' for stdin)")
     p.add_argument("--topic", help="topic to write to (default: LEADSTREAM_TOPIC_EVENTS)")
     p.add_argument(
         "--events-per-message",
