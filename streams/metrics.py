@@ -47,11 +47,11 @@ BATCH_DONE = Gauge(
     "When each stage last finished a batch, its outputs and states acknowledged by Kafka, or started (Unix time).",
     ["stage"],
 )
-EVENT_TIME_LAG = Gauge("leadstream_event_time_lag_seconds", "Now minus the event time of the newest event scored since the worker started (NaN before).")
+EVENT_TIME_LAG = Gauge("leadstream_event_time_lag_seconds", "Now minus the newest event time read from the events topic since the worker started (NaN before).")
 
 
 class _NewestScored:
-    """The event time of the newest event the last batch scored (0: none yet)."""
+    """The newest event time read from the events topic since the worker started (0: none yet)."""
 
     ms = 0
 

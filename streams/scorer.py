@@ -74,6 +74,10 @@ class BatchStats:
     crossings: list[Transition] = field(default_factory=list)
     new_leads: dict[str, int] = field(default_factory=dict)
     newest_event_ms: int = 0
+    #: The newest time of the events read from the events topic, the event-time lag's measure:
+    #: with every record's, a batch of fresh profile updates said the worker was caught up while
+    #: its events were minutes behind.
+    newest_on_events_ms: int = 0
 
     def add(self, other: BatchStats) -> None:
         """Counts what `other` (a part of the batch, streams/isolation.py) did as well."""
@@ -89,6 +93,7 @@ class BatchStats:
         for model, count in other.new_leads.items():
             self.new_leads[model] = self.new_leads.get(model, 0) + count
         self.newest_event_ms = max(self.newest_event_ms, other.newest_event_ms)
+        self.newest_on_events_ms = max(self.newest_on_events_ms, other.newest_on_events_ms)
 
     def record(self) -> None:
         metrics.EVENTS_CONSUMED.inc(self.events)
@@ -103,8 +108,10 @@ class BatchStats:
         for model, count in self.new_leads.items():
             metrics.LEADS_IN_STATE.labels(model).inc(count)
         metrics.count_crossings(self.crossings)
-        if self.newest_event_ms:
-            metrics.NEWEST_SCORED.ms = self.newest_event_ms
+        # The newest the worker has read, not the last batch's: batches alternate partitions, and
+        # one of a partition behind the others swung the lag by minutes from scrape to scrape.
+        if self.newest_on_events_ms > metrics.NEWEST_SCORED.ms:
+            metrics.NEWEST_SCORED.ms = self.newest_on_events_ms
 
 
 class DecayIndex:
@@ -418,6 +425,9 @@ class Scorer:
             known[lead_id][read_offsets.READ] = read_offsets.encode({**read_before[lead_id], **offsets})
 
         stats.newest_event_ms = max((e.time_ms for e in events), default=0)
+        events_topic = self.settings.topic_events
+        stats.newest_on_events_ms = max((e.time_ms for message, _, decoded in sources if message.topic == events_topic
+                                         for e in decoded if e.time_ms <= horizon_ms), default=0)
         # Summaries are valued at the batch's newest event time, not beyond the worker's clock:
         # one lead's event ahead of it (within LEADSTREAM_MAX_FUTURE_MS, or any with the check
         # off) decayed every other lead of the batch to its time, in the read models.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from typing import Callable
@@ -110,3 +111,36 @@ def test_the_event_time_lag_is_unknown_until_an_event_is_scored_and_follows_the_
         assert time.monotonic() < deadline, "the event was not scored"
         time.sleep(0.2)
     assert 3600 <= lag < 3600 + (time.time() * 1000 - now) / 1000 + 1
+
+
+def test_the_event_time_lag_follows_the_newest_event_read_from_the_events_topic() -> None:
+    # It took each batch's newest record of any topic: a batch of fresh profile updates said the
+    # worker was caught up while its events were minutes behind, and a batch of a partition
+    # behind the others swung it back by minutes (184, 21, 173, 52 s in four scrapes).
+    from streams import metrics
+    from streams.partitioning import partition_for
+    from streams.stage import Consumed
+    from tests.streams.test_future_events import scorer_with
+
+    settings = Settings()
+    scorer, _ = scorer_with(settings)
+    now = int(time.time() * 1000)
+
+    def read(topic: str, lead: str, event_time: int, offset: int) -> None:
+        event = {"event_id": f"{lead}-{offset}", "lead_id": lead, "type": "identify" if topic == settings.topic_profiles else "signup",
+                 "product": "saas", "time": event_time, "traits": {"title": "CTO"}}
+        asyncio.run(scorer.process([Consumed(topic, partition_for(lead, 4), offset, lead.encode(), orjson.dumps(event))]))
+
+    before = metrics.NEWEST_SCORED.ms
+    try:
+        metrics.NEWEST_SCORED.ms = 0
+        read(settings.topic_events, "ada", now - 600_000, 0)
+        assert metrics.NEWEST_SCORED.ms == now - 600_000
+        read(settings.topic_profiles, "ada", now - 1_000, 0)  # a fresh identify: the events are still 10 minutes behind
+        assert metrics.NEWEST_SCORED.ms == now - 600_000
+        read(settings.topic_events, "bob", now - 900_000, 0)  # a partition further behind
+        assert metrics.NEWEST_SCORED.ms == now - 600_000
+        read(settings.topic_events, "bob", now - 300_000, 1)
+        assert metrics.NEWEST_SCORED.ms == now - 300_000
+    finally:
+        metrics.NEWEST_SCORED.ms = before
