@@ -496,6 +496,8 @@ class Collector:
         await self.writer.write(await self._messages(mapped, dead))
         outcome.accepted = len(mapped)
         metrics.ACCEPTED.labels(source.name).inc(len(mapped))
+        if outcome.rejected:  # a bad single call too: it was dead-lettered like one of a batch
+            metrics.CALLS_REFUSED.labels(source.name).inc(outcome.rejected_codes.total())
         if call_type is None:  # a refused single call is counted with the request's refusal
             for code, count in outcome.rejected_codes.items():
                 metrics.REJECTED.labels(code).inc(count)

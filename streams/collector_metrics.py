@@ -16,6 +16,14 @@ REJECTED = Counter(
     "Refusals by reason code: a request refused whole counts once, each bad call of a batch once (and is dead-lettered).",
     ["code"],
 )
+# REJECTED mixes requests and calls, so no share of it is a share of anything: a batch of 100
+# calls refused for its write key counts 1, against ACCEPTED's 100. This one counts in ACCEPTED's
+# unit, and requests refused whole are REQUESTS' 4xx (the alert takes each share on its own).
+CALLS_REFUSED = Counter(
+    "leadstream_collector_calls_refused",
+    "Calls refused one by one and dead-lettered (a bad call of a batch, or a bad single call), by source.",
+    ["source"],
+)
 REQUEST_SECONDS = Histogram(
     "leadstream_collector_request_seconds",
     "Time from a request's arrival to its answer, Kafka's acknowledgement included.",

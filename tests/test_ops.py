@@ -68,6 +68,7 @@ def test_the_dashboard_covers_what_on_call_needs() -> None:
     for needed in ("leadstream_events_scored_total", "leadstream_consumer_lag", "leadstream_crossings_total",
                    "leadstream_sink_deliveries_total", "leadstream_sink_delivery_latency_seconds_bucket",
                    "leadstream_sink_dlq_depth", "leadstream_leads_in_state", "leadstream_collector_requests_total",
+                   "leadstream_collector_calls_accepted_total", "leadstream_collector_calls_refused_total",
                    "leadstream_collector_request_seconds_bucket"):
         assert needed in text
 

@@ -322,6 +322,10 @@ def test_requests_calls_and_refusals_are_counted_on_the_operations_port(collecto
     assert collector.post("/v1/track", {"userId": "u-1", "messageId": "m-1"}).status_code == 400
     assert collector.post("/v1/batch", b"{").status_code == 400
     assert collector.post("/v1/batch", {"batch": []}, key="wk-unknown").status_code == 401
+    # Unknown paths and methods (a scanner's probes) are no requests of a call: the refusal
+    # alert's share of 4xx answers would count them against the clients' requests.
+    assert collector.post("/v1/trak", track("u-4")).status_code == 404
+    assert requests.get(f"{collector.url}/v1/track", timeout=10).status_code == 405
     after = scrape(settings)
 
     def added(sample: str) -> float:
@@ -333,6 +337,7 @@ def test_requests_calls_and_refusals_are_counted_on_the_operations_port(collecto
         'leadstream_collector_requests_total{call="batch",status="400"}': 1,
         'leadstream_collector_requests_total{call="batch",status="401"}': 1,
         'leadstream_collector_calls_accepted_total{source="website"}': 2,
+        'leadstream_collector_calls_refused_total{source="website"}': 2,  # one call of the batch, the single call
         'leadstream_collector_rejected_total{code="missing_event"}': 2,  # one call of the batch, the single call
         'leadstream_collector_rejected_total{code="bad_json"}': 1,
         'leadstream_collector_rejected_total{code="unauthorized"}': 1,
