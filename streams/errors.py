@@ -19,7 +19,7 @@ class ConfigError(LeadstreamError):
 
 
 class ServiceError(LeadstreamError):
-    """A local service (Kafka, Redis) could not be installed, started, reached or stopped."""
+    """A local service (Kafka, Redis) or tool (the tests' promtool) could not be installed, fetched, started, reached or stopped."""
 
 
 def kafka_unreachable(bootstrap: str, cause: Exception, waited_s: int) -> ServiceError:

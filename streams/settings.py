@@ -227,7 +227,7 @@ class Settings:
     services_dir: Path = _setting(
         "LEADSTREAM_SERVICES_DIR",
         PROJECT_ROOT / ".services",
-        "Where `leadstream services` keeps the broker jars, data, logs and pid files.",
+        "Where `leadstream services` keeps the broker jars, data, logs and pid files (and the tests their promtool).",
     )
     kafka_heap: str = _setting("LEADSTREAM_KAFKA_HEAP", "1g", "Maximum Java heap of the local Kafka broker.", _heap)
     bind_host: str = _setting(

@@ -1,7 +1,8 @@
 """Fixtures shared by the whole suite.
 
 Integration tests run against the real local Kafka broker and redis-server, which the suite
-starts itself (`leadstream services up` is idempotent) and never skips when they are absent.
+starts itself (`leadstream services up` is idempotent) and never skips when they are absent;
+the alert rules' tests run Prometheus's promtool, which it fetches likewise (streams/promtool.py).
 Each test gets its own topics, consumer group, state directory and ports, so tests are
 independent of one another and of earlier runs.
 """
@@ -16,6 +17,7 @@ import pytest
 from redis import Redis
 
 from streams import services
+from streams.promtool import ensure_promtool
 from streams.processes import WorkerProcess
 from streams.settings import Settings
 from streams.topics import delete_topics, ensure_topics
@@ -28,6 +30,12 @@ def local_services() -> Settings:
     base = Settings.from_env()
     services.up(base)
     return base
+
+
+@pytest.fixture(scope="session")
+def promtool() -> Path:
+    """Prometheus's promtool, fetched into LEADSTREAM_SERVICES_DIR on first use (streams/promtool.py)."""
+    return ensure_promtool(Settings.from_env().services_dir)
 
 
 @pytest.fixture
