@@ -13,8 +13,9 @@ batch the request arrives in:
 - deletes the lead's entry from the lead table, with a tombstone on its compacted changelog
   once the request's offsets are committed (until then a marker holds the place: streams/erasure.py),
   and counts it in `leadstream_leads_forgotten_total`.
-On the compacted topics (profiles, score changes, changelog) compaction then removes the lead's
-earlier records. Records on the topics that keep everything for their retention time (raw
+On the compacted topics (score changes, changelog) compaction then removes the lead's earlier
+records, and on the profiles topic once the request is as old as the events topic's retention
+(streams/topics.py, profiles_config). Records on the topics that keep everything for their retention time (raw
 events, crossings, identity, dead letters) age out with it; what the CRM connectors delivered
 is the CRM's to erase.
 

@@ -5,8 +5,10 @@ It is the event history `leadstream score` and `leadstream review` read: one mes
 line, an envelope staying one line (both commands read envelopes). The profiles topic holds the
 `identify`, `group` and `alias` calls the collector takes (traits, accounts, stitching): without
 it, offline scores of collector-fed leads would have no fit and no merged visitors. Retention
-bounds how far back each topic goes, and the profiles topic is compacted: it keeps each lead's
-latest profile update.
+bounds how far back each topic goes, and the profiles topic is compacted, but not before its
+records are as old as the events topic's retention (streams/topics.py, profiles_config): the
+file has every profile update of the events it holds, and each lead's latest of those before.
+A profiles topic without that lag (created by an earlier release) is named in a warning.
 
 The records of every partition of both topics are written in one order, near the one the
 worker, which reads them all in one stream, took them in: merged by their Kafka timestamps
@@ -44,7 +46,7 @@ from streams.errors import InputError, ServiceError
 from streams.envelope import items_written
 from streams.kafka_clients import open_client
 from streams.settings import Settings
-from streams.topics import partition_count
+from streams.topics import EVENTS_RETENTION_MS, partition_count, topic_config
 
 #: How long reading may go without a record before the partitions' ends are taken as unreachable.
 STALL_S = 30.0
@@ -201,6 +203,22 @@ def _lead_text(item: dict[str, Any]) -> str:
     return lead_id if isinstance(lead_id, str) else ""
 
 
+def unlagged_profiles(settings: Settings) -> str | None:
+    """A warning when the profiles topic is compacted before its records are as old as the events
+    (min.compaction.lag.ms, which `leadstream topics` sets from this release on): it may have
+    lost what offline scores need of the events the file holds. None when it waits long enough."""
+    config = topic_config(settings, settings.topic_profiles)
+    lag_ms = int(config.get("min.compaction.lag.ms", 0))
+    if "compact" not in config.get("cleanup.policy", "delete") or lag_ms >= EVENTS_RETENTION_MS:
+        return None
+    topic = settings.topic_profiles
+    return (f"{topic}: warning: compacted with min.compaction.lag.ms={lag_ms}, it may have lost the identifies and aliases "
+            "that merged visitors into leads, and traits older than each lead's latest, of events the file holds: such "
+            "visitors score as leads of their own, and leads on their latest traits only. From now on, keep them as long as "
+            f"the events with `kafka-configs.sh --bootstrap-server {settings.kafka_bootstrap} --alter --entity-type topics "
+            f"--entity-name {topic} --add-config min.compaction.lag.ms={EVENTS_RETENTION_MS}`")
+
+
 def default_topics(settings: Settings) -> list[str]:
     """What `leadstream history` reads unless told: the raw events and the profile updates."""
     return [settings.topic_events, settings.topic_profiles]
@@ -215,6 +233,9 @@ def write_history(settings: Settings, out: IO[bytes], topics: list[str] | None =
     rekeyed = dict.fromkeys(topics, 0)
     forgotten = dict.fromkeys(topics, 0)
     first_not_json: dict[str, str] = {}
+    warning = unlagged_profiles(settings) if settings.topic_profiles in topics else None
+    if warning:
+        print(warning, file=err)
     erased = erasures(settings)
     for record, parsed in read_merged(settings, topics):
         value, topic = record.value, record.topic

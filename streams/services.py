@@ -25,6 +25,7 @@ from streams.errors import ServiceError
 from streams.kafka_clients import open_client
 from streams.processes import alive, status_all, stop_all, working_dir
 from streams.settings import KAFKA_VERSION, PROJECT_ROOT, Settings
+from streams.topics import EVENTS_RETENTION_MS
 
 POM = PROJECT_ROOT / "infra" / "kafka" / "pom.xml"
 READY_TIMEOUT_S = 90.0
@@ -274,7 +275,8 @@ class Kafka(Service):
                 "group.initial.rebalance.delay.ms=0",
                 # Topics come from `leadstream topics` (and Faust for its changelogs), never by accident.
                 "auto.create.topics.enable=false",
-                "log.retention.hours=168",
+                # The events topic's retention, which the profiles topic's compaction lag follows.
+                f"log.retention.ms={EVENTS_RETENTION_MS}",
                 "log.segment.bytes=67108864",
                 "log.cleaner.dedupe.buffer.size=33554432",
                 "",

@@ -25,6 +25,10 @@ class TopicSpec:
     copartitioned: bool = False
 
 
+#: How long the raw events stay readable: the broker's `log.retention.ms`, which `leadstream services
+#: up` sets (streams/services.py; docker-compose.yml's broker has the same). The events topic takes
+#: the broker's, so a broker of your own may keep them longer: see min.compaction.lag.ms below.
+EVENTS_RETENTION_MS = 7 * 24 * 3600 * 1000
 FORGET_RETENTION_MS = 7 * 24 * 3600 * 1000
 #: The worker's and the connectors' dead-letter topics (sinks/runner.py): a month to fix a cause
 #: and replay. The erasure registry (streams/forgotten.py) outlives them.
@@ -43,10 +47,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     n = settings.partitions
     return [
         TopicSpec(settings.topic_events, n, copartitioned=True),
-        # Latest traits per lead are what matters, so old profile versions may be compacted away.
-        # A tombstone here is a request to forget the lead (streams/forget.py): it is kept a week
-        # after compaction (Kafka's default is a day), so a worker down that long still reads it.
-        TopicSpec(settings.topic_profiles, n, {**COMPACTED, "delete.retention.ms": str(FORGET_RETENTION_MS)}, copartitioned=True),
+        TopicSpec(settings.topic_profiles, n, profiles_config(), copartitioned=True),
         TopicSpec(settings.topic_crossings, n),
         # A read model only needs each lead's latest score.
         TopicSpec(settings.topic_scores, n, COMPACTED, copartitioned=True),
@@ -54,6 +55,25 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(settings.topic_identity, n, {"max.message.bytes": str(LARGE_RECORD_BYTES)}, copartitioned=True),
         TopicSpec(settings.topic_deadletter, n, {"retention.ms": str(DEAD_LETTER_RETENTION_MS)}, copartitioned=True),
     ]
+
+
+def profiles_config() -> dict[str, str]:
+    """The profiles topic's settings. Its records are more than each lead's latest traits: an
+    identify's `anonymous_id` and an alias's `previous_id` merge identities, and each update holds
+    the traits in force for the events after it. Whoever reads the topics from the beginning (a
+    worker of a new app id rescoring, `leadstream history` for score and review) needs every one
+    of them that an event the events topic still holds goes with: once the lead's next update came,
+    plain compaction dropped the identify that merged a visitor, which then scored as a lead of its
+    own. So compaction leaves a record alone until it is as old as the events (by its Kafka
+    timestamp), and keeps each lead's latest beyond that.
+
+    A tombstone here is a request to forget the lead (streams/forget.py). The lag holds it back
+    too: the lead's earlier records (traits, e-mail) go once it is a week old, as its events on
+    the events topic age out about then. Compaction then keeps it another week
+    (`delete.retention.ms`; Kafka's default is a day), so a worker down for up to two weeks still
+    reads it, and `leadstream history` leaves out the lead's events while the events topic may
+    hold them (a segment is deleted once its newest record is past retention)."""
+    return {**COMPACTED, "min.compaction.lag.ms": str(EVENTS_RETENTION_MS), "delete.retention.ms": str(FORGET_RETENTION_MS)}
 
 
 def ensure_topics(settings: Settings, specs: list[TopicSpec] | None = None) -> list[str]:
@@ -104,6 +124,20 @@ def _check_partitions(admin: Any, specs: list[TopicSpec]) -> None:
             "all have the same count, the one LEADSTREAM_PARTITIONS says. Set it to the topics' count, or recreate them "
             "with `leadstream topics` once deleted (their records are lost)"
         )
+
+
+def topic_config(settings: Settings, topic: str) -> dict[str, str]:
+    """The settings `topic` was given, as the broker describes them: those of its own only (one
+    not listed is the broker's default)."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    admin = open_client(settings, KafkaAdminClient, client_id="leadstream-topics")
+    try:
+        described = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])["topic"][topic]
+        return {name: entry["value"] for name, entry in described.items()}
+    finally:
+        admin.close()
 
 
 def partition_count(settings: Settings, topic: str) -> int:

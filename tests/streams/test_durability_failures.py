@@ -18,6 +18,7 @@ from kafka.admin import ConfigResource, ConfigResourceType
 from streams.lag import LagProbe
 from streams.processes import WorkerProcess
 from streams.settings import Settings
+from streams.topics import topic_config
 from tests.infra import leadstream, read_topic, write_jsonl
 from tests.streams.test_worker_state import MINUTE_MS, page, scores_by_key, send
 
@@ -72,16 +73,6 @@ def test_a_worker_whose_crossings_kafka_refuses_stops_and_its_successor_publishe
     crossings = [c for _, c in read_topic(isolated, isolated.topic_crossings, expect=len(expected))]
     assert sorted((c["id"], c["to_level"]) for c in crossings) == expected
     assert scores_by_key(isolated)["b2b/pete"]["score"] == 70
-
-
-def topic_config(settings: Settings, topic: str) -> dict[str, str]:
-    """The topic's own settings (kafka-python lists those only: one not listed is Kafka's default)."""
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id="leadstream-tests")
-    try:
-        configs = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])["topic"][topic]
-        return {name: entry["value"] for name, entry in configs.items()}
-    finally:
-        admin.close()
 
 
 def max_message_bytes(settings: Settings, topic: str) -> int:

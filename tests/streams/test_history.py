@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import itertools
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -16,6 +17,7 @@ from streams.partitioning import partition_for
 from streams.processes import WorkerProcess
 from streams.send import open_producer, produce
 from streams.settings import Settings
+from streams.topics import EVENTS_RETENTION_MS, ensure_topics, topic_specs
 from tests.infra import leadstream, wait_for
 from tests.scoring.support import DAY, HOUR, MINUTE, MODELS_DIR, T0
 from tests.streams.test_offline import SAAS_EVENTS, write
@@ -218,3 +220,64 @@ def test_the_events_of_a_lead_forgotten_after_them_are_left_out(own_redis: Setti
     lines = out.read_bytes().splitlines()
     assert lines == [b"[" + orjson.dumps(before[1]) + b"]", orjson.dumps(after)]  # ada's as written; erin's after the request
     assert b"erin@private.example" not in out.read_bytes()
+
+
+def test_an_identify_that_merged_a_visitor_outlives_the_compaction_of_the_profiles_topic(isolated: Settings, tmp_path: Path) -> None:
+    """The profiles topic was compacted down to each lead's latest update as soon as its segments
+    rolled: a lead's next identify took away the one that had merged its visitor, and a history
+    read after it scored the visitor as a lead of its own, which the worker had merged (309 of
+    81.5k leads in a soak). Compaction now waits until a profile record is as old as the events.
+    The topics here, of the real settings but for segments rolled after a second and cleaned at
+    any dirt, are compacted within the broker's cleaner backoff (15 s): the one without the lag
+    shows that compaction did run."""
+    def pipeline(tag: str, lagged: bool) -> Settings:
+        settings = isolated.namespaced(f"{isolated.app_id}-{tag}")  # deleted with the test's own topics
+        specs = {spec.name: spec for spec in topic_specs(settings)}
+        profiles = specs[settings.topic_profiles]
+        config = {**profiles.config, "segment.ms": "1000", "min.cleanable.dirty.ratio": "0.01"}
+        if not lagged:
+            config.pop("min.compaction.lag.ms", None)
+        ensure_topics(settings, [specs[settings.topic_events], replace(profiles, config=config)])
+        return settings
+
+    lagged, unlagged = pipeline("lag", True), pipeline("nolag", False)
+    views = [pricing_view("anon:v-1", n, T0 + n * MINUTE) for n in (1, 2)]
+    merging = {**identify_event("u-8119", "anon:v-1", T0 + 3 * MINUTE), "traits": {"email": "ada@initech.io"}}
+    later = {"event_id": "u-8119-2", "lead_id": "u-8119", "type": "identify", "product": "b2b", "time": T0 + 4 * MINUTE,
+             "traits": {"title": "VP Marketing"}}
+    # Another lead of u-8119's partition, written once the segment of its identifies is old enough
+    # to roll: the newest segment is never cleaned.
+    other = on_partition("u-", partition_for("u-8119", isolated.partitions), isolated.partitions)
+    roller = {"event_id": "r", "lead_id": other, "type": "identify", "product": "b2b", "time": T0 + 5 * MINUTE}
+    producer = open_producer(isolated)
+    try:
+        for settings in (lagged, unlagged):
+            produce(producer, settings.topic_events, ((e["lead_id"], orjson.dumps(e)) for e in views), 1)
+            produce(producer, settings.topic_profiles, ((e["lead_id"], orjson.dumps(e)) for e in (merging, later)), 1)
+        time.sleep(1.5)
+        for settings in (lagged, unlagged):
+            produce(producer, settings.topic_profiles, [(other, orjson.dumps(roller))], 1)
+    finally:
+        producer.close()
+
+    def holds_merging(settings: Settings) -> bool:
+        return any(record.value and orjson.loads(record.value).get("anonymous_id") == "v-1"
+                   for record in read_to_end(settings, settings.topic_profiles))
+
+    wait_for(lambda: not holds_merging(unlagged), 90, "the cleaner compacting the profiles topic without the lag", 1)
+    for _ in range(5):  # without the lag, the cleaner's next passes took this topic's identify too
+        assert holds_merging(lagged)
+        time.sleep(1)
+
+    def history(settings: Settings) -> tuple[set[str], str]:
+        out = tmp_path / f"{settings.app_id}.jsonl"
+        done = leadstream(settings, "history", "--out", str(out))
+        return {r["lead_id"] for r in scored(out) if r["record"] == "lead"}, done.stderr
+
+    leads, stderr = history(lagged)
+    assert "anon:v-1" not in leads and "u-8119" in leads and "warning" not in stderr
+    # Without the lag, the visitor the worker merged is a lead of its own, and history says why.
+    leads, stderr = history(unlagged)
+    assert "anon:v-1" in leads and "u-8119" in leads
+    assert f"{unlagged.topic_profiles}: warning: compacted with min.compaction.lag.ms=0" in stderr
+    assert f"--entity-name {unlagged.topic_profiles} --add-config min.compaction.lag.ms={EVENTS_RETENTION_MS}`" in stderr
