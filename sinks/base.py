@@ -15,6 +15,7 @@ and its bookkeeping. Updates of existing records are idempotent and simply run a
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from functools import cached_property
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Generic, Protocol, TypeVar
 
@@ -22,7 +23,7 @@ import orjson
 
 from scoring.events import MAX_TIME_MS, MIN_TIME_MS, json_kind
 from sinks.errors import PermanentError
-from sinks.ratelimit import Limiter, Unlimited
+from sinks.ratelimit import Limiter
 from streams.settings import Settings
 
 T = TypeVar("T")
@@ -217,8 +218,12 @@ class Sink(ABC, Generic[T]):
     """What the runner drives: parse one message, deliver it."""
 
     name: ClassVar[str]
-    #: The connector's API quota; the runner pauses it on 429 with Retry-After.
-    limiter: Limiter = Unlimited()
+
+    @cached_property
+    def limiter(self) -> Limiter:
+        """The connector's API quota, none by default; the runner pauses it on 429 with Retry-After.
+        Each connector's own: a pause holds its deliveries, not another connector's."""
+        return Limiter(connector=self.name)
 
     def source_topic(self, settings: Settings) -> str:
         return settings.topic_crossings

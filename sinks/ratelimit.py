@@ -5,6 +5,9 @@ Free/Starter; Salesforce Enterprise: 100,000 per 24 h). A token bucket of capaci
 at `r` per second lets through at most `b + r*W` requests in any window of `W` seconds, so the
 bucket holds a tenth of the quota and refills at 85% of it: that stays 5% under the quota, which
 absorbs the jitter between when a request is allowed and when it reaches the server.
+
+A server's 429 with Retry-After pauses every delivery of the connector, with a quota or without
+one (`Limiter`, which the token bucket extends with the quota's own waits).
 """
 
 from __future__ import annotations
@@ -38,47 +41,35 @@ class Quota:
         return cls(int(match[1]), float(match[2]))
 
 
-class TokenBucket:
-    """Blocks each caller until its request fits the quota; thread-safe.
-
-    Callers reserve a slot under the lock and sleep outside it, so concurrent callers queue up
-    in order without holding each other. `pause_until` makes everyone wait for a server's
-    Retry-After, since a 429 means the whole connector, not one delivery, is over quota: callers
-    already asleep for their slot when the pause begins wait for its end as well. Such a
-    wait can last a minute: once the event given to `stop_on` is set, waits end at once with
-    `Stopping`, so a stopping connector does not first wait for a slot it will not use.
+class Limiter:
+    """Blocks each caller until it may send; thread-safe. Without a quota (a webhook you run
+    yourself) that is only while paused: `pause_until` makes everyone wait for a server's
+    Retry-After, since a 429 means the whole connector, not one delivery, is over quota, whatever
+    quota the connector was given (an unlimited webhook's lanes each retried alone, 72 POSTs within
+    2 s of a Retry-After of 30 s). Callers already asleep when the pause begins wait for its end as
+    well. Such a wait can last a minute: once the event given to `stop_on` is set, waits end at
+    once with `Stopping`, so a stopping connector does not first wait for a slot it will not use.
     """
 
     def __init__(
         self,
-        quota: Quota,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], object] | None = None,
         connector: str = "",
     ) -> None:
         self.connector = connector
-        self.capacity = max(1.0, quota.requests / 10)
-        self.rate_per_s = quota.requests * 0.85 / quota.window_s
         self._clock = clock
         self._stop = threading.Event()  # never set until `stop_on` shares the runner's
         # A fake clock's sleep in tests; else a wait that the stop event ends.
         self._sleep = sleep or (lambda seconds: self._stop.wait(seconds))
         self._lock = threading.Lock()
-        self._tokens = self.capacity
-        self._updated = clock()
         self._paused_until = 0.0
 
     def acquire(self) -> None:
         while True:
             with self._lock:
                 now = self._clock()
-                # Time spent paused earns no tokens: after a 429 the quota is spent, not saved.
-                earning_since = max(self._updated, min(now, self._paused_until))
-                self._tokens = min(self.capacity, self._tokens + (now - earning_since) * self.rate_per_s)
-                self._updated = now
-                self._tokens -= 1
-                # A slot reserved during a pause starts earning only when the pause ends.
-                wait_s = max(0.0, self._paused_until - now) + max(0.0, -self._tokens) / self.rate_per_s
+                wait_s = max(0.0, self._paused_until - now) + self._reserve(now)
             if wait_s > 0:
                 RATE_LIMIT_WAIT_SECONDS.labels(self.connector).inc(wait_s)
                 self._sleep(wait_s)
@@ -89,7 +80,7 @@ class TokenBucket:
                     return
                 # A 429 paused the connector while this caller slept: its slot, reserved before the
                 # pause, is given back and reserved anew behind the pause, like a newcomer's.
-                self._tokens += 1
+                self._give_back()
 
     def stop_on(self, stop: threading.Event) -> None:
         """End every wait, and fail every acquire that would wait, once `stop` is set."""
@@ -99,23 +90,45 @@ class TokenBucket:
         with self._lock:
             self._paused_until = max(self._paused_until, deadline)
 
+    def _reserve(self, now: float) -> float:
+        """Take a slot of the quota (under the lock): the seconds it waits past the pause."""
+        return 0.0
 
-class Unlimited:
-    """No quota (a webhook you run yourself, or Redis): never waits."""
-
-    def acquire(self) -> None:
-        pass
-
-    def pause_until(self, deadline: float) -> None:
-        pass
-
-    def stop_on(self, stop: threading.Event) -> None:
-        pass
+    def _give_back(self) -> None:
+        """Return the slot `_reserve` took (under the lock)."""
 
 
-Limiter = TokenBucket | Unlimited
+class TokenBucket(Limiter):
+    """A quota: callers reserve a slot under the lock and sleep outside it, so concurrent callers
+    queue up in order without holding each other."""
+
+    def __init__(
+        self,
+        quota: Quota,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], object] | None = None,
+        connector: str = "",
+    ) -> None:
+        super().__init__(clock, sleep, connector)
+        self.capacity = max(1.0, quota.requests / 10)
+        self.rate_per_s = quota.requests * 0.85 / quota.window_s
+        self._tokens = self.capacity
+        self._updated = clock()
+
+    def _reserve(self, now: float) -> float:
+        # Time spent paused earns no tokens: after a 429 the quota is spent, not saved.
+        earning_since = max(self._updated, min(now, self._paused_until))
+        self._tokens = min(self.capacity, self._tokens + (now - earning_since) * self.rate_per_s)
+        self._updated = now
+        self._tokens -= 1
+        # A slot reserved during a pause starts earning only when the pause ends.
+        return max(0.0, -self._tokens) / self.rate_per_s
+
+    def _give_back(self) -> None:
+        self._tokens += 1
 
 
 def limiter_for(env: str, text: str, connector: str) -> Limiter:
+    """The connector's quota; with none, a limiter that only a server's Retry-After pauses."""
     quota = Quota.parse(env, text)
-    return Unlimited() if quota is None else TokenBucket(quota, connector=connector)
+    return Limiter(connector=connector) if quota is None else TokenBucket(quota, connector=connector)

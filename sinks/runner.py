@@ -530,10 +530,7 @@ class SinkRunner(Generic[T]):
                 error = exc
             if attempt >= self.policy.max_attempts:
                 return self._dead_letter(env, "retries_exhausted", f"after {attempt} attempts: {error}")
-            retry_after_s = self.policy.server_wait_s(getattr(error, "retry_after_s", None))
-            if retry_after_s is not None:
-                self.sink.limiter.pause_until(time.monotonic() + retry_after_s)
-            delay_s = self.policy.delay_s(attempt, random.random(), retry_after_s)
+            delay_s = self.policy.delay_s(attempt, random.random(), getattr(error, "retry_after_s", None))
             log.warning("sink %s: attempt %d for %s failed, retrying in %.2f s: %s",
                         self.sink.name, attempt, delivery_id or f"{env.topic}/{env.partition}@{env.offset}", delay_s, error)
             self.stats.add("retries", self.sink.name)
@@ -583,12 +580,20 @@ class SinkRunner(Generic[T]):
     def _call_slot(self) -> Iterator[None]:
         """One of the LEADSTREAM_SINK_CONCURRENCY tries at once. Taken for a try only, not for the
         waits between tries: lanes waiting out their backoff held every pool thread, and a
-        connector with that many leads failing delivered no other lead's crossings meanwhile."""
+        connector with that many leads failing delivered no other lead's crossings meanwhile.
+        A try that fails with a server's Retry-After pauses every delivery of the connector
+        (Sink.limiter), whose quota they share."""
         while not self._calls.acquire(timeout=0.2):
             if self.stop.is_set():
                 raise Stopping()
         try:
             yield
+        except RetryableError as exc:
+            # Paused before the slot is given back: a lane that took it meanwhile sent its request
+            # into the Retry-After.
+            if (retry_after_s := self.policy.server_wait_s(exc.retry_after_s)) is not None:
+                self.sink.limiter.pause_until(time.monotonic() + retry_after_s)
+            raise
         finally:
             self._calls.release()
 

@@ -15,7 +15,7 @@ from sinks.base import Crossing
 from sinks.errors import CredentialsError, MappingError, PermanentError, RetryableError, Stopping, for_status
 from scoring.model import load_directory
 from sinks.mapping import levels_no_model_has, load_mapping
-from sinks.ratelimit import Quota, TokenBucket
+from sinks.ratelimit import Quota, TokenBucket, limiter_for
 from sinks.runner import MAX_UNCOMMITTED, Envelope, RetryPolicy, _InFlight, _Job
 from streams.errors import ConfigError
 from streams.settings import PROJECT_ROOT
@@ -91,6 +91,17 @@ def test_token_bucket_keeps_every_window_under_the_quota_and_pauses_for_retry_af
     before = clock.now
     bucket.acquire()
     assert clock.now >= before + 30
+
+
+def test_a_connector_without_a_quota_pauses_for_retry_after_too() -> None:
+    # An unlimited connector's pause did nothing: its other deliveries went on into the Retry-After.
+    limiter = limiter_for("LEADSTREAM_WEBHOOK_RATE_LIMIT", "unlimited", "webhook")
+    started = time.monotonic()
+    limiter.acquire()
+    assert time.monotonic() - started < 0.1
+    limiter.pause_until(time.monotonic() + 0.3)
+    limiter.acquire()
+    assert time.monotonic() - started >= 0.3
 
 
 def test_a_pause_that_begins_while_a_caller_waits_for_its_slot_holds_it_too() -> None:

@@ -96,6 +96,26 @@ def test_429_is_retried_after_its_retry_after_and_4xx_or_redirects_are_dead_lett
     assert any("redirected (HTTP 301) to https://hooks.example/...: set LEADSTREAM_WEBHOOK_URL" in d for d in details)
 
 
+def test_a_429s_retry_after_pauses_every_delivery_of_a_webhook_without_a_rate_limit(
+    sink_settings: Settings, webhook: WebhookReceiver
+) -> None:
+    # LEADSTREAM_WEBHOOK_RATE_LIMIT=unlimited (the default) paused nothing: each lane retried
+    # alone while the others went on posting into the Retry-After, 72 POSTs within 2 s of it.
+    settings = sink_settings.with_overrides(webhook_url=webhook.url + "/hook", sink_backoff_max_ms=3000)
+    assert settings.webhook_rate_limit == "unlimited"
+    webhook.latency_s = 0.05  # the first tries are all under way before the first answer
+    webhook.inject("status", status=429, count=settings.sink_concurrency, headers={"Retry-After": "2"})
+    produce(settings, [crossing(n, "mql") for n in range(40)])
+
+    stats = drain(WebhookSink(settings), settings)
+
+    assert (stats.delivered, stats.retries, stats.dead_lettered) == (40, settings.sink_concurrency, 0)
+    posts = sorted(webhook.requests_to("POST", "/hook"), key=lambda p: p.at)
+    first_answer = posts[0].at + webhook.latency_s
+    assert [p for p in posts if first_answer + 0.2 < p.at < first_answer + 1.8] == []
+    assert len(posts) == 40 + settings.sink_concurrency
+
+
 def test_a_redirect_to_a_url_with_a_port_out_of_range_is_dead_lettered_at_once_without_its_credentials(
     sink_settings: Settings, webhook: WebhookReceiver
 ) -> None:
