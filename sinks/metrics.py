@@ -13,7 +13,9 @@ DELIVERIES = Counter(
     "this connector, such as an account crossing for a CRM connector with no account mapping), dead_lettered, "
     "unreplayable (a record of the dead-letter topic a replay cannot re-drive), stale (a replayed dead letter that "
     "newer messages of its record overtook: not applied), erased (a lead crossing of a lead `leadstream forget` erased "
-    "after it was written to Kafka: not delivered); retried counts each failed attempt that was retried.",
+    "after it was written to Kafka: not delivered), repeated (a second dead letter of a message a replay took already, "
+    "a crash before the offset commit having written it twice: not replayed again); retried counts each failed attempt "
+    "that was retried.",
     ["connector", "outcome"],
 )
 DELIVERY_LATENCY = Histogram(

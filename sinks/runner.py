@@ -21,7 +21,8 @@ credentials work or it is restarted with new ones; a replay of dead letters stop
 A message that fails with `PermanentError`, or still fails after LEADSTREAM_SINK_MAX_ATTEMPTS
 tries, goes to the connector's dead-letter topic `<source topic>-dlq-<connector>` with the
 reason; `replay_dead_letters` re-drives them once the cause is fixed, except those that newer
-messages about the same record overtook meanwhile (counted as `stale`). A record of the dead-letter
+messages about the same record overtook meanwhile (counted as `stale`), each message once however
+many letters of it a crash left (the others counted as `repeated`). A record of the dead-letter
 topic that cannot be replayed (not a dead letter, a letter that kept only the first bytes of
 a message too large for it, or one whose message the connector still cannot read) is counted as
 `unreplayable`, logged, and committed past; it stays where it is, and is not dead-lettered again.
@@ -53,7 +54,7 @@ from sinks.errors import CredentialsError, PermanentError, RetryableError, Stale
 from sinks.ledger import Ledger, NoSteps, redis_client
 from streams import probes
 from streams.addresses import authority
-from streams.deadletter import DeadLetter
+from streams.deadletter import DeadLetter, Repeats
 from streams.errors import ServiceError
 from streams.forgotten import Forgotten
 from streams.history import ALL_FETCHED, read_to_end
@@ -142,6 +143,7 @@ class Stats:
     unreplayable: int = 0
     stale: int = 0
     erased: int = 0
+    repeated: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, outcome: str, connector: str) -> None:
@@ -151,7 +153,8 @@ class Stats:
 
     def as_dict(self) -> dict[str, int]:
         return {"delivered": self.delivered, "skipped": self.skipped, "ignored": self.ignored, "dead_lettered": self.dead_lettered,
-                "retries": self.retries, "unreplayable": self.unreplayable, "stale": self.stale, "erased": self.erased}
+                "retries": self.retries, "unreplayable": self.unreplayable, "stale": self.stale, "erased": self.erased,
+                "repeated": self.repeated}
 
 
 class _Partition:
@@ -282,6 +285,7 @@ class SinkRunner(Generic[T]):
         self._replaying = False
         self._calls = threading.BoundedSemaphore(settings.sink_concurrency)  # see _call_slot
         self._newest_letters: dict[tuple[str, int], int] = {}  # while replaying: _newest_letter_offsets
+        self._replayed: Repeats[tuple[str | None, int | None, int]] = Repeats()  # while replaying: source positions taken
 
     # -- running -------------------------------------------------------------------------
 
@@ -290,10 +294,12 @@ class SinkRunner(Generic[T]):
         return self._consume(self.source_topic, group_id(self.settings, self.sink.name), self._as_envelope, stop_at_end)
 
     def replay_dead_letters(self) -> Stats:
-        """Re-drive every dead letter present now; those that fail again are dead-lettered anew."""
+        """Re-drive every dead letter present now, each source message once; those that fail again
+        are dead-lettered anew, once each."""
         self._replaying = True
         require_topic(self.settings, self.source_topic)  # said first, as the connector says it
         self._newest_letters = self._newest_letter_offsets() if partition_count(self.settings, self.dlq_topic) else {}
+        self._replayed = Repeats()
         return self._consume(self.dlq_topic, group_id(self.settings, self.sink.name) + "-replay", self._from_dead_letter, True)
 
     def _newest_letter_offsets(self) -> dict[tuple[str, int], int]:
@@ -635,6 +641,14 @@ class SinkRunner(Generic[T]):
             log.warning("sink %s: %s is not replayed: %s", self.sink.name, where, exc)
             self.stats.add("unreplayable", self.sink.name)
             return None
+        if letter.offset is not None and not self._replayed.first((letter.topic, letter.partition, letter.offset)):
+            # A second letter of a message (a crash before the offset commit wrote it again): both
+            # were replayed and, still failing, dead-lettered again, so the copies never collapsed
+            # and every replay counted them twice. Its first letter's replay stands for it.
+            log.info("sink %s: the dead letter %s is not replayed: it is a copy of one of %s/%s@%s this replay took already",
+                     self.sink.name, where, letter.topic, letter.partition, letter.offset)
+            self.stats.add("repeated", self.sink.name)
+            return None
         if not letter.whole:
             log.warning("sink %s: the dead letter %s is not replayed: it kept only the first bytes of %s/%s@%s, "
                         "a message too large to keep whole (%s)",
@@ -692,5 +706,6 @@ def replay(sink: Sink[T], settings: Settings) -> int:
     stats = runner.replay_dead_letters()
     print(f"replayed {runner.dlq_topic}: {stats.delivered} delivered, {stats.skipped} already delivered, "
           f"{stats.stale} overtaken by newer records, {stats.dead_lettered} dead-lettered again, "
-          f"{stats.unreplayable} not replayable (see the log), {stats.erased} of leads forgotten since (not delivered)")
+          f"{stats.unreplayable} not replayable (see the log), {stats.erased} of leads forgotten since (not delivered), "
+          f"{stats.repeated} copies of letters replayed already")
     return 0 if stats.dead_lettered == stats.unreplayable == 0 else 1

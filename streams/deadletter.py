@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
+from typing import Generic, Hashable, TypeVar
 
 import orjson
 
@@ -31,6 +32,8 @@ MAX_DETAIL_CHARS = 4096
 #: keeps its first bytes: a key near Kafka's limit made every letter of its message too large
 #: to write, which stopped the worker at every restart.
 KEPT_KEY_BYTES = 1024
+
+K = TypeVar("K", bound=Hashable)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,3 +105,22 @@ class DeadLetter:
         except (KeyError, TypeError, AttributeError, ValueError) as exc:  # JSON and base64 errors are ValueErrors
             raise ValueError(f"not a dead letter as leadstream writes them: {exc!r}") from None
 
+
+
+class Repeats(Generic[K]):
+    """The inputs one replay of a dead-letter topic took, so that it re-drives each once however
+    many letters of it the topic holds: a crash between a letter and its offset commit writes it
+    again, and an input still refused after a replay has a letter from each. What makes two
+    letters one input (K) is the replay's: the worker's sends an input back to a new offset, so it
+    goes by the input's topic, key and bytes; a connector's keeps the source position of what it
+    replays, and goes by that. One reader's: not thread-safe."""
+
+    def __init__(self) -> None:
+        self._taken: set[K] = set()
+
+    def first(self, identity: K) -> bool:
+        """Whether no letter of this input came before in this replay; it is taken from now on."""
+        if identity in self._taken:
+            return False
+        self._taken.add(identity)
+        return True

@@ -33,7 +33,7 @@ from redis import RedisError
 
 from scoring.events import loads, optional_id
 from sinks.ledger import redis_client
-from streams.deadletter import DeadLetter
+from streams.deadletter import DeadLetter, Repeats
 from streams.errors import ServiceError
 from streams.forgotten import Forgotten
 from streams.history import read_to_end
@@ -55,7 +55,7 @@ class Replay:
     #: Every reason of the letters read (since the time asked), to name them when none has one asked for.
     seen: Counter[str] = field(default_factory=Counter)
     #: (topic, key, digest of the input) of each input sent, and the letters of one sent already
-    sent: set[tuple[str, bytes | None, bytes | None]] = field(default_factory=set)
+    sent: Repeats[tuple[str, bytes | None, bytes | None]] = field(default_factory=Repeats)
     repeats: int = 0
 
 
@@ -126,10 +126,9 @@ def _replay(settings: Settings, reasons: set[str], since_ms: int, dry_run: bool,
             # An input still refused after a replay has a letter from each replay: sent once, or
             # every replay sent each of them, and the letters of what stayed refused doubled.
             sent = (topic, key, None if letter.original is None else hashlib.blake2b(letter.original, digest_size=16).digest())
-            if sent in replay.sent:
+            if not replay.sent.first(sent):
                 replay.repeats += 1
                 continue
-            replay.sent.add(sent)
             replay.replayed[reason] += 1
             replay.examples.setdefault(reason, letter.detail)
             if producer is not None:

@@ -17,7 +17,7 @@ from sinks.base import Crossing, CrossingSink, Position, Steps
 from sinks.hubspot import HubSpotSink
 from sinks.mapping import load_mapping
 from sinks.salesforce import SalesforceSink
-from sinks.runner import SinkRunner, group_id
+from sinks.runner import SinkRunner, group_id, replay
 from sinks.webhook import WebhookSink
 from streams.history import read_to_end
 from streams.settings import Settings
@@ -203,6 +203,36 @@ def test_replay_goes_past_letters_kept_in_part_and_records_that_are_not_dead_let
     # The replay committed past all of them.
     again = SinkRunner(WebhookSink(settings), settings).replay_dead_letters()
     assert (again.delivered, again.dead_lettered, again.unreplayable) == (0, 0, 0)
+
+
+def test_a_dead_letter_written_twice_is_replayed_and_counted_once(
+    sink_settings: Settings, webhook: WebhookReceiver, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A crash before the offset commit writes a letter again. Both copies were replayed and, still
+    # failing, dead-lettered again: the doubles never collapsed, and each replay counted them twice.
+    settings = sink_settings.with_overrides(webhook_url=webhook.url)
+    dlq = f"{settings.topic_crossings}-dlq-webhook"
+    webhook.inject("status", status=400, count=100, body={"error": "unknown lead"})
+    produce(settings, [crossing(1, "sql"), crossing(2, "sql"), crossing(2, "mql", "down", from_level="sql")])
+    assert drain(WebhookSink(settings), settings).dead_lettered == 3
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    for message in list(read_to_end(settings, dlq)):
+        producer.send(dlq, key=message.key, value=message.value)
+    producer.flush()
+    producer.close()
+    posted = len(webhook.requests_to("POST", "/"))
+
+    replayed = SinkRunner(WebhookSink(settings), settings).replay_dead_letters()
+
+    # lead-2's up-crossing is overtaken by its own way down; each is counted once.
+    assert (replayed.delivered, replayed.stale, replayed.dead_lettered, replayed.repeated) == (0, 1, 2, 3)
+    assert len(webhook.requests_to("POST", "/")) == posted + 2
+    assert sum(1 for _ in read_to_end(settings, dlq)) == 6 + 2
+    exit_status = replay(WebhookSink(settings), settings)  # what the next replay finds: one letter each
+    assert exit_status == 1
+    assert ("0 delivered, 0 already delivered, 0 overtaken by newer records, 2 dead-lettered again, 0 not replayable "
+            "(see the log), 0 of leads forgotten since (not delivered), 0 copies of letters replayed already") \
+        in capsys.readouterr().out
 
 
 def test_a_letter_whose_message_is_still_not_a_crossing_is_replayed_once_and_not_dead_lettered_again(
