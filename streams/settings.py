@@ -400,7 +400,7 @@ class Settings:
                                 secret=True)
     webhook_secret: str = _setting("LEADSTREAM_WEBHOOK_SECRET", "", "Shared secret of the webhook's HMAC-SHA256 signature.")
     webhook_rate_limit: str = _setting(
-        "LEADSTREAM_WEBHOOK_RATE_LIMIT", "unlimited", "Webhook requests per window (e.g. 20000/300s), or unlimited."
+        "LEADSTREAM_WEBHOOK_RATE_LIMIT", "unlimited", "Webhook requests per window (e.g. 20000/300s), or unlimited (a 429's `Retry-After` pauses it all the same)."
     )
     faust_sensors: int = _setting(
         "LEADSTREAM_FAUST_SENSORS", 1, "1: export Faust's own Prometheus sensors beside leadstream's metrics; 0: ours only.",
