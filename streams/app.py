@@ -275,7 +275,7 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
         # wait, has an age too (the stalled-scoring alert compares it with the lag).
         metrics.BATCH_DONE.labels(stage).set_to_current_time()
         try:
-            async for batch in batching.batches(messages, settings.batch_max_messages, within_s):
+            async for batch in batching.batches(messages, settings.batch_max_messages, settings.batch_max_bytes, within_s):
                 with batch_pause:
                     await process([_consumed(message) for message in batch], _acknowledge(messages, batch, stage))
         except Exception as exc:

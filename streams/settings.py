@@ -295,6 +295,13 @@ class Settings:
         "LEADSTREAM_BATCH_MAX_MESSAGES", 500, "Most Kafka messages the worker scores in one batch.",
         POSITIVE,
     )
+    batch_max_bytes: int = _setting(
+        "LEADSTREAM_BATCH_MAX_BYTES", 8 * 1024 * 1024,
+        "Most bytes of Kafka message values the worker scores in one batch (a larger message is a batch alone). Scoring a "
+        "batch holds the worker's event loop, 1-5 s here for 8 MiB (48k events of the benchmark's); 500 envelopes of ~1 MB "
+        "held it long enough for the last batch's writes to time out, and the worker stopped (streams/batching.py).",
+        POSITIVE,
+    )
     batch_within_ms: int = _setting(
         "LEADSTREAM_BATCH_WITHIN_MS", 20, "Longest the worker waits to fill a batch before scoring it.",
         NON_NEGATIVE,

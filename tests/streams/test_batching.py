@@ -29,7 +29,7 @@ def test_batches_hold_at_most_max_messages_in_stream_order() -> None:
         got: list[list[int]] = []
 
         async def consume() -> None:
-            async for batch in batches(stream, 3, within_s=5.0):
+            async for batch in batches(stream, 3, max_bytes=1 << 20, within_s=5.0):
                 got.append([event.value for event in batch])
                 for event in batch:
                     await stream.ack(event)
@@ -46,9 +46,36 @@ def test_batches_hold_at_most_max_messages_in_stream_order() -> None:
     run_with_stream(scenario)
 
 
+def test_batches_hold_at_most_max_bytes_of_values_and_a_larger_message_alone() -> None:
+    # What bounds the time a batch holds the event loop: 500 envelopes of ~1 MB were one batch
+    # of 1.2M events, whose scoring outlasted the producer's timeout for the last batch's writes.
+    sizes = [400, 400, 300, 200, 1500, 100, 900, 100]
+
+    async def scenario(channel: faust.ChannelT[Any], stream: faust.Stream[Any]) -> None:
+        got: list[list[int]] = []
+
+        async def consume() -> None:
+            async for batch in batches(stream, 500, max_bytes=1000, within_s=5.0):
+                got.append([len(event.value) for event in batch])
+                for event in batch:
+                    await stream.ack(event)
+
+        task = asyncio.ensure_future(consume())
+        for size in sizes:
+            await channel.send(value=b"x" * size)
+        while sum(map(len, got)) < len(sizes) - 1:  # the last one waits out within_s
+            await asyncio.sleep(0.01)
+        task.cancel()
+        # A batch is handed over on reaching max_bytes, or before the message that would pass it;
+        # a message is never split.
+        assert got == [[400, 400], [300, 200], [1500], [100, 900]]
+
+    run_with_stream(scenario)
+
+
 def test_a_batch_short_of_max_is_handed_over_after_within() -> None:
     async def scenario(channel: faust.ChannelT[Any], stream: faust.Stream[Any]) -> None:
-        iterator = batches(stream, 500, within_s=0.3).__aiter__()
+        iterator = batches(stream, 500, max_bytes=1 << 20, within_s=0.3).__aiter__()
         started = time.monotonic()
         first = asyncio.ensure_future(iterator.__anext__())
         await channel.send(value="only")
@@ -74,7 +101,7 @@ def test_events_are_left_for_the_caller_to_acknowledge_and_later_ones_gather_mea
         held: list[Any] = []
 
         async def consume() -> None:
-            async for batch in batches(stream, 500, within_s=0.05):
+            async for batch in batches(stream, 500, max_bytes=1 << 20, within_s=0.05):
                 got.append([event.value for event in batch])
                 held.extend(batch)  # acknowledged later, as the worker does once a batch is durable
                 await asyncio.sleep(0.2)

@@ -247,3 +247,30 @@ def test_a_lead_whose_kept_traits_would_make_a_crossing_larger_than_kafka_takes_
     assert len(dead) == 30 and {letter["reason"] for letter in dead} == {"too_large"}
     assert dead[0]["detail"].startswith("traits.t0 is 24576 bytes of JSON, at most 4096 are kept")
     assert proc.proc is not None and proc.proc.poll() is None and proc.ready()
+
+
+def test_a_topic_of_large_envelopes_is_scored_in_batches_bounded_by_bytes_without_a_restart(
+    isolated: Settings, worker: Callable[..., WorkerProcess], tmp_path: Path
+) -> None:
+    """Envelopes of thousands of events (the collector writes them up to ~1 MB) were taken 500
+    messages a batch: a catch-up batch of 1.2M events held the event loop for most of a minute,
+    the last batch's writes timed out in the producer, the worker stopped, and its replacement
+    took the same batch again. A batch now holds at most LEADSTREAM_BATCH_MAX_BYTES of messages."""
+    start = int(time.time() * 1000) - 48 * HOUR_MS
+    kinds = ["signup", "created_task", "created_project"]
+    events = [{"event_id": f"lead-{n}-{i}", "lead_id": f"lead-{n}", "type": kinds[i % 3], "product": "saas", "time": start + i}
+              for n in range(4_000) for i in range(20)]
+    sent = leadstream(isolated, "send", "--events-per-message", "4000", str(write_jsonl(tmp_path / "events.jsonl", events)))
+    messages = int(sent.stdout.split(f"sent {len(events)} events in ")[1].split()[0])  # ~20, of up to ~500 KB
+    proc = worker(replace(isolated, batch_max_bytes=800_000))
+
+    def metric(name: str) -> float:
+        line = next(line for line in proc.get("/metrics")[1].decode().splitlines() if line.startswith(name + " "))
+        return float(line.split()[-1])
+
+    wait_for(lambda: metric("leadstream_events_consumed_total") == len(events), timeout_s=180, what="every event scored")
+    # Two whole envelopes are over the bound (a partition's last is smaller): 500 messages a batch
+    # took the 80,000 events in two to four batches.
+    batches = metric("leadstream_batch_events_count")
+    assert batches >= messages / 2 and metric('leadstream_batch_events_bucket{le="10000.0"}') == batches
+    assert proc.proc is not None and proc.proc.poll() is None and proc.ready()
