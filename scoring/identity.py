@@ -12,11 +12,30 @@ later time either profile was valued at) and per-rule ledgers, each rule within 
 and the sum within the model's floor and ceiling (what these clip is taken off the visitor's
 rules and counted as capped, so explanations still add up), `once_per` logs (within their
 bound), event ids, traits (the known lead's win, even one it forgot, the visitor's fill gaps;
-fit is recomputed from them), the account, the latest activity and watermark. Window counters
-(caps and bonuses) the target already has are kept and the visitor's others are added; for a
-window both have, the target's counts stand (a cap may then allow one more occurrence than a
-single profile would have: the visitor's history is never double-counted, at worst under-limited
-once).
+fit is recomputed from them), the account, the latest activity and watermark.
+
+Window counters (caps and bonuses) count as one profile with both profiles' events would have
+(scoring.repeat.join_caps, join_bonuses): the counts of a window both have add up. What the two
+scored past a cap there together is taken off the visitor's rule and counted as capped; a
+bonus both paid in one window is paid once (the visitor's taken off); a bonus the joined count
+reaches that neither paid is paid at the merge, within the rule's max_points and the model's
+bounds, counted in the rule's bonuses and recorded in the history under the rule's name at the
+link's time, as the occurrence completing it would have been. Under a half-life, what the merge
+takes off or pays is valued as what the bounds clip (at the link, or the newest event of either,
+were it later). So for events of the two that are distinct, a merge gives each rule the
+occurrences, bonuses, capped occurrences and points of one lead with all of them, but for:
+- what a rule's max_points clips of the merged sum counts as one capped occurrence, however many
+  the points were (its points and bonuses are one lead's);
+- a `once_per` value both saw (one e-mail opened by each, on different days) scored in each: the
+  values keep no time, so which occurrence was the repeat, and which window it counted in, is
+  not known (in one window, the cap may take it off);
+- the model's floor and ceiling clip the sum at the merge, not each occurrence in time order,
+  and decay takes from behaviour points as the merge values them: the rules' counts and points
+  stay one lead's, the behaviour points may not.
+An event both profiles counted (a visitor's event sent again under the lead before its merge
+reached it) still counts in the points, occurrences and caps of both (where the two pass a cap
+together, the cap takes the extra off); it never completes a bonus: a window's joined count is
+the sum less the events both counted, as many as their remembered event ids tell.
 """
 
 from __future__ import annotations
@@ -24,7 +43,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from scoring.decay import StepDecay
-from scoring.repeat import join_seen, merge_counts
+from scoring.repeat import Bonus, Cap, join_bonuses, join_caps, join_seen
 from scoring.state import KEY_CHARS, NO_IDS, LeadState, kept_key
 from scoring.thresholds import Transition
 
@@ -32,7 +51,8 @@ from scoring.thresholds import Transition
 ANONYMOUS_PREFIX = "anon:"
 
 if TYPE_CHECKING:
-    from scoring.engine import Engine
+    from scoring.engine import Engine, ModelRuntime
+    from scoring.rules import Rule
 
 
 def merge_id(source_lead_id: str) -> str:
@@ -61,6 +81,7 @@ def merge(
     source = source.copy()
     runtime.adopt(source)
     runtime.adopt(state)
+    both_counted = _both_counted(state, source)
     _join_ids(state, source, runtime.remember)
     state.remember_event(marker, time_ms, runtime.remember)
 
@@ -88,24 +109,24 @@ def merge(
         level = runtime._step_decay(state, time_ms, activity=False, moves=True, level=level, lead_id=lead_id, out=out)
         runtime._step_decay(source, time_ms, activity=False, moves=True, level=runtime.ladder.level_of(source.level),
                             lead_id=source_lead_id, out=[])
+    # Windows first: what the two scored past a cap together, or a bonus both paid, is taken off
+    # the visitor's points before its ledger joins the lead's (within max_points, below).
+    due = _join_windows(runtime, state, source, both_counted, weight) if source.windows else []
     before = state.behaviour
-    # The visitor's points as the merged ledgers hold them (each rule within its max_points),
-    # and its decay; the model's ceiling and floor then clip what the merge adds, taken off the
-    # visitor's rules so that an explanation's rows still add up to the behaviour. Valued later
-    # than the link, what the limits clip is decayed as much: in time order they clipped at the
-    # link.
-    added = _merge_ledgers(runtime.limits, state, source)
-    held_back = sum(entry[0] for entry in source.ledger.values()) - sum(added.values())
-    wanted = before + source.behaviour - held_back * weight
-    state.behaviour = _bounded(before, wanted, runtime.floor * weight, runtime.ceiling * weight)
-    _take_off(state, added, wanted - state.behaviour)
+    _add(runtime, state, source.ledger, source.behaviour, weight)
     merged = "anonymous visitor" if source_lead_id.startswith(ANONYMOUS_PREFIX) else "lead"  # an alias merges known leads too
     state.record(time_ms, state.behaviour - before, f"merged from {merged} {source_lead_id}", runtime.history)
+    for rule, bonuses in due:
+        # Paid as the occurrence completing them would have been, under the rule's name.
+        assert rule.bonus is not None
+        had = state.ledger[rule.name][0] if rule.name in state.ledger else 0
+        points = rule.bonus.points * bonuses
+        _add(runtime, state, {rule.name: [points, 0, 0, bonuses]}, points * weight, weight)
+        if state.ledger[rule.name][0] != had:
+            state.record(time_ms, state.ledger[rule.name][0] - had, rule.name, runtime.history)
 
     for key, values in source.seen.items():  # the lead's are kept first, as its traits win
         state.seen[key] = join_seen(values, state.seen.get(key, {}))
-    if source.windows:
-        _merge_windows(state, source)
 
     for name, value in source.traits.items():
         if name not in state.trait_times:  # the known lead's traits (and their forgetting) win
@@ -163,20 +184,77 @@ def _join_ids(state: LeadState, source: LeadState, per_generation: int) -> None:
                 state.remember_event(event_id, max_ms, per_generation)
 
 
-def _merge_windows(state: LeadState, source: LeadState) -> None:
-    """Adds the source's window counters of the windows the target has none of, window by
-    window: taken whole per rule only when the target had none, the visitor's counts of its
-    other windows were lost, and an occurrence arriving late in such a window scored past a
-    cap the visitor had used. Of a window both have, the target's count stands."""
+def _both_counted(state: LeadState, source: LeadState) -> int:
+    """How many events both profiles counted, as far as their remembered ids tell: a visitor's
+    event delivered again under the lead before the merge reached it."""
+    mine = state.ids.keys() | state.old_ids
+    return sum(1 for event_id in (*source.ids, *source.old_ids) if event_id in mine)
+
+
+def _join_windows(
+    runtime: ModelRuntime, state: LeadState, source: LeadState, both_counted: int, weight: float
+) -> list[tuple[Rule, int]]:
+    """Joins the source's window counters to the state's, as one profile would have counted
+    their occurrences (scoring.repeat.join_caps, join_bonuses); takes what the two scored past
+    a cap, or a bonus both paid in one window, off the source's rule (valued as the merge values
+    what the bounds clip, `weight`); returns the rules whose bonuses the joined counts make due
+    now, and how many. Of a window both had, the target's counts stood: the visitor's
+    occurrences did not count towards the bonus (5 visits of a week, 4 of them the visitor's,
+    paid none), nor against the cap."""
+    limits: dict[str, tuple[Rule, Cap | Bonus | None]] = {}
+    for rule in runtime.model.rules:
+        limits[rule.cap_key], limits[rule.bonus_key] = (rule, rule.cap), (rule, rule.bonus)
     windows = state.windows
-    for key, counters in source.windows.items():
+    due: list[tuple[Rule, int]] = []
+    for key, counts in source.windows.items():
         mine = windows.get(key)
-        windows[key] = list(counters) if mine is None else merge_counts(mine, counters, _target_count)
+        if mine is None:
+            windows[key] = list(counts)
+            continue
+        found = limits.get(key)
+        if found is None:
+            continue  # the rule left the model: compaction drops the counters
+        rule, limit = found
+        if isinstance(limit, Cap):
+            windows[key], over = join_caps(mine, counts, limit)
+            _take_back(source, rule, over * rule.points, over, 0, weight)
+        elif isinstance(limit, Bonus):
+            windows[key], paid, twice = join_bonuses(mine, counts, limit, both_counted)
+            _take_back(source, rule, twice * limit.points, 0, twice, weight)
+            if paid:
+                due.append((rule, paid))
     state.windows_drop_ms = 0  # windows that close earlier may have come: compaction works it out again
+    return due
 
 
-def _target_count(mine: int, _visitor: int) -> int:
-    return mine
+def _take_back(source: LeadState, rule: Rule, points: float, capped: int, bonuses: int, weight: float) -> None:
+    """Takes `points` off the source's entry of `rule` (at most what it holds: its max_points
+    may have clipped them), counting `capped` more occurrences capped and `bonuses` fewer
+    bonuses, and off its behaviour."""
+    entry = source.ledger.get(rule.name)
+    if entry is None or not (capped or bonuses):
+        return
+    taken: float = 0
+    if points * entry[0] > 0:
+        taken = points if abs(points) <= abs(entry[0]) else entry[0]
+    entry[0] -= taken
+    entry[2] += capped
+    entry[3] -= bonuses
+    source.behaviour -= taken * weight
+
+
+def _add(runtime: ModelRuntime, state: LeadState, ledger: dict[str, list[float]], points: float, weight: float) -> None:
+    """Adds a ledger's entries to the state's (each rule within its max_points) and `points`
+    to its behaviour (what the entries earned, and their decay); the model's ceiling and floor
+    then clip what this adds, taken off the rules that added it so that an explanation's rows
+    still add up to the behaviour. Valued later than the link, what the limits clip is decayed
+    as much (`weight`): in time order they clipped at the link."""
+    before = state.behaviour
+    added = _merge_ledgers(runtime.limits, state, ledger)
+    held_back = sum(entry[0] for entry in ledger.values()) - sum(added.values())
+    wanted = before + points - held_back * weight
+    state.behaviour = _bounded(before, wanted, runtime.floor * weight, runtime.ceiling * weight)
+    _take_off(state, added, wanted - state.behaviour)
 
 
 def _bounded(before: float, after: float, low: float, high: float) -> float:
@@ -189,11 +267,11 @@ def _bounded(before: float, after: float, low: float, high: float) -> float:
     return after
 
 
-def _merge_ledgers(limits: dict[str, float], state: LeadState, source: LeadState) -> dict[str, float]:
-    """Adds the source's ledger entries to the state's, each rule's points kept within its
-    max_points (`limits`); returns the points each rule added."""
+def _merge_ledgers(limits: dict[str, float], state: LeadState, ledger: dict[str, list[float]]) -> dict[str, float]:
+    """Adds a ledger's entries to the state's, each rule's points kept within its max_points
+    (`limits`); returns the points each rule added."""
     added: dict[str, float] = {}
-    for rule, entry in source.ledger.items():
+    for rule, entry in ledger.items():
         mine = state.ledger.get(rule)
         merged = list(entry) if mine is None else [a + b for a, b in zip(mine, entry)]
         had = 0 if mine is None else mine[0]

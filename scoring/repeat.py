@@ -237,20 +237,64 @@ def bonus_due(state: LeadState, key: str, window: Window, time_ms: int, count: i
     window had passed it), and has not paid it yet. Once paid, the window is marked so
     (BONUS_PAID) and counts no more: an edit that raises `count` does not make it pay again."""
     counts, pos = _counter(state, key, window, time_ms, lateness_ms)
-    counted = counts[pos]
+    counted = bonus_count(counts[pos], count)
     if counted == BONUS_PAID:
+        counts[pos] = BONUS_PAID
         return False
-    if counted < BONUS_PAID:  # read from an earlier layout, which stopped counting once it paid
-        counted = earlier_bonus_count(counted)
-        if counted >= count:
-            counts[pos] = BONUS_PAID
-            return False
     counted += 1
     if counted >= count:
         counts[pos] = BONUS_PAID
         return True
     counts[pos] = counted
     return False
+
+
+def bonus_count(counted: int, count: int) -> int:
+    """A bonus counter's count as a bonus of `count` reads it: BONUS_PAID, or the occurrences
+    its window has counted. One read from an earlier layout, which stopped counting once it
+    paid, has paid if it reached `count`."""
+    if counted < BONUS_PAID:
+        counted = earlier_bonus_count(counted)
+        return BONUS_PAID if counted >= count else counted
+    return counted
+
+
+def join_caps(counts: list[int], other: list[int], cap: Cap) -> tuple[list[int], int]:
+    """The cap counters of two profiles of one lead as one (scoring.identity), and how many
+    occurrences the two scored past the cap in windows both have: one profile would have
+    refused them. The counts of a window add up (a later occurrence there is refused)."""
+    over = 0
+
+    def joined(mine: int, its: int) -> int:
+        nonlocal over
+        # Each profile's count may be past a `max` an edit lowered: those it scored under the old one.
+        over += max(min(mine, cap.max_scored) + min(its, cap.max_scored) - cap.max_scored, 0)
+        return mine + its
+
+    return merge_counts(counts, other, joined), over
+
+
+def join_bonuses(counts: list[int], other: list[int], bonus: Bonus, both_counted: int) -> tuple[list[int], int, int]:
+    """The bonus counters of two profiles of one lead as one (scoring.identity): the counters,
+    the windows whose joined count reaches the bonus's `count` and that neither profile paid
+    (their bonus is due now), and those both paid (one profile pays once). A window's count is
+    the sum less `both_counted`, the events both profiles counted (at least either count): an
+    event counted twice does not complete a bonus."""
+    due = twice = 0
+
+    def joined(mine: int, its: int) -> int:
+        nonlocal due, twice
+        mine, its = bonus_count(mine, bonus.count), bonus_count(its, bonus.count)
+        if BONUS_PAID in (mine, its):
+            twice += mine == its
+            return BONUS_PAID
+        count = max(mine, its, mine + its - both_counted)
+        if count >= bonus.count:
+            due += 1
+            return BONUS_PAID
+        return count
+
+    return merge_counts(counts, other, joined), due, twice
 
 
 def _counter(state: LeadState, key: str, window: Window, time_ms: int, lateness_ms: int) -> tuple[list[int], int]:

@@ -246,10 +246,11 @@ def test_a_merge_keeps_the_visitors_cap_windows_the_lead_has_not_when_it_has_oth
     run = Run(capped).apply(ev("o", at=HOUR, lead="V"), ev("o", at=DAY + HOUR, lead="V"), ev("o", at=DAY + 2 * HOUR, lead="L"))
     merged, _ = merge(capped, "m", "L", run.state("L"), run.state("V"), "V", T0 + DAY + 3 * HOUR)
     run.store[("m", "L")] = merged.to_bytes()
-    assert run.score("L") == 3  # the visitor's day 0 and day 1, the lead's day 1
+    assert run.score("L") == 2  # the visitor's day 0, and day 1 once: one lead's day 1 took one
+    assert run.state("L").ledger["o"][2] == 1
     run.apply(ev("o", at=2 * HOUR, lead="L"), ev("o", at=DAY + 4 * HOUR, lead="L"))  # day 0 arriving late, day 1 again
-    assert run.score("L") == 3
-    assert run.state("L").ledger["o"][2] == 2  # both capped
+    assert run.score("L") == 2
+    assert run.state("L").ledger["o"][2] == 3  # both capped
 
 
 def test_a_merge_keeps_the_lead_within_its_bounds_of_once_per_values_and_window_counters() -> None:
@@ -281,3 +282,70 @@ def test_the_leads_own_recent_event_ids_stay_known_after_a_merge() -> None:
     assert run.score("L") == 18
     assert len(merged.ids) + len(merged.old_ids) <= 2 * 4
     assert merge(counted, "m", "L", merged.copy(), run.state("V"), "V", T0 + 3 * HOUR)[0] == merged  # sent again: dropped
+
+
+def pricing(lead: str, n: int) -> dict:
+    return page(lead, n, "https://acme.io/pricing")
+
+
+def test_a_merge_pays_the_bonus_the_visitors_and_the_leads_visits_reach_together() -> None:
+    """The audit's case (b2b: 5 pricing visits in a week pay 20 once): 4 visits as a visitor, 1
+    as the lead, then 2 more. Of a window both had, the lead's count stood, so the visitor's 4
+    did not count: 70 points, where the same 7 visits of one lead make 90."""
+    states = scored(*(pricing("anon:v9", n) for n in range(1, 5)), pricing("N9", 5),
+                    *(pricing("C9", n) for n in range(11, 18)))
+    merged, _ = merge(ENGINE, "b2b", "N9", states["N9"], states["anon:v9"], "anon:v9", T + 6_000)
+    later = ENGINE.apply_batch([ENGINE.parse(pricing("N9", n)) for n in (7, 8)], lambda model, lead: merged).states
+    merged = later[("b2b", "N9")]
+    assert score("N9", merged) == score("C9", states["C9"]) == 90
+    assert merged.ledger["pricing page"] == states["C9"].ledger["pricing page"] == [90, 7, 0, 1]
+    history = ENGINE.explain("b2b", "N9", merged, T + 60_000)["history"]
+    # Paid at the merge under the rule's name, as an event completing it is: the rows add up.
+    assert {"time": T + 6_000, "rule": "pricing page", "points": 20} in history
+    assert {"time": T + 6_000, "rule": "merged from anonymous visitor anon:v9", "points": 40} in history
+
+
+def test_a_bonus_both_profiles_paid_in_one_window_is_paid_once() -> None:
+    states = scored(*(pricing("anon:v", n) for n in range(1, 6)), *(pricing("u", n) for n in range(11, 16)))
+    merged, _ = merge(ENGINE, "b2b", "u", states["u"], states["anon:v"], "anon:v", T + 20_000)
+    assert merged.ledger["pricing page"] == [120, 10, 0, 1] and score("u", merged) == 120
+
+
+def test_a_bonus_completed_only_by_an_event_both_profiles_counted_is_not_paid_at_the_merge() -> None:
+    """A visitor's event delivered again under the lead before the merge (README, Identity
+    stitching) is counted by both: it does not make up a bonus's count; the next visit does."""
+    visits = [pricing("anon:v", n) for n in range(1, 5)]
+    states = scored(*visits, {**visits[0], "lead_id": "u"})
+    merged, _ = merge(ENGINE, "b2b", "u", states["u"], states["anon:v"], "anon:v", T + 6_000)
+    assert merged.ledger["pricing page"][3] == 0
+    later = ENGINE.apply_batch([ENGINE.parse(pricing("u", 7))], lambda model, lead: merged).states[("b2b", "u")]
+    assert later.ledger["pricing page"][3] == 1
+
+
+def email_open(lead: str, n: int, email_id: str) -> dict:
+    return {"event_id": f"{lead}-{n}", "lead_id": lead, "type": "email_open", "product": "b2b", "time": T + n * 1000,
+            "properties": {"email_id": email_id}}
+
+
+def test_occurrences_both_profiles_scored_past_a_cap_are_taken_off_and_counted_capped() -> None:
+    """The e-mail open cap is one a day: one e-mail (or two) opened by the visitor and the lead on
+    the same day scored 2 points, 0 capped; one lead scores 1, 1 capped."""
+    for lead_email in ("m1", "m2"):
+        states = scored(email_open("anon:v", 1, "m1"), email_open("u", 2, lead_email),
+                        email_open("c", 1, "m1"), email_open("c", 2, lead_email))
+        merged, _ = merge(ENGINE, "b2b", "u", states["u"], states["anon:v"], "anon:v", T + 6_000)
+        assert merged.ledger["e-mail open"] == states["c"].ledger["e-mail open"] == [1, 2, 1, 0]
+        explained = ENGINE.explain("b2b", "u", merged, T + 6_000)
+        assert explained["behaviour_points"] == sum(row["points"] for row in explained["rules"]) == 1
+        later = ENGINE.apply_batch([ENGINE.parse(email_open("u", 3, "m3"))], lambda model, lead: merged).states
+        assert later[("b2b", "u")].ledger["e-mail open"] == [1, 3, 2, 0]  # the day's cap used
+
+
+def test_points_taken_off_past_a_cap_leave_a_rule_at_its_max_points_there() -> None:
+    """The visitor's open past the cap is taken off before the rule's max_points clips the sum:
+    a lead at its 10 e-mail points keeps them."""
+    opens = [{**email_open("u", n, f"m{n}"), "time": T + n * 86_400_000} for n in range(10)]
+    states = scored(*opens, {**email_open("anon:v", 99, "x"), "time": T + 9 * 86_400_000 + 1})
+    assert states["u"].ledger["e-mail open"][0] == 10
+    merged, _ = merge(ENGINE, "b2b", "u", states["u"], states["anon:v"], "anon:v", T + 9 * 86_400_000 + 5)
+    assert merged.ledger["e-mail open"][:2] == [10, 11] and merged.behaviour == 10

@@ -6,7 +6,8 @@
 - exactly one transition per crossing, and hysteresis prevents flapping;
 - on random small models: explanations add up to the score (also after a merge), `leadstream
   score` gives what engine batches give, copies and bytes keep every field and score alike,
-  and a model edit followed by a replay never raises.
+  and a model edit followed by a replay never raises;
+- a visitor merged into a lead counts caps and bonuses as one lead with both's events would.
 """
 
 from __future__ import annotations
@@ -707,6 +708,73 @@ def test_a_model_edit_then_a_replay_never_crashes_and_still_adds_up(parts: dict[
     for (_, lead) in run.store:
         state = run.state(lead)
         assert_explanation_adds_up(run.engine, lead, state, state.watermark_ms + data.draw(st.sampled_from([0, 5 * DAY])))
+
+
+_STITCHED_RULES = (
+    '[[rules]]\nname = "v"\nevent = "v"\npoints = 2\ncap = { max = 2, window = "1d" }\n'
+    'bonus = { count = 3, window = "1d", points = 5 }\n'
+    '[[rules]]\nname = "x"\nevent = "v"\npoints = 1\ncap = { max = 3, window = "1d" }\nmax_points = 6\n'
+    '[[rules]]\nname = "w"\nevent = "w"\npoints = 1\nbonus = { count = 4, window = "7d", points = 7 }\n'
+    '[[rules]]\nname = "o"\nevent = "o"\npoints = 3\nonce_per = "properties.id"\ncap = { max = 1, window = "1d" }\n'
+    'bonus = { count = 2, window = "7d", points = 4 }\n'
+)
+#: Caps, bonuses and `once_per` of a model whose points are all positive (no floor to reach,
+#: no ceiling), where a merge counts as one lead does; `x` has a max_points besides. Under
+#: decay too, which changes points but no count.
+STITCHED = {
+    decay: engine(_STITCHED_RULES + (f"[decay]\n{decay}\n" if decay else ""), lateness="14d")
+    for decay in ("", 'half_life = "3d"', 'steps = [{ idle = "2d", points = -5 }]')
+}
+
+
+@settings(FAST, max_examples=200)
+@given(st.lists(st.tuples(st.sampled_from(["v", "w", "o"]), st.integers(0, 9 * 24), st.booleans(), st.integers(0, 2)),
+                min_size=1, max_size=40),
+       st.integers(0, 9 * 24), st.booleans(), st.sampled_from(sorted(STITCHED)))
+def test_a_merge_counts_caps_and_bonuses_as_one_lead_would(
+    raw: list[tuple[str, int, bool, int]], link_hour: int, shared: bool, decay: str
+) -> None:
+    """Events split between visitor V (only before the link) and lead L (before and after it),
+    V merged into L at the link: each rule's points, occurrences, capped occurrences and bonuses
+    are those of one lead S with all the events, but for what the merge cannot tell:
+    - a rule's max_points (`x`) clips the merged sum, counted as one occurrence capped however
+      many the points were (and one past a cap that max_points had already clipped counts
+      capped twice): its points, occurrences and bonuses are one lead's, not its capped count;
+    - a `once_per` value both profiles saw (`shared`: the same ids; one e-mail opened by each)
+      scored in each, as the values keep no time to tell which occurrence was the repeat: the
+      merged lead has up to one occurrence per such value counted more, in points, caps and
+      bonuses (not fewer, and never more occurrences in all).
+    Under decay (a half-life, steps) all of this holds of the rules' entries; the behaviour
+    points are one lead's only without decay and without `shared` values."""
+    events = []
+    for i, (kind, hour, visitor, value) in enumerate(sorted(raw, key=lambda item: item[1])):
+        owner = "V" if visitor and hour < link_hour else "L"
+        properties = {"id": f"{owner if not shared else ''}{value}"} if kind == "o" else {}
+        events.append(ev(kind, at=hour * HOUR, lead=owner, event_id=f"e{i}", properties=properties))
+    model = STITCHED[decay]
+    one = Run(model).apply(*(dict(e, lead_id="S") for e in events)).state("S")
+    run = Run(model).apply(*(e for e in events if e["time"] < T0 + link_hour * HOUR))
+    source = run.get("m", "V")
+    if source is not None:
+        merged, _ = merge(model, "m", "L", run.get("m", "L"), source, "V", T0 + link_hour * HOUR)
+        run.store[("m", "L")] = merged.to_bytes()
+    run.apply(*(e for e in events if e["time"] >= T0 + link_hour * HOUR))
+    stitched = run.state("L")
+    assert stitched.ledger.keys() == one.ledger.keys()
+    both_saw = len({e["properties"]["id"] for e in events if e["lead_id"] == "V" and e["type"] == "o"}
+                   & {e["properties"]["id"] for e in events if e["lead_id"] == "L" and e["type"] == "o"})
+    for rule, (points, occurrences, capped, bonuses) in one.ledger.items():
+        got = stitched.ledger[rule]
+        assert got[1] == occurrences
+        if rule == "o":
+            assert points <= got[0] <= points + both_saw * (3 + 4) and bonuses <= got[3] <= bonuses + both_saw
+            assert capped - both_saw <= got[2] <= capped
+        elif rule == "x":
+            assert (got[0], got[3]) == (points, bonuses)
+        else:
+            assert got == [points, occurrences, capped, bonuses]
+    if not both_saw and not decay:
+        assert stitched.behaviour == one.behaviour
 
 
 @settings(FAST, max_examples=150)

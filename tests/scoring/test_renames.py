@@ -74,13 +74,15 @@ def test_earlier_names_in_a_list_and_once_per_values_an_earlier_version_kept_und
 
 
 def test_a_visitor_merged_after_a_rename_joins_the_rules_entry_within_its_max_points() -> None:
-    before = engine(limited("o", "max_points = 150\n"))
+    before = engine(limited("o", "max_points = 102\n"))
     run = Run(before).apply(ev(at=0, lead="V"), ev(at=MINUTE, lead="V"), ev(at=0, lead="L"), ev(at=MINUTE, lead="L"))
-    after = engine(limited("o2", 'max_points = 150\nrenamed_from = "o"\n'))
+    after = engine(limited("o2", 'max_points = 102\nrenamed_from = "o"\n'))
     merged, _ = merge(after, "m", "L", run.state("L"), run.state("V"), "V", T0 + 2 * MINUTE)
-    assert merged.ledger == {"o2": [150, 4, 1, 2]}  # 102 + 102, clipped at the rule's 150
-    assert merged.behaviour == 150
-    assert merged.windows["cap:o2"][1] == 2  # the lead's count stands, as in any merge
+    # 102 + 102, less the day's second bonus and the occurrence past the cap of 3: 103, clipped
+    # at the rule's 102.
+    assert merged.ledger == {"o2": [102, 4, 2, 1]}
+    assert merged.behaviour == 102
+    assert merged.windows["cap:o2"][1] == 4  # the counts add up, as in any merge
     assert "o" in run.state("V").ledger  # the visitor's state as it was
 
 

@@ -94,6 +94,24 @@ def test_a_visitor_event_sent_again_under_its_lead_after_the_identify_counts_onc
     assert (state.behaviour + state.fit, ("b2b", "anon:a-1") in run.leads) == (29, False)
 
 
+def test_a_visitors_pricing_visits_count_towards_the_leads_weekly_bonus(tmp_path: Path) -> None:
+    """The audit's case: 4 pricing visits as a visitor, 1 as the lead, its identify, 2 more, in
+    one week, scored 70 (the visitor's 4 left out of the bonus's count), where 7 visits of one
+    lead score 90 with the bonus for 5."""
+    def view(n: int, lead: str) -> dict[str, object]:
+        return {"event_id": f"{lead}{n}", "lead_id": lead, "type": "page_view", "time": T0 + n * 3_600_000,
+                "product": "b2b", "properties": {"url": "https://acme.io/pricing"}}
+
+    identify = {"event_id": "i", "lead_id": "N9", "type": "identify", "time": T0 + 6 * 3_600_000, "product": "b2b",
+                "anonymous_id": "v9"}
+    lines = [*(view(n, "anon:v9") for n in range(4)), view(5, "N9"), identify, view(7, "N9"), view(8, "N9"),
+             *(view(n, "C9") for n in (0, 1, 2, 3, 5, 7, 8))]
+    out = io.StringIO()
+    assert score_file(MODELS_DIR, write(tmp_path / "events.jsonl", lines), table=False, out=out, err=io.StringIO()) == 0
+    leads = {r["lead_id"]: r["score"] for r in map(orjson.loads, out.getvalue().splitlines()) if r["record"] == "lead"}
+    assert leads == {"N9": 90, "C9": 90}
+
+
 def test_decay_is_evaluated_at_the_newest_event_time(tmp_path: Path) -> None:
     b2b = [
         {"event_id": "a", "lead_id": "old", "type": "form_submit", "time": T0, "product": "b2b", "properties": {"form": "demo_request"}, "account_id": "acme"},
