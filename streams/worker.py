@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -69,8 +70,24 @@ def run_worker(settings: Settings) -> int:
         settings.app_id, [m.name for m in models.current.engine.models], settings.topic_events,
         authority(settings.bind_host, settings.worker_port), app.conf.canonical_url,
     )
-    worker.execute_from_commandline()
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as stopped:
+        _exit_at_once(stopped.code)
     return 0
+
+
+def _exit_at_once(code: object) -> None:
+    """Ends the process without the interpreter's teardown, once the worker has stopped (what it
+    scored committed, or left to the next worker): freeing a million lead states object by object
+    took 15 s and more of a full core after the worker had stopped, past the 10 s `docker compose
+    down` waits before it kills."""
+    if isinstance(code, str):  # as the interpreter would have said it
+        print(code, file=sys.stderr)
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code if isinstance(code, int) else 0 if code is None else 1)
 
 
 def say_a_port_taken_since(app: faust.App, settings: Settings) -> None:
