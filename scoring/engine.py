@@ -198,16 +198,18 @@ class ModelRuntime:
         the state until its traits change.
 
         Worked out again, they also bring the state's fit points to theirs, recording the change
-        at `time_ms` (default: the lead's newest event time). Traits change them, and so does an
-        edit of the model's [[fit]] rules: a state written before the edit is read back with
-        `fit_found` unset, and its first use under the new model revises it. That first use also
-        adopts what the state keeps under earlier names (`adopt`)."""
+        in its history at `time_ms` (None: the caller records it, or a read does not). Traits
+        change them, and so does an edit of the model's [[fit]] rules: a state written before
+        the edit is read back with `fit_found` unset, and its first use under the new model
+        revises it. That first use also adopts what the state keeps under earlier names
+        (`adopt`)."""
         found = state.fit_found
         if found is None:
             self.adopt(state)
             found = state.fit_found = self._fit(state.traits)
             if found[1] != state.fit:
-                state.record(state.watermark_ms if time_ms is None else time_ms, found[1] - state.fit, "fit", self.history)
+                if time_ms is not None:
+                    state.record(time_ms, found[1] - state.fit, "fit", self.history)
                 state.fit = found[1]
         return found
 
@@ -325,8 +327,14 @@ class ModelRuntime:
     def decay(self, state: LeadState, lead_id: str, now_ms: int, out: list[Transition]) -> int | None:
         """Brings decay to `now_ms` (never backwards); idempotent for the same `now_ms`. Returns
         the time of the last change it made (the last step's due time; for half-life decay,
-        when it was due, `next_due_ms`, or `now_ms` if earlier), None when it made none."""
-        self.fit_of(state)  # the score settled below is the current model's
+        when it was due, `next_due_ms`, or `now_ms` if earlier), None when it made none.
+
+        A state written before an edit of the [[fit]] rules is revised first, so that the score
+        settled below is the current model's, and the revision is recorded at the sweep's time
+        (never before the lead's newest event), after the steps it took: dated at the lead's
+        newest event, it was listed above a later step, out of order."""
+        fit = state.fit
+        self.fit_of(state)
         level = self.ladder.level_of(state.level)
         changed_ms = None
         if self.steps is not None:
@@ -344,6 +352,8 @@ class ModelRuntime:
                 state.revision += 1
                 changed_ms = now_ms if swept_due_ms is None else min(swept_due_ms, now_ms)
             self._settle(state, level, lead_id, now_ms, out)
+        if state.fit != fit:
+            state.record(max(now_ms, state.watermark_ms), state.fit - fit, "fit", self.history)
         return changed_ms
 
     def _half_life_to(self, state: LeadState, as_of_ms: int, behaviour: float, time_ms: int, level: int, lead_id: str,
@@ -470,7 +480,7 @@ class ModelRuntime:
             changed = True
         if changed:
             state.revision += 1
-            self.fit_of(state)
+            self.fit_of(state, state.watermark_ms)
             self._settle(state, self.ladder.level_of(state.level), lead_id, state.watermark_ms, out)
         return changed
 

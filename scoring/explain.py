@@ -3,7 +3,8 @@ explanation a salesperson sees ("why does this lead have 47 points?").
 
 Decay is evaluated at the time asked for, and fit points are revised after an edit of the
 model's [[fit]] rules (and a renamed rule's entry found under its earlier name), on a copy:
-reading never changes a state. The decayed amount is exact in
+reading never changes a state, nor writes its history (the edit's revision is recorded when the
+worker next scores the lead). The decayed amount is exact in
 total (behaviour points now minus the points rules earned); shown per rule it is attributed to
 the rules with positive points in proportion to their points, so that the rows add up to the
 score. Points regained (a half-life brings negative points back towards zero, below a floor
@@ -155,11 +156,15 @@ def at_time(runtime: ModelRuntime, lead_id: str, state: LeadState, now_ms: int) 
     """The state as the model sees it at `now_ms`: decay brought to then, and fit points as the
     model's [[fit]] rules give them (a state written before they were edited has others, see
     `ModelRuntime.fit_of`), and entries of renamed rules under their names now
-    (`ModelRuntime.adopt`). The state itself when that changes nothing, else a copy."""
+    (`ModelRuntime.adopt`). The state itself when that changes nothing, else a copy.
+
+    A revision of the fit points is not written in the copy's history: the model's edit takes
+    effect in the lead's state when the worker next scores it (an event, a sweep), which records
+    it at that time; a read has no time of its own to date it at (each read would date it anew)."""
     current = state
     if runtime.revises(state):
         current = state.copy()
-        runtime.fit_of(current)
+        runtime.fit_of(current)  # no time: no history entry
     if runtime.steps is not None:
         due = runtime.steps.due_ms(current)
         if due is None or due > now_ms:

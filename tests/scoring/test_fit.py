@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scoring import Engine
+from scoring import Engine, LeadState
 from scoring.config import Table
 from scoring.fit import parse_domains, shipped_list
 from tests.scoring.support import DAY, T0, Run, engine, ev, shipped
@@ -234,3 +234,20 @@ def test_half_life_due_time_of_a_stored_state_uses_the_edited_fit() -> None:
     # below it less its tolerance (scoring/thresholds.py) a fraction of a ms later, so 2 ms later.
     assert edited.next_due_ms("m", stored) == edited.next_due_ms("m", revised) == T0 + 7 * DAY + 2
     assert stored.fit == 10  # asking changed nothing
+
+
+def test_an_edited_fit_rule_s_revision_is_dated_where_it_happens_in_the_history() -> None:
+    # A lead's step taken at day 30 under the old rules, then the [[fit]] edit: its history
+    # dated the revision at the lead's last event (day 0), listed above the step of day 30.
+    signed_up = Run(_edited(30)).apply(ev("signup", traits={"title": "VP Sales"})).state()
+    stepped = LeadState.from_bytes(_edited(30).decay("m", "L1", signed_up, T0 + 31 * DAY)[0].to_bytes())
+    edited = _edited(5)
+    # Reading does not write the lead's history: the edit has not been applied to its state
+    # yet (a date made up for it would be the time of each read); its points are shown.
+    explained = edited.explain("m", "L1", stepped, T0 + 32 * DAY)
+    assert (explained["fit_points"], explained["score"]) == (5, 9)
+    assert [(change["time"], change["rule"]) for change in explained["history"][:2]] == [(T0 + 30 * DAY, "decay"), (T0, "signed up")]
+    # The sweep that applies it records it at its time.
+    swept, _ = edited.decay("m", "L1", stepped, T0 + 32 * DAY)
+    changes = [(time_ms, label, points) for time_ms, points, label in swept.changes(10)]
+    assert changes[-2:] == [(T0 + 30 * DAY, "decay", -1), (T0 + 32 * DAY, "fit", -25)]
