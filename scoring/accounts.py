@@ -323,9 +323,7 @@ def summary(runtime: ModelRuntime, account_id: str, state: AccountState, top: in
     if rollup is not None:
         score = rollup.score(state)
         out["score"] = round(score, 2)
-        out["normalized"] = rollup.scale.normalize(score)
-        temperature = runtime.model.temperature
-        out["temperature"] = temperature.label(out["normalized"]) if temperature is not None else None
+        out["normalized"], out["temperature"] = rollup.scale.placed(score, runtime.model.temperature)
     out["top_members"] = [{"lead_id": lead_id, "score": score} for lead_id, score in state.best(top)]
     return out
 
@@ -402,8 +400,7 @@ def _cross(runtime: ModelRuntime, rollup: AccountRollup, account_id: str, state:
     if after == before:
         return
     state.crossings += 1
-    normalized = rollup.scale.normalize(score)
-    temperature = runtime.model.temperature
+    normalized, temperature = rollup.scale.placed(score, runtime.model.temperature)
     out.append(Transition(
         kind="account",
         model=runtime.name,
@@ -420,7 +417,7 @@ def _cross(runtime: ModelRuntime, rollup: AccountRollup, account_id: str, state:
         grade=None,
         engagement=None,
         cell=None,
-        temperature=temperature.label(normalized) if temperature is not None else None,
+        temperature=temperature,
         time_ms=mover.at_ms,
         reasons=tuple({"rule": "member", "lead_id": lead_id, "points": score} for lead_id, score in rollup.reasons(state)),
         traits={},

@@ -106,7 +106,7 @@ class ModelRuntime:
         "model", "name", "appliers", "apply_other", "fit_match", "ladder", "lateness_ms", "floor", "ceiling",
         "remember", "history", "keep_traits", "steps", "half_life", "windows", "level_index", "up", "down",
         "empty_fit", "empty_found", "first_level", "first_idle_ms", "history_keep", "history_trim", "level_names", "fit_keys", "fit_domain_keys", "classify", "_fit_memo", "labels_memo",
-        "known_types", "limits", "seen_keys", "renames", "member_decay_ms",
+        "known_types", "limits", "seen_keys", "renames", "member_decay_ms", "score_lines",
     )  # fmt: skip
 
     def __init__(self, model: Model) -> None:
@@ -129,6 +129,8 @@ class ModelRuntime:
         #: (fit, behaviour, their types) -> labels, see scoring.explain
         self.labels_memo: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         self.ladder = model.ladder
+        #: lines no score is shown rounded across, see scoring.explain
+        self.score_lines = explaining.score_lines(self)
         self.level_index = model.ladder.index
         self.level_names = model.ladder.names
         self.up = model.ladder.up

@@ -4,13 +4,19 @@ explanation a salesperson sees ("why does this lead have 47 points?").
 Decay is evaluated at the time asked for, and fit points are revised after an edit of the
 model's [[fit]] rules (and a renamed rule's entry found under its earlier name), on a copy:
 reading never changes a state, nor writes its history (the edit's revision is recorded when the
-worker next scores the lead). The decayed amount is exact in
-total (behaviour points now minus the points rules earned); shown per rule it is attributed to
-the rules with positive points in proportion to their points, so that the rows add up to the
-score. Points regained (a half-life brings negative points back towards zero, below a floor
-under zero) are attributed to the rules with negative points, when there are no positive ones.
-What the model's floor adds, when negative fit points take the score below it, is shown as such
-(`floor_points`, and a "floor" reason): behaviour and fit points plus it make the score.
+worker next scores the lead).
+
+Numbers are shown to two decimals (the 0-100 value to one) and add up as shown: behaviour and
+fit points, plus what the model's floor adds when negative fit points take their sum below it
+(`floor_points`, and a "floor" reason), make the score; the rule rows' points and decay make
+the behaviour points. Each label is that of the exact points, and no number shown beside one
+is rounded across a line of it (`scoring.scales.held`): a lead at 29.997 points, under a line at
+30 of its ladder, [engagement] or [temperature], shows 29.99.
+
+The decayed amount is exact in total (behaviour points now minus the points rules earned); per
+rule it is apportioned (`_decay_shares`): a half-life takes every rule's points towards zero,
+negative ones too, so each rule bears the same share of its own points where one share
+accounts for the total, while steps take from the rules with positive points.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
+from scoring.scales import held
 from scoring.state import LeadState
 
 if TYPE_CHECKING:
@@ -39,6 +46,12 @@ _LABELS_MEMO = 16384
 
 
 def _put_labels(out: dict[str, Any], runtime: ModelRuntime, state: LeadState) -> None:
+    out["score"], out["normalized"], out["grade"], out["engagement"], out["cell"], out["temperature"] = _figures(runtime, state)[:6]
+    out["level"] = state.level
+
+
+def _figures(runtime: ModelRuntime, state: LeadState) -> tuple[Any, ...]:
+    """`_labels_of` the state's points: its labels, then the points shown in explanations."""
     # A summary is made for every changed lead of every batch, and a lead's labels depend on
     # its fit and behaviour points alone, which take few distinct values: they are remembered.
     fit, behaviour = state.fit, state.behaviour
@@ -49,33 +62,45 @@ def _put_labels(out: dict[str, Any], runtime: ModelRuntime, state: LeadState) ->
         if len(memo) >= _LABELS_MEMO:
             memo.clear()
         found = memo[key] = _labels_of(runtime, fit, behaviour)
-    out["score"], out["normalized"], out["grade"], out["engagement"], out["cell"], out["temperature"] = found
-    out["level"] = state.level
+    return found
 
 
 def _labels_of(runtime: ModelRuntime, fit: float, behaviour: float) -> tuple[Any, ...]:
-    """Score, 0-100, grade, engagement, cell and temperature of these points."""
+    """Score, 0-100, grade, engagement, cell and temperature of these points, then behaviour,
+    fit and floor points as shown, adding up to the score shown."""
     model = runtime.model
+    grades, engagement_bands = model.grades, model.engagement
+    fit_shown = shown(held(fit, round(fit, 2), grades.lows[1:] if grades is not None else (), 100))
     score = behaviour + fit
-    if score < runtime.floor:
+    lifted = score < runtime.floor
+    # The score shown is behaviour plus fit points shown, so the behaviour points are held off
+    # the score's lines (less the fit points) as well as their own.
+    lines = engagement_bands.lows[1:] if engagement_bands is not None else ()
+    if not lifted:
+        lines = (*lines, *(line - fit_shown for line in runtime.score_lines))
+    behaviour_shown = shown(held(behaviour, round(behaviour, 2), lines, 100))
+    score_shown = shown(behaviour_shown + fit_shown)
+    floor_shown: float = 0
+    if lifted or score_shown < runtime.floor:
         score = runtime.floor
-    normalized = model.scale.normalize(score)
-    grade = model.grades.label(fit) if model.grades is not None else None
-    engagement = int(model.engagement.label(behaviour)) if model.engagement is not None else None
+        score_shown = shown(runtime.floor)
+        floor_shown = shown(score_shown - behaviour_shown - fit_shown)
+    normalized, temperature = model.scale.placed(score, model.temperature)
+    grade = grades.label(fit) if grades is not None else None
+    engagement = int(engagement_bands.label(behaviour)) if engagement_bands is not None else None
     cell = f"{grade}{engagement}" if grade is not None and engagement is not None else None
-    temperature = model.temperature.label(normalized) if model.temperature is not None else None
-    return shown_below_lines(runtime, score), normalized, grade, engagement, cell, temperature
+    return score_shown, normalized, grade, engagement, cell, temperature, behaviour_shown, fit_shown, floor_shown
 
 
-def shown_below_lines(runtime: ModelRuntime, score: float) -> float:
-    """The score to two decimals, rounded down where rounding would put it on a line it has
-    not reached: a half-life lead at 29.99998 showed 30.0 beside the level under a line at 30."""
-    rounded = shown(score)
-    if rounded > score:
-        ladder = runtime.ladder  # its lines as the crossings compare them: the ways up and down
-        if any(score < line <= rounded for line in (*ladder.up[:-1], *ladder.down[1:])):
-            return shown(math.floor(score * 100) / 100)
-    return rounded
+def score_lines(runtime: ModelRuntime) -> tuple[float, ...]:
+    """The lines no score is shown rounded across (`scales.held`): its ladder's, as the
+    crossings compare them (the ways up and down), and its [temperature] bands' on its scale."""
+    ladder, model = runtime.ladder, runtime.model
+    lines = (*ladder.up[:-1], *ladder.down[1:])
+    if model.temperature is not None:
+        scale = model.scale
+        lines += tuple(scale.zero_at + low / 100 * (scale.hundred_at - scale.zero_at) for low in model.temperature.lows[1:])
+    return lines
 
 
 def shown(points: float) -> float:
@@ -86,11 +111,6 @@ def shown(points: float) -> float:
     return int(rounded) if rounded.__class__ is float and rounded.is_integer() else rounded
 
 
-def decayed_points(state: LeadState) -> float:
-    """Points decay has taken in all (behaviour points now minus what the rules earned)."""
-    return state.behaviour - sum(entry[0] for entry in state.ledger.values())
-
-
 def floor_points(runtime: ModelRuntime, state: LeadState) -> float:
     """Points the model's floor adds to the score: behaviour points never go below it, but
     negative fit points (a competitor's domain) can take their sum below it."""
@@ -98,30 +118,61 @@ def floor_points(runtime: ModelRuntime, state: LeadState) -> float:
     return below if below > 0 else 0
 
 
-def rule_rows(runtime: ModelRuntime, state: LeadState) -> list[dict[str, Any]]:
-    """One row per rule that ever matched, most points first."""
-    decayed = decayed_points(state)
-    positive = sum(entry[0] for entry in state.ledger.values() if entry[0] > 0)
-    # Decay takes from positive points; a half-life also gives back to negative ones, which
-    # are all that can bear the decay of a lead without positive points.
-    bearing = positive or sum(entry[0] for entry in state.ledger.values() if entry[0] < 0)
+def rule_rows(runtime: ModelRuntime, state: LeadState) -> tuple[list[dict[str, Any]], float]:
+    """One row per rule that ever matched, most points first, and the points decay took in all
+    as shown (behaviour points shown less the rows' points shown), which the rows' `decayed`
+    add up to exactly: each row's share is rounded down to the hundredth and the hundredths
+    left go to the largest remainders."""
+    ledger = state.ledger
+    points = [entry[0] for entry in ledger.values()]
+    hundredths = [round(shown(earned) * 100) for earned in points]
+    decayed = round(_figures(runtime, state)[6] * 100) - sum(hundredths)  # in hundredths
+    exact = [share * 100 for share in _decay_shares(runtime, points, state.behaviour - sum(points))]
+    parts = [math.floor(share) for share in exact]
+    if parts:
+        # The remainders, largest first (a row's order as a tie-break).
+        order = sorted(range(len(parts)), key=lambda i: (parts[i] - exact[i], i))
+        each, extra = divmod(decayed - sum(parts), len(parts))
+        for rank, i in enumerate(order):
+            parts[i] += each + (rank < extra)
     known = {rule.name for rule in runtime.model.rules}
-    rows: list[dict[str, Any]] = []
-    for name, (points, occurrences, capped, bonuses) in state.ledger.items():
-        share = decayed * points / bearing if bearing and (points > 0) == (positive > 0) and points else 0
-        rows.append(
-            {
-                "rule": name,
-                "points": shown(points),
-                "occurrences": occurrences,
-                "capped": capped,
-                "bonuses": bonuses,
-                "decayed": round(share, 2) or 0,  # not -0.0: a share of nothing
-                "in_model": name in known,
-            }
-        )
+    rows: list[dict[str, Any]] = [
+        {
+            "rule": name,
+            "points": shown(entry[0]),
+            "occurrences": entry[1],
+            "capped": entry[2],
+            "bonuses": entry[3],
+            "decayed": shown(part / 100),
+            "in_model": name in known,
+        }
+        for (name, entry), part in zip(ledger.items(), parts)
+    ]
     rows.sort(key=lambda row: (-abs(row["points"]), row["rule"]))
-    return rows
+    return rows, shown(decayed / 100)
+
+
+def _decay_shares(runtime: ModelRuntime, points: list[float], decayed: float) -> list[float]:
+    """Each rule's part of the `decayed` points, by the points it earned (`points`).
+
+    A half-life takes each rule's points towards zero, the negative ones too (below a floor
+    under zero): where one share of every rule's points accounts for the total, it is each
+    one's (two days of a one-day half-life took 10 points of a rule to 2.5 and gave a -50 one
+    back 37.5). Else (the rules' events were of different ages) and under steps, decay is put
+    on the rules on one side, in proportion to their points: what it took from those with
+    positive points, or gave back to those with negative ones. Without such rules (a model
+    edited since the rules earned their points), it is every rule's, by the size of its points."""
+    taken = sum(earned for earned in points if earned > 0)
+    owed = sum(earned for earned in points if earned < 0)
+    if runtime.half_life is not None and taken + owed:
+        share = -decayed / (taken + owed)
+        if 0 <= share <= 1:
+            return [-share * earned for earned in points]
+    bearing = taken if decayed < 0 else owed
+    if bearing:
+        return [decayed * earned / bearing if (earned > 0) == (bearing > 0) else 0 for earned in points]
+    size = taken - owed
+    return [decayed * abs(earned) / size if size else 0 for earned in points]
 
 
 def fit_rows(runtime: ModelRuntime, state: LeadState) -> list[dict[str, Any]]:
@@ -194,13 +245,12 @@ def explain(runtime: ModelRuntime, lead_id: str, state: LeadState, now_ms: int) 
     current = at_time(runtime, lead_id, state, now_ms)
     out = summary(runtime, lead_id, current, now_ms)
     del out["top_reasons"]
+    rows, decayed = rule_rows(runtime, current)
+    out["behaviour_points"], out["fit_points"], out["floor_points"] = _figures(runtime, current)[6:]
     out.update(
         {
-            "behaviour_points": shown(current.behaviour),
-            "fit_points": shown(current.fit),
-            "floor_points": shown(floor_points(runtime, current)),
-            "decayed": round(decayed_points(current), 2) or 0,
-            "rules": rule_rows(runtime, current),
+            "decayed": decayed,
+            "rules": rows,
             "fit": fit_rows(runtime, current),
             "history": [
                 {"time": time_ms, "rule": label, "points": shown(points)}

@@ -5,14 +5,18 @@ Bands are written as `A = { min = 40 }`, `B = { min = 20, below = 40 }`, ..., an
 number line: exactly one band without `min` (the lowest), one without `below` (the highest),
 and each band's `below` equal to the next band's `min`. An overlap or a gap is an error, so
 every score has exactly one label.
+
+A label is that of the exact number, and the number shown beside it is rounded but never across
+one of the lines of its label (`held`): 29.997 points under an engagement band from 30 are shown
+29.99 beside the band below 30, not 30.
 """
 
 from __future__ import annotations
 
 import math
-
 from bisect import bisect_right
 from dataclasses import dataclass, field
+from typing import Iterable
 
 from scoring.config import Table
 from scoring.errors import ModelError
@@ -47,12 +51,39 @@ class Scale:
     zero_at: float
     hundred_at: float
 
-    def normalize(self, points: float) -> float:
-        """The points on the 0-100 scale, to one decimal, a half rounded up: the hundredfold
-        first, so that 51 of 80 points is 63.75 (exactly), shown 63.8 as 47 of 80 (58.75) is 58.8;
-        as 100 * (51 / 80) it was 63.74999..., shown 63.7."""
+    def percent(self, points: float) -> float:
+        """The points on the 0-100 scale, exact (clipped to 0-100): the hundredfold first, so
+        that 51 of 80 points is 63.75 exactly; as 100 * (51 / 80) it was 63.74999..."""
         percent = 100 * (points - self.zero_at) / (self.hundred_at - self.zero_at)
-        return math.floor(10 * min(max(percent, 0.0), 100.0) + 0.5) / 10
+        return min(max(percent, 0.0), 100.0)
+
+    def normalize(self, points: float) -> float:
+        """The points on the 0-100 scale, to one decimal, a half rounded up: 51 of 80 points
+        (63.75) is 63.8, as 47 of 80 (58.75) is 58.8."""
+        return math.floor(10 * self.percent(points) + 0.5) / 10
+
+    def placed(self, points: float, bands: Bands | None) -> tuple[float, str | None]:
+        """The points on the 0-100 scale as shown (`normalize`) and their band of `bands` (the
+        model's [temperature]): the band of the exact value, and the value shown never rounded
+        into another (34.96 of 100 points is cold below 35, shown 34.9, not 35.0)."""
+        if bands is None:
+            return self.normalize(points), None
+        percent = self.percent(points)
+        return held(percent, math.floor(10 * percent + 0.5) / 10, bands.lows[1:], 10), bands.label(percent)
+
+
+def held(value: float, rounded: float, lows: Iterable[float], step: int) -> float:
+    """`rounded` (`value` to 1/`step`), or, where that is across one of `lows` (lines less their
+    TOLERANCE, as `Bands.lows` and `Ladder.up` keep them) from `value`, `value` cut to 1/`step`
+    towards itself: so a label of the exact value is that of the number shown. A line it has
+    not reached is not reached by the number shown (29.997 is 29.99 under a line at 30), and
+    one it has (a line of three decimals, 20.004, at 20.0042) is not left (20.01)."""
+    if rounded > value:
+        if any(value < low <= rounded for low in lows):
+            return math.floor(value * step) / step
+    elif rounded < value and any(rounded < low <= value for low in lows):
+        return math.ceil(value * step) / step
+    return rounded
 
 
 def parse_scale(table: Table | None, default_hundred_at: float, default_zero_at: float = 0) -> Scale:

@@ -3,9 +3,13 @@ recent history of changes."""
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import orjson
 
 from scoring import Engine
+from scoring.scales import Bands, Scale
 from tests.scoring.support import DAY, T0, Run, engine, ev, shipped
 
 B2B = Engine([shipped("b2b")])
@@ -28,7 +32,8 @@ def test_explain_breaks_the_score_down_by_rule() -> None:
     assert explained["rules"] == [
         {"rule": "demo request", "points": 30, "occurrences": 1, "capped": 0, "bonuses": 0, "decayed": -7.38, "in_model": True},
         {"rule": "pricing page", "points": 30, "occurrences": 3, "capped": 0, "bonuses": 0, "decayed": -7.38, "in_model": True},
-        {"rule": "e-mail open", "points": 1, "occurrences": 3, "capped": 2, "bonuses": 0, "decayed": -0.25, "in_model": True},
+        # -0.2459 rounded to -0.24, not -0.25: the rows' -7.377, -7.377 and -0.2459 add up to the -15 shown.
+        {"rule": "e-mail open", "points": 1, "occurrences": 3, "capped": 2, "bonuses": 0, "decayed": -0.24, "in_model": True},
     ]
     assert explained["fit"] == [{"rule": "senior title", "points": 8}, {"rule": "business e-mail", "points": 1}]
     assert (explained["level"], explained["cell"], explained["next_decay_ms"]) == ("sql", "B2", T0 + 7 + 60 * DAY)  # 55: above 60 - 10
@@ -70,20 +75,23 @@ def test_summary_has_top_reasons() -> None:
     assert set(summary) >= {"lead_id", "model", "score", "normalized", "grade", "engagement", "cell", "temperature", "level", "last_activity_ms"}
 
 
+def _floored_half_life(half_life: str, **points: float) -> Engine:
+    """A rule per keyword, scoring its points on events of its name, under a half-life and a
+    floor of -100."""
+    rules = "".join(f'[[rules]]\nname = "{name}"\nevent = "{name}"\npoints = {value}\n' for name, value in points.items())
+    return engine(rules + f'[decay]\nhalf_life = "{half_life}"\n', settings="floor = -100")
+
+
+def _rows(explained: dict[str, Any]) -> list[tuple[str, float, float]]:
+    return [(row["rule"], row["points"], row["decayed"]) for row in explained["rules"]]
+
+
 def test_rows_add_up_when_a_half_life_brings_negative_points_back() -> None:
     # Below a zero floor, a half-life halves negative points too: the rows carry what it gave back.
-    negative = (
-        '[[rules]]\nname = "unsubscribed"\nevent = "unsubscribe"\npoints = -30\n'
-        '[[rules]]\nname = "bounced"\nevent = "bounce"\npoints = -10\n'
-        '[decay]\nhalf_life = "10d"\n'
-    )
-    run = Run(engine(negative, settings="floor = -100")).apply(ev("unsubscribe"), ev("bounce"))
+    run = Run(_floored_half_life("10d", unsubscribed=-30, bounced=-10)).apply(ev("unsubscribed"), ev("bounced"))
     explained = run.engine.explain("m", "L1", run.state(), T0 + 10 * DAY)
     assert explained["score"] == -20
-    assert [(row["rule"], row["points"], row["decayed"]) for row in explained["rules"]] == [
-        ("unsubscribed", -30, 15),
-        ("bounced", -10, 5),
-    ]
+    assert _rows(explained) == [("unsubscribed", -30, 15), ("bounced", -10, 5)]
 
 
 def test_what_the_floor_adds_is_shown_so_the_parts_make_the_score() -> None:
@@ -146,3 +154,64 @@ def test_whole_half_life_points_are_written_as_integers_as_a_step_model_s() -> N
     assert b'"score":35,' in orjson.dumps(summary) and summary["score"].__class__ is int
     assert run.transitions and all(crossing.score.__class__ is int for crossing in run.transitions)
     assert b"35.0" not in orjson.dumps(addon.explain("analytics_addon", "L1", run.state("L1", "analytics_addon"), T0 + 1000))
+
+
+def test_a_half_life_takes_each_rule_s_points_towards_zero_in_its_rows() -> None:
+    # Two days of a one-day half-life leave a quarter of every rule's points: the +10 rule's
+    # row lost 7.5 and the -50 one's was given back 37.5. The +10 rule's row showed all 30
+    # points given back ("decayed": 30.0), the -50 rule's none.
+    run = Run(_floored_half_life("1d", good=10, bad=-50)).apply(ev("good"), ev("bad"))
+    explained = run.engine.explain("m", "L1", run.state(), T0 + 2 * DAY)
+    assert (explained["score"], explained["behaviour_points"], explained["decayed"]) == (-10, -10, 30)
+    assert _rows(explained) == [("bad", -50, 37.5), ("good", 10, -7.5)]
+    # Positive overall, the same: the -10 rule's row is given back its share too (it showed none).
+    run = Run(_floored_half_life("1d", good=50, bad=-10)).apply(ev("good"), ev("bad"))
+    assert _rows(run.engine.explain("m", "L1", run.state(), T0 + DAY)) == [("good", 50, -25), ("bad", -10, 5)]
+
+
+def test_a_half_life_of_rules_of_different_ages_puts_decay_on_one_side() -> None:
+    # A -29 just now and a +30 two days old: no one share of both rules' points makes the -22.5
+    # decay took (it would be 22.5 times their sum of 1 point), so it is the positive rule's.
+    run = Run(_floored_half_life("1d", good=30, bad=-29)).apply(ev("good"), ev("bad", at=2 * DAY))
+    explained = run.engine.explain("m", "L1", run.state(), T0 + 2 * DAY)
+    assert (explained["score"], explained["decayed"]) == (-21.5, -22.5)
+    assert _rows(explained) == [("good", 30, -22.5), ("bad", -29, 0)]
+
+
+_BANDS = (
+    '[[rules]]\nname = "visit"\nevent = "visit"\npoints = 40\n'
+    '[decay]\nhalf_life = "14d"\n'
+    '[engagement]\n1 = { min = 30 }\n2 = { min = 20, below = 30 }\n3 = { min = 10, below = 20 }\n4 = { below = 10 }\n'
+    '[scale]\nhundred_at = 100\n'
+    '[temperature]\ncold = { below = 30 }\nwarm = { min = 30 }\n'
+)
+
+
+def test_a_number_is_never_shown_rounded_into_a_band_it_has_not_reached() -> None:
+    # 29.997 behaviour points: engagement 2 (below 30) and temperature cold were shown beside a
+    # score of 30 and a 0-100 value of 30.0 (warm, taken from the rounded value), engagement
+    # from the exact points.
+    run = Run(engine(_BANDS)).apply(ev("visit"))
+    at = T0 + math.ceil(14 * DAY * math.log2(40 / 29.997))
+    explained = run.engine.explain("m", "L1", run.state(), at)
+    assert 29.99 < run.engine.decay("m", "L1", run.state(), at)[0].behaviour < 29.998
+    shown = {key: explained[key] for key in ("score", "behaviour_points", "normalized", "engagement", "temperature")}
+    assert shown == {"score": 29.99, "behaviour_points": 29.99, "normalized": 29.9, "engagement": 2, "temperature": "cold"}
+    summary = run.engine.summary("m", "L1", run.state(), at)
+    assert (summary["score"], summary["normalized"], summary["engagement"], summary["temperature"]) == (29.99, 29.9, 2, "cold")
+
+
+def test_a_crossing_shows_its_labels_beside_numbers_that_agree() -> None:
+    # Decay takes the lead down through a line at 30, a hair below it: the crossing showed
+    # 29.99 and engagement 2 beside a 0-100 value of 30.0, "warm".
+    header = '[model]\nname = "m"\n[thresholds]\nbase = "cold"\nladder = [{ level = "mql", at = 30 }]\n'
+    run = Run(engine(header + _BANDS, header=False)).apply(ev("visit"))
+    _, crossings = run.engine.decay("m", "L1", run.state(), T0 + 30 * DAY)
+    assert [(c.to_level, c.score, c.normalized, c.engagement, c.temperature) for c in crossings] == [("cold", 29.99, 29.9, 2, "cold")]
+
+
+def test_an_account_s_temperature_is_that_of_its_score_as_a_lead_s() -> None:
+    bands = Bands(("cold", "warm"), (float("-inf"), 30))
+    # An account score of 29.97 was shown beside 30.0, "warm".
+    assert Scale(0, 100).placed(29.97, bands) == (29.9, "cold")
+    assert (Scale(0, 100).placed(30, bands), Scale(0, 100).placed(29.94, bands)) == ((30.0, "warm"), (29.9, "cold"))

@@ -580,16 +580,24 @@ def small_events(draw: Any, max_size: int = 25) -> list[dict[str, Any]]:
     return events
 
 
-def assert_explanation_adds_up(run_engine: Engine, lead: str, state: LeadState, now_ms: int) -> None:
+def assert_explanation_adds_up(run_engine: Engine, lead: str, state: LeadState, now_ms: int, towards_zero: bool = False) -> None:
+    """The numbers shown add up exactly (in hundredths): the rows' decay to the decay, the rows'
+    points and decay to the behaviour points, those, the fit and the floor's to the score; and,
+    if `towards_zero` (the rules' points are the model's: no edit), a row's decay takes its
+    points towards zero."""
     explained = run_engine.explain("m", lead, state, now_ms)
     rows = explained["rules"]
-    behaviour = sum(row["points"] for row in rows) + explained["decayed"]
-    assert abs(behaviour - explained["behaviour_points"]) <= 0.01 * (len(rows) + 2)
-    assert abs(sum(row["points"] for row in explained["fit"]) - explained["fit_points"]) <= 0.01
-    total = explained["behaviour_points"] + explained["fit_points"] + explained["floor_points"]
-    assert abs(total - explained["score"]) <= 0.03
-    if any(row["decayed"] for row in rows) or explained["decayed"] and any(row["points"] for row in rows):
-        assert abs(sum(row["decayed"] for row in rows) - explained["decayed"]) <= 0.01 * (len(rows) + 1)
+
+    def cents(points: float) -> int:
+        return round(points * 100)
+
+    assert sum(cents(row["decayed"]) for row in rows) == cents(explained["decayed"])
+    assert sum(cents(row["points"]) + cents(row["decayed"]) for row in rows) == cents(explained["behaviour_points"])
+    parts = (explained["behaviour_points"], explained["fit_points"], explained["floor_points"])
+    assert sum(map(cents, parts)) == cents(explained["score"])
+    assert sum(cents(row["points"]) for row in explained["fit"]) == cents(explained["fit_points"])
+    for row in rows if towards_zero else ():
+        assert row["decayed"] * row["points"] <= 0 or abs(row["decayed"]) <= 0.01, row
 
 
 @settings(FAST, max_examples=150)
@@ -601,7 +609,25 @@ def test_an_explanations_rows_add_up_to_the_score(parts: dict[str, Any], events:
     run = Run(run_engine).apply(*events, batch=size)
     for (_, lead) in run.store:
         state = run.state(lead)
-        assert_explanation_adds_up(run_engine, lead, state, state.watermark_ms + later)
+        assert_explanation_adds_up(run_engine, lead, state, state.watermark_ms + later, towards_zero=True)
+
+
+@settings(FAST, max_examples=200)
+@given(
+    st.lists(st.sampled_from([-50, -7, -1, -0.25, 0.5, 1, 3, 10, 25, 40]), min_size=1, max_size=5),
+    st.sampled_from(['steps = [{ idle = "2d", points = -5 }, { idle = "5d", points = -20 }]', 'half_life = "3d"', 'half_life = "1d"']),
+    st.lists(st.tuples(st.integers(0, 4), st.integers(0, 10 * 24)), min_size=1, max_size=12),
+    st.sampled_from([0, HOUR, 3 * DAY, 40 * DAY]),
+)
+def test_decay_rows_add_up_for_rules_of_either_sign(points: list[float], decay: str, events: list[tuple[int, int]],
+                                                    later: int) -> None:
+    """For rules of either sign, under steps or a half-life, the rows' decay adds up to the
+    decay and the rows to the score, each row's decay taking its points towards zero."""
+    rules = "".join(f'[[rules]]\nname = "r{i}"\nevent = "e{i}"\npoints = {p}\n' for i, p in enumerate(points))
+    run_engine = engine(rules + f"[decay]\n{decay}\n", settings="floor = -100", lateness="3d")
+    run = Run(run_engine).apply(*(ev(f"e{rule % len(points)}", at=hours * HOUR) for rule, hours in sorted(events, key=lambda e: e[1])))
+    state = run.state()
+    assert_explanation_adds_up(run_engine, "L1", state, state.watermark_ms + later, towards_zero=True)
 
 
 @settings(FAST, max_examples=80)
