@@ -17,7 +17,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from functools import cached_property
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Generic, Protocol, TypeVar
+from typing import Any, Callable, ClassVar, Generic, Protocol, Sequence, TypeVar
 
 import orjson
 
@@ -225,6 +225,12 @@ class Sink(ABC, Generic[T]):
         Each connector's own: a pause holds its deliveries, not another connector's."""
         return Limiter(connector=self.name)
 
+    #: Whether the runner hands `deliver_batch` the messages queued from a source partition, up to
+    #: MAX_BATCH at once, instead of `deliver` one lead's at a time beside the others': for a sink
+    #: whose writes are overwrites, each needing no Steps, and for which a call per message is
+    #: the cost (the Redis read model: a round trip each held it to a few thousand a second).
+    batched: ClassVar[bool] = False
+
     def source_topic(self, settings: Settings) -> str:
         return settings.topic_crossings
 
@@ -258,6 +264,13 @@ class Sink(ABC, Generic[T]):
     @abstractmethod
     def deliver(self, item: T, steps: Steps) -> None:
         """Perform the action; raise RetryableError or PermanentError when it fails."""
+
+    def deliver_batch(self, items: Sequence[T]) -> list[Exception | None]:
+        """A batched sink's: perform the items' actions in their order, in as few calls as the
+        service allows; per item None when done, else its error (StaleError, PermanentError, or
+        one that a later try may not meet: that item and all after it are tried again). Raise when
+        none of them is known to be done."""
+        raise NotImplementedError(f"sink {self.name} does not deliver batches")
 
     def close(self) -> None:
         """Release connections (called once when the runner stops)."""

@@ -12,6 +12,12 @@ into skips. A partition with MAX_UNCOMMITTED messages behind its committed offse
 until some are committed, which bounds the memory that a lead stuck in retries can make the
 others' messages take.
 
+A batched sink (Sink.batched: the Redis read model, whose cost is a round trip per call) has one
+lane per source partition instead: its queued messages, up to MAX_BATCH, are read, checked and
+handed to `Sink.deliver_batch` together, in their order, a failure of one tried again with
+those after it; the batch is committed once it is all done. A poll's messages are all queued
+before lanes start, so that a lane's first batch takes them.
+
 A 401 (`CredentialsError`) dead-letters nothing: every message would fail the same way, and a
 revoked token would otherwise send the whole stream to the dead-letter topic while the
 connector looked healthy. The connector instead goes not-ready, logs the error, and tries the
@@ -44,6 +50,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
 from redis import RedisError
@@ -66,6 +73,8 @@ T = TypeVar("T")
 log = logging.getLogger("leadstream.sinks")
 
 MAX_POLL_RECORDS = 200
+#: Messages a batched sink (Sink.batched) is handed at most at once: a lane's queue, up to this.
+MAX_BATCH = 500
 #: Messages of a partition taken and not yet committed past which it is not fetched: the
 #: messages queued behind a lead whose deliveries are retried stay in memory until it is done.
 MAX_UNCOMMITTED = 1000
@@ -132,6 +141,22 @@ class Envelope:
     replayed: bool = False  # it comes from a dead letter
     timestamp_ms: int = 0  # its Kafka timestamp, or its dead letter's
 
+    @property
+    def where(self) -> str:
+        """Where it was read, for the log: not its key, which may name a person."""
+        return f"{self.topic}/{self.partition}@{self.offset}"
+
+
+@dataclass(frozen=True, slots=True)
+class _Item(Generic[T]):
+    """A message read as the sink's item, with what the runner keeps such items by."""
+
+    env: Envelope
+    item: T
+    delivery_id: str | None
+    order_key: str | None
+    position: Position
+
 
 @dataclass
 class Stats:
@@ -184,17 +209,21 @@ class _Job:
 
 class _InFlight:
     """What the consumer handed out and this member has not committed: per partition its offsets,
-    per key a lane, the queue of its messages, the first one being delivered.
+    per key a lane, the queue of its messages, the first ones being delivered (one, or a batch).
 
-    The consumer's thread takes messages and commits; pool threads deliver them and call `next`;
-    the rebalance listener revokes partitions (while the consumer's thread is in `poll`). One lock
-    guards it all.
+    The consumer's thread takes messages and commits; pool threads take a lane's `batch`, deliver
+    it and `finish` it; the rebalance listener revokes partitions (while the consumer's thread is
+    in `poll`). One lock guards it all.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, by_partition: bool = False) -> None:
         self._lock = threading.Lock()
         self._partitions: dict[Any, _Partition] = {}
         self._lanes: dict[bytes | int, deque[_Job]] = {}
+        # A batched sink's lane is the source partition's (Sink.batched): per key, nearly every
+        # lane of a read model held one message, and a batch of one is a round trip per message.
+        self._by_partition = by_partition
+        self._sending: dict[bytes | int, int] = {}  # lane -> jobs at its head being delivered, when not one
         self.error: BaseException | None = None  # a lane's, for the consumer's thread to raise
 
     def take(self, tp: Any, offset: int, envelope: Envelope | None) -> _Job | None:
@@ -206,7 +235,8 @@ class _InFlight:
                 partition.finished.add(offset)
                 return None
             # A keyless message keeps its partition's order.
-            job = _Job(envelope, envelope.key if envelope.key is not None else envelope.partition, partition, offset)
+            lane_of = envelope.partition if self._by_partition or envelope.key is None else envelope.key
+            job = _Job(envelope, lane_of, partition, offset)
             lane = self._lanes.get(job.lane)
             if lane is not None:
                 lane.append(job)
@@ -214,16 +244,28 @@ class _InFlight:
             self._lanes[job.lane] = deque([job])
             return job
 
-    def next(self, done: _Job) -> _Job | None:
-        """Finish `done` (delivered, skipped or dead-lettered); the lane's next job, or None when
-        the lane is empty and closed."""
+    def batch(self, head: _Job, limit: int) -> list[_Job]:
+        """The lane's queued jobs from its head on, at most `limit`, to deliver together."""
         with self._lock:
-            done.partition.finished.add(done.offset)
-            lane = self._lanes[done.lane]
-            lane.popleft()
+            lane = self._lanes[head.lane]
+            assert lane[0] is head
+            jobs = list(islice(lane, limit))
+            self._sending[head.lane] = len(jobs)
+            return jobs
+
+    def finish(self, done: list[_Job]) -> _Job | None:
+        """Finish `done`, the lane's `batch` (delivered, skipped or dead-lettered); the lane's next
+        job, or None when the lane is empty and closed."""
+        key = done[0].lane
+        with self._lock:
+            lane = self._lanes[key]
+            for job in done:
+                job.partition.finished.add(job.offset)
+                lane.popleft()
+            self._sending.pop(key, None)
             if lane:
                 return lane[0]
-            del self._lanes[done.lane]
+            del self._lanes[key]
             return None
 
     def fail(self, error: BaseException) -> None:
@@ -259,8 +301,9 @@ class _InFlight:
             self._drop_queued(lambda job: True)
 
     def _drop_queued(self, dropped: Callable[[_Job], bool]) -> None:
-        for key, (first, *queued) in self._lanes.items():
-            self._lanes[key] = deque([first, *(job for job in queued if not dropped(job))])
+        for key, lane in self._lanes.items():
+            sending = self._sending.get(key, 1)  # a lane's head is being delivered from when it opens
+            self._lanes[key] = deque([*islice(lane, sending), *(job for job in islice(lane, sending, None) if not dropped(job))])
 
 
 class SinkRunner(Generic[T]):
@@ -349,7 +392,7 @@ class SinkRunner(Generic[T]):
             session_timeout_ms=6000,
             heartbeat_interval_ms=2000,
         )
-        flight = _InFlight()
+        flight = _InFlight(by_partition=self.sink.batched)
 
         class Revoked(ConsumerRebalanceListener):  # type: ignore[misc]
             # Called from within `poll`, maybe on kafka-python's own thread: it must not block.
@@ -395,13 +438,17 @@ class SinkRunner(Generic[T]):
                     end = consumer.end_offsets(list(consumer.assignment()))
                     log.info("sink %s: replaying %s up to offsets %s", self.sink.name, topic,
                              {tp.partition: offset for tp, offset in end.items() if offset})
+                opened = []
                 for tp, records in batch.items():
                     for m in records:
                         if end is not None and m.offset >= end.get(tp, 0):
                             continue
                         job = flight.take(tp, m.offset, to_envelope(m))
                         if job is not None:
-                            pool.submit(self._run_lane, flight, job)
+                            opened.append(job)
+                # Started once the whole poll is queued, so that a batched sink's lane takes it at once.
+                for job in opened:
+                    pool.submit(self._run_lane, flight, job)
                 commit()
                 full, paused = flight.full(), consumer.paused()
                 if full - paused:
@@ -426,12 +473,16 @@ class SinkRunner(Generic[T]):
         return self.stats
 
     def _run_lane(self, flight: _InFlight, job: _Job | None) -> None:
-        """Deliver a lane's messages until it is empty; on a pool thread. After a stop, or one that
-        cut a wait short (Stopping), the job stays unfinished, its offset uncommitted."""
+        """Deliver a lane's messages until it is empty, one at a time or, for a batched sink, as
+        many as are queued; on a pool thread. After a stop, or one that cut a wait short
+        (Stopping), the jobs under way stay unfinished, their offsets uncommitted."""
         try:
             while job is not None and not self.stop.is_set():
-                self.stats.add(self._deliver(job.envelope), self.sink.name)
-                job = flight.next(job)
+                jobs = flight.batch(job, MAX_BATCH if self.sink.batched else 1)
+                outcomes = self._deliver_batch([j.envelope for j in jobs]) if self.sink.batched else [self._deliver(job.envelope)]
+                for outcome in outcomes:
+                    self.stats.add(outcome, self.sink.name)
+                job = flight.finish(jobs)
         except Stopping:
             pass
         except BaseException as exc:  # noqa: BLE001 - raised on the consumer's thread, which ends the run
@@ -483,9 +534,66 @@ class SinkRunner(Generic[T]):
         if probe is not None:
             probe.close()
 
-    # -- one message ---------------------------------------------------------------------
+    # -- one message, or a batch ---------------------------------------------------------
 
     def _deliver(self, env: Envelope) -> str:
+        read = self._read(env)
+        if isinstance(read, str):
+            return read
+        it = read
+        return self._retried(it.delivery_id or env.where, lambda: self._attempt(it),
+                             lambda reason, detail: self._dead_letter(env, reason, detail))
+
+    def _deliver_batch(self, envs: list[Envelope]) -> list[str]:
+        """Deliver a batched sink's messages (Sink.batched), in their order, with one call for all
+        those that pass the checks each message gets; their outcomes. An item the call failed is
+        tried again with every one after it (the sink's writes are overwrites, done again in
+        order), until the tries run out and those are dead-lettered."""
+        outcomes: dict[int, str] = {}
+        pending: list[tuple[int, _Item[T]]] = []
+        for n, env in enumerate(envs):
+            read = self._read(env)
+            if isinstance(read, str):
+                outcomes[n] = read
+            else:
+                pending.append((n, read))
+
+        def attempt() -> str:
+            sending = []
+            for n, it in pending:
+                try:
+                    held = self._held_back(it)
+                except StaleError as exc:
+                    held = self._stale(it.env.where, exc)
+                if held is None:
+                    sending.append((n, it))
+                else:
+                    outcomes[n] = held
+            errors = self.sink.deliver_batch([it.item for _, it in sending]) if sending else []
+            for (n, it), error in zip(sending, errors, strict=True):
+                if error is None:
+                    outcomes[n] = self._delivered(it)
+                elif isinstance(error, StaleError):
+                    outcomes[n] = self._stale(it.env.where, error)
+                elif isinstance(error, PermanentError):
+                    outcomes[n] = self._dead_letter(it.env, "permanent", f"{error}")
+                else:
+                    del pending[:[m for m, _ in pending].index(n)]  # those before it are done
+                    raise error
+            pending.clear()
+            return "delivered"
+
+        def give_up(reason: str, detail: str) -> str:
+            for n, it in pending:
+                outcomes[n] = self._dead_letter(it.env, reason, detail)
+            return "dead_lettered"
+
+        if pending:
+            self._retried(f"the batch of {len(envs)} from {envs[0].where}", attempt, give_up)
+        return [outcomes[n] for n in range(len(envs))]
+
+    def _read(self, env: Envelope) -> _Item[T] | str:
+        """The message as the sink's item, or its outcome when there is nothing to deliver."""
         position = Position(env.partition, env.offset, env.replayed)
         try:
             item = self.sink.parse(env.key, env.value, position)
@@ -500,30 +608,32 @@ class SinkRunner(Generic[T]):
             return self._dead_letter(env, "malformed", f"unreadable: {exc!r}")
         if not self.sink.handles(item):
             return "ignored"
-        delivery_id = self.sink.delivery_id(item)
-        order_key = self.sink.order_key(item)
-        attempt = 0
+        return _Item(env, item, self.sink.delivery_id(item), self.sink.order_key(item), position)
+
+    def _retried(self, what: str, attempt: Callable[[], str], give_up: Callable[[str, str], str]) -> str:
+        """`attempt`'s outcome, tried again while it fails in a way a later try may not; when
+        tries run out or it fails for good, `give_up(reason, detail)`'s (a dead letter)."""
+        tries = 0
         while True:
-            attempt += 1
+            tries += 1
             try:
                 with self._call_slot():
-                    return self._attempt(env, item, delivery_id, order_key, position)
+                    return attempt()
             except PermanentError as exc:
-                return self._dead_letter(env, "permanent", f"{exc}")
+                return give_up("permanent", f"{exc}")
             except StaleError as exc:
-                log.info("sink %s: %s/%d@%d not applied: %s", self.sink.name, env.topic, env.partition, env.offset, exc)
-                return "stale"
+                return self._stale(what, exc)
             except Stopping:
                 raise
             except CredentialsError as exc:
                 self._hold(exc)
-                attempt -= 1  # no try at this message: the connector's credentials failed, not it
+                tries -= 1  # no try at this message: the connector's credentials failed, not it
                 continue
             except Unsettled as exc:
-                log.info("sink %s: %s: %s", self.sink.name, delivery_id, exc)
+                log.info("sink %s: %s: %s", self.sink.name, what, exc)
                 if self.stop.wait(exc.wait_s):
                     raise Stopping() from None
-                attempt -= 1  # no try: the CRM may still be making the record a timed-out call asked for
+                tries -= 1  # no try: the CRM may still be making the record a timed-out call asked for
                 continue
             except RetryableError as exc:
                 error: Exception = exc
@@ -532,17 +642,20 @@ class SinkRunner(Generic[T]):
             except Exception as exc:  # noqa: BLE001 - a client raised something unforeseen
                 # Retried, then dead-lettered like any failure, so one odd answer cannot stop
                 # the connector; the traceback is logged for the bug report.
-                log.exception("sink %s: unexpected error delivering %s", self.sink.name, delivery_id)
+                log.exception("sink %s: unexpected error delivering %s", self.sink.name, what)
                 error = exc
-            if attempt >= self.policy.max_attempts:
-                return self._dead_letter(env, "retries_exhausted", f"after {attempt} attempts: {error}")
-            delay_s = self.policy.delay_s(attempt, random.random(), getattr(error, "retry_after_s", None))
-            log.warning("sink %s: attempt %d for %s failed, retrying in %.2f s: %s",
-                        self.sink.name, attempt, delivery_id or f"{env.topic}/{env.partition}@{env.offset}", delay_s, error)
+            if tries >= self.policy.max_attempts:
+                return give_up("retries_exhausted", f"after {tries} attempts: {error}")
+            delay_s = self.policy.delay_s(tries, random.random(), getattr(error, "retry_after_s", None))
+            log.warning("sink %s: attempt %d for %s failed, retrying in %.2f s: %s", self.sink.name, tries, what, delay_s, error)
             self.stats.add("retries", self.sink.name)
             metrics.BACKOFF_SECONDS.labels(self.sink.name).inc(delay_s)
             if self.stop.wait(delay_s):
                 raise Stopping()
+
+    def _stale(self, what: str, exc: StaleError) -> str:
+        log.info("sink %s: %s not applied: %s", self.sink.name, what, exc)
+        return "stale"
 
     def _erased(self, item: T, env: Envelope) -> bool:
         """Whether `leadstream forget` erased the item's lead after the item was written to Kafka
@@ -552,34 +665,46 @@ class SinkRunner(Generic[T]):
         lead_id = self.sink.lead_of(item)
         return lead_id is not None and self.forgotten.covers(lead_id, env.timestamp_ms)
 
-    def _attempt(self, env: Envelope, item: T, delivery_id: str | None, order_key: str | None, position: Position) -> str:
-        """One try at delivering `item`: its outcome, or the error of a try that failed."""
-        if delivery_id is not None and self.ledger.delivered(delivery_id):
+    def _attempt(self, it: _Item[T]) -> str:
+        """One try at delivering `it`: its outcome, or the error of a try that failed."""
+        held = self._held_back(it)
+        if held is not None:
+            return held
+        self.sink.deliver(it.item, self.ledger.steps(it.delivery_id) if it.delivery_id is not None else NoSteps())
+        return self._delivered(it)
+
+    def _held_back(self, it: _Item[T]) -> str | None:
+        """Why `it` is not to be delivered now (skipped, erased), raising StaleError when newer
+        messages overtook it; None when it is to be."""
+        env = it.env
+        if it.delivery_id is not None and self.ledger.delivered(it.delivery_id):
             return "skipped"
-        if self._erased(item, env):
+        if self._erased(it.item, env):
             # Where it was read, not its lead or crossing id: the log must not keep whom it was about.
             log.info("sink %s: %s/%d@%d not delivered: its lead was forgotten (leadstream forget) after it",
                      self.sink.name, env.topic, env.partition, env.offset)
             return "erased"
-        if env.replayed and order_key is not None and self.ledger.overtaken(order_key, position):
-            raise StaleError(f"{order_key}: a newer message than {env.topic}/{env.partition}@{env.offset} was delivered")
-        if env.replayed and order_key is not None and self._newest_letters.get((order_key, env.partition), -1) > env.offset:
-            raise StaleError(f"{order_key}: a newer dead letter than {env.topic}/{env.partition}@{env.offset} is replayed")
-        steps = self.ledger.steps(delivery_id) if delivery_id is not None else NoSteps()
-        self.sink.deliver(item, steps)
+        if env.replayed and it.order_key is not None and self.ledger.overtaken(it.order_key, it.position):
+            raise StaleError(f"{it.order_key}: a newer message than {env.topic}/{env.partition}@{env.offset} was delivered")
+        if env.replayed and it.order_key is not None and self._newest_letters.get((it.order_key, env.partition), -1) > env.offset:
+            raise StaleError(f"{it.order_key}: a newer dead letter than {env.topic}/{env.partition}@{env.offset} is replayed")
+        return None
+
+    def _delivered(self, it: _Item[T]) -> str:
+        """The bookkeeping of a delivery done."""
         if self.refused is not None:
             self.refused = None
             self.ready()
             log.info("sink %s: the credentials are accepted again; delivering", self.sink.name)
-        if delivery_id is not None:
-            self.ledger.mark_delivered(delivery_id, order_key, position)
-        crossing_ms = getattr(item, "time_ms", None)
+        if it.delivery_id is not None:
+            self.ledger.mark_delivered(it.delivery_id, it.order_key, it.position)
+        crossing_ms = getattr(it.item, "time_ms", None)
         if crossing_ms is not None:
             metrics.DELIVERY_LATENCY.labels(self.sink.name).observe(max(0.0, time.time() - crossing_ms / 1000))
         # A crossing delivered is an event of interest; a read model's write (no id: one per
         # score change, about one per event) is not, and at INFO would flood the log.
-        log.log(logging.INFO if delivery_id is not None else logging.DEBUG, "sink %s: delivered %s", self.sink.name,
-                delivery_id or f"{env.topic}/{env.partition}@{env.offset}")
+        log.log(logging.INFO if it.delivery_id is not None else logging.DEBUG, "sink %s: delivered %s", self.sink.name,
+                it.delivery_id or it.env.where)
         return "delivered"
 
     @contextmanager

@@ -52,19 +52,37 @@ def test_offsets_are_committed_up_to_the_first_message_not_done_and_never_for_a_
     assert take("p0", 1, b"bob") is None  # queued behind bob's first, in the same lane
     jane = take("p0", 2, b"jane")
     assert bob is not None and jane is not None  # each opens a lane
-    assert flight.next(jane) is None  # jane's done, bob's first still retried
+    assert flight.finish([jane]) is None  # jane's done, bob's first still retried
     assert flight.committable() == {}
-    bobs_second = flight.next(bob)
+    bobs_second = flight.finish([bob])
     assert bobs_second is not None and flight.committable() == {"p0": 1}
     assert take("p1", 0, b"ann") is not None
     assert take("p0", 3, b"bob") is None
     flight.revoke(["p0"])  # bob's second, under way, finishes after the rebalance; his third is dropped
-    assert flight.next(bobs_second) is None
+    assert flight.finish([bobs_second]) is None
     assert flight.committable() == {} and not flight.idle()  # p1's message is not done
     assert flight.full() == set()
     for offset in range(1, MAX_UNCOMMITTED):
         take("p1", offset, b"ann")
     assert flight.full() == {"p1"}
+
+
+def test_a_batched_sinks_lane_is_its_partitions_and_a_batch_under_way_outlives_a_revoke() -> None:
+    flight = _InFlight(by_partition=True)
+
+    def take(partition: str, offset: int, key: bytes) -> _Job | None:
+        return flight.take(partition, offset, Envelope(key, b"{}", "scores", int(partition[1:]), offset))
+
+    head = take("p0", 0, b"b2b/bob")
+    assert head is not None
+    assert take("p0", 1, b"b2b/jane") is None and take("p0", 2, b"b2b/bob") is None  # one lane: the partition's
+    assert take("p1", 0, b"b2b/ann") is not None
+    batch = flight.batch(head, 500)
+    assert [job.offset for job in batch] == [0, 1, 2]
+    assert take("p0", 3, b"b2b/jane") is None
+    flight.revoke(["p0"])  # the batch under way finishes after the rebalance; what is queued behind it is dropped
+    assert flight.finish(batch) is None
+    assert flight.committable() == {}
 
 
 @pytest.mark.parametrize(("max_ms", "expected_s"), [(60_000, 60.0), (2_500, 2.5), (1_000, 1.0), (200, 1.0), (0, 1.0)])
