@@ -66,6 +66,7 @@ from streams.byte_budget import ByteBudget
 from streams.deadletter import DeadLetter
 from streams.envelope import pack
 from streams.errors import ConfigError, RequestRejected, ServiceError, Unavailable, cannot_listen
+from streams.log_throttle import Throttle, throttle_kafka_retries
 from streams.outbox import encode_json_or_none
 from streams.partitioning import partition_for
 from streams.segment import CALL_TYPES, Mapped, Mapper, Source, rejected, with_batch_context
@@ -92,7 +93,6 @@ CONNECT_RETRY_S = 1.0
 CONNECT_SAID_S = 60.0
 #: How often the collector asks Kafka for metadata, for its readiness (KafkaWriter.watch).
 WATCH_S = 5.0
-UNAVAILABLE_LOG_INTERVAL_S = 10.0
 # /v1/import is the batch endpoint under the name Segment's Ruby library posts to.
 BATCH_CALLS = ("batch", "import")
 # analytics.js (Segment's browser library) posts each call to /v1/ and its type's first letter,
@@ -409,17 +409,13 @@ class Collector:
         self._parsing = ByteBudget(settings.collector_max_parsing_bytes)
         # murmur2 in Python costs ~4 us a key, and the same leads come back request after request.
         self._partition = lru_cache(maxsize=1 << 16)(partition_for)
-        self._refused = 0
-        self._warned_at_s = float("-inf")
+        self._unavailable = Throttle()
 
     def note_unavailable(self, exc: Unavailable) -> None:
-        """Log refusals at most every UNAVAILABLE_LOG_INTERVAL_S: an outage must not flood the log."""
-        self._refused += 1
-        now_s = time.monotonic()
-        if now_s - self._warned_at_s >= UNAVAILABLE_LOG_INTERVAL_S:
-            log.warning("answered 503 to %d requests since the last report; latest reason: %s", self._refused, exc)
-            self._refused = 0
-            self._warned_at_s = now_s
+        """Log refusals at most every LOG_INTERVAL_S: an outage must not flood the log."""
+        left_out = self._unavailable.due()
+        if left_out is not None:
+            log.warning("answered 503 to %d requests since the last report; latest reason: %s", left_out + 1, exc)
 
     async def ingest(self, request: web.Request, call: str) -> Outcome:
         """Take one request to /v1/CALL; RequestRejected or Unavailable when it cannot be taken whole."""
@@ -864,6 +860,7 @@ def run_collector(settings: Settings) -> int:
     sources = load_sources(settings.collector_write_keys)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("aiokafka").setLevel(logging.ERROR)  # its connection retries are reported by ours
+    throttle_kafka_retries()  # which it logs at ERROR
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -1,0 +1,72 @@
+"""Lines that recur while a service is down, said at most once an interval with how many were left out.
+
+An outage must not flood the log: aiokafka logged 30-60 lines a second at ERROR while Kafka was
+unreachable, burying whatever else happened meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable
+
+#: How often a recurring line is said at most.
+LOG_INTERVAL_S = 10.0
+
+# aiokafka's (0.14) lines for each failed attempt to reach a broker, by logger, repeated for as long
+# as it is down: ~60 a second from a worker (its consumer's fetches and group coordinator retry
+# too), ~30 from the collector. Its other errors are said as they come.
+KAFKA_RETRIES = {
+    "aiokafka": ("Unable connect to node with id %s: %s", "Unable to update metadata from %s"),  # client.py
+    "aiokafka.consumer.fetcher": ("Failed fetch messages from %s: %s",),
+    "aiokafka.consumer.group_coordinator": ("Group Coordinator Request failed: %s",),
+}
+
+
+class Throttle:
+    """Says when a recurring thing is due to be said again, and how many times it came meanwhile."""
+
+    def __init__(self, interval_s: float = LOG_INTERVAL_S, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval_s = interval_s
+        self.clock = clock
+        self._left_out = 0
+        self._said_at_s = float("-inf")
+
+    def due(self) -> int | None:
+        """None while the last saying is under `interval_s` old (this one counted as left out);
+        else how many were left out since, and this one is said."""
+        now_s = self.clock()
+        if now_s - self._said_at_s < self.interval_s:
+            self._left_out += 1
+            return None
+        left_out, self._left_out, self._said_at_s = self._left_out, 0, now_s
+        return left_out
+
+
+class KafkaRetries(logging.Filter):
+    """aiokafka's connection retries (KAFKA_RETRIES), each at most once every LOG_INTERVAL_S,
+    saying how many were left out."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self._throttles = {message: Throttle(clock=clock) for messages in KAFKA_RETRIES.values() for message in messages}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        throttle = self._throttles.get(str(record.msg))
+        if throttle is None:
+            return True
+        left_out = throttle.due()
+        if left_out is None:
+            return False
+        if left_out:
+            record.msg = f"{record.msg} ({left_out} more such lines left out since the last)"
+        return True
+
+
+_KAFKA_RETRIES = KafkaRetries()
+
+
+def throttle_kafka_retries() -> None:
+    """Said by each service using aiokafka (the collector, the worker) before it connects."""
+    for name in KAFKA_RETRIES:  # a logger's filters see only its own records, not its children's
+        logging.getLogger(name).addFilter(_KAFKA_RETRIES)  # once: it is one object

@@ -1,0 +1,88 @@
+"""Lines recurring through an outage (streams/log_throttle.py): said once an interval, counting those left out."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from streams.log_throttle import KAFKA_RETRIES, LOG_INTERVAL_S, KafkaRetries, Throttle, throttle_kafka_retries
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now_s = 1000.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
+def test_a_throttle_says_the_first_then_once_an_interval_with_how_many_were_left_out() -> None:
+    clock = FakeClock()
+    throttle = Throttle(10.0, clock)
+    said = []
+    for step_s in (0, 1, 1, 7.9, 0.1, 0, 30):  # at 0, 1, 2, 9.9, 10, 10, 40 s
+        clock.now_s += step_s
+        said.append(throttle.due())
+    assert said == [0, None, None, None, 3, None, 1]
+
+
+@pytest.fixture
+def aiokafka_log(caplog: pytest.LogCaptureFixture) -> Iterator[tuple[logging.Logger, FakeClock]]:
+    """aiokafka's loggers with a throttle of their own on a fake clock (the one installed, if any, set aside)."""
+    clock = FakeClock()
+    retries = KafkaRetries(clock)
+    loggers = [logging.getLogger(name) for name in KAFKA_RETRIES]
+    installed = {logger.name: [f for f in logger.filters if isinstance(f, KafkaRetries)] for logger in loggers}
+    for logger in loggers:
+        for existing in installed[logger.name]:
+            logger.removeFilter(existing)
+        logger.addFilter(retries)
+    caplog.set_level(logging.ERROR, logger="aiokafka")
+    yield loggers[0], clock
+    for logger in loggers:
+        logger.removeFilter(retries)
+        for existing in installed[logger.name]:
+            logger.addFilter(existing)
+
+
+def test_a_workers_consumer_retries_are_throttled_on_their_own_loggers(
+    aiokafka_log: tuple[logging.Logger, FakeClock], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker's consumer logs its failed fetches and coordinator requests on aiokafka's child
+    loggers, whose records the filter of `aiokafka` never sees: 20 lines a second more."""
+    for _ in range(20):
+        logging.getLogger("aiokafka.consumer.fetcher").error("Failed fetch messages from %s: %s", 1, "NodeNotReadyError")
+        logging.getLogger("aiokafka.consumer.group_coordinator").error("Group Coordinator Request failed: %s", "NodeNotReadyError")
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("aiokafka.consumer")] == [
+        "Failed fetch messages from 1: NodeNotReadyError", "Group Coordinator Request failed: NodeNotReadyError"]
+
+
+def test_aiokafkas_connection_retries_are_said_once_an_interval_and_its_other_errors_each_time(
+    aiokafka_log: tuple[logging.Logger, FakeClock], caplog: pytest.LogCaptureFixture
+) -> None:
+    """While Kafka was down, aiokafka logged ~30 lines a second at ERROR, two messages over and over."""
+    logger, clock = aiokafka_log
+    for _ in range(2):
+        for _ in range(30):
+            logger.error("Unable connect to node with id %s: %s", 1, ConnectionRefusedError(111, "Connection refused"))
+            logger.error("Unable to update metadata from %s", [1])
+            logger.error("Unexpected error in sender routine")
+        clock.now_s += LOG_INTERVAL_S
+    said = [record.getMessage() for record in caplog.records if record.name == "aiokafka"]
+    assert said.count("Unexpected error in sender routine") == 60
+    retries = [line for line in said if line != "Unexpected error in sender routine"]
+    assert retries == [
+        "Unable connect to node with id 1: [Errno 111] Connection refused",
+        "Unable to update metadata from [1]",
+        "Unable connect to node with id 1: [Errno 111] Connection refused (29 more such lines left out since the last)",
+        "Unable to update metadata from [1] (29 more such lines left out since the last)",
+    ]
+
+
+def test_the_throttle_of_aiokafkas_retries_is_installed_once() -> None:
+    throttle_kafka_retries()
+    throttle_kafka_retries()
+    for name in ("aiokafka", "aiokafka.consumer.fetcher", "aiokafka.consumer.group_coordinator"):
+        assert sum(isinstance(f, KafkaRetries) for f in logging.getLogger(name).filters) == 1, name
