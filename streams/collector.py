@@ -82,6 +82,7 @@ BATCH_LIMIT_BYTES = 4 * 1024 * 1024
 # block, and its header): allow for that before decompressing, then apply the limit to what
 # the body really holds.
 GZIP_OVERHEAD_BYTES = 1024
+GZIP_MAGIC = b"\x1f\x8b"  # RFC 1952's first two bytes of a gzip stream
 EVENTS_PER_MESSAGE = 500  # amortises the worker's per-message cost (envelopes are also bounded in bytes)
 # Calls (or messages) handled between two returns to the event loop, a few ms of work: a 4 MB
 # batch holds up to 2M tiny calls, 10-20 s of mapping, during which no other request, health
@@ -540,8 +541,12 @@ class Collector:
         return source
 
     async def _read_body(self, request: web.Request, limit: int) -> bytes:
+        sent = request.headers.get("Content-Type")
+        if sent is None or not sent.strip():
+            raise rejected("bad_content_type", "the request has no Content-Type; send application/json")
         if request.content_type not in CONTENT_TYPES:
-            raise rejected("bad_content_type", f"Content-Type is {request.content_type!r}; send application/json")
+            # As sent: aiohttp reads a header it cannot parse (`application/json, text/plain`) as application/octet-stream.
+            raise rejected("bad_content_type", f"Content-Type is {sent.strip()!r}; send application/json")
         charset = (request.charset or "utf-8").lower()
         if charset not in UTF8_CHARSETS:
             raise rejected("bad_content_type", f"Content-Type declares charset={charset}; send JSON in UTF-8 (RFC 8259)")
@@ -567,7 +572,12 @@ class Collector:
         except (ClientPayloadError, ConnectionError):
             raise rejected("truncated_body", "the connection ended before the whole body arrived") from None
         raw = b"".join(chunks)
-        return raw if encoding == "identity" else _inflate(raw, encoding, limit)
+        if encoding != "identity":
+            return _inflate(raw, encoding, limit)
+        if raw.startswith(GZIP_MAGIC):  # read as JSON, it was "not valid UTF-8: surrogates not allowed"
+            raise rejected("bad_encoding", "the body looks gzip-compressed (it starts with gzip's bytes 1f 8b) but the request "
+                           "has no Content-Encoding: send `Content-Encoding: gzip` with it")  # fmt: skip
+        return raw
 
     async def _messages(self, mapped: list[Mapped], dead: list[bytes]) -> list[Outgoing]:
         """Envelopes of the events by partition; profile updates by lead; one message per dead letter.

@@ -404,6 +404,20 @@ def test_bad_requests_get_400_with_the_reason_and_nothing_is_written(collector: 
         assert read_messages(settings, topic, events=0, settle_s=0.5) == []
 
 
+def test_a_refused_content_type_or_gzip_body_is_named_as_the_client_sent_it(collector: ThreadedCollector) -> None:
+    """A gzip body without Content-Encoding was "not JSON: str is not valid UTF-8: surrogates not
+    allowed"; a request with no Content-Type, or one aiohttp cannot parse, was told its type was
+    'application/octet-stream', which it never sent."""
+    unlabelled = collector.post("/v1/batch", gzipped({"batch": [track("u")]}))
+    assert (unlabelled.status_code, unlabelled.json()["code"]) == (400, "bad_encoding")
+    assert "gzip-compressed" in unlabelled.json()["message"] and "Content-Encoding: gzip" in unlabelled.json()["message"]
+    untyped = collector.post("/v1/track", track("u"), headers={"Content-Type": None})
+    assert (untyped.status_code, untyped.json()["code"]) == (400, "bad_content_type")
+    assert untyped.json()["message"] == "the request has no Content-Type; send application/json"
+    malformed = collector.post("/v1/track", track("u"), headers={"Content-Type": "application/json, text/plain"})
+    assert malformed.json()["message"] == "Content-Type is 'application/json, text/plain'; send application/json"
+
+
 def test_every_gzip_member_and_both_kinds_of_deflate_are_read(collector: ThreadedCollector, settings: Settings) -> None:
     calls = [track(f"u-{i}") for i in range(4)]
     raw = orjson.dumps({"batch": calls[:2]})
