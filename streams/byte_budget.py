@@ -1,7 +1,7 @@
 """A bound on the bytes that concurrent tasks hold at once, shared first come, first served.
 
-The collector holds a request body's bytes from its parsing to Kafka's acknowledgement: what a
-body costs in memory meanwhile grows with its size (a 4 MB batch of empty calls is ~1.4M dicts,
+The collector holds a request body's bytes from before it reads the body to Kafka's
+acknowledgement: what a body costs in memory meanwhile grows with its size (a 4 MB batch of empty calls is ~1.4M dicts,
 ~300 MB with their refusals), so bounding the bytes bounds the memory of concurrent huge batches.
 """
 
@@ -32,6 +32,13 @@ class ByteBudget:
     def release(self, size_bytes: int) -> None:
         self.held_bytes -= size_bytes
         self._wake()
+
+    def trim(self, held_bytes: int, size_bytes: int) -> int:
+        """Of `held_bytes` held (for a size known only as a bound), give back those beyond
+        `size_bytes`, the size now known; the bytes still held, to `release`."""
+        kept = min(held_bytes, size_bytes)
+        self.release(held_bytes - kept)
+        return kept
 
     async def _acquire(self, size_bytes: int) -> None:
         if not self._waiting and self._fits(size_bytes):

@@ -21,9 +21,9 @@ Contract:
   the body takes longer than LEADSTREAM_COLLECTOR_BODY_TIMEOUT_MS to arrive; a connection without
   a whole request's headers for LEADSTREAM_COLLECTOR_IDLE_TIMEOUT_MS is closed.
 - 503 with Retry-After when Kafka is unreachable, slow to acknowledge, or already holds
-  LEADSTREAM_COLLECTOR_MAX_IN_FLIGHT_BYTES unacknowledged, or when other bodies being parsed hold
-  LEADSTREAM_COLLECTOR_MAX_PARSING_BYTES longer than the request may wait: the collector never
-  buffers without bound, the client keeps the events and retries.
+  LEADSTREAM_COLLECTOR_MAX_IN_FLIGHT_BYTES unacknowledged, or when other bodies being read and parsed
+  hold LEADSTREAM_COLLECTOR_MAX_PARSING_BYTES longer than the request may wait (it reads its body only
+  once its turn came): the collector never buffers without bound, the client keeps the events and retries.
 
 Events are grouped by the partition of their lead and packed into envelopes (streams/envelope.py),
 because the worker pays per Kafka message, not per event (../shared/PERF.md).
@@ -421,23 +421,37 @@ class Collector:
     async def ingest(self, request: web.Request, call: str) -> Outcome:
         """Take one request to /v1/CALL; RequestRejected or Unavailable when it cannot be taken whole."""
         source = self._source_from_header(request)
-        raw = await self._read_body(request, BATCH_LIMIT_BYTES if call in BATCH_CALLS else CALL_LIMIT_BYTES)
-        # Parsed and mapped, a body takes up to ~70 times its bytes: concurrent huge batches would
-        # take the collector's memory past any container's limit.
+        limit = BATCH_LIMIT_BYTES if call in BATCH_CALLS else CALL_LIMIT_BYTES
+        encoding = _encoding(request, limit)
+        # Read, parsed and mapped, a body takes up to ~70 times its bytes: concurrent huge batches
+        # would take the collector's memory past any container's limit. So a body is read only
+        # once its bytes are held, and a request waiting its turn holds no body: reading it first
+        # had 300 gzip batches waiting with 4 MB each inflated, 1.3 GB. How much a body will hold
+        # is known before reading it only from its Content-Length, uncompressed: else the limit,
+        # and the rest is given back once it is read.
+        size = request.content_length if encoding == "identity" and request.content_length is not None else limit
+        held = await self._turn(size)
+        try:
+            raw = await self._read_body(request, encoding, limit)
+            held = self._parsing.trim(held, len(raw))
+            # Held until Kafka acknowledged: the body, parsed and mapped, is still referenced meanwhile.
+            return await self._take(request, call, source, raw)
+        finally:
+            self._parsing.release(held)
+
+    async def _turn(self, size: int) -> int:
+        """Hold `size` bytes of LEADSTREAM_COLLECTOR_MAX_PARSING_BYTES, waiting for them up to
+        LEADSTREAM_COLLECTOR_ACK_TIMEOUT_MS, then Unavailable; the bytes held, to release."""
         try:
             async with asyncio.timeout(self._ack_timeout_s):
-                held = await self._parsing.acquire(len(raw))
+                return await self._parsing.acquire(size)
         except TimeoutError:
             raise Unavailable(
-                f"{self._parsing.held_bytes} bytes of other requests are being parsed and written, the most the "
+                f"{self._parsing.held_bytes} bytes of other requests are being read, parsed and written, the most the "
                 "collector takes at once (LEADSTREAM_COLLECTOR_MAX_PARSING_BYTES), and no turn came within "
                 f"{self.settings.collector_ack_timeout_ms} ms (LEADSTREAM_COLLECTOR_ACK_TIMEOUT_MS)",
                 RETRY_AFTER_S,
             ) from None
-        try:
-            return await self._take(request, call, source, raw)
-        finally:
-            self._parsing.release(held)
 
     async def _take(self, request: web.Request, call: str, source: Source | None, raw: bytes) -> Outcome:
         """The calls of a request's body, mapped and written."""
@@ -540,22 +554,9 @@ class Collector:
             raise RequestRejected(401, "unauthorized", "unknown write key: use a key listed in LEADSTREAM_COLLECTOR_WRITE_KEYS")
         return source
 
-    async def _read_body(self, request: web.Request, limit: int) -> bytes:
-        sent = request.headers.get("Content-Type")
-        if sent is None or not sent.strip():
-            raise rejected("bad_content_type", "the request has no Content-Type; send application/json")
-        if request.content_type not in CONTENT_TYPES:
-            # As sent: aiohttp reads a header it cannot parse (`application/json, text/plain`) as application/octet-stream.
-            raise rejected("bad_content_type", f"Content-Type is {sent.strip()!r}; send application/json")
-        charset = (request.charset or "utf-8").lower()
-        if charset not in UTF8_CHARSETS:
-            raise rejected("bad_content_type", f"Content-Type declares charset={charset}; send JSON in UTF-8 (RFC 8259)")
-        encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
-        if encoding not in ("identity", "gzip", "x-gzip", "deflate"):
-            raise rejected("bad_encoding", f"Content-Encoding {encoding!r} is not supported; send gzip, deflate or no encoding")
-        raw_limit = limit if encoding == "identity" else limit + limit // 1024 + GZIP_OVERHEAD_BYTES
-        if request.content_length is not None and request.content_length > raw_limit:
-            raise _too_large(limit)
+    async def _read_body(self, request: web.Request, encoding: str, limit: int) -> bytes:
+        """The body, decompressed (`encoding` as `_encoding` read it), of at most `limit` bytes."""
+        raw_limit = _raw_limit(encoding, limit)
         chunks: list[bytes] = []
         size = 0
         try:
@@ -610,6 +611,30 @@ class Collector:
         async for letter in in_slices(dead):
             out.append(Outgoing(settings.topic_deadletter, None, None, letter))
         return out
+
+
+def _encoding(request: web.Request, limit: int) -> str:
+    """The body's Content-Encoding, its headers checked (RequestRejected) before it is read."""
+    sent = request.headers.get("Content-Type")
+    if sent is None or not sent.strip():
+        raise rejected("bad_content_type", "the request has no Content-Type; send application/json")
+    if request.content_type not in CONTENT_TYPES:
+        # As sent: aiohttp reads a header it cannot parse (`application/json, text/plain`) as application/octet-stream.
+        raise rejected("bad_content_type", f"Content-Type is {sent.strip()!r}; send application/json")
+    charset = (request.charset or "utf-8").lower()
+    if charset not in UTF8_CHARSETS:
+        raise rejected("bad_content_type", f"Content-Type declares charset={charset}; send JSON in UTF-8 (RFC 8259)")
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("identity", "gzip", "x-gzip", "deflate"):
+        raise rejected("bad_encoding", f"Content-Encoding {encoding!r} is not supported; send gzip, deflate or no encoding")
+    if request.content_length is not None and request.content_length > _raw_limit(encoding, limit):
+        raise _too_large(limit)
+    return encoding
+
+
+def _raw_limit(encoding: str, limit: int) -> int:
+    """The most bytes a body of at most `limit` bytes may take as sent, compressed or not."""
+    return limit if encoding == "identity" else limit + limit // 1024 + GZIP_OVERHEAD_BYTES
 
 
 def _parse(body: bytes) -> dict[str, Any]:

@@ -270,8 +270,9 @@ class Settings:
     collector_max_parsing_bytes: int = _setting(
         "LEADSTREAM_COLLECTOR_MAX_PARSING_BYTES",
         8 * 1024 * 1024,
-        "Bytes of request bodies the collector parses, maps and writes at once (a body takes up to ~70 times its size in "
-        "memory meanwhile); later requests wait their turn up to LEADSTREAM_COLLECTOR_ACK_TIMEOUT_MS, then get 503.",
+        "Bytes of request bodies the collector reads, parses, maps and writes at once (a body takes up to ~70 times its size "
+        "in memory meanwhile); later requests wait their turn, their bodies unread, up to LEADSTREAM_COLLECTOR_ACK_TIMEOUT_MS, "
+        "then get 503.",
         POSITIVE,
     )
     collector_body_timeout_ms: int = _setting(

@@ -90,3 +90,22 @@ def test_a_waiter_cancelled_as_its_turn_comes_gives_its_bytes_back() -> None:
         assert budget.held_bytes == 3
 
     asyncio.run(scenario())
+
+
+def test_bytes_held_for_a_bound_are_trimmed_to_the_size_once_known_and_those_waiting_go() -> None:
+    """A body's turn is held before it is read, for as much as it may hold (its limit when
+    compressed); what it does not need goes to the next in line once it is read."""
+
+    async def scenario() -> None:
+        budget = ByteBudget(10)
+        held = await budget.acquire(8)
+        waiting = asyncio.create_task(budget.acquire(5))
+        await _settle()
+        assert not waiting.done()
+        assert budget.trim(held, 3) == 3
+        assert await waiting == 5
+        assert budget.held_bytes == 8
+        assert budget.trim(5, 9) == 5  # never more than held
+        assert budget.held_bytes == 8
+
+    asyncio.run(scenario())

@@ -21,6 +21,7 @@ import pytest
 import requests
 from aiohttp.test_utils import TestClient, TestServer
 
+from streams import collector as collector_module
 from streams.collector import BATCH_LIMIT_BYTES, CALL_LIMIT_BYTES, Collector, KafkaWriter, Outgoing, create_app, load_sources
 from streams.errors import Unavailable
 from streams.partitioning import partition_for
@@ -675,6 +676,18 @@ class NeverAcknowledges:
         return self.pending[-1]
 
 
+def connected(writer: KafkaWriter, producer: object) -> KafkaWriter:
+    """The writer as `connect` leaves it, with `producer` in place of aiokafka's."""
+    settings = writer.settings
+    writer.partitions = {topic: 3 for topic in (settings.topic_events, settings.topic_profiles, settings.topic_deadletter)}
+    writer._producer = producer
+    writer._answered(True)
+    return writer
+
+
+AUTH = {"Authorization": "Basic " + base64.b64encode(f"{WRITE_KEY}:".encode()).decode()}
+
+
 def test_a_kafka_that_does_not_acknowledge_in_time_gives_unavailable(settings: Settings) -> None:
     writer = KafkaWriter(settings.with_overrides(collector_ack_timeout_ms=200))
     writer._producer = NeverAcknowledges()
@@ -754,6 +767,54 @@ def test_a_request_waits_its_turn_behind_the_bodies_being_parsed_then_gets_503(s
 
     asyncio.run(scenario())
     assert [e["lead_id"] for e in all_events(read_messages(settings, settings.topic_events, events=1))] == ["u-served"]
+
+
+def test_requests_waiting_their_turn_hold_no_body_read_or_inflated(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A body was read and inflated before its request waited for its turn: with Kafka stalled, 300
+    gzip batches of 207 KB, each 4 MB inflated, took the collector from 48 MB to 1.29 GB, though
+    LEADSTREAM_COLLECTOR_MAX_PARSING_BYTES was 8 MB. A request now holds its turn before reading its
+    body (by its Content-Length, or the limit when compressed), so those waiting hold none: the
+    inflated bodies held at once stay within the bound."""
+    bound = 1024 * 1024
+    stalled = settings.with_overrides(collector_max_parsing_bytes=bound, collector_ack_timeout_ms=1000)
+    inflated = orjson.dumps({"batch": [track(f"u-{i}", properties={"pad": "x" * 20_000}) for i in range(40)]})
+    body = gzip.compress(inflated)
+    assert len(body) < 50_000 < 800_000 < len(inflated) < bound  # one at a time: its turn holds all the bound
+    held: dict[asyncio.Task[Any] | None, int] = {}  # a request's task: the bytes of its inflated body
+    most_held = 0
+    inflate, ingest = collector_module._inflate, Collector.ingest
+
+    def inflating(raw: bytes, encoding: str, limit: int) -> bytes:
+        nonlocal most_held
+        inflated = inflate(raw, encoding, limit)
+        held[asyncio.current_task()] = len(inflated)
+        most_held = max(most_held, sum(held.values()))
+        return inflated
+
+    async def ingesting(self: Collector, request: Any, call: str) -> Any:
+        try:
+            return await ingest(self, request, call)
+        finally:
+            held.pop(asyncio.current_task(), None)
+
+    monkeypatch.setattr(collector_module, "_inflate", inflating)
+    monkeypatch.setattr(Collector, "ingest", ingesting)
+
+    async def scenario() -> list[int]:
+        writer = connected(KafkaWriter(stalled), NeverAcknowledges())
+        collector = Collector(stalled, load_sources(stalled.collector_write_keys), writer)
+        server = TestServer(create_app(collector))
+        await server.start_server(auto_decompress=False)  # as `serve` runs it
+        async with TestClient(server) as client:
+            headers = {**AUTH, **GZIP, "Content-Type": "application/json"}
+            answers = await asyncio.gather(*(client.post("/v1/batch", data=body, headers=headers) for _ in range(40)))
+        assert collector._parsing.held_bytes == 0
+        return [answer.status for answer in answers]
+
+    assert asyncio.run(scenario()) == [503] * 40
+    assert held == {}
+    # 40 bodies, 32 MB, were held at once (and took 58 MB of Python's memory, one alone 13 MB).
+    assert len(inflated) <= most_held <= bound, f"{most_held / 1e6:.1f} MB of inflated bodies held at once"
 
 
 def test_a_topic_that_does_not_exist_is_named_while_the_collector_waits_for_it(
