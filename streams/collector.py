@@ -20,10 +20,11 @@ Contract:
   Segment can verify). 408 when
   the body takes longer than LEADSTREAM_COLLECTOR_BODY_TIMEOUT_MS to arrive; a connection without
   a whole request's headers for LEADSTREAM_COLLECTOR_IDLE_TIMEOUT_MS is closed.
-- 503 with Retry-After when Kafka is unreachable, slow to acknowledge, or already holds
-  LEADSTREAM_COLLECTOR_MAX_IN_FLIGHT_BYTES unacknowledged, or when other bodies being read and parsed
-  hold LEADSTREAM_COLLECTOR_MAX_PARSING_BYTES longer than the request may wait (it reads its body only
-  once its turn came): the collector never buffers without bound, the client keeps the events and retries.
+- 503 with Retry-After when Kafka is unreachable (at once, the body unread, while it is known not
+  to answer), slow to acknowledge, or already holds LEADSTREAM_COLLECTOR_MAX_IN_FLIGHT_BYTES
+  unacknowledged, or when other bodies being read and parsed hold LEADSTREAM_COLLECTOR_MAX_PARSING_BYTES
+  longer than the request may wait (it reads its body only once its turn came): the collector never
+  buffers without bound, the client keeps the events and retries.
 
 Events are grouped by the partition of their lead and packed into envelopes (streams/envelope.py),
 because the worker pays per Kafka message, not per event (../shared/PERF.md).
@@ -38,6 +39,7 @@ import asyncio
 import base64
 import binascii
 import codecs
+import contextlib
 import json
 import logging
 import re
@@ -218,6 +220,8 @@ class KafkaWriter:
         self._answering = False
         #: Whether it ever did: the first answer is news of a start, not of a return
         self._answered_once = False
+        #: Set when a write found Kafka not answering, for `watch` to ask at once rather than at its next turn
+        self._ask_now = asyncio.Event()
 
     @property
     def ready(self) -> bool:
@@ -231,17 +235,21 @@ class KafkaWriter:
                 log.info("Kafka at %s answers%s: ready", self.settings.kafka_bootstrap, " again" if self._answered_once else "")
                 self._answered_once = True
             else:
-                log.warning("Kafka at %s does not answer: not ready (/readyz 503) until it does", self.settings.kafka_bootstrap)
+                log.warning("Kafka at %s does not answer: not ready (/readyz 503) and calls answered 503 at once until it "
+                            "does", self.settings.kafka_bootstrap)
         self._answering = answering
         metrics.KAFKA_CONNECTED.set(1 if answering else 0)
 
     async def watch(self, interval_s: float = WATCH_S) -> None:
-        """Asks Kafka for its metadata every `interval_s`, so that readiness follows Kafka while no
-        call comes in too."""
+        """Asks Kafka for its metadata every `interval_s`, and at once when a write timed out: while
+        Kafka does not answer, calls are refused without being tried, so only `watch` sees it return."""
         from aiokafka.errors import KafkaError
 
         while True:
-            await asyncio.sleep(interval_s)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval_s):
+                    await self._ask_now.wait()
+            self._ask_now.clear()
             if self._producer is None:
                 continue
             try:
@@ -252,9 +260,13 @@ class KafkaWriter:
             self._answered(answered)
 
     def producer(self) -> Any:
-        """The started producer; Unavailable until the first connection succeeded."""
+        """The started producer; Unavailable until the first connection succeeded, and while Kafka
+        does not answer: each call tried then waited out the ack timeout for its 503."""
         if self._producer is None:
             raise Unavailable(f"not connected to Kafka at {self.settings.kafka_bootstrap} yet", RETRY_AFTER_S)
+        if not self._answering:
+            raise Unavailable(f"Kafka at {self.settings.kafka_bootstrap} does not answer (asked again every "
+                              f"{WATCH_S:g} s)", RETRY_AFTER_S)  # fmt: skip
         return self._producer
 
     def partition_count(self, topic: str) -> int:
@@ -335,6 +347,7 @@ class KafkaWriter:
                 await _all_done(acks)
         except TimeoutError:
             self._answered(False)
+            self._ask_now.set()  # slow to acknowledge, or gone: a metadata request tells which
             raise Unavailable(
                 f"Kafka did not acknowledge within {self.settings.collector_ack_timeout_ms} ms "
                 "(LEADSTREAM_COLLECTOR_ACK_TIMEOUT_MS)",
@@ -423,6 +436,9 @@ class Collector:
         source = self._source_from_header(request)
         limit = BATCH_LIMIT_BYTES if call in BATCH_CALLS else CALL_LIMIT_BYTES
         encoding = _encoding(request, limit)
+        # Unavailable before the body is read while Kafka is known not to answer: each client's
+        # retries of a huge batch would cost its reading and parsing, in vain, through an outage.
+        self.writer.producer()
         # Read, parsed and mapped, a body takes up to ~70 times its bytes: concurrent huge batches
         # would take the collector's memory past any container's limit. So a body is read only
         # once its bytes are held, and a request waiting its turn holds no body: reading it first
@@ -473,8 +489,8 @@ class Collector:
             call_type = None
         else:
             items, call_type = [body], call
-        # Unavailable before mapping while Kafka is: calls that cannot be written cost a huge batch's
-        # second of CPU at each retry of each client during an outage (bad bodies and keys are answered above).
+        # Unavailable before mapping if Kafka stopped answering while the body waited or was read:
+        # calls that cannot be written cost a huge batch's second of CPU.
         self.writer.producer()
         # No call of a batch, even with the batch's context, can exceed the limit of one when the
         # whole batch does not.

@@ -602,9 +602,10 @@ def test_kafka_down_gives_503_with_retry_after(settings: Settings) -> None:
         assert response.status_code == 503
         assert int(response.headers["Retry-After"]) > 0
         assert response.json()["code"] == "unavailable"
-        # Still a 401 for a wrong key, and a 400 for a bad body: those never depend on Kafka.
+        # Still a 401 for a wrong key, and a 400 for bad headers: those never depend on Kafka. A
+        # body is read only when it could be written (a bad one is refused once Kafka is back).
         assert collector.post("/v1/batch", {"batch": []}, key="wk-unknown").status_code == 401
-        assert collector.post("/v1/batch", b"{", headers={}).status_code == 400
+        assert collector.post("/v1/batch", b"{", headers={"Content-Type": "text/html"}).status_code == 400
 
 
 @pytest.fixture
@@ -632,8 +633,8 @@ def test_while_kafka_is_down_a_batch_is_answered_503_without_mapping_its_calls(s
 
 
 def test_more_unacknowledged_bytes_than_allowed_gives_unavailable(settings: Settings) -> None:
-    writer = KafkaWriter(settings.with_overrides(collector_max_in_flight_bytes=2000, collector_ack_timeout_ms=5000))
-    writer._producer = NeverAcknowledges()
+    writer = connected(KafkaWriter(settings.with_overrides(collector_max_in_flight_bytes=2000, collector_ack_timeout_ms=5000)),
+                       NeverAcknowledges())
 
     async def attempt() -> None:
         waiting = asyncio.create_task(writer.write([Outgoing(settings.topic_events, 0, b"u", b"x" * 1500)]))
@@ -676,6 +677,25 @@ class NeverAcknowledges:
         return self.pending[-1]
 
 
+class FakeKafka:
+    """A producer of a broker that answers (its metadata; each send acknowledged at once) until
+    `answering` is set False, then answers nothing (each send never acknowledged) until it is set back."""
+
+    def __init__(self) -> None:
+        self.answering = True
+        self.client = self  # aiokafka's producer asks its client for metadata
+        self.pending: list[asyncio.Future[None]] = []
+
+    async def force_metadata_update(self) -> bool:
+        return self.answering
+
+    async def send(self, topic: str, value: bytes, key: bytes | None = None, partition: int | None = None) -> asyncio.Future[None]:
+        self.pending.append(asyncio.get_running_loop().create_future())
+        if self.answering:
+            self.pending[-1].set_result(None)
+        return self.pending[-1]
+
+
 def connected(writer: KafkaWriter, producer: object) -> KafkaWriter:
     """The writer as `connect` leaves it, with `producer` in place of aiokafka's."""
     settings = writer.settings
@@ -689,8 +709,7 @@ AUTH = {"Authorization": "Basic " + base64.b64encode(f"{WRITE_KEY}:".encode()).d
 
 
 def test_a_kafka_that_does_not_acknowledge_in_time_gives_unavailable(settings: Settings) -> None:
-    writer = KafkaWriter(settings.with_overrides(collector_ack_timeout_ms=200))
-    writer._producer = NeverAcknowledges()
+    writer = connected(KafkaWriter(settings.with_overrides(collector_ack_timeout_ms=200)), NeverAcknowledges())
 
     async def attempt() -> float:
         started = time.monotonic()
@@ -815,6 +834,68 @@ def test_requests_waiting_their_turn_hold_no_body_read_or_inflated(settings: Set
     assert held == {}
     # 40 bodies, 32 MB, were held at once (and took 58 MB of Python's memory, one alone 13 MB).
     assert len(inflated) <= most_held <= bound, f"{most_held / 1e6:.1f} MB of inflated bodies held at once"
+
+
+def test_while_kafka_does_not_answer_calls_get_503_at_once_and_are_taken_again_once_it_does(
+    settings: Settings, mapped_calls: list[None]
+) -> None:
+    """Once connected, a collector whose Kafka stopped answering had each request wait out the ack
+    timeout, a huge batch mapped first (0.3-0.6 s of CPU), for its 503: only a collector that had
+    never connected answered at once. The 503 now comes before the body is read while Kafka is
+    known not to answer (the latest metadata request or write went unanswered), and calls are
+    taken again once a metadata request is answered."""
+    down = settings.with_overrides(collector_ack_timeout_ms=2000)
+    kafka = FakeKafka()
+    batch = {"batch": [track(f"u-{i}") for i in range(5_000)]}
+
+    async def scenario() -> None:
+        writer = connected(KafkaWriter(down), kafka)
+        watching = asyncio.create_task(writer.watch(interval_s=0.05))
+        collector = Collector(down, load_sources(down.collector_write_keys), writer)
+        try:
+            async with TestClient(TestServer(create_app(collector))) as client:
+                assert (await client.post("/v1/batch", json=batch, headers=AUTH)).status == 200
+                mapped_calls.clear()
+                kafka.answering = False
+                await asyncio.sleep(0.3)  # a few metadata requests, unanswered
+                assert not writer.ready
+                started = time.monotonic()
+                refused = await client.post("/v1/batch", json=batch, headers=AUTH)
+                assert (refused.status, (await refused.json())["code"]) == (503, "unavailable")
+                assert int(refused.headers["Retry-After"]) > 0
+                assert time.monotonic() - started < 0.5
+                assert mapped_calls == []
+                kafka.answering = True
+                await asyncio.sleep(0.3)
+                assert writer.ready
+                assert (await client.post("/v1/batch", json=batch, headers=AUTH)).status == 200
+        finally:
+            watching.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_a_write_kafka_does_not_acknowledge_in_time_has_kafka_asked_at_once(settings: Settings) -> None:
+    """While Kafka is taken not to answer, calls are refused untried: only `watch` can see it
+    answer again. A write that timed out (Kafka slow with one huge batch, or gone) has it ask at
+    once, not at its next turn (5 s), so a Kafka merely slow refuses calls no longer than that."""
+    kafka = FakeKafka()
+    writer = connected(KafkaWriter(settings.with_overrides(collector_ack_timeout_ms=100)), kafka)
+
+    async def scenario() -> None:
+        watching = asyncio.create_task(writer.watch(interval_s=60))
+        try:
+            kafka.answering = False  # this write's acknowledgement never comes
+            with pytest.raises(Unavailable, match="LEADSTREAM_COLLECTOR_ACK_TIMEOUT_MS"):
+                await writer.write([Outgoing(settings.topic_events, 0, b"u", b"{}")])
+            assert not writer.ready
+            kafka.answering = True  # but the broker answers its metadata
+            await asyncio.sleep(0.2)
+            assert writer.ready
+        finally:
+            watching.cancel()
+
+    asyncio.run(scenario())
 
 
 def test_a_topic_that_does_not_exist_is_named_while_the_collector_waits_for_it(
