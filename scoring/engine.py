@@ -467,24 +467,33 @@ class ModelRuntime:
             state.fit_found = None
         return changed
 
-    def take_late_facts(self, state: LeadState, event: Event, lead_id: str, out: list[Transition]) -> bool:
+    def take_late_facts(self, state: LeadState, event: Event, lead_id: str, out: list[Transition]) -> int:
         """What an event beyond the lateness still tells of the lead: its traits (each where no
         newer update set it, by event time) and its account when the lead has none. They are
         facts, not points: a worker catching up reads the events topic ahead of the profiles
         topic, and an identify a day behind its lead's page views lost its traits for good.
         The fit points they change, and a line that moves the score over, are recorded at the
-        lead's newest event time. True if anything changed."""
+        lead's newest event time. CHANGED if anything the lead shows changed; COUNTED if only the
+        time of a trait it already had moved (the state must be written: dropped, it came back
+        in the next batch that wrote the state, so a trait's time, which decides whether an older
+        update is taken, depended on batch boundaries); LATE if nothing did."""
         changed = False
         if event.account_id is not None and state.account_id is None:
             state.account_id = event.account_id
             changed = True
-        if event.traits and self._merge_traits(state, event.traits, event.time_ms):
-            changed = True
+        traits = event.traits
+        dated = False
+        if traits:
+            times, keep, time_ms = state.trait_times, self.keep_traits, event.time_ms
+            dated = any(time_ms > times.get(key, -1) for key in traits if key in keep)
+            if self._merge_traits(state, traits, time_ms):
+                changed = True
         if changed:
             state.revision += 1
             self.fit_of(state, state.watermark_ms)
             self._settle(state, self.ladder.level_of(state.level), lead_id, state.watermark_ms, out)
-        return changed
+            return _CHANGED
+        return _COUNTED if dated else _LATE
 
     def compact(self, state: LeadState) -> None:
         """Forgets what no future event can need: ids and windows beyond the lateness."""
@@ -656,8 +665,10 @@ class Engine:
                 state = slot[0]
                 outcome = (runtime.appliers.get(event.type) or runtime.apply_other)(state, event, transitions)
                 if outcome == _LATE:
-                    if (event.traits or event.account_id is not None) and runtime.take_late_facts(state, event, lead_id, transitions):
-                        slot[2] = _CHANGED
+                    if event.traits or event.account_id is not None:
+                        facts = runtime.take_late_facts(state, event, lead_id, transitions)
+                        if facts > slot[2]:
+                            slot[2] = facts
                     if late is None:
                         late = [runtime.name]
                     else:

@@ -83,6 +83,19 @@ def test_traits_on_any_event_update_fit() -> None:
     assert run.state("L1", "b2b").fit == -10
 
 
+@pytest.mark.parametrize("batch", [1, 2])
+def test_a_late_update_that_only_dates_a_trait_is_kept_whatever_the_batches(batch: int) -> None:
+    # An identify beyond the lateness repeating a title an earlier one set moved only the title's
+    # time: alone in its batch, the state was not written, and an older update arriving next
+    # (here at T0 + 5) took the title over the newer one; in a batch with another event it was.
+    run = Run(B2B).apply(ev("identify", product="b2b", traits={"title": "VP Sales"}),
+                         ev("page_view", at=3 * DAY, product="b2b", properties={"url": "https://acme.io/"}))
+    run.apply(ev("identify", at=10, product="b2b", traits={"title": "VP Sales", "email": None}, event_id="late"),
+              ev("identify", at=5, product="b2b", traits={"title": "Student"}, event_id="older"), batch=batch)
+    assert run.state("L1", "b2b").traits["title"] == "VP Sales"
+    assert run.state("L1", "b2b").trait_times == {"title": T0 + 10, "email": T0 + 10}
+
+
 def test_only_traits_the_model_uses_or_keeps_are_stored() -> None:
     run = Run(B2B).apply(ev("identify", product="b2b", traits={"email": "a@globex.com", "shoe_size": 44}))
     assert run.state("L1", "b2b").traits == {"email": "a@globex.com"}
