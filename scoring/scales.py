@@ -60,16 +60,21 @@ class Scale:
     def normalize(self, points: float) -> float:
         """The points on the 0-100 scale, to one decimal, a half rounded up: 51 of 80 points
         (63.75) is 63.8, as 47 of 80 (58.75) is 58.8."""
-        return math.floor(10 * self.percent(points) + 0.5) / 10
+        return _tenth(self.percent(points))
 
     def placed(self, points: float, bands: Bands | None) -> tuple[float, str | None]:
         """The points on the 0-100 scale as shown (`normalize`) and their band of `bands` (the
         model's [temperature]): the band of the exact value, and the value shown never rounded
         into another (34.96 of 100 points is cold below 35, shown 34.9, not 35.0)."""
-        if bands is None:
-            return self.normalize(points), None
         percent = self.percent(points)
-        return held(percent, math.floor(10 * percent + 0.5) / 10, bands.lows[1:], 10), bands.label(percent)
+        if bands is None:
+            return _tenth(percent), None
+        return held(percent, _tenth(percent), bands.lows[1:], 10), bands.label(percent)
+
+
+def _tenth(percent: float) -> float:
+    """To one decimal, a half rounded up (`round` takes a half to the even tenth)."""
+    return math.floor(10 * percent + 0.5) / 10
 
 
 def held(value: float, rounded: float, lows: Iterable[float], step: int) -> float:

@@ -106,7 +106,6 @@ class DeadLetter:
             raise ValueError(f"not a dead letter as leadstream writes them: {exc!r}") from None
 
 
-
 class Repeats(Generic[K]):
     """The inputs one replay of a dead-letter topic took, so that it re-drives each once however
     many letters of it the topic holds: a crash between a letter and its offset commit writes it

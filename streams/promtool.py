@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import IO
 
 from streams.errors import ServiceError
+from streams.services import apt_get
 
 PACKAGE = "prometheus"
 INSTALL = ("install Prometheus's promtool and put it on PATH (Debian: apt-get install prometheus; "
@@ -53,7 +54,8 @@ def fetch(target: Path) -> None:
         with open(log, "wb") as out:
             deb = _download(work, out, log)
             unpacked = work / "root"
-            if _run(["dpkg-deb", "-x", str(deb), str(unpacked)], work, out) != 0:
+            if subprocess.run(["dpkg-deb", "-x", str(deb), str(unpacked)], cwd=work, stdout=out, stderr=subprocess.STDOUT,
+                              check=False).returncode != 0:
                 raise ServiceError(f"promtool: `dpkg-deb -x {deb.name}` failed; log: {log}")
         binary = unpacked / "usr" / "bin" / "promtool"
         if not binary.exists():
@@ -67,19 +69,15 @@ def fetch(target: Path) -> None:
 def _download(work: Path, out: IO[bytes], log: Path) -> Path:
     """The package's .deb in `work`; the package lists are updated first when they do not name it
     (a fresh image has none), which only root may do."""
-    download = ["apt-get", "download", "-q", PACKAGE]
-    if _run(download, work, out) != 0:
+    download = ["download", "-q", PACKAGE]
+    if apt_get(download, out, work) != 0:
         if os.geteuid() != 0:
             raise ServiceError(f"promtool: `apt-get download {PACKAGE}` failed; run `sudo apt-get update` and try again, "
                                f"or {INSTALL}; log: {log}")
-        if _run(["apt-get", "update", "-q"], work, out) != 0 or _run(download, work, out) != 0:
+        if apt_get(["update", "-q"], out, work) != 0 or apt_get(download, out, work) != 0:
             raise ServiceError(f"promtool: `apt-get download {PACKAGE}` failed (after `apt-get update`); {INSTALL}; log: {log}")
     debs = sorted(work.glob(f"{PACKAGE}_*.deb"))
     if not debs:
         raise ServiceError(f"promtool: `apt-get download {PACKAGE}` left no .deb in {work}; log: {log}")
     return debs[0]
 
-
-def _run(cmd: list[str], cwd: Path, out: IO[bytes]) -> int:
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    return subprocess.run(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env, check=False).returncode

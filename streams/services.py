@@ -19,6 +19,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 from urllib.parse import urlparse
 
 from streams.errors import ServiceError
@@ -358,6 +359,13 @@ class Kafka(Service):
         return line, log
 
 
+def apt_get(args: list[str], out: IO[bytes], cwd: Path | None = None) -> int:
+    """`apt-get ARGS`'s exit status, its output to `out`, never asking a question (what the
+    project installs or fetches with it: redis-server, and promtool for the tests)."""
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    return subprocess.run(["apt-get", *args], cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env, check=False).returncode
+
+
 class Redis(Service):
     name = "redis"
     setting = "LEADSTREAM_REDIS_URL"
@@ -376,11 +384,10 @@ class Redis(Service):
             raise ServiceError("redis: redis-server is missing; install it (Debian: sudo apt-get install redis-server)")
         log = self.home / "logs" / "apt.log"
         log.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         with open(log, "wb") as out:
-            for cmd in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "redis-server"]):
-                if subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, check=False).returncode != 0:
-                    raise ServiceError(f"redis: `{' '.join(cmd)}` failed; log: {log}")
+            for cmd in (["update", "-q"], ["install", "-y", "-q", "redis-server"]):
+                if apt_get(cmd, out) != 0:
+                    raise ServiceError(f"redis: `apt-get {' '.join(cmd)}` failed; log: {log}")
         if shutil.which("redis-server") is None:
             raise ServiceError(f"redis: apt-get installed no redis-server binary; log: {log}")
 
