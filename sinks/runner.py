@@ -569,7 +569,13 @@ class SinkRunner(Generic[T]):
                     sending.append((n, it))
                 else:
                     outcomes[n] = held
-            errors = self.sink.deliver_batch([it.item for _, it in sending]) if sending else []
+            try:
+                errors = self.sink.deliver_batch([it.item for _, it in sending]) if sending else []
+            except (StaleError, PermanentError) as exc:
+                # Raised for the whole call rather than returned per item: each item sent has it.
+                # Left to _retried, a stale call gave its items no outcome (a KeyError stopped the
+                # lane), and a refused one dead-lettered those skipped or erased above too.
+                errors = [exc] * len(sending)
             for (n, it), error in zip(sending, errors, strict=True):
                 if error is None:
                     outcomes[n] = self._delivered(it)

@@ -14,7 +14,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from redis import Redis
 
 from sinks.base import Position
-from sinks.errors import PermanentError
+from sinks.errors import PermanentError, StaleError
 from sinks.redis_model import RedisModelSink, ScoreChange, entry_key, lead_key, leaderboard_key, version_key
 from sinks.runner import SinkRunner, group_id
 from streams.history import read_to_end
@@ -362,3 +362,25 @@ def test_a_redis_failure_mid_batch_commits_nothing_past_it_and_is_tried_again_fr
     assert redis.zrange(leaderboard_key(prefix, "bad"), 0, -1, withscores=True) == [("lead-x", 50.0)]
     assert redis.hget(lead_key(prefix, "bad", "lead-x"), "score") == "50"
     assert drain(RedisModelSink(settings), settings).delivered == 0  # all committed now
+
+
+class Refusing(RedisModelSink):
+    """A batched sink that raises one error for its whole call, rather than one per item."""
+
+    def __init__(self, settings: Settings, error: Exception) -> None:
+        super().__init__(settings)
+        self.error = error
+
+    def deliver_batch(self, items: Sequence[ScoreChange]) -> list[Exception | None]:
+        raise self.error
+
+
+@pytest.mark.parametrize(("error", "outcome"), [(StaleError("overtaken"), "stale"), (PermanentError("refused"), "dead_lettered")])
+def test_an_error_a_batched_sink_raises_for_its_whole_call_is_each_items_sent(
+    sink_settings: Settings, error: Exception, outcome: str
+) -> None:
+    publish(sink_settings, [(f"b2b/lead-{n}", score_change(f"lead-{n}", 40 + n)) for n in range(3)], partition=0)
+
+    stats = drain(Refusing(sink_settings, error), sink_settings)
+
+    assert (stats.as_dict()[outcome], stats.delivered) == (3, 0)
