@@ -20,8 +20,9 @@ Every call becomes one leadstream event:
 - identify -> `identify` with the traits (the call's, over `context.traits` where RudderStack
   puts them), group -> `group` with the account id, alias -> `alias` with `previous_id`: these
   three go to the profiles topic. The traits fit scoring reads get one flat name each
-  (`company_size`, `industry`, `country`) beside Segment's nested ones; of a group's traits,
-  which describe the account (its name, e-mail, phone), the lead gets only these.
+  (`company_size`, `industry`, `country`) beside Segment's nested ones, a size sent as a whole
+  number's text ("329") as its number; of a group's traits, which describe the account (its
+  name, e-mail, phone), the lead gets only these.
 """
 
 from __future__ import annotations
@@ -55,18 +56,26 @@ _HASHABLE_NESTING = 253
 # the event (same shape, so the same checks): the hash is taken only of a call that passed.
 _PENDING_ID = "sha256:" + "0" * 32
 # Where Segment's reserved traits hold what fit rules read (scoring/models/*.toml:
-# `traits.company_size`, `traits.industry`, `traits.country`): a person's nest their company's,
-# a group's are the account's own (`employees`, Segment's name for a group's size).
+# `traits.company_size`, `traits.industry`, `traits.country`), the flat name first: a person's
+# nest their company's, a group's are the account's own (`employees`, Segment's name for a
+# group's size).
 _PERSON_FIT: dict[str, tuple[tuple[str, ...], ...]] = {
-    "company_size": (("employees",), ("company", "employee_count")),
-    "industry": (("company", "industry"),),
-    "country": (("address", "country"),),
+    "company_size": (("company_size",), ("employees",), ("company", "employee_count")),
+    "industry": (("industry",), ("company", "industry")),
+    "country": (("country",), ("address", "country")),
 }
 _ACCOUNT_FIT: dict[str, tuple[tuple[str, ...], ...]] = {
     "company_size": (("company_size",), ("employees",), ("employee_count",)),
     "industry": (("industry",),),
     "country": (("country",), ("address", "country")),
 }
+# Fit rules compare a size with numbers only (`company_size = { gte = 200 }`), and Segment's
+# Group spec types `employees` as a String, as clients then send it ("329"): such text is read
+# as its number. Only the digits of a whole number, which nothing else could mean: "1,200" and
+# "1.200" are 1200 or 1.2 by locale, "10-50" a range. At most 18 digits, within the 64 bits a
+# lead's state keeps.
+_WHOLE_NUMBER = re.compile(r"\s*([0-9]{1,18})\s*")
+_NUMERIC_FIT = frozenset({"company_size"})
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _ONE_MS = timedelta(milliseconds=1)
 _CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
@@ -291,17 +300,14 @@ def canonical_traits(traits: dict[str, Any]) -> dict[str, Any]:
     """A person's traits as sent, plus those fit scoring reads under one flat name each.
 
     Segment's reserved traits nest some of them (`company.employee_count`, `address.country`);
-    a flat name already sent is kept as it is.
+    a flat name already sent wins. A size sent as a whole number's text is its number.
     """
-    out = dict(traits)
-    for name, value in _lifted(traits, _PERSON_FIT).items():
-        if out.get(name) is None:
-            out[name] = value
-    return out
+    return {**traits, **_lifted(traits, _PERSON_FIT)}
 
 
 def _lifted(traits: dict[str, Any], paths: dict[str, tuple[tuple[str, ...], ...]]) -> dict[str, Any]:
-    """Each flat name of `paths` with the value of its first path the traits hold (not null)."""
+    """Each flat name of `paths` with the value of its first path the traits hold (not null),
+    a size given as a whole number's text ("329", Segment's type for it) as that number."""
     out: dict[str, Any] = {}
     for name, candidates in paths.items():
         for path in candidates:
@@ -309,9 +315,15 @@ def _lifted(traits: dict[str, Any], paths: dict[str, tuple[tuple[str, ...], ...]
             for key in path:
                 value = value.get(key) if isinstance(value, dict) else None
             if value is not None:
-                out[name] = value
+                out[name] = _as_number(value) if name in _NUMERIC_FIT else value
                 break
     return out
+
+
+def _as_number(value: Any) -> Any:
+    """A whole number sent as text as that number; anything else as sent."""
+    digits = _WHOLE_NUMBER.fullmatch(value) if isinstance(value, str) else None
+    return value if digits is None else int(digits[1])
 
 
 def event_time_ms(call: dict[str, Any], received_at_ms: int, sent_at: object = None, *, max_future_ms: int) -> int:

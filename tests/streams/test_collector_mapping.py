@@ -182,6 +182,46 @@ def test_a_group_call_leaves_the_persons_traits_to_the_person() -> None:
     assert (traits["email"], traits["title"], traits["company_size"]) == ("ada@acme.io", "VP Marketing", 250)
 
 
+@pytest.mark.parametrize(
+    ("sent", "size"),
+    [
+        ("329", 329),  # Segment's Group spec types `employees` as a String
+        (" 329 ", 329),
+        ("0042", 42),
+        (329, 329),
+        (329.5, 329.5),
+        # Only an unambiguous whole number: the rest stays as sent, for a rule on the text to read.
+        ("1,200", "1,200"),  # 1200, or 1.2 where the comma is the decimal mark
+        ("1.200", "1.200"),
+        ("329.0", "329.0"),
+        ("10-50", "10-50"),
+        ("-5", "-5"),
+        ("+5", "+5"),
+        ("", ""),
+        ("\u0663\u0662\u0669", "\u0663\u0662\u0669"),  # Arabic-Indic digits, which int() would read
+        ("9" * 19, "9" * 19),  # beyond the 64 bits a lead's state keeps
+    ],
+)
+def test_a_size_sent_as_a_whole_numbers_text_is_that_number(sent: object, size: object) -> None:
+    _, group = mapped({"userId": "u-1", "groupId": "acme", "traits": {"employees": sent}}, "group")
+    _, identify = mapped({"userId": "u-1", "traits": {"company": {"employee_count": sent}}}, "identify")
+    _, flat = mapped({"userId": "u-1", "traits": {"company_size": sent}}, "identify")
+    for traits in (group["traits"], identify["traits"], flat["traits"]):
+        assert (traits["company_size"], type(traits["company_size"])) == (size, type(size))
+    assert identify["traits"]["company"] == {"employee_count": sent}  # Segment's own trait as sent
+
+
+def test_a_size_sent_as_text_earns_the_b2b_models_fit_points() -> None:
+    """The b2b model's size rules compare numbers only (`gte = 200, lt = 5000`): a group's
+    `employees: "329"`, as Segment's spec types it, earned nothing."""
+    engine = Engine.from_directory(MODELS)
+    for call, kind in (({"userId": "u-1", "groupId": "acme", "traits": {"employees": "329"}}, "group"),
+                       ({"userId": "u-2", "traits": {"company": {"employee_count": "329"}}}, "identify")):  # fmt: skip
+        value = Mapper("snake_case", MAX_FUTURE_MS).map(call, kind, Source("website", "b2b"), RECEIVED).value
+        (state,) = engine.apply_batch(parse_message(value), lambda model, lead: None).states.values()
+        assert state.fit == 5, call  # target company size
+
+
 def test_alias_keeps_the_previous_id_for_stitching() -> None:
     profile, event = mapped({"type": "alias", "userId": "u-9", "previousId": "a-9", "messageId": "m"})
     assert profile
