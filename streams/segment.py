@@ -15,7 +15,8 @@ Every call becomes one leadstream event:
   accepts (LEADSTREAM_MAX_FUTURE_MS) is refused;
 - track -> the event name, normalised (`Pricing Viewed` -> `pricing_viewed`), with its
   properties; page -> `page_view` with url, path, title, referrer, search and `time_on_page_s`
-  (from the properties or `context.page`); screen -> `screen_view`; the three take the
+  (from the properties, or from `context.page` when it is the page of the properties' url;
+  path and search read from the url when not given); screen -> `screen_view`; the three take the
   browser's `context.userAgent` as `properties.user_agent` where they have none;
 - identify -> `identify` with the traits (the call's, over `context.traits` where RudderStack
   puts them), group -> `group` with the account id, alias -> `alias` with `previous_id`: these
@@ -209,21 +210,27 @@ def _page(call: dict[str, Any], context: dict[str, Any], event: dict[str, Any]) 
     own = _object(call, "properties")
     properties = dict(own)
     # analytics.js sends the page's fields in context.page as well; the call's own ones win.
+    # They are taken only when they describe the call's page: a call naming another url than
+    # the open page's would get that page's path and title, and path rules would score it.
     page = _object(context, "page", "context.")
-    for name in PAGE_FIELDS:
-        if name not in properties and name in page:
-            properties[name] = page[name]
+    own_url = own.get("url")
+    if page and (own_url is None or own_url == page.get("url")):
+        for name in PAGE_FIELDS:
+            if name not in properties and name in page:
+                properties[name] = page[name]
     url = properties.get("url")
     if "path" not in properties and isinstance(url, str):
         # Every page view gets the path its rules compare (`path == "/pricing"`): a URL with no
         # path to read is the client's to fix, not a page view to keep that no path rule sees.
         try:
-            path = urlsplit(url).path
+            parts = urlsplit(url)
         except ValueError as exc:  # an unclosed `[` (an IPv6 host), a host that NFKC changes
             field = "properties.url" if "url" in own else "context.page.url"
             reason = _cut(str(exc), 120)  # the NFKC one quotes the host, which may be most of 32 KB
             raise rejected("bad_field", f"`{field}` is not a URL ({reason}): {_shown(url)}; send the page's address") from None
-        properties["path"] = path or "/"
+        properties["path"] = parts.path or "/"
+        if "search" not in properties and parts.query:
+            properties["search"] = f"?{parts.query}"  # as location.search, which the libraries send
     for name in ("name", "category"):
         value = call.get(name)
         if isinstance(value, str) and name not in properties:

@@ -109,8 +109,39 @@ def test_page_maps_to_a_page_view_with_fields_from_context_and_time_on_page() ->
         "url": "https://acme.test/pricing?x=1",
         "referrer": "https://google.com/",
         "path": "/pricing",
+        "search": "?x=1",
         "name": "Pricing",
     }
+
+
+OPEN_PAGE = {"url": "https://acme.io/pricing", "path": "/pricing", "title": "Pricing", "referrer": "https://google.com/", "search": ""}
+
+
+@pytest.mark.parametrize(
+    ("own", "page", "expected"),
+    [
+        # The call names another page than the open one: nothing of the open one is its.
+        ({"url": "https://acme.io/demo"}, OPEN_PAGE, {"url": "https://acme.io/demo", "path": "/demo"}),
+        ({"url": "https://acme.io/demo?utm_source=ad"}, OPEN_PAGE,
+         {"url": "https://acme.io/demo?utm_source=ad", "path": "/demo", "search": "?utm_source=ad"}),
+        ({"url": "https://acme.io/demo", "title": "Demo"}, OPEN_PAGE, {"url": "https://acme.io/demo", "title": "Demo", "path": "/demo"}),
+        # A context.page without a url is not known to be the call's page.
+        ({"url": "https://acme.io/demo"}, {"path": "/pricing", "title": "Pricing"}, {"url": "https://acme.io/demo", "path": "/demo"}),
+        # The same page: its fields fill the call's gaps.
+        ({"url": "https://acme.io/pricing", "title": "Plans"}, OPEN_PAGE, {**OPEN_PAGE, "title": "Plans"}),
+        ({}, OPEN_PAGE, OPEN_PAGE),
+        ({"url": None}, OPEN_PAGE, {**OPEN_PAGE, "url": None}),
+        ({}, {"url": "https://acme.io/pricing?plan=pro"}, {"url": "https://acme.io/pricing?plan=pro", "path": "/pricing", "search": "?plan=pro"}),
+    ],
+)  # fmt: skip
+def test_a_page_views_fields_come_from_context_page_only_when_it_is_the_calls_page(
+    own: dict[str, Any], page: dict[str, Any], expected: dict[str, Any]
+) -> None:
+    """analytics.js's page(properties={"url": ".../demo"}) from the pricing page sent context.page
+    with the pricing page's url, path and title: the view was written with path "/pricing" and
+    title "Pricing", and a rule on the path scored the demo page as a pricing view."""
+    _, event = mapped({"userId": "u-1", "properties": own, "context": {"page": page}}, "page")
+    assert event["properties"] == expected
 
 
 def test_the_browsers_user_agent_is_a_property_the_b2b_spam_bot_rule_reads() -> None:
