@@ -8,7 +8,8 @@ Every call becomes one leadstream event:
 - `event_id` is the call's `messageId`, so a client's retry of the same call is the same event
   and never scores twice (a call without one gets a hash of its type and content instead, and
   of its arrival time when it has no time of its own);
-- `lead_id` is the `userId`, else `anon:` + the `anonymousId`;
+- `lead_id` is the `userId`, else `anon:` + the `anonymousId` (a `userId` with that prefix is
+  refused: it would be a visitor's profile);
 - `time` is the call's `timestamp`, else its `originalTimestamp`, corrected for the client's
   clock skew by `sentAt` when there is one (as Segment does); without either, the arrival time,
   which is kept beside it as `received_at`. A time further ahead of the arrival than the worker
@@ -149,6 +150,11 @@ class Mapper:
         anonymous_id = _identifier(call, "anonymousId")
         if user_id is None and anonymous_id is None:
             raise rejected("missing_identity", f"a {kind} call needs a `userId` or an `anonymousId`")
+        if user_id is not None and user_id.startswith(ANONYMOUS_PREFIX):
+            # It would name the profile of the visitor whose anonymousId follows the prefix.
+            raise rejected("bad_field", f"`userId` must not start with {ANONYMOUS_PREFIX!r}, the prefix reserved for anonymous "
+                           f"visitors' profiles ({ANONYMOUS_PREFIX!r} + their anonymousId), not {_shown(user_id)}: send the "
+                           "user's own id, or the visitor's id as `anonymousId`")
         if anonymous_id is not None and not is_id(ANONYMOUS_PREFIX + anonymous_id):
             # It names the visitor's lead, which the worker would refuse to stitch (streams/stitching.py).
             raise rejected("bad_field", f"`anonymousId` must be 1 to {MAX_ID_CHARS - len(ANONYMOUS_PREFIX)} characters with no control "

@@ -423,6 +423,10 @@ def test_a_timed_call_without_message_id_retried_later_keeps_its_event_id() -> N
         ({"userId": "u", "anonymousId": "a\x07"}, "identify", "bad_field"),
         ({"userId": "u", "previousId": "p" * 257}, "alias", "bad_field"),
         ({"userId": "u", "previousId": "p\n"}, "alias", "bad_field"),
+        # A user id the visitor with anonymousId `v` would share a profile with.
+        ({"userId": "anon:v", "event": "A"}, "track", "bad_field"),
+        ({"userId": "anon:v", "anonymousId": "v"}, "identify", "bad_field"),
+        ({"userId": "anon:v", "previousId": "u"}, "alias", "bad_field"),
     ],
 )
 def test_calls_that_cannot_be_mapped_are_rejected_with_a_reason(call: Any, call_type: str | None, code: str) -> None:
@@ -438,6 +442,7 @@ def test_calls_that_cannot_be_mapped_are_rejected_with_a_reason(call: Any, call_
     # A JSON reader makes such an integer a float (1.2345678901234569e+32): the message said that.
     ({"userId": 123456789012345678901234567890123, "event": "A"}, "track", "`userId` is an integer beyond 64 bits"),
     ({"userId": "u", "event": "A", "properties": [1]}, "track", "`properties` must be a JSON object, not an array"),
+    ({"userId": "anon:g7-v", "event": "A"}, "track", "`userId` must not start with 'anon:', the prefix reserved for anonymous visitors'"),
 ])
 def test_rejections_show_the_value_as_the_call_wrote_it(call: Any, call_type: str | None, said: str) -> None:
     # In Python's spelling, they said None, True and list. Read as the collector reads a body.
