@@ -852,12 +852,14 @@ def create_app(collector: Collector) -> web.Application:
 class _MalformedRequests(logging.Filter):
     """aiohttp logs each request it cannot parse as HTTP (a duplicate Content-Type, a bad chunk
     size) at ERROR with a traceback, though it answers 400 and goes on: from the internet, any
-    scanner would fill the log. One line at INFO says it."""
+    scanner would fill the log. One line at INFO says it, naming the error's kind only: aiohttp's
+    message quotes the offending line over several, an Authorization header's credentials or a
+    request line's `?writeKey=` with it."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
         if isinstance(error, HttpProcessingError) and str(record.msg).startswith("Error handling request"):
-            record.msg, record.args = "refused a request that is not valid HTTP from %s: %s", (*record.args, error.message)  # type: ignore[misc]
+            record.msg, record.args = "refused a request that is not valid HTTP from %s: %s", (*record.args, type(error).__name__)  # type: ignore[misc]
             record.levelno, record.levelname = logging.INFO, "INFO"
             record.exc_info = record.exc_text = None
         return True

@@ -935,6 +935,26 @@ def test_a_request_that_is_not_valid_http_is_refused_in_one_line_not_a_logged_tr
     assert all(r.getMessage().startswith("refused a request that is not valid HTTP from 127.0.0.1: ") for r in said)
 
 
+def test_a_request_that_is_not_valid_http_is_logged_without_its_credentials_on_one_line(
+    collector: ThreadedCollector, caplog: pytest.LogCaptureFixture
+) -> None:
+    """aiohttp's message quotes the line it could not parse, over several lines: the write key of
+    a bad Authorization header or of a request line's query string was copied into the log."""
+    secret = base64.b64encode(b"wk_app:").decode()
+    heads = [f"POST /v1/track HTTP/1.1\r\nHost: x\r\nAuthorization : Basic {secret}\r\n\r\n".encode(),
+             b"POST /v1/track?writeKey=wk_site HTTP/9.9\r\nHost: x\r\n\r\n",
+             f"POST /v1/track HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {secret}{'A' * 8200}\r\n\r\n".encode()]
+    with caplog.at_level(logging.INFO):
+        for head in heads:
+            with raw_request(int(collector.url.rsplit(":", 1)[1]), head) as sock:
+                assert sock.recv(65536).split(b" ", 2)[1] == b"400"
+        wait_for(lambda: len([r for r in caplog.records if r.name == "aiohttp.server"]) == len(heads), what="refusals logged")
+    said = [r.getMessage() for r in caplog.records if r.name == "aiohttp.server"]
+    for line in said:
+        assert line.startswith("refused a request that is not valid HTTP from 127.0.0.1: "), line
+        assert "\n" not in line and secret not in line and "wk_" not in line and "Basic" not in line, line
+
+
 def test_the_first_answer_of_kafka_is_logged_as_ready_and_only_a_return_as_again(caplog: pytest.LogCaptureFixture) -> None:
     # A collector just started logged "Kafka at ... answers again", as after an outage.
     writer = KafkaWriter(Settings())
