@@ -138,7 +138,8 @@ def load_sources(spec: str) -> dict[str, Source]:
 
     The file holds one table per source: `[sources.website]` with `write_keys = ["..."]` and an
     optional `product = "..."`. Inline: `key=source,key2=source2`, a source with its product as
-    `key=source:product`.
+    `key=source:product`; a key holding `=` or `,` goes in a file. No key may hold `:`, which
+    HTTP Basic authentication cannot carry. Messages name a key by its place, never show it.
     """
     spec = spec.strip()
     if not spec:
@@ -149,12 +150,19 @@ def load_sources(spec: str) -> dict[str, Source]:
     if spec.endswith(".toml"):
         return _sources_from_file(Path(spec).expanduser())
     keys: dict[str, Source] = {}
-    for pair in spec.split(","):
+    for position, pair in enumerate(spec.split(","), 1):
+        where = f"LEADSTREAM_COLLECTOR_WRITE_KEYS, pair {position}"
         key, _, named = (part.strip() for part in pair.partition("="))
+        if "=" in named:
+            # Split at the first `=`, a base64 key's padding made its source `=website` and the
+            # key one no client sends; at the last, a typo (`k=web=b2b`) would make a key.
+            raise ConfigError(f"{where}: holds more than one '=', so the key cannot be told from its source (a key "
+                              "holding '=', as base64 padding does, can be listed in a sources file, *.toml)")
         name, colon, product = (part.strip() for part in named.partition(":"))
         if not key or not name or (colon and not product):
-            raise ConfigError(f"LEADSTREAM_COLLECTOR_WRITE_KEYS: {pair.strip()!r} is not `key=source` nor `key=source:product`")
-        _add_key(keys, key, Source(name, product or None), "LEADSTREAM_COLLECTOR_WRITE_KEYS")
+            shown = f" (`...={named}`)" if named else ""  # never the key: this is logged
+            raise ConfigError(f"{where}{shown} is not `key=source` nor `key=source:product`")
+        _add_key(keys, key, Source(name, product or None), where)
     return keys
 
 
@@ -182,12 +190,17 @@ def _sources_from_file(path: Path) -> dict[str, Source]:
             raise ConfigError(f"{where}: `write_keys` must be a non-empty list of strings")
         if product is not None and not isinstance(product, str):
             raise ConfigError(f"{where}: `product` must be a string")
-        for key in write_keys:
-            _add_key(keys, key, Source(name, product), where)
+        for position, key in enumerate(write_keys, 1):
+            _add_key(keys, key, Source(name, product), f"{where} write key {position}")
     return keys
 
 
 def _add_key(keys: dict[str, Source], key: str, source: Source, where: str) -> None:
+    if ":" in key:
+        # HTTP Basic credentials are `user:password`: the collector reads the user name up to
+        # the first ':' (`_source_from_header`), so such a key would be configured but never matched.
+        raise ConfigError(f"{where}: the write key holds ':', which HTTP Basic authentication cannot carry (its user "
+                          "name ends at the first ':'), so no client could send it: choose a key without ':'")
     if key in keys:
         raise ConfigError(f"{where}: a write key is given twice (sources {keys[key].name} and {source.name})")
     keys[key] = source

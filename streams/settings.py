@@ -250,7 +250,7 @@ class Settings:
     collector_write_keys: str = _setting(
         "LEADSTREAM_COLLECTOR_WRITE_KEYS",
         "",
-        "The collector's write keys: a path to a *.toml file of sources, or inline `key=source,key2=source2` (`key=source:product` gives the source's events a product).",
+        "The collector's write keys: a path to a *.toml file of sources, or inline `key=source,key2=source2` (`key=source:product` gives the source's events a product; a key holding `=` or `,` goes in a file, and no key may hold `:`, which HTTP Basic cannot carry).",
     )
     collector_event_names: str = _setting(
         "LEADSTREAM_COLLECTOR_EVENT_NAMES",

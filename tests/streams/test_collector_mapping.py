@@ -471,6 +471,11 @@ def test_write_keys_from_a_sources_file(tmp_path: Path) -> None:
         ("k1", None, "is not `key=source`"),
         ("k1=web:", None, "nor `key=source:product`"),
         ("k1=a,k1=b", None, "given twice"),
+        # A base64 key's padding: split at the first '=', the key was `Zm9vYmFy+/x` and the source `=website`.
+        ("wk_a=app,Zm9vYmFy+/x==website:b2b", None, "^LEADSTREAM_COLLECTOR_WRITE_KEYS, pair 2: holds more than one '='"),
+        # HTTP Basic's user name ends at the first ':': `curl -u 'wk:colon:'` sent the key `wk`.
+        ("wk:colon=web", None, "^LEADSTREAM_COLLECTOR_WRITE_KEYS, pair 1: the write key holds ':'"),
+        ("sources.toml", '[sources.web]\nwrite_keys = ["k", "wk:colon"]\n', r"\[sources.web\] write key 2: the write key holds ':'"),
         ("missing.toml", None, "cannot read"),
         ("sources.toml", "[sources", "not valid TOML"),
         ("sources.toml", "x = " + "[" * 5000 + "]" * 5000, "not valid TOML: arrays or tables nested deeper"),
@@ -485,5 +490,6 @@ def test_bad_write_key_configuration_says_what_to_fix(tmp_path: Path, spec: str,
         (tmp_path / spec).write_bytes(file_text.encode("latin-1"))
     if spec.endswith(".toml"):
         spec = str(tmp_path / spec)
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError, match=message) as refused:
         load_sources(spec)
+    assert "Zm9vYmFy" not in str(refused.value) and "colon" not in str(refused.value)  # a key is named by its place
