@@ -162,8 +162,17 @@ def with_lone_surrogates_replaced(text: str) -> Any:
     envelope. U+FFFD is what browsers' decoders and Go's encoding/json put there, and the repair
     is the same every time the message is read, so the event keeps its id. ValueError when the
     text is not JSON even so (NaN and numbers orjson does not take get this far)."""
-    repaired = json.dumps(json.loads(text), ensure_ascii=False)  # the stdlib reads lone surrogates
-    return orjson.loads(_LONE_SURROGATE.sub("\ufffd", repaired).encode())
+    return lone_surrogates_replaced(json.loads(text))  # the stdlib reads lone surrogates
+
+
+def lone_surrogates_replaced(value: Any) -> Any:
+    """A value json.loads read (where a lone surrogate is a character of its own) as orjson reads
+    JSON, each lone surrogate U+FFFD; ValueError for what orjson does not take (NaN, Infinity)."""
+    return orjson.loads(_LONE_SURROGATE.sub("\ufffd", json.dumps(value, ensure_ascii=False)).encode())
+
+
+def holds_lone_surrogate(text: str) -> bool:
+    return _LONE_SURROGATE.search(text) is not None
 
 
 def unreadable(exc: orjson.JSONDecodeError, what: str, raw: bytes | bytearray | memoryview | str) -> tuple[str, str]:

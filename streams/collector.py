@@ -60,7 +60,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
 
 from scoring.config import not_utf8, toml_problem
-from scoring.events import MAX_ID_CHARS, with_lone_surrogates_replaced
+from scoring.events import MAX_ID_CHARS, holds_lone_surrogate, lone_surrogates_replaced
 from streams import collector_metrics as metrics
 from streams import probes
 from streams.addresses import authority
@@ -120,6 +120,22 @@ MAPPING_FAILED = "mapping_failed"
 # was answered with 24 MB naming each. The dead letters keep every one of them.
 REJECTIONS_LISTED = 100
 SNIPPET = Path(__file__).with_name("leadstream.js")
+# The fields streams/segment.py reads as ids (its `_identifier`), a batch's `context.groupId`
+# included. Text the repair of a body reads as U+FFFD keeps its meaning; ids do not: `jos\xe9` and
+# `jos\xfc` would be one lead, `order-\xe9` and `order-\xfc` one event, the second dropped as a repeat.
+IDENTIFIERS = ("userId", "anonymousId", "previousId", "groupId", "messageId", "context.groupId")
+# What the decoding of a body that is not UTF-8 puts for each sequence "replace" reads as one
+# U+FFFD: a lone surrogate, as json.loads reads a lone surrogate escape, so that after parsing
+# every lone surrogate is a place the repair changes, and a U+FFFD sent as such is not one.
+_REPAIR_SITE = "\udcfd"
+
+
+def _repair_site(error: UnicodeError) -> tuple[str, int]:
+    assert isinstance(error, UnicodeDecodeError)  # registered for decoding only
+    return _REPAIR_SITE, error.end
+
+
+codecs.register_error("leadstream.repair_site", _repair_site)
 
 Clock = Callable[[], float]
 T = TypeVar("T")
@@ -484,24 +500,15 @@ class Collector:
 
     async def _take(self, request: web.Request, call: str, source: Source | None, raw: bytes) -> Outcome:
         """The calls of a request's body, mapped and written."""
-        body = _parse(raw)
+        body, marked = _parse(raw)
         if source is None:
             source = self._source_from_key(request.query.get("writeKey", body.get("writeKey")))
         # The worker's clock, LEADSTREAM_CLOCK_OFFSET_MS included: a call it would dead-letter as
         # ahead of it is refused here, and one without a time of its own is timed as it would be.
         received_at_ms = int(self.clock() * 1000) + self.settings.clock_offset_ms
-        context: dict[str, Any] = {}
-        if call in BATCH_CALLS:
-            items = body.get("batch")
-            if not isinstance(items, list):
-                raise rejected("bad_batch", "a batch request needs `batch`, a JSON array of calls")
-            given = body.get("context")
-            if given is not None and not isinstance(given, dict):
-                raise rejected("bad_batch", "a batch's `context`, given to all its calls, must be a JSON object")
-            context = given or {}
-            call_type = None
-        else:
-            items, call_type = [body], call
+        items, context = _calls(body, call)
+        call_type = None if call in BATCH_CALLS else call
+        repaired_ids = {} if marked is None else _repaired_identifiers(*_calls(marked, call))
         # Unavailable before mapping if Kafka stopped answering while the body waited or was read:
         # calls that cannot be written cost a huge batch's second of CPU.
         self.writer.producer()
@@ -519,6 +526,10 @@ class Collector:
             try:
                 if measure_calls and len(encode_json_or_none(item) or b"") > CALL_LIMIT_BYTES:
                     raise rejected("too_large", f"a call may hold at most {CALL_LIMIT_BYTES} bytes of JSON")
+                if index in repaired_ids:
+                    raise rejected("bad_field", f"`{repaired_ids[index]}` holds bytes that are not UTF-8 (or a lone surrogate "
+                                   "escape such as \\ud83d), read as U+FFFD: two ids differing there would become one; "
+                                   "send the id as UTF-8")  # fmt: skip
                 mapped.append(self.mapper.map(item, call_type, source, received_at_ms, body.get("sentAt")))
                 size += len(mapped[-1].value)
             except RequestRejected as exc:
@@ -666,36 +677,80 @@ def _raw_limit(encoding: str, limit: int) -> int:
     return limit if encoding == "identity" else limit + limit // 1024 + GZIP_OVERHEAD_BYTES
 
 
-def _parse(body: bytes) -> dict[str, Any]:
-    """The body's JSON object. JSON is UTF-8 (RFC 8259): a leading byte order mark, which the RFC
-    lets a parser ignore, is ignored; a body in UTF-16 or UTF-32 is refused, naming its encoding."""
+def _parse(body: bytes) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The body's JSON object, and when it needed `_repaired` the body as read before the repair.
+    JSON is UTF-8 (RFC 8259): a leading byte order mark, which the RFC lets a parser ignore, is
+    ignored; a body in UTF-16 or UTF-32 is refused, naming its encoding."""
     encoding = json.detect_encoding(body)  # by the BOM, or the NUL bytes of the first characters
     if encoding == "utf-8-sig":
         body = body[len(codecs.BOM_UTF8):]
     elif encoding != "utf-8":
         raise rejected("bad_json", f"the body is in {encoding.upper()} (by its first bytes); send JSON in UTF-8 (RFC 8259)")
+    marked = None
     try:
         parsed = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        parsed = _repaired(body, exc)
+    except orjson.JSONDecodeError:
+        parsed, marked = _repaired(body)
     if not isinstance(parsed, dict):
         raise rejected("bad_json", "the body must be a JSON object")
-    return parsed
+    return parsed, marked
 
 
-def _repaired(body: bytes, error: orjson.JSONDecodeError) -> Any:
+def _repaired(body: bytes) -> tuple[Any, Any]:
     """A body orjson refused, parsed with each byte sequence that is not UTF-8 and each lone
     surrogate escape (`"\\ud83d"`: what JSON.stringify writes for a text cut between the halves
-    of an emoji) replaced by U+FFFD; bad_json naming orjson's `error` when it is no JSON even so.
+    of an emoji) replaced by U+FFFD; and parsed with a lone surrogate in each of these places,
+    for `_repaired_identifiers`. bad_json when it is no JSON even so.
 
     orjson refuses the whole body for either; a page title cut short must not lose a batch's
     calls, nor its own. U+FFFD is what browsers' decoders and Go's encoding/json put there, and
     the repair is the same on every retry, so the call keeps its event id.
     """
+    text = body.decode("utf-8", "leadstream.repair_site")
     try:
-        return with_lone_surrogates_replaced(body.decode("utf-8", "replace"))
-    except (ValueError, RecursionError):  # json's and orjson's errors (NaN and huge numbers get this far)
-        raise rejected("bad_json", f"the body is not JSON: {error}") from None
+        marked = json.loads(text)  # the stdlib reads lone surrogate escapes
+        return lone_surrogates_replaced(marked), marked
+    except RecursionError:  # the stdlib reads about 1,000 levels, orjson 1,024
+        raise rejected("too_large", "the body nests objects and arrays deeper than can be read once its bytes "
+                       "that are not UTF-8 are repaired") from None  # fmt: skip
+    except ValueError as exc:  # json's and orjson's errors (NaN and huge numbers get this far)
+        error: ValueError = exc
+    # orjson's first error in the body was its bytes (or a surrogate): the client is told the
+    # error a UTF-8 body would get, such as where a NaN is, found in the text as repaired.
+    try:
+        orjson.loads(text.replace(_REPAIR_SITE, "\ufffd"))
+    except orjson.JSONDecodeError as exc:
+        error = exc
+    raise rejected("bad_json", f"the body is not JSON: {error}")
+
+
+def _calls(body: dict[str, Any], call: str) -> tuple[list[Any], dict[str, Any]]:
+    """A request's calls, and the `context` a batch gives each of them under its own."""
+    if call not in BATCH_CALLS:
+        return [body], {}
+    items = body.get("batch")
+    if not isinstance(items, list):
+        raise rejected("bad_batch", "a batch request needs `batch`, a JSON array of calls")
+    context = body.get("context")
+    if context is not None and not isinstance(context, dict):
+        raise rejected("bad_batch", "a batch's `context`, given to all its calls, must be a JSON object")
+    return items, context or {}
+
+
+def _repaired_identifiers(calls: list[Any], context: dict[str, Any]) -> dict[int, str]:
+    """By the index of its call, the first of the IDENTIFIERS the repair of its body changes, of
+    `calls` as `_repaired` read them before the repair."""
+    found: dict[int, str] = {}
+    for index, call in enumerate(calls):
+        call = with_batch_context(call, context)
+        for name in IDENTIFIERS:
+            value = call
+            for part in name.split("."):
+                value = value.get(part) if isinstance(value, dict) else None
+            if isinstance(value, str) and holds_lone_surrogate(value):
+                found[index] = name
+                break
+    return found
 
 
 def _inflate(raw: bytes, encoding: str, limit: int) -> bytes:

@@ -226,6 +226,57 @@ def test_bytes_that_are_not_utf8_are_replaced_and_lose_no_call(collector: Thread
     assert titles == ["title-0", "Caf\ufffd", "Cut \ufffd", "\ufffd" * 6 + " Plans"]
 
 
+def test_an_id_the_repair_would_change_refuses_its_call_naming_the_field(collector: ThreadedCollector, settings: Settings) -> None:
+    """Read as U+FFFD, `jos\\xe9` and `jos\\xfc` were one lead (José's demo request reached sales
+    under Josu's e-mail), `order-\\xe9` and `order-\\xfc` one event (the second dropped as a
+    repeat), and so for every id. Such a call is refused; text keeps its repair, and a U+FFFD sent
+    as UTF-8 is an id of its own."""
+    def sent(call: dict[str, Any], **raw: str) -> bytes:
+        # `raw`: fields whose JSON is written as given, bytes that are not UTF-8 or escapes.
+        text = orjson.dumps({**call, **{name: f"@{name}@" for name in raw}})
+        for name, value in raw.items():
+            text = text.replace(f'"@{name}@"'.encode(), b'"' + value.encode("latin-1") + b'"')
+        return text
+
+    repaired_title = track("u-title", properties={"title": "@title@"})
+    literal = track("jos\ufffd", properties={"title": "@title@"})
+    refused = {
+        "userId": sent(track("@"), userId="jos\xe9"),
+        "anonymousId": sent({**track("@"), "userId": None}, anonymousId="v\xfc"),
+        "messageId": sent(track("u-m"), messageId="order-\xe9"),
+        "groupId": sent({"type": "group", "userId": "u-g", "messageId": "g"}, groupId="acme\xe9"),
+        "previousId": sent({"type": "alias", "userId": "u-a", "messageId": "a"}, previousId="anon\xe9"),
+        "context.groupId": sent({**track("u-c"), "context": {"groupId": "@groupId@"}}).replace(b'"@groupId@"', b'"acme\xfc"'),
+    }
+    surrogates = [sent(track("@"), userId="sur\\ud83d"), sent(track("@"), userId="sur\\udc00")]
+    batch = (b'{"batch": [' + b", ".join([*refused.values(), *surrogates, sent(repaired_title, title="Caf\xe9"),
+                                          sent(literal, title="Caf\xe9")]) + b"]}")
+    response = collector.post("/v1/batch", batch)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["accepted"] == 2 and answer["rejected_count"] == len(refused) + 2, answer
+    for rejection, field in zip(answer["rejected"], [*refused, "userId", "userId"]):
+        assert rejection["code"] == "bad_field" and rejection["message"].startswith(f"`{field}` holds bytes that are not UTF-8"), rejection
+        assert "two ids differing there would become one" in rejection["message"]
+    got = {e["event_id"]: e for e in all_events(read_messages(settings, settings.topic_events, events=2))}
+    assert got[repaired_title["messageId"]]["properties"]["title"] == "Caf\ufffd"
+    assert got[literal["messageId"]]["lead_id"] == "jos\ufffd"
+    # A single call alike: 400 naming the field.
+    single = collector.post("/v1/identify", sent({"traits": {"email": "jose@acme.test"}}, userId="jos\xe9"))
+    assert (single.status_code, single.json()["code"]) == (400, "bad_field") and "`userId`" in single.json()["message"]
+    assert read_messages(settings, settings.topic_profiles, events=0, settle_s=0.5) == []
+
+
+def test_a_body_not_json_once_repaired_is_told_its_error_as_a_utf8_body_would_be(collector: ThreadedCollector) -> None:
+    # It was told orjson's first error, about the bytes it then repaired: "str is not valid UTF-8:
+    # surrogates not allowed: line 1 column 1 (char 0)".
+    utf8 = collector.post("/v1/track", b'{"userId":"lat\xc3\xa9","event":"A","properties":{"v":NaN}}')
+    latin1 = collector.post("/v1/track", b'{"userId":"lat\xe9","event":"A","properties":{"v":NaN}}')
+    assert (latin1.status_code, latin1.json()["code"]) == (400, "bad_json")
+    assert latin1.json()["message"] == utf8.json()["message"] == (
+        "the body is not JSON: unexpected character, expected a JSON value: line 1 column 48 (char 47)")
+
+
 def test_a_batchs_context_counts_for_each_call_under_its_own(collector: ThreadedCollector, settings: Settings) -> None:
     context = {"app": {"name": "b2b"}, "groupId": "acme", "page": {"url": "https://acme.test/pricing", "title": "Pricing"}}
     plain = {"type": "page", "userId": "u-1", "messageId": "plain"}
