@@ -243,7 +243,7 @@ def _page(call: dict[str, Any], context: dict[str, Any], event: dict[str, Any]) 
             properties[name] = value
     spent = properties.get("time_on_page_s")  # what scoring rules compare (`time_on_page_s >= 120`)
     if spent is not None and (isinstance(spent, bool) or not isinstance(spent, (int, float)) or not 0 <= spent < 2**53):
-        raise rejected("bad_field", f"`properties.time_on_page_s` must be a number of seconds >= 0, not {_shown(spent)}")
+        raise rejected("bad_field", f"`properties.time_on_page_s` must be a number of seconds >= 0 and < 2**53, not {_shown(spent)}")
     event["type"] = "page_view"
     event["properties"] = properties
 

@@ -443,6 +443,8 @@ def test_calls_that_cannot_be_mapped_are_rejected_with_a_reason(call: Any, call_
     ({"userId": 123456789012345678901234567890123, "event": "A"}, "track", "`userId` is an integer beyond 64 bits"),
     ({"userId": "u", "event": "A", "properties": [1]}, "track", "`properties` must be a JSON object, not an array"),
     ({"userId": "anon:g7-v", "event": "A"}, "track", "`userId` must not start with 'anon:', the prefix reserved for anonymous visitors'"),
+    # It said ">= 0, not 9007199254740992", which is: the bound it broke was unsaid.
+    ({"userId": "u", "properties": {"time_on_page_s": 2**53}}, "page", "seconds >= 0 and < 2**53, not 9007199254740992"),
 ])
 def test_rejections_show_the_value_as_the_call_wrote_it(call: Any, call_type: str | None, said: str) -> None:
     # In Python's spelling, they said None, True and list. Read as the collector reads a body.
