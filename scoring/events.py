@@ -168,7 +168,12 @@ def with_lone_surrogates_replaced(text: str) -> Any:
 def lone_surrogates_replaced(value: Any) -> Any:
     """A value json.loads read (where a lone surrogate is a character of its own) as orjson reads
     JSON, each lone surrogate U+FFFD; ValueError for what orjson does not take (NaN, Infinity)."""
-    return orjson.loads(_LONE_SURROGATE.sub("\ufffd", json.dumps(value, ensure_ascii=False)).encode())
+    return orjson.loads(json_with_lone_surrogates_replaced(value))
+
+
+def json_with_lone_surrogates_replaced(value: Any) -> bytes:
+    """A value json.loads read as JSON text, each lone surrogate U+FFFD and each integer whole."""
+    return _LONE_SURROGATE.sub("\ufffd", json.dumps(value, ensure_ascii=False)).encode()
 
 
 def holds_lone_surrogate(text: str) -> bool:

@@ -145,6 +145,29 @@ def test_an_id_or_time_nested_deep_is_a_bad_field_named_without_its_value(
     assert letter["reason"] == "bad_field"
 
 
+def test_a_dead_letter_keeps_the_digits_of_an_integer_beyond_64_bits(collector: ThreadedCollector, settings: Settings) -> None:
+    """The answer said "`userId` is an integer beyond 64 bits, which loses digits", and the dead
+    letter, the call re-encoded as orjson read it, held 1.2345678901234568e+29: the digits were gone
+    from the one place that keeps what was sent. So for any such number of a refused call."""
+    big = "123456789012345678901234567891"
+    single = f'{{"userId":{big},"event":"A","messageId":"m-1","writeKey":"wk_site"}}'.encode()
+    response = collector.post("/v1/track", single)
+    assert (response.status_code, response.json()["code"]) == (400, "bad_field")
+    assert "`userId` is an integer beyond 64 bits" in response.json()["message"]
+    # Of a batch, and of a body repaired for bytes that are not UTF-8: the batch's context stays merged.
+    batch = (f'{{"batch":[{{"type":"track","userId":"u-2","messageId":"m-2","properties":{{"n":[{big}]}}}},'
+             f'{{"type":"track","anonymousId":{big},"event":"A","messageId":"m-3"}}],"context":{{"ip":"1.2.3.4"}}}}').encode()
+    assert collector.post("/v1/batch", batch).json()["rejected_count"] == 2
+    repaired = f'{{"userId":{big},"event":"A","messageId":"m-4","properties":{{"title":"Caf\xe9"}}}}'.encode("latin-1")
+    assert collector.post("/v1/track", repaired).json()["code"] == "bad_field"
+    letters = {orjson.loads(letter["original"])["messageId"]: letter["original"]
+               for letter in all_events(read_messages(settings, settings.topic_deadletter, events=4))}
+    assert letters["m-1"] == f'{{"userId":{big},"event":"A","messageId":"m-1"}}'  # its write key left out, as before
+    assert letters["m-2"] == f'{{"type":"track","userId":"u-2","messageId":"m-2","properties":{{"n":[{big}]}},"context":{{"ip":"1.2.3.4"}}}}'
+    assert letters["m-3"] == f'{{"type":"track","anonymousId":{big},"event":"A","messageId":"m-3","context":{{"ip":"1.2.3.4"}}}}'
+    assert letters["m-4"] == f'{{"userId":{big},"event":"A","messageId":"m-4","properties":{{"title":"Caf\ufffd"}}}}'
+
+
 def test_a_batch_echoes_only_ids_and_writes_its_good_calls_once(collector: ThreadedCollector, settings: Settings) -> None:
     good = track("u-1")
     batch = [
