@@ -48,6 +48,7 @@ from streams.rollup import Rollup
 from streams.scorer import DECAY_CHUNK, DECAY_PAUSE_S, Scorer
 from streams.settings import Settings
 from streams.stage import Consumed, LiveTable
+from streams.topics import ACCOUNTS_TABLE, LEADS_TABLE
 
 log = logging.getLogger("leadstream.worker")
 #: A stage's `process`: a batch of consumed messages, and what to do once it is durable.
@@ -112,8 +113,8 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
     # bytes keys and values (Faust's "raw" codec), in memory stores that restore their changelog
     # partitions in bulk: Faust's own recovery takes them record by record through its stream
     # path, 3,500-7,000 records/s here (streams/bulk_store.py).
-    leads = bulk_store.raw_table(app, "leads", settings.partitions)
-    accounts = bulk_store.raw_table(app, "accounts", settings.partitions)
+    leads = bulk_store.raw_table(app, LEADS_TABLE, settings.partitions)
+    accounts = bulk_store.raw_table(app, ACCOUNTS_TABLE, settings.partitions)
 
     lead_store = LiveTable(leads.store, leads.changelog_topic.get_topic_name(), settings.partitions, settings.live_leads,
                            lead_states.decode)

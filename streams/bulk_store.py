@@ -44,7 +44,7 @@ from faust.stores import memory
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth, server_list
 from faust.types import TP
 
-from streams.topics import COMPACTED, LARGE_RECORD_BYTES
+from streams.topics import CHANGELOG_CONFIG
 
 log = logging.getLogger("leadstream.worker")
 
@@ -296,12 +296,12 @@ class BulkRestoredTable(faust.Table):  # type: ignore[type-arg]
 
 def raw_table(app: faust.App, name: str, partitions: int) -> BulkRestoredTable:
     """A table of raw bytes keys and values, restored in bulk (what `app.Table` would define).
-    Its changelog takes records of up to topics.LARGE_RECORD_BYTES (see there), and is compacted
-    as the other compacted topics are (topics.COMPACTED): on Kafka's defaults a forgotten lead's
-    traits stayed in its earlier records for a week at least (segments roll after 7 days, and
-    the active one is never compacted), and a recovery read them all."""
+    Its changelog (topics.CHANGELOG_CONFIG) takes records of up to topics.LARGE_RECORD_BYTES (see
+    there), and is compacted as the other compacted topics are (topics.COMPACTED): on Kafka's
+    defaults a forgotten lead's traits stayed in its earlier records for a week at least (segments
+    roll after 7 days, and the active one is never compacted), and a recovery read them all."""
     table = BulkRestoredTable(app, name=name, beacon=app.tables.beacon, partitions=partitions,
                               key_type=bytes, value_type=bytes,
-                              extra_topic_configs={**COMPACTED, "max.message.bytes": str(LARGE_RECORD_BYTES)})
+                              extra_topic_configs=CHANGELOG_CONFIG)
     app.tables.add(table)
     return table

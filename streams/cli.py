@@ -228,7 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Run the Segment-compatible HTTP collector: track, page, identify, group, alias and batch calls into Kafka.",
     )
 
-    add("topics", _topics, "Create leadstream's topics (idempotent) with their partitions and cleanup policies.")
+    add("topics", _topics, "Create leadstream's topics (idempotent) with their partitions, cleanup policies and settings, and give "
+        "existing ones the settings of this release they lack.")
 
     p = add("score", _score, "Score a JSON-lines file of events offline with the engine alone (no services).")
     p.add_argument("--models", type=Path, help="directory of model files (default: LEADSTREAM_MODELS_DIR)")

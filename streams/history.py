@@ -8,7 +8,8 @@ it, offline scores of collector-fed leads would have no fit and no merged visito
 bounds how far back each topic goes, and the profiles topic is compacted, but not before its
 records are as old as the events topic's retention (streams/topics.py, profiles_config): the
 file has every profile update of the events it holds, and each lead's latest of those before.
-A profiles topic without that lag (created by an earlier release) is named in a warning.
+A profiles topic whose lag is shorter than the events topic's retention.ms (created by an earlier
+release, or the events kept longer since) is named in a warning, with `leadstream topics` to fix it.
 
 The records of every partition of both topics are written in one order, near the one the
 worker, which reads them all in one stream, took them in: merged by their Kafka timestamps
@@ -46,7 +47,7 @@ from streams.errors import InputError, ServiceError
 from streams.envelope import items_written
 from streams.kafka_clients import open_client
 from streams.settings import Settings
-from streams.topics import EVENTS_RETENTION_MS, partition_count, topic_config
+from streams.topics import partition_count, topic_specs, weak_settings
 
 #: How long reading may go without a record before the partitions' ends are taken as unreachable.
 STALL_S = 30.0
@@ -205,18 +206,21 @@ def _lead_text(item: dict[str, Any]) -> str:
 
 def unlagged_profiles(settings: Settings) -> str | None:
     """A warning when the profiles topic is compacted before its records are as old as the events
-    (min.compaction.lag.ms, which `leadstream topics` sets from this release on): it may have
-    lost what offline scores need of the events the file holds. None when it waits long enough."""
-    config = topic_config(settings, settings.topic_profiles)
-    lag_ms = int(config.get("min.compaction.lag.ms", 0))
-    if "compact" not in config.get("cleanup.policy", "delete") or lag_ms >= EVENTS_RETENTION_MS:
-        return None
+    topic keeps its own (min.compaction.lag.ms under its retention.ms, as on a topic an earlier
+    release created): it may have lost what offline scores need of the events the file holds. None
+    when it waits long enough."""
     topic = settings.topic_profiles
-    return (f"{topic}: warning: compacted with min.compaction.lag.ms={lag_ms}, it may have lost the identifies and aliases "
-            "that merged visitors into leads, and traits older than each lead's latest, of events the file holds: such "
-            "visitors score as leads of their own, and leads on their latest traits only. From now on, keep them as long as "
-            f"the events with `kafka-configs.sh --bootstrap-server {settings.kafka_bootstrap} --alter --entity-type topics "
-            f"--entity-name {topic} --add-config min.compaction.lag.ms={EVENTS_RETENTION_MS}`")
+    for review in weak_settings(settings, [spec for spec in topic_specs(settings) if spec.name == topic]):
+        if review.warnings:  # the events kept for ever
+            return review.warnings[0]
+        lag = next((shortfall for shortfall in review.shortfalls if shortfall.name == "min.compaction.lag.ms"), None)
+        if lag:
+            return (f"{topic}: warning: compacted with min.compaction.lag.ms={lag.before}, less than "
+                    f"{settings.topic_events}'s retention.ms={lag.value}: it may have lost the identifies and aliases that "
+                    "merged visitors into leads, and traits older than each lead's latest, of events the file holds: such "
+                    "visitors score as leads of their own, and leads on their latest traits only. From now on, keep them as "
+                    "long as the events: run `leadstream topics`, which sets it")
+    return None
 
 
 def default_topics(settings: Settings) -> list[str]:

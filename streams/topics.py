@@ -1,13 +1,15 @@
-"""The topics leadstream owns, with their partition counts and cleanup policies.
+"""The topics leadstream owns, with their partition counts, cleanup policies and settings.
 
 Created explicitly with the admin client (the broker has auto-creation off), idempotently. Faust
-creates its own changelog topics (compacted) when the worker starts.
+creates its own changelog topics (compacted) when the worker starts. A topic an earlier release
+created lacks the settings that came since: `leadstream topics` gives it those (STRONGER).
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from streams.errors import ConfigError, ServiceError
 from streams.kafka_clients import open_client
@@ -23,11 +25,16 @@ class TopicSpec:
     #: the worker reads and writes it by a lead's partition, which it computes with
     #: LEADSTREAM_PARTITIONS. (Records keyed by lead and read by others may have any count.)
     copartitioned: bool = False
+    #: A topic whose records this one's go with (the profiles topic's: the events'): compaction
+    #: leaves a record alone as long as that topic keeps its own, min.compaction.lag.ms being at
+    #: least its retention.ms (required_config).
+    outlives: str | None = None
 
 
 #: How long the raw events stay readable: the broker's `log.retention.ms`, which `leadstream services
 #: up` sets (streams/services.py; docker-compose.yml's broker has the same). The events topic takes
-#: the broker's, so a broker of your own may keep them longer: see min.compaction.lag.ms below.
+#: the broker's, so a broker of your own may keep them longer: the profiles topic's
+#: min.compaction.lag.ms follows the events topic's actual retention.ms (required_config).
 EVENTS_RETENTION_MS = 7 * 24 * 3600 * 1000
 FORGET_RETENTION_MS = 7 * 24 * 3600 * 1000
 #: The worker's and the connectors' dead-letter topics (sinks/runner.py): a month to fix a cause
@@ -41,13 +48,33 @@ DEAD_LETTER_RETENTION_MS = 30 * 24 * 3600 * 1000
 #: cap at its max_request_size, and consumers read a record larger than their fetch size.
 LARGE_RECORD_BYTES = 16 * 1024 * 1024
 COMPACTED = {"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1", "segment.ms": "600000"}
+#: The table changelogs' (streams/bulk_store.py), given through Faust, which creates them.
+CHANGELOG_CONFIG = {**COMPACTED, "max.message.bytes": str(LARGE_RECORD_BYTES)}
+#: The worker's tables (streams/app.py), whose changelogs Faust names `<app id>-<table>-changelog`.
+LEADS_TABLE, ACCOUNTS_TABLE = "leads", "accounts"
+#: How long a topic just created may go undescribed by the broker.
+DESCRIBE_TIMEOUT_S = 10.0
+#: The settings an existing topic is given when its own value is weaker than its spec's, and which
+#: way is stronger (1: larger, -1: smaller). A topic created by an earlier release lacks those that
+#: came since: the profiles topic's min.compaction.lag.ms (8cdfa41), the identity topic's and the
+#: changelogs' max.message.bytes (0730b87) and the changelogs' compaction settings (35ddcd8). The others are left as
+#: they are: a cleanup policy or a partition count changed would change what the topic holds or
+#: where a lead lives, and the dead letters' retention is the operator's trade between replaying
+#: and erasing.
+STRONGER = {
+    "min.compaction.lag.ms": 1,
+    "delete.retention.ms": 1,
+    "max.message.bytes": 1,
+    "segment.ms": -1,
+    "min.cleanable.dirty.ratio": -1,
+}
 
 
 def topic_specs(settings: Settings) -> list[TopicSpec]:
     n = settings.partitions
-    return [
+    return [  # the events topic first: the profiles topic's lag follows its retention
         TopicSpec(settings.topic_events, n, copartitioned=True),
-        TopicSpec(settings.topic_profiles, n, profiles_config(), copartitioned=True),
+        TopicSpec(settings.topic_profiles, n, profiles_config(), copartitioned=True, outlives=settings.topic_events),
         TopicSpec(settings.topic_crossings, n),
         # A read model only needs each lead's latest score.
         TopicSpec(settings.topic_scores, n, COMPACTED, copartitioned=True),
@@ -55,6 +82,12 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(settings.topic_identity, n, {"max.message.bytes": str(LARGE_RECORD_BYTES)}, copartitioned=True),
         TopicSpec(settings.topic_deadletter, n, {"retention.ms": str(DEAD_LETTER_RETENTION_MS)}, copartitioned=True),
     ]
+
+
+def changelog_specs(settings: Settings) -> list[TopicSpec]:
+    """The worker's table changelogs: Faust creates them, `leadstream topics` only brings existing
+    ones to their settings."""
+    return [TopicSpec(f"{settings.app_id}-{table}-changelog", settings.partitions, CHANGELOG_CONFIG) for table in (LEADS_TABLE, ACCOUNTS_TABLE)]
 
 
 def profiles_config() -> dict[str, str]:
@@ -65,47 +98,195 @@ def profiles_config() -> dict[str, str]:
     of them that an event the events topic still holds goes with: once the lead's next update came,
     plain compaction dropped the identify that merged a visitor, which then scored as a lead of its
     own. So compaction leaves a record alone until it is as old as the events (by its Kafka
-    timestamp), and keeps each lead's latest beyond that.
+    timestamp), and keeps each lead's latest beyond that. The lag here is the retention the events
+    get from leadstream's broker; the topic is created with, and brought to, the events topic's
+    actual retention.ms (required_config).
 
     A tombstone here is a request to forget the lead (streams/forget.py). The lag holds it back
-    too: the lead's earlier records (traits, e-mail) go once it is a week old, as its events on
-    the events topic age out about then. Compaction then keeps it another week
+    too: the lead's earlier records (traits, e-mail) go once it is as old as the lag, a week, as
+    its events on the events topic age out about then. Compaction then keeps it another week
     (`delete.retention.ms`; Kafka's default is a day), so a worker down for up to two weeks still
     reads it, and `leadstream history` leaves out the lead's events while the events topic may
     hold them (a segment is deleted once its newest record is past retention)."""
     return {**COMPACTED, "min.compaction.lag.ms": str(EVENTS_RETENTION_MS), "delete.retention.ms": str(FORGET_RETENTION_MS)}
 
 
-def ensure_topics(settings: Settings, specs: list[TopicSpec] | None = None) -> list[str]:
-    """Create the missing topics; report each one. Existing topics are left as they are; a
-    ConfigError, once the missing ones are created, when a co-partitioned one has another
-    partition count than its spec's."""
+def ensure_topics(settings: Settings, specs: list[TopicSpec] | None = None, alter: bool = True) -> list[str]:
+    """Create the missing topics; report each one. An existing topic keeps its partitions and
+    cleanup policy, but is given (`alter`, `leadstream topics`; the worker only warns, see
+    weak_settings) each setting of STRONGER its spec requires that it has weaker, with a line per
+    setting, as are the existing table changelogs when all of leadstream's topics are ensured
+    (`specs` None). A ConfigError, once the missing ones are created, when a co-partitioned one has
+    another partition count than its spec's; a ServiceError when the broker refuses a setting."""
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
+    reviewed = changelog_specs(settings) if specs is None else []
     specs = topic_specs(settings) if specs is None else specs
     admin = open_client(settings, KafkaAdminClient, client_id="leadstream-topics")
     try:
         existing = set(admin.list_topics())
-        lines = []
+        lines: dict[str, list[str]] = {}
         for spec in specs:
             if spec.name in existing:
-                lines.append(f"topic {spec.name}: exists")
+                lines[spec.name] = [f"topic {spec.name}: exists"]
                 continue
+            # Its spec's settings, with the lag that the events topic, created before it, requires.
+            review = _review(admin, [spec], existing | set(lines))[0] if spec.outlives else Review(spec.name, spec.config, [], [])
             try:
                 admin.create_topics(
-                    [NewTopic(spec.name, num_partitions=spec.partitions, replication_factor=1, topic_configs=spec.config)]
+                    [NewTopic(spec.name, num_partitions=spec.partitions, replication_factor=1, topic_configs=review.config)]
                 )
             except TopicAlreadyExistsError:
-                lines.append(f"topic {spec.name}: exists")
+                lines[spec.name] = [f"topic {spec.name}: exists"]
                 continue
             policy = spec.config.get("cleanup.policy", "delete")
-            lines.append(f"topic {spec.name}: created ({spec.partitions} partitions, cleanup.policy={policy})")
+            lines[spec.name] = [f"topic {spec.name}: created ({spec.partitions} partitions, cleanup.policy={policy})",
+                                *review.warnings]
+        if alter:
+            for review in _review(admin, [spec for spec in specs + reviewed if spec.name in existing], existing):
+                _alter(admin, settings, review.shortfalls)
+                lines.setdefault(review.topic, []).extend([shortfall.set_line() for shortfall in review.shortfalls]
+                                                          + review.warnings)
         _check_partitions(admin, [spec for spec in specs if spec.copartitioned and spec.name in existing])
-        return lines
+        return [line for topic_lines in lines.values() for line in topic_lines]
     finally:
         admin.close()
+
+
+class Setting(NamedTuple):
+    """A topic's setting as the broker describes it."""
+
+    value: str
+    #: Whether the topic has it of its own (not the broker's default).
+    own: bool
+
+
+class Shortfall(NamedTuple):
+    """A setting of an existing topic weaker than its spec requires (STRONGER)."""
+
+    topic: str
+    name: str
+    value: str
+    #: The topic's own value; None when it has none (the broker's default applies).
+    was: str | None
+
+    @property
+    def before(self) -> str:
+        return "unset" if self.was is None else self.was
+
+    def set_line(self) -> str:
+        return f"topic {self.topic}: set {self.name}={self.value} (was {self.before})"
+
+    def kafka_configs(self, settings: Settings) -> str:
+        """The command that sets it by hand."""
+        return (f"kafka-configs.sh --bootstrap-server {settings.kafka_bootstrap} --alter --entity-type topics "
+                f"--entity-name {self.topic} --add-config {self.name}={self.value}")
+
+
+class Review(NamedTuple):
+    """The settings a topic requires (its spec's, resolved by required_config), those it lacks
+    of them when it exists, and what no setting gives it (warning lines)."""
+
+    topic: str
+    config: dict[str, str]
+    shortfalls: list[Shortfall]
+    warnings: list[str]
+
+
+def weak_settings(settings: Settings, specs: list[TopicSpec] | None = None) -> list[Review]:
+    """What the existing topics of `specs` (leadstream's and the table changelogs when None) lack
+    of their settings, as the broker describes them now; those lacking nothing are left out."""
+    from kafka import KafkaAdminClient
+
+    specs = topic_specs(settings) + changelog_specs(settings) if specs is None else specs
+    admin = open_client(settings, KafkaAdminClient, client_id="leadstream-topics")
+    try:
+        existing = set(admin.list_topics())
+        reviews = _review(admin, [spec for spec in specs if spec.name in existing], existing)
+        return [review for review in reviews if review.shortfalls or review.warnings]
+    finally:
+        admin.close()
+
+
+def required_config(spec: TopicSpec, retention_ms: int | None) -> dict[str, str]:
+    """The settings `spec`'s topic requires, given the retention.ms of the topic it outlives
+    (None: it does not exist, or the spec outlives none): min.compaction.lag.ms is that retention.
+    A topic kept for ever (-1) cannot be outlived by a lag that still lets compaction remove what
+    a request to forget a lead asks it to: the lag then stays the spec's (outlived_warning)."""
+    if spec.outlives is None or retention_ms is None or retention_ms < 0:
+        return spec.config
+    return {**spec.config, "min.compaction.lag.ms": str(retention_ms)}
+
+
+def shortfalls(topic: str, required: dict[str, str], described: dict[str, Setting]) -> list[Shortfall]:
+    """Each setting of STRONGER in `required` that the topic, described as the broker does, has
+    weaker."""
+    weak = []
+    for name, value in required.items():
+        setting = described.get(name)
+        if name in STRONGER and setting is not None and (float(value) - float(setting.value)) * STRONGER[name] > 0:
+            weak.append(Shortfall(topic, name, value, setting.value if setting.own else None))
+    return weak
+
+
+def outlived_warning(spec: TopicSpec, lag_ms: int) -> str:
+    """The topic `spec` outlives keeps its records for ever: what a finite lag of `lag_ms` loses."""
+    return (f"topic {spec.name}: warning: {spec.outlives} keeps its records for ever (retention.ms=-1), and no "
+            f"min.compaction.lag.ms does while compaction still removes what `leadstream forget` asks it to: reading it "
+            f"from the beginning (`leadstream history`, a new app id) may miss identifies and aliases, which merge "
+            f"visitors, older than {lag_ms} ms. Give {spec.outlives} the retention.ms offline reads need, and run "
+            "`leadstream topics` again")
+
+
+def _review(admin: Any, specs: list[TopicSpec], existing: set[str]) -> list[Review]:
+    """Each spec's required settings and what its topic lacks of them (the topics exist)."""
+    outlived = {spec.outlives for spec in specs if spec.outlives in existing}
+    described = _describe(admin, sorted({spec.name for spec in specs if spec.name in existing} | outlived))
+    reviews = []
+    for spec in specs:
+        retention_ms = int(described[spec.outlives]["retention.ms"].value) if spec.outlives in outlived else None
+        required = required_config(spec, retention_ms)
+        current = described.get(spec.name, {})
+        warnings = []
+        if retention_ms is not None and retention_ms < 0:
+            lag = current["min.compaction.lag.ms"].value if "min.compaction.lag.ms" in current else required["min.compaction.lag.ms"]
+            warnings.append(outlived_warning(spec, int(lag)))
+        reviews.append(Review(spec.name, required, shortfalls(spec.name, required, current), warnings))
+    return reviews
+
+
+def _describe(admin: Any, topics: list[str]) -> dict[str, dict[str, Setting]]:
+    """Every setting of each topic, its own or the broker's default."""
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    resources = [ConfigResource(ConfigResourceType.TOPIC, topic) for topic in topics]
+    deadline = time.monotonic() + DESCRIBE_TIMEOUT_S
+    while True:
+        described = admin.describe_configs(resources, config_filter="all").get("topic", {}) if topics else {}
+        # kafka-python describes a topic it got an error for as having no settings: one created
+        # a moment ago, until the broker's metadata has it.
+        unknown = [topic for topic in topics if not described.get(topic)]
+        if not unknown:
+            return {topic: {name: Setting(entry["value"], entry["config_source"] == "DYNAMIC_TOPIC_CONFIG")
+                            for name, entry in described[topic].items()} for topic in topics}
+        if time.monotonic() > deadline:
+            raise ServiceError(f"the broker describes no settings of {', '.join(unknown)} (within {DESCRIBE_TIMEOUT_S:.0f} s)")
+        time.sleep(0.1)
+
+
+def _alter(admin: Any, settings: Settings, weak: list[Shortfall]) -> None:
+    """Sets the settings, each alone (incremental: the topic's others are left as they are)."""
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    if not weak:
+        return
+    resource = ConfigResource(ConfigResourceType.TOPIC, weak[0].topic, {shortfall.name: shortfall.value for shortfall in weak})
+    result = admin.alter_configs([resource], incremental=True)["topic"][weak[0].topic]
+    if result != "OK":
+        commands = "; ".join(f"`{shortfall.kafka_configs(settings)}`" for shortfall in weak)
+        raise ServiceError(f"topic {weak[0].topic}: the broker refused its settings ({result}): set them with {commands}")
 
 
 def _check_partitions(admin: Any, specs: list[TopicSpec]) -> None:

@@ -16,7 +16,7 @@ from streams.log_throttle import throttle_kafka_retries
 from streams.model_reload import ModelDirectory
 from streams.processes import check_port
 from streams.settings import Settings
-from streams.topics import ensure_topics
+from streams.topics import Review, ensure_topics, weak_settings
 
 if TYPE_CHECKING:
     import faust
@@ -44,7 +44,10 @@ def run_worker(settings: Settings) -> int:
     models = ModelDirectory(settings.models_dir)
     check_port(settings.bind_host, settings.worker_port, "LEADSTREAM_WORKER_PORT")
     make_state_dir(settings)
-    ensure_topics(settings)
+    # Settings of existing topics are the operator's to change (`leadstream topics`, a step of an
+    # upgrade): the worker says what they lack, once logging is set up.
+    ensure_topics(settings, alter=False)
+    weak = weak_settings(settings)
     app = create_app(settings, models)
     say_a_port_taken_since(app, settings)
     tune_collector(settings.gc_young_threshold)
@@ -57,6 +60,11 @@ def run_worker(settings: Settings) -> int:
                 # Faust draws its progress spinner (cursor hiding, backspaces) into whatever
                 # stdout is, and a log file or a log collector kept the control codes.
                 self.spinner = None
+
+        def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+            super().on_setup_root_logger(logger, level)
+            for line in weak_topics_warnings(weak):
+                log.warning("%s", line)
 
         async def on_stop(self) -> None:
             # A thread: the event loop may be the one waiting.
@@ -77,6 +85,19 @@ def run_worker(settings: Settings) -> int:
     except SystemExit as stopped:
         _exit_at_once(stopped.code)
     return 0
+
+
+def weak_topics_warnings(reviews: list[Review]) -> list[str]:
+    """What the worker says of topics lacking settings this release requires (streams/topics.py,
+    weak_settings): one line for those `leadstream topics` sets, and what it cannot set."""
+    weak = [f"{shortfall.topic} {shortfall.name}={shortfall.before} (needs {shortfall.value})"
+            for review in reviews for shortfall in review.shortfalls]
+    lines = [warning for review in reviews for warning in review.warnings]
+    if weak:
+        lines.insert(0, f"topics with settings weaker than this release requires: {', '.join(weak)}: run `leadstream topics`, "
+                        "which sets them (a profiles topic compacted before its records are as old as the events loses "
+                        "the identifies and aliases that merged visitors, which `leadstream history` and rescores need)")
+    return lines
 
 
 def _exit_at_once(code: object) -> None:

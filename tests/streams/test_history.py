@@ -17,7 +17,7 @@ from streams.partitioning import partition_for
 from streams.processes import WorkerProcess
 from streams.send import open_producer, produce
 from streams.settings import Settings
-from streams.topics import EVENTS_RETENTION_MS, ensure_topics, topic_specs
+from streams.topics import EVENTS_RETENTION_MS, TopicSpec, ensure_topics, profiles_config, topic_specs
 from tests.infra import leadstream, wait_for
 from tests.scoring.support import DAY, HOUR, MINUTE, MODELS_DIR, T0
 from tests.streams.test_offline import SAAS_EVENTS, write
@@ -235,8 +235,9 @@ def test_an_identify_that_merged_a_visitor_outlives_the_compaction_of_the_profil
         specs = {spec.name: spec for spec in topic_specs(settings)}
         profiles = specs[settings.topic_profiles]
         config = {**profiles.config, "segment.ms": "1000", "min.cleanable.dirty.ratio": "0.01"}
-        if not lagged:
+        if not lagged:  # as an earlier release created it, whatever the events topic's retention
             config.pop("min.compaction.lag.ms", None)
+            profiles = TopicSpec(profiles.name, profiles.partitions, config)
         ensure_topics(settings, [specs[settings.topic_events], replace(profiles, config=config)])
         return settings
 
@@ -279,5 +280,19 @@ def test_an_identify_that_merged_a_visitor_outlives_the_compaction_of_the_profil
     # Without the lag, the visitor the worker merged is a lead of its own, and history says why.
     leads, stderr = history(unlagged)
     assert "anon:v-1" in leads and "u-8119" in leads
-    assert f"{unlagged.topic_profiles}: warning: compacted with min.compaction.lag.ms=0" in stderr
-    assert f"--entity-name {unlagged.topic_profiles} --add-config min.compaction.lag.ms={EVENTS_RETENTION_MS}`" in stderr
+    assert (f"{unlagged.topic_profiles}: warning: compacted with min.compaction.lag.ms=unset, less than "
+            f"{unlagged.topic_events}'s retention.ms={EVENTS_RETENTION_MS}") in stderr
+    assert "run `leadstream topics`, which sets it" in stderr  # kafka-configs.sh is not installed by `services up`
+
+
+def test_a_profiles_lag_shorter_than_the_events_topics_retention_is_warned_of(isolated: Settings, tmp_path: Path) -> None:
+    # The lag was compared with a fixed week: events kept 30 days had profile records compacted
+    # after 7 without a word.
+    settings = isolated.namespaced(f"{isolated.app_id}-long")  # deleted with the test's own topics
+    specs = {spec.name: spec for spec in topic_specs(settings)}
+    events = replace(specs[settings.topic_events], config={"retention.ms": str(30 * DAY)})
+    # The lag a week, the old rule's, not the events topic's retention.ms as `leadstream topics` gives it now.
+    ensure_topics(settings, [events, TopicSpec(settings.topic_profiles, settings.partitions, profiles_config())])
+    stderr = leadstream(settings, "history", "--out", str(tmp_path / "history.jsonl")).stderr
+    assert (f"{settings.topic_profiles}: warning: compacted with min.compaction.lag.ms={EVENTS_RETENTION_MS}, less than "
+            f"{settings.topic_events}'s retention.ms={30 * DAY}") in stderr, stderr

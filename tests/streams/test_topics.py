@@ -1,17 +1,33 @@
 """leadstream's topics (streams/topics.py) on the real broker: created with their partition
-counts, and existing ones of another count refused."""
+counts, existing ones of another count refused, and existing ones given the settings this release
+requires."""
 
 from __future__ import annotations
 
 import socket
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
+from streams.processes import WorkerProcess
 from streams.settings import Settings
-from streams.topics import TopicSpec, ensure_topics, partition_count
+from streams.topics import (COMPACTED, FORGET_RETENTION_MS, LARGE_RECORD_BYTES, TopicSpec, ensure_topics, partition_count,
+                            topic_config)
 from tests.infra import leadstream, write_jsonl
+
+DAY_MS = 24 * 3600 * 1000
+
+
+def earlier_release(settings: Settings, events_retention_ms: int) -> None:
+    """Topics as a3c2d13 (and the releases before 2026-12-04 for the changelog) created them: the
+    profiles topic without min.compaction.lag.ms, the leads changelog on Kafka's defaults; the
+    events topic keeping its records `events_retention_ms`."""
+    old_profiles = {**COMPACTED, "delete.retention.ms": str(FORGET_RETENTION_MS)}
+    ensure_topics(settings, [TopicSpec(settings.topic_events, 4, {"retention.ms": str(events_retention_ms)}),
+                             TopicSpec(settings.topic_profiles, 4, old_profiles),
+                             TopicSpec(f"{settings.app_id}-leads-changelog", 4, {"cleanup.policy": "compact"})])
 
 
 def test_existing_topics_of_another_partition_count_are_refused_by_name(isolated: Settings) -> None:
@@ -46,3 +62,59 @@ def test_an_unreachable_broker_is_named_within_seconds(isolated: Settings, tmp_p
     done = leadstream(isolated.with_overrides(kafka_bootstrap=bootstrap, kafka_connect_timeout_s=2), *args, check=False)
     assert done.returncode == 1 and time.monotonic() - started < 10, done
     assert f"cannot reach Kafka at {bootstrap} within 2 s (LEADSTREAM_KAFKA_CONNECT_TIMEOUT_S)" in done.stderr
+
+
+def test_topics_an_earlier_release_created_are_given_the_settings_this_one_requires(isolated: Settings) -> None:
+    # `leadstream topics` said "exists" of them and exited 0: the profiles topic was compacted as
+    # soon as its segments rolled, taking the identifies and aliases that merged visitors from
+    # `leadstream history` and rescores, and the changelog refused a lead's record over 1 MB.
+    settings = isolated.namespaced(f"{isolated.app_id}-old")  # deleted with the test's own topics
+    earlier_release(settings, 30 * DAY_MS)
+    out = leadstream(settings, "topics").stdout.splitlines()
+    profiles, changelog = settings.topic_profiles, f"{settings.app_id}-leads-changelog"
+    # As long as the events topic keeps its records, not a fixed week.
+    assert f"topic {profiles}: set min.compaction.lag.ms={30 * DAY_MS} (was unset)" in out, out
+    assert f"topic {changelog}: set max.message.bytes={LARGE_RECORD_BYTES} (was unset)" in out, out
+    assert f"topic {changelog}: set segment.ms=600000 (was unset)" in out, out
+    assert f"topic {settings.topic_events}: exists" in out and not any(f"topic {settings.topic_events}: set" in line for line in out)
+    config = topic_config(settings, profiles)
+    # Incrementally: what the topic had stays.
+    assert config == {**COMPACTED, "delete.retention.ms": str(FORGET_RETENTION_MS), "min.compaction.lag.ms": str(30 * DAY_MS)}
+    assert topic_config(settings, changelog) == {"cleanup.policy": "compact", "segment.ms": "600000",
+                                                 "min.cleanable.dirty.ratio": "0.1", "max.message.bytes": str(LARGE_RECORD_BYTES)}
+    assert partition_count(settings, profiles) == 4
+    again = leadstream(settings, "topics").stdout
+    assert ": set " not in again, again
+
+
+def test_the_profiles_topic_is_created_with_the_lag_of_the_events_topics_retention(isolated: Settings) -> None:
+    settings = isolated.namespaced(f"{isolated.app_id}-new")  # deleted with the test's own topics
+    ensure_topics(settings, [TopicSpec(settings.topic_events, 4, {"retention.ms": str(30 * DAY_MS)})])
+    ensure_topics(settings)
+    assert topic_config(settings, settings.topic_profiles)["min.compaction.lag.ms"] == str(30 * DAY_MS)
+
+
+def test_events_kept_for_ever_leave_the_lag_as_it_is_with_a_warning(isolated: Settings) -> None:
+    # No lag keeps the profile records for ever while compaction still removes a forgotten lead's.
+    settings = isolated.namespaced(f"{isolated.app_id}-ever")  # deleted with the test's own topics
+    earlier_release(settings, -1)
+    out = leadstream(settings, "topics").stdout
+    assert (f"topic {settings.topic_profiles}: warning: {settings.topic_events} keeps its records for ever (retention.ms=-1)"
+            in out), out
+    assert f"Give {settings.topic_events} the retention.ms offline reads need, and run `leadstream topics` again" in out
+    assert f"{settings.topic_profiles}: set min.compaction.lag.ms={7 * DAY_MS} (was unset)" in out  # a week at least
+    history = leadstream(settings, "history", "--out", "-").stderr
+    assert f"topic {settings.topic_profiles}: warning: {settings.topic_events} keeps its records for ever" in history
+
+
+def test_the_worker_says_what_an_earlier_release_s_topics_lack(isolated: Settings,
+                                                               worker: Callable[..., WorkerProcess]) -> None:
+    # The worker started on them without a word; it leaves their settings to `leadstream topics`.
+    settings = isolated.namespaced(f"{isolated.app_id}-w")  # deleted with the test's own topics
+    earlier_release(settings, 7 * DAY_MS)
+    proc = worker(settings)
+    lines = [line for line in proc.log.read_text().splitlines() if "weaker than this release requires" in line]
+    assert len(lines) == 1, proc.log.read_text()
+    assert f"{settings.topic_profiles} min.compaction.lag.ms=unset (needs {7 * DAY_MS})" in lines[0]
+    assert "run `leadstream topics`, which sets them" in lines[0]
+    assert "min.compaction.lag.ms" not in topic_config(settings, settings.topic_profiles)
