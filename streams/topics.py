@@ -68,6 +68,9 @@ STRONGER = {
     "segment.ms": -1,
     "min.cleanable.dirty.ratio": -1,
 }
+#: Of those, the settings for compaction (segment.ms: a segment is compacted once rolled), nothing
+#: to a topic an operator made a deleting one (cleanup.policy=delete): not its shortfalls.
+COMPACTION_ONLY = frozenset({"min.compaction.lag.ms", "delete.retention.ms", "min.cleanable.dirty.ratio", "segment.ms"})
 
 
 def topic_specs(settings: Settings) -> list[TopicSpec]:
@@ -225,6 +228,8 @@ def shortfalls(topic: str, required: dict[str, str], described: dict[str, Settin
     weaker."""
     weak = []
     for name, value in required.items():
+        if name in COMPACTION_ONLY and not _compacted(described):
+            continue
         setting = described.get(name)
         if name in STRONGER and setting is not None and (float(value) - float(setting.value)) * STRONGER[name] > 0:
             weak.append(Shortfall(topic, name, value, setting.value if setting.own else None))
@@ -250,11 +255,16 @@ def _review(admin: Any, specs: list[TopicSpec], existing: set[str]) -> list[Revi
         required = required_config(spec, retention_ms)
         current = described.get(spec.name, {})
         warnings = []
-        if retention_ms is not None and retention_ms < 0:
+        if retention_ms is not None and retention_ms < 0 and _compacted(current):
             lag = current["min.compaction.lag.ms"].value if "min.compaction.lag.ms" in current else required["min.compaction.lag.ms"]
             warnings.append(outlived_warning(spec, int(lag)))
         reviews.append(Review(spec.name, required, shortfalls(spec.name, required, current), warnings))
     return reviews
+
+
+def _compacted(described: dict[str, Setting]) -> bool:
+    policy = described.get("cleanup.policy")
+    return policy is None or "compact" in policy.value
 
 
 def _describe(admin: Any, topics: list[str]) -> dict[str, dict[str, Setting]]:

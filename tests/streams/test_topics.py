@@ -107,6 +107,18 @@ def test_events_kept_for_ever_leave_the_lag_as_it_is_with_a_warning(isolated: Se
     assert f"topic {settings.topic_profiles}: warning: {settings.topic_events} keeps its records for ever" in history
 
 
+def test_a_profiles_topic_an_operator_made_deleting_is_not_given_compaction_settings(isolated: Settings) -> None:
+    # It was told it lacked min.compaction.lag.ms, which compacts nothing on a topic that is not.
+    settings = isolated.namespaced(f"{isolated.app_id}-del")  # deleted with the test's own topics
+    ensure_topics(settings, [TopicSpec(settings.topic_events, 4, {"retention.ms": str(30 * DAY_MS)}),
+                             TopicSpec(settings.topic_profiles, 4, {"cleanup.policy": "delete", "retention.ms": str(30 * DAY_MS)})])
+    out = leadstream(settings, "topics").stdout
+    assert f"topic {settings.topic_profiles}: set" not in out, out
+    assert not {"min.compaction.lag.ms", "delete.retention.ms"} & set(topic_config(settings, settings.topic_profiles))
+    history = leadstream(settings, "history", "--out", "-").stderr
+    assert "warning" not in history, history
+
+
 def test_the_worker_says_what_an_earlier_release_s_topics_lack(isolated: Settings,
                                                                worker: Callable[..., WorkerProcess]) -> None:
     # The worker started on them without a word; it leaves their settings to `leadstream topics`.
