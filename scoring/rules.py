@@ -180,8 +180,12 @@ def _operand(table: Table, op: str, value: Any, key: str | None = None) -> Any:
     lowered = tuple(t.lower() for t in texts)
     if op == "words":
         # Not \b: a term that starts or ends with a non-word character ("c++", ".net") would
-        # then need a word character beside it, and never match a word on its own.
-        return re.compile(r"(?<!\w)(?:" + "|".join(re.escape(w) for w in lowered) + r")(?!\w)")
+        # then need a word character beside it, and never match a word on its own. A phrase's
+        # words are apart by any run of whitespace in the value: CRM titles come with doubled
+        # spaces and tabs ("Head  of Sales"). Written into the pattern, that costs a match
+        # nothing, where normalising the value would cost every event a pass over its text.
+        phrases = (r"\s+".join(map(re.escape, w.split())) for w in lowered)
+        return re.compile(r"(?<!\w)(?:" + "|".join(phrases) + r")(?!\w)")
     return lowered  # prefix, glob, contains
 
 

@@ -20,6 +20,7 @@ B2B = Engine([shipped("b2b")])
     [
         ({}, 0, "C"),
         ({"title": "VP Sales"}, 8, "B"),
+        ({"title": "Head  of\tSales"}, 8, "B"),  # a CRM's doubled space or tab is a phrase's space
         ({"title": "Head of Marketing", "company_size": 250, "industry": "software", "country": "DE", "email": "a@globex.com"}, 19, "A"),
         ({"title": "Marketing Manager", "company_size": 250}, 8, "B"),
         ({"title": "Working Student"}, -30, "D"),

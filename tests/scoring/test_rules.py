@@ -56,6 +56,16 @@ CONDITIONS = [
     ('traits.skills = { words = ["c++", ".net"] }', {}, {"skills": "senior .NET developer"}, True),
     ('traits.skills = { words = ["c++", ".net"] }', {}, {"skills": "c++x"}, False),
     ('traits.title = { words = ["vp"] }', {}, {"title": "svp, sales"}, False),
+    # A phrase's space is any run of whitespace in the value (CRM titles with doubled spaces,
+    # tabs, no-break spaces), and so is a run in the phrase; punctuation is as written.
+    ('traits.title = { words = "head of" }', {}, {"title": "Head  of Sales"}, True),
+    ('traits.title = { words = "head of" }', {}, {"title": "Head\tof Sales"}, True),
+    ('traits.title = { words = "head of" }', {}, {"title": "Head\u00a0of Sales"}, True),
+    ('traits.title = { words = "head  of" }', {}, {"title": "Head of Sales"}, True),
+    ('traits.title = { words = "head of" }', {}, {"title": "Head of-Sales"}, True),
+    ('traits.title = { words = "head of" }', {}, {"title": "Head-of Sales"}, False),
+    ('traits.title = { words = "head of" }', {}, {"title": "Headof Sales"}, False),
+    ('traits.title = { words = "head of" }', {}, {"title": "Head  office"}, False),
     # JSON true is not 1 (nor false 0), although Python's True == 1; 1 and 1.0 are one number.
     ("properties.flag = true", {"flag": True}, {}, True),
     ("properties.flag = true", {"flag": 1}, {}, False),
