@@ -9,9 +9,10 @@ worker next scores the lead).
 Numbers are shown to two decimals (the 0-100 value to one) and add up as shown: behaviour and
 fit points, plus what the model's floor adds when negative fit points take their sum below it
 (`floor_points`, and a "floor" reason), make the score; the rule rows' points and decay make
-the behaviour points. Each label is that of the exact points, and no number shown beside one
-is rounded across a line of it (`scoring.scales.held`): a lead at 29.997 points, under a line at
-30 of its ladder, [engagement] or [temperature], shows 29.99.
+the behaviour points, and so do the top reasons' (`reasons`). Each label is that of the exact
+points, and no number shown beside one is rounded across a line of it (`scoring.scales.held`):
+a lead at 29.997 points, under a line at 30 of its ladder, [engagement] or [temperature], shows
+29.99, and its reasons +40 and decay -10.01.
 
 The decayed amount is exact in total (behaviour points now minus the points rules earned); per
 rule it is apportioned (`_decay_shares`): a half-life takes every rule's points towards zero,
@@ -111,13 +112,6 @@ def shown(points: float) -> float:
     return int(rounded) if rounded.__class__ is float and rounded.is_integer() else rounded
 
 
-def floor_points(runtime: ModelRuntime, state: LeadState) -> float:
-    """Points the model's floor adds to the score: behaviour points never go below it, but
-    negative fit points (a competitor's domain) can take their sum below it."""
-    below = runtime.floor - state.behaviour - state.fit
-    return below if below > 0 else 0
-
-
 def rule_rows(runtime: ModelRuntime, state: LeadState) -> tuple[list[dict[str, Any]], float]:
     """One row per rule that ever matched, most points first, and the points decay took in all
     as shown (behaviour points shown less the rows' points shown), which the rows' `decayed`
@@ -125,8 +119,7 @@ def rule_rows(runtime: ModelRuntime, state: LeadState) -> tuple[list[dict[str, A
     left go to the largest remainders."""
     ledger = state.ledger
     points = [entry[0] for entry in ledger.values()]
-    hundredths = [round(shown(earned) * 100) for earned in points]
-    decayed = round(_figures(runtime, state)[6] * 100) - sum(hundredths)  # in hundredths
+    decayed = _decayed_shown(_figures(runtime, state)[6], points)
     exact = [share * 100 for share in _decay_shares(runtime, points, state.behaviour - sum(points))]
     parts = [math.floor(share) for share in exact]
     if parts:
@@ -150,6 +143,17 @@ def rule_rows(runtime: ModelRuntime, state: LeadState) -> tuple[list[dict[str, A
     ]
     rows.sort(key=lambda row: (-abs(row["points"]), row["rule"]))
     return rows, shown(decayed / 100)
+
+
+def _decayed_shown(behaviour: float, earned: list[float]) -> int:
+    """The decay shown, in hundredths: the `behaviour` points shown less the rules' points
+    (`earned`) shown, so that rules and decay add up to the behaviour points shown. Those are
+    held off lines (`_labels_of`), which each rule's points rounded alone are not: a rule's
+    34.999 points under a line at 35 are shown 35 beside 34.99 behaviour points, decay -0.01."""
+    total = sum(earned)
+    if total.__class__ is int:  # whole points only, the most common (made for every summary): none to round
+        return round(behaviour * 100) - total * 100
+    return round(behaviour * 100) - sum(round(shown(points) * 100) for points in earned)
 
 
 def _decay_shares(runtime: ModelRuntime, points: list[float], decayed: float) -> list[float]:
@@ -180,20 +184,23 @@ def fit_rows(runtime: ModelRuntime, state: LeadState) -> list[dict[str, Any]]:
 
 
 def reasons(runtime: ModelRuntime, state: LeadState, limit: int = TOP_REASONS) -> list[dict[str, Any]]:
-    """The largest contributions, either sign: behaviour rules, fit rules and decay."""
+    """The largest contributions, either sign: behaviour rules, fit rules, decay and what the
+    floor adds, as the explanation shows them: when they are `limit` or fewer, they add up to
+    the score shown as its parts do (29.997 points shown 29.99 are +40 and decay -10.01)."""
     # (-|points|, name, points): sorted as tuples, largest first, then by name.
     items = []
-    earned: float = 0
+    earned = []
     for name, entry in state.ledger.items():
         points = entry[0]
         if points:
-            earned += points
+            earned.append(points)
             items.append((-abs(points), name, points))
     items += runtime.fit_of(state)[2]
-    decayed = state.behaviour - earned
-    if round(decayed, 2):  # not what shows as -0.0 (seconds of a half-life)
+    figures = _figures(runtime, state)
+    decayed = _decayed_shown(figures[6], earned) / 100  # none where seconds of a half-life show as -0.0
+    if decayed:
         items.append((-abs(decayed), "decay", decayed))
-    lifted = floor_points(runtime, state)
+    lifted = figures[8]
     if lifted:
         items.append((-lifted, "floor", lifted))
     items.sort()

@@ -208,6 +208,27 @@ def test_a_crossing_shows_its_labels_beside_numbers_that_agree() -> None:
     run = Run(engine(header + _BANDS, header=False)).apply(ev("visit"))
     _, crossings = run.engine.decay("m", "L1", run.state(), T0 + 30 * DAY)
     assert [(c.to_level, c.score, c.normalized, c.engagement, c.temperature) for c in crossings] == [("cold", 29.99, 29.9, 2, "cold")]
+    # Its reasons add up to the 29.99 shown: the decay was rounded alone, to -10.
+    assert crossings[0].reasons == ({"rule": "visit", "points": 40}, {"rule": "decay", "points": -10.01})
+
+
+def test_top_reasons_add_up_to_the_score_held_below_a_line() -> None:
+    # 29.997 points under a line at 30 are shown 29.99, and the explanation's rows make it with
+    # a decay of -10.01; the top reasons said +40 and decay -10.
+    run = Run(engine(_BANDS)).apply(ev("visit"))
+    at = T0 + math.ceil(14 * DAY * math.log2(40 / 29.997))
+    summary, explained = run.engine.summary("m", "L1", run.state(), at), run.engine.explain("m", "L1", run.state(), at)
+    assert summary["score"] == explained["score"] == 29.99
+    assert summary["top_reasons"] == [{"rule": "visit", "points": 40}, {"rule": "decay", "points": explained["decayed"]}]
+    assert explained["decayed"] == -10.01
+    # Without decay: a rule's 34.999 points under a line at 35 are shown 35 beside a score of
+    # 34.99, as its explanation row is, with the hundredth the line holds back shown as decay.
+    header = '[model]\nname = "m"\n[thresholds]\nbase = "cold"\nladder = [{ level = "mql", at = 35 }]\n'
+    run = Run(engine(header + '[[rules]]\nname = "r"\nevent = "r"\npoints = 34.999\n', header=False)).apply(ev("r"))
+    summary, explained = run.engine.summary("m", "L1", run.state(), T0), run.engine.explain("m", "L1", run.state(), T0)
+    assert summary["score"] == 34.99
+    assert summary["top_reasons"] == [{"rule": "r", "points": 35}, {"rule": "decay", "points": -0.01}]
+    assert (explained["rules"][0]["points"], explained["decayed"]) == (35, -0.01)
 
 
 def test_an_account_s_temperature_is_that_of_its_score_as_a_lead_s() -> None:
