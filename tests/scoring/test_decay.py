@@ -269,3 +269,26 @@ def test_a_step_given_back_restores_the_points_and_the_level_follows_arrival_ord
     assert [(t.to_level, t.score) for t in run.transitions + down] == [("mql", 25), ("nurture", 0)]
     assert (run.score(model_name="b2b"), run.state(model_name="b2b").level) == (25 - 10 + 1, "nurture")
     assert (in_time.score(model_name="b2b"), in_time.state(model_name="b2b").level) == (25 - 10 + 1, "mql")
+
+
+def test_an_occurrence_that_earns_nothing_is_activity_and_a_0_point_rule_s_bonus_is_not() -> None:
+    # As scoring/MODELS.md says: a rule with positive points whose conditions held restarts the
+    # idle clock whatever the occurrence earned (a once_per repeat, past its cap, clipped by
+    # max_points); a 0-point rule is no activity, though its bonus pays.
+    rules = (
+        '[[rules]]\nname = "once"\nevent = "once"\npoints = 20\nonce_per = "properties.k"\n'
+        '[[rules]]\nname = "capped"\nevent = "capped"\npoints = 20\ncap = { max = 1, window = "7d" }\n'
+        '[[rules]]\nname = "ceiling"\nevent = "ceiling"\npoints = 20\nmax_points = 20\n'
+        '[[rules]]\nname = "zero"\nevent = "zero"\npoints = 0\nbonus = { count = 2, window = "7d", points = 20 }\n'
+        '[decay]\nsteps = [{ idle = "1d", points = -5 }]\n'
+    )
+    for kind in ("once", "capped", "ceiling"):
+        run = Run(engine(rules)).apply(ev(kind, properties={"k": 1}), ev(kind, at=20 * HOUR, properties={"k": 1}))
+        assert run.score() == 20 and run.state().last_activity_ms == T0 + 20 * HOUR, kind
+        assert decayed(run, 1.5) == 20, kind  # idle since hour 20: the step is due at hour 44
+        assert decayed(run, 44 / 24 + 1 / DAY) == 15, kind
+    run = Run(engine(rules + '[[rules]]\nname = "visit"\nevent = "visit"\npoints = 1\n')).apply(
+        ev("visit"), ev("zero", at=10 * HOUR), ev("zero", at=20 * HOUR)
+    )
+    assert (run.score(), run.state().last_activity_ms) == (21, T0)
+    assert decayed(run, 1.5) == 16

@@ -325,3 +325,21 @@ def test_a_cap_window_an_edit_lengthened_leaves_no_counter_behind() -> None:
     run.apply(*(ev("o", at=day * DAY) for day in range(1, 16)), batch=1)
     assert run.score() == 1 + 3  # the day, then one of each week (Monday T0): the first counted anew
     assert run.state().windows == {"cap:o": [(T0 + 15 * DAY + 3 * DAY) // (7 * DAY), 1]}
+
+
+def test_once_per_without_the_field_scores_each_time_and_a_value_is_seen_only_where_the_conditions_held() -> None:
+    rule = (
+        '[[rules]]\nname = "open"\nevent = "email_open"\npoints = 1\nonce_per = "properties.email_id"\n'
+        'traits.country = "DE"\n'
+    )
+    run = Run(engine(rule)).apply(
+        ev("identify", traits={"country": "DE"}),
+        ev("email_open", at=1), ev("email_open", at=2, properties={"email_id": None}),  # no value: each scores
+        ev("identify", at=3, traits={"country": "FR"}),
+        ev("email_open", at=4, properties={"email_id": "m1"}),  # the condition does not hold: not seen
+        ev("identify", at=5, traits={"country": "DE"}),
+        ev("email_open", at=6, properties={"email_id": "m1"}),  # its first occurrence that matches
+        ev("email_open", at=7, properties={"email_id": "m1"}),  # a repeat
+    )
+    assert run.score() == 3
+    assert run.state().ledger["open"][:3] == [3, 4, 1]

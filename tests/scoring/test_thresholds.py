@@ -109,3 +109,9 @@ def test_fractional_points_reach_a_line_their_decimal_sum_reaches() -> None:
     # Clipped at the floor, then 0.3 (y), 0.6 (z), 0.49999999999999994 (still z: on its line), 0.4 (y), and
     # 0.19999999999999996 (still y)
     assert rising.levels() == [("x", "y"), ("y", "z"), ("z", "y")]
+
+
+def test_a_late_event_crosses_at_its_own_time_before_the_crossing_published_earlier() -> None:
+    # Why consumers order a lead's crossings by offset, not by time (README, "Topics").
+    run = Run(ladder_engine()).apply(ev("jump", at=DAY), ev("down", at=DAY // 2), *(ev("down", at=DAY // 2 + i) for i in range(1, 21)))
+    assert [(t.to_level, t.time_ms) for t in run.transitions] == [("sql", T0 + DAY), ("mql", T0 + DAY // 2 + 20)]
