@@ -198,6 +198,10 @@ class _Partition:
             self.finished.remove(last)
         return None if last is None else last + 1
 
+    def first_not_done(self) -> int | None:
+        """The first offset taken and not finished (queued or being delivered); None when all are."""
+        return next((offset for offset in self.taken if offset not in self.finished), None)
+
 
 @dataclass(frozen=True, slots=True)
 class _Job:
@@ -274,12 +278,16 @@ class _InFlight:
         with self._lock:
             self.error = self.error or error
 
-    def revoke(self, tps: Any) -> None:
-        """Forget partitions another member now owns: their queued jobs are dropped, and the ones
-        being delivered finish into partitions no longer tracked, so no offset of theirs is committed."""
+    def revoke(self, tps: Any) -> dict[Any, int]:
+        """Forget partitions taken away by a rebalance: their queued jobs are dropped, and the ones
+        being delivered finish into partitions no longer tracked, so no offset of theirs is committed
+        (neither by this assignment nor by a later one of the same partition, tracked anew). Per
+        partition with a message not done, the offset to read it again from if it comes back."""
         with self._lock:
-            gone = {self._partitions.pop(tp) for tp in tps if tp in self._partitions}
-            self._drop_queued(lambda job: job.partition in gone)
+            gone = {tp: self._partitions.pop(tp) for tp in tps if tp in self._partitions}
+            dropped = set(gone.values())
+            self._drop_queued(lambda job: job.partition in dropped)
+            return {tp: offset for tp, partition in gone.items() if (offset := partition.first_not_done()) is not None}
 
     def committable(self) -> dict[Any, int]:
         with self._lock:
@@ -393,14 +401,39 @@ class SinkRunner(Generic[T]):
             heartbeat_interval_ms=2000,
         )
         flight = _InFlight(by_partition=self.sink.batched)
+        sink_name = self.sink.name
 
-        class Revoked(ConsumerRebalanceListener):  # type: ignore[misc]
-            # Called from within `poll`, maybe on kafka-python's own thread: it must not block.
+        class Rebalanced(ConsumerRebalanceListener):  # type: ignore[misc]
+            """Every rebalance revokes all partitions (eager), and the messages queued from them are
+            dropped; a partition given back is read again from its first message not done. Not
+            from where kafka-python had fetched, which it goes on from in a partition it keeps
+            (3.0.x, SubscriptionState.assign_from_subscribed): past the dropped messages, which
+            the next one done committed (28 of 80 crossings lost to a second connector's start).
+            Nor from the committed offset: nothing moved it meanwhile, and the messages done since
+            need not be read again. The seek makes kafka-python discard what it had fetched after it.
+
+            Called from within `poll`, maybe on kafka-python's own thread: it must not block."""
+
+            def __init__(self) -> None:
+                self.resume: dict[Any, int] = {}
+
             def on_partitions_revoked(self, revoked: Any) -> None:
-                flight.revoke(revoked)
+                self.resume.update(flight.revoke(revoked))
+
+            def on_partitions_lost(self, lost: Any) -> None:
+                # Membership lost: kafka-python forgets the partitions' positions, and one that
+                # comes back starts from its committed offset, which another member may have moved.
+                flight.revoke(lost)
+                for tp in lost:
+                    self.resume.pop(tp, None)
 
             def on_partitions_assigned(self, assigned: Any) -> None:
-                pass
+                for tp in assigned:
+                    if tp in self.resume:
+                        log.info("sink %s: %s/%d given back by a rebalance: read again from offset %d, its first message "
+                                 "not done", sink_name, tp.topic, tp.partition, self.resume[tp])
+                        consumer.seek(tp, self.resume[tp])
+                self.resume.clear()  # a partition that went elsewhere comes back from its committed offset
 
         def commit() -> None:
             offsets = {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in flight.committable().items()}
@@ -413,7 +446,7 @@ class SinkRunner(Generic[T]):
                 # ledger makes its deliveries skips.
                 log.warning("sink %s: offsets not committed (%s); the new owner re-reads them", self.sink.name, exc)
 
-        consumer.subscribe([topic], listener=Revoked())
+        consumer.subscribe([topic], listener=Rebalanced())
         producer = self._producer = open_client(self.settings, KafkaProducer, acks="all", linger_ms=5)
         end: dict[Any, int] | None = None
         pool = ThreadPoolExecutor(max_workers=self.settings.sink_concurrency + WAITING_LANES, thread_name_prefix=f"sink-{self.sink.name}")

@@ -464,3 +464,38 @@ def test_a_connector_whose_redis_cannot_be_reached_stops_at_start_naming_the_set
     assert result.returncode == 1
     assert "cannot reach Redis at LEADSTREAM_REDIS_URL" in result.stderr and "secret" not in result.stderr, result.stderr
     assert partition_count(settings, f"{settings.topic_crossings}-dlq-webhook") == 0  # nothing read, nothing set aside
+
+
+def test_a_rebalance_that_gives_a_member_back_its_partitions_loses_none_of_their_queued_messages(
+    sink_settings: Settings, webhook: WebhookReceiver
+) -> None:
+    # A second member joining revokes every partition of the first (eager rebalancing), which
+    # dropped the messages it had queued, and gives some back: kafka-python went on from where it
+    # had fetched in those, and their dropped messages were never delivered, nor dead-lettered
+    # (80 crossings to a receiver taking 2 s each: 28 lost, their offsets committed with the next).
+    settings = sink_settings.with_overrides(webhook_url=webhook.url + "/hook", sink_timeout_s=10)
+    webhook.latency_s = 1.0  # the first member has most of its poll still queued when the second joins
+    records = [crossing(n, "mql", seq=seq) for seq in range(3) for n in range(16)]
+    produce(settings, records)
+    ids = {r["id"] for r in records}
+
+    def missing() -> set[str]:
+        return ids - {post.json()["id"] for post in webhook.requests_to("POST", "/hook")}
+
+    def quiet_s() -> float:  # since the last POST came in
+        return time.monotonic() - max(post.at for post in webhook.requests_to("POST", "/hook"))
+
+    stops = [threading.Event(), threading.Event()]
+    members = [threading.Thread(target=SinkRunner(WebhookSink(settings), settings, stop=stop).run) for stop in stops]
+    members[0].start()
+    try:
+        wait_for(lambda: webhook.requests_to("POST", "/hook"), 60, "the first member's first delivery")
+        members[1].start()
+        wait_for(lambda: not missing() or quiet_s() > 10, 120, "every crossing delivered, or none for 10 s")
+        assert not missing(), sorted(missing())
+        wait_for(lambda: committed_everything(settings, "webhook"), 30, "every offset committed")
+    finally:
+        for stop in stops:
+            stop.set()
+        for member in members:
+            member.join(60)

@@ -58,7 +58,9 @@ def test_offsets_are_committed_up_to_the_first_message_not_done_and_never_for_a_
     assert bobs_second is not None and flight.committable() == {"p0": 1}
     assert take("p1", 0, b"ann") is not None
     assert take("p0", 3, b"bob") is None
-    flight.revoke(["p0"])  # bob's second, under way, finishes after the rebalance; his third is dropped
+    # Bob's second, under way, finishes after the rebalance; his third is dropped, and both are read
+    # again from the second's offset if p0 comes back (jane's, done, is not).
+    assert flight.revoke(["p0"]) == {"p0": 1}
     assert flight.finish([bobs_second]) is None
     assert flight.committable() == {} and not flight.idle()  # p1's message is not done
     assert flight.full() == set()
@@ -76,13 +78,17 @@ def test_a_batched_sinks_lane_is_its_partitions_and_a_batch_under_way_outlives_a
     head = take("p0", 0, b"b2b/bob")
     assert head is not None
     assert take("p0", 1, b"b2b/jane") is None and take("p0", 2, b"b2b/bob") is None  # one lane: the partition's
-    assert take("p1", 0, b"b2b/ann") is not None
+    ann = take("p1", 0, b"b2b/ann")
+    assert ann is not None
     batch = flight.batch(head, 500)
     assert [job.offset for job in batch] == [0, 1, 2]
     assert take("p0", 3, b"b2b/jane") is None
-    flight.revoke(["p0"])  # the batch under way finishes after the rebalance; what is queued behind it is dropped
+    # The batch under way finishes after the rebalance; what is queued behind it is dropped.
+    assert flight.revoke(["p0"]) == {"p0": 0}
     assert flight.finish(batch) is None
     assert flight.committable() == {}
+    assert flight.finish(flight.batch(ann, 500)) is None  # p1 all done: nothing to read again
+    assert flight.revoke(["p1", "p2"]) == {}
 
 
 @pytest.mark.parametrize(("max_ms", "expected_s"), [(60_000, 60.0), (2_500, 2.5), (1_000, 1.0), (200, 1.0), (0, 1.0)])
