@@ -43,6 +43,7 @@ from streams.lag import LagProbe
 from streams.model_reload import ModelDirectory
 from streams.outbox import Outbox
 from streams.overlap import Done, WriteFailed
+from streams.partitioning import partition_for
 from streams.probes import NOT_READY_RETRY_AFTER_S
 from streams.rollup import Rollup
 from streams.scorer import DECAY_CHUNK, DECAY_PAUSE_S, Scorer
@@ -370,12 +371,15 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
             states = {model: state for model, state in peeked.items() if model not in LEAD_MARKERS and present(state)}
         except StateError as exc:
             return view.json({"error": f"the stored state of {kind} {key!r} cannot be read: {exc}"}, status=500)
+        # This worker owns the key (table_route): the one asked may be another, which forwarded
+        # the request and sends on this answer, so the worker is named rather than "this worker".
+        owner = f"the worker owning its partition {partition_for(key, settings.partitions)} ({app.conf.canonical_url})"
         if not states:
-            return view.json({"error": f"no state for {kind} {key!r} on this worker"}, status=404)
+            return view.json({"error": f"no state for {kind} {key!r} on {owner}"}, status=404)
         models = {model: explain(model, state) for model, state in states.items() if model in scorer.models}
         target = stitching.merged_into(peeked) if kind == "lead" else None
         if not models and target is None:  # it answered 200 with no models
-            return view.json({"error": f"no state for {kind} {key!r} in the models this worker scores with; it has states of "
+            return view.json({"error": f"no state for {kind} {key!r} in the models {owner} scores with; it has states of "
                                        f"models not in LEADSTREAM_MODELS_DIR: {', '.join(sorted(states))}"}, status=404)
         body: dict[str, Any] = {f"{kind}_id": key, "models": models}
         if target is not None:

@@ -116,6 +116,21 @@ def test_workers_listening_on_every_address_forward_to_the_address_they_advertis
         assert [orjson.loads(body)["lead_id"] for _, body in answers] == [lead, lead], answers
 
 
+def test_a_lead_no_worker_has_is_a_404_naming_the_worker_that_owns_it_through_either_worker(
+    isolated: Settings, worker: Callable[..., WorkerProcess]
+) -> None:
+    # Both answered "no state for lead 'nosuch' on this worker": the owner's words, which the
+    # other worker forwarded as they were, about itself.
+    workers, _ = two_workers_sharing(isolated, worker, [])
+    answers = [w.get("/leads/nosuch/") for w in workers]  # one of the two forwards it to the other
+    assert [status for status, _ in answers] == [404, 404], answers
+    partition = partition_for("nosuch", isolated.partitions)
+    owners = {f"no state for lead 'nosuch' on the worker owning its partition {partition} (http://127.0.0.1:{w.port})"
+              for w in workers}
+    errors = [orjson.loads(body)["error"] for _, body in answers]
+    assert errors[0] == errors[1] and errors[0] in owners, errors
+
+
 @pytest.mark.parametrize(
     ("bind_host", "advertised_host", "url"),
     [
