@@ -102,8 +102,8 @@ class MemberScore(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
     (0) from updates written before it was kept.
 
     `changed_ms` (`"changed"`): when the change it reports happened, where that is later than its
-    `time`: a decay step's due time (or, for half-life decay, when the sweep that valued it was
-    due). It stamps the account crossing the update causes, which else said that an account went
+    `time`: a decay step's due time (or, for half-life decay, the due time the score was valued
+    at: see `ModelRuntime.decay`), the last of those taken together. It stamps the account crossing the update causes, which else said that an account went
     cold at the moment of its member's last event; `time` keeps ordering the lead's updates, as a
     late event arriving after the step is still newer news of the lead. Absent (0) otherwise.
 

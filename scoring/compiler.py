@@ -93,7 +93,7 @@ class _Function:
                 f"time_ms >= last_activity_ms + {self.const(rt.first_idle_ms)})):",
                 "    taken = len(state.steps_taken)",
                 f"    level = rt._step_decay(state, time_ms, {' or '.join(positive) or 'False'}, {' or '.join(moving) or 'False'}, "
-                "level, event.lead_id, out)",
+                "level, event.lead_id, out, watermark_ms)",
                 "    outcome = CHANGED",
             )
             if moving:  # an event before the last activity, arrived late
@@ -124,11 +124,20 @@ class _Function:
                 # is crossed back below).
                 "    score = state.behaviour + state.fit",
                 f"    if score < {self.const(rt.down)}[level] or score >= {self.const(rt.up)}[level]:",
-                "        level = rt._half_life_to(state, as_of_ms, behaviour, time_ms, level, event.lead_id, out)",
+                "        level = rt._decay_before(state, as_of_ms, behaviour, watermark_ms, time_ms, level, event.lead_id, out)",
                 "        outcome = CHANGED",
+                # A member is due each tenth of its points decayed (ModelRuntime.next_due_ms): its
+                # account is told of those passed, as of the last, before this event's update.
+                f"    elif time_ms >= as_of_ms + {self.const(rt.member_decay_ms)} and state.account_id is not None:",
+                "        level = rt._decay_before(state, as_of_ms, behaviour, watermark_ms, time_ms, level, event.lead_id, out)",
             )
         self.emit(
             1,
+            # After decay: what decay brought forward before the event is its account's before.
+            "account_id = event.account_id",
+            "if account_id is not None and account_id != state.account_id:",
+            "    state.account_id = account_id",
+            "    outcome = CHANGED",
             # Traits changed, or the state was read back from bytes (the model may have changed).
             "if state.fit_found is None:",
             "    fit = state.fit",
@@ -178,10 +187,6 @@ class _Function:
             *([] if self.half_life else ["    if time_ms > state.as_of_ms:", "        state.as_of_ms = time_ms"]),
             "state.revision += 1",
             "outcome = COUNTED",
-            "account_id = event.account_id",
-            "if account_id is not None and account_id != state.account_id:",
-            "    state.account_id = account_id",
-            "    outcome = CHANGED",
             f"level = {self.const(rt.level_index)}.get(state.level, 0)",
             "traits_changed = rt._merge_traits(state, event.traits, time_ms) if event.traits else False",
         )

@@ -76,7 +76,9 @@ class BatchResult:
     #: Events beyond the allowed lateness of one or more models they were routed to.
     late: list[Late] = field(default_factory=list)
     #: The score of every changed state that belongs to an account, whether or not the batch
-    #: changed it, after a `left` update for each other account the lead was in during the batch.
+    #: changed it, after a `left` update for each other account the lead was in during the batch;
+    #: before them, an update for decay an event brought forward that was due before it
+    #: (`ModelRuntime._decayed`), dated at its due time.
     #: A worker killed after sending a batch's updates, before its states were durable, told the
     #: accounts of scores and moves its successor does not know of, as it scores the same events
     #: again in other batches: these updates are what puts each account right again.
@@ -106,7 +108,7 @@ class ModelRuntime:
         "model", "name", "appliers", "apply_other", "fit_match", "ladder", "lateness_ms", "floor", "ceiling",
         "remember", "history", "keep_traits", "steps", "half_life", "windows", "level_index", "up", "down",
         "empty_fit", "empty_found", "first_level", "first_idle_ms", "history_keep", "history_trim", "level_names", "fit_keys", "fit_domain_keys", "classify", "_fit_memo", "labels_memo",
-        "known_types", "limits", "seen_keys", "renames", "member_decay_ms", "score_lines",
+        "known_types", "limits", "seen_keys", "renames", "member_decay_ms", "score_lines", "decayed",
     )  # fmt: skip
 
     def __init__(self, model: Model) -> None:
@@ -171,6 +173,9 @@ class ModelRuntime:
         self.member_decay_ms = (
             0 if self.half_life is None else math.ceil(self.half_life.half_life_ms * -math.log2(1 - _MEMBER_DECAY_SHARE))
         )
+        #: Account updates of decay the batch's events brought forward (`_decayed`), which
+        #: `Engine.apply_batch` takes into its result: the generated code cannot return them.
+        self.decayed: list[MemberScore] = []
         windows: dict[str, Window] = {}
         for rule in model.rules:
             if rule.cap is not None:
@@ -262,9 +267,11 @@ class ModelRuntime:
         return found
 
     def _step_decay(self, state: LeadState, time_ms: int, activity: bool, moves: bool, level: int, lead_id: str,
-                    out: list[Transition]) -> int:
+                    out: list[Transition], watermark_ms: int | None = None) -> int:
         """Brings step decay to `time_ms` before an event at that time (`activity`: it matched a
         rule with positive points; `moves`: one with points of either sign); returns the level.
+        Steps it takes are told to the lead's account (`_decayed`) when `watermark_ms` is given,
+        the lead's newest event before this one (a merge tells its account once, after).
 
         The steps taken already that were due after the event are given back: for good after
         an activity later than the last (the lead was not idle that long); otherwise, with no
@@ -283,6 +290,8 @@ class ModelRuntime:
             for due_ms, points in steps.take(state, time_ms, self.floor):
                 self._took(state, due_ms, points)
                 level = self._settle(state, level, lead_id, due_ms, out)
+            if watermark_ms is not None:
+                self._decayed(state, lead_id, watermark_ms, due_ms)
         return level
 
     def _took(self, state: LeadState, due_ms: int, points: float) -> None:
@@ -326,10 +335,18 @@ class ModelRuntime:
             level = self._settle(state, level, lead_id, time_ms, out)
         return level
 
-    def decay(self, state: LeadState, lead_id: str, now_ms: int, out: list[Transition]) -> int | None:
+    def decay(self, state: LeadState, lead_id: str, now_ms: int, out: list[Transition], swept: bool = False) -> int | None:
         """Brings decay to `now_ms` (never backwards); idempotent for the same `now_ms`. Returns
         the time of the last change it made (the last step's due time; for half-life decay,
-        when it was due, `next_due_ms`, or `now_ms` if earlier), None when it made none.
+        `now_ms`), None when it made none.
+
+        `swept`, the worker's decay sweep: half-life decay is taken due time after due time
+        (`next_due_ms`) as sweeps on time take it, and the state is left valued at the last one
+        by `now_ms`, the time returned. A member's update then carries its score at that time
+        with that time, which stamps the account crossing it causes: after downtime or a clock
+        jump, valued at `now_ms` but dated at the first due time, it joined a score of the
+        restart day to a date weeks before it. A due time, not the sweep's own time, so that a
+        successor sweeping again after a crash says the same time (a crossing's id holds it).
 
         A state written before an edit of the [[fit]] rules is revised first, so that the score
         settled below is the current model's, and the revision is recorded at the sweep's time
@@ -345,18 +362,60 @@ class ModelRuntime:
                 level = self._settle(state, level, lead_id, due_ms, out)
                 changed_ms = due_ms
         elif self.half_life is not None:
-            # When the sweep was due, not when it ran: a successor sweeping later after a crash
-            # says the same time (it stamps the account crossing the change may cause).
-            swept_due_ms = self.next_due_ms(state)
-            behaviour, as_of_ms = state.behaviour, state.as_of_ms
-            level = self._half_life_to(state, as_of_ms, behaviour, now_ms, level, lead_id, out)
+            behaviour = state.behaviour
+            if swept:
+                level, changed_ms = self._half_life_due(state, level, lead_id, now_ms, out)
+            else:
+                level, changed_ms = self._half_life_to(state, state.as_of_ms, behaviour, now_ms, level, lead_id, out), now_ms
             if state.behaviour != behaviour:
                 state.revision += 1
-                changed_ms = now_ms if swept_due_ms is None else min(swept_due_ms, now_ms)
+            else:
+                changed_ms = None
             self._settle(state, level, lead_id, now_ms, out)
         if state.fit != fit:
             state.record(max(now_ms, state.watermark_ms), state.fit - fit, "fit", self.history)
         return changed_ms
+
+    def _half_life_due(self, state: LeadState, level: int, lead_id: str, until_ms: int, out: list[Transition]) -> tuple[int, int | None]:
+        """Half-life decay taken as sweeps on time take it: to each due time by `until_ms`
+        (`next_due_ms`, with the state's fit points), one after another, settling the lines it
+        passes. Returns the level and the last due time, where the state is left valued (None:
+        none was due, and the state is as it was)."""
+        half_life = self.half_life
+        assert half_life is not None
+        as_of_ms, behaviour = state.as_of_ms, state.behaviour
+        last_ms = None
+        while (due := self._half_life_next_ms(state, level, state.fit)) is not None and due <= until_ms:
+            level = self._half_life_to(state, state.as_of_ms, state.behaviour, due, level, lead_id, out)
+            last_ms = due
+        if last_ms is not None:  # in one step from where it was, as any valuation is (scoring.decay)
+            state.as_of_ms, state.behaviour = as_of_ms, behaviour
+            half_life.bring_to(state, last_ms)
+        return level, last_ms
+
+    def _decay_before(self, state: LeadState, as_of_ms: int, behaviour: float, watermark_ms: int, time_ms: int, level: int,
+                      lead_id: str, out: list[Transition]) -> int:
+        """Half-life decay from `behaviour` points at `as_of_ms` to an event at `time_ms` that
+        passed a due time no sweep took yet (`leadstream score` sweeps before each event, a
+        worker after downtime reads queued events before its first sweep): a lead in an account
+        first takes it as a sweep would (`_half_life_due`) and tells its account (`_decayed`),
+        the rest of the way after; returns the level."""
+        state.as_of_ms, state.behaviour = as_of_ms, behaviour
+        if state.account_id is not None:
+            level, last_ms = self._half_life_due(state, level, lead_id, time_ms, out)
+            if last_ms is not None:
+                self._decayed(state, lead_id, watermark_ms, last_ms)
+        return self._half_life_to(state, as_of_ms, behaviour, time_ms, level, lead_id, out)
+
+    def _decayed(self, state: LeadState, lead_id: str, watermark_ms: int, due_ms: int) -> None:
+        """An event brought forward decay that was due at `due_ms` and before: its account is
+        told the score it decayed to, dated then, as a sweep would have told it, ahead of the
+        event's own update (at `watermark_ms`, the lead's newest event before this one, so that
+        the event's comes after it). Sent with the event's, the decay crossed the account at the
+        event's time: a later unrelated event moved an earlier account crossing."""
+        member = self.member_score(lead_id, state, watermark_ms, due_ms)
+        if member is not None:
+            self.decayed.append(member)
 
     def _half_life_to(self, state: LeadState, as_of_ms: int, behaviour: float, time_ms: int, level: int, lead_id: str,
                       out: list[Transition]) -> int:
@@ -389,7 +448,11 @@ class ModelRuntime:
             return self.steps.due_ms(state)
         if self.half_life is None:
             return None
-        due = self._line_passed_ms(state, self.ladder.level_of(state.level), self.current_fit(state))
+        return self._half_life_next_ms(state, self.ladder.level_of(state.level), self.current_fit(state))
+
+    def _half_life_next_ms(self, state: LeadState, level: int, fit: float) -> int | None:
+        """`next_due_ms` of a half-life lead at `level` with `fit` points."""
+        due = self._line_passed_ms(state, level, fit)
         if state.account_id is not None and abs(state.behaviour) * _MEMBER_DECAY_SHARE >= _MEMBER_DECAY_POINTS:
             member_due = state.as_of_ms + self.member_decay_ms
             if due is None or member_due < due:
@@ -693,6 +756,10 @@ class Engine:
         changed_states = result.states
         score_changed = result.score_changed
         account_updates = result.account_updates
+        for runtime in self._everywhere:  # a handful of models: no per-event cost
+            if runtime.decayed:
+                account_updates += runtime.decayed
+                runtime.decayed = []
         for key, (state, runtime, outcome, account_before, visited, done) in touched.items():
             if outcome < _COUNTED:  # duplicates and late events only
                 continue

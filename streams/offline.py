@@ -2,7 +2,8 @@
 
 It is how users try a model and how tests pin the semantics end to end. Events are applied in
 file order (event time decides scoring, as in the stream), anonymous visitors are stitched to
-the leads they become as the worker stitches them (see OfflineRun); a bad line is reported on
+the leads they become as the worker stitches them (see OfflineRun), and account members' decay
+is swept as it falls due, before the events after it (`OfflineRun.sweep`); a bad line is reported on
 stderr with its line number and skipped. At the end, decay is evaluated at the newest event time seen
 in the file (the file's "now": the output does not depend on when it is run), or at the later
 time `--at` gives (the scores as they will stand then, if nothing else happens), then the output
@@ -72,6 +73,8 @@ class OfflineRun:
         self.newest_ms = 0
         #: When decay is evaluated (`finish`), if later than `newest_ms`
         self.at_ms: int | None = None
+        #: Members' due times (due, lead id, model), as the worker's decay index (`sweep`).
+        self._due: list[tuple[int, str, str]] = []
         #: reason -> lines warned about
         self.warnings: dict[str, int] = {}
         #: (line, warning) to show, said in line order once a batch is applied
@@ -104,8 +107,12 @@ class OfflineRun:
             if self.keep is None or self.keep(event):
                 batch.append((number, event, links))
         line_of = {id(event): number for number, event, _ in batch}
+        if batch:  # the worker's clock had passed the newest event and reached these before they came
+            self.sweep(max(self.newest_ms, min(event.time_ms for _, event, _ in batch)))
         result = self.engine.apply_batch((event for _, event, _ in batch), lambda model, lead: self.leads.get((model, lead)))
         self.leads.update(result.states)
+        for (model, lead_id), state in result.states.items():
+            self._schedule(model, lead_id, state)
         self.transitions.extend(result.transitions)
         for late in result.late:
             event = late.event
@@ -145,6 +152,7 @@ class OfflineRun:
                 leaving = self.engine.leaving(model.name, source, state, time_ms, into=lead_id)
                 merged, transitions = merge(self.engine, model.name, lead_id, self.leads.get((model.name, lead_id)), state, source, time_ms)
                 self.leads[(model.name, lead_id)] = merged
+                self._schedule(model.name, lead_id, merged)
                 self.transitions.extend(transitions)
                 member = self.engine.member_score(model.name, lead_id, merged, merged.watermark_ms)
                 self.roll_up(*(update for update in (leaving, member) if update is not None))
@@ -172,38 +180,51 @@ class OfflineRun:
         return self.newest_ms if self.at_ms is None else self.at_ms
 
     def finish(self, at_ms: int | None = None) -> None:
-        """Evaluates decay for every lead at `at_ms`, by default the newest event time.
-
-        A member of an account decays one due time after another, all leads' in time order, as
-        the worker's sweeps take them when they come due, and its account moves with each: an
-        account crossing is stamped with the decay step that made it. Other leads are brought
-        to the time at once (their own crossings are the same either way)."""
+        """Evaluates decay for every lead at `at_ms`, by default the newest event time: the
+        members' due by then taken as `sweep` takes them, then each lead brought to the time
+        (their own crossings are the same either way)."""
         if at_ms is not None:
             if at_ms < self.newest_ms:
                 raise InputError(f"--at {_iso(at_ms)} is before the newest event in {self.source} ({_iso(self.newest_ms)}): "
                                  "decay is evaluated after every event is scored, so give a time at or after it")
             self.at_ms = at_ms
-        due: list[tuple[int, str, str]] = []
         members: list[tuple[str, str]] = []
         for (model, lead_id), state in sorted(self.leads.items()):
-            if state.account_id is not None and self.engine.runtime(model).model.accounts is not None:
+            if self._member(model, state):
                 members.append((model, lead_id))
-                self._schedule(due, model, lead_id, state, -1)
             else:
                 self.leads[(model, lead_id)], transitions = self.engine.decay(model, lead_id, state, self.now_ms)
                 self.transitions.extend(transitions)
-        while due:
-            due_ms, lead_id, model = heapq.heappop(due)
-            self._schedule(due, model, lead_id, self._decay_member(model, lead_id, due_ms), due_ms)
+        self.sweep(self.now_ms)
         # The rest of the way, every member's: half-life points decayed since the last due time (or,
         # with none due, since the last event), so that accounts stand at the time asked, as leads do.
         for model, lead_id in members:
             self._decay_member(model, lead_id, self.now_ms)
 
-    def _schedule(self, due: list[tuple[int, str, str]], model: str, lead_id: str, state: LeadState, after_ms: int) -> None:
-        due_ms = self.engine.next_due_ms(model, state)
-        if due_ms is not None and after_ms < due_ms <= self.now_ms:
-            heapq.heappush(due, (due_ms, lead_id, model))
+    def sweep(self, until_ms: int) -> None:
+        """Takes the decay of account members due by `until_ms`, one due time after another, all
+        leads' in time order, as the worker's sweeps take it while it runs, and moves their
+        accounts with each: an account crossing is stamped with the due time that made it. Run
+        before each batch (to its time) and at the end: swept only at the end, decay an event
+        brought forward was told to the account at the event's time, so an unscored event days
+        after a step moved the account's crossing there."""
+        due = self._due
+        while due and due[0][0] <= until_ms:
+            due_ms, lead_id, model = heapq.heappop(due)
+            state = self.leads.get((model, lead_id))
+            if state is None or self.engine.next_due_ms(model, state) != due_ms:  # merged away, or moved since (and scheduled)
+                continue
+            self._schedule(model, lead_id, self._decay_member(model, lead_id, due_ms), due_ms)
+
+    def _member(self, model: str, state: LeadState) -> bool:
+        """Whether the lead counts in an account (of a model that rolls its leads up)."""
+        return state.account_id is not None and self.engine.runtime(model).model.accounts is not None
+
+    def _schedule(self, model: str, lead_id: str, state: LeadState, after_ms: int = -1) -> None:
+        if self._member(model, state):
+            due_ms = self.engine.next_due_ms(model, state)
+            if due_ms is not None and due_ms > after_ms:
+                heapq.heappush(self._due, (due_ms, lead_id, model))
 
     def _decay_member(self, model: str, lead_id: str, time_ms: int) -> LeadState:
         """Brings a member's decay to `time_ms`, and its account along when its score moved."""

@@ -521,7 +521,7 @@ class Scorer:
             before = runtime.score(state)
             crossed = len(crossings)
             try:
-                changed_ms = runtime.decay(state, lead_id, now_ms, crossings)
+                changed_ms = runtime.decay(state, lead_id, now_ms, crossings, swept=True)
             except Exception as exc:  # a bug: the lead stays as it was, and the sweep goes on
                 del crossings[crossed:]
                 states[model] = self.store.stored(lead_id)[model]
@@ -534,7 +534,7 @@ class Scorer:
             writes[lead_id] = (partition, states)
             # Its account counts the decayed score (at the lead's newest event time, as the
             # updates of its events are: decay is not news of a later event); a crossing it
-            # causes is stamped with the decay's time.
+            # causes is stamped with the last due time taken, at which the score is valued.
             member = runtime.member_score(lead_id, state, state.watermark_ms, changed_ms or 0)
             if member is not None and runtime.score(state) != before:
                 members.append((changed_ms or now_ms, lead_id, model, member))

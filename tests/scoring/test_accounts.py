@@ -388,3 +388,79 @@ def test_a_whole_member_score_a_stored_state_keeps_as_a_float_is_shown_as_an_int
     _, [crossing] = eng.apply_account("m", "acme", state, MemberScore("m", "acme", "lead-1", 2, T0 + 1))
     named = {"sum": 3, "max": 1, "top_k": 2}[combine]
     assert [type(reason["points"]) for reason in crossing.reasons] == [int, float, int][:named]
+
+
+# -- decay's account updates: their time and their score belong together ----------------------
+
+_DECAYING = {
+    "steps": '[decay]\nsteps = [{ idle = "30d", points = -15 }, { idle = "60d", points = -30 }, { idle = "90d", points = -50 }]\n',
+    "half_life": '[decay]\nhalf_life = "10d"\n',
+}
+_ROLLED = (RULE + '[[rules]]\nname = "visit"\nevent = "visit"\npoints = 40\n'
+           '[accounts]\nbase = "quiet"\nhysteresis = 5\nladder = [{ level = "engaged", at = 30 }]\n')
+
+
+def _member_run(decay: str) -> Run:
+    return Run(engine(_ROLLED + _DECAYING[decay])).apply(ev("visit", account_id="acme"))
+
+
+def _score_at(run: Run, time_ms: int) -> float:
+    state, _ = run.engine.decay("m", "L1", run.state(), time_ms)
+    return round(run.engine.runtime("m").score(state), 2)
+
+
+def test_a_sweep_after_downtime_values_a_half_life_member_at_the_last_due_time_it_dates_its_update_at() -> None:
+    """A sweep weeks late valued the member at its own time but dated the account's update at
+    the first due time it found, so the account crossed on a day with a score of weeks later."""
+    run = _member_run("half_life")
+    runtime = run.engine.runtime("m")
+    state = run.state()
+    first_due = runtime.next_due_ms(state)
+    assert first_due is not None
+    now = T0 + 30 * DAY
+    changed = runtime.decay(state, "L1", now, [], swept=True)
+    assert changed is not None and first_due < changed <= now
+    assert runtime.next_due_ms(state) > now  # every due time by now taken: the state is valued at the last
+    member = runtime.member_score("L1", state, state.watermark_ms, changed)
+    assert member is not None and member.at_ms == changed and member.score == _score_at(run, changed)
+
+
+@pytest.mark.parametrize("decay", ["steps", "half_life"])
+def test_decay_an_event_brings_forward_crosses_the_account_when_it_was_due_with_its_score_then(decay: str) -> None:
+    """No sweep had taken the decay (a worker reading queued events after downtime): the account
+    took it with the event's update and crossed at the event's time, 40 days after the step."""
+    run = _member_run(decay)
+    event_day = 100
+    run.apply(ev("p", at=event_day * DAY, account_id="acme"))
+    _, crossings = run.engine.apply_account_updates("m", "acme", None, run.account_updates)
+    [down] = [(t.direction, t.time_ms, t.score) for t in crossings if t.direction == "down"]
+    assert down[1] < T0 + event_day * DAY
+    assert down[2] == _score_at(_member_run(decay), down[1])
+
+
+@settings(max_examples=60, deadline=None)
+@given(decay=st.sampled_from(sorted(_DECAYING)), gaps=st.lists(st.integers(1, 80 * 24), min_size=1, max_size=5))
+def test_an_accounts_crossings_are_the_same_whether_sweeps_or_events_take_the_decay_due(decay: str, gaps: list[int]) -> None:
+    """A sweep at an event's time just before it, or none, gives the account the same crossings:
+    the event's own update comes after the decay's, which is dated when it was due."""
+    times = [T0]
+    for hours in gaps:
+        times.append(times[-1] + hours * 3_600_000)
+    kinds = ["visit" if n % 3 == 0 else "p" for n in range(len(times))]
+
+    def crossings(swept: bool) -> list[tuple[str, int, float]]:
+        run = Run(engine(_ROLLED + _DECAYING[decay]))
+        runtime = run.engine.runtime("m")
+        for n, (time_ms, kind) in enumerate(zip(times, kinds)):
+            state = run.get("m", "L1")
+            if swept and state is not None:
+                before = runtime.score(state)
+                changed = runtime.decay(state, "L1", time_ms, [], swept=True)
+                run.store[("m", "L1")] = state.to_bytes()
+                if changed is not None and runtime.score(state) != before:
+                    run.account_updates.append(runtime.member_score("L1", state, state.watermark_ms, changed))
+            run.apply(ev(kind, at=time_ms - T0, event_id=f"e{n}", account_id="acme"))
+        _, out = run.engine.apply_account_updates("m", "acme", None, run.account_updates)
+        return [(t.to_level, t.time_ms, t.score) for t in out]
+
+    assert crossings(swept=True) == crossings(swept=False)

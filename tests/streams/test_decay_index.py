@@ -111,7 +111,8 @@ def test_a_sweep_writes_every_models_step_of_a_lead_whose_live_states_were_evict
         for lead in leads:
             stored = lead_states.decode(table.data[lead.encode()])
             for model in ("b2b", "analytics_addon"):
-                expected, _ = engine.decay(model, lead, before[lead][model], now)  # type: ignore[arg-type]
+                expected = before[lead][model].copy()  # type: ignore[union-attr]
+                engine.runtime(model).decay(expected, lead, now, [], swept=True)
                 assert stored[model].to_bytes() == expected.to_bytes(), (lead, model)  # type: ignore[union-attr]
 
     asyncio.run(scenario())
@@ -196,8 +197,72 @@ def test_sweeps_send_a_half_life_members_decayed_score_to_its_account_between_it
                 pass
             swept += sent_updates()
         account, crossings = engine.apply_account_updates("usage", "acme", account, swept)
-        assert engine.account_summary("usage", "acme", account)["score"] == pytest.approx(80 * 2**-0.9, rel=0.1)
+        # Valued at each member's last due time by day 9: over its points then by less than a tenth of them.
+        assert 80 * 2**-0.9 < engine.account_summary("usage", "acme", account)["score"] < 80 * 2**-0.9 / 0.9
         assert [(t.from_level, t.to_level) for t in crossings] == [("engaged", "unaware")]
         assert len(swept) <= 2 * 9  # at most one update per lead per sweep (a tenth of its points each)
+
+    asyncio.run(scenario())
+
+
+def _member_scorer(model: str) -> tuple[Settings, Kept, Scorer]:
+    settings = Settings()
+    outbox = Kept()
+    store = LiveTable(MemoryData(), "changelog", 4, 100, lead_states.decode)
+    return settings, outbox, Scorer(Engine([shipped(model)]), settings, store, outbox, 4)
+
+
+def _sent_updates(settings: Settings, outbox: Kept) -> list[MemberScore]:
+    updates = [update for topic, _, value in outbox.sent if topic == settings.topic_accounts and value
+               for update in msgspec.json.decode(value, type=list[MemberScore])]
+    outbox.sent.clear()
+    return updates
+
+
+def _consumed(settings: Settings, n: int, event: dict[str, object]) -> Consumed:
+    lead = str(event["lead_id"])
+    return Consumed(settings.topic_events, partition_for(lead, 4), n, lead.encode(), orjson.dumps(event))
+
+
+def test_a_sweep_after_downtime_dates_a_half_life_members_update_at_the_time_its_score_is_valued_at() -> None:
+    """A worker restarted 30 days on sent its account the score of the restart day dated at the
+    member's first due time (a tenth of its points' decay after its last event): the account
+    crossed weeks early with a score of weeks later."""
+
+    async def scenario() -> None:
+        settings, outbox, scorer = _member_scorer("analytics_addon")
+        await scorer.process([_consumed(settings, n, {
+            "event_id": f"g{n}", "lead_id": "G1", "type": kind, "time": T0 + n, "product": "analytics", "account_id": "gco",
+            "traits": {"company_size": 100}, "properties": {"source": "abc"[n % 3]}})
+            for n, kind in enumerate(["trial_started", "data_source_connected", "data_source_connected", "data_source_connected"])])
+        before = scorer.store.states("G1")["analytics_addon"].copy()  # type: ignore[union-attr]
+        _sent_updates(settings, outbox)
+        now = T0 + 30 * DAY
+        while await scorer.decay_due(now, limit=5) == 5:
+            pass
+        [update] = _sent_updates(settings, outbox)
+        engine = scorer.engine
+        valued, _ = engine.decay("analytics_addon", "G1", before, update.at_ms)  # type: ignore[arg-type]
+        assert update.at_ms > engine.next_due_ms("analytics_addon", before)  # type: ignore[arg-type, operator]
+        assert update.score == round(engine.runtime("analytics_addon").score(valued), 2)
+
+    asyncio.run(scenario())
+
+
+def test_decay_an_event_read_before_the_first_sweep_brings_forward_crosses_the_account_at_its_step() -> None:
+    """A login sent while the worker was down, read before its first sweep, brought the 30- and
+    60-day steps: the lead crossed down at the 60-day step, its account at the login's time."""
+
+    async def scenario() -> None:
+        settings, outbox, scorer = _member_scorer("b2b")
+        kinds = [("form_submit", {"form": "demo_request"}), ("meeting_booked", {}), ("form_submit", {"form": "contact"})]
+        await scorer.process([_consumed(settings, n, {
+            "event_id": f"s{n}", "lead_id": "S2", "type": kind, "time": T0 + n, "product": "b2b", "account_id": "s2co",
+            "properties": properties}) for n, (kind, properties) in enumerate(kinds)])
+        account, _ = scorer.engine.apply_account_updates("b2b", "s2co", None, _sent_updates(settings, outbox))
+        await scorer.process([_consumed(settings, 9, {
+            "event_id": "login", "lead_id": "S2", "type": "login", "time": T0 + 69 * DAY, "product": "b2b", "account_id": "s2co"})])
+        _, [down] = scorer.engine.apply_account_updates("b2b", "s2co", account, _sent_updates(settings, outbox))
+        assert (down.to_level, down.time_ms, down.score) == ("unaware", T0 + 2 + 60 * DAY, 25)
 
     asyncio.run(scenario())

@@ -477,3 +477,28 @@ def test_an_event_timed_beyond_the_workers_future_limit_is_refused_as_the_worker
     scores = {r["lead_id"]: r["score"] for r in map(orjson.loads, out.splitlines()) if r["record"] == "lead"}
     assert scores == {"ana": 10}
     assert "events.jsonl line 3: future_time: event 'e3' of lead 'cy' is timed 2099-01-01T00:00:00+00:00" in err
+
+
+@pytest.mark.parametrize(("product", "events"), [
+    ("b2b", [("form_submit", {"form": "demo_request"}), ("meeting_booked", {}), ("form_submit", {"form": "contact"})]),
+    ("analytics", [("trial_started", {}), *[("data_source_connected", {"source": s}) for s in "abc"]]),
+])
+def test_an_unscored_event_after_decay_leaves_the_accounts_crossings_where_decay_made_them(
+        tmp_path: Path, product: str, events: list[tuple[str, dict[str, str]]]) -> None:
+    """Members were swept only at the end: an event brought their decay forward and their
+    account took it with the event's update, so a login 100 days on moved the account's crossing
+    down from its decay step (day 60, at 25) to the login (at 0)."""
+    lines = [{"event_id": f"e{n}", "lead_id": "S1", "type": kind, "time": T0 + n, "product": product, "account_id": "sco",
+              "properties": properties, "traits": {"company_size": 100}} for n, (kind, properties) in enumerate(events)]
+    unscored = {"event_id": "later", "lead_id": "S1", "type": "login" if product == "b2b" else "query_run",
+                "time": T0 + 100 * DAY, "product": product, "account_id": "sco"}
+
+    def account_crossings(path: Path) -> list[tuple[int, str, float]]:
+        out = io.StringIO()
+        score_file(MODELS_DIR, path, table=False, out=out, err=io.StringIO(), at_ms=T0 + 100 * DAY)
+        return [(r["time"], r["to_level"], r["score"]) for r in map(orjson.loads, out.getvalue().splitlines())
+                if r["record"] == "transition" and r["kind"] == "account"]
+
+    without = account_crossings(write(tmp_path / "a.jsonl", lines))
+    assert len(without) == 2 and without[-1][0] < T0 + 90 * DAY
+    assert account_crossings(write(tmp_path / "b.jsonl", [*lines, unscored])) == without
