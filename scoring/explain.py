@@ -235,6 +235,20 @@ def at_time(runtime: ModelRuntime, lead_id: str, state: LeadState, now_ms: int) 
     return current
 
 
+def next_sweep_ms(runtime: ModelRuntime, lead_id: str, state: LeadState, now_ms: int) -> int | None:
+    """When the worker's decay sweep next takes the lead after `now_ms` (None: never without
+    new events): its state's due time, or, once that has passed, the first after those a sweep
+    at `now_ms` takes (`ModelRuntime.decay`, `swept`). Not the due time of the state valued at
+    `now_ms`: a half-life member's is a tenth of its points' decay after it, so it moved with
+    every read and said nothing of the sweep."""
+    due = runtime.next_due_ms(state)
+    if due is None or due > now_ms:
+        return due
+    swept = state.copy()
+    runtime.decay(swept, lead_id, now_ms, [], swept=True)
+    return runtime.next_due_ms(swept)
+
+
 def summary(runtime: ModelRuntime, lead_id: str, state: LeadState, now_ms: int) -> dict[str, Any]:
     current = at_time(runtime, lead_id, state, now_ms)
     # Half-life points a sweep, a merge or a later event valued at a later time than asked are
@@ -263,7 +277,7 @@ def explain(runtime: ModelRuntime, lead_id: str, state: LeadState, now_ms: int) 
                 {"time": time_ms, "rule": label, "points": shown(points)}
                 for time_ms, points, label in reversed(current.changes(runtime.history))
             ],
-            "next_decay_ms": runtime.next_due_ms(current),
+            "next_decay_ms": next_sweep_ms(runtime, lead_id, state, now_ms),
             "traits": dict(current.traits),
         }
     )

@@ -10,7 +10,7 @@ import orjson
 
 from scoring import Engine
 from scoring.scales import Bands, Scale
-from tests.scoring.support import DAY, T0, Run, engine, ev, shipped
+from tests.scoring.support import DAY, HOUR, T0, Run, engine, ev, shipped
 
 B2B = Engine([shipped("b2b")])
 
@@ -236,3 +236,20 @@ def test_an_account_s_temperature_is_that_of_its_score_as_a_lead_s() -> None:
     # An account score of 29.97 was shown beside 30.0, "warm".
     assert Scale(0, 100).placed(29.97, bands) == (29.9, "cold")
     assert (Scale(0, 100).placed(30, bands), Scale(0, 100).placed(29.94, bands)) == ((30.0, "warm"), (29.9, "cold"))
+
+
+def test_next_decay_is_when_the_worker_next_sweeps_the_lead_whenever_it_is_read() -> None:
+    """A half-life member's next decay was a tenth of its points' decay after the time of the
+    read (now + 0.152 x half-life), so it moved with every read; after a due time the worker has
+    not swept yet, it is the next one after the sweep that takes it."""
+    run = Run(engine('[[rules]]\nname = "visit"\nevent = "visit"\npoints = 40\n[decay]\nhalf_life = "10d"\n'))
+    run.apply(ev("visit", account_id="acme"))
+    state = run.state()
+    due = run.engine.next_due_ms("m", state)
+    assert due is not None
+    reads = [run.engine.explain("m", "L1", state, T0 + at)["next_decay_ms"] for at in (HOUR, DAY)]
+    assert reads == [due, due]
+    later = run.engine.explain("m", "L1", state, due + HOUR)["next_decay_ms"]
+    swept = state.copy()
+    run.engine.runtime("m").decay(swept, "L1", due + HOUR, [], swept=True)
+    assert later == run.engine.next_due_ms("m", swept) > due + HOUR
