@@ -125,6 +125,33 @@ def test_an_account_its_members_decay_takes_down_crosses_at_the_step_with_the_id
     assert [c["id"] for c in account] == [r["id"] for r in offline]
 
 
+def test_decay_an_event_read_after_downtime_brings_forward_crosses_the_account_at_its_step_as_leadstream_score_does(
+    isolated: Settings, worker: Callable[..., WorkerProcess], tmp_path: Path
+) -> None:
+    # A login sent while the worker was down, read before its first sweep, brought the 30- and
+    # 60-day steps: the lead crossed down at the 60-day step, its account at the login's time.
+    start_ms = int(time.time() * 1000) - 10 * MINUTE_MS
+    kinds = [("form_submit", {"form": "demo_request"}), ("meeting_booked", {}), ("form_submit", {"form": "contact"})]
+    events = [b2b("sam", n, kind, start_ms + n, account_id="samco", properties=properties) for n, (kind, properties) in enumerate(kinds)]
+    send(isolated, events)
+    first = worker()
+    wait_caught_up(isolated)
+    first.stop()
+    # Sent while the worker is down, and read by its successor, 70 days on, before its first sweep.
+    events.append(b2b("sam", 9, "login", start_ms + 69 * DAY_MS, account_id="samco"))
+    send(isolated, events[-1:])
+    ahead = replace(isolated.with_overrides(clock_offset_ms=70 * DAY_MS, decay_interval_s=1), worker_port=free_port())
+    worker(ahead)
+
+    crossings = [c for _, c in read_topic(isolated, isolated.topic_crossings, expect=5, timeout_s=60)]
+    account = [(c["direction"], c["score"], c["time"]) for c in crossings if c["kind"] == "account"]
+    assert account == [("up", 70, start_ms + 2), ("down", 25, start_ms + 2 + 60 * DAY_MS)]
+    at = datetime.fromtimestamp((start_ms + 70 * DAY_MS) / 1000, tz=timezone.utc).isoformat()
+    scored = leadstream(ahead, "score", "--events", str(write_jsonl(tmp_path / "events.jsonl", events)), "--at", at)
+    offline = [r["id"] for r in map(orjson.loads, scored.stdout.splitlines()) if r["record"] == "transition" and r["kind"] == "account"]
+    assert [c["id"] for c in crossings if c["kind"] == "account"] == offline
+
+
 def test_account_roll_up_crosses_through_the_rekeyed_stage(isolated: Settings, worker: Callable[..., WorkerProcess]) -> None:
     now = int(time.time() * 1000) - 60 * MINUTE_MS
     events = []
