@@ -62,7 +62,7 @@ from sinks.ledger import Ledger, NoSteps, redis_client
 from streams import probes
 from streams.addresses import authority
 from streams.deadletter import DeadLetter, Repeats
-from streams.errors import ServiceError
+from streams.errors import ServiceError, redis_trouble
 from streams.forgotten import Forgotten
 from streams.history import ALL_FETCHED, read_to_end
 from streams.kafka_clients import open_client
@@ -384,9 +384,8 @@ class SinkRunner(Generic[T]):
         try:
             self.ledger.redis.ping()
         except RedisError as exc:
-            # Not the URL itself: redis://user:password@host holds a credential.
-            raise ServiceError(f"cannot reach Redis at LEADSTREAM_REDIS_URL ({exc}): the connector keeps the ids of what it "
-                               "delivered there; run `leadstream services up`, or check the setting") from None
+            raise ServiceError(f"cannot start without Redis, where the connector keeps the ids of what it delivered: "
+                               f"{redis_trouble(exc, self.settings.redis_url)}") from None
         ensure_topics(self.settings, [TopicSpec(self.dlq_topic, self.settings.partitions, {"retention.ms": str(DLQ_RETENTION_MS)})])
         consumer = open_client(
             self.settings,
@@ -533,7 +532,7 @@ class SinkRunner(Generic[T]):
             try:
                 self.ledger.redis.ping()
             except RedisError as exc:
-                why = f"Redis (LEADSTREAM_REDIS_URL) does not answer: {exc}"
+                why = redis_trouble(exc, self.settings.redis_url)
         if why != self._not_ready:  # said once, as it changes: probes ask every few seconds
             if why is not None and self._not_ready is None and self.assigned.is_set():
                 log.warning("sink %s: not ready: %s", self.sink.name, why)
@@ -677,7 +676,7 @@ class SinkRunner(Generic[T]):
             except RetryableError as exc:
                 error: Exception = exc
             except RedisError as exc:  # the ledger's, or the read model's: say which service failed
-                error = RetryableError(f"Redis (LEADSTREAM_REDIS_URL): {exc}")
+                error = RetryableError(redis_trouble(exc, self.settings.redis_url))
             except Exception as exc:  # noqa: BLE001 - a client raised something unforeseen
                 # Retried, then dead-lettered like any failure, so one odd answer cannot stop
                 # the connector; the traceback is logged for the bug report.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+from urllib.parse import urlsplit
 
 from scoring.errors import LeadstreamError
 from streams.addresses import authority
@@ -26,6 +27,38 @@ def kafka_unreachable(bootstrap: str, cause: Exception, waited_s: int) -> Servic
     """What a command says when the broker does not answer within `waited_s` (streams.kafka_clients)."""
     return ServiceError(f"cannot reach Kafka at {bootstrap} within {waited_s} s (LEADSTREAM_KAFKA_CONNECT_TIMEOUT_S) "
                         f"({cause}); run `leadstream services up`")
+
+
+def redis_trouble(cause: Exception, url: str) -> str:
+    """What went wrong with the Redis of LEADSTREAM_REDIS_URL (`url`), and what to do, for every
+    message about a failed Redis command. Every failure said "could not be reached; run
+    `leadstream services up`", which cures none of these: a password missing or refused (redis-py
+    says only "HELLO must be called with the client already authenticated"), a TLS handshake a
+    plain Redis never answers (a connect timeout), a write refused by a Redis that was reached
+    (out of memory, a read-only replica after a failover). Never the URL: it may hold a password."""
+    from redis import exceptions as failed
+
+    parts = urlsplit(url)
+    if isinstance(cause, failed.AuthenticationError):
+        if parts.password is None:
+            return (f"Redis requires a password, and LEADSTREAM_REDIS_URL gives none ({cause}); set it as "
+                    "redis://:PASSWORD@host:port/db (or redis://USER:PASSWORD@... for an ACL user)")
+        return f"Redis refused the password (or user) of LEADSTREAM_REDIS_URL ({cause}); check it"
+    if isinstance(cause, failed.NoPermissionError):
+        return f"the Redis user of LEADSTREAM_REDIS_URL may not run leadstream's commands ({cause}); check its ACL"
+    if isinstance(cause, failed.OutOfMemoryError):
+        return (f"Redis refused the write: it is out of memory, its used memory over its maxmemory ({cause}); free "
+                "memory or raise its maxmemory")
+    if isinstance(cause, failed.ReadOnlyError):
+        return (f"Redis refused the write: it is a read-only replica, as after a failover ({cause}); point "
+                "LEADSTREAM_REDIS_URL at the primary")
+    if isinstance(cause, (failed.ConnectionError, failed.TimeoutError)):
+        if parts.scheme == "rediss":
+            return (f"Redis could not be reached over TLS ({cause}): LEADSTREAM_REDIS_URL asks for TLS (rediss://), "
+                    "whose handshake a server that does not speak TLS never answers; use redis:// for such a one, "
+                    "else check that it is up and its certificate")
+        return f"Redis could not be reached ({cause}); run `leadstream services up`, or check LEADSTREAM_REDIS_URL"
+    return f"Redis (LEADSTREAM_REDIS_URL) answered with an error ({cause})"
 
 
 def cannot_listen(host: str, port: int, setting: str, cause: OSError, host_setting: str = "LEADSTREAM_BIND_HOST") -> ServiceError:

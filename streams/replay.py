@@ -34,7 +34,7 @@ from redis import RedisError
 from scoring.events import loads, optional_id
 from sinks.ledger import redis_client
 from streams.deadletter import DeadLetter, Repeats
-from streams.errors import ServiceError
+from streams.errors import ServiceError, redis_trouble
 from streams.forgotten import Forgotten
 from streams.history import read_to_end
 from streams.partitioning import partition_for
@@ -68,10 +68,9 @@ def replay_dead_letters(settings: Settings, reasons: set[str], since_ms: int = 0
     try:
         return _replay(settings, reasons, since_ms, dry_run, out, Forgotten(redis, settings.redis_prefix))
     except RedisError as exc:
-        # Not the URL itself: redis://user:password@host holds a credential.
-        raise ServiceError(f"cannot reach Redis at LEADSTREAM_REDIS_URL ({exc}): it keeps the leads `leadstream forget` "
-                           "erased, whose letters must not be replayed, so the replay stopped. Run it again once Redis "
-                           "answers (what it sent already scores once)") from None
+        raise ServiceError(f"{redis_trouble(exc, settings.redis_url)}. Redis keeps the leads `leadstream forget` erased, "
+                           "whose letters must not be replayed, so the replay stopped. Run it again once Redis answers "
+                           "(what it sent already scores once)") from None
     finally:
         redis.close()
 

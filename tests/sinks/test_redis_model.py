@@ -123,7 +123,8 @@ def test_a_dead_lettered_tombstone_is_replayed_as_a_tombstone_and_the_lead_is_fo
     assert drain(RedisModelSink(unreachable(sink_settings)), sink_settings).dead_lettered == 1
     [letter] = [orjson.loads(r.value) for r in read_to_end(sink_settings, f"{sink_settings.topic_scores}-dlq-redis")]
     assert letter["original"] is None
-    assert "Redis (LEADSTREAM_REDIS_URL): Error 111 connecting to 127.0.0.1:" in letter["detail"]  # it named no service
+    assert "Redis could not be reached (Error 111 connecting to 127.0.0.1:" in letter["detail"]  # it named no service
+    assert "LEADSTREAM_REDIS_URL" in letter["detail"]
 
     replayed = SinkRunner(RedisModelSink(sink_settings), sink_settings).replay_dead_letters()
 
