@@ -18,6 +18,10 @@ handed to `Sink.deliver_batch` together, in their order, a failure of one tried 
 those after it; the batch is committed once it is all done. A poll's messages are all queued
 before lanes start, so that a lane's first batch takes them.
 
+A delivery done whose record in the ledger Redis refuses (out of memory, a read-only replica)
+is not tried again: the record alone is, with backoff, the lane and its commit held and the
+connector not ready, until Redis takes it or the connector stops (`_record_delivered`).
+
 A 401 (`CredentialsError`) dead-letters nothing: every message would fail the same way, and a
 revoked token would otherwise send the whole stream to the dead-letter topic while the
 connector looked healthy. The connector instead goes not-ready, logs the error, and tries the
@@ -328,6 +332,8 @@ class SinkRunner(Generic[T]):
         self.ledger = Ledger(redis_client(settings), settings.redis_prefix, sink.name, settings.sink_delivered_ttl_s,
                              settle_s=settings.sink_timeout_s)
         self.forgotten = Forgotten(self.ledger.redis, settings.redis_prefix)
+        #: delivery id -> Redis's refusal, for each delivery done whose ledger write is being retried: not ready.
+        self._unrecorded: dict[str, str] = {}
         self._producer: Any = None  # set while consuming; dead letters go through it
         self.assigned = threading.Event()  # the consumer holds partitions: readiness
         self.refused: CredentialsError | None = None  # the service's refusal while it lasts: not ready
@@ -523,11 +529,14 @@ class SinkRunner(Generic[T]):
     # -- operations ----------------------------------------------------------------------
 
     def ready(self) -> bool:
-        """Holding partitions, Kafka answering, credentials accepted and Redis (the ledger) reached:
-        deliveries can happen."""
+        """Holding partitions, Kafka answering, credentials accepted and Redis (the ledger) reached
+        and taking its writes: deliveries can happen."""
+        unrecorded = list(self._unrecorded.values())  # copied at once: lanes change it meanwhile
         why = ("no partitions of its source topic yet" if not self.assigned.is_set()
                else "Kafka does not answer" if not self.kafka_answering
-               else "its credentials are refused" if self.refused is not None else None)
+               else "its credentials are refused" if self.refused is not None
+               else f"{len(unrecorded)} deliveries done are not yet recorded in its ledger: {unrecorded[0]}" if unrecorded
+               else None)
         if why is None:
             try:
                 self.ledger.redis.ping()
@@ -735,7 +744,7 @@ class SinkRunner(Generic[T]):
             self.ready()
             log.info("sink %s: the credentials are accepted again; delivering", self.sink.name)
         if it.delivery_id is not None:
-            self.ledger.mark_delivered(it.delivery_id, it.order_key, it.position)
+            self._record_delivered(it, it.delivery_id)
         crossing_ms = getattr(it.item, "time_ms", None)
         if crossing_ms is not None:
             metrics.DELIVERY_LATENCY.labels(self.sink.name).observe(max(0.0, time.time() - crossing_ms / 1000))
@@ -744,6 +753,34 @@ class SinkRunner(Generic[T]):
         log.log(logging.INFO if it.delivery_id is not None else logging.DEBUG, "sink %s: delivered %s", self.sink.name,
                 it.delivery_id or it.env.where)
         return "delivered"
+
+    def _record_delivered(self, it: _Item[T], delivery_id: str) -> None:
+        """Writes a delivery the service took to the ledger, tried again until Redis takes it or the
+        connector stops. A failed write failed the attempt, and the delivery was tried again whole:
+        under a Redis that answers reads but refuses writes (out of memory, a read-only replica) a
+        webhook was POSTed LEADSTREAM_SINK_MAX_ATTEMPTS times, then dead-lettered for a replay to
+        POST again. The lane waits meanwhile, so its offset is not committed past the unrecorded
+        delivery: a connector stopped before the write re-reads the message and delivers it once
+        more, as after a crash. The call slot stays taken too: the other lanes' deliveries would
+        go unrecorded alike, and each is one a stop would send again."""
+        tries = 0
+        while True:
+            try:
+                self.ledger.mark_delivered(delivery_id, it.order_key, it.position)
+                break
+            except RedisError as exc:
+                tries += 1
+                self._unrecorded[delivery_id] = trouble = redis_trouble(exc, self.settings.redis_url)
+                delay_s = self.policy.delay_s(tries, random.random())
+                log.error("sink %s: %s was delivered, but its record in the ledger failed (try %d), tried again in %.2f s; "
+                          "the delivery is not repeated, its offset is held until the record is written, and /readyz "
+                          "answers 503 meanwhile: %s", self.sink.name, delivery_id, tries, delay_s, trouble)
+                if self.stop.wait(delay_s):
+                    self._unrecorded.pop(delivery_id, None)
+                    raise Stopping() from None
+        if tries:
+            self._unrecorded.pop(delivery_id, None)
+            log.info("sink %s: %s recorded as delivered after %d failed tries", self.sink.name, delivery_id, tries)
 
     @contextmanager
     def _call_slot(self) -> Iterator[None]:

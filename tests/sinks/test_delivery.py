@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 import pytest
 from kafka import KafkaAdminClient, KafkaProducer
+from redis import Redis
 
 from sinks.base import Crossing, CrossingSink, Position, Steps
 from sinks.hubspot import HubSpotSink
@@ -23,7 +24,7 @@ from streams.history import read_to_end
 from streams.settings import Settings
 from streams.topics import partition_count
 from tests.infra import leadstream, read_topic, wait_for
-from tests.sinks.conftest import account_crossing, crossing, drain, produce
+from tests.sinks.conftest import RedisServer, account_crossing, crossing, drain, produce
 from tests.sinks.fake_http import WebhookReceiver
 from tests.sinks.fake_hubspot import FakeHubSpot
 from tests.sinks.fake_salesforce import FakeSalesforce
@@ -500,3 +501,70 @@ def test_a_rebalance_that_gives_a_member_back_its_partitions_loses_none_of_their
             stop.set()
         for member in members:
             member.join(60)
+
+
+#: How a Redis that answers reads comes to refuse writes, and how it takes them again.
+REFUSING_WRITES = {
+    "out of memory": (("CONFIG", "SET", "maxmemory", "1"), ("CONFIG", "SET", "maxmemory", "0")),
+    "read-only replica": (("REPLICAOF", "127.0.0.1", "1"), ("REPLICAOF", "NO", "ONE")),
+}
+
+
+@pytest.mark.parametrize("refusal", sorted(REFUSING_WRITES))
+def test_a_delivery_whose_ledger_write_redis_refuses_is_not_sent_again_and_recorded_once_redis_takes_it(
+    refusal: str, sink_settings: Settings, webhook: WebhookReceiver, redis_server: RedisServer
+) -> None:
+    # The failed write failed the attempt, which was tried again whole: the receiver got the
+    # POST LEADSTREAM_SINK_MAX_ATTEMPTS times, then the crossing was dead-lettered (a replay
+    # POSTed it once more), counted delivered 0 while /readyz said ready.
+    settings = sink_settings.with_overrides(redis_url=redis_server.url, webhook_url=f"{webhook.url}/hook")
+    refuse, take = REFUSING_WRITES[refusal]
+    redis = Redis.from_url(redis_server.url)
+    redis.execute_command(*refuse)
+    produce(settings, [crossing(1, "mql")])
+    runner = SinkRunner(WebhookSink(settings), settings)
+    running = threading.Thread(target=lambda: runner.run(stop_at_end=True), daemon=True)
+    running.start()
+    try:
+        wait_for(lambda: len(webhook.requests_to("POST", "^/hook$")) == 1, what="the POST")
+        time.sleep(2)  # the 4 tries of sink_settings would be over within 1 s
+        assert len(webhook.requests_to("POST", "^/hook$")) == 1
+        assert not runner.ready()
+        assert not committed_everything(settings, "webhook")  # the offset waits for the record
+        redis.execute_command(*take)
+        running.join(timeout=10)
+        assert not running.is_alive()
+    finally:
+        runner.stop.set()
+        running.join(timeout=10)
+        redis.close()
+    assert len(webhook.requests_to("POST", "^/hook$")) == 1
+    assert (runner.stats.delivered, runner.stats.dead_lettered) == (1, 0)
+    assert runner.ledger.delivered(crossing(1, "mql")["id"]) and runner.ready()
+    assert committed_everything(settings, "webhook")
+
+
+def test_a_connector_stopped_while_its_ledger_write_is_refused_commits_nothing_and_delivers_again_at_restart(
+    sink_settings: Settings, webhook: WebhookReceiver, redis_server: RedisServer
+) -> None:
+    settings = sink_settings.with_overrides(redis_url=redis_server.url, webhook_url=f"{webhook.url}/hook")
+    refuse, take = REFUSING_WRITES["out of memory"]
+    redis = Redis.from_url(redis_server.url)
+    redis.execute_command(*refuse)
+    produce(settings, [crossing(1, "mql")])
+    runner = SinkRunner(WebhookSink(settings), settings)
+    running = threading.Thread(target=runner.run, daemon=True)
+    running.start()
+    try:
+        wait_for(lambda: len(webhook.requests_to("POST", "^/hook$")) == 1, what="the POST")
+    finally:
+        runner.stop.set()
+        running.join(timeout=10)
+    assert not running.is_alive()
+    assert (runner.stats.delivered, runner.stats.dead_lettered) == (0, 0)
+    assert not committed_everything(settings, "webhook")
+    redis.execute_command(*take)
+    redis.close()
+    again = drain(WebhookSink(settings), settings)  # as after a crash: at least once
+    assert (again.delivered, again.dead_lettered) == (1, 0)
+    assert len(webhook.requests_to("POST", "^/hook$")) == 2
