@@ -40,13 +40,13 @@ _UNSETTLED = "unsettled:"
 _DONE = "done:"
 
 
-def redis_client(settings: Settings) -> Redis:
+def redis_client(settings: Settings, timeout_s: float | None = None) -> Redis:
     """Redis as the connectors (their ledger, the read model) and `leadstream top` use it: a
-    connection or command that gets no answer within LEADSTREAM_SINK_TIMEOUT_S fails as a
-    RedisError, so a stalled Redis (a stopped host, a partition leaving the connection open)
-    is retried or reported, not waited for (redis-py waits forever before 8.0, 5 s since)."""
-    return Redis.from_url(settings.redis_url, socket_timeout=settings.sink_timeout_s,
-                          socket_connect_timeout=settings.sink_timeout_s)
+    connection or command that gets no answer within `timeout_s` (LEADSTREAM_SINK_TIMEOUT_S unless
+    told) fails as a RedisError, so a stalled Redis (a stopped host, a partition leaving the
+    connection open) is retried or reported, not waited for (redis-py waits forever before 8.0, 5 s since)."""
+    timeout_s = settings.sink_timeout_s if timeout_s is None else timeout_s
+    return Redis.from_url(settings.redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
 
 
 @dataclass(frozen=True)

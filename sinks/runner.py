@@ -89,6 +89,9 @@ DLQ_RETENTION_MS = DEAD_LETTER_RETENTION_MS
 #: Shortest wait between two tries under refused credentials: with LEADSTREAM_SINK_BACKOFF_MAX_MS
 #: at 0 a connector posted to a receiver answering 401 thousands of times a second, for good.
 HOLD_MIN_S = 1.0
+#: Seconds /readyz waits for Redis's answer to its ping: a probe gives up after a second or so
+#: (Kubernetes' timeoutSeconds is 1 by default), and a stalled Redis kept it LEADSTREAM_SINK_TIMEOUT_S.
+PROBE_TIMEOUT_S = 1.0
 
 
 def group_id(settings: Settings, connector: str) -> str:
@@ -332,6 +335,7 @@ class SinkRunner(Generic[T]):
         self.ledger = Ledger(redis_client(settings), settings.redis_prefix, sink.name, settings.sink_delivered_ttl_s,
                              settle_s=settings.sink_timeout_s)
         self.forgotten = Forgotten(self.ledger.redis, settings.redis_prefix)
+        self._probe_redis = redis_client(settings, min(PROBE_TIMEOUT_S, settings.sink_timeout_s))  # see ready()
         #: delivery id -> Redis's refusal, for each delivery done whose ledger write is being retried: not ready.
         self._unrecorded: dict[str, str] = {}
         self._producer: Any = None  # set while consuming; dead letters go through it
@@ -530,7 +534,8 @@ class SinkRunner(Generic[T]):
 
     def ready(self) -> bool:
         """Holding partitions, Kafka answering, credentials accepted and Redis (the ledger) reached
-        and taking its writes: deliveries can happen."""
+        and taking its writes: deliveries can happen. Redis is asked with a short timeout
+        (PROBE_TIMEOUT_S): a probe waits for the answer."""
         unrecorded = list(self._unrecorded.values())  # copied at once: lanes change it meanwhile
         why = ("no partitions of its source topic yet" if not self.assigned.is_set()
                else "Kafka does not answer" if not self.kafka_answering
@@ -539,7 +544,7 @@ class SinkRunner(Generic[T]):
                else None)
         if why is None:
             try:
-                self.ledger.redis.ping()
+                self._probe_redis.ping()
             except RedisError as exc:
                 why = redis_trouble(exc, self.settings.redis_url)
         if why != self._not_ready:  # said once, as it changes: probes ask every few seconds

@@ -9,9 +9,10 @@ metrics (sources, volumes) are for the operator only.
 
 from __future__ import annotations
 
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
+from typing import Any, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
@@ -57,6 +58,12 @@ def serve(port: int, ready: Callable[[], bool], host: str, setting: str,
 
     class Server(ThreadingHTTPServer):
         address_family = family(host)  # http.server listens on IPv4 only unless told
+
+        def handle_error(self, request: Any, client_address: Any) -> None:
+            # A client that hung up before its answer (a probe with a short timeout, `curl -m 2`) is
+            # no error of ours: http.server logged 20 lines of BrokenPipeError traceback for each.
+            if not isinstance(sys.exc_info()[1], ConnectionError):
+                super().handle_error(request, client_address)
 
     try:
         server = Server((host, port), Handler)

@@ -368,7 +368,7 @@ class Settings:
         "credentials (a 401), 1 s at the least.",
         NON_NEGATIVE,
     )
-    sink_timeout_s: int = _setting("LEADSTREAM_SINK_TIMEOUT_S", 10, "Timeout of one HTTP request to a CRM or webhook, from its start to the end of its answer; and of each Redis command of the connectors and `leadstream top`.", POSITIVE)
+    sink_timeout_s: int = _setting("LEADSTREAM_SINK_TIMEOUT_S", 10, "Timeout of one HTTP request to a CRM or webhook, from its start to the end of its answer; and of each Redis command of the connectors (their readiness ping: 1 s at most) and `leadstream top`.", POSITIVE)
     sink_delivered_ttl_s: int = _setting(
         "LEADSTREAM_SINK_DELIVERED_TTL_S",
         14 * 24 * 3600,

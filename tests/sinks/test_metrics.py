@@ -14,6 +14,7 @@ import pytest
 from redis import RedisError
 
 from sinks.runner import SinkRunner
+from streams import probes
 from sinks.webhook import WebhookSink
 from streams.processes import free_port
 from streams.settings import Settings
@@ -119,3 +120,44 @@ def test_the_lag_watch_names_an_unreachable_broker_within_the_connect_timeout_an
         runner.stop.set()
         watching.join(timeout=5)
     assert not watching.is_alive()
+
+
+def test_readiness_under_a_stalled_redis_answers_within_about_a_second_whatever_the_sink_timeout(
+    sink_settings: Settings, webhook: WebhookReceiver, redis_server: RedisServer
+) -> None:
+    # /readyz pinged with LEADSTREAM_SINK_TIMEOUT_S (10 s by default): a probe that gives up after
+    # a second or two never saw its 503.
+    settings = sink_settings.with_overrides(redis_url=redis_server.url, webhook_url=webhook.url, sink_timeout_s=10)
+    runner = SinkRunner(WebhookSink(settings), settings)
+    runner.assigned.set()  # as once the consumer holds partitions
+    wait_for(runner.ready, what="the connector to be ready")
+    redis_server.stall()
+    started = time.monotonic()
+    assert not runner.ready()
+    assert time.monotonic() - started < 2
+
+
+def test_a_probe_that_hangs_up_before_its_answer_leaves_no_traceback(capsys: pytest.CaptureFixture[str]) -> None:
+    # A client that gave up (curl -m 2, a kubelet's timeoutSeconds) left http.server's 20-line
+    # "Exception occurred during processing of request ... BrokenPipeError" in the log each time.
+    answering = threading.Event()
+
+    def slow_ready() -> bool:
+        answering.wait(5)
+        return False
+
+    port = free_port()
+    server = probes.serve(port, slow_ready, "127.0.0.1", "LEADSTREAM_METRICS_PORT")
+    try:
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", port)) as client:
+                client.sendall(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # a reset
+            time.sleep(0.2)
+        answering.set()
+        time.sleep(0.5)
+        assert get(port, "/healthz")[0] == 200  # still serving
+    finally:
+        server.shutdown()
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "Exception occurred" not in err, err
