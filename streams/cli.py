@@ -70,8 +70,11 @@ def _history(args: argparse.Namespace, settings: Settings) -> int:
 
 def _forget(args: argparse.Namespace, settings: Settings) -> int:
     from streams.forget import forget, lead_ids
+    from streams.forgotten import warn_if_not_durable
 
-    return forget(settings, lead_ids(args.lead_ids, args.from_file))
+    ids = lead_ids(args.lead_ids, args.from_file)
+    warn_if_not_durable(settings, "forget")
+    return forget(settings, ids)
 
 
 def _models(args: argparse.Namespace, settings: Settings) -> int:
@@ -114,9 +117,11 @@ def _bench(args: argparse.Namespace, settings: Settings) -> int:
 
 def _sink(args: argparse.Namespace, settings: Settings) -> int:
     from sinks import connectors, runner
+    from streams.forgotten import warn_if_not_durable
 
     # Before the connector is built: building it may warn (sinks/connectors.py).
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    warn_if_not_durable(settings, "sink")
     if args.connector == "replay-dlq":
         if args.target is None:
             raise LeadstreamError(f"replay-dlq needs the connector whose dead letters to replay: {', '.join(connectors.NAMES)}")

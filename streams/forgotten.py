@@ -14,15 +14,21 @@ timed ahead of the clock).
 (BLAKE2b, as accounts keep of the leads that left them) stands for the id because a list of
 the people who asked to be forgotten is itself personal data: the keys cannot be read back into
 ids, though an id someone already holds can be tested against them, as every lookup must.
+
+The records are only as lasting as Redis: one that keeps its writes in memory alone until a
+snapshot, or evicts keys, loses erasures. `durability_warning` tells the commands that rely on
+them (the connectors, `leadstream forget`) at their start.
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
-from redis import Redis
+from redis import Redis, RedisError, ResponseError
 
 from scoring.state import kept_key
+from streams.settings import Settings
 from streams.topics import DEAD_LETTER_RETENTION_MS
 
 #: Kafka deletes a log segment whole, once its newest record is past retention, and rolls a
@@ -56,3 +62,45 @@ class Forgotten:
         lead that came back later."""
         erased_ms = self.redis.get(self._key(lead_id))
         return erased_ms is not None and time_ms <= int(erased_ms)
+
+
+def durability_warning(redis: Redis) -> str | None:
+    """One line saying how this Redis can lose the erasure records and the connectors' delivered
+    ids (no append-only file: a crash loses the writes since the last snapshot, which a quiet Redis
+    may never take; an eviction policy: keys dropped at maxmemory); None when it keeps them, or
+    when CONFIG is refused (managed Redis disables it; their persistence is the provider's)."""
+    try:
+        config = {**redis.config_get("appendonly"), **redis.config_get("maxmemory-policy")}
+    except ResponseError:
+        return None
+    problems = []
+    if _text(config.get("appendonly")) != "yes":
+        problems.append("appendonly is no (a crash loses the writes since its last snapshot)")
+    policy = _text(config.get("maxmemory-policy"))
+    if policy and policy != "noeviction":
+        problems.append(f"maxmemory-policy is {policy} (it evicts keys when full)")
+    if not problems:
+        return None
+    return (f"Redis (LEADSTREAM_REDIS_URL) can lose erasure records and delivered ids, so forgotten leads' crossings "
+            f"or delivered ones could be sent again: {'; '.join(problems)}. Run it with --appendonly yes "
+            "--maxmemory-policy noeviction (README: What Redis leadstream needs)")
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value or "")
+
+
+def warn_if_not_durable(settings: Settings, command: str) -> None:
+    """At the start of a command that relies on the records: `durability_warning`'s line on
+    standard error. A Redis out of reach says nothing here: the command itself reports it."""
+    from sinks.ledger import redis_client
+
+    redis = redis_client(settings)
+    try:
+        warning = durability_warning(redis)
+    except RedisError:
+        return
+    finally:
+        redis.close()
+    if warning is not None:
+        print(f"leadstream {command}: warning: {warning}", file=sys.stderr)

@@ -366,6 +366,14 @@ def apt_get(args: list[str], out: IO[bytes], cwd: Path | None = None) -> int:
     return subprocess.run(["apt-get", *args], cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env, check=False).returncode
 
 
+#: How leadstream's Redis keeps what it is given (docker-compose.yml runs it with the same): the
+#: erasure records (streams/forgotten.py) and the connectors' delivered ids must survive a crash
+#: and never be evicted, or a connector delivers a forgotten lead's crossing, or one delivered
+#: already. Every write reaches the append-only file within a second; snapshots ("60 1000") left
+#: a quiet Redis's writes in memory alone until a clean shutdown. README: What Redis leadstream needs.
+REDIS_DURABILITY_ARGS = ("--appendonly", "yes", "--appendfsync", "everysec", "--save", "", "--maxmemory-policy", "noeviction")
+
+
 class Redis(Service):
     name = "redis"
     setting = "LEADSTREAM_REDIS_URL"
@@ -399,8 +407,7 @@ class Redis(Service):
             "--port", str(ep.port),
             "--dir", str(self.home / "data"),
             "--daemonize", "no",
-            "--save", "60 1000",
-            "--appendonly", "no",
+            *REDIS_DURABILITY_ARGS,
             "--protected-mode", "yes",
         ]
 

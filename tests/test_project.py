@@ -14,6 +14,7 @@ import yaml
 
 from streams.deadletter import DeadLetter
 from streams.offline import score_file
+from streams.services import REDIS_DURABILITY_ARGS
 from streams.settings import KAFKA_VERSION, PROJECT_ROOT, Settings, describe
 
 ENV_NAMES = {env for env, _, _ in describe()}
@@ -38,6 +39,12 @@ def test_compose_keeps_kafka_and_redis_data_in_their_volumes() -> None:
     assert kafka_mounts == [services["kafka"]["environment"].get("KAFKA_LOG_DIRS", "/tmp/kraft-combined-logs")]
     redis_mounts = [v.split(":")[1] for v in services["redis"]["volumes"] if v.split(":")[0] in compose()["volumes"]]
     assert redis_mounts == ["/data"] and "--dir" not in services["redis"]["command"]
+
+
+def test_compose_runs_redis_as_services_up_does() -> None:
+    """Snapshots alone lost the erasure records a quiet Redis took before a crash (README: What
+    Redis leadstream needs); compose ran `--save "60 1000" --appendonly no`."""
+    assert compose()["services"]["redis"]["command"] == ["redis-server", *REDIS_DURABILITY_ARGS]
 
 
 def test_pom_pins_the_same_kafka_version() -> None:

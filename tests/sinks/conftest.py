@@ -65,12 +65,13 @@ def webhook() -> Iterator[WebhookReceiver]:
 class RedisServer:
     """A redis-server of a test's own (never the shared one), which the test may stall."""
 
-    def __init__(self, directory: Path, password: str | None = None) -> None:
+    def __init__(self, directory: Path, *args: str, password: str | None = None) -> None:
+        """`args`: more redis-server options."""
         port = free_port()
         self.port = port
         self.url = f"redis://{f':{password}@' if password else ''}127.0.0.1:{port}/0"
         self.proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                      "--appendonly", "no", "--dir", str(directory),
+                                      "--appendonly", "no", "--dir", str(directory), *args,
                                       *(["--requirepass", password] if password else [])], stdout=subprocess.DEVNULL)
         client = Redis.from_url(self.url, socket_timeout=1)
         wait_for(lambda: _answers(client), 10, f"redis-server on port {port}")

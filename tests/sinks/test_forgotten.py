@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 import orjson
 import pytest
 from prometheus_client import REGISTRY
+from redis import Redis
 
 from sinks.webhook import WebhookSink
+from streams.forgotten import durability_warning
+from streams.services import REDIS_DURABILITY_ARGS
 from streams.settings import Settings
 from tests.infra import leadstream
-from tests.sinks.conftest import crossing, drain, produce
+from tests.sinks.conftest import RedisServer, crossing, drain, produce
 from tests.sinks.fake_http import WebhookReceiver
 
 
@@ -63,3 +67,44 @@ def test_a_replay_of_dead_letters_does_not_deliver_those_of_a_lead_forgotten_sin
     assert "1 delivered" in result.stdout and "1 of leads forgotten since (not delivered)" in result.stdout
     posted = [orjson.loads(request.body) for request in webhook.requests_to("POST", "/hook")]
     assert [p["lead_id"] for p in posted][2:] == ["lead-2"]  # after the two refused
+
+
+def test_a_redis_that_can_lose_or_evict_erasures_is_warned_of_at_the_start_of_the_commands_relying_on_them(
+    sink_settings: Settings, tmp_path: Path
+) -> None:
+    # Run with snapshots alone, a Redis killed lost every `forgotten:` key written since its last
+    # one (a quiet Redis: all of them), and with allkeys-lru it evicted them: forgotten leads'
+    # crossings were then delivered, and nothing said the Redis was unfit.
+    server = RedisServer(tmp_path, "--maxmemory-policy", "allkeys-lru")
+    try:
+        settings = sink_settings.with_overrides(redis_url=server.url)
+        redis = Redis.from_url(server.url)
+        warning = durability_warning(redis)
+        assert warning is not None and "appendonly is no" in warning and "maxmemory-policy is allkeys-lru" in warning
+
+        result = leadstream(settings, "sink", "replay-dlq", "webhook", check=False)
+        assert [line for line in result.stderr.splitlines() if "warning" in line] == [f"leadstream sink: warning: {warning}"]
+        redis.close()
+    finally:
+        server.stop()
+
+
+def test_the_redis_services_up_starts_is_not_warned_of(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path, *REDIS_DURABILITY_ARGS)
+    try:
+        redis = Redis.from_url(server.url)
+        assert durability_warning(redis) is None
+        redis.close()
+    finally:
+        server.stop()
+
+
+def test_a_redis_that_refuses_config_is_not_warned_of(tmp_path: Path) -> None:
+    """Managed Redis services disable CONFIG; their persistence is the provider's to say."""
+    server = RedisServer(tmp_path, "--rename-command", "CONFIG", "")
+    try:
+        redis = Redis.from_url(server.url)
+        assert durability_warning(redis) is None
+        redis.close()
+    finally:
+        server.stop()
