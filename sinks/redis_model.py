@@ -17,7 +17,8 @@ summaries keyed `<model>:account/<account_id>` (streams/rollup.py):
   the hash, not a key of its own, a live entry costs no second key.
 
 An entry is written by one Lua script, so a reader never sees a leaderboard entry without its
-hash. A tombstone (null value) removes the entry. Writes are overwrites with the latest state,
+hash: it checks the keys' types before its first write, and Redis refuses it whole over
+maxmemory (a Redis 7 flagged script: the shipped Redis and docker-compose's image are 7.0). A tombstone (null value) removes the entry. Writes are overwrites with the latest state,
 so a redelivered message is harmless and no ledger is needed. The sink is batched (Sink.batched):
 the runner hands it the messages queued from a source partition, in their order, up to
 MAX_BATCH, and it sends one script call each in one pipeline, one round trip for all (one per
@@ -63,7 +64,18 @@ _LIST_FIELD = {"lead": "top_reasons", "account": "top_members"}
 #: KEYS: leaderboard, entry hash, entry version. ARGV: id, score, partition, offset, replayed
 #: ("1"/"0"), how long a tombstone's version stays (s), then the hash's fields and values (none:
 #: a tombstone). 1 when written, 0 when a replayed message is not newer than the stored one.
-_WRITE = """
+#: The shebang makes it a Redis 7 function-flagged script without `allow-oom`: Redis refuses it
+#: whole over maxmemory (as it refuses SET), where a plain script's first command, DEL, was let
+#: through, and every write after it. What can fail (another program's key of another type) is
+#: checked before the first write, so a refused call leaves the entry as it was.
+_WRITE = """#!lua
+local types = {'zset', 'hash', 'string'}
+for i, expected in ipairs(types) do
+  local found = redis.call('TYPE', KEYS[i])['ok']
+  if found ~= expected and found ~= 'none' then
+    return redis.error_reply('WRONGTYPE ' .. KEYS[i] .. ' holds a ' .. found .. ', where the read model keeps a ' .. expected)
+  end
+end
 if ARGV[5] == '1' then
   local stored = redis.call('HGET', KEYS[2], 'version') or redis.call('GET', KEYS[3])
   if stored then

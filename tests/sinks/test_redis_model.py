@@ -6,6 +6,7 @@ import logging
 import re
 import threading
 import time
+from pathlib import Path
 from typing import Any, Sequence
 
 import orjson
@@ -385,3 +386,39 @@ def test_an_error_a_batched_sink_raises_for_its_whole_call_is_each_items_sent(
     stats = drain(Refusing(sink_settings, error), sink_settings)
 
     assert (stats.as_dict()[outcome], stats.delivered) == (3, 0)
+
+
+def change(sink: RedisModelSink, lead: str, score: float, offset: int) -> ScoreChange:
+    return sink.parse(f"b2b/{lead}".encode(), orjson.dumps(score_change(lead, score)), Position(0, offset))
+
+
+def test_the_read_model_writes_nothing_over_redis_maxmemory(sink_settings: Settings, tmp_path: Path) -> None:
+    # SET was refused (OOM), but the script began with DEL, which Redis lets through over the
+    # limit, and once a script has written Redis lets the rest of it through: 2,000 new leads
+    # were written past the cap.
+    server = RedisServer(tmp_path, "--maxmemory", "1000", "--maxmemory-policy", "noeviction")
+    try:
+        sink = RedisModelSink(sink_settings.with_overrides(redis_url=server.url))
+        errors = sink.deliver_batch([change(sink, f"lead-{n}", 40, n) for n in range(20)])
+
+        assert all(error is not None and "used memory > 'maxmemory'" in str(error) for error in errors)
+        assert sink.redis.dbsize() == 0
+        sink.close()
+    finally:
+        server.stop()
+
+
+def test_a_write_that_meets_another_programs_key_leaves_the_entry_as_it_was(sink_settings: Settings) -> None:
+    # The script deleted the lead's hash, then failed WRONGTYPE at the leaderboard (a string
+    # another program wrote): tried 8 times and dead-lettered, the lead left without its hash.
+    sink = RedisModelSink(sink_settings)
+    assert sink.deliver_batch([change(sink, "lead-1", 40, 1)]) == [None]
+    prefix = sink_settings.redis_prefix
+    sink.redis.delete(leaderboard_key(prefix, "b2b"))
+    sink.redis.set(leaderboard_key(prefix, "b2b"), "another program's")
+
+    [error] = sink.deliver_batch([change(sink, "lead-1", 90, 2)])
+
+    assert error is not None and "WRONGTYPE" in str(error) and leaderboard_key(prefix, "b2b") in str(error)
+    assert sink.redis.hget(lead_key(prefix, "b2b", "lead-1"), "score") == b"40"
+    sink.close()
