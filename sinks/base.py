@@ -253,8 +253,7 @@ class Sink(ABC, Generic[T]):
         """The lead whose data the item carries, for the runner to drop it when `leadstream
         forget` erased the lead after the item was written to Kafka (streams/forgotten.py); None
         when it carries no lead's data (an account crossing), or when the connector's own order
-        erases it (the Redis read model applies the worker's tombstones, and an older summary
-        never after one)."""
+        erases it (the Redis read model's live messages and tombstones: sinks/redis_model.py)."""
         return None
 
     @abstractmethod

@@ -6,7 +6,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from sinks.base import Sink
-from streams.errors import ConfigError
+from streams.errors import ConfigError, ServiceError
 from streams.settings import Settings
 
 if TYPE_CHECKING:
@@ -36,9 +36,19 @@ def build(name: str, settings: Settings) -> Sink[Any]:
 
         return WebhookSink(settings)
     if name == "redis":
-        from sinks.redis_model import RedisModelSink
+        from redis import RedisError
 
-        return RedisModelSink(settings)
+        from sinks.redis_model import RedisModelSink, upgrade_version_keys
+
+        model = RedisModelSink(settings)
+        try:
+            upgrade_version_keys(model.redis, model.prefix)
+        except RedisError as exc:
+            # Not started without it: a replay would not be checked against the keys it renames.
+            # Not the URL itself: redis://user:password@host holds a credential.
+            raise ServiceError(f"cannot reach Redis at LEADSTREAM_REDIS_URL ({exc}); the read model starts once it "
+                               "answers") from None
+        return model
     raise ConfigError(f"unknown connector {name!r}: one of {', '.join(NAMES)}")
 
 

@@ -12,9 +12,13 @@ summaries keyed `<model>:account/<account_id>` (streams/rollup.py):
   top_members (JSON list of {lead_id, score}).
 
 - the hash's field `version`: "<partition> <offset>" of the score-changes message the entry was
-  last written from; after a tombstone, `{prefix}:version:{model}:{kind}:{id}` holds it, as the
-  mark that the entry is gone, for DLQ_RETENTION_MS (30 days: no dead letter outlives that). In
-  the hash, not a key of its own, a live entry costs no second key.
+  last written from; after a tombstone, `{prefix}:removed:{model}:{kind}:{digest}` holds it, as
+  the mark that the entry is gone, for DLQ_RETENTION_MS (30 days). In the hash, not a key of its
+  own, a live entry costs no second key. The key holds the id's BLAKE2b digest (as
+  streams/forgotten.py does), not the id: a tombstone is often a forgotten lead's, and a key
+  naming the person for 30 days after the erasure would keep what `forget` erased. Releases
+  before this one wrote `{prefix}:version:{model}:{kind}:{id}`: `upgrade_version_keys` renames
+  them at the connector's start.
 
 An entry is written by one Lua script, so a reader never sees a leaderboard entry without its
 hash: it checks the keys' types before its first write, and Redis refuses it whole over
@@ -34,8 +38,13 @@ a newer one, nor bring back a forgotten lead. The summary's `time` cannot order 
 step is timed by the worker's clock, and the next event's summary by that event's time, which
 is usually behind it. Messages read live are applied as they come (the runner keeps their
 order), so a re-created topic, whose offsets start again, heals the versions. The runner makes
-no erasure check of its own here (Sink.lead_of): the worker's tombstones erase, and the
-version check keeps an older summary from coming back after one.
+the erasure check of the connectors (Sink.lead_of) on replayed lead summaries, not on
+tombstones (they only remove): a dead letter is readable up to 37 days and the removed entry's
+version kept 30, and without the check a forgotten lead's summary replayed after that came
+back. Live messages are not checked (a Redis call each, on the read model's hot path): they
+come in order, and a forgotten lead's summaries before its tombstone. The version check keeps
+an older summary from bringing back an entry that a tombstone of another kind removed (a
+merged visitor, an account without members).
 """
 
 from __future__ import annotations
@@ -48,6 +57,7 @@ import orjson
 from redis import Redis
 
 from scoring.events import json_kind
+from scoring.state import kept_key
 from sinks.base import Position, Sink, Steps, json_number
 from sinks.errors import PermanentError, StaleError
 from sinks.ledger import redis_client
@@ -142,7 +152,40 @@ def entry_key(prefix: str, model: str, kind: str, entry_id: str) -> str:
 
 
 def version_key(prefix: str, model: str, kind: str, entry_id: str) -> str:
-    return f"{prefix}:version:{model}:{kind}:{entry_id}"
+    return f"{prefix}:removed:{model}:{kind}:{kept_key(entry_id)[1:]}"  # the digest alone, without its '#'
+
+
+#: KEYS: a version key as releases before `removed:` wrote it (naming the id), the one that
+#: replaces it. A newer mark already there stays.
+_UPGRADE = """#!lua
+local version = redis.call('GET', KEYS[1])
+if version then
+  local ttl_ms = redis.call('PTTL', KEYS[1])
+  if ttl_ms > 0 then
+    redis.call('SET', KEYS[2], version, 'PX', ttl_ms, 'NX')
+  end
+  redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+def upgrade_version_keys(redis: Redis, prefix: str) -> int:
+    """Renames the removed entries' version keys an earlier release named by id to their digest
+    names (version_key), their TTL kept, so that a replay after the upgrade is still checked
+    against them; how many. One SCAN of the keyspace, at the connector's start."""
+    upgrade = redis.register_script(_UPGRADE)
+    legacy = f"{prefix}:version:"
+    renamed = 0
+    for key in redis.scan_iter(f"{legacy}*", count=10_000):
+        try:
+            model, kind, entry_id = key.decode()[len(legacy):].split(":", 2)
+        except (UnicodeDecodeError, ValueError):
+            continue  # not a key leadstream wrote
+        if kind in _LIST_FIELD:
+            upgrade([key, version_key(prefix, model, kind, entry_id)], [])
+            renamed += 1
+    return renamed
 
 
 class RedisModelSink(Sink[ScoreChange]):
@@ -184,6 +227,10 @@ class RedisModelSink(Sink[ScoreChange]):
 
     def delivery_id(self, item: ScoreChange) -> None:
         return None
+
+    def lead_of(self, item: ScoreChange) -> str | None:
+        # Replayed lead summaries only: see the module's docstring.
+        return item.id if item.position.replayed and item.kind == "lead" and item.fields is not None else None
 
     def deliver(self, item: ScoreChange, steps: Steps) -> None:
         [error] = self.deliver_batch([item])

@@ -14,10 +14,12 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from redis import Redis
 
+from sinks import connectors
 from sinks.base import Position
 from sinks.errors import PermanentError, StaleError
 from sinks.redis_model import RedisModelSink, ScoreChange, entry_key, lead_key, leaderboard_key, version_key
 from sinks.runner import SinkRunner, group_id
+from streams.forgotten import Forgotten
 from streams.history import read_to_end
 from streams.processes import free_port
 from streams.settings import Settings
@@ -421,4 +423,55 @@ def test_a_write_that_meets_another_programs_key_leaves_the_entry_as_it_was(sink
 
     assert error is not None and "WRONGTYPE" in str(error) and leaderboard_key(prefix, "b2b") in str(error)
     assert sink.redis.hget(lead_key(prefix, "b2b", "lead-1"), "score") == b"40"
+    sink.close()
+
+
+def test_a_replayed_summary_of_a_lead_forgotten_since_does_not_bring_it_back_once_its_removal_mark_expired(
+    sink_settings: Settings,
+) -> None:
+    # The removed entry's version is kept 30 days, a dead letter readable up to 37: replayed
+    # after the version expired, the summary was delivered and `top` showed the lead again,
+    # though its `forgotten:` key was there.
+    publish(sink_settings, [("b2b/u-42", score_change("u-42", 67))])
+    assert drain(RedisModelSink(unreachable(sink_settings)), sink_settings).dead_lettered == 1
+    Forgotten(Redis.from_url(sink_settings.redis_url), sink_settings.redis_prefix).record(["u-42"], int(time.time() * 1000))
+    publish(sink_settings, [("b2b/u-42", None)])  # the worker's tombstone
+    assert drain(RedisModelSink(sink_settings), sink_settings).delivered == 1
+    redis, prefix = Redis.from_url(sink_settings.redis_url), sink_settings.redis_prefix
+    assert redis.delete(version_key(prefix, "b2b", "lead", "u-42")) == 1  # as 30 days would
+
+    replayed = SinkRunner(RedisModelSink(sink_settings), sink_settings).replay_dead_letters()
+
+    assert (replayed.delivered, replayed.erased) == (0, 1)
+    assert redis.zrange(leaderboard_key(prefix, "b2b"), 0, -1) == []
+    assert not redis.exists(lead_key(prefix, "b2b", "u-42"))
+
+
+def test_no_key_names_a_removed_lead(sink_settings: Settings) -> None:
+    # The tombstone's version was kept 30 days under `version:b2b:lead:u-42`, naming the person
+    # `forget` erased (whose `forgotten:` key holds a digest for that reason).
+    publish(sink_settings, [("b2b/u-42", score_change("u-42", 67)), ("b2b/u-42", None)])
+    drain(RedisModelSink(sink_settings), sink_settings)
+
+    redis, prefix = Redis.from_url(sink_settings.redis_url), sink_settings.redis_prefix
+    keys = [key.decode() for key in redis.scan_iter(f"{prefix}:*", count=10_000)]
+    assert keys == [version_key(prefix, "b2b", "lead", "u-42")]
+    assert "u-42" not in keys[0]
+
+
+def test_an_earlier_releases_removal_marks_are_renamed_at_start_and_still_keep_older_replays_out(
+    sink_settings: Settings,
+) -> None:
+    redis, prefix = Redis.from_url(sink_settings.redis_url), sink_settings.redis_prefix
+    redis.set(f"{prefix}:version:b2b:lead:lead:with:colons", "0 50", ex=3600)
+    redis.set(f"{prefix}:version:b2b:account:acme", "1 7", ex=3600)
+
+    sink = connectors.build("redis", sink_settings)
+
+    assert not list(redis.scan_iter(f"{prefix}:version:*"))
+    assert redis.get(version_key(prefix, "b2b", "lead", "lead:with:colons")) == b"0 50"
+    assert 3000 < redis.ttl(version_key(prefix, "b2b", "account", "acme")) <= 3600
+    older = sink.parse(b"b2b/lead:with:colons", orjson.dumps(score_change("lead:with:colons", 90)), Position(0, 40, True))
+    [error] = sink.deliver_batch([older])
+    assert isinstance(error, StaleError)
     sink.close()
