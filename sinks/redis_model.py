@@ -264,6 +264,35 @@ class RedisModelSink(Sink[ScoreChange]):
         self.redis.close()
 
 
+def start_over(settings: Settings) -> None:
+    """`leadstream sink redis --rebuild`: deletes the read model's consumer group, so that the
+    connector reads the score-changes topic from its beginning (the runner's consumers start at
+    the earliest offset) and writes every entry again, after Redis lost its data (a restart
+    without persistence, a flush). The topic is compacted: it holds each lead's and account's
+    latest summary, and a forgotten lead's tombstone after its summaries. Kafka refuses while a
+    connector of the group runs: it would keep its offsets."""
+    from kafka import KafkaAdminClient
+    from kafka.errors import GroupIdNotFoundError, KafkaError
+
+    from sinks.runner import group_id
+    from streams.errors import ServiceError
+    from streams.kafka_clients import open_client
+
+    group = group_id(settings, RedisModelSink.name)
+    admin: Any = open_client(settings, KafkaAdminClient, client_id="leadstream-rebuild")
+    try:
+        # kafka-python 3 answers {group: "OK" or the error class's name}.
+        outcome = str(admin.delete_groups([group]).get(group, "OK"))
+    except KafkaError as exc:
+        raise ServiceError(f"cannot delete consumer group {group} to rebuild the read model: {exc}") from None
+    finally:
+        admin.close()
+    # A group that never committed (or was deleted already) reads from the beginning as it is.
+    if outcome not in ("OK", GroupIdNotFoundError.__name__):
+        raise ServiceError(f"cannot delete consumer group {group} to rebuild the read model ({outcome}): stop "
+                           "every `leadstream sink redis` of this app id first")
+
+
 def top_entries(redis: Redis, prefix: str, model: str, limit: int, kind: str = "lead") -> list[dict[str, Any]]:
     """The `limit` highest-scored leads (or accounts) of a model, best first, each with its hash
     and its id as `lead_id` (or `account_id`)."""
@@ -335,7 +364,8 @@ def print_top(settings: Settings, model: str, limit: int, accounts: bool = False
         if models is not None and accounts and not models[model]:
             print(f"model {model!r} has no [accounts] table: its accounts have no score to rank (scoring/MODELS.md, `[accounts]`)")
             return 0
-        print(f"no {kind}s for model {model!r} in Redis yet: is `leadstream sink redis` running, and the worker scoring?")
+        print(f"no {kind}s for model {model!r} in Redis yet: is `leadstream sink redis` running, and the worker scoring? "
+              "If Redis lost its data, rebuild the read model: stop it, run `leadstream sink redis --rebuild`")
         return 0
     print(format_account_table(rows) if accounts else format_table(rows), end="")
     return 0

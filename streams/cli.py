@@ -128,7 +128,14 @@ def _sink(args: argparse.Namespace, settings: Settings) -> int:
         return runner.replay(connectors.build(args.target, settings), settings)
     if args.target is not None:
         raise LeadstreamError(f"a second connector name ({args.target}) only follows replay-dlq; run one connector per process")
-    return runner.run_sink(connectors.build(args.connector, settings), settings)
+    sink = connectors.build(args.connector, settings)
+    if args.rebuild:
+        if args.connector != "redis":
+            raise LeadstreamError("--rebuild is the Redis read model's (`leadstream sink redis --rebuild`): a CRM is not rebuilt")
+        from sinks.redis_model import start_over
+
+        start_over(settings)
+    return runner.run_sink(sink, settings)
 
 
 def _top(args: argparse.Namespace, settings: Settings) -> int:
@@ -284,6 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("connector", choices=[*SINK_NAMES, "replay-dlq"], help="the connector, or replay-dlq CONNECTOR "
                    "to re-drive that connector's dead letters once their cause is fixed")
     p.add_argument("target", nargs="?", choices=SINK_NAMES, help="replay-dlq: the connector")
+    p.add_argument("--rebuild", action="store_true", help="redis: read the score-changes topic from its beginning "
+                   "and write the read model again (after Redis lost its data); no other `sink redis` may run")
 
     p = add("forget", _forget, "Erase leads from leadstream: their scores, states and account memberships (an erasure request).")
     p.add_argument("lead_ids", nargs="*", metavar="LEAD_ID", help="ids of the leads to forget")

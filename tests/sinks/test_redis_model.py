@@ -17,14 +17,14 @@ from redis import Redis
 from sinks import connectors
 from sinks.base import Position
 from sinks.errors import PermanentError, StaleError
-from sinks.redis_model import RedisModelSink, ScoreChange, entry_key, lead_key, leaderboard_key, version_key
+from sinks.redis_model import RedisModelSink, ScoreChange, entry_key, lead_key, leaderboard_key, start_over, version_key
 from sinks.runner import SinkRunner, group_id
 from streams.forgotten import Forgotten
 from streams.history import read_to_end
 from streams.processes import free_port
 from streams.settings import Settings
 from tests.infra import leadstream, wait_for
-from tests.sinks.conftest import RedisServer, drain
+from tests.sinks.conftest import RedisServer, SinkProcess, drain
 
 
 def score_change(lead: str, score: float, **fields: Any) -> dict[str, Any]:
@@ -475,3 +475,36 @@ def test_an_earlier_releases_removal_marks_are_renamed_at_start_and_still_keep_o
     [error] = sink.deliver_batch([older])
     assert isinstance(error, StaleError)
     sink.close()
+
+
+def test_the_read_model_is_rebuilt_from_the_score_changes_topic_after_redis_lost_it(sink_settings: Settings) -> None:
+    # After a Redis restart without persistence or a flush, only leads that changed again came
+    # back, and `top` asked whether the sink was running while it ran.
+    publish(sink_settings, [("b2b/lead-1", score_change("lead-1", 40)), ("b2b/lead-2", score_change("lead-2", 75)),
+                            ("b2b/lead-3", score_change("lead-3", 55)), ("b2b/lead-3", None)])
+    drain(RedisModelSink(sink_settings), sink_settings)
+    redis, prefix = Redis.from_url(sink_settings.redis_url, decode_responses=True), sink_settings.redis_prefix
+    redis.delete(*redis.scan_iter(f"{prefix}:*"))  # Redis lost it
+    assert "leadstream sink redis --rebuild" in leadstream(sink_settings, "top", "--model", "b2b").stdout
+    assert drain(RedisModelSink(sink_settings), sink_settings).delivered == 0
+
+    start_over(sink_settings)
+
+    assert drain(RedisModelSink(sink_settings), sink_settings).delivered == 4
+    assert redis.zrevrange(leaderboard_key(prefix, "b2b"), 0, -1, withscores=True) == [("lead-2", 75.0), ("lead-1", 40.0)]
+    assert redis.hget(lead_key(prefix, "b2b", "lead-1"), "score") == "40"
+
+
+def test_a_rebuild_is_refused_while_the_read_model_runs(sink_settings: Settings, tmp_path: Path) -> None:
+    sink = SinkProcess(sink_settings, "redis", log=tmp_path / "sink.log").start()
+    try:
+        publish(sink_settings, [("b2b/lead-1", score_change("lead-1", 40))])
+        redis = Redis.from_url(sink_settings.redis_url)
+        wait_for(lambda: redis.exists(lead_key(sink_settings.redis_prefix, "b2b", "lead-1")), 60, "the running sink's write")
+
+        result = leadstream(sink_settings, "sink", "redis", "--rebuild", check=False)
+
+        assert result.returncode != 0
+        assert "stop every `leadstream sink redis` of this app id first" in result.stderr
+    finally:
+        sink.stop()
