@@ -119,19 +119,20 @@ def _sink(args: argparse.Namespace, settings: Settings) -> int:
     from sinks import connectors, runner
     from streams.forgotten import warn_if_not_durable
 
-    # Before the connector is built: building it may warn (sinks/connectors.py).
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    warn_if_not_durable(settings, "sink")
     if args.connector == "replay-dlq":
         if args.target is None:
             raise LeadstreamError(f"replay-dlq needs the connector whose dead letters to replay: {', '.join(connectors.NAMES)}")
-        return runner.replay(connectors.build(args.target, settings), settings)
-    if args.target is not None:
+    elif args.target is not None:
         raise LeadstreamError(f"a second connector name ({args.target}) only follows replay-dlq; run one connector per process")
+    if args.rebuild and args.connector != "redis":
+        raise LeadstreamError("--rebuild is the Redis read model's (`leadstream sink redis --rebuild`): a CRM is not rebuilt")
+    # Before the connector is built: building it may warn (sinks/connectors.py).
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    warn_if_not_durable(settings, "sink")
+    if args.target is not None:  # replay-dlq's
+        return runner.replay(connectors.build(args.target, settings), settings)
     sink = connectors.build(args.connector, settings)
     if args.rebuild:
-        if args.connector != "redis":
-            raise LeadstreamError("--rebuild is the Redis read model's (`leadstream sink redis --rebuild`): a CRM is not rebuilt")
         from sinks.redis_model import start_over
 
         start_over(settings)

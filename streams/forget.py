@@ -20,8 +20,10 @@ events, crossings, identity, dead letters) age out with it; what the CRM connect
 is the CRM's to erase.
 
 Meanwhile, `leadstream forget` records each erasure in Redis (streams/forgotten.py), so that the
-CRM connectors do not deliver the lead's older crossings, nor `leadstream replay-dlq` re-send its
-dead-lettered events, and deletes the connectors' ledger keys that name the lead (sinks/ledger.py).
+CRM connectors do not deliver the lead's older crossings, the Redis read model not take back its
+older summaries from a dead-letter replay, nor `leadstream replay-dlq` re-send its dead-lettered
+events, and deletes the connectors' ledger keys that name the lead (sinks/ledger.py). That Redis
+must keep them (README: What Redis leadstream needs; `forget` warns at start when it may not).
 """
 
 from __future__ import annotations

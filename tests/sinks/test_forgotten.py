@@ -89,19 +89,12 @@ def test_a_redis_that_can_lose_or_evict_erasures_is_warned_of_at_the_start_of_th
         server.stop()
 
 
-def test_the_redis_services_up_starts_is_not_warned_of(tmp_path: Path) -> None:
-    server = RedisServer(tmp_path, *REDIS_DURABILITY_ARGS)
-    try:
-        redis = Redis.from_url(server.url)
-        assert durability_warning(redis) is None
-        redis.close()
-    finally:
-        server.stop()
-
-
-def test_a_redis_that_refuses_config_is_not_warned_of(tmp_path: Path) -> None:
-    """Managed Redis services disable CONFIG; their persistence is the provider's to say."""
-    server = RedisServer(tmp_path, "--rename-command", "CONFIG", "")
+@pytest.mark.parametrize("args", [
+    REDIS_DURABILITY_ARGS,  # what `services up` and docker-compose.yml run
+    ("--rename-command", "CONFIG", ""),  # managed Redis disables CONFIG: its persistence is the provider's
+], ids=["services-up", "no-config"])
+def test_a_redis_that_keeps_erasures_or_refuses_config_is_not_warned_of(tmp_path: Path, args: tuple[str, ...]) -> None:
+    server = RedisServer(tmp_path, *args)
     try:
         redis = Redis.from_url(server.url)
         assert durability_warning(redis) is None
