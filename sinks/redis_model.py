@@ -348,15 +348,13 @@ def print_top(settings: Settings, model: str, limit: int, accounts: bool = False
     """`leadstream top`: the hottest leads (or accounts) of a model, from Redis, as a table."""
     from redis import RedisError
 
-    from streams.errors import ConfigError, ServiceError
+    from streams.errors import ConfigError, ServiceError, redis_trouble
 
     kind = "account" if accounts else "lead"
     try:
         rows = top_entries(redis_client(settings), settings.redis_prefix, model, limit, kind)
     except RedisError as exc:
-        # Not the URL itself: redis://user:password@host holds a credential.
-        raise ServiceError(f"cannot read Redis at LEADSTREAM_REDIS_URL ({exc}); run `leadstream services up`, or check "
-                           "the setting") from None
+        raise ServiceError(f"cannot read the read model: {redis_trouble(exc, settings.redis_url)}") from None
     if not rows:
         models = _models(settings)
         if models is not None and model not in models:

@@ -38,7 +38,7 @@ from redis import RedisError
 from scoring.events import MAX_ID_CHARS, is_id
 from sinks.ledger import forget_leads, redis_client
 from streams import erasure
-from streams.errors import InputError, ServiceError
+from streams.errors import InputError, ServiceError, redis_trouble
 from streams.forgotten import TTL_MS, Forgotten
 from streams.kafka_clients import open_client
 from streams.partitioning import partition_for
@@ -127,9 +127,8 @@ def forget(settings: Settings, ids: list[str]) -> int:
     try:
         record_erasures(settings, ids, requested_ms)
     except RedisError as exc:
-        # Not the URL itself: redis://user:password@host holds a credential.
         raise ServiceError(
-            f"the requests were sent, but Redis (LEADSTREAM_REDIS_URL) could not be reached ({exc}): the erasures are not "
+            f"the requests were sent, but {redis_trouble(exc, settings.redis_url)}. The erasures are not "
             "recorded for the CRM connectors and `leadstream replay-dlq`, which may still deliver or bring back these leads' "
             "older records, and the connectors' ledger still names them. Run the same `leadstream forget` again once Redis "
             "answers (asking again is safe)") from None
