@@ -72,7 +72,7 @@ from streams.errors import ConfigError, RequestRejected, ServiceError, Unavailab
 from streams.log_throttle import Throttle, throttle_kafka_retries
 from streams.outbox import encode_json_or_none
 from streams.partitioning import partition_for
-from streams.segment import CALL_TYPES, Mapped, Mapper, Source, rejected, with_batch_context
+from streams.segment import CALL_TYPES, IDENTIFIERS, Mapped, Mapper, Source, rejected, with_batch_context
 from streams.settings import Settings
 
 log = logging.getLogger("leadstream.collector")
@@ -121,10 +121,6 @@ MAPPING_FAILED = "mapping_failed"
 # was answered with 24 MB naming each. The dead letters keep every one of them.
 REJECTIONS_LISTED = 100
 SNIPPET = Path(__file__).with_name("leadstream.js")
-# The fields streams/segment.py reads as ids (its `_identifier`), a batch's `context.groupId`
-# included. Text the repair of a body reads as U+FFFD keeps its meaning; ids do not: `jos\xe9` and
-# `jos\xfc` would be one lead, `order-\xe9` and `order-\xfc` one event, the second dropped as a repeat.
-IDENTIFIERS = ("userId", "anonymousId", "previousId", "groupId", "messageId", "context.groupId")
 # What the decoding of a body that is not UTF-8 puts for each sequence "replace" reads as one
 # U+FFFD: a lone surrogate, as json.loads reads a lone surrogate escape, so that after parsing
 # every lone surrogate is a place the repair changes, and a U+FFFD sent as such is not one.
@@ -745,7 +741,7 @@ def _repaired_identifiers(calls: list[Any], context: dict[str, Any]) -> dict[int
     found: dict[int, str] = {}
     for index, call in enumerate(calls):
         call = with_batch_context(call, context)
-        for name in IDENTIFIERS:
+        for name in IDENTIFIERS:  # text the repair reads as U+FFFD keeps its meaning; ids do not
             value = call
             for part in name.split("."):
                 value = value.get(part) if isinstance(value, dict) else None

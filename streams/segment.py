@@ -401,6 +401,12 @@ def iso_ms(value: object, name: str) -> int | None:
     return (parsed - _EPOCH) // _ONE_MS
 
 
+#: The fields a call's ids are read from (`_identifier`), a batch's `context.groupId` included: the
+#: collector refuses a call whose id its repair of bytes that are not UTF-8 changed (`jos\xe9` and
+#: `jos\xfc` would be one lead, `order-\xe9` and `order-\xfc` one event, the second dropped as a repeat).
+IDENTIFIERS = ("userId", "anonymousId", "previousId", "groupId", "messageId", "context.groupId")
+
+
 def _identifier(call: dict[str, Any], name: str, parent: str = "") -> str | None:
     """An id field as a string (Segment allows numbers); None when absent or empty. `parent`
     names the object holding it in messages (`context.`)."""
