@@ -59,8 +59,13 @@ class OfflineRun:
     Anonymous profiles' crossings are not reported, as the worker does not publish them.
     """
 
-    def __init__(self, engine: Engine, err: TextIO, source: str, keep: Callable[[Event], bool] | None = None) -> None:
+    def __init__(self, engine: Engine, err: TextIO, source: str, keep: Callable[[Event], bool] | None = None,
+                 sweep_members: bool = True) -> None:
         self.engine = engine
+        #: Whether members' due decay is swept before each batch (`sweep`), as a worker whose
+        #: clock follows the events does; else only at `finish`, as one whose clock has not
+        #: reached their due times yet (tests/chaos.py compares with such a worker).
+        self.sweep_members = sweep_members
         self.err = err
         self.source = source
         #: Which events to apply (after re-keying a merged id's events to its lead); None: all.
@@ -107,7 +112,7 @@ class OfflineRun:
             if self.keep is None or self.keep(event):
                 batch.append((number, event, links))
         line_of = {id(event): number for number, event, _ in batch}
-        if batch:  # the worker's clock had passed the newest event and reached these before they came
+        if batch and self.sweep_members:  # the worker's clock had passed the newest event and reached these before they came
             self.sweep(max(self.newest_ms, min(event.time_ms for _, event, _ in batch)))
         result = self.engine.apply_batch((event for _, event, _ in batch), lambda model, lead: self.leads.get((model, lead)))
         self.leads.update(result.states)
@@ -303,7 +308,7 @@ def check_read(run: OfflineRun, events_path: Path, empty_ok: bool = False) -> No
 
 
 def apply_file(engine: Engine, events_path: Path, err: TextIO, keep: Callable[[Event], bool] | None = None,
-               horizon_ms: float = math.inf) -> OfflineRun:
+               horizon_ms: float = math.inf, sweep_members: bool = True) -> OfflineRun:
     """A run that has applied every event of the file (those `keep` accepts, when given), in
     batches (of one event where accounts are rolled up); bad lines, and events timed after
     `horizon_ms`, are reported on `err` and skipped. Decay is not brought to any time yet."""
@@ -311,7 +316,7 @@ def apply_file(engine: Engine, events_path: Path, err: TextIO, keep: Callable[[E
         handle = sys.stdin.buffer if str(events_path) == "-" else events_path.open("rb")
     except OSError as exc:
         raise InputError(f"cannot read events file {events_path}: {exc.strerror}") from None
-    run = OfflineRun(engine, err, events_path.name, keep)
+    run = OfflineRun(engine, err, events_path.name, keep, sweep_members)
     batch_events = ACCOUNT_BATCH_EVENTS if any(model.accounts is not None for model in engine.models) else BATCH_EVENTS
     batch: list[Line] = []
     with handle:

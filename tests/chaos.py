@@ -388,7 +388,8 @@ class HalfLifeRun:
 
     @classmethod
     def of(cls, settings: Settings, path: Path, events: list[dict[str, Any]]) -> HalfLifeRun:
-        offline = apply_file(Engine.from_directory(settings.models_dir), path, sys.stderr)
+        # The worker sweeps on its own clock, not the events' times: members unswept between events.
+        offline = apply_file(Engine.from_directory(settings.models_dir), path, sys.stderr, sweep_members=False)
         return cls(offline, {(event["lead_id"], event["time"]) for event in events})
 
     def score_at(self, key: str, time_ms: int) -> float:

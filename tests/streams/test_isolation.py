@@ -148,9 +148,9 @@ def test_an_account_update_that_makes_the_roll_up_raise_is_dead_lettered_and_the
 def test_a_decay_step_that_raises_leaves_its_lead_as_it_was_and_the_sweep_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:
     decay = ModelRuntime.decay
 
-    def buggy(self: ModelRuntime, state: LeadState, lead_id: str, now_ms: int, out: list[Transition]) -> None:
+    def buggy(self: ModelRuntime, state: LeadState, lead_id: str, now_ms: int, out: list[Transition], swept: bool = False) -> None:
         """Decay, with a bug that one lead meets after its state changed and its crossing was found."""
-        decay(self, state, lead_id, now_ms, out)
+        decay(self, state, lead_id, now_ms, out, swept)
         if lead_id == LEAD:
             raise ZeroDivisionError("a bug")
 
