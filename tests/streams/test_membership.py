@@ -93,7 +93,12 @@ def lead_scores(proc: WorkerProcess, keys: list[str]) -> dict[str, float | None]
 
     def score(key: str) -> tuple[str, float | None]:
         model, lead_id = key.split("/", 1)
-        status, body = proc.get(f"/leads/{lead_id}/")
+        # A partition still moving as the view is asked (the paused worker back in its group) is
+        # answered for a moment without its state: asked again, up to 30 s, before it counts.
+        deadline = time.monotonic() + 30
+        while (answer := proc.get(f"/leads/{lead_id}/"))[0] != 200 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        status, body = answer
         return key, orjson.loads(body)["models"][model]["score"] if status == 200 else None
 
     with ThreadPoolExecutor(8) as pool:
