@@ -22,12 +22,14 @@ them (the connectors, `leadstream forget`) at their start.
 
 from __future__ import annotations
 
+import shlex
 import sys
 from dataclasses import dataclass
 
 from redis import Redis, RedisError, ResponseError
 
 from scoring.state import kept_key
+from streams.services import REDIS_DURABILITY_ARGS
 from streams.settings import Settings
 from streams.topics import DEAD_LETTER_RETENTION_MS
 
@@ -82,8 +84,8 @@ def durability_warning(redis: Redis) -> str | None:
     if not problems:
         return None
     return (f"Redis (LEADSTREAM_REDIS_URL) can lose erasure records and delivered ids, so forgotten leads' crossings "
-            f"or delivered ones could be sent again: {'; '.join(problems)}. Run it with --appendonly yes "
-            "--maxmemory-policy noeviction (README: What Redis leadstream needs)")
+            f"or delivered ones could be sent again: {'; '.join(problems)}. Run it as `leadstream services up` does: "
+            f"redis-server {shlex.join(REDIS_DURABILITY_ARGS)} (README: What Redis leadstream needs)")
 
 
 def _text(value: object) -> str:

@@ -4,6 +4,7 @@ delivered, by a connector that was behind nor by a replay of its dead letters.""
 from __future__ import annotations
 
 import logging
+import shlex
 import time
 from pathlib import Path
 
@@ -81,6 +82,7 @@ def test_a_redis_that_can_lose_or_evict_erasures_is_warned_of_at_the_start_of_th
         redis = Redis.from_url(server.url)
         warning = durability_warning(redis)
         assert warning is not None and "appendonly is no" in warning and "maxmemory-policy is allkeys-lru" in warning
+        assert f"redis-server {shlex.join(REDIS_DURABILITY_ARGS)} " in warning  # the cure is the arguments `services up` runs
 
         result = leadstream(settings, "sink", "replay-dlq", "webhook", check=False)
         assert [line for line in result.stderr.splitlines() if "warning" in line] == [f"leadstream sink: warning: {warning}"]
