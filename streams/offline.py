@@ -299,10 +299,15 @@ def score_file(models_dir: Path, events_path: Path, table: bool, out: TextIO, er
 
 def check_read(run: OfflineRun, events_path: Path, empty_ok: bool = False) -> None:
     """Raises InputError when no line of the file was an event (a file of another format, such
-    as the outcomes CSV given as events), or, unless `empty_ok`, when it has no line at all."""
+    as the outcomes CSV given as events, or events all timed in the future), or, unless
+    `empty_ok`, when it has no line at all."""
     if run.accepted or (empty_ok and not run.warnings):
         return
     refused = sum(run.warnings.values())
+    if refused and set(run.warnings) == {"future_time"}:
+        # Well-formed events, refused for their time alone: the format's hint would mislead.
+        raise InputError(f"no event of {events_path.name} could be read, all {refused} refused (reported above): "
+                         "every one is timed ahead of this machine's clock by more than LEADSTREAM_MAX_FUTURE_MS")
     raise InputError(f"no event of {events_path.name} could be read, " + (f"all {refused} refused (reported above)" if refused else "it is empty")
                      + ": a file holds one JSON event, or an array of events, a line")  # fmt: skip
 

@@ -454,6 +454,17 @@ def test_a_file_none_of_whose_lines_is_an_event_fails_naming_why(tmp_path: Path)
                       out=io.StringIO(), err=io.StringIO()) == 0
 
 
+def test_a_file_of_events_all_timed_ahead_of_the_clock_fails_naming_their_time_not_the_format(tmp_path: Path) -> None:
+    # Well-formed events refused for their time alone were told "a file holds one JSON event ... a
+    # line", sending the user to look for a fault in the file's format.
+    ahead = [{**event, "time": T0 + 2 * DAY} for event in SAAS_EVENTS[:2]]
+    with pytest.raises(InputError) as raised:
+        score_file(MODELS_DIR, write(tmp_path / "ahead.jsonl", ahead), table=False, out=io.StringIO(), err=io.StringIO(),
+                   horizon_ms=T0 + DAY)
+    assert str(raised.value) == ("no event of ahead.jsonl could be read, all 2 refused (reported above): "
+                                 "every one is timed ahead of this machine's clock by more than LEADSTREAM_MAX_FUTURE_MS")
+
+
 def test_warnings_come_in_line_order_whether_a_line_is_refused_or_its_event_found_late(tmp_path: Path) -> None:
     late = {"event_id": "old", "lead_id": "ana", "type": "signup", "time": T0 - 3 * DAY, "product": "saas"}
     err = io.StringIO()
