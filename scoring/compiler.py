@@ -160,11 +160,6 @@ class _Function:
         remember = self.const(rt.remember)
         self.emit(
             1,
-            "time_ms = event.time_ms",
-            "watermark_ms = state.watermark_ms",
-            # Older than compaction forgot: late too, when an edit lengthened the lateness since.
-            f"if time_ms < watermark_ms - {self.const(rt.lateness_ms)} or time_ms < state.forgotten_before_ms:",
-            "    return LATE",
             "event_id = event.event_id",
             "ids = state.ids",
             # A long or non-ASCII id is kept as its digest (scoring/state.py); states written
@@ -173,8 +168,15 @@ class _Function:
             "    if event_id in ids or event_id in state.old_ids:",
             "        return DUPLICATE",
             "    event_id = kept_key(event_id)",
+            # Before lateness: a redelivered event the lead has moved on from is a duplicate,
+            # not late, whose traits (facts taken even from late events) were applied again.
             "if event_id in ids or event_id in state.old_ids:",
             "    return DUPLICATE",
+            "time_ms = event.time_ms",
+            "watermark_ms = state.watermark_ms",
+            # Older than compaction forgot: late too, when an edit lengthened the lateness since.
+            f"if time_ms < watermark_ms - {self.const(rt.lateness_ms)} or time_ms < state.forgotten_before_ms:",
+            "    return LATE",
             f"if len(ids) < {remember}:",
             "    ids[event_id] = None",
             "    if time_ms > state.ids_max_ms:",

@@ -8,8 +8,8 @@ from typing import Any
 import msgspec
 import pytest
 
-from scoring import LeadState
-from tests.scoring.support import DAY, HOUR, MINUTE, T0, Run, engine, ev
+from scoring import Engine, LeadState
+from tests.scoring.support import DAY, HOUR, MINUTE, T0, Run, engine, ev, shipped
 
 PRICING = '[[rules]]\nname = "pricing"\nevent = "page_view"\npoints = 10\n'
 
@@ -298,6 +298,19 @@ def test_duplicate_event_ids_never_score_twice() -> None:
     run.apply(first)
     run.apply(ev(event_id="same", at=5 * MINUTE))  # same id, other content: still the same event
     assert run.score() == 10
+
+
+def test_an_event_redelivered_after_its_lead_moved_beyond_the_lateness_is_a_duplicate_not_late_facts() -> None:
+    """Found by the duplicates property: the lateness was checked before the remembered ids, so
+    a redelivered identify the lead had moved on from was late, and its traits (facts taken even
+    from late events) were applied again, over a later identify of the same time."""
+    b2b = Engine([shipped("b2b")])
+    vp = ev("identify", event_id="vp", product="b2b", traits={"title": "VP Sales", "email": "a@gmail.com"})
+    student = ev("identify", event_id="student", product="b2b", traits={"title": "Student", "email": "a@gmail.com"})
+    run = Run(b2b).apply(vp, student, ev(at=20 * DAY, product="b2b", properties={"url": "https://acme.io/pricing"}))
+    run.apply(vp)
+    assert run.state(model_name="b2b").traits["title"] == "Student"
+    assert run.late == []
 
 
 def test_a_lateness_an_edit_lengthened_does_not_reach_ids_and_counters_compaction_forgot() -> None:
