@@ -52,6 +52,13 @@ class AccountRollup:
             return _rounded(sum(map(_exact, ranked[-self.top_k :])))
         return _rounded(state.exact_sum())
 
+    def level_at(self, state: AccountState, score: float) -> int:
+        """Where the ladder puts the account at `score`, from the level it last crossed to. The
+        same as that level but after an edit of the roll-up or the ladder, which leaves it out of
+        place until its next change crosses it there (`roll_up_all`); a level the ladder no
+        longer has counts as its base, as a lead's does."""
+        return self.ladder.level_after(self.ladder.level_of(state.level), score)
+
     def reasons(self, state: AccountState) -> list[tuple[str, float]]:
         """The members whose scores make the account's (at most TOP_MEMBERS, the best first):
         under `max` and `top_k`, the others' points do not count, so they explain nothing."""
@@ -315,14 +322,20 @@ TOP_MEMBERS = 5
 
 def summary(runtime: ModelRuntime, account_id: str, state: AccountState, top: int = TOP_MEMBERS) -> dict[str, Any]:
     """What read models show of an account: its score on its 0-100 scale, level, temperature
-    and member count, and its `top` best members (`{"lead_id", "score"}`); score fields are
-    null for a model without `[accounts]`."""
+    and member count, and its `top` best members (`{"lead_id", "score"}`); score fields and
+    level are null for a model without `[accounts]`.
+
+    The level is where the score puts it (`AccountRollup.level_at`): the one it crossed to, but
+    after an edit of `[accounts]` that the account has not crossed for yet (it does at its next
+    change), the stored level beside the score of the new roll-up showed an account at 120
+    points `engaged`, below a `buying` line at 80."""
     rollup = runtime.model.accounts
     out: dict[str, Any] = {"account_id": account_id, "model": runtime.name, "score": None, "normalized": None,
-                           "level": state.level or None, "temperature": None, "members": len(state.members)}
+                           "level": None, "temperature": None, "members": len(state.members)}
     if rollup is not None:
         score = rollup.score(state)
         out["score"] = round(score, 2)
+        out["level"] = rollup.ladder.names[rollup.level_at(state, score)]
         out["normalized"], out["temperature"] = rollup.scale.placed(score, runtime.model.temperature)
     out["top_members"] = [{"lead_id": lead_id, "score": score} for lead_id, score in state.best(top)]
     return out
@@ -356,13 +369,16 @@ def roll_up_all(runtime: ModelRuntime, account_id: str, state: AccountState | No
     state = AccountState({}, base, 0) if state is None else state
     ordered = sorted(updates, key=_when)
     if rollup is None:
+        # A level left from an `[accounts]` removed is no level of the model's: the account is
+        # taken out of read models (streams/rollup.py), and one added again starts at its base.
+        state.level = ""
         for update in ordered:
             state.update(update)
         return state, []
     held = _merge_pairs(ordered)
     score = rollup.score(state)
     # The last update that changed the score, else the last that changed the account (a level
-    # an edit of the ladder left out of place moves at the account's next change).
+    # an edit of the roll-up or the ladder left out of place moves at the account's next change).
     moved: MemberScore | None = None
     touched: MemberScore | None = None
     out: list[Transition] = []
@@ -394,8 +410,8 @@ def _merge_pairs(ordered: Sequence[MemberScore]) -> set[int]:
 def _cross(runtime: ModelRuntime, rollup: AccountRollup, account_id: str, state: AccountState, score: float,
            mover: MemberScore, out: list[Transition]) -> None:
     """Moves the account's level to where `score` puts it, recording a transition if it changed."""
-    before = rollup.ladder.index.get(state.level, 0)
-    after = rollup.ladder.level_after(before, score)
+    before = rollup.ladder.level_of(state.level)
+    after = rollup.level_at(state, score)
     state.level = rollup.ladder.names[after]
     if after == before:
         return

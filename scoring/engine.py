@@ -615,6 +615,9 @@ class Engine:
         self._runtimes = {model.name: ModelRuntime(model) for model in self.models}
         if len(self._runtimes) != len(self.models):
             raise ModelError("two models share a name: each model needs its own [model] name")
+        #: The models with `[accounts]`: only their accounts have a score and level, and are shown
+        #: (the others keep their accounts' members, so that an `[accounts]` added starts with them).
+        self.rolling = frozenset(model.name for model in self.models if model.accounts is not None)
         self._everywhere = tuple(self._runtimes.values())
         self._routes: dict[str | None, tuple[ModelRuntime, ...]] = {}
         #: product -> the event types its models read together (None: every type)
@@ -834,7 +837,8 @@ class Engine:
         """The account state with the updates taken in, in the order they happened, and the
         crossings they make it take; a pair such as a merged visitor's leaving and its lead's
         new score does not cross down and up again (`scoring.accounts.roll_up_all`). A model
-        without `[accounts]` keeps member scores but has no levels to cross."""
+        without `[accounts]` keeps member scores but has no levels to cross (nor a level left
+        from an `[accounts]` removed)."""
         return roll_up_all(self.runtime(model_name), account_id, state, updates)
 
     # -- reading ---------------------------------------------------------------------------

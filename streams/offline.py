@@ -269,9 +269,8 @@ class OfflineRun:
         for (model, lead_id), state in sorted(self.leads.items()):
             out.append({"record": "lead", **self.engine.summary(model, lead_id, state, self.now_ms)})
         # The worker publishes the summaries of models with [accounts] only (streams/rollup.py).
-        rolling = {model.name for model in self.engine.models if model.accounts is not None}
         for (model, account_id), account in sorted(self.accounts.items()):
-            if model not in rolling or not account.members:  # its last member left: the worker takes it out of read models
+            if model not in self.engine.rolling or not account.members:  # its last member left: the worker takes it out of read models
                 continue
             # As the worker publishes it for read models.
             out.append({"record": "account", **self.engine.account_summary(model, account_id, account)})

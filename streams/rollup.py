@@ -99,8 +99,6 @@ class Rollup:
     def _take(self, engine: Engine) -> None:
         self.engine = engine
         self.models = {model.name for model in engine.models}
-        #: The models that roll up into accounts (with `[accounts]`): their summaries are published.
-        self.rolling = {model.name for model in engine.models if model.accounts is not None}
 
     async def settle(self) -> None:
         """Returns once the batch in flight (if any) has written its states."""
@@ -144,9 +142,13 @@ class Rollup:
                 changed[account_id] = (message.partition, states)  # before it changes: an attempt that raises drops it
                 state = states.get(model)
                 before = [_member_score(state, update.lead_id) for update in updates]
+                leveled = state is not None and state.level != ""
                 state, crossed = self.engine.apply_account_updates(model, account_id, state, updates)
-                if model in self.rolling and before != [_member_score(state, update.lead_id) for update in updates]:
-                    moved.add((account_id, model))  # a score or a membership changed, in a model that rolls up
+                if model in self.engine.rolling:
+                    if before != [_member_score(state, update.lead_id) for update in updates]:
+                        moved.add((account_id, model))  # a score or a membership changed
+                elif leveled:  # rolled up before its [accounts] was removed: read models drop it now
+                    moved.add((account_id, model))
                 states[model] = state
                 transitions.extend(crossed)
         for transition in transitions:
@@ -157,8 +159,10 @@ class Rollup:
             # show: its summary, `"members": 0` at score 0, would stay on the hot-accounts
             # leaderboard for good. A tombstone takes it out of read models, as a forgotten
             # lead's does; its state stays (level, crossings, leavings), so a member that
-            # comes back rolls up where it left off.
-            summary = encode_json(self.engine.account_summary(model, account_id, state)) if state.members else None
+            # comes back rolls up where it left off. An account of a model whose [accounts]
+            # was removed is taken out too, at its first change since.
+            shown = bool(state.members) and model in self.engine.rolling
+            summary = encode_json(self.engine.account_summary(model, account_id, state)) if shown else None
             self.outbox.add(self.settings.topic_scores, account_score_key(model, account_id), summary)
         # Encoded before any is kept, so an encoding that raises changes nothing; sent after
         # the crossings, once the batch before is durable.

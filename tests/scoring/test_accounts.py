@@ -185,6 +185,51 @@ def test_an_account_summary_shows_score_scales_level_and_best_members() -> None:
     assert (summary["score"], summary["normalized"], summary["level"], summary["members"]) == (None, None, None, 1)
 
 
+ACMAX = RULE + '[accounts]\ncombine = "max"\nbase = "unaware"\nhysteresis = 10\nladder = [{ level = "engaged", at = 40 }, { level = "buying", at = 80 }]\n'
+
+
+@pytest.mark.parametrize(
+    ("edited", "level", "crossed"),
+    [
+        # max -> sum: 120 points, past buying at 80.
+        (ACMAX.replace('"max"', '"sum"'), "buying", ("engaged", "buying")),
+        # buying taken off the ladder: an account at buying counts as at the base, as a lead does.
+        (ACMAX.replace(', { level = "buying", at = 80 }', "").replace('"max"', '"sum"'), "engaged", ("unaware", "engaged")),
+    ],
+)
+def test_an_account_an_edit_of_accounts_leaves_out_of_place_shows_where_its_score_puts_it_and_crosses_there_at_its_next_change(
+    edited: str, level: str, crossed: tuple[str, str]
+) -> None:
+    """Its summary showed the score of the new roll-up beside the level it last crossed to (120
+    `engaged`, below buying at 80) until a member's update crossed it."""
+    state = None
+    for n, lead in enumerate(("r1", "r2", "r3")):
+        state, _ = engine(ACMAX).apply_account("m", "racc", state, MemberScore("m", "racc", lead, 40, T0 + n))
+    assert state is not None and state.level == "engaged"
+    if "buying" not in edited:
+        state.level = "buying"  # as it was before the edit took buying off the ladder
+    now = engine(edited)
+    summary = now.account_summary("m", "racc", state)
+    assert (summary["score"], summary["level"]) == (120, level)
+    # It crosses there at its next change, as `leadstream score` with the edited model does.
+    state, transitions = now.apply_account("m", "racc", state, MemberScore("m", "racc", "r1", 41, T0 + 10))
+    assert [(t.from_level, t.to_level) for t in transitions] == [crossed]
+    assert now.account_summary("m", "racc", state)["level"] == level == state.level
+
+
+def test_an_account_of_a_model_whose_accounts_was_removed_loses_its_level_at_its_next_change() -> None:
+    """Its summary showed the level of a ladder the model no longer has; one added again starts
+    at its base, as a new account."""
+    state, _ = engine(ACMAX).apply_account("m", "racc", None, MemberScore("m", "racc", "r1", 40, T0))
+    assert state.level == "engaged"
+    plain = engine(RULE)
+    assert plain.account_summary("m", "racc", state)["level"] is None
+    state, transitions = plain.apply_account("m", "racc", state, MemberScore("m", "racc", "r2", 10, T0 + 1))
+    assert (state.level, transitions, plain.rolling) == ("", [], frozenset())
+    state, transitions = engine(ACMAX).apply_account("m", "racc", state, MemberScore("m", "racc", "r2", 11, T0 + 2))
+    assert [(t.from_level, t.to_level) for t in transitions] == [("unaware", "engaged")]
+
+
 @pytest.mark.parametrize(
     ("bounds", "normalized"),
     [("", 50.0), ("hundred_at = 200\n", 25.0), ("zero_at = 20\n", 37.5), ("zero_at = 20\nhundred_at = 120\n", 30.0)],

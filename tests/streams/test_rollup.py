@@ -4,6 +4,7 @@ pass when well formed, a bad record dead-lettered alone with its reason."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -223,3 +224,26 @@ def test_an_account_whose_last_member_left_is_taken_out_of_read_models_and_comes
     assert moved[b"b2b:account/globex"]["members"] == 1
     back = roll(MemberScore("b2b", "acme", "lead-7", 20, 3_000, revision=1))
     assert back[b"b2b:account/acme"]["members"] == 1 and back[b"b2b:account/acme"]["level"] == "unaware"
+
+
+def test_an_account_of_a_model_whose_accounts_was_removed_leaves_read_models_at_its_next_change() -> None:
+    """Its summary stayed in read models (`leadstream top --accounts`) for good: only the
+    accounts of models with [accounts] got summaries or tombstones. A model that never had
+    [accounts] keeps its accounts' members and publishes nothing."""
+    settings = Settings()
+    outbox = Kept()
+    store = AccountTable(MemoryData(), "accounts-changelog", 4, 10)
+    b2b = shipped("b2b")
+
+    def roll(stage: Rollup, *updates: MemberScore) -> dict[bytes | None, Any]:
+        outbox.sent.clear()
+        collected = Collected()
+        publish_updates(collected, settings, updates, 4)  # type: ignore[arg-type]
+        asyncio.run(stage.process([Consumed(topic, partition or 0, 0, None, value) for topic, _, value, partition in collected.records]))
+        return {key: v and orjson.loads(v) for topic, key, v in outbox.sent if topic == settings.topic_scores}
+
+    assert roll(Rollup(Engine([b2b]), settings, store, outbox), MemberScore("b2b", "acme", "lead-42", 67, 1_000))[b"b2b:account/acme"]
+    removed = Rollup(Engine([replace(b2b, accounts=None)]), settings, store, outbox)
+    assert roll(removed, MemberScore("b2b", "acme", "lead-7", 20, 2_000)) == {b"b2b:account/acme": None}
+    assert roll(removed, MemberScore("b2b", "acme", "lead-7", 25, 3_000)) == {}  # taken out once
+    assert store.states("acme")["b2b"].members.keys() == {"lead-42", "lead-7"}
