@@ -229,6 +229,11 @@ class AccountState:
             self._best.add((-member.score, member.lead_id))
         return True
 
+    def last_left_ms(self) -> int | None:
+        """The time of the latest leaving it remembers (None: none): an account without members
+        has had none since."""
+        return max((_gone_order(went)[0] for went in self.gone.values()), default=None)
+
     def _went(self, member: MemberScore) -> None:
         gone, digest = self.gone, kept_key(member.lead_id)
         went = gone.pop(digest, None)

@@ -16,6 +16,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from datetime import datetime, timezone
 from typing import Any, cast
 
 import aiohttp
@@ -31,6 +32,7 @@ from faust.web import Request, Response, View
 from kafka.errors import KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
+from scoring import Engine
 from scoring.errors import StateError
 from streams import (assignor, batching, bulk_store, consumer_stop, erasure, fetch_wait, lead_states, membership, metrics, read_offsets,
                      routing, seek_first, stitching, stream_idle, transactions)
@@ -360,15 +362,16 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
         return get
 
     def explained(view: View, kind: str, key: str, store: LiveTable[Any], explain: Callable[[str, Any], dict[str, Any]],
-                  present: Callable[[Any], bool] = bool) -> Response:
-        """A lead's or an account's explanation in each model it has a `present` state in (404
-        without any, 500 naming the problem when its stored state cannot be read)."""
+                  shown: Callable[[dict[str, Any], str], tuple[dict[str, Any], str | None]] | None = None) -> Response:
+        """A lead's or an account's explanation in each model it has a state in (404 without
+        any, 500 naming the problem when its stored state cannot be read). `shown` keeps the
+        states to show, and says why none is when it keeps none (given the worker's name)."""
         try:
             # Read, not kept live: the states the stages hold stay theirs alone. A forgotten
             # lead's marker and the offsets its states have read are no states of its; an id
             # merged into another lead is shown with no models.
             peeked = store.peek(key) or {}
-            states = {model: state for model, state in peeked.items() if model not in LEAD_MARKERS and present(state)}
+            states = {model: state for model, state in peeked.items() if model not in LEAD_MARKERS}
         except StateError as exc:
             return view.json({"error": f"the stored state of {kind} {key!r} cannot be read: {exc}"}, status=500)
         # This worker owns the key (table_route): the one asked may be another, which forwarded
@@ -376,6 +379,10 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
         owner = f"the worker owning its partition {partition_for(key, settings.partitions)} ({app.conf.canonical_url})"
         if not states:
             return view.json({"error": f"no state for {kind} {key!r} on {owner}"}, status=404)
+        if shown is not None:
+            states, why = shown(states, owner)
+            if why is not None:
+                return view.json({"error": why}, status=404)
         models = {model: explain(model, state) for model, state in states.items() if model in scorer.models}
         target = stitching.merged_into(peeked) if kind == "lead" else None
         if not models and target is None:  # it answered 200 with no models
@@ -400,11 +407,9 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
         @when_ready
         @routing.table_route(app, accounts, "account_id")
         async def get(self, request: Request, account_id: str) -> Response:
-            # An account whose last member left keeps its state (its level and crossing count) but
-            # is gone for the read models, which got its tombstone: so it is for this view too.
             return explained(self, "account", account_id, account_store,
                              lambda model, state: rollup_stage.engine.account_summary(model, account_id, state, top=ACCOUNT_VIEW_MEMBERS),
-                             present=lambda state: bool(state.members))
+                             shown=lambda states, owner: _shown_accounts(rollup_stage.engine, account_id, states, owner))
 
     @app.page("/models/")
     class Models(View):
@@ -428,6 +433,24 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
     # /leads/ID (no trailing slash) was aiohttp's plain-text 404: it is sent on to /leads/ID/.
     cast(Any, app.web).web_app.middlewares.append(aiohttp.web.normalize_path_middleware(append_slash=True, merge_slashes=False))
     return app
+
+
+def _shown_accounts(engine: Engine, account_id: str, states: dict[str, Any], owner: str) -> tuple[dict[str, Any], str | None]:
+    """The account's states the view shows, those read models have, and why none is when none
+    is: not those of models without `[accounts]` (they keep its members only, so that an
+    `[accounts]` added starts with them), nor those without members (the last one left: the
+    account keeps its level and crossing count, and read models got its tombstone)."""
+    rolling = {model: state for model, state in states.items() if model in engine.rolling}
+    shown = {model: state for model, state in rolling.items() if state.members}
+    if shown:
+        return shown, None
+    if not rolling:
+        return shown, (f"no model that rolls up accounts ([accounts]) has account {account_id!r} on {owner}: it has members only "
+                       f"in models without [accounts] or not in LEADSTREAM_MODELS_DIR: {', '.join(sorted(states))}")
+    since = max((left for state in rolling.values() if (left := state.last_left_ms()) is not None), default=None)
+    when = "" if since is None else f" since {datetime.fromtimestamp(since / 1000, timezone.utc).isoformat(timespec='seconds')}"
+    return shown, (f"account {account_id!r} has no members now{when} (its last member left) in {', '.join(sorted(rolling))} on "
+                   f"{owner}, so read models no longer show it; it keeps its level and crossing count for a member that joins again")
 
 
 def _ready(app: faust.App) -> bool:

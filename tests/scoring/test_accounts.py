@@ -230,6 +230,14 @@ def test_an_account_of_a_model_whose_accounts_was_removed_loses_its_level_at_its
     assert [(t.from_level, t.to_level) for t in transitions] == [("unaware", "engaged")]
 
 
+def test_an_account_knows_when_its_latest_remembered_member_left() -> None:
+    state, _ = roll("sum", [("a", 30, 0), ("b", 30, 1)])
+    assert state.last_left_ms() is None
+    for lead, at in (("b", 9), ("a", 5)):
+        state.update(MemberScore("m", "acme", lead, 0, T0 + at, True))
+    assert (state.members, state.last_left_ms()) == ({}, T0 + 9)
+
+
 @pytest.mark.parametrize(
     ("bounds", "normalized"),
     [("", 50.0), ("hundred_at = 200\n", 25.0), ("zero_at = 20\n", 37.5), ("zero_at = 20\nhundred_at = 120\n", 30.0)],

@@ -9,9 +9,11 @@ from pathlib import Path
 import orjson
 from aiohttp.test_utils import TestClient, TestServer
 
-from streams.app import create_app
+from scoring import AccountState, Engine, MemberScore
+from streams.app import _shown_accounts, create_app
 from streams.model_reload import ModelDirectory
 from streams.settings import Settings
+from tests.scoring.support import shipped
 
 
 def answers(settings: Settings, paths: list[str]) -> list[tuple[int, dict[str, object], str | None]]:
@@ -44,3 +46,22 @@ def test_lead_and_account_views_say_not_ready_until_the_tables_are_recovered(tmp
     assert found[2] == (503, {"ready": False}, "5")
     # A path without its trailing slash is sent on to the view (it was aiohttp's plain-text 404).
     assert found[3] == found[0]
+
+
+def test_the_account_view_shows_models_with_accounts_and_members_and_says_why_it_shows_none() -> None:
+    """It listed a model without [accounts] (score and level null), which read models and
+    `leadstream score` have no record of; and an account whose last member left was "no state",
+    as if never seen, though it keeps its level and crossing count."""
+    eng = Engine([shipped("b2b"), shipped("saas_start_small")])
+    joined = {model: eng.apply_account(model, "acme", None, MemberScore(model, "acme", "u-42", 30, 1_000))[0]
+              for model in ("b2b", "saas_start_small")}
+    assert _shown_accounts(eng, "acme", joined, "W") == ({"b2b": joined["b2b"]}, None)
+    shown, why = _shown_accounts(eng, "acme", {"saas_start_small": joined["saas_start_small"]}, "W")
+    assert shown == {} and why == ("no model that rolls up accounts ([accounts]) has account 'acme' on W: it has members only in "
+                                   "models without [accounts] or not in LEADSTREAM_MODELS_DIR: saas_start_small")
+    emptied, _ = eng.apply_account("b2b", "ga", None, MemberScore("b2b", "ga", "u-1", 30, 1_000))
+    emptied, _ = eng.apply_account("b2b", "ga", emptied, MemberScore("b2b", "ga", "u-1", 0, 1_762_128_000_000, True))
+    shown, why = _shown_accounts(eng, "ga", {"b2b": emptied}, "W")
+    assert shown == {} and why is not None and why.startswith(
+        "account 'ga' has no members now since 2025-11-03T00:00:00+00:00 (its last member left) in b2b on W")
+    assert "no members now (its last member left)" in str(_shown_accounts(eng, "ga", {"b2b": AccountState({}, "unaware", 1)}, "W")[1])
