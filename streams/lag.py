@@ -15,7 +15,11 @@ from streams.kafka_clients import open_client
 from streams.settings import Settings
 
 if TYPE_CHECKING:
-    from streams.offset_sequence import HoldsRecords  # the worker's metrics are no connector's
+    from streams.offset_sequence import LookUp  # the worker's metrics are no connector's
+
+#: How long a measure reads a partition's offsets past the committed one, at most: the
+#: reading goes on from there at the next measure (a large aborted transaction takes seconds).
+LOOKUP_S = 1.0
 
 
 class LagProbe:
@@ -25,14 +29,16 @@ class LagProbe:
     LEADSTREAM_KAFKA_CONNECT_TIMEOUT_S; measuring raises kafka-python's KafkaError.
     """
 
-    def __init__(self, settings: Settings, holds_records: HoldsRecords | None = None) -> None:
-        """`holds_records` (streams/transactions.py) tells the offsets a transaction's markers or
+    def __init__(self, settings: Settings, look_up: LookUp | None = None) -> None:
+        """`look_up` (streams/transactions.py) tells the offsets a transaction's markers or
         aborted records take from lag: the group never commits past a marker that ends a
         partition, which left a lag of 1 for good (and a stalled-scoring alert) once a
-        transactional producer went quiet."""
-        self.holds_records = holds_records
-        self._seen: dict[tuple[str, int], tuple[int, int]] = {}  # (topic, partition) -> (committed, end) last measured
-        self._holding_none: set[tuple[str, int, int, int]] = set()  # (topic, partition, committed, end) looked up
+        transactional producer went quiet; and one past a large aborted transaction, 100,012
+        offsets of it, on a partition holding nothing to read."""
+        self.look_up = look_up
+        #: (topic, partition) -> the committed offset last measured, the offset up to which the
+        #: log holds no record past it, and whether a record was found there
+        self._read: dict[tuple[str, int], tuple[int, int, bool]] = {}
         # A broker that stops answering (hung, cut off) is told within this, not kafka-python's
         # 305 s: readiness follows these probes (the worker's, the connectors').
         timeout_ms = settings.kafka_connect_timeout_s * 1000
@@ -60,27 +66,28 @@ class LagProbe:
         for tp, end in ends.items():
             meta = committed.get(tp)
             done = meta.offset if meta is not None and meta.offset >= 0 else 0
-            result[tp.partition] = 0 if end > done and self._holds_none(topic, tp.partition, done, end) else max(0, end - done)
+            result[tp.partition] = self._unread(topic, tp.partition, done, end)
         return result
 
-    def _holds_none(self, topic: str, partition: int, committed: int, end: int) -> bool:
-        """Whether the offsets between the committed one and the end hold no record the group
-        reads. Looked up only when they stood still since the last measure (a group at work
-        moves them, and a lookup reads the log), once per such pair."""
-        if self.holds_records is None:
-            return False
-        key = (topic, partition, committed, end)
-        if key in self._holding_none:
-            return True
-        if self._seen.get((topic, partition)) != (committed, end):
-            self._seen[(topic, partition)] = (committed, end)
-            return False
-        if self.holds_records(topic, partition, committed, end):
-            return False
-        if len(self._holding_none) > 100_000:  # pairs of long ago
-            self._holding_none.clear()
-        self._holding_none.add(key)
-        return True
+    def _unread(self, topic: str, partition: int, committed: int, end: int) -> int:
+        """The offsets between the committed one and the end, less those the log shows to hold
+        no record the group reads. Looked up only while the committed offset stands still (a
+        group at work moves it, and a lookup reads the log), from where the last lookup got to,
+        for LOOKUP_S each measure, until a record is found or the end reached."""
+        if self.look_up is None or end <= committed:
+            return max(0, end - committed)
+        key = (topic, partition)
+        last = self._read.get(key)
+        if last is None or last[0] != committed:
+            self._read[key] = (committed, committed, False)
+            return end - committed
+        _, empty_to, holds = last
+        if not holds and empty_to < end:
+            answers, reached = self.look_up(topic, partition, [(empty_to, end)], LOOKUP_S)
+            holds = answers == [True]
+            empty_to = end if answers == [False] else reached
+            self._read[key] = (committed, empty_to, holds)
+        return end - committed if holds else end - empty_to
 
     def wait_caught_up(self, group_id: str, topics: list[str], timeout_s: float, poll_s: float = 0.1) -> None:
         """Until the group has committed everything in `topics` (it commits only what it has

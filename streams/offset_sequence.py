@@ -3,21 +3,28 @@ streams/rollup.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any, Callable, Mapping, Sequence
 
 from streams import metrics
 from streams.errors import SkippedOffsets
 from streams.stage import Consumed
+from streams.transactions import Reading
 
 log = logging.getLogger("leadstream.worker")
 
 
-#: (topic, partition, start, end) -> whether the log holds records the worker reads in [start, end)
-HoldsRecords = Callable[[str, int, int, int], bool]
-#: Holes further on waiting to be looked up; more are counted as gaps at once (a log read each
-#: would fall behind a producer that commits a transaction per message).
-MAX_UNCHECKED = 10_000
+#: (topic, partition, holes, within_s) -> whether the first holes hold records the worker reads,
+#: and how far the reading got in the next one (streams/transactions.py, `LogReader.look_up`)
+LookUp = Callable[[str, int, Sequence[tuple[int, int]], float], Reading]
+#: How long a lookup reads a partition's holes before the next partition's turn, or before the
+#: batch waiting on a hole at the head of an assignment is told how far it got.
+LOOKUP_S = 2.0
+#: Holes further on waiting to be looked up, at most: more are left unchecked, with a warning
+#: (the lookups read the log as fast as the worker does, so only a log that cannot be read
+#: gets them this far behind).
+MAX_UNCHECKED = 1_000_000
 
 
 class OffsetSequence:
@@ -30,7 +37,9 @@ class OffsetSequence:
 
     A hole at the head of an assignment (the first message of a partition after its seek is
     beyond the offset sought) is sought back to once, before the stages see it
-    (streams/seek_first.py, `FirstMessages`). One that comes again stops the worker
+    (streams/seek_first.py, `FirstMessages`). One that comes again, and holds records the
+    worker reads (looked up before the batch is processed, for as long as reading it takes:
+    `check_head`), stops the worker
     (SkippedOffsets, raised before the batch is processed or acknowledged): Faust would commit
     past it, and the messages in it would be lost; a new worker reads them again from the
     committed offset. Chaos runs under load saw such holes after a rebalance: 84 events
@@ -45,18 +54,25 @@ class OffsetSequence:
     check of generations (which fetch it is was not found in Faust's or aiokafka's code: hence
     the seek back, whatever the way). A second way a chaos run showed, a recovery of the
     generation before that ends during a rebalance and resumes the flow, is closed
-    (streams/seek_first.py). A hole further on is counted and logged."""
+    (streams/seek_first.py). A hole further on is looked up in the log apart from the batches
+    (`check_holes`, from a timer of its own), then counted and logged."""
 
-    def __init__(self, topics: set[str], holds_records: HoldsRecords | None = None) -> None:
-        """`holds_records(topic, partition, start, end)` tells whether the log holds records the
-        worker reads at offsets `start` to `end - 1` (streams/transactions.py): a hole where it
-        holds none is the log's own (a transaction's markers, aborted records), not a gap."""
+    def __init__(self, topics: set[str], look_up: LookUp | None = None) -> None:
+        """`look_up(topic, partition, holes, within_s)` tells whether holes in a partition's
+        offsets hold records the worker reads (streams/transactions.py): a hole that holds none
+        is the log's own (a transaction's markers, aborted records), not a gap."""
         self.topics = topics
-        self.holds_records = holds_records
+        self.look_up = look_up
         self._next: dict[tuple[str, int], int] = {}
         self._sought: set[tuple[str, int]] = set()  # partitions sought and not yet handed a message
-        #: Holes further on than the head, to be looked up in the log (`check_holes`), at most MAX_UNCHECKED
+        #: Holes at the head of an assignment, to be looked up before the batch is processed (`check_head`)
+        self.at_head: list[tuple[str, int, int, int]] = []
+        #: Holes further on than the head, found by `observe`, to be looked up in the log (`check_holes`)
         self.unchecked: list[tuple[str, int, int, int]] = []
+        #: Holes `check_holes` took and has not read through yet, per partition, in order (its thread's alone)
+        self._reading: dict[tuple[str, int], list[tuple[int, int]]] = {}
+        self._being_read = 0  # holes in `_reading`
+        self._left_unchecked = False  # told once
 
     def observe(self, batch: Sequence[Consumed]) -> None:
         following, sought = self._next, self._sought
@@ -68,41 +84,100 @@ class OffsetSequence:
             if expected is not None and message.offset != expected:
                 if message.offset > expected:
                     if key in sought:
-                        # Looked up now (blocking, once an assignment at most): the batch waits on it.
-                        if not self._log_hole(message.topic, message.partition, expected, message.offset):
-                            metrics.OFFSET_ANOMALIES.labels("gap").inc(message.offset - expected)
-                            raise SkippedOffsets(f"topic {message.topic} partition {message.partition}: offsets {expected} "
-                                                 f"to {message.offset - 1}, from the one it was sought to, were never handed "
-                                                 f"to this worker, which was handed {message.offset} first")
-                    elif self.holds_records is not None and len(self.unchecked) < MAX_UNCHECKED:
-                        self.unchecked.append((message.topic, message.partition, expected, message.offset))
-                    else:
+                        self._at_head(message.topic, message.partition, expected, message.offset)
+                    elif self.look_up is None:
                         self._gap(message.topic, message.partition, expected, message.offset)
+                    elif len(self.unchecked) + self._being_read < MAX_UNCHECKED:
+                        self.unchecked.append((message.topic, message.partition, expected, message.offset))
+                    elif not self._left_unchecked:
+                        self._left_unchecked = True
+                        log.warning("holes in the offsets handed over left unchecked, neither gaps nor log holes: %d wait to "
+                                    "be looked up in the log, which is not read as fast as they come (see the warnings "
+                                    "before)", MAX_UNCHECKED)
                 else:
                     metrics.OFFSET_ANOMALIES.labels("repeat").inc()
             if sought:
                 sought.discard(key)
             following[key] = max(message.offset + 1, expected or 0)
 
+    def _at_head(self, topic: str, partition: int, start: int, end: int) -> None:
+        if self.look_up is not None:
+            self.at_head.append((topic, partition, start, end))  # looked up before the batch is processed
+            return
+        self._skipped(topic, partition, start, end)
+
+    @staticmethod
+    def _skipped(topic: str, partition: int, start: int, end: int) -> None:
+        metrics.OFFSET_ANOMALIES.labels("gap").inc(end - start)
+        raise SkippedOffsets(f"topic {topic} partition {partition}: offsets {start} to {end - 1}, from the one it was "
+                             f"sought to, were never handed to this worker, which was handed {end} first")
+
+    async def check_head(self) -> None:
+        """Looks the holes `observe` found at the head of an assignment up in the log, from a
+        thread, for as long as the reading takes (the batch waits on it; the event loop does
+        not): SkippedOffsets if one holds records. Only a hole read through is called one or the
+        other: one read in part is read on from there, and a log that cannot be read is read
+        again a second later."""
+        assert self.look_up is not None  # `observe` finds holes at the head for a lookup only
+        holes, self.at_head = self.at_head, []
+        for topic, partition, start, end in holes:
+            at = start
+            while True:
+                answers, reached = await asyncio.to_thread(self.look_up, topic, partition, [(at, end)], LOOKUP_S)
+                if answers:
+                    break
+                if reached == at:  # nothing read: the broker did not answer, or an open transaction holds the log back
+                    await asyncio.sleep(1.0)
+                at = reached
+            if answers[0]:
+                self._skipped(topic, partition, start, end)
+            self._log_hole(topic, partition, start, end)
+
     def next_offset(self, topic: str, partition: int) -> int | None:
         """The offset of the next message of the partition the stage is to be handed (None
         where it is not known yet): those before it were read."""
         return self._next.get((topic, partition))
 
+    def holes_waiting(self) -> bool:
+        """Whether holes further on wait to be looked up (`check_holes`)."""
+        return bool(self.unchecked) or self._being_read > 0
+
     def check_holes(self) -> None:
         """Looks the holes found further on up in the log: each is counted and logged as a gap,
-        unless it is the log's own. Blocking: run it in a thread."""
-        holes, self.unchecked = self.unchecked, []
-        for topic, partition, start, end in holes:
-            if not self._log_hole(topic, partition, start, end):
-                self._gap(topic, partition, start, end)
+        unless it is the log's own. A partition's holes are read through in one go (a producer
+        committing a transaction per message leaves a marker after each), for `LOOKUP_S` each
+        round; those not read through yet wait for the next round. Blocking: run it in a
+        thread, one at a time."""
+        assert self.look_up is not None
+        found, self.unchecked = self.unchecked, []
+        for topic, partition, start, end in found:
+            self._reading.setdefault((topic, partition), []).append((start, end))
+        for (topic, partition), waiting in list(self._reading.items()):
+            holes, later = _apart(waiting)
+            answers, reached = self.look_up(topic, partition, holes, LOOKUP_S)
+            for (start, end), holds in zip(holes, answers):
+                if holds:
+                    self._gap(topic, partition, start, end)
+                else:
+                    self._log_hole(topic, partition, start, end)
+            rest = holes[len(answers):]
+            if rest:
+                start, end = rest[0]
+                self._log_hole(topic, partition, start, reached)  # read through as far as that
+                rest[0] = (reached, end)
+            if rest or later:
+                self._reading[(topic, partition)] = rest + later
+            else:
+                del self._reading[(topic, partition)]
+        self._being_read = sum(map(len, self._reading.values()))
+        if self._being_read < MAX_UNCHECKED // 2:
+            self._left_unchecked = False  # told again, should they pile up again
 
-    def _log_hole(self, topic: str, partition: int, start: int, end: int) -> bool:
-        if self.holds_records is None or self.holds_records(topic, partition, start, end):
-            return False
-        metrics.OFFSET_ANOMALIES.labels("log_hole").inc(end - start)
-        log.debug("offsets with no committed record: topic=%s partition=%d offsets=%d..%d", topic, partition, start, end - 1)
-        return True
+    @staticmethod
+    def _log_hole(topic: str, partition: int, start: int, end: int) -> None:
+        if end > start:
+            metrics.OFFSET_ANOMALIES.labels("log_hole").inc(end - start)
+            log.debug("offsets with no committed record: topic=%s partition=%d offsets=%d..%d", topic, partition, start, end - 1)
 
     @staticmethod
     def _gap(topic: str, partition: int, start: int, end: int) -> None:
@@ -123,3 +198,14 @@ class OffsetSequence:
             if tp.topic in self.topics:
                 self._next[(tp.topic, tp.partition)] = offset
                 self._sought.add((tp.topic, tp.partition))
+
+
+def _apart(holes: list[tuple[int, int]]) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """The holes in order, apart from each other, and those overlapping one of them, for a later
+    reading: a partition read again after a rebalance shows its holes again, and two holes of
+    different readings, merged, may span records one of them was handed."""
+    ordered: list[tuple[int, int]] = []
+    later: list[tuple[int, int]] = []
+    for hole in sorted(set(holes)):
+        (ordered if not ordered or hole[0] >= ordered[-1][1] else later).append(hole)
+    return ordered, later

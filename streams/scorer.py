@@ -35,7 +35,7 @@ from streams.deadletter import DeadLetter
 from streams.errors import MembershipLost
 from streams.envelope import items_written, unpack
 from streams.isolation import internal_error, isolate, log_raised, split_envelope, undone_if_it_raises
-from streams.offset_sequence import HoldsRecords, OffsetSequence
+from streams.offset_sequence import LookUp, OffsetSequence
 from streams.outbox import Headers, Outbox, encode_json, encode_json_or_none
 from streams.partitioning import partition_for
 from streams.rollup import lead_score_key, publish_updates
@@ -177,12 +177,12 @@ def _reschedules(model: Model, was: Model | None) -> bool:
 class Scorer:
     def __init__(self, engine: Engine, settings: Settings, store: LiveTable[LeadState | str], outbox: Outbox, partitions: int,
                  committed: erasure.Committed | None = None, log_end: read_offsets.LogEnd | None = None,
-                 holds_records: HoldsRecords | None = None) -> None:
+                 look_up: LookUp | None = None) -> None:
         """`committed` tells the consumer's committed offsets, after which the markers of
         forgotten leads go (streams/erasure.py); without it (no consumer) they stay. `log_end`
         tells the partitions' end offsets, which find the offsets of a topic created again
-        (streams/read_offsets.py); without it, they are taken for the topic's. `holds_records`
-        looks a hole in an input partition's offsets up in the log (streams/transactions.py);
+        (streams/read_offsets.py); without it, they are taken for the topic's. `look_up`
+        looks holes in an input partition's offsets up in the log (streams/transactions.py);
         without it, every hole is a gap."""
         self.engine = engine
         self.settings = settings
@@ -199,7 +199,7 @@ class Scorer:
         self.models = {model.name for model in engine.models}
         #: Products of unrouted events the log has named since the models last changed.
         self._unrouted_told: set[str | None] = set()
-        self.sequence = OffsetSequence({settings.topic_events, settings.topic_identity}, holds_records)
+        self.sequence = OffsetSequence({settings.topic_events, settings.topic_identity}, look_up)
         # A batch and a decay sweep update the same live states in place, and each writes them
         # to the changelog only after the crossings they caused are acknowledged: they take
         # turns, so neither writes a state carrying the other's changes before those are.
@@ -271,6 +271,8 @@ class Scorer:
         `done(True)` awaited once they are acknowledged: the worker acknowledges the batch's messages
         there (streams/overlap.py); `done(False)` when the batch is dropped unwritten (streams/membership.py)."""
         self.sequence.observe(batch)
+        if self.sequence.at_head:
+            await self.sequence.check_head()
         async with self._turn():
             with metrics.BATCH_SECONDS.time():
                 try:

@@ -10,7 +10,9 @@ assignment, a worker that stopped itself at every start.
 So the worker's consumer reads committed records only (`read_committed`), and a hole in a
 partition's offsets is looked up in the log (`LogReader`, which reads as the worker does)
 before it is called a gap: where the log holds no record the worker reads, the hole is the
-log's own (markers, aborted records) and is gone past, counted as `log_hole`.
+log's own (markers, aborted records) and is gone past, counted as `log_hole`. A hole is called
+one or the other only once it was read through, however long that takes (an aborted
+transaction may hold gigabytes): a lookup reads for a while and says how far it got.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
+from typing import Any, Sequence
 
 from streams.fetcher import fetcher_of
 from streams.kafka_clients import open_client
@@ -28,6 +30,12 @@ log = logging.getLogger("leadstream.worker")
 
 #: aiokafka's code for the isolation level `read_committed` (aiokafka.consumer.fetcher).
 READ_COMMITTED = 1
+#: A lookup's answer: whether each of the first holes asked about holds a record the worker
+#: reads, and the offset the reading got to in the next one (`LogReader.look_up`).
+Reading = tuple[list[bool], int]
+#: A hole this many offsets or fewer past where the reading is is read on to rather than sought:
+#: a seek drops what was fetched, and the records between holes are few when markers are many.
+SEEK_OVER = 10_000
 
 
 def read_committed(consumer: Any) -> bool:
@@ -42,41 +50,68 @@ def read_committed(consumer: Any) -> bool:
 
 
 class LogReader:
-    """Tells whether a partition's offsets hold records the worker reads, committed ones, from a
-    consumer of its own (blocking: kafka-python). Thread-safe: the stages ask on the event loop
-    at the head of an assignment, and from a thread for holes further on."""
+    """Tells whether holes in a partition's offsets hold records the worker reads, committed
+    ones, from a consumer of its own (blocking: kafka-python). Thread-safe.
+
+    A lookup reads the log: the broker answers no question such as "any committed record
+    between these offsets" without sending the records, aborted ones included (a fetch's list
+    of aborted transactions comes with their records), and an aborted transaction may hold
+    gigabytes. So a lookup reads for a while (`within_s`) and says how far it got: the caller
+    asks again from there, and a hole is never called anything before it was read to its end
+    (a 5 s timeout that took a hole not read through for lost records stopped the worker at
+    every start after 100 MB of aborted records, and counted them as a gap while it ran)."""
 
     def __init__(self, settings: Settings, timeout_s: float = 5.0) -> None:
         self.settings = settings
-        self.timeout_s = timeout_s
+        self.timeout_s = timeout_s  # each request to the broker's
         self._consumer: Any = None
         self._lock = threading.Lock()
 
-    def holds_records(self, topic: str, partition: int, start: int, end: int) -> bool:
-        """Whether offsets `start` to `end - 1` hold a record; True also when the log could not be
-        read within the timeout (a hole not shown to be the log's own is taken for lost records)."""
+    def look_up(self, topic: str, partition: int, holes: Sequence[tuple[int, int]], within_s: float) -> Reading:
+        """Reads the log through the `holes` (each `(start, end)`: offsets `start` to `end - 1`;
+        in order, apart) for about `within_s`: whether each of the first ones holds a record the
+        worker reads, as far as the reading got, and the offset it got to in the next one (its
+        start when none was read: the broker could not be read, or a transaction still open holds
+        the reading back). The holes may be near each other, with the records the worker was
+        handed between them: one reading goes through them all, as a transactional producer
+        committing each message leaves a marker after each."""
         from kafka import TopicPartition
         from kafka.errors import KafkaError
 
         from streams.errors import ServiceError
 
+        answers: list[bool] = []
+        reached = holes[0][0] if holes else 0
         with self._lock:
             try:
                 consumer = self._consumer = self._consumer or self._open()
                 tp = TopicPartition(topic, partition)
-                consumer.assign([tp])
-                consumer.seek(tp, start)
-                deadline = time.monotonic() + self.timeout_s
-                while time.monotonic() < deadline:
-                    records = consumer.poll(timeout_ms=200).get(tp, [])
-                    if records:
-                        return bool(records[0].offset < end)
-                    if consumer.position(tp) >= end:  # gone past markers only
-                        return False
+                if consumer.assignment() != {tp}:
+                    consumer.assign([tp])
+                position: int | None = None  # where the consumer reads from: sought to each hole far from the last
+                deadline = time.monotonic() + within_s
+                while len(answers) < len(holes) and time.monotonic() < deadline:
+                    start = holes[len(answers)][0]
+                    if position is None or position < start - SEEK_OVER:
+                        position = start
+                        consumer.seek(tp, start)
+                    for record in consumer.poll(timeout_ms=200).get(tp, []):
+                        # Holes passed with no record in them, then the one this record is in, if any.
+                        while len(answers) < len(holes) and record.offset >= holes[len(answers)][1]:
+                            answers.append(False)
+                        if len(answers) < len(holes) and record.offset >= holes[len(answers)][0]:
+                            answers.append(True)
+                    position = consumer.position(tp)
+                    while len(answers) < len(holes) and position >= holes[len(answers)][1]:  # gone past markers only
+                        answers.append(False)
+                    if len(answers) < len(holes):
+                        reached = max(reached, min(position, holes[len(answers)][1]))
             except (KafkaError, ServiceError, OSError) as exc:
-                log.warning("offsets %d..%d of topic %s partition %d not looked up in the log: cause=%r",
-                            start, end - 1, topic, partition, exc)
-        return True
+                log.warning("offsets of topic %s partition %d not looked up in the log, to be looked up again: cause=%r",
+                            topic, partition, exc)
+        if len(answers) < len(holes):
+            reached = max(reached, holes[len(answers)][0])
+        return answers, reached
 
     def _open(self) -> Any:
         from kafka import KafkaConsumer
@@ -84,7 +119,11 @@ class LogReader:
         timeout_ms = int(self.timeout_s * 1000)
         return open_client(self.settings, KafkaConsumer, group_id=None, enable_auto_commit=False,
                            isolation_level="read_committed", auto_offset_reset="earliest",
-                           request_timeout_ms=timeout_ms, client_id="leadstream-log-reader")
+                           request_timeout_ms=timeout_ms, client_id="leadstream-log-reader",
+                           # kafka-python checks CRCs in Python: 85% of a lookup's time (80 MB of
+                           # aborted records read in 8 s, 1 s without). The worker's consumer
+                           # checks those of the records it scores; these are only looked at.
+                           check_crcs=False)
 
     def close(self) -> None:
         with self._lock:

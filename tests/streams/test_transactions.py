@@ -4,6 +4,7 @@ assignment either."""
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from typing import Callable
@@ -11,6 +12,7 @@ from typing import Callable
 import orjson
 from kafka import KafkaProducer
 
+from streams.partitioning import partition_for
 from streams.processes import WorkerProcess
 from streams.settings import Settings
 from tests.infra import wait_for
@@ -21,6 +23,36 @@ LEAD = "tx-ada"
 def pricing(n: int, at_ms: int, url: str = "https://acme.io/pricing") -> bytes:
     return orjson.dumps({"event_id": f"tx-{n}", "lead_id": LEAD, "type": "page_view", "product": "b2b", "time": at_ms,
                          "properties": {"url": url, "time_on_page_s": 20}})
+
+
+def send(settings: Settings, *values: bytes) -> None:
+    plain = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    for value in values:
+        plain.send(settings.topic_events, key=LEAD.encode(), value=value)
+    plain.flush()
+    plain.close()
+
+
+def abort_large(settings: Settings, records: int, at_ms: int) -> None:
+    """One transaction of `records` events of 1 KB each on the lead's partition, aborted."""
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, transactional_id=f"tx-{uuid.uuid4().hex}",
+                             linger_ms=50, batch_size=1_000_000, max_request_size=2_000_000)
+    producer.init_transactions()
+    producer.begin_transaction()
+    partition = partition_for(LEAD, settings.partitions)
+    for n in range(records):
+        producer.send(settings.topic_events, key=LEAD.encode(), partition=partition,
+                      value=orjson.dumps({"event_id": f"tx-aborted-{uuid.uuid4().hex}", "lead_id": LEAD, "type": "page_view",
+                                          "product": "b2b", "time": at_ms, "properties": {"url": "https://acme.io/demo", "pad": "q" * 900}}))
+    producer.flush()
+    producer.abort_transaction()
+    producer.close()
+
+
+def lag_of(running: WorkerProcess, settings: Settings) -> float | None:
+    series = f'leadstream_consumer_lag{{partition="{partition_for(LEAD, settings.partitions)}",topic="{settings.topic_events}"}}'
+    found = [line for line in running.get("/metrics")[1].decode().splitlines() if line.startswith(series + " ")]
+    return float(found[0].rsplit(" ", 1)[1]) if found else None
 
 
 def score(worker: WorkerProcess) -> float | None:
@@ -87,3 +119,81 @@ def test_a_transaction_s_marker_at_a_partition_s_end_is_no_lag(isolated: Setting
 
     wait_for(lambda: lag() is not None, 30, "the partition's lag measured", 0.5)
     wait_for(lambda: lag() == 0, 30, "no lag for the marker", 0.5)
+
+
+def test_a_large_aborted_transaction_is_a_log_hole_at_the_head_of_an_assignment_and_further_on(
+    isolated: Settings, worker: Callable[..., WorkerProcess]
+) -> None:
+    # 80 MB of aborted records take the log reader longer than its 5 s timeout to read through,
+    # which took the hole for lost records: the worker stopped itself at every start after it
+    # (SkippedOffsets at the head of its assignment), and, while running, counted it as a gap
+    # and showed it as lag for good on a partition holding nothing to read.
+    now = int(time.time() * 1000) - 60_000
+    first = worker()
+    send(isolated, pricing(1, now))
+    wait_for(lambda: score(first) == 10, 60, "the first event scored", 0.3)
+    first.stop()
+
+    abort_large(isolated, 80_000, now + 1)
+    send(isolated, pricing(2, now + 2))
+    second = worker()
+    wait_for(lambda: score(second) == 20 or second.proc is None or second.proc.poll() is not None, 120,
+             "the event after the aborted transaction scored", 0.5)
+    assert second.proc is not None and second.proc.poll() is None, second.tail()
+    assert score(second) == 20
+
+    abort_large(isolated, 80_000, now + 3)  # while it runs, with nothing after it: all it holds is gone past
+    wait_for(lambda: lag_of(second, isolated) == 0, 120, "no lag for the aborted records", 1.0)
+    send(isolated, pricing(3, now + 4))
+    wait_for(lambda: score(second) == 30, 60, "the event after the second aborted transaction scored", 0.3)
+    wait_for(lambda: second.metric("leadstream_offset_anomalies_total") and
+             'leadstream_offset_anomalies_total{kind="log_hole"} 160002.0' in second.get("/metrics")[1].decode(),
+             30, "both transactions counted as log holes", 0.5)
+    assert 'leadstream_offset_anomalies_total{kind="gap"} 0.0' in second.get("/metrics")[1].decode()
+    log = second.log.read_text()
+    assert "offsets skipped" not in log and "were never handed" not in log, second.tail()
+
+
+def test_a_transaction_per_message_leaves_no_gap_and_holds_no_gauge_back(
+    isolated: Settings, worker: Callable[..., WorkerProcess]
+) -> None:
+    # Each message's commit marker is a hole, and each was looked up alone (18 ms), inside the
+    # timer that refreshes the lag and readiness gauges: six producers committing 580
+    # transactions a second held them for 4.6 minutes, and holes beyond 10,000 waiting were
+    # counted as gaps at once (tests/streams/test_offset_sequence.py has that many).
+    running = worker()
+    now = int(time.time() * 1000) - 60_000
+    sent: list[int] = []
+
+    def produce(name: str) -> None:
+        producer = KafkaProducer(bootstrap_servers=isolated.kafka_bootstrap, transactional_id=f"tx-{uuid.uuid4().hex}", linger_ms=0)
+        producer.init_transactions()
+        n, until = 0, time.monotonic() + 20
+        while time.monotonic() < until:
+            producer.begin_transaction()
+            lead = f"tx-{name}-{n % 50}"
+            producer.send(isolated.topic_events, key=lead.encode(),
+                          value=orjson.dumps({"event_id": f"tx-{name}-{n}", "lead_id": lead, "type": "page_view",
+                                              "product": "b2b", "time": now + n, "properties": {"url": "https://acme.io/blog/x"}}))
+            producer.commit_transaction()
+            n += 1
+        producer.close()
+        sent.append(n)
+
+    producers = [threading.Thread(target=produce, args=(str(p),)) for p in range(4)]
+    for thread in producers:
+        thread.start()
+    for thread in producers:
+        thread.join()
+
+    def scored() -> float:
+        return sum(running.metric("leadstream_events_scored_total"))
+
+    wait_for(lambda: scored() == sum(sent), 60, f"the {sum(sent)} events scored", 0.5)
+    # Every marker but each partition's last (no message after it shows it as a hole).
+    wait_for(lambda: 'leadstream_offset_anomalies_total{kind="log_hole"} %d.0' % (sum(sent) - isolated.partitions)
+             in running.get("/metrics")[1].decode(), 30, "every marker counted as a log hole", 0.5)
+    assert 'leadstream_offset_anomalies_total{kind="gap"} 0.0' in running.get("/metrics")[1].decode()
+    log = running.log.read_text()
+    assert "offsets skipped" not in log, running.tail()
+    assert "Timer observe is overlapping" not in log, running.tail()  # the lag and readiness gauges were not held
