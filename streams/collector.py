@@ -21,7 +21,7 @@ Contract:
   the body takes longer than LEADSTREAM_COLLECTOR_BODY_TIMEOUT_MS to arrive; a connection without
   a whole request's headers for LEADSTREAM_COLLECTOR_IDLE_TIMEOUT_MS is closed.
 - 503 with Retry-After when Kafka is unreachable (at once, the body unread, while it is known not
-  to answer), slow to acknowledge, or already holds LEADSTREAM_COLLECTOR_MAX_IN_FLIGHT_BYTES
+  to answer, or while a producer Kafka refuses for good is replaced: KafkaWriter._replace), slow to acknowledge, or already holds LEADSTREAM_COLLECTOR_MAX_IN_FLIGHT_BYTES
   unacknowledged, or when other bodies being read and parsed hold LEADSTREAM_COLLECTOR_MAX_PARSING_BYTES
   longer than the request may wait (it reads its body only once its turn came): the collector never
   buffers without bound, the client keeps the events and retries.
@@ -97,6 +97,10 @@ CONNECT_RETRY_S = 1.0
 CONNECT_SAID_S = 60.0
 #: How often the collector asks Kafka for metadata, for its readiness (KafkaWriter.watch).
 WATCH_S = 5.0
+#: Pause after a metadata request no broker answered, before the producer may ask again. aiokafka
+#: (0.14) asks again at once while a partition has no leader, as after a broker's graceful stop:
+#: ~1,200 failed connects a second, a fifth of a core, where its retry_backoff_ms is 100.
+METADATA_RETRY_S = 0.1
 # /v1/import is the batch endpoint under the name Segment's Ruby library posts to.
 BATCH_CALLS = ("batch", "import")
 # analytics.js (Segment's browser library) posts each call to /v1/ and its type's first letter,
@@ -248,6 +252,8 @@ class KafkaWriter:
         self._answered_once = False
         #: Set when a write found Kafka not answering, for `watch` to ask at once rather than at its next turn
         self._ask_now = asyncio.Event()
+        #: While a producer that cannot write again is being replaced (`_replace`): why, and the task
+        self._replacing: tuple[str, asyncio.Task[None]] | None = None
 
     @property
     def ready(self) -> bool:
@@ -288,6 +294,8 @@ class KafkaWriter:
     def producer(self) -> Any:
         """The started producer; Unavailable until the first connection succeeded, and while Kafka
         does not answer: each call tried then waited out the ack timeout for its 503."""
+        if self._replacing is not None:
+            raise Unavailable(f"the Kafka producer is being replaced: {self._replacing[0]}", RETRY_AFTER_S)
         if self._producer is None:
             raise Unavailable(f"not connected to Kafka at {self.settings.kafka_bootstrap} yet", RETRY_AFTER_S)
         if not self._answering:
@@ -315,6 +323,7 @@ class KafkaWriter:
                 max_batch_size=1024 * 1024,
                 request_timeout_ms=max(self.settings.collector_ack_timeout_ms, 5000),
             )
+            _pace_metadata_requests(producer.client)
             asked = "its metadata"  # what was being asked for when it failed
             try:
                 await producer.start()
@@ -380,6 +389,8 @@ class KafkaWriter:
                 RETRY_AFTER_S,
             ) from None
         except KafkaError as exc:  # not always Kafka gone (a record too large): `watch` tells
+            if _leaves_producer_stuck(exc):
+                self._replace(producer, exc)
             raise Unavailable(f"Kafka did not take the events: {exc!r}", RETRY_AFTER_S) from exc
         else:
             self._answered(True)
@@ -387,12 +398,71 @@ class KafkaWriter:
             self._in_flight_bytes -= size
             metrics.IN_FLIGHT_BYTES.set(self._in_flight_bytes)
 
+    def _replace(self, producer: Any, failure: BaseException) -> None:
+        """Start a new producer in place of `producer`, which failed a write with `failure`, one it
+        never leaves (`_leaves_producer_stuck`): kept, it refused one partition's calls with 503 until
+        the collector was restarted (41 minutes in an audit) while /readyz said ready. Calls are
+        answered 503 and the collector is not ready until the new one is connected; the writes
+        under way on the old one get their 503 too, and are sent again by their clients (their
+        messageIds make any that Kafka took anyway the same events)."""
+        if producer is not self._producer:  # another write's failure had it replaced already
+            return
+        why = f"{failure!r} (Kafka refuses its writes to a partition until a new producer is started)"
+        log.error("the Kafka producer cannot write again: %s; starting a new one, calls answered 503 and not ready "
+                  "(/readyz 503) meanwhile", why)
+        metrics.PRODUCERS_REPLACED.labels(type(failure).__name__).inc()
+        self._producer = None
+        self._answering = False
+        metrics.KAFKA_CONNECTED.set(0)
+
+        async def replace() -> None:
+            try:
+                with contextlib.suppress(Exception):  # it cannot write anyway; what it holds is answered 503
+                    async with asyncio.timeout(self._ack_timeout_s):
+                        await producer.stop()
+                await self.connect()
+            finally:
+                self._replacing = None
+
+        self._replacing = (why, asyncio.create_task(replace()))
+
     async def close(self) -> None:
+        if self._replacing is not None:
+            self._replacing[1].cancel()
+            self._replacing = None
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None
             self._answering = False
             metrics.KAFKA_CONNECTED.set(0)
+
+
+def _leaves_producer_stuck(failure: BaseException) -> bool:
+    """Whether aiokafka failed a write with `failure` because its idempotent producer's id or
+    sequence numbers no longer match the broker's (a batch it gave up on, its partition without a
+    leader during a broker's graceful stop, left a gap in that partition's sequence): every later
+    write to that partition fails alike for as long as the producer lives, and only a new one (a
+    new producer id, sequences from 0) writes there again."""
+    from aiokafka import errors
+
+    return isinstance(failure, (errors.OutOfOrderSequenceNumber, errors.UnknownProducerId, errors.InvalidProducerEpoch,
+                                errors.ProducerFenced, errors.InvalidProducerIdMapping))
+
+
+def _pace_metadata_requests(client: Any) -> None:
+    """Have aiokafka's `client` wait METADATA_RETRY_S after a metadata request no broker answered
+    before it asks again. Its sender asks again at once while a partition it holds a batch for has
+    no leader, and nothing of aiokafka's waits between (neither retry_backoff_ms nor
+    reconnect_backoff_ms): after a broker's graceful stop, a connect refused ~1,200 times a second."""
+    update = client._metadata_update
+
+    async def paced(cluster: Any, topics: Any) -> bool:
+        updated = bool(await update(cluster, topics))
+        if not updated:
+            await asyncio.sleep(METADATA_RETRY_S)
+        return updated
+
+    client._metadata_update = paced
 
 
 async def _all_done(acks: list[asyncio.Future[Any]]) -> None:

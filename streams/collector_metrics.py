@@ -35,3 +35,9 @@ IN_FLIGHT_BYTES = Gauge(
 )
 KAFKA_CONNECTED = Gauge("leadstream_collector_kafka_connected",
                         "1 while the collector is connected to Kafka and Kafka answers (its metadata, asked every 5 s, and its acks), else 0.")
+PRODUCERS_REPLACED = Counter(
+    "leadstream_collector_producers_replaced",
+    "Kafka producers replaced by a new one after a failure they never leave (an idempotent producer's sequence lost "
+    "after a broker restart), by error.",
+    ["error"],
+)

@@ -15,7 +15,8 @@ LOG_INTERVAL_S = 10.0
 
 # aiokafka's (0.14) lines for each failed attempt to reach a broker, by logger, repeated for as long
 # as it is down: ~60 a second from a worker (its consumer's fetches and group coordinator retry
-# too), ~30 from the collector. Its other errors are said as they come.
+# too), ~10 from the collector (its producer waits between metadata requests no broker answered:
+# streams.collector.METADATA_RETRY_S). Its other errors are said as they come.
 KAFKA_RETRIES = {
     "aiokafka": ("Unable connect to node with id %s: %s", "Unable to update metadata from %s"),  # client.py
     "aiokafka.consumer.fetcher": ("Failed fetch messages from %s: %s",),

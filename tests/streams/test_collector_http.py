@@ -949,6 +949,64 @@ def test_a_write_kafka_does_not_acknowledge_in_time_has_kafka_asked_at_once(sett
     asyncio.run(scenario())
 
 
+class OutOfSequence(FakeKafka):
+    """The producer of a partition whose idempotent sequence it lost: each send fails as aiokafka's
+    does after a batch it gave up on during a broker's graceful stop."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stopped = False
+
+    async def send(self, topic: str, value: bytes, key: bytes | None = None, partition: int | None = None) -> asyncio.Future[None]:
+        from aiokafka.errors import OutOfOrderSequenceNumber
+
+        failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        failed.set_exception(OutOfOrderSequenceNumber())
+        return failed
+
+    async def stop(self) -> None:
+        self.stopped = True
+
+
+def test_a_producer_that_lost_its_sequence_is_replaced_and_calls_are_taken_again(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After a broker's graceful restart aiokafka's idempotent producer failed every write to one
+    partition with OutOfOrderSequenceNumber, and the collector kept it: that partition's calls were
+    answered 503 for 41 minutes, until the collector was restarted, while /readyz said ready. It is
+    replaced by a new producer (connected as at start), said once, counted, and not ready meanwhile."""
+    stuck, fresh = OutOfSequence(), FakeKafka()
+    writer = connected(KafkaWriter(settings), stuck)
+    starting = asyncio.Event()
+
+    async def connect(self: KafkaWriter) -> None:
+        await starting.wait()
+        connected(self, fresh)
+
+    monkeypatch.setattr(KafkaWriter, "connect", connect)
+    replaced = collector_module.metrics.PRODUCERS_REPLACED.labels("OutOfOrderSequenceNumber")
+    before = replaced._value.get()
+    message = [Outgoing(settings.topic_events, 1, b"u", b"{}")]
+
+    async def scenario() -> None:
+        for _ in range(3):  # the writes under way on it when it fails: one replacement
+            with pytest.raises(Unavailable, match="OutOfOrderSequenceNumber|being replaced"):
+                await writer.write(message)
+        await asyncio.sleep(0.05)
+        assert stuck.stopped and not writer.ready  # the new one is not connected yet
+        starting.set()
+        await asyncio.sleep(0.05)
+        assert writer.ready
+        await writer.write(message)
+        assert fresh.pending and fresh.pending[-1].done()
+
+    with caplog.at_level(logging.ERROR, logger="leadstream.collector"):
+        asyncio.run(scenario())
+    said = [r.getMessage() for r in caplog.records if "cannot write again" in r.getMessage()]
+    assert len(said) == 1 and "OutOfOrderSequenceNumber()" in said[0]
+    assert replaced._value.get() == before + 1
+
+
 def test_a_topic_that_does_not_exist_is_named_while_the_collector_waits_for_it(
     settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
