@@ -22,6 +22,13 @@ A delivery done whose record in the ledger Redis refuses (out of memory, a read-
 is not tried again: the record alone is, with backoff, the lane and its commit held and the
 connector not ready, until Redis takes it or the connector stops (`_record_delivered`).
 
+While Kafka is out of reach (a broker stopped or killed), the runner's calls to it that fail
+(the offset commit, a poll, a dead letter's write) are tried again on the loop's next pass (a
+dead letter before anything after it is committed), the offsets done kept to be committed once it
+answers, the connector not ready meanwhile and the failures logged at most every LOG_INTERVAL_S:
+a commit's KafkaConnectionError ended the connector, with a traceback, within a second of the
+broker going away.
+
 A 401 (`CredentialsError`) dead-letters nothing: every message would fail the same way, and a
 revoked token would otherwise send the whole stream to the dead-letter topic while the
 connector looked healthy. The connector instead goes not-ready, logs the error, and tries the
@@ -70,6 +77,7 @@ from streams.errors import ServiceError, redis_trouble
 from streams.forgotten import Forgotten
 from streams.history import ALL_FETCHED, read_to_end
 from streams.kafka_clients import open_client
+from streams.log_throttle import Throttle
 from streams.settings import Settings
 from streams.topics import DEAD_LETTER_RETENTION_MS, TopicSpec, ensure_topics, partition_count, require_topic
 
@@ -92,6 +100,8 @@ HOLD_MIN_S = 1.0
 #: Seconds /readyz waits for Redis's answer to its ping: a probe gives up after a second or so
 #: (Kubernetes' timeoutSeconds is 1 by default), and a stalled Redis kept it LEADSTREAM_SINK_TIMEOUT_S.
 PROBE_TIMEOUT_S = 1.0
+#: Wait before a Kafka call that failed for Kafka out of reach (a dead letter's write) is tried again.
+KAFKA_RETRY_S = 1.0
 
 
 def group_id(settings: Settings, connector: str) -> str:
@@ -341,7 +351,8 @@ class SinkRunner(Generic[T]):
         self._producer: Any = None  # set while consuming; dead letters go through it
         self.assigned = threading.Event()  # the consumer holds partitions: readiness
         self.refused: CredentialsError | None = None  # the service's refusal while it lasts: not ready
-        self.kafka_answering = True  # the broker answered the last lag probe (`watch`)
+        self.kafka_answering = True  # the broker answered the last lag probe (`watch`) and took the loop's last calls
+        self._kafka_failures = Throttle()  # see _kafka_failed
         self._not_ready: str | None = "starting"  # why not, as last said
         self._replaying = False
         self._calls = threading.BoundedSemaphore(settings.sink_concurrency)  # see _call_slot
@@ -383,7 +394,7 @@ class SinkRunner(Generic[T]):
 
     def _consume(self, topic: str, group: str, to_envelope: Callable[[object], Envelope | None], stop_at_end: bool) -> Stats:
         from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
-        from kafka.errors import CommitFailedError
+        from kafka.errors import CommitFailedError, RetriableError
         from kafka.structs import OffsetAndMetadata
 
         # Else it would wait for the topic for ever, aiokafka logging its absence ten times a
@@ -428,6 +439,8 @@ class SinkRunner(Generic[T]):
 
             def on_partitions_revoked(self, revoked: Any) -> None:
                 self.resume.update(flight.revoke(revoked))
+                for tp in revoked:  # another member may own it now: its commits are its own
+                    uncommitted.pop(tp, None)
 
             def on_partitions_lost(self, lost: Any) -> None:
                 # Membership lost: kafka-python forgets the partitions' positions, and one that
@@ -435,6 +448,7 @@ class SinkRunner(Generic[T]):
                 flight.revoke(lost)
                 for tp in lost:
                     self.resume.pop(tp, None)
+                    uncommitted.pop(tp, None)
 
             def on_partitions_assigned(self, assigned: Any) -> None:
                 for tp in assigned:
@@ -444,16 +458,25 @@ class SinkRunner(Generic[T]):
                         consumer.seek(tp, self.resume[tp])
                 self.resume.clear()  # a partition that went elsewhere comes back from its committed offset
 
+        #: Per partition, the offset to commit that Kafka has not taken yet: `flight` hands each once.
+        uncommitted: dict[Any, int] = {}
+
         def commit() -> None:
-            offsets = {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in flight.committable().items()}
-            if not offsets:
+            uncommitted.update(flight.committable())
+            if not uncommitted:
                 return
             try:
-                consumer.commit(offsets)
+                # Bounded: kafka-python waits for ever by default, and a hung broker would stop the loop.
+                consumer.commit({tp: OffsetAndMetadata(offset, "", -1) for tp, offset in uncommitted.items()},
+                                timeout_ms=self.settings.kafka_connect_timeout_s * 1000)
             except CommitFailedError as exc:
                 # The partitions moved to another member, which gets these messages again; the
                 # ledger makes its deliveries skips.
                 log.warning("sink %s: offsets not committed (%s); the new owner re-reads them", self.sink.name, exc)
+            except RetriableError as exc:  # Kafka out of reach: the offsets wait for the next pass
+                self._kafka_failed("offsets not committed", exc)
+                return
+            uncommitted.clear()
 
         consumer.subscribe([topic], listener=Rebalanced())
         producer = self._producer = open_client(self.settings, KafkaProducer, acks="all", linger_ms=5)
@@ -466,7 +489,12 @@ class SinkRunner(Generic[T]):
                 # paused (full, below) kafka-python (3.0.12) keeps aside, past its position, and
                 # gives back only while no other partition's records wait: the Redis read model
                 # of the demo stalled for good, its partitions 300 records short of their ends.
-                batch = consumer.poll(timeout_ms=300, max_records=ALL_FETCHED)
+                try:
+                    batch = consumer.poll(timeout_ms=300, max_records=ALL_FETCHED)
+                except RetriableError as exc:
+                    self._kafka_failed("poll failed", exc)
+                    batch = {}
+                    self.stop.wait(KAFKA_RETRY_S)  # it may fail at once, pass after pass
                 if flight.error is not None:
                     raise flight.error
                 # Not once for good: a connector whose partitions went to another member is not ready.
@@ -555,6 +583,16 @@ class SinkRunner(Generic[T]):
             self._not_ready = why
         metrics.READY.labels(self.sink.name).set(0 if why else 1)
         return why is None
+
+    def _kafka_failed(self, what: str, exc: Exception) -> None:
+        """A call of the loop failed for Kafka out of reach: `what` is tried again on a later pass.
+        Not ready until the lag probe (`watch`) finds Kafka answering; said at most every LOG_INTERVAL_S."""
+        self.kafka_answering = False
+        self.ready()
+        left_out = self._kafka_failures.due()
+        if left_out is not None:
+            more = f" ({left_out} more such failures since the last)" if left_out else ""
+            log.warning("sink %s: %s, tried again until Kafka answers (not ready meanwhile): %r%s", self.sink.name, what, exc, more)
 
     def watch(self, interval_s: float = 5.0) -> None:
         """Consumer lag and dead-letter depth, as the broker sees them, every few seconds."""
@@ -824,9 +862,21 @@ class SinkRunner(Generic[T]):
     def _dead_letter(self, env: Envelope, reason: str, detail: str) -> str:
         letter = DeadLetter(reason=reason, detail=f"{self.sink.name}: {detail}", original=env.value,
                             topic=env.topic, partition=env.partition, offset=env.offset, key=env.key)
+        from kafka.errors import KafkaError
+
         assert self._producer is not None
-        # Waited for: the offset commit that follows must never outrun the dead letter.
-        self._producer.send(self.dlq_topic, key=letter.message_key, value=letter.to_bytes()).get(timeout=60)
+        # Waited for: the offset commit that follows must never outrun the dead letter. Tried again
+        # while it fails, as a failure here ended the connector: Kafka out of reach, or a letter
+        # in flight when kafka-python's idempotent producer renumbered after a broker's restart
+        # (KIP-360: such batches fail, OutOfOrderSequenceNumber, and the producer goes on).
+        while True:
+            try:
+                self._producer.send(self.dlq_topic, key=letter.message_key, value=letter.to_bytes()).get(timeout=60)
+                break
+            except KafkaError as exc:
+                self._kafka_failed(f"the dead letter of {env.where} not written", exc)
+                if self.stop.wait(KAFKA_RETRY_S):
+                    raise Stopping() from None
         log.warning("sink %s: dead-lettered %s/%d@%d to %s (%s): %s",
                     self.sink.name, env.topic, env.partition, env.offset, self.dlq_topic, reason, detail)
         return "dead_lettered"

@@ -3,6 +3,8 @@ letters with their reason, and replay."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import threading
 import time
@@ -11,6 +13,7 @@ from typing import Any
 
 import orjson
 import pytest
+import requests
 from kafka import KafkaAdminClient, KafkaProducer
 from redis import Redis
 
@@ -20,14 +23,17 @@ from sinks.mapping import load_mapping
 from sinks.salesforce import SalesforceSink
 from sinks.runner import SinkRunner, group_id, replay
 from sinks.webhook import WebhookSink
+from streams import services
 from streams.history import read_to_end
+from streams.processes import free_port
 from streams.settings import Settings
-from streams.topics import partition_count
+from streams.topics import ensure_topics, partition_count
 from tests.infra import leadstream, read_topic, wait_for
 from tests.sinks.conftest import RedisServer, account_crossing, crossing, drain, produce
 from tests.sinks.fake_http import WebhookReceiver
 from tests.sinks.fake_hubspot import FakeHubSpot
 from tests.sinks.fake_salesforce import FakeSalesforce
+from tests.streams.test_worker_stop import own_kafka  # noqa: F401 - the fixture
 
 
 def committed_everything(settings: Settings, connector: str) -> bool:
@@ -568,3 +574,32 @@ def test_a_connector_stopped_while_its_ledger_write_is_refused_commits_nothing_a
     again = drain(WebhookSink(settings), settings)  # as after a crash: at least once
     assert (again.delivered, again.dead_lettered) == (1, 0)
     assert len(webhook.requests_to("POST", "^/hook$")) == 2
+
+
+def test_a_connector_whose_broker_goes_away_carries_on_and_delivers_each_crossing_once_it_is_back(
+    sink_settings: Settings, webhook: WebhookReceiver, sink_process: Any, own_kafka: services.Kafka  # noqa: F811
+) -> None:
+    """Both connectors exited 1 within a second of their broker's stop or kill, with a traceback: the
+    offset commit that follows each delivery raised KafkaConnectionError, which only CommitFailedError
+    was caught of. The commit is now tried again until Kafka takes it (the connector not ready
+    meanwhile), and the deliveries that finished during the outage are not made again."""
+    port = free_port()
+    settings = sink_settings.with_overrides(kafka_bootstrap=own_kafka.settings.kafka_bootstrap, webhook_url=f"{webhook.url}/hook",
+                                            metrics_port=port, kafka_connect_timeout_s=3)
+    ensure_topics(settings)
+    produce(settings, [crossing(n, "mql") for n in range(12)])
+    webhook.latency_s = 0.6  # under sink_timeout_s (1 s): deliveries under way when the broker goes: they finish, and are committed, during the outage
+    sink = sink_process(settings, "webhook")
+    wait_for(lambda: webhook.requests_to("POST", "/hook"), 60, "a first delivery")
+    broker = own_kafka.pid()
+    assert broker is not None
+    os.killpg(broker, signal.SIGKILL)
+    time.sleep(8)
+    assert sink.proc.poll() is None, sink.tail()
+    assert requests.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 503
+    own_kafka.up()
+    wait_for(lambda: len(webhook.requests_to("POST", "/hook")) >= 12, 90, "every crossing delivered", 0.5)
+    wait_for(lambda: requests.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200, 60, "the connector ready again", 0.5)
+    delivered = [orjson.loads(post.body)["id"] for post in webhook.requests_to("POST", "/hook")]
+    assert sorted(delivered) == sorted({c["id"] for c in (crossing(n, "mql") for n in range(12))}), delivered
+    assert "Traceback" not in sink.log.read_text()
