@@ -2,10 +2,14 @@
 
 Producers that pack several events into one message (the envelope) must put only leads of one
 partition in it, and the worker checks that, because a lead's state lives on its key's partition.
+Keying by the lead id is not enough: the producer must partition as Kafka's Java client and
+kafka-python do, by murmur2 of the key. librdkafka's clients (confluent-kafka for Python, Go,
+.NET, Node) hash the key with CRC32 unless told `partitioner=murmur2_random`.
 """
 
 from __future__ import annotations
 
+import zlib
 from functools import lru_cache
 from struct import Struct
 from typing import Callable
@@ -19,6 +23,20 @@ def partition_for(lead_id: str, partitions: int) -> int:
     # Kafka's DefaultPartitioner: positive murmur2 of the key bytes, modulo the partition count.
     # Active leads recur, so the cache answers most calls; a new lead pays for murmur2.
     return (murmur2(lead_id.encode()) & 0x7FFFFFFF) % partitions
+
+
+def partitioned_otherwise(lead_id: str, key: bytes | None, partition: int, partitions: int) -> str | None:
+    """What to tell the producer of a message of `lead_id` that came on `partition`, not the
+    lead's, when it was keyed by the lead id: then the key was right and the partitioner was not
+    (telling it to key by the lead id sent the user of a librdkafka client, whose default put 3
+    leads of 4 elsewhere, looking for a mistake not made). None when the key is not the lead
+    id: the key is then what to put right. Called for refused messages only."""
+    if key is None or key != lead_id.encode():
+        return None
+    seen = (f" (librdkafka's default, consistent_random, the key's CRC32, puts it on partition {partition}, where it came)"
+            if zlib.crc32(key) % partitions == partition else "")
+    return ("keyed by the lead id but partitioned otherwise than Kafka's default murmur2 partitioner"
+            f"{seen}: librdkafka clients (confluent-kafka for Python, Go, .NET, Node) need partitioner=murmur2_random")
 
 
 @lru_cache(maxsize=64)

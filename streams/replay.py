@@ -3,7 +3,8 @@
 A dead letter keeps the input it refused (one event, not the envelope it came in) and where it
 came from. Some causes are fixed outside the input: a model that did not know an event type
 (`unknown_type`) now scores it or lists it in `unscored_types`, a sender's clock was fixed
-(`future_time`), a producer keyed by the wrong id (`wrong_partition`). Replaying sends each
+(`future_time`), a producer keyed by the wrong id or partitioned otherwise than Kafka's default
+(`wrong_partition`: a librdkafka client without `partitioner=murmur2_random`). Replaying sends each
 chosen letter's original bytes back to the topic it came from, keyed by its lead id (on that
 lead's partition, whatever partition it first arrived on). A request to forget a lead (a
 tombstone on the profiles topic) that arrived on the wrong partition goes back as a tombstone on

@@ -37,7 +37,7 @@ from streams.envelope import items_written, unpack
 from streams.isolation import internal_error, isolate, log_raised, split_envelope, undone_if_it_raises
 from streams.offset_sequence import LookUp, OffsetSequence
 from streams.outbox import Headers, Outbox, encode_json, encode_json_or_none
-from streams.partitioning import partition_for
+from streams.partitioning import partition_for, partitioned_otherwise
 from streams.rollup import lead_score_key, publish_updates
 from streams.settings import Settings
 from streams.lead_states import States
@@ -643,8 +643,9 @@ class Scorer:
         subject = source if kind == "link" else target  # the id whose states the record acts on
         home = partition_for(subject, self.partitions)
         if home != message.partition:  # its state lives elsewhere: acting here would split the lead
+            advice = partitioned_otherwise(subject, message.key, message.partition, self.partitions) or "key it by that id"
             dead.append(DeadLetter("wrong_partition", f"{kind} record for {subject!r} arrived on partition "
-                                   f"{message.partition}, but that id's is {home}: key it by that id",
+                                   f"{message.partition}, but that id's is {home}: {advice}",
                                    message.value, message.topic, message.partition, message.offset, message.key))
             return
         try:
@@ -769,9 +770,11 @@ class Scorer:
             if home == message.partition:
                 forget.setdefault(lead_id, (message.partition, message.offset))
                 return
+            # Keyed by the lead id (that is what it names), so the partitioner is what was wrong.
             reason, detail = "wrong_partition", (
                 f"request to forget lead {lead_id!r} arrived on partition {message.partition}, but the lead's is {home}: "
-                "key it by the lead id with Kafka's default partitioner, as `leadstream forget` does")
+                f"{partitioned_otherwise(lead_id, message.key, message.partition, self.partitions)}; or send it with "
+                "`leadstream forget`, which puts it on the lead's partition")
         elif message.topic == profiles:
             reason, detail = "tombstone", "a tombstone on the profiles topic without a lead id (UTF-8) as its key: nothing to forget"
         else:
@@ -985,10 +988,12 @@ class Scorer:
                     reject(parsed.reason, parsed.detail, raw)
                 continue
             if partition_for(parsed.lead_id, self.partitions) != message.partition:
+                advice = (partitioned_otherwise(parsed.lead_id, message.key, message.partition, self.partitions)
+                          or "key single events by lead id, or pack only one partition's leads")
                 reject(
                     "wrong_partition",
                     f"lead {parsed.lead_id!r} belongs on partition {partition_for(parsed.lead_id, self.partitions)}, "
-                    f"not {message.partition}: key single events by lead id, or pack only one partition's leads",
+                    f"not {message.partition}: {advice}",
                     _written(message.value, index, item) or message.value,
                 )
                 continue

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import zlib
 
 import orjson
 import pytest
@@ -123,3 +124,38 @@ def test_a_lone_surrogate_escape_in_an_envelope_loses_none_of_its_events() -> No
     assert letters == []
     states = scorer.store.states("carol")
     assert states["b2b"].behaviour > 0 and all(states["b2b"].knows_event(f"e{n}") for n in range(3))
+
+
+LIBRDKAFKA_LEAD = "t3-19"  # murmur2 puts it on partition 2 of 4; librdkafka's default (CRC32 of the key) on 0
+
+
+@pytest.mark.parametrize(
+    ("topic", "key", "value", "named"),
+    [
+        ("events", b"t3-19", {"event_id": "e1", "lead_id": LIBRDKAFKA_LEAD, "type": "page_view", "time": T0, "product": "b2b"},
+         "partitioner=murmur2_random"),
+        ("events", b"someone", {"event_id": "e1", "lead_id": LIBRDKAFKA_LEAD, "type": "page_view", "time": T0, "product": "b2b"},
+         "key single events by lead id"),
+        ("identity", b"t3-19", {"kind": "link", "source": LIBRDKAFKA_LEAD, "target": "ada", "time": T0},
+         "partitioner=murmur2_random"),
+        ("identity", b"ada", {"kind": "link", "source": LIBRDKAFKA_LEAD, "target": "ada", "time": T0}, "key it by that id"),
+        ("profiles", b"t3-19", None, "partitioner=murmur2_random"),
+    ],
+)
+def test_a_message_keyed_by_its_lead_id_on_another_partition_names_the_partitioner(
+    topic: str, key: bytes, value: dict | None, named: str
+) -> None:
+    """librdkafka's clients (confluent-kafka...) hash the key with CRC32 unless told otherwise:
+    228 of 300 events keyed by their lead id were dead-lettered with the advice to key them by
+    the lead id, which they were."""
+    settings = Settings()
+    assert (partition_for(LIBRDKAFKA_LEAD, 4), zlib.crc32(LIBRDKAFKA_LEAD.encode()) % 4) == (2, 0)
+    outbox = Kept()
+    scorer = Scorer(Engine([shipped("b2b")]), settings, LiveTable(MemoryData(), "changelog", 4, 100, lead_states.decode), outbox, 4)
+    message = Consumed(getattr(settings, f"topic_{topic}"), 0, 0, key, b"" if value is None else orjson.dumps(value), value is None)
+    asyncio.run(scorer.process([message]))
+    [letter] = [orjson.loads(v) for t, _, v in outbox.sent if t == settings.topic_deadletter and v]
+    assert letter["reason"] == "wrong_partition" and named in letter["detail"], letter["detail"]
+    if named == "partitioner=murmur2_random":
+        assert "keyed by the lead id but partitioned otherwise than Kafka's default murmur2 partitioner" in letter["detail"]
+        assert "CRC32, puts it on partition 0, where it came" in letter["detail"]
