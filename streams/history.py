@@ -11,6 +11,9 @@ file has every profile update of the events it holds, and each lead's latest of 
 A profiles topic whose lag is shorter than the events topic's retention.ms (created by an earlier
 release, or the events kept longer since) is named in a warning, with `leadstream topics` to fix it.
 
+Only committed records are read, as the worker reads them: an aborted transaction's are left
+out, and a transaction still open ends the read of its partition until it is committed.
+
 The records of every partition of both topics are written in one order, near the one the
 worker, which reads them all in one stream, took them in: merged by their Kafka timestamps
 (within a millisecond, by event time), each partition's records in their own order. So each
@@ -71,8 +74,8 @@ class Read(NamedTuple):
 
 
 def read_to_end(settings: Settings, topic: str) -> Iterator[Any]:
-    """Every record `topic` holds now (kafka-python ConsumerRecord), partition by partition in
-    offset order, up to each partition's end offset as of the call."""
+    """Every committed record `topic` holds now (kafka-python ConsumerRecord), partition by
+    partition in offset order, up to each partition's last stable offset as of the call."""
     with _reading(settings, topic) as reader:
         for partition in reader.partitions:
             yield from reader.read(partition)
@@ -114,7 +117,12 @@ def _order(read: Read) -> tuple[int, int]:
 def _reading(settings: Settings, topic: str) -> Iterator[_Partitions]:
     from kafka import KafkaConsumer
 
-    consumer = open_client(settings, KafkaConsumer, enable_auto_commit=False, group_id=None, client_id="leadstream-history")
+    # Committed records only, as the worker reads them: kafka-python reads uncommitted ones unless
+    # told, and an aborted transaction's events went into the file (scored offline for leads the
+    # worker never had), its dead letters to `replay-dlq`. The end offsets are then the last
+    # stable ones: a transaction still open, and what follows it, waits for a later read.
+    consumer = open_client(settings, KafkaConsumer, enable_auto_commit=False, group_id=None, client_id="leadstream-history",
+                           isolation_level="read_committed")
     try:
         yield _Partitions(consumer, topic)
     finally:

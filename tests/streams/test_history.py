@@ -5,11 +5,13 @@ from __future__ import annotations
 import io
 import itertools
 import time
+import uuid
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
 import orjson
+from kafka import KafkaProducer
 
 from streams.history import read_to_end
 from streams.offline import score_file
@@ -75,6 +77,32 @@ def test_the_topic_written_to_a_file_scores_as_the_events_sent(isolated: Setting
     assert all(orjson.loads(line) for line in lines)  # each line one JSON value
     expected = scored(write(tmp_path / "sent.jsonl", [*SAAS_EVENTS, pretty]))
     assert sorted(map(orjson.dumps, scored(out))) == sorted(map(orjson.dumps, expected))
+
+
+def test_an_aborted_transaction_s_events_are_left_out_as_the_worker_leaves_them(isolated: Settings, tmp_path: Path) -> None:
+    """kafka-python reads uncommitted records unless told: the 50 events of an aborted transaction
+    were in the file, and `leadstream score` of it scored leads the worker never had. The same
+    reader takes the dead letters `replay-dlq` sends back."""
+    topic = isolated.topic_events
+    producer = KafkaProducer(bootstrap_servers=isolated.kafka_bootstrap, transactional_id=f"history-{uuid.uuid4().hex}")
+    try:
+        producer.init_transactions()
+        for lead, commit in (("hab", False), ("hok", True)):
+            producer.begin_transaction()
+            for n in range(10):
+                event = {"event_id": f"{lead}-{n}", "lead_id": f"{lead}-{n % 5}", "type": "signup", "product": "saas",
+                         "time": T0 + n * MINUTE}
+                producer.send(topic, key=event["lead_id"].encode(), value=orjson.dumps(event))
+            producer.flush()
+            producer.commit_transaction() if commit else producer.abort_transaction()
+    finally:
+        producer.close()
+
+    out = tmp_path / "history.jsonl"
+    done = leadstream(isolated, "history", "--out", str(out))
+    assert f"{topic}: wrote 10 messages" in done.stderr
+    assert {orjson.loads(line)["lead_id"] for line in out.read_bytes().splitlines()} == {f"hok-{n}" for n in range(5)}
+    assert sum(1 for _ in read_to_end(isolated, topic)) == 10
 
 
 def test_a_topic_that_does_not_exist_is_a_one_line_error(isolated: Settings, tmp_path: Path) -> None:
