@@ -34,8 +34,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from scoring import Engine
 from scoring.errors import StateError
-from streams import (assignor, batching, bulk_store, consumer_stop, erasure, fetch_wait, lead_states, membership, metrics, read_offsets,
-                     routing, seek_first, stitching, stream_idle, transactions)
+from streams import (assignor, batching, bulk_store, consumer_stop, erasure, fetch_wait, kafka_clients, lead_states, membership, metrics,
+                     read_offsets, routing, seek_first, stitching, stream_idle, transactions)
 from streams.account_table import AccountTable
 from streams.addresses import advertised, authority
 from streams.assignor import AlignedPartitionAssignor
@@ -152,7 +152,7 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
 
     log_reader = transactions.LogReader(settings)
     scorer = Scorer(models.current.engine, settings, lead_store, outbox, settings.partitions, committed, log_end,
-                    log_reader.look_up)
+                    log_reader.look_up, functools.partial(kafka_clients.end_offsets, settings))
     rollup_outbox = Outbox(settings.kafka_bootstrap, settings.partitions, "leadstream-worker-accounts", fence.holds)
     rollup_stage = Rollup(models.current.engine, settings, account_store, rollup_outbox)
     sequences = (scorer.sequence, rollup_stage.sequence)

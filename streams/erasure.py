@@ -24,12 +24,15 @@ topics that were sent before it, which would make the lead up again, with its tr
 publish its crossings. So `leadstream forget` tells, in a header per topic (SENT_BEFORE), the
 end offset of the lead's partition when it sent the request: the marker covers the records
 before it too, however late they are read, and stays until they are committed. A request
-without such headers (any other producer's tombstone) covers what the worker had read.
+without such headers (any other producer's tombstone) covers what the worker had read. A header
+naming an offset at or past the partition's end when the worker reads the request was sent by
+no `leadstream forget` (written by hand, or from another cluster): honoured, it would drop the
+lead's every record until the topic reached that offset, so it is ignored as a malformed one is.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Container, Iterable, Iterator
+from collections.abc import Callable, Collection, Container, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -47,6 +50,14 @@ FORGOTTEN = "\x00forgotten"
 Committed = Callable[[str, int], "int | None"]
 
 
+#: (topics, partitions) -> partition -> topic -> its end offset now (the next to be written, past
+#: an open transaction's records), asked of the broker: blocking.
+EndsNow = Callable[[Collection[str], Collection[int]], dict[int, dict[str, int]]]
+
+#: Why a SENT_BEFORE header naming an offset at or past its partition's end is ignored.
+BEYOND_END = "beyond_end"
+
+
 #: The header of a request that names the end offset of the lead's partition of a topic when
 #: the request was sent, as ASCII "<topic> <offset>" (a topic's name has no space), once per topic.
 SENT_BEFORE = "leadstream-sent-before"
@@ -61,7 +72,8 @@ def request_headers(ends: dict[str, int]) -> Headers:
 def sent_before(headers: Iterable[tuple[str, Any]], topics: Container[str]) -> tuple[dict[str, int], list[str]]:
     """The last offset of each of `topics` that a request's headers say was sent before it (a
     topic with none sent before is left out), and the reason each SENT_BEFORE header that cannot
-    be one is ignored: "malformed" (not "<topic> <offset>"), "unknown_topic" (not one of `topics`)."""
+    be one is ignored: "malformed" (not "<topic> <offset>"), "unknown_topic" (not one of `topics`).
+    One past the partition's end is told by `beyond`, once that end is known."""
     last: dict[str, int] = {}
     ignored: list[str] = []
     for name, value in headers:
@@ -78,6 +90,13 @@ def sent_before(headers: Iterable[tuple[str, Any]], topics: Container[str]) -> t
         elif int(end) > 0:
             last[topic] = max(last.get(topic, -1), int(end) - 1)
     return last, ignored
+
+
+def beyond(covered: dict[str, int], ends: dict[str, int]) -> list[str]:
+    """The topics whose last offset `covered` names (`sent_before`) is at or past the end of the
+    partition in `ends` (the next offset to be written there): no record sent before the request
+    could be there. A topic without a known end is not among them."""
+    return [topic for topic, last in covered.items() if topic in ends and last >= ends[topic]]
 
 
 def marker(offsets: dict[str, int]) -> States:

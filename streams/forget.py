@@ -31,16 +31,14 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 from redis import RedisError
 
 from scoring.events import MAX_ID_CHARS, is_id
 from sinks.ledger import forget_leads, redis_client
-from streams import erasure
+from streams import erasure, kafka_clients
 from streams.errors import InputError, ServiceError, redis_trouble
 from streams.forgotten import TTL_MS, Forgotten
-from streams.kafka_clients import open_client
 from streams.partitioning import partition_for
 from streams.send import open_producer
 from streams.settings import Settings
@@ -77,23 +75,16 @@ def lead_ids(args: list[str], from_file: Path | None) -> list[str]:
 
 def end_offsets(settings: Settings, partitions: set[int]) -> dict[int, dict[str, int]]:
     """Partition -> topic -> its end offset (the next to be written), for the topics whose
-    records of a lead could make it up again: the raw events and identity topics."""
-    from kafka import KafkaConsumer, TopicPartition
+    records of a lead could make it up again: the raw events and identity topics. Past an open
+    transaction's records too: should it commit, they were sent before the request."""
     from kafka.errors import KafkaError
 
     topics = (settings.topic_events, settings.topic_identity)
-    consumer: Any = open_client(settings, KafkaConsumer, enable_auto_commit=False, client_id="leadstream-forget")
     try:
-        ends = consumer.end_offsets([TopicPartition(topic, partition) for topic in topics for partition in partitions])
+        return kafka_clients.end_offsets(settings, topics, partitions)
     except KafkaError as exc:
         raise ServiceError(f"cannot read the end offsets of {' and '.join(topics)} (run `leadstream topics`): {exc}; "
                            "nothing was sent") from None
-    finally:
-        consumer.close()
-    by_partition: dict[int, dict[str, int]] = {partition: {} for partition in partitions}
-    for tp, end in ends.items():
-        by_partition[tp.partition][tp.topic] = end
-    return by_partition
 
 
 def request(settings: Settings, ids: list[str]) -> str:

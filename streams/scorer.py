@@ -177,13 +177,15 @@ def _reschedules(model: Model, was: Model | None) -> bool:
 class Scorer:
     def __init__(self, engine: Engine, settings: Settings, store: LiveTable[LeadState | str], outbox: Outbox, partitions: int,
                  committed: erasure.Committed | None = None, log_end: read_offsets.LogEnd | None = None,
-                 look_up: LookUp | None = None) -> None:
+                 look_up: LookUp | None = None, ends_now: erasure.EndsNow | None = None) -> None:
         """`committed` tells the consumer's committed offsets, after which the markers of
         forgotten leads go (streams/erasure.py); without it (no consumer) they stay. `log_end`
         tells the partitions' end offsets, which find the offsets of a topic created again
         (streams/read_offsets.py); without it, they are taken for the topic's. `look_up`
         looks holes in an input partition's offsets up in the log (streams/transactions.py);
-        without it, every hole is a gap."""
+        without it, every hole is a gap. `ends_now` asks the broker for end offsets, where a
+        request to forget names one past those `log_end` saw (`_past_the_end`); without it,
+        such a request is honoured."""
         self.engine = engine
         self.settings = settings
         self.store = store
@@ -194,6 +196,7 @@ class Scorer:
         self.decay_index = DecayIndex()
         self.committed = committed
         self.log_end = log_end
+        self.ends_now = ends_now
         self._started_again: set[tuple[str, int]] = set()  # partitions of topics created again, logged
         self.erasures = erasure.Waiting()
         self.models = {model.name for model in engine.models}
@@ -294,7 +297,7 @@ class Scorer:
         live table; returns the changelog records to send once the outputs are acknowledged.
         Input that makes scoring raise is found and dead-lettered (streams/isolation.py)."""
         stats = BatchStats(messages=len(batch))
-        requested = self._requested(batch)
+        requested = await self._requested(batch)
         # Identity links and merges first, so the events of this batch see who is merged.
         identity = [m for m in batch if m.topic == self.settings.topic_identity and not m.tombstone]
         if identity:
@@ -785,11 +788,13 @@ class Scorer:
                 f"tombstone keyed by its id to {profiles}, as `leadstream forget` does")
         dead.append(DeadLetter(reason, detail, None, message.topic, message.partition, message.offset, message.key))
 
-    def _requested(self, batch: Sequence[Consumed]) -> dict[str, dict[str, int]]:
+    async def _requested(self, batch: Sequence[Consumed]) -> dict[str, dict[str, int]]:
         """For each lead a request of the batch asks to forget, the last offsets of its partition
         that its requests say were sent before them (streams/erasure.py, SENT_BEFORE). Headers that
-        cannot say it are ignored, counted and logged: the request covers the other topics."""
-        requested: dict[str, dict[str, int]] = {}
+        cannot say it are ignored, counted and logged: the request covers the other topics. So
+        are those naming an offset past the partition's end: honoured, one dropped every later
+        record of the lead, unsaid, until the topic reached that offset."""
+        headed: list[tuple[str, int, dict[str, int]]] = []
         ignored: list[str] = []
         for message in batch:
             if not (message.tombstone and message.headers and message.topic == self.settings.topic_profiles):
@@ -798,16 +803,47 @@ class Scorer:
             if not lead_id or partition_for(lead_id, self.partitions) != message.partition:
                 continue  # dead-lettered (`_tombstone`)
             covered, bad = erasure.sent_before(message.headers, self.sequence.topics)
-            requested[lead_id] = erasure.covering(requested.get(lead_id, {}), covered)
+            headed.append((lead_id, message.partition, covered))
             ignored += bad
+        requested: dict[str, dict[str, int]] = {}
+        ends = await self._past_the_end(headed) if headed else {}
+        for lead_id, partition, covered in headed:
+            for topic in erasure.beyond(covered, ends.get(partition, {})):
+                del covered[topic]
+                ignored.append(erasure.BEYOND_END)
+            requested[lead_id] = erasure.covering(requested.get(lead_id, {}), covered)
         for reason in ignored:
             metrics.FORGET_HEADERS_IGNORED.labels(reason).inc()
         if ignored:
-            log.warning("headers of requests to forget ignored (%s: \"<topic> <end offset>\" of the events or identity topic): "
+            log.warning("headers of requests to forget ignored (%s: \"<topic> <end offset>\" of the events or identity topic, "
+                        "at most the partition's end): "
                         "%s; those requests cover the records of that topic the worker had read, not those sent before them "
                         "and still to be read", erasure.SENT_BEFORE,
                         ", ".join(f"{reason}={ignored.count(reason)}" for reason in sorted(set(ignored))))
         return requested
+
+    async def _past_the_end(self, headed: list[tuple[str, int, dict[str, int]]]) -> dict[int, dict[str, int]]:
+        """Partition -> topic -> its end offset, for the partitions of requests whose headers name
+        an offset at or past the end the worker's fetches last saw (`log_end`): asked of the
+        broker then (`ends_now`, in a thread), for that end lags behind while the worker is (it
+        fetches a partition again only once what it fetched is scored), and a request sent by
+        `leadstream forget` names at most the end when it was sent. Empty where the broker could
+        not be asked: the headers are honoured, as before the check, rather than a true request
+        ignored."""
+        doubtful: dict[int, set[str]] = {}
+        for _, partition, covered in headed:
+            for topic, last in covered.items():
+                seen = None if self.log_end is None else self.log_end(topic, partition)
+                if seen is None or last >= seen:
+                    doubtful.setdefault(partition, set()).add(topic)
+        if not doubtful or self.ends_now is None:
+            return {}
+        try:
+            return await asyncio.to_thread(self.ends_now, set().union(*doubtful.values()), set(doubtful))
+        except Exception as exc:  # noqa: BLE001 - any failure to ask leaves the headers honoured, and is said
+            log.warning("end offsets not asked of the broker: requests to forget that name offsets past those the worker "
+                        "fetched last are honoured: cause=%r", exc)
+            return {}
 
     def _forget(self, forget: dict[str, tuple[int, int]], known: dict[str, States], writes: dict[str, Any],
                 batch: Sequence[Consumed], requested: dict[str, dict[str, int]],

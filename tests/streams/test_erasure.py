@@ -154,6 +154,73 @@ def test_a_malformed_header_is_counted_and_logged_and_the_request_still_applies(
     assert store.states(lead) == erasure.marker({SETTINGS.topic_profiles: 7})
 
 
+def demo_request(lead: str, offset: int) -> Consumed:
+    value = {"event_id": f"e-{offset}", "lead_id": lead, "type": "form_submit", "product": "b2b", "time": SETTINGS.now_ms(),
+             "properties": {"form": "demo_request"}}
+    return Consumed(SETTINGS.topic_events, partition_for(lead, 4), offset, lead.encode(), orjson.dumps(value))
+
+
+def test_a_header_naming_an_offset_past_the_partition_s_end_is_ignored_counted_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """Honoured, `leadstream-sent-before: <events topic> 999999999` dropped the lead's every event
+    unsaid (no state, no dead letter, no log line) until the topic reached that offset."""
+    lead = "fx-0"
+    partition = partition_for(lead, 4)
+    store = LiveTable(MemoryData(), "leads-changelog", 4, 1_000, lead_states.decode)
+    asked: list[tuple[set[str], set[int]]] = []
+
+    def ends_now(topics: set[str], partitions: set[int]) -> dict[int, dict[str, int]]:
+        asked.append((set(topics), set(partitions)))
+        return {partition: {SETTINGS.topic_events: 3, SETTINGS.topic_identity: 0}}
+
+    seen = {SETTINGS.topic_events: 3}  # the end the worker's fetches saw
+    scorer = Scorer(ENGINE, SETTINGS, store, Kept(), 4, log_end=lambda topic, _: seen.get(topic), ends_now=ends_now)
+    before = metrics.FORGET_HEADERS_IGNORED.labels(erasure.BEYOND_END)._value.get()
+    request = Consumed(SETTINGS.topic_profiles, partition, 7, lead.encode(), b"", True,
+                       headers=erasure.request_headers({SETTINGS.topic_events: 999_999_999}))
+    with caplog.at_level(logging.WARNING, "leadstream.worker"):
+        asyncio.run(scorer.process([request]))
+    assert asked == [({SETTINGS.topic_events}, {partition})]
+    assert metrics.FORGET_HEADERS_IGNORED.labels(erasure.BEYOND_END)._value.get() == before + 1
+    assert "headers of requests to forget ignored" in caplog.text and f"{erasure.BEYOND_END}=1" in caplog.text
+    assert store.states(lead) == erasure.marker({SETTINGS.topic_profiles: 7})
+    asyncio.run(scorer.process([demo_request(lead, offset) for offset in range(3, 8)]))  # sent after the request
+    assert store.states(lead)["b2b"].behaviour > 0
+
+
+@pytest.mark.parametrize(
+    ("seen", "broker", "asked"),
+    [
+        (20, 20, False),  # within what the worker's fetches saw: the broker is not asked
+        (5, 20, True),  # past it (a worker behind fetches a partition again only once it scored what it had)
+        (None, 20, True),  # not fetched yet
+        (5, None, True),  # the broker could not be asked: honoured
+    ],
+)
+def test_a_header_within_the_partition_s_end_is_honoured_however_stale_the_end_the_worker_saw(
+    seen: int | None, broker: int | None, asked: bool
+) -> None:
+    lead = "fx-1"
+    partition = partition_for(lead, 4)
+    store = LiveTable(MemoryData(), "leads-changelog", 4, 1_000, lead_states.decode)
+    calls: list[int] = []
+
+    def ends_now(topics: set[str], partitions: set[int]) -> dict[int, dict[str, int]]:
+        calls.append(1)
+        if broker is None:
+            raise OSError("the broker went away")
+        return {partition: {SETTINGS.topic_events: broker}}
+
+    scorer = Scorer(ENGINE, SETTINGS, store, Kept(), 4, log_end=lambda topic, _: seen, ends_now=ends_now)
+    request = Consumed(SETTINGS.topic_profiles, partition, 0, lead.encode(), b"", True,
+                       headers=erasure.request_headers({SETTINGS.topic_events: 12}))
+    asyncio.run(scorer.process([request]))
+    assert bool(calls) == asked
+    covered = {SETTINGS.topic_events: 11, SETTINGS.topic_profiles: 0}
+    assert set(store.states(lead)) == {erasure.FORGOTTEN} and erasure.offsets(store.states(lead)) == covered
+    asyncio.run(scorer.process([demo_request(lead, offset) for offset in range(12)]))  # sent before the request
+    assert set(store.states(lead)) == {erasure.FORGOTTEN} and erasure.offsets(store.states(lead)) == covered
+
+
 def test_a_lead_forgotten_while_its_model_is_out_of_the_directory_leaves_that_model_s_accounts(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

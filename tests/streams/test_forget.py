@@ -324,3 +324,26 @@ def test_a_merge_into_a_forgotten_lead_queued_before_the_request_does_not_make_i
     assert proc.get("/leads/lead-f/")[0] == 404
     assert crossings_of(own_redis, "lead-f") == []
     assert latest(own_redis, own_redis.topic_scores).get(b"b2b/lead-f") is None
+
+
+def test_a_request_whose_header_names_an_offset_past_the_end_is_applied_without_it(
+    isolated: Settings, worker: Callable[..., WorkerProcess]
+) -> None:
+    """Honoured, a header naming offset 999999999 of the events topic held the lead forgotten until
+    the topic reached it: its next 5 events were read and never scored, with no dead letter, no
+    log line and no count."""
+    proc = worker()
+    now = int(time.time() * 1000) - 30 * MINUTE_MS
+    home = partition_for("fx-0", isolated.partitions)
+    producer = KafkaProducer(bootstrap_servers=isolated.kafka_bootstrap)
+    producer.send(isolated.topic_profiles, key=b"fx-0", value=None, partition=home,
+                  headers=[("leadstream-sent-before", f"{isolated.topic_events} 999999999".encode())])
+    producer.flush()
+    ignored = 'leadstream_forget_headers_ignored_total{reason="beyond_end"} 1.0'
+    wait_for(lambda: ignored in proc.get("/metrics")[1].decode(), 60, "the header ignored", 0.3)
+    for n in range(5):
+        producer.send(isolated.topic_events, key=b"fx-0", value=orjson.dumps(event("fx-0", n, "webinar_attended", now + n)))
+    producer.flush()
+    producer.close()
+    wait_for(lambda: proc.get("/leads/fx-0/")[0] == 200, 60, "fx-0 scored", 0.3)
+    assert "beyond_end=1" in proc.log.read_text()
