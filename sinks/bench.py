@@ -94,16 +94,18 @@ def _run(base: Settings, connector: str, latency_ms: int, concurrency: int, coun
         redis_prefix=f"bench-{tag}", sink_concurrency=concurrency, hubspot_rate_limit=quota,
         salesforce_rate_limit=quota, webhook_rate_limit=quota,
     )
-    with _stand_in(connector, settings, count, latency_ms / 1000) as (settings, build, times):
-        topic = settings.topic_scores if connector == "redis" else settings.topic_crossings
-        ensure_topics(settings, [TopicSpec(topic, settings.partitions)])
-        _produce(settings, topic, connector, count)
-        started = time.monotonic()
-        stats = SinkRunner(build(settings), settings).run(stop_at_end=True)
-        wall_s = time.monotonic() - started
-        stamps = sorted(times()) or [started, started + wall_s]
+    topic = settings.topic_scores if connector == "redis" else settings.topic_crossings
+    try:  # the run's topics and keys go however it ends (an error, Ctrl-C, SIGTERM)
+        with _stand_in(connector, settings, count, latency_ms / 1000) as (connected, build, times):
+            ensure_topics(connected, [TopicSpec(topic, connected.partitions)])
+            _produce(connected, topic, connector, count)
+            started = time.monotonic()
+            stats = SinkRunner(build(connected), connected).run(stop_at_end=True)
+            wall_s = time.monotonic() - started
+            stamps = sorted(times()) or [started, started + wall_s]
+    finally:
+        _cleanup(settings, topic)
     span_s = max(stamps[-1] - stamps[0], 1e-6)
-    _cleanup(settings, topic)
     return Run(round((len(stamps) - 1) / span_s, 1), round(wall_s, 2), stats.delivered)
 
 

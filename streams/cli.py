@@ -10,6 +10,7 @@ import argparse
 import importlib
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -112,6 +113,11 @@ BENCHMARKS = {
 
 
 def _bench(args: argparse.Namespace, settings: Settings) -> int:
+    # A SIGTERM ends a benchmark as Ctrl-C does (KeyboardInterrupt, 130), through the `finally`s
+    # that stop its child processes and delete its topics: its workers run in sessions of their
+    # own, so no signal to the benchmark reaches them, and Python's default SIGTERM ended it at
+    # once, leaving them running for ever and the topics on the broker.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     return int(importlib.import_module(BENCHMARKS[args.what]).main(args, settings))
 
 

@@ -19,22 +19,18 @@ import argparse
 import asyncio
 import contextlib
 import io
-import shutil
 import statistics
-import tempfile
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, Iterator
 
 import orjson
 
 from streams.bench import print_figures, workload
-from streams.bench.pipeline import DAY_MS, bench_settings
-from streams.processes import CollectorProcess
+from streams.bench.pipeline import DAY_MS, bench_pipeline
+from streams.processes import CollectorProcess, free_port
 from streams.send import send_file
 from streams.settings import Settings
-from streams.topics import ensure_topics
 
 BATCH_EVENTS = 100
 CLIENTS = 8
@@ -134,11 +130,12 @@ def _session(aiohttp: Any) -> Any:
 
 
 def run(settings: Settings, seconds: float, leads: int, seed: int) -> dict[str, Any]:
-    workdir = Path(tempfile.mkdtemp(prefix="leadstream-bench-collector-"))
-    settings = bench_settings(settings, workdir / "state", metrics=False).with_overrides(
-        collector_write_keys=f"{WRITE_KEY}=bench", collector_port=_free_port()
-    )
-    ensure_topics(settings)
+    with bench_pipeline(settings, metrics=False, collector_write_keys=f"{WRITE_KEY}=bench",
+                        collector_port=free_port(), collector_metrics_port=free_port()) as settings:
+        return _measure(settings, seconds, leads, seed)
+
+
+def _measure(settings: Settings, seconds: float, leads: int, seed: int) -> dict[str, Any]:
     # Enough distinct events for 60,000 events/s over the throughput phase; beyond, they repeat.
     now_ms = int(time.time() * 1000)
     events = list(workload.generate(int(60_000 * seconds), leads, seed, now_ms - DAY_MS, DAY_MS))
@@ -151,13 +148,12 @@ def run(settings: Settings, seconds: float, leads: int, seed: int) -> dict[str, 
         latencies = sorted(asyncio.run(load.offer(OFFERED_EVENTS_PER_S, seconds)))
     finally:
         collector.stop()
-    jsonl = workdir / "events.jsonl"
+    jsonl = settings.state_dir.parent / "events.jsonl"
     jsonl.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in events))
     started = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):  # its summary line is not part of the figures
         send_file(jsonl, settings, events_per_message=BATCH_EVENTS)
     baseline = len(events) / (time.perf_counter() - started)
-    shutil.rmtree(workdir, ignore_errors=True)
     return {
         "events_per_s": round(events_per_s),
         "latency_ms_p50": round(statistics.median(latencies), 1),
@@ -171,14 +167,6 @@ def run(settings: Settings, seconds: float, leads: int, seed: int) -> dict[str, 
         "calls_refused": load.failed,
         "leads": leads,
     }
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def main(args: argparse.Namespace, settings: Settings) -> int:

@@ -23,9 +23,10 @@ import tempfile
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import orjson
 
@@ -41,15 +42,30 @@ RAW_PASSES = 3
 LIVE_PREFIX = "live-"
 
 
-def bench_settings(settings: Settings, state_dir: Path, metrics: bool) -> Settings:
-    tag = f"bench-{uuid.uuid4().hex[:8]}"
-    return settings.namespaced(
-        tag,
-        state_dir=state_dir,
+@contextmanager
+def bench_pipeline(settings: Settings, metrics: bool, **changes: Any) -> Iterator[Settings]:
+    """`settings` for a pipeline of the benchmark's own: app id and topics `bench-<tag>-*` (made
+    here), a free worker port, its state and the child processes' logs in a scratch directory
+    (`state_dir`'s parent). The topics and the directory are removed when the run ends however it
+    ends (an error, Ctrl-C, SIGTERM: see streams/cli.py `_bench`): each run left nine topics
+    behind, their partitions piling up on the broker (see `delete_topics`)."""
+    workdir = Path(tempfile.mkdtemp(prefix="leadstream-bench-"))
+    settings = settings.namespaced(
+        f"bench-{uuid.uuid4().hex[:8]}",
+        state_dir=workdir / "state",
         worker_port=free_port(),
         faust_sensors=1 if metrics else 0,
         log_level="warning",
+        **changes,
     )
+    try:
+        ensure_topics(settings)
+        yield settings
+    finally:
+        try:
+            delete_topics(settings, settings.app_id)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 async def raw_ceiling(settings: Settings, expected_events: int) -> float:
@@ -137,9 +153,12 @@ def crossing_latencies(settings: Settings, rate_per_s: int, seconds: float, lead
 
 
 def run(settings: Settings, events: int, leads: int, seed: int, events_per_message: int, metrics: bool, workers: int = 1) -> dict[str, Any]:
-    state_dir = Path(tempfile.mkdtemp(prefix="leadstream-bench-"))
-    settings = bench_settings(settings, state_dir, metrics)
-    ensure_topics(settings)
+    with bench_pipeline(settings, metrics) as settings:
+        return _measure(settings, events, leads, seed, events_per_message, metrics, workers)
+
+
+def _measure(settings: Settings, events: int, leads: int, seed: int, events_per_message: int, metrics: bool,
+             workers: int) -> dict[str, Any]:
     now_ms = int(time.time() * 1000)
     data = workload.serialized(events, leads, seed, now_ms - 30 * DAY_MS, 30 * DAY_MS)
     producer = open_producer(settings)
@@ -156,7 +175,8 @@ def run(settings: Settings, events: int, leads: int, seed: int, events_per_messa
     # Several workers share the partitions as a deployment would run them: each its own
     # process, web port and data directory, one consumer group.
     fleet = [
-        WorkerProcess(replace(settings, worker_port=free_port() if i else settings.worker_port, state_dir=state_dir / f"w{i}"))
+        WorkerProcess(replace(settings, worker_port=free_port() if i else settings.worker_port,
+                              state_dir=settings.state_dir.parent / f"w{i}"))
         for i in range(workers)
     ]
     try:
@@ -186,8 +206,6 @@ def run(settings: Settings, events: int, leads: int, seed: int, events_per_messa
     finally:
         recovering.stop()
         probe.close()
-        shutil.rmtree(state_dir, ignore_errors=True)
-        delete_topics(settings, settings.app_id)
     ordered = sorted(latencies)
     return {
         "events": events,
