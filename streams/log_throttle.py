@@ -16,9 +16,13 @@ LOG_INTERVAL_S = 10.0
 # aiokafka's (0.14) lines for each failed attempt to reach a broker, by logger, repeated for as long
 # as it is down: ~60 a second from a worker (its consumer's fetches and group coordinator retry
 # too), ~10 from the collector (its producer waits between metadata requests no broker answered:
-# streams.collector.METADATA_RETRY_S). Its other errors are said as they come.
+# streams.collector.METADATA_RETRY_S); and, before it has reached one (a collector started while
+# Kafka is down), one a second for each bootstrap server it tries. Its other errors are said as they come.
 KAFKA_RETRIES = {
-    "aiokafka": ("Unable connect to node with id %s: %s", "Unable to update metadata from %s"),  # client.py
+    "aiokafka": (  # client.py: a known broker's, then the bootstrap servers' (refused; connected, no answer)
+        "Unable connect to node with id %s: %s", "Unable to update metadata from %s",
+        'Unable connect to "%s:%s": %s', 'Unable to request metadata from "%s:%s": %s',
+    ),
     "aiokafka.consumer.fetcher": ("Failed fetch messages from %s: %s",),
     "aiokafka.consumer.group_coordinator": ("Group Coordinator Request failed: %s",),
 }

@@ -81,6 +81,28 @@ def test_aiokafkas_connection_retries_are_said_once_an_interval_and_its_other_er
     ]
 
 
+def test_aiokafkas_bootstrap_retries_are_said_once_an_interval(
+    aiokafka_log: tuple[logging.Logger, FakeClock], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A collector started while Kafka was down logged its bootstrap attempt's failure once a
+    second (client.py's own wording for a bootstrap server, not a known broker's), 25 lines in 25 s."""
+    logger, clock = aiokafka_log
+    caplog.set_level(logging.WARNING, logger="aiokafka")  # the second is a warning
+    refused = ConnectionRefusedError(111, "Connect call failed ('127.0.0.1', 18206)")
+    for _ in range(2):
+        for _ in range(10):
+            logger.error('Unable connect to "%s:%s": %s', "127.0.0.1", 18206, refused)
+            logger.warning('Unable to request metadata from "%s:%s": %s', "127.0.0.1", 18206, "KafkaTimeoutError")
+            clock.now_s += 1
+    assert [record.getMessage() for record in caplog.records if record.name == "aiokafka"] == [
+        "Unable connect to \"127.0.0.1:18206\": [Errno 111] Connect call failed ('127.0.0.1', 18206)",
+        'Unable to request metadata from "127.0.0.1:18206": KafkaTimeoutError',
+        "Unable connect to \"127.0.0.1:18206\": [Errno 111] Connect call failed ('127.0.0.1', 18206) "
+        "(9 more such lines left out since the last)",
+        'Unable to request metadata from "127.0.0.1:18206": KafkaTimeoutError (9 more such lines left out since the last)',
+    ]
+
+
 def test_the_throttle_of_aiokafkas_retries_is_installed_once() -> None:
     throttle_kafka_retries()
     throttle_kafka_retries()
