@@ -77,7 +77,7 @@ from streams.errors import ServiceError, redis_trouble
 from streams.forgotten import Forgotten
 from streams.history import ALL_FETCHED, read_to_end
 from streams.kafka_clients import open_client
-from streams.log_throttle import Throttle
+from streams.log_throttle import Throttle, throttle_kafka_retries
 from streams.settings import Settings
 from streams.topics import DEAD_LETTER_RETENTION_MS, TopicSpec, ensure_topics, partition_count, require_topic
 
@@ -934,6 +934,7 @@ def stop_on_signals(stop: threading.Event) -> None:
 
 def run_sink(sink: Sink[T], settings: Settings) -> int:
     """`leadstream sink NAME`: deliver until SIGTERM or Ctrl-C, with /metrics, /healthz, /readyz."""
+    throttle_kafka_retries()  # kafka-python's, ~4 lines a second at WARNING and ERROR while Kafka is down
     runner = SinkRunner(sink, settings)
     stop_on_signals(runner.stop)
     server = probes.serve(settings.metrics_port, runner.ready, settings.bind_host, "LEADSTREAM_METRICS_PORT")

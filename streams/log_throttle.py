@@ -13,18 +13,30 @@ from typing import Callable
 #: How often a recurring line is said at most.
 LOG_INTERVAL_S = 10.0
 
-# aiokafka's (0.14) lines for each failed attempt to reach a broker, by logger, repeated for as long
-# as it is down: ~60 a second from a worker (its consumer's fetches and group coordinator retry
-# too), ~10 from the collector (its producer waits between metadata requests no broker answered:
-# streams.collector.METADATA_RETRY_S); and, before it has reached one (a collector started while
-# Kafka is down), one a second for each bootstrap server it tries. Its other errors are said as they come.
+# The Kafka clients' lines for each failed attempt to reach a broker, by logger, repeated for as
+# long as it is down. Their other errors are said as they come.
 KAFKA_RETRIES = {
+    # aiokafka (0.14), the worker's and the collector's: ~60 a second from a worker (its consumer's
+    # fetches and group coordinator retry too), ~10 from the collector (its producer waits between
+    # metadata requests no broker answered: streams.collector.METADATA_RETRY_S); and, before it has
+    # reached a broker (a collector started while Kafka is down), one a second for each bootstrap server.
     "aiokafka": (  # client.py: a known broker's, then the bootstrap servers' (refused; connected, no answer)
         "Unable connect to node with id %s: %s", "Unable to update metadata from %s",
         'Unable connect to "%s:%s": %s', 'Unable to request metadata from "%s:%s": %s',
     ),
     "aiokafka.consumer.fetcher": ("Failed fetch messages from %s: %s",),
     "aiokafka.consumer.group_coordinator": ("Group Coordinator Request failed: %s",),
+    # kafka-python (3.0), the connectors' (and every lag probe's, the worker's too): a running
+    # connector whose broker was killed logged 260 lines in 30 s, most of them these (58 once throttled).
+    "kafka.net.manager": (
+        "Attempting bootstrap to %s at %s:%s (rack %s)", "Initializing connection for node_id %s at %s:%s (rack=%s)",  # info
+        "Bootstrap %s not ready; waiting %.2f secs", "Bootstrap connection to %s failed: %s (backoff %.2f secs)",
+        "Connection failed: %s", "Bootstrap failed: %s",
+    ),
+    "kafka.net.connection": ("%s: Connection lost: %s",),
+    "kafka.cluster": ("No node available for metadata refresh - backoff/retry", "Metadata refresh: failed %s"),
+    "kafka.coordinator": ("Error sending %s to node %s [%s]",),
+    "kafka.consumer.fetcher": ("Fetch to node %s failed: %s",),
 }
 
 
@@ -49,8 +61,8 @@ class Throttle:
 
 
 class KafkaRetries(logging.Filter):
-    """aiokafka's connection retries (KAFKA_RETRIES), each at most once every LOG_INTERVAL_S,
-    saying how many were left out."""
+    """The Kafka clients' connection retries (KAFKA_RETRIES), each at most once every
+    LOG_INTERVAL_S, saying how many were left out."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
@@ -72,6 +84,6 @@ _KAFKA_RETRIES = KafkaRetries()
 
 
 def throttle_kafka_retries() -> None:
-    """Said by each service using aiokafka (the collector, the worker) before it connects."""
+    """Said by each long-running process (the collector, the worker, the connectors) before it connects."""
     for name in KAFKA_RETRIES:  # a logger's filters see only its own records, not its children's
         logging.getLogger(name).addFilter(_KAFKA_RETRIES)  # once: it is one object

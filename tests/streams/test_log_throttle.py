@@ -103,6 +103,35 @@ def test_aiokafkas_bootstrap_retries_are_said_once_an_interval(
     ]
 
 
+def test_kafka_pythons_retries_are_said_once_an_interval(
+    aiokafka_log: tuple[logging.Logger, FakeClock], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A connector whose broker was killed logged ~130 lines in 30 s (kafka-python's, its lag
+    probes' too), ~90 at ERROR: each attempt's bootstrap, connection and metadata lines."""
+    _, clock = aiokafka_log
+    caplog.set_level(logging.WARNING, logger="kafka")
+    refused = "KafkaConnectionError: 111 ECONNREFUSED"
+    attempt = [
+        ("kafka.net.manager", "Bootstrap %s not ready; waiting %.2f secs", ("bootstrap-0", 0.44)),
+        ("kafka.net.manager", "Bootstrap connection to %s failed: %s (backoff %.2f secs)", ("bootstrap-0", refused, 0.44)),
+        ("kafka.net.manager", "Connection failed: %s", (refused,)),
+        ("kafka.net.manager", "Bootstrap failed: %s", ("KafkaTimeoutError: Unable to bootstrap from 127.0.0.1:9092",)),
+        ("kafka.net.connection", "%s: Connection lost: %s", ("<KafkaConnection node_id=1>", refused)),
+        ("kafka.cluster", "No node available for metadata refresh - backoff/retry", ()),
+        ("kafka.cluster", "Metadata refresh: failed %s", (refused,)),
+        ("kafka.coordinator", "Error sending %s to node %s [%s]", ("FindCoordinatorRequest", 1, refused)),
+        ("kafka.consumer.fetcher", "Fetch to node %s failed: %s", (1, refused)),
+    ]
+    for _ in range(20):
+        for name, message, args in attempt:
+            logging.getLogger(name).log(logging.WARNING if "ready;" in message or "backoff" in message else logging.ERROR,
+                                        message, *args)
+        clock.now_s += 1
+    said = [record.getMessage() for record in caplog.records if record.name.startswith("kafka.")]
+    assert len(said) == 2 * len(attempt)  # at 0 and 10 s
+    assert said[len(attempt)].endswith(" (9 more such lines left out since the last)")
+
+
 def test_the_throttle_of_aiokafkas_retries_is_installed_once() -> None:
     throttle_kafka_retries()
     throttle_kafka_retries()
