@@ -124,6 +124,15 @@ def _colliding_topics(settings: Settings) -> None:
                           "each needs a topic of its own")
 
 
+def _colliding_ports(settings: Settings) -> None:
+    """Refuses the collector's public port as its probes' too (the one process listening on two
+    ports; the worker and each connector listen on one): its second listen failed, saying another
+    process held the port, a second copy of the collector perhaps, though the port was free."""
+    if settings.collector_port == settings.collector_metrics_port:
+        raise ConfigError(f"LEADSTREAM_COLLECTOR_PORT and LEADSTREAM_COLLECTOR_METRICS_PORT are both {settings.collector_port}: "
+                          "the collector listens on both, its calls and its probes apart, so each needs a port of its own")
+
+
 def _app_id(value: str) -> str | None:
     # It begins the names of the changelog topics and of the consumer groups.
     return None if re.fullmatch(r"[A-Za-z0-9._-]{1,200}", value) else "1 to 200 letters, digits, '.', '_' or '-' (it begins topic names)"
@@ -427,6 +436,7 @@ class Settings:
             values[f.name] = _checked(f, _parse(f.metadata["env"], raw, type(f.default)), raw)
         settings = cls(**values)
         _colliding_topics(settings)
+        _colliding_ports(settings)
         return settings
 
     def check(self, name: str) -> None:

@@ -151,6 +151,16 @@ def test_topics_whose_names_differ_only_by_dot_and_underscore_are_refused_naming
     assert Settings.from_env({"LEADSTREAM_TOPIC_EVENTS": "acme.events", "LEADSTREAM_TOPIC_ACCOUNTS": "acme.accounts"})
 
 
+def test_the_collectors_two_ports_as_one_are_refused_naming_both() -> None:
+    # Its second listen failed, saying another process held the port (a second collector?).
+    with pytest.raises(ConfigError) as refused:
+        Settings.from_env({"LEADSTREAM_COLLECTOR_PORT": "18209", "LEADSTREAM_COLLECTOR_METRICS_PORT": "18209"})
+    assert str(refused.value) == ("LEADSTREAM_COLLECTOR_PORT and LEADSTREAM_COLLECTOR_METRICS_PORT are both 18209: the collector "
+                                  "listens on both, its calls and its probes apart, so each needs a port of its own")
+    # Processes of their own, each listening on one: the same port on two hosts is no clash.
+    assert Settings.from_env({"LEADSTREAM_WORKER_PORT": "18209", "LEADSTREAM_METRICS_PORT": "18209"})
+
+
 def test_two_settings_naming_one_topic_are_refused() -> None:
     # A dead-letter topic that was the events topic had the worker reject its own letters, each
     # wrapping the one before, until they filled the broker's disk.
