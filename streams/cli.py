@@ -191,6 +191,13 @@ def _reason(text: str) -> str:
     return text.strip()
 
 
+def _topic(text: str) -> str:
+    # `--topic "$T"` with T unset: a `send` fell back to the live events topic without a word.
+    if not text:
+        raise argparse.ArgumentTypeError("expected a topic name, got nothing")
+    return text
+
+
 def _moment(text: str) -> int:
     """An ISO-8601 time with its zone, or a date (UTC midnight), in epoch ms, read as event
     times are (scoring.events.parse_time_ms)."""
@@ -233,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("send", _send, "Produce a JSON-lines file of events to the raw events topic, keyed by lead id.")
     p.add_argument("file", type=Path, help="JSON-lines file: one event object per line, or a JSON array of events (an envelope, as `history` writes them) ('-' for stdin)")
-    p.add_argument("--topic", help="topic to write to (default: LEADSTREAM_TOPIC_EVENTS)")
+    p.add_argument("--topic", type=_topic, help="topic to write to (default: LEADSTREAM_TOPIC_EVENTS)")
     p.add_argument(
         "--events-per-message",
         type=_positive,
@@ -263,8 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("history", _history, "Write the raw events and profiles topics, as they are now, to a JSON-lines file (for score and review).")
     p.add_argument("--out", type=Path, required=True, help="file to write ('-' for stdout)")
-    p.add_argument("--topic", action="append",
-                   help="topic to read, repeatable (default: LEADSTREAM_TOPIC_EVENTS and LEADSTREAM_TOPIC_PROFILES)")
+    p.add_argument("--topic", action="append", type=_topic,
+                   help="topic to read, repeatable, each once (default: LEADSTREAM_TOPIC_EVENTS and LEADSTREAM_TOPIC_PROFILES)")
 
     p = add("review", _review, "Review each model against real outcomes: how well its scores, levels and rules predicted conversions.")
     p.add_argument("--models", type=Path, help="directory of model files (default: LEADSTREAM_MODELS_DIR)")

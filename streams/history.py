@@ -237,8 +237,8 @@ def default_topics(settings: Settings) -> list[str]:
 
 
 def write_history(settings: Settings, out: IO[bytes], topics: list[str] | None = None, err: IO[str] = sys.stderr) -> int:
-    """Writes the topics' message values as JSON lines; returns the exit status."""
-    topics = topics or default_topics(settings)
+    """Writes the topics' message values as JSON lines, a topic named twice once; returns the exit status."""
+    topics = list(dict.fromkeys(topics or default_topics(settings)))  # read twice, its messages were written twice
     written = dict.fromkeys(topics, 0)
     not_json = dict.fromkeys(topics, 0)
     tombstones = dict.fromkeys(topics, 0)

@@ -136,7 +136,7 @@ def _cause(exc: Exception) -> str:
 
 
 def send_file(path: Path, settings: Settings, topic: str | None = None, events_per_message: int = 1) -> int:
-    topic = topic or settings.topic_events
+    topic = settings.topic_events if topic is None else topic  # an empty name is no topic, not the default
     bad: list[str] = []
     if partition_count(settings, topic) == 0:
         raise ServiceError(f"topic {topic!r} does not exist; run `leadstream topics` (or check --topic)")

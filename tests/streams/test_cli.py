@@ -28,6 +28,9 @@ from streams.settings import PROJECT_ROOT
         (["bench", "pipeline", "--workers", "0"], "argument --workers: expected 1 or more, got 0"),
         (["bench", "collector", "--seconds", "0"], "argument --seconds: expected a finite number of seconds above 0, got 0"),
         (["bench", "collector", "--seconds", "nan"], "argument --seconds: expected a finite number of seconds above 0, got nan"),
+        # `--topic "$T"` with T unset: send wrote to the live events topic.
+        (["send", "f.jsonl", "--topic", ""], "argument --topic: expected a topic name, got nothing"),
+        (["history", "--out", "h.jsonl", "--topic", ""], "argument --topic: expected a topic name, got nothing"),
     ],
 )
 def test_counts_and_durations_must_be_positive(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -13,7 +13,7 @@ from typing import Callable
 import orjson
 from kafka import KafkaProducer
 
-from streams.history import read_to_end
+from streams.history import read_to_end, write_history
 from streams.offline import score_file
 from streams.partitioning import partition_for
 from streams.processes import WorkerProcess
@@ -103,6 +103,18 @@ def test_an_aborted_transaction_s_events_are_left_out_as_the_worker_leaves_them(
     assert f"{topic}: wrote 10 messages" in done.stderr
     assert {orjson.loads(line)["lead_id"] for line in out.read_bytes().splitlines()} == {f"hok-{n}" for n in range(5)}
     assert sum(1 for _ in read_to_end(isolated, topic)) == 10
+
+
+def test_a_topic_named_twice_is_read_once(isolated: Settings) -> None:
+    producer = open_producer(isolated)
+    try:
+        produce(producer, isolated.topic_events, ((e["lead_id"], orjson.dumps(e)) for e in SAAS_EVENTS[:3]), 1)
+    finally:
+        producer.close()
+    out, err = io.BytesIO(), io.StringIO()
+    assert write_history(isolated, out, [isolated.topic_events, isolated.topic_events], err) == 0
+    assert len(out.getvalue().splitlines()) == 3
+    assert err.getvalue().splitlines() == [f"{isolated.topic_events}: wrote 3 messages"]
 
 
 def test_a_topic_that_does_not_exist_is_a_one_line_error(isolated: Settings, tmp_path: Path) -> None:
