@@ -78,11 +78,21 @@ class Service:
         now, which `up` must not wait for nor `down` signal. Ours work in the service's folder
         (started there; redis-server moves to its data folder below it)."""
         try:
-            pid = int(self.pid_file.read_text().strip())
-        except (FileNotFoundError, ValueError):
+            pid = int(self.pid_file.read_text().split()[0])
+        except (FileNotFoundError, ValueError, IndexError):
             return None
         cwd = working_dir(pid) if alive(pid) else None
         return pid if cwd is not None and cwd.is_relative_to(self.home.resolve()) else None
+
+    def started_on(self) -> str | None:
+        """The address `up` started the process on, as its pid file records it (None in an earlier
+        release's): `status` and `up` are asked with the settings of the day, which may name
+        another, and the process listens where it was started."""
+        try:
+            recorded = self.pid_file.read_text().split()[1:2]
+        except FileNotFoundError:
+            return None
+        return recorded[0] if recorded else None
 
     def answers(self) -> bool:
         raise NotImplementedError
@@ -95,6 +105,9 @@ class Service:
 
     def up(self) -> str:
         if self.pid() is not None:
+            if (where := self.started_on()) not in (None, str(self.endpoint)):  # waiting for the endpoint would be in vain
+                raise ServiceError(f"{self.name}: already running (pid {self.pid()}) on {where}, where `services up` started it, not on "
+                                   f"{self.endpoint} ({self.setting}): run `leadstream services down`, then `up`, to start it there")
             self.wait_ready()
             return f"{self.name}: already running (pid {self.pid()}) on {self.endpoint}"
         if _port_in_use(self.endpoint) and self.answers():
@@ -119,7 +132,7 @@ class Service:
                 cwd=self.home,
                 start_new_session=True,  # survives the CLI and is not hit by its Ctrl-C
             )
-        self.pid_file.write_text(str(proc.pid))
+        self.pid_file.write_text(f"{proc.pid}\n{self.endpoint}\n")  # see started_on
         self.wait_ready(proc)
         return f"{self.name}: started (pid {proc.pid}) on {self.endpoint}; log: {self.logs[0]}"
 
@@ -155,8 +168,12 @@ class Service:
             if self.answers():  # another services directory's, or one of the user's own
                 return f"{self.name}: not started from {self.settings.services_dir} (LEADSTREAM_SERVICES_DIR), but {self.endpoint} answers"
             return f"{self.name}: not running"
-        state = "ready" if self.answers() else "NOT answering"
-        return f"{self.name}: running (pid {pid}) on {self.endpoint}, {state}; log: {self.logs[0]}"
+        where, answers = self.started_on(), self.answers()
+        if where == str(self.endpoint) or (where is None and answers):
+            return f"{self.name}: running (pid {pid}) on {self.endpoint}, {'ready' if answers else 'NOT answering'}; log: {self.logs[0]}"
+        place = f"on {where}, where `services up` started it" if where else "on an address its pid file (an earlier release's) does not record"
+        return (f"{self.name}: running (pid {pid}) {place}; {self.setting} names {self.endpoint}, which "
+                f"{'answers' if answers else 'does not answer'}; log: {self.logs[0]}")
 
     def last_log_line(self) -> tuple[str, Path]:
         """The line of what the last start wrote that best says why it failed, and its log."""

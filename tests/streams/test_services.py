@@ -212,6 +212,33 @@ def test_status_says_who_answers_and_exits_1_unless_every_service_does(tmp_path:
     assert done.returncode == 1 and "kafka: not running" in done.stdout and "redis: not running" in done.stdout
 
 
+def test_status_and_up_say_where_the_process_they_started_listens_when_the_settings_name_another(tmp_path: Path) -> None:
+    # Status joined the pid file's pid with the address configured now: "redis: running (pid N)
+    # on 127.0.0.1:P2, NOT answering", though that process listened on P1; up waited 90 s for P2.
+    settings = own_services(tmp_path, free_port(), free_port())
+    started = services.Redis(settings)
+    started.up()
+    try:
+        started_on, pid, log = started.endpoint, started.pid(), started.logs[0]
+        elsewhere = services.Redis(settings.with_overrides(redis_url=f"redis://127.0.0.1:{free_port()}/0"))
+        assert elsewhere.status() == (f"redis: running (pid {pid}) on {started_on}, where `services up` started it; "
+                                      f"LEADSTREAM_REDIS_URL names {elsewhere.endpoint}, which does not answer; log: {log}")
+        began = time.monotonic()
+        with pytest.raises(ServiceError) as refused:
+            elsewhere.up()
+        assert time.monotonic() - began < 5
+        assert str(refused.value) == (f"redis: already running (pid {pid}) on {started_on}, where `services up` started it, not on "
+                                      f"{elsewhere.endpoint} (LEADSTREAM_REDIS_URL): run `leadstream services down`, then `up`, "
+                                      "to start it there")
+        assert started.status() == f"redis: running (pid {pid}) on {started_on}, ready; log: {log}"
+        started.pid_file.write_text(str(pid))  # an earlier release's: no address
+        assert elsewhere.status() == (f"redis: running (pid {pid}) on an address its pid file (an earlier release's) does not "
+                                      f"record; LEADSTREAM_REDIS_URL names {elsewhere.endpoint}, which does not answer; log: {log}")
+        assert started.status() == f"redis: running (pid {pid}) on {started_on}, ready; log: {log}"
+    finally:
+        started.down()
+
+
 def test_an_erasure_survives_a_kill_of_the_redis_services_up_starts(tmp_path: Path) -> None:
     # Started with `--save "60 1000" --appendonly no`, a Redis killed 75 s after a forget came
     # back without its `forgotten:` key (fewer than 1,000 writes a minute are never snapshotted),
