@@ -98,7 +98,9 @@ _Points = Annotated[int, msgspec.Meta(ge=-int(_MAX_POINTS), le=int(_MAX_POINTS))
 
 class MemberScore(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
     """A lead's score in a model as of its newest event, for its account's roll-up. One is made
-    per changed lead of an account per batch, and crosses Kafka as a JSON object
+    per changed lead of an account per batch, and, in a model with `[accounts]`, one more for
+    each of its events of the batch that changed its score before its last (the score then, so
+    that the account passes through it: `Engine.apply_batch`); it crosses Kafka as a JSON object
     `{"model", "account_id", "lead_id", "score", "time"}`: a struct, built and (de)coded in C.
 
     `left` (`"left": true`): the lead is no longer a member of this account (it moved to another

@@ -78,7 +78,10 @@ class BatchResult:
     #: The score of every changed state that belongs to an account, whether or not the batch
     #: changed it, after a `left` update for each other account the lead was in during the batch;
     #: before them, an update for decay an event brought forward that was due before it
-    #: (`ModelRuntime._decayed`), dated at its due time.
+    #: (`ModelRuntime._decayed`), dated at its due time, and, in a model with `[accounts]`, the
+    #: member's score after each of its events of the batch that changed it but its last (the
+    #: score it had before the next one), so that its account passes through each score it
+    #: had, as when the events come in batches of one (`leadstream score`).
     #: A worker killed after sending a batch's updates, before its states were durable, told the
     #: accounts of scores and moves its successor does not know of, as it scores the same events
     #: again in other batches: these updates are what puts each account right again.
@@ -108,7 +111,7 @@ class ModelRuntime:
         "model", "name", "appliers", "apply_other", "fit_match", "ladder", "lateness_ms", "floor", "ceiling",
         "remember", "history", "keep_traits", "steps", "half_life", "windows", "level_index", "up", "down",
         "empty_fit", "empty_found", "first_level", "first_idle_ms", "history_keep", "history_trim", "level_names", "fit_keys", "fit_domain_keys", "classify", "_fit_memo", "labels_memo",
-        "known_types", "limits", "seen_keys", "renames", "member_decay_ms", "score_lines", "decayed",
+        "known_types", "limits", "seen_keys", "renames", "member_decay_ms", "score_lines", "decayed", "rolls_up",
     )  # fmt: skip
 
     def __init__(self, model: Model) -> None:
@@ -176,6 +179,9 @@ class ModelRuntime:
         #: Account updates of decay the batch's events brought forward (`_decayed`), which
         #: `Engine.apply_batch` takes into its result: the generated code cannot return them.
         self.decayed: list[MemberScore] = []
+        #: Whether member scores roll up into account levels (`[accounts]`): only then does an
+        #: account need a member's scores within a batch, not only its last.
+        self.rolls_up = model.accounts is not None
         windows: dict[str, Window] = {}
         for rule in model.rules:
             if rule.cap is not None:
@@ -599,6 +605,16 @@ class ModelRuntime:
                 drop_ms = end_ms
         state.windows_drop_ms = drop_ms
 
+    def tell_account(self, lead_id: str, state: LeadState, told: MemberScore | None, updates: list[MemberScore]) -> MemberScore | None:
+        """Adds to `updates` the member's score as it stands between two of its events of a
+        batch, unless `told`, the update its account was last told in the batch, said it (a
+        duplicate, an event of no points between); returns the update last told."""
+        update = self.member_score(lead_id, state, state.watermark_ms)
+        if update is None or (told is not None and told.score == update.score and told.account_id == update.account_id):
+            return told
+        updates.append(update)
+        return update
+
     def member_score(self, lead_id: str, state: LeadState, time_ms: int, changed_ms: int = 0) -> MemberScore | None:
         """The lead's update for its account; `changed_ms`, a decay's (`MemberScore.changed_ms`)."""
         if state.account_id is None:
@@ -688,7 +704,7 @@ class Engine:
         """
         result = BatchResult()
         # (model, lead id) -> [state, runtime, outcome so far, account before, accounts it was in since (or None),
-        # settled yet]
+        # settled yet, the member update last sent within the batch (or None)]
         touched: dict[tuple[str, str], list[Any]] = {}
         transitions = result.transitions
         routes = self._routes
@@ -725,9 +741,16 @@ class Engine:
                 if slot is None:
                     state = get_state(runtime.name, lead_id)
                     if state is None:  # a new lead: its first summary is news
-                        slot = touched[key] = [runtime.new_state(), runtime, _CHANGED, None, None, False]
+                        slot = touched[key] = [runtime.new_state(), runtime, _CHANGED, None, None, False, None]
                     else:
-                        slot = touched[key] = [state, runtime, _DUPLICATE, state.account_id, None, False]
+                        slot = touched[key] = [state, runtime, _DUPLICATE, state.account_id, None, False, None]
+                elif runtime.rolls_up and slot[2] >= _COUNTED and slot[0].account_id is not None:
+                    # The member's score after its previous event of the batch, before this one
+                    # changes it: with only its last, an account that its events took over two
+                    # lines crossed both at once. Taken here, not after each event, so a lead's
+                    # one event in a batch (the most common) costs nothing more; and not before
+                    # the batch counted one of its events (the account knows the state as read).
+                    slot[6] = runtime.tell_account(lead_id, slot[0], slot[6], result.account_updates)
                 state = slot[0]
                 outcome = (runtime.appliers.get(event.type) or runtime.apply_other)(state, event, transitions)
                 if outcome == _LATE:
@@ -763,7 +786,7 @@ class Engine:
             if runtime.decayed:
                 account_updates += runtime.decayed
                 runtime.decayed = []
-        for key, (state, runtime, outcome, account_before, visited, done) in touched.items():
+        for key, (state, runtime, outcome, account_before, visited, done, _) in touched.items():
             if outcome < _COUNTED:  # duplicates and late events only
                 continue
             if not done:  # its lead's last event was unrouted, of an unknown type, or for other models

@@ -35,9 +35,9 @@ from streams.tables import columns, points
 from streams.jsonlines import numbered_lines
 
 BATCH_EVENTS = 1000
-#: With a model that rolls leads up into accounts: an account moves with each batch's final
-#: member scores, so a batch of 1,000 lines hid the account crossings within it that the worker,
-#: taking events as they come, publishes (a member up and back down, several members climbing).
+#: With a model that rolls leads up into accounts: an account takes a batch's member changes in
+#: the order of their times, so in batches of one line its members' changes come in the order of
+#: the lines, as the worker takes events that come as they happen (MODELS.md, `[accounts]`).
 ACCOUNT_BATCH_EVENTS = 1
 
 

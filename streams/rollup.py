@@ -1,6 +1,7 @@
 """The account stage: member score updates, re-keyed by account through Kafka, rolled up.
 
-The scorer publishes each changed member score of a batch to the account-updates topic on the
+The scorer publishes each changed member score of a batch (and, with `[accounts]`, the scores a
+member passed through within it: `Engine.apply_batch`) to the account-updates topic on the
 account's partition, packed per partition like event envelopes (a JSON array), so this stage
 pays Faust's per-message cost once per scorer batch and partition (more often only when a
 batch's updates for a partition exceed what one Kafka message holds). Same guarantee as the

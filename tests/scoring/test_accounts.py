@@ -124,8 +124,47 @@ def test_a_leaving_in_a_batch_is_crossed_in_its_place_unless_it_is_a_merge_taken
 
 def test_batches_report_member_scores_of_leads_with_an_account() -> None:
     run = Run(account_engine("sum")).apply(ev("p", account_id="acme"), ev("p", at=1), ev("p", lead="L2"))
-    # The lead's second event: its state's second change, so the update's revision.
-    assert run.account_updates == [MemberScore("m", "acme", "L1", 20, T0 + 1, revision=2)]
+    # The score after each event of the lead, its state's revision then (L2 has no account).
+    assert run.account_updates == [MemberScore("m", "acme", "L1", 10, T0, revision=1), MemberScore("m", "acme", "L1", 20, T0 + 1, revision=2)]
+
+
+_LADDER = ('[[rules]]\nname = "n"\nevent = "n"\npoints = -10\n[accounts]\ncombine = "top_k"\ntop_k = 2\nbase = "unaware"\n'
+           'hysteresis = 5\nladder = [{ level = "engaged", at = 20 }, { level = "buying", at = 40 }]\n')
+
+
+def _account_crossings(events: list[dict[str, Any]], cuts: list[int], model: str = RULE + _LADDER) -> list[tuple[str, str, str | None, float]]:
+    """The account crossings of the events scored in batches cut at `cuts`, each batch's
+    updates rolled up together, as the account stage takes a scorer batch's message."""
+    run, account, out = Run(engine(model)), None, []
+    for start, end in zip([0, *cuts], [*cuts, len(events)]):
+        before = len(run.account_updates)
+        run.apply(*events[start:end])
+        if len(run.account_updates) > before:
+            account, crossed = run.engine.apply_account_updates("m", "acme", account, run.account_updates[before:])
+            out += [(t.id, t.to_level, t.lead_id, t.score) for t in crossed]
+    return out
+
+
+def test_a_members_events_of_one_batch_take_its_account_over_each_line_as_batches_of_one_do() -> None:
+    """A batch told the account only each member's last score: five events of one lead, +10
+    each, crossed unaware -> buying at 50 where one event a batch (`leadstream score`) crossed to
+    engaged at 20, then to buying at 40, so a CRM mapping acting on engaged never fired."""
+    events = [ev("p", at=n, event_id=f"e{n}", account_id="acme") for n in range(5)]
+    one_batch = _account_crossings(events, [])
+    assert [(level, score) for _, level, _, score in one_batch] == [("engaged", 20), ("buying", 40)]
+    assert one_batch == _account_crossings(events, list(range(1, len(events))))  # the same ids: the same crossings
+
+
+@settings(max_examples=150, deadline=None)
+@given(steps=st.lists(st.tuples(st.sampled_from(["L1", "L2", "L3"]), st.sampled_from(["p", "p", "n", "visit"])), min_size=1, max_size=24),
+       cuts=st.sets(st.integers(1, 23)))
+def test_an_accounts_crossings_do_not_depend_on_how_its_members_events_are_batched(steps: list[tuple[str, str]], cuts: set[int]) -> None:
+    """Members' events in time order, cut into batches anywhere (a worker's fetches, or a
+    successor's after a restart scoring them again), cross the account as batches of one do,
+    with the same ids; a member's events of no points between its changes (a duplicate, one
+    no rule scores) add no update."""
+    events = [ev(kind, at=n, lead=lead, event_id=f"e{n % 20}", account_id="acme") for n, (lead, kind) in enumerate(steps)]
+    assert _account_crossings(events, sorted(c for c in cuts if c < len(events))) == _account_crossings(events, list(range(1, len(events))))
 
 
 def test_account_state_round_trips() -> None:
@@ -387,7 +426,7 @@ def test_a_lead_state_counts_its_changes_and_its_account_updates_carry_the_count
     run = Run(eng).apply(ev("p", at=10, account_id="acme", event_id="a"), ev("p", at=2 * day, event_id="b"))
     run.apply(ev("p", at=2 * day, event_id="b"), ev("p", at=0, event_id="late"))  # a duplicate, and one beyond the lateness
     assert len(run.late) == 1 and run.state().revision == 2
-    assert [u.revision for u in run.account_updates] == [2]
+    assert [u.revision for u in run.account_updates] == [1, 2]  # the first batch's two events; none of the second's
     state, _ = eng.decay("m", "L1", run.state(), T0 + 63 * day)  # both steps due
     assert state.revision == 4 and eng.decay("m", "L1", state, T0 + 64 * day)[0].revision == 4
     assert eng.member_score("m", "L1", state, state.watermark_ms).revision == 4  # type: ignore[union-attr]
@@ -402,7 +441,7 @@ def test_a_state_returned_by_a_merge_loop_is_taken_back_where_its_leaving_took_i
     account takes it back, and the updates before the leaving, taken again, do not."""
     eng = account_engine("sum")
     run = Run(eng).apply(ev("p", at=10, account_id="acme"), ev("p", at=20))
-    [joined] = run.account_updates
+    *_, joined = run.account_updates  # after both events
     visitor = run.state()
     leaving = eng.leaving("m", "L1", visitor, T0 + 5)  # the link's time is before its newest event
     state, _ = eng.apply_account("m", "acme", None, joined)

@@ -274,3 +274,33 @@ def test_a_topic_of_large_envelopes_is_scored_in_batches_bounded_by_bytes_withou
     batches = metric("leadstream_batch_events_count")
     assert batches >= messages / 2 and metric('leadstream_batch_events_bucket{le="10000.0"}') == batches
     assert proc.proc is not None and proc.proc.poll() is None and proc.ready()
+
+
+def test_an_accounts_crossings_from_one_batch_are_those_leadstream_score_gives_event_by_event(
+    isolated: Settings, worker: Callable[..., WorkerProcess], tmp_path: Path
+) -> None:
+    """Eight demo requests of one lead (+30 each) in one message, so one batch: the account heard
+    only the lead's last score, 150, and crossed unaware -> buying, where `leadstream score`
+    crosses to engaged at 60, then to buying at 150; a CRM mapping acting on engaged never fired.
+    Two members of another account taking turns in one message cross it as event by event too."""
+    start = int(time.time() * 1000) - 48 * HOUR_MS
+    pair = next((a, b) for a, b in ((f"p{n}", f"q{n}") for n in range(100)) if partition_for(a, 4) == partition_for(b, 4))
+
+    def demo(n: int, lead: str, account: str) -> dict:
+        return {"event_id": f"{lead}-{n}", "lead_id": lead, "type": "form_submit", "product": "b2b", "time": start + n * 1000,
+                "account_id": account, "properties": {"form": "demo_request"}}
+
+    events = [demo(n, "ac1-lead", "ac1-acct") for n in range(8)] + [demo(n, pair[n % 2], "ac2-acct") for n in range(8)]
+    path = write_jsonl(tmp_path / "events.jsonl", events)
+    offline = [orjson.loads(line) for line in leadstream(isolated, "score", "--events", str(path)).stdout.splitlines()]
+    transitions = [r for r in offline if r["record"] == "transition"]
+    expected = sorted((r["account_id"], r["time"], r["to_level"], r["score"], r["id"]) for r in transitions if r["kind"] == "account")
+    assert [(account, level, score) for account, _, level, score, _ in expected] == [
+        ("ac1-acct", "engaged", 60), ("ac1-acct", "buying", 150), ("ac2-acct", "engaged", 60), ("ac2-acct", "buying", 150)]
+    sent = leadstream(isolated, "send", "--events-per-message", "8", str(path))
+    assert f"sent {len(events)} events in 2 messages" in sent.stdout  # one message per account's members
+
+    worker()
+
+    crossings = [c for _, c in read_topic(isolated, isolated.topic_crossings, expect=len(transitions))]
+    assert sorted((c["account_id"], c["time"], c["to_level"], c["score"], c["id"]) for c in crossings if c["kind"] == "account") == expected
