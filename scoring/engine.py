@@ -111,7 +111,7 @@ class ModelRuntime:
         "model", "name", "appliers", "apply_other", "fit_match", "ladder", "lateness_ms", "floor", "ceiling",
         "remember", "history", "keep_traits", "steps", "half_life", "windows", "level_index", "up", "down",
         "empty_fit", "empty_found", "first_level", "first_idle_ms", "history_keep", "history_trim", "level_names", "fit_keys", "fit_domain_keys", "classify", "_fit_memo", "labels_memo",
-        "known_types", "limits", "seen_keys", "renames", "member_decay_ms", "score_lines", "decayed", "rolls_up",
+        "known_types", "limits", "seen_keys", "renames", "member_decay_ms", "score_lines", "decayed", "told", "rolls_up",
     )  # fmt: skip
 
     def __init__(self, model: Model) -> None:
@@ -179,6 +179,10 @@ class ModelRuntime:
         #: Account updates of decay the batch's events brought forward (`_decayed`), which
         #: `Engine.apply_batch` takes into its result: the generated code cannot return them.
         self.decayed: list[MemberScore] = []
+        #: lead id -> the update its account was last told within the batch (`tell_account`), or
+        #: of decay its event brought forward (`_decayed`): a score between two of its events
+        #: that equals the one before still has to be told after such a one.
+        self.told: dict[str, MemberScore] = {}
         #: Whether member scores roll up into account levels (`[accounts]`): only then does an
         #: account need a member's scores within a batch, not only its last.
         self.rolls_up = model.accounts is not None
@@ -422,6 +426,7 @@ class ModelRuntime:
         member = self.member_score(lead_id, state, watermark_ms, due_ms)
         if member is not None:
             self.decayed.append(member)
+            self.told[lead_id] = member
 
     def _half_life_to(self, state: LeadState, as_of_ms: int, behaviour: float, time_ms: int, level: int, lead_id: str,
                       out: list[Transition]) -> int:
@@ -605,15 +610,17 @@ class ModelRuntime:
                 drop_ms = end_ms
         state.windows_drop_ms = drop_ms
 
-    def tell_account(self, lead_id: str, state: LeadState, told: MemberScore | None, updates: list[MemberScore]) -> MemberScore | None:
+    def tell_account(self, lead_id: str, state: LeadState, updates: list[MemberScore]) -> None:
         """Adds to `updates` the member's score as it stands between two of its events of a
-        batch, unless `told`, the update its account was last told in the batch, said it (a
-        duplicate, an event of no points between); returns the update last told."""
+        batch, unless the update its account was last told in the batch (`told`) said it: a
+        duplicate, or an event of no points, between."""
         update = self.member_score(lead_id, state, state.watermark_ms)
-        if update is None or (told is not None and told.score == update.score and told.account_id == update.account_id):
-            return told
-        updates.append(update)
-        return update
+        if update is None:
+            return
+        told = self.told.get(lead_id)
+        if told is None or told.score != update.score or told.account_id != update.account_id:
+            updates.append(update)
+            self.told[lead_id] = update
 
     def member_score(self, lead_id: str, state: LeadState, time_ms: int, changed_ms: int = 0) -> MemberScore | None:
         """The lead's update for its account; `changed_ms`, a decay's (`MemberScore.changed_ms`)."""
@@ -703,8 +710,11 @@ class Engine:
         before costs several times as much (measured: 1.2 us against 3.6-7 us to encode one).
         """
         result = BatchResult()
+        for runtime in self._everywhere:  # what a batch that raised part way told its accounts is not told now
+            if runtime.told:
+                runtime.told.clear()
         # (model, lead id) -> [state, runtime, outcome so far, account before, accounts it was in since (or None),
-        # settled yet, the member update last sent within the batch (or None)]
+        # settled yet]
         touched: dict[tuple[str, str], list[Any]] = {}
         transitions = result.transitions
         routes = self._routes
@@ -741,16 +751,16 @@ class Engine:
                 if slot is None:
                     state = get_state(runtime.name, lead_id)
                     if state is None:  # a new lead: its first summary is news
-                        slot = touched[key] = [runtime.new_state(), runtime, _CHANGED, None, None, False, None]
+                        slot = touched[key] = [runtime.new_state(), runtime, _CHANGED, None, None, False]
                     else:
-                        slot = touched[key] = [state, runtime, _DUPLICATE, state.account_id, None, False, None]
+                        slot = touched[key] = [state, runtime, _DUPLICATE, state.account_id, None, False]
                 elif runtime.rolls_up and slot[2] >= _COUNTED and slot[0].account_id is not None:
                     # The member's score after its previous event of the batch, before this one
                     # changes it: with only its last, an account that its events took over two
                     # lines crossed both at once. Taken here, not after each event, so a lead's
                     # one event in a batch (the most common) costs nothing more; and not before
                     # the batch counted one of its events (the account knows the state as read).
-                    slot[6] = runtime.tell_account(lead_id, slot[0], slot[6], result.account_updates)
+                    runtime.tell_account(lead_id, slot[0], result.account_updates)
                 state = slot[0]
                 outcome = (runtime.appliers.get(event.type) or runtime.apply_other)(state, event, transitions)
                 if outcome == _LATE:
@@ -786,7 +796,7 @@ class Engine:
             if runtime.decayed:
                 account_updates += runtime.decayed
                 runtime.decayed = []
-        for key, (state, runtime, outcome, account_before, visited, done, _) in touched.items():
+        for key, (state, runtime, outcome, account_before, visited, done) in touched.items():
             if outcome < _COUNTED:  # duplicates and late events only
                 continue
             if not done:  # its lead's last event was unrouted, of an unknown type, or for other models

@@ -556,3 +556,17 @@ def test_an_accounts_crossings_are_the_same_whether_sweeps_or_events_take_the_de
         return [(t.to_level, t.time_ms, t.score) for t in out]
 
     assert crossings(swept=True) == crossings(swept=False)
+
+
+
+def test_a_score_between_two_events_is_told_again_after_decay_an_event_brought_forward_told_a_lower_one() -> None:
+    """A member's score between two events, equal to the one its account was told before them,
+    was not told again, though the step the second event brought forward had told the account a
+    lower one in between: the account, down at the step, stayed down at 40 and crossed up only at
+    the next event, a day later and at 50."""
+    model = (RULE + '[[rules]]\nname = "visit"\nevent = "visit"\npoints = 40\n[[rules]]\nname = "back"\nevent = "back"\npoints = 20\n'
+             '[accounts]\nbase = "quiet"\nhysteresis = 5\nladder = [{ level = "engaged", at = 30 }]\n[decay]\nsteps = [{ idle = "30d", points = -20 }]\n')
+    events = [ev(kind, at=day * DAY, event_id=f"e{day}", account_id="acme") for kind, day in (("visit", 0), ("back", 31), ("p", 32))]
+    one_batch = _account_crossings(events, [], model)
+    assert [(level, score, lead) for _, level, lead, score in one_batch] == [("engaged", 40, "L1"), ("quiet", 20, "L1"), ("engaged", 40, "L1")]
+    assert one_batch == _account_crossings(events, [1, 2], model)
