@@ -4,9 +4,12 @@ Per crossing, on the lead's contact (found by the `hubspot_id` trait, else by `e
 idProperty=email) or, for an account crossing when the mapping has an `[account]` table, on the
 account's company (found by the mapping's `id_property`, a unique-value company property holding
 the account id):
-1. Update the record with the mapped properties and what the level sets (e.g. lifecyclestage).
-   HubSpot refuses to move a lifecycle stage backwards unless it is cleared first, so a
-   down-crossing that sets one clears it in a first update.
+1. Read the record's values of what the level sets (e.g. lifecyclestage) and, when a deal or task
+   is made for its owner, its `hubspot_owner_id`. Then update the record with the mapped
+   properties and what the level sets, but for a value the record holds that the mapping's levels
+   neither set nor `replaces` (a stage leadstream does not manage, such as `opportunity` or
+   `customer`: sales', kept and logged). HubSpot refuses to move a lifecycle stage backwards
+   unless it is cleared first, so a down-crossing that sets one clears it in a first update.
 2. On an up-crossing to a `[deal]` level: create a deal in the configured pipeline and stage,
    owned by the task owner and associated with the record.
 3. On an up-crossing to a `[task]` level: create a follow-up task for the owner (the mapping's,
@@ -25,6 +28,7 @@ endpoint: such a reference, or a record id (the `hubspot_id` trait, an account i
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -46,6 +50,7 @@ from streams.errors import ConfigError
 from streams.settings import Settings
 
 R = TypeVar("R")
+log = logging.getLogger("leadstream.sinks")
 
 # HubSpot-defined association type ids (CRM associations v4 reference).
 DEAL_TO_CONTACT = 3
@@ -108,16 +113,23 @@ class HubSpotSink(CrossingSink):
         else:
             target = self.contacts
             ref, id_property = self._contact_ref(item)
-        properties = {name: _text(value) for name, value in mapping.record_values(item).items()}
-        record_id = self._update(target, item, ref, id_property, properties)
-        if item.direction != "up":
-            return
         deal, task = mapping.deal, mapping.task
-        wants_deal = deal is not None and item.to_level in deal.levels
-        wants_task = task is not None and item.to_level in task.levels
+        wants_deal = item.direction == "up" and deal is not None and item.to_level in deal.levels
+        wants_task = item.direction == "up" and task is not None and item.to_level in task.levels
+        wants_owner = (wants_deal or wants_task) and not (task and task.owner)
+        # One read, before the update, of what it depends on: the stage sales may have moved the
+        # record to (kept), and the owner of the deal and task.
+        wanted = mapping.level_fields(item) + (["hubspot_owner_id"] if wants_owner else [])
+        current = self._read(target, ref, id_property, wanted) if wanted else {}
+        kept = mapping.kept_fields(item, current)
+        for name, value in kept.items():
+            log.info("HubSpot %s: %s %r kept, not a value the mapping's levels set or replace (sales moved it there); "
+                     "the other properties are updated", _what(target, ref, id_property), name, value)
+        properties = {name: _text(value) for name, value in mapping.record_values(item, kept).items()}
+        record_id = self._update(target, item, ref, id_property, properties)
         if not (wants_deal or wants_task):
             return
-        owner = (task.owner if task else "") or self._owner(target, record_id)
+        owner = (task.owner if task else "") or current.get("hubspot_owner_id", "")
         deal_id = None
         if deal is not None and wants_deal:
             deal_id = steps.once(
@@ -175,19 +187,21 @@ class HubSpotSink(CrossingSink):
         return _unique_value(str(crossing.account_id), source), id_property
 
     def _update(self, target: _Target, crossing: Crossing, ref: str, id_property: str | None, properties: dict[str, str]) -> str:
-        what = f"{target.name} {ref}" if id_property is None else f"{target.name} {id_property}={ref}"
+        what = _what(target, ref, id_property)
         if crossing.direction == "down" and properties.get("lifecyclestage"):
-            # HubSpot refuses to move a lifecycle stage backwards unless it is cleared first.
+            # HubSpot refuses to move a lifecycle stage backwards unless it is cleared first
+            # (record_values let through only a stage that the mapping's levels may replace).
             self._call(what, target.api.update, ref, {"properties": {"lifecyclestage": ""}}, id_property=id_property)
         return _id(what, self._call(what, target.api.update, ref, {"properties": properties}, id_property=id_property))
 
-    def _owner(self, target: _Target, record_id: str) -> str:
-        what = f"{target.name} {record_id}"
-        properties = self._call(what, target.api.get_by_id, record_id, properties=["hubspot_owner_id"]).properties
-        if properties is None:
-            # A body that is not JSON, read as an empty model: not a record without an owner.
+    def _read(self, target: _Target, ref: str, id_property: str | None, names: list[str]) -> dict[str, str]:
+        """The record's values of its properties `names` (absent when it has none)."""
+        what = _what(target, ref, id_property)
+        record = self._call(what, target.api.get_by_id, ref, properties=names, id_property=id_property)
+        if record.properties is None:
+            # A body that is not JSON, read as an empty model: not a record without these properties.
             raise RetryableError(f"HubSpot {what}: malformed answer (no properties)")
-        return str(properties.get("hubspot_owner_id") or "")
+        return {name: str(record.properties[name]) for name in names if record.properties.get(name)}
 
     def _create(self, what: str, create: Callable[..., Any], body: dict[str, Any]) -> str:
         return _id(f"create {what}", self._call(f"create {what}", create, body))
@@ -239,6 +253,11 @@ class HubSpotSink(CrossingSink):
         except ValueError as exc:
             # The generated client rejects an answer that is not the documented JSON this way.
             raise RetryableError(f"HubSpot {what}: malformed answer ({exc})") from None
+
+
+def _what(target: _Target, ref: str, id_property: str | None) -> str:
+    """The record, as errors and the log name it."""
+    return f"{target.name} {ref}" if id_property is None else f"{target.name} {id_property}={ref}"
 
 
 def _record_id(value: str, source: str) -> str:

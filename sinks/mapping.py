@@ -1,8 +1,9 @@
 """Field mappings: what a CRM connector writes where, read from one TOML file per connector.
 
 The file says which crossing field goes into which CRM field (and how values translate), what
-each level sets (a lifecycle stage, a lead status), which levels create a deal or a follow-up
-task and with what owner, pipeline, stage and texts. It is validated when the connector starts:
+each level sets (a lifecycle stage, a lead status) and over which of the record's current values
+(`replaces`), which levels create a deal or a follow-up task and with what owner, pipeline,
+stage and texts. It is validated when the connector starts:
 an error names the file and the field, so nothing half-configured reaches a CRM. The shipped
 examples (sinks/mappings/*.toml) document every key.
 """
@@ -14,7 +15,7 @@ import string
 import tomllib
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Container, Iterable
 
 from scoring.config import not_utf8, toml_problem
 from scoring.model import Model
@@ -98,16 +99,32 @@ class RecordMapping:
     levels: dict[str, dict[str, str]]
     deal: DealMapping | None
     task: TaskMapping | None
+    #: Per field a level sets, the record's values a level may replace: those the levels set, and
+    #: those the `[replaces]` table adds (an empty value always). Any other (a HubSpot `customer`
+    #: or `opportunity`, a Status sales gave the Lead) is sales', and a lead-scoring signal keeps it.
+    replaces: dict[str, frozenset[str]]
 
-    def record_values(self, crossing: Crossing) -> dict[str, Any]:
-        """CRM field -> value for a crossing: the mapped fields, then what its level sets."""
+    def record_values(self, crossing: Crossing, kept: Container[str] = ()) -> dict[str, Any]:
+        """CRM field -> value for a crossing: the mapped fields, then what its level sets but for
+        the fields `kept` on the record as they are (see `kept_fields`)."""
         source = crossing.template_fields()
         out: dict[str, Any] = {}
         for name, target in self.fields.items():
             value = source[name]
             out[target] = self.values.get(name, {}).get(str(value), value)
-        out.update(self.levels.get(crossing.to_level, {}))
+        out.update((name, value) for name, value in self.levels.get(crossing.to_level, {}).items() if name not in kept)
         return out
+
+    def level_fields(self, crossing: Crossing) -> list[str]:
+        """The fields the crossing's level sets: the connector reads their current values on the
+        record first, for `kept_fields`."""
+        return list(self.levels.get(crossing.to_level, {}))
+
+    def kept_fields(self, crossing: Crossing, current: dict[str, str]) -> dict[str, str]:
+        """Field -> the record's current value, for the fields the crossing's level sets whose
+        value is not one a level may replace: they are left as they are."""
+        return {name: current[name] for name in self.level_fields(crossing)
+                if current.get(name) and current[name] not in self.replaces.get(name, ())}
 
 
 @dataclass(frozen=True)
@@ -211,6 +228,13 @@ class _Table:
                 raise table.error(name, f"must be a string, not {value!r}")
         return dict(table.data)
 
+    def lists_of_strings(self, key: str) -> dict[str, list[str]]:
+        table = self.table(key)
+        for name, value in table.data.items():
+            if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+                raise table.error(name, f'must be a list of values, e.g. ["subscriber", "lead"], not {value!r}')
+        return dict(table.data)
+
     def tables_of_strings(self, key: str) -> dict[str, dict[str, str]]:
         table = self.table(key)
         return {name: table.strings(name) for name in table.data}
@@ -251,12 +275,12 @@ def load_mapping(path: Path, *, with_deals: bool) -> Mapping:
         raise MappingError(f"{path}: not valid TOML ({toml_problem(exc, text)})") from None
     top = _Table(path, "", raw)
     deal = ("deal",) if with_deals else ()
-    top.only("fields", "values", "levels", "task", "account", *deal)
+    top.only("fields", "values", "levels", "replaces", "task", "account", *deal)
     lead = _record_parts(top, _LEAD)
     account = None
     if "account" in raw:
         table = top.table("account")
-        table.only("id_property", "fields", "values", "levels", "task", *deal)
+        table.only("id_property", "fields", "values", "levels", "replaces", "task", *deal)
         account = AccountMapping(id_property=table.field_name("id_property"), **_record_parts(table, _ACCOUNT))
     return Mapping(path=path, account=account, **lead)
 
@@ -279,10 +303,19 @@ def _record_parts(table: _Table, kind: _Kind) -> dict[str, Any]:
         for name in sets:
             if not _FIELD_NAME.fullmatch(name):
                 raise table.table("levels").table(level).error(name, "is not a CRM field name (a letter, then letters, digits or '_')")
+    replaces: dict[str, set[str]] = {}
+    for sets in levels.values():
+        for name, value in sets.items():
+            replaces.setdefault(name, set()).add(value)
+    for name, extra in table.lists_of_strings("replaces").items():
+        if name not in replaces:
+            raise table.table("replaces").error(name, f"is not a field a [{table.table('levels').where}.*] table sets")
+        replaces[name] |= set(extra)
     return {
         "fields": fields,
         "values": values,
         "levels": levels,
+        "replaces": {name: frozenset(known) for name, known in replaces.items()},
         "deal": _deal(table.table("deal"), kind) if "deal" in table.data else None,
         "task": _task(table.table("task"), kind) if "task" in table.data else None,
     }

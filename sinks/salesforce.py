@@ -3,7 +3,9 @@
 Per lead crossing: update the Lead (found by the `salesforce_id` trait, else the newest
 unconverted Lead with the `email` trait) with the mapped fields and what the level sets (e.g.
 Status); on an up-crossing to a `[task]` level, also create a Task on the Lead (WhoId) for its
-owner (or the mapping's). Down-crossings only update the Lead.
+owner (or the mapping's). Down-crossings only update the Lead. What a level sets is read first:
+a value the mapping's levels neither set nor `replaces` (a Status sales gave the Lead), or any
+of a converted Lead, is kept as it is and logged; the other fields are updated.
 
 Per account crossing, when the mapping has an `[account]` table: the same on the Account whose
 `id_property` field holds the account id (`Id`: the account ids are Salesforce Account ids),
@@ -22,6 +24,7 @@ crossing.
 
 from __future__ import annotations
 
+import logging
 import re
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, TypeVar, cast
@@ -40,6 +43,7 @@ from streams.errors import ConfigError
 from streams.settings import Settings
 
 R = TypeVar("R")
+log = logging.getLogger("leadstream.sinks")
 
 # Salesforce's documented answers for "over the org's API allocation / too busy": worth waiting.
 _RETRYABLE_CODES = {"REQUEST_LIMIT_EXCEEDED", "SERVER_UNAVAILABLE", "UNABLE_TO_LOCK_ROW"}
@@ -103,16 +107,30 @@ class SalesforceSink(CrossingSink):
             trait = item.traits.get("salesforce_id")
             record_id = _record_id(trait, f"lead {item.lead_id}'s salesforce_id trait") if trait else self._find_lead(item)
         what = f"{sobject.name} {record_id}"
-        values = mapping.record_values(item)
-        self._call(what, lambda: sobject.update(record_id, values))
         task = mapping.task
-        if item.direction != "up" or task is None or item.to_level not in task.levels:
+        wants_task = item.direction == "up" and task is not None and item.to_level in task.levels
+        level_fields = mapping.level_fields(item)
+        # One read, before the update, of what it depends on: the Status sales may have given the
+        # record (kept), and the owner of the Task.
+        wanted = level_fields + (["IsConverted"] if level_fields and sobject is self.leads else [])
+        wanted += ["OwnerId"] if wants_task and task is not None and not task.owner else []
+        record = self._call(what, lambda: _values(sobject.get(record_id), wanted)) if wanted else {}
+        if record.get("IsConverted"):  # sales' now, its Status (Closed - Converted) too
+            kept = {name: str(record[name]) for name in level_fields}
+        else:
+            kept = mapping.kept_fields(item, {name: str(record[name]) for name in level_fields if record[name]})
+        for name, value in kept.items():
+            log.info("Salesforce %s: %s %r kept, not a value the mapping's levels set or replace (sales set it, or "
+                     "converted the Lead); the other fields are updated", what, name, value)
+        values = mapping.record_values(item, kept)
+        self._call(what, lambda: sobject.update(record_id, values))
+        if not wants_task or task is None:
             return
         due = datetime.fromtimestamp(item.time_ms / 1000, timezone.utc) + timedelta(hours=task.due_in_hours)
         fields = item.template_fields()
 
         def create() -> str:
-            owner = task.owner or self._call(what, lambda: str(sobject.get(record_id)["OwnerId"]))
+            owner = task.owner or str(record["OwnerId"])
             body = {
                 relation: record_id,
                 "Subject": task.subject.format(**fields),
@@ -185,6 +203,11 @@ def _record_id(value: str, source: str) -> str:
     if _RECORD_ID.fullmatch(value) is None:
         raise PermanentError(f"{source} is {value[:200]!r}, not a Salesforce record id (15 or 18 letters and digits)")
     return value
+
+
+def _values(record: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """The record's fields `names` (null when empty); a KeyError when the answer lacks one."""
+    return {name: record[name] for name in names}
 
 
 def _first_id(result: dict[str, Any]) -> str | None:

@@ -68,6 +68,38 @@ def test_down_crossing_moves_the_lifecycle_stage_back_and_creates_nothing(
     assert len(hubspot.objects["tasks"]) == 1
 
 
+@pytest.mark.parametrize("stage", ["customer", "opportunity", "other"])
+def test_a_stage_sales_set_is_kept_by_every_crossing_and_the_other_properties_are_updated(
+    sink_settings: Settings, hubspot: FakeHubSpot, stage: str
+) -> None:
+    # A down-crossing cleared the stage and set `lead`: a customer who went quiet was demoted.
+    settings = hubspot_settings(sink_settings, hubspot)
+    contact = hubspot.add_contact("lead-2@acme.io")
+    hubspot.objects["contacts"][contact]["properties"]["lifecyclestage"] = stage  # sales moved it on
+    produce(settings, [crossing(2, "nurture", "down", from_level="mql", temperature="cold"), crossing(2, "mql", seq=2)])
+
+    stats = drain(HubSpotSink(settings), settings)
+
+    assert (stats.delivered, stats.dead_lettered) == (2, 0)
+    properties = hubspot.objects["contacts"][contact]["properties"]
+    assert (properties["lifecyclestage"], properties["leadstream_level"]) == (stage, "mql")
+    patches = [r.json()["properties"] for r in hubspot.requests_to("PATCH", "/contacts/")]
+    assert all("lifecyclestage" not in p for p in patches), patches  # not cleared either
+    assert [p["leadstream_temperature"] for p in patches] == ["Cold", "Warm"]
+
+
+def test_a_stage_the_mapping_replaces_or_none_is_moved_up_and_down(sink_settings: Settings, hubspot: FakeHubSpot) -> None:
+    settings = hubspot_settings(sink_settings, hubspot)
+    subscriber, blank = hubspot.add_contact("lead-2@acme.io"), hubspot.add_contact("lead-3@acme.io")
+    hubspot.objects["contacts"][subscriber]["properties"]["lifecyclestage"] = "subscriber"  # hubspot.toml's [replaces]
+    produce(settings, [crossing(2, "mql"), crossing(3, "sql"), crossing(3, "nurture", "down", from_level="sql")])
+
+    drain(HubSpotSink(settings), settings)
+
+    assert hubspot.objects["contacts"][subscriber]["properties"]["lifecyclestage"] == "marketingqualifiedlead"
+    assert hubspot.objects["contacts"][blank]["properties"]["lifecyclestage"] == "lead"
+
+
 def test_429_with_retry_after_5xx_timeouts_and_malformed_answers_end_in_exactly_one_deal_and_task(
     sink_settings: Settings, hubspot: FakeHubSpot
 ) -> None:
@@ -237,7 +269,7 @@ def test_a_refused_token_dead_letters_nothing_and_holds_the_connector_not_ready_
     produce(settings, [crossing(1, "mql")])
 
     revoked = sink_process(settings.with_overrides(hubspot_access_token="pat-revoked"), "hubspot")
-    wait_for(lambda: len(hubspot.requests_to("PATCH", "/contacts/")) >= 3, what="three tries under the refused token")
+    wait_for(lambda: len(hubspot.requests_to("GET", "/contacts/")) >= 3, what="three tries under the refused token")
     assert readyz(port) == 503
     revoked.stop()
     log = revoked.log.read_text()

@@ -308,6 +308,10 @@ def test_the_shipped_mappings_are_valid() -> None:
          "[account].id_property: must be a CRM field name"),
         ('[fields]\nscore = "x"\n[task]\nlevels = ["mql"]\npriority = "HIGH"\ncrossing_id_property = "c d"', False,
          "[task].crossing_id_property: must be a CRM field name"),
+        ('[fields]\nscore = "x"\n[levels.mql]\nStatus = "Working"\n[replaces]\nRating = ["Hot"]', False,
+         "[replaces].Rating: is not a field a [levels.*] table sets"),
+        ('[fields]\nscore = "x"\n[levels.mql]\nStatus = "Working"\n[replaces]\nStatus = "Open"', False,
+         '[replaces].Status: must be a list of values'),
     ],
 )
 def test_mapping_errors_name_the_file_and_the_field(tmp_path: Path, toml: str, with_deals: bool, error: str) -> None:

@@ -49,6 +49,24 @@ def test_up_to_mql_updates_the_lead_and_creates_a_task_for_its_owner_and_down_up
     }
 
 
+def test_a_status_sales_set_and_a_converted_lead_s_are_kept_and_the_other_fields_updated(
+    sink_settings: Settings, salesforce: FakeSalesforce
+) -> None:
+    # `[levels.nurture] Status = "Open - Not Contacted"` was written whatever the Lead's Status.
+    settings = salesforce_settings(sink_settings, salesforce)
+    closed, converted = salesforce.add_lead("lead-1@acme.io"), salesforce.add_lead("lead-2@acme.io")
+    salesforce.records["Lead"][closed]["Status"] = "Closed - Not Converted"
+    salesforce.records["Lead"][converted].update(Status="Working - Contacted", IsConverted=True)
+    produce(settings, [crossing(1, "nurture", "down", temperature="cold"),
+                       crossing(2, "nurture", "down", temperature="cold", traits={"salesforce_id": converted})])
+
+    stats = drain(SalesforceSink(settings), settings)
+
+    assert (stats.delivered, stats.dead_lettered) == (2, 0)
+    assert [(lead["Status"], lead["Rating"]) for lead in salesforce.records["Lead"].values()] == [
+        ("Closed - Not Converted", "Cold"), ("Working - Contacted", "Cold")]
+
+
 def test_request_limit_exceeded_is_retried_and_an_unknown_field_is_dead_lettered_then_replayed(
     sink_settings: Settings, salesforce: FakeSalesforce
 ) -> None:
