@@ -33,7 +33,9 @@ _SECTIONS = (
 GRADES = ("A", "B", "C", "D")
 ENGAGEMENT_LEVELS = ("1", "2", "3", "4")
 _MODEL_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-DEFAULT_KEEP_TRAITS = ("email", "first_name", "last_name", "name", "company", "title")
+# The CRM connectors find a lead's record by hubspot_id or salesforce_id before e-mail: a crossing
+# carries only the traits kept.
+DEFAULT_KEEP_TRAITS = ("email", "first_name", "last_name", "name", "company", "title", "hubspot_id", "salesforce_id")
 #: Most traits a model keeps (`keep_traits` and those its rules test). Every crossing carries
 #: them, each up to MAX_TRAIT_SIZE bytes of JSON: 128 make at most about 530 KB, within the 1 MB
 #: Kafka takes; a model keeping 300 made crossings of 1.2 MB, which stopped the worker.

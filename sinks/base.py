@@ -278,6 +278,11 @@ class Sink(ABC, Generic[T]):
 class CrossingSink(Sink[Crossing]):
     """A connector fed by the sink topic's threshold crossings."""
 
+    #: The traits a lead crossing's record is found by, in the order they are tried (none: the
+    #: connector finds none, as the webhook); a model that keeps none of them makes its crossings
+    #: undeliverable (sinks.connectors warns of it).
+    lookup_traits: ClassVar[tuple[str, ...]] = ()
+
     def parse(self, key: bytes | None, value: bytes | None, position: Position) -> Crossing:
         return Crossing.from_json(value)
 

@@ -23,13 +23,13 @@ def build(name: str, settings: Settings) -> Sink[Any]:
         from sinks.hubspot import HubSpotSink
 
         hubspot = HubSpotSink(settings)
-        warn_of_levels_no_model_has(hubspot.mapping, settings)
+        warn_of_what_no_model_has(hubspot.mapping, hubspot.lookup_traits, settings)
         return hubspot
     if name == "salesforce":
         from sinks.salesforce import SalesforceSink
 
         salesforce = SalesforceSink(settings)
-        warn_of_levels_no_model_has(salesforce.mapping, settings)
+        warn_of_what_no_model_has(salesforce.mapping, salesforce.lookup_traits, settings)
         return salesforce
     if name == "webhook":
         from sinks.webhook import WebhookSink
@@ -52,10 +52,12 @@ def build(name: str, settings: Settings) -> Sink[Any]:
     raise ConfigError(f"unknown connector {name!r}: one of {', '.join(NAMES)}")
 
 
-def warn_of_levels_no_model_has(mapping: Mapping, settings: Settings) -> None:
-    """A mapping's level names are checked against the models: a typo validated, and the
-    crossings it meant got none of its fields, deal or task. A warning, not a refusal: a
-    connector may be deployed with another copy of the models than the workers'."""
+def warn_of_what_no_model_has(mapping: Mapping, lookup_traits: tuple[str, ...], settings: Settings) -> None:
+    """A mapping's level names, and the traits the connector finds records by, are checked against
+    the models: a level's typo validated, and the crossings it meant got none of its fields, deal
+    or task; a trait no model keeps (keep_traits) is in no crossing, and the crossings of leads
+    without another were all dead-lettered. Warnings, not refusals: a connector may be deployed
+    with another copy of the models than the workers'."""
     from scoring.errors import ModelError
     from scoring.model import load_directory
     from sinks.mapping import levels_no_model_has
@@ -71,3 +73,11 @@ def warn_of_levels_no_model_has(mapping: Mapping, settings: Settings) -> None:
         log.warning("the mapping names levels no model in LEADSTREAM_MODELS_DIR=%s has, so no crossing reaches them: %s "
                     "(the models' levels: %s; their accounts' levels: %s)", settings.models_dir, "; ".join(unknown),
                     ", ".join(levels), ", ".join(accounts) or "none")
+    unkept = [trait for trait in lookup_traits if not any(trait in model.keep_traits for model in models)]
+    if models and unkept:
+        log.warning("no model in LEADSTREAM_MODELS_DIR=%s keeps the trait%s %s, by which the connector finds a lead's "
+                    "record (it tries %s): crossings carry only the traits their model's keep_traits lists, so %s; "
+                    "add %s to keep_traits", settings.models_dir, "s" if len(unkept) > 1 else "", " and ".join(unkept),
+                    ", then ".join(lookup_traits),
+                    "no lead crossing can be delivered" if len(unkept) == len(lookup_traits) else "no record is found by it",
+                    " and ".join(unkept))

@@ -74,6 +74,7 @@ class _Target:
 
 class HubSpotSink(CrossingSink):
     name = "hubspot"
+    lookup_traits = ("hubspot_id", "email")  # _contact_ref's
 
     def __init__(self, settings: Settings, mapping: Mapping | None = None) -> None:
         if not settings.hubspot_access_token:
@@ -170,12 +171,12 @@ class HubSpotSink(CrossingSink):
 
     @staticmethod
     def _contact_ref(crossing: Crossing) -> tuple[str, str | None]:
-        if hubspot_id := crossing.traits.get("hubspot_id"):
+        if hubspot_id := crossing.traits.get(HubSpotSink.lookup_traits[0]):
             return _record_id(hubspot_id, f"lead {crossing.lead_id}'s hubspot_id trait"), None
         if crossing.email:
             return _unique_value(crossing.email, f"lead {crossing.lead_id}'s email trait"), "email"
-        raise PermanentError(f"lead {crossing.lead_id} has neither a hubspot_id nor an email trait: "
-                             "no way to find its HubSpot contact")
+        raise PermanentError(f"lead {crossing.lead_id}: the crossing carries neither a hubspot_id nor an email trait "
+                             "(a model keeps only the traits its keep_traits lists): no way to find its HubSpot contact")
 
     @staticmethod
     def _company_ref(crossing: Crossing, id_property: str) -> tuple[str, str | None]:

@@ -55,6 +55,7 @@ QUEUE_ID_PREFIX = "00G"
 
 class SalesforceSink(CrossingSink):
     name = "salesforce"
+    lookup_traits = ("salesforce_id", "email")  # deliver's, then _find_lead's
 
     def __init__(self, settings: Settings, mapping: Mapping | None = None) -> None:
         self.mapping = mapping or load_mapping(settings.sink_mapping_dir / "salesforce.toml", with_deals=False)
@@ -104,7 +105,7 @@ class SalesforceSink(CrossingSink):
             record_id = self._find_account(item, mapping.id_property)
         else:
             sobject, relation = self.leads, "WhoId"
-            trait = item.traits.get("salesforce_id")
+            trait = item.traits.get(self.lookup_traits[0])
             record_id = _record_id(trait, f"lead {item.lead_id}'s salesforce_id trait") if trait else self._find_lead(item)
         what = f"{sobject.name} {record_id}"
         task = mapping.task
@@ -167,8 +168,8 @@ class SalesforceSink(CrossingSink):
 
     def _find_lead(self, crossing: Crossing) -> str:
         if not crossing.email:
-            raise PermanentError(f"lead {crossing.lead_id} has neither a salesforce_id nor an email trait: "
-                                 "no way to find its Salesforce Lead")
+            raise PermanentError(f"lead {crossing.lead_id}: the crossing carries neither a salesforce_id nor an email trait "
+                                 "(a model keeps only the traits its keep_traits lists): no way to find its Salesforce Lead")
         soql = format_soql("SELECT Id FROM Lead WHERE Email = {} AND IsConverted = false "
                            "ORDER BY CreatedDate DESC LIMIT 1", crossing.email)
         lead_id = self._call("find Lead", lambda: _first_id(self.sf.query(soql)))

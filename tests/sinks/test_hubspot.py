@@ -375,6 +375,22 @@ def test_a_replayed_crossing_nothing_overtook_is_delivered(sink_settings: Settin
     assert len(hubspot.objects["deals"]) == 2
 
 
+def test_a_crossing_without_an_id_or_email_trait_is_dead_lettered_naming_the_model_s_keep_traits(
+    sink_settings: Settings, hubspot: FakeHubSpot
+) -> None:
+    # It said the lead "has neither a hubspot_id nor an email trait", where the lead had sent it
+    # and its model had not kept it.
+    settings = hubspot_settings(sink_settings, hubspot)
+    produce(settings, [crossing(1, "sql", traits={"first_name": "Ada"})])
+
+    assert drain(HubSpotSink(settings), settings).dead_lettered == 1
+
+    [(_, letter)] = read_topic(settings, f"{settings.topic_crossings}-dlq-hubspot", expect=1, idle_s=0.5)
+    assert letter["reason"] == "permanent" and ("lead lead-1: the crossing carries neither a hubspot_id nor an email "
+                                                "trait (a model keeps only the traits its keep_traits lists)") in letter["detail"]
+    assert hubspot.requests == []
+
+
 def test_a_crossing_with_an_impossible_time_is_dead_lettered_as_malformed_before_any_request(
     sink_settings: Settings, hubspot: FakeHubSpot
 ) -> None:

@@ -390,3 +390,26 @@ def test_a_mapping_s_levels_that_no_model_has_are_named(tmp_path: Path) -> None:
                                             .replace('[account.deal]\nlevels = ["buying"]', '[account.deal]\nlevels = ["engaged", "buyin"]'))
     assert levels_no_model_has(load_mapping(tmp_path / "hubspot.toml", with_deals=True), models) == [
         "hubspot.toml [levels.sqll]: 'sqll'", "hubspot.toml [deal] levels: 'sqll'", "hubspot.toml [account.deal] levels: 'buyin'"]
+
+
+def test_the_shipped_models_keep_the_traits_the_crm_connectors_find_records_by_and_a_connector_warns_of_one_none_keeps(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # b2b kept neither hubspot_id nor salesforce_id: a lead identified by them alone had its
+    # crossings dead-lettered as having neither trait.
+    from sinks.connectors import warn_of_what_no_model_has
+    from sinks.hubspot import HubSpotSink
+    from streams.settings import Settings
+
+    for model in load_directory(PROJECT_ROOT / "scoring" / "models"):
+        assert {*HubSpotSink.lookup_traits, "salesforce_id"} <= model.keep_traits, model.name
+    (tmp_path / "b2b.toml").write_text((PROJECT_ROOT / "scoring" / "models" / "b2b.toml").read_text()
+                                       .replace('"hubspot_id", ', ""))
+    mapping = load_mapping(PROJECT_ROOT / "sinks" / "mappings" / "hubspot.toml", with_deals=True)
+    settings = Settings.from_env().with_overrides(models_dir=tmp_path)
+
+    warn_of_what_no_model_has(mapping, HubSpotSink.lookup_traits, settings)
+
+    assert (f"no model in LEADSTREAM_MODELS_DIR={tmp_path} keeps the trait hubspot_id, by which the connector finds a "
+            "lead's record (it tries hubspot_id, then email): crossings carry only the traits their model's keep_traits "
+            "lists, so no record is found by it; add hubspot_id to keep_traits") in caplog.text
