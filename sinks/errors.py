@@ -5,8 +5,9 @@ connection errors, malformed answers) and `PermanentError` when it cannot (4xx o
 contact that does not exist, a record that is not a crossing): the runner retries the first with
 backoff and dead-letters the second; `OutcomeUnknown`, a retryable timeout, tells a step that
 creates a record to look for it a while before creating it again. `CredentialsError` (401) is about the connector, not the
-message: every delivery would fail the same way, so the runner dead-letters nothing and holds its
-place until the credentials work. `StaleError` sets aside a replayed item that newer ones
+message: every delivery would fail the same way, so the runner dead-letters nothing for it and
+holds its place until the credentials work (a message that fails before any request, for good, is
+dead-lettered as ever). `StaleError` sets aside a replayed item that newer ones
 overtook. `MappingError` is raised on start, before anything is read. `Stopping` cuts a delivery's
 wait short when the connector is asked to stop.
 """
@@ -51,7 +52,7 @@ class PermanentError(SinkError):
 
 class CredentialsError(SinkError):
     """The service refused the connector's credentials (HTTP 401): no message can be delivered until
-    an operator fixes them, so none is dead-lettered meanwhile."""
+    an operator fixes them, so none is dead-lettered for it meanwhile."""
 
 
 class StaleError(SinkError):

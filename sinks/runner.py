@@ -851,9 +851,11 @@ class SinkRunner(Generic[T]):
         if self._replaying:
             raise refusal
         if self.refused is None:
-            log.error("sink %s: the service refuses the connector's credentials: %s. Nothing is delivered or "
-                      "dead-lettered until it accepts them (restart the connector with new ones); /readyz answers 503 "
-                      "and the same delivery is tried again every %g s", self.sink.name, refusal, self.policy.hold_s())
+            log.error("sink %s: the service refuses the connector's credentials: %s. Nothing is delivered until it "
+                      "accepts them (restart the connector with new ones), and nothing is dead-lettered for the refusal: "
+                      "only what no credentials could deliver is, failing before any request (not a crossing, or one "
+                      "that names no way to find its record); /readyz answers 503 and the same delivery is tried again "
+                      "every %g s", self.sink.name, refusal, self.policy.hold_s())
         self.refused = refusal
         self.ready()
         if self.stop.wait(self.policy.hold_s()):

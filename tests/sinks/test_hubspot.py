@@ -258,7 +258,7 @@ def test_an_account_without_a_company_is_dead_lettered_with_the_reason(sink_sett
     assert hubspot.objects["deals"] == {} and hubspot.objects["tasks"] == {}
 
 
-def test_a_refused_token_dead_letters_nothing_and_holds_the_connector_not_ready_until_it_is_replaced(
+def test_a_refused_token_dead_letters_nothing_for_it_and_holds_the_connector_not_ready_until_it_is_replaced(
     sink_settings: Settings, hubspot: FakeHubSpot, sink_process: Any
 ) -> None:
     # A revoked token sent every crossing to the dead-letter topic, each one a replay to do,
@@ -266,7 +266,7 @@ def test_a_refused_token_dead_letters_nothing_and_holds_the_connector_not_ready_
     port = free_port()
     settings = hubspot_settings(sink_settings, hubspot).with_overrides(metrics_port=port, sink_backoff_max_ms=200)
     contact = hubspot.add_contact("lead-1@acme.io")
-    produce(settings, [crossing(1, "mql")])
+    produce(settings, [crossing(1, "mql"), crossing(2, "mql", traits={})])  # lead-2's: no credentials could deliver it
 
     revoked = sink_process(settings.with_overrides(hubspot_access_token="pat-revoked"), "hubspot")
     wait_for(lambda: len(hubspot.requests_to("GET", "/contacts/")) >= 3, what="three tries under the refused token")
@@ -274,7 +274,11 @@ def test_a_refused_token_dead_letters_nothing_and_holds_the_connector_not_ready_
     revoked.stop()
     log = revoked.log.read_text()
     assert "refuses the connector's credentials" in log and "(check LEADSTREAM_HUBSPOT_ACCESS_TOKEN" in log, revoked.tail()
-    assert read_topic(settings, f"{settings.topic_crossings}-dlq-hubspot", expect=0, idle_s=0.5) == []
+    # The log said nothing was dead-lettered, and lead-2's crossing was.
+    assert ("nothing is dead-lettered for the refusal: only what no credentials could deliver is, failing before any "
+            "request") in log, revoked.tail()
+    [(key, _)] = read_topic(settings, f"{settings.topic_crossings}-dlq-hubspot", expect=1, idle_s=0.5)
+    assert key == b"lead-2"
     assert "leadstream_score" not in hubspot.objects["contacts"][contact]["properties"]
 
     sink_process(settings, "hubspot")  # restarted with a token HubSpot accepts: the held crossing is delivered
