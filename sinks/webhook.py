@@ -53,15 +53,16 @@ def sign(secret: str, timestamp: int, body: bytes) -> str:
     return f"{SIGNATURE_VERSION}={digest}"
 
 
-def verify_signature(secret: str, timestamp: str, body: bytes, signature: str, now_s: float,
+def verify_signature(secret: str, timestamp: str, body: bytes, signature: str, now_s: float | None = None,
                      tolerance_s: int = TOLERANCE_S) -> bool:
-    """The receiver's check: signature matches and the timestamp is recent.
+    """The receiver's check: signature matches and the timestamp is within `tolerance_s` of
+    `now_s` (the receiver's clock when not given; a test gives its own).
 
     False, never an exception, for any header a sender (or a forger) can write.
     """
     try:
         signed_at = int(timestamp)
-        recent = abs(now_s - signed_at) <= tolerance_s
+        recent = abs((time.time() if now_s is None else now_s) - signed_at) <= tolerance_s
     except (ValueError, OverflowError):  # not a number, or one too large to compare with a clock
         return False
     # Ours is ASCII hex; compare_digest raises TypeError on text that is not ASCII.

@@ -62,6 +62,13 @@ def test_verify_signature_checks_the_mac_and_the_age(signed_at_offset_s: int, ta
                             signature, now_s=now) is accepted
 
 
+def test_verify_signature_checks_the_age_against_the_current_time_when_not_given_one() -> None:
+    # The README's call, (secret, timestamp, body, signature), raised TypeError: now_s was required.
+    body, now = b'{"id":"x"}', int(time.time())
+    assert verify_signature("s3cret", str(now), body, sign("s3cret", now, body)) is True
+    assert verify_signature("s3cret", str(now - 400), body, sign("s3cret", now - 400, body)) is False
+
+
 @pytest.mark.parametrize(
     ("timestamp", "signature"),
     [("{now}", "v1=é" + "0" * 63), ("{now}", "v1=\udcff"), ("1" * 4000, "v1=" + "0" * 64),
