@@ -186,6 +186,7 @@ class Stats:
     stale: int = 0
     erased: int = 0
     repeated: int = 0
+    dropped: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, outcome: str, connector: str) -> None:
@@ -196,7 +197,7 @@ class Stats:
     def as_dict(self) -> dict[str, int]:
         return {"delivered": self.delivered, "skipped": self.skipped, "ignored": self.ignored, "dead_lettered": self.dead_lettered,
                 "retries": self.retries, "unreplayable": self.unreplayable, "stale": self.stale, "erased": self.erased,
-                "repeated": self.repeated}
+                "repeated": self.repeated, "dropped": self.dropped}
 
 
 class _Partition:
@@ -355,6 +356,7 @@ class SinkRunner(Generic[T]):
         self._kafka_failures = Throttle()  # see _kafka_failed
         self._not_ready: str | None = "starting"  # why not, as last said
         self._replaying = False
+        self._drop_permanent = False  # while replaying: `sink replay-dlq --drop-permanent`
         self._calls = threading.BoundedSemaphore(settings.sink_concurrency)  # see _call_slot
         self._newest_letters: dict[tuple[str, int], int] = {}  # while replaying: _newest_letter_offsets
         self._replayed: Repeats[tuple[str | None, int | None, int]] = Repeats()  # while replaying: source positions taken
@@ -365,10 +367,15 @@ class SinkRunner(Generic[T]):
         """Deliver the source topic until stopped (or, with `stop_at_end`, until it is caught up)."""
         return self._consume(self.source_topic, group_id(self.settings, self.sink.name), self._as_envelope, stop_at_end)
 
-    def replay_dead_letters(self) -> Stats:
+    def replay_dead_letters(self, *, drop_permanent: bool = False) -> Stats:
         """Re-drive every dead letter present now, each source message once; those that fail again
-        are dead-lettered anew, once each."""
+        are dead-lettered anew, once each, but with `drop_permanent` those that fail for good
+        (PermanentError: a contact the CRM lacks, a lead without a trait to find it by) are
+        dropped: logged and counted, their letters committed past and written no more. Dead-lettered
+        again, such a letter kept the dead-letter depth above 0, and its alert firing, for the
+        letters' retention."""
         self._replaying = True
+        self._drop_permanent = drop_permanent
         require_topic(self.settings, self.source_topic)  # said first, as the connector says it
         self._newest_letters = self._newest_letter_offsets() if partition_count(self.settings, self.dlq_topic) else {}
         self._replayed = Repeats()
@@ -862,6 +869,10 @@ class SinkRunner(Generic[T]):
             raise Stopping()
 
     def _dead_letter(self, env: Envelope, reason: str, detail: str) -> str:
+        if env.replayed and reason == "permanent" and self._drop_permanent:
+            log.warning("sink %s: the dead letter of %s/%d@%d is dropped (--drop-permanent), not dead-lettered again: %s",
+                        self.sink.name, env.topic, env.partition, env.offset, detail)
+            return "dropped"
         letter = DeadLetter(reason=reason, detail=f"{self.sink.name}: {detail}", original=env.value,
                             topic=env.topic, partition=env.partition, offset=env.offset, key=env.key)
         from kafka.errors import KafkaError
@@ -958,12 +969,12 @@ def run_sink(sink: Sink[T], settings: Settings) -> int:
     return 0
 
 
-def replay(sink: Sink[T], settings: Settings) -> int:
-    """`leadstream sink replay-dlq NAME`: re-drive the dead letters present now, then exit."""
+def replay(sink: Sink[T], settings: Settings, *, drop_permanent: bool = False) -> int:
+    """`leadstream sink replay-dlq NAME [--drop-permanent]`: re-drive the dead letters present now, then exit."""
     runner = SinkRunner(sink, settings)
-    stats = runner.replay_dead_letters()
+    stats = runner.replay_dead_letters(drop_permanent=drop_permanent)
     print(f"replayed {runner.dlq_topic}: {stats.delivered} delivered, {stats.skipped} already delivered, "
           f"{stats.stale} overtaken by newer records, {stats.dead_lettered} dead-lettered again, "
           f"{stats.unreplayable} not replayable (see the log), {stats.erased} of leads forgotten since (not delivered), "
-          f"{stats.repeated} copies of letters replayed already")
+          f"{stats.repeated} copies of letters replayed already, {stats.dropped} failing for good dropped (--drop-permanent)")
     return 0 if stats.dead_lettered == stats.unreplayable == 0 else 1

@@ -130,13 +130,15 @@ def _sink(args: argparse.Namespace, settings: Settings) -> int:
             raise LeadstreamError(f"replay-dlq needs the connector whose dead letters to replay: {', '.join(connectors.NAMES)}")
     elif args.target is not None:
         raise LeadstreamError(f"a second connector name ({args.target}) only follows replay-dlq; run one connector per process")
+    if args.drop_permanent and args.target is None:
+        raise LeadstreamError("--drop-permanent is replay-dlq's (`leadstream sink replay-dlq CONNECTOR --drop-permanent`)")
     if args.rebuild and args.connector != "redis":
         raise LeadstreamError("--rebuild is the Redis read model's (`leadstream sink redis --rebuild`): a CRM is not rebuilt")
     # Before the connector is built: building it may warn (sinks/connectors.py).
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     warn_if_not_durable(settings, "sink")
     if args.target is not None:  # replay-dlq's
-        return runner.replay(connectors.build(args.target, settings), settings)
+        return runner.replay(connectors.build(args.target, settings), settings, drop_permanent=args.drop_permanent)
     sink = connectors.build(args.connector, settings)
     if args.rebuild:
         from sinks.redis_model import start_over
@@ -305,6 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("connector", choices=[*SINK_NAMES, "replay-dlq"], help="the connector, or replay-dlq CONNECTOR "
                    "to re-drive that connector's dead letters once their cause is fixed")
     p.add_argument("target", nargs="?", choices=SINK_NAMES, help="replay-dlq: the connector")
+    p.add_argument("--drop-permanent", action="store_true", help="replay-dlq: drop the letters that fail for good again "
+                   "(a record the CRM lacks) instead of dead-lettering them anew; the others are replayed as ever")
     p.add_argument("--rebuild", action="store_true", help="redis: read the score-changes topic from its beginning "
                    "and write the read model again (after Redis lost its data); no other `sink redis` may run")
 

@@ -183,6 +183,39 @@ def test_permanent_errors_are_dead_lettered_with_the_reason_and_replay_redrives_
     assert again.returncode == 0 and len(hubspot.objects["deals"]) == 2
 
 
+def test_replay_with_drop_permanent_drops_the_letters_that_fail_for_good_and_the_depth_falls_to_0(
+    sink_settings: Settings, hubspot: FakeHubSpot
+) -> None:
+    # A contact HubSpot lacks (the connectors never create one) was dead-lettered again at every
+    # replay: leadstream_sink_dlq_depth stayed above 0, and its alert fired, for 30 days.
+    from streams.lag import LagProbe
+
+    settings = sink_settings.with_overrides(hubspot_base_url=hubspot.url)
+    produce(settings, [crossing(2, "sql"), crossing(3, "sql")])  # neither has a contact yet
+    assert drain(HubSpotSink(settings), settings).dead_lettered == 2
+    hubspot.add_contact("lead-3@acme.io")
+    probe = LagProbe(settings)
+
+    def depth() -> int:  # as the connector's watch measures it
+        return sum(probe.lag(group_id(settings, "hubspot") + "-replay", f"{settings.topic_crossings}-dlq-hubspot").values())
+
+    try:
+        kept = leadstream(settings, "sink", "replay-dlq", "hubspot", check=False)
+        assert kept.returncode == 1 and "1 delivered" in kept.stdout and "1 dead-lettered again" in kept.stdout, kept.stderr
+        assert depth() == 1
+
+        dropped = leadstream(settings, "sink", "replay-dlq", "hubspot", "--drop-permanent", check=False)
+
+        assert dropped.returncode == 0, dropped.stderr
+        assert "0 delivered" in dropped.stdout and "0 dead-lettered again" in dropped.stdout
+        assert "1 failing for good dropped (--drop-permanent)" in dropped.stdout
+        assert "is dropped (--drop-permanent), not dead-lettered again: HubSpot contact email=lead-2@acme.io: not found (404)" \
+            in dropped.stderr
+        assert depth() == 0
+    finally:
+        probe.close()
+
+
 def test_replay_goes_past_letters_kept_in_part_and_records_that_are_not_dead_letters(
     sink_settings: Settings, webhook: WebhookReceiver
 ) -> None:
