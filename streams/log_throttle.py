@@ -34,6 +34,10 @@ KAFKA_RETRIES = {
         "Connection failed: %s", "Bootstrap failed: %s",
     ),
     "kafka.net.connection": ("%s: Connection lost: %s",),
+    # Said with a traceback (log.exception) of a reset or refused socket: said here on one line.
+    "kafka.net.transport": (
+        "%s: Error receiving network data closing socket", "%s: Error sending request data: %s", "%s: socket disconnected",
+    ),
     "kafka.cluster": ("No node available for metadata refresh - backoff/retry", "Metadata refresh: failed %s"),
     "kafka.coordinator": ("Error sending %s to node %s [%s]",),
     "kafka.consumer.fetcher": ("Fetch to node %s failed: %s",),
@@ -75,6 +79,9 @@ class KafkaRetries(logging.Filter):
         left_out = throttle.due()
         if left_out is None:
             return False
+        if record.exc_info and record.exc_info[1] is not None:  # a broker gone: its traceback tells nothing more
+            record.msg = f"{record.msg}: {record.exc_info[1]!r}"
+            record.exc_info = record.exc_text = None
         if left_out:
             record.msg = f"{record.msg} ({left_out} more such lines left out since the last)"
         return True

@@ -132,6 +132,27 @@ def test_kafka_pythons_retries_are_said_once_an_interval(
     assert said[len(attempt)].endswith(" (9 more such lines left out since the last)")
 
 
+def test_a_socket_kafka_python_loses_is_said_on_one_line_without_its_traceback(
+    aiokafka_log: tuple[logging.Logger, FakeClock], caplog: pytest.LogCaptureFixture
+) -> None:
+    # kafka-python says a reset socket with log.exception: a connector whose broker was killed
+    # printed a traceback of the socket's recv in its log.
+    _, clock = aiokafka_log
+    caplog.set_level(logging.WARNING, logger="kafka")
+    transport = logging.getLogger("kafka.net.transport")
+    for _ in range(3):
+        try:
+            raise ConnectionResetError(104, "Connection reset by peer")
+        except ConnectionResetError:
+            transport.exception("%s: Error receiving network data closing socket", "<KafkaTransport node=1>")
+        clock.now_s += 1
+    said = [record for record in caplog.records if record.name == "kafka.net.transport"]
+    assert [record.getMessage() for record in said] == [
+        "<KafkaTransport node=1>: Error receiving network data closing socket: ConnectionResetError(104, 'Connection reset by peer')"
+    ]
+    assert said[0].exc_info is None and "Traceback" not in caplog.text
+
+
 def test_the_throttle_of_aiokafkas_retries_is_installed_once() -> None:
     throttle_kafka_retries()
     throttle_kafka_retries()
