@@ -2,7 +2,8 @@
  *
  * Served by the collector at /v1/leadstream.js; embed it on every page of the site:
  *   <script async src="https://COLLECTOR/v1/leadstream.js" data-write-key="WRITE_KEY"></script>
- * Calls made before it loads can be queued: window.leadstream = window.leadstream || [];
+ * Calls can be queued, before it loads as after (an async script loads when it will, so a page
+ * cannot know which): window.leadstream = window.leadstream || [];
  *   leadstream.push(["identify", "user-42", {email: "ada@example.com"}]);
  *
  * It sends the same calls as Segment's libraries, to the collector that served it, with the
@@ -157,7 +158,10 @@
       writeCookie("ls_aid", anonymousId, YEAR_S);
       lastUrl = "";
     },
-    anonymousId: function () { readIds(); return anonymousId; }
+    anonymousId: function () { readIds(); return anonymousId; },
+    // The queued-call form, kept once loaded (as Segment's analytics.js keeps it): the page's
+    // `leadstream.push([...])` after load found no push on this object and threw, its call lost.
+    push: function (args) { api[args[0]].apply(api, args.slice(1)); }
   };
 
   window.leadstream = api;
@@ -174,5 +178,5 @@
       page.visibleSince = Date.now();
     }
   });
-  queued.forEach(function (args) { api[args[0]].apply(api, args.slice(1)); });
+  queued.forEach(api.push);
 })(window, document);

@@ -348,3 +348,21 @@ def test_identify_and_reset_in_another_tab_change_who_this_tabs_calls_are_for(
         ("page_view", "/pricing.html", f"{site}/index.html", "user-7", first),  # under way at the log out: theirs
         ("pricing_viewed", None, None, "user-7", first),
     ]
+
+
+def test_the_documented_queued_call_works_before_and_after_the_snippet_loaded(
+    browser: Browser, site: str, collector: ThreadedCollector
+) -> None:
+    """The snippet's header documents `window.leadstream = window.leadstream || [];
+    leadstream.push([...])`: once the async script had loaded, it had replaced the queue with an
+    object without push, so the same two lines threw `leadstream.push is not a function` and
+    the call was lost; with an async tag the page cannot know which case it is in."""
+    settings = collector.settings
+    queue = 'window.leadstream = window.leadstream || []; leadstream.push(["track", "{}", {{step: 1}}])'
+    browser.call("Page.enable")  # scripts for new documents run only with the Page domain on
+    browser.call("Page.addScriptToEvaluateOnNewDocument", source=queue.format("Queued Before Load"))
+    browser.call("Page.navigate", url=f"{site}/index.html")
+    browser.wait_for("window.leadstream && window.leadstream.version")
+    browser.evaluate(queue.format("Queued After Load"))
+    events = all_events(read_messages(settings, settings.topic_events, events=2))
+    assert sorted((e["type"], e["properties"]["step"]) for e in events) == [("queued_after_load", 1), ("queued_before_load", 1)]
