@@ -7,6 +7,7 @@ expected a positive duration such as '7d', '12h' or '30m', got '-1d'`.
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from datetime import date, datetime, time
@@ -54,6 +55,12 @@ def toml_problem(exc: Exception, text: str) -> str:
         if problem.startswith(starts):
             return f"{problem} ({hint})"
     return problem
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """` (did you mean X?)` for the known name closest to a misspelt one, or nothing."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.8)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 def not_utf8(exc: UnicodeDecodeError) -> str:

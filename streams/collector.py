@@ -60,7 +60,7 @@ from aiohttp.client_exceptions import ClientPayloadError
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
 
-from scoring.config import not_utf8, toml_problem
+from scoring.config import did_you_mean, not_utf8, toml_problem
 from scoring.events import MAX_ID_CHARS, holds_lone_surrogate, json_with_lone_surrogates_replaced, lone_surrogates_replaced
 from streams import collector_metrics as metrics
 from streams import probes
@@ -93,6 +93,8 @@ EVENTS_PER_MESSAGE = 500  # amortises the worker's per-message cost (envelopes a
 ITEMS_PER_SLICE = 256
 RETRY_AFTER_S = 2
 CONNECT_RETRY_S = 1.0
+#: The keys of a sources file's `[sources.NAME]` table.
+SOURCE_KEYS = ("write_keys", "product")
 #: How often the collector repeats that it cannot connect to Kafka, while it retries every second.
 CONNECT_SAID_S = 60.0
 #: How often the collector asks Kafka for metadata, for its readiness (KafkaWriter.watch).
@@ -154,7 +156,7 @@ def load_sources(spec: str) -> dict[str, Source]:
     """Write key -> source, from LEADSTREAM_COLLECTOR_WRITE_KEYS (a *.toml path, or inline pairs).
 
     The file holds one table per source: `[sources.website]` with `write_keys = ["..."]` and an
-    optional `product = "..."`. Inline: `key=source,key2=source2`, a source with its product as
+    optional `product = "..."`, and no other key. Inline: `key=source,key2=source2`, a source with its product as
     `key=source:product`; a key holding `=` or `,` goes in a file. No key may hold `:`, which
     HTTP Basic authentication cannot carry. Messages name a key by its place, never show it.
     """
@@ -198,9 +200,12 @@ def _sources_from_file(path: Path) -> dict[str, Source]:
     sources = document.get("sources")
     if not isinstance(sources, dict) or not sources:
         raise ConfigError(f"{path} has no [sources.NAME] tables")
+    _known_keys_only(document, ("sources",), str(path))
     keys: dict[str, Source] = {}
     for name, table in sources.items():
         where = f"{path} [sources.{name}]"
+        if isinstance(table, dict):
+            _known_keys_only(table, SOURCE_KEYS, where)
         write_keys = table.get("write_keys") if isinstance(table, dict) else None
         product = table.get("product") if isinstance(table, dict) else None
         if not isinstance(write_keys, list) or not write_keys or not all(isinstance(k, str) and k for k in write_keys):
@@ -210,6 +215,15 @@ def _sources_from_file(path: Path) -> dict[str, Source]:
         for position, key in enumerate(write_keys, 1):
             _add_key(keys, key, Source(name, product), f"{where} write key {position}")
     return keys
+
+
+def _known_keys_only(table: dict[str, Any], allowed: tuple[str, ...], where: str) -> None:
+    """Refuses a key the sources file does not define, as model and mapping files do: a misspelt
+    `prodcut` left its source without a product, the collector answered 200 and the worker
+    counted the source's events unrouted."""
+    for key in table:
+        if key not in allowed:
+            raise ConfigError(f"{where}: unknown key `{key}`{did_you_mean(key, allowed)} (allowed: {', '.join(allowed)})")
 
 
 def _add_key(keys: dict[str, Source], key: str, source: Source, where: str) -> None:

@@ -6,7 +6,6 @@ does. The README's configuration table lists the same variables (a test keeps th
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
+from scoring.config import did_you_mean
 from streams.addresses import is_address
 from streams.errors import ConfigError
 
@@ -476,9 +476,8 @@ def unknown_variables(environ: Mapping[str, str]) -> list[str]:
     warnings = []
     for name in sorted(environ):
         if name.startswith("LEADSTREAM_") and name not in known:
-            close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
-            hint = f" (did you mean {close[0]}?)" if close else ""
-            warnings.append(f"{name} is not a setting{hint}, so it changes nothing; `leadstream settings` lists them")
+            warnings.append(f"{name} is not a setting{did_you_mean(name, known)}, so it changes nothing; "
+                            "`leadstream settings` lists them")
     return warnings
 
 

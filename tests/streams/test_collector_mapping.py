@@ -485,6 +485,10 @@ def test_write_keys_from_a_sources_file(tmp_path: Path) -> None:
         ("sources.toml", "[other]\n", "no \\[sources.NAME\\] tables"),
         ("sources.toml", "[sources.web]\nwrite_keys = []\n", "non-empty list of strings"),
         ("sources.toml", '[sources.web]\nwrite_keys = ["k"]\nproduct = 3\n', "`product` must be a string"),
+        # Misspelt, it was ignored: the source had no product, its calls were answered 200 and never scored.
+        ("sources.toml", '[sources.a]\nwrite_keys = ["k1"]\nprodcut = "b2b"\n',
+         r"sources.toml \[sources.a\]: unknown key `prodcut` \(did you mean product\?\) \(allowed: write_keys, product\)"),
+        ("sources.toml", '[sources.a]\nwrite_keys = ["k1"]\n[source.b]\nwrite_keys = ["k2"]\n', r"sources.toml: unknown key `source` \(did you mean sources\?\)"),
     ],
 )
 def test_bad_write_key_configuration_says_what_to_fix(tmp_path: Path, spec: str, file_text: str | None, message: str) -> None:
