@@ -32,3 +32,10 @@ DLQ_DEPTH = Gauge("leadstream_sink_dlq_depth", "Dead letters not yet replayed, p
 CONSUMER_LAG = Gauge("leadstream_sink_consumer_lag", "Messages of the source topic not yet committed.", ["connector", "partition"])
 READY = Gauge("leadstream_sink_ready", "1 when the connector has partitions, Kafka and Redis answer and its CRM takes its credentials, else 0.",
               ["connector"])
+
+
+def connector_started(connector: str) -> None:
+    """Exports the connector's wait counters at 0 from its start: until its first retry or quota
+    wait their panels showed "No data" rather than no time waited."""
+    for counter in (BACKOFF_SECONDS, RATE_LIMIT_WAIT_SECONDS):
+        counter.labels(connector)

@@ -341,6 +341,7 @@ class SinkRunner(Generic[T]):
         self.policy = RetryPolicy.from_settings(settings)
         self.stop = stop or threading.Event()
         self.stats = Stats()
+        metrics.connector_started(sink.name)
         # A wait for the quota can last a CRM's Retry-After (up to the longest backoff): a stop cuts it short.
         sink.limiter.stop_on(self.stop)
         self.ledger = Ledger(redis_client(settings), settings.redis_prefix, sink.name, settings.sink_delivered_ttl_s,

@@ -1016,7 +1016,8 @@ def create_app(collector: Collector) -> web.Application:
             # In the calls' own shape, so a client that reads `code` and `message` reads these too.
             response = _json(404, {"success": False, "code": "unknown_path",
                                    "message": f"no call at {request.path}: the collector takes POST /v1/CALL "
-                                              f"(CALL one of {', '.join((*CALL_TYPES, *BATCH_CALLS))}), "
+                                              f"(CALL one of {', '.join((*CALL_TYPES, *BATCH_CALLS))}, "
+                                              f"or the short forms {', '.join(CALL_ALIASES)}), "
                                               "POST /beacon/v1/batch and GET /v1/leadstream.js"})
         except web.HTTPMethodNotAllowed as exc:
             response = _json(405, {"success": False, "code": "method_not_allowed",

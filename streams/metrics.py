@@ -116,3 +116,10 @@ READY = Gauge("leadstream_worker_ready", "1 when tables are recovered, the worke
 def count_crossings(transitions: Iterable[Transition]) -> None:
     for t in transitions:
         CROSSINGS.labels(t.model, t.to_level, t.direction, t.kind).inc()
+
+
+def models_known(models: Iterable[str]) -> None:
+    """Exports the per-model counters at 0 for `models` (at start, after an edit of the models): a
+    model without late events showed "No data" on its panel rather than 0."""
+    for model in models:
+        EVENTS_LATE.labels(model)

@@ -200,6 +200,7 @@ class Scorer:
         self._started_again: set[tuple[str, int]] = set()  # partitions of topics created again, logged
         self.erasures = erasure.Waiting()
         self.models = {model.name for model in engine.models}
+        metrics.models_known(self.models)
         #: Products of unrouted events the log has named since the models last changed.
         self._unrouted_told: set[str | None] = set()
         self.sequence = OffsetSequence({settings.topic_events, settings.topic_identity}, look_up)
@@ -233,6 +234,7 @@ class Scorer:
             before = {model.name: model for model in self.engine.models}
             self.engine = engine
             self.models = {model.name for model in engine.models}
+            metrics.models_known(self.models)
             self._unrouted_told.clear()
             # Fit points derived under the old [[fit]] rules are cached in the live states.
             self.store.drop_live()

@@ -64,6 +64,9 @@ def test_connector_metrics_count_every_outcome_exactly(
     assert sample(text, 'leadstream_sink_delivery_latency_seconds_count{connector="webhook"}') == 2
     assert 'outcome="dead_lettered"' not in text
     assert sample(text, 'leadstream_sink_ready{connector="webhook"}') == 1
+    # No retry, no quota wait: 0 from the start, where their panels showed "No data".
+    assert sample(text, 'leadstream_sink_backoff_seconds_total{connector="webhook"}') == 0
+    assert sample(text, 'leadstream_sink_rate_limit_wait_seconds_total{connector="webhook"}') == 0
     assert len(webhook.requests_to("POST", "^/hook$")) == 2, proc.tail()
 
 
