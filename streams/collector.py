@@ -792,9 +792,9 @@ def _repaired(body: bytes) -> tuple[Any, Any]:
     try:
         marked = json.loads(text)  # the stdlib reads lone surrogate escapes
         return lone_surrogates_replaced(marked), marked
-    except RecursionError:  # the stdlib reads about 1,000 levels, orjson 1,024
-        raise rejected("too_large", "the body nests objects and arrays deeper than can be read once its bytes "
-                       "that are not UTF-8 are repaired") from None  # fmt: skip
+    except RecursionError:  # the stdlib reads about 1,000 levels, orjson 1,024: either way far past a call's 32
+        raise rejected("too_large", "the body nests objects and arrays about 1,000 levels deep or more, where no call may "
+                       "nest more than 32: the request is refused whole, its calls unread") from None  # fmt: skip
     except ValueError as exc:  # json's and orjson's errors (NaN and huge numbers get this far)
         error: ValueError = exc
     # orjson's first error in the body was its bytes (or a surrogate): the client is told the

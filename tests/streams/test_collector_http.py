@@ -353,6 +353,18 @@ def test_calls_nested_too_deep_are_refused_and_dead_lettered_and_the_good_ones_k
     assert letters[None]["detail"].endswith("(the call is not kept: it is nested too deep to be written out)")
 
 
+def test_a_body_nested_past_what_json_readers_take_is_refused_whole_saying_so(collector: ThreadedCollector) -> None:
+    # A 2 KB ASCII body was told "deeper than can be read once its bytes that are not UTF-8 are
+    # repaired": it had no such bytes, and the client was sent looking for an encoding fault.
+    raw = orjson.dumps({"batch": [track("u-1"), track("u-2", properties={"x": "nested"})]})
+    raw = raw.replace(b'"nested"', b"[" * 1100 + b'"bottom"' + b"]" * 1100)
+    response = collector.post("/v1/batch", raw)
+    assert response.status_code == 400
+    assert response.json()["code"] == "too_large"
+    assert response.json()["message"] == ("the body nests objects and arrays about 1,000 levels deep or more, where no call may "
+                                          "nest more than 32: the request is refused whole, its calls unread")
+
+
 def test_a_bad_single_call_is_answered_400_and_dead_lettered(collector: ThreadedCollector, settings: Settings) -> None:
     response = collector.post("/v1/track", {"userId": "u-1", "messageId": "m-1", "writeKey": WRITE_KEY}, key=None)
     assert response.status_code == 400
