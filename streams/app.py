@@ -35,7 +35,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from scoring import Engine
 from scoring.errors import StateError
 from streams import (assignor, batching, bulk_store, consumer_stop, erasure, fetch_wait, kafka_clients, lead_states, membership, metrics,
-                     read_offsets, routing, seek_first, stitching, stream_idle, transactions)
+                     read_offsets, routing, seek_first, spare, stitching, stream_idle, transactions)
 from streams.account_table import AccountTable
 from streams.addresses import advertised, authority
 from streams.assignor import AlignedPartitionAssignor
@@ -201,6 +201,13 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
         async def metrics_page(self: View, request: Request) -> Response:
             return self.bytes(generate_latest(REGISTRY), content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
+    spare_member = spare.Spare()
+
+    @app.timer(interval=app.conf.broker_heartbeat_interval)  # type: ignore[untyped-decorator]
+    async def stay_in_group() -> None:
+        # Well within the max poll interval, after which a consumer that fetched nothing leaves.
+        spare_member.keep()
+
     async def on_revoked(sender: Any, revoked: Any = (), **kwargs: Any) -> None:
         metrics.REBALANCES.inc()
         metrics.READY.set(0)
@@ -224,6 +231,7 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
         transactions.read_committed(app.consumer)
         consumer_stop.install(app.consumer)
         fence.assigned(app.consumer)
+        spare_member.assigned(app.consumer)
         owned = sorted(tp.partition for tp in assigned if tp.topic == settings.topic_events)
         log.info("rebalance: partitions assigned events_partitions=%s", owned)
         split = assignor.split(assigned, {settings.topic_events: leads, settings.topic_accounts: accounts})
