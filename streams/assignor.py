@@ -55,6 +55,7 @@ def split(assigned: Iterable[TP], tables: Mapping[str, faust.Table]) -> SplitAss
         states = sorted(tp.partition for tp in assigned if tp.topic == changelog)
         if inputs != states:
             return SplitAssignment(f"this worker was assigned partitions {inputs} of {topic} but partitions {states} of "
-                                   f"{changelog}, which holds their state: it stops rather than score them against none, "
-                                   "and the group assigns them again")
+                                   f"{changelog}, which holds their state: it stops rather than score them against none, and "
+                                   "the group assigns them again; when every worker stops so, the changelog has another "
+                                   "partition count than the topic, and `leadstream topics` says what to do")
     return None

@@ -90,7 +90,8 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
 def changelog_specs(settings: Settings) -> list[TopicSpec]:
     """The worker's table changelogs: Faust creates them, `leadstream topics` only brings existing
     ones to their settings."""
-    return [TopicSpec(f"{settings.app_id}-{table}-changelog", settings.partitions, CHANGELOG_CONFIG) for table in (LEADS_TABLE, ACCOUNTS_TABLE)]
+    return [TopicSpec(f"{settings.app_id}-{table}-changelog", settings.partitions, CHANGELOG_CONFIG, copartitioned=True)
+            for table in (LEADS_TABLE, ACCOUNTS_TABLE)]
 
 
 def profiles_config() -> dict[str, str]:
@@ -119,8 +120,8 @@ def ensure_topics(settings: Settings, specs: list[TopicSpec] | None = None, alte
     cleanup policy, but is given (`alter`, `leadstream topics`; the worker only warns, see
     weak_settings) each setting of STRONGER its spec requires that it has weaker, with a line per
     setting, as are the existing table changelogs when all of leadstream's topics are ensured
-    (`specs` None). A ConfigError, once the missing ones are created, when a co-partitioned one has
-    another partition count than its spec's; a ServiceError when the broker refuses a setting."""
+    (`specs` None). A ConfigError, once the missing ones are created, when a co-partitioned one (or
+    an existing changelog, all being ensured) has another partition count than its spec's; a ServiceError when the broker refuses a setting."""
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
@@ -152,7 +153,8 @@ def ensure_topics(settings: Settings, specs: list[TopicSpec] | None = None, alte
                 _alter(admin, settings, review.shortfalls)
                 lines.setdefault(review.topic, []).extend([shortfall.set_line() for shortfall in review.shortfalls]
                                                           + review.warnings)
-        _check_partitions(admin, [spec for spec in specs if spec.copartitioned and spec.name in existing])
+        _check_partitions(admin, [spec for spec in specs if spec.copartitioned and spec.name in existing],
+                          [spec for spec in reviewed if spec.name in existing])
         return [line for topic_lines in lines.values() for line in topic_lines]
     finally:
         admin.close()
@@ -299,22 +301,38 @@ def _alter(admin: Any, settings: Settings, weak: list[Shortfall]) -> None:
         raise ServiceError(f"topic {weak[0].topic}: the broker refused its settings ({result}): set them with {commands}")
 
 
-def _check_partitions(admin: Any, specs: list[TopicSpec]) -> None:
-    """ConfigError naming each existing topic whose partition count is not its spec's. A lead
-    lives on the partition LEADSTREAM_PARTITIONS makes of its id; on a topic of another count,
-    producers put its events elsewhere (every one dead-lettered as wrong_partition), and the
-    worker's writes to a partition the topic lacks stopped it at every restart
-    (AssertionError: Unrecognized partition)."""
-    if not specs:
+def _check_partitions(admin: Any, specs: list[TopicSpec], changelogs: list[TopicSpec]) -> None:
+    """ConfigError naming each existing topic, and table changelog, whose partition count is not
+    its spec's. A lead lives on the partition LEADSTREAM_PARTITIONS makes of its id; on a topic of
+    another count, producers put its events elsewhere (every one dead-lettered as wrong_partition),
+    and the worker's writes to a partition the topic lacks stopped it at every restart
+    (AssertionError: Unrecognized partition). A changelog holds the states of the count it was
+    created with, each lead's on its partition then: unchecked, new topics of another count (as
+    this error's advice made them) started workers that sat unready for minutes, Faust creating
+    the changelog again and again, and then stopped, each of them, on the split assignment
+    (streams/assignor.py)."""
+    checked = specs + changelogs
+    if not checked:
         return
-    counts = {topic["name"]: len(topic["partitions"]) for topic in admin.describe_topics([spec.name for spec in specs])}
-    wrong = [f"{spec.name} has {counts[spec.name]}" for spec in specs if counts.get(spec.name, spec.partitions) != spec.partitions]
-    if wrong:
-        raise ConfigError(
-            f"LEADSTREAM_PARTITIONS is {specs[0].partitions}, but {', '.join(wrong)} partitions: leadstream's topics must "
-            "all have the same count, the one LEADSTREAM_PARTITIONS says. Set it to the topics' count, or recreate them "
-            "with `leadstream topics` once deleted (their records are lost)"
-        )
+    counts = {topic["name"]: len(topic["partitions"]) for topic in admin.describe_topics([spec.name for spec in checked])}
+
+    def wrong(of: list[TopicSpec]) -> str:
+        return ", ".join(f"{spec.name} has {counts[spec.name]}" for spec in of if counts.get(spec.name, spec.partitions) != spec.partitions)
+
+    topics, states = wrong(specs), wrong(changelogs)
+    problems = []
+    if topics:
+        problems.append(f"{topics} partitions: leadstream's topics must all have the same count, the one LEADSTREAM_PARTITIONS "
+                        "says. Set it to the topics' count, or recreate them with `leadstream topics` once deleted (their "
+                        "records are lost; README: Changing the partition count)")
+    if states:
+        problems.append(f"the worker's table changelogs ({states} partitions) hold the lead and account states of that "
+                        "count, each lead's on the partition its id had then, which workers of another count cannot read. "
+                        "Start the workers under a new LEADSTREAM_APP_ID (its changelogs are created with this count), or "
+                        "delete these changelogs (the states are lost), and score the events again from `leadstream "
+                        "history` (README: Changing the partition count)")
+    if problems:
+        raise ConfigError(f"LEADSTREAM_PARTITIONS is {checked[0].partitions}, but " + "; and ".join(problems))
 
 
 def topic_config(settings: Settings, topic: str) -> dict[str, str]:

@@ -61,3 +61,4 @@ def test_a_worker_given_inputs_without_their_table_partitions_names_both(app: fa
     refusal = split({TP(INPUTS[0], 0), TP(INPUTS[0], 3), TP(CHANGELOG, 0), TP(CHANGELOG, 2)}, {INPUTS[0]: table})
     assert isinstance(refusal, SplitAssignment)
     assert f"partitions [0, 3] of {INPUTS[0]} but partitions [0, 2] of {CHANGELOG}" in str(refusal)
+    assert "when every worker stops so, the changelog has another partition count" in str(refusal)  # not "assigned again" alone

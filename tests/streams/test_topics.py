@@ -13,8 +13,8 @@ import pytest
 
 from streams.processes import WorkerProcess
 from streams.settings import Settings
-from streams.topics import (COMPACTED, FORGET_RETENTION_MS, LARGE_RECORD_BYTES, TopicSpec, ensure_topics, partition_count,
-                            topic_config)
+from streams.topics import (COMPACTED, FORGET_RETENTION_MS, LARGE_RECORD_BYTES, TopicSpec, changelog_specs, ensure_topics,
+                            partition_count, topic_config)
 from tests.infra import leadstream, write_jsonl
 
 DAY_MS = 24 * 3600 * 1000
@@ -46,6 +46,23 @@ def test_existing_topics_of_another_partition_count_are_refused_by_name(isolated
     assert partition_count(settings, settings.topic_identity) == 4
     worker = leadstream(settings, "worker", check=False)
     assert worker.returncode == 1 and f"{settings.topic_events} has 8 partitions" in worker.stderr
+
+
+def test_changelogs_of_another_partition_count_are_refused_at_once_saying_what_to_do(isolated: Settings) -> None:
+    # Before, the topics' own advice (deleted, then created with the new count) left the changelogs
+    # of the old count: `leadstream topics` said nothing of them, and the worker sat unready for
+    # 3 minutes, Faust creating the changelog again and again, then stopped on a split assignment.
+    settings = isolated.namespaced(f"{isolated.app_id}-c")  # deleted with the test's own topics
+    ensure_topics(settings, [TopicSpec(spec.name, 2, spec.config) for spec in changelog_specs(settings)])
+    done = leadstream(settings, "topics", check=False)
+    assert done.returncode == 1, done
+    assert (f"LEADSTREAM_PARTITIONS is 4, but the worker's table changelogs ({settings.app_id}-leads-changelog has 2, "
+            f"{settings.app_id}-accounts-changelog has 2 partitions)" in done.stderr), done.stderr
+    assert "new LEADSTREAM_APP_ID" in done.stderr and "delete these changelogs" in done.stderr, done.stderr
+    assert partition_count(settings, settings.topic_events) == 4  # leadstream's own topics, created all the same
+    started = time.monotonic()
+    worker = leadstream(settings, "worker", check=False)
+    assert worker.returncode == 1 and "leads-changelog has 2" in worker.stderr and time.monotonic() - started < 30, worker.stderr
 
 
 @pytest.mark.parametrize("command", [
