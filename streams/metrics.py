@@ -110,6 +110,13 @@ MODEL_RELOADS = Counter(
 MODELS_BROKEN = Gauge(
     "leadstream_models_broken", "1 while the models directory holds an edit that does not load (the worker scores with the models it has)."
 )
+#: A worker scores each lead of its partitions with its own models: the group's workers showing
+#: different fingerprints score alike events differently (alerted: LeadstreamModelsDiffer).
+MODELS_FINGERPRINT = Gauge(
+    "leadstream_models_fingerprint",
+    "1, labelled with the worker's app id (its group) and the fingerprint of the model files it scores with (GET /models/).",
+    ["app_id", "fingerprint"],
+)
 READY = Gauge("leadstream_worker_ready", "1 when tables are recovered, the worker is scoring and Kafka answers, else 0.")
 
 

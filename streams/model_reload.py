@@ -46,14 +46,19 @@ class Loaded:
 
 
 class ModelDirectory:
-    """The models directory as the worker last loaded it, and the edit it could not load."""
+    """The models directory as the worker last loaded it, and the edit it could not load. The
+    fingerprint of the models in use is exported with `app_id` (the worker's group), so that
+    workers of one group scoring with different files are told apart (metrics.MODELS_FINGERPRINT)."""
 
-    def __init__(self, path: Path) -> None:
+    current: Loaded
+
+    def __init__(self, path: Path, app_id: str = "") -> None:
         self.path = path
+        self.app_id = app_id
         # Taken before loading: an edit saved while the files load is seen again by the next
         # poll, and loaded then (once more at worst), never missed.
         seen = fingerprint(path)
-        self.current = Loaded(Engine.from_directory(path), seen, _now_ms())
+        self._use(Loaded(Engine.from_directory(path), seen, _now_ms()))
         self._seen = seen
         #: Why the files on disk do not load, while they do not (None once they do).
         self.error: str | None = None
@@ -75,12 +80,17 @@ class ModelDirectory:
             log.error("model edit not applied, still scoring with the models of fingerprint %s: %s",
                       self.current.fingerprint, self.error, exc_info=not isinstance(exc, ModelError))
             return None
-        self.current = Loaded(engine, seen, _now_ms())
+        self._use(Loaded(engine, seen, _now_ms()))
         self.error = None
         metrics.MODEL_RELOADS.labels("applied").inc()
         metrics.MODELS_BROKEN.set(0)
         log.info("model edit applied: models=%s fingerprint=%s", [m.name for m in engine.models], seen)
         return engine
+
+    def _use(self, loaded: Loaded) -> None:
+        self.current = loaded
+        metrics.MODELS_FINGERPRINT.clear()  # the previous models' series goes: one per worker
+        metrics.MODELS_FINGERPRINT.labels(self.app_id, loaded.fingerprint).set(1)
 
     async def reload(self) -> Engine | None:
         """`poll` in a thread: the files of a large model (thousands of rules) take seconds to

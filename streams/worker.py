@@ -41,7 +41,7 @@ def run_worker(settings: Settings) -> int:
 
     # Fail before joining the group: a broken model file or a taken port must not take
     # partitions and stall them.
-    models = ModelDirectory(settings.models_dir)
+    models = ModelDirectory(settings.models_dir, settings.app_id)
     check_port(settings.bind_host, settings.worker_port, "LEADSTREAM_WORKER_PORT")
     make_state_dir(settings)
     # Settings of existing topics are the operator's to change (`leadstream topics`, a step of an

@@ -45,6 +45,26 @@ def test_an_edit_that_loads_replaces_the_models(tmp_path: Path) -> None:
     assert directory.poll() is None
 
 
+def fingerprints_exported() -> list[dict[str, str]]:
+    return [sample.labels for family in metrics.MODELS_FINGERPRINT.collect() for sample in family.samples]
+
+
+def test_the_fingerprint_of_the_models_in_use_is_exported_with_the_group(tmp_path: Path) -> None:
+    # Before, only GET /models/ showed it: two workers of one group scoring with different files
+    # (a rule worth 10 on one, 100 on the other) scored alike events by partition, and nothing
+    # compared them. One series a worker, which the shipped LeadstreamModelsDiffer compares.
+    save(tmp_path, "a.toml", MODEL.format(name="a", points=5))
+    directory = ModelDirectory(tmp_path, "leadstream")
+    first = directory.current.fingerprint
+    assert fingerprints_exported() == [{"app_id": "leadstream", "fingerprint": first}]
+    save(tmp_path, "a.toml", MODEL.format(name="a", points='"five"'))  # does not load: still scoring with the first
+    assert directory.poll() is None and fingerprints_exported() == [{"app_id": "leadstream", "fingerprint": first}]
+    save(tmp_path, "a.toml", MODEL.format(name="a", points=6))
+    assert directory.poll() is not None
+    assert fingerprints_exported() == [{"app_id": "leadstream", "fingerprint": directory.current.fingerprint}] != [
+        {"app_id": "leadstream", "fingerprint": first}]
+
+
 def test_an_edit_that_does_not_load_is_reported_and_the_models_stay(tmp_path: Path) -> None:
     save(tmp_path, "a.toml", MODEL.format(name="a", points=5))
     directory = ModelDirectory(tmp_path)
