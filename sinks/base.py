@@ -59,6 +59,11 @@ class Reason:
     lead_id: str = ""
 
 
+#: Why a crossing may lack a trait by which a connector finds a record, for its dead letter.
+UNKEPT_TRAITS = ("a crossing carries only the traits its model kept when the lead's events were scored: those its "
+                 "keep_traits lists then; a trait added to keep_traits since comes with the lead's next event carrying it")
+
+
 @dataclass(frozen=True, slots=True)
 class Crossing:
     """One threshold crossing, as the worker writes it to the sink topic."""

@@ -41,7 +41,7 @@ from hubspot.crm.contacts import ApiException as ContactsApiException
 from hubspot.crm.deals import ApiException as DealsApiException
 from hubspot.crm.objects.tasks import ApiException as TasksApiException
 
-from sinks.base import Crossing, CrossingSink, Steps
+from sinks.base import UNKEPT_TRAITS, Crossing, CrossingSink, Steps
 from sinks.errors import OutcomeUnknown, PermanentError, RetryableError, for_status
 from sinks.http import Deadline, watched
 from sinks.mapping import AccountMapping, Mapping, load_mapping
@@ -124,7 +124,8 @@ class HubSpotSink(CrossingSink):
         current = self._read(target, ref, id_property, wanted) if wanted else {}
         kept = mapping.kept_fields(item, current)
         for name, value in kept.items():
-            log.info("HubSpot %s: %s %r kept, not a value the mapping's levels set or replace (sales moved it there); "
+            log.info("HubSpot %s: %s %r kept, not a value the mapping's levels set or replace (sales moved it there; "
+                     "list it in the mapping's [replaces] for crossings to move it); "
                      "the other properties are updated", _what(target, ref, id_property), name, value)
         properties = {name: _text(value) for name, value in mapping.record_values(item, kept).items()}
         record_id = self._update(target, item, ref, id_property, properties)
@@ -176,7 +177,7 @@ class HubSpotSink(CrossingSink):
         if crossing.email:
             return _unique_value(crossing.email, f"lead {crossing.lead_id}'s email trait"), "email"
         raise PermanentError(f"lead {crossing.lead_id}: the crossing carries neither a hubspot_id nor an email trait "
-                             "(a model keeps only the traits its keep_traits lists): no way to find its HubSpot contact")
+                             f"({UNKEPT_TRAITS}): no way to find its HubSpot contact")
 
     @staticmethod
     def _company_ref(crossing: Crossing, id_property: str) -> tuple[str, str | None]:

@@ -34,7 +34,7 @@ from simple_salesforce.api import Salesforce, SFType
 from simple_salesforce.format import format_soql
 from simple_salesforce.exceptions import SalesforceError
 
-from sinks.base import Crossing, CrossingSink, Steps
+from sinks.base import UNKEPT_TRAITS, Crossing, CrossingSink, Steps
 from sinks.errors import PermanentError, RetryableError, for_status
 from sinks.http import TimeoutSession, transport_error
 from sinks.mapping import AccountMapping, Mapping, load_mapping
@@ -122,7 +122,8 @@ class SalesforceSink(CrossingSink):
             kept = mapping.kept_fields(item, {name: str(record[name]) for name in level_fields if record[name]})
         for name, value in kept.items():
             log.info("Salesforce %s: %s %r kept, not a value the mapping's levels set or replace (sales set it, or "
-                     "converted the Lead); the other fields are updated", what, name, value)
+                     "converted the Lead; list it in the mapping's [replaces] for crossings to move it); the other "
+                     "fields are updated", what, name, value)
         values = mapping.record_values(item, kept)
         self._call(what, lambda: sobject.update(record_id, values))
         if not wants_task or task is None:
@@ -169,7 +170,7 @@ class SalesforceSink(CrossingSink):
     def _find_lead(self, crossing: Crossing) -> str:
         if not crossing.email:
             raise PermanentError(f"lead {crossing.lead_id}: the crossing carries neither a salesforce_id nor an email trait "
-                                 "(a model keeps only the traits its keep_traits lists): no way to find its Salesforce Lead")
+                                 f"({UNKEPT_TRAITS}): no way to find its Salesforce Lead")
         soql = format_soql("SELECT Id FROM Lead WHERE Email = {} AND IsConverted = false "
                            "ORDER BY CreatedDate DESC LIMIT 1", crossing.email)
         lead_id = self._call("find Lead", lambda: _first_id(self.sf.query(soql)))

@@ -391,7 +391,8 @@ def test_a_crossing_without_an_id_or_email_trait_is_dead_lettered_naming_the_mod
 
     [(_, letter)] = read_topic(settings, f"{settings.topic_crossings}-dlq-hubspot", expect=1, idle_s=0.5)
     assert letter["reason"] == "permanent" and ("lead lead-1: the crossing carries neither a hubspot_id nor an email "
-                                                "trait (a model keeps only the traits its keep_traits lists)") in letter["detail"]
+                                                "trait (a crossing carries only the traits its model kept when the lead's events were "
+                                                "scored") in letter["detail"]
     assert hubspot.requests == []
 
 
