@@ -76,12 +76,14 @@ class BatchResult:
     #: Events beyond the allowed lateness of one or more models they were routed to.
     late: list[Late] = field(default_factory=list)
     #: The score of every changed state that belongs to an account, whether or not the batch
-    #: changed it, after a `left` update for each other account the lead was in during the batch;
-    #: before them, an update for decay an event brought forward that was due before it
-    #: (`ModelRuntime._decayed`), dated at its due time, and, in a model with `[accounts]`, the
-    #: member's score after each of its events of the batch that changed it but its last (the
-    #: score it had before the next one), so that its account passes through each score it
-    #: had, as when the events come in batches of one (`leadstream score`).
+    #: changed it; before it, a `left` update for each event of the batch that moved the lead out
+    #: of an account, dated and numbered as that event left the state (so an account it moved
+    #: back to in the batch loses it in between), an update for decay an event brought forward
+    #: that was due before it (`ModelRuntime._decayed`), dated at its due time, and, in a model
+    #: with `[accounts]`, the member's score after each of its events of the batch that changed
+    #: it but its last (the score it had before the next one, in the account it was in then), so
+    #: that each account passes through each score it had there, and loses it when it moved, as
+    #: when the events come in batches of one (`leadstream score`).
     #: A worker killed after sending a batch's updates, before its states were durable, told the
     #: accounts of scores and moves its successor does not know of, as it scores the same events
     #: again in other batches: these updates are what puts each account right again.
@@ -713,8 +715,7 @@ class Engine:
         for runtime in self._everywhere:  # what a batch that raised part way told its accounts is not told now
             if runtime.told:
                 runtime.told.clear()
-        # (model, lead id) -> [state, runtime, outcome so far, account before, accounts it was in since (or None),
-        # settled yet]
+        # (model, lead id) -> [state, runtime, outcome so far, settled yet]
         touched: dict[tuple[str, str], list[Any]] = {}
         transitions = result.transitions
         routes = self._routes
@@ -744,6 +745,7 @@ class Engine:
                 result.unknown_type.append(event)
                 continue
             lead_id = event.lead_id
+            moving = event.account_id is not None  # it may move its lead to another account (never to none)
             late: list[str] | None = None
             for runtime in targets:
                 key = (runtime.name, lead_id)
@@ -751,9 +753,9 @@ class Engine:
                 if slot is None:
                     state = get_state(runtime.name, lead_id)
                     if state is None:  # a new lead: its first summary is news
-                        slot = touched[key] = [runtime.new_state(), runtime, _CHANGED, None, None, False]
+                        slot = touched[key] = [runtime.new_state(), runtime, _CHANGED, False]
                     else:
-                        slot = touched[key] = [state, runtime, _DUPLICATE, state.account_id, None, False]
+                        slot = touched[key] = [state, runtime, _DUPLICATE, False]
                 elif runtime.rolls_up and slot[2] >= _COUNTED and slot[0].account_id is not None:
                     # The member's score after its previous event of the batch, before this one
                     # changes it: with only its last, an account that its events took over two
@@ -762,6 +764,7 @@ class Engine:
                     # the batch counted one of its events (the account knows the state as read).
                     runtime.tell_account(lead_id, slot[0], result.account_updates)
                 state = slot[0]
+                account_before = state.account_id
                 outcome = (runtime.appliers.get(event.type) or runtime.apply_other)(state, event, transitions)
                 if outcome == _LATE:
                     if event.traits or event.account_id is not None:
@@ -774,11 +777,14 @@ class Engine:
                         late.append(runtime.name)
                 elif outcome > slot[2]:
                     slot[2] = outcome
-                if event.account_id is not None and state.account_id != slot[3]:  # moved (now or earlier in the batch)
-                    if slot[4] is None:
-                        slot[4] = {state.account_id}
-                    else:
-                        slot[4].add(state.account_id)
+                if moving and state.account_id != account_before and account_before is not None:
+                    # Moved: the account it was in loses it now, of the revision the move made, as
+                    # batches of one tell it. Told at the batch's end, the account kept it until its
+                    # lead's last event (and one it came back to never lost it), so the order of
+                    # its members' changes, and its crossings, depended on where the batches cut.
+                    result.account_updates.append(
+                        MemberScore(runtime.name, account_before, lead_id, 0, state.watermark_ms, True, state.revision)
+                    )
             if late is not None:
                 result.late.append(Late(event, tuple(late), len(late) < len(targets)))
             if last_of and last_of.get(lead_id) is event:
@@ -787,7 +793,7 @@ class Engine:
                     slot = touched[key]
                     if slot[2] >= _COUNTED:
                         runtime.compact(slot[0])
-                        slot[5] = True
+                        slot[3] = True
                         settled(key, slot[0], slot[2] == _CHANGED)  # type: ignore[misc]
         changed_states = result.states
         score_changed = result.score_changed
@@ -796,7 +802,7 @@ class Engine:
             if runtime.decayed:
                 account_updates += runtime.decayed
                 runtime.decayed = []
-        for key, (state, runtime, outcome, account_before, visited, done) in touched.items():
+        for key, (state, runtime, outcome, done) in touched.items():
             if outcome < _COUNTED:  # duplicates and late events only
                 continue
             if not done:  # its lead's last event was unrouted, of an unknown type, or for other models
@@ -806,14 +812,7 @@ class Engine:
             changed_states[key] = state
             if outcome == _CHANGED:
                 score_changed.add(key)
-            account_id = state.account_id
-            if account_id is not None:
-                if visited is not None:  # moved: the accounts it was in lose it
-                    visited.add(account_before)
-                    visited.discard(account_id)
-                    visited.discard(None)
-                    for left in sorted(visited):  # of the revision the move made, after its last update there
-                        account_updates.append(MemberScore(runtime.name, left, key[1], 0, state.watermark_ms, True, state.revision))
+            if state.account_id is not None:
                 account_updates.append(runtime.member_score(key[1], state, state.watermark_ms))  # not None: it has an account
         return result
 

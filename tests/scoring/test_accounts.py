@@ -132,17 +132,28 @@ _LADDER = ('[[rules]]\nname = "n"\nevent = "n"\npoints = -10\n[accounts]\ncombin
            'hysteresis = 5\nladder = [{ level = "engaged", at = 20 }, { level = "buying", at = 40 }]\n')
 
 
-def _account_crossings(events: list[dict[str, Any]], cuts: list[int], model: str = RULE + _LADDER) -> list[tuple[str, str, str | None, float]]:
-    """The account crossings of the events scored in batches cut at `cuts`, each batch's
-    updates rolled up together, as the account stage takes a scorer batch's message."""
-    run, account, out = Run(engine(model)), None, []
+Crossed = list[tuple[str, str, str | None, float]]
+
+
+def _crossings_by_account(events: list[dict[str, Any]], cuts: list[int], model: str = RULE + _LADDER) -> dict[str, Crossed]:
+    """Each account's crossings (id, level, lead, score) of the events scored in batches cut at
+    `cuts`, each batch's updates rolled up together by account, as the account stage takes a
+    scorer batch's message."""
+    run = Run(engine(model))
+    states: dict[str, AccountState] = {}
+    out: dict[str, Crossed] = {}
     for start, end in zip([0, *cuts], [*cuts, len(events)]):
         before = len(run.account_updates)
         run.apply(*events[start:end])
-        if len(run.account_updates) > before:
-            account, crossed = run.engine.apply_account_updates("m", "acme", account, run.account_updates[before:])
-            out += [(t.id, t.to_level, t.lead_id, t.score) for t in crossed]
+        for (_, account_id), updates in accounts.by_account(run.account_updates[before:]).items():
+            states[account_id], crossed = run.engine.apply_account_updates("m", account_id, states.get(account_id), updates)
+            out.setdefault(account_id, []).extend((t.id, t.to_level, t.lead_id, t.score) for t in crossed)
     return out
+
+
+def _account_crossings(events: list[dict[str, Any]], cuts: list[int], model: str = RULE + _LADDER) -> Crossed:
+    """The crossings of account acme (see `_crossings_by_account`)."""
+    return _crossings_by_account(events, cuts, model).get("acme", [])
 
 
 def test_a_members_events_of_one_batch_take_its_account_over_each_line_as_batches_of_one_do() -> None:
@@ -155,16 +166,62 @@ def test_a_members_events_of_one_batch_take_its_account_over_each_line_as_batche
     assert one_batch == _account_crossings(events, list(range(1, len(events))))  # the same ids: the same crossings
 
 
+def _member_events(steps: list[tuple[str, str, str | None]], ids: int = 1000) -> list[dict[str, Any]]:
+    """Events of (lead, type, account id or None), one millisecond apart, their ids repeating
+    every `ids` events (a lead's event of a repeated id is a duplicate)."""
+    return [ev(kind, at=n, lead=lead, event_id=f"e{n % ids}", **({} if account is None else {"account_id": account}))
+            for n, (lead, kind, account) in enumerate(steps)]
+
+
 @settings(max_examples=150, deadline=None)
-@given(steps=st.lists(st.tuples(st.sampled_from(["L1", "L2", "L3"]), st.sampled_from(["p", "p", "n", "visit"])), min_size=1, max_size=24),
+@given(steps=st.lists(st.tuples(st.sampled_from(["L1", "L2", "L3"]), st.sampled_from(["p", "p", "n", "visit", "identify"]),
+                                st.sampled_from([None, None, None, "acme", "beta", "gamma"])), min_size=1, max_size=24),
        cuts=st.sets(st.integers(1, 23)))
-def test_an_accounts_crossings_do_not_depend_on_how_its_members_events_are_batched(steps: list[tuple[str, str]], cuts: set[int]) -> None:
+def test_an_accounts_crossings_do_not_depend_on_how_its_members_events_are_batched(
+        steps: list[tuple[str, str, str | None]], cuts: set[int]) -> None:
     """Members' events in time order, cut into batches anywhere (a worker's fetches, or a
-    successor's after a restart scoring them again), cross the account as batches of one do,
-    with the same ids; a member's events of no points between its changes (a duplicate, one
-    no rule scores) add no update."""
-    events = [ev(kind, at=n, lead=lead, event_id=f"e{n % 20}", account_id="acme") for n, (lead, kind) in enumerate(steps)]
-    assert _account_crossings(events, sorted(c for c in cuts if c < len(events))) == _account_crossings(events, list(range(1, len(events))))
+    successor's after a restart scoring them again), cross every account as batches of one do,
+    with the same ids, members joining and moving between accounts (an event without an
+    account id leaves the lead's as it is) as they go; a member's events of no points between
+    its changes (a duplicate, one no rule scores) add no update."""
+    events = _member_events(steps, ids=20)
+    one_by_one = _crossings_by_account(events, list(range(1, len(events))))
+    assert _crossings_by_account(events, sorted(c for c in cuts if c < len(events))) == one_by_one
+
+
+@pytest.mark.parametrize(("earlier", "batch", "crossed"), [
+    # In beta and back within a batch: acme never lost it, so it did not dip to unaware and
+    # came back (to buying, at 40, where batches of one cross it there from unaware).
+    pytest.param([("L1", "p", "acme"), ("L1", "p", None)], [("L1", "p", "beta"), ("L1", "p", "acme")],
+                 {"acme": [("engaged", "L1", 20), ("unaware", None, 0), ("buying", "L1", 40)],
+                  "beta": [("engaged", "L1", 30), ("unaware", None, 0)]}, id="there-and-back"),
+    # Its leaving was dated at its last event of the batch, not at the move: the same levels,
+    # but acme's crossing down had another time and so another id.
+    pytest.param([], [("L1", "p", None), ("L1", "p", "acme"), ("L1", "p", "beta"), ("L1", "p", None)],
+                 {"acme": [("engaged", "L1", 20), ("unaware", None, 0)], "beta": [("engaged", "L1", 30), ("buying", "L1", 40)]},
+                 id="moved-then-scored"),
+    # Two members changing places: acme took L2 in before L1 left it (at L1's next event), and
+    # crossed up to buying at 50, then down to engaged, where batches of one cross it down to
+    # unaware, then up to engaged; beta, the other way round.
+    pytest.param([("L1", "p", "acme"), ("L1", "p", None), ("L2", "p", "beta"), ("L2", "p", None)],
+                 [("L1", "p", "beta"), ("L2", "p", "acme"), ("L1", "p", None)],
+                 {"acme": [("engaged", "L1", 20), ("unaware", None, 0), ("engaged", "L2", 30)],
+                  "beta": [("engaged", "L2", 20), ("buying", "L1", 50), ("engaged", None, 30), ("buying", "L1", 40)]},
+                 id="changing-places"),
+    # Joining within the batch, after events in none: counted from the join on.
+    pytest.param([], [("L1", "p", None), ("L1", "p", None), ("L1", "p", "acme"), ("L1", "p", None)],
+                 {"acme": [("engaged", "L1", 30), ("buying", "L1", 40)]}, id="joining"),
+])
+def test_a_member_moving_within_a_batch_leaves_its_account_at_the_move_as_batches_of_one_do(
+        earlier: list[tuple[str, str, str | None]], batch: list[tuple[str, str, str | None]],
+        crossed: dict[str, list[tuple[str, str | None, float]]]) -> None:
+    """A member that moved to another account within a batch was told to leave the accounts it
+    was in only as the batch ended, dated at its last event, and not at all the one it came back
+    to: as found by the test above, once its events carried accounts."""
+    events = _member_events(earlier + batch)
+    one_by_one = _crossings_by_account(events, list(range(1, len(events))))
+    assert {account: [crossing[1:] for crossing in out] for account, out in one_by_one.items()} == crossed
+    assert _crossings_by_account(events, [len(earlier)] if earlier else []) == one_by_one
 
 
 def test_account_state_round_trips() -> None:
