@@ -135,7 +135,7 @@ class Table:
         for key in self.data:
             if key not in allowed:
                 raise ModelError(
-                    f"{self.file}: {self.where}, field '{self.prefix}{key}': unknown field "
+                    f"{self.file}: {self.where}, field '{self.prefix}{key}': unknown field{did_you_mean(key, allowed)} "
                     f"(expected one of: {', '.join(allowed)})"
                 )
 

@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
-from scoring.config import Table, is_number
+from scoring.config import Table, did_you_mean, is_number
 from scoring.errors import ModelError
 from scoring.repeat import Bonus, Cap, OncePer, parse_bonus, parse_cap, parse_once_per, seen_key
 
@@ -138,11 +138,12 @@ def parse_conditions(table: Table, sources: tuple[str, ...]) -> tuple[Condition,
 def _parse_field(table: Table, source: str, key: str, spec: Any) -> list[Condition]:
     if isinstance(spec, dict):
         ops = Table(table.file, table.where, spec, f"{table.prefix}{key}.")
-        if spec and not any(op in OPERATORS for op in spec):  # a misspelt operator, or `properties.plan.name = "pro"`
+        if spec and not any(op in OPERATORS for op in spec):  # `properties.plan.name = "pro"`, or a misspelt operator
             unknown = next(iter(spec))
-            raise ModelError(f"{table.file}: {table.where}, field '{ops.prefix}{unknown}': unknown field (expected one of: "
-                             f"{', '.join(OPERATORS)}); a field inside another ({key}.{unknown}) cannot be tested: send it "
-                             f"as a field of its own ({key}_{unknown})")
+            if not did_you_mean(unknown, OPERATORS):  # one close to an operator (`word`) is one: check_keys names it
+                raise ModelError(f"{table.file}: {table.where}, field '{ops.prefix}{unknown}': unknown field (expected one of: "
+                                 f"{', '.join(OPERATORS)}); a field inside another ({key}.{unknown}) cannot be tested: send "
+                                 f"it as a field of its own ({key}_{unknown})")
         ops.check_keys(OPERATORS)
         if not spec:  # no test at all would match every event
             raise table.error(key, f"at least one operator ({', '.join(OPERATORS)})", spec)

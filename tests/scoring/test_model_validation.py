@@ -70,6 +70,10 @@ CASES = [
     (BASE + RULE + '[[fit]]\nname = "pricing"\npoints = 1\ntraits.title = "cto"\n', ["rule 'pricing'", "in both [[rules]] #1 and [[fit]] #1"]),
     # It said "field 'properties.plan.name': unknown field (expected one of: eq, ...)", as if name were an operator.
     (BASE + RULE + 'properties.plan.name = "pro"\n', ["rule 'pricing'", "field 'properties.plan.name'", "unknown field", "(plan.name) cannot be tested", "(plan_name)"]),
+    # A misspelt operator had that advice too: "a field inside another (title.word) cannot be tested".
+    (BASE + RULE + 'traits.title = { word = ["vp"] }\n', ["field 'traits.title.word'", "unknown field (did you mean words?)"]),
+    (BASE + RULE + 'traits.title = { gob = "*vp*" }\n', ["field 'traits.title.gob'", "unknown field (did you mean glob?)"]),
+    (BASE + RULE + 'traits.title = { words = ["vp"], gob = "*vp*" }\n', ["field 'traits.title.gob'", "(did you mean glob?)"]),
     # Loaded, it matched no event ("*" is every type in unscored_types, not in a rule).
     (BASE + RULE.replace('"page_view"', '"*"'), ["rule 'pricing'", "field 'event'", "one event type", "no pattern", "'*'"]),
     # Accepted, the type went on scoring, and `leadstream models` listed it as scored and unscored.
@@ -142,6 +146,12 @@ def test_errors_name_file_rule_and_field(text: str, fragments: list[str]) -> Non
         load(text)
     for fragment in fragments:
         assert fragment in str(caught.value)
+
+
+def test_an_operator_misspelt_is_not_taken_for_a_field_inside_another() -> None:
+    with pytest.raises(ModelError) as caught:
+        load(BASE + RULE + 'traits.title = { word = ["vp"] }\n')
+    assert "cannot be tested" not in str(caught.value)
 
 
 def test_an_unknown_event_type_is_allowed_and_scores_once_such_events_come() -> None:
