@@ -4,7 +4,8 @@ explanation a salesperson sees ("why does this lead have 47 points?").
 Decay is evaluated at the time asked for, and fit points are revised after an edit of the
 model's [[fit]] rules (and a renamed rule's entry found under its earlier name), on a copy:
 reading never changes a state, nor writes its history (the edit's revision is recorded when the
-worker next scores the lead).
+worker next scores the lead). The history names a renamed rule by its name now, also in the
+changes recorded under an earlier one.
 
 Numbers are shown to two decimals (the 0-100 value to one) and add up as shown: behaviour and
 fit points, plus what the model's floor adds when negative fit points take their sum below it
@@ -274,7 +275,7 @@ def explain(runtime: ModelRuntime, lead_id: str, state: LeadState, now_ms: int) 
             "rules": rows,
             "fit": fit_rows(runtime, current),
             "history": [
-                {"time": time_ms, "rule": label, "points": shown(points)}
+                {"time": time_ms, "rule": runtime.renames.get(label, label), "points": shown(points)}
                 for time_ms, points, label in reversed(current.changes(runtime.history))
             ],
             "next_decay_ms": next_sweep_ms(runtime, lead_id, state, now_ms),
