@@ -13,7 +13,7 @@ import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 from scoring.accounts import AccountRollup, parse_accounts
 from scoring.config import Table, format_duration_ms, not_utf8, toml_problem
 from scoring.decay import Decay, HalfLifeDecay, StepDecay, parse_decay
@@ -155,9 +155,7 @@ def parse_model(text: str, file: str) -> Model:
     ladder = parse_ladder(thresholds, floor)
     scale = parse_scale(top.table("scale", "[scale]"), ladder.at[-1] if ladder.at[-1] > 0 else 100)
 
-    conditions = [c for r in rules for c in r.conditions] + [c for r in fit_rules for c in r.conditions]
-    tested = {c.key for c in conditions if c.source == "traits"}
-    tested |= {r.once_per.key for r in rules if r.once_per is not None and r.once_per.source == "traits"}
+    tested = frozenset[str]().union(*map(traits_tested, rules), *map(traits_tested, fit_rules))
     keep_traits = frozenset(head.strings("keep_traits", DEFAULT_KEEP_TRAITS)) | tested
     if len(keep_traits) > MAX_KEPT_TRAITS:
         raise head.error("keep_traits", f"at most {MAX_KEPT_TRAITS} traits kept, counting those the rules test (every crossing "
@@ -186,6 +184,54 @@ def parse_model(text: str, file: str) -> Model:
         temperature=parse_bands(top.table("temperature", "[temperature]")),
         accounts=parse_accounts(top.table("accounts", "[accounts]"), scale, floor),
     )
+
+
+def traits_tested(rule: Rule | FitRule) -> frozenset[str]:
+    """The traits of the lead's state a rule reads: those its conditions test, and the one its
+    `once_per` de-duplicates by."""
+    tested = {c.key for c in rule.conditions if c.source == "traits"}
+    if isinstance(rule, Rule) and rule.once_per is not None and rule.once_per.source == "traits":
+        tested.add(rule.once_per.key)
+    return frozenset(tested)
+
+
+@dataclass(frozen=True, slots=True)
+class UnkeptTrait:
+    """A trait that a rule of an edited model tests and the model before the edit neither kept
+    nor tested (`unkept_traits`)."""
+
+    model: str
+    file: str
+    #: "rule" or "fit rule", as load errors name them
+    kind: str
+    rule: str
+    trait: str
+
+    def __str__(self) -> str:
+        return (f"{self.file}: {self.kind} '{self.rule}' tests trait '{self.trait}', which model '{self.model}' neither kept "
+                "nor tested before this edit: the states of leads scored so far hold no value of it, so the rule sees it "
+                "only from each lead's next event carrying it. To apply it to them, score them again: a worker under a new "
+                "LEADSTREAM_APP_ID scores the topics from the beginning (`leadstream score` of a `leadstream history` file "
+                "shows the outcome first). Next time, list the traits you may test later in keep_traits beforehand "
+                "(scoring/MODELS.md, \"Editing a model that is in use\")")
+
+
+def unkept_traits(before: Iterable[Model], after: Iterable[Model]) -> list[UnkeptTrait]:
+    """The traits the rules of each model of `after` test that its namesake in `before` neither
+    kept nor tested. A state keeps only the traits its model kept when its events were scored
+    (`keep_traits`, with those tested): a condition on another trait finds no value in the
+    states of leads scored before the edit, though they sent one, until they send it again. A
+    model `before` lacks has no states to miss anything."""
+    kept = {model.name: model.keep_traits for model in before}
+    found = []
+    for model in after:
+        had = kept.get(model.name)
+        if had is None:
+            continue
+        for kind, rules in (("rule", model.rules), ("fit rule", model.fit_rules)):
+            for rule in rules:
+                found += [UnkeptTrait(model.name, model.file, kind, rule.name, trait) for trait in sorted(traits_tested(rule) - had)]
+    return found
 
 
 def _unscored_types(head: Table, rules: tuple[Rule, ...]) -> frozenset[str] | None:

@@ -81,7 +81,7 @@ def _forget(args: argparse.Namespace, settings: Settings) -> int:
 def _models(args: argparse.Namespace, settings: Settings) -> int:
     from streams.models_report import report
 
-    return report(args.models or settings.models_dir, args.json, sys.stdout)
+    return report(args.models or settings.models_dir, args.json, sys.stdout, args.baseline, sys.stderr)
 
 
 def _replay_dlq(args: argparse.Namespace, settings: Settings) -> int:
@@ -270,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("models", _models, "Check the model files and show what each model scores, reads and how it levels leads.")
     p.add_argument("--models", type=Path, help="directory of model files (default: LEADSTREAM_MODELS_DIR)")
     p.add_argument("--json", action="store_true", help="one JSON object per model")
+    p.add_argument("--baseline", type=Path, help="directory of the models in use: warn of rules testing a trait they neither keep nor test")
 
     p = add("history", _history, "Write the raw events and profiles topics, as they are now, to a JSON-lines file (for score and review).")
     p.add_argument("--out", type=Path, required=True, help="file to write ('-' for stdout)")

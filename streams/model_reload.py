@@ -5,7 +5,9 @@ that loads is applied between two batches, with the same effect on leads that al
 score as a restart would have (scoring/MODELS.md, "Editing a model that is in use"). An edit
 that does not load is reported (log, metrics, the worker's /models/ view). The worker keeps
 scoring with the models it has until the files load again, so a half-saved file or a typo
-never stops scoring.
+never stops scoring. An edit whose rules test a trait the models before it neither kept nor
+tested is applied with a warning (log, /models/): leads scored before it have no value of that
+trait in their states (scoring.model.unkept_traits).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from scoring import Engine, ModelError
-from scoring.model import describe, model_files
+from scoring.model import describe, model_files, unkept_traits
 from streams import metrics
 
 log = logging.getLogger("leadstream.worker")
@@ -43,6 +45,9 @@ class Loaded:
     engine: Engine
     fingerprint: str
     loaded_at_ms: int
+    #: What the edit that brought these models in warned of (`unkept_traits`); none at start,
+    #: where the models before are not known.
+    warnings: tuple[str, ...] = ()
 
 
 class ModelDirectory:
@@ -80,11 +85,14 @@ class ModelDirectory:
             log.error("model edit not applied, still scoring with the models of fingerprint %s: %s",
                       self.current.fingerprint, self.error, exc_info=not isinstance(exc, ModelError))
             return None
-        self._use(Loaded(engine, seen, _now_ms()))
+        warnings = tuple(map(str, unkept_traits(self.current.engine.models, engine.models)))
+        self._use(Loaded(engine, seen, _now_ms(), warnings))
         self.error = None
         metrics.MODEL_RELOADS.labels("applied").inc()
         metrics.MODELS_BROKEN.set(0)
         log.info("model edit applied: models=%s fingerprint=%s", [m.name for m in engine.models], seen)
+        for warning in warnings:
+            log.warning("model edit applied: %s", warning)
         return engine
 
     def _use(self, loaded: Loaded) -> None:
@@ -100,13 +108,15 @@ class ModelDirectory:
         return await asyncio.to_thread(self.poll)
 
     def describe(self) -> dict[str, object]:
-        """What the worker's /models/ view shows: the models in use, and a pending broken edit."""
+        """What the worker's /models/ view shows: the models in use, what the edit that brought
+        them in warned of, and a pending broken edit."""
         current = self.current
         return {
             "directory": str(self.path),
             "fingerprint": current.fingerprint,
             "loaded_at_ms": current.loaded_at_ms,
             "models": [describe(model) for model in current.engine.models],
+            "warnings": list(current.warnings),
             "error": self.error,
         }
 

@@ -1,11 +1,14 @@
 """`leadstream models`: the model files checked, and what each model reads and how it levels.
 
 Run it before saving an edit into a running worker's models directory (the worker applies
-what loads; scoring/MODELS.md), or in the CI of the repository that keeps the models.
+what loads; scoring/MODELS.md), or in the CI of the repository that keeps the models. With
+`--baseline` (the models in use), it warns of what the worker warns of when it applies the
+edit: rules testing a trait the models in use neither keep nor test.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import IO, Any
 
@@ -13,18 +16,23 @@ import orjson
 
 from scoring.events import PROFILE_TYPES
 from scoring.engine import Engine
-from scoring.model import describe
+from scoring.model import describe, unkept_traits
 from streams.tables import points
 
 
-def report(models_dir: Path, as_json: bool, out: IO[str]) -> int:
+def report(models_dir: Path, as_json: bool, out: IO[str], baseline: Path | None = None, err: IO[str] | None = None) -> int:
     """Loads every model of the directory as the worker and `score` do (ModelError names the
-    first problem) and prints each one's description: JSON lines, or a block of text per model."""
+    first problem) and prints each one's description: JSON lines, or a block of text per model.
+    Given the `baseline` models, says to `err` (stderr by default) what the edit from them warns of."""
     # The engine, not the files alone: some checks need a model compiled (the fit points of a
     # lead without traits, against the first line), and a model `models` passed the worker refused.
-    for model in Engine.from_directory(models_dir).models:
+    models = Engine.from_directory(models_dir).models
+    for model in models:
         described = describe(model)
         out.write(orjson.dumps(described).decode() + "\n" if as_json else _text(described))
+    if baseline is not None:
+        for unkept in unkept_traits(Engine.from_directory(baseline).models, models):
+            (err or sys.stderr).write(f"warning: {unkept}\n")
     return 0
 
 

@@ -94,6 +94,19 @@ def test_models_describes_each_shipped_model_and_names_a_broken_one(tmp_path: Pa
     assert "leadstream models: typo.toml: [model], field 'lateness'" in capsys.readouterr().err
 
 
+def test_models_with_a_baseline_warns_of_rules_testing_a_trait_the_models_in_use_did_not_keep(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = '[model]\nname = "m"\n[thresholds]\nbase = "b"\nladder = [{ level = "m", at = 50 }]\n[[rules]]\nname = "x"\nevent = "x"\npoints = 1\n'
+    for version, extra in (("in_use", ""), ("edited", '[[fit]]\nname = "big"\npoints = 7\ntraits.company_size = { gte = 50 }\n')):
+        (tmp_path / version).mkdir()
+        (tmp_path / version / "m.toml").write_text(text + extra)
+    assert main(["models", "--models", str(tmp_path / "edited"), "--baseline", str(tmp_path / "in_use")]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("warning: m.toml: fit rule 'big' tests trait 'company_size'") and err.count("warning:") == 1, err
+    assert main(["models", "--models", str(tmp_path / "edited")]) == 0 and capsys.readouterr().err == ""
+
+
 def test_models_refuses_what_the_worker_refuses(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # A fit rule that a lead without traits meets lifts it past a line at 5: `score` and the
     # worker refused the file, while `models`, the check before it goes live, passed it.

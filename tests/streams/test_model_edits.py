@@ -39,6 +39,18 @@ def signup(start_ms: int, n: int) -> dict:
             "time": start_ms + n * HOUR_MS, "traits": {"title": "VP Sales"}}  # fmt: skip
 
 
+def models_view(running: WorkerProcess) -> dict:
+    status, body = running.get("/models/")
+    assert status == 200, body
+    return orjson.loads(body)
+
+
+def explained_ada(running: WorkerProcess) -> dict:
+    status, body = running.get("/leads/ada/")
+    assert status == 200, body
+    return orjson.loads(body)["models"]["edits"]
+
+
 def test_an_edited_fit_rule_rescores_recovered_leads(isolated: Settings, worker: Callable[..., WorkerProcess], tmp_path: Path) -> None:
     start = int(time.time() * 1000) - 2 * HOUR_MS
     first_model = replace(isolated, models_dir=write_model(tmp_path / "v1", vp_points=30))
@@ -69,47 +81,37 @@ def test_a_running_worker_applies_an_edit_and_keeps_scoring_through_a_broken_one
     settings = replace(isolated, models_dir=write_model(tmp_path / "models", vp_points=30), models_reload_s=1)
     running = worker(settings)
 
-    def models() -> dict:
-        status, body = running.get("/models/")
-        assert status == 200, body
-        return orjson.loads(body)
-
-    def explained() -> dict:
-        status, body = running.get("/leads/ada/")
-        assert status == 200, body
-        return orjson.loads(body)["models"]["edits"]
-
-    loaded = models()
+    loaded = models_view(running)
     assert ([m["name"] for m in loaded["models"]], loaded["error"]) == (["edits"], None)
     leadstream(isolated, "send", str(write_jsonl(tmp_path / "first.jsonl", [signup(start, 0)])))
     crossed = read_topic(isolated, isolated.topic_crossings, expect=1)
     assert [(c["to_level"], c["score"]) for _, c in crossed] == [("mql", 35)]
-    assert explained()["fit"] == [{"rule": "vp", "points": 30}]
+    assert explained_ada(running)["fit"] == [{"rule": "vp", "points": 30}]
 
     # The edit applies without a restart, to the lead the worker holds live: its fit points
     # are worked out again under the new rule before any new event.
     save(settings, model_text(vp_points=5))
-    wait_for(lambda: models()["fingerprint"] != loaded["fingerprint"], what="the edit applied")
-    assert (explained()["score"], explained()["fit"]) == (10, [{"rule": "vp", "points": 5}])
+    wait_for(lambda: models_view(running)["fingerprint"] != loaded["fingerprint"], what="the edit applied")
+    assert (explained_ada(running)["score"], explained_ada(running)["fit"]) == (10, [{"rule": "vp", "points": 5}])
     leadstream(isolated, "send", str(write_jsonl(tmp_path / "second.jsonl", [signup(start, 1)])))
     crossed = read_topic(isolated, isolated.topic_crossings, expect=2)
     assert [(c["from_level"], c["to_level"], c["score"]) for _, c in crossed] == [("lead", "mql", 35), ("mql", "lead", 15)]
-    applied = models()
+    applied = models_view(running)
 
     # A broken edit is reported, and the worker scores on with the models it has.
     save(settings, model_text(vp_points='"many"'))
-    wait_for(lambda: models()["error"] is not None, what="the broken edit reported")
-    error = models()["error"]
+    wait_for(lambda: models_view(running)["error"] is not None, what="the broken edit reported")
+    error = models_view(running)["error"]
     assert "edits.toml" in error and "vp" in error and "points" in error, error
-    assert models()["fingerprint"] == applied["fingerprint"]
+    assert models_view(running)["fingerprint"] == applied["fingerprint"]
     assert running.metric("leadstream_models_broken") == [1.0]
     leadstream(isolated, "send", str(write_jsonl(tmp_path / "third.jsonl", [signup(start, 2)])))
-    wait_for(lambda: explained()["score"] == 20, what="the third signup scored under the last good models")
+    wait_for(lambda: explained_ada(running)["score"] == 20, what="the third signup scored under the last good models")
 
     # Fixed: applied, and the alert clears.
     save(settings, model_text(vp_points=10))
-    wait_for(lambda: models()["error"] is None, what="the fixed edit applied")
-    assert explained()["fit"] == [{"rule": "vp", "points": 10}]
+    wait_for(lambda: models_view(running)["error"] is None, what="the fixed edit applied")
+    assert explained_ada(running)["fit"] == [{"rule": "vp", "points": 10}]
     assert running.metric("leadstream_models_broken") == [0.0]
     families = text_string_to_metric_families(running.get("/metrics")[1].decode())
     reloads = {s.labels["outcome"]: s.value for f in families for s in f.samples if s.name == "leadstream_model_reloads_total"}
@@ -216,3 +218,34 @@ def test_a_step_that_fell_due_while_its_model_was_out_of_the_directory_is_taken_
     apply_edit(running, lambda: os.replace(held, settings.models_dir / "edits.toml"))
     crossed = read_topic(isolated, isolated.topic_crossings, expect=2)
     assert [(c["from_level"], c["to_level"], c["score"]) for _, c in crossed] == [("lead", "mql", 21), ("mql", "lead", 6)]
+
+
+def test_a_fit_rule_added_on_a_trait_the_model_did_not_keep_warns_and_counts_from_the_lead_s_next_event_with_it(
+    isolated: Settings, worker: Callable[..., WorkerProcess], tmp_path: Path
+) -> None:
+    """The audit's case: a [[fit]] rule on company_size added to a running model left a lead
+    that had sent company_size 80 at fit 0 (its state never kept the trait), where `leadstream
+    score` of its history gave +7, and nothing said so. The worker says so (log, /models/),
+    and the points come with the lead's next event carrying the trait."""
+    start = int(time.time() * 1000) - 3 * HOUR_MS
+    settings = replace(isolated, models_dir=write_model(tmp_path / "models", vp_points=30), models_reload_s=1)
+    running = worker(settings)
+
+    def identify(n: int) -> dict:
+        return {"event_id": f"ada-id-{n}", "lead_id": "ada", "type": "identify", "time": start + n * HOUR_MS,
+                "traits": {"company_size": 80}}  # fmt: skip
+
+    leadstream(isolated, "send", str(write_jsonl(tmp_path / "first.jsonl", [identify(0)])))
+    wait_for(lambda: running.get("/leads/ada/")[0] == 200, what="the lead scored")
+    assert "company_size" not in explained_ada(running)["traits"]
+
+    big = '[[fit]]\nname = "big company"\npoints = 7\ntraits.company_size = { gte = 50 }\n'
+    save(settings, model_text(vp_points=30).replace("[thresholds]", big + "[thresholds]"))
+    wait_for(lambda: models_view(running)["warnings"] != [], what="the edit applied with its warning")
+    (warning,) = models_view(running)["warnings"]
+    assert "edits.toml: fit rule 'big company' tests trait 'company_size'" in warning and "LEADSTREAM_APP_ID" in warning
+    assert "WARNING" in running.log.read_text() and warning in running.log.read_text()
+    assert explained_ada(running)["fit"] == []
+
+    leadstream(isolated, "send", str(write_jsonl(tmp_path / "second.jsonl", [identify(1)])))
+    wait_for(lambda: explained_ada(running)["fit"] == [{"rule": "big company", "points": 7}], what="the trait sent again counted")

@@ -88,6 +88,26 @@ def test_an_edit_that_does_not_load_is_reported_and_the_models_stay(tmp_path: Pa
     assert (rule_points(directory), directory.error, metrics.MODELS_BROKEN._value.get()) == ([("a", 6)], None, 0)
 
 
+def test_an_edit_testing_a_trait_the_models_did_not_keep_is_applied_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A fit rule added on `company_size`, which the model neither kept nor tested: the states
+    of leads scored before hold no value of it, so they kept fit 0 where `leadstream score`
+    gave the points, and nothing said so."""
+    save(tmp_path, "a.toml", MODEL.format(name="a", points=5))
+    directory = ModelDirectory(tmp_path)
+    assert directory.describe()["warnings"] == []
+    save(tmp_path, "a.toml", MODEL.format(name="a", points=5) + '[[fit]]\nname = "big"\npoints = 7\ntraits.company_size = { gte = 50 }\n')
+    with caplog.at_level("WARNING", logger="leadstream.worker"):
+        assert directory.poll() is not None
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and "a.toml: fit rule 'big' tests trait 'company_size'" in warned[0], warned
+    assert "model 'a' neither kept nor tested" in warned[0] and "LEADSTREAM_APP_ID" in warned[0]
+    assert directory.describe()["warnings"] == [warned[0].removeprefix("model edit applied: ")]
+    save(tmp_path, "a.toml", MODEL.format(name="a", points=6) + '[[fit]]\nname = "big"\npoints = 7\ntraits.company_size = { gte = 50 }\n')
+    assert directory.poll() is not None and directory.describe()["warnings"] == []  # the next edit's: kept since
+
+
 def test_a_loader_bug_is_reported_as_an_edit_that_does_not_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     save(tmp_path, "a.toml", MODEL.format(name="a", points=5))
     directory = ModelDirectory(tmp_path)
