@@ -55,9 +55,9 @@ class AccountRollup:
     def level_at(self, state: AccountState, score: float) -> int:
         """Where the ladder puts the account at `score`, from the level it last crossed to. The
         same as that level but after an edit of the roll-up or the ladder, which leaves it out of
-        place until its next change crosses it there (`roll_up_all`); a level the ladder no
-        longer has counts as its base, as a lead's does."""
-        return self.ladder.level_after(self.ladder.level_of(state.level), score)
+        place until its next change crosses it there (`roll_up_all`); from a level the ladder
+        no longer has, where the score reaches from the base, as a lead's (`Ladder.level_of`)."""
+        return self.ladder.level_after(self.ladder.level_of(state.level, score), score)
 
     def reasons(self, state: AccountState) -> list[tuple[str, float]]:
         """The members whose scores make the account's (at most TOP_MEMBERS, the best first):
@@ -304,7 +304,7 @@ def parse_accounts(table: Table | None, default_scale: Scale, floor: float) -> A
     negative) an account's: from 0, which a new account starts at."""
     if table is None:
         return None
-    table.check_keys(("combine", "top_k", "base", "hysteresis", "ladder", "zero_at", "hundred_at"))
+    table.check_keys(("combine", "top_k", "base", "base_renamed_from", "hysteresis", "ladder", "zero_at", "hundred_at"))
     combine = table.string("combine", "sum")
     if combine not in COMBINE:
         raise table.error("combine", f"one of {', '.join(COMBINE)}", combine)
@@ -382,8 +382,12 @@ def roll_up_all(runtime: ModelRuntime, account_id: str, state: AccountState | No
         for update in ordered:
             state.update(update)
         return state, []
+    if not state.level:  # an `[accounts]` added again: at its base, as a new account
+        state.level = base
     held = _merge_pairs(ordered)
-    score = rollup.score(state)
+    # `crossed`: the score the level was last settled at, by which a level the ladder no longer
+    # has is placed (`Ladder.level_of`) before the change that moves it.
+    score = crossed = rollup.score(state)
     # The last update that changed the score, else the last that changed the account (a level
     # an edit of the roll-up or the ladder left out of place moves at the account's next change).
     moved: MemberScore | None = None
@@ -395,8 +399,8 @@ def roll_up_all(runtime: ModelRuntime, account_id: str, state: AccountState | No
             if (now := rollup.score(state)) != score:
                 score, moved = now, update
         if touched is not None and i not in held:
-            _cross(runtime, rollup, account_id, state, score, moved or touched, out)
-            moved = touched = None
+            _cross(runtime, rollup, account_id, state, crossed, score, moved or touched, out)
+            crossed, moved, touched = score, None, None
     return state, out
 
 
@@ -414,13 +418,16 @@ def _merge_pairs(ordered: Sequence[MemberScore]) -> set[int]:
     return held
 
 
-def _cross(runtime: ModelRuntime, rollup: AccountRollup, account_id: str, state: AccountState, score: float,
-           mover: MemberScore, out: list[Transition]) -> None:
-    """Moves the account's level to where `score` puts it, recording a transition if it changed."""
-    before = rollup.ladder.level_of(state.level)
-    after = rollup.level_at(state, score)
-    state.level = rollup.ladder.names[after]
-    if after == before:
+def _cross(runtime: ModelRuntime, rollup: AccountRollup, account_id: str, state: AccountState, crossed: float,
+           score: float, mover: MemberScore, out: list[Transition]) -> None:
+    """Moves the account's level, settled last at score `crossed`, to where `score` puts it,
+    recording the transition if it is a crossing (`Ladder.crossing`)."""
+    ladder = rollup.ladder
+    before = ladder.level_of(state.level, crossed)
+    after = ladder.level_after(before, score)
+    crossing = ladder.crossing(state.level, before, after)
+    state.level = ladder.names[after]
+    if crossing is None:
         return
     state.crossings += 1
     normalized, temperature = rollup.scale.placed(score, runtime.model.temperature)
@@ -432,9 +439,9 @@ def _cross(runtime: ModelRuntime, rollup: AccountRollup, account_id: str, state:
         lead_id=None if mover.left else mover.lead_id,
         account_id=account_id,
         sequence=state.crossings,
-        from_level=rollup.ladder.names[before],
-        to_level=rollup.ladder.names[after],
-        direction="up" if after > before else "down",
+        from_level=crossing[0],
+        to_level=ladder.names[after],
+        direction=crossing[1],
         score=round(score, 2),
         normalized=normalized,
         grade=None,

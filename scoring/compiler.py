@@ -140,9 +140,9 @@ class _Function:
             "    outcome = CHANGED",
             # Traits changed, or the state was read back from bytes (the model may have changed).
             "if state.fit_found is None:",
-            "    fit = state.fit",
-            "    rt.fit_of(state, time_ms)",
-            "    if traits_changed or fit != state.fit:",
+            "    fit, held = state.fit, state.level",
+            "    rt.fit_of(state, time_ms)",  # may rename the level (ModelRuntime.adopt)
+            "    if traits_changed or fit != state.fit or held is not state.level:",
             "        outcome = CHANGED",
         )
         if self.rules:
@@ -189,7 +189,11 @@ class _Function:
             *([] if self.half_life else ["    if time_ms > state.as_of_ms:", "        state.as_of_ms = time_ms"]),
             "state.revision += 1",
             "outcome = COUNTED",
-            f"level = {self.const(rt.level_index)}.get(state.level, 0)",
+            # A level the ladder no longer has raises: no test costs the leads at one it has.
+            "try:",
+            f"    level = {self.const(rt.level_index)}[state.level]",
+            "except KeyError:",
+            f"    level = {self.const(rt.ladder)}.level_of(state.level, rt.score(state))",
             "traits_changed = rt._merge_traits(state, event.traits, time_ms) if event.traits else False",
         )
 
@@ -374,7 +378,8 @@ class _Function:
         )
 
     def _epilogue(self) -> None:
-        """The threshold ladder: a crossing, or a level the model no longer has."""
+        """The threshold ladder: a crossing, or a level the model no longer has (crossed from at
+        once, to where `level` placed it: scoring.thresholds)."""
         rt = self.runtime
         floor = self.const(rt.floor)
         self.emit(
@@ -386,7 +391,7 @@ class _Function:
             f"    rt._cross(state, level, {self.const(rt.ladder)}.level_after(level, score), event.lead_id, time_ms, out)",
             "    return CHANGED",
             f"if {self.const(rt.level_names)}[level] != state.level:  # a level the model no longer has",
-            f"    state.level = {self.const(rt.level_names)}[level]",
+            "    rt._cross(state, level, level, event.lead_id, time_ms, out)",
             "    return CHANGED",
             "return outcome",
         )

@@ -234,19 +234,23 @@ class ModelRuntime:
 
     def adopt(self, state: LeadState) -> None:
         """Moves what a state read back keeps under names the model no longer uses for it: the
-        entries of rules renamed since (`renamed_from`, scoring.renames), and the `once_per`
-        values an earlier version kept under rule names, dropping those no rule de-duplicates
-        now (scoring.repeat.adopt_seen)."""
+        entries of rules renamed since (`renamed_from`, scoring.renames), its level's earlier
+        name (no crossing: scoring.thresholds), and the `once_per` values an earlier version
+        kept under rule names, dropping those no rule de-duplicates now (scoring.repeat.adopt_seen)."""
         if self.renames:
             adopt_renamed(state, self.renames)
+        if self.ladder.renamed:
+            state.level = self.ladder.renamed.get(state.level, state.level)
         if state.seen:
             adopt_seen(state, self.seen_keys)
 
     def revises(self, state: LeadState) -> bool:
         """Whether the state's first use under this model changes what it shows: fit points the
-        [[fit]] rules give otherwise now, or ledger entries of rules renamed since."""
+        [[fit]] rules give otherwise now, ledger entries of rules renamed since, or its level's
+        earlier name."""
         return state.fit_found is None and (
             self._fit(state.traits)[1] != state.fit or any(old in state.ledger for old in self.renames)
+            or state.level in self.ladder.renamed
         )
 
     def current_fit(self, state: LeadState) -> float:
@@ -365,8 +369,8 @@ class ModelRuntime:
         (never before the lead's newest event), after the steps it took: dated at the lead's
         newest event, it was listed above a later step, out of order."""
         fit = state.fit
+        level = self.ladder.level_of(state.level, self.score(state))  # placed by the score it held, before the revision
         self.fit_of(state)
-        level = self.ladder.level_of(state.level)
         changed_ms = None
         if self.steps is not None:
             for due_ms, points in self.steps.take(state, now_ms, self.floor):
@@ -461,7 +465,7 @@ class ModelRuntime:
             return self.steps.due_ms(state)
         if self.half_life is None:
             return None
-        return self._half_life_next_ms(state, self.ladder.level_of(state.level), self.current_fit(state))
+        return self._half_life_next_ms(state, self.ladder.level_of(state.level, self.score(state)), self.current_fit(state))
 
     def _half_life_next_ms(self, state: LeadState, level: int, fit: float) -> int | None:
         """`next_due_ms` of a half-life lead at `level` with `fit` points."""
@@ -485,16 +489,20 @@ class ModelRuntime:
         return None if crossing is None else crossing + 1
 
     def _settle(self, state: LeadState, level: int, lead_id: str, time_ms: int, out: list[Transition]) -> int:
-        """Moves the level to where the score now is, recording a transition if it changed."""
+        """Moves the level to where the score now is, recording a transition if it changed, or
+        if the state held a level the ladder no longer has (`level` is where it was placed)."""
         after = self.ladder.level_after(level, self.score(state))
-        if after != level:
+        if after != level or self.ladder.names[level] != state.level:
             self._cross(state, level, after, lead_id, time_ms, out)
         return after
 
     def _cross(self, state: LeadState, before: int, after: int, lead_id: str, time_ms: int, out: list[Transition]) -> None:
+        """Moves the state from level `before` (`Ladder.level_of` its level) to `after`, recording
+        the transition if it is a crossing (`Ladder.crossing`)."""
         names = self.ladder.names
+        crossing = self.ladder.crossing(state.level, before, after)
         state.level = names[after]
-        if after == before:
+        if crossing is None:
             return
         state.crossings += 1
         labels = explaining.labels(self, state)  # its score never rounded onto a line it is below
@@ -506,9 +514,9 @@ class ModelRuntime:
                 lead_id=lead_id,
                 account_id=state.account_id,
                 sequence=state.crossings,
-                from_level=names[before],
+                from_level=crossing[0],
                 to_level=names[after],
-                direction="up" if after > before else "down",
+                direction=crossing[1],
                 score=score,
                 normalized=labels["normalized"],
                 grade=labels["grade"],
@@ -554,6 +562,7 @@ class ModelRuntime:
         in the next batch that wrote the state, so a trait's time, which decides whether an older
         update is taken, depended on batch boundaries); LATE if nothing did."""
         changed = False
+        level = self.ladder.level_of(state.level, self.score(state))  # before the facts move the score
         if event.account_id is not None and state.account_id is None:
             state.account_id = event.account_id
             changed = True
@@ -567,7 +576,7 @@ class ModelRuntime:
         if changed:
             state.revision += 1
             self.fit_of(state, state.watermark_ms)
-            self._settle(state, self.ladder.level_of(state.level), lead_id, state.watermark_ms, out)
+            self._settle(state, level, lead_id, state.watermark_ms, out)
             return _CHANGED
         return _COUNTED if dated else _LATE
 

@@ -73,7 +73,7 @@ def merge(
         marker = kept_key(marker)
         if state.knows_event(marker):
             return state, out
-    level = runtime.ladder.level_of(state.level)
+    level = runtime.ladder.level_of(state.level, runtime.score(state))
     weight: float = 1  # half-life: the share of the sum decay left since the bounds clipped it
     swept_ms = 0  # steps: the time the sweeps that took either profile's steps had reached
     # Both as the model keeps them now (a copy of the source: the caller's stays as it is), so
@@ -107,7 +107,7 @@ def merge(
         # published.
         swept_ms = max(_swept_ms(runtime.steps, state), _swept_ms(runtime.steps, source))
         level = runtime._step_decay(state, time_ms, activity=False, moves=True, level=level, lead_id=lead_id, out=out)
-        runtime._step_decay(source, time_ms, activity=False, moves=True, level=runtime.ladder.level_of(source.level),
+        runtime._step_decay(source, time_ms, activity=False, moves=True, level=runtime.ladder.level_of(source.level, runtime.score(source)),
                             lead_id=source_lead_id, out=[])
     # Windows first: what the two scored past a cap together, or a bonus both paid, is taken off
     # the visitor's points before its ledger joins the lead's (within max_points, below).

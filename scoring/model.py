@@ -151,7 +151,7 @@ def parse_model(text: str, file: str) -> Model:
     thresholds = top.table("thresholds", "[thresholds]")
     if thresholds is None:
         raise top.error("thresholds", "a [thresholds] table: base level and ladder, e.g. ladder = [{ level = \"mql\", at = 20 }]")
-    thresholds.check_keys(("base", "hysteresis", "ladder"))
+    thresholds.check_keys(("base", "base_renamed_from", "hysteresis", "ladder"))
     ladder = parse_ladder(thresholds, floor)
     scale = parse_scale(top.table("scale", "[scale]"), ladder.at[-1] if ladder.at[-1] > 0 else 100)
 

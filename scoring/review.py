@@ -113,7 +113,7 @@ def _tally(outcomes: Iterable[tuple[Any, bool]], keys: Iterable[Any]) -> dict[An
 
 def _levels(model: Model, leads: Sequence[Reviewed], converted: int) -> list[dict[str, Any]]:
     ladder = model.ladder
-    counts = _tally(((ladder.level_of(lead.level), lead.converted) for lead in leads), range(len(ladder.names)))
+    counts = _tally(((ladder.level_of(lead.level, lead.score), lead.converted) for lead in leads), range(len(ladder.names)))
     heads = [{"level": name, "at": ladder.at[index] if index else None} for index, name in enumerate(ladder.names)]
     return _lines(heads, list(counts.values()), converted)
 

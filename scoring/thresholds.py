@@ -7,6 +7,12 @@ or several lines at once) is one `Transition`.
 
 Scores are compared with the lines within TOLERANCE, so that a sum of fractional points that
 reaches a line in decimal (0.3 - 0.1 = 0.2) reaches it in binary too (0.19999999999999998).
+
+States keep their level by name, so an edit of the ladder can leave one at a name it no longer
+has. A level renamed with `renamed_from` (the base: `base_renamed_from`) is the same level under
+its new name: no crossing. Any other name is a level removed (or renamed without saying so):
+the lead is placed where its score reaches from the base, and its next change crosses from the
+name it held (`Ladder.crossing`), so that the crossings a CRM receives still chain.
 """
 
 from __future__ import annotations
@@ -28,16 +34,20 @@ class Ladder:
     names: tuple[str, ...]
     at: tuple[float, ...]
     hysteresis: tuple[float, ...]
+    #: Earlier level name -> the level's name now (`renamed_from`).
+    renamed: dict[str, str] = field(default_factory=dict)
     #: Score at which level i moves up (infinite for the top level), less TOLERANCE.
     up: tuple[float, ...] = field(init=False)
     #: Score below which level i moves down (minus infinity for the base level), less TOLERANCE.
     down: tuple[float, ...] = field(init=False)
+    #: Level name, and earlier name of a renamed level, -> its level.
     index: dict[str, int] = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "up", tuple(a - TOLERANCE for a in self.at[1:]) + (float("inf"),))
         object.__setattr__(self, "down", (float("-inf"),) + tuple(a - h - TOLERANCE for a, h in zip(self.at[1:], self.hysteresis[1:])))
-        object.__setattr__(self, "index", {name: i for i, name in enumerate(self.names)})
+        index = {name: i for i, name in enumerate(self.names)}
+        object.__setattr__(self, "index", index | {old: index[new] for old, new in self.renamed.items()})
 
     def level_after(self, level: int, score: float) -> int:
         """The level a lead at `level` is at once its score is `score`."""
@@ -47,16 +57,37 @@ class Ladder:
             level -= 1
         return level
 
-    def level_of(self, name: str) -> int:
-        """Index of a stored level name; an unknown one (the model changed) counts as the base."""
-        return self.index.get(name, 0)
+    def level_of(self, name: str, score: float) -> int:
+        """The level of a state that holds level `name` at `score`: the one of that name, or
+        that was renamed from it; for a name the ladder no longer has (a level removed), where
+        the score reaches from the base, as a new lead's would. Removed from between two
+        lines that stay, a level's scores fall to the level below it, so the lead lands there,
+        not above: its next crossing is down unless that change takes it over a line."""
+        level = self.index.get(name)
+        return self.level_after(0, score) if level is None else level
+
+    def crossing(self, held: str, before: int, after: int) -> tuple[str, str] | None:
+        """The from_level and direction of the move of a state holding level `held` (at
+        `level_of(held, ...)` = `before`) to `after`; None when it is no crossing: the same
+        level, or one renamed. From a level the ladder no longer has it is always a crossing,
+        even to the level it was placed at, so that the CRM, which has the held level, hears of
+        the new one; down when nothing lifted it over a line: a removed level's lead lands at
+        or below where it stood (`level_of`), and an up crossing opens a hand-over (a deal, a
+        task) that the lead had already had."""
+        if held in self.index:
+            if after == before:
+                return None
+            held = self.names[before]
+        return held, "up" if after > before else "down"
 
 
 def parse_ladder(table: Table, floor: float | None = None) -> Ladder:
     """`base`, `hysteresis` (default 0) and `ladder = [{ level = "mql", at = 20 }, ...]`; with
     the lowest score there can be (`floor`), the first line and its way back down above it, and
-    the line above where a new lead or account starts too."""
+    the line above where a new lead or account starts too. A level's `renamed_from` (the
+    base's: `base_renamed_from`) lists its earlier names (`_check_renames`)."""
     base = table.string("base")
+    claims = [(table, "base_renamed_from", base, _earlier_names(table, "base_renamed_from"))]
     default_hysteresis = table.number("hysteresis", 0, minimum=0)
     raw = table.raw("ladder")
     if not isinstance(raw, list) or not raw or not all(isinstance(line, dict) for line in raw):
@@ -64,7 +95,7 @@ def parse_ladder(table: Table, floor: float | None = None) -> Ladder:
     names, at, hysteresis = [base], [float("-inf")], [0.0]
     for number, spec in enumerate(raw, 1):
         line = Table(table.file, table.where, spec, f"ladder[{number}].")
-        line.check_keys(("level", "at", "hysteresis"))
+        line.check_keys(("level", "at", "hysteresis", "renamed_from"))
         name, line_at = line.string("level"), line.number("at")
         line_hysteresis = line.number("hysteresis", default_hysteresis, minimum=0)
         if name in names:
@@ -91,7 +122,32 @@ def parse_ladder(table: Table, floor: float | None = None) -> Ladder:
         names.append(name)
         at.append(line_at)
         hysteresis.append(line_hysteresis)
-    return Ladder(tuple(names), tuple(at), tuple(hysteresis))
+        claims.append((line, "renamed_from", name, _earlier_names(line, "renamed_from")))
+    return Ladder(tuple(names), tuple(at), tuple(hysteresis), _check_renames(claims, set(names)))
+
+
+def _earlier_names(table: Table, key: str) -> tuple[str, ...]:
+    earlier: tuple[str, ...] = table.strings(key, ())
+    if not all(old.isprintable() for old in earlier):
+        raise table.error(key, "the level's earlier name, or a list of them, each a text on one line", table.raw(key))
+    return earlier
+
+
+def _check_renames(claims: list[tuple[Table, str, str, tuple[str, ...]]], names: set[str]) -> dict[str, str]:
+    """Earlier name -> the level's name now, from (table, field, level, its earlier names);
+    ModelError when an earlier name is a level's name now (the level itself, or two levels
+    renamed into each other's names), or is claimed twice: a state at that name could be at
+    one level only. As rules' `renamed_from` (scoring.renames.check_renames)."""
+    renamed: dict[str, str] = {}
+    for table, key, name, earlier in claims:
+        for old in earlier:
+            if old in names:
+                raise table.error(key, f"an earlier name no level of this ladder has now (level {name!r})", old)
+            if old in renamed:
+                also = "" if renamed[old] == name else f"; level {renamed[old]!r} claims it too"
+                raise table.error(key, f"an earlier name one level claims once (level {name!r}{also})", old)
+            renamed[old] = name
+    return renamed
 
 
 @dataclass(slots=True)

@@ -167,6 +167,35 @@ def save(settings: Settings, text: str) -> None:
     os.replace(settings.models_dir / "edits.toml.tmp", settings.models_dir / "edits.toml")
 
 
+def test_a_running_worker_keeps_a_level_renamed_with_renamed_from_and_crosses_from_one_renamed_without(
+    isolated: Settings, worker: Callable[..., WorkerProcess], tmp_path: Path
+) -> None:
+    """A level the ladder no longer had counted as its base: the lead's next event crossed
+    `lead -> marketing_qualified` up, a second hand-over, whether the level was renamed with
+    `renamed_from` or not. Renamed with it, the lead is at the new name with no crossing;
+    without, its next event crosses from the level it held, down (scoring/MODELS.md)."""
+    start = int(time.time() * 1000) - 3 * HOUR_MS
+    settings, running = running_edits(isolated, worker, tmp_path, model_text(vp_points=30))
+
+    def explained() -> dict:
+        status, body = running.get("/leads/ada/")
+        assert status == 200, body
+        return orjson.loads(body)["models"]["edits"]
+
+    leadstream(isolated, "send", str(write_jsonl(tmp_path / "first.jsonl", [signup(start, 0)])))
+    assert [c["to_level"] for _, c in read_topic(isolated, isolated.topic_crossings, expect=1)] == ["mql"]
+    renamed = 'level = "marketing_qualified", at = 20, renamed_from = "mql"'
+    apply_edit(running, lambda: save(settings, model_text(vp_points=30).replace('level = "mql", at = 20', renamed)))
+    assert explained()["level"] == "marketing_qualified"  # at once, before its next event
+    leadstream(isolated, "send", str(write_jsonl(tmp_path / "second.jsonl", [signup(start, 1)])))
+    wait_for(lambda: explained()["score"] == 40, what="the second signup scored")
+    apply_edit(running, lambda: save(settings, model_text(vp_points=30).replace('level = "mql", at = 20', 'level = "qualified", at = 20')))
+    leadstream(isolated, "send", str(write_jsonl(tmp_path / "third.jsonl", [signup(start, 2)])))
+    crossed = read_topic(isolated, isolated.topic_crossings, expect=2)
+    assert [(c["from_level"], c["to_level"], c["direction"], c["score"]) for _, c in crossed] == [
+        ("lead", "mql", "up", 35), ("marketing_qualified", "qualified", "down", 45)]
+
+
 def test_a_model_edited_from_steps_to_a_half_life_decays_leads_from_their_newest_event(
     isolated: Settings, worker: Callable[..., WorkerProcess], tmp_path: Path
 ) -> None:
