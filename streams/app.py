@@ -346,6 +346,7 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
     async def index_decay() -> None:
         owned = owned_partitions()
         scorer.rebuild_indexes(owned)
+        scorer.clocks.assigned(owned, scorer.wall_ms(scorer.now_ms()))
         log.info("recovery done: lead table ready leads=%d decay_steps_indexed=%d forgotten_leads_waiting=%d owned_partitions=%s",
                  len(lead_store), len(scorer.decay_index), len(scorer.erasures), sorted(owned))
 

@@ -21,7 +21,7 @@ import heapq
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import orjson
 
@@ -44,6 +44,7 @@ from streams.lead_states import States
 from streams.lead_states import encode as encode_states
 from streams.overlap import Done, InFlight, make_durable
 from streams.stage import Consumed, LiveTable, Record, read_from
+from streams.sweep_clock import SweepClocks
 
 log = logging.getLogger("leadstream.worker")
 
@@ -78,6 +79,9 @@ class BatchStats:
     #: with every record's, a batch of fresh profile updates said the worker was caught up while
     #: its events were minutes behind.
     newest_on_events_ms: int = 0
+    #: Per partition, the newest event time and Kafka timestamp read from the events topic (the
+    #: sweep's clocks, streams/sweep_clock.py), as a list of the two.
+    read_on_events: dict[int, list[int]] = field(default_factory=dict)
 
     def add(self, other: BatchStats) -> None:
         """Counts what `other` (a part of the batch, streams/isolation.py) did as well."""
@@ -94,6 +98,9 @@ class BatchStats:
             self.new_leads[model] = self.new_leads.get(model, 0) + count
         self.newest_event_ms = max(self.newest_event_ms, other.newest_event_ms)
         self.newest_on_events_ms = max(self.newest_on_events_ms, other.newest_on_events_ms)
+        for partition, (event_ms, appended_ms) in other.read_on_events.items():
+            newest = self.read_on_events.setdefault(partition, [0, 0])
+            newest[0], newest[1] = max(newest[0], event_ms), max(newest[1], appended_ms)
 
     def record(self) -> None:
         metrics.EVENTS_CONSUMED.inc(self.events)
@@ -134,12 +141,20 @@ class DecayIndex:
         self._earliest[key] = due_ms
         heapq.heappush(self._heaps.setdefault(partition, []), (due_ms, lead_id, model))
 
-    def pop_due(self, now_ms: int, limit: int) -> list[tuple[int, str, str]]:
-        """Up to `limit` (partition, lead, model) whose step was due by now; entries may be stale."""
+    def partitions(self) -> list[int]:
+        """The partitions with entries (some may be stale)."""
+        return list(self._heaps)
+
+    def pop_due(self, until_ms: Mapping[int, int], limit: int) -> list[tuple[int, str, str]]:
+        """Up to `limit` (partition, lead, model) whose step was due by their partition's time in
+        `until_ms` (none of a partition it leaves out); entries may be stale."""
         due: list[tuple[int, str, str]] = []
         earliest = self._earliest
         for partition, heap in self._heaps.items():
-            while heap and heap[0][0] <= now_ms and len(due) < limit:
+            partition_ms = until_ms.get(partition)
+            if partition_ms is None:
+                continue
+            while heap and heap[0][0] <= partition_ms and len(due) < limit:
                 due_ms, lead_id, model = heapq.heappop(heap)
                 if earliest.get((lead_id, model)) == due_ms:
                     del earliest[(lead_id, model)]
@@ -194,6 +209,8 @@ class Scorer:
         #: What a record's origin may name (`_origin`): what the worker reads records from.
         self.input_topics = frozenset((settings.topic_events, settings.topic_profiles, settings.topic_identity))
         self.decay_index = DecayIndex()
+        #: How far a sweep may bring each partition's leads: as far as its events were read.
+        self.clocks = SweepClocks()
         self.committed = committed
         self.log_end = log_end
         self.ends_now = ends_now
@@ -251,6 +268,11 @@ class Scorer:
         """The worker's clock (`Settings.now_ms`)."""
         return self.settings.now_ms()
 
+    def wall_ms(self, now_ms: int) -> int:
+        """The wall clock at the worker's `now_ms` (less LEADSTREAM_CLOCK_OFFSET_MS): Kafka's
+        timestamps are on it."""
+        return now_ms - self.settings.clock_offset_ms
+
     async def settle(self) -> None:
         """Returns once the batch or decay sweep in flight (if any) has written its states."""
         async with self._turn():
@@ -267,6 +289,7 @@ class Scorer:
             await self.in_flight.wait()
             self.store.forget(partitions)
             self.decay_index.forget(partitions)
+            self.clocks.forget(partitions)
             self.erasures.forget(partitions)
             metrics.DECAY_DUE.set(len(self.decay_index))
 
@@ -287,6 +310,7 @@ class Scorer:
                     if done is not None:
                         await done(False)
                     return BatchStats(messages=len(batch))
+                self.clocks.read(stats.read_on_events, self.wall_ms(self.now_ms()))
                 await self.in_flight.wait()
                 self.in_flight.start(make_durable(self.outbox, records, done, "score", read_from(batch)))
             if done is None:
@@ -433,8 +457,19 @@ class Scorer:
 
         stats.newest_event_ms = max((e.time_ms for e in events), default=0)
         events_topic = self.settings.topic_events
-        stats.newest_on_events_ms = max((e.time_ms for message, _, decoded in sources if message.topic == events_topic
-                                         for e in decoded if e.time_ms <= horizon_ms), default=0)
+        read_on_events = stats.read_on_events
+        for message, _, decoded in sources:
+            if message.topic != events_topic:
+                continue
+            newest = read_on_events.get(message.partition)
+            if newest is None:
+                newest = read_on_events[message.partition] = [0, 0]
+            for event in decoded:
+                if newest[0] < event.time_ms <= horizon_ms:
+                    newest[0] = event.time_ms
+            if message.timestamp_ms > newest[1]:
+                newest[1] = message.timestamp_ms
+        stats.newest_on_events_ms = max((newest[0] for newest in read_on_events.values()), default=0)
         # Summaries are valued at the batch's newest event time, not beyond the worker's clock:
         # one lead's event ahead of it (within LEADSTREAM_MAX_FUTURE_MS, or any with the check
         # off) decayed every other lead of the batch to its time, in the read models.
@@ -492,9 +527,10 @@ class Scorer:
         return stats, records
 
     async def decay_due(self, now_ms: int, limit: int = DECAY_CHUNK) -> int:
-        """Apply up to `limit` decay steps due by now on the owned partitions (the caller repeats
-        while a full chunk came back, yielding between chunks so scoring is never held up for
-        long); returns how many index entries were taken."""
+        """Apply up to `limit` decay steps due on the owned partitions by now, or by the time
+        each partition's events were read up to if earlier (streams/sweep_clock.py); the caller
+        repeats while a full chunk came back, yielding between chunks so scoring is never held
+        up for long. Returns how many index entries were taken."""
         async with self._turn():
             await self.in_flight.wait()  # the states it writes carry that batch's changes
             return await self._decay_due(now_ms, limit)
@@ -505,9 +541,13 @@ class Scorer:
         # Each member update with the time of the last step it carries, lead id and model: see below.
         members: list[tuple[int, str, str, MemberScore]] = []
         writes: dict[str, tuple[int, States]] = {}
-        due_entries = self.decay_index.pop_due(now_ms, limit)
+        wall_ms = self.wall_ms(now_ms)
+        until = {partition: until_ms for partition in self.decay_index.partitions()
+                 if (until_ms := self.clocks.until_ms(partition, now_ms, wall_ms)) is not None}
+        due_entries = self.decay_index.pop_due(until, limit)
         taken = len(due_entries)
         for partition, lead_id, model in due_entries:
+            until_ms = until[partition]
             try:
                 # A lead this chunk decayed already (in another model) is taken as the chunk left
                 # it: its live states may have been evicted since (LEADSTREAM_LIVE_LEADS), and its
@@ -520,7 +560,7 @@ class Scorer:
                 continue
             runtime = self.engine.runtime(model)
             due = runtime.next_due_ms(state)
-            if due is None or due > now_ms:  # stale entry: activity moved the step later
+            if due is None or due > until_ms:  # stale entry: activity moved the step later
                 if due is not None:
                     self.decay_index.schedule(partition, due, lead_id, model)
                 continue
@@ -528,7 +568,7 @@ class Scorer:
             before = runtime.score(state)
             crossed = len(crossings)
             try:
-                changed_ms = runtime.decay(state, lead_id, now_ms, crossings, swept=True)
+                changed_ms = runtime.decay(state, lead_id, until_ms, crossings, swept=True)
             except Exception as exc:  # a bug: the lead stays as it was, and the sweep goes on
                 del crossings[crossed:]
                 states[model] = self.store.stored(lead_id)[model]
@@ -537,14 +577,14 @@ class Scorer:
                            "partition=%d", model, partition)
                 continue
             applied += 1
-            self._changed(model, lead_id, state, now_ms, partition)
+            self._changed(model, lead_id, state, until_ms, partition)
             writes[lead_id] = (partition, states)
             # Its account counts the decayed score (at the lead's newest event time, as the
             # updates of its events are: decay is not news of a later event); a crossing it
             # causes is stamped with the last due time taken, at which the score is valued.
             member = runtime.member_score(lead_id, state, state.watermark_ms, changed_ms or 0)
             if member is not None and runtime.score(state) != before:
-                members.append((changed_ms or now_ms, lead_id, model, member))
+                members.append((changed_ms or until_ms, lead_id, model, member))
         metrics.count_crossings(self._queue_crossings(crossings))
         # The accounts take the updates in the order of the steps they carry, not of the index:
         # a successor that sweeps after a crash, with some of the sweep's states written and

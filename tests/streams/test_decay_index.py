@@ -20,16 +20,30 @@ from tests.streams.stage_support import Kept
 DAY = 86_400_000
 
 
+def at(time_ms: int) -> dict[int, int]:
+    """A sweep's time for partitions 0 to 3."""
+    return dict.fromkeys(range(4), time_ms)
+
+
 def test_pop_due_takes_only_due_entries_earliest_first_up_to_the_limit() -> None:
     index = DecayIndex()
     for due, lead in ((30, "c"), (10, "a"), (20, "b"), (99, "late")):
         index.schedule(0, due, lead, "b2b")
     index.schedule(1, 15, "other-partition", "b2b")
-    assert index.pop_due(25, limit=2) == [(0, "a", "b2b"), (0, "b", "b2b")]
-    assert index.pop_due(25, limit=10) == [(1, "other-partition", "b2b")]
-    assert index.pop_due(25, limit=10) == []
+    assert index.pop_due(at(25), limit=2) == [(0, "a", "b2b"), (0, "b", "b2b")]
+    assert index.pop_due(at(25), limit=10) == [(1, "other-partition", "b2b")]
+    assert index.pop_due(at(25), limit=10) == []
     assert len(index) == 2
-    assert index.pop_due(100, limit=10) == [(0, "c", "b2b"), (0, "late", "b2b")]
+    assert index.pop_due(at(100), limit=10) == [(0, "c", "b2b"), (0, "late", "b2b")]
+
+
+def test_pop_due_takes_each_partition_up_to_its_own_time_and_none_of_one_left_out() -> None:
+    index = DecayIndex()
+    for partition in range(3):
+        index.schedule(partition, 10, f"early-{partition}", "b2b")
+        index.schedule(partition, 30, f"late-{partition}", "b2b")
+    assert sorted(index.pop_due({0: 35, 1: 20}, limit=10)) == [(0, "early-0", "b2b"), (0, "late-0", "b2b"), (1, "early-1", "b2b")]
+    assert index.partitions() == [0, 1, 2]
 
 
 def test_a_lead_rescheduled_later_keeps_one_entry_and_an_earlier_time_is_honoured() -> None:
@@ -38,10 +52,10 @@ def test_a_lead_rescheduled_later_keeps_one_entry_and_an_earlier_time_is_honoure
         index.schedule(0, due, "a", "b2b")
     assert len(index) == 1
     index.schedule(0, 40, "a", "b2b")  # a late activity gave a step back: due earlier
-    assert index.pop_due(45, limit=10) == [(0, "a", "b2b")]
+    assert index.pop_due(at(45), limit=10) == [(0, "a", "b2b")]
     index.schedule(0, 90, "a", "b2b")  # the sweep found it not due, and schedules it again
-    assert index.pop_due(85, limit=10) == [(0, "a", "b2b")]  # the entry of 50 (stale: the sweep checks)
-    assert index.pop_due(95, limit=10) == [(0, "a", "b2b")]
+    assert index.pop_due(at(85), limit=10) == [(0, "a", "b2b")]  # the entry of 50 (stale: the sweep checks)
+    assert index.pop_due(at(95), limit=10) == [(0, "a", "b2b")]
     assert len(index) == 0
 
 
@@ -52,7 +66,7 @@ def test_forget_drops_a_partitions_entries_and_a_lead_scheduled_again_there_is_i
     index.forget({0, 3})
     assert len(index) == 1
     index.schedule(0, 20, "a", "b2b")  # the partition came back: its lead is indexed again
-    assert sorted(index.pop_due(30, limit=10)) == [(0, "a", "b2b"), (1, "b", "b2b")]
+    assert sorted(index.pop_due(at(30), limit=10)) == [(0, "a", "b2b"), (1, "b", "b2b")]
 
 
 def test_a_sweep_under_way_when_partitions_are_revoked_leaves_their_leads_alone() -> None:

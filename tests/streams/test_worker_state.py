@@ -37,10 +37,17 @@ def scores_by_key(settings: Settings, expect: int | None = None) -> dict[str, di
     return {key.decode(): value for key, value in read_topic(settings, settings.topic_scores, expect=expect, idle_s=2)}
 
 
-def send(settings: Settings, events: list[dict], topic: str | None = None) -> None:
+def send(settings: Settings, events: list[dict], topic: str | None = None, appended_at_event_times: bool = False) -> None:
+    """`appended_at_event_times`: each with its event time as its Kafka timestamp, as a
+    collector appends events as they happen, not all now."""
     producer = open_producer(settings)
     try:
-        produce(producer, topic or settings.topic_events, ((e["lead_id"], orjson.dumps(e)) for e in events), 1)
+        if appended_at_event_times:
+            for e in events:
+                producer.send(topic or settings.topic_events, key=e["lead_id"].encode(), value=orjson.dumps(e), timestamp_ms=e["time"])
+            producer.flush()
+        else:
+            produce(producer, topic or settings.topic_events, ((e["lead_id"], orjson.dumps(e)) for e in events), 1)
     finally:
         producer.close()
 
@@ -111,7 +118,9 @@ def test_an_account_its_members_decay_takes_down_crosses_at_the_step_with_the_id
     ann_ms, abe_ms = wall - 20 * MINUTE_MS, wall - 10 * MINUTE_MS
     events = [b2b(lead, 0, "form_submit", at, account_id="acme", properties={"form": "demo_request"})
               for lead, at in (("ann", ann_ms), ("abe", abe_ms))]
-    send(isolated, events)
+    # Appended as they happened: a partition's sweeps run from its newest event by the time
+    # since its append (streams/sweep_clock.py), and Ann's and Abe's are on two partitions.
+    send(isolated, events, appended_at_event_times=True)
     # The worker's clock 30 days ahead, less 15 minutes: Ann's 30-day step is due, Abe's not yet.
     worker(isolated.with_overrides(clock_offset_ms=30 * DAY_MS - 15 * MINUTE_MS, decay_interval_s=1))
 

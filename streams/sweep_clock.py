@@ -1,0 +1,100 @@
+"""How far the decay sweep may bring each partition's leads: to the time its events were read up
+to, not to the worker's clock alone.
+
+A sweep values a lead at the time it brings it to (half-life decay) and publishes the crossings
+due by then; an event of that lead read afterwards, timed before that, is behind the decayed
+state: its points are discounted from there and the crossings differ from those of the events in
+time order (scoring/MODELS.md, "Out-of-order events"). Swept at the wall clock, a worker fed a
+backlog of days-old events in parts (a history sent again, a rescore under a new app id that
+takes longer than a sweep interval) decayed every lead to today between the parts, and scored
+the next part behind it: 126 crossings of 372 missing and 75 others, under other ids, than
+`leadstream score` gives for the same file, or the worker given it in one go.
+
+So a partition's sweep clock is the newest event time read from the events topic on it, run on
+by the worker's clock from the Kafka timestamp of the newest record read there (when it was
+appended), never past the worker's clock. A worker that keeps up reads events moments after
+they happen, so that is its clock less those moments, and idle leads decay on time; a backlog of
+old events keeps its own time, running on only for the pauses between its parts. While a
+partition's records are read long after they were appended (a worker catching up after
+downtime) its clock is the newest event time alone: the time since the append says nothing of
+the events still to read. A partition with nothing read for QUIET_MS is swept to the worker's
+clock: a backlog's decay then comes to the present, as `leadstream score --at` brings it, and
+so does a quiet partition's whose newest event was old when appended. One not read since it
+was assigned is not swept until the consumer has had the time to hand what waits there.
+
+So the guarantee: parts of a backlog sent less than QUIET_MS apart, each timed after the newest
+event of the part before by more than the pause between them (events in time order), are
+crossed as in one go.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Mapping, Sequence
+
+#: How long after its append (or after an assignment) a worker that keeps up hands a record to
+#: the stages, at most: a fetch waits 500 ms, a batch 20 ms, a batch before it seconds at worst.
+HANDED_WITHIN_MS = 10_000
+#: A partition given nothing to read for this long is swept to the worker's clock: the parts of
+#: a backlog sent further apart than this are not taken for one.
+QUIET_MS = 30_000
+
+
+@dataclass(slots=True)
+class _Read:
+    #: The newest event time read from the events topic on the partition.
+    event_ms: int
+    #: The newest Kafka timestamp read there (0: the records carried none).
+    appended_ms: int
+    #: When a batch last read it, and whether that batch's newest record was appended more than
+    #: HANDED_WITHIN_MS before: the consumer was behind (wall clock, as Kafka's timestamps are).
+    read_wall_ms: int
+    behind: bool
+
+
+class SweepClocks:
+    """Per owned partition of the events topic: how far a sweep may bring its leads (`until_ms`)."""
+
+    def __init__(self) -> None:
+        self._read: dict[int, _Read] = {}
+        #: Partitions assigned and not read since: the wall clock at the assignment.
+        self._assigned: dict[int, int] = {}
+
+    def read(self, newest: Mapping[int, Sequence[int]], wall_ms: int) -> None:
+        """A batch read events of these partitions: partition -> (newest event time, newest
+        Kafka timestamp) among them."""
+        for partition, (event_ms, appended_ms) in newest.items():
+            self._assigned.pop(partition, None)
+            was = self._read.get(partition)
+            if was is not None:
+                event_ms, appended_ms = max(event_ms, was.event_ms), max(appended_ms, was.appended_ms)
+            behind = 0 < appended_ms < wall_ms - HANDED_WITHIN_MS
+            self._read[partition] = _Read(event_ms, appended_ms, wall_ms, behind)
+
+    def assigned(self, partitions: Iterable[int], wall_ms: int) -> None:
+        """These partitions are owned: those not read since are swept once the consumer had the
+        time to hand what waits in them."""
+        for partition in partitions:
+            if partition not in self._read:
+                self._assigned.setdefault(partition, wall_ms)
+
+    def forget(self, partitions: Iterable[int]) -> None:
+        """Taken away: a new assignment starts them again."""
+        for partition in partitions:
+            self._read.pop(partition, None)
+            self._assigned.pop(partition, None)
+
+    def until_ms(self, partition: int, now_ms: int, wall_ms: int) -> int | None:
+        """How far a sweep at the worker's `now_ms` (and the wall clock's `wall_ms`, which Kafka's
+        timestamps are on; they differ by LEADSTREAM_CLOCK_OFFSET_MS) may bring the partition's
+        leads; None: not at all yet."""
+        read = self._read.get(partition)
+        if read is None:
+            since = self._assigned.get(partition)
+            return None if since is not None and wall_ms - since < HANDED_WITHIN_MS else now_ms
+        quiet_ms = wall_ms - read.read_wall_ms
+        if quiet_ms >= QUIET_MS or not read.appended_ms:  # no timestamps: nothing to run the clock on from
+            return now_ms
+        if read.behind and quiet_ms < HANDED_WITHIN_MS:
+            return min(read.event_ms, now_ms)  # catching up: more may wait, as old as the last read
+        return min(now_ms, read.event_ms + max(0, now_ms - read.appended_ms))

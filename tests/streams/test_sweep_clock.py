@@ -1,0 +1,175 @@
+"""The decay sweep's clock per partition (streams/sweep_clock.py): a sweep brings a partition's
+leads only as far as its events were read, so a backlog of old events read in parts, with sweeps
+between them, crosses as `leadstream score` does; a worker that keeps up decays idle leads on time."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import orjson
+import pytest
+
+from scoring import Engine, parse_model
+from streams import lead_states
+from streams.offline import apply_file
+from streams.partitioning import partition_for
+from streams.processes import WorkerProcess
+from streams.scorer import Scorer
+from streams.settings import Settings
+from streams.stage import Consumed, LiveTable, MemoryData
+from streams.sweep_clock import HANDED_WITHIN_MS, QUIET_MS, SweepClocks
+from tests.infra import leadstream, read_topic, write_jsonl
+from tests.streams.stage_support import Kept
+from tests.streams.test_worker_state import send, wait_caught_up
+
+DAY = 86_400_000
+NOW = 1_800_000_000_000  # the worker's and the wall clock, unless a case says otherwise
+
+
+def clocks_after(*reads: tuple[int, int, int]) -> SweepClocks:
+    """Clocks of partition 0 after batches (newest event time, newest Kafka timestamp, wall clock
+    at the read)."""
+    clocks = SweepClocks()
+    for event_ms, appended_ms, wall_ms in reads:
+        clocks.read({0: [event_ms, appended_ms]}, wall_ms)
+    return clocks
+
+
+@pytest.mark.parametrize(("case", "reads", "now_ms", "expected"), [
+    # Live: events read moments after they happen; the clock is the worker's, less those moments.
+    ("keeping up", [(NOW - 400, NOW - 300, NOW - 200)], NOW, NOW - 100),
+    ("keeping up, quiet for a while", [(NOW - QUIET_MS, NOW - QUIET_MS + 100, NOW - QUIET_MS + 200)], NOW, NOW - 100),
+    # A backlog of 10-day-old events, sent 20 s ago: its time runs on only those 20 s, until
+    # nothing more comes for QUIET_MS.
+    ("backlog sent in parts", [(NOW - 10 * DAY, NOW - 20_000, NOW - 19_000)], NOW, NOW - 10 * DAY + 20_000),
+    ("backlog, quiet since", [(NOW - 10 * DAY, NOW - QUIET_MS - 1_000, NOW - QUIET_MS)], NOW, NOW),
+    ("the newest event read, not the last", [(NOW - 10 * DAY, NOW - 20_000, NOW - 19_000),
+                                             (NOW - 11 * DAY, NOW - 20_000, NOW - 19_000)], NOW, NOW - 10 * DAY + 20_000),
+    # Catching up after downtime: records appended an hour before they were read. More may
+    # wait, as old as the last: the newest event time alone, until the partition is quiet.
+    ("catching up", [(NOW - 3_600_000, NOW - 3_600_000, NOW - 1_000)], NOW, NOW - 3_600_000),
+    ("caught up, quiet since", [(NOW - 3_600_000, NOW - 3_600_000, NOW - HANDED_WITHIN_MS)], NOW, NOW),
+    ("no Kafka timestamps", [(NOW - 10 * DAY, 0, NOW - 1_000)], NOW, NOW),
+    ("an event ahead of the clock", [(NOW + 60_000, NOW - 1_000, NOW - 500)], NOW, NOW),
+])
+def test_a_partitions_clock(case: str, reads: list[tuple[int, int, int]], now_ms: int, expected: int) -> None:
+    assert clocks_after(*reads).until_ms(0, now_ms, now_ms) == expected, case
+
+
+def test_the_clock_runs_on_the_workers_clock_and_tells_catching_up_by_the_wall_clock() -> None:
+    """LEADSTREAM_CLOCK_OFFSET_MS moves the worker's clock, not Kafka's timestamps: leads sent
+    now to a worker 30 days ahead have been idle that long."""
+    clocks = clocks_after((NOW - 60_000, NOW - 1_000, NOW - 500))
+    assert clocks.until_ms(0, NOW + 30 * DAY, NOW) == NOW + 30 * DAY - 59_000
+
+
+def test_a_partition_not_read_since_its_assignment_waits_for_what_the_consumer_hands_first() -> None:
+    clocks = SweepClocks()
+    clocks.assigned([0, 1], NOW)
+    assert clocks.until_ms(0, NOW + 1_000, NOW + 1_000) is None  # its backlog may not be handed yet
+    assert clocks.until_ms(0, NOW + HANDED_WITHIN_MS, NOW + HANDED_WITHIN_MS) == NOW + HANDED_WITHIN_MS  # nothing waited
+    clocks.read({1: [NOW - DAY, NOW - 500]}, NOW + 1_000)
+    assert clocks.until_ms(1, NOW + 2_000, NOW + 2_000) == NOW - DAY + 2_500
+    clocks.forget([1])
+    assert clocks.until_ms(1, NOW + 2_000, NOW + 2_000) == NOW + 2_000  # not this worker's: no clock kept
+    assert clocks.until_ms(2, NOW, NOW) == NOW  # a worker without a consumer's assignments (tests, tools)
+
+
+HALF_LIFE = """
+[model]
+name = "hl"
+[[rules]]
+name = "demo"
+event = "demo"
+points = 30
+[decay]
+half_life = "10d"
+[thresholds]
+base = "nurture"
+hysteresis = 5
+ladder = [{ level = "mql", at = 25 }, { level = "sql", at = 50 }]
+"""
+
+
+def test_a_backlog_read_in_parts_with_sweeps_between_crosses_as_leadstream_score_does(tmp_path: Path) -> None:
+    """The sweep between the parts valued the lead at the wall clock: down to nurture at day
+    5.8, so its demo of day 4 came behind it and took it to mql, where in time order the demo
+    took it from mql to sql (other crossings, under other ids)."""
+    wall = int(time.time() * 1000)
+    start = wall - 12 * DAY
+    lead, partitions = "ann", 4
+    events = [{"event_id": f"{lead}-{n}", "lead_id": lead, "type": "demo", "time": start + day * DAY} for n, day in enumerate((0, 4))]
+    engine = Engine([parse_model(HALF_LIFE, "hl.toml")])
+    settings = Settings()
+    outbox = Kept()
+    scorer = Scorer(engine, settings, LiveTable(MemoryData(), "changelog", partitions, 100, lead_states.decode), outbox, partitions)
+
+    async def parts() -> None:
+        for offset, event in enumerate(events):  # each part sent just now, and swept after
+            appended = int(time.time() * 1000)
+            await scorer.process([Consumed(settings.topic_events, partition_for(lead, partitions), offset, lead.encode(),
+                                           orjson.dumps(event), timestamp_ms=appended)])
+            await scorer.decay_due(scorer.now_ms())
+
+    asyncio.run(parts())
+    crossings = [orjson.loads(value)["id"] for topic, _, value in outbox.sent if topic == settings.topic_crossings and value]
+    run = apply_file(engine, write_jsonl(tmp_path / "events.jsonl", events), io.StringIO())
+    run.finish()
+    assert [(t.from_level, t.to_level) for t in run.transitions] == [("nurture", "mql"), ("mql", "sql")]
+    assert crossings == [t.id for t in run.transitions]
+
+
+def test_a_lead_of_a_partition_that_keeps_up_decays_on_time() -> None:
+    engine = Engine([parse_model(HALF_LIFE, "hl.toml")])
+    settings = Settings()
+    outbox = Kept()
+    scorer = Scorer(engine, settings, LiveTable(MemoryData(), "changelog", 4, 100, lead_states.decode), outbox, 4)
+    wall = int(time.time() * 1000)
+    event = {"event_id": "bo-0", "lead_id": "bo", "type": "demo", "time": wall - 1_000}
+
+    async def scenario() -> None:
+        await scorer.process([Consumed(settings.topic_events, partition_for("bo", 4), 0, b"bo", orjson.dumps(event), timestamp_ms=wall - 900)])
+        await scorer.decay_due(wall + 6 * DAY)  # the worker's clock, six days on: down through 25 - 5 at day 5.8
+
+    asyncio.run(scenario())
+    crossings = [orjson.loads(value) for topic, _, value in outbox.sent if topic == settings.topic_crossings and value]
+    assert [(c["from_level"], c["to_level"]) for c in crossings] == [("nurture", "mql"), ("mql", "nurture")]
+    assert crossings[1]["time"] < wall + 6 * DAY
+
+
+def test_a_worker_fed_a_backlog_in_parts_with_sweeps_between_crosses_as_leadstream_score_does(
+    isolated: Settings, worker: Callable[..., WorkerProcess], tmp_path: Path
+) -> None:
+    """On the real broker: 12 days of a half-life model's events, sent in three parts, each read
+    and swept (every second) before the next is sent, as a history sent again under a new app id
+    or a worker catching up reads them. Swept at the wall clock, every lead of the first part
+    crossed down before its demo of the second part came, behind the decayed state."""
+    settings = replace(isolated, models_dir=tmp_path / "models", decay_interval_s=1)
+    settings.models_dir.mkdir()
+    (settings.models_dir / "hl.toml").write_text(HALF_LIFE)
+    start = int(time.time() * 1000) - 13 * DAY
+    leads = [f"lead-{n}" for n in range(24)]
+    # Each lead: a demo, another 4 days later, a third 8 days later (each part holds one of them).
+    parts = [[{"event_id": f"{lead}-{k}", "lead_id": lead, "type": "demo", "time": start + k * 4 * DAY + n * 3_600_000}
+              for n, lead in enumerate(leads)] for k in range(3)]
+    worker(settings)
+    for part in parts:
+        send(settings, part)
+        wait_caught_up(settings)
+        time.sleep(2.5)  # sweeps ran
+
+    events = write_jsonl(tmp_path / "events.jsonl", [event for part in parts for event in part])
+    newest = datetime.fromtimestamp(max(e["time"] for part in parts for e in part) / 1000 + 3600, timezone.utc).isoformat()
+    offline = [[r["id"] for r in map(orjson.loads, leadstream(settings, "score", "--events", str(events), *at).stdout.splitlines())
+                if r["record"] == "transition"] for at in ((), ("--at", newest))]
+    assert offline[0] == offline[1], "a line falls due within the hour after the newest event: the worker's sweeps cross it"
+    # Per lead: up to mql (30), to sql (52.7 at day 4), down to mql as it decays under 45 (day 6.3), to sql (70 at day 8).
+    assert len(offline[0]) == 4 * len(leads)
+    crossings = [c["id"] for _, c in read_topic(settings, settings.topic_crossings, expect=len(offline[0]), idle_s=3)]
+    assert sorted(crossings) == sorted(offline[0])
