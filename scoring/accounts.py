@@ -55,8 +55,9 @@ class AccountRollup:
     def level_at(self, state: AccountState, score: float) -> int:
         """Where the ladder puts the account at `score`, from the level it last crossed to. The
         same as that level but after an edit of the roll-up or the ladder, which leaves it out of
-        place until its next change crosses it there (`roll_up_all`); from a level the ladder
-        no longer has, where the score reaches from the base, as a lead's (`Ladder.level_of`)."""
+        place until its next change that moves its score that way crosses it there (`_cross`);
+        from a level the ladder no longer has, where the score reaches from the base, as a lead's
+        (`Ladder.level_of`)."""
         return self.ladder.level_after(self.ladder.level_of(state.level, score), score)
 
     def reasons(self, state: AccountState) -> list[tuple[str, float]]:
@@ -112,7 +113,8 @@ class MemberScore(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
 
     `changed_ms` (`"changed"`): when the change it reports happened, where that is later than its
     `time`: a decay step's due time (or, for half-life decay, the due time the score was valued
-    at: see `ModelRuntime.decay`), the last of those taken together. It stamps the account crossing the update causes, which else said that an account went
+    at: see `ModelRuntime.decay`), the last of those taken together. It stamps the account crossing the update causes (never
+    before the newest member score that crossing counts: `_cross`), which else said that an account went
     cold at the moment of its member's last event; `time` keeps ordering the lead's updates, as a
     late event arriving after the step is still newer news of the lead. Absent (0) otherwise.
 
@@ -154,12 +156,13 @@ class AccountState:
     revision 0), the level and crossing count, and where the latest leavings stood (`gone`:
     digest of the lead id -> [time_ms, revision], or time_ms for revision 0).
 
-    Derived, not stored: the member scores in order and their exact sum, and in a large account
-    the members in order of score, built on first use and kept current by `update`, so taking
-    an update and naming the best members cost the same however many members the account has
-    (recomputed per update, they cost 330 us an update at 20,000 members)."""
+    Derived, not stored: the member scores in order and their exact sum, in a large account
+    the members in order of score, and the newest member time, built on first use and kept
+    current by `update`, so taking an update, naming the best members and dating a crossing cost
+    the same however many members the account has (recomputed per update, they cost 330 us an
+    update at 20,000 members)."""
 
-    __slots__ = ("members", "level", "crossings", "gone", "_ranked", "_total", "_best")
+    __slots__ = ("members", "level", "crossings", "gone", "_ranked", "_total", "_best", "_newest")
 
     def __init__(self, members: dict[str, list[float]], level: str, crossings: int, gone: dict[str, Any] | None = None) -> None:
         self.members = members
@@ -169,6 +172,7 @@ class AccountState:
         self._ranked: SortedList[float] | None = None
         self._total = 0  # exact (see `_exact`) once `_ranked` is built
         self._best: SortedList[tuple[float, str]] | None = None
+        self._newest: int | None = None
 
     def ranked(self) -> SortedList[float]:
         """The member scores, lowest first."""
@@ -188,6 +192,13 @@ class AccountState:
                 return [(lead_id, _whole(member[0])) for lead_id, member in best]
             self._best = SortedList((-member[0], lead_id) for lead_id, member in self.members.items())
         return [(lead_id, _whole(-negated)) for negated, lead_id in self._best[:count]]
+
+    def newest_ms(self) -> int:
+        """The latest time of the member scores it holds (their leads' newest events; 0: none)."""
+        newest = self._newest
+        if newest is None:
+            newest = self._newest = int(max((member[1] for member in self.members.values()), default=0))
+        return newest
 
     def exact_sum(self) -> int:
         """The member scores summed exactly, scaled as `_exact` scales one."""
@@ -213,6 +224,8 @@ class AccountState:
                 return False
             del self.members[member.lead_id]
             self._unrank(member.lead_id, known[0])
+            if known[1] == self._newest:
+                self._newest = None  # worked out again when next asked
             return True
         if known is None and self.gone:
             went = self.gone.get(kept_key(member.lead_id))
@@ -229,6 +242,8 @@ class AccountState:
             self._total += _exact(member.score)
         if self._best is not None:
             self._best.add((-member.score, member.lead_id))
+        if self._newest is not None and member.time_ms > self._newest:  # a lead's time only grows
+            self._newest = member.time_ms
         return True
 
     def last_left_ms(self) -> int | None:
@@ -364,7 +379,9 @@ def roll_up_all(runtime: ModelRuntime, account_id: str, state: AccountState | No
     one would: three members climbing in one batch take the account through each line they
     pass, and a line left within its hysteresis band keeps the level reached. A crossing is an
     account transition naming the last member whose update changed the account's score, stamped
-    with that update's time (its reasons are the members with the most points).
+    with that update's time, or the newest of the member scores it counts if later (its reasons
+    are the members with the most points); it never goes against the way the updates since the
+    last crossing moved their members' scores (`_cross`).
 
     Except a merge's pair: a visitor merged into a lead of the same account leaves it (its
     leaving names the lead, `MemberScore.into`) as the lead's score takes in its points. The
@@ -389,18 +406,24 @@ def roll_up_all(runtime: ModelRuntime, account_id: str, state: AccountState | No
     # has is placed (`Ladder.level_of`) before the change that moves it.
     score = crossed = rollup.score(state)
     # The last update that changed the score, else the last that changed the account (a level
-    # an edit of the roll-up or the ladder left out of place moves at the account's next change).
+    # an edit of the roll-up or the ladder left out of place moves at the account's next change
+    # its way).
     moved: MemberScore | None = None
     touched: MemberScore | None = None
+    # How much the updates since the last crossing moved their members' scores: which way they
+    # moved the account, where its own score did not show it (`_cross`).
+    change = 0.0
     out: list[Transition] = []
     for i, update in enumerate(ordered):
+        known = state.members.get(update.lead_id)
         if state.update(update):
             touched = update
+            change += (0 if update.left else update.score) - (0 if known is None else known[0])
             if (now := rollup.score(state)) != score:
                 score, moved = now, update
         if touched is not None and i not in held:
-            _cross(runtime, rollup, account_id, state, crossed, score, moved or touched, out)
-            crossed, moved, touched = score, None, None
+            _cross(runtime, rollup, account_id, state, crossed, score, (score - crossed) or change, moved or touched, out)
+            crossed, moved, touched, change = score, None, None, 0.0
     return state, out
 
 
@@ -419,12 +442,24 @@ def _merge_pairs(ordered: Sequence[MemberScore]) -> set[int]:
 
 
 def _cross(runtime: ModelRuntime, rollup: AccountRollup, account_id: str, state: AccountState, crossed: float,
-           score: float, mover: MemberScore, out: list[Transition]) -> None:
+           score: float, change: float, mover: MemberScore, out: list[Transition]) -> None:
     """Moves the account's level, settled last at score `crossed`, to where `score` puts it,
-    recording the transition if it is a crossing (`Ladder.crossing`)."""
+    recording the transition if it is a crossing (`Ladder.crossing`), unless that is against the
+    way the updates taken moved it (`change`: up if positive, down if negative; the account's
+    score, or, where that did not move, under `max` or `top_k`, its members' scores).
+
+    An account in its place is never moved so (a lower score passes no line up); one an edit
+    left out of place waits for a change its way. Its place is where the scores it kept put it,
+    and an edit that values members anew (a half-life added or shortened) leaves those stale
+    until each member's decay reaches it: the first sweep after `half_life` and `[accounts]`
+    were added together crossed an account up at one member's decay, at 60.9 with two others' 30
+    points each as no decay had touched them, and down again at their decay (34.62), though
+    under the new model it never was at 50."""
     ladder = rollup.ladder
     before = ladder.level_of(state.level, crossed)
     after = ladder.level_after(before, score)
+    if (after > before and change < 0) or (after < before and change > 0):
+        after = before
     crossing = ladder.crossing(state.level, before, after)
     state.level = ladder.names[after]
     if crossing is None:
@@ -448,7 +483,10 @@ def _cross(runtime: ModelRuntime, rollup: AccountRollup, account_id: str, state:
         engagement=None,
         cell=None,
         temperature=temperature,
-        time_ms=mover.at_ms,
+        # Not before the newest of the scores it counts: a change that reaches the account after
+        # a later event of another member (a sweep after downtime or an edit, a late event) was
+        # dated when the account had no such score, as at 60.9 a week before 30 of it existed.
+        time_ms=max(mover.at_ms, state.newest_ms()),
         reasons=tuple({"rule": "member", "lead_id": lead_id, "points": score} for lead_id, score in rollup.reasons(state)),
         traits={},
     ))

@@ -335,6 +335,19 @@ def test_an_account_knows_when_its_latest_remembered_member_left() -> None:
     assert (state.members, state.last_left_ms()) == ({}, T0 + 9)
 
 
+def test_an_accounts_newest_member_time_follows_its_updates_and_leavings() -> None:
+    """Kept as updates come (what dates a crossing: `accounts._cross`), and worked out again
+    once the member that held it leaves."""
+    state, _ = roll("sum", [("a", 30, 3), ("b", 30, 1)])
+    assert state.newest_ms() == T0 + 3
+    state.update(MemberScore("m", "acme", "b", 20, T0 + 7))
+    assert state.newest_ms() == T0 + 7
+    state.update(MemberScore("m", "acme", "b", 0, T0 + 8, True))
+    assert state.newest_ms() == T0 + 3
+    state.update(MemberScore("m", "acme", "a", 0, T0 + 9, True))
+    assert state.newest_ms() == 0
+
+
 @pytest.mark.parametrize(
     ("bounds", "normalized"),
     [("", 50.0), ("hundred_at = 200\n", 25.0), ("zero_at = 20\n", 37.5), ("zero_at = 20\nhundred_at = 120\n", 30.0)],
@@ -628,3 +641,63 @@ def test_a_score_between_two_events_is_told_again_after_decay_an_event_brought_f
     one_batch = _account_crossings(events, [], model)
     assert [(level, score, lead) for _, level, lead, score in one_batch] == [("engaged", 40, "L1"), ("quiet", 20, "L1"), ("engaged", 40, "L1")]
     assert one_batch == _account_crossings(events, [1, 2], model)
+
+
+# -- a model edit that values members anew ---------------------------------------------------
+
+_UNDECAYED = ('[[rules]]\nname = "demo"\nevent = "demo"\npoints = 30\n[[rules]]\nname = "open"\nevent = "open"\npoints = 1\n')
+_HALVING = '[decay]\nhalf_life = "5d"\n'
+
+
+def _edited_accounts(before: str, after: str, members: list[tuple[str, str, int]]) -> tuple[AccountState, list[Any]]:
+    """Account acme after members' events (lead, type, day) scored under model `before`, then
+    the first decay sweep of model `after` (the edit as a worker applies it: the states read
+    back under the new model, swept at the newest event's time plus 2 days, the updates taken
+    in the order of the due times they carry, as `Scorer._decay_due` sends them)."""
+    run = Run(engine(before, lateness="30d"))
+    account: AccountState | None = None
+    for lead, kind, day in sorted(members, key=lambda member: member[2]):
+        run.apply(ev(kind, at=day * DAY, lead=lead, account_id="acme"))
+        account, _ = run.engine.apply_account_updates("m", "acme", account, run.account_updates)
+        run.account_updates.clear()
+    now = T0 + (max(day for *_, day in members) + 2) * DAY
+    edited = engine(after, lateness="30d")
+    runtime = edited.runtime("m")
+    swept = []
+    for lead, *_ in members:
+        state = run.state(lead)
+        before_score = runtime.score(state)
+        changed = runtime.decay(state, lead, now, [], swept=True)
+        member = runtime.member_score(lead, state, state.watermark_ms, changed or 0)
+        if member is not None and runtime.score(state) != before_score:
+            swept.append((changed or now, lead, member))
+    swept.sort(key=lambda item: item[:2])
+    return edited.apply_account_updates("m", "acme", account, [member for *_, member in swept])
+
+
+@pytest.mark.parametrize("combine", ['combine = "sum"', 'combine = "top_k"\ntop_k = 2'])
+def test_a_half_life_added_with_accounts_crosses_no_account_on_scores_it_halves(combine: str) -> None:
+    """The first sweep after `half_life` and `[accounts]` were added in one edit crossed acme up
+    to hot at 60.9 on the day x's one point had decayed to 0.9, before y's and z's demo requests
+    existed, with their 30 points each as kept before the edit, then down at 34.62 as their own
+    decay came in (under top_k, x's update left the two best as they were and crossed it the
+    same): under the new model acme was never at 50."""
+    accounts_table = f'[accounts]\n{combine}\nbase = "cold"\nladder = [{{ level = "hot", at = 50 }}]\n'
+    members = [("x", "open", 0), ("y", "demo", 13), ("z", "demo", 6)]
+    state, crossed = _edited_accounts(_UNDECAYED, _UNDECAYED + _HALVING + accounts_table, members)
+    assert [(t.from_level, t.to_level, t.score) for t in crossed] == []
+    assert state.level == "cold"
+    # The control: with the half-life in the model before, the members' scores the account kept
+    # were decayed already, and adding [accounts] crossed nothing either.
+    _, crossed = _edited_accounts(_UNDECAYED + _HALVING, _UNDECAYED + _HALVING + accounts_table, members)
+    assert crossed == []
+
+
+def test_a_crossing_a_members_decay_makes_is_dated_no_earlier_than_the_events_of_the_scores_it_counts() -> None:
+    """With [accounts] in the model, a half-life added took acme down (61 to 60.9) at x's first
+    due time, at day 0.8, though the 60.9 counted y's and z's demo requests of days 13 and 6:
+    the crossing said acme was at 60.9 a week before it was."""
+    accounts_table = '[accounts]\nbase = "cold"\nladder = [{ level = "hot", at = 61 }]\n'
+    members = [("x", "open", 0), ("y", "demo", 13), ("z", "demo", 6)]
+    _, crossed = _edited_accounts(_UNDECAYED + accounts_table, _UNDECAYED + _HALVING + accounts_table, members)
+    assert [(t.from_level, t.to_level, t.score, t.lead_id, t.time_ms) for t in crossed] == [("hot", "cold", 60.9, "x", T0 + 13 * DAY)]
