@@ -44,6 +44,19 @@ ACCEPTED = 'leadstream_collector_calls_accepted_total{source="website"}'
 CALLS_REFUSED = 'leadstream_collector_calls_refused_total{source="website"}'
 
 
+def up(job: str, instance: str) -> str:
+    """Prometheus's own series for one of its targets: 1 when its last scrape answered."""
+    return f'up{{job="{job}",instance="{instance}"}}'
+
+
+#: The compose file's targets whose profile was never run, and its sink-redis, which always runs.
+PROFILE_TARGETS_NEVER_UP = {
+    **{up("leadstream-sinks", f"sink-{name}:9464"): "0x1510" for name in ("hubspot", "salesforce", "webhook")},
+    up("leadstream-collector", "collector:9465"): "0x1510",
+    up("leadstream-sinks", "sink-redis:9464"): "1x1510",
+}
+
+
 def lag(per_partition: str) -> dict[str, str]:
     """Two partitions' lag as both workers export it (each exports the whole group's)."""
     return {f'leadstream_consumer_lag{{topic="events",partition="{p}",instance="{w}"}}': per_partition
@@ -148,6 +161,21 @@ CASES = [
     Case("LeadstreamCollectorUnavailable", "503s for 5 minutes, over 25 minutes ago",
          {f'{REQUESTS}{{call="batch",status="200"}}': "0+100x60", f'{REQUESTS}{{call="batch",status="503"}}': "0+5x5 25x55",
           "leadstream_collector_kafka_connected": "1x60"}),
+    # A process that stops takes its series with it: only `up` of its target says so. The compose
+    # file's profile targets (the CRM connectors, the collector) are scraped, and down, whether
+    # their profile runs or not.
+    Case("LeadstreamProcessDown", "hubspot's connector answered, then stopped at minute 10",
+         {**PROFILE_TARGETS_NEVER_UP, up("leadstream-sinks", "sink-hubspot:9464"): "1x10 0x50"},
+         ({"job": "leadstream-sinks", "instance": "sink-hubspot:9464"},)),
+    Case("LeadstreamProcessDown", "the collector answered, then stopped at minute 10",
+         {**PROFILE_TARGETS_NEVER_UP, up("leadstream-collector", "collector:9465"): "1x10 0x50"},
+         ({"job": "leadstream-collector", "instance": "collector:9465"},)),
+    Case("LeadstreamProcessDown", "profile targets never started; a stopped worker (its own rule's)",
+         {**PROFILE_TARGETS_NEVER_UP, up("leadstream-worker", "worker:6066"): "1x10 0x50"}),
+    Case("LeadstreamProcessDown", "hubspot's connector stopped at minute 10 and started again at minute 20",
+         {**PROFILE_TARGETS_NEVER_UP, up("leadstream-sinks", "sink-hubspot:9464"): "1x10 0x10 1x40"}),
+    Case("LeadstreamProcessDown", "hubspot's connector stopped over a day ago",
+         {**PROFILE_TARGETS_NEVER_UP, up("leadstream-sinks", "sink-hubspot:9464"): "1x10 0x1500"}, at="25h"),
     # The audit's case: a minute's 10 batches of 100 calls, 2 of them refused whole for a rotated
     # write key. Counted as refusals against calls, it was 2 in 802.
     Case("LeadstreamCollectorRefusing", "2 batches in 10 refused whole (401)",
