@@ -104,6 +104,18 @@ def test_compose_configures_leadstream_only_with_real_settings() -> None:
             assert service["environment"]["LEADSTREAM_KAFKA_BOOTSTRAP"] == "kafka:19092"
 
 
+def test_compose_starts_each_leadstream_process_once_the_topics_job_has_made_the_topics() -> None:
+    # They waited only for Kafka and Redis to be healthy, so a first `docker compose up` raced the
+    # `topics` job: a worker stopping on a missing topic, a collector answering 503 meanwhile.
+    services = compose()["services"]
+    running = [name for name, service in services.items() if service.get("image") == "leadstream:local" and name != "topics"]
+    assert "worker" in running and "collector" in running
+    for name in running:
+        assert services[name]["depends_on"].get("topics") == {"condition": "service_completed_successfully"}, name
+        assert {"kafka", "redis"} <= set(services[name]["depends_on"]), name
+    assert "topics" not in services["topics"]["depends_on"]
+
+
 def test_plain_compose_up_starts_only_services_that_need_nothing_from_the_user() -> None:
     # A leadstream process refuses to start without its credentials or write keys, and
     # `restart: unless-stopped` would start it again and again: such services sit in a profile.
