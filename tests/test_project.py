@@ -136,6 +136,22 @@ def test_each_crm_connector_starts_on_its_own_with_the_credentials_it_reads() ->
         assert credentials and credentials <= set(service["environment"]), f"sink-{name} lacks {credentials - set(service['environment'])}"
 
 
+def test_an_installed_package_carries_every_file_its_modules_read() -> None:
+    # The wheel shipped no scoring/models: `leadstream bench engine` and `bench stages` read
+    # b2b.toml beside the package (streams/bench/engine.py), and failed from the Docker image,
+    # where leadstream is installed, not run from the source tree. Documentation is not read.
+    import fnmatch
+    import tomllib
+
+    package_data = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    for package in ("scoring", "streams", "sinks"):
+        root = PROJECT_ROOT / package
+        read = {path.relative_to(root).as_posix() for path in root.rglob("*")
+                if path.is_file() and path.suffix not in (".py", ".pyc", ".md") and not path.name.startswith(".")}
+        shipped = {name for name in read if any(fnmatch.fnmatch(name, glob) for glob in package_data.get(package, []))}
+        assert read == shipped, f"{package}'s wheel lacks {sorted(read - shipped)}: add them to package-data in pyproject.toml"
+
+
 def test_readme_documents_every_setting() -> None:
     readme = (PROJECT_ROOT / "README.md").read_text()
     missing = sorted(env for env in ENV_NAMES if f"`{env}`" not in readme)
