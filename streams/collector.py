@@ -74,6 +74,7 @@ from streams.outbox import encode_json_or_none
 from streams.partitioning import partition_for
 from streams.segment import CALL_TYPES, IDENTIFIERS, Mapped, Mapper, Source, rejected, with_batch_context
 from streams.settings import Settings
+from streams.topics import missing_topic
 
 log = logging.getLogger("leadstream.collector")
 
@@ -268,12 +269,25 @@ class KafkaWriter:
         self._ask_now = asyncio.Event()
         #: While a producer that cannot write again is being replaced (`_replace`): why, and the task
         self._replacing: tuple[str, asyncio.Task[None]] | None = None
+        #: Why there is no producer yet, as the last attempt to connect found
+        self._connecting_why = f"not connected to Kafka at {settings.kafka_bootstrap} yet"
 
     @property
     def ready(self) -> bool:
         """Connected, and Kafka answered the last ask: "connected once" kept a collector cut off
         from Kafka ready, every call of its waiting out the ack timeout for a 503."""
-        return self._producer is not None and self._answering
+        return self.why_not_ready is None
+
+    @property
+    def why_not_ready(self) -> str | None:
+        """What a call is answered with its 503, and /readyz with its own, while not ready."""
+        if self._replacing is not None:
+            return f"the Kafka producer is being replaced: {self._replacing[0]}"
+        if self._producer is None:
+            return self._connecting_why
+        if not self._answering:
+            return f"Kafka at {self.settings.kafka_bootstrap} does not answer (asked again every {WATCH_S:g} s)"
+        return None
 
     def _answered(self, answering: bool) -> None:
         if answering != self._answering:
@@ -308,13 +322,9 @@ class KafkaWriter:
     def producer(self) -> Any:
         """The started producer; Unavailable until the first connection succeeded, and while Kafka
         does not answer: each call tried then waited out the ack timeout for its 503."""
-        if self._replacing is not None:
-            raise Unavailable(f"the Kafka producer is being replaced: {self._replacing[0]}", RETRY_AFTER_S)
-        if self._producer is None:
-            raise Unavailable(f"not connected to Kafka at {self.settings.kafka_bootstrap} yet", RETRY_AFTER_S)
-        if not self._answering:
-            raise Unavailable(f"Kafka at {self.settings.kafka_bootstrap} does not answer (asked again every "
-                              f"{WATCH_S:g} s)", RETRY_AFTER_S)  # fmt: skip
+        why = self.why_not_ready
+        if why is not None:
+            raise Unavailable(why, RETRY_AFTER_S)
         return self._producer
 
     def partition_count(self, topic: str) -> int:
@@ -324,6 +334,7 @@ class KafkaWriter:
     async def connect(self) -> None:
         """Start the producer, retrying until Kafka answers and the topics exist."""
         from aiokafka import AIOKafkaProducer
+        from aiokafka.errors import UnknownTopicOrPartitionError
 
         topics = (self.settings.topic_events, self.settings.topic_profiles, self.settings.topic_deadletter)
         attempts, said = 0, 0.0
@@ -338,23 +349,35 @@ class KafkaWriter:
                 request_timeout_ms=max(self.settings.collector_ack_timeout_ms, 5000),
             )
             _pace_metadata_requests(producer.client)
-            asked = "its metadata"  # what was being asked for when it failed
+            asked: str | None = None  # the topic being asked for when it failed; None: the metadata
             try:
                 await producer.start()
                 partitions = {}
                 for topic in topics:
-                    asked = f"topic {topic!r}"
+                    asked = topic
                     partitions[topic] = len(await producer.partitions_for(topic))
+            except asyncio.CancelledError:  # stopping: a producer left unstopped is logged "Unclosed AIOKafkaProducer"
+                await producer.stop()
+                raise
             except Exception as exc:  # noqa: BLE001 - any failure to connect means: retry later
                 await producer.stop()
                 attempts += 1
+                # Kafka answered, without the topic: "not connected to Kafka" sent operators to a broker that runs.
+                absent = asked if isinstance(exc, UnknownTopicOrPartitionError) else None
+                self._connecting_why = (f"Kafka at {self.settings.kafka_bootstrap} answers, but {missing_topic(self.settings, absent)}"
+                                        if absent is not None else f"not connected to Kafka at {self.settings.kafka_bootstrap} yet")
                 if attempts == 1 or time.monotonic() - said >= CONNECT_SAID_S:  # not a line a second while Kafka is down
                     said = time.monotonic()
-                    log.warning(
-                        "cannot use Kafka at %s (%s: %r; %d attempts); answering 503 and retrying every %g s. Is it running "
-                        "(`leadstream services up`) and do the topics exist (`leadstream topics`, LEADSTREAM_TOPIC_*)?",
-                        self.settings.kafka_bootstrap, asked, exc, attempts, CONNECT_RETRY_S,
-                    )
+                    if absent is not None:
+                        log.warning("%s; answering 503 and asking again every %g s (%d attempts)", self._connecting_why,
+                                    CONNECT_RETRY_S, attempts)
+                    else:
+                        log.warning(
+                            "cannot use Kafka at %s (%s: %r; %d attempts); answering 503 and retrying every %g s. Is it running "
+                            "(`leadstream services up`) and do the topics exist (`leadstream topics`, LEADSTREAM_TOPIC_*)?",
+                            self.settings.kafka_bootstrap, "its metadata" if asked is None else f"topic {asked!r}", exc,
+                            attempts, CONNECT_RETRY_S,
+                        )
                 await asyncio.sleep(CONNECT_RETRY_S)
                 continue
             self.partitions = partitions
@@ -442,13 +465,21 @@ class KafkaWriter:
 
     async def close(self) -> None:
         if self._replacing is not None:
-            self._replacing[1].cancel()
+            await _stopped(self._replacing[1])
             self._replacing = None
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None
             self._answering = False
             metrics.KAFKA_CONNECTED.set(0)
+
+
+async def _stopped(task: asyncio.Task[None]) -> None:
+    """Cancel `task` and wait until it has finished: a connection attempt cancelled and left stops
+    its producer no more ("Unclosed AIOKafkaProducer" at the collector's stop)."""
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def _leaves_producer_stuck(failure: BaseException) -> bool:
@@ -1000,10 +1031,11 @@ def create_app(collector: Collector) -> web.Application:
         return _json(200, {"status": "alive"})
 
     async def readyz(request: web.Request) -> web.Response:
-        if collector.writer.ready:
+        why = collector.writer.why_not_ready
+        if why is None:
             return _json(200, {"ready": True})
         # Not connected to Kafka: what the calls answer meanwhile (Collector.ingest).
-        return _json(503, {"ready": False}, {"Retry-After": str(RETRY_AFTER_S)})
+        return _json(503, {"ready": False, "reason": why}, {"Retry-After": str(RETRY_AFTER_S)})
 
     @web.middleware
     async def cross_origin(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -1077,7 +1109,7 @@ async def serve(settings: Settings, sources: dict[str, Source], stop: asyncio.Ev
     try:
         await web.TCPSite(runner, settings.collector_host, settings.collector_port, backlog=1024).start()
         operations = probes.serve(settings.collector_metrics_port, lambda: writer.ready, settings.bind_host,
-                                  "LEADSTREAM_COLLECTOR_METRICS_PORT", RETRY_AFTER_S)  # fmt: skip
+                                  "LEADSTREAM_COLLECTOR_METRICS_PORT", RETRY_AFTER_S, lambda: writer.why_not_ready)  # fmt: skip
     except OSError as exc:
         await runner.cleanup()
         raise cannot_listen(settings.collector_host, settings.collector_port, "LEADSTREAM_COLLECTOR_PORT", exc,
@@ -1096,8 +1128,8 @@ async def serve(settings: Settings, sources: dict[str, Source], stop: asyncio.Ev
         operations.shutdown()
         operations.server_close()
         await runner.cleanup()
-        connecting.cancel()
-        watching.cancel()
+        await _stopped(connecting)  # its attempt under way stops its producer
+        await _stopped(watching)
         await writer.close()
 
 

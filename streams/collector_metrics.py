@@ -34,7 +34,8 @@ IN_FLIGHT_BYTES = Gauge(
     "leadstream_collector_in_flight_bytes", "Bytes of events awaiting Kafka's acknowledgement (503 beyond LEADSTREAM_COLLECTOR_MAX_IN_FLIGHT_BYTES)."
 )
 KAFKA_CONNECTED = Gauge("leadstream_collector_kafka_connected",
-                        "1 while the collector is connected to Kafka and Kafka answers (its metadata, asked every 5 s, and its acks), else 0.")
+                        "1 while the collector is connected to Kafka and Kafka answers (its metadata, asked every 5 s, and its acks), else 0; "
+                        "0 too while a topic it writes to does not exist (/readyz names it).")
 PRODUCERS_REPLACED = Counter(
     "leadstream_collector_producers_replaced",
     "Kafka producers replaced by a new one after a failure they never leave (an idempotent producer's sequence lost "

@@ -24,6 +24,9 @@ KAFKA_RETRIES = {
         "Unable connect to node with id %s: %s", "Unable to update metadata from %s",
         'Unable connect to "%s:%s": %s', 'Unable to request metadata from "%s:%s": %s',
     ),
+    # A topic the collector's producer waits for (misspelt, or not made yet): ~10 a second, for
+    # as long as it is missing (the collector says which, and what to run).
+    "aiokafka.cluster": ("Topic %s not found in cluster metadata",),
     "aiokafka.consumer.fetcher": ("Failed fetch messages from %s: %s",),
     "aiokafka.consumer.group_coordinator": ("Group Coordinator Request failed: %s",),
     # kafka-python (3.0), the connectors' (and every lag probe's, the worker's too): a running

@@ -9,6 +9,7 @@ metrics (sources, volumes) are for the operator only.
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -25,10 +26,10 @@ NOT_READY_RETRY_AFTER_S = 5
 
 
 def serve(port: int, ready: Callable[[], bool], host: str, setting: str,
-          retry_after_s: int = NOT_READY_RETRY_AFTER_S) -> ThreadingHTTPServer:
+          retry_after_s: int = NOT_READY_RETRY_AFTER_S, why_not_ready: Callable[[], str | None] = lambda: None) -> ThreadingHTTPServer:
     """Start serving in a daemon thread; `ready()` answers /readyz, whose 503 has a Retry-After of
-    `retry_after_s`. A port that cannot be had is a ServiceError naming `setting`, the variable
-    that chose it."""
+    `retry_after_s` and the reason `why_not_ready()` gives, if any. A port that cannot be had is a
+    ServiceError naming `setting`, the variable that chose it."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - the http.server API
@@ -40,7 +41,9 @@ def serve(port: int, ready: Callable[[], bool], host: str, setting: str,
                 if ready():
                     self._answer(200, b'{"ready":true}', "application/json")
                 else:
-                    self._answer(503, b'{"ready":false}', "application/json", (("Retry-After", str(retry_after_s)),))
+                    why = why_not_ready()
+                    body = {"ready": False} if why is None else {"ready": False, "reason": why}
+                    self._answer(503, json.dumps(body).encode(), "application/json", (("Retry-After", str(retry_after_s)),))
             else:
                 self._answer(404, b'{"error":"not found"}', "application/json")
 

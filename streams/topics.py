@@ -366,10 +366,15 @@ def require_topic(settings: Settings, topic: str) -> int:
     not exist (a command reading it would wait for it for ever, or make topics after its typo)."""
     partitions = partition_count(settings, topic)
     if partitions == 0:
-        variable = next((env for env, value in settings.as_env().items() if env.startswith("LEADSTREAM_TOPIC_") and value == topic),
-                        "its setting")
-        raise ServiceError(f"topic {topic!r} does not exist: run `leadstream topics`, or check {variable}")
+        raise ServiceError(missing_topic(settings, topic))
     return partitions
+
+
+def missing_topic(settings: Settings, topic: str) -> str:
+    """What to do about `topic`, which does not exist, naming the setting that names it."""
+    variable = next((env for env, value in settings.as_env().items() if env.startswith("LEADSTREAM_TOPIC_") and value == topic),
+                    "its setting")
+    return f"topic {topic!r} does not exist: run `leadstream topics`, or check {variable}"
 
 
 def delete_topics(settings: Settings, prefix: str) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import codecs
+import gc
 import gzip
 import json
 import logging
@@ -24,6 +25,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from streams import collector as collector_module
 from streams.collector import BATCH_LIMIT_BYTES, CALL_LIMIT_BYTES, Collector, KafkaWriter, Outgoing, create_app, load_sources
 from streams.errors import Unavailable
+from streams.log_throttle import throttle_kafka_retries
 from streams.partitioning import partition_for
 from streams.processes import CollectorProcess
 from streams.segment import Mapped, Mapper
@@ -674,6 +676,35 @@ def test_kafka_down_gives_503_with_retry_after(settings: Settings) -> None:
         assert collector.post("/v1/batch", b"{", headers={"Content-Type": "text/html"}).status_code == 400
 
 
+def test_a_missing_topic_is_named_its_lines_throttled_and_its_producer_closed_at_stop(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A collector whose events topic did not exist (LEADSTREAM_TOPIC_EVENTS misspelt, or started
+    before `leadstream topics`) answered 503 "not connected to Kafka at 127.0.0.1:9092 yet" though
+    the broker answered, let aiokafka log "Topic ... not found in cluster metadata" ten times a
+    second, and stopped with "Unclosed AIOKafkaProducer": its attempt under way was cancelled
+    before its producer was stopped."""
+    missing = f"{settings.topic_events}-misspelt"
+    throttle_kafka_retries()  # as run_collector does
+    with ThreadedCollector(settings.with_overrides(topic_events=missing), wait_ready=False) as collector:
+        operations = f"http://127.0.0.1:{settings.collector_metrics_port}"
+
+        def reasons() -> list[str]:
+            return [requests.get(f"{url}/readyz", timeout=5).json().get("reason", "") for url in (collector.url, operations)]
+
+        wait_for(lambda: all(missing in reason for reason in reasons()), timeout_s=30, what="/readyz naming the topic")
+        said = f"Kafka at {settings.kafka_bootstrap} answers, but topic {missing!r} does not exist: run `leadstream topics`, or check LEADSTREAM_TOPIC_EVENTS"
+        assert reasons() == [said, said]
+        response = collector.post("/v1/track", track("u-1"))
+        assert (response.status_code, response.json()["message"]) == (503, said)
+        time.sleep(collector_module.CONNECT_RETRY_S + 1)  # into the next attempt, which waits for the topic
+    gc.collect()
+    lines = [record.getMessage() for record in caplog.records]
+    assert not [line for line in lines if "Unclosed AIOKafkaProducer" in line]
+    # Seconds of attempts: once, or twice with the first after the interval.
+    assert len([line for line in lines if f"Topic {missing} not found in cluster metadata" in line]) <= 2
+
+
 @pytest.fixture
 def mapped_calls(monkeypatch: pytest.MonkeyPatch) -> list[None]:
     """One entry per call the collector maps (Mapper.map), in any request."""
@@ -1025,12 +1056,13 @@ def test_a_producer_that_lost_its_sequence_is_replaced_and_calls_are_taken_again
 def test_a_topic_that_does_not_exist_is_named_while_the_collector_waits_for_it(
     settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # Its warning said only UnknownTopicOrPartitionError(), under aiokafka's errors.
+    # Its warning said only UnknownTopicOrPartitionError(), under aiokafka's errors; then that it
+    # could not use Kafka, which answered.
     missing = settings.topic_profiles + "-typo"
     writer = KafkaWriter(settings.with_overrides(topic_profiles=missing))
 
     def said() -> list[str]:
-        return [r.getMessage() for r in caplog.records if r.name == "leadstream.collector" and "cannot use Kafka" in r.getMessage()]
+        return [r.getMessage() for r in caplog.records if r.name == "leadstream.collector" and "does not exist" in r.getMessage()]
 
     async def first_attempt() -> None:
         connecting = asyncio.ensure_future(writer.connect())
@@ -1041,7 +1073,8 @@ def test_a_topic_that_does_not_exist_is_named_while_the_collector_waits_for_it(
 
     with caplog.at_level(logging.WARNING, logger="leadstream.collector"):
         asyncio.run(first_attempt())
-    assert said() and f"(topic {missing!r}: " in said()[0]
+    assert said() and said()[0].startswith(f"Kafka at {settings.kafka_bootstrap} answers, but topic {missing!r} does not exist: "
+                                           "run `leadstream topics`, or check LEADSTREAM_TOPIC_PROFILES; answering 503")
 
 
 def test_a_request_that_is_not_valid_http_is_refused_in_one_line_not_a_logged_traceback(
