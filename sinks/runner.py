@@ -20,7 +20,12 @@ before lanes start, so that a lane's first batch takes them.
 
 A delivery done whose record in the ledger Redis refuses (out of memory, a read-only replica)
 is not tried again: the record alone is, with backoff, the lane and its commit held and the
-connector not ready, until Redis takes it or the connector stops (`_record_delivered`).
+connector not ready, until Redis takes it or the connector stops (`_record_delivered`). A try
+that such a Redis refuses (the read model's writes, a step's record) is retried and dead-lettered
+as any failure, for `sink replay-dlq` once Redis takes writes again, but the connector is not
+ready from then until a delivery is done, and the lines of the retries and dead letters are said
+at most every LOG_INTERVAL_S, with how many were left out: every message fails alike meanwhile,
+and a read model over its Redis's maxmemory said ~75 lines a second while /readyz said ready.
 
 While Kafka is out of reach (a broker stopped or killed), the runner's calls to it that fail
 (the offset commit, a poll, a dead letter's write) are tried again on the loop's next pass (a
@@ -73,7 +78,7 @@ from sinks.ledger import Ledger, NoSteps, redis_client
 from streams import probes
 from streams.addresses import authority
 from streams.deadletter import DeadLetter, Repeats
-from streams.errors import ServiceError, redis_trouble
+from streams.errors import ServiceError, redis_trouble, refuses_writes
 from streams.forgotten import Forgotten
 from streams.history import ALL_FETCHED, read_to_end
 from streams.kafka_clients import open_client
@@ -333,7 +338,9 @@ class _InFlight:
 
 
 class SinkRunner(Generic[T]):
-    def __init__(self, sink: Sink[T], settings: Settings, *, stop: threading.Event | None = None) -> None:
+    def __init__(self, sink: Sink[T], settings: Settings, *, stop: threading.Event | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """`clock`: what the throttled log lines are timed by."""
         self.sink = sink
         self.settings = settings
         self.source_topic = sink.source_topic(settings)
@@ -354,7 +361,11 @@ class SinkRunner(Generic[T]):
         self.assigned = threading.Event()  # the consumer holds partitions: readiness
         self.refused: CredentialsError | None = None  # the service's refusal while it lasts: not ready
         self.kafka_answering = True  # the broker answered the last lag probe (`watch`) and took the loop's last calls
-        self._kafka_failures = Throttle()  # see _kafka_failed
+        self._kafka_failures = Throttle(clock=clock)  # see _kafka_failed
+        #: Redis's refusal of the connector's writes (redis_trouble), from a try it refused until a delivery is done: not ready.
+        self.writes_refused: str | None = None
+        self._refused_tries = Throttle(clock=clock)  # the lines said meanwhile: see _refusal_said
+        self._refused_letters = Throttle(clock=clock)
         self._not_ready: str | None = "starting"  # why not, as last said
         self._replaying = False
         self._drop_permanent = False  # while replaying: `sink replay-dlq --drop-permanent`
@@ -569,14 +580,16 @@ class SinkRunner(Generic[T]):
     # -- operations ----------------------------------------------------------------------
 
     def ready(self) -> bool:
-        """Holding partitions, Kafka answering, credentials accepted and Redis (the ledger) reached
-        and taking its writes: deliveries can happen. Redis is asked with a short timeout
+        """Holding partitions, Kafka answering, credentials accepted and Redis (the ledger, the read
+        model) reached and taking its writes: deliveries can happen. Redis is asked with a short timeout
         (PROBE_TIMEOUT_S): a probe waits for the answer."""
         unrecorded = list(self._unrecorded.values())  # copied at once: lanes change it meanwhile
         why = ("no partitions of its source topic yet" if not self.assigned.is_set()
                else "Kafka does not answer" if not self.kafka_answering
                else "its credentials are refused" if self.refused is not None
                else f"{len(unrecorded)} deliveries done are not yet recorded in its ledger: {unrecorded[0]}" if unrecorded
+               else f"{refused}; its deliveries are retried, then dead-lettered for `leadstream sink replay-dlq "
+                    f"{self.sink.name}`" if (refused := self.writes_refused) is not None
                else None)
         if why is None:
             try:
@@ -737,6 +750,9 @@ class SinkRunner(Generic[T]):
                 error: Exception = exc
             except RedisError as exc:  # the ledger's, or the read model's: say which service failed
                 error = RetryableError(redis_trouble(exc, self.settings.redis_url))
+                if refuses_writes(exc) and self.writes_refused != str(error):
+                    self.writes_refused = str(error)
+                    self.ready()  # said as it comes, not at the next probe
             except Exception as exc:  # noqa: BLE001 - a client raised something unforeseen
                 # Retried, then dead-lettered like any failure, so one odd answer cannot stop
                 # the connector; the traceback is logged for the bug report.
@@ -745,7 +761,9 @@ class SinkRunner(Generic[T]):
             if tries >= self.policy.max_attempts:
                 return give_up("retries_exhausted", f"after {tries} attempts: {error}")
             delay_s = self.policy.delay_s(tries, random.random(), getattr(error, "retry_after_s", None))
-            log.warning("sink %s: attempt %d for %s failed, retrying in %.2f s: %s", self.sink.name, tries, what, delay_s, error)
+            if (more := self._refusal_said(self._refused_tries)) is not None:
+                log.warning("sink %s: attempt %d for %s failed, retrying in %.2f s: %s%s", self.sink.name, tries, what, delay_s,
+                            error, more)
             self.stats.add("retries", self.sink.name)
             metrics.BACKOFF_SECONDS.labels(self.sink.name).inc(delay_s)
             if self.stop.wait(delay_s):
@@ -794,6 +812,9 @@ class SinkRunner(Generic[T]):
             self.refused = None
             self.ready()
             log.info("sink %s: the credentials are accepted again; delivering", self.sink.name)
+        if self.writes_refused is not None:
+            self.writes_refused = None
+            self.ready()
         if it.delivery_id is not None:
             self._record_delivered(it, it.delivery_id)
         crossing_ms = getattr(it.item, "time_ms", None)
@@ -891,9 +912,22 @@ class SinkRunner(Generic[T]):
                 self._kafka_failed(f"the dead letter of {env.where} not written", exc)
                 if self.stop.wait(KAFKA_RETRY_S):
                     raise Stopping() from None
-        log.warning("sink %s: dead-lettered %s/%d@%d to %s (%s): %s",
-                    self.sink.name, env.topic, env.partition, env.offset, self.dlq_topic, reason, detail)
+        more = self._refusal_said(self._refused_letters) if reason == "retries_exhausted" else ""
+        if more is not None:
+            log.warning("sink %s: dead-lettered %s/%d@%d to %s (%s): %s%s",
+                        self.sink.name, env.topic, env.partition, env.offset, self.dlq_topic, reason, detail, more)
         return "dead_lettered"
+
+    def _refusal_said(self, throttle: Throttle) -> str | None:
+        """Whether a line about a try that failed, or a message dead-lettered for its tries, is said:
+        while Redis refuses the connector's writes, once every LOG_INTERVAL_S of `throttle`, so None
+        for one left out, and for one said what to add to it (how many were left out); "" otherwise."""
+        if self.writes_refused is None:
+            return ""
+        left_out = throttle.due()
+        if left_out is None:
+            return None
+        return f" ({left_out} more such lines left out since the last, while Redis refuses writes)" if left_out else ""
 
     @staticmethod
     def _as_envelope(message: object) -> Envelope:

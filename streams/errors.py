@@ -29,6 +29,15 @@ def kafka_unreachable(bootstrap: str, cause: Exception, waited_s: int) -> Servic
                         f"({cause}); run `leadstream services up`")
 
 
+def refuses_writes(cause: Exception) -> bool:
+    """Whether a failed Redis command was refused by a Redis that answers but takes no write (out
+    of memory, a read-only replica): every write fails alike until an operator acts, where a
+    command's own error (WRONGTYPE) is about its keys alone."""
+    from redis import exceptions as failed
+
+    return isinstance(cause, (failed.OutOfMemoryError, failed.ReadOnlyError))
+
+
 def redis_trouble(cause: Exception, url: str) -> str:
     """What went wrong with the Redis of LEADSTREAM_REDIS_URL (`url`), and what to do, for every
     message about a failed Redis command. Every failure said "could not be reached; run

@@ -95,6 +95,13 @@ def _answers(client: Redis) -> bool:
         return False
 
 
+#: How a Redis that answers reads comes to refuse writes, and how it takes them again.
+REFUSING_WRITES = {
+    "out of memory": (("CONFIG", "SET", "maxmemory", "1"), ("CONFIG", "SET", "maxmemory", "0")),
+    "read-only replica": (("REPLICAOF", "127.0.0.1", "1"), ("REPLICAOF", "NO", "ONE")),
+}
+
+
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path)

@@ -29,7 +29,7 @@ from streams.processes import free_port
 from streams.settings import Settings
 from streams.topics import ensure_topics, partition_count
 from tests.infra import leadstream, read_topic, wait_for
-from tests.sinks.conftest import RedisServer, account_crossing, crossing, drain, produce
+from tests.sinks.conftest import REFUSING_WRITES, RedisServer, account_crossing, crossing, drain, produce
 from tests.sinks.fake_http import WebhookReceiver
 from tests.sinks.fake_hubspot import FakeHubSpot
 from tests.sinks.fake_salesforce import FakeSalesforce
@@ -540,13 +540,6 @@ def test_a_rebalance_that_gives_a_member_back_its_partitions_loses_none_of_their
             stop.set()
         for member in members:
             member.join(60)
-
-
-#: How a Redis that answers reads comes to refuse writes, and how it takes them again.
-REFUSING_WRITES = {
-    "out of memory": (("CONFIG", "SET", "maxmemory", "1"), ("CONFIG", "SET", "maxmemory", "0")),
-    "read-only replica": (("REPLICAOF", "127.0.0.1", "1"), ("REPLICAOF", "NO", "ONE")),
-}
 
 
 @pytest.mark.parametrize("refusal", sorted(REFUSING_WRITES))

@@ -24,7 +24,9 @@ from streams.history import read_to_end
 from streams.processes import free_port
 from streams.settings import Settings
 from tests.infra import leadstream, wait_for
-from tests.sinks.conftest import RedisServer, SinkProcess, drain
+from streams.log_throttle import LOG_INTERVAL_S
+from tests.sinks.conftest import REFUSING_WRITES, RedisServer, SinkProcess, drain
+from tests.sinks.fake_clock import FakeClock
 
 
 def score_change(lead: str, score: float, **fields: Any) -> dict[str, Any]:
@@ -408,6 +410,51 @@ def test_the_read_model_writes_nothing_over_redis_maxmemory(sink_settings: Setti
         sink.close()
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("refusal", sorted(REFUSING_WRITES))
+def test_the_read_model_is_not_ready_while_redis_refuses_its_writes_and_says_their_failures_once_every_10_s(
+    refusal: str, sink_settings: Settings, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Its Redis over maxmemory refused every write: each change was retried, dead-lettered and
+    # logged (~75 WARNING lines a second) while /readyz answered 200 {"ready":true}.
+    settings = sink_settings.with_overrides(redis_url=redis_server.url)
+    refuse, take = REFUSING_WRITES[refusal]
+    redis, clock = Redis.from_url(redis_server.url), FakeClock()
+    runner = SinkRunner(RedisModelSink(settings), settings, clock=clock)
+    running = threading.Thread(target=runner.run, daemon=True)
+    caplog.set_level(logging.INFO, logger="leadstream.sinks")
+    running.start()
+    try:
+        wait_for(runner.ready, what="the connector ready")
+        redis.execute_command(*refuse)
+        publish(settings, [(f"b2b/lead-{n}", score_change(f"lead-{n}", n)) for n in range(40)])
+        wait_for(lambda: runner.stats.dead_lettered == 40, what="the changes dead-lettered")
+        assert not runner.ready()
+        clock.now += LOG_INTERVAL_S
+        publish(settings, [("b2b/lead-40", score_change("lead-40", 40))])
+        wait_for(lambda: runner.stats.dead_lettered == 41, what="the next change dead-lettered")
+        assert not runner.ready()
+        redis.execute_command(*take)
+        publish(settings, [("b2b/lead-41", score_change("lead-41", 41))])
+        wait_for(lambda: runner.stats.delivered == 1, what="a write taken")
+        assert runner.ready()
+    finally:
+        runner.stop.set()
+        running.join(timeout=30)
+    said = [record.getMessage() for record in caplog.records if record.name == "leadstream.sinks"]
+    letters = [line for line in said if line.startswith("sink redis: dead-lettered")]
+    tries = [line for line in said if line.startswith("sink redis: attempt")]
+    assert len(letters) == 2 and letters[1].endswith("(39 more such lines left out since the last, while Redis refuses writes)")
+    assert len(tries) == 2 and "more such lines left out since the last" in tries[1]
+    [not_ready] = [line for line in said if line.startswith("sink redis: not ready")]
+    assert "sink redis: not ready: Redis refused the write: it is " in not_ready and "sink replay-dlq redis" in not_ready
+    assert "sink redis: ready" in said[said.index(not_ready):]  # once a write is taken
+    # Nothing is lost: the replay writes what was dead-lettered.
+    replayed = SinkRunner(RedisModelSink(settings), settings).replay_dead_letters()
+    assert (replayed.delivered, replayed.dead_lettered) == (41, 0)
+    assert redis.zcard(leaderboard_key(settings.redis_prefix, "b2b")) == 42
+    redis.close()
 
 
 def test_a_write_that_meets_another_programs_key_leaves_the_entry_as_it_was(sink_settings: Settings) -> None:
