@@ -204,7 +204,7 @@ def _produce(settings: Settings, topic: str, connector: str, count: int) -> None
             key = f"b2b/{lead}".encode()
             value = {"lead_id": lead, "model": "b2b", "score": n % 100, "normalized": n % 100, "grade": "A",
                      "engagement": 1, "cell": "A1", "temperature": "warm", "level": "mql", "last_activity_ms": 0,
-                     "top_reasons": [{"rule": "pricing_page", "points": 30}]}
+                     "time": 1763884800000, "top_reasons": [{"rule": "pricing_page", "points": 30}]}
         else:
             key = lead.encode()
             value = {"id": f"bench/{lead}", "kind": "lead", "lead_id": lead, "account_id": None, "model": "b2b",

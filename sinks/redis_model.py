@@ -6,7 +6,11 @@ summaries keyed `<model>:account/<account_id>` (streams/rollup.py):
 
 - `{prefix}:top:{model}`: sorted set, member lead id, score the lead's score.
 - `{prefix}:lead:{model}:{lead_id}`: hash of score, normalized, grade, engagement, cell,
-  temperature, level, last_activity_ms and top_reasons (JSON list of {rule, points}).
+  temperature, level, last_activity_ms, as_of_ms (the summary's `time`: when its score was valued,
+  epoch ms) and top_reasons (JSON list of {rule, points}). A lead in no account under a half-life
+  is published again only when it crosses a line, so its score is as of then, and a reader needs
+  that time to tell a stale one; hashes written before as_of_ms was have none until their lead's
+  next change (`leadstream top` leaves it blank).
 - `{prefix}:top-accounts:{model}` and `{prefix}:account:{model}:{account_id}`: the same for
   accounts, the hash holding score, normalized, level, temperature, members (how many) and
   top_members (JSON list of {lead_id, score}).
@@ -65,7 +69,10 @@ from sinks.runner import DLQ_RETENTION_MS
 from streams.settings import Settings
 from streams.tables import columns, points
 
-HASH_FIELDS = ("score", "normalized", "grade", "engagement", "cell", "temperature", "level", "last_activity_ms")
+HASH_FIELDS = ("score", "normalized", "grade", "engagement", "cell", "temperature", "level", "last_activity_ms", "as_of_ms")
+#: The hash fields the summary names otherwise (the others keep its names): a lead's `time`, when
+#: its score was valued, named with its unit as last_activity_ms is.
+_SUMMARY_NAME = {"as_of_ms": "time"}
 ACCOUNT_HASH_FIELDS = ("score", "normalized", "level", "temperature", "members")
 #: The model part of an account summary's key ends so (a model name has no ':').
 ACCOUNT_SUFFIX = ":account"
@@ -216,7 +223,7 @@ class RedisModelSink(Sink[ScoreChange]):
             raw = orjson.loads(value)
             score = json_number(raw["score"] or 0, "score")
             # The worker writes null for what an entry does not have yet (no activity, no grade).
-            fields = {name: "" if raw.get(name) is None else str(raw[name]) for name in names}
+            fields = {name: "" if (given := raw.get(_SUMMARY_NAME.get(name, name))) is None else str(given) for name in names}
             listed = _LIST_FIELD[kind]
             fields[listed] = orjson.dumps(_listed(raw.get(listed) or [], listed, _LIST_ITEM[kind])).decode()
         except KeyError as exc:
@@ -317,17 +324,22 @@ def _stored_list(row: dict[str, Any], name: str, fields: tuple[str, str]) -> lis
         return []
 
 
+def _minute(row: dict[str, Any], name: str) -> str:
+    """A hash's epoch-ms field as a UTC minute; blank when it has none (written by an earlier version, or null)."""
+    ms = row.get(name) or ""
+    return datetime.fromtimestamp(int(ms) / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M") if ms.isdigit() else ""
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
-    header = ("#", "lead", "score", "norm", "grade", "cell", "temp", "level", "last activity (UTC)", "top reasons")
+    # "as of": the score, level and temperature are the lead's then, maybe long ago (module docstring).
+    header = ("#", "lead", "score", "norm", "grade", "cell", "temp", "level", "as of (UTC)", "last activity (UTC)", "top reasons")
     lines: list[tuple[str, ...]] = []
     for rank, row in enumerate(rows, 1):
         reasons = _stored_list(row, "top_reasons", _LIST_ITEM["lead"])
-        last_ms = row.get("last_activity_ms") or ""
-        last = datetime.fromtimestamp(int(last_ms) / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M") if last_ms.isdigit() else ""
         lines.append((
             str(rank), row["lead_id"], points(float(row["score"])), row.get("normalized", ""), row.get("grade", ""),
-            row.get("cell", ""), row.get("temperature", ""), row.get("level", ""), last,
-            ", ".join(f"{r['rule']} {points(float(r['points']), signed=True)}" for r in reasons[:3]),
+            row.get("cell", ""), row.get("temperature", ""), row.get("level", ""), _minute(row, "as_of_ms"),
+            _minute(row, "last_activity_ms"), ", ".join(f"{r['rule']} {points(float(r['points']), signed=True)}" for r in reasons[:3]),
         ))
     return columns(header, lines)
 

@@ -33,7 +33,7 @@ def score_change(lead: str, score: float, **fields: Any) -> dict[str, Any]:
     return {
         "lead_id": lead, "model": "b2b", "score": score, "normalized": int(score), "grade": "A", "engagement": 2,
         "cell": "A2", "temperature": "hot" if score > 60 else "warm", "level": "sql" if score > 60 else "mql",
-        "last_activity_ms": 1763884800000,
+        "last_activity_ms": 1763884800000, "time": 1764662400000,  # a decay step's, 9 days after
         "top_reasons": [{"rule": "pricing_page", "points": 30}, {"rule": "demo_request", "points": 25}],
         **fields,
     }
@@ -76,6 +76,7 @@ def test_score_changes_keep_the_leaderboard_and_lead_hashes_current(sink_setting
     assert lead["version"].split()[1].isdigit() and not redis.exists(version_key(prefix, "b2b", "lead", "lead-1"))
     assert redis.exists(version_key(prefix, "b2b", "lead", "lead-3"))  # a tombstone's mark
     assert lead["last_activity_ms"] == "1763884800000"
+    assert lead["as_of_ms"] == "1764662400000"  # the summary's time: a reader could not tell how old a score was
     assert orjson.loads(lead["top_reasons"])[0] == {"rule": "pricing_page", "points": 30}
     assert not redis.exists(lead_key(prefix, "b2b", "lead-3"))
     trial = redis.hgetall(lead_key(prefix, "trial", "lead-1"))
@@ -164,20 +165,24 @@ def test_leadstream_top_prints_the_hottest_leads_as_a_table(sink_settings: Setti
     result = leadstream(sink_settings, "top", "--model", "b2b", "--limit", "3")
 
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["#", "lead", "score", "norm", "grade", "cell", "temp", "level", "last", "activity",
-                                "(UTC)", "top", "reasons"]
+    assert lines[0].split() == ["#", "lead", "score", "norm", "grade", "cell", "temp", "level", "as", "of", "(UTC)", "last",
+                                "activity", "(UTC)", "top", "reasons"]
     assert [line.split()[:3] for line in lines[1:]] == [["1", "lead-7", "59"], ["2", "lead-6", "52"], ["3", "lead-5", "45"]]
-    assert lines[1].split()[3:] == ["59", "A", "A2", "warm", "mql", "2025-11-23", "08:00", "pricing_page", "+30,",
-                                    "demo_request", "+25"]
+    assert lines[1].split()[3:] == ["59", "A", "A2", "warm", "mql", "2025-12-02", "08:00", "2025-11-23", "08:00",
+                                    "pricing_page", "+30,", "demo_request", "+25"]
     empty = leadstream(sink_settings, "top", "--model", "analytics_addon")  # a model with no lead in Redis yet
     assert "no leads for model 'analytics_addon' in Redis yet" in empty.stdout
     # It asked whether the connector ran, of a model whose accounts have no score at all.
     no_rollup = leadstream(sink_settings, "top", "--model", "saas_start_small", "--accounts")
     assert no_rollup.stdout.startswith("model 'saas_start_small' has no [accounts] table") and no_rollup.returncode == 0
     # An entry written otherwise (an earlier version, by hand) shows no reasons; it stopped `top` for the model.
-    Redis.from_url(sink_settings.redis_url).hset(lead_key(sink_settings.redis_prefix, "b2b", "lead-6"), "top_reasons", '"x"')
+    # One written before as_of_ms shows none.
+    redis = Redis.from_url(sink_settings.redis_url)
+    redis.hset(lead_key(sink_settings.redis_prefix, "b2b", "lead-6"), "top_reasons", '"x"')
+    redis.hdel(lead_key(sink_settings.redis_prefix, "b2b", "lead-6"), "as_of_ms")
     again = leadstream(sink_settings, "top", "--model", "b2b", "--limit", "3").stdout.splitlines()
-    assert again[2].split()[:2] == ["2", "lead-6"] and again[2].split()[-1] == "08:00" and again[1] == lines[1]
+    assert again[2].split()[:2] == ["2", "lead-6"] and again[2].split()[-3:] == ["mql", "2025-11-23", "08:00"]
+    assert again[1] == lines[1]
 
 
 def test_leadstream_top_against_a_stalled_redis_fails_within_the_timeout(sink_settings: Settings, redis_server: RedisServer) -> None:
