@@ -356,13 +356,19 @@ class ModelRuntime:
         the time of the last change it made (the last step's due time; for half-life decay,
         `now_ms`), None when it made none.
 
-        `swept`, the worker's decay sweep: half-life decay is taken due time after due time
-        (`next_due_ms`) as sweeps on time take it, and the state is left valued at the last one
-        by `now_ms`, the time returned. A member's update then carries its score at that time
-        with that time, which stamps the account crossing it causes: after downtime or a clock
-        jump, valued at `now_ms` but dated at the first due time, it joined a score of the
-        restart day to a date weeks before it. A due time, not the sweep's own time, so that a
-        successor sweeping again after a crash says the same time (a crossing's id holds it).
+        `swept`, the worker's decay sweep: a member's half-life decay is taken due time after
+        due time (`next_due_ms`) as sweeps on time take it, and the state is left valued at the
+        last one by `now_ms`, the time returned. Its account's update then carries its score at
+        that time with that time, which stamps the account crossing it causes: after downtime or
+        a clock jump, valued at `now_ms` but dated at the first due time, it joined a score of
+        the restart day to a date weeks before it. A due time, not the sweep's own time, so that
+        a successor sweeping again after a crash says the same time (a crossing's id holds it).
+        A lead in no account, which sends no update, is left valued at `now_ms`, as without
+        `swept` (its crossings are the same): the time the worker publishes its score at, which
+        a merge values it at (scoring.identity). Left at the due time of the line it last
+        crossed, a visitor of a demo request 20 days old (30 points, half-life 10 days) was
+        merged by a late identify at the 15 points it had at day 10, where the sweep had
+        published 7.5, and lifted its lead over MQL for the next sweep to take back.
 
         A state written before an edit of the [[fit]] rules is revised first, so that the score
         settled below is the current model's, and the revision is recorded at the sweep's time
@@ -379,7 +385,7 @@ class ModelRuntime:
                 changed_ms = due_ms
         elif self.half_life is not None:
             behaviour = state.behaviour
-            if swept:
+            if swept and state.account_id is not None:
                 level, changed_ms = self._half_life_due(state, level, lead_id, now_ms, out)
             else:
                 level, changed_ms = self._half_life_to(state, state.as_of_ms, behaviour, now_ms, level, lead_id, out), now_ms

@@ -87,7 +87,9 @@ def merge(
 
     if runtime.half_life is not None:
         # Both valued at one time, so that their points add up: the link's, or the later time a
-        # sweep or an event valued either at (a worker's clock is ahead of a late identify). A
+        # sweep or an event valued either at (a worker's clock is ahead of a late identify; a
+        # sweep leaves a lead of no account valued at its own time, a member at the last due
+        # time it took, as its account's update says: ModelRuntime.decay). A
         # line decay took the lead through before the link is crossed at the time it did, as a
         # sweep on time would have crossed it (ModelRuntime._half_life_to); after it, the merged
         # lead's level is settled once, below: the lead alone crossed down lines that the

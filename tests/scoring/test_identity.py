@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
+
+import pytest
 
 from scoring import Engine, LeadState, parse_model
 from scoring.identity import merge
 from streams.settings import PROJECT_ROOT
 from scoring.repeat import ONCE_PER_MEMORY
-from tests.scoring.support import DAY, HOUR, MINUTE, T0, Run, engine, ev
+from tests.scoring.support import DAY, HOUR, MINUTE, SECOND, T0, Run, engine, ev
 
 T = 1_763_884_800_000
 ENGINE = Engine.from_directory(PROJECT_ROOT / "scoring" / "models")
@@ -198,6 +201,56 @@ def test_a_half_life_merge_does_not_cross_the_lead_alone_down_after_the_link() -
 
     fell_ms = T0 + math.ceil(DAY * math.log2(45 / 20)) + 1
     assert crossed(True) == crossed(False) == [("cold", fell_ms)]
+
+#: The shipped b2b model with a 10-day half-life in place of its steps (the audit's).
+B2B_HALF_LIFE = re.sub(r"\[decay\]\nsteps = \[.*?\n\]\n", '[decay]\nhalf_life = "10d"\n',
+                       (PROJECT_ROOT / "scoring" / "models" / "b2b.toml").read_text(), flags=re.S)
+
+
+@pytest.mark.parametrize(("lead", "traits", "points"), [
+    ("known-4", {"email": "k4@corp.com", "title": "Marketing Manager", "country": "DE"}, 13.5),  # 6 fit points
+    ("known-3", {"email": "k@corp.com"}, 8.5),  # 1
+])
+def test_a_late_identify_values_the_visitor_at_the_time_the_worker_swept_it(lead: str, traits: dict[str, str], points: float) -> None:
+    """The audit's case: a visitor's demo request (30) of 20 days ago, which the worker's first
+    sweep (swept: due time after due time) took below MQL, due at day 10, and published at 7.5
+    today, merged by an identify timed 26 s after the request that arrives after that sweep.
+    The sweep left the visitor valued at day 10, at 15, and the merge valued both then: the lead
+    with 6 fit points crossed up to MQL at 21, for the next sweep to cross down a moment later at
+    14.99, and one with 1 was published at 16 where its view said 8.5, with no sweep due to put it
+    right. Valued as the sweep published it, the merged lead is 7.5 + its fit points, as
+    `leadstream score --at` now gives it (which merges at the link, crossing up and down in
+    between: a pair the README says a worker that swept first does not publish)."""
+    b2b = Engine([parse_model(B2B_HALF_LIFE, "b2b.toml")])
+    now = T + 20 * DAY
+    request = {"event_id": "w1", "lead_id": "anon:v-4", "type": "form_submit", "time": T, "product": "b2b",
+               "properties": {"form": "demo_request"}}
+    identify = {"event_id": "w2", "lead_id": lead, "type": "identify", "time": T + 26_000, "anonymous_id": "v-4",
+                "product": "b2b", "traits": traits}
+
+    def merged(swept: bool) -> tuple[LeadState, list[tuple[str, int]]]:
+        run = Run(b2b).apply(request)
+        visitor = run.state("anon:v-4", "b2b")
+        if swept:
+            b2b.runtime("b2b").decay(visitor, "anon:v-4", now, [], swept=True)
+            assert b2b.summary("b2b", "anon:v-4", visitor, now)["score"] == 7.5
+        run.apply(identify)
+        state, at_merge = merge(b2b, "b2b", lead, run.state(lead, "b2b"), visitor, "anon:v-4", T + 26_000)
+        later = b2b.decay("b2b", lead, state, now + 2 * SECOND)[1]  # the next sweep
+        return state, [(t.to_level, t.time_ms) for t in (*at_merge, *later)]
+
+    state, crossed = merged(swept=True)
+    assert crossed == []
+    # The worker's score change for the merge, asked at the link's time, says what the view says now.
+    at_link = b2b.summary("b2b", lead, state, T + 26_000)
+    assert (at_link["score"], at_link["level"]) == (b2b.summary("b2b", lead, state, now)["score"], "nurture") == (points, "nurture")
+    history = b2b.explain("b2b", lead, state, now)["history"]
+    assert {"time": T + 26_000, "rule": "merged from anonymous visitor anon:v-4", "points": 7.5} in history
+
+    offline, crossed = merged(swept=False)
+    assert b2b.summary("b2b", lead, offline, now)["score"] == points
+    assert [level for level, _ in crossed] == ["mql", "nurture"]
+
 
 def test_a_merge_takes_the_steps_due_by_the_links_time_whenever_sweeps_ran() -> None:
     """A sweep that took both profiles' 30-day steps before an identify timed at hour 3 arrived
