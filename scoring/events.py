@@ -21,7 +21,7 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 import orjson
@@ -100,15 +100,19 @@ _decode_message = msgspec.json.Decoder(Event | list[Event]).decode
 _encode = msgspec.json.Encoder().encode
 
 
+#: The codes of the inputs the engine refuses, the one list of them: the worker's metrics export
+#: each from its start (streams.deadletter.WORKER_REASONS), and mypy holds every refusal to it.
+RejectionReason = Literal["bad_json", "wrong_type", "missing_field", "bad_value", "too_large"]
+
+
 @dataclass(frozen=True, slots=True)
 class Rejection:
-    """Why an input was refused. `reason` is a short code, `detail` names the field.
-
-    Codes: bad_json, wrong_type, missing_field, bad_value, too_large. `raw` is the input as
-    received (bytes, or the parsed JSON value) for the dead-letter record.
+    """Why an input was refused. `reason` is a short code (RejectionReason), `detail` names the
+    field. `raw` is the input as received (bytes, or the parsed JSON value) for the dead-letter
+    record.
     """
 
-    reason: str
+    reason: RejectionReason
     detail: str
     raw: Any = None
 
@@ -180,7 +184,7 @@ def holds_lone_surrogate(text: str) -> bool:
     return _LONE_SURROGATE.search(text) is not None
 
 
-def unreadable(exc: orjson.JSONDecodeError, what: str, raw: bytes | bytearray | memoryview | str) -> tuple[str, str]:
+def unreadable(exc: orjson.JSONDecodeError, what: str, raw: bytes | bytearray | memoryview | str) -> tuple[RejectionReason, str]:
     """The reason and detail of input orjson cannot read: `what` it is (e.g. "not valid JSON"),
     unless it is JSON nesting deeper than orjson reads, which is too large, not bad."""
     if str(exc).startswith("str is not valid UTF-8") and not isinstance(raw, str):
@@ -457,7 +461,7 @@ def _checked(d: dict[str, Any]) -> Event | Rejection:
         return _missing(d, "time")
     time_ms = parse_time_ms(raw_time)
     if isinstance(time_ms, str):
-        reason = "bad_value" if isinstance(raw_time, (int, str)) and not isinstance(raw_time, bool) else "wrong_type"
+        reason: RejectionReason = "bad_value" if isinstance(raw_time, (int, str)) and not isinstance(raw_time, bool) else "wrong_type"
         return Rejection(reason, time_ms, d)
     event_id = _identifier(d, "event_id", required=kind != IDENTIFY)
     if event_id.__class__ is Rejection:

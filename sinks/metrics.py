@@ -5,6 +5,8 @@ Served with /healthz and /readyz on LEADSTREAM_METRICS_PORT by `sinks.probes`.
 
 from __future__ import annotations
 
+from typing import Iterable
+
 from prometheus_client import Counter, Gauge, Histogram
 
 DELIVERIES = Counter(
@@ -14,7 +16,8 @@ DELIVERIES = Counter(
     "unreplayable (a record of the dead-letter topic a replay cannot re-drive), stale (a replayed dead letter that "
     "newer messages of its record overtook: not applied), erased (a lead crossing of a lead `leadstream forget` erased "
     "after it was written to Kafka: not delivered), repeated (a second dead letter of a message a replay took already, "
-    "a crash before the offset commit having written it twice: not replayed again); retried counts each failed attempt "
+    "a crash before the offset commit having written it twice: not replayed again), dropped (a replayed dead letter "
+    "that failed for good again, under --drop-permanent: not dead-lettered again); retried counts each failed attempt "
     "that was retried.",
     ["connector", "outcome"],
 )
@@ -34,8 +37,12 @@ READY = Gauge("leadstream_sink_ready", "1 when the connector has partitions, Kaf
               ["connector"])
 
 
-def connector_started(connector: str) -> None:
-    """Exports the connector's wait counters at 0 from its start: until its first retry or quota
-    wait their panels showed "No data" rather than no time waited."""
+def connector_started(connector: str, outcomes: Iterable[str]) -> None:
+    """Exports the connector's counters at 0 from its start: until its first retry or quota wait
+    their panels showed "No data" rather than no time waited, and Prometheus takes a series' first
+    sample as its baseline, so a first retry or dead letter (a series first at 1) counted nothing
+    in the delivery alerts' rates."""
     for counter in (BACKOFF_SECONDS, RATE_LIMIT_WAIT_SECONDS):
         counter.labels(connector)
+    for outcome in outcomes:
+        DELIVERIES.labels(connector, outcome)

@@ -65,7 +65,7 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from itertools import islice
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
@@ -197,12 +197,20 @@ class Stats:
     def add(self, outcome: str, connector: str) -> None:
         with self._lock:
             setattr(self, outcome, getattr(self, outcome) + 1)
-        metrics.DELIVERIES.labels(connector, "retried" if outcome == "retries" else outcome).inc()
+        metrics.DELIVERIES.labels(connector, outcome_label(outcome)).inc()
 
     def as_dict(self) -> dict[str, int]:
-        return {"delivered": self.delivered, "skipped": self.skipped, "ignored": self.ignored, "dead_lettered": self.dead_lettered,
-                "retries": self.retries, "unreplayable": self.unreplayable, "stale": self.stale, "erased": self.erased,
-                "repeated": self.repeated, "dropped": self.dropped}
+        return {outcome: getattr(self, outcome) for outcome in OUTCOMES}
+
+
+#: What a connector counts, the one list of it (Stats' counts): its metrics export each from its
+#: start (metrics.connector_started).
+OUTCOMES = tuple(f.name for f in fields(Stats) if not f.name.startswith("_"))
+
+
+def outcome_label(outcome: str) -> str:
+    """The outcome label of leadstream_sink_deliveries_total that counts `outcome`."""
+    return "retried" if outcome == "retries" else outcome
 
 
 class _Partition:
@@ -348,7 +356,7 @@ class SinkRunner(Generic[T]):
         self.policy = RetryPolicy.from_settings(settings)
         self.stop = stop or threading.Event()
         self.stats = Stats()
-        metrics.connector_started(sink.name)
+        metrics.connector_started(sink.name, map(outcome_label, OUTCOMES))
         # A wait for the quota can last a CRM's Retry-After (up to the longest backoff): a stop cuts it short.
         sink.limiter.stop_on(self.stop)
         self.ledger = Ledger(redis_client(settings), settings.redis_prefix, sink.name, settings.sink_delivered_ttl_s,

@@ -51,7 +51,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Iterable, Sequence, TypeVar
+from typing import Any, AsyncIterator, Callable, Final, Iterable, Sequence, TypeVar, cast
 
 import msgspec
 import orjson
@@ -68,7 +68,7 @@ from streams.addresses import authority
 from streams.byte_budget import ByteBudget
 from streams.deadletter import DeadLetter
 from streams.envelope import pack
-from streams.errors import ConfigError, RequestRejected, ServiceError, Unavailable, cannot_listen
+from streams.errors import ConfigError, RefusalCode, RequestRejected, ServiceError, Unavailable, cannot_listen
 from streams.log_throttle import Throttle, throttle_kafka_retries
 from streams.outbox import encode_json_or_none
 from streams.partitioning import partition_for
@@ -123,7 +123,7 @@ CONTENT_TYPES = ("application/json", "text/plain")  # text/plain: what navigator
 UTF8_CHARSETS = ("utf-8", "utf8", "us-ascii")  # ASCII is UTF-8; any other text read as UTF-8 would be garbled
 # The reason of a call whose mapping raised something else than RequestRejected: a bug of ours,
 # logged; the call is refused and dead-lettered like a bad one, so the request's others are kept.
-MAPPING_FAILED = "mapping_failed"
+MAPPING_FAILED: Final = "mapping_failed"
 # The refused calls a batch's answer lists (it counts them all): a 4 MB batch of 250k bad calls
 # was answered with 24 MB naming each. The dead letters keep every one of them.
 REJECTIONS_LISTED = 100
@@ -534,7 +534,7 @@ class Outcome:
 
     accepted: int = 0
     rejected: list[dict[str, object]] = field(default_factory=list)  # the first REJECTIONS_LISTED refusals
-    rejected_codes: Counter[str] = field(default_factory=Counter)  # every refusal, by reason code
+    rejected_codes: Counter[RefusalCode] = field(default_factory=Counter)  # every refusal, by reason code
 
     def refuse(self, index: int, item: object, exc: RequestRejected) -> None:
         if len(self.rejected) < REJECTIONS_LISTED:
@@ -565,6 +565,7 @@ class Collector:
         # murmur2 in Python costs ~4 us a key, and the same leads come back request after request.
         self._partition = lru_cache(maxsize=1 << 16)(partition_for)
         self._unavailable = Throttle()
+        metrics.collector_started({source.name for source in sources.values()}, (*CALL_TYPES, *BATCH_CALLS))
 
     def note_unavailable(self, exc: Unavailable) -> None:
         """Log refusals at most every LOG_INTERVAL_S: an outage must not flood the log."""
@@ -667,7 +668,7 @@ class Collector:
                 metrics.REJECTED.labels(code).inc(count)
         if call_type is not None and outcome.rejected:
             only = outcome.rejected[0]
-            raise RequestRejected(400, str(only["code"]), str(only["message"]))
+            raise RequestRejected(400, cast(RefusalCode, only["code"]), str(only["message"]))
         return outcome
 
     def _source_from_header(self, request: web.Request) -> Source | None:

@@ -7,7 +7,11 @@ the public ingestion port.
 
 from __future__ import annotations
 
+from typing import Iterable
+
 from prometheus_client import Counter, Gauge, Histogram
+
+from streams.errors import REFUSAL_CODES, REFUSAL_STATUSES
 
 REQUESTS = Counter("leadstream_collector_requests", "Requests answered, by call and HTTP status.", ["call", "status"])
 ACCEPTED = Counter("leadstream_collector_calls_accepted", "Calls written to Kafka and acknowledged, by source.", ["source"])
@@ -42,3 +46,18 @@ PRODUCERS_REPLACED = Counter(
     "after a broker restart), by error.",
     ["error"],
 )
+
+
+def collector_started(sources: Iterable[str], calls: Iterable[str]) -> None:
+    """Exports the counters of every source, call, answer and refusal code at 0 from the start:
+    Prometheus takes a series' first sample as its baseline, so a source's first refused calls, or
+    the first 401s of a rotated write key, counted nothing in the alerts' rates."""
+    for source in sources:
+        ACCEPTED.labels(source)
+        CALLS_REFUSED.labels(source)
+    for code in REFUSAL_CODES:
+        REJECTED.labels(code)
+    statuses = ("200", *map(str, REFUSAL_STATUSES), "500", "503")
+    for call in calls:
+        for status in statuses:
+            REQUESTS.labels(call, status)

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
-from typing import Generic, Hashable, TypeVar
+from typing import Generic, Hashable, Literal, TypeVar, get_args
 
 import orjson
 
+from scoring.events import RejectionReason
 from streams.envelope import MAX_MESSAGE_BYTES
 from streams.outbox import encode_json
 
@@ -35,9 +36,20 @@ KEPT_KEY_BYTES = 1024
 
 K = TypeVar("K", bound=Hashable)
 
+#: The reasons the worker dead-letters input for, the one list of them: the engine's refusals and
+#: the worker's own. Its metrics export each at 0 from the start (streams.metrics), and mypy holds
+#: every letter of the worker to it (Consumed.dead_letter).
+WorkerReason = Literal[
+    RejectionReason, "unknown_type", "wrong_partition", "future_time", "tombstone", "unreadable_state", "alias_loop",
+    "internal_error", "bad_identity_record", "bad_account_update", "unknown_model",
+]
+WORKER_REASONS: tuple[WorkerReason, ...] = get_args(WorkerReason)
+
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
+    #: The worker's are a WorkerReason (streams.stage.Consumed.dead_letter), the collector's a
+    #: RefusalCode, a connector's its own (sinks/runner.py).
     reason: str
     detail: str
     #: None: the message was a tombstone (no value), which is not the same as an empty value.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+from typing import Literal, get_args
 from urllib.parse import urlsplit
 
 from scoring.errors import LeadstreamError
@@ -106,13 +107,26 @@ class InputError(LeadstreamError):
     """A file or message given to a command is not what it expects."""
 
 
+#: The codes the collector refuses a request or a call with, the one list of them: its metrics
+#: export each from its start (streams.collector_metrics), and mypy holds every refusal to it.
+RefusalCode = Literal[
+    "unauthorized", "oauth_unsupported", "body_timeout", "truncated_body", "bad_content_type", "bad_encoding", "bad_gzip",
+    "bad_json", "bad_batch", "too_large", "bad_call", "bad_type", "missing_identity", "missing_event", "bad_event",
+    "missing_group_id", "missing_previous_id", "missing_user_id", "bad_field", "future_time", "mapping_failed",
+]
+REFUSAL_CODES: tuple[RefusalCode, ...] = get_args(RefusalCode)
+#: The statuses a refusal is answered with (what the collector answers otherwise: 200, 500, 503).
+RefusalStatus = Literal[400, 401, 408]
+REFUSAL_STATUSES: tuple[RefusalStatus, ...] = get_args(RefusalStatus)
+
+
 class RequestRejected(LeadstreamError):
     """The collector refuses a request (bad body, unknown write key): the client must change it.
 
     `code` is the machine-readable reason sent back in the response; the message says what to fix.
     """
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: RefusalStatus, code: RefusalCode, message: str) -> None:
         super().__init__(message)
         self.status = status
         self.code = code

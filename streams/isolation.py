@@ -101,7 +101,7 @@ def internal_error(exc: Exception, message: Consumed, work: str) -> DeadLetter:
     detail = (f"{work} raised {exc.__class__.__name__}: {exc}. This is a bug in leadstream (bad input is refused with a "
               "reason, never raised): please report it with this dead letter. The rest of its batch went on; send it back "
               "with `leadstream replay-dlq --reason internal_error` once leadstream is fixed")
-    return DeadLetter("internal_error", detail, message.value, message.topic, message.partition, message.offset, message.key)
+    return message.dead_letter("internal_error", detail, message.value)
 
 
 def log_raised(exc: BaseException, message: str, *context: object) -> None:

@@ -7,11 +7,12 @@ hot path.
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from typing import Iterable, Literal, get_args
 
 from prometheus_client import Counter, Gauge, Histogram
 
 from scoring import Transition
+from streams.deadletter import WORKER_REASONS
 
 EVENTS_CONSUMED = Counter("leadstream_events_consumed", "Events read from the raw topic (envelopes counted by event).")
 EVENTS_SCORED = Counter("leadstream_events_scored", "Events applied to lead states.")
@@ -98,15 +99,21 @@ OFFSET_ANOMALIES = Counter(
     "(a first message after a rebalance's seek beyond the offset sought: the partition sought back to it).",
     ["kind"],
 )
-# The series the shipped alerts take `increase` of exist from the start, at 0: one that first
-# appears at 1 has increased by nothing, and the first internal error, or gap, went unalerted.
-EVENTS_REJECTED.labels("internal_error")
-for _kind in ("gap", "log_hole", "repeat", "sought_back"):
-    OFFSET_ANOMALIES.labels(_kind)
 REBALANCES = Counter("leadstream_rebalances", "Consumer group rebalances this worker went through.")
+ReloadOutcome = Literal["applied", "rejected"]
 MODEL_RELOADS = Counter(
     "leadstream_model_reloads", "Edits of the models directory the worker found: applied, or rejected (they do not load).", ["outcome"]
 )
+# Every series whose labels are known at start exists from it, at 0: Prometheus takes a series'
+# first sample as its baseline, so one that first appears at 1 has increased by nothing, and the
+# first dead letter of a reason (internal_error, missing_field, ...), gap or rejected model edit
+# went unalerted and off the dashboards' rates.
+for _reason in WORKER_REASONS:
+    EVENTS_REJECTED.labels(_reason)
+for _kind in ("gap", "log_hole", "repeat", "sought_back"):
+    OFFSET_ANOMALIES.labels(_kind)
+for _outcome in get_args(ReloadOutcome):
+    MODEL_RELOADS.labels(_outcome)
 MODELS_BROKEN = Gauge(
     "leadstream_models_broken", "1 while the models directory holds an edit that does not load (the worker scores with the models it has)."
 )
@@ -118,6 +125,10 @@ MODELS_FINGERPRINT = Gauge(
     ["app_id", "fingerprint"],
 )
 READY = Gauge("leadstream_worker_ready", "1 when tables are recovered, the worker is scoring and Kafka answers, else 0.")
+
+
+def model_reloaded(outcome: ReloadOutcome) -> None:
+    MODEL_RELOADS.labels(outcome).inc()
 
 
 def count_crossings(transitions: Iterable[Transition]) -> None:

@@ -80,7 +80,7 @@ class ModelDirectory:
         except Exception as exc:  # noqa: BLE001 - a loader bug must not stop the worker either
             # A ModelError names the file, rule and field; anything else is leadstream's bug.
             self.error = str(exc) if isinstance(exc, ModelError) else f"{exc!r} while loading the models (a bug: please report it)"
-            metrics.MODEL_RELOADS.labels("rejected").inc()
+            metrics.model_reloaded("rejected")
             metrics.MODELS_BROKEN.set(1)
             log.error("model edit not applied, still scoring with the models of fingerprint %s: %s",
                       self.current.fingerprint, self.error, exc_info=not isinstance(exc, ModelError))
@@ -88,7 +88,7 @@ class ModelDirectory:
         warnings = tuple(map(str, unkept_traits(self.current.engine.models, engine.models)))
         self._use(Loaded(engine, seen, _now_ms(), warnings))
         self.error = None
-        metrics.MODEL_RELOADS.labels("applied").inc()
+        metrics.model_reloaded("applied")
         metrics.MODELS_BROKEN.set(0)
         log.info("model edit applied: models=%s fingerprint=%s", [m.name for m in engine.models], seen)
         for warning in warnings:

@@ -136,9 +136,9 @@ class Rollup:
                 try:
                     states = changed[account_id][1] if account_id in changed else self.store.states(account_id)
                 except StateError as exc:
-                    dead += [self._dead(message, "unreadable_state", f"the stored state of account {account_id!r} cannot be "
-                                        f"read ({exc}): its updates go to the dead-letter topic until it is repaired or its "
-                                        "entry deleted", encode_json(update)) for update in updates]
+                    dead += [message.dead_letter("unreadable_state", f"the stored state of account {account_id!r} cannot be "
+                                                 f"read ({exc}): its updates go to the dead-letter topic until it is repaired or "
+                                                 "its entry deleted", encode_json(update)) for update in updates]
                     continue
                 changed[account_id] = (message.partition, states)  # before it changes: an attempt that raises drops it
                 state = states.get(model)
@@ -180,15 +180,15 @@ class Rollup:
         updates = self._updates(message, dead)
         unknown = [update for update in updates if update.model not in self.models]
         for update in unknown:
-            dead.append(self._dead(message, "unknown_model", f"account update for model {update.model!r}, which this worker does not have "
+            dead.append(message.dead_letter("unknown_model", f"account update for model {update.model!r}, which this worker does not have "
                        f"(models: {', '.join(sorted(self.models))}): removed from LEADSTREAM_MODELS_DIR while updates were "
                        "in flight, or not written by leadstream", encode_json(update)))
         return [update for update in updates if update.model in self.models] if unknown else updates
 
     def _updates(self, message: Consumed, dead: list[DeadLetter]) -> list[MemberScore]:
         if message.tombstone:
-            dead.append(self._dead(message, "tombstone", f"a message without a value (a tombstone) on {message.topic}, which takes "
-                                   "member updates", None))
+            dead.append(message.dead_letter("tombstone", f"a message without a value (a tombstone) on {message.topic}, which takes "
+                                            "member updates", None))
             return []
         try:  # an envelope of well-formed updates, decoded and checked in one pass
             return _decode_updates(message.value)
@@ -199,18 +199,14 @@ class Rollup:
             records = unpack(message.value)
         except orjson.JSONDecodeError as exc:
             records = []
-            dead.append(self._dead(message, *unreadable(exc, "message is not JSON", message.value), message.value))
+            dead.append(message.dead_letter(*unreadable(exc, "message is not JSON", message.value), message.value))
         for record in records:
             try:
                 updates.append(msgspec.convert(record, MemberScore))
             except msgspec.ValidationError as exc:  # names the field: "Expected `str`, got `array` - at `$.account_id`"
-                dead.append(self._dead(message, "bad_account_update", f"account update lacks or mistypes a field: {exc}",
-                                       encode_json_or_none(record) or message.value))
+                dead.append(message.dead_letter("bad_account_update", f"account update lacks or mistypes a field: {exc}",
+                                                encode_json_or_none(record) or message.value))
         return updates
-
-    @staticmethod
-    def _dead(message: Consumed, reason: str, detail: str, original: bytes | None) -> DeadLetter:
-        return DeadLetter(reason, detail, original, message.topic, message.partition, message.offset, message.key)
 
     def _queue_dead(self, dead: list[DeadLetter]) -> None:
         for letter in dead:

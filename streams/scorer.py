@@ -31,7 +31,7 @@ from scoring.errors import StateError
 from scoring.model import Model
 from scoring.events import EMPTY_ENVELOPE, MAX_EVENT_BYTES, decode_message, parse_value, too_large, unreadable
 from streams import erasure, lead_states, membership, metrics, read_offsets, stitching
-from streams.deadletter import DeadLetter
+from streams.deadletter import DeadLetter, WorkerReason
 from streams.errors import MembershipLost
 from streams.envelope import items_written, unpack
 from streams.isolation import internal_error, isolate, log_raised, split_envelope, undone_if_it_raises
@@ -436,8 +436,7 @@ class Scorer:
                 if items is not None and event.type in LINKING_TYPES:
                     linked = stitching.links_of(items[position])
                     if isinstance(linked, Rejection):  # an old id no lead can have: refused here, not once its link is read back
-                        dead.append(DeadLetter(linked.reason, linked.detail, _original(message.value, items, position),
-                                               message.topic, message.partition, message.offset, message.key))
+                        dead.append(message.dead_letter(linked.reason, linked.detail, _original(message.value, items, position)))
                         continue
                     read_at = origin_headers(message, position)
                     links.extend((source, target, event.time_ms, read_at) for source, target in linked)
@@ -681,17 +680,15 @@ class Scorer:
         try:
             record, incoming = stitching.read_record(message.value)
         except stitching.IdentityRecordError as exc:
-            dead.append(DeadLetter("bad_identity_record", str(exc), message.value,
-                                   message.topic, message.partition, message.offset, message.key))
+            dead.append(message.dead_letter("bad_identity_record", str(exc), message.value))
             return
         kind, source, target, time_ms = record.kind, record.source, record.target, record.time_ms
         subject = source if kind == "link" else target  # the id whose states the record acts on
         home = partition_for(subject, self.partitions)
         if home != message.partition:  # its state lives elsewhere: acting here would split the lead
             advice = partitioned_otherwise(subject, message.key, message.partition, self.partitions) or "key it by that id"
-            dead.append(DeadLetter("wrong_partition", f"{kind} record for {subject!r} arrived on partition "
-                                   f"{message.partition}, but that id's is {home}: {advice}",
-                                   message.value, message.topic, message.partition, message.offset, message.key))
+            dead.append(message.dead_letter("wrong_partition", f"{kind} record for {subject!r} arrived on partition "
+                                            f"{message.partition}, but that id's is {home}: {advice}", message.value))
             return
         try:
             states = pending[subject][1] if subject in pending else self.store.states(subject)
@@ -816,7 +813,8 @@ class Scorer:
                 forget.setdefault(lead_id, (message.partition, message.offset))
                 return
             # Keyed by the lead id (that is what it names), so the partitioner is what was wrong.
-            reason, detail = "wrong_partition", (
+            reason: WorkerReason = "wrong_partition"
+            detail = (
                 f"request to forget lead {lead_id!r} arrived on partition {message.partition}, but the lead's is {home}: "
                 f"{partitioned_otherwise(lead_id, message.key, message.partition, self.partitions)}; or send it with "
                 "`leadstream forget`, which puts it on the lead's partition")
@@ -828,7 +826,7 @@ class Scorer:
             reason, detail = "tombstone", (
                 f"a message without a value (a tombstone) on {message.topic}, which takes JSON: to forget a lead, send a "
                 f"tombstone keyed by its id to {profiles}, as `leadstream forget` does")
-        dead.append(DeadLetter(reason, detail, None, message.topic, message.partition, message.offset, message.key))
+        dead.append(message.dead_letter(reason, detail, None))
 
     async def _requested(self, batch: Sequence[Consumed]) -> dict[str, dict[str, int]]:
         """For each lead a request of the batch asks to forget, the last offsets of its partition
@@ -999,8 +997,8 @@ class Scorer:
         item = items[position]
         onward = stitching.forwarded(item, target)
         if onward is None:
-            dead.append(DeadLetter("alias_loop", f"lead {item['lead_id']!r} was re-keyed {stitching.MAX_HOPS} times: an alias loop",
-                                   _original(message.value, items, position), message.topic, message.partition, message.offset, message.key))
+            dead.append(message.dead_letter("alias_loop", f"lead {item['lead_id']!r} was re-keyed {stitching.MAX_HOPS} times: an alias loop",
+                                            _original(message.value, items, position)))
             return
         self.outbox.add(self.settings.topic_events, target.encode(), encode_json(onward), headers=origin_headers(message, position))
 
@@ -1031,8 +1029,8 @@ class Scorer:
         return events
 
     def _decode_carefully(self, message: Consumed, dead: list[DeadLetter], stats: BatchStats) -> tuple[Accepted, list[Event]]:
-        def reject(reason: str, detail: str, original: bytes) -> None:
-            dead.append(DeadLetter(reason, detail, original, message.topic, message.partition, message.offset, message.key))
+        def reject(reason: WorkerReason, detail: str, original: bytes) -> None:
+            dead.append(message.dead_letter(reason, detail, original))
 
         try:
             items = unpack(message.value)
@@ -1090,14 +1088,13 @@ class Scorer:
                 if id(event) in wanted:
                     if items is None:
                         items = unpack(message.value)
-                    dead.append(DeadLetter("unknown_type", self.engine.unknown_type(event), _original(message.value, items, position),
-                                           message.topic, message.partition, message.offset, message.key))
+                    dead.append(message.dead_letter("unknown_type", self.engine.unknown_type(event), _original(message.value, items, position)))
 
     @staticmethod
     def _unreadable(lead_id: str, exc: StateError, original: bytes, message: Consumed) -> DeadLetter:
         detail = (f"the stored state of lead {lead_id!r} cannot be read ({exc}): its input goes to the dead-letter topic until "
                   "the state is repaired, or the lead forgotten (`leadstream forget`); replay it then (`leadstream replay-dlq`)")
-        return DeadLetter("unreadable_state", detail, original, message.topic, message.partition, message.offset, message.key)
+        return message.dead_letter("unreadable_state", detail, original)
 
     def _from_the_future(self, event: Event, original: bytes, now_ms: int, message: Consumed) -> DeadLetter:
         # Scored, it would move the lead's watermark ahead, and its real events would all be late.
@@ -1106,8 +1103,7 @@ class Scorer:
             f"event {event.event_id!r} of lead {event.lead_id!r} is timed {at}, {(event.time_ms - now_ms) / 1000:,.0f} s ahead of the "
             f"worker's clock, more than the {self.settings.max_future_ms / 1000:,.0f} s LEADSTREAM_MAX_FUTURE_MS allows: fix the sender's clock"
         )
-        return DeadLetter("future_time", detail, original, message.topic, message.partition, message.offset,
-                          message.key)
+        return message.dead_letter("future_time", detail, original)
 
     def _changed(self, model: str, lead_id: str, state: LeadState, now_ms: int, partition: int, publish: bool = True) -> None:
         """A lead's state changed: schedule its next decay step and queue its score change

@@ -43,7 +43,7 @@ from scoring.events import (
     MAX_ID_CHARS, MAX_NESTING, MAX_TIME_MS, MIN_TIME_MS, PROFILE_TYPES, Rejection, is_id, nesting, parse_event,
 )
 from scoring.identity import ANONYMOUS_PREFIX
-from streams.errors import ConfigError, RequestRejected
+from streams.errors import ConfigError, RefusalCode, RequestRejected
 
 CALL_TYPES = ("track", "page", "screen", "identify", "group", "alias")
 EVENT_NAME_STYLES = ("snake_case", "verbatim")
@@ -101,7 +101,7 @@ class Mapped:
     value: bytes
 
 
-def rejected(code: str, message: str) -> RequestRejected:
+def rejected(code: RefusalCode, message: str) -> RequestRejected:
     return RequestRejected(400, code, message)
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Callable, Generic, Iterable, Iterator, MutableMapping, Protocol, TypeVar
 
 from scoring.errors import StateError
+from streams.deadletter import DeadLetter, WorkerReason
 from streams.outbox import Headers, Outbox
 from streams.stitching import Origin
 from streams.partitioning import partition_for
@@ -43,6 +44,10 @@ class Consumed:
     part: bool = False
     origin: Origin | None = None
     headers: Headers = ()
+
+    def dead_letter(self, reason: WorkerReason, detail: str, original: bytes | None) -> DeadLetter:
+        """The worker's dead letter of this message (or of `original`, an item of it), keyed like it."""
+        return DeadLetter(reason, detail, original, self.topic, self.partition, self.offset, self.key)
 
 
 def read_from(batch: Iterable[Consumed]) -> set[tuple[str, int]]:

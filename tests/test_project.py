@@ -228,6 +228,47 @@ def test_readme_topic_examples_have_the_shape_of_real_records(tmp_path: Path) ->
     assert _shape(letter) == _shape(written)
 
 
+_EXPORTED_AT_START = """
+import sys
+from prometheus_client import generate_latest
+import streams.metrics
+from streams.collector import Collector
+from streams.segment import Source
+from streams.settings import Settings
+Collector(Settings(), {"key-1": Source("website"), "key-2": Source("website"), "key-3": Source("app")}, None)
+sys.stdout.write(generate_latest().decode())
+"""
+
+
+def test_every_series_whose_labels_are_known_at_start_exists_at_0_from_it() -> None:
+    """Prometheus takes a series' first sample as its baseline, so a counter first exported at 1
+    has increased by nothing: 3 events without an event_id counted
+    leadstream_events_rejected_total{reason="missing_field"} 3 while its rate stayed 0 and
+    LeadstreamEventsDeadLettered silent. Each reason, refusal code, source, call and answer the
+    code can count is exported at 0 by a process that has done nothing yet (the lists are the
+    code's own: WORKER_REASONS, REFUSAL_CODES, ...; mypy holds every refusal to them)."""
+    import subprocess
+    import sys
+
+    from streams.collector import BATCH_CALLS
+    from streams.deadletter import WORKER_REASONS
+    from streams.errors import REFUSAL_CODES, REFUSAL_STATUSES
+    from streams.segment import CALL_TYPES
+
+    text = subprocess.run([sys.executable, "-c", _EXPORTED_AT_START], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                          check=True).stdout
+    values = dict(line.rsplit(" ", 1) for line in text.splitlines() if line.startswith("leadstream_"))
+    expected = [f'leadstream_events_rejected_total{{reason="{reason}"}}' for reason in WORKER_REASONS]
+    expected += [f'leadstream_model_reloads_total{{outcome="{outcome}"}}' for outcome in ("applied", "rejected")]
+    expected += [f'leadstream_collector_rejected_total{{code="{code}"}}' for code in REFUSAL_CODES]
+    expected += [f'leadstream_collector_{counter}_total{{source="{source}"}}'
+                 for counter in ("calls_accepted", "calls_refused") for source in ("website", "app")]
+    expected += [f'leadstream_collector_requests_total{{call="{call}",status="{status}"}}'
+                 for call in (*CALL_TYPES, *BATCH_CALLS) for status in ("200", *map(str, REFUSAL_STATUSES), "500", "503")]
+    assert {series: values.get(series) for series in expected} == dict.fromkeys(expected, "0.0")
+    assert {"missing_field", "wrong_partition", "too_large", "unknown_type", "bad_json"} <= set(WORKER_REASONS)
+
+
 def test_readme_metrics_have_the_labels_the_code_exports() -> None:
     """Each metric of README "Operations" exists under that name, with exactly the labels listed."""
     import prometheus_client

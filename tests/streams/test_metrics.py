@@ -10,6 +10,7 @@ from typing import Callable
 import orjson
 from kafka import KafkaProducer
 
+from streams.deadletter import WORKER_REASONS
 from streams.processes import WorkerProcess
 from streams.settings import Settings
 from tests.infra import read_topic
@@ -78,6 +79,8 @@ def test_worker_metrics_count_a_known_stream_exactly(isolated: Settings, worker:
     assert "leadstream_faust_" in text  # Faust's own sensors beside ours
     # Alerts take `increase` of these: a series that first appeared at 1 increased by nothing.
     assert sample(text, 'leadstream_events_rejected_total{reason="internal_error"}') == 0
+    for reason in set(WORKER_REASONS) - {"bad_json", "missing_field"}:
+        assert sample(text, f'leadstream_events_rejected_total{{reason="{reason}"}}') == 0
     assert sample(text, 'leadstream_offset_anomalies_total{kind="gap"}') == 0
 
 
