@@ -56,6 +56,28 @@ def test_every_alert_rule_queries_exported_metrics() -> None:
         assert used <= exported(), f"{sorted(used - exported())} are not exported (rule: {query})"
 
 
+def alert_rules() -> dict[str, dict]:
+    rules = yaml.safe_load((PROJECT_ROOT / "infra" / "prometheus" / "alerts.yml").read_text())
+    return {rule["alert"]: rule for group in rules["groups"] for rule in group["rules"]}
+
+
+def test_the_lag_alerts_say_the_lag_counts_messages_and_that_without_a_worker_it_is_not_measured() -> None:
+    """LagGrowing said "Consumer lag is N events" of a figure of Kafka messages, of which a
+    collector's hold 20 or more events each; and with the only worker stopped the lag's series
+    go (only workers export it), so neither lag alert can fire, which neither said."""
+    rules = alert_rules()
+    assert "messages" in rules["LeadstreamLagGrowing"]["annotations"]["description"]
+    for name in ("LeadstreamLagGrowing", "LeadstreamScoringStalled"):
+        assert "LeadstreamWorkerNotReady" in rules[name]["annotations"]["description"], name
+
+
+def test_every_alert_rule_says_what_to_do() -> None:
+    """LeadstreamEventsDeadLettered and LeadstreamSinkNotReady had a summary only: the on-call
+    engineer paged was told what is wrong, not where to look or what to run."""
+    for name, rule in alert_rules().items():
+        assert {"summary", "description"} <= set(rule.get("annotations", {})), name
+
+
 def test_queries_name_only_levels_the_shipped_models_have() -> None:
     # A panel once counted crossings to level=~"sql|buying": no model has 'buying', and the
     # other models' top levels (mql, pql) never showed.
