@@ -123,10 +123,12 @@ class RetryPolicy:
     max_attempts: int
     base_ms: int
     max_ms: int
+    #: The longest a try waits for its answer (LEADSTREAM_SINK_TIMEOUT_S).
+    timeout_s: float = 0.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RetryPolicy:
-        return cls(settings.sink_max_attempts, settings.sink_backoff_base_ms, settings.sink_backoff_max_ms)
+        return cls(settings.sink_max_attempts, settings.sink_backoff_base_ms, settings.sink_backoff_max_ms, settings.sink_timeout_s)
 
     def delay_s(self, attempt: int, jitter: float, retry_after_s: float | None = None) -> float:
         """Exponential backoff with equal jitter (`jitter` in [0, 1)), never under the server's
@@ -135,9 +137,27 @@ class RetryPolicy:
         Jitter spreads the retries of many stalled deliveries so they do not hit a recovering
         API all at once.
         """
+        return max(self.backoff_s(attempt, jitter), self.server_wait_s(retry_after_s) or 0.0)
+
+    def backoff_s(self, attempt: int, jitter: float = 1.0) -> float:
+        """The wait after try `attempt` of our own (equal jitter), a server's Retry-After aside."""
         cap_ms: float = min(self.max_ms, self.base_ms * 2 ** (attempt - 1))
-        backoff_s = (cap_ms / 2 + jitter * cap_ms / 2) / 1000
-        return max(backoff_s, self.server_wait_s(retry_after_s) or 0.0)
+        return (cap_ms / 2 + jitter * cap_ms / 2) / 1000
+
+    def budget_s(self) -> float:
+        """The longest the waits between `max_attempts` tries add up to, and one timeout (42 s by
+        default): a message's failed tries and waits together get no longer (`spent`), so a try
+        that timed out is retried, and a receiver that accepts and never answers has the message
+        dead-lettered within the budget and the last try's timeout. Counting tries alone, each
+        waiting out the timeout, the first dead letter came 3 min 48 s after a receiver hung,
+        where one answering 500 has it within the 16 to 32 s the README says."""
+        return sum(self.backoff_s(attempt) for attempt in range(1, self.max_attempts)) + self.timeout_s
+
+    def spent(self, tries: int, spent_s: float, next_wait_s: float) -> bool:
+        """Whether a message is to be dead-lettered after its try `tries` failed: tries are out,
+        or the next would start past the budget, `spent_s` (its failed tries and our own waits
+        so far) and `next_wait_s` (our own next wait) counted."""
+        return tries >= self.max_attempts or spent_s + next_wait_s > self.budget_s()
 
     def server_wait_s(self, retry_after_s: float | None) -> float | None:
         """A server's Retry-After, at most `max_ms`: the wait holds every delivery of the connector,
@@ -733,10 +753,14 @@ class SinkRunner(Generic[T]):
         """`attempt`'s outcome, tried again while it fails in a way a later try may not; when
         tries run out or it fails for good, `give_up(reason, detail)`'s (a dead letter)."""
         tries = 0
+        # Its failed tries' time and our own waits between them: not a server's Retry-After (a
+        # quota is not a failure), nor waits for credentials or a timed-out call's record.
+        spent_s = 0.0
         while True:
             tries += 1
             try:
                 with self._call_slot():
+                    began = time.monotonic()
                     return attempt()
             except PermanentError as exc:
                 return give_up("permanent", f"{exc}")
@@ -766,9 +790,13 @@ class SinkRunner(Generic[T]):
                 # the connector; the traceback is logged for the bug report.
                 log.exception("sink %s: unexpected error delivering %s", self.sink.name, what)
                 error = exc
-            if tries >= self.policy.max_attempts:
-                return give_up("retries_exhausted", f"after {tries} attempts: {error}")
-            delay_s = self.policy.delay_s(tries, random.random(), getattr(error, "retry_after_s", None))
+            spent_s += time.monotonic() - began
+            jitter = random.random()
+            backoff_s = self.policy.backoff_s(tries, jitter)
+            if self.policy.spent(tries, spent_s, backoff_s):
+                return give_up("retries_exhausted", f"after {tries} attempts in {spent_s:.1f} s: {error}")
+            spent_s += backoff_s
+            delay_s = self.policy.delay_s(tries, jitter, getattr(error, "retry_after_s", None))
             if (more := self._refusal_said(self._refused_tries)) is not None:
                 log.warning("sink %s: attempt %d for %s failed, retrying in %.2f s: %s%s", self.sink.name, tries, what, delay_s,
                             error, more)

@@ -364,7 +364,7 @@ class Settings:
         POSITIVE,
     )
     sink_max_attempts: int = _setting(
-        "LEADSTREAM_SINK_MAX_ATTEMPTS", 8, "Tries per message before a retryable failure is dead-lettered.",
+        "LEADSTREAM_SINK_MAX_ATTEMPTS", 8, "Tries per message before a retryable failure is dead-lettered; sooner when its failed tries and waits would outlast the longest waits between these tries and one LEADSTREAM_SINK_TIMEOUT_S (42 s by default), as tries that wait out the timeout do.",
         POSITIVE,
     )
     sink_backoff_base_ms: int = _setting(

@@ -99,6 +99,16 @@ def test_a_delivery_under_refused_credentials_is_tried_again_after_the_longest_b
     assert RetryPolicy(max_attempts=8, base_ms=250, max_ms=max_ms).hold_s() == expected_s
 
 
+def test_a_message_is_dead_lettered_when_its_tries_run_out_or_its_failed_tries_and_waits_outlast_the_budget() -> None:
+    # The defaults: the 7 waits between 8 tries add up to 32 s at most, and a try waits 10 s.
+    policy = RetryPolicy(max_attempts=8, base_ms=250, max_ms=60_000, timeout_s=10)
+    assert policy.budget_s() == 31.75 + 10
+    assert not policy.spent(7, 15.75, policy.backoff_s(7))  # a receiver answering 500: all 8 tries
+    assert policy.spent(8, 0.0, 0.0)
+    assert not policy.spent(1, 10.0, policy.backoff_s(1))  # one timed out: tried again
+    assert policy.spent(4, 40.9, policy.backoff_s(4, jitter=0.0))  # 4 timed out: 10 s each, and the waits
+
+
 def test_token_bucket_keeps_every_window_under_the_quota_and_pauses_for_retry_after() -> None:
     clock = FakeClock()
     bucket = TokenBucket(Quota(100, 10.0), clock=clock, sleep=clock.sleep)

@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from sinks.ratelimit import Quota, TokenBucket
-from sinks.runner import SinkRunner
+from sinks.runner import RetryPolicy, SinkRunner
 from sinks.webhook import WebhookSink, sign, verify_signature
 from streams.errors import ConfigError
 from streams.settings import Settings
@@ -229,6 +229,29 @@ def test_an_answer_whose_headers_never_end_fails_the_attempt_at_the_timeout(
     assert stats.dead_lettered == 1 and time.monotonic() - started < 8
     [(_, letter)] = read_topic(settings, f"{settings.topic_crossings}-dlq-webhook", expect=1, idle_s=0.5)
     assert f"webhook {webhook.url}: no answer (Timeout: no whole answer within 1 s)" in letter["detail"], letter["detail"]
+
+
+def test_a_receiver_that_accepts_and_never_answers_has_the_crossing_dead_lettered_within_the_backoffs_and_a_timeout(
+    sink_settings: Settings, webhook: WebhookReceiver
+) -> None:
+    # Each try waited out the timeout (10 s by default) before its backoff, and tries alone were
+    # counted: the first dead letter came 3 min 48 s after the receiver hung, where the README
+    # says 16 to 32 s (the backoffs' sum, what a receiver answering 500 costs).
+    settings = sink_settings.with_overrides(webhook_url=webhook.url, sink_max_attempts=8, sink_backoff_base_ms=500,
+                                            sink_backoff_max_ms=500)
+    policy = RetryPolicy.from_settings(settings)
+    assert policy.budget_s() == 7 * 0.5 + settings.sink_timeout_s
+    webhook.inject("slow", delay_s=30, count=100)
+    produce(settings, [crossing(1, "mql")])
+
+    stats = drain(WebhookSink(settings), settings)
+
+    posts = webhook.requests_to("POST", "/")
+    # Within the budget and the last try's timeout of the first try (8 tries took 10 to 12 s).
+    assert stats.dead_lettered == 1 and time.monotonic() - posts[0].at < policy.budget_s() + settings.sink_timeout_s + 0.5
+    assert 2 <= len(posts) < settings.sink_max_attempts
+    [(_, letter)] = read_topic(settings, f"{settings.topic_crossings}-dlq-webhook", expect=1, idle_s=0.5)
+    assert "no answer (Timeout" in letter["detail"], letter["detail"]
 
 
 def test_messages_name_the_receiver_without_the_secret_part_of_its_url(sink_settings: Settings, webhook: WebhookReceiver) -> None:
