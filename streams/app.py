@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import datetime, timezone
 from typing import Any, cast
@@ -344,11 +345,14 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
 
     @leads.on_recover
     async def index_decay() -> None:
-        owned = owned_partitions()
-        scorer.rebuild_indexes(owned)
+        # Faust marks the recovery complete (ready, the stages and sweeps let go) once this returns.
+        owned, began_s = owned_partitions(), time.monotonic()
+        if not await scorer.rebuild_indexes(owned):
+            return  # a rebalance began meanwhile: its recovery rebuilds them
         scorer.clocks.assigned(owned, scorer.wall_ms(scorer.now_ms()))
-        log.info("recovery done: lead table ready leads=%d decay_steps_indexed=%d forgotten_leads_waiting=%d owned_partitions=%s",
-                 len(lead_store), len(scorer.decay_index), len(scorer.erasures), sorted(owned))
+        log.info("recovery done: lead table ready leads=%d decay_steps_indexed=%d forgotten_leads_waiting=%d owned_partitions=%s "
+                 "index_seconds=%.2f", len(lead_store), len(scorer.decay_index), len(scorer.erasures), sorted(owned),
+                 time.monotonic() - began_s)
 
     def when_ready(handler: Callable[..., Awaitable[Response]]) -> Callable[..., Awaitable[Response]]:
         """A view of the tables answers 503 while the worker is not ready. Until its tables are

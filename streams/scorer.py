@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Mapping, Sequence
@@ -57,6 +58,14 @@ DECAY_CHUNK = 250
 #: Products of unrouted events the log names (`Scorer._tell_unrouted`): beyond, the counter says it.
 UNROUTED_TOLD_MAX = 100
 DECAY_PAUSE_S = 0.02
+#: A rebuild of the decay index lets the event loop run at least this often: run in one go, a
+#: worker of a million leads answered nothing (/healthz, /metrics, views) for 26 s after its
+#: tables were restored, long enough for a liveness probe to kill it mid-recovery.
+REBUILD_SLICE_S = 0.05
+#: Leads indexed between two looks at the clock (a look costs more than indexing a lead).
+REBUILD_LOOK_EVERY = 500
+#: A long rebuild says how far it got this often: the worker is not ready meanwhile.
+REBUILD_PROGRESS_S = 10.0
 
 
 @dataclass(slots=True)
@@ -225,6 +234,9 @@ class Scorer:
         # to the changelog only after the crossings they caused are acknowledged: they take
         # turns, so neither writes a state carrying the other's changes before those are.
         self._turns: asyncio.Lock | None = None
+        #: Bumped by each rebuild of the indexes and by `revoke`: a rebuild whose number has
+        #: moved on since it began stops where it is, its index never used.
+        self._rebuild = 0
         #: The last batch's flushes, running while the next batch is scored (streams/overlap.py).
         self.in_flight = InFlight()
 
@@ -257,7 +269,7 @@ class Scorer:
             self.store.drop_live()
             # Re-indexing costs what a recovery's indexing does: only when a due time may differ.
             if any(_reschedules(model, before.get(model.name)) for model in engine.models):
-                self.rebuild_indexes(owned)
+                await self._rebuild_indexes(owned)
 
     def _turn(self) -> asyncio.Lock:
         if self._turns is None:  # created inside the worker's event loop
@@ -284,7 +296,9 @@ class Scorer:
         under way (one chunk at a time) would otherwise go on decaying leads another worker
         now owns, from their bytes here, and write them to the changelog after that worker
         restored them: steps applied twice, and a state without the events it has scored since
-        sent after its own. The index is rebuilt for the owned partitions once recovery is done."""
+        sent after its own. The index is rebuilt for the owned partitions once recovery is done;
+        a rebuild under way stops at its next pause (`rebuild_indexes`), not holding this up."""
+        self._rebuild += 1
         async with self._turn():
             await self.in_flight.wait()
             self.store.forget(partitions)
@@ -599,24 +613,46 @@ class Scorer:
         metrics.DECAY_DUE.set(len(self.decay_index))
         return taken
 
-    def rebuild_indexes(self, owned: set[int]) -> None:
+    async def rebuild_indexes(self, owned: set[int]) -> bool:
         """After recovery or a rebalance: index the due steps of the leads on owned partitions,
-        and the markers of forgotten leads that wait for their offsets to be committed."""
-        self.decay_index = DecayIndex()
-        self.erasures.clear()
+        and the markers of forgotten leads that wait for their offsets to be committed. Returns
+        False when a rebalance (`revoke`) cut it short: the next recovery rebuilds them."""
+        async with self._turn():
+            return await self._rebuild_indexes(owned)
+
+    async def _rebuild_indexes(self, owned: set[int]) -> bool:
+        """`rebuild_indexes`, its turn taken: no batch or sweep runs in its pauses, which let the
+        event loop answer probes and heartbeats (a million leads take tens of seconds). The new
+        indexes replace the old ones whole once done, so no sweep ever reads a part of one."""
+        self._rebuild += 1
+        rebuild = self._rebuild
+        decay_index, erasures = DecayIndex(), erasure.Waiting()
         leads: dict[str, int] = {}
         unreadable: list[str] = []
-        for lead_id, states in self.store.items(owned, unreadable):
+        began_s = paused_s = told_s = time.monotonic()
+        for read, (lead_id, states) in enumerate(self.store.items(owned, unreadable), 1):
             partition = partition_for(lead_id, self.partitions)
             if erasure.FORGOTTEN in states:
-                self.erasures.add(partition, lead_id)
+                erasures.add(partition, lead_id)
             for model, state in states.items():
                 if model not in self.models:  # a model removed from the directory (or a marker): its states rest
                     continue
                 leads[model] = leads.get(model, 0) + 1
                 due = self.engine.next_due_ms(model, state)  # type: ignore[arg-type]
                 if due is not None:
-                    self.decay_index.schedule(partition, due, lead_id, model)
+                    decay_index.schedule(partition, due, lead_id, model)
+            if read % REBUILD_LOOK_EVERY or time.monotonic() - paused_s < REBUILD_SLICE_S:
+                continue
+            await asyncio.sleep(0)
+            if rebuild != self._rebuild:  # the partitions are moving: what it read may be gone
+                log.info("decay index rebuild left off for a rebalance: leads_read=%d", read)
+                return False
+            paused_s = time.monotonic()
+            if paused_s - told_s >= REBUILD_PROGRESS_S:
+                told_s = paused_s
+                log.info("decay index rebuild under way (not ready until done): leads_read=%d of keys=%d seconds=%.1f",
+                         read, len(self.store), paused_s - began_s)
+        self.decay_index, self.erasures = decay_index, erasures
         if unreadable:  # ids are not logged: they may be personal data
             log.warning("lead states unreadable, left as they are (their events go to the dead-letter topic): count=%d",
                         len(unreadable))
@@ -624,6 +660,7 @@ class Scorer:
         for model, count in leads.items():
             metrics.LEADS_IN_STATE.labels(model).set(count)
         metrics.DECAY_DUE.set(len(self.decay_index))
+        return True
 
     async def clear_erasures(self) -> int:
         """Drops the markers of forgotten leads whose offsets the consumer has committed since

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import msgspec
 import orjson
@@ -280,3 +281,63 @@ def test_decay_an_event_read_before_the_first_sweep_brings_forward_crosses_the_a
         assert (down.to_level, down.time_ms, down.score) == ("unaware", T0 + 2 + 60 * DAY, 25)
 
     asyncio.run(scenario())
+
+
+def test_a_rebuild_of_many_leads_lets_the_loop_run_and_no_sweep_sees_it_half_done_and_a_rebalance_cuts_it_short() -> None:
+    """Rebuilt in one go after a recovery, the index of a million leads held the event loop for
+    26 s: the worker answered nothing (/healthz, /readyz, /metrics) and logged nothing, long
+    enough for a liveness probe to kill it mid-recovery."""
+    settings = Settings()
+    leads = 60_000
+
+    async def recovered() -> Scorer:
+        scored = LiveTable(MemoryData(), "changelog", 4, 100, lead_states.decode)
+        await Scorer(Engine([shipped("b2b")]), settings, scored, Kept(), 4).process([Consumed(
+            settings.topic_events, partition_for("lead", 4), 0, b"lead", orjson.dumps(
+                {"event_id": "e", "lead_id": "lead", "type": "form_submit", "time": T0, "product": "b2b",
+                 "properties": {"form": "demo_request"}}))])
+        data = MemoryData()
+        data.data.update({f"lead-{n}".encode(): scored.table.data[b"lead"] for n in range(leads)})  # each with a step due
+        return Scorer(Engine([shipped("b2b")]), settings, LiveTable(data, "changelog", 4, 100, lead_states.decode), Kept(), 4)
+
+    async def ticking(ticks: list[float]) -> None:
+        while True:
+            ticks.append(time.monotonic())
+            await asyncio.sleep(0.001)
+
+    async def scenario() -> tuple[float, float, list[str], int, bool, float, bool]:
+        scorer = await recovered()
+        ticks: list[float] = []
+        ticker = asyncio.ensure_future(ticking(ticks))
+        order: list[str] = []
+
+        async def sweep() -> int:
+            await asyncio.sleep(0.01)  # once the rebuild is under way, as the decay timer may come
+            taken = await scorer.decay_due(T0 + 365 * DAY, limit=500)
+            order.append("sweep")
+            return taken
+
+        began = time.monotonic()
+        sweeping = asyncio.ensure_future(sweep())
+        assert await scorer.rebuild_indexes({0, 1, 2, 3})
+        order.append("rebuilt")
+        rebuilt = time.monotonic()
+        rebuild_s = rebuilt - began
+        ticker.cancel()
+        during = [tick for tick in ticks if tick <= rebuilt] + [rebuilt]
+        gap_s = max(later - earlier for earlier, later in zip(during, during[1:]))
+        swept = await sweeping
+
+        # A rebalance while a rebuild is under way: it stops at its next pause, and its index is never used.
+        cut = asyncio.ensure_future(scorer.rebuild_indexes({0, 1, 2, 3}))
+        await asyncio.sleep(0.01)
+        index, began = scorer.decay_index, time.monotonic()
+        await scorer.revoke({0, 1})
+        return rebuild_s, gap_s, order, swept, await cut, time.monotonic() - began, scorer.decay_index is index
+
+    rebuild_s, gap_s, order, swept, completed, revoke_s, kept = asyncio.run(scenario())
+    assert rebuild_s > 0.3, "too few leads to tell: the rebuild was over at once"
+    assert gap_s < rebuild_s / 3, f"the loop stood still for {gap_s:.2f} s of a rebuild of {rebuild_s:.2f} s"
+    assert order == ["rebuilt", "sweep"] and swept == 500  # the sweep waited for the whole index
+    assert not completed and revoke_s < rebuild_s / 3
+    assert kept  # the index swept, less the revoked partitions' entries: not the cut rebuild's

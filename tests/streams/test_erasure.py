@@ -34,7 +34,7 @@ def test_a_marker_goes_once_every_offset_it_names_is_committed_and_the_states_be
     committed = {SETTINGS.topic_events: 5, SETTINGS.topic_profiles: 3}  # the next offsets to read
     outbox = Kept()
     scorer = Scorer(ENGINE, SETTINGS, store, outbox, 4, lambda topic, partition: committed.get(topic))
-    scorer.rebuild_indexes({0, 1, 2, 3})  # as after a recovery
+    asyncio.run(scorer.rebuild_indexes({0, 1, 2, 3}))  # as after a recovery
     assert len(scorer.erasures) == 2
 
     assert asyncio.run(scorer.clear_erasures()) == 0  # offset 5 of the events topic is not committed yet
@@ -51,7 +51,7 @@ def test_without_committed_offsets_the_markers_stay() -> None:
     store = LiveTable(MemoryData(), "leads-changelog", 4, 1_000, lead_states.decode)
     store.table.data[b"gone"] = lead_states.encode(erasure.marker({SETTINGS.topic_events: 0}))
     scorer = Scorer(ENGINE, SETTINGS, store, Kept(), 4)
-    scorer.rebuild_indexes({0, 1, 2, 3})
+    asyncio.run(scorer.rebuild_indexes({0, 1, 2, 3}))
     assert asyncio.run(scorer.clear_erasures()) == 0 and b"gone" in store.table.data
 
 

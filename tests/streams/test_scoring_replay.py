@@ -248,7 +248,7 @@ def sweep(world: World, now_ms: int) -> list[tuple[bytes, bytes | None]]:
 def recovered(data: dict[bytes, bytes], offset: int) -> World:
     """A worker over `data`, its decay index rebuilt as after a recovery."""
     world = World(data, [], offset)
-    world.scorer.rebuild_indexes({0, 1, 2, 3})
+    asyncio.run(world.scorer.rebuild_indexes({0, 1, 2, 3}))
     return world
 
 
