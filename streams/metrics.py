@@ -14,7 +14,9 @@ from prometheus_client import Counter, Gauge, Histogram
 from scoring import Transition
 from streams.deadletter import WORKER_REASONS
 
-EVENTS_CONSUMED = Counter("leadstream_events_consumed", "Events read from the raw topic (envelopes counted by event).")
+EVENTS_CONSUMED = Counter(
+    "leadstream_events_consumed", "Events read from the raw topic (envelopes counted by event), in batches written (not dropped by the fence)."
+)
 EVENTS_SCORED = Counter("leadstream_events_scored", "Events applied to lead states.")
 EVENTS_REJECTED = Counter("leadstream_events_rejected", "Events sent to the dead-letter topic, by reason.", ["reason"])
 EVENTS_LATE = Counter(
@@ -70,7 +72,7 @@ def event_time_lag_s(now_ms: int) -> float:
 
 # The whole group's lag, which every worker exports: dashboards take one per partition (max).
 CONSUMER_LAG = Gauge("leadstream_consumer_lag", "End offset minus committed offset of the workers' group (0 when only transaction markers or aborted records lie between).", ["topic", "partition"])
-CROSSINGS = Counter("leadstream_crossings", "Threshold crossings emitted.", ["model", "level", "direction", "kind"])
+CROSSINGS = Counter("leadstream_crossings", "Threshold crossings published (acknowledged by Kafka).", ["model", "level", "direction", "kind"])
 BATCHES_FENCED = Counter(
     "leadstream_batches_fenced",
     "Batches (stage score or rollup) and decay sweeps (decay) dropped unwritten because the worker was no longer, or could "

@@ -61,11 +61,13 @@ Done = Callable[[bool], Awaitable[None]]
 
 
 async def make_durable(outbox: Outbox, records: list[Record], done: Done | None, stage: str,
-                       read: Collection[tuple[str, int]]) -> None:
+                       read: Collection[tuple[str, int]], written: Callable[[], None] | None = None) -> None:
     """A scored batch's flushes: what it produced (queued in `outbox`), then the changelog
-    `records` of the states that record it; then `done(True)`. A worker that lost its group
-    membership writes neither (streams/membership.py), and its messages, read from the
-    partitions `read`, are let go with `done(False)`: their partitions' owner scores them again."""
+    `records` of the states that record it; then `written()` (its metrics) and `done(True)`. A
+    worker that lost its group membership writes neither (streams/membership.py), and its
+    messages, read from the partitions `read`, are let go with `done(False)`: their partitions'
+    owner scores them again, and counts them (counted here too, a fenced worker's crossings
+    were counted twice, though published once)."""
     try:
         await outbox.flush()
         for record in records:
@@ -76,5 +78,7 @@ async def make_durable(outbox: Outbox, records: list[Record], done: Done | None,
         if done is not None:
             await done(False)
         return
+    if written is not None:
+        written()
     if done is not None:
         await done(True)

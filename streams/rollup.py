@@ -110,19 +110,26 @@ class Rollup:
         rolled up, as `Scorer.process` does. An update that makes the roll-up raise is found and
         dead-lettered (streams/isolation.py)."""
         self.sequence.observe(batch)
-        records = [record for part in isolate(batch, self._attempt, split_envelope, self._refuse) for record in part]
+        records: list[Record] = []
+        crossings: list[Transition] = []
+        for part_records, part_crossings in isolate(batch, self._attempt, split_envelope, self._refuse):
+            records += part_records
+            crossings += part_crossings
         await self.in_flight.wait()
-        self.in_flight.start(make_durable(self.outbox, records, done, "rollup", read_from(batch)))
+        self.in_flight.start(make_durable(self.outbox, records, done, "rollup", read_from(batch),
+                                          lambda: metrics.count_crossings(crossings)))
         if done is None:
             await self.in_flight.wait()
 
-    def _attempt(self, messages: Sequence[Consumed]) -> list[Record]:
+    def _attempt(self, messages: Sequence[Consumed]) -> tuple[list[Record], list[Transition]]:
         """`_roll_up`, or nothing at all when it raises."""
         return undone_if_it_raises(self.outbox, self.store, lambda changed: self._roll_up(messages, changed))
 
-    def _roll_up(self, messages: Sequence[Consumed], changed: dict[str, tuple[int, dict[str, AccountState]]]) -> list[Record]:
+    def _roll_up(self, messages: Sequence[Consumed],
+                 changed: dict[str, tuple[int, dict[str, AccountState]]]) -> tuple[list[Record], list[Transition]]:
         """Queues the messages' crossings, summaries and dead letters; returns the changelog
-        records of the account states they changed (`changed`: each one's partition and states)."""
+        records of the account states they changed (`changed`: each one's partition and states),
+        and the crossings, counted once written."""
         transitions: list[Transition] = []
         dead: list[DeadLetter] = []
         # (account id, model) whose members changed: read models get their summaries.
@@ -168,9 +175,8 @@ class Rollup:
         # Encoded before any is kept, so an encoding that raises changes nothing; sent after
         # the crossings, once the batch before is durable.
         encoded = [(account_id, *self.store.encode(account_id, partition, states)) for account_id, (partition, states) in changed.items()]
-        metrics.count_crossings(transitions)
         self._queue_dead(dead)
-        return [record for account_id, states, records in encoded for record in self.store.keep(account_id, states, records)]
+        return [record for account_id, states, records in encoded for record in self.store.keep(account_id, states, records)], transitions
 
     def _refuse(self, message: Consumed, exc: Exception) -> None:
         self._queue_dead([internal_error(exc, message, "rolling up this account update")])

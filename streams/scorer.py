@@ -70,7 +70,7 @@ REBUILD_PROGRESS_S = 10.0
 
 @dataclass(slots=True)
 class BatchStats:
-    """What one batch did; recorded into the metrics once per batch."""
+    """What one batch did; recorded into the metrics once per batch, when it is written."""
 
     messages: int = 0
     events: int = 0
@@ -112,6 +112,8 @@ class BatchStats:
             newest[0], newest[1] = max(newest[0], event_ms), max(newest[1], appended_ms)
 
     def record(self) -> None:
+        """Once the batch is written (`make_durable`): a batch the fence dropped counts for
+        nothing, its records being read, scored and counted again by their partitions' owner."""
         metrics.EVENTS_CONSUMED.inc(self.events)
         metrics.EVENTS_SCORED.inc(self.scored)
         for model, count in self.late.items():
@@ -326,10 +328,9 @@ class Scorer:
                     return BatchStats(messages=len(batch))
                 self.clocks.read(stats.read_on_events, self.wall_ms(self.now_ms()))
                 await self.in_flight.wait()
-                self.in_flight.start(make_durable(self.outbox, records, done, "score", read_from(batch)))
+                self.in_flight.start(make_durable(self.outbox, records, done, "score", read_from(batch), stats.record))
             if done is None:
                 await self.in_flight.wait()
-        stats.record()
         return stats
 
     async def _process(self, batch: Sequence[Consumed]) -> tuple[BatchStats, list[Record]]:
@@ -598,7 +599,7 @@ class Scorer:
             member = runtime.member_score(lead_id, state, state.watermark_ms, changed_ms or 0)
             if member is not None and runtime.score(state) != before:
                 members.append((changed_ms or until_ms, lead_id, model, member))
-        metrics.count_crossings(self._queue_crossings(crossings))
+        queued = self._queue_crossings(crossings)
         # The accounts take the updates in the order of the steps they carry, not of the index:
         # a successor that sweeps after a crash, with some of the sweep's states written and
         # others not, finds their steps due at other times; in the index's order an account
@@ -606,6 +607,7 @@ class Scorer:
         members.sort(key=lambda item: item[:3])
         publish_updates(self.outbox, self.settings, [member for *_, member in members], self.partitions)
         await self.outbox.flush()  # crossings, score changes and account updates before the states below
+        metrics.count_crossings(queued)  # published: a flush the fence refuses raises before
         for lead_id, (partition, states) in writes.items():
             self.store.put(lead_id, partition, states, encode_states(states), self.outbox)
         await self.outbox.flush()
@@ -704,9 +706,10 @@ class Scorer:
                 pending.update(before)
                 del crossings[counts[0]:], members[counts[1]:], dead[counts[2]:]
                 dead.append(internal_error(exc, message, "applying this identity record"))
-        metrics.count_crossings(self._queue_crossings(crossings))
+        queued = self._queue_crossings(crossings)
         publish_updates(self.outbox, self.settings, members, self.partitions)
         await self.outbox.flush()  # the merges, crossings, score changes and account updates before the states below
+        metrics.count_crossings(queued)  # published: a flush the fence refuses raises before
         for lead_id, (partition, states) in pending.items():
             self.store.put(lead_id, partition, states, encode_states(states), self.outbox)
         await self.outbox.flush()

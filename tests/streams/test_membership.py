@@ -18,15 +18,28 @@ from typing import Callable
 import orjson
 import pytest
 
+from prometheus_client import REGISTRY
+
+from scoring import Engine
+from streams import lead_states
+from streams.account_table import AccountTable
 from streams.bench import workload
 from streams.errors import MembershipLost
 from streams.membership import Lease, Membership
 from streams.outbox import Outbox
+from streams.partitioning import partition_for
 from streams.processes import WorkerProcess, free_port
+from streams.rollup import Rollup
+from streams.scorer import Scorer
 from streams.send import open_producer, produce
 from streams.settings import Settings
+from streams.stage import Consumed, LiveTable, MemoryData
 from tests.infra import leadstream, read_model_scores, read_to_end, wait_for, write_jsonl
+from tests.scoring.support import shipped
+from tests.streams.stage_support import Kept
 from tests.streams.test_worker_state import wait_caught_up
+
+SETTINGS = Settings()
 
 class Coordinator:
     """aiokafka's group coordinator as the check sees it: a membership, heartbeats, rejoin requests."""
@@ -82,6 +95,90 @@ def test_an_outbox_whose_worker_lost_its_membership_sends_nothing_and_keeps_noth
     with pytest.raises(MembershipLost):
         asyncio.run(outbox.flush())
     assert len(outbox) == 0
+
+
+def test_a_batch_the_fence_drops_moves_no_counter_and_one_written_does() -> None:
+    """`leadstream_crossings_total` says crossings published, yet counted a batch's as it was
+    scored: a worker paused past the session timeout counted those of the batches it then
+    dropped, which their new owner published and counted again (95,572 against 90,543)."""
+    now = int(time.time() * 1000)
+    events = [{"event_id": f"d{i}", "lead_id": "ada", "type": "form_submit", "time": now - 1_000 + i, "product": "b2b",
+               "properties": {"form": "demo_request"}, "traits": {"title": "VP Marketing", "email": "ada@initech.io"}}
+              for i in range(3)]
+    batch = [Consumed(SETTINGS.topic_events, partition_for("ada", 4), offset, b"ada", orjson.dumps(event))
+             for offset, event in enumerate(events)]
+
+    def counters() -> tuple[float, ...]:
+        crossings = sum(REGISTRY.get_sample_value("leadstream_crossings_total", {"model": "b2b", "level": level, "direction": "up",
+                                                                                 "kind": "lead"}) or 0 for level in ("mql", "sql"))
+        return (crossings, *(REGISTRY.get_sample_value(name) or 0 for name in
+                             ("leadstream_events_consumed_total", "leadstream_events_scored_total")))
+
+    async def fenced() -> bool:
+        return False
+
+    def score(outbox: Outbox) -> list[bool]:
+        outcome: list[bool] = []
+
+        async def done(written: bool) -> None:
+            outcome.append(written)
+
+        scorer = Scorer(Engine([shipped("b2b")]), SETTINGS, LiveTable(MemoryData(), "leads-changelog", 4, 1_000, lead_states.decode),
+                        outbox, 4)
+        assert len(asyncio.run(scorer.process(batch, done)).crossings) == 2  # scored: ada goes up to mql, then sql
+        return outcome
+
+    before = counters()
+    assert score(Outbox("127.0.0.1:1", 4, may_write=fenced)) == [False]  # no broker there: the fence refuses before any send
+    assert counters() == before
+    assert score(Kept()) == [True]
+    assert counters() == (before[0] + 2, before[1] + 3, before[2] + 3)
+
+
+def test_a_decay_sweep_the_fence_drops_counts_no_crossing() -> None:
+    now = int(time.time() * 1000)
+    event = {"event_id": "d", "lead_id": "ada", "type": "form_submit", "time": now, "product": "b2b", "properties": {"form": "demo_request"}}
+    store = LiveTable(MemoryData(), "leads-changelog", 4, 1_000, lead_states.decode)
+    asyncio.run(Scorer(Engine([shipped("b2b")]), SETTINGS, store, Kept(), 4).process(
+        [Consumed(SETTINGS.topic_events, partition_for("ada", 4), 0, b"ada", orjson.dumps(event))]))
+
+    def down() -> float:
+        return sum(sample.value for metric in REGISTRY.collect() if metric.name == "leadstream_crossings"
+                   for sample in metric.samples if sample.name == "leadstream_crossings_total" and sample.labels["direction"] == "down")
+
+    async def fenced() -> bool:
+        return False
+
+    async def sweep() -> None:
+        scorer = Scorer(Engine([shipped("b2b")]), SETTINGS, store, Outbox("127.0.0.1:1", 4, may_write=fenced), 4)
+        await scorer.rebuild_indexes({0, 1, 2, 3})
+        await scorer.decay_due(now + 365 * 86_400_000)  # the demo request's points decayed away: ada crosses down
+
+    before = down()
+    with pytest.raises(MembershipLost):
+        asyncio.run(sweep())
+    assert down() == before
+
+
+def test_a_batch_of_the_account_stage_the_fence_drops_counts_no_crossing() -> None:
+    updates = [{"model": "b2b", "account_id": "acme", "lead_id": f"L{n}", "score": 90, "time": 1_762_128_000_000 + n} for n in range(3)]
+
+    def crossings() -> float:
+        return sum(REGISTRY.get_sample_value("leadstream_crossings_total", {"model": "b2b", "level": level, "direction": "up",
+                                                                            "kind": "account"}) or 0 for level in ("engaged", "buying"))
+
+    async def fenced() -> bool:
+        return False
+
+    def roll_up(outbox: Outbox) -> None:
+        stage = Rollup(Engine([shipped("b2b")]), SETTINGS, AccountTable(MemoryData(), "accounts-changelog", 4, 10), outbox)
+        asyncio.run(stage.process([Consumed(SETTINGS.topic_accounts, 0, 0, None, orjson.dumps(updates))]))
+
+    before = crossings()
+    roll_up(Outbox("127.0.0.1:1", 4, may_write=fenced))
+    assert crossings() == before
+    roll_up(Kept())  # acme goes up to engaged, then buying
+    assert crossings() == before + 2
 
 
 #: Longer than the consumer session timeout (10 s, streams/app.py), so the group moves on without it.
