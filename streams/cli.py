@@ -247,8 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--events-per-message",
         type=_positive,
         default=1,
-        help="pack up to N events of the same partition into one Kafka message (JSON array envelope); the file is then "
-             "sent partition by partition, in its order within each partition only (README: Commands)",
+        help="pack up to N events of the same partition into one Kafka message (JSON array envelope), sent once full; "
+             "the file is then sent in its order within each partition only (README: Commands)",
     )
 
     add(

@@ -10,9 +10,8 @@ working.
 from __future__ import annotations
 
 import json
-from collections import defaultdict
 from functools import lru_cache
-from typing import Any, Iterable, Iterator
+from typing import Any, Hashable, Iterable, Iterator
 
 from scoring.events import loads
 from streams.partitioning import partition_for
@@ -22,16 +21,18 @@ MAX_MESSAGE_BYTES = 1_000_000  # the broker's default message.max.bytes is 1 MB
 
 def pack(events: Iterable[bytes], max_events: int, max_bytes: int = MAX_MESSAGE_BYTES) -> Iterator[bytes]:
     """Pack serialized events into envelopes of at most `max_events` events and `max_bytes` bytes."""
-    for chunk in _chunked((("", event) for event in events), max_events, max_bytes):
-        yield _envelope([event for _, event in chunk])
+    for run in _runs(((None, "", event) for event in events), max_events, max_bytes):
+        yield _envelope([event for _, event in run])
 
 
 def pack_by_partition(events: Iterable[tuple[str, bytes]], partitions: int, max_events: int) -> Iterator[tuple[int, bytes]]:
     """(partition, envelope) for (lead id, event bytes) pairs: each envelope holds events of
-    leads of its partition only, in their order; partition after partition, so the order of the
-    pairs across partitions is not kept. Keeping it would let an envelope hold only a run of
-    consecutive pairs of one partition: under two events on average with leads spread over four
-    partitions, which would undo the packing (Faust's cost is per message)."""
+    leads of its partition only, in their order, and comes out once full, so only one envelope
+    a partition is held, whatever the number of pairs. The order of the pairs across partitions
+    is not kept: a partition's events wait in their envelope behind later pairs of other
+    partitions. Keeping it would let an envelope hold only a run of consecutive pairs of one
+    partition: under two events on average with leads spread over four partitions, which would
+    undo the packing (Faust's cost is per message)."""
     for partition, _, message in pack_keyed(events, partitions, max_events):
         yield partition, message
 
@@ -42,30 +43,36 @@ def pack_keyed(events: Iterable[tuple[str, bytes]], partitions: int, max_events:
     it holds one lead's events (a single event is keyed by its lead, as any producer keys it),
     by none when it holds several leads' (the collector keys its messages so too). `per_lead`:
     every envelope holds one lead's events, so every message has a key, as a compacted topic
-    (the profiles topic) requires."""
-    groups: dict[object, list[tuple[str, bytes]]] = defaultdict(list)
-    for lead, event in events:
-        groups[lead if per_lead else partition_for(lead, partitions)].append((lead, event))
-    for pairs in groups.values():
-        partition = partition_for(pairs[0][0], partitions)
-        for chunk in _chunked(pairs, max_events, max_bytes):
-            first = chunk[0][0]
-            key = first if all(lead == first for lead, _ in chunk) else None
-            yield partition, key, _envelope([event for _, event in chunk])
+    (the profiles topic) requires; an envelope is then held for each lead until it fills or
+    the pairs end."""
+    grouped = ((lead if per_lead else partition_for(lead, partitions), lead, event) for lead, event in events)
+    for run in _runs(grouped, max_events, max_bytes):
+        first = run[0][0]
+        key = first if all(lead == first for lead, _ in run) else None
+        yield partition_for(first, partitions), key, _envelope([event for _, event in run])
 
 
-def _chunked(pairs: Iterable[tuple[str, bytes]], max_events: int, max_bytes: int) -> Iterator[list[tuple[str, bytes]]]:
-    """(lead, event) pairs in runs whose envelopes hold at most `max_events` events and `max_bytes` bytes."""
-    chunk: list[tuple[str, bytes]] = []
-    size = 2
-    for pair in pairs:
-        if chunk and (len(chunk) >= max_events or size + len(pair[1]) + 1 > max_bytes):
-            yield chunk
-            chunk, size = [], 2
-        chunk.append(pair)
-        size += len(pair[1]) + 1
-    if chunk:
-        yield chunk
+def _runs(grouped: Iterable[tuple[Hashable, str, bytes]], max_events: int, max_bytes: int) -> Iterator[list[tuple[str, bytes]]]:
+    """(group, lead, event) triples as runs of one group's (lead, event) pairs, in their order,
+    whose envelopes hold at most `max_events` events and `max_bytes` bytes. A run is yielded
+    as soon as it is full (an event that would not fit closes it), the runs still open when the
+    triples end after them, so a long input is never held whole (`leadstream send` of a
+    2.1M-event file read it all first, 1.3 GB)."""
+    runs: dict[Hashable, list[tuple[str, bytes]]] = {}
+    sizes: dict[Hashable, int] = {}  # each open run's envelope size: "[", "]" and a byte per event for its comma
+    for group, lead, event in grouped:
+        run = runs.get(group)
+        if run is not None and sizes[group] + len(event) + 1 > max_bytes:
+            yield run
+            run = None
+        if run is None:
+            run = runs[group] = []
+            sizes[group] = 2
+        run.append((lead, event))
+        sizes[group] += len(event) + 1
+        if len(run) >= max_events:
+            yield runs.pop(group)
+    yield from runs.values()
 
 
 def _envelope(chunk: list[bytes]) -> bytes:

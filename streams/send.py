@@ -2,7 +2,8 @@
 
 Each event is keyed by its lead id and goes to that lead's partition. With
 `--events-per-message N`, events of the same partition are packed into envelopes (see
-streams/envelope.py), keyed by their lead when they hold one lead's events only. A line may be
+streams/envelope.py), keyed by their lead when they hold one lead's events only, each sent once
+full. The file is read as it is sent, never held whole (`produce`). A line may be
 one event or an envelope of several (as `leadstream history` writes them). Lines, and events of
 an envelope, that are not JSON objects with a lead id are reported by line number and skipped;
 the rest is sent.
@@ -11,6 +12,7 @@ the rest is sent.
 from __future__ import annotations
 
 import sys
+from collections import deque
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator
 
@@ -64,8 +66,16 @@ def open_producer(settings: Settings) -> Any:  # a kafka.KafkaProducer (kafka-py
     return open_client(settings, KafkaProducer, acks="all", linger_ms=5, batch_size=256 * 1024, client_id="leadstream-send")
 
 
-class _Refused:
-    """The messages Kafka did not take: how many, and why the first was not."""
+#: Bytes of messages handed to the producer whose outcome is not known yet; a send waits for the
+#: oldest before handing over more. kafka-python's producer has no bound of its own: a send of a
+#: 370 MB file queued its 21,003 messages at once, and the batches still waiting their turn on a
+#: busy broker when its delivery timeout (120 s) ran out expired, half of them. 16 MB is
+#: about 10 s of writing for that broker (1.6 MB/s).
+MAX_PENDING_BYTES = 16 * 1024 * 1024
+
+
+class _Failed:
+    """Messages of one outcome other than written: how many, and why the first."""
 
     def __init__(self) -> None:
         self.count = 0
@@ -77,48 +87,89 @@ class _Refused:
 
 
 def produce(producer: Any, topic: str, events: Iterable[tuple[str, bytes]], events_per_message: int,
-            *, compacted: bool = False) -> tuple[int, int]:
+            *, compacted: bool = False, max_pending_bytes: int = MAX_PENDING_BYTES) -> tuple[int, int]:
     """Send (lead id, event bytes) pairs, keyed by lead or packed per partition (per lead to a
-    `compacted` topic, which refuses a message without a key); (events, messages) sent.
-    ServiceError, once the others are written, when Kafka refused any message: the producer's
-    `flush` returns whether or not its messages were written."""
+    `compacted` topic, which refuses a message without a key), with at most `max_pending_bytes`
+    of messages awaiting the broker's answer; (events, messages) sent. The pairs are read as
+    they are sent: packed, one envelope a partition waits to fill.
+
+    ServiceError, once every message has its answer, when any was not written or may not have
+    been (the producer's `flush` returns either way): refused (the broker or the producer
+    answered with an error) and unknown (no answer within the producer's delivery timeout:
+    written or not) are counted apart."""
     from kafka.errors import KafkaError
 
     if events_per_message < 1:
         raise InputError("--events-per-message must be at least 1")
     partitions = len(producer.partitions_for(topic))
-    refused = _Refused()
+    refused, unknown = _Failed(), _Failed()
+    pending: deque[tuple[Any, int]] = deque()  # (future, message bytes), oldest first
+    pending_bytes = 0
 
-    def send(**message: Any) -> None:
+    def failed(cause: Exception) -> None:
+        # A retriable error is what kafka-python's retries, unbounded, end with when the delivery
+        # timeout runs out (KafkaTimeoutError): a batch that was in flight then may have been
+        # written (in the audit, 336 of the 10,698 messages reported refused were).
+        (unknown if isinstance(cause, KafkaError) and cause.retriable else refused).add(cause)
+
+    sent_events = 0
+
+    def counted(pairs: Iterable[tuple[str, bytes]]) -> Iterator[tuple[str, bytes]]:
+        nonlocal sent_events
+        for pair in pairs:
+            sent_events += 1
+            yield pair
+
+    messages: Iterable[tuple[int | None, str | None, bytes]]
+    if events_per_message == 1:  # the producer's partitioner places each by its key, as packing does
+        messages = ((None, lead, event) for lead, event in counted(events))
+    else:
+        messages = pack_keyed(counted(events), partitions, events_per_message, per_lead=compacted)
+    sent_messages = 0
+    for partition, key, value in messages:
+        sent_messages += 1
         try:
-            future = producer.send(topic, **message)
+            future = producer.send(topic, key=None if key is None else key.encode(), value=value, partition=partition)
         except KafkaError as exc:  # refused by the producer itself (larger than its max_request_size)
             refused.add(exc)
-            return
-        future.add_errback(refused.add)
-
-    sent_events = sent_messages = 0
-    if events_per_message == 1:
-        for lead, event in events:
-            send(key=lead.encode(), value=event)
-            sent_events += 1
-        sent_messages = sent_events
-    else:
-        pairs = list(events)  # packed per partition, so all of them are read first anyway
-        for partition, key, message in pack_keyed(pairs, partitions, events_per_message, per_lead=compacted):
-            send(key=None if key is None else key.encode(), value=message, partition=partition)
-            sent_messages += 1
-        sent_events = len(pairs)
+            continue
+        future.add_errback(failed)
+        pending.append((future, len(value)))
+        pending_bytes += len(value)
+        # Answered messages are let go at once: held until the bound, the futures of 16 MB of
+        # one-event messages took 65 MB more than the messages.
+        while pending and (pending[0][0].is_done or pending_bytes > max_pending_bytes):
+            oldest, size = pending.popleft()
+            try:
+                oldest.get()
+            except KafkaError:  # counted by its errback
+                pass
+            pending_bytes -= size
     producer.flush()
-    if refused.first is not None:
-        raise ServiceError(
-            f"Kafka refused {refused.count} of the {sent_messages} messages sent to {topic} (the others were written), "
-            f"the first with {_cause(refused.first)}{_remedy(refused.first, events_per_message)}"
-        )
+    if refused.count or unknown.count:
+        raise ServiceError(_summary(topic, sent_messages, refused, unknown, events_per_message))
     return sent_events, sent_messages
 
 
+def _summary(topic: str, messages: int, refused: _Failed, unknown: _Failed, events_per_message: int) -> str:
+    """What became of the messages of a send that did not write them all, and what to do."""
+    parts = [f"Kafka wrote {messages - refused.count - unknown.count} of the {messages} messages sent to {topic}"]
+    if refused.first is not None:
+        parts.append(f"refused {refused.count}, the first with {_cause(refused.first)}"
+                     f"{_remedy(refused.first, events_per_message)}")
+    if unknown.first is not None:
+        parts.append(f"{unknown.count} had no answer within the producer's delivery timeout (the broker too slow or "
+                     f"unreachable), so may or may not have been written, the first with {_cause(unknown.first)}")
+    return "; ".join(parts) + (
+        ". Sending the file again, once the cause is fixed, sends its written events again too: the worker drops an "
+        "event whose id is among its lead's last remember_events (64 by default), so that is safe for a file of at "
+        "most that many events a lead, and scores older ones again (README: Events)")
+
+
 def _remedy(exc: Exception, events_per_message: int) -> str:
+    if "OutOfOrderSequence" in exc.__class__.__name__:
+        return (": the broker refuses the batches of a partition that follow one of its that had no answer in time, "
+                "their sequence numbers then out of step, so they were not written")
     if "TooLarge" not in exc.__class__.__name__:
         return ""
     if events_per_message == 1:  # one event per message already: the event itself is that large
