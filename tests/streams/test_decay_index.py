@@ -288,7 +288,7 @@ def test_a_rebuild_of_many_leads_lets_the_loop_run_and_no_sweep_sees_it_half_don
     26 s: the worker answered nothing (/healthz, /readyz, /metrics) and logged nothing, long
     enough for a liveness probe to kill it mid-recovery."""
     settings = Settings()
-    leads = 60_000
+    leads = 150_000  # a rebuild of a second or more: a loaded machine's hiccups stay short beside it
 
     async def recovered() -> Scorer:
         scored = LiveTable(MemoryData(), "changelog", 4, 100, lead_states.decode)
@@ -337,7 +337,8 @@ def test_a_rebuild_of_many_leads_lets_the_loop_run_and_no_sweep_sees_it_half_don
 
     rebuild_s, gap_s, order, swept, completed, revoke_s, kept = asyncio.run(scenario())
     assert rebuild_s > 0.3, "too few leads to tell: the rebuild was over at once"
-    assert gap_s < rebuild_s / 3, f"the loop stood still for {gap_s:.2f} s of a rebuild of {rebuild_s:.2f} s"
+    # Held in one go, the loop stands still for the whole rebuild: half of it is a wide margin.
+    assert gap_s < rebuild_s / 2, f"the loop stood still for {gap_s:.2f} s of a rebuild of {rebuild_s:.2f} s"
     assert order == ["rebuilt", "sweep"] and swept == 500  # the sweep waited for the whole index
-    assert not completed and revoke_s < rebuild_s / 3
+    assert not completed and revoke_s < rebuild_s / 2
     assert kept  # the index swept, less the revoked partitions' entries: not the cut rebuild's
