@@ -15,9 +15,10 @@ in `count` pages: records of their own, on the account's partition, under `<acco
 `[writes, members, before]`: the entry's `writes` once the batch that wrote the page is written,
 the members whose `page_of` is n (lead id -> [score, time, revision]), and what those of them the
 batch updated were before it (null: not members). A batch writes the pages of the members it
-updated, then the account's value. When the members outgrow `2 * page_members` a page on
-average, the pages double: a new set of keys is written first, the value naming it next, and the
-old set is deleted last.
+updated, then the account's value, then again, with an empty `before`, those of its pages whose
+`before` names a lead that is no member of them (below). When the members outgrow
+`2 * page_members` a page on average, the pages double: a new set of keys is written first, the
+value naming it next, and the old set is deleted last.
 
 Why a secret key. Whoever sends events chooses lead and account ids (the collector's `group`
 calls take them from any caller), and pages placed by a public hash are easy to fill one at a
@@ -43,6 +44,19 @@ value naming it is written, and then it is complete. (Written the other way roun
 already at the batch's level over pages still before it made the updates taken again cross
 back and forth, with new crossing ids.) Pages of the object layout, `{lead id: member}`, are
 read as written before `writes` was kept.
+
+Why a page is written again. `before` is needed only until the value is written; a page's
+record is its latest, which compaction keeps, until a later batch updates a member on it, which
+for a quiet account, or one all of whose members left, is never. So a lead that left the account
+(moved to another, merged, forgotten: `leadstream forget`) stayed in that record, by its id, its
+score and its time, for good, where the account's value keeps only a digest of it (`gone`). Such
+a page is written again after the value, with the value's `writes` and no `before` (written then
+it is read as it is, so a cut before it changes nothing; the batch rolled up again takes the
+leaving again, which names the page again). Members that are updated stay on their page, so a
+`before` naming only them is left: writing every page twice would double the stage's writes.
+An account all of whose members left is written inline again, its pages deleted after the value
+from the last on (empty, they stayed for good, the value naming them); one that has pages no
+value names to delete too (`stale`, below) is left paged until its next batch.
 
 Stale pages. A batch cut short can leave pages that no value names, read by no one: an old set
 not all deleted, or a new set whose value was not written, when the batch's messages rolled up
@@ -192,9 +206,17 @@ class AccountTable(LiveTable[AccountState]):
         kept: dict[str, AccountState] = {}
         entries: dict[str, bytes] = {}
         pages_first: list[Record] = []  # a new set, read only once the value names it; pages ahead of the value
+        cleared: list[Record] = []  # pages whose `before` names a lead that left, again without it, after the value
         deleted: list[Record] = []
         for model, state in states.items():
             stale = state.stale if isinstance(state, StaleAccount) else []
+            if isinstance(state, PagedAccount) and not state.members and state.key is not None and not stale:
+                # Every member left: its pages would stay in the changelog for good, for nothing. Inline
+                # again, and they go after the value, from the last on: an inline account's stale set is
+                # found by its first page.
+                deleted += [(self.changelog, page_key(account_id, model, len(state.pages), page, state.key), None, partition)
+                            for page in reversed(range(len(state.pages)))]
+                state = AccountState(state.members, state.level, state.crossings, state.gone)
             if not isinstance(state, PagedAccount) and len(state.members) <= self.split_members:
                 kept[model], entries[model] = state, state.to_bytes()
                 if isinstance(state, StaleAccount):  # the entry names no set: all are stale
@@ -214,6 +236,7 @@ class AccountTable(LiveTable[AccountState]):
                 assert isinstance(state, PagedAccount)
                 paged = state
                 before: dict[int, dict[str, list[float] | None]] = {}
+                left: set[int] = set()  # pages whose `before` names a lead that is no member of them
                 paged.writes = writes
                 for lead_id, was in paged.updated.items():
                     page = page_of(lead_id, count, key)
@@ -222,8 +245,10 @@ class AccountTable(LiveTable[AccountState]):
                         paged.pages[page].add(lead_id)
                     else:
                         paged.pages[page].discard(lead_id)
+                        left.add(page)
                 paged.updated.clear()
                 pages_first += self._pages(account_id, partition, model, paged, dict(sorted(before.items())))
+                cleared += self._pages(account_id, partition, model, paged, {page: {} for page in sorted(left)})
             if stale:  # after the old set: pages no value names are never read, so deleted in any cut alike
                 named = page_key(account_id, model, len(paged.pages), 0, key)[:-1]  # "<count>/": the set the value names
                 deleted += [(self.changelog, raw_key, None, partition) for raw_key in stale if not raw_key.startswith(named)]
@@ -231,7 +256,7 @@ class AccountTable(LiveTable[AccountState]):
             kept[model], entries[model] = paged, encode_values((len(paged.pages), paged.level, paged.crossings, paged.gone, paged.writes,
                                                                 key.hex()))
         value: Record = (self.changelog, account_id.encode(), frame(entries), partition)
-        return kept, [*pages_first, value, *deleted]
+        return kept, [*pages_first, value, *cleared, *deleted]
 
     def keep(self, account_id: str, states: dict[str, AccountState], records: list[Record]) -> list[Record]:
         """Keeps `states` as the account's and `records` (from `encode`) in the table; returns the

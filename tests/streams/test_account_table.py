@@ -141,6 +141,50 @@ def test_an_account_is_written_whole_until_it_passes_the_split_then_in_pages_of_
     assert len(stage.store) == 1  # pages are not accounts
 
 
+def named_leads(data: dict[bytes, bytes]) -> set[str]:
+    """The lead ids the latest records of `data` name in pages (members and `before`): what
+    compaction keeps of them."""
+    named: set[str] = set()
+    for raw_key, value in data.items():
+        if b"\xff" in raw_key:
+            _, members, before = orjson.loads(value)
+            named |= {*members, *before}
+    return named
+
+
+def test_a_lead_that_leaves_a_paged_account_is_named_by_none_of_its_pages_once_the_batch_is_written() -> None:
+    """A page's `before` held every member the batch updated, a lead that left (moved, merged,
+    forgotten) included, by its id, score and time; as the page's latest record it stayed in the
+    changelog until a later batch updated a member on that page: for a quiet account, for good."""
+    stage, outbox = stage_over({})
+    roll(stage, [update(n, 30, n) for n in range(8)])
+    start = len(outbox.sent)
+    roll(stage, [update(3, 0, 20, left=True), update(4, 50, 21)])  # L3 leaves, L4 stays
+    page = page_holding(stage.store.table.data, "L3")
+    keys = [key for key, _ in changelog(outbox, start)]
+    assert keys[-2:] == [b"acme", page]  # written again after the value, which its `before` was for
+    assert orjson.loads(stage.store.table.data[page])[2] == {}
+    assert "L3" not in named_leads(stage.store.table.data) and "L4" in named_leads(stage.store.table.data)
+    # Every member leaving: the account is inline again and its pages go, after the value, from
+    # the last on; a batch cut anywhere in them, rolled up again, leaves none either.
+    before_all = dict(stage.store.table.data)
+    start = len(outbox.sent)
+    everyone = [update(n, 0, 30 + n, left=True) for n in range(8)]
+    roll(stage, everyone)
+    records = changelog(outbox, start)
+    key = secret(before_all)
+    assert records[0][0] == b"acme" and records[1:] == [(page_key("acme", "b2b", 4, n, key), None) for n in (3, 2, 1, 0)]
+    assert list(stage.store.table.data) == [b"acme"] and model_entry(stage.store.table.data[b"acme"])[1] == {}
+    for cut in range(len(records) + 1):
+        again, _ = stage_over(written(before_all, records[:cut]))
+        roll(again, everyone)
+        assert list(again.store.table.data) == [b"acme"]
+        assert same(read_back(again.store.table.data), stage.store.states("acme")["b2b"])
+    # A lead joining again is kept inline, until the account passes the split again.
+    roll(stage, [update(9, 40, 100)])
+    assert model_entry(stage.store.table.data[b"acme"])[1] == {"L9": [40, T0 + 100]}
+
+
 def test_a_missing_or_foreign_page_or_a_bad_key_makes_the_account_unreadable_with_the_page_named() -> None:
     stage, _ = stage_over({})
     roll(stage, [update(n, 30, n) for n in range(8)])
@@ -180,11 +224,14 @@ def test_an_account_with_a_member_that_is_not_a_score_and_a_time_is_unreadable_i
 
 
 def test_pages_written_ahead_of_their_account_are_read_as_before_their_batch_and_old_pages_as_they_were() -> None:
-    stage, _ = stage_over({})
+    stage, outbox = stage_over({})
     roll(stage, [update(n, 30, n) for n in range(8)])
     before_batch = dict(stage.store.table.data)
+    start = len(outbox.sent)
     roll(stage, [update(0, 90, 20), update(1, 0, 21, left=True)])
-    ahead = {**before_batch, **{key: value for key, value in stage.store.table.data.items() if key != b"acme"}}
+    records = changelog(outbox, start)
+    ahead = written(before_batch, records[:[key for key, _ in records].index(b"acme")])
+    assert ahead != before_batch  # pages written, the value not
     assert read_back(ahead).members == read_back(before_batch).members  # the batch's pages, without its value
     assert read_back(stage.store.table.data).members == {**{f"L{n}": [30, T0 + n] for n in range(2, 8)}, "L0": [90, T0 + 20]}
     # Pages placed by crc32, of the object layout (an entry without its count of writes) or not.
@@ -301,6 +348,8 @@ def test_the_table_reads_back_the_roll_up_and_a_batch_cut_anywhere_is_rolled_up_
         roll(again, updates, number)
         assert same(read_back(again.store.table.data), reference)
         assert not unnamed_pages(again.store.table.data) and not unnamed_pages(stage.store.table.data)  # none left behind
+        for table in (stage.store.table.data, again.store.table.data):  # no page names a lead that left
+            assert named_leads(table) <= set(reference.members)
         assert set(crossing_ids(again_outbox)) <= ids  # a crossing again is the same crossing: no new one
 
 

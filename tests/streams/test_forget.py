@@ -4,6 +4,7 @@ keeps or publishes it, through a restart; tombstones elsewhere are dead letters,
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Callable
 
 import orjson
@@ -17,7 +18,7 @@ from streams.partitioning import partition_for
 from streams.processes import WorkerProcess, free_port
 from streams.settings import Settings
 from streams.topics import topic_config
-from tests.infra import leadstream, read_topic, wait_for
+from tests.infra import leadstream, read_topic, wait_for, write_jsonl
 
 MINUTE_MS = 60_000
 
@@ -98,6 +99,48 @@ def test_forget_erases_a_lead_from_states_read_models_and_accounts_through_a_res
         return None if value is None else orjson.loads(value)["score"]
 
     wait_for(lambda: acme_score() == 20, 60, "acme counting u-2 and u-1's new profile (10 each)", 0.3)
+
+
+def test_no_latest_record_of_the_account_changelog_or_the_score_changes_names_a_lead_that_left_a_paged_account(
+    own_redis: Settings, worker: Callable[..., WorkerProcess], tmp_path: Path
+) -> None:
+    """An account of more than 1,024 members keeps them in pages (streams/account_table.py),
+    each written with what the members its batch updated were before it, a lead that left
+    included: the page's latest record, which compaction keeps, named a forgotten lead (its id,
+    score and time) for good, and every member of an account they all left."""
+    now = int(time.time() * 1000) - 30 * MINUTE_MS
+    members = 1100  # past the 1,024 an account's value holds itself
+    joined = [event(f"FG-{n}", 0, "page_view", now + n, account_id="fgacct") for n in range(members)]
+    joined += [event(f"MV-{n}", 0, "page_view", now + n, account_id="mvacct") for n in range(members)]
+    leadstream(own_redis, "send", "--events-per-message", "200", str(write_jsonl(tmp_path / "joined.jsonl", joined)))
+    proc = worker()
+
+    def summary(account: str) -> object:
+        value = latest(own_redis, own_redis.topic_scores).get(f"b2b:account/{account}".encode(), b"")
+        return value if value in (b"", None) else orjson.loads(value)["members"]
+
+    wait_for(lambda: summary("fgacct") == members and summary("mvacct") == members, 120, "both accounts rolled up", 1)
+    moved = [event(f"MV-{n}", 1, "page_view", now + MINUTE_MS + n, account_id="elsewhere") for n in range(members)]
+    leadstream(own_redis, "send", "--events-per-message", "200", str(write_jsonl(tmp_path / "moved.jsonl", moved)))
+    assert "asked to forget 1 lead" in leadstream(own_redis, "forget", "FG-7").stdout
+    wait_for(lambda: proc.get("/leads/FG-7/")[0] == 404 and summary("fgacct") == members - 1 and summary("mvacct") is None,
+             120, "FG-7 forgotten, the MV leads moved out", 1)
+
+    changelog = f"{own_redis.app_id}-accounts-changelog"
+
+    def naming() -> list[bytes]:
+        """The keys of the accounts changelog whose latest record names FG-7 or, outside the
+        account they moved to, an MV lead."""
+        return [key or b"" for key, value in latest(own_redis, changelog).items()
+                if value is not None and (b'"FG-7"' in value or (b'"MV-' in value and not (key or b"").startswith(b"elsewhere")))]
+
+    # The account's records are sent once its batch's crossings are written: a moment after the summaries.
+    wait_for(lambda: not naming(), 30, "no latest record of the accounts changelog naming a lead that left", 1)
+    # Nor the score-changes topic (the account summaries' best members, the lead's own key).
+    assert not [key for key, value in latest(own_redis, own_redis.topic_scores).items() if value is not None and b'"FG-7"' in value]
+    assert latest(own_redis, own_redis.topic_scores)[b"b2b/FG-7"] is None
+    # mvacct, left by all its members, is inline again: its pages are deleted.
+    assert not [key for key, value in latest(own_redis, changelog).items() if (key or b"").startswith(b"mvacct\xff") and value is not None]
 
 
 def test_tombstones_where_none_belong_are_dead_lettered_and_the_worker_goes_on(
