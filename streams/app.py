@@ -449,7 +449,7 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
             return self.json({"ready": False}, status=503, headers={"Retry-After": str(NOT_READY_RETRY_AFTER_S)})
 
     # /leads/ID (no trailing slash) was aiohttp's plain-text 404: it is sent on to /leads/ID/.
-    cast(Any, app.web).web_app.middlewares.append(aiohttp.web.normalize_path_middleware(append_slash=True, merge_slashes=False))
+    cast(Any, app.web).web_app.middlewares.append(routing.append_slash)
     return app
 
 

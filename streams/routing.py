@@ -15,6 +15,9 @@ from typing import Any
 
 import faust
 from aiohttp import ClientSession, ClientTimeout
+from aiohttp.typedefs import Handler as WebHandler
+from aiohttp.web import HTTPPermanentRedirect, StreamResponse, middleware
+from aiohttp.web import Request as WebRequest
 from faust.web import Request, Response, View, Web
 from faust.web.exceptions import ServiceUnavailable
 from yarl import URL
@@ -54,9 +57,30 @@ def table_route(app: faust.App, table: faust.types.CollectionT, match_info: str)
 
 def owner_url(owner: URL, request: Request) -> URL:
     """The request's path and query on the owner's host and port, as the client wrote them."""
-    path = "/".join(_DOT_SEGMENTS.get(segment, segment) for segment in request.rel_url.raw_path.split("/"))
-    return URL.build(scheme=owner.scheme, authority=owner.raw_authority, path=path,
+    return URL.build(scheme=owner.scheme, authority=owner.raw_authority, path=written_path(request.rel_url),
                      query_string=request.rel_url.raw_query_string, encoded=True)
+
+
+def written_path(url: URL) -> str:
+    """The path of a request's URL as the client wrote it, its dot segments percent-encoded (a
+    client sending one as is would have resolved it): given a path with a segment `..`, as yarl
+    may decode `%2E%2E`, a client, or yarl, resolves it to the segment above."""
+    return "/".join(_DOT_SEGMENTS.get(segment, segment) for segment in url.raw_path.split("/"))
+
+
+@middleware
+async def append_slash(request: WebRequest, handler: WebHandler) -> StreamResponse:
+    """Sends a path that names a view but for its trailing slash (/leads/ID) on to the view's,
+    as written (308). aiohttp's normalize_path_middleware gave the path decoded: lead `..`,
+    asked for as /leads/%2E%2E, was sent to /leads/../, which clients resolve to / (the wrong page)."""
+    if request.match_info.http_exception is not None:
+        path = written_path(request.rel_url)
+        # Not `//host`: a Location there would be another host's (aiohttp's GHSA-v6wp-4m6f-gcjg).
+        if not path.endswith("/") and not path.startswith("//"):
+            slashed = URL(path + "/", encoded=True)
+            if (await request.app.router.resolve(request.clone(rel_url=slashed))).http_exception is None:
+                raise HTTPPermanentRedirect(URL.build(path=slashed.raw_path, query_string=request.rel_url.raw_query_string, encoded=True))
+    return await handler(request)
 
 
 async def forward(client: ClientSession, url: URL, web: Web) -> Response:
