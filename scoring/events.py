@@ -9,9 +9,13 @@ naming the field.
 Two paths, one contract. Well-formed JSON bytes are decoded straight into an `Event` by msgspec,
 which checks types and bounds in C while it parses (about 0.6 us an event here, against 2.2 us
 for orjson and the same checks in Python). Anything that path refuses, and every parsed value
-handed in, takes the careful path: orjson, then each check in turn, so a rejection names the
-first field that is wrong, and the forms only it accepts (numeric ids, ISO-8601 times, null
-maps, an identify without event id) still pass.
+handed in, takes the careful path: the JSON read as a value (`loads`), then each check in turn,
+so a rejection names the first field that is wrong, and the forms only it accepts (numeric ids,
+ISO-8601 times, null maps, an identify without event id) still pass.
+
+An integer beyond 64 bits is refused wherever an event holds it (ids, traits, properties),
+naming the field: most JSON readers (orjson, JavaScript's) read one as a float, its digits lost,
+and a lead's state and the topics' other readers could not keep it either.
 """
 
 from __future__ import annotations
@@ -40,8 +44,6 @@ MAX_TRAIT_SIZE = 4096
 _SHORT_TEXT = MAX_TRAIT_SIZE // 6
 #: Longest lead id, event id, account id or event type.
 MAX_ID_CHARS = 256
-#: Integer ids are taken as their decimal text, which must be as short as a text id.
-_INT_ID_BOUND = 10 ** (MAX_ID_CHARS - 1)
 #: Levels of objects and arrays one property or trait value may nest. No tracking plan needs
 #: more, and much deeper values cannot be handled at all: orjson writes at most 255 levels, and
 #: msgspec stops near 1,000 with Python's recursion limit (a RecursionError, not a DecodeError).
@@ -96,6 +98,7 @@ class Event(msgspec.Struct, gc=False):
 
 _decode_event = msgspec.json.Decoder(Event).decode
 _decode_message = msgspec.json.Decoder(Event | list[Event]).decode
+_decode_any = msgspec.json.Decoder().decode
 #: msgspec, not orjson, to write an event back out: it writes integers beyond 64 bits too.
 _encode = msgspec.json.Encoder().encode
 
@@ -144,11 +147,22 @@ def parse_event(raw: bytes | bytearray | memoryview | str | dict[str, Any] | Any
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
+def read_json(raw: bytes | bytearray | memoryview | str) -> Any:
+    """JSON as orjson reads it, but an integer beyond 64 bits whole: orjson reads one as a float,
+    its digits lost, which a refusal could then not tell from a number written as a float.
+    msgspec reads what orjson reads, as fast; orjson's value where msgspec stops (nesting near
+    Python's recursion limit, up to orjson's 1,024 levels), and its error for what is no JSON."""
+    try:
+        return _decode_any(raw)
+    except UNDECODABLE:
+        return orjson.loads(raw)
+
+
 def loads(raw: bytes | bytearray | memoryview | str) -> Any:
-    """JSON as orjson reads it, a lone surrogate escape in a text read as U+FFFD (see
+    """JSON as `read_json` reads it, a lone surrogate escape in a text read as U+FFFD (see
     `with_lone_surrogates_replaced`); orjson's error for anything else it refuses."""
     try:
-        return orjson.loads(raw)
+        return read_json(raw)
     except orjson.JSONDecodeError as exc:
         if "surrogate in string" not in str(exc):
             raise
@@ -170,9 +184,9 @@ def with_lone_surrogates_replaced(text: str) -> Any:
 
 
 def lone_surrogates_replaced(value: Any) -> Any:
-    """A value json.loads read (where a lone surrogate is a character of its own) as orjson reads
-    JSON, each lone surrogate U+FFFD; ValueError for what orjson does not take (NaN, Infinity)."""
-    return orjson.loads(json_with_lone_surrogates_replaced(value))
+    """A value json.loads read (where a lone surrogate is a character of its own) as `read_json`
+    reads JSON, each lone surrogate U+FFFD; ValueError for what orjson does not take (NaN, Infinity)."""
+    return read_json(json_with_lone_surrogates_replaced(value))
 
 
 def json_with_lone_surrogates_replaced(value: Any) -> bytes:
@@ -272,9 +286,8 @@ def decode_message(raw: bytes | bytearray | memoryview | str) -> list[Event] | N
 def _sound(event: Event) -> bool:
     """The checks a msgspec schema cannot say: no control character in an id (the contract,
     scoring/MODELS.md: ids are echoed in logs, dead letters and headers), a bounded
-    number of fields, and integers the state codecs can write back (msgspec reads integers
-    beyond 64 bits, which a stored trait would make unwritable), and values nested at most
-    MAX_NESTING levels deep."""
+    number of fields, no integer beyond 64 bits (msgspec reads them whole; see the module's
+    docstring), and values nested at most MAX_NESTING levels deep."""
     if len(event.properties) + len(event.traits) > MAX_FIELDS:
         return False
     if not (event.event_id.isprintable() and event.lead_id.isprintable()) or (
@@ -292,7 +305,10 @@ def _sound(event: Event) -> bool:
         if (value.__class__ is dict or value.__class__ is list) and _trait_problem("", value) is not None:
             return False
     for value in event.properties.values():
-        if (value.__class__ is dict or value.__class__ is list) and nesting(value) > MAX_NESTING:
+        if value.__class__ is int:
+            if not _MIN_INT <= value <= _MAX_INT:
+                return False
+        elif (value.__class__ is dict or value.__class__ is list) and (nesting(value) > MAX_NESTING or _huge_int(value)):
             return False
     return True
 
@@ -336,11 +352,17 @@ def is_id(text: str) -> bool:
 
 
 def _too_large(properties: dict[str, Any], traits: dict[str, Any]) -> str | None:
-    """The first property nested deeper than MAX_NESTING, or trait a lead's state cannot keep
-    (`_trait_problem`), as a rejection's detail."""
+    """The first property nested deeper than MAX_NESTING or holding an integer beyond 64 bits,
+    or trait a lead's state cannot keep (`_trait_problem`), as a rejection's detail."""
     for key, value in properties.items():
-        if (value.__class__ is dict or value.__class__ is list) and nesting(value) > MAX_NESTING:
-            return _too_deep(f"properties.{key}")
+        if value.__class__ is int:
+            if not _MIN_INT <= value <= _MAX_INT:
+                return beyond_64_bits(f"properties.{key}")
+        elif value.__class__ is dict or value.__class__ is list:
+            if nesting(value) > MAX_NESTING:
+                return _too_deep(f"properties.{key}")
+            if _huge_int(value):
+                return beyond_64_bits(f"properties.{key}")
     for key, value in traits.items():
         if value.__class__ is not float and value.__class__ is not bool and value is not None:
             problem = _trait_problem(key, value)
@@ -351,7 +373,7 @@ def _too_large(properties: dict[str, Any], traits: dict[str, Any]) -> str | None
 
 def _trait_problem(key: str, value: Any) -> str | None:
     """Why a lead's state cannot keep this trait value, if it cannot: nested too deep, an
-    integer beyond 64 bits (its codec cannot write one), or larger than MAX_TRAIT_SIZE."""
+    integer beyond 64 bits, or larger than MAX_TRAIT_SIZE."""
     kind = value.__class__
     if kind is str:
         if len(value) > _SHORT_TEXT and (size := _text_size(value)) > MAX_TRAIT_SIZE:
@@ -362,7 +384,7 @@ def _trait_problem(key: str, value: Any) -> str | None:
     if kind is not int and nesting(value) > MAX_NESTING:
         return _too_deep(f"traits.{key}")
     if _huge_int(value):
-        return f"traits.{key} holds an integer beyond 64 bits, which a lead's state cannot keep: send such a number as a text"
+        return beyond_64_bits(f"traits.{key}")
     if kind is not int and len(encoded := _encode(value)) > MAX_TRAIT_SIZE:
         return f"traits.{key} is {len(encoded)} bytes of JSON, at most {MAX_TRAIT_SIZE} are kept: send large values as properties"
     return None
@@ -375,6 +397,17 @@ def _text_size(text: str) -> int:
         return len(_encode(text)) - 2
     except UnicodeEncodeError:  # a lone surrogate (only in an event handed in parsed): 6 bytes escaped, at most
         return 6 * len(text)
+
+
+def fits_64_bits(value: int) -> bool:
+    """Whether an integer is one JSON readers keep whole (orjson: signed or unsigned 64 bits)."""
+    return _MIN_INT <= value <= _MAX_INT
+
+
+def beyond_64_bits(field: str) -> str:
+    """Why a field holding an integer beyond 64 bits is refused, the collector's word for its own
+    fields too."""
+    return f"{field} holds an integer beyond 64 bits, which loses digits as a JSON number: send such a number as a text"
 
 
 def _too_deep(field: str) -> str:
@@ -525,13 +558,12 @@ def _identifier(d: dict[str, Any], key: str, required: bool) -> Any:
     if value is None:
         return _missing(d, key) if required else None
     if value.__class__ is int:
-        if -_INT_ID_BOUND < value < _INT_ID_BOUND:  # bounded before str(), which refuses 4,300 digits
+        if fits_64_bits(value):
             return str(value)
-        return Rejection("bad_value", f"field '{key}' must be 1 to {MAX_ID_CHARS} characters, got an integer of more", d)
-    if value.__class__ is float and value.is_integer():  # JSON readers take an integer beyond 64 bits as one
+        return Rejection("wrong_type", beyond_64_bits(f"field '{key}'"), d)
+    if value.__class__ is float and value.is_integer():
         return Rejection("wrong_type", f"field '{key}' must be a text or an integer, got a number written with a decimal point "
-                                       "or exponent, or an integer of more than 19 digits, which JSON readers take as one: send "
-                                       "such an id as a text", d)
+                                       "or exponent: send such an id as a text", d)
     return _bad(d, key, value, "a text or an integer")
 
 

@@ -53,7 +53,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Final, Iterable, Sequence, TypeVar, cast
 
-import msgspec
 import orjson
 from aiohttp import web
 from aiohttp.client_exceptions import ClientPayloadError
@@ -61,7 +60,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
 
 from scoring.config import did_you_mean, not_utf8, toml_problem
-from scoring.events import MAX_ID_CHARS, holds_lone_surrogate, json_with_lone_surrogates_replaced, lone_surrogates_replaced
+from scoring.events import MAX_ID_CHARS, fits_64_bits, holds_lone_surrogate, lone_surrogates_replaced, read_json
 from streams import collector_metrics as metrics
 from streams import probes
 from streams.addresses import authority
@@ -630,7 +629,6 @@ class Collector:
         measure_calls = call_type is None and len(raw) > CALL_LIMIT_BYTES
         mapped: list[Mapped] = []
         dead: list[bytes] = []
-        sent = _Sent(raw, marked, call)
         size = 0  # of the events and dead letters so far
         outcome = Outcome()
         async for index, item in in_slices(enumerate(items)):
@@ -648,7 +646,7 @@ class Collector:
                 size += len(mapped[-1].value)
             except RequestRejected as exc:
                 outcome.refuse(index, item, exc)
-                dead.append(_dead_letter(source, call, index, sent.call(index, item), exc).to_bytes())
+                dead.append(_dead_letter(source, call, index, item, exc).to_bytes())
                 size += len(dead[-1])
             except Exception as exc:  # noqa: BLE001 - a bug met by one call must not fail the request's others
                 log.error("cannot map call %d of a /v1/%s request of source %s; it is dead-lettered as %s", index, call,
@@ -656,7 +654,7 @@ class Collector:
                 failure = rejected(MAPPING_FAILED, f"the collector failed to map this call ({type(exc).__name__}); "
                                    "it is kept in the dead letters")  # fmt: skip
                 outcome.refuse(index, item, failure)
-                dead.append(_dead_letter(source, call, index, sent.call(index, item), failure).to_bytes())
+                dead.append(_dead_letter(source, call, index, item, failure).to_bytes())
                 size += len(dead[-1])
         await self.writer.write(await self._messages(mapped, dead))
         outcome.accepted = len(mapped)
@@ -802,7 +800,7 @@ def _parse(body: bytes) -> tuple[dict[str, Any], dict[str, Any] | None]:
         raise rejected("bad_json", f"the body is in {encoding.upper()} (by its first bytes); send JSON in UTF-8 (RFC 8259)")
     marked = None
     try:
-        parsed = orjson.loads(body)
+        parsed = read_json(body)  # integers beyond 64 bits whole: the mapping refuses them, naming the field
     except orjson.JSONDecodeError:
         parsed, marked = _repaired(body)
     if not isinstance(parsed, dict):
@@ -920,50 +918,9 @@ def _rejection(index: int, item: object, exc: RequestRejected) -> dict[str, obje
     # Echoed only when it is an id: the events are written before the response, which must then
     # be writable whatever the call held (orjson writes 254 levels at most); `index` says which.
     if not (isinstance(message_id, str) and len(message_id) <= MAX_ID_CHARS
-            or isinstance(message_id, int) and not isinstance(message_id, bool)):  # fmt: skip
+            or isinstance(message_id, int) and not isinstance(message_id, bool) and fits_64_bits(message_id)):  # fmt: skip
         message_id = None
     return {"index": index, "messageId": message_id, "code": exc.code, "message": str(exc)}
-
-
-class _Sent:
-    """A request's calls as sent, for their dead letters: orjson reads an integer beyond 64 bits as
-    a float, so a call re-encoded as read lost the digits its refusal may be about (a `userId` of
-    123456789012345678901234567891 was kept as 1.2345678901234568e29). The body is read again,
-    by msgspec, which keeps such integers, once a dead-lettered call is found to hold one."""
-
-    def __init__(self, raw: bytes, marked: dict[str, Any] | None, call: str) -> None:
-        self._raw = raw
-        self._marked = marked  # the body as `_repaired` read it, integers whole
-        self._call = call
-        self._calls: tuple[list[Any], dict[str, Any]] | None = None
-
-    def call(self, index: int, read: object) -> object:
-        """The `index`th call, `read` as the collector read it (its batch's context merged)."""
-        if not _lost_digits(read):
-            return read
-        if self._calls is None:
-            marked = self._marked
-            try:
-                body = self._raw.removeprefix(codecs.BOM_UTF8) if marked is None else json_with_lone_surrogates_replaced(marked)
-                self._calls = _calls(msgspec.json.decode(body), self._call)
-            except (msgspec.DecodeError, RecursionError, RequestRejected):  # what orjson read, msgspec need not
-                self._calls = [], {}
-        calls, context = self._calls
-        return with_batch_context(calls[index], context) if index < len(calls) else read
-
-
-def _lost_digits(value: object) -> bool:
-    """Whether a value orjson read holds an integer beyond 64 bits, which it reads as a float."""
-    values = [value]
-    while values:  # not recursive: a call nests up to 1,024 levels
-        value = values.pop()
-        if isinstance(value, dict):
-            values.extend(value.values())
-        elif isinstance(value, list):
-            values.extend(value)
-        elif isinstance(value, float) and value.is_integer() and not -(2**63) <= value < 2**64:
-            return True
-    return False
 
 
 def _dead_letter(source: Source, call: str, index: int, item: object, exc: RequestRejected) -> DeadLetter:

@@ -95,8 +95,8 @@ _SCANNER = json.JSONDecoder()
 @lru_cache(maxsize=4)  # an envelope's dead letters are written one after another
 def items_written(value: bytes) -> list[bytes] | None:
     """Each item of the envelope `value` as its producer wrote it, byte for byte (a dead letter
-    keeps these: an item parsed and written out again loses integers over 64 bits and the way
-    its numbers and texts were spelt). None when `value` is no envelope that Python's own JSON
+    keeps these: an item parsed and written out again loses the way its numbers and texts were
+    spelt). None when `value` is no envelope that Python's own JSON
     parser reads (nested deeper than its recursion limit, say)."""
     try:
         text = value.decode("utf-8")

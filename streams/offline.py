@@ -28,6 +28,7 @@ import orjson
 
 from scoring import AccountState, Engine, Event, LeadState, MemberScore, Rejection, Transition
 from scoring.accounts import by_account
+from scoring.events import loads
 from scoring.identity import merge
 from streams.errors import InputError
 from streams.stitching import MAX_HOPS, links_of, may_link, publishable
@@ -356,7 +357,7 @@ def _links(line: bytes, events: int) -> list[list[tuple[str, str]] | Rejection]:
     if not may_link(line):
         return none
     try:
-        value = orjson.loads(line)
+        value = loads(line)  # as the engine read the line, and the worker reads the links
     except orjson.JSONDecodeError:
         return none
     items = value if isinstance(value, list) else [value]

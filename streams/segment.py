@@ -37,10 +37,12 @@ from functools import lru_cache
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
+import msgspec
 import orjson
 
 from scoring.events import (
-    MAX_ID_CHARS, MAX_NESTING, MAX_TIME_MS, MIN_TIME_MS, PROFILE_TYPES, Rejection, is_id, nesting, parse_event,
+    MAX_ID_CHARS, MAX_NESTING, MAX_TIME_MS, MIN_TIME_MS, PROFILE_TYPES, Rejection, beyond_64_bits, fits_64_bits, is_id, nesting,
+    parse_event,
 )
 from scoring.identity import ANONYMOUS_PREFIX
 from streams.errors import ConfigError, RefusalCode, RequestRejected
@@ -54,6 +56,8 @@ _PER_ATTEMPT_FIELDS = frozenset({"sentAt", "writeKey"})
 # orjson writes at most 254 levels of objects and arrays, the hashed call's own object being one:
 # a call without messageId with a field nested deeper cannot be hashed into an event id.
 _HASHABLE_NESTING = 253
+#: Writes what orjson does not (integers beyond 64 bits), keys sorted as for orjson.OPT_SORT_KEYS.
+_SORTED_JSON = msgspec.json.Encoder(order="sorted").encode
 # Stands in for the content hash of a call without messageId while the scoring engine checks
 # the event (same shape, so the same checks): the hash is taken only of a call that passed.
 _PENDING_ID = "sha256:" + "0" * 32
@@ -416,11 +420,9 @@ def _identifier(call: dict[str, Any], name: str, parent: str = "") -> str | None
     if isinstance(value, str):
         return value
     if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    if isinstance(value, float) and value.is_integer() and abs(value) >= 2**64:
-        # JSON readers (orjson too) read an integer beyond 64 bits as a float: its digits are gone.
-        raise rejected("bad_field", f"`{parent}{name}` is an integer beyond 64 bits, which loses digits as a JSON number: "
-                                    "send it as a string")
+        if fits_64_bits(value):
+            return str(value)
+        raise rejected("bad_field", beyond_64_bits(f"`{parent}{name}`"))
     raise rejected("bad_field", f"`{parent}{name}` must be a string or an integer, not {_shown(value)}")
 
 
@@ -447,7 +449,10 @@ def _shown(value: object) -> str:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, int) and not fits_64_bits(value):
+        return f"an integer of {value.bit_length()} bits"  # up to 4,300 digits (the most str() writes)
     return repr(value)
+
 
 
 def _cut(text: str, limit: int) -> str:
@@ -473,6 +478,10 @@ def _content_id(call: dict[str, Any], kind: str, received_at_ms: int) -> str:
                 "the call's event id from its content: send a `messageId`, or nest less",
             )
     digest = hashlib.sha256(f"{kind} {received_at_ms if untimed else ''}\n".encode())
-    digest.update(orjson.dumps(content, option=orjson.OPT_SORT_KEYS))
+    try:
+        said = orjson.dumps(content, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:  # an integer beyond 64 bits where the event takes nothing from (`context.x`)
+        said = _SORTED_JSON(content)
+    digest.update(said)
     return "sha256:" + digest.hexdigest()[:32]
 

@@ -22,6 +22,7 @@ from scoring.events import EMPTY_ENVELOPE, MAX_EVENT_BYTES, Rejection, loads, op
 from streams.envelope import pack_keyed
 from streams.errors import InputError, ServiceError
 from streams.kafka_clients import open_client
+from streams.outbox import encode_json
 from streams.jsonlines import numbered_lines
 from streams.settings import Settings
 from streams.topics import partition_count
@@ -43,7 +44,7 @@ def read_events(lines: IO[bytes], bad: list[str]) -> Iterator[tuple[str, bytes]]
             for n, item in enumerate(value, 1):
                 lead = _lead_id(item, f"line {number}, event {n} of its envelope", bad)
                 if lead is not None:
-                    yield lead, orjson.dumps(item)
+                    yield lead, encode_json(item)  # not orjson: it writes no integer beyond 64 bits
             continue
         lead = _lead_id(value, f"line {number}", bad)
         if lead is not None:

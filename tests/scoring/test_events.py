@@ -3,6 +3,8 @@ never raises out of the engine."""
 
 from __future__ import annotations
 
+import json
+
 import msgspec
 import orjson
 import pytest
@@ -75,7 +77,7 @@ def test_identify_without_event_id_gets_one_from_its_time_and_what_it_says() -> 
         (orjson.dumps({**GOOD, "time": "1999-12-31T23:00:00Z"}), "bad_value", "'1999-12-31T23:00:00Z', outside years 2000-2099"),
         (orjson.dumps({**GOOD, "lead_id": 42.0}), "wrong_type", "'lead_id' must be a text or an integer, got a number written with a decimal"),
         (orjson.dumps({**GOOD, "lead_id": 42.5}), "wrong_type", "'lead_id' must be a text or an integer, got a number"),
-        (orjson.dumps({**GOOD})[:-1] + b',"event_id":1' + b"0" * 30 + b"}", "wrong_type", "or an integer of more than 19 digits"),
+        (orjson.dumps({**GOOD})[:-1] + b',"event_id":1' + b"0" * 30 + b"}", "wrong_type", "'event_id' holds an integer beyond 64 bits"),
         (orjson.dumps({**GOOD, "time": True}), "wrong_type", "time"),
         (orjson.dumps({**GOOD, "event_id": "a\nb"}), "bad_value", "event_id"),
         (orjson.dumps({**GOOD, "properties": [1]}), "wrong_type", "properties"),
@@ -162,18 +164,30 @@ def test_an_envelope_of_good_events_is_decoded_in_one_pass() -> None:
     assert decode_message(orjson.dumps([GOOD, {"lead_id": "L2"}])) is None  # one bad event: the careful path says which
 
 
-def test_a_trait_integer_beyond_64_bits_is_read_as_orjson_reads_it_so_the_state_stays_writable() -> None:
-    raw = orjson.dumps({**GOOD, "type": "identify"})[:-1] + b',"traits":{"employees":123456789012345678901234567890}}'
-    event = parse_event(raw)
-    assert isinstance(event, Event) and event.traits == {"employees": 1.2345678901234568e29}
-    run = Run(engine('[[rules]]\nname = "v"\nevent = "page_view"\npoints = 5\n', settings='keep_traits = ["employees"]'))
-    run.apply(event)
-    assert run.state().traits == {"employees": 1.2345678901234568e29}
-    # Nested, too: msgspec would keep the integer, which the state codec then could not write.
-    nested = parse_event(raw.replace(b":123456789012345678901234567890", b":{\"by_year\":[1,123456789012345678901234567890]}"))
-    assert isinstance(nested, Event) and nested.traits == {"employees": {"by_year": [1, 1.2345678901234568e29]}}
-    run.apply(nested)
-    assert run.state().to_bytes()
+BIG = b"123456789012345678901234567890"
+
+
+@pytest.mark.parametrize("field", ["traits", "properties"])
+@pytest.mark.parametrize("value", [BIG, b"-" + BIG, b"[1,{\"by_year\":" + BIG + b"}]", b"18446744073709551616", b"-9223372036854775809"])
+def test_an_integer_beyond_64_bits_in_json_is_refused_naming_its_field_on_every_path(field: str, value: bytes) -> None:
+    """It was read as a float, as orjson reads it, on the careful path: a trait's digits were
+    kept as 1.2345678901234568e+29 in the lead's state, its view and its crossings, a property's
+    scored as that float; msgspec's path read it whole, and refused a trait, not a property."""
+    raw = orjson.dumps({**GOOD, "type": "identify"})[:-1] + b',"%s":{"hubspot_id":%s}}' % (field.encode(), value)
+    bad = orjson.dumps({**GOOD, "lead_id": None})  # takes the envelope to the careful path
+    lone = orjson.dumps(GOOD).replace(b'"L1"', b'"L1\\ud83d"')  # read again by the standard library
+    detail = f"{field}.hubspot_id holds an integer beyond 64 bits, which loses digits as a JSON number: send such a number as a text"
+    for parsed in (parse_event(raw), parse_message(raw)[0], parse_message(b"[" + bad + b"," + raw + b"]")[1],
+                   parse_message(b"[" + lone + b"," + raw + b"]")[1], parse_event(json.loads(raw))):
+        assert isinstance(parsed, Rejection) and (parsed.reason, parsed.detail) == ("too_large", detail), parsed
+    assert decode_message(raw) is None
+
+
+def test_integers_of_64_bits_are_kept_and_a_float_as_big_is_a_float() -> None:
+    within = {"n": 2**64 - 1, "m": -(2**63), "f": 1e29}
+    raw = orjson.dumps({**GOOD, "type": "identify", "traits": within, "properties": within})
+    for parsed in (parse_event(raw), parse_message(b"[" + orjson.dumps({**GOOD, "lead_id": None}) + b"," + raw + b"]")[1]):
+        assert isinstance(parsed, Event) and parsed.traits == parsed.properties == within
 
 
 @pytest.mark.parametrize("value", [2**64, -(2**63) - 1, [1, 2**70], {"a": {"b": [2**70]}}])
@@ -181,21 +195,24 @@ def test_a_parsed_trait_holding_an_integer_beyond_64_bits_is_refused_as_the_stat
     rejection = parse_event({**GOOD, "traits": {"employees": value}})
     assert isinstance(rejection, Rejection) and rejection.reason == "too_large"
     assert rejection.detail.startswith("traits.employees holds an integer beyond 64 bits")
-    assert isinstance(parse_event({**GOOD, "traits": {"employees": [2**64 - 1, -(2**63)]}, "properties": {"n": 2**70}}), Event)
+    assert isinstance(parse_event({**GOOD, "traits": {"employees": [2**64 - 1, -(2**63)]}, "properties": {"n": 2**64 - 1}}), Event)
+    refused = parse_event({**GOOD, "properties": {"n": value}})
+    assert isinstance(refused, Rejection) and refused.detail.startswith("properties.n holds an integer beyond 64 bits")
 
 
 @pytest.mark.parametrize(
-    ("change", "detail"),
+    ("change", "reason", "detail"),
     [
-        ({"event_id": 10**300}, "field 'event_id' must be 1 to 256 characters"),  # was taken as 301 characters
-        ({"lead_id": -(10**5000)}, "field 'lead_id' must be 1 to 256 characters"),  # str() raised ValueError
-        ({"time": 10**5000}, "field 'time' is an integer of 16610 bits, outside years 2000-2099"),  # the message raised
+        ({"event_id": 10**300}, "wrong_type", "field 'event_id' holds an integer beyond 64 bits"),  # was taken as 301 characters
+        ({"lead_id": -(10**5000)}, "wrong_type", "field 'lead_id' holds an integer beyond 64 bits"),  # str() raised ValueError
+        ({"time": 10**5000}, "bad_value", "field 'time' is an integer of 16610 bits, outside years 2000-2099"),  # the message raised
     ],
 )
-def test_a_parsed_integer_too_long_for_an_id_or_time_is_refused_not_raised(change: dict, detail: str) -> None:
+def test_a_parsed_integer_too_long_for_an_id_or_time_is_refused_not_raised(change: dict, reason: str, detail: str) -> None:
     rejection = parse_event({**GOOD, **change})
-    assert isinstance(rejection, Rejection) and rejection.reason == "bad_value" and rejection.detail.startswith(detail)
-    assert parse_event({**GOOD, "event_id": -(10**255) + 1}).event_id == str(-(10**255) + 1)  # type: ignore[union-attr]
+    assert isinstance(rejection, Rejection) and rejection.reason == reason and rejection.detail.startswith(detail)
+    assert parse_event({**GOOD, "event_id": -(2**63)}).event_id == str(-(2**63))  # type: ignore[union-attr]
+    assert parse_event({**GOOD, "event_id": 2**64 - 1}).event_id == str(2**64 - 1)  # type: ignore[union-attr]
 
 
 def _nested(levels: int) -> bytes:

@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from scoring import Engine, LeadState
+from scoring import Engine, Event, LeadState
 from tests.scoring.support import DAY, HOUR, MINUTE, T0, Run, engine, ev, shipped
 
 PRICING = '[[rules]]\nname = "pricing"\nevent = "page_view"\npoints = 10\n'
@@ -114,10 +114,12 @@ def test_long_once_per_values_are_kept_as_digests_so_the_state_stays_small() -> 
 
 
 def test_once_per_values_are_told_apart_as_json_values() -> None:
-    # Keyed by str(value), the number 7 and the text "7" were one value, and 1 and 1.0 two.
+    # Keyed by str(value), the number 7 and the text "7" were one value, and 1 and 1.0 two. The
+    # events are handed in as such: parsing refuses an integer beyond 64 bits, which keying must
+    # not raise on all the same.
     rule = '[[rules]]\nname = "open"\nevent = "email_open"\npoints = 1\nonce_per = "properties.email_id"\n'
     values = [7, "7", 1, 1.0, True, "True", [1, {"b": 1, "a": 2}], [1, {"a": 2, "b": 1}], 10**5000, 10**5000, [10**5000]]
-    run = Run(engine(rule)).apply(*(ev("email_open", at=i, properties={"email_id": v}) for i, v in enumerate(values)))
+    run = Run(engine(rule)).apply(*(Event(f"e-{i}", "L1", "email_open", T0 + i, {"email_id": v}) for i, v in enumerate(values)))
     assert run.score() == 8  # 7, "7", 1, true, "True", the array (keys in any order), 10**5000 and [10**5000]
     assert all(key == "7" or key == "True" or (key.startswith("#") and len(key) == 33) for key in run.state().seen["email_open properties.email_id"])
 

@@ -153,7 +153,7 @@ def test_a_dead_letter_keeps_the_digits_of_an_integer_beyond_64_bits(collector: 
     single = f'{{"userId":{big},"event":"A","messageId":"m-1","writeKey":"wk_site"}}'.encode()
     response = collector.post("/v1/track", single)
     assert (response.status_code, response.json()["code"]) == (400, "bad_field")
-    assert "`userId` is an integer beyond 64 bits" in response.json()["message"]
+    assert "`userId` holds an integer beyond 64 bits" in response.json()["message"]
     # Of a batch, and of a body repaired for bytes that are not UTF-8: the batch's context stays merged.
     batch = (f'{{"batch":[{{"type":"track","userId":"u-2","messageId":"m-2","properties":{{"n":[{big}]}}}},'
              f'{{"type":"track","anonymousId":{big},"event":"A","messageId":"m-3"}}],"context":{{"ip":"1.2.3.4"}}}}').encode()

@@ -12,8 +12,8 @@ import orjson
 import pytest
 
 from scoring.engine import Engine
-from scoring.events import parse_message
-from streams.collector import load_sources
+from scoring.events import parse_message, read_json
+from streams.collector import _rejection, load_sources
 from streams.errors import ConfigError, RequestRejected
 from streams.segment import Mapper, Source, canonical_traits, event_time_ms, snake_case, with_batch_context
 
@@ -439,8 +439,8 @@ def test_calls_that_cannot_be_mapped_are_rejected_with_a_reason(call: Any, call_
 @pytest.mark.parametrize(("call", "call_type", "said"), [
     ({"type": None, "userId": "u"}, None, "`type` is null; it must be one of"),
     ({"userId": True, "event": "A"}, "track", "must be a string or an integer, not true"),
-    # A JSON reader makes such an integer a float (1.2345678901234569e+32): the message said that.
-    ({"userId": 123456789012345678901234567890123, "event": "A"}, "track", "`userId` is an integer beyond 64 bits"),
+    # orjson reads such an integer as a float (1.2345678901234569e+32): the message said that, not a float.
+    ({"userId": 123456789012345678901234567890123, "event": "A"}, "track", "`userId` holds an integer beyond 64 bits"),
     ({"userId": "u", "event": "A", "properties": [1]}, "track", "`properties` must be a JSON object, not an array"),
     ({"userId": "anon:g7-v", "event": "A"}, "track", "`userId` must not start with 'anon:', the prefix reserved for anonymous visitors'"),
     # It said ">= 0, not 9007199254740992", which is: the bound it broke was unsaid.
@@ -449,7 +449,38 @@ def test_calls_that_cannot_be_mapped_are_rejected_with_a_reason(call: Any, call_
 def test_rejections_show_the_value_as_the_call_wrote_it(call: Any, call_type: str | None, said: str) -> None:
     # In Python's spelling, they said None, True and list. Read as the collector reads a body.
     with pytest.raises(RequestRejected, match=re.escape(said)):
-        Mapper("snake_case", MAX_FUTURE_MS).map(orjson.loads(json.dumps(call)), call_type, SITE, RECEIVED)
+        Mapper("snake_case", MAX_FUTURE_MS).map(read_json(json.dumps(call)), call_type, SITE, RECEIVED)
+
+
+BIG = "12345678901234567890123"
+
+
+@pytest.mark.parametrize(("body", "call_type", "field"), [
+    (f'{{"userId":"u-1","traits":{{"hubspot_id":{BIG}}}}}', "identify", "traits.hubspot_id"),
+    (f'{{"userId":"u-1","context":{{"traits":{{"email":[{BIG}]}}}}}}', "identify", "traits.email"),
+    (f'{{"userId":"u-1","event":"Paid","properties":{{"order":{BIG}}}}}', "track", "properties.order"),
+    (f'{{"userId":"u-1","properties":{{"title":-{BIG}}}}}', "page", "properties.title"),
+    (f'{{"userId":"u-1","context":{{"page":{{"title":{BIG}}}}}}}', "page", "properties.title"),
+])
+def test_an_integer_beyond_64_bits_in_traits_or_properties_is_refused_naming_the_field(body: str, call_type: str, field: str) -> None:
+    """Read as a float (orjson), an identify's hubspot_id of 12345678901234567890123 was written on
+    as 1.2345678901234568e+22, where `userId` of such an integer was refused: the digits were gone."""
+    with pytest.raises(RequestRejected, match=re.escape(f"the scoring engine would refuse this call's event: {field} holds an "
+                                                        "integer beyond 64 bits, which loses digits as a JSON number")):
+        Mapper("snake_case", MAX_FUTURE_MS).map(read_json(body), call_type, SITE, RECEIVED)
+
+
+def test_a_call_without_message_id_holding_an_integer_beyond_64_bits_where_no_event_field_reads_it_is_mapped() -> None:
+    # orjson, which writes the content hashed into the event id, writes 64 bits at most.
+    call = read_json(f'{{"userId":"u-1","event":"A","context":{{"campaign":{{"id":{BIG}}}}}}}')
+    first, again = (Mapper("snake_case", MAX_FUTURE_MS).map(call, "track", SITE, RECEIVED) for _ in range(2))
+    assert first == again and orjson.loads(first.value)["event_id"].startswith("sha256:")
+
+
+def test_a_refusal_echoes_a_message_id_only_when_the_answer_can_carry_it() -> None:
+    refused = RequestRejected(400, "bad_field", "x")
+    assert _rejection(0, {"messageId": 2**64 - 1}, refused)["messageId"] == 2**64 - 1
+    assert _rejection(0, {"messageId": 2**64}, refused)["messageId"] is None  # orjson, writing the answer, would raise
 
 
 def test_write_keys_from_inline_pairs() -> None:

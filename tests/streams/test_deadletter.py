@@ -73,7 +73,7 @@ def test_an_original_too_large_for_a_kafka_message_is_kept_as_its_size_and_head(
 
 
 @pytest.mark.parametrize(("value", "reason"), [
-    (b'{"event_id": "e9",  "lead_id": "carol", "type": "page_view", "time": 1000000000000000000000000000000}', "wrong_type"),
+    (b'{"event_id": "e9",  "lead_id": "carol", "type": "page_view", "time": 1000000000000000000000000000000}', "bad_value"),
     (b'{"event_id": "e9",  "lead_id": "carol", "type": "demo_call", "time": 1762128000000, "product": "b2b"}', "unknown_type"),
     (b' {"event_id": "e9", "lead_id": "carol", "type": "page_view", "time": "2099-01-01T00:00:00Z", "product": "b2b"}', "future_time"),
 ])
@@ -159,3 +159,19 @@ def test_a_message_keyed_by_its_lead_id_on_another_partition_names_the_partition
     if named == "partitioner=murmur2_random":
         assert "keyed by the lead id but partitioned otherwise than Kafka's default murmur2 partitioner" in letter["detail"]
         assert "CRC32, puts it on partition 0, where it came" in letter["detail"]
+
+
+@pytest.mark.parametrize("field", ["traits", "properties"])
+@pytest.mark.parametrize("with_link", [True, False])
+def test_an_event_holding_an_integer_beyond_64_bits_is_dead_lettered_naming_its_field(field: str, with_link: bool) -> None:
+    """An identify's trait (or a property) of 99999999999999999999999999 was read as the float
+    1e+26 and scored: its digits were gone from the lead's view and its crossings. An identify
+    with an anonymous_id (a link) takes the careful path; msgspec's path read the integer whole."""
+    link = b', "anonymous_id": "v-1"' if with_link else b""
+    value = (b'{"event_id": "e9", "lead_id": "carol", "type": "identify", "time": %d, "product": "b2b"%s, '
+             b'"%s": {"hubspot_id": 99999999999999999999999999}}' % (T0, link, field.encode()))
+    letters, scorer = envelope_letters(value)
+    assert [(letter["reason"], letter["detail"], letter["original"]) for letter in letters] == [
+        ("too_large", f"{field}.hubspot_id holds an integer beyond 64 bits, which loses digits as a JSON number: send such a "
+                      "number as a text", value.decode())]
+    assert scorer.store.states("carol") == {}

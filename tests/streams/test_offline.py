@@ -294,6 +294,19 @@ def test_old_ids_are_read_as_the_engine_reads_ids_and_one_of_another_type_is_ref
         "events.jsonl line 3: wrong_type: field 'previous_id' must be a text or an integer, got an array"]
 
 
+def test_an_integer_beyond_64_bits_in_a_trait_or_property_is_refused_as_the_worker_refuses_it(tmp_path: Path) -> None:
+    # Before, read as the float 1e+26, the trait was kept and shown so in the lead's crossing.
+    big = b"99999999999999999999999999"
+    identify = orjson.dumps({**SAAS_EVENTS[0], "type": "identify", "anonymous_id": "v-1"})[:-1] + b',"traits":{"hubspot_id":%s}}' % big
+    task = orjson.dumps(SAAS_EVENTS[1])[:-1] + b',"properties":{"n":[%s]}}' % big
+    out, err = io.StringIO(), io.StringIO()
+    assert score_file(MODELS_DIR, write(tmp_path / "events.jsonl", [SAAS_EVENTS[0], identify, task]), table=False, out=out, err=err) == 0
+    assert [(r["lead_id"], r["score"]) for r in map(orjson.loads, out.getvalue().splitlines())] == [("ana", 5)]
+    said = "holds an integer beyond 64 bits, which loses digits as a JSON number: send such a number as a text"
+    assert err.getvalue().splitlines() == [f"events.jsonl line 2: too_large: traits.hubspot_id {said}",
+                                           f"events.jsonl line 3: too_large: properties.n {said}"]
+
+
 def test_a_file_saved_with_a_byte_order_mark_is_scored(tmp_path: Path) -> None:
     events = tmp_path / "events.jsonl"
     events.write_bytes(b"\xef\xbb\xbf" + b"\r\n".join(orjson.dumps(e) for e in SAAS_EVENTS[:3]) + b"\r\n")
