@@ -83,7 +83,6 @@ class BatchStats:
     read_again: int = 0
     crossings: list[Transition] = field(default_factory=list)
     new_leads: dict[str, int] = field(default_factory=dict)
-    newest_event_ms: int = 0
     #: The newest time of the events read from the events topic, the event-time lag's measure:
     #: with every record's, a batch of fresh profile updates said the worker was caught up while
     #: its events were minutes behind.
@@ -105,7 +104,6 @@ class BatchStats:
         self.crossings += other.crossings
         for model, count in other.new_leads.items():
             self.new_leads[model] = self.new_leads.get(model, 0) + count
-        self.newest_event_ms = max(self.newest_event_ms, other.newest_event_ms)
         self.newest_on_events_ms = max(self.newest_on_events_ms, other.newest_on_events_ms)
         for partition, (event_ms, appended_ms) in other.read_on_events.items():
             newest = self.read_on_events.setdefault(partition, [0, 0])
@@ -469,7 +467,6 @@ class Scorer:
         for lead_id, offsets in reached.items():
             known[lead_id][read_offsets.READ] = read_offsets.encode({**read_before[lead_id], **offsets})
 
-        stats.newest_event_ms = max((e.time_ms for e in events), default=0)
         events_topic = self.settings.topic_events
         read_on_events = stats.read_on_events
         for message, _, decoded in sources:
@@ -484,10 +481,16 @@ class Scorer:
             if message.timestamp_ms > newest[1]:
                 newest[1] = message.timestamp_ms
         stats.newest_on_events_ms = max((newest[0] for newest in read_on_events.values()), default=0)
-        # Summaries are valued at the batch's newest event time, not beyond the worker's clock:
-        # one lead's event ahead of it (within LEADSTREAM_MAX_FUTURE_MS, or any with the check
-        # off) decayed every other lead of the batch to its time, in the read models.
-        now_ms = min(stats.newest_event_ms, clock_ms)
+        # Partition -> the time its leads' summaries are valued at, taken when one of them first
+        # settles: the newest event time read from the events topic on that partition, by this
+        # batch or one before (a batch of its late events does not take the time back), not the
+        # batch's newest. A batch holds several partitions, and during a backlog a lead on one read
+        # days behind another was published valued days ahead of its own events still to read (a
+        # score and level it never had at that time). Nor beyond the worker's clock: one lead's
+        # event ahead of it (within LEADSTREAM_MAX_FUTURE_MS, or any with the check off) decayed
+        # the others to its time.
+        valued_ms: dict[int, int] = {}
+        clocks = self.clocks
         writes: dict[str, tuple[int, States, bytes | None]] = {}
         new_leads = stats.new_leads
 
@@ -500,6 +503,13 @@ class Scorer:
                 new_leads[model] = new_leads.get(model, 0) + 1
                 states[model] = state
             partition = partition_of[lead_id]
+            now_ms = valued_ms.get(partition)
+            if now_ms is None:
+                now_ms = valued_ms[partition] = min(clocks.event_ms(partition, read_on_events), clock_ms)
+            # Never before the lead's own newest event: a profile update, on another topic, may be
+            # newer than the events read of its partition, and its state holds it.
+            if state.watermark_ms > now_ms:
+                now_ms = state.watermark_ms
             # A state whose summary the batch left as it was (a duplicate, a capped open,
             # a counter moved) is written, but its score change would repeat the last one.
             self._changed(model, lead_id, state, now_ms, partition, score_changed)

@@ -84,6 +84,13 @@ class SweepClocks:
             self._read.pop(partition, None)
             self._assigned.pop(partition, None)
 
+    def event_ms(self, partition: int, batch: Mapping[int, Sequence[int]]) -> int:
+        """The newest event time read from the events topic on the partition, by a batch before
+        (since its assignment) or by `batch` (partition -> (newest event time, newest Kafka
+        timestamp), not yet `read`); 0 when none has been."""
+        read, newest = self._read.get(partition), batch.get(partition)
+        return max(read.event_ms if read is not None else 0, newest[0] if newest is not None else 0)
+
     def until_ms(self, partition: int, now_ms: int, wall_ms: int) -> int | None:
         """How far a sweep at the worker's `now_ms` (and the wall clock's `wall_ms`, which Kafka's
         timestamps are on; they differ by LEADSTREAM_CLOCK_OFFSET_MS) may bring the partition's
