@@ -10,6 +10,8 @@ records are as old as the events topic's retention (streams/topics.py, profiles_
 file has every profile update of the events it holds, and each lead's latest of those before.
 A profiles topic whose lag is shorter than the events topic's retention.ms (created by an earlier
 release, or the events kept longer since) is named in a warning, with `leadstream topics` to fix it.
+So is a topic whose oldest records retention has deleted (its partitions' first offsets, and what
+scoring the file then misses: streams/log_start.py).
 
 Only committed records are read, as the worker reads them: an aborted transaction's are left
 out, and a transaction still open ends the read of its partition until it is committed.
@@ -49,6 +51,7 @@ from scoring.events import optional_id, parse_time_ms
 from streams.errors import InputError, ServiceError
 from streams.envelope import items_written
 from streams.kafka_clients import open_client
+from streams.log_start import lost_beginning
 from streams.settings import Settings
 from streams.topics import partition_count, topic_specs, weak_settings
 
@@ -89,6 +92,14 @@ def read_merged(settings: Settings, topics: list[str]) -> Iterator[Read]:
         readers = [stack.enter_context(_reading(settings, topic)) for topic in topics]
         yield from heapq.merge(*(map(_read, reader.read(partition)) for reader in readers for partition in reader.partitions),
                                key=_order)
+
+
+def lost_offsets(settings: Settings, topic: str) -> dict[int, int]:
+    """Partition -> the first offset its log still has, for the partitions of `topic` whose log
+    no longer starts at 0 (retention or delete-records removed the records before)."""
+    with _reading(settings, topic) as reader:
+        starts = reader.consumer.beginning_offsets(reader.partitions)
+    return {tp.partition: start for tp, start in starts.items() if start > 0}
 
 
 def _read(record: Any) -> Read:
@@ -248,6 +259,10 @@ def write_history(settings: Settings, out: IO[bytes], topics: list[str] | None =
     warning = unlagged_profiles(settings) if settings.topic_profiles in topics else None
     if warning:
         print(warning, file=err)
+    for topic in topics:
+        lost = lost_offsets(settings, topic)
+        if lost:
+            print(f"{topic}: warning: {lost_beginning(topic, lost)}", file=err)
     erased = erasures(settings)
     for record, parsed in read_merged(settings, topics):
         value, topic = record.value, record.topic

@@ -98,7 +98,8 @@ OFFSET_ANOMALIES = Counter(
     "Messages of the raw, identity or account-updates topic delivered out of sequence within one assignment: "
     "`gap` (offsets skipped: events this worker never saw), `log_hole` (offsets with no committed record: a transaction's "
     "markers, aborted records), `repeat` (an offset delivered again) or `sought_back` "
-    "(a first message after a rebalance's seek beyond the offset sought: the partition sought back to it).",
+    "(a first message after a rebalance's seek beyond the offset sought: the partition sought back to it); and, at a seek, "
+    "`deleted_unread` (offsets the log deleted, by retention or delete-records, before the group read them: never scored).",
     ["kind"],
 )
 REBALANCES = Counter("leadstream_rebalances", "Consumer group rebalances this worker went through.")
@@ -112,7 +113,7 @@ MODEL_RELOADS = Counter(
 # went unalerted and off the dashboards' rates.
 for _reason in WORKER_REASONS:
     EVENTS_REJECTED.labels(_reason)
-for _kind in ("gap", "log_hole", "repeat", "sought_back"):
+for _kind in ("gap", "log_hole", "repeat", "sought_back", "deleted_unread"):
     OFFSET_ANOMALIES.labels(_kind)
 for _outcome in get_args(ReloadOutcome):
     MODEL_RELOADS.labels(_outcome)

@@ -51,7 +51,8 @@ the worker stopped itself, and its successor read them again.
 resumed after the seek (`Consumer.resume_flow`, which Recovery calls right after emptying the
 queues), so the first record delivered is the committed one, and makes that seek send a stream
 partition with no committed offset to its beginning, as `consumer_auto_offset_reset="earliest"`
-would (records read again, as every rebalance reads again those after a committed offset), and
+would (records read again, as every rebalance reads again those after a committed offset), tells
+of records the log deleted before the group read them (streams/log_start.py), and
 makes a queue that drains leave a paused partition paused (taken again once it is resumed). And
 from a rebalance's start until its assignment the app has no generation (`NO_GENERATION`), so
 that what the generation before still does ends at Faust's checks: a recovery's seek and
@@ -70,6 +71,7 @@ import logging
 from typing import Any, AsyncIterator, Callable, Collection, Iterable, Mapping
 
 from streams import metrics
+from streams.log_start import LogStarts
 
 log = logging.getLogger("leadstream.worker")
 
@@ -140,6 +142,7 @@ def install(consumer: Any, on_sought: Callable[[Mapping[Any, int]], None] | None
         return
     consumer._leadstream_seek_first = True
     first = FirstMessages(consumer, in_sequence)
+    log_starts = LogStarts()
     resume = consumer.resume_partitions
     perform_seek = consumer.perform_seek
     seek_to_committed = consumer.seek_to_committed
@@ -178,11 +181,13 @@ def install(consumer: Any, on_sought: Callable[[Mapping[Any, int]], None] | None
         if not streams:
             return committed
         earliest = await consumer.earliest_offsets(*streams)
+        log_starts.check(streams, earliest)
         uncommitted = {tp: earliest[tp] for tp, offset in streams.items() if not offset}
         if uncommitted:
             await consumer.seek_wait(uncommitted)
         # A committed offset the log no longer has (retention deleted it) is read from its first
-        # offset, as aiokafka resets it (consumer_auto_offset_reset="earliest").
+        # offset, as aiokafka resets it (consumer_auto_offset_reset="earliest"); the records
+        # deleted unread are told (log_starts, above).
         offsets = {tp: max(offset or 0, earliest[tp]) for tp, offset in streams.items()}
         first.expect(offsets)
         if on_sought is not None:

@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Callable
 
 import orjson
-from kafka import KafkaProducer
+from kafka import KafkaAdminClient, KafkaProducer, TopicPartition
 
 from streams.history import read_to_end, write_history
+from streams.log_start import lost_beginning
 from streams.offline import score_file
 from streams.partitioning import partition_for
 from streams.processes import WorkerProcess
@@ -336,3 +337,27 @@ def test_a_profiles_lag_shorter_than_the_events_topics_retention_is_warned_of(is
     stderr = leadstream(settings, "history", "--out", str(tmp_path / "history.jsonl")).stderr
     assert (f"{settings.topic_profiles}: warning: compacted with min.compaction.lag.ms={EVENTS_RETENTION_MS}, less than "
             f"{settings.topic_events}'s retention.ms={30 * DAY}") in stderr, stderr
+
+
+def test_a_topic_whose_beginning_retention_deleted_is_warned_of(isolated: Settings) -> None:
+    # A rescore from a topic whose oldest records are gone scores leads without their first
+    # events and identifies: the audit's 200 SQL leads came back as nurture->mql under new ids,
+    # and history said only "wrote 200 messages".
+    topic = isolated.topic_events
+    producer = KafkaProducer(bootstrap_servers=isolated.kafka_bootstrap, acks="all")
+    try:
+        for n in range(5):
+            producer.send(topic, key=b"k", value=orjson.dumps(SAAS_EVENTS[n]), partition=1)
+        producer.flush()
+    finally:
+        producer.close()
+    admin = KafkaAdminClient(bootstrap_servers=isolated.kafka_bootstrap)
+    try:
+        admin.delete_records({TopicPartition(topic, 1): 3})
+    finally:
+        admin.close()
+    out, err = io.BytesIO(), io.StringIO()
+    assert write_history(isolated, out, [topic], err) == 0
+    assert len(out.getvalue().splitlines()) == 2
+    assert err.getvalue().splitlines() == [f"{topic}: warning: {lost_beginning(topic, {1: 3})}", f"{topic}: wrote 2 messages"]
+    assert "partition 1 starts at offset 3, 3 offsets gone in all" in lost_beginning(topic, {1: 3})

@@ -81,7 +81,8 @@ def test_worker_metrics_count_a_known_stream_exactly(isolated: Settings, worker:
     assert sample(text, 'leadstream_events_rejected_total{reason="internal_error"}') == 0
     for reason in set(WORKER_REASONS) - {"bad_json", "missing_field"}:
         assert sample(text, f'leadstream_events_rejected_total{{reason="{reason}"}}') == 0
-    assert sample(text, 'leadstream_offset_anomalies_total{kind="gap"}') == 0
+    for kind in ("gap", "deleted_unread"):
+        assert sample(text, f'leadstream_offset_anomalies_total{{kind="{kind}"}}') == 0
 
 
 def test_the_event_time_lag_grows_while_nothing_is_scored() -> None:

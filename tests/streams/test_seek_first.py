@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from pathlib import Path
 from typing import Any, AsyncIterator
 
@@ -19,8 +20,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 from faust.types import TP
 from kafka import KafkaProducer
+from prometheus_client import REGISTRY
 
-from streams import bulk_store, consumer_stop, seek_first
+from streams import bulk_store, consumer_stop, log_start, seek_first
 from streams.settings import Settings
 
 PARTITION = 1
@@ -269,19 +271,25 @@ def test_a_partition_paused_for_a_rebalance_is_not_fetched_again_when_its_full_q
     assert asyncio.run(scenario()) == (values, [])
 
 
-def test_a_committed_offset_the_log_no_longer_has_is_read_from_the_first_one_it_has(
-    isolated: Settings, tmp_path: Path
+@pytest.mark.parametrize("committed", [2, 0, None], ids=["committed-2", "committed-0", "never-committed"])
+def test_offsets_the_log_deleted_unread_are_read_from_its_first_one_and_told(
+    isolated: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture, committed: int | None
 ) -> None:
     # Retention deleted records the group had not read: aiokafka reads on from the log's first
     # offset, and the worker's offset check expects that one (streams/scorer.py OffsetSequence
-    # stops the worker at a hole; this one is no hole of its making).
+    # stops the worker at a hole; this one is no hole of its making). The records deleted are
+    # never scored: a group that had committed an offset before them counts and logs them (a
+    # worker down longer than the retention: the audit saw only aiokafka's INFO line), one new to
+    # the topic (a rescore under a new app id) is told that the topic has lost its beginning.
     topic = isolated.topic_events
     tp = TP(topic, PARTITION)
     values = [str(n).encode() for n in range(RECORDS + 3)]
     produce(isolated, topic, values)
+    before = deleted_unread()
 
     async def scenario() -> tuple[list[dict[Any, int]], list[bytes]]:
-        await commit(isolated, topic, 2)
+        if committed is not None:
+            await commit(isolated, topic, committed)
         admin = AIOKafkaAdminClient(bootstrap_servers=isolated.kafka_bootstrap)
         await admin.start()
         try:
@@ -294,9 +302,25 @@ def test_a_committed_offset_the_log_no_longer_has_is_read_from_the_first_one_it_
         async with running(app, tp):
             return sought, await read_on(isolated, topic, seen)
 
-    sought, read = asyncio.run(scenario())
+    with caplog.at_level(logging.WARNING, logger="leadstream.worker"):
+        sought, read = asyncio.run(scenario())
     assert [offsets[tp] for offsets in sought] == [4]
     assert read == [*values[4:], b"after"]
+    told = [record.getMessage() for record in caplog.records if record.name == "leadstream.worker"]
+    if committed is None:
+        assert deleted_unread() == before
+        assert [line for line in told if "lost its beginning" in line] == [
+            f"a group new to the topic: {log_start.lost_beginning(topic, {PARTITION: 4})}"]
+    else:
+        assert deleted_unread() - before == 4 - committed
+        assert [line for line in told if "deleted before" in line] == [
+            f"offsets deleted before this group read them, never to be scored: topic={topic} partition={PARTITION} "
+            f"committed={committed} log_start=4 lost={4 - committed} (the group was stopped or behind longer than the "
+            "topic keeps its records: retention.ms, or delete-records); reading on from the log start"]
+
+
+def deleted_unread() -> float:
+    return REGISTRY.get_sample_value("leadstream_offset_anomalies_total", {"kind": "deleted_unread"}) or 0.0
 
 
 def test_a_recovery_that_ends_after_the_next_rebalance_began_neither_seeks_nor_resumes_the_flow(
