@@ -9,7 +9,8 @@ bounds how far back each topic goes, and the profiles topic is compacted, but no
 records are as old as the events topic's retention (streams/topics.py, profiles_config): the
 file has every profile update of the events it holds, and each lead's latest of those before.
 A profiles topic whose lag is shorter than the events topic's retention.ms (created by an earlier
-release, or the events kept longer since) is named in a warning, with `leadstream topics` to fix it.
+release, or the events kept longer since), or longer (the events kept shorter since), is named in a
+warning, with `leadstream topics` to fix it.
 So is a topic whose oldest records retention has deleted (its partitions' first offsets, and what
 scoring the file then misses: streams/log_start.py).
 
@@ -226,13 +227,19 @@ def _lead_text(item: dict[str, Any]) -> str:
 def unlagged_profiles(settings: Settings) -> str | None:
     """A warning when the profiles topic is compacted before its records are as old as the events
     topic keeps its own (min.compaction.lag.ms under its retention.ms, as on a topic an earlier
-    release created): it may have lost what offline scores need of the events the file holds. None
-    when it waits long enough."""
+    release created): it may have lost what offline scores need of the events the file holds; or
+    after (over it, the events' retention shortened since): a forgotten lead's profile records
+    outlast what the README's erasure timeline says. None when the lag is the retention."""
     topic = settings.topic_profiles
     for review in weak_settings(settings, [spec for spec in topic_specs(settings) if spec.name == topic]):
         if review.warnings:  # the events kept for ever
             return review.warnings[0]
         lag = next((shortfall for shortfall in review.shortfalls if shortfall.name == "min.compaction.lag.ms"), None)
+        if lag and lag.was is not None and int(lag.was) > int(lag.value):
+            return (f"{topic}: warning: compacted with min.compaction.lag.ms={lag.was}, more than {settings.topic_events}'s "
+                    f"retention.ms={lag.value}: a lead's profile records (traits, e-mail) outlive its events, and those of a "
+                    f"lead forgotten stay until the request to forget it is {lag.was} ms old, not {lag.value} (README: "
+                    "Forgetting a lead). Run `leadstream topics`, which lowers it")
         if lag:
             return (f"{topic}: warning: compacted with min.compaction.lag.ms={lag.before}, less than "
                     f"{settings.topic_events}'s retention.ms={lag.value}: it may have lost the identifies and aliases that "

@@ -71,6 +71,9 @@ STRONGER = {
 #: Of those, the settings for compaction (segment.ms: a segment is compacted once rolled), nothing
 #: to a topic an operator made a deleting one (cleanup.policy=delete): not its shortfalls.
 COMPACTION_ONLY = frozenset({"min.compaction.lag.ms", "delete.retention.ms", "min.cleanable.dirty.ratio", "segment.ms"})
+#: The setting a topic that outlives another (TopicSpec.outlives) takes from that one's retention.ms,
+#: set to it either way: lowered as well as raised.
+FOLLOWING = frozenset({"min.compaction.lag.ms"})
 
 
 def topic_specs(settings: Settings) -> list[TopicSpec]:
@@ -169,7 +172,8 @@ class Setting(NamedTuple):
 
 
 class Shortfall(NamedTuple):
-    """A setting of an existing topic weaker than its spec requires (STRONGER)."""
+    """A setting of an existing topic weaker than its spec requires (STRONGER), or, for a lag that
+    follows another topic's retention, other than it (`shortfalls`' `exact`)."""
 
     topic: str
     name: str
@@ -220,20 +224,29 @@ def required_config(spec: TopicSpec, retention_ms: int | None) -> dict[str, str]
     (None: it does not exist, or the spec outlives none): min.compaction.lag.ms is that retention.
     A topic kept for ever (-1) cannot be outlived by a lag that still lets compaction remove what
     a request to forget a lead asks it to: the lag then stays the spec's (outlived_warning)."""
-    if spec.outlives is None or retention_ms is None or retention_ms < 0:
+    if not _follows(spec, retention_ms):
         return spec.config
     return {**spec.config, "min.compaction.lag.ms": str(retention_ms)}
 
 
-def shortfalls(topic: str, required: dict[str, str], described: dict[str, Setting]) -> list[Shortfall]:
+def _follows(spec: TopicSpec, retention_ms: int | None) -> bool:
+    """Whether `spec`'s lag is the retention.ms of the topic it outlives (required_config)."""
+    return spec.outlives is not None and retention_ms is not None and retention_ms >= 0
+
+
+def shortfalls(topic: str, required: dict[str, str], described: dict[str, Setting],
+               exact: frozenset[str] = frozenset()) -> list[Shortfall]:
     """Each setting of STRONGER in `required` that the topic, described as the broker does, has
-    weaker."""
+    weaker, and each of `exact` that it has otherwise."""
     weak = []
     for name, value in required.items():
         if name in COMPACTION_ONLY and not _compacted(described):
             continue
         setting = described.get(name)
-        if name in STRONGER and setting is not None and (float(value) - float(setting.value)) * STRONGER[name] > 0:
+        if setting is None or (name not in STRONGER and name not in exact):
+            continue
+        short = float(value) - float(setting.value)
+        if (name in exact and short) or (name in STRONGER and short * STRONGER[name] > 0):
             weak.append(Shortfall(topic, name, value, setting.value if setting.own else None))
     return weak
 
@@ -260,7 +273,10 @@ def _review(admin: Any, specs: list[TopicSpec], existing: set[str]) -> list[Revi
         if retention_ms is not None and retention_ms < 0 and _compacted(current):
             lag = current["min.compaction.lag.ms"].value if "min.compaction.lag.ms" in current else required["min.compaction.lag.ms"]
             warnings.append(outlived_warning(spec, int(lag)))
-        reviews.append(Review(spec.name, required, shortfalls(spec.name, required, current), warnings))
+        # A lag longer than the retention it follows keeps a forgotten lead's profile records that
+        # much longer than its events (README, Forgetting a lead): brought down to it, too.
+        exact = FOLLOWING if _follows(spec, retention_ms) else frozenset()
+        reviews.append(Review(spec.name, required, shortfalls(spec.name, required, current, exact), warnings))
     return reviews
 
 

@@ -96,7 +96,8 @@ def weak_topics_warnings(reviews: list[Review]) -> list[str]:
     if weak:
         lines.insert(0, f"topics with settings weaker than this release requires: {', '.join(weak)}: run `leadstream topics`, "
                         "which sets them (a profiles topic compacted before its records are as old as the events loses "
-                        "the identifies and aliases that merged visitors, which `leadstream history` and rescores need)")
+                        "the identifies and aliases that merged visitors, which `leadstream history` and rescores need; one "
+                        "compacted later keeps a forgotten lead's profile records past the events' retention)")
     return lines
 
 

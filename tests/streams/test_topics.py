@@ -10,12 +10,14 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
+from kafka import KafkaAdminClient
+from kafka.admin import ConfigResource, ConfigResourceType
 
 from streams.processes import WorkerProcess
 from streams.settings import Settings
 from streams.topics import (COMPACTED, FORGET_RETENTION_MS, LARGE_RECORD_BYTES, TopicSpec, changelog_specs, ensure_topics,
                             partition_count, topic_config)
-from tests.infra import leadstream, write_jsonl
+from tests.infra import leadstream, wait_for, write_jsonl
 
 DAY_MS = 24 * 3600 * 1000
 
@@ -122,6 +124,32 @@ def test_events_kept_for_ever_leave_the_lag_as_it_is_with_a_warning(isolated: Se
     assert f"{settings.topic_profiles}: set min.compaction.lag.ms={7 * DAY_MS} (was unset)" in out  # a week at least
     history = leadstream(settings, "history", "--out", "-").stderr
     assert f"topic {settings.topic_profiles}: warning: {settings.topic_events} keeps its records for ever" in history
+
+
+def test_a_lag_longer_than_the_events_retention_is_lowered_to_it(isolated: Settings) -> None:
+    # `leadstream topics` only raised the lag: events kept a day after 30 days left the profiles
+    # topic's lag at 30 days without a word, so a forgotten lead's traits stayed 30 days where the
+    # README's erasure timeline says a day.
+    settings = isolated.namespaced(f"{isolated.app_id}-short")  # deleted with the test's own topics
+    ensure_topics(settings, [TopicSpec(settings.topic_events, 4, {"retention.ms": str(30 * DAY_MS)})])
+    ensure_topics(settings)
+    # A topic just created is described with no settings until the broker's metadata has it.
+    wait_for(lambda: topic_config(settings, settings.topic_profiles).get("min.compaction.lag.ms") == str(30 * DAY_MS))
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    try:
+        events = ConfigResource(ConfigResourceType.TOPIC, settings.topic_events, {"retention.ms": str(DAY_MS)})
+        assert admin.alter_configs([events], incremental=True)["topic"][settings.topic_events] == "OK"
+    finally:
+        admin.close()
+    history = leadstream(settings, "history", "--out", "-").stderr
+    assert (f"{settings.topic_profiles}: warning: compacted with min.compaction.lag.ms={30 * DAY_MS}, more than "
+            f"{settings.topic_events}'s retention.ms={DAY_MS}") in history, history
+    out = leadstream(settings, "topics").stdout.splitlines()
+    assert f"topic {settings.topic_profiles}: set min.compaction.lag.ms={DAY_MS} (was {30 * DAY_MS})" in out, out
+    assert topic_config(settings, settings.topic_profiles)["min.compaction.lag.ms"] == str(DAY_MS)
+    assert "warning" not in leadstream(settings, "history", "--out", "-").stderr
+    again = leadstream(settings, "topics").stdout
+    assert ": set " not in again, again
 
 
 def test_a_profiles_topic_an_operator_made_deleting_is_not_given_compaction_settings(isolated: Settings) -> None:
