@@ -36,7 +36,10 @@ why crossings are not compared (a lead's fit may count before or after its event
 `--decay-in-s L` sets the workers' clock ahead, so that the b2b model's first decay step falls
 due at once for leads idle since before the workload's last L seconds (as their events arrive:
 a later event gives the step back, and it is taken again), and for the others in the run's
-first L seconds, by the workers' decay sweeps. The comparison waits until every lead's step is
+first L seconds, by the workers' decay sweeps. A sweep takes a partition's leads to the
+workers' clock once it has had nothing to read for QUIET_MS (30 s), until then no further than
+its events were read, run on by the time since they were sent (streams/sweep_clock.py): between
+the feed's chunks with `--feed-pause-s` over 30, otherwise once the feed is done. The comparison waits until every lead's step is
 due, then compares every score with the offline scorer's at a time when all those steps and
 no second one are due (`leadstream score --at`). Crossings are not compared: a step a sweep
 took before an activity timed ahead of it arrived is given back, a crossing down and up again
@@ -53,8 +56,9 @@ time after every event (a sweep's, `--ahead`); those leads are counted (`swept`)
 An account is compared, to a cent a member, with the roll-up of its members' offline states,
 each valued at the time its own points were (a member update carries them so: the roll-up
 values its members at no common time), unless a swept lead is a member.
-`--ahead A` sets the workers' clock A ahead, so that their sweeps take leads down the ladder while
-the feed goes on: those leads are swept, and their scores still compared.
+`--ahead A` sets the workers' clock A ahead, so that their sweeps take leads down the ladder
+(while the feed goes on with `--feed-pause-s` over 30 s, as above): those leads are swept, and
+their scores still compared.
 """
 
 from __future__ import annotations
@@ -89,6 +93,7 @@ from streams.offline import OfflineRun, apply_file
 from streams.processes import WorkerProcess, free_port
 from streams.send import open_producer, produce
 from streams.settings import Settings
+from streams.sweep_clock import QUIET_MS
 from streams.topics import delete_topics, ensure_topics
 from tests.infra import leadstream, read_model_scores, write_jsonl
 from tests.scoring.support import MODELS_DIR
@@ -279,9 +284,10 @@ class Run:
                 assert process is not None
                 self.slots[2].process = None
                 process.stop()
-            # Quiet for a consumer session timeout (10 s) and two sweeps after: a worker killed
-            # last leaves its partitions unswept until the group notices it is gone.
-            self.wait_caught_up(args.settle_timeout_s, not_before=decayed_by, quiet_s=30.0 if args.decay_in_s or args.ahead else 0.0)
+            # Quiet for QUIET_MS and two sweeps after: a partition is swept to the workers' clock
+            # once it has had nothing to read for that long.
+            quiet_s = QUIET_MS / 1000 + 2 * self.settings.decay_interval_s if args.decay_in_s or args.ahead else 0.0
+            self.wait_caught_up(args.settle_timeout_s, not_before=decayed_by, quiet_s=quiet_s)
             every_lead = args.decay_in_s or args.profiles  # whose crossings differ from the offline scorer's (module doc)
             # Forgotten leads too, of which the offline scorer lists none without later events.
             scores_only = stitched | forgotten | ({r["lead_id"] for r in offline if r["record"] == "lead"} if every_lead else set())

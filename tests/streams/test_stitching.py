@@ -308,7 +308,8 @@ def test_an_identify_arriving_after_sweeps_took_the_steps_settles_the_merged_lea
     call(isolated, "track", {**webinar, "userId": "u-lou", "messageId": "w-lou-1"})
     call(isolated, "track", {**webinar, "userId": "u-lou", "messageId": "w-lou-2"})
     call(isolated, "track", {**webinar, "anonymousId": "v-1", "messageId": "w-v"})
-    wait_for(lambda: b"leadstream_decay_steps_total 2.0" in proc.get("/metrics")[1], 60, "both profiles' steps swept", 0.3)
+    # Once their partitions have had nothing to read for QUIET_MS (30 s): the events are a backlog to the worker.
+    wait_for(lambda: b"leadstream_decay_steps_total 2.0" in proc.get("/metrics")[1], 90, "both profiles' steps swept", 0.3)
 
     call(isolated, "identify", {"userId": "u-lou", "anonymousId": "v-1", "messageId": "id-lou", "timestamp": now,
                                 "context": {"app": {"name": "b2b"}}})

@@ -10,7 +10,7 @@ import time
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import orjson
 import pytest
@@ -62,11 +62,25 @@ def test_a_partitions_clock(case: str, reads: list[tuple[int, int, int]], now_ms
     assert clocks_after(*reads).until_ms(0, now_ms, now_ms) == expected, case
 
 
-def test_the_clock_runs_on_the_workers_clock_and_tells_catching_up_by_the_wall_clock() -> None:
-    """LEADSTREAM_CLOCK_OFFSET_MS moves the worker's clock, not Kafka's timestamps: leads sent
-    now to a worker 30 days ahead have been idle that long."""
-    clocks = clocks_after((NOW - 60_000, NOW - 1_000, NOW - 500))
-    assert clocks.until_ms(0, NOW + 30 * DAY, NOW) == NOW + 30 * DAY - 59_000
+@pytest.mark.parametrize(("case", "offset_ms", "read", "expected"), [
+    # Kafka's timestamps are the wall clock's, which LEADSTREAM_CLOCK_OFFSET_MS does not move: a
+    # backlog sent a second ago has run on a second, however far the worker's clock is moved.
+    # Run on by the worker's clock, a worker 40 days ahead decayed it 40 days on at once.
+    ("a backlog, the worker ahead", 40 * DAY, (NOW - 3 * DAY, NOW - 1_000, NOW - 500), NOW - 3 * DAY + 1_000),
+    ("a backlog, the worker behind", -40 * DAY, (NOW - 50 * DAY, NOW - 1_000, NOW - 500), NOW - 50 * DAY + 1_000),
+    # Live events carry the worker's time (the collector stamps its arrival times with it): the
+    # worker's clock less the moments since they were sent.
+    ("keeping up, the worker ahead", 40 * DAY, (NOW + 40 * DAY - 400, NOW - 300, NOW - 200), NOW + 40 * DAY - 100),
+    ("keeping up, the worker behind", -365 * DAY, (NOW - 365 * DAY - 400, NOW - 300, NOW - 200), NOW - 365 * DAY - 100),
+    # Catching up is told by the wall clock too: read an hour after the append.
+    ("catching up, the worker ahead", 40 * DAY, (NOW + 40 * DAY - 3_600_000, NOW - 3_600_000, NOW - 1_000), NOW + 40 * DAY - 3_600_000),
+    # Leads sent now, timed now, to a worker 30 days ahead: a backlog to it, swept there once quiet.
+    ("events of the wall clock's time, quiet since", 30 * DAY, (NOW - 60_000, NOW - QUIET_MS - 1_000, NOW - QUIET_MS), NOW + 30 * DAY),
+])
+def test_a_partitions_clock_runs_on_by_the_wall_clock_since_the_append(
+    case: str, offset_ms: int, read: tuple[int, int, int], expected: int
+) -> None:
+    assert clocks_after(read).until_ms(0, NOW + offset_ms, NOW) == expected, case
 
 
 def test_a_partition_not_read_since_its_assignment_waits_for_what_the_consumer_hands_first() -> None:
@@ -143,33 +157,47 @@ def test_a_lead_of_a_partition_that_keeps_up_decays_on_time() -> None:
     assert crossings[1]["time"] < wall + 6 * DAY
 
 
-def test_a_worker_fed_a_backlog_in_parts_with_sweeps_between_crosses_as_leadstream_score_does(
-    isolated: Settings, worker: Callable[..., WorkerProcess], tmp_path: Path
-) -> None:
-    """On the real broker: 12 days of a half-life model's events, sent in three parts, each read
-    and swept (every second) before the next is sent, as a history sent again under a new app id
-    or a worker catching up reads them. Swept at the wall clock, every lead of the first part
-    crossed down before its demo of the second part came, behind the decayed state."""
-    settings = replace(isolated, models_dir=tmp_path / "models", decay_interval_s=1)
+def half_life_backlog(isolated: Settings, tmp_path: Path, clock_offset_ms: int = 0) -> tuple[Settings, list[list[dict[str, Any]]]]:
+    """Settings of a half-life model swept every second, and 12 days of its events in three
+    parts: each of 24 leads has a demo in each part, 4 days after the one before."""
+    settings = replace(isolated, models_dir=tmp_path / "models", decay_interval_s=1, clock_offset_ms=clock_offset_ms)
     settings.models_dir.mkdir()
     (settings.models_dir / "hl.toml").write_text(HALF_LIFE)
     start = int(time.time() * 1000) - 13 * DAY
     leads = [f"lead-{n}" for n in range(24)]
-    # Each lead: a demo, another 4 days later, a third 8 days later (each part holds one of them).
-    parts = [[{"event_id": f"{lead}-{k}", "lead_id": lead, "type": "demo", "time": start + k * 4 * DAY + n * 3_600_000}
-              for n, lead in enumerate(leads)] for k in range(3)]
-    worker(settings)
-    for part in parts:
-        send(settings, part)
-        wait_caught_up(settings)
-        time.sleep(2.5)  # sweeps ran
+    return settings, [[{"event_id": f"{lead}-{k}", "lead_id": lead, "type": "demo", "time": start + k * 4 * DAY + n * 3_600_000}
+                       for n, lead in enumerate(leads)] for k in range(3)]
 
+
+def assert_crossed_as_leadstream_score_does(settings: Settings, parts: list[list[dict[str, Any]]], tmp_path: Path) -> None:
+    """The crossings topic holds those `leadstream score` makes of the parts' events, as of an
+    hour after the newest (within QUIET_MS of the last part, a worker's clock has not run further)."""
     events = write_jsonl(tmp_path / "events.jsonl", [event for part in parts for event in part])
     newest = datetime.fromtimestamp(max(e["time"] for part in parts for e in part) / 1000 + 3600, timezone.utc).isoformat()
     offline = [[r["id"] for r in map(orjson.loads, leadstream(settings, "score", "--events", str(events), *at).stdout.splitlines())
                 if r["record"] == "transition"] for at in ((), ("--at", newest))]
     assert offline[0] == offline[1], "a line falls due within the hour after the newest event: the worker's sweeps cross it"
-    # Per lead: up to mql (30), to sql (52.7 at day 4), down to mql as it decays under 45 (day 6.3), to sql (70 at day 8).
-    assert len(offline[0]) == 4 * len(leads)
+    # Per lead: up to mql (30), to sql (52.7 at day 4), then, with a third part, down to mql as
+    # it decays under 45 (day 6.3) and to sql (70 at day 8).
+    assert len(offline[0]) == (4 if len(parts) == 3 else 2) * len(parts[0])
     crossings = [c["id"] for _, c in read_topic(settings, settings.topic_crossings, expect=len(offline[0]), idle_s=3)]
     assert sorted(crossings) == sorted(offline[0])
+
+
+@pytest.mark.parametrize("clock_offset_days", [0, 40])
+def test_a_worker_fed_a_backlog_in_parts_with_sweeps_between_crosses_as_leadstream_score_does(
+    isolated: Settings, worker: Callable[..., WorkerProcess], tmp_path: Path, clock_offset_days: int
+) -> None:
+    """On the real broker: the parts each read and swept (every second) before the next is
+    sent, as a history sent again under a new app id or a worker catching up reads them. Swept
+    at the wall clock, every lead of the first part crossed down before its demo of the second
+    part came, behind the decayed state. With the worker's clock 40 days ahead
+    (LEADSTREAM_CLOCK_OFFSET_MS), each part's clock ran on by those 40 days besides the seconds
+    since it was sent, to the same effect."""
+    settings, parts = half_life_backlog(isolated, tmp_path, clock_offset_days * DAY)
+    worker(settings)
+    for part in parts:
+        send(settings, part)
+        wait_caught_up(settings)
+        time.sleep(2.5)  # sweeps ran
+    assert_crossed_as_leadstream_score_does(settings, parts, tmp_path)

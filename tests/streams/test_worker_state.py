@@ -94,7 +94,8 @@ def test_decay_timer_moves_an_idle_lead_back_to_nurture(isolated: Settings, work
     offset_ms = 100 * DAY_MS  # the worker's clock runs 100 days ahead: the lead has been idle that long
     proc = worker(isolated.with_overrides(clock_offset_ms=offset_ms, decay_interval_s=1))
 
-    crossings = [c for _, c in read_topic(isolated, isolated.topic_crossings, expect=2, timeout_s=60)]
+    # Swept to the worker's clock once its partition has had nothing to read for QUIET_MS (30 s).
+    crossings = [c for _, c in read_topic(isolated, isolated.topic_crossings, expect=2, timeout_s=90)]
     assert [(c["from_level"], c["to_level"], c["direction"]) for c in crossings] == [("nurture", "mql", "up"), ("mql", "nurture", "down")]
     engine = Engine.from_directory(isolated.models_dir)
     result = engine.apply_batch([engine.parse(e) for e in events], lambda model, lead: None)
@@ -121,10 +122,11 @@ def test_an_account_its_members_decay_takes_down_crosses_at_the_step_with_the_id
     # Appended as they happened: a partition's sweeps run from its newest event by the time
     # since its append (streams/sweep_clock.py), and Ann's and Abe's are on two partitions.
     send(isolated, events, appended_at_event_times=True)
-    # The worker's clock 30 days ahead, less 15 minutes: Ann's 30-day step is due, Abe's not yet.
+    # The worker's clock 30 days ahead, less 15 minutes: Ann's 30-day step is due, Abe's not yet
+    # (swept there once her partition has had nothing to read for QUIET_MS, 30 s).
     worker(isolated.with_overrides(clock_offset_ms=30 * DAY_MS - 15 * MINUTE_MS, decay_interval_s=1))
 
-    crossings = [c for _, c in read_topic(isolated, isolated.topic_crossings, expect=4, timeout_s=60)]
+    crossings = [c for _, c in read_topic(isolated, isolated.topic_crossings, expect=4, timeout_s=90)]
     account = [c for c in crossings if c["kind"] == "account"]
     step_ms = ann_ms + 30 * DAY_MS
     assert [(c["direction"], c["lead_id"], c["score"], c["time"]) for c in account] == [("up", "abe", 60, abe_ms), ("down", "ann", 45, step_ms)]
