@@ -22,9 +22,16 @@ between its parts. While a partition's records are read long after they were app
 catching up after downtime) its clock is the newest event time alone: the time since the append
 says nothing of the events still to read. A partition with nothing read for QUIET_MS is swept to
 the worker's clock: a backlog's decay then comes to the present, as `leadstream score --at`
-brings it, and so does a quiet partition's whose newest event was old when appended. One not
-read since it was assigned is not swept until the consumer has had the time to hand what waits
-there.
+brings it, and so does a quiet partition's whose newest event was old when appended.
+
+A partition not read since it was assigned (at start, or by a rebalance, which takes every
+partition's clock away) is not swept before QUIET_MS from the assignment either. Its previous
+owner read it last before that, so a takeover during a backlog (a worker joining, one stopped,
+killed or frozen) keeps the guarantee below; swept once the consumer had had the time to hand
+what waited there (HANDED_WITHIN_MS), a worker joining 10 s into a 27 s pause between two parts
+decayed the moved partitions' leads to the present, and the next part came behind them. Its
+leads' restored states do not tell how far it was read: a merged lead carries the times of
+events read on another partition.
 
 So the guarantee: parts of a backlog sent less than QUIET_MS apart, each timed after the newest
 event of the part before by more than the pause between them (events in time order), are
@@ -36,11 +43,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
-#: How long after its append (or after an assignment) a worker that keeps up hands a record to
-#: the stages, at most: a fetch waits 500 ms, a batch 20 ms, a batch before it seconds at worst.
+#: How long after its append a worker that keeps up hands a record to the stages, at most: a
+#: fetch waits 500 ms, a batch 20 ms, a batch before it seconds at worst.
 HANDED_WITHIN_MS = 10_000
-#: A partition given nothing to read for this long is swept to the worker's clock: the parts of
-#: a backlog sent further apart than this are not taken for one.
+#: A partition given nothing to read for this long (since its last read, or its assignment) is
+#: swept to the worker's clock: the parts of a backlog sent further apart than this are not taken
+#: for one.
 QUIET_MS = 30_000
 
 
@@ -76,8 +84,8 @@ class SweepClocks:
             self._read[partition] = _Read(event_ms, appended_ms, wall_ms, behind)
 
     def assigned(self, partitions: Iterable[int], wall_ms: int) -> None:
-        """These partitions are owned: those not read since are swept once the consumer had the
-        time to hand what waits in them."""
+        """These partitions are owned: those not read since are not swept before QUIET_MS, as if
+        read now (the previous owner's last read was earlier)."""
         for partition in partitions:
             if partition not in self._read:
                 self._assigned.setdefault(partition, wall_ms)
@@ -102,7 +110,7 @@ class SweepClocks:
         read = self._read.get(partition)
         if read is None:
             since = self._assigned.get(partition)
-            return None if since is not None and wall_ms - since < HANDED_WITHIN_MS else now_ms
+            return None if since is not None and wall_ms - since < QUIET_MS else now_ms
         quiet_ms = wall_ms - read.read_wall_ms
         if quiet_ms >= QUIET_MS or not read.appended_ms:  # no timestamps: nothing to run the clock on from
             return now_ms

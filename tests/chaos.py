@@ -285,7 +285,8 @@ class Run:
                 self.slots[2].process = None
                 process.stop()
             # Quiet for QUIET_MS and two sweeps after: a partition is swept to the workers' clock
-            # once it has had nothing to read for that long.
+            # once it has had nothing to read for that long since it was read or assigned (a
+            # worker killed last: once the group noticed it was gone), readiness coming back then.
             quiet_s = QUIET_MS / 1000 + 2 * self.settings.decay_interval_s if args.decay_in_s or args.ahead else 0.0
             self.wait_caught_up(args.settle_timeout_s, not_before=decayed_by, quiet_s=quiet_s)
             every_lead = args.decay_in_s or args.profiles  # whose crossings differ from the offline scorer's (module doc)

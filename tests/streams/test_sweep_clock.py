@@ -19,12 +19,12 @@ from scoring import Engine, parse_model
 from streams import lead_states
 from streams.offline import apply_file
 from streams.partitioning import partition_for
-from streams.processes import WorkerProcess
+from streams.processes import WorkerProcess, free_port
 from streams.scorer import Scorer
 from streams.settings import Settings
 from streams.stage import Consumed, LiveTable, MemoryData
 from streams.sweep_clock import HANDED_WITHIN_MS, QUIET_MS, SweepClocks
-from tests.infra import leadstream, read_topic, write_jsonl
+from tests.infra import leadstream, read_topic, wait_for, write_jsonl
 from tests.streams.stage_support import Kept
 from tests.streams.test_worker_state import send, wait_caught_up
 
@@ -83,15 +83,23 @@ def test_a_partitions_clock_runs_on_by_the_wall_clock_since_the_append(
     assert clocks_after(read).until_ms(0, NOW + offset_ms, NOW) == expected, case
 
 
-def test_a_partition_not_read_since_its_assignment_waits_for_what_the_consumer_hands_first() -> None:
+def test_a_partition_not_read_since_its_assignment_is_not_swept_before_it_is_quiet() -> None:
+    """Not before QUIET_MS from the assignment, which comes after the previous owner's last read:
+    a rebalance during a backlog's pause leaves the moved partitions' leads where the next part
+    finds them. Swept once the consumer had had the time to hand what waited (HANDED_WITHIN_MS),
+    a worker joining 10 s into a 27 s pause decayed them to the present."""
     clocks = SweepClocks()
     clocks.assigned([0, 1], NOW)
     assert clocks.until_ms(0, NOW + 1_000, NOW + 1_000) is None  # its backlog may not be handed yet
-    assert clocks.until_ms(0, NOW + HANDED_WITHIN_MS, NOW + HANDED_WITHIN_MS) == NOW + HANDED_WITHIN_MS  # nothing waited
+    assert clocks.until_ms(0, NOW + HANDED_WITHIN_MS + 3_000, NOW + HANDED_WITHIN_MS + 3_000) is None  # a backlog's pause
+    assert clocks.until_ms(0, NOW + QUIET_MS, NOW + QUIET_MS) == NOW + QUIET_MS  # quiet: to the worker's clock
     clocks.read({1: [NOW - DAY, NOW - 500]}, NOW + 1_000)
     assert clocks.until_ms(1, NOW + 2_000, NOW + 2_000) == NOW - DAY + 2_500
+    # A rebalance: taken away, then assigned again (another worker may have read it meanwhile).
     clocks.forget([1])
     assert clocks.until_ms(1, NOW + 2_000, NOW + 2_000) == NOW + 2_000  # not this worker's: no clock kept
+    clocks.assigned([1], NOW + 5_000)
+    assert clocks.until_ms(1, NOW + 5_000 + QUIET_MS - 1, NOW + 5_000 + QUIET_MS - 1) is None
     assert clocks.until_ms(2, NOW, NOW) == NOW  # a worker without a consumer's assignments (tests, tools)
 
 
@@ -111,13 +119,17 @@ ladder = [{ level = "mql", at = 25 }, { level = "sql", at = 50 }]
 """
 
 
-def test_a_backlog_read_in_parts_with_sweeps_between_crosses_as_leadstream_score_does(tmp_path: Path) -> None:
+@pytest.mark.parametrize("taken_over", [False, True])
+def test_a_backlog_read_in_parts_with_sweeps_between_crosses_as_leadstream_score_does(tmp_path: Path, taken_over: bool) -> None:
     """The sweep between the parts valued the lead at the wall clock: down to nurture at day
     5.8, so its demo of day 4 came behind it and took it to mql, where in time order the demo
-    took it from mql to sql (other crossings, under other ids)."""
+    took it from mql to sql (other crossings, under other ids). Taken over between the parts
+    (a rebalance: revoked, restored, assigned again), its partition was swept to the wall clock
+    once the consumer had had HANDED_WITHIN_MS to hand what waited there, within the pause."""
     wall = int(time.time() * 1000)
     start = wall - 12 * DAY
     lead, partitions = "ann", 4
+    partition = partition_for(lead, partitions)
     events = [{"event_id": f"{lead}-{n}", "lead_id": lead, "type": "demo", "time": start + day * DAY} for n, day in enumerate((0, 4))]
     engine = Engine([parse_model(HALF_LIFE, "hl.toml")])
     settings = Settings()
@@ -127,9 +139,14 @@ def test_a_backlog_read_in_parts_with_sweeps_between_crosses_as_leadstream_score
     async def parts() -> None:
         for offset, event in enumerate(events):  # each part sent just now, and swept after
             appended = int(time.time() * 1000)
-            await scorer.process([Consumed(settings.topic_events, partition_for(lead, partitions), offset, lead.encode(),
+            await scorer.process([Consumed(settings.topic_events, partition, offset, lead.encode(),
                                            orjson.dumps(event), timestamp_ms=appended)])
             await scorer.decay_due(scorer.now_ms())
+            if taken_over:
+                await scorer.revoke(set(range(partitions)))
+                await scorer.rebuild_indexes({partition})
+                scorer.clocks.assigned([partition], scorer.wall_ms(scorer.now_ms()))
+            await scorer.decay_due(scorer.now_ms() + HANDED_WITHIN_MS + 5_000)  # within the pause before the next part
 
     asyncio.run(parts())
     crossings = [orjson.loads(value)["id"] for topic, _, value in outbox.sent if topic == settings.topic_crossings and value]
@@ -201,3 +218,29 @@ def test_a_worker_fed_a_backlog_in_parts_with_sweeps_between_crosses_as_leadstre
         wait_caught_up(settings)
         time.sleep(2.5)  # sweeps ran
     assert_crossed_as_leadstream_score_does(settings, parts, tmp_path)
+
+
+def test_a_worker_joining_between_two_parts_of_a_backlog_leaves_them_crossed_as_leadstream_score_does(
+    isolated: Settings, worker: Callable[..., WorkerProcess], tmp_path: Path
+) -> None:
+    """A rebalance takes every partition's clock away, and each owner swept the partitions it
+    was assigned to the wall clock once the consumer had had HANDED_WITHIN_MS to hand what
+    waited there: a worker joining during a backlog's pause shorter than QUIET_MS decayed the
+    leads to today, the next part behind them."""
+    settings, parts = half_life_backlog(isolated, tmp_path)
+    parts = parts[:2]
+    first = worker(settings)
+    second = WorkerProcess(replace(settings, worker_port=free_port(), state_dir=settings.state_dir / "second"))
+    second.spawn()  # it joins the group seconds after the first has read the first part
+    try:
+        send(settings, parts[0])
+        wait_caught_up(settings)
+        wait_for(lambda: first.ready() and second.ready(), 60, "both workers sharing the partitions")
+        assert sum(first.metric("leadstream_events_scored_total")) == len(parts[0]), "the first part was read after the rebalance"
+        time.sleep((HANDED_WITHIN_MS + 3_000) / 1000)  # sweeps ran on the partitions as assigned
+        send(settings, parts[1])
+        wait_caught_up(settings)
+        time.sleep(2.5)
+        assert_crossed_as_leadstream_score_does(settings, parts, tmp_path)
+    finally:
+        second.stop()
