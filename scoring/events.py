@@ -52,9 +52,16 @@ MAX_NESTING = 32
 #: field's text that is not UTF-8, and RecursionError for nesting deeper than it reads. The
 #: careful path (orjson) then says what is wrong; none of them is raised.
 UNDECODABLE = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
-#: Event times outside [2000-01-01, 2100-01-01) are refused: almost always seconds sent as ms.
+#: Event times outside [2000-01-01, 2100-01-01) are refused: almost always another unit sent as ms.
 MIN_TIME_MS = 946_684_800_000
 MAX_TIME_MS = 4_102_444_800_000
+#: Epoch units other than ms that times are sent in, each with the range of 2000-2099 in it.
+_OTHER_UNITS = tuple(
+    (unit, MIN_TIME_MS * per_second // 1000, MAX_TIME_MS * per_second // 1000)
+    for unit, per_second in (("seconds", 1), ("microseconds", 10**6), ("nanoseconds", 10**9))
+)
+#: Second 60 of a time of day (RFC 3339's leap second), which `datetime` cannot hold.
+_LEAP_SECOND = re.compile(r"[Tt ]\d\d:?\d\d:?60(?!\d)")
 
 IDENTIFY = "identify"
 #: Event types that say who a lead is (traits, account, other ids), not what it did: every model
@@ -434,7 +441,7 @@ def parse_time_ms(value: Any) -> int | str:
         try:
             moment = datetime.fromisoformat(value.upper())  # RFC 3339 allows "t" and "z" too
         except ValueError:
-            return f"field 'time' is not an ISO-8601 time: {value!r}"
+            return f"field 'time' is not an ISO-8601 time: {value!r}" + leap_second_hint(value)
         if moment.tzinfo is None:
             return f"field 'time' has no time zone: {value!r} (add 'Z' or an offset such as '+01:00')"
         ms = (moment - _EPOCH) // _ONE_MS
@@ -447,8 +454,26 @@ def parse_time_ms(value: Any) -> int | str:
         return f"field 'time' must be epoch milliseconds or an ISO-8601 text, got {json_kind(value)}"
     if not MIN_TIME_MS <= ms < MAX_TIME_MS:
         shown = ms if ms.bit_length() <= 64 else f"an integer of {ms.bit_length()} bits"  # str() refuses 4,300 digits
-        return f"field 'time' is {shown}, outside years 2000-2099 in epoch milliseconds (seconds sent as ms?)"
+        return f"field 'time' is {shown}, outside years 2000-2099 in epoch milliseconds" + _unit_hint(ms)
     return ms
+
+
+def leap_second_hint(text: str) -> str:
+    """Why a time Python cannot read was refused, when it is a leap second (second 60, valid
+    RFC 3339): '' otherwise. Refused rather than moved, as no event time may be changed
+    silently; the sender knows which second it means."""
+    if _LEAP_SECOND.search(text) is None:
+        return ""
+    return " (leap seconds, second 60, are not accepted: send :59.999 or the second after it, :00)"
+
+
+def _unit_hint(value: int) -> str:
+    """The unit an epoch time out of range was likely sent in, when it is a time of 2000-2099 in
+    one: a guess shown that fits no magnitude would send the sender looking for the wrong fault."""
+    for unit, low, high in _OTHER_UNITS:
+        if low <= value < high:
+            return f" ({unit} sent as ms?)"
+    return ""
 
 
 def _from_dict(d: dict[str, Any]) -> Event | Rejection:

@@ -41,7 +41,8 @@ import msgspec
 import orjson
 
 from scoring.events import (
-    MAX_ID_CHARS, MAX_NESTING, MAX_TIME_MS, MIN_TIME_MS, PROFILE_TYPES, Rejection, beyond_64_bits, fits_64_bits, is_id, nesting,
+    MAX_ID_CHARS, MAX_NESTING, MAX_TIME_MS, MIN_TIME_MS, PROFILE_TYPES, Rejection, beyond_64_bits, fits_64_bits, is_id, leap_second_hint,
+    nesting,
     parse_event,
 )
 from scoring.identity import ANONYMOUS_PREFIX
@@ -399,7 +400,7 @@ def iso_ms(value: object, name: str) -> int | None:
     try:
         parsed = datetime.fromisoformat(value.upper())  # RFC 3339 allows "t" and "z" too, as events do
     except ValueError:
-        raise rejected("bad_field", f"`{name}` is not an ISO-8601 date-time: {value[:64]!r}") from None
+        raise rejected("bad_field", f"`{name}` is not an ISO-8601 date-time: {value[:64]!r}" + leap_second_hint(value)) from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=timezone.utc)
     return (parsed - _EPOCH) // _ONE_MS

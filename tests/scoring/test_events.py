@@ -96,6 +96,29 @@ def test_rejections(raw: bytes, reason: str, field: str) -> None:
     assert rejection.raw is not None
 
 
+@pytest.mark.parametrize(
+    ("time", "detail"),
+    [
+        # Valid RFC 3339, which datetime cannot hold: it was told "not an ISO-8601 time" alone.
+        ("2016-12-31T23:59:60Z", "field 'time' is not an ISO-8601 time: '2016-12-31T23:59:60Z' (leap seconds, second 60, "
+                                 "are not accepted: send :59.999 or the second after it, :00)"),
+        ("2016-12-31T18:59:60.5-05:00", "field 'time' is not an ISO-8601 time: '2016-12-31T18:59:60.5-05:00' (leap seconds, "
+                                        "second 60, are not accepted: send :59.999 or the second after it, :00)"),
+        ("2016-12-31T23:59:61Z", "field 'time' is not an ISO-8601 time: '2016-12-31T23:59:61Z'"),
+        # The unit guessed from the magnitude: nanoseconds and microseconds were said to be seconds.
+        (1764583200000000000, "field 'time' is 1764583200000000000, outside years 2000-2099 in epoch milliseconds (nanoseconds sent as ms?)"),
+        (1764583200000000, "field 'time' is 1764583200000000, outside years 2000-2099 in epoch milliseconds (microseconds sent as ms?)"),
+        (1764583200, "field 'time' is 1764583200, outside years 2000-2099 in epoch milliseconds (seconds sent as ms?)"),
+        (-1, "field 'time' is -1, outside years 2000-2099 in epoch milliseconds"),  # no unit fits: no guess
+        (5 * 10**12, "field 'time' is 5000000000000, outside years 2000-2099 in epoch milliseconds"),
+    ],
+)  # fmt: skip
+def test_a_refused_time_says_what_it_probably_is(time: object, detail: str) -> None:
+    rejection = parse_event({**GOOD, "time": time})
+    assert isinstance(rejection, Rejection) and rejection.reason == "bad_value"
+    assert rejection.detail == detail
+
+
 @pytest.mark.parametrize("raw", [None, 42, [GOOD], object()])
 def test_non_json_inputs_are_rejected_not_raised(raw: object) -> None:
     assert parse_event(raw).reason == "wrong_type"

@@ -353,6 +353,14 @@ def test_a_time_outside_the_engines_years_is_refused_naming_the_field_the_client
     assert str(caught.value) == f"{given} a time outside the years 2000-2099 the scoring engine accepts: send when the call happened"
 
 
+def test_a_leap_second_is_refused_saying_so() -> None:
+    with pytest.raises(RequestRejected) as caught:
+        mapped({"userId": "u", "event": "A", "timestamp": "2016-12-31T23:59:60Z"}, "track")
+    assert caught.value.code == "bad_field"
+    assert str(caught.value) == ("`timestamp` is not an ISO-8601 date-time: '2016-12-31T23:59:60Z' (leap seconds, second 60, "
+                                 "are not accepted: send :59.999 or the second after it, :00)")
+
+
 def test_no_future_limit_when_the_worker_has_none() -> None:
     call = {"userId": "u", "event": "A", "timestamp": "2027-01-01T00:00:00Z"}
     assert orjson.loads(Mapper("snake_case", 0).map(call, "track", SITE, RECEIVED).value)["time"] == 1_798_761_600_000
