@@ -60,7 +60,7 @@ def _score(args: argparse.Namespace, settings: Settings) -> int:
 
     tune_collector(settings.gc_young_threshold)
     return score_file(args.models or settings.models_dir, args.events, table=args.table, out=sys.stdout, err=sys.stderr, at_ms=args.at,
-                      horizon_ms=settings.future_horizon_ms(settings.now_ms()))
+                      future=settings.future_limit(settings.now_ms(), "this machine's clock"))
 
 
 def _history(args: argparse.Namespace, settings: Settings) -> int:

@@ -555,7 +555,7 @@ class Collector:
     def __init__(self, settings: Settings, sources: dict[str, Source], writer: KafkaWriter, clock: Clock = time.time) -> None:
         self.settings = settings
         self.sources = sources
-        self.mapper = Mapper(settings.collector_event_names, settings.max_future_ms)
+        self.mapper = Mapper(settings.collector_event_names, settings.max_future_ms, settings.clock_offset_ms)
         self.writer = writer
         self.clock = clock
         self._body_timeout_s = settings.collector_body_timeout_ms / 1000

@@ -31,6 +31,7 @@ from scoring.accounts import by_account
 from scoring.events import loads
 from scoring.identity import merge
 from streams.errors import InputError
+from streams.settings import FutureLimit
 from streams.stitching import MAX_HOPS, links_of, may_link, publishable
 from streams.tables import columns, points
 from streams.jsonlines import numbered_lines
@@ -61,7 +62,7 @@ class OfflineRun:
     """
 
     def __init__(self, engine: Engine, err: TextIO, source: str, keep: Callable[[Event], bool] | None = None,
-                 sweep_members: bool = True) -> None:
+                 sweep_members: bool = True, future: FutureLimit | None = None) -> None:
         self.engine = engine
         #: Whether members' due decay is swept before each batch (`sweep`), as a worker whose
         #: clock follows the events does; else only at `finish`, as one whose clock has not
@@ -79,6 +80,10 @@ class OfflineRun:
         self.newest_ms = 0
         #: When decay is evaluated (`finish`), if later than `newest_ms`
         self.at_ms: int | None = None
+        #: LEADSTREAM_MAX_FUTURE_MS at the start: events beyond it are refused as the worker refuses them
+        self.future = future
+        #: The earliest time of the events refused so
+        self.earliest_future_ms: int | None = None
         #: Members' due times (due, lead id, model), as the worker's decay index (`sweep`).
         self._due: list[tuple[int, str, str]] = []
         #: reason -> lines warned about
@@ -279,13 +284,13 @@ class OfflineRun:
 
 
 def score_file(models_dir: Path, events_path: Path, table: bool, out: TextIO, err: TextIO = sys.stderr,
-               at_ms: int | None = None, horizon_ms: float = math.inf) -> int:
+               at_ms: int | None = None, future: FutureLimit | None = None) -> int:
     """Scores a JSON-lines file of events, decay evaluated at `at_ms` (default: the newest event
     time); returns the exit status (0: scored, even with bad lines, which are reported on `err`).
     A file of lines none of which is an event is an InputError: a check that scores a file
     (as scoring/MODELS.md suggests, in CI) must not pass on a file of the wrong format. Events
-    timed after `horizon_ms` are refused (`future_time`), as the worker refuses them."""
-    run = apply_file(Engine.from_directory(models_dir), events_path, err, horizon_ms=horizon_ms)
+    timed beyond `future` are refused (`future_time`), as the worker refuses them."""
+    run = apply_file(Engine.from_directory(models_dir), events_path, err, future=future)
     check_read(run, events_path, empty_ok=True)
     run.finish(at_ms)
     records = run.records()
@@ -299,29 +304,31 @@ def score_file(models_dir: Path, events_path: Path, table: bool, out: TextIO, er
 
 def check_read(run: OfflineRun, events_path: Path, empty_ok: bool = False) -> None:
     """Raises InputError when no line of the file was an event (a file of another format, such
-    as the outcomes CSV given as events, or events all timed in the future), or, unless
+    as the outcomes CSV given as events, or events all timed beyond `run.future`), or, unless
     `empty_ok`, when it has no line at all."""
     if run.accepted or (empty_ok and not run.warnings):
         return
     refused = sum(run.warnings.values())
-    if refused and set(run.warnings) == {"future_time"}:
+    future, earliest_ms = run.future, run.earliest_future_ms
+    if refused and set(run.warnings) == {"future_time"} and future is not None and earliest_ms is not None:
         # Well-formed events, refused for their time alone: the format's hint would mislead.
-        raise InputError(f"no event of {events_path.name} could be read, all {refused} refused (reported above): "
-                         "every one is timed ahead of this machine's clock by more than LEADSTREAM_MAX_FUTURE_MS")
+        raise InputError(f"no event of {events_path.name} could be read, all {refused} refused (reported above): every one is "
+                         f"timed too far ahead, the earliest {future.ahead(earliest_ms)}")
     raise InputError(f"no event of {events_path.name} could be read, " + (f"all {refused} refused (reported above)" if refused else "it is empty")
                      + ": a file holds one JSON event, or an array of events, a line")  # fmt: skip
 
 
 def apply_file(engine: Engine, events_path: Path, err: TextIO, keep: Callable[[Event], bool] | None = None,
-               horizon_ms: float = math.inf, sweep_members: bool = True) -> OfflineRun:
+               future: FutureLimit | None = None, sweep_members: bool = True) -> OfflineRun:
     """A run that has applied every event of the file (those `keep` accepts, when given), in
-    batches (of one event where accounts are rolled up); bad lines, and events timed after
-    `horizon_ms`, are reported on `err` and skipped. Decay is not brought to any time yet."""
+    batches (of one event where accounts are rolled up); bad lines, and events timed beyond
+    `future`, are reported on `err` and skipped. Decay is not brought to any time yet."""
     try:
         handle = sys.stdin.buffer if str(events_path) == "-" else events_path.open("rb")
     except OSError as exc:
         raise InputError(f"cannot read events file {events_path}: {exc.strerror}") from None
-    run = OfflineRun(engine, err, events_path.name, keep, sweep_members)
+    run = OfflineRun(engine, err, events_path.name, keep, sweep_members, future)
+    horizon_ms = math.inf if future is None else future.horizon_ms
     batch_events = ACCOUNT_BATCH_EVENTS if any(model.accounts is not None for model in engine.models) else BATCH_EVENTS
     batch: list[Line] = []
     with handle:
@@ -332,11 +339,11 @@ def apply_file(engine: Engine, events_path: Path, err: TextIO, keep: Callable[[E
                     run.warn(number, item.reason, item.detail)
                 elif isinstance(links, Rejection):  # refused as the worker refuses it: an old id no lead can have
                     run.warn(number, links.reason, links.detail)
-                elif item.time_ms > horizon_ms:
+                elif item.time_ms > horizon_ms and future is not None:
                     # Scored, it would bring every lead's decay to its time (the newest event's).
-                    at = datetime.fromtimestamp(item.time_ms / 1000, timezone.utc).isoformat(timespec="seconds")
-                    run.warn(number, "future_time", f"event {item.event_id!r} of lead {item.lead_id!r} is timed {at}, further "
-                             "ahead of this machine's clock than LEADSTREAM_MAX_FUTURE_MS allows: the worker refuses it too")
+                    run.warn(number, "future_time", future.refusal(item) + ": the worker refuses it too")
+                    earliest_ms = run.earliest_future_ms
+                    run.earliest_future_ms = item.time_ms if earliest_ms is None else min(earliest_ms, item.time_ms)
                 else:
                     batch.append((number, item, links))
                     run.accepted += 1

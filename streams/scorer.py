@@ -21,7 +21,6 @@ import heapq
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any, Mapping, Sequence
 
 import orjson
@@ -40,7 +39,7 @@ from streams.offset_sequence import LookUp, OffsetSequence
 from streams.outbox import Headers, Outbox, encode_json, encode_json_or_none
 from streams.partitioning import partition_for, partitioned_otherwise
 from streams.rollup import lead_score_key, publish_updates
-from streams.settings import Settings
+from streams.settings import FutureLimit, Settings
 from streams.lead_states import States
 from streams.lead_states import encode as encode_states
 from streams.overlap import Done, InFlight, make_durable
@@ -388,7 +387,8 @@ class Scorer:
         reached: dict[str, read_offsets.Offsets] = {}
         states_of = self.store.states
         clock_ms = self.now_ms()
-        horizon_ms = self.settings.future_horizon_ms(clock_ms)
+        future = self.settings.future_limit(clock_ms, "the worker's clock")
+        horizon_ms = future.horizon_ms
         for message in messages:
             if message.tombstone:
                 self._tombstone(message, forget, dead, stats)
@@ -407,7 +407,7 @@ class Scorer:
                 if event.time_ms > horizon_ms:
                     if items is None:  # decoded in one pass: the dead letter needs the object
                         items = unpack(message.value)
-                    dead.append(self._from_the_future(event, _original(message.value, items, position), clock_ms, message))
+                    dead.append(self._from_the_future(event, _original(message.value, items, position), future, message))
                     continue
                 lead_id = event.lead_id
                 states = known.get(lead_id)
@@ -1146,14 +1146,10 @@ class Scorer:
                   "the state is repaired, or the lead forgotten (`leadstream forget`); replay it then (`leadstream replay-dlq`)")
         return message.dead_letter("unreadable_state", detail, original)
 
-    def _from_the_future(self, event: Event, original: bytes, now_ms: int, message: Consumed) -> DeadLetter:
+    @staticmethod
+    def _from_the_future(event: Event, original: bytes, future: FutureLimit, message: Consumed) -> DeadLetter:
         # Scored, it would move the lead's watermark ahead, and its real events would all be late.
-        at = datetime.fromtimestamp(event.time_ms / 1000, timezone.utc).isoformat(timespec="seconds")
-        detail = (
-            f"event {event.event_id!r} of lead {event.lead_id!r} is timed {at}, {(event.time_ms - now_ms) / 1000:,.0f} s ahead of the "
-            f"worker's clock, more than the {self.settings.max_future_ms / 1000:,.0f} s LEADSTREAM_MAX_FUTURE_MS allows: fix the sender's clock"
-        )
-        return message.dead_letter("future_time", detail, original)
+        return message.dead_letter("future_time", future.refusal(event) + ": fix the sender's clock", original)
 
     def _changed(self, model: str, lead_id: str, state: LeadState, now_ms: int, partition: int, publish: bool = True) -> None:
         """A lead's state changed: schedule its next decay step and queue its score change

@@ -47,6 +47,7 @@ from scoring.events import (
 )
 from scoring.identity import ANONYMOUS_PREFIX
 from streams.errors import ConfigError, RefusalCode, RequestRejected
+from streams.settings import FutureLimit
 
 CALL_TYPES = ("track", "page", "screen", "identify", "group", "alias")
 EVENT_NAME_STYLES = ("snake_case", "verbatim")
@@ -121,14 +122,16 @@ def _verbatim(name: str) -> str:
 
 
 class Mapper:
-    def __init__(self, event_names: str, max_future_ms: int) -> None:
+    def __init__(self, event_names: str, max_future_ms: int, clock_offset_ms: int = 0) -> None:
         """`max_future_ms`: the worker's LEADSTREAM_MAX_FUTURE_MS, so that a call it would refuse
-        is refused here, where the client hears why."""
+        is refused here, where the client hears why; `clock_offset_ms`: LEADSTREAM_CLOCK_OFFSET_MS,
+        which the arrival times given to `map` include, for that message."""
         if event_names not in EVENT_NAME_STYLES:
             raise ConfigError(
                 f"LEADSTREAM_COLLECTOR_EVENT_NAMES={event_names!r} is not one of {', '.join(EVENT_NAME_STYLES)}"
             )
         self._max_future_ms = max_future_ms
+        self._clock_offset_ms = clock_offset_ms
         self._name: Callable[[str], str] = snake_case if event_names == "snake_case" else _verbatim
         self._by_type: dict[str, Callable[[dict[str, Any], dict[str, Any], dict[str, Any]], None]] = {
             "track": self._track,
@@ -170,7 +173,7 @@ class Mapper:
             "event_id": message_id if message_id is not None else _PENDING_ID,
             "lead_id": user_id if user_id is not None else ANONYMOUS_PREFIX + str(anonymous_id),
             "type": kind,
-            "time": event_time_ms(call, received_at_ms, sent_at, max_future_ms=self._max_future_ms),
+            "time": event_time_ms(call, received_at_ms, sent_at, max_future_ms=self._max_future_ms, clock_offset_ms=self._clock_offset_ms),
             "received_at": received_at_ms,
             "properties": {},
         }
@@ -344,7 +347,8 @@ def _as_number(value: Any) -> Any:
     return value if digits is None else int(digits[1])
 
 
-def event_time_ms(call: dict[str, Any], received_at_ms: int, sent_at: object = None, *, max_future_ms: int) -> int:
+def event_time_ms(call: dict[str, Any], received_at_ms: int, sent_at: object = None, *, max_future_ms: int,
+                  clock_offset_ms: int = 0) -> int:
     """When the call happened, in epoch ms, by Segment's rules.
 
     Its `timestamp`, else its `originalTimestamp`, read from the client's clock: Segment's
@@ -354,7 +358,7 @@ def event_time_ms(call: dict[str, Any], received_at_ms: int, sent_at: object = N
 
     A time the worker would dead-letter after the client heard 200 is refused, naming the field
     the client sent: outside the years 2000-2099, or more than `max_future_ms` after the arrival
-    (0: no limit).
+    (0: no limit), which is read from the wall clock moved by `clock_offset_ms` (said so).
     """
     field = "timestamp" if call.get("timestamp") is not None else "originalTimestamp"
     happened = iso_ms(call.get(field), field)
@@ -378,9 +382,9 @@ def event_time_ms(call: dict[str, Any], received_at_ms: int, sent_at: object = N
     if max_future_ms and ahead_ms > max_future_ms:
         raise rejected(
             "future_time",
-            f"{_time_given(call[field], field, sent_value)} puts the call {ahead_ms / 1000:.0f} s "
-            f"ahead of the collector's clock, more than the {max_future_ms / 1000:.0f} s the worker accepts "
-            "(LEADSTREAM_MAX_FUTURE_MS): send when the call happened, with its UTC offset",
+            f"{_time_given(call[field], field, sent_value)} puts the call "
+            + FutureLimit(received_at_ms, "the collector's clock", max_future_ms, clock_offset_ms).ahead(time_ms)
+            + " (the worker would refuse it too): send when the call happened, with its UTC offset",
         )
     return time_ms
 

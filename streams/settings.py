@@ -10,13 +10,17 @@ import os
 import re
 import time
 from dataclasses import Field, dataclass, field, fields, replace
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 from urllib.parse import urlsplit
 
 from scoring.config import did_you_mean
 from streams.addresses import is_address
 from streams.errors import ConfigError
+
+if TYPE_CHECKING:
+    from scoring import Event
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -191,6 +195,40 @@ def _salesforce_version(value: str) -> str | None:
 LOG_LEVELS = ("debug", "info", "warning", "error")
 NON_NEGATIVE = _at_least(0)
 POSITIVE = _at_least(1)
+
+
+@dataclass(frozen=True)
+class FutureLimit:
+    """LEADSTREAM_MAX_FUTURE_MS at one reading of a clock: events timed after `horizon_ms` are
+    refused, and `ahead` says by how much, alike in the worker, the collector and `score`."""
+
+    #: The clock's reading, LEADSTREAM_CLOCK_OFFSET_MS included
+    now_ms: int
+    #: Whose clock it is, for messages ("the worker's clock")
+    whose: str
+    max_future_ms: int
+    clock_offset_ms: int
+
+    @property
+    def horizon_ms(self) -> float:
+        """The latest event time taken (no bound when LEADSTREAM_MAX_FUTURE_MS is 0)."""
+        return self.now_ms + self.max_future_ms if self.max_future_ms > 0 else float("inf")
+
+    def ahead(self, time_ms: int) -> str:
+        """How far a time beyond the horizon is ahead of the clock. An offset clock is named with
+        its offset and reading: an event behind the wall clock is ahead of one moved back, and a
+        message naming the clock alone sends the reader to compare with the wrong one."""
+        clock = self.whose
+        if self.clock_offset_ms:
+            reading = datetime.fromtimestamp(self.now_ms / 1000, timezone.utc).isoformat(timespec="seconds")
+            clock += f" (the wall clock moved by LEADSTREAM_CLOCK_OFFSET_MS={self.clock_offset_ms}, reading {reading})"
+        return (f"{(time_ms - self.now_ms) / 1000:,.0f} s ahead of {clock}, more than the "
+                f"{self.max_future_ms / 1000:,.0f} s LEADSTREAM_MAX_FUTURE_MS allows")
+
+    def refusal(self, event: Event) -> str:
+        """Why an event beyond the horizon is refused: its time, and `ahead`."""
+        at = datetime.fromtimestamp(event.time_ms / 1000, timezone.utc).isoformat(timespec="seconds")
+        return f"event {event.event_id!r} of lead {event.lead_id!r} is timed {at}, {self.ahead(event.time_ms)}"
 
 
 @dataclass(frozen=True)
@@ -450,10 +488,10 @@ class Settings:
         """The worker's clock: the wall clock plus LEADSTREAM_CLOCK_OFFSET_MS."""
         return int(time.time() * 1000) + self.clock_offset_ms
 
-    def future_horizon_ms(self, now_ms: int) -> float:
-        """The latest event time the worker takes at `now_ms` (LEADSTREAM_MAX_FUTURE_MS ahead;
-        no bound when it is 0): `score` refuses what lies beyond, as the worker does."""
-        return now_ms + self.max_future_ms if self.max_future_ms > 0 else float("inf")
+    def future_limit(self, now_ms: int, whose: str) -> FutureLimit:
+        """LEADSTREAM_MAX_FUTURE_MS at `now_ms`, a reading of `whose` clock (`now_ms`, offset
+        included): `score` refuses what lies beyond, as the worker does."""
+        return FutureLimit(now_ms, whose, self.max_future_ms, self.clock_offset_ms)
 
     def with_overrides(self, **changes: Any) -> Settings:
         return replace(self, **changes)

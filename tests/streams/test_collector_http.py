@@ -305,7 +305,7 @@ def test_a_library_clock_running_fast_is_corrected_and_a_call_timed_ahead_is_ref
     [refused] = body["rejected"]
     assert (refused["index"], refused["code"]) == (1, "future_time")
     assert refused["message"].startswith(f"`timestamp` {fast.isoformat()!r}, corrected for the client's clock by `sentAt`")
-    assert "puts the call 7200 s ahead" in refused["message"]
+    assert "puts the call 7,200 s ahead" in refused["message"]
     [event] = all_events(read_messages(settings, settings.topic_events, events=1))
     assert event["event_id"] == skewed["messageId"]
     assert 0 <= event["received_at"] - event["time"] < 5000  # when it was sent, less its time in transit

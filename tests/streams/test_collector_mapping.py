@@ -316,8 +316,8 @@ def test_event_time_follows_segments_rules(call: dict[str, Any], sent_at: object
 @pytest.mark.parametrize(
     ("call", "sent_at", "given"),
     [
-        ({"timestamp": "2026-01-01T02:00:00Z"}, None, "`timestamp` '2026-01-01T02:00:00Z' puts the call 7200 s ahead"),
-        ({"originalTimestamp": "2026-01-01T01:00:01Z"}, None, "`originalTimestamp` '2026-01-01T01:00:01Z' puts the call 3601 s ahead"),
+        ({"timestamp": "2026-01-01T02:00:00Z"}, None, "`timestamp` '2026-01-01T02:00:00Z' puts the call 7,200 s ahead"),
+        ({"originalTimestamp": "2026-01-01T01:00:01Z"}, None, "`originalTimestamp` '2026-01-01T01:00:01Z' puts the call 3,601 s ahead"),
         # Sent 2 h before it happened, by the client's own clock.
         ({"timestamp": "2026-01-01T12:00:00Z", "sentAt": "2026-01-01T10:00:00Z"}, None,
          "`timestamp` '2026-01-01T12:00:00Z', corrected for the client's clock by `sentAt` '2026-01-01T10:00:00Z', puts"),
@@ -351,6 +351,17 @@ def test_a_time_outside_the_engines_years_is_refused_naming_the_field_the_client
         Mapper("snake_case", 0).map({"userId": "u", "event": "A", **call}, "track", SITE, RECEIVED, sent_at)
     assert caught.value.code == "bad_field"
     assert str(caught.value) == f"{given} a time outside the years 2000-2099 the scoring engine accepts: send when the call happened"
+
+
+def test_a_call_refused_as_ahead_of_a_clock_moved_back_names_the_offset() -> None:
+    # The worker's clock, which the collector's arrival times follow, was named without its offset.
+    with pytest.raises(RequestRejected) as caught:
+        Mapper("snake_case", MAX_FUTURE_MS, clock_offset_ms=-86_400_000).map(
+            {"userId": "u", "event": "A", "timestamp": "2026-01-01T02:00:00Z"}, "track", SITE, RECEIVED)
+    assert str(caught.value) == (
+        "`timestamp` '2026-01-01T02:00:00Z' puts the call 7,200 s ahead of the collector's clock (the wall clock moved by "
+        "LEADSTREAM_CLOCK_OFFSET_MS=-86400000, reading 2026-01-01T00:00:00+00:00), more than the 3,600 s LEADSTREAM_MAX_FUTURE_MS "
+        "allows (the worker would refuse it too): send when the call happened, with its UTC offset")
 
 
 def test_a_leap_second_is_refused_saying_so() -> None:

@@ -53,3 +53,15 @@ def test_the_dead_letter_of_an_event_ahead_says_by_how_much_in_seconds() -> None
     assert letter["reason"] == "future_time"
     assert "s ahead of the worker's clock, more than the 60 s LEADSTREAM_MAX_FUTURE_MS allows" in letter["detail"]
     assert re.search(r", (\d+) s ahead", letter["detail"]).group(1) in ("129", "130")  # type: ignore[union-attr]
+
+
+def test_the_dead_letter_of_an_event_ahead_of_a_clock_moved_back_names_the_offset() -> None:
+    # An event 4 h behind the wall clock was said to be "72,000 s ahead of the worker's clock" alone.
+    settings = Settings(clock_offset_ms=-DAY)
+    scorer, outbox = scorer_with(settings)
+    event = {"event_id": "a1", "lead_id": "ana", "type": "trial_started", "product": "analytics", "time": int(time.time() * 1000) - 4 * 3_600_000}
+    asyncio.run(scorer.process([Consumed(settings.topic_events, partition_for("ana", 4), 0, b"ana", orjson.dumps(event))]))
+    [letter] = [orjson.loads(v) for t, _, v in outbox.sent if t == settings.topic_deadletter and v]
+    assert re.fullmatch(r"event 'a1' of lead 'ana' is timed [^,]+, 7[12],\d{3} s ahead of the worker's clock \(the wall clock moved "
+                        rf"by LEADSTREAM_CLOCK_OFFSET_MS={-DAY}, reading [-0-9T:]+\+00:00\), more than the 3,600 s "
+                        "LEADSTREAM_MAX_FUTURE_MS allows: fix the sender's clock", letter["detail"])

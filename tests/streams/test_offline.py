@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -16,6 +17,7 @@ from scoring import Engine
 from streams.cli import main
 from streams.errors import InputError
 from streams.offline import apply_file, score_file
+from streams.settings import FutureLimit
 from streams.segment import Mapper, Source
 from tests.scoring.support import DAY, T0, MODELS_DIR
 
@@ -473,9 +475,29 @@ def test_a_file_of_events_all_timed_ahead_of_the_clock_fails_naming_their_time_n
     ahead = [{**event, "time": T0 + 2 * DAY} for event in SAAS_EVENTS[:2]]
     with pytest.raises(InputError) as raised:
         score_file(MODELS_DIR, write(tmp_path / "ahead.jsonl", ahead), table=False, out=io.StringIO(), err=io.StringIO(),
-                   horizon_ms=T0 + DAY)
-    assert str(raised.value) == ("no event of ahead.jsonl could be read, all 2 refused (reported above): "
-                                 "every one is timed ahead of this machine's clock by more than LEADSTREAM_MAX_FUTURE_MS")
+                   future=FutureLimit(T0, "this machine's clock", DAY, 0))
+    assert str(raised.value) == ("no event of ahead.jsonl could be read, all 2 refused (reported above): every one is timed too far "
+                                 "ahead, the earliest 172,800 s ahead of this machine's clock, more than the 86,400 s "
+                                 "LEADSTREAM_MAX_FUTURE_MS allows")
+
+
+def test_an_event_refused_as_ahead_of_a_clock_moved_back_names_the_offset_and_how_far_ahead_it_is(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An event 4 h behind the wall clock, with the clock moved back a day, was said to be "further
+    ahead of this machine's clock than LEADSTREAM_MAX_FUTURE_MS allows": it is behind that clock."""
+    monkeypatch.delenv("LEADSTREAM_MAX_FUTURE_MS", raising=False)
+    monkeypatch.setenv("LEADSTREAM_CLOCK_OFFSET_MS", str(-DAY))
+    now = int(datetime.now(timezone.utc).timestamp() * 1000)
+    event = {"event_id": "e1", "lead_id": "ana", "type": "signup", "product": "saas", "time": now - 4 * 3_600_000}
+    assert main(["score", "--models", str(MODELS_DIR), "--events", str(write(tmp_path / "y.jsonl", [event]))]) == 1
+    err = capsys.readouterr().err
+    clock = rf"this machine's clock \(the wall clock moved by LEADSTREAM_CLOCK_OFFSET_MS={-DAY}, reading [-0-9T:]+\+00:00\)"
+    ahead = rf"7[12],[0-9]{{3}} s ahead of {clock}, more than the 3,600 s LEADSTREAM_MAX_FUTURE_MS allows"  # 20 h
+    assert re.search(rf"y.jsonl line 1: future_time: event 'e1' of lead 'ana' is timed [^,]+, {ahead}: the worker refuses it too", err)
+    assert re.search(rf"no event of y.jsonl could be read, all 1 refused \(reported above\): every one is timed too far ahead, "
+                     rf"the earliest {ahead}\n", err)
+
 
 
 def test_warnings_come_in_line_order_whether_a_line_is_refused_or_its_event_found_late(tmp_path: Path) -> None:
