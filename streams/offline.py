@@ -62,7 +62,7 @@ class OfflineRun:
     """
 
     def __init__(self, engine: Engine, err: TextIO, source: str, keep: Callable[[Event], bool] | None = None,
-                 sweep_members: bool = True, future: FutureLimit | None = None) -> None:
+                 sweep_members: bool = True, at_ms: int | None = None, future: FutureLimit | None = None) -> None:
         self.engine = engine
         #: Whether members' due decay is swept before each batch (`sweep`), as a worker whose
         #: clock follows the events does; else only at `finish`, as one whose clock has not
@@ -78,8 +78,9 @@ class OfflineRun:
         #: old id -> the id it was merged into
         self.merged: dict[str, str] = {}
         self.newest_ms = 0
-        #: When decay is evaluated (`finish`), if later than `newest_ms`
-        self.at_ms: int | None = None
+        #: When decay is evaluated (`finish`) instead of `newest_ms`: `apply_file` refuses an
+        #: event after it as it reads it
+        self.at_ms = at_ms
         #: LEADSTREAM_MAX_FUTURE_MS at the start: events beyond it are refused as the worker refuses them
         self.future = future
         #: The earliest time of the events refused so
@@ -190,15 +191,9 @@ class OfflineRun:
         """The time the output is at: the newest event's, or `--at`'s."""
         return self.newest_ms if self.at_ms is None else self.at_ms
 
-    def finish(self, at_ms: int | None = None) -> None:
-        """Evaluates decay for every lead at `at_ms`, by default the newest event time: the
-        members' due by then taken as `sweep` takes them, then each lead brought to the time
-        (their own crossings are the same either way)."""
-        if at_ms is not None:
-            if at_ms < self.newest_ms:
-                raise InputError(f"--at {_iso(at_ms)} is before the newest event in {self.source} ({_iso(self.newest_ms)}): "
-                                 "decay is evaluated after every event is scored, so give a time at or after it")
-            self.at_ms = at_ms
+    def finish(self) -> None:
+        """Evaluates decay for every lead at `now_ms`: the members' due by then taken as `sweep`
+        takes them, then each lead brought to the time (their own crossings are the same either way)."""
         members: list[tuple[str, str]] = []
         for (model, lead_id), state in sorted(self.leads.items()):
             if self._member(model, state):
@@ -286,13 +281,14 @@ class OfflineRun:
 def score_file(models_dir: Path, events_path: Path, table: bool, out: TextIO, err: TextIO = sys.stderr,
                at_ms: int | None = None, future: FutureLimit | None = None) -> int:
     """Scores a JSON-lines file of events, decay evaluated at `at_ms` (default: the newest event
-    time); returns the exit status (0: scored, even with bad lines, which are reported on `err`).
-    A file of lines none of which is an event is an InputError: a check that scores a file
-    (as scoring/MODELS.md suggests, in CI) must not pass on a file of the wrong format. Events
-    timed beyond `future` are refused (`future_time`), as the worker refuses them."""
-    run = apply_file(Engine.from_directory(models_dir), events_path, err, future=future)
+    time; an event after it is an InputError); returns the exit status (0: scored, even with bad
+    lines, which are reported on `err`). A file of lines none of which is an event is an
+    InputError: a check that scores a file (as scoring/MODELS.md suggests, in CI) must not pass on
+    a file of the wrong format. Events timed beyond `future` are refused (`future_time`), as the
+    worker refuses them."""
+    run = apply_file(Engine.from_directory(models_dir), events_path, err, future=future, at_ms=at_ms)
     check_read(run, events_path, empty_ok=True)
-    run.finish(at_ms)
+    run.finish()
     records = run.records()
     if table:
         out.write(_table(records))
@@ -319,16 +315,20 @@ def check_read(run: OfflineRun, events_path: Path, empty_ok: bool = False) -> No
 
 
 def apply_file(engine: Engine, events_path: Path, err: TextIO, keep: Callable[[Event], bool] | None = None,
-               future: FutureLimit | None = None, sweep_members: bool = True) -> OfflineRun:
+               future: FutureLimit | None = None, sweep_members: bool = True, at_ms: int | None = None) -> OfflineRun:
     """A run that has applied every event of the file (those `keep` accepts, when given), in
     batches (of one event where accounts are rolled up); bad lines, and events timed beyond
-    `future`, are reported on `err` and skipped. Decay is not brought to any time yet."""
+    `future`, are reported on `err` and skipped. Decay is not brought to any time yet: `at_ms`
+    is the time `finish` brings it to, and an event after it stops the reading at once with an
+    InputError (decay cannot be evaluated before an event it would follow)."""
     try:
         handle = sys.stdin.buffer if str(events_path) == "-" else events_path.open("rb")
     except OSError as exc:
         raise InputError(f"cannot read events file {events_path}: {exc.strerror}") from None
-    run = OfflineRun(engine, err, events_path.name, keep, sweep_members, future)
+    run = OfflineRun(engine, err, events_path.name, keep, sweep_members, at_ms, future)
     horizon_ms = math.inf if future is None else future.horizon_ms
+    # One comparison an event for both bounds; which one it passed is told apart only then.
+    bound_ms = min(horizon_ms, math.inf if at_ms is None else at_ms)
     batch_events = ACCOUNT_BATCH_EVENTS if any(model.accounts is not None for model in engine.models) else BATCH_EVENTS
     batch: list[Line] = []
     with handle:
@@ -339,11 +339,16 @@ def apply_file(engine: Engine, events_path: Path, err: TextIO, keep: Callable[[E
                     run.warn(number, item.reason, item.detail)
                 elif isinstance(links, Rejection):  # refused as the worker refuses it: an old id no lead can have
                     run.warn(number, links.reason, links.detail)
-                elif item.time_ms > horizon_ms and future is not None:
-                    # Scored, it would bring every lead's decay to its time (the newest event's).
-                    run.warn(number, "future_time", future.refusal(item) + ": the worker refuses it too")
-                    earliest_ms = run.earliest_future_ms
-                    run.earliest_future_ms = item.time_ms if earliest_ms is None else min(earliest_ms, item.time_ms)
+                elif item.time_ms > bound_ms:
+                    if item.time_ms > horizon_ms and future is not None:
+                        # Scored, it would bring every lead's decay to its time (the newest event's).
+                        run.warn(number, "future_time", future.refusal(item) + ": the worker refuses it too")
+                        earliest_ms = run.earliest_future_ms
+                        run.earliest_future_ms = item.time_ms if earliest_ms is None else min(earliest_ms, item.time_ms)
+                    elif at_ms is not None:
+                        raise InputError(f"--at {_iso(at_ms)} is before event {item.event_id!r} of lead {item.lead_id!r} "
+                                         f"({events_path.name} line {number}, timed {_iso(item.time_ms)}): decay is evaluated "
+                                         "after every event is scored, so give a time at or after the file's newest event")
                 else:
                     batch.append((number, item, links))
                     run.accepted += 1
@@ -414,4 +419,6 @@ def _reason(reasons: list[dict[str, Any]]) -> str:
 
 
 def _iso(time_ms: int) -> str:
-    return datetime.fromtimestamp(time_ms / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """UTC, with milliseconds when there are any: two times within a second must not read alike."""
+    seconds, ms = divmod(time_ms, 1000)
+    return datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S") + (f".{ms:03d}Z" if ms else "Z")

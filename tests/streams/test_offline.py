@@ -145,7 +145,7 @@ def test_decay_is_evaluated_at_the_time_asked_for_and_never_before_the_newest_ev
     assert [(r["lead_id"], r["score"], r["level"], r["time"]) for r in records if r["record"] == "lead"] == [
         ("ada", 15, "mql", T0 + 31 * DAY), ("bo", 10, "nurture", T0 + 31 * DAY)]
     assert main(["score", "--models", str(MODELS_DIR), "--events", str(events), "--at", "2025-11-01"]) == 1
-    assert "--at 2025-11-01T00:00:00Z is before the newest event in b2b.jsonl (2025-11-05T00:00:00Z)" in capsys.readouterr().err
+    assert "--at 2025-11-01T00:00:00Z is before event 'a' of lead 'ada' (b2b.jsonl line 1, timed 2025-11-03T00:00:00Z)" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["score", "--models", str(MODELS_DIR), "--events", str(events), "--at", "2025-11-01T09:00:00"])
     assert "argument --at: expected an ISO-8601 time with its zone" in capsys.readouterr().err
@@ -174,10 +174,10 @@ def test_the_table_shows_large_scores_in_full(tmp_path: Path, capsys) -> None:
     )
     deals = [{"event_id": f"{n}", "lead_id": lead, "type": "deal", "time": T0 + n, "account_id": "acme"} for n, lead in enumerate("aab")]
     assert main(["score", "--models", str(models), "--events", str(write(tmp_path / "events.jsonl", deals)), "--table"]) == 0
-    assert capsys.readouterr().out == (  # as in the JSON lines: 2500001, not 2.5e+06
-        "TIME                  MODEL  KIND     WHO   FROM   TO     SCORE\n"
-        "2025-11-03T00:00:00Z  big    lead     a     lead   whale  2500001\n"
-        "2025-11-03T00:00:00Z  big    account  acme  small  huge   3750001.5\n"
+    assert capsys.readouterr().out == (  # as in the JSON lines: 2500001, not 2.5e+06; times of 1 and 2 ms past a second
+        "TIME                      MODEL  KIND     WHO   FROM   TO     SCORE\n"
+        "2025-11-03T00:00:00.001Z  big    lead     a     lead   whale  2500001\n"
+        "2025-11-03T00:00:00.002Z  big    account  acme  small  huge   3750001.5\n"
         "\n"
         "MODEL  LEAD  SCORE      0-100  LEVEL  CELL  TEMP  TOP REASON\n"
         "big    a     2500001    100    whale  -     -     deal (+2500001)\n"
@@ -498,6 +498,18 @@ def test_an_event_refused_as_ahead_of_a_clock_moved_back_names_the_offset_and_ho
     assert re.search(rf"no event of y.jsonl could be read, all 1 refused \(reported above\): every one is timed too far ahead, "
                      rf"the earliest {ahead}\n", err)
 
+
+def test_at_before_an_event_of_the_same_second_tells_the_two_times_apart_and_stops_at_that_event(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Both were printed as 2026-12-06T23:59:59Z, and the check ran once the whole file was scored."""
+    event = {"event_id": "e1", "lead_id": "ana", "type": "signup", "product": "saas", "time": "2026-12-06T23:59:59.900Z"}
+    events = write(tmp_path / "x.jsonl", [event, b"{broken"])
+    assert main(["score", "--models", str(MODELS_DIR), "--events", str(events), "--at", "2026-12-06T23:59:59.500Z"]) == 1
+    err = capsys.readouterr().err
+    assert err == ("leadstream score: --at 2026-12-06T23:59:59.500Z is before event 'e1' of lead 'ana' (x.jsonl line 1, timed "
+                   "2026-12-06T23:59:59.900Z): decay is evaluated after every event is scored, so give a time at or after the "
+                   "file's newest event\n")  # the broken line after it was not read
 
 
 def test_warnings_come_in_line_order_whether_a_line_is_refused_or_its_event_found_late(tmp_path: Path) -> None:
