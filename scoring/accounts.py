@@ -246,6 +246,11 @@ class AccountState:
             self._newest = member.time_ms
         return True
 
+    def blank(self, base: str) -> bool:
+        """No members, no crossing ever made and at `base`: a new account but for the leavings
+        it remembers, so one removed finds a member that joins it again as it would have."""
+        return not self.members and not self.crossings and self.level == base
+
     def last_left_ms(self) -> int | None:
         """The time of the latest leaving it remembers (None: none): an account without members
         has had none since."""

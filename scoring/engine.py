@@ -872,6 +872,12 @@ class Engine:
         """The account's score, scales, level and `top` best members, for read models."""
         return account_summary(self.runtime(model_name), account_id, state, top)
 
+    def account_blank(self, model_name: str, state: AccountState) -> bool:
+        """Whether an account holds nothing a new one would not (`AccountState.blank`, at the
+        base of the model's ladder; a model without `[accounts]` has none, its level "")."""
+        rollup = self.runtime(model_name).model.accounts
+        return state.blank(rollup.ladder.names[0] if rollup is not None else "")
+
     def apply_account(
         self, model_name: str, account_id: str, state: AccountState | None, update: MemberScore
     ) -> tuple[AccountState, list[Transition]]:

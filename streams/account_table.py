@@ -56,7 +56,11 @@ leaving again, which names the page again). Members that are updated stay on the
 `before` naming only them is left: writing every page twice would double the stage's writes.
 An account all of whose members left is written inline again, its pages deleted after the value
 from the last on (empty, they stayed for good, the value naming them); one that has pages no
-value names to delete too (`stale`, below) is left paged until its next batch.
+value names to delete too (`stale`, below) is left paged until its next batch. The account stage
+then removes it (streams/rollup.py `_emptied`), by a tombstone of its value, only once it is
+inline without stale pages: a tombstone is never read, so pages it left behind would be found by
+no one. `remove_at` and `take_due` index the removals due later by their time; `emptied` finds
+them again in a recovered table.
 
 Stale pages. A batch cut short can leave pages that no value names, read by no one: an old set
 not all deleted, or a new set whose value was not written, when the batch's messages rolled up
@@ -71,6 +75,7 @@ their first page on and deleted from their last, so it looks for first pages alo
 
 from __future__ import annotations
 
+import heapq
 import zlib
 from functools import partial
 from hashlib import blake2b
@@ -83,6 +88,7 @@ from scoring import AccountState, MemberScore
 from scoring.accounts import LAYOUT_LENGTHS
 from scoring.errors import StateError
 from scoring.state import decode as decode_values, encode as encode_values, right_sized
+from streams.partitioning import partition_for
 from streams.stage import LiveTable, Record, TableData, frame, unframe
 
 #: Members a model's entry holds itself (about 40 bytes each in JSON); beyond, pages.
@@ -96,6 +102,9 @@ KEY_BYTES = 16
 #: The largest count of pages looked for among an account's stale sets (2^24 pages of 256
 #: members: more than any account holds).
 MOST_PAGES = 1 << 24
+#: How the entry of a model with no members in its value begins (`AccountState.to_bytes`): what
+#: a recovery looks for to index the accounts emptied, without decoding every account.
+EMPTY_ENTRY = b"[1,{},"
 #: How a keyed set's first page's key ends, at each count (`page_key`).
 _FIRST_PAGES = tuple(b"%d/0" % (1 << n) for n in range(1, MOST_PAGES.bit_length()))
 
@@ -137,6 +146,13 @@ class PagedAccount(StaleAccount):
         return super().update(member)
 
 
+def leaves_no_page(state: AccountState) -> bool:
+    """Whether the state's entry, taken out of the table with a tombstone, leaves no page behind:
+    it names none, and none that no value names was found (`stale`), since a tombstone is never
+    read to find them."""
+    return not isinstance(state, PagedAccount) and not (isinstance(state, StaleAccount) and state.stale)
+
+
 def page_of(lead_id: str, count: int, key: bytes | None) -> int:
     """The page of `count` (a power of two) that holds this member: by a BLAKE2b of its id under
     `key`, which no one without the key can aim (crc32 when None, for pages written before);
@@ -166,6 +182,10 @@ class AccountTable(LiveTable[AccountState]):
         self.split_members = split_members
         self.page_members = page_members
         self.draw_key = draw_key
+        #: The accounts emptied that wait for their removal: (due time, account id), the soonest
+        #: first, and when each is due (one entry an account, the soonest asked for).
+        self._removals: list[tuple[int, str]] = []
+        self._due: dict[str, int] = {}
 
     def decoded(self, key: str, value: bytes) -> dict[str, AccountState]:
         states: dict[str, AccountState] = {}
@@ -196,11 +216,51 @@ class AccountTable(LiveTable[AccountState]):
     def __len__(self) -> int:
         return sum(1 for _ in self.state_keys())
 
+    def remove_at(self, account_id: str, due_ms: int) -> None:
+        """Asks for the account to be looked at again for its removal once the time is `due_ms`
+        (`take_due`): it may have members again by then, or have been emptied later."""
+        if self._due.get(account_id, due_ms + 1) > due_ms:
+            self._due[account_id] = due_ms
+            heapq.heappush(self._removals, (due_ms, account_id))
+
+    def take_due(self, now_ms: int) -> list[str]:
+        """The accounts whose removal is due at `now_ms`, taken from the index: a look at its
+        soonest entry when none is, so every batch may ask."""
+        removals, due = self._removals, []
+        while removals and removals[0][0] <= now_ms:
+            due_ms, account_id = heapq.heappop(removals)
+            if self._due.get(account_id) == due_ms:  # else asked again sooner, and taken then
+                del self._due[account_id]
+                due.append(account_id)
+        return due
+
+    def emptied(self, partitions: set[int]) -> Iterator[tuple[str, str, AccountState]]:
+        """The accounts on these partitions with a model whose value holds no members (those
+        paged are made inline when emptied: `encode`), as (account id, model, its state), for a
+        recovery to index their removal. The values holding `EMPTY_ENTRY` are listed in one
+        pass (0.5 s for a million accounts here), then only their entries that begin with it are
+        decoded, one at a time (not kept live, nor looked at for stale pages, which their next
+        batch does), so the caller may let other work run between them."""
+        found = [raw_key for raw_key, value in self.recovered.items() if EMPTY_ENTRY in value and b"\xff" not in raw_key]
+        for raw_key in found:
+            value = self.recovered.get(raw_key)
+            account_id = raw_key.decode()
+            if value is None or partition_for(account_id, self.partitions) not in partitions:
+                continue  # gone meanwhile (a rebalance), or not owned
+            try:
+                for model, raw in unframe(value).items():
+                    if raw.startswith(EMPTY_ENTRY):
+                        yield account_id, model, AccountState.from_bytes(raw)
+            except StateError:
+                continue  # its updates are dead-lettered until it is repaired
+
     def encode(self, account_id: str, partition: int, states: dict[str, AccountState]) -> tuple[dict[str, AccountState], list[Record]]:
         """The records that store these states, in the order they must be sent, and the states
-        to keep (a model's that passes `split_members` becomes a `PagedAccount`). Nothing is
-        kept yet, so an encoding that raises leaves the table as it was (but for the pages'
-        `updated`, whose states are dropped then)."""
+        to keep (a model's that passes `split_members` becomes a `PagedAccount`; none: the
+        account is removed, a tombstone). Nothing is kept yet, so an encoding that raises leaves
+        the table as it was (but for the pages' `updated`, whose states are dropped then)."""
+        if not states:  # only states that leave no page are taken out (`leaves_no_page`): none to delete
+            return states, [(self.changelog, account_id.encode(), None, partition)]
         if all(state.__class__ is AccountState and len(state.members) <= self.split_members for state in states.values()):
             return states, [(self.changelog, account_id.encode(), frame({model: state.to_bytes() for model, state in states.items()}), partition)]
         kept: dict[str, AccountState] = {}
@@ -266,7 +326,10 @@ class AccountTable(LiveTable[AccountState]):
                 self.table.delete(raw_key)
             else:
                 self.table.write(raw_key, value, partition)
-        self._keep(account_id, states)
+        if states:
+            self._keep(account_id, states)
+        else:
+            self.live.pop(account_id, None)
         return records
 
     def _read_pages(self, account_id: str, model: str, count: int, writes: int,

@@ -49,7 +49,7 @@ from streams.overlap import Done, WriteFailed
 from streams.partitioning import partition_for
 from streams.probes import NOT_READY_RETRY_AFTER_S
 from streams.rollup import Rollup
-from streams.scorer import DECAY_CHUNK, DECAY_PAUSE_S, Scorer
+from streams.scorer import DECAY_CHUNK, DECAY_PAUSE_S, REBUILD_SLICE_S, Scorer
 from streams.settings import Settings
 from streams.stage import Consumed, LiveTable
 from streams.topics import ACCOUNTS_TABLE, LEADS_TABLE
@@ -354,6 +354,14 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
                  "index_seconds=%.2f", len(lead_store), len(scorer.decay_index), len(scorer.erasures), sorted(owned),
                  time.monotonic() - began_s)
 
+    @accounts.on_recover
+    async def index_account_removals() -> None:
+        # The emptied accounts' removals (streams/rollup.py `_emptied`), which only the table's bytes hold.
+        began_s = time.monotonic()
+        emptied = await rollup_stage.index_emptied(owned_partitions(), REBUILD_SLICE_S)
+        log.info("account table recovered: emptied accounts indexed for removal count=%d index_seconds=%.2f", emptied,
+                 time.monotonic() - began_s)
+
     def when_ready(handler: Callable[..., Awaitable[Response]]) -> Callable[..., Awaitable[Response]]:
         """A view of the tables answers 503 while the worker is not ready. Until its tables are
         recovered a key may hold an older state or none (an answer would show old points, or
@@ -427,7 +435,8 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
         async def get(self, request: Request, account_id: str) -> Response:
             return explained(self, "account", account_id, account_store,
                              lambda model, state: rollup_stage.engine.account_summary(model, account_id, state, top=ACCOUNT_VIEW_MEMBERS),
-                             shown=lambda states, owner: _shown_accounts(rollup_stage.engine, account_id, states, owner))
+                             shown=lambda states, owner: _shown_accounts(rollup_stage.engine, account_id, states, owner,
+                                                                            settings.empty_account_retention_ms))
 
     @app.page("/models/")
     class Models(View):
@@ -453,11 +462,13 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
     return app
 
 
-def _shown_accounts(engine: Engine, account_id: str, states: dict[str, Any], owner: str) -> tuple[dict[str, Any], str | None]:
+def _shown_accounts(engine: Engine, account_id: str, states: dict[str, Any], owner: str,
+                    retention_ms: int) -> tuple[dict[str, Any], str | None]:
     """The account's states the view shows, those read models have, and why none is when none
     is: not those of models without `[accounts]` (they keep its members only, so that an
     `[accounts]` added starts with them), nor those without members (the last one left: the
-    account keeps its level and crossing count, and read models got its tombstone)."""
+    account keeps its level and crossing count until it is removed, and read models got its
+    tombstone)."""
     rolling = {model: state for model, state in states.items() if model in engine.rolling}
     shown = {model: state for model, state in rolling.items() if state.members}
     if shown:
@@ -468,7 +479,9 @@ def _shown_accounts(engine: Engine, account_id: str, states: dict[str, Any], own
     since = max((left for state in rolling.values() if (left := state.last_left_ms()) is not None), default=None)
     when = "" if since is None else f" since {datetime.fromtimestamp(since / 1000, timezone.utc).isoformat(timespec='seconds')}"
     return shown, (f"account {account_id!r} has no members now{when} (its last member left) in {', '.join(sorted(rolling))} on "
-                   f"{owner}, so read models no longer show it; it keeps its level and crossing count for a member that joins again")
+                   f"{owner}, so read models no longer show it; it keeps its level and crossing count for a member that joins again "
+                   f"until {retention_ms / 86_400_000:g} days after its last member left "
+                   "(LEADSTREAM_EMPTY_ACCOUNT_RETENTION_MS), when it is removed")
 
 
 def _ready(app: faust.App) -> bool:

@@ -12,7 +12,10 @@ time and the lead state's revision, `AccountState.update`), and changes nothing.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Iterator
+from operator import attrgetter
 from typing import Sequence
 
 import msgspec
@@ -23,7 +26,7 @@ from scoring.accounts import by_account
 from scoring.events import UNDECODABLE, unreadable
 from scoring.errors import StateError
 from streams import metrics
-from streams.account_table import AccountTable
+from streams.account_table import AccountTable, leaves_no_page
 from streams.deadletter import DeadLetter
 from streams.envelope import MAX_MESSAGE_BYTES, unpack
 from streams.isolation import internal_error, isolate, split_envelope, undone_if_it_raises
@@ -75,6 +78,9 @@ def account_score_key(model: str, account_id: str) -> bytes:
     return f"{model}:account/{account_id}".encode()
 
 
+_TIME = attrgetter("time_ms")
+
+
 def _member_score(state: AccountState | None, lead_id: str) -> float | None:
     """The lead's score in the account (None: not a member); its time is not in summaries."""
     member = None if state is None else state.members.get(lead_id)
@@ -89,6 +95,11 @@ class Rollup:
         #: The last batch's flushes, running while the next batch is rolled up (streams/overlap.py).
         self.in_flight = InFlight()
         self.sequence = OffsetSequence({settings.topic_accounts})
+        #: The newest member time rolled up (its lead's newest event's): the time an emptied
+        #: account's retention is counted in, that of the events, so that reading a backlog or
+        #: a past history removes what scoring them as they came would have, whatever the
+        #: worker's clock says meanwhile.
+        self.clock_ms = 0
         self._take(engine)
 
     def use(self, engine: Engine) -> None:
@@ -159,24 +170,85 @@ class Rollup:
                     moved.add((account_id, model))
                 states[model] = state
                 transitions.extend(crossed)
+                self.clock_ms = max(self.clock_ms, *map(_TIME, updates))
+                if not state.members:
+                    self._emptied(account_id, model, states)
+        self._remove_due(changed)
         for transition in transitions:
             self.outbox.add(self.settings.topic_crossings, str(transition.account_id).encode(), encode_json(transition.to_dict()))
         for account_id, model in moved:
-            state = changed[account_id][1][model]
+            kept = changed[account_id][1].get(model)  # None: removed (`_emptied`)
             # An account whose last member left (moved, merged, forgotten) has nothing left to
             # show: its summary, `"members": 0` at score 0, would stay on the hot-accounts
             # leaderboard for good. A tombstone takes it out of read models, as a forgotten
             # lead's does; its state stays (level, crossings, leavings), so a member that
-            # comes back rolls up where it left off. An account of a model whose [accounts]
-            # was removed is taken out too, at its first change since.
-            shown = bool(state.members) and model in self.engine.rolling
-            summary = encode_json(self.engine.account_summary(model, account_id, state)) if shown else None
+            # comes back rolls up where it left off, unless it was removed meanwhile
+            # (`_emptied`). An account of a model whose [accounts] was removed is taken out
+            # too, at its first change since.
+            summary = (encode_json(self.engine.account_summary(model, account_id, kept))
+                       if kept is not None and kept.members and model in self.engine.rolling else None)
             self.outbox.add(self.settings.topic_scores, account_score_key(model, account_id), summary)
         # Encoded before any is kept, so an encoding that raises changes nothing; sent after
         # the crossings, once the batch before is durable.
         encoded = [(account_id, *self.store.encode(account_id, partition, states)) for account_id, (partition, states) in changed.items()]
         self._queue_dead(dead)
         return [record for account_id, states, records in encoded for record in self.store.keep(account_id, states, records)], transitions
+
+    def _emptied(self, account_id: str, model: str, states: dict[str, AccountState]) -> None:
+        """An account whose last member in `model` left (`states`: its states, live) is taken
+        out of the table: else ids that anyone can send as a lead's account (`group` calls)
+        each kept an account for good. At once when it holds nothing a new account would not
+        (no crossing made: one made anew treats a member that joins it alike); else once
+        `empty_account_retention_ms` have passed since its last leaving, as it keeps its level
+        and crossing count for a member that joins it meanwhile, and so the numbers of its
+        crossings, which their ids hold. Only a state that leaves no page behind goes: a paged
+        one is made inline, and stale pages deleted, by this batch (`AccountTable.encode`), and
+        it goes at the next."""
+        state = states[model]
+        due_ms = self._removal_ms(model, state)
+        if due_ms is None:
+            return  # a model no longer in the directory: its states rest, as the scorer's do
+        if due_ms <= self.clock_ms and leaves_no_page(state):
+            del states[model]  # none left: a tombstone (`AccountTable.encode`)
+        else:
+            self.store.remove_at(account_id, due_ms)
+
+    def _removal_ms(self, model: str, state: AccountState) -> int | None:
+        """When an account emptied in `model` is removed, in `clock_ms`'s time (`_emptied`)."""
+        if model not in self.models:
+            return None
+        if self.engine.account_blank(model, state):
+            return 0
+        return (state.last_left_ms() or 0) + self.settings.empty_account_retention_ms
+
+    def _remove_due(self, changed: dict[str, tuple[int, dict[str, AccountState]]]) -> None:
+        """Removes the emptied accounts whose retention is over (`_emptied`), as the index finds
+        them; those with members again are left, those emptied since are asked for later. (An
+        attempt that raises loses those it took: a recovery indexes them again.)"""
+        for account_id in self.store.take_due(self.clock_ms):
+            try:
+                states = changed[account_id][1] if account_id in changed else self.store.states(account_id)
+            except StateError:
+                continue  # its updates are dead-lettered until it is repaired or deleted
+            emptied = [model for model, state in states.items() if not state.members]
+            if emptied:
+                changed[account_id] = (partition_for(account_id, self.store.partitions), states)  # before it changes
+                for model in emptied:
+                    self._emptied(account_id, model, states)
+
+    async def index_emptied(self, partitions: set[int], slice_s: float) -> int:
+        """Indexes the removal of the emptied accounts on these partitions, once recovered (see
+        `AccountTable.emptied`), letting the event loop run every `slice_s`: 100,000 of them
+        take a few seconds, in which the worker would answer no probe. Returns how many."""
+        count, paused_s = 0, time.monotonic()
+        for account_id, model, state in self.store.emptied(partitions):
+            if (due_ms := self._removal_ms(model, state)) is not None:
+                self.store.remove_at(account_id, due_ms)
+                count += 1
+            if time.monotonic() - paused_s >= slice_s:
+                await asyncio.sleep(0)
+                paused_s = time.monotonic()
+        return count
 
     def _refuse(self, message: Consumed, exc: Exception) -> None:
         self._queue_dead([internal_error(exc, message, "rolling up this account update")])

@@ -378,6 +378,14 @@ class Settings:
         "LEADSTREAM_DECAY_INTERVAL_S", 5, "How often the worker applies the decay steps that are due.",
         POSITIVE,
     )
+    empty_account_retention_ms: int = _setting(
+        "LEADSTREAM_EMPTY_ACCOUNT_RETENTION_MS", 30 * 86_400_000,
+        "How long (30 days by default) an account whose last member left is kept when it has crossed a line: its level and "
+        "crossing count, for a member that joins again. Counted in its members' event time (the newest the worker's account "
+        "stage took); then it is removed from the account table, with a tombstone on its changelog, and a member joining it "
+        "later starts a new account. One that never crossed is removed at once; 0 removes every one at once.",
+        _at_least(0, YEARS_100_MS),
+    )
     clock_offset_ms: int = _setting(
         "LEADSTREAM_CLOCK_OFFSET_MS", 0, "Added to the wall clock of the worker (decay, the future limit) and the collector (arrival times) and to `score`'s future limit: tests and replays of old data.",
         _at_least(-YEARS_100_MS, YEARS_100_MS),

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
-from scoring import Engine, MemberScore
+from scoring import AccountState, Engine, MemberScore
 from streams.account_table import AccountTable
 from streams.deadletter import DeadLetter
 from streams.envelope import MAX_MESSAGE_BYTES
@@ -247,3 +247,105 @@ def test_an_account_of_a_model_whose_accounts_was_removed_leaves_read_models_at_
     assert roll(removed, MemberScore("b2b", "acme", "lead-7", 20, 2_000)) == {b"b2b:account/acme": None}
     assert roll(removed, MemberScore("b2b", "acme", "lead-7", 25, 3_000)) == {}  # taken out once
     assert store.states("acme")["b2b"].members.keys() == {"lead-42", "lead-7"}
+
+
+DAY_MS = 86_400_000
+
+
+class Accounts:
+    """A roll-up stage over a table in memory, fed updates one batch at a time."""
+
+    def __init__(self, settings: Settings, data: dict[bytes, bytes] | None = None) -> None:
+        self.settings = settings
+        self.outbox = Kept()
+        self.store = AccountTable(MemoryData(), "accounts-changelog", 4, 10)
+        self.store.table.data.update(data or {})
+        self.stage = Rollup(Engine([shipped("b2b")]), settings, self.store, self.outbox)
+
+    def roll(self, *updates: MemberScore) -> None:
+        self.outbox.sent.clear()
+        collected = Collected()
+        publish_updates(collected, self.settings, updates, 4)  # type: ignore[arg-type]
+        asyncio.run(self.stage.process([Consumed(topic, partition or 0, 0, None, value)
+                                        for topic, _, value, partition in collected.records]))
+
+    def changelog(self) -> dict[bytes | None, bytes | None]:
+        return {key: value for topic, key, value in self.outbox.sent if topic == "accounts-changelog"}
+
+    def crossings(self) -> list[dict[str, Any]]:
+        return [orjson.loads(v) for topic, _, v in self.outbox.sent if topic == self.settings.topic_crossings and v]
+
+
+def test_an_account_emptied_that_never_crossed_is_removed_at_once_with_a_tombstone() -> None:
+    """A lead (a bot) that names a new account at each event left each one behind without
+    members, kept for good: 80,000 such accounts in the changelog, restored at every start. One
+    that never crossed holds nothing a new account would not, so it goes as it is emptied."""
+    accounts = Accounts(Settings())
+    accounts.roll(MemberScore("b2b", "rnd-0", "acc-bot", 2, 1_000, revision=1))
+    assert accounts.changelog()[b"rnd-0"] is not None
+    accounts.roll(MemberScore("b2b", "rnd-0", "acc-bot", 0, 2_000, True, 2), MemberScore("b2b", "rnd-1", "acc-bot", 3, 2_000, revision=2))
+    assert accounts.changelog()[b"rnd-0"] is None  # a tombstone: compaction erases the account
+    assert b"rnd-0" not in accounts.store.table.data and "rnd-0" not in accounts.store.live
+    assert list(accounts.store.table.data) == [b"rnd-1"]
+    # A member joining it again finds a new account, as it would have found the one removed.
+    accounts.roll(MemberScore("b2b", "rnd-0", "lead-7", 70, 3_000, revision=1))
+    [crossing] = accounts.crossings()
+    assert (crossing["account_id"], crossing["to_level"]) == ("rnd-0", "engaged")
+    assert accounts.store.states("rnd-0")["b2b"].crossings == 1
+
+
+def test_an_account_emptied_after_crossing_is_kept_for_the_retention_then_removed_and_crosses_from_the_base_again() -> None:
+    """Its level and crossing count wait for a member that joins again within
+    LEADSTREAM_EMPTY_ACCOUNT_RETENTION_MS of the last leaving, counted in the members' event time;
+    then it goes, and a member joining it later finds a new account: its crossings are numbered
+    from 1 again, their ids told apart from the first ones' by their times."""
+    settings = replace(Settings(), empty_account_retention_ms=30 * DAY_MS)
+    accounts = Accounts(settings)
+    accounts.roll(MemberScore("b2b", "acme", "lead-42", 70, 1_000, revision=1))
+    [up] = accounts.crossings()
+    accounts.roll(MemberScore("b2b", "acme", "lead-42", 0, 2_000, True, 2), MemberScore("b2b", "globex", "lead-42", 70, 2_000, revision=2))
+    assert [c["account_id"] for c in accounts.crossings()] == ["acme", "globex"]  # acme down to its base, globex up
+    assert accounts.store.states("acme")["b2b"].crossings == 2
+    # Within the retention, the account is kept and a member joining continues its numbering.
+    accounts.roll(MemberScore("b2b", "initech", "lead-7", 5, 2_000 + 30 * DAY_MS - 1, revision=1))
+    assert b"acme" in accounts.store.table.data and b"acme" not in accounts.changelog()
+    # Past it, by any member's time (the worker's clock plays no part), at the next batch.
+    accounts.roll(MemberScore("b2b", "initech", "lead-7", 6, 2_000 + 30 * DAY_MS, revision=2))
+    assert accounts.changelog()[b"acme"] is None and b"acme" not in accounts.store.table.data
+    accounts.roll(MemberScore("b2b", "acme", "lead-9", 70, 3_000 + 30 * DAY_MS, revision=1))
+    [again] = accounts.crossings()
+    assert (again["from_level"], again["to_level"]) == (up["from_level"], up["to_level"]) == ("unaware", "engaged")
+    assert accounts.store.states("acme")["b2b"].crossings == 1  # numbered 1, as the first one was
+    assert again["id"] != up["id"]
+
+
+def test_an_account_emptied_again_before_its_removal_is_kept_for_the_retention_from_its_last_leaving() -> None:
+    settings = replace(Settings(), empty_account_retention_ms=10 * DAY_MS)
+    accounts = Accounts(settings)
+    accounts.roll(MemberScore("b2b", "acme", "lead-42", 70, 1_000, revision=1))
+    accounts.roll(MemberScore("b2b", "acme", "lead-42", 0, 2_000, True, 2))  # due at 2_000 + 10 days
+    accounts.roll(MemberScore("b2b", "acme", "lead-7", 5, 5 * DAY_MS, revision=1))  # back with a member
+    accounts.roll(MemberScore("b2b", "acme", "lead-7", 0, 6 * DAY_MS, True, 2))  # emptied again: due at 16 days
+    accounts.roll(MemberScore("b2b", "other", "lead-8", 5, 12 * DAY_MS, revision=1))
+    accounts.roll(MemberScore("b2b", "other", "lead-8", 6, 12 * DAY_MS + 1, revision=2))
+    assert b"acme" in accounts.store.table.data
+    accounts.roll(MemberScore("b2b", "other", "lead-8", 7, 16 * DAY_MS, revision=3))
+    assert accounts.changelog()[b"acme"] is None and b"acme" not in accounts.store.table.data
+
+
+def test_a_recovered_table_has_its_emptied_accounts_indexed_and_removed_as_they_are_due() -> None:
+    """Accounts emptied before a restart (or by a version that kept them all) are found in the
+    table's bytes as it is recovered, and go at the next batch, or once their retention is over."""
+    settings = replace(Settings(), empty_account_retention_ms=10 * DAY_MS)
+    blank = AccountState({}, "unaware", 0, {"x": 1_000}).to_bytes()
+    crossed = AccountState({}, "unaware", 2, {"x": 2_000}).to_bytes()
+    held = AccountState({"lead-1": [5, 1_000]}, "unaware", 0).to_bytes()
+    data = {b"rnd-0": frame({"b2b": blank}), b"rnd-1": frame({"b2b": blank}), b"acme": frame({"b2b": crossed}),
+            b"kept": frame({"b2b": held}), b"lead-[1,{},": frame({"b2b": held})}
+    accounts = Accounts(settings, data)
+    assert asyncio.run(accounts.stage.index_emptied({0, 1, 2, 3}, 0.05)) == 3
+    accounts.roll(MemberScore("b2b", "other", "lead-8", 5, 3_000, revision=1))
+    assert {key: value for key, value in accounts.changelog().items() if value is None} == {b"rnd-0": None, b"rnd-1": None}
+    assert set(accounts.store.table.data) == {b"acme", b"kept", b"lead-[1,{},", b"other"}
+    accounts.roll(MemberScore("b2b", "other", "lead-8", 6, 2_000 + 10 * DAY_MS, revision=2))
+    assert accounts.changelog()[b"acme"] is None and set(accounts.store.table.data) == {b"kept", b"lead-[1,{},", b"other"}

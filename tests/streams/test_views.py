@@ -64,6 +64,9 @@ def test_lead_and_account_views_say_not_ready_until_the_tables_are_recovered(ser
     assert found[3] == found[0]
 
 
+RETENTION_MS = 30 * 86_400_000
+
+
 def test_the_account_view_shows_models_with_accounts_and_members_and_says_why_it_shows_none() -> None:
     """It listed a model without [accounts] (score and level null), which read models and
     `leadstream score` have no record of; and an account whose last member left was "no state",
@@ -71,16 +74,19 @@ def test_the_account_view_shows_models_with_accounts_and_members_and_says_why_it
     eng = Engine([shipped("b2b"), shipped("saas_start_small")])
     joined = {model: eng.apply_account(model, "acme", None, MemberScore(model, "acme", "u-42", 30, 1_000))[0]
               for model in ("b2b", "saas_start_small")}
-    assert _shown_accounts(eng, "acme", joined, "W") == ({"b2b": joined["b2b"]}, None)
-    shown, why = _shown_accounts(eng, "acme", {"saas_start_small": joined["saas_start_small"]}, "W")
+    assert _shown_accounts(eng, "acme", joined, "W", RETENTION_MS) == ({"b2b": joined["b2b"]}, None)
+    shown, why = _shown_accounts(eng, "acme", {"saas_start_small": joined["saas_start_small"]}, "W", RETENTION_MS)
     assert shown == {} and why == ("no model that rolls up accounts ([accounts]) has account 'acme' on W: it has members only in "
                                    "models without [accounts] or not in LEADSTREAM_MODELS_DIR: saas_start_small")
     emptied, _ = eng.apply_account("b2b", "ga", None, MemberScore("b2b", "ga", "u-1", 30, 1_000))
     emptied, _ = eng.apply_account("b2b", "ga", emptied, MemberScore("b2b", "ga", "u-1", 0, 1_762_128_000_000, True))
-    shown, why = _shown_accounts(eng, "ga", {"b2b": emptied}, "W")
+    shown, why = _shown_accounts(eng, "ga", {"b2b": emptied}, "W", RETENTION_MS)
     assert shown == {} and why is not None and why.startswith(
         "account 'ga' has no members now since 2025-11-03T00:00:00+00:00 (its last member left) in b2b on W")
-    assert "no members now (its last member left)" in str(_shown_accounts(eng, "ga", {"b2b": AccountState({}, "unaware", 1)}, "W")[1])
+    # Until it is removed (streams/rollup.py `_emptied`): the view says when.
+    assert why.endswith("joins again until 30 days after its last member left (LEADSTREAM_EMPTY_ACCOUNT_RETENTION_MS), when it is removed")
+    assert "no members now (its last member left)" in str(_shown_accounts(eng, "ga", {"b2b": AccountState({}, "unaware", 1)}, "W",
+                                                                          RETENTION_MS)[1])
 
 
 def test_a_path_without_its_trailing_slash_is_sent_on_as_written(served: Served[Any]) -> None:
