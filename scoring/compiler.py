@@ -370,10 +370,16 @@ class _Function:
             f"    {self.capped}",
             "behaviour = after",
             "entry[0] += points",
-            "history = state.history",
-            f"history += (time_ms, round(points, 2) if points.__class__ is float else points, {name})",
-            f"if len(history) > {rt.history_trim}:",
-            f"    del history[:-{rt.history_keep}]",
+            # LeadState.record, inline. An occurrence the ceiling or floor left nothing (or, under
+            # a half-life, less than the hundredth a row keeps) is no change, as a decay step that
+            # takes nothing is not (ModelRuntime._took): written, a lead at its ceiling filled the
+            # history's few places with 0-point rows, pushing out the changes that earned its points.
+            "kept = round(points, 2) if points.__class__ is float else points",
+            "if kept:",
+            "    history = state.history",
+            f"    history += (time_ms, kept, {name})",
+            f"    if len(history) > {rt.history_trim}:",
+            f"        del history[:-{rt.history_keep}]",
             "outcome = CHANGED",
         )
 

@@ -311,9 +311,11 @@ class ModelRuntime:
         return level
 
     def _took(self, state: LeadState, due_ms: int, points: float) -> None:
-        """A decay step in the lead's history, unless the floor let it take nothing: those filled
-        the history's few places with `decay 0` rows, pushing out the changes that explain a score."""
-        if points:
+        """A decay step in the lead's history, unless the floor let it take nothing (or less than
+        the hundredth the history keeps, which reads 0): those filled the history's few places
+        with `decay 0` rows, pushing out the changes that explain a score. A rule's occurrence
+        that a ceiling or floor leaves nothing is left out alike (scoring.compiler)."""
+        if round(points, 2):
             state.record(due_ms, points, "decay", self.history)
 
     def _retake(self, state: LeadState, until_ms: int) -> None:

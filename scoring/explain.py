@@ -211,6 +211,21 @@ def reasons(runtime: ModelRuntime, state: LeadState, limit: int = TOP_REASONS) -
     return top
 
 
+def history_rows(runtime: ModelRuntime, state: LeadState) -> list[dict[str, Any]]:
+    """The last `history` changes, newest first, rules named as they are now. A rule's row of
+    0 points is no change: earlier versions wrote one for each occurrence a ceiling or floor
+    left nothing, and a state they wrote may still hold them (a lead at its ceiling, nothing
+    but). A merge's row says the merge even when it moved no points (README)."""
+    rows: list[dict[str, Any]] = []
+    for time_ms, points, label in reversed(state.changes(2 * runtime.history)):  # all a state keeps (see LeadState.record)
+        rule = runtime.renames.get(label, label)
+        if points or rule not in state.ledger:
+            rows.append({"time": time_ms, "rule": rule, "points": shown(points)})
+            if len(rows) == runtime.history:
+                break
+    return rows
+
+
 def at_time(runtime: ModelRuntime, lead_id: str, state: LeadState, now_ms: int) -> LeadState:
     """The state as the model sees it at `now_ms`: decay brought to then, and fit points as the
     model's [[fit]] rules give them (a state written before they were edited has others, see
@@ -274,10 +289,7 @@ def explain(runtime: ModelRuntime, lead_id: str, state: LeadState, now_ms: int) 
             "decayed": decayed,
             "rules": rows,
             "fit": fit_rows(runtime, current),
-            "history": [
-                {"time": time_ms, "rule": runtime.renames.get(label, label), "points": shown(points)}
-                for time_ms, points, label in reversed(current.changes(runtime.history))
-            ],
+            "history": history_rows(runtime, current),
             "next_decay_ms": next_sweep_ms(runtime, lead_id, state, now_ms),
             "traits": dict(current.traits),
         }

@@ -121,6 +121,15 @@ def test_a_step_the_floor_lets_take_nothing_is_not_in_the_history() -> None:
     assert [row["decayed"] for row in explained["rules"]] == [-1] and explained["decayed"] == -1
 
 
+def test_a_step_that_takes_less_than_a_hundredth_is_not_in_the_history() -> None:
+    # The history keeps points to the hundredth: a step the floor let take 0.004 read `decay 0`.
+    rules = '[[rules]]\nname = "plus"\nevent = "plus"\npoints = 1.004\n[[rules]]\nname = "minus"\nevent = "minus"\npoints = -1\n'
+    run = Run(engine(rules + '[decay]\nsteps = [{ idle = "30d", points = -15 }]\n')).apply(ev("plus"), ev("minus", at=1))
+    state, _ = run.engine.decay("m", "L1", run.state(), T0 + 31 * DAY)
+    assert state.behaviour == 0 and state.steps_taken
+    assert state.changes(10) == [(T0, 1.0, "plus"), (T0 + 1, -1, "minus")]
+
+
 def test_floor_is_zero_unless_the_model_allows_less() -> None:
     run = Run(engine(STEPS)).apply(ev("small"))
     assert decayed(run, 100) == 0

@@ -52,14 +52,76 @@ def test_history_lists_the_recent_changes_newest_first() -> None:
 
 def test_history_keeps_the_configured_number_of_changes() -> None:
     # Rules' changes are recorded by the compiled rule code, fit changes (a title that keeps
-    # changing) by the state itself: both trim the history.
-    webinars = (ev("webinar_attended", at=i, product="b2b") for i in range(40))
+    # changing) by the state itself: both trim the history. Webinars and cancelled meetings in
+    # turn keep the lead between the floor and the ceiling, where every occurrence is a change.
+    meetings = (ev("webinar_attended" if i % 2 else "meeting_cancelled", at=i, product="b2b") for i in range(1, 41))
     titles = (ev("identify", at=i, product="b2b", traits={"title": "VP Sales" if i % 2 else "Engineer"}) for i in range(40))
-    for events, label in ((webinars, "webinar"), (titles, "fit")):
+    for events, labels in ((meetings, {"webinar attended", "meeting cancelled"}), (titles, {"fit"})):
         state = Run(B2B).apply(*events).state("L1", "b2b")
         history = B2B.explain("b2b", "L1", state, T0 + 40)["history"]
-        assert len(history) == 8 and all(label in change["rule"] for change in history), history
-        assert len(state.history) <= 3 * 2 * 8  # (time, points, label) triples, trimmed at twice the setting
+        assert len(history) == 8 and all(change["rule"] in labels for change in history), history
+        assert 3 * 8 <= len(state.history) <= 3 * 2 * 8  # (time, points, label) triples, trimmed at twice the setting
+
+
+def test_an_occurrence_the_ceiling_leaves_nothing_is_no_change_in_the_history() -> None:
+    # The audit: at b2b's max_points of 150 every webinar wrote a 0-point row, and 8 of them
+    # (the model's history) pushed out the demo requests that earned every point.
+    demos = (ev("form_submit", at=i, product="b2b", properties={"form": "demo_request"}) for i in range(1, 7))
+    webinars = (ev("webinar_attended", at=i, product="b2b") for i in range(10, 18))
+    explained = B2B.explain("b2b", "L1", Run(B2B).apply(*demos, *webinars).state("L1", "b2b"), T0 + 20)
+    assert explained["score"] == 150
+    # The sixth demo request earned nothing either: capped, as the breakdown says, and no change.
+    assert explained["history"] == [{"time": T0 + i, "rule": "demo request", "points": 30} for i in range(5, 0, -1)]
+    assert [(row["rule"], row["points"], row["occurrences"], row["capped"]) for row in explained["rules"]] == [
+        ("demo request", 150, 6, 1), ("webinar attended", 0, 8, 8)]
+
+
+LIMITS = """
+[[rules]]
+name = "big"
+event = "big"
+points = 30
+[[rules]]
+name = "bad"
+event = "bad"
+points = -30
+[[rules]]
+name = "click"
+event = "click"
+points = 3
+max_points = 5
+cap = { max = 3, window = "1d" }
+"""
+
+
+def test_no_limit_writes_a_0_point_row_under_steps_or_a_half_life() -> None:
+    # The model's ceiling and floor, a rule's own ceiling and cap: an occurrence they leave
+    # nothing is counted as capped, not written as a change. Under a half-life the points decay
+    # between events, and topping a lead up to its ceiling again seconds later moves it by less
+    # than the hundredth a row shows: 0 as well.
+    for decay in ('steps = [{ idle = "30d", points = -15 }]', 'half_life = "10d"'):
+        run_engine = engine(LIMITS + f"[decay]\n{decay}\n", settings="max_points = 60\nhistory = 5")
+        clicks = [ev("click", at=i * 1_000) for i in range(1, 6)]
+        run = Run(run_engine).apply(ev("bad"), *clicks, *(ev("big", at=i * 1_000) for i in range(6, 12)))
+        explained = run_engine.explain("m", "L1", run.state(), T0 + 12_000)
+        assert [row["rule"] for row in explained["history"]] == ["big", "big", "click", "click"], (decay, explained["history"])
+        assert [row["points"] for row in explained["history"]] == [25, 30, 2, 3], decay  # newest first
+        assert {row["rule"]: row["capped"] for row in explained["rules"]} == {"big": 5, "bad": 1, "click": 4}, decay
+        assert round(sum(row["points"] + row["decayed"] for row in explained["rules"]), 2) == explained["behaviour_points"]
+
+
+def test_0_point_rows_a_state_was_written_with_are_not_shown() -> None:
+    # States written before rule rows of 0 points were left out still hold them: shown, a lead
+    # at its ceiling kept 8 such rows until something else changed its score. A merge's row is
+    # shown even of 0 points: it says that the visitor's profile is in the lead's.
+    run = Run(B2B).apply(*(ev("form_submit", at=i, product="b2b", properties={"form": "demo_request"}) for i in range(1, 3)))
+    state = run.state("L1", "b2b")
+    state.history += [T0 + 3, 0, "demo request", T0 + 4, 0, "merged from anonymous visitor anon:v", T0 + 5, 0, "demo request"]
+    assert B2B.explain("b2b", "L1", state, T0 + 5)["history"] == [
+        {"time": T0 + 4, "rule": "merged from anonymous visitor anon:v", "points": 0},
+        {"time": T0 + 2, "rule": "demo request", "points": 30},
+        {"time": T0 + 1, "rule": "demo request", "points": 30},
+    ]
 
 
 def test_summary_has_top_reasons() -> None:

@@ -584,9 +584,14 @@ def assert_explanation_adds_up(run_engine: Engine, lead: str, state: LeadState, 
     """The numbers shown add up exactly (in hundredths): the rows' decay to the decay, the rows'
     points and decay to the behaviour points, those, the fit and the floor's to the score; and,
     if `towards_zero` (the rules' points are the model's: no edit), a row's decay takes its
-    points towards zero."""
+    points towards zero. Every change the state's history keeps, and the explanation shows,
+    moved the score (a merge's row aside, which says the merge even of 0 points): at a ceiling
+    or floor, 0-point rows pushed out the changes that explain the score."""
     explained = run_engine.explain("m", lead, state, now_ms)
     rows = explained["rules"]
+    kept = state.changes(len(state.history) // 3)
+    assert all(points or label.startswith("merged from ") for _, points, label in kept), kept
+    assert all(row["points"] or row["rule"].startswith("merged from ") for row in explained["history"]), explained["history"]
 
     def cents(points: float) -> int:
         return round(points * 100)
