@@ -42,6 +42,7 @@ from streams.addresses import advertised, authority
 from streams.assignor import AlignedPartitionAssignor
 from streams.collection import BatchPause
 from streams.errors import MembershipLost, ServiceError
+from streams.http_guard import aiohttp_limits
 from streams.lag import LagProbe
 from streams.model_reload import ModelDirectory
 from streams.outbox import Outbox
@@ -107,6 +108,7 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
         canonical_url=canonical_url(settings),
         web_port=settings.worker_port,
         web_in_thread=False,
+        web_application_options={"handler_args": aiohttp_limits(settings.idle_timeout_ms)},
     )
     raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
     # Profile (trait) updates are identify events keyed by lead, and identity links and merges

@@ -56,7 +56,6 @@ from typing import Any, AsyncIterator, Callable, Final, Iterable, Sequence, Type
 import orjson
 from aiohttp import web
 from aiohttp.client_exceptions import ClientPayloadError
-from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
 
 from scoring.config import did_you_mean, not_utf8, toml_problem
@@ -68,6 +67,7 @@ from streams.byte_budget import ByteBudget
 from streams.deadletter import DeadLetter
 from streams.envelope import pack
 from streams.errors import ConfigError, RefusalCode, RequestRejected, ServiceError, Unavailable, cannot_listen
+from streams.http_guard import aiohttp_limits, quiet_bad_clients
 from streams.log_throttle import Throttle, throttle_kafka_retries
 from streams.outbox import encode_json_or_none
 from streams.partitioning import partition_for
@@ -1031,43 +1031,22 @@ def create_app(collector: Collector) -> web.Application:
     return app
 
 
-class _MalformedRequests(logging.Filter):
-    """aiohttp logs each request it cannot parse as HTTP (a duplicate Content-Type, a bad chunk
-    size) at ERROR with a traceback, though it answers 400 and goes on: from the internet, any
-    scanner would fill the log. One line at INFO says it, naming the error's kind only: aiohttp's
-    message quotes the offending line over several, an Authorization header's credentials or a
-    request line's `?writeKey=` with it."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        error = record.exc_info[1] if record.exc_info else None
-        if isinstance(error, HttpProcessingError) and str(record.msg).startswith("Error handling request"):
-            record.msg, record.args = "refused a request that is not valid HTTP from %s: %s", (*record.args, type(error).__name__)  # type: ignore[misc]
-            record.levelno, record.levelname = logging.INFO, "INFO"
-            record.exc_info = record.exc_text = None
-        return True
-
-
-_MALFORMED_REQUESTS = _MalformedRequests()
-
-
 async def serve(settings: Settings, sources: dict[str, Source], stop: asyncio.Event) -> None:
     """Serve until `stop` is set, then finish the requests under way and flush the producer."""
-    logging.getLogger("aiohttp.server").addFilter(_MALFORMED_REQUESTS)  # once: it is one object
+    quiet_bad_clients()
     writer = KafkaWriter(settings)
     collector = Collector(settings, sources, writer)
     # Our own decompression applies the size limit to the decompressed body and tells a
     # truncated gzip stream apart; access logs would cost more than the request itself.
-    # aiohttp has no timeout for a request's headers, only this one: from the connection (or its
-    # latest answer) to a whole request's headers, so a client that stops mid-headers is closed
-    # then (by default an hour later).
     runner = web.AppRunner(create_app(collector), auto_decompress=False, access_log=None, handle_signals=False,
-                           shutdown_timeout=10.0, keepalive_timeout=settings.collector_idle_timeout_ms / 1000)
+                           shutdown_timeout=10.0, **aiohttp_limits(settings.collector_idle_timeout_ms))
     await runner.setup()
     # Both ports first: a port that cannot be had stops the collector before it connects to Kafka.
     try:
         await web.TCPSite(runner, settings.collector_host, settings.collector_port, backlog=1024).start()
         operations = probes.serve(settings.collector_metrics_port, lambda: writer.ready, settings.bind_host,
-                                  "LEADSTREAM_COLLECTOR_METRICS_PORT", RETRY_AFTER_S, lambda: writer.why_not_ready)  # fmt: skip
+                                  "LEADSTREAM_COLLECTOR_METRICS_PORT", settings.idle_timeout_ms, RETRY_AFTER_S,
+                                  lambda: writer.why_not_ready)  # fmt: skip
     except OSError as exc:
         await runner.cleanup()
         raise cannot_listen(settings.collector_host, settings.collector_port, "LEADSTREAM_COLLECTOR_PORT", exc,

@@ -82,12 +82,18 @@ class KafkaRetries(logging.Filter):
         left_out = throttle.due()
         if left_out is None:
             return False
-        if record.exc_info and record.exc_info[1] is not None:  # a broker gone: its traceback tells nothing more
-            record.msg = f"{record.msg}: {record.exc_info[1]!r}"
-            record.exc_info = record.exc_text = None
-        if left_out:
-            record.msg = f"{record.msg} ({left_out} more such lines left out since the last)"
+        on_one_line(record, left_out)  # a broker gone: its traceback tells nothing more
         return True
+
+
+def on_one_line(record: logging.LogRecord, left_out: int) -> None:
+    """Makes a throttled `record` one line: the error of its traceback, if any, said at its end
+    instead, then how many like it were left out."""
+    if record.exc_info and record.exc_info[1] is not None:
+        record.msg = f"{record.msg}: {record.exc_info[1]!r}"
+        record.exc_info = record.exc_text = None
+    if left_out:
+        record.msg = f"{record.msg} ({left_out} more such lines left out since the last)"
 
 
 _KAFKA_RETRIES = KafkaRetries()

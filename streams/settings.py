@@ -290,6 +290,13 @@ class Settings:
         _host,
     )
     worker_port: int = _setting("LEADSTREAM_WORKER_PORT", 6066, "HTTP port of the worker's web views (scores, health).", _port)
+    idle_timeout_ms: int = _setting(
+        "LEADSTREAM_IDLE_TIMEOUT_MS", 75000,
+        "Longest a connection to a port on LEADSTREAM_BIND_HOST (the worker's web views, the sinks' and collector's probes) "
+        "may stay without a whole request's headers (idle between requests, or sending its headers) before it is closed; "
+        "keep it above the idle timeout of a proxy or load balancer in front (60 s on AWS).",
+        POSITIVE,
+    )
     collector_port: int = _setting("LEADSTREAM_COLLECTOR_PORT", 8088, "HTTP port of the Segment-compatible collector.", _port)
     collector_host: str = _setting(
         "LEADSTREAM_COLLECTOR_HOST", "127.0.0.1", "Address the collector listens on (0.0.0.0 to serve other machines).", _host,

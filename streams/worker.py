@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from streams.addresses import authority
 from streams.collection import PauseClock, tune_collector
 from streams.errors import ConfigError, cannot_listen
+from streams.http_guard import quiet_bad_clients
 from streams.log_throttle import throttle_kafka_retries
 from streams.model_reload import ModelDirectory
 from streams.processes import check_port
@@ -75,6 +76,7 @@ def run_worker(settings: Settings) -> int:
     # Faust's own debug records cost ~17% of the hot path when built and discarded (PERF.md).
     logging.getLogger("faust").setLevel(max(logging.INFO, logging.getLevelName(settings.log_level.upper())))
     throttle_kafka_retries()  # aiokafka's, ~30 lines a second at ERROR while Kafka is down
+    quiet_bad_clients()  # of its web port
     log.info(
         "worker starting app_id=%s models=%s events_topic=%s web=%s advertised=%s",
         settings.app_id, [m.name for m in models.current.engine.models], settings.topic_events,

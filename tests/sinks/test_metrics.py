@@ -154,7 +154,7 @@ def test_a_probe_that_hangs_up_before_its_answer_leaves_no_traceback(capsys: pyt
         return False
 
     port = free_port()
-    server = probes.serve(port, slow_ready, "127.0.0.1", "LEADSTREAM_METRICS_PORT")
+    server = probes.serve(port, slow_ready, "127.0.0.1", "LEADSTREAM_METRICS_PORT", Settings().idle_timeout_ms)
     try:
         for _ in range(3):
             with socket.create_connection(("127.0.0.1", port)) as client:

@@ -1,0 +1,80 @@
+"""What every HTTP port of ours does with clients that misbehave: the worker's web views and the
+collector's public port (aiohttp), the connectors' and the collector's probes (streams/probes.py).
+
+- A connection that has not sent a whole request's headers within its idle timeout, from its
+  opening or its latest answer, is closed: aiohttp's default held one for an hour, http.server's
+  for ever, and a few clients that open connections, send half a request and wait took a worker
+  to its limit of open files, where it accepted nothing more (its probes and views timed out).
+- A request that is not valid HTTP is said on one INFO line, not at ERROR with a traceback.
+- A listening socket that cannot accept (out of file descriptors) is said at most once every
+  LOG_INTERVAL_S: asyncio logged it with a traceback each time it tried again, 2 MB of log a second.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable
+
+from aiohttp.http_exceptions import HttpProcessingError
+
+from streams.log_throttle import Throttle, on_one_line
+
+#: asyncio's message (selector_events) when accept() fails for want of a resource; it then stops
+#: accepting on that socket for a second and tries again.
+ACCEPT_FAILED = "socket.accept() out of system resource"
+
+
+def aiohttp_limits(idle_timeout_ms: int) -> dict[str, Any]:
+    """The keyword arguments of aiohttp's request handler (an AppRunner's, or an Application's
+    `handler_args`) that bound a connection's idle time to `idle_timeout_ms`."""
+    # aiohttp has no timeout for a request's headers, only this one: from the connection (or its
+    # latest answer) to a whole request's headers, so a client that stops mid-headers, or trickles
+    # them, is closed then (by default an hour later).
+    return {"keepalive_timeout": idle_timeout_ms / 1000}
+
+
+class _MalformedRequests(logging.Filter):
+    """aiohttp logs each request it cannot parse as HTTP (a duplicate Content-Type, a bad chunk
+    size, a 9 KB header line) at ERROR with a traceback, though it answers 400 and goes on: any
+    scanner would fill the log. One line at INFO says it, naming the error's kind only: aiohttp's
+    message quotes the offending line over several, an Authorization header's credentials or a
+    request line's `?writeKey=` with it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError) and str(record.msg).startswith("Error handling request"):
+            record.msg, record.args = "refused a request that is not valid HTTP from %s: %s", (*record.args, type(error).__name__)  # type: ignore[misc]
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.exc_info = record.exc_text = None
+        return True
+
+
+class AcceptFailures(logging.Filter):
+    """asyncio's ACCEPT_FAILED, at most once every LOG_INTERVAL_S, on one line saying how many
+    were left out; the connections already open go on being served."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self._throttle = Throttle(clock=clock)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith(ACCEPT_FAILED):
+            return True
+        left_out = self._throttle.due()
+        if left_out is None:
+            return False
+        record.msg, record.args = ("cannot accept connections, out of open files? (those that send no whole request are "
+                                   "closed after their idle timeout); trying again every second"), ()
+        on_one_line(record, left_out)
+        return True
+
+
+_MALFORMED_REQUESTS = _MalformedRequests()
+_ACCEPT_FAILURES = AcceptFailures()
+
+
+def quiet_bad_clients() -> None:
+    """Said by each process serving HTTP on asyncio (the worker, the collector) before it listens."""
+    logging.getLogger("aiohttp.server").addFilter(_MALFORMED_REQUESTS)  # once: it is one object
+    logging.getLogger("asyncio").addFilter(_ACCEPT_FAILURES)

@@ -1,0 +1,199 @@
+"""Clients that misbehave on our HTTP ports (streams/http_guard.py, streams/probes.py): connections
+that send no whole request are closed, malformed requests said on one line, accept failures throttled."""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import socket
+import time
+from typing import Callable, Iterator
+
+import pytest
+
+from streams import probes
+from streams.http_guard import ACCEPT_FAILED, AcceptFailures
+from streams.processes import WorkerProcess, free_port
+from streams.settings import Settings
+from tests.infra import wait_for
+
+HALF_A_REQUEST = b"GET /readyz HTTP/1.1\r\nHost: x\r\n"
+
+
+def closed_within(connection: socket.socket, bound_s: float) -> float:
+    """Seconds until the server closed `connection` (it sends nothing meanwhile); fails past `bound_s`."""
+    started = time.monotonic()
+    connection.settimeout(bound_s)
+    try:
+        assert connection.recv(1024) == b"", "answered, not closed"
+    except ConnectionResetError:
+        pass
+    except TimeoutError:
+        raise AssertionError(f"still open after {bound_s} s") from None
+    return time.monotonic() - started
+
+
+@pytest.fixture
+def quick_worker(isolated: Settings, worker: Callable[..., WorkerProcess]) -> WorkerProcess:
+    return worker(isolated.with_overrides(idle_timeout_ms=1500))
+
+
+def test_a_worker_closes_a_connection_that_sends_half_a_request_or_stays_idle(quick_worker: WorkerProcess) -> None:
+    """aiohttp's default keeps such a connection an hour: 20,000 of them took a worker to its limit
+    of open files, where its probes and views went unanswered."""
+    address = ("127.0.0.1", quick_worker.port)
+    with socket.create_connection(address) as stalled, socket.create_connection(address) as idle:
+        stalled.sendall(HALF_A_REQUEST)
+        idle.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert idle.recv(65536).startswith(b"HTTP/1.1 200")  # then kept alive, and left idle
+        assert 1.0 <= closed_within(stalled, 10) < 10
+        closed_within(idle, 10)
+    assert quick_worker.get("/healthz")[0] == 200
+
+
+def test_a_worker_says_a_request_that_is_not_valid_http_on_one_line(quick_worker: WorkerProcess) -> None:
+    # aiohttp logged each at ERROR with a 10-line traceback; the collector said one INFO line.
+    heads = [b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+             b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+             b"GET /\xff HTTP/1.1\r\nHost: x\r\n\r\n"]
+    for head in heads:
+        with socket.create_connection(("127.0.0.1", quick_worker.port), timeout=10) as connection:
+            connection.sendall(head)
+            assert connection.recv(65536).split(b" ", 2)[1] == b"400"
+    said = lambda: [line for line in quick_worker.log.read_text().splitlines() if "not valid HTTP" in line]  # noqa: E731
+    wait_for(lambda: len(said()) == len(heads), timeout_s=10, what="each refusal logged")
+    assert all("INFO" in line and "refused a request that is not valid HTTP from 127.0.0.1: " in line for line in said())
+    log = quick_worker.log.read_text()
+    assert "Traceback" not in log and "Error handling request" not in log
+
+
+def test_a_worker_out_of_open_files_says_so_once_and_serves_again_once_idle_connections_close(
+    isolated: Settings, worker: Callable[..., WorkerProcess]
+) -> None:
+    """At its limit of open files the worker's accept failed each second with an ERROR and a
+    traceback (and at 20,000 connections, 2 MB of log a second); the connections holding them
+    were never closed, so it never recovered while they stayed."""
+    # No model reloads: the first one imports a module, which fails without a file to open it.
+    quick_worker = worker(isolated.with_overrides(idle_timeout_ms=1500, models_reload_s=0))
+    assert quick_worker.proc is not None
+    pid = quick_worker.proc.pid
+    soft, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (len(os.listdir(f"/proc/{pid}/fd")) + 10, hard))
+    try:
+        holders = [socket.create_connection(("127.0.0.1", quick_worker.port), timeout=10) for _ in range(15)]
+        for holder in holders:
+            holder.sendall(HALF_A_REQUEST)
+        time.sleep(1.2)  # the worker has tried to accept again at least once
+        failures = lambda: [line for line in quick_worker.log.read_text().splitlines() if "cannot accept connections" in line]  # noqa: E731
+        wait_for(failures, timeout_s=10, what="the accept failure said")
+        # Its held connections closed after LEADSTREAM_IDLE_TIMEOUT_MS, those waiting are served.
+        wait_for(lambda: all(_closed(holder) for holder in holders), timeout_s=20, what="every holder closed or answered")
+        wait_for(lambda: quick_worker.get("/healthz")[0] == 200, timeout_s=20, what="the worker answering again")
+        for holder in holders:
+            holder.close()
+    finally:
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
+    log = quick_worker.log.read_text()
+    assert len(failures()) == 1, failures()  # within LOG_INTERVAL_S
+    assert "Too many open files" in failures()[0]
+    assert ACCEPT_FAILED not in log and "selector_events" not in log  # asyncio's, whose traceback passes there
+
+
+def _closed(connection: socket.socket) -> bool:
+    """Whether the server closed it; a connection accepted late may be answered instead, then left idle."""
+    connection.settimeout(0.05)
+    try:
+        while data := connection.recv(65536):
+            pass
+        return True
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+@pytest.fixture
+def probe_port(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
+    """Probes answering on a port of their own, closing a connection without its request after 0.5 s,
+    serving 4 connections at most."""
+    monkeypatch.setattr(probes, "MAX_CONNECTIONS", 4)
+    port = free_port()
+    server = probes.serve(port, lambda: True, "127.0.0.1", "LEADSTREAM_METRICS_PORT", 500)
+    yield port
+    server.shutdown()
+    server.server_close()
+
+
+def get(port: int, path: str) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as connection:
+        connection.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        return connection.recv(65536)
+
+
+def test_probes_close_a_connection_that_sends_half_a_request_sends_nothing_or_trickles(probe_port: int) -> None:
+    # http.server held each for ever, a thread each: 100 stayed open on a connector's port.
+    address = ("127.0.0.1", probe_port)
+    with (socket.create_connection(address) as stalled, socket.create_connection(address) as silent,
+          socket.create_connection(address) as trickling):
+        stalled.sendall(HALF_A_REQUEST)
+        for byte in HALF_A_REQUEST:  # a byte in less than the timeout, each
+            try:
+                trickling.sendall(bytes([byte]))
+            except ConnectionError:
+                break
+            time.sleep(0.05)
+        assert closed_within(stalled, 5) < 5
+        assert closed_within(silent, 5) < 5
+        assert closed_within(trickling, 5) < 5
+    assert get(probe_port, "/healthz").startswith(b"HTTP/1.0 200")
+
+
+def test_probes_serve_a_bounded_number_of_connections_at_once(probe_port: int) -> None:
+    holders = [socket.create_connection(("127.0.0.1", probe_port)) for _ in range(probes.MAX_CONNECTIONS)]
+    try:
+        time.sleep(0.1)
+        assert get(probe_port, "/healthz") == b""  # one more is closed at once
+        for holder in holders:
+            closed_within(holder, 5)
+        assert get(probe_port, "/healthz").startswith(b"HTTP/1.0 200")  # their slots free again
+    finally:
+        for holder in holders:
+            holder.close()
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now_s = 1000.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
+def test_accept_failures_are_said_once_an_interval_without_a_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    clock = FakeClock()
+    logger = logging.getLogger("asyncio")
+    installed = [f for f in logger.filters if isinstance(f, AcceptFailures)]  # by a collector or worker run here before
+    for existing in installed:
+        logger.removeFilter(existing)
+    failures = AcceptFailures(clock)
+    logger.addFilter(failures)
+    try:
+        with caplog.at_level(logging.ERROR, logger="asyncio"):
+            for step_s in (0, 1, 1, 10):
+                clock.now_s += step_s
+                try:
+                    raise OSError(24, "Too many open files")
+                except OSError:
+                    # as asyncio's default exception handler says it
+                    logger.error(f"{ACCEPT_FAILED}\nsocket: <asyncio.TransportSocket fd=7>", exc_info=True)
+            logger.error("Task was destroyed but it is pending!")
+    finally:
+        logger.removeFilter(failures)
+        for existing in installed:
+            logger.addFilter(existing)
+    said = [(r.getMessage(), r.exc_info) for r in caplog.records]
+    said_first = ("cannot accept connections, out of open files? (those that send no whole request are closed after their "
+                  "idle timeout); trying again every second: OSError(24, 'Too many open files')")
+    assert said == [(said_first, None), (f"{said_first} (2 more such lines left out since the last)", None),
+                    ("Task was destroyed but it is pending!", None)]
