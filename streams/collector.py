@@ -73,7 +73,7 @@ from streams.outbox import encode_json_or_none
 from streams.partitioning import partition_for
 from streams.segment import CALL_TYPES, IDENTIFIERS, Mapped, Mapper, Source, rejected, with_batch_context
 from streams.settings import Settings
-from streams.topics import missing_topic
+from streams.topics import keyed_partitions, missing_topic
 
 log = logging.getLogger("leadstream.collector")
 
@@ -270,6 +270,8 @@ class KafkaWriter:
         self._replacing: tuple[str, asyncio.Task[None]] | None = None
         #: Why there is no producer yet, as the last attempt to connect found
         self._connecting_why = f"not connected to Kafka at {settings.kafka_bootstrap} yet"
+        #: What is wrong with a topic's partition count, as the last metadata found (keyed_partitions)
+        self._count_wrong: str | None = None
 
     @property
     def ready(self) -> bool:
@@ -280,6 +282,8 @@ class KafkaWriter:
     @property
     def why_not_ready(self) -> str | None:
         """What a call is answered with its 503, and /readyz with its own, while not ready."""
+        if self._count_wrong is not None:
+            return self._count_wrong
         if self._replacing is not None:
             return f"the Kafka producer is being replaced: {self._replacing[0]}"
         if self._producer is None:
@@ -309,14 +313,29 @@ class KafkaWriter:
                 async with asyncio.timeout(interval_s):
                     await self._ask_now.wait()
             self._ask_now.clear()
-            if self._producer is None:
+            producer = self._producer
+            if producer is None:
                 continue
             try:
                 async with asyncio.timeout(interval_s):
-                    answered = bool(await self._producer.client.force_metadata_update())
+                    answered = bool(await producer.client.force_metadata_update())
             except (TimeoutError, KafkaError):
                 answered = False
             self._answered(answered)
+            if answered:  # a topic the metadata lacks (deleted under us) is the writes' to tell
+                known = {topic: producer.client.cluster.partitions_for_topic(topic) for topic in self.partitions}
+                self._counted({**self.partitions, **{topic: len(numbers) for topic, numbers in known.items() if numbers}})
+
+    def _counted(self, partitions: dict[str, int]) -> None:
+        """Takes the topics' partition counts from the broker's metadata: one of another count
+        than LEADSTREAM_PARTITIONS (partitions added under a running collector) makes it unready,
+        said once, rather than write the leads of the new count's layout where their states are
+        not (it logged the new count at INFO and stayed ready)."""
+        wrong = _count_wrong(self.settings, partitions)
+        if wrong is not None and wrong != self._count_wrong:
+            log.error("%s; not ready (/readyz 503), and calls answered 503, until the counts agree", wrong)
+        self._count_wrong = wrong
+        self.partitions = partitions
 
     def producer(self) -> Any:
         """The started producer; Unavailable until the first connection succeeded, and while Kafka
@@ -327,8 +346,8 @@ class KafkaWriter:
         return self._producer
 
     def partition_count(self, topic: str) -> int:
-        self.producer()  # known once connected
-        return self.partitions[topic]
+        self.producer()  # known once connected, and Unavailable while a topic has another count
+        return keyed_partitions(self.settings, topic, self.partitions[topic])
 
     async def connect(self) -> None:
         """Start the producer, retrying until Kafka answers and the topics exist."""
@@ -379,7 +398,11 @@ class KafkaWriter:
                         )
                 await asyncio.sleep(CONNECT_RETRY_S)
                 continue
-            self.partitions = partitions
+            wrong = _count_wrong(self.settings, partitions)
+            if wrong is not None and not self._answered_once:  # at start: refused, as `send` refuses
+                await producer.stop()
+                raise ConfigError(wrong)
+            self._counted(partitions)
             self._producer = producer
             self._answered(True)
             log.info("connected to Kafka at %s; partitions %s", self.settings.kafka_bootstrap, partitions)
@@ -473,9 +496,22 @@ class KafkaWriter:
             metrics.KAFKA_CONNECTED.set(0)
 
 
+def _count_wrong(settings: Settings, partitions: dict[str, int]) -> str | None:
+    """What is wrong with the partition count of a topic the collector puts leads on, if anything."""
+    try:
+        for topic in (settings.topic_events, settings.topic_profiles):  # the dead letters' are not keyed
+            keyed_partitions(settings, topic, partitions[topic])
+    except ConfigError as exc:
+        return str(exc)
+    return None
+
+
 async def _stopped(task: asyncio.Task[None]) -> None:
     """Cancel `task` and wait until it has finished: a connection attempt cancelled and left stops
-    its producer no more ("Unclosed AIOKafkaProducer" at the collector's stop)."""
+    its producer no more ("Unclosed AIOKafkaProducer" at the collector's stop). A task ended
+    already has nothing to stop, and what it raised was its waiter's."""
+    if task.done():
+        return
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
@@ -1060,7 +1096,7 @@ async def serve(settings: Settings, sources: dict[str, Source], stop: asyncio.Ev
              authority(settings.collector_host, settings.collector_port),
              authority(settings.bind_host, settings.collector_metrics_port))
     try:
-        await stop.wait()
+        await _until_stopped(stop, connecting)
     finally:
         operations.shutdown()
         operations.server_close()
@@ -1068,6 +1104,19 @@ async def serve(settings: Settings, sources: dict[str, Source], stop: asyncio.Ev
         await _stopped(connecting)  # its attempt under way stops its producer
         await _stopped(watching)
         await writer.close()
+
+
+async def _until_stopped(stop: asyncio.Event, connecting: asyncio.Task[None]) -> None:
+    """Waits for `stop`; raises what `connecting` fails with (the topics' partition counts are
+    not LEADSTREAM_PARTITIONS: the collector refuses to start)."""
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait([stopping, connecting], return_when=asyncio.FIRST_COMPLETED)
+        if connecting.done() and not connecting.cancelled() and (failure := connecting.exception()) is not None:
+            raise failure
+        await stopping
+    finally:
+        stopping.cancel()
 
 
 def run_collector(settings: Settings) -> int:

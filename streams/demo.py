@@ -20,7 +20,7 @@ from streams.history import read_to_end
 from streams.lag import LagProbe
 from streams.send import open_producer, produce
 from streams.settings import Settings
-from streams.topics import ensure_topics
+from streams.topics import ensure_topics, producer_partitions
 
 DAY_MS = 86_400_000
 DEMO_LEADS = 3_000
@@ -107,7 +107,8 @@ def run_demo(settings: Settings) -> int:
     events += saas_story(now_ms)
     producer = open_producer(settings)
     try:
-        sent, messages = produce(producer, settings.topic_events, ((e["lead_id"], orjson.dumps(e)) for e in events), 200)
+        sent, messages = produce(producer, settings.topic_events, ((e["lead_id"], orjson.dumps(e)) for e in events), 200,
+                                 partitions=producer_partitions(settings, [settings.topic_events]))
     finally:
         producer.close()
     print(f"sent {sent} sample events ({messages} Kafka messages) covering the last 30 days")

@@ -42,7 +42,7 @@ from streams.forgotten import TTL_MS, Forgotten
 from streams.partitioning import partition_for
 from streams.send import open_producer
 from streams.settings import Settings
-from streams.topics import partition_count
+from streams.topics import producer_partitions
 
 
 def lead_ids(args: list[str], from_file: Path | None) -> list[str]:
@@ -88,13 +88,16 @@ def end_offsets(settings: Settings, partitions: set[int]) -> dict[int, dict[str,
 
 
 def request(settings: Settings, ids: list[str]) -> str:
-    """Sends the requests to forget `ids` (a tombstone each, on its lead's partition, with the
+    """Sends the requests to forget `ids` (a tombstone each, on its lead's partition under
+    LEADSTREAM_PARTITIONS, whose count the three topics must have, with the
     end offsets of that partition on the topics that could make the lead up again); returns
     the topic they went to."""
     topic = settings.topic_profiles
-    partitions = partition_count(settings, topic)
-    if partitions == 0:
-        raise ServiceError(f"topic {topic!r} does not exist; run `leadstream topics`")
+    # The end offsets are asked of the lead's partition on the events and identity topics too:
+    # under the profiles topic's own count, after partitions were added to it, requests went
+    # where the worker refused them, and partitions that topic had and the others lacked ended
+    # in a KeyError.
+    partitions = producer_partitions(settings, (topic, settings.topic_events, settings.topic_identity))
     homes = {lead_id: partition_for(lead_id, partitions) for lead_id in ids}
     # Read before any request is sent: what comes after a request is a new profile's.
     ends = end_offsets(settings, set(homes.values()))

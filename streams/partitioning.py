@@ -27,16 +27,21 @@ def partition_for(lead_id: str, partitions: int) -> int:
 
 def partitioned_otherwise(lead_id: str, key: bytes | None, partition: int, partitions: int) -> str | None:
     """What to tell the producer of a message of `lead_id` that came on `partition`, not the
-    lead's, when it was keyed by the lead id: then the key was right and the partitioner was not
-    (telling it to key by the lead id sent the user of a librdkafka client, whose default put 3
-    leads of 4 elsewhere, looking for a mistake not made). None when the key is not the lead
-    id: the key is then what to put right. Called for refused messages only."""
+    lead's, when it was keyed by the lead id: then the key was right and the partitioner, or
+    the count it partitioned by, was not (telling it to key by the lead id sent the user of a
+    librdkafka client, whose default put 3 leads of 4 elsewhere, looking for a mistake not
+    made). None when the key is not the lead id: the key is then what to put right. Called for
+    refused messages only."""
     if key is None or key != lead_id.encode():
         return None
     seen = (f" (librdkafka's default, consistent_random, the key's CRC32, puts it on partition {partition}, where it came)"
             if zlib.crc32(key) % partitions == partition else "")
-    return ("keyed by the lead id but partitioned otherwise than Kafka's default murmur2 partitioner"
-            f"{seen}: librdkafka clients (confluent-kafka for Python, Go, .NET, Node) need partitioner=murmur2_random")
+    # Partitions added to the topic make every producer that follows its count put leads so,
+    # librdkafka or not: an audit's letters blamed CRC32 alone for what the new count did.
+    return (f"keyed by the lead id but partitioned otherwise than Kafka's default murmur2 partitioner over {partitions} "
+            f"partitions (LEADSTREAM_PARTITIONS){seen}: librdkafka clients (confluent-kafka for Python, Go, .NET, Node) need "
+            "partitioner=murmur2_random; or the topic's partition count changed (partitions added to it, which its "
+            "producers then follow: README, Changing the partition count)")
 
 
 @lru_cache(maxsize=64)

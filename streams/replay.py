@@ -6,9 +6,10 @@ came from. Some causes are fixed outside the input: a model that did not know an
 (`future_time`), a producer keyed by the wrong id or partitioned otherwise than Kafka's default
 (`wrong_partition`: a librdkafka client without `partitioner=murmur2_random`). Replaying sends each
 chosen letter's original bytes back to the topic it came from, keyed by its lead id (on that
-lead's partition, whatever partition it first arrived on). A request to forget a lead (a
-tombstone on the profiles topic) that arrived on the wrong partition goes back as a tombstone on
-the lead's own.
+lead's partition under LEADSTREAM_PARTITIONS, whatever partition it first arrived on; source
+topics of another count are refused, as `send` refuses them: streams.topics.keyed_partitions).
+A request to forget a lead (a tombstone on the profiles topic) that arrived on the wrong
+partition goes back as a tombstone on the lead's own.
 
 Replays are stateless and safe to repeat: an event scores once per event id, so an event
 replayed twice, or replayed after its sender also sent it again, scores once. An input that is
@@ -41,7 +42,7 @@ from streams.history import read_to_end
 from streams.partitioning import partition_for
 from streams.send import open_producer
 from streams.settings import Settings
-from streams.topics import partition_count, require_topic
+from streams.topics import producer_partitions, require_topic
 
 
 @dataclass
@@ -78,7 +79,9 @@ def replay_dead_letters(settings: Settings, reasons: set[str], since_ms: int = 0
 
 def _replay(settings: Settings, reasons: set[str], since_ms: int, dry_run: bool, out: IO[str], forgotten: Forgotten) -> Replay:
     sources = {settings.topic_events, settings.topic_profiles, settings.topic_identity, settings.topic_accounts}
-    partitions = {topic: partition_count(settings, topic) for topic in sources}
+    # A letter goes back to its lead's partition under LEADSTREAM_PARTITIONS: under its topic's
+    # own count, once partitions were added, to the wrong one again.
+    partitions = producer_partitions(settings, sorted(sources))
     replay = Replay()
     producer = None if dry_run else open_producer(settings)
     try:
@@ -97,7 +100,7 @@ def _replay(settings: Settings, reasons: set[str], since_ms: int, dry_run: bool,
             if topic is None:  # refused before Kafka: the collector's answer told the client why
                 replay.unreplayable["refused by the collector, never in a topic: the client sends it again once fixed"] += 1
                 continue
-            if topic not in sources or not partitions.get(topic):
+            if topic not in sources:
                 replay.unreplayable[f"source topic {topic!r} is not one the worker reads"] += 1
                 continue
             key: bytes | None
@@ -110,7 +113,7 @@ def _replay(settings: Settings, reasons: set[str], since_ms: int, dry_run: bool,
                 if lead_id is None:  # the worker refuses it again, whatever partition it goes to
                     replay.unreplayable["a request to forget keyed by no lead id (UTF-8 text)"] += 1
                     continue
-                key, partition = letter.key, partition_for(lead_id, partitions[topic])
+                key, partition = letter.key, partition_for(lead_id, partitions)
             elif not letter.original:
                 replay.unreplayable["no original input kept"] += 1
                 continue
@@ -119,7 +122,7 @@ def _replay(settings: Settings, reasons: set[str], since_ms: int, dry_run: bool,
                 if lead_id is not None and forgotten.covers(lead_id, record.timestamp):
                     replay.unreplayable["their lead was forgotten (leadstream forget) after they were dead-lettered"] += 1
                     continue
-                key, partition = _destination(lead_id, letter.key, letter.partition, partitions[topic])
+                key, partition = _destination(lead_id, letter.key, letter.partition, partitions)
             if partition is None:
                 replay.unreplayable["neither a lead id nor a source partition to send it to"] += 1
                 continue

@@ -1,6 +1,7 @@
 """`leadstream send FILE`: produce a JSON-lines file of events to the raw events topic.
 
-Each event is keyed by its lead id and goes to that lead's partition. With
+Each event is keyed by its lead id and goes to that lead's partition under LEADSTREAM_PARTITIONS
+(a topic of another count is refused: streams.topics.keyed_partitions). With
 `--events-per-message N`, events of the same partition are packed into envelopes (see
 streams/envelope.py), keyed by their lead when they hold one lead's events only, each sent once
 full. The file is read as it is sent, never held whole (`produce`). A line may be
@@ -25,7 +26,8 @@ from streams.kafka_clients import open_client
 from streams.outbox import encode_json
 from streams.jsonlines import numbered_lines
 from streams.settings import Settings
-from streams.topics import partition_count
+from streams.partitioning import partition_for
+from streams.topics import keyed_partitions, partition_count
 
 
 def read_events(lines: IO[bytes], bad: list[str]) -> Iterator[tuple[str, bytes]]:
@@ -87,9 +89,10 @@ class _Failed:
         self.first = self.first or cause
 
 
-def produce(producer: Any, topic: str, events: Iterable[tuple[str, bytes]], events_per_message: int,
-            *, compacted: bool = False, max_pending_bytes: int = MAX_PENDING_BYTES) -> tuple[int, int]:
-    """Send (lead id, event bytes) pairs, keyed by lead or packed per partition (per lead to a
+def produce(producer: Any, topic: str, events: Iterable[tuple[str, bytes]], events_per_message: int, *, partitions: int,
+            compacted: bool = False, max_pending_bytes: int = MAX_PENDING_BYTES) -> tuple[int, int]:
+    """Send (lead id, event bytes) pairs, keyed by lead or packed per partition, each on its
+    lead's partition of `partitions` (streams.topics.keyed_partitions) (per lead to a
     `compacted` topic, which refuses a message without a key), with at most `max_pending_bytes`
     of messages awaiting the broker's answer; (events, messages) sent. The pairs are read as
     they are sent: packed, one envelope a partition waits to fill.
@@ -102,7 +105,6 @@ def produce(producer: Any, topic: str, events: Iterable[tuple[str, bytes]], even
 
     if events_per_message < 1:
         raise InputError("--events-per-message must be at least 1")
-    partitions = len(producer.partitions_for(topic))
     refused, unknown = _Failed(), _Failed()
     pending: deque[tuple[Any, int]] = deque()  # (future, message bytes), oldest first
     pending_bytes = 0
@@ -121,9 +123,10 @@ def produce(producer: Any, topic: str, events: Iterable[tuple[str, bytes]], even
             sent_events += 1
             yield pair
 
-    messages: Iterable[tuple[int | None, str | None, bytes]]
-    if events_per_message == 1:  # the producer's partitioner places each by its key, as packing does
-        messages = ((None, lead, event) for lead, event in counted(events))
+    messages: Iterable[tuple[int, str | None, bytes]]
+    if events_per_message == 1:
+        # Placed here, not by the producer's partitioner, which follows the topic's own count.
+        messages = ((partition_for(lead, partitions), lead, event) for lead, event in counted(events))
     else:
         messages = pack_keyed(counted(events), partitions, events_per_message, per_lead=compacted)
     sent_messages = 0
@@ -190,8 +193,10 @@ def _cause(exc: Exception) -> str:
 def send_file(path: Path, settings: Settings, topic: str | None = None, events_per_message: int = 1) -> int:
     topic = settings.topic_events if topic is None else topic  # an empty name is no topic, not the default
     bad: list[str] = []
-    if partition_count(settings, topic) == 0:
+    count = partition_count(settings, topic)
+    if count == 0:
         raise ServiceError(f"topic {topic!r} does not exist; run `leadstream topics` (or check --topic)")
+    partitions = keyed_partitions(settings, topic, count)
     try:
         stream = sys.stdin.buffer if str(path) == "-" else open(path, "rb")
     except OSError as exc:
@@ -200,7 +205,7 @@ def send_file(path: Path, settings: Settings, topic: str | None = None, events_p
     try:
         with stream:
             sent_events, sent_messages = produce(producer, topic, read_events(stream, bad), events_per_message,
-                                                 compacted=topic == settings.topic_profiles)
+                                                 partitions=partitions, compacted=topic == settings.topic_profiles)
     finally:
         producer.close()
         for line in bad:  # also when Kafka refused messages

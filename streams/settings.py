@@ -261,7 +261,9 @@ class Settings:
         "LEADSTREAM_TOPIC_IDENTITY", "leadstream-identity", "Identity links and merges (stitching), keyed by the id re-keyed from or into.", _topic)
     topic_deadletter: str = _setting(
         "LEADSTREAM_TOPIC_DEADLETTER", "leadstream-deadletter", "Rejected input: original bytes, reason, source offset.", _topic)
-    partitions: int = _setting("LEADSTREAM_PARTITIONS", 4, "Partitions of every topic leadstream creates.", POSITIVE)
+    partitions: int = _setting(
+        "LEADSTREAM_PARTITIONS", 4, "Partitions of every topic leadstream creates, and those a lead's partition is found by "
+        "(murmur2 of its id, modulo this): topics of another count are refused (Changing the partition count).", POSITIVE)
     models_dir: Path = _setting(
         "LEADSTREAM_MODELS_DIR", PROJECT_ROOT / "scoring" / "models", "Directory of scoring model files (*.toml; hidden files, such as an editor's `.#b2b.toml`, are not models)."
     )

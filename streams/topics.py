@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, Iterable, NamedTuple
 
 from streams.errors import ConfigError, ServiceError
 from streams.kafka_clients import open_client
@@ -368,13 +368,50 @@ def topic_config(settings: Settings, topic: str) -> dict[str, str]:
 def partition_count(settings: Settings, topic: str) -> int:
     """How many partitions `topic` has; 0 when it does not exist. Asked of the broker's metadata
     at once (a producer would wait a minute for a topic that never appears)."""
+    return partition_counts(settings, [topic])[topic]
+
+
+def partition_counts(settings: Settings, topics: Iterable[str]) -> dict[str, int]:
+    """`partition_count` of each of `topics`, asked with one client."""
     from kafka import KafkaConsumer
 
     consumer = open_client(settings, KafkaConsumer, enable_auto_commit=False, client_id="leadstream-topics")
     try:
-        return len(consumer.partitions_for_topic(topic) or ())
+        return {topic: len(consumer.partitions_for_topic(topic) or ()) for topic in topics}
     finally:
         consumer.close()
+
+
+def keyed_partitions(settings: Settings, topic: str, count: int) -> int:
+    """The partitions over which a producer of records keyed by a lead (or account) puts them on
+    `topic`, which has `count`: LEADSTREAM_PARTITIONS, by which the worker finds where a lead's
+    state lives, never the topic's own count. ConfigError when they differ: partitions added to
+    a topic made `send`, `forget`, `replay-dlq` and the collector, which followed the topic's
+    count, put leads where their states are not (dead-lettered as wrong_partition, or a forget
+    that forgot nothing), with no word said. The one place every producer of keyed records asks."""
+    if count != settings.partitions:
+        raise ConfigError(count_changed(settings, topic, count))
+    return count
+
+
+def count_changed(settings: Settings, topic: str, count: int) -> str:
+    """What a producer says of `topic`, which has `count` partitions, not LEADSTREAM_PARTITIONS."""
+    return (f"topic {topic} has {count} partitions, but LEADSTREAM_PARTITIONS is {settings.partitions}: a lead's records "
+            "go to the partition its id makes under LEADSTREAM_PARTITIONS, beside its state, so none is written to it. The count cannot be "
+            "changed in place: partitions added to a topic, or the setting raised, leave the leads' states and earlier "
+            "records on the partitions of the old count; score the events again under the new count (README: Changing the "
+            "partition count)")
+
+
+def producer_partitions(settings: Settings, topics: Iterable[str]) -> int:
+    """`keyed_partitions` of `topics`, which must all exist (a ServiceError naming one that
+    does not), as the broker counts their partitions now."""
+    counts = partition_counts(settings, topics)
+    for topic, count in counts.items():
+        if count == 0:
+            raise ServiceError(missing_topic(settings, topic))
+        keyed_partitions(settings, topic, count)
+    return settings.partitions
 
 
 def require_topic(settings: Settings, topic: str) -> int:

@@ -194,10 +194,11 @@ class Run:
                 chunk = events[start: start + self.args.chunk]
                 if self.args.profiles:
                     produce(producer, self.settings.topic_profiles,
-                            ((e["lead_id"], orjson.dumps(e)) for e in chunk if e["type"] == "identify"), self.args.events_per_message, compacted=True)
+                            ((e["lead_id"], orjson.dumps(e)) for e in chunk if e["type"] == "identify"), self.args.events_per_message,
+                            partitions=self.settings.partitions, compacted=True)
                     chunk = [e for e in chunk if e["type"] != "identify"]
                 produce(producer, self.settings.topic_events, ((e["lead_id"], orjson.dumps(e)) for e in chunk),
-                        self.args.events_per_message)
+                        self.args.events_per_message, partitions=self.settings.partitions)
                 time.sleep(self.args.feed_pause_s)
         finally:
             producer.close()

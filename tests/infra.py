@@ -46,6 +46,18 @@ def leadstream(settings: Settings, *args: str, check: bool = True, timeout: floa
         raise AssertionError(f"leadstream {' '.join(args)} still running after {timeout:.0f} s; its log ends:\n{logged[-4000:]}") from None
 
 
+def add_partitions(settings: Settings, topics: list[str] | tuple[str, ...], count: int) -> None:
+    """Raise the topics to `count` partitions, as `kafka-topics.sh --alter --partitions` does."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewPartitions
+
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    try:
+        admin.create_partitions({topic: NewPartitions(count) for topic in topics})
+    finally:
+        admin.close()
+
+
 def read_model_scores(offline: list[dict]) -> dict[str, float]:
     """The score the score-changes topic should end with for each key, from `leadstream score`'s
     records: each lead's (`model/lead`) and each account's (`model:account/account`)."""

@@ -35,7 +35,7 @@ from streams.lag import LagProbe
 from streams.processes import WorkerProcess, free_port
 from streams.send import open_producer, produce
 from streams.settings import Settings
-from streams.topics import delete_topics, ensure_topics
+from streams.topics import delete_topics, ensure_topics, producer_partitions
 
 DAY_MS = 86_400_000
 RAW_PASSES = 3
@@ -127,6 +127,7 @@ def crossing_latencies(settings: Settings, rate_per_s: int, seconds: float, lead
     listener = threading.Thread(target=listen, daemon=True)
     listener.start()
     ready.wait(30)
+    partitions = producer_partitions(settings, [settings.topic_events])
     producer = open_producer(settings)
     tick_s = 0.02
     per_tick = max(1, int(rate_per_s * tick_s))
@@ -141,7 +142,7 @@ def crossing_latencies(settings: Settings, rate_per_s: int, seconds: float, lead
                 event["time"] = now_ms
                 event["lead_id"] = LIVE_PREFIX + event["lead_id"]
                 chunk.append((event["lead_id"], orjson.dumps(event)))
-            produce(producer, settings.topic_events, chunk, events_per_message=per_tick)
+            produce(producer, settings.topic_events, chunk, events_per_message=per_tick, partitions=partitions)
             deadline += tick_s
             time.sleep(max(0.0, deadline - time.monotonic()))
     finally:
@@ -163,7 +164,8 @@ def _measure(settings: Settings, events: int, leads: int, seed: int, events_per_
     data = workload.serialized(events, leads, seed, now_ms - 30 * DAY_MS, 30 * DAY_MS)
     producer = open_producer(settings)
     try:
-        produce(producer, settings.topic_events, ((orjson.loads(e)["lead_id"], e) for e in data), events_per_message)
+        produce(producer, settings.topic_events, ((orjson.loads(e)["lead_id"], e) for e in data), events_per_message,
+                partitions=producer_partitions(settings, [settings.topic_events]))
     finally:
         producer.close()
     del data

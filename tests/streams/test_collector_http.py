@@ -34,7 +34,7 @@ from streams.processes import free_port
 from tests.streams.collector_support import (  # settings and collector: fixtures
     WRITE_KEY, ThreadedCollector, all_events, collector, read_messages, settings, track,
 )
-from tests.infra import wait_for
+from tests.infra import add_partitions, leadstream, wait_for
 
 
 def test_each_single_call_lands_keyed_by_its_lead_on_the_leads_partition(collector: ThreadedCollector, settings: Settings) -> None:
@@ -778,13 +778,17 @@ class FakeKafka:
     """A producer of a broker that answers (its metadata; each send acknowledged at once) until
     `answering` is set False, then answers nothing (each send never acknowledged) until it is set back."""
 
-    def __init__(self) -> None:
+    def __init__(self, partitions: int = 4) -> None:
         self.answering = True
-        self.client = self  # aiokafka's producer asks its client for metadata
+        self.client = self.cluster = self  # aiokafka's producer asks its client for metadata, held by its cluster
+        self.partitions = partitions  # of every topic
         self.pending: list[asyncio.Future[None]] = []
 
     async def force_metadata_update(self) -> bool:
         return self.answering
+
+    def partitions_for_topic(self, topic: str) -> set[int]:
+        return set(range(self.partitions))
 
     async def send(self, topic: str, value: bytes, key: bytes | None = None, partition: int | None = None) -> asyncio.Future[None]:
         self.pending.append(asyncio.get_running_loop().create_future())
@@ -796,7 +800,7 @@ class FakeKafka:
 def connected(writer: KafkaWriter, producer: object) -> KafkaWriter:
     """The writer as `connect` leaves it, with `producer` in place of aiokafka's."""
     settings = writer.settings
-    writer.partitions = {topic: 3 for topic in (settings.topic_events, settings.topic_profiles, settings.topic_deadletter)}
+    writer.partitions = {topic: settings.partitions for topic in (settings.topic_events, settings.topic_profiles, settings.topic_deadletter)}
     writer._producer = producer
     writer._answered(True)
     return writer
@@ -1121,3 +1125,30 @@ def test_the_first_answer_of_kafka_is_logged_as_ready_and_only_a_return_as_again
         writer._answered(True)
     said = [record.getMessage() for record in caplog.records if "answer" in record.getMessage()]
     assert [line.split(": ")[0].split(" ", 3)[-1] for line in said] == ["answers", "does not answer", "answers again"]
+
+
+def test_a_topic_partitions_were_added_to_is_refused_at_start_and_makes_a_running_collector_unready(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Partitions added to the events topic under a running collector: it logged the new count at
+    INFO, stayed ready and put leads by the topic's 6 partitions, where the worker, partitioning by
+    LEADSTREAM_PARTITIONS (4), has not their states. At its next look at the metadata it is unready,
+    said once, its calls answered 503 naming the topic and both counts; and a collector started
+    on such a topic refuses to."""
+    with caplog.at_level(logging.INFO, logger="leadstream.collector"), ThreadedCollector(settings) as collector:
+        assert collector.post("/v1/track", track("u-1")).status_code == 200
+        add_partitions(settings, [settings.topic_profiles], 6)
+        said = (f"topic {settings.topic_profiles} has 6 partitions, but LEADSTREAM_PARTITIONS is 4: a lead's records go to the "
+                "partition its id makes under LEADSTREAM_PARTITIONS")
+        operations = f"http://127.0.0.1:{settings.collector_metrics_port}/readyz"
+        wait_for(lambda: said in requests.get(operations, timeout=5).json().get("reason", ""), timeout_s=30,
+                 what="/readyz naming the topic's count")
+        response = collector.post("/v1/identify", {"type": "identify", "userId": "u-1", "traits": {"plan": "pro"},
+                                                   "messageId": uuid.uuid4().hex})
+        assert response.status_code == 503 and said in response.json()["message"], response.text
+        time.sleep(collector_module.WATCH_S + 1)  # another look at the metadata: said once
+    assert len([r for r in caplog.records if said in r.getMessage() and r.levelno == logging.ERROR]) == 1
+    assert read_messages(settings, settings.topic_profiles, events=1, timeout_s=3) == []
+    started = leadstream(settings, "collector", check=False, timeout=60)
+    assert started.returncode == 1 and f"leadstream collector: {said}" in started.stderr, started.stderr
+    assert "Changing the partition count" in started.stderr

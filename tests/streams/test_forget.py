@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 import orjson
+import pytest
 from kafka import KafkaProducer
 from redis import Redis
 
@@ -18,7 +19,7 @@ from streams.partitioning import partition_for
 from streams.processes import WorkerProcess, free_port
 from streams.settings import Settings
 from streams.topics import topic_config
-from tests.infra import leadstream, read_topic, wait_for, write_jsonl
+from tests.infra import add_partitions, leadstream, read_topic, wait_for, write_jsonl
 
 MINUTE_MS = 60_000
 
@@ -218,6 +219,21 @@ def test_a_lead_whose_stored_state_cannot_be_read_is_set_aside_and_can_be_forgot
     producer.flush()
     producer.close()
     wait_for(lambda: scored(again, "u-1", 10), 60, "u-1 scored anew", 0.3)
+
+
+@pytest.mark.parametrize("added_to", ["profiles", "identity"])
+def test_forget_refuses_topics_partitions_were_added_to_naming_them(own_redis: Settings, added_to: str) -> None:
+    """With partitions added to the profiles topic, `forget` put its requests by that topic's
+    count: "asked to forget 1 lead" and exit 0, while the worker dead-lettered the request (on
+    another partition than the lead's under LEADSTREAM_PARTITIONS) and kept the lead; and lead-5,
+    on a partition the identity topic lacks, ended in a KeyError traceback. Added to either, it
+    refuses, naming the topic and both counts, and sends nothing."""
+    topic = own_redis.topic_profiles if added_to == "profiles" else own_redis.topic_identity
+    add_partitions(own_redis, [topic], 6)
+    done = leadstream(own_redis, "forget", *(f"lead-{n}" for n in range(6)), check=False)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done
+    assert done.stderr.startswith(f"leadstream forget: topic {topic} has 6 partitions, but LEADSTREAM_PARTITIONS is 4"), done.stderr
+    assert list(read_to_end(own_redis, own_redis.topic_profiles)) == []
 
 
 def test_forget_records_the_erasure_by_a_digest_and_deletes_the_connectors_ledger_keys_of_the_lead(own_redis: Settings) -> None:

@@ -53,8 +53,8 @@ def test_the_topic_written_to_a_file_scores_as_the_events_sent(isolated: Setting
     try:
         # Envelopes of up to 2 events for the first half, single events for the rest.
         half = len(SAAS_EVENTS) // 2
-        produce(producer, topic, ((e["lead_id"], orjson.dumps(e)) for e in SAAS_EVENTS[:half]), 2)
-        produce(producer, topic, ((e["lead_id"], orjson.dumps(e)) for e in SAAS_EVENTS[half:]), 1)
+        produce(producer, topic, ((e["lead_id"], orjson.dumps(e)) for e in SAAS_EVENTS[:half]), 2, partitions=isolated.partitions)
+        produce(producer, topic, ((e["lead_id"], orjson.dumps(e)) for e in SAAS_EVENTS[half:]), 1, partitions=isolated.partitions)
         # What other producers may leave on the topic: a pretty-printed event spanning lines,
         # bytes that are not JSON, and a record without a value.
         pretty = {"event_id": "p", "lead_id": "cleo", "type": "signup", "time": SAAS_EVENTS[0]["time"], "product": "saas"}
@@ -109,7 +109,7 @@ def test_an_aborted_transaction_s_events_are_left_out_as_the_worker_leaves_them(
 def test_a_topic_named_twice_is_read_once(isolated: Settings) -> None:
     producer = open_producer(isolated)
     try:
-        produce(producer, isolated.topic_events, ((e["lead_id"], orjson.dumps(e)) for e in SAAS_EVENTS[:3]), 1)
+        produce(producer, isolated.topic_events, ((e["lead_id"], orjson.dumps(e)) for e in SAAS_EVENTS[:3]), 1, partitions=isolated.partitions)
     finally:
         producer.close()
     out, err = io.BytesIO(), io.StringIO()
@@ -138,8 +138,8 @@ def test_profile_updates_are_in_the_history_so_offline_scores_have_fit_and_merge
                 "time": T0 + 4 * 60_000, "traits": {"email": "ada@initech.io", "title": "VP Marketing"}}
     producer = open_producer(isolated)
     try:
-        produce(producer, isolated.topic_events, ((e["lead_id"], orjson.dumps(e)) for e in pages), 1)
-        produce(producer, isolated.topic_profiles, [(identify["lead_id"], orjson.dumps(identify))], 1)
+        produce(producer, isolated.topic_events, ((e["lead_id"], orjson.dumps(e)) for e in pages), 1, partitions=isolated.partitions)
+        produce(producer, isolated.topic_profiles, [(identify["lead_id"], orjson.dumps(identify))], 1, partitions=isolated.partitions)
     finally:
         producer.close()
 
@@ -191,7 +191,8 @@ def test_the_events_the_worker_re_keyed_to_a_visitors_lead_are_left_out(
     producer = open_producer(isolated)
 
     def send(batch: list[dict]) -> None:
-        produce(producer, isolated.topic_events, [(e["lead_id"], orjson.dumps(e)) for e in batch], events_per_message=1)
+        produce(producer, isolated.topic_events, [(e["lead_id"], orjson.dumps(e)) for e in batch],
+                events_per_message=1, partitions=isolated.partitions)
 
     try:
         # Each step once the worker took the one before, so that only the last view is re-keyed
@@ -294,11 +295,11 @@ def test_an_identify_that_merged_a_visitor_outlives_the_compaction_of_the_profil
     producer = open_producer(isolated)
     try:
         for settings in (lagged, unlagged):
-            produce(producer, settings.topic_events, ((e["lead_id"], orjson.dumps(e)) for e in views), 1)
-            produce(producer, settings.topic_profiles, ((e["lead_id"], orjson.dumps(e)) for e in (merging, later)), 1)
+            produce(producer, settings.topic_events, ((e["lead_id"], orjson.dumps(e)) for e in views), 1, partitions=isolated.partitions)
+            produce(producer, settings.topic_profiles, ((e["lead_id"], orjson.dumps(e)) for e in (merging, later)), 1, partitions=isolated.partitions)
         time.sleep(1.5)
         for settings in (lagged, unlagged):
-            produce(producer, settings.topic_profiles, [(other, orjson.dumps(roller))], 1)
+            produce(producer, settings.topic_profiles, [(other, orjson.dumps(roller))], 1, partitions=isolated.partitions)
     finally:
         producer.close()
 

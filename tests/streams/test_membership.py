@@ -218,7 +218,7 @@ def test_a_worker_paused_past_the_session_timeout_writes_no_old_state_over_its_s
     def feed() -> None:
         producer = open_producer(isolated)
         try:  # single-event messages, faster than the workers score them: the second is behind, a batch in flight
-            produce(producer, isolated.topic_events, ((e["lead_id"], orjson.dumps(e)) for e in events), 1)
+            produce(producer, isolated.topic_events, ((e["lead_id"], orjson.dumps(e)) for e in events), 1, partitions=isolated.partitions)
         finally:
             producer.close()
 

@@ -57,7 +57,7 @@ def two_workers_sharing(settings: Settings, worker: Callable[..., WorkerProcess]
                "properties": {"form": "demo_request"}} for k, lead in enumerate(scored) for n in range(1 + k % 3)]
     producer = open_producer(settings)
     try:
-        produce(producer, settings.topic_events, ((e["lead_id"], orjson.dumps(e)) for e in events), 1)
+        produce(producer, settings.topic_events, ((e["lead_id"], orjson.dumps(e)) for e in events), 1, partitions=settings.partitions)
     finally:
         producer.close()
     workers = [worker(settings), worker(replace(settings, worker_port=free_port(), state_dir=settings.state_dir / "second"))]

@@ -145,9 +145,6 @@ class _Watched:
     def __init__(self, producer: Any) -> None:
         self.producer, self.futures, self.most_pending = producer, [], 0  # type: ignore[var-annotated]
 
-    def partitions_for(self, topic: str) -> Any:
-        return self.producer.partitions_for(topic)
-
     def send(self, topic: str, **message: Any) -> Any:
         self.futures = [future for future in self.futures if not future.is_done]
         self.most_pending = max(self.most_pending, len(self.futures))
@@ -177,7 +174,8 @@ def test_a_long_send_waits_for_its_oldest_messages_and_writes_them_all(isolated:
                                     delivery_timeout_ms=5000, request_timeout_ms=4000))
     events = _events(1500, 10_000)
     try:
-        assert produce(producer, isolated.topic_events, events, 1, max_pending_bytes=256 * 1024) == (1500, 1500)
+        assert produce(producer, isolated.topic_events, events, 1, partitions=isolated.partitions,
+                       max_pending_bytes=256 * 1024) == (1500, 1500)
     finally:
         producer.producer.close()
     assert producer.most_pending <= 256 * 1024 // len(events[0][1]) + 1
@@ -196,7 +194,7 @@ def test_messages_without_an_answer_are_counted_apart_from_those_refused(isolate
                            delivery_timeout_ms=100, request_timeout_ms=95)
     try:
         with pytest.raises(ServiceError) as failed:
-            produce(producer, isolated.topic_events, _events(3000, 10_000), 1, max_pending_bytes=10**12)
+            produce(producer, isolated.topic_events, _events(3000, 10_000), 1, partitions=isolated.partitions, max_pending_bytes=10**12)
     finally:
         producer.close()
     said = str(failed.value)

@@ -33,7 +33,7 @@ def test_a_spare_worker_and_an_idle_owner_stay_in_the_group_past_the_max_poll_in
              "properties": {"form": "demo_request"}}
     producer = open_producer(settings)
     try:
-        produce(producer, settings.topic_events, [("lead-1", orjson.dumps(event))], 1)
+        produce(producer, settings.topic_events, [("lead-1", orjson.dumps(event))], 1, partitions=settings.partitions)
     finally:
         producer.close()
     workers = [worker(settings), worker(replace(settings, worker_port=free_port(), state_dir=settings.state_dir / "second"))]

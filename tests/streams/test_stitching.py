@@ -116,7 +116,8 @@ def test_anonymous_browsing_then_identify_makes_one_lead_with_one_mql_crossing(
     # decoded in one pass (no JSON object kept) and forwarded all the same.
     direct = {"event_id": "k-1", "lead_id": "anon:a-123", "type": "page_view", "time": int(time.time() * 1000) - 600_000,
               "product": "b2b", "properties": {"url": "https://acme.io/demo"}}
-    produce(producer, isolated.topic_events, [("anon:a-123", orjson.dumps(direct))], events_per_message=1)
+    produce(producer, isolated.topic_events, [("anon:a-123", orjson.dumps(direct))], events_per_message=1,
+            partitions=isolated.partitions)
     producer.close()
 
     found = crossings(isolated, expect=1)
@@ -169,7 +170,8 @@ def test_a_merge_counts_in_the_leads_account_at_once_replaces_the_visitor_in_rea
     producer = open_producer(isolated)
 
     def send(batch: list[dict[str, object]]) -> None:
-        produce(producer, isolated.topic_events, [(str(e["lead_id"]), orjson.dumps(e)) for e in batch], events_per_message=1)
+        produce(producer, isolated.topic_events, [(str(e["lead_id"]), orjson.dumps(e)) for e in batch],
+                events_per_message=1, partitions=isolated.partitions)
 
     # The two ids live on different partitions, which the worker reads in no set order: the
     # visitor's events are scored before the identify goes out, so the merge takes all of them.
@@ -231,9 +233,11 @@ def test_two_leads_aliased_to_each_other_at_once_keep_their_own_points_and_nothi
     proc = worker()
     producer = open_producer(isolated)
     produce(producer, isolated.topic_events, [event(1, a, "page_view", properties={"url": "https://acme.io/pricing"}),
-                                              event(2, b, "page_view", properties={"url": "https://acme.io/pricing"})], 1)
+                                              event(2, b, "page_view", properties={"url": "https://acme.io/pricing"})], 1,
+            partitions=isolated.partitions)
     wait_for(lambda: score_of(proc, a) == 10 and score_of(proc, b) == 10, what="both leads scored at 10")
-    produce(producer, isolated.topic_events, [event(3, b, "alias", previous_id=a), event(4, a, "alias", previous_id=b)], 2)
+    produce(producer, isolated.topic_events, [event(3, b, "alias", previous_id=a), event(4, a, "alias", previous_id=b)], 2,
+            partitions=isolated.partitions)
     # The links (the old ids and their anon: forms), the two merges and the two that came back.
     identity = read_topic(isolated, isolated.topic_identity, expect=8, idle_s=5)
     assert sorted((r["kind"], r["source"], r["target"]) for _, r in identity) == sorted([
@@ -242,7 +246,8 @@ def test_two_leads_aliased_to_each_other_at_once_keep_their_own_points_and_nothi
     ])  # fmt: skip
     wait_for(lambda: score_of(proc, a) == 10 and score_of(proc, b) == 10, what="both leads back at 10")
     # Each lead is a lead again: its later events score on it, not bounced as an alias loop.
-    produce(producer, isolated.topic_events, [event(5, a, "page_view", properties={"url": "https://acme.io/case-studies/globex"})], 1)
+    produce(producer, isolated.topic_events, [event(5, a, "page_view", properties={"url": "https://acme.io/case-studies/globex"})], 1,
+            partitions=isolated.partitions)
     producer.close()
     wait_for(lambda: score_of(proc, a) == 14, what="loopA-1's later event scored on it")
     assert score_of(proc, b) == 10

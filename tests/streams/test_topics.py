@@ -17,7 +17,7 @@ from streams.processes import WorkerProcess
 from streams.settings import Settings
 from streams.topics import (COMPACTED, FORGET_RETENTION_MS, LARGE_RECORD_BYTES, TopicSpec, changelog_specs, ensure_topics,
                             partition_count, topic_config)
-from tests.infra import leadstream, wait_for, write_jsonl
+from tests.infra import add_partitions, leadstream, read_to_end, wait_for, write_jsonl
 
 DAY_MS = 24 * 3600 * 1000
 
@@ -65,6 +65,27 @@ def test_changelogs_of_another_partition_count_are_refused_at_once_saying_what_t
     started = time.monotonic()
     worker = leadstream(settings, "worker", check=False)
     assert worker.returncode == 1 and "leads-changelog has 2" in worker.stderr and time.monotonic() - started < 30, worker.stderr
+
+
+def test_producers_of_keyed_records_refuse_a_topic_partitions_were_added_to(own_redis: Settings, tmp_path: Path) -> None:
+    """`send`, `forget` and `replay-dlq` put each lead on the partition of the topic's own count:
+    with partitions added to the events topic, `send` wrote 70 events of 200 on partitions the
+    worker does not find their leads on (dead-lettered as wrong_partition, or on partitions no
+    worker reads), and `replay-dlq --reason wrong_partition` would have sent them back to the same.
+    Each refuses, naming the topic and both counts, and sends nothing."""
+    settings = own_redis
+    add_partitions(settings, [settings.topic_events], 6)
+    path = write_jsonl(tmp_path / "events.jsonl", [{"event_id": f"e{n}", "lead_id": f"lead-{n}", "type": "page_view",
+                                                    "time": 1_767_225_600_000} for n in range(200)])
+    said = (f"topic {settings.topic_events} has 6 partitions, but LEADSTREAM_PARTITIONS is 4: a lead's records go to the "
+            "partition its id makes under LEADSTREAM_PARTITIONS, beside its state, so none is written to it")
+    for command in (["send", str(path)], ["send", str(path), "--events-per-message", "20"], ["forget", "lead-0"],
+                    ["replay-dlq", "--reason", "wrong_partition"]):
+        done = leadstream(settings, *command, check=False)
+        assert done.returncode == 1 and said in done.stderr, (command, done)
+        assert "README: Changing the partition count" in done.stderr
+    assert partition_count(settings, settings.topic_events) == 6
+    assert read_to_end(settings, settings.topic_events) == [] and read_to_end(settings, settings.topic_profiles) == []
 
 
 @pytest.mark.parametrize("command", [

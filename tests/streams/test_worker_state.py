@@ -47,7 +47,8 @@ def send(settings: Settings, events: list[dict], topic: str | None = None, appen
                 producer.send(topic or settings.topic_events, key=e["lead_id"].encode(), value=orjson.dumps(e), timestamp_ms=e["time"])
             producer.flush()
         else:
-            produce(producer, topic or settings.topic_events, ((e["lead_id"], orjson.dumps(e)) for e in events), 1)
+            produce(producer, topic or settings.topic_events, ((e["lead_id"], orjson.dumps(e)) for e in events), 1,
+                    partitions=settings.partitions)
     finally:
         producer.close()
 
@@ -232,7 +233,8 @@ def test_sigkill_mid_stream_loses_and_duplicates_nothing(
         try:
             for start in range(0, len(events), 500):
                 chunk = events[start : start + 500]
-                produce(producer, isolated.topic_events, ((e["lead_id"], orjson.dumps(e)) for e in chunk), 20)
+                produce(producer, isolated.topic_events, ((e["lead_id"], orjson.dumps(e)) for e in chunk), 20,
+                        partitions=isolated.partitions)
                 time.sleep(0.13)
         finally:
             producer.close()
@@ -293,7 +295,7 @@ def test_two_workers_share_the_partitions_and_score_as_one(
     expected_accounts = {key: score for key, score in read_model_scores(offline).items() if ":account/" in key}
     producer = open_producer(isolated)
     try:
-        produce(producer, isolated.topic_events, ((e["lead_id"], orjson.dumps(e)) for e in events), 20)
+        produce(producer, isolated.topic_events, ((e["lead_id"], orjson.dumps(e)) for e in events), 20, partitions=isolated.partitions)
     finally:
         producer.close()
 
