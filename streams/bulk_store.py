@@ -44,9 +44,16 @@ from faust.stores import memory
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth, server_list
 from faust.types import TP
 
+from streams.errors import ConfigError
+from streams.partitioning import counts_placing, partition_for
 from streams.topics import CHANGELOG_CONFIG
 
 log = logging.getLogger("leadstream.worker")
+
+#: Records whose keys a restore checks at the start of each partition it reads (`_check_placed`):
+#: under another count than the one they were written under, most keys of a partition belong on
+#: another, so a few tell; the rest of the restore pays nothing.
+CHECKED_RECORDS = 16
 
 #: Bytes fetched at once: whole segments of changelog instead of Faust's 1 MB per partition.
 MAX_PARTITION_FETCH_BYTES = 8 * 1024 * 1024
@@ -181,8 +188,11 @@ class BulkRestoreStore(memory.Store):  # type: ignore[type-arg]  # faust's Store
         restores the table. Faust does not look at how the restores ended (`asyncio.wait`, then
         it resumes the streams and reports ready): this never returns, so that the worker never
         scores on partitions it has not read; the worker's shutdown cancels it."""
-        log.critical("table restore failed: stopping the worker, so that a new one restores the table from its "
-                     "changelog: table=%s cause=%r", self.table_name, exc)
+        if isinstance(exc, ConfigError):  # a new worker would stop alike
+            log.critical("the worker stops, refusing to score on this table's states: %s", exc)
+        else:
+            log.critical("table restore failed: stopping the worker, so that a new one restores the table from its "
+                         "changelog: table=%s cause=%r", self.table_name, exc)
         await self.app.crash(exc)
         await asyncio.Event().wait()
 
@@ -222,11 +232,15 @@ class BulkRestoreStore(memory.Store):  # type: ignore[type-arg]  # faust's Store
         consumer.pause(*(kafka_tp for kafka_tp in partitions if kafka_tp not in todo))
         data, key_partition = self.data, self._key_partition
         self.restore_remaining = await self._unread(consumer, partitions, todo)
+        unchecked = set(todo)
         while todo:
             await asyncio.sleep(0)  # getmany returns without yielding while records are buffered
             batches = await consumer.getmany(*todo, timeout_ms=1000)
             for kafka_tp, records in batches.items():
                 partition = kafka_tp.partition
+                if kafka_tp in unchecked and records:
+                    unchecked.discard(kafka_tp)
+                    self._check_placed(kafka_tp, [record.key for record in records[:CHECKED_RECORDS]])
                 for record in records:
                     key = record.key
                     if record.value is None:
@@ -261,6 +275,28 @@ class BulkRestoreStore(memory.Store):  # type: ignore[type-arg]  # faust's Store
             else:
                 left += end - position
         return left
+
+    def _check_placed(self, tp: TopicPartition, keys: list[bytes]) -> None:
+        """ConfigError when the keys of a partition's records belong on another partition under
+        the table's count: they were written under another count, before partitions were added
+        to the changelog (and its topics, and LEADSTREAM_PARTITIONS raised to match). Unchecked,
+        workers restored such states where no lead of theirs was looked for, and scored 88 leads of
+        200 again from nothing (new crossings under new ids), said only by a warning of offsets
+        beyond a partition's end. A key is its lead's or account's id, or an account's record of
+        its own, `<account id> 0xFF ...` (0xFF is in no UTF-8 text)."""
+        ids = [key.split(b"\xff", 1)[0].decode("utf-8", "replace") for key in keys if key]
+        partitions = self.table.partitions or self.app.conf.topic_partitions
+        if all(partition_for(id_, partitions) == tp.partition for id_ in ids):
+            return
+        # Any count that divides the one written under places them alike: the most that does is named.
+        written = counts_placing(ids, tp.partition, partitions)
+        under = f"{written[-1]} partitions (the most that put them all there)" if written else "fewer partitions"
+        raise ConfigError(
+            f"{tp.topic} has {partitions} partitions, but the states on its partition {tp.partition} were written under "
+            f"{under}: under {partitions} (LEADSTREAM_PARTITIONS) leads among them belong on other partitions, so partitions "
+            "were added to it, and a worker would find none of their states and score them again from nothing. A count "
+            "cannot be changed in place: stop the workers, and score the events again under the new count, with a new "
+            "LEADSTREAM_APP_ID (README: Changing the partition count)")
 
     def _drop_partition(self, partition: int) -> None:
         doomed = [key for key, p in self._key_partition.items() if p == partition]

@@ -44,6 +44,12 @@ def partitioned_otherwise(lead_id: str, key: bytes | None, partition: int, parti
             "producers then follow: README, Changing the partition count)")
 
 
+def counts_placing(ids: list[str], partition: int, below: int) -> list[int]:
+    """The partition counts under `below` by which murmur2 puts every one of `ids` on
+    `partition`: those that records of that partition keyed by them may have been written under."""
+    return [count for count in range(partition + 1, below) if all(partition_for(i, count) == partition for i in ids)]
+
+
 @lru_cache(maxsize=64)
 def _words(count: int) -> Callable[[bytes], tuple[int, ...]]:
     return Struct(f"<{count}I").unpack_from

@@ -338,9 +338,15 @@ def _check_partitions(admin: Any, specs: list[TopicSpec], changelogs: list[Topic
     topics, states = wrong(specs), wrong(changelogs)
     problems = []
     if topics:
+        # Not "set it to the topics' count": after partitions were added to them (and to the
+        # changelogs), that started workers that found 88 leads of 200 nowhere and scored them
+        # again from nothing (states_of_another_count now stops them).
         problems.append(f"{topics} partitions: leadstream's topics must all have the same count, the one LEADSTREAM_PARTITIONS "
-                        "says. Set it to the topics' count, or recreate them with `leadstream topics` once deleted (their "
-                        "records are lost; README: Changing the partition count)")
+                        "says. Partitions added to a topic cannot be taken back, and the setting raised to the new count "
+                        "leaves each lead's state and earlier events on the partition of the count they were written under, "
+                        "where the workers no longer look: score the events again under the new count (README: Changing "
+                        "the partition count). Only if the setting changed, not the topics, set it back to the count they "
+                        "were created with")
     if states:
         problems.append(f"the worker's table changelogs ({states} partitions) hold the lead and account states of that "
                         "count, each lead's on the partition its id had then, which workers of another count cannot read. "

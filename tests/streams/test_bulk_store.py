@@ -17,11 +17,19 @@ from prometheus_client import REGISTRY
 
 from streams import bulk_store
 from streams.app import create_app
+from streams.errors import ConfigError
 from streams.model_reload import ModelDirectory
+from streams.partitioning import partition_for
 from streams.settings import Settings
 from streams.topics import TopicSpec, ensure_topics
+from tests.infra import add_partitions
 
 PARTITIONS = 4
+
+
+def home(key: str, partitions: int = PARTITIONS) -> int:
+    """The partition a worker writes the key's records on: a restore refuses keys written elsewhere."""
+    return partition_for(key, partitions)
 
 
 def write(settings: Settings, topic: str, records: list[tuple[int, bytes, bytes | None]]) -> None:
@@ -44,7 +52,7 @@ def test_restores_latest_values_and_tombstones_and_follows_the_assignment(isolat
     records: list[tuple[int, bytes, bytes | None]] = []
     for round_ in range(3):
         for i in range(2000):
-            key, partition = f"k{i}".encode(), i % PARTITIONS
+            key, partition = f"k{i}".encode(), home(f"k{i}")
             if round_ == 2 and i % 7 == 0:
                 records.append((partition, key, None))  # tombstone
                 expected.pop(key, None)
@@ -64,20 +72,20 @@ def test_restores_latest_values_and_tombstones_and_follows_the_assignment(isolat
             assert not store._consumer.assignment()  # fetches nothing between restores
 
             # Held partitions are read on from where they were: later records win.
-            write(isolated, topic, [(1, b"k1", b"later"), (2, b"k2", None)])
+            write(isolated, topic, [(home("k1"), b"k1", b"later"), (home("k8"), b"k8", None)])
             expected[b"k1"] = b"later"
-            expected.pop(b"k2")
+            expected.pop(b"k8")
             await store.on_recovery_completed(tps, set())
             assert dict(store.data) == expected
-            assert store._applied[TP(topic, 1)] == len([r for r in records if r[0] == 1])
+            assert store._applied[TP(topic, home("k1"))] == len([r for r in records if r[0] == home("k1")])
 
             # A value its owner sends is kept with its partition (and dropped with it below).
-            store.write(b"k9", b"sent", 1)
-            assert store.data[b"k9"] == b"sent"
+            store.write(b"k6", b"sent", home("k6"))
+            assert store.data[b"k6"] == b"sent"
 
             # Partitions no longer active are dropped, then read anew when they come back.
             await store.on_recovery_completed({TP(topic, 0)}, set())
-            assert dict(store.data) == {k: v for k, v in expected.items() if int(k[1:]) % PARTITIONS == 0}
+            assert dict(store.data) == {k: v for k, v in expected.items() if home(k.decode()) == 0}
             await store.on_recovery_completed(tps, set())
             assert dict(store.data) == expected
         finally:
@@ -96,9 +104,9 @@ def test_a_restore_started_while_an_earlier_one_runs_reads_the_new_assignment(is
     topic = table.changelog_topic_name
     ensure_topics(isolated, [TopicSpec(topic, PARTITIONS)])
     tps = {TP(topic, p) for p in range(PARTITIONS)}
-    write(isolated, topic, [(i % PARTITIONS, f"k{i}".encode(), b"first") for i in range(400)])
-    later = [(i % PARTITIONS, f"k{i}".encode(), b"later") for i in range(0, 400, 3)]
-    expected = {f"k{i}".encode(): b"later" if i % 3 == 0 else b"first" for i in range(400) if i % PARTITIONS >= 2}
+    write(isolated, topic, [(home(f"k{i}"), f"k{i}".encode(), b"first") for i in range(400)])
+    later = [(home(f"k{i}"), f"k{i}".encode(), b"later") for i in range(0, 400, 3)]
+    expected = {f"k{i}".encode(): b"later" if i % 3 == 0 else b"first" for i in range(400) if home(f"k{i}") >= 2}
 
     async def scenario() -> None:
         store = table.data
@@ -172,7 +180,7 @@ def test_the_recovery_gauge_counts_down_the_records_a_bulk_restore_has_left(
     topic = table.changelog_topic_name
     ensure_topics(settings, [TopicSpec(topic, PARTITIONS)])
     total = 8000  # one record per key: the keys restored are the records read
-    write(settings, topic, [(i % PARTITIONS, f"lead-{i}".encode(), b"s" * 100) for i in range(total)])
+    write(settings, topic, [(home(f"lead-{i}"), f"lead-{i}".encode(), b"s" * 100) for i in range(total)])
     # Small fetches, so that the restore takes many.
     monkeypatch.setattr(bulk_store, "MAX_PARTITION_FETCH_BYTES", 16 * 1024)
 
@@ -204,5 +212,48 @@ def test_the_recovery_gauge_counts_down_the_records_a_bulk_restore_has_left(
         recovery.active_highwaters[TP(topic, 0)] = 40
         recovery.active_offsets[TP(topic, 0)] = 10
         assert gauge() == 30
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("written_under", [4, 6])
+def test_states_written_under_another_partition_count_stop_the_worker_naming_both(
+    isolated: Settings, caplog: pytest.LogCaptureFixture, written_under: int
+) -> None:
+    """Partitions added to the changelog (and to the topics, and LEADSTREAM_PARTITIONS raised to
+    match, which `leadstream topics` let pass) left each state on the partition of the count it was
+    written under: workers restored them, found 88 leads of 200 nowhere and scored them again from
+    nothing. The restore checks where the first records of each partition belong, and stops the
+    worker naming the changelog and both counts; states written under the table's count (an
+    account's records of its own among them) restore as before."""
+    app = faust.App(isolated.app_id, broker=f"kafka://{isolated.kafka_bootstrap}", store="memory://")
+    table = bulk_store.raw_table(app, "t", 6)
+    topic = table.changelog_topic_name
+    ensure_topics(isolated, [TopicSpec(topic, written_under)])
+    leads = [f"lead-{n}" for n in range(200)]
+    write(isolated, topic, [(home(lead, written_under), lead.encode(), b"state") for lead in leads]
+          + [(home("acct-1", written_under), b"acct-1\xffb2b\xff2/0", b"page")])
+    if written_under != 6:  # Kafka refuses a count a topic has already
+        add_partitions(isolated, [topic], 6)
+    tps = {TP(topic, p) for p in range(6)}
+
+    async def scenario() -> None:
+        store = table.store
+        restore = asyncio.ensure_future(table.on_recovery_completed(tps, set()))
+        try:
+            done, _ = await asyncio.wait([restore], timeout=10)
+            if written_under == 6:
+                assert done and not app.crashed and len(store.data) == 201
+                return
+            assert not done and app.crashed
+            assert isinstance(app.crash_reason, ConfigError)
+            said = str(app.crash_reason)
+            assert (f"{topic} has 6 partitions, but the states on its partition" in said
+                    and "were written under 4 partitions" in said and "Changing the partition count" in said), said
+            assert "the worker stops, refusing to score on this table's states" in caplog.text
+        finally:
+            restore.cancel()
+            await asyncio.wait([restore])
+            await store.on_stop()
 
     asyncio.run(scenario())

@@ -13,10 +13,11 @@ import pytest
 from kafka import KafkaAdminClient
 from kafka.admin import ConfigResource, ConfigResourceType
 
+from streams.history import read_to_end as records_to_end
 from streams.processes import WorkerProcess
 from streams.settings import Settings
 from streams.topics import (COMPACTED, FORGET_RETENTION_MS, LARGE_RECORD_BYTES, TopicSpec, changelog_specs, ensure_topics,
-                            partition_count, topic_config)
+                            partition_count, topic_config, topic_specs)
 from tests.infra import add_partitions, leadstream, read_to_end, wait_for, write_jsonl
 
 DAY_MS = 24 * 3600 * 1000
@@ -43,7 +44,10 @@ def test_existing_topics_of_another_partition_count_are_refused_by_name(isolated
     assert done.returncode == 1, done
     assert (f"LEADSTREAM_PARTITIONS is 4, but {settings.topic_events} has 8 partitions" in done.stderr
             and settings.topic_crossings not in done.stderr), done.stderr  # read by key only: any count will do
-    assert "Set it to the topics' count, or recreate them" in done.stderr
+    # Not "Set it to the topics' count": after partitions were added, that leaves every state where
+    # no worker looks for it.
+    assert "Set it to the topics' count" not in done.stderr
+    assert "score the events again under the new count (README: Changing the partition count)" in done.stderr
     # The others were created all the same; the worker refuses to start on the same line.
     assert partition_count(settings, settings.topic_identity) == 4
     worker = leadstream(settings, "worker", check=False)
@@ -65,6 +69,33 @@ def test_changelogs_of_another_partition_count_are_refused_at_once_saying_what_t
     started = time.monotonic()
     worker = leadstream(settings, "worker", check=False)
     assert worker.returncode == 1 and "leads-changelog has 2" in worker.stderr and time.monotonic() - started < 30, worker.stderr
+
+
+def test_a_worker_refuses_states_restored_from_a_changelog_partitions_were_added_to(
+    isolated: Settings, worker: Callable[..., WorkerProcess], tmp_path: Path
+) -> None:
+    """Partitions added to every topic and both changelogs, then LEADSTREAM_PARTITIONS raised to
+    match: `leadstream topics` said only "exists", and the workers restored each state on the
+    partition of the old count, where they no longer looked for its lead: 88 leads of 200 started
+    again from nothing, new crossings under new ids. The worker stops before it scores, naming
+    the changelog and both counts."""
+    start = int(time.time() * 1000) - 48 * 3_600_000
+    events = [{"event_id": f"lead-{n}-{i}", "lead_id": f"lead-{n}", "type": kind, "product": "saas",
+               "time": start + i * 3_600_000} for n in range(40) for i, kind in enumerate(["signup", "created_task"])]
+    leadstream(isolated, "send", str(write_jsonl(tmp_path / "events.jsonl", events)))
+    first = worker()
+    changelogs = [spec.name for spec in changelog_specs(isolated)]
+    wait_for(lambda: len({record.key for record in records_to_end(isolated, changelogs[0])}) >= 40, timeout_s=60,
+             what="the states in the changelog")
+    first.stop()
+    add_partitions(isolated, [spec.name for spec in topic_specs(isolated)] + changelogs, 6)
+    six = isolated.with_overrides(partitions=6)
+    assert leadstream(six, "topics").stdout.count(": exists") == 7  # every count agrees with the setting
+    started = leadstream(six, "worker", check=False, timeout=120)
+    said = started.stdout + started.stderr
+    assert started.returncode != 0, said[-3000:]
+    assert (f"{changelogs[0]} has 6 partitions, but the states on its partition" in said
+            and "were written under 4 partitions" in said and "README: Changing the partition count" in said), said[-3000:]
 
 
 def test_producers_of_keyed_records_refuse_a_topic_partitions_were_added_to(own_redis: Settings, tmp_path: Path) -> None:
