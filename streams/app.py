@@ -13,6 +13,9 @@ flushes run (streams/overlap.py), so the worker does not sit idle waiting for Ka
 from __future__ import annotations
 
 import asyncio
+# asyncio.to_thread's executor module, which concurrent.futures imports at its first use: a
+# worker out of open files then could not read it, and the timer's error ended the worker.
+import concurrent.futures.thread  # noqa: F401
 import functools
 import logging
 import time
@@ -44,6 +47,7 @@ from streams.collection import BatchPause
 from streams.errors import MembershipLost, ServiceError
 from streams.http_guard import aiohttp_limits
 from streams.lag import LagProbe
+from streams.log_throttle import OutOfFiles
 from streams.model_reload import ModelDirectory
 from streams.outbox import Outbox
 from streams.overlap import Done, WriteFailed
@@ -250,6 +254,7 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
     metrics.RECOVERY_REMAINING.set_function(lambda: _recovery_remaining(app, (leads, accounts)))
     metrics.EVENT_TIME_LAG.set_function(lambda: metrics.event_time_lag_s(settings.now_ms()))
     lag_probe: list[LagProbe] = []
+    lag_out_of_files = OutOfFiles(log, "measuring the consumer lag")
     kafka_answering = True  # the broker answered the last lag probe
 
     def ready() -> bool:
@@ -273,9 +278,10 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
             kafka_answering = True
         except (KafkaError, OSError, ServiceError) as exc:  # ServiceError: the broker did not answer in time
             # A metric must never take the worker down; the next round tries again.
-            log.warning("consumer lag not measured, not ready until Kafka answers: cause=%r", exc)
-            kafka_answering = False
             metrics.CONSUMER_LAG.clear()  # a frozen figure would say all is well
+            if not lag_out_of_files.said(exc):  # no fault of Kafka's: it was said to be, at each round
+                log.warning("consumer lag not measured, not ready until Kafka answers: cause=%r", exc)
+                kafka_answering = False
         metrics.READY.set(1 if ready() else 0)
 
     @app.timer(interval=1.0)  # type: ignore[untyped-decorator]

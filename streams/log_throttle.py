@@ -6,12 +6,16 @@ unreachable, burying whatever else happened meanwhile.
 
 from __future__ import annotations
 
+import errno
 import logging
 import time
 from typing import Callable
 
 #: How often a recurring line is said at most.
 LOG_INTERVAL_S = 10.0
+#: An open, a listing or a socket refused for want of file descriptors: the process's (EMFILE)
+#: or the whole system's (ENFILE).
+OUT_OF_FILES = frozenset({errno.EMFILE, errno.ENFILE})
 
 # The Kafka clients' lines for each failed attempt to reach a broker, by logger, repeated for as
 # long as it is down. Their other errors are said as they come.
@@ -103,3 +107,42 @@ def throttle_kafka_retries() -> None:
     """Said by each long-running process (the collector, the worker, the connectors) before it connects."""
     for name in KAFKA_RETRIES:  # a logger's filters see only its own records, not its children's
         logging.getLogger(name).addFilter(_KAFKA_RETRIES)  # once: it is one object
+
+
+def out_of_files(exc: BaseException) -> bool:
+    """Whether `exc`, or an error it was raised from or while handling, is an open refused for
+    want of file descriptors (a ModelError says a model file's OSError, raised from None)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in OUT_OF_FILES:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+class OutOfFiles:
+    """A periodic task of a process at its limit of open files: each failed round is the same
+    error until files close, so it is said at most once every LOG_INTERVAL_S, on one line saying
+    what to do, and the task tries again at its next round (a traceback at each round told
+    nothing more, and an exception out of a Faust timer ends the worker)."""
+
+    def __init__(self, logger: logging.Logger, work: str, clock: Callable[[], float] = time.monotonic) -> None:
+        self.logger = logger
+        self.work = work
+        self._throttle = Throttle(clock=clock)
+
+    def said(self, exc: BaseException) -> bool:
+        """True when `exc` is for want of file descriptors (said, or left out within the
+        interval); False for any other error, left to the caller."""
+        if not out_of_files(exc):
+            return False
+        left_out = self._throttle.due()
+        if left_out is not None and self.logger.isEnabledFor(logging.WARNING):
+            record = self.logger.makeRecord(
+                self.logger.name, logging.WARNING, __file__, 0,
+                f"{self.work} not done, out of open files, tried again at its next round: raise the process's limit "
+                "(LimitNOFILE of its systemd unit, ulimit -n, docker run --ulimit nofile=) or find what holds them "
+                f"(ls /proc/PID/fd): {exc!r}", (), None)
+            on_one_line(record, left_out)
+            self.logger.handle(record)
+        return True

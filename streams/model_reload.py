@@ -22,6 +22,7 @@ from pathlib import Path
 from scoring import Engine, ModelError
 from scoring.model import describe, model_files, unkept_traits
 from streams import metrics
+from streams.log_throttle import OutOfFiles, out_of_files
 
 log = logging.getLogger("leadstream.worker")
 
@@ -34,6 +35,8 @@ def fingerprint(directory: Path) -> str:
         for file in model_files(directory):
             digest.update(file.name.encode() + b"\0" + file.read_bytes() + b"\0")
     except OSError as exc:  # unreadable now: loading will say why, and a fix changes the digest
+        if out_of_files(exc):  # the files are not known: `poll` tries again at its next round
+            raise
         digest.update(f"unreadable: {exc}".encode())
     return digest.hexdigest()[:16]
 
@@ -67,17 +70,27 @@ class ModelDirectory:
         self._seen = seen
         #: Why the files on disk do not load, while they do not (None once they do).
         self.error: str | None = None
+        self._out_of_files = OutOfFiles(log, "looking for edits of the model files")
 
     def poll(self) -> Engine | None:
         """The newly loaded models when the files changed since the last poll and load; None
-        when they did not change, or do not load (then `error` says why)."""
-        seen = fingerprint(self.path)
+        when they did not change, or do not load (then `error` says why), or could not be read
+        for want of file descriptors: no fault of the files, so said as the process's (on one
+        throttled line), and read again at the next poll."""
+        try:
+            seen = fingerprint(self.path)
+        except OSError as exc:
+            if self._out_of_files.said(exc):
+                return None
+            raise
         if seen == self._seen:
             return None
-        self._seen = seen
         try:
             engine = Engine.from_directory(self.path)
         except Exception as exc:  # noqa: BLE001 - a loader bug must not stop the worker either
+            if self._out_of_files.said(exc):
+                return None  # not seen: the next poll reads the files again
+            self._seen = seen
             # A ModelError names the file, rule and field; anything else is leadstream's bug.
             self.error = str(exc) if isinstance(exc, ModelError) else f"{exc!r} while loading the models (a bug: please report it)"
             metrics.model_reloaded("rejected")
@@ -85,6 +98,7 @@ class ModelDirectory:
             log.error("model edit not applied, still scoring with the models of fingerprint %s: %s",
                       self.current.fingerprint, self.error, exc_info=not isinstance(exc, ModelError))
             return None
+        self._seen = seen
         warnings = tuple(map(str, unkept_traits(self.current.engine.models, engine.models)))
         self._use(Loaded(engine, seen, _now_ms(), warnings))
         self.error = None

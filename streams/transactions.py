@@ -24,6 +24,7 @@ from typing import Any, Sequence
 
 from streams.fetcher import fetcher_of
 from streams.kafka_clients import open_client
+from streams.log_throttle import OutOfFiles
 from streams.settings import Settings
 
 log = logging.getLogger("leadstream.worker")
@@ -66,6 +67,8 @@ class LogReader:
         self.timeout_s = timeout_s  # each request to the broker's
         self._consumer: Any = None
         self._lock = threading.Lock()
+        # Each round (a second apart) fails alike until files close.
+        self._out_of_files = OutOfFiles(log, "looking holes in the offsets up in the log")
 
     def look_up(self, topic: str, partition: int, holes: Sequence[tuple[int, int]], within_s: float) -> Reading:
         """Reads the log through the `holes` (each `(start, end)`: offsets `start` to `end - 1`;
@@ -107,8 +110,9 @@ class LogReader:
                     if len(answers) < len(holes):
                         reached = max(reached, min(position, holes[len(answers)][1]))
             except (KafkaError, ServiceError, OSError) as exc:
-                log.warning("offsets of topic %s partition %d not looked up in the log, to be looked up again: cause=%r",
-                            topic, partition, exc)
+                if not self._out_of_files.said(exc):
+                    log.warning("offsets of topic %s partition %d not looked up in the log, to be looked up again: cause=%r",
+                                topic, partition, exc)
         if len(answers) < len(holes):
             reached = max(reached, holes[len(answers)][0])
         return answers, reached

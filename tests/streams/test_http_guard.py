@@ -3,13 +3,17 @@ that send no whole request are closed, malformed requests said on one line, acce
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import resource
 import socket
 import time
+from dataclasses import replace
+from pathlib import Path
 from typing import Callable, Iterator
 
+import orjson
 import pytest
 
 from streams import probes
@@ -74,8 +78,7 @@ def test_a_worker_out_of_open_files_says_so_once_and_serves_again_once_idle_conn
     """At its limit of open files the worker's accept failed each second with an ERROR and a
     traceback (and at 20,000 connections, 2 MB of log a second); the connections holding them
     were never closed, so it never recovered while they stayed."""
-    # No model reloads: the first one imports a module, which fails without a file to open it.
-    quick_worker = worker(isolated.with_overrides(idle_timeout_ms=1500, models_reload_s=0))
+    quick_worker = worker(isolated.with_overrides(idle_timeout_ms=1500))
     assert quick_worker.proc is not None
     pid = quick_worker.proc.pid
     soft, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
@@ -197,3 +200,58 @@ def test_accept_failures_are_said_once_an_interval_without_a_traceback(caplog: p
                   "idle timeout); trying again every second: OSError(24, 'Too many open files')")
     assert said == [(said_first, None), (f"{said_first} (2 more such lines left out since the last)", None),
                     ("Task was destroyed but it is pending!", None)]
+
+
+def test_a_worker_out_of_open_files_says_its_model_reload_failed_once_and_applies_the_edit_once_it_can_read(
+    isolated: Settings, worker: Callable[..., WorkerProcess], tmp_path: Path
+) -> None:
+    """At its limit of open files, the worker's first model reload ended it (asyncio.to_thread
+    imports its executor at first use); later ones reported the files as a broken edit, with a
+    traceback, and the lag probe blamed Kafka at each round."""
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "edits.toml").write_text(_model(30))
+    running = worker(replace(isolated, models_dir=models, models_reload_s=1))
+    fingerprint = orjson.loads(running.get("/models/")[1])["fingerprint"]
+    with _out_of_open_files(running):
+        (models / "edits.toml.tmp").write_text(_model(5))
+        os.replace(models / "edits.toml.tmp", models / "edits.toml")
+        said = lambda: [line for line in running.log.read_text().splitlines() if "looking for edits of the model files not done" in line]  # noqa: E731
+        wait_for(said, timeout_s=10, what="the failed reload said")
+        # Meanwhile polls a second apart fail alike: said once within LOG_INTERVAL_S.
+        lag = lambda: [line for line in running.log.read_text().splitlines() if "consumer lag" in line]  # noqa: E731
+        wait_for(lag, timeout_s=10, what="the lag probe's round (every 5 s) failed")
+        assert running.proc is not None and running.proc.poll() is None, running.tail()
+    wait_for(lambda: running.get("/models/")[0] == 200, timeout_s=30, what="the worker answering again")
+    wait_for(lambda: orjson.loads(running.get("/models/")[1])["fingerprint"] != fingerprint, what="the edit applied")
+    assert len(said()) == 1, said()
+    assert "Too many open files" in said()[0] and "LimitNOFILE" in said()[0], said()
+    assert len(lag()) == 1 and "measuring the consumer lag not done, out of open files" in lag()[0], lag()  # not "until Kafka answers"
+    assert running.metric("leadstream_models_broken") == [0.0]  # the files were never broken
+    assert "Traceback" not in running.log.read_text(), running.tail()
+
+
+def _model(vp_points: int) -> str:
+    return ('[model]\nname = "edits"\n[filter]\nproduct = "edits"\n'
+            f'[[fit]]\nname = "vp"\npoints = {vp_points}\ntraits.title = {{ glob = "*VP*" }}\n'
+            '[thresholds]\nbase = "lead"\nladder = [{ level = "mql", at = 20 }]\n')
+
+
+@contextlib.contextmanager
+def _out_of_open_files(running: WorkerProcess) -> Iterator[None]:
+    """The worker at its limit of open files, held by connections that send half a request,
+    until they are closed on leaving."""
+    assert running.proc is not None
+    pid = running.proc.pid
+    soft, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (len(os.listdir(f"/proc/{pid}/fd")) + 10, hard))
+    holders = [socket.create_connection(("127.0.0.1", running.port), timeout=10) for _ in range(15)]
+    try:
+        for holder in holders:
+            holder.sendall(HALF_A_REQUEST)
+        wait_for(lambda: "cannot accept connections" in running.log.read_text(), timeout_s=10, what="the worker out of files")
+        yield
+    finally:
+        for holder in holders:
+            holder.close()
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))

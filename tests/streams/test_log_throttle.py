@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from streams.log_throttle import KAFKA_RETRIES, LOG_INTERVAL_S, KafkaRetries, Throttle, throttle_kafka_retries
+from scoring import ModelError
+from scoring.model import load_model
+from streams.log_throttle import KAFKA_RETRIES, LOG_INTERVAL_S, KafkaRetries, OutOfFiles, Throttle, throttle_kafka_retries
 
 
 class FakeClock:
@@ -158,3 +162,28 @@ def test_the_throttle_of_aiokafkas_retries_is_installed_once() -> None:
     throttle_kafka_retries()
     for name in ("aiokafka", "aiokafka.consumer.fetcher", "aiokafka.consumer.group_coordinator"):
         assert sum(isinstance(f, KafkaRetries) for f in logging.getLogger(name).filters) == 1, name
+
+
+def test_a_task_out_of_open_files_says_so_once_an_interval_and_leaves_other_errors_to_its_caller(
+    caplog: pytest.LogCaptureFixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model file that could not be opened for want of file descriptors was a broken edit,
+    said with a traceback at each poll: the ModelError says it, raised from None."""
+    def refused(*args: object, **kwargs: object) -> str:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(Path, "read_text", refused)
+    with pytest.raises(ModelError) as raised:
+        load_model(tmp_path / "b2b.toml")
+    clock = FakeClock()
+    task = OutOfFiles(logging.getLogger("leadstream.worker"), "looking for edits", clock)
+    caplog.set_level(logging.WARNING, logger="leadstream.worker")
+    for step_s in (0, 1, 1, LOG_INTERVAL_S):
+        clock.now_s += step_s
+        assert task.said(raised.value)
+    assert not task.said(OSError(errno.ENOENT, "No such file or directory"))
+    assert not task.said(ValueError("no file at all"))
+    lines = [record.getMessage() for record in caplog.records]
+    assert len(lines) == 2 and all(line.startswith("looking for edits not done, out of open files") for line in lines), lines
+    assert "LimitNOFILE" in lines[0] and lines[1].endswith("(2 more such lines left out since the last)"), lines
+    assert all(record.exc_info is None for record in caplog.records)

@@ -4,17 +4,21 @@ assignment either."""
 
 from __future__ import annotations
 
+import errno
+import logging
 import threading
 import time
 import uuid
 from typing import Callable
 
 import orjson
+import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from streams.partitioning import partition_for
 from streams.processes import WorkerProcess
 from streams.settings import Settings
+from streams.transactions import LogReader
 from tests.infra import wait_for
 
 LEAD = "tx-ada"
@@ -225,3 +229,21 @@ def markers_before_the_last_event(settings: Settings) -> int:
         return sum(last[p] + 1 - events[p] for p in last)
     finally:
         consumer.close()
+
+
+def test_lookups_out_of_open_files_say_so_once_an_interval(
+    isolated: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """At the open-file limit, each round (a second apart) warned that the offsets were not
+    looked up, with the error alone: a line a second, saying nothing of what to do."""
+    reader = LogReader(isolated)
+
+    def refused() -> None:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(reader, "_open", refused)
+    with caplog.at_level(logging.WARNING, logger="leadstream.worker"):
+        for _ in range(3):
+            assert reader.look_up(isolated.topic_events, 0, [(3, 5)], 0.1) == ([], 3)
+    lines = [record.getMessage() for record in caplog.records if record.name == "leadstream.worker"]
+    assert len(lines) == 1 and lines[0].startswith("looking holes in the offsets up in the log not done, out of open files"), lines
