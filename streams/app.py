@@ -159,7 +159,7 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
 
     log_reader = transactions.LogReader(settings)
     scorer = Scorer(models.current.engine, settings, lead_store, outbox, settings.partitions, committed, log_end,
-                    log_reader.look_up, functools.partial(kafka_clients.end_offsets, settings))
+                    log_reader.look_up, functools.partial(kafka_clients.end_offsets, settings), log_reader.log_start)
     rollup_outbox = Outbox(settings.kafka_bootstrap, settings.partitions, "leadstream-worker-accounts", fence.holds)
     rollup_stage = Rollup(models.current.engine, settings, account_store, rollup_outbox)
     sequences = (scorer.sequence, rollup_stage.sequence)

@@ -4,7 +4,9 @@ a consumer then asking for an offset the log no longer has is moved on to the lo
 (auto_offset_reset="earliest"), which aiokafka says in one INFO line, and a group new to the
 topic (a new app id: a rescore) starts there. Either way the records before are never scored,
 which nothing else shows: the worker's offset check (streams/offset_sequence.py) expects the
-first message at the log's start, as it must (streams/seek_first.py)."""
+first message at the log's start, as it must (streams/seek_first.py). A running worker fallen
+as far behind is moved on alike by its fetch: the hole this leaves in the offsets it is handed
+is told the same way (`deleted_unread`) once the offset check finds it before the log's start."""
 
 from __future__ import annotations
 
@@ -26,6 +28,18 @@ def lost_beginning(topic: str, starts: Mapping[int, int]) -> str:
             "if what was removed never happened: a lead whose earlier events, identifies or traits are gone gets another "
             "score than it was published with, and crossings under new ids, which the connectors deliver as new (README: "
             "Changing the partition count, What is lost)")
+
+
+def deleted_unread(topic: str, partition: int, offset: int, start: int, reading: str) -> None:
+    """Offsets `offset` to `start - 1` of a partition were deleted before the group read them:
+    counted (leadstream_offset_anomalies_total{kind="deleted_unread"}, alerted) and logged, the
+    same whether a seek found them (`reading` "committed": the group's committed offset, before
+    the log's start) or a running worker's reading did (streams/offset_sequence.py, "read_up_to":
+    the offset it was to read next, where its fetch was moved on to the log's start)."""
+    metrics.OFFSET_ANOMALIES.labels("deleted_unread").inc(start - offset)
+    log.warning("offsets deleted before this group read them, never to be scored: topic=%s partition=%d %s=%d log_start=%d "
+                "lost=%d (the group was stopped or behind longer than the topic keeps its records: retention.ms, or "
+                "delete-records); reading on from the log start", topic, partition, reading, offset, start, start - offset)
 
 
 class LogStarts:
@@ -52,10 +66,6 @@ class LogStarts:
             if offset is None:
                 new.setdefault(tp.topic, {})[tp.partition] = start
                 continue
-            metrics.OFFSET_ANOMALIES.labels("deleted_unread").inc(start - offset)
-            log.warning("offsets deleted before this group read them, never to be scored: topic=%s partition=%d "
-                        "committed=%d log_start=%d lost=%d (the group was stopped or behind longer than the topic "
-                        "keeps its records: retention.ms, or delete-records); reading on from the log start",
-                        tp.topic, tp.partition, offset, start, start - offset)
+            deleted_unread(tp.topic, tp.partition, offset, start, "committed")
         for topic, partitions in sorted(new.items()):
             log.warning("a group new to the topic: %s", lost_beginning(topic, partitions))

@@ -9,6 +9,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from streams import metrics
 from streams.errors import SkippedOffsets
+from streams.log_start import deleted_unread
 from streams.stage import Consumed
 from streams.transactions import Reading
 
@@ -18,6 +19,9 @@ log = logging.getLogger("leadstream.worker")
 #: (topic, partition, holes, within_s) -> whether the first holes hold records the worker reads,
 #: and how far the reading got in the next one (streams/transactions.py, `LogReader.look_up`)
 LookUp = Callable[[str, int, Sequence[tuple[int, int]], float], Reading]
+#: (topic, partition) -> the first offset the partition's log still has; None when the broker
+#: did not say (streams/transactions.py, `LogReader.log_start`)
+LogStart = Callable[[str, int], int | None]
 #: How long a lookup reads a partition's holes before the next partition's turn, or before the
 #: batch waiting on a hole at the head of an assignment is told how far it got.
 LOOKUP_S = 2.0
@@ -55,14 +59,19 @@ class OffsetSequence:
     the seek back, whatever the way). A second way a chaos run showed, a recovery of the
     generation before that ends during a rebalance and resumes the flow, is closed
     (streams/seek_first.py). A hole further on is looked up in the log apart from the batches
-    (`check_holes`, from a timer of its own), then counted and logged."""
+    (`check_holes`, from a timer of its own), then counted and logged. The part of a hole, at
+    the head or further on, before the first offset the log still has was deleted before the
+    worker read it (`_past_log_start`): told as deleted unread (streams/log_start.py), not looked up."""
 
-    def __init__(self, topics: set[str], look_up: LookUp | None = None) -> None:
+    def __init__(self, topics: set[str], look_up: LookUp | None = None, log_start: LogStart | None = None) -> None:
         """`look_up(topic, partition, holes, within_s)` tells whether holes in a partition's
         offsets hold records the worker reads (streams/transactions.py): a hole that holds none
-        is the log's own (a transaction's markers, aborted records), not a gap."""
+        is the log's own (a transaction's markers, aborted records), not a gap. `log_start`
+        tells where the partition's log begins: a hole before it was deleted unread
+        (`_past_log_start`); without it, holes are only looked up."""
         self.topics = topics
         self.look_up = look_up
+        self.log_start = log_start
         self._next: dict[tuple[str, int], int] = {}
         self._sought: set[tuple[str, int]] = set()  # partitions sought and not yet handed a message
         #: Holes at the head of an assignment, to be looked up before the batch is processed (`check_head`)
@@ -121,6 +130,11 @@ class OffsetSequence:
         assert self.look_up is not None  # `observe` finds holes at the head for a lookup only
         holes, self.at_head = self.at_head, []
         for topic, partition, start, end in holes:
+            while (kept := await asyncio.to_thread(self._past_log_start, topic, partition, [(start, end)])) is None:
+                await asyncio.sleep(1.0)  # the broker did not say where the log starts: asked again
+            if not kept:
+                continue  # deleted unread, all of it: told, and no gap the worker can read again
+            start = kept[0][0]
             at = start
             while True:
                 answers, reached = await asyncio.to_thread(self.look_up, topic, partition, [(at, end)], LOOKUP_S)
@@ -153,7 +167,13 @@ class OffsetSequence:
         for topic, partition, start, end in found:
             self._reading.setdefault((topic, partition), []).append((start, end))
         for (topic, partition), waiting in list(self._reading.items()):
-            holes, later = _apart(waiting)
+            left = self._past_log_start(topic, partition, waiting)
+            if left is None:
+                continue  # where the log starts is not known: looked up at the next round
+            holes, later = _apart(left)
+            if not holes:
+                del self._reading[(topic, partition)]
+                continue
             answers, reached = self.look_up(topic, partition, holes, LOOKUP_S)
             for (start, end), holds in zip(holes, answers):
                 if holds:
@@ -172,6 +192,25 @@ class OffsetSequence:
         self._being_read = sum(map(len, self._reading.values()))
         if self._being_read < MAX_UNCHECKED // 2:
             self._left_unchecked = False  # told again, should they pile up again
+
+    def _past_log_start(self, topic: str, partition: int, holes: list[tuple[int, int]]) -> list[tuple[int, int]] | None:
+        """The parts of a partition's `holes` the log still has. Those before its first offset
+        were deleted (retention, delete-records) before the worker read them: its fetch asked for
+        an offset the log no longer had and was moved on to the log's start (auto_offset_reset),
+        and so was the lookup's, which found no record there and called them the log's own. They
+        are told as a seek finding them would tell them (streams/log_start.py), the worker reading
+        on. None when the broker did not say where the log starts: the holes wait. Blocking."""
+        if self.log_start is None or not holes:
+            return holes
+        first = self.log_start(topic, partition)
+        if first is None:
+            return None
+        told_to = 0  # holes of two readings may overlap: each offset told once
+        for start, end in sorted(holes):
+            if max(start, told_to) < min(end, first):
+                deleted_unread(topic, partition, max(start, told_to), min(end, first), "read_up_to")
+                told_to = min(end, first)
+        return [(max(start, first), end) for start, end in holes if end > first]
 
     @staticmethod
     def _log_hole(topic: str, partition: int, start: int, end: int) -> None:

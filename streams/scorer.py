@@ -35,7 +35,7 @@ from streams.deadletter import DeadLetter, WorkerReason
 from streams.errors import MembershipLost
 from streams.envelope import items_written, unpack
 from streams.isolation import internal_error, isolate, log_raised, split_envelope, undone_if_it_raises
-from streams.offset_sequence import LookUp, OffsetSequence
+from streams.offset_sequence import LogStart, LookUp, OffsetSequence
 from streams.outbox import Headers, Outbox, encode_json, encode_json_or_none
 from streams.partitioning import partition_for, partitioned_otherwise
 from streams.rollup import lead_score_key, publish_updates
@@ -200,13 +200,15 @@ def _reschedules(model: Model, was: Model | None) -> bool:
 class Scorer:
     def __init__(self, engine: Engine, settings: Settings, store: LiveTable[LeadState | str], outbox: Outbox, partitions: int,
                  committed: erasure.Committed | None = None, log_end: read_offsets.LogEnd | None = None,
-                 look_up: LookUp | None = None, ends_now: erasure.EndsNow | None = None) -> None:
+                 look_up: LookUp | None = None, ends_now: erasure.EndsNow | None = None,
+                 log_start: LogStart | None = None) -> None:
         """`committed` tells the consumer's committed offsets, after which the markers of
         forgotten leads go (streams/erasure.py); without it (no consumer) they stay. `log_end`
         tells the partitions' end offsets, which find the offsets of a topic created again
         (streams/read_offsets.py); without it, they are taken for the topic's. `look_up`
         looks holes in an input partition's offsets up in the log (streams/transactions.py);
-        without it, every hole is a gap. `ends_now` asks the broker for end offsets, where a
+        without it, every hole is a gap; `log_start` says where its log begins, before which a
+        hole was deleted unread (streams/offset_sequence.py). `ends_now` asks the broker for end offsets, where a
         request to forget names one past those `log_end` saw (`_past_the_end`); without it,
         such a request is honoured."""
         self.engine = engine
@@ -228,7 +230,7 @@ class Scorer:
         metrics.models_known(self.models)
         #: Products of unrouted events the log has named since the models last changed.
         self._unrouted_told: set[str | None] = set()
-        self.sequence = OffsetSequence({settings.topic_events, settings.topic_identity}, look_up)
+        self.sequence = OffsetSequence({settings.topic_events, settings.topic_identity}, look_up, log_start)
         # A batch and a decay sweep update the same live states in place, and each writes them
         # to the changelog only after the crossings they caused are acknowledged: they take
         # turns, so neither writes a state carrying the other's changes before those are.

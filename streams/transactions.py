@@ -110,12 +110,32 @@ class LogReader:
                     if len(answers) < len(holes):
                         reached = max(reached, min(position, holes[len(answers)][1]))
             except (KafkaError, ServiceError, OSError) as exc:
-                if not self._out_of_files.said(exc):
-                    log.warning("offsets of topic %s partition %d not looked up in the log, to be looked up again: cause=%r",
-                                topic, partition, exc)
+                self._not_read(topic, partition, exc)
         if len(answers) < len(holes):
             reached = max(reached, holes[len(answers)][0])
         return answers, reached
+
+    def log_start(self, topic: str, partition: int) -> int | None:
+        """The first offset the partition's log still has (retention and delete-records move it
+        on); None when the broker did not say."""
+        from kafka import TopicPartition
+        from kafka.errors import KafkaError
+
+        from streams.errors import ServiceError
+
+        tp = TopicPartition(topic, partition)
+        with self._lock:
+            try:
+                self._consumer = self._consumer or self._open()
+                return int(self._consumer.beginning_offsets([tp])[tp])
+            except (KafkaError, ServiceError, OSError) as exc:
+                self._not_read(topic, partition, exc)
+                return None
+
+    def _not_read(self, topic: str, partition: int, exc: BaseException) -> None:
+        if not self._out_of_files.said(exc):
+            log.warning("offsets of topic %s partition %d not looked up in the log, to be looked up again: cause=%r",
+                        topic, partition, exc)
 
     def _open(self) -> Any:
         from kafka import KafkaConsumer

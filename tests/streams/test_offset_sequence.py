@@ -160,6 +160,35 @@ def test_a_marker_after_each_message_is_never_a_gap_however_many() -> None:
     assert (counted("gap"), counted("log_hole"), log.lookups) == (gaps, holes + 24_999, 1)
 
 
+def test_holes_before_the_logs_start_are_told_deleted_unread_not_looked_up() -> None:
+    """Retention deleting records a running worker had not read: its fetch was moved on to the
+    log's start, and the lookup, moved on alike, called the hole the log's own (`log_hole`)."""
+    log = Log(set())  # every offset the log has holds a record
+    starts = {3: 50}
+    sequence = OffsetSequence({"events"}, log.look_up, lambda topic, partition: starts.get(partition))
+    deleted, gaps, holes = counted("deleted_unread"), counted("gap"), counted("log_hole")
+    sequence.observe(messages("events", 3, 10, 60))  # 11 to 49 deleted, 50 to 59 held records it was not handed
+    sequence.observe(messages("events", 4, 0, 9))  # where the log starts not known: looked up at the next round
+    sequence.check_holes()
+    assert (counted("deleted_unread"), counted("gap"), counted("log_hole")) == (deleted + 39, gaps + 10, holes)
+    assert sequence.holes_waiting() and log.lookups == 1
+    starts[4] = 0
+    sequence.check_holes()
+    assert (counted("deleted_unread"), counted("gap"), sequence.holes_waiting()) == (deleted + 39, gaps + 18, False)
+    # Of two readings' holes overlapping (a partition read again after a rebalance), each offset is told once.
+    sequence.unchecked = [("events", 3, 100, 120), ("events", 3, 110, 130)]
+    starts[3] = 140
+    sequence.check_holes()
+    assert counted("deleted_unread") == deleted + 39 + 30 and not sequence.holes_waiting()
+    # At the head of an assignment: deleted unread, no records skipped that a new worker could read again.
+    sequence.reset()
+    sequence.seed({TP("events", 3): 150})
+    starts[3] = 170
+    sequence.observe(messages("events", 3, 170))
+    asyncio.run(sequence.check_head())
+    assert (counted("deleted_unread"), counted("gap")) == (deleted + 89, gaps + 18)
+
+
 class Counting(Outbox):
     """An outbox that counts what it would send."""
 

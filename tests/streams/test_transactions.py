@@ -245,5 +245,6 @@ def test_lookups_out_of_open_files_say_so_once_an_interval(
     with caplog.at_level(logging.WARNING, logger="leadstream.worker"):
         for _ in range(3):
             assert reader.look_up(isolated.topic_events, 0, [(3, 5)], 0.1) == ([], 3)
+        assert reader.log_start(isolated.topic_events, 0) is None
     lines = [record.getMessage() for record in caplog.records if record.name == "leadstream.worker"]
     assert len(lines) == 1 and lines[0].startswith("looking holes in the offsets up in the log not done, out of open files"), lines
