@@ -7,7 +7,8 @@ collector's public port (aiohttp), the connectors' and the collector's probes (s
   to its limit of open files, where it accepted nothing more (its probes and views timed out).
 - A request that is not valid HTTP is said on one INFO line, not at ERROR with a traceback.
 - A listening socket that cannot accept (out of file descriptors) is said at most once every
-  LOG_INTERVAL_S: asyncio logged it with a traceback each time it tried again, 2 MB of log a second.
+  LOG_INTERVAL_S: asyncio logged it with a traceback each time it tried again, 2 MB of log a second;
+  and its retries pending when the server stops, which raise on the closed socket, not at all.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from streams.log_throttle import Throttle, on_one_line
 #: asyncio's message (selector_events) when accept() fails for want of a resource; it then stops
 #: accepting on that socket for a second and tries again.
 ACCEPT_FAILED = "socket.accept() out of system resource"
+#: How asyncio says such a retry (`_start_serving`) that raised: at the stop, on the closed socket.
+ACCEPT_RETRY_FAILED = "Exception in callback BaseSelectorEventLoop._start_serving("
 
 
 def aiohttp_limits(idle_timeout_ms: int) -> dict[str, Any]:
@@ -59,6 +62,11 @@ class AcceptFailures(logging.Filter):
         self._throttle = Throttle(clock=clock)
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if str(record.msg).startswith(ACCEPT_RETRY_FAILED) and record.exc_info and isinstance(record.exc_info[1], ValueError):
+            # asyncio (3.11) schedules a retry for each of the `backlog` accepts it tries at a
+            # time, and those pending when the server stops raise on its closed socket ("Invalid
+            # file descriptor: -1"): 512 tracebacks at a worker's stop. Nothing was lost.
+            return False
         if not str(record.msg).startswith(ACCEPT_FAILED):
             return True
         left_out = self._throttle.due()
