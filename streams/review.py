@@ -169,15 +169,40 @@ def _before_outcomes(lead_id: str, time_ms: int, outcomes: dict[str, Outcome], l
     return not linked or _before_outcomes(target, time_ms, outcomes, links, hops + 1)
 
 
+def _judged_ids(outcomes: dict[str, Outcome], links: Links) -> set[str]:
+    """The ids whose events can count for a lead with an outcome: those leads, and every id a
+    chain of links joins to one (a visitor merged into it, or the lead a visitor with an outcome
+    is merged into, whose identify makes the merge). Only those are scored: a history holds
+    many more leads than an export of outcomes, and each scored lead's states are held to the
+    end (1.16 GB for 2,000 outcomes on 1.5M events of 353,000 leads, 45 MB scoring these)."""
+    parent: dict[str, str] = {}
+
+    def root(lead_id: str) -> str:
+        while (up := parent.get(lead_id, lead_id)) != lead_id:
+            parent[lead_id] = lead_id = parent.get(up, up)  # halving the path: a long alias chain is walked once
+        return lead_id
+
+    for source, (target, _) in links.items():
+        parent[root(source)] = root(target)
+    joined = {root(lead_id) for lead_id in outcomes}
+    linked = links.keys() | {target for target, _ in links.values()}
+    return outcomes.keys() | {lead_id for lead_id in linked if root(lead_id) in joined}
+
+
 def _reviews(
     engine: Engine, events_path: Path, outcomes: dict[str, Outcome], links: Links, min_leads: int, err: TextIO
 ) -> tuple[list[dict[str, Any]], set[str], dict[str, None]]:
     """The review of each model of `engine`, each lead judged at its outcome's time, the ids of
-    every lead some model scored, and those of every lead of the file, in the file's order (a
-    merged visitor's events under its lead's id)."""
+    every lead some model scored, and those of the file's leads with an outcome after its first
+    two (examples of its ids), in the file's order (a merged visitor's events under its lead's id)."""
     present: dict[str, None] = {}
+    judged = _judged_ids(outcomes, links)
 
     def before_outcome(event: Event) -> bool:
+        if event.lead_id not in judged:
+            if len(present) < 2:
+                present[event.lead_id] = None
+            return False
         present[event.lead_id] = None
         return _before_outcomes(event.lead_id, event.time_ms, outcomes, links)
 
