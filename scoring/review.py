@@ -181,7 +181,6 @@ def _rules(model: Model, leads: Sequence[Reviewed], converted: int) -> list[dict
     rules = [(rule.name, "behaviour", rule.points, rule.bonus.points if rule.bonus else None) for rule in model.rules]
     rules += [(rule.name, "fit", rule.points, None) for rule in model.fit_rules]
     counts = _tally(((name, lead.converted) for lead in leads for name in lead.rules), (rule[0] for rule in rules))
-    overall = _rate(converted, len(leads))
     rows = []
     for name, kind, points, bonus in rules:
         n, c = counts[name]
@@ -196,11 +195,20 @@ def _rules(model: Model, leads: Sequence[Reviewed], converted: int) -> list[dict
                 "converted": c,
                 "rate": rate,
                 "rate_without": _rate(converted - c, len(leads) - n),
-                "lift": round(rate / overall, 2) if rate is not None and overall else None,
+                "lift": _lift(n, c, len(leads), converted),
                 "z": z_statistic(n, c, len(leads) - n, converted - c),
             }
         )
     return rows
+
+
+def _lift(leads: int, converted: int, all_leads: int, all_converted: int) -> float | None:
+    """The rule's leads' conversion rate over the overall rate, from the counts: of the rates
+    as shown, rounded to 4 decimals, 3 conversions in 1,218 leads against 3 in 4,003 made 3.57
+    of a lift of 3.29."""
+    if not leads or not all_converted:
+        return None
+    return round(converted * all_leads / (leads * all_converted), 2)
 
 
 def _findings(levels: list[dict[str, Any]], rules: list[dict[str, Any]], leads: int, min_leads: int) -> list[str]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from itertools import product
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scoring.review import Reviewed, auc, review, z_statistic
@@ -149,6 +149,26 @@ def test_rule_rows_compare_its_leads_with_the_others() -> None:
         "rate": 0.75, "rate_without": 0.25, "lift": 1.67, "z": z_statistic(40, 30, 60, 15),
     }  # fmt: skip
     assert row["z"] > 4
+
+
+def test_a_lift_is_of_the_rates_not_of_the_rates_as_shown() -> None:
+    # 3 of 1,218 leads (0.25% shown) against 3 of 4,003 (0.07% shown): 3.57 of the rates as
+    # shown, 3.29 of the rates.
+    row = next(r for r in review(MODEL, many(1218, 3, rules=("pricing",)) + many(2785, 0))["rules"] if r["rule"] == "pricing")
+    assert (row["rate"], row["lift"]) == (0.0025, 3.29)
+
+
+@settings(deadline=None)  # thousands of leads an example
+@given(st.integers(1, 3000), st.integers(0, 20), st.integers(0, 3000), st.integers(0, 20))
+def test_a_lift_is_the_rules_rate_over_the_overall_rate(leads: int, converted: int, others: int, others_converted: int) -> None:
+    # Few conversions a side, as B2B has them: where rounding the rates first moved the lift most.
+    converted, others_converted = min(converted, leads), min(others_converted, others)
+    row = next(r for r in review(MODEL, many(leads, converted, rules=("pricing",)) + many(others, others_converted))["rules"] if r["rule"] == "pricing")
+    total = converted + others_converted
+    if not total:
+        assert row["lift"] is None
+        return
+    assert row["lift"] == pytest.approx((converted / leads) / (total / (leads + others)), abs=0.005 + 1e-9)
 
 
 def test_findings_name_rules_whose_outcomes_contradict_their_points() -> None:
