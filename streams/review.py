@@ -301,26 +301,33 @@ def _json_rows(handle: Any) -> Iterator[tuple[int, Any]]:
 def _utf8_lines(handle: Any, path: Path) -> Iterator[str]:
     """The file's lines as text, each decoded on its own: a byte that is not UTF-8 (Excel saves
     "CSV" in the Windows code page unless told "CSV UTF-8") is reported on its own line, where a
-    decoder of whole chunks names a position in a chunk and the last line the CSV reader took."""
-    for number, raw in enumerate(handle, start=1):
-        try:
-            yield raw.decode("utf-8-sig" if number == 1 else "utf-8")  # -sig: a BOM Excel writes
-        except UnicodeDecodeError as exc:
-            raise InputError(f"{path} line {number}: not UTF-8 text: byte {raw[exc.start]:#04x} at column {exc.start + 1}; "
-                             "save the file as CSV UTF-8") from None  # fmt: skip
+    decoder of whole chunks names a position in a chunk and the last line the CSV reader took.
+    A line ends at a carriage return alone too, as Excel for Mac's "CSV (Macintosh)" ends them."""
+    number = 0
+    for chunk in handle:
+        for raw in chunk.splitlines(keepends=True):
+            number += 1
+            try:
+                yield raw.decode("utf-8-sig" if number == 1 else "utf-8")  # -sig: a BOM Excel writes
+            except UnicodeDecodeError as exc:
+                raise InputError(f"{path} line {number}: not UTF-8 text: byte {raw[exc.start]:#04x} at column {exc.start + 1}; "
+                                 "save the file as CSV UTF-8") from None  # fmt: skip
 
 
 def _csv_rows(handle: Any, path: Path) -> Iterator[tuple[int, Any]]:
-    reader = csv.DictReader(_utf8_lines(handle, path))
-    header = reader.fieldnames or []
-    missing = [column for column in ("lead_id", "outcome") if column not in header]
-    if missing:
-        raise InputError(f"{path}: read as CSV, as it does not start with '{{' as JSON lines do, but its header row must name "
-                         f"the columns lead_id and outcome (and optionally time); {' and '.join(missing)} not found in {header}")  # fmt: skip
+    """(line number, the row's non-empty cells by column) of each row with a cell, after the
+    header row: the first with a cell (blank lines before it, as some exports start, are
+    passed over as those after it are). Cells beyond the header's columns are left out."""
+    reader = csv.reader(_utf8_lines(handle, path))
     try:
+        header = next((row for row in reader if any(row)), [])
+        missing = [column for column in ("lead_id", "outcome") if column not in header]
+        if missing:
+            raise InputError(f"{path}: read as CSV, as it does not start with '{{' as JSON lines do, but its header row must name "
+                             f"the columns lead_id and outcome (and optionally time); {' and '.join(missing)} not found in {header}")  # fmt: skip
         for row in reader:
-            if any(row.values()):
-                yield reader.line_num, {key: value for key, value in row.items() if key is not None and value != ""}
+            if any(row):
+                yield reader.line_num, {key: value for key, value in zip(header, row) if value != ""}
     except csv.Error as exc:
         raise InputError(f"{path} line {reader.line_num}: cannot read it as CSV: {exc}") from None
 

@@ -432,3 +432,19 @@ def test_only_the_leads_outcomes_need_are_scored(tmp_path: Path, monkeypatch: py
     assert reports[0] == reports[1]
     (saas_report,) = [report for report in map(orjson.loads, reports[0].splitlines()) if report["model"] == "saas_start_small"]
     assert {row["rule"]: row["leads"] for row in saas_report["rules"]} == {"signed up": 2, "created a task": 1, "created a project": 1}
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        # Excel for Mac's "CSV (Macintosh)": lines end at a carriage return alone (a traceback).
+        "lead_id,outcome,time\rana,won,\rben,lost,yesterday\r\"ben\",lost,\r",
+        # Blank lines before the header, as some exports start (its columns "not found in []").
+        "\r\n\r\nlead_id,outcome,time,owner\r\nana,won,,\"Doe, Jane\"\r\nben,lost,yesterday\r\n\r\nben,lost,,x,y\r\n",
+    ],
+)
+def test_csv_line_endings_and_blank_lines_before_the_header(tmp_path: Path, content: str) -> None:
+    report, err = run(tmp_path, content)
+    assert (report["leads"], report["converted"]) == (2, 1)
+    line = 3 if content.startswith("lead_id") else 5
+    assert err.splitlines() == [f"outcomes.csv line {line}: field 'time' is not an ISO-8601 time: 'yesterday'"]
