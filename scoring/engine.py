@@ -905,3 +905,10 @@ class Engine:
     def summary(self, model_name: str, lead_id: str, state: LeadState, now_ms: int) -> dict[str, Any]:
         """The lead's score on every scale at `now_ms`, with its top reasons."""
         return explaining.summary(self.runtime(model_name), lead_id, state, now_ms)
+
+    def percent(self, model_name: str, lead_id: str, state: LeadState, now_ms: int) -> float:
+        """The lead's score on the model's 0-100 scale at `now_ms`, exact: the value a summary
+        shows is rounded to a tenth (19.96 shows 20.0), which may lie across a line drawn on
+        the scale that the exact value has not reached."""
+        runtime = self.runtime(model_name)
+        return runtime.model.scale.percent(runtime.score(explaining.at_time(runtime, lead_id, state, now_ms)))

@@ -39,7 +39,8 @@ class Reviewed:
     lead_id: str
     converted: bool
     score: float
-    #: The score on the model's 0-100 scale.
+    #: The score on the model's 0-100 scale, exact (not the tenth a summary shows): its tenth
+    #: of the scale is that of the exact points, as its labels are.
     normalized: float
     level: str
     grade: str | None

@@ -216,7 +216,8 @@ def _reviews(
         outcome = outcomes.get(lead_id)
         if outcome is None:
             continue
-        seen = engine.explain(model, lead_id, state, run.newest_ms if outcome.time_ms is None else outcome.time_ms)
+        judged_ms = run.newest_ms if outcome.time_ms is None else outcome.time_ms
+        seen = engine.explain(model, lead_id, state, judged_ms)
         # A rule counts for a lead once it matched the lead's events, even where the floor or a
         # ceiling let it earn nothing (a penalty on a lead at the floor of 0: an edit of its points
         # would still move that lead); a rule that scores by its bonus alone, once it won it.
@@ -224,7 +225,7 @@ def _reviews(
         rules |= {row["rule"] for row in seen["fit"]}
         reviewed[model].append(
             Reviewed(
-                lead_id, outcome.converted, seen["score"], seen["normalized"], seen["level"], seen["grade"], seen["engagement"],
+                lead_id, outcome.converted, seen["score"], engine.percent(model, lead_id, state, judged_ms), seen["level"], seen["grade"], seen["engagement"],
                 seen["cell"], seen["temperature"], frozenset(rules),
             )
         )  # fmt: skip
