@@ -71,7 +71,7 @@ def review(model: Model, leads: Sequence[Reviewed], min_leads: int = 20) -> dict
         "cells": _groups(((lead.cell, lead.converted) for lead in leads), _cells(model)),
         "temperature": _groups(((lead.temperature, lead.converted) for lead in leads), model.temperature.labels if model.temperature else ()),
         "rules": rules,
-        "findings": _findings(levels, rules, len(leads), min_leads),
+        "findings": _findings(levels, rules, len(leads), converted, min_leads),
     }
 
 
@@ -166,16 +166,19 @@ def _cells(model: Model) -> tuple[str, ...]:
 SIGNIFICANT_Z = 1.96
 
 
-def z_statistic(leads_a: int, converted_a: int, leads_b: int, converted_b: int) -> float | None:
-    """Two-proportion z statistic of rate a minus rate b (pooled); None when either side is
-    empty or every lead converted alike (no spread to measure against)."""
+def z_statistic(leads_a: int, converted_a: int, leads_b: int, converted_b: int, exact: bool = False) -> float | None:
+    """Two-proportion z statistic of rate a minus rate b (pooled), to two decimals as shown
+    unless `exact` (what SIGNIFICANT_Z is compared with: -1.9596 is shown -1.96 but is short of
+    it); None when either side is empty or every lead converted alike (no spread to measure
+    against)."""
     if leads_a == 0 or leads_b == 0:
         return None
     pooled = (converted_a + converted_b) / (leads_a + leads_b)
     spread = pooled * (1 - pooled) * (1 / leads_a + 1 / leads_b)
     if spread <= 0:
         return None
-    return round((converted_a / leads_a - converted_b / leads_b) / math.sqrt(spread), 2)
+    z = (converted_a / leads_a - converted_b / leads_b) / math.sqrt(spread)
+    return z if exact else round(z, 2)
 
 
 def _rules(model: Model, leads: Sequence[Reviewed], converted: int) -> list[dict[str, Any]]:
@@ -212,7 +215,7 @@ def _lift(leads: int, converted: int, all_leads: int, all_converted: int) -> flo
     return round(converted * all_leads / (leads * all_converted), 2)
 
 
-def _findings(levels: list[dict[str, Any]], rules: list[dict[str, Any]], leads: int, min_leads: int) -> list[str]:
+def _findings(levels: list[dict[str, Any]], rules: list[dict[str, Any]], leads: int, converted: int, min_leads: int) -> list[str]:
     if leads == 0:
         return ["no lead with an outcome has events this model scores: nothing to review"]
     findings = []
@@ -224,7 +227,8 @@ def _findings(levels: list[dict[str, Any]], rules: list[dict[str, Any]], leads: 
                      else "its event type and conditions against your events")
             findings.append(f"{'fit ' if row['kind'] == 'fit' else ''}rule '{name}' matched none of the reviewed leads: check {check}")
             continue
-        if z is None or abs(z) < SIGNIFICANT_Z or min(n, leads - n) < min_leads:
+        exact = z_statistic(n, row["converted"], leads - n, converted - row["converted"], exact=True)
+        if exact is None or abs(exact) < SIGNIFICANT_Z or min(n, leads - n) < min_leads:
             continue
         compared = f"its {n} leads converted at {row['rate']:.1%}, the others at {row['rate_without']:.1%} (z {z:g})"
         if points > 0 and z < 0:
@@ -234,10 +238,10 @@ def _findings(levels: list[dict[str, Any]], rules: list[dict[str, Any]], leads: 
     for lower, higher in zip(levels, levels[1:]):
         if min(lower["leads"], higher["leads"]) < min_leads:
             continue
-        z = z_statistic(higher["leads"], higher["converted"], lower["leads"], lower["converted"])
+        z = z_statistic(higher["leads"], higher["converted"], lower["leads"], lower["converted"], exact=True)
         if z is not None and z <= -SIGNIFICANT_Z:
             findings.append(
                 f"level '{higher['level']}' converted at {higher['rate']:.1%}, less than '{lower['level']}' at "
-                f"{lower['rate']:.1%} (z {z:g}): the points that lift leads to '{higher['level']}' do not predict conversion"
+                f"{lower['rate']:.1%} (z {round(z, 2):g}): the points that lift leads to '{higher['level']}' do not predict conversion"
             )
     return findings

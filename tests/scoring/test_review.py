@@ -200,6 +200,18 @@ def test_no_finding_from_too_few_leads_or_a_difference_chance_explains() -> None
     assert review(MODEL, close)["findings"] == []
 
 
+def test_a_difference_is_a_finding_by_its_z_not_by_its_z_as_shown() -> None:
+    # 6 of 20 against 54 of 100: z -1.9596, shown -1.96, is short of 1.96 (two-sided p 0.0500).
+    every = ("careers", "webinar", "heavy week", "senior")
+    rule = many(20, 6, rules=("pricing", *every)) + many(100, 54, rules=every)
+    assert next(r["z"] for r in review(MODEL, rule)["rules"] if r["rule"] == "pricing") == -1.96
+    assert review(MODEL, rule)["findings"] == []
+    level = many(100, 54, level="mql", rules=("pricing", *every)) + many(20, 6, level="sql", rules=("pricing", *every))
+    assert review(MODEL, level)["findings"] == []
+    # 6 of 21 against 54 of 100 is beyond it: z -2.12.
+    assert [f[:26] for f in review(MODEL, many(21, 6, rules=("pricing", *every)) + many(100, 54, rules=every))["findings"]] == ["rule 'pricing' gives +10 p"]
+
+
 def test_rules_no_reviewed_lead_triggered_are_named() -> None:
     findings = review(MODEL, [lead("a", True, rules=("pricing", "careers", "senior", "gone rule"))])["findings"]
     assert findings == [
