@@ -206,7 +206,10 @@ def _reviews(
         present[event.lead_id] = None
         return _before_outcomes(event.lead_id, event.time_ms, outcomes, links)
 
-    run = apply_file(engine, events_path, err, keep=before_outcome)
+    # No sweeps of members' decay as the file's events come: they take it to the newest event's
+    # time, past a member's outcome, and decay is not undone; `explain` brings each lead to its
+    # own time (accounts, which sweeps move, are not reviewed).
+    run = apply_file(engine, events_path, err, keep=before_outcome, sweep_members=False)
     check_read(run, events_path)
     reviewed: dict[str, list[Reviewed]] = {model.name: [] for model in engine.models}
     # A rule of 0 points with a bonus pays by its bonus alone; one without is a rule set to 0

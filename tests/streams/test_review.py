@@ -489,3 +489,18 @@ def test_a_lead_is_in_the_tenth_of_its_exact_value_not_of_the_value_shown(tmp_pa
     (report,) = map(orjson.loads, out.getvalue().splitlines())
     assert [(band["from"], band["leads"]) for band in report["bands"] if band["leads"]] == [(10, 1), (20, 1)]
     assert report["bands"][2]["precision_at_or_above"] == 1.0
+
+
+def test_an_account_members_decay_is_not_taken_past_its_outcome(tmp_path: Path) -> None:
+    # acme's member ana asked for a demo (30 points, mql) and was won ten days later. The run's
+    # sweeps took members' decay as the file's later events came (ben's, 65 days on), so ana was
+    # judged on 0 points, nurture, decayed by 30 and 60 days idle after she was won.
+    events = write(tmp_path / "events.jsonl", [
+        {"event_id": "a", "lead_id": "ana", "type": "form_submit", "time": T0, "product": "b2b", "account_id": "acme",
+         "properties": {"form": "demo_request"}},
+        {"event_id": "b", "lead_id": "ben", "type": "webinar_attended", "time": T0 + 65 * DAY, "product": "b2b", "account_id": "acme"},
+    ])  # fmt: skip
+    (tmp_path / "outcomes.csv").write_text(f"lead_id,outcome,time\nana,won,{T0 + 10 * DAY}\nben,lost,\n")
+    b2b = b2b_report(events, tmp_path / "outcomes.csv")
+    assert [(row["level"], row["leads"], row["converted"]) for row in b2b["levels"]] == [("nurture", 1, 0), ("mql", 1, 1), ("sql", 0, 0)]
+    assert b2b["auc"] == 1.0
