@@ -504,3 +504,19 @@ def test_an_account_members_decay_is_not_taken_past_its_outcome(tmp_path: Path) 
     b2b = b2b_report(events, tmp_path / "outcomes.csv")
     assert [(row["level"], row["leads"], row["converted"]) for row in b2b["levels"]] == [("nurture", 1, 0), ("mql", 1, 1), ("sql", 0, 0)]
     assert b2b["auc"] == 1.0
+
+
+def test_refused_events_are_reported_for_the_reviewed_leads_only(tmp_path: Path) -> None:
+    # zed has no outcome: his events are not scored, so a type no model knows is not found in
+    # them; ana's is. A line that is not an event is reported whoever it would be of.
+    events = write(tmp_path / "events.jsonl", [
+        *SAAS_EVENTS,
+        {"event_id": "z", "lead_id": "zed", "type": "signupp", "time": T0, "product": "saas"},
+        {"event_id": "a", "lead_id": "ana", "type": "signupp", "time": T0 + MINUTE, "product": "saas"},
+        b"{broken",
+    ])  # fmt: skip
+    (tmp_path / "outcomes.csv").write_text("lead_id,outcome\nana,won\nben,lost\n")
+    err = io.StringIO()
+    assert review_files(MODELS_DIR, events, tmp_path / "outcomes.csv", frozenset({"won"}), 20, False, io.StringIO(), err) == 0
+    assert [line.split(": ")[1] for line in err.getvalue().splitlines()] == ["unknown_type", "bad_json"]
+    assert "'zed'" not in err.getvalue() and "'ana'" in err.getvalue()
