@@ -6,7 +6,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from sinks.base import Sink
-from streams.errors import ConfigError, ServiceError
+from streams.errors import ConfigError, ServiceError, redis_trouble
 from streams.settings import Settings
 
 if TYPE_CHECKING:
@@ -45,9 +45,10 @@ def build(name: str, settings: Settings) -> Sink[Any]:
             upgrade_version_keys(model.redis, model.prefix)
         except RedisError as exc:
             # Not started without it: a replay would not be checked against the keys it renames.
-            # Not the URL itself: redis://user:password@host holds a credential.
-            raise ServiceError(f"cannot reach Redis at LEADSTREAM_REDIS_URL ({exc}); the read model starts once it "
-                               "answers") from None
+            # Told as the other connectors tell it (runner.py): it said "cannot reach Redis ...; the
+            # read model starts once it answers" of a password Redis refused, and exited.
+            raise ServiceError(f"cannot start without Redis, where the read model is kept: "
+                               f"{redis_trouble(exc, settings.redis_url)}") from None
         return model
     raise ConfigError(f"unknown connector {name!r}: one of {', '.join(NAMES)}")
 

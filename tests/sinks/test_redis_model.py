@@ -19,6 +19,7 @@ from sinks.base import Position
 from sinks.errors import PermanentError, StaleError
 from sinks.redis_model import RedisModelSink, ScoreChange, entry_key, lead_key, leaderboard_key, start_over, version_key
 from sinks.runner import SinkRunner, group_id
+from streams.errors import ServiceError
 from streams.forgotten import Forgotten
 from streams.history import read_to_end
 from streams.processes import free_port
@@ -199,6 +200,25 @@ def test_leadstream_top_against_a_stalled_redis_fails_within_the_timeout(sink_se
     assert result.returncode == 1 and time.monotonic() - started < 4  # the timeout, and the CLI's start
     assert "cannot read the read model: Redis could not be reached (Timeout" in result.stderr
     assert "hunter2" not in result.stderr  # it printed the URL, password and all
+
+
+@pytest.mark.parametrize("password, told", [("wrong-pw", "Redis refused the password (or user) of LEADSTREAM_REDIS_URL"),
+                                             (None, "Redis requires a password, and LEADSTREAM_REDIS_URL gives none")])
+def test_a_read_model_whose_redis_refuses_its_password_says_so_and_never_shows_it(
+    sink_settings: Settings, tmp_path: Path, password: str | None, told: str
+) -> None:
+    # `sink redis` said "cannot reach Redis at LEADSTREAM_REDIS_URL (...); the read model starts
+    # once it answers", and exited: Redis had answered, refusing the password, and nothing waited.
+    server = RedisServer(tmp_path, password="s3cret-pw")
+    try:
+        url = server.url.replace("s3cret-pw", password) if password else server.url.replace(":s3cret-pw@", "")
+        with pytest.raises(ServiceError) as refused:
+            connectors.build("redis", sink_settings.with_overrides(redis_url=url))
+    finally:
+        server.stop()
+
+    assert str(refused.value).startswith(f"cannot start without Redis, where the read model is kept: {told}"), refused.value
+    assert "starts once it answers" not in str(refused.value) and "wrong-pw" not in str(refused.value)
 
 
 def test_leadstream_top_of_a_model_that_does_not_exist_says_so(sink_settings: Settings) -> None:
