@@ -121,14 +121,15 @@ class HubSpotSink(CrossingSink):
         # One read, before the update, of what it depends on: the stage sales may have moved the
         # record to (kept), and the owner of the deal and task.
         wanted = mapping.level_fields(item) + (["hubspot_owner_id"] if wants_owner else [])
-        current = self._read(target, ref, id_property, wanted) if wanted else {}
+        what = _what(target, ref, id_property, item)
+        current = self._read(target, ref, id_property, what, wanted) if wanted else {}
         kept = mapping.kept_fields(item, current)
         for name, value in kept.items():
             log.info("HubSpot %s: %s %r kept, not a value the mapping's levels set or replace (sales moved it there; "
                      "list it in the mapping's [replaces] for crossings to move it); "
-                     "the other properties are updated", _what(target, ref, id_property), name, value)
+                     "the other properties are updated", what, name, value)
         properties = {name: _text(value) for name, value in mapping.record_values(item, kept).items()}
-        record_id = self._update(target, item, ref, id_property, properties)
+        record_id = self._update(target, item, ref, id_property, what, properties)
         if not (wants_deal or wants_task):
             return
         owner = (task.owner if task else "") or current.get("hubspot_owner_id", "")
@@ -188,17 +189,16 @@ class HubSpotSink(CrossingSink):
             return _record_id(str(crossing.account_id), f"{source} (id_property = \"hs_object_id\")"), None
         return _unique_value(str(crossing.account_id), source), id_property
 
-    def _update(self, target: _Target, crossing: Crossing, ref: str, id_property: str | None, properties: dict[str, str]) -> str:
-        what = _what(target, ref, id_property)
+    def _update(self, target: _Target, crossing: Crossing, ref: str, id_property: str | None, what: str,
+                properties: dict[str, str]) -> str:
         if crossing.direction == "down" and properties.get("lifecyclestage"):
             # HubSpot refuses to move a lifecycle stage backwards unless it is cleared first
             # (record_values let through only a stage that the mapping's levels may replace).
             self._call(what, target.api.update, ref, {"properties": {"lifecyclestage": ""}}, id_property=id_property)
         return _id(what, self._call(what, target.api.update, ref, {"properties": properties}, id_property=id_property))
 
-    def _read(self, target: _Target, ref: str, id_property: str | None, names: list[str]) -> dict[str, str]:
+    def _read(self, target: _Target, ref: str, id_property: str | None, what: str, names: list[str]) -> dict[str, str]:
         """The record's values of its properties `names` (absent when it has none)."""
-        what = _what(target, ref, id_property)
         record = self._call(what, target.api.get_by_id, ref, properties=names, id_property=id_property)
         if record.properties is None:
             # A body that is not JSON, read as an empty model: not a record without these properties.
@@ -257,9 +257,16 @@ class HubSpotSink(CrossingSink):
             raise RetryableError(f"HubSpot {what}: malformed answer ({exc})") from None
 
 
-def _what(target: _Target, ref: str, id_property: str | None) -> str:
-    """The record, as errors and the log name it."""
-    return f"{target.name} {ref}" if id_property is None else f"{target.name} {id_property}={ref}"
+def _what(target: _Target, ref: str, id_property: str | None, crossing: Crossing) -> str:
+    """The record, as errors and the log name it. A contact found by e-mail is named by its
+    lead's id: the address is personal data, and these messages reach the log (at every retry
+    and dead letter) and dead letters' `detail`, which `leadstream forget` cannot erase; the
+    letter's `original` holds it for whoever must look the contact up."""
+    if id_property is None:
+        return f"{target.name} {ref}"
+    if id_property == "email":
+        return f"{target.name} by the email trait of lead {crossing.lead_id}"
+    return f"{target.name} {id_property}={ref}"
 
 
 def _record_id(value: str, source: str) -> str:

@@ -175,8 +175,10 @@ class SalesforceSink(CrossingSink):
                            "ORDER BY CreatedDate DESC LIMIT 1", crossing.email)
         lead_id = self._call("find Lead", lambda: _first_id(self.sf.query(soql)))
         if lead_id is None:
-            raise PermanentError(f"no unconverted Salesforce Lead has the email {crossing.email} "
-                                 f"(lead {crossing.lead_id}): create it, or add its salesforce_id trait")
+            # Not the address: personal data, and this reaches the log and the letter's `detail`,
+            # which `leadstream forget` cannot erase (the letter's `original` holds it).
+            raise PermanentError(f"no unconverted Salesforce Lead has the email trait of lead {crossing.lead_id}: "
+                                 "create it, or add its salesforce_id trait")
         return lead_id
 
     def _call(self, what: str, request: Callable[[], R]) -> R:
