@@ -214,6 +214,24 @@ def test_a_lead_looked_up_by_e_mail_is_named_by_its_id_in_the_log_and_its_letter
     assert not [line for line in logged if address in line]
 
 
+def test_a_connector_at_debug_logs_neither_the_records_it_reads_nor_the_dead_letters_it_writes(
+    sink_settings: Settings, hubspot: FakeHubSpot
+) -> None:
+    # kafka-python wrote each fetch answer and each message sent at DEBUG, bytes and all: with
+    # LEADSTREAM_LOG_LEVEL=debug, every crossing read and every dead letter written put the lead's
+    # traits (e-mail, phone, name) in the connector's log.
+    address, phone = "pat.doe@private.example", "+15550001111"
+    settings = sink_settings.with_overrides(hubspot_base_url=hubspot.url, log_level="debug")
+    produce(settings, [crossing(2, "sql", traits={"email": address, "phone": phone})])  # no contact has it
+    assert drain(HubSpotSink(settings), settings).dead_lettered == 1
+
+    result = leadstream(settings, "sink", "replay-dlq", "hubspot", check=False)  # reads the letter, writes it again
+
+    assert "1 dead-lettered again" in result.stdout, result.stderr[-2000:]
+    assert " DEBUG kafka.consumer.fetcher: " in result.stderr  # the clients' other debug lines are kept
+    assert address not in result.stderr and phone not in result.stderr
+
+
 def test_replay_with_drop_permanent_drops_the_letters_that_fail_for_good_and_the_depth_falls_to_0(
     sink_settings: Settings, hubspot: FakeHubSpot
 ) -> None:
