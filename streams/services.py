@@ -432,7 +432,10 @@ class Redis(Service):
         import redis
 
         try:
-            client = redis.Redis(host=self.endpoint.host, port=self.endpoint.port, socket_timeout=1, socket_connect_timeout=1)
+            # With the URL's password (and TLS, rediss://): a Redis that asks for one refused a bare
+            # PING, so `up` called one of the user's own "taken by another process" and `status` said
+            # it did not answer.
+            client = redis.Redis.from_url(self.settings.redis_url, socket_timeout=1, socket_connect_timeout=1)
             try:
                 return bool(client.ping())
             finally:

@@ -164,6 +164,25 @@ def test_a_pid_file_whose_pid_another_program_has_now_is_not_taken_for_ours(tmp_
         other.wait()
 
 
+def test_a_redis_of_the_user_s_own_that_asks_for_the_url_s_password_is_used_not_called_a_stranger(tmp_path: Path) -> None:
+    # `answers` pinged without the password of LEADSTREAM_REDIS_URL: `up` said the port "is taken by
+    # another process (not one `leadstream services up` started); stop it or set LEADSTREAM_REDIS_URL
+    # to another port", and `status` that it did not answer, of a Redis every command could use.
+    from tests.sinks.conftest import RedisServer
+
+    guarded = RedisServer(tmp_path, password="s3cret-pw")
+    try:
+        settings = own_services(tmp_path, free_port(), free_port()).with_overrides(redis_url=guarded.url)
+        redis = services.Redis(settings)
+
+        assert redis.up() == (f"redis: not started from {settings.services_dir} (LEADSTREAM_SERVICES_DIR), but "
+                              f"127.0.0.1:{guarded.port} answers: using it")
+        assert redis.status().endswith(f"but 127.0.0.1:{guarded.port} answers")
+        assert redis.pid() is None
+    finally:
+        guarded.stop()
+
+
 def test_a_broker_that_fails_to_start_is_explained_from_its_own_log(tmp_path: Path) -> None:
     """The broker logs through log4j to server.log, not to its output: the cause is read there,
     and only from what this start wrote."""
