@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 
 from scoring.errors import LeadstreamError
 from sinks.connectors import NAMES as SINK_NAMES
-from streams.kafka_clients import keep_records_out_of_the_log
+from streams.log_redaction import leave_out_what_must_not_be_logged
 from streams.settings import PROJECT_ROOT, Settings, describe, unknown_variables
 
 Handler = Callable[[argparse.Namespace, Settings], int]
@@ -340,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    keep_records_out_of_the_log()  # before any command logs: personal data in records
+    leave_out_what_must_not_be_logged()  # before any command logs: records and URLs hold personal data and secrets
     for warning in unknown_variables(os.environ):
         print(f"leadstream {args.command}: warning: {warning}", file=sys.stderr)
     try:

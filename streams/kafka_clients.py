@@ -7,7 +7,6 @@ then fail with a ServiceError naming the address and the setting.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Collection, Iterable
 from typing import Any, Callable, TypeVar
 
@@ -18,28 +17,6 @@ C = TypeVar("C")
 
 #: kafka-python's default: it closes a connection idle this long.
 CONNECTIONS_MAX_IDLE_MS = 9 * 60 * 1000
-
-#: The Kafka clients' loggers that write records' keys and values at DEBUG: each request and answer
-#: as it went on the wire (kafka-python's protocol parser and connections, aiokafka's connections),
-#: each message sent (both producers), fetched crossings and dead letters among them.
-RECORD_LOGGERS = ("kafka.protocol.parser", "kafka.net.connection", "kafka.producer.kafka", "kafka.producer.sender",
-                  "aiokafka.conn", "aiokafka.producer.producer")
-
-
-def keep_records_out_of_the_log() -> None:
-    """Those loggers' DEBUG lines are dropped, whatever LEADSTREAM_LOG_LEVEL: at debug, a connector
-    logged each crossing it read, the lead's e-mail, phone and name with it, and each dead letter it
-    wrote, in a log `leadstream forget` cannot reach. A filter, not a level: their INFO lines still
-    follow the setting (warning leaves them out). The clients' other DEBUG lines (fetch positions,
-    group membership, metadata) stay."""
-    for name in RECORD_LOGGERS:
-        logger = logging.getLogger(name)
-        if _above_debug not in logger.filters:
-            logger.addFilter(_above_debug)
-
-
-def _above_debug(record: logging.LogRecord) -> bool:
-    return record.levelno > logging.DEBUG
 
 
 def open_client(settings: Settings, client: Callable[..., C], **config: Any) -> C:

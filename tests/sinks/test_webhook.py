@@ -278,6 +278,26 @@ def test_messages_name_the_receiver_without_the_secret_part_of_its_url(sink_sett
     assert [d for d in details if f"webhook {webhook.url}/...: redirected (HTTP 308) to https://hooks.example/...: set " in d]
 
 
+def test_the_secret_part_of_the_hook_s_url_is_in_no_line_of_a_connector_at_debug(
+    sink_settings: Settings, webhook: WebhookReceiver
+) -> None:
+    # urllib3 logs each request's path and query at DEBUG: with LEADSTREAM_LOG_LEVEL=debug, every
+    # delivery wrote `"POST /hooks/T0001/B0002/s3cr3tT0k3n?key=abc HTTP/1.1" 200` to the log.
+    settings = sink_settings.with_overrides(webhook_url=webhook.url + "/hooks/T0001/B0002/s3cr3tT0k3n?key=abc",
+                                            log_level="debug")
+    webhook.inject("status", status=500, count=100)  # dead-lettered in-process, retries and all
+    produce(settings, [crossing(1, "mql")])
+    assert drain(WebhookSink(settings), settings).dead_lettered == 1
+    webhook.faults.clear()
+
+    result = leadstream(settings, "sink", "replay-dlq", "webhook", check=False)  # delivers it, at debug
+
+    assert "1 delivered" in result.stdout, result.stderr[-2000:]
+    assert len(webhook.requests_to("POST", "/hooks/")) > 1
+    assert " DEBUG kafka.consumer.fetcher: " in result.stderr  # debug lines are there
+    assert "s3cr3t" not in result.stderr and "T0001" not in result.stderr
+
+
 def test_an_answer_with_a_header_line_urllib3_cannot_parse_is_logged_without_the_secret_path(
     sink_settings: Settings, webhook: WebhookReceiver, caplog: pytest.LogCaptureFixture
 ) -> None:
