@@ -42,13 +42,13 @@ _TOML_HINTS = (
 _TOML_LINE = re.compile(r"at line (\d+), column \d+")
 
 
-def toml_problem(exc: Exception, text: str) -> str:
-    """tomllib's error, the line it names quoted, and what to write instead when the mistake is
-    a usual one."""
+def toml_problem(exc: Exception, text: str, quote: bool = True) -> str:
+    """tomllib's error, the line it names quoted (unless `quote` is false: a file of secrets),
+    and what to write instead when the mistake is a usual one."""
     problem = str(exc)
     line = _TOML_LINE.search(problem)
     lines = text.splitlines()
-    if line is not None and 0 < int(line.group(1)) <= len(lines):
+    if quote and line is not None and 0 < int(line.group(1)) <= len(lines):
         written = lines[int(line.group(1)) - 1].strip()
         problem += f": {written[:120]!r}" + (" ..." if len(written) > 120 else "")
     for starts, hint in _TOML_HINTS:

@@ -194,7 +194,8 @@ def _sources_from_file(path: Path) -> dict[str, Source]:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path} is {not_utf8(exc)}") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path} is not valid TOML: {toml_problem(exc, text)}") from None
+        # Its line not quoted: it holds write keys, and this message is logged.
+        raise ConfigError(f"{path} is not valid TOML: {toml_problem(exc, text, quote=False)}") from None
     except RecursionError:  # tomllib reads nested arrays and tables recursively
         raise ConfigError(f"{path} is not valid TOML: arrays or tables nested deeper than can be read") from None
     sources = document.get("sources")
@@ -223,7 +224,11 @@ def _known_keys_only(table: dict[str, Any], allowed: tuple[str, ...], where: str
     counted the source's events unrouted."""
     for key in table:
         if key not in allowed:
-            raise ConfigError(f"{where}: unknown key `{key}`{did_you_mean(key, allowed)} (allowed: {', '.join(allowed)})")
+            # Shown only when it is a misspelling of an allowed one: else it may be a write key
+            # written as the inline pairs are (`wk_site = "website"`), and this message is logged.
+            hint = did_you_mean(key, allowed)
+            named = f"`{key}`{hint}" if hint else "(not shown: it may be a write key)"
+            raise ConfigError(f"{where}: unknown key {named} (allowed: {', '.join(allowed)})")
 
 
 def _add_key(keys: dict[str, Source], key: str, source: Source, where: str) -> None:

@@ -539,6 +539,12 @@ def test_write_keys_from_a_sources_file(tmp_path: Path) -> None:
         ("sources.toml", '[sources.a]\nwrite_keys = ["k1"]\nprodcut = "b2b"\n',
          r"sources.toml \[sources.a\]: unknown key `prodcut` \(did you mean product\?\) \(allowed: write_keys, product\)"),
         ("sources.toml", '[sources.a]\nwrite_keys = ["k1"]\n[source.b]\nwrite_keys = ["k2"]\n', r"sources.toml: unknown key `source` \(did you mean sources\?\)"),
+        # The file's line was quoted, keys and all; and a key written as an inline pair was named.
+        ("sources.toml", '[sources.web]\nwrite_keys = ["Zm9vYmFy1", Zm9vYmFy2"]\n',
+         r"not valid TOML: Invalid value \(at line 2, column \d+\) \(texts"),
+        ("sources.toml", '[sources.web]\nwrite_keys = ["k"]\nZm9vYmFy3 = "web"\n',
+         r"\[sources.web\]: unknown key \(not shown: it may be a write key\) \(allowed: write_keys, product\)"),
+        ("sources.toml", 'Zm9vYmFy4 = "web"\n[sources.web]\nwrite_keys = ["k"]\n', r"sources.toml: unknown key \(not shown"),
     ],
 )
 def test_bad_write_key_configuration_says_what_to_fix(tmp_path: Path, spec: str, file_text: str | None, message: str) -> None:
