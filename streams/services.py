@@ -506,7 +506,10 @@ def _size(path: Path) -> int:
 
 
 def _check_disk(path: Path) -> None:
-    path.mkdir(parents=True, exist_ok=True)
+    # The services directory, made by the first service prepared: its owner's alone. Kafka's log
+    # segments (every event, trait and crossing), Redis's append-only file and the processes' logs
+    # were readable by every user of the machine (directories 755, files 644).
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
     free = shutil.disk_usage(path).free
     if free < MIN_FREE_DISK_BYTES:
         raise ServiceError(f"disk full: only {free // (1024 * 1024)} MiB free under {path}; free some space")

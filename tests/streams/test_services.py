@@ -183,6 +183,20 @@ def test_a_redis_of_the_user_s_own_that_asks_for_the_url_s_password_is_used_not_
         guarded.stop()
 
 
+def test_the_services_directory_up_makes_is_its_owner_s_alone(tmp_path: Path) -> None:
+    # 755, as the umask left it: every user of the machine could read Kafka's log segments (every
+    # event and trait) and Redis's append-only file under it.
+    settings = own_services(tmp_path, free_port(), free_port())
+    umask = os.umask(0o022)
+    try:
+        redis = services.Redis(settings)
+        assert redis.up().startswith("redis: started")
+        redis.down()
+    finally:
+        os.umask(umask)
+    assert settings.services_dir.stat().st_mode & 0o777 == 0o700
+
+
 def test_a_broker_that_fails_to_start_is_explained_from_its_own_log(tmp_path: Path) -> None:
     """The broker logs through log4j to server.log, not to its output: the cause is read there,
     and only from what this start wrote."""
