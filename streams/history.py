@@ -39,6 +39,7 @@ an envelope keeps its other leads' events, as their producer wrote them.
 from __future__ import annotations
 
 import heapq
+import os
 import sys
 import time
 from collections import deque
@@ -325,7 +326,10 @@ def history_file(settings: Settings, path: Path, topics: list[str] | None = None
     if str(path) == "-":
         return write_history(settings, sys.stdout.buffer, topics)
     try:
-        handle = path.open("wb")
+        # Its owner's alone, whatever the umask: it holds every lead's traits (e-mails, names,
+        # phones), and was written 644, readable by every user of the machine. A file that exists
+        # keeps its mode.
+        handle = os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
     except OSError as exc:
         raise InputError(f"cannot write {path}: {exc.strerror}") from None
     with handle:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import os
 import time
 import uuid
 from dataclasses import replace
@@ -116,6 +117,23 @@ def test_a_topic_named_twice_is_read_once(isolated: Settings) -> None:
     assert write_history(isolated, out, [isolated.topic_events, isolated.topic_events], err) == 0
     assert len(out.getvalue().splitlines()) == 3
     assert err.getvalue().splitlines() == [f"{isolated.topic_events}: wrote 3 messages"]
+
+
+def test_the_file_is_its_owner_s_alone_as_it_holds_the_leads_traits(isolated: Settings, tmp_path: Path) -> None:
+    # Written as the umask left it (644): every user of the machine could read every lead's e-mail.
+    producer = open_producer(isolated)
+    try:
+        produce(producer, isolated.topic_events, ((e["lead_id"], orjson.dumps(e)) for e in SAAS_EVENTS[:3]), 1, partitions=isolated.partitions)
+    finally:
+        producer.close()
+    out = tmp_path / "history.jsonl"
+    umask = os.umask(0o022)  # the child's, as a shell gives it
+    try:
+        leadstream(isolated, "history", "--out", str(out))
+    finally:
+        os.umask(umask)
+    assert len(out.read_bytes().splitlines()) == 3
+    assert out.stat().st_mode & 0o777 == 0o600
 
 
 def test_a_topic_that_does_not_exist_is_a_one_line_error(isolated: Settings, tmp_path: Path) -> None:
