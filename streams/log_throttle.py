@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import re
 import time
 from typing import Callable
 
@@ -102,11 +103,52 @@ def on_one_line(record: logging.LogRecord, left_out: int) -> None:
 
 _KAFKA_RETRIES = KafkaRetries()
 
+#: kafka-python (3.0) times each step of the tasks of its IO thread by the wall clock and warns of
+#: one over 0.1 s as "likely a tight sync loop inside a coroutine". Its tasks are its own; in our
+#: processes such a step is mostly its thread waiting for the GIL, which a connector's delivery
+#: threads, a worker's scoring of a batch (it holds the event loop 1-5 s) and a busy machine keep
+#: from it: in a 40-minute soak each connector said it 1-2 times a minute, the only WARNING lines of
+#: a connector with nothing wrong (no lag, retry or rebalance), steps of 0.10-0.90 s. Steps from
+#: SLOW_STEP_S are still said, at most once every LOG_INTERVAL_S: a second is a third of the
+#: group's heartbeat interval.
+SLOW_STEP_S = 1.0
+SLOW_STEP_LOGGER = "kafka.net.selector"
+_SLOW_STEP = re.compile(r"Task .* ran for (\d+(?:\.\d+)?)s \(>")
+
+
+class SlowSteps(logging.Filter):
+    """kafka-python's slow-step warnings: those under SLOW_STEP_S only at debug level (as DEBUG
+    lines), the others at most once every LOG_INTERVAL_S, saying how many were left out."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self._throttle = Throttle(clock=clock)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        step = _SLOW_STEP.match(str(record.msg))
+        if step is None:
+            return True
+        if float(step.group(1)) < SLOW_STEP_S:
+            if not logging.getLogger(record.name).isEnabledFor(logging.DEBUG):
+                return False
+            record.levelno, record.levelname = logging.DEBUG, logging.getLevelName(logging.DEBUG)
+            return True
+        left_out = self._throttle.due()
+        if left_out is None:
+            return False
+        on_one_line(record, left_out)
+        return True
+
+
+_SLOW_STEPS = SlowSteps()
+
 
 def throttle_kafka_retries() -> None:
-    """Said by each long-running process (the collector, the worker, the connectors) before it connects."""
+    """Said by each long-running process (the collector, the worker, the connectors) before it
+    connects; kafka-python's slow steps are left to SlowSteps."""
     for name in KAFKA_RETRIES:  # a logger's filters see only its own records, not its children's
         logging.getLogger(name).addFilter(_KAFKA_RETRIES)  # once: it is one object
+    logging.getLogger(SLOW_STEP_LOGGER).addFilter(_SLOW_STEPS)
 
 
 def out_of_files(exc: BaseException) -> bool:

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import errno
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from kafka.net.selector import NetworkSelector
 
 from scoring import ModelError
 from scoring.model import load_model
-from streams.log_throttle import KAFKA_RETRIES, LOG_INTERVAL_S, KafkaRetries, OutOfFiles, Throttle, throttle_kafka_retries
+from streams.log_throttle import (KAFKA_RETRIES, LOG_INTERVAL_S, SLOW_STEP_LOGGER, SLOW_STEP_S, KafkaRetries, OutOfFiles,
+                                 SlowSteps, Throttle, throttle_kafka_retries)
 
 
 class FakeClock:
@@ -187,3 +190,65 @@ def test_a_task_out_of_open_files_says_so_once_an_interval_and_leaves_other_erro
     assert len(lines) == 2 and all(line.startswith("looking for edits not done, out of open files") for line in lines), lines
     assert "LimitNOFILE" in lines[0] and lines[1].endswith("(2 more such lines left out since the last)"), lines
     assert all(record.exc_info is None for record in caplog.records)
+def _step_of(seconds: float) -> None:
+    """One step of a task of kafka-python's IO loop (the loop a connector's consumer runs) that takes `seconds`."""
+    selector = NetworkSelector()
+
+    async def step() -> None:
+        time.sleep(seconds)  # the step's thread held up, as by the GIL another thread holds
+
+    selector.run(step)
+
+
+def test_kafka_pythons_warning_of_a_step_under_a_second_is_not_said(caplog: pytest.LogCaptureFixture) -> None:
+    """A soak's connectors logged 1-2 a minute at WARNING, steps of 0.10-0.90 s, with nothing wrong."""
+    throttle_kafka_retries()
+    caplog.set_level(logging.INFO, logger=SLOW_STEP_LOGGER)
+    _step_of(0.25)
+    assert [r for r in caplog.records if r.name == SLOW_STEP_LOGGER] == []
+
+
+def test_at_debug_level_a_short_step_is_a_debug_line(caplog: pytest.LogCaptureFixture) -> None:
+    throttle_kafka_retries()
+    caplog.set_level(logging.DEBUG, logger=SLOW_STEP_LOGGER)
+    _step_of(0.25)
+    said = [r for r in caplog.records if r.name == SLOW_STEP_LOGGER and "ran for" in r.getMessage()]
+    assert [r.levelname for r in said] == ["DEBUG"]
+
+
+@pytest.fixture
+def slow_steps() -> Iterator[FakeClock]:
+    """kafka-python's selector logger with a SlowSteps of its own on a fake clock (the installed one set aside)."""
+    clock = FakeClock()
+    logger = logging.getLogger(SLOW_STEP_LOGGER)
+    installed = [f for f in logger.filters if isinstance(f, SlowSteps)]
+    for existing in installed:
+        logger.removeFilter(existing)
+    own = SlowSteps(clock)
+    logger.addFilter(own)
+    yield clock
+    logger.removeFilter(own)
+    for existing in installed:
+        logger.addFilter(existing)
+
+
+def test_a_step_of_a_second_or_more_is_said_once_an_interval(slow_steps: FakeClock, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger=SLOW_STEP_LOGGER)
+    _step_of(SLOW_STEP_S + 0.05)
+    logger = logging.getLogger(SLOW_STEP_LOGGER)
+    for _ in range(3):  # as kafka-python says it: formatted, without arguments
+        logger.warning("Task <kafka.net.selector.Task object at 0x7f> ran for 1.500s (>0.100s threshold). It is blocking")
+    slow_steps.now_s += LOG_INTERVAL_S
+    logger.warning("Task <kafka.net.selector.Task object at 0x7f> ran for 2.000s (>0.100s threshold). It is blocking")
+    logger.warning("Task %r left RUNNING after step; demoting to UNSCHEDULED", "t")  # its other warnings are said
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == SLOW_STEP_LOGGER]
+    assert [level for level, _ in said] == ["WARNING"] * 3
+    assert "ran for 1.0" in said[0][1]
+    assert said[1][1].endswith("ran for 2.000s (>0.100s threshold). It is blocking (3 more such lines left out since the last)")
+    assert said[2][1] == "Task 't' left RUNNING after step; demoting to UNSCHEDULED"
+
+
+def test_the_filter_of_kafka_pythons_slow_steps_is_installed_once() -> None:
+    throttle_kafka_retries()
+    throttle_kafka_retries()
+    assert sum(isinstance(f, SlowSteps) for f in logging.getLogger(SLOW_STEP_LOGGER).filters) == 1
