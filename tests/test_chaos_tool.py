@@ -4,14 +4,19 @@ chaos run report differences that are not there, or hide ones that are."""
 
 from __future__ import annotations
 
+import argparse
 import random
+import shutil
+import time
 from dataclasses import replace
 from pathlib import Path
+
+import pytest
 
 from scoring import Engine
 from scoring.decay import HalfLifeDecay
 from streams.settings import Settings
-from tests.chaos import HalfLifeRun, as_forgotten, edited_models, to_forget
+from tests.chaos import HalfLifeRun, Run, as_forgotten, edited_models, to_forget
 from tests.infra import write_jsonl
 
 
@@ -69,3 +74,43 @@ def test_a_half_life_account_is_the_roll_up_of_its_members_each_valued_at_its_ow
     run = HalfLifeRun.of(Settings.from_env().namespaced("chaos-tool", models_dir=models), write_jsonl(tmp_path / "e.jsonl", events), events)
     assert run.account_scores(set()) == {"b2b:account/acme": (30, 2)}  # 15 + 15, not 7.5 + 15 at the newest event
     assert run.account_scores({"l1"}) == {}
+
+
+class _Starting:
+    """A worker process that runs, and answers ready once the monotonic clock is at `ready_at`."""
+
+    def __init__(self, ready_at: float) -> None:
+        self.proc, self.ready_at = self, ready_at
+
+    def poll(self) -> None:
+        return None
+
+    def ready(self) -> bool:
+        return time.monotonic() >= self.ready_at
+
+
+def _run_of_starting_workers(ready_in_s: float, timeout_s: float) -> tuple[Run, float]:
+    run = Run(argparse.Namespace(seed=1, remember_events=None, half_life=None, actions=3, chaos_s=0.3, settle_timeout_s=timeout_s))
+    shutil.rmtree(run.workdir)
+    ready_at = time.monotonic() + ready_in_s
+    for slot in run.slots[:2]:
+        slot.process = _Starting(ready_at)  # type: ignore[assignment]
+    return run, ready_at
+
+
+def test_each_action_waits_until_a_worker_is_ready(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An action before any worker is ready stops only workers that have read nothing: under
+    load a whole run's actions were over before either worker was ready (`Run.chaos`)."""
+    run, ready_at = _run_of_starting_workers(ready_in_s=1.5, timeout_s=30)
+    ready_when_taken: list[bool] = []
+    monkeypatch.setattr(run, "act", lambda: ready_when_taken.append(time.monotonic() >= ready_at))
+    run.chaos()
+    assert ready_when_taken == [True, True, True]
+    assert run.waited_s > 0
+
+
+def test_actions_stop_the_run_when_no_worker_is_ever_ready(monkeypatch: pytest.MonkeyPatch) -> None:
+    run, _ = _run_of_starting_workers(ready_in_s=3600, timeout_s=1)
+    monkeypatch.setattr(run, "act", lambda: pytest.fail("an action with no worker ready"))
+    with pytest.raises(TimeoutError, match="no worker was ready within 1 s"):
+        run.chaos()
