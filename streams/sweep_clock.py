@@ -19,10 +19,14 @@ reading it (9,557 lead crossings against 7,616 of `leadstream score`). A worker 
 reads events moments after they happen, so that is its clock less those moments, and idle leads
 decay on time; a backlog of old events keeps its own time, running on only for the pauses
 between its parts. While a partition's records are read long after they were appended (a worker
-catching up after downtime) its clock is the newest event time alone: the time since the append
-says nothing of the events still to read. A partition with nothing read for QUIET_MS is swept to
-the worker's clock: a backlog's decay then comes to the present, as `leadstream score --at`
-brings it, and so does a quiet partition's whose newest event was old when appended.
+catching up after downtime), and after it until it is quiet, its clock is the newest event time
+alone: the time since the append says nothing of the events still to read, nor, once caught up,
+of a pause, where a producer stamped its records with the events' own times (Kafka Streams,
+Flink and Kafka Connect may; a backlog then looks appended days ago: run on from that once
+caught up for HANDED_WITHIN_MS, its leads were swept to the present between two parts 15 s
+apart). A partition with nothing read for QUIET_MS is swept to the worker's clock: a backlog's
+decay then comes to the present, as `leadstream score --at` brings it, and so does a quiet
+partition's whose newest event was old when appended.
 
 A partition not read since it was assigned (at start, or by a rebalance, which takes every
 partition's clock away) is not swept before QUIET_MS from the assignment either. Its previous
@@ -114,6 +118,11 @@ class SweepClocks:
         quiet_ms = wall_ms - read.read_wall_ms
         if quiet_ms >= QUIET_MS or not read.appended_ms:  # no timestamps: nothing to run the clock on from
             return now_ms
-        if read.behind and quiet_ms < HANDED_WITHIN_MS:
-            return min(read.event_ms, now_ms)  # catching up: more may wait, as old as the last read
+        if read.behind:
+            # Catching up: more may wait, as old as the last read. Caught up, its records'
+            # timestamps still do not tell how long the partition's producer has been silent:
+            # one that stamps them with the events' times (Kafka Streams, Flink, Kafka Connect
+            # may) makes a backlog look appended days ago, and run on from that 10 s into a pause
+            # between two of its parts, the clock brought their leads to the present.
+            return min(read.event_ms, now_ms)
         return min(now_ms, read.event_ms + max(0, wall_ms - read.appended_ms))

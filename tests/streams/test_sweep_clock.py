@@ -54,7 +54,15 @@ def clocks_after(*reads: tuple[int, int, int]) -> SweepClocks:
     # Catching up after downtime: records appended an hour before they were read. More may
     # wait, as old as the last: the newest event time alone, until the partition is quiet.
     ("catching up", [(NOW - 3_600_000, NOW - 3_600_000, NOW - 1_000)], NOW, NOW - 3_600_000),
-    ("caught up, quiet since", [(NOW - 3_600_000, NOW - 3_600_000, NOW - HANDED_WITHIN_MS)], NOW, NOW),
+    ("caught up, quiet for less than QUIET_MS", [(NOW - 3_600_000, NOW - 3_600_000, NOW - HANDED_WITHIN_MS)], NOW, NOW - 3_600_000),
+    ("caught up, quiet since", [(NOW - 3_600_000, NOW - 3_600_000, NOW - QUIET_MS)], NOW, NOW),
+    # A producer that stamps its records with the events' own times (Kafka Streams, Flink and
+    # Kafka Connect may): a backlog 10 days old looks appended 10 days ago, so the time since says
+    # nothing of the pause before its next part. Run on from it once read 10 s before, its leads
+    # were decayed to the present within a pause shorter than QUIET_MS.
+    ("a backlog stamped with its events' times, in a pause", [(NOW - 10 * DAY, NOW - 10 * DAY, NOW - 15_000)], NOW, NOW - 10 * DAY),
+    ("a backlog stamped with its events' times, quiet since", [(NOW - 10 * DAY, NOW - 10 * DAY, NOW - QUIET_MS)], NOW, NOW),
+    ("live events stamped with their own times", [(NOW - 300, NOW - 300, NOW - 200)], NOW, NOW),
     ("no Kafka timestamps", [(NOW - 10 * DAY, 0, NOW - 1_000)], NOW, NOW),
     ("an event ahead of the clock", [(NOW + 60_000, NOW - 1_000, NOW - 500)], NOW, NOW),
 ])
@@ -119,13 +127,16 @@ ladder = [{ level = "mql", at = 25 }, { level = "sql", at = 50 }]
 """
 
 
-@pytest.mark.parametrize("taken_over", [False, True])
-def test_a_backlog_read_in_parts_with_sweeps_between_crosses_as_leadstream_score_does(tmp_path: Path, taken_over: bool) -> None:
+@pytest.mark.parametrize(("taken_over", "stamped"), [(False, False), (True, False), (False, True)])
+def test_a_backlog_read_in_parts_with_sweeps_between_crosses_as_leadstream_score_does(tmp_path: Path, taken_over: bool, stamped: bool) -> None:
     """The sweep between the parts valued the lead at the wall clock: down to nurture at day
     5.8, so its demo of day 4 came behind it and took it to mql, where in time order the demo
     took it from mql to sql (other crossings, under other ids). Taken over between the parts
     (a rebalance: revoked, restored, assigned again), its partition was swept to the wall clock
-    once the consumer had had HANDED_WITHIN_MS to hand what waited there, within the pause."""
+    once the consumer had had HANDED_WITHIN_MS to hand what waited there, within the pause.
+    `stamped`: the records carry their events' times as Kafka timestamps (a producer such as
+    Kafka Streams or Flink): the clock ran on from those, to the present, once the partition had
+    had nothing to read for HANDED_WITHIN_MS."""
     wall = int(time.time() * 1000)
     start = wall - 12 * DAY
     lead, partitions = "ann", 4
@@ -138,7 +149,7 @@ def test_a_backlog_read_in_parts_with_sweeps_between_crosses_as_leadstream_score
 
     async def parts() -> None:
         for offset, event in enumerate(events):  # each part sent just now, and swept after
-            appended = int(time.time() * 1000)
+            appended = event["time"] if stamped else int(time.time() * 1000)
             await scorer.process([Consumed(settings.topic_events, partition, offset, lead.encode(),
                                            orjson.dumps(event), timestamp_ms=appended)])
             await scorer.decay_due(scorer.now_ms())
@@ -244,3 +255,22 @@ def test_a_worker_joining_between_two_parts_of_a_backlog_leaves_them_crossed_as_
         assert_crossed_as_leadstream_score_does(settings, parts, tmp_path)
     finally:
         second.stop()
+
+
+def test_a_worker_fed_a_backlog_stamped_with_its_events_times_crosses_as_leadstream_score_does(
+    isolated: Settings, worker: Callable[..., WorkerProcess], tmp_path: Path
+) -> None:
+    """On the real broker, records whose Kafka timestamps are their events' times (a producer
+    such as Kafka Streams or Flink): caught up on the first part, 13 days old by those
+    timestamps, the worker ran the partitions' clocks on from them once it had had nothing to
+    read for HANDED_WITHIN_MS, and swept every lead to the present within the pause."""
+    settings, parts = half_life_backlog(isolated, tmp_path)
+    parts = parts[:2]
+    worker(settings)
+    send(settings, parts[0], appended_at_event_times=True)
+    wait_caught_up(settings)
+    time.sleep((HANDED_WITHIN_MS + 3_000) / 1000)  # caught up, in a pause shorter than QUIET_MS: sweeps ran
+    send(settings, parts[1], appended_at_event_times=True)
+    wait_caught_up(settings)
+    time.sleep(2.5)
+    assert_crossed_as_leadstream_score_does(settings, parts, tmp_path)
