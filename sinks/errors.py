@@ -4,7 +4,7 @@ A connector raises `RetryableError` when trying again later can succeed (429, 5x
 connection errors, malformed answers) and `PermanentError` when it cannot (4xx other than 429, a
 contact that does not exist, a record that is not a crossing): the runner retries the first with
 backoff and dead-letters the second; `OutcomeUnknown`, a retryable timeout, tells a step that
-creates a record to look for it a while before creating it again. `CredentialsError` (401) is about the connector, not the
+creates a record to look for it a while before creating it again. `CredentialsError` (401; HubSpot's 403 for a scope the token lacks) is about the connector, not the
 message: every delivery would fail the same way, so the runner dead-letters nothing for it and
 holds its place until the credentials work (a message that fails before any request, for good, is
 dead-lettered as ever). `StaleError` sets aside a replayed item that newer ones
@@ -51,8 +51,9 @@ class PermanentError(SinkError):
 
 
 class CredentialsError(SinkError):
-    """The service refused the connector's credentials (HTTP 401): no message can be delivered until
-    an operator fixes them, so none is dead-lettered for it meanwhile."""
+    """The service refused the connector's credentials (HTTP 401, or HubSpot's 403 for a scope the
+    token lacks): no message can be delivered until an operator fixes them, so none is dead-lettered
+    for it meanwhile."""
 
 
 class StaleError(SinkError):

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, TypeVar
 
+import orjson
 import urllib3
 from hubspot import Client
 from hubspot.crm.companies import ApiException as CompaniesApiException
@@ -42,7 +43,7 @@ from hubspot.crm.deals import ApiException as DealsApiException
 from hubspot.crm.objects.tasks import ApiException as TasksApiException
 
 from sinks.base import UNKEPT_TRAITS, Crossing, CrossingSink, Steps
-from sinks.errors import OutcomeUnknown, PermanentError, RetryableError, for_status
+from sinks.errors import CredentialsError, OutcomeUnknown, PermanentError, RetryableError, for_status
 from sinks.http import Deadline, watched
 from sinks.mapping import AccountMapping, Mapping, load_mapping
 from sinks.ratelimit import limiter_for
@@ -246,6 +247,11 @@ class HubSpotSink(CrossingSink):
                 raise PermanentError(f"HubSpot {what}: not found (404): {_body(exc)}") from None
             if status == 0:  # the client's wrapper of a TLS or protocol failure
                 raise RetryableError(f"HubSpot {what}: {exc.reason}") from None
+            if status == 403 and (scopes := _missing_scopes(_body(exc))) is not None:
+                raise CredentialsError(
+                    f"HubSpot {what}: HTTP 403 MISSING_SCOPES: the private app of LEADSTREAM_HUBSPOT_ACCESS_TOKEN lacks "
+                    f"{'one of the scopes ' + ', '.join(scopes) if scopes else 'a scope this call needs'}: grant it in "
+                    "HubSpot (the private app's Scopes); the connector goes on once HubSpot takes its calls") from None
             raise for_status(status, f"HubSpot {what}", _body(exc), dict(exc.headers or {}),
                              "LEADSTREAM_HUBSPOT_ACCESS_TOKEN") from None
         except urllib3.exceptions.HTTPError as exc:
@@ -300,6 +306,26 @@ def _text(value: Any) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)
+
+
+def _missing_scopes(body: str) -> list[str] | None:
+    """The scopes a 403 says the token lacks (its `requiredGranularScopes`, maybe none named), or
+    None when the 403 is not HubSpot's MISSING_SCOPES.
+
+    A scope taken from the private app (or never granted) refuses every call that needs it, whatever
+    the crossing: dead-lettered as the message's fault, the whole stream went to the dead-letter
+    topic while the connector answered ready. So it is held as a refused token is (CredentialsError).
+    """
+    try:
+        answer = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(answer, dict) or answer.get("category") != "MISSING_SCOPES":
+        return None
+    errors = answer.get("errors")
+    contexts = [e.get("context") for e in errors if isinstance(e, dict)] if isinstance(errors, list) else []
+    named = [context.get("requiredGranularScopes") for context in contexts if isinstance(context, dict)]
+    return [scope for scopes in named if isinstance(scopes, list) for scope in scopes if isinstance(scope, str)]
 
 
 def _body(exc: Exception) -> str:

@@ -5,7 +5,8 @@ Endpoints (paths, status codes and bodies as HubSpot documents them):
 - PATCH /crm/v3/objects/{contacts,companies}/{id}[?idProperty=...]  {"properties"}  200 | 400 | 404
 - POST  /crm/v3/objects/{deals,tasks}  {"properties", "associations"}    201 | 400
 - POST  /crm/v3/objects/{deals,tasks}/search  {"filterGroups", ...}      200
-Every call needs `Authorization: Bearer <token>` (401 otherwise). Properties must exist
+Every call needs `Authorization: Bearer <token>` (401 otherwise), and the token the scope of its
+object and method, `scopes` (403 MISSING_SCOPES otherwise; tasks need none here). Properties must exist
 (`PROPERTY_DOESNT_EXIST` otherwise); a lifecycle stage does not move backwards unless cleared;
 an idProperty must be a unique-value property (400 otherwise).
 """
@@ -25,6 +26,9 @@ LIFECYCLE = ["subscriber", "lead", "marketingqualifiedlead", "salesqualifiedlead
 ASSOCIATION_TYPES = {"deals": {3, 5}, "tasks": {192, 204, 216}}
 _OBJECT = re.compile(r"^/crm/v3/objects/(contacts|companies|deals|tasks)(?:/([^/]+))?$")
 _SEARCH = re.compile(r"^/crm/v3/objects/(deals|tasks)/search$")
+_SCOPED = re.compile(r"^/crm/v3/objects/(contacts|companies|deals)\b")
+#: What a private app with every scope the connector needs is granted.
+SCOPES = {f"crm.objects.{kind}.{access}" for kind in ("contacts", "companies", "deals") for access in ("read", "write")}
 
 
 class FakeHubSpot(FakeServer):
@@ -44,6 +48,8 @@ class FakeHubSpot(FakeServer):
         #: Properties whose values are unique: the only ones an idProperty may name.
         self.unique = {"contacts": {"email"}, "companies": {"leadstream_account_id"}}
         self._ids = itertools.count(1001)
+        #: The scopes the token is granted (an admin may take one away while the connector runs).
+        self.scopes = set(SCOPES)
 
     def add_contact(self, email: str, owner_id: str = "77") -> str:
         contact_id = str(next(self._ids))
@@ -66,6 +72,11 @@ class FakeHubSpot(FakeServer):
     def handle(self, request: Request) -> Response:
         if request.headers.get("Authorization") != f"Bearer {TOKEN}":
             return self.error(401, message="Authentication credentials not found.")
+        if (scoped := _SCOPED.match(request.path)) is not None:
+            write = request.method in ("PATCH", "POST") and not request.path.endswith("/search")
+            needed = f"crm.objects.{scoped[1]}.{'write' if write else 'read'}"
+            if needed not in self.scopes:
+                return self._missing_scope(needed)
         if (m := _SEARCH.match(request.path)) and request.method == "POST":
             return self._search(m[1], request.json())
         m = _OBJECT.match(request.path)
@@ -87,6 +98,19 @@ class FakeHubSpot(FakeServer):
         if request.method == "PATCH":
             return self._update(kind, record, request.json()["properties"])
         return self.error(405, message="method not allowed")
+
+    def _missing_scope(self, scope: str) -> Response:
+        """HubSpot's 403 for a call the token has no scope for (its documented body)."""
+        return Response(403, {
+            "status": "error",
+            "message": "This app hasn't been granted all required scopes to make this call. Read more about required "
+                       "scopes here: https://developers.hubspot.com/scopes.",
+            "correlationId": str(uuid.uuid4()),
+            "errors": [{"message": "One or more of the following scopes are required.",
+                        "context": {"requiredGranularScopes": [scope]}}],
+            "links": {"scopes": "https://developers.hubspot.com/scopes"},
+            "category": "MISSING_SCOPES",
+        })
 
     def _find(self, kind: str, ref: str, id_property: str) -> dict[str, Any] | None:
         if not id_property:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -13,7 +14,7 @@ import pytest
 from sinks.hubspot import DEAL_TO_COMPANY, DEAL_TO_CONTACT, TASK_TO_COMPANY, TASK_TO_CONTACT, TASK_TO_DEAL, HubSpotSink
 from sinks.errors import CredentialsError
 from sinks.mapping import load_mapping
-from sinks.runner import SinkRunner
+from sinks.runner import SinkRunner, Stats
 from streams.errors import ConfigError
 from streams.processes import free_port
 from streams.settings import Settings
@@ -301,6 +302,35 @@ def test_a_replay_under_a_refused_token_stops_and_leaves_the_dead_letters_for_th
     assert SinkRunner(HubSpotSink(settings), settings).replay_dead_letters().delivered == 1
     assert "leadstream_score" in hubspot.objects["contacts"][contact]["properties"]
 
+
+def test_a_scope_taken_from_the_private_app_dead_letters_nothing_and_holds_the_connector_until_it_is_granted_again(
+    sink_settings: Settings, hubspot: FakeHubSpot
+) -> None:
+    # HubSpot answers 403 MISSING_SCOPES to every call needing the scope, whatever the crossing:
+    # dead-lettered as the crossing's fault, the whole stream went to the dead-letter topic while
+    # the connector answered ready.
+    settings = hubspot_settings(sink_settings, hubspot).with_overrides(sink_backoff_max_ms=200)
+    contacts = [hubspot.add_contact(f"lead-{n}@acme.io") for n in range(3)]
+    hubspot.scopes.discard("crm.objects.contacts.write")
+    produce(settings, [crossing(n, "mql") for n in range(3)])
+    runner = SinkRunner(HubSpotSink(settings), settings)
+    ran: list[Stats] = []
+    thread = threading.Thread(target=lambda: ran.append(runner.run(stop_at_end=True)))
+    thread.start()
+    try:
+        wait_for(lambda: len(hubspot.requests_to("PATCH", "/contacts/")) >= 3, what="three tries refused for the scope")
+        assert runner.refused is not None and not runner.ready()
+        assert "lacks one of the scopes crm.objects.contacts.write: grant it" in str(runner.refused)
+        hubspot.scopes.add("crm.objects.contacts.write")  # an admin grants it again: no restart needed
+        thread.join(timeout=60)
+    finally:
+        runner.stop.set()
+        thread.join()
+
+    [stats] = ran
+    assert (stats.delivered, stats.dead_lettered) == (3, 0)
+    assert all("leadstream_score" in hubspot.objects["contacts"][c]["properties"] for c in contacts)
+    assert runner.refused is None
 
 def readyz(port: int) -> int:
     try:
