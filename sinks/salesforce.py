@@ -5,7 +5,9 @@ unconverted Lead with the `email` trait) with the mapped fields and what the lev
 Status); on an up-crossing to a `[task]` level, also create a Task on the Lead (WhoId) for its
 owner (or the mapping's). Down-crossings only update the Lead. What a level sets is read first:
 a value the mapping's levels neither set nor `replaces` (a Status sales gave the Lead), or any
-of a converted Lead, is kept as it is and logged; the other fields are updated.
+of a converted Lead, is kept as it is and logged; the other fields are updated (a converted Lead
+only when the connector's user may edit converted Leads: else Salesforce refuses, and the
+crossing is dead-lettered naming the permission).
 
 Per account crossing, when the mapping has an `[account]` table: the same on the Account whose
 `id_property` field holds the account id (`Id`: the account ids are Salesforce Account ids),
@@ -47,6 +49,13 @@ log = logging.getLogger("leadstream.sinks")
 
 # Salesforce's documented answers for "over the org's API allocation / too busy": worth waiting.
 _RETRYABLE_CODES = {"REQUEST_LIMIT_EXCEEDED", "SERVER_UNAVAILABLE", "UNABLE_TO_LOCK_ROW"}
+#: A Lead sales converted is read-only to a user without this permission (off in a new org): every
+#: crossing of its lead is refused so, and Salesforce's own words ("cannot reference converted
+#: lead") say neither why nor what to do.
+CONVERTED_LEAD_ADVICE = ("the Lead was converted, and Salesforce refuses changes to a converted Lead unless the "
+                         "connector's user has the permission \"View and Edit Converted Leads\": grant it and replay the "
+                         "dead letters (leadstream sink replay-dlq salesforce), or drop them (--drop-permanent) to leave "
+                         "converted Leads to sales")
 # A Salesforce record id: 15 case-sensitive letters and digits, or 18 with the checksum suffix.
 _RECORD_ID = re.compile(r"[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?")
 #: The key prefix of a queue's (a group's) id; a user's is 005.
@@ -193,6 +202,8 @@ class SalesforceSink(CrossingSink):
             codes: set[str] = {str(e.get("errorCode")) for e in content if isinstance(e, dict)} if isinstance(content, list) else set()
             if codes & _RETRYABLE_CODES:
                 raise RetryableError(f"Salesforce {what}: {', '.join(sorted(codes))}: {str(content)}") from None
+            if "CANNOT_UPDATE_CONVERTED_LEAD" in codes:
+                raise PermanentError(f"Salesforce {what}: HTTP {exc.status}: {str(content)[:500]}: {CONVERTED_LEAD_ADVICE}") from None
             raise for_status(int(exc.status), f"Salesforce {what}", str(content),
                              credentials="LEADSTREAM_SALESFORCE_* credentials") from None
         except requests.RequestException as exc:

@@ -3,7 +3,8 @@
 Endpoints (paths, status codes and error bodies as Salesforce documents them):
 - GET   /services/data/vXX.X/query/?q=SOQL          200 {"totalSize","done","records"} | 400 MALFORMED_QUERY
 - GET   /services/data/vXX.X/sobjects/{Lead,Account}/{id}     200 | 404 NOT_FOUND
-- PATCH /services/data/vXX.X/sobjects/{Lead,Account}/{id}     204 | 400 INVALID_FIELD | 404 NOT_FOUND
+- PATCH /services/data/vXX.X/sobjects/{Lead,Account}/{id}     204 | 400 INVALID_FIELD | 404 NOT_FOUND |
+  400 CANNOT_UPDATE_CONVERTED_LEAD (a converted Lead, unless `edit_converted`)
 - POST  /services/data/vXX.X/sobjects/Task/         201 {"id","success","errors"} | 400 INVALID_FIELD,
   INVALID_CROSS_REFERENCE_KEY, FIELD_INTEGRITY_EXCEPTION (an OwnerId that is a queue's)
 Errors are JSON lists of {"message", "errorCode"}; every call needs `Authorization: Bearer
@@ -47,6 +48,9 @@ class FakeSalesforce(FakeServer):
                      "Leadstream_Crossing_Id__c"},
         }
         self._ids = itertools.count(1)
+        #: Whether the connector's user has the permission "View and Edit Converted Leads" (off in a
+        #: new org): without it Salesforce refuses any change to a converted Lead.
+        self.edit_converted = False
 
     def add_lead(self, email: str, owner_id: str = "005000000000001AAA") -> str:
         lead_id = self._new_id("00Q")
@@ -89,6 +93,8 @@ class FakeSalesforce(FakeServer):
             fields = request.json()
             if (invalid := self._invalid(sobject, fields)) is not None:
                 return invalid
+            if record.get("IsConverted") and not self.edit_converted:
+                return self.error(400, code="CANNOT_UPDATE_CONVERTED_LEAD", message="cannot reference converted lead")
             record.update(fields)
             return Response(204)
         return self.error(405, code="METHOD_NOT_ALLOWED")

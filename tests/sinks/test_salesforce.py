@@ -54,6 +54,7 @@ def test_a_status_sales_set_and_a_converted_lead_s_are_kept_and_the_other_fields
 ) -> None:
     # `[levels.nurture] Status = "Open - Not Contacted"` was written whatever the Lead's Status.
     settings = salesforce_settings(sink_settings, salesforce)
+    salesforce.edit_converted = True  # the connector's user may edit converted Leads (see the next test)
     closed, converted = salesforce.add_lead("lead-1@acme.io"), salesforce.add_lead("lead-2@acme.io")
     salesforce.records["Lead"][closed]["Status"] = "Closed - Not Converted"
     salesforce.records["Lead"][converted].update(Status="Working - Contacted", IsConverted=True)
@@ -66,6 +67,32 @@ def test_a_status_sales_set_and_a_converted_lead_s_are_kept_and_the_other_fields
     assert [(lead["Status"], lead["Rating"]) for lead in salesforce.records["Lead"].values()] == [
         ("Closed - Not Converted", "Cold"), ("Working - Contacted", "Cold")]
 
+
+def test_a_converted_lead_salesforce_refuses_to_change_is_dead_lettered_naming_the_permission_then_replayed_once_granted(
+    sink_settings: Settings, salesforce: FakeSalesforce
+) -> None:
+    # A new org refuses any change to a converted Lead: its letter said only Salesforce's "cannot
+    # reference converted lead", and the README that a converted Lead's other fields were updated.
+    settings = salesforce_settings(sink_settings, salesforce)
+    converted = salesforce.add_lead("lead-2@acme.io")
+    salesforce.records["Lead"][converted].update(Status="Closed - Converted", IsConverted=True)
+    produce(settings, [crossing(2, "sql", traits={"salesforce_id": converted})])
+
+    stats = drain(SalesforceSink(settings), settings)
+
+    assert (stats.delivered, stats.dead_lettered, stats.retries) == (0, 1, 0)
+    [(_, letter)] = read_topic(settings, f"{settings.topic_crossings}-dlq-salesforce", expect=1, idle_s=0.5)
+    assert letter["reason"] == "permanent" and "CANNOT_UPDATE_CONVERTED_LEAD" in letter["detail"]
+    assert ('the Lead was converted, and Salesforce refuses changes to a converted Lead unless the connector\'s user has '
+            'the permission "View and Edit Converted Leads": grant it and replay') in letter["detail"]
+    assert "Leadstream_Score__c" not in salesforce.records["Lead"][converted]
+
+    salesforce.edit_converted = True  # the admin grants the permission
+    replayed = SinkRunner(SalesforceSink(settings), settings).replay_dead_letters()
+
+    assert (replayed.delivered, replayed.dead_lettered) == (1, 0)
+    lead = salesforce.records["Lead"][converted]
+    assert (lead["Status"], lead["Leadstream_Score__c"]) == ("Closed - Converted", 61)  # normalized, as mapped
 
 def test_request_limit_exceeded_is_retried_and_an_unknown_field_is_dead_lettered_then_replayed(
     sink_settings: Settings, salesforce: FakeSalesforce
