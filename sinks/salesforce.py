@@ -34,10 +34,10 @@ from typing import Any, Callable, TypeVar, cast
 import requests
 from simple_salesforce.api import Salesforce, SFType
 from simple_salesforce.format import format_soql
-from simple_salesforce.exceptions import SalesforceError
+from simple_salesforce.exceptions import SalesforceAuthenticationFailed, SalesforceError
 
 from sinks.base import UNKEPT_TRAITS, Crossing, CrossingSink, Steps
-from sinks.errors import PermanentError, RetryableError, for_status
+from sinks.errors import CredentialsError, PermanentError, RetryableError, for_status
 from sinks.http import TimeoutSession, transport_error
 from sinks.mapping import AccountMapping, Mapping, load_mapping
 from sinks.ratelimit import limiter_for
@@ -56,6 +56,9 @@ CONVERTED_LEAD_ADVICE = ("the Lead was converted, and Salesforce refuses changes
                          "connector's user has the permission \"View and Edit Converted Leads\": grant it and replay the "
                          "dead letters (leadstream sink replay-dlq salesforce), or drop them (--drop-permanent) to leave "
                          "converted Leads to sales")
+#: The login faults that refuse the username, password or security token themselves: the same ones
+#: given again can only fail again.
+_REFUSED_LOGIN_CODES = {"INVALID_LOGIN", "LOGIN_MUST_USE_SECURITY_TOKEN", "PASSWORD_LOCKOUT"}
 # A Salesforce record id: 15 case-sensitive letters and digits, or 18 with the checksum suffix.
 _RECORD_ID = re.compile(r"[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?")
 #: The key prefix of a queue's (a group's) id; a user's is 005.
@@ -74,6 +77,9 @@ class SalesforceSink(CrossingSink):
         # SFType handles built once (each attribute access builds a new one).
         self.leads, self.accounts, self.tasks = cast(SFType, sf.Lead), cast(SFType, sf.Account), cast(SFType, sf.Task)
         self.sf = sf
+        self.username = settings.salesforce_username
+        #: Set once Salesforce refused the password at a new login (see _call): never tried again.
+        self.login_refused: CredentialsError | None = None
 
     def _connect(self, settings: Settings) -> Salesforce:
         version = settings.salesforce_api_version
@@ -192,11 +198,25 @@ class SalesforceSink(CrossingSink):
 
     def _call(self, what: str, request: Callable[[], R]) -> R:
         """One API request (and reading its answer): within the rate limit, failures as sink errors."""
+        if self.login_refused is not None:
+            raise self.login_refused
         self.limiter.acquire()
         try:
             return request()
         except (ValueError, KeyError, TypeError) as exc:  # before RequestException: requests' JSON error is both
             raise RetryableError(f"Salesforce {what}: malformed answer ({type(exc).__name__}: {exc})") from None
+        except SalesforceAuthenticationFailed as exc:
+            if exc.code not in _REFUSED_LOGIN_CODES:  # a login that failed otherwise (an outage): tried again
+                raise CredentialsError(f"Salesforce {what}: the session expired and logging in again failed: {exc}") from None
+            # simple-salesforce logs in again whenever the session expired: each lane held under the
+            # refusal (the runner's hold) tried the same password every LEADSTREAM_SINK_BACKOFF_MAX_MS,
+            # 79 failed logins in 10 s with 10 leads waiting and a 1 s hold, and Salesforce locks the
+            # user out after 3 to 10 of them (the org's password policy), the new password too.
+            self.login_refused = CredentialsError(
+                f"Salesforce {what}: the session expired and Salesforce refused the new login as {self.username} ({exc}); "
+                "the connector does not try that password again, as each failed login counts toward Salesforce's "
+                "lockout of the user: set LEADSTREAM_SALESFORCE_PASSWORD (and _SECURITY_TOKEN) and restart it")
+            raise self.login_refused from None
         except SalesforceError as exc:
             content = exc.content
             codes: set[str] = {str(e.get("errorCode")) for e in content if isinstance(e, dict)} if isinstance(content, list) else set()

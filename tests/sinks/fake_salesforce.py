@@ -7,8 +7,10 @@ Endpoints (paths, status codes and error bodies as Salesforce documents them):
   400 CANNOT_UPDATE_CONVERTED_LEAD (a converted Lead, unless `edit_converted`)
 - POST  /services/data/vXX.X/sobjects/Task/         201 {"id","success","errors"} | 400 INVALID_FIELD,
   INVALID_CROSS_REFERENCE_KEY, FIELD_INTEGRITY_EXCEPTION (an OwnerId that is a queue's)
+- POST  .../services/Soap/u/XX.X  (the SOAP login of a password login: any path ending so)
+  200 loginResponse {sessionId, serverUrl} | 500 LoginFault INVALID_LOGIN
 Errors are JSON lists of {"message", "errorCode"}; every call needs `Authorization: Bearer
-<session id>` (401 INVALID_SESSION_ID otherwise). The SOQL understood is the sink's: one
+<session id>` of a session alive (401 INVALID_SESSION_ID otherwise; `expire_sessions` ends them all). The SOQL understood is the sink's: one
 equality filter, optionally `AND IsConverted = false`, ORDER BY and LIMIT.
 """
 
@@ -24,6 +26,9 @@ from tests.sinks.fake_http import FakeServer, Request, Response
 SESSION_ID = "00Dxx0000000001!test-session"
 _SOBJECT = re.compile(r"^/services/data/v[\d.]+/sobjects/(Lead|Account|Task)/([^/]*)$")
 _QUERY = re.compile(r"^/services/data/v[\d.]+/query/?$")
+_LOGIN = re.compile(r"/services/Soap/u/[\d.]+$")
+#: The password login the stand-in accepts (LEADSTREAM_SALESFORCE_USERNAME, _PASSWORD, _SECURITY_TOKEN).
+USERNAME, PASSWORD, SECURITY_TOKEN = "api@acme.example", "s3cret", "tok"
 _SOQL = re.compile(
     r"^SELECT\s+([\w, ]+)\s+FROM\s+(Lead|Account|Task)\s+WHERE\s+(\w+)\s*=\s*'((?:[^'\\]|\\.)*)'"
     r"(\s+AND\s+IsConverted\s*=\s*false)?(?:\s+ORDER\s+BY\s+\w+(?:\s+(?:ASC|DESC))?)?(?:\s+LIMIT\s+(\d+))?$",
@@ -48,6 +53,11 @@ class FakeSalesforce(FakeServer):
                      "Leadstream_Crossing_Id__c"},
         }
         self._ids = itertools.count(1)
+        #: Sessions alive: the access token's, and those password logins were given.
+        self.sessions = {SESSION_ID}
+        #: The password the user has now (an admin may reset it).
+        self.password = PASSWORD
+        self.logins = 0
         #: Whether the connector's user has the permission "View and Edit Converted Leads" (off in a
         #: new org): without it Salesforce refuses any change to a converted Lead.
         self.edit_converted = False
@@ -73,8 +83,14 @@ class FakeSalesforce(FakeServer):
                                       503: "SERVER_UNAVAILABLE"}.get(status, "UNKNOWN_EXCEPTION")
         return Response(status, [{"message": detail.get("message", code), "errorCode": code}])
 
+    def expire_sessions(self) -> None:
+        """Every session ends (its timeout, or an admin's): the next calls answer 401 INVALID_SESSION_ID."""
+        self.sessions.clear()
+
     def handle(self, request: Request) -> Response:
-        if request.headers.get("Authorization") != f"Bearer {SESSION_ID}":
+        if _LOGIN.search(request.path) and request.method == "POST":
+            return self._login(request.body.decode())
+        if request.headers.get("Authorization", "").removeprefix("Bearer ") not in self.sessions:
             return self.error(401, message="Session expired or invalid")
         if _QUERY.match(request.path) and request.method == "GET":
             return self._query(request.query.get("q", [""])[0])
@@ -98,6 +114,27 @@ class FakeSalesforce(FakeServer):
             record.update(fields)
             return Response(204)
         return self.error(405, code="METHOD_NOT_ALLOWED")
+
+    def _login(self, envelope: str) -> Response:
+        """The SOAP API's login, as Salesforce answers it (the partner WSDL's loginResponse or LoginFault)."""
+        self.logins += 1
+        given = {m[1]: m[2] for m in re.finditer(r"<(?:\w+:)?(username|password)>([^<]*)<", envelope)}
+        if given != {"username": USERNAME, "password": self.password + SECURITY_TOKEN}:
+            return Response(500, (
+                '<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" '
+                'xmlns:sf="urn:fault.partner.soap.sforce.com" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><soapenv:Body>'
+                '<soapenv:Fault><faultcode>sf:INVALID_LOGIN</faultcode><faultstring>INVALID_LOGIN: Invalid username, password, '
+                'security token; or user locked out.</faultstring><detail><sf:LoginFault xsi:type="sf:LoginFault">'
+                '<sf:exceptionCode>INVALID_LOGIN</sf:exceptionCode><sf:exceptionMessage>Invalid username, password, security '
+                'token; or user locked out.</sf:exceptionMessage></sf:LoginFault></detail></soapenv:Fault></soapenv:Body>'
+                '</soapenv:Envelope>').encode())
+        session = f"00Dxx0000000001!login-{self.logins}"
+        self.sessions.add(session)
+        return Response(200, (
+            '<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" '
+            'xmlns="urn:partner.soap.sforce.com"><soapenv:Body><loginResponse><result><passwordExpired>false</passwordExpired>'
+            f'<serverUrl>{self.url}/services/Soap/u/59.0/00Dxx0000000001</serverUrl><sessionId>{session}</sessionId>'
+            f'<userId>{API_USER_ID}</userId></result></loginResponse></soapenv:Body></soapenv:Envelope>').encode())
 
     def _invalid(self, sobject: str, fields: dict[str, Any]) -> Response | None:
         unknown = sorted(set(fields) - self.fields[sobject])

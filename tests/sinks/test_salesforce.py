@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import threading
 import time
 from dataclasses import replace
 
@@ -13,10 +14,10 @@ from sinks.runner import SinkRunner
 from sinks.salesforce import SalesforceSink
 from streams.errors import ConfigError
 from streams.settings import Settings
-from tests.infra import read_topic
+from tests.infra import read_topic, wait_for
 from tests.sinks.conftest import account_climb, account_crossing, crossing, drain, produce
 from tests.sinks.fake_http import WebhookReceiver
-from tests.sinks.fake_salesforce import API_USER_ID, FakeSalesforce
+from tests.sinks.fake_salesforce import API_USER_ID, PASSWORD, SECURITY_TOKEN, USERNAME, FakeSalesforce
 
 
 def salesforce_settings(settings: Settings, server: FakeSalesforce) -> Settings:
@@ -93,6 +94,63 @@ def test_a_converted_lead_salesforce_refuses_to_change_is_dead_lettered_naming_t
     assert (replayed.delivered, replayed.dead_lettered) == (1, 0)
     lead = salesforce.records["Lead"][converted]
     assert (lead["Status"], lead["Leadstream_Score__c"]) == ("Closed - Converted", 61)  # normalized, as mapped
+
+def password_login(settings: Settings, server: FakeSalesforce, password: str = PASSWORD) -> Settings:
+    """A password login at the stand-in (its SOAP login answers under any path ending as Salesforce's)."""
+    return settings.with_overrides(salesforce_access_token="", salesforce_username=USERNAME, salesforce_password=password,
+                                   salesforce_security_token=SECURITY_TOKEN,
+                                   salesforce_domain=f"{server.url.removeprefix('https://')}/login")
+
+
+def test_a_session_that_expires_mid_run_is_renewed_by_a_new_password_login_and_nothing_is_lost_or_made_twice(
+    sink_settings: Settings, salesforce: FakeSalesforce
+) -> None:
+    settings = password_login(sink_settings, salesforce)
+    leads = [salesforce.add_lead(f"lead-{n}@acme.io") for n in range(4)]
+    sink = SalesforceSink(settings)
+    produce(settings, [crossing(0, "sql")])
+    assert drain(sink, settings).delivered == 1
+
+    salesforce.expire_sessions()  # Salesforce's session timeout, or an admin ending the sessions
+    produce(settings, [crossing(n, "sql") for n in range(1, 4)])
+    stats = drain(sink, settings)
+
+    assert (stats.delivered, stats.dead_lettered) == (3, 0)
+    assert sorted(task["WhoId"] for task in salesforce.records["Task"].values()) == sorted(leads)
+    assert salesforce.logins >= 2
+
+
+def test_a_password_salesforce_refuses_at_a_new_login_is_not_tried_again_and_holds_the_connector_until_restarted(
+    sink_settings: Settings, salesforce: FakeSalesforce
+) -> None:
+    # Each lane held under the refusal logged in again with the old password at every try: 79
+    # failed logins in 10 s with 10 leads waiting, where Salesforce locks the user out after 3 to 10.
+    settings = password_login(sink_settings, salesforce).with_overrides(sink_backoff_max_ms=200)  # held tries 1 s apart
+    leads = [salesforce.add_lead(f"lead-{n}@acme.io") for n in range(5)]
+    sink = SalesforceSink(settings)
+    salesforce.expire_sessions()
+    salesforce.password = "rotated-by-an-admin"
+    produce(settings, [crossing(n, "mql") for n in range(5)])
+    runner = SinkRunner(sink, settings)
+    thread = threading.Thread(target=runner.run, kwargs={"stop_at_end": True})
+    thread.start()
+    try:
+        wait_for(lambda: runner.refused is not None, what="the refused login held")
+        # Watched for three held tries of each lane. The tries under way when the first login was
+        # refused (one a call slot) log in once each; none after them.
+        time.sleep(3.5)
+        assert salesforce.logins <= 1 + settings.sink_concurrency, "the refused password was tried again"
+        assert not runner.ready()
+        assert "does not try that password again" in str(runner.refused) and "INVALID_LOGIN" in str(runner.refused)
+    finally:
+        runner.stop.set()
+        thread.join()
+
+    # Restarted with the new password: the held crossings are delivered, none was dead-lettered.
+    renewed = password_login(sink_settings, salesforce, password="rotated-by-an-admin")
+    stats = drain(SalesforceSink(renewed), renewed)
+    assert (stats.delivered, stats.dead_lettered) == (5, 0)
+    assert sorted(task["WhoId"] for task in salesforce.records["Task"].values()) == sorted(leads)
 
 def test_request_limit_exceeded_is_retried_and_an_unknown_field_is_dead_lettered_then_replayed(
     sink_settings: Settings, salesforce: FakeSalesforce
