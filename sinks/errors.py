@@ -7,7 +7,7 @@ backoff and dead-letters the second; `OutcomeUnknown`, a retryable timeout, tell
 creates a record to look for it a while before creating it again. `CredentialsError` (401; HubSpot's 403 for a scope the token lacks) is about the connector, not the
 message: every delivery would fail the same way, so the runner dead-letters nothing for it and
 holds its place until the credentials work (a message that fails before any request, for good, is
-dead-lettered as ever). `StaleError` sets aside a replayed item that newer ones
+dead-lettered as ever); so is `QuotaExhausted`, a quota of a day used up, the family `Refused`. `StaleError` sets aside a replayed item that newer ones
 overtook. `MappingError` is raised on start, before anything is read. `Stopping` cuts a delivery's
 wait short when the connector is asked to stop.
 """
@@ -15,7 +15,7 @@ wait short when the connector is asked to stop.
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from typing import ClassVar, Mapping
 
 from scoring.errors import LeadstreamError
 
@@ -50,10 +50,31 @@ class PermanentError(SinkError):
     """The action cannot succeed as it is: the message goes to the connector's dead-letter topic."""
 
 
-class CredentialsError(SinkError):
+class Refused(SinkError):
+    """The service refuses every delivery of the connector for now, whatever the message: none is
+    dead-lettered for it; the runner holds the delivery, not ready, and tries it again every
+    LEADSTREAM_SINK_BACKOFF_MAX_MS. `refusal` and `until` say what and until when, for the log."""
+
+    refusal: ClassVar[str] = "the service refuses the connector's deliveries"
+    until: ClassVar[str] = "it takes them again"
+
+
+class CredentialsError(Refused):
     """The service refused the connector's credentials (HTTP 401, or HubSpot's 403 for a scope the
     token lacks): no message can be delivered until an operator fixes them, so none is dead-lettered
     for it meanwhile."""
+
+    refusal = "the service refuses the connector's credentials"
+    until = "it accepts them (restart the connector with new ones)"
+
+
+class QuotaExhausted(Refused):
+    """The account's API quota of a day is used up (HubSpot's daily limit): every call is refused
+    until it is renewed, hours later, far beyond the retries' budget, so each message would be
+    dead-lettered, the whole stream to replay."""
+
+    refusal = "the service's API quota is used up"
+    until = "the quota is renewed"
 
 
 class StaleError(SinkError):

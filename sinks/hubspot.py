@@ -43,7 +43,7 @@ from hubspot.crm.deals import ApiException as DealsApiException
 from hubspot.crm.objects.tasks import ApiException as TasksApiException
 
 from sinks.base import UNKEPT_TRAITS, Crossing, CrossingSink, Steps
-from sinks.errors import CredentialsError, OutcomeUnknown, PermanentError, RetryableError, for_status
+from sinks.errors import CredentialsError, OutcomeUnknown, PermanentError, QuotaExhausted, RetryableError, for_status
 from sinks.http import Deadline, watched
 from sinks.mapping import AccountMapping, Mapping, load_mapping
 from sinks.ratelimit import limiter_for
@@ -247,6 +247,10 @@ class HubSpotSink(CrossingSink):
                 raise PermanentError(f"HubSpot {what}: not found (404): {_body(exc)}") from None
             if status == 0:  # the client's wrapper of a TLS or protocol failure
                 raise RetryableError(f"HubSpot {what}: {exc.reason}") from None
+            if status == 429 and _policy(_body(exc)) == "DAILY":
+                raise QuotaExhausted(
+                    f"HubSpot {what}: HTTP 429 DAILY: the HubSpot account's daily API limit is used up (shared by every app "
+                    "of the account); it is renewed at midnight in the account's time zone") from None
             if status == 403 and (scopes := _missing_scopes(_body(exc))) is not None:
                 raise CredentialsError(
                     f"HubSpot {what}: HTTP 403 MISSING_SCOPES: the private app of LEADSTREAM_HUBSPOT_ACCESS_TOKEN lacks "
@@ -308,6 +312,17 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+def _policy(body: str) -> str | None:
+    """The limit a 429 names (`policyName`: TEN_SECONDLY_ROLLING, DAILY), if its body is HubSpot's.
+
+    The daily one refuses every call until midnight: retried for the usual budget (42 s), each
+    crossing was dead-lettered, a day's stream to replay. So it is held (QuotaExhausted); the
+    ten-secondly one passes within the retries, and stays a RetryableError.
+    """
+    policy = (_answer(body) or {}).get("policyName")
+    return policy if isinstance(policy, str) else None
+
+
 def _missing_scopes(body: str) -> list[str] | None:
     """The scopes a 403 says the token lacks (its `requiredGranularScopes`, maybe none named), or
     None when the 403 is not HubSpot's MISSING_SCOPES.
@@ -316,16 +331,22 @@ def _missing_scopes(body: str) -> list[str] | None:
     the crossing: dead-lettered as the message's fault, the whole stream went to the dead-letter
     topic while the connector answered ready. So it is held as a refused token is (CredentialsError).
     """
-    try:
-        answer = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(answer, dict) or answer.get("category") != "MISSING_SCOPES":
+    answer = _answer(body)
+    if answer is None or answer.get("category") != "MISSING_SCOPES":
         return None
     errors = answer.get("errors")
     contexts = [e.get("context") for e in errors if isinstance(e, dict)] if isinstance(errors, list) else []
     named = [context.get("requiredGranularScopes") for context in contexts if isinstance(context, dict)]
     return [scope for scopes in named if isinstance(scopes, list) for scope in scopes if isinstance(scope, str)]
+
+
+def _answer(body: str) -> dict[str, Any] | None:
+    """An error answer's JSON object; None when the body is not one (a proxy's page)."""
+    try:
+        answer = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    return answer if isinstance(answer, dict) else None
 
 
 def _body(exc: Exception) -> str:

@@ -38,7 +38,8 @@ A 401 (`CredentialsError`) dead-letters nothing: every message would fail the sa
 revoked token would otherwise send the whole stream to the dead-letter topic while the
 connector looked healthy. The connector instead goes not-ready, logs the error, and tries the
 same delivery again every LEADSTREAM_SINK_BACKOFF_MAX_MS, its batch uncommitted, until the
-credentials work or it is restarted with new ones; a replay of dead letters stops at once.
+credentials work or it is restarted with new ones; a replay of dead letters stops at once. A quota
+of a day used up (`QuotaExhausted`: HubSpot's daily limit) is held alike, until it is renewed.
 
 A message that fails with `PermanentError`, or still fails after LEADSTREAM_SINK_MAX_ATTEMPTS
 tries, goes to the connector's dead-letter topic `<source topic>-dlq-<connector>` with the
@@ -73,7 +74,7 @@ from redis import RedisError
 
 from sinks import metrics
 from sinks.base import Position, Sink
-from sinks.errors import CredentialsError, PermanentError, RetryableError, StaleError, Stopping, Unsettled
+from sinks.errors import PermanentError, Refused, RetryableError, StaleError, Stopping, Unsettled
 from sinks.ledger import Ledger, NoSteps, redis_client
 from streams import probes
 from streams.addresses import authority
@@ -387,7 +388,7 @@ class SinkRunner(Generic[T]):
         self._unrecorded: dict[str, str] = {}
         self._producer: Any = None  # set while consuming; dead letters go through it
         self.assigned = threading.Event()  # the consumer holds partitions: readiness
-        self.refused: CredentialsError | None = None  # the service's refusal while it lasts: not ready
+        self.refused: Refused | None = None  # the service's refusal while it lasts: not ready
         self.kafka_answering = True  # the broker answered the last lag probe (`watch`) and took the loop's last calls
         self._kafka_failures = Throttle(clock=clock)  # see _kafka_failed
         #: Redis's refusal of the connector's writes (redis_trouble), from a try it refused until a delivery is done: not ready.
@@ -614,7 +615,7 @@ class SinkRunner(Generic[T]):
         unrecorded = list(self._unrecorded.values())  # copied at once: lanes change it meanwhile
         why = ("no partitions of its source topic yet" if not self.assigned.is_set()
                else "Kafka does not answer" if not self.kafka_answering
-               else "its credentials are refused" if self.refused is not None
+               else f"{self.refused.refusal}: {self.refused}" if self.refused is not None
                else f"{len(unrecorded)} deliveries done are not yet recorded in its ledger: {unrecorded[0]}" if unrecorded
                else f"{refused}; its deliveries are retried, then dead-lettered for `leadstream sink replay-dlq "
                     f"{self.sink.name}`" if (refused := self.writes_refused) is not None
@@ -768,9 +769,9 @@ class SinkRunner(Generic[T]):
                 return self._stale(what, exc)
             except Stopping:
                 raise
-            except CredentialsError as exc:
+            except Refused as exc:
                 self._hold(exc)
-                tries -= 1  # no try at this message: the connector's credentials failed, not it
+                tries -= 1  # no try at this message: the service refuses the connector, not it
                 continue
             except Unsettled as exc:
                 log.info("sink %s: %s: %s", self.sink.name, what, exc)
@@ -847,7 +848,7 @@ class SinkRunner(Generic[T]):
         if self.refused is not None:
             self.refused = None
             self.ready()
-            log.info("sink %s: the credentials are accepted again; delivering", self.sink.name)
+            log.info("sink %s: the service takes its deliveries again; delivering", self.sink.name)
         if self.writes_refused is not None:
             self.writes_refused = None
             self.ready()
@@ -911,16 +912,16 @@ class SinkRunner(Generic[T]):
         finally:
             self._calls.release()
 
-    def _hold(self, refusal: CredentialsError) -> None:
-        """Wait before trying again under refused credentials; a replay (a command, not a service) ends instead."""
+    def _hold(self, refusal: Refused) -> None:
+        """Wait before trying again under a refusal of every delivery (credentials, a quota used up);
+        a replay (a command, not a service) ends instead."""
         if self._replaying:
             raise refusal
-        if self.refused is None:
-            log.error("sink %s: the service refuses the connector's credentials: %s. Nothing is delivered until it "
-                      "accepts them (restart the connector with new ones), and nothing is dead-lettered for the refusal: "
+        if type(self.refused) is not type(refusal):
+            log.error("sink %s: %s: %s. Nothing is delivered until %s, and nothing is dead-lettered for the refusal: "
                       "only what no credentials could deliver is, failing before any request (not a crossing, or one "
                       "that names no way to find its record); /readyz answers 503 and the same delivery is tried again "
-                      "every %g s", self.sink.name, refusal, self.policy.hold_s())
+                      "every %g s", self.sink.name, refusal.refusal, refusal, refusal.until, self.policy.hold_s())
         self.refused = refusal
         self.ready()
         if self.stop.wait(self.policy.hold_s()):

@@ -7,6 +7,8 @@ import signal
 import ssl
 import subprocess
 import sys
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -166,6 +168,20 @@ def produce(settings: Settings, records: list[dict[str, Any]], topic: str | None
         producer.send(topic or settings.topic_crossings, key=str(key).encode(), value=orjson.dumps(record))
     producer.flush()
     producer.close()
+
+
+@contextmanager
+def running(runner: SinkRunner) -> Iterator[list[Stats]]:
+    """`runner` delivering its source topic on a thread until it is caught up: its Stats are in the
+    list once it is. Stopped on leaving, so a test that fails meanwhile leaves no thread behind."""
+    ran: list[Stats] = []
+    thread = threading.Thread(target=lambda: ran.append(runner.run(stop_at_end=True)))
+    thread.start()
+    try:
+        yield ran
+    finally:
+        runner.stop.set()
+        thread.join()
 
 
 def drain(sink: Sink[Any], settings: Settings) -> Stats:

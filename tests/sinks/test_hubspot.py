@@ -2,24 +2,23 @@
 
 from __future__ import annotations
 
-import threading
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 
 from sinks.hubspot import DEAL_TO_COMPANY, DEAL_TO_CONTACT, TASK_TO_COMPANY, TASK_TO_CONTACT, TASK_TO_DEAL, HubSpotSink
 from sinks.errors import CredentialsError
 from sinks.mapping import load_mapping
-from sinks.runner import SinkRunner, Stats
+from sinks.runner import SinkRunner
 from streams.errors import ConfigError
 from streams.processes import free_port
 from streams.settings import Settings
 from tests.infra import read_topic, wait_for
-from tests.sinks.conftest import account_climb, account_crossing, crossing, drain, produce
+from tests.sinks.conftest import account_climb, account_crossing, crossing, drain, produce, running
 from tests.sinks.fake_hubspot import FakeHubSpot
 
 
@@ -303,29 +302,43 @@ def test_a_replay_under_a_refused_token_stops_and_leaves_the_dead_letters_for_th
     assert "leadstream_score" in hubspot.objects["contacts"][contact]["properties"]
 
 
-def test_a_scope_taken_from_the_private_app_dead_letters_nothing_and_holds_the_connector_until_it_is_granted_again(
-    sink_settings: Settings, hubspot: FakeHubSpot
+def _take_a_scope(hubspot: FakeHubSpot) -> tuple[str, Callable[[], None]]:
+    """An admin takes a scope from the private app (403 MISSING_SCOPES to the update), then grants it again."""
+    hubspot.scopes.discard("crm.objects.contacts.write")
+    return "PATCH", lambda: hubspot.scopes.add("crm.objects.contacts.write")
+
+
+def _use_up_the_daily_limit(hubspot: FakeHubSpot) -> tuple[str, Callable[[], None]]:
+    """The account's calls of the day are used up (429 DAILY to the read, HubSpot's body), until midnight."""
+    daily = hubspot.inject("status", method="GET", path="/contacts/", status=429, count=10**6, body={
+        "status": "error", "message": "You have reached your daily limit.", "errorType": "RATE_LIMIT",
+        "correlationId": "c033cdaa-2c40-4a64-ae48-b4cec88dad24", "policyName": "DAILY",
+        "requestId": "3d3e35b7-0dae-4b9f-a6e3-9c230cbcf8dd"})
+    return "GET", lambda: setattr(daily, "count", 0)
+
+
+@pytest.mark.parametrize(("refuse", "said"), [
+    (_take_a_scope, "lacks one of the scopes crm.objects.contacts.write: grant it"),
+    (_use_up_the_daily_limit, "the HubSpot account's daily API limit is used up"),
+])
+def test_a_refusal_of_every_call_dead_letters_nothing_and_holds_the_connector_until_it_ends(
+    sink_settings: Settings, hubspot: FakeHubSpot, refuse: Callable[[FakeHubSpot], tuple[str, Callable[[], None]]], said: str
 ) -> None:
-    # HubSpot answers 403 MISSING_SCOPES to every call needing the scope, whatever the crossing:
-    # dead-lettered as the crossing's fault, the whole stream went to the dead-letter topic while
-    # the connector answered ready.
+    # HubSpot refuses every call so, whatever the crossing: taken for the crossing's fault (a 403)
+    # or retried for the usual budget (a 429), each crossing was dead-lettered, the whole stream to
+    # replay by hand, while /readyz answered 200.
     settings = hubspot_settings(sink_settings, hubspot).with_overrides(sink_backoff_max_ms=200)
     contacts = [hubspot.add_contact(f"lead-{n}@acme.io") for n in range(3)]
-    hubspot.scopes.discard("crm.objects.contacts.write")
+    refused_method, end_refusal = refuse(hubspot)
     produce(settings, [crossing(n, "mql") for n in range(3)])
     runner = SinkRunner(HubSpotSink(settings), settings)
-    ran: list[Stats] = []
-    thread = threading.Thread(target=lambda: ran.append(runner.run(stop_at_end=True)))
-    thread.start()
-    try:
-        wait_for(lambda: len(hubspot.requests_to("PATCH", "/contacts/")) >= 3, what="three tries refused for the scope")
+    with running(runner) as ran:
+        # More tries than LEADSTREAM_SINK_MAX_ATTEMPTS (4) for each crossing.
+        wait_for(lambda: len(hubspot.requests_to(refused_method, "/contacts/")) >= 15, what="tries refused")
         assert runner.refused is not None and not runner.ready()
-        assert "lacks one of the scopes crm.objects.contacts.write: grant it" in str(runner.refused)
-        hubspot.scopes.add("crm.objects.contacts.write")  # an admin grants it again: no restart needed
-        thread.join(timeout=60)
-    finally:
-        runner.stop.set()
-        thread.join()
+        assert said in str(runner.refused)
+        end_refusal()  # no restart needed
+        wait_for(lambda: ran, 60, "the held crossings delivered")
 
     [stats] = ran
     assert (stats.delivered, stats.dead_lettered) == (3, 0)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import threading
 import time
 from dataclasses import replace
 
@@ -15,7 +14,7 @@ from sinks.salesforce import SalesforceSink
 from streams.errors import ConfigError
 from streams.settings import Settings
 from tests.infra import read_topic, wait_for
-from tests.sinks.conftest import account_climb, account_crossing, crossing, drain, produce
+from tests.sinks.conftest import account_climb, account_crossing, crossing, drain, produce, running
 from tests.sinks.fake_http import WebhookReceiver
 from tests.sinks.fake_salesforce import API_USER_ID, PASSWORD, SECURITY_TOKEN, USERNAME, FakeSalesforce
 
@@ -132,9 +131,7 @@ def test_a_password_salesforce_refuses_at_a_new_login_is_not_tried_again_and_hol
     salesforce.password = "rotated-by-an-admin"
     produce(settings, [crossing(n, "mql") for n in range(5)])
     runner = SinkRunner(sink, settings)
-    thread = threading.Thread(target=runner.run, kwargs={"stop_at_end": True})
-    thread.start()
-    try:
+    with running(runner):
         wait_for(lambda: runner.refused is not None, what="the refused login held")
         # Watched for three held tries of each lane. The tries under way when the first login was
         # refused (one a call slot) log in once each; none after them.
@@ -142,9 +139,6 @@ def test_a_password_salesforce_refuses_at_a_new_login_is_not_tried_again_and_hol
         assert salesforce.logins <= 1 + settings.sink_concurrency, "the refused password was tried again"
         assert not runner.ready()
         assert "does not try that password again" in str(runner.refused) and "INVALID_LOGIN" in str(runner.refused)
-    finally:
-        runner.stop.set()
-        thread.join()
 
     # Restarted with the new password: the held crossings are delivered, none was dead-lettered.
     renewed = password_login(sink_settings, salesforce, password="rotated-by-an-admin")
