@@ -69,9 +69,9 @@ class CredentialsError(Refused):
 
 
 class QuotaExhausted(Refused):
-    """The account's API quota of a day is used up (HubSpot's daily limit): every call is refused
-    until it is renewed, hours later, far beyond the retries' budget, so each message would be
-    dead-lettered, the whole stream to replay."""
+    """The account's API quota of a day is used up (HubSpot's daily limit, Salesforce's requests of
+    24 hours): every call is refused until it is renewed, hours later, far beyond the retries'
+    budget, so each message would be dead-lettered, the whole stream to replay."""
 
     refusal = "the service's API quota is used up"
     until = "the quota is renewed"

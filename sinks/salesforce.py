@@ -37,7 +37,7 @@ from simple_salesforce.format import format_soql
 from simple_salesforce.exceptions import SalesforceAuthenticationFailed, SalesforceError
 
 from sinks.base import UNKEPT_TRAITS, Crossing, CrossingSink, Steps
-from sinks.errors import CredentialsError, PermanentError, RetryableError, for_status
+from sinks.errors import CredentialsError, PermanentError, QuotaExhausted, RetryableError, for_status
 from sinks.http import TimeoutSession, transport_error
 from sinks.mapping import AccountMapping, Mapping, load_mapping
 from sinks.ratelimit import limiter_for
@@ -49,6 +49,10 @@ log = logging.getLogger("leadstream.sinks")
 
 # Salesforce's documented answers for "over the org's API allocation / too busy": worth waiting.
 _RETRYABLE_CODES = {"REQUEST_LIMIT_EXCEEDED", "SERVER_UNAVAILABLE", "UNABLE_TO_LOCK_ROW"}
+#: How REQUEST_LIMIT_EXCEEDED says the org's API requests of the last 24 hours are used up: they come
+#: back only as those calls age out, hours later, where its other case (too many long calls at once,
+#: ConcurrentPerOrgLongTxn) passes within the retries.
+_ORG_QUOTA_USED_UP = "TotalRequests Limit exceeded"
 #: A Lead sales converted is read-only to a user without this permission (off in a new org): every
 #: crossing of its lead is refused so, and Salesforce's own words ("cannot reference converted
 #: lead") say neither why nor what to do.
@@ -220,6 +224,10 @@ class SalesforceSink(CrossingSink):
         except SalesforceError as exc:
             content = exc.content
             codes: set[str] = {str(e.get("errorCode")) for e in content if isinstance(e, dict)} if isinstance(content, list) else set()
+            if "REQUEST_LIMIT_EXCEEDED" in codes and _ORG_QUOTA_USED_UP in str(content):
+                raise QuotaExhausted(f"Salesforce {what}: REQUEST_LIMIT_EXCEEDED: the org's API requests of the last 24 hours "
+                                     f"are used up ({str(content)}); they come back as the calls of 24 hours ago age out "
+                                     "(Setup > Company Information shows the allocation)") from None
             if codes & _RETRYABLE_CODES:
                 raise RetryableError(f"Salesforce {what}: {', '.join(sorted(codes))}: {str(content)}") from None
             if "CANNOT_UPDATE_CONVERTED_LEAD" in codes:

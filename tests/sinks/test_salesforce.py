@@ -152,7 +152,7 @@ def test_request_limit_exceeded_is_retried_and_an_unknown_field_is_dead_lettered
     settings = salesforce_settings(sink_settings, salesforce)
     salesforce.add_lead("lead-1@acme.io")
     salesforce.inject("status", method="GET", path="/query", status=403,
-                      body=[{"message": "TotalRequests Limit exceeded.", "errorCode": "REQUEST_LIMIT_EXCEEDED"}])
+                      body=[{"message": "ConcurrentPerOrgLongTxn Limit exceeded.", "errorCode": "REQUEST_LIMIT_EXCEEDED"}])
     salesforce.fields["Lead"].discard("Leadstream_Grade__c")  # the org lacks a mapped field
     produce(settings, [crossing(1, "engaged", "down")])
 
@@ -169,6 +169,29 @@ def test_request_limit_exceeded_is_retried_and_an_unknown_field_is_dead_lettered
     assert (replayed.delivered, replayed.dead_lettered) == (1, 0)
     assert [lead["Leadstream_Grade__c"] for lead in salesforce.records["Lead"].values()] == ["A"]
 
+
+def test_the_orgs_requests_of_24_hours_used_up_dead_letter_nothing_and_hold_the_connector_until_they_come_back(
+    sink_settings: Settings, salesforce: FakeSalesforce
+) -> None:
+    # Retried as the passing REQUEST_LIMIT_EXCEEDED (too many long calls at once) is, for the
+    # retries' budget, each crossing was dead-lettered for hours, while /readyz answered 200.
+    settings = salesforce_settings(sink_settings, salesforce).with_overrides(sink_backoff_max_ms=200)
+    leads = [salesforce.add_lead(f"lead-{n}@acme.io") for n in range(3)]
+    used_up = salesforce.inject("status", method="GET", path="/query", status=403, count=10**6,
+                                body=[{"message": "TotalRequests Limit exceeded.", "errorCode": "REQUEST_LIMIT_EXCEEDED"}])
+    produce(settings, [crossing(n, "engaged", "down") for n in range(3)])
+    runner = SinkRunner(SalesforceSink(settings), settings)
+    with running(runner) as ran:
+        # More tries than LEADSTREAM_SINK_MAX_ATTEMPTS (4) for each crossing.
+        wait_for(lambda: len(salesforce.requests_to("GET", "/query")) >= 15, what="tries refused")
+        assert runner.refused is not None and not runner.ready()
+        assert "the org's API requests of the last 24 hours are used up" in str(runner.refused)
+        used_up.count = 0  # the calls of 24 hours ago aged out
+        wait_for(lambda: ran, 60, "the held crossings delivered")
+
+    [stats] = ran
+    assert (stats.delivered, stats.dead_lettered) == (3, 0)
+    assert [salesforce.records["Lead"][lead]["Leadstream_Grade__c"] for lead in leads] == ["A"] * 3
 
 def test_account_crossings_update_the_account_and_buying_creates_a_task_related_to_it(
     sink_settings: Settings, salesforce: FakeSalesforce
