@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from datetime import datetime, timedelta, timezone
+from functools import partial
 from typing import Any, Callable, TypeVar, cast
 
 import requests
@@ -77,11 +79,12 @@ class SalesforceSink(CrossingSink):
         self.mapping = mapping or load_mapping(settings.sink_mapping_dir / "salesforce.toml", with_deals=False)
         self.limiter = limiter_for("LEADSTREAM_SALESFORCE_RATE_LIMIT", settings.salesforce_rate_limit, "salesforce")
         self.session = TimeoutSession(settings.sink_timeout_s, settings.sink_concurrency)
+        self.username = settings.salesforce_username
+        self._logins = threading.local()  # `made`: whether the call this thread makes logged in again
         sf = self._connect(settings)
         # SFType handles built once (each attribute access builds a new one).
         self.leads, self.accounts, self.tasks = cast(SFType, sf.Lead), cast(SFType, sf.Account), cast(SFType, sf.Task)
         self.sf = sf
-        self.username = settings.salesforce_username
         #: Set once Salesforce refused the password at a new login (see _call): never tried again.
         self.login_refused: CredentialsError | None = None
 
@@ -100,9 +103,12 @@ class SalesforceSink(CrossingSink):
                                   "needs it (and LEADSTREAM_SALESFORCE_SECURITY_TOKEN, unless the org trusts this IP address)")
             # Password login: simple-salesforce logs in again by itself when the session expires.
             try:
-                return Salesforce(username=settings.salesforce_username, password=settings.salesforce_password,
-                                  security_token=settings.salesforce_security_token, domain=settings.salesforce_domain,
-                                  version=version, session=self.session)
+                sf = Salesforce(username=settings.salesforce_username, password=settings.salesforce_password,
+                                security_token=settings.salesforce_security_token, domain=settings.salesforce_domain,
+                                version=version, session=self.session)
+                if (login := sf._salesforce_login_partial) is not None:
+                    sf._salesforce_login_partial = partial(self._login_once_a_call, login)
+                return sf
             except SalesforceError as exc:
                 raise ConfigError(f"Salesforce login as {settings.salesforce_username} failed: {exc}; check "
                                   "LEADSTREAM_SALESFORCE_PASSWORD, _SECURITY_TOKEN and _DOMAIN") from None
@@ -113,6 +119,19 @@ class SalesforceSink(CrossingSink):
             "Salesforce credentials are missing: set LEADSTREAM_SALESFORCE_INSTANCE_URL and "
             "LEADSTREAM_SALESFORCE_ACCESS_TOKEN, or LEADSTREAM_SALESFORCE_USERNAME, _PASSWORD and _SECURITY_TOKEN"
         )
+
+    def _login_once_a_call(self, login: Callable[[], tuple[str, str]]) -> tuple[str, str]:
+        """simple-salesforce's login again, at most once a call (_call): a record's call logs in again
+        at each 401 INVALID_SESSION_ID, and without a bound (SFType passes on no count of its tries),
+        so an org refusing each new session at once (sessions locked to the IP address they were made
+        from, the connector's calls leaving by another) had one try log in 960 times in 17 s."""
+        if getattr(self._logins, "made", False):
+            raise CredentialsError(
+                f"Salesforce refuses the session of a new login as {self.username} at once (401 INVALID_SESSION_ID "
+                "again): check the org's session settings (sessions locked to the IP address they were made from, "
+                "with the connector's calls leaving by several) and that the user's profile has API Enabled")
+        self._logins.made = True
+        return login()
 
     def handles(self, item: Crossing) -> bool:
         return self.mapping.covers(item)
@@ -205,6 +224,7 @@ class SalesforceSink(CrossingSink):
         if self.login_refused is not None:
             raise self.login_refused
         self.limiter.acquire()
+        self._logins.made = False  # see _one_login_a_call
         try:
             return request()
         except (ValueError, KeyError, TypeError) as exc:  # before RequestException: requests' JSON error is both

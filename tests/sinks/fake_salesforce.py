@@ -58,6 +58,9 @@ class FakeSalesforce(FakeServer):
         #: The password the user has now (an admin may reset it).
         self.password = PASSWORD
         self.logins = 0
+        #: Whether the sessions logins make are refused at once (sessions locked to the IP address
+        #: they were made from, the calls leaving by another).
+        self.refuse_new_sessions = False
         #: Whether the connector's user has the permission "View and Edit Converted Leads" (off in a
         #: new org): without it Salesforce refuses any change to a converted Lead.
         self.edit_converted = False
@@ -129,7 +132,8 @@ class FakeSalesforce(FakeServer):
                 'token; or user locked out.</sf:exceptionMessage></sf:LoginFault></detail></soapenv:Fault></soapenv:Body>'
                 '</soapenv:Envelope>').encode())
         session = f"00Dxx0000000001!login-{self.logins}"
-        self.sessions.add(session)
+        if not self.refuse_new_sessions:
+            self.sessions.add(session)
         return Response(200, (
             '<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" '
             'xmlns="urn:partner.soap.sforce.com"><soapenv:Body><loginResponse><result><passwordExpired>false</passwordExpired>'

@@ -146,6 +146,30 @@ def test_a_password_salesforce_refuses_at_a_new_login_is_not_tried_again_and_hol
     assert (stats.delivered, stats.dead_lettered) == (5, 0)
     assert sorted(task["WhoId"] for task in salesforce.records["Task"].values()) == sorted(leads)
 
+def test_a_new_session_salesforce_refuses_at_once_is_held_with_one_login_a_try(
+    sink_settings: Settings, salesforce: FakeSalesforce
+) -> None:
+    # simple-salesforce logs in again at each 401 of a record's call, without a bound: one try
+    # logged in 960 times in 17 s, then was dead-lettered as "no answer (Timeout...)".
+    settings = password_login(sink_settings, salesforce).with_overrides(sink_backoff_max_ms=200)
+    leads = [salesforce.add_lead(f"lead-{n}@acme.io") for n in range(3)]
+    sink = SalesforceSink(settings)
+    salesforce.expire_sessions()
+    salesforce.refuse_new_sessions = True
+    produce(settings, [crossing(n, "mql", traits={"salesforce_id": lead}) for n, lead in enumerate(leads)])
+    runner = SinkRunner(sink, settings)
+    with running(runner) as ran:
+        wait_for(lambda: len(salesforce.requests_to("GET", "/sobjects/Lead/")) >= 15, what="held tries")
+        assert runner.refused is not None and not runner.ready()
+        assert "refuses the session of a new login as api@acme.example at once" in str(runner.refused)
+        # Each try: its call refused, one login, the call refused again; the start's login aside.
+        assert salesforce.logins - 1 <= len(salesforce.requests_to("GET", "/sobjects/Lead/")) / 2
+        salesforce.refuse_new_sessions = False
+        wait_for(lambda: ran, 60, "the held crossings delivered")
+
+    [stats] = ran
+    assert (stats.delivered, stats.dead_lettered) == (3, 0)
+
 def test_request_limit_exceeded_is_retried_and_an_unknown_field_is_dead_lettered_then_replayed(
     sink_settings: Settings, salesforce: FakeSalesforce
 ) -> None:
