@@ -274,8 +274,10 @@ class ModelRuntime:
             key, found = None, None
         if found is None:
             matched: tuple[FitRule, ...] = tuple(self.fit_match(_NO_PROPERTIES, traits))
-            items = [(-abs(rule.points), rule.name, rule.points) for rule in matched if rule.points]
-            found = (matched, sum(rule.points for rule in matched), items)
+            fit = sum(rule.points for rule in matched)
+            # The reasons' points as the explanation's fit rows show them, adding up to the fit points shown.
+            items = [(-abs(points), name, points) for name, points in explaining.fit_parts(self, matched, fit) if points]
+            found = (matched, fit, items)
             if key is not None:
                 if len(self._fit_memo) >= _FIT_MEMO:
                     self._fit_memo.clear()

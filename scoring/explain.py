@@ -10,7 +10,8 @@ changes recorded under an earlier one.
 Numbers are shown to two decimals (the 0-100 value to one) and add up as shown: behaviour and
 fit points, plus what the model's floor adds when negative fit points take their sum below it
 (`floor_points`, and a "floor" reason), make the score; the rule rows' points and decay make
-the behaviour points, and so do the top reasons' (`reasons`). Each label is that of the exact
+the behaviour points, the fit rows' the fit points (`fit_parts`), and so do the top reasons'
+(`reasons`). Each label is that of the exact
 points, and no number shown beside one is rounded across a line of it (`scoring.scales.held`):
 a lead at 29.997 points, under a line at 30 of its ladder, [engagement] or [temperature], shows
 29.99, and its reasons +40 and decay -10.01.
@@ -31,6 +32,7 @@ from scoring.state import LeadState
 
 if TYPE_CHECKING:
     from scoring.engine import ModelRuntime
+    from scoring.fit import FitRule
 
 #: Reasons carried by transitions and summaries.
 TOP_REASONS = 5
@@ -72,7 +74,7 @@ def _labels_of(runtime: ModelRuntime, fit: float, behaviour: float) -> tuple[Any
     fit and floor points as shown, adding up to the score shown."""
     model = runtime.model
     grades, engagement_bands = model.grades, model.engagement
-    fit_shown = shown(held(fit, round(fit, 2), grades.lows[1:] if grades is not None else (), 100))
+    fit_shown = _fit_shown(runtime, fit)
     score = behaviour + fit
     lifted = score < runtime.floor
     # The score shown is behaviour plus fit points shown, so the behaviour points are held off
@@ -121,14 +123,7 @@ def rule_rows(runtime: ModelRuntime, state: LeadState) -> tuple[list[dict[str, A
     ledger = state.ledger
     points = [entry[0] for entry in ledger.values()]
     decayed = _decayed_shown(_figures(runtime, state)[6], points)
-    exact = [share * 100 for share in _decay_shares(runtime, points, state.behaviour - sum(points))]
-    parts = [math.floor(share) for share in exact]
-    if parts:
-        # The remainders, largest first (a row's order as a tie-break).
-        order = sorted(range(len(parts)), key=lambda i: (parts[i] - exact[i], i))
-        each, extra = divmod(decayed - sum(parts), len(parts))
-        for rank, i in enumerate(order):
-            parts[i] += each + (rank < extra)
+    parts = _apportioned([share * 100 for share in _decay_shares(runtime, points, state.behaviour - sum(points))], decayed)
     known = {rule.name for rule in runtime.model.rules}
     rows: list[dict[str, Any]] = [
         {
@@ -144,6 +139,33 @@ def rule_rows(runtime: ModelRuntime, state: LeadState) -> tuple[list[dict[str, A
     ]
     rows.sort(key=lambda row: (-abs(row["points"]), row["rule"]))
     return rows, shown(decayed / 100)
+
+
+def _apportioned(exact: list[float], total: int) -> list[int]:
+    """The `exact` hundredths as whole ones adding up to `total`: each rounded down, and the
+    hundredths left given to the largest remainders (a row's order as a tie-break)."""
+    parts = [math.floor(share) for share in exact]
+    if parts:
+        order = sorted(range(len(parts)), key=lambda i: (parts[i] - exact[i], i))
+        each, extra = divmod(total - sum(parts), len(parts))
+        for rank, i in enumerate(order):
+            parts[i] += each + (rank < extra)
+    return parts
+
+
+def _fit_shown(runtime: ModelRuntime, fit: float) -> float:
+    """The fit points as shown: to the hundredth, never across a line of the model's [grades]."""
+    grades = runtime.model.grades
+    return shown(held(fit, round(fit, 2), grades.lows[1:] if grades is not None else (), 100))
+
+
+def fit_parts(runtime: ModelRuntime, matched: tuple[FitRule, ...], fit: float) -> list[tuple[str, float]]:
+    """The fit rules met (`matched`, whose points make `fit`) and their points as shown: to the
+    hundredth, and adding up to the fit points shown (`_apportioned`). Shown as the model gives
+    them, two rules of 0.335 points made 0.67 fit points in rows of three decimals, and the top
+    reasons, each rounded alone, 0.34 and 0.34: with a rule's 1 point, 1.68 of a score of 1.67."""
+    parts = _apportioned([rule.points * 100 for rule in matched], round(_fit_shown(runtime, fit) * 100))
+    return [(rule.name, shown(part / 100)) for rule, part in zip(matched, parts)]
 
 
 def _decayed_shown(behaviour: float, earned: list[float]) -> int:
@@ -181,7 +203,8 @@ def _decay_shares(runtime: ModelRuntime, points: list[float], decayed: float) ->
 
 
 def fit_rows(runtime: ModelRuntime, state: LeadState) -> list[dict[str, Any]]:
-    return [{"rule": rule.name, "points": rule.points} for rule in runtime.fit_of(state)[0]]
+    matched, fit, _ = runtime.fit_of(state)
+    return [{"rule": name, "points": points} for name, points in fit_parts(runtime, matched, fit)]
 
 
 def reasons(runtime: ModelRuntime, state: LeadState, limit: int = TOP_REASONS) -> list[dict[str, Any]]:

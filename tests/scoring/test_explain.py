@@ -7,6 +7,8 @@ import math
 from typing import Any
 
 import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from scoring import Engine
 from scoring.scales import Bands, Scale
@@ -291,6 +293,42 @@ def test_top_reasons_add_up_to_the_score_held_below_a_line() -> None:
     assert summary["score"] == 34.99
     assert summary["top_reasons"] == [{"rule": "r", "points": 35}, {"rule": "decay", "points": -0.01}]
     assert (explained["rules"][0]["points"], explained["decayed"]) == (35, -0.01)
+
+
+def _fit_model(points: list[float], grades: str = "") -> Engine:
+    """A rule of 1 point on "r" events, and a fit rule per entry of `points` met by a lead with
+    the trait `t<i>`."""
+    fit = "".join(f'[[fit]]\nname = "f{i}"\npoints = {value}\ntraits.t{i} = {{ exists = true }}\n' for i, value in enumerate(points))
+    return engine('[[rules]]\nname = "r"\nevent = "r"\npoints = 1\n' + fit + grades, settings="floor = -100")
+
+
+def test_fit_rows_and_reasons_of_fit_points_beyond_hundredths_add_up_as_shown() -> None:
+    # Two fit rules of 0.335 make 0.67 fit points: their rows showed 0.335 each, beside numbers
+    # of two decimals, and the top reasons, each rounded alone, 0.34 and 0.34: 1.68 with the
+    # rule's 1 point, of a score of 1.67.
+    run = Run(_fit_model([0.335, 0.335])).apply(ev("r", traits={"t0": 1, "t1": 1}))
+    explained, summary = run.engine.explain("m", "L1", run.state(), T0), run.engine.summary("m", "L1", run.state(), T0)
+    assert (explained["score"], explained["fit_points"]) == (1.67, 0.67)
+    assert explained["fit"] == [{"rule": "f0", "points": 0.34}, {"rule": "f1", "points": 0.33}]
+    assert summary["top_reasons"] == [{"rule": "r", "points": 1}, {"rule": "f0", "points": 0.34}, {"rule": "f1", "points": 0.33}]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(-3000, 3000), st.booleans()), min_size=1, max_size=4))
+def test_fit_rows_and_reasons_make_the_fit_points_and_score_shown(rules: list[tuple[int, bool]]) -> None:
+    """Fit rules of any points to the thousandth, met or not, under grade lines of their own: the
+    fit rows make the fit points shown, and the top reasons (all of them, at most five) the score."""
+    points = [thousandths / 1000 for thousandths, _ in rules]
+    grades = "[grades]\nA = { min = 1.005 }\nB = { min = 0.335, below = 1.005 }\nC = { min = 0, below = 0.335 }\nD = { below = 0 }\n"
+    run = Run(_fit_model(points, grades)).apply(ev("r", traits={f"t{i}": 1 for i, (_, met) in enumerate(rules) if met}))
+    explained, summary = run.engine.explain("m", "L1", run.state(), T0), run.engine.summary("m", "L1", run.state(), T0)
+
+    def cents(value: float) -> int:
+        return round(value * 100)
+
+    assert all(row["points"] == round(row["points"], 2) for row in explained["fit"])  # two decimals at most
+    assert sum(cents(row["points"]) for row in explained["fit"]) == cents(explained["fit_points"])
+    assert sum(cents(reason["points"]) for reason in summary["top_reasons"]) == cents(summary["score"]) == cents(explained["score"])
 
 
 def test_an_account_s_temperature_is_that_of_its_score_as_a_lead_s() -> None:
