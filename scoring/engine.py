@@ -644,10 +644,14 @@ class ModelRuntime:
             self.told[lead_id] = update
 
     def member_score(self, lead_id: str, state: LeadState, time_ms: int, changed_ms: int = 0) -> MemberScore | None:
-        """The lead's update for its account; `changed_ms`, a decay's (`MemberScore.changed_ms`)."""
+        """The lead's update for its account; `changed_ms`, a decay's (`MemberScore.changed_ms`).
+        Its score is the lead's as its summary and explanation show it (`scoring.explain`): its
+        behaviour and fit points each to the hundredth, held off its lines. Its exact score
+        rounded once, a lead shown at 2.34 (2 behaviour points and a fit rule's 0.335, shown
+        0.34) was a member at 2.33, and one shown at 19.99, held below its MQL line at 20, at 20."""
         if state.account_id is None:
             return None
-        score = min(max(round(self.score(state), 2), -MAX_MEMBER_POINTS), MAX_MEMBER_POINTS)
+        score = min(max(explaining.score_shown(self, state), -MAX_MEMBER_POINTS), MAX_MEMBER_POINTS)
         return MemberScore(self.name, state.account_id, lead_id, score, time_ms, revision=state.revision, changed_ms=changed_ms)
 
 

@@ -54,6 +54,12 @@ def _put_labels(out: dict[str, Any], runtime: ModelRuntime, state: LeadState) ->
     out["level"] = state.level
 
 
+def score_shown(runtime: ModelRuntime, state: LeadState) -> float:
+    """The score as summaries, explanations and crossings show it."""
+    score: float = _figures(runtime, state)[0]
+    return score
+
+
 def _figures(runtime: ModelRuntime, state: LeadState) -> tuple[Any, ...]:
     """`_labels_of` the state's points: its labels, then the points shown in explanations."""
     # A summary is made for every changed lead of every batch, and a lead's labels depend on

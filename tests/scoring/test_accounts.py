@@ -128,6 +128,29 @@ def test_batches_report_member_scores_of_leads_with_an_account() -> None:
     assert run.account_updates == [MemberScore("m", "acme", "L1", 10, T0, revision=1), MemberScore("m", "acme", "L1", 20, T0 + 1, revision=2)]
 
 
+def test_a_member_counts_in_its_account_with_the_score_its_lead_shows() -> None:
+    # 2 behaviour points and a fit rule's 0.335: the lead shows 2.34 (its points to the
+    # hundredth each, as its explanation adds them up), and was a member at 2.33, its exact
+    # 2.335 rounded once. A half-life lead at 19.997, held below its MQL line at 20, shows 19.99
+    # and was a member at 20.
+    fit = '[[fit]]\nname = "third"\npoints = 0.335\ntraits.t = { exists = true }\n'
+    half_life = '[decay]\nhalf_life = "1d"\n'
+    accounts = '[accounts]\nbase = "quiet"\nladder = [{ level = "engaged", at = 50 }]\n'
+    rules = '[[rules]]\nname = "p"\nevent = "p"\npoints = 1\n[[rules]]\nname = "q"\nevent = "q"\npoints = 40\n'
+    fitted = Run(engine(rules + fit + accounts)).apply(ev("p", account_id="acme", traits={"t": 1}), ev("p", at=1))
+    decaying = Run(engine(rules + half_life + accounts)).apply(ev("q", account_id="acme"))
+    at = T0 + math.ceil(DAY * math.log2(40 / 19.997))
+    decayed, _ = decaying.engine.decay("m", "L1", decaying.state(), at)
+    for run, state, time_ms, shown in ((fitted, fitted.state(), T0 + 1, 2.34), (decaying, decayed, at, 19.99)):
+        assert run.engine.summary("m", "L1", state, time_ms)["score"] == shown
+        member = run.engine.member_score("m", "L1", state, time_ms)
+        assert member is not None and member.score == shown
+        account, _ = run.engine.apply_account("m", "acme", None, member)
+        summary = run.engine.account_summary("m", "acme", account)
+        assert (summary["score"], summary["top_members"]) == (shown, [{"lead_id": "L1", "score": shown}])
+    assert fitted.account_updates[-1].score == 2.34
+
+
 _LADDER = ('[[rules]]\nname = "n"\nevent = "n"\npoints = -10\n[accounts]\ncombine = "top_k"\ntop_k = 2\nbase = "unaware"\n'
            'hysteresis = 5\nladder = [{ level = "engaged", at = 20 }, { level = "buying", at = 40 }]\n')
 
