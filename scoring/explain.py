@@ -213,6 +213,13 @@ def fit_rows(runtime: ModelRuntime, state: LeadState) -> list[dict[str, Any]]:
     return [{"rule": name, "points": points} for name, points in fit_parts(runtime, matched, fit)]
 
 
+#: The fewest points shown as other than 0 (the float 0.005 is above 0.005, and rounds to 0.01):
+#: a rule's points below are no reason. A floor or ceiling leaves an occurrence such crumbs under
+#: a half-life (the 0.0015 points a -7 took from a lead decayed nearly to a floor of 0), and
+#: summaries and crossings listed `{"rule": "unsubscribe", "points": 0}` among the reasons.
+_SHOWN_FROM = 0.005
+
+
 def reasons(runtime: ModelRuntime, state: LeadState, limit: int = TOP_REASONS) -> list[dict[str, Any]]:
     """The largest contributions, either sign: behaviour rules, fit rules, decay and what the
     floor adds, as the explanation shows them: when they are `limit` or fewer, they add up to
@@ -224,7 +231,8 @@ def reasons(runtime: ModelRuntime, state: LeadState, limit: int = TOP_REASONS) -
         points = entry[0]
         if points:
             earned.append(points)
-            items.append((-abs(points), name, points))
+            if points >= _SHOWN_FROM or points <= -_SHOWN_FROM:
+                items.append((-abs(points), name, points))
     items += runtime.fit_of(state)[2]
     figures = _figures(runtime, state)
     decayed = _decayed_shown(figures[6], earned) / 100  # none where seconds of a half-life show as -0.0

@@ -201,6 +201,22 @@ def test_reasons_leave_out_decay_too_small_to_show() -> None:
     assert {"rule": "decay", "points": -17.5} in days_later["top_reasons"]
 
 
+def test_reasons_leave_out_a_rule_s_points_too_small_to_show() -> None:
+    # Two visits (50 points) decayed 15 hours under a 1-hour half-life, then an unsubscribe: the
+    # floor (0) left its -7 the 0.0015 points the lead had, which the reasons showed as
+    # {"rule": "unsubscribe", "points": 0}. Its explanation row stays (one occurrence, capped).
+    rules = '[[rules]]\nname = "visit"\nevent = "v"\npoints = 25\n[[rules]]\nname = "unsubscribe"\nevent = "u"\npoints = -7\n'
+    run = Run(engine(rules + '[decay]\nhalf_life = "1h"\n')).apply(ev("v"), ev("v", at=1), ev("u", at=15 * HOUR))
+    assert -0.005 < run.state().ledger["unsubscribe"][0] < 0
+    summary = run.engine.summary("m", "L1", run.state(), T0 + 15 * HOUR)
+    assert summary["top_reasons"] == [{"rule": "decay", "points": -50}, {"rule": "visit", "points": 50}]
+    explained = run.engine.explain("m", "L1", run.state(), T0 + 15 * HOUR)
+    assert [(row["rule"], row["points"], row["capped"]) for row in explained["rules"]] == [("visit", 50, 0), ("unsubscribe", 0, 1)]
+    # Points that show as a hundredth are a reason: 0.005 is shown 0.01.
+    tiny = Run(engine('[[rules]]\nname = "r"\nevent = "r"\npoints = 0.005\n')).apply(ev("r"))
+    assert tiny.engine.summary("m", "L1", tiny.state(), T0)["top_reasons"] == [{"rule": "r", "points": 0.01}]
+
+
 def test_negative_points_decayed_to_nearly_nothing_show_as_0_not_minus_0() -> None:
     rules = '[[rules]]\nname = "bad"\nevent = "bad"\npoints = -3\n[decay]\nhalf_life = "1d"\n'
     run = Run(engine(rules, settings="floor = -100")).apply(ev("bad"))
