@@ -139,9 +139,9 @@ class _Function:
             "    state.account_id = account_id",
             "    outcome = CHANGED",
             # Traits changed, or the state was read back from bytes (the model may have changed).
-            "if state.fit_found is None:",
+            "if traits_changed or state.fit_found is None:",
             "    fit, held = state.fit, state.level",
-            "    rt.fit_of(state, time_ms)",  # may rename the level (ModelRuntime.adopt)
+            "    rt.fit_of(state, time_ms, traits_changed)",  # may rename the level (ModelRuntime.adopt)
             "    if traits_changed or fit != state.fit or held is not state.level:",
             "        outcome = CHANGED",
         )

@@ -211,7 +211,8 @@ class ModelRuntime:
         score = state.behaviour + state.fit
         return score if score > self.floor else self.floor
 
-    def fit_of(self, state: LeadState, time_ms: int | None = None) -> tuple[tuple[FitRule, ...], float, list[tuple[float, str, float]]]:
+    def fit_of(self, state: LeadState, time_ms: int | None = None,
+               refit: bool = False) -> tuple[tuple[FitRule, ...], float, list[tuple[float, str, float]]]:
         """The fit rules the lead's traits meet (in model order), their points, and the
         (-|points|, name, points) sort items of those with points (for reasons); remembered in
         the state until its traits change.
@@ -221,10 +222,11 @@ class ModelRuntime:
         change them, and so does an edit of the model's [[fit]] rules: a state written before
         the edit is read back with `fit_found` unset, and its first use under the new model
         revises it. That first use also adopts what the state keeps under earlier names
-        (`adopt`)."""
+        (`adopt`). `refit`: the state's traits changed (`_merge_traits`), so they are matched again."""
         found = state.fit_found
-        if found is None:
-            self.adopt(state)
+        if found is None or refit:
+            if found is None:
+                self.adopt(state)
             found = state.fit_found = self._fit(state.traits)
             if found[1] != state.fit:
                 if time_ms is not None:
@@ -552,14 +554,26 @@ class ModelRuntime:
                     continue  # the state's value (or its forgetting) is newer
                 times[key] = time_ms
                 if value is None:
-                    if kept.pop(key, None) is not None:
-                        changed = True
+                    if key in kept:
+                        changed = changed or self._found_before(state, time_ms)
+                        del kept[key]
                 elif (old := kept.get(key)) != value or old.__class__ is not value.__class__:  # true is not 1
+                    changed = changed or self._found_before(state, time_ms)
                     kept[key] = value
-                    changed = True
-        if changed:
-            state.fit_found = None
+        # The fit points the traits give are revised by the caller (`fit_of(refit=True)`), once
+        # decay due before the event is taken: until then the state's fit rules are those of its
+        # fit points. Unset here, a crossing that decay made before the event (its reasons, read
+        # by `fit_of`) revised them at the crossing's time without a history row, and listed the
+        # new fit rules beside a score without their points (visit 25, big 5.5, decay -5 of 19.99).
         return changed
+
+    def _found_before(self, state: LeadState, time_ms: int) -> bool:
+        """Before an event's traits change a state read back (its fit rules not found yet), the
+        fit rules its traits meet so far, under the model as it is (`fit_of`): those of its fit
+        points, which a crossing that decay makes before the event reads. Returns True."""
+        if state.fit_found is None:
+            self.fit_of(state, time_ms)
+        return True
 
     def take_late_facts(self, state: LeadState, event: Event, lead_id: str, out: list[Transition]) -> int:
         """What an event beyond the lateness still tells of the lead: its traits (each where no
@@ -585,7 +599,7 @@ class ModelRuntime:
                 changed = True
         if changed:
             state.revision += 1
-            self.fit_of(state, state.watermark_ms)
+            self.fit_of(state, state.watermark_ms, refit=True)
             self._settle(state, level, lead_id, state.watermark_ms, out)
             return _CHANGED
         return _COUNTED if dated else _LATE

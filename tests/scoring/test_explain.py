@@ -7,6 +7,7 @@ import math
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -215,6 +216,26 @@ def test_reasons_leave_out_a_rule_s_points_too_small_to_show() -> None:
     # Points that show as a hundredth are a reason: 0.005 is shown 0.01.
     tiny = Run(engine('[[rules]]\nname = "r"\nevent = "r"\npoints = 0.005\n')).apply(ev("r"))
     assert tiny.engine.summary("m", "L1", tiny.state(), T0)["top_reasons"] == [{"rule": "r", "points": 0.01}]
+
+
+@pytest.mark.parametrize("decay", ['half_life = "3d"', 'steps = [{ idle = "1d", points = -10 }]'])
+@pytest.mark.parametrize("batch", [None, 1])
+def test_a_crossing_decay_makes_before_an_event_that_changes_fit_shows_the_fit_it_had(decay: str, batch: int | None) -> None:
+    # A visit (25, MQL at 20), then two days later an identify that meets a fit rule of 5.5: its
+    # event first takes the decay due before it, which crosses the lead down on day 1. That
+    # crossing's reasons read the fit rules of the traits already merged, revising the fit
+    # points on the way, unrecorded: visit 25, big 5.5 and decay -5 (or -10) beside a score of
+    # 19.99 (15), and the history had no `fit` row, its rows making 25 (15) of 21.25 (20.5). So
+    # in a state read back (batch 1) as in one kept live.
+    rules = '[[rules]]\nname = "visit"\nevent = "v"\npoints = 25\n[[fit]]\nname = "big"\npoints = 5.5\ntraits.size = { gte = 100 }\n'
+    run = Run(engine(rules + f"[decay]\n{decay}\n")).apply(ev("v"), ev("identify", at=2 * DAY, traits={"size": 500}), batch=batch)
+    down, up = run.transitions[1:]
+    assert (down.to_level, up.to_level, up.time_ms) == ("cold", "mql", T0 + 2 * DAY)
+    assert [reason["rule"] for reason in down.reasons] == ["visit", "decay"]
+    assert sum(round(reason["points"] * 100) for reason in down.reasons) == round(down.score * 100)
+    explained = run.engine.explain("m", "L1", run.state(), T0 + 2 * DAY)
+    assert explained["history"][0] == {"time": T0 + 2 * DAY, "rule": "fit", "points": 5.5}
+    assert [reason["rule"] for reason in up.reasons] == ["visit", "decay", "big"]
 
 
 def test_negative_points_decayed_to_nearly_nothing_show_as_0_not_minus_0() -> None:
