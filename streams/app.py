@@ -113,6 +113,11 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
         web_port=settings.worker_port,
         web_in_thread=False,
         web_application_options={"handler_args": aiohttp_limits(settings.idle_timeout_ms)},
+        # Faust's own /router and /table views: the lead views route themselves (streams/routing.py
+        # asks app.router, not these), and these told any client every worker's URL, read table
+        # values by key, and answered a table they do not know with a 500 and a traceback at ERROR.
+        web_router_enabled=False,
+        web_tables_enabled=False,
     )
     raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
     # Profile (trait) updates are identify events keyed by lead, and identity links and merges

@@ -72,6 +72,17 @@ def test_a_worker_says_a_request_that_is_not_valid_http_on_one_line(quick_worker
     assert "Traceback" not in log and "Error handling request" not in log
 
 
+def test_fausts_own_router_and_table_views_are_not_served(quick_worker: WorkerProcess) -> None:
+    """Faust's /router views listed every worker's URL and answered a table they did not know
+    with a 500, its KeyError's traceback logged at ERROR; its /table views read the tables by key.
+    The lead and account views route themselves (streams/routing.py)."""
+    paths = ["/router/", "/router/topics", "/router/nosuch/", "/router/leads/ada/", "/table/", "/table/leads/",
+             "/table/leads/ada/"]
+    assert [quick_worker.get(path)[0] for path in paths] == [404] * len(paths)
+    assert quick_worker.get("/leads/ada/")[0] == 404  # no state: the worker's own view answers
+    assert "Traceback" not in quick_worker.log.read_text()
+
+
 def test_a_worker_out_of_open_files_says_so_once_and_serves_again_once_idle_connections_close(
     isolated: Settings, worker: Callable[..., WorkerProcess]
 ) -> None:
