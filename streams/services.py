@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import IO
 from urllib.parse import urlparse
 
-from streams.errors import ServiceError
+from streams.errors import ServiceError, redis_trouble
 from streams.kafka_clients import open_client
 from streams.processes import alive, status_all, stop_all, working_dir
 from streams.settings import KAFKA_VERSION, PROJECT_ROOT, Settings
@@ -97,6 +97,11 @@ class Service:
     def answers(self) -> bool:
         raise NotImplementedError
 
+    def refusal(self) -> str | None:
+        """Why a server on the endpoint that does not answer our requests refuses them (its
+        credentials), or None: one of the user's own, not a stranger on the port."""
+        return None
+
     def prepare(self) -> None:
         """Everything before the first start (install, fetch, format); idempotent."""
 
@@ -114,6 +119,8 @@ class Service:
             # One of the user's own, docker compose's, or another services directory's: the
             # demo and the tests work against it as against ours (`down` leaves it alone).
             return f"{self.name}: not started from {self.settings.services_dir} (LEADSTREAM_SERVICES_DIR), but {self.endpoint} answers: using it"
+        if _port_in_use(self.endpoint) and (refused := self.refusal()) is not None:
+            raise ServiceError(f"{self.name}: {self.endpoint} answers, but {refused}")
         for endpoint, role in self.listens():
             if _port_in_use(endpoint):
                 raise ServiceError(
@@ -167,6 +174,8 @@ class Service:
         if pid is None:
             if self.answers():  # another services directory's, or one of the user's own
                 return f"{self.name}: not started from {self.settings.services_dir} (LEADSTREAM_SERVICES_DIR), but {self.endpoint} answers"
+            if (refused := self.refusal()) is not None:
+                return f"{self.name}: not started from {self.settings.services_dir} (LEADSTREAM_SERVICES_DIR); {self.endpoint} answers, but {refused}"
             return f"{self.name}: not running"
         where, answers = self.started_on(), self.answers()
         if where == str(self.endpoint) or (where is None and answers):
@@ -442,6 +451,21 @@ class Redis(Service):
                 client.close()
         except (redis.RedisError, OSError):
             return False
+
+    def refusal(self) -> str | None:
+        import redis
+
+        client = redis.Redis.from_url(self.settings.redis_url, socket_timeout=1, socket_connect_timeout=1)
+        try:
+            client.ping()
+        except (redis.AuthenticationError, redis.exceptions.NoPermissionError) as refused:
+            # `status` called such a Redis "not running", `up` a stranger holding the port.
+            return redis_trouble(refused, self.settings.redis_url)
+        except (redis.RedisError, OSError):
+            pass
+        finally:
+            client.close()
+        return None
 
 
 def new_cluster_id() -> str:

@@ -183,6 +183,25 @@ def test_a_redis_of_the_user_s_own_that_asks_for_the_url_s_password_is_used_not_
         guarded.stop()
 
 
+def test_a_redis_of_the_user_s_own_that_refuses_the_url_s_password_is_said_so_not_called_a_stranger(tmp_path: Path) -> None:
+    # `status` said "redis: not running" and `up` that the port "is taken by another process (not
+    # one `leadstream services up` started)", of a Redis that answered but refused the password.
+    from tests.sinks.conftest import RedisServer
+
+    guarded = RedisServer(tmp_path, password="s3cret-pw")
+    try:
+        for url, said in ((guarded.url.replace("s3cret-pw", "wrong-pw"), "Redis refused the password (or user) of LEADSTREAM_REDIS_URL"),
+                          (f"redis://127.0.0.1:{guarded.port}/0", "Redis requires a password, and LEADSTREAM_REDIS_URL gives none")):
+            redis = services.Redis(own_services(tmp_path, free_port(), free_port()).with_overrides(redis_url=url))
+            assert said in redis.status() and f"127.0.0.1:{guarded.port} answers, but" in redis.status()
+            with pytest.raises(ServiceError) as refused:
+                redis.up()
+            assert str(refused.value).startswith(f"redis: 127.0.0.1:{guarded.port} answers, but {said}")
+            assert "wrong-pw" not in redis.status() + str(refused.value) and redis.pid() is None
+    finally:
+        guarded.stop()
+
+
 def test_the_services_directory_up_makes_is_its_owner_s_alone(tmp_path: Path) -> None:
     # 755, as the umask left it: every user of the machine could read Kafka's log segments (every
     # event and trait) and Redis's append-only file under it.
