@@ -39,7 +39,7 @@ revoked token would otherwise send the whole stream to the dead-letter topic whi
 connector looked healthy. The connector instead goes not-ready, logs the error, and tries the
 same delivery again every LEADSTREAM_SINK_BACKOFF_MAX_MS, its batch uncommitted, until the
 credentials work or it is restarted with new ones; a replay of dead letters stops at once. A quota
-of a day used up (`QuotaExhausted`: HubSpot's daily limit) is held alike, until it is renewed.
+of a day used up (`QuotaExhausted`: HubSpot's daily limit, Salesforce's requests of 24 hours) is held alike, until it is renewed.
 
 A message that fails with `PermanentError`, or still fails after LEADSTREAM_SINK_MAX_ATTEMPTS
 tries, goes to the connector's dead-letter topic `<source topic>-dlq-<connector>` with the

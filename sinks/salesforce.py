@@ -224,7 +224,7 @@ class SalesforceSink(CrossingSink):
         if self.login_refused is not None:
             raise self.login_refused
         self.limiter.acquire()
-        self._logins.made = False  # see _one_login_a_call
+        self._logins.made = False  # see _login_once_a_call
         try:
             return request()
         except (ValueError, KeyError, TypeError) as exc:  # before RequestException: requests' JSON error is both

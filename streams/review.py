@@ -193,8 +193,9 @@ def _reviews(
     engine: Engine, events_path: Path, outcomes: dict[str, Outcome], links: Links, min_leads: int, err: TextIO
 ) -> tuple[list[dict[str, Any]], set[str], dict[str, None]]:
     """The review of each model of `engine`, each lead judged at its outcome's time, the ids of
-    every lead some model scored, and those of the file's leads with an outcome after its first
-    two (examples of its ids), in the file's order (a merged visitor's events under its lead's id)."""
+    every lead some model scored, and, in the file's order, the file's first two ids (examples of how
+    it writes them) and those of its leads that are scored: with an outcome, or joined to one by
+    links (a merged visitor's events under its lead's id)."""
     present: dict[str, None] = {}
     judged = _judged_ids(outcomes, links)
 

@@ -438,6 +438,19 @@ class Redis(Service):
         ]
 
     def answers(self) -> bool:
+        return self._ping() is None
+
+    def refusal(self) -> str | None:
+        import redis
+
+        failed = self._ping()
+        if isinstance(failed, (redis.AuthenticationError, redis.exceptions.NoPermissionError)):
+            # `status` called such a Redis "not running", `up` a stranger holding the port.
+            return redis_trouble(failed, self.settings.redis_url)
+        return None
+
+    def _ping(self) -> Exception | None:
+        """Why a PING of LEADSTREAM_REDIS_URL failed, or None when it was answered."""
         import redis
 
         try:
@@ -446,25 +459,11 @@ class Redis(Service):
             # it did not answer.
             client = redis.Redis.from_url(self.settings.redis_url, socket_timeout=1, socket_connect_timeout=1)
             try:
-                return bool(client.ping())
+                client.ping()
             finally:
                 client.close()
-        except (redis.RedisError, OSError):
-            return False
-
-    def refusal(self) -> str | None:
-        import redis
-
-        client = redis.Redis.from_url(self.settings.redis_url, socket_timeout=1, socket_connect_timeout=1)
-        try:
-            client.ping()
-        except (redis.AuthenticationError, redis.exceptions.NoPermissionError) as refused:
-            # `status` called such a Redis "not running", `up` a stranger holding the port.
-            return redis_trouble(refused, self.settings.redis_url)
-        except (redis.RedisError, OSError):
-            pass
-        finally:
-            client.close()
+        except (redis.RedisError, OSError) as exc:
+            return exc
         return None
 
 
