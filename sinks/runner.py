@@ -100,6 +100,8 @@ MAX_UNCOMMITTED = 1000
 #: LEADSTREAM_SINK_CONCURRENCY that deliver: so many leads failing at once hold up the others.
 WAITING_LANES = 64
 DLQ_RETENTION_MS = DEAD_LETTER_RETENTION_MS
+#: How old the consumer's view of its topic's partitions may get: one small request to Kafka each time.
+METADATA_MAX_AGE_MS = 5000
 #: Shortest wait between two tries under refused credentials: with LEADSTREAM_SINK_BACKOFF_MAX_MS
 #: at 0 a connector posted to a receiver answering 401 thousands of times a second, for good.
 HOLD_MIN_S = 1.0
@@ -467,6 +469,10 @@ class SinkRunner(Generic[T]):
             # rather than kafka-python's 45 s: deliveries stall no longer than that.
             session_timeout_ms=6000,
             heartbeat_interval_ms=2000,
+            # kafka-python (3.0.12) reads its topics' partitions again every 5 minutes by default:
+            # a group that joined on an answer without them (a race at start, seen in CI), and
+            # partitions added to the topic, held crossings undelivered that long.
+            metadata_max_age_ms=METADATA_MAX_AGE_MS,
         )
         flight = _InFlight(by_partition=self.sink.batched)
         sink_name = self.sink.name

@@ -29,7 +29,7 @@ from streams.history import read_to_end
 from streams.processes import free_port
 from streams.settings import Settings
 from streams.topics import ensure_topics, partition_count
-from tests.infra import leadstream, read_topic, wait_for
+from tests.infra import add_partitions, leadstream, read_topic, wait_for
 from tests.sinks.conftest import REFUSING_WRITES, RedisServer, account_crossing, crossing, drain, produce
 from tests.sinks.fake_http import WebhookReceiver
 from tests.sinks.fake_hubspot import FakeHubSpot
@@ -679,3 +679,36 @@ def test_a_connector_whose_broker_goes_away_carries_on_and_delivers_each_crossin
     delivered = [orjson.loads(post.body)["id"] for post in webhook.requests_to("POST", "/hook")]
     assert sorted(delivered) == sorted({c["id"] for c in (crossing(n, "mql") for n in range(12))}), delivered
     assert "Traceback" not in sink.log.read_text()
+
+
+def test_crossings_in_partitions_added_to_the_topic_under_a_running_connector_are_delivered_within_seconds(
+    sink_settings: Settings,
+) -> None:
+    # kafka-python refreshes a consumer's view of its topics every 5 minutes: partitions added
+    # meanwhile (or a join that raced its first metadata answer and took the topic for partitionless,
+    # as one CI run met) held their crossings undelivered that long.
+    settings = sink_settings
+    stop = threading.Event()
+    delivered: list[str] = []
+
+    class Recording(CrossingSink):
+        name = "recording"
+
+        def deliver(self, item: Crossing, steps: Steps) -> None:
+            delivered.append(item.id)
+
+    runner = SinkRunner(Recording(), settings, stop=stop)
+    thread = threading.Thread(target=runner.run)
+    thread.start()
+    try:
+        wait_for(runner.assigned.is_set, 30, "the connector to hold its partitions")
+        add_partitions(settings, [settings.topic_crossings], settings.partitions + 2)
+        record = crossing(1, "mql")
+        producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+        producer.send(settings.topic_crossings, key=b"lead-1", value=orjson.dumps(record), partition=settings.partitions + 1)
+        producer.flush()
+        producer.close()
+        wait_for(lambda: delivered == [record["id"]], 30, "the crossing in the added partition to be delivered")
+    finally:
+        stop.set()
+        thread.join()
