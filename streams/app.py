@@ -166,7 +166,7 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
     scorer = Scorer(models.current.engine, settings, lead_store, outbox, settings.partitions, committed, log_end,
                     log_reader.look_up, functools.partial(kafka_clients.end_offsets, settings), log_reader.log_start)
     rollup_outbox = Outbox(settings.kafka_bootstrap, settings.partitions, "leadstream-worker-accounts", fence.holds)
-    rollup_stage = Rollup(models.current.engine, settings, account_store, rollup_outbox)
+    rollup_stage = Rollup(models.current.engine, settings, account_store, rollup_outbox, log_reader.look_up, log_reader.log_start)
     sequences = (scorer.sequence, rollup_stage.sequence)
 
     def sought(offsets: Mapping[Any, int]) -> None:
@@ -294,8 +294,9 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
         """Holes in the input partitions' offsets looked up in the log. A timer of its own: in
         `observe`'s, a producer committing a transaction per message held the lag and readiness
         gauges for minutes (one lookup of each marker, 18 ms)."""
-        if scorer.sequence.holes_waiting():
-            await asyncio.to_thread(scorer.sequence.check_holes)
+        for sequence in sequences:
+            if sequence.holes_waiting():
+                await asyncio.to_thread(sequence.check_holes)
     within_s = settings.batch_within_ms / 1000
 
     async def run_stage(stream: faust.StreamT[bytes], process: Process, stage: str, work: str) -> None:

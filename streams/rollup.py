@@ -30,7 +30,7 @@ from streams.account_table import AccountTable, leaves_no_page
 from streams.deadletter import DeadLetter
 from streams.envelope import MAX_MESSAGE_BYTES, unpack
 from streams.isolation import internal_error, isolate, split_envelope, undone_if_it_raises
-from streams.offset_sequence import OffsetSequence
+from streams.offset_sequence import LogStart, LookUp, OffsetSequence
 from streams.outbox import Outbox, encode_json, encode_json_or_none
 from streams.overlap import Done, InFlight, make_durable
 from streams.partitioning import partition_for
@@ -88,13 +88,16 @@ def _member_score(state: AccountState | None, lead_id: str) -> float | None:
 
 
 class Rollup:
-    def __init__(self, engine: Engine, settings: Settings, store: AccountTable, outbox: Outbox) -> None:
+    def __init__(self, engine: Engine, settings: Settings, store: AccountTable, outbox: Outbox,
+                 look_up: LookUp | None = None, log_start: LogStart | None = None) -> None:
+        """`look_up` and `log_start` tell holes in the account updates' offsets apart as the
+        scorer's do (streams/offset_sequence.py): without them every hole is a gap."""
         self.settings = settings
         self.store = store
         self.outbox = outbox
         #: The last batch's flushes, running while the next batch is rolled up (streams/overlap.py).
         self.in_flight = InFlight()
-        self.sequence = OffsetSequence({settings.topic_accounts})
+        self.sequence = OffsetSequence({settings.topic_accounts}, look_up, log_start)
         #: The newest member time rolled up (its lead's newest event's): the time an emptied
         #: account's retention is counted in, that of the events, so that reading a backlog or
         #: a past history removes what scoring them as they came would have, whatever the
@@ -121,6 +124,8 @@ class Rollup:
         rolled up, as `Scorer.process` does. An update that makes the roll-up raise is found and
         dead-lettered (streams/isolation.py)."""
         self.sequence.observe(batch)
+        if self.sequence.at_head:
+            await self.sequence.check_head()
         records: list[Record] = []
         crossings: list[Transition] = []
         for part_records, part_crossings in isolate(batch, self._attempt, split_envelope, self._refuse):

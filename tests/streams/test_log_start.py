@@ -68,3 +68,43 @@ def test_a_running_worker_whose_unread_records_are_deleted_counts_and_tells_them
             "(the group was stopped or behind longer than the topic keeps its records") in told[0], told
     assert anomalies(running, "log_hole") == 0 and anomalies(running, "gap") == 0
     assert running.metric("leadstream_rebalances_total") == [1.0]  # the running worker's reading, not a seek's
+
+
+def test_a_running_worker_whose_unread_account_updates_are_deleted_counts_and_tells_them(
+    isolated: Settings, worker: Callable[..., WorkerProcess]
+) -> None:
+    """The account-updates topic, read by the roll-up, alike: its holes were gaps, alerted as a
+    worker stopping itself, where the log had deleted them before the roll-up read them."""
+    from streams.history import read_to_end
+
+    running = worker(isolated)
+    producer = KafkaProducer(bootstrap_servers=isolated.kafka_bootstrap)
+    producer.send(isolated.topic_events, key=LEAD.encode(), partition=partition_for(LEAD, isolated.partitions),
+                  value=orjson.dumps({"event_id": "acct-0", "lead_id": LEAD, "type": "page_view", "product": "b2b",
+                                      "account_id": "acme", "time": int(time.time() * 1000),
+                                      "properties": {"url": "https://acme.io/pricing"}}))
+    producer.flush()
+    wait_for(lambda: len(list(read_to_end(isolated, isolated.topic_accounts))) == 1, what="the member's update")
+    [update] = list(read_to_end(isolated, isolated.topic_accounts))
+    wait_for(lambda: running.get("/accounts/acme/")[0] == 200, what="the update rolled up")
+    tp = TopicPartition(isolated.topic_accounts, update.partition)
+    assert running.proc is not None
+    os.kill(running.proc.pid, signal.SIGSTOP)  # behind, for a few seconds: well within its session
+    try:
+        for _ in range(12):  # offsets 1 to 12: the update again, which the account knows; one a batch, as
+            # the worker's fetch waiting when it stopped may take the first batch there is
+            producer.send(tp.topic, key=update.key, value=update.value, partition=tp.partition)
+            producer.flush()
+        admin = KafkaAdminClient(bootstrap_servers=isolated.kafka_bootstrap)
+        admin.delete_records({tp: 10})
+        admin.close()
+    finally:
+        os.kill(running.proc.pid, signal.SIGCONT)
+    producer.send(tp.topic, key=update.key, value=update.value, partition=tp.partition)
+    producer.close()
+    wait_for(lambda: anomalies(running, "deleted_unread") + anomalies(running, "gap") >= 8, what="the hole told")
+    lost = int(anomalies(running, "deleted_unread"))
+    assert 8 <= lost <= 9, lost
+    told = [line for line in running.log.read_text().splitlines() if "deleted before this group read them" in line]
+    assert len(told) == 1 and f"topic={tp.topic} partition={tp.partition} read_up_to={10 - lost} log_start=10" in told[0], told
+    assert anomalies(running, "gap") == 0
