@@ -38,8 +38,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from scoring import Engine
 from scoring.errors import StateError
-from streams import (assignor, batching, bulk_store, consumer_stop, erasure, fetch_wait, kafka_clients, lead_states, membership, metrics,
-                     read_offsets, routing, seek_first, spare, stitching, stream_idle, transactions)
+from streams import (assignor, batching, bulk_store, consumer_stop, erasure, fetch_wait, kafka_clients, lead_states, livelock, membership,
+                     metrics, read_offsets, routing, seek_first, spare, stitching, stream_idle, transactions)
 from streams.account_table import AccountTable
 from streams.addresses import advertised, authority
 from streams.assignor import AlignedPartitionAssignor
@@ -242,6 +242,7 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
         stream_idle.install(app)
         transactions.read_committed(app.consumer)
         consumer_stop.install(app.consumer)
+        livelock.install(app.consumer)
         fence.assigned(app.consumer)
         spare_member.assigned(app.consumer)
         owned = sorted(tp.partition for tp in assigned if tp.topic == settings.topic_events)

@@ -22,7 +22,7 @@ from faust.types import TP
 from kafka import KafkaProducer
 from prometheus_client import REGISTRY
 
-from streams import bulk_store, consumer_stop, log_start, seek_first
+from streams import bulk_store, consumer_stop, livelock, log_start, seek_first
 from streams.settings import Settings
 
 PARTITION = 1
@@ -102,6 +102,7 @@ async def running(app: faust.App, tp: TP) -> AsyncIterator[None]:
         async with asyncio.timeout(60):
             while app.rebalancing or not app.consumer.flow_active or tp not in app.consumer.assignment():
                 await asyncio.sleep(0.05)
+            livelock.install(app.consumer)  # as the worker does: Faust's check crashed a reset's consumer
             yield
     finally:
         # As the worker does (streams/consumer_stop.py): a fetch that ignores its cancellation
