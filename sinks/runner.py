@@ -1031,7 +1031,8 @@ def run_sink(sink: Sink[T], settings: Settings) -> int:
     throttle_kafka_retries()  # kafka-python's, ~4 lines a second at WARNING and ERROR while Kafka is down
     runner = SinkRunner(sink, settings)
     stop_on_signals(runner.stop)
-    server = probes.serve(settings.metrics_port, runner.ready, settings.bind_host, "LEADSTREAM_METRICS_PORT", settings.idle_timeout_ms)
+    server = probes.serve(settings.metrics_port, runner.ready, settings.bind_host, "LEADSTREAM_METRICS_PORT", settings.idle_timeout_ms,
+                          metrics=probes.OwnMetrics("leadstream_sink_"))
     watcher = threading.Thread(target=runner.watch, name="sink-watch", daemon=True)
     watcher.start()
     log.info("sink %s: starting; /metrics, /healthz and /readyz on %s", sink.name, authority(settings.bind_host, settings.metrics_port))

@@ -1087,7 +1087,7 @@ async def serve(settings: Settings, sources: dict[str, Source], stop: asyncio.Ev
         await web.TCPSite(runner, settings.collector_host, settings.collector_port, backlog=1024).start()
         operations = probes.serve(settings.collector_metrics_port, lambda: writer.ready, settings.bind_host,
                                   "LEADSTREAM_COLLECTOR_METRICS_PORT", settings.idle_timeout_ms, RETRY_AFTER_S,
-                                  lambda: writer.why_not_ready)  # fmt: skip
+                                  lambda: writer.why_not_ready, metrics=probes.OwnMetrics("leadstream_collector_"))  # fmt: skip
     except OSError as exc:
         await runner.cleanup()
         raise cannot_listen(settings.collector_host, settings.collector_port, "LEADSTREAM_COLLECTOR_PORT", exc,

@@ -18,9 +18,10 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client.metrics_core import Metric
 
 from streams.addresses import family
 from streams.errors import cannot_listen
@@ -54,12 +55,32 @@ class _ReadsByDeadline(io.RawIOBase):
         return self._connection.recv_into(buffer)
 
 
+class OwnMetrics:
+    """The process's registry as its /metrics shows it: Python's and the process's families, and
+    of leadstream's only those named `prefix...` (`leadstream_sink_`, `leadstream_collector_`).
+
+    A module imports the metrics of every module it imports, and a connector imports modules the
+    worker shares with it (streams.history, streams.log_start...): its /metrics showed the worker's
+    metrics beside its own, at 0, `leadstream_worker_ready 0` among them, so that with connectors
+    scraped min(leadstream_worker_ready) was 0 for good, LeadstreamWorkerNotReady fired however
+    ready the workers were, and the dashboard's "Worker ready" showed 0."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def collect(self) -> Iterable[Metric]:
+        for family in REGISTRY.collect():
+            if family.name.startswith(self.prefix) or not family.name.startswith("leadstream_"):
+                yield family
+
+
 def serve(port: int, ready: Callable[[], bool], host: str, setting: str, idle_timeout_ms: int,
-          retry_after_s: int = NOT_READY_RETRY_AFTER_S, why_not_ready: Callable[[], str | None] = lambda: None) -> ThreadingHTTPServer:
-    """Start serving in a daemon thread; `ready()` answers /readyz, whose 503 has a Retry-After of
-    `retry_after_s` and the reason `why_not_ready()` gives, if any. A connection is closed unanswered
-    `idle_timeout_ms` after it opened if its request is not whole by then. A port that cannot be
-    had is a ServiceError naming `setting`, the variable that chose it."""
+          retry_after_s: int = NOT_READY_RETRY_AFTER_S, why_not_ready: Callable[[], str | None] = lambda: None, *,
+          metrics: OwnMetrics) -> ThreadingHTTPServer:
+    """Start serving in a daemon thread; /metrics shows `metrics`, and `ready()` answers /readyz,
+    whose 503 has a Retry-After of `retry_after_s` and the reason `why_not_ready()` gives, if any. A
+    connection is closed unanswered `idle_timeout_ms` after it opened if its request is not whole by
+    then. A port that cannot be had is a ServiceError naming `setting`, the variable that chose it."""
 
     class Handler(BaseHTTPRequestHandler):
         timeout = idle_timeout_ms / 1000  # of each write of the answer too: a client that does not read it
@@ -71,7 +92,7 @@ def serve(port: int, ready: Callable[[], bool], host: str, setting: str, idle_ti
 
         def do_GET(self) -> None:  # noqa: N802 - the http.server API
             if self.path == "/metrics":
-                self._answer(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
+                self._answer(200, generate_latest(metrics), CONTENT_TYPE_LATEST)
             elif self.path == "/healthz":
                 self._answer(200, b'{"status":"alive"}', "application/json")
             elif self.path == "/readyz":

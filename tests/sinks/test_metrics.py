@@ -74,6 +74,24 @@ def test_connector_metrics_count_every_outcome_exactly(
     assert len(webhook.requests_to("POST", "^/hook$")) == 2, proc.tail()
 
 
+def families(metrics: str) -> set[str]:
+    """The leadstream metric families a /metrics text declares."""
+    return {line.split()[2] for line in metrics.splitlines() if line.startswith("# TYPE leadstream_")}
+
+
+def test_a_connector_exports_its_own_metrics_not_the_workers(sink_settings: Settings, webhook: WebhookReceiver, sink_process: Any) -> None:
+    # It imports modules it shares with the worker, which import the worker's metrics: its /metrics
+    # showed them too, leadstream_worker_ready at 0, and min(leadstream_worker_ready) over every
+    # scraped process was 0 however ready the workers were (LeadstreamWorkerNotReady fired for good).
+    port = free_port()
+    proc = sink_process(sink_settings.with_overrides(webhook_url=f"{webhook.url}/hook", metrics_port=port), "webhook")
+    wait_for(lambda: get(port, "/readyz")[0] == 200, what="/readyz")
+    text = get(port, "/metrics")[1]
+    assert "leadstream_sink_ready" in families(text), proc.tail()
+    assert {name for name in families(text) if not name.startswith("leadstream_sink_")} == set()
+    assert sample(text, "process_open_fds") > 0  # the process's own families are still shown
+
+
 def test_a_stalled_redis_makes_the_connector_not_ready_and_its_ledger_fail_within_the_timeout(
     sink_settings: Settings, webhook: WebhookReceiver, redis_server: RedisServer
 ) -> None:
@@ -154,7 +172,8 @@ def test_a_probe_that_hangs_up_before_its_answer_leaves_no_traceback(capsys: pyt
         return False
 
     port = free_port()
-    server = probes.serve(port, slow_ready, "127.0.0.1", "LEADSTREAM_METRICS_PORT", Settings().idle_timeout_ms)
+    server = probes.serve(port, slow_ready, "127.0.0.1", "LEADSTREAM_METRICS_PORT", Settings().idle_timeout_ms,
+                          metrics=probes.OwnMetrics("leadstream_sink_"))
     try:
         for _ in range(3):
             with socket.create_connection(("127.0.0.1", port)) as client:

@@ -420,6 +420,19 @@ def test_requests_calls_and_refusals_are_counted_on_the_operations_port(collecto
     assert requests.get(f"{collector.url}/metrics", timeout=5).status_code == 404  # never on the public port
 
 
+def test_the_operations_port_shows_the_collectors_metrics_not_the_other_processes(collector: ThreadedCollector, settings: Settings) -> None:
+    # The collector imports modules it shares with the connectors, and this test process every
+    # process's metrics, as a connector imports the worker's: each showed the others' families (a
+    # connector's `leadstream_worker_ready 0` kept LeadstreamWorkerNotReady firing).
+    import sinks.metrics  # noqa: F401
+    import streams.metrics  # noqa: F401
+
+    text = requests.get(f"http://127.0.0.1:{settings.collector_metrics_port}/metrics", timeout=5).text
+    declared = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE leadstream_")}
+    assert "leadstream_collector_requests_total" in declared
+    assert {name for name in declared if not name.startswith("leadstream_collector_")} == set()
+
+
 def gzipped(body: Any) -> bytes:
     return gzip.compress(orjson.dumps(body))
 

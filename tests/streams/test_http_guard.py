@@ -133,7 +133,7 @@ def probe_port(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
     serving 4 connections at most."""
     monkeypatch.setattr(probes, "MAX_CONNECTIONS", 4)
     port = free_port()
-    server = probes.serve(port, lambda: True, "127.0.0.1", "LEADSTREAM_METRICS_PORT", 500)
+    server = probes.serve(port, lambda: True, "127.0.0.1", "LEADSTREAM_METRICS_PORT", 500, metrics=probes.OwnMetrics("leadstream_sink_"))
     yield port
     server.shutdown()
     server.server_close()

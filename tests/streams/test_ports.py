@@ -36,7 +36,8 @@ def expected(port: int, setting: str) -> str:
 
 def test_probes_of_a_connector(taken: int) -> None:
     with pytest.raises(ServiceError) as error:
-        probes.serve(taken, lambda: True, "127.0.0.1", "LEADSTREAM_METRICS_PORT", Settings().idle_timeout_ms)
+        probes.serve(taken, lambda: True, "127.0.0.1", "LEADSTREAM_METRICS_PORT", Settings().idle_timeout_ms,
+                     metrics=probes.OwnMetrics("leadstream_sink_"))
     assert str(error.value) == expected(taken, "LEADSTREAM_METRICS_PORT")
 
 
@@ -68,7 +69,8 @@ def test_probes_listen_on_an_ipv6_address() -> None:
     # Before: http.server listens on IPv4 only, and LEADSTREAM_BIND_HOST=::1 stopped every sink
     # at start with "cannot listen on ::1:PORT (Unknown error -9): another process holds the port".
     port = free_port()
-    server = probes.serve(port, lambda: True, "::1", "LEADSTREAM_METRICS_PORT", Settings().idle_timeout_ms)
+    server = probes.serve(port, lambda: True, "::1", "LEADSTREAM_METRICS_PORT", Settings().idle_timeout_ms,
+                          metrics=probes.OwnMetrics("leadstream_sink_"))
     try:
         assert get(f"http://[::1]:{port}/healthz") == 200
     finally:
