@@ -27,9 +27,12 @@ def exported() -> set[str]:
     return names
 
 
+def dashboard_panels() -> list[dict]:
+    return json.loads((PROJECT_ROOT / "infra" / "grafana" / "dashboards" / "leadstream.json").read_text())["panels"]
+
+
 def dashboard_queries() -> list[str]:
-    dashboard = json.loads((PROJECT_ROOT / "infra" / "grafana" / "dashboards" / "leadstream.json").read_text())
-    return [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    return [target["expr"] for panel in dashboard_panels() for target in panel["targets"]]
 
 
 def alert_queries() -> list[str]:
@@ -141,3 +144,34 @@ def test_group_wide_gauges_are_counted_once_however_many_processes_export_them(q
         once = len(re.findall(rf"max by \({labels}\) \({metric}(\{{[^}}]*\}})?\)", query))
         assert uses == once, f"{metric} must be read as `max by ({labels}) ({metric})`, not summed over processes: {query}"
 
+
+
+def shown_in(panel: dict, target: dict) -> str:
+    """The unit Grafana shows a query's series in: the panel's, unless an override of its refId says another."""
+    unit = panel["fieldConfig"]["defaults"]["unit"]
+    for override in panel["fieldConfig"].get("overrides", []):
+        if override["matcher"] == {"id": "byFrameRefID", "options": target["refId"]}:
+            unit = next((p["value"] for p in override["properties"] if p["id"] == "unit"), unit)
+    return unit
+
+
+def is_duration(expr: str) -> bool:
+    """A quantile of a `_seconds` histogram, or a `_seconds` gauge (a rate of a seconds counter or
+    sum is a share of the time, not a duration)."""
+    if "histogram_quantile(" in expr:
+        return "_seconds_bucket" in expr
+    return bool(re.search(r"\bleadstream_\w+_seconds\b", expr)) and not re.search(r"\b(rate|increase)\(", expr)
+
+
+@pytest.mark.parametrize("panel, target", [(panel, target) for panel in dashboard_panels() for target in panel["targets"]],
+                         ids=[f"{panel['title']}: {target['refId']}" for panel in dashboard_panels() for target in panel["targets"]])
+def test_each_query_is_shown_in_its_own_unit(panel: dict, target: dict) -> None:
+    # The lag panel drew the event-time lag in seconds on its axis of Kafka messages, the
+    # collector's panel "connected (1/0)" as 1 B, and the collector's pauses their share of the
+    # time as seconds ("12 ms" for 1.2% of the time).
+    expr, unit = target["expr"], shown_in(panel, target)
+    if is_duration(expr):
+        assert unit == "s", f"a duration shown in {unit}: {expr}"
+    else:
+        assert unit != "s", f"no duration, shown in seconds: {expr}"
+    assert (unit == "bytes") == bool(re.search(r"\bleadstream_\w+_bytes\b", expr)), f"shown in {unit}: {expr}"
