@@ -45,7 +45,8 @@ def test_every_dashboard_panel_queries_exported_metrics() -> None:
     assert len(queries) >= 20
     for query in queries:
         used = set(METRIC.findall(query))
-        assert used, f"panel query names no leadstream metric: {query}"
+        # Or only Prometheus's own `up`: a process that stops takes its series with it.
+        assert used or re.search(r"\bup\{", query), f"panel query names no leadstream metric: {query}"
         assert used <= exported(), f"{sorted(used - exported())} are not exported (query: {query})"
 
 
@@ -98,6 +99,17 @@ def test_the_dashboard_covers_what_on_call_needs() -> None:
                    "leadstream_collector_calls_accepted_total", "leadstream_collector_calls_refused_total",
                    "leadstream_collector_request_seconds_bucket"):
         assert needed in text
+
+
+def test_every_metric_an_alert_reads_has_a_panel() -> None:
+    # Paged by LeadstreamSinkNotReady, LeadstreamScoringStalled, LeadstreamOffsetsSkipped,
+    # LeadstreamModelsDiffer or LeadstreamProcessDown, the on-call engineer found no panel of the
+    # figure it fired on: readiness of the connectors, the age of the last batch, offset anomalies,
+    # failed decay steps, the workers' model fingerprints and the targets' `up` were nowhere shown.
+    shown = " ".join(dashboard_queries())
+    for query in alert_queries():
+        for metric in set(METRIC.findall(query)) | set(re.findall(r"\bup(?=\{)", query)):
+            assert re.search(rf"\b{metric}\b", shown), f"{metric} is alerted on but on no panel"
 
 
 def test_prometheus_scrapes_the_worker_the_collector_and_every_sink_of_the_compose_file() -> None:
