@@ -111,6 +111,13 @@ CASES = [
           'leadstream_sink_deliveries_total{connector="salesforce",outcome="delivered"}': "0+10x60",
           'leadstream_sink_deliveries_total{connector="salesforce",outcome="dead_lettered"}': "0+1x60"},
          ({"connector": "hubspot"},)),
+    # Messages finished without a call at the CRM are no attempts: counted, they diluted the share.
+    Case("LeadstreamDeliveryErrorRatio", "a third of hubspot's attempts retried, amid more account crossings ignored",
+         {'leadstream_sink_deliveries_total{connector="hubspot",outcome="delivered"}': "0+10x60",
+          'leadstream_sink_deliveries_total{connector="hubspot",outcome="retried"}': "0+5x60",
+          'leadstream_sink_deliveries_total{connector="hubspot",outcome="ignored"}': "0+20x60",
+          'leadstream_sink_deliveries_total{connector="hubspot",outcome="skipped"}': "0x60"},
+         ({"connector": "hubspot"},)),
     Case("LeadstreamDeliveryErrorRatio", "9% of hubspot's attempts retried",
          {'leadstream_sink_deliveries_total{connector="hubspot",outcome="delivered"}': "0+100x60",
           'leadstream_sink_deliveries_total{connector="hubspot",outcome="retried"}': "0+10x60"}),
