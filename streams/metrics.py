@@ -109,14 +109,16 @@ MODEL_RELOADS = Counter(
 )
 # Every series whose labels are known at start exists from it, at 0: Prometheus takes a series'
 # first sample as its baseline, so one that first appears at 1 has increased by nothing, and the
-# first dead letter of a reason (internal_error, missing_field, ...), gap or rejected model edit
-# went unalerted and off the dashboards' rates.
+# first dead letter of a reason (internal_error, missing_field, ...), gap, rejected model edit
+# or batch fenced went unalerted and off the dashboards' rates.
 for _reason in WORKER_REASONS:
     EVENTS_REJECTED.labels(_reason)
 for _kind in ("gap", "log_hole", "repeat", "sought_back", "deleted_unread"):
     OFFSET_ANOMALIES.labels(_kind)
 for _outcome in get_args(ReloadOutcome):
     MODEL_RELOADS.labels(_outcome)
+for _stage in ("score", "rollup", "decay"):  # streams.membership.dropped's
+    BATCHES_FENCED.labels(_stage)
 MODELS_BROKEN = Gauge(
     "leadstream_models_broken", "1 while the models directory holds an edit that does not load (the worker scores with the models it has)."
 )

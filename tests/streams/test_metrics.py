@@ -83,6 +83,9 @@ def test_worker_metrics_count_a_known_stream_exactly(isolated: Settings, worker:
         assert sample(text, f'leadstream_events_rejected_total{{reason="{reason}"}}') == 0
     for kind in ("gap", "deleted_unread"):
         assert sample(text, f'leadstream_offset_anomalies_total{{kind="{kind}"}}') == 0
+    # The dashboard's increase() of batches dropped unwritten: a first one, at 1, showed nothing.
+    for stage in ("score", "rollup", "decay"):
+        assert sample(text, f'leadstream_batches_fenced_total{{stage="{stage}"}}') == 0
 
 
 def test_the_event_time_lag_grows_while_nothing_is_scored() -> None:
