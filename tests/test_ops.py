@@ -91,6 +91,13 @@ def test_queries_name_only_levels_the_shipped_models_have() -> None:
             assert set(matched.split("|")) <= levels, f"{matched!r} names a level no model has ({sorted(levels)}): {query}"
 
 
+@pytest.mark.parametrize("query", [q for q in dashboard_queries() + alert_queries() if "leadstream_crossings_total" in q])
+def test_crossings_of_leads_and_of_accounts_are_counted_apart(query: str) -> None:
+    # A model's account ladder may name a level as its lead ladder does (`[accounts]` has a ladder
+    # of its own, scoring/MODELS.md): "Crossings per level" summed both kinds' crossings to it.
+    assert re.search(r'kind="(lead|account)"', query) or re.search(r"by \([^)]*\bkind\b", query), query
+
+
 def test_the_dashboard_covers_what_on_call_needs() -> None:
     text = " ".join(dashboard_queries())
     for needed in ("leadstream_events_scored_total", "leadstream_consumer_lag", "leadstream_crossings_total",
