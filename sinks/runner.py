@@ -672,7 +672,9 @@ class SinkRunner(Generic[T]):
             except (KafkaError, OSError, ServiceError) as exc:  # ServiceError: the broker did not answer in time
                 log.warning("sink %s: lag not measured, not ready until Kafka answers: %r", self.sink.name, exc)
                 self.kafka_answering = False
-                metrics.CONSUMER_LAG.clear()  # a frozen figure would say all is well
+                # A frozen figure would say all is well: the lag of 0, or dead letters none waiting.
+                metrics.CONSUMER_LAG.clear()
+                metrics.DLQ_DEPTH.clear()
             self.ready()
         if probe is not None:
             probe.close()

@@ -11,8 +11,10 @@ import urllib.request
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 from redis import RedisError
 
+from sinks import metrics
 from sinks.runner import OUTCOMES, SinkRunner, outcome_label
 from streams import probes
 from sinks.webhook import WebhookSink
@@ -120,11 +122,15 @@ def test_a_stalled_redis_makes_the_connector_not_ready_and_its_ledger_fail_withi
     assert answers[0] is False and isinstance(answers[1], RedisError)
 
 
-def test_the_lag_watch_names_an_unreachable_broker_within_the_connect_timeout_and_keeps_trying(
+def test_the_lag_watch_names_an_unreachable_broker_within_the_connect_timeout_keeps_trying_and_exports_no_frozen_figure(
     sink_settings: Settings, webhook: WebhookReceiver, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Its clients waited kafka-python's 30 s for the broker's first answer, whatever
     # LEADSTREAM_KAFKA_CONNECT_TIMEOUT_S said, and the warning did not say where Kafka was looked for.
+    # The figures it measured before Kafka went: the lag was taken away, the dead letters' depth
+    # stayed, a frozen 0 that said none waited, or a frozen count that kept the alert on.
+    metrics.CONSUMER_LAG.labels("webhook", "0").set(3)
+    metrics.DLQ_DEPTH.labels("webhook").set(5)
     with socket.socket() as closed:  # a port nothing listens on
         closed.bind(("127.0.0.1", 0))
         bootstrap = f"127.0.0.1:{closed.getsockname()[1]}"
@@ -141,6 +147,8 @@ def test_the_lag_watch_names_an_unreachable_broker_within_the_connect_timeout_an
     try:
         wait_for(warned_twice, timeout_s=8, what="two warnings naming the unreachable broker")
         assert watching.is_alive()  # it keeps trying
+        for name in ("leadstream_sink_consumer_lag", "leadstream_sink_dlq_depth"):
+            assert [s for family in REGISTRY.collect() for s in family.samples if s.name == name] == [], name
     finally:
         runner.stop.set()
         watching.join(timeout=5)
