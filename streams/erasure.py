@@ -56,6 +56,9 @@ EndsNow = Callable[[Collection[str], Collection[int]], dict[int, dict[str, int]]
 
 #: Why a SENT_BEFORE header naming an offset at or past its partition's end is ignored.
 BEYOND_END = "beyond_end"
+#: Why a SENT_BEFORE header is ignored: `sent_before`'s reasons, and BEYOND_END.
+MALFORMED, UNKNOWN_TOPIC = "malformed", "unknown_topic"
+IGNORED_REASONS = (MALFORMED, UNKNOWN_TOPIC, BEYOND_END)
 
 
 #: The header of a request that names the end offset of the lead's partition of a topic when
@@ -84,9 +87,9 @@ def sent_before(headers: Iterable[tuple[str, Any]], topics: Container[str]) -> t
         except (ValueError, AttributeError):  # not ASCII, not two fields; no bytes
             topic, end = "", ""
         if not topic or not end.isdigit() or len(end) > 19:  # an offset is a 64-bit integer
-            ignored.append("malformed")
+            ignored.append(MALFORMED)
         elif topic not in topics:
-            ignored.append("unknown_topic")
+            ignored.append(UNKNOWN_TOPIC)
         elif int(end) > 0:
             last[topic] = max(last.get(topic, -1), int(end) - 1)
     return last, ignored

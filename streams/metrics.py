@@ -13,6 +13,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from scoring import Transition
 from streams.deadletter import WORKER_REASONS
+from streams.erasure import IGNORED_REASONS
 
 EVENTS_CONSUMED = Counter(
     "leadstream_events_consumed", "Events read from the raw topic (envelopes counted by event), in batches written (not dropped by the fence)."
@@ -119,6 +120,8 @@ for _outcome in get_args(ReloadOutcome):
     MODEL_RELOADS.labels(_outcome)
 for _stage in ("score", "rollup", "decay"):  # streams.membership.dropped's
     BATCHES_FENCED.labels(_stage)
+for _header_reason in IGNORED_REASONS:
+    FORGET_HEADERS_IGNORED.labels(_header_reason)
 MODELS_BROKEN = Gauge(
     "leadstream_models_broken", "1 while the models directory holds an edit that does not load (the worker scores with the models it has)."
 )

@@ -86,6 +86,8 @@ def test_worker_metrics_count_a_known_stream_exactly(isolated: Settings, worker:
     # The dashboard's increase() of batches dropped unwritten: a first one, at 1, showed nothing.
     for stage in ("score", "rollup", "decay"):
         assert sample(text, f'leadstream_batches_fenced_total{{stage="{stage}"}}') == 0
+    for reason in ("malformed", "unknown_topic", "beyond_end"):  # README, Forgetting a lead
+        assert sample(text, f'leadstream_forget_headers_ignored_total{{reason="{reason}"}}') == 0
 
 
 def test_the_event_time_lag_grows_while_nothing_is_scored() -> None:
