@@ -1,6 +1,6 @@
 """The local services leadstream runs on: one Apache Kafka broker (KRaft) and one redis-server.
 
-`up` is idempotent: it fetches the broker's jars from Maven Central once (infra/kafka/pom.xml),
+`up` is idempotent: it fetches the broker's jars from Maven Central once (streams/kafka.pom.xml),
 formats the KRaft storage on first start, starts both processes in the background and waits
 until they really answer (a Kafka metadata request, a Redis PING). `down` stops exactly the
 processes `up` started (their pid files), `status` reports each. Everything lives under
@@ -25,10 +25,11 @@ from urllib.parse import urlparse
 from streams.errors import ServiceError, redis_trouble
 from streams.kafka_clients import open_client
 from streams.processes import alive, status_all, stop_all, working_dir
-from streams.settings import KAFKA_VERSION, PROJECT_ROOT, Settings
+from streams.settings import KAFKA_VERSION, Settings
 from streams.topics import EVENTS_RETENTION_MS
 
-POM = PROJECT_ROOT / "infra" / "kafka" / "pom.xml"
+# In the package, not the repository's infra/: an installed leadstream ran Maven on a pom it did not have.
+POM = Path(__file__).with_name("kafka.pom.xml")
 READY_TIMEOUT_S = 90.0
 # Below this much free disk Kafka fails in confusing ways; say so up front.
 MIN_FREE_DISK_BYTES = 512 * 1024 * 1024

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
-#: The Apache Kafka version `leadstream services up` runs (infra/kafka/pom.xml pins the same one,
+#: The Apache Kafka version `leadstream services up` runs (streams/kafka.pom.xml pins the same one,
 #: and docker-compose.yml uses the apache/kafka image of this version).
 KAFKA_VERSION = "3.9.1"
 

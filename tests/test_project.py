@@ -49,7 +49,7 @@ def test_compose_runs_redis_as_services_up_does() -> None:
 
 def test_pom_pins_the_same_kafka_version() -> None:
     ns = {"m": "http://maven.apache.org/POM/4.0.0"}
-    pom = ET.parse(PROJECT_ROOT / "infra" / "kafka" / "pom.xml")
+    pom = ET.parse(PROJECT_ROOT / "streams" / "kafka.pom.xml")
     assert pom.find("m:properties/m:kafka.version", ns).text == KAFKA_VERSION
 
 
