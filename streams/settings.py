@@ -24,6 +24,21 @@ if TYPE_CHECKING:
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
+
+def _local_home() -> Path:
+    """Where `leadstream services` and the worker keep their files by default: a source tree's
+    git-ignored .services/ (`make demo`, the tests); else the user's data directory. Installed
+    from a wheel, PROJECT_ROOT is site-packages, where the broker's jars, Kafka's and Redis's data
+    and the worker's state went among pip's files (not writable at all for a user of a system-wide
+    install)."""
+    if (PROJECT_ROOT / "pyproject.toml").is_file():
+        return PROJECT_ROOT / ".services"
+    data_home = os.environ.get("XDG_DATA_HOME", "")  # the XDG spec: a relative value is ignored
+    return (Path(data_home) if os.path.isabs(data_home) else Path.home() / ".local" / "share") / "leadstream"
+
+
+LOCAL_HOME = _local_home()
+
 #: The Apache Kafka version `leadstream services up` runs (streams/kafka.pom.xml pins the same one,
 #: and docker-compose.yml uses the apache/kafka image of this version).
 KAFKA_VERSION = "3.9.1"
@@ -269,14 +284,16 @@ class Settings:
     )
     state_dir: Path = _setting(
         "LEADSTREAM_STATE_DIR",
-        PROJECT_ROOT / ".services" / "worker",
+        LOCAL_HOME / "worker",
         "Faust's data directory (its own metadata; the lead and account tables are held in memory and rebuilt from their "
         "changelogs at start).",
     )
     services_dir: Path = _setting(
         "LEADSTREAM_SERVICES_DIR",
-        PROJECT_ROOT / ".services",
-        "Where `leadstream services` keeps the broker jars, data, logs and pid files (and the tests their promtool).",
+        LOCAL_HOME,
+        "Where `leadstream services` keeps the broker jars, data, logs and pid files (and the tests their promtool). "
+        "`<project>` is a source checkout; a leadstream installed with pip uses `$XDG_DATA_HOME/leadstream` "
+        "(`~/.local/share/leadstream`) instead, and its `worker/` for LEADSTREAM_STATE_DIR.",
     )
     kafka_heap: str = _setting("LEADSTREAM_KAFKA_HEAP", "1g", "Maximum Java heap of the local Kafka broker.", _heap)
     bind_host: str = _setting(

@@ -58,3 +58,17 @@ def test_an_installed_leadstream_finds_the_pom_its_services_fetch_the_broker_wit
     assert pom.is_relative_to(site) and pom.is_file()
     ns = {"m": "http://maven.apache.org/POM/4.0.0"}
     assert ET.parse(pom).find("m:properties/m:kafka.version", ns).text == KAFKA_VERSION
+
+
+@pytest.mark.parametrize("xdg_data_home", ["", "data"])
+def test_an_installed_leadstream_keeps_its_services_and_worker_state_out_of_site_packages(
+        site: Path, tmp_path: Path, xdg_data_home: str) -> None:
+    # Both defaulted to PROJECT_ROOT/.services, which from a wheel is site-packages/.services:
+    # `services up` put the broker's jars, Kafka's and Redis's data there, and the worker its state.
+    home = tmp_path / "home"
+    env = {"XDG_DATA_HOME": str(tmp_path / xdg_data_home)} if xdg_data_home else {}
+    printed = run_installed(site, "from streams.settings import Settings; s = Settings(); print(s.services_dir); print(s.state_dir)",
+                            home, **env)
+    services_dir, state_dir = map(Path, printed.splitlines())
+    data_home = tmp_path / xdg_data_home if xdg_data_home else home / ".local" / "share"
+    assert (services_dir, state_dir) == (data_home / "leadstream", data_home / "leadstream" / "worker")
