@@ -39,6 +39,10 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return site
 
 
+def dist_info(site: Path) -> Path:
+    return next(site.glob("leadstream-*.dist-info"))
+
+
 def run_installed(site: Path, code: str, home: Path, **env: str) -> str:
     """What `code` prints, run with the installed copy's modules (not this tree's), from `home`,
     with no LEADSTREAM_* variable of the suite's: the defaults a pip user gets."""
@@ -72,3 +76,12 @@ def test_an_installed_leadstream_keeps_its_services_and_worker_state_out_of_site
     services_dir, state_dir = map(Path, printed.splitlines())
     data_home = tmp_path / xdg_data_home if xdg_data_home else home / ".local" / "share"
     assert (services_dir, state_dir) == (data_home / "leadstream", data_home / "leadstream" / "worker")
+
+
+def test_the_wheel_carries_the_license_its_metadata_names(site: Path) -> None:
+    # pyproject.toml said Apache-2.0, but the repository had no license text: neither the wheel
+    # nor the sdist carried one, which the Apache License asks of every copy given (its section 4).
+    metadata = (dist_info(site) / "METADATA").read_text()
+    assert "License-Expression: Apache-2.0" in metadata and "License-File: LICENSE" in metadata
+    text = (dist_info(site) / "licenses" / "LICENSE").read_text()
+    assert "Apache License" in text and "Version 2.0, January 2004" in text

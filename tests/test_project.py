@@ -136,6 +136,17 @@ def test_each_crm_connector_starts_on_its_own_with_the_credentials_it_reads() ->
         assert credentials and credentials <= set(service["environment"]), f"sink-{name} lacks {credentials - set(service['environment'])}"
 
 
+def test_the_docker_image_is_built_with_every_file_pyproject_names() -> None:
+    # LICENSE, named by license-files, was not copied: setuptools warns of a pattern matching no
+    # file, and turns it into an error in 2027 (its deprecation notice), which would stop the build.
+    import tomllib
+
+    project = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]
+    dockerfile = (PROJECT_ROOT / "infra" / "docker" / "Dockerfile").read_text().split("\nRUN pip install", 1)[0]
+    copied = {name for line in dockerfile.splitlines() if line.startswith("COPY ") for name in line.split()[1:-1]}
+    assert {project["readme"], *project["license-files"]} <= copied
+
+
 def test_an_installed_package_carries_every_file_its_modules_read() -> None:
     # The wheel shipped no scoring/models: `leadstream bench engine` and `bench stages` read
     # b2b.toml beside the package (streams/bench/engine.py), and failed from the Docker image,
