@@ -8,6 +8,7 @@ nothing may be written there (pip owns it, and a user may not write to it).
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -85,3 +86,19 @@ def test_the_wheel_carries_the_license_its_metadata_names(site: Path) -> None:
     assert "License-Expression: Apache-2.0" in metadata and "License-File: LICENSE" in metadata
     text = (dist_info(site) / "licenses" / "LICENSE").read_text()
     assert "Apache License" in text and "Version 2.0, January 2004" in text
+
+
+def test_an_installed_leadstream_shows_where_its_examples_are_and_ships_the_reference_they_cite(site: Path, tmp_path: Path) -> None:
+    # README, Installing with pip: `leadstream settings` names the example models and mappings a
+    # user copies. Their comments send the reader to scoring/MODELS.md, which the wheel lacked
+    # (as do messages: an edit's warning, `top` of a model without [accounts]).
+    printed = run_installed(site, "import sys; from streams.cli import main; sys.exit(main(['settings']))", tmp_path / "home")
+    defaults = dict(line.split("=", 1) for line in printed.splitlines() if line.startswith("LEADSTREAM_"))
+    models, mappings = Path(defaults["LEADSTREAM_MODELS_DIR"]), Path(defaults["LEADSTREAM_SINK_MAPPING_DIR"])
+    assert models == site / "scoring" / "models" and mappings == site / "sinks" / "mappings"
+    assert sorted(p.name for p in models.glob("*.toml")) == sorted(p.name for p in (PROJECT_ROOT / "scoring" / "models").glob("*.toml"))
+    assert sorted(p.name for p in mappings.glob("*.toml")) == ["hubspot.toml", "salesforce.toml"]
+    cited = {name for path in [*models.glob("*.toml"), *mappings.glob("*.toml")]
+             for name in re.findall(r"\b(?:scoring|streams|sinks)/[\w./-]+\.[a-z]+", path.read_text())}
+    missing = sorted(name for name in cited if not (site / name).is_file())
+    assert cited and not missing, f"the wheel lacks {missing}: add them to package-data in pyproject.toml"
