@@ -6,9 +6,13 @@ send`, the topics), and says how to stop it all.
 
 from __future__ import annotations
 
+import os
+import shutil
+import sys
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any, Callable
 
 import orjson
@@ -89,6 +93,32 @@ def answers(port: int, path: str) -> bool:
         return False
 
 
+def leadstream_command() -> str:
+    """How the user runs this leadstream, for the commands the demo suggests: `leadstream` when
+    PATH finds this installation's script, else the script's path (`.venv/bin/leadstream` from a
+    clone's root, as `make demo` runs it). The demo said `.venv/bin/leadstream` to every user: a pip
+    install has no such file, and `services down` there said "No such file or directory"."""
+    script = Path(sys.executable).parent / "leadstream"
+    on_path = shutil.which("leadstream")
+    if not script.is_file() or (on_path is not None and os.path.samefile(on_path, script)):
+        return "leadstream"
+    return str(script.relative_to(Path.cwd())) if script.is_relative_to(Path.cwd()) else str(script)
+
+
+def explore(settings: Settings) -> str:
+    """The demo's last words: what to look at next, and how to stop it all."""
+    command = leadstream_command()
+    return (
+        f"\nExplore: curl http://127.0.0.1:{settings.worker_port}/leads/LEAD_ID/  (why a lead has its score)"
+        f"\n         curl http://127.0.0.1:{settings.worker_port}/models/  (the models in use: edit {settings.models_dir}/*.toml"
+        "\n                                            and the running worker applies it, or says what is wrong)"
+        f"\n         curl http://127.0.0.1:{settings.worker_port}/metrics"
+        f"\n         {command} history --out history.jsonl   (the events, to score or review offline:"
+        f"\n         {command} review --events history.jsonl --outcomes YOUR_CRM_EXPORT.csv --table)"
+        f"\nStop everything: {command} services down"
+    )
+
+
 def run_demo(settings: Settings) -> int:
     from sinks.redis_model import print_top
     from sinks.runner import group_id
@@ -134,13 +164,5 @@ def run_demo(settings: Settings) -> int:
         subject = c["lead_id"] if c["kind"] == "lead" else c["account_id"]
         print(f"  {c['kind']:<7} {subject:<16} {c['model']:<18} "
               f"{c['from_level']} -> {c['to_level']} at score {c['score']:.1f} ({c['cell'] or 'no grid'})")
-    print(
-        f"\nExplore: curl http://127.0.0.1:{settings.worker_port}/leads/LEAD_ID/  (why a lead has its score)"
-        f"\n         curl http://127.0.0.1:{settings.worker_port}/models/  (the models in use: edit {settings.models_dir}/*.toml"
-        "\n                                            and the running worker applies it, or says what is wrong)"
-        f"\n         curl http://127.0.0.1:{settings.worker_port}/metrics"
-        "\n         .venv/bin/leadstream history --out history.jsonl   (the events, to score or review offline:"
-        "\n         .venv/bin/leadstream review --events history.jsonl --outcomes YOUR_CRM_EXPORT.csv --table)"
-        "\nStop everything: .venv/bin/leadstream services down"
-    )
+    print(explore(settings))
     return 0

@@ -9,13 +9,14 @@ import subprocess
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import orjson
 import pytest
 from kafka import KafkaProducer
 
 from streams import processes
-from streams.demo import DEMO_EVENTS, background_names, wait_processed
+from streams.demo import DEMO_EVENTS, background_names, explore, wait_processed
 from streams.errors import ServiceError
 from streams.lag import LagProbe
 from streams.history import read_to_end
@@ -79,6 +80,20 @@ def test_demo_streams_sample_behaviour_and_shows_the_hot_leads(own_redis: Settin
     assert any(c["model"] == "b2b" and c["kind"] == "lead" for c in ups)
     for name in background_names(settings):  # kept when the test fails: they tell why
         processes.log_file(name, settings).unlink()
+
+
+def test_the_demo_s_last_words_name_leadstream_as_the_user_runs_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """They said `.venv/bin/leadstream history`, `review` and `services down` to every user: a
+    leadstream installed with pip has no .venv/bin, and the stop command failed there."""
+    script = Path(sys.executable).parent / "leadstream"  # this installation's, as pip made it
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PATH", str(script.parent))  # an activated virtualenv
+    assert "\nStop everything: leadstream services down" in explore(Settings())
+    assert "leadstream history --out" in explore(Settings()) and ".venv/bin/" not in explore(Settings())
+    monkeypatch.setenv("PATH", str(tmp_path))  # not on PATH: its path, whatever the directory it is run from
+    assert f"\nStop everything: {script} services down" in explore(Settings())
+    monkeypatch.chdir(script.parents[2])  # `make demo`, from the clone's root: .venv/bin/leadstream
+    assert f"\nStop everything: {script.relative_to(script.parents[2])} services down" in explore(Settings())
 
 
 class AlwaysReady(BaseHTTPRequestHandler):
