@@ -11,6 +11,8 @@ import os
 import re
 import subprocess
 import sys
+import tarfile
+import tomllib
 import xml.etree.ElementTree as ET
 import zipfile
 from pathlib import Path
@@ -20,19 +22,51 @@ import pytest
 from streams.settings import KAFKA_VERSION, PROJECT_ROOT
 
 
+def tree_files() -> list[str]:
+    """The tree's files as a clone has them (tracked, and new ones not ignored), or, run from an
+    unpacked sdist, which has no .git, as its SOURCES.txt lists them."""
+    if not (PROJECT_ROOT / ".git").exists():
+        return (PROJECT_ROOT / "leadstream.egg-info" / "SOURCES.txt").read_text().split("\n")
+    return subprocess.run(["git", "-C", str(PROJECT_ROOT), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                          capture_output=True, check=True).stdout.decode().split("\0")
+
+
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The wheel of this tree (its tracked and new files, as a clone has them), unpacked as pip
-    installs it: built from a copy, as setuptools leaves build/ and egg-info beside the sources."""
-    work = tmp_path_factory.mktemp("wheel")
-    listed = subprocess.run(["git", "-C", str(PROJECT_ROOT), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                            capture_output=True, check=True).stdout.decode().split("\0")
-    source = work / "source"
-    for name in filter(None, listed):
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of this tree's files: the builds run there, as setuptools leaves build/ and
+    egg-info beside the sources."""
+    source = tmp_path_factory.mktemp("source")
+    for name in filter(None, tree_files()):
         if (PROJECT_ROOT / name).is_file():  # a file deleted but not yet staged is still listed
             (source / name).parent.mkdir(parents=True, exist_ok=True)
             (source / name).write_bytes((PROJECT_ROOT / name).read_bytes())
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(work / "dist"), str(source)],
+    return source
+
+
+@pytest.fixture(scope="module")
+def sdist(source: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sdist of the tree, built by the backend pyproject.toml names (`python -m build`'s first
+    step), in a folder of its own: the suite's virtualenv holds an older setuptools."""
+    work = tmp_path_factory.mktemp("sdist")
+    build_system = tomllib.loads((source / "pyproject.toml").read_text())["build-system"]
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--target", str(work / "backend"), *build_system["requires"]],
+                   check=True, timeout=180)
+    backend = build_system["build-backend"]
+    built = subprocess.run([sys.executable, "-c", f"import sys, {backend} as b; print(b.build_sdist(sys.argv[1]))", str(work)],
+                           cwd=source, env={**os.environ, "PYTHONPATH": str(work / "backend")}, capture_output=True, text=True,
+                           check=True, timeout=180).stdout.splitlines()[-1]
+    return work / built
+
+
+@pytest.fixture(scope="module")
+def site(sdist: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wheel built from the sdist, as `python -m build` and pip build one, unpacked as pip
+    installs it."""
+    work = tmp_path_factory.mktemp("wheel")
+    with tarfile.open(sdist) as archive:
+        archive.extractall(work)  # our own archive, just built
+    unpacked = next(path for path in work.iterdir() if path.is_dir())
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(work / "dist"), str(unpacked)],
                    check=True, timeout=180)
     site = work / "site-packages"
     with zipfile.ZipFile(next((work / "dist").glob("leadstream-*.whl"))) as wheel:
@@ -102,3 +136,21 @@ def test_an_installed_leadstream_shows_where_its_examples_are_and_ships_the_refe
              for name in re.findall(r"\b(?:scoring|streams|sinks)/[\w./-]+\.[a-z]+", path.read_text())}
     missing = sorted(name for name in cited if not (site / name).is_file())
     assert cited and not missing, f"the wheel lacks {missing}: add them to package-data in pyproject.toml"
+
+
+def test_the_sdist_is_the_whole_source_tree(source: Path, sdist: Path) -> None:
+    # It held the packages, README and pyproject.toml only: not the tests, nor what README names
+    # beyond the packages (the Makefile, docker-compose.yml, infra/: the Dockerfile, Prometheus's
+    # configuration and alert rules, the Grafana dashboard), so a source release could neither be
+    # tested nor deployed as README says.
+    with tarfile.open(sdist) as archive:
+        held = {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
+    tree = {path.relative_to(source).as_posix() for path in source.rglob("*") if path.is_file()}
+    assert sorted(tree - held - {".gitignore"}) == []
+
+
+def test_the_wheel_holds_the_three_packages_and_nothing_else(site: Path) -> None:
+    # The sdist grafts tests/ and infra/ (MANIFEST.in), and setuptools puts into the wheel any
+    # file MANIFEST.in takes that lies inside a package (include-package-data): none may.
+    assert sorted(path.name for path in site.iterdir()) == sorted(["scoring", "streams", "sinks", dist_info(site).name])
+    assert not [path for path in site.rglob("*") if path.name == "__pycache__" or path.suffix == ".pyc"]
