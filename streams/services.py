@@ -25,7 +25,7 @@ from urllib.parse import urlparse
 from streams.errors import ServiceError, redis_trouble
 from streams.kafka_clients import open_client
 from streams.processes import alive, status_all, stop_all, working_dir
-from streams.settings import KAFKA_VERSION, Settings
+from streams.settings import KAFKA_VERSION, Settings, make_setting_dir
 from streams.topics import EVENTS_RETENTION_MS
 
 # In the package, not the repository's infra/: an installed leadstream ran Maven on a pom it did not have.
@@ -533,7 +533,7 @@ def _check_disk(path: Path) -> None:
     # The services directory, made by the first service prepared: its owner's alone. Kafka's log
     # segments (every event, trait and crossing), Redis's append-only file and the processes' logs
     # were readable by every user of the machine (directories 755, files 644).
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    make_setting_dir(path, "LEADSTREAM_SERVICES_DIR", mode=0o700)
     free = shutil.disk_usage(path).free
     if free < MIN_FREE_DISK_BYTES:
         raise ServiceError(f"disk full: only {free // (1024 * 1024)} MiB free under {path}; free some space")

@@ -39,6 +39,18 @@ def _local_home() -> Path:
 
 LOCAL_HOME = _local_home()
 
+
+def make_setting_dir(path: Path, variable: str, mode: int = 0o777) -> None:
+    """Make the directory a setting names, its parents too, or say in one line which setting to
+    change: the system's refusal alone ("Permission denied: .../.services") named neither."""
+    try:
+        path.mkdir(mode=mode, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create {variable}={path} ({exc.strerror or exc}): "
+                          "set it to a directory this user can create and write") from None
+    if not os.access(path, os.W_OK | os.X_OK):  # one that exists, another user's
+        raise ConfigError(f"cannot write {variable}={path} (Permission denied): set it to a directory this user can create and write")
+
 #: The Apache Kafka version `leadstream services up` runs (streams/kafka.pom.xml pins the same one,
 #: and docker-compose.yml uses the apache/kafka image of this version).
 KAFKA_VERSION = "3.9.1"

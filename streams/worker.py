@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING, Any
 
 from streams.addresses import authority
 from streams.collection import PauseClock, tune_collector
-from streams.errors import ConfigError, cannot_listen
+from streams.errors import cannot_listen
 from streams.http_guard import quiet_bad_clients
 from streams.log_throttle import throttle_kafka_retries
 from streams.model_reload import ModelDirectory
 from streams.processes import check_port
-from streams.settings import Settings
+from streams.settings import Settings, make_setting_dir
 from streams.topics import Review, ensure_topics, weak_settings
 
 if TYPE_CHECKING:
@@ -133,16 +133,8 @@ def say_a_port_taken_since(app: faust.App, settings: Settings) -> None:
 
 def make_state_dir(settings: Settings) -> None:
     """Faust creates only the last directory of LEADSTREAM_STATE_DIR, and fails with a traceback
-    on anything else."""
-    try:
-        settings.state_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        raise ConfigError(f"cannot create LEADSTREAM_STATE_DIR={settings.state_dir} ({reason}): "
-                          "set it to a directory this user can create and write") from None
-    if not os.access(settings.state_dir, os.W_OK | os.X_OK):  # one that exists, another user's: Faust's traceback
-        raise ConfigError(f"cannot write LEADSTREAM_STATE_DIR={settings.state_dir} (Permission denied): "
-                          "set it to a directory this user can create and write")
+    on anything else (another user's directory too)."""
+    make_setting_dir(settings.state_dir, "LEADSTREAM_STATE_DIR")
 
 
 def _exit_unless_stopped() -> None:

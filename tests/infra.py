@@ -23,6 +23,14 @@ def wait_for(condition: Callable[[], object], timeout_s: float = 30.0, what: str
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
+def unprivileged(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    """`leadstream ARGS` run by a user that directories' modes bind: the user nobody when this is
+    root (which may write and read anything), else this user."""
+    user = {"user": 65534, "group": 65534} if os.geteuid() == 0 else {}
+    return subprocess.run([sys.executable, "-m", "streams.cli", *args], env={**os.environ, **settings.as_env()}, cwd=PROJECT_ROOT,
+                          capture_output=True, text=True, timeout=60, **user)  # type: ignore[call-overload]
+
+
 def write_jsonl(path: Path, records: list[dict]) -> Path:
     path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
     return path

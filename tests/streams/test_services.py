@@ -7,6 +7,7 @@ import random
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from streams.errors import ServiceError
 from streams.forgotten import Forgotten
 from streams.settings import KAFKA_VERSION, Settings
 from streams.processes import free_port
-from tests.infra import leadstream, wait_for
+from tests.infra import leadstream, unprivileged, wait_for
 
 
 def own_services(tmp_path: Path, kafka_port: int, redis_port: int) -> Settings:
@@ -214,6 +215,20 @@ def test_the_services_directory_up_makes_is_its_owner_s_alone(tmp_path: Path) ->
     finally:
         os.umask(umask)
     assert settings.services_dir.stat().st_mode & 0o777 == 0o700
+
+
+def test_a_services_directory_this_user_cannot_make_is_named_with_its_variable(tmp_path: Path) -> None:
+    # "leadstream services: Permission denied: .../site-packages/.services" was all a user of a
+    # system-wide pip install got (the default then), naming neither the setting nor what to do.
+    with tempfile.TemporaryDirectory(dir="/tmp") as scratch:  # not pytest's, which only its owner may enter
+        parent = Path(scratch) / "read-only"
+        parent.mkdir(mode=0o555)
+        Path(scratch).chmod(0o755)
+        settings = own_services(tmp_path, free_port(), free_port()).with_overrides(services_dir=parent / "services")
+        done = unprivileged(settings, "services", "up")
+    assert (done.returncode, done.stderr.splitlines()) == (1, [
+        f"leadstream services: cannot create LEADSTREAM_SERVICES_DIR={settings.services_dir} (Permission denied): "
+        "set it to a directory this user can create and write"])
 
 
 def test_a_broker_that_fails_to_start_is_explained_from_its_own_log(tmp_path: Path) -> None:

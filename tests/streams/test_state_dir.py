@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-from streams.settings import PROJECT_ROOT, Settings
+from streams.settings import Settings
 from streams.worker import make_state_dir
-from tests.infra import leadstream
+from tests.infra import leadstream, unprivileged
 from tests.scoring.support import MODELS_DIR
 
 
@@ -27,14 +24,6 @@ def test_one_that_cannot_be_made_stops_the_worker_before_it_joins_its_group(isol
     assert (done.returncode, done.stderr.strip()) == (1, (
         f"leadstream worker: cannot create LEADSTREAM_STATE_DIR={state_dir} (Not a directory): "
         "set it to a directory this user can create and write"))
-
-
-def unprivileged(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    """`leadstream ARGS` run by a user that directories' modes bind: the user nobody when this is
-    root (which may write and read anything), else this user."""
-    user = {"user": 65534, "group": 65534} if os.geteuid() == 0 else {}
-    return subprocess.run([sys.executable, "-m", "streams.cli", *args], env={**os.environ, **settings.as_env()}, cwd=PROJECT_ROOT,
-                          capture_output=True, text=True, timeout=60, **user)  # type: ignore[call-overload]
 
 
 def test_directories_this_user_cannot_write_or_read_are_said_in_one_line(isolated: Settings) -> None:
