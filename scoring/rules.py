@@ -152,16 +152,22 @@ def _parse_field(table: Table, source: str, key: str, spec: Any) -> list[Conditi
     return [Condition(source, key, shorthand, _operand(Table(table.file, table.where, {key: spec}, table.prefix), shorthand, spec, key))]
 
 
+def _comparable(value: Any) -> bool:
+    """A value an event's field can equal: JSON has no nan nor inf, which TOML reads (and 1e400
+    is inf), so `eq = nan` held for no event and `ne = nan` for every one, silently."""
+    return type(value) in _SCALAR_TYPES and (type(value) is not float or is_number(value))
+
+
 def _operand(table: Table, op: str, value: Any, key: str | None = None) -> Any:
     """The normalised operand of `op`; `key` is the field name the errors use (op by default)."""
     key = op if key is None else key
     if op in ("eq", "ne"):
-        if type(value) not in _SCALAR_TYPES:
-            raise table.error(key, "a text, number or boolean", value)
+        if not _comparable(value):
+            raise table.error(key, "a text, finite number or boolean", value)
         return value
     if op in ("in", "not_in"):
-        if not isinstance(value, list) or not value or not all(type(v) in _SCALAR_TYPES for v in value):
-            raise table.error(key, "a non-empty list of texts, numbers or booleans", value)
+        if not isinstance(value, list) or not value or not all(map(_comparable, value)):
+            raise table.error(key, "a non-empty list of texts, finite numbers or booleans", value)
         # Not a set: {True, 1} is {True} in Python, and a model's [true, 1] means both.
         return tuple({(v.__class__ is bool, v): v for v in value}.values())
     if op in ("gt", "gte", "lt", "lte"):

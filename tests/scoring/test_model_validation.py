@@ -63,6 +63,11 @@ CASES = [
     (BASE + RULE + 'properties.url = { like = "x" }\n', ["rule 'pricing'", "field 'properties.url.like'", "unknown field", "glob"]),
     (BASE + RULE + 'properties.url = { glob = 3 }\n', ["rule 'pricing'", "field 'properties.url.glob'", "a text"]),
     (BASE + RULE + "properties.seats = { gte = \"5\" }\n", ["rule 'pricing'", "field 'properties.seats.gte'", "a finite number"]),
+    # No JSON value is nan or inf (1e400 is inf): loaded, `eq = nan` matched no event and `ne = nan` every one.
+    (BASE + RULE + "properties.seconds = nan\n", ["rule 'pricing'", "field 'properties.seconds'", "a text, finite number or boolean", "got nan"]),
+    (BASE + RULE + "properties.seconds = { ne = -inf }\n", ["rule 'pricing'", "field 'properties.seconds.ne'", "finite number", "got -inf"]),
+    (BASE + RULE + "traits.size = [1, 1e400]\n", ["rule 'pricing'", "field 'traits.size'", "list of texts, finite numbers or booleans", "got [1, inf]"]),
+    (BASE + RULE + "traits.size = { not_in = [nan] }\n", ["rule 'pricing'", "field 'traits.size.not_in'", "finite numbers", "got [nan]"]),
     (BASE + RULE + "properties.form = []\n", ["rule 'pricing'", "field 'properties.form'", "non-empty list"]),
     (BASE + RULE + 'traits.email = { domain = "gmail" }\n', ["rule 'pricing'", "field 'traits.email.domain'", "free, disposable, competitor, business"]),
     (BASE + RULE + RULE, ["rule 'pricing'", "field 'name'", "no other rule", "in both [[rules]] #1 and [[rules]] #2"]),
