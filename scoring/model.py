@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,13 +76,29 @@ class Model:
 
 
 def load_model(path: Path) -> Model:
+    """One model file, validated; ModelError naming the file (and the rule and field) on any problem."""
     try:
-        text = path.read_text(encoding="utf-8-sig")  # -sig: Windows editors begin UTF-8 files with a byte order mark
+        text = model_bytes(path).decode("utf-8-sig")  # -sig: Windows editors begin UTF-8 files with a byte order mark
     except UnicodeDecodeError as exc:
         raise ModelError(f"{path.name}: {not_utf8(exc)}") from None
     except OSError as exc:
         raise ModelError(f"{path.name}: cannot read the model file: {exc}") from None
     return parse_model(text, path.name)
+
+
+def model_bytes(path: Path) -> bytes:
+    """The bytes of a model file; ModelError when it is no regular file. Opened without waiting:
+    a named pipe (FIFO) called b2b.toml held `leadstream score` and `models`, and the worker at
+    its start or in its reload loop, waiting for a writer that never came."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = "a directory" if stat.S_ISDIR(mode) else "a named pipe" if stat.S_ISFIFO(mode) else "a device or socket"
+        raise ModelError(f"{path.name}: not a model file but {kind}: rename it (model files are the directory's *.toml files) "
+                         "or remove it")
+    with os.fdopen(fd, "rb") as file:
+        return file.read()
 
 
 def model_files(path: Path) -> list[Path]:

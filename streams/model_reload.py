@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from scoring import Engine, ModelError
-from scoring.model import describe, model_files, unkept_traits
+from scoring.model import describe, model_bytes, model_files, unkept_traits
 from streams import metrics
 from streams.log_throttle import OutOfFiles, out_of_files
 
@@ -33,9 +33,9 @@ def fingerprint(directory: Path) -> str:
     digest = hashlib.sha256()
     try:
         for file in model_files(directory):
-            digest.update(file.name.encode() + b"\0" + file.read_bytes() + b"\0")
-    except OSError as exc:  # unreadable now: loading will say why, and a fix changes the digest
-        if out_of_files(exc):  # the files are not known: `poll` tries again at its next round
+            digest.update(file.name.encode() + b"\0" + model_bytes(file) + b"\0")
+    except (OSError, ModelError) as exc:  # unreadable now: loading will say why, and a fix changes the digest
+        if isinstance(exc, OSError) and out_of_files(exc):  # the files are not known: `poll` tries again at its next round
             raise
         digest.update(f"unreadable: {exc}".encode())
     return digest.hexdigest()[:16]

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, TypeVar
 
 import scoring
 from scoring import Engine, Event, Late, LeadState, Transition, load_model, parse_model
 from scoring.model import Model
 
 MODELS_DIR = Path(scoring.__file__).parent / "models"
+
+Result = TypeVar("Result")
 
 #: Monday 2025-11-03 00:00:00 UTC: every test time is an offset from it.
 T0 = 1_762_128_000_000
@@ -100,3 +105,17 @@ class Run:
 
     def levels(self) -> list[tuple[str, str]]:
         return [(t.from_level, t.to_level) for t in self.transitions]
+
+
+def beside_a_named_pipe(fifo: Path, read: Callable[[], Result], within_s: float = 10) -> Result:
+    """What `read` returns (or raises) with a named pipe made at `fifo`, within `within_s`
+    seconds: TimeoutError when it waits on the pipe instead. The pipe is then given a writer
+    that closes at once, so that a read waiting on it ends and the test does not hang."""
+    os.mkfifo(fifo)
+    with ThreadPoolExecutor(1) as pool:
+        outcome = pool.submit(read)
+        try:
+            return outcome.result(timeout=within_s)
+        finally:
+            with contextlib.suppress(OSError):  # ENXIO: no reader waits on it, as none should
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))

@@ -14,7 +14,7 @@ from scoring.events import MAX_TRAIT_SIZE
 from scoring.model import MAX_KEPT_TRAITS, load_directory, load_model
 from streams.envelope import MAX_MESSAGE_BYTES
 from streams.outbox import encode_json
-from tests.scoring.support import MINUTE, MODELS_DIR, Run, ev, model
+from tests.scoring.support import MINUTE, MODELS_DIR, Run, beside_a_named_pipe, ev, model
 
 BASE = '[model]\nname = "b2b"\n[thresholds]\nbase = "cold"\nladder = [{ level = "mql", at = 20 }]\n'
 RULE = '[[rules]]\nname = "pricing"\nevent = "page_view"\npoints = 10\n'
@@ -181,6 +181,23 @@ def test_a_model_file_that_is_not_utf8_names_the_line_to_fix(tmp_path: Path) -> 
     # It said "'utf-8' codec can't decode byte 0xfc in position 42": an offset no editor shows.
     (tmp_path / "b2b.toml").write_bytes((BASE + '[[rules]]\nname = "M\u00fcnchen"\n').encode("latin-1"))
     with pytest.raises(ModelError, match=r"b2b\.toml: not UTF-8 text \(byte 0xfc on line \d+\): save the file as UTF-8"):
+        load_model(tmp_path / "b2b.toml")
+
+
+def test_a_named_pipe_called_like_a_model_is_refused_at_once(tmp_path: Path) -> None:
+    """Reading a FIFO waits for a writer: one named b2b.toml held `leadstream score` and
+    `models`, and the worker at its start, for good."""
+    (tmp_path / "a.toml").write_text(BASE.replace('"b2b"', '"a"'))
+    with pytest.raises(ModelError) as caught:
+        beside_a_named_pipe(tmp_path / "b2b.toml", lambda: load_directory(tmp_path))
+    assert str(caught.value) == ("b2b.toml: not a model file but a named pipe: rename it (model files are the directory's "
+                                 "*.toml files) or remove it")
+
+
+def test_a_directory_called_like_a_model_is_named_as_one(tmp_path: Path) -> None:
+    # It said "cannot read the model file: [Errno 21] Is a directory: '/full/path/b2b.toml'".
+    (tmp_path / "b2b.toml").mkdir()
+    with pytest.raises(ModelError, match=r"^b2b\.toml: not a model file but a directory: rename it"):
         load_model(tmp_path / "b2b.toml")
 
 

@@ -12,6 +12,7 @@ import pytest
 from scoring import Engine, ModelError
 from streams import metrics
 from streams.model_reload import ModelDirectory, fingerprint
+from tests.scoring.support import beside_a_named_pipe
 
 MODEL = (
     '[model]\nname = "{name}"\n[[rules]]\nname = "signed up"\nevent = "signup"\npoints = {points}\n'
@@ -135,6 +136,14 @@ def test_the_fingerprint_follows_names_and_bytes_of_model_files_only(tmp_path: P
     assert fingerprint(tmp_path) == before
     os.replace(tmp_path / "a.toml", tmp_path / "renamed.toml")
     assert fingerprint(tmp_path) != before
+
+
+def test_a_named_pipe_among_the_model_files_changes_the_fingerprint_without_waiting(tmp_path: Path) -> None:
+    """The worker takes the fingerprint at its start and at every poll: read as a file, a FIFO
+    named like a model held it there for good (the reload loop too)."""
+    save(tmp_path, "a.toml", MODEL.format(name="a", points=5))
+    before = fingerprint(tmp_path)
+    assert beside_a_named_pipe(tmp_path / "b.toml", lambda: fingerprint(tmp_path)) != before
 
 
 def test_an_editors_hidden_files_beside_a_model_are_not_models(tmp_path: Path) -> None:
