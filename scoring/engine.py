@@ -688,7 +688,7 @@ class Engine:
     @classmethod
     def from_directory(cls, path: Path | str) -> Engine:
         """Loads and validates every *.toml of the directory; ModelError on any problem."""
-        return cls(load_directory(Path(path)))
+        return cls(load_directory(path))
 
     def runtime(self, model_name: str) -> ModelRuntime:
         try:

@@ -75,8 +75,9 @@ class Model:
     accounts: AccountRollup | None
 
 
-def load_model(path: Path) -> Model:
+def load_model(path: Path | str) -> Model:
     """One model file, validated; ModelError naming the file (and the rule and field) on any problem."""
+    path = Path(path)  # as Engine.from_directory takes a text: a str was an AttributeError here
     try:
         text = model_bytes(path).decode("utf-8-sig")  # -sig: Windows editors begin UTF-8 files with a byte order mark
     except UnicodeDecodeError as exc:
@@ -109,8 +110,9 @@ def model_files(path: Path) -> list[Path]:
     return sorted(file for file in path.glob("*.toml") if not file.name.startswith("."))
 
 
-def load_directory(path: Path) -> tuple[Model, ...]:
+def load_directory(path: Path | str) -> tuple[Model, ...]:
     """Every model file of a directory (`model_files`), in file name order; names must be unique."""
+    path = Path(path)
     if not path.is_dir():
         raise ModelError(f"{path}: not a directory of model files (set LEADSTREAM_MODELS_DIR, or --models where a command takes it)")
     if not os.access(path, os.R_OK | os.X_OK):  # else its files were not listed, and it said there were none
@@ -128,6 +130,8 @@ def load_directory(path: Path) -> tuple[Model, ...]:
 
 
 def parse_model(text: str, file: str) -> Model:
+    """A model from the text of a model file; `file` names it in every ModelError (the file name
+    alone, as `load_model` gives it: "b2b.toml")."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

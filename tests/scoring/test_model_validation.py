@@ -253,3 +253,14 @@ def test_the_windows_a_models_caps_and_bonuses_count_in_are_bounded_and_so_is_th
     state = run.state("L1", "b2b")
     assert [len(counts) // 2 for counts in state.windows.values()] == [1441] * 10  # the day's, and the newest
     assert len(state.to_bytes()) < 100_000
+
+
+def test_the_loaders_take_a_path_as_text_as_engine_from_directory_does(tmp_path: Path) -> None:
+    # Engine.from_directory("scoring/models") worked; load_directory and load_model raised
+    # AttributeError: 'str' object has no attribute 'is_dir' (and 'read_text').
+    (tmp_path / "b2b.toml").write_text(BASE + RULE)
+    loaded = [load_model(str(tmp_path / "b2b.toml")), *load_directory(str(tmp_path))]
+    expected = load_model(tmp_path / "b2b.toml")
+    assert [(m.name, m.file, m.rules, m.ladder) for m in loaded] == [(expected.name, expected.file, expected.rules, expected.ladder)] * 2
+    with pytest.raises(ModelError, match="not a directory of model files"):
+        load_directory(str(tmp_path / "missing"))
