@@ -22,7 +22,7 @@ from scoring.decay import HalfLifeDecay, StepDecay
 from scoring.errors import ModelError
 from scoring.events import IDENTIFY, PROFILE_TYPES, Event, Rejection, parse_event, parse_message
 from scoring.fit import FitRule
-from scoring.model import Model, load_directory
+from scoring.model import Model, check_names, load_directory
 from scoring.compiler import CHANGED as _CHANGED
 from scoring.compiler import COUNTED as _COUNTED
 from scoring.compiler import DUPLICATE as _DUPLICATE
@@ -674,9 +674,8 @@ class Engine:
 
     def __init__(self, models: Iterable[Model]) -> None:
         self.models: tuple[Model, ...] = tuple(models)
+        check_names(self.models)  # it said "two models share a name", naming neither the name nor the files
         self._runtimes = {model.name: ModelRuntime(model) for model in self.models}
-        if len(self._runtimes) != len(self.models):
-            raise ModelError("two models share a name: each model needs its own [model] name")
         #: The models with `[accounts]`: only their accounts have a score and level, and are shown
         #: (the others keep their accounts' members, so that an `[accounts]` added starts with them).
         self.rolling = frozenset(model.name for model in self.models if model.accounts is not None)

@@ -121,12 +121,18 @@ def load_directory(path: Path | str) -> tuple[Model, ...]:
     models = tuple(load_model(file) for file in model_files(path))
     if not models:
         raise ModelError(f"{path}: no model files (*.toml) in this directory")
+    check_names(models)
+    return models
+
+
+def check_names(models: Iterable[Model]) -> None:
+    """ModelError naming the second file of two models of one name (a name keys each model's
+    states, crossings and Redis keys)."""
     seen: dict[str, str] = {}
     for model in models:
         if model.name in seen:
             raise ModelError(f"{model.file}: [model], field 'name': expected a name no other model uses, got {model.name!r} (also in {seen[model.name]})")
         seen[model.name] = model.file
-    return models
 
 
 def parse_model(text: str, file: str) -> Model:

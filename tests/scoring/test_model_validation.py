@@ -11,7 +11,7 @@ import pytest
 
 from scoring import Engine, ModelError
 from scoring.events import MAX_TRAIT_SIZE
-from scoring.model import MAX_KEPT_TRAITS, load_directory, load_model
+from scoring.model import MAX_KEPT_TRAITS, load_directory, load_model, parse_model
 from streams.envelope import MAX_MESSAGE_BYTES
 from streams.outbox import encode_json
 from tests.scoring.support import MINUTE, MODELS_DIR, Run, beside_a_named_pipe, ev, model
@@ -264,3 +264,11 @@ def test_the_loaders_take_a_path_as_text_as_engine_from_directory_does(tmp_path:
     assert [(m.name, m.file, m.rules, m.ladder) for m in loaded] == [(expected.name, expected.file, expected.rules, expected.ladder)] * 2
     with pytest.raises(ModelError, match="not a directory of model files"):
         load_directory(str(tmp_path / "missing"))
+
+
+def test_an_engine_of_two_models_of_one_name_names_it_and_both_files() -> None:
+    # It said "two models share a name: each model needs its own [model] name", naming neither.
+    first, second = parse_model(BASE, "b2b.toml"), parse_model(BASE, "b2b_copy.toml")
+    with pytest.raises(ModelError) as caught:
+        Engine([first, second])
+    assert str(caught.value) == "b2b_copy.toml: [model], field 'name': expected a name no other model uses, got 'b2b' (also in b2b.toml)"
