@@ -11,7 +11,7 @@ import difflib
 import math
 import re
 from datetime import date, datetime, time
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from scoring.errors import ModelError
 
@@ -95,6 +95,10 @@ def is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _text(value: Any) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
 def toml_value(value: Any) -> str:
     """A value read from a model file as the file writes it, for error messages: texts quoted
     as Python quotes them (the messages have always shown 'ten'), but `true` where Python
@@ -108,6 +112,25 @@ def toml_value(value: Any) -> str:
     if isinstance(value, dict):
         return "{" + ", ".join(f"{key} = {toml_value(item)}" for key, item in value.items()) + "}"
     return repr(value)
+
+
+#: Most characters of a value an error message quotes: a [filter] product list of 20,000 texts
+#: with one number among them was quoted whole, 189 KB in one message (a line of the worker's log,
+#: its /models/ view), which did not say where in it the mistake was.
+MAX_QUOTED_CHARS = 300
+
+
+def quoted(value: Any) -> str:
+    """`toml_value`, cut to MAX_QUOTED_CHARS with the length it has whole."""
+    written = toml_value(value)
+    if len(written) <= MAX_QUOTED_CHARS:
+        return written
+    return f"{written[:MAX_QUOTED_CHARS]} ... ({len(written):,} characters)"
+
+
+def first_wrong(items: list[Any], right: Callable[[Any], bool]) -> int | None:
+    """The index of the first item `right` refuses, None when it refuses none."""
+    return next((n for n, item in enumerate(items) if not right(item)), None)
 
 
 class Table:
@@ -125,8 +148,11 @@ class Table:
         self.data = data
         self.prefix = prefix
 
-    def error(self, key: str, expected: str, got: Any = _REQUIRED) -> ModelError:
-        found = "" if got is _REQUIRED else f", got {toml_value(got)}"
+    def error(self, key: str, expected: str, got: Any = _REQUIRED, wrong: int | None = None) -> ModelError:
+        """The error of a field; `wrong` is the index of the item of the list `got` that is wrong."""
+        found = "" if got is _REQUIRED else f", got {quoted(got)}"
+        if wrong is not None:
+            found += f" (item {wrong + 1:,} of {len(got):,} is {quoted(got[wrong])})"
         return ModelError(f"{self.file}: {self.where}, field '{self.prefix}{key}': expected {expected}{found}")
 
     def check_keys(self, allowed: Iterable[str]) -> None:
@@ -191,8 +217,9 @@ class Table:
         if value is default:
             return value
         items = [value] if isinstance(value, str) else value
-        if not isinstance(items, list) or not items or not all(isinstance(v, str) and v.strip() for v in items):
-            raise self.error(key, "a text or a non-empty list of texts", value)
+        wrong = first_wrong(items, _text) if isinstance(items, list) else None
+        if not isinstance(items, list) or not items or wrong is not None:
+            raise self.error(key, "a text or a non-empty list of texts", value, None if isinstance(value, str) else wrong)
         return tuple(items)
 
     def table(self, key: str, where: str | None = None) -> Table | None:

@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
-from scoring.config import Table, did_you_mean, is_number
+from scoring.config import Table, did_you_mean, first_wrong, is_number
 from scoring.errors import ModelError
 from scoring.repeat import Bonus, Cap, OncePer, parse_bonus, parse_cap, parse_once_per, seen_key
 
@@ -166,8 +166,9 @@ def _operand(table: Table, op: str, value: Any, key: str | None = None) -> Any:
             raise table.error(key, "a text, finite number or boolean", value)
         return value
     if op in ("in", "not_in"):
-        if not isinstance(value, list) or not value or not all(map(_comparable, value)):
-            raise table.error(key, "a non-empty list of texts, finite numbers or booleans", value)
+        wrong = first_wrong(value, _comparable) if isinstance(value, list) else None
+        if not isinstance(value, list) or not value or wrong is not None:
+            raise table.error(key, "a non-empty list of texts, finite numbers or booleans", value, wrong)
         # Not a set: {True, 1} is {True} in Python, and a model's [true, 1] means both.
         return tuple({(v.__class__ is bool, v): v for v in value}.values())
     if op in ("gt", "gte", "lt", "lte"):

@@ -272,3 +272,19 @@ def test_an_engine_of_two_models_of_one_name_names_it_and_both_files() -> None:
     with pytest.raises(ModelError) as caught:
         Engine([first, second])
     assert str(caught.value) == "b2b_copy.toml: [model], field 'name': expected a name no other model uses, got 'b2b' (also in b2b.toml)"
+
+
+@pytest.mark.parametrize(("field", "wrong", "fragments"), [
+    ("[filter]\nproduct", "1", ["[filter], field 'product': expected a text or a non-empty list of texts", "(item 20,001 of 20,001 is 1)"]),
+    ('[[rules]]\nname = "r"\nevent = "page_view"\npoints = 1\nproperties.url', "{ a = 1 }",
+     ["rule 'r', field 'properties.url': expected a non-empty list of texts, finite numbers", "(item 20,001 of 20,001 is {a = 1})"]),
+])
+def test_a_long_list_is_quoted_in_part_with_the_item_that_is_wrong(field: str, wrong: str, fragments: list[str]) -> None:
+    # The whole list was quoted: 189 KB (product) and 289 KB (url) in one message, one log line.
+    items = ", ".join(f'"/page/{n}"' for n in range(20_000))
+    with pytest.raises(ModelError) as caught:
+        load(f"{BASE}{field} = [{items}, {wrong}]\n")
+    message = str(caught.value)
+    assert len(message) < 1_000 and "['/page/0', '/page/1'," in message and " characters)" in message
+    for fragment in fragments:
+        assert fragment in message
