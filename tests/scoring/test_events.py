@@ -223,6 +223,23 @@ def test_a_parsed_trait_holding_an_integer_beyond_64_bits_is_refused_as_the_stat
     assert isinstance(refused, Rejection) and refused.detail.startswith("properties.n holds an integer beyond 64 bits")
 
 
+@pytest.mark.parametrize(("value", "written"), [
+    (float("nan"), "nan"), (float("inf"), "inf"), (-float("inf"), "-inf"),
+    ([1.5, float("nan")], "a nan or an infinity within it"), ({"a": {"b": [float("inf")]}}, "a nan or an infinity within it"),
+])
+@pytest.mark.parametrize("field", ["traits", "properties"])
+def test_a_parsed_nan_or_infinity_is_a_bad_value_naming_its_field(field: str, value: object, written: str) -> None:
+    """No JSON number is one, but a dict handed in parsed may hold one (pandas has nan for every
+    empty cell). It was accepted: a trait of nan was kept, `exists` held for it, and the lead's
+    explanation was no JSON (json.dumps(..., allow_nan=False) refused it)."""
+    rejection = parse_event({**GOOD, field: {"size": value}})
+    assert isinstance(rejection, Rejection) and rejection.reason == "bad_value"
+    assert rejection.detail == f"{field}.size is {written}, which no JSON number is: send null (a trait's null forgets it), or leave the field out"
+    scored = Run(engine('[[fit]]\nname = "sized"\npoints = 30\ntraits.size = { exists = true }\n')).apply({**GOOD, field: {"size": value}})
+    assert scored.rejected == [rejection] and scored.store == {}
+    assert isinstance(parse_event({**GOOD, field: {"size": [1.5, -0.0, 1e308]}}), Event)
+
+
 @pytest.mark.parametrize(
     ("change", "reason", "detail"),
     [
