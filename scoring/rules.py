@@ -186,6 +186,13 @@ def _operand(table: Table, op: str, value: Any, key: str | None = None) -> Any:
             raise table.error(key, f"domain classes among {', '.join(DOMAIN_CLASSES)}", value)
         return frozenset(texts)
     lowered = tuple(t.lower() for t in texts)
+    if op == "glob":
+        # fnmatch writes a set of no character, a range from high to low ([z-a], [9-0]), as
+        # (?!): the condition loaded and held for no value, silently.
+        wrong = first_wrong(list(lowered), lambda pattern: "(?!)" not in fnmatch.translate(pattern))
+        if wrong is not None:
+            raise table.error(key, "patterns some text can match: a range in [ ] goes from low to high, such as [a-z] or [0-9]",
+                              texts[wrong])
     if op == "words":
         # Not \b: a term that starts or ends with a non-word character ("c++", ".net") would
         # then need a word character beside it, and never match a word on its own. A phrase's

@@ -62,6 +62,10 @@ CASES = [
     (BASE + RULE + 'once_per = "email_id"\n', ["rule 'pricing'", "field 'once_per'", "properties.email_id"]),
     (BASE + RULE + 'properties.url = { like = "x" }\n', ["rule 'pricing'", "field 'properties.url.like'", "unknown field", "glob"]),
     (BASE + RULE + 'properties.url = { glob = 3 }\n', ["rule 'pricing'", "field 'properties.url.glob'", "a text"]),
+    # A range from high to low is no character: loaded, the condition held for no URL.
+    (BASE + RULE + 'properties.url = { glob = ["*/pricing*", "/docs/[z-a]*"] }\n',
+     ["rule 'pricing'", "field 'properties.url.glob'", "patterns some text can match", "such as [a-z]", "got '/docs/[z-a]*'"]),
+    (BASE + RULE + 'traits.zip = { glob = "[9-0]*" }\n', ["field 'traits.zip.glob'", "got '[9-0]*'"]),
     (BASE + RULE + "properties.seats = { gte = \"5\" }\n", ["rule 'pricing'", "field 'properties.seats.gte'", "a finite number"]),
     # No JSON value is nan or inf (1e400 is inf): loaded, `eq = nan` matched no event and `ne = nan` every one.
     (BASE + RULE + "properties.seconds = nan\n", ["rule 'pricing'", "field 'properties.seconds'", "a text, finite number or boolean", "got nan"]),
