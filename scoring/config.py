@@ -47,7 +47,9 @@ def toml_problem(exc: Exception, text: str, quote: bool = True) -> str:
     and what to write instead when the mistake is a usual one."""
     problem = str(exc)
     line = _TOML_LINE.search(problem)
-    lines = text.splitlines()
+    # As tomllib counts lines: splitlines() also split at U+2028, U+2029 and U+0085, which a
+    # comment or text may hold, and the line quoted was another than the one named.
+    lines = text.split("\n")
     if quote and line is not None and 0 < int(line.group(1)) <= len(lines):
         written = lines[int(line.group(1)) - 1].strip()
         problem += f": {written[:120]!r}" + (" ..." if len(written) > 120 else "")

@@ -138,6 +138,8 @@ CASES = [
     (BASE + "x = " + "[" * 5000 + "]" * 5000 + "\n", ["b2b.toml", "not valid TOML", "nested deeper"]),  # a RecursionError
     # tomllib's own words name a line and column only: the line is quoted, and the usual mistake said.
     (BASE.replace('name = "b2b"', 'name = "b2b"\nlateness = 1d'), ["not valid TOML", "'lateness = 1d'", "straight double quotes"]),
+    # A line separator in a comment before it: the line quoted was the one above the line named.
+    (BASE.replace('name = "b2b"', '# Caf\u00e9 \u2028 menu\nname = "b2b"\nlateness = 1d'), ["(at line 4, column 13): 'lateness = 1d'"]),
     (BASE.replace('name = "b2b"', 'name = \u201cb2b\u201d'), ["not valid TOML", "name = \u201cb2b\u201d", "not \u201ccurly\u201d ones"]),
     (BASE + '[[rules]]\nname = "p"\nevent = "page_view"\npoints = 1\nproperties.url = { glob = "*/a*", }\n',
      ["not valid TOML", "properties.url", "on one line, without a comma after its last entry"]),
