@@ -147,9 +147,24 @@ def _parse_field(table: Table, source: str, key: str, spec: Any) -> list[Conditi
         ops.check_keys(OPERATORS)
         if not spec:  # no test at all would match every event
             raise table.error(key, f"at least one operator ({', '.join(OPERATORS)})", spec)
-        return [Condition(source, key, op, _operand(ops, op, value)) for op, value in spec.items()]
+        conditions = [Condition(source, key, op, _operand(ops, op, value)) for op, value in spec.items()]
+        _check_range(ops, spec)
+        return conditions
     shorthand = "in" if isinstance(spec, list) else "eq"
     return [Condition(source, key, shorthand, _operand(Table(table.file, table.where, {key: spec}, table.prefix), shorthand, spec, key))]
+
+
+def _check_range(ops: Table, spec: dict[str, Any]) -> None:
+    """ModelError for bounds no number meets (`gte = 10, lte = 5`): the condition loaded and held
+    for no value, silently. The operands are known to be finite numbers."""
+    for low_op in ("gt", "gte"):
+        for high_op in ("lt", "lte"):
+            if low_op in spec and high_op in spec:
+                low, high = spec[low_op], spec[high_op]
+                inclusive = (low_op, high_op) == ("gte", "lte")  # 5 alone meets gte = 5, lte = 5
+                if low > high or (low == high and not inclusive):
+                    bound = "at least" if inclusive else "above"
+                    raise ops.error(high_op, f"a number {bound} {low_op} ({low:g}): no number meets both", high)
 
 
 def _comparable(value: Any) -> bool:

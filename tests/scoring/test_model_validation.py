@@ -67,6 +67,11 @@ CASES = [
      ["rule 'pricing'", "field 'properties.url.glob'", "patterns some text can match", "such as [a-z]", "got '/docs/[z-a]*'"]),
     (BASE + RULE + 'traits.zip = { glob = "[9-0]*" }\n', ["field 'traits.zip.glob'", "got '[9-0]*'"]),
     (BASE + RULE + "properties.seats = { gte = \"5\" }\n", ["rule 'pricing'", "field 'properties.seats.gte'", "a finite number"]),
+    # Bounds no number meets: loaded, the condition held for no value.
+    (BASE + RULE + "properties.seats = { gte = 10, lte = 5 }\n",
+     ["rule 'pricing'", "field 'properties.seats.lte'", "a number at least gte (10): no number meets both", "got 5"]),
+    (BASE + RULE + "traits.size = { gt = 50, lt = 50 }\n", ["field 'traits.size.lt'", "a number above gt (50)", "got 50"]),
+    (BASE + RULE + "traits.size = { gte = 50, lt = 50 }\n", ["field 'traits.size.lt'", "a number above gte (50)", "got 50"]),
     # No JSON value is nan or inf (1e400 is inf): loaded, `eq = nan` matched no event and `ne = nan` every one.
     (BASE + RULE + "properties.seconds = nan\n", ["rule 'pricing'", "field 'properties.seconds'", "a text, finite number or boolean", "got nan"]),
     (BASE + RULE + "properties.seconds = { ne = -inf }\n", ["rule 'pricing'", "field 'properties.seconds.ne'", "finite number", "got -inf"]),
@@ -294,3 +299,9 @@ def test_a_long_list_is_quoted_in_part_with_the_item_that_is_wrong(field: str, w
     assert len(message) < 1_000 and "['/page/0', '/page/1'," in message and " characters)" in message
     for fragment in fragments:
         assert fragment in message
+
+
+def test_bounds_one_number_meets_are_a_condition_on_that_number() -> None:
+    run = Run(Engine([model(BASE + RULE + "properties.seats = { gte = 5, lte = 5 }\n", name="b2b", header=False)]))
+    run.apply(ev(properties={"seats": 5}), ev(properties={"seats": 6}), ev(properties={"seats": 4.999}))
+    assert run.score("L1", "b2b") == 10
