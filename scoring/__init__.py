@@ -2,8 +2,15 @@
 
     from scoring import Engine
     engine = Engine.from_directory("scoring/models")
-    result = engine.apply_batch([engine.parse(raw) for raw in messages], get_state)
+    states = {}  # (model name, lead id) -> LeadState; the worker keeps them in Faust tables
+    events = [event for raw in messages for event in engine.parse_message(raw)]
+    result = engine.apply_batch(events, lambda model, lead: states.get((model, lead)))
+    states.update(result.states)
+    why = engine.explain("b2b", "lead-42", states["b2b", "lead-42"], now_ms)
 
+`messages` are JSON texts (bytes or str), each an event object or an array of them, as the events
+topic holds them (`Engine.parse` takes one event alone, and refuses an array); `result` also
+holds the crossings (`transitions`) and the events refused (`rejected`) or late (`late`).
 See scoring/MODELS.md for the model file format and the event schema.
 """
 
