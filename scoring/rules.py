@@ -149,6 +149,7 @@ def _parse_field(table: Table, source: str, key: str, spec: Any) -> list[Conditi
             raise table.error(key, f"at least one operator ({', '.join(OPERATORS)})", spec)
         conditions = [Condition(source, key, op, _operand(ops, op, value)) for op, value in spec.items()]
         _check_range(ops, spec)
+        _check_absence(ops, spec)
         return conditions
     shorthand = "in" if isinstance(spec, list) else "eq"
     return [Condition(source, key, shorthand, _operand(Table(table.file, table.where, {key: spec}, table.prefix), shorthand, spec, key))]
@@ -165,6 +166,19 @@ def _check_range(ops: Table, spec: dict[str, Any]) -> None:
                 if low > high or (low == high and not inclusive):
                     bound = "at least" if inclusive else "above"
                     raise ops.error(high_op, f"a number {bound} {low_op} ({low:g}): no number meets both", high)
+
+
+#: Operators no missing field meets (ne, not_in and exists may hold for one).
+_PRESENT_ONLY = tuple(op for op in OPERATORS if op not in ("ne", "not_in", "exists"))
+
+
+def _check_absence(ops: Table, spec: dict[str, Any]) -> None:
+    """ModelError for `exists = false` beside an operator only a present field meets
+    (`{ exists = false, eq = 3 }`): the condition loaded and held for no value, silently."""
+    if spec.get("exists") is False:
+        present = next((op for op in spec if op in _PRESENT_ONLY), None)
+        if present is not None:
+            raise ops.error("exists", f"true, or no {present} beside it: a missing field meets no {present}", False)
 
 
 def _comparable(value: Any) -> bool:

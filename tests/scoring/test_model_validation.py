@@ -72,6 +72,10 @@ CASES = [
      ["rule 'pricing'", "field 'properties.seats.lte'", "a number at least gte (10): no number meets both", "got 5"]),
     (BASE + RULE + "traits.size = { gt = 50, lt = 50 }\n", ["field 'traits.size.lt'", "a number above gt (50)", "got 50"]),
     (BASE + RULE + "traits.size = { gte = 50, lt = 50 }\n", ["field 'traits.size.lt'", "a number above gte (50)", "got 50"]),
+    # A missing field meets none of these: loaded, the condition held for no lead.
+    (BASE + RULE + 'traits.title = { exists = false, words = "vp" }\n',
+     ["rule 'pricing'", "field 'traits.title.exists'", "expected true, or no words beside it: a missing field meets no words", "got false"]),
+    (BASE + '[[fit]]\nname = "f"\npoints = 5\ntraits.size = { gt = 3, exists = false }\n', ["fit rule 'f'", "field 'traits.size.exists'", "no gt beside it"]),
     # No JSON value is nan or inf (1e400 is inf): loaded, `eq = nan` matched no event and `ne = nan` every one.
     (BASE + RULE + "properties.seconds = nan\n", ["rule 'pricing'", "field 'properties.seconds'", "a text, finite number or boolean", "got nan"]),
     (BASE + RULE + "properties.seconds = { ne = -inf }\n", ["rule 'pricing'", "field 'properties.seconds.ne'", "finite number", "got -inf"]),
@@ -305,3 +309,10 @@ def test_bounds_one_number_meets_are_a_condition_on_that_number() -> None:
     run = Run(Engine([model(BASE + RULE + "properties.seats = { gte = 5, lte = 5 }\n", name="b2b", header=False)]))
     run.apply(ev(properties={"seats": 5}), ev(properties={"seats": 6}), ev(properties={"seats": 4.999}))
     assert run.score("L1", "b2b") == 10
+
+
+@pytest.mark.parametrize("other", ["ne = 3", "not_in = [3, 4]"])
+def test_exists_false_beside_an_operator_a_missing_field_meets_holds_for_a_missing_field(other: str) -> None:
+    run = Run(Engine([model(BASE + RULE + f"properties.n = {{ exists = false, {other} }}\n", name="b2b", header=False)]))
+    run.apply(ev(), ev(properties={"n": 3}), ev(properties={"n": None}))
+    assert run.score("L1", "b2b") == 20
