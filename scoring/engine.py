@@ -11,6 +11,7 @@ the worker relies on both for at-least-once redelivery.
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -861,7 +862,7 @@ class Engine:
         runtime = self.runtime(model_name)
         decayed = state.copy()
         out: list[Transition] = []
-        runtime.decay(decayed, lead_id, now_ms, out)
+        runtime.decay(decayed, lead_id, whole_ms(now_ms), out)
         return decayed, out
 
     def next_due_ms(self, model_name: str, state: LeadState) -> int | None:
@@ -919,15 +920,27 @@ class Engine:
 
     def explain(self, model_name: str, lead_id: str, state: LeadState, now_ms: int) -> dict[str, Any]:
         """Why the lead has its score at `now_ms`: points by rule, fit, decay, recent history."""
-        return explaining.explain(self.runtime(model_name), lead_id, state, now_ms)
+        return explaining.explain(self.runtime(model_name), lead_id, state, whole_ms(now_ms))
 
     def summary(self, model_name: str, lead_id: str, state: LeadState, now_ms: int) -> dict[str, Any]:
         """The lead's score on every scale at `now_ms`, with its top reasons."""
-        return explaining.summary(self.runtime(model_name), lead_id, state, now_ms)
+        return explaining.summary(self.runtime(model_name), lead_id, state, whole_ms(now_ms))
 
     def percent(self, model_name: str, lead_id: str, state: LeadState, now_ms: int) -> float:
         """The lead's score on the model's 0-100 scale at `now_ms`, exact: the value a summary
         shows is rounded to a tenth (19.96 shows 20.0), which may lie across a line drawn on
         the scale that the exact value has not reached."""
         runtime = self.runtime(model_name)
-        return runtime.model.scale.percent(runtime.score(explaining.at_time(runtime, lead_id, state, now_ms)))
+        return runtime.model.scale.percent(runtime.score(explaining.at_time(runtime, lead_id, state, whole_ms(now_ms))))
+
+
+def whole_ms(now_ms: int) -> int:
+    """`now_ms` as an int, or TypeError: a float (time.time() * 1000) was taken in, and a state
+    decayed to it kept a float time that LeadState.from_bytes then refused as "of an unknown
+    layout"; a nan took a half-life lead's points to nan. Any integer type (numpy's) is one."""
+    try:
+        if now_ms.__class__ is not bool:
+            return operator.index(now_ms)
+    except TypeError:
+        pass
+    raise TypeError(f"now_ms: expected whole milliseconds since the epoch, an int such as int(time.time() * 1000), got {now_ms!r}")

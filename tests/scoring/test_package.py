@@ -5,9 +5,11 @@ from __future__ import annotations
 import textwrap
 
 import orjson
+import pytest
 
 import scoring
-from tests.scoring.support import MODELS_DIR, T0
+from scoring import Engine, LeadState
+from tests.scoring.support import DAY, MODELS_DIR, T0, Run
 
 
 def test_the_package_docstrings_example_scores_messages_of_one_event_and_of_several() -> None:
@@ -24,3 +26,17 @@ def test_the_package_docstrings_example_scores_messages_of_one_event_and_of_seve
     assert names["result"].rejected == []  # type: ignore[attr-defined]
     why = names["why"]
     assert isinstance(why, dict) and why["score"] > 0 and why["lead_id"] == "lead-42"
+
+
+@pytest.mark.parametrize("now_ms", [T0 + 0.5, float("nan"), float(T0), "1762128000000", True, None])
+@pytest.mark.parametrize("method", ["decay", "explain", "summary", "percent"])
+def test_a_time_that_is_no_whole_number_of_milliseconds_is_a_type_error_naming_now_ms(method: str, now_ms: object) -> None:
+    """A float was taken in: Engine.decay to time.time() * 1000 under a half-life gave a state
+    whose bytes LeadState.from_bytes refused ("of an unknown layout"), a nan one of nan points."""
+    engine = Engine.from_directory(MODELS_DIR)
+    run = Run(engine).apply({"event_id": "e-1", "lead_id": "L1", "type": "trial_started", "product": "analytics", "time": T0})
+    state = run.state("L1", "analytics_addon")
+    with pytest.raises(TypeError, match=r"^now_ms: expected whole milliseconds since the epoch, an int such as int\(time.time\(\) \* 1000\), got "):
+        getattr(engine, method)("analytics_addon", "L1", state, now_ms)
+    decayed, _ = engine.decay("analytics_addon", "L1", state, T0 + 14 * DAY)
+    assert engine.summary("analytics_addon", "L1", LeadState.from_bytes(decayed.to_bytes()), T0 + 14 * DAY)["score"] == 10
