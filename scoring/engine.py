@@ -675,6 +675,8 @@ class Engine:
 
     def __init__(self, models: Iterable[Model]) -> None:
         self.models: tuple[Model, ...] = tuple(models)
+        if not self.models:  # it routed every event to no model, silently (a generator read twice gives none)
+            raise ModelError("an Engine needs at least one model (load_model, load_directory, or Engine.from_directory)")
         check_names(self.models)  # it said "two models share a name", naming neither the name nor the files
         self._runtimes = {model.name: ModelRuntime(model) for model in self.models}
         #: The models with `[accounts]`: only their accounts have a score and level, and are shown

@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 import scoring
-from scoring import Engine, LeadState
+from scoring import Engine, LeadState, ModelError
 from tests.scoring.support import DAY, MODELS_DIR, T0, Run
 
 
@@ -40,3 +40,9 @@ def test_a_time_that_is_no_whole_number_of_milliseconds_is_a_type_error_naming_n
         getattr(engine, method)("analytics_addon", "L1", state, now_ms)
     decayed, _ = engine.decay("analytics_addon", "L1", state, T0 + 14 * DAY)
     assert engine.summary("analytics_addon", "L1", LeadState.from_bytes(decayed.to_bytes()), T0 + 14 * DAY)["score"] == 10
+
+
+def test_an_engine_of_no_model_is_refused() -> None:
+    # It was made, and every event was unrouted: as a generator of models read a second time gives.
+    with pytest.raises(ModelError, match=r"^an Engine needs at least one model \(load_model, load_directory"):
+        Engine(model for model in ())
