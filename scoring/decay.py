@@ -138,7 +138,7 @@ def parse_decay(table: Table | None) -> Decay | None:
         step.check_keys(("idle", "points"))
         idle_ms, points = step.duration_ms("idle"), step.number("points")
         if points > 0:
-            raise step.error("points", "a negative number (decay takes points away)", points)
+            raise step.error("points", "a negative number, or 0 (decay takes points away)", points)
         if steps and idle_ms <= steps[-1].idle_ms:
             raise step.error("idle", "a longer idle time than the step before (steps in order)", spec["idle"])
         steps.append(Step(idle_ms, points))

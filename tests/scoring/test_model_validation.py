@@ -101,7 +101,7 @@ CASES = [
     (BASE + '[[fit]]\nname = "vp"\npoints = 5\nproperties.url = "x"\n', ["fit rule 'vp'", "field 'properties'", "unknown field"]),
     (BASE + '[[fit]]\nname = "vp"\npoints = 5\n', ["fit rule 'vp'", "field 'traits'", "at least one trait condition"]),
     (BASE + "[decay]\nsteps = [{ idle = \"60d\", points = -30 }, { idle = \"30d\", points = -15 }]\n", ["[decay]", "field 'steps[2].idle'", "longer idle time"]),
-    (BASE + "[decay]\nsteps = [{ idle = \"30d\", points = 15 }]\n", ["[decay]", "field 'steps[1].points'", "negative"]),
+    (BASE + "[decay]\nsteps = [{ idle = \"30d\", points = 15 }]\n", ["[decay]", "field 'steps[1].points'", "expected a negative number, or 0 (decay takes points away), got 15"]),
     (BASE + "[decay]\nsteps = [{ idle = \"-30d\", points = -15 }]\n", ["[decay]", "field 'steps[1].idle'", "positive duration"]),
     (BASE + '[decay]\nhalf_life = "14d"\nsteps = []\n', ["[decay]", "field 'half_life'", "not both"]),
     (BASE + GRADES.replace("B = { min = 10, below = 30 }", "B = { min = 10, below = 35 }"), ["[grades]", "field 'B.below'", "overlap"]),
