@@ -1,7 +1,9 @@
 """Model files edited while the worker runs.
 
-The worker looks at its models directory every LEADSTREAM_MODELS_RELOAD_S seconds. An edit
-that loads is applied between two batches, with the same effect on leads that already have a
+The worker looks at its models directory every LEADSTREAM_MODELS_RELOAD_S seconds, and takes an
+edit up once the files are as they were at its look before: files being written (a copy, a save
+in place, several files copied one after another) are not loaded half-way. An edit that loads is
+applied between two batches, with the same effect on leads that already have a
 score as a restart would have (scoring/MODELS.md, "Editing a model that is in use"). An edit
 that does not load is reported (log, metrics, the worker's /models/ view). The worker keeps
 scoring with the models it has until the files load again, so a half-saved file or a typo
@@ -68,15 +70,18 @@ class ModelDirectory:
         seen = fingerprint(path)
         self._use(Loaded(Engine.from_directory(path), seen, _now_ms()))
         self._seen = seen
+        #: The files' fingerprint at the last poll that found them changed: loaded once the
+        #: next poll finds them so again (`poll`).
+        self._changing: str | None = None
         #: Why the files on disk do not load, while they do not (None once they do).
         self.error: str | None = None
         self._out_of_files = OutOfFiles(log, "looking for edits of the model files")
 
     def poll(self) -> Engine | None:
-        """The newly loaded models when the files changed since the last poll and load; None
-        when they did not change, or do not load (then `error` says why), or could not be read
-        for want of file descriptors: no fault of the files, so said as the process's (on one
-        throttled line), and read again at the next poll."""
+        """The newly loaded models when the files changed and have stayed so since the last
+        poll, and load; None when they did not change, are still changing, or do not load (then
+        `error` says why), or could not be read for want of file descriptors: no fault of the
+        files, so said as the process's (on one throttled line), and read again at the next poll."""
         try:
             seen = fingerprint(self.path)
         except OSError as exc:
@@ -84,6 +89,13 @@ class ModelDirectory:
                 return None
             raise
         if seen == self._seen:
+            self._changing = None  # an edit undone before it settled
+            return None
+        if seen != self._changing:
+            # Written a moment ago, perhaps not to the end: a file saved in place was loaded
+            # cut before its [accounts] (valid TOML), and the account it rolled up crossed to
+            # its level a second time, under a new id, once the rest was written.
+            self._changing = seen
             return None
         try:
             engine = Engine.from_directory(self.path)

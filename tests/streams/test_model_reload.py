@@ -29,21 +29,52 @@ def rule_points(directory: ModelDirectory) -> list[tuple[str, float]]:
     return [(model.name, model.rules[0].points) for model in directory.current.engine.models]
 
 
+def settled(directory: ModelDirectory) -> Engine | None:
+    """Two polls: the first finds the files changed, the second finds them as the first did and
+    takes the edit up."""
+    assert directory.poll() is None
+    return directory.poll()
+
+
 def test_an_edit_that_loads_replaces_the_models(tmp_path: Path) -> None:
     save(tmp_path, "a.toml", MODEL.format(name="a", points=5))
     directory = ModelDirectory(tmp_path)
     first = directory.current
     assert directory.poll() is None  # nothing changed
     save(tmp_path, "a.toml", MODEL.format(name="a", points=5))
-    assert directory.poll() is None  # saved again, the same bytes: nothing to apply
+    assert settled(directory) is None  # saved again, the same bytes: nothing to apply
 
     save(tmp_path, "a.toml", MODEL.format(name="a", points=7))
     save(tmp_path, "b.toml", MODEL.format(name="b", points=1))
-    engine = directory.poll()
+    engine = settled(directory)
     assert engine is not None and engine is directory.current.engine
     assert rule_points(directory) == [("a", 7), ("b", 1)]
     assert directory.current.fingerprint != first.fingerprint and directory.error is None
     assert directory.poll() is None
+
+
+def test_files_still_being_written_are_taken_up_once_the_next_poll_finds_them_unchanged(tmp_path: Path) -> None:
+    """A file saved in place (truncated, then written in parts) was loaded as the poll found
+    it: an empty file reported as a broken edit, and one cut before its [accounts] (valid TOML)
+    applied, the account it rolled up crossing to its level a second time once the rest came."""
+    whole = MODEL.format(name="a", points=7) + '[accounts]\nbase = "cold"\nladder = [{ level = "hot", at = 20 }]\n'
+    save(tmp_path, "a.toml", MODEL.format(name="a", points=5))
+    directory = ModelDirectory(tmp_path)
+    rejected = metrics.MODEL_RELOADS.labels("rejected")._value.get()
+    with open(tmp_path / "a.toml", "w") as file:  # truncated: found empty
+        assert directory.poll() is None
+        file.write(whole[: whole.index("[accounts]")])
+        file.flush()
+        assert directory.poll() is None  # found cut before [accounts]
+        file.write(whole[whole.index("[accounts]"):])
+    assert directory.poll() is None  # found whole, but changed since the last look
+    assert (rule_points(directory), directory.error, metrics.MODEL_RELOADS.labels("rejected")._value.get()) == ([("a", 5)], None, rejected)
+    engine = directory.poll()
+    assert engine is not None and engine.models[0].accounts is not None and rule_points(directory) == [("a", 7)]
+    save(tmp_path, "a.toml", MODEL.format(name="a", points=8))
+    assert directory.poll() is None
+    save(tmp_path, "a.toml", whole)  # undone before the next poll: nothing to apply
+    assert settled(directory) is None and rule_points(directory) == [("a", 7)]
 
 
 def fingerprints_exported() -> list[dict[str, str]]:
@@ -59,9 +90,9 @@ def test_the_fingerprint_of_the_models_in_use_is_exported_with_the_group(tmp_pat
     first = directory.current.fingerprint
     assert fingerprints_exported() == [{"app_id": "leadstream", "fingerprint": first}]
     save(tmp_path, "a.toml", MODEL.format(name="a", points='"five"'))  # does not load: still scoring with the first
-    assert directory.poll() is None and fingerprints_exported() == [{"app_id": "leadstream", "fingerprint": first}]
+    assert settled(directory) is None and fingerprints_exported() == [{"app_id": "leadstream", "fingerprint": first}]
     save(tmp_path, "a.toml", MODEL.format(name="a", points=6))
-    assert directory.poll() is not None
+    assert settled(directory) is not None
     assert fingerprints_exported() == [{"app_id": "leadstream", "fingerprint": directory.current.fingerprint}] != [
         {"app_id": "leadstream", "fingerprint": first}]
 
@@ -72,7 +103,7 @@ def test_an_edit_that_does_not_load_is_reported_and_the_models_stay(tmp_path: Pa
     rejected = metrics.MODEL_RELOADS.labels("rejected")._value.get()
 
     save(tmp_path, "a.toml", MODEL.format(name="a", points='"five"'))
-    assert directory.poll() is None
+    assert settled(directory) is None
     assert directory.error is not None and "a.toml" in directory.error and "points" in directory.error
     assert rule_points(directory) == [("a", 5)]
     assert metrics.MODELS_BROKEN._value.get() == 1
@@ -83,9 +114,9 @@ def test_an_edit_that_does_not_load_is_reported_and_the_models_stay(tmp_path: Pa
 
     save(tmp_path, "a.toml", MODEL.format(name="a", points=6))
     save(tmp_path, "b.toml", MODEL.format(name="a", points=1))  # a second model of the same name
-    assert directory.poll() is None and "also in a.toml" in str(directory.error)
+    assert settled(directory) is None and "also in a.toml" in str(directory.error)
     (tmp_path / "b.toml").unlink()
-    assert directory.poll() is not None
+    assert settled(directory) is not None
     assert (rule_points(directory), directory.error, metrics.MODELS_BROKEN._value.get()) == ([("a", 6)], None, 0)
 
 
@@ -100,13 +131,13 @@ def test_an_edit_testing_a_trait_the_models_did_not_keep_is_applied_with_a_warni
     assert directory.describe()["warnings"] == []
     save(tmp_path, "a.toml", MODEL.format(name="a", points=5) + '[[fit]]\nname = "big"\npoints = 7\ntraits.company_size = { gte = 50 }\n')
     with caplog.at_level("WARNING", logger="leadstream.worker"):
-        assert directory.poll() is not None
+        assert settled(directory) is not None
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warned) == 1 and "a.toml: fit rule 'big' tests trait 'company_size'" in warned[0], warned
     assert "model 'a' neither kept nor tested" in warned[0] and "LEADSTREAM_APP_ID" in warned[0]
     assert directory.describe()["warnings"] == [warned[0].removeprefix("model edit applied: ")]
     save(tmp_path, "a.toml", MODEL.format(name="a", points=6) + '[[fit]]\nname = "big"\npoints = 7\ntraits.company_size = { gte = 50 }\n')
-    assert directory.poll() is not None and directory.describe()["warnings"] == []  # the next edit's: kept since
+    assert settled(directory) is not None and directory.describe()["warnings"] == []  # the next edit's: kept since
 
 
 def test_a_loader_bug_is_reported_as_an_edit_that_does_not_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -118,7 +149,7 @@ def test_a_loader_bug_is_reported_as_an_edit_that_does_not_load(tmp_path: Path, 
 
     monkeypatch.setattr("streams.model_reload.Engine.from_directory", broken)
     save(tmp_path, "a.toml", MODEL.format(name="a", points=6))
-    assert directory.poll() is None  # not raised out of the worker's reload task
+    assert settled(directory) is None  # not raised out of the worker's reload task
     assert directory.error == "IndexError('list index out of range') while loading the models (a bug: please report it)"
     assert rule_points(directory) == [("a", 5)] and metrics.MODELS_BROKEN._value.get() == 1
 
@@ -152,9 +183,9 @@ def test_an_editors_hidden_files_beside_a_model_are_not_models(tmp_path: Path) -
     # Emacs, while a.toml has unsaved changes: a lock link to nowhere.
     os.symlink("root@host.4242:1764892800", tmp_path / ".#a.toml")
     (tmp_path / ".a.toml").write_text("a hidden copy, half written")
-    assert directory.poll() is None and directory.error is None
+    assert settled(directory) is None and directory.error is None
     save(tmp_path, "a.toml", MODEL.format(name="a", points=7))  # saved: the edit applies
-    assert directory.poll() is not None and directory.error is None
+    assert settled(directory) is not None and directory.error is None
     assert rule_points(directory) == [("a", 7)]
     assert rule_points(ModelDirectory(tmp_path)) == [("a", 7)]
 
@@ -178,6 +209,8 @@ def test_a_large_model_loads_while_the_worker_s_loop_goes_on(tmp_path: Path) -> 
     rules = "".join(f'[[rules]]\nname = "page {n}"\nevent = "page_view"\npoints = 1\n'
                     f'properties.url = {{ glob = ["*/category-{n}/*", "*/landing-{n}*"] }}\n' for n in range(3000))
     save(tmp_path, "a.toml", MODEL.format(name="a", points=5).replace("[thresholds]", rules + "[thresholds]"))
+
+    assert directory.poll() is None  # found changed: the next poll loads it
 
     async def scenario() -> tuple[int, Engine | None]:
         ticks = 0
