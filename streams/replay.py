@@ -7,8 +7,8 @@ came from. Some causes are fixed outside the input: a model that did not know an
 (`wrong_partition`: a librdkafka client without `partitioner=murmur2_random`). Replaying sends each
 chosen letter's original bytes back to the topic it came from, keyed by its lead id (on that
 lead's partition under LEADSTREAM_PARTITIONS, whatever partition it first arrived on; source
-topics of another count are refused, as `send` refuses them: streams.topics.keyed_partitions).
-A request to forget a lead (a tombstone on the profiles topic) that arrived on the wrong
+topics of another count are refused, as `send` refuses them: streams.topics.keyed_partitions);
+an account update the account stage refused goes back to its account's partition. A request to forget a lead (a tombstone on the profiles topic) that arrived on the wrong
 partition goes back as a tombstone on the lead's own.
 
 Replays are stateless and safe to repeat: an event scores once per event id, so an event
@@ -118,11 +118,14 @@ def _replay(settings: Settings, reasons: set[str], since_ms: int, dry_run: bool,
                 replay.unreplayable["no original input kept"] += 1
                 continue
             else:
-                lead_id = _lead_id(letter.original)
+                lead_id = _id(letter.original, "lead_id")
                 if lead_id is not None and forgotten.covers(lead_id, record.timestamp):
                     replay.unreplayable["their lead was forgotten (leadstream forget) after they were dead-lettered"] += 1
                     continue
-                key, partition = _destination(lead_id, letter.key, letter.partition, partitions)
+                if topic == settings.topic_accounts:
+                    key, partition = _account_destination(letter, partitions)
+                else:
+                    key, partition = _destination(lead_id, letter.key, letter.partition, partitions)
             if partition is None:
                 replay.unreplayable["neither a lead id nor a source partition to send it to"] += 1
                 continue
@@ -146,14 +149,15 @@ def _replay(settings: Settings, reasons: set[str], since_ms: int, dry_run: bool,
 
 
 
-def _lead_id(original: bytes) -> str | None:
-    """The lead id of the input, as the engine reads it (42 is "42"); None when it has none."""
+def _id(original: bytes, field: str) -> str | None:
+    """The input's id `field` (`lead_id`, `account_id`), as the engine reads ids (42 is "42");
+    None when it has none."""
     try:
         value = loads(original)
     except orjson.JSONDecodeError:
         return None
-    lead_id = optional_id(value, "lead_id") if isinstance(value, dict) else None
-    return lead_id if isinstance(lead_id, str) else None
+    found = optional_id(value, field) if isinstance(value, dict) else None
+    return found if isinstance(found, str) else None
 
 
 def _destination(lead_id: str | None, key: bytes | None, partition: int | None, partitions: int) -> tuple[bytes | None, int | None]:
@@ -164,6 +168,18 @@ def _destination(lead_id: str | None, key: bytes | None, partition: int | None, 
     if isinstance(partition, int) and 0 <= partition < partitions:
         return key, partition
     return key, None
+
+
+def _account_destination(letter: DeadLetter, partitions: int) -> tuple[bytes | None, int | None]:
+    """An account update goes back, unkeyed as the worker publishes it, to its account's
+    partition (streams/rollup.py publish_updates), whose worker holds the account. Sent to its
+    lead's, as events are, an update the worker had refused for a model it did not have yet
+    made the account stage keep the account on that partition: a second, partial account, and
+    a changelog on which the next start stopped, taking it for a changed partition count."""
+    account_id = None if letter.original is None else _id(letter.original, "account_id")
+    if account_id is not None:
+        return letter.key, partition_for(account_id, partitions)
+    return _destination(None, letter.key, letter.partition, partitions)
 
 
 def _text(key: bytes) -> str | None:

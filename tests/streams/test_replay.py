@@ -192,3 +192,42 @@ def test_letters_of_a_lead_forgotten_since_are_not_replayed_and_those_after_are(
     wait_for(lambda: sum(running.metric("leadstream_events_scored_total")) == 2, what="the replayed events scored")
     status, body = running.get("/leads/lead-m/")
     assert orjson.loads(body)["models"]["replays"]["score"] == 20 and b"m@private.example" not in body and b"555" not in body
+
+
+def test_an_account_update_refused_for_a_model_not_yet_loaded_goes_back_to_its_account_s_partition(
+    isolated: Settings, worker: Callable[..., WorkerProcess], tmp_path: Path
+) -> None:
+    """A worker of the group that had an added model sent an account update to the partition of
+    a worker that did not have it yet, which dead-lettered it (`unknown_model`). Replayed, it
+    went to its lead's partition as an event does: the account stage kept the account there, and
+    the next start stopped on the accounts changelog, taking it for a changed partition count."""
+    account = '[accounts]\nbase = "cold"\nladder = [{ level = "hot", at = 20 }]\n'
+    models = replays_model(tmp_path)
+    settings = replace(isolated, models_dir=models, models_reload_s=1)
+    running = worker(settings)
+    lead, account_id = "c13", "acc-c13"
+    assert partition_for(lead, 4) != partition_for(account_id, 4)
+    producer = KafkaProducer(bootstrap_servers=isolated.kafka_bootstrap)
+    update = {"model": "later", "account_id": account_id, "lead_id": lead, "score": 30, "time": int(time.time() * 1000) - HOUR_MS}
+    producer.send(isolated.topic_accounts, value=orjson.dumps([update]), partition=partition_for(account_id, 4))  # as publish_updates
+    producer.flush()
+    producer.close()
+    [(_, letter)] = read_topic(isolated, isolated.topic_deadletter, expect=1)
+    assert letter["reason"] == "unknown_model", letter
+
+    fingerprint = orjson.loads(running.get("/models/")[1])["fingerprint"]
+    (models / "later.toml.tmp").write_text(MODEL.replace('"replays"', '"later"') + account)
+    os.replace(models / "later.toml.tmp", models / "later.toml")
+    wait_for(lambda: orjson.loads(running.get("/models/")[1])["fingerprint"] != fingerprint, what="the edit applied")
+    assert leadstream(isolated, "replay-dlq", "--reason", "unknown_model").stdout.startswith("unknown_model: replayed 1")
+    replayed = [r.partition for r in records_to_end(isolated, isolated.topic_accounts)]
+    assert replayed == [partition_for(account_id, 4)] * 2, replayed
+
+    def account_level() -> object:
+        status, body = running.get(f"/accounts/{account_id}/")
+        return status == 200 and orjson.loads(body)["models"]["later"]["level"]
+
+    wait_for(lambda: account_level() == "hot", what="the replayed update rolled up")
+    running.stop()
+    restarted = worker(settings)  # the accounts changelog holds the account on its own partition
+    assert restarted.get(f"/accounts/{account_id}/")[0] == 200
