@@ -264,8 +264,10 @@ class Rollup:
         unknown = [update for update in updates if update.model not in self.models]
         for update in unknown:
             dead.append(message.dead_letter("unknown_model", f"account update for model {update.model!r}, which this worker does not have "
-                       f"(models: {', '.join(sorted(self.models))}): removed from LEADSTREAM_MODELS_DIR while updates were "
-                       "in flight, or not written by leadstream", encode_json(update)))
+                       f"(models: {', '.join(sorted(self.models))}): added to LEADSTREAM_MODELS_DIR and not loaded here yet (each "
+                       "worker of a group loads an edit in its own time: `leadstream replay-dlq --reason unknown_model` once every "
+                       "worker's GET /models/ shows it), removed from it while updates were in flight, or not written by leadstream",
+                       encode_json(update)))
         return [update for update in updates if update.model in self.models] if unknown else updates
 
     def _updates(self, message: Consumed, dead: list[DeadLetter]) -> list[MemberScore]:

@@ -110,6 +110,9 @@ def test_an_update_for_a_model_the_worker_does_not_have_is_dead_lettered_not_rai
     assert decode(stage, Consumed(settings.topic_accounts, 2, 3, None, value)) == [MemberScore("b2b", "acme", "L1", 20.0, 5)]
     [(_, _, letter, _)] = dead.records
     assert orjson.loads(letter)["reason"] == "unknown_model" and "'retired'" in orjson.loads(letter)["detail"]
+    # A model added, which a worker of the group has loaded and this one not yet: said, with the remedy.
+    assert "not loaded here yet" in orjson.loads(letter)["detail"]
+    assert "`leadstream replay-dlq --reason unknown_model` once every worker's GET /models/ shows it" in orjson.loads(letter)["detail"]
     assert orjson.loads(orjson.loads(letter)["original"])["model"] == "retired"
 
 
