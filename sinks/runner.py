@@ -144,8 +144,13 @@ class RetryPolicy:
 
     def backoff_s(self, attempt: int, jitter: float = 1.0) -> float:
         """The wait after try `attempt` of our own (equal jitter), a server's Retry-After aside."""
-        cap_ms: float = min(self.max_ms, self.base_ms * 2 ** (attempt - 1))
+        cap_ms: float = min(self.max_ms, self.base_ms * 2 ** min(attempt - 1, self._doublings()))
         return (cap_ms / 2 + jitter * cap_ms / 2) / 1000
+
+    def _doublings(self) -> int:
+        """Doublings of a base of 1 ms or more that pass `max_ms`: doubling further changes no wait,
+        and 2 ** (attempt - 1) for the 2,147,483,647th try is an integer of 256 MB."""
+        return self.max_ms.bit_length()
 
     def budget_s(self) -> float:
         """The longest the waits between `max_attempts` tries add up to, and one timeout (42 s by
@@ -154,7 +159,12 @@ class RetryPolicy:
         dead-lettered within the budget and the last try's timeout. Counting tries alone, each
         waiting out the timeout, the first dead letter came 3 min 48 s after a receiver hung,
         where one answering 500 has it within the 16 to 32 s the README says."""
-        return sum(self.backoff_s(attempt) for attempt in range(1, self.max_attempts)) + self.timeout_s
+        # The waits after the last doubling are all the longest: counted, not summed one by one, as
+        # LEADSTREAM_SINK_MAX_ATTEMPTS=2147483647 (retry for good) was still summing 10 minutes after
+        # the first failure, the connector holding its partitions undelivered and deaf to SIGTERM.
+        growing = min(self.max_attempts, self._doublings() + 1)
+        waits = sum(self.backoff_s(attempt) for attempt in range(1, growing))
+        return waits + (self.max_attempts - growing) * self.backoff_s(growing) + self.timeout_s
 
     def spent(self, tries: int, spent_s: float, next_wait_s: float) -> bool:
         """Whether a message is to be dead-lettered after its try `tries` failed: tries are out,

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sinks.base import Crossing
 from sinks.errors import CredentialsError, MappingError, PermanentError, RetryableError, Stopping, for_status
@@ -18,7 +20,7 @@ from sinks.mapping import levels_no_model_has, load_mapping
 from sinks.ratelimit import Quota, TokenBucket, limiter_for
 from sinks.runner import MAX_UNCOMMITTED, Envelope, RetryPolicy, _InFlight, _Job
 from streams.errors import ConfigError
-from streams.settings import PROJECT_ROOT
+from streams.settings import INT32_MAX, PROJECT_ROOT
 from tests.sinks.conftest import account_crossing, crossing
 from tests.sinks.fake_clock import FakeClock
 
@@ -107,6 +109,24 @@ def test_a_message_is_dead_lettered_when_its_tries_run_out_or_its_failed_tries_a
     assert policy.spent(8, 0.0, 0.0)
     assert not policy.spent(1, 10.0, policy.backoff_s(1))  # one timed out: tried again
     assert policy.spent(4, 40.9, policy.backoff_s(4, jitter=0.0))  # 4 timed out: 10 s each, and the waits
+
+
+@given(st.integers(1, 40), st.integers(0, INT32_MAX), st.integers(0, INT32_MAX))
+def test_the_retry_budget_is_the_waits_between_the_tries_and_one_timeout(max_attempts: int, base_ms: int, max_ms: int) -> None:
+    policy = RetryPolicy(max_attempts, base_ms, max_ms, timeout_s=10)
+    waits = sum(policy.backoff_s(attempt) for attempt in range(1, max_attempts))
+    assert policy.budget_s() == pytest.approx(waits + 10)
+
+
+@pytest.mark.timeout(30)
+def test_a_connector_told_to_retry_for_good_reckons_its_waits_at_once() -> None:
+    # LEADSTREAM_SINK_MAX_ATTEMPTS=2147483647: the connector was still summing its budget 10 minutes
+    # after the first failure, delivering nothing and deaf to SIGTERM.
+    policy = RetryPolicy(max_attempts=INT32_MAX, base_ms=250, max_ms=60_000, timeout_s=10)
+    assert policy.backoff_s(INT32_MAX) == 60.0
+    # 0.25 s doubling to 32 s over the first 8 waits, then 60 s each
+    assert policy.budget_s() == pytest.approx(63.75 + 60 * (INT32_MAX - 9) + 10)
+    assert not policy.spent(1_000, 60_000.0, policy.backoff_s(1_000))
 
 
 def test_token_bucket_keeps_every_window_under_the_quota_and_pauses_for_retry_after() -> None:
