@@ -23,6 +23,10 @@ from sinks.metrics import RATE_LIMIT_WAIT_SECONDS
 from streams.errors import ConfigError
 
 _QUOTA = re.compile(r"^\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)\s*s\s*$")
+#: The longest window a quota may have. A wait for a slot is the window's over the requests, and
+#: a thread cannot sleep beyond threading.TIMEOUT_MAX (292 years): `1/10000000000s` failed each
+#: delivery after the first with an OverflowError traceback, and dead-lettered it as retries_exhausted.
+MAX_WINDOW_S = 366 * 86_400
 
 
 @dataclass(frozen=True)
@@ -36,8 +40,9 @@ class Quota:
         if text.strip().lower() == "unlimited":
             return None
         match = _QUOTA.match(text)
-        if not match or int(match[1]) < 1 or float(match[2]) <= 0:
-            raise ConfigError(f"{env}={text!r} is not a rate limit: write REQUESTS/SECONDSs (e.g. 100/10s) or unlimited")
+        if not match or int(match[1]) < 1 or not 0 < float(match[2]) <= MAX_WINDOW_S:
+            raise ConfigError(f"{env}={text!r} is not a rate limit: write REQUESTS/SECONDSs (e.g. 100/10s), a window of "
+                              f"more than 0 and at most {MAX_WINDOW_S} s (366 days), or unlimited")
         return cls(int(match[1]), float(match[2]))
 
 

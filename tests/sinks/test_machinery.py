@@ -17,7 +17,7 @@ from sinks.base import Crossing
 from sinks.errors import CredentialsError, MappingError, PermanentError, RetryableError, Stopping, for_status
 from scoring.model import load_directory
 from sinks.mapping import levels_no_model_has, load_mapping
-from sinks.ratelimit import Quota, TokenBucket, limiter_for
+from sinks.ratelimit import MAX_WINDOW_S, Quota, TokenBucket, limiter_for
 from sinks.runner import MAX_UNCOMMITTED, Envelope, RetryPolicy, _InFlight, _Job
 from streams.errors import ConfigError
 from streams.settings import INT32_MAX, PROJECT_ROOT
@@ -192,10 +192,23 @@ def test_a_stop_ends_a_wait_for_the_quota_at_once() -> None:
     assert time.monotonic() - started < 2
 
 
-@pytest.mark.parametrize("text", ["100", "100/0s", "0/10s", "lots/10s", "100/10m"])
+@pytest.mark.parametrize("text", ["100", "100/0s", "0/10s", "lots/10s", "100/10m", "1/10000000000s", f"1/{MAX_WINDOW_S + 1}s"])
 def test_quota_errors_name_the_variable(text: str) -> None:
     with pytest.raises(ConfigError, match=r"LEADSTREAM_HUBSPOT_RATE_LIMIT=.* is not a rate limit"):
         Quota.parse("LEADSTREAM_HUBSPOT_RATE_LIMIT", text)
+
+
+def test_a_connector_under_the_longest_quota_waits_for_its_slot_and_stops_when_told() -> None:
+    # The longest window, and 72 deliveries queued for one slot each (the pool's deliveries and
+    # waiting lanes): each waits (a thread's sleep has a bound: 1/10000000000s raised OverflowError).
+    bucket = limiter_for("LEADSTREAM_WEBHOOK_RATE_LIMIT", f"1/{MAX_WINDOW_S}s", "webhook")
+    bucket.acquire()
+    stop = threading.Event()
+    bucket.stop_on(stop)
+    stop.set()
+    for _ in range(72):
+        with pytest.raises(Stopping):
+            bucket.acquire()
 
 
 def test_quota_parses_requests_per_window_and_unlimited() -> None:
