@@ -96,7 +96,9 @@ def _host_ports(value: str) -> str | None:
     # with a traceback far from the variable.
     for server in value.split(","):
         host, _, port = server.strip().rpartition(":")
-        if not host or not port.isdigit() or _port(int(port)) is not None:
+        # A scheme (PLAINTEXT://kafka:9092, as the broker's `listeners` write it) kafka-python drops,
+        # so `topics` and `send` ran, while the worker failed with a traceback, its host "PLAINTEXT".
+        if _host(host.removeprefix("[").removesuffix("]")) is not None or not port.isdigit() or _port(int(port)) is not None:
             return "host:port servers, comma separated (e.g. 127.0.0.1:9092)"
     return None
 

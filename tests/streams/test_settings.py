@@ -31,6 +31,10 @@ REFUSED = [
     ("LEADSTREAM_LOG_LEVEL", "loud", "one of debug, info, warning, error"),
     ("LEADSTREAM_KAFKA_BOOTSTRAP", "localhost", "host:port servers"),
     ("LEADSTREAM_KAFKA_BOOTSTRAP", "127.0.0.1:9092,kafka", "host:port servers"),
+    # kafka-python drops a scheme, aiokafka does not: `topics` ran, the worker failed with a traceback.
+    ("LEADSTREAM_KAFKA_BOOTSTRAP", "PLAINTEXT://kafka:9092", "host:port servers"),
+    ("LEADSTREAM_KAFKA_BOOTSTRAP", "127.0.0.1:9092,ftp://127.0.0.1:9093", "host:port servers"),
+    ("LEADSTREAM_KAFKA_BOOTSTRAP", ":9092", "host:port servers"),
     ("LEADSTREAM_REDIS_URL", "localhost:6379", "a Redis URL"),
     ("LEADSTREAM_REDIS_URL", "redis://127.0.0.1:99999/0", "a Redis URL with a host and a port from 1 to 65535"),
     ("LEADSTREAM_REDIS_URL", "redis://:hunter2@redis:99999/0", "a Redis URL with a host and a port from 1 to 65535"),
@@ -94,6 +98,7 @@ def test_a_value_out_of_range_is_refused_naming_the_variable(variable: str, valu
         ("LEADSTREAM_KAFKA_BOOTSTRAP", "kafka:19092,[::1]:9092", "kafka_bootstrap", "kafka:19092,[::1]:9092"),
         ("LEADSTREAM_REDIS_URL", "rediss://:secret@redis.example:6380/2", "redis_url", "rediss://:secret@redis.example:6380/2"),
         ("LEADSTREAM_REDIS_URL", "unix:///run/redis.sock", "redis_url", "unix:///run/redis.sock"),
+        ("LEADSTREAM_KAFKA_BOOTSTRAP", " kafka-1:9092 , 10.0.0.2:9092", "kafka_bootstrap", " kafka-1:9092 , 10.0.0.2:9092"),
         ("LEADSTREAM_KAFKA_HEAP", "512m", "kafka_heap", "512m"),
         ("LEADSTREAM_SALESFORCE_API_VERSION", "62.0", "salesforce_api_version", "62.0"),
         ("LEADSTREAM_ADVERTISED_HOST", "leadstream_worker_2.svc", "advertised_host", "leadstream_worker_2.svc"),
