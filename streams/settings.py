@@ -110,10 +110,26 @@ def _redis_url(value: str) -> str | None:
     except ValueError:
         return "a Redis URL with a host and a port from 1 to 65535 (e.g. redis://127.0.0.1:6379/0)"
     if url.scheme == "unix":
-        return None if url.path else "a Redis URL (e.g. unix:///run/redis.sock)"
+        return _redis_options(value) if url.path else "a Redis URL (e.g. unix:///run/redis.sock)"
     # redis-py takes a database that is no number, and a URL without a host, for database 0 on localhost.
     if url.scheme not in ("redis", "rediss") or not url.hostname or not re.fullmatch(r"(/[0-9]*)?", url.path):
         return "a Redis URL with a host and, after it, a database number (e.g. redis://127.0.0.1:6379/0)"
+    return _redis_options(value)
+
+
+def _redis_options(value: str) -> str | None:
+    # redis-py gives a URL's query (?socket_timeout=5) to its connections as arguments: a name it
+    # has no argument for (?sockettimeout=5) or a value it cannot read (?socket_timeout=abc) failed
+    # with a TypeError or ValueError traceback at the first command. Making a connection object,
+    # which does not connect, checks them. Imported here: the command line imports settings cheaply.
+    from redis import ConnectionPool, RedisError
+
+    try:
+        pool = ConnectionPool.from_url(value)
+        pool.make_connection()
+    except (TypeError, ValueError, RedisError) as exc:
+        return f"a Redis URL whose query holds options redis-py takes, with values it reads ({exc})"
+    pool.disconnect()
     return None
 
 

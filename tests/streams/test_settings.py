@@ -62,6 +62,10 @@ REFUSED = [
     ("LEADSTREAM_REDIS_URL", "redis://[x]:1", "a Redis URL with a host and a port"),
     ("LEADSTREAM_REDIS_URL", "redis://h:6379/abc", "a Redis URL with a host and, after it, a database number"),
     ("LEADSTREAM_REDIS_URL", "redis:///0", "a Redis URL with a host"),
+    # Query options redis-py gives its connections: a TypeError or ValueError traceback at the first command.
+    ("LEADSTREAM_REDIS_URL", "redis://:hunter2@h:6379/0?sockettimeout=5", "a Redis URL whose query holds options redis-py takes"),
+    ("LEADSTREAM_REDIS_URL", "redis://h:6379/0?socket_timeout=abc", "a Redis URL whose query holds options redis-py takes"),
+    ("LEADSTREAM_REDIS_URL", "unix:///run/redis.sock?db=x", "a Redis URL whose query holds options redis-py takes"),
     # Names Kafka refuses: a traceback from the admin client or Faust.
     ("LEADSTREAM_TOPIC_EVENTS", "my events", "a Kafka topic name"),
     ("LEADSTREAM_TOPIC_CROSSINGS", "x" * 250, "a Kafka topic name"),
@@ -98,6 +102,8 @@ def test_a_value_out_of_range_is_refused_naming_the_variable(variable: str, valu
         ("LEADSTREAM_KAFKA_BOOTSTRAP", "kafka:19092,[::1]:9092", "kafka_bootstrap", "kafka:19092,[::1]:9092"),
         ("LEADSTREAM_REDIS_URL", "rediss://:secret@redis.example:6380/2", "redis_url", "rediss://:secret@redis.example:6380/2"),
         ("LEADSTREAM_REDIS_URL", "unix:///run/redis.sock", "redis_url", "unix:///run/redis.sock"),
+        ("LEADSTREAM_REDIS_URL", "redis://h:6379/0?socket_timeout=5&health_check_interval=30", "redis_url",
+         "redis://h:6379/0?socket_timeout=5&health_check_interval=30"),
         ("LEADSTREAM_KAFKA_BOOTSTRAP", " kafka-1:9092 , 10.0.0.2:9092", "kafka_bootstrap", " kafka-1:9092 , 10.0.0.2:9092"),
         ("LEADSTREAM_KAFKA_HEAP", "512m", "kafka_heap", "512m"),
         ("LEADSTREAM_SALESFORCE_API_VERSION", "62.0", "salesforce_api_version", "62.0"),
