@@ -93,7 +93,7 @@ def forget_leads(redis: Redis, prefix: str, lead_ids: Iterable[str]) -> None:
     ids = set(lead_ids)
     keys = re.compile(re.escape(f"{prefix}:sink:") + r"[^:]+:last:lead/(.*)/[^/]*", re.DOTALL)
     doomed = []
-    for key in redis.scan_iter(match=f"{_glob_escaped(prefix)}:sink:*:last:lead/*", count=1000):
+    for key in redis.scan_iter(match=f"{glob_escaped(prefix)}:sink:*:last:lead/*", count=1000):
         found = keys.fullmatch(key.decode("utf-8", "replace"))
         if found is not None and found.group(1) in ids:
             doomed.append(key)
@@ -101,7 +101,7 @@ def forget_leads(redis: Redis, prefix: str, lead_ids: Iterable[str]) -> None:
         redis.delete(*doomed)
 
 
-def _glob_escaped(text: str) -> str:
+def glob_escaped(text: str) -> str:
     """`text` matched as it is by a Redis pattern (a prefix may hold `*`, `?` or `[`)."""
     return re.sub(r"([\\*?\[\]])", r"\\\1", text)
 

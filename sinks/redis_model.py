@@ -64,7 +64,7 @@ from scoring.events import json_kind
 from scoring.state import kept_key
 from sinks.base import Position, Sink, Steps, json_number
 from sinks.errors import PermanentError, StaleError
-from sinks.ledger import redis_client
+from sinks.ledger import glob_escaped, redis_client
 from sinks.runner import DLQ_RETENTION_MS
 from streams.settings import Settings
 from streams.tables import columns, points
@@ -184,7 +184,8 @@ def upgrade_version_keys(redis: Redis, prefix: str) -> int:
     upgrade = redis.register_script(_UPGRADE)
     legacy = f"{prefix}:version:"
     renamed = 0
-    for key in redis.scan_iter(f"{legacy}*", count=10_000):
+    # Escaped: a prefix may hold `*`, `?` or `[`, and `t?` matched another deployment's `ta:version:` keys, renamed into its own.
+    for key in redis.scan_iter(f"{glob_escaped(legacy)}*", count=10_000):
         try:
             model, kind, entry_id = key.decode()[len(legacy):].split(":", 2)
         except (UnicodeDecodeError, ValueError):

@@ -519,6 +519,20 @@ def test_a_replayed_summary_of_a_lead_forgotten_since_does_not_bring_it_back_onc
     assert not redis.exists(lead_key(prefix, "b2b", "u-42"))
 
 
+def test_a_prefix_holding_a_pattern_character_takes_no_other_deployments_removal_marks(sink_settings: Settings) -> None:
+    # LEADSTREAM_REDIS_PREFIX takes any text: the connector's start renamed the earlier release's
+    # marks matching `<prefix>:version:*` as a Redis pattern, so prefix `t?` took `ta`'s for its own.
+    redis, prefix = Redis.from_url(sink_settings.redis_url), sink_settings.redis_prefix
+    neighbour = f"{prefix}a:version:b2b:lead:u-7"
+    redis.set(neighbour, "0 50", ex=3600)
+    try:
+        connectors.build("redis", sink_settings.with_overrides(redis_prefix=f"{prefix}?")).close()
+        assert redis.get(neighbour) == b"0 50"
+        assert not redis.exists(version_key(f"{prefix}?", "b2b", "lead", "u-7"))
+    finally:
+        redis.delete(*redis.scan_iter(f"{prefix}*"), neighbour)
+
+
 def test_no_key_names_a_removed_lead(sink_settings: Settings) -> None:
     # The tombstone's version was kept 30 days under `version:b2b:lead:u-42`, naming the person
     # `forget` erased (whose `forgotten:` key holds a digest for that reason).
