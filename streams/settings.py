@@ -226,6 +226,13 @@ def _host(value: str) -> str | None:
     return None if is_address(value) or re.fullmatch(r"[A-Za-z0-9_.-]+", value) else "a host name or an IP address"
 
 
+def _token(value: str) -> str | None:
+    # Sent in an HTTP header (Authorization: Bearer): one with a character beyond Latin-1 (a dash
+    # pasted as '–') failed every request as it was sent, each crossing retried and dead-lettered
+    # as a "malformed answer" while the connector said it was ready; a space or line break alike.
+    return None if re.fullmatch(r"[!-~]+", value) else "a token of printable ASCII characters, without spaces, as the CRM issues it"
+
+
 def _heap(value: str) -> str | None:
     # Given to java as -Xmx: a number of bytes with an optional k, m or g.
     return None if re.fullmatch(r"[1-9][0-9]*[kKmMgG]?", value) else "a Java heap size (e.g. 1g or 512m)"
@@ -488,7 +495,8 @@ class Settings:
         POSITIVE,
     )
     hubspot_access_token: str = _setting(
-        "LEADSTREAM_HUBSPOT_ACCESS_TOKEN", "", "HubSpot private-app access token (scopes: crm.objects.contacts/companies/deals .read and .write: the connector reads owners and searches deals and tasks by crossing id)."
+        "LEADSTREAM_HUBSPOT_ACCESS_TOKEN", "", "HubSpot private-app access token (scopes: crm.objects.contacts/companies/deals .read and .write: the connector reads owners and searches deals and tasks by crossing id).",
+        _token, secret=True,
     )
     hubspot_base_url: str = _setting("LEADSTREAM_HUBSPOT_BASE_URL", "https://api.hubapi.com", "HubSpot API base URL.", _http_url)
     hubspot_rate_limit: str = _setting(
@@ -498,7 +506,8 @@ class Settings:
         "LEADSTREAM_SALESFORCE_INSTANCE_URL", "", "Salesforce instance URL (https://MyDomain.my.salesforce.com).", _http_url
     )
     salesforce_access_token: str = _setting(
-        "LEADSTREAM_SALESFORCE_ACCESS_TOKEN", "", "Salesforce OAuth access token (with the instance URL), or use a username."
+        "LEADSTREAM_SALESFORCE_ACCESS_TOKEN", "", "Salesforce OAuth access token (with the instance URL), or use a username.",
+        _token, secret=True,
     )
     salesforce_username: str = _setting("LEADSTREAM_SALESFORCE_USERNAME", "", "Salesforce API user (password login).")
     salesforce_password: str = _setting("LEADSTREAM_SALESFORCE_PASSWORD", "", "Password of the Salesforce API user.")

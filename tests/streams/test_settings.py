@@ -12,6 +12,9 @@ import pytest
 from streams.errors import ConfigError
 from streams.settings import Settings
 
+#: Settings whose refusal does not repeat the value: it may hold a credential.
+SECRET = ("LEADSTREAM_WEBHOOK_URL", "LEADSTREAM_REDIS_URL", "LEADSTREAM_HUBSPOT_ACCESS_TOKEN", "LEADSTREAM_SALESFORCE_ACCESS_TOKEN")
+
 REFUSED = [
     ("LEADSTREAM_PARTITIONS", "0", "an integer from 1 to 2147483647"),
     ("LEADSTREAM_PARTITIONS", "-4", "an integer from 1 to 2147483647"),
@@ -76,6 +79,10 @@ REFUSED = [
     ("LEADSTREAM_TOPIC_SCORES", "x" * 240, "a Kafka topic name of at most 239 characters"),
     ("LEADSTREAM_APP_ID", "team/leadstream", "1 to 200 letters, digits"),
     ("LEADSTREAM_BIND_HOST", "http://x", "a host name or an IP address"),
+    # Sent in a header: every request failed as it was sent, each crossing dead-lettered as a "malformed answer".
+    ("LEADSTREAM_HUBSPOT_ACCESS_TOKEN", "pat\u2013na1-0c3b8f2e", "a token of printable ASCII characters"),
+    ("LEADSTREAM_HUBSPOT_ACCESS_TOKEN", "pat-na1-0c3b8f2e\r", "a token of printable ASCII characters"),
+    ("LEADSTREAM_SALESFORCE_ACCESS_TOKEN", "00D5e000000abc!AQ0A GdR", "a token of printable ASCII characters"),
     ("LEADSTREAM_COLLECTOR_HOST", "0.0.0.0:8088", "a host name or an IP address"),
 ]
 
@@ -85,8 +92,10 @@ def test_a_value_out_of_range_is_refused_naming_the_variable(variable: str, valu
     with pytest.raises(ConfigError) as refused:
         Settings.from_env({variable: value})
     # A hook's URL is not repeated (its path and query are often its credential), nor Redis's
-    # (redis://user:password@host).
-    shown = variable if variable in ("LEADSTREAM_WEBHOOK_URL", "LEADSTREAM_REDIS_URL") else f"{variable}={value!r}"
+    # (redis://user:password@host), nor a CRM's token.
+    shown = variable if variable in SECRET else f"{variable}={value!r}"
+    if variable in SECRET:
+        assert value not in str(refused.value)
     assert str(refused.value).startswith(f"{shown} is not {expected}")
 
 
@@ -110,6 +119,8 @@ def test_a_value_out_of_range_is_refused_naming_the_variable(variable: str, valu
         ("LEADSTREAM_ADVERTISED_HOST", "leadstream_worker_2.svc", "advertised_host", "leadstream_worker_2.svc"),
         ("LEADSTREAM_ADVERTISED_HOST", "fd00::7", "advertised_host", "fd00::7"),
         ("LEADSTREAM_WEBHOOK_URL", "http://127.0.0.1:8080/hook?token=x", "webhook_url", "http://127.0.0.1:8080/hook?token=x"),
+        ("LEADSTREAM_HUBSPOT_ACCESS_TOKEN", "pat-na1-0c3b8f2e-11aa-4b2c", "hubspot_access_token", "pat-na1-0c3b8f2e-11aa-4b2c"),
+        ("LEADSTREAM_SALESFORCE_ACCESS_TOKEN", "00D5e000000abc!AQ0A.GdR_x", "salesforce_access_token", "00D5e000000abc!AQ0A.GdR_x"),
     ],
 )
 def test_documented_values_at_the_edges_are_taken(variable: str, value: str, field: str, parsed: object) -> None:
