@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 from urllib.parse import urlsplit
 
 from scoring.config import did_you_mean
+from scoring.events import MAX_TIME_MS, MIN_TIME_MS
 from streams.addresses import is_address
 from streams.errors import ConfigError
 
@@ -180,6 +181,17 @@ def _colliding_ports(settings: Settings) -> None:
     if settings.collector_port == settings.collector_metrics_port:
         raise ConfigError(f"LEADSTREAM_COLLECTOR_PORT and LEADSTREAM_COLLECTOR_METRICS_PORT are both {settings.collector_port}: "
                           "the collector listens on both, its calls and its probes apart, so each needs a port of its own")
+
+
+def _clock_outside_event_times(settings: Settings) -> None:
+    """Refuses a LEADSTREAM_CLOCK_OFFSET_MS that moves the clock out of the years event times are
+    taken in: the collector timed each call without a timestamp by it and answered every one 400
+    bad_field "outside years 2000-2099", which no client could mend."""
+    now_ms = settings.now_ms()
+    if not MIN_TIME_MS <= now_ms < MAX_TIME_MS:
+        moved = datetime.fromtimestamp(now_ms / 1000, timezone.utc).isoformat(timespec="seconds")
+        raise ConfigError(f"LEADSTREAM_CLOCK_OFFSET_MS={settings.clock_offset_ms} moves the clock to {moved}, outside the "
+                          "years 2000-2099 that event times are taken in: give an offset that keeps it inside them")
 
 
 def _app_id(value: str) -> str | None:
@@ -549,6 +561,7 @@ class Settings:
         settings = cls(**values)
         _colliding_topics(settings)
         _colliding_ports(settings)
+        _clock_outside_event_times(settings)
         return settings
 
     def check(self, name: str) -> None:

@@ -6,12 +6,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
+from scoring.events import MAX_TIME_MS, MIN_TIME_MS
 from streams.errors import ConfigError
 from streams.settings import Settings
 
+DAY_MS = 86_400_000
 #: Settings whose refusal does not repeat the value: it may hold a credential.
 SECRET = ("LEADSTREAM_WEBHOOK_URL", "LEADSTREAM_REDIS_URL", "LEADSTREAM_HUBSPOT_ACCESS_TOKEN", "LEADSTREAM_SALESFORCE_ACCESS_TOKEN")
 
@@ -181,6 +184,20 @@ def test_the_collectors_two_ports_as_one_are_refused_naming_both() -> None:
                                   "listens on both, its calls and its probes apart, so each needs a port of its own")
     # Processes of their own, each listening on one: the same port on two hosts is no clash.
     assert Settings.from_env({"LEADSTREAM_WORKER_PORT": "18209", "LEADSTREAM_METRICS_PORT": "18209"})
+
+
+@pytest.mark.parametrize("beyond_ms", [MAX_TIME_MS + DAY_MS, MIN_TIME_MS - DAY_MS])
+def test_a_clock_offset_beyond_the_years_of_event_times_is_refused(beyond_ms: int) -> None:
+    # The collector timed each call without a timestamp by the moved clock, and answered every one
+    # 400 bad_field "outside years 2000-2099", which no client could mend.
+    offset_ms = beyond_ms - int(time.time() * 1000)
+    with pytest.raises(ConfigError) as refused:
+        Settings.from_env({"LEADSTREAM_CLOCK_OFFSET_MS": str(offset_ms)})
+    assert str(refused.value).startswith(f"LEADSTREAM_CLOCK_OFFSET_MS={offset_ms} moves the clock to ")
+    assert "outside the years 2000-2099" in str(refused.value)
+    # A day inside the range is taken: replays of data from around 2000 or tests near 2100.
+    inside_ms = (MAX_TIME_MS - DAY_MS if beyond_ms > MAX_TIME_MS else MIN_TIME_MS + DAY_MS) - int(time.time() * 1000)
+    assert Settings.from_env({"LEADSTREAM_CLOCK_OFFSET_MS": str(inside_ms)}).clock_offset_ms == inside_ms
 
 
 def test_two_settings_naming_one_topic_are_refused() -> None:
