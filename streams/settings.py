@@ -75,6 +75,10 @@ INT32_MAX = 2**31 - 1
 #: a slot for each (urllib3 fills it at the first request): 20,000,000 took 12 s and 220 MB
 #: before the first delivery, 2,147,483,647 would take some 20 GB.
 MAX_SINK_CONCURRENCY = 1000
+#: The longest LEADSTREAM_FETCH_MAX_WAIT_MS: Faust's consumer gives up on a request after 90 s
+#: (broker_request_timeout), and a fetch the broker held 120 s timed out each time ("Failed fetch
+#: messages ... RequestTimedOutError"): the worker never got ready, nor scored an event sent.
+MAX_FETCH_WAIT_MS = 60_000
 #: Bounds of the settings that are spans of time in milliseconds beyond 24 days (a clock offset).
 YEARS_100_MS = 100 * 366 * 86_400_000
 
@@ -435,8 +439,9 @@ class Settings:
     )
     fetch_max_wait_ms: int = _setting(
         "LEADSTREAM_FETCH_MAX_WAIT_MS", 50,
-        "Longest the broker holds the worker's fetch when it has nothing new (Faust's fixed 1,500 ms stalled the worker; streams/fetch_wait.py).",
-        NON_NEGATIVE,
+        "Longest the broker holds the worker's fetch when it has nothing new (Faust's fixed 1,500 ms stalled the worker; streams/fetch_wait.py). "
+        f"{MAX_FETCH_WAIT_MS:,} at most: the worker waits 90 s for a fetch's answer.",
+        _at_least(0, MAX_FETCH_WAIT_MS),
     )
     live_leads: int = _setting(
         "LEADSTREAM_LIVE_LEADS", 200000,

@@ -62,7 +62,9 @@ REFUSED = [
     ("LEADSTREAM_PARTITIONS", "four", "an integer"),
     # Beyond what Kafka's clients send (32 bits) or C takes: a traceback far from the variable, or a stalled process.
     ("LEADSTREAM_PARTITIONS", "3000000000", "an integer from 1 to 2147483647"),
-    ("LEADSTREAM_FETCH_MAX_WAIT_MS", "3000000000", "an integer from 0 to 2147483647"),
+    ("LEADSTREAM_FETCH_MAX_WAIT_MS", "3000000000", "an integer from 0 to 60000"),
+    # Held past the worker's 90 s request timeout, every idle fetch timed out: never ready, nothing scored.
+    ("LEADSTREAM_FETCH_MAX_WAIT_MS", "120000", "an integer from 0 to 60000"),
     ("LEADSTREAM_COLLECTOR_ACK_TIMEOUT_MS", "3000000000", "an integer from 1 to 2147483647"),
     ("LEADSTREAM_GC_YOUNG_THRESHOLD", "99999999999", "an integer from 0 to 2147483647"),
     ("LEADSTREAM_SINK_DELIVERED_TTL_S", "99999999999999999999", "an integer from 1 to 2147483647"),
