@@ -304,7 +304,10 @@ def start_over(settings: Settings) -> None:
 def top_entries(redis: Redis, prefix: str, model: str, limit: int, kind: str = "lead") -> list[dict[str, Any]]:
     """The `limit` highest-scored leads (or accounts) of a model, best first, each with its hash
     and its id as `lead_id` (or `account_id`)."""
-    entries = cast(list[tuple[bytes, float]], redis.zrevrange(leaderboard_key(prefix, model, kind), 0, limit - 1, withscores=True))
+    # Redis reads an index as a signed 64-bit integer: `top --limit 10000000000000000000` was
+    # refused, blamed on LEADSTREAM_REDIS_URL; a limit past it is every entry, as -1 (the last) is.
+    last = limit - 1 if limit <= 2**63 else -1
+    entries = cast(list[tuple[bytes, float]], redis.zrevrange(leaderboard_key(prefix, model, kind), 0, last, withscores=True))
     pipe = redis.pipeline(transaction=False)
     for member, _ in entries:
         pipe.hgetall(entry_key(prefix, model, kind, member.decode()))

@@ -17,7 +17,8 @@ from redis import Redis
 from sinks import connectors
 from sinks.base import Position
 from sinks.errors import PermanentError, StaleError
-from sinks.redis_model import RedisModelSink, ScoreChange, entry_key, lead_key, leaderboard_key, start_over, version_key
+from sinks.redis_model import (RedisModelSink, ScoreChange, entry_key, lead_key, leaderboard_key, start_over, top_entries,
+                                version_key)
 from sinks.runner import SinkRunner, group_id
 from streams.errors import ServiceError
 from streams.forgotten import Forgotten
@@ -517,6 +518,19 @@ def test_a_replayed_summary_of_a_lead_forgotten_since_does_not_bring_it_back_onc
     assert (replayed.delivered, replayed.erased) == (0, 1)
     assert redis.zrange(leaderboard_key(prefix, "b2b"), 0, -1) == []
     assert not redis.exists(lead_key(prefix, "b2b", "u-42"))
+
+
+@pytest.mark.parametrize("limit", [2**63, 10**30])
+def test_top_with_a_limit_beyond_what_redis_counts_lists_every_lead(sink_settings: Settings, limit: int) -> None:
+    # `leadstream top --limit 10000000000000000000`: "Redis (LEADSTREAM_REDIS_URL) answered with an
+    # error (value is not an integer or out of range)", blaming a URL that was fine.
+    publish(sink_settings, [("b2b/ann", score_change("ann", 67)), ("b2b/bob", score_change("bob", 40))])
+    drain(RedisModelSink(sink_settings), sink_settings)
+
+    redis = Redis.from_url(sink_settings.redis_url)
+    rows = top_entries(redis, sink_settings.redis_prefix, "b2b", limit)
+    assert [row["lead_id"] for row in rows] == ["ann", "bob"]
+    assert top_entries(redis, sink_settings.redis_prefix, "b2b", 1) == rows[:1]
 
 
 def test_a_prefix_holding_a_pattern_character_takes_no_other_deployments_removal_marks(sink_settings: Settings) -> None:
