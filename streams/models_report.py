@@ -27,11 +27,14 @@ def report(models_dir: Path, as_json: bool, out: IO[str], baseline: Path | None 
     # The engine, not the files alone: some checks need a model compiled (the fit points of a
     # lead without traits, against the first line), and a model `models` passed the worker refused.
     models = Engine.from_directory(models_dir).models
+    # Before the report: a baseline it cannot load was refused only once the whole report was
+    # printed, so `models --json --baseline X > report` wrote a full report for a check that failed.
+    in_use = Engine.from_directory(baseline).models if baseline is not None else None
     for model in models:
         described = describe(model)
         out.write(orjson.dumps(described).decode() + "\n" if as_json else _text(described))
-    if baseline is not None:
-        for unkept in unkept_traits(Engine.from_directory(baseline).models, models):
+    if in_use is not None:
+        for unkept in unkept_traits(in_use, models):
             (err or sys.stderr).write(f"warning: {unkept}\n")
     return 0
 

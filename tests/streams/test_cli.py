@@ -107,6 +107,14 @@ def test_models_with_a_baseline_warns_of_rules_testing_a_trait_the_models_in_use
     assert main(["models", "--models", str(tmp_path / "edited")]) == 0 and capsys.readouterr().err == ""
 
 
+def test_models_with_a_baseline_it_cannot_load_says_so_alone(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # The whole report came first, then the refusal: a check that seemed to pass, and an exit of 1.
+    assert main(["models", "--json", "--baseline", str(tmp_path / "missing")]) == 1
+    printed = capsys.readouterr()
+    assert printed.out == ""
+    assert printed.err.startswith(f"leadstream models: {tmp_path / 'missing'}: not a directory of model files")
+
+
 def test_models_refuses_what_the_worker_refuses(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # A fit rule that a lead without traits meets lifts it past a line at 5: `score` and the
     # worker refused the file, while `models`, the check before it goes live, passed it.
