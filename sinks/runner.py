@@ -542,9 +542,6 @@ class SinkRunner(Generic[T]):
                 return
             uncommitted.clear()
 
-        # Asked before the join: kafka-python otherwise joins before its first metadata answer
-        # names the topic, and its assignor gives this member nothing until a rejoin.
-        consumer.partitions_for_topic(topic)
         consumer.subscribe([topic], listener=Rebalanced())
         producer = self._producer = open_client(self.settings, KafkaProducer, acks="all", linger_ms=5)
         end: dict[Any, int] | None = None

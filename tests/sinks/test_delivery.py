@@ -712,27 +712,3 @@ def test_crossings_in_partitions_added_to_the_topic_under_a_running_connector_ar
     finally:
         stop.set()
         thread.join()
-
-
-def test_a_connector_joins_its_group_knowing_its_topics_partitions(
-    sink_settings: Settings, caplog: pytest.LogCaptureFixture
-) -> None:
-    # kafka-python's consumer joined before its first metadata answer named the topic: the
-    # group's assignor warned "No partition metadata for topic ..." at every start and assigned
-    # nothing, leaving a rejoin (or, the one time it did not come, the next metadata refresh) to
-    # hand the connector its partitions.
-    settings = sink_settings
-    produce(settings, [crossing(1, "mql")])
-    delivered: list[str] = []
-
-    class Recording(CrossingSink):
-        name = "recording"
-
-        def deliver(self, item: Crossing, steps: Steps) -> None:
-            delivered.append(item.id)
-
-    with caplog.at_level(logging.WARNING):
-        drain(Recording(), settings)
-
-    assert delivered == [crossing(1, "mql")["id"]]
-    assert [r.getMessage() for r in caplog.records if settings.topic_crossings in r.getMessage()] == []
