@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import ssl
 import subprocess
 import sys
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -88,6 +90,44 @@ class RedisServer:
         self.proc.send_signal(signal.SIGCONT)
         self.proc.terminate()
         self.proc.wait()
+
+
+class SilentRedis:
+    """A port that takes connections and never answers, as a stalled Redis does, and notes how
+    long each client waited there before it hung up: the client's own wait, which a loaded
+    machine's slow process start does not stretch."""
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"redis://127.0.0.1:{self._listener.getsockname()[1]}/0"
+        #: Seconds from each connection's accept to its client's hang-up.
+        self.waits: list[float] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:  # closed
+                return
+            threading.Thread(target=self._hold, args=(conn,), daemon=True).start()
+
+    def _hold(self, conn: socket.socket) -> None:
+        accepted = time.monotonic()
+        with conn:
+            while conn.recv(65536):  # its commands, never answered
+                pass
+        self.waits.append(time.monotonic() - accepted)
+
+    def close(self) -> None:
+        self._listener.close()
+
+
+@pytest.fixture
+def silent_redis() -> Iterator[SilentRedis]:
+    server = SilentRedis()
+    yield server
+    server.close()
 
 
 def _answers(client: Redis) -> bool:

@@ -27,7 +27,7 @@ from streams.processes import free_port
 from streams.settings import Settings
 from tests.infra import leadstream, wait_for
 from streams.log_throttle import LOG_INTERVAL_S
-from tests.sinks.conftest import REFUSING_WRITES, RedisServer, SinkProcess, drain
+from tests.sinks.conftest import REFUSING_WRITES, RedisServer, SilentRedis, SinkProcess, drain
 from tests.sinks.fake_clock import FakeClock
 
 
@@ -187,18 +187,20 @@ def test_leadstream_top_prints_the_hottest_leads_as_a_table(sink_settings: Setti
     assert again[1] == lines[1]
 
 
-def test_leadstream_top_against_a_stalled_redis_fails_within_the_timeout(sink_settings: Settings, redis_server: RedisServer) -> None:
+def test_leadstream_top_against_a_stalled_redis_fails_within_the_timeout(sink_settings: Settings, silent_redis: SilentRedis) -> None:
     # Its client had no timeout of ours: `top` waited for the stalled Redis forever with
     # redis-py before 8.0 (its default then), and 5 s (redis-py's default since) whatever the setting.
-    url = redis_server.url.replace("redis://", "redis://admin:hunter2@")  # a password Redis does not ask for is ignored
+    url = silent_redis.url.replace("redis://", "redis://admin:hunter2@")  # a password Redis does not ask for is ignored
     settings = sink_settings.with_overrides(redis_url=url)
     assert settings.sink_timeout_s == 1
-    redis_server.stall()
-    started = time.monotonic()
 
     result = leadstream(settings, "top", "--model", "b2b", check=False, timeout=30)
 
-    assert result.returncode == 1 and time.monotonic() - started < 4  # the timeout, and the CLI's start
+    assert result.returncode == 1, result.stderr
+    # The time spent waiting on Redis, not the whole run's: on a loaded machine the CLI's own
+    # start made that 7.4 s, where the test allowed 4.
+    wait_for(lambda: silent_redis.waits, 10, "the CLI's connection to Redis closed")
+    assert sum(silent_redis.waits) < 2 * settings.sink_timeout_s, silent_redis.waits
     assert "cannot read the read model: Redis could not be reached (Timeout" in result.stderr
     assert "hunter2" not in result.stderr  # it printed the URL, password and all
 
