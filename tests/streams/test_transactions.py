@@ -22,6 +22,8 @@ from streams.transactions import LogReader
 from tests.infra import wait_for
 
 LEAD = "tx-ada"
+#: How long abort_large's transaction may stay open: 10 minutes, under the broker's longest (15).
+TRANSACTION_TIMEOUT_MS = 600_000
 
 
 def pricing(n: int, at_ms: int, url: str = "https://acme.io/pricing") -> bytes:
@@ -39,8 +41,12 @@ def send(settings: Settings, *values: bytes) -> None:
 
 def abort_large(settings: Settings, records: int, at_ms: int) -> None:
     """One transaction of `records` events of 1 KB each on the lead's partition, aborted."""
+    # The broker aborts a transaction open longer than its producer's timeout (kafka-python's
+    # 60 s) and fences the producer: on a loaded machine the 80,000 sends took longer, and the
+    # next one failed (IllegalStateError: BUMPING_PRODUCER_EPOCH).
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, transactional_id=f"tx-{uuid.uuid4().hex}",
-                             linger_ms=50, batch_size=1_000_000, max_request_size=2_000_000)
+                             linger_ms=50, batch_size=1_000_000, max_request_size=2_000_000,
+                             transaction_timeout_ms=TRANSACTION_TIMEOUT_MS)
     producer.init_transactions()
     producer.begin_transaction()
     partition = partition_for(LEAD, settings.partitions)
