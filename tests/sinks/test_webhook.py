@@ -251,7 +251,10 @@ def test_a_receiver_that_accepts_and_never_answers_has_the_crossing_dead_lettere
     assert stats.dead_lettered == 1 and time.monotonic() - posts[0].at < policy.budget_s() + settings.sink_timeout_s + 0.5
     assert 2 <= len(posts) < settings.sink_max_attempts
     [(_, letter)] = read_topic(settings, f"{settings.topic_crossings}-dlq-webhook", expect=1, idle_s=0.5)
-    assert "no answer (Timeout" in letter["detail"], letter["detail"]
+    # Two timers of the same length end such a try, the call's Deadline ("Timeout: no whole answer
+    # within 1 s") and requests' own read timeout ("ReadTimeout: ... Read timed out"): which one
+    # fires first is the machine's doing (the read timeout, at times, on a loaded one).
+    assert any(f"no answer ({timeout}: " in letter["detail"] for timeout in ("Timeout", "ReadTimeout")), letter["detail"]
 
 
 def test_messages_name_the_receiver_without_the_secret_part_of_its_url(sink_settings: Settings, webhook: WebhookReceiver) -> None:
