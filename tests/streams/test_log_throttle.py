@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -175,8 +176,9 @@ def test_a_task_out_of_open_files_says_so_once_an_interval_and_leaves_other_erro
     def refused(*args: object, **kwargs: object) -> str:
         raise OSError(errno.EMFILE, "Too many open files")
 
-    monkeypatch.setattr(Path, "read_text", refused)
-    with pytest.raises(ModelError) as raised:
+    (tmp_path / "b2b.toml").write_text("")
+    with monkeypatch.context() as patched, pytest.raises(ModelError) as raised:
+        patched.setattr(os, "open", refused)  # as load_model opens a model file (scoring/model.py, model_bytes)
         load_model(tmp_path / "b2b.toml")
     clock = FakeClock()
     task = OutOfFiles(logging.getLogger("leadstream.worker"), "looking for edits", clock)
