@@ -25,7 +25,7 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Callable, Literal
 
 import msgspec
 import orjson
@@ -315,7 +315,7 @@ def _sound(event: Event) -> bool:
         if value.__class__ is int:
             if not _MIN_INT <= value <= _MAX_INT:
                 return False
-        elif (value.__class__ is dict or value.__class__ is list) and (nesting(value) > MAX_NESTING or _huge_int(value)):
+        elif (value.__class__ is dict or value.__class__ is list) and (nesting(value) > MAX_NESTING or _holds(value, _beyond_64_bits)):
             return False
     return True
 
@@ -341,16 +341,23 @@ def nesting(value: Any, limit: int = MAX_NESTING) -> int:
     return depth
 
 
-def _huge_int(value: Any) -> bool:
-    """Whether a JSON value holds an integer beyond 64 bits at any depth (called for values
-    already known to nest at most MAX_NESTING levels)."""
-    if value.__class__ is int:
-        return not _MIN_INT <= value <= _MAX_INT
+def _holds(value: Any, leaf: Callable[[Any], bool]) -> bool:
+    """Whether a JSON value holds, at any depth, a leaf for which `leaf` is true (called for
+    values already known to nest at most MAX_NESTING levels)."""
     if value.__class__ is dict:
-        return any(map(_huge_int, value.values()))
+        return any(_holds(item, leaf) for item in value.values())
     if value.__class__ is list:
-        return any(map(_huge_int, value))
-    return False
+        return any(_holds(item, leaf) for item in value)
+    return leaf(value)
+
+
+def _beyond_64_bits(value: Any) -> bool:
+    return value.__class__ is int and not _MIN_INT <= value <= _MAX_INT
+
+
+def _not_finite(value: Any) -> bool:
+    """A nan or an infinity (x - x is nan for both)."""
+    return value.__class__ is float and value - value != 0
 
 
 def is_id(text: str) -> bool:
@@ -367,38 +374,26 @@ def _value_problem(properties: dict[str, Any], traits: dict[str, Any]) -> tuple[
             if not _MIN_INT <= value <= _MAX_INT:
                 return "too_large", beyond_64_bits(f"properties.{key}")
         elif value.__class__ is float:
-            if value - value != 0:  # nan and the infinities: nan
+            if _not_finite(value):
                 return "bad_value", _not_a_json_number(f"properties.{key}", value)
         elif value.__class__ is dict or value.__class__ is list:
             if nesting(value) > MAX_NESTING:
                 return "too_large", _too_deep(f"properties.{key}")
-            if _huge_int(value):
+            if _holds(value, _beyond_64_bits):
                 return "too_large", beyond_64_bits(f"properties.{key}")
-            if _non_finite(value):
+            if _holds(value, _not_finite):
                 return "bad_value", _not_a_json_number(f"properties.{key}", value)
     for key, value in traits.items():
         if value.__class__ is float:
-            if value - value != 0:
+            if _not_finite(value):
                 return "bad_value", _not_a_json_number(f"traits.{key}", value)
         elif value.__class__ is not bool and value is not None:
             problem = _trait_problem(key, value)
             if problem is not None:
                 return "too_large", problem
-            if (value.__class__ is dict or value.__class__ is list) and _non_finite(value):
+            if (value.__class__ is dict or value.__class__ is list) and _holds(value, _not_finite):
                 return "bad_value", _not_a_json_number(f"traits.{key}", value)
     return None
-
-
-def _non_finite(value: Any) -> bool:
-    """Whether a JSON value holds a nan or an infinity at any depth (called for values already
-    known to nest at most MAX_NESTING levels)."""
-    if value.__class__ is float:
-        return bool(value - value != 0)
-    if value.__class__ is dict:
-        return any(map(_non_finite, value.values()))
-    if value.__class__ is list:
-        return any(map(_non_finite, value))
-    return False
 
 
 def _not_a_json_number(field: str, value: Any) -> str:
@@ -421,7 +416,7 @@ def _trait_problem(key: str, value: Any) -> str | None:
         return None
     if kind is not int and nesting(value) > MAX_NESTING:
         return _too_deep(f"traits.{key}")
-    if _huge_int(value):
+    if _holds(value, _beyond_64_bits):
         return beyond_64_bits(f"traits.{key}")
     if kind is not int and len(encoded := _encode(value)) > MAX_TRAIT_SIZE:
         return f"traits.{key} is {len(encoded)} bytes of JSON, at most {MAX_TRAIT_SIZE} are kept: send large values as properties"
