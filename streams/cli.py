@@ -38,7 +38,7 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
 def _send(args: argparse.Namespace, settings: Settings) -> int:
     from streams.send import send_file
 
-    return send_file(args.file, settings, topic=args.topic, events_per_message=args.events_per_message)
+    return send_file(args.file, settings, topic=args.topic, events_per_message=args.events_per_message, failed=args.failed)
 
 
 def _collector(args: argparse.Namespace, settings: Settings) -> int:
@@ -251,6 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="pack up to N events of the same partition into one Kafka message (JSON array envelope), sent once full; "
              "the file is then sent in its order within each partition only (README: Commands)",
     )
+    p.add_argument("--failed", type=Path, metavar="FAILED",
+                   help="write the messages Kafka did not write, or may not have, to FAILED (emptied first), one a line, "
+                        "to send them alone once the cause is fixed")
 
     add(
         "collector",

@@ -37,6 +37,7 @@ from redis import RedisError
 from scoring.events import MAX_ID_CHARS, is_id
 from sinks.ledger import forget_leads, redis_client
 from streams import erasure, kafka_clients
+from streams.deliveries import Deliveries
 from streams.errors import InputError, ServiceError, redis_trouble
 from streams.forgotten import TTL_MS, Forgotten
 from streams.partitioning import partition_for
@@ -102,13 +103,17 @@ def request(settings: Settings, ids: list[str]) -> str:
     # Read before any request is sent: what comes after a request is a new profile's.
     ends = end_offsets(settings, set(homes.values()))
     producer = open_producer(settings)
+    deliveries = Deliveries(producer)
     try:
         for lead_id, partition in homes.items():
-            producer.send(topic, key=lead_id.encode(), value=None, partition=partition,
-                          headers=list(erasure.request_headers(ends[partition])))
-        producer.flush()
+            deliveries.send(topic, None, key=lead_id.encode(), partition=partition,
+                            headers=list(erasure.request_headers(ends[partition])))
+        deliveries.settle()
     finally:
         producer.close()
+    if deliveries.failed:
+        raise ServiceError(f"{deliveries.summary(topic)} Run the same `leadstream forget` again once the cause is fixed: "
+                           "a lead asked to be forgotten twice is forgotten once")
     return topic
 
 

@@ -36,6 +36,7 @@ from redis import RedisError
 from scoring.events import loads, optional_id
 from sinks.ledger import redis_client
 from streams.deadletter import DeadLetter, Repeats
+from streams.deliveries import Deliveries
 from streams.errors import ServiceError, redis_trouble
 from streams.forgotten import Forgotten
 from streams.history import read_to_end
@@ -84,6 +85,7 @@ def _replay(settings: Settings, reasons: set[str], since_ms: int, dry_run: bool,
     partitions = producer_partitions(settings, sorted(sources))
     replay = Replay()
     producer = None if dry_run else open_producer(settings)
+    deliveries = None if producer is None else Deliveries(producer)
     try:
         for record in read_to_end(settings, settings.topic_deadletter):
             if record.timestamp < since_ms:
@@ -137,14 +139,17 @@ def _replay(settings: Settings, reasons: set[str], since_ms: int, dry_run: bool,
                 continue
             replay.replayed[reason] += 1
             replay.examples.setdefault(reason, letter.detail)
-            if producer is not None:
-                producer.send(topic, key=key, value=letter.original, partition=partition)
-        if producer is not None:
-            producer.flush()
+            if deliveries is not None:
+                deliveries.send(topic, letter.original, key=key, partition=partition)
+        if deliveries is not None:
+            deliveries.settle()
     finally:
         if producer is not None:
             producer.close()
     _report(replay, reasons, dry_run, since_ms > 0, out)
+    if deliveries is not None and deliveries.failed:
+        raise ServiceError(f"{deliveries.summary('their source topics')} Their letters stay on the dead-letter topic: "
+                           "run replay-dlq again once the cause is fixed (an input sent twice scores once)")
     return replay
 
 

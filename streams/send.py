@@ -12,14 +12,15 @@ the rest is sent.
 
 from __future__ import annotations
 
+import os
 import sys
-from collections import deque
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator
 
 import orjson
 
 from scoring.events import EMPTY_ENVELOPE, MAX_EVENT_BYTES, Rejection, loads, optional_id, unreadable
+from streams.deliveries import MAX_PENDING_BYTES, Deliveries
 from streams.envelope import pack_keyed
 from streams.errors import InputError, ServiceError
 from streams.kafka_clients import open_client
@@ -69,28 +70,27 @@ def open_producer(settings: Settings) -> Any:  # a kafka.KafkaProducer (kafka-py
     return open_client(settings, KafkaProducer, acks="all", linger_ms=5, batch_size=256 * 1024, client_id="leadstream-send")
 
 
-#: Bytes of messages handed to the producer whose outcome is not known yet; a send waits for the
-#: oldest before handing over more. kafka-python's producer has no bound of its own: a send of a
-#: 370 MB file queued its 21,003 messages at once, and the batches still waiting their turn on a
-#: busy broker when its delivery timeout (120 s) ran out expired, half of them. 16 MB is
-#: about 10 s of writing for that broker (1.6 MB/s).
-MAX_PENDING_BYTES = 16 * 1024 * 1024
+class NotWritten:
+    """`send --failed FILE`: the messages Kafka did not write, or may not have, one a line (one
+    event, or an envelope: lines `read_events` reads), so that only those are sent again."""
 
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self._file = open(path, "wb")  # emptied: after a send it holds that send's failures only
+        except OSError as exc:
+            raise InputError(f"cannot write --failed {path}: {exc.strerror}") from exc
 
-class _Failed:
-    """Messages of one outcome other than written: how many, and why the first."""
+    def add(self, message: bytes) -> None:
+        self._file.write(message + b"\n")
 
-    def __init__(self) -> None:
-        self.count = 0
-        self.first: Exception | None = None
-
-    def add(self, cause: Exception) -> None:
-        self.count += 1
-        self.first = self.first or cause
+    def close(self) -> None:
+        self._file.close()
 
 
 def produce(producer: Any, topic: str, events: Iterable[tuple[str, bytes]], events_per_message: int, *, partitions: int,
-            compacted: bool = False, max_pending_bytes: int = MAX_PENDING_BYTES) -> tuple[int, int]:
+            compacted: bool = False, max_pending_bytes: int = MAX_PENDING_BYTES,
+            not_written: NotWritten | None = None) -> tuple[int, int]:
     """Send (lead id, event bytes) pairs, keyed by lead or packed per partition, each on its
     lead's partition of `partitions` (streams.topics.keyed_partitions) (per lead to a
     `compacted` topic, which refuses a message without a key), with at most `max_pending_bytes`
@@ -98,23 +98,11 @@ def produce(producer: Any, topic: str, events: Iterable[tuple[str, bytes]], even
     they are sent: packed, one envelope a partition waits to fill.
 
     ServiceError, once every message has its answer, when any was not written or may not have
-    been (the producer's `flush` returns either way): refused (the broker or the producer
-    answered with an error) and unknown (no answer within the producer's delivery timeout:
-    written or not) are counted apart."""
-    from kafka.errors import KafkaError
-
+    been (streams.deliveries); `not_written`, given, keeps those messages."""
     if events_per_message < 1:
         raise InputError("--events-per-message must be at least 1")
-    refused, unknown = _Failed(), _Failed()
-    pending: deque[tuple[Any, int]] = deque()  # (future, message bytes), oldest first
-    pending_bytes = 0
-
-    def failed(cause: Exception) -> None:
-        # A retriable error is what kafka-python's retries, unbounded, end with when the delivery
-        # timeout runs out (KafkaTimeoutError): a batch that was in flight then may have been
-        # written (in the audit, 336 of the 10,698 messages reported refused were).
-        (unknown if isinstance(cause, KafkaError) and cause.retriable else refused).add(cause)
-
+    deliveries = Deliveries(producer, max_pending_bytes=max_pending_bytes,
+                            not_written=None if not_written is None else not_written.add)
     sent_events = 0
 
     def counted(pairs: Iterable[tuple[str, bytes]]) -> Iterator[tuple[str, bytes]]:
@@ -129,45 +117,23 @@ def produce(producer: Any, topic: str, events: Iterable[tuple[str, bytes]], even
         messages = ((partition_for(lead, partitions), lead, event) for lead, event in counted(events))
     else:
         messages = pack_keyed(counted(events), partitions, events_per_message, per_lead=compacted)
-    sent_messages = 0
     for partition, key, value in messages:
-        sent_messages += 1
-        try:
-            future = producer.send(topic, key=None if key is None else key.encode(), value=value, partition=partition)
-        except KafkaError as exc:  # refused by the producer itself (larger than its max_request_size)
-            refused.add(exc)
-            continue
-        future.add_errback(failed)
-        pending.append((future, len(value)))
-        pending_bytes += len(value)
-        # Answered messages are let go at once: held until the bound, the futures of 16 MB of
-        # one-event messages took 65 MB more than the messages.
-        while pending and (pending[0][0].is_done or pending_bytes > max_pending_bytes):
-            oldest, size = pending.popleft()
-            try:
-                oldest.get()
-            except KafkaError:  # counted by its errback
-                pass
-            pending_bytes -= size
-    producer.flush()
-    if refused.count or unknown.count:
-        raise ServiceError(_summary(topic, sent_messages, refused, unknown, events_per_message))
-    return sent_events, sent_messages
+        deliveries.send(topic, value, partition=partition, key=None if key is None else key.encode())
+    deliveries.settle()
+    if deliveries.failed:
+        resend = _RESEND_ALL if not_written is None else _RESEND_FAILED.format(path=not_written.path)
+        raise ServiceError(deliveries.summary(topic, lambda error: _remedy(error, events_per_message)) + resend)
+    return sent_events, deliveries.messages
 
 
-def _summary(topic: str, messages: int, refused: _Failed, unknown: _Failed, events_per_message: int) -> str:
-    """What became of the messages of a send that did not write them all, and what to do."""
-    parts = [f"Kafka wrote {messages - refused.count - unknown.count} of the {messages} messages sent to {topic}"]
-    if refused.first is not None:
-        parts.append(f"refused {refused.count}, the first with {_cause(refused.first)}"
-                     f"{_remedy(refused.first, events_per_message)}")
-    if unknown.first is not None:
-        parts.append(f"{unknown.count} had no answer within the producer's delivery timeout (the broker too slow or "
-                     f"unreachable), so may or may not have been written, the first with {_cause(unknown.first)}")
-    return "; ".join(parts) + (
-        ". Sending the file again, once the cause is fixed, sends its written events again too: the worker drops an "
-        "event whose id is among its lead's last remember_events (64 by default), so that is safe for a file of at "
-        "most that many events a lead, and scores older ones again (README: Events)")
+#: What a failed send tells the user to do next, without --failed and with it (the file's name).
+_RESEND_ALL = (" Sending the file again, once the cause is fixed, sends its written events again too: the worker drops an "
+               "event whose id is among its lead's last remember_events (64 by default), so that is safe for a file of "
+               "at most that many events a lead, and scores older ones again (README: Events); --failed FAILED writes "
+               "out the messages not written, to send those alone")
+_RESEND_FAILED = (" The messages not written, or not known to be written, are in {path}, one a line: send that file once "
+                  "the cause is fixed (the worker drops an event it already scored when its id is among its lead's last "
+                  "remember_events, 64 by default, so sending one written after all is safe)")
 
 
 def _remedy(exc: Exception, events_per_message: int) -> str:
@@ -184,32 +150,41 @@ def _remedy(exc: Exception, events_per_message: int) -> str:
             "per message (--events-per-message), or raise the topic's limit")
 
 
-def _cause(exc: Exception) -> str:
-    """An error's class and, when it has one, its message (the broker's refusals have none)."""
-    detail = exc.args[0] if exc.args else None
-    return f"{exc.__class__.__name__} ({detail})" if detail else exc.__class__.__name__
-
-
-def send_file(path: Path, settings: Settings, topic: str | None = None, events_per_message: int = 1) -> int:
+def send_file(path: Path, settings: Settings, topic: str | None = None, events_per_message: int = 1,
+              failed: Path | None = None) -> int:
     topic = settings.topic_events if topic is None else topic  # an empty name is no topic, not the default
     bad: list[str] = []
     count = partition_count(settings, topic)
     if count == 0:
         raise ServiceError(f"topic {topic!r} does not exist; run `leadstream topics` (or check --topic)")
     partitions = keyed_partitions(settings, topic, count)
+    if failed is not None and str(path) != "-" and _same_file(path, failed):
+        raise InputError(f"--failed {failed} is the file being sent: emptied to take the failures, it would be lost; "
+                         "name another file")
     try:
         stream = sys.stdin.buffer if str(path) == "-" else open(path, "rb")
     except OSError as exc:
         raise InputError(f"cannot read {path}: {exc.strerror}") from exc
+    not_written = None if failed is None else NotWritten(failed)
     producer = open_producer(settings)
     try:
         with stream:
             sent_events, sent_messages = produce(producer, topic, read_events(stream, bad), events_per_message,
-                                                 partitions=partitions, compacted=topic == settings.topic_profiles)
+                                                 partitions=partitions, compacted=topic == settings.topic_profiles,
+                                                 not_written=not_written)
     finally:
         producer.close()
+        if not_written is not None:
+            not_written.close()
         for line in bad:  # also when Kafka refused messages
             print(line, file=sys.stderr)
     skipped = f"; {len(bad)} bad lines skipped" if bad else ""
     print(f"sent {sent_events} events in {sent_messages} messages to {topic}{skipped}")
     return 1 if bad else 0
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # either missing: then not the same
+        return False

@@ -20,6 +20,7 @@ from streams.processes import WorkerProcess, free_port
 from streams.settings import Settings
 from streams.topics import topic_config
 from tests.infra import add_partitions, leadstream, read_topic, wait_for, write_jsonl
+from tests.streams.test_durability_failures import set_max_message_bytes
 
 MINUTE_MS = 60_000
 
@@ -257,6 +258,23 @@ def test_forget_records_the_erasure_by_a_digest_and_deletes_the_connectors_ledge
         assert before_ms <= int(redis.get(key) or 0) <= int(time.time() * 1000)
         assert redis.pttl(key) > 37 * 24 * 3600 * 1000 - 60_000
     redis.close()
+
+
+def test_forget_requests_kafka_refuses_fail_the_command_and_record_no_erasure(own_redis: Settings) -> None:
+    """`forget` flushed its producer and said "asked to forget" whatever Kafka answered: a
+    request refused was an erasure that never reached the worker, with the command's exit 0."""
+    set_max_message_bytes(own_redis, own_redis.topic_profiles, 64)  # a request with its headers is larger
+    try:
+        refused = leadstream(own_redis, "forget", "u-1", "u-2", check=False)
+    finally:
+        set_max_message_bytes(own_redis, own_redis.topic_profiles, 1_048_588)
+    assert refused.returncode == 1, refused
+    assert f"Kafka wrote 0 of the 2 messages sent to {own_redis.topic_profiles}; refused 2" in refused.stderr
+    assert "Run the same `leadstream forget` again" in refused.stderr and "asked to forget" not in refused.stdout
+    redis = Redis.from_url(own_redis.redis_url)
+    assert list(redis.scan_iter(f"{own_redis.redis_prefix}:forgotten:*")) == []
+    redis.close()
+    assert list(read_to_end(own_redis, own_redis.topic_profiles)) == []
 
 
 def test_forget_with_redis_out_of_reach_sends_the_requests_then_fails_saying_what_to_redo(own_redis: Settings) -> None:

@@ -4,6 +4,7 @@ once the cause is fixed, and score once however often they are replayed."""
 from __future__ import annotations
 
 import os
+import re
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -20,6 +21,7 @@ from streams.partitioning import partition_for
 from streams.processes import WorkerProcess
 from streams.settings import Settings
 from tests.infra import leadstream, read_to_end, read_topic, wait_for
+from tests.streams.test_durability_failures import set_max_message_bytes
 
 HOUR_MS = 3_600_000
 MODEL = (
@@ -146,6 +148,29 @@ def test_replay_validates_its_arguments(isolated: Settings) -> None:
     gone = leadstream(nope, "replay-dlq", "--reason", "unknown_type", check=False)
     assert (gone.returncode, gone.stderr.strip()) == (1, f"leadstream replay-dlq: topic {nope.topic_deadletter!r} does not exist: run "
                                                          "`leadstream topics`, or check LEADSTREAM_TOPIC_DEADLETTER")
+
+
+def test_letters_kafka_refuses_to_take_back_fail_the_replay_saying_so(isolated: Settings) -> None:
+    """`replay-dlq` flushed its producer and reported every letter replayed whatever Kafka
+    answered: an input its source topic refused (here larger than the topic now takes) was
+    counted replayed, with exit 0, and never scored."""
+    producer = KafkaProducer(bootstrap_servers=isolated.kafka_bootstrap)
+    for n, blob in enumerate((10, 20_000, 10)):
+        event = orjson.dumps({"event_id": f"e{n}", "lead_id": f"lead-{n}", "type": "webinar", "time": 1_767_225_600_000,
+                              "properties": {"blob": "x" * blob}})
+        letter = DeadLetter("unknown_type", "no model scores webinar", event, isolated.topic_events, 0, n)
+        producer.send(isolated.topic_deadletter, value=letter.to_bytes()).get(timeout=30)
+    producer.close()
+    set_max_message_bytes(isolated, isolated.topic_events, 10_000)
+    replayed = leadstream(isolated, "replay-dlq", "--reason", "unknown_type", check=False)
+    assert replayed.returncode == 1, replayed
+    assert "unknown_type: replayed 3" in replayed.stdout
+    said = re.search(r"Kafka wrote (\d) of the 3 messages sent to their source topics; refused (\d), the first with "
+                     r"MessageSizeTooLargeError", replayed.stderr)
+    assert said and "run replay-dlq again once the cause is fixed" in replayed.stderr, replayed.stderr
+    written = sorted(orjson.loads(record.value)["event_id"] for record in records_to_end(isolated, isolated.topic_events))
+    # A batch Kafka refuses as too large may take its neighbours with it (streams/deliveries.py).
+    assert "e1" not in written and len(written) == int(said[1]) == 3 - int(said[2]), replayed.stderr
 
 
 def _count(settings: Settings, topic: str) -> int:

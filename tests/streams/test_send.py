@@ -111,6 +111,51 @@ def test_messages_kafka_refuses_are_reported_and_the_others_written(isolated: Se
     assert written == ["e0", "e0", "e2", "e2"]
 
 
+def test_failed_writes_out_the_messages_kafka_refused_and_only_those_are_sent_again(isolated: Settings, tmp_path: Path) -> None:
+    """A send that Kafka wrote in part could only be sent again whole, the written events with
+    the others (safe only within the worker's memory of ids). `--failed FILE` keeps the
+    messages not written, one a line, as `send` reads them: an event, or an envelope. Kafka
+    refuses a batch of several messages one of which is too large; kafka-python splits it
+    and sends it again (it may refuse its neighbours too), and its `flush` then raised
+    UnknownError('Future not done'): `send` ended in a traceback, saying nothing of what it wrote."""
+    for per_message in ("1", "6"):
+        topic = f"{isolated.app_id}-small-{per_message}"
+        ensure_topics(isolated, [TopicSpec(topic, 4, {"max.message.bytes": "10000"})])
+        lines = [{"event_id": f"e{n}", "lead_id": f"lead-{n}", "type": "page_view", "time": 1_767_225_600_000,
+                  "properties": {"blob": "x" * (50_000 if n in (1, 4) else 10)}} for n in range(6)]
+        path, failed = write_jsonl(tmp_path / "events.jsonl", lines), tmp_path / "failed.jsonl"
+        failed.write_bytes(b"left by an earlier send\n")
+        done = leadstream(isolated, "send", str(path), "--topic", topic, "--events-per-message", per_message,
+                          "--failed", str(failed), check=False)
+        assert done.returncode == 1, done
+        said = re.search(r"Kafka wrote (\d+) of the (\d+) messages sent to \S+; refused (\d+), the first with "
+                         r"MessageSizeTooLargeError", done.stderr)
+        assert said and f"are in {failed}, one a line" in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr and "Sending the file again" not in done.stderr
+        written, messages, refused = map(int, said.groups())
+        kept = [orjson.loads(line) for line in failed.read_bytes().splitlines()]
+        assert len(kept) == refused == messages - written
+        # Packed, partition 1's three events were one envelope, kept as one line.
+        assert any(isinstance(line, list) for line in kept) == (per_message == "6")
+        kept_ids = [event["event_id"] for line in kept for event in (line if isinstance(line, list) else [line])]
+        in_topic = [event["event_id"] for _, value in read_to_end(isolated, topic)
+                    for event in (value if isinstance(value, list) else [value])]
+        assert {"e1", "e4"} <= set(kept_ids) and sorted(kept_ids + in_topic) == [f"e{n}" for n in range(6)]
+        own = f"{isolated.app_id}-resent-{per_message}"
+        ensure_topics(isolated, [TopicSpec(own, isolated.partitions, {})])
+        resent = leadstream(isolated, "send", str(failed), "--topic", own)
+        assert f"sent {len(kept_ids)} events" in resent.stdout
+        assert sorted(event["event_id"] for _, event in read_to_end(isolated, own)) == sorted(kept_ids)
+
+
+def test_failed_refuses_the_file_being_sent(isolated: Settings, tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "events.jsonl", [{"event_id": "e0", "lead_id": "lead-0", "type": "page_view",
+                                                     "time": 1_767_225_600_000}])
+    done = leadstream(isolated, "send", str(path), "--failed", str(tmp_path / "." / "events.jsonl"), check=False)
+    assert done.returncode != 0 and "is the file being sent" in done.stderr, done
+    assert orjson.loads(path.read_bytes())["event_id"] == "e0"
+
+
 def test_packed_messages_of_one_lead_are_keyed_by_it_as_the_collectors_are(isolated: Settings, tmp_path: Path) -> None:
     """README "Events": a single event is keyed by its lead id; an envelope has no key only when
     it holds several leads' events. `send --events-per-message 5` sent every message without a
@@ -203,5 +248,5 @@ def test_messages_without_an_answer_are_counted_apart_from_those_refused(isolate
     assert counts, said
     written, refused, unknown = (int(n or 0) for n in counts.groups())
     assert unknown > 0 and written + refused + unknown == 3000
-    assert "Sending the file again" in said and "remember_events" in said
+    assert "Sending the file again" in said and "remember_events" in said and "--failed FAILED" in said
     assert written <= len(read_to_end(isolated, isolated.topic_events)) <= written + unknown
