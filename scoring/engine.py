@@ -862,18 +862,18 @@ class Engine:
         """The state with decay brought to `now_ms` (a new object; the argument is unchanged)
         and the crossings that decay caused. Evaluating twice at the same time changes nothing."""
         runtime = self.runtime(model_name)
-        decayed = state.copy()
+        decayed = lead_state(state, model_name).copy()
         out: list[Transition] = []
         runtime.decay(decayed, lead_id, whole_ms(now_ms), out)
         return decayed, out
 
     def next_due_ms(self, model_name: str, state: LeadState) -> int | None:
         """When to call `decay` next for this lead (None: nothing is due without new events)."""
-        return self.runtime(model_name).next_due_ms(state)
+        return self.runtime(model_name).next_due_ms(lead_state(state, model_name))
 
     def member_score(self, model_name: str, lead_id: str, state: LeadState, time_ms: int) -> MemberScore | None:
         """The lead's score for its account's roll-up (None when it has no account)."""
-        return self.runtime(model_name).member_score(lead_id, state, time_ms)
+        return self.runtime(model_name).member_score(lead_id, lead_state(state, model_name), time_ms)
 
     @staticmethod
     def leaving(model_name: str, lead_id: str, state: LeadState, time_ms: int, into: str | None = None) -> MemberScore | None:
@@ -921,19 +921,21 @@ class Engine:
     # -- reading ---------------------------------------------------------------------------
 
     def explain(self, model_name: str, lead_id: str, state: LeadState, now_ms: int) -> dict[str, Any]:
-        """Why the lead has its score at `now_ms`: points by rule, fit, decay, recent history."""
-        return explaining.explain(self.runtime(model_name), lead_id, state, whole_ms(now_ms))
+        """Why the lead has its score at `now_ms`: points by rule, fit, decay, recent history.
+        `state` is the lead's under this model (`BatchResult.states[model_name, lead_id]`): a
+        state does not record its model, so another model's gives figures of no meaning."""
+        return explaining.explain(self.runtime(model_name), lead_id, lead_state(state, model_name), whole_ms(now_ms))
 
     def summary(self, model_name: str, lead_id: str, state: LeadState, now_ms: int) -> dict[str, Any]:
         """The lead's score on every scale at `now_ms`, with its top reasons."""
-        return explaining.summary(self.runtime(model_name), lead_id, state, whole_ms(now_ms))
+        return explaining.summary(self.runtime(model_name), lead_id, lead_state(state, model_name), whole_ms(now_ms))
 
     def percent(self, model_name: str, lead_id: str, state: LeadState, now_ms: int) -> float:
         """The lead's score on the model's 0-100 scale at `now_ms`, exact: the value a summary
         shows is rounded to a tenth (19.96 shows 20.0), which may lie across a line drawn on
         the scale that the exact value has not reached."""
         runtime = self.runtime(model_name)
-        return runtime.model.scale.percent(runtime.score(explaining.at_time(runtime, lead_id, state, whole_ms(now_ms))))
+        return runtime.model.scale.percent(runtime.score(explaining.at_time(runtime, lead_id, lead_state(state, model_name), whole_ms(now_ms))))
 
 
 def whole_ms(now_ms: int) -> int:
@@ -946,3 +948,14 @@ def whole_ms(now_ms: int) -> int:
     except TypeError:
         pass
     raise TypeError(f"now_ms: expected whole milliseconds since the epoch, an int such as int(time.time() * 1000), got {now_ms!r}")
+
+
+def lead_state(state: LeadState, model_name: str) -> LeadState:
+    """`state`, or TypeError naming what was given: a lead with no state yet, `states.get(...)`
+    giving None, failed deep inside as AttributeError: 'NoneType' object has no attribute
+    'fit_found'."""
+    if isinstance(state, LeadState):
+        return state
+    raise TypeError(f"state: expected the lead's LeadState under model {model_name!r} (BatchResult.states, or "
+                    f"LeadState.from_bytes), got {type(state).__name__}: a lead no event was scored for has none "
+                    "(Engine.new_state gives a new lead's)")

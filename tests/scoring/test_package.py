@@ -46,3 +46,22 @@ def test_an_engine_of_no_model_is_refused() -> None:
     # It was made, and every event was unrouted: as a generator of models read a second time gives.
     with pytest.raises(ModelError, match=r"^an Engine needs at least one model \(load_model, load_directory"):
         Engine(model for model in ())
+
+
+@pytest.mark.parametrize("state", [None, b"", "L1"])
+@pytest.mark.parametrize("method", ["decay", "explain", "summary", "percent"])
+def test_a_state_that_is_no_lead_state_is_a_type_error_naming_state(method: str, state: object) -> None:
+    """`engine.explain(model, lead, states.get((model, lead)), now_ms)` of a lead with no state
+    yet raised AttributeError: 'NoneType' object has no attribute 'fit_found'."""
+    engine = Engine.from_directory(MODELS_DIR)
+    with pytest.raises(TypeError, match=r"^state: expected the lead's LeadState under model 'analytics_addon' \(BatchResult.states, "
+                                        rf"or LeadState.from_bytes\), got {type(state).__name__}: "):
+        getattr(engine, method)("analytics_addon", "L1", state, T0)
+
+
+@pytest.mark.parametrize("method", ["next_due_ms", "member_score"])
+def test_the_other_methods_taking_a_state_refuse_none_alike(method: str) -> None:
+    engine = Engine.from_directory(MODELS_DIR)
+    args = ("analytics_addon", None) if method == "next_due_ms" else ("analytics_addon", "L1", None, T0)
+    with pytest.raises(TypeError, match=r"^state: expected the lead's LeadState under model 'analytics_addon'"):
+        getattr(engine, method)(*args)
