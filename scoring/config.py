@@ -25,6 +25,13 @@ _UNIT_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "
 #: any window, lateness or half-life, and keeps the times computed from one within 64 bits.
 MAX_POINTS = 1_000_000_000
 MAX_DURATION_MS = 36_500 * 86_400_000
+#: Most characters of a text a model file gives (a name, an event type, a level, a field): rule
+#: names are kept in every lead's history and carried by every crossing's reasons, and a rule
+#: named with 2,000,000 characters made a crossing of 4 MB, beyond what Kafka takes in a
+#: message. As many as an event's `type` may have (scoring.events.MAX_ID_CHARS), so every type
+#: an event can carry can be named. A model's `description`, for people only, may be longer.
+MAX_TEXT_CHARS = 256
+MAX_DESCRIPTION_CHARS = 4_096
 DURATION_HINT = "a positive duration of at most 36500d such as '7d', '12h' or '30m' (units: ms, s, m, h, d, w)"
 
 
@@ -177,10 +184,11 @@ class Table:
             raise self.error(key, "a value (this field is required)")
         return default
 
-    def string(self, key: str, default: Any = _REQUIRED) -> Any:
+    def string(self, key: str, default: Any = _REQUIRED, max_chars: int = MAX_TEXT_CHARS) -> Any:
         value = self.raw(key, default)
-        if value is not default and (not isinstance(value, str) or not value.strip() or not value.isprintable()):
-            raise self.error(key, "a non-empty text on one line", value)
+        if value is not default and (not isinstance(value, str) or not value.strip() or not value.isprintable()
+                                     or len(value) > max_chars):
+            raise self.error(key, f"a non-empty text on one line of at most {max_chars:,} characters", value)
         return value
 
     def number(self, key: str, default: Any = _REQUIRED, minimum: float | None = None) -> Any:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 from scoring.accounts import AccountRollup, parse_accounts
-from scoring.config import Table, format_duration_ms, not_utf8, toml_problem
+from scoring.config import MAX_DESCRIPTION_CHARS, Table, format_duration_ms, not_utf8, toml_problem
 from scoring.decay import Decay, HalfLifeDecay, StepDecay, parse_decay
 from scoring.errors import ModelError
 from scoring.fit import DomainLists, FitRule, parse_domains, parse_fit_rule
@@ -190,7 +190,7 @@ def parse_model(text: str, file: str) -> Model:
     return Model(
         name=model_name,
         file=file,
-        description=head.string("description", ""),
+        description=head.string("description", "", MAX_DESCRIPTION_CHARS),
         products=_products(top.table("filter", "[filter]")),
         lateness_ms=lateness_ms,
         floor=floor,

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from scoring import Engine, ModelError
+from scoring.config import MAX_DESCRIPTION_CHARS, MAX_TEXT_CHARS
 from scoring.events import MAX_TRAIT_SIZE
 from scoring.model import MAX_KEPT_TRAITS, load_directory, load_model, parse_model
 from streams.envelope import MAX_MESSAGE_BYTES
@@ -316,3 +317,40 @@ def test_exists_false_beside_an_operator_a_missing_field_meets_holds_for_a_missi
     run = Run(Engine([model(BASE + RULE + f"properties.n = {{ exists = false, {other} }}\n", name="b2b", header=False)]))
     run.apply(ev(), ev(properties={"n": 3}), ev(properties={"n": None}))
     assert run.score("L1", "b2b") == 20
+
+
+@pytest.mark.parametrize(("old", "where"), [
+    ('name = "pricing"', "rule #1, field 'name'"),
+    ('event = "page_view"', "rule 'pricing', field 'event'"),
+    ('level = "mql"', "[thresholds], field 'ladder[1].level'"),
+    ('base = "cold"', "[thresholds], field 'base'"),
+])
+def test_a_text_of_a_model_is_at_most_as_long_as_an_event_type_may_be(old: str, where: str) -> None:
+    """A rule named with 2,000,000 characters was taken: its name went into every lead's history
+    and into each crossing's reasons, and `leadstream score` wrote a crossing of 4 MB, beyond
+    what Kafka takes in a message."""
+    key = old.split(" = ")[0]
+    def naming(chars: int) -> str:
+        return (BASE + RULE).replace(old, f'{key} = "{"x" * chars}"')
+    load(naming(MAX_TEXT_CHARS))
+    with pytest.raises(ModelError) as caught:
+        load(naming(MAX_TEXT_CHARS + 1))
+    assert str(caught.value) == f"b2b.toml: {where}: expected a non-empty text on one line of at most 256 characters, got '{'x' * 257}'"
+
+
+def test_the_longest_rule_names_make_a_crossing_well_within_kafkas_limit() -> None:
+    rules = [RULE.replace('name = "pricing"', f'name = "{n}{"x" * (MAX_TEXT_CHARS - 1)}"') for n in range(10)]
+    run = Run(Engine([model(BASE + "".join(rules), name="b2b", header=False)])).apply(ev("page_view", at=1))
+    assert len(run.transitions) == 1 and len(run.transitions[0].to_dict()["reasons"]) == 5
+    assert len(encode_json(run.transitions[0].to_dict())) < 10_000
+
+
+def test_a_description_is_at_most_4096_characters() -> None:
+    """A description of 10,000,000 characters was taken, and shown whole by `leadstream models`
+    and every worker's GET /models/."""
+    def describing(chars: int) -> str:
+        return BASE.replace('name = "b2b"', f'name = "b2b"\ndescription = "{"d" * chars}"')
+    assert len(model(describing(MAX_DESCRIPTION_CHARS), name="b2b", header=False).description) == MAX_DESCRIPTION_CHARS
+    with pytest.raises(ModelError, match=r"^b2b\.toml: \[model\], field 'description': expected a non-empty text on one line of "
+                                         r"at most 4,096 characters, got 'ddd.* \(4,099 characters\)$"):
+        load(describing(MAX_DESCRIPTION_CHARS + 1))
