@@ -79,15 +79,13 @@ class ModelDirectory:
 
     def poll(self) -> Engine | None:
         """The newly loaded models when the files changed and have stayed so since the last
-        poll, and load; None when they did not change, are still changing, or do not load (then
+        poll, and load; None when they did not change, are still changing (or changed while they
+        loaded), or do not load (then
         `error` says why), or could not be read for want of file descriptors: no fault of the
         files, so said as the process's (on one throttled line), and read again at the next poll."""
-        try:
-            seen = fingerprint(self.path)
-        except OSError as exc:
-            if self._out_of_files.said(exc):
-                return None
-            raise
+        seen = self._look()
+        if seen is None:
+            return None
         if seen == self._seen:
             self._changing = None  # an edit undone before it settled
             return None
@@ -100,7 +98,7 @@ class ModelDirectory:
         try:
             engine = Engine.from_directory(self.path)
         except Exception as exc:  # noqa: BLE001 - a loader bug must not stop the worker either
-            if self._out_of_files.said(exc):
+            if self._out_of_files.said(exc) or self._written_meanwhile(seen):
                 return None  # not seen: the next poll reads the files again
             self._seen = seen
             # A ModelError names the file, rule and field; anything else is leadstream's bug.
@@ -109,6 +107,8 @@ class ModelDirectory:
             metrics.MODELS_BROKEN.set(1)
             log.error("model edit not applied, still scoring with the models of fingerprint %s: %s",
                       self.current.fingerprint, self.error, exc_info=not isinstance(exc, ModelError))
+            return None
+        if self._written_meanwhile(seen):
             return None
         self._seen = seen
         warnings = tuple(map(str, unkept_traits(self.current.engine.models, engine.models)))
@@ -120,6 +120,28 @@ class ModelDirectory:
         for warning in warnings:
             log.warning("model edit applied: %s", warning)
         return engine
+
+    def _written_meanwhile(self, seen: str) -> bool:
+        """Whether the files changed while they loaded: a write begun between the poll's look
+        and the load was loaded part-way, past the wait for the files to settle, and labelled
+        with the fingerprint of the files before it. Then what was loaded is dropped, and the
+        files are taken up once they stay as they are now, as for any edit."""
+        now = self._look()
+        if now == seen:
+            return False
+        if now is not None:  # else not known: the next poll reads them again
+            self._changing = now
+        return True
+
+    def _look(self) -> str | None:
+        """The files' fingerprint; None when they could not be read for want of file
+        descriptors (said on one throttled line)."""
+        try:
+            return fingerprint(self.path)
+        except OSError as exc:
+            if self._out_of_files.said(exc):
+                return None
+            raise
 
     def _use(self, loaded: Loaded) -> None:
         self.current = loaded

@@ -77,6 +77,37 @@ def test_files_still_being_written_are_taken_up_once_the_next_poll_finds_them_un
     assert settled(directory) is None and rule_points(directory) == [("a", 7)]
 
 
+@pytest.mark.parametrize("cut", ["[accounts]", 'points = 8'])
+def test_files_written_while_they_load_are_taken_up_once_they_settle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cut: str) -> None:
+    """A write begun between the poll's look and the load was loaded part-way, past the wait for
+    the files to settle: cut before its [accounts] (valid TOML) it was applied, labelled with the
+    fingerprint of the files the look found; cut mid-line, reported as a broken edit."""
+    whole = MODEL.format(name="a", points=8) + '[accounts]\nbase = "cold"\nladder = [{ level = "hot", at = 20 }]\n'
+    save(tmp_path, "a.toml", MODEL.format(name="a", points=5))
+    directory = ModelDirectory(tmp_path)
+    save(tmp_path, "a.toml", MODEL.format(name="a", points=7))
+    assert directory.poll() is None  # found changed
+    load = Engine.from_directory
+
+    def loaded_while_written(path: Path) -> Engine:
+        with open(tmp_path / "a.toml", "w") as file:
+            file.write(whole[: whole.index(cut)])
+            file.flush()
+            try:
+                return load(path)
+            finally:
+                file.write(whole[whole.index(cut):])
+
+    monkeypatch.setattr(Engine, "from_directory", loaded_while_written)
+    rejected = metrics.MODEL_RELOADS.labels("rejected")._value.get()
+    assert directory.poll() is None
+    assert (rule_points(directory), directory.error, metrics.MODEL_RELOADS.labels("rejected")._value.get()) == ([("a", 5)], None, rejected)
+    monkeypatch.setattr(Engine, "from_directory", load)
+    engine = directory.poll()  # the files as the load left them, and as they are still
+    assert engine is not None and engine.models[0].accounts is not None and rule_points(directory) == [("a", 8)]
+    assert directory.current.fingerprint == fingerprint(tmp_path)
+
+
 def fingerprints_exported() -> list[dict[str, str]]:
     return [sample.labels for family in metrics.MODELS_FINGERPRINT.collect() for sample in family.samples]
 
