@@ -156,6 +156,10 @@ def parse_once_per(table: Table) -> OncePer | None:
     source, _, key = field.partition(".")
     if source not in ("properties", "traits") or not key:
         raise table.error("once_per", "a field such as 'properties.email_id' or 'traits.email'", field)
+    if "." in key:  # read as the field named "plan.name", where a nested plan's name was meant: every occurrence scored
+        outer, _, inner = key.partition(".")
+        raise table.error("once_per", f"a field at the top of the {source}: a field inside another ({outer}.{inner}) cannot "
+                                      f"be de-duplicated on: send it as a field of its own ({outer}_{inner.replace('.', '_')})", field)
     return OncePer(source, key)
 
 

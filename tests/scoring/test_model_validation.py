@@ -61,6 +61,11 @@ CASES = [
     (BASE + RULE + 'bonus = { count = 5, window = "7d", points = -20 }\n', ["rule 'pricing'", "field 'bonus.points'", "same sign"]),
     (BASE + RULE + "max_points = -5\n", ["rule 'pricing'", "field 'max_points'", "positive"]),
     (BASE + RULE + 'once_per = "email_id"\n', ["rule 'pricing'", "field 'once_per'", "properties.email_id"]),
+    # Read as a property named "plan.name", where a nested plan's name was meant: every occurrence scored.
+    (BASE + RULE + 'once_per = "properties.plan.name"\n', ["rule 'pricing'", "field 'once_per'", "a field at the top of the properties",
+                                                            "(plan.name) cannot be de-duplicated on", "(plan_name), got 'properties.plan.name'"]),
+    (BASE + RULE + 'once_per = "traits.company.domain.tld"\n', ["field 'once_per'", "at the top of the traits", "(company.domain.tld)",
+                                                                "(company_domain_tld)"]),
     (BASE + RULE + 'properties.url = { like = "x" }\n', ["rule 'pricing'", "field 'properties.url.like'", "unknown field", "glob"]),
     (BASE + RULE + 'properties.url = { glob = 3 }\n', ["rule 'pricing'", "field 'properties.url.glob'", "a text"]),
     # A range from high to low is no character: loaded, the condition held for no URL.
