@@ -740,7 +740,8 @@ class Engine:
         """Applies a batch of events of any leads and models.
 
         `get_state(model, lead_id)` is asked once per (model, lead) of the batch, in first-event
-        order; None means a new lead. States it returns are updated in place and the changed
+        order; None means a new lead, anything else but a LeadState is a TypeError (`lead_state`).
+        States it returns are updated in place and the changed
         ones are returned in `states`. Rejections passed in (from `parse`) are collected in
         `rejected`, so parse results can be handed over as they are. Never raises for an event.
 
@@ -793,8 +794,8 @@ class Engine:
                     state = get_state(runtime.name, lead_id)
                     if state is None:  # a new lead: its first summary is news
                         slot = touched[key] = [runtime.new_state(), runtime, _CHANGED, False]
-                    else:
-                        slot = touched[key] = [state, runtime, _DUPLICATE, False]
+                    else:  # a wrong one (a state's bytes, not read back) raised AttributeError deep in the scoring
+                        slot = touched[key] = [lead_state(state, runtime.name), runtime, _DUPLICATE, False]
                 elif runtime.rolls_up and slot[2] >= _COUNTED and slot[0].account_id is not None:
                     # The member's score after its previous event of the batch, before this one
                     # changes it: with only its last, an account that its events took over two

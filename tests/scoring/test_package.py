@@ -65,3 +65,17 @@ def test_the_other_methods_taking_a_state_refuse_none_alike(method: str) -> None
     args = ("analytics_addon", None) if method == "next_due_ms" else ("analytics_addon", "L1", None, T0)
     with pytest.raises(TypeError, match=r"^state: expected the lead's LeadState under model 'analytics_addon'"):
         getattr(engine, method)(*args)
+
+
+def test_a_get_state_giving_what_is_no_lead_state_is_a_type_error_naming_state() -> None:
+    """A get_state handing back a state's bytes (a store read, not LeadState.from_bytes) raised
+    AttributeError: 'bytes' object has no attribute 'account_id', from inside the scoring."""
+    engine = Engine.from_directory(MODELS_DIR)
+    run = Run(engine).apply({"event_id": "e-1", "lead_id": "L1", "type": "trial_started", "product": "analytics", "time": T0})
+    stored = run.state("L1", "analytics_addon").to_bytes()
+    events = engine.parse_message(orjson.dumps({"event_id": "e-2", "lead_id": "L1", "type": "trial_started", "product": "analytics",
+                                                "time": T0 + 1}))
+    with pytest.raises(TypeError, match=r"^state: expected the lead's LeadState under model 'analytics_addon' .*got bytes: "):
+        engine.apply_batch(events, lambda model, lead: stored)
+    result = engine.apply_batch(events, lambda model, lead: LeadState.from_bytes(stored))
+    assert result.rejected == [] and result.states["analytics_addon", "L1"].to_bytes() != stored
