@@ -28,6 +28,11 @@ from streams.log_throttle import OutOfFiles, out_of_files
 
 log = logging.getLogger("leadstream.worker")
 
+#: Looks in a row that find the files changed again after which they are loaded as they are,
+#: if they stay so while they load: files rewritten more often than the interval (a generator
+#: that stamps the time in a comment) were never taken up while that went on.
+UNSETTLED_LOOKS = 10
+
 
 def fingerprint(directory: Path) -> str:
     """A digest of the model files' names and bytes (what `Engine.from_directory` reads): an
@@ -71,8 +76,9 @@ class ModelDirectory:
         self._use(Loaded(Engine.from_directory(path), seen, _now_ms()))
         self._seen = seen
         #: The files' fingerprint at the last poll that found them changed: loaded once the
-        #: next poll finds them so again (`poll`).
+        #: next poll finds them so again (`poll`), and the polls in a row that found them changed again.
         self._changing: str | None = None
+        self._unsettled = 0
         #: Why the files on disk do not load, while they do not (None once they do).
         self.error: str | None = None
         self._out_of_files = OutOfFiles(log, "looking for edits of the model files")
@@ -87,14 +93,17 @@ class ModelDirectory:
         if seen is None:
             return None
         if seen == self._seen:
-            self._changing = None  # an edit undone before it settled
+            self._changing, self._unsettled = None, 0  # an edit undone before it settled
             return None
         if seen != self._changing:
             # Written a moment ago, perhaps not to the end: a file saved in place was loaded
             # cut before its [accounts] (valid TOML), and the account it rolled up crossed to
             # its level a second time, under a new id, once the rest was written.
             self._changing = seen
-            return None
+            self._unsettled += 1
+            if self._unsettled < UNSETTLED_LOOKS:
+                return None
+        self._unsettled = 0
         try:
             engine = Engine.from_directory(self.path)
         except Exception as exc:  # noqa: BLE001 - a loader bug must not stop the worker either

@@ -456,7 +456,8 @@ class Settings:
     models_reload_s: int = _setting(
         "LEADSTREAM_MODELS_RELOAD_S", 5,
         "How often the worker looks for edits of the model files; an edit is taken up at the look after the one that found it, if the files "
-        "have not changed since (none is loaded half-written), and applied between two batches when it loads (0: only at start).",
+        "have not changed since (none is loaded half-written), or at the tenth look in a row that finds them changed, if "
+        "they do not change while they load, and applied between two batches when it loads (0: only at start).",
         NON_NEGATIVE,
     )
     decay_interval_s: int = _setting(

@@ -11,7 +11,7 @@ import pytest
 
 from scoring import Engine, ModelError
 from streams import metrics
-from streams.model_reload import ModelDirectory, fingerprint
+from streams.model_reload import UNSETTLED_LOOKS, ModelDirectory, fingerprint
 from tests.scoring.support import beside_a_named_pipe
 
 MODEL = (
@@ -75,6 +75,22 @@ def test_files_still_being_written_are_taken_up_once_the_next_poll_finds_them_un
     assert directory.poll() is None
     save(tmp_path, "a.toml", whole)  # undone before the next poll: nothing to apply
     assert settled(directory) is None and rule_points(directory) == [("a", 7)]
+
+
+def test_files_rewritten_at_every_look_are_taken_up_after_a_bound(tmp_path: Path) -> None:
+    """Files rewritten more often than the interval (here a comment stamped at each write) were
+    never found as the look before found them, and their edit never applied while that went on."""
+    save(tmp_path, "a.toml", MODEL.format(name="a", points=5))
+    directory = ModelDirectory(tmp_path)
+    for look in range(1, UNSETTLED_LOOKS):
+        save(tmp_path, "a.toml", MODEL.format(name="a", points=7) + f"# written at look {look}\n")
+        assert directory.poll() is None
+    save(tmp_path, "a.toml", MODEL.format(name="a", points=7) + f"# written at look {UNSETTLED_LOOKS}\n")
+    assert directory.poll() is not None and rule_points(directory) == [("a", 7)]
+    # The count starts again: an edit that settles is taken up at the next look, as ever.
+    save(tmp_path, "a.toml", MODEL.format(name="a", points=9))
+    assert directory.poll() is None and rule_points(directory) == [("a", 7)]
+    assert directory.poll() is not None and rule_points(directory) == [("a", 9)]
 
 
 @pytest.mark.parametrize("cut", ["[accounts]", 'points = 8'])
