@@ -123,8 +123,10 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
     # Profile (trait) updates are identify events keyed by lead, and identity links and merges
     # are keyed by the id they concern, all co-partitioned with the raw events: one agent keeps
     # each lead's events, traits and stitching in order on one partition, beside its state.
-    events_topic = app.topic(settings.topic_events, settings.topic_profiles, settings.topic_identity, **raw)
-    accounts_topic = app.topic(settings.topic_accounts, **raw)
+    stage_topics = {"score": (settings.topic_events, settings.topic_profiles, settings.topic_identity),
+                    "rollup": (settings.topic_accounts,)}
+    events_topic = app.topic(*stage_topics["score"], **raw)
+    accounts_topic = app.topic(*stage_topics["rollup"], **raw)
     # bytes keys and values (Faust's "raw" codec), in memory stores that restore their changelog
     # partitions in bulk: Faust's own recovery takes them record by record through its stream
     # path, 3,500-7,000 records/s here (streams/bulk_store.py).
@@ -275,10 +277,14 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
         try:
             if not lag_probe:  # a reader of its own: the stages' may be reading a partition's holes for seconds
                 lag_probe.append(await asyncio.to_thread(LagProbe, settings, transactions.LogReader(settings).look_up))
-            for topic in (settings.topic_events, settings.topic_profiles, settings.topic_identity, settings.topic_accounts):
+            waiting: set[tuple[str, int]] = set()
+            for topic in (topic for topics in stage_topics.values() for topic in topics):
                 lags = await asyncio.to_thread(lag_probe[0].lag, settings.app_id, topic)
                 for partition, lag in lags.items():
                     metrics.CONSUMER_LAG.labels(topic, str(partition)).set(lag)
+                    if lag:
+                        waiting.add((topic, partition))
+            _stages_without_waiting(stage_topics, app.consumer.assignment(), waiting)
             if not kafka_answering:
                 log.info("Kafka answers again: ready")
             kafka_answering = True
@@ -304,9 +310,7 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
         """Feeds a stage its batches. A batch's messages are acknowledged once its flushes are
         acknowledged by Kafka, which happens while the next batch is processed (streams/overlap.py)."""
         messages = _batches(stream)
-        # From the stage's start: a stage stuck in its first batch, or given none while events
-        # wait, has an age too (the stalled-scoring alert compares it with the lag).
-        metrics.BATCH_DONE.labels(stage).set_to_current_time()
+        metrics.stage_started(stage)
         try:
             async for batch in batching.batches(messages, settings.batch_max_messages, settings.batch_max_bytes, within_s):
                 with batch_pause:
@@ -510,6 +514,16 @@ def _recovery_remaining(app: faust.App, tables: Iterable[bulk_store.BulkRestored
     return _recovery(app).active_remaining_total() + sum(table.store.restore_remaining for table in tables)
 
 
+def _stages_without_waiting(stage_topics: Mapping[str, tuple[str, ...]], assigned: Iterable[TP], waiting: set[tuple[str, int]]) -> None:
+    """Each stage none of whose partitions this worker holds has messages waiting, as the lag
+    just measured shows, has not stalled: a worker with nothing to read (a spare, partitions
+    without traffic) is not stuck, however old its last batch."""
+    held = [(tp.topic, tp.partition) for tp in assigned]
+    for stage, topics in stage_topics.items():
+        if not any(key in waiting for key in held if key[0] in topics):
+            metrics.STAGES.moved(stage, time.time())
+
+
 def _batches(stream: faust.StreamT[bytes]) -> faust.Stream[bytes]:
     # An agent's stream is a faust.Stream, whose `take_events` the interface type does not name.
     return cast(faust.Stream[bytes], stream)
@@ -525,7 +539,7 @@ def _acknowledge(stream: faust.Stream[bytes], batch: list[Any], stage: str) -> D
             return
         for event in batch:
             await stream.ack(event)
-        metrics.BATCH_DONE.labels(stage).set_to_current_time()
+        metrics.batch_done(stage)
 
     return acknowledge
 

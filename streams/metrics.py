@@ -7,6 +7,7 @@ hot path.
 from __future__ import annotations
 
 import math
+import time
 from typing import Iterable, Literal, get_args
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -51,6 +52,49 @@ BATCH_DONE = Gauge(
     "When each stage last finished a batch, its outputs and states acknowledged by Kafka, or started (Unix time).",
     ["stage"],
 )
+STAGE_STALLED = Gauge(
+    "leadstream_stage_stalled_seconds",
+    "Seconds the stage has finished no batch while messages of this worker's own partitions of its topics waited: "
+    "since its last batch done (or its start), or since the lag last showed none of them waiting (0 while none wait).",
+    ["stage"],
+)
+
+
+class StageClock:
+    """For STAGE_STALLED, per stage: when it last finished a batch (or started), and when the lag
+    last showed none of this worker's own partitions of it waiting. The batch's age alone, against
+    the whole group's lag, told nothing of one worker stuck among others that score (the freshest
+    worker's batch stood for all), and a worker with nothing to read (a spare, or partitions
+    without traffic) aged as if stuck. Unix times: worked out at each scrape, so that a stage stuck
+    in a batch ages though the timer that measures the lag runs late."""
+
+    def __init__(self) -> None:
+        self._since: dict[str, float] = {}
+
+    def moved(self, stage: str, at_s: float) -> None:
+        """The stage finished a batch, started, or had nothing waiting at `at_s`."""
+        self._since[stage] = max(at_s, self._since.get(stage, at_s))
+
+    def stalled_s(self, stage: str, now_s: float) -> float:
+        return max(0.0, now_s - self._since.get(stage, now_s))
+
+
+STAGES = StageClock()
+
+
+def batch_done(stage: str) -> None:
+    """The stage finished a batch, outputs and states acknowledged."""
+    BATCH_DONE.labels(stage).set_to_current_time()
+    STAGES.moved(stage, time.time())
+
+
+def stage_started(stage: str) -> None:
+    """The stage's figures from its start: a stage stuck in its first batch, or given none while
+    events wait, has an age too."""
+    batch_done(stage)
+    STAGE_STALLED.labels(stage).set_function(lambda: STAGES.stalled_s(stage, time.time()))
+
+
 EVENT_TIME_LAG = Gauge("leadstream_event_time_lag_seconds", "Now minus the newest event time read from the events topic since the worker started (NaN before).")
 
 

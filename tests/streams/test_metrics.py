@@ -154,3 +154,38 @@ def test_the_event_time_lag_follows_the_newest_event_read_from_the_events_topic(
         assert metrics.NEWEST_SCORED.ms == now - 300_000
     finally:
         metrics.NEWEST_SCORED.ms = before
+
+
+def test_a_stage_stalls_while_it_finishes_no_batch_and_stops_stalling_at_a_batch_or_with_nothing_waiting() -> None:
+    from streams.metrics import StageClock
+
+    clock = StageClock()
+    clock.moved("score", 1_000.0)  # its start
+    assert clock.stalled_s("score", 1_240.0) == 240
+    clock.moved("score", 1_300.0)  # a batch done, or the lag showing none of its partitions waiting
+    assert clock.stalled_s("score", 1_301.5) == 1.5
+    clock.moved("score", 1_200.0)  # a measure that began before the batch ended leaves its time
+    assert clock.stalled_s("score", 1_310.0) == 10
+    assert clock.stalled_s("rollup", 1_310.0) == 0  # not started: nothing to say
+
+
+def test_a_worker_with_nothing_to_read_is_not_stalled_however_old_its_last_batch(
+        isolated: Settings, worker: Callable[..., WorkerProcess]) -> None:
+    # The stalled-scoring alert took the age of the freshest worker's last batch while the
+    # group had lag: one worker stuck among others that score went unalerted. Each worker's own
+    # figure grows only while messages of its own partitions wait; a spare worker, or one whose
+    # partitions get no events, stays near 0 (the lag is measured every 5 s).
+    proc = worker()
+    deadline = time.monotonic() + 60
+
+    def figures() -> tuple[float, float]:
+        text = proc.get("/metrics")[1].decode()
+        return (time.time() - sample(text, 'leadstream_batch_done_timestamp_seconds{stage="score"}'),
+                sample(text, 'leadstream_stage_stalled_seconds{stage="score"}'))
+
+    while (age := figures()[0]) < 20 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    age, stalled = figures()
+    assert age >= 20
+    assert 0 <= stalled < 15
+    assert 0 <= sample(proc.get("/metrics")[1].decode(), 'leadstream_stage_stalled_seconds{stage="rollup"}') < 15
