@@ -62,10 +62,17 @@ class LagProbe:
         if not ends:
             return {}
         committed = self.admin.list_group_offsets({group_id: list(ends)}).get(group_id, {})
+        # Offsets the log deleted (retention, delete-records) are read by no one: a group with no
+        # committed offset reads from the log's start (auto_offset_reset="earliest"), and one
+        # committed before it is moved on to it. Counted from the committed offset or 0, they were
+        # a lag no one could work off wherever no look-up took them out (the connectors'): dead
+        # letters the topic's retention took before any replay kept leadstream_sink_dlq_depth,
+        # and LeadstreamDeadLettersWaiting, up for good.
+        starts = self.offsets.beginning_offsets(list(ends))
         result = {}
         for tp, end in ends.items():
             meta = committed.get(tp)
-            done = meta.offset if meta is not None and meta.offset >= 0 else 0
+            done = max(meta.offset if meta is not None and meta.offset >= 0 else 0, starts[tp])
             result[tp.partition] = self._unread(topic, tp.partition, done, end)
         return result
 
