@@ -84,6 +84,11 @@ class _Function:
         # Points of either sign: a step is smaller at the floor, so one taken before an event
         # that precedes it is given back (and taken again after it), whatever the event's points.
         moving = [m for m, rule in zip(matched, self.rules) if rule.points]
+        decays = rt.steps is not None or self.half_life
+        if decays:
+            # Decay due before the event is taken with the traits the lead had then: a crossing
+            # it makes is of that time, and carries them (the conditions above read the event's).
+            self.emit(1, "if traits_changed:", "    traits_after = state.traits", "    state.traits = traits_before")
         if rt.steps is not None:
             self.emit(
                 1,
@@ -131,6 +136,8 @@ class _Function:
                 f"    elif time_ms >= as_of_ms + {self.const(rt.member_decay_ms)} and state.account_id is not None:",
                 "        level = rt._decay_before(state, as_of_ms, behaviour, watermark_ms, time_ms, level, event.lead_id, out)",
             )
+        if decays:
+            self.emit(1, "if traits_changed:", "    state.traits = traits_after")
         self.emit(
             1,
             # After decay: what decay brought forward before the event is its account's before.
@@ -194,6 +201,7 @@ class _Function:
             f"    level = {self.const(rt.level_index)}[state.level]",
             "except KeyError:",
             f"    level = {self.const(rt.ladder)}.level_of(state.level, rt.score(state))",
+            "traits_before = state.traits",  # _merge_traits replaces the dict it changes
             "traits_changed = rt._merge_traits(state, event.traits, time_ms) if event.traits else False",
         )
 

@@ -544,8 +544,10 @@ class ModelRuntime:
 
     def _merge_traits(self, state: LeadState, traits: dict[str, Any], time_ms: int) -> bool:
         """Keeps the traits the model uses; a null value forgets a trait. A value older than the
-        one the state has (by event time) is not taken. True if any changed."""
-        kept = state.traits
+        one the state has (by event time) is not taken. True if any changed: the state then
+        holds a new dict, so a caller holding the one before has the traits as they were (the
+        compiled code takes decay due before the event with them)."""
+        kept = dict(state.traits)
         keep = self.keep_traits
         times = state.trait_times
         changed = False
@@ -561,6 +563,8 @@ class ModelRuntime:
                 elif (old := kept.get(key)) != value or old.__class__ is not value.__class__:  # true is not 1
                     changed = changed or self._found_before(state, time_ms)
                     kept[key] = value
+        if changed:
+            state.traits = kept
         # The fit points the traits give are revised by the caller (`fit_of(refit=True)`), once
         # decay due before the event is taken: until then the state's fit rules are those of its
         # fit points. Unset here, a crossing that decay made before the event (its reasons, read

@@ -238,6 +238,22 @@ def test_a_crossing_decay_makes_before_an_event_that_changes_fit_shows_the_fit_i
     assert [reason["rule"] for reason in up.reasons] == ["visit", "decay", "big"]
 
 
+@pytest.mark.parametrize("decay", ['half_life = "3d"', 'steps = [{ idle = "1d", points = -10 }]'])
+@pytest.mark.parametrize("batch", [None, 1])
+def test_a_crossing_decay_makes_before_an_event_carries_the_traits_the_lead_had_then(decay: str, batch: int | None) -> None:
+    # The same lead: a visit with a title, and two days later an identify that changes the title
+    # and brings a size. The crossing down on day 1 is a fact of day 1: the CRM connectors write
+    # its traits to the record, so it must not carry what the lead only said on day 2.
+    rules = '[[rules]]\nname = "visit"\nevent = "v"\npoints = 25\n[[fit]]\nname = "big"\npoints = 5.5\ntraits.size = { gte = 100 }\n'
+    run = Run(engine(rules + f"[decay]\n{decay}\n", settings='keep_traits = ["title"]')).apply(
+        ev("v", traits={"title": "intern"}), ev("identify", at=2 * DAY, traits={"size": 500, "title": "CTO"}), batch=batch)
+    down, up = run.transitions[1:]
+    assert (down.to_level, down.time_ms < T0 + 2 * DAY, up.to_level) == ("cold", True, "mql")
+    assert down.traits == {"title": "intern"}
+    assert up.traits == {"title": "CTO", "size": 500}
+    assert run.state().traits == {"title": "CTO", "size": 500}
+
+
 def test_negative_points_decayed_to_nearly_nothing_show_as_0_not_minus_0() -> None:
     rules = '[[rules]]\nname = "bad"\nevent = "bad"\npoints = -3\n[decay]\nhalf_life = "1d"\n'
     run = Run(engine(rules, settings="floor = -100")).apply(ev("bad"))
