@@ -8,6 +8,7 @@
   score` gives what engine batches give, copies and bytes keep every field and score alike,
   and a model edit followed by a replay never raises;
 - a visitor merged into a lead counts caps and bonuses as one lead with both's events would.
+- a crossing, by an event or by decay before one, carries the traits its lead had at its time.
 """
 
 from __future__ import annotations
@@ -633,6 +634,31 @@ def test_decay_rows_add_up_for_rules_of_either_sign(points: list[float], decay: 
     run = Run(run_engine).apply(*(ev(f"e{rule % len(points)}", at=hours * HOUR) for rule, hours in sorted(events, key=lambda e: e[1])))
     state = run.state()
     assert_explanation_adds_up(run_engine, "L1", state, state.watermark_ms + later, towards_zero=True)
+
+
+@settings(FAST, max_examples=150)
+@given(small_models(), small_events(), st.lists(st.tuples(st.sampled_from([1, HOUR, DAY, 2 * DAY, 4 * DAY]),
+                                                          st.sampled_from([None, "VP Sales", "Engineer", "CEO"])),
+                                                min_size=25, max_size=25), st.integers(1, 8))
+def test_a_crossing_carries_the_traits_its_lead_had_at_its_time(parts: dict[str, Any], events: list[dict[str, Any]],
+                                                                later: list[tuple[int, str | None]], size: int) -> None:
+    """Each crossing, made by an event or by decay due before one, in batches of any size,
+    carries the traits its lead had at the crossing's time: those of its events up to then
+    (the CRM connectors write them to the lead's record). Events in time order, so that none is
+    late, many of them with a title; at an event's own time, with or without its traits."""
+    clock = 0
+    for event, (gap, title) in zip(events, later):
+        clock += gap
+        event["time"] = T0 + clock
+        if title is not None:
+            event["traits"] = {**event.get("traits", {}), "title": title}
+    run_engine = small_engine(parts)
+    run = Run(run_engine).apply(*events, batch=size)
+    for crossing in run.transitions:
+        before = [e for e in events if e["lead_id"] == crossing.lead_id and e["time"] < crossing.time_ms]
+        upto = [e for e in events if e["lead_id"] == crossing.lead_id and e["time"] <= crossing.time_ms]
+        had = [state.traits if (state := Run(run_engine).apply(*them).get("m", crossing.lead_id)) else {} for them in (before, upto)]
+        assert crossing.traits in had, (crossing.time_ms, crossing.to_level)
 
 
 @settings(FAST, max_examples=80)
