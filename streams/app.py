@@ -34,7 +34,7 @@ from faust.types import TP
 from faust.types.tuples import ack_lock
 from faust.web import Request, Response, View
 from kafka.errors import KafkaError
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from scoring import Engine
 from scoring.errors import StateError
@@ -52,7 +52,7 @@ from streams.model_reload import ModelDirectory
 from streams.outbox import Outbox
 from streams.overlap import Done, WriteFailed
 from streams.partitioning import partition_for
-from streams.probes import NOT_READY_RETRY_AFTER_S
+from streams.probes import NOT_READY_RETRY_AFTER_S, OwnMetrics
 from streams.rollup import Rollup
 from streams.scorer import DECAY_CHUNK, DECAY_PAUSE_S, REBUILD_SLICE_S, Scorer
 from streams.settings import Settings
@@ -60,6 +60,9 @@ from streams.stage import Consumed, LiveTable
 from streams.topics import ACCOUNTS_TABLE, LEADS_TABLE
 
 log = logging.getLogger("leadstream.worker")
+#: What the worker's /metrics shows: its own families, not the connectors' and the collector's,
+#: whose modules the CLI imports (they showed declared, without a value).
+WORKER_METRICS = OwnMetrics("leadstream_", others=("leadstream_sink_", "leadstream_collector_"))
 #: A stage's `process`: a batch of consumed messages, and what to do once it is durable.
 Process = Callable[[list[Consumed], Done], Awaitable[Any]]
 #: Members the /accounts/{id}/ view lists, the highest scored first.
@@ -208,12 +211,12 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
     if settings.faust_sensors:
         from faust.sensors.prometheus import setup_prometheus_sensors
 
-        setup_prometheus_sensors(app, pattern="/metrics", name_prefix="leadstream_faust")
+        setup_prometheus_sensors(app, pattern="/metrics", registry=WORKER_METRICS, name_prefix="leadstream_faust")
     else:
 
         @app.page("/metrics")
         async def metrics_page(self: View, request: Request) -> Response:
-            return self.bytes(generate_latest(REGISTRY), content_type=CONTENT_TYPE_LATEST.split(";")[0])
+            return self.bytes(generate_latest(WORKER_METRICS), content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
     spare_member = spare.Spare()
 

@@ -20,8 +20,9 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Iterable
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from streams.addresses import family
 from streams.errors import cannot_listen
@@ -55,22 +56,31 @@ class _ReadsByDeadline(io.RawIOBase):
         return self._connection.recv_into(buffer)
 
 
-class OwnMetrics:
+class OwnMetrics(CollectorRegistry):
     """The process's registry as its /metrics shows it: Python's and the process's families, and
-    of leadstream's only those named `prefix...` (`leadstream_sink_`, `leadstream_collector_`).
+    of leadstream's only those named `prefix...` (`leadstream_sink_`, `leadstream_collector_`)
+    and not `others...` (the worker's: `leadstream_`, not the connectors' nor the collector's).
 
     A module imports the metrics of every module it imports, and a connector imports modules the
     worker shares with it (streams.history, streams.log_start...): its /metrics showed the worker's
     metrics beside its own, at 0, `leadstream_worker_ready 0` among them, so that with connectors
     scraped min(leadstream_worker_ready) was 0 for good, LeadstreamWorkerNotReady fired however
-    ready the workers were, and the dashboard's "Worker ready" showed 0."""
+    ready the workers were, and the dashboard's "Worker ready" showed 0. The worker, which imports
+    the connectors' metrics through the CLI, showed their families alike, with no values."""
 
-    def __init__(self, prefix: str) -> None:
+    def __init__(self, prefix: str, others: tuple[str, ...] = ()) -> None:
+        super().__init__()
         self.prefix = prefix
+        self.others = others
+
+    def register(self, collector: Collector) -> None:
+        """Into the process's registry: Faust's sensors (LEADSTREAM_FAUST_SENSORS) register theirs
+        in the registry their /metrics page shows, this."""
+        REGISTRY.register(collector)
 
     def collect(self) -> Iterable[Metric]:
         for family in REGISTRY.collect():
-            if family.name.startswith(self.prefix) or not family.name.startswith("leadstream_"):
+            if not family.name.startswith("leadstream_") or family.name.startswith(self.prefix) and not family.name.startswith(self.others):
                 yield family
 
 

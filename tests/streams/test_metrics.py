@@ -189,3 +189,13 @@ def test_a_worker_with_nothing_to_read_is_not_stalled_however_old_its_last_batch
     assert age >= 20
     assert 0 <= stalled < 15
     assert 0 <= sample(proc.get("/metrics")[1].decode(), 'leadstream_stage_stalled_seconds{stage="rollup"}') < 15
+
+
+def test_the_worker_shows_no_connector_or_collector_metric_families(isolated: Settings, worker: Callable[..., WorkerProcess]) -> None:
+    # The CLI imports the connectors' metrics (sinks.connectors, sinks.base): the worker's /metrics
+    # declared leadstream_sink_deliveries_total, leadstream_sink_ready and the others, with no
+    # value, as if a connector ran in it.
+    text = worker().get("/metrics")[1].decode()
+    assert "# TYPE leadstream_events_consumed_total counter" in text
+    assert [line for line in text.splitlines() if line.startswith("# TYPE leadstream_sink_")] == []
+    assert [line for line in text.splitlines() if line.startswith("# TYPE leadstream_collector_")] == []
