@@ -543,6 +543,14 @@ class SinkRunner(Generic[T]):
             uncommitted.clear()
 
         consumer.subscribe([topic], listener=Rebalanced())
+        # A metadata answer after the subscription, before the first poll joins the group: else the
+        # join came before an answer named the topic, and its assignor gave this member nothing
+        # ("No partition metadata for topic", at nearly every start) until a rejoin. Asked before
+        # the subscription (5f676ac, reverted), the answer named the topic but left kafka-python's
+        # snapshot of the subscribed topics' partitions empty: the first join gave the partitions,
+        # the next answer (not the same as the snapshot the assignment was made on) made it join
+        # again, and the messages under way were taken again, dead letters written twice.
+        consumer.topics()
         producer = self._producer = open_client(self.settings, KafkaProducer, acks="all", linger_ms=5)
         end: dict[Any, int] | None = None
         pool = ThreadPoolExecutor(max_workers=self.settings.sink_concurrency + WAITING_LANES, thread_name_prefix=f"sink-{self.sink.name}")

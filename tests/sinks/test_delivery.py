@@ -19,6 +19,7 @@ from kafka import KafkaAdminClient, KafkaProducer
 from redis import Redis
 
 from sinks.base import Crossing, CrossingSink, Position, Steps
+from sinks.errors import PermanentError
 from sinks.hubspot import HubSpotSink
 from sinks.mapping import load_mapping
 from sinks.salesforce import SalesforceSink
@@ -712,3 +713,36 @@ def test_crossings_in_partitions_added_to_the_topic_under_a_running_connector_ar
     finally:
         stop.set()
         thread.join()
+
+
+def test_a_starting_connector_is_given_its_partitions_at_its_first_join_and_handles_each_message_once(
+    sink_settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    # kafka-python joined before its first metadata answer named the topic: the assignor warned
+    # "No partition metadata for topic ..." and gave nothing until a rejoin. Asked for the
+    # partitions before the subscription (5f676ac, reverted), the first join gave them, and the
+    # metadata answer that followed, newer than the snapshot the assignment was made on, asked
+    # for a second join while the first messages were under way: each taken again, and those
+    # dead-lettered, dead-lettered twice.
+    settings = sink_settings
+    crossings = [crossing(n, "mql") for n in range(8)]
+    produce(settings, crossings)
+    tries: list[str] = []
+
+    class Refusing(CrossingSink):
+        name = "refusing"
+
+        def deliver(self, item: Crossing, steps: Steps) -> None:
+            tries.append(item.id)
+            time.sleep(0.2)  # under way long enough for a rebalance to come meanwhile
+            raise PermanentError(f"{item.id} is refused")
+
+    with caplog.at_level(logging.INFO):
+        stats = drain(Refusing(), settings)
+
+    assert sorted(tries) == sorted(c["id"] for c in crossings)
+    assert stats.dead_lettered == len(crossings)
+    kafka_said = [r.getMessage() for r in caplog.records if r.name.startswith("kafka.")]
+    assert [m for m in kafka_said if settings.topic_crossings in m and "No partition metadata" in m] == []
+    assignments = [m for m in kafka_said if m.startswith("Setting newly assigned partitions")]
+    assert len(assignments) == 1, assignments
