@@ -109,6 +109,17 @@ def retry_after_s(headers: Mapping[str, str] | None) -> float | None:
     return None
 
 
+#: Characters of a service's answer that an error message keeps: messages go to the log and into dead letters.
+SHOWN_CHARS = 500
+
+
+def excerpt(answer: str) -> str:
+    """The start of a service's answer as an error message shows it, saying how much was left out:
+    a proxy's or gateway's HTML page of 100 KB went whole into each line and dead letter."""
+    left_out = len(answer) - SHOWN_CHARS
+    return answer if left_out <= 0 else f"{answer[:SHOWN_CHARS]}... ({left_out} more characters)"
+
+
 def for_status(status: int, what: str, detail: str, headers: Mapping[str, str] | None = None,
                credentials: str = "the connector's credentials") -> SinkError:
     """The error for an HTTP answer that is not a success, by the usual API conventions.
@@ -119,7 +130,7 @@ def for_status(status: int, what: str, detail: str, headers: Mapping[str, str] |
     request's: Salesforce answers it for one record the connector's user may not edit.
     `credentials` names the settings a 401 or 403 is about.
     """
-    message = f"{what}: HTTP {status}: {detail[:500]}"
+    message = f"{what}: HTTP {status}: {excerpt(detail)}"
     if status in (408, 423, 425, 429) or status >= 500:
         return RetryableError(message, retry_after_s(headers))
     if status == 401:

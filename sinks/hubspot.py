@@ -43,7 +43,7 @@ from hubspot.crm.deals import ApiException as DealsApiException
 from hubspot.crm.objects.tasks import ApiException as TasksApiException
 
 from sinks.base import UNKEPT_TRAITS, Crossing, CrossingSink, Steps
-from sinks.errors import CredentialsError, OutcomeUnknown, PermanentError, QuotaExhausted, RetryableError, for_status
+from sinks.errors import CredentialsError, OutcomeUnknown, PermanentError, QuotaExhausted, RetryableError, excerpt, for_status
 from sinks.http import Deadline, watched
 from sinks.mapping import AccountMapping, Mapping, load_mapping
 from sinks.ratelimit import limiter_for
@@ -244,7 +244,7 @@ class HubSpotSink(CrossingSink):
         except _API_ERRORS as exc:
             status = int(exc.status or 0)
             if status == 404:
-                raise PermanentError(f"HubSpot {what}: not found (404): {_body(exc)}") from None
+                raise PermanentError(f"HubSpot {what}: not found (404): {excerpt(_body(exc))}") from None
             if status == 0:  # the client's wrapper of a TLS or protocol failure
                 raise RetryableError(f"HubSpot {what}: {exc.reason}") from None
             if status == 429 and _policy(_body(exc)) == "DAILY":

@@ -39,7 +39,7 @@ from simple_salesforce.format import format_soql
 from simple_salesforce.exceptions import SalesforceAuthenticationFailed, SalesforceError
 
 from sinks.base import UNKEPT_TRAITS, Crossing, CrossingSink, Steps
-from sinks.errors import CredentialsError, PermanentError, QuotaExhausted, RetryableError, for_status
+from sinks.errors import CredentialsError, PermanentError, QuotaExhausted, RetryableError, excerpt, for_status
 from sinks.http import TimeoutSession, transport_error
 from sinks.mapping import AccountMapping, Mapping, load_mapping
 from sinks.ratelimit import limiter_for
@@ -246,12 +246,12 @@ class SalesforceSink(CrossingSink):
             codes: set[str] = {str(e.get("errorCode")) for e in content if isinstance(e, dict)} if isinstance(content, list) else set()
             if "REQUEST_LIMIT_EXCEEDED" in codes and _ORG_QUOTA_USED_UP in str(content):
                 raise QuotaExhausted(f"Salesforce {what}: REQUEST_LIMIT_EXCEEDED: the org's API requests of the last 24 hours "
-                                     f"are used up ({str(content)}); they come back as the calls of 24 hours ago age out "
+                                     f"are used up ({excerpt(str(content))}); they come back as the calls of 24 hours ago age out "
                                      "(Setup > Company Information shows the allocation)") from None
             if codes & _RETRYABLE_CODES:
-                raise RetryableError(f"Salesforce {what}: {', '.join(sorted(codes))}: {str(content)}") from None
+                raise RetryableError(f"Salesforce {what}: {', '.join(sorted(codes))}: {excerpt(str(content))}") from None
             if "CANNOT_UPDATE_CONVERTED_LEAD" in codes:
-                raise PermanentError(f"Salesforce {what}: HTTP {exc.status}: {str(content)[:500]}: {CONVERTED_LEAD_ADVICE}") from None
+                raise PermanentError(f"Salesforce {what}: HTTP {exc.status}: {excerpt(str(content))}: {CONVERTED_LEAD_ADVICE}") from None
             raise for_status(int(exc.status), f"Salesforce {what}", str(content),
                              credentials="LEADSTREAM_SALESFORCE_* credentials") from None
         except requests.RequestException as exc:

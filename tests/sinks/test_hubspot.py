@@ -515,3 +515,20 @@ def test_without_a_token_it_names_every_scope_the_token_needs() -> None:
         HubSpotSink(Settings.from_env({}))
     scopes = [f"crm.objects.{kind}.{access}" for kind in ("contacts", "companies", "deals") for access in ("read", "write")]
     assert [scope for scope in scopes if scope not in str(refused.value)] == []
+
+
+def test_a_404_page_of_a_proxy_is_kept_to_its_first_characters_in_the_dead_letter(sink_settings: Settings, hubspot: FakeHubSpot) -> None:
+    # A gateway between the connector and HubSpot answering its own 404 page: the page went whole
+    # into the log line and the dead letter's detail, 100 KB a crossing.
+    settings = hubspot_settings(sink_settings, hubspot)
+    page = b"<html><body>" + b"Not Found. " * 10_000 + b"</body></html>"
+    hubspot.inject("status", path="/companies/acme", status=404, body=page)
+    produce(settings, [account_crossing()])
+
+    stats = drain(HubSpotSink(settings), settings)
+
+    assert (stats.delivered, stats.dead_lettered) == (0, 1)
+    [(_, letter)] = read_topic(settings, f"{settings.topic_crossings}-dlq-hubspot", expect=1, idle_s=0.5)
+    assert "not found (404): <html><body>Not Found. " in letter["detail"]
+    assert len(letter["detail"]) < 1000
+    assert f"({len(page) - 500} more characters)" in letter["detail"]
