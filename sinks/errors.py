@@ -25,11 +25,13 @@ class SinkError(LeadstreamError):
 
 
 class RetryableError(SinkError):
-    """The action failed for now; `retry_after_s` is the server's own wait (Retry-After), if it gave one."""
+    """The action failed for now; `retry_after_s` is the server's own wait (Retry-After), if it gave one;
+    `throttled`: the service asks for fewer calls (429), which every delivery of the connector shares."""
 
-    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+    def __init__(self, message: str, retry_after_s: float | None = None, *, throttled: bool = False) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+        self.throttled = throttled
 
 
 class OutcomeUnknown(RetryableError):
@@ -132,7 +134,7 @@ def for_status(status: int, what: str, detail: str, headers: Mapping[str, str] |
     """
     message = f"{what}: HTTP {status}: {excerpt(detail)}"
     if status in (408, 423, 425, 429) or status >= 500:
-        return RetryableError(message, retry_after_s(headers))
+        return RetryableError(message, retry_after_s(headers), throttled=status == 429)
     if status == 401:
         return CredentialsError(f"{message} (check {credentials})")
     if status == 403:

@@ -786,7 +786,7 @@ class SinkRunner(Generic[T]):
         while True:
             tries += 1
             try:
-                with self._call_slot():
+                with self._call_slot(tries):
                     began = time.monotonic()
                     return attempt()
             except PermanentError as exc:
@@ -918,12 +918,14 @@ class SinkRunner(Generic[T]):
             log.info("sink %s: %s recorded as delivered after %d failed tries", self.sink.name, delivery_id, tries)
 
     @contextmanager
-    def _call_slot(self) -> Iterator[None]:
-        """One of the LEADSTREAM_SINK_CONCURRENCY tries at once. Taken for a try only, not for the
-        waits between tries: lanes waiting out their backoff held every pool thread, and a
-        connector with that many leads failing delivered no other lead's crossings meanwhile.
-        A try that fails with a server's Retry-After pauses every delivery of the connector
-        (Sink.limiter), whose quota they share."""
+    def _call_slot(self, tries: int) -> Iterator[None]:
+        """One of the LEADSTREAM_SINK_CONCURRENCY tries at once, try `tries` of its message. Taken
+        for a try only, not for the waits between tries: lanes waiting out their backoff held every
+        pool thread, and a connector with that many leads failing delivered no other lead's
+        crossings meanwhile. A try that fails with a server's Retry-After, or a 429 without one,
+        pauses every delivery of the connector (Sink.limiter), whose quota they share: the
+        Retry-After, or the longest backoff of the try. A 429 without Retry-After backed off its
+        own lane only, the others calling on into the limit, each for a 429 of its own."""
         while not self._calls.acquire(timeout=0.2):
             if self.stop.is_set():
                 raise Stopping()
@@ -932,11 +934,16 @@ class SinkRunner(Generic[T]):
         except RetryableError as exc:
             # Paused before the slot is given back: a lane that took it meanwhile sent its request
             # into the Retry-After.
-            if (retry_after_s := self.policy.server_wait_s(exc.retry_after_s)) is not None:
-                self.sink.limiter.pause_until(time.monotonic() + retry_after_s)
+            if (pause_s := self._pause_s(exc, tries)) is not None:
+                self.sink.limiter.pause_until(time.monotonic() + pause_s)
             raise
         finally:
             self._calls.release()
+
+    def _pause_s(self, exc: RetryableError, tries: int) -> float | None:
+        """How long every delivery waits after try `tries` failed with `exc`; None: only its lane does."""
+        server_s = self.policy.server_wait_s(exc.retry_after_s)
+        return server_s if server_s is not None or not exc.throttled else self.policy.backoff_s(tries)
 
     def _hold(self, refusal: Refused) -> None:
         """Wait before trying again under a refusal of every delivery (credentials, a quota used up);

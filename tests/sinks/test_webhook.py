@@ -103,15 +103,23 @@ def test_429_is_retried_after_its_retry_after_and_4xx_or_redirects_are_dead_lett
     assert any("redirected (HTTP 301) to https://hooks.example/...: set LEADSTREAM_WEBHOOK_URL" in d for d in details)
 
 
-def test_a_429s_retry_after_pauses_every_delivery_of_a_webhook_without_a_rate_limit(
-    sink_settings: Settings, webhook: WebhookReceiver
-) -> None:
+@pytest.mark.parametrize(("headers", "backoff_base_ms"), [
     # LEADSTREAM_WEBHOOK_RATE_LIMIT=unlimited (the default) paused nothing: each lane retried
     # alone while the others went on posting into the Retry-After, 72 POSTs within 2 s of it.
-    settings = sink_settings.with_overrides(webhook_url=webhook.url + "/hook", sink_backoff_max_ms=3000)
+    ({"Retry-After": "2"}, 50),
+    # Without a Retry-After the 429 backed off its own lane only: the other lanes went on
+    # posting into the limit, each for a 429 of its own (26 POSTs within 2 s). Every delivery
+    # waits the longest backoff of the first try: 2 s.
+    ({}, 2000),
+])
+def test_a_429_pauses_every_delivery_of_a_webhook_without_a_rate_limit(
+    sink_settings: Settings, webhook: WebhookReceiver, headers: dict[str, str], backoff_base_ms: int
+) -> None:
+    settings = sink_settings.with_overrides(webhook_url=webhook.url + "/hook", sink_backoff_base_ms=backoff_base_ms,
+                                            sink_backoff_max_ms=3000)
     assert settings.webhook_rate_limit == "unlimited"
     webhook.latency_s = 0.05  # the first tries are all under way before the first answer
-    webhook.inject("status", status=429, count=settings.sink_concurrency, headers={"Retry-After": "2"})
+    webhook.inject("status", status=429, count=settings.sink_concurrency, headers=headers)
     produce(settings, [crossing(n, "mql") for n in range(40)])
 
     stats = drain(WebhookSink(settings), settings)
@@ -395,3 +403,4 @@ def test_a_replayed_crossing_that_a_newer_one_overtook_is_skipped_as_stale(sink_
     assert (replayed.delivered, replayed.stale, replayed.dead_lettered) == (1, 1, 0)  # lead 8's: nothing overtook it
     posted = [orjson.loads(request.body) for request in webhook.requests_to("POST", "/hook")]
     assert [(p["lead_id"], p["to_level"]) for p in posted if p["lead_id"] == "lead-9"][-1] == ("lead-9", "mql")
+
