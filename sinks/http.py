@@ -27,7 +27,7 @@ from urllib3.exceptions import MaxRetryError
 from urllib3.poolmanager import PoolManager
 from urllib3.response import HTTPResponse
 
-from sinks.errors import OutcomeUnknown, RetryableError
+from sinks.errors import OutcomeUnknown, RetryableError, excerpt
 
 _calls = threading.local()  # `deadline`: the Deadline of the call this thread is making, if any
 
@@ -229,7 +229,8 @@ def transport_error(what: str, exc: requests.RequestException, hide: str = "") -
     """
     cause = exc.args[0] if exc.args else None
     text = str(cause.reason) if isinstance(cause, MaxRetryError) else str(exc)
-    message = text.replace(hide, "/...") if hide else text
+    # Cut: a receiver's line that is no HTTP is quoted whole (http.client's BadStatusLine, up to 64 KB).
+    message = excerpt(text.replace(hide, "/...") if hide else text)
     # A timeout once connected: the request was sent, and the service may still act on it.
     sent = isinstance(exc, requests.Timeout) and not isinstance(exc, requests.ConnectTimeout)
     return (OutcomeUnknown if sent else RetryableError)(f"{what}: no answer ({type(exc).__name__}: {message})")

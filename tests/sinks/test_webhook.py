@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import logging
 import socket
+import threading
 import time
 
 import orjson
@@ -404,3 +405,34 @@ def test_a_replayed_crossing_that_a_newer_one_overtook_is_skipped_as_stale(sink_
     posted = [orjson.loads(request.body) for request in webhook.requests_to("POST", "/hook")]
     assert [(p["lead_id"], p["to_level"]) for p in posted if p["lead_id"] == "lead-9"][-1] == ("lead-9", "mql")
 
+
+def test_a_receiver_answering_a_huge_line_that_is_no_http_is_shown_by_its_first_characters(
+    sink_settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    # http.client quotes the line it could not read (BadStatusLine, up to 64 KB) and requests
+    # quotes that: each try's WARNING and the dead letter held the receiver's 60,000 bytes.
+    line = b"X" * 60_000
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.settimeout(10)
+
+        def answer() -> None:
+            for _ in range(sink_settings.sink_max_attempts):
+                connection, _ = server.accept()
+                with connection:
+                    connection.recv(65536)
+                    connection.sendall(line + b"\r\n\r\n")
+
+        receiver = threading.Thread(target=answer, daemon=True)
+        receiver.start()
+        settings = sink_settings.with_overrides(webhook_url=f"http://127.0.0.1:{server.getsockname()[1]}/hook")
+        produce(settings, [crossing(1, "mql")])
+        with caplog.at_level(logging.WARNING, logger="leadstream.sinks"):
+            stats = drain(WebhookSink(settings), settings)
+        receiver.join(timeout=10)
+
+    assert (stats.delivered, stats.dead_lettered) == (0, 1)
+    [(_, letter)] = read_topic(settings, f"{settings.topic_crossings}-dlq-webhook", expect=1, idle_s=0.5)
+    assert "BadStatusLine('XXXX" in letter["detail"] and "more characters)" in letter["detail"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "leadstream.sinks"]
+    assert len(lines) == sink_settings.sink_max_attempts  # the retries' and the dead letter's
+    assert max(len(line) for line in lines) < 1500
