@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 from scoring.errors import LeadstreamError
 from sinks.connectors import NAMES as SINK_NAMES
 from streams.log_redaction import leave_out_what_must_not_be_logged
-from streams.settings import PROJECT_ROOT, Settings, describe, unknown_variables
+from streams.settings import PROJECT_ROOT, Settings, describe, unknown_variables, whole_number
 
 Handler = Callable[[argparse.Namespace, Settings], int]
 
@@ -171,11 +171,16 @@ def _settings(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _whole(text: str) -> int:
+    # As the integer settings are read: int() also took 1_000, +5 and other scripts' digits.
+    value = whole_number(text)
+    if value is None:
+        raise argparse.ArgumentTypeError(f"expected a whole number written with the digits 0-9, got {text!r}")
+    return value
+
+
 def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    value = _whole(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected 1 or more, got {value}")
     return value
@@ -302,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--events", type=_positive, default=1_000_000, help="number of generated events")
     p.add_argument("--leads", type=_positive, default=100_000, help="number of distinct leads")
-    p.add_argument("--seed", type=int, default=7, help="seed of the generated workload")
+    p.add_argument("--seed", type=_whole, default=7, help="seed of the generated workload")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--seconds", type=_positive_seconds, default=8.0, help="collector: how long each load phase runs")
     p.add_argument("--events-per-message", type=_positive, default=200, help="pipeline, stages: events per Kafka message (envelope)")

@@ -83,6 +83,14 @@ MAX_FETCH_WAIT_MS = 60_000
 YEARS_100_MS = 100 * 366 * 86_400_000
 
 
+def whole_number(text: str) -> int | None:
+    """`text` as an integer if it is written as the rest of a deployment writes one (the digits
+    0-9, a minus before them for a negative one), else None. Python's int() also takes 1_000, +5,
+    " 5 " and the digits of other scripts ("\u0665"): a value a shell test, Kafka or a YAML
+    file reads otherwise or refuses, taken here as a number the user may not have meant."""
+    return int(text) if re.fullmatch(r"-?[0-9]+", text) else None
+
+
 def _at_least(minimum: int, maximum: int = INT32_MAX) -> Check:
     return lambda value: None if minimum <= value <= maximum else f"an integer from {minimum} to {maximum}"
 
@@ -625,10 +633,10 @@ def describe() -> list[tuple[str, str, str]]:
 def _parse(env: str, raw: str, kind: type) -> Any:
     value: Any = raw
     if kind is int:
-        try:
-            value = int(raw)
-        except ValueError:
-            raise ConfigError(f"{env}={raw!r} is not an integer") from None
+        value = whole_number(raw)
+        if value is None:
+            raise ConfigError(f"{env}={raw!r} is not an integer: write it with the digits 0-9 alone "
+                              "(a minus before them for a negative one), such as 1000")
     elif issubclass(kind, Path):
         # Absolute from where the command runs: the services run their processes from folders
         # of their own (a relative path would be read from there) and pass paths to children.

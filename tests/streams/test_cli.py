@@ -21,7 +21,12 @@ from streams.settings import PROJECT_ROOT
         # Redis reads a range of 0 as "everything" and a negative one from the end.
         (["top", "--model", "b2b", "--limit", "0"], "argument --limit: expected 1 or more, got 0"),
         (["top", "--model", "b2b", "--limit", "-5"], "argument --limit: expected 1 or more, got -5"),
-        (["top", "--model", "b2b", "--limit", "ten"], "argument --limit: expected a whole number, got 'ten'"),
+        (["top", "--model", "b2b", "--limit", "ten"], "argument --limit: expected a whole number written with the digits 0-9, got 'ten'"),
+        # Read as the integer settings are: int() took these too.
+        (["bench", "engine", "--events", "1_000"], "argument --events: expected a whole number written with the digits 0-9, got '1_000'"),
+        (["bench", "engine", "--seed", "\u0663"], "argument --seed: expected a whole number written with the digits 0-9, got '\u0663'"),
+        (["review", "--events", "e", "--outcomes", "o", "--min-leads", "+5"],
+         "argument --min-leads: expected a whole number written with the digits 0-9, got '+5'"),
         (["send", "f.jsonl", "--events-per-message", "0"], "argument --events-per-message: expected 1 or more, got 0"),
         (["bench", "engine", "--events", "0"], "argument --events: expected 1 or more, got 0"),
         (["bench", "engine", "--leads", "0"], "argument --leads: expected 1 or more, got 0"),

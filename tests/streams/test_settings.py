@@ -60,6 +60,13 @@ REFUSED = [
     ("LEADSTREAM_ADVERTISED_HOST", "http://worker-2", "a host name or an IP address"),
     ("LEADSTREAM_ADVERTISED_HOST", "worker-2:6066", "a host name or an IP address"),
     ("LEADSTREAM_PARTITIONS", "four", "an integer"),
+    # Python's int() takes these; a shell test, Kafka or a YAML file reads them otherwise or refuses them.
+    ("LEADSTREAM_PARTITIONS", "1_000", "an integer: write it with the digits 0-9 alone"),
+    ("LEADSTREAM_BATCH_MAX_MESSAGES", "+5", "an integer: write it with the digits 0-9 alone"),
+    ("LEADSTREAM_WORKER_PORT", " 6066", "an integer: write it with the digits 0-9 alone"),
+    ("LEADSTREAM_SINK_TIMEOUT_S", "10\n", "an integer: write it with the digits 0-9 alone"),
+    ("LEADSTREAM_DECAY_INTERVAL_S", "\u0665", "an integer: write it with the digits 0-9 alone"),  # Arabic-Indic five
+    ("LEADSTREAM_LIVE_LEADS", "\uff15", "an integer: write it with the digits 0-9 alone"),  # fullwidth five
     # Beyond what Kafka's clients send (32 bits) or C takes: a traceback far from the variable, or a stalled process.
     ("LEADSTREAM_PARTITIONS", "3000000000", "an integer from 1 to 2147483647"),
     ("LEADSTREAM_FETCH_MAX_WAIT_MS", "3000000000", "an integer from 0 to 60000"),
