@@ -25,7 +25,7 @@ from urllib.parse import urlparse
 from streams.errors import ServiceError, redis_trouble
 from streams.kafka_clients import open_client
 from streams.processes import alive, status_all, stop_all, working_dir
-from streams.settings import KAFKA_VERSION, Settings, make_setting_dir
+from streams.settings import KAFKA_VERSION, MIN_KAFKA_HEAP_MB, Settings, heap_bytes, make_setting_dir
 from streams.topics import EVENTS_RETENTION_MS
 
 # In the package, not the repository's infra/: an installed leadstream ran Maven on a pom it did not have.
@@ -242,6 +242,7 @@ class Kafka(Service):
     def prepare(self) -> None:
         if shutil.which("java") is None:
             raise ServiceError("kafka: Java is missing; install a JDK 17 (Debian: apt-get install openjdk-17-jre-headless)")
+        self.check_heap()
         _check_disk(self.settings.services_dir)
         self.fetch_jars()
         self.write_config()
@@ -325,11 +326,20 @@ class Kafka(Service):
             ])
         )
 
+    def check_heap(self) -> None:
+        """Refuses a heap beyond this machine's memory: java took -Xmx200g on a machine of 23 GiB,
+        the broker free to grow until the system killed it, and refused -Xmx1000000g with a line
+        ("Could not reserve enough space") that named no setting."""
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        if heap_bytes(self.settings.kafka_heap) > memory:
+            raise ServiceError(f"kafka: LEADSTREAM_KAFKA_HEAP={self.settings.kafka_heap} is more than this machine's "
+                               f"{memory / 2**30:.1f} GiB of memory: give the broker less (1g by default)")
+
     def java(self, main_class: str, *args: str) -> list[str]:
         return [
             "java",
             f"-Xmx{self.settings.kafka_heap}",
-            "-Xms256m",
+            f"-Xms{MIN_KAFKA_HEAP_MB}m",
             "-XX:+UseG1GC",
             "-XX:MaxGCPauseMillis=20",
             "-XX:+ExitOnOutOfMemoryError",

@@ -79,6 +79,14 @@ MAX_SINK_CONCURRENCY = 1000
 #: (broker_request_timeout), and a fetch the broker held 120 s timed out each time ("Failed fetch
 #: messages ... RequestTimedOutError"): the worker never got ready, nor scored an event sent.
 MAX_FETCH_WAIT_MS = 60_000
+#: The most partitions LEADSTREAM_PARTITIONS gives a topic: Kafka 3.9's controller creates a topic
+#: in one operation of at most 10,000 metadata records (one for the topic, one a partition, one a
+#: setting) and refuses a larger one ("Excessively large number of partitions per request",
+#: ReplicationControlManager); a round figure below that, with room for the topics' settings.
+MAX_PARTITIONS = 9_000
+#: The local broker's heap starts at this size (-Xms; streams/services.py): java refused a smaller
+#: maximum heap ("Initial heap size set to a larger value than the maximum heap size").
+MIN_KAFKA_HEAP_MB = 256
 #: Bounds of the settings that are spans of time in milliseconds beyond 24 days (a clock offset).
 YEARS_100_MS = 100 * 366 * 86_400_000
 
@@ -261,9 +269,18 @@ def _token(value: str) -> str | None:
     return None if re.fullmatch(r"[!-~]+", value) else "a token of printable ASCII characters, without spaces, as the CRM issues it"
 
 
+def heap_bytes(value: str) -> int:
+    """A Java heap size as java's -Xmx reads it (a number of bytes with an optional k, m or g), in bytes."""
+    unit = value[-1].lower() if value[-1] in "kKmMgG" else ""
+    return int(value.removesuffix(value[-1]) if unit else value) * {"": 1, "k": 2**10, "m": 2**20, "g": 2**30}[unit]
+
+
 def _heap(value: str) -> str | None:
-    # Given to java as -Xmx: a number of bytes with an optional k, m or g.
-    return None if re.fullmatch(r"[1-9][0-9]*[kKmMgG]?", value) else "a Java heap size (e.g. 1g or 512m)"
+    if not re.fullmatch(r"[1-9][0-9]*[kKmMgG]?", value):
+        return "a Java heap size (e.g. 1g or 512m)"
+    if heap_bytes(value) < MIN_KAFKA_HEAP_MB * 2**20:
+        return f"a Java heap size of {MIN_KAFKA_HEAP_MB}m or more, the heap the broker starts with"
+    return None
 
 
 def _salesforce_version(value: str) -> str | None:
@@ -343,7 +360,8 @@ class Settings:
         "LEADSTREAM_TOPIC_DEADLETTER", "leadstream-deadletter", "Rejected input: original bytes, reason, source offset.", _topic)
     partitions: int = _setting(
         "LEADSTREAM_PARTITIONS", 4, "Partitions of every topic leadstream creates, and those a lead's partition is found by "
-        "(murmur2 of its id, modulo this): topics of another count are refused (Changing the partition count).", POSITIVE)
+        "(murmur2 of its id, modulo this): topics of another count are refused (Changing the partition count). "
+        f"{MAX_PARTITIONS:,} at most: Kafka refuses to create a topic of many more.", _at_least(1, MAX_PARTITIONS))
     models_dir: Path = _setting(
         "LEADSTREAM_MODELS_DIR", PROJECT_ROOT / "scoring" / "models", "Directory of scoring model files (*.toml; hidden files, such as an editor's `.#b2b.toml`, are not models)."
     )
@@ -360,7 +378,9 @@ class Settings:
         "`<project>` is a source checkout; a leadstream installed with pip uses `$XDG_DATA_HOME/leadstream` "
         "(`~/.local/share/leadstream`) instead, and its `worker/` for LEADSTREAM_STATE_DIR.",
     )
-    kafka_heap: str = _setting("LEADSTREAM_KAFKA_HEAP", "1g", "Maximum Java heap of the local Kafka broker.", _heap)
+    kafka_heap: str = _setting(
+        "LEADSTREAM_KAFKA_HEAP", "1g", f"Maximum Java heap of the local Kafka broker: from {MIN_KAFKA_HEAP_MB}m, the heap it starts "
+        "with, to this machine's memory (`services up` refuses more).", _heap)
     bind_host: str = _setting(
         "LEADSTREAM_BIND_HOST", "127.0.0.1", "Address the worker's web views and the sinks' and collector's probes listen on, IPv4 or IPv6 (0.0.0.0 in containers).",
         _host,

@@ -121,6 +121,20 @@ def test_a_jar_folder_maven_did_not_finish_is_fetched_again(tmp_path: Path) -> N
     assert {jar.name for jar in kafka.libs.glob("*.jar")} == fetched
 
 
+def test_a_heap_beyond_this_machine_s_memory_is_refused_naming_its_setting_before_java_runs(tmp_path: Path) -> None:
+    """java took -Xmx200g on a machine of 23 GiB (the broker free to grow until the system killed
+    it), and refused -Xmx1000000g with a line naming no setting."""
+    memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    beyond = f"{int(memory_gib) + 1}g"
+    kafka = services.Kafka(own_services(tmp_path, free_port(), free_port()).with_overrides(kafka_heap=beyond))
+    with pytest.raises(ServiceError) as refused:
+        kafka.prepare()
+    assert str(refused.value) == (f"kafka: LEADSTREAM_KAFKA_HEAP={beyond} is more than this machine's {memory_gib:.1f} GiB "
+                                  "of memory: give the broker less (1g by default)")
+    assert not kafka.libs.exists()  # refused before anything was fetched
+    services.Kafka(own_services(tmp_path, free_port(), free_port()).with_overrides(kafka_heap=f"{int(memory_gib)}g")).check_heap()
+
+
 def test_a_taken_controller_port_is_named_before_the_broker_starts(tmp_path: Path) -> None:
     broker = controller_free_pair()
     controller = broker + 1

@@ -19,8 +19,8 @@ DAY_MS = 86_400_000
 SECRET = ("LEADSTREAM_WEBHOOK_URL", "LEADSTREAM_REDIS_URL", "LEADSTREAM_HUBSPOT_ACCESS_TOKEN", "LEADSTREAM_SALESFORCE_ACCESS_TOKEN")
 
 REFUSED = [
-    ("LEADSTREAM_PARTITIONS", "0", "an integer from 1 to 2147483647"),
-    ("LEADSTREAM_PARTITIONS", "-4", "an integer from 1 to 2147483647"),
+    ("LEADSTREAM_PARTITIONS", "0", "an integer from 1 to 9000"),
+    ("LEADSTREAM_PARTITIONS", "-4", "an integer from 1 to 9000"),
     ("LEADSTREAM_WORKER_PORT", "70000", "a TCP port"),
     ("LEADSTREAM_METRICS_PORT", "0", "a TCP port"),
     ("LEADSTREAM_COLLECTOR_METRICS_PORT", "-1", "a TCP port"),
@@ -48,6 +48,11 @@ REFUSED = [
     ("LEADSTREAM_REDIS_URL", "redis://127.0.0.1:99999/0", "a Redis URL with a host and a port from 1 to 65535"),
     ("LEADSTREAM_REDIS_URL", "redis://:hunter2@redis:99999/0", "a Redis URL with a host and a port from 1 to 65535"),
     ("LEADSTREAM_KAFKA_HEAP", "lots", "a Java heap size"),
+    # Below the broker's starting heap (-Xms256m), java refused to start it, naming no setting.
+    ("LEADSTREAM_KAFKA_HEAP", "255m", "a Java heap size of 256m or more"),
+    ("LEADSTREAM_KAFKA_HEAP", "1", "a Java heap size of 256m or more"),
+    # Kafka's controller refuses to create a topic of more than 10,000 partitions and settings.
+    ("LEADSTREAM_PARTITIONS", "9001", "an integer from 1 to 9000"),
     ("LEADSTREAM_WEBHOOK_URL", "hooks.example.com/leadstream", "an http(s) URL"),
     ("LEADSTREAM_WEBHOOK_URL", "htps://hooks.example.com/leadstream", "an http(s) URL"),
     ("LEADSTREAM_WEBHOOK_URL", "https:///leadstream", "an http(s) URL"),
@@ -68,7 +73,7 @@ REFUSED = [
     ("LEADSTREAM_DECAY_INTERVAL_S", "\u0665", "an integer: write it with the digits 0-9 alone"),  # Arabic-Indic five
     ("LEADSTREAM_LIVE_LEADS", "\uff15", "an integer: write it with the digits 0-9 alone"),  # fullwidth five
     # Beyond what Kafka's clients send (32 bits) or C takes: a traceback far from the variable, or a stalled process.
-    ("LEADSTREAM_PARTITIONS", "3000000000", "an integer from 1 to 2147483647"),
+    ("LEADSTREAM_PARTITIONS", "3000000000", "an integer from 1 to 9000"),
     ("LEADSTREAM_FETCH_MAX_WAIT_MS", "3000000000", "an integer from 0 to 60000"),
     # Held past the worker's 90 s request timeout, every idle fetch timed out: never ready, nothing scored.
     ("LEADSTREAM_FETCH_MAX_WAIT_MS", "120000", "an integer from 0 to 60000"),
@@ -131,6 +136,9 @@ def test_a_value_out_of_range_is_refused_naming_the_variable(variable: str, valu
          "redis://h:6379/0?socket_timeout=5&health_check_interval=30"),
         ("LEADSTREAM_KAFKA_BOOTSTRAP", " kafka-1:9092 , 10.0.0.2:9092", "kafka_bootstrap", " kafka-1:9092 , 10.0.0.2:9092"),
         ("LEADSTREAM_KAFKA_HEAP", "512m", "kafka_heap", "512m"),
+        ("LEADSTREAM_KAFKA_HEAP", "256m", "kafka_heap", "256m"),
+        ("LEADSTREAM_KAFKA_HEAP", "262144k", "kafka_heap", "262144k"),
+        ("LEADSTREAM_PARTITIONS", "9000", "partitions", 9000),
         ("LEADSTREAM_SALESFORCE_API_VERSION", "62.0", "salesforce_api_version", "62.0"),
         ("LEADSTREAM_ADVERTISED_HOST", "leadstream_worker_2.svc", "advertised_host", "leadstream_worker_2.svc"),
         ("LEADSTREAM_ADVERTISED_HOST", "fd00::7", "advertised_host", "fd00::7"),
