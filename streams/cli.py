@@ -228,12 +228,24 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
+def _version() -> str:
+    """The version pip recorded as it installed leadstream (pyproject.toml's)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("leadstream")
+    except PackageNotFoundError:  # a source tree run without being installed
+        return "of a source tree not installed (pip install . records its version)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="leadstream",
         description="Real-time lead scoring on Kafka. Settings come from LEADSTREAM_* environment "
         "variables (`leadstream settings` lists them).",
     )
+    # Which release runs, for a bug report or an upgrade: there was no way to ask but pip.
+    parser.add_argument("--version", action="version", version=f"leadstream {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:

@@ -45,6 +45,16 @@ def test_counts_and_durations_must_be_positive(argv: list[str], message: str, ca
     assert message in capsys.readouterr().err
 
 
+def test_version_prints_the_installed_release_s_number_and_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
+    import tomllib
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    release = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert capsys.readouterr().out == f"leadstream {release}\n"
+
+
 def test_a_second_connector_name_only_follows_replay_dlq(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["sink", "webhook", "redis"]) == 1
     assert capsys.readouterr().err == "leadstream sink: a second connector name (redis) only follows replay-dlq; run one connector per process\n"
