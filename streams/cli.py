@@ -80,8 +80,10 @@ def _forget(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _models(args: argparse.Namespace, settings: Settings) -> int:
-    from streams.models_report import report
+    from streams.models_report import copy_models, report
 
+    if args.copy_to is not None:
+        return copy_models(args.models or settings.models_dir, args.copy_to, sys.stdout)
     return report(args.models or settings.models_dir, args.json, sys.stdout, args.baseline, sys.stderr)
 
 
@@ -292,6 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", type=Path, help="directory of model files (default: LEADSTREAM_MODELS_DIR)")
     p.add_argument("--json", action="store_true", help="one JSON object per model")
     p.add_argument("--baseline", type=Path, help="directory of the models in use: warn of rules testing a trait they neither keep nor test")
+    p.add_argument("--copy-to", type=Path, metavar="DIR", help="copy the model files to DIR (made if missing; none there "
+                   "overwritten) to edit them there, with LEADSTREAM_MODELS_DIR=DIR: installed with pip, the shipped ones are pip's")
 
     p = add("history", _history, "Write the raw events and profiles topics, as they are now, to a JSON-lines file (for score and review).")
     p.add_argument("--out", type=Path, required=True, help="file to write ('-' for stdout)")

@@ -23,7 +23,7 @@ from streams.errors import ServiceError
 from streams.history import read_to_end
 from streams.lag import LagProbe
 from streams.send import open_producer, produce
-from streams.settings import Settings
+from streams.settings import PROJECT_ROOT, SOURCE_TREE, Settings
 from streams.topics import ensure_topics, producer_partitions
 
 DAY_MS = 86_400_000
@@ -105,13 +105,22 @@ def leadstream_command() -> str:
     return str(script.relative_to(Path.cwd())) if script.is_relative_to(Path.cwd()) else str(script)
 
 
+def _how_to_edit(settings: Settings, command: str) -> str:
+    """Where to edit the models. Those a pip install ships are pip's files in site-packages, which
+    the next install replaces (and a system-wide one this user cannot write): the user edits a copy."""
+    if SOURCE_TREE or not settings.models_dir.is_relative_to(PROJECT_ROOT):
+        return (f"edit {settings.models_dir}/*.toml"
+                "\n                                            and the running worker applies it, or says what is wrong")
+    return (f"shipped with leadstream; to edit them, {command} models --copy-to my-models"
+            "\n                                            and run the worker with LEADSTREAM_MODELS_DIR=my-models")
+
+
 def explore(settings: Settings) -> str:
     """The demo's last words: what to look at next, and how to stop it all."""
     command = leadstream_command()
     return (
         f"\nExplore: curl http://127.0.0.1:{settings.worker_port}/leads/LEAD_ID/  (why a lead has its score)"
-        f"\n         curl http://127.0.0.1:{settings.worker_port}/models/  (the models in use: edit {settings.models_dir}/*.toml"
-        "\n                                            and the running worker applies it, or says what is wrong)"
+        f"\n         curl http://127.0.0.1:{settings.worker_port}/models/  (the models in use: {_how_to_edit(settings, command)})"
         f"\n         curl http://127.0.0.1:{settings.worker_port}/metrics"
         f"\n         {command} history --out history.jsonl   (the events, to score or review offline:"
         f"\n         {command} review --events history.jsonl --outcomes YOUR_CRM_EXPORT.csv --table)"

@@ -8,6 +8,7 @@ edit: rules testing a trait the models in use neither keep nor test.
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 from typing import IO, Any
@@ -16,7 +17,8 @@ import orjson
 
 from scoring.events import PROFILE_TYPES
 from scoring.engine import Engine
-from scoring.model import describe, unkept_traits
+from scoring.model import describe, model_files, unkept_traits
+from streams.errors import InputError
 from streams.tables import points
 
 
@@ -36,6 +38,27 @@ def report(models_dir: Path, as_json: bool, out: IO[str], baseline: Path | None 
     if in_use is not None:
         for unkept in unkept_traits(in_use, models):
             (err or sys.stderr).write(f"warning: {unkept}\n")
+    return 0
+
+
+def copy_models(models_dir: Path, target: Path, out: IO[str]) -> int:
+    """Copies the model files of `models_dir` into `target` (made if missing) for the user to edit:
+    installed with pip, the shipped models are pip's files in site-packages, replaced by the next
+    install. Refuses, copying nothing, when `target` holds a model file of the same name already."""
+    files = model_files(models_dir)
+    if not files:
+        raise InputError(f"{models_dir} holds no model files (*.toml) to copy: give --models the directory of the models")
+    taken = [str(target / file.name) for file in files if (target / file.name).exists()]
+    if taken:
+        raise InputError(f"{', '.join(taken)} exist already: nothing was copied; copy to another directory, or move them away")
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise InputError(f"{target} is a file: give --copy-to a directory") from None
+    for file in files:
+        shutil.copyfile(file, target / file.name)
+    out.write(f"copied {len(files)} model files ({', '.join(file.name for file in files)}) to {target}: edit them there, and run "
+              f"the worker with LEADSTREAM_MODELS_DIR={target.absolute()} (scoring/MODELS.md is their reference)\n")
     return 0
 
 

@@ -24,6 +24,9 @@ if TYPE_CHECKING:
     from scoring import Event
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+#: Whether leadstream runs from a source tree (a clone, an sdist), not from a wheel installed by
+#: pip, whose PROJECT_ROOT is site-packages: pip's files, replaced by the next install.
+SOURCE_TREE = (PROJECT_ROOT / "pyproject.toml").is_file()
 
 
 def _local_home() -> Path:
@@ -32,7 +35,7 @@ def _local_home() -> Path:
     from a wheel, PROJECT_ROOT is site-packages, where the broker's jars, Kafka's and Redis's data
     and the worker's state went among pip's files (not writable at all for a user of a system-wide
     install)."""
-    if (PROJECT_ROOT / "pyproject.toml").is_file():
+    if SOURCE_TREE:
         return PROJECT_ROOT / ".services"
     data_home = os.environ.get("XDG_DATA_HOME", "")  # the XDG spec: a relative value is ignored
     return (Path(data_home) if os.path.isabs(data_home) else Path.home() / ".local" / "share") / "leadstream"

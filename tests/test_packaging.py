@@ -138,6 +138,18 @@ def test_an_installed_leadstream_shows_where_its_examples_are_and_ships_the_refe
     assert cited and not missing, f"the wheel lacks {missing}: add them to package-data in pyproject.toml"
 
 
+def test_an_installed_leadstream_s_demo_has_the_user_copy_the_models_to_edit_them_not_edit_pip_s_files(
+        site: Path, tmp_path: Path) -> None:
+    # The demo said "edit <site-packages>/scoring/models/*.toml": pip's files, which the next
+    # install replaces (and a system-wide install's user cannot write).
+    home = tmp_path / "home"
+    said = run_installed(site, "from streams.demo import explore; from streams.settings import Settings; print(explore(Settings()))", home)
+    assert str(site) not in said and "models --copy-to my-models" in said
+    assert "run the worker with LEADSTREAM_MODELS_DIR=my-models" in said
+    run_installed(site, "import sys; from streams.cli import main; sys.exit(main(['models', '--copy-to', 'my-models']))", home)
+    assert sorted(p.name for p in (home / "my-models").iterdir()) == sorted(p.name for p in (site / "scoring" / "models").glob("*.toml"))
+
+
 def test_the_sdist_is_the_whole_source_tree(source: Path, sdist: Path) -> None:
     # It held the packages, README and pyproject.toml only: not the tests, nor what README names
     # beyond the packages (the Makefile, docker-compose.yml, infra/: the Dockerfile, Prometheus's

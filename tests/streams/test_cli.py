@@ -55,6 +55,23 @@ def test_version_prints_the_installed_release_s_number_and_exits_0(capsys: pytes
     assert capsys.readouterr().out == f"leadstream {release}\n"
 
 
+def test_models_copy_to_copies_the_models_to_edit_and_overwrites_none(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from scoring.engine import Engine
+
+    shipped = PROJECT_ROOT / "scoring" / "models"
+    copy = tmp_path / "mine" / "models"
+    assert main(["models", "--models", str(shipped), "--copy-to", str(copy)]) == 0
+    names = sorted(p.name for p in shipped.glob("*.toml"))
+    assert sorted(p.name for p in copy.iterdir()) == names
+    assert capsys.readouterr().out.startswith(f"copied {len(names)} model files ({', '.join(names)}) to {copy}: edit them there, "
+                                              f"and run the worker with LEADSTREAM_MODELS_DIR={copy}")
+    assert [m.name for m in Engine.from_directory(copy).models] == [m.name for m in Engine.from_directory(shipped).models]
+    (copy / names[0]).write_text("# my edit\n")
+    assert main(["models", "--models", str(shipped), "--copy-to", str(copy)]) == 1
+    assert "exist already: nothing was copied" in capsys.readouterr().err
+    assert (copy / names[0]).read_text() == "# my edit\n"
+
+
 def test_a_second_connector_name_only_follows_replay_dlq(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["sink", "webhook", "redis"]) == 1
     assert capsys.readouterr().err == "leadstream sink: a second connector name (redis) only follows replay-dlq; run one connector per process\n"
