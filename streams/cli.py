@@ -188,6 +188,21 @@ def _positive(text: str) -> int:
     return value
 
 
+#: The most events, and leads, a benchmark generates: it holds them all in memory (some 225 bytes
+#: an event in `bench engine`, 128 MB at 300,000; a lead's state some 3-10 KB): `--events
+#: 1000000000` was still generating after a minute, at 1.2 GB and growing, towards some 225 GB.
+#: Ten times the default.
+MAX_BENCH_COUNT = 10_000_000
+
+
+def _bench_count(text: str) -> int:
+    value = _positive(text)
+    if value > MAX_BENCH_COUNT:
+        raise argparse.ArgumentTypeError(f"expected at most {MAX_BENCH_COUNT:,} (a benchmark holds what it generates in memory), "
+                                         f"got {value:,}")
+    return value
+
+
 def _outcome_values(text: str) -> frozenset[str]:
     values = frozenset(value.strip() for value in text.split(",") if value.strip())
     if not values:  # every lead would count as not converted, and the review would say nothing
@@ -321,8 +336,10 @@ def build_parser() -> argparse.ArgumentParser:
         "collector: batch calls through a collector against `leadstream send`; "
         "sinks: deliveries/s per connector against local CRM stand-ins, with 0 and 50 ms latency",
     )
-    p.add_argument("--events", type=_positive, default=1_000_000, help="number of generated events")
-    p.add_argument("--leads", type=_positive, default=100_000, help="number of distinct leads")
+    p.add_argument("--events", type=_bench_count, default=1_000_000, help=f"number of generated events (default 1,000,000; "
+                   f"{MAX_BENCH_COUNT:,} at most: they are held in memory)")
+    p.add_argument("--leads", type=_bench_count, default=100_000, help=f"number of distinct leads (default 100,000; "
+                   f"{MAX_BENCH_COUNT:,} at most)")
     p.add_argument("--seed", type=_whole, default=7, help="seed of the generated workload")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--seconds", type=_positive_seconds, default=8.0, help="collector: how long each load phase runs")

@@ -9,7 +9,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from streams.cli import main
+from streams.cli import build_parser, main
 from streams.settings import PROJECT_ROOT
 
 
@@ -41,6 +41,24 @@ from streams.settings import PROJECT_ROOT
 def test_counts_and_durations_must_be_positive(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_:
         main(argv)
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["bench", "engine", "--events", "10000001"], "argument --events: expected at most 10,000,000 (a benchmark holds what it "
+                                                      "generates in memory), got 10,000,001"),
+        (["bench", "stages", "--leads", "1000000000"], "argument --leads: expected at most 10,000,000"),
+    ],
+)
+def test_a_benchmark_s_counts_are_bounded_as_it_holds_what_it_generates(argv: list[str], message: str,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    # Held in memory: --events 1000000000 grew to 1.2 GB in a minute, still generating, towards
+    # some 225 GB. Parsed only: a count taken would run the benchmark.
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(argv)
     assert exit_.value.code == 2
     assert message in capsys.readouterr().err
 
