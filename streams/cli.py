@@ -283,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive,
         default=1,
         help="pack up to N events of the same partition into one Kafka message (JSON array envelope), sent once full; "
-             "the file is then sent in its order within each partition only (README: Commands)",
+             "the file is then sent in its order within each partition only (README: Commands); default 1",
     )
     p.add_argument("--failed", type=Path, metavar="FAILED",
                    help="write the messages Kafka did not write, or may not have, to FAILED (emptied first), one a line, "
@@ -340,10 +340,10 @@ def build_parser() -> argparse.ArgumentParser:
                    f"{MAX_BENCH_COUNT:,} at most: they are held in memory)")
     p.add_argument("--leads", type=_bench_count, default=100_000, help=f"number of distinct leads (default 100,000; "
                    f"{MAX_BENCH_COUNT:,} at most)")
-    p.add_argument("--seed", type=_whole, default=7, help="seed of the generated workload")
+    p.add_argument("--seed", type=_whole, default=7, help="seed of the generated workload (default 7)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--seconds", type=_positive_seconds, default=8.0, help="collector: how long each load phase runs")
-    p.add_argument("--events-per-message", type=_positive, default=200, help="pipeline, stages: events per Kafka message (envelope)")
+    p.add_argument("--seconds", type=_positive_seconds, default=8.0, help="collector: how long each load phase runs (default 8 s)")
+    p.add_argument("--events-per-message", type=_positive, default=200, help="pipeline, stages: events per Kafka message (envelope; default 200)")
     p.add_argument("--no-metrics", action="store_true", help="pipeline: run the worker without Faust's sensors")
     p.add_argument("--workers", type=_positive, default=1, help="pipeline: worker processes sharing the partitions, one consumer group (default 1)")
 

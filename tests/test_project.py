@@ -186,6 +186,20 @@ def test_readme_lists_every_command() -> None:
     assert not missing, f"README's command table lacks {missing}"
 
 
+def test_readme_s_command_table_gives_every_flag_of_each_command() -> None:
+    # `review --min-leads`, `settings --markdown` and most of `bench`'s flags were in no row of it.
+    from streams.cli import build_parser
+
+    commands = next(action for action in build_parser()._actions if action.dest == "command").choices
+    table = (PROJECT_ROOT / "README.md").read_text().split("## Commands", 1)[1].split("\n## ", 1)[0]
+    missing = []
+    for name, parser in commands.items():
+        rows = "".join(row for row in table.splitlines() if row.startswith(f"| `leadstream {name}"))
+        flags = [flag for action in parser._actions for flag in action.option_strings if flag.startswith("--") and flag != "--help"]
+        missing.extend(f"{name} {flag}" for flag in flags if not re.search(rf"{re.escape(flag)}\b(?!-)", rows))
+    assert not missing, f"README's command table lacks {missing}"
+
+
 def test_ci_runs_the_readme_test_command_and_nothing_else() -> None:
     readme = (PROJECT_ROOT / "README.md").read_text()
     commands = re.findall(r"^(make \w+)$", readme, flags=re.M)
