@@ -35,9 +35,18 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     return run_worker(settings)
 
 
+def _stop_on_sigterm_as_on_ctrl_c() -> None:
+    """A SIGTERM ends the command as Ctrl-C does (KeyboardInterrupt, 130), through its `finally`s:
+    Python's default SIGTERM ended it at once, with nothing of them run."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+
 def _send(args: argparse.Namespace, settings: Settings) -> int:
     from streams.send import send_file
 
+    # Its `finally` closes the producer, which sends what it was handed: killed by the default
+    # SIGTERM (`send -` from a pipe that never ends, stopped by a service manager), that was lost.
+    _stop_on_sigterm_as_on_ctrl_c()
     return send_file(args.file, settings, topic=args.topic, events_per_message=args.events_per_message, failed=args.failed)
 
 
@@ -116,11 +125,10 @@ BENCHMARKS = {
 
 
 def _bench(args: argparse.Namespace, settings: Settings) -> int:
-    # A SIGTERM ends a benchmark as Ctrl-C does (KeyboardInterrupt, 130), through the `finally`s
-    # that stop its child processes and delete its topics: its workers run in sessions of their
-    # own, so no signal to the benchmark reaches them, and Python's default SIGTERM ended it at
-    # once, leaving them running for ever and the topics on the broker.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # Through the `finally`s that stop a benchmark's child processes and delete its topics: its
+    # workers run in sessions of their own, so no signal to the benchmark reaches them, and
+    # Python's default SIGTERM ended it at once, leaving them running for ever and the topics on the broker.
+    _stop_on_sigterm_as_on_ctrl_c()
     return int(importlib.import_module(BENCHMARKS[args.what]).main(args, settings))
 
 

@@ -207,6 +207,32 @@ def _events(count: int, blob_bytes: int) -> list[tuple[str, bytes]]:
             for n in range(count)]
 
 
+def test_a_send_stopped_by_sigterm_ends_as_on_ctrl_c_having_closed_its_producer(isolated: Settings) -> None:
+    """`leadstream send -` from a pipe that never ends (a stream, a service manager stopping it):
+    Python's default SIGTERM ended it at once (exit 143), its producer not closed, so what it was
+    handed and had not sent was lost; it now ends as Ctrl-C ends it, through its `finally`."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.infra import wait_for
+
+    send = subprocess.Popen([sys.executable, "-m", "streams.cli", "send", "-"], stdin=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, env={**os.environ, **isolated.as_env()})
+    try:
+        assert send.stdin is not None
+        send.stdin.write(b"".join(event + b"\n" for _, event in _events(3, 10)))
+        send.stdin.flush()  # the pipe stays open: send waits for more
+        wait_for(lambda: len(read_to_end(isolated, isolated.topic_events)) == 3, 60, "the first events written")
+        send.send_signal(signal.SIGTERM)
+        _, err = send.communicate(timeout=60)
+    finally:
+        send.kill()
+    assert send.returncode == 130, err.decode()
+    assert b"Traceback" not in err
+
+
 def test_a_long_send_waits_for_its_oldest_messages_and_writes_them_all(isolated: Settings) -> None:
     """`leadstream send` of a 370 MB file handed its 21,003 messages to the producer at once:
     on a busy broker the batches still waiting their turn after the delivery timeout (120 s)
