@@ -76,6 +76,7 @@ def _score(args: argparse.Namespace, settings: Settings) -> int:
 def _history(args: argparse.Namespace, settings: Settings) -> int:
     from streams.history import history_file
 
+    _stop_on_sigterm_as_on_ctrl_c()  # through the `finally` that removes a history not written whole
     return history_file(settings, args.out, topics=args.topic)
 
 

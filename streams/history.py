@@ -40,7 +40,9 @@ from __future__ import annotations
 
 import heapq
 import os
+import stat
 import sys
+import tempfile
 import time
 from collections import deque
 from contextlib import ExitStack, contextmanager
@@ -325,15 +327,44 @@ def history_file(settings: Settings, path: Path, topics: list[str] | None = None
             raise _no_such_topic(topic)
     if str(path) == "-":
         return write_history(settings, sys.stdout.buffer, topics)
+    if not _replaceable(path):  # /dev/stdout, a pipe: written in place, as they cannot be replaced
+        try:
+            handle = os.fdopen(os.open(path, os.O_WRONLY | os.O_TRUNC), "wb")
+        except OSError as exc:
+            raise InputError(f"cannot write {path}: {exc.strerror}") from None
+        with handle:
+            return write_history(settings, handle, topics)
+    return _write_whole(settings, path, topics)
+
+
+def _replaceable(path: Path) -> bool:
+    """Whether `path` is a regular file or none: one the whole history can take the place of."""
     try:
-        # Its owner's alone, whatever the umask: it holds every lead's traits (e-mails, names,
-        # phones), and was written 644, readable by every user of the machine. A file that exists
-        # keeps its mode.
-        handle = os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
+        return stat.S_ISREG(path.stat().st_mode)
+    except FileNotFoundError:
+        return True
+
+
+def _write_whole(settings: Settings, path: Path, topics: list[str]) -> int:
+    """Writes the history beside `path`, and puts it there once whole. Written in place, a history
+    stopped midway (Ctrl-C, SIGTERM, a broker gone) left a file cut short where the last one was,
+    which `score` and `review` took for the whole history without a word."""
+    try:
+        # Its owner's alone, whatever the umask (mkstemp's 0600): it holds every lead's traits
+        # (e-mails, names, phones), and was written 644, readable by every user of the machine.
+        fd, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
     except OSError as exc:
         raise InputError(f"cannot write {path}: {exc.strerror}") from None
-    with handle:
-        return write_history(settings, handle, topics)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            code = write_history(settings, handle, topics)
+        if path.exists():  # a file that exists keeps its mode
+            os.chmod(partial, stat.S_IMODE(path.stat().st_mode))
+        os.replace(partial, path)
+    except BaseException:
+        os.unlink(partial)
+        raise
+    return code
 
 
 def _no_such_topic(topic: str) -> InputError:

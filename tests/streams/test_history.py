@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 import orjson
+import pytest
 from kafka import KafkaAdminClient, KafkaProducer, TopicPartition
 
 from streams.history import read_to_end, write_history
@@ -380,3 +381,30 @@ def test_a_topic_whose_beginning_retention_deleted_is_warned_of(isolated: Settin
     assert len(out.getvalue().splitlines()) == 2
     assert err.getvalue().splitlines() == [f"{topic}: warning: {lost_beginning(topic, {1: 3})}", f"{topic}: wrote 2 messages"]
     assert "partition 1 starts at offset 3, 3 offsets gone in all" in lost_beginning(topic, {1: 3})
+
+
+def test_a_history_stopped_midway_leaves_no_file_cut_short_and_the_last_one_whole(
+        isolated: Settings, tmp_path: Path, monkeypatch) -> None:
+    """Written in place, a history stopped midway (Ctrl-C, SIGTERM, a broker gone) left a file cut
+    short, which `score` and `review` took for the whole history."""
+    from streams import history
+
+    def stopped(settings: Settings, out, topics: list[str]) -> int:
+        out.write(b'{"event_id": "e1", "lead_id": "u1", "type": "page_view", "time": 1767225600000}\n')
+        raise KeyboardInterrupt
+
+    path = tmp_path / "history.jsonl"
+    monkeypatch.setattr(history, "write_history", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        history.history_file(isolated, path)
+    assert list(tmp_path.iterdir()) == []
+    path.write_text("the last history\n")
+    path.chmod(0o640)
+    with pytest.raises(KeyboardInterrupt):
+        history.history_file(isolated, path)
+    assert path.read_text() == "the last history\n" and list(tmp_path.iterdir()) == [path]
+    monkeypatch.undo()
+    assert history.history_file(isolated, path) == 0  # written whole: in its place, with its mode
+    assert path.read_text() == "" and (path.stat().st_mode & 0o777) == 0o640
+    assert history.history_file(isolated, tmp_path / "new.jsonl") == 0
+    assert ((tmp_path / "new.jsonl").stat().st_mode & 0o777) == 0o600
