@@ -9,11 +9,16 @@ collector's public port (aiohttp), the connectors' and the collector's probes (s
 - A listening socket that cannot accept (out of file descriptors) is said at most once every
   LOG_INTERVAL_S: asyncio logged it with a traceback each time it tried again, 2 MB of log a second;
   and its retries pending when the server stops, which raise on the closed socket, not at all.
+- Such a socket is tried again once a second, not `backlog` times a second and more: asyncio (3.11)
+  went on calling accept() after the first failure, scheduling a retry for each.
 """
 
 from __future__ import annotations
 
+import asyncio.selector_events
+import errno
 import logging
+import socket
 import time
 from typing import Any, Callable
 
@@ -26,6 +31,10 @@ from streams.log_throttle import Throttle, on_one_line
 ACCEPT_FAILED = "socket.accept() out of system resource"
 #: How asyncio says such a retry (`_start_serving`) that raised: at the stop, on the closed socket.
 ACCEPT_RETRY_FAILED = "Exception in callback BaseSelectorEventLoop._start_serving("
+
+
+#: accept()'s failures for want of a resource, which asyncio meets by trying again a second later.
+OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
 def aiohttp_limits(idle_timeout_ms: int) -> dict[str, Any]:
@@ -78,6 +87,50 @@ class AcceptFailures(logging.Filter):
         return True
 
 
+class _UntilOutOfResources:
+    """A listening socket as asyncio's accept loop sees it: once accept() failed for want of a
+    resource, its queue looks empty, so the loop stops there, with the one retry it scheduled.
+
+    asyncio 3.11 (BaseSelectorEventLoop._accept_connection) tried all `backlog` accepts of a round
+    and scheduled a retry for each failure, and each retry a round of its own: a collector out of
+    open files (backlog 1024) failed 70,000 accepts in 10 s, a fifth of a core, for as long as its
+    connections stayed. CPython's own fix (gh-151615, a `return` after the failure)
+    came in a later release."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._out_of_resources = False
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        if self._out_of_resources:
+            raise BlockingIOError(errno.EAGAIN, "accepting again after a second")
+        try:
+            return self._sock.accept()
+        except OSError as exc:
+            self._out_of_resources = exc.errno in OUT_OF_RESOURCES
+            raise
+
+    def __getattr__(self, name: str) -> Any:  # fileno() and the rest, as the socket has them
+        return getattr(self._sock, name)
+
+
+def _accept_until_out_of_resources() -> None:
+    """Has every selector event loop's accept rounds stop at their first failure for want of a
+    resource (_UntilOutOfResources)."""
+    loop_class: Any = asyncio.selector_events.BaseSelectorEventLoop
+    accept_round = loop_class._accept_connection
+    if getattr(accept_round, "stops_out_of_resources", False):
+        return
+
+    def accept_connection(loop: Any, protocol_factory: Any, sock: Any, *args: Any, **kwargs: Any) -> None:
+        # The retry asyncio schedules carries the wrapper it was given: each round gets a new one.
+        listening = sock._sock if isinstance(sock, _UntilOutOfResources) else sock
+        accept_round(loop, protocol_factory, _UntilOutOfResources(listening), *args, **kwargs)
+
+    accept_connection.stops_out_of_resources = True  # type: ignore[attr-defined]
+    loop_class._accept_connection = accept_connection
+
+
 _MALFORMED_REQUESTS = _MalformedRequests()
 _ACCEPT_FAILURES = AcceptFailures()
 
@@ -86,3 +139,4 @@ def quiet_bad_clients() -> None:
     """Said by each process serving HTTP on asyncio (the worker, the collector) before it listens."""
     logging.getLogger("aiohttp.server").addFilter(_MALFORMED_REQUESTS)  # once: it is one object
     logging.getLogger("asyncio").addFilter(_ACCEPT_FAILURES)
+    _accept_until_out_of_resources()

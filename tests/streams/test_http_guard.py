@@ -3,6 +3,7 @@ that send no whole request are closed, malformed requests said on one line, acce
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -17,7 +18,7 @@ import orjson
 import pytest
 
 from streams import probes
-from streams.http_guard import ACCEPT_FAILED, AcceptFailures
+from streams.http_guard import ACCEPT_FAILED, AcceptFailures, quiet_bad_clients
 from streams.processes import WorkerProcess, free_port
 from streams.settings import Settings
 from tests.infra import wait_for
@@ -174,6 +175,46 @@ def test_probes_serve_a_bounded_number_of_connections_at_once(probe_port: int) -
     finally:
         for holder in holders:
             holder.close()
+
+
+def test_a_server_out_of_open_files_tries_to_accept_once_a_second_and_accepts_once_it_can() -> None:
+    """asyncio went on calling accept() after its first failure, scheduling a retry for each of
+    the `backlog` tries, and each retry a round of its own: a collector out of open files said
+    70,000 failures in 10 s (a fifth of a core) while its connections stayed."""
+    quiet_bad_clients()
+    failures: list[float] = []
+    accepted: list[asyncio.BaseTransport] = []
+
+    class Accepted(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            accepted.append(transport)
+
+    async def serve_out_of_open_files() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _, context: failures.append(loop.time()) if context["message"] == ACCEPT_FAILED else None)
+        server = await loop.create_server(Accepted, "127.0.0.1", 0, backlog=100)
+        port = server.sockets[0].getsockname()[1]
+        clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(5)]  # queued: the loop has not run
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) - 1, hard))  # less the listing's own
+        try:
+            await asyncio.sleep(2.5)
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        for _ in range(100):  # the retry after the latest failure accepts them
+            if len(accepted) == len(clients):
+                break
+            await asyncio.sleep(0.05)
+        for transport in accepted:
+            transport.close()
+        for client in clients:
+            client.close()
+        server.close()
+        await server.wait_closed()
+
+    asyncio.run(serve_out_of_open_files())
+    assert 2 <= len(failures) <= 4, f"{len(failures)} failed accepts in 2.5 s"  # at 0 s, 1 s and 2 s
+    assert len(accepted) == 5
 
 
 class FakeClock:
