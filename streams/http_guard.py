@@ -5,6 +5,8 @@ collector's public port (aiohttp), the connectors' and the collector's probes (s
   opening or its latest answer, is closed: aiohttp's default held one for an hour, http.server's
   for ever, and a few clients that open connections, send half a request and wait took a worker
   to its limit of open files, where it accepted nothing more (its probes and views timed out).
+- The worker's port serves at most WORKER_MAX_CONNECTIONS connections at once; one more is closed
+  as soon as accepted (bound_connections), as the probes do beyond theirs.
 - A request that is not valid HTTP is said on one INFO line, not at ERROR with a traceback.
 - A listening socket that cannot accept (out of file descriptors) is said at most once every
   LOG_INTERVAL_S: asyncio logged it with a traceback each time it tried again, 2 MB of log a second;
@@ -22,6 +24,7 @@ import socket
 import time
 from typing import Any, Callable
 
+from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from streams.log_throttle import Throttle, on_one_line
@@ -33,6 +36,11 @@ ACCEPT_FAILED = "socket.accept() out of system resource"
 ACCEPT_RETRY_FAILED = "Exception in callback BaseSelectorEventLoop._start_serving("
 
 
+#: Connections the worker's port (its views) serves at once. Its clients are the operator's: other
+#: workers routing a view to the key's owner, Prometheus, the probes.
+#: Without a bound, clients that open connections and wait took it to its limit of open files, its
+#: Kafka connections and state stores' files with it.
+WORKER_MAX_CONNECTIONS = 512
 #: accept()'s failures for want of a resource, which asyncio meets by trying again a second later.
 OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
@@ -44,6 +52,21 @@ def aiohttp_limits(idle_timeout_ms: int) -> dict[str, Any]:
     # latest answer) to a whole request's headers, so a client that stops mid-headers, or trickles
     # them, is closed then (by default an hour later).
     return {"keepalive_timeout": idle_timeout_ms / 1000}
+
+
+def bound_connections(server: web.Server, most: int) -> None:
+    """Has `server` close a connection as soon as it is made while `most` others are open."""
+    made = server.connection_made
+
+    def connection_made(handler: web.RequestHandler, transport: asyncio.Transport) -> None:
+        made(handler, transport)  # counted, so that its close is too
+        if len(server.connections) > most:
+            # Nothing read or sent yet: no answer is owed. Closed once the handler's task, created
+            # after this call, has begun: a connection lost before it failed the task with an
+            # AssertionError (aiohttp asserts its server), a traceback a connection refused.
+            asyncio.get_running_loop().call_soon(transport.close)
+
+    server.connection_made = connection_made  # type: ignore[method-assign]  # each handler tells its server
 
 
 class _MalformedRequests(logging.Filter):

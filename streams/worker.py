@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from streams.addresses import authority
 from streams.collection import PauseClock, tune_collector
 from streams.errors import cannot_listen
-from streams.http_guard import quiet_bad_clients
+from streams.http_guard import WORKER_MAX_CONNECTIONS, bound_connections, quiet_bad_clients
 from streams.log_throttle import throttle_kafka_retries
 from streams.model_reload import ModelDirectory
 from streams.processes import check_port
@@ -50,7 +50,7 @@ def run_worker(settings: Settings) -> int:
     ensure_topics(settings, alter=False)
     weak = weak_settings(settings)
     app = create_app(settings, models)
-    say_a_port_taken_since(app, settings)
+    guard_the_web_port(app, settings)
     tune_collector(settings.gc_young_threshold)
     PauseClock().install()
 
@@ -116,9 +116,10 @@ def _exit_at_once(code: object) -> None:
     os._exit(code if isinstance(code, int) else 0 if code is None else 1)
 
 
-def say_a_port_taken_since(app: faust.App, settings: Settings) -> None:
+def guard_the_web_port(app: faust.App, settings: Settings) -> None:
     """`check_port` tells a port taken before start-up; one taken since (a second copy started
-    at the same moment) failed Faust's web server with a bare OSError: it is said alike."""
+    at the same moment) failed Faust's web server with a bare OSError: it is said alike. Once
+    listening, the port serves at most WORKER_MAX_CONNECTIONS connections at once."""
     web: Any = app.web  # the aiohttp driver's, which has start_server
     start = web.start_server
 
@@ -127,6 +128,7 @@ def say_a_port_taken_since(app: faust.App, settings: Settings) -> None:
             await start()
         except OSError as exc:
             raise cannot_listen(settings.bind_host, settings.worker_port, "LEADSTREAM_WORKER_PORT", exc) from None
+        bound_connections(web._runner.server, WORKER_MAX_CONNECTIONS)  # made by start()
 
     web.start_server = start_server  # Faust's web services call it on the instance
 

@@ -18,7 +18,7 @@ import orjson
 import pytest
 
 from streams import probes
-from streams.http_guard import ACCEPT_FAILED, AcceptFailures, quiet_bad_clients
+from streams.http_guard import ACCEPT_FAILED, WORKER_MAX_CONNECTIONS, AcceptFailures, quiet_bad_clients
 from streams.processes import WorkerProcess, free_port
 from streams.settings import Settings
 from tests.infra import wait_for
@@ -113,6 +113,25 @@ def test_a_worker_out_of_open_files_says_so_once_and_serves_again_once_idle_conn
     assert len(failures()) == 1, failures()  # within LOG_INTERVAL_S
     assert "Too many open files" in failures()[0]
     assert ACCEPT_FAILED not in log and "selector_events" not in log  # asyncio's, whose traceback passes there
+
+
+def test_a_worker_serves_a_bounded_number_of_connections_at_once(isolated: Settings, worker: Callable[..., WorkerProcess]) -> None:
+    """Its port accepted any number: clients that open connections and wait took it to its limit
+    of open files (its Kafka connections and state stores' files with it)."""
+    bounded = worker(isolated.with_overrides(idle_timeout_ms=60_000))
+    port = bounded.port
+    holders = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(WORKER_MAX_CONNECTIONS)]
+    try:
+        holders[-1].sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")  # answered: each before it is accepted
+        assert holders[-1].recv(65536).startswith(b"HTTP/1.1 200")
+        with socket.create_connection(("127.0.0.1", port)) as one_more:
+            one_more.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert closed_within(one_more, 5) < 1  # closed at once, unanswered
+    finally:
+        for holder in holders:
+            holder.close()
+    wait_for(lambda: get(port, "/healthz").startswith(b"HTTP/1.1 200"), timeout_s=10, what="the worker serving once they closed")
+    assert "Traceback" not in bounded.log.read_text()
 
 
 def _closed(connection: socket.socket) -> bool:

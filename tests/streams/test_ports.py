@@ -127,12 +127,12 @@ def test_the_worker_says_so_when_the_port_is_taken_after_its_check(isolated: Set
     web server then failed with a bare OSError ('error while attempting to bind on address')."""
     from streams.app import create_app
     from streams.model_reload import ModelDirectory
-    from streams.worker import say_a_port_taken_since
+    from streams.worker import guard_the_web_port
 
     # No Faust sensors: they register in the process's one Prometheus registry, as another test's app does.
     settings = isolated.with_overrides(worker_port=taken, faust_sensors=False)
     app = create_app(settings, ModelDirectory(settings.models_dir))
-    say_a_port_taken_since(app, settings)
+    guard_the_web_port(app, settings)
     with pytest.raises(ServiceError) as error:
         asyncio.run(app.web.start_server())  # type: ignore[attr-defined]  # the aiohttp driver's
     assert str(error.value) == expected(taken, "LEADSTREAM_WORKER_PORT")
