@@ -17,6 +17,9 @@ from streams import metrics
 
 log = logging.getLogger("leadstream.worker")
 
+#: (topic, partition) -> the log start up to which this process has told its offsets deleted unread.
+_told_up_to: dict[tuple[str, int], int] = {}
+
 
 def lost_beginning(topic: str, starts: Mapping[int, int]) -> str:
     """What reading `topic` from its beginning misses, `starts` being partition -> the first
@@ -35,11 +38,19 @@ def deleted_unread(topic: str, partition: int, offset: int, start: int, reading:
     counted (leadstream_offset_anomalies_total{kind="deleted_unread"}, alerted) and logged, the
     same whether a seek found them (`reading` "committed": the group's committed offset, before
     the log's start) or a running worker's reading did (streams/offset_sequence.py, "read_up_to":
-    the offset it was to read next, where its fetch was moved on to the log's start)."""
-    metrics.OFFSET_ANOMALIES.labels("deleted_unread").inc(start - offset)
+    the offset it was to read next, where its fetch was moved on to the log's start).
+
+    Each offset once a process: a rebalance before the group commits past a hole the running
+    worker told seeks the partition back to the committed offset, before the same log start, and
+    the seek's check found the hole again (and the offsets read meanwhile, now deleted too)."""
+    untold = max(offset, _told_up_to.get((topic, partition), offset))
+    if untold >= start:
+        return
+    _told_up_to[(topic, partition)] = start
+    metrics.OFFSET_ANOMALIES.labels("deleted_unread").inc(start - untold)
     log.warning("offsets deleted before this group read them, never to be scored: topic=%s partition=%d %s=%d log_start=%d "
                 "lost=%d (the group was stopped or behind longer than the topic keeps its records: retention.ms, or "
-                "delete-records); reading on from the log start", topic, partition, reading, offset, start, start - offset)
+                "delete-records); reading on from the log start", topic, partition, reading, offset, start, start - untold)
 
 
 class LogStarts:

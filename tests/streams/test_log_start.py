@@ -3,13 +3,20 @@ streams/offset_sequence.py): counted and told as a seek finding them tells them.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import time
+import uuid
 from typing import Callable
 
 import orjson
+import pytest
+from faust.types import TP
 from kafka import KafkaAdminClient, KafkaProducer, TopicPartition
+from prometheus_client import REGISTRY
+
+from streams import log_start
 
 from streams.partitioning import partition_for
 from streams.processes import WorkerProcess
@@ -108,3 +115,25 @@ def test_a_running_worker_whose_unread_account_updates_are_deleted_counts_and_te
     told = [line for line in running.log.read_text().splitlines() if "deleted before this group read them" in line]
     assert len(told) == 1 and f"topic={tp.topic} partition={tp.partition} read_up_to={10 - lost} log_start=10" in told[0], told
     assert anomalies(running, "gap") == 0
+
+
+def test_a_hole_told_by_the_running_worker_is_not_told_again_by_the_seek_of_a_rebalance_before_its_commit(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A rebalance before the group commits past the hole seeks the partition back to the offset
+    committed before it, where the log still starts: the seek's check counted the hole again, and
+    the offsets the worker had read and scored since that commit besides."""
+    counted = lambda: REGISTRY.get_sample_value("leadstream_offset_anomalies_total", {"kind": "deleted_unread"}) or 0.0  # noqa: E731
+    topic = f"t-told-{uuid.uuid4().hex[:8]}"
+    before = counted()
+    seeks = log_start.LogStarts()
+    with caplog.at_level(logging.WARNING, logger="leadstream.worker"):
+        log_start.deleted_unread(topic, 0, 12, 20, "read_up_to")  # committed 5, read 5 to 11, then moved on to 20
+        seeks.check({TP(topic, 0): 5}, {TP(topic, 0): 20})  # a rebalance: sought to 5, the log starting at 20
+        assert counted() - before == 8
+        seeks.check({TP(topic, 0): 5}, {TP(topic, 0): 26})  # deleted further before the group read on
+    assert counted() - before == 14
+    told = [record.getMessage() for record in caplog.records if "deleted before this group read them" in record.getMessage()]
+    assert [line.split(" (")[0] for line in told] == [
+        f"offsets deleted before this group read them, never to be scored: topic={topic} partition=0 read_up_to=12 log_start=20 lost=8",
+        f"offsets deleted before this group read them, never to be scored: topic={topic} partition=0 committed=5 log_start=26 lost=6"]
