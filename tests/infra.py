@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Iterable
 
 import orjson
 
@@ -120,3 +121,20 @@ def read_to_end(settings: Settings, topic: str) -> list[tuple[bytes | None, dict
     from streams.history import read_to_end as records_to_end
 
     return [(record.key, orjson.loads(record.value)) for record in records_to_end(settings, topic)]
+
+
+async def send_batched(producer: Any, topic: str, records: Iterable[tuple[int, bytes, bytes]]) -> None:
+    """Sends (partition, key, value) records in order through a started aiokafka producer, in
+    batches its compiled builder fills, and returns once Kafka has them all. kafka-python encodes
+    each record in Python: on a loaded machine, 2 ms a record (80,000 sends took 163 s)."""
+    batches: dict[int, Any] = {}
+    sent: list[Any] = []
+    for partition, key, value in records:
+        batch = batches.setdefault(partition, producer.create_batch())
+        if batch.append(key=key, value=value, timestamp=None) is None:  # full: sent, and the record starts the next
+            sent.append(await producer.send_batch(batch, topic, partition=partition))
+            batch = batches[partition] = producer.create_batch()
+            batch.append(key=key, value=value, timestamp=None)
+    for partition, batch in batches.items():
+        sent.append(await producer.send_batch(batch, topic, partition=partition))
+    await asyncio.gather(*sent)

@@ -4,6 +4,7 @@ assignment either."""
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
 import threading
@@ -13,13 +14,14 @@ from typing import Callable
 
 import orjson
 import pytest
+from aiokafka import AIOKafkaProducer
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from streams.partitioning import partition_for
 from streams.processes import WorkerProcess
 from streams.settings import Settings
 from streams.transactions import LogReader
-from tests.infra import wait_for
+from tests.infra import send_batched, wait_for
 
 LEAD = "tx-ada"
 #: How long abort_large's transaction may stay open: 10 minutes, under the broker's longest (15).
@@ -41,22 +43,26 @@ def send(settings: Settings, *values: bytes) -> None:
 
 def abort_large(settings: Settings, records: int, at_ms: int) -> None:
     """One transaction of `records` events of 1 KB each on the lead's partition, aborted."""
-    # The broker aborts a transaction open longer than its producer's timeout (kafka-python's
-    # 60 s) and fences the producer: on a loaded machine the 80,000 sends took longer, and the
-    # next one failed (IllegalStateError: BUMPING_PRODUCER_EPOCH).
-    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, transactional_id=f"tx-{uuid.uuid4().hex}",
-                             linger_ms=50, batch_size=1_000_000, max_request_size=2_000_000,
-                             transaction_timeout_ms=TRANSACTION_TIMEOUT_MS)
-    producer.init_transactions()
-    producer.begin_transaction()
-    partition = partition_for(LEAD, settings.partitions)
-    for n in range(records):
-        producer.send(settings.topic_events, key=LEAD.encode(), partition=partition,
-                      value=orjson.dumps({"event_id": f"tx-aborted-{uuid.uuid4().hex}", "lead_id": LEAD, "type": "page_view",
-                                          "product": "b2b", "time": at_ms, "properties": {"url": "https://acme.io/demo", "pad": "q" * 900}}))
-    producer.flush()
-    producer.abort_transaction()
-    producer.close()
+    asyncio.run(_abort_large(settings, records, at_ms))
+
+
+async def _abort_large(settings: Settings, records: int, at_ms: int) -> None:
+    # kafka-python's 80,000 sends took 163 s of the test's 223 on a loaded machine (send_batched).
+    # The broker aborts a transaction open longer than its producer's timeout (60 s by default)
+    # and fences the producer: the next send failed (BUMPING_PRODUCER_EPOCH).
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, transactional_id=f"tx-{uuid.uuid4().hex}",
+                                max_batch_size=1_000_000, max_request_size=2_000_000,
+                                transaction_timeout_ms=TRANSACTION_TIMEOUT_MS)
+    await producer.start()
+    try:
+        await producer.begin_transaction()
+        partition, tag = partition_for(LEAD, settings.partitions), uuid.uuid4().hex
+        values = (orjson.dumps({"event_id": f"tx-aborted-{tag}-{n}", "lead_id": LEAD, "type": "page_view", "product": "b2b",
+                                "time": at_ms, "properties": {"url": "https://acme.io/demo", "pad": "q" * 900}}) for n in range(records))
+        await send_batched(producer, settings.topic_events, ((partition, LEAD.encode(), value) for value in values))
+        await producer.abort_transaction()  # every record is in the log before the abort marker
+    finally:
+        await producer.stop()
 
 
 def lag_of(running: WorkerProcess, settings: Settings) -> float | None:
