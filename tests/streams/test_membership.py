@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -17,24 +16,27 @@ from typing import Callable
 
 import orjson
 import pytest
+from aiokafka import AIOKafkaProducer
+from kafka import KafkaAdminClient
 
 from prometheus_client import REGISTRY
 
 from scoring import Engine
 from streams import lead_states
 from streams.account_table import AccountTable
+from streams.app import canonical_url
 from streams.bench import workload
 from streams.errors import MembershipLost
+from streams.lag import LagProbe
 from streams.membership import Lease, Membership
 from streams.outbox import Outbox
 from streams.partitioning import partition_for
 from streams.processes import WorkerProcess, free_port
 from streams.rollup import Rollup
 from streams.scorer import Scorer
-from streams.send import open_producer, produce
 from streams.settings import Settings
 from streams.stage import Consumed, LiveTable, MemoryData
-from tests.infra import leadstream, read_model_scores, read_to_end, wait_for, write_jsonl
+from tests.infra import leadstream, read_model_scores, read_to_end, send_batched, wait_for, write_jsonl
 from tests.scoring.support import shipped
 from tests.streams.stage_support import Kept
 from tests.streams.test_worker_state import wait_caught_up
@@ -185,6 +187,40 @@ def test_a_batch_of_the_account_stage_the_fence_drops_counts_no_crossing() -> No
 PAUSE_S = 13
 
 
+#: Events of its partitions past the second worker's committed offsets when it is paused: more
+#: than it scores between two commits (a second apart, streams/app.py), so a batch is in flight.
+BACKLOG = 1_000
+
+
+async def feed(settings: Settings, events: list[dict]) -> None:
+    """The events as single-event messages on their leads' partitions, all sent when it returns."""
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    await producer.start()
+    try:
+        await send_batched(producer, settings.topic_events, ((partition_for(str(e["lead_id"]), settings.partitions),
+                                                              str(e["lead_id"]).encode(), orjson.dumps(e)) for e in events))
+    finally:
+        await producer.stop()
+
+
+def backlog(settings: Settings, proc: WorkerProcess) -> int:
+    """The events topic's offsets past the group's committed ones on the partitions the group
+    gave `proc` (the member whose metadata carries its URL, streams/app.py canonical_url)."""
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    probe = LagProbe(settings)
+    try:
+        members = admin.describe_groups([settings.app_id])[settings.app_id]["members"]
+        url = f'"url":"{canonical_url(proc.settings)}"'
+        owned = {partition for member in members if url in str(member["member_metadata"])
+                 for assigned in member["member_assignment"]["assigned_partitions"] if assigned["topic"] == settings.topic_events
+                 for partition in assigned["partitions"]}
+        assert owned, f"no member of the group {settings.app_id} with {url}: {members}"
+        return sum(lag for partition, lag in probe.lag(settings.app_id, settings.topic_events).items() if partition in owned)
+    finally:
+        probe.close()
+        admin.close()
+
+
 def lead_scores(proc: WorkerProcess, keys: list[str]) -> dict[str, float | None]:
     """Each `model/lead` key's score as GET /leads/ID/ answers it (routed to the lead's owner)."""
 
@@ -215,22 +251,19 @@ def test_a_worker_paused_past_the_session_timeout_writes_no_old_state_over_its_s
     second = worker(replace(isolated, worker_port=free_port(), state_dir=isolated.state_dir / "second"))
     wait_for(lambda: first.ready() and second.ready(), 60, "both workers sharing the partitions")
 
-    def feed() -> None:
-        producer = open_producer(isolated)
-        try:  # single-event messages, faster than the workers score them: the second is behind, a batch in flight
-            produce(producer, isolated.topic_events, ((e["lead_id"], orjson.dumps(e)) for e in events), 1, partitions=isolated.partitions)
-        finally:
-            producer.close()
-
-    feeder = threading.Thread(target=feed)
-    feeder.start()
+    # Every event in the topic within seconds: both workers are behind, and the pause below
+    # checks that the second is. Sent as the workers scored them (kafka-python, a message at a
+    # time, 2 ms each on a loaded machine), the feed's pace decided it: the fresh clone's run
+    # once paused a second worker with no batch in flight, and none was fenced.
+    asyncio.run(feed(isolated, events))
     wait_for(lambda: sum(second.metric("leadstream_events_scored_total")) >= 1_000, 60, "the second worker scoring")
-    assert feeder.is_alive(), "the events were all sent before the pause: the second worker may have caught up"
     assert second.proc is not None
     os.killpg(second.proc.pid, signal.SIGSTOP)
+    resume_s = time.monotonic() + PAUSE_S
     try:
-        feeder.join()
-        time.sleep(PAUSE_S)  # the first takes every partition and scores what the second had not committed
+        behind = backlog(isolated, second)
+        assert behind >= BACKLOG, f"the second worker was paused with {behind} events to score: it may have had no batch in flight"
+        time.sleep(max(0.0, resume_s - time.monotonic()))  # the first takes every partition and scores what the second had not committed
     finally:
         os.killpg(second.proc.pid, signal.SIGCONT)
     wait_caught_up(isolated)
