@@ -340,6 +340,7 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
             while await scorer.decay_due(now) == DECAY_CHUNK:
                 await asyncio.sleep(DECAY_PAUSE_S)
             await scorer.clear_erasures()
+            metrics.DECAY_SWEEPS.inc()
         except MembershipLost:
             membership.dropped("decay", ((settings.topic_events, partition) for partition in owned_partitions()))
         except Exception as exc:

@@ -125,6 +125,7 @@ BATCHES_FENCED = Counter(
     ["stage"],
 )
 DECAY_STEPS = Counter("leadstream_decay_steps", "Decay steps applied by the timer.")
+DECAY_SWEEPS = Counter("leadstream_decay_sweeps", "Sweeps of the decay timer done over the owned partitions, one an interval while ready (not one the fence drops).")
 DECAY_FAILURES = Counter("leadstream_decay_failures", "Decay steps that raised (a bug): the lead is left as it was.")
 DECAY_DUE = Gauge("leadstream_decay_index_size", "Scheduled decay steps of the leads on owned partitions.")
 LEADS_FORGOTTEN = Counter("leadstream_leads_forgotten", "Leads erased on request (`leadstream forget`, a tombstone on the profiles topic).")

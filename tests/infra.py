@@ -12,6 +12,7 @@ from typing import Any, Callable, Iterable
 
 import orjson
 
+from streams.processes import WorkerProcess
 from streams.settings import PROJECT_ROOT, Settings
 
 
@@ -22,6 +23,16 @@ def wait_for(condition: Callable[[], object], timeout_s: float = 30.0, what: str
             return
         time.sleep(poll_s)
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def swept(proc: WorkerProcess, sweeps: int, timeout_s: float = 60.0) -> None:
+    """Returns once the worker's decay timer has done `sweeps` more sweeps: all but the first
+    began after the call. A fixed sleep of that many intervals let a loaded machine do fewer."""
+    def done() -> float:
+        return sum(proc.metric("leadstream_decay_sweeps_total"))
+
+    before = done()
+    wait_for(lambda: done() >= before + sweeps, timeout_s, f"{sweeps} decay sweeps", 0.2)
 
 
 def unprivileged(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:

@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from streams.processes import WorkerProcess
 from streams.settings import Settings
-from tests.infra import leadstream, read_topic, wait_for, write_jsonl
+from tests.infra import leadstream, read_topic, swept, wait_for, write_jsonl
 
 HOUR_MS = 3_600_000
 
@@ -207,7 +207,7 @@ def test_a_model_edited_from_steps_to_a_half_life_decays_leads_from_their_newest
     assert [(c["to_level"], c["score"]) for _, c in read_topic(isolated, isolated.topic_crossings, expect=1)] == [("mql", 21)]
 
     apply_edit(running, lambda: save(settings, model_text(vp_points=1) + '[decay]\nhalf_life = "30d"\n'))
-    time.sleep(3)  # three sweeps
+    swept(running, 3)
     explained = orjson.loads(running.get("/leads/ada/")[1])["models"]["edits"]
     assert 20.9 < explained["score"] < 21 and explained["level"] == "mql"  # 20 x 2^(-2 h / 30 d), and 1 of fit
     assert len(read_topic(isolated, isolated.topic_crossings)) == 1

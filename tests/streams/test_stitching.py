@@ -19,7 +19,7 @@ from streams.partitioning import partition_for
 from streams.processes import CollectorProcess, WorkerProcess
 from streams.send import open_producer, produce
 from streams.settings import Settings
-from tests.infra import leadstream, read_topic, wait_for, write_jsonl
+from tests.infra import leadstream, read_topic, swept, wait_for, write_jsonl
 from tests.scoring.support import MODELS_DIR
 
 WRITE_KEY = "wk_site"
@@ -319,6 +319,6 @@ def test_an_identify_arriving_after_sweeps_took_the_steps_settles_the_merged_lea
     call(isolated, "identify", {"userId": "u-lou", "anonymousId": "v-1", "messageId": "id-lou", "timestamp": now,
                                 "context": {"app": {"name": "b2b"}}})
     wait_for(lambda: b2b_score(proc, "u-lou") == 20 + 10 - 15, 60, "the visitor merged into u-lou", 0.3)
-    time.sleep(3)  # sweeps run every second
+    swept(proc, 3)
     assert [(c["lead_id"], c["to_level"], c["score"]) for c in crossings(isolated, expect=2)] == [
         ("u-lou", "mql", 20), ("u-lou", "nurture", 5)]
