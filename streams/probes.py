@@ -79,9 +79,10 @@ class OwnMetrics(CollectorRegistry):
         REGISTRY.register(collector)
 
     def collect(self) -> Iterable[Metric]:
-        for family in REGISTRY.collect():
-            if not family.name.startswith("leadstream_") or family.name.startswith(self.prefix) and not family.name.startswith(self.others):
-                yield family
+        for metric in REGISTRY.collect():
+            name = metric.name
+            if not name.startswith("leadstream_") or (name.startswith(self.prefix) and not name.startswith(self.others)):
+                yield metric
 
 
 def serve(port: int, ready: Callable[[], bool], host: str, setting: str, idle_timeout_ms: int,
