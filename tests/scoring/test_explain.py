@@ -318,6 +318,24 @@ def test_a_number_is_never_shown_rounded_into_a_band_it_has_not_reached() -> Non
     assert (summary["score"], summary["normalized"], summary["engagement"], summary["temperature"]) == (29.99, 29.9, 2, "cold")
 
 
+@pytest.mark.parametrize(("line", "normalized"), [
+    ('[temperature]\ncold = { below = 30 }\nwarm = { min = 30 }\n', 29.9),
+    ('[thresholds]\nbase = "cold"\nladder = [{ level = "mql", at = 30 }, { level = "sql", at = 100 }]\n', 30.0),
+    ('[engagement]\n1 = { min = 30 }\n2 = { min = 20, below = 30 }\n3 = { min = 10, below = 20 }\n4 = { below = 10 }\n', 30.0),
+])
+def test_the_0_100_value_is_held_off_the_temperature_bands_alone(line: str, normalized: float) -> None:
+    # scoring/MODELS.md said 29.997 points under "an engagement band, a temperature band or a
+    # ladder line at 30" show 29.99 "(and 29.9 on the 0-100 scale)": the score is held off all
+    # three, the 0-100 value (`Scale.placed`) off the temperature bands only, whose label it is.
+    thresholds = "" if line.startswith("[thresholds]") else '[thresholds]\nbase = "cold"\nladder = [{ level = "mql", at = 100 }]\n'
+    body = ('[model]\nname = "m"\n[[rules]]\nname = "visit"\nevent = "visit"\npoints = 40\n[decay]\nhalf_life = "14d"\n'
+            '[scale]\nhundred_at = 100\n' + thresholds + line)
+    run = Run(engine(body, header=False)).apply(ev("visit"))
+    at = T0 + math.ceil(14 * DAY * math.log2(40 / 29.997))
+    summary = run.engine.summary("m", "L1", run.state(), at)
+    assert (summary["score"], summary["normalized"]) == (29.99, normalized)
+
+
 def test_a_crossing_shows_its_labels_beside_numbers_that_agree() -> None:
     # Decay takes the lead down through a line at 30, a hair below it: the crossing showed
     # 29.99 and engagement 2 beside a 0-100 value of 30.0, "warm".
