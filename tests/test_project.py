@@ -347,3 +347,19 @@ def test_readme_names_every_alert_rule() -> None:
     missing = [name for name in names if f"`{name}`" not in operations]
     assert len(names) > 10
     assert not missing, f"README's Operations names no {missing}"
+
+
+def test_every_toml_fragment_of_models_md_loads() -> None:
+    """scoring/MODELS.md's examples, one of each table, make one model that loads: a reader
+    copies them. The [decay] example's two alternatives (steps, "# or" a half-life) each once."""
+    from scoring.model import parse_model
+
+    blocks = re.findall(r"```toml\n(.*?)```", (PROJECT_ROOT / "scoring" / "MODELS.md").read_text(), flags=re.S)
+    decay = next(block for block in blocks if block.startswith("[decay]"))
+    steps, half_life = decay.split("# or\n")
+    alternatives = [steps, "[decay]\n" + half_life]
+    for alternative in alternatives:
+        text = '[model]\nname = "fragments"\n' + "\n".join(alternative if block is decay else block for block in blocks)
+        model = parse_model(text, "fragments.toml")
+        assert (len(model.rules), len(model.fit_rules)) == (1, 1)
+        assert None not in (model.decay, model.grades, model.engagement, model.temperature, model.accounts)
