@@ -65,11 +65,17 @@ class Scale:
     def placed(self, points: float, bands: Bands | None) -> tuple[float, str | None]:
         """The points on the 0-100 scale as shown (`normalize`) and their band of `bands` (the
         model's [temperature]): the band of the exact value, and the value shown never rounded
-        into another (34.96 of 100 points is cold below 35, shown 34.9, not 35.0)."""
+        into another (34.96 of 100 points is cold below 35, shown 34.9, not 35.0), nor up to 100
+        short of `hundred_at`: by default that is the top line, and a lead a hair below it read
+        100.0 beside the level under it."""
         percent = self.percent(points)
         if bands is None:
-            return _tenth(percent), None
-        return held(percent, _tenth(percent), bands.lows[1:], 10), bands.label(percent)
+            return held(percent, _tenth(percent), _FULL, 10), None
+        return held(percent, _tenth(percent), (*bands.lows[1:], *_FULL), 10), bands.label(percent)
+
+
+#: 100 on the 0-100 scale, less TOLERANCE as a line is (`held`).
+_FULL = (100.0 - TOLERANCE,)
 
 
 def _tenth(percent: float) -> float:

@@ -69,3 +69,24 @@ def test_the_0_100_scale_shows_one_decimal_a_half_rounded_up(points: float, show
     from scoring.scales import Scale
 
     assert Scale(0, 80).normalize(points) == shown
+
+
+@pytest.mark.parametrize("bands", [None, "temperature"])
+def test_the_0_100_value_reaches_100_only_at_hundred_at(bands: str | None) -> None:
+    # The default scale's 100 is the top line: 35.669 points under a top line at 35.67 showed
+    # normalized 100.0 beside the level under it.
+    from scoring.scales import Bands, Scale
+
+    temperature = Bands(("cold", "hot"), (float("-inf"), 50.0)) if bands else None
+    scale = Scale(0, 35.67)
+    assert scale.placed(35.669, temperature)[0] == 99.9
+    assert scale.placed(35.67, temperature)[0] == 100.0
+    assert scale.placed(40, temperature)[0] == 100.0
+    assert scale.placed(35.66, temperature)[0] == 99.9  # 99.97 rounds to 100.0: held
+
+
+def test_a_lead_below_the_default_scales_top_line_is_not_shown_at_100() -> None:
+    header = '[model]\nname = "m"\n[thresholds]\nbase = "low"\nladder = [{ level = "top", at = 35.67 }]\n'
+    run = Run(engine(header + '[[rules]]\nname = "p"\nevent = "p"\npoints = 35.669\n', header=False)).apply(ev("p"))
+    summary = run.engine.summary("m", "L1", run.state(), 0)
+    assert (summary["level"], summary["normalized"]) == ("low", 99.9)
