@@ -350,21 +350,33 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
         return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == settings.topic_events}
 
     if settings.models_reload_s > 0:
+        # One load at a time: the timer's and the account stage's (`Rollup.catch_up`).
+        model_turns = asyncio.Lock()
 
-        @app.timer(interval=settings.models_reload_s)  # type: ignore[untyped-decorator]
-        async def reload_models() -> None:
+        async def switch_models(load: Callable[[], Awaitable[Engine | None]]) -> None:
             # Not while tables recover: the decay index is rebuilt when they are, by then
             # under the new models too, if the files changed (the next poll sees it).
             if not _ready(app):
                 return
-            engine = await models.reload()
-            if engine is not None:
+            async with model_turns:
+                engine = await load()
+                if engine is None:
+                    return
                 try:
                     await scorer.use(engine, owned_partitions())
                 except Exception as exc:  # the batch in flight, which it waits for, failed
                     await stop_worker("a model reload", exc)
                     return
                 rollup_stage.use(engine)
+
+        async def catch_up() -> None:
+            await switch_models(lambda: models.catch_up(settings.models_reload_s))
+
+        rollup_stage.catch_up = catch_up
+
+        @app.timer(interval=settings.models_reload_s)  # type: ignore[untyped-decorator]
+        async def reload_models() -> None:
+            await switch_models(models.reload)
 
     @leads.on_recover
     async def index_decay() -> None:

@@ -157,6 +157,19 @@ class ModelDirectory:
         metrics.MODELS_FINGERPRINT.clear()  # the previous models' series goes: one per worker
         metrics.MODELS_FINGERPRINT.labels(self.app_id, loaded.fingerprint).set(1)
 
+    async def catch_up(self, interval_s: float) -> Engine | None:
+        """`reload` at once, then every `interval_s` while an edit found is still settling: what
+        the account stage does when a worker of the group that has an edit already sends it
+        updates for a model added by it (streams/rollup.py), which it dead-lettered until its
+        own timer got there. Bounded as a poll's wait for the files to settle is; None when the
+        files hold no edit, or one that does not load."""
+        for _ in range(UNSETTLED_LOOKS + 1):
+            engine = await self.reload()
+            if engine is not None or self._changing is None:
+                return engine
+            await asyncio.sleep(interval_s)
+        return None
+
     async def reload(self) -> Engine | None:
         """`poll` in a thread: the files of a large model (thousands of rules) take seconds to
         load and compile, during which the worker's loop, on the same thread, answered nothing,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from operator import attrgetter
 from typing import Sequence
 
@@ -39,6 +39,15 @@ from streams.stage import Consumed, Record, read_from
 
 
 _decode_updates = msgspec.json.Decoder(list[MemberScore]).decode
+
+
+class _Model(msgspec.Struct):
+    """An update's model, all `_misses_models` reads of it."""
+
+    model: str
+
+
+_decode_models = msgspec.json.Decoder(list[_Model]).decode
 
 
 def publish_updates(outbox: Outbox, settings: Settings, updates: Sequence[MemberScore], partitions: int) -> None:
@@ -103,6 +112,12 @@ class Rollup:
         #: a past history removes what scoring them as they came would have, whatever the
         #: worker's clock says meanwhile.
         self.clock_ms = 0
+        #: Takes up an edit of the model files at once, if there is one (the worker's; None:
+        #: reloads are off). An `[accounts]` model added is loaded by each worker of a group at
+        #: its own poll: a worker that has it sends its leads' updates to accounts owned by
+        #: workers that may not have it yet, which dead-lettered them (`unknown_model`) until
+        #: `leadstream replay-dlq` was run.
+        self.catch_up: Callable[[], Awaitable[None]] | None = None
         self._take(engine)
 
     def use(self, engine: Engine) -> None:
@@ -124,6 +139,8 @@ class Rollup:
         rolled up, as `Scorer.process` does. An update that makes the roll-up raise is found and
         dead-lettered (streams/isolation.py)."""
         self.sequence.observe(batch)
+        if self.catch_up is not None and self._misses_models(batch):
+            await self.catch_up()  # those still unknown after it are dead-lettered (`_decode`)
         if self.sequence.at_head:
             await self.sequence.check_head()
         records: list[Record] = []
@@ -255,6 +272,17 @@ class Rollup:
                 paused_s = time.monotonic()
         return count
 
+    def _misses_models(self, batch: Sequence[Consumed]) -> bool:
+        """Whether the batch has an update for a model this worker does not have (reading only
+        the updates' models; a message that does not decode so is left to `_updates`)."""
+        for message in batch:
+            try:
+                if not message.tombstone and any(update.model not in self.models for update in _decode_models(message.value)):
+                    return True
+            except UNDECODABLE:
+                continue
+        return False
+
     def _refuse(self, message: Consumed, exc: Exception) -> None:
         self._queue_dead([internal_error(exc, message, "rolling up this account update")])
 
@@ -264,8 +292,9 @@ class Rollup:
         unknown = [update for update in updates if update.model not in self.models]
         for update in unknown:
             dead.append(message.dead_letter("unknown_model", f"account update for model {update.model!r}, which this worker does not have "
-                       f"(models: {', '.join(sorted(self.models))}): added to LEADSTREAM_MODELS_DIR and not loaded here yet (each "
-                       "worker of a group loads an edit in its own time: `leadstream replay-dlq --reason unknown_model` once every "
+                       f"(models: {', '.join(sorted(self.models))}): added to LEADSTREAM_MODELS_DIR and not loaded here yet (this worker's "
+                       "files did not have it when the update came, or LEADSTREAM_MODELS_RELOAD_S is 0: "
+                       "`leadstream replay-dlq --reason unknown_model` once every "
                        "worker's GET /models/ shows it), removed from it while updates were in flight, or not written by leadstream",
                        encode_json(update)))
         return [update for update in updates if update.model in self.models] if unknown else updates

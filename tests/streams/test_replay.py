@@ -219,6 +219,35 @@ def test_letters_of_a_lead_forgotten_since_are_not_replayed_and_those_after_are(
     assert orjson.loads(body)["models"]["replays"]["score"] == 20 and b"m@private.example" not in body and b"555" not in body
 
 
+def test_an_account_update_for_a_model_added_to_the_files_but_not_yet_loaded_waits_for_it_and_rolls_up(
+    isolated: Settings, worker: Callable[..., WorkerProcess], tmp_path: Path
+) -> None:
+    """An `[accounts]` model added while two workers of a group run: the first to load it sends
+    its leads' updates to accounts the other owns, which dead-lettered them (`unknown_model`) up
+    to its own poll, and they stayed lost until `leadstream replay-dlq`. The account stage now
+    takes up the edit that the files hold at once (waiting for them to settle as a poll does)."""
+    account = '[accounts]\nbase = "cold"\nladder = [{ level = "hot", at = 20 }]\n'
+    models = replays_model(tmp_path)
+    running = worker(replace(isolated, models_dir=models, models_reload_s=6))
+    account_id = "acc-c14"
+    (models / "later.toml.tmp").write_text(MODEL.replace('"replays"', '"later"') + account)
+    os.replace(models / "later.toml.tmp", models / "later.toml")
+    # As another worker that has loaded it sends (publish_updates), long before this one's second look.
+    producer = KafkaProducer(bootstrap_servers=isolated.kafka_bootstrap)
+    update = {"model": "later", "account_id": account_id, "lead_id": "c14", "score": 30, "time": int(time.time() * 1000) - HOUR_MS}
+    producer.send(isolated.topic_accounts, value=orjson.dumps([update]), partition=partition_for(account_id, 4))
+    producer.flush()
+    producer.close()
+
+    def account_level() -> object:
+        status, body = running.get(f"/accounts/{account_id}/")
+        return status == 200 and orjson.loads(body)["models"]["later"]["level"]
+
+    wait_for(account_level, timeout_s=40, what="the update rolled up")
+    assert account_level() == "hot"
+    assert read_topic(isolated, isolated.topic_deadletter, idle_s=1) == []
+
+
 def test_an_account_update_refused_for_a_model_not_yet_loaded_goes_back_to_its_account_s_partition(
     isolated: Settings, worker: Callable[..., WorkerProcess], tmp_path: Path
 ) -> None:
