@@ -66,6 +66,7 @@ def review_files(
               f"(--converted): every lead counts as not converted", file=err)  # fmt: skip
     with _rereadable(events_path) as events:
         links = _links_ahead(events)
+        outcomes = _merged_outcomes(outcomes, links, outcomes_path.name, err)
         reports, scored, present = _reviews(engine, events, outcomes, links, min_leads, err)
         if baseline is not None:
             # The same file again: its bad lines were reported above.
@@ -167,6 +168,36 @@ def _before_outcomes(lead_id: str, time_ms: int, outcomes: dict[str, Outcome], l
     # A link asked for after its lead's outcome is left out with its event: it is never made.
     linked = _before_outcomes(target, link_ms, outcomes, links, hops + 1)
     return not linked or _before_outcomes(target, time_ms, outcomes, links, hops + 1)
+
+
+def _merged_outcomes(outcomes: dict[str, Outcome], links: Links, name: str, err: TextIO) -> dict[str, Outcome]:
+    """The outcomes by the lead each one's id is part of when it came: a visitor (or an old id)
+    merged into a lead before its outcome has no state of its own then, so its outcome is the
+    lead's, which was counted as a lead with no event. A lead's own outcome comes first, then
+    those of ids merged into it in the file's order (a lead listed twice keeps its first); the
+    others are said on `err`."""
+    targets = {lead_id: _merged_into(lead_id, outcome, links) for lead_id, outcome in outcomes.items()}
+    kept = {lead_id: outcome for lead_id, outcome in outcomes.items() if targets[lead_id] == lead_id}
+    for lead_id, target in targets.items():
+        if target == lead_id:
+            continue
+        if target in kept:
+            print(f"{name}: the outcome of {lead_id!r} is not used: that id was merged into {target!r} before it, and "
+                  f"{target!r} has an outcome already", file=err)  # fmt: skip
+        else:
+            kept[target] = outcomes[lead_id]
+    return kept
+
+
+def _merged_into(lead_id: str, outcome: Outcome, links: Links) -> str:
+    """The lead `lead_id` is part of when `outcome` came: the end of its chain of links asked
+    for before then (an outcome without a time: at the end of the file)."""
+    for _ in range(MAX_HOPS):
+        link = links.get(lead_id)
+        if link is None or (outcome.time_ms is not None and link[1] >= outcome.time_ms):
+            break
+        lead_id = link[0]
+    return lead_id
 
 
 def _judged_ids(outcomes: dict[str, Outcome], links: Links) -> set[str]:

@@ -427,11 +427,38 @@ def test_only_the_leads_outcomes_need_are_scored(tmp_path: Path, monkeypatch: py
         out, err = io.StringIO(), io.StringIO()
         assert review_files(MODELS_DIR, write(tmp_path / f"{name}.jsonl", events), tmp_path / "outcomes.csv", frozenset({"won"}), 20, False, out, err) == 0
         reports.append(out.getvalue())
-        assert err.getvalue() == "outcomes.csv: 1 of 3 leads with an outcome have no scored event before it: not reviewed\n"  # anon:w, merged
+        assert err.getvalue() == ""  # anon:w's outcome is carl's, whom it was merged into
     assert held == [{"ana", "ben", "carl"}] * 2
     assert reports[0] == reports[1]
     (saas_report,) = [report for report in map(orjson.loads, reports[0].splitlines()) if report["model"] == "saas_start_small"]
-    assert {row["rule"]: row["leads"] for row in saas_report["rules"]} == {"signed up": 2, "created a task": 1, "created a project": 1}
+    assert {row["rule"]: row["leads"] for row in saas_report["rules"]} == {"signed up": 3, "created a task": 2, "created a project": 2}
+
+
+def test_an_outcome_given_for_a_merged_visitor_s_id_counts_for_the_lead_it_was_merged_into(tmp_path: Path) -> None:
+    # The CRM knows carl by the id he had as a visitor (anon:w), merged into carl at 2 minutes:
+    # carl, with the visitor's task and project, is the lead won. ana's visitor anon:v was
+    # merged into her before her own outcome, which is the one kept.
+    def saas(n: str, lead: str, at: int, kind: str, **fields: object) -> dict[str, object]:
+        return {"event_id": n, "lead_id": lead, "type": kind, "time": T0 + at, "product": "saas", **fields}
+
+    events = write(tmp_path / "events.jsonl", [
+        saas("a1", "ana", 0, "signup"),
+        saas("v1", "anon:v", 0, "created_task"),
+        saas("i1", "ana", MINUTE, "identify", anonymous_id="v"),
+        saas("w1", "anon:w", 0, "created_task"),
+        saas("w2", "anon:w", MINUTE, "created_project"),
+        saas("c1", "carl", 0, "signup"),
+        saas("i2", "carl", 2 * MINUTE, "identify", anonymous_id="w"),
+    ])  # fmt: skip
+    (tmp_path / "outcomes.csv").write_text(f"lead_id,outcome,time\nanon:w,won,{T0 + 3 * MINUTE}\nanon:v,won,\nana,lost,\n")
+    out, err = io.StringIO(), io.StringIO()
+    assert review_files(MODELS_DIR, events, tmp_path / "outcomes.csv", frozenset({"won"}), 20, False, out, err) == 0
+    assert err.getvalue() == ("outcomes.csv: the outcome of 'anon:v' is not used: that id was merged into 'ana' before it, "
+                              "and 'ana' has an outcome already\n")  # fmt: skip
+    (report,) = [report for report in map(orjson.loads, out.getvalue().splitlines()) if report["model"] == "saas_start_small"]
+    assert (report["leads"], report["converted"]) == (2, 1)
+    rules = {row["rule"]: (row["leads"], row["converted"]) for row in report["rules"] if row["leads"]}
+    assert rules == {"signed up": (2, 1), "created a task": (2, 1), "created a project": (1, 1)}
 
 
 @pytest.mark.parametrize(
