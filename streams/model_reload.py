@@ -70,11 +70,6 @@ class ModelDirectory:
     def __init__(self, path: Path, app_id: str = "") -> None:
         self.path = path
         self.app_id = app_id
-        # Taken before loading: an edit saved while the files load is seen again by the next
-        # poll, and loaded then (once more at worst), never missed.
-        seen = fingerprint(path)
-        self._use(Loaded(Engine.from_directory(path), seen, _now_ms()))
-        self._seen = seen
         #: The files' fingerprint at the last poll that found them changed: loaded once the
         #: next poll finds them so again (`poll`), and the polls in a row that found them changed again.
         self._changing: str | None = None
@@ -82,6 +77,14 @@ class ModelDirectory:
         #: Why the files on disk do not load, while they do not (None once they do).
         self.error: str | None = None
         self._out_of_files = OutOfFiles(log, "looking for edits of the model files")
+        # Taken before loading, and looked at again after: an edit saved while the files load
+        # is loaded by the next poll, as one found by a poll is. Without the second look it
+        # was found by the next poll and loaded by the one after, and the models in use,
+        # perhaps read from the edited files, carried the fingerprint before it meanwhile.
+        seen = fingerprint(path)
+        self._use(Loaded(Engine.from_directory(path), seen, _now_ms()))
+        self._seen = seen
+        self._written_meanwhile(seen)
 
     def poll(self) -> Engine | None:
         """The newly loaded models when the files changed and have stayed so since the last

@@ -124,6 +124,27 @@ def test_files_written_while_they_load_are_taken_up_once_they_settle(tmp_path: P
     assert directory.current.fingerprint == fingerprint(tmp_path)
 
 
+def test_an_edit_saved_while_the_worker_first_loads_is_taken_up_at_the_next_poll(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker's first look was taken before its first load only: an edit saved while the
+    files loaded was found by the next poll and loaded by the one after."""
+    save(tmp_path, "a.toml", MODEL.format(name="a", points=5))
+    load = Engine.from_directory
+
+    def loaded_while_edited(path: Path) -> Engine:
+        try:
+            return load(path)
+        finally:
+            save(tmp_path, "a.toml", MODEL.format(name="a", points=7))
+
+    monkeypatch.setattr(Engine, "from_directory", loaded_while_edited)
+    directory = ModelDirectory(tmp_path)
+    monkeypatch.setattr(Engine, "from_directory", load)
+    assert rule_points(directory) == [("a", 5)]
+    engine = directory.poll()
+    assert engine is not None and rule_points(directory) == [("a", 7)]
+    assert directory.current.fingerprint == fingerprint(tmp_path)
+
+
 def fingerprints_exported() -> list[dict[str, str]]:
     return [sample.labels for family in metrics.MODELS_FINGERPRINT.collect() for sample in family.samples]
 
