@@ -98,6 +98,9 @@ class ModelDirectory:
         if seen == self._seen:
             self._changing, self._unsettled = None, 0  # an edit undone before it settled
             return None
+        if seen == self.current.fingerprint:
+            self._undone(seen)
+            return None
         if seen != self._changing:
             # Written a moment ago, perhaps not to the end: a file saved in place was loaded
             # cut before its [accounts] (valid TOML), and the account it rolled up crossed to
@@ -132,6 +135,16 @@ class ModelDirectory:
         for warning in warnings:
             log.warning("model edit applied: %s", warning)
         return engine
+
+    def _undone(self, seen: str) -> None:
+        """The files are as the models in use were loaded from again: a broken edit put back (a
+        file restored, a typo undone). Loading them again counted an edit applied and made the
+        stages drop their live states (`Scorer.use`) for the models they have."""
+        self._seen, self._changing, self._unsettled = seen, None, 0
+        if self.error is not None:
+            self.error = None
+            metrics.MODELS_BROKEN.set(0)
+            log.info("model files back as the models in use were loaded from (fingerprint %s): the edit that did not load is gone", seen)
 
     def _written_meanwhile(self, seen: str) -> bool:
         """Whether the files changed while they loaded: a write begun between the poll's look

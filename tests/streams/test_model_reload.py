@@ -188,6 +188,25 @@ def test_an_edit_that_does_not_load_is_reported_and_the_models_stay(tmp_path: Pa
     assert (rule_points(directory), directory.error, metrics.MODELS_BROKEN._value.get()) == ([("a", 6)], None, 0)
 
 
+def test_a_broken_edit_put_back_as_the_models_in_use_were_is_no_edit(tmp_path: Path) -> None:
+    """A typo undone (or a deleted file restored) brought the files back to those the models in
+    use were loaded from: they were loaded again, counted as an edit applied, and the stages
+    dropped their live states."""
+    save(tmp_path, "a.toml", MODEL.format(name="a", points=5))
+    directory = ModelDirectory(tmp_path)
+    first = directory.current
+    save(tmp_path, "a.toml", MODEL.format(name="a", points='"five"'))
+    assert settled(directory) is None and directory.error is not None
+    applied = metrics.MODEL_RELOADS.labels("applied")._value.get()
+    save(tmp_path, "a.toml", MODEL.format(name="a", points=5))
+    assert directory.poll() is None
+    assert (directory.error, metrics.MODELS_BROKEN._value.get(), directory.current) == (None, 0, first)
+    assert directory.poll() is None and directory.current is first
+    assert metrics.MODEL_RELOADS.labels("applied")._value.get() == applied
+    save(tmp_path, "a.toml", MODEL.format(name="a", points=6))  # an edit after it is taken up as ever
+    assert settled(directory) is not None and rule_points(directory) == [("a", 6)]
+
+
 def test_an_edit_testing_a_trait_the_models_did_not_keep_is_applied_with_a_warning(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
