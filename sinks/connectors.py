@@ -38,17 +38,19 @@ def build(name: str, settings: Settings) -> Sink[Any]:
     if name == "redis":
         from redis import RedisError
 
+        from sinks.ledger import await_redis
         from sinks.redis_model import RedisModelSink, upgrade_version_keys
 
+        kept = "where the read model is kept"
         model = RedisModelSink(settings)
+        await_redis(model.redis, settings, kept)
         try:
             upgrade_version_keys(model.redis, model.prefix)
         except RedisError as exc:
             # Not started without it: a replay would not be checked against the keys it renames.
             # Told as the other connectors tell it (runner.py): it said "cannot reach Redis ...; the
             # read model starts once it answers" of a password Redis refused, and exited.
-            raise ServiceError(f"cannot start without Redis, where the read model is kept: "
-                               f"{redis_trouble(exc, settings.redis_url)}") from None
+            raise ServiceError(f"cannot start without Redis, {kept}: {redis_trouble(exc, settings.redis_url)}") from None
         return model
     raise ConfigError(f"unknown connector {name!r}: one of {', '.join(NAMES)}")
 

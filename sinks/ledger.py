@@ -24,16 +24,25 @@ Three kinds of keys per connector, all expiring after LEADSTREAM_SINK_DELIVERED_
 
 from __future__ import annotations
 
+import itertools
+import logging
 import re
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-from redis import Redis
+from redis import Redis, RedisError
 
 from sinks.base import Position
 from sinks.errors import OutcomeUnknown, Unsettled
+from streams.errors import ServiceError, redis_trouble
 from streams.settings import Settings
+
+log = logging.getLogger("leadstream.sinks")
+
+#: Wait before a Redis that did not answer a connector's start is asked again (await_redis).
+START_RETRY_S = 1.0
 
 _PENDING = "pending"
 _UNSETTLED = "unsettled:"
@@ -47,6 +56,32 @@ def redis_client(settings: Settings, timeout_s: float | None = None) -> Redis:
     connection open) is retried or reported, not waited for (redis-py waits forever before 8.0, 5 s since)."""
     timeout_s = settings.sink_timeout_s if timeout_s is None else timeout_s
     return Redis.from_url(settings.redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+
+
+def await_redis(redis: Redis, settings: Settings, kept: str, stop: threading.Event | None = None) -> None:
+    """Redis's first answer to a connector as it starts, waited for as Kafka's is: asked again until
+    it comes, for LEADSTREAM_KAFKA_CONNECT_TIMEOUT_S from the first try, then a ServiceError saying
+    what the connector keeps there (`kept`) and what went wrong. Not at the first failure: a Redis
+    that stalled a moment longer than LEADSTREAM_SINK_TIMEOUT_S (a 1 s timeout and a 3 s stall), or
+    was still starting (refusing connections, loading its data), stopped the connector where a
+    broker as slow would have been waited for. A password or ACL refused is told at once: asked
+    again, it gives the same answer. `stop` set cuts the wait short (a ServiceError too)."""
+    from redis.exceptions import AuthenticationError, NoPermissionError
+
+    deadline = time.monotonic() + settings.kafka_connect_timeout_s
+    for tries in itertools.count(1):
+        try:
+            redis.ping()
+            return
+        except RedisError as exc:
+            trouble = redis_trouble(exc, settings.redis_url)
+            if isinstance(exc, (AuthenticationError, NoPermissionError)) or time.monotonic() >= deadline:
+                raise ServiceError(f"cannot start without Redis, {kept}: {trouble}") from None
+            if tries == 1:  # once: the tries after it fail alike, and the error at the deadline says it again
+                log.warning("Redis does not answer yet, asked again for up to %g s from the first try "
+                            "(LEADSTREAM_KAFKA_CONNECT_TIMEOUT_S): %s", settings.kafka_connect_timeout_s, trouble)
+        if (stop or threading.Event()).wait(min(START_RETRY_S, max(0.0, deadline - time.monotonic()))):
+            raise ServiceError("stopped before Redis answered")
 
 
 @dataclass(frozen=True)

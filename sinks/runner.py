@@ -75,7 +75,7 @@ from redis import RedisError
 from sinks import metrics
 from sinks.base import Position, Sink
 from sinks.errors import PermanentError, Refused, RetryableError, StaleError, Stopping, Unsettled
-from sinks.ledger import Ledger, NoSteps, redis_client
+from sinks.ledger import Ledger, NoSteps, await_redis, redis_client
 from streams import probes
 from streams.addresses import authority
 from streams.deadletter import DeadLetter, Repeats
@@ -462,11 +462,7 @@ class SinkRunner(Generic[T]):
         require_topic(self.settings, self.source_topic)
         # As Kafka is: a URL that reaches no Redis (a typo, a port) is told at start, where it
         # read every record, tried each until its retries ran out, and dead-lettered it.
-        try:
-            self.ledger.redis.ping()
-        except RedisError as exc:
-            raise ServiceError(f"cannot start without Redis, where the connector keeps the ids of what it delivered: "
-                               f"{redis_trouble(exc, self.settings.redis_url)}") from None
+        await_redis(self.ledger.redis, self.settings, "where the connector keeps the ids of what it delivered", self.stop)
         ensure_topics(self.settings, [TopicSpec(self.dlq_topic, self.settings.partitions, {"retention.ms": str(DLQ_RETENTION_MS)})])
         consumer = open_client(
             self.settings,
@@ -1065,9 +1061,9 @@ def run_sink(sink: Sink[T], settings: Settings) -> int:
     except ServiceError:
         if not runner.stop.is_set():
             raise
-        # SIGTERM while the start waited for Kafka (up to LEADSTREAM_KAFKA_CONNECT_TIMEOUT_S): the
-        # stop asked for, not a failure to report.
-        log.info("sink %s: stopped before Kafka answered", sink.name)
+        # SIGTERM while the start waited for Kafka or Redis (up to LEADSTREAM_KAFKA_CONNECT_TIMEOUT_S):
+        # the stop asked for, not a failure to report.
+        log.info("sink %s: stopped before Kafka and Redis answered", sink.name)
         return 0
     finally:
         server.shutdown()

@@ -338,7 +338,7 @@ class Settings:
     )
     kafka_connect_timeout_s: int = _setting(
         "LEADSTREAM_KAFKA_CONNECT_TIMEOUT_S", 5,
-        "How long the commands that talk to Kafka (`topics`, `send`, `forget`, `history`, `replay-dlq`, `services up` and `status`), the worker and the connectors as they start, and their lag metrics, wait for the broker's first answer before saying it cannot be reached.",
+        "How long the commands that talk to Kafka (`topics`, `send`, `forget`, `history`, `replay-dlq`, `services up` and `status`), the worker and the connectors as they start, and their lag metrics, wait for the broker's first answer before saying it cannot be reached; and how long a connector asks its Redis again as it starts before saying so.",
         POSITIVE,
     )
     redis_url: str = _setting("LEADSTREAM_REDIS_URL", "redis://127.0.0.1:6379/0", "Redis used by the sinks and the read model.", _redis_url,

@@ -86,6 +86,10 @@ class RedisServer:
         nothing answers."""
         self.proc.send_signal(signal.SIGSTOP)
 
+    def resume(self) -> None:
+        """SIGCONT: it answers again, the commands sent meanwhile first."""
+        self.proc.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGCONT)
         self.proc.terminate()

@@ -14,13 +14,14 @@ import pytest
 from prometheus_client import REGISTRY
 from redis import RedisError
 
-from sinks import metrics
+from sinks import connectors, metrics
 from sinks.runner import OUTCOMES, SinkRunner, outcome_label
 from streams import probes
 from sinks.webhook import WebhookSink
 from streams.processes import free_port
+from streams.errors import ServiceError
 from streams.settings import Settings
-from tests.sinks.conftest import RedisServer, crossing, produce
+from tests.sinks.conftest import RedisServer, crossing, produce, running
 from tests.infra import wait_for
 from tests.sinks.fake_http import WebhookReceiver
 
@@ -120,6 +121,59 @@ def test_a_stalled_redis_makes_the_connector_not_ready_and_its_ledger_fail_withi
 
     assert len(answers) == 2, f"still waiting for Redis: {answers}"
     assert answers[0] is False and isinstance(answers[1], RedisError)
+
+
+def test_a_connector_waits_at_start_for_a_redis_that_stalls_past_its_timeout_as_it_waits_for_kafka(
+    sink_settings: Settings, webhook: WebhookReceiver, redis_server: RedisServer
+) -> None:
+    # Its one ping at start failed after LEADSTREAM_SINK_TIMEOUT_S (1 s here) and the connector
+    # refused to start ("cannot start without Redis ... Timeout reading"), under a Redis stalled 3 s,
+    # where a broker as slow is waited for up to LEADSTREAM_KAFKA_CONNECT_TIMEOUT_S.
+    settings = sink_settings.with_overrides(redis_url=redis_server.url, webhook_url=webhook.url, kafka_connect_timeout_s=10)
+    produce(settings, [crossing(1)])
+    redis_server.stall()
+    resumed = threading.Timer(3 * settings.sink_timeout_s, redis_server.resume)
+    resumed.start()
+    try:
+        with running(SinkRunner(WebhookSink(settings), settings)) as ran:
+            wait_for(lambda: ran, 60, "the connector to deliver the topic")
+    finally:
+        resumed.cancel()
+        redis_server.resume()
+
+    assert ran[0].delivered == 1 and len(webhook.requests_to("POST", "")) == 1
+
+
+def test_the_read_model_waits_at_start_for_a_redis_that_stalls_past_its_timeout(
+    sink_settings: Settings, redis_server: RedisServer
+) -> None:
+    # `sink redis` renames its old keys before the runner starts: that first call failed after 1 s alike.
+    settings = sink_settings.with_overrides(redis_url=redis_server.url, kafka_connect_timeout_s=10)
+    redis_server.stall()
+    resumed = threading.Timer(3 * settings.sink_timeout_s, redis_server.resume)
+    resumed.start()
+    try:
+        model = connectors.build("redis", settings)
+    finally:
+        resumed.cancel()
+        redis_server.resume()
+
+    assert model.name == "redis"
+
+
+def test_a_connector_whose_redis_never_answers_stops_at_start_within_the_kafka_connect_timeout(
+    sink_settings: Settings, webhook: WebhookReceiver, redis_server: RedisServer
+) -> None:
+    settings = sink_settings.with_overrides(redis_url=redis_server.url, webhook_url=webhook.url, kafka_connect_timeout_s=3)
+    redis_server.stall()
+    started = time.monotonic()
+    with pytest.raises(ServiceError, match="cannot start without Redis, where the connector keeps the ids of what it "
+                                           r"delivered: Redis could not be reached \(Timeout"):
+        SinkRunner(WebhookSink(settings), settings).run(stop_at_end=True)
+
+    # The deadline, plus the last ping's timeout and the topic checks before it.
+    assert time.monotonic() - started < settings.kafka_connect_timeout_s + settings.sink_timeout_s + 10
+    assert not webhook.requests_to("POST", "")
 
 
 def test_the_lag_watch_names_an_unreachable_broker_within_the_connect_timeout_keeps_trying_and_exports_no_frozen_figure(
