@@ -18,6 +18,7 @@ import threading
 import time
 from contextlib import nullcontext
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -234,3 +235,15 @@ def transport_error(what: str, exc: requests.RequestException, hide: str = "") -
     # A timeout once connected: the request was sent, and the service may still act on it.
     sent = isinstance(exc, requests.Timeout) and not isinstance(exc, requests.ConnectTimeout)
     return (OutcomeUnknown if sent else RetryableError)(f"{what}: no answer ({type(exc).__name__}: {message})")
+
+
+def shown_url(url: str) -> tuple[str, str]:
+    """How messages name a URL (its scheme and host), and the rest of it, which they must not show:
+    messages reach logs and dead letters, and a hook's path and query are often its credential
+    (Zapier, Slack: whoever has the URL may post to it), a CRM record's path its e-mail address."""
+    parts = urlsplit(url)
+    # Host and port as written, without parsing the port (a redirect's may be out of range) and
+    # without the user and password.
+    origin = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+    rest = url[len(f"{parts.scheme}://{parts.netloc}"):]
+    return (origin + "/...", rest) if rest.strip("/") else (origin, "")

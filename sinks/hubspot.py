@@ -33,6 +33,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, TypeVar
+from urllib.parse import urljoin
 
 import orjson
 import urllib3
@@ -44,7 +45,7 @@ from hubspot.crm.objects.tasks import ApiException as TasksApiException
 
 from sinks.base import UNKEPT_TRAITS, Crossing, CrossingSink, Steps
 from sinks.errors import CredentialsError, OutcomeUnknown, PermanentError, QuotaExhausted, RetryableError, excerpt, for_status
-from sinks.http import Deadline, watched
+from sinks.http import Deadline, shown_url, watched
 from sinks.mapping import AccountMapping, Mapping, load_mapping
 from sinks.ratelimit import limiter_for
 from streams.errors import ConfigError
@@ -88,9 +89,10 @@ class HubSpotSink(CrossingSink):
         self.mapping = mapping or load_mapping(settings.sink_mapping_dir / "hubspot.toml", with_deals=True)
         self.limiter = limiter_for("LEADSTREAM_HUBSPOT_RATE_LIMIT", settings.hubspot_rate_limit, "hubspot")
         self.timeout_s = settings.sink_timeout_s
+        self.base_url = settings.hubspot_base_url.rstrip("/")
         client = Client.create(
             access_token=settings.hubspot_access_token,
-            host=settings.hubspot_base_url.rstrip("/"),
+            host=self.base_url,
             retry=False,  # retries are the runner's: with backoff, Retry-After and the shared rate limit
             connection_pool_maxsize=settings.sink_concurrency,
         )
@@ -247,6 +249,8 @@ class HubSpotSink(CrossingSink):
                 raise PermanentError(f"HubSpot {what}: not found (404): {excerpt(_body(exc))}") from None
             if status == 0:  # the client's wrapper of a TLS or protocol failure
                 raise RetryableError(f"HubSpot {what}: {exc.reason}") from None
+            if 300 <= status < 400:
+                raise _redirected(what, status, self.base_url, dict(exc.headers or {})) from None
             if status == 429 and _policy(_body(exc)) == "DAILY":
                 raise QuotaExhausted(
                     f"HubSpot {what}: HTTP 429 DAILY: the HubSpot account's daily API limit is used up (shared by every app "
@@ -265,6 +269,17 @@ class HubSpotSink(CrossingSink):
         except ValueError as exc:
             # The generated client rejects an answer that is not the documented JSON this way.
             raise RetryableError(f"HubSpot {what}: malformed answer ({exc})") from None
+
+
+def _redirected(what: str, status: int, base_url: str, headers: dict[str, str]) -> PermanentError:
+    """A 3xx, which the client does not follow (the retries it would follow them with are off):
+    every call gets it alike, from a LEADSTREAM_HUBSPOT_BASE_URL that is not the API's own (http://
+    where HTTPS is served, a proxy or an old host), so the setting is named. It was dead-lettered
+    as "HTTP 301: " and the body, which said nothing of where or why."""
+    location = next((value for name, value in headers.items() if name.lower() == "location"), "")
+    target, _ = shown_url(urljoin(base_url + "/", location)) if location else ("nowhere (no Location)", "")
+    return PermanentError(f"HubSpot {what}: redirected (HTTP {status}) to {target}: set LEADSTREAM_HUBSPOT_BASE_URL "
+                          "to the API's own URL (https://api.hubapi.com); redirects are not followed")
 
 
 def _what(target: _Target, ref: str, id_property: str | None, crossing: Crossing) -> str:

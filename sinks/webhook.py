@@ -30,14 +30,14 @@ import logging
 import time
 from dataclasses import dataclass
 from typing import Callable
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
 import requests
 import urllib3
 
 from sinks.base import Crossing, Position, Sink, Steps, lead_of, order_key_of
 from sinks.errors import PermanentError, for_status
-from sinks.http import Deadline, TimeoutSession, transport_error
+from sinks.http import Deadline, TimeoutSession, shown_url, transport_error
 from sinks.ratelimit import limiter_for
 from streams.errors import ConfigError
 from streams.settings import Settings
@@ -93,7 +93,7 @@ class WebhookSink(Sink[Post]):
             raise ConfigError("LEADSTREAM_WEBHOOK_SECRET is empty: set a long random secret (e.g. `openssl rand "
                               "-hex 32`) and give the same one to the receiver to verify signatures")
         self.url = settings.webhook_url
-        shown, self.hidden = _shown(self.url)
+        shown, self.hidden = shown_url(self.url)
         self.where = f"webhook {shown}"
         self.secret = settings.webhook_secret
         self.clock = clock
@@ -139,7 +139,7 @@ class WebhookSink(Sink[Post]):
             raise transport_error(self.where, exc, hide=self.hidden) from None
         if 300 <= response.status_code < 400:
             # Shown as the receiver is: a hook moved to HTTPS keeps its secret path in the new URL.
-            target, _ = _shown(urljoin(self.url, response.headers.get("Location") or ""))
+            target, _ = shown_url(urljoin(self.url, response.headers.get("Location") or ""))
             raise PermanentError(f"{self.where}: redirected (HTTP {response.status_code}) to {target}: "
                                  "set LEADSTREAM_WEBHOOK_URL to the final URL")
         if response.status_code >= 400:
@@ -153,29 +153,17 @@ class WebhookSink(Sink[Post]):
 class _HeaderWarnings(logging.Filter):
     """urllib3 warns of an answer's headers it cannot parse (a line without a colon) naming the
     whole URL, with a traceback, for every call: the hook's path in the log. The answer is read
-    all the same, so one line naming the URL as messages do (`_shown`) says enough."""
+    all the same, so one line naming the URL as messages do (`shown_url`) says enough."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if str(record.msg).startswith("Failed to parse headers") and isinstance(record.args, tuple) and len(record.args) == 2:
             url, error = record.args
-            record.args = (_shown(str(url))[0], error)
+            record.args = (shown_url(str(url))[0], error)
             record.exc_info = record.exc_text = None
         return True
 
 
 _HEADER_WARNINGS = _HeaderWarnings()
-
-
-def _shown(url: str) -> tuple[str, str]:
-    """How messages name a hook's URL (its scheme and host), and the rest of it, which they must
-    not show: messages reach logs and dead letters, and a hook's path and query are often its
-    credential (Zapier, Slack: whoever has the URL may post to it)."""
-    parts = urlsplit(url)
-    # Host and port as written, without parsing the port (a redirect's may be out of range) and
-    # without the user and password.
-    origin = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
-    rest = url[len(f"{parts.scheme}://{parts.netloc}"):]
-    return (origin + "/...", rest) if rest.strip("/") else (origin, "")
 
 
 def _body(response: requests.Response, deadline: Deadline) -> str:

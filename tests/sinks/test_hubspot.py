@@ -266,6 +266,30 @@ def test_an_account_without_a_company_is_dead_lettered_with_the_reason(sink_sett
     assert hubspot.objects["deals"] == {} and hubspot.objects["tasks"] == {}
 
 
+@pytest.mark.parametrize(("location", "shown"), [
+    ("https://api.hubapi.com/crm/v3/objects/contacts/lead-3@acme.io?idProperty=email", "https://api.hubapi.com/..."),
+    ("", "nowhere (no Location)"),
+])
+def test_a_redirect_is_dead_lettered_naming_where_to_and_the_base_url_setting_not_the_path(
+    sink_settings: Settings, hubspot: FakeHubSpot, location: str, shown: str
+) -> None:
+    # LEADSTREAM_HUBSPOT_BASE_URL=http://api.hubapi.com, answered with a 301 to https: each crossing
+    # was dead-lettered as "HTTP 301: " and the body, naming neither the setting nor where to.
+    settings = hubspot_settings(sink_settings, hubspot)
+    hubspot.add_contact("lead-3@acme.io")
+    hubspot.inject("status", method="GET", path="/contacts/", status=301, headers={"Location": location} if location else {})
+    produce(settings, [crossing(3, "sql")])
+
+    stats = drain(HubSpotSink(settings), settings)
+
+    assert (stats.delivered, stats.dead_lettered, stats.retries) == (0, 1, 0)
+    [(_, letter)] = read_topic(settings, f"{settings.topic_crossings}-dlq-hubspot", expect=1, idle_s=0.5)
+    assert (f"HubSpot contact by the email trait of lead lead-3: redirected (HTTP 301) to {shown}: set "
+            "LEADSTREAM_HUBSPOT_BASE_URL to the API's own URL") in letter["detail"], letter["detail"]
+    assert "lead-3@acme.io" not in letter["detail"]
+    assert hubspot.objects["deals"] == {} and hubspot.objects["tasks"] == {}
+
+
 def test_a_refused_token_dead_letters_nothing_for_it_and_holds_the_connector_not_ready_until_it_is_replaced(
     sink_settings: Settings, hubspot: FakeHubSpot, sink_process: Any
 ) -> None:
