@@ -399,7 +399,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LeadstreamError as exc:
         print(f"leadstream {args.command}: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        if exc.args:  # what a stopped command had done (streams.send.SendStopped)
+            print(f"leadstream {args.command}: {exc}", file=sys.stderr)
         return 130
     except BrokenPipeError:
         # The reader went away (`leadstream score ... | head`): nothing more to say to it, and

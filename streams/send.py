@@ -117,9 +117,13 @@ def produce(producer: Any, topic: str, events: Iterable[tuple[str, bytes]], even
         messages = ((partition_for(lead, partitions), lead, event) for lead, event in counted(events))
     else:
         messages = pack_keyed(counted(events), partitions, events_per_message, per_lead=compacted)
-    for partition, key, value in messages:
-        deliveries.send(topic, value, partition=partition, key=None if key is None else key.encode())
-    deliveries.settle()
+    try:
+        for partition, key, value in messages:
+            deliveries.send(topic, value, partition=partition, key=None if key is None else key.encode())
+        deliveries.settle()
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (streams.cli): it said nothing of what it had written
+        deliveries.settle()  # a second one ends the wait
+        raise SendStopped(_stopped(deliveries, topic, sent_events, events_per_message, not_written)) from None
     if deliveries.failed:
         resend = _RESEND_ALL if not_written is None else _RESEND_FAILED.format(path=not_written.path)
         raise ServiceError(deliveries.summary(topic, lambda error: _remedy(error, events_per_message)) + resend)
@@ -134,6 +138,20 @@ _RESEND_ALL = (" Sending the file again, once the cause is fixed, sends its writ
 _RESEND_FAILED = (" The messages not written, or not known to be written, are in {path}, one a line: send that file once "
                   "the cause is fixed (the worker drops an event it already scored when its id is among its lead's last "
                   "remember_events, 64 by default, so sending one written after all is safe)")
+
+
+class SendStopped(KeyboardInterrupt):
+    """A send stopped by Ctrl-C or SIGTERM before the end of its input: it still ends as an
+    interrupted command does (exit 130), its message saying what Kafka wrote of what it read."""
+
+
+def _stopped(deliveries: Deliveries, topic: str, events_read: int, events_per_message: int,
+             not_written: NotWritten | None) -> str:
+    unpacked = "; those waiting for their message to fill were not sent" if events_per_message > 1 else ""
+    kept = "" if not_written is None or not deliveries.failed else f"; the messages not written are in {not_written.path}"
+    return (f"stopped after reading {events_read} events of the input{unpacked}: Kafka wrote "
+            f"{deliveries.messages - deliveries.failed} of the {deliveries.messages} messages sent to {topic}, "
+            f"{deliveries.failed} not written or not known to be{kept}; the rest of the input was not sent")
 
 
 def _remedy(exc: Exception, events_per_message: int) -> str:

@@ -210,7 +210,8 @@ def _events(count: int, blob_bytes: int) -> list[tuple[str, bytes]]:
 def test_a_send_stopped_by_sigterm_ends_as_on_ctrl_c_having_closed_its_producer(isolated: Settings) -> None:
     """`leadstream send -` from a pipe that never ends (a stream, a service manager stopping it):
     Python's default SIGTERM ended it at once (exit 143), its producer not closed, so what it was
-    handed and had not sent was lost; it now ends as Ctrl-C ends it, through its `finally`."""
+    handed and had not sent was lost; it now ends as Ctrl-C ends it, through its `finally`, and says
+    what Kafka wrote."""
     import os
     import signal
     import subprocess
@@ -231,6 +232,9 @@ def test_a_send_stopped_by_sigterm_ends_as_on_ctrl_c_having_closed_its_producer(
         send.kill()
     assert send.returncode == 130, err.decode()
     assert b"Traceback" not in err
+    # What it wrote, as a send that reaches its end says it: it said nothing.
+    assert f"stopped after reading 3 events of the input: Kafka wrote 3 of the 3 messages sent to {isolated.topic_events}, " \
+           "0 not written" in err.decode()
 
 
 def test_a_long_send_waits_for_its_oldest_messages_and_writes_them_all(isolated: Settings) -> None:
