@@ -212,6 +212,22 @@ def _bench_count(text: str) -> int:
     return value
 
 
+#: `bench collector` generates 60,000 events for each second of --seconds and holds them all
+#: (streams.bench.collector.GENERATED_EVENTS_PER_S): --seconds 1000 was 60M events, some 13 GB, so
+#: it is bounded as --events is. Under a second its latency phase made no call at all, and the
+#: benchmark ended in a traceback ("no median for empty data") after its throughput phase.
+BENCH_SECONDS = (1.0, 150.0)
+
+
+def _bench_seconds(text: str) -> float:
+    value = _positive_seconds(text)
+    least, most = BENCH_SECONDS
+    if not least <= value <= most:
+        raise argparse.ArgumentTypeError(f"expected {least:g} to {most:g} seconds (a benchmark holds the events of its "
+                                         f"phases in memory), got {text}")
+    return value
+
+
 def _outcome_values(text: str) -> frozenset[str]:
     values = frozenset(value.strip() for value in text.split(",") if value.strip())
     if not values:  # every lead would count as not converted, and the review would say nothing
@@ -351,7 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
                    f"{MAX_BENCH_COUNT:,} at most)")
     p.add_argument("--seed", type=_whole, default=7, help="seed of the generated workload (default 7)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--seconds", type=_positive_seconds, default=8.0, help="collector: how long each load phase runs (default 8 s)")
+    p.add_argument("--seconds", type=_bench_seconds, default=8.0, help=f"collector: how long each load phase runs (default 8 s; "
+                   f"{BENCH_SECONDS[0]:g} to {BENCH_SECONDS[1]:g})")
     p.add_argument("--events-per-message", type=_positive, default=200, help="pipeline, stages: events per Kafka message (envelope; default 200)")
     p.add_argument("--no-metrics", action="store_true", help="pipeline: run the worker without Faust's sensors")
     p.add_argument("--workers", type=_positive, default=1, help="pipeline: worker processes sharing the partitions, one consumer group (default 1)")

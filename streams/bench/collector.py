@@ -36,6 +36,8 @@ BATCH_EVENTS = 100
 CLIENTS = 8
 OFFERED_EVENTS_PER_S = 5000
 WRITE_KEY = "bench"
+#: Events generated, and held, for each second of a load phase: enough for the throughput phase.
+GENERATED_EVENTS_PER_S = 60_000
 
 
 def segment_call(event: dict[str, Any]) -> dict[str, Any]:
@@ -136,9 +138,9 @@ def run(settings: Settings, seconds: float, leads: int, seed: int) -> dict[str, 
 
 
 def _measure(settings: Settings, seconds: float, leads: int, seed: int) -> dict[str, Any]:
-    # Enough distinct events for 60,000 events/s over the throughput phase; beyond, they repeat.
+    # Enough distinct events for GENERATED_EVENTS_PER_S over the throughput phase; beyond, they repeat.
     now_ms = int(time.time() * 1000)
-    events = list(workload.generate(int(60_000 * seconds), leads, seed, now_ms - DAY_MS, DAY_MS))
+    events = list(workload.generate(int(GENERATED_EVENTS_PER_S * seconds), leads, seed, now_ms - DAY_MS, DAY_MS))
     load = Load(f"http://127.0.0.1:{settings.collector_port}", batches(events))
     collector = CollectorProcess(settings)
     try:

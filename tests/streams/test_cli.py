@@ -51,6 +51,11 @@ def test_counts_and_durations_must_be_positive(argv: list[str], message: str, ca
         (["bench", "engine", "--events", "10000001"], "argument --events: expected at most 10,000,000 (a benchmark holds what it "
                                                       "generates in memory), got 10,000,001"),
         (["bench", "stages", "--leads", "1000000000"], "argument --leads: expected at most 10,000,000"),
+        # 60,000 events generated, and held, a second: 60M, some 13 GB, for this one.
+        (["bench", "collector", "--seconds", "1000"], "argument --seconds: expected 1 to 150 seconds (a benchmark holds "
+                                                      "the events of its phases in memory), got 1000"),
+        # Its latency phase made no call: a traceback, no median of no latencies.
+        (["bench", "collector", "--seconds", "0.01"], "argument --seconds: expected 1 to 150 seconds"),
     ],
 )
 def test_a_benchmark_s_counts_are_bounded_as_it_holds_what_it_generates(argv: list[str], message: str,
@@ -61,6 +66,13 @@ def test_a_benchmark_s_counts_are_bounded_as_it_holds_what_it_generates(argv: li
         build_parser().parse_args(argv)
     assert exit_.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_the_longest_collector_benchmark_generates_no_more_events_than_the_bound_on_counts() -> None:
+    from streams.bench.collector import GENERATED_EVENTS_PER_S
+    from streams.cli import BENCH_SECONDS, MAX_BENCH_COUNT
+
+    assert BENCH_SECONDS[1] * GENERATED_EVENTS_PER_S <= MAX_BENCH_COUNT
 
 
 def test_version_prints_the_installed_release_s_number_and_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
