@@ -67,7 +67,7 @@ from streams.byte_budget import ByteBudget
 from streams.deadletter import DeadLetter
 from streams.envelope import pack
 from streams.errors import ConfigError, RefusalCode, RequestRejected, ServiceError, Unavailable, cannot_listen
-from streams.http_guard import aiohttp_limits, quiet_bad_clients
+from streams.http_guard import aiohttp_limits, bound_connections, quiet_bad_clients
 from streams.log_throttle import Throttle, throttle_kafka_retries
 from streams.outbox import encode_json_or_none
 from streams.partitioning import partition_for
@@ -1082,6 +1082,8 @@ async def serve(settings: Settings, sources: dict[str, Source], stop: asyncio.Ev
     runner = web.AppRunner(create_app(collector), auto_decompress=False, access_log=None, handle_signals=False,
                            shutdown_timeout=10.0, **aiohttp_limits(settings.collector_idle_timeout_ms))
     await runner.setup()
+    assert runner.server is not None  # made by setup()
+    bound_connections(runner.server, settings.collector_max_connections)
     # Both ports first: a port that cannot be had stops the collector before it connects to Kafka.
     try:
         await web.TCPSite(runner, settings.collector_host, settings.collector_port, backlog=1024).start()

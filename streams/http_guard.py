@@ -5,8 +5,9 @@ collector's public port (aiohttp), the connectors' and the collector's probes (s
   opening or its latest answer, is closed: aiohttp's default held one for an hour, http.server's
   for ever, and a few clients that open connections, send half a request and wait took a worker
   to its limit of open files, where it accepted nothing more (its probes and views timed out).
-- The worker's port serves at most WORKER_MAX_CONNECTIONS connections at once; one more is closed
-  as soon as accepted (bound_connections), as the probes do beyond theirs.
+- The worker's port serves at most WORKER_MAX_CONNECTIONS connections at once, the collector's
+  LEADSTREAM_COLLECTOR_MAX_CONNECTIONS; one more is closed as soon as accepted (bound_connections),
+  as the probes do beyond theirs. A request's headers are at most MAX_HEADER_LINES lines (then 400).
 - A request that is not valid HTTP is said on one INFO line, not at ERROR with a traceback.
 - A listening socket that cannot accept (out of file descriptors) is said at most once every
   LOG_INTERVAL_S: asyncio logged it with a traceback each time it tried again, 2 MB of log a second;
@@ -41,17 +42,27 @@ ACCEPT_RETRY_FAILED = "Exception in callback BaseSelectorEventLoop._start_servin
 #: Without a bound, clients that open connections and wait took it to its limit of open files, its
 #: Kafka connections and state stores' files with it.
 WORKER_MAX_CONNECTIONS = 512
+#: Header lines a request may have (aiohttp's default: 128; then 400), each of at most
+#: MAX_HEADER_LINE_BYTES (aiohttp's own bound, 8190): what one connection may hold before its
+#: request is whole, some twice their size once parsed. 1000 connections each sending 127 such
+#: lines took the collector from 48 MB to 1.9 GB; the collector also bounds its connections
+#: (LEADSTREAM_COLLECTOR_MAX_CONNECTIONS). A browser's call through a CDN and a load balancer
+#: has some 30 lines.
+MAX_HEADER_LINES = 64
+MAX_HEADER_LINE_BYTES = 8190
 #: accept()'s failures for want of a resource, which asyncio meets by trying again a second later.
 OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
 def aiohttp_limits(idle_timeout_ms: int) -> dict[str, Any]:
     """The keyword arguments of aiohttp's request handler (an AppRunner's, or an Application's
-    `handler_args`) that bound a connection's idle time to `idle_timeout_ms`."""
+    `handler_args`) that bound a connection's idle time to `idle_timeout_ms`, and its headers to
+    MAX_HEADER_LINES lines (then 400, and closed)."""
     # aiohttp has no timeout for a request's headers, only this one: from the connection (or its
     # latest answer) to a whole request's headers, so a client that stops mid-headers, or trickles
     # them, is closed then (by default an hour later).
-    return {"keepalive_timeout": idle_timeout_ms / 1000}
+    return {"keepalive_timeout": idle_timeout_ms / 1000, "max_headers": MAX_HEADER_LINES,
+            "max_field_size": MAX_HEADER_LINE_BYTES}
 
 
 def bound_connections(server: web.Server, most: int) -> None:

@@ -446,6 +446,13 @@ class Settings:
         "sending its headers) before it is closed; keep it above the idle timeout of a load balancer in front (60 s on AWS).",
         POSITIVE,
     )
+    collector_max_connections: int = _setting(
+        "LEADSTREAM_COLLECTOR_MAX_CONNECTIONS", 256,
+        "Connections the collector serves at once; one more is closed as soon as it is accepted. Each may hold up to "
+        "~1.2 MB while its headers arrive (64 lines of 8 KB, parsed), so this bounds that memory (256: 1000 such clients "
+        "took the collector to 470 MB).",
+        POSITIVE,
+    )
     collector_metrics_port: int = _setting(
         "LEADSTREAM_COLLECTOR_METRICS_PORT",
         9465,

@@ -20,6 +20,7 @@ import requests
 from streams.collector import BATCH_LIMIT_BYTES
 from streams.processes import CollectorProcess
 from streams.settings import Settings
+from tests.infra import wait_for
 from tests.streams.collector_support import WRITE_KEY, ThreadedCollector, settings  # noqa: F401 - settings: a fixture
 
 
@@ -139,3 +140,45 @@ def _closed(connection: socket.socket) -> bool:
         return connection.recv(1024) == b""
     except ConnectionResetError:
         return True
+
+
+def test_the_collector_serves_at_most_its_max_connections_and_closes_one_more_at_once(settings: Settings) -> None:
+    """The collector bounded neither its connections nor what each held while its headers
+    arrived: 1000 connections each sending 127 header lines of 8 KB took it from 48 MB to 1.7 GB.
+    Beyond LEADSTREAM_COLLECTOR_MAX_CONNECTIONS, a connection is closed as soon as accepted."""
+    with ThreadedCollector(settings.with_overrides(collector_max_connections=3)) as collector:
+        held = [socket.create_connection(("127.0.0.1", settings.collector_port), timeout=15) for _ in range(3)]
+        for connection in held:
+            connection.sendall(b"POST /v1/track HTTP/1.1\r\nHost: x\r\n")  # headers under way
+        one_more = socket.create_connection(("127.0.0.1", settings.collector_port), timeout=15)
+        assert _closed(one_more)
+        held.pop().close()
+        # One let go, another is served: a whole request on a new connection is answered.
+        wait_for(lambda: _served(f"{collector.url}/healthz"), 15, "a connection served once one of the three was closed")
+        for connection in held:
+            connection.close()
+
+
+def test_a_request_of_more_header_lines_than_the_bound_is_refused_with_400(settings: Settings) -> None:
+    """aiohttp's default let a request hold 128 lines of 8 KB; the collector takes MAX_HEADER_LINES."""
+    from streams.http_guard import MAX_HEADER_LINES
+
+    with ThreadedCollector(settings):
+        # Host and MAX_HEADER_LINES - 1 more: the most taken.
+        assert _answer_to_header_lines(settings.collector_port, MAX_HEADER_LINES).startswith(b"HTTP/1.1 200 ")
+        assert _answer_to_header_lines(settings.collector_port, MAX_HEADER_LINES + 1).startswith(b"HTTP/1.0 400 ")
+
+
+def _answer_to_header_lines(port: int, lines: int) -> bytes:
+    """The start of the answer to a GET /healthz of `lines` header lines, Host the first."""
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as client:
+        client.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
+                       + b"".join(b"X-Pad-%d: %s\r\n" % (n, b"a" * 100) for n in range(lines - 1)) + b"\r\n")
+        return client.recv(64)
+
+
+def _served(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=5).status_code == 200
+    except requests.ConnectionError:  # closed at once: still too many
+        return False
