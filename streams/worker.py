@@ -64,6 +64,7 @@ def run_worker(settings: Settings) -> int:
 
         def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
             super().on_setup_root_logger(logger, level)
+            say_no_missing_traceback(logger)
             for line in weak_topics_warnings(weak):
                 log.warning("%s", line)
 
@@ -87,6 +88,29 @@ def run_worker(settings: Settings) -> int:
     except SystemExit as stopped:
         _exit_at_once(stopped.code)
     return 0
+
+
+class _NoMissingTraceback(logging.Filter):
+    """mode logs a service's crash with `log.exception` ("Crashed reason=...") wherever the crash
+    is asked for: asked outside an `except` (the worker stopping itself, streams/app.py
+    stop_worker, streams/bulk_store.py), the record's exc_info is (None, None, None), which
+    logging wrote as a bare "NoneType: None" line under it. The reason is in the message."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info == (None, None, None):
+            record.exc_info = None
+        return True
+
+
+_NO_MISSING_TRACEBACK = _NoMissingTraceback()
+
+
+def say_no_missing_traceback(logger: logging.Logger) -> None:
+    """Has each handler of `logger` (the root logger, which every record reaches) leave out a
+    traceback that is not there (_NoMissingTraceback). Idempotent."""
+    for handler in logger.handlers:
+        if _NO_MISSING_TRACEBACK not in handler.filters:
+            handler.addFilter(_NO_MISSING_TRACEBACK)
 
 
 def weak_topics_warnings(reviews: list[Review]) -> list[str]:
