@@ -406,7 +406,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except OSError as exc:  # `--help > /dev/full`: argparse's own writes, a traceback
+        return _output_refused("leadstream", exc)
     leave_out_what_must_not_be_logged()  # before any command logs: records and URLs hold personal data and secrets
     for warning in unknown_variables(os.environ):
         print(f"leadstream {args.command}: warning: {warning}", file=sys.stderr)
@@ -420,19 +423,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         if exc.args:  # what a stopped command had done (streams.send.SendStopped)
             print(f"leadstream {args.command}: {exc}", file=sys.stderr)
         return 130
-    except BrokenPipeError:
-        # The reader went away (`leadstream score ... | head`): nothing more to say to it, and
-        # the interpreter's last flush at exit would fail again with a traceback.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 141  # as a shell reports a command SIGPIPE ended
     except OSError as exc:
-        # The system refused a file or the output (`> /dev/full`: no space left): not leadstream's
-        # bug, so its reason, not a traceback; and no last flush of the output to fail again.
-        where = f": {exc.filename}" if exc.filename else ""
-        print(f"leadstream {args.command}: {exc.strerror or exc}{where}", file=sys.stderr)
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
+        return _output_refused(f"leadstream {args.command}", exc)
 
+
+def _output_refused(command: str, exc: OSError) -> int:
+    """The exit status, said on stderr, of a command whose file or output the system refused."""
+    # No last flush of the output at exit either: it would fail again, with a traceback.
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    if isinstance(exc, BrokenPipeError):  # the reader went away (`leadstream score ... | head`): nothing more to say to it
+        return 141  # as a shell reports a command SIGPIPE ended
+    # The system refused a file or the output (`> /dev/full`: no space left): not leadstream's
+    # bug, so its reason, not a traceback.
+    where = f": {exc.filename}" if exc.filename else ""
+    print(f"{command}: {exc.strerror or exc}{where}", file=sys.stderr)
+    return 1
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -202,8 +202,17 @@ def test_a_reader_that_goes_away_ends_the_output_quietly(tmp_path: Path) -> None
     assert (proc.returncode, err) == (141, b"")
 
 
-def test_output_the_system_refuses_is_said_in_one_line_not_a_traceback() -> None:
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["models"], "leadstream models: No space left on device\n"),
+        # argparse's own output: it ended in a traceback.
+        (["--help"], "leadstream: No space left on device\n"),
+        (["bench", "--help"], "leadstream: No space left on device\n"),
+    ],
+)
+def test_output_the_system_refuses_is_said_in_one_line_not_a_traceback(argv: list[str], said: str) -> None:
     with open("/dev/full", "wb") as full:  # every write: no space left on device
-        proc = subprocess.run([sys.executable, "-m", "streams.cli", "models"], cwd=PROJECT_ROOT, stdout=full,
+        proc = subprocess.run([sys.executable, "-m", "streams.cli", *argv], cwd=PROJECT_ROOT, stdout=full,
                               stderr=subprocess.PIPE, timeout=60)
-    assert (proc.returncode, proc.stderr.decode()) == (1, "leadstream models: No space left on device\n")
+    assert (proc.returncode, proc.stderr.decode()) == (1, said)
