@@ -1083,7 +1083,7 @@ async def serve(settings: Settings, sources: dict[str, Source], stop: asyncio.Ev
                            shutdown_timeout=10.0, **aiohttp_limits(settings.collector_idle_timeout_ms))
     await runner.setup()
     assert runner.server is not None  # made by setup()
-    bound_connections(runner.server, settings.collector_max_connections)
+    bound_connections(runner.server, settings.collector_max_connections, "the most LEADSTREAM_COLLECTOR_MAX_CONNECTIONS allows")
     # Both ports first: a port that cannot be had stops the collector before it connects to Kafka.
     try:
         await web.TCPSite(runner, settings.collector_host, settings.collector_port, backlog=1024).start()

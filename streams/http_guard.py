@@ -30,6 +30,8 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from streams.log_throttle import Throttle, on_one_line
 
+log = logging.getLogger("leadstream.http")
+
 #: asyncio's message (selector_events) when accept() fails for want of a resource; it then stops
 #: accepting on that socket for a second and tries again.
 ACCEPT_FAILED = "socket.accept() out of system resource"
@@ -65,13 +67,20 @@ def aiohttp_limits(idle_timeout_ms: int) -> dict[str, Any]:
             "max_field_size": MAX_HEADER_LINE_BYTES}
 
 
-def bound_connections(server: web.Server, most: int) -> None:
-    """Has `server` close a connection as soon as it is made while `most` others are open."""
+def bound_connections(server: web.Server, most: int, bound: str) -> None:
+    """Has `server` close a connection as soon as it is made while `most` others are open, saying
+    so at most once every LOG_INTERVAL_S, naming the `bound` (its setting or constant): clients
+    refused without a word in the log left the operator nothing to tell why they fail."""
     made = server.connection_made
+    throttle = Throttle()
 
     def connection_made(handler: web.RequestHandler, transport: asyncio.Transport) -> None:
         made(handler, transport)  # counted, so that its close is too
         if len(server.connections) > most:
+            left_out = throttle.due()
+            if left_out is not None:
+                log.warning("closed a new connection: %d are open, %s; more clients than that, or clients that "
+                            "hold connections open? (%d more closed since the last such line)", most, bound, left_out)
             # Nothing read or sent yet: no answer is owed. Closed once the handler's task, created
             # after this call, has begun: a connection lost before it failed the task with an
             # AssertionError (aiohttp asserts its server), a traceback a connection refused.

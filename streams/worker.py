@@ -152,7 +152,8 @@ def guard_the_web_port(app: faust.App, settings: Settings) -> None:
             await start()
         except OSError as exc:
             raise cannot_listen(settings.bind_host, settings.worker_port, "LEADSTREAM_WORKER_PORT", exc) from None
-        bound_connections(web._runner.server, WORKER_MAX_CONNECTIONS)  # made by start()
+        bound_connections(web._runner.server, WORKER_MAX_CONNECTIONS,  # made by start()
+                          "the most the worker's port serves (streams/http_guard.py WORKER_MAX_CONNECTIONS)")
 
     web.start_server = start_server  # Faust's web services call it on the instance
 
