@@ -52,7 +52,9 @@ def lead_ids(args: list[str], from_file: Path | None) -> list[str]:
     if from_file is not None:
         try:
             text = sys.stdin.read() if str(from_file) == "-" else from_file.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
+        except OSError as exc:  # its strerror alone: str() repeated the file's name, "[Errno 2] ...: '/x'"
+            raise InputError(f"cannot read lead ids from {from_file}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError as exc:
             raise InputError(f"cannot read lead ids from {from_file}: {exc}") from None
         # A byte order mark (Windows tools save one) would stick to the first id, and the lead
         # it names would silently stay; it is not in any id a person means.

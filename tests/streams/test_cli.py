@@ -122,8 +122,10 @@ def test_forget_takes_ids_from_arguments_and_a_file_once_each_and_refuses_what_i
     for bad, message in (([], "no lead ids given"), (["x" * 257], "is not a lead id"), (["a\nb"], "is not a lead id")):
         with pytest.raises(InputError, match=message):
             lead_ids(bad, None)
-    with pytest.raises(InputError, match="cannot read lead ids from"):
+    with pytest.raises(InputError) as missing:
         lead_ids([], tmp_path / "missing.txt")
+    # Its reason alone: it said "[Errno 2] No such file or directory: '<the name again>'".
+    assert str(missing.value) == f"cannot read lead ids from {tmp_path / 'missing.txt'}: No such file or directory"
     with pytest.raises(InputError) as long:  # it echoed all 5,000 characters
         lead_ids(["x" * 5000], None)
     assert str(long.value) == f"{'x' * 60!r}... (5000 characters) is not a lead id (1-256 characters, no control character): nothing was sent"
