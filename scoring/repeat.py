@@ -315,9 +315,11 @@ def _counter(state: LeadState, key: str, window: Window, time_ms: int, lateness_
     windows = state.windows
     counts = windows.get(key)
     if counts is None:
+        first = not windows
         counts = windows[key] = [index, 0]
         pos = 0
     else:
+        first = False
         if counts[0] == index:  # the common case: the newest window
             return counts, 1
         pos = window_position(counts, index)
@@ -326,11 +328,14 @@ def _counter(state: LeadState, key: str, window: Window, time_ms: int, lateness_
         counts[pos:pos] = (index, 0)
         if not pos:  # a new newest window; the windows cut off count nothing `windows_drop_ms` needs
             drop_closed(counts, window.index(state.watermark_ms - lateness_ms))
-    # Keep the bound exact when known; 0 (unknown) stays so until compaction recomputes it.
+    # Keep the bound exact when known; 0 (unknown) stays so until compaction recomputes it. A
+    # lead's first counter makes it known: its window's end. Left at 0, the compaction after
+    # each new lead's first batch walked its counters to learn what this knows (30% of the
+    # compactions of `leadstream bench engine`'s workload).
     drop_ms = state.windows_drop_ms
-    if drop_ms:
+    if drop_ms or first:
         end_ms = (index + 1) * window.length_ms - window.shift_ms
-        if end_ms < drop_ms:
+        if end_ms < drop_ms or not drop_ms:
             state.windows_drop_ms = end_ms
     return counts, pos + 1
 
