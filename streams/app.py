@@ -285,7 +285,10 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
                 lags = await asyncio.to_thread(lag_probe[0].lag, settings.app_id, topic)
                 for partition, lag in lags.items():
                     metrics.CONSUMER_LAG.labels(topic, str(partition)).set(lag)
-                    if lag:
+                    held_s = lag_probe[0].open_transaction_s(topic, partition, time.time())
+                    metrics.OPEN_TRANSACTION_WAIT.labels(topic, str(partition)).set(held_s or 0.0)
+                    # Behind an open transaction the worker has nothing it can read: not stalled.
+                    if lag and held_s is None:
                         waiting.add((topic, partition))
             _stages_without_waiting(stage_topics, app.consumer.assignment(), waiting)
             if not kafka_answering:
@@ -294,6 +297,7 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
         except (KafkaError, OSError, ServiceError) as exc:  # ServiceError: the broker did not answer in time
             # A metric must never take the worker down; the next round tries again.
             metrics.CONSUMER_LAG.clear()  # a frozen figure would say all is well
+            metrics.OPEN_TRANSACTION_WAIT.clear()
             if not lag_out_of_files.said(exc):  # no fault of Kafka's: it was said to be, at each round
                 log.warning("consumer lag not measured, not ready until Kafka answers: cause=%r", exc)
                 kafka_answering = False

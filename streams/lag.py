@@ -39,6 +39,9 @@ class LagProbe:
         #: (topic, partition) -> the committed offset last measured, the offset up to which the
         #: log holds no record past it, and whether a record was found there
         self._read: dict[tuple[str, int], tuple[int, int, bool]] = {}
+        #: (topic, partition) -> the last stable offset and since when (Unix time) the group has read
+        #: all it can of the partition while records past that offset wait (see `open_transaction_s`)
+        self._held: dict[tuple[str, int], tuple[int, float]] = {}
         # A broker that stops answering (hung, cut off) is told within this, not kafka-python's
         # 305 s: readiness follows these probes (the worker's, the connectors').
         timeout_ms = settings.kafka_connect_timeout_s * 1000
@@ -49,6 +52,14 @@ class LagProbe:
                                        request_timeout_ms=timeout_ms)
         except BaseException:
             self.admin.close()  # callers retry every few seconds: each failed attempt would leak a client
+            raise
+        try:
+            # Its end offsets are the last stable ones: where an open transaction's first record is.
+            self.stable = open_client(settings, KafkaConsumer, group_id=None, enable_auto_commit=False, client_id="leadstream-lag",
+                                      request_timeout_ms=timeout_ms, isolation_level="read_committed")
+        except BaseException:
+            self.admin.close()
+            self.offsets.close()
             raise
 
     def ends(self, topic: str) -> dict[TopicPartition, int]:
@@ -69,12 +80,32 @@ class LagProbe:
         # letters the topic's retention took before any replay kept leadstream_sink_dlq_depth,
         # and LeadstreamDeadLettersWaiting, up for good.
         starts = self.offsets.beginning_offsets(list(ends))
+        stable = self.stable.end_offsets(list(ends))
         result = {}
         for tp, end in ends.items():
             meta = committed.get(tp)
             done = max(meta.offset if meta is not None and meta.offset >= 0 else 0, starts[tp])
             result[tp.partition] = self._unread(topic, tp.partition, done, end)
+            self._hold(topic, tp.partition, stable[tp], end, result[tp.partition])
         return result
+
+    def open_transaction_s(self, topic: str, partition: int, now_s: float) -> float | None:
+        """How long the group has read all it can of the partition, at the last `lag` measure,
+        while records wait behind the first record of a transaction still open: a consumer that
+        reads committed records reads none past it, plain ones included, until the transaction
+        is committed or aborted (by its producer, or by the broker after its timeout). None when
+        none waits so. The worker is not stuck then, the producer is: told apart from a stalled stage."""
+        held = self._held.get((topic, partition))
+        return max(0.0, now_s - held[1]) if held else None
+
+    def _hold(self, topic: str, partition: int, stable: int, end: int, unread: int) -> None:
+        """Held when all the lag is past the last stable offset: nothing before it left to read
+        (`_unread` read through the markers up to it), and the rest behind an open transaction."""
+        key = (topic, partition)
+        if stable >= end or unread != end - stable:
+            self._held.pop(key, None)
+        elif key not in self._held or self._held[key][0] != stable:
+            self._held[key] = (stable, time.time())
 
     def _unread(self, topic: str, partition: int, committed: int, end: int) -> int:
         """The offsets between the committed one and the end, less those the log shows to hold
@@ -110,3 +141,4 @@ class LagProbe:
     def close(self) -> None:
         self.admin.close()
         self.offsets.close()
+        self.stable.close()

@@ -55,8 +55,17 @@ BATCH_DONE = Gauge(
 STAGE_STALLED = Gauge(
     "leadstream_stage_stalled_seconds",
     "Seconds the stage has finished no batch while messages of this worker's own partitions of its topics waited: "
-    "since its last batch done (or its start), or since the lag last showed none of them waiting (0 while none wait).",
+    "since its last batch done (or its start), or since the lag last showed none of them waiting (0 while none wait; "
+    "those behind a transaction still open, which it cannot read yet, do not count).",
     ["stage"],
+)
+
+OPEN_TRANSACTION_WAIT = Gauge(
+    "leadstream_open_transaction_wait_seconds",
+    "Seconds the workers have read all they can of the partition while records wait behind a transaction still open "
+    "on it (read_committed reads nothing past its first record): a producer's transaction holds it, not the worker. "
+    "0 while none waits so; such a partition is not counted as waiting in leadstream_stage_stalled_seconds.",
+    ["topic", "partition"],
 )
 
 

@@ -91,6 +91,14 @@ CASES = [
     Case("LeadstreamScoringStalled", "a spare worker with no partitions while the other scores",
          {**ready("leadstream_stage_stalled_seconds", "0x60", "0x60", stage="score"),
           **ready("leadstream_batch_done_timestamp_seconds", "0x60", "0+60x60", stage="score"), **lag("50x60")}),
+    # Every worker exports the group's figure: one per partition, whichever worker says it.
+    Case("LeadstreamOpenTransactionHolding", "a partition behind a transaction open since minute 10, as both workers export it",
+         {**{f'leadstream_open_transaction_wait_seconds{{topic="events",partition="3",instance="{w}"}}': "0x10 60+60x49"
+             for w in WORKERS},
+          **ready("leadstream_stage_stalled_seconds", "0x60", "0x60", stage="score")},
+         ({"topic": "events", "partition": "3"},), at="16m"),
+    Case("LeadstreamOpenTransactionHolding", "a transaction open for 3 minutes, then committed",
+         ready("leadstream_open_transaction_wait_seconds", "0x10 60+60x2 0x47", "0x10 60+60x2 0x47", topic="events", partition="3")),
     Case("LeadstreamDeadLettersWaiting", "hubspot's dead letters, as both replicas export them",
          {'leadstream_sink_dlq_depth{connector="hubspot",instance="sink-hubspot-1:9102"}': "3x60",
           'leadstream_sink_dlq_depth{connector="hubspot",instance="sink-hubspot-2:9102"}': "3x60",

@@ -260,3 +260,41 @@ def test_lookups_out_of_open_files_say_so_once_an_interval(
         assert reader.log_start(isolated.topic_events, 0) is None
     lines = [record.getMessage() for record in caplog.records if record.name == "leadstream.worker"]
     assert len(lines) == 1 and lines[0].startswith("looking holes in the offsets up in the log not done, out of open files"), lines
+
+
+def test_a_partition_held_back_by_an_open_transaction_is_told_apart_from_a_stalled_stage(
+    isolated: Settings, worker: Callable[..., WorkerProcess]
+) -> None:
+    # read_committed reads nothing past an open transaction's first record, the plain events
+    # after it included: leadstream_stage_stalled_seconds grew with the lag and
+    # LeadstreamScoringStalled fired on a worker that had read all it could, with nothing to
+    # tell the operator that a producer's transaction, not the worker, held the partition.
+    now = int(time.time() * 1000) - 60_000
+    send(isolated, pricing(1, now))
+    running = worker()
+    wait_for(lambda: score(running) == 10, 60, "the event before the transaction scored", 0.3)
+    producer = KafkaProducer(bootstrap_servers=isolated.kafka_bootstrap, transactional_id=f"tx-{uuid.uuid4().hex}",
+                             transaction_timeout_ms=TRANSACTION_TIMEOUT_MS)
+    producer.init_transactions()
+    producer.begin_transaction()
+    producer.send(isolated.topic_events, key=LEAD.encode(), value=pricing(2, now + 1))
+    producer.flush()  # in the log, its transaction left open
+    send(isolated, pricing(3, now + 2))  # a plain event behind it
+    partition = partition_for(LEAD, isolated.partitions)
+    series = f'leadstream_open_transaction_wait_seconds{{partition="{partition}",topic="{isolated.topic_events}"}}'
+
+    def held_s() -> float | None:
+        found = [line for line in running.get("/metrics")[1].decode().splitlines() if line.startswith(series + " ")]
+        return float(found[0].rsplit(" ", 1)[1]) if found else None
+
+    try:
+        wait_for(lambda: (held_s() or 0) >= 15, 60, "the wait on the open transaction measured", 0.5)
+        assert lag_of(running, isolated) == 2  # the lag still counts what waits
+        # Moved on at each lag measure (every 5 s) while nothing the worker can read waits.
+        assert max(running.metric("leadstream_stage_stalled_seconds")) < 10, running.get("/metrics")[1].decode()
+        assert score(running) == 10
+        producer.commit_transaction()
+    finally:
+        producer.close()
+    wait_for(lambda: score(running) == 30, 60, "the events behind the transaction scored once it committed", 0.3)
+    wait_for(lambda: held_s() == 0, 30, "no wait once the transaction committed", 0.5)
