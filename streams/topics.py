@@ -260,6 +260,22 @@ def outlived_warning(spec: TopicSpec, lag_ms: int) -> str:
             "`leadstream topics` again")
 
 
+def compacting_warning(spec: TopicSpec, described: dict[str, Setting]) -> str | None:
+    """A topic leadstream creates deleting that its own settings compact (made by hand, or
+    altered): compaction keeps only the latest record of each key, and these topics are keyed by
+    lead, so a lead's earlier records go once their segment is cleaned, read or not. The worker
+    found the events removed so as holes the log holds nothing in (counted as `log_hole`, as a
+    transaction's markers are): 4 of a lead's 6 events never scored, and not a word of it."""
+    policy = described.get("cleanup.policy")
+    if policy is None or "compact" in spec.config.get("cleanup.policy", "delete") or not _compacted(described):
+        return None
+    return (f"topic {spec.name}: warning: cleanup.policy={policy.value}, where leadstream creates it with "
+            "cleanup.policy=delete: compaction keeps only the latest record of each key (a lead), so a lead's earlier "
+            "records are removed, read or not (events never scored, dead letters never replayed). leadstream leaves a "
+            f"topic's cleanup policy to you: set it with `kafka-configs.sh --bootstrap-server <broker> --alter "
+            f"--entity-type topics --entity-name {spec.name} --add-config cleanup.policy=delete`")
+
+
 def _review(admin: Any, specs: list[TopicSpec], existing: set[str]) -> list[Review]:
     """Each spec's required settings and what its topic lacks of them (the topics exist)."""
     outlived = {spec.outlives for spec in specs if spec.outlives in existing}
@@ -273,6 +289,9 @@ def _review(admin: Any, specs: list[TopicSpec], existing: set[str]) -> list[Revi
         if retention_ms is not None and retention_ms < 0 and _compacted(current):
             lag = current["min.compaction.lag.ms"].value if "min.compaction.lag.ms" in current else required["min.compaction.lag.ms"]
             warnings.append(outlived_warning(spec, int(lag)))
+        compacting = compacting_warning(spec, current)
+        if compacting:
+            warnings.append(compacting)
         # A lag longer than the retention it follows keeps a forgotten lead's profile records that
         # much longer than its events (README, Forgetting a lead): brought down to it, too.
         exact = FOLLOWING if _follows(spec, retention_ms) else frozenset()

@@ -227,3 +227,22 @@ def test_the_worker_says_what_an_earlier_release_s_topics_lack(isolated: Setting
     assert f"{settings.topic_profiles} min.compaction.lag.ms=unset (needs {7 * DAY_MS})" in lines[0]
     assert "run `leadstream topics`, which sets them" in lines[0]
     assert "min.compaction.lag.ms" not in topic_config(settings, settings.topic_profiles)
+
+
+def test_a_topic_leadstream_deletes_that_an_operator_made_compacted_is_warned_of(isolated: Settings,
+                                                                                  worker: Callable[..., WorkerProcess]) -> None:
+    # An events topic made by hand with cleanup.policy=compact lost a lead's earlier events to
+    # compaction before the worker read them (4 of 6 never scored, counted as log holes), and
+    # neither `leadstream topics` ("exists") nor the worker said a word of its policy.
+    settings = isolated.namespaced(f"{isolated.app_id}-cmp")  # deleted with the test's own topics
+    ensure_topics(settings, [TopicSpec(settings.topic_events, 4, {"cleanup.policy": "compact"}),
+                             TopicSpec(settings.topic_deadletter, 4, {"cleanup.policy": "compact,delete"})])
+    out = leadstream(settings, "topics").stdout
+    for topic, policy in ((settings.topic_events, "compact"), (settings.topic_deadletter, "compact,delete")):
+        assert (f"topic {topic}: warning: cleanup.policy={policy}, where leadstream creates it with cleanup.policy=delete"
+                in out), out
+        assert f"--entity-name {topic} --add-config cleanup.policy=delete" in out, out
+    assert out.count(": warning: cleanup.policy=") == 2, out  # not the topics compacted by design (profiles, scores)
+    proc = worker(settings)
+    log = proc.log.read_text()
+    assert f"topic {settings.topic_events}: warning: cleanup.policy=compact" in log, proc.tail()
