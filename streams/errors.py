@@ -39,6 +39,15 @@ def refuses_writes(cause: Exception) -> bool:
     return isinstance(cause, (failed.OutOfMemoryError, failed.ReadOnlyError))
 
 
+def unreachable(cause: Exception) -> bool:
+    """Whether a failed Redis command found no Redis to answer it (stopped, killed, stalled, cut
+    off): every command fails alike until it is back. A refused password is a ConnectionError to
+    redis-py too, but one Redis answered."""
+    from redis import exceptions as failed
+
+    return isinstance(cause, (failed.ConnectionError, failed.TimeoutError)) and not isinstance(cause, failed.AuthenticationError)
+
+
 def redis_trouble(cause: Exception, url: str) -> str:
     """What went wrong with the Redis of LEADSTREAM_REDIS_URL (`url`), and what to do, for every
     message about a failed Redis command. Every failure said "could not be reached; run

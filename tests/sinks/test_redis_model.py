@@ -6,8 +6,9 @@ import logging
 import re
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import orjson
 import pytest
@@ -440,6 +441,33 @@ def test_the_read_model_writes_nothing_over_redis_maxmemory(sink_settings: Setti
         server.stop()
 
 
+@contextmanager
+def running_read_model(settings: Settings, clock: FakeClock) -> Iterator[SinkRunner[ScoreChange]]:
+    """A read model's runner on a thread of its own, once ready; stopped on leaving."""
+    runner = SinkRunner(RedisModelSink(settings), settings, clock=clock)
+    running = threading.Thread(target=runner.run, daemon=True)
+    running.start()
+    try:
+        wait_for(runner.ready, what="the connector ready")
+        yield runner
+    finally:
+        runner.stop.set()
+        running.join(timeout=30)
+
+
+def dead_letter_40_then_1(settings: Settings, runner: SinkRunner[ScoreChange], clock: FakeClock,
+                          between: Callable[[], bool] = lambda: True) -> None:
+    """40 changes that Redis fails, then, LOG_INTERVAL_S later, one more, each batch waited for
+    until dead-lettered, and `between` holding after each."""
+    publish(settings, [(f"b2b/lead-{n}", score_change(f"lead-{n}", n)) for n in range(40)])
+    wait_for(lambda: runner.stats.dead_lettered == 40, what="the changes dead-lettered")
+    assert between()
+    clock.now += LOG_INTERVAL_S
+    publish(settings, [("b2b/lead-40", score_change("lead-40", 40))])
+    wait_for(lambda: runner.stats.dead_lettered == 41, what="the next change dead-lettered")
+    assert between()
+
+
 @pytest.mark.parametrize("refusal", sorted(REFUSING_WRITES))
 def test_the_read_model_is_not_ready_while_redis_refuses_its_writes_and_says_their_failures_once_every_10_s(
     refusal: str, sink_settings: Settings, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
@@ -449,27 +477,14 @@ def test_the_read_model_is_not_ready_while_redis_refuses_its_writes_and_says_the
     settings = sink_settings.with_overrides(redis_url=redis_server.url)
     refuse, take = REFUSING_WRITES[refusal]
     redis, clock = Redis.from_url(redis_server.url), FakeClock()
-    runner = SinkRunner(RedisModelSink(settings), settings, clock=clock)
-    running = threading.Thread(target=runner.run, daemon=True)
     caplog.set_level(logging.INFO, logger="leadstream.sinks")
-    running.start()
-    try:
-        wait_for(runner.ready, what="the connector ready")
+    with running_read_model(settings, clock) as runner:
         redis.execute_command(*refuse)
-        publish(settings, [(f"b2b/lead-{n}", score_change(f"lead-{n}", n)) for n in range(40)])
-        wait_for(lambda: runner.stats.dead_lettered == 40, what="the changes dead-lettered")
-        assert not runner.ready()
-        clock.now += LOG_INTERVAL_S
-        publish(settings, [("b2b/lead-40", score_change("lead-40", 40))])
-        wait_for(lambda: runner.stats.dead_lettered == 41, what="the next change dead-lettered")
-        assert not runner.ready()
+        dead_letter_40_then_1(settings, runner, clock, between=lambda: not runner.ready())
         redis.execute_command(*take)
         publish(settings, [("b2b/lead-41", score_change("lead-41", 41))])
         wait_for(lambda: runner.stats.delivered == 1, what="a write taken")
         assert runner.ready()
-    finally:
-        runner.stop.set()
-        running.join(timeout=30)
     said = [record.getMessage() for record in caplog.records if record.name == "leadstream.sinks"]
     letters = [line for line in said if line.startswith("sink redis: dead-lettered")]
     tries = [line for line in said if line.startswith("sink redis: attempt")]
@@ -483,6 +498,23 @@ def test_the_read_model_is_not_ready_while_redis_refuses_its_writes_and_says_the
     assert (replayed.delivered, replayed.dead_lettered) == (41, 0)
     assert redis.zcard(leaderboard_key(settings.redis_prefix, "b2b")) == 42
     redis.close()
+
+
+def test_the_read_model_says_its_failures_once_every_10_s_while_redis_cannot_be_reached(
+    sink_settings: Settings, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Its Redis stopped, a read model dead-lettered 2,280 changes in 4 s, a WARNING line each:
+    # every change fails alike meanwhile, as under a Redis that refuses writes.
+    settings = sink_settings.with_overrides(redis_url=redis_server.url)
+    clock = FakeClock()
+    caplog.set_level(logging.INFO, logger="leadstream.sinks")
+    with running_read_model(settings, clock) as runner:
+        redis_server.stop()
+        dead_letter_40_then_1(settings, runner, clock)
+    said = [record.getMessage() for record in caplog.records if record.name == "leadstream.sinks"]
+    letters = [line for line in said if line.startswith("sink redis: dead-lettered")]
+    assert len(letters) == 2 and "Redis could not be reached" in letters[0], letters[:3]
+    assert letters[1].endswith("(39 more such lines left out since the last, while Redis cannot be reached)")
 
 
 def test_a_write_that_meets_another_programs_key_leaves_the_entry_as_it_was(sink_settings: Settings) -> None:
