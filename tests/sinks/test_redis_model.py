@@ -26,7 +26,8 @@ from streams.forgotten import Forgotten
 from streams.history import read_to_end
 from streams.processes import free_port
 from streams.settings import Settings
-from tests.infra import leadstream, wait_for
+from streams.topics import TopicSpec, ensure_topics
+from tests.infra import add_partitions, leadstream, wait_for
 from streams.log_throttle import LOG_INTERVAL_S
 from tests.sinks.conftest import REFUSING_WRITES, RedisServer, SilentRedis, SinkProcess, drain
 from tests.sinks.fake_clock import FakeClock
@@ -515,6 +516,21 @@ def test_the_read_model_says_its_failures_once_every_10_s_while_redis_cannot_be_
     letters = [line for line in said if line.startswith("sink redis: dead-lettered")]
     assert len(letters) == 2 and "Redis could not be reached" in letters[0], letters[:3]
     assert letters[1].endswith("(39 more such lines left out since the last, while Redis cannot be reached)")
+
+
+def test_the_read_model_reads_a_score_changes_topic_of_another_partition_count_than_the_setting(
+    sink_settings: Settings, redis_server: RedisServer
+) -> None:
+    # README's "Changing the partition count" said the connectors refuse topics of another count
+    # than LEADSTREAM_PARTITIONS, as the producers of records keyed by a lead do. They read by key
+    # (the lead's entry, its ledger keys), wherever the record is: no check, and none is needed.
+    settings = sink_settings.with_overrides(redis_url=redis_server.url)
+    ensure_topics(settings, [TopicSpec(settings.topic_scores, settings.partitions)])
+    add_partitions(settings, [settings.topic_scores], settings.partitions * 2)
+    with running_read_model(settings, FakeClock()) as runner:
+        publish(settings, [(f"b2b/lead-{n}", score_change(f"lead-{n}", n)) for n in range(20)])
+        wait_for(lambda: runner.stats.delivered == 20, what="the changes written")
+    assert Redis.from_url(redis_server.url).zcard(leaderboard_key(settings.redis_prefix, "b2b")) == 20
 
 
 def test_a_write_that_meets_another_programs_key_leaves_the_entry_as_it_was(sink_settings: Settings) -> None:
