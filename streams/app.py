@@ -133,7 +133,9 @@ def create_app(settings: Settings, models: ModelDirectory) -> faust.App:
     # bytes keys and values (Faust's "raw" codec), in memory stores that restore their changelog
     # partitions in bulk: Faust's own recovery takes them record by record through its stream
     # path, 3,500-7,000 records/s here (streams/bulk_store.py).
-    leads = bulk_store.raw_table(app, LEADS_TABLE, settings.partitions)
+    # A lead's value that has read less than the one before it is a late write (streams/bulk_store.py).
+    leads = bulk_store.raw_table(app, LEADS_TABLE, settings.partitions, lead_states.behind,
+                                 functools.partial(kafka_clients.end_offsets, settings))
     accounts = bulk_store.raw_table(app, ACCOUNTS_TABLE, settings.partitions)
 
     lead_store = LiveTable(leads.store, leads.changelog_topic.get_topic_name(), settings.partitions, settings.live_leads,

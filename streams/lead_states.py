@@ -14,15 +14,20 @@ from typing import Union
 
 from scoring import LeadState
 from scoring.errors import StateError
-from streams.erasure import FORGOTTEN
-from streams.read_offsets import READ, checked
-from streams.stage import frame, unframe
+from streams import read_offsets
+from streams.erasure import FORGOTTEN, covering
+from streams.read_offsets import READ, Offsets, checked, parsed
+from streams.stage import frame, parts, unframe
 from streams.stitching import MERGED_INTO
 
 #: A lead's states by model; an id merged into another lead holds {MERGED_INTO: target id}, a
 #: lead forgotten lately {FORGOTTEN: offsets} (beside the states of its events since); each
 #: written by a batch of records also holds {READ: offsets}. Markers are texts.
 States = dict[str, Union[LeadState, str]]
+
+#: The names of the parts that say how far a value has read (`progress`).
+_READ, _FORGOTTEN = READ.encode(), FORGOTTEN.encode()
+_OFFSETS = frozenset((_READ, _FORGOTTEN))
 
 #: What each marker is, for the error naming one that cannot be read.
 _MARKERS = {MERGED_INTO: "merge marker", FORGOTTEN: "erasure marker", READ: "read offsets"}
@@ -52,3 +57,31 @@ def decode(value: bytes) -> States:
 def scored(states: States) -> States:
     """The states of the models, the markers left out."""
     return {model: state for model, state in states.items() if state.__class__ is not str}
+
+
+def progress(value: bytes) -> Offsets:
+    """How far a table value has read the inputs, its states left undecoded: its READ offsets,
+    and those its erasure marker covers (the greater of each topic's); empty when it has neither,
+    or when they cannot be read."""
+    try:
+        found = parts(value, _OFFSETS)
+        read = parsed(found[_READ].decode(), "read offsets") if _READ in found else {}
+        forgotten = parsed(found[_FORGOTTEN].decode(), "erasure marker") if _FORGOTTEN in found else {}
+    except (StateError, UnicodeDecodeError):  # a value the worker cannot read either: kept by its place
+        return {}
+    if not forgotten:
+        return read
+    return {**read, **covering({topic: read[topic] for topic in forgotten if topic in read}, forgotten)}
+
+
+def behind(kept: bytes, later: bytes, partition: int) -> list[tuple[str, int, int]]:
+    """Where `later`, a value of a lead of `partition` written after `kept`, has read less than
+    `kept` when it has read no further anywhere (else nothing): each as the topic, partition and
+    offset `kept` had read (streams/bulk_store.py). Two values that read alike are not, nor is
+    a later value without offsets (written by none of the worker's batches: older data)."""
+    kept_offsets = progress(kept)
+    later_offsets = progress(later) if kept_offsets else {}
+    if not later_offsets:
+        return []
+    return [read_offsets.position(key, kept_offsets[key], partition)
+            for key in read_offsets.lagging(later_offsets, kept_offsets)]

@@ -73,6 +73,12 @@ def holds(offsets: Offsets, key: str, mark: list[int]) -> bool:
 
 def checked(text: str, what: str) -> str:
     """An offsets value as read from the table; StateError, naming `what` it is, when it is not one."""
+    parsed(text, what)
+    return text
+
+
+def parsed(text: str, what: str) -> Offsets:
+    """The offsets of a value as read from the table; StateError, naming `what` it is, when it is not one."""
     try:
         offsets = orjson.loads(text)
     except orjson.JSONDecodeError:
@@ -81,7 +87,7 @@ def checked(text: str, what: str) -> str:
             offset.__class__ is list and len(offset) == 2 and all(n.__class__ is int for n in offset) if "/" in key
             else offset.__class__ is int for key, offset in offsets.items()):
         raise StateError(f"{what} that is not an object of integer offsets (and [offset, position] origins): {text[:100]!r}")
-    return text
+    return offsets  # a dict of offsets, checked above
 
 
 def read(states: States) -> Offsets:
@@ -100,6 +106,26 @@ def drop_topic(offsets: Offsets, topic: str) -> None:
     topic since deleted and created again under its name, which hold none of its records."""
     for key in [key for key in offsets if topic in key.split("/")[:2]]:
         del offsets[key]
+
+
+def lagging(later: Offsets, kept: Offsets) -> list[str]:
+    """The keys on which `later`, the offsets of a lead's entry written after one with `kept`,
+    are behind, when they are ahead on none (else none): that entry holds a part of what the
+    earlier one held, and nothing more (a paused worker's late write: streams/bulk_store.py).
+    A key that only one of them has counts as the lowest offset in the other."""
+    for key, offset in later.items():
+        if key not in kept or offset > kept[key]:
+            return []
+    return [key for key, offset in kept.items() if key not in later or later[key] < offset]
+
+
+def position(key: str, offset: Any, partition: int) -> tuple[str, int, int]:
+    """The topic, partition and offset that `offset`, kept under `key` by a lead of `partition`,
+    counts in: the lead's partition of a topic; an origin's partition of its topic of origin."""
+    if "/" in key:
+        _, topic, origin_partition = key.split("/")
+        return topic, int(origin_partition), offset[0]
+    return key, partition, offset
 
 
 def kept(states: States) -> States:

@@ -87,6 +87,26 @@ def unframe(value: bytes) -> dict[str, bytes]:
     return values
 
 
+def parts(value: bytes, names: frozenset[bytes]) -> dict[bytes, bytes]:
+    """The bytes of those of a table value's parts whose (encoded) name is in `names`, the others
+    only stepped over: what a restore reads of each value it judges (streams/bulk_store.py).
+    StateError when it is not a table value."""
+    found: dict[bytes, bytes] = {}
+    pos, end = 0, len(value)
+    try:
+        while pos < end:
+            start = pos + 1 + value[pos]
+            (length,) = _LENGTH.unpack_from(value, start)
+            name, pos = value[pos + 1 : start], start + 4 + length
+            if pos > end:
+                raise ValueError(f"a part claims {length} bytes, {end - start - 4} are left")
+            if name in names:
+                found[name] = value[start + 4 : pos]
+    except (ValueError, struct.error) as exc:
+        raise StateError(f"table value of an unknown layout: {exc}") from None
+    return found
+
+
 class TableData(Protocol):
     """A table's local store (streams/bulk_store.py): the bytes recovery restored, and a
     write of a value sent to the changelog."""

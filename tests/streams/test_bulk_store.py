@@ -6,21 +6,24 @@ the worker's recovery gauge counts down what a restore has left."""
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Any, cast
 
 import faust
+import orjson
 import pytest
 from faust.tables.manager import TableManager
 from faust.types import TP
 from kafka import KafkaProducer
 from prometheus_client import REGISTRY
 
-from streams import bulk_store
+from streams import bulk_store, erasure, kafka_clients, lead_states, read_offsets
 from streams.app import create_app
 from streams.errors import ConfigError
 from streams.model_reload import ModelDirectory
 from streams.partitioning import partition_for
 from streams.settings import Settings
+from streams.stage import frame, unframe
 from streams.topics import TopicSpec, ensure_topics
 from tests.infra import add_partitions
 
@@ -254,6 +257,70 @@ def test_states_written_under_another_partition_count_stop_the_worker_naming_bot
         finally:
             restore.cancel()
             await asyncio.wait([restore])
+            await store.on_stop()
+
+    asyncio.run(scenario())
+
+
+def entry(label: str, read: dict[str, object] | None = None, forgotten: dict[str, int] | None = None) -> bytes:
+    """A lead table value as the worker frames it (streams/lead_states.py): its offsets, and a
+    part that tells the values apart."""
+    parts = {"label": label.encode()}
+    if read is not None:
+        parts[read_offsets.READ] = read_offsets.encode(read).encode()
+    if forgotten is not None:
+        parts[erasure.FORGOTTEN] = orjson.dumps(forgotten)
+    return frame(parts)
+
+
+def test_a_lead_value_that_has_read_less_than_the_one_before_it_is_kept_out_of_a_restore(isolated: Settings) -> None:
+    """A worker paused past its session timeout can let out, on resume, states it had handed its
+    producer before the pause: written after its successor's newer ones, they were what the next
+    restore took. Later values that read alike (a decay sweep), further on some input, or without
+    offsets, still win; so does one whose earlier value's offsets are past the input's end (a
+    topic created again)."""
+    events, identity = isolated.topic_events, isolated.topic_identity
+    # Each input partition's end: 20.
+    write(isolated, events, [(partition, b"e", b"{}") for partition in range(PARTITIONS) for _ in range(20)])
+    app = faust.App(isolated.app_id, broker=f"kafka://{isolated.kafka_bootstrap}", store="memory://")
+    table = bulk_store.raw_table(app, "leads", PARTITIONS, lead_states.behind,
+                                 functools.partial(kafka_clients.end_offsets, isolated))
+    topic = table.changelog_topic_name
+    ensure_topics(isolated, [TopicSpec(topic, PARTITIONS)])
+    origin = f"{identity}/{events}/1"  # events re-keyed from the events topic's partition 1
+    cases = {  # key -> its values in changelog order, and the one a restore keeps
+        "late": ([entry("new", {events: 12, identity: 3}), entry("old", {events: 9, identity: 3})], "new"),
+        "late-origin": ([entry("new", {events: 9, origin: [7, 2]}), entry("old", {events: 9, origin: [7, 1]})], "new"),
+        "decayed": ([entry("scored", {events: 12}), entry("decayed", {events: 12})], "decayed"),
+        "each-ahead": ([entry("a", {events: 12, identity: 3}), entry("b", {events: 9, identity: 4})], "b"),
+        "further": ([entry("a", {events: 9}), entry("b", {events: 12, identity: 0})], "b"),
+        "no-offsets": ([entry("a", {events: 12}), entry("b")], "b"),
+        "recreated": ([entry("old-topic", {events: 500}), entry("new-topic", {events: 3})], "new-topic"),
+        "forgotten": ([entry("marker", {events: 5}, forgotten={events: 14}), entry("old", {events: 12})], "marker"),
+    }
+    records: list[tuple[int, bytes, bytes | None]] = []
+    for key, (values, _) in cases.items():
+        records += [(home(key), key.encode(), value) for value in values]
+    # Erased: a tombstone, then a paused worker's state from before it, then the lead's new events.
+    records += [(home("erased"), b"erased", entry("marker", {events: 5}, forgotten={events: 14})),
+                (home("erased"), b"erased", None),
+                (home("erased"), b"erased", entry("old", {events: 12}))]
+    records += [(home("back"), b"back", entry("marker", {events: 5}, forgotten={events: 14})),
+                (home("back"), b"back", None),
+                (home("back"), b"back", entry("old", {events: 12})),
+                (home("back"), b"back", entry("new", {events: 16}))]
+    write(isolated, topic, records)
+    expected = {key.encode(): next(v for v in values if unframe(v)["label"] == kept.encode())
+                for key, (values, kept) in cases.items()}
+    expected[b"back"] = records[-1][2]  # type: ignore[assignment]
+
+    async def scenario() -> None:
+        store = table.store
+        try:
+            await store.on_recovery_completed({TP(topic, p) for p in range(PARTITIONS)}, set())
+            assert {key: unframe(value)["label"] for key, value in store.data.items()} == {
+                key: unframe(value)["label"] for key, value in expected.items()}
+        finally:
             await store.on_stop()
 
     asyncio.run(scenario())

@@ -8,6 +8,8 @@ import dataclasses
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
 from scoring import Engine, LeadState
@@ -185,3 +187,31 @@ def test_an_item_of_an_envelope_scored_alone_does_not_stand_for_its_envelope() -
 def test_offsets_that_are_not_ones_make_the_lead_unreadable_naming_them(text: bytes) -> None:
     with pytest.raises(StateError, match="read offsets"):
         lead_states.decode(frame({"b2b": ENGINE.new_state("b2b").to_bytes(), read_offsets.READ: text}))
+
+
+@pytest.mark.parametrize("later, kept, behind", [
+    ({"events": 9}, {"events": 12}, ["events"]),
+    ({"events": 12}, {"events": 12}, []),  # read alike: a decay sweep, a profile's new traits
+    ({"events": 12, "identity": 3}, {"events": 12}, []),
+    ({"events": 9}, {"events": 12, "identity": 3}, ["events", "identity"]),
+    ({"events": 13, "identity": 2}, {"events": 12, "identity": 3}, []),  # each ahead on one input
+    ({"identity": 0}, {"events": 12}, []),
+    ({"i/e/1": [7, 1]}, {"i/e/1": [7, 2]}, ["i/e/1"]),
+    ({"i/e/1": [8, 0]}, {"i/e/1": [7, 2]}, []),
+])
+def test_a_later_entry_is_behind_where_it_read_less_and_nowhere_more(later: dict[str, object], kept: dict[str, object],
+                                                                    behind: list[str]) -> None:
+    assert read_offsets.lagging(later, kept) == behind
+
+
+offsets_maps = st.dictionaries(st.sampled_from(["events", "identity", "profiles"]), st.integers(-1, 20))
+
+
+@given(offsets_maps, offsets_maps)
+def test_of_two_entries_at_most_one_is_behind_and_never_one_that_read_as_far(a: dict[str, int], b: dict[str, int]) -> None:
+    """A restore keeps out a later entry only when it is behind (streams/bulk_store.py): two entries
+    are never each behind the other, and an entry that read at least as far on every input never is."""
+    assert not (read_offsets.lagging(a, b) and read_offsets.lagging(b, a))
+    further = {key: max(offset, b.get(key, -1)) for key, offset in a.items()} | {k: v for k, v in b.items() if k not in a}
+    assert read_offsets.lagging(further, b) == []
+    assert read_offsets.lagging(a, a) == []
