@@ -21,7 +21,7 @@ from scoring.accounts import MAX_MEMBER_POINTS, TOP_MEMBERS, AccountState, Membe
 from scoring.accounts import summary as account_summary
 from scoring.decay import HalfLifeDecay, StepDecay
 from scoring.errors import ModelError
-from scoring.events import IDENTIFY, PROFILE_TYPES, Event, Rejection, parse_event, parse_message
+from scoring.events import PROFILE_TYPES, Event, Rejection, parse_event, parse_message
 from scoring.fit import FitRule
 from scoring.model import Model, check_names, load_directory
 from scoring.compiler import CHANGED as _CHANGED

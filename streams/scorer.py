@@ -1098,7 +1098,6 @@ class Scorer:
         events: list[Event] = []
         # Only a big message can hold a too-large event, so small ones skip re-serialising.
         check_sizes = len(message.value) > MAX_EVENT_BYTES
-        lone = _lone(message.value)
         for index, item in enumerate(items):
             stats.events += 1
             raw = _written(message.value, index, item) if check_sizes else None
