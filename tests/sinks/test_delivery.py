@@ -528,7 +528,7 @@ def test_sigterm_while_the_connector_waits_for_an_unreachable_kafka_is_a_clean_s
     sink.stop()
 
     assert sink.proc.returncode == 0 and time.monotonic() - asked < 6, sink.tail()
-    assert "stopped before Kafka answered" in sink.tail() and "cannot reach Kafka" not in sink.tail()
+    assert "stopped before Kafka and Redis answered" in sink.tail() and "cannot reach Kafka" not in sink.tail()
 
 
 def test_a_connector_whose_topic_does_not_exist_stops_naming_the_setting(sink_settings: Settings) -> None:
