@@ -447,10 +447,11 @@ class Settings:
         POSITIVE,
     )
     collector_max_connections: int = _setting(
-        "LEADSTREAM_COLLECTOR_MAX_CONNECTIONS", 256,
-        "Connections the collector serves at once; one more is closed as soon as it is accepted. Each may hold up to "
-        "~1.2 MB while its headers arrive (64 lines of 8 KB, parsed), so this bounds that memory (256: 1000 such clients "
-        "took the collector to 470 MB).",
+        "LEADSTREAM_COLLECTOR_MAX_CONNECTIONS", 1024,
+        "Connections the collector serves at once; one more is closed as soon as it is accepted. Browsers keep a "
+        "connection open between calls, so a page-facing collector needs one per visitor active lately. Each may hold up "
+        "to ~1.2 MB while its headers arrive (64 lines of 8 KB, parsed), so this bounds that memory (1000 such clients "
+        "took the collector to 1.2 GB; 256 of them, to 470 MB).",
         POSITIVE,
     )
     collector_metrics_port: int = _setting(

@@ -189,3 +189,19 @@ def _served(url: str) -> bool:
         return requests.get(url, timeout=5).status_code == 200
     except requests.ConnectionError:  # closed at once: still too many
         return False
+
+
+def test_the_collector_serves_a_page_facing_crowd_of_kept_alive_connections_by_default(settings: Settings) -> None:
+    """Browsers keep a connection open between a page's calls: a bound of 256 (c8bb28c's first
+    default) closed the 257th visitor's connection at once, and its events were lost or delayed."""
+    with ThreadedCollector(settings):
+        visitors = []
+        try:
+            for _ in range(400):
+                visitor = socket.create_connection(("127.0.0.1", settings.collector_port), timeout=15)
+                visitors.append(visitor)
+                visitor.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert visitor.recv(64).startswith(b"HTTP/1.1 200 "), f"visitor {len(visitors)} not served"
+        finally:
+            for visitor in visitors:
+                visitor.close()
