@@ -333,7 +333,10 @@ def test_readme_metrics_have_the_labels_the_code_exports() -> None:
 def test_readme_metrics_table_has_a_row_for_every_metric_the_code_exports() -> None:
     # leadstream_forget_headers_ignored_total, counted since the erasure headers came, was named
     # in "Forgetting a lead" alone: an operator reading the table for what to watch never met it.
-    missing = sorted(set(_exported_metrics()) - {name for name, _ in _readme_metrics()})
+    # Faust's own sensors, which README names as a family (`leadstream_faust_*`), are in the
+    # registry once a test of this process has made a worker's app.
+    exported = {name for name in _exported_metrics() if not name.startswith("leadstream_faust_")}
+    missing = sorted(exported - {name for name, _ in _readme_metrics()})
     assert not missing, f"README's metrics table lacks {missing}"
 
 
